@@ -1,0 +1,494 @@
+"""Payloads of the device contract, and the pure functions that encode and decode them.
+
+Decoding is the gateway's first line of defence and must be fast: the whole happy path is
+one call into pydantic-core (Rust), which parses the JSON and checks the envelope and every
+signal against :data:`schemas.catalog.CATALOG` at once. Only when something is wrong do we
+fall back to Python to sort the errors into reason codes, so that a sample with one bad
+signal keeps its good ones.
+
+Telemetry (``v1/vehicles/{vin}/telemetry``), one sample::
+
+    {"vin": "WVWZZZ1JZXW000001", "seq": 42, "ts": 1764230400000,
+     "signals": {"Vehicle.Speed": 48.5, "Vehicle.CurrentLocation.Latitude": 48.137}}
+
+or a batch (a unit uploading its store-and-forward buffer), oldest first::
+
+    {"vin": "WVWZZZ1JZXW000001", "samples": [{"seq": 43, "ts": ..., "signals": {...}}, ...]}
+
+``seq`` counts up per vehicle and never repeats: (vin, seq) identifies a sample, so a
+redelivered message is recognised as a duplicate. ``ts`` is when the unit took the sample,
+in milliseconds since the Unix epoch (UTC).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, NotRequired, Required, TypeAlias
+
+import orjson
+import pydantic_core
+from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import with_config as _with_config
+from typing_extensions import TypedDict
+
+from schemas.catalog import CATALOG, Datatype, SignalSpec
+from schemas.vin import VIN_PATTERN
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DecodedTelemetry",
+    "Event",
+    "EventType",
+    "Limits",
+    "Reason",
+    "Rejection",
+    "Sample",
+    "SignalValue",
+    "Status",
+    "StatusState",
+    "decode_event",
+    "decode_status",
+    "decode_telemetry",
+    "encode_batch",
+    "encode_event",
+    "encode_sample",
+    "encode_status",
+]
+
+SignalValue: TypeAlias = bool | int | float | str | list[str]
+
+
+class Reason(enum.StrEnum):
+    """Why a message, a sample or a signal was quarantined."""
+
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    MALFORMED_JSON = "malformed_json"
+    INVALID_TOPIC = "invalid_topic"
+    INVALID_ENVELOPE = "invalid_envelope"
+    INVALID_VIN = "invalid_vin"
+    VIN_MISMATCH = "vin_mismatch"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    UNKNOWN_SIGNAL = "unknown_signal"
+    WRONG_TYPE = "wrong_type"
+    OUT_OF_RANGE = "out_of_range"
+    VALUE_NOT_ALLOWED = "value_not_allowed"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_payload_bytes: int = 256 * 1024
+    max_batch_samples: int = 1000
+    #: a sample more than this far ahead of the gateway's clock is rejected
+    max_future_skew_ms: int = 5 * 60 * 1000
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    vin: str
+    seq: int
+    ts: int
+    signals: Mapping[str, SignalValue]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One quarantined thing: a whole message (``signal`` is None) or one signal of a sample."""
+
+    reason: Reason
+    detail: str
+    vin: str | None = None
+    seq: int | None = None
+    signal: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedTelemetry:
+    samples: tuple[Sample, ...] = ()
+    rejections: tuple[Rejection, ...] = field(default=())
+
+
+# --- pydantic types built from the catalog ---------------------------------------------
+
+_STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+def _value_type(spec: SignalSpec) -> Any:
+    dt = spec.datatype
+    if dt is Datatype.BOOLEAN:
+        return bool
+    if dt is Datatype.STRING:
+        if spec.allowed is not None:
+            return Literal[spec.allowed]
+        return Annotated[str, StringConstraints(max_length=256)]
+    if dt is Datatype.STRING_ARRAY:
+        return Annotated[
+            list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=256)
+        ]
+    if dt.is_integer:
+        lo, hi = dt.integer_range
+        lo = max(lo, int(spec.min)) if spec.min is not None else lo
+        hi = min(hi, int(spec.max)) if spec.max is not None else hi
+        return Annotated[int, Field(ge=lo, le=hi)]
+    return Annotated[float, Field(ge=spec.min, le=spec.max, allow_inf_nan=False)]
+
+
+_Signals = _with_config(_STRICT)(
+    TypedDict(  # type: ignore[operator]
+        "_Signals",
+        {spec.path: NotRequired[_value_type(spec)] for spec in CATALOG.values()},
+    )
+)
+_Seq = Annotated[int, Field(ge=0, le=2**63 - 1)]
+_Ts = Annotated[int, Field(ge=0, le=2**53)]
+
+
+@_with_config(_STRICT)
+class _BatchItem(TypedDict):
+    seq: _Seq
+    ts: _Ts
+    signals: _Signals  # type: ignore[valid-type]
+
+
+def _envelope_type(limits: Limits) -> Any:
+    @_with_config(_STRICT)
+    class _Envelope(TypedDict, total=False):
+        vin: Required[Annotated[str, StringConstraints(pattern=VIN_PATTERN)]]
+        seq: _Seq
+        ts: _Ts
+        signals: _Signals  # type: ignore[valid-type]
+        samples: Annotated[
+            list[_BatchItem], Field(min_length=1, max_length=limits.max_batch_samples)
+        ]
+
+    return _Envelope
+
+
+_ADAPTERS: dict[Limits, TypeAdapter[Any]] = {}
+
+
+def _adapter(limits: Limits) -> TypeAdapter[Any]:
+    adapter = _ADAPTERS.get(limits)
+    if adapter is None:
+        adapter = _ADAPTERS[limits] = TypeAdapter(_envelope_type(limits))
+    return adapter
+
+
+_SIGNALS_ADAPTER: TypeAdapter[dict[str, SignalValue]] = TypeAdapter(_Signals)
+
+# --- decoding ------------------------------------------------------------------------------
+
+_RANGE_ERRORS = frozenset(
+    {"greater_than_equal", "less_than_equal", "greater_than", "less_than", "finite_number"}
+)
+
+
+def _signal_reason(error_type: str) -> Reason:
+    if error_type == "extra_forbidden":
+        return Reason.UNKNOWN_SIGNAL
+    if error_type in _RANGE_ERRORS:
+        return Reason.OUT_OF_RANGE
+    if error_type == "literal_error":
+        return Reason.VALUE_NOT_ALLOWED
+    return Reason.WRONG_TYPE
+
+
+def _describe(error: Any) -> str:
+    loc = ".".join(str(p) for p in error["loc"]) or "payload"
+    value = error.get("input")
+    shown = "" if isinstance(value, dict | list) else f" (got {value!r:.80})"
+    return f"{loc}: {error['msg']}{shown}"
+
+
+def _signal_errors(errors: Sequence[Any]) -> dict[tuple[int | None, str], Any] | None:
+    """Map (batch index or None, signal path) -> first error, or None if any error is not
+    about one signal (then the whole message is rejected)."""
+    found: dict[tuple[int | None, str], Any] = {}
+    for error in errors:
+        loc = error["loc"]
+        if len(loc) >= 2 and loc[0] == "signals" and isinstance(loc[1], str):
+            found.setdefault((None, loc[1]), error)
+        elif (
+            len(loc) >= 4
+            and loc[0] == "samples"
+            and isinstance(loc[1], int)
+            and loc[2] == "signals"
+            and isinstance(loc[3], str)
+        ):
+            found.setdefault((loc[1], loc[3]), error)
+        else:
+            return None
+    return found
+
+
+def _message_reason(errors: Sequence[Any]) -> Reason:
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return Reason.MALFORMED_JSON
+    if any(e["loc"][:1] == ("vin",) and e["type"] == "string_pattern_mismatch" for e in errors):
+        return Reason.INVALID_VIN
+    return Reason.INVALID_ENVELOPE
+
+
+def decode_telemetry(
+    payload: bytes,
+    *,
+    topic_vin: str,
+    now_ms: int,
+    limits: Limits = DEFAULT_LIMITS,
+) -> DecodedTelemetry:
+    """Decode one telemetry message published on ``v1/vehicles/{topic_vin}/telemetry``.
+
+    Never raises for bad input: everything wrong comes back as :class:`Rejection` values.
+    """
+    if len(payload) > limits.max_payload_bytes:
+        return _reject(
+            Reason.PAYLOAD_TOO_LARGE,
+            f"payload is {len(payload)} bytes; the limit is {limits.max_payload_bytes}",
+            vin=topic_vin,
+        )
+    adapter = _adapter(limits)
+    rejections: list[Rejection] = []
+    try:
+        envelope = adapter.validate_json(payload)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        by_signal = _signal_errors(errors)
+        if by_signal is None:
+            reason = _message_reason(errors)
+            return _reject(reason, "; ".join(_describe(e) for e in errors[:5]), vin=topic_vin)
+        try:
+            envelope, rejections = _drop_bad_signals(payload, by_signal, adapter)
+        except ValidationError as again:
+            errors = again.errors(include_url=False)
+            return _reject(
+                Reason.INVALID_ENVELOPE, "; ".join(_describe(e) for e in errors[:5]), vin=topic_vin
+            )
+
+    vin: str = envelope["vin"]
+    if vin != topic_vin:
+        return _reject(
+            Reason.VIN_MISMATCH,
+            f"payload vin {vin!r} differs from the topic's vin {topic_vin!r}",
+            vin=topic_vin,
+        )
+    items = envelope.get("samples")
+    if items is None:
+        missing = [k for k in ("seq", "ts", "signals") if k not in envelope]
+        if missing:
+            return _reject(
+                Reason.INVALID_ENVELOPE,
+                "a sample needs seq, ts and signals (or a batch needs samples); "
+                f"missing: {', '.join(missing)}",
+                vin=vin,
+            )
+        items = [envelope]
+    elif any(k in envelope for k in ("seq", "ts", "signals")):
+        return _reject(
+            Reason.INVALID_ENVELOPE,
+            "a message is either one sample (seq, ts, signals) or a batch (samples), not both",
+            vin=vin,
+        )
+
+    horizon = now_ms + limits.max_future_skew_ms
+    samples: list[Sample] = []
+    for item in items:
+        if item["ts"] > horizon:
+            rejections.append(
+                Rejection(
+                    Reason.FUTURE_TIMESTAMP,
+                    f"ts {item['ts']} is {item['ts'] - now_ms} ms ahead of the gateway clock "
+                    f"(limit {limits.max_future_skew_ms} ms)",
+                    vin=vin,
+                    seq=item["seq"],
+                )
+            )
+            continue
+        samples.append(Sample(vin, item["seq"], item["ts"], item["signals"]))
+    # rejections of signals whose sample was rejected as a whole are kept: both are true
+    return DecodedTelemetry(tuple(samples), tuple(rejections))
+
+
+def _reject(reason: Reason, detail: str, *, vin: str | None) -> DecodedTelemetry:
+    return DecodedTelemetry((), (Rejection(reason, detail, vin=vin),))
+
+
+def _drop_bad_signals(
+    payload: bytes,
+    by_signal: Mapping[tuple[int | None, str], Any],
+    adapter: TypeAdapter[Any],
+) -> tuple[Any, list[Rejection]]:
+    """Remove the signals that failed and validate the rest again."""
+    raw = pydantic_core.from_json(payload)  # like the validator, it accepts NaN/Infinity
+    rejections: list[Rejection] = []
+    for (index, path), error in by_signal.items():
+        holder = raw if index is None else raw["samples"][index]
+        holder["signals"].pop(path, None)
+        seq = holder.get("seq")
+        rejections.append(
+            Rejection(
+                _signal_reason(error["type"]),
+                _describe(error),
+                vin=raw.get("vin") if isinstance(raw.get("vin"), str) else None,
+                seq=seq if isinstance(seq, int) else None,
+                signal=path,
+            )
+        )
+    return adapter.validate_python(raw), rejections
+
+
+def validate_signals(signals: Mapping[str, Any]) -> dict[str, SignalValue]:
+    """Check a signal mapping against the catalog (raises ``pydantic.ValidationError``)."""
+    return _SIGNALS_ADAPTER.validate_python(dict(signals))
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+def encode_sample(sample: Sample) -> bytes:
+    return orjson.dumps(
+        {"vin": sample.vin, "seq": sample.seq, "ts": sample.ts, "signals": sample.signals}
+    )
+
+
+def encode_batch(vin: str, samples: Iterable[Sample]) -> bytes:
+    return orjson.dumps(
+        {
+            "vin": vin,
+            "samples": [{"seq": s.seq, "ts": s.ts, "signals": s.signals} for s in samples],
+        }
+    )
+
+
+# --- events and status ------------------------------------------------------------------------
+
+
+class EventType(enum.StrEnum):
+    DTC_SET = "dtc_set"
+    DTC_CLEARED = "dtc_cleared"
+    IGNITION_ON = "ignition_on"
+    IGNITION_OFF = "ignition_off"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A vehicle-side event on ``v1/vehicles/{vin}/events``.
+
+    ``{"vin": ..., "seq": 7, "ts": 1764230400000, "type": "dtc_set", "code": "P0301"}``;
+    ``seq`` counts events per vehicle, separately from telemetry.
+    """
+
+    vin: str
+    seq: int
+    ts: int
+    type: EventType
+    code: str | None = None
+    detail: str | None = None
+
+
+@_with_config(_STRICT)
+class _EventIn(TypedDict):
+    vin: Annotated[str, StringConstraints(pattern=VIN_PATTERN)]
+    seq: _Seq
+    ts: _Ts
+    type: EventType
+    code: NotRequired[Annotated[str, StringConstraints(pattern=r"^[PCBU][0-9A-F]{4}$")]]
+    detail: NotRequired[Annotated[str, StringConstraints(max_length=512)]]
+
+
+_EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(_EventIn)
+
+
+def encode_event(event: Event) -> bytes:
+    body: dict[str, object] = {
+        "vin": event.vin,
+        "seq": event.seq,
+        "ts": event.ts,
+        "type": event.type.value,
+    }
+    if event.code is not None:
+        body["code"] = event.code
+    if event.detail is not None:
+        body["detail"] = event.detail
+    return orjson.dumps(body)
+
+
+def decode_event(
+    payload: bytes, *, topic_vin: str, now_ms: int, limits: Limits = DEFAULT_LIMITS
+) -> Event | Rejection:
+    if len(payload) > limits.max_payload_bytes:
+        return Rejection(
+            Reason.PAYLOAD_TOO_LARGE, f"payload is {len(payload)} bytes", vin=topic_vin
+        )
+    try:
+        raw = _EVENT_ADAPTER.validate_json(payload)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        return Rejection(
+            _message_reason(errors), "; ".join(_describe(e) for e in errors[:5]), vin=topic_vin
+        )
+    if raw["vin"] != topic_vin:
+        return Rejection(
+            Reason.VIN_MISMATCH,
+            f"payload vin {raw['vin']!r} differs from the topic's vin {topic_vin!r}",
+            vin=topic_vin,
+        )
+    if raw["ts"] > now_ms + limits.max_future_skew_ms:
+        return Rejection(Reason.FUTURE_TIMESTAMP, f"ts {raw['ts']} is in the future", vin=topic_vin)
+    if raw["type"] in (EventType.DTC_SET, EventType.DTC_CLEARED) and "code" not in raw:
+        return Rejection(
+            Reason.INVALID_ENVELOPE, f"a {raw['type'].value} event needs a code", vin=topic_vin
+        )
+    return Event(raw["vin"], raw["seq"], raw["ts"], raw["type"], raw.get("code"), raw.get("detail"))
+
+
+class StatusState(enum.StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Retained on ``v1/vehicles/{vin}/status``: ``{"state": "online"}``; the unit's Last Will
+    is ``{"state": "offline"}``. ``ts`` is optional (a Last Will is composed at connect time)."""
+
+    state: StatusState
+    ts: int | None = None
+
+
+@_with_config(_STRICT)
+class _StatusIn(TypedDict):
+    state: StatusState
+    ts: NotRequired[_Ts]
+    vin: NotRequired[Annotated[str, StringConstraints(pattern=VIN_PATTERN)]]
+
+
+_STATUS_ADAPTER: TypeAdapter[Any] = TypeAdapter(_StatusIn)
+
+
+def encode_status(status: Status) -> bytes:
+    body: dict[str, object] = {"state": status.state.value}
+    if status.ts is not None:
+        body["ts"] = status.ts
+    return orjson.dumps(body)
+
+
+def decode_status(payload: bytes, *, topic_vin: str) -> Status | Rejection:
+    if len(payload) > 4096:
+        return Rejection(
+            Reason.PAYLOAD_TOO_LARGE, f"payload is {len(payload)} bytes", vin=topic_vin
+        )
+    try:
+        raw = _STATUS_ADAPTER.validate_json(payload)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        return Rejection(
+            _message_reason(errors), "; ".join(_describe(e) for e in errors[:5]), vin=topic_vin
+        )
+    if raw.get("vin", topic_vin) != topic_vin:
+        return Rejection(Reason.VIN_MISMATCH, "payload vin differs from the topic's", vin=topic_vin)
+    return Status(raw["state"], raw.get("ts"))
