@@ -1,0 +1,871 @@
+"""A deterministic, sans-IO model of one connected vehicle driving around a road network.
+
+:class:`SimulatedVehicle` owns a simulated clock and all of the vehicle's state. The caller
+(the asyncio runner behind ``telematics up --demo``, or a test) drives it with
+:meth:`SimulatedVehicle.step` and reads it with :meth:`SimulatedVehicle.signals` and
+:meth:`SimulatedVehicle.pending_events`; the model itself never looks at a real clock, never
+sleeps and never does I/O.
+
+Time
+    The vehicle keeps its own clock, :attr:`SimulatedVehicle.sim_time_ms` (milliseconds
+    since the Unix epoch). It starts at the ``start_ms`` given to the constructor and moves
+    only through ``step(dt_s)``. A runner that wants wall-clock timestamps passes the current
+    time as ``start_ms`` and steps by the time that really elapsed; a test passes any fixed
+    ``start_ms`` and gets the same run every time. Telemetry samples are stamped
+    ``sim_time_ms`` after the step; events carry the simulated time at which they happened.
+    The clock also sets the outside temperature (season and time of day in Munich).
+
+Determinism
+    All randomness comes from the ``random.Random`` passed in, and only ``step`` draws from
+    it: ``signals()`` and ``pending_events()`` are reads. The same seed, start and sequence
+    of ``step`` durations give the same signals and events, bit for bit. (``step(2.0)`` and
+    two ``step(1.0)`` are both valid but not identical: a step is cut into sub-steps of at
+    most :data:`MAX_SUBSTEP_S`.)
+
+Behaviour
+    A vehicle starts parked at ``start_node``. It boards (doors unlock and open), switches
+    the ignition on and drives a random route: it accelerates at no more than 2.5 m/s²
+    towards the edge's speed limit times a per-driver factor, brakes ahead of turns (the
+    sharper the turn the slower), stops now and then at a node as at a red light, and
+    brakes to a halt at the route's end. There it switches the ignition off, gets out,
+    locks the doors and stays parked for a while before the next route. An electric car
+    parked below 20 % state of charge plugs in and charges (DC, tapering) to its charge
+    limit before leaving; a combustion vehicle parked below 15 % fuel refuels. A delivery
+    van makes a round of 4-7 short delivery stops (hazard lights on) and then returns to
+    its start node, its depot (pass :data:`device_sim.city.DEPOT`).
+
+    Energy use follows distance, speed (rolling and air resistance), acceleration (with
+    regenerative braking for the electric car) and auxiliary load while the ignition is on.
+    The cabin is climate-controlled towards the driver's set point while the ignition is on
+    and drifts towards the outside temperature while parked; tyre pressure follows tyre
+    temperature; the 12 V battery charges while driving and rests when parked. Rarely a
+    diagnostic trouble code appears, and clears again some time later.
+
+Events
+    :meth:`SimulatedVehicle.pending_events` returns (and forgets) the :class:`schemas.Event`
+    values produced since the last call: ``ignition_on``, ``ignition_off``, ``dtc_set`` and
+    ``dtc_cleared``. Their ``seq`` counts up per vehicle from ``first_event_seq``; a runner
+    that restarts should pass a base that never repeats (for instance derived from the start
+    time), because the gateway treats a repeated (vin, seq) as a duplicate.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+from device_sim.city import RoadNetwork, random_route, shortest_path
+from schemas.catalog import CATALOG
+from schemas.payloads import Event, EventType, SignalValue
+from schemas.vin import is_valid_vin, validate_vin
+
+__all__ = [
+    "MAX_SUBSTEP_S",
+    "Phase",
+    "SimulatedVehicle",
+    "VehicleProfile",
+    "make_vin",
+]
+
+#: the longest stretch of simulated time the model advances in one go
+MAX_SUBSTEP_S: Final = 0.5
+
+_VIN_ALPHABET: Final = frozenset("ABCDEFGHJKLMNPRSTUVWXYZ0123456789")
+
+
+def make_vin(index: int, prefix: str = "WSMZZZ") -> str:
+    """A valid 17-character VIN for simulated vehicle number ``index`` (deterministic).
+
+    The VIN is ``prefix`` followed by ``index`` as a zero-padded decimal serial:
+    ``make_vin(42) == "WSMZZZ00000000042"``. The prefix must use the VIN alphabet (digits and
+    capitals without I, O and Q) and leave at least six characters for the serial.
+    """
+    if not 1 <= len(prefix) <= 11 or not set(prefix) <= _VIN_ALPHABET:
+        raise ValueError(
+            f"VIN prefix {prefix!r} must be 1-11 characters from 0-9 and A-Z without I, O, Q"
+        )
+    width = 17 - len(prefix)
+    if not 0 <= index < 10**width:
+        raise ValueError(f"index {index} does not fit in {width} digits after {prefix!r}")
+    vin = f"{prefix}{index:0{width}d}"
+    assert is_valid_vin(vin)
+    return vin
+
+
+class VehicleProfile(enum.Enum):
+    """The kinds of vehicle the simulator knows."""
+
+    ELECTRIC_CAR = "electric_car"
+    COMBUSTION_SUV = "combustion_suv"
+    DELIVERY_VAN = "delivery_van"
+
+    @property
+    def is_electric(self) -> bool:
+        return self is VehicleProfile.ELECTRIC_CAR
+
+
+class Phase(enum.Enum):
+    """What the vehicle is doing."""
+
+    #: ignition on, moving along the route (or braking/accelerating on it)
+    DRIVING = "driving"
+    #: ignition on, standing at a node as at a red light
+    WAITING = "waiting"
+    #: ignition off, driver's door open: the driver gets out
+    ALIGHTING = "alighting"
+    #: ignition off, doors locked (charging or refuelling, maybe)
+    PARKED = "parked"
+    #: ignition off, doors unlocked and the driver's door open: the driver gets in
+    BOARDING = "boarding"
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """Constants of one vehicle profile."""
+
+    mass_kg: float
+    #: cap on the target speed, km/h (city driving)
+    max_speed_kmh: float
+    #: traction battery, usable kWh (electric only)
+    battery_kwh: float
+    #: fuel tank, litres (combustion only)
+    tank_l: float
+    #: electric: kWh/km at walking pace; combustion: l/km at walking pace
+    base_per_km: float
+    #: added per km for every (km/h)² of speed: air resistance
+    drag_per_km: float
+    #: combustion: litres per kWh of mechanical work (fuel energy / engine efficiency)
+    l_per_kwh: float
+    #: combustion: fuel burnt idling, l/h
+    idle_l_per_h: float
+    #: tyre pressure at 20 °C, kPa (lowest, highest)
+    tyre_kpa: tuple[float, float]
+    #: length of one route, m (lowest, highest)
+    route_m: tuple[float, float]
+    #: parking time at a route end, s (lowest, highest)
+    park_s: tuple[float, float]
+    #: mean ignition-on time between two trouble codes, s
+    dtc_mean_interval_s: float
+    #: trouble codes this vehicle can raise, with what they mean (SAE J2012 generic codes)
+    dtcs: tuple[tuple[str, str], ...]
+
+
+_COMMON_DTCS: Final = (
+    ("C0035", "Left front wheel speed sensor circuit"),
+    ("U0155", "Lost communication with instrument panel cluster control module"),
+)
+
+_SPECS: Final = MappingProxyType(
+    {
+        VehicleProfile.ELECTRIC_CAR: _Spec(
+            mass_kg=2000.0,
+            max_speed_kmh=65.0,
+            battery_kwh=60.0,
+            tank_l=0.0,
+            base_per_km=0.115,
+            drag_per_km=0.000012,
+            l_per_kwh=0.0,
+            idle_l_per_h=0.0,
+            tyre_kpa=(240.0, 255.0),
+            route_m=(2000.0, 6000.0),
+            park_s=(180.0, 1200.0),
+            dtc_mean_interval_s=2 * 3600.0,
+            dtcs=(
+                *_COMMON_DTCS,
+                ("P0A80", "Replace hybrid/EV battery pack"),
+                ("P0AA6", "Hybrid/EV battery voltage system isolation fault"),
+                ("U0111", "Lost communication with battery energy control module A"),
+            ),
+        ),
+        VehicleProfile.COMBUSTION_SUV: _Spec(
+            mass_kg=2200.0,
+            max_speed_kmh=66.0,
+            battery_kwh=0.0,
+            tank_l=70.0,
+            base_per_km=0.055,
+            drag_per_km=0.0000045,
+            l_per_kwh=0.40,
+            idle_l_per_h=0.9,
+            tyre_kpa=(250.0, 270.0),
+            route_m=(2000.0, 6000.0),
+            park_s=(180.0, 1200.0),
+            dtc_mean_interval_s=2 * 3600.0,
+            dtcs=(
+                *_COMMON_DTCS,
+                ("P0301", "Cylinder 1 misfire detected"),
+                ("P0420", "Catalyst system efficiency below threshold (bank 1)"),
+                ("P0171", "System too lean (bank 1)"),
+                ("P0128", "Coolant thermostat below regulating temperature"),
+            ),
+        ),
+        VehicleProfile.DELIVERY_VAN: _Spec(
+            mass_kg=2900.0,
+            max_speed_kmh=58.0,
+            battery_kwh=0.0,
+            tank_l=75.0,
+            base_per_km=0.062,
+            drag_per_km=0.0000060,
+            l_per_kwh=0.33,
+            idle_l_per_h=1.0,
+            tyre_kpa=(360.0, 390.0),
+            route_m=(800.0, 3000.0),
+            park_s=(120.0, 480.0),
+            dtc_mean_interval_s=2 * 3600.0,
+            dtcs=(
+                *_COMMON_DTCS,
+                ("P2002", "Diesel particulate filter efficiency below threshold (bank 1)"),
+                ("P0401", "Exhaust gas recirculation flow insufficient"),
+                ("P0299", "Turbocharger underboost"),
+            ),
+        ),
+    }
+)
+
+# --- behaviour constants ---------------------------------------------------------------------
+
+_MAX_ACCEL_MPS2: Final = 2.5
+_CHARGE_BELOW_PCT: Final = 20.0
+_REFUEL_BELOW_PCT: Final = 15.0
+_FUEL_LOW_WARNING_PCT: Final = 12.0
+_REFUEL_PCT_PER_S: Final = 0.8
+_DC_CHARGE_KW: Final = 50.0
+_DEPOT_PARK_S: Final = (600.0, 1500.0)
+#: a turn gentler than this (degrees) is driven at full speed
+_STRAIGHT_DEG: Final = 25.0
+_MAX_ACTIVE_DTCS: Final = 3
+_EPOCH_HOURS_TO_CET: Final = 1.0
+
+# --- signal paths ----------------------------------------------------------------------------
+
+_SPEED = "Vehicle.Speed"
+_IS_MOVING = "Vehicle.IsMoving"
+_ODOMETER = "Vehicle.TraveledDistance"
+_TRIP = "Vehicle.TraveledDistanceSinceStart"
+_LAT = "Vehicle.CurrentLocation.Latitude"
+_LON = "Vehicle.CurrentLocation.Longitude"
+_HEADING = "Vehicle.CurrentLocation.Heading"
+_ALTITUDE = "Vehicle.CurrentLocation.Altitude"
+_ACCURACY = "Vehicle.CurrentLocation.HorizontalAccuracy"
+_SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+_SOC_DISPLAYED = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed"
+_IS_CHARGING = "Vehicle.Powertrain.TractionBattery.Charging.IsCharging"
+_CHARGE_LIMIT = "Vehicle.Powertrain.TractionBattery.Charging.ChargeLimit"
+_RANGE = "Vehicle.Powertrain.Range"
+_FUEL_LEVEL = "Vehicle.Powertrain.FuelSystem.RelativeLevel"
+_FUEL_LOW = "Vehicle.Powertrain.FuelSystem.IsFuelLevelLow"
+_RPM = "Vehicle.Powertrain.CombustionEngine.Speed"
+_ENGINE_RUNNING = "Vehicle.Powertrain.CombustionEngine.IsRunning"
+_TYRE = "Vehicle.Chassis.Axle.Row1.Wheel.Left.Tire.Pressure"
+_DOOR_LOCKED = "Vehicle.Cabin.Door.Row1.DriverSide.IsLocked"
+_DOOR_OPEN = "Vehicle.Cabin.Door.Row1.DriverSide.IsOpen"
+_WINDOW = "Vehicle.Cabin.Door.Row1.DriverSide.Window.Position"
+_CABIN_TEMP = "Vehicle.Cabin.HVAC.AmbientAirTemperature"
+_SET_POINT = "Vehicle.Cabin.HVAC.Station.Row1.Driver.Temperature"
+_FAN = "Vehicle.Cabin.HVAC.Station.Row1.Driver.FanSpeed"
+_HAZARD = "Vehicle.Body.Lights.Hazard.IsSignaling"
+_OUTSIDE_TEMP = "Vehicle.Exterior.AirTemperature"
+_LV_STATE = "Vehicle.LowVoltageSystemState"
+_LV_VOLTAGE = "Vehicle.LowVoltageBattery.CurrentVoltage"
+_DTC_COUNT = "Vehicle.Diagnostics.DTCCount"
+_DTC_LIST = "Vehicle.Diagnostics.DTCList"
+
+_ALL_PATHS: Final = (
+    _SPEED,
+    _IS_MOVING,
+    _ODOMETER,
+    _TRIP,
+    _LAT,
+    _LON,
+    _HEADING,
+    _ALTITUDE,
+    _ACCURACY,
+    _SOC,
+    _SOC_DISPLAYED,
+    _IS_CHARGING,
+    _CHARGE_LIMIT,
+    _RANGE,
+    _FUEL_LEVEL,
+    _FUEL_LOW,
+    _RPM,
+    _ENGINE_RUNNING,
+    _TYRE,
+    _DOOR_LOCKED,
+    _DOOR_OPEN,
+    _WINDOW,
+    _CABIN_TEMP,
+    _SET_POINT,
+    _FAN,
+    _HAZARD,
+    _OUTSIDE_TEMP,
+    _LV_STATE,
+    _LV_VOLTAGE,
+    _DTC_COUNT,
+    _DTC_LIST,
+)
+assert all(path in CATALOG for path in _ALL_PATHS), "a simulator signal left the catalog"
+
+
+def _clamp(value: float, lo: float, hi: float) -> float:
+    return lo if value < lo else hi if value > hi else value
+
+
+def _relax(value: float, target: float, dt_s: float, tau_s: float) -> float:
+    """First-order lag: move ``value`` towards ``target`` with time constant ``tau_s``."""
+    return target + (value - target) * math.exp(-dt_s / tau_s)
+
+
+def _outside_air_c(time_ms: int) -> float:
+    """Munich's typical air temperature at ``time_ms``: season plus time of day.
+
+    Coldest mid-January (about -1 °C daily mean), warmest mid-July (about 19 °C), with a
+    daily swing of ±4.5 °C peaking at 15:00 local time (CET; daylight saving is ignored).
+    """
+    days = time_ms / 86_400_000
+    day_of_year = days % 365.2425
+    hour = (time_ms / 3_600_000 + _EPOCH_HOURS_TO_CET) % 24
+    seasonal = 9.0 - 10.0 * math.cos(2 * math.pi * (day_of_year - 15) / 365.2425)
+    daily = 4.5 * math.sin(2 * math.pi * (hour - 9) / 24)
+    return seasonal + daily
+
+
+@dataclass(frozen=True, slots=True)
+class _Driver:
+    """Per-vehicle habits, drawn once."""
+
+    speed_factor: float
+    accel_mps2: float
+    brake_mps2: float
+    light_stop_probability: float
+    set_point_c: float
+    charge_limit_pct: int
+
+
+class SimulatedVehicle:
+    """One simulated vehicle; see the module docstring for the model.
+
+    ``rng`` is owned by the vehicle from now on (give each vehicle its own). ``start_ms`` is
+    the simulated clock's start, ms since the Unix epoch. ``initial_level_pct`` is the
+    initial state of charge (electric) or fuel level (combustion), drawn from ``rng`` when
+    None. ``first_event_seq`` is the ``seq`` of the first event.
+    """
+
+    __slots__ = (
+        "_active_dtcs",
+        "_alt_noise_m",
+        "_cabin_c",
+        "_charging",
+        "_deliveries_left",
+        "_door_open",
+        "_driver",
+        "_elapsed_s",
+        "_energy",
+        "_events",
+        "_gps_accuracy_m",
+        "_gps_east_m",
+        "_gps_north_m",
+        "_hazard",
+        "_heading_deg",
+        "_hold_s",
+        "_ignition",
+        "_leg",
+        "_leg_length_m",
+        "_leg_target_mps",
+        "_locked",
+        "_net",
+        "_next_event_seq",
+        "_node",
+        "_node_speed_mps",
+        "_odometer_m",
+        "_outside_offset_c",
+        "_phase",
+        "_pos_m",
+        "_profile",
+        "_refuelling",
+        "_returning_home",
+        "_rng",
+        "_route",
+        "_rpm",
+        "_spec",
+        "_speed_mps",
+        "_start_ms",
+        "_start_node",
+        "_timer_s",
+        "_trip_m",
+        "_tyre_c",
+        "_tyre_kpa_20c",
+        "_vin",
+        "_voltage",
+        "_window_pct",
+    )
+
+    def __init__(
+        self,
+        vin: str,
+        profile: VehicleProfile,
+        network: RoadNetwork,
+        rng: random.Random,
+        start_node: str,
+        *,
+        start_ms: int = 0,
+        initial_level_pct: float | None = None,
+        first_event_seq: int = 0,
+    ) -> None:
+        self._vin = validate_vin(vin)
+        if not network.neighbours(start_node):
+            raise ValueError(f"start node {start_node!r} has no streets")
+        if start_ms < 0 or first_event_seq < 0:
+            raise ValueError("start_ms and first_event_seq must be >= 0")
+        if initial_level_pct is not None and not 0.0 <= initial_level_pct <= 100.0:
+            raise ValueError(f"initial_level_pct must be within [0, 100], got {initial_level_pct}")
+        self._profile = profile
+        self._spec = _SPECS[profile]
+        self._net = network
+        self._rng = rng
+        self._start_node = start_node
+        self._start_ms = start_ms
+        self._elapsed_s = 0.0
+        self._next_event_seq = first_event_seq
+        self._events: list[Event] = []
+
+        self._driver = _Driver(
+            speed_factor=rng.uniform(0.88, 1.06),
+            accel_mps2=rng.uniform(1.5, _MAX_ACCEL_MPS2),
+            brake_mps2=rng.uniform(1.8, 2.6),
+            light_stop_probability=rng.uniform(0.2, 0.4),
+            set_point_c=rng.choice((20.0, 20.5, 21.0, 21.5, 22.0, 22.5, 23.0)),
+            charge_limit_pct=rng.choice((80, 80, 90, 100)),
+        )
+        level = initial_level_pct if initial_level_pct is not None else rng.uniform(35.0, 95.0)
+        #: state of charge (electric) or fuel level (combustion), percent
+        self._energy = level
+
+        # position and motion: parked at the start node, facing along a random street
+        self._node = start_node
+        self._route: tuple[str, ...] = (start_node,)
+        self._leg = 0
+        self._pos_m = 0.0
+        self._leg_length_m = 0.0
+        self._leg_target_mps = 0.0
+        self._node_speed_mps = 0.0
+        self._speed_mps = 0.0
+        self._odometer_m = float(rng.randrange(3_000_000, 90_000_000))
+        self._trip_m = 0.0
+        facing = rng.choice(network.neighbours(start_node))
+        self._heading_deg = network.bearing_deg(start_node, facing)
+
+        # phase: parked, leaving soon
+        self._phase = Phase.PARKED
+        self._timer_s = rng.uniform(5.0, 90.0)
+        self._hold_s = 0.0
+        self._ignition = False
+        self._locked = True
+        self._door_open = False
+        self._window_pct = 0
+        self._hazard = False
+        self._charging = profile.is_electric and level < _CHARGE_BELOW_PCT
+        self._refuelling = not profile.is_electric and level < _REFUEL_BELOW_PCT
+        self._deliveries_left = rng.randint(4, 7)
+        self._returning_home = False
+        self._rpm = 0.0
+
+        # environment and body
+        self._outside_offset_c = rng.uniform(-0.8, 0.8)
+        outside = self._outside_c()
+        self._cabin_c = outside + rng.uniform(0.0, 3.0)
+        self._tyre_c = outside
+        self._tyre_kpa_20c = rng.uniform(*self._spec.tyre_kpa)
+        self._voltage = rng.uniform(12.4, 12.7)
+        self._gps_accuracy_m = rng.uniform(3.0, 6.0)
+        self._gps_north_m = 0.0
+        self._gps_east_m = 0.0
+        self._alt_noise_m = 0.0
+        #: active trouble code -> elapsed simulated seconds at which it clears
+        self._active_dtcs: dict[str, float] = {}
+
+    # --- public reads -----------------------------------------------------------------------
+
+    @property
+    def vin(self) -> str:
+        return self._vin
+
+    @property
+    def profile(self) -> VehicleProfile:
+        return self._profile
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def sim_time_ms(self) -> int:
+        """The simulated clock: ms since the Unix epoch."""
+        return self._start_ms + round(self._elapsed_s * 1000)
+
+    @property
+    def odometer_m(self) -> float:
+        return self._odometer_m
+
+    @property
+    def speed_kmh(self) -> float:
+        return self._speed_mps * 3.6
+
+    @property
+    def route(self) -> tuple[str, ...]:
+        """The current route (nodes, start to end); just the parking node while parked."""
+        return self._route
+
+    def position(self) -> tuple[float, float]:
+        """True ``(lat, lon)`` on the network, without GPS error."""
+        if self._phase in (Phase.DRIVING, Phase.WAITING) and self._leg_length_m > 0:
+            a, b = self._route[self._leg], self._route[self._leg + 1]
+            fraction = _clamp(self._pos_m / self._leg_length_m, 0.0, 1.0)
+            return self._net.interpolate(a, b, fraction)
+        node = self._net.nodes[self._node]
+        return node.lat, node.lon
+
+    def pending_events(self) -> list[Event]:
+        """The events since the last call, oldest first (the list is handed over)."""
+        events, self._events = self._events, []
+        return events
+
+    def signals(self) -> dict[str, SignalValue]:
+        """Current values keyed by catalog path, typed and bounded as the catalog says."""
+        lat, lon = self.position()
+        lat += self._gps_north_m / 111_320.0
+        lon += self._gps_east_m / (111_320.0 * math.cos(math.radians(lat)))
+        heading = round(self._heading_deg % 360.0, 1)
+        if heading >= 360.0:
+            heading = 0.0
+        speed_kmh = round(self._speed_mps * 3.6, 1)
+        out: dict[str, SignalValue] = {
+            _SPEED: speed_kmh,
+            _IS_MOVING: speed_kmh > 0.0,
+            _ODOMETER: int(self._odometer_m),
+            _TRIP: int(self._trip_m),
+            _LAT: round(lat, 6),
+            _LON: round(lon, 6),
+            _HEADING: heading,
+            _ALTITUDE: round(self._net.elevation_m + self._alt_noise_m, 1),
+            _ACCURACY: round(self._gps_accuracy_m, 1),
+            _TYRE: round(self._tyre_kpa_20c * (self._tyre_c + 273.15) / 293.15),
+            _DOOR_LOCKED: self._locked,
+            _DOOR_OPEN: self._door_open,
+            _WINDOW: self._window_pct,
+            _CABIN_TEMP: round(_clamp(self._cabin_c, -60.0, 90.0), 1),
+            _SET_POINT: self._driver.set_point_c,
+            _FAN: self._fan_pct(),
+            _HAZARD: self._hazard,
+            _OUTSIDE_TEMP: round(_clamp(self._outside_c(), -60.0, 70.0), 1),
+            _LV_STATE: "ON" if self._ignition else "LOCK" if self._locked else "OFF",
+            _LV_VOLTAGE: round(self._voltage, 2),
+            _DTC_COUNT: len(self._active_dtcs),
+            _DTC_LIST: sorted(self._active_dtcs),
+        }
+        if self._profile.is_electric:
+            soc = _clamp(self._energy, 0.0, 100.0)
+            displayed = _clamp((soc - 2.5) / 95.0 * 100.0, 0.0, 100.0)
+            usable_kwh = displayed / 100.0 * self._spec.battery_kwh
+            out[_SOC] = round(soc, 1)
+            out[_SOC_DISPLAYED] = round(displayed, 1)
+            out[_IS_CHARGING] = self._charging
+            out[_CHARGE_LIMIT] = self._driver.charge_limit_pct
+            out[_RANGE] = int(usable_kwh / 0.18 * 1000)
+        else:
+            level = _clamp(self._energy, 0.0, 100.0)
+            litres = level / 100.0 * self._spec.tank_l
+            out[_FUEL_LEVEL] = round(level)
+            out[_FUEL_LOW] = level < _FUEL_LOW_WARNING_PCT
+            out[_RPM] = float(round(self._rpm))
+            out[_ENGINE_RUNNING] = self._ignition
+            out[_RANGE] = int(litres / (self._spec.base_per_km * 1.8) * 1000)
+        return out
+
+    # --- stepping ---------------------------------------------------------------------------
+
+    def step(self, dt_s: float) -> None:
+        """Advance the simulated clock and the vehicle by ``dt_s`` seconds (> 0)."""
+        if not (dt_s > 0.0 and math.isfinite(dt_s)):
+            raise ValueError(f"dt_s must be a finite number > 0, got {dt_s}")
+        substeps = max(1, math.ceil(dt_s / MAX_SUBSTEP_S - 1e-9))
+        sub = dt_s / substeps
+        for _ in range(substeps):
+            self._tick(sub)
+
+    def _tick(self, dt: float) -> None:
+        self._elapsed_s += dt
+        v0 = self._speed_mps
+        travelled = 0.0
+        phase = self._phase
+        if phase is Phase.DRIVING:
+            travelled = self._drive(dt)
+        elif phase is Phase.WAITING:
+            self._hold_s -= dt
+            if self._hold_s <= 0.0:
+                self._phase = Phase.DRIVING
+        elif phase is Phase.ALIGHTING:
+            self._timer_s -= dt
+            if self._timer_s <= 0.0:
+                self._door_open = False
+                self._locked = True
+                self._phase = Phase.PARKED
+                self._timer_s = self._park_duration_s()
+                if self._profile.is_electric:
+                    self._charging = self._energy < _CHARGE_BELOW_PCT
+                else:
+                    self._refuelling = self._energy < _REFUEL_BELOW_PCT
+        elif phase is Phase.PARKED:
+            self._parked(dt)
+        else:  # BOARDING
+            self._timer_s -= dt
+            if self._timer_s <= 0.0:
+                self._depart()
+        self._odometer_m += travelled
+        self._trip_m += travelled
+        self._use_energy(dt, travelled, v0, self._speed_mps)
+        self._update_engine(dt, v0)
+        self._update_body(dt)
+        self._update_dtcs(dt)
+        self._update_gps(dt)
+
+    # --- driving ----------------------------------------------------------------------------
+
+    def _drive(self, dt: float) -> float:
+        """Move along the route for ``dt``; return the distance travelled."""
+        driver = self._driver
+        v0 = self._speed_mps
+        v_node = self._node_speed_mps
+        remaining = self._leg_length_m - self._pos_m
+        needed = 0.0
+        if v0 > v_node and remaining > 0.0:
+            needed = (v0 * v0 - v_node * v_node) / (2.0 * remaining)
+        if needed >= driver.brake_mps2:
+            # on the braking curve: brake evenly so as to reach the node at exactly v_node
+            to_node_s = (v0 - v_node) / needed
+            if to_node_s <= dt:
+                v1 = v_node
+                travel = remaining + v_node * (dt - to_node_s)
+            else:
+                v1 = v0 - needed * dt
+                travel = 0.5 * (v0 + v1) * dt
+        else:
+            allowed = math.sqrt(v_node * v_node + 2.0 * driver.brake_mps2 * remaining)
+            desired = min(self._leg_target_mps, allowed)
+            if v0 < desired:
+                # acceleration fades as the speed approaches the target
+                headroom = 1.0 - 0.5 * v0 / max(self._leg_target_mps, 1.0)
+                v1 = min(desired, v0 + driver.accel_mps2 * max(headroom, 0.3) * dt)
+            else:
+                v1 = max(desired, v0 - driver.brake_mps2 * dt)
+            travel = 0.5 * (v0 + v1) * dt
+        self._speed_mps = v1
+        if travel < remaining:
+            self._pos_m += travel
+            return travel
+        # reached the node at the end of the leg
+        self._pos_m = self._leg_length_m
+        self._node = self._route[self._leg + 1]
+        if self._leg + 1 == len(self._route) - 1:
+            self._arrive()
+            return remaining
+        stop_here = self._node_speed_mps == 0.0
+        self._start_leg(self._leg + 1)
+        if stop_here:
+            self._speed_mps = 0.0
+            self._phase = Phase.WAITING
+            self._hold_s = self._rng.uniform(8.0, 45.0)
+            return remaining
+        carried = min(travel - remaining, 0.5 * self._leg_length_m)
+        self._pos_m = carried
+        return remaining + carried
+
+    def _start_leg(self, leg: int) -> None:
+        """Enter leg ``leg`` of the route: fix its target speed and the speed at its end."""
+        net, rng, route = self._net, self._rng, self._route
+        a, b = route[leg], route[leg + 1]
+        self._leg = leg
+        self._pos_m = 0.0
+        self._leg_length_m = net.edge_length_m(a, b)
+        self._leg_target_mps = self._target_mps(a, b) * rng.uniform(0.95, 1.02)
+        self._heading_deg = net.bearing_deg(a, b)
+        if leg + 1 == len(route) - 1 or rng.random() < self._driver.light_stop_probability:
+            self._node_speed_mps = 0.0
+            return
+        c = route[leg + 2]
+        node_speed = min(self._leg_target_mps, self._target_mps(b, c))
+        turn = abs((net.bearing_deg(b, c) - self._heading_deg + 180.0) % 360.0 - 180.0)
+        if turn > _STRAIGHT_DEG:
+            node_speed = min(node_speed, (30.0 - 22.0 * turn / 180.0) / 3.6)
+        self._node_speed_mps = node_speed
+
+    def _target_mps(self, a: str, b: str) -> float:
+        limit = self._net.edge(a, b).speed_limit_kmh * self._driver.speed_factor
+        return min(limit, self._spec.max_speed_kmh) / 3.6
+
+    def _arrive(self) -> None:
+        """Stop at the end of the route: ignition off, the driver gets out."""
+        self._speed_mps = 0.0
+        self._route = (self._node,)
+        self._set_ignition(on=False)
+        self._phase = Phase.ALIGHTING
+        self._timer_s = self._rng.uniform(4.0, 15.0)
+        self._locked = False
+        self._door_open = True
+        self._window_pct = 0
+        if self._profile is VehicleProfile.DELIVERY_VAN:
+            at_depot = self._node == self._start_node
+            self._hazard = not at_depot
+            if at_depot and self._returning_home:
+                self._returning_home = False
+                self._deliveries_left = self._rng.randint(4, 7)
+            elif not at_depot:
+                self._deliveries_left -= 1
+
+    def _park_duration_s(self) -> float:
+        if self._profile is VehicleProfile.DELIVERY_VAN and self._node == self._start_node:
+            return self._rng.uniform(*_DEPOT_PARK_S)
+        return self._rng.uniform(*self._spec.park_s)
+
+    def _parked(self, dt: float) -> None:
+        if self._charging:
+            kw = (
+                _DC_CHARGE_KW
+                if self._energy < 50.0
+                else max(12.0, 50.0 - 0.8 * (self._energy - 50))
+            )
+            self._energy += kw * dt / 3600.0 / self._spec.battery_kwh * 100.0
+            if self._energy >= self._driver.charge_limit_pct:
+                self._energy = float(self._driver.charge_limit_pct)
+                self._charging = False
+        if self._refuelling:
+            self._energy += _REFUEL_PCT_PER_S * dt
+            if self._energy >= 100.0:
+                self._energy = 100.0
+                self._refuelling = False
+        self._timer_s -= dt
+        if self._timer_s <= 0.0 and not self._charging and not self._refuelling:
+            self._phase = Phase.BOARDING
+            self._timer_s = self._rng.uniform(3.0, 10.0)
+            self._locked = False
+            self._door_open = True
+
+    def _depart(self) -> None:
+        """The driver is in: close the door, ignition on, pick the next route and go."""
+        rng = self._rng
+        self._door_open = False
+        self._hazard = False
+        self._set_ignition(on=True)
+        self._trip_m = 0.0
+        route: tuple[str, ...] = ()
+        if self._profile is VehicleProfile.DELIVERY_VAN and self._deliveries_left <= 0:
+            route = shortest_path(self._net, self._node, self._start_node)
+            self._returning_home = len(route) > 1
+            if not self._returning_home:
+                self._deliveries_left = rng.randint(4, 7)
+        if len(route) < 2:
+            route = random_route(self._net, rng, self._node, rng.uniform(*self._spec.route_m))
+        self._route = route
+        self._start_leg(0)
+        if self._outside_c() > 18.0 and rng.random() < 0.3:
+            self._window_pct = rng.randrange(10, 45, 5)
+        self._phase = Phase.DRIVING
+
+    def _set_ignition(self, *, on: bool) -> None:
+        self._ignition = on
+        kind = EventType.IGNITION_ON if on else EventType.IGNITION_OFF
+        self._emit(kind)
+
+    def _emit(self, kind: EventType, code: str | None = None, detail: str | None = None) -> None:
+        seq = self._next_event_seq
+        self._next_event_seq += 1
+        self._events.append(Event(self._vin, seq, self.sim_time_ms, kind, code, detail))
+
+    # --- energy, engine, body, diagnostics, GPS ---------------------------------------------
+
+    def _use_energy(self, dt: float, travelled_m: float, v0: float, v1: float) -> None:
+        spec = self._spec
+        km = travelled_m / 1000.0
+        v_kmh = 1.8 * (v0 + v1)
+        kinetic_kwh = 0.5 * spec.mass_kg * (v1 * v1 - v0 * v0) / 3.6e6
+        if self._profile.is_electric:
+            used = (spec.base_per_km + spec.drag_per_km * v_kmh * v_kmh) * km
+            used += kinetic_kwh / 0.9 if kinetic_kwh > 0 else kinetic_kwh * 0.6
+            if self._ignition:
+                climate_kw = 0.4 + 0.1 * abs(self._outside_c() - self._driver.set_point_c)
+                used += min(climate_kw, 3.0) * dt / 3600.0
+            self._energy = max(0.0, self._energy - used / spec.battery_kwh * 100.0)
+        elif self._ignition:
+            litres = (spec.base_per_km + spec.drag_per_km * v_kmh * v_kmh) * km
+            litres += max(kinetic_kwh, 0.0) * spec.l_per_kwh
+            litres += spec.idle_l_per_h * dt / 3600.0
+            self._energy = max(0.0, self._energy - litres / spec.tank_l * 100.0)
+
+    def _update_engine(self, dt: float, v0: float) -> None:
+        if self._profile.is_electric or not self._ignition:
+            self._rpm = 0.0
+            return
+        v_kmh = self._speed_mps * 3.6
+        if v_kmh < 1.0:
+            rpm = 760.0
+        else:
+            # six gears, shifting up every 17 km/h; rpm climbs through each gear's band
+            low = min(v_kmh // 17.0, 5.0) * 17.0
+            rpm = 1100.0 + 1400.0 * min((v_kmh - low) / 17.0, 1.0)
+            if self._speed_mps > v0 + 0.1 * dt:
+                rpm += 350.0
+        self._rpm = _clamp(rpm + self._rng.gauss(0.0, 15.0), 600.0, 4500.0)
+
+    def _outside_c(self) -> float:
+        return _outside_air_c(self.sim_time_ms) + self._outside_offset_c
+
+    def _fan_pct(self) -> int:
+        if not self._ignition:
+            return 0
+        return int(_clamp(20.0 + 8.0 * abs(self._cabin_c - self._driver.set_point_c), 0.0, 100.0))
+
+    def _update_body(self, dt: float) -> None:
+        outside = self._outside_c()
+        moving = self._speed_mps > 0.0
+        if self._ignition:
+            self._cabin_c = _relax(self._cabin_c, self._driver.set_point_c, dt, 300.0)
+            self._voltage = _relax(self._voltage, 14.2, dt, 20.0)
+        else:
+            self._cabin_c = _relax(self._cabin_c, outside, dt, 2400.0)
+            self._voltage = _relax(self._voltage, 12.45, dt, 900.0)
+        self._voltage = _clamp(self._voltage + self._rng.gauss(0.0, 0.003), 11.8, 14.6)
+        tyre_target = outside + (15.0 + 0.2 * self._speed_mps * 3.6 if moving else 0.0)
+        self._tyre_c = _relax(self._tyre_c, tyre_target, dt, 600.0 if moving else 1800.0)
+
+    def _update_dtcs(self, dt: float) -> None:
+        if not self._ignition:
+            return
+        now = self._elapsed_s
+        for code in sorted(self._active_dtcs):
+            if self._active_dtcs[code] <= now:
+                del self._active_dtcs[code]
+                self._emit(EventType.DTC_CLEARED, code)
+        rng = self._rng
+        if rng.random() < dt / self._spec.dtc_mean_interval_s:
+            free = [(c, d) for c, d in self._spec.dtcs if c not in self._active_dtcs]
+            if free and len(self._active_dtcs) < _MAX_ACTIVE_DTCS:
+                code, description = rng.choice(free)
+                self._active_dtcs[code] = now + rng.uniform(600.0, 2700.0)
+                self._emit(EventType.DTC_SET, code, description)
+
+    def _update_gps(self, dt: float) -> None:
+        rng = self._rng
+        self._gps_accuracy_m = _clamp(
+            self._gps_accuracy_m + rng.gauss(0.0, 0.15 * math.sqrt(dt)), 2.5, 12.0
+        )
+        keep = math.exp(-dt / 20.0)
+        spread = math.sqrt(1.0 - keep * keep) * self._gps_accuracy_m / 2.0
+        self._gps_north_m = keep * self._gps_north_m + rng.gauss(0.0, spread)
+        self._gps_east_m = keep * self._gps_east_m + rng.gauss(0.0, spread)
+        self._alt_noise_m = keep * self._alt_noise_m + rng.gauss(0.0, 1.5 * spread)
+        if self._speed_mps > 0.5:
+            self._heading_deg = self._net.bearing_deg(
+                self._route[self._leg], self._route[self._leg + 1]
+            ) + rng.gauss(0.0, 0.4)

@@ -1,0 +1,643 @@
+"""A private Mosquitto broker run as a child process with a generated configuration.
+
+Why a private broker: ``telematics up``, the benchmarks and the tests all need an MQTT broker
+whose limits suit the gateway, and a system-wide Mosquitto (``/etc/mosquitto``) has the
+defaults (20 messages in flight, 1000 queued per client) that silently drop telemetry under
+load. So we render our own configuration into a data directory, start ``mosquitto -c FILE``
+on a port of our choosing, and wait until it really speaks MQTT before handing it out.
+
+The child stays in our process group on purpose: Ctrl-C in a terminal, or a supervisor that
+signals the group, stops the broker together with us. Brokers still running at interpreter
+exit are stopped by an ``atexit`` hook. (A SIGKILL of the Python process cannot be caught;
+Linux's parent-death signal would cover it, but it fires when the *thread* that started the
+child exits, which would kill a broker started from a worker thread, so it is not used.)
+
+Everything here is synchronous and uses only the standard library, so the CLI, the
+benchmarks and pytest fixtures can use it without an event loop or extra dependencies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit
+
+from gateway.errors import GatewayError
+
+__all__ = [
+    "CONFIG_FILE_NAME",
+    "DEFAULT_MQTT_PORT",
+    "INSTALL_HINT",
+    "LOG_FILE_NAME",
+    "PERSISTENCE_FILE_NAME",
+    "SEARCH_DIRS",
+    "BrokerConfig",
+    "BrokerError",
+    "BrokerStartError",
+    "MosquittoNotFoundError",
+    "MosquittoProcess",
+    "find_mosquitto",
+    "free_port",
+    "parse_mqtt_url",
+    "probe_mqtt",
+    "render_config",
+]
+
+DEFAULT_MQTT_PORT = 1883
+"""The IANA port for unencrypted MQTT; what ``mqtt://host`` means without a port."""
+
+CONFIG_FILE_NAME = "mosquitto.conf"
+LOG_FILE_NAME = "mosquitto.log"
+PERSISTENCE_FILE_NAME = "mosquitto.db"
+
+SEARCH_DIRS: tuple[Path, ...] = (Path("/usr/sbin"), Path("/usr/local/sbin"))
+"""Where to look besides PATH: Debian installs the broker in /usr/sbin, which is not on a
+normal user's PATH; a source build goes to /usr/local/sbin. Read at call time, so tests can
+monkeypatch it."""
+
+INSTALL_HINT = (
+    "install it with: sudo apt-get install -y mosquitto mosquitto-clients (Debian/Ubuntu), "
+    "or pass --mqtt-url mqtt://host:port to use an existing broker"
+)
+
+_LOG_TAIL_LINES = 20
+_LOG_TAIL_BYTES = 64 * 1024
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class BrokerError(GatewayError):
+    """Base of the errors raised by :mod:`gateway.broker`; the message says how to fix it."""
+
+
+class MosquittoNotFoundError(BrokerError):
+    """The ``mosquitto`` executable is neither on PATH nor in :data:`SEARCH_DIRS`."""
+
+
+class BrokerStartError(BrokerError):
+    """The broker exited, refused its configuration, or did not answer MQTT in time.
+
+    The message carries the tail of the broker's own output (its log file, which also
+    receives its stderr), because that is where Mosquitto says what it disliked.
+    """
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BrokerConfig:
+    """Everything :func:`render_config` needs; immutable so a running broker's settings are
+    exactly what was rendered.
+
+    Keyword-only because most fields are integers whose order nobody remembers.
+    ``data_dir`` is made absolute on construction: Mosquitto resolves relative paths against
+    its own working directory, and the generated file should be readable on its own.
+    """
+
+    host: str = "127.0.0.1"
+    port: int
+    data_dir: Path
+    max_inflight_messages: int = 20_000
+    max_queued_messages: int = 1_000_000
+    persistence: bool = True
+    allow_anonymous: bool = True
+    autosave_interval: int = 30
+    message_size_limit: int = 1024 * 1024
+    max_keepalive: int = 120
+    extra_lines: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir).absolute())
+        if not 1 <= self.port <= 65535:
+            raise ValueError(
+                f"broker port must be 1..65535, got {self.port} (use free_port() for a free one)"
+            )
+        if not self.host or any(ch.isspace() for ch in self.host):
+            raise ValueError(f"broker host must be a non-empty name or address, got {self.host!r}")
+        # The config file is line-based: a newline in a path or an extra line would inject
+        # a directive we did not mean to write.
+        for what, text in [
+            ("data_dir", str(self.data_dir)),
+            *(("extra_lines", x) for x in self.extra_lines),
+        ]:
+            if "\n" in text or "\r" in text:
+                raise ValueError(f"broker {what} must not contain a line break: {text!r}")
+        for name in ("max_inflight_messages", "max_queued_messages", "message_size_limit"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"broker {name} must be >= 0 (0 means unlimited)")
+        if self.autosave_interval < 0:
+            raise ValueError("broker autosave_interval must be >= 0 (0 saves only on exit)")
+        if not 10 <= self.max_keepalive <= 65535:
+            raise ValueError("broker max_keepalive must be 10..65535 seconds (Mosquitto's range)")
+
+    @property
+    def config_path(self) -> Path:
+        """Where :meth:`MosquittoProcess.start` writes the rendered configuration."""
+        return self.data_dir / CONFIG_FILE_NAME
+
+    @property
+    def log_path(self) -> Path:
+        """The broker's log file; its stdout and stderr are appended there too."""
+        return self.data_dir / LOG_FILE_NAME
+
+    @property
+    def persistence_path(self) -> Path:
+        """The persistence database Mosquitto saves on exit and every autosave interval."""
+        return self.data_dir / PERSISTENCE_FILE_NAME
+
+    @property
+    def url(self) -> str:
+        """``mqtt://host:port``, the form ``--mqtt-url`` and :func:`parse_mqtt_url` take."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtt://{host}:{self.port}"
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _current_user() -> str | None:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (some containers): not root, no effect
+        return None
+
+
+def render_config(cfg: BrokerConfig) -> str:
+    """Return a Mosquitto 2.0 configuration file for ``cfg``, each directive commented.
+
+    Comments sit on their own lines because Mosquitto has no trailing comments: anything
+    after a value is read as part of it. All directives were checked against Mosquitto
+    2.0.11, which refuses unknown ones. ``extra_lines`` go last, verbatim.
+    """
+    d = cfg.data_dir
+    out: list[str] = [
+        "# Generated by gateway.broker.render_config; rewritten on every start, do not edit.",
+        "",
+    ]
+
+    def add(why: str, line: str) -> None:
+        out.extend(f"# {w}" for w in why.splitlines())
+        out.append(line)
+        out.append("")
+
+    add(
+        "One set of security settings for all listeners (the 2.0 default, stated so a\n"
+        "second listener added later does not silently get different auth rules).",
+        "per_listener_settings false",
+    )
+    add(
+        "Our own port and interface only; loopback by default so a dev broker is not\n"
+        "reachable from the network.",
+        f"listener {cfg.port} {cfg.host}",
+    )
+    add(
+        "Anonymous clients allowed for now (authentication is a later issue); Mosquitto 2.0\n"
+        "refuses them by default once a listener is configured.",
+        f"allow_anonymous {_bool(cfg.allow_anonymous)}",
+    )
+    user = _current_user()
+    if user is not None:
+        add(
+            "Keep running as the user who started us. Run as root, Mosquitto would switch\n"
+            "to the 'mosquitto' user, which cannot write the data directory, and would then\n"
+            "run with no log and no persistence. No effect when not started as root.",
+            f"user {user}",
+        )
+    if cfg.persistence:
+        add(
+            "Messages queued for a stopped gateway wait in its persistent session and\n"
+            "retained messages must outlive a broker restart, so save state to disk.",
+            "persistence true",
+        )
+        add(
+            "The database lives in our data directory (the trailing slash is required).",
+            f"persistence_location {d}/",
+        )
+        add(
+            "The database file name inside persistence_location.",
+            f"persistence_file {PERSISTENCE_FILE_NAME}",
+        )
+        add(
+            "Save every N seconds as well as on a clean exit, so a broker crash loses at most\n"
+            "this much queued telemetry; each save rewrites the whole database, so not less.",
+            f"autosave_interval {cfg.autosave_interval}",
+        )
+    else:
+        add(
+            "No persistence: state is lost when the broker stops (tests, benchmarks).",
+            "persistence false",
+        )
+    add(
+        "QoS 1/2 messages in flight to one client. The MQTT 5 gateway acknowledges only\n"
+        "after a batch commit, so a whole batch (thousands) is unacknowledged at once; the\n"
+        "default of 20 would stall delivery to a trickle.",
+        f"max_inflight_messages {cfg.max_inflight_messages}",
+    )
+    add(
+        "Messages queued per client beyond those in flight. Messages for a stopped gateway\n"
+        "wait in its persistent session; the default of 1000 would drop telemetry after a\n"
+        "few seconds of a fleet's traffic. Beyond this limit messages are dropped.",
+        f"max_queued_messages {cfg.max_queued_messages}",
+    )
+    add(
+        "No byte limit on the queue: max_queued_messages alone bounds it.",
+        "max_queued_bytes 0",
+    )
+    add(
+        "QoS 0 telemetry is fire-and-forget by contract; do not queue it for offline clients\n"
+        "(the MQTT spec's behaviour), so it cannot crowd out QoS 1 messages.",
+        "queue_qos0_messages false",
+    )
+    add(
+        "Largest accepted publish payload in bytes. Chosen over max_packet_size (which\n"
+        "Mosquitto's start-up note recommends): an oversized message is dropped but its QoS\n"
+        "flow completes, instead of disconnecting the device, which would reconnect and\n"
+        "resend the same oversized batch forever.",
+        f"message_size_limit {cfg.message_size_limit}",
+    )
+    add(
+        "Log to a file in the data directory (start-up errors read its tail).",
+        f"log_dest file {cfg.log_path}",
+    )
+    # One type per line: Mosquitto 2.0.11 reads only the first word of a log_type line, so
+    # "log_type error warning ..." would silently log errors only.
+    out.append("# Errors, warnings, notices and connection events; one type per line because")
+    out.append("# Mosquitto reads only the first type on a log_type line.")
+    out.extend(f"log_type {t}" for t in ("error", "warning", "notice", "information"))
+    out.append("")
+    add("Readable timestamps instead of epoch seconds.", "log_timestamp_format %Y-%m-%dT%H:%M:%S")
+    add(
+        "Disable Nagle's algorithm: small PUBACKs and telemetry messages go out at once\n"
+        "instead of waiting up to 40 ms to be coalesced.",
+        "set_tcp_nodelay true",
+    )
+    add(
+        "MQTT 5 clients asking for a longer keepalive are told to use this one, so a\n"
+        "silently dead gateway connection is noticed within 1.5x this many seconds.",
+        f"max_keepalive {cfg.max_keepalive}",
+    )
+    if cfg.extra_lines:
+        out.append("# Extra directives from BrokerConfig.extra_lines, verbatim.")
+        out.extend(cfg.extra_lines)
+        out.append("")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def find_mosquitto() -> Path:
+    """Return the path of the ``mosquitto`` executable.
+
+    Looks on PATH first (so a user's own build wins), then in :data:`SEARCH_DIRS`.
+    Raises :class:`MosquittoNotFoundError` with the install command otherwise.
+    """
+    found = shutil.which("mosquitto")
+    if found is not None:
+        return Path(found)
+    for directory in SEARCH_DIRS:
+        candidate = directory / "mosquitto"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    searched = ", ".join(str(d) for d in SEARCH_DIRS)
+    raise MosquittoNotFoundError(
+        f"the Mosquitto broker was not found on PATH or in {searched}; {INSTALL_HINT}"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on ``host`` that the kernel had free a moment ago.
+
+    There is a small window before the broker binds it; :meth:`MosquittoProcess.start`
+    re-checks and fails clearly if someone else took it meanwhile.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int]:
+    """Split ``mqtt://host[:port]`` into ``(host, port)``; the port defaults to 1883.
+
+    Anything else (another scheme, credentials, a path, a query) raises ``ValueError``
+    that shows the accepted form, because it usually comes straight from ``--mqtt-url``.
+    """
+    expected = "expected mqtt://host:port (port defaults to 1883), e.g. mqtt://127.0.0.1:1883"
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() != "mqtt":
+        hint = " (TLS is not supported yet)" if parts.scheme.lower() in {"mqtts", "ssl"} else ""
+        raise ValueError(f"invalid MQTT URL {url!r}: {expected}{hint}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"invalid MQTT URL {url!r}: credentials are not supported yet; {expected}")
+    if parts.path not in {"", "/"} or parts.query or parts.fragment:
+        raise ValueError(f"invalid MQTT URL {url!r}: no path or query allowed; {expected}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(
+            f"invalid MQTT URL {url!r}: the port must be 1..65535; {expected}"
+        ) from None
+    if not parts.hostname:
+        raise ValueError(f"invalid MQTT URL {url!r}: the host is missing; {expected}")
+    if port == 0:
+        raise ValueError(f"invalid MQTT URL {url!r}: the port must be 1..65535; {expected}")
+    return parts.hostname, DEFAULT_MQTT_PORT if port is None else port
+
+
+def _connect_packet(client_id: str) -> bytes:
+    """An MQTT 3.1.1 CONNECT (clean session, 10 s keepalive, no credentials)."""
+    cid = client_id.encode()
+    variable_header = b"\x00\x04MQTT" + b"\x04" + b"\x02" + (10).to_bytes(2, "big")
+    body = variable_header + len(cid).to_bytes(2, "big") + cid
+    assert len(body) < 128, "remaining length must fit in one byte"
+    return bytes([0x10, len(body)]) + body
+
+
+_DISCONNECT = b"\xe0\x00"
+
+
+def probe_mqtt(host: str, port: int, *, timeout: float = 1.0) -> int:
+    """Do one MQTT 3.1.1 CONNECT/CONNACK handshake and return the CONNACK return code.
+
+    0 means accepted; 1-5 are the MQTT refusals (5: not authorized), which still prove an
+    MQTT broker is answering. A TCP connect alone is not enough: the port may belong to
+    something else, or the broker may accept TCP before it is ready. Raises ``OSError``
+    (``ConnectionError``, ``TimeoutError``) when no valid CONNACK arrives in ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(_connect_packet(f"gw-probe-{os.getpid()}"))
+        reply = b""
+        while len(reply) < 4:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            chunk = sock.recv(4 - len(reply))
+            if not chunk:
+                raise ConnectionError(f"{host}:{port} closed the connection before a CONNACK")
+            reply += chunk
+        if reply[0] != 0x20 or reply[1] != 0x02:
+            raise ConnectionError(f"{host}:{port} did not answer like an MQTT broker: {reply!r}")
+        return_code = reply[3]
+        if return_code == 0:
+            with contextlib.suppress(OSError):
+                sock.sendall(_DISCONNECT)  # a clean goodbye keeps the broker log quiet
+        return return_code
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail fast if something already listens on ``host:port``.
+
+    Without this, the readiness probe could talk to the *other* broker during the moment
+    before ours fails to bind. SO_REUSEADDR (as Mosquitto uses) ignores TIME_WAIT leftovers
+    of our previous run, so a restart on the same port passes.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise BrokerStartError(f"cannot bind {host}:{port}: {exc}") from exc
+            raise BrokerStartError(
+                f"port {port} on {host} is already in use; pick another port "
+                f"(free_port() finds one) or pass --mqtt-url mqtt://{host}:{port} "
+                "to use the broker that is already there"
+            ) from exc
+
+
+# Brokers still running when the interpreter exits are stopped, so none outlives us on a
+# normal exit (including an uncaught exception). Strong references: a MosquittoProcess
+# dropped without stop() must not leave an unreachable child behind.
+_LIVE: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for proc in list(_LIVE):
+        proc.terminate()
+    for proc in list(_LIVE):
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    _LIVE.clear()
+
+
+# --------------------------------------------------------------------------- the process
+
+
+class MosquittoProcess:
+    """One private Mosquitto broker: start, stop, kill, restart, and where it listens.
+
+    ``start()`` returns only once the broker answers an MQTT handshake, so callers can
+    connect immediately. Usable as a context manager (starts if needed, stops on exit).
+    Not thread-safe: one owner drives it.
+    """
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        *,
+        executable: Path | None = None,
+        startup_timeout: float = 10.0,
+    ) -> None:
+        """``executable`` defaults to :func:`find_mosquitto` at start time."""
+        self.config = config
+        self.executable = executable
+        self.startup_timeout = startup_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    def __repr__(self) -> str:
+        state = f"pid={self.pid}" if self.is_running() else "stopped"
+        return f"<MosquittoProcess {self.url} {state}>"
+
+    # -- where it is
+
+    @property
+    def host(self) -> str:
+        return self.config.host
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+    @property
+    def url(self) -> str:
+        """``mqtt://host:port``, accepted by :func:`parse_mqtt_url` and ``--mqtt-url``."""
+        return self.config.url
+
+    @property
+    def log_path(self) -> Path:
+        return self.config.log_path
+
+    @property
+    def config_path(self) -> Path:
+        return self.config.config_path
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while one was started (also after it exited)."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once it exited (negative: killed by that signal), else None."""
+        return None if self._proc is None else self._proc.poll()
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        """Write the configuration, start the broker and wait until it answers MQTT.
+
+        Raises :class:`MosquittoNotFoundError` if there is no broker executable and
+        :class:`BrokerStartError` (with the tail of the broker's log) if the port is taken,
+        the broker exits, or it does not answer within ``startup_timeout`` seconds.
+        """
+        if self.is_running():
+            raise RuntimeError(f"{self!r} is already running; use restart() to restart it")
+        executable = self.executable or find_mosquitto()
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        cfg.config_path.write_text(render_config(cfg), encoding="utf-8")
+        _check_port_free(cfg.host, cfg.port)
+
+        # Errors found while reading the configuration go to stderr before the log file is
+        # open, so stderr is appended to the same file: one place holds everything. Only
+        # the part written by this start is reported on failure.
+        self._log_offset = cfg.log_path.stat().st_size if cfg.log_path.exists() else 0
+        with cfg.log_path.open("ab") as log:
+            try:
+                self._proc = subprocess.Popen(
+                    [str(executable), "-c", str(cfg.config_path)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=cfg.data_dir,
+                )
+            except OSError as exc:  # not executable, wrong architecture, ...
+                raise BrokerStartError(f"cannot run {executable}: {exc}; {INSTALL_HINT}") from exc
+        _LIVE.add(self._proc)
+        self._wait_until_ready()
+
+    def _wait_until_ready(self) -> None:
+        proc = self._proc
+        assert proc is not None
+        deadline = time.monotonic() + self.startup_timeout
+        interval = 0.005
+        last_error: OSError | None = None
+        while True:
+            if proc.poll() is not None:
+                self._forget()
+                raise BrokerStartError(
+                    f"mosquitto exited with status {proc.returncode} during start-up "
+                    f"(config {self.config_path}){self._log_tail()}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                probe_mqtt(self.host, self.port, timeout=min(1.0, remaining))
+            except OSError as exc:
+                last_error = exc
+            else:
+                return
+            # Wait for the child to exit *or* the interval to pass: exits are seen at once,
+            # and the growing interval keeps the polling cheap on a slow machine.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=min(interval, max(deadline - time.monotonic(), 0)))
+            interval = min(interval * 2, 0.1)
+        self.stop()
+        raise BrokerStartError(
+            f"mosquitto did not answer an MQTT CONNECT on {self.host}:{self.port} within "
+            f"{self.startup_timeout:g} s (last error: {last_error}; config {self.config_path})"
+            f"{self._log_tail()}"
+        )
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Stop the broker: SIGTERM (it saves its database), then SIGKILL after ``timeout``.
+
+        Returns the exit status (None if it was never started). Safe to call twice.
+        """
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._forget()
+        return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would: nothing is saved since the last autosave."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self._forget()
+
+    def restart(self) -> None:
+        """Stop (cleanly) and start again on the same port with the same data directory."""
+        self.stop()
+        self.start()
+
+    def _forget(self) -> None:
+        if self._proc is not None:
+            _LIVE.discard(self._proc)
+
+    def _log_tail(self) -> str:
+        """The last lines this start wrote to the log, formatted for an error message."""
+        path = self.log_path
+        try:
+            with path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(self._log_offset, size - _LOG_TAIL_BYTES))
+                data = f.read()
+        except OSError as exc:
+            return f"; could not read {path}: {exc}"
+        lines = data.decode("utf-8", "replace").splitlines()[-_LOG_TAIL_LINES:]
+        if not lines:
+            return f"; {path} is empty"
+        body = "\n".join(f"    {line}" for line in lines)
+        return f"; last lines of {path}:\n{body}"
+
+    # -- context manager
+
+    def __enter__(self) -> Self:
+        if not self.is_running():
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

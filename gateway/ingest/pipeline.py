@@ -1,0 +1,134 @@
+"""The ingest pipeline's pure core: MQTT messages in, one :class:`IngestBatch` per commit out.
+
+:class:`Batcher` knows nothing of MQTT or SQL. The service (``gateway.ingest.service``)
+feeds it every received message with :meth:`Batcher.add` and, when a batch is due, takes
+it with :meth:`Batcher.take`, commits it, and only then acknowledges the messages.
+Everything that is wrong with a message becomes a quarantine entry; nothing raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway import metrics
+from gateway.store import IngestBatch, QuarantineEntry, StatusChange
+from schemas import (
+    DEFAULT_LIMITS,
+    Channel,
+    Event,
+    InvalidTopicError,
+    Limits,
+    Reason,
+    Rejection,
+    Sample,
+    Status,
+    decode_event,
+    decode_status,
+    decode_telemetry,
+    parse_topic,
+)
+
+__all__ = ["BatchPolicy", "Batcher"]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """When a batch is due: ``max_samples`` reached or ``max_delay_s`` since its first message.
+
+    The delay bounds the publish-to-acknowledge latency; the size bounds the memory and the
+    length of one transaction. A unit's messages stay unacknowledged (in flight) until their
+    batch commits, so the MQTT Receive Maximum must exceed rate x delay.
+    """
+
+    max_samples: int = 5000
+    max_delay_s: float = 0.05
+
+
+class Batcher:
+    """Accumulates decoded messages into the next batch."""
+
+    def __init__(self, *, clock_ms: Callable[[], int], limits: Limits = DEFAULT_LIMITS) -> None:
+        self._clock_ms = clock_ms
+        self._limits = limits
+        self._reset()
+
+    def _reset(self) -> None:
+        self._samples: list[Sample] = []
+        self._events: list[Event] = []
+        self._statuses: list[StatusChange] = []
+        self._quarantine: list[QuarantineEntry] = []
+        self._seen: dict[str, int] = {}
+        self._counters: dict[tuple[str, str], float] = {}
+        self.messages = 0
+
+    @property
+    def size(self) -> int:
+        """Rows the batch will write (samples count, everything else is cheap)."""
+        return len(self._samples) + len(self._events) + len(self._quarantine)
+
+    def _count(self, name: str, label: str = "", n: float = 1) -> None:
+        key = (name, label)
+        self._counters[key] = self._counters.get(key, 0) + n
+
+    def add_counters(self, counters: dict[tuple[str, str], float]) -> None:
+        for (name, label), n in counters.items():
+            self._count(name, label, n)
+
+    def _quarantine_all(
+        self, topic: str, payload: bytes, now: int, rejections: tuple[Rejection, ...]
+    ) -> None:
+        for rejection in rejections:
+            self._quarantine.append(QuarantineEntry(now, topic, payload, rejection))
+            self._count(metrics.QUARANTINED, rejection.reason.value)
+
+    def add(self, topic: str, payload: bytes) -> None:
+        """Decode one message into the current batch."""
+        now = self._clock_ms()
+        self.messages += 1
+        try:
+            parsed = parse_topic(topic)
+        except InvalidTopicError as exc:
+            self._count(metrics.MESSAGES_RECEIVED, "invalid")
+            self._quarantine_all(topic, payload, now, (Rejection(Reason.INVALID_TOPIC, str(exc)),))
+            return
+        vin = parsed.vin
+        self._count(metrics.MESSAGES_RECEIVED, parsed.channel.value)
+        self._seen[vin] = now
+        if parsed.channel is Channel.TELEMETRY:
+            decoded = decode_telemetry(payload, topic_vin=vin, now_ms=now, limits=self._limits)
+            self._samples.extend(decoded.samples)
+            if decoded.rejections:
+                self._quarantine_all(topic, payload, now, decoded.rejections)
+        elif parsed.channel is Channel.EVENTS:
+            event = decode_event(payload, topic_vin=vin, now_ms=now, limits=self._limits)
+            if isinstance(event, Rejection):
+                self._quarantine_all(topic, payload, now, (event,))
+            else:
+                self._events.append(event)
+        else:
+            status = decode_status(payload, topic_vin=vin)
+            if isinstance(status, Rejection):
+                self._quarantine_all(topic, payload, now, (status,))
+            else:
+                self._statuses.append(_status_change(vin, status, now))
+
+    def take(self) -> IngestBatch:
+        """Hand over the current batch and start a new one."""
+        batch = IngestBatch(
+            received_at=self._clock_ms(),
+            samples=self._samples,
+            events=self._events,
+            statuses=self._statuses,
+            quarantine=self._quarantine,
+            seen=self._seen,
+            counters=self._counters,
+        )
+        self._reset()
+        return batch
+
+
+def _status_change(vin: str, status: Status, received_at: int) -> StatusChange:
+    # The unit's clock may be wrong and a Last Will carries the time it was composed, so
+    # the gateway's receive time orders status changes.
+    return StatusChange(vin, status.state, received_at)

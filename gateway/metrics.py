@@ -1,0 +1,44 @@
+"""Names of the ingest counters, shared by the writer (ingest) and the reader (API).
+
+Counters are persisted in the telemetry store in the same transaction as the data they
+count, so they survive restarts, add up across several gateway processes, and never
+disagree with what was stored. The API's ``/metrics`` renders them for Prometheus.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "COMMIT_SECONDS",
+    "COMMIT_SECONDS_BUCKETS",
+    "EVENTS_DUPLICATE",
+    "EVENTS_STORED",
+    "MESSAGES_RECEIVED",
+    "QUARANTINED",
+    "SAMPLES_DUPLICATE",
+    "SAMPLES_STORED",
+    "commit_seconds_counters",
+]
+
+#: label: the channel (telemetry, events, status, or "invalid" for an unknown topic)
+MESSAGES_RECEIVED: Final = "telematics_messages_received_total"
+SAMPLES_STORED: Final = "telematics_samples_stored_total"
+#: samples that were already stored (a redelivery after a crash, or a unit resending)
+SAMPLES_DUPLICATE: Final = "telematics_samples_duplicate_total"
+EVENTS_STORED: Final = "telematics_events_stored_total"
+EVENTS_DUPLICATE: Final = "telematics_events_duplicate_total"
+#: label: the reason code (schemas.Reason)
+QUARANTINED: Final = "telematics_quarantined_total"
+#: histogram of batch commit latency; labels are the bucket bounds, plus "sum" and "count"
+COMMIT_SECONDS: Final = "telematics_batch_commit_seconds"
+COMMIT_SECONDS_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def commit_seconds_counters(seconds: float) -> dict[tuple[str, str], float]:
+    """Counter increments that record one commit of ``seconds`` in the histogram."""
+    out = {(COMMIT_SECONDS, "sum"): seconds, (COMMIT_SECONDS, "count"): 1.0}
+    for bound in COMMIT_SECONDS_BUCKETS:
+        if seconds <= bound:
+            out[(COMMIT_SECONDS, repr(bound))] = 1.0
+    return out

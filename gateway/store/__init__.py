@@ -1,0 +1,33 @@
+"""Telemetry store: where validated samples, vehicle state and the quarantine live.
+
+``base`` holds the interface and its value types; ``sqlite`` the embedded default. Imports
+``schemas`` and ``gateway.errors``; imported by ``gateway.ingest`` and ``gateway.api``.
+"""
+
+from gateway.store.base import (
+    CommitResult,
+    HistoryPoint,
+    IngestBatch,
+    QuarantineEntry,
+    StatusChange,
+    StoredQuarantine,
+    TelemetryReader,
+    TelemetryStore,
+    VehicleState,
+    VehicleSummary,
+)
+from gateway.store.sqlite import SqliteTelemetryStore
+
+__all__ = [
+    "CommitResult",
+    "HistoryPoint",
+    "IngestBatch",
+    "QuarantineEntry",
+    "SqliteTelemetryStore",
+    "StatusChange",
+    "StoredQuarantine",
+    "TelemetryReader",
+    "TelemetryStore",
+    "VehicleState",
+    "VehicleSummary",
+]

@@ -1,0 +1,138 @@
+"""The telemetry store's interface and the values that cross it.
+
+The ingest pipeline hands the store one :class:`IngestBatch` per commit: samples, events,
+status changes, quarantined input and counter deltas, all from messages that have not been
+acknowledged to the broker yet. :meth:`TelemetryStore.commit` makes all of it durable in one
+transaction; only then does the pipeline acknowledge those messages. A crash before the
+commit means the broker redelivers them, and (vin, seq) deduplication makes the second
+delivery harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from schemas import Event, Rejection, Sample, SignalValue, StatusState
+
+__all__ = [
+    "CommitResult",
+    "HistoryPoint",
+    "IngestBatch",
+    "QuarantineEntry",
+    "StatusChange",
+    "StoredQuarantine",
+    "TelemetryReader",
+    "TelemetryStore",
+    "VehicleState",
+    "VehicleSummary",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """Something the gateway refused, kept with its reason, topic and raw payload."""
+
+    received_at: int
+    topic: str
+    payload: bytes
+    rejection: Rejection
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    vin: str
+    state: StatusState
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngestBatch:
+    received_at: int
+    samples: Sequence[Sample] = ()
+    events: Sequence[Event] = ()
+    statuses: Sequence[StatusChange] = ()
+    quarantine: Sequence[QuarantineEntry] = ()
+    #: vin -> receive time of its newest message in this batch
+    seen: Mapping[str, int] = field(default_factory=dict)
+    #: (counter name, label) -> increment, persisted with the data (see gateway.metrics)
+    counters: Mapping[tuple[str, str], float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    samples_stored: int
+    sample_duplicates: int
+    events_stored: int
+    event_duplicates: int
+    quarantined: int
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleSummary:
+    vin: str
+    online: bool | None
+    first_seen: int
+    last_seen: int
+    status_changed_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleState:
+    summary: VehicleSummary
+    #: signal path -> (value, ts of the sample it came from)
+    latest: Mapping[str, tuple[SignalValue, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    seq: int
+    ts: int
+    values: Mapping[str, SignalValue]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredQuarantine:
+    id: int
+    received_at: int
+    topic: str
+    reason: str
+    detail: str
+    vin: str | None
+    seq: int | None
+    signal: str | None
+    payload: bytes
+
+
+class TelemetryStore(Protocol):
+    """Where ingest writes. One instance per gateway process; not thread-safe."""
+
+    def commit(self, batch: IngestBatch) -> CommitResult: ...
+
+    def close(self) -> None: ...
+
+
+class TelemetryReader(Protocol):
+    """What the HTTP API reads. Safe to use from several processes at once."""
+
+    def list_vehicles(self, *, limit: int, offset: int) -> list[VehicleSummary]: ...
+
+    def vehicle_state(self, vin: str) -> VehicleState | None: ...
+
+    def history(
+        self, vin: str, signals: Sequence[str], *, start: int, end: int, limit: int
+    ) -> list[HistoryPoint]: ...
+
+    def quarantine(
+        self,
+        *,
+        limit: int,
+        reason: str | None = None,
+        vin: str | None = None,
+        before_id: int | None = None,
+    ) -> list[StoredQuarantine]: ...
+
+    def counters(self) -> dict[tuple[str, str], float]: ...
+
+    def close(self) -> None: ...
