@@ -88,6 +88,7 @@ class IngestService:
         self._due = asyncio.Event()
         self._first_at: float | None = None
         self.connected = asyncio.Event()
+        self._stopping = False
         self.commits = 0
 
     # --- receiving ----------------------------------------------------------------------
@@ -121,6 +122,8 @@ class IngestService:
         self.connected.set()
 
     def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
+        if self.connected.is_set() and not self._stopping:
+            log.warning("disconnected from the broker; reconnecting")
         self.connected.clear()
         log.warning("disconnected from the broker; gmqtt reconnects")
 
@@ -195,6 +198,7 @@ class IngestService:
         flusher = asyncio.create_task(self._flush_loop(stopping))
         try:
             await stopping.wait()
+            self._stopping = True
             _pause_reading(client)
             await flusher  # commits the batch that was open
             # packets already read are still being dispatched: commit until none are left

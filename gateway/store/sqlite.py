@@ -385,5 +385,12 @@ class SqliteTelemetryStore:
     def counters(self) -> dict[tuple[str, str], float]:
         return {(n, label): v for n, label, v in self._read("SELECT * FROM counters")}
 
+    def vehicle_counts(self) -> tuple[int, int]:
+        """(vehicles known, vehicles whose last status is online), from one snapshot."""
+        ((total, online),) = self._read(
+            "SELECT count(*), coalesce(sum(online = 1), 0) FROM vehicles"
+        )
+        return int(total), int(online)
+
     def close(self) -> None:
         self._db.close()

@@ -1,0 +1,469 @@
+"""The FastAPI application: settings, the app factory and the routes.
+
+Database access: each request opens its own read-only :class:`SqliteTelemetryStore` through
+the :func:`open_reader` dependency and closes it when the request is done. Opening a SQLite
+connection costs tens of microseconds, far less than any query here, and a connection per
+request means no connection is ever shared between threads, no cache to invalidate when the
+file is replaced, and a database that comes back after a failure is picked up by the next
+request. Read-only connections cannot take the write lock, so the API never delays ingest.
+
+Routes are plain ``def`` functions: SQLite calls block, and FastAPI runs sync routes (and
+sync dependencies) in its thread pool, which keeps the event loop free.
+
+No ``from __future__ import annotations`` here: the history route's ``limit`` annotation
+refers to ``settings`` in the enclosing function, and FastAPI can only resolve string
+annotations against module globals.
+"""
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse, Response
+from pydantic import WithJsonSchema
+from starlette.concurrency import run_in_threadpool
+
+from gateway.api.errors import ApiError, install_error_handlers, store_unavailable
+from gateway.api.models import (
+    Catalog,
+    CatalogSignal,
+    ErrorDetail,
+    ErrorResponse,
+    Health,
+    HealthUnavailable,
+    History,
+    HistoryPointOut,
+    Paging,
+    QuarantineOut,
+    QuarantinePage,
+    Vehicle,
+    VehicleDetail,
+    VehicleList,
+)
+from gateway.api.params import Timestamp, iso, now_ms, split_signals, unknown_signals
+from gateway.api.prometheus import render_metrics
+from gateway.errors import ConfigurationError, StoreError
+from gateway.store import SqliteTelemetryStore, TelemetryReader, VehicleState
+from schemas import CATALOG, CONTRACT_VERSION, VIN_PATTERN, InvalidVinError, Reason, validate_vin
+
+__all__ = ["ApiSettings", "create_app", "open_reader"]
+
+logger = logging.getLogger(__name__)
+
+#: page size limits of /v1/vehicles and /v1/quarantine
+DEFAULT_PAGE: Final = 100
+MAX_PAGE: Final = 1000
+#: history window when the request gives no start
+DEFAULT_WINDOW_MS: Final = 60 * 60 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """What the API needs to run; the CLI builds it from flags and ``TELEMATICS_*``."""
+
+    #: the gateway's SQLite database (created with the schema if missing)
+    db_path: Path
+    #: the largest ``limit`` /v1/vehicles/{vin}/history accepts (bounds response size)
+    max_history_limit: int = 10_000
+    #: the ``limit`` of a history request that gives none
+    default_history_limit: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.default_history_limit <= self.max_history_limit:
+            raise ConfigurationError(
+                f"default_history_limit ({self.default_history_limit}) must be between 1 and "
+                f"max_history_limit ({self.max_history_limit})"
+            )
+
+
+# --- dependencies --------------------------------------------------------------------------
+
+
+def open_reader(request: Request) -> Iterator[TelemetryReader]:
+    """A read-only store for the duration of one request (see the module docstring).
+
+    A database that cannot be opened raises :class:`StoreError`, answered with 503.
+    """
+    settings: ApiSettings = request.app.state.settings
+    reader = SqliteTelemetryStore(settings.db_path, readonly=True)
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+Reader = Annotated[TelemetryReader, Depends(open_reader)]
+
+
+def valid_vin(
+    vin: Annotated[
+        str,
+        PathParam(description="Vehicle Identification Number (ISO 3779), 17 characters."),
+        # documents the format without letting FastAPI reject it: a bad VIN deserves its
+        # own error code (invalid_vin) and message, not a generic pattern mismatch
+        WithJsonSchema({"type": "string", "pattern": VIN_PATTERN, "example": "WVWZZZ1JZXW000001"}),
+    ],
+) -> str:
+    try:
+        return validate_vin(vin)
+    except InvalidVinError as exc:
+        raise ApiError(
+            422,
+            "invalid_vin",
+            f"{exc}. VINs are upper case; GET /v1/vehicles lists the known ones.",
+            [ErrorDetail(loc=["path", "vin"], msg=str(exc), type="invalid_vin", input=vin)],
+        ) from None
+
+
+Vin = Annotated[str, Depends(valid_vin)]
+
+
+def _vehicle(reader: TelemetryReader, vin: str) -> VehicleState:
+    state = reader.vehicle_state(vin)
+    if state is None:
+        raise ApiError(
+            404,
+            "vehicle_not_found",
+            f"No vehicle with VIN {vin} has reported to this gateway. Check the VIN; "
+            "GET /v1/vehicles lists the known vehicles.",
+        )
+    return state
+
+
+def _invalid(loc: list[str | int], msg: str, type_: str, input_: Any = None) -> ApiError:
+    """A validation error found by a route (rather than by FastAPI), in the same shape."""
+    return ApiError(
+        422,
+        "invalid_request",
+        f"The request is invalid: {msg}.",
+        [ErrorDetail(loc=loc, msg=msg, type=type_, input=input_)],
+    )
+
+
+# --- OpenAPI documentation -----------------------------------------------------------------
+
+_ERROR_DOCS: Final[dict[int, str]] = {
+    404: "Unknown vehicle (`vehicle_not_found`).",
+    422: "Invalid parameter (`invalid_request`, or `invalid_vin` for a malformed VIN); "
+    "`details` names each bad parameter in `loc`.",
+    503: "The telemetry database cannot be read (`database_unavailable`).",
+}
+
+
+def _errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        code: {"model": ErrorResponse, "description": _ERROR_DOCS[code]} for code in status_codes
+    }
+
+
+_DESCRIPTION = """
+Read access to what the telematics gateway has stored: vehicles and their latest state,
+signal history, the signal catalog and the quarantine of refused input; plus `/healthz` and
+Prometheus `/metrics`.
+
+**Times** are integers of milliseconds since the Unix epoch, each paired with an ISO 8601 UTC
+twin whose name ends in `_iso`. Query parameters take either form (`1764230400000` or
+`2025-11-27T08:00:00Z`; an ISO time without offset is UTC).
+
+**Signals** are COVESA VSS paths; `GET /v1/catalog` lists those the gateway accepts.
+
+**Errors** all have the body
+`{"error": {"code": "...", "message": "...", "details": [{"loc": [...], "msg": "..."}]}}`:
+`code` is stable for programs, `message` says what was wrong and how to fix it.
+"""
+
+_TAGS: Final = [
+    {"name": "vehicles", "description": "Vehicles, their latest state and signal history."},
+    {"name": "contract", "description": "The device contract: the signal catalog."},
+    {"name": "quarantine", "description": "Input the gateway refused, with the reason."},
+    {"name": "operations", "description": "Health check and Prometheus metrics."},
+]
+
+_CATALOG: Final = Catalog(
+    contract_version=CONTRACT_VERSION,
+    signals=[CatalogSignal.from_spec(spec) for spec in CATALOG.values()],
+)
+
+
+# --- routes --------------------------------------------------------------------------------
+
+
+def _router(settings: ApiSettings) -> APIRouter:
+    """The routes; built per app because the history limits come from ``settings`` (and so
+    appear in the OpenAPI schema)."""
+    router = APIRouter()
+
+    @router.get(
+        "/v1/vehicles",
+        response_model=VehicleList,
+        summary="List vehicles",
+        tags=["vehicles"],
+        responses=_errors(422, 503),
+    )
+    def list_vehicles(
+        reader: Reader,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = DEFAULT_PAGE,
+        offset: Annotated[int, Query(ge=0, description="Vehicles to skip.")] = 0,
+    ) -> VehicleList:
+        """Every vehicle the gateway has heard from, ordered by VIN, with its online status
+        and when it was first and last seen. Page with `offset` = `paging.next_offset`."""
+        total, _ = reader.vehicle_counts()
+        vehicles = reader.list_vehicles(limit=limit, offset=offset)
+        following = offset + len(vehicles)
+        return VehicleList(
+            vehicles=[Vehicle.from_summary(v) for v in vehicles],
+            paging=Paging(
+                limit=limit,
+                offset=offset,
+                total=total,
+                next_offset=following if vehicles and following < total else None,
+            ),
+        )
+
+    @router.get(
+        "/v1/vehicles/{vin}",
+        response_model=VehicleDetail,
+        summary="One vehicle and its latest state",
+        tags=["vehicles"],
+        responses=_errors(404, 422, 503),
+    )
+    def get_vehicle(vin: Vin, reader: Reader) -> VehicleDetail:
+        """The vehicle's summary plus `state`: the newest value of each signal it has
+        reported (newest by sample time, so a late store-and-forward upload never hides a
+        fresher value), with its sample time and unit."""
+        state = _vehicle(reader, vin)
+        return VehicleDetail.build(state.summary, state.latest)
+
+    @router.get(
+        "/v1/vehicles/{vin}/history",
+        response_model=History,
+        summary="Signal history of one vehicle",
+        tags=["vehicles"],
+        responses=_errors(404, 422, 503),
+    )
+    def get_history(
+        vin: Vin,
+        reader: Reader,
+        signals: Annotated[
+            list[str],
+            Query(
+                description="VSS signal paths, repeated (`signals=a&signals=b`) or "
+                "comma-separated (`signals=a,b`). See GET /v1/catalog.",
+                examples=[["Vehicle.Speed", "Vehicle.CurrentLocation.Latitude"]],
+            ),
+        ],
+        start: Annotated[
+            Timestamp | None,
+            Query(description="Inclusive; default: one hour before `end`."),
+        ] = None,
+        end: Annotated[Timestamp | None, Query(description="Exclusive; default: now.")] = None,
+        limit: Annotated[
+            int,
+            Query(
+                ge=1,
+                le=settings.max_history_limit,
+                description="Most points to return; `truncated` says if there were more.",
+            ),
+        ] = settings.default_history_limit,
+    ) -> History:
+        """Samples with `start <= ts < end` (sample time) that carry at least one of
+        `signals`, oldest first; each point holds the requested signals it carries."""
+        names = split_signals(signals)
+        if not names:
+            raise _invalid(
+                ["query", "signals"],
+                "give at least one signal path in 'signals'",
+                "missing",
+                signals,
+            )
+        unknown = unknown_signals(names)
+        if unknown:
+            listed = ", ".join(repr(n) for n in unknown)
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"The request is invalid: unknown signal {listed}. Signals are VSS paths "
+                "such as 'Vehicle.Speed' (case-sensitive); GET /v1/catalog lists all of them.",
+                [
+                    ErrorDetail(
+                        loc=["query", "signals"],
+                        msg=f"{name!r} is not in the signal catalog (GET /v1/catalog)",
+                        type="unknown_signal",
+                        input=name,
+                    )
+                    for name in unknown
+                ],
+            )
+        end_ms = now_ms() if end is None else end
+        start_ms = max(0, end_ms - DEFAULT_WINDOW_MS) if start is None else start
+        if start_ms >= end_ms:
+            raise _invalid(
+                ["query", "start"],
+                f"start ({iso(start_ms)}) must be before end ({iso(end_ms)}); end defaults "
+                "to now and start to one hour before end",
+                "time_range",
+                start_ms,
+            )
+        _vehicle(reader, vin)
+        points = reader.history(vin, names, start=start_ms, end=end_ms, limit=limit + 1)
+        return History(
+            vin=vin,
+            signals=names,
+            start=start_ms,
+            start_iso=iso(start_ms),
+            end=end_ms,
+            end_iso=iso(end_ms),
+            limit=limit,
+            truncated=len(points) > limit,
+            points=[HistoryPointOut.from_point(p) for p in points[:limit]],
+        )
+
+    @router.get(
+        "/v1/catalog",
+        response_model=Catalog,
+        summary="The signal catalog",
+        tags=["contract"],
+    )
+    def get_catalog() -> Catalog:
+        """Every signal the gateway accepts: VSS path, datatype, unit, bounds and allowed
+        values. Anything else a vehicle sends is quarantined as `unknown_signal`."""
+        return _CATALOG
+
+    @router.get(
+        "/v1/quarantine",
+        response_model=QuarantinePage,
+        summary="Refused input",
+        tags=["quarantine"],
+        responses=_errors(422, 503),
+    )
+    def get_quarantine(
+        reader: Reader,
+        reason: Annotated[Reason | None, Query(description="Only this reason.")] = None,
+        vin: Annotated[
+            str | None,
+            # not validated as a VIN: refused input is often about a malformed one
+            Query(max_length=256, description="Only entries about this VIN, as received."),
+        ] = None,
+        before_id: Annotated[
+            int | None,
+            Query(ge=1, description="Only entries older than this id (`next_before_id`)."),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = DEFAULT_PAGE,
+    ) -> QuarantinePage:
+        """Messages, samples and single signals the gateway refused, newest first, with the
+        reason, a detail sentence and the raw payload (as text and base64). Page with
+        `before_id` = `next_before_id`."""
+        rows = reader.quarantine(
+            limit=limit + 1,
+            reason=None if reason is None else reason.value,
+            vin=vin,
+            before_id=before_id,
+        )
+        page = rows[:limit]
+        return QuarantinePage(
+            entries=[QuarantineOut.from_stored(q) for q in page],
+            limit=limit,
+            next_before_id=page[-1].id if len(rows) > limit else None,
+        )
+
+    @router.get(
+        "/healthz",
+        response_model=Health,
+        summary="Health check",
+        tags=["operations"],
+        responses={503: {"model": HealthUnavailable, "description": "Database unreadable."}},
+    )
+    def healthz() -> Health | JSONResponse:
+        """200 if the telemetry database can be opened and read, else 503 with the reason.
+        Reads one row, so it is cheap enough to poll."""
+        try:
+            reader = SqliteTelemetryStore(settings.db_path, readonly=True)
+            try:
+                reader.list_vehicles(limit=1, offset=0)
+            finally:
+                reader.close()
+        except StoreError as exc:
+            logger.warning("health check failed: %s", exc)
+            body = HealthUnavailable(
+                status="unavailable",
+                database="unavailable",
+                error=store_unavailable(exc, settings.db_path),
+            )
+            return JSONResponse(body.model_dump(mode="json"), status_code=503)
+        return Health(status="ok", database="ok")
+
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        summary="Prometheus metrics",
+        tags=["operations"],
+        responses={
+            200: {
+                "content": {"text/plain": {}, "application/openmetrics-text": {}},
+                "description": "Ingest counters, commit latency histogram and vehicle gauges "
+                "in the Prometheus text format (or OpenMetrics, if the Accept header asks).",
+            },
+            **_errors(503),
+        },
+    )
+    def prometheus_metrics(request: Request, reader: Reader) -> Response:
+        """The ingest counters every gateway process persists in the store, so they survive
+        restarts and add up across processes; plus vehicle counts. Send
+        `Accept: application/openmetrics-text` for the OpenMetrics format."""
+        body, content_type = render_metrics(reader, request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
+    return router
+
+
+# --- application ---------------------------------------------------------------------------
+
+
+def _create_schema(path: Path) -> None:
+    SqliteTelemetryStore(path).close()
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Create the database and its schema if missing, so the API can start before the first
+    gateway has run. Failure is logged, not fatal: the API keeps serving, /healthz answers
+    503 with the reason, and requests start working once the database is fixed, without
+    a restart loop hiding the cause."""
+    settings: ApiSettings = app.state.settings
+    try:
+        await run_in_threadpool(_create_schema, settings.db_path)
+    except (StoreError, OSError) as exc:  # OSError: its directory cannot be created
+        logger.error("cannot prepare the telemetry database: %s", exc)
+    yield
+
+
+def _version() -> str:
+    try:
+        return version("telematics-gateway")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    """The API as an ASGI app, e.g. ``uvicorn.run(create_app(ApiSettings(db_path)))``."""
+    app = FastAPI(
+        title="Telematics Gateway API",
+        summary="Vehicles, state, history and quarantine of the connected-vehicle gateway.",
+        description=_DESCRIPTION,
+        version=_version(),
+        openapi_tags=_TAGS,
+        lifespan=_lifespan,
+        responses={
+            500: {"model": ErrorResponse, "description": "A bug (`internal_error`)."},
+        },
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(_router(settings))
+    return app

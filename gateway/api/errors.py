@@ -1,0 +1,198 @@
+"""One error format for every failure, and the handlers that enforce it.
+
+Every error response, whoever raised it (a route, FastAPI's request validation, Starlette's
+router, the store, a bug), has the body::
+
+    {"error": {"code": "vehicle_not_found",
+               "message": "No vehicle with VIN ... has reported to this gateway. ...",
+               "details": [{"loc": ["path", "vin"], "msg": "...", "type": "...", "input": ...}]}}
+
+``code`` is stable and meant for programs; ``message`` is a sentence for people that says
+what was wrong and how to fix it; ``details`` lists the specific problems (one per invalid
+parameter), and is empty when there is nothing more to say. FastAPI's own handlers answer in
+other shapes (``{"detail": ...}``, plain text), so :func:`install_error_handlers` replaces
+them. Unexpected exceptions become a bare 500 ``internal_error``: the traceback goes to the
+log, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import JsonValue
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.api.models import ErrorDetail, ErrorInfo, ErrorResponse
+from gateway.errors import StoreError
+
+__all__ = [
+    "ApiError",
+    "error_info",
+    "error_response",
+    "install_error_handlers",
+    "store_unavailable",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Raised by routes and dependencies to answer with a specific error."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        details: Sequence[ErrorDetail] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.details = list(details)
+        self.headers = dict(headers) if headers else None
+
+
+def error_info(code: str, message: str, details: Iterable[ErrorDetail] = ()) -> ErrorInfo:
+    return ErrorInfo(code=code, message=message, details=list(details))
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    details: Iterable[ErrorDetail] = (),
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorResponse(error=error_info(code, message, details))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
+
+
+def store_unavailable(exc: StoreError, path: Path | None = None) -> ErrorInfo:
+    """The error for a database that cannot be opened or read (503 everywhere)."""
+    what = "The telemetry database" if path is None else f"The telemetry database {path}"
+    return error_info(
+        "database_unavailable",
+        f"{what} cannot be read ({exc}). Check that the API's database path points at the "
+        "gateway's SQLite file and that it is readable, then retry; GET /healthz reports "
+        "the database status.",
+    )
+
+
+# --- handlers ------------------------------------------------------------------------------
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+
+def _describe_loc(loc: Sequence[str | int]) -> str:
+    if len(loc) >= 2 and loc[0] in ("query", "path", "header", "cookie"):
+        name = ".".join(str(part) for part in loc[1:])
+        return f"{loc[0]} parameter {name!r}"
+    return ".".join(str(part) for part in loc) or "request"
+
+
+def _json_input(value: Any) -> JsonValue:
+    """The offending input if it is a plain JSON scalar or list of them, else None (some
+    validation errors carry Python objects that must not leak into the response)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value):
+        return list(value)
+    return None
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = []
+    for err in exc.errors():
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        details.append(
+            ErrorDetail(
+                loc=list(err.get("loc", ())),
+                msg=msg,
+                type=err.get("type"),
+                input=_json_input(err.get("input")),
+            )
+        )
+    problems = "; ".join(f"{_describe_loc(d.loc)}: {d.msg}" for d in details)
+    return error_response(
+        422,
+        "invalid_request",
+        f"The request is invalid: {problems}. Fix the listed parameters and retry; "
+        "GET /docs describes every parameter.",
+        details,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Errors Starlette raises itself: no route (404), wrong method (405)."""
+    assert isinstance(exc, StarletteHTTPException)
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        return error_response(
+            404,
+            "not_found",
+            f"There is no resource at {request.url.path}. GET /docs lists the API's routes "
+            "(note the /v1 prefix).",
+            headers=exc.headers,
+        )
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return error_response(
+            405,
+            "method_not_allowed",
+            f"{where} is not supported; this resource allows {allowed or 'other methods'}.",
+            headers=exc.headers,
+        )
+    try:
+        phrase = HTTPStatus(exc.status_code).phrase
+    except ValueError:
+        phrase = "HTTP error"
+    return error_response(
+        exc.status_code,
+        phrase.lower().replace(" ", "_").replace("-", "_"),
+        f"{where} failed: {exc.detail}.",
+        headers=exc.headers,
+    )
+
+
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StoreError)
+    logger.error("%s %s: %s", request.method, request.url.path, exc)
+    body = ErrorResponse(error=store_unavailable(exc))
+    return JSONResponse(body.model_dump(mode="json"), status_code=503)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(
+        500,
+        "internal_error",
+        "The API failed unexpectedly while handling this request. This is a bug, not a "
+        "problem with the request; the server log has the details.",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Replace FastAPI's default handlers so that every error uses :class:`ErrorResponse`.
+
+    ``Exception`` is special in Starlette: its handler runs in the outermost middleware, and
+    the exception is re-raised afterwards so the server can log it too.
+    """
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(Exception, _unexpected_error)

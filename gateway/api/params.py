@@ -1,0 +1,113 @@
+"""Time formatting and the query-parameter types the routes share.
+
+Every time in the API is an integer of milliseconds since the Unix epoch (what devices send
+and the store keeps), paired in responses with an ISO 8601 UTC twin for humans (``ts`` and
+``ts_iso``). Query parameters accept either form, so a script can pass what it has and a
+person can type a date.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Final
+
+from pydantic import BeforeValidator, Field, WithJsonSchema
+
+from schemas import CATALOG
+
+__all__ = [
+    "MAX_TIMESTAMP_MS",
+    "Timestamp",
+    "iso",
+    "iso_or_none",
+    "now_ms",
+    "parse_timestamp",
+    "split_signals",
+    "unknown_signals",
+]
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MS: Final = timedelta(milliseconds=1)
+#: 9999-12-31T23:59:59.999Z: the last instant an ISO 8601 timestamp (and ``datetime``) can
+#: express, so every time a query accepts also has an ISO twin in the response
+MAX_TIMESTAMP_MS: Final = 253_402_300_799_999
+_EPOCH_MS_RE: Final = re.compile(r"[+-]?\d+")
+# "2025-11-27T08:00:00+01:00" typed into a URL without percent-encoding arrives as
+# "2025-11-27T08:00:00 01:00" ("+" means space in a query string): put the "+" back.
+_SPACED_OFFSET_RE: Final = re.compile(r"(T[\d:.,]+) (\d{2}(?::?\d{2})?)$")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def iso(ms: int) -> str:
+    """``1764230400000`` -> ``"2025-11-27T08:00:00.000Z"``.
+
+    Integer arithmetic (no float seconds), so the millisecond digits are always exact.
+    """
+    moment = _EPOCH + timedelta(milliseconds=ms)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_or_none(ms: int | None) -> str | None:
+    return None if ms is None else iso(ms)
+
+
+def parse_timestamp(value: object) -> object:
+    """Turn a query value (epoch milliseconds or ISO 8601) into epoch milliseconds.
+
+    Used as a pydantic ``BeforeValidator``, so a bad value becomes an ordinary validation
+    error naming the parameter. An ISO time without an offset is taken as UTC, the only zone
+    the API speaks. Values that are not strings are passed through for pydantic to judge.
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if _EPOCH_MS_RE.fullmatch(text):
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(_SPACED_OFFSET_RE.sub(r"\1+\2", text))
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither epoch milliseconds nor an ISO 8601 timestamp; "
+            "use e.g. 1764230400000 or 2025-11-27T08:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MS
+
+
+#: A point in time as a query parameter: epoch milliseconds or an ISO 8601 timestamp.
+Timestamp = Annotated[
+    int,
+    BeforeValidator(parse_timestamp),
+    Field(ge=0, le=MAX_TIMESTAMP_MS),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": MAX_TIMESTAMP_MS},
+                {"type": "string", "format": "date-time"},
+            ],
+            "examples": [1764230400000, "2025-11-27T08:00:00Z"],
+        }
+    ),
+]
+
+
+def split_signals(raw: list[str]) -> list[str]:
+    """``["a,b", "c", "a"]`` -> ``["a", "b", "c"]``: repeated and comma-separated forms both
+    work (VSS paths never contain commas); blanks and repeats are dropped, order is kept."""
+    out: dict[str, None] = {}
+    for item in raw:
+        for part in item.split(","):
+            name = part.strip()
+            if name:
+                out[name] = None
+    return list(out)
+
+
+def unknown_signals(signals: list[str]) -> list[str]:
+    return [s for s in signals if s not in CATALOG]

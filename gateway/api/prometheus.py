@@ -1,0 +1,118 @@
+"""``/metrics``: the ingest counters persisted in the store, in Prometheus text format.
+
+Why a custom collector rather than ``prometheus_client.Counter`` objects: the counts belong
+to the ingest processes, which write them into the store in the same transaction as the data
+they count (see :mod:`gateway.metrics`). The API only reads that table at scrape time, so the
+numbers survive restarts, add up over every gateway writing to the database, and agree with
+what is stored. Each scrape renders one fresh, dedicated ``CollectorRegistry`` (never the
+process-global one, which would mix in the API's own Python process metrics and would hold a
+collector bound to one request's connection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from gateway import metrics
+from gateway.store import TelemetryReader
+from schemas import Channel, Reason
+
+__all__ = ["StoreCollector", "render_metrics"]
+
+#: label of messages on a topic that is not one of the contract's (see gateway.ingest)
+_INVALID_CHANNEL = "invalid"
+
+
+class StoreCollector(Collector):
+    """Reads ``reader.counters()`` and ``reader.vehicle_counts()`` once per collection.
+
+    Series that have not been counted yet are exported as 0 (every channel, every quarantine
+    reason, every histogram bucket), so dashboards and ``rate()`` see them from the start
+    instead of a gap until the first occurrence.
+    """
+
+    def __init__(self, reader: TelemetryReader) -> None:
+        self._reader = reader
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._reader.counters()
+        vehicles, online = self._reader.vehicle_counts()
+
+        def by_label(name: str) -> dict[str, float]:
+            return {label: value for (n, label), value in counts.items() if n == name}
+
+        def total(name: str) -> float:
+            return counts.get((name, ""), 0.0)
+
+        received = CounterMetricFamily(
+            metrics.MESSAGES_RECEIVED,
+            "MQTT messages received by the gateway, by channel (invalid: unknown topic).",
+            labels=["channel"],
+        )
+        per_channel = dict.fromkeys([*(c.value for c in Channel), _INVALID_CHANNEL], 0.0)
+        per_channel.update(by_label(metrics.MESSAGES_RECEIVED))
+        for channel, value in sorted(per_channel.items()):
+            received.add_metric([channel], value)
+        yield received
+
+        for name, doc in (
+            (metrics.SAMPLES_STORED, "Telemetry samples stored."),
+            (metrics.SAMPLES_DUPLICATE, "Telemetry samples already stored (redeliveries)."),
+            (metrics.EVENTS_STORED, "Vehicle events stored."),
+            (metrics.EVENTS_DUPLICATE, "Vehicle events already stored (redeliveries)."),
+        ):
+            yield CounterMetricFamily(name, doc, value=total(name))
+
+        quarantined = CounterMetricFamily(
+            metrics.QUARANTINED,
+            "Messages, samples or signals refused and kept in the quarantine, by reason.",
+            labels=["reason"],
+        )
+        per_reason = dict.fromkeys((r.value for r in Reason), 0.0)
+        per_reason.update(by_label(metrics.QUARANTINED))
+        for reason, value in sorted(per_reason.items()):
+            quarantined.add_metric([reason], value)
+        yield quarantined
+
+        # The ingest side persists buckets cumulatively (a commit increments every bucket
+        # whose bound is >= its latency), which is exactly Prometheus' "le" semantics.
+        commit = by_label(metrics.COMMIT_SECONDS)
+        count = commit.get("count", 0.0)
+        buckets = [
+            (repr(bound), commit.get(repr(bound), 0.0)) for bound in metrics.COMMIT_SECONDS_BUCKETS
+        ]
+        yield HistogramMetricFamily(
+            metrics.COMMIT_SECONDS,
+            "Time to commit one ingest batch to the store (one transaction, one fsync).",
+            buckets=[*buckets, ("+Inf", count)],
+            sum_value=commit.get("sum", 0.0),
+        )
+
+        yield GaugeMetricFamily(
+            "telematics_vehicles", "Vehicles known to the gateway.", value=vehicles
+        )
+        yield GaugeMetricFamily(
+            "telematics_vehicles_online",
+            "Vehicles whose last status message says online.",
+            value=online,
+        )
+
+
+def render_metrics(reader: TelemetryReader, accept: str | None) -> tuple[bytes, str]:
+    """One scrape: (body, content type). The format follows the scraper's ``Accept`` header
+    the way prometheus_client's own exporters do: classic text format 0.0.4 by default,
+    OpenMetrics or text 1.0.0 when asked for."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(reader))
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
