@@ -14,6 +14,7 @@ __all__ = [
     "COMMIT_SECONDS_BUCKETS",
     "EVENTS_DUPLICATE",
     "EVENTS_STORED",
+    "GATEWAY_MESSAGES",
     "MESSAGES_RECEIVED",
     "QUARANTINED",
     "SAMPLES_DUPLICATE",
@@ -23,6 +24,8 @@ __all__ = [
 
 #: label: the channel (telemetry, events, status, or "invalid" for an unknown topic)
 MESSAGES_RECEIVED: Final = "telematics_messages_received_total"
+#: label: the gateway's MQTT client id, so the split between scaled-out processes shows
+GATEWAY_MESSAGES: Final = "telematics_gateway_messages_received_total"
 SAMPLES_STORED: Final = "telematics_samples_stored_total"
 #: samples that were already stored (a redelivery after a crash, or a unit resending)
 SAMPLES_DUPLICATE: Final = "telematics_samples_duplicate_total"

@@ -65,6 +65,15 @@ class StoreCollector(Collector):
             received.add_metric([channel], value)
         yield received
 
+        per_gateway = CounterMetricFamily(
+            metrics.GATEWAY_MESSAGES,
+            "MQTT messages received, by gateway process (its MQTT client id).",
+            labels=["gateway"],
+        )
+        for gateway, value in sorted(by_label(metrics.GATEWAY_MESSAGES).items()):
+            per_gateway.add_metric([gateway], value)
+        yield per_gateway
+
         for name, doc in (
             (metrics.SAMPLES_STORED, "Telemetry samples stored."),
             (metrics.SAMPLES_DUPLICATE, "Telemetry samples already stored (redeliveries)."),

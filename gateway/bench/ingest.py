@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
@@ -173,7 +173,7 @@ def _write_files(workdir: Path, vehicles: int, per_vehicle: int, batch: int) -> 
 
 
 def _publishers(
-    port: int, vehicles: int, stdin: list[IO[bytes]] | None
+    port: int, vehicles: int, stdin: Sequence[IO[bytes]] | None
 ) -> list[subprocess.Popen[bytes]]:
     procs = []
     for i in range(vehicles):

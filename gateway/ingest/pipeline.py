@@ -48,9 +48,17 @@ class BatchPolicy:
 class Batcher:
     """Accumulates decoded messages into the next batch."""
 
-    def __init__(self, *, clock_ms: Callable[[], int], limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        *,
+        clock_ms: Callable[[], int],
+        limits: Limits = DEFAULT_LIMITS,
+        source: str = "",
+    ) -> None:
         self._clock_ms = clock_ms
         self._limits = limits
+        #: the gateway's client id, the label of the per-process message counter
+        self._source = source
         self._reset()
 
     def _reset(self) -> None:
@@ -86,6 +94,7 @@ class Batcher:
         """Decode one message into the current batch."""
         now = self._clock_ms()
         self.messages += 1
+        self._count(metrics.GATEWAY_MESSAGES, self._source)
         try:
             parsed = parse_topic(topic)
         except InvalidTopicError as exc:

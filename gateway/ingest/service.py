@@ -81,7 +81,9 @@ class IngestService:
     ) -> None:
         self.settings = settings
         self._store = store
-        self._batcher = Batcher(clock_ms=clock_ms, limits=settings.limits)
+        self._batcher = Batcher(
+            clock_ms=clock_ms, limits=settings.limits, source=settings.client_id
+        )
         self._on_commit = on_commit
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._acks: list[_Ack] = []
