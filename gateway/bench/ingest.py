@@ -268,6 +268,7 @@ def _baseline(port: int, files: list[Path], messages: int) -> float:
         raise RuntimeError("mosquitto_sub did not receive every message")
     elapsed = time.perf_counter() - started
     reader.join(10)
+    sub.stdout.close()
     return messages / elapsed
 
 

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up this checkout: Mosquitto (from the OS packages, when missing), a virtual
+# environment in .venv and the project with its Python dependencies.
+#   scripts/setup.sh          runtime dependencies
+#   scripts/setup.sh test     also the test and lint tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[ "${1:-}" = "test" ] && extras="[test]"
+
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] \
+   || ! command -v mosquitto_pub >/dev/null 2>&1; then
+  echo "==> installing Mosquitto (mosquitto, mosquitto-clients)"
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  if command -v apt-get >/dev/null 2>&1; then
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+  else
+    echo "Mosquitto is missing and this is not a Debian/Ubuntu system: install the" >&2
+    echo "'mosquitto' broker and its clients with your package manager, then run again." >&2
+    exit 1
+  fi
+fi
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "Python 3.11 or newer is needed (found: $("$python" --version 2>&1)); set PYTHON=..." >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$python" -m venv .venv
+fi
+echo "==> installing the project into .venv"
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".${extras}"
