@@ -1,0 +1,733 @@
+"""The device contract's pure functions: VINs, topics, and payload encode/decode.
+
+No servers and no clock: every decode gets a fixed ``now_ms``. Telemetry payloads that
+``encode_sample`` cannot produce (NaN, wrong JSON types, broken JSON) are written by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas import (
+    CATALOG,
+    DEFAULT_LIMITS,
+    Channel,
+    Datatype,
+    DecodedTelemetry,
+    Event,
+    EventType,
+    InvalidTopicError,
+    InvalidVinError,
+    Limits,
+    ParsedTopic,
+    Reason,
+    Rejection,
+    Sample,
+    SignalSpec,
+    SignalValue,
+    Status,
+    StatusState,
+    decode_event,
+    decode_status,
+    decode_telemetry,
+    encode_batch,
+    encode_event,
+    encode_sample,
+    encode_status,
+    is_valid_vin,
+    parse_topic,
+    subscription_filters,
+    topic_for,
+    validate_vin,
+)
+
+VIN = "WVWZZZ1JZXW000001"
+OTHER_VIN = "WVWZZZ1JZXW000002"
+# 2025-11-27 08:00 UTC: the gateway's clock in every decode
+NOW = 1_764_230_400_000
+TS = NOW - 1_000
+SEQ = 7
+HORIZON = NOW + DEFAULT_LIMITS.max_future_skew_ms
+
+SPEED = "Vehicle.Speed"
+IS_MOVING = "Vehicle.IsMoving"
+ODOMETER = "Vehicle.TraveledDistance"
+LAT = "Vehicle.CurrentLocation.Latitude"
+LON = "Vehicle.CurrentLocation.Longitude"
+CHARGE_LIMIT = "Vehicle.Powertrain.TractionBattery.Charging.ChargeLimit"
+TIRE = "Vehicle.Chassis.Axle.Row1.Wheel.Left.Tire.Pressure"
+LV_STATE = "Vehicle.LowVoltageSystemState"
+DTC_COUNT = "Vehicle.Diagnostics.DTCCount"
+DTC_LIST = "Vehicle.Diagnostics.DTCList"
+
+GOOD_SIGNALS: dict[str, SignalValue] = {
+    SPEED: 48.5,
+    IS_MOVING: True,
+    ODOMETER: 123_456_789,
+    LAT: 48.137154,
+    LON: 11.576124,
+    CHARGE_LIMIT: 80,
+    TIRE: 250,
+    LV_STATE: "ON",
+    DTC_COUNT: 2,
+    DTC_LIST: ["P0301", "U0100"],
+}
+
+
+def decode(payload: bytes, *, limits: Limits = DEFAULT_LIMITS) -> DecodedTelemetry:
+    return decode_telemetry(payload, topic_vin=VIN, now_ms=NOW, limits=limits)
+
+
+def body(**fields: Any) -> bytes:
+    """A telemetry payload: one sample of VIN unless fields say otherwise (None drops a key)."""
+    message: dict[str, Any] = {"vin": VIN, "seq": SEQ, "ts": TS, "signals": {SPEED: 48.5}}
+    message.update(fields)
+    return orjson.dumps({k: v for k, v in message.items() if v is not None})
+
+
+def batch_item(seq: int, ts: int = TS, **signals: SignalValue) -> dict[str, Any]:
+    return {"seq": seq, "ts": ts, "signals": signals}
+
+
+def with_raw_signal(path: str, raw_json: str) -> bytes:
+    """One sample whose signal ``path`` is the literal JSON ``raw_json``, next to LAT."""
+    assert path != LAT, "LAT is the good signal that must survive"
+    return (
+        f'{{"vin": "{VIN}", "seq": {SEQ}, "ts": {TS}, '
+        f'"signals": {{"{LAT}": 48.137, "{path}": {raw_json}}}}}'
+    ).encode()
+
+
+def sole_rejection(decoded: DecodedTelemetry) -> Rejection:
+    assert len(decoded.rejections) == 1, decoded.rejections
+    return decoded.rejections[0]
+
+
+# --- VIN ------------------------------------------------------------------------------------
+
+VALID_VINS = [
+    "WVWZZZ1JZXW000001",  # VW, no check digit (Europe)
+    "1HGCM82633A004352",  # Honda, North American check digit
+    "5YJ3E1EA7KF317000",  # Tesla
+    "JH4KA7561PC008269",
+    "WBA3A5G59DNP26082",
+    "00000000000000000",
+    "ABCDEFGHJKLMNPRST",  # every letter position allowed
+    "UVWXYZ98765432100",
+]
+
+INVALID_VINS = [
+    pytest.param("WVWZZZ1JZXW00000", id="16-chars"),
+    pytest.param("WVWZZZ1JZXW0000011", id="18-chars"),
+    pytest.param("wvwzzz1jzxw000001", id="lowercase"),
+    pytest.param("WVWZZZ1JZXw000001", id="one-lowercase"),
+    pytest.param("WVWZZZ1JZXI000001", id="letter-I"),
+    pytest.param("WVWZZZ1JZXO000001", id="letter-O"),
+    pytest.param("WVWZZZ1JZXQ000001", id="letter-Q"),
+    pytest.param("", id="empty"),
+    pytest.param("WVWZZZ1JZX 000001", id="space"),
+    pytest.param("WVWZZZ-1JZXW00001", id="hyphen"),
+    pytest.param("WVWZZZ1JZXW000001\n", id="trailing-newline"),
+    pytest.param(" WVWZZZ1JZXW00001", id="leading-space"),
+    pytest.param("WVWZZZ1JZXW00000\uff11", id="fullwidth-digit"),
+]
+
+
+@pytest.mark.parametrize("vin", VALID_VINS, ids=VALID_VINS)
+def test_valid_vin(vin: str) -> None:
+    assert is_valid_vin(vin)
+    assert validate_vin(vin) == vin
+
+
+@pytest.mark.parametrize("vin", INVALID_VINS)
+def test_invalid_vin(vin: str) -> None:
+    assert not is_valid_vin(vin)
+    with pytest.raises(InvalidVinError) as info:
+        validate_vin(vin)
+    assert isinstance(info.value, ValueError)
+    assert info.value.vin == vin
+    assert repr(vin) in str(info.value)
+
+
+# --- topics -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channel", list(Channel), ids=[c.value for c in Channel])
+def test_topic_round_trip(channel: Channel) -> None:
+    topic = topic_for(VIN, channel)
+    assert topic == f"v1/vehicles/{VIN}/{channel.value}"
+    assert parse_topic(topic) == ParsedTopic(VIN, channel)
+
+
+@pytest.mark.parametrize("channel", list(Channel), ids=[c.value for c in Channel])
+def test_subscription_filters_cover_every_channel(channel: Channel) -> None:
+    assert f"v1/vehicles/+/{channel.value}" in subscription_filters()
+    assert len(subscription_filters()) == len(Channel)
+
+
+@pytest.mark.parametrize(
+    ("topic", "why"),
+    [
+        pytest.param(f"v2/vehicles/{VIN}/telemetry", "does not start with", id="wrong-version"),
+        pytest.param(f"vehicles/{VIN}/telemetry", "does not start with", id="no-version"),
+        pytest.param(f"/v1/vehicles/{VIN}/telemetry", "does not start with", id="leading-slash"),
+        pytest.param(f"v1/vehicle/{VIN}/telemetry", "does not start with", id="singular"),
+        pytest.param(f"V1/VEHICLES/{VIN}/telemetry", "does not start with", id="uppercase-prefix"),
+        pytest.param("", "does not start with", id="empty"),
+        pytest.param(f"v1/vehicles/{VIN}/telemetry/extra", "expected v1/vehicles/", id="extra"),
+        pytest.param(f"v1/vehicles/{VIN}/telemetry/", "expected v1/vehicles/", id="trailing-slash"),
+        pytest.param(f"v1/vehicles/{VIN}", "expected v1/vehicles/", id="no-channel"),
+        pytest.param("v1/vehicles/", "expected v1/vehicles/", id="prefix-only"),
+        pytest.param("v1/vehicles/wvwzzz1jzxw000001/telemetry", "not a valid VIN", id="lower-vin"),
+        pytest.param("v1/vehicles/WVWZZZ1JZXW00000/telemetry", "not a valid VIN", id="short-vin"),
+        pytest.param("v1/vehicles/+/telemetry", "not a valid VIN", id="wildcard-vin"),
+        pytest.param("v1/vehicles//telemetry", "not a valid VIN", id="empty-vin"),
+        pytest.param(f"v1/vehicles/{VIN}/commands", "unknown channel 'commands'", id="commands"),
+        pytest.param(f"v1/vehicles/{VIN}/Telemetry", "unknown channel", id="channel-case"),
+        pytest.param(f"v1/vehicles/{VIN}/", "unknown channel ''", id="empty-channel"),
+        pytest.param(f"v1/vehicles/{VIN}/#", "unknown channel", id="wildcard-channel"),
+    ],
+)
+def test_parse_topic_rejects(topic: str, why: str) -> None:
+    with pytest.raises(InvalidTopicError) as info:
+        parse_topic(topic)
+    assert isinstance(info.value, ValueError)
+    assert info.value.topic == topic
+    assert why in info.value.why
+    assert repr(topic) in str(info.value)
+    assert info.value.why in str(info.value)
+
+
+def test_unknown_channel_reason_lists_known_channels() -> None:
+    with pytest.raises(InvalidTopicError) as info:
+        parse_topic(f"v1/vehicles/{VIN}/commands")
+    assert all(c.value in info.value.why for c in Channel)
+
+
+# --- telemetry: round trips -------------------------------------------------------------------
+
+
+def test_single_sample_round_trip() -> None:
+    sample = Sample(VIN, SEQ, TS, GOOD_SIGNALS)
+    decoded = decode(encode_sample(sample))
+    assert decoded == DecodedTelemetry((sample,), ())
+    assert {k: type(v) for k, v in decoded.samples[0].signals.items()} == {
+        k: type(v) for k, v in GOOD_SIGNALS.items()
+    }
+
+
+def test_empty_signals_round_trip() -> None:
+    sample = Sample(VIN, 0, 0, {})
+    assert decode(encode_sample(sample)) == DecodedTelemetry((sample,), ())
+
+
+def test_batch_round_trip() -> None:
+    samples = [
+        Sample(VIN, 100, TS - 2_000, {SPEED: 10.0, LV_STATE: "ACC"}),
+        Sample(VIN, 101, TS - 1_000, {SPEED: 20.25, IS_MOVING: True}),
+        Sample(VIN, 102, TS, {DTC_LIST: [], DTC_COUNT: 0}),
+    ]
+    decoded = decode(encode_batch(VIN, samples))
+    assert decoded == DecodedTelemetry(tuple(samples), ())
+
+
+def test_single_sample_in_a_batch_round_trip() -> None:
+    sample = Sample(VIN, SEQ, TS, {SPEED: 1.0})
+    assert decode(encode_batch(VIN, [sample])) == DecodedTelemetry((sample,), ())
+
+
+# --- telemetry: boundaries that are still accepted --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        pytest.param(SPEED, 400.0, id="speed-max"),
+        pytest.param(SPEED, -60.0, id="speed-min"),
+        pytest.param(SPEED, 48, id="int-for-float"),
+        pytest.param(LAT, -90.0, id="lat-min"),
+        pytest.param(LAT, 90.0, id="lat-max"),
+        pytest.param(DTC_COUNT, 0, id="uint8-0"),
+        pytest.param(DTC_COUNT, 255, id="uint8-255"),
+        pytest.param(CHARGE_LIMIT, 100, id="charge-limit-100"),
+        pytest.param(ODOMETER, 2**32 - 1, id="uint32-max"),
+        pytest.param(TIRE, 1000, id="tire-product-max"),
+        pytest.param(LV_STATE, "START", id="allowed-string"),
+        pytest.param(DTC_LIST, ["P0301", "C1234", "B0001", "U0100"], id="dtc-list"),
+        pytest.param(DTC_LIST, [], id="dtc-list-empty"),
+    ],
+)
+def test_boundary_values_accepted(path: str, value: SignalValue) -> None:
+    decoded = decode(body(signals={path: value}))
+    assert decoded == DecodedTelemetry((Sample(VIN, SEQ, TS, {path: value}),), ())
+
+
+def test_dtc_list_is_a_list_of_strings() -> None:
+    decoded = decode(body(signals={DTC_LIST: ["P0301"]}))
+    (sample,) = decoded.samples
+    assert sample.signals[DTC_LIST] == ["P0301"]
+    assert decoded.rejections == ()
+
+
+def test_payload_at_the_size_limit_accepted() -> None:
+    payload = body()
+    padded = payload + b" " * (DEFAULT_LIMITS.max_payload_bytes - len(payload))
+    assert len(padded) == DEFAULT_LIMITS.max_payload_bytes
+    assert decode(padded).rejections == ()
+
+
+def test_timestamp_at_the_skew_limit_accepted() -> None:
+    decoded = decode(body(ts=HORIZON))
+    assert decoded == DecodedTelemetry((Sample(VIN, SEQ, HORIZON, {SPEED: 48.5}),), ())
+
+
+def test_batch_at_the_sample_limit_accepted() -> None:
+    items = [batch_item(i) for i in range(DEFAULT_LIMITS.max_batch_samples)]
+    decoded = decode(orjson.dumps({"vin": VIN, "samples": items}))
+    assert decoded.rejections == ()
+    assert [s.seq for s in decoded.samples] == list(range(DEFAULT_LIMITS.max_batch_samples))
+
+
+# --- telemetry: whole-message rejections ------------------------------------------------------
+
+_EMPTY = {"vin": VIN, "samples": []}
+_TOO_MANY = {"vin": VIN, "samples": [batch_item(i) for i in range(1001)]}
+
+
+def _too_large() -> bytes:
+    payload = body()
+    return payload + b" " * (DEFAULT_LIMITS.max_payload_bytes - len(payload) + 1)
+
+
+MESSAGE_CASES = [
+    # payload_too_large
+    pytest.param(_too_large(), Reason.PAYLOAD_TOO_LARGE, id="too-large-by-one-byte"),
+    pytest.param(b"x" * (10 * 1024 * 1024), Reason.PAYLOAD_TOO_LARGE, id="too-large-10mib"),
+    # malformed_json
+    pytest.param(b"{", Reason.MALFORMED_JSON, id="unclosed-brace"),
+    pytest.param(b"not json", Reason.MALFORMED_JSON, id="text"),
+    pytest.param(b"", Reason.MALFORMED_JSON, id="empty"),
+    pytest.param(b"\xff\xfe", Reason.MALFORMED_JSON, id="not-utf8"),
+    pytest.param(body()[:-1], Reason.MALFORMED_JSON, id="truncated"),
+    pytest.param(b'{"vin": "' + VIN.encode() + b'",}', Reason.MALFORMED_JSON, id="trailing-comma"),
+    pytest.param(body() + b"{}", Reason.MALFORMED_JSON, id="two-documents"),
+    # invalid_envelope
+    pytest.param(body(seq=None), Reason.INVALID_ENVELOPE, id="missing-seq"),
+    pytest.param(body(ts=None), Reason.INVALID_ENVELOPE, id="missing-ts"),
+    pytest.param(body(signals=None), Reason.INVALID_ENVELOPE, id="missing-signals"),
+    pytest.param(body(vin=None), Reason.INVALID_ENVELOPE, id="missing-vin"),
+    pytest.param(
+        body(samples=[batch_item(SEQ + 1)]), Reason.INVALID_ENVELOPE, id="samples-and-seq"
+    ),
+    pytest.param(
+        body(signals=None, ts=None, samples=[batch_item(SEQ + 1)]),
+        Reason.INVALID_ENVELOPE,
+        id="samples-and-seq-only",
+    ),
+    pytest.param(orjson.dumps(_TOO_MANY), Reason.INVALID_ENVELOPE, id="batch-over-limit"),
+    pytest.param(orjson.dumps(_EMPTY), Reason.INVALID_ENVELOPE, id="empty-batch"),
+    pytest.param(b"[]", Reason.INVALID_ENVELOPE, id="json-array"),
+    pytest.param(b'"hello"', Reason.INVALID_ENVELOPE, id="json-string"),
+    pytest.param(b"42", Reason.INVALID_ENVELOPE, id="json-number"),
+    pytest.param(b"null", Reason.INVALID_ENVELOPE, id="json-null"),
+    pytest.param(body(extra=1), Reason.INVALID_ENVELOPE, id="unknown-top-level-key"),
+    pytest.param(body(seq=-1), Reason.INVALID_ENVELOPE, id="negative-seq"),
+    pytest.param(body(seq="7"), Reason.INVALID_ENVELOPE, id="seq-as-string"),
+    pytest.param(body(seq=7.0), Reason.INVALID_ENVELOPE, id="seq-as-float"),
+    pytest.param(body(ts=-1), Reason.INVALID_ENVELOPE, id="negative-ts"),
+    pytest.param(body(ts=str(TS)), Reason.INVALID_ENVELOPE, id="ts-as-string"),
+    pytest.param(body(vin=12345), Reason.INVALID_ENVELOPE, id="vin-not-a-string"),
+    pytest.param(body(signals=[1, 2]), Reason.INVALID_ENVELOPE, id="signals-not-an-object"),
+    pytest.param(
+        orjson.dumps({"vin": VIN, "samples": [{"ts": TS, "signals": {}}]}),
+        Reason.INVALID_ENVELOPE,
+        id="batch-item-missing-seq",
+    ),
+    pytest.param(
+        orjson.dumps({"vin": VIN, "samples": {"seq": 1}}),
+        Reason.INVALID_ENVELOPE,
+        id="samples-not-a-list",
+    ),
+    # invalid_vin: the payload's own vin is malformed
+    pytest.param(body(vin=VIN.lower()), Reason.INVALID_VIN, id="lowercase-vin"),
+    pytest.param(body(vin=VIN[:-1]), Reason.INVALID_VIN, id="16-char-vin"),
+    pytest.param(body(vin="WVWZZZ1JZXO000001"), Reason.INVALID_VIN, id="vin-with-O"),
+    pytest.param(body(vin=VIN + "\n"), Reason.INVALID_VIN, id="vin-trailing-newline"),
+    pytest.param(
+        body(vin="bad", signals={SPEED: 999}), Reason.INVALID_VIN, id="bad-vin-and-bad-signal"
+    ),
+    # vin_mismatch
+    pytest.param(body(vin=OTHER_VIN), Reason.VIN_MISMATCH, id="other-vin"),
+    pytest.param(
+        orjson.dumps({"vin": OTHER_VIN, "samples": [batch_item(1)]}),
+        Reason.VIN_MISMATCH,
+        id="other-vin-batch",
+    ),
+    pytest.param(
+        body(vin=OTHER_VIN, signals={SPEED: 999}),
+        Reason.VIN_MISMATCH,
+        id="other-vin-and-bad-signal",
+    ),
+]
+
+
+@pytest.mark.parametrize(("payload", "reason"), MESSAGE_CASES)
+def test_message_rejected(payload: bytes, reason: Reason) -> None:
+    decoded = decode(payload)
+    assert decoded.samples == ()
+    rejection = sole_rejection(decoded)
+    assert rejection.reason is reason, rejection.detail
+    assert rejection.vin == VIN  # the topic's vin: the one the gateway can trust
+    assert rejection.signal is None
+    assert rejection.detail
+
+
+def test_too_large_detail_names_the_limit() -> None:
+    limits = Limits(max_payload_bytes=64)
+    payload = body()
+    assert len(payload) > 64
+    rejection = sole_rejection(decode(payload, limits=limits))
+    assert rejection.reason is Reason.PAYLOAD_TOO_LARGE
+    assert str(len(payload)) in rejection.detail
+    assert "64" in rejection.detail
+
+
+def test_batch_limit_follows_the_limits() -> None:
+    limits = Limits(max_batch_samples=3)
+    three = orjson.dumps({"vin": VIN, "samples": [batch_item(i) for i in range(3)]})
+    four = orjson.dumps({"vin": VIN, "samples": [batch_item(i) for i in range(4)]})
+    assert decode(three, limits=limits).rejections == ()
+    assert sole_rejection(decode(four, limits=limits)).reason is Reason.INVALID_ENVELOPE
+
+
+def test_vin_mismatch_detail_names_both_vins() -> None:
+    rejection = sole_rejection(decode(body(vin=OTHER_VIN)))
+    assert OTHER_VIN in rejection.detail
+    assert VIN in rejection.detail
+
+
+def test_missing_seq_detail_names_it() -> None:
+    assert "seq" in sole_rejection(decode(body(seq=None))).detail
+
+
+# --- telemetry: future timestamps -------------------------------------------------------------
+
+
+def test_future_timestamp_rejects_the_sample() -> None:
+    decoded = decode(body(ts=HORIZON + 1))
+    assert decoded.samples == ()
+    rejection = sole_rejection(decoded)
+    assert rejection.reason is Reason.FUTURE_TIMESTAMP
+    assert (rejection.vin, rejection.seq, rejection.signal) == (VIN, SEQ, None)
+
+
+def test_far_future_timestamp_rejected() -> None:
+    rejection = sole_rejection(decode(body(ts=NOW + 365 * 86_400_000)))
+    assert rejection.reason is Reason.FUTURE_TIMESTAMP
+
+
+def test_future_sample_in_a_batch_keeps_the_others() -> None:
+    good_before = Sample(VIN, 10, TS - 1_000, {SPEED: 30.0})
+    future = Sample(VIN, 11, HORIZON + 1, {SPEED: 31.0})
+    good_after = Sample(VIN, 12, TS, {SPEED: 32.0})
+    decoded = decode(encode_batch(VIN, [good_before, future, good_after]))
+    assert decoded.samples == (good_before, good_after)
+    rejection = sole_rejection(decoded)
+    assert rejection.reason is Reason.FUTURE_TIMESTAMP
+    assert (rejection.vin, rejection.seq, rejection.signal) == (VIN, 11, None)
+
+
+# --- telemetry: one bad signal ----------------------------------------------------------------
+
+SIGNAL_CASES = [
+    # unknown_signal
+    pytest.param("Vehicle.Foo", "1", Reason.UNKNOWN_SIGNAL, id="made-up-path"),
+    pytest.param("vehicle.speed", "1.0", Reason.UNKNOWN_SIGNAL, id="wrong-case"),
+    pytest.param("Vehicle.Cabin", "1", Reason.UNKNOWN_SIGNAL, id="vss-branch"),
+    pytest.param(
+        "Vehicle.Powertrain.TractionBattery.StateOfHealth",
+        "97.5",
+        Reason.UNKNOWN_SIGNAL,
+        id="vss-signal-not-in-catalog",
+    ),
+    pytest.param("", "1", Reason.UNKNOWN_SIGNAL, id="empty-path"),
+    # wrong_type
+    pytest.param(SPEED, '"48.5"', Reason.WRONG_TYPE, id="string-for-float"),
+    pytest.param(DTC_COUNT, "1.5", Reason.WRONG_TYPE, id="fraction-for-uint8"),
+    pytest.param(DTC_COUNT, "1.0", Reason.WRONG_TYPE, id="integral-float-for-uint8"),
+    pytest.param(SPEED, "true", Reason.WRONG_TYPE, id="bool-for-float"),
+    pytest.param(DTC_COUNT, "false", Reason.WRONG_TYPE, id="bool-for-uint8"),
+    pytest.param(IS_MOVING, "1", Reason.WRONG_TYPE, id="int-for-bool"),
+    pytest.param(IS_MOVING, '"true"', Reason.WRONG_TYPE, id="string-for-bool"),
+    pytest.param(SPEED, "null", Reason.WRONG_TYPE, id="null-for-float"),
+    pytest.param(SPEED, "[48.5]", Reason.WRONG_TYPE, id="list-for-float"),
+    pytest.param(DTC_LIST, '"P0301"', Reason.WRONG_TYPE, id="string-for-string-array"),
+    pytest.param(DTC_LIST, '["P0301", 5]', Reason.WRONG_TYPE, id="int-in-string-array"),
+    # out_of_range
+    pytest.param(SPEED, "400.5", Reason.OUT_OF_RANGE, id="above-max"),
+    pytest.param(SPEED, "-60.5", Reason.OUT_OF_RANGE, id="below-min"),
+    pytest.param(SPEED, "NaN", Reason.OUT_OF_RANGE, id="nan"),
+    pytest.param(SPEED, "Infinity", Reason.OUT_OF_RANGE, id="infinity"),
+    pytest.param(SPEED, "-Infinity", Reason.OUT_OF_RANGE, id="minus-infinity"),
+    pytest.param(SPEED, "1e400", Reason.OUT_OF_RANGE, id="overflows-to-infinity"),
+    pytest.param(LON, "-180.000001", Reason.OUT_OF_RANGE, id="longitude-below-180"),
+    pytest.param(DTC_COUNT, "256", Reason.OUT_OF_RANGE, id="uint8-256"),
+    pytest.param(DTC_COUNT, "-1", Reason.OUT_OF_RANGE, id="uint8-negative"),
+    pytest.param(CHARGE_LIMIT, "101", Reason.OUT_OF_RANGE, id="uint8-above-vss-max"),
+    pytest.param(ODOMETER, str(2**32), Reason.OUT_OF_RANGE, id="uint32-overflow"),
+    pytest.param(ODOMETER, str(2**70), Reason.OUT_OF_RANGE, id="huge-int"),
+    pytest.param(TIRE, "1001", Reason.OUT_OF_RANGE, id="above-product-max"),
+    # value_not_allowed
+    pytest.param(LV_STATE, '"FOO"', Reason.VALUE_NOT_ALLOWED, id="unknown-state"),
+    pytest.param(LV_STATE, '"on"', Reason.VALUE_NOT_ALLOWED, id="state-wrong-case"),
+    pytest.param(LV_STATE, '""', Reason.VALUE_NOT_ALLOWED, id="state-empty"),
+    # a non-string for a string with allowed values: the strict decoder checks the literal
+    # values only, so this is value_not_allowed (a free string would say wrong_type)
+    pytest.param(LV_STATE, "4", Reason.VALUE_NOT_ALLOWED, id="int-for-enum-string"),
+    pytest.param(LV_STATE, "null", Reason.VALUE_NOT_ALLOWED, id="null-for-enum-string"),
+]
+
+
+@pytest.mark.parametrize(("path", "raw_json", "reason"), SIGNAL_CASES)
+def test_bad_signal_rejected_alone(path: str, raw_json: str, reason: Reason) -> None:
+    decoded = decode(with_raw_signal(path, raw_json))
+    # the sample survives with its good signal
+    assert decoded.samples == (Sample(VIN, SEQ, TS, {LAT: 48.137}),)
+    rejection = sole_rejection(decoded)
+    assert rejection.reason is reason, rejection.detail
+    assert rejection.signal == path
+    assert (rejection.vin, rejection.seq) == (VIN, SEQ)
+    assert path in rejection.detail
+
+
+def test_every_decodable_reason_is_covered() -> None:
+    """Each Reason that decode_telemetry can return has a crafted payload above."""
+    covered = {p.values[1] for p in MESSAGE_CASES} | {p.values[2] for p in SIGNAL_CASES}
+    covered.add(Reason.FUTURE_TIMESTAMP)  # test_future_timestamp_rejects_the_sample
+    # invalid_topic comes from parse_topic, before a payload is ever decoded
+    assert covered == set(Reason) - {Reason.INVALID_TOPIC}
+
+
+def test_several_bad_signals_each_rejected() -> None:
+    payload = body(signals={SPEED: 999.0, DTC_COUNT: 256, LV_STATE: "FOO", LAT: 1.0, "X.Y": 1})
+    decoded = decode(payload)
+    assert decoded.samples == (Sample(VIN, SEQ, TS, {LAT: 1.0}),)
+    assert {(r.signal, r.reason) for r in decoded.rejections} == {
+        (SPEED, Reason.OUT_OF_RANGE),
+        (DTC_COUNT, Reason.OUT_OF_RANGE),
+        (LV_STATE, Reason.VALUE_NOT_ALLOWED),
+        ("X.Y", Reason.UNKNOWN_SIGNAL),
+    }
+    assert all((r.vin, r.seq) == (VIN, SEQ) for r in decoded.rejections)
+
+
+def test_bad_signal_in_a_batch_names_its_sample() -> None:
+    payload = orjson.dumps(
+        {
+            "vin": VIN,
+            "samples": [
+                batch_item(20, **{SPEED: 10.0}),
+                batch_item(21, **{SPEED: 10.5, DTC_COUNT: 256}),
+                batch_item(22, **{SPEED: 11.0}),
+            ],
+        }
+    )
+    decoded = decode(payload)
+    assert decoded.samples == (
+        Sample(VIN, 20, TS, {SPEED: 10.0}),
+        Sample(VIN, 21, TS, {SPEED: 10.5}),
+        Sample(VIN, 22, TS, {SPEED: 11.0}),
+    )
+    rejection = sole_rejection(decoded)
+    assert (rejection.reason, rejection.signal, rejection.vin, rejection.seq) == (
+        Reason.OUT_OF_RANGE,
+        DTC_COUNT,
+        VIN,
+        21,
+    )
+
+
+def test_bad_signal_and_missing_seq_rejects_the_message() -> None:
+    decoded = decode(body(seq=None, signals={SPEED: 999.0}))
+    assert decoded.samples == ()
+    assert any(r.reason is Reason.INVALID_ENVELOPE for r in decoded.rejections)
+
+
+# --- events -----------------------------------------------------------------------------------
+
+EVENTS = [
+    pytest.param(Event(VIN, 1, TS, EventType.DTC_SET, "P0301"), id="dtc-set"),
+    pytest.param(
+        Event(VIN, 2, TS, EventType.DTC_SET, "U0100", "Lost communication with ECM"),
+        id="dtc-set-with-detail",
+    ),
+    pytest.param(Event(VIN, 3, TS, EventType.DTC_CLEARED, "C1234"), id="dtc-cleared"),
+    pytest.param(Event(VIN, 4, TS, EventType.IGNITION_ON), id="ignition-on"),
+    pytest.param(Event(VIN, 5, HORIZON, EventType.IGNITION_OFF), id="ignition-off-at-skew"),
+]
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_event_round_trip(event: Event) -> None:
+    assert decode_event(encode_event(event), topic_vin=VIN, now_ms=NOW) == event
+
+
+def event_body(**fields: Any) -> bytes:
+    message: dict[str, Any] = {"vin": VIN, "seq": 1, "ts": TS, "type": "dtc_set", "code": "P0301"}
+    message.update(fields)
+    return orjson.dumps({k: v for k, v in message.items() if v is not None})
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        pytest.param(event_body(code=None), Reason.INVALID_ENVELOPE, id="dtc-set-without-code"),
+        pytest.param(
+            event_body(type="dtc_cleared", code=None),
+            Reason.INVALID_ENVELOPE,
+            id="dtc-cleared-without-code",
+        ),
+        pytest.param(event_body(code="p0301"), Reason.INVALID_ENVELOPE, id="code-lowercase"),
+        pytest.param(event_body(code="X0301"), Reason.INVALID_ENVELOPE, id="code-bad-system"),
+        pytest.param(event_body(code="P030"), Reason.INVALID_ENVELOPE, id="code-too-short"),
+        pytest.param(event_body(code="P03011"), Reason.INVALID_ENVELOPE, id="code-too-long"),
+        pytest.param(event_body(code="P030G"), Reason.INVALID_ENVELOPE, id="code-not-hex"),
+        pytest.param(event_body(code="P0301\n"), Reason.INVALID_ENVELOPE, id="code-newline"),
+        pytest.param(event_body(code=301), Reason.INVALID_ENVELOPE, id="code-not-a-string"),
+        pytest.param(event_body(type="exploded"), Reason.INVALID_ENVELOPE, id="unknown-type"),
+        pytest.param(event_body(seq=None), Reason.INVALID_ENVELOPE, id="missing-seq"),
+        pytest.param(event_body(extra=True), Reason.INVALID_ENVELOPE, id="unknown-key"),
+        pytest.param(event_body(vin=OTHER_VIN), Reason.VIN_MISMATCH, id="vin-mismatch"),
+        pytest.param(event_body(vin=VIN.lower()), Reason.INVALID_VIN, id="invalid-vin"),
+        pytest.param(event_body(ts=HORIZON + 1), Reason.FUTURE_TIMESTAMP, id="future-ts"),
+        pytest.param(b"{not json", Reason.MALFORMED_JSON, id="malformed-json"),
+        pytest.param(b"[]", Reason.INVALID_ENVELOPE, id="not-an-object"),
+        pytest.param(
+            event_body(detail="x" * DEFAULT_LIMITS.max_payload_bytes),
+            Reason.PAYLOAD_TOO_LARGE,
+            id="too-large",
+        ),
+    ],
+)
+def test_event_rejected(payload: bytes, reason: Reason) -> None:
+    rejection = decode_event(payload, topic_vin=VIN, now_ms=NOW)
+    assert isinstance(rejection, Rejection)
+    assert rejection.reason is reason, rejection.detail
+    assert rejection.vin == VIN
+    assert rejection.detail
+
+
+def test_event_bad_code_detail_names_the_code() -> None:
+    rejection = decode_event(event_body(code="P030G"), topic_vin=VIN, now_ms=NOW)
+    assert isinstance(rejection, Rejection)
+    assert "code" in rejection.detail
+    assert "P030G" in rejection.detail
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        pytest.param(Status(StatusState.ONLINE, TS), id="online"),
+        pytest.param(Status(StatusState.OFFLINE, TS), id="offline"),
+        pytest.param(Status(StatusState.ONLINE), id="online-no-ts"),
+        pytest.param(Status(StatusState.OFFLINE), id="offline-last-will"),
+    ],
+)
+def test_status_round_trip(status: Status) -> None:
+    assert decode_status(encode_status(status), topic_vin=VIN) == status
+
+
+def test_status_with_its_own_vin_accepted() -> None:
+    payload = orjson.dumps({"state": "online", "vin": VIN})
+    assert decode_status(payload, topic_vin=VIN) == Status(StatusState.ONLINE)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        pytest.param(b"garbage", Reason.MALFORMED_JSON, id="garbage"),
+        pytest.param(b"", Reason.MALFORMED_JSON, id="empty"),
+        pytest.param(b"\x00\x01\x02", Reason.MALFORMED_JSON, id="binary"),
+        pytest.param(b'"online"', Reason.INVALID_ENVELOPE, id="bare-string"),
+        pytest.param(b"{}", Reason.INVALID_ENVELOPE, id="no-state"),
+        pytest.param(b'{"state": "sleeping"}', Reason.INVALID_ENVELOPE, id="unknown-state"),
+        pytest.param(b'{"state": "ONLINE"}', Reason.INVALID_ENVELOPE, id="state-case"),
+        pytest.param(b'{"state": "online", "x": 1}', Reason.INVALID_ENVELOPE, id="unknown-key"),
+        pytest.param(b'{"state": "online", "ts": -5}', Reason.INVALID_ENVELOPE, id="negative-ts"),
+        pytest.param(
+            orjson.dumps({"state": "online", "vin": OTHER_VIN}),
+            Reason.VIN_MISMATCH,
+            id="vin-mismatch",
+        ),
+        pytest.param(
+            orjson.dumps({"state": "online", "vin": "nope"}), Reason.INVALID_VIN, id="invalid-vin"
+        ),
+        pytest.param(b" " * 4097, Reason.PAYLOAD_TOO_LARGE, id="too-large"),
+    ],
+)
+def test_status_rejected(payload: bytes, reason: Reason) -> None:
+    rejection = decode_status(payload, topic_vin=VIN)
+    assert isinstance(rejection, Rejection)
+    assert rejection.reason is reason, rejection.detail
+    assert rejection.vin == VIN
+
+
+# --- property: every valid sample survives the round trip -------------------------------------
+
+# explicit alphabet (JSON escapes, non-ASCII, astral plane) for free-form strings
+_TEXT = st.sampled_from(list('AZaz09 -_."\\/\n\t\x00\x7féß€日😀'))
+
+
+def value_strategy(spec: SignalSpec) -> st.SearchStrategy[Any]:
+    """Values the catalog accepts for ``spec``."""
+    dt = spec.datatype
+    if dt is Datatype.BOOLEAN:
+        return st.booleans()
+    if dt is Datatype.STRING:
+        if spec.allowed is not None:
+            return st.sampled_from(spec.allowed)
+        return st.text(_TEXT, max_size=256)
+    if dt is Datatype.STRING_ARRAY:
+        return st.lists(st.text(_TEXT, max_size=64), max_size=16)
+    if dt.is_integer:
+        lo, hi = dt.integer_range
+        if spec.min is not None:
+            lo = max(lo, math.ceil(spec.min))
+        if spec.max is not None:
+            hi = min(hi, math.floor(spec.max))
+        return st.integers(min_value=lo, max_value=hi)
+    assert dt.is_number, dt
+    return st.floats(min_value=spec.min, max_value=spec.max, allow_nan=False, allow_infinity=False)
+
+
+SIGNALS = st.fixed_dictionaries(
+    {}, optional={path: value_strategy(spec) for path, spec in CATALOG.items()}
+)
+
+
+def _types(signals: Mapping[str, SignalValue]) -> dict[str, type]:
+    return {k: type(v) for k, v in signals.items()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    signals=SIGNALS,
+    seq=st.integers(min_value=0, max_value=2**63 - 1),
+    ts=st.integers(min_value=0, max_value=HORIZON),
+)
+def test_any_valid_sample_round_trips(signals: dict[str, SignalValue], seq: int, ts: int) -> None:
+    sample = Sample(VIN, seq, ts, signals)
+    decoded = decode(encode_sample(sample))
+    assert decoded.rejections == ()
+    assert decoded.samples == (sample,)
+    assert _types(decoded.samples[0].signals) == _types(signals)
