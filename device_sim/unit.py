@@ -1,0 +1,741 @@
+"""One simulated in-car unit: a :class:`~device_sim.vehicle.SimulatedVehicle` behind an MQTT 5
+connection that behaves like real telematics firmware.
+
+The vehicle model is pure; this module adds the parts of a telematics control unit that a
+gateway has to cope with, so the demo and the tests exercise them for real:
+
+Persistent session
+    The unit connects with client id = VIN, MQTT 5, Clean Start off and a Session Expiry
+    Interval (:attr:`UnitSettings.session_expiry_s`). A cellular unit drops off the network
+    all the time; with a persistent session the broker keeps the session state across short
+    gaps, and QoS 1 messages that were sent but not yet acknowledged when the link broke are
+    sent again (by gmqtt) after the reconnect. The gateway deduplicates on (vin, seq), so a
+    message that arrives twice is harmless; one that never arrives is not.
+
+Last Will
+    The CONNECT carries a Will: ``{"state": "offline"}`` retained, QoS 1, on
+    ``v1/vehicles/{vin}/status``. If the unit vanishes without saying goodbye (power cut,
+    crash, coverage loss long enough for the keepalive to expire) the broker publishes it, so
+    the retained status never claims "online" for a unit that is gone. After every
+    successful connect the unit publishes ``{"state": "online", "ts": ...}`` retained, QoS 1,
+    which replaces the Will's message. On a clean stop it publishes ``offline`` (with ``ts``)
+    itself and disconnects normally (reason code 0, so the broker discards the Will).
+
+    Cancelling :meth:`SimulatedUnit.run` is treated as a power cut: the unit disconnects with
+    reason code 0x04 (*Disconnect with Will Message*, MQTT 5 section 3.14.2.1), which makes the
+    broker publish the Will exactly as if the TCP connection had died, but without leaving a
+    half-open socket behind in the process (an asyncio transport must be closed, and the
+    broker would otherwise only notice after 1.5 keepalives).
+
+Store-and-forward
+    Samples are taken every :attr:`UnitSettings.report_interval_s` whether or not the unit
+    can send them, because that is what the car does: a tunnel does not stop the clock.
+    While the unit is disconnected, or while :meth:`SimulatedUnit.force_offline` simulates a
+    coverage gap, samples go into a bounded in-memory buffer; beyond
+    :attr:`UnitSettings.buffer_limit` the *oldest* are dropped (and counted), since the
+    newest state of a vehicle is worth the most. When the link is back (reconnect, or
+    :meth:`SimulatedUnit.restore`), the buffer is uploaded first, oldest first, as batch
+    messages of at most :attr:`UnitSettings.batch_max_samples` samples (``encode_batch``),
+    each sample with its original ``seq`` and ``ts``; only then do live single-sample
+    messages resume. A live sample never overtakes a buffered one: as long as anything is
+    buffered, new samples join the end of the buffer.
+
+    Vehicle events (ignition, trouble codes) are held back the same way, in their own bounded
+    buffer, and are sent one message each after the samples.
+
+In-flight window
+    At most :attr:`UnitSettings.max_inflight` QoS 1 telemetry messages are unacknowledged at
+    a time. A broker announces how many it accepts (Receive Maximum; Mosquitto's default is
+    20) and gmqtt fails hard when its packet ids run out, so uploading a long buffer must be
+    paced by PUBACKs. A slow broker therefore makes samples queue up in the buffer and leave
+    as batches, exactly like a gap.
+
+Timing
+    Reports are scheduled on the event loop's monotonic clock. Each report advances the
+    vehicle by the time that really elapsed since the previous one (``vehicle.step``), then
+    stamps the sample with ``vehicle.sim_time_ms``; a late report is not followed by a burst
+    of catch-up reports. Status messages carry ``clock_ms()`` (the wall clock by default).
+
+Counters (:meth:`SimulatedUnit.stats`) count what happened: samples taken, published
+(handed to the broker, live or in batches), acknowledged (PUBACKs, counted through the QoS
+store gmqtt accepts as ``persistent_storage``), buffered, dropped and still pending.
+
+Imports: the standard library, gmqtt, ``schemas`` and ``device_sim`` only; never ``gateway``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv50
+
+from device_sim.vehicle import SimulatedVehicle
+from schemas.payloads import (
+    DEFAULT_LIMITS,
+    Event,
+    Sample,
+    Status,
+    StatusState,
+    encode_batch,
+    encode_event,
+    encode_sample,
+    encode_status,
+)
+from schemas.topics import Channel, topic_for
+
+__all__ = [
+    "DEFAULT_BUFFER_LIMIT",
+    "DISCONNECT_WITH_WILL",
+    "SimulatedUnit",
+    "UnitConnectError",
+    "UnitSettings",
+    "UnitStats",
+    "wall_clock_ms",
+]
+
+log = logging.getLogger(__name__)
+
+#: MQTT 5 DISCONNECT reason code "Disconnect with Will Message" (section 3.14.2.1)
+DISCONNECT_WITH_WILL: Final = 0x04
+
+#: CONNACK refusals worth retrying: the broker is there but cannot take us right now
+#: (3: server unavailable in MQTT 3.1.1; MQTT 5: 136 server unavailable, 137 server busy,
+#: 151 quota exceeded, 159 connection rate exceeded). Anything else (bad credentials, not
+#: authorised, banned, ...) will not fix itself by retrying.
+_RETRYABLE_CONNACK: Final = frozenset({3, 136, 137, 151, 159})
+
+#: samples a unit keeps while offline unless told otherwise (almost 3 hours at 1 Hz)
+DEFAULT_BUFFER_LIMIT: Final = 10_000
+
+#: a connection that lived at least this long resets the reconnect backoff
+_STABLE_CONNECTION_S: Final = 30.0
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the Unix epoch (UTC), the clock of the device contract."""
+    return time.time_ns() // 1_000_000
+
+
+class UnitConnectError(RuntimeError):
+    """The broker refused the unit for a reason retrying cannot fix (bad credentials, not
+    authorised, banned, ...). Raised out of :meth:`SimulatedUnit.run`."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UnitSettings:
+    """How a unit connects and reports; shared by all units of a fleet, hence immutable.
+
+    Keyword-only: most fields are numbers whose order nobody remembers.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    #: MQTT keepalive, seconds: how long the broker waits before it declares the unit gone
+    #: (after 1.5 times this) and publishes its Will
+    keepalive_s: int = 30
+    #: seconds between two samples
+    report_interval_s: float = 1.0
+    #: re-publish the retained ``online`` status (with a fresh ``ts``) this often, seconds;
+    #: None: only after each connect. Off by default because the gateway records every
+    #: status message as a status change.
+    heartbeat_s: float | None = None
+    #: samples (and, separately, events) kept while offline; the oldest are dropped beyond it
+    buffer_limit: int = DEFAULT_BUFFER_LIMIT
+    #: samples per batch message when uploading the buffer (the gateway accepts up to 1000)
+    batch_max_samples: int = 100
+    #: how long the broker keeps the session after a disconnect, seconds
+    session_expiry_s: int = 3600
+    #: MQTT 5 Will Delay Interval, seconds: 0 publishes the Will at once; a few seconds hide
+    #: short reconnects from the status topic
+    will_delay_s: int = 0
+    #: unacknowledged telemetry messages at most; keep it below the broker's Receive Maximum
+    max_inflight: int = 10
+    #: first wait before a reconnect, seconds; doubles (with jitter) up to reconnect_max_s
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    #: TCP connect plus CONNACK, seconds
+    connect_timeout_s: float = 10.0
+    #: on a clean stop, how long to wait for outstanding PUBACKs before disconnecting
+    drain_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.host or any(ch.isspace() for ch in self.host):
+            raise ValueError(f"host must be a non-empty name or address, got {self.host!r}")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be 1..65535, got {self.port}")
+        if self.password is not None and self.username is None:
+            raise ValueError("a password needs a username")
+        if not 0 <= self.keepalive_s <= 65535:
+            raise ValueError(f"keepalive_s must be 0..65535, got {self.keepalive_s}")
+        for name in (
+            "report_interval_s",
+            "reconnect_min_s",
+            "reconnect_max_s",
+            "connect_timeout_s",
+            "drain_timeout_s",
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        if self.heartbeat_s is not None and not (
+            math.isfinite(self.heartbeat_s) and self.heartbeat_s > 0
+        ):
+            raise ValueError(f"heartbeat_s must be None or > 0, got {self.heartbeat_s}")
+        if self.buffer_limit < 0:
+            raise ValueError(
+                f"buffer_limit must be >= 0 (0: no buffering), got {self.buffer_limit}"
+            )
+        limit = DEFAULT_LIMITS.max_batch_samples
+        if not 1 <= self.batch_max_samples <= limit:
+            raise ValueError(f"batch_max_samples must be 1..{limit}, got {self.batch_max_samples}")
+        if not 0 <= self.session_expiry_s <= 0xFFFFFFFF:
+            raise ValueError(f"session_expiry_s must be 0..{0xFFFFFFFF}")
+        if not 0 <= self.will_delay_s <= 0xFFFFFFFF:
+            raise ValueError(f"will_delay_s must be 0..{0xFFFFFFFF}")
+        if self.max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
+
+
+@dataclass(frozen=True, slots=True)
+class UnitStats:
+    """A snapshot of one unit's counters (samples unless the name says otherwise)."""
+
+    vin: str
+    #: connected to the broker right now (a forced coverage gap does not change this)
+    connected: bool
+    #: a coverage gap forced by :meth:`SimulatedUnit.force_offline` is in effect
+    forced_offline: bool
+    #: samples taken
+    samples: int
+    #: samples handed to the broker, live or in batches
+    published: int
+    #: batch messages sent while uploading the buffer
+    batches: int
+    #: PUBLISH packets sent (samples, batches, events, status)
+    messages: int
+    #: PUBACKs received (packets, not samples)
+    acked: int
+    #: samples that went into the store-and-forward buffer
+    buffered: int
+    #: samples dropped because the buffer was full (the oldest go first)
+    dropped: int
+    #: samples in the buffer now (lost if the unit stops before it can upload them)
+    pending: int
+    #: sent but unacknowledged messages thrown away because the broker had lost the session
+    #: (it expired, or the broker restarted without persistence)
+    lost_in_flight: int
+    #: events published, and dropped because their buffer was full
+    events: int
+    events_dropped: int
+    #: successful connects (the first one included)
+    connects: int
+    #: the seq the next sample will get
+    next_seq: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _InflightStore:
+    """gmqtt's store of unacknowledged QoS 1/2 packets (``Client(persistent_storage=...)``).
+
+    Same contract as ``gmqtt.storage.PersistentStorage`` (pinned gmqtt 0.8.0): gmqtt pushes
+    every QoS > 0 PUBLISH it sends, removes it when the PUBACK comes, replays what is left
+    after a reconnect into a present session and clears it when the session is gone. gmqtt
+    has no PUBACK callback, so counting removals here is how the unit counts PUBACKs and
+    knows how much of its in-flight window is in use.
+    """
+
+    def __init__(self, on_ack: Callable[[], None]) -> None:
+        self._messages: OrderedDict[int, bytes] = OrderedDict()
+        self._empty_waiters: set[asyncio.Future[None]] = set()
+        self._on_ack = on_ack
+        #: packets thrown away because the broker had no session for them any more
+        self.discarded = 0
+
+    # No __len__: gmqtt takes ``persistent_storage or PersistentStorage()``, and an empty
+    # store with __len__ would be falsy and silently replaced.
+    @property
+    def size(self) -> int:
+        return len(self._messages)
+
+    def _notify_empty(self) -> None:
+        while self._empty_waiters:
+            waiter = self._empty_waiters.pop()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def push_message(self, mid: int, raw_package: bytes) -> None:
+        self._messages[mid] = raw_package
+
+    def remove_message_by_mid(self, mid: int) -> None:
+        if self._messages.pop(mid, None) is not None:
+            self._on_ack()
+            if not self._messages:
+                self._notify_empty()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self._messages
+
+    async def wait_empty(self) -> None:
+        if not self._messages:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._empty_waiters.add(waiter)
+        try:
+            await waiter
+        finally:
+            self._empty_waiters.discard(waiter)
+
+    def clear(self) -> None:
+        if self._messages:
+            self.discarded += len(self._messages)
+            log.warning(
+                "the broker had no session; %d unacknowledged message(s) are lost",
+                len(self._messages),
+            )
+        self._messages.clear()
+        self._notify_empty()
+
+    def get_all(self) -> list[tuple[int, bytes]]:
+        return list(self._messages.items())
+
+
+class _UnitClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt is untyped
+    """A gmqtt client that leaves reconnecting to :class:`SimulatedUnit`.
+
+    gmqtt's own automatic reconnect sleeps a fixed delay and then connects even if
+    ``disconnect()`` was called meanwhile, which would leave a stray connection (and a
+    second session owner) behind a stopped unit. The unit's loop reconnects instead, with
+    backoff, by calling ``connect()`` again on this same client, so the QoS store (and thus
+    the replay of unacknowledged messages) carries over.
+    """
+
+    async def reconnect(self, delay: bool = False) -> None:
+        return None
+
+
+class SimulatedUnit:
+    """The in-car unit of one vehicle; see the module docstring for its behaviour.
+
+    ``vehicle`` is owned by the unit from now on (only :meth:`run` steps it). ``first_seq``
+    is the ``seq`` of the first sample; a unit that restarts must start above every seq it
+    used before (for instance from the start time in ms), because the gateway drops a
+    repeated (vin, seq) as a duplicate. ``clock_ms`` stamps status messages. ``on_sample``,
+    if given, sees every sample as it is taken (before it is sent or buffered).
+
+    A unit runs once: :meth:`run` until ``stop`` is set.
+    """
+
+    def __init__(
+        self,
+        vehicle: SimulatedVehicle,
+        settings: UnitSettings,
+        *,
+        first_seq: int = 0,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        on_sample: Callable[[Sample], None] | None = None,
+    ) -> None:
+        if first_seq < 0:
+            raise ValueError(f"first_seq must be >= 0, got {first_seq}")
+        self._vehicle = vehicle
+        self._settings = settings
+        self._clock_ms = clock_ms
+        self._on_sample = on_sample
+        self._vin = vehicle.vin
+        self._telemetry_topic = topic_for(self._vin, Channel.TELEMETRY)
+        self._events_topic = topic_for(self._vin, Channel.EVENTS)
+        self._status_topic = topic_for(self._vin, Channel.STATUS)
+        self._jitter = random.Random(self._vin)  # backoff jitter; never the vehicle's rng
+
+        self._next_seq = first_seq
+        self._buffer: deque[Sample] = deque()
+        self._event_buffer: deque[Event] = deque()
+        self._store = _InflightStore(self._on_ack)
+        self._client: Any = None
+        self._connected = False
+        self._forced_offline = False
+        self._started = False
+        #: set whenever something the report loop waits for happens: stop, (re)connect,
+        #: disconnect, restore, a PUBACK (room in the window)
+        self._wake = asyncio.Event()
+        #: set by gmqtt's on_disconnect; the connection loop waits on it
+        self._lost = asyncio.Event()
+        self._last_status_at = -math.inf
+
+        self._samples = 0
+        self._published = 0
+        self._batches = 0
+        self._messages = 0
+        self._acked = 0
+        self._buffered = 0
+        self._dropped = 0
+        self._events = 0
+        self._events_dropped = 0
+        self._connects = 0
+
+    # --- public -------------------------------------------------------------------------------
+
+    @property
+    def vin(self) -> str:
+        return self._vin
+
+    @property
+    def vehicle(self) -> SimulatedVehicle:
+        return self._vehicle
+
+    @property
+    def settings(self) -> UnitSettings:
+        return self._settings
+
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker (CONNACK received, connection not lost)."""
+        return self._connected
+
+    def force_offline(self) -> None:
+        """Simulate a coverage gap: keep taking samples but hold them in the buffer.
+
+        Only the data path is cut: the MQTT connection stays up (so the broker publishes no
+        Will), which keeps the gap exactly as long as the caller wants.
+        """
+        self._forced_offline = True
+        self._wake.set()
+
+    def restore(self) -> None:
+        """End a gap started by :meth:`force_offline`: upload the buffer, then go live."""
+        self._forced_offline = False
+        self._wake.set()
+
+    def stats(self) -> UnitStats:
+        return UnitStats(
+            vin=self._vin,
+            connected=self._connected,
+            forced_offline=self._forced_offline,
+            samples=self._samples,
+            published=self._published,
+            batches=self._batches,
+            messages=self._messages,
+            acked=self._acked,
+            buffered=self._buffered,
+            dropped=self._dropped,
+            pending=len(self._buffer),
+            lost_in_flight=self._store.discarded,
+            events=self._events,
+            events_dropped=self._events_dropped,
+            connects=self._connects,
+            next_seq=self._next_seq,
+        )
+
+    async def run(self, stop: asyncio.Event) -> UnitStats:
+        """Connect, report every ``report_interval_s`` until ``stop`` is set, stop cleanly.
+
+        Connection failures are retried with backoff for as long as it runs (a unit waits
+        for coverage; it does not give up), except refusals that retrying cannot fix, which
+        raise :class:`UnitConnectError`. A clean stop uploads what it can, publishes the
+        retained ``offline`` status and disconnects. Cancelling it is a power cut: the
+        broker publishes the Will. Returns the final counters.
+        """
+        if self._started:
+            raise RuntimeError(f"unit {self._vin} has already run; make a new SimulatedUnit")
+        self._started = True
+        self._client = self._make_client()
+        watcher = asyncio.create_task(self._wake_when(stop), name=f"{self._vin}-stop")
+        keeper = asyncio.create_task(self._keep_connected(), name=f"{self._vin}-connection")
+        keeper.add_done_callback(lambda _: self._wake.set())
+        clean = False
+        try:
+            await self._report_until(stop, keeper)
+            clean = True
+        finally:
+            for task in (watcher, keeper):
+                task.cancel()
+            try:
+                if clean:
+                    await self._stop_cleanly()
+            finally:
+                # After a clean stop the connection is closed already and this does nothing.
+                # Otherwise (an error, a cancellation, even one during the clean stop) the
+                # unit vanishes as in a power cut and the broker publishes the Will. It runs
+                # before anything else is awaited, and gmqtt closes the transport before its
+                # first suspension, so a second cancellation cannot leave a socket open.
+                await self._power_cut()
+                await asyncio.gather(watcher, keeper, return_exceptions=True)
+        return self.stats()
+
+    # --- gmqtt wiring -------------------------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        s = self._settings
+        will_properties: dict[str, int] = {}
+        if s.will_delay_s:
+            will_properties["will_delay_interval"] = s.will_delay_s
+        will = gmqtt.Message(
+            self._status_topic,
+            encode_status(Status(StatusState.OFFLINE)),
+            qos=1,
+            retain=True,
+            **will_properties,
+        )
+        client = _UnitClient(
+            self._vin,
+            clean_session=False,
+            will_message=will,
+            persistent_storage=self._store,
+            session_expiry_interval=s.session_expiry_s,
+        )
+        if getattr(client, "_persistent_storage", self._store) is not self._store:
+            raise RuntimeError("gmqtt ignored persistent_storage=; install gmqtt==0.8.0")
+        if s.username is not None:
+            client.set_auth_credentials(s.username, s.password)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        return client
+
+    def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
+        self._connected = True
+        self._connects += 1
+        log.info("%s connected (session present: %s)", self._vin, bool(flags))
+        self._publish_status(StatusState.ONLINE)
+        self._wake.set()
+
+    def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
+        self._connected = False
+        self._lost.set()
+        self._wake.set()
+
+    def _on_ack(self) -> None:
+        self._acked += 1
+        self._wake.set()
+
+    def _can_send_now(self) -> bool:
+        """Connected, and gmqtt agrees (CONNACK received, transport not closing)."""
+        return self._connected and self._client is not None and bool(self._client.is_connected)
+
+    def _can_send(self) -> bool:
+        return self._can_send_now() and not self._forced_offline
+
+    def _window_open(self) -> bool:
+        return self._store.size < self._settings.max_inflight
+
+    def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self._client.publish(topic, payload, qos=1, retain=retain)
+        self._messages += 1
+
+    def _publish_status(self, state: StatusState) -> None:
+        self._publish(
+            self._status_topic, encode_status(Status(state, self._clock_ms())), retain=True
+        )
+        self._last_status_at = asyncio.get_running_loop().time()
+
+    # --- connection ---------------------------------------------------------------------------
+
+    async def _keep_connected(self) -> None:
+        """Connect, wait for the connection to drop, reconnect; forever (until cancelled)."""
+        s = self._settings
+        loop = asyncio.get_running_loop()
+        delay = s.reconnect_min_s
+        failures = 0
+        while True:
+            self._lost.clear()
+            why = await self._connect_once()
+            if why is None:
+                failures = 0
+                since = loop.time()
+                await self._lost.wait()
+                await self._close_quietly()  # e.g. after a DISCONNECT from the broker
+                if loop.time() - since >= _STABLE_CONNECTION_S:
+                    delay = s.reconnect_min_s
+                why = "connection lost"
+            failures += 1
+            wait = delay * self._jitter.uniform(0.8, 1.2)
+            # the first failure in a row is news; the retries that follow are not
+            log.log(
+                logging.WARNING if failures == 1 else logging.INFO,
+                "%s cannot reach mqtt://%s:%d (%s); buffering, retry %d in %.1f s",
+                self._vin,
+                s.host,
+                s.port,
+                why,
+                failures,
+                wait,
+            )
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, s.reconnect_max_s)
+
+    async def _connect_once(self) -> str | None:
+        """One connection attempt: None when connected, else why not (for the log).
+
+        Raises :class:`UnitConnectError` for a refusal that retrying cannot fix.
+        """
+        s = self._settings
+        try:
+            async with asyncio.timeout(s.connect_timeout_s):
+                await self._client.connect(s.host, s.port, keepalive=s.keepalive_s, version=MQTTv50)
+        except gmqtt.MQTTConnectError as exc:
+            await self._close_quietly()
+            if getattr(exc, "_code", None) not in _RETRYABLE_CONNACK:
+                raise UnitConnectError(
+                    f"{s.host}:{s.port} refused unit {self._vin}: {exc}"
+                ) from exc
+            return str(exc)
+        except TimeoutError:
+            if self._can_send_now():
+                # CONNACK came; gmqtt was still waiting for PUBACKs of replayed messages,
+                # which will come (or be replayed again after the next reconnect)
+                return None
+            await self._close_quietly()
+            return f"no CONNACK within {s.connect_timeout_s:g} s"
+        except OSError as exc:
+            await self._close_quietly()
+            return str(exc) or type(exc).__name__
+        return None
+
+    def _has_open_connection(self) -> bool:
+        # gmqtt keeps the current connection in a private attribute; reading it avoids
+        # sending a DISCONNECT into a socket that is already closed (gmqtt logs a warning).
+        connection = getattr(self._client, "_connection", None)
+        return connection is not None and not connection.is_closing()
+
+    async def _close_quietly(self, reason_code: int = 0) -> None:
+        if self._client is not None and self._has_open_connection():
+            with contextlib.suppress(OSError):
+                await self._client.disconnect(reason_code=reason_code)
+        self._connected = False
+
+    # --- reporting ----------------------------------------------------------------------------
+
+    async def _wake_when(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
+
+    async def _report_until(self, stop: asyncio.Event, keeper: asyncio.Task[None]) -> None:
+        s = self._settings
+        loop = asyncio.get_running_loop()
+        last_step = loop.time()
+        next_report = last_step + s.report_interval_s
+        while not stop.is_set():
+            if keeper.done():
+                keeper.result()  # raises UnitConnectError
+                raise RuntimeError("the connection loop ended on its own")
+            now = loop.time()
+            if now >= next_report:
+                self._report(now - last_step)
+                last_step = now
+                # Fixed rate, but a late report (busy loop) is neither followed by a burst
+                # of catch-up reports nor by one that comes right after it.
+                next_report = max(next_report + s.report_interval_s, now + s.report_interval_s / 2)
+            self._flush()
+            deadline = next_report
+            if s.heartbeat_s is not None and self._can_send():
+                due = self._last_status_at + s.heartbeat_s
+                if now >= due:
+                    self._publish_status(StatusState.ONLINE)
+                    due = now + s.heartbeat_s
+                deadline = min(deadline, due)
+            await self._wait_wake(deadline)
+
+    async def _wait_wake(self, deadline: float) -> None:
+        """Sleep until ``deadline`` (loop time) or until something sets ``_wake``."""
+        delay = deadline - asyncio.get_running_loop().time()
+        if delay > 0 and not self._wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+        self._wake.clear()
+
+    def _report(self, elapsed_s: float) -> None:
+        vehicle = self._vehicle
+        if elapsed_s > 0:
+            vehicle.step(elapsed_s)
+        sample = Sample(self._vin, self._next_seq, vehicle.sim_time_ms, vehicle.signals())
+        self._next_seq += 1
+        self._samples += 1
+        if self._on_sample is not None:
+            self._on_sample(sample)
+        if not self._buffer and self._can_send() and self._window_open():
+            self._publish(self._telemetry_topic, encode_sample(sample))
+            self._published += 1
+        else:
+            self._hold(sample)
+        for event in vehicle.pending_events():
+            if not self._event_buffer and not self._buffer and self._can_send():
+                self._publish(self._events_topic, encode_event(event))
+                self._events += 1
+            else:
+                self._hold_event(event)
+
+    def _hold(self, sample: Sample) -> None:
+        limit = self._settings.buffer_limit
+        if limit == 0:
+            self._dropped += 1
+            return
+        if len(self._buffer) >= limit:
+            self._buffer.popleft()
+            self._dropped += 1
+        self._buffer.append(sample)
+        self._buffered += 1
+
+    def _hold_event(self, event: Event) -> None:
+        limit = self._settings.buffer_limit
+        if limit == 0:
+            self._events_dropped += 1
+            return
+        if len(self._event_buffer) >= limit:
+            self._event_buffer.popleft()
+            self._events_dropped += 1
+        self._event_buffer.append(event)
+
+    def _flush(self) -> None:
+        """Upload the buffer, oldest first, as far as the in-flight window allows; then the
+        held-back events. Returns at once; PUBACKs wake the loop to continue."""
+        batch_max = self._settings.batch_max_samples
+        buffer = self._buffer
+        while buffer and self._can_send() and self._window_open():
+            batch = [buffer.popleft() for _ in range(min(batch_max, len(buffer)))]
+            self._publish(self._telemetry_topic, encode_batch(self._vin, batch))
+            self._published += len(batch)
+            self._batches += 1
+        while self._event_buffer and not buffer and self._can_send():
+            self._publish(self._events_topic, encode_event(self._event_buffer.popleft()))
+            self._events += 1
+
+    # --- stopping -----------------------------------------------------------------------------
+
+    async def _stop_cleanly(self) -> None:
+        """Upload what the window allows within the drain timeout, publish ``offline``,
+        wait for the PUBACKs, disconnect normally (the broker then discards the Will)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.drain_timeout_s
+        while True:
+            self._flush()
+            held = self._buffer or self._event_buffer
+            if not held or not self._can_send() or loop.time() >= deadline:
+                break
+            await self._wait_wake(deadline)
+        if self._can_send_now():
+            self._publish_status(StatusState.OFFLINE)
+            while self._store.size and self._connected and loop.time() < deadline:
+                await self._wait_wake(deadline)
+        if self._buffer:
+            log.warning("%s stopped with %d sample(s) not uploaded", self._vin, len(self._buffer))
+        await self._close_quietly()
+
+    async def _power_cut(self) -> None:
+        """Vanish without a goodbye: the broker publishes the Will (see module docstring)."""
+        await self._close_quietly(reason_code=DISCONNECT_WITH_WILL)
