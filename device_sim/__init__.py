@@ -5,11 +5,15 @@ Layout:
                  (Dijkstra shortest paths, random routes); pure, no I/O
     vehicle.py   the deterministic vehicle model (kinematics, energy, cabin, faults) that
                  turns simulated time into VSS signal values and vehicle events; pure, no I/O
+    unit.py      one in-car unit on MQTT 5 (gmqtt): Last Will, persistent session,
+                 store-and-forward buffer uploaded as batches, reconnect with backoff
+    fleet.py     many units from one seed, and the ``python -m device_sim`` command
+    loadgen.py   a minimal MQTT 5 publisher for benchmarks (many connections, little CPU)
 
-Everything here is sans-IO: no MQTT, no asyncio, no clocks, no global randomness. Time comes
-in through ``SimulatedVehicle.step`` and randomness through the ``random.Random`` the caller
-passes, so one seed gives one identical run.
+The models are sans-IO: time comes in through ``SimulatedVehicle.step`` and randomness
+through the ``random.Random`` the caller passes, so one seed gives one identical run; MQTT
+and clocks live only in ``unit``, ``fleet`` and ``loadgen``.
 
-Imports: only ``schemas`` and the standard library, so the simulator speaks exactly the
-contract a real unit would; never ``gateway``.
+Imports: only ``schemas``, gmqtt and the standard library, so the simulator speaks exactly
+the contract a real unit would; never ``gateway``.
 """

@@ -7,6 +7,8 @@ then commits what it holds, acknowledges it and disconnects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -28,6 +30,30 @@ class GatewayOptions:
     synchronous: Synchronous = "FULL"
 
 
+#: seconds between explicit garbage collections (automatic collection is off, see below)
+GC_INTERVAL_S = 10.0
+
+
+async def _collect_garbage(stopping: asyncio.Event) -> None:
+    """Collect reference cycles every GC_INTERVAL_S instead of on allocation counts.
+
+    Ingest allocates and frees millions of small, acyclic objects (decoded samples, rows):
+    reference counting frees them, but their sheer number triggers the cyclic collector
+    over and over, which measured as 40-70 % of the decode-and-store CPU per sample.
+    Objects alive after start-up are frozen out of collection, and the few cycles asyncio
+    makes are collected on a timer.
+    """
+    gc.disable()
+    gc.freeze()
+    try:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), GC_INTERVAL_S)
+            gc.collect()
+    finally:
+        gc.enable()
+
+
 async def _run(options: GatewayOptions) -> None:
     store = SqliteTelemetryStore(options.db_path, synchronous=options.synchronous)
     stopping = asyncio.Event()
@@ -44,9 +70,12 @@ async def _run(options: GatewayOptions) -> None:
         s.share_group,
         options.db_path,
     )
+    collector = asyncio.create_task(_collect_garbage(stopping))
     try:
         await service.run(stopping)
     finally:
+        stopping.set()
+        await collector
         store.close()
     log.info("gateway %s stopped after %d commits", s.client_id, service.commits)
 

@@ -1,8 +1,9 @@
 """``telematics bench ingest``: how fast the gateway commits samples, against the broker.
 
 Three phases, each with a private Mosquitto started here and 100 (``--vehicles``) concurrent
-vehicle connections, each a ``mosquitto_pub -l`` process (C, so the publishers cost little
-CPU and are the same in every phase):
+vehicle connections from :mod:`device_sim.loadgen` in a separate process (a minimal MQTT 5
+publisher that costs a few microseconds per message, so the publishers are not what is
+measured; ``mosquitto_pub`` cost ~70 us of CPU per message and starved the machine):
 
 1. **baseline**: the same messages delivered by the broker to a plain subscriber
    (``mosquitto_sub``, QoS 1): the broker's raw delivery rate on this machine, now.
@@ -30,33 +31,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
-import orjson
-
+from device_sim.loadgen import bench_signals, bench_vin
 from gateway import metrics
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from gateway.errors import ConfigurationError
+from schemas import Sample, encode_sample
 
 __all__ = ["IngestBenchResult", "add_arguments", "run_from_args", "run_ingest_bench"]
-
-_SIGNALS = {
-    "Vehicle.Speed": 48.5,
-    "Vehicle.IsMoving": True,
-    "Vehicle.TraveledDistance": 123456,
-    "Vehicle.CurrentLocation.Latitude": 48.137154,
-    "Vehicle.CurrentLocation.Longitude": 11.576124,
-    "Vehicle.CurrentLocation.Heading": 87.5,
-    "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current": 76.4,
-    "Vehicle.LowVoltageSystemState": "ON",
-}
-
-
-def bench_vin(i: int) -> str:
-    return f"WBENCH{i:011d}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,80 +130,66 @@ def _say(progress: bool, message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-# --- payloads and publishers ---------------------------------------------------------------
+# --- publishers -----------------------------------------------------------------------------
 
 
-def _message(vin: str, first_seq: int, batch: int, ts: int) -> bytes:
-    if batch == 1:
-        return orjson.dumps({"vin": vin, "seq": first_seq, "ts": ts, "signals": _SIGNALS})
-    return orjson.dumps(
-        {
-            "vin": vin,
-            "samples": [
-                {"seq": first_seq + k, "ts": ts, "signals": _SIGNALS} for k in range(batch)
+class _Load:
+    """``python -m device_sim.loadgen`` as a child process; ``started`` is when it began
+    publishing (after every connection was up and every payload encoded)."""
+
+    def __init__(
+        self,
+        port: int,
+        vehicles: int,
+        per_vehicle: int,
+        batch: int,
+        *,
+        rate: float = 0.0,
+        seq_base: int = 0,
+    ) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "device_sim.loadgen",
+                "--port",
+                str(port),
+                "--vehicles",
+                str(vehicles),
+                "--messages-per-vehicle",
+                str(per_vehicle),
+                "--batch",
+                str(batch),
+                "--rate",
+                str(rate),
+                "--seq-base",
+                str(seq_base),
             ],
-        }
-    )
-
-
-def _write_files(workdir: Path, vehicles: int, per_vehicle: int, batch: int) -> list[Path]:
-    ts = time.time_ns() // 1_000_000
-    paths = []
-    for i in range(vehicles):
-        vin = bench_vin(i)
-        path = workdir / f"{vin}.jsonl"
-        with path.open("wb") as f:
-            f.writelines(_message(vin, k * batch, batch, ts) + b"\n" for k in range(per_vehicle))
-        paths.append(path)
-    return paths
-
-
-def _publishers(
-    port: int, vehicles: int, stdin: Sequence[IO[bytes]] | None
-) -> list[subprocess.Popen[bytes]]:
-    procs = []
-    for i in range(vehicles):
-        vin = bench_vin(i)
-        procs.append(
-            subprocess.Popen(
-                [
-                    "mosquitto_pub",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "-q",
-                    "1",
-                    "-V",
-                    "mqttv5",
-                    "-i",
-                    f"bench-{vin}",
-                    "-t",
-                    f"v1/vehicles/{vin}/telemetry",
-                    "-l",
-                ],
-                stdin=stdin[i] if stdin is not None else subprocess.PIPE,
-            )
+            stdout=subprocess.PIPE,
+            text=True,
         )
-    return procs
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if line.strip() != "ready":
+            self.process.wait(30)
+            raise RuntimeError(f"load generator failed to start (exit {self.process.returncode})")
+        self.started = time.perf_counter()
 
-
-def _publish_files(port: int, files: list[Path]) -> None:
-    handles = [f.open("rb") for f in files]
-    try:
-        procs = _publishers(port, len(files), handles)
-        for p in procs:
-            if p.wait(600) != 0:
-                raise RuntimeError(f"mosquitto_pub exited with {p.returncode}")
-    finally:
-        for h in handles:
-            h.close()
+    def finish(self) -> dict[str, float]:
+        assert self.process.stdout is not None
+        out = self.process.stdout.read()
+        self.process.stdout.close()
+        if self.process.wait(600) != 0:
+            raise RuntimeError(f"load generator exited with {self.process.returncode}")
+        figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+        return figures
 
 
 # --- phases -------------------------------------------------------------------------------
 
 
-def _baseline(port: int, files: list[Path], messages: int) -> float:
+def _baseline(port: int, vehicles: int, per_vehicle: int, batch: int) -> float:
+    messages = vehicles * per_vehicle
     # the subscriber also listens on a probe topic, so we know when its subscription is live
     sub = subprocess.Popen(
         [
@@ -262,11 +234,11 @@ def _baseline(port: int, files: list[Path], messages: int) -> float:
             ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", "bench/probe", "-m", "1"],
             check=True,
         )
-    started = time.perf_counter()
-    _publish_files(port, files)
+    load = _Load(port, vehicles, per_vehicle, batch)
     if sub.wait(600) != 0:
         raise RuntimeError("mosquitto_sub did not receive every message")
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - load.started
+    load.finish()
     reader.join(10)
     sub.stdout.close()
     return messages / elapsed
@@ -344,7 +316,9 @@ def _wait_ready(port: int, db: sqlite3.Connection, proc: subprocess.Popen[bytes]
                 "-t",
                 f"v1/vehicles/{vin}/telemetry",
                 "-m",
-                _message(vin, seq, 1, time.time_ns() // 1_000_000).decode(),
+                encode_sample(
+                    Sample(vin, seq, time.time_ns() // 1_000_000, bench_signals())
+                ).decode(),
             ],
             check=True,
         )
@@ -356,64 +330,48 @@ def _wait_ready(port: int, db: sqlite3.Connection, proc: subprocess.Popen[bytes]
     raise RuntimeError("the gateway did not store a probe sample within 30 s")
 
 
-def _ingest(port: int, files: list[Path], samples: int, db: sqlite3.Connection) -> float:
+def _ingest(
+    port: int, vehicles: int, per_vehicle: int, batch: int, db: sqlite3.Connection
+) -> float:
+    samples = vehicles * per_vehicle * batch
     base = _stored(db)
-    started = time.perf_counter()
-    _publish_files(port, files)
+    load = _Load(port, vehicles, per_vehicle, batch)
     deadline = time.monotonic() + 600
     while _stored(db) - base < samples:
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {_stored(db) - base} of {samples} samples committed")
-        time.sleep(0.01)
-    return samples / (time.perf_counter() - started)
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - load.started
+    load.finish()
+    return samples / elapsed
+
+
+#: seq numbers of the latency phase start here, apart from the throughput phase's
+LATENCY_SEQ_BASE = 10_000_000
 
 
 def _latency(
     port: int, vehicles: int, batch: int, rate: float, seconds: float, db: sqlite3.Connection
 ) -> list[float]:
-    """Pace ``rate`` samples/s over ``vehicles`` publishers for ``seconds``; return the
-    publish-to-visible latencies in ms."""
-    procs = _publishers(port, vehicles, None)
+    """Pace ``rate`` samples/s over ``vehicles`` connections for about ``seconds``; return the
+    publish-to-visible latency of every sample in ms (visible = committed, polled every 5 ms)."""
+    per_vehicle = max(1, int(rate * seconds / batch / vehicles))
+    expected = per_vehicle * vehicles * batch
     (last_id,) = db.execute("SELECT coalesce(max(id), 0) FROM samples").fetchone()
     latencies: list[float] = []
-    messages_per_s = rate / batch
-    next_seq = [10_000_000] * vehicles
-    started = time.perf_counter()
-    sent = 0
-    expected = int(messages_per_s * seconds) * batch
-    try:
-        while True:
-            now = time.perf_counter()
-            elapsed = now - started
-            if elapsed < seconds:
-                due = int(elapsed * messages_per_s) - sent
-                ts = time.time_ns() // 1_000_000
-                for _ in range(due):
-                    i = sent % vehicles
-                    procs[i].stdin.write(_message(bench_vin(i), next_seq[i], batch, ts) + b"\n")  # type: ignore[union-attr]
-                    next_seq[i] += batch
-                    sent += 1
-                for p in procs:
-                    p.stdin.flush()  # type: ignore[union-attr]
-            seen_at = time.time_ns() / 1_000_000
-            for row_id, ts in db.execute(
-                "SELECT id, ts FROM samples WHERE id > ? ORDER BY id", (last_id,)
-            ):
-                latencies.append(seen_at - ts)
-                last_id = row_id
-            if elapsed >= seconds and len(latencies) >= sent * batch:
-                break
-            if elapsed > seconds + 30:
-                raise RuntimeError(
-                    f"latency phase: only {len(latencies)} of {sent * batch} samples committed"
-                )
-            time.sleep(0.005)
-    finally:
-        for p in procs:
-            with contextlib.suppress(BrokenPipeError):
-                p.stdin.close()  # type: ignore[union-attr]
-            p.wait(30)
-    del expected
+    load = _Load(port, vehicles, per_vehicle, batch, rate=rate, seq_base=LATENCY_SEQ_BASE)
+    deadline = time.monotonic() + seconds + 60
+    while len(latencies) < expected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"latency phase: only {len(latencies)} of {expected} committed")
+        seen_at = time.time_ns() / 1_000_000
+        for row_id, ts in db.execute(
+            "SELECT id, ts FROM samples WHERE id > ? ORDER BY id", (last_id,)
+        ):
+            latencies.append(seen_at - ts)
+            last_id = row_id
+        time.sleep(0.005)
+    load.finish()
     return latencies
 
 
@@ -442,12 +400,9 @@ def run_ingest_bench(
     messages = vehicles * messages_per_vehicle
     samples = messages * batch
     try:
-        _say(progress, f"writing {messages:,} messages for {vehicles} vehicles to {workdir}")
-        files = _write_files(workdir, vehicles, messages_per_vehicle, batch)
-
         _say(progress, "phase 1: baseline, broker -> mosquitto_sub")
         with MosquittoProcess(BrokerConfig(port=free_port(), data_dir=workdir / "broker-1")) as b:
-            baseline = _baseline(b.port, files, messages)
+            baseline = _baseline(b.port, vehicles, messages_per_vehicle, batch)
         _say(progress, f"  {baseline:,.0f} msg/s")
 
         _say(progress, "phase 2: broker -> gateway -> SQLite, acked after commit")
@@ -458,14 +413,14 @@ def run_ingest_bench(
         ):
             db = _open_reader(data_dir / "telemetry.db", gw)
             _wait_ready(b.port, db, gw)
-            rate = _ingest(b.port, files, samples, db)
+            rate = _ingest(b.port, vehicles, messages_per_vehicle, batch, db)
             _say(progress, f"  {rate:,.0f} samples/s")
             half = rate / 2
             _say(progress, f"phase 3: latency at {half:,.0f} samples/s for {latency_seconds} s")
             latencies = _latency(b.port, vehicles, batch, half, latency_seconds, db)
             (total, distinct) = db.execute(
                 "SELECT count(*), count(DISTINCT vehicle_id || ':' || seq) FROM samples "
-                "WHERE seq < 10000000 AND vehicle_id IN "
+                f"WHERE seq < {LATENCY_SEQ_BASE} AND vehicle_id IN "
                 "(SELECT id FROM vehicles WHERE vin LIKE 'WBENCH%' AND vin != ?)",
                 (bench_vin(999_999),),
             ).fetchone()

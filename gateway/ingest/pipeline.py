@@ -19,6 +19,7 @@ from schemas import (
     Event,
     InvalidTopicError,
     Limits,
+    ParsedTopic,
     Reason,
     Rejection,
     Sample,
@@ -30,6 +31,9 @@ from schemas import (
 )
 
 __all__ = ["BatchPolicy", "Batcher"]
+
+#: parsed topics kept (two or three per vehicle); the cache is simply emptied when full
+_TOPIC_CACHE_SIZE = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,8 @@ class Batcher:
     ) -> None:
         self._clock_ms = clock_ms
         self._limits = limits
+        #: parsed topics: a fleet reuses the same few topics per vehicle all day
+        self._topics: dict[str, ParsedTopic] = {}
         #: the gateway's client id, the label of the per-process message counter
         self._source = source
         self._reset()
@@ -68,6 +74,9 @@ class Batcher:
         self._quarantine: list[QuarantineEntry] = []
         self._seen: dict[str, int] = {}
         self._counters: dict[tuple[str, str], float] = {}
+        #: messages per channel; folded into the counters by take() (cheaper than a dict
+        #: update per message on the hot path)
+        self._per_channel: dict[str, int] = {}
         self.messages = 0
 
     @property
@@ -94,15 +103,21 @@ class Batcher:
         """Decode one message into the current batch."""
         now = self._clock_ms()
         self.messages += 1
-        self._count(metrics.GATEWAY_MESSAGES, self._source)
-        try:
-            parsed = parse_topic(topic)
-        except InvalidTopicError as exc:
-            self._count(metrics.MESSAGES_RECEIVED, "invalid")
-            self._quarantine_all(topic, payload, now, (Rejection(Reason.INVALID_TOPIC, str(exc)),))
-            return
+        parsed = self._topics.get(topic)
+        if parsed is None:
+            try:
+                parsed = parse_topic(topic)
+            except InvalidTopicError as exc:
+                self._per_channel["invalid"] = self._per_channel.get("invalid", 0) + 1
+                rejection = Rejection(Reason.INVALID_TOPIC, str(exc))
+                self._quarantine_all(topic, payload, now, (rejection,))
+                return
+            if len(self._topics) >= _TOPIC_CACHE_SIZE:
+                self._topics.clear()
+            self._topics[topic] = parsed
         vin = parsed.vin
-        self._count(metrics.MESSAGES_RECEIVED, parsed.channel.value)
+        channel = parsed.channel.value
+        self._per_channel[channel] = self._per_channel.get(channel, 0) + 1
         self._seen[vin] = now
         if parsed.channel is Channel.TELEMETRY:
             decoded = decode_telemetry(payload, topic_vin=vin, now_ms=now, limits=self._limits)
@@ -124,6 +139,10 @@ class Batcher:
 
     def take(self) -> IngestBatch:
         """Hand over the current batch and start a new one."""
+        for channel, n in self._per_channel.items():
+            self._count(metrics.MESSAGES_RECEIVED, channel, n)
+        if self.messages:
+            self._count(metrics.GATEWAY_MESSAGES, self._source, self.messages)
         batch = IngestBatch(
             received_at=self._clock_ms(),
             samples=self._samples,
