@@ -459,7 +459,7 @@ class SimulatedVehicle:
 
         # phase: parked, leaving soon
         self._phase = Phase.PARKED
-        self._timer_s = rng.uniform(5.0, 90.0)
+        self._timer_s = rng.uniform(2.0, 15.0)  # leave soon: a demo should show driving
         self._hold_s = 0.0
         self._ignition = False
         self._locked = True

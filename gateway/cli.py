@@ -191,6 +191,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # gmqtt logs every packet type at INFO; its warnings and errors still show
+    logging.getLogger("gmqtt").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
