@@ -74,6 +74,8 @@ class Reason(enum.StrEnum):
     WRONG_TYPE = "wrong_type"
     OUT_OF_RANGE = "out_of_range"
     VALUE_NOT_ALLOWED = "value_not_allowed"
+    #: a command result for a command id the gateway never issued
+    UNKNOWN_COMMAND = "unknown_command"
 
 
 @dataclass(frozen=True, slots=True)
