@@ -62,6 +62,16 @@ def _add_mqtt(p: argparse.ArgumentParser, *, default: str | None) -> None:
     )
 
 
+def _add_state_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state-db-url",
+        default=os.environ.get("TELEMATICS_STATE_DB_URL"),
+        help="state database (commands) as an SQLAlchemy URL, e.g. "
+        "postgresql+psycopg://user@host/db (env TELEMATICS_STATE_DB_URL; default: SQLite "
+        "file state.db in the data directory)",
+    )
+
+
 def _add_ingest(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--client-id",
@@ -127,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("API_PORT", str(DEFAULT_API_PORT))),
         help=f"(env TELEMATICS_API_PORT; default: {DEFAULT_API_PORT})",
     )
+    _add_state_db(up)
     up.add_argument(
         "--gateways",
         type=int,
@@ -162,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("API_PORT", str(DEFAULT_API_PORT))),
         help=f"(env TELEMATICS_API_PORT; default: {DEFAULT_API_PORT})",
     )
+    _add_mqtt(api, default=None)
+    _add_state_db(api)
 
     sub.add_parser(
         "sim", help="run the device simulator (see: telematics sim --help)", add_help=False
@@ -219,10 +232,22 @@ def _cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.api import ApiSettings, create_app
+    from gateway.commands.service import CommandSettings
+    from gateway.statedb.database import default_url as default_state_db_url
     from gateway.supervisor import data_paths
 
     db_path, _ = data_paths(args.data_dir)
-    app = create_app(ApiSettings(db_path=db_path))
+    commands = None
+    if args.mqtt_url is not None:
+        host, port = parse_mqtt_url(args.mqtt_url)
+        commands = CommandSettings(
+            state_db_url=args.state_db_url or default_state_db_url(args.data_dir),
+            mqtt_host=host,
+            mqtt_port=port,
+        )
+    else:
+        log.warning("no --mqtt-url: remote commands are off (their routes answer 503)")
+    app = create_app(ApiSettings(db_path=db_path, commands=commands))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     return 0
 
@@ -260,7 +285,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
         Part(
             "api",
             python_module(
-                "gateway", "api", *common, "--host", args.api_host, "--port", str(args.api_port)
+                "gateway",
+                "api",
+                *common,
+                "--host",
+                args.api_host,
+                "--port",
+                str(args.api_port),
+                "--mqtt-url",
+                mqtt_url,
+                *(["--state-db-url", args.state_db_url] if args.state_db_url else []),
             ),
         )
     )

@@ -675,19 +675,24 @@ def test_docs_and_openapi(client: TestClient) -> None:
         "/v1/quarantine",
         "/healthz",
         "/metrics",
+        "/v1/vehicles/{vin}/commands",
+        "/v1/commands/{command_id}",
+        "/v1/commands/{command_id}/cancel",
+        "/v1/commands/{command_id}/events",
+        "/v1/command-types",
     }
     error_ref = "#/components/schemas/ErrorResponse"
     for path, operations in spec["paths"].items():
-        op = operations["get"]
-        assert op["summary"], path
-        assert op["description"], path
-        assert "200" in op["responses"], path
-        assert op["responses"]["500"]["content"]["application/json"]["schema"]["$ref"] == (
-            error_ref
-        )
-        if op.get("parameters"):
-            schema = op["responses"]["422"]["content"]["application/json"]["schema"]
-            assert schema["$ref"] == error_ref, path
+        for op in operations.values():
+            assert op["summary"], path
+            assert op["description"], path
+            assert "200" in op["responses"], path
+            assert op["responses"]["500"]["content"]["application/json"]["schema"]["$ref"] == (
+                error_ref
+            )
+            if op.get("parameters"):
+                schema = op["responses"]["422"]["content"]["application/json"]["schema"]
+                assert schema["$ref"] == error_ref, path
     vehicle = spec["paths"]["/v1/vehicles/{vin}"]["get"]["responses"]
     assert vehicle["404"]["content"]["application/json"]["schema"]["$ref"] == error_ref
     # FastAPI's default error shape is not advertised anywhere

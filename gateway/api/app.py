@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
+from gateway.api.commands import commands_router
 from gateway.api.errors import ApiError, install_error_handlers, store_unavailable
 from gateway.api.models import (
     Catalog,
@@ -48,7 +49,10 @@ from gateway.api.models import (
 )
 from gateway.api.params import Timestamp, iso, now_ms, split_signals, unknown_signals
 from gateway.api.prometheus import render_metrics
+from gateway.commands.service import CommandService, CommandSettings
 from gateway.errors import ConfigurationError, StoreError
+from gateway.statedb.commands import CommandRepository
+from gateway.statedb.database import StateDatabase
 from gateway.store import SqliteTelemetryStore, TelemetryReader, VehicleState
 from schemas import CATALOG, CONTRACT_VERSION, VIN_PATTERN, InvalidVinError, Reason, validate_vin
 
@@ -73,6 +77,8 @@ class ApiSettings:
     max_history_limit: int = 10_000
     #: the ``limit`` of a history request that gives none
     default_history_limit: int = 1000
+    #: remote commands (a broker and a state database); None: the command routes answer 503
+    commands: CommandSettings | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_history_limit <= self.max_history_limit:
@@ -182,6 +188,11 @@ _TAGS: Final = [
     {"name": "vehicles", "description": "Vehicles, their latest state and signal history."},
     {"name": "contract", "description": "The device contract: the signal catalog."},
     {"name": "quarantine", "description": "Input the gateway refused, with the reason."},
+    {
+        "name": "commands",
+        "description": "Remote services: commands to a vehicle, their "
+        "lifecycle (queued, sent, accepted, succeeded, ...) and confirmation by telemetry.",
+    },
     {"name": "operations", "description": "Health check and Prometheus metrics."},
 ]
 
@@ -440,7 +451,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(_create_schema, settings.db_path)
     except (StoreError, OSError) as exc:  # OSError: its directory cannot be created
         logger.error("cannot prepare the telemetry database: %s", exc)
-    yield
+    service: CommandService | None = None
+    if settings.commands is not None:
+        state_db = StateDatabase(settings.commands.state_db_url)
+        await run_in_threadpool(state_db.upgrade)
+        service = CommandService(settings.commands, CommandRepository(state_db), settings.db_path)
+        await service.start()
+    app.state.commands = service
+    try:
+        yield
+    finally:
+        if service is not None:
+            await service.stop()
+            state_db.dispose()
 
 
 def _version() -> str:
@@ -466,4 +489,5 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(_router(settings))
+    app.include_router(commands_router())
     return app

@@ -1,0 +1,395 @@
+"""Remote-service routes: create, read, list and cancel commands, and follow one live.
+
+The work is done by :class:`gateway.commands.service.CommandService`, which the app starts
+in its lifespan when commands are configured (``ApiSettings.commands``). Without it these
+routes answer ``503 commands_unavailable``, so the OpenAPI document is the same either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from gateway.api.errors import ApiError
+from gateway.api.models import ErrorDetail, ErrorResponse
+from gateway.api.params import iso_or_none
+from gateway.commands.lifecycle import IllegalTransition, is_terminal
+from gateway.commands.service import (
+    CommandService,
+    UnknownCommandType,
+    VehicleMoving,
+    VehicleNotFound,
+)
+from gateway.statedb.commands import CommandRecord, IdempotencyConflict, TransitionRecord
+from schemas.commands import COMMAND_ID_PATTERN, COMMAND_SPECS, CommandParamsError
+
+__all__ = ["CommandOut", "commands_router"]
+
+
+class CommandRequest(BaseModel):
+    """Body of ``POST /v1/vehicles/{vin}/commands``."""
+
+    type: str = Field(description="Command type; GET /v1/command-types lists them.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description='Parameters of the type, e.g. {"percent": 80}.'
+    )
+    ttl_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Time to live in seconds: the command is never started after it "
+        "(default: the gateway's, 300 s).",
+    )
+
+
+class TransitionOut(BaseModel):
+    seq: int
+    status: str
+    event: str | None
+    at: int
+    at_iso: str
+    reason: str | None
+    detail: str | None
+
+
+class CommandOut(BaseModel):
+    id: str
+    vin: str
+    type: str
+    params: dict[str, Any]
+    status: str
+    terminal: bool
+    reason: str | None
+    detail: str | None
+    idempotency_key: str | None
+    created_at: int
+    created_at_iso: str
+    expires_at: int
+    expires_at_iso: str
+    sent_at: int | None
+    accepted_at: int | None
+    finished_at: int | None
+    #: pending, confirmed, unconfirmed or not_applicable
+    confirmation: str
+    confirmed_at: int | None
+    confirmed_at_iso: str | None
+    transitions: list[TransitionOut] | None = None
+
+
+class CommandList(BaseModel):
+    commands: list[CommandOut]
+    next_before: int | None
+
+
+class CommandTypeOut(BaseModel):
+    type: str
+    description: str
+    enterprise_only: bool
+    unsafe_while_moving: bool
+    params_schema: dict[str, Any]
+    confirmed_by: list[str]
+
+
+def _transition_out(t: TransitionRecord) -> TransitionOut:
+    return TransitionOut(
+        seq=t.seq,
+        status=t.status.value,
+        event=t.event,
+        at=t.at,
+        at_iso=iso_or_none(t.at) or "",
+        reason=t.reason,
+        detail=t.detail,
+    )
+
+
+def command_out(
+    record: CommandRecord, transitions: list[TransitionRecord] | None = None
+) -> CommandOut:
+    return CommandOut(
+        id=record.id,
+        vin=record.vin,
+        type=record.type,
+        params=dict(record.params),
+        status=record.status.value,
+        terminal=is_terminal(record.status),
+        reason=record.reason,
+        detail=record.detail,
+        idempotency_key=record.idempotency_key,
+        created_at=record.created_at,
+        created_at_iso=iso_or_none(record.created_at) or "",
+        expires_at=record.expires_at,
+        expires_at_iso=iso_or_none(record.expires_at) or "",
+        sent_at=record.sent_at,
+        accepted_at=record.accepted_at,
+        finished_at=record.finished_at,
+        confirmation=record.confirmation,
+        confirmed_at=record.confirmed_at,
+        confirmed_at_iso=iso_or_none(record.confirmed_at),
+        transitions=[_transition_out(t) for t in transitions] if transitions is not None else None,
+    )
+
+
+def command_service(request: Request) -> CommandService:
+    service: CommandService | None = getattr(request.app.state, "commands", None)
+    if service is None:
+        raise ApiError(
+            503,
+            "commands_unavailable",
+            "Remote commands are not configured on this API process: start it with a broker "
+            "(telematics up, or telematics api --mqtt-url mqtt://host:port).",
+        )
+    return service
+
+
+Service = Annotated[CommandService, Depends(command_service)]
+CommandId = Annotated[
+    str, PathParam(pattern=COMMAND_ID_PATTERN, description="Command id (a UUID).")
+]
+
+
+def _not_found(command_id: str) -> ApiError:
+    return ApiError(
+        404,
+        "command_not_found",
+        f"No command {command_id}. GET /v1/vehicles/{{vin}}/commands lists a vehicle's commands.",
+    )
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (404, 409, 422, 503)
+}
+
+
+def commands_router() -> APIRouter:
+    router = APIRouter(tags=["commands"], responses=_ERRORS)
+
+    @router.post(
+        "/v1/vehicles/{vin}/commands",
+        response_model=CommandOut,
+        status_code=201,
+        summary="Send a command to a vehicle",
+        responses={
+            200: {
+                "model": CommandOut,
+                "description": "Replay of an earlier request "
+                "with the same Idempotency-Key: the same command, not a new one.",
+            }
+        },
+    )
+    async def create_command(
+        vin: str,
+        body: CommandRequest,
+        service: Service,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                max_length=200,
+                description="Retry-safe key: the same key (for the same "
+                "vehicle and body) returns the same command, never a second one.",
+            ),
+        ] = None,
+    ) -> Any:
+        """Answers at once with the command id; follow it with GET /v1/commands/{id} or the
+        live stream GET /v1/commands/{id}/events. The command is published immediately if the
+        vehicle is online, else it waits (queued) until the vehicle comes online or expires."""
+        from gateway.api.app import valid_vin
+
+        valid_vin(vin)
+        if body.ttl_s is not None and body.ttl_s > service.settings.max_ttl_s:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"ttl_s may be at most {service.settings.max_ttl_s} s.",
+                [ErrorDetail(loc=["body", "ttl_s"], msg="too long", type="ttl", input=body.ttl_s)],
+            )
+        try:
+            record, created = await service.create(
+                vin=vin,
+                type_=body.type,
+                params=body.params,
+                ttl_s=body.ttl_s,
+                idempotency_key=idempotency_key,
+            )
+        except UnknownCommandType as exc:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"{exc}.",
+                [
+                    ErrorDetail(
+                        loc=["body", "type"],
+                        msg=str(exc),
+                        type="unknown_command_type",
+                        input=body.type,
+                    )
+                ],
+            ) from None
+        except CommandParamsError as exc:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"{exc}",
+                [
+                    ErrorDetail(
+                        loc=["body", "params", exc.field],
+                        msg=str(exc),
+                        type="invalid_param",
+                        input=None,
+                    )
+                ],
+            ) from None
+        except VehicleNotFound as exc:
+            raise ApiError(404, "vehicle_not_found", f"{exc}.") from None
+        except VehicleMoving as exc:
+            raise ApiError(409, "vehicle_moving", f"{exc}.") from None
+        except IdempotencyConflict as exc:
+            raise ApiError(409, "idempotency_conflict", f"{exc}") from None
+        out = command_out(record)
+        return JSONResponse(out.model_dump(mode="json"), status_code=201 if created else 200)
+
+    @router.get(
+        "/v1/commands/{command_id}",
+        response_model=CommandOut,
+        summary="One command, with every transition",
+    )
+    async def get_command(command_id: CommandId, service: Service) -> CommandOut:
+        """The command's current status, its timestamps, its confirmation by telemetry and
+        the full list of transitions, each with the time it was recorded."""
+        record = await asyncio.to_thread(service.repo.get, command_id)
+        if record is None:
+            raise _not_found(command_id)
+        transitions = await asyncio.to_thread(service.repo.transitions, command_id)
+        return command_out(record, transitions)
+
+    @router.get(
+        "/v1/vehicles/{vin}/commands",
+        response_model=CommandList,
+        summary="A vehicle's commands, newest first",
+    )
+    async def list_commands(
+        vin: str,
+        service: Service,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        before: Annotated[
+            int | None, Query(description="created_at of the last command of the previous page")
+        ] = None,
+    ) -> CommandList:
+        """Newest first; page with `before` = `next_before` of the previous page."""
+        from gateway.api.app import valid_vin
+
+        valid_vin(vin)
+        records = await asyncio.to_thread(
+            service.repo.list_for_vehicle, vin, limit=limit, before_created_at=before
+        )
+        return CommandList(
+            commands=[command_out(r) for r in records],
+            next_before=records[-1].created_at if len(records) == limit else None,
+        )
+
+    @router.post(
+        "/v1/commands/{command_id}/cancel",
+        response_model=CommandOut,
+        summary="Cancel a command that has not been sent yet",
+    )
+    async def cancel_command(command_id: CommandId, service: Service) -> CommandOut:
+        """Only a `queued` command (waiting for its vehicle to come online) can be
+        cancelled; once sent it may already be running in the vehicle (`409`)."""
+        record = await asyncio.to_thread(service.repo.get, command_id)
+        if record is None:
+            raise _not_found(command_id)
+        try:
+            record = await service.cancel(command_id)
+        except IllegalTransition:
+            raise ApiError(
+                409,
+                "not_cancellable",
+                f"Command {command_id} is {record.status.value}: only a queued command can be "
+                "cancelled; once sent it may already be running in the vehicle.",
+            ) from None
+        return command_out(record)
+
+    @router.get(
+        "/v1/commands/{command_id}/events",
+        summary="Live stream of a command's transitions (Server-Sent Events)",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "One `transition` event per status change, a "
+                "`confirmation` event when telemetry confirms it (or not), and the "
+                "stream ends when nothing more can happen.",
+            }
+        },
+    )
+    async def command_events(command_id: CommandId, service: Service) -> StreamingResponse:
+        """Server-Sent Events: every transition so far, then each new one as it happens,
+        then the confirmation; the stream ends when the command is final and its
+        confirmation decided."""
+        record = await asyncio.to_thread(service.repo.get, command_id)
+        if record is None:
+            raise _not_found(command_id)
+        return StreamingResponse(
+            _events(service, command_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @router.get(
+        "/v1/command-types",
+        response_model=list[CommandTypeOut],
+        summary="Command types, their parameters and what confirms them",
+    )
+    def command_types() -> list[CommandTypeOut]:
+        """Every command type of the device contract with its parameters (JSON Schema),
+        whether it is refused while moving, and which signals confirm it."""
+        return [
+            CommandTypeOut(
+                type=spec.type.value,
+                description=spec.description,
+                enterprise_only=spec.enterprise_only,
+                unsafe_while_moving=spec.unsafe_while_moving,
+                params_schema=spec.params_model.model_json_schema(),
+                confirmed_by=list(spec.confirmation.signals) if spec.confirmation else [],
+            )
+            for spec in COMMAND_SPECS.values()
+        ]
+
+    return router
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+async def _events(service: CommandService, command_id: str) -> AsyncIterator[bytes]:
+    """Transitions as they are recorded. Woken at once by transitions this process records,
+    and every second otherwise (another API process may record them)."""
+    seen = 0
+    confirmation: str | None = None
+    while True:
+        changed = service.changed(command_id)
+        transitions = await asyncio.to_thread(service.repo.transitions, command_id, after_seq=seen)
+        for t in transitions:
+            yield _sse("transition", _transition_out(t).model_dump(mode="json"))
+            seen = t.seq
+        record = await asyncio.to_thread(service.repo.get, command_id)
+        if record is None:
+            return
+        if record.confirmation != confirmation and record.confirmation != "pending":
+            confirmation = record.confirmation
+            yield _sse(
+                "confirmation",
+                {"confirmation": record.confirmation, "confirmed_at": record.confirmed_at},
+            )
+        if is_terminal(record.status) and record.confirmation != "pending":
+            return
+        try:
+            await asyncio.wait_for(changed.wait(), 1.0)
+        except TimeoutError:
+            yield b": keep-alive\n\n"

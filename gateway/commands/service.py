@@ -1,0 +1,479 @@
+"""The command service: from a person's request to a vehicle's answer, and back.
+
+It runs in the API process, next to the routes that use it, and owns one MQTT connection
+(a persistent session of its own, so results that arrive while it is down wait for it):
+
+* **create**: validate the type and parameters, refuse unsafe commands for a moving vehicle
+  (``409 vehicle_moving``), store the command (``queued``; an ``Idempotency-Key`` returns
+  the earlier command instead of a second one), and dispatch it at once if the vehicle is
+  online;
+* **dispatch**: record ``sent`` first, then publish on ``v1/vehicles/{vin}/commands`` with
+  QoS 1 and the MQTT 5 properties response topic, correlation data (the command id) and
+  message expiry (the time to live left), so neither the broker nor the unit ever hands
+  out an expired command;
+* **offline vehicles** (decision, docs/decisions/0005-remote-commands.md): the command
+  waits *here*, ``queued``, until the vehicle's status says ``online`` (the service has
+  its own share of the status topic), or until it expires. Waiting in the unit's broker
+  session would also work for units that had connected before, but not for one that never
+  did, and the gateway could not tell a waiting command from a lost one;
+* **results**: answers on ``v1/vehicles/{vin}/commands/result`` drive the lifecycle
+  (:mod:`gateway.commands.lifecycle`); an answer for an unknown command id, or one for a
+  command of another vehicle, changes nothing and goes to the quarantine;
+* **timers** (every ``tick_s``): ``queued``/``sent`` commands past their expiry become
+  ``expired``; ``accepted`` ones without a final answer within ``result_timeout`` become
+  ``timed_out``; ``succeeded`` ones are confirmed when fresh telemetry shows the expected
+  state, or marked ``unconfirmed`` after ``confirm_window_s``.
+
+Everything it decides is in the state database, so a restart loses nothing: a command sent
+before the restart still completes (its result arrives in our persistent session) or
+expires correctly after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gmqtt import Client as MqttClient
+from gmqtt.mqtt.constants import MQTTv50
+
+from gateway import metrics
+from gateway.commands.lifecycle import (
+    CommandEvent,
+    IllegalTransition,
+    event_for_result,
+)
+from gateway.errors import GatewayError, StoreError
+from gateway.statedb.commands import CommandRecord, CommandRepository
+from gateway.store import IngestBatch, QuarantineEntry, SqliteTelemetryStore, VehicleState
+from schemas import (
+    InvalidTopicError,
+    Reason,
+    Rejection,
+    SignalValue,
+    StatusState,
+    decode_status,
+    parse_topic,
+)
+from schemas.commands import (
+    COMMAND_SPECS,
+    CommandMessage,
+    CommandType,
+    command_result_subscription_filter,
+    command_result_topic,
+    command_topic,
+    decode_command_result,
+    encode_command,
+    is_confirmed_by,
+    message_expiry_interval,
+    parse_command_result_topic,
+    validate_params,
+)
+
+__all__ = [
+    "CommandService",
+    "CommandSettings",
+    "UnknownCommandType",
+    "VehicleMoving",
+    "VehicleNotFound",
+]
+
+log = logging.getLogger(__name__)
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSettings:
+    state_db_url: str
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    client_id: str = "telematics-commands-1"
+    share_group: str = "telematics-commands"
+    session_expiry_s: int = 7 * 24 * 3600
+    #: time to live of a command whose request names none, and the most a request may ask
+    default_ttl_s: int = 300
+    max_ttl_s: int = 24 * 3600
+    #: after ``accepted``, how long the unit has for its final answer
+    result_timeout_s: float = 30.0
+    #: after ``succeeded``, how long telemetry has to confirm it
+    confirm_window_s: float = 120.0
+    #: period of the expiry, timeout and confirmation checks
+    tick_s: float = 0.1
+
+
+class UnknownCommandType(GatewayError):
+    def __init__(self, value: str) -> None:
+        self.value = value
+        known = ", ".join(t.value for t in CommandType)
+        super().__init__(f"unknown command type {value!r}; known types: {known}")
+
+
+class VehicleNotFound(GatewayError):
+    def __init__(self, vin: str) -> None:
+        self.vin = vin
+        super().__init__(
+            f"no vehicle with VIN {vin} has reported to this gateway; a vehicle must have "
+            "connected once before it can be commanded"
+        )
+
+
+class VehicleMoving(GatewayError):
+    def __init__(self, vin: str, type_: CommandType) -> None:
+        self.vin = vin
+        self.type = type_
+        super().__init__(
+            f"{type_.value} is refused while the vehicle is moving (vehicle {vin} reports "
+            "motion); send it again once the vehicle has stopped"
+        )
+
+
+def _is_moving(state: VehicleState) -> bool:
+    moving = state.latest.get("Vehicle.IsMoving")
+    if moving is not None:
+        return moving[0] is True
+    speed = state.latest.get("Vehicle.Speed")
+    return speed is not None and isinstance(speed[0], int | float) and abs(speed[0]) > 0.5
+
+
+class CommandService:
+    """See the module docstring. Start with :meth:`start`, stop with :meth:`stop`."""
+
+    def __init__(
+        self,
+        settings: CommandSettings,
+        repository: CommandRepository,
+        telemetry_db: Path,
+        *,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.settings = settings
+        self.repo = repository
+        self._telemetry_db = telemetry_db
+        self._clock_ms = clock_ms
+        self._client: Any = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._changed: dict[str, asyncio.Event] = {}
+        self.connected = asyncio.Event()
+        self._quarantine_store: SqliteTelemetryStore | None = None
+
+    # --- lifecycle of the service ---------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        self._quarantine_store = await asyncio.to_thread(SqliteTelemetryStore, self._telemetry_db)
+        client = MqttClient(
+            s.client_id,
+            clean_session=False,
+            optimistic_acknowledgement=False,  # results are acknowledged once recorded
+            session_expiry_interval=s.session_expiry_s,
+        )
+        client.on_message = self._on_message
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        await client.connect(s.mqtt_host, s.mqtt_port, version=MQTTv50, keepalive=30)
+        self._client = client
+        self._ticker = asyncio.create_task(self._tick_loop())
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._ticker is not None:
+            await self._ticker
+        if self._client is not None:
+            await self._client.disconnect()
+        if self._quarantine_store is not None:
+            self._quarantine_store.close()
+
+    def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
+        group = self.settings.share_group
+        client.subscribe(f"$share/{group}/{command_result_subscription_filter()}", qos=1)
+        client.subscribe(f"$share/{group}/v1/vehicles/+/status", qos=1)
+        self.connected.set()
+        log.info("command service connected to mqtt://%s:%d", client._host, client._port)
+
+    def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
+        self.connected.clear()
+
+    # --- requests -------------------------------------------------------------------------
+
+    def _vehicle_state(self, vin: str) -> VehicleState | None:
+        reader = SqliteTelemetryStore(self._telemetry_db, readonly=True)
+        try:
+            return reader.vehicle_state(vin)
+        finally:
+            reader.close()
+
+    async def create(
+        self,
+        *,
+        vin: str,
+        type_: str,
+        params: Mapping[str, Any],
+        ttl_s: float | None = None,
+        idempotency_key: str | None = None,
+        requested_by: str | None = None,
+    ) -> tuple[CommandRecord, bool]:
+        """Store a command and dispatch it. Raises :class:`UnknownCommandType`,
+        ``schemas.commands.CommandParamsError``, :class:`VehicleNotFound`,
+        :class:`VehicleMoving` or ``IdempotencyConflict``. Returns (command, created)."""
+        try:
+            command_type = CommandType(type_)
+        except ValueError:
+            raise UnknownCommandType(type_) from None
+        checked = validate_params(command_type, params)
+        state = await asyncio.to_thread(self._vehicle_state, vin)
+        if state is None:
+            raise VehicleNotFound(vin)
+        spec = COMMAND_SPECS[command_type]
+        if spec.unsafe_while_moving and _is_moving(state):
+            raise VehicleMoving(vin, command_type)
+        ttl = self.settings.default_ttl_s if ttl_s is None else ttl_s
+        record, created = await asyncio.to_thread(
+            self.repo.create,
+            vin=vin,
+            type=command_type.value,
+            params=checked,
+            now=self._clock_ms(),
+            ttl_ms=int(ttl * 1000),
+            result_timeout_ms=int(self.settings.result_timeout_s * 1000),
+            idempotency_key=idempotency_key,
+            requested_by=requested_by,
+            confirmation="pending" if spec.confirmation is not None else "not_applicable",
+        )
+        if created and state.summary.online is not False:
+            record = await self._dispatch(record)
+        return record, created
+
+    async def cancel(self, command_id: str) -> CommandRecord:
+        """Cancel a queued command; raises ``IllegalTransition`` once it has been sent."""
+        return await self._apply(command_id, CommandEvent.CANCEL_REQUESTED)
+
+    def changed(self, command_id: str) -> asyncio.Event:
+        """An event set (and replaced) whenever this process records a transition of the
+        command: what the live stream of a command waits on."""
+        event = self._changed.get(command_id)
+        if event is None:
+            event = self._changed[command_id] = asyncio.Event()
+        return event
+
+    # --- dispatch -------------------------------------------------------------------------
+
+    async def _apply(
+        self,
+        command_id: str,
+        event: CommandEvent,
+        *,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> CommandRecord:
+        record = await asyncio.to_thread(
+            self.repo.apply, command_id, event, at=self._clock_ms(), reason=reason, detail=detail
+        )
+        waiter = self._changed.pop(command_id, None)
+        if waiter is not None:
+            waiter.set()
+        return record
+
+    async def _dispatch(self, record: CommandRecord) -> CommandRecord:
+        """Publish a queued command, or expire it if its time is up. Leaves it queued if the
+        broker connection is down (it is retried on reconnect)."""
+        now = self._clock_ms()
+        if now >= record.expires_at:
+            return await self._apply(record.id, CommandEvent.TTL_ELAPSED)
+        if self._client is None or not self.connected.is_set():
+            return record
+        # 'sent' is recorded before the publish: a fast unit's 'accepted' must find it sent
+        try:
+            sent = await self._apply(record.id, CommandEvent.PUBLISHED)
+        except IllegalTransition:
+            return record  # dispatched meanwhile (status message and request raced)
+        message = CommandMessage(
+            command_id=record.id,
+            vin=record.vin,
+            type=CommandType(record.type),
+            params=record.params,
+            issued_at=now,
+            expires_at=record.expires_at,
+        )
+        expiry_s = message_expiry_interval(message, now_ms=now)
+        if expiry_s is None:  # under a second left: the unit could not act on it in time
+            return sent  # the timer expires it
+        self._client.publish(
+            command_topic(record.vin),
+            encode_command(message),
+            qos=1,
+            response_topic=command_result_topic(record.vin),
+            correlation_data=record.id.encode(),
+            message_expiry_interval=expiry_s,
+        )
+        return sent
+
+    async def _dispatch_queued(self, vin: str | None = None) -> None:
+        if vin is not None:
+            records = await asyncio.to_thread(self.repo.queued_for_vehicle, vin)
+        else:
+            records = await asyncio.to_thread(self.repo.queued)
+        for record in records:
+            if vin is None:
+                state = await asyncio.to_thread(self._vehicle_state, record.vin)
+                if state is not None and state.summary.online is False:
+                    continue
+            await self._dispatch(record)
+
+    # --- messages from the broker -----------------------------------------------------------
+
+    async def _on_message(
+        self, client: Any, topic: str, payload: bytes, qos: int, properties: Any
+    ) -> int:
+        try:
+            if topic.endswith("/status"):
+                await self._on_status(topic, payload)
+            else:
+                await self._on_result(topic, payload)
+        except (StoreError, GatewayError):
+            log.exception("could not record %s; the broker will deliver it again", topic)
+            return 0x80  # unspecified error: not acknowledged as processed
+        return 0
+
+    async def _on_status(self, topic: str, payload: bytes) -> None:
+        try:
+            vin = parse_topic(topic).vin
+        except InvalidTopicError:
+            return  # ingest quarantines it; this is only our copy
+        status = decode_status(payload, topic_vin=vin)
+        if not isinstance(status, Rejection) and status.state is StatusState.ONLINE:
+            await self._dispatch_queued(vin)
+
+    async def _on_result(self, topic: str, payload: bytes) -> None:
+        try:
+            vin = parse_command_result_topic(topic)
+        except InvalidTopicError as exc:
+            await self._quarantine(topic, payload, Rejection(Reason.INVALID_TOPIC, str(exc)))
+            return
+        result = decode_command_result(payload, topic_vin=vin)
+        if isinstance(result, Rejection):
+            await self._quarantine(topic, payload, result)
+            return
+        record = await asyncio.to_thread(self.repo.get, result.command_id)
+        if record is None:
+            await self._quarantine(
+                topic,
+                payload,
+                Rejection(
+                    Reason.UNKNOWN_COMMAND,
+                    f"no command {result.command_id} exists; the result changes nothing",
+                    vin=vin,
+                ),
+            )
+            return
+        if record.vin != vin:
+            await self._quarantine(
+                topic,
+                payload,
+                Rejection(
+                    Reason.VIN_MISMATCH,
+                    f"command {record.id} is for {record.vin}, but the result came on "
+                    f"{vin}'s result topic; the result changes nothing",
+                    vin=vin,
+                ),
+            )
+            return
+        event = event_for_result(result.status)
+        try:
+            await self._apply(
+                record.id,
+                event,
+                reason=result.reason.value if result.reason is not None else None,
+                detail=result.detail,
+            )
+        except IllegalTransition as exc:
+            if record.status.value == result.status.value:
+                # QoS 1 may deliver an answer twice: a repeat of what is recorded is harmless
+                log.debug("duplicate %s for command %s", result.status.value, record.id)
+            else:
+                log.warning(
+                    "ignored %s from %s for command %s: %s",
+                    result.status.value,
+                    vin,
+                    record.id,
+                    exc,
+                )
+
+    async def _quarantine(self, topic: str, payload: bytes, rejection: Rejection) -> None:
+        log.warning("quarantined a command result on %s: %s", topic, rejection.detail)
+        store = self._quarantine_store
+        assert store is not None
+        now = self._clock_ms()
+        batch = IngestBatch(
+            received_at=now,
+            quarantine=[QuarantineEntry(now, topic, payload, rejection)],
+            counters={(metrics.QUARANTINED, rejection.reason.value): 1},
+        )
+        await asyncio.to_thread(store.commit, batch)
+
+    # --- timers ---------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        dispatched_after_connect = False
+        while not self._stopping.is_set():
+            try:
+                if self.connected.is_set() and not dispatched_after_connect:
+                    await self._dispatch_queued()
+                    dispatched_after_connect = True
+                elif not self.connected.is_set():
+                    dispatched_after_connect = False
+                await self._tick()
+            except Exception:
+                log.exception("command timers failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.tick_s)
+
+    async def _tick(self) -> None:
+        now = self._clock_ms()
+        for record in await asyncio.to_thread(self.repo.due_for_expiry, now):
+            with contextlib.suppress(IllegalTransition):
+                await self._apply(record.id, CommandEvent.TTL_ELAPSED)
+        for record in await asyncio.to_thread(self.repo.due_for_timeout, now):
+            with contextlib.suppress(IllegalTransition):
+                await self._apply(record.id, CommandEvent.RESULT_TIMEOUT)
+        for record in await asyncio.to_thread(self.repo.awaiting_confirmation):
+            await self._check_confirmation(record, now)
+
+    async def _check_confirmation(self, record: CommandRecord, now: int) -> None:
+        state = await asyncio.to_thread(self._vehicle_state, record.vin)
+        since = record.accepted_at or record.sent_at or record.created_at
+        fresh: dict[str, SignalValue] = {}
+        newest = 0
+        if state is not None:
+            for path, (value, ts) in state.latest.items():
+                if ts >= since:
+                    fresh[path] = value
+                    newest = max(newest, ts)
+        if fresh and is_confirmed_by(CommandType(record.type), record.params, fresh):
+            updated = await asyncio.to_thread(
+                self.repo.set_confirmation,
+                record.id,
+                confirmation="confirmed",
+                confirmed_at=newest,
+            )
+        elif now - (record.finished_at or now) > self.settings.confirm_window_s * 1000:
+            updated = await asyncio.to_thread(
+                self.repo.set_confirmation,
+                record.id,
+                confirmation="unconfirmed",
+                confirmed_at=None,
+            )
+        else:
+            return
+        waiter = self._changed.pop(updated.id, None)
+        if waiter is not None:
+            waiter.set()

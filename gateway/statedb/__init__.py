@@ -1,0 +1,45 @@
+"""The state database: what the gateway decides and must remember (remote commands now;
+users, fleets and geofences in later issues), as opposed to what vehicles report (the
+telemetry store, ``gateway.store``).
+
+Relational, through SQLAlchemy 2.0, with Alembic migrations. SQLite is the embedded default
+(``state.db`` in the data directory, no server to run); PostgreSQL is used when configured by
+URL, so several gateway hosts can share one state. The state database is small and written
+rarely, so portability and a real migration history matter more here than the last bit of
+speed, which is why it uses an ORM and the telemetry store does not.
+
+Layout:
+    database.py   ``StateDatabase(url)``: engine (SQLite pragmas, psycopg 3), session factories,
+                  ``upgrade()`` to the newest schema under a cross-process lock, ``default_url``
+    models.py     declarative models (the tables ``commands`` and ``command_transitions``)
+    commands.py   ``CommandRepository``: create (idempotent), read, apply lifecycle events,
+                  the sweeps for expiry, result timeouts and confirmation
+    migrations/   the Alembic environment (env.py, script.py.mako, versions/), run from code:
+                  no ``alembic.ini``
+
+Imports sqlalchemy, alembic, ``gateway.commands.lifecycle`` (and through it ``schemas``) and
+``gateway.errors``; imported by the command service and the API, never the other way round.
+"""
+
+from gateway.statedb.commands import (
+    CommandNotFound,
+    CommandRecord,
+    CommandRepository,
+    ConfirmationState,
+    IdempotencyConflict,
+    TransitionRecord,
+    request_hash,
+)
+from gateway.statedb.database import StateDatabase, default_url
+
+__all__ = [
+    "CommandNotFound",
+    "CommandRecord",
+    "CommandRepository",
+    "ConfirmationState",
+    "IdempotencyConflict",
+    "StateDatabase",
+    "TransitionRecord",
+    "default_url",
+    "request_hash",
+]

@@ -1,0 +1,478 @@
+"""The command repository: remote commands and their lifecycle, persisted.
+
+Every method is one short transaction of its own and returns plain frozen records, never ORM
+objects, so callers cannot touch the database behind the repository's back and records can
+cross threads freely. The API is synchronous: callers on an event loop run it in a thread
+(``asyncio.to_thread``) or accept the short block.
+
+Status changes go only through :meth:`CommandRepository.apply`, which asks
+``gateway.commands.lifecycle.transition`` first, so the database can never hold a transition
+the state machine forbids, and writes the new status and its history row in one transaction.
+
+Idempotency: a request may carry a key. The first request with a given (vin, key) creates
+the command; a retry with the same request gets that command back unchanged (``created`` is
+False), even if two retries race (the UNIQUE constraint decides, the loser re-reads); the
+same key with a different request is an :class:`IdempotencyConflict`, because silently
+returning a command the caller did not ask for would be worse than an error. "The same
+request" means the same type, parameters, time to live and requester (:func:`request_hash`);
+the creation time is not part of it, so a retry minutes later still matches.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from gateway.commands.lifecycle import (
+    CommandEvent,
+    CommandStatus,
+    IllegalTransition,
+    is_terminal,
+    transition,
+)
+from gateway.errors import GatewayError
+from gateway.statedb.database import StateDatabase
+from gateway.statedb.models import MAX_IDEMPOTENCY_KEY_LENGTH, CommandRow, CommandTransitionRow
+
+__all__ = [
+    "CommandNotFound",
+    "CommandRecord",
+    "CommandRepository",
+    "ConfirmationState",
+    "IdempotencyConflict",
+    "TransitionRecord",
+    "request_hash",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ConfirmationState(enum.StrEnum):
+    """Whether later telemetry showed the vehicle in the state a command promised.
+
+    A separate fact from the status (see ``gateway.commands.lifecycle``): a command starts
+    ``pending`` if its type has an expected state, ``not_applicable`` otherwise.
+    """
+
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    UNCONFIRMED = "unconfirmed"
+    NOT_APPLICABLE = "not_applicable"
+
+
+_CONFIRMATIONS = frozenset(state.value for state in ConfirmationState)
+_INITIAL_CONFIRMATIONS = frozenset(
+    {ConfirmationState.PENDING.value, ConfirmationState.NOT_APPLICABLE.value}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """One command as stored (times are epoch milliseconds)."""
+
+    id: str
+    vin: str
+    type: str
+    params: dict[str, Any]
+    status: CommandStatus
+    idempotency_key: str | None
+    requested_by: str | None
+    created_at: int
+    expires_at: int
+    result_timeout_ms: int
+    sent_at: int | None
+    accepted_at: int | None
+    finished_at: int | None
+    reason: str | None
+    detail: str | None
+    confirmation: str
+    confirmed_at: int | None
+
+    @classmethod
+    def from_row(cls, row: CommandRow) -> CommandRecord:
+        return cls(
+            id=row.id,
+            vin=row.vin,
+            type=row.type,
+            params=dict(row.params),
+            status=CommandStatus(row.status),
+            idempotency_key=row.idempotency_key,
+            requested_by=row.requested_by,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            result_timeout_ms=row.result_timeout_ms,
+            sent_at=row.sent_at,
+            accepted_at=row.accepted_at,
+            finished_at=row.finished_at,
+            reason=row.reason,
+            detail=row.detail,
+            confirmation=row.confirmation,
+            confirmed_at=row.confirmed_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRecord:
+    """One step of a command's history; ``event`` is None for the initial ``queued`` row."""
+
+    command_id: str
+    seq: int
+    status: CommandStatus
+    event: str | None
+    at: int
+    reason: str | None
+    detail: str | None
+
+    @classmethod
+    def from_row(cls, row: CommandTransitionRow) -> TransitionRecord:
+        return cls(
+            command_id=row.command_id,
+            seq=row.seq,
+            status=CommandStatus(row.status),
+            event=row.event,
+            at=row.at,
+            reason=row.reason,
+            detail=row.detail,
+        )
+
+
+class IdempotencyConflict(GatewayError):
+    """The (vin, idempotency key) was already used for a different request."""
+
+    def __init__(self, vin: str, idempotency_key: str, command_id: str) -> None:
+        self.vin = vin
+        self.idempotency_key = idempotency_key
+        self.command_id = command_id
+        super().__init__(
+            f"idempotency key {idempotency_key!r} was already used for vehicle {vin} with a "
+            f"different request (command {command_id}); repeat that request unchanged, or use "
+            "a new key for a new request"
+        )
+
+
+class CommandNotFound(GatewayError):
+    """No command has this id."""
+
+    def __init__(self, command_id: str) -> None:
+        self.command_id = command_id
+        super().__init__(f"no command with id {command_id!r}")
+
+
+def request_hash(
+    *, type: str, params: Mapping[str, Any], ttl_ms: int, requested_by: str | None
+) -> str:
+    """SHA-256 (hex) of a request's canonical JSON: what "the same request" means.
+
+    Keys are sorted at every level, so parameter order does not matter. The server-side
+    settings of a command (result timeout, confirmation) are left out: a configuration change
+    between a request and its retry must not turn the retry into a conflict.
+    """
+    canonical = orjson.dumps(
+        {"type": type, "params": dict(params), "ttl_ms": ttl_ms, "requested_by": requested_by},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(canonical).hexdigest()
+
+
+class CommandRepository:
+    """Commands and their transitions in a :class:`StateDatabase` (thread-safe)."""
+
+    def __init__(self, db: StateDatabase) -> None:
+        self._db = db
+
+    # --- creating ---------------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        vin: str,
+        type: str,
+        params: Mapping[str, Any],
+        now: int,
+        ttl_ms: int,
+        result_timeout_ms: int,
+        idempotency_key: str | None = None,
+        requested_by: str | None = None,
+        confirmation: str = ConfirmationState.PENDING,
+    ) -> tuple[CommandRecord, bool]:
+        """Store a new ``queued`` command (and its first transition row).
+
+        Returns ``(command, created)``. ``created`` is False when an earlier request with the
+        same (vin, idempotency_key) and the same body exists: that command is returned
+        unchanged, whatever its status now. Raises :class:`IdempotencyConflict` when the key
+        was used with a different body, and ``ValueError`` for an argument no caller should
+        pass (non-positive durations, an empty or over-long key, an unknown confirmation).
+        """
+        if ttl_ms <= 0 or result_timeout_ms <= 0:
+            raise ValueError(
+                f"ttl_ms and result_timeout_ms must be positive, got {ttl_ms}, {result_timeout_ms}"
+            )
+        if idempotency_key is not None and not (
+            0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH
+        ):
+            raise ValueError(
+                f"an idempotency key has 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters, "
+                f"got {len(idempotency_key)}"
+            )
+        if confirmation not in _INITIAL_CONFIRMATIONS:
+            raise ValueError(
+                f"a new command's confirmation is 'pending' or 'not_applicable', "
+                f"got {confirmation!r}"
+            )
+        params = dict(params)
+        digest = request_hash(type=type, params=params, ttl_ms=ttl_ms, requested_by=requested_by)
+        try:
+            with self._db.write() as session:
+                if idempotency_key is not None:
+                    existing = self._by_key(session, vin, idempotency_key)
+                    if existing is not None:
+                        return self._replay(existing, digest), False
+                row = CommandRow(
+                    id=str(uuid.uuid4()),
+                    vin=vin,
+                    type=type,
+                    params=params,
+                    status=CommandStatus.QUEUED.value,
+                    idempotency_key=idempotency_key,
+                    request_hash=digest,
+                    requested_by=requested_by,
+                    created_at=now,
+                    expires_at=now + ttl_ms,
+                    result_timeout_ms=result_timeout_ms,
+                    sent_at=None,
+                    accepted_at=None,
+                    finished_at=None,
+                    reason=None,
+                    detail=None,
+                    confirmation=str(confirmation),
+                    confirmed_at=None,
+                )
+                session.add(row)
+                session.add(
+                    CommandTransitionRow(
+                        command_id=row.id,
+                        seq=1,
+                        status=CommandStatus.QUEUED.value,
+                        event=None,
+                        at=now,
+                        reason=None,
+                        detail=None,
+                    )
+                )
+                session.flush()
+                record = CommandRecord.from_row(row)
+        except IntegrityError:
+            # PostgreSQL: a concurrent create with the same key committed between our read
+            # and our insert (on SQLite, BEGIN IMMEDIATE serialises creates, so the read finds
+            # it). The constraint decided; the earlier command is the answer.
+            if idempotency_key is None:
+                raise
+            with self._db.read() as session:
+                existing = self._by_key(session, vin, idempotency_key)
+                if existing is None:
+                    raise
+                logger.debug(
+                    "command %s: concurrent create with the same idempotency key", existing.id
+                )
+                return self._replay(existing, digest), False
+        return record, True
+
+    @staticmethod
+    def _by_key(session: Session, vin: str, idempotency_key: str) -> CommandRow | None:
+        return session.scalar(
+            select(CommandRow).where(
+                CommandRow.vin == vin, CommandRow.idempotency_key == idempotency_key
+            )
+        )
+
+    @staticmethod
+    def _replay(existing: CommandRow, digest: str) -> CommandRecord:
+        if existing.request_hash != digest:
+            assert existing.idempotency_key is not None
+            raise IdempotencyConflict(existing.vin, existing.idempotency_key, existing.id)
+        return CommandRecord.from_row(existing)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def get(self, command_id: str) -> CommandRecord | None:
+        with self._db.read() as session:
+            row = session.get(CommandRow, command_id)
+            return None if row is None else CommandRecord.from_row(row)
+
+    def list_for_vehicle(
+        self, vin: str, *, limit: int = 50, before_created_at: int | None = None
+    ) -> list[CommandRecord]:
+        """A vehicle's commands, newest first; page on with the last one's ``created_at``."""
+        if limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        criteria = [CommandRow.vin == vin]
+        if before_created_at is not None:
+            criteria.append(CommandRow.created_at < before_created_at)
+        return self._records(
+            *criteria,
+            order_by=(CommandRow.created_at.desc(), CommandRow.id.desc()),
+            limit=limit,
+        )
+
+    def queued(self) -> list[CommandRecord]:
+        """Every command waiting to be sent, oldest first (re-dispatched after a reconnect)."""
+        return self._records(
+            CommandRow.status == CommandStatus.QUEUED.value,
+            order_by=(CommandRow.created_at, CommandRow.id),
+        )
+
+    def queued_for_vehicle(self, vin: str) -> list[CommandRecord]:
+        """Commands waiting to be sent to ``vin``, oldest first (the order to send them in)."""
+        return self._records(
+            CommandRow.vin == vin,
+            CommandRow.status == CommandStatus.QUEUED.value,
+            order_by=(CommandRow.created_at, CommandRow.id),
+        )
+
+    def transitions(self, command_id: str, *, after_seq: int = 0) -> list[TransitionRecord]:
+        """The command's history after ``after_seq``, in order (empty for an unknown id)."""
+        with self._db.read() as session:
+            rows = session.scalars(
+                select(CommandTransitionRow)
+                .where(
+                    CommandTransitionRow.command_id == command_id,
+                    CommandTransitionRow.seq > after_seq,
+                )
+                .order_by(CommandTransitionRow.seq)
+            )
+            return [TransitionRecord.from_row(row) for row in rows]
+
+    def due_for_expiry(self, now: int) -> list[CommandRecord]:
+        """Queued or sent commands whose expiry time has come (``expires_at <= now``).
+
+        Accepted commands are not here: once the unit accepted, the result timeout bounds
+        the wait instead (see the lifecycle).
+        """
+        return self._records(
+            CommandRow.status.in_((CommandStatus.QUEUED.value, CommandStatus.SENT.value)),
+            CommandRow.expires_at <= now,
+            order_by=(CommandRow.expires_at, CommandRow.id),
+        )
+
+    def due_for_timeout(self, now: int) -> list[CommandRecord]:
+        """Accepted commands without a final answer in time (``accepted_at + timeout <= now``)."""
+        return self._records(
+            CommandRow.status == CommandStatus.ACCEPTED.value,
+            CommandRow.accepted_at + CommandRow.result_timeout_ms <= now,
+            order_by=(CommandRow.accepted_at, CommandRow.id),
+        )
+
+    def awaiting_confirmation(self, *, limit: int = 1000) -> list[CommandRecord]:
+        """Succeeded commands whose effect telemetry has not yet confirmed, oldest first."""
+        if limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        return self._records(
+            CommandRow.status == CommandStatus.SUCCEEDED.value,
+            CommandRow.confirmation == ConfirmationState.PENDING.value,
+            order_by=(CommandRow.finished_at, CommandRow.id),
+            limit=limit,
+        )
+
+    def _records(
+        self,
+        *criteria: ColumnElement[bool],
+        order_by: tuple[ColumnElement[Any] | InstrumentedAttribute[Any], ...],
+        limit: int | None = None,
+    ) -> list[CommandRecord]:
+        query = select(CommandRow).where(*criteria).order_by(*order_by).limit(limit)
+        with self._db.read() as session:
+            return [CommandRecord.from_row(row) for row in session.scalars(query)]
+
+    # --- changing ---------------------------------------------------------------------------
+
+    def apply(
+        self,
+        command_id: str,
+        event: CommandEvent,
+        *,
+        at: int,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> CommandRecord:
+        """Apply ``event`` at time ``at``: new status, its timestamp, one history row.
+
+        The row is locked while the transition is decided (PostgreSQL: SELECT ... FOR UPDATE;
+        SQLite: the write transaction holds the database lock), so two answers racing for
+        the same command are applied one after the other, and the second is judged against
+        the first's outcome. Sets ``sent_at`` on ``sent``, ``accepted_at`` on ``accepted`` and
+        ``finished_at`` on a terminal status; ``reason``/``detail`` replace the stored ones
+        when given. Raises :class:`IllegalTransition` (logged as a warning, nothing written)
+        and :class:`CommandNotFound`.
+        """
+        event = CommandEvent(event)
+        with self._db.write() as session:
+            row = self._locked(session, command_id)
+            current = CommandStatus(row.status)
+            try:
+                status = transition(current, event)
+            except IllegalTransition as exc:
+                logger.warning("command %s: %s; nothing recorded", command_id, exc)
+                raise
+            row.status = status.value
+            if status is CommandStatus.SENT:
+                row.sent_at = at
+            elif status is CommandStatus.ACCEPTED:
+                row.accepted_at = at
+            if is_terminal(status):
+                row.finished_at = at
+            if reason is not None:
+                row.reason = reason
+            if detail is not None:
+                row.detail = detail
+            last_seq = session.scalar(
+                select(func.max(CommandTransitionRow.seq)).where(
+                    CommandTransitionRow.command_id == command_id
+                )
+            )
+            session.add(
+                CommandTransitionRow(
+                    command_id=command_id,
+                    seq=(last_seq or 0) + 1,
+                    status=status.value,
+                    event=event.value,
+                    at=at,
+                    reason=reason,
+                    detail=detail,
+                )
+            )
+            session.flush()
+            return CommandRecord.from_row(row)
+
+    def set_confirmation(
+        self, command_id: str, *, confirmation: str, confirmed_at: int | None
+    ) -> CommandRecord:
+        """Record what telemetry showed (``confirmed``, ``unconfirmed``, ...) and when."""
+        if confirmation not in _CONFIRMATIONS:
+            raise ValueError(
+                f"confirmation must be one of {', '.join(ConfirmationState)}, got {confirmation!r}"
+            )
+        with self._db.write() as session:
+            row = self._locked(session, command_id)
+            row.confirmation = str(confirmation)
+            row.confirmed_at = confirmed_at
+            session.flush()
+            return CommandRecord.from_row(row)
+
+    @staticmethod
+    def _locked(session: Session, command_id: str) -> CommandRow:
+        row = session.scalar(
+            select(CommandRow).where(CommandRow.id == command_id).with_for_update()
+        )
+        if row is None:
+            raise CommandNotFound(command_id)
+        return row

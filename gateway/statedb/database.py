@@ -1,0 +1,281 @@
+"""The connection to the state database: engine, sessions and migrations.
+
+One :class:`StateDatabase` per process, shared by its threads (the engine and the session
+factory are thread-safe; sessions are not, so every unit of work opens its own).
+
+Two backends, chosen by URL:
+
+* **SQLite** (the embedded default, :func:`default_url`): no server to run. WAL journal so
+  readers never block the writer, ``synchronous=FULL`` because a command a person was told
+  is ``queued`` must survive a power cut, foreign keys on (SQLite's default is off), a busy
+  timeout so concurrent writers wait instead of failing, and ``check_same_thread=False``
+  because pooled connections move between threads. pysqlite's own transaction handling is
+  switched off (it would not BEGIN before a SELECT and cannot BEGIN IMMEDIATE); we emit BEGIN
+  ourselves: deferred for reads, ``BEGIN IMMEDIATE`` for writes, which takes the write lock
+  up front. A deferred transaction that reads and then writes can fail with SQLITE_BUSY
+  without waiting when another writer committed in between; an immediate one waits its turn
+  (busy timeout) and then reads the latest data, so read-modify-write is serialised.
+* **PostgreSQL** (``postgresql://...``, for several gateway hosts): always through psycopg 3
+  (``postgresql+psycopg://``); read committed, with row locks where a read decides a write.
+
+Migrations are Alembic's, kept inside the package (``migrations/``) and run from code
+(:meth:`StateDatabase.upgrade`), so a deployment needs no ``alembic.ini`` and every process
+brings the schema to head on start. To write a new revision, autogenerate it against a
+database at head and review it::
+
+    from alembic import command
+    from gateway.statedb.database import StateDatabase, alembic_config
+
+    with StateDatabase("sqlite:///scratch.db") as db, db.engine.begin() as connection:
+        db.upgrade()
+        command.revision(alembic_config(connection), message="...", autogenerate=True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.errors import ConfigurationError
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "Backend",
+    "StateDatabase",
+    "alembic_config",
+    "default_url",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the Alembic environment (env.py, script.py.mako, versions/)
+MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
+
+Backend = Literal["sqlite", "postgresql"]
+
+#: key of the PostgreSQL advisory lock that serialises migrations across processes and hosts
+#: (a fixed signed 64-bit number derived from a name, so it cannot collide by accident)
+_MIGRATION_LOCK_KEY: Final = int.from_bytes(
+    hashlib.sha256(b"telematics-gateway/statedb/migrations").digest()[:8], "big", signed=True
+)
+
+#: execution option marking the engine whose transactions write (SQLite: BEGIN IMMEDIATE)
+_WRITE_OPTION: Final = "statedb_write"
+
+_SQLITE_DRIVERS: Final = frozenset({"sqlite", "sqlite+pysqlite"})
+_POSTGRESQL_DRIVERS: Final = frozenset({"postgres", "postgresql", "postgresql+psycopg"})
+
+
+def default_url(data_dir: Path | str) -> str:
+    """The embedded database in the data directory: ``sqlite:///{data_dir}/state.db``.
+
+    Separate from the telemetry store's file on purpose: the state database is small, written
+    rarely and migrated by Alembic; the telemetry store is large, written in bulk and has a
+    schema of its own.
+    """
+    return f"sqlite:///{Path(data_dir) / 'state.db'}"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic configuration built in code (no ``alembic.ini``).
+
+    ``connection`` is handed to ``migrations/env.py`` through ``Config.attributes``: the
+    environment never opens connections of its own, so migrations run inside the caller's
+    transaction (and under its lock).
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _parse_url(url: str) -> tuple[URL, Backend]:
+    """Validate ``url`` and pin the driver; a bad URL is a :class:`ConfigurationError`."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"state database URL {url!r} is not a valid URL: {exc}") from exc
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.drivername in _SQLITE_DRIVERS:
+        if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
+            raise ConfigurationError(
+                f"state database URL {shown!r} is an in-memory SQLite database: every pooled "
+                "connection would see a different, empty database; use a file "
+                "(sqlite:///path/to/state.db)"
+            )
+        return parsed, "sqlite"
+    if parsed.drivername in _POSTGRESQL_DRIVERS:
+        return parsed.set(drivername="postgresql+psycopg"), "postgresql"
+    raise ConfigurationError(
+        f"state database URL {shown!r}: unsupported driver {parsed.drivername!r}; use "
+        "sqlite:///path/to/state.db or postgresql://user:password@host:port/database "
+        "(psycopg 3)"
+    )
+
+
+def _sqlite_connect_hook(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        # hand transaction control to SQLAlchemy's "begin" event (below); see module docstring
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            _enable_wal(cursor, busy_timeout_ms / 1000)
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    return on_connect
+
+
+def _enable_wal(cursor: sqlite3.Cursor, timeout_s: float) -> None:
+    """Switch the file to WAL (persistent: a no-op once any connection did it).
+
+    Retried by hand because the switch needs an exclusive lock that SQLite does not wait for
+    through the busy handler: when several processes open a brand-new file at once, all but
+    one get "database is locked" at once (seen in the concurrent-upgrade test).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            (mode,) = cursor.execute("PRAGMA journal_mode=WAL").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        if mode != "wal":
+            # e.g. a file system without shared memory; correct, only slower and less concurrent
+            logger.warning("state database: SQLite refused WAL, journal mode stays %s", mode)
+        return
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    """Emit BEGIN ourselves: IMMEDIATE on the write engine, deferred otherwise."""
+    write = connection.get_execution_options().get(_WRITE_OPTION, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class StateDatabase:
+    """Engine, session factories and migrations of the state database at ``url``.
+
+    Creating one opens no connection; call :meth:`upgrade` before the first use, and
+    :meth:`dispose` (or use it as a context manager) to release the pool.
+    """
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 10_000, echo: bool = False) -> None:
+        self.url, self.backend = _parse_url(url)
+        if self.backend == "sqlite":
+            assert self.url.database is not None  # checked by _parse_url
+            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(
+                self.url,
+                echo=echo,
+                connect_args={
+                    "check_same_thread": False,
+                    "timeout": busy_timeout_ms / 1000,
+                },
+            )
+            event.listen(self.engine, "connect", _sqlite_connect_hook(busy_timeout_ms))
+            event.listen(self.engine, "begin", _sqlite_begin)
+        else:
+            # pre-ping: a PostgreSQL restart or failover must not surface as errors on the
+            # pooled connections it killed
+            self.engine = create_engine(self.url, echo=echo, pool_pre_ping=True)
+        # shares the pool and the event hooks of ``engine``; only marks its transactions
+        self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
+        #: session factory for reads (SQLite: deferred transactions)
+        self.sessions: sessionmaker[Session] = sessionmaker(self.engine, expire_on_commit=False)
+        #: session factory for writes (SQLite: BEGIN IMMEDIATE)
+        self.write_sessions: sessionmaker[Session] = sessionmaker(
+            self._write_engine, expire_on_commit=False
+        )
+
+    def __repr__(self) -> str:
+        return f"StateDatabase({self.url.render_as_string(hide_password=True)!r})"
+
+    def __enter__(self) -> StateDatabase:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.dispose()
+
+    def dispose(self) -> None:
+        """Close every pooled connection (the object may be used again: the pool refills).
+
+        Call it on shutdown: a pooled connection left to the garbage collector is closed
+        from whatever thread collects it, and PostgreSQL keeps its backend until then.
+        """
+        self.engine.dispose()
+
+    close = dispose
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session in a read transaction, closed at the end (commit, nothing to write)."""
+        with self.sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session in a write transaction: committed at the end, rolled back on error.
+
+        On SQLite the transaction holds the database's write lock from its first statement,
+        so a read inside it sees the latest data and nothing changes it until commit.
+        """
+        with self.write_sessions.begin() as session:
+            yield session
+
+    # --- migrations ---------------------------------------------------------------------
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest revision; a no-op when it already is.
+
+        Safe when several processes start at once: all migrations run in one transaction
+        that first takes a lock (PostgreSQL: a transaction-scoped advisory lock; SQLite:
+        ``BEGIN IMMEDIATE``). The winner migrates and commits; the others wait, then find
+        the schema at head and do nothing. Both backends have transactional DDL, so a failed
+        migration leaves the previous schema intact.
+        """
+        with self._write_engine.connect() as connection, connection.begin():
+            if self.backend == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                )
+            before = MigrationContext.configure(connection).get_current_revision()
+            command.upgrade(alembic_config(connection), "head")
+            after = MigrationContext.configure(connection).get_current_revision()
+        if before != after:
+            logger.info("state database %r migrated from %s to %s", self, before, after)
+
+    def current_revision(self) -> str | None:
+        """The schema's Alembic revision (``None`` before the first :meth:`upgrade`)."""
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    @staticmethod
+    def head_revision() -> str | None:
+        """The newest revision this code knows (what :meth:`upgrade` migrates to)."""
+        return ScriptDirectory.from_config(alembic_config()).get_current_head()

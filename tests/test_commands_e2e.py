@@ -1,0 +1,268 @@
+"""Remote commands end to end: the API (with its command service) and the ingest gateway on
+a real Mosquitto, the state database on SQLite and PostgreSQL, units answering over MQTT."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.api import ApiSettings, create_app
+from gateway.broker import MosquittoProcess
+from gateway.commands.service import CommandSettings
+from schemas.commands import command_result_topic, command_topic
+from tests.conftest import GatewayProcess, wait_until
+from tests.test_ingest_e2e import now_ms, publish, query, telemetry
+from tests.test_statedb import state_db_url
+
+__all__ = ["state_db_url"]  # the fixture, parametrized over SQLite and PostgreSQL
+
+VIN = "WVWZZZ1JZXW000101"
+OTHER = "WVWZZZ1JZXW000102"
+
+
+def report(broker: MosquittoProcess, vin: str, seq: int, **signals: object) -> None:
+    """What a unit sends: online status and one sample."""
+    publish(broker, f"v1/vehicles/{vin}/status", b'{"state": "online"}', retain=True)
+    sample = {"vin": vin, "seq": seq, "ts": now_ms(), "signals": signals or {"Vehicle.Speed": 0.0}}
+    publish(broker, telemetry(vin), orjson.dumps(sample))
+
+
+def result(broker: MosquittoProcess, vin: str, command_id: str, status: str, **extra: str) -> None:
+    body = {"command_id": command_id, "vin": vin, "status": status, "ts": now_ms(), **extra}
+    publish(broker, command_result_topic(vin), orjson.dumps(body))
+
+
+class Api:
+    """The API app with its command service, running in this process."""
+
+    def __init__(self, db_path: Path, broker: MosquittoProcess, state_url: str, **kw: Any) -> None:
+        settings = CommandSettings(
+            state_db_url=state_url, mqtt_host=broker.host, mqtt_port=broker.port, **kw
+        )
+        self.client = TestClient(create_app(ApiSettings(db_path=db_path, commands=settings)))
+
+    def __enter__(self) -> TestClient:
+        client = self.client.__enter__()
+        service = client.app.state.commands  # type: ignore[attr-defined]
+        wait_until(service.connected.is_set, what="the command service to connect")
+        return client
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def gateway(start_gateway: Callable[..., GatewayProcess]) -> GatewayProcess:
+    return start_gateway()
+
+
+@pytest.fixture
+def api(
+    gateway: GatewayProcess, mosquitto: MosquittoProcess, state_db_url: str
+) -> Iterator[TestClient]:
+    with Api(gateway.db_path, mosquitto, state_db_url) as client:
+        wait_until(
+            lambda: (
+                "telematics-commands-1 1 $share/telematics-commands/v1/vehicles/+/status"
+                in mosquitto.log_path.read_text(errors="replace")
+            ),
+            what="the command service's subscriptions",
+        )
+        yield client
+
+
+def known_vehicle(
+    broker: MosquittoProcess, gateway: GatewayProcess, vin: str, **signals: object
+) -> None:
+    report(broker, vin, 1, **signals)
+    wait_until(
+        lambda: bool(
+            query(
+                gateway.db_path,
+                "SELECT 1 FROM samples s JOIN vehicles v ON v.id = s.vehicle_id WHERE v.vin = ?",
+                vin,
+            )
+        ),
+        what=f"{vin} to be known",
+    )
+
+
+class Observer:
+    """mosquitto_sub on the command topics: what the broker actually delivered to units."""
+
+    def __init__(self, broker: MosquittoProcess, vin: str) -> None:
+        client_id = f"observer-{vin}"
+        self.proc = subprocess.Popen(
+            [
+                "mosquitto_sub",
+                "-p",
+                str(broker.port),
+                "-V",
+                "mqttv5",
+                "-q",
+                "1",
+                "-i",
+                client_id,
+                "-t",
+                command_topic(vin),
+                "-F",
+                "%p",
+            ],
+            stdout=subprocess.PIPE,
+        )
+        wait_until(
+            lambda: (
+                f"{client_id} 1 {command_topic(vin)}" in broker.log_path.read_text(errors="replace")
+            ),
+            what="the observer to subscribe",
+        )
+
+    def stop(self) -> list[dict[str, Any]]:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        return [orjson.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def get(api: TestClient, command_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = api.get(f"/v1/commands/{command_id}").json()
+    return body
+
+
+def wait_status(
+    api: TestClient, command_id: str, status: str, timeout: float = 15
+) -> dict[str, Any]:
+    wait_until(
+        lambda: get(api, command_id)["status"] == status,
+        timeout=timeout,
+        what=f"command {command_id} to be {status}",
+    )
+    return get(api, command_id)
+
+
+def test_a_command_walks_its_lifecycle_on_the_units_answers(
+    api: TestClient, mosquitto: MosquittoProcess, gateway: GatewayProcess
+) -> None:
+    known_vehicle(mosquitto, gateway, VIN)
+    observer = Observer(mosquitto, VIN)
+    created = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "lock"})
+    assert created.status_code == 201, created.text
+    command = created.json()
+    assert command["status"] == "sent"  # the vehicle is online: published at once
+    result(mosquitto, VIN, command["id"], "accepted")
+    wait_status(api, command["id"], "accepted")
+    result(mosquitto, VIN, command["id"], "succeeded")
+    done = wait_status(api, command["id"], "succeeded")
+    assert [t["status"] for t in done["transitions"]] == ["queued", "sent", "accepted", "succeeded"]
+    assert all(t["at"] > 0 for t in done["transitions"])
+    assert done["confirmation"] == "pending"
+    # the vehicle's telemetry then shows the doors locked: confirmed
+    report(mosquitto, VIN, 2, **{"Vehicle.Cabin.Door.Row1.DriverSide.IsLocked": True})
+    wait_until(
+        lambda: get(api, command["id"])["confirmation"] == "confirmed",
+        what="confirmation by telemetry",
+    )
+    delivered = observer.stop()
+    assert [(d["command_id"], d["type"]) for d in delivered] == [(command["id"], "lock")]
+
+
+def test_requests_are_validated_with_errors_that_name_the_field(
+    api: TestClient, mosquitto: MosquittoProcess, gateway: GatewayProcess
+) -> None:
+    known_vehicle(mosquitto, gateway, VIN)
+    r = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "warp_drive"})
+    assert r.status_code == 422
+    assert r.json()["error"]["details"][0]["loc"] == ["body", "type"]
+    r = api.post(
+        f"/v1/vehicles/{VIN}/commands", json={"type": "charge_limit", "params": {"percent": 20}}
+    )
+    assert r.status_code == 422
+    assert r.json()["error"]["details"][0]["loc"] == ["body", "params", "percent"]
+    r = api.post(f"/v1/vehicles/{OTHER}/commands", json={"type": "lock"})
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "vehicle_not_found")
+    r = api.post("/v1/vehicles/not-a-vin/commands", json={"type": "lock"})
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_vin")
+    r = api.get("/v1/commands/00000000-0000-4000-8000-000000000000")
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "command_not_found")
+
+
+def test_idempotent_retry_creates_one_command(
+    api: TestClient, mosquitto: MosquittoProcess, gateway: GatewayProcess
+) -> None:
+    known_vehicle(mosquitto, gateway, VIN)
+    body = {"type": "climate_start", "params": {"target_temperature_c": 21}}
+    headers = {"Idempotency-Key": "tap-42"}
+    first = api.post(f"/v1/vehicles/{VIN}/commands", json=body, headers=headers)
+    again = api.post(f"/v1/vehicles/{VIN}/commands", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    listed = api.get(f"/v1/vehicles/{VIN}/commands").json()["commands"]
+    assert [c["id"] for c in listed] == [first.json()["id"]]
+    clash = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "lock"}, headers=headers)
+    assert (clash.status_code, clash.json()["error"]["code"]) == (409, "idempotency_conflict")
+
+
+def test_unsafe_command_while_moving_is_refused_with_its_reason(
+    api: TestClient, mosquitto: MosquittoProcess, gateway: GatewayProcess
+) -> None:
+    known_vehicle(mosquitto, gateway, VIN, **{"Vehicle.IsMoving": True, "Vehicle.Speed": 50.0})
+    r = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "unlock"})
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "vehicle_moving")
+    assert "moving" in r.json()["error"]["message"]
+    assert api.get(f"/v1/vehicles/{VIN}/commands").json()["commands"] == []
+    # a safe command still goes
+    assert api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "lock"}).status_code == 201
+
+
+def test_results_that_do_not_belong_change_nothing_and_are_quarantined(
+    api: TestClient, mosquitto: MosquittoProcess, gateway: GatewayProcess
+) -> None:
+    known_vehicle(mosquitto, gateway, VIN)
+    known_vehicle(mosquitto, gateway, OTHER)
+    command = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "lock"}).json()
+    unknown = "00000000-0000-4000-8000-000000000001"
+    result(mosquitto, VIN, unknown, "accepted")
+    result(mosquitto, OTHER, command["id"], "accepted")  # on another vehicle's result topic
+    wait_until(
+        lambda: (
+            {e["reason"] for e in api.get("/v1/quarantine").json()["entries"]}
+            >= {"unknown_command", "vin_mismatch"}
+        ),
+        what="both results in the quarantine",
+    )
+    assert get(api, command["id"])["status"] == "sent"
+
+
+def test_cancel_only_while_queued(
+    api: TestClient, mosquitto: MosquittoProcess, gateway: GatewayProcess
+) -> None:
+    known_vehicle(mosquitto, gateway, VIN)
+    publish(mosquitto, f"v1/vehicles/{VIN}/status", b'{"state": "offline"}', retain=True)
+    wait_until(
+        lambda: api.get(f"/v1/vehicles/{VIN}").json()["online"] is False,
+        what="the vehicle to be offline",
+    )
+    queued = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "lock"}).json()
+    assert queued["status"] == "queued"
+    cancelled = api.post(f"/v1/commands/{queued['id']}/cancel")
+    assert cancelled.json()["status"] == "cancelled"
+    again = api.post(f"/v1/commands/{queued['id']}/cancel")
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "not_cancellable")
+
+
+def test_live_stream_reports_each_transition(
+    api: TestClient, mosquitto: MosquittoProcess, gateway: GatewayProcess
+) -> None:
+    known_vehicle(mosquitto, gateway, VIN)
+    command = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "request_diagnostics"}).json()
+    result(mosquitto, VIN, command["id"], "accepted")
+    result(mosquitto, VIN, command["id"], "succeeded")
+    with api.stream("GET", f"/v1/commands/{command['id']}/events") as stream:
+        events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    statuses = [orjson.loads(line[6:]).get("status") for line in events]
+    assert statuses[:4] == ["queued", "sent", "accepted", "succeeded"]
