@@ -12,6 +12,13 @@ Sequence numbers
     events is the start time in milliseconds: a unit sends at most one sample per
     millisecond, so a later run always starts above every seq of an earlier one.
 
+Remote commands
+    Every unit answers the commands the gateway sends it (see :mod:`device_sim.unit`). To
+    exercise a gateway's handling of slow and unresponsive vehicles, a share of the units
+    can be *slow* (``slow_delay_s`` between ``accepted`` and ``succeeded``) and another share
+    *silent* (they receive commands but never answer). Which units are chosen follows from
+    the seed alone (:func:`command_roles`): ``round(share * count)`` of each, never both.
+
 Imports: the standard library, gmqtt (through :mod:`device_sim.unit`), ``schemas`` and
 ``device_sim`` only; never ``gateway``, so the simulator can be run against any broker.
 """
@@ -21,14 +28,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import enum
 import json
 import logging
+import math
 import os
 import random
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, TextIO
 from urllib.parse import urlsplit
 
@@ -45,9 +54,12 @@ from device_sim.vehicle import SimulatedVehicle, VehicleProfile, make_vin
 __all__ = [
     "DEFAULT_MQTT_URL",
     "DEFAULT_PROFILES",
+    "CommandRole",
     "FleetSettings",
     "build_parser",
+    "build_unit_settings",
     "build_vehicles",
+    "command_roles",
     "main",
     "parse_mqtt_url",
     "run_fleet",
@@ -89,6 +101,12 @@ class FleetSettings:
     first_seq: int | None = None
     #: seconds between two ``on_progress`` calls
     progress_interval_s: float = 5.0
+    #: share of the units (0..1) that take ``slow_delay_s`` to carry out a command
+    slow_share: float = 0.0
+    #: a slow unit's time between ``accepted`` and ``succeeded``, seconds
+    slow_delay_s: float = 2.0
+    #: share of the units (0..1) that receive commands but never answer them
+    silent_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.count < 0:
@@ -99,6 +117,60 @@ class FleetSettings:
             raise ValueError(f"the depot {self.depot!r} is not a node of the city")
         if not self.progress_interval_s > 0:
             raise ValueError(f"progress_interval_s must be > 0, got {self.progress_interval_s}")
+        for name in ("slow_share", "silent_share"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {value}")
+        if self.slow_share + self.silent_share > 1.0 + 1e-9:
+            raise ValueError(
+                f"slow_share + silent_share must be <= 1 (a unit is slow or silent, not both), "
+                f"got {self.slow_share} + {self.silent_share}"
+            )
+        if not (math.isfinite(self.slow_delay_s) and self.slow_delay_s >= 0):
+            raise ValueError(f"slow_delay_s must be a finite number >= 0, got {self.slow_delay_s}")
+
+
+class CommandRole(enum.Enum):
+    """How a unit of the fleet answers commands."""
+
+    #: at once: accepted, then succeeded (or failed)
+    NORMAL = "normal"
+    #: accepted, then succeeded after ``FleetSettings.slow_delay_s``
+    SLOW = "slow"
+    #: receives commands, never answers (nor runs) them
+    SILENT = "silent"
+
+
+def command_roles(settings: FleetSettings) -> list[CommandRole]:
+    """The role of vehicle 1..count, in VIN order; the same settings give the same roles.
+
+    ``round(silent_share * count)`` units are silent and ``round(slow_share * count)`` of the
+    others slow, drawn with the seed (independently of the vehicles' own random streams).
+    """
+    count = settings.count
+    order = list(range(count))
+    random.Random(f"{settings.seed}:command-roles").shuffle(order)
+    silent = min(count, round(settings.silent_share * count))
+    slow = min(count - silent, round(settings.slow_share * count))
+    roles = [CommandRole.NORMAL] * count
+    for index in order[:silent]:
+        roles[index] = CommandRole.SILENT
+    for index in order[silent : silent + slow]:
+        roles[index] = CommandRole.SLOW
+    return roles
+
+
+def build_unit_settings(settings: FleetSettings, base: UnitSettings) -> list[UnitSettings]:
+    """``base`` adjusted per unit for its :func:`command_roles` role, in VIN order."""
+    out: list[UnitSettings] = []
+    for role in command_roles(settings):
+        if role is CommandRole.SLOW:
+            out.append(replace(base, command_delay_s=settings.slow_delay_s))
+        elif role is CommandRole.SILENT:
+            out.append(replace(base, answers_commands=False))
+        else:
+            out.append(base)
+    return out
 
 
 def build_vehicles(
@@ -146,6 +218,14 @@ def summarize(units: Sequence[SimulatedUnit]) -> dict[str, Any]:
         "events",
         "events_dropped",
         "connects",
+        "commands_received",
+        "commands_ignored",
+        "commands_duplicate",
+        "commands_rejected",
+        "commands_accepted",
+        "commands_succeeded",
+        "commands_failed",
+        "commands_answered",
     )
     totals: dict[str, Any] = {
         "vehicles": len(stats),
@@ -153,6 +233,10 @@ def summarize(units: Sequence[SimulatedUnit]) -> dict[str, Any]:
     }
     for key in keys:
         totals[key] = sum(getattr(s, key) for s in stats)
+    totals["slow_units"] = [
+        u.vin for u in units if u.settings.answers_commands and u.settings.command_delay_s > 0
+    ]
+    totals["silent_units"] = [u.vin for u in units if not u.settings.answers_commands]
     totals["units"] = {s.vin: s.as_dict() for s in stats}
     return totals
 
@@ -182,7 +266,9 @@ async def run_fleet(
 ) -> dict[str, Any]:
     """Run one unit per vehicle until ``stop`` is set; return :func:`summarize`'s dict.
 
-    ``on_progress`` gets the same dict every ``settings.progress_interval_s`` seconds. If a
+    Each unit runs with ``unit_settings`` adjusted for its command role
+    (:func:`build_unit_settings`: slow or silent units). ``on_progress`` gets the same dict
+    every ``settings.progress_interval_s`` seconds. If a
     unit fails for good (:class:`~device_sim.unit.UnitConnectError`: the broker refused it),
     the others are cancelled (so the broker publishes their Wills) and the error is raised
     in an ``ExceptionGroup``.
@@ -190,8 +276,10 @@ async def run_fleet(
     start_ms = clock_ms() if settings.start_ms is None else settings.start_ms
     first_seq = start_ms if settings.first_seq is None else settings.first_seq
     vehicles = build_vehicles(settings, start_ms=start_ms, first_event_seq=first_seq)
+    per_unit = build_unit_settings(settings, unit_settings)
     units = [
-        SimulatedUnit(v, unit_settings, first_seq=first_seq, clock_ms=clock_ms) for v in vehicles
+        SimulatedUnit(v, s, first_seq=first_seq, clock_ms=clock_ms)
+        for v, s in zip(vehicles, per_unit, strict=True)
     ]
     async with asyncio.TaskGroup() as group:
         for unit in units:
@@ -235,6 +323,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -254,13 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
             "persistent session, a retained online status with an offline Last Will, QoS 1\n"
             "telemetry on v1/vehicles/{vin}/telemetry and events on v1/vehicles/{vin}/events,\n"
             "and store-and-forward: samples taken while the broker is unreachable are kept\n"
-            "and uploaded in batches after the reconnect. The same --seed gives the same\n"
+            "and uploaded in batches after the reconnect. Every unit answers remote commands\n"
+            "on v1/vehicles/{vin}/commands (accepted or rejected, then succeeded or failed)\n"
+            "and the car's state changes accordingly. The same --seed gives the same\n"
             "vehicles and the same driving."
         ),
         epilog=(
             "examples:\n"
             "  python -m device_sim                          5 vehicles on a local broker\n"
             "  python -m device_sim --vehicles 20 --interval 0.5 --duration 60\n"
+            "  python -m device_sim --vehicles 10 --slow-share 0.2 --silent-share 0.1\n"
+            "                                                2 slow units, 1 that never answers\n"
             f"\nA progress line goes to stderr every few seconds; a JSON summary to stdout at "
             f"the end. The MQTT password, if any, is read from ${PASSWORD_ENV}."
         ),
@@ -307,6 +419,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples a vehicle keeps while offline; the oldest are dropped beyond it "
         f"(default: {DEFAULT_BUFFER_LIMIT})",
     )
+    parser.add_argument(
+        "--slow-share",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of the vehicles (0-1) with slow actuators: they answer a command "
+        "'accepted' at once but 'succeeded' only --slow-delay seconds later, to exercise the "
+        "gateway's wait for final results (default: 0)",
+    )
+    parser.add_argument(
+        "--slow-delay",
+        type=_non_negative_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long a slow vehicle takes to carry out a command (default: 2)",
+    )
+    parser.add_argument(
+        "--silent-share",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of the vehicles (0-1) that receive commands but never answer them (nor "
+        "carry them out), to exercise the gateway's command timeouts; the choice of "
+        "vehicles follows from --seed (default: 0)",
+    )
     parser.add_argument("--username", default=None, help="MQTT user name (default: none)")
     parser.add_argument(
         "--log-level",
@@ -323,6 +460,7 @@ def _progress_line(summary: dict[str, Any], elapsed_s: float) -> str:
         f"  {summary['published']} samples published ({summary['acked']} PUBACKs)"
         f"  {summary['pending']} buffered now  {summary['dropped']} dropped"
         f"  {summary['events']} events"
+        f"  {summary['commands_answered']}/{summary['commands_received']} commands answered"
     )
 
 
@@ -345,7 +483,12 @@ async def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) 
             buffer_limit=args.buffer_limit,
         )
         fleet = FleetSettings(
-            count=args.vehicles, seed=args.seed, progress_interval_s=args.progress
+            count=args.vehicles,
+            seed=args.seed,
+            progress_interval_s=args.progress,
+            slow_share=args.slow_share,
+            slow_delay_s=args.slow_delay,
+            silent_share=args.silent_share,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -372,9 +515,12 @@ async def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) 
     def progress(summary: dict[str, Any]) -> None:
         print(_progress_line(summary, loop.time() - started), file=sys.stderr, flush=True)
 
+    roles = command_roles(fleet)
+    slow, silent = roles.count(CommandRole.SLOW), roles.count(CommandRole.SILENT)
     print(
         f"device_sim: {fleet.count} vehicle(s) reporting to mqtt://{host}:{port} every "
-        f"{args.interval:g} s (seed {fleet.seed}); Ctrl-C stops",
+        f"{args.interval:g} s (seed {fleet.seed}); {slow} slow, {silent} silent on commands; "
+        "Ctrl-C stops",
         file=sys.stderr,
         flush=True,
     )

@@ -56,9 +56,41 @@ Timing
     stamps the sample with ``vehicle.sim_time_ms``; a late report is not followed by a burst
     of catch-up reports. Status messages carry ``clock_ms()`` (the wall clock by default).
 
+Remote commands
+    After every connect the unit subscribes (QoS 1) to its command topic,
+    ``v1/vehicles/{vin}/commands`` (``schemas.commands``); with the persistent session the
+    broker also queues commands that come while the unit is away, and drops those whose MQTT 5
+    message expiry passes first. For each command message the unit does what the contract
+    asks of firmware:
+
+    1. decode it (:func:`~schemas.commands.decode_command`); a message that is not a command
+       at all is logged, counted (``commands_ignored``) and otherwise ignored, and a repeated
+       command id (a QoS 1 redelivery) is counted and not run twice;
+    2. answer on the MQTT 5 response topic of the command with its correlation data (falling
+       back to ``v1/vehicles/{vin}/commands/result`` and the command id; a response topic
+       that is another vehicle's result topic is replaced by the unit's own, because a
+       result always carries the unit's VIN);
+    3. bring the vehicle up to the present and apply :func:`~schemas.commands.unit_decision`
+       with the unit's clock and ``vehicle.is_moving``: wrong VIN, expired, unsupported or bad
+       parameters, unsafe while moving are answered ``rejected`` and change nothing;
+    4. otherwise answer ``accepted``, wait :attr:`UnitSettings.command_delay_s` (a slow
+       actuator), carry the command out on the vehicle and answer ``succeeded``, or
+       ``failed`` with the reason when the vehicle refuses
+       (:class:`~device_sim.vehicle.CommandRefused`, e.g. charging while being driven).
+       ``locate`` and ``request_diagnostics`` send a fresh telemetry sample at once;
+       ``set_reporting_interval`` changes :attr:`SimulatedUnit.report_interval_s`.
+
+    Commands run one at a time, in the order they arrive. A unit in a coverage gap
+    (:meth:`SimulatedUnit.force_offline`, or disconnected) gets to its commands when the link
+    is back, and its answers wait in a buffer until they can be sent; so a command that
+    expired meanwhile is rejected, never run. A unit with
+    :attr:`UnitSettings.answers_commands` off receives commands (and counts them) but neither
+    answers nor runs them, which is what a gateway sees of a hung command handler.
+
 Counters (:meth:`SimulatedUnit.stats`) count what happened: samples taken, published
 (handed to the broker, live or in batches), acknowledged (PUBACKs, counted through the QoS
-store gmqtt accepts as ``persistent_storage``), buffered, dropped and still pending.
+store gmqtt accepts as ``persistent_storage``), buffered, dropped and still pending; commands
+received, ignored, accepted, rejected, succeeded and failed.
 
 Imports: the standard library, gmqtt, ``schemas`` and ``device_sim`` only; never ``gateway``.
 """
@@ -72,17 +104,33 @@ import math
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
-from device_sim.vehicle import SimulatedVehicle
+from device_sim.vehicle import CommandRefused, SimulatedVehicle
+from schemas.commands import (
+    CommandMessage,
+    CommandResult,
+    CommandType,
+    InvalidCommand,
+    ParamValue,
+    ResultReason,
+    ResultStatus,
+    command_result_topic,
+    command_topic,
+    decode_command,
+    encode_command_result,
+    parse_command_result_topic,
+    unit_decision,
+)
 from schemas.payloads import (
     DEFAULT_LIMITS,
     Event,
+    Rejection,
     Sample,
     Status,
     StatusState,
@@ -91,7 +139,7 @@ from schemas.payloads import (
     encode_sample,
     encode_status,
 )
-from schemas.topics import Channel, topic_for
+from schemas.topics import Channel, InvalidTopicError, topic_for
 
 __all__ = [
     "DEFAULT_BUFFER_LIMIT",
@@ -119,6 +167,13 @@ DEFAULT_BUFFER_LIMIT: Final = 10_000
 
 #: a connection that lived at least this long resets the reconnect backoff
 _STABLE_CONNECTION_S: Final = 30.0
+
+#: command ids remembered to recognise a redelivered command
+_SEEN_COMMAND_IDS: Final = 1024
+#: results kept while the unit cannot send (the oldest are dropped beyond it)
+_RESULT_BUFFER_LIMIT: Final = 1000
+#: longest ``detail`` in a result (the contract's limit)
+_DETAIL_MAX: Final = 512
 
 
 def wall_clock_ms() -> int:
@@ -169,6 +224,12 @@ class UnitSettings:
     connect_timeout_s: float = 10.0
     #: on a clean stop, how long to wait for outstanding PUBACKs before disconnecting
     drain_timeout_s: float = 5.0
+    #: seconds between ``accepted`` and carrying out a command (and answering ``succeeded``),
+    #: to model slow actuators; 0: at once
+    command_delay_s: float = 0.0
+    #: False: the unit receives commands and counts them but never answers nor runs them (to
+    #: exercise the gateway's timeouts)
+    answers_commands: bool = True
 
     def __post_init__(self) -> None:
         if not self.host or any(ch.isspace() for ch in self.host):
@@ -208,6 +269,10 @@ class UnitSettings:
             raise ValueError(f"will_delay_s must be 0..{0xFFFFFFFF}")
         if self.max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
+        if not (math.isfinite(self.command_delay_s) and self.command_delay_s >= 0):
+            raise ValueError(
+                f"command_delay_s must be a finite number >= 0, got {self.command_delay_s}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +310,22 @@ class UnitStats:
     connects: int
     #: the seq the next sample will get
     next_seq: int
+    #: seconds between two samples now (``set_reporting_interval`` changes it)
+    report_interval_s: float
+    #: messages received on the command topic (all of them, even the unreadable ones)
+    commands_received: int
+    #: not a command at all (not JSON, wrong envelope, ...): nothing to answer
+    commands_ignored: int
+    #: a command id seen before (a QoS 1 redelivery): not run twice
+    commands_duplicate: int
+    #: answered ``rejected`` (wrong VIN, expired, unsupported, bad parameters, moving)
+    commands_rejected: int
+    #: answered ``accepted``, then ``succeeded`` or ``failed``
+    commands_accepted: int
+    commands_succeeded: int
+    commands_failed: int
+    #: commands with a final answer (rejected, succeeded or failed); a silent unit has none
+    commands_answered: int
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -316,6 +397,57 @@ class _InflightStore:
         return list(self._messages.items())
 
 
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    """A decoded command and where to answer it."""
+
+    command: CommandMessage | InvalidCommand
+    response_topic: str
+    correlation_data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A result waiting for the link."""
+
+    topic: str
+    payload: bytes
+    correlation_data: bytes
+
+
+def _first(properties: Any, name: str) -> object:
+    """The first value of an MQTT 5 property as gmqtt passes it (a dict of lists)."""
+    if not isinstance(properties, dict):
+        return None
+    values = properties.get(name)
+    if isinstance(values, list | tuple):
+        return values[0] if values else None
+    return values
+
+
+def _is_topic_name(topic: str) -> bool:
+    """A topic one may publish to: non-empty, no wildcards, no NUL, at most 65535 bytes."""
+    return (
+        bool(topic)
+        and not any(ch in topic for ch in "+#\0")
+        and len(topic.encode("utf-8", errors="replace")) <= 0xFFFF
+    )
+
+
+def _number(params: Mapping[str, ParamValue], name: str) -> float:
+    value = params.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CommandRefused(ResultReason.BAD_PARAMS, f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _integer(params: Mapping[str, ParamValue], name: str) -> int:
+    value = params.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CommandRefused(ResultReason.BAD_PARAMS, f"{name} must be an integer, got {value!r}")
+    return value
+
+
 class _UnitClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt is untyped
     """A gmqtt client that leaves reconnecting to :class:`SimulatedUnit`.
 
@@ -361,6 +493,8 @@ class SimulatedUnit:
         self._telemetry_topic = topic_for(self._vin, Channel.TELEMETRY)
         self._events_topic = topic_for(self._vin, Channel.EVENTS)
         self._status_topic = topic_for(self._vin, Channel.STATUS)
+        self._command_topic = command_topic(self._vin)
+        self._result_topic = command_result_topic(self._vin)
         self._jitter = random.Random(self._vin)  # backoff jitter; never the vehicle's rng
 
         self._next_seq = first_seq
@@ -377,6 +511,19 @@ class SimulatedUnit:
         #: set by gmqtt's on_disconnect; the connection loop waits on it
         self._lost = asyncio.Event()
         self._last_status_at = -math.inf
+        #: loop time of the last vehicle step, and of the next scheduled report
+        self._last_step: float | None = None
+        self._next_report = math.inf
+        self._report_interval_s = settings.report_interval_s
+
+        # remote commands
+        self._subscription = gmqtt.Subscription(self._command_topic, qos=1)
+        self._subscribed = False
+        self._commands: asyncio.Queue[_Incoming] = asyncio.Queue()
+        #: set while results can be sent (connected and not in a forced gap)
+        self._link = asyncio.Event()
+        self._answers: deque[_Answer] = deque()
+        self._seen_ids: OrderedDict[str, None] = OrderedDict()
 
         self._samples = 0
         self._published = 0
@@ -388,6 +535,13 @@ class SimulatedUnit:
         self._events = 0
         self._events_dropped = 0
         self._connects = 0
+        self._commands_received = 0
+        self._commands_ignored = 0
+        self._commands_duplicate = 0
+        self._commands_rejected = 0
+        self._commands_accepted = 0
+        self._commands_succeeded = 0
+        self._commands_failed = 0
 
     # --- public -------------------------------------------------------------------------------
 
@@ -408,6 +562,16 @@ class SimulatedUnit:
         """Connected to the broker (CONNACK received, connection not lost)."""
         return self._connected
 
+    @property
+    def subscribed(self) -> bool:
+        """The broker acknowledged the command subscription on the current connection."""
+        return self._subscribed
+
+    @property
+    def report_interval_s(self) -> float:
+        """Seconds between two samples now (``set_reporting_interval`` changes it)."""
+        return self._report_interval_s
+
     def force_offline(self) -> None:
         """Simulate a coverage gap: keep taking samples but hold them in the buffer.
 
@@ -415,11 +579,13 @@ class SimulatedUnit:
         Will), which keeps the gap exactly as long as the caller wants.
         """
         self._forced_offline = True
+        self._update_link()
         self._wake.set()
 
     def restore(self) -> None:
         """End a gap started by :meth:`force_offline`: upload the buffer, then go live."""
         self._forced_offline = False
+        self._update_link()
         self._wake.set()
 
     def stats(self) -> UnitStats:
@@ -440,6 +606,17 @@ class SimulatedUnit:
             events_dropped=self._events_dropped,
             connects=self._connects,
             next_seq=self._next_seq,
+            report_interval_s=self._report_interval_s,
+            commands_received=self._commands_received,
+            commands_ignored=self._commands_ignored,
+            commands_duplicate=self._commands_duplicate,
+            commands_rejected=self._commands_rejected,
+            commands_accepted=self._commands_accepted,
+            commands_succeeded=self._commands_succeeded,
+            commands_failed=self._commands_failed,
+            commands_answered=(
+                self._commands_rejected + self._commands_succeeded + self._commands_failed
+            ),
         )
 
     async def run(self, stop: asyncio.Event) -> UnitStats:
@@ -455,15 +632,17 @@ class SimulatedUnit:
             raise RuntimeError(f"unit {self._vin} has already run; make a new SimulatedUnit")
         self._started = True
         self._client = self._make_client()
+        self._last_step = asyncio.get_running_loop().time()
         watcher = asyncio.create_task(self._wake_when(stop), name=f"{self._vin}-stop")
         keeper = asyncio.create_task(self._keep_connected(), name=f"{self._vin}-connection")
         keeper.add_done_callback(lambda _: self._wake.set())
+        worker = asyncio.create_task(self._run_commands(), name=f"{self._vin}-commands")
         clean = False
         try:
             await self._report_until(stop, keeper)
             clean = True
         finally:
-            for task in (watcher, keeper):
+            for task in (watcher, keeper, worker):
                 task.cancel()
             try:
                 if clean:
@@ -475,7 +654,7 @@ class SimulatedUnit:
                 # before anything else is awaited, and gmqtt closes the transport before its
                 # first suspension, so a second cancellation cannot leave a socket open.
                 await self._power_cut()
-                await asyncio.gather(watcher, keeper, return_exceptions=True)
+                await asyncio.gather(watcher, keeper, worker, return_exceptions=True)
         return self.stats()
 
     # --- gmqtt wiring -------------------------------------------------------------------------
@@ -505,6 +684,8 @@ class SimulatedUnit:
             client.set_auth_credentials(s.username, s.password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
         return client
 
     def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
@@ -512,12 +693,35 @@ class SimulatedUnit:
         self._connects += 1
         log.info("%s connected (session present: %s)", self._vin, bool(flags))
         self._publish_status(StatusState.ONLINE)
+        # Subscribe after every connect: the session may be gone (expired, or a broker
+        # without persistence). gmqtt keeps a list of subscriptions; add ours only once.
+        self._subscribed = False
+        if self._subscription in client.subscriptions:
+            client.resubscribe(self._subscription)
+        else:
+            client.subscribe(self._subscription)
+        self._update_link()
         self._wake.set()
 
     def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
         self._connected = False
+        self._subscribed = False
+        self._update_link()
         self._lost.set()
         self._wake.set()
+
+    def _on_subscribe(self, client: Any, mid: int, qos: Any, properties: Any) -> None:
+        granted = list(qos) if isinstance(qos, list | tuple) else [qos]
+        if all(isinstance(code, int) and code < 0x80 for code in granted):
+            self._subscribed = True
+        else:
+            log.error("%s: the broker refused the command subscription (%s)", self._vin, qos)
+
+    def _update_link(self) -> None:
+        if self._connected and not self._forced_offline:
+            self._link.set()
+        else:
+            self._link.clear()
 
     def _on_ack(self) -> None:
         self._acked += 1
@@ -617,6 +821,7 @@ class SimulatedUnit:
             with contextlib.suppress(OSError):
                 await self._client.disconnect(reason_code=reason_code)
         self._connected = False
+        self._update_link()
 
     # --- reporting ----------------------------------------------------------------------------
 
@@ -627,21 +832,20 @@ class SimulatedUnit:
     async def _report_until(self, stop: asyncio.Event, keeper: asyncio.Task[None]) -> None:
         s = self._settings
         loop = asyncio.get_running_loop()
-        last_step = loop.time()
-        next_report = last_step + s.report_interval_s
+        self._next_report = loop.time() + self._report_interval_s
         while not stop.is_set():
             if keeper.done():
                 keeper.result()  # raises UnitConnectError
                 raise RuntimeError("the connection loop ended on its own")
             now = loop.time()
-            if now >= next_report:
-                self._report(now - last_step)
-                last_step = now
+            if now >= self._next_report:
+                self._report()
                 # Fixed rate, but a late report (busy loop) is neither followed by a burst
                 # of catch-up reports nor by one that comes right after it.
-                next_report = max(next_report + s.report_interval_s, now + s.report_interval_s / 2)
+                interval = self._report_interval_s
+                self._next_report = max(self._next_report + interval, now + interval / 2)
             self._flush()
-            deadline = next_report
+            deadline = self._next_report
             if s.heartbeat_s is not None and self._can_send():
                 due = self._last_status_at + s.heartbeat_s
                 if now >= due:
@@ -659,10 +863,17 @@ class SimulatedUnit:
                     await self._wake.wait()
         self._wake.clear()
 
-    def _report(self, elapsed_s: float) -> None:
+    def _advance(self) -> None:
+        """Step the vehicle up to now (loop time): before a sample, and before a command."""
+        now = asyncio.get_running_loop().time()
+        if self._last_step is not None and now > self._last_step:
+            self._vehicle.step(now - self._last_step)
+        self._last_step = now
+
+    def _report(self) -> None:
+        """Take a sample now; send it at once if nothing is buffered and the window allows."""
         vehicle = self._vehicle
-        if elapsed_s > 0:
-            vehicle.step(elapsed_s)
+        self._advance()
         sample = Sample(self._vin, self._next_seq, vehicle.sim_time_ms, vehicle.signals())
         self._next_seq += 1
         self._samples += 1
@@ -703,7 +914,11 @@ class SimulatedUnit:
 
     def _flush(self) -> None:
         """Upload the buffer, oldest first, as far as the in-flight window allows; then the
-        held-back events. Returns at once; PUBACKs wake the loop to continue."""
+        held-back events. Command results waiting for the link go first. Returns at once;
+        PUBACKs wake the loop to continue."""
+        while self._answers and self._can_send():
+            answer = self._answers.popleft()
+            self._send_answer(answer.topic, answer.payload, answer.correlation_data)
         batch_max = self._settings.batch_max_samples
         buffer = self._buffer
         while buffer and self._can_send() and self._window_open():
@@ -715,6 +930,217 @@ class SimulatedUnit:
             self._publish(self._events_topic, encode_event(self._event_buffer.popleft()))
             self._events += 1
 
+    # --- remote commands ----------------------------------------------------------------------
+
+    def _on_message(
+        self, client: Any, topic: str, payload: bytes, qos: int, properties: Any
+    ) -> int:
+        """gmqtt's callback (the PUBACK has gone already): decode, queue for the worker."""
+        if topic != self._command_topic:
+            log.warning("%s: unexpected message on %s ignored", self._vin, topic)
+            return 0
+        self._commands_received += 1
+        if not self._settings.answers_commands:
+            log.debug("%s: silent unit, command ignored", self._vin)
+            return 0
+        command = decode_command(payload)
+        if isinstance(command, Rejection):
+            self._commands_ignored += 1
+            log.warning(
+                "%s: not a command (%s: %s)", self._vin, command.reason.value, command.detail
+            )
+            return 0
+        if command.command_id in self._seen_ids:
+            self._commands_duplicate += 1
+            log.info(
+                "%s: command %s again (redelivery), not run twice", self._vin, command.command_id
+            )
+            return 0
+        self._seen_ids[command.command_id] = None
+        if len(self._seen_ids) > _SEEN_COMMAND_IDS:
+            self._seen_ids.popitem(last=False)
+        topic_out, correlation = self._reply_route(properties, command.command_id)
+        self._commands.put_nowait(_Incoming(command, topic_out, correlation))
+        return 0
+
+    def _reply_route(self, properties: Any, command_id: str) -> tuple[str, bytes]:
+        """Response topic and correlation data of a command (MQTT 5 request/response), with
+        the contract's defaults when the command has none."""
+        topic = _first(properties, "response_topic")
+        if isinstance(topic, bytes):
+            topic = topic.decode("utf-8", errors="replace")
+        if not isinstance(topic, str) or not _is_topic_name(topic):
+            topic = self._result_topic
+        else:
+            with contextlib.suppress(InvalidTopicError):
+                if parse_command_result_topic(topic) != self._vin:
+                    # a result carries this unit's VIN; on another vehicle's result topic the
+                    # gateway would refuse it as a VIN mismatch
+                    topic = self._result_topic
+        correlation = _first(properties, "correlation_data")
+        if isinstance(correlation, str):
+            correlation = correlation.encode()
+        if not isinstance(correlation, bytes | bytearray) or not correlation:
+            correlation = command_id.encode()
+        return topic, bytes(correlation)
+
+    async def _run_commands(self) -> None:
+        """The command worker: one command at a time, in arrival order, with the link up."""
+        while True:
+            incoming = await self._commands.get()
+            await self._link.wait()  # in a coverage gap: after the gap (expiry is checked then)
+            try:
+                await self._handle(incoming)
+            except Exception:  # a bug must not stop the unit from taking further commands
+                log.exception("%s: command %s crashed", self._vin, incoming.command.command_id)
+
+    async def _handle(self, incoming: _Incoming) -> None:
+        command = incoming.command
+        self._advance()  # the vehicle as it is now, not as at the last report
+        now = self._clock_ms()
+        rejection = unit_decision(
+            command, vin=self._vin, now_ms=now, is_moving=self._vehicle.is_moving
+        )
+        if rejection is None and isinstance(command, InvalidCommand):
+            # the rule book always refuses these; never run one, whatever it says
+            rejection = self._result(
+                command.command_id, ResultStatus.REJECTED, now, command.reason, command.detail
+            )
+        if rejection is not None:
+            self._commands_rejected += 1
+            log.info(
+                "%s: command %s (%s) rejected: %s",
+                self._vin,
+                command.command_id,
+                command.type,
+                rejection.reason.value if rejection.reason else "?",
+            )
+            self._answer(incoming, rejection)
+            return
+        assert isinstance(command, CommandMessage)
+        self._commands_accepted += 1
+        self._answer(incoming, self._result(command.command_id, ResultStatus.ACCEPTED, now))
+        delay_s = self._settings.command_delay_s
+        if delay_s > 0:
+            await self._slow_actuator(delay_s, until_ms=now + math.ceil(delay_s * 1000 - 1e-6))
+            self._advance()
+        try:
+            detail = self._apply(command)
+        except CommandRefused as exc:
+            self._commands_failed += 1
+            log.info("%s: command %s failed: %s", self._vin, command.command_id, exc.detail)
+            failed = self._result(
+                command.command_id, ResultStatus.FAILED, self._clock_ms(), exc.reason, exc.detail
+            )
+            self._answer(incoming, failed)
+            return
+        except Exception as exc:  # a bug here: answer, rather than leave the requester waiting
+            log.exception("%s: command %s crashed", self._vin, command.command_id)
+            self._commands_failed += 1
+            crashed = self._result(
+                command.command_id,
+                ResultStatus.FAILED,
+                self._clock_ms(),
+                ResultReason.INTERNAL_ERROR,
+                f"{type(exc).__name__}: {exc}",
+            )
+            self._answer(incoming, crashed)
+            return
+        self._commands_succeeded += 1
+        log.info("%s: command %s (%s) succeeded", self._vin, command.command_id, command.type)
+        succeeded = self._result(
+            command.command_id, ResultStatus.SUCCEEDED, self._clock_ms(), detail=detail
+        )
+        self._answer(incoming, succeeded)
+
+    async def _slow_actuator(self, delay_s: float, *, until_ms: int) -> None:
+        """Wait ``delay_s``; and until the unit's clock (which stamps the results, and is the
+        wall clock rather than asyncio's monotonic one) has passed ``until_ms`` too."""
+        await asyncio.sleep(delay_s)
+        for _ in range(3):  # bounded: a clock that stands still (a test's) cannot hang us
+            left_ms = until_ms - self._clock_ms()
+            if left_ms <= 0:
+                break
+            await asyncio.sleep(left_ms / 1000)
+
+    def _apply(self, command: CommandMessage) -> str | None:
+        """Carry ``command`` out; return a detail for the ``succeeded`` result, or raise
+        :class:`CommandRefused`."""
+        vehicle = self._vehicle
+        params = command.params
+        kind = command.type
+        if kind is CommandType.LOCK:
+            vehicle.lock()
+        elif kind is CommandType.UNLOCK:
+            vehicle.unlock()
+        elif kind is CommandType.HORN_AND_LIGHTS:
+            vehicle.horn_and_lights()
+        elif kind is CommandType.LOCATE:
+            self._report()
+            return f"position sent in sample {self._next_seq - 1}"
+        elif kind is CommandType.CLIMATE_START:
+            vehicle.climate_start(_number(params, "target_temperature_c"))
+        elif kind is CommandType.CLIMATE_STOP:
+            vehicle.climate_stop()
+        elif kind is CommandType.CHARGING_START:
+            vehicle.charging_start()
+        elif kind is CommandType.CHARGING_STOP:
+            vehicle.charging_stop()
+        elif kind is CommandType.CHARGE_LIMIT:
+            vehicle.set_charge_limit(_integer(params, "percent"))
+        elif kind is CommandType.CLOSE_WINDOWS:
+            vehicle.close_windows()
+        elif kind is CommandType.IMMOBILIZE:
+            vehicle.immobilize()
+        elif kind is CommandType.RELEASE_IMMOBILIZER:
+            vehicle.release_immobilizer()
+        elif kind is CommandType.SPEED_LIMIT:
+            kmh = None if params.get("kmh") is None else _integer(params, "kmh")
+            vehicle.set_speed_limit(kmh)
+        elif kind is CommandType.REQUEST_DIAGNOSTICS:
+            codes = vehicle.diagnostics()
+            self._report()
+            shown = ", ".join(codes) if codes else "none"
+            return f"active trouble codes: {shown} (sample {self._next_seq - 1})"
+        elif kind is CommandType.SET_REPORTING_INTERVAL:
+            self._set_report_interval(_integer(params, "seconds"))
+        else:  # a command type this firmware does not know yet
+            raise CommandRefused(ResultReason.UNSUPPORTED, f"{kind.value} is not supported")
+        return None
+
+    def _set_report_interval(self, seconds: float) -> None:
+        self._report_interval_s = float(seconds)
+        now = asyncio.get_running_loop().time()
+        self._next_report = min(self._next_report, now + self._report_interval_s)
+        self._wake.set()
+
+    def _result(
+        self,
+        command_id: str,
+        status: ResultStatus,
+        ts: int,
+        reason: ResultReason | None = None,
+        detail: str | None = None,
+    ) -> CommandResult:
+        if detail is not None:
+            detail = detail[:_DETAIL_MAX]
+        return CommandResult(command_id, self._vin, status, ts, reason, detail)
+
+    def _answer(self, incoming: _Incoming, result: CommandResult) -> None:
+        """Send ``result`` now, or keep it until the link is back."""
+        payload = encode_command_result(result)
+        if self._can_send() and not self._answers:
+            self._send_answer(incoming.response_topic, payload, incoming.correlation_data)
+            return
+        if len(self._answers) >= _RESULT_BUFFER_LIMIT:
+            dropped = self._answers.popleft()
+            log.warning("%s: result buffer full, dropped one for %s", self._vin, dropped.topic)
+        self._answers.append(_Answer(incoming.response_topic, payload, incoming.correlation_data))
+
+    def _send_answer(self, topic: str, payload: bytes, correlation_data: bytes) -> None:
+        self._client.publish(topic, payload, qos=1, correlation_data=correlation_data)
+        self._messages += 1
+
     # --- stopping -----------------------------------------------------------------------------
 
     async def _stop_cleanly(self) -> None:
@@ -724,7 +1150,7 @@ class SimulatedUnit:
         deadline = loop.time() + self._settings.drain_timeout_s
         while True:
             self._flush()
-            held = self._buffer or self._event_buffer
+            held = self._buffer or self._event_buffer or self._answers
             if not held or not self._can_send() or loop.time() >= deadline:
                 break
             await self._wait_wake(deadline)
@@ -734,6 +1160,10 @@ class SimulatedUnit:
                 await self._wait_wake(deadline)
         if self._buffer:
             log.warning("%s stopped with %d sample(s) not uploaded", self._vin, len(self._buffer))
+        if self._answers:
+            log.warning(
+                "%s stopped with %d command result(s) unsent", self._vin, len(self._answers)
+            )
         await self._close_quietly()
 
     async def _power_cut(self) -> None:

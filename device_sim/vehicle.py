@@ -41,6 +41,26 @@ Behaviour
     temperature; the 12 V battery charges while driving and rests when parked. Rarely a
     diagnostic trouble code appears, and clears again some time later.
 
+Remote commands
+    The actuator methods (:meth:`~SimulatedVehicle.lock`, :meth:`~SimulatedVehicle.unlock`,
+    :meth:`~SimulatedVehicle.horn_and_lights`, :meth:`~SimulatedVehicle.climate_start`, ...)
+    are what an in-car unit calls to carry out a remote command (``schemas.commands``). Each
+    changes the state at once, so the change shows in the next :meth:`~SimulatedVehicle.signals`;
+    the slow consequences (cabin temperature, state of charge) follow in ``step``. They never
+    draw from the random generator, so the same seed with the same commands at the same
+    simulated times gives the same stream. A command the vehicle cannot carry out raises
+    :class:`CommandRefused` with a :class:`~schemas.commands.ResultReason` (or ``None``) and a
+    detail for people; the state is then unchanged. Commands that are unsafe while moving
+    (unlock, close windows, immobilize) refuse while :attr:`~SimulatedVehicle.is_moving`, in
+    addition to the unit's own check on receipt (the vehicle may have set off since).
+
+    Remote climate runs for at most 30 minutes (or until ``climate_stop``); with the ignition
+    on the cabin is climate-controlled anyway. Charging needs the ignition off (a parked
+    electric car is assumed to be at a charger); the driver unplugs on leaving. An immobilized
+    vehicle does not start its next trip: the driver gets in, the engine does not start, the
+    driver gets out again and locks; a trip under way is never interrupted. A speed limit caps
+    the target speed (the vehicle brakes down to it at its usual deceleration).
+
 Events
     :meth:`SimulatedVehicle.pending_events` returns (and forgets) the :class:`schemas.Event`
     values produced since the last call: ``ignition_on``, ``ignition_off``, ``dtc_set`` and
@@ -60,11 +80,13 @@ from typing import Final
 
 from device_sim.city import RoadNetwork, random_route, shortest_path
 from schemas.catalog import CATALOG
+from schemas.commands import ResultReason
 from schemas.payloads import Event, EventType, SignalValue
 from schemas.vin import is_valid_vin, validate_vin
 
 __all__ = [
     "MAX_SUBSTEP_S",
+    "CommandRefused",
     "Phase",
     "SimulatedVehicle",
     "VehicleProfile",
@@ -75,6 +97,20 @@ __all__ = [
 MAX_SUBSTEP_S: Final = 0.5
 
 _VIN_ALPHABET: Final = frozenset("ABCDEFGHJKLMNPRSTUVWXYZ0123456789")
+
+
+class CommandRefused(Exception):
+    """A vehicle cannot carry out a command (the unit answers ``failed``).
+
+    ``reason`` is the machine-readable :class:`~schemas.commands.ResultReason`, or ``None`` when
+    none of the contract's reasons fits (a ``failed`` result may omit it); ``detail`` says
+    what was wrong, for people.
+    """
+
+    def __init__(self, reason: ResultReason | None, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 def make_vin(index: int, prefix: str = "WSMZZZ") -> str:
@@ -238,6 +274,12 @@ _DEPOT_PARK_S: Final = (600.0, 1500.0)
 _STRAIGHT_DEG: Final = 25.0
 _MAX_ACTIVE_DTCS: Final = 3
 _EPOCH_HOURS_TO_CET: Final = 1.0
+#: remote climate (pre-conditioning) switches itself off after this long, s
+_REMOTE_CLIMATE_MAX_S: Final = 1800.0
+#: fuel a combustion vehicle's parking heater burns while remote climate runs, l/h
+_PARKING_HEATER_L_PER_H: Final = 0.4
+#: time constant of the cabin temperature while the climate control runs, s
+_CLIMATE_TAU_S: Final = 300.0
 
 # --- signal paths ----------------------------------------------------------------------------
 
@@ -267,6 +309,7 @@ _CABIN_TEMP = "Vehicle.Cabin.HVAC.AmbientAirTemperature"
 _SET_POINT = "Vehicle.Cabin.HVAC.Station.Row1.Driver.Temperature"
 _FAN = "Vehicle.Cabin.HVAC.Station.Row1.Driver.FanSpeed"
 _HAZARD = "Vehicle.Body.Lights.Hazard.IsSignaling"
+_HORN = "Vehicle.Body.Horn.IsActive"
 _OUTSIDE_TEMP = "Vehicle.Exterior.AirTemperature"
 _LV_STATE = "Vehicle.LowVoltageSystemState"
 _LV_VOLTAGE = "Vehicle.LowVoltageBattery.CurrentVoltage"
@@ -300,6 +343,7 @@ _ALL_PATHS: Final = (
     _SET_POINT,
     _FAN,
     _HAZARD,
+    _HORN,
     _OUTSIDE_TEMP,
     _LV_STATE,
     _LV_VOLTAGE,
@@ -355,9 +399,12 @@ class SimulatedVehicle:
 
     __slots__ = (
         "_active_dtcs",
+        "_alert_until_s",
         "_alt_noise_m",
         "_cabin_c",
+        "_charge_limit_pct",
         "_charging",
+        "_climate_until_s",
         "_deliveries_left",
         "_door_open",
         "_driver",
@@ -371,6 +418,7 @@ class SimulatedVehicle:
         "_heading_deg",
         "_hold_s",
         "_ignition",
+        "_immobilized",
         "_leg",
         "_leg_length_m",
         "_leg_target_mps",
@@ -389,7 +437,9 @@ class SimulatedVehicle:
         "_rng",
         "_route",
         "_rpm",
+        "_set_point_c",
         "_spec",
+        "_speed_cap_mps",
         "_speed_mps",
         "_start_ms",
         "_start_node",
@@ -472,6 +522,16 @@ class SimulatedVehicle:
         self._returning_home = False
         self._rpm = 0.0
 
+        # remote commands: none yet (the driver's own settings)
+        self._set_point_c = self._driver.set_point_c
+        self._charge_limit_pct = self._driver.charge_limit_pct
+        #: elapsed simulated seconds until which remote climate / horn and lights run
+        self._climate_until_s = 0.0
+        self._alert_until_s = 0.0
+        self._immobilized = False
+        #: speed limit set by command, m/s; None: none
+        self._speed_cap_mps: float | None = None
+
         # environment and body
         self._outside_offset_c = rng.uniform(-0.8, 0.8)
         outside = self._outside_c()
@@ -512,6 +572,26 @@ class SimulatedVehicle:
     @property
     def speed_kmh(self) -> float:
         return self._speed_mps * 3.6
+
+    @property
+    def is_moving(self) -> bool:
+        """Whether the vehicle moves: exactly the ``Vehicle.IsMoving`` of :meth:`signals` (the
+        signal a gateway checks before it sends a command that is unsafe while moving)."""
+        return round(self._speed_mps * 3.6, 1) > 0.0
+
+    @property
+    def immobilized(self) -> bool:
+        return self._immobilized
+
+    @property
+    def speed_limit_kmh(self) -> float | None:
+        """The speed limit set by :meth:`set_speed_limit`, km/h; None when there is none."""
+        return None if self._speed_cap_mps is None else self._speed_cap_mps * 3.6
+
+    @property
+    def climate_on(self) -> bool:
+        """Whether the climate control runs: remote climate, or the ignition is on."""
+        return self._climate_active()
 
     @property
     def route(self) -> tuple[str, ...]:
@@ -556,9 +636,10 @@ class SimulatedVehicle:
             _DOOR_OPEN: self._door_open,
             _WINDOW: self._window_pct,
             _CABIN_TEMP: round(_clamp(self._cabin_c, -60.0, 90.0), 1),
-            _SET_POINT: self._driver.set_point_c,
+            _SET_POINT: self._set_point_c,
             _FAN: self._fan_pct(),
-            _HAZARD: self._hazard,
+            _HAZARD: self._hazard or self._alerting(),
+            _HORN: self._alerting(),
             _OUTSIDE_TEMP: round(_clamp(self._outside_c(), -60.0, 70.0), 1),
             _LV_STATE: "ON" if self._ignition else "LOCK" if self._locked else "OFF",
             _LV_VOLTAGE: round(self._voltage, 2),
@@ -572,7 +653,7 @@ class SimulatedVehicle:
             out[_SOC] = round(soc, 1)
             out[_SOC_DISPLAYED] = round(displayed, 1)
             out[_IS_CHARGING] = self._charging
-            out[_CHARGE_LIMIT] = self._driver.charge_limit_pct
+            out[_CHARGE_LIMIT] = self._charge_limit_pct
             out[_RANGE] = int(usable_kwh / 0.18 * 1000)
         else:
             level = _clamp(self._energy, 0.0, 100.0)
@@ -583,6 +664,125 @@ class SimulatedVehicle:
             out[_ENGINE_RUNNING] = self._ignition
             out[_RANGE] = int(litres / (self._spec.base_per_km * 1.8) * 1000)
         return out
+
+    # --- remote commands --------------------------------------------------------------------
+
+    def _refuse_while_moving(self, what: str) -> None:
+        if self.is_moving:
+            raise CommandRefused(
+                ResultReason.VEHICLE_MOVING,
+                f"{what} is refused while moving ({self.speed_kmh:.0f} km/h)",
+            )
+
+    def _require_electric(self, what: str) -> None:
+        if not self._profile.is_electric:
+            raise CommandRefused(
+                ResultReason.UNSUPPORTED,
+                f"{what}: a {self._profile.value.replace('_', ' ')} has no traction battery",
+            )
+
+    def lock(self) -> None:
+        """Lock the doors (also while driving: the doors lock as on the move)."""
+        self._locked = True
+
+    def unlock(self) -> None:
+        """Unlock the doors; refused while moving."""
+        self._refuse_while_moving("unlocking")
+        self._locked = False
+
+    def horn_and_lights(self, duration_s: float = 3.0) -> None:
+        """Sound the horn and flash the hazard lights for ``duration_s`` simulated seconds."""
+        if not (math.isfinite(duration_s) and duration_s > 0.0):
+            raise CommandRefused(
+                ResultReason.BAD_PARAMS, f"duration_s must be > 0, got {duration_s}"
+            )
+        self._alert_until_s = max(self._alert_until_s, self._elapsed_s + duration_s)
+
+    def climate_start(self, target_c: float) -> None:
+        """Run the climate control towards ``target_c`` (16-30 °C) for up to 30 minutes; the
+        cabin follows with a time constant of 5 minutes."""
+        if not (math.isfinite(target_c) and 16.0 <= target_c <= 30.0):
+            raise CommandRefused(
+                ResultReason.BAD_PARAMS, f"target temperature must be 16-30 °C, got {target_c}"
+            )
+        self._set_point_c = float(target_c)
+        self._climate_until_s = self._elapsed_s + _REMOTE_CLIMATE_MAX_S
+
+    def climate_stop(self) -> None:
+        """Stop the remote climate (with the ignition on the driver's climate keeps running)."""
+        self._climate_until_s = self._elapsed_s
+
+    def charging_start(self) -> None:
+        """Start charging (electric only, ignition off) up to the charge limit."""
+        self._require_electric("charging")
+        if self._ignition or self.is_moving:
+            raise CommandRefused(
+                ResultReason.VEHICLE_MOVING,
+                "the vehicle is being driven (ignition on); it charges only when parked",
+            )
+        if self._energy >= self._charge_limit_pct:
+            raise CommandRefused(
+                None,
+                f"state of charge {self._energy:.1f} % is at the charge limit "
+                f"({self._charge_limit_pct} %)",
+            )
+        self._charging = True
+
+    def charging_stop(self) -> None:
+        """Stop charging (electric only; nothing to do when not charging)."""
+        self._require_electric("charging")
+        self._charging = False
+
+    def set_charge_limit(self, percent: int) -> None:
+        """Set the state of charge at which charging stops (electric only, 50-100 %)."""
+        self._require_electric("charge limit")
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 50 <= percent <= 100:
+            raise CommandRefused(
+                ResultReason.BAD_PARAMS, f"charge limit must be 50-100 %, got {percent!r}"
+            )
+        self._charge_limit_pct = percent
+        if self._charging and self._energy >= percent:
+            self._charging = False
+
+    def close_windows(self) -> None:
+        """Close the windows; refused while moving (a closing window can trap a hand)."""
+        self._refuse_while_moving("closing the windows")
+        self._window_pct = 0
+
+    def immobilize(self) -> None:
+        """Keep the vehicle from starting its next trip; refused while moving. A trip under
+        way goes on (the engine is never cut while driving)."""
+        self._refuse_while_moving("immobilizing")
+        self._immobilized = True
+
+    def release_immobilizer(self) -> None:
+        """Let the vehicle start again."""
+        self._immobilized = False
+
+    def set_speed_limit(self, kmh: float | None) -> None:
+        """Cap the speed at ``kmh`` (the vehicle brakes down to it); None clears the cap."""
+        if kmh is None:
+            self._speed_cap_mps = None
+            return
+        if isinstance(kmh, bool) or not (math.isfinite(kmh) and kmh > 0):
+            raise CommandRefused(
+                ResultReason.BAD_PARAMS, f"speed limit must be > 0 km/h or None, got {kmh!r}"
+            )
+        cap = kmh / 3.6
+        self._speed_cap_mps = cap
+        self._leg_target_mps = min(self._leg_target_mps, cap)
+        self._node_speed_mps = min(self._node_speed_mps, cap)
+
+    def diagnostics(self) -> list[str]:
+        """The active diagnostic trouble codes, sorted (what ``Vehicle.Diagnostics.DTCList``
+        reports)."""
+        return sorted(self._active_dtcs)
+
+    def _alerting(self) -> bool:
+        return self._elapsed_s < self._alert_until_s
+
+    def _climate_active(self) -> bool:
+        return self._ignition or self._elapsed_s < self._climate_until_s
 
     # --- stepping ---------------------------------------------------------------------------
 
@@ -608,18 +808,22 @@ class SimulatedVehicle:
                 self._phase = Phase.DRIVING
         elif phase is Phase.ALIGHTING:
             self._timer_s -= dt
+            if self._charging:  # only by command
+                self._charge(dt)
             if self._timer_s <= 0.0:
                 self._door_open = False
                 self._locked = True
                 self._phase = Phase.PARKED
                 self._timer_s = self._park_duration_s()
                 if self._profile.is_electric:
-                    self._charging = self._energy < _CHARGE_BELOW_PCT
+                    self._charging = self._charging or self._energy < _CHARGE_BELOW_PCT
                 else:
                     self._refuelling = self._energy < _REFUEL_BELOW_PCT
         elif phase is Phase.PARKED:
             self._parked(dt)
         else:  # BOARDING
+            if self._charging:  # only by command: charging waits for the driver to unplug
+                self._charge(dt)
             self._timer_s -= dt
             if self._timer_s <= 0.0:
                 self._depart()
@@ -690,6 +894,8 @@ class SimulatedVehicle:
         self._pos_m = 0.0
         self._leg_length_m = net.edge_length_m(a, b)
         self._leg_target_mps = self._target_mps(a, b) * rng.uniform(0.95, 1.02)
+        if self._speed_cap_mps is not None:
+            self._leg_target_mps = min(self._leg_target_mps, self._speed_cap_mps)
         self._heading_deg = net.bearing_deg(a, b)
         if leg + 1 == len(route) - 1 or rng.random() < self._driver.light_stop_probability:
             self._node_speed_mps = 0.0
@@ -703,7 +909,8 @@ class SimulatedVehicle:
 
     def _target_mps(self, a: str, b: str) -> float:
         limit = self._net.edge(a, b).speed_limit_kmh * self._driver.speed_factor
-        return min(limit, self._spec.max_speed_kmh) / 3.6
+        target = min(limit, self._spec.max_speed_kmh) / 3.6
+        return target if self._speed_cap_mps is None else min(target, self._speed_cap_mps)
 
     def _arrive(self) -> None:
         """Stop at the end of the route: ignition off, the driver gets out."""
@@ -729,24 +936,25 @@ class SimulatedVehicle:
             return self._rng.uniform(*_DEPOT_PARK_S)
         return self._rng.uniform(*self._spec.park_s)
 
+    def _charge(self, dt: float) -> None:
+        kw = _DC_CHARGE_KW if self._energy < 50.0 else max(12.0, 50.0 - 0.8 * (self._energy - 50))
+        self._energy += kw * dt / 3600.0 / self._spec.battery_kwh * 100.0
+        if self._energy >= self._charge_limit_pct:
+            self._energy = float(self._charge_limit_pct)
+            self._charging = False
+
     def _parked(self, dt: float) -> None:
         if self._charging:
-            kw = (
-                _DC_CHARGE_KW
-                if self._energy < 50.0
-                else max(12.0, 50.0 - 0.8 * (self._energy - 50))
-            )
-            self._energy += kw * dt / 3600.0 / self._spec.battery_kwh * 100.0
-            if self._energy >= self._driver.charge_limit_pct:
-                self._energy = float(self._driver.charge_limit_pct)
-                self._charging = False
+            self._charge(dt)
         if self._refuelling:
             self._energy += _REFUEL_PCT_PER_S * dt
             if self._energy >= 100.0:
                 self._energy = 100.0
                 self._refuelling = False
         self._timer_s -= dt
-        if self._timer_s <= 0.0 and not self._charging and not self._refuelling:
+        # an immobilized vehicle stays where it is (the driver does not come)
+        busy = self._charging or self._refuelling or self._immobilized
+        if self._timer_s <= 0.0 and not busy:
             self._phase = Phase.BOARDING
             self._timer_s = self._rng.uniform(3.0, 10.0)
             self._locked = False
@@ -755,6 +963,13 @@ class SimulatedVehicle:
     def _depart(self) -> None:
         """The driver is in: close the door, ignition on, pick the next route and go."""
         rng = self._rng
+        self._charging = False  # the driver unplugs
+        if self._immobilized:
+            # immobilized while the driver got in: the engine does not start, so the driver
+            # gets out again (and locks up)
+            self._phase = Phase.ALIGHTING
+            self._timer_s = rng.uniform(4.0, 15.0)
+            return
         self._door_open = False
         self._hazard = False
         self._set_ignition(on=True)
@@ -793,14 +1008,17 @@ class SimulatedVehicle:
         if self._profile.is_electric:
             used = (spec.base_per_km + spec.drag_per_km * v_kmh * v_kmh) * km
             used += kinetic_kwh / 0.9 if kinetic_kwh > 0 else kinetic_kwh * 0.6
-            if self._ignition:
-                climate_kw = 0.4 + 0.1 * abs(self._outside_c() - self._driver.set_point_c)
+            if self._climate_active():
+                climate_kw = 0.4 + 0.1 * abs(self._outside_c() - self._set_point_c)
                 used += min(climate_kw, 3.0) * dt / 3600.0
             self._energy = max(0.0, self._energy - used / spec.battery_kwh * 100.0)
         elif self._ignition:
             litres = (spec.base_per_km + spec.drag_per_km * v_kmh * v_kmh) * km
             litres += max(kinetic_kwh, 0.0) * spec.l_per_kwh
             litres += spec.idle_l_per_h * dt / 3600.0
+            self._energy = max(0.0, self._energy - litres / spec.tank_l * 100.0)
+        elif self._climate_active():  # remote climate while parked: the parking heater
+            litres = _PARKING_HEATER_L_PER_H * dt / 3600.0
             self._energy = max(0.0, self._energy - litres / spec.tank_l * 100.0)
 
     def _update_engine(self, dt: float, v0: float) -> None:
@@ -822,18 +1040,20 @@ class SimulatedVehicle:
         return _outside_air_c(self.sim_time_ms) + self._outside_offset_c
 
     def _fan_pct(self) -> int:
-        if not self._ignition:
+        if not self._climate_active():
             return 0
-        return int(_clamp(20.0 + 8.0 * abs(self._cabin_c - self._driver.set_point_c), 0.0, 100.0))
+        return int(_clamp(20.0 + 8.0 * abs(self._cabin_c - self._set_point_c), 0.0, 100.0))
 
     def _update_body(self, dt: float) -> None:
         outside = self._outside_c()
         moving = self._speed_mps > 0.0
-        if self._ignition:
-            self._cabin_c = _relax(self._cabin_c, self._driver.set_point_c, dt, 300.0)
-            self._voltage = _relax(self._voltage, 14.2, dt, 20.0)
+        if self._climate_active():
+            self._cabin_c = _relax(self._cabin_c, self._set_point_c, dt, _CLIMATE_TAU_S)
         else:
             self._cabin_c = _relax(self._cabin_c, outside, dt, 2400.0)
+        if self._ignition:
+            self._voltage = _relax(self._voltage, 14.2, dt, 20.0)
+        else:
             self._voltage = _relax(self._voltage, 12.45, dt, 900.0)
         self._voltage = _clamp(self._voltage + self._rng.gauss(0.0, 0.003), 11.8, 14.6)
         tyre_target = outside + (15.0 + 0.2 * self._speed_mps * 3.6 if moving else 0.0)
