@@ -195,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
             "publish-to-commit latency with the same publishers.",
         )
     )
+    from gateway.bench.commands import add_arguments as add_commands_bench_arguments
+
+    add_commands_bench_arguments(
+        bench_sub.add_parser(
+            "commands",
+            help="API call -> succeeded latency of remote commands, idle and under ingest",
+            description="Run broker, gateway, API and 100 simulated units; send 1,000 "
+            "commands with ingest idle and again with ingest at half its maximum rate.",
+        )
+    )
     return parser
 
 
@@ -205,7 +215,8 @@ def _setup_logging(level: str) -> None:
         datefmt="%H:%M:%S",
     )
     # gmqtt logs every packet type at INFO; its warnings and errors still show
-    logging.getLogger("gmqtt").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    for chatty in ("gmqtt", "httpx"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
@@ -351,6 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "api":
             return _cmd_api(args)
         if args.command == "bench":
+            if args.bench == "commands":
+                from gateway.bench.commands import run_from_args as run_commands_bench
+
+                return run_commands_bench(args)
             from gateway.bench.ingest import run_from_args
 
             return run_from_args(args)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -199,6 +200,7 @@ class StateDatabase:
             # pre-ping: a PostgreSQL restart or failover must not surface as errors on the
             # pooled connections it killed
             self.engine = create_engine(self.url, echo=echo, pool_pre_ping=True)
+        self._write_lock = threading.Lock() if self.backend == "sqlite" else None
         # shares the pool and the event hooks of ``engine``; only marks its transactions
         self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
         #: session factory for reads (SQLite: deferred transactions)
@@ -243,9 +245,17 @@ class StateDatabase:
         """A session in a write transaction: committed at the end, rolled back on error.
 
         On SQLite the transaction holds the database's write lock from its first statement,
-        so a read inside it sees the latest data and nothing changes it until commit.
+        so a read inside it sees the latest data and nothing changes it until commit. Writers
+        of this process also queue on a lock of our own first: SQLite makes a writer that
+        finds the file locked sleep and retry (1, 2, 5, 10 ... 100 ms), which measured as up
+        to 400 ms of added command latency with ten concurrent requests; a queue of threads
+        waiting on a lock is woken at once.
         """
-        with self.write_sessions.begin() as session:
+        if self._write_lock is None:
+            with self.write_sessions.begin() as session:
+                yield session
+            return
+        with self._write_lock, self.write_sessions.begin() as session:
             yield session
 
     # --- migrations ---------------------------------------------------------------------
