@@ -266,3 +266,33 @@ def test_live_stream_reports_each_transition(
         events = [line for line in stream.iter_lines() if line.startswith("data: ")]
     statuses = [orjson.loads(line[6:]).get("status") for line in events]
     assert statuses[:4] == ["queued", "sent", "accepted", "succeeded"]
+
+
+def test_accepted_without_a_final_answer_times_out_and_silence_expires(
+    gateway: GatewayProcess, mosquitto: MosquittoProcess, state_db_url: str
+) -> None:
+    known_vehicle(mosquitto, gateway, VIN)
+    with Api(gateway.db_path, mosquitto, state_db_url, result_timeout_s=1.0) as api:
+        accepted = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "lock"}).json()
+        silent = api.post(
+            f"/v1/vehicles/{VIN}/commands", json={"type": "locate", "ttl_s": 1}
+        ).json()
+        result(mosquitto, VIN, accepted["id"], "accepted")
+        timed_out = wait_status(api, accepted["id"], "timed_out")
+        assert [t["status"] for t in timed_out["transitions"]][-2:] == ["accepted", "timed_out"]
+        # no answer at all: the time to live runs out before the unit accepts
+        expired = wait_status(api, silent["id"], "expired")
+        assert expired["transitions"][-1]["event"] == "ttl_elapsed"
+        # a late answer changes nothing
+        result(mosquitto, VIN, accepted["id"], "succeeded")
+        result(mosquitto, VIN, silent["id"], "accepted")
+        # results are processed in arrival order: once a marker behind them is quarantined,
+        # the two late answers have been handled
+        marker = "00000000-0000-4000-8000-0000000000ff"
+        result(mosquitto, VIN, marker, "accepted")
+        wait_until(
+            lambda: any(marker in e["detail"] for e in api.get("/v1/quarantine").json()["entries"]),
+            what="the late answers to be processed",
+        )
+        assert get(api, accepted["id"])["status"] == "timed_out"
+        assert get(api, silent["id"])["status"] == "expired"
