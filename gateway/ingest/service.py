@@ -131,7 +131,6 @@ class IngestService:
         if self.connected.is_set() and not self._stopping:
             log.warning("disconnected from the broker; reconnecting")
         self.connected.clear()
-        log.warning("disconnected from the broker; gmqtt reconnects")
 
     # --- the batch loop ---------------------------------------------------------------
 
