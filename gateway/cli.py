@@ -175,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_mqtt(api, default=None)
     _add_state_db(api)
+    api.add_argument(
+        "--commands-client-id",
+        default=_env("COMMANDS_CLIENT_ID", "telematics-commands-1"),
+        help="MQTT client id of this API process's command service: unique and stable per "
+        "API process, like a gateway's (env TELEMATICS_COMMANDS_CLIENT_ID; default: "
+        "telematics-commands-1)",
+    )
 
     sub.add_parser(
         "sim", help="run the device simulator (see: telematics sim --help)", add_help=False
@@ -255,6 +262,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
             state_db_url=args.state_db_url or default_state_db_url(args.data_dir),
             mqtt_host=host,
             mqtt_port=port,
+            client_id=args.commands_client_id,
         )
     else:
         log.warning("no --mqtt-url: remote commands are off (their routes answer 503)")
