@@ -87,6 +87,26 @@ Remote commands
     :attr:`UnitSettings.answers_commands` off receives commands (and counts them) but neither
     answers nor runs them, which is what a gateway sees of a hung command handler.
 
+Send-on-change
+    With :attr:`UnitSettings.send_on_change` a report carries only what changed, as
+    bandwidth-conscious firmware does (:class:`ChangeFilter`): a signal goes out when its
+    value changed since it was last sent and that was at least
+    :attr:`UnitSettings.min_signal_interval_s` ago (speed and position count as changed only
+    beyond a small threshold), and every :attr:`UnitSettings.heartbeat_full_s` the full
+    snapshot goes out. A report with nothing to send publishes nothing and uses no ``seq``.
+    Off by default: then every report is a full snapshot.
+
+Faults
+    On every live report (sent at once, not buffered) the unit asks its
+    :class:`~device_sim.faults.FaultInjector` (rates: :attr:`UnitSettings.faults`, none by
+    default) what the report becomes: the payloads it publishes as they are on the telemetry
+    topic, QoS 1, through the in-flight window (malformed JSON, wrong types, out-of-range
+    values, unknown signals, another VIN, a duplicate seq, a skewed clock, a burst of extra
+    samples), and for ``abrupt_disconnect`` closing the TCP connection without DISCONNECT so
+    that the broker publishes the Will; the unit then reconnects with its usual backoff.
+    Samples uploaded from the buffer and reports a command asked for are never faulty.
+    ``UnitStats.faults`` counts the faults injected per kind.
+
 Counters (:meth:`SimulatedUnit.stats`) count what happened: samples taken, published
 (handed to the broker, live or in batches), acknowledged (PUBACKs, counted through the QoS
 store gmqtt accepts as ``persistent_storage``), buffered, dropped and still pending; commands
@@ -111,6 +131,7 @@ from typing import Any, Final
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
+from device_sim.faults import FaultInjector, FaultRates, Planned
 from device_sim.vehicle import CommandRefused, SimulatedVehicle
 from schemas.commands import (
     CommandMessage,
@@ -132,6 +153,7 @@ from schemas.payloads import (
     Event,
     Rejection,
     Sample,
+    SignalValue,
     Status,
     StatusState,
     encode_batch,
@@ -142,8 +164,11 @@ from schemas.payloads import (
 from schemas.topics import Channel, InvalidTopicError, topic_for
 
 __all__ = [
+    "CHANGE_THRESHOLDS",
     "DEFAULT_BUFFER_LIMIT",
     "DISCONNECT_WITH_WILL",
+    "LOCATION_THRESHOLD_M",
+    "ChangeFilter",
     "SimulatedUnit",
     "UnitConnectError",
     "UnitSettings",
@@ -174,6 +199,14 @@ _SEEN_COMMAND_IDS: Final = 1024
 _RESULT_BUFFER_LIMIT: Final = 1000
 #: longest ``detail`` in a result (the contract's limit)
 _DETAIL_MAX: Final = 512
+
+_LATITUDE: Final = "Vehicle.CurrentLocation.Latitude"
+_LONGITUDE: Final = "Vehicle.CurrentLocation.Longitude"
+#: send-on-change: the position counts as changed when it moved more than this, metres
+LOCATION_THRESHOLD_M: Final = 5.0
+#: send-on-change: the smallest change worth sending, per signal (others: any change)
+CHANGE_THRESHOLDS: Final[Mapping[str, float]] = {"Vehicle.Speed": 1.0}
+_M_PER_DEG: Final = 111_320.0
 
 
 def wall_clock_ms() -> int:
@@ -230,6 +263,15 @@ class UnitSettings:
     #: False: the unit receives commands and counts them but never answers nor runs them (to
     #: exercise the gateway's timeouts)
     answers_commands: bool = True
+    #: probability per report of each fault (:mod:`device_sim.faults`); none by default
+    faults: FaultRates = FaultRates()  # noqa: RUF009  # frozen, so sharing one is safe
+    #: True: a report carries only the signals that changed (see :class:`ChangeFilter`);
+    #: False: every report is a full snapshot
+    send_on_change: bool = False
+    #: send-on-change: a signal is sent at most this often, seconds
+    min_signal_interval_s: float = 1.0
+    #: send-on-change: a full snapshot this often, seconds
+    heartbeat_full_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.host or any(ch.isspace() for ch in self.host):
@@ -272,6 +314,17 @@ class UnitSettings:
         if not (math.isfinite(self.command_delay_s) and self.command_delay_s >= 0):
             raise ValueError(
                 f"command_delay_s must be a finite number >= 0, got {self.command_delay_s}"
+            )
+        if not isinstance(self.faults, FaultRates):
+            raise ValueError(f"faults must be FaultRates, got {type(self.faults).__name__}")
+        if not (math.isfinite(self.min_signal_interval_s) and self.min_signal_interval_s >= 0):
+            raise ValueError(
+                "min_signal_interval_s must be a finite number >= 0, "
+                f"got {self.min_signal_interval_s}"
+            )
+        if not (math.isfinite(self.heartbeat_full_s) and self.heartbeat_full_s > 0):
+            raise ValueError(
+                f"heartbeat_full_s must be a finite number > 0, got {self.heartbeat_full_s}"
             )
 
 
@@ -326,6 +379,8 @@ class UnitStats:
     commands_failed: int
     #: commands with a final answer (rejected, succeeded or failed); a silent unit has none
     commands_answered: int
+    #: faults injected, by :class:`~device_sim.faults.FaultKind` value (only those that were)
+    faults: dict[str, int]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -462,6 +517,81 @@ class _UnitClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt is untyped
         return None
 
 
+class ChangeFilter:
+    """Send-on-change, as firmware does it (pure: the caller passes the time).
+
+    :meth:`select` returns the signals of a report worth sending: those never sent, and those
+    whose value changed since they were last sent, provided that was at least
+    ``min_interval_s`` ago. Speed counts as changed when it moved by more than
+    :data:`CHANGE_THRESHOLDS` (1 km/h), the position (latitude and longitude, always sent
+    together) when it moved more than :data:`LOCATION_THRESHOLD_M`; any other signal on any
+    change. Every ``heartbeat_full_s`` (and on the first report, and when asked with
+    ``full=True``) the whole snapshot goes out. What is selected counts as sent.
+    """
+
+    def __init__(self, min_interval_s: float, heartbeat_full_s: float) -> None:
+        self._min_interval_s = min_interval_s
+        self._heartbeat_full_s = heartbeat_full_s
+        self._last_full = -math.inf
+        self._sent: dict[str, tuple[SignalValue, float]] = {}
+
+    def select(
+        self, signals: Mapping[str, SignalValue], now: float, *, full: bool = False
+    ) -> dict[str, SignalValue]:
+        if full or now - self._last_full >= self._heartbeat_full_s:
+            self._last_full = now
+            out = dict(signals)
+        else:
+            out = {}
+            moved = self._moved(signals)
+            for path, value in signals.items():
+                last = self._sent.get(path)
+                if last is None:
+                    out[path] = value
+                    continue
+                old, at = last
+                if now - at < self._min_interval_s:
+                    continue
+                if path in (_LATITUDE, _LONGITUDE):
+                    changed = moved
+                elif path in CHANGE_THRESHOLDS:
+                    changed = _differs_by(value, old, CHANGE_THRESHOLDS[path])
+                else:
+                    changed = value != old
+                if changed:
+                    out[path] = value
+            if _LATITUDE in out or _LONGITUDE in out:  # a position is both coordinates
+                for path in (_LATITUDE, _LONGITUDE):
+                    if path in signals:
+                        out[path] = signals[path]
+        for path, value in out.items():
+            self._sent[path] = (value, now)
+        return out
+
+    def _moved(self, signals: Mapping[str, SignalValue]) -> bool:
+        old_lat, old_lon = self._sent.get(_LATITUDE), self._sent.get(_LONGITUDE)
+        if old_lat is None or old_lon is None:
+            return True
+        lat, lon = signals.get(_LATITUDE), signals.get(_LONGITUDE)
+        was_lat, was_lon = old_lat[0], old_lon[0]
+        if not (
+            isinstance(lat, float | int)
+            and isinstance(lon, float | int)
+            and isinstance(was_lat, float | int)
+            and isinstance(was_lon, float | int)
+        ):
+            return (lat, lon) != (was_lat, was_lon)
+        north = (lat - was_lat) * _M_PER_DEG
+        east = (lon - was_lon) * _M_PER_DEG * math.cos(math.radians(lat))
+        return math.hypot(north, east) > LOCATION_THRESHOLD_M
+
+
+def _differs_by(value: SignalValue, old: SignalValue, threshold: float) -> bool:
+    if isinstance(value, int | float) and isinstance(old, int | float):
+        return abs(float(value) - float(old)) > threshold
+    return value != old
+
+
 class SimulatedUnit:
     """The in-car unit of one vehicle; see the module docstring for its behaviour.
 
@@ -469,7 +599,10 @@ class SimulatedUnit:
     is the ``seq`` of the first sample; a unit that restarts must start above every seq it
     used before (for instance from the start time in ms), because the gateway drops a
     repeated (vin, seq) as a duplicate. ``clock_ms`` stamps status messages. ``on_sample``,
-    if given, sees every sample as it is taken (before it is sent or buffered).
+    if, given, sees every sample as it is taken (before it is sent or buffered, and before a
+    fault mangles it). ``fault_injector`` decides the faults of live reports; by default one
+    with :attr:`UnitSettings.faults`, seeded from the VIN (:attr:`faults` exposes it, e.g. to
+    :meth:`~device_sim.faults.FaultInjector.force` a fault).
 
     A unit runs once: :meth:`run` until ``stop`` is set.
     """
@@ -482,6 +615,7 @@ class SimulatedUnit:
         first_seq: int = 0,
         clock_ms: Callable[[], int] = wall_clock_ms,
         on_sample: Callable[[Sample], None] | None = None,
+        fault_injector: FaultInjector | None = None,
     ) -> None:
         if first_seq < 0:
             raise ValueError(f"first_seq must be >= 0, got {first_seq}")
@@ -496,6 +630,16 @@ class SimulatedUnit:
         self._command_topic = command_topic(self._vin)
         self._result_topic = command_result_topic(self._vin)
         self._jitter = random.Random(self._vin)  # backoff jitter; never the vehicle's rng
+        self._faults = fault_injector or FaultInjector(
+            settings.faults, random.Random(f"{self._vin}/faults")
+        )
+        self._fault_counts: dict[str, int] = {}
+        #: encoded telemetry messages (a report, mangled or not, and its burst) waiting for
+        #: room in the in-flight window; they go before the buffer
+        self._outgoing: deque[bytes] = deque()
+        self._change_filter = ChangeFilter(
+            settings.min_signal_interval_s, settings.heartbeat_full_s
+        )
 
         self._next_seq = first_seq
         self._buffer: deque[Sample] = deque()
@@ -572,6 +716,11 @@ class SimulatedUnit:
         """Seconds between two samples now (``set_reporting_interval`` changes it)."""
         return self._report_interval_s
 
+    @property
+    def faults(self) -> FaultInjector:
+        """The unit's fault injector (asked on every live report)."""
+        return self._faults
+
     def force_offline(self) -> None:
         """Simulate a coverage gap: keep taking samples but hold them in the buffer.
 
@@ -617,6 +766,7 @@ class SimulatedUnit:
             commands_answered=(
                 self._commands_rejected + self._commands_succeeded + self._commands_failed
             ),
+            faults=dict(self._fault_counts),
         )
 
     async def run(self, stop: asyncio.Event) -> UnitStats:
@@ -870,26 +1020,66 @@ class SimulatedUnit:
             self._vehicle.step(now - self._last_step)
         self._last_step = now
 
-    def _report(self) -> None:
-        """Take a sample now; send it at once if nothing is buffered and the window allows."""
+    def _report(self, *, on_demand: bool = False) -> None:
+        """Take a sample now; send it at once if nothing is buffered and the window allows.
+
+        With send-on-change, only what changed goes out (a report with nothing to send sends
+        nothing and uses no seq). A live report may carry a fault (the injector decides); an
+        ``on_demand`` one (a command asked for it) is a full snapshot and never faulty.
+        """
         vehicle = self._vehicle
         self._advance()
-        sample = Sample(self._vin, self._next_seq, vehicle.sim_time_ms, vehicle.signals())
-        self._next_seq += 1
-        self._samples += 1
-        if self._on_sample is not None:
-            self._on_sample(sample)
-        if not self._buffer and self._can_send() and self._window_open():
-            self._publish(self._telemetry_topic, encode_sample(sample))
-            self._published += 1
-        else:
-            self._hold(sample)
+        signals = vehicle.signals()
+        if self._settings.send_on_change:
+            now = asyncio.get_running_loop().time()
+            signals = self._change_filter.select(signals, now, full=on_demand)
+        if signals:
+            self._sample(Sample(self._vin, self._next_seq, vehicle.sim_time_ms, signals), on_demand)
         for event in vehicle.pending_events():
             if not self._event_buffer and not self._buffer and self._can_send():
                 self._publish(self._events_topic, encode_event(event))
                 self._events += 1
             else:
                 self._hold_event(event)
+
+    def _sample(self, sample: Sample, on_demand: bool) -> None:
+        self._samples += 1
+        if self._on_sample is not None:
+            self._on_sample(sample)
+        live = not self._buffer and not self._outgoing and self._can_send() and self._window_open()
+        if not live:
+            self._next_seq = sample.seq + 1
+            self._hold(sample)
+            return
+        if on_demand:
+            planned = Planned(None, (encode_sample(sample),), 1)
+        else:
+            planned = self._faults.next(sample)
+        self._next_seq = sample.seq + planned.seqs_used
+        if planned.kind is not None:
+            self._fault_counts[planned.kind.value] = (
+                self._fault_counts.get(planned.kind.value, 0) + 1
+            )
+            log.info("%s: injecting %s at seq %d", self._vin, planned.kind.value, sample.seq)
+        self._outgoing.extend(planned.payloads)
+        self._send_outgoing()
+        if planned.disconnect:
+            self._drop_connection()
+
+    def _send_outgoing(self) -> None:
+        while self._outgoing and self._can_send() and self._window_open():
+            self._publish(self._telemetry_topic, self._outgoing.popleft())
+            self._published += 1
+
+    def _drop_connection(self) -> None:
+        """Fault ``abrupt_disconnect``: close the TCP connection without a DISCONNECT, as a
+        lost radio link would; the broker publishes the Will, and the connection loop
+        reconnects with its backoff (what was in flight is replayed into the session)."""
+        connection = getattr(self._client, "_connection", None)
+        transport = getattr(connection, "_transport", None)
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+        self._on_disconnect(self._client, None)
 
     def _hold(self, sample: Sample) -> None:
         limit = self._settings.buffer_limit
@@ -919,6 +1109,9 @@ class SimulatedUnit:
         while self._answers and self._can_send():
             answer = self._answers.popleft()
             self._send_answer(answer.topic, answer.payload, answer.correlation_data)
+        self._send_outgoing()
+        if self._outgoing:
+            return
         batch_max = self._settings.batch_max_samples
         buffer = self._buffer
         while buffer and self._can_send() and self._window_open():
@@ -1076,7 +1269,7 @@ class SimulatedUnit:
         elif kind is CommandType.HORN_AND_LIGHTS:
             vehicle.horn_and_lights()
         elif kind is CommandType.LOCATE:
-            self._report()
+            self._report(on_demand=True)
             return f"position sent in sample {self._next_seq - 1}"
         elif kind is CommandType.CLIMATE_START:
             vehicle.climate_start(_number(params, "target_temperature_c"))
@@ -1099,7 +1292,7 @@ class SimulatedUnit:
             vehicle.set_speed_limit(kmh)
         elif kind is CommandType.REQUEST_DIAGNOSTICS:
             codes = vehicle.diagnostics()
-            self._report()
+            self._report(on_demand=True)
             shown = ", ".join(codes) if codes else "none"
             return f"active trouble codes: {shown} (sample {self._next_seq - 1})"
         elif kind is CommandType.SET_REPORTING_INTERVAL:
@@ -1150,7 +1343,7 @@ class SimulatedUnit:
         deadline = loop.time() + self._settings.drain_timeout_s
         while True:
             self._flush()
-            held = self._buffer or self._event_buffer or self._answers
+            held = self._buffer or self._event_buffer or self._answers or self._outgoing
             if not held or not self._can_send() or loop.time() >= deadline:
                 break
             await self._wait_wake(deadline)
@@ -1160,6 +1353,10 @@ class SimulatedUnit:
                 await self._wait_wake(deadline)
         if self._buffer:
             log.warning("%s stopped with %d sample(s) not uploaded", self._vin, len(self._buffer))
+        if self._outgoing:
+            log.warning(
+                "%s stopped with %d telemetry message(s) unsent", self._vin, len(self._outgoing)
+            )
         if self._answers:
             log.warning(
                 "%s stopped with %d command result(s) unsent", self._vin, len(self._answers)
