@@ -34,12 +34,18 @@ import logging
 import math
 import os
 import random
+import resource
 import signal
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, TextIO
 from urllib.parse import urlsplit
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 from device_sim.city import DEPOT, MUNICH, RoadNetwork
 from device_sim.unit import (
@@ -52,16 +58,26 @@ from device_sim.unit import (
 from device_sim.vehicle import SimulatedVehicle, VehicleProfile, make_vin
 
 __all__ = [
+    "DEFAULT_CONNECT_RATE",
     "DEFAULT_MQTT_URL",
     "DEFAULT_PROFILES",
+    "SUMMED_KEYS",
+    "UNIT_DETAIL_LIMIT",
     "CommandRole",
+    "FleetRun",
     "FleetSettings",
+    "LatencyHistogram",
+    "ProgressDisplay",
+    "Shard",
     "build_parser",
     "build_unit_settings",
     "build_vehicles",
     "command_roles",
     "main",
+    "merge_progress",
     "parse_mqtt_url",
+    "parse_shard",
+    "resources_summary",
     "run_fleet",
     "summarize",
 ]
@@ -174,9 +190,17 @@ def build_unit_settings(settings: FleetSettings, base: UnitSettings) -> list[Uni
 
 
 def build_vehicles(
-    settings: FleetSettings, *, start_ms: int, first_event_seq: int = 0
+    settings: FleetSettings,
+    *,
+    start_ms: int,
+    first_event_seq: int = 0,
+    numbers: Container[int] | None = None,
 ) -> list[SimulatedVehicle]:
-    """The fleet's vehicles, in VIN order; the same settings give the same vehicles."""
+    """The fleet's vehicles, in VIN order; the same settings give the same vehicles.
+
+    ``numbers``, if given, keeps only the vehicles with those numbers (1..count): a shard of
+    the fleet. Vehicle ``i`` is the same whether it is built alone or with all the others.
+    """
     city = settings.city
     nodes = sorted(n for n in city.nodes if n != settings.depot and city.neighbours(n))
     random.Random(f"{settings.seed}:start-nodes").shuffle(nodes)
@@ -189,6 +213,8 @@ def build_vehicles(
         else:
             start_node = nodes[others % len(nodes)]
             others += 1
+        if numbers is not None and i not in numbers:
+            continue
         vehicles.append(
             SimulatedVehicle(
                 make_vin(i, settings.vin_prefix),
@@ -291,6 +317,394 @@ async def run_fleet(
     return summarize(units)
 
 
+# --- the fleet behind the command line ----------------------------------------------------------
+
+#: new connections per second while a fleet comes up, unless told otherwise
+DEFAULT_CONNECT_RATE: Final = 500.0
+#: the summary lists every unit's counters only for fleets up to this size
+UNIT_DETAIL_LIMIT: Final = 1000
+_LIVE_REFRESH_S: Final = 0.5
+_SHARD_PROGRESS_S: Final = 1.0
+#: full per-unit counters (``stats()``) are gathered at most this often for progress
+_FULL_STATS_EVERY_S: Final = 2.0
+
+#: the counters of a progress snapshot (summed over shards)
+_PROGRESS_KEYS: Final = (
+    "vehicles",
+    "started",
+    "connected",
+    "published",
+    "acknowledged",
+    "buffered",
+    "errors",
+    "rejected_by_broker",
+    "commands_received",
+    "commands_answered",
+)
+
+#: the counters of a summary that add up over shards
+SUMMED_KEYS: Final = (
+    "vehicles",
+    "connected",
+    "connected_peak",
+    "published",
+    "acknowledged",
+    "acked",
+    "rejected_by_broker",
+    "samples",
+    "samples_published",
+    "buffered",
+    "dropped",
+    "pending",
+    "lost_in_flight",
+    "batches",
+    "events",
+    "events_dropped",
+    "connects",
+    "reconnects",
+    "commands_received",
+    "commands_ignored",
+    "commands_duplicate",
+    "commands_rejected",
+    "commands_accepted",
+    "commands_succeeded",
+    "commands_failed",
+    "commands_answered",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Shard ``index`` (0-based) of ``count``: vehicles index+1, index+1+count, ..."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"invalid shard {self}: expected I/N with 0 <= I < N")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def numbers(self, vehicles: int) -> range:
+        """The vehicle numbers (1-based, as in ``make_vin``) of this shard."""
+        return range(self.index + 1, vehicles + 1, self.count)
+
+
+class LatencyHistogram:
+    """Latencies in milliseconds, in logarithmic buckets 2 % wide: small, and mergeable over
+    processes; percentiles are accurate to about 1 %."""
+
+    _LOG_BASE: Final = math.log(1.02)
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.count = 0
+        self.max_ms = 0.0
+
+    def add(self, ms: float) -> None:
+        bucket = math.floor(math.log(max(ms, 0.001)) / self._LOG_BASE)
+        self.counts[bucket] = self.counts.get(bucket, 0) + 1
+        self.count += 1
+        if ms > self.max_ms:
+            self.max_ms = ms
+
+    def merge(self, other: LatencyHistogram) -> None:
+        for bucket, n in other.counts.items():
+            self.counts[bucket] = self.counts.get(bucket, 0) + n
+        self.count += other.count
+        self.max_ms = max(self.max_ms, other.max_ms)
+
+    def percentile(self, q: float) -> float | None:
+        """The ``q`` quantile (0..1) in ms (the middle of its bucket), None when empty."""
+        if not self.count:
+            return None
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for bucket in sorted(self.counts):
+            seen += self.counts[bucket]
+            if seen >= rank:
+                return min(math.exp((bucket + 0.5) * self._LOG_BASE), self.max_ms)
+        return self.max_ms
+
+    def as_json(self) -> dict[str, Any]:
+        def r(value: float | None) -> float | None:
+            return None if value is None else round(value, 2)
+
+        return {
+            "count": self.count,
+            "p50": r(self.percentile(0.5)),
+            "p90": r(self.percentile(0.9)),
+            "p99": r(self.percentile(0.99)),
+            "max": round(self.max_ms, 2),
+        }
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"counts": {str(b): n for b, n in self.counts.items()}, "max_ms": self.max_ms}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> LatencyHistogram:
+        histogram = cls()
+        histogram.counts = {int(b): int(n) for b, n in wire["counts"].items()}
+        histogram.count = sum(histogram.counts.values())
+        histogram.max_ms = float(wire["max_ms"])
+        return histogram
+
+
+class _AckTracker:
+    """Counts QoS 1 PUBLISHes and PUBACKs of many units and times publish -> PUBACK.
+
+    A unit counts PUBACKs through the in-flight store it hands gmqtt (see
+    :class:`device_sim.unit._InflightStore`), but keeps no timestamps. This wraps that store's
+    ``push_message`` / ``remove_message_by_mid`` / ``clear`` on each unit instance (the unit
+    itself is not changed). If a unit has no such store (its internals changed), :meth:`attach`
+    returns False and the fleet reports the latency as unknown rather than wrong.
+    """
+
+    def __init__(self) -> None:
+        self.histogram = LatencyHistogram()
+        self.published = 0
+        self.acked = 0
+
+    def attach(self, unit: SimulatedUnit) -> bool:
+        store = getattr(unit, "_store", None)
+        push = getattr(store, "push_message", None)
+        remove = getattr(store, "remove_message_by_mid", None)
+        clear = getattr(store, "clear", None)
+        if not (callable(push) and callable(remove) and callable(clear)):
+            return False
+        sent: dict[int, float] = {}
+        clock = time.perf_counter
+        add = self.histogram.add
+
+        def push_message(mid: int, raw_package: bytes) -> None:
+            if mid not in sent:  # a replay after a reconnect keeps the first send time
+                sent[mid] = clock()
+                self.published += 1
+            push(mid, raw_package)
+
+        def remove_message_by_mid(mid: int) -> None:
+            started = sent.pop(mid, None)
+            if started is not None:
+                self.acked += 1
+                add((clock() - started) * 1000.0)
+            remove(mid)
+
+        def clear_all() -> None:
+            sent.clear()
+            clear()
+
+        setattr(store, "push_message", push_message)  # noqa: B010
+        setattr(store, "remove_message_by_mid", remove_message_by_mid)  # noqa: B010
+        setattr(store, "clear", clear_all)  # noqa: B010
+        return True
+
+
+def process_usage() -> tuple[float, float]:
+    """(CPU seconds, user + system; peak RSS in MB) of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0  # ru_maxrss: KB on Linux
+
+
+def resources_summary(
+    processes: Sequence[Mapping[str, Any]], vehicles: int, duration_s: float
+) -> dict[str, Any]:
+    """CPU and memory of the simulator processes, in total and per 1,000 units."""
+    cpu = sum(float(p["cpu_s"]) for p in processes)
+    rss = sum(float(p["max_rss_mb"]) for p in processes)
+    thousands = max(vehicles, 1) / 1000.0
+    cpu_percent = 100.0 * cpu / duration_s if duration_s > 0 else 0.0
+    return {
+        "processes": list(processes),
+        "cpu_s": round(cpu, 3),
+        "cpu_percent": round(cpu_percent, 1),
+        "max_rss_mb": round(rss, 1),
+        "per_1000_units": {
+            "cpu_s": round(cpu / thousands, 3),
+            "cpu_percent": round(cpu_percent / thousands, 2),
+            "max_rss_mb": round(rss / thousands, 1),
+        },
+    }
+
+
+class FleetRun:
+    """The fleet (or one shard of it) that the command line runs: one
+    :class:`SimulatedUnit` per vehicle, brought up at ``connect_rate`` connections per
+    second; a unit the broker refuses for good stops the whole fleet cleanly."""
+
+    def __init__(
+        self,
+        settings: FleetSettings,
+        unit_settings: UnitSettings,
+        *,
+        connect_rate: float = DEFAULT_CONNECT_RATE,
+        shard: Shard | None = None,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        if not connect_rate > 0:
+            raise ValueError(f"connect_rate must be > 0, got {connect_rate}")
+        shard = Shard(0, 1) if shard is None else shard
+        self.shard = shard
+        start_ms = clock_ms() if settings.start_ms is None else settings.start_ms
+        first_seq = start_ms if settings.first_seq is None else settings.first_seq
+        numbers = shard.numbers(settings.count)
+        vehicles = build_vehicles(
+            settings, start_ms=start_ms, first_event_seq=first_seq, numbers=set(numbers)
+        )
+        every = build_unit_settings(settings, unit_settings)
+        self.units = [
+            SimulatedUnit(v, every[i - 1], first_seq=first_seq, clock_ms=clock_ms)
+            for v, i in zip(vehicles, numbers, strict=True)
+        ]
+        self._connect_rate = connect_rate / shard.count
+        self._tracker = _AckTracker()
+        attached = [self._tracker.attach(u) for u in self.units]  # every unit, no short cut
+        self.latency_known = all(attached)
+        self.started = 0
+        self.rejected = 0
+        self.error: str | None = None
+        self.connected_peak = 0
+        self._full: dict[str, int] = {}
+        self._full_at = -math.inf
+        self._steady_from: tuple[float, float, int] | None = None
+        self._steady_to: tuple[float, float, int] | None = None
+
+    def _mark(self) -> tuple[float, float, int]:
+        return time.perf_counter(), process_usage()[0], self._tracker.published
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start the units at the connect rate, run them until ``stop`` is set."""
+        loop = asyncio.get_running_loop()
+
+        async def mark_stop() -> None:
+            # waits on ``stop`` before any unit does, so it runs first when stop is set,
+            # before the units start their clean stop (and publish ``offline``)
+            await stop.wait()
+            self._steady_to = self._mark()
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(mark_stop(), name="mark-stop")
+            await asyncio.sleep(0)
+            began = loop.time()
+            for k, unit in enumerate(self.units):
+                delay = began + k / self._connect_rate - loop.time()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await stop.wait()
+                if stop.is_set():
+                    break
+                group.create_task(self._run_unit(unit, stop), name=f"unit-{unit.vin}")
+                self.started += 1
+
+    async def _run_unit(self, unit: SimulatedUnit, stop: asyncio.Event) -> None:
+        try:
+            await unit.run(stop)
+        except UnitConnectError as exc:
+            self.rejected += 1
+            if self.error is None:
+                self.error = str(exc)
+                log.error("%s; stopping the fleet", exc)
+            stop.set()
+
+    def connected_now(self) -> int:
+        connected = sum(1 for u in self.units if u.connected)
+        self.connected_peak = max(self.connected_peak, connected)
+        if (
+            self._steady_from is None
+            and self._steady_to is None
+            and self.units
+            and connected == len(self.units)
+        ):
+            self._steady_from = self._mark()
+        return connected
+
+    def progress(self, elapsed_s: float) -> dict[str, Any]:
+        """A cheap snapshot for the progress display (the full per-unit counters are
+        gathered at most every couple of seconds)."""
+        connected = self.connected_now()
+        now = time.monotonic()
+        if now - self._full_at >= _FULL_STATS_EVERY_S:
+            self._full_at = now
+            stats = [u.stats() for u in self.units]
+            self._full = {
+                "buffered": sum(s.pending for s in stats),
+                "errors": sum(max(0, s.connects - 1) + s.dropped for s in stats),
+                "commands_received": sum(s.commands_received for s in stats),
+                "commands_answered": sum(s.commands_answered for s in stats),
+            }
+        return {
+            "elapsed_s": round(elapsed_s, 3),
+            "vehicles": len(self.units),
+            "started": self.started,
+            "connected": connected,
+            "published": self._tracker.published,
+            "acknowledged": self._tracker.acked,
+            "rejected_by_broker": self.rejected,
+            **self._full,
+            "errors": self._full.get("errors", 0) + self.rejected,
+        }
+
+    def steady(self, interval_s: float) -> dict[str, Any] | None:
+        """From the moment every unit was connected until the stop: seconds, messages
+        published, rate (and the target rate), CPU."""
+        if self._steady_from is None or self._steady_to is None:
+            return None
+        (t0, cpu0, pub0), (t1, cpu1, pub1) = self._steady_from, self._steady_to
+        seconds = max(t1 - t0, 1e-9)
+        return {
+            "seconds": round(seconds, 3),
+            "messages": pub1 - pub0,
+            "messages_per_s": round((pub1 - pub0) / seconds, 2),
+            "target_messages_per_s": round(len(self.units) / interval_s, 2),
+            "cpu_s": round(cpu1 - cpu0, 3),
+            "cpu_percent": round(100.0 * (cpu1 - cpu0) / seconds, 1),
+        }
+
+    def summary(self, duration_s: float, *, interval_s: float, details: bool) -> dict[str, Any]:
+        """The run's summary (JSON-ready); ``details``: with every unit's counters."""
+        self.connected_now()
+        totals = summarize(self.units)
+        units: dict[str, dict[str, Any]] = totals.pop("units")
+        samples_published = totals.pop("published")
+        acked = totals.pop("acked")
+        messages = sum(int(u["messages"]) for u in units.values())
+        cpu_s, rss_mb = process_usage()
+        out: dict[str, Any] = {
+            "vehicles": len(self.units),
+            "rate_per_unit": round(1.0 / interval_s, 6),
+            "interval_s": interval_s,
+            "duration_s": round(duration_s, 3),
+            "connected": sum(1 for u in units.values() if u["connects"] > 0),
+            "connected_peak": self.connected_peak,
+            "published": messages,
+            "acknowledged": acked,
+            "acked": acked,
+            "rejected_by_broker": self.rejected,
+            "error": self.error,
+            "samples_published": samples_published,
+            **{k: v for k, v in totals.items() if k not in {"vehicles", "connected"}},
+            "reconnects": sum(max(0, int(u["connects"]) - 1) for u in units.values()),
+            "latency_ms": self._tracker.histogram.as_json() if self.latency_known else None,
+            "latency_histogram": self._tracker.histogram.to_wire() if self.latency_known else None,
+            "steady": self.steady(interval_s),
+            "processes": [
+                {
+                    "pid": os.getpid(),
+                    "shard": str(self.shard),
+                    "units": len(self.units),
+                    "cpu_s": round(cpu_s, 3),
+                    "max_rss_mb": round(rss_mb, 1),
+                }
+            ],
+            "vins": list(units),
+        }
+        if details:
+            out["units"] = units
+        return out
+
+
 # --- command line -------------------------------------------------------------------------------
 
 
@@ -353,28 +767,72 @@ def _count(text: str) -> int:
     return value
 
 
+def _procs(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return max(1, os.cpu_count() or 1)
+    try:
+        return _count(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number >= 1 or 'auto', got {text!r}"
+        ) from None
+
+
+def parse_shard(text: str) -> Shard:
+    """``I/N`` (0 <= I < N) into a :class:`Shard`."""
+    index, sep, count = text.partition("/")
+    try:
+        shard = Shard(int(index), int(count))
+    except ValueError:
+        shard = None
+    if not sep or shard is None:
+        raise ValueError(f"invalid shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/2")
+    return shard
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m device_sim",
+        prog="telematics sim",
         description=(
-            "Simulated in-car units for the telematics gateway. Every vehicle drives around\n"
-            "central Munich and reports over MQTT 5 as a real unit would: client id = VIN,\n"
-            "persistent session, a retained online status with an offline Last Will, QoS 1\n"
-            "telemetry on v1/vehicles/{vin}/telemetry and events on v1/vehicles/{vin}/events,\n"
-            "and store-and-forward: samples taken while the broker is unreachable are kept\n"
-            "and uploaded in batches after the reconnect. Every unit answers remote commands\n"
-            "on v1/vehicles/{vin}/commands (accepted or rejected, then succeeded or failed)\n"
-            "and the car's state changes accordingly. The same --seed gives the same\n"
-            "vehicles and the same driving."
+            "Simulated in-car units for the telematics gateway (also: python -m device_sim).\n"
+            "Every vehicle drives around central Munich and reports over MQTT 5 as a real\n"
+            "unit would, each over its own connection: client id = VIN, persistent session,\n"
+            "a retained online status with an offline Last Will, QoS 1 telemetry on\n"
+            "v1/vehicles/{vin}/telemetry and events on v1/vehicles/{vin}/events, and\n"
+            "store-and-forward: samples taken while the broker is unreachable are kept and\n"
+            "uploaded in batches after the reconnect. Every unit answers remote commands on\n"
+            "v1/vehicles/{vin}/commands (accepted or rejected, then succeeded or failed). The\n"
+            "same --seed gives the same vehicles and the same driving."
         ),
         epilog=(
             "examples:\n"
-            "  python -m device_sim                          5 vehicles on a local broker\n"
-            "  python -m device_sim --vehicles 20 --interval 0.5 --duration 60\n"
-            "  python -m device_sim --vehicles 10 --slow-share 0.2 --silent-share 0.1\n"
-            "                                                2 slow units, 1 that never answers\n"
-            f"\nA progress line goes to stderr every few seconds; a JSON summary to stdout at "
-            f"the end. The MQTT password, if any, is read from ${PASSWORD_ENV}."
+            "  telematics sim                                 5 vehicles on a local broker\n"
+            "  telematics sim --vehicles 5000 --rate 0.2      5,000 units, one sample each 5 s\n"
+            "  telematics sim --vehicles 10000 --rate 0.2 --procs 2 --mqtt-url mqtt://host:1883\n"
+            "  telematics sim --vehicles 20 --rate 2 --duration 60 --json > summary.json\n"
+            "  telematics sim --vehicles 10 --slow-share 0.2 --silent-share 0.1\n"
+            "                                                 2 slow units, 1 that never answers\n"
+            "\n"
+            "output:\n"
+            "  Live progress goes to stderr (a table on a terminal, refreshed twice a second;\n"
+            "  a plain line every --progress seconds otherwise): units connected, messages\n"
+            "  published and acknowledged, samples buffered, errors, publish rate, commands\n"
+            "  answered. At the end a JSON summary goes to stdout: published, acknowledged,\n"
+            "  rejected_by_broker, commands answered, publish->PUBACK latency percentiles,\n"
+            "  CPU seconds and peak memory per process and per 1,000 units.\n"
+            "\n"
+            "exit status:\n"
+            "  0 after a normal stop (--duration, Ctrl-C, SIGTERM); 1 when the broker cannot\n"
+            "  be reached or refuses the units (bad credentials, not authorised); 2 for bad\n"
+            "  options.\n"
+            f"\nThe MQTT password, if any, is read from ${PASSWORD_ENV}."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -385,17 +843,45 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"broker to report to, mqtt://host[:port] (default: {DEFAULT_MQTT_URL})",
     )
     parser.add_argument(
-        "--vehicles", type=_count, default=5, metavar="N", help="how many vehicles (default: 5)"
+        "--vehicles",
+        type=_count,
+        default=5,
+        metavar="N",
+        help="how many vehicles (units), each with its own MQTT connection (default: 5)",
+    )
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=None,
+        metavar="PER_S",
+        help="telemetry messages per second per vehicle, e.g. 0.2 for one every 5 s (default: 1)",
+    )
+    rate.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between two samples of a vehicle: the same as --rate 1/SECONDS (default: 1)",
+    )
+    parser.add_argument(
+        "--procs",
+        type=_procs,
+        default=1,
+        metavar="N",
+        help="spread the vehicles over N processes (one event loop each), for fleets one "
+        "process cannot drive; 'auto': one per CPU core (default: 1)",
+    )
+    parser.add_argument(
+        "--connect-rate",
+        type=_positive_float,
+        default=DEFAULT_CONNECT_RATE,
+        metavar="PER_S",
+        help="new connections per second while the fleet comes up, so thousands of units "
+        f"do not stampede the broker (default: {DEFAULT_CONNECT_RATE:g})",
     )
     parser.add_argument(
         "--seed", type=int, default=1, help="seed for the vehicles and their driving (default: 1)"
-    )
-    parser.add_argument(
-        "--interval",
-        type=_positive_float,
-        default=1.0,
-        metavar="SECONDS",
-        help="seconds between two samples of a vehicle (default: 1.0)",
     )
     parser.add_argument(
         "--duration",
@@ -405,11 +891,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many seconds (default: run until Ctrl-C or SIGTERM)",
     )
     parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print only the JSON summary (on stdout): no banner, progress or closing "
+        "lines on stderr, only errors (default: off)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no live progress on stderr; the banner and the summary still appear "
+        "(default: progress on)",
+    )
+    parser.add_argument(
         "--progress",
         type=_positive_float,
         default=5.0,
         metavar="SECONDS",
-        help="seconds between two progress lines (default: 5)",
+        help="seconds between two progress lines when stderr is not a terminal; on a "
+        "terminal the table refreshes twice a second (default: 5)",
     )
     parser.add_argument(
         "--buffer-limit",
@@ -444,7 +943,20 @@ def build_parser() -> argparse.ArgumentParser:
         "carry them out), to exercise the gateway's command timeouts; the choice of "
         "vehicles follows from --seed (default: 0)",
     )
-    parser.add_argument("--username", default=None, help="MQTT user name (default: none)")
+    parser.add_argument(
+        "--username",
+        default=None,
+        help=f"MQTT user name of every unit; the password comes from ${PASSWORD_ENV} "
+        "(default: none, anonymous)",
+    )
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="I/N",
+        help="internal, used by --procs: run only vehicles I+1, I+1+N, I+1+2N, ... of the "
+        "fleet and write JSON lines (progress, then the summary) to stdout (default: all)",
+    )
     parser.add_argument(
         "--log-level",
         default="WARNING",
@@ -454,32 +966,164 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress_line(summary: dict[str, Any], elapsed_s: float) -> str:
+# --- progress display ---------------------------------------------------------------------------
+
+
+def _progress_line(p: Mapping[str, Any], rate: float) -> str:
     return (
-        f"device_sim: {elapsed_s:5.0f} s  {summary['connected']}/{summary['vehicles']} connected"
-        f"  {summary['published']} samples published ({summary['acked']} PUBACKs)"
-        f"  {summary['pending']} buffered now  {summary['dropped']} dropped"
-        f"  {summary['events']} events"
-        f"  {summary['commands_answered']}/{summary['commands_received']} commands answered"
+        f"device_sim: {p['elapsed_s']:5.0f} s  {p['connected']}/{p['vehicles']} connected"
+        f"  {p['published']} published  {p['acknowledged']} acknowledged"
+        f"  {p['buffered']} buffered  {p['errors']} errors  {rate:,.0f} msg/s"
+        f"  {p['commands_answered']}/{p['commands_received']} commands answered"
     )
 
 
-async def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
-    """``python -m device_sim``: run a fleet until Ctrl-C, SIGTERM or ``--duration``.
+class ProgressDisplay:
+    """Live progress on stderr: a rich table on a terminal, plain lines otherwise, or off."""
 
-    Returns the exit status: 0 after a normal stop, 1 if the broker refused the units.
-    """
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    def __init__(self, mode: str, *, interval_s: float, title: str) -> None:
+        if mode not in {"live", "plain", "off"}:
+            raise ValueError(f"mode must be live, plain or off, got {mode!r}")
+        self.mode = mode
+        #: how often :meth:`update` wants to be called
+        self.interval_s = _LIVE_REFRESH_S if mode == "live" else interval_s
+        self._title = title
+        self._live: Live | None = None
+        self._last: tuple[float, int] | None = None
+        self._rate = 0.0
+
+    @staticmethod
+    def choose(*, quiet: bool, stream: TextIO) -> str:
+        if quiet:
+            return "off"
+        return "live" if stream.isatty() else "plain"
+
+    def start(self) -> None:
+        if self.mode == "live":
+            console = Console(stderr=True)
+            self._live = Live(console=console, refresh_per_second=2, transient=False)
+            self._live.start()
+
+    def update(self, p: Mapping[str, Any]) -> None:
+        elapsed, published = float(p["elapsed_s"]), int(p["published"])
+        if self._last is not None and elapsed > self._last[0]:
+            self._rate = (published - self._last[1]) / (elapsed - self._last[0])
+        self._last = (elapsed, published)
+        if self.mode == "plain":
+            print(_progress_line(p, self._rate), file=sys.stderr, flush=True)
+        elif self._live is not None:
+            self._live.update(self._table(p))
+
+    def _table(self, p: Mapping[str, Any]) -> Table:
+        table = Table(title=self._title, title_justify="left", show_header=True)
+        for column in (
+            "elapsed",
+            "connected",
+            "published",
+            "acknowledged",
+            "buffered",
+            "errors",
+            "msg/s",
+            "commands answered",
+        ):
+            table.add_column(column, justify="right")
+        table.add_row(
+            f"{p['elapsed_s']:.0f} s",
+            f"{p['connected']:,}/{p['vehicles']:,}",
+            f"{p['published']:,}",
+            f"{p['acknowledged']:,}",
+            f"{p['buffered']:,}",
+            f"{p['errors']:,}",
+            f"{self._rate:,.1f}",
+            f"{p['commands_answered']:,}/{p['commands_received']:,}",
+        )
+        return table
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+def merge_progress(parts: Sequence[Mapping[str, Any]], *, elapsed_s: float) -> dict[str, Any]:
+    """One progress snapshot from those of several shards (counters summed)."""
+    merged: dict[str, Any] = dict.fromkeys(_PROGRESS_KEYS, 0)
+    for part in parts:
+        for key in _PROGRESS_KEYS:
+            merged[key] += int(part.get(key, 0))
+    merged["elapsed_s"] = elapsed_s
+    return merged
+
+
+# --- command line entry point -------------------------------------------------------------------
+
+
+def _raise_open_file_limit() -> None:
+    """One connection is one file descriptor: allow as many as the hard limit permits."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def check_reachable(host: str, port: int, *, timeout_s: float = 5.0) -> str | None:
+    """None if a TCP connection to the broker can be opened, else why not."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        return f"no answer within {timeout_s:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
+
+
+def unreachable_message(host: str, port: int, why: str) -> str:
+    return (
+        f"cannot reach the MQTT broker at mqtt://{host}:{port} ({why}); start it, or point "
+        "--mqtt-url at a running broker"
+    )
+
+
+def refused_message(error: str) -> str:
+    return (
+        f"the broker refused the units: {error}; check --username and ${PASSWORD_ENV}, and "
+        "that the broker allows these clients (allow_anonymous, ACLs)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    """The validated command line."""
+
+    host: str
+    port: int
+    unit_settings: UnitSettings
+    fleet: FleetSettings
+    interval_s: float
+    procs: int
+    connect_rate: float
+
+
+def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Options:
     try:
         host, port = parse_mqtt_url(args.mqtt_url)
+        if args.interval is not None:
+            interval = float(args.interval)
+        elif args.rate is not None:
+            interval = 1.0 / float(args.rate)
+        else:
+            interval = 1.0
         password = os.environ.get(PASSWORD_ENV) if args.username is not None else None
         unit_settings = UnitSettings(
             host=host,
             port=port,
             username=args.username,
             password=password,
-            report_interval_s=args.interval,
+            report_interval_s=interval,
             buffer_limit=args.buffer_limit,
         )
         fleet = FleetSettings(
@@ -490,18 +1134,23 @@ async def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) 
             slow_delay_s=args.slow_delay,
             silent_share=args.silent_share,
         )
+        if args.shard is not None and args.shard.count > args.vehicles:
+            raise ValueError(f"--shard {args.shard} needs at least {args.shard.count} vehicles")
     except ValueError as exc:
         parser.error(str(exc))
-    out = sys.stdout if out is None else out
+    procs = 1 if args.shard is not None else min(args.procs, args.vehicles)
+    return _Options(host, port, unit_settings, fleet, interval, procs, args.connect_rate)
+
+
+def _setup_logging(level: str) -> None:
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # gmqtt logs every lost connection with a traceback; the units log one line instead
     logging.getLogger("gmqtt").setLevel(max(logging.ERROR, logging.getLogger().level))
 
+
+def _install_stop_handlers(stop: asyncio.Event) -> list[signal.Signals]:
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     handled: list[signal.Signals] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -509,35 +1158,163 @@ async def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) 
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, Windows
             continue
         handled.append(sig)
-    timer = loop.call_later(args.duration, stop.set) if args.duration is not None else None
+    return handled
+
+
+def _remove_stop_handlers(handled: Sequence[signal.Signals]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in handled:
+        loop.remove_signal_handler(sig)
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.json and args.shard is None:
+        print(f"device_sim: {message}", file=sys.stderr, flush=True)
+
+
+def banner(args: argparse.Namespace, opts: _Options) -> str:
+    roles = command_roles(opts.fleet)
+    slow, silent = roles.count(CommandRole.SLOW), roles.count(CommandRole.SILENT)
+    return (
+        f"{opts.fleet.count} vehicle(s) reporting to mqtt://{opts.host}:{opts.port} at "
+        f"{1 / opts.interval_s:g} msg/s each (every {opts.interval_s:g} s), "
+        f"{opts.procs} process(es), connecting {opts.connect_rate:g}/s, seed {opts.fleet.seed}; "
+        f"{slow} slow, {silent} silent on commands; Ctrl-C stops"
+    )
+
+
+def closing_line(summary: Mapping[str, Any]) -> str:
+    latency = summary.get("latency_ms")
+    lat = (
+        f"publish->ack p50 {latency['p50']:.1f} ms p99 {latency['p99']:.1f} ms"
+        if latency and latency.get("count")
+        else "publish->ack latency n/a"
+    )
+    per_k = summary["resources"]["per_1000_units"]
+    return (
+        f"done in {summary['duration_s']:.1f} s: {summary['connected_peak']}/"
+        f"{summary['vehicles']} connected at peak, {summary['published']:,} published, "
+        f"{summary['acknowledged']:,} acknowledged, {summary['rejected_by_broker']} rejected "
+        f"by the broker, {summary['commands_answered']} command(s) answered; {lat}; per "
+        f"1,000 units {per_k['cpu_percent']:.1f} % CPU, {per_k['max_rss_mb']:.0f} MB RSS"
+    )
+
+
+async def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """``telematics sim`` / ``python -m device_sim``: run a fleet until Ctrl-C, SIGTERM or
+    ``--duration``; with ``--procs N`` over N child processes (:mod:`device_sim.procs`).
+
+    Returns the exit status: 0 after a normal stop, 1 if the broker cannot be reached or
+    refused the units.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    opts = _options(parser, args)
+    out = sys.stdout if out is None else out
+    _setup_logging(args.log_level)
+    _raise_open_file_limit()
+
+    why = await check_reachable(opts.host, opts.port)
+    if why is not None:
+        print(
+            f"device_sim: error: {unreachable_message(opts.host, opts.port, why)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    _say(args, banner(args, opts))
+    if opts.procs > 1:
+        from device_sim.procs import run_procs
+
+        return await run_procs(args, opts.procs, out=out)
+    if args.shard is not None:
+        return await _run_shard(args, opts, out)
+    return await _run_single(args, opts, out)
+
+
+async def _run_fleet_cli(
+    run: FleetRun,
+    stop: asyncio.Event,
+    interval_s: float,
+    duration_s: float | None,
+    on_tick: Callable[[dict[str, Any]], None],
+) -> float:
+    """Run ``run`` until ``stop`` (signals, ``duration_s``); call ``on_tick`` with a progress
+    snapshot every ``interval_s``; return the run's length in seconds."""
+    loop = asyncio.get_running_loop()
+    handled = _install_stop_handlers(stop)
+    timer = loop.call_later(duration_s, stop.set) if duration_s is not None else None
     started = loop.time()
 
-    def progress(summary: dict[str, Any]) -> None:
-        print(_progress_line(summary, loop.time() - started), file=sys.stderr, flush=True)
+    async def ticker() -> None:
+        # connections are sampled often (peak, and when all are up); progress less often
+        sample_s = min(interval_s, _LIVE_REFRESH_S)
+        next_tick = loop.time() + interval_s
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(sample_s):
+                    await stop.wait()
+            if stop.is_set() or loop.time() >= next_tick:
+                next_tick += interval_s
+                on_tick(run.progress(loop.time() - started))
+            else:
+                run.connected_now()
 
-    roles = command_roles(fleet)
-    slow, silent = roles.count(CommandRole.SLOW), roles.count(CommandRole.SILENT)
-    print(
-        f"device_sim: {fleet.count} vehicle(s) reporting to mqtt://{host}:{port} every "
-        f"{args.interval:g} s (seed {fleet.seed}); {slow} slow, {silent} silent on commands; "
-        "Ctrl-C stops",
-        file=sys.stderr,
-        flush=True,
-    )
     try:
-        summary = await run_fleet(fleet, unit_settings, stop, on_progress=progress)
-    except ExceptionGroup as group:
-        refused, rest = group.split(UnitConnectError)
-        if rest is not None or refused is None:
-            raise
-        first = refused.exceptions[0]
-        print(f"device_sim: error: {first}", file=sys.stderr)
-        return 1
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ticker(), name="progress")
+            await run.run(stop)
     finally:
         if timer is not None:
             timer.cancel()
-        for sig in handled:
-            loop.remove_signal_handler(sig)
-    summary["duration_s"] = round(loop.time() - started, 3)
+        _remove_stop_handlers(handled)
+    return loop.time() - started
+
+
+async def _run_single(args: argparse.Namespace, opts: _Options, out: TextIO) -> int:
+    display = ProgressDisplay(
+        ProgressDisplay.choose(quiet=args.json or args.no_progress, stream=sys.stderr),
+        interval_s=args.progress,
+        title=f"telematics sim: {opts.fleet.count:,} units",
+    )
+    run = FleetRun(opts.fleet, opts.unit_settings, connect_rate=opts.connect_rate)
+    stop = asyncio.Event()
+    display.start()
+    try:
+        duration = await _run_fleet_cli(
+            run, stop, display.interval_s, args.duration, display.update
+        )
+    finally:
+        display.stop()
+    summary = run.summary(duration, interval_s=opts.interval_s, details=True)
+    summary["procs"] = 1
+    summary["resources"] = resources_summary(
+        summary.pop("processes"), summary["vehicles"], duration
+    )
+    summary.pop("latency_histogram", None)
+    summary.pop("vins", None)
     print(json.dumps(summary, indent=2), file=out, flush=True)
+    if summary["rejected_by_broker"]:
+        print(f"device_sim: error: {refused_message(summary['error'])}", file=sys.stderr)
+        return 1
+    _say(args, closing_line(summary))
     return 0
+
+
+async def _run_shard(args: argparse.Namespace, opts: _Options, out: TextIO) -> int:
+    """A child of ``--procs``: JSON lines on stdout, ``{"progress": ...}`` every second and
+    ``{"summary": ...}`` at the end."""
+    shard: Shard = args.shard
+    run = FleetRun(opts.fleet, opts.unit_settings, connect_rate=opts.connect_rate, shard=shard)
+    stop = asyncio.Event()
+
+    def emit(progress: dict[str, Any]) -> None:
+        print(json.dumps({"progress": progress}), file=out, flush=True)
+
+    duration = await _run_fleet_cli(run, stop, _SHARD_PROGRESS_S, args.duration, emit)
+    summary = run.summary(
+        duration, interval_s=opts.interval_s, details=opts.fleet.count <= UNIT_DETAIL_LIMIT
+    )
+    summary["shard"] = str(shard)
+    print(json.dumps({"summary": summary}), file=out, flush=True)
+    return 1 if summary["rejected_by_broker"] else 0

@@ -202,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
             "publish-to-commit latency with the same publishers.",
         )
     )
+    from gateway.bench.sim import add_arguments as add_sim_bench_arguments
+
+    add_sim_bench_arguments(
+        bench_sub.add_parser(
+            "sim",
+            help="simulator scale: 10,000 units at 0.2 msg/s and 1,000 at 1 msg/s",
+            description="Start a private broker and run the device simulator at scale, each "
+            "unit its own MQTT connection; print rates, CPU and memory per 1,000 units.",
+        )
+    )
     from gateway.bench.commands import add_arguments as add_commands_bench_arguments
 
     add_commands_bench_arguments(
@@ -370,6 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "api":
             return _cmd_api(args)
         if args.command == "bench":
+            if args.bench == "sim":
+                from gateway.bench.sim import run_from_args as run_sim_bench
+
+                return run_sim_bench(args)
             if args.bench == "commands":
                 from gateway.bench.commands import run_from_args as run_commands_bench
 

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import os
 import pwd
+import resource
 import shutil
 import socket
 import subprocess
@@ -399,6 +400,24 @@ def probe_mqtt(host: str, port: int, *, timeout: float = 1.0) -> int:
         return return_code
 
 
+def _raise_open_file_limit(pid: int) -> None:
+    """Let the broker at ``pid`` hold as many connections as the hard limit on open files
+    allows (one connection is one descriptor; the soft limit is often 1024).
+
+    Set on the running child with prlimit(2) right after it starts, before it accepts a
+    single connection: a ``preexec_fn`` would do it before exec, but is not safe in a
+    process with threads (the API and the tests have some). Best effort: where prlimit is
+    missing or refused, the broker keeps the limit it inherited.
+    """
+    prlimit = getattr(resource, "prlimit", None)
+    if prlimit is None:  # not Linux
+        return
+    with contextlib.suppress(OSError, ValueError):
+        soft, hard = prlimit(pid, resource.RLIMIT_NOFILE)
+        if soft != hard:
+            prlimit(pid, resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _check_port_free(host: str, port: int) -> None:
     """Fail fast if something already listens on ``host:port``.
 
@@ -538,6 +557,7 @@ class MosquittoProcess:
             except OSError as exc:  # not executable, wrong architecture, ...
                 raise BrokerStartError(f"cannot run {executable}: {exc}; {INSTALL_HINT}") from exc
         _LIVE.add(self._proc)
+        _raise_open_file_limit(self._proc.pid)
         self._wait_until_ready()
 
     def _wait_until_ready(self) -> None:

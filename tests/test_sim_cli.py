@@ -1,0 +1,169 @@
+"""``telematics sim`` (``python -m device_sim``): options, JSON summary, ``--procs`` sharding,
+exit status when the broker refuses or is missing; and ``telematics bench sim`` at tiny size
+(this checks the benchmark, it does not measure: run ``telematics bench sim`` for figures)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from device_sim.fleet import LatencyHistogram, Shard, build_parser, main, parse_shard
+from device_sim.vehicle import make_vin
+from gateway.bench.sim import run_sim_bench
+from gateway.broker import BrokerConfig, MosquittoProcess, free_port
+
+OPTIONS = (
+    "--mqtt-url",
+    "--vehicles",
+    "--rate",
+    "--interval",
+    "--procs",
+    "--connect-rate",
+    "--seed",
+    "--duration",
+    "--json",
+    "--no-progress",
+    "--progress",
+    "--buffer-limit",
+    "--slow-share",
+    "--slow-delay",
+    "--silent-share",
+    "--username",
+    "--shard",
+    "--log-level",
+)
+
+
+def sim(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "device_sim", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in OPTIONS:
+        assert option in text, option
+    parser_options = {
+        o for a in build_parser()._actions for o in a.option_strings if o.startswith("--")
+    }
+    assert parser_options == {*OPTIONS, "--help"}
+    assert "default" in text
+    assert "examples:" in text
+    assert "telematics sim --vehicles 5000 --rate 0.2" in text
+
+
+def test_shards_split_the_fleet_once() -> None:
+    assert parse_shard("1/3") == Shard(1, 3)
+    for bad in ("3/3", "-1/2", "x", "1/0"):
+        with pytest.raises(ValueError, match="invalid shard"):
+            parse_shard(bad)
+    numbers = [n for i in range(3) for n in Shard(i, 3).numbers(10)]
+    assert sorted(numbers) == list(range(1, 11))
+
+
+def test_latency_histogram_percentiles_and_merge() -> None:
+    one, two = LatencyHistogram(), LatencyHistogram()
+    for ms in range(1, 101):
+        (one if ms % 2 else two).add(float(ms))
+    one.merge(LatencyHistogram.from_wire(json.loads(json.dumps(two.to_wire()))))
+    assert one.count == 100
+    p50, p99 = one.percentile(0.5), one.percentile(0.99)
+    assert p50 is not None
+    assert p99 is not None
+    assert p50 == pytest.approx(50, rel=0.02)
+    assert p99 == pytest.approx(99, rel=0.02)
+    assert LatencyHistogram().percentile(0.5) is None
+
+
+def test_run_prints_a_json_summary_with_every_message_acknowledged(
+    mosquitto: MosquittoProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = io.StringIO()
+    argv = ["--mqtt-url", mosquitto.url, "--vehicles", "20", "--rate", "2"]
+    gmqtt_log = logging.getLogger("gmqtt")
+    level = gmqtt_log.level
+    try:
+        code = asyncio.run(main([*argv, "--duration", "3", "--json"], out=out))
+    finally:
+        gmqtt_log.setLevel(level)  # main() quiets gmqtt for the command line
+    assert code == 0
+    assert capsys.readouterr().err == ""  # --json: nothing but the summary
+    s: dict[str, Any] = json.loads(out.getvalue())
+    assert (s["vehicles"], s["procs"], s["connected"], s["connected_peak"]) == (20, 1, 20, 20)
+    assert s["published"] == s["acknowledged"] > 0
+    assert s["samples_published"] >= 20 * 4
+    assert s["rejected_by_broker"] == 0
+    assert s["commands_answered"] == 0
+    assert s["rate_per_unit"] == 2.0
+    latency = s["latency_ms"]
+    assert latency["count"] == s["acknowledged"]
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
+    assert s["steady"]["target_messages_per_s"] == 40.0
+    res = s["resources"]
+    assert res["cpu_s"] > 0
+    assert res["max_rss_mb"] > 0
+    assert res["per_1000_units"]["max_rss_mb"] == pytest.approx(res["max_rss_mb"] * 50, rel=0.01)
+    assert sorted(s["units"]) == [make_vin(i) for i in range(1, 21)]
+
+
+def test_procs_split_the_vehicles_and_aggregate(mosquitto: MosquittoProcess) -> None:
+    done = sim(
+        "--mqtt-url", mosquitto.url, "--vehicles", "20", "--rate", "2",
+        "--duration", "3", "--procs", "2", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    s = json.loads(done.stdout)
+    assert s["procs"] == 2
+    assert [(x["shard"], x["vehicles"]) for x in s["shards"]] == [("0/2", 10), ("1/2", 10)]
+    assert sorted(s["units"]) == [make_vin(i) for i in range(1, 21)]  # each VIN once
+    assert s["published"] == sum(u["messages"] for u in s["units"].values())
+    assert s["published"] == s["acknowledged"] > 0
+    assert s["connected_peak"] == 20
+    assert len(s["resources"]["processes"]) == 2
+    assert len({p["pid"] for p in s["resources"]["processes"]}) == 2
+    assert s["latency_ms"]["count"] == s["acknowledged"]
+
+
+def test_a_broker_that_refuses_gives_exit_1_and_says_what_to_fix(tmp_path: Path) -> None:
+    config = BrokerConfig(port=free_port(), data_dir=tmp_path / "b", allow_anonymous=False)
+    with MosquittoProcess(config) as broker:
+        done = sim("--mqtt-url", broker.url, "--vehicles", "3", "--duration", "10", "--json")
+    assert done.returncode == 1
+    assert "refused" in done.stderr
+    assert "--username" in done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["rejected_by_broker"] >= 1
+
+
+def test_an_unreachable_broker_gives_exit_1() -> None:
+    done = sim("--mqtt-url", f"mqtt://127.0.0.1:{free_port()}", "--duration", "1")
+    assert done.returncode == 1
+    assert "cannot reach the MQTT broker" in done.stderr
+    assert "--mqtt-url" in done.stderr
+
+
+def test_bench_at_tiny_size_connects_every_unit() -> None:
+    result = run_sim_bench(units=50, rate=1.0, seconds=3.0, procs=1)
+    assert result.exit_status == 0
+    assert result.connected_peak == 50
+    assert result.all_connected
+    assert result.published == result.acknowledged > 0
+    assert result.messages_per_s > 0
+    assert result.latency_p50_ms is not None
+    assert result.broker_rss_mb > 0
