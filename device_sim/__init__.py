@@ -7,7 +7,10 @@ Layout:
                  turns simulated time into VSS signal values and vehicle events; pure, no I/O
     unit.py      one in-car unit on MQTT 5 (gmqtt): Last Will, persistent session,
                  store-and-forward buffer uploaded as batches, reconnect with backoff
+    faults.py    faults on demand (malformed JSON, wrong types, clock skew, ...), pure
     fleet.py     many units from one seed, and the ``python -m device_sim`` command
+                 (``telematics sim``): live progress, JSON summary
+    procs.py     ``--procs N``: the fleet spread over processes, summaries merged
     loadgen.py   a minimal MQTT 5 publisher for benchmarks (many connections, little CPU)
 
 The models are sans-IO: time comes in through ``SimulatedVehicle.step`` and randomness

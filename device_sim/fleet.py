@@ -48,6 +48,7 @@ from rich.live import Live
 from rich.table import Table
 
 from device_sim.city import DEPOT, MUNICH, RoadNetwork
+from device_sim.faults import FaultKind, FaultRates
 from device_sim.unit import (
     DEFAULT_BUFFER_LIMIT,
     SimulatedUnit,
@@ -919,6 +920,37 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {DEFAULT_BUFFER_LIMIT})",
     )
     parser.add_argument(
+        "--faults",
+        default="",
+        metavar="KIND=RATE,...",
+        help="misbehave on purpose, each fault with a probability per report, e.g. "
+        "'malformed_json=0.01,clock_skew=0.05'; kinds: "
+        + ", ".join(k.value for k in FaultKind)
+        + " (default: none)",
+    )
+    parser.add_argument(
+        "--send-on-change",
+        action="store_true",
+        help="report only signals that changed (each at most once per --min-signal-interval) "
+        "plus a full snapshot every --heartbeat seconds, as real firmware does "
+        "(default: every signal in every report)",
+    )
+    parser.add_argument(
+        "--min-signal-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --send-on-change: shortest time between two reports of one signal "
+        "(default: 1.0)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --send-on-change: seconds between full snapshots (default: 30)",
+    )
+    parser.add_argument(
         "--slow-share",
         type=_share,
         default=0.0,
@@ -1125,6 +1157,10 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Opti
             password=password,
             report_interval_s=interval,
             buffer_limit=args.buffer_limit,
+            faults=FaultRates.parse(args.faults) if args.faults else FaultRates(),
+            send_on_change=args.send_on_change,
+            min_signal_interval_s=args.min_signal_interval,
+            heartbeat_full_s=args.heartbeat,
         )
         fleet = FleetSettings(
             count=args.vehicles,

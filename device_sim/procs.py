@@ -77,6 +77,16 @@ def child_argv(args: argparse.Namespace, shard: Shard) -> list[str]:
         argv += ["--duration", repr(float(args.duration))]
     if args.username is not None:
         argv += ["--username", args.username]
+    if args.faults:
+        argv += ["--faults", args.faults]
+    if args.send_on_change:
+        argv += [
+            "--send-on-change",
+            "--min-signal-interval",
+            repr(float(args.min_signal_interval)),
+            "--heartbeat",
+            repr(float(args.heartbeat)),
+        ]
     return argv
 
 

@@ -167,3 +167,16 @@ def test_bench_at_tiny_size_connects_every_unit() -> None:
     assert result.messages_per_s > 0
     assert result.latency_p50_ms is not None
     assert result.broker_rss_mb > 0
+
+
+def test_faults_flag_is_checked_and_explained() -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "device_sim", "--faults", "warp_drive=0.1", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "warp_drive" in bad.stderr
+    assert "malformed_json" in bad.stderr
