@@ -31,6 +31,9 @@ and what the gateway must make of each (the gateway's contract is ``schemas.payl
 ``abrupt_disconnect``
     the sample, then the TCP connection closed without DISCONNECT -> the broker publishes
     the Last Will (``offline``); the unit reconnects with its backoff and is ``online`` again
+``silent``
+    the sample, then nothing for ``silence_s`` (default 60 s) with the connection kept:
+    hung firmware. The gateway still shows the vehicle online, its last-seen time frozen
 
 :data:`EXPECTED_REASON` has the quarantine reasons as data. ``clock_skew`` assumes the
 unit's clock is right to begin with (a sample stamped an hour in the past stays in the past).
@@ -58,6 +61,7 @@ from schemas.vin import is_valid_vin
 __all__ = [
     "CLOCK_SKEW_MS",
     "DEFAULT_BURST_SIZE",
+    "DEFAULT_SILENCE_S",
     "EXPECTED_REASON",
     "UNKNOWN_SIGNAL",
     "FaultInjector",
@@ -79,6 +83,9 @@ class FaultKind(enum.StrEnum):
     CLOCK_SKEW = "clock_skew"
     BURST_FLOOD = "burst_flood"
     ABRUPT_DISCONNECT = "abrupt_disconnect"
+    #: stays connected but stops reporting for a while (hung firmware): the gateway still
+    #: shows it online, with a last-seen time that stops moving
+    SILENT = "silent"
 
 
 #: the quarantine reason each fault must produce at the gateway; the kinds not listed are
@@ -99,6 +106,8 @@ UNKNOWN_SIGNAL: Final = "Vehicle.Warp.Factor"
 CLOCK_SKEW_MS: Final = 3_600_000
 #: extra samples a ``burst_flood`` sends unless told otherwise
 DEFAULT_BURST_SIZE: Final = 50
+#: how long a ``silent`` unit reports nothing unless told otherwise
+DEFAULT_SILENCE_S: Final = 60.0
 
 _VIN_ALPHABET: Final = "ABCDEFGHJKLMNPRSTUVWXYZ0123456789"
 #: a signal to mangle when the sample has no suitable one (send-on-change reports are small)
@@ -121,6 +130,7 @@ class FaultRates:
     clock_skew: float = 0.0
     burst_flood: float = 0.0
     abrupt_disconnect: float = 0.0
+    silent: float = 0.0
 
     def __post_init__(self) -> None:
         for kind, rate in self.items():
@@ -192,6 +202,8 @@ class Planned:
     seqs_used: int
     #: after publishing, drop the connection without DISCONNECT (the broker sends the Will)
     disconnect: bool = False
+    #: then report nothing for this many seconds, connection kept (fault ``silent``)
+    silence_s: float = 0.0
 
 
 class FaultInjector:
@@ -208,9 +220,13 @@ class FaultInjector:
         rng: random.Random,
         *,
         burst_size: int = DEFAULT_BURST_SIZE,
+        silence_s: float = DEFAULT_SILENCE_S,
     ) -> None:
         if burst_size < 1:
             raise ValueError(f"burst_size must be >= 1, got {burst_size}")
+        if silence_s <= 0:
+            raise ValueError(f"silence_s must be > 0, got {silence_s}")
+        self._silence_s = silence_s
         self._rates = rates
         self._rng = rng
         self._burst_size = burst_size
@@ -317,6 +333,8 @@ class FaultInjector:
             return Planned(kind, tuple(burst), self._burst_size + 1)
         elif kind is FaultKind.ABRUPT_DISCONNECT:
             return Planned(kind, (encode_sample(sample),), 1, disconnect=True)
+        elif kind is FaultKind.SILENT:
+            return Planned(kind, (encode_sample(sample),), 1, silence_s=self._silence_s)
         return Planned(kind, (encode_sample(replace(sample, signals=signals)),), 1)
 
     def _other_vin(self, vin: str) -> str:

@@ -642,6 +642,8 @@ class SimulatedUnit:
         )
 
         self._next_seq = first_seq
+        #: loop time until which the fault 'silent' keeps the unit from reporting
+        self._silent_until = 0.0
         self._buffer: deque[Sample] = deque()
         self._event_buffer: deque[Event] = deque()
         self._store = _InflightStore(self._on_ack)
@@ -1029,6 +1031,8 @@ class SimulatedUnit:
         """
         vehicle = self._vehicle
         self._advance()
+        if not on_demand and asyncio.get_running_loop().time() < self._silent_until:
+            return  # fault 'silent': hung firmware takes no samples (commands still work)
         signals = vehicle.signals()
         if self._settings.send_on_change:
             now = asyncio.get_running_loop().time()
@@ -1065,6 +1069,8 @@ class SimulatedUnit:
         self._send_outgoing()
         if planned.disconnect:
             self._drop_connection()
+        if planned.silence_s:
+            self._silent_until = asyncio.get_running_loop().time() + planned.silence_s
 
     def _send_outgoing(self) -> None:
         while self._outgoing and self._can_send() and self._window_open():

@@ -95,7 +95,7 @@ def _body(s: Sample) -> dict[str, object]:
 
 
 def test_the_same_seed_gives_the_same_faults_and_another_seed_others() -> None:
-    rates = FaultRates(**{kind.value: 0.1 for kind in FaultKind})
+    rates = FaultRates(**{kind.value: 0.09 for kind in FaultKind})
 
     def plans(seed: int) -> list[Planned]:
         injector = FaultInjector(rates, random.Random(seed))
@@ -105,7 +105,7 @@ def test_the_same_seed_gives_the_same_faults_and_another_seed_others() -> None:
     assert first == plans(11)
     assert first != plans(12)
     kinds = {p.kind for p in first}
-    assert kinds == {None, *FaultKind}  # 300 draws at 10 % each: every kind shows up
+    assert kinds == {None, *FaultKind}  # 300 draws at 9 % each: every kind shows up
 
 
 def test_rates_are_probabilities_per_report() -> None:
@@ -451,8 +451,43 @@ def test_every_fault_reaches_the_gateway_as_documented(
         finally:
             stop.set()
             stats = await task
-        assert stats.faults == {kind.value: 1 for kind in FaultKind}
+        # (silent is not forced here: it only stops reports; its own test covers it)
+        assert stats.faults == {kind.value: 1 for kind in FaultKind if kind is not FaultKind.SILENT}
         # every quarantined fault once, with its reason, and nothing else quarantined
         assert sorted(reasons()) == sorted(r.value for r in EXPECTED_REASON.values())
 
     run(scenario())
+
+
+def test_silent_unit_stops_reporting_but_stays_connected(mosquitto: MosquittoProcess) -> None:
+    """Fault ``silent``: hung firmware keeps its connection (no Will) and reports nothing."""
+
+    async def scenario() -> None:
+        vehicle = SimulatedVehicle(
+            "WSMZZZ00000000091",
+            VehicleProfile.ELECTRIC_CAR,
+            MUNICH,
+            random.Random(3),
+            "Marienplatz",
+            start_ms=wall_clock_ms(),
+        )
+        settings = UnitSettings(host=mosquitto.host, port=mosquitto.port, report_interval_s=0.1)
+        unit = SimulatedUnit(
+            vehicle,
+            settings,
+            fault_injector=FaultInjector(FaultRates(), random.Random(1), silence_s=1.0),
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(unit.run(stop))
+        await until(lambda: unit.stats().published >= 3, "live reports")
+        unit.faults.force(FaultKind.SILENT)
+        await until(lambda: unit.stats().faults.get("silent") == 1, "the fault")
+        frozen = unit.stats().published
+        await asyncio.sleep(0.5)  # well inside the 1 s silence: a clock, not a wait
+        assert unit.stats().published == frozen
+        assert unit.stats().connected
+        await until(lambda: unit.stats().published > frozen, "reports to resume")
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
