@@ -11,6 +11,9 @@ Layout:
     fleet.py     many units from one seed, and the ``python -m device_sim`` command
                  (``telematics sim``): live progress, JSON summary
     procs.py     ``--procs N``: the fleet spread over processes, summaries merged
+    scenario.py  scenario files (TOML: vehicles, seed, start, time acceleration, scripted
+                 events); ``render`` gives the exact stream, ``play`` publishes it
+    scenarios/   example scenario files
     loadgen.py   a minimal MQTT 5 publisher for benchmarks (many connections, little CPU)
 
 The models are sans-IO: time comes in through ``SimulatedVehicle.step`` and randomness

@@ -61,6 +61,17 @@ Remote commands
     driver gets out again and locks; a trip under way is never interrupted. A speed limit caps
     the target speed (the vehicle brakes down to it at its usual deceleration).
 
+Scripted events
+    Scenarios (``device_sim.scenario``) steer a vehicle at given simulated times with
+    :meth:`~SimulatedVehicle.hold` (stay parked until told to go),
+    :meth:`~SimulatedVehicle.depart_now` (the driver comes now and sets off),
+    :meth:`~SimulatedVehicle.go_to` (drive to a given node) and
+    :meth:`~SimulatedVehicle.set_energy_level` (say, run low on charge). Like the remote
+    commands they change the state at once and never draw from the random generator, so the
+    same script at the same simulated times gives the same stream. A departure takes
+    :data:`SCRIPTED_BOARDING_S` (the driver gets in) before the vehicle pulls away; a
+    delivery van departing from its depot starts a delivery round.
+
 Events
     :meth:`SimulatedVehicle.pending_events` returns (and forgets) the :class:`schemas.Event`
     values produced since the last call: ``ignition_on``, ``ignition_off``, ``dtc_set`` and
@@ -86,6 +97,7 @@ from schemas.vin import is_valid_vin, validate_vin
 
 __all__ = [
     "MAX_SUBSTEP_S",
+    "SCRIPTED_BOARDING_S",
     "CommandRefused",
     "Phase",
     "SimulatedVehicle",
@@ -95,6 +107,9 @@ __all__ = [
 
 #: the longest stretch of simulated time the model advances in one go
 MAX_SUBSTEP_S: Final = 0.5
+
+#: how long the driver takes to get in after a scripted departure, s
+SCRIPTED_BOARDING_S: Final = 5.0
 
 _VIN_ALPHABET: Final = frozenset("ABCDEFGHJKLMNPRSTUVWXYZ0123456789")
 
@@ -138,6 +153,7 @@ class VehicleProfile(enum.Enum):
     ELECTRIC_CAR = "electric_car"
     COMBUSTION_SUV = "combustion_suv"
     DELIVERY_VAN = "delivery_van"
+    TRUCK = "truck"
 
     @property
     def is_electric(self) -> bool:
@@ -188,6 +204,8 @@ class _Spec:
     dtc_mean_interval_s: float
     #: trouble codes this vehicle can raise, with what they mean (SAE J2012 generic codes)
     dtcs: tuple[tuple[str, str], ...]
+    #: scales the driver's acceleration (a loaded truck pulls away slowly)
+    accel_factor: float = 1.0
 
 
 _COMMON_DTCS: Final = (
@@ -257,6 +275,30 @@ _SPECS: Final = MappingProxyType(
                 ("P0401", "Exhaust gas recirculation flow insufficient"),
                 ("P0299", "Turbocharger underboost"),
             ),
+        ),
+        # a 12 t diesel distribution truck: slow off the line (0.6-1.0 m/s²), up to 80 km/h
+        # where the limit allows, about 30 l/100 km in town, a 400 l tank
+        VehicleProfile.TRUCK: _Spec(
+            mass_kg=12000.0,
+            max_speed_kmh=80.0,
+            battery_kwh=0.0,
+            tank_l=400.0,
+            base_per_km=0.14,
+            drag_per_km=0.000012,
+            l_per_kwh=0.25,
+            idle_l_per_h=2.0,
+            tyre_kpa=(760.0, 830.0),
+            route_m=(3000.0, 9000.0),
+            park_s=(300.0, 1800.0),
+            dtc_mean_interval_s=2 * 3600.0,
+            dtcs=(
+                *_COMMON_DTCS,
+                ("P2002", "Diesel particulate filter efficiency below threshold (bank 1)"),
+                ("P20EE", "SCR NOx catalyst efficiency below threshold (bank 1)"),
+                ("P0299", "Turbocharger underboost"),
+                ("C0110", "Pump motor circuit (brake system)"),
+            ),
+            accel_factor=0.4,
         ),
     }
 )
@@ -406,6 +448,7 @@ class SimulatedVehicle:
         "_charging",
         "_climate_until_s",
         "_deliveries_left",
+        "_destination",
         "_door_open",
         "_driver",
         "_elapsed_s",
@@ -416,6 +459,7 @@ class SimulatedVehicle:
         "_gps_north_m",
         "_hazard",
         "_heading_deg",
+        "_held",
         "_hold_s",
         "_ignition",
         "_immobilized",
@@ -483,7 +527,7 @@ class SimulatedVehicle:
 
         self._driver = _Driver(
             speed_factor=rng.uniform(0.88, 1.06),
-            accel_mps2=rng.uniform(1.5, _MAX_ACCEL_MPS2),
+            accel_mps2=rng.uniform(1.5, _MAX_ACCEL_MPS2) * self._spec.accel_factor,
             brake_mps2=rng.uniform(1.8, 2.6),
             light_stop_probability=rng.uniform(0.2, 0.4),
             set_point_c=rng.choice((20.0, 20.5, 21.0, 21.5, 22.0, 22.5, 23.0)),
@@ -531,6 +575,9 @@ class SimulatedVehicle:
         self._immobilized = False
         #: speed limit set by command, m/s; None: none
         self._speed_cap_mps: float | None = None
+        # scripted events: none yet
+        self._held = False
+        self._destination: str | None = None
 
         # environment and body
         self._outside_offset_c = rng.uniform(-0.8, 0.8)
@@ -773,6 +820,70 @@ class SimulatedVehicle:
         self._leg_target_mps = min(self._leg_target_mps, cap)
         self._node_speed_mps = min(self._node_speed_mps, cap)
 
+    # --- scripted events ---------------------------------------------------------------------
+
+    @property
+    def held(self) -> bool:
+        """Whether the vehicle waits for :meth:`depart_now` (see :meth:`hold`)."""
+        return self._held
+
+    def hold(self) -> None:
+        """Keep the vehicle parked until :meth:`depart_now` or :meth:`go_to`: a trip under way
+        ends as usual, then the driver does not come back (charging and refuelling go on)."""
+        self._held = True
+
+    def depart_now(self) -> None:
+        """End parking and set off now: the driver comes (or turns back to the car), gets in
+        for :data:`SCRIPTED_BOARDING_S` seconds and drives the next route (a delivery van at
+        its depot starts a delivery round). Charging and refuelling stop (the driver unplugs).
+        Releases :meth:`hold`. A vehicle already on the road just drives on; an immobilized
+        one does not start (see :meth:`immobilize`)."""
+        self._held = False
+        phase = self._phase
+        if phase in (Phase.DRIVING, Phase.WAITING):
+            return
+        if phase is Phase.BOARDING:
+            self._timer_s = min(self._timer_s, SCRIPTED_BOARDING_S)
+            return
+        self._refuelling = False
+        self._phase = Phase.BOARDING
+        self._timer_s = SCRIPTED_BOARDING_S
+        self._locked = False
+        self._door_open = True
+
+    def go_to(self, node: str) -> None:
+        """Drive to ``node`` by the shortest path, and park there. Parked: as
+        :meth:`depart_now`, with ``node`` as the destination. On the road: the vehicle
+        finishes the street it is on, then turns towards ``node``. Raises ``ValueError`` for a
+        node that is not on the network."""
+        if node not in self._net.nodes or not self._net.neighbours(node):
+            raise ValueError(f"{node!r} is not a node of the road network")
+        if self._phase not in (Phase.DRIVING, Phase.WAITING):
+            self._destination = node
+            self.depart_now()
+            return
+        self._held = False
+        leg = self._leg
+        head = self._route[: leg + 2]
+        self._route = head + shortest_path(self._net, head[-1], node)[1:]
+        if leg + 1 == len(self._route) - 1:
+            self._node_speed_mps = 0.0  # the street ahead ends the trip now: stop at its end
+
+    def set_energy_level(self, percent: float) -> None:
+        """Set the state of charge (electric) or fuel level (combustion), 0-100 %. A parked
+        vehicle then decides again, as on arrival, whether to plug in (below 20 %) or refuel
+        (below 15 %); charging above the charge limit stops."""
+        if isinstance(percent, bool) or not (math.isfinite(percent) and 0.0 <= percent <= 100.0):
+            raise ValueError(f"energy level must be within [0, 100] %, got {percent!r}")
+        self._energy = float(percent)
+        if self._profile.is_electric:
+            if self._charging and self._energy >= self._charge_limit_pct:
+                self._charging = False
+            elif self._phase is Phase.PARKED and self._energy < _CHARGE_BELOW_PCT:
+                self._charging = True
+        elif self._phase is Phase.PARKED:
+            self._refuelling = self._energy < _REFUEL_BELOW_PCT
+
     def diagnostics(self) -> list[str]:
         """The active diagnostic trouble codes, sorted (what ``Vehicle.Diagnostics.DTCList``
         reports)."""
@@ -953,7 +1064,7 @@ class SimulatedVehicle:
                 self._refuelling = False
         self._timer_s -= dt
         # an immobilized vehicle stays where it is (the driver does not come)
-        busy = self._charging or self._refuelling or self._immobilized
+        busy = self._charging or self._refuelling or self._immobilized or self._held
         if self._timer_s <= 0.0 and not busy:
             self._phase = Phase.BOARDING
             self._timer_s = self._rng.uniform(3.0, 10.0)
@@ -975,7 +1086,10 @@ class SimulatedVehicle:
         self._set_ignition(on=True)
         self._trip_m = 0.0
         route: tuple[str, ...] = ()
-        if self._profile is VehicleProfile.DELIVERY_VAN and self._deliveries_left <= 0:
+        if self._destination is not None:
+            route = shortest_path(self._net, self._node, self._destination)
+            self._destination = None
+        elif self._profile is VehicleProfile.DELIVERY_VAN and self._deliveries_left <= 0:
             route = shortest_path(self._net, self._node, self._start_node)
             self._returning_home = len(route) > 1
             if not self._returning_home:

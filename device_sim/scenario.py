@@ -1,0 +1,851 @@
+"""Scenario files: reproduce a bug report exactly (same seed, same drives, same faults).
+
+A scenario is a TOML file (see ``device_sim/scenarios/munich-morning.toml``, commented for
+copying)::
+
+    seed = 42
+    start = 2026-11-27T08:00:00+01:00     # local time with its UTC offset (quoted or not)
+    duration = "2h"                       # "90m", "1h30m", "45s", or seconds
+    time_acceleration = 60                # 60: one simulated minute per real second
+    report_interval_s = 5                 # one telemetry sample per vehicle this often
+
+    [[vehicles]]
+    count = 12
+    profile = "delivery_van"              # electric_car | combustion_suv | delivery_van | truck
+    name = "van"                          # the vehicles are van-1 .. van-12
+    start = "Großmarkthalle"              # optional: a node of the road network
+    faults = "malformed_json=0.01"        # optional: kept as given, for the fault injector
+
+    [[events]]
+    at = "08:05"                          # on the start's date and offset, or ISO 8601
+    vehicle = "van-12"
+    action = "depart"                     # depart | low_charge | go_offline | come_online | go_to
+
+Vehicles are numbered 1..N across the groups in file order; vehicle ``i`` gets the VIN
+``make_vin(i, prefix)`` with a prefix derived from the seed (or ``vin_prefix``), its own
+``random.Random(f"{seed}:{i}")`` and, unless ``start`` says otherwise, the depot
+(:data:`device_sim.city.DEPOT`) for delivery vans and a node drawn from the seed for the
+others. Unknown keys are errors, and every error names the file and the key
+(``events[2].action``); TOML syntax errors name the line.
+
+Scripted events
+    ``depart``      the driver comes and sets off now (:meth:`SimulatedVehicle.depart_now`).
+                    A vehicle with a ``depart`` event stays parked at its start until its
+                    first ``depart`` (:meth:`SimulatedVehicle.hold`); the others set off
+                    within seconds of the start, as in the demo.
+    ``low_charge``  the state of charge or fuel level drops to ``value`` % (default
+                    :data:`DEFAULT_LOW_LEVEL_PCT`) (:meth:`SimulatedVehicle.set_energy_level`).
+    ``go_offline``  the unit loses its connection (a tunnel): the broker publishes its Last
+                    Will (``{"state": "offline"}``, retained); samples and events are buffered.
+                    With ``duration`` (``"10m"``) it comes back by itself after that long.
+    ``come_online`` the unit reconnects: retained ``online`` status, then the buffered
+                    samples as batch messages (at most :data:`BATCH_MAX_SAMPLES` each, oldest
+                    first, original ``seq`` and ``ts``), then the buffered events.
+    ``go_to``       drive to the node named by ``value`` (:meth:`SimulatedVehicle.go_to`).
+
+The stream
+    :func:`render` is pure: it turns a scenario into the exact messages the units publish, in
+    simulated time, without MQTT, clocks or global randomness, so the same file and seed give
+    a byte-identical stream. Per vehicle: connect and a retained ``online`` status at the
+    start; every ``report_interval_s`` (from the start on) a full telemetry sample (``seq``
+    counts up from the start time in ms, as in :mod:`device_sim.fleet`), then the vehicle
+    events since the last report; at the end a retained ``offline`` status (a unit offline at
+    the end publishes nothing more: its buffer is lost). Messages are ordered by simulated
+    time, then vehicle number. A scripted event at a report time acts before that report.
+    Samples are stamped with simulated time: a gateway rejects samples more than 5 minutes
+    ahead of its clock, so a scenario meant for a gateway should not start in the future.
+    Since seq and ts repeat, a gateway treats a second run of the same scenario as duplicates.
+
+    :func:`play` publishes that stream over MQTT 5 (gmqtt, one connection per vehicle, client
+    id = VIN, Last Will, QoS 1) in real time scaled by ``time_acceleration``.
+
+Command line: ``python -m device_sim.scenario FILE (--mqtt-url URL | --dump)``; see ``--help``.
+
+The ``faults`` string of a vehicle group is stored as given (:attr:`VehicleGroup.faults`);
+:func:`render` does not inject faults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import enum
+import heapq
+import json
+import random
+import re
+import signal
+import sys
+import tomllib
+import urllib.parse
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Final
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv50
+
+from device_sim.city import DEPOT, MUNICH
+from device_sim.vehicle import SimulatedVehicle, VehicleProfile, make_vin
+from schemas.payloads import (
+    Event,
+    Sample,
+    Status,
+    StatusState,
+    encode_batch,
+    encode_event,
+    encode_sample,
+    encode_status,
+)
+from schemas.topics import Channel, topic_for
+
+__all__ = [
+    "BATCH_MAX_SAMPLES",
+    "DEFAULT_LOW_LEVEL_PCT",
+    "Action",
+    "Published",
+    "Scenario",
+    "ScenarioError",
+    "ScenarioVehicle",
+    "ScriptedEvent",
+    "VehicleGroup",
+    "load",
+    "main",
+    "parse",
+    "play",
+    "render",
+]
+
+#: samples per batch message when a unit uploads its buffer after coming back online
+BATCH_MAX_SAMPLES: Final = 100
+#: the level a ``low_charge`` event without ``value`` sets, percent
+DEFAULT_LOW_LEVEL_PCT: Final = 8.0
+#: what MQTT DISCONNECT reason code makes the broker publish the Will
+_DISCONNECT_WITH_WILL: Final = 0x04
+_VIN_ALPHABET: Final = "0123456789ABCDEFGHJKLMNPRSTUVWXYZ"
+_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]*$")
+_DURATION_RE: Final = re.compile(r"(\d+(?:\.\d+)?)(h|m|s)")
+_UNIT_S: Final = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+class ScenarioError(ValueError):
+    """A scenario file is wrong; the message names the file and the key (or TOML line)."""
+
+
+class Action(enum.StrEnum):
+    """What a scripted event does (see the module docstring)."""
+
+    DEPART = "depart"
+    LOW_CHARGE = "low_charge"
+    GO_OFFLINE = "go_offline"
+    COME_ONLINE = "come_online"
+    GO_TO = "go_to"
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleGroup:
+    """``[[vehicles]]``: ``count`` vehicles named ``{name}-1`` .. ``{name}-{count}``."""
+
+    name: str
+    count: int
+    profile: VehicleProfile
+    #: start node; None: the depot for delivery vans, else drawn from the seed
+    start: str | None = None
+    #: fault rates for the fault injector, as written in the file (not interpreted here)
+    faults: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedEvent:
+    """``[[events]]``: ``action`` happens to ``vehicle`` at simulated time ``at_ms``."""
+
+    at_ms: int
+    vehicle: str
+    action: Action
+    #: low_charge: the level, percent; go_to: the node; else None
+    value: float | str | None = None
+    #: go_offline: come back online after this long, seconds; None: only by come_online
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioVehicle:
+    """One vehicle of a scenario, fully resolved."""
+
+    index: int
+    name: str
+    vin: str
+    profile: VehicleProfile
+    start_node: str
+    faults: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A parsed scenario file (see the module docstring)."""
+
+    seed: int
+    start: dt.datetime
+    duration_s: float
+    time_acceleration: float
+    report_interval_s: float
+    vehicles: tuple[VehicleGroup, ...]
+    events: tuple[ScriptedEvent, ...] = ()
+    #: None: derived from the seed (see :attr:`effective_vin_prefix`)
+    vin_prefix: str | None = None
+    description: str = ""
+
+    @property
+    def start_ms(self) -> int:
+        return round(self.start.timestamp() * 1000)
+
+    @property
+    def end_ms(self) -> int:
+        return self.start_ms + round(self.duration_s * 1000)
+
+    @property
+    def effective_vin_prefix(self) -> str:
+        """``vin_prefix``, or ``WSS`` plus three characters from the seed."""
+        if self.vin_prefix is not None:
+            return self.vin_prefix
+        n = self.seed % len(_VIN_ALPHABET) ** 3
+        chars = []
+        for _ in range(3):
+            n, digit = divmod(n, len(_VIN_ALPHABET))
+            chars.append(_VIN_ALPHABET[digit])
+        return "WSS" + "".join(reversed(chars))
+
+    def with_seed(self, seed: int) -> Scenario:
+        """The same scenario with another seed (and so other drives and VINs)."""
+        return replace(self, seed=seed)
+
+    def fleet(self) -> tuple[ScenarioVehicle, ...]:
+        """The vehicles, numbered 1..N across the groups in file order."""
+        nodes = sorted(n for n in MUNICH.nodes if n != DEPOT and MUNICH.neighbours(n))
+        random.Random(f"{self.seed}:start-nodes").shuffle(nodes)
+        out: list[ScenarioVehicle] = []
+        others = 0
+        prefix = self.effective_vin_prefix
+        for group in self.vehicles:
+            for i in range(1, group.count + 1):
+                index = len(out) + 1
+                start = group.start
+                if start is None:
+                    if group.profile is VehicleProfile.DELIVERY_VAN:
+                        start = DEPOT
+                    else:
+                        start = nodes[others % len(nodes)]
+                        others += 1
+                vin = make_vin(index, prefix)
+                out.append(
+                    ScenarioVehicle(
+                        index, f"{group.name}-{i}", vin, group.profile, start, group.faults
+                    )
+                )
+        return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One MQTT message a unit publishes (or, for a lost connection, its Last Will)."""
+
+    #: simulated time of publishing, ms since the Unix epoch
+    sim_ms: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+    def to_json(self) -> str:
+        """One JSON line (payload parsed), for ``--dump``."""
+        return json.dumps(
+            {
+                "sim_ms": self.sim_ms,
+                "topic": self.topic,
+                "qos": self.qos,
+                "retain": self.retain,
+                "payload": json.loads(self.payload),
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+_TOP_KEYS: Final = frozenset(
+    {
+        "seed",
+        "start",
+        "duration",
+        "time_acceleration",
+        "report_interval_s",
+        "vin_prefix",
+        "description",
+        "vehicles",
+        "events",
+    }
+)
+_GROUP_KEYS: Final = frozenset({"count", "profile", "name", "start", "faults"})
+_EVENT_KEYS: Final = frozenset({"at", "vehicle", "action", "value", "duration"})
+
+
+class _Parser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> ScenarioError:
+        return ScenarioError(f"{self.source}: {key}: {problem}")
+
+    def check_keys(self, table: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            key = f"{where}.{unknown[0]}" if where else unknown[0]
+            raise self.fail(key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+    def required(self, table: Mapping[str, Any], key: str, where: str) -> Any:
+        if key not in table:
+            raise self.fail(f"{where}.{key}" if where else key, "missing")
+        return table[key]
+
+    def number(self, value: Any, key: str, *, positive: bool = True) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, f"must be a number, got {value!r}")
+        if positive and not value > 0:
+            raise self.fail(key, f"must be > 0, got {value!r}")
+        return float(value)
+
+    def duration(self, value: Any, key: str) -> float:
+        if isinstance(value, str):
+            text = value.replace(" ", "")
+            parts = _DURATION_RE.findall(text)
+            if not text or "".join(n + u for n, u in parts) != text:
+                raise self.fail(key, f'must be like "2h", "90m", "1h30m" or "45s", got {value!r}')
+            seconds = sum(float(n) * _UNIT_S[u] for n, u in parts)
+            if seconds <= 0:
+                raise self.fail(key, f"must be > 0, got {value!r}")
+            return seconds
+        return self.number(value, key)
+
+    def start(self, value: Any) -> dt.datetime:
+        when = value
+        if isinstance(value, str):
+            try:
+                when = dt.datetime.fromisoformat(value)
+            except ValueError:
+                raise self.fail(
+                    "start", f"must be ISO 8601 like 2026-11-27T08:00:00+01:00, got {value!r}"
+                ) from None
+        if not isinstance(when, dt.datetime):
+            raise self.fail("start", f"must be a date and time with offset, got {value!r}")
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise self.fail("start", f"needs a UTC offset (like +01:00), got {value!r}")
+        if when.timestamp() < 0:
+            raise self.fail("start", "must be after 1970")
+        return when
+
+    def at(self, value: Any, key: str, start: dt.datetime) -> int:
+        when: dt.datetime | None = None
+        if isinstance(value, dt.datetime):
+            when = value
+        elif isinstance(value, dt.time):
+            when = dt.datetime.combine(start.date(), value, start.tzinfo)
+        elif isinstance(value, str):
+            try:
+                if "T" in value or " " in value.strip():
+                    when = dt.datetime.fromisoformat(value)
+                else:
+                    clock = dt.time.fromisoformat(value)
+                    when = dt.datetime.combine(start.date(), clock, start.tzinfo)
+            except ValueError:
+                when = None
+        if when is None:
+            raise self.fail(key, f'must be a time like "08:05" or ISO 8601, got {value!r}')
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise self.fail(key, f"a date and time needs a UTC offset, got {value!r}")
+        ms = round(when.timestamp() * 1000)
+        if ms < round(start.timestamp() * 1000):
+            raise self.fail(key, f"{value!s} is before the start ({start.isoformat()})")
+        return ms
+
+
+def load(path: str | Path) -> Scenario:
+    """Read and parse a scenario file; raises :class:`ScenarioError` (or ``OSError``)."""
+    p = Path(path)
+    return parse(p.read_text(encoding="utf-8"), source=str(p))
+
+
+def parse(text: str, *, source: str = "<scenario>") -> Scenario:
+    """Parse scenario TOML; raises :class:`ScenarioError` naming ``source`` and the key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{source}: invalid TOML: {exc}") from None
+    p = _Parser(source)
+    p.check_keys(raw, _TOP_KEYS, "")
+    seed = p.required(raw, "seed", "")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise p.fail("seed", f"must be an integer >= 0, got {seed!r}")
+    start = p.start(p.required(raw, "start", ""))
+    duration_s = p.duration(p.required(raw, "duration", ""), "duration")
+    acceleration = p.number(raw.get("time_acceleration", 1.0), "time_acceleration")
+    interval = p.number(raw.get("report_interval_s", 5.0), "report_interval_s")
+    if not 0.1 <= interval <= 3600.0:
+        raise p.fail("report_interval_s", f"must be within 0.1-3600 s, got {interval!r}")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise p.fail("description", "must be a string")
+    vin_prefix = raw.get("vin_prefix")
+    if vin_prefix is not None:
+        if not isinstance(vin_prefix, str):
+            raise p.fail("vin_prefix", "must be a string")
+        try:
+            make_vin(1, vin_prefix)
+        except ValueError as exc:
+            raise p.fail("vin_prefix", str(exc)) from None
+
+    groups_raw = p.required(raw, "vehicles", "")
+    if not isinstance(groups_raw, list) or not groups_raw:
+        raise p.fail("vehicles", "must be one or more [[vehicles]] tables")
+    groups: list[VehicleGroup] = []
+    names: set[str] = set()
+    for n, table in enumerate(groups_raw, 1):
+        where = f"vehicles[{n}]"
+        if not isinstance(table, dict):
+            raise p.fail(where, "must be a [[vehicles]] table")
+        p.check_keys(table, _GROUP_KEYS, where)
+        count = p.required(table, "count", where)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10_000:
+            raise p.fail(f"{where}.count", f"must be an integer 1-10000, got {count!r}")
+        profile_name = p.required(table, "profile", where)
+        try:
+            profile = VehicleProfile(profile_name)
+        except ValueError:
+            choices = " | ".join(x.value for x in VehicleProfile)
+            raise p.fail(f"{where}.profile", f"must be {choices}, got {profile_name!r}") from None
+        name = p.required(table, "name", where)
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise p.fail(
+                f"{where}.name", f"must be lower-case letters, digits or _ (like van), got {name!r}"
+            )
+        if name in names:
+            raise p.fail(f"{where}.name", f"{name!r} is used by another group")
+        names.add(name)
+        start_node = table.get("start")
+        if start_node is not None and (
+            not isinstance(start_node, str)
+            or start_node not in MUNICH.nodes
+            or not MUNICH.neighbours(start_node)
+        ):
+            raise p.fail(f"{where}.start", f"{start_node!r} is not a node of the road network")
+        faults = table.get("faults")
+        if faults is not None and not isinstance(faults, str):
+            raise p.fail(f"{where}.faults", f"must be a string, got {faults!r}")
+        groups.append(VehicleGroup(name, count, profile, start_node, faults))
+    total = sum(g.count for g in groups)
+    prefix_len = len(vin_prefix) if vin_prefix is not None else 6
+    if total >= 10 ** (17 - prefix_len):
+        raise p.fail("vehicles", f"{total} vehicles do not fit the VIN serial")
+
+    vehicle_names = {f"{g.name}-{i}" for g in groups for i in range(1, g.count + 1)}
+    end_ms = round(start.timestamp() * 1000) + round(duration_s * 1000)
+    events_raw = raw.get("events", [])
+    if not isinstance(events_raw, list):
+        raise p.fail("events", "must be [[events]] tables")
+    events: list[ScriptedEvent] = []
+    for n, table in enumerate(events_raw, 1):
+        where = f"events[{n}]"
+        if not isinstance(table, dict):
+            raise p.fail(where, "must be an [[events]] table")
+        p.check_keys(table, _EVENT_KEYS, where)
+        at_ms = p.at(p.required(table, "at", where), f"{where}.at", start)
+        if at_ms >= end_ms:
+            raise p.fail(f"{where}.at", f"{table['at']!s} is not before the scenario's end")
+        vehicle = p.required(table, "vehicle", where)
+        if vehicle not in vehicle_names:
+            raise p.fail(f"{where}.vehicle", f"no vehicle named {vehicle!r}")
+        action_name = p.required(table, "action", where)
+        try:
+            action = Action(action_name)
+        except ValueError:
+            choices = " | ".join(a.value for a in Action)
+            raise p.fail(f"{where}.action", f"must be {choices}, got {action_name!r}") from None
+        value: float | str | None = None
+        duration: float | None = None
+        if "duration" in table:
+            if action is not Action.GO_OFFLINE:
+                raise p.fail(f"{where}.duration", f"only go_offline takes one, not {action}")
+            duration = p.duration(table["duration"], f"{where}.duration")
+        if action is Action.LOW_CHARGE:
+            level = p.number(
+                table.get("value", DEFAULT_LOW_LEVEL_PCT), f"{where}.value", positive=False
+            )
+            if not 0.0 <= level <= 100.0:
+                raise p.fail(f"{where}.value", f"must be a level within 0-100 %, got {level!r}")
+            value = level
+        elif action is Action.GO_TO:
+            node = p.required(table, "value", where)
+            if not isinstance(node, str) or node not in MUNICH.nodes or not MUNICH.neighbours(node):
+                raise p.fail(f"{where}.value", f"{node!r} is not a node of the road network")
+            value = node
+        elif "value" in table:
+            raise p.fail(f"{where}.value", f"{action} takes no value")
+        events.append(ScriptedEvent(at_ms, vehicle, action, value, duration))
+    return Scenario(
+        seed=seed,
+        start=start,
+        duration_s=duration_s,
+        time_acceleration=acceleration,
+        report_interval_s=interval,
+        vehicles=tuple(groups),
+        events=tuple(events),
+        vin_prefix=vin_prefix,
+        description=description,
+    )
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+class _Op(enum.Enum):
+    CONNECT = "connect"
+    PUBLISH = "publish"
+    #: the connection is lost: the broker publishes the Will (``published``)
+    LOSE = "lose"
+    #: a clean goodbye after the final offline status
+    DISCONNECT = "disconnect"
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    sim_ms: int
+    index: int
+    n: int
+    op: _Op
+    published: Published | None
+    vin: str
+
+
+def _advance(vehicle: SimulatedVehicle, to_ms: int) -> None:
+    if to_ms > vehicle.sim_time_ms:
+        vehicle.step((to_ms - vehicle.sim_time_ms) / 1000.0)
+
+
+def _vehicle_items(scenario: Scenario, sv: ScenarioVehicle) -> Iterator[_Item]:
+    """Everything one unit does, in simulated-time order."""
+    start_ms, end_ms = scenario.start_ms, scenario.end_ms
+    vehicle = SimulatedVehicle(
+        sv.vin,
+        sv.profile,
+        MUNICH,
+        random.Random(f"{scenario.seed}:{sv.index}"),
+        sv.start_node,
+        start_ms=start_ms,
+        first_event_seq=start_ms,
+    )
+    script = [e for e in scenario.events if e.vehicle == sv.name]
+    for e in script:
+        if e.action is Action.GO_OFFLINE and e.duration_s is not None:
+            back = e.at_ms + round(e.duration_s * 1000)
+            if back < end_ms:
+                script.append(ScriptedEvent(back, e.vehicle, Action.COME_ONLINE))
+    script.sort(key=lambda e: e.at_ms)  # stable: file order at equal times
+    if any(e.action is Action.DEPART for e in script):
+        vehicle.hold()
+    vin = sv.vin
+    telemetry = topic_for(vin, Channel.TELEMETRY)
+    events_topic = topic_for(vin, Channel.EVENTS)
+    status_topic = topic_for(vin, Channel.STATUS)
+    counter = 0
+
+    def item(
+        sim_ms: int, op: _Op, topic: str = "", payload: bytes = b"", retain: bool = False
+    ) -> _Item:
+        nonlocal counter
+        counter += 1
+        published = Published(sim_ms, topic, payload, 1, retain) if topic else None
+        return _Item(sim_ms, sv.index, counter, op, published, vin)
+
+    def status(sim_ms: int, state: StatusState) -> _Item:
+        return item(sim_ms, _Op.PUBLISH, status_topic, encode_status(Status(state, sim_ms)), True)
+
+    online = True
+    buffer: list[Sample] = []
+    held_events: list[Event] = []
+    seq = start_ms
+    yield item(start_ms, _Op.CONNECT)
+    yield status(start_ms, StatusState.ONLINE)
+    interval_ms = max(1, round(scenario.report_interval_s * 1000))
+    next_event = 0
+    tick = start_ms
+    while tick < end_ms:
+        while next_event < len(script) and script[next_event].at_ms <= tick:
+            e = script[next_event]
+            next_event += 1
+            if e.action is Action.GO_OFFLINE:
+                if online:
+                    online = False
+                    will = encode_status(Status(StatusState.OFFLINE))
+                    yield item(e.at_ms, _Op.LOSE, status_topic, will, True)
+            elif e.action is Action.COME_ONLINE:
+                if not online:
+                    online = True
+                    yield item(e.at_ms, _Op.CONNECT)
+                    yield status(e.at_ms, StatusState.ONLINE)
+                    for i in range(0, len(buffer), BATCH_MAX_SAMPLES):
+                        batch = encode_batch(vin, buffer[i : i + BATCH_MAX_SAMPLES])
+                        yield item(e.at_ms, _Op.PUBLISH, telemetry, batch)
+                    for event in held_events:
+                        yield item(e.at_ms, _Op.PUBLISH, events_topic, encode_event(event))
+                    buffer, held_events = [], []
+            else:
+                _advance(vehicle, e.at_ms)
+                if e.action is Action.DEPART:
+                    vehicle.depart_now()
+                elif e.action is Action.LOW_CHARGE:
+                    assert isinstance(e.value, float)
+                    vehicle.set_energy_level(e.value)
+                else:  # GO_TO
+                    assert isinstance(e.value, str)
+                    vehicle.go_to(e.value)
+        _advance(vehicle, tick)
+        sample = Sample(vin, seq, vehicle.sim_time_ms, vehicle.signals())
+        seq += 1
+        events = vehicle.pending_events()
+        if online:
+            yield item(tick, _Op.PUBLISH, telemetry, encode_sample(sample))
+            for event in events:
+                yield item(tick, _Op.PUBLISH, events_topic, encode_event(event))
+        else:
+            buffer.append(sample)
+            held_events.extend(events)
+        tick += interval_ms
+    if online:
+        yield status(end_ms, StatusState.OFFLINE)
+        yield item(end_ms, _Op.DISCONNECT)
+
+
+def _items(
+    scenario: Scenario, *, until: int | None = None, only: Collection[str] | None = None
+) -> Iterator[_Item]:
+    fleet = scenario.fleet()
+    if only is not None:
+        unknown = sorted(set(only) - {v.name for v in fleet})
+        if unknown:
+            raise ValueError(f"no vehicle named {', '.join(map(repr, unknown))}")
+        fleet = tuple(v for v in fleet if v.name in only)
+    streams = [_vehicle_items(scenario, sv) for sv in fleet]
+    for it in heapq.merge(*streams, key=lambda i: (i.sim_ms, i.index, i.n)):
+        if until is not None and it.sim_ms > until:
+            return
+        yield it
+
+
+def render(
+    scenario: Scenario, *, until: int | None = None, only: Collection[str] | None = None
+) -> Iterator[Published]:
+    """The exact stream the scenario's units publish (the Last Will included), lazily.
+
+    ``until`` (ms since the Unix epoch, inclusive) stops early; ``only`` keeps just the named
+    vehicles (``{"van-12"}``): each vehicle's messages are the same with or without the others.
+    """
+    for it in _items(scenario, until=until, only=only):
+        if it.published is not None:
+            yield it.published
+
+
+# --- playing over MQTT ------------------------------------------------------------------------
+
+
+def _make_client(vin: str) -> Any:
+    will = gmqtt.Message(
+        topic_for(vin, Channel.STATUS),
+        encode_status(Status(StatusState.OFFLINE)),
+        qos=1,
+        retain=True,
+    )
+    return gmqtt.Client(vin, clean_session=True, will_message=will)
+
+
+async def play(
+    scenario: Scenario,
+    *,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    on_progress: Callable[[Published], None] | None = None,
+    until: int | None = None,
+    only: Collection[str] | None = None,
+) -> int:
+    """Publish :func:`render`'s stream over MQTT 5 in real time scaled by the scenario's
+    ``time_acceleration``; returns the number of messages published (Wills included).
+
+    One gmqtt connection per vehicle, client id = VIN, QoS 1, with a retained ``offline``
+    Last Will; ``go_offline`` drops the connection so that the broker publishes the Will.
+    ``on_progress`` is called with every message after it is handed to the connection.
+    Setting ``stop`` ends early: each connected unit then publishes a retained ``offline``
+    status stamped with the simulated time reached and disconnects.
+    """
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    speed = scenario.time_acceleration
+    clients: dict[str, Any] = {}
+    count = 0
+    sim_ms = scenario.start_ms
+    try:
+        for it in _items(scenario, until=until, only=only):
+            delay = t0 + (it.sim_ms - scenario.start_ms) / 1000.0 / speed - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                break
+            sim_ms = it.sim_ms
+            if it.op is _Op.CONNECT:
+                client = _make_client(it.vin)
+                await client.connect(host, port, version=MQTTv50, keepalive=60)
+                clients[it.vin] = client
+            elif it.op is _Op.PUBLISH:
+                assert it.published is not None
+                m = it.published
+                clients[it.vin].publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+            elif it.op is _Op.LOSE:
+                await clients.pop(it.vin).disconnect(reason_code=_DISCONNECT_WITH_WILL)
+            else:  # DISCONNECT
+                await clients.pop(it.vin).disconnect()
+            if it.published is not None:
+                count += 1
+                if on_progress is not None:
+                    on_progress(it.published)
+    finally:
+        goodbye = encode_status(Status(StatusState.OFFLINE, sim_ms))
+        for vin, client in clients.items():
+            with contextlib.suppress(Exception):
+                client.publish(topic_for(vin, Channel.STATUS), goodbye, qos=1, retain=True)
+                await client.disconnect()
+    return count
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _parse_until(value: str | None, scenario: Scenario) -> int | None:
+    if value is None:
+        return None
+    try:
+        return _Parser("command line").at(value, "--until", scenario.start)
+    except ScenarioError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m device_sim.scenario",
+        description=(
+            "Replay a scenario file (seed, vehicles, start time, time acceleration, scripted\n"
+            "events) as simulated in-car units. The same file and seed always give the same\n"
+            "published stream: use --dump twice and diff to check."
+        ),
+        epilog=(
+            "examples:\n"
+            "  python -m device_sim.scenario device_sim/scenarios/munich-morning.toml "
+            "--mqtt-url mqtt://127.0.0.1:1884\n"
+            "  python -m device_sim.scenario device_sim/scenarios/munich-morning.toml "
+            "--dump --until 08:30 > run.jsonl\n"
+            "The file format is described in device_sim/scenario.py and the example files."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("file", type=Path, help="scenario TOML file")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--mqtt-url", help="broker to publish to, mqtt://host:port")
+    target.add_argument(
+        "--dump",
+        action="store_true",
+        help="print the stream as JSON lines (no broker, as fast as possible)",
+    )
+    parser.add_argument("--seed", type=int, help="override the file's seed")
+    parser.add_argument(
+        "--until", help='stop at this simulated time ("08:30" or ISO 8601), inclusive'
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="only this vehicle (repeatable), e.g. van-12",
+    )
+    parser.add_argument(
+        "--time-acceleration", type=float, help="override the file's time_acceleration"
+    )
+    return parser
+
+
+async def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m device_sim.scenario``; returns the exit status."""
+    args = _build_parser().parse_args(argv)
+    try:
+        scenario = load(args.file)
+    except (ScenarioError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.seed is not None:
+        if args.seed < 0:
+            print("error: --seed must be >= 0", file=sys.stderr)
+            return 2
+        scenario = scenario.with_seed(args.seed)
+    if args.time_acceleration is not None:
+        if not args.time_acceleration > 0:
+            print("error: --time-acceleration must be > 0", file=sys.stderr)
+            return 2
+        scenario = replace(scenario, time_acceleration=args.time_acceleration)
+    until = _parse_until(args.until, scenario)
+    only = set(args.only) if args.only else None
+    names = {v.name for v in scenario.fleet()}
+    if only is not None and not only <= names:
+        print(f"error: --only: no vehicle named {sorted(only - names)}", file=sys.stderr)
+        return 2
+    if args.dump:
+        out = sys.stdout
+        for message in render(scenario, until=until, only=only):
+            out.write(message.to_json() + "\n")
+        out.flush()
+        return 0
+    url = urllib.parse.urlsplit(args.mqtt_url)
+    if url.scheme != "mqtt" or not url.hostname:
+        print(f"error: --mqtt-url must be mqtt://host:port, got {args.mqtt_url!r}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    minute = [-1]
+
+    def progress(message: Published) -> None:
+        m = message.sim_ms // 60_000
+        if m != minute[0]:
+            minute[0] = m
+            local = dt.datetime.fromtimestamp(message.sim_ms / 1000, scenario.start.tzinfo)
+            print(f"{local:%H:%M} simulated", file=sys.stderr, flush=True)
+
+    try:
+        count = await play(
+            scenario,
+            host=url.hostname,
+            port=url.port or 1883,
+            stop=stop,
+            on_progress=progress,
+            until=until,
+            only=only,
+        )
+    except OSError as exc:
+        print(f"error: cannot reach {args.mqtt_url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"published {count} messages", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
