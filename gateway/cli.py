@@ -184,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser(
-        "sim", help="run the device simulator (see: telematics sim --help)", add_help=False
+        "sim",
+        help="run the device simulator (telematics sim --help; scenarios: telematics sim "
+        "scenario --help)",
+        add_help=False,
     )
 
     bench = sub.add_parser(
@@ -359,8 +362,18 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim(argv: Sequence[str]) -> int:
+    """``telematics sim ...`` is ``python -m device_sim ...``; ``telematics sim scenario FILE
+    ...`` is ``python -m device_sim.scenario FILE ...``."""
     import asyncio
 
+    if argv[:1] == ["scenario"]:
+        from device_sim.scenario import main as scenario_main
+
+        try:
+            return int(asyncio.run(scenario_main(list(argv[1:]))))
+        except BrokenPipeError:  # `--dump | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     from device_sim.fleet import main as sim_main
 
     return int(asyncio.run(sim_main(list(argv))))
