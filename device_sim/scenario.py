@@ -61,8 +61,11 @@ The stream
 
 Command line: ``python -m device_sim.scenario FILE (--mqtt-url URL | --dump)``; see ``--help``.
 
-The ``faults`` string of a vehicle group is stored as given (:attr:`VehicleGroup.faults`);
-:func:`render` does not inject faults.
+The ``faults`` string of a vehicle group (``malformed_json=0.01,...``, see
+:mod:`device_sim.faults`) is applied by :func:`render` with a generator per vehicle derived
+from the seed, so the same file gives the same faults at the same samples; an
+``abrupt_disconnect`` shows as the Last Will and a reconnect a few seconds later, ``silent``
+as a stretch without samples.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
 from device_sim.city import DEPOT, MUNICH
+from device_sim.faults import FaultInjector, FaultRates
 from device_sim.vehicle import SimulatedVehicle, VehicleProfile, make_vin
 from schemas.payloads import (
     Event,
@@ -97,7 +101,6 @@ from schemas.payloads import (
     StatusState,
     encode_batch,
     encode_event,
-    encode_sample,
     encode_status,
 )
 from schemas.topics import Channel, topic_for
@@ -121,6 +124,8 @@ __all__ = [
 
 #: samples per batch message when a unit uploads its buffer after coming back online
 BATCH_MAX_SAMPLES: Final = 100
+#: after an ``abrupt_disconnect`` fault, the unit is back this much later (its backoff)
+_RECONNECT_AFTER_MS: Final = 3000
 #: the level a ``low_charge`` event without ``value`` sets, percent
 DEFAULT_LOW_LEVEL_PCT: Final = 8.0
 #: what MQTT DISCONNECT reason code makes the broker publish the Will
@@ -444,6 +449,11 @@ def parse(text: str, *, source: str = "<scenario>") -> Scenario:
         faults = table.get("faults")
         if faults is not None and not isinstance(faults, str):
             raise p.fail(f"{where}.faults", f"must be a string, got {faults!r}")
+        if faults is not None:
+            try:
+                FaultRates.parse(faults)
+            except ValueError as exc:
+                raise p.fail(f"{where}.faults", str(exc)) from None
         groups.append(VehicleGroup(name, count, profile, start_node, faults))
     total = sum(g.count for g in groups)
     prefix_len = len(vin_prefix) if vin_prefix is not None else 6
@@ -576,6 +586,12 @@ def _vehicle_items(scenario: Scenario, sv: ScenarioVehicle) -> Iterator[_Item]:
     buffer: list[Sample] = []
     held_events: list[Event] = []
     seq = start_ms
+    # the group's faults, from a generator of their own: the drives are the same with or
+    # without faults, and the same seed gives the same faults
+    rates = FaultRates.parse(sv.faults) if sv.faults else FaultRates()
+    injector = FaultInjector(rates, random.Random(f"{scenario.seed}:{sv.index}:faults"))
+    reconnect_at: int | None = None
+    silent_until = 0
     yield item(start_ms, _Op.CONNECT)
     yield status(start_ms, StatusState.ONLINE)
     interval_ms = max(1, round(scenario.report_interval_s * 1000))
@@ -612,14 +628,33 @@ def _vehicle_items(scenario: Scenario, sv: ScenarioVehicle) -> Iterator[_Item]:
                     assert isinstance(e.value, str)
                     vehicle.go_to(e.value)
         _advance(vehicle, tick)
-        sample = Sample(vin, seq, vehicle.sim_time_ms, vehicle.signals())
-        seq += 1
+        if online and reconnect_at is not None and tick >= reconnect_at:
+            reconnect_at = None  # back after an abrupt disconnect (fault)
+            yield item(tick, _Op.CONNECT)
+            yield status(tick, StatusState.ONLINE)
         events = vehicle.pending_events()
+        if online and (reconnect_at is not None or tick < silent_until):
+            # fault: connection lost (reconnecting) or hung firmware; nothing is taken
+            held_events.extend(events)
+            tick += interval_ms
+            continue
+        sample = Sample(vin, seq, vehicle.sim_time_ms, vehicle.signals())
         if online:
-            yield item(tick, _Op.PUBLISH, telemetry, encode_sample(sample))
-            for event in events:
+            planned = injector.next(sample)
+            seq = sample.seq + planned.seqs_used
+            for payload in planned.payloads:
+                yield item(tick, _Op.PUBLISH, telemetry, payload)
+            for event in (*held_events, *events):
                 yield item(tick, _Op.PUBLISH, events_topic, encode_event(event))
+            held_events = []
+            if planned.disconnect:
+                will = encode_status(Status(StatusState.OFFLINE))
+                yield item(tick, _Op.LOSE, status_topic, will, True)
+                reconnect_at = tick + _RECONNECT_AFTER_MS
+            if planned.silence_s:
+                silent_until = tick + round(planned.silence_s * 1000)
         else:
+            seq += 1
             buffer.append(sample)
             held_events.extend(events)
         tick += interval_ms
