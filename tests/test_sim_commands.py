@@ -15,7 +15,7 @@ import asyncio
 import math
 import random
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ from schemas.commands import (
     message_expiry_interval,
 )
 from schemas.payloads import SignalValue, validate_signals
+from tests.test_sim_units import run, until
 
 C = CommandType
 S = ResultStatus
@@ -59,8 +60,6 @@ OTHER_VIN = make_vin(99)
 # 2025-06-15 12:00 UTC and 2025-01-15 07:00 UTC: a warm and a cold start for the model
 SUMMER_MS = 1_749_988_800_000
 WINTER_MS = 1_736_924_400_000
-DEADLINE_S = 8.0
-TEST_TIMEOUT_S = 30.0
 
 LOCKED = "Vehicle.Cabin.Door.Row1.DriverSide.IsLocked"
 WINDOW = "Vehicle.Cabin.Door.Row1.DriverSide.Window.Position"
@@ -365,23 +364,6 @@ def test_same_commands_at_the_same_times_give_the_same_stream() -> None:
 
 
 # --- units on a broker ---------------------------------------------------------------------------
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(TEST_TIMEOUT_S):
-            await coro
-
-    asyncio.run(bounded())
-
-
-async def until(predicate: Callable[[], bool], what: str, within_s: float = DEADLINE_S) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not predicate():
-        if loop.time() >= deadline:
-            pytest.fail(f"timed out after {within_s:g} s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 @dataclass(frozen=True, slots=True)
