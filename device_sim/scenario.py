@@ -15,6 +15,7 @@ copying)::
     name = "van"                          # the vehicles are van-1 .. van-12
     start = "Großmarkthalle"              # optional: a node of the road network
     faults = "malformed_json=0.01"        # optional: kept as given, for the fault injector
+    pattern = "commute"                   # optional: random (default) | commute (private cars)
 
     [[events]]
     at = "08:05"                          # on the start's date and offset, or ISO 8601
@@ -27,6 +28,12 @@ Vehicles are numbered 1..N across the groups in file order; vehicle ``i`` gets t
 (:data:`device_sim.city.DEPOT`) for delivery vans and a node drawn from the seed for the
 others. Unknown keys are errors, and every error names the file and the key
 (``events[2].action``); TOML syntax errors name the line.
+
+A group's ``pattern`` (:class:`~device_sim.vehicle.TripPattern`) is how its vehicles plan
+their trips: ``random`` (the default) drives random routes around the clock; ``commute``
+(electric cars and combustion SUVs only) makes the start node home, drives to a work place
+on weekday mornings and back in the evening, runs errands at weekends and parks overnight,
+in the local time of the scenario's ``start`` offset (see ``scenarios/commuters.toml``).
 
 Scripted events
     ``depart``      the driver comes and sets off now (:meth:`SimulatedVehicle.depart_now`).
@@ -93,7 +100,7 @@ from gmqtt.mqtt.constants import MQTTv50
 
 from device_sim.city import DEPOT, MUNICH
 from device_sim.faults import FaultInjector, FaultRates
-from device_sim.vehicle import SimulatedVehicle, VehicleProfile, make_vin
+from device_sim.vehicle import SimulatedVehicle, TripPattern, VehicleProfile, make_vin
 from schemas.payloads import (
     Event,
     Sample,
@@ -161,6 +168,8 @@ class VehicleGroup:
     start: str | None = None
     #: fault rates for the fault injector, as written in the file (not interpreted here)
     faults: str | None = None
+    #: how the group's vehicles plan their trips
+    pattern: TripPattern = TripPattern.RANDOM
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +195,7 @@ class ScenarioVehicle:
     profile: VehicleProfile
     start_node: str
     faults: str | None
+    pattern: TripPattern = TripPattern.RANDOM
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +216,12 @@ class Scenario:
     @property
     def start_ms(self) -> int:
         return round(self.start.timestamp() * 1000)
+
+    @property
+    def utc_offset_min(self) -> int:
+        """The start's UTC offset, minutes: the local time commuters live by."""
+        offset = self.start.utcoffset()
+        return 0 if offset is None else round(offset.total_seconds() / 60)
 
     @property
     def end_ms(self) -> int:
@@ -247,7 +263,13 @@ class Scenario:
                 vin = make_vin(index, prefix)
                 out.append(
                     ScenarioVehicle(
-                        index, f"{group.name}-{i}", vin, group.profile, start, group.faults
+                        index,
+                        f"{group.name}-{i}",
+                        vin,
+                        group.profile,
+                        start,
+                        group.faults,
+                        group.pattern,
                     )
                 )
         return tuple(out)
@@ -294,7 +316,8 @@ _TOP_KEYS: Final = frozenset(
         "events",
     }
 )
-_GROUP_KEYS: Final = frozenset({"count", "profile", "name", "start", "faults"})
+_GROUP_KEYS: Final = frozenset({"count", "profile", "name", "start", "faults", "pattern"})
+_COMMUTERS: Final = (VehicleProfile.ELECTRIC_CAR, VehicleProfile.COMBUSTION_SUV)
 _EVENT_KEYS: Final = frozenset({"at", "vehicle", "action", "value", "duration"})
 
 
@@ -454,7 +477,16 @@ def parse(text: str, *, source: str = "<scenario>") -> Scenario:
                 FaultRates.parse(faults)
             except ValueError as exc:
                 raise p.fail(f"{where}.faults", str(exc)) from None
-        groups.append(VehicleGroup(name, count, profile, start_node, faults))
+        pattern_name = table.get("pattern", TripPattern.RANDOM.value)
+        try:
+            pattern = TripPattern(pattern_name)
+        except ValueError:
+            choices = " | ".join(x.value for x in TripPattern)
+            raise p.fail(f"{where}.pattern", f"must be {choices}, got {pattern_name!r}") from None
+        if pattern is TripPattern.COMMUTE and profile not in _COMMUTERS:
+            allowed = " and ".join(x.value for x in _COMMUTERS)
+            raise p.fail(f"{where}.pattern", f"only {allowed} can commute, not {profile.value}")
+        groups.append(VehicleGroup(name, count, profile, start_node, faults, pattern))
     total = sum(g.count for g in groups)
     prefix_len = len(vin_prefix) if vin_prefix is not None else 6
     if total >= 10 ** (17 - prefix_len):
@@ -555,6 +587,8 @@ def _vehicle_items(scenario: Scenario, sv: ScenarioVehicle) -> Iterator[_Item]:
         sv.start_node,
         start_ms=start_ms,
         first_event_seq=start_ms,
+        pattern=sv.pattern,
+        utc_offset_min=scenario.utc_offset_min,
     )
     script = [e for e in scenario.events if e.vehicle == sv.name]
     for e in script:

@@ -34,6 +34,24 @@ Behaviour
     van makes a round of 4-7 short delivery stops (hazard lights on) and then returns to
     its start node, its depot (pass :data:`device_sim.city.DEPOT`).
 
+    Trip patterns (private cars: electric car, combustion SUV): with the default
+    :attr:`TripPattern.RANDOM` the vehicle drives random routes as above, around the clock.
+    With :attr:`TripPattern.COMMUTE` it follows a daily routine in local time (the simulated
+    clock shifted by ``utc_offset_min``; daylight saving is ignored). Its start node is its
+    home; its work place is a node drawn at construction (at least 1.5 km away where the
+    network allows). On weekdays it leaves home between 07:00 and 08:30, drives to work and
+    stays parked there (ignition off, locked) until 16:30-18:30, drives home and, on three
+    evenings in ten, runs one short errand (to a random node and back) between 19:15 and
+    20:30; then it stays parked overnight. At weekends it runs one or two errands (the first
+    leaving 10:00-12:30, the second 14:00-16:30) and is otherwise parked. A departure time is
+    the earliest the driver leaves: a vehicle that is charging, held or immobilized leaves
+    later, and each day is planned (drawn from the generator) when the previous one is done.
+    A commuting vehicle started in the middle of the day skips the outings that are already
+    over. An electric commuter plugs in at home below 50 % (home wallbox, 11 kW), elsewhere
+    below 20 % as usual. :meth:`~SimulatedVehicle.depart_now` sets off on the next trip of
+    the routine at once; :meth:`~SimulatedVehicle.go_to` drives there instead, and the
+    routine goes on from there.
+
     Energy use follows distance, speed (rolling and air resistance), acceleration (with
     regenerative braking for the electric car) and auxiliary load while the ignition is on.
     The cabin is climate-controlled towards the driver's set point while the ignition is on
@@ -89,7 +107,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from device_sim.city import RoadNetwork, random_route, shortest_path
+from device_sim.city import RoadNetwork, haversine_m, random_route, shortest_path
 from schemas.catalog import CATALOG
 from schemas.commands import ResultReason
 from schemas.payloads import Event, EventType, SignalValue
@@ -101,6 +119,7 @@ __all__ = [
     "CommandRefused",
     "Phase",
     "SimulatedVehicle",
+    "TripPattern",
     "VehicleProfile",
     "make_vin",
 ]
@@ -158,6 +177,15 @@ class VehicleProfile(enum.Enum):
     @property
     def is_electric(self) -> bool:
         return self is VehicleProfile.ELECTRIC_CAR
+
+
+class TripPattern(enum.StrEnum):
+    """How a vehicle plans its trips (see the module docstring)."""
+
+    #: random routes with short stops, around the clock (the default)
+    RANDOM = "random"
+    #: home - work - home on weekdays, errands at weekends, parked overnight (private cars)
+    COMMUTE = "commute"
 
 
 class Phase(enum.Enum):
@@ -322,6 +350,15 @@ _REMOTE_CLIMATE_MAX_S: Final = 1800.0
 _PARKING_HEATER_L_PER_H: Final = 0.4
 #: time constant of the cabin temperature while the climate control runs, s
 _CLIMATE_TAU_S: Final = 300.0
+#: a commuting electric car plugs in at home below this state of charge, percent
+_HOME_CHARGE_BELOW_PCT: Final = 50.0
+#: a home wallbox charges at most this fast, kW
+_HOME_CHARGE_KW: Final = 11.0
+#: a commuter's work place is at least this far from home (where the network allows), m
+_MIN_COMMUTE_M: Final = 1500.0
+_DAY_MS: Final = 86_400_000
+#: profiles that can follow :attr:`TripPattern.COMMUTE`
+_PRIVATE: Final = frozenset({VehicleProfile.ELECTRIC_CAR, VehicleProfile.COMBUSTION_SUV})
 
 # --- signal paths ----------------------------------------------------------------------------
 
@@ -419,6 +456,15 @@ def _outside_air_c(time_ms: int) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class _Trip:
+    """One trip of a commuter's routine."""
+
+    #: elapsed simulated seconds from which the driver leaves; None: after the usual stop
+    depart_s: float | None
+    destination: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Driver:
     """Per-vehicle habits, drawn once."""
 
@@ -436,11 +482,14 @@ class SimulatedVehicle:
     ``rng`` is owned by the vehicle from now on (give each vehicle its own). ``start_ms`` is
     the simulated clock's start, ms since the Unix epoch. ``initial_level_pct`` is the
     initial state of charge (electric) or fuel level (combustion), drawn from ``rng`` when
-    None. ``first_event_seq`` is the ``seq`` of the first event.
+    None. ``first_event_seq`` is the ``seq`` of the first event. ``pattern`` chooses the
+    trip pattern (:class:`TripPattern`; commute only for private cars), and
+    ``utc_offset_min`` the local time a commuter lives by (+60: Munich in winter).
     """
 
     __slots__ = (
         "_active_dtcs",
+        "_agenda",
         "_alert_until_s",
         "_alt_noise_m",
         "_cabin_c",
@@ -453,6 +502,7 @@ class SimulatedVehicle:
         "_driver",
         "_elapsed_s",
         "_energy",
+        "_errand_nodes",
         "_events",
         "_gps_accuracy_m",
         "_gps_east_m",
@@ -473,7 +523,9 @@ class SimulatedVehicle:
         "_node_speed_mps",
         "_odometer_m",
         "_outside_offset_c",
+        "_pattern",
         "_phase",
+        "_planned_day",
         "_pos_m",
         "_profile",
         "_refuelling",
@@ -491,9 +543,11 @@ class SimulatedVehicle:
         "_trip_m",
         "_tyre_c",
         "_tyre_kpa_20c",
+        "_utc_offset_ms",
         "_vin",
         "_voltage",
         "_window_pct",
+        "_work",
     )
 
     def __init__(
@@ -507,8 +561,15 @@ class SimulatedVehicle:
         start_ms: int = 0,
         initial_level_pct: float | None = None,
         first_event_seq: int = 0,
+        pattern: TripPattern = TripPattern.RANDOM,
+        utc_offset_min: int = 60,
     ) -> None:
         self._vin = validate_vin(vin)
+        pattern = TripPattern(pattern)
+        if pattern is TripPattern.COMMUTE and profile not in _PRIVATE:
+            raise ValueError(f"a {profile.value} cannot commute (private cars only)")
+        if isinstance(utc_offset_min, bool) or not -1440 < utc_offset_min < 1440:
+            raise ValueError(f"utc_offset_min must be within ±1439, got {utc_offset_min!r}")
         if not network.neighbours(start_node):
             raise ValueError(f"start node {start_node!r} has no streets")
         if start_ms < 0 or first_event_seq < 0:
@@ -593,6 +654,30 @@ class SimulatedVehicle:
         #: active trouble code -> elapsed simulated seconds at which it clears
         self._active_dtcs: dict[str, float] = {}
 
+        # trip pattern: a commuter draws its work place now (and nothing else); the default
+        # pattern draws nothing here, so its stream stays as it was
+        self._pattern = pattern
+        self._utc_offset_ms = utc_offset_min * 60_000
+        self._work: str | None = None
+        self._errand_nodes: tuple[str, ...] = ()
+        #: a commuter's next trips, in order
+        self._agenda: list[_Trip] = []
+        #: the last local day (days since the epoch) planned into the agenda; None: none yet
+        self._planned_day: int | None = None
+        if pattern is TripPattern.COMMUTE:
+            home = network.nodes[start_node]
+            others = sorted(n for n in network.nodes if n != start_node and network.neighbours(n))
+            if not others:
+                raise ValueError("a commuter needs a network with more than one node")
+            far = [
+                n
+                for n in others
+                if haversine_m(home.lat, home.lon, network.nodes[n].lat, network.nodes[n].lon)
+                >= _MIN_COMMUTE_M
+            ]
+            self._work = rng.choice(far or others)
+            self._errand_nodes = tuple(n for n in others if n != self._work) or (self._work,)
+
     # --- public reads -----------------------------------------------------------------------
 
     @property
@@ -606,6 +691,20 @@ class SimulatedVehicle:
     @property
     def phase(self) -> Phase:
         return self._phase
+
+    @property
+    def pattern(self) -> TripPattern:
+        return self._pattern
+
+    @property
+    def home(self) -> str:
+        """The start node (a commuter's home)."""
+        return self._start_node
+
+    @property
+    def work(self) -> str | None:
+        """A commuter's work place (a node); None for other patterns."""
+        return self._work
 
     @property
     def sim_time_ms(self) -> int:
@@ -927,7 +1026,7 @@ class SimulatedVehicle:
                 self._phase = Phase.PARKED
                 self._timer_s = self._park_duration_s()
                 if self._profile.is_electric:
-                    self._charging = self._charging or self._energy < _CHARGE_BELOW_PCT
+                    self._charging = self._charging or self._energy < self._plug_in_below_pct()
                 else:
                     self._refuelling = self._energy < _REFUEL_BELOW_PCT
         elif phase is Phase.PARKED:
@@ -1047,8 +1146,16 @@ class SimulatedVehicle:
             return self._rng.uniform(*_DEPOT_PARK_S)
         return self._rng.uniform(*self._spec.park_s)
 
+    def _at_home_commuting(self) -> bool:
+        return self._pattern is TripPattern.COMMUTE and self._node == self._start_node
+
+    def _plug_in_below_pct(self) -> float:
+        return _HOME_CHARGE_BELOW_PCT if self._at_home_commuting() else _CHARGE_BELOW_PCT
+
     def _charge(self, dt: float) -> None:
         kw = _DC_CHARGE_KW if self._energy < 50.0 else max(12.0, 50.0 - 0.8 * (self._energy - 50))
+        if self._at_home_commuting():
+            kw = min(kw, _HOME_CHARGE_KW)
         self._energy += kw * dt / 3600.0 / self._spec.battery_kwh * 100.0
         if self._energy >= self._charge_limit_pct:
             self._energy = float(self._charge_limit_pct)
@@ -1065,11 +1172,61 @@ class SimulatedVehicle:
         self._timer_s -= dt
         # an immobilized vehicle stays where it is (the driver does not come)
         busy = self._charging or self._refuelling or self._immobilized or self._held
-        if self._timer_s <= 0.0 and not busy:
+        if self._timer_s <= 0.0 and not busy and self._trip_due():
             self._phase = Phase.BOARDING
             self._timer_s = self._rng.uniform(3.0, 10.0)
             self._locked = False
             self._door_open = True
+
+    # --- commuting ---------------------------------------------------------------------------
+
+    def _trip_due(self) -> bool:
+        """Whether the routine lets the driver leave now (always, for random trips)."""
+        if self._pattern is TripPattern.RANDOM:
+            return True
+        trip = self._next_trip()
+        return trip.depart_s is None or self._elapsed_s >= trip.depart_s
+
+    def _next_trip(self) -> _Trip:
+        """A commuter's next trip (not to where it is), planning days as needed."""
+        while True:
+            while self._agenda and self._agenda[0].destination == self._node:
+                self._agenda.pop(0)
+            if self._agenda:
+                return self._agenda[0]
+            now_ms = self.sim_time_ms
+            today = (now_ms + self._utc_offset_ms) // _DAY_MS
+            day = today if self._planned_day is None else max(self._planned_day + 1, today)
+            self._planned_day = day
+            self._plan_day(day, now_ms)
+
+    def _plan_day(self, day: int, now_ms: int) -> None:
+        """Put local day ``day``'s outings on the agenda, leaving out those already over."""
+        rng, home, work = self._rng, self._start_node, self._work
+        assert work is not None
+        day_start_s = (day * _DAY_MS - self._utc_offset_ms - self._start_ms) / 1000.0
+
+        def at(hours: float) -> float:
+            return day_start_s + hours * 3600.0
+
+        outings: list[list[_Trip]] = []
+        if (day + 3) % 7 < 5:  # Monday-Friday (1970-01-01 was a Thursday)
+            outings.append(
+                [_Trip(at(rng.uniform(7.0, 8.5)), work), _Trip(at(rng.uniform(16.5, 18.5)), home)]
+            )
+            if rng.random() < 0.3:
+                errand = rng.choice(self._errand_nodes)
+                outings.append([_Trip(at(rng.uniform(19.25, 20.5)), errand), _Trip(None, home)])
+        else:
+            windows = ((10.0, 12.5), (14.0, 16.5))[: rng.randint(1, 2)]
+            for lo, hi in windows:
+                errand = rng.choice(self._errand_nodes)
+                outings.append([_Trip(at(rng.uniform(lo, hi)), errand), _Trip(None, home)])
+        now_s = (now_ms - self._start_ms) / 1000.0
+        for outing in outings:
+            last = max(t.depart_s for t in outing if t.depart_s is not None)
+            if last >= now_s:
+                self._agenda.extend(outing)
 
     def _depart(self) -> None:
         """The driver is in: close the door, ignition on, pick the next route and go."""
@@ -1089,6 +1246,9 @@ class SimulatedVehicle:
         if self._destination is not None:
             route = shortest_path(self._net, self._node, self._destination)
             self._destination = None
+        elif self._pattern is TripPattern.COMMUTE:
+            route = shortest_path(self._net, self._node, self._next_trip().destination)
+            self._agenda.pop(0)
         elif self._profile is VehicleProfile.DELIVERY_VAN and self._deliveries_left <= 0:
             route = shortest_path(self._net, self._node, self._start_node)
             self._returning_home = len(route) > 1
