@@ -40,6 +40,7 @@ import sys
 import time
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Final, TextIO
 from urllib.parse import urlsplit
 
@@ -982,6 +983,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: none, anonymous)",
     )
     parser.add_argument(
+        "--gateway-public-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the gateway's command signing public key (PEM; the API writes it next to its "
+        "private key, DATA_DIR/command-signing-key.pem.pub): every unit then refuses a "
+        "command that is unsigned or badly signed (bad_signature) or whose counter is not "
+        "above the last one it took (replayed) (default: none, commands are not checked)",
+    )
+    parser.add_argument(
         "--shard",
         type=_shard,
         default=None,
@@ -1161,6 +1172,11 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Opti
             send_on_change=args.send_on_change,
             min_signal_interval_s=args.min_signal_interval,
             heartbeat_full_s=args.heartbeat,
+            gateway_public_key=(
+                args.gateway_public_key.read_bytes()
+                if args.gateway_public_key is not None
+                else None
+            ),
         )
         fleet = FleetSettings(
             count=args.vehicles,
@@ -1172,7 +1188,7 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Opti
         )
         if args.shard is not None and args.shard.count > args.vehicles:
             raise ValueError(f"--shard {args.shard} needs at least {args.shard.count} vehicles")
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         parser.error(str(exc))
     procs = 1 if args.shard is not None else min(args.procs, args.vehicles)
     return _Options(host, port, unit_settings, fleet, interval, procs, args.connect_rate)

@@ -72,7 +72,10 @@ Remote commands
        result always carries the unit's VIN);
     3. bring the vehicle up to the present and apply :func:`~schemas.commands.unit_decision`
        with the unit's clock and ``vehicle.is_moving``: wrong VIN, expired, unsupported or bad
-       parameters, unsafe while moving are answered ``rejected`` and change nothing;
+       parameters, unsafe while moving are answered ``rejected`` and change nothing; with
+       :attr:`UnitSettings.gateway_public_key` also a missing or bad signature
+       (``bad_signature``) and a counter at or below the last authentic, current command's
+       (``replayed``; the counter is kept in memory);
     4. otherwise answer ``accepted``, wait :attr:`UnitSettings.command_delay_s` (a slow
        actuator), carry the command out on the vehicle and answer ``succeeded``, or
        ``failed`` with the reason when the vehicle refuses
@@ -161,6 +164,7 @@ from schemas.payloads import (
     encode_sample,
     encode_status,
 )
+from schemas.signing import load_public_key_pem
 from schemas.topics import Channel, InvalidTopicError, topic_for
 
 __all__ = [
@@ -195,6 +199,16 @@ _STABLE_CONNECTION_S: Final = 30.0
 
 #: command ids remembered to recognise a redelivered command
 _SEEN_COMMAND_IDS: Final = 1024
+#: refusals after which a command's counter is not spent: it is not authentic, not for this
+#: vehicle, too late or already spent
+_UNTRUSTED: Final = frozenset(
+    {
+        ResultReason.BAD_SIGNATURE,
+        ResultReason.WRONG_VIN,
+        ResultReason.EXPIRED,
+        ResultReason.REPLAYED,
+    }
+)
 #: results kept while the unit cannot send (the oldest are dropped beyond it)
 _RESULT_BUFFER_LIMIT: Final = 1000
 #: longest ``detail`` in a result (the contract's limit)
@@ -272,6 +286,10 @@ class UnitSettings:
     min_signal_interval_s: float = 1.0
     #: send-on-change: a full snapshot this often, seconds
     heartbeat_full_s: float = 30.0
+    #: the gateway's Ed25519 public key (PEM), provisioned with the unit's credentials: when
+    #: set, every command must be signed with it and carry a counter above the last one taken
+    #: (``bad_signature`` / ``replayed`` otherwise); None: commands are not checked
+    gateway_public_key: bytes | None = None
 
     def __post_init__(self) -> None:
         if not self.host or any(ch.isspace() for ch in self.host):
@@ -326,6 +344,8 @@ class UnitSettings:
             raise ValueError(
                 f"heartbeat_full_s must be a finite number > 0, got {self.heartbeat_full_s}"
             )
+        if self.gateway_public_key is not None:
+            load_public_key_pem(self.gateway_public_key)  # ValueError if it is not one
 
 
 @dataclass(frozen=True, slots=True)
@@ -670,6 +690,14 @@ class SimulatedUnit:
         self._link = asyncio.Event()
         self._answers: deque[_Answer] = deque()
         self._seen_ids: OrderedDict[str, None] = OrderedDict()
+        self._public_key = (
+            load_public_key_pem(settings.gateway_public_key)
+            if settings.gateway_public_key is not None
+            else None
+        )
+        #: the counter of the last authentic, current command (in memory only: after a
+        #: restart the expiry of the commands still bounds a replay)
+        self._last_counter: int | None = None
 
         self._samples = 0
         self._published = 0
@@ -1198,8 +1226,21 @@ class SimulatedUnit:
         self._advance()  # the vehicle as it is now, not as at the last report
         now = self._clock_ms()
         rejection = unit_decision(
-            command, vin=self._vin, now_ms=now, is_moving=self._vehicle.is_moving
+            command,
+            vin=self._vin,
+            now_ms=now,
+            is_moving=self._vehicle.is_moving,
+            public_key=self._public_key,
+            last_counter=self._last_counter,
         )
+        if (
+            self._public_key is not None
+            and command.counter is not None
+            and (rejection is None or rejection.reason not in _UNTRUSTED)
+        ):
+            # authentic and current: its counter is spent even if the command is refused
+            # (an unlock refused while moving must not work when replayed after the stop)
+            self._last_counter = command.counter
         if rejection is None and isinstance(command, InvalidCommand):
             # the rule book always refuses these; never run one, whatever it says
             rejection = self._result(

@@ -182,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
         "API process, like a gateway's (env TELEMATICS_COMMANDS_CLIENT_ID; default: "
         "telematics-commands-1)",
     )
+    api.add_argument(
+        "--signing-key",
+        type=Path,
+        default=os.environ.get("TELEMATICS_SIGNING_KEY"),
+        metavar="FILE",
+        help="Ed25519 private key (PEM) that signs every remote command; created (mode 0600, "
+        "with its public key next to it as FILE.pub, to provision units with) if missing "
+        "(env TELEMATICS_SIGNING_KEY; default: DATA_DIR/command-signing-key.pem)",
+    )
 
     sub.add_parser(
         "sim",
@@ -259,6 +268,21 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def ensure_signing_key(path: Path) -> None:
+    """Create the command signing key at ``path`` (0600) and its public key at
+    ``path.pub`` unless the key exists; the public key is what units are provisioned with."""
+    from schemas.signing import generate_keypair, public_key_pem, save_private_key
+
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    private_key, public_key = generate_keypair()
+    save_private_key(path, private_key)
+    public_path = path.with_name(path.name + ".pub")
+    public_path.write_bytes(public_key_pem(public_key))
+    log.info("created the command signing key %s (public key: %s)", path, public_path)
+
+
 def _cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -271,11 +295,14 @@ def _cmd_api(args: argparse.Namespace) -> int:
     commands = None
     if args.mqtt_url is not None:
         host, port = parse_mqtt_url(args.mqtt_url)
+        signing_key: Path = args.signing_key or args.data_dir / "command-signing-key.pem"
+        ensure_signing_key(signing_key)
         commands = CommandSettings(
             state_db_url=args.state_db_url or default_state_db_url(args.data_dir),
             mqtt_host=host,
             mqtt_port=port,
             client_id=args.commands_client_id,
+            signing_key_path=signing_key,
         )
     else:
         log.warning("no --mqtt-url: remote commands are off (their routes answer 503)")

@@ -6,7 +6,8 @@ Layout:
     catalog.py   the typed signal catalog (COVESA VSS paths, datatypes, units, bounds)
     payloads.py  payload types and the pure encode/decode functions
 
-Imports: only the standard library, pydantic and orjson. Imported by ``gateway`` and
+Imports: only the standard library, pydantic, orjson and (for command signatures,
+``signing.py``) cryptography. Imported by ``gateway`` and
 ``device_sim`` alike; this package never imports either of them, so the simulator speaks
 exactly the public contract a real unit would.
 """

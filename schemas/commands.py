@@ -34,6 +34,12 @@ Safety: a command never runs after its expiry and some never run while the vehic
 :func:`unit_decision` is the single rule book for both; the gateway applies it before sending
 and the unit on receipt, so the two can never disagree.
 
+Authenticity (optional; :mod:`schemas.signing`): a gateway with a signing key adds a
+per-vehicle ``counter`` and an Ed25519 ``signature`` to every command; a unit provisioned
+with the gateway's public key refuses an unsigned or badly signed command
+(``bad_signature``) and one whose counter is not above the last it took (``replayed``).
+Without a key both fields are absent and nothing is checked.
+
 Everything here is pure (no clock, no I/O): times come in as arguments.
 """
 
@@ -43,7 +49,7 @@ import enum
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Annotated, Any, NotRequired, TypeAlias
 
@@ -60,6 +66,7 @@ from pydantic import with_config as _with_config
 from typing_extensions import TypedDict
 
 from schemas.payloads import Reason, Rejection, SignalValue
+from schemas.signing import Ed25519PublicKey, verify_command
 from schemas.topics import CONTRACT_VERSION, InvalidTopicError
 from schemas.vin import VIN_PATTERN, is_valid_vin
 
@@ -154,6 +161,10 @@ class ResultReason(enum.StrEnum):
     UNSUPPORTED = "unsupported"
     BAD_PARAMS = "bad_params"
     INTERNAL_ERROR = "internal_error"
+    #: the unit holds the gateway's public key and the signature is missing or does not verify
+    BAD_SIGNATURE = "bad_signature"
+    #: the command's counter is not above the last one the unit took: a replay
+    REPLAYED = "replayed"
 
 
 # --- parameters ---------------------------------------------------------------------------------
@@ -521,6 +532,11 @@ class CommandMessage:
     issued_at: int
     #: the unit must not start the command at or after this instant
     expires_at: int
+    #: per-vehicle counter, strictly increasing from one signed command to the next (a unit
+    #: refuses a counter at or below the last it took: see :func:`unit_decision`)
+    counter: int | None = None
+    #: the gateway's Ed25519 signature (:mod:`schemas.signing`), base64url; ``None``: unsigned
+    signature: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,6 +553,10 @@ class InvalidCommand:
     detail: str
     issued_at: int
     expires_at: int
+    #: the parameters as received (unvalidated): part of what the signature covers
+    params: Mapping[str, Any] = field(default_factory=dict)
+    counter: int | None = None
+    signature: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,6 +588,9 @@ class _CommandIn(TypedDict):
     params: dict[str, Any]
     issued_at: _Ts
     expires_at: _Ts
+    counter: NotRequired[Annotated[int, Field(ge=0, le=2**63 - 1)]]
+    # any short text: a malformed signature is answered ``bad_signature``, not ignored
+    signature: NotRequired[Annotated[str, StringConstraints(min_length=1, max_length=256)]]
 
 
 @_with_config(_ENVELOPE_CONFIG)
@@ -613,16 +636,20 @@ def _too_large(payload: bytes, *, vin: str | None) -> Rejection | None:
 
 
 def encode_command(command: CommandMessage) -> bytes:
-    return orjson.dumps(
-        {
-            "command_id": command.command_id,
-            "vin": command.vin,
-            "type": command.type.value,
-            "params": dict(command.params),
-            "issued_at": command.issued_at,
-            "expires_at": command.expires_at,
-        }
-    )
+    """The wire form; ``counter`` and ``signature`` only when set."""
+    body: dict[str, object] = {
+        "command_id": command.command_id,
+        "vin": command.vin,
+        "type": command.type.value,
+        "params": dict(command.params),
+        "issued_at": command.issued_at,
+        "expires_at": command.expires_at,
+    }
+    if command.counter is not None:
+        body["counter"] = command.counter
+    if command.signature is not None:
+        body["signature"] = command.signature
+    return orjson.dumps(body)
 
 
 def decode_command(payload: bytes) -> CommandMessage | InvalidCommand | Rejection:
@@ -659,6 +686,9 @@ def decode_command(payload: bytes) -> CommandMessage | InvalidCommand | Rejectio
             detail,
             raw["issued_at"],
             raw["expires_at"],
+            raw["params"],
+            raw.get("counter"),
+            raw.get("signature"),
         )
 
     try:
@@ -670,7 +700,14 @@ def decode_command(payload: bytes) -> CommandMessage | InvalidCommand | Rejectio
     except CommandParamsError as exc:
         return invalid(ResultReason.BAD_PARAMS, str(exc)[:_DETAIL_MAX])
     return CommandMessage(
-        raw["command_id"], raw["vin"], command_type, params, raw["issued_at"], raw["expires_at"]
+        raw["command_id"],
+        raw["vin"],
+        command_type,
+        params,
+        raw["issued_at"],
+        raw["expires_at"],
+        raw.get("counter"),
+        raw.get("signature"),
     )
 
 
@@ -740,15 +777,31 @@ def message_expiry_interval(command: CommandMessage, *, now_ms: int) -> int | No
 
 
 def unit_decision(
-    command: CommandMessage | InvalidCommand, *, vin: str, now_ms: int, is_moving: bool
+    command: CommandMessage | InvalidCommand,
+    *,
+    vin: str,
+    now_ms: int,
+    is_moving: bool,
+    public_key: Ed25519PublicKey | None = None,
+    last_counter: int | None = None,
 ) -> CommandResult | None:
     """What a unit must answer on receiving ``command``: a ``rejected`` result, or ``None``
     to accept it. The first rule that applies wins:
 
-    1. ``wrong_vin``: the command is for another vehicle;
-    2. ``expired``: ``now_ms >= expires_at`` (at the instant of expiry it is already too late);
-    3. ``unsupported`` / ``bad_params``: an :class:`InvalidCommand`;
-    4. ``vehicle_moving``: the command is unsafe while moving and the vehicle moves.
+    1. ``bad_signature``: only when the unit holds the gateway's ``public_key``: the command
+       has no signature or no counter, or the signature does not verify
+       (:func:`schemas.signing.verify_command`). First, so that nothing else about an
+       unauthenticated message is believed (not even its VIN or expiry);
+    2. ``wrong_vin``: the command is for another vehicle;
+    3. ``expired``: ``now_ms >= expires_at`` (at the instant of expiry it is already too late);
+    4. ``replayed``: only with a ``public_key``: ``counter <= last_counter``, the counter of
+       the last authentic, current command the unit took (``None``: none yet);
+    5. ``unsupported`` / ``bad_params``: an :class:`InvalidCommand`;
+    6. ``vehicle_moving``: the command is unsafe while moving and the vehicle moves.
+
+    A command that passes rules 1-4 should move the unit's ``last_counter`` to its counter,
+    even if a later rule refuses it: an ``unlock`` refused while moving must not become
+    valid by being replayed once the vehicle stops.
 
     The gateway applies the same rules before sending (with the vehicle's latest state), so a
     command refused by the gateway would have been refused by the unit too. The result carries
@@ -758,12 +811,31 @@ def unit_decision(
     def rejected(reason: ResultReason, detail: str) -> CommandResult:
         return CommandResult(command.command_id, vin, ResultStatus.REJECTED, now_ms, reason, detail)
 
+    if public_key is not None:
+        if command.signature is None:
+            return rejected(ResultReason.BAD_SIGNATURE, "command is not signed")
+        if command.counter is None:
+            return rejected(ResultReason.BAD_SIGNATURE, "signed command carries no counter")
+        if not verify_command(command, command.signature, public_key):
+            return rejected(
+                ResultReason.BAD_SIGNATURE, "signature does not verify with the gateway's key"
+            )
     if command.vin != vin:
         return rejected(ResultReason.WRONG_VIN, f"command is for {command.vin}, this is {vin}")
     if now_ms >= command.expires_at:
         return rejected(
             ResultReason.EXPIRED,
             f"expired at {command.expires_at}, {now_ms - command.expires_at} ms ago",
+        )
+    if (
+        public_key is not None
+        and last_counter is not None
+        and command.counter is not None
+        and command.counter <= last_counter
+    ):
+        return rejected(
+            ResultReason.REPLAYED,
+            f"counter {command.counter} is not above the last one taken, {last_counter}",
         )
     if isinstance(command, InvalidCommand):
         return rejected(command.reason, command.detail)

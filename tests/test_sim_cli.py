@@ -41,6 +41,7 @@ OPTIONS = (
     "--slow-delay",
     "--silent-share",
     "--username",
+    "--gateway-public-key",
     "--shard",
     "--log-level",
 )
