@@ -553,6 +553,11 @@ class MosquittoProcess:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=cfg.data_dir,
+                    # Ctrl-C in a terminal signals the whole foreground process group at
+                    # once; the broker must outlive the gateways so they can acknowledge
+                    # what they committed, so it gets a session of its own and is stopped
+                    # last, by stop() (or the exit hook above)
+                    start_new_session=True,
                 )
             except OSError as exc:  # not executable, wrong architecture, ...
                 raise BrokerStartError(f"cannot run {executable}: {exc}; {INSTALL_HINT}") from exc
