@@ -729,34 +729,26 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
     return parts.hostname, 1883 if port is None else port
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str, ok: Callable[[float], bool], expected: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    if not ok(value):  # NaN fails every comparison, so it is refused too
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    return _number(text, lambda v: 0 < v < math.inf, "a number > 0")
 
 
 def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
+    return _number(text, lambda v: 0 <= v < math.inf, "a number >= 0")
 
 
 def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text!r}")
-    return value
+    return _number(text, lambda v: 0.0 <= v <= 1.0, "a share from 0 to 1")
 
 
 def _count(text: str) -> int:

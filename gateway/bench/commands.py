@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from gateway import metrics
-from gateway.bench.ingest import _Load, _percentile
+from gateway.bench.ingest import LoadProcess, percentile
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from gateway.errors import ConfigurationError
 
@@ -217,8 +217,8 @@ def _phase(api: str, state_db: Path, vins: list[str], count: int, rate: float) -
         commands=len(ids),
         succeeded=len(latencies),
         other_final=others,
-        p50_ms=round(_percentile(latencies, 0.5), 1),
-        p99_ms=round(_percentile(latencies, 0.99), 1),
+        p50_ms=round(percentile(latencies, 0.5), 1),
+        p99_ms=round(percentile(latencies, 0.99), 1),
         max_ms=round(max(latencies, default=float("nan")), 1),
         seconds=round(seconds, 2),
     )
@@ -283,7 +283,7 @@ def run_commands_bench(
 
                 _say(progress, "phase 2: measuring the ingest maximum")
                 base = _stored(data / "telemetry.db")
-                load = _Load(b.port, 100, 600, 1, seq_base=0)
+                load = LoadProcess(b.port, 100, 600, 1, seq_base=0)
                 samples = 100 * 600
                 _wait(lambda: _stored(data / "telemetry.db") - base >= samples, "ingest")
                 maximum = samples / (time.perf_counter() - load.started)
@@ -291,7 +291,7 @@ def run_commands_bench(
                 half = maximum / 2
                 _say(progress, f"  {maximum:,.0f} samples/s; commands under {half:,.0f}/s")
                 seconds = commands / rate + 30
-                paced = _Load(
+                paced = LoadProcess(
                     b.port, 100, int(half * seconds / 100), 1, rate=half, seq_base=1_000_000
                 )
                 under = _phase(api, state_db, vins, commands, rate)

@@ -42,7 +42,14 @@ from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from gateway.errors import ConfigurationError
 from schemas import Sample, encode_sample
 
-__all__ = ["IngestBenchResult", "add_arguments", "run_from_args", "run_ingest_bench"]
+__all__ = [
+    "IngestBenchResult",
+    "LoadProcess",
+    "add_arguments",
+    "percentile",
+    "run_from_args",
+    "run_ingest_bench",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +140,7 @@ def _say(progress: bool, message: str) -> None:
 # --- publishers -----------------------------------------------------------------------------
 
 
-class _Load:
+class LoadProcess:
     """``python -m device_sim.loadgen`` as a child process; ``started`` is when it began
     publishing (after every connection was up and every payload encoded)."""
 
@@ -234,7 +241,7 @@ def _baseline(port: int, vehicles: int, per_vehicle: int, batch: int) -> float:
             ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", "bench/probe", "-m", "1"],
             check=True,
         )
-    load = _Load(port, vehicles, per_vehicle, batch)
+    load = LoadProcess(port, vehicles, per_vehicle, batch)
     if sub.wait(600) != 0:
         raise RuntimeError("mosquitto_sub did not receive every message")
     elapsed = time.perf_counter() - load.started
@@ -335,7 +342,7 @@ def _ingest(
 ) -> float:
     samples = vehicles * per_vehicle * batch
     base = _stored(db)
-    load = _Load(port, vehicles, per_vehicle, batch)
+    load = LoadProcess(port, vehicles, per_vehicle, batch)
     deadline = time.monotonic() + 600
     while _stored(db) - base < samples:
         if time.monotonic() > deadline:
@@ -359,7 +366,7 @@ def _latency(
     expected = per_vehicle * vehicles * batch
     (last_id,) = db.execute("SELECT coalesce(max(id), 0) FROM samples").fetchone()
     latencies: list[float] = []
-    load = _Load(port, vehicles, per_vehicle, batch, rate=rate, seq_base=LATENCY_SEQ_BASE)
+    load = LoadProcess(port, vehicles, per_vehicle, batch, rate=rate, seq_base=LATENCY_SEQ_BASE)
     deadline = time.monotonic() + seconds + 60
     while len(latencies) < expected:
         if time.monotonic() > deadline:
@@ -375,7 +382,7 @@ def _latency(
     return latencies
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
@@ -442,8 +449,8 @@ def run_ingest_bench(
             redelivered_duplicates=int(dup_row[0]) if dup_row else 0,
             latency_rate_samples_per_s=round(half, 1),
             latency_samples=len(latencies),
-            latency_p50_ms=round(_percentile(latencies, 0.50), 1),
-            latency_p99_ms=round(_percentile(latencies, 0.99), 1),
+            latency_p50_ms=round(percentile(latencies, 0.50), 1),
+            latency_p99_ms=round(percentile(latencies, 0.99), 1),
             latency_max_ms=round(max(latencies, default=float("nan")), 1),
         )
     finally:

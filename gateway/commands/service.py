@@ -47,7 +47,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +62,7 @@ from gateway.commands.lifecycle import (
     event_for_result,
 )
 from gateway.errors import GatewayError, StoreError
+from gateway.ingest.service import wall_clock_ms
 from gateway.statedb.commands import CommandRecord, CommandRepository
 from gateway.store import IngestBatch, QuarantineEntry, SqliteTelemetryStore, VehicleState
 from schemas import (
@@ -99,10 +99,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,11 +229,7 @@ class CommandService:
     # --- requests -------------------------------------------------------------------------
 
     def _vehicle_state(self, vin: str) -> VehicleState | None:
-        reader = SqliteTelemetryStore(self._telemetry_db, readonly=True)
-        try:
-            return reader.vehicle_state(vin)
-        finally:
-            reader.close()
+        return self._vehicle_states({vin})[vin]
 
     async def create(
         self,
