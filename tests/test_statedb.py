@@ -17,12 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from psycopg import sql
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
@@ -41,39 +39,7 @@ from gateway.statedb.models import Base, CommandRow, CommandTransitionRow
 
 # --- fixtures -------------------------------------------------------------------------------
 
-PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
-PG_START_HINT = (
-    "PostgreSQL is not reachable at 127.0.0.1:5432 (trust auth, user postgres); start it with "
-    "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
-)
-
-
-def _pg_admin() -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(PG_ADMIN_DSN, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"{PG_START_HINT}: {exc}")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def state_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A URL of an empty database: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'state.db'}"
-        return
-    name = f"telematics_test_{uuid.uuid4().hex}"
-    with _pg_admin() as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with _pg_admin() as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+# ``state_db_url`` (every test on SQLite and on PostgreSQL) is in conftest.py
 
 
 @pytest.fixture
@@ -141,7 +107,7 @@ def test_upgrade_creates_the_tables_and_a_second_upgrade_is_a_no_op(state_db_url
     with StateDatabase(state_db_url) as db:
         assert db.current_revision() is None
         db.upgrade()
-        assert db.current_revision() == StateDatabase.head_revision() == "0001"
+        assert db.current_revision() == StateDatabase.head_revision() == "0002"
         inspector = inspect(db.engine)
         assert {"commands", "command_transitions", "alembic_version"} <= set(
             inspector.get_table_names()
@@ -158,7 +124,7 @@ def test_upgrade_creates_the_tables_and_a_second_upgrade_is_a_no_op(state_db_url
 
         db.upgrade()
 
-        assert db.current_revision() == "0001"
+        assert db.current_revision() == "0002"
         assert CommandRepository(db).get(record.id) == record
 
 
@@ -183,7 +149,7 @@ def test_concurrent_upgrades_of_a_fresh_database_all_succeed(state_db_url: str) 
 
     try:
         with ThreadPoolExecutor(len(databases)) as pool:
-            assert list(pool.map(start, databases)) == ["0001"] * len(databases)
+            assert list(pool.map(start, databases)) == ["0002"] * len(databases)
     finally:
         for database in databases:
             database.dispose()
@@ -221,7 +187,7 @@ def test_the_migration_downgrades_and_upgrades_again(db: StateDatabase) -> None:
     assert db.current_revision() is None
     assert "commands" not in inspect(db.engine).get_table_names()
     db.upgrade()
-    assert db.current_revision() == "0001"
+    assert db.current_revision() == "0002"
     assert create(CommandRepository(db)).status is CommandStatus.QUEUED
 
 

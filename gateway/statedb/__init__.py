@@ -1,6 +1,6 @@
-"""The state database: what the gateway decides and must remember (remote commands now;
-users, fleets and geofences in later issues), as opposed to what vehicles report (the
-telemetry store, ``gateway.store``).
+"""The state database: what the gateway decides and must remember (remote commands;
+accounts, users, vehicles and who may use them; the audit log; geofences in a later issue),
+as opposed to what vehicles report (the telemetry store, ``gateway.store``).
 
 Relational, through SQLAlchemy 2.0, with Alembic migrations. SQLite is the embedded default
 (``state.db`` in the data directory, no server to run); PostgreSQL is used when configured by
@@ -11,9 +11,15 @@ speed, which is why it uses an ORM and the telemetry store does not.
 Layout:
     database.py   ``StateDatabase(url)``: engine (SQLite pragmas, psycopg 3), session factories,
                   ``upgrade()`` to the newest schema under a cross-process lock, ``default_url``
-    models.py     declarative models (the tables ``commands`` and ``command_transitions``)
+    models.py     declarative models: ``commands`` and ``command_transitions``; accounts,
+                  users, vehicles, grants, API keys, refresh tokens, the audit log and the
+                  broker-identity version
     commands.py   ``CommandRepository``: create (idempotent), read, apply lifecycle events,
                   the sweeps for expiry, result timeouts and confirmation
+    accounts.py   ``AccountRepository``: accounts, users (login throttling), vehicles and
+                  their broker identities, grants, API keys, refresh-token rotation with
+                  reuse detection
+    audit.py      ``AuditLog``: the append-only audit log (the database refuses changes)
     migrations/   the Alembic environment (env.py, script.py.mako, versions/), run from code:
                   no ``alembic.ini``
 
@@ -21,6 +27,24 @@ Imports sqlalchemy, alembic, ``gateway.commands.lifecycle`` (and through it ``sc
 ``gateway.errors``; imported by the command service and the API, never the other way round.
 """
 
+from gateway.statedb.accounts import (
+    AccountRecord,
+    AccountRepository,
+    ApiKeyRecord,
+    Conflict,
+    DuplicateApiKeyPrefix,
+    DuplicateEmail,
+    GrantRecord,
+    NotFound,
+    RefreshOutcome,
+    RefreshTokenRecord,
+    UserRecord,
+    VehicleAlreadyProvisioned,
+    VehicleRecord,
+    VehicleRevoked,
+    normalize_email,
+)
+from gateway.statedb.audit import AuditLog, AuditRecord
 from gateway.statedb.commands import (
     CommandNotFound,
     CommandRecord,
@@ -33,13 +57,30 @@ from gateway.statedb.commands import (
 from gateway.statedb.database import StateDatabase, default_url
 
 __all__ = [
+    "AccountRecord",
+    "AccountRepository",
+    "ApiKeyRecord",
+    "AuditLog",
+    "AuditRecord",
     "CommandNotFound",
     "CommandRecord",
     "CommandRepository",
     "ConfirmationState",
+    "Conflict",
+    "DuplicateApiKeyPrefix",
+    "DuplicateEmail",
+    "GrantRecord",
     "IdempotencyConflict",
+    "NotFound",
+    "RefreshOutcome",
+    "RefreshTokenRecord",
     "StateDatabase",
     "TransitionRecord",
+    "UserRecord",
+    "VehicleAlreadyProvisioned",
+    "VehicleRecord",
+    "VehicleRevoked",
     "default_url",
+    "normalize_email",
     "request_hash",
 ]

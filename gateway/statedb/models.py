@@ -40,9 +40,17 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "MAX_IDEMPOTENCY_KEY_LENGTH",
     "NAMING_CONVENTION",
+    "AccountRow",
+    "ApiKeyRow",
+    "AuditRow",
     "Base",
+    "BrokerAuthStateRow",
     "CommandRow",
     "CommandTransitionRow",
+    "RefreshTokenRow",
+    "UserRow",
+    "VehicleGrantRow",
+    "VehicleRow",
 ]
 
 NAMING_CONVENTION: dict[str, str] = {
@@ -131,3 +139,167 @@ class CommandTransitionRow(Base):
     at: Mapped[int] = mapped_column(BigInteger)
     reason: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+# --- accounts and access (issue 4; migration 0002) ------------------------------------------
+
+
+class AccountRow(Base):
+    """A tenant: an enterprise customer's ``organization`` or a person's ``private`` account.
+
+    Every vehicle belongs to exactly one account; every user but an installation ``admin``
+    belongs to one.
+    """
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    #: organization | private
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class UserRow(Base):
+    """A person who logs in. ``role`` is one of admin, fleet_manager, fleet_viewer, owner,
+    driver (``gateway.auth.policy.Role``); ``account_id`` is NULL only for admins.
+
+    ``failed_logins`` and ``locked_until`` slow down password guessing: each failure past a
+    few makes the account wait longer before the next attempt is even checked.
+    """
+
+    __tablename__ = "users"
+    __table_args__ = (Index("ix_users_account_id", "account_id"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    #: stored lower-cased; unique
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    #: argon2id, PHC string format
+    password_hash: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16))
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    disabled_at: Mapped[int | None] = mapped_column(BigInteger)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class VehicleRow(Base):
+    """A provisioned vehicle: who owns it and its broker identity (user name = VIN).
+
+    ``mqtt_password_hash`` is in Mosquitto's password-file format (PBKDF2-SHA512, ``$7$``),
+    so the broker's password file is rendered from these rows without ever storing the
+    password itself; NULL for a vehicle that authenticates by client certificate only.
+    A revoked vehicle keeps its row (audit, history) with ``revoked_at`` set; it is left out
+    of the broker's password file and ACL and the gateway drops what it still sends.
+    """
+
+    __tablename__ = "vehicles"
+    __table_args__ = (Index("ix_vehicles_account_id", "account_id"),)
+
+    vin: Mapped[str] = mapped_column(String(17), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    label: Mapped[str | None] = mapped_column(Text)
+    mqtt_password_hash: Mapped[str | None] = mapped_column(Text)
+    provisioned_at: Mapped[int] = mapped_column(BigInteger)
+    provisioned_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class VehicleGrantRow(Base):
+    """An owner's (or fleet manager's) grant of one vehicle to one user, limited to the
+    remote services (command types) in ``services``. Revoked grants stay, with
+    ``revoked_at``."""
+
+    __tablename__ = "vehicle_grants"
+    __table_args__ = (
+        Index("ix_vehicle_grants_user_id", "user_id"),
+        Index("ix_vehicle_grants_vin", "vin"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(String(17), ForeignKey("vehicles.vin"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    #: JSON list of command type names the grantee may send
+    services: Mapped[list[str]] = mapped_column(_JSON)
+    granted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ApiKeyRow(Base):
+    """An integration's API key, acting as ``user_id``. Only a SHA-256 of the key is kept
+    (keys are 256-bit random, so a fast hash is enough); ``prefix`` is the key's public
+    first part, to find the row and to show which key is which."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_user_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(Text)
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    last_used_at: Mapped[int | None] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class RefreshTokenRow(Base):
+    """One refresh token (only its SHA-256 is kept). Each use replaces it by a new one of
+    the same ``family``; presenting a replaced token again means it was stolen, and the
+    whole family is revoked (OAuth 2.0 refresh-token rotation with reuse detection)."""
+
+    __tablename__ = "refresh_tokens"
+    __table_args__ = (
+        Index("ix_refresh_tokens_user_id", "user_id"),
+        Index("ix_refresh_tokens_family", "family"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    family: Mapped[str] = mapped_column(String(36))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+    replaced_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class AuditRow(Base):
+    """One entry of the append-only audit log (database triggers refuse UPDATE and DELETE).
+
+    ``actor`` is a readable "who" (``user:7 alice@example.com``, ``api_key:tgk_ab12cd34``,
+    ``system``); ``account_id`` is the account the entry concerns, so a fleet manager can
+    read their organization's entries. Secrets never go into ``detail``.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_at", "at"),
+        Index("ix_audit_log_account_id_id", "account_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    at: Mapped[int] = mapped_column(BigInteger)
+    actor_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(Text)
+    account_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: e.g. login, login_failed, token_refresh, command_create, grant_create, vehicle_provision
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(Text)
+    #: ok | denied | failed
+    outcome: Mapped[str] = mapped_column(String(16))
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(_JSON)
+
+
+class BrokerAuthStateRow(Base):
+    """One row (id 1): ``version`` grows with every change to the vehicles' broker
+    identities, so the broker-side sync polls one integer, not the whole table."""
+
+    __tablename__ = "broker_auth_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(BigInteger)

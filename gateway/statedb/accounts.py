@@ -1,0 +1,1088 @@
+"""The account repository: accounts, users, vehicles, grants, API keys and refresh tokens.
+
+The same rules as :mod:`gateway.statedb.commands`: every method is one short transaction of
+its own and returns frozen records, never ORM objects, so records cross threads freely and
+nothing writes behind the repository's back. Times are epoch milliseconds passed in by the
+caller (``now=``), so tests (and the API, with its one clock) decide what "now" is.
+
+What this module decides, and what it leaves to others:
+
+* **Who may do what** is :mod:`gateway.auth.policy`'s question; this module stores roles and
+  account kinds as the plain strings it is given (the policy's ``Role`` and ``AccountKind``
+  are ``StrEnum`` values and can be passed as they are). It does check what the database
+  alone would get wrong or report badly: unknown ids (:class:`NotFound` instead of a
+  foreign-key error that SQLite and PostgreSQL word differently), duplicate e-mails in any
+  case, a second provisioning of an active vehicle.
+* **Secrets** never reach it: it receives and keeps only hashes (argon2id for passwords,
+  Mosquitto ``$7$`` for broker passwords, SHA-256 for API keys and refresh tokens; see
+  :mod:`gateway.auth`). Records leave every hash out of their ``repr`` so a logged record
+  cannot leak one.
+* **The broker's view** of the vehicles changes only together with
+  ``broker_auth_state.version``: provisioning, revoking and a new broker password increment
+  it in the same transaction, so the broker-side sync that polls the number never misses a
+  change and never sees a number without its change.
+
+Concurrency: SQLite's write transactions are exclusive (``BEGIN IMMEDIATE``), so a read that
+decides a write sees the latest data. On PostgreSQL (read committed) the rows a decision
+rests on are locked first (``SELECT ... FOR UPDATE``): the vehicle when provisioning,
+revoking or granting, the refresh token when rotating; unique constraints settle the races
+that have no row to lock yet (two sign-ups with one e-mail, two provisionings of a new VIN).
+
+Errors::
+
+    GatewayError
+     +-- NotFound                    an id the operation needs does not exist
+     |    +-- VehicleRevoked         the vehicle exists but is revoked
+     +-- Conflict                    the operation would duplicate something unique
+          +-- DuplicateEmail
+          +-- VehicleAlreadyProvisioned
+          +-- DuplicateApiKeyPrefix
+
+Lookups (``get_*``) and changes to one thing by its id (``revoke_*``, ``update_user``) return
+``None`` for an unknown id instead of raising, so the API can answer 404 without a
+try/except; operations that need other rows to exist (creating a user in an account, a grant
+of a vehicle) raise :class:`NotFound`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import EllipsisType
+from typing import Any, Final, Literal, cast
+
+from sqlalchemy import CursorResult, Result, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gateway.errors import GatewayError
+from gateway.statedb.database import StateDatabase
+from gateway.statedb.models import (
+    AccountRow,
+    ApiKeyRow,
+    BrokerAuthStateRow,
+    RefreshTokenRow,
+    UserRow,
+    VehicleGrantRow,
+    VehicleRow,
+)
+
+__all__ = [
+    "AccountRecord",
+    "AccountRepository",
+    "ApiKeyRecord",
+    "Conflict",
+    "DuplicateApiKeyPrefix",
+    "DuplicateEmail",
+    "GrantRecord",
+    "NotFound",
+    "RefreshOutcome",
+    "RefreshTokenRecord",
+    "UserRecord",
+    "VehicleAlreadyProvisioned",
+    "VehicleRecord",
+    "VehicleRevoked",
+    "normalize_email",
+]
+
+logger = logging.getLogger(__name__)
+
+#: what :meth:`AccountRepository.rotate_refresh_token` answers
+RefreshOutcome = Literal["ok", "reused", "expired", "revoked", "unknown"]
+
+#: the one row of ``broker_auth_state`` (inserted by migration 0002)
+_BROKER_STATE_ID: Final = 1
+
+
+def normalize_email(email: str) -> str:
+    """The stored form of an e-mail address: stripped and lower-cased.
+
+    Lower-casing the local part is not strictly RFC 5321, but no mail provider in use treats
+    ``Alice@`` and ``alice@`` as two people, and treating them as one is what makes the
+    UNIQUE constraint case-insensitive on both backends without a functional index.
+    """
+    return email.strip().lower()
+
+
+# --- records --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    """A tenant: ``kind`` is ``organization`` or ``private``."""
+
+    id: int
+    kind: str
+    name: str
+    created_at: int
+
+    @classmethod
+    def from_row(cls, row: AccountRow) -> AccountRecord:
+        return cls(id=row.id, kind=row.kind, name=row.name, created_at=row.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A user as stored; ``account_id`` is None only for installation admins.
+
+    ``password_hash`` is left out of ``repr`` (a record in a log line must not carry it).
+    """
+
+    id: int
+    email: str
+    name: str
+    role: str
+    account_id: int | None
+    created_at: int
+    disabled_at: int | None
+    failed_logins: int
+    locked_until: int | None
+    password_hash: str = field(repr=False)
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_at is not None
+
+    @classmethod
+    def from_row(cls, row: UserRow) -> UserRecord:
+        return cls(
+            id=row.id,
+            email=row.email,
+            name=row.name,
+            role=row.role,
+            account_id=row.account_id,
+            created_at=row.created_at,
+            disabled_at=row.disabled_at,
+            failed_logins=row.failed_logins,
+            locked_until=row.locked_until,
+            password_hash=row.password_hash,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleRecord:
+    """A provisioned vehicle (its broker user name is the VIN); ``mqtt_password_hash`` is
+    left out of ``repr``."""
+
+    vin: str
+    account_id: int
+    label: str | None
+    mqtt_password_hash: str | None = field(repr=False)
+    provisioned_at: int
+    provisioned_by: int | None
+    revoked_at: int | None
+
+    @property
+    def active(self) -> bool:
+        """Not revoked: the vehicle may connect to the broker and be read and commanded."""
+        return self.revoked_at is None
+
+    @classmethod
+    def from_row(cls, row: VehicleRow) -> VehicleRecord:
+        return cls(
+            vin=row.vin,
+            account_id=row.account_id,
+            label=row.label,
+            mqtt_password_hash=row.mqtt_password_hash,
+            provisioned_at=row.provisioned_at,
+            provisioned_by=row.provisioned_by,
+            revoked_at=row.revoked_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRecord:
+    """A grant of one vehicle to one user for the remote services (command types) listed."""
+
+    id: int
+    vin: str
+    user_id: int
+    services: tuple[str, ...]
+    granted_by: int | None
+    created_at: int
+    revoked_at: int | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    @classmethod
+    def from_row(cls, row: VehicleGrantRow) -> GrantRecord:
+        return cls(
+            id=row.id,
+            vin=row.vin,
+            user_id=row.user_id,
+            services=tuple(row.services),
+            granted_by=row.granted_by,
+            created_at=row.created_at,
+            revoked_at=row.revoked_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """An API key's row: its public ``prefix`` and the SHA-256 of the whole key (left out of
+    ``repr``)."""
+
+    id: int
+    user_id: int
+    name: str
+    prefix: str
+    key_hash: str = field(repr=False)
+    created_at: int
+    last_used_at: int | None
+    revoked_at: int | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    @classmethod
+    def from_row(cls, row: ApiKeyRow) -> ApiKeyRecord:
+        return cls(
+            id=row.id,
+            user_id=row.user_id,
+            name=row.name,
+            prefix=row.prefix,
+            key_hash=row.key_hash,
+            created_at=row.created_at,
+            last_used_at=row.last_used_at,
+            revoked_at=row.revoked_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshTokenRecord:
+    """One refresh token of a ``family`` (one login session); ``token_hash`` is its SHA-256,
+    left out of ``repr``."""
+
+    id: int
+    user_id: int
+    family: str
+    token_hash: str = field(repr=False)
+    created_at: int
+    expires_at: int
+    revoked_at: int | None
+    replaced_at: int | None
+
+    @classmethod
+    def from_row(cls, row: RefreshTokenRow) -> RefreshTokenRecord:
+        return cls(
+            id=row.id,
+            user_id=row.user_id,
+            family=row.family,
+            token_hash=row.token_hash,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            revoked_at=row.revoked_at,
+            replaced_at=row.replaced_at,
+        )
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class NotFound(GatewayError):
+    """Something the operation needs does not exist; ``what`` names it (``account``,
+    ``user``, ``vehicle``), ``key`` is the id that was looked for."""
+
+    def __init__(self, what: str, key: object, message: str | None = None) -> None:
+        self.what = what
+        self.key = key
+        super().__init__(message or f"no {what} with id {key!r}")
+
+
+class VehicleRevoked(NotFound):
+    """The vehicle exists but is revoked: it cannot be granted or given new broker
+    credentials until it is provisioned again. A :class:`NotFound` because for everything
+    but provisioning a revoked vehicle is gone."""
+
+    def __init__(self, vin: str) -> None:
+        super().__init__(
+            "vehicle",
+            vin,
+            f"vehicle {vin} is revoked; provision it again before granting it or setting its "
+            "broker password",
+        )
+
+
+class Conflict(GatewayError):
+    """The operation would create a second copy of something that must be unique."""
+
+
+class DuplicateEmail(Conflict):
+    """A user with this e-mail address (compared case-insensitively) exists."""
+
+    def __init__(self, email: str) -> None:
+        self.email = email
+        super().__init__(
+            f"a user with e-mail {email!r} already exists (addresses are compared "
+            "case-insensitively)"
+        )
+
+
+class VehicleAlreadyProvisioned(Conflict):
+    """The VIN belongs to an active vehicle; revoke it first to provision it anew."""
+
+    def __init__(self, vin: str, account_id: int | None) -> None:
+        self.vin = vin
+        self.account_id = account_id
+        owner = "" if account_id is None else f" (account {account_id})"
+        super().__init__(
+            f"vehicle {vin} is already provisioned{owner}; revoke it before provisioning it again"
+        )
+
+
+class DuplicateApiKeyPrefix(Conflict):
+    """Another API key has this prefix (prefixes are random: generate a new key)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        super().__init__(f"an API key with prefix {prefix!r} already exists; generate a new key")
+
+
+# --- the repository -------------------------------------------------------------------------
+
+
+class AccountRepository:
+    """Accounts, users, vehicles, grants, API keys and refresh tokens (thread-safe)."""
+
+    def __init__(self, db: StateDatabase) -> None:
+        self._db = db
+
+    # --- accounts ---------------------------------------------------------------------------
+
+    def create_account(self, kind: str, name: str, *, now: int) -> AccountRecord:
+        with self._db.write() as session:
+            row = AccountRow(kind=str(kind), name=name, created_at=now)
+            session.add(row)
+            session.flush()
+            return AccountRecord.from_row(row)
+
+    def get_account(self, account_id: int) -> AccountRecord | None:
+        with self._db.read() as session:
+            row = session.get(AccountRow, account_id)
+            return None if row is None else AccountRecord.from_row(row)
+
+    def list_accounts(self) -> list[AccountRecord]:
+        """Every account, oldest first."""
+        with self._db.read() as session:
+            rows = session.scalars(select(AccountRow).order_by(AccountRow.id))
+            return [AccountRecord.from_row(row) for row in rows]
+
+    # --- users ------------------------------------------------------------------------------
+
+    def create_user(
+        self,
+        *,
+        email: str,
+        name: str,
+        password_hash: str,
+        role: str,
+        account_id: int | None,
+        now: int,
+    ) -> UserRecord:
+        """Store a new user; ``email`` is kept stripped and lower-cased.
+
+        Raises :class:`DuplicateEmail` when the address is taken in any case (also when a
+        concurrent sign-up wins the race: the UNIQUE constraint decides), :class:`NotFound`
+        for an unknown ``account_id`` and ``ValueError`` for an empty address.
+        """
+        email = normalize_email(email)
+        if not email:
+            raise ValueError("a user needs an e-mail address")
+        try:
+            with self._db.write() as session:
+                if session.scalar(select(UserRow.id).where(UserRow.email == email)) is not None:
+                    raise DuplicateEmail(email)
+                if account_id is not None:
+                    _require(session, AccountRow, account_id, "account")
+                row = UserRow(
+                    email=email,
+                    name=name,
+                    password_hash=password_hash,
+                    role=str(role),
+                    account_id=account_id,
+                    created_at=now,
+                    disabled_at=None,
+                    failed_logins=0,
+                    locked_until=None,
+                )
+                session.add(row)
+                session.flush()
+                return UserRecord.from_row(row)
+        except IntegrityError:
+            # PostgreSQL: a concurrent create_user with this address committed between our
+            # check and our insert (SQLite's exclusive write transaction cannot interleave)
+            if self.get_user_by_email(email) is None:
+                raise
+            raise DuplicateEmail(email) from None
+
+    def get_user(self, user_id: int) -> UserRecord | None:
+        with self._db.read() as session:
+            row = session.get(UserRow, user_id)
+            return None if row is None else UserRecord.from_row(row)
+
+    def get_user_by_email(self, email: str) -> UserRecord | None:
+        """The user with this address, in any case and with surrounding blanks ignored."""
+        with self._db.read() as session:
+            row = session.scalar(select(UserRow).where(UserRow.email == normalize_email(email)))
+            return None if row is None else UserRecord.from_row(row)
+
+    def list_users(self, *, account_id: int | None = None) -> list[UserRecord]:
+        """The users of ``account_id`` (every user when None), oldest first."""
+        query = select(UserRow).order_by(UserRow.id)
+        if account_id is not None:
+            query = query.where(UserRow.account_id == account_id)
+        with self._db.read() as session:
+            return [UserRecord.from_row(row) for row in session.scalars(query)]
+
+    def update_user(
+        self,
+        user_id: int,
+        *,
+        role: str | None = None,
+        name: str | None = None,
+        password_hash: str | None = None,
+        disabled_at: int | EllipsisType | None = ...,
+    ) -> UserRecord | None:
+        """Change the fields given (None/omitted: unchanged; ``disabled_at=None``
+        re-enables). None for an unknown user.
+
+        ``disabled_at`` needs the ``...`` default because None is a value to set there.
+        """
+        with self._db.write() as session:
+            row = session.scalar(select(UserRow).where(UserRow.id == user_id).with_for_update())
+            if row is None:
+                return None
+            if role is not None:
+                row.role = str(role)
+            if name is not None:
+                row.name = name
+            if password_hash is not None:
+                row.password_hash = password_hash
+            if not isinstance(disabled_at, EllipsisType):
+                row.disabled_at = disabled_at
+            session.flush()
+            return UserRecord.from_row(row)
+
+    def count_users(self, *, role: str | None = None) -> int:
+        """How many users (with ``role``, when given) exist, disabled ones included; e.g. to
+        know whether the first admin still has to be created."""
+        query = select(func.count()).select_from(UserRow)
+        if role is not None:
+            query = query.where(UserRow.role == str(role))
+        with self._db.read() as session:
+            return session.scalar(query) or 0
+
+    def record_login_failure(self, user_id: int, *, locked_until: int | None) -> UserRecord:
+        """Count a failed password attempt and set ``locked_until`` (as given, None clears
+        it). The increment is done by the database (``failed_logins + 1``), so concurrent
+        failures are all counted. Raises :class:`NotFound` for an unknown user."""
+        with self._db.write() as session:
+            result = session.execute(
+                update(UserRow)
+                .where(UserRow.id == user_id)
+                .values(failed_logins=UserRow.failed_logins + 1, locked_until=locked_until)
+                .execution_options(synchronize_session=False)
+            )
+            if _rowcount(result) == 0:
+                raise NotFound("user", user_id)
+            row = session.scalar(
+                select(UserRow)
+                .where(UserRow.id == user_id)
+                .execution_options(populate_existing=True)
+            )
+            assert row is not None
+            return UserRecord.from_row(row)
+
+    def record_login_success(self, user_id: int) -> None:
+        """Reset ``failed_logins`` and ``locked_until`` (a no-op for an unknown user, and no
+        row is rewritten when there is nothing to reset: this runs on every login)."""
+        with self._db.write() as session:
+            session.execute(
+                update(UserRow)
+                .where(
+                    UserRow.id == user_id,
+                    or_(UserRow.failed_logins != 0, UserRow.locked_until.is_not(None)),
+                )
+                .values(failed_logins=0, locked_until=None)
+                .execution_options(synchronize_session=False)
+            )
+
+    # --- vehicles ---------------------------------------------------------------------------
+
+    def provision_vehicle(
+        self,
+        *,
+        vin: str,
+        account_id: int,
+        label: str | None,
+        mqtt_password_hash: str | None,
+        provisioned_by: int | None,
+        now: int,
+    ) -> VehicleRecord:
+        """Register ``vin`` in ``account_id`` with its broker password hash (None: client
+        certificate only); bumps the broker version.
+
+        A revoked vehicle is provisioned again in place (new account, label, hash and times,
+        ``revoked_at`` cleared): its row, and the grants and history that refer to it, stay.
+        Its old grants were revoked with it and stay revoked, so a new owner inherits none
+        (any still active are revoked here as well). Raises
+        :class:`VehicleAlreadyProvisioned` for an active vehicle (also when a concurrent
+        provisioning of a new VIN wins: the primary key decides) and :class:`NotFound` for
+        an unknown account or ``provisioned_by`` user.
+        """
+        try:
+            with self._db.write() as session:
+                _require(session, AccountRow, account_id, "account")
+                if provisioned_by is not None:
+                    _require(session, UserRow, provisioned_by, "user")
+                row = _locked_vehicle(session, vin)
+                if row is None:
+                    row = VehicleRow(
+                        vin=vin,
+                        account_id=account_id,
+                        label=label,
+                        mqtt_password_hash=mqtt_password_hash,
+                        provisioned_at=now,
+                        provisioned_by=provisioned_by,
+                        revoked_at=None,
+                    )
+                    session.add(row)
+                elif row.revoked_at is None:
+                    raise VehicleAlreadyProvisioned(vin, row.account_id)
+                else:
+                    _revoke_grants_of(session, vin, now)
+                    row.account_id = account_id
+                    row.label = label
+                    row.mqtt_password_hash = mqtt_password_hash
+                    row.provisioned_at = now
+                    row.provisioned_by = provisioned_by
+                    row.revoked_at = None
+                session.flush()
+                _bump_broker_version(session)
+                return VehicleRecord.from_row(row)
+        except IntegrityError:
+            existing = self.get_vehicle(vin)
+            if existing is None:
+                raise
+            raise VehicleAlreadyProvisioned(vin, existing.account_id) from None
+
+    def revoke_vehicle(self, vin: str, *, now: int) -> VehicleRecord | None:
+        """Revoke the vehicle and every active grant of it; bumps the broker version.
+
+        None for an unknown VIN; an already revoked vehicle is returned unchanged (its first
+        ``revoked_at`` stays, the version does not move).
+        """
+        with self._db.write() as session:
+            row = _locked_vehicle(session, vin)
+            if row is None:
+                return None
+            if row.revoked_at is None:
+                row.revoked_at = now
+                _revoke_grants_of(session, vin, now)
+                _bump_broker_version(session)
+                session.flush()
+            return VehicleRecord.from_row(row)
+
+    def set_mqtt_password(
+        self, vin: str, password_hash: str | None, *, now: int
+    ) -> VehicleRecord | None:
+        """Replace the vehicle's broker password hash (credential rotation; None: client
+        certificate only) and bump the broker version.
+
+        None for an unknown VIN; :class:`VehicleRevoked` for a revoked one (a revoked
+        vehicle has no broker identity to rotate). ``now`` is accepted for a uniform
+        signature; the table keeps no rotation time (the audit log does).
+        """
+        del now  # see the docstring
+        with self._db.write() as session:
+            row = _locked_vehicle(session, vin)
+            if row is None:
+                return None
+            if row.revoked_at is not None:
+                raise VehicleRevoked(vin)
+            row.mqtt_password_hash = password_hash
+            _bump_broker_version(session)
+            session.flush()
+            return VehicleRecord.from_row(row)
+
+    def get_vehicle(self, vin: str) -> VehicleRecord | None:
+        """The vehicle, active or revoked (see :attr:`VehicleRecord.active`)."""
+        with self._db.read() as session:
+            row = session.get(VehicleRow, vin)
+            return None if row is None else VehicleRecord.from_row(row)
+
+    def list_vehicles(
+        self, *, account_id: int | None = None, include_revoked: bool = False
+    ) -> list[VehicleRecord]:
+        """The vehicles of ``account_id`` (of every account when None), ordered by VIN."""
+        query = select(VehicleRow).order_by(VehicleRow.vin)
+        if account_id is not None:
+            query = query.where(VehicleRow.account_id == account_id)
+        if not include_revoked:
+            query = query.where(VehicleRow.revoked_at.is_(None))
+        with self._db.read() as session:
+            return [VehicleRecord.from_row(row) for row in session.scalars(query)]
+
+    def broker_version(self) -> int:
+        """The number that changes with every change of the broker identities."""
+        with self._db.read() as session:
+            version = session.scalar(
+                select(BrokerAuthStateRow.version).where(BrokerAuthStateRow.id == _BROKER_STATE_ID)
+            )
+        if version is None:
+            raise RuntimeError(_MISSING_BROKER_STATE)
+        return version
+
+    def broker_identities(self) -> list[tuple[str, str | None]]:
+        """``(vin, mqtt_password_hash)`` of every active vehicle, ordered by VIN: what the
+        broker's password file and ACL are rendered from."""
+        query = (
+            select(VehicleRow.vin, VehicleRow.mqtt_password_hash)
+            .where(VehicleRow.revoked_at.is_(None))
+            .order_by(VehicleRow.vin)
+        )
+        with self._db.read() as session:
+            return [(vin, password_hash) for vin, password_hash in session.execute(query)]
+
+    def active_vins(self) -> frozenset[str]:
+        """The VINs of the active vehicles (the ingest drops what revoked ones still send)."""
+        with self._db.read() as session:
+            return frozenset(
+                session.scalars(select(VehicleRow.vin).where(VehicleRow.revoked_at.is_(None)))
+            )
+
+    # --- access -----------------------------------------------------------------------------
+
+    def visible_vins(
+        self, *, account_id: int | None, user_id: int, include_account: bool
+    ) -> frozenset[str]:
+        """The active vehicles a user sees: those of ``account_id`` when
+        ``include_account`` (the policy decides that from the role), plus those granted to
+        ``user_id`` by an active grant. Read in one transaction."""
+        granted = (
+            select(VehicleGrantRow.vin)
+            .join(VehicleRow, VehicleRow.vin == VehicleGrantRow.vin)
+            .where(
+                VehicleGrantRow.user_id == user_id,
+                VehicleGrantRow.revoked_at.is_(None),
+                VehicleRow.revoked_at.is_(None),
+            )
+        )
+        with self._db.read() as session:
+            vins = set(session.scalars(granted))
+            if include_account and account_id is not None:
+                vins.update(
+                    session.scalars(
+                        select(VehicleRow.vin).where(
+                            VehicleRow.account_id == account_id, VehicleRow.revoked_at.is_(None)
+                        )
+                    )
+                )
+        return frozenset(vins)
+
+    def vehicle_access(
+        self, vin: str, user_id: int
+    ) -> tuple[VehicleRecord | None, GrantRecord | None]:
+        """The vehicle (active or not; None if unknown) and ``user_id``'s active grant of it
+        (None if none), read in one transaction so the two agree: the policy decides from
+        both, and a revocation between two reads could otherwise pair a revoked vehicle's
+        state with a grant that no longer exists, or the reverse."""
+        with self._db.read() as session:
+            vehicle = session.get(VehicleRow, vin)
+            if vehicle is None:
+                return None, None
+            grant = session.scalar(
+                select(VehicleGrantRow).where(
+                    VehicleGrantRow.vin == vin,
+                    VehicleGrantRow.user_id == user_id,
+                    VehicleGrantRow.revoked_at.is_(None),
+                )
+            )
+            return (
+                VehicleRecord.from_row(vehicle),
+                None if grant is None else GrantRecord.from_row(grant),
+            )
+
+    # --- grants -----------------------------------------------------------------------------
+
+    def create_grant(
+        self,
+        *,
+        vin: str,
+        user_id: int,
+        services: Sequence[str],
+        granted_by: int | None,
+        now: int,
+    ) -> GrantRecord:
+        """Grant ``vin`` to ``user_id`` for ``services`` (command types; duplicates dropped,
+        order kept; may be empty: read-only access).
+
+        An active grant of the same vehicle to the same user is replaced: revoked at ``now``
+        in the same transaction, so a user never holds two. The vehicle row is locked first,
+        so two concurrent grants cannot both find "no active grant" (PostgreSQL). Raises
+        :class:`NotFound` for an unknown vehicle, user or ``granted_by``,
+        :class:`VehicleRevoked` for a revoked vehicle and ``TypeError`` for a bare string as
+        ``services`` (which would otherwise become one service per letter).
+        """
+        services = _services(services)
+        with self._db.write() as session:
+            vehicle = _locked_vehicle(session, vin)
+            if vehicle is None:
+                raise NotFound("vehicle", vin)
+            if vehicle.revoked_at is not None:
+                raise VehicleRevoked(vin)
+            _require(session, UserRow, user_id, "user")
+            if granted_by is not None:
+                _require(session, UserRow, granted_by, "user")
+            session.execute(
+                update(VehicleGrantRow)
+                .where(
+                    VehicleGrantRow.vin == vin,
+                    VehicleGrantRow.user_id == user_id,
+                    VehicleGrantRow.revoked_at.is_(None),
+                )
+                .values(revoked_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            row = VehicleGrantRow(
+                vin=vin,
+                user_id=user_id,
+                services=list(services),
+                granted_by=granted_by,
+                created_at=now,
+                revoked_at=None,
+            )
+            session.add(row)
+            session.flush()
+            return GrantRecord.from_row(row)
+
+    def revoke_grant(self, grant_id: int, *, now: int) -> GrantRecord | None:
+        """Revoke the grant (None if unknown; an already revoked one comes back unchanged)."""
+        with self._db.write() as session:
+            row = session.scalar(
+                select(VehicleGrantRow).where(VehicleGrantRow.id == grant_id).with_for_update()
+            )
+            if row is None:
+                return None
+            if row.revoked_at is None:
+                row.revoked_at = now
+                session.flush()
+            return GrantRecord.from_row(row)
+
+    def get_grant(self, grant_id: int) -> GrantRecord | None:
+        with self._db.read() as session:
+            row = session.get(VehicleGrantRow, grant_id)
+            return None if row is None else GrantRecord.from_row(row)
+
+    def list_grants(
+        self,
+        *,
+        vin: str | None = None,
+        user_id: int | None = None,
+        include_revoked: bool = False,
+    ) -> list[GrantRecord]:
+        """Grants of ``vin`` and/or to ``user_id`` (every grant when both are None), oldest
+        first."""
+        query = select(VehicleGrantRow).order_by(VehicleGrantRow.id)
+        if vin is not None:
+            query = query.where(VehicleGrantRow.vin == vin)
+        if user_id is not None:
+            query = query.where(VehicleGrantRow.user_id == user_id)
+        if not include_revoked:
+            query = query.where(VehicleGrantRow.revoked_at.is_(None))
+        with self._db.read() as session:
+            return [GrantRecord.from_row(row) for row in session.scalars(query)]
+
+    # --- API keys ---------------------------------------------------------------------------
+
+    def create_api_key(
+        self, *, user_id: int, name: str, prefix: str, key_hash: str, now: int
+    ) -> ApiKeyRecord:
+        """Store a new key's prefix and hash. Raises :class:`NotFound` for an unknown user
+        and :class:`DuplicateApiKeyPrefix` if the prefix is taken."""
+        try:
+            with self._db.write() as session:
+                _require(session, UserRow, user_id, "user")
+                row = ApiKeyRow(
+                    user_id=user_id,
+                    name=name,
+                    prefix=prefix,
+                    key_hash=key_hash,
+                    created_at=now,
+                    last_used_at=None,
+                    revoked_at=None,
+                )
+                session.add(row)
+                session.flush()
+                return ApiKeyRecord.from_row(row)
+        except IntegrityError:
+            if self.get_api_key_by_prefix(prefix) is None:
+                raise
+            raise DuplicateApiKeyPrefix(prefix) from None
+
+    def get_api_key_by_prefix(self, prefix: str) -> ApiKeyRecord | None:
+        """The key with this prefix, revoked or not (the caller checks ``active`` and
+        compares the hash)."""
+        with self._db.read() as session:
+            row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.prefix == prefix))
+            return None if row is None else ApiKeyRecord.from_row(row)
+
+    def get_api_key(self, key_id: int) -> ApiKeyRecord | None:
+        with self._db.read() as session:
+            row = session.get(ApiKeyRow, key_id)
+            return None if row is None else ApiKeyRecord.from_row(row)
+
+    def list_api_keys(self, user_id: int) -> list[ApiKeyRecord]:
+        """The user's keys, revoked ones included (so a UI can show them), oldest first."""
+        with self._db.read() as session:
+            rows = session.scalars(
+                select(ApiKeyRow).where(ApiKeyRow.user_id == user_id).order_by(ApiKeyRow.id)
+            )
+            return [ApiKeyRecord.from_row(row) for row in rows]
+
+    def revoke_api_key(self, key_id: int, *, now: int) -> ApiKeyRecord | None:
+        """Revoke the key (None if unknown; an already revoked one comes back unchanged)."""
+        with self._db.write() as session:
+            row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.id == key_id).with_for_update())
+            if row is None:
+                return None
+            if row.revoked_at is None:
+                row.revoked_at = now
+                session.flush()
+            return ApiKeyRecord.from_row(row)
+
+    def touch_api_key(self, key_id: int, *, now: int) -> None:
+        """Set ``last_used_at`` to ``now``: one UPDATE, nothing read back. It never moves
+        back in time (requests finishing out of order), and an unknown id is ignored."""
+        with self._db.write() as session:
+            session.execute(
+                update(ApiKeyRow)
+                .where(
+                    ApiKeyRow.id == key_id,
+                    or_(ApiKeyRow.last_used_at.is_(None), ApiKeyRow.last_used_at < now),
+                )
+                .values(last_used_at=now)
+                .execution_options(synchronize_session=False)
+            )
+
+    # --- refresh tokens ---------------------------------------------------------------------
+
+    def create_refresh_token(
+        self, *, user_id: int, family: str, token_hash: str, expires_at: int, now: int
+    ) -> RefreshTokenRecord:
+        """Store the first token of a new session (``family``: a fresh UUID per login).
+        Raises :class:`NotFound` for an unknown user."""
+        with self._db.write() as session:
+            _require(session, UserRow, user_id, "user")
+            row = RefreshTokenRow(
+                user_id=user_id,
+                family=family,
+                token_hash=token_hash,
+                created_at=now,
+                expires_at=expires_at,
+                revoked_at=None,
+                replaced_at=None,
+            )
+            session.add(row)
+            session.flush()
+            return RefreshTokenRecord.from_row(row)
+
+    def rotate_refresh_token(
+        self, token_hash: str, *, new_token_hash: str, new_expires_at: int, now: int
+    ) -> tuple[RefreshOutcome, RefreshTokenRecord | None]:
+        """Exchange a refresh token for a new one of the same family, in one write
+        transaction with the family locked (see :func:`_lock_token`), so of two concurrent
+        uses of one token exactly one succeeds.
+
+        Returns, checked in this order:
+
+        * ``("unknown", None)``: no such token.
+        * ``("revoked", None)``: the token (hence its family) was revoked (logout, theft).
+        * ``("reused", None)``: the token was already exchanged. Either the client or a
+          thief used it before; which one cannot be told, so every token of the family is
+          revoked (RFC 9700, refresh token rotation). Checked before expiry: a thief who
+          waits must not escape detection.
+        * ``("expired", None)``: ``now >= expires_at``.
+        * ``("ok", new)``: the token is marked replaced and ``new`` inserted.
+        """
+        with self._db.write() as session:
+            row = _lock_token(session, token_hash)
+            if row is None:
+                return "unknown", None
+            if row.revoked_at is not None:
+                return "revoked", None
+            if row.replaced_at is not None:
+                revoked = _revoke_family(session, row.family, now)
+                logger.warning(
+                    "refresh token of user %s reused: session %s revoked (%d tokens)",
+                    row.user_id,
+                    row.family,
+                    revoked,
+                )
+                return "reused", None
+            if now >= row.expires_at:
+                return "expired", None
+            row.replaced_at = now
+            new = RefreshTokenRow(
+                user_id=row.user_id,
+                family=row.family,
+                token_hash=new_token_hash,
+                created_at=now,
+                expires_at=new_expires_at,
+                revoked_at=None,
+                replaced_at=None,
+            )
+            session.add(new)
+            session.flush()
+            return "ok", RefreshTokenRecord.from_row(new)
+
+    def revoke_refresh_token(self, token_hash: str, *, now: int) -> RefreshTokenRecord | None:
+        """Log out: revoke the token's whole family (the session, on every device that
+        shares it). Returns the token as it is now; None if unknown."""
+        with self._db.write() as session:
+            row = _lock_token(session, token_hash)
+            if row is None:
+                return None
+            _revoke_family(session, row.family, now)
+            session.refresh(row)
+            return RefreshTokenRecord.from_row(row)
+
+    def revoke_user_refresh_tokens(self, user_id: int, *, now: int) -> int:
+        """Revoke every token of the user (password change, disabling, "log out
+        everywhere"). Returns how many sessions were still live (a token neither revoked,
+        replaced nor expired: one per session), not how many rows changed.
+
+        The user's tokens are locked in id order before the UPDATE (PostgreSQL): a rotation
+        in progress finishes first, and the UPDATE, a new statement, then also sees the
+        token that rotation inserted; a single UPDATE would miss it (its snapshot predates
+        the insert) and leave that session alive. Id order takes each family's first row
+        before its others, the order :func:`_lock_token` uses, so the two cannot deadlock.
+        """
+        with self._db.write() as session:
+            session.execute(
+                select(RefreshTokenRow.id)
+                .where(RefreshTokenRow.user_id == user_id)
+                .order_by(RefreshTokenRow.id)
+                .with_for_update()
+            )
+            revoked = session.execute(
+                update(RefreshTokenRow)
+                .where(RefreshTokenRow.user_id == user_id, RefreshTokenRow.revoked_at.is_(None))
+                .values(revoked_at=now)
+                .returning(RefreshTokenRow.replaced_at, RefreshTokenRow.expires_at)
+                .execution_options(synchronize_session=False)
+            ).all()
+            return sum(
+                replaced_at is None and expires_at > now for replaced_at, expires_at in revoked
+            )
+
+
+# --- helpers (inside a transaction) ---------------------------------------------------------
+
+_MISSING_BROKER_STATE: Final = (
+    "the broker_auth_state row (id 1) is missing; migration 0002 creates it: was it deleted "
+    "by hand?"
+)
+
+
+def _require(session: Session, model: type[Any], key: object, what: str) -> None:
+    """Raise :class:`NotFound` unless ``model`` has a row with primary key ``key``.
+
+    A clear error instead of the foreign-key violation the insert would hit (worded
+    differently by each backend). Nothing of this schema is ever deleted, so the check
+    cannot go stale before the insert.
+    """
+    if session.get(model, key) is None:
+        raise NotFound(what, key)
+
+
+def _locked_vehicle(session: Session, vin: str) -> VehicleRow | None:
+    return session.scalar(select(VehicleRow).where(VehicleRow.vin == vin).with_for_update())
+
+
+def _revoke_grants_of(session: Session, vin: str, now: int) -> None:
+    session.execute(
+        update(VehicleGrantRow)
+        .where(VehicleGrantRow.vin == vin, VehicleGrantRow.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _lock_token(session: Session, token_hash: str) -> RefreshTokenRow | None:
+    """The token's row, read after locking its family (PostgreSQL; SQLite's write
+    transaction is exclusive anyway).
+
+    The family's first row (lowest id) is the family's lock: every operation on a family
+    (rotate, reuse, logout) takes it before anything else, so they run one after the other.
+    Locking only the token's own row would not do: revoking a family on reuse while another
+    token of it is being rotated would wait for that row, and its UPDATE (whose snapshot
+    predates the rotation's insert) would miss the new token, leaving the session alive;
+    two reuses in one family at once could deadlock. The token is read again after the
+    lock (``populate_existing``) because a transaction we waited for may have changed it.
+    """
+    family = session.scalar(
+        select(RefreshTokenRow.family).where(RefreshTokenRow.token_hash == token_hash)
+    )
+    if family is None:
+        return None
+    session.execute(
+        select(RefreshTokenRow.id)
+        .where(RefreshTokenRow.family == family)
+        .order_by(RefreshTokenRow.id)
+        .limit(1)
+        .with_for_update()
+    )
+    return session.scalar(
+        select(RefreshTokenRow)
+        .where(RefreshTokenRow.token_hash == token_hash)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
+def _revoke_family(session: Session, family: str, now: int) -> int:
+    """Revoke every not yet revoked token of ``family``; how many were."""
+    result = session.execute(
+        update(RefreshTokenRow)
+        .where(RefreshTokenRow.family == family, RefreshTokenRow.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result)
+
+
+def _bump_broker_version(session: Session) -> None:
+    """Increment ``broker_auth_state.version`` in the caller's transaction (on PostgreSQL
+    the row stays locked until commit, so concurrent changes get distinct versions)."""
+    result = session.execute(
+        update(BrokerAuthStateRow)
+        .where(BrokerAuthStateRow.id == _BROKER_STATE_ID)
+        .values(version=BrokerAuthStateRow.version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(result) != 1:
+        raise RuntimeError(_MISSING_BROKER_STATE)
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows matched by an UPDATE (``Session.execute`` is typed as returning any result;
+    for a DML statement it is a :class:`CursorResult`)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _services(services: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(services, str):
+        raise TypeError(
+            f"services must be a sequence of command types, not the string {services!r}"
+        )
+    unique: dict[str, None] = {}
+    for service in services:
+        if not isinstance(service, str) or not service:
+            raise ValueError(f"a service is a non-empty command type name, got {service!r}")
+        unique[str(service)] = None
+    return tuple(unique)
