@@ -1,25 +1,47 @@
-"""A private Mosquitto broker for ``telematics up``, the benchmarks and the tests.
+"""A private Mosquitto broker for ``telematics up``, the benchmarks and the tests, and the
+identities of the vehicles and services allowed on it.
 
 Layout:
-    mosquitto.py  BrokerConfig and render_config (the generated, commented mosquitto.conf),
-                  MosquittoProcess (start / stop / kill / restart a child ``mosquitto -c``,
-                  ready only once it answers an MQTT CONNECT), find_mosquitto, free_port,
-                  probe_mqtt, parse_mqtt_url, and the BrokerError family
+    mosquitto.py  BrokerConfig and render_config (the generated, commented mosquitto.conf,
+                  optionally with a password file, an ACL and a TLS listener), TlsListener,
+                  MosquittoProcess (start / stop / kill / restart / reload a child
+                  ``mosquitto -c``, ready only once it answers an MQTT CONNECT),
+                  find_mosquitto, free_port, probe_mqtt, parse_mqtt_url, and the
+                  BrokerError family
+    auth.py       vehicle and service identities: Mosquitto password hashes, the password
+                  file and per-VIN ACL (BrokerAuthFiles), and BrokerAuthSync, which keeps
+                  them equal to an identity source and reloads the broker on change
+    pki.py        a small CA for the TLS listener: server and client certificates
+                  (CN = VIN), revocation list, and the ``telematics pki`` command
 
 Imports: only the standard library and ``gateway.errors`` (itself stdlib-only), so the
 benchmarks and pytest fixtures can start a broker without importing the rest of the
-gateway. Nothing else in this package talks MQTT beyond the one-packet readiness probe: the
-gateway's real client lives in ``gateway.ingest``.
+gateway; ``pki`` alone needs ``cryptography`` and is therefore not imported here (use
+``gateway.broker.pki``). Nothing else in this package talks MQTT beyond the one-packet
+readiness probe: the gateway's real client lives in ``gateway.ingest``.
 """
 
+from gateway.broker.auth import (
+    BrokerAuthFiles,
+    BrokerAuthSync,
+    ServiceIdentity,
+    VehicleIdentity,
+    generate_password,
+    hash_password,
+    render_acl,
+    render_password_file,
+    verify_password,
+)
 from gateway.broker.mosquitto import (
     DEFAULT_MQTT_PORT,
+    DEFAULT_MQTTS_PORT,
     INSTALL_HINT,
     BrokerConfig,
     BrokerError,
     BrokerStartError,
     MosquittoNotFoundError,
     MosquittoProcess,
+    TlsListener,
     find_mosquitto,
     free_port,
     parse_mqtt_url,
@@ -28,16 +50,27 @@ from gateway.broker.mosquitto import (
 )
 
 __all__ = [
+    "DEFAULT_MQTTS_PORT",
     "DEFAULT_MQTT_PORT",
     "INSTALL_HINT",
+    "BrokerAuthFiles",
+    "BrokerAuthSync",
     "BrokerConfig",
     "BrokerError",
     "BrokerStartError",
     "MosquittoNotFoundError",
     "MosquittoProcess",
+    "ServiceIdentity",
+    "TlsListener",
+    "VehicleIdentity",
     "find_mosquitto",
     "free_port",
+    "generate_password",
+    "hash_password",
     "parse_mqtt_url",
     "probe_mqtt",
+    "render_acl",
     "render_config",
+    "render_password_file",
+    "verify_password",
 ]

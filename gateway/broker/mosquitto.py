@@ -12,6 +12,25 @@ exit are stopped by an ``atexit`` hook. (A SIGKILL of the Python process cannot 
 Linux's parent-death signal would cover it, but it fires when the *thread* that started the
 child exits, which would kill a broker started from a worker thread, so it is not used.)
 
+Identities and TLS: ``password_file``/``acl_file`` (rendered by :mod:`gateway.broker.auth`)
+and a second, TLS listener (:class:`TlsListener`, certificates from
+:mod:`gateway.broker.pki`). :meth:`MosquittoProcess.reload` sends SIGHUP, which makes
+Mosquitto re-read them without restarting. What Mosquitto 2.0.11 does on that reload, found
+by experiment (``tests/test_broker_auth.py``, ``tests/test_pki.py``):
+
+* connected clients stay connected, with the rights of their (new) ACL block;
+* a client that logged in with a password is re-checked against the new password file: if
+  its line is gone or its password changed, the broker closes the connection during the
+  reload (no DISCONNECT packet, the socket just closes) and refuses it from then on;
+* a client identified by its certificate (``use_identity_as_username``) is *not*
+  disconnected, even when its certificate is in the new CRL: the established TLS session is
+  not re-verified. It keeps its username, and without an ACL block it has no rights at all
+  (publishes get PUBACK 0x87, nothing is delivered to it). New handshakes check the new CRL.
+
+So what revocation guarantees right after ``reload()`` returns: nothing the vehicle publishes
+is delivered any more and nothing is delivered to it; a password vehicle is also
+disconnected, a certificate vehicle may keep an idle connection until it drops.
+
 Everything here is synchronous and uses only the standard library, so the CLI, the
 benchmarks and pytest fixtures can use it without an event loop or extra dependencies.
 """
@@ -25,9 +44,11 @@ import os
 import pwd
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +59,7 @@ from gateway.errors import GatewayError
 
 __all__ = [
     "CONFIG_FILE_NAME",
+    "DEFAULT_MQTTS_PORT",
     "DEFAULT_MQTT_PORT",
     "INSTALL_HINT",
     "LOG_FILE_NAME",
@@ -48,6 +70,7 @@ __all__ = [
     "BrokerStartError",
     "MosquittoNotFoundError",
     "MosquittoProcess",
+    "TlsListener",
     "find_mosquitto",
     "free_port",
     "parse_mqtt_url",
@@ -57,6 +80,9 @@ __all__ = [
 
 DEFAULT_MQTT_PORT = 1883
 """The IANA port for unencrypted MQTT; what ``mqtt://host`` means without a port."""
+
+DEFAULT_MQTTS_PORT = 8883
+"""The IANA port for MQTT over TLS."""
 
 CONFIG_FILE_NAME = "mosquitto.conf"
 LOG_FILE_NAME = "mosquitto.log"
@@ -74,6 +100,8 @@ INSTALL_HINT = (
 
 _LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 64 * 1024
+_RELOAD_LINE = "Reloading config."
+"""What Mosquitto 2.0 logs (type information) when it starts handling a SIGHUP."""
 
 
 # --------------------------------------------------------------------------- errors
@@ -98,14 +126,88 @@ class BrokerStartError(BrokerError):
 # --------------------------------------------------------------------------- configuration
 
 
+def _check_line(what: str, text: str) -> None:
+    # The config file is line-based: a newline in a path or an extra line would inject a
+    # directive we did not mean to write.
+    if "\n" in text or "\r" in text:
+        raise ValueError(f"broker {what} must not contain a line break: {text!r}")
+
+
+def _check_host(what: str, host: str) -> None:
+    if not host or any(ch.isspace() for ch in host):
+        raise ValueError(f"broker {what} must be a non-empty name or address, got {host!r}")
+
+
+def _check_port(what: str, port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ValueError(
+            f"broker {what} must be 1..65535, got {port} (use free_port() for a free one)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsListener:
+    """A second listener that speaks MQTT over TLS, for vehicles with client certificates.
+
+    ``cafile`` verifies the clients' certificates, ``certfile``/``keyfile`` are the server's
+    own (:class:`gateway.broker.pki.Pki` makes all of them). With ``require_certificate``
+    a client without a certificate from that CA fails the TLS handshake; with
+    ``use_identity_as_username`` the certificate's CN (the VIN) becomes the MQTT username,
+    so the ACL's ``user <VIN>`` block applies and no password is needed (nor checked: the
+    password file does not apply to this listener's clients). ``crlfile`` is a PEM CRL
+    signed by the CA: Mosquitto 2.0.11 refuses the handshake of a revoked certificate and
+    re-reads the file on SIGHUP (new connections only; an established TLS session is not
+    re-verified, which is why revocation also removes the vehicle's ACL block).
+
+    Paths are made absolute on construction, like :attr:`BrokerConfig.data_dir`.
+    """
+
+    port: int
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    host: str = "127.0.0.1"
+    require_certificate: bool = True
+    use_identity_as_username: bool = True
+    crlfile: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cafile", "certfile", "keyfile", "crlfile"):
+            value = getattr(self, name)
+            if value is not None:
+                path = Path(value).absolute()
+                _check_line(f"TLS {name}", str(path))
+                object.__setattr__(self, name, path)
+        _check_port("TLS port", self.port)
+        _check_host("TLS host", self.host)
+        if self.use_identity_as_username and not self.require_certificate:
+            raise ValueError(
+                "use_identity_as_username needs require_certificate: without a certificate "
+                "there is no identity to use as the username"
+            )
+        if self.crlfile is not None and not self.require_certificate:
+            raise ValueError("a crlfile only has an effect with require_certificate")
+
+    @property
+    def url(self) -> str:
+        """``mqtts://host:port``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtts://{host}:{self.port}"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BrokerConfig:
     """Everything :func:`render_config` needs; immutable so a running broker's settings are
     exactly what was rendered.
 
     Keyword-only because most fields are integers whose order nobody remembers.
-    ``data_dir`` is made absolute on construction: Mosquitto resolves relative paths against
-    its own working directory, and the generated file should be readable on its own.
+    ``data_dir``, ``password_file`` and ``acl_file`` are made absolute on construction:
+    Mosquitto resolves relative paths against its own working directory, and the generated
+    file should be readable on its own.
+
+    ``password_file`` and ``acl_file`` (see :class:`gateway.broker.auth.BrokerAuthFiles`)
+    must exist when the broker starts; Mosquitto re-reads both on
+    :meth:`MosquittoProcess.reload`. ``tls`` adds a second listener for MQTT over TLS.
     """
 
     host: str = "127.0.0.1"
@@ -118,24 +220,30 @@ class BrokerConfig:
     autosave_interval: int = 30
     message_size_limit: int = 1024 * 1024
     max_keepalive: int = 120
+    password_file: Path | None = None
+    acl_file: Path | None = None
+    tls: TlsListener | None = None
     extra_lines: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).absolute())
-        if not 1 <= self.port <= 65535:
-            raise ValueError(
-                f"broker port must be 1..65535, got {self.port} (use free_port() for a free one)"
-            )
-        if not self.host or any(ch.isspace() for ch in self.host):
-            raise ValueError(f"broker host must be a non-empty name or address, got {self.host!r}")
-        # The config file is line-based: a newline in a path or an extra line would inject
-        # a directive we did not mean to write.
+        for name in ("password_file", "acl_file"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value).absolute())
+        _check_port("port", self.port)
+        _check_host("host", self.host)
         for what, text in [
             ("data_dir", str(self.data_dir)),
+            ("password_file", str(self.password_file or "")),
+            ("acl_file", str(self.acl_file or "")),
             *(("extra_lines", x) for x in self.extra_lines),
         ]:
-            if "\n" in text or "\r" in text:
-                raise ValueError(f"broker {what} must not contain a line break: {text!r}")
+            _check_line(what, text)
+        if self.tls is not None and self.tls.port == self.port:
+            raise ValueError(
+                f"the TLS listener needs a port of its own, not the plain listener's {self.port}"
+            )
         for name in ("max_inflight_messages", "max_queued_messages", "message_size_limit"):
             if getattr(self, name) < 0:
                 raise ValueError(f"broker {name} must be >= 0 (0 means unlimited)")
@@ -205,11 +313,30 @@ def render_config(cfg: BrokerConfig) -> str:
         "reachable from the network.",
         f"listener {cfg.port} {cfg.host}",
     )
-    add(
-        "Anonymous clients allowed for now (authentication is a later issue); Mosquitto 2.0\n"
-        "refuses them by default once a listener is configured.",
-        f"allow_anonymous {_bool(cfg.allow_anonymous)}",
-    )
+    if cfg.allow_anonymous:
+        add(
+            "Anonymous clients allowed: a local development broker, the benchmarks and most\n"
+            "tests. Mosquitto 2.0 refuses them by default once a listener is configured.",
+            "allow_anonymous true",
+        )
+    else:
+        add(
+            "No anonymous clients: every vehicle and service has an identity (password or\n"
+            "client certificate).",
+            "allow_anonymous false",
+        )
+    if cfg.password_file is not None:
+        add(
+            "Usernames and PBKDF2-SHA512 password hashes of vehicles and service accounts\n"
+            "(gateway.broker.auth); re-read on SIGHUP without dropping connections.",
+            f"password_file {cfg.password_file}",
+        )
+    if cfg.acl_file is not None:
+        add(
+            "Per-user topic rights: a vehicle writes and reads only its own topics, a service\n"
+            "account all of v1/#; re-read on SIGHUP, applied to connected clients at once.",
+            f"acl_file {cfg.acl_file}",
+        )
     user = _current_user()
     if user is not None:
         add(
@@ -291,11 +418,46 @@ def render_config(cfg: BrokerConfig) -> str:
         "silently dead gateway connection is noticed within 1.5x this many seconds.",
         f"max_keepalive {cfg.max_keepalive}",
     )
+    if cfg.tls is not None:
+        _render_tls(cfg.tls, add)
     if cfg.extra_lines:
         out.append("# Extra directives from BrokerConfig.extra_lines, verbatim.")
         out.extend(cfg.extra_lines)
         out.append("")
     return "\n".join(out)
+
+
+def _render_tls(tls: TlsListener, add: Callable[[str, str], None]) -> None:
+    """The TLS listener's block. Last before extra_lines because Mosquitto applies listener
+    options (cafile, certfile, ...) to the ``listener`` line above them; the global options
+    rendered before it are unaffected by where a listener starts."""
+    add(
+        "Second listener: MQTT over TLS for vehicles with client certificates. The options\n"
+        "below belong to it (listener options apply to the listener line above them).",
+        f"listener {tls.port} {tls.host}",
+    )
+    add("The CA that issued the clients' certificates.", f"cafile {tls.cafile}")
+    add(
+        "The broker's own certificate (its SANs name the hosts clients connect to) and\n"
+        "its key; both are re-read on SIGHUP.",
+        f"certfile {tls.certfile}",
+    )
+    add("The private key of certfile (unencrypted, mode 0600).", f"keyfile {tls.keyfile}")
+    add(
+        "Clients must present a certificate from cafile, or the handshake fails.",
+        f"require_certificate {_bool(tls.require_certificate)}",
+    )
+    add(
+        "The certificate's CN (the VIN) is the MQTT username: the ACL's user block applies\n"
+        "and the password file is not consulted for this listener's clients.",
+        f"use_identity_as_username {_bool(tls.use_identity_as_username)}",
+    )
+    if tls.crlfile is not None:
+        add(
+            "Revoked client certificates (a CRL signed by the CA); re-read on SIGHUP, checked\n"
+            "on new connections only.",
+            f"crlfile {tls.crlfile}",
+        )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -631,6 +793,72 @@ class MosquittoProcess:
         """Stop (cleanly) and start again on the same port with the same data directory."""
         self.stop()
         self.start()
+
+    def reload(self, timeout: float = 5.0) -> None:
+        """Make the broker re-read its password file, ACL, CRL and certificates (SIGHUP), and
+        return once it has. Connected clients stay connected, except password clients whose
+        line is gone (see the module docstring for exactly what a reload does to them).
+
+        How we know it happened: Mosquitto logs "Reloading config." (log type information,
+        always rendered) and then reloads everything inside the same turn of its
+        single-threaded main loop, before it reads any socket again. So once the line is in
+        the log, an MQTT handshake answered afterwards proves the reload is complete.
+        Errors the broker logged while reloading (say, a password-file entry it dropped)
+        raise :class:`BrokerError` after the reload; the broker keeps running either way.
+
+        The configuration file is not re-rendered (the config is immutable): Mosquitto
+        re-reads the same file, and new listener settings need :meth:`restart` anyway.
+        ``timeout`` bounds the whole wait. Callable from another thread than the owner's
+        (:class:`gateway.broker.auth.BrokerAuthSync` does), as long as the broker is not
+        being stopped at the same time.
+        """
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            raise BrokerError(f"cannot reload {self!r}: it is not running; start() it first")
+        log_path = self.log_path
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        interval = 0.002
+        while _RELOAD_LINE not in self._log_since(offset):
+            if proc.poll() is not None:
+                self._forget()
+                raise BrokerError(
+                    f"mosquitto exited with status {proc.returncode} while reloading"
+                    f"{self._log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"mosquitto did not log {_RELOAD_LINE!r} within {timeout:g} s of SIGHUP "
+                    f"(is log_type information enabled? log {log_path}){self._log_tail()}"
+                )
+            time.sleep(interval)
+            interval = min(interval * 2, 0.05)
+        try:
+            probe_mqtt(self.host, self.port, timeout=max(deadline - time.monotonic(), 0.5))
+        except OSError as exc:
+            raise BrokerError(
+                f"mosquitto stopped answering MQTT after a reload: {exc}{self._log_tail()}"
+            ) from exc
+        text = self._log_since(offset)
+        # "Error: ..." is how Mosquitto words configuration and security errors; TLS
+        # failures of clients say "OpenSSL Error[0]:" and are not the reload's concern
+        errors = [
+            ln
+            for ln in text[text.index(_RELOAD_LINE) :].splitlines()
+            if ln.startswith("Error: ") or ": Error: " in ln
+        ]
+        if errors:
+            lines = "\n".join(f"    {ln}" for ln in errors[:_LOG_TAIL_LINES])
+            raise BrokerError(f"mosquitto reported errors while reloading:\n{lines}")
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def _forget(self) -> None:
         if self._proc is not None:
