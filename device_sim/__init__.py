@@ -11,6 +11,8 @@ Layout:
     fleet.py     many units from one seed, and the ``python -m device_sim`` command
                  (``telematics sim``): live progress, JSON summary
     procs.py     ``--procs N``: the fleet spread over processes, summaries merged
+    credentials.py  the unit credentials file written at provisioning (each unit's MQTT
+                 user name and password or client certificate, the gateway's public key)
     scenario.py  scenario files (TOML: vehicles, seed, start, time acceleration, scripted
                  events); ``render`` gives the exact stream, ``play`` publishes it
     scenarios/   example scenario files

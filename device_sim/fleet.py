@@ -19,6 +19,23 @@ Remote commands
     *silent* (they receive commands but never answer). Which units are chosen follows from
     the seed alone (:func:`command_roles`): ``round(share * count)`` of each, never both.
 
+Broker identity
+    A gateway that gives every vehicle its own broker account (user name = VIN, a password
+    shown once at provisioning, an ACL that confines it to its own topics) refuses a fleet
+    sharing one login. ``--credentials FILE`` (:mod:`device_sim.credentials`, written by
+    provisioning) gives every unit its own: the VIN's user name and password, or its TLS
+    client certificate, plus the gateway's command signing key and the broker URL. Without
+    ``--vehicles`` the fleet is exactly the vehicles in the file (``--vins-from-credentials``);
+    with ``--vehicles N`` it is the usual ``make_vin(1..N)`` fleet (:func:`fleet_vins`, what
+    ``telematics up --demo`` provisions), and every one of them must be in the file. Secrets
+    never go on a command line: ``--procs`` children get the file's path and read it
+    themselves, and a shared ``--username``'s password comes from an environment variable.
+
+TLS
+    ``--tls-ca FILE`` (or an ``mqtts://`` URL, which needs it) makes every unit connect over
+    TLS and trust only that CA; client certificates come from the credentials file's entries
+    or ``--tls-cert-dir DIR`` (``DIR/VIN.crt`` and ``DIR/VIN.key``).
+
 Imports: the standard library, gmqtt (through :mod:`device_sim.unit`), ``schemas`` and
 ``device_sim`` only; never ``gateway``, so the simulator can be run against any broker.
 """
@@ -41,7 +58,7 @@ import time
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, NamedTuple, TextIO
 from urllib.parse import urlsplit
 
 from rich.console import Console
@@ -49,6 +66,7 @@ from rich.live import Live
 from rich.table import Table
 
 from device_sim.city import DEPOT, MUNICH, RoadNetwork
+from device_sim.credentials import UnitCredentials, VehicleCredential, load_credentials
 from device_sim.faults import FaultKind, FaultRates
 from device_sim.unit import (
     DEFAULT_BUFFER_LIMIT,
@@ -58,13 +76,20 @@ from device_sim.unit import (
     wall_clock_ms,
 )
 from device_sim.vehicle import SimulatedVehicle, VehicleProfile, make_vin
+from schemas.signing import load_public_key_pem
+from schemas.vin import is_valid_vin
 
 __all__ = [
     "DEFAULT_CONNECT_RATE",
+    "DEFAULT_MQTTS_URL",
     "DEFAULT_MQTT_URL",
     "DEFAULT_PROFILES",
+    "DEFAULT_VEHICLES",
+    "DEFAULT_VIN_PREFIX",
+    "PASSWORD_ENV",
     "SUMMED_KEYS",
     "UNIT_DETAIL_LIMIT",
+    "BrokerAddress",
     "CommandRole",
     "FleetRun",
     "FleetSettings",
@@ -75,18 +100,27 @@ __all__ = [
     "build_unit_settings",
     "build_vehicles",
     "command_roles",
+    "fleet_vins",
     "main",
     "merge_progress",
+    "parse_broker_url",
     "parse_mqtt_url",
     "parse_shard",
     "resources_summary",
     "run_fleet",
     "summarize",
+    "with_credential",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MQTT_URL: Final = "mqtt://127.0.0.1:1883"
+#: the broker URL with ``--tls-ca`` when neither ``--mqtt-url`` nor the credentials name one
+DEFAULT_MQTTS_URL: Final = "mqtts://127.0.0.1:8883"
+#: vehicles of a fleet unless told otherwise (``--vehicles``, or a credentials file)
+DEFAULT_VEHICLES: Final = 5
+#: the first characters of every simulated VIN (``make_vin``'s default)
+DEFAULT_VIN_PREFIX: Final = "WSMZZZ"
 
 #: vehicle i (1-based) gets DEFAULT_PROFILES[(i - 1) % 3]: a mixed fleet from three vehicles on
 DEFAULT_PROFILES: Final = (
@@ -102,17 +136,19 @@ PASSWORD_ENV: Final = "DEVICE_SIM_MQTT_PASSWORD"
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FleetSettings:
     """Which vehicles a fleet has. Vehicle ``i`` (1..count) gets VIN ``make_vin(i,
-    vin_prefix)``, profile ``profiles[(i - 1) % len(profiles)]`` and its own
-    ``random.Random(f"{seed}:{i}")``. Delivery vans start at ``depot``; the other vehicles
-    start at distinct nodes of ``city`` (drawn with the seed; reused only when there are
-    more vehicles than nodes)."""
+    vin_prefix)`` (or ``vins[i - 1]`` when ``vins`` is given), profile
+    ``profiles[(i - 1) % len(profiles)]`` and its own ``random.Random(f"{seed}:{i}")``.
+    Delivery vans start at ``depot``; the other vehicles start at distinct nodes of ``city``
+    (drawn with the seed; reused only when there are more vehicles than nodes)."""
 
-    count: int = 5
+    count: int = DEFAULT_VEHICLES
     seed: int = 1
     profiles: tuple[VehicleProfile, ...] = DEFAULT_PROFILES
     city: RoadNetwork = MUNICH
     depot: str = DEPOT
-    vin_prefix: str = "WSMZZZ"
+    vin_prefix: str = DEFAULT_VIN_PREFIX
+    #: the VINs of vehicles 1..count, e.g. those of a credentials file; None: ``make_vin``
+    vins: tuple[str, ...] | None = None
     #: the vehicles' simulated clock at start, ms since the epoch; None: the wall clock
     start_ms: int | None = None
     #: seq of the first sample and first event of every unit; None: the start time in ms
@@ -131,6 +167,14 @@ class FleetSettings:
             raise ValueError(f"count must be >= 0, got {self.count}")
         if not self.profiles:
             raise ValueError("profiles must name at least one vehicle profile")
+        if self.vins is not None:
+            if len(self.vins) != self.count:
+                raise ValueError(f"vins has {len(self.vins)} VINs for {self.count} vehicles")
+            bad = [v for v in self.vins if not is_valid_vin(v)]
+            if bad:
+                raise ValueError(f"invalid VIN(s) in vins: {', '.join(map(repr, bad[:5]))}")
+            if len(set(self.vins)) != len(self.vins):
+                raise ValueError("vins names a VIN twice")
         if self.depot not in self.city.nodes:
             raise ValueError(f"the depot {self.depot!r} is not a node of the city")
         if not self.progress_interval_s > 0:
@@ -146,6 +190,28 @@ class FleetSettings:
             )
         if not (math.isfinite(self.slow_delay_s) and self.slow_delay_s >= 0):
             raise ValueError(f"slow_delay_s must be a finite number >= 0, got {self.slow_delay_s}")
+
+    def vin(self, number: int) -> str:
+        """The VIN of vehicle ``number`` (1..count)."""
+        if not 1 <= number <= self.count:
+            raise ValueError(f"vehicle number must be 1..{self.count}, got {number}")
+        if self.vins is not None:
+            return self.vins[number - 1]
+        return make_vin(number, self.vin_prefix)
+
+    def all_vins(self) -> list[str]:
+        """The VINs of vehicles 1..count, in order."""
+        return [self.vin(i) for i in range(1, self.count + 1)]
+
+
+def fleet_vins(count: int, *, vin_prefix: str = DEFAULT_VIN_PREFIX) -> list[str]:
+    """The VINs of a ``count``-vehicle fleet (``telematics sim --vehicles count``), in order.
+
+    So that a launcher can provision exactly the vehicles the simulator will run before
+    starting it (``telematics up --demo``). Only ``count`` (and the prefix, which the command
+    line does not change) decides the VINs: the seed, profiles and rates do not.
+    """
+    return FleetSettings(count=count, vin_prefix=vin_prefix).all_vins()
 
 
 class CommandRole(enum.Enum):
@@ -178,8 +244,38 @@ def command_roles(settings: FleetSettings) -> list[CommandRole]:
     return roles
 
 
-def build_unit_settings(settings: FleetSettings, base: UnitSettings) -> list[UnitSettings]:
-    """``base`` adjusted per unit for its :func:`command_roles` role, in VIN order."""
+#: adjusts a unit's settings for its VIN, e.g. to give it its own credentials
+PerVin = Callable[[str, UnitSettings], UnitSettings]
+
+
+def with_credential(
+    settings: UnitSettings, credential: VehicleCredential, *, cert_dir: Path | None = None
+) -> UnitSettings:
+    """``settings`` with the broker identity of one vehicle: its user name and password and,
+    over TLS, its client certificate (``cert_dir/VIN.crt`` and ``.key`` if ``cert_dir`` is
+    given, else the credential's own). Without TLS a client certificate is not used."""
+    cert, key = credential.client_cert, credential.client_key
+    if cert_dir is not None:
+        cert, key = _cert_dir_files(cert_dir, credential.vin)
+    tls = settings.tls_ca_file is not None
+    return replace(
+        settings,
+        username=credential.mqtt_username,
+        password=credential.mqtt_password,
+        tls_cert_file=cert if tls else None,
+        tls_key_file=key if tls else None,
+    )
+
+
+def _cert_dir_files(cert_dir: Path, vin: str) -> tuple[Path, Path]:
+    return cert_dir / f"{vin}.crt", cert_dir / f"{vin}.key"
+
+
+def build_unit_settings(
+    settings: FleetSettings, base: UnitSettings, *, per_vin: PerVin | None = None
+) -> list[UnitSettings]:
+    """``base`` adjusted per unit for its :func:`command_roles` role, in VIN order; then by
+    ``per_vin`` (e.g. :func:`with_credential`: each unit its own login), if given."""
     out: list[UnitSettings] = []
     for role in command_roles(settings):
         if role is CommandRole.SLOW:
@@ -188,6 +284,8 @@ def build_unit_settings(settings: FleetSettings, base: UnitSettings) -> list[Uni
             out.append(replace(base, answers_commands=False))
         else:
             out.append(base)
+    if per_vin is not None:
+        out = [per_vin(vin, s) for vin, s in zip(settings.all_vins(), out, strict=True)]
     return out
 
 
@@ -219,7 +317,7 @@ def build_vehicles(
             continue
         vehicles.append(
             SimulatedVehicle(
-                make_vin(i, settings.vin_prefix),
+                settings.vin(i),
                 profile,
                 city,
                 random.Random(f"{settings.seed}:{i}"),
@@ -291,20 +389,21 @@ async def run_fleet(
     *,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     clock_ms: Callable[[], int] = wall_clock_ms,
+    per_vin: PerVin | None = None,
 ) -> dict[str, Any]:
     """Run one unit per vehicle until ``stop`` is set; return :func:`summarize`'s dict.
 
-    Each unit runs with ``unit_settings`` adjusted for its command role
-    (:func:`build_unit_settings`: slow or silent units). ``on_progress`` gets the same dict
-    every ``settings.progress_interval_s`` seconds. If a
-    unit fails for good (:class:`~device_sim.unit.UnitConnectError`: the broker refused it),
-    the others are cancelled (so the broker publishes their Wills) and the error is raised
-    in an ``ExceptionGroup``.
+    Each unit runs with ``unit_settings`` adjusted for its command role and by ``per_vin``
+    (:func:`build_unit_settings`: slow or silent units, own credentials). ``on_progress``
+    gets the same dict every ``settings.progress_interval_s`` seconds. If a unit fails for
+    good (:class:`~device_sim.unit.UnitConnectError`: the broker refused it), the others are
+    cancelled (so the broker publishes their Wills) and the error is raised in an
+    ``ExceptionGroup``.
     """
     start_ms = clock_ms() if settings.start_ms is None else settings.start_ms
     first_seq = start_ms if settings.first_seq is None else settings.first_seq
     vehicles = build_vehicles(settings, start_ms=start_ms, first_event_seq=first_seq)
-    per_unit = build_unit_settings(settings, unit_settings)
+    per_unit = build_unit_settings(settings, unit_settings, per_vin=per_vin)
     units = [
         SimulatedUnit(v, s, first_seq=first_seq, clock_ms=clock_ms)
         for v, s in zip(vehicles, per_unit, strict=True)
@@ -543,6 +642,7 @@ class FleetRun:
         connect_rate: float = DEFAULT_CONNECT_RATE,
         shard: Shard | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        per_vin: PerVin | None = None,
     ) -> None:
         if not connect_rate > 0:
             raise ValueError(f"connect_rate must be > 0, got {connect_rate}")
@@ -554,7 +654,7 @@ class FleetRun:
         vehicles = build_vehicles(
             settings, start_ms=start_ms, first_event_seq=first_seq, numbers=set(numbers)
         )
-        every = build_unit_settings(settings, unit_settings)
+        every = build_unit_settings(settings, unit_settings, per_vin=per_vin)
         self.units = [
             SimulatedUnit(v, every[i - 1], first_seq=first_seq, clock_ms=clock_ms)
             for v, i in zip(vehicles, numbers, strict=True)
@@ -710,14 +810,37 @@ class FleetRun:
 # --- command line -------------------------------------------------------------------------------
 
 
-def parse_mqtt_url(url: str) -> tuple[str, int]:
-    """Split ``mqtt://host[:port]`` into ``(host, port)`` (port 1883 by default)."""
-    expected = f"expected mqtt://host[:port], e.g. {DEFAULT_MQTT_URL}"
+class BrokerAddress(NamedTuple):
+    """Where the units connect: host, port, and whether over TLS (``mqtts``)."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+
+#: default port per URL scheme (IANA: 1883 MQTT, 8883 MQTT over TLS)
+_SCHEME_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse ``mqtt://host[:port]`` (port 1883 by default) or ``mqtts://host[:port]`` (TLS,
+    port 8883 by default). Credentials in the URL are refused: a URL ends up in banners,
+    logs and child processes' command lines, a password must not."""
+    expected = f"expected mqtt://host[:port] or mqtts://host[:port], e.g. {DEFAULT_MQTT_URL}"
     parts = urlsplit(url.strip())
-    if parts.scheme.lower() != "mqtt":
-        raise ValueError(f"invalid MQTT URL {url!r}: {expected} (TLS is not supported)")
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEME_PORTS:
+        raise ValueError(f"invalid MQTT URL {url!r}: {expected}")
     if parts.username is not None or parts.password is not None:
-        raise ValueError(f"invalid MQTT URL {url!r}: pass credentials with --username; {expected}")
+        raise ValueError(
+            f"invalid MQTT URL {url!r}: no credentials in the URL (use --credentials, or "
+            f"--username and ${PASSWORD_ENV}); {expected}"
+        )
     if parts.path not in {"", "/"} or parts.query or parts.fragment:
         raise ValueError(f"invalid MQTT URL {url!r}: no path or query allowed; {expected}")
     try:
@@ -726,7 +849,16 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
         port = 0
     if port == 0 or not parts.hostname:
         raise ValueError(f"invalid MQTT URL {url!r}: {expected}")
-    return parts.hostname, 1883 if port is None else port
+    return BrokerAddress(
+        parts.hostname, _SCHEME_PORTS[scheme] if port is None else port, scheme == "mqtts"
+    )
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int]:
+    """``(host, port)`` of an ``mqtt://`` or ``mqtts://`` URL (see :func:`parse_broker_url`,
+    which also says whether it is TLS)."""
+    address = parse_broker_url(url)
+    return address.host, address.port
 
 
 def _number(text: str, ok: Callable[[float], bool], expected: str) -> float:
@@ -803,7 +935,12 @@ def build_parser() -> argparse.ArgumentParser:
             "store-and-forward: samples taken while the broker is unreachable are kept and\n"
             "uploaded in batches after the reconnect. Every unit answers remote commands on\n"
             "v1/vehicles/{vin}/commands (accepted or rejected, then succeeded or failed). The\n"
-            "same --seed gives the same vehicles and the same driving."
+            "same --seed gives the same vehicles and the same driving.\n"
+            "\n"
+            "Against a gateway that gives every vehicle its own broker login (user name = VIN,\n"
+            "its own password, an ACL for its own topics), pass the credentials file that\n"
+            "provisioning writes (--credentials): each unit then logs in as its own vehicle,\n"
+            "over TLS with its own client certificate if you like (--tls-ca, --tls-cert-dir)."
         ),
         epilog=(
             "examples:\n"
@@ -813,6 +950,24 @@ def build_parser() -> argparse.ArgumentParser:
             "  telematics sim --vehicles 20 --rate 2 --duration 60 --json > summary.json\n"
             "  telematics sim --vehicles 10 --slow-share 0.2 --silent-share 0.1\n"
             "                                                 2 slow units, 1 that never answers\n"
+            "  telematics sim --credentials units.json        every provisioned vehicle, each\n"
+            "                                                 with its own login\n"
+            "  telematics sim --credentials units.json --vehicles 3\n"
+            "                                                 WSMZZZ00000000001..3, which must\n"
+            "                                                 be provisioned\n"
+            "  telematics sim --credentials units.json --mqtt-url mqtts://127.0.0.1:8883 \\\n"
+            "      --tls-ca ca.pem --tls-cert-dir certs/      TLS, a client certificate per VIN\n"
+            "\n"
+            "credentials file (--credentials, written by provisioning; mode 0600):\n"
+            '  {"format": "telematics-unit-credentials/1",\n'
+            '   "broker": {"url": "mqtt://127.0.0.1:1884"},            optional\n'
+            '   "gateway_public_key": "-----BEGIN PUBLIC KEY-----...",  optional\n'
+            '   "vehicles": [{"vin": "...", "mqtt_username": "...", "mqtt_password": "...",\n'
+            '                 "client_cert": "certs/VIN.crt", "client_key": "certs/VIN.key"}]}\n'
+            "  Passwords and certificate paths are optional per vehicle; relative paths are\n"
+            "  relative to the file. --mqtt-url and --gateway-public-key, when given, win over\n"
+            "  the file. A vehicle must be provisioned (telematics vehicle add VIN, or POST\n"
+            "  /v1/vehicles) before it can log in.\n"
             "\n"
             "output:\n"
             "  Live progress goes to stderr (a table on a terminal, refreshed twice a second;\n"
@@ -824,24 +979,32 @@ def build_parser() -> argparse.ArgumentParser:
             "\n"
             "exit status:\n"
             "  0 after a normal stop (--duration, Ctrl-C, SIGTERM); 1 when the broker cannot\n"
-            "  be reached or refuses the units (bad credentials, not authorised); 2 for bad\n"
-            "  options.\n"
-            f"\nThe MQTT password, if any, is read from ${PASSWORD_ENV}."
+            "  be reached or refuses the units (bad credentials, not authorised, a TLS\n"
+            "  certificate that does not verify); 2 for bad options (also: a vehicle of the\n"
+            "  fleet missing from the credentials file).\n"
+            f"\nWith --username the MQTT password, if any, is read from ${PASSWORD_ENV}:\n"
+            "passwords never go on a command line, where ps would show them."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--mqtt-url",
-        default=DEFAULT_MQTT_URL,
+        default=None,
         metavar="URL",
-        help=f"broker to report to, mqtt://host[:port] (default: {DEFAULT_MQTT_URL})",
+        help="broker to report to, mqtt://host[:port] (port 1883 by default) or "
+        "mqtts://host[:port] for TLS (port 8883 by default; needs --tls-ca) (default: the "
+        f"--credentials file's broker URL if it has one, else {DEFAULT_MQTT_URL}, or "
+        f"{DEFAULT_MQTTS_URL} with --tls-ca)",
     )
     parser.add_argument(
         "--vehicles",
         type=_count,
-        default=5,
+        default=None,
         metavar="N",
-        help="how many vehicles (units), each with its own MQTT connection (default: 5)",
+        help="how many vehicles (units), each with its own MQTT connection, with VINs "
+        f"{make_vin(1)}, {make_vin(2)} and so on; with --vins-from-credentials the first N "
+        f"of the file's VINs instead (default: {DEFAULT_VEHICLES}; with --credentials, every "
+        "vehicle in the file)",
     )
     rate = parser.add_mutually_exclusive_group()
     rate.add_argument(
@@ -971,8 +1134,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--username",
         default=None,
-        help=f"MQTT user name of every unit; the password comes from ${PASSWORD_ENV} "
-        "(default: none, anonymous)",
+        help=f"one MQTT user name for every unit; the password comes from ${PASSWORD_ENV}; "
+        "not with --credentials, which gives each unit its own (default: none, anonymous)",
+    )
+    parser.add_argument(
+        "--credentials",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="unit credentials file written by provisioning (format below): each unit logs "
+        "in with its own VIN's mqtt_username and mqtt_password (and, over TLS, client "
+        "certificate); the file's broker URL and gateway public key are used unless "
+        "--mqtt-url / --gateway-public-key are given. Every vehicle of the fleet must be in "
+        "it. --procs children get the path, never the passwords (default: none)",
+    )
+    parser.add_argument(
+        "--vins-from-credentials",
+        action="store_true",
+        help="the fleet is the vehicles of the --credentials file (sorted by VIN; the first "
+        "N with --vehicles N) instead of the simulator's own VINs; implied by --credentials "
+        "without --vehicles (default: off)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="connect over TLS and verify the broker's certificate against this CA (PEM) "
+        "only, as provisioned firmware does; needed for mqtts:// URLs, and turns the default "
+        f"URL into {DEFAULT_MQTTS_URL} (default: none, plain TCP)",
+    )
+    parser.add_argument(
+        "--tls-cert-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --tls-ca: each unit presents the client certificate DIR/VIN.crt with its "
+        "key DIR/VIN.key (CN = VIN for a broker with use_identity_as_username); wins over "
+        "the --credentials file's client_cert/client_key (default: those, or none)",
     )
     parser.add_argument(
         "--gateway-public-key",
@@ -982,7 +1181,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the gateway's command signing public key (PEM; the API writes it next to its "
         "private key, DATA_DIR/command-signing-key.pem.pub): every unit then refuses a "
         "command that is unsigned or badly signed (bad_signature) or whose counter is not "
-        "above the last one it took (replayed) (default: none, commands are not checked)",
+        "above the last one it took (replayed) (default: the --credentials file's "
+        "gateway_public_key if it has one, else none: commands are not checked)",
     )
     parser.add_argument(
         "--shard",
@@ -1116,18 +1316,29 @@ async def check_reachable(host: str, port: int, *, timeout_s: float = 5.0) -> st
     return None
 
 
-def unreachable_message(host: str, port: int, why: str) -> str:
+def unreachable_message(host: str, port: int, why: str, *, tls: bool = False) -> str:
+    url = BrokerAddress(host, port, tls).url
     return (
-        f"cannot reach the MQTT broker at mqtt://{host}:{port} ({why}); start it, or point "
-        "--mqtt-url at a running broker"
+        f"cannot reach the MQTT broker at {url} ({why}); start it, or point --mqtt-url at a "
+        "running broker"
     )
 
 
-def refused_message(error: str) -> str:
-    return (
-        f"the broker refused the units: {error}; check --username and ${PASSWORD_ENV}, and "
-        "that the broker allows these clients (allow_anonymous, ACLs)"
-    )
+def refused_message(error: str, *, credentials: Path | None = None, tls: bool = False) -> str:
+    """What to tell the user when the broker refused the units: where their login came from,
+    so they know what to fix."""
+    if credentials is not None:
+        checks = [
+            f"the credentials in {credentials} (each VIN's mqtt_username and mqtt_password "
+            "as provisioning showed them; every vehicle provisioned with telematics vehicle "
+            "add VIN)"
+        ]
+    else:
+        checks = [f"--username and ${PASSWORD_ENV}"]
+    if tls:
+        checks.append("the client certificates, and --tls-ca (the CA of the broker's certificate)")
+    checks.append("that the broker allows these clients (allow_anonymous, ACLs)")
+    return f"the broker refused the units: {error}; check {'; '.join(checks)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1141,11 +1352,150 @@ class _Options:
     interval_s: float
     procs: int
     connect_rate: float
+    tls: bool = False
+    #: each unit's own login (from --credentials and --tls-cert-dir); None: all share one
+    per_vin: PerVin | None = None
+    credentials: Path | None = None
+
+
+#: how many VINs an error message lists before it says "and N more"
+_LISTED_VINS: Final = 5
+
+
+def _listed(vins: Sequence[str]) -> str:
+    shown = ", ".join(vins[:_LISTED_VINS])
+    more = len(vins) - _LISTED_VINS
+    return f"{shown} and {more:,} more" if more > 0 else shown
+
+
+def _broker(args: argparse.Namespace, credentials: UnitCredentials | None) -> BrokerAddress:
+    """The broker the units connect to: --mqtt-url, else the credentials file's, else the
+    default (TLS with --tls-ca); checked against the TLS options."""
+    if args.mqtt_url is not None:
+        what = f"--mqtt-url {args.mqtt_url}"
+        address = parse_broker_url(args.mqtt_url)
+    elif credentials is not None and credentials.broker_url is not None:
+        what = f"the broker URL {credentials.broker_url} of {args.credentials}"
+        try:
+            address = parse_broker_url(credentials.broker_url)
+        except ValueError as exc:
+            raise ValueError(f"{args.credentials}: broker.url: {exc}") from None
+    else:
+        url = DEFAULT_MQTTS_URL if args.tls_ca is not None else DEFAULT_MQTT_URL
+        what = f"the default URL {url}"
+        address = parse_broker_url(url)
+    if address.tls and args.tls_ca is None:
+        raise ValueError(
+            f"{what} is TLS (mqtts://) and needs --tls-ca FILE, the CA of the broker's "
+            "certificate: like provisioned firmware, the units trust only that CA"
+        )
+    if not address.tls and args.tls_ca is not None:
+        raise ValueError(
+            f"--tls-ca asks for TLS but {what} is plain TCP (mqtt://): use --mqtt-url "
+            "mqtts://host[:port] (the broker's TLS listener)"
+        )
+    if args.tls_cert_dir is not None and args.tls_ca is None:
+        raise ValueError(
+            "--tls-cert-dir needs --tls-ca: client certificates are presented only over TLS"
+        )
+    return address
+
+
+def _fleet_vins(
+    args: argparse.Namespace, credentials: UnitCredentials | None
+) -> tuple[int, tuple[str, ...] | None]:
+    """How many vehicles, and their VINs when they come from the credentials file (None:
+    ``make_vin``). Every VIN of the fleet must be in the file."""
+    if credentials is None:
+        if args.vins_from_credentials:
+            raise ValueError("--vins-from-credentials needs --credentials FILE")
+        return (DEFAULT_VEHICLES if args.vehicles is None else args.vehicles), None
+    if args.vins_from_credentials or args.vehicles is None:
+        provisioned = sorted(credentials.vehicles)
+        if not provisioned:
+            raise ValueError(
+                f"{args.credentials} has no vehicles: provision some first (telematics vehicle "
+                "add VIN, or POST /v1/vehicles) and write their credentials to it"
+            )
+        count = len(provisioned) if args.vehicles is None else args.vehicles
+        if count > len(provisioned):
+            raise ValueError(
+                f"--vehicles {count} with --vins-from-credentials, but {args.credentials} has "
+                f"only {len(provisioned)} vehicle(s): provision more (telematics vehicle add "
+                f"VIN, or POST /v1/vehicles) or run --vehicles {len(provisioned)}"
+            )
+        return count, tuple(provisioned[:count])
+    count = args.vehicles
+    missing = [vin for vin in fleet_vins(count) if vin not in credentials.vehicles]
+    if missing:
+        raise ValueError(
+            f"{len(missing):,} vehicle(s) of the fleet (--vehicles {count}) are not in "
+            f"{args.credentials}, so the broker would refuse them: {_listed(missing)}. "
+            "Provision them first (telematics vehicle add VIN, or POST /v1/vehicles with "
+            '{"vin": ...}) and put their credentials in the file, or run only the vehicles '
+            "the file has (leave out --vehicles, or add --vins-from-credentials)"
+        )
+    return count, None
+
+
+def _per_vin(
+    args: argparse.Namespace, credentials: UnitCredentials | None, vins: Sequence[str]
+) -> PerVin | None:
+    """Each unit's own login (credentials file, --tls-cert-dir), after checking that every
+    certificate file the fleet needs is there (a unit would otherwise fail only when its turn
+    to connect comes)."""
+    cert_dir: Path | None = args.tls_cert_dir
+    if credentials is None and cert_dir is None:
+        return None
+    tls = args.tls_ca is not None
+    needed: list[Path] = []
+    for vin in vins:
+        if cert_dir is not None:
+            needed.extend(_cert_dir_files(cert_dir, vin))
+        elif tls and credentials is not None:
+            entry = credentials.vehicles[vin]
+            needed.extend(p for p in (entry.client_cert, entry.client_key) if p is not None)
+    absent = [str(p) for p in needed if not p.is_file()]
+    if absent:
+        where = f"--tls-cert-dir {cert_dir}" if cert_dir is not None else args.credentials
+        raise ValueError(
+            f"{len(absent):,} client certificate or key file(s) named by {where} do not "
+            f"exist: {_listed(absent)}"
+        )
+    if credentials is None:
+        assert cert_dir is not None
+
+        def certificate_only(vin: str, settings: UnitSettings) -> UnitSettings:
+            cert, key = _cert_dir_files(cert_dir, vin)
+            return replace(settings, tls_cert_file=cert, tls_key_file=key)
+
+        return certificate_only
+    entries = credentials.vehicles
+
+    def own_login(vin: str, settings: UnitSettings) -> UnitSettings:
+        return with_credential(settings, entries[vin], cert_dir=cert_dir)
+
+    return own_login
 
 
 def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Options:
+    """Validate the command line and resolve its defaults. ``args`` is updated with what was
+    resolved (broker URL, number of vehicles, where the VINs come from), so that ``--procs``
+    children get exactly the same fleet."""
     try:
-        host, port = parse_mqtt_url(args.mqtt_url)
+        if args.credentials is not None and args.username is not None:
+            raise ValueError(
+                "--credentials and --username cannot be combined: with --credentials every "
+                "unit logs in with its own VIN's user name and password from the file; "
+                f"--username (with ${PASSWORD_ENV}) is one login shared by all units"
+            )
+        credentials = None if args.credentials is None else load_credentials(args.credentials)
+        if args.tls_ca is not None and not args.tls_ca.is_file():
+            raise ValueError(f"--tls-ca {args.tls_ca}: no such file")
+        if args.tls_cert_dir is not None and not args.tls_cert_dir.is_dir():
+            raise ValueError(f"--tls-cert-dir {args.tls_cert_dir}: no such directory")
+        address = _broker(args, credentials)
+        count, vins = _fleet_vins(args, credentials)
         if args.interval is not None:
             interval = float(args.interval)
         elif args.rate is not None:
@@ -1153,37 +1503,60 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Opti
         else:
             interval = 1.0
         password = os.environ.get(PASSWORD_ENV) if args.username is not None else None
+        if args.gateway_public_key is not None:
+            public_key: bytes | None = args.gateway_public_key.read_bytes()
+        elif credentials is not None and credentials.gateway_public_key_pem is not None:
+            public_key = credentials.gateway_public_key_pem
+            try:
+                load_public_key_pem(public_key)
+            except ValueError as exc:
+                raise ValueError(f"{args.credentials}: gateway_public_key: {exc}") from None
+        else:
+            public_key = None
         unit_settings = UnitSettings(
-            host=host,
-            port=port,
+            host=address.host,
+            port=address.port,
             username=args.username,
             password=password,
+            tls_ca_file=args.tls_ca,
             report_interval_s=interval,
             buffer_limit=args.buffer_limit,
             faults=FaultRates.parse(args.faults) if args.faults else FaultRates(),
             send_on_change=args.send_on_change,
             min_signal_interval_s=args.min_signal_interval,
             heartbeat_full_s=args.heartbeat,
-            gateway_public_key=(
-                args.gateway_public_key.read_bytes()
-                if args.gateway_public_key is not None
-                else None
-            ),
+            gateway_public_key=public_key,
         )
         fleet = FleetSettings(
-            count=args.vehicles,
+            count=count,
             seed=args.seed,
+            vins=vins,
             progress_interval_s=args.progress,
             slow_share=args.slow_share,
             slow_delay_s=args.slow_delay,
             silent_share=args.silent_share,
         )
-        if args.shard is not None and args.shard.count > args.vehicles:
+        if args.shard is not None and args.shard.count > count:
             raise ValueError(f"--shard {args.shard} needs at least {args.shard.count} vehicles")
+        per_vin = _per_vin(args, credentials, fleet.all_vins())
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
-    procs = 1 if args.shard is not None else min(args.procs, args.vehicles)
-    return _Options(host, port, unit_settings, fleet, interval, procs, args.connect_rate)
+    args.mqtt_url = address.url
+    args.vehicles = count
+    args.vins_from_credentials = vins is not None
+    procs = 1 if args.shard is not None else min(args.procs, count)
+    return _Options(
+        address.host,
+        address.port,
+        unit_settings,
+        fleet,
+        interval,
+        procs,
+        args.connect_rate,
+        tls=address.tls,
+        per_vin=per_vin,
+        credentials=args.credentials,
+    )
 
 
 def _setup_logging(level: str) -> None:
@@ -1219,8 +1592,15 @@ def _say(args: argparse.Namespace, message: str) -> None:
 def banner(args: argparse.Namespace, opts: _Options) -> str:
     roles = command_roles(opts.fleet)
     slow, silent = roles.count(CommandRole.SLOW), roles.count(CommandRole.SILENT)
+    if opts.credentials is not None:
+        login = f", each logged in as itself ({opts.credentials})"
+    elif opts.per_vin is not None:
+        login = ", each with its own client certificate"
+    else:
+        login = ""
+    url = BrokerAddress(opts.host, opts.port, opts.tls).url
     return (
-        f"{opts.fleet.count} vehicle(s) reporting to mqtt://{opts.host}:{opts.port} at "
+        f"{opts.fleet.count} vehicle(s) reporting to {url}{login} at "
         f"{1 / opts.interval_s:g} msg/s each (every {opts.interval_s:g} s), "
         f"{opts.procs} process(es), connecting {opts.connect_rate:g}/s, seed {opts.fleet.seed}; "
         f"{slow} slow, {silent} silent on commands; Ctrl-C stops"
@@ -1261,7 +1641,7 @@ async def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) 
     why = await check_reachable(opts.host, opts.port)
     if why is not None:
         print(
-            f"device_sim: error: {unreachable_message(opts.host, opts.port, why)}",
+            f"device_sim: error: {unreachable_message(opts.host, opts.port, why, tls=opts.tls)}",
             file=sys.stderr,
             flush=True,
         )
@@ -1321,7 +1701,9 @@ async def _run_single(args: argparse.Namespace, opts: _Options, out: TextIO) -> 
         interval_s=args.progress,
         title=f"telematics sim: {opts.fleet.count:,} units",
     )
-    run = FleetRun(opts.fleet, opts.unit_settings, connect_rate=opts.connect_rate)
+    run = FleetRun(
+        opts.fleet, opts.unit_settings, connect_rate=opts.connect_rate, per_vin=opts.per_vin
+    )
     stop = asyncio.Event()
     display.start()
     try:
@@ -1339,7 +1721,8 @@ async def _run_single(args: argparse.Namespace, opts: _Options, out: TextIO) -> 
     summary.pop("vins", None)
     print(json.dumps(summary, indent=2), file=out, flush=True)
     if summary["rejected_by_broker"]:
-        print(f"device_sim: error: {refused_message(summary['error'])}", file=sys.stderr)
+        message = refused_message(summary["error"], credentials=opts.credentials, tls=opts.tls)
+        print(f"device_sim: error: {message}", file=sys.stderr)
         return 1
     _say(args, closing_line(summary))
     return 0
@@ -1349,7 +1732,13 @@ async def _run_shard(args: argparse.Namespace, opts: _Options, out: TextIO) -> i
     """A child of ``--procs``: JSON lines on stdout, ``{"progress": ...}`` every second and
     ``{"summary": ...}`` at the end."""
     shard: Shard = args.shard
-    run = FleetRun(opts.fleet, opts.unit_settings, connect_rate=opts.connect_rate, shard=shard)
+    run = FleetRun(
+        opts.fleet,
+        opts.unit_settings,
+        connect_rate=opts.connect_rate,
+        shard=shard,
+        per_vin=opts.per_vin,
+    )
     stop = asyncio.Event()
 
     def emit(progress: dict[str, Any]) -> None:

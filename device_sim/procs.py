@@ -11,6 +11,10 @@ the children as SIGTERM (each stops its units cleanly), and prints one merged su
 counters summed, the latency histograms merged, each child's CPU and memory listed. A child
 refused by the broker stops; the parent then stops the others and exits 1.
 
+Secrets never go on a child's command line, which every user can read (ps): children inherit
+the parent's environment (the password of a shared ``--username``) and get the credentials
+file's path, from which each reads the passwords of its own units.
+
 Imports: the standard library and ``device_sim`` only.
 """
 
@@ -23,6 +27,7 @@ import json
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final, TextIO
 
 from device_sim.fleet import (
@@ -46,7 +51,10 @@ _STOP_GRACE_S: Final = 30.0
 
 
 def child_argv(args: argparse.Namespace, shard: Shard) -> list[str]:
-    """The command line of the child that runs ``shard`` of the fleet ``args`` describes."""
+    """The command line of the child that runs ``shard`` of the fleet ``args`` describes
+    (``args`` as :func:`device_sim.fleet.main` resolved it: broker URL and vehicle count
+    explicit). Never a secret: a command line is visible to every user (ps,
+    /proc/PID/cmdline), so credentials go by file path and passwords by environment."""
     argv = [
         "--mqtt-url",
         args.mqtt_url,
@@ -76,7 +84,16 @@ def child_argv(args: argparse.Namespace, shard: Shard) -> list[str]:
     if args.duration is not None:
         argv += ["--duration", repr(float(args.duration))]
     if args.username is not None:
-        argv += ["--username", args.username]
+        argv += ["--username", args.username]  # its password travels in the environment
+    if args.credentials is not None:
+        # the path only: each child reads the passwords from the file itself
+        argv += ["--credentials", str(Path(args.credentials).absolute())]
+        if args.vins_from_credentials:
+            argv += ["--vins-from-credentials"]
+    if args.tls_ca is not None:
+        argv += ["--tls-ca", str(Path(args.tls_ca).absolute())]
+    if args.tls_cert_dir is not None:
+        argv += ["--tls-cert-dir", str(Path(args.tls_cert_dir).absolute())]
     if args.faults:
         argv += ["--faults", args.faults]
     if args.gateway_public_key is not None:
@@ -277,7 +294,10 @@ async def run_procs(args: argparse.Namespace, procs: int, *, out: TextIO) -> int
     )
     print(json.dumps(summary, indent=2), file=out, flush=True)
     if summary["rejected_by_broker"]:
-        print(f"device_sim: error: {refused_message(summary['error'])}", file=sys.stderr)
+        message = refused_message(
+            summary["error"], credentials=args.credentials, tls=args.tls_ca is not None
+        )
+        print(f"device_sim: error: {message}", file=sys.stderr)
         return 1
     if any(c.process.returncode for c in children):
         print("device_sim: error: a shard failed (see above)", file=sys.stderr)

@@ -99,6 +99,17 @@ Send-on-change
     snapshot goes out. A report with nothing to send publishes nothing and uses no ``seq``.
     Off by default: then every report is a full snapshot.
 
+Identity and TLS
+    A unit logs in with :attr:`UnitSettings.username` and :attr:`UnitSettings.password` (at
+    the gateway's broker: user name = VIN, a password per vehicle from provisioning). With
+    :attr:`UnitSettings.tls_ca_file` it connects over TLS and trusts only that CA, as
+    firmware that was provisioned with its broker's CA does (never the system's store); with
+    :attr:`UnitSettings.tls_cert_file` it also presents a client certificate (CN = VIN), which
+    a broker with ``use_identity_as_username`` takes as the user name. A broker certificate
+    that does not verify, or a handshake the broker ends with a TLS alert (a client
+    certificate it does not accept), is a refusal like a bad password
+    (:class:`UnitConnectError`): retrying cannot fix it.
+
 Faults
     On every live report (sent at once, not buffered) the unit asks its
     :class:`~device_sim.faults.FaultInjector` (rates: :attr:`UnitSettings.faults`, none by
@@ -125,10 +136,13 @@ import contextlib
 import logging
 import math
 import random
+import ssl
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Final
 
 import gmqtt
@@ -194,6 +208,10 @@ _RETRYABLE_CONNACK: Final = frozenset({3, 136, 137, 151, 159})
 #: samples a unit keeps while offline unless told otherwise (almost 3 hours at 1 Hz)
 DEFAULT_BUFFER_LIMIT: Final = 10_000
 
+#: after the connection closes during a connect attempt, how long to wait for a CONNACK
+#: (a refusal) that may still be on its way through gmqtt
+_CONNACK_GRACE_S: Final = 0.5
+
 #: a connection that lived at least this long resets the reconnect backoff
 _STABLE_CONNECTION_S: Final = 30.0
 
@@ -243,7 +261,15 @@ class UnitSettings:
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = None
-    password: str | None = None
+    #: left out of ``repr``: settings may be logged, a password must never be
+    password: str | None = field(default=None, repr=False)
+    #: PEM file of the CA the broker's certificate must chain to; set: connect over TLS
+    #: (``mqtts``), trusting only this CA; None: plain TCP
+    tls_ca_file: Path | None = None
+    #: PEM client certificate presented to the broker (TLS client authentication)
+    tls_cert_file: Path | None = None
+    #: its private key; None: the key is in ``tls_cert_file``
+    tls_key_file: Path | None = None
     #: MQTT keepalive, seconds: how long the broker waits before it declares the unit gone
     #: (after 1.5 times this) and publishes its Will
     keepalive_s: int = 30
@@ -298,6 +324,13 @@ class UnitSettings:
             raise ValueError(f"port must be 1..65535, got {self.port}")
         if self.password is not None and self.username is None:
             raise ValueError("a password needs a username")
+        if self.tls_cert_file is not None and self.tls_ca_file is None:
+            raise ValueError(
+                "a client certificate (tls_cert_file) needs TLS: set tls_ca_file to the CA "
+                "of the broker's certificate"
+            )
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_key_file needs tls_cert_file (the certificate it belongs to)")
         if not 0 <= self.keepalive_s <= 65535:
             raise ValueError(f"keepalive_s must be 0..65535, got {self.keepalive_s}")
         for name in (
@@ -500,6 +533,43 @@ def _first(properties: Any, name: str) -> object:
     return values
 
 
+@lru_cache(maxsize=64)
+def _tls_context(ca: Path, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    """A client context that trusts only ``ca`` and checks the broker's host name, with the
+    client certificate if given. Cached: the units of a fleet without client certificates
+    share one context instead of parsing the CA ten thousand times."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    if cert is not None:
+        context.load_cert_chain(str(cert), None if key is None else str(key))
+    return context
+
+
+def _consume_outcome(task: asyncio.Future[Any]) -> None:
+    """Mark a connect attempt's outcome as seen: one given up on (cancelled, or ended after
+    the unit stopped waiting) must not be reported as an unretrieved exception."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _closed_reason(client: Any) -> BaseException | None:
+    """Why gmqtt's last connection closed, e.g. the TLS alert the broker sent; None if it
+    closed normally or the reason cannot be found. gmqtt keeps it only where asyncio's
+    stream protocol puts it (the protocol's stream reader), so this reads its attributes
+    defensively: a gmqtt without them gives None, and the unit simply retries."""
+    protocol = getattr(getattr(client, "_connection", None), "_protocol", None)
+    reader = getattr(protocol, "_hard_reader", None)
+    exception = getattr(reader, "exception", None)
+    found = exception() if callable(exception) else None
+    return found if isinstance(found, BaseException) else None
+
+
+def _is_tls_alert(exc: ssl.SSLError) -> bool:
+    """The broker ended the handshake with a TLS alert (``..._ALERT_...``): it refused what
+    the unit offered, e.g. its client certificate; a dropped link looks different (EOF,
+    reset)."""
+    return "ALERT" in (exc.reason or "").upper()
+
+
 def _is_topic_name(topic: str) -> bool:
     """A topic one may publish to: non-empty, no wildcards, no NUL, at most 65535 bytes."""
     return (
@@ -668,6 +738,7 @@ class SimulatedUnit:
         self._event_buffer: deque[Event] = deque()
         self._store = _InflightStore(self._on_ack)
         self._client: Any = None
+        self._ssl: ssl.SSLContext | None = None
         self._connected = False
         self._forced_offline = False
         self._started = False
@@ -799,6 +870,11 @@ class SimulatedUnit:
             faults=dict(self._fault_counts),
         )
 
+    @property
+    def tls(self) -> bool:
+        """The unit connects over TLS (``mqtts``)."""
+        return self._settings.tls_ca_file is not None
+
     async def run(self, stop: asyncio.Event) -> UnitStats:
         """Connect, report every ``report_interval_s`` until ``stop`` is set, stop cleanly.
 
@@ -811,6 +887,7 @@ class SimulatedUnit:
         if self._started:
             raise RuntimeError(f"unit {self._vin} has already run; make a new SimulatedUnit")
         self._started = True
+        self._ssl = self._tls_context()
         self._client = self._make_client()
         self._last_step = asyncio.get_running_loop().time()
         watcher = asyncio.create_task(self._wake_when(stop), name=f"{self._vin}-stop")
@@ -838,6 +915,22 @@ class SimulatedUnit:
         return self.stats()
 
     # --- gmqtt wiring -------------------------------------------------------------------------
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The unit's TLS context (None without TLS); built when the unit starts, not when
+        the fleet is set up, so ten thousand units do not all load their keys up front."""
+        s = self._settings
+        if s.tls_ca_file is None:
+            return None
+        try:
+            return _tls_context(s.tls_ca_file, s.tls_cert_file, s.tls_key_file)
+        except (OSError, ssl.SSLError) as exc:  # missing, unreadable or not PEM
+            files = ", ".join(
+                str(p) for p in (s.tls_ca_file, s.tls_cert_file, s.tls_key_file) if p is not None
+            )
+            raise UnitConnectError(
+                f"unit {self._vin} cannot load its TLS files ({files}): {exc}"
+            ) from exc
 
     def _make_client(self) -> Any:
         s = self._settings
@@ -951,8 +1044,9 @@ class SimulatedUnit:
             # the first failure in a row is news; the retries that follow are not
             log.log(
                 logging.WARNING if failures == 1 else logging.INFO,
-                "%s cannot reach mqtt://%s:%d (%s); buffering, retry %d in %.1f s",
+                "%s cannot reach %s://%s:%d (%s); buffering, retry %d in %.1f s",
                 self._vin,
+                "mqtts" if self.tls else "mqtt",
                 s.host,
                 s.port,
                 why,
@@ -966,11 +1060,53 @@ class SimulatedUnit:
         """One connection attempt: None when connected, else why not (for the log).
 
         Raises :class:`UnitConnectError` for a refusal that retrying cannot fix.
+
+        gmqtt's ``connect()`` waits for the CONNACK even when the connection is gone, so the
+        attempt also ends when the unit sees the connection close: a broker that ends the
+        TLS session right after the handshake (a client certificate it does not accept, with
+        TLS 1.3) sends no CONNACK, and waiting for it would only delay the verdict.
         """
         s = self._settings
+        connecting = asyncio.ensure_future(
+            self._client.connect(
+                s.host,
+                s.port,
+                ssl=self._ssl if self._ssl is not None else False,
+                keepalive=s.keepalive_s,
+                version=MQTTv50,
+            )
+        )
+        connecting.add_done_callback(_consume_outcome)
+        lost = asyncio.ensure_future(self._lost.wait())
         try:
-            async with asyncio.timeout(s.connect_timeout_s):
-                await self._client.connect(s.host, s.port, keepalive=s.keepalive_s, version=MQTTv50)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(s.connect_timeout_s):
+                    await asyncio.wait({connecting, lost}, return_when=asyncio.FIRST_COMPLETED)
+                    if not connecting.done():
+                        # a refusal is a CONNACK followed by the close: let it arrive
+                        await asyncio.wait({connecting}, timeout=_CONNACK_GRACE_S)
+        finally:
+            lost.cancel()
+            finished = connecting.done()
+            if not finished:
+                # wait for the cancelled attempt to unwind, so that a connection it was
+                # opening is closed (or known to _close_quietly) before anything else runs
+                connecting.cancel()
+                await asyncio.wait({connecting}, timeout=_CONNACK_GRACE_S)
+        if not finished:
+            if self._can_send_now():
+                # CONNACK came; gmqtt was still waiting for PUBACKs of replayed messages,
+                # which will come (or be replayed again after the next reconnect)
+                return None
+            reason = _closed_reason(self._client) if self._lost.is_set() else None
+            await self._close_quietly()
+            if isinstance(reason, ssl.SSLError):
+                self._raise_if_tls_refusal(reason)
+            if self._lost.is_set():
+                return f"connection closed before CONNACK ({reason or 'no reason given'})"
+            return f"no CONNACK within {s.connect_timeout_s:g} s"
+        try:
+            connecting.result()
         except gmqtt.MQTTConnectError as exc:
             await self._close_quietly()
             if getattr(exc, "_code", None) not in _RETRYABLE_CONNACK:
@@ -978,17 +1114,31 @@ class SimulatedUnit:
                     f"{s.host}:{s.port} refused unit {self._vin}: {exc}"
                 ) from exc
             return str(exc)
-        except TimeoutError:
-            if self._can_send_now():
-                # CONNACK came; gmqtt was still waiting for PUBACKs of replayed messages,
-                # which will come (or be replayed again after the next reconnect)
-                return None
+        except ssl.SSLError as exc:
             await self._close_quietly()
-            return f"no CONNACK within {s.connect_timeout_s:g} s"
+            self._raise_if_tls_refusal(exc)
+            return str(exc) or type(exc).__name__
         except OSError as exc:
             await self._close_quietly()
             return str(exc) or type(exc).__name__
         return None
+
+    def _raise_if_tls_refusal(self, exc: ssl.SSLError) -> None:
+        """Raise :class:`UnitConnectError` if ``exc`` is a TLS failure that retrying cannot
+        fix: the broker's certificate does not verify, or the broker ended the handshake
+        with an alert (it does not accept the unit's certificate)."""
+        s = self._settings
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            raise UnitConnectError(
+                f"{s.host}:{s.port}: the broker's TLS certificate does not verify against "
+                f"--tls-ca {s.tls_ca_file} for unit {self._vin} ({exc.verify_message})"
+            ) from exc
+        if _is_tls_alert(exc):
+            raise UnitConnectError(
+                f"{s.host}:{s.port} ended the TLS session of unit {self._vin} "
+                f"({exc.reason or exc}): it does not accept the unit's client certificate "
+                f"({s.tls_cert_file or 'none'}) or its TLS settings"
+            ) from exc
 
     def _has_open_connection(self) -> bool:
         # gmqtt keeps the current connection in a private attribute; reading it avoids

@@ -22,6 +22,10 @@ from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 
 OPTIONS = (
     "--mqtt-url",
+    "--credentials",
+    "--vins-from-credentials",
+    "--tls-ca",
+    "--tls-cert-dir",
     "--vehicles",
     "--rate",
     "--interval",
