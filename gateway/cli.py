@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,11 +63,40 @@ def _add_mqtt(p: argparse.ArgumentParser, *, default: str | None) -> None:
     )
 
 
+def _add_mqtt_auth(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mqtt-username",
+        default=os.environ.get("TELEMATICS_MQTT_USERNAME"),
+        help="the gateway's service account on a broker that refuses anonymous clients "
+        "(env TELEMATICS_MQTT_USERNAME; `telematics up` sets it up itself)",
+    )
+    p.add_argument(
+        "--mqtt-password-file",
+        type=Path,
+        default=os.environ.get("TELEMATICS_MQTT_PASSWORD_FILE"),
+        metavar="FILE",
+        help="file holding the service account's password (env "
+        "TELEMATICS_MQTT_PASSWORD_FILE, or the password itself in TELEMATICS_MQTT_PASSWORD; "
+        "never on the command line, where ps would show it)",
+    )
+
+
+def _mqtt_credentials(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    if args.mqtt_username is None:
+        return None, None
+    if args.mqtt_password_file is not None:
+        try:
+            return args.mqtt_username, Path(args.mqtt_password_file).read_text().strip()
+        except OSError as exc:
+            raise GatewayError(f"cannot read --mqtt-password-file: {exc}") from exc
+    return args.mqtt_username, os.environ.get("TELEMATICS_MQTT_PASSWORD")
+
+
 def _add_state_db(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--state-db-url",
         default=os.environ.get("TELEMATICS_STATE_DB_URL"),
-        help="state database (commands) as an SQLAlchemy URL, e.g. "
+        help="state database (accounts, vehicles, commands) as an SQLAlchemy URL, e.g. "
         "postgresql+psycopg://user@host/db (env TELEMATICS_STATE_DB_URL; default: SQLite "
         "file state.db in the data directory)",
     )
@@ -100,6 +130,74 @@ def _add_ingest(p: argparse.ArgumentParser) -> None:
         help="MQTT 5 Receive Maximum: unacknowledged messages in flight to this gateway; "
         "must exceed message rate x batch delay (env TELEMATICS_RECEIVE_MAXIMUM; "
         "default: 20000)",
+    )
+
+
+def _add_auth(p: argparse.ArgumentParser) -> None:
+    from gateway.api.security import (
+        DEFAULT_LOGIN_LIMIT,
+        DEFAULT_USER_COMMAND_LIMIT,
+        DEFAULT_VEHICLE_COMMAND_LIMIT,
+    )
+
+    def limit_text(limit: object) -> str:
+        return str(limit)
+
+    p.add_argument(
+        "--admin-email",
+        default=_env("ADMIN_EMAIL", "admin@localhost"),
+        help="e-mail address of the first administrator, created when there is none; its "
+        "password comes from TELEMATICS_ADMIN_PASSWORD, else one is generated and printed "
+        "once (env TELEMATICS_ADMIN_EMAIL; default: admin@localhost)",
+    )
+    p.add_argument(
+        "--auth-secret-file",
+        type=Path,
+        default=os.environ.get("TELEMATICS_AUTH_SECRET_FILE"),
+        metavar="FILE",
+        help="key that signs access tokens, created if missing; every API process of an "
+        "installation needs the same one (env TELEMATICS_AUTH_SECRET_FILE; default: "
+        "DATA_DIR/auth-secret)",
+    )
+    p.add_argument(
+        "--access-token-ttl",
+        type=int,
+        default=int(_env("ACCESS_TOKEN_TTL", "900")),
+        metavar="SECONDS",
+        help="lifetime of access tokens (env TELEMATICS_ACCESS_TOKEN_TTL; default: 900)",
+    )
+    p.add_argument(
+        "--refresh-token-ttl",
+        type=int,
+        default=int(_env("REFRESH_TOKEN_TTL", str(30 * 24 * 3600))),
+        metavar="SECONDS",
+        help="lifetime of refresh tokens (env TELEMATICS_REFRESH_TOKEN_TTL; default: 30 days)",
+    )
+    for name, default, what in [
+        ("user-command-limit", DEFAULT_USER_COMMAND_LIMIT, "remote commands per user"),
+        ("vehicle-command-limit", DEFAULT_VEHICLE_COMMAND_LIMIT, "remote commands per vehicle"),
+        ("login-limit", DEFAULT_LOGIN_LIMIT, "password attempts per client address"),
+    ]:
+        env = "TELEMATICS_" + name.upper().replace("-", "_")
+        p.add_argument(
+            f"--{name}",
+            default=os.environ.get(env, f"{default.rate * 60:g}/min,burst={default.burst}"),
+            metavar="RATE",
+            help=f"{what}, e.g. 30/min, 5/s,burst=10 or off (env {env}; default: "
+            f"{limit_text(default)})",
+        )
+    p.add_argument(
+        "--no-registration",
+        action="store_true",
+        default=_env("NO_REGISTRATION", "") not in ("", "0", "false"),
+        help="refuse POST /v1/auth/register: only administrators and account managers "
+        "create users (env TELEMATICS_NO_REGISTRATION=1)",
+    )
+    p.add_argument(
+        "--unit-broker-url",
+        default=os.environ.get("TELEMATICS_UNIT_BROKER_URL"),
+        help="broker URL told to vehicles at provisioning, as they reach it (env "
+        "TELEMATICS_UNIT_BROKER_URL; default: --mqtt-url)",
     )
 
 
@@ -145,7 +243,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="gateway processes sharing the subscription (default: 1)",
     )
     up.add_argument(
-        "--demo", action="store_true", help="also run simulated vehicles driving around Munich"
+        "--demo",
+        action="store_true",
+        help="also run simulated vehicles driving around Munich, provisioned into the "
+        "organization 'Demo Fleet' (with a fleet manager, fleet@demo.local)",
+    )
+    up.add_argument(
+        "--admin-email",
+        default=_env("ADMIN_EMAIL", "admin@localhost"),
+        help="e-mail address of the first administrator, created on the first start; its "
+        "password comes from TELEMATICS_ADMIN_PASSWORD, else one is generated and printed "
+        "once (env TELEMATICS_ADMIN_EMAIL; default: admin@localhost)",
+    )
+    up.add_argument(
+        "--tls-port",
+        type=int,
+        default=int(_env("TLS_PORT", "0")) or None,
+        help="also open a TLS listener on this port that requires a client certificate "
+        "whose common name is the VIN (certificates: telematics pki; created in DATA_DIR/pki "
+        "on first use) (env TELEMATICS_TLS_PORT; default: none)",
+    )
+    up.add_argument(
+        "--anonymous-broker",
+        action="store_true",
+        help="run the private broker open to anonymous clients, without per-vehicle "
+        "credentials and ACL (development only; vehicles are then not checked)",
     )
     up.add_argument("--vehicles", type=int, default=5, help="number of demo vehicles (default: 5)")
 
@@ -156,7 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(gw)
     _add_mqtt(gw, default=f"mqtt://127.0.0.1:{DEFAULT_PRIVATE_BROKER_PORT}")
+    _add_mqtt_auth(gw)
     _add_ingest(gw)
+    _add_state_db(gw)
+    gw.add_argument(
+        "--require-provisioned",
+        action="store_true",
+        default=_env("REQUIRE_PROVISIONED", "") not in ("", "0", "false"),
+        help="refuse (quarantine as unprovisioned_vehicle) messages of VINs that are not "
+        "provisioned in the state database, or were revoked (env "
+        "TELEMATICS_REQUIRE_PROVISIONED=1; `telematics up` turns it on)",
+    )
 
     api = sub.add_parser(
         "api", help="run the HTTP API", description="Serve the HTTP API (OpenAPI docs at /docs)."
@@ -174,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"(env TELEMATICS_API_PORT; default: {DEFAULT_API_PORT})",
     )
     _add_mqtt(api, default=None)
+    _add_mqtt_auth(api)
     _add_state_db(api)
+    _add_auth(api)
     api.add_argument(
         "--commands-client-id",
         default=_env("COMMANDS_CLIENT_ID", "telematics-commands-1"),
@@ -190,6 +324,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ed25519 private key (PEM) that signs every remote command; created (mode 0600, "
         "with its public key next to it as FILE.pub, to provision units with) if missing "
         "(env TELEMATICS_SIGNING_KEY; default: DATA_DIR/command-signing-key.pem)",
+    )
+
+    from gateway.admin_cli import (
+        add_account_arguments,
+        add_user_arguments,
+        add_vehicle_arguments,
+    )
+
+    add_vehicle_arguments(
+        sub.add_parser(
+            "vehicle",
+            help="provision, revoke and list vehicles (telematics vehicle add --help)",
+            description="Vehicles in the state database and their broker credentials.",
+        )
+    )
+    add_user_arguments(
+        sub.add_parser("user", help="create and list users", description="Users and roles.")
+    )
+    add_account_arguments(
+        sub.add_parser(
+            "account",
+            help="create and list accounts (organizations, private accounts)",
+            description="Accounts: enterprise organizations and private accounts.",
+        )
+    )
+    from gateway.broker.pki import add_arguments as add_pki_arguments
+
+    add_pki_arguments(
+        sub.add_parser(
+            "pki",
+            help="certificates for the broker's TLS listener (CA, server, vehicles)",
+            description="A small certificate authority: the broker's server certificate and "
+            "one client certificate per vehicle (common name = VIN).",
+        )
     )
 
     sub.add_parser(
@@ -244,7 +412,7 @@ def _setup_logging(level: str) -> None:
         datefmt="%H:%M:%S",
     )
     # gmqtt logs every packet type at INFO; its warnings and errors still show
-    for chatty in ("gmqtt", "httpx"):
+    for chatty in ("gmqtt", "httpx", "alembic"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
@@ -252,19 +420,26 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.ingest.pipeline import BatchPolicy
     from gateway.ingest.service import IngestSettings
     from gateway.runner import GatewayOptions, run_gateway
+    from gateway.statedb.database import default_url as default_state_db_url
     from gateway.supervisor import data_paths
 
     host, port = parse_mqtt_url(args.mqtt_url)
     db_path, _ = data_paths(args.data_dir)
+    username, password = _mqtt_credentials(args)
     settings = IngestSettings(
         host=host,
         port=port,
+        username=username,
+        password=password,
         client_id=args.client_id,
         share_group=args.share_group,
         receive_maximum=args.receive_maximum,
         batch=BatchPolicy(max_delay_s=args.batch_delay_ms / 1000),
     )
-    run_gateway(GatewayOptions(db_path=db_path, ingest=settings))
+    registry_url = None
+    if args.require_provisioned:
+        registry_url = args.state_db_url or default_state_db_url(args.data_dir)
+    run_gateway(GatewayOptions(db_path=db_path, ingest=settings, registry_url=registry_url))
     return 0
 
 
@@ -287,44 +462,139 @@ def _cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.api import ApiSettings, create_app
+    from gateway.api.security import AuthSettings
+    from gateway.auth.ratelimit import parse_limit
     from gateway.commands.service import CommandSettings
     from gateway.statedb.database import default_url as default_state_db_url
     from gateway.supervisor import data_paths
 
     db_path, _ = data_paths(args.data_dir)
+    state_db_url = args.state_db_url or default_state_db_url(args.data_dir)
+    signing_key: Path = args.signing_key or args.data_dir / "command-signing-key.pem"
     commands = None
     if args.mqtt_url is not None:
         host, port = parse_mqtt_url(args.mqtt_url)
-        signing_key: Path = args.signing_key or args.data_dir / "command-signing-key.pem"
         ensure_signing_key(signing_key)
+        username, password = _mqtt_credentials(args)
         commands = CommandSettings(
-            state_db_url=args.state_db_url or default_state_db_url(args.data_dir),
+            state_db_url=state_db_url,
             mqtt_host=host,
             mqtt_port=port,
+            mqtt_username=username,
+            mqtt_password=password,
             client_id=args.commands_client_id,
             signing_key_path=signing_key,
         )
     else:
         log.warning("no --mqtt-url: remote commands are off (their routes answer 503)")
-    app = create_app(ApiSettings(db_path=db_path, commands=commands))
+    auth = AuthSettings(
+        secret_path=args.auth_secret_file or args.data_dir / "auth-secret",
+        access_ttl_s=args.access_token_ttl,
+        refresh_ttl_s=args.refresh_token_ttl,
+        user_command_limit=parse_limit(args.user_command_limit),
+        vehicle_command_limit=parse_limit(args.vehicle_command_limit),
+        login_limit=parse_limit(args.login_limit),
+        first_admin_email=args.admin_email,
+        first_admin_password=os.environ.get("TELEMATICS_ADMIN_PASSWORD") or None,
+        open_registration=not args.no_registration,
+        broker_url=args.unit_broker_url or args.mqtt_url,
+        signing_public_key_path=signing_key.with_name(signing_key.name + ".pub"),
+    )
+    app = create_app(
+        ApiSettings(db_path=db_path, commands=commands, auth=auth, state_db_url=state_db_url)
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     return 0
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from device_sim.fleet import fleet_vins
+    from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
+    from gateway.broker.auth import BrokerAuthFiles
+    from gateway.installation import SERVICE_USERNAME, broker_auth, provision_demo, service_password
+    from gateway.statedb.accounts import AccountRepository
+    from gateway.statedb.audit import AuditLog
+    from gateway.statedb.database import StateDatabase
+    from gateway.statedb.database import default_url as default_state_db_url
     from gateway.supervisor import Part, Supervisor, data_paths, python_module
 
     data_dir: Path = args.data_dir.resolve()
     _, broker_dir = data_paths(data_dir)
+    secrets_dir = data_dir / "secrets"
+    state_db_url = args.state_db_url or default_state_db_url(data_dir)
+    signing_key = data_dir / "command-signing-key.pem"
+    ensure_signing_key(signing_key)
+    now = time.time_ns() // 1_000_000
+
+    state_db = StateDatabase(state_db_url)
+    state_db.upgrade()
+    accounts, audit = AccountRepository(state_db), AuditLog(state_db)
+    admin = ensure_first_admin(
+        accounts,
+        audit,
+        email=args.admin_email,
+        password=os.environ.get("TELEMATICS_ADMIN_PASSWORD") or None,
+        now=now,
+    )
+
     broker: BrokerConfig | None = None
+    on_broker_started = None
+    service_args: list[str] = []
+    gateway_args: list[str] = []
+    closed = args.mqtt_url is None and not args.anonymous_broker
     if args.mqtt_url is None:
         find_mosquitto()  # fail early, with the install hint
-        broker = BrokerConfig(port=args.mqtt_port, data_dir=broker_dir)
+        if closed:
+            password_file = service_password(secrets_dir)
+            service_args = ["--mqtt-username", SERVICE_USERNAME, "--mqtt-password-file"]
+            service_args.append(str(password_file))
+            gateway_args = ["--state-db-url", state_db_url, "--require-provisioned"]
+            files = BrokerAuthFiles(broker_dir / "auth")
+        tls = None
+        if args.tls_port is not None:
+            if not closed:
+                raise GatewayError("--tls-port needs the closed broker (drop --anonymous-broker)")
+            from gateway.broker.pki import Pki
+
+            pki = Pki(data_dir / "pki")
+            if not pki.exists():
+                pki.init()
+                log.info("created a certificate authority for the TLS listener in %s", pki)
+            tls = pki.tls_listener(port=args.tls_port)
+        broker = BrokerConfig(
+            port=args.mqtt_port,
+            data_dir=broker_dir,
+            allow_anonymous=not closed,
+            password_file=files.password_file if closed else None,
+            acl_file=files.acl_file if closed else None,
+            tls=tls,
+        )
         mqtt_url = broker.url
     else:
         parse_mqtt_url(args.mqtt_url)
         mqtt_url = args.mqtt_url
+        if os.environ.get("TELEMATICS_MQTT_USERNAME"):
+            gateway_args = ["--state-db-url", state_db_url, "--require-provisioned"]
+
+    demo_login = None
+    sim_args: list[str] = []
+    if args.demo and closed:
+        credentials = secrets_dir / "demo-units.json"
+        demo_login = provision_demo(
+            accounts,
+            audit,
+            vins=fleet_vins(args.vehicles),
+            credentials_path=credentials,
+            broker_url=mqtt_url,
+            public_key_path=signing_key.with_name(signing_key.name + ".pub"),
+            now=now,
+        )
+        sim_args = ["--credentials", str(credentials)]
+    if closed:
+        on_broker_started = broker_auth(accounts, files, password_file)
+
     common = ["--data-dir", str(data_dir), "--log-level", args.log_level]
+    state_args = ["--state-db-url", args.state_db_url] if args.state_db_url else []
     parts = [
         Part(
             f"gateway-{i}",
@@ -336,6 +606,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 mqtt_url,
                 "--client-id",
                 f"telematics-gateway-{i}",
+                *service_args,
+                *gateway_args,
             ),
         )
         for i in range(1, args.gateways + 1)
@@ -353,7 +625,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 str(args.api_port),
                 "--mqtt-url",
                 mqtt_url,
-                *(["--state-db-url", args.state_db_url] if args.state_db_url else []),
+                "--admin-email",
+                args.admin_email,
+                *service_args,
+                *state_args,
             ),
         )
     )
@@ -362,30 +637,63 @@ def _cmd_up(args: argparse.Namespace) -> int:
             Part(
                 "simulator",
                 python_module(
-                    "device_sim", "--mqtt-url", mqtt_url, "--vehicles", str(args.vehicles)
+                    "device_sim",
+                    "--mqtt-url",
+                    mqtt_url,
+                    "--vehicles",
+                    str(args.vehicles),
+                    *sim_args,
                 ),
             )
         )
     api = f"http://{args.api_host}:{args.api_port}"
-    port = parse_mqtt_url(mqtt_url)[1]
-    example = (
-        '{"vin":"WVWZZZ1JZXW000001","seq":1,"ts":\'$(date +%s000)\','
-        '"signals":{"Vehicle.Speed":42.0}}'
-    )
+    if admin is not None:
+        print_first_admin(admin)
+    if demo_login is not None and demo_login.password is not None:
+        print(
+            "\n  Demo fleet manager created (the password is shown only this once):\n"
+            f"    e-mail     {demo_login.email}\n    password   {demo_login.password}",
+            flush=True,
+        )
     lines = [
         "",
         "  telematics gateway",
-        f"    broker   {mqtt_url}{' (private, started here)' if broker else ''}",
+        f"    broker   {mqtt_url}"
+        + (
+            " (private; vehicles need credentials: telematics vehicle add --help)"
+            if closed
+            else " (private, anonymous)"
+            if broker
+            else ""
+        ),
+        *(
+            [
+                f"    TLS      {broker.tls.url} (client certificate with CN = VIN: "
+                "telematics pki client VIN)"
+            ]
+            if broker is not None and broker.tls is not None
+            else []
+        ),
         f"    API      {api}   (docs: {api}/docs)",
         f"    data     {data_dir}",
-        f"    try      curl -s {api}/v1/vehicles",
-        f"    publish  mosquitto_pub -p {port} -q 1 -t v1/vehicles/WVWZZZ1JZXW000001/telemetry \\",
-        f"               -m '{example}'",
+        f"    log in   curl -s {api}/v1/auth/token -d grant_type=password \\",
+        f"               -d username={args.admin_email} --data-urlencode password=PASSWORD",
+        '    then     curl -s -H "Authorization: Bearer ACCESS_TOKEN" ' + f"{api}/v1/vehicles",
         "    stop     Ctrl-C",
         "",
     ]
+    if demo_login is not None:
+        lines.insert(
+            -2,
+            f"    demo     {len(fleet_vins(args.vehicles))} vehicles of the organization "
+            f"'Demo Fleet' (account {demo_login.account_id}); its fleet manager is "
+            f"{demo_login.email}",
+        )
     print("\n".join(lines), flush=True)
-    return Supervisor(parts, broker).run()
+    try:
+        return Supervisor(parts, broker, on_broker_started=on_broker_started).run()
+    finally:
+        state_db.dispose()
 
 
 def _cmd_sim(argv: Sequence[str]) -> int:
@@ -419,6 +727,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_gateway(args)
         if args.command == "api":
             return _cmd_api(args)
+        if args.command in ("vehicle", "user", "account"):
+            from gateway.admin_cli import run as run_admin
+
+            return run_admin(args)
+        if args.command == "pki":
+            from gateway.broker.pki import run_from_args as run_pki
+
+            return run_pki(args)
         if args.command == "bench":
             if args.bench == "sim":
                 from gateway.bench.sim import run_from_args as run_sim_bench

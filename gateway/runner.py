@@ -14,6 +14,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.ingest.registry import VehicleRegistry
 from gateway.ingest.service import IngestService, IngestSettings
 from gateway.store import SqliteTelemetryStore
 from gateway.store.sqlite import Synchronous
@@ -28,6 +29,8 @@ class GatewayOptions:
     db_path: Path
     ingest: IngestSettings
     synchronous: Synchronous = "FULL"
+    #: state database whose provisioned vehicles alone may send; None: any VIN may
+    registry_url: str | None = None
 
 
 #: seconds between explicit garbage collections (automatic collection is off, see below)
@@ -60,7 +63,13 @@ async def _run(options: GatewayOptions) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    service = IngestService(options.ingest, store)
+    registry = None
+    if options.registry_url is not None:
+        registry = VehicleRegistry(options.registry_url)
+        await asyncio.to_thread(registry.open)
+    service = IngestService(
+        options.ingest, store, admits=registry.admits if registry is not None else None
+    )
     s = options.ingest
     log.info(
         "gateway %s ingesting from mqtt://%s:%d (group %s) into %s",
@@ -71,11 +80,16 @@ async def _run(options: GatewayOptions) -> None:
         options.db_path,
     )
     collector = asyncio.create_task(_collect_garbage(stopping))
+    watcher = asyncio.create_task(registry.watch(stopping)) if registry is not None else None
     try:
         await service.run(stopping)
     finally:
         stopping.set()
         await collector
+        if watcher is not None:
+            await watcher
+        if registry is not None:
+            registry.close()
         store.close()
     log.info("gateway %s stopped after %d commits", s.client_id, service.commits)
 

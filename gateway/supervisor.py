@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -61,9 +61,20 @@ class Supervisor:
     MAX_RESTARTS = 5
     RESTART_WINDOW_S = 60.0
 
-    def __init__(self, parts: Sequence[Part], broker: BrokerConfig | None) -> None:
+    def __init__(
+        self,
+        parts: Sequence[Part],
+        broker: BrokerConfig | None,
+        *,
+        on_broker_started: Callable[[MosquittoProcess], Callable[[], None]] | None = None,
+    ) -> None:
+        """``on_broker_started`` runs once the private broker answers, before the parts
+        start (the broker identity sync); it returns what to call at shutdown, before the
+        broker stops."""
         self.parts = list(parts)
         self.broker = MosquittoProcess(broker) if broker is not None else None
+        self._on_broker_started = on_broker_started
+        self._broker_helper_stop: Callable[[], None] | None = None
         self._stop = threading.Event()
         self.failed: str | None = None
 
@@ -77,6 +88,8 @@ class Supervisor:
             if self.broker is not None:
                 self.broker.start()
                 log.info("private broker at %s (log: %s)", self.broker.url, self.broker.log_path)
+                if self._on_broker_started is not None:
+                    self._broker_helper_stop = self._on_broker_started(self.broker)
             for part in self.parts:
                 part.start()
             while not self._stop.wait(0.5):
@@ -115,6 +128,8 @@ class Supervisor:
     def shutdown(self) -> None:
         for part in reversed(self.parts):
             part.stop(timeout=15)
+        if self._broker_helper_stop is not None:
+            self._broker_helper_stop()
         if self.broker is not None:
             self.broker.stop()
         log.info("all parts stopped")

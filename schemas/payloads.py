@@ -76,6 +76,9 @@ class Reason(enum.StrEnum):
     VALUE_NOT_ALLOWED = "value_not_allowed"
     #: a command result for a command id the gateway never issued
     UNKNOWN_COMMAND = "unknown_command"
+    #: a message on the topic of a vehicle that is not provisioned (or was revoked): the
+    #: broker's ACL should have stopped it; the gateway refuses it as well
+    UNPROVISIONED_VEHICLE = "unprovisioned_vehicle"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,15 +7,26 @@ in any order or alone.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from fastapi.testclient import TestClient
+from psycopg import sql
 
+from gateway.api import ApiSettings, create_app
+from gateway.api.security import AuthSettings
+from gateway.auth.tokens import issue_access_token
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
+from gateway.broker import auth as broker_auth
 
 # --- broker ---------------------------------------------------------------------------------
 # A real Mosquitto (never the shared one on 1883): each test that asks for ``mosquitto`` gets
@@ -50,6 +61,61 @@ def mosquitto(tmp_path: Path, free_tcp_port: int) -> Iterator[MosquittoProcess]:
         broker.stop()
 
 
+@dataclass
+class ClosedBroker:
+    """A private broker that refuses anonymous clients: a service account with every
+    right, and vehicles (user name = VIN) limited by the ACL to their own topics."""
+
+    broker: MosquittoProcess
+    files: broker_auth.BrokerAuthFiles
+    service: tuple[str, str]
+    vehicles: dict[str, str]
+
+    def add_vehicle(self, vin: str) -> str:
+        """Give ``vin`` a password on the running broker (reloaded); returns the password."""
+        password = broker_auth.generate_password()
+        self.vehicles[vin] = password
+        self._write()
+        return password
+
+    def remove_vehicle(self, vin: str) -> None:
+        self.vehicles.pop(vin)
+        self._write()
+
+    def _write(self) -> None:
+        vehicles = [
+            broker_auth.VehicleIdentity(vin, broker_auth.hash_password(pw))
+            for vin, pw in self.vehicles.items()
+        ]
+        user, password = self.service
+        services = [broker_auth.ServiceIdentity(user, broker_auth.hash_password(password))]
+        if self.files.write(vehicles, services):
+            self.broker.reload()
+
+
+@pytest.fixture
+def closed_broker(tmp_path: Path, free_tcp_port: int) -> Iterator[ClosedBroker]:
+    files = broker_auth.BrokerAuthFiles(tmp_path / "broker-auth")
+    files.ensure()
+    broker = MosquittoProcess(
+        BrokerConfig(
+            port=free_tcp_port,
+            data_dir=tmp_path / "mosquitto",
+            allow_anonymous=False,
+            password_file=files.password_file,
+            acl_file=files.acl_file,
+            extra_lines=("log_type subscribe",),
+        )
+    )
+    broker.start()
+    closed = ClosedBroker(broker, files, ("telematics-gateway", "service-password-1"), {})
+    closed._write()
+    try:
+        yield closed
+    finally:
+        broker.stop()
+
+
 # --- gateway --------------------------------------------------------------------------------
 
 
@@ -65,10 +131,17 @@ def wait_until(condition: Callable[[], object], *, timeout: float = 20.0, what: 
 class GatewayProcess:
     """``telematics gateway`` as a real child process, as deployed."""
 
-    def __init__(self, broker: MosquittoProcess, data_dir: Path, client_id: str) -> None:
+    def __init__(
+        self,
+        broker: MosquittoProcess,
+        data_dir: Path,
+        client_id: str,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.broker = broker
         self.data_dir = data_dir
         self.client_id = client_id
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,6 +163,7 @@ class GatewayProcess:
                 self.client_id,
                 "--log-level",
                 "WARNING",
+                *self.extra_args,
             ],
         )
         # ready once its session is subscribed: the broker counts the subscription
@@ -131,3 +205,97 @@ def start_gateway(
     for gateway in started:
         if gateway.process is not None and gateway.process.poll() is None:
             gateway.stop()
+
+
+# --- state database -------------------------------------------------------------------------
+# Every state-database test runs on both backends: SQLite in a file under tmp_path, and a
+# fresh PostgreSQL database per test on the machine's server, dropped afterwards. A test never
+# skips when PostgreSQL is down: it fails and says how to start it, because a backend that
+# silently stops being tested is a backend that breaks unnoticed.
+
+PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+PG_START_HINT = (
+    "PostgreSQL is not reachable at 127.0.0.1:5432 (trust auth, user postgres); start it with "
+    "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+)
+
+
+def _pg_admin() -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(PG_ADMIN_DSN, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"{PG_START_HINT}: {exc}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of an empty database: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    name = f"telematics_test_{uuid.uuid4().hex}"
+    with _pg_admin() as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with _pg_admin() as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+# --- API authentication ---------------------------------------------------------------------
+# The API refuses anonymous callers. Tests that are not about authentication use an app with
+# a known token secret and first admin, and call it as that admin (user 1 of a fresh state
+# database) with a real signed token; tests/test_auth*.py exercise the login flows.
+
+TEST_ADMIN_EMAIL = "admin@test.local"
+TEST_ADMIN_PASSWORD = "admin-password-for-tests"
+TEST_TOKEN_SECRET = b"0123456789abcdef0123456789abcdef-tests"
+
+
+def auth_settings_for_tests(**overrides: Any) -> AuthSettings:
+    """Known secret and first admin; no rate limits (tests that need them set them)."""
+    values: dict[str, Any] = {
+        "secret": TEST_TOKEN_SECRET,
+        "first_admin_email": TEST_ADMIN_EMAIL,
+        "first_admin_password": TEST_ADMIN_PASSWORD,
+        "user_command_limit": None,
+        "vehicle_command_limit": None,
+        "login_limit": None,
+    }
+    values.update(overrides)
+    return AuthSettings(**values)
+
+
+def bearer(
+    user_id: int = 1,
+    role: str = "admin",
+    account_id: int | None = None,
+    *,
+    ttl_s: int = 3600,
+) -> dict[str, str]:
+    """An Authorization header with a real access token signed by TEST_TOKEN_SECRET."""
+    token, _ = issue_access_token(
+        TEST_TOKEN_SECRET,
+        user_id=user_id,
+        role=role,
+        account_id=account_id,
+        now=int(time.time()),
+        ttl_s=ttl_s,
+    )
+    return {"Authorization": f"Bearer {token}"}
+
+
+def admin_client(settings: ApiSettings, **client_kwargs: Any) -> TestClient:
+    """A TestClient of the app for ``settings`` (with the test auth settings unless it has
+    its own), calling as the first administrator."""
+    if settings.auth == AuthSettings():
+        settings = dataclasses.replace(settings, auth=auth_settings_for_tests())
+    client = TestClient(create_app(settings), **client_kwargs)
+    client.headers.update(bearer())
+    return client

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics
-from gateway.api import ApiSettings, create_app
+from gateway.api import ApiSettings
 from gateway.api.params import iso, parse_timestamp, split_signals
 from gateway.errors import ConfigurationError
 from gateway.store import (
@@ -30,6 +30,7 @@ from gateway.store import (
     StatusChange,
 )
 from schemas import CATALOG, Event, EventType, Reason, Rejection, Sample, StatusState
+from tests.conftest import admin_client
 
 with warnings.catch_warnings():
     # Starlette >= 1.x asks for ``httpx2`` and warns (an error under our filterwarnings)
@@ -158,8 +159,8 @@ def db_path(tmp_path: Path) -> Path:
 def client(db_path: Path) -> Iterator[TestClient]:
     """The API over a seeded database, with small history limits (default 5, max 50)."""
     seed(db_path)
-    app = create_app(ApiSettings(db_path, max_history_limit=50, default_history_limit=5))
-    with TestClient(app) as c:
+    settings = ApiSettings(db_path, max_history_limit=50, default_history_limit=5)
+    with admin_client(settings) as c:
         yield c
 
 
@@ -186,7 +187,7 @@ def test_settings_reject_default_limit_above_max(tmp_path: Path) -> None:
 
 
 def test_startup_creates_the_schema_of_a_missing_database(db_path: Path) -> None:
-    with TestClient(create_app(ApiSettings(db_path))) as c:
+    with admin_client(ApiSettings(db_path)) as c:
         assert db_path.is_file()
         body = c.get("/v1/vehicles").json()
         assert body == {
@@ -197,7 +198,7 @@ def test_startup_creates_the_schema_of_a_missing_database(db_path: Path) -> None
 
 
 def test_reads_see_commits_made_after_startup(db_path: Path) -> None:
-    with TestClient(create_app(ApiSettings(db_path))) as c:
+    with admin_client(ApiSettings(db_path)) as c:
         assert c.get("/v1/vehicles").json()["paging"]["total"] == 0
         seed(db_path)
         assert c.get("/v1/vehicles").json()["paging"]["total"] == 3
@@ -560,7 +561,7 @@ def test_healthz_503_when_the_database_is_unreadable(
     path = _broken_db(tmp_path, kind)
     with (
         caplog.at_level(logging.ERROR, logger="gateway.api"),
-        TestClient(create_app(ApiSettings(path))) as c,
+        admin_client(ApiSettings(path)) as c,
     ):
         r = c.get("/healthz")
         # the API started despite the database (and said so in the log)
@@ -575,7 +576,7 @@ def test_healthz_503_when_the_database_is_unreadable(
 
 @pytest.mark.parametrize("kind", ["directory", "corrupt"])
 def test_routes_answer_503_when_the_database_is_unreadable(tmp_path: Path, kind: str) -> None:
-    with TestClient(create_app(ApiSettings(_broken_db(tmp_path, kind)))) as c:
+    with admin_client(ApiSettings(_broken_db(tmp_path, kind))) as c:
         for url in ("/v1/vehicles", f"/v1/vehicles/{VIN_A}", "/v1/quarantine", "/metrics"):
             error = error_of(c.get(url), 503, "database_unavailable")
             assert "/healthz" in error["message"]
@@ -641,7 +642,7 @@ def test_metrics(client: TestClient) -> None:
 
 
 def test_metrics_of_an_empty_database_are_all_zero(db_path: Path) -> None:
-    with TestClient(create_app(ApiSettings(db_path))) as c:
+    with admin_client(ApiSettings(db_path)) as c:
         values = scrape(c)
     assert values
     assert set(values.values()) == {0.0}
@@ -680,13 +681,28 @@ def test_docs_and_openapi(client: TestClient) -> None:
         "/v1/commands/{command_id}/cancel",
         "/v1/commands/{command_id}/events",
         "/v1/command-types",
+        "/v1/auth/token",
+        "/v1/auth/revoke",
+        "/v1/auth/register",
+        "/v1/me",
+        "/v1/api-keys",
+        "/v1/api-keys/{key_id}",
+        "/v1/accounts",
+        "/v1/accounts/{account_id}",
+        "/v1/users",
+        "/v1/users/{user_id}",
+        "/v1/vehicles/{vin}/registration",
+        "/v1/vehicles/{vin}/credentials",
+        "/v1/vehicles/{vin}/grants",
+        "/v1/vehicles/{vin}/grants/{grant_id}",
+        "/v1/audit",
     }
     error_ref = "#/components/schemas/ErrorResponse"
     for path, operations in spec["paths"].items():
         for op in operations.values():
             assert op["summary"], path
             assert op["description"], path
-            assert "200" in op["responses"], path
+            assert {"200", "201", "204"} & set(op["responses"]), path
             assert op["responses"]["500"]["content"]["application/json"]["schema"]["$ref"] == (
                 error_ref
             )
@@ -715,7 +731,7 @@ def test_unknown_route_is_404(client: TestClient, url: str) -> None:
 
 
 def test_wrong_method_is_405(client: TestClient) -> None:
-    r = client.post("/v1/vehicles")
+    r = client.post("/v1/catalog")
     error = error_of(r, 405, "method_not_allowed")
     assert r.headers["allow"] == "GET"
     assert "GET" in error["message"]
@@ -729,10 +745,9 @@ def test_unexpected_exception_is_500_without_traceback(
     with sqlite3.connect(db_path) as db:
         db.execute("UPDATE latest SET value = 'not json' WHERE signal = ?", (SPEED,))
     db.close()
-    app = create_app(ApiSettings(db_path))
     with (
         caplog.at_level(logging.ERROR, logger="gateway.api"),
-        TestClient(app, raise_server_exceptions=False) as c,
+        admin_client(ApiSettings(db_path), raise_server_exceptions=False) as c,
     ):
         r = c.get(f"/v1/vehicles/{VIN_A}")
     error = error_of(r, 500, "internal_error")

@@ -12,15 +12,12 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.api import ApiSettings, create_app
+from gateway.api import ApiSettings
 from gateway.broker import MosquittoProcess
 from gateway.commands.service import CommandSettings
 from schemas.commands import command_result_topic, command_topic
-from tests.conftest import GatewayProcess, wait_until
+from tests.conftest import GatewayProcess, admin_client, wait_until
 from tests.test_ingest_e2e import now_ms, publish, query, telemetry
-from tests.test_statedb import state_db_url
-
-__all__ = ["state_db_url"]  # the fixture, parametrized over SQLite and PostgreSQL
 
 VIN = "WVWZZZ1JZXW000101"
 OTHER = "WVWZZZ1JZXW000102"
@@ -45,7 +42,7 @@ class Api:
         settings = CommandSettings(
             state_db_url=state_url, mqtt_host=broker.host, mqtt_port=broker.port, **kw
         )
-        self.client = TestClient(create_app(ApiSettings(db_path=db_path, commands=settings)))
+        self.client = admin_client(ApiSettings(db_path=db_path, commands=settings))
 
     def __enter__(self) -> TestClient:
         client = self.client.__enter__()

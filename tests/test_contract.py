@@ -511,9 +511,15 @@ def test_every_decodable_reason_is_covered() -> None:
     """Each Reason that decode_telemetry can return has a crafted payload above."""
     covered = {p.values[1] for p in MESSAGE_CASES} | {p.values[2] for p in SIGNAL_CASES}
     covered.add(Reason.FUTURE_TIMESTAMP)  # test_future_timestamp_rejects_the_sample
-    # invalid_topic comes from parse_topic, before a payload is ever decoded, and
-    # unknown_command from the command service, which knows which commands exist
-    assert covered == set(Reason) - {Reason.INVALID_TOPIC, Reason.UNKNOWN_COMMAND}
+    # invalid_topic comes from parse_topic, before a payload is ever decoded,
+    # unknown_command from the command service, which knows which commands exist, and
+    # unprovisioned_vehicle from the gateway's registry of provisioned vehicles
+    # (tests/test_vehicle_identity.py)
+    assert covered == set(Reason) - {
+        Reason.INVALID_TOPIC,
+        Reason.UNKNOWN_COMMAND,
+        Reason.UNPROVISIONED_VEHICLE,
+    }
 
 
 def test_several_bad_signals_each_rejected() -> None:

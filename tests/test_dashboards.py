@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.api import ApiSettings, create_app
+from gateway.api import ApiSettings
 from gateway.store import SqliteTelemetryStore
+from tests.conftest import admin_client
 
 with warnings.catch_warnings():
     # Starlette >= 1.x warns (an error under our filterwarnings) when its test client is
     # first imported with plain ``httpx``; see tests/test_api.py.
     warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette\.testclient`")
-    from fastapi.testclient import TestClient
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 DASHBOARD = DASHBOARDS / "grafana" / "telematics-ingest.json"
@@ -74,7 +74,7 @@ def exported(tmp_path: Path) -> set[str]:
     their base name), scraped from a fresh app over an empty store."""
     db_path = tmp_path / "t.db"
     SqliteTelemetryStore(db_path).close()
-    with TestClient(create_app(ApiSettings(db_path))) as client:
+    with admin_client(ApiSettings(db_path)) as client:
         response = client.get("/metrics")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
@@ -204,6 +204,7 @@ def test_prometheus_config_scrapes_the_api_every_5_seconds() -> None:
         assert job["job_name"]
         assert job["scrape_interval"] == "5s"
         assert job["metrics_path"] == "/metrics"
+        assert job["credentials_file"] == "telematics-api-key"
         assert job["targets"] == '["127.0.0.1:8080"]'
         return
     config = yaml.safe_load(text)
@@ -213,6 +214,8 @@ def test_prometheus_config_scrapes_the_api_every_5_seconds() -> None:
     assert job["scrape_interval"] == "5s"
     assert job.get("metrics_path", "/metrics") == "/metrics"
     assert job.get("scheme", "http") == "http"
+    # /metrics needs an administrator's API key, read from a file (never in the config)
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": "telematics-api-key"}
     targets = [t for static in job["static_configs"] for t in static["targets"]]
     assert targets == ["127.0.0.1:8080"]
     timeout = job.get("scrape_timeout", config.get("global", {}).get("scrape_timeout"))

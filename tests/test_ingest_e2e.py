@@ -14,10 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway import metrics
-from gateway.api import ApiSettings, create_app
+from gateway.api import ApiSettings
 from gateway.broker import MosquittoProcess
 from schemas import Reason
-from tests.conftest import GatewayProcess, wait_until
+from tests.conftest import GatewayProcess, admin_client, wait_until
 
 VIN = "WVWZZZ1JZXW000001"
 OTHER_VIN = "WVWZZZ1JZXW000002"
@@ -91,7 +91,7 @@ def counter(db_path: Path, name: str, label: str = "") -> float:
 
 
 def api(db_path: Path) -> TestClient:
-    return TestClient(create_app(ApiSettings(db_path=db_path)))
+    return admin_client(ApiSettings(db_path=db_path))
 
 
 def test_samples_batches_events_and_status_reach_the_api(

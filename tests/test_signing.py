@@ -39,7 +39,7 @@ from schemas.signing import (
     sign_command,
     verify_command,
 )
-from tests.conftest import GatewayProcess, wait_until
+from tests.conftest import ClosedBroker, GatewayProcess, wait_until
 from tests.test_commands_e2e import Api, get, wait_status
 from tests.test_commands_units import VIN as UNITS_VIN
 from tests.test_commands_units import UnitThread, known_and_online, parked_ev
@@ -211,15 +211,33 @@ def test_unit_decision_rule_order() -> None:
 # --- units on a real broker ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "closed",
+    [False, True],
+    ids=["anonymous broker", "closed broker, injected with the gateway's service account"],
+)
 def test_unit_with_the_public_key_rejects_forged_tampered_replayed_expired_and_stray(
-    mosquitto: MosquittoProcess,
+    request: pytest.FixtureRequest, closed: bool
 ) -> None:
+    """Someone who got into the broker, even with the gateway's own privileged account,
+    still cannot make the car run a command: it checks the signature."""
     private_key, public_key = generate_keypair()
     forger, _ = generate_keypair()
+    service: tuple[str, str] | None = None
+    unit_login: dict[str, Any] = {}
+    if closed:
+        closed_broker: ClosedBroker = request.getfixturevalue("closed_broker")
+        mosquitto = closed_broker.broker
+        service = closed_broker.service
+        unit_login = {"username": VIN, "password": closed_broker.add_vehicle(VIN)}
+    else:
+        mosquitto = request.getfixturevalue("mosquitto")
 
     async def scenario() -> None:
-        async with Watcher(mosquitto) as watcher, Gateway(mosquitto) as gateway:
-            settings = unit_settings(mosquitto, gateway_public_key=public_key_pem(public_key))
+        async with Watcher(mosquitto, service) as watcher, Gateway(mosquitto, service) as gateway:
+            settings = unit_settings(
+                mosquitto, gateway_public_key=public_key_pem(public_key), **unit_login
+            )
             running = await start_unit(parked(), settings)
             unit = running.unit
 

@@ -377,10 +377,14 @@ class Got:
 class Watcher:
     """Subscribes to everything; records each message with its correlation data."""
 
-    def __init__(self, broker: MosquittoProcess) -> None:
+    def __init__(
+        self, broker: MosquittoProcess, credentials: tuple[str, str] | None = None
+    ) -> None:
         self.broker = broker
         self.messages: list[Got] = []
         self.client = gmqtt.Client(f"watcher-{uuid.uuid4().hex[:8]}")
+        if credentials is not None:
+            self.client.set_auth_credentials(*credentials)
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self._subscribed = False
@@ -445,9 +449,14 @@ class Gateway:
     """Publishes commands as the gateway does: QoS 1, response topic, correlation data (the
     command id) and the message expiry interval."""
 
-    def __init__(self, broker: MosquittoProcess) -> None:
+    def __init__(
+        self, broker: MosquittoProcess, credentials: tuple[str, str] | None = None
+    ) -> None:
+        """``credentials``: a privileged (service) account on a broker that requires one."""
         self.broker = broker
         self.client = gmqtt.Client(f"gateway-{uuid.uuid4().hex[:8]}")
+        if credentials is not None:
+            self.client.set_auth_credentials(*credentials)
 
     async def __aenter__(self) -> Gateway:
         await self.client.connect(self.broker.host, self.broker.port, version=MQTTv50)

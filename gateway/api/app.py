@@ -18,7 +18,7 @@ annotations against module globals.
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
+from gateway.api.accounts import accounts_router
 from gateway.api.commands import commands_router
 from gateway.api.errors import ApiError, install_error_handlers, store_unavailable
 from gateway.api.models import (
@@ -49,10 +50,22 @@ from gateway.api.models import (
 )
 from gateway.api.params import Timestamp, iso, now_ms, split_signals, unknown_signals
 from gateway.api.prometheus import render_metrics
+from gateway.api.security import (
+    AuthContext,
+    AuthSettings,
+    Caller,
+    auth_context,
+    readable_vehicle,
+    require_admin,
+)
+from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
+from gateway.auth.tokens import load_or_create_secret
 from gateway.commands.service import CommandService, CommandSettings
 from gateway.errors import ConfigurationError, StoreError
+from gateway.statedb.accounts import AccountRepository
+from gateway.statedb.audit import AuditLog
 from gateway.statedb.commands import CommandRepository
-from gateway.statedb.database import StateDatabase
+from gateway.statedb.database import StateDatabase, default_url
 from gateway.store import SqliteTelemetryStore, TelemetryReader, VehicleState
 from schemas import CATALOG, CONTRACT_VERSION, VIN_PATTERN, InvalidVinError, Reason, validate_vin
 
@@ -79,8 +92,30 @@ class ApiSettings:
     default_history_limit: int = 1000
     #: remote commands (a broker and a state database); None: the command routes answer 503
     commands: CommandSettings | None = None
+    #: accounts, tokens, limits
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    #: the state database (accounts, commands); default: the commands' one, else the SQLite
+    #: file ``state.db`` next to the telemetry database
+    state_db_url: str | None = None
+
+    @property
+    def resolved_state_db_url(self) -> str:
+        if self.state_db_url is not None:
+            return self.state_db_url
+        if self.commands is not None:
+            return self.commands.state_db_url
+        return default_url(self.db_path.parent)
 
     def __post_init__(self) -> None:
+        if (
+            self.commands is not None
+            and self.state_db_url is not None
+            and self.commands.state_db_url != self.state_db_url
+        ):
+            raise ConfigurationError(
+                "the API and its command service must use one state database: "
+                f"{self.state_db_url!r} != {self.commands.state_db_url!r}"
+            )
         if not 1 <= self.default_history_limit <= self.max_history_limit:
             raise ConfigurationError(
                 f"default_history_limit ({self.default_history_limit}) must be between 1 and "
@@ -105,6 +140,7 @@ def open_reader(request: Request) -> Iterator[TelemetryReader]:
 
 
 Reader = Annotated[TelemetryReader, Depends(open_reader)]
+Auth = Annotated[AuthContext, Depends(auth_context)]
 
 
 def valid_vin(
@@ -155,6 +191,7 @@ def _invalid(loc: list[str | int], msg: str, type_: str, input_: Any = None) -> 
 # --- OpenAPI documentation -----------------------------------------------------------------
 
 _ERROR_DOCS: Final[dict[int, str]] = {
+    403: "Your role may not do this (`forbidden`).",
     404: "Unknown vehicle (`vehicle_not_found`).",
     422: "Invalid parameter (`invalid_request`, or `invalid_vin` for a malformed VIN); "
     "`details` names each bad parameter in `loc`.",
@@ -218,14 +255,18 @@ def _router(settings: ApiSettings) -> APIRouter:
         responses=_errors(422, 503),
     )
     def list_vehicles(
+        principal: Caller,
         reader: Reader,
+        context: Auth,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = DEFAULT_PAGE,
         offset: Annotated[int, Query(ge=0, description="Vehicles to skip.")] = 0,
     ) -> VehicleList:
-        """Every vehicle the gateway has heard from, ordered by VIN, with its online status
-        and when it was first and last seen. Page with `offset` = `paging.next_offset`."""
-        total, _ = reader.vehicle_counts()
-        vehicles = reader.list_vehicles(limit=limit, offset=offset)
+        """Every vehicle you may see that the gateway has heard from, ordered by VIN, with
+        its online status and when it was first and last seen. Page with `offset` =
+        `paging.next_offset`."""
+        vins = context.visible_vins(principal)
+        total, _ = reader.vehicle_counts(vins)
+        vehicles = reader.list_vehicles(limit=limit, offset=offset, vins=vins)
         following = offset + len(vehicles)
         return VehicleList(
             vehicles=[Vehicle.from_summary(v) for v in vehicles],
@@ -244,10 +285,11 @@ def _router(settings: ApiSettings) -> APIRouter:
         tags=["vehicles"],
         responses=_errors(404, 422, 503),
     )
-    def get_vehicle(vin: Vin, reader: Reader) -> VehicleDetail:
+    def get_vehicle(principal: Caller, vin: Vin, reader: Reader, context: Auth) -> VehicleDetail:
         """The vehicle's summary plus `state`: the newest value of each signal it has
         reported (newest by sample time, so a late store-and-forward upload never hides a
         fresher value), with its sample time and unit."""
+        readable_vehicle(context, principal, vin)
         state = _vehicle(reader, vin)
         return VehicleDetail.build(state.summary, state.latest)
 
@@ -259,8 +301,10 @@ def _router(settings: ApiSettings) -> APIRouter:
         responses=_errors(404, 422, 503),
     )
     def get_history(
+        principal: Caller,
         vin: Vin,
         reader: Reader,
+        context: Auth,
         signals: Annotated[
             list[str],
             Query(
@@ -285,6 +329,7 @@ def _router(settings: ApiSettings) -> APIRouter:
     ) -> History:
         """Samples with `start <= ts < end` (sample time) that carry at least one of
         `signals`, oldest first; each point holds the requested signals it carries."""
+        readable_vehicle(context, principal, vin)
         names = split_signals(signals)
         if not names:
             raise _invalid(
@@ -341,7 +386,7 @@ def _router(settings: ApiSettings) -> APIRouter:
         summary="The signal catalog",
         tags=["contract"],
     )
-    def get_catalog() -> Catalog:
+    def get_catalog(principal: Caller) -> Catalog:
         """Every signal the gateway accepts: VSS path, datatype, unit, bounds and allowed
         values. Anything else a vehicle sends is quarantined as `unknown_signal`."""
         return _CATALOG
@@ -351,9 +396,10 @@ def _router(settings: ApiSettings) -> APIRouter:
         response_model=QuarantinePage,
         summary="Refused input",
         tags=["quarantine"],
-        responses=_errors(422, 503),
+        responses=_errors(403, 422, 503),
     )
     def get_quarantine(
+        principal: Caller,
         reader: Reader,
         reason: Annotated[Reason | None, Query(description="Only this reason.")] = None,
         vin: Annotated[
@@ -369,7 +415,8 @@ def _router(settings: ApiSettings) -> APIRouter:
     ) -> QuarantinePage:
         """Messages, samples and single signals the gateway refused, newest first, with the
         reason, a detail sentence and the raw payload (as text and base64). Page with
-        `before_id` = `next_before_id`."""
+        `before_id` = `next_before_id`. Administrators only."""
+        require_admin(principal, "The quarantine")
         rows = reader.quarantine(
             limit=limit + 1,
             reason=None if reason is None else reason.value,
@@ -420,13 +467,15 @@ def _router(settings: ApiSettings) -> APIRouter:
                 "description": "Ingest counters, commit latency histogram and vehicle gauges "
                 "in the Prometheus text format (or OpenMetrics, if the Accept header asks).",
             },
-            **_errors(503),
+            **_errors(403, 503),
         },
     )
-    def prometheus_metrics(request: Request, reader: Reader) -> Response:
+    def prometheus_metrics(principal: Caller, request: Request, reader: Reader) -> Response:
         """The ingest counters every gateway process persists in the store, so they survive
         restarts and add up across processes; plus vehicle counts. Send
-        `Accept: application/openmetrics-text` for the OpenMetrics format."""
+        `Accept: application/openmetrics-text` for the OpenMetrics format. Administrators
+        only (give Prometheus an administrator's API key)."""
+        require_admin(principal, "Metrics")
         body, content_type = render_metrics(reader, request.headers.get("accept"))
         return Response(body, media_type=content_type)
 
@@ -442,19 +491,31 @@ def _create_schema(path: Path) -> None:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Create the database and its schema if missing, so the API can start before the first
-    gateway has run. Failure is logged, not fatal: the API keeps serving, /healthz answers
-    503 with the reason, and requests start working once the database is fixed, without
-    a restart loop hiding the cause."""
+    """Create the telemetry database and its schema if missing, so the API can start before
+    the first gateway has run. Failure is logged, not fatal: the API keeps serving, /healthz
+    answers 503 with the reason, and requests start working once the database is fixed,
+    without a restart loop hiding the cause.
+
+    The state database (accounts, commands) is different: without it nobody can be
+    authenticated, so failing to open or migrate it stops the start with the reason."""
     settings: ApiSettings = app.state.settings
     try:
         await run_in_threadpool(_create_schema, settings.db_path)
     except (StoreError, OSError) as exc:  # OSError: its directory cannot be created
         logger.error("cannot prepare the telemetry database: %s", exc)
+    state_db = StateDatabase(settings.resolved_state_db_url)
+    await run_in_threadpool(state_db.upgrade)
+    accounts = AccountRepository(state_db)
+    auth = settings.auth
+    secret = auth.secret
+    if secret is None:
+        secret_path = auth.secret_path or settings.db_path.parent / "auth-secret"
+        secret = await run_in_threadpool(load_or_create_secret, secret_path)
+    app.state.auth = AuthContext(auth, secret, accounts, AuditLog(state_db))
+    if auth.bootstrap_admin:
+        await run_in_threadpool(_first_admin, app.state.auth)
     service: CommandService | None = None
     if settings.commands is not None:
-        state_db = StateDatabase(settings.commands.state_db_url)
-        await run_in_threadpool(state_db.upgrade)
         service = CommandService(settings.commands, CommandRepository(state_db), settings.db_path)
         await service.start()
     app.state.commands = service
@@ -463,7 +524,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if service is not None:
             await service.stop()
-            state_db.dispose()
+        state_db.dispose()
+
+
+def _first_admin(context: AuthContext) -> None:
+    s = context.settings
+    admin = ensure_first_admin(
+        context.accounts,
+        context.audit,
+        email=s.first_admin_email,
+        password=s.first_admin_password,
+        now=context.now_ms(),
+    )
+    if admin is not None:
+        print_first_admin(admin)
 
 
 def _version() -> str:
@@ -483,6 +557,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
         openapi_tags=_TAGS,
         lifespan=_lifespan,
         responses={
+            401: {
+                "model": ErrorResponse,
+                "description": "No valid credentials (`not_authenticated`, `invalid_token`, "
+                "`token_expired`, `invalid_api_key`).",
+            },
             500: {"model": ErrorResponse, "description": "A bug (`internal_error`)."},
         },
     )
@@ -490,4 +569,5 @@ def create_app(settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(_router(settings))
     app.include_router(commands_router())
+    app.include_router(accounts_router())
     return app

@@ -20,6 +20,15 @@ from pydantic import BaseModel, Field
 from gateway.api.errors import ApiError
 from gateway.api.models import ErrorDetail, ErrorResponse
 from gateway.api.params import iso_or_none
+from gateway.api.security import (
+    Auth,
+    AuthContext,
+    Caller,
+    check_command_limits,
+    forbidden,
+    vehicle_not_found,
+)
+from gateway.auth.policy import AccountKind, Principal, Role, VehicleAccess
 from gateway.commands.lifecycle import IllegalTransition, is_terminal
 from gateway.commands.service import (
     CommandService,
@@ -28,7 +37,7 @@ from gateway.commands.service import (
     VehicleNotFound,
 )
 from gateway.statedb.commands import CommandRecord, IdempotencyConflict, TransitionRecord
-from schemas.commands import COMMAND_ID_PATTERN, COMMAND_SPECS, CommandParamsError
+from schemas.commands import COMMAND_ID_PATTERN, COMMAND_SPECS, CommandParamsError, CommandType
 
 __all__ = ["CommandOut", "commands_router"]
 
@@ -162,8 +171,42 @@ def _not_found(command_id: str) -> ApiError:
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (404, 409, 422, 503)
+    code: {"model": ErrorResponse} for code in (403, 404, 409, 422, 429, 503)
 }
+
+
+def _unknown_type(value: str) -> ApiError:
+    exc = UnknownCommandType(value)
+    return ApiError(
+        422,
+        "invalid_request",
+        f"{exc}.",
+        [ErrorDetail(loc=["body", "type"], msg=str(exc), type="unknown_command_type", input=value)],
+    )
+
+
+def _refusal(principal: Principal, access: VehicleAccess, vin: str, type_: str) -> ApiError:
+    if principal.role is Role.FLEET_VIEWER and access.services == frozenset():
+        return forbidden(f"Fleet viewers see vehicle {vin} but cannot send it commands.")
+    allowed = ", ".join(sorted(access.services or ())) or "none"
+    return forbidden(
+        f"You may not send {type_!r} to vehicle {vin}: the vehicle was shared with you for "
+        f"these remote services only: {allowed}. Ask its owner to extend the grant."
+    )
+
+
+async def _readable_command(
+    context: AuthContext, principal: Principal, service: CommandService, command_id: str
+) -> tuple[CommandRecord, VehicleAccess, int | None]:
+    """The command, the caller's access to its vehicle and the vehicle's account, if the
+    caller may see the vehicle; else 404 as if the command did not exist."""
+    record = await asyncio.to_thread(service.repo.get, command_id)
+    if record is None:
+        raise _not_found(command_id)
+    access, vehicle = await asyncio.to_thread(context.lookup, principal, record.vin)
+    if not access.read:
+        raise _not_found(command_id)
+    return record, access, vehicle.account_id if vehicle is not None else None
 
 
 def commands_router() -> APIRouter:
@@ -183,9 +226,12 @@ def commands_router() -> APIRouter:
         },
     )
     async def create_command(
+        principal: Caller,
+        request: Request,
         vin: str,
         body: CommandRequest,
         service: Service,
+        context: Auth,
         idempotency_key: Annotated[
             str | None,
             Header(
@@ -197,10 +243,52 @@ def commands_router() -> APIRouter:
     ) -> Any:
         """Answers at once with the command id; follow it with GET /v1/commands/{id} or the
         live stream GET /v1/commands/{id}/events. The command is published immediately if the
-        vehicle is online, else it waits (queued) until the vehicle comes online or expires."""
+        vehicle is online, else it waits (queued) until the vehicle comes online or expires.
+        You need the vehicle's owner, its organization's fleet managers, or a grant that
+        lists the command type; commands are rate limited per user and per vehicle (429
+        with Retry-After)."""
         from gateway.api.app import valid_vin
 
         valid_vin(vin)
+        if body.type not in CommandType.__members__.values():
+            raise _unknown_type(body.type)
+        access, vehicle = await asyncio.to_thread(context.lookup, principal, vin)
+        account_id = vehicle.account_id if vehicle is not None else None
+
+        async def audit(outcome: str, **detail: Any) -> None:
+            await asyncio.to_thread(
+                context.record,
+                request,
+                "command_create",
+                principal=principal,
+                outcome=outcome,
+                account_id=account_id if access.read else None,
+                target=f"vehicle:{vin}",
+                detail={"type": body.type, **detail},
+            )
+
+        if not access.read:
+            await audit("denied", reason="not visible")
+            raise vehicle_not_found(vin)
+        if not access.may_command(body.type):
+            await audit("denied", reason="not permitted")
+            raise _refusal(principal, access, vin, body.type)
+        spec = COMMAND_SPECS[CommandType(body.type)]
+        if spec.enterprise_only and vehicle is not None:
+            account = await asyncio.to_thread(context.accounts.get_account, vehicle.account_id)
+            if account is not None and account.kind != AccountKind.ORGANIZATION:
+                await audit("denied", reason="enterprise only")
+                raise ApiError(
+                    403,
+                    "enterprise_only",
+                    f"{body.type!r} is a fleet service, available for vehicles of an "
+                    "organization only.",
+                )
+        try:
+            check_command_limits(context, principal, vin)
+        except ApiError as exc:
+            await audit("denied", reason=exc.code)
+            raise
         if body.ttl_s is not None and body.ttl_s > service.settings.max_ttl_s:
             raise ApiError(
                 422,
@@ -215,21 +303,10 @@ def commands_router() -> APIRouter:
                 params=body.params,
                 ttl_s=body.ttl_s,
                 idempotency_key=idempotency_key,
+                requested_by=f"user:{principal.user_id}",
             )
-        except UnknownCommandType as exc:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"{exc}.",
-                [
-                    ErrorDetail(
-                        loc=["body", "type"],
-                        msg=str(exc),
-                        type="unknown_command_type",
-                        input=body.type,
-                    )
-                ],
-            ) from None
+        except UnknownCommandType:
+            raise _unknown_type(body.type) from None
         except CommandParamsError as exc:
             raise ApiError(
                 422,
@@ -250,6 +327,8 @@ def commands_router() -> APIRouter:
             raise ApiError(409, "vehicle_moving", f"{exc}.") from None
         except IdempotencyConflict as exc:
             raise ApiError(409, "idempotency_conflict", f"{exc}") from None
+        if created:
+            await audit("ok", command_id=record.id)
         out = command_out(record)
         return JSONResponse(out.model_dump(mode="json"), status_code=201 if created else 200)
 
@@ -258,12 +337,12 @@ def commands_router() -> APIRouter:
         response_model=CommandOut,
         summary="One command, with every transition",
     )
-    async def get_command(command_id: CommandId, service: Service) -> CommandOut:
+    async def get_command(
+        principal: Caller, command_id: CommandId, service: Service, context: Auth
+    ) -> CommandOut:
         """The command's current status, its timestamps, its confirmation by telemetry and
         the full list of transitions, each with the time it was recorded."""
-        record = await asyncio.to_thread(service.repo.get, command_id)
-        if record is None:
-            raise _not_found(command_id)
+        record, _, _ = await _readable_command(context, principal, service, command_id)
         transitions = await asyncio.to_thread(service.repo.transitions, command_id)
         return command_out(record, transitions)
 
@@ -273,8 +352,10 @@ def commands_router() -> APIRouter:
         summary="A vehicle's commands, newest first",
     )
     async def list_commands(
+        principal: Caller,
         vin: str,
         service: Service,
+        context: Auth,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         before: Annotated[
             int | None, Query(description="created_at of the last command of the previous page")
@@ -284,6 +365,9 @@ def commands_router() -> APIRouter:
         from gateway.api.app import valid_vin
 
         valid_vin(vin)
+        access = await asyncio.to_thread(context.vehicle_access, principal, vin)
+        if not access.read:
+            raise vehicle_not_found(vin)
         records = await asyncio.to_thread(
             service.repo.list_for_vehicle, vin, limit=limit, before_created_at=before
         )
@@ -297,12 +381,21 @@ def commands_router() -> APIRouter:
         response_model=CommandOut,
         summary="Cancel a command that has not been sent yet",
     )
-    async def cancel_command(command_id: CommandId, service: Service) -> CommandOut:
+    async def cancel_command(
+        principal: Caller,
+        request: Request,
+        command_id: CommandId,
+        service: Service,
+        context: Auth,
+    ) -> CommandOut:
         """Only a `queued` command (waiting for its vehicle to come online) can be
-        cancelled; once sent it may already be running in the vehicle (`409`)."""
-        record = await asyncio.to_thread(service.repo.get, command_id)
-        if record is None:
-            raise _not_found(command_id)
+        cancelled; once sent it may already be running in the vehicle (`409`). You need
+        the right to send that command type to the vehicle."""
+        record, access, account_id = await _readable_command(
+            context, principal, service, command_id
+        )
+        if not access.may_command(record.type):
+            raise _refusal(principal, access, record.vin, record.type)
         try:
             record = await service.cancel(command_id)
         except IllegalTransition:
@@ -312,6 +405,15 @@ def commands_router() -> APIRouter:
                 f"Command {command_id} is {record.status.value}: only a queued command can be "
                 "cancelled; once sent it may already be running in the vehicle.",
             ) from None
+        await asyncio.to_thread(
+            context.record,
+            request,
+            "command_cancel",
+            principal=principal,
+            account_id=account_id,
+            target=f"vehicle:{record.vin}",
+            detail={"command_id": command_id, "type": record.type},
+        )
         return command_out(record)
 
     @router.get(
@@ -327,13 +429,13 @@ def commands_router() -> APIRouter:
             }
         },
     )
-    async def command_events(command_id: CommandId, service: Service) -> StreamingResponse:
+    async def command_events(
+        principal: Caller, command_id: CommandId, service: Service, context: Auth
+    ) -> StreamingResponse:
         """Server-Sent Events: every transition so far, then each new one as it happens,
         then the confirmation; the stream ends when the command is final and its
         confirmation decided."""
-        record = await asyncio.to_thread(service.repo.get, command_id)
-        if record is None:
-            raise _not_found(command_id)
+        await _readable_command(context, principal, service, command_id)
         return StreamingResponse(
             _events(service, command_id),
             media_type="text/event-stream",
@@ -345,7 +447,7 @@ def commands_router() -> APIRouter:
         response_model=list[CommandTypeOut],
         summary="Command types, their parameters and what confirms them",
     )
-    def command_types() -> list[CommandTypeOut]:
+    def command_types(principal: Caller) -> list[CommandTypeOut]:
         """Every command type of the device contract with its parameters (JSON Schema),
         whether it is refused while moving, and which signals confirm it."""
         return [

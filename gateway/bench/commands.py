@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -122,8 +123,10 @@ def _say(progress: bool, message: str) -> None:
 
 
 @contextlib.contextmanager
-def _process(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+def _process(
+    argv: list[str], env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=env)
     try:
         yield proc
     finally:
@@ -133,6 +136,19 @@ def _process(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _login(api: str, password: str) -> dict[str, str]:
+    """An API key for the administrator (an access token would expire in a long run)."""
+    token = httpx.post(
+        f"{api}/v1/auth/token",
+        data={"grant_type": "password", "username": "admin@localhost", "password": password},
+    )
+    token.raise_for_status()
+    bearer = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    key = httpx.post(f"{api}/v1/api-keys", json={"name": "bench commands"}, headers=bearer)
+    key.raise_for_status()
+    return {"Authorization": f"Bearer {key.json()['key']}"}
 
 
 def _wait(condition: object, what: str, timeout: float = 60) -> None:
@@ -154,7 +170,9 @@ def _stored(db_path: Path) -> int:
         db.close()
 
 
-async def _send(api: str, vins: list[str], count: int, rate: float) -> dict[str, int]:
+async def _send(
+    api: str, vins: list[str], count: int, rate: float, headers: dict[str, str]
+) -> dict[str, int]:
     """POST ``count`` commands round-robin over ``vins`` at ``rate`` per second (open loop:
     a request does not wait for the previous one, as with many app users); return command
     id -> the time its request was sent."""
@@ -169,7 +187,7 @@ async def _send(api: str, vins: list[str], count: int, rate: float) -> dict[str,
         sent[r.json()["id"]] = started
 
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as client:
         tasks = []
         start = time.perf_counter()
         for i in range(count):
@@ -181,9 +199,11 @@ async def _send(api: str, vins: list[str], count: int, rate: float) -> dict[str,
     return sent
 
 
-def _phase(api: str, state_db: Path, vins: list[str], count: int, rate: float) -> PhaseFigures:
+def _phase(
+    api: str, state_db: Path, vins: list[str], count: int, rate: float, headers: dict[str, str]
+) -> PhaseFigures:
     started = time.perf_counter()
-    sent = asyncio.run(_send(api, vins, count, rate))
+    sent = asyncio.run(_send(api, vins, count, rate, headers))
     ids = list(sent)
     db = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True)
     try:
@@ -236,6 +256,12 @@ def run_commands_bench(
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
     py = [sys.executable, "-m"]
+    # the benchmark logs in as the first administrator, with a password of its own, and
+    # switches the per-user and per-vehicle command limits off: it measures the pipeline,
+    # not the limits (one user sends 25 commands/s, far above a person's limit)
+    admin_password = secrets.token_urlsafe(16)
+    api_env = {**os.environ, "TELEMATICS_ADMIN_PASSWORD": admin_password}
+    limits_off = ["--user-command-limit", "off", "--vehicle-command-limit", "off"]
     try:
         with MosquittoProcess(BrokerConfig(port=free_port(), data_dir=workdir / "broker")) as b:
             url = b.url
@@ -243,7 +269,18 @@ def run_commands_bench(
             with (
                 _process([*py, "gateway", "gateway", *common, "--mqtt-url", url]),
                 _process(
-                    [*py, "gateway", "api", *common, "--mqtt-url", url, "--port", str(api_port)]
+                    [
+                        *py,
+                        "gateway",
+                        "api",
+                        *common,
+                        "--mqtt-url",
+                        url,
+                        "--port",
+                        str(api_port),
+                        *limits_off,
+                    ],
+                    env=api_env,
                 ),
                 _process(
                     [
@@ -261,24 +298,31 @@ def run_commands_bench(
                 ) as fleet,
             ):
                 _say(progress, f"waiting for {vehicles} simulated units to come online")
+                headers: dict[str, str] = {}
 
                 def all_online() -> bool:
                     if fleet.poll() is not None:
                         raise RuntimeError(f"the simulator exited with {fleet.returncode}")
                     try:
-                        listed = httpx.get(f"{api}/v1/vehicles", params={"limit": 1000}).json()
+                        if not headers:
+                            headers.update(_login(api, admin_password))
+                        listed = httpx.get(
+                            f"{api}/v1/vehicles", params={"limit": 1000}, headers=headers
+                        ).json()
                     except httpx.HTTPError:
                         return False
                     online = [v["vin"] for v in listed.get("vehicles", []) if v["online"]]
                     return len(online) >= vehicles
 
                 _wait(all_online, "the simulated units", timeout=120)
-                listed = httpx.get(f"{api}/v1/vehicles", params={"limit": 1000}).json()
+                listed = httpx.get(
+                    f"{api}/v1/vehicles", params={"limit": 1000}, headers=headers
+                ).json()
                 vins = [v["vin"] for v in listed["vehicles"] if v["online"]][:vehicles]
                 state_db = data / "state.db"
 
                 _say(progress, f"phase 1: {commands} commands, ingest idle")
-                idle = _phase(api, state_db, vins, commands, rate)
+                idle = _phase(api, state_db, vins, commands, rate, headers)
                 _say(progress, f"  p99 {idle.p99_ms} ms")
 
                 _say(progress, "phase 2: measuring the ingest maximum")
@@ -294,7 +338,7 @@ def run_commands_bench(
                 paced = LoadProcess(
                     b.port, 100, int(half * seconds / 100), 1, rate=half, seq_base=1_000_000
                 )
-                under = _phase(api, state_db, vins, commands, rate)
+                under = _phase(api, state_db, vins, commands, rate, headers)
                 paced.process.terminate()
                 paced.process.wait(30)
                 if paced.process.stdout is not None:

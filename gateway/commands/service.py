@@ -48,7 +48,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,9 @@ class CommandSettings:
     state_db_url: str
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
+    #: the gateway's service account on a broker that refuses anonymous clients
+    mqtt_username: str | None = None
+    mqtt_password: str | None = field(default=None, repr=False)
     client_id: str = "telematics-commands-1"
     share_group: str = "telematics-commands"
     session_expiry_s: int = 7 * 24 * 3600
@@ -203,6 +206,8 @@ class CommandService:
         client.on_message = self._on_message
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        if s.mqtt_username is not None:
+            client.set_auth_credentials(s.mqtt_username, s.mqtt_password)
         await client.connect(s.mqtt_host, s.mqtt_port, version=MQTTv50, keepalive=30)
         self._client = client
         self._ticker = asyncio.create_task(self._tick_loop())

@@ -58,8 +58,11 @@ class Batcher:
         clock_ms: Callable[[], int],
         limits: Limits = DEFAULT_LIMITS,
         source: str = "",
+        admits: Callable[[str], bool] | None = None,
     ) -> None:
         self._clock_ms = clock_ms
+        #: whether a VIN may send (provisioned and not revoked); None: every VIN may
+        self._admits = admits
         self._limits = limits
         #: parsed topics: a fleet reuses the same few topics per vehicle all day
         self._topics: dict[str, ParsedTopic] = {}
@@ -118,6 +121,15 @@ class Batcher:
         vin = parsed.vin
         channel = parsed.channel.value
         self._per_channel[channel] = self._per_channel.get(channel, 0) + 1
+        if self._admits is not None and not self._admits(vin):
+            rejection = Rejection(
+                Reason.UNPROVISIONED_VEHICLE,
+                f"vehicle {vin} is not provisioned on this gateway or was revoked; provision "
+                "it (POST /v1/vehicles or telematics vehicle add) before it sends",
+                vin=vin,
+            )
+            self._quarantine_all(topic, payload, now, (rejection,))
+            return
         self._seen[vin] = now
         if parsed.channel is Channel.TELEMETRY:
             decoded = decode_telemetry(payload, topic_vin=vin, now_ms=now, limits=self._limits)

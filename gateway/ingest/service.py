@@ -54,7 +54,7 @@ class IngestSettings:
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     #: unique per gateway process: the broker keeps this client's session while it is away
     client_id: str = "telematics-gateway-1"
     #: all gateway processes with the same group split the stream between them
@@ -83,11 +83,12 @@ class IngestService:
         *,
         clock_ms: Callable[[], int] = wall_clock_ms,
         on_commit: Callable[[CommitResult], None] | None = None,
+        admits: Callable[[str], bool] | None = None,
     ) -> None:
         self.settings = settings
         self._store = store
         self._batcher = Batcher(
-            clock_ms=clock_ms, limits=settings.limits, source=settings.client_id
+            clock_ms=clock_ms, limits=settings.limits, source=settings.client_id, admits=admits
         )
         self._on_commit = on_commit
         self._acks: list[_Ack] = []

@@ -10,7 +10,7 @@ delivery harmless.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -116,7 +116,11 @@ class TelemetryStore(Protocol):
 class TelemetryReader(Protocol):
     """What the HTTP API reads. Safe to use from several processes at once."""
 
-    def list_vehicles(self, *, limit: int, offset: int) -> list[VehicleSummary]: ...
+    def list_vehicles(
+        self, *, limit: int, offset: int, vins: Collection[str] | None = None
+    ) -> list[VehicleSummary]:
+        """Ordered by VIN; ``vins``: only these (what the caller may see), None: all."""
+        ...
 
     def vehicle_state(self, vin: str) -> VehicleState | None: ...
 
@@ -135,8 +139,8 @@ class TelemetryReader(Protocol):
 
     def counters(self) -> dict[tuple[str, str], float]: ...
 
-    def vehicle_counts(self) -> tuple[int, int]:
-        """(vehicles known, vehicles whose last status is online)."""
+    def vehicle_counts(self, vins: Collection[str] | None = None) -> tuple[int, int]:
+        """(vehicles known, vehicles whose last status is online); ``vins``: only these."""
         ...
 
     def close(self) -> None: ...

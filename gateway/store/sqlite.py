@@ -27,7 +27,7 @@ fsync, which the batching amortises.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -307,11 +307,14 @@ class SqliteTelemetryStore:
             status_changed_at=changed,
         )
 
-    def list_vehicles(self, *, limit: int, offset: int) -> list[VehicleSummary]:
+    def list_vehicles(
+        self, *, limit: int, offset: int, vins: Collection[str] | None = None
+    ) -> list[VehicleSummary]:
+        where, params = _vin_filter(vins)
         rows = self._read(
             "SELECT vin, online, first_seen, last_seen, status_changed_at FROM vehicles "
-            "ORDER BY vin LIMIT ? OFFSET ?",
-            (limit, offset),
+            f"{where} ORDER BY vin LIMIT ? OFFSET ?",
+            (*params, limit, offset),
         )
         return [self._summary(r) for r in rows]
 
@@ -385,12 +388,21 @@ class SqliteTelemetryStore:
     def counters(self) -> dict[tuple[str, str], float]:
         return {(n, label): v for n, label, v in self._read("SELECT * FROM counters")}
 
-    def vehicle_counts(self) -> tuple[int, int]:
+    def vehicle_counts(self, vins: Collection[str] | None = None) -> tuple[int, int]:
         """(vehicles known, vehicles whose last status is online), from one snapshot."""
+        where, params = _vin_filter(vins)
         ((total, online),) = self._read(
-            "SELECT count(*), coalesce(sum(online = 1), 0) FROM vehicles"
+            f"SELECT count(*), coalesce(sum(online = 1), 0) FROM vehicles {where}", params
         )
         return int(total), int(online)
 
     def close(self) -> None:
         self._db.close()
+
+
+def _vin_filter(vins: Collection[str] | None) -> tuple[str, tuple[str, ...]]:
+    """A WHERE clause limiting ``vehicles`` to ``vins``: one JSON array parameter, so a
+    fleet of thousands is one bound value, not thousands of placeholders."""
+    if vins is None:
+        return "", ()
+    return "WHERE vin IN (SELECT value FROM json_each(?))", (orjson.dumps(sorted(vins)).decode(),)

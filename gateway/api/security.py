@@ -1,0 +1,350 @@
+"""Authentication and authorization of API requests.
+
+Every route except ``/healthz``, the token endpoint, registration and the OpenAPI pages
+needs a caller. A caller proves who they are with ``Authorization: Bearer <credential>``,
+where the credential is an access token from ``POST /v1/auth/token`` or an API key
+(``tgk_...``); ``X-API-Key: tgk_...`` works too, for tools that cannot set a bearer header.
+
+The user is loaded from the state database on every request (one primary-key read), so
+disabling a user or changing their role takes effect at once rather than when their token
+expires.
+
+Authorization is decided by :mod:`gateway.auth.policy`; this module turns its answers into
+HTTP: a vehicle or command the caller may not see answers **404**, exactly as if it did not
+exist, and an action on something they can see but may not touch answers **403**.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from gateway.api.errors import ApiError
+from gateway.auth.policy import NO_ACCESS, Principal, Role, VehicleAccess, vehicle_access
+from gateway.auth.ratelimit import Limit, RateLimiter
+from gateway.auth.tokens import (
+    InvalidToken,
+    TokenExpired,
+    api_key_prefix,
+    decode_access_token,
+    secrets_match,
+)
+from gateway.statedb.accounts import AccountRepository, UserRecord, VehicleRecord
+from gateway.statedb.audit import AuditLog
+
+__all__ = [
+    "AuthContext",
+    "AuthSettings",
+    "Caller",
+    "auth_context",
+    "current_principal",
+    "forbidden",
+    "vehicle_not_found",
+]
+
+#: how often an API key's ``last_used_at`` is written (a write per request would cost more
+#: than the request)
+_TOUCH_INTERVAL_MS: Final = 60_000
+
+
+#: defaults: a person taps a few remote services a minute; a vehicle needs seconds per
+#: command; a person types a password a few times a minute
+DEFAULT_USER_COMMAND_LIMIT: Final = Limit(rate=1.0, burst=30)
+DEFAULT_VEHICLE_COMMAND_LIMIT: Final = Limit(rate=0.2, burst=10)
+DEFAULT_LOGIN_LIMIT: Final = Limit(rate=10 / 60, burst=10)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Authentication settings; the CLI builds them from flags and ``TELEMATICS_*``."""
+
+    #: HS256 key of the access tokens; None: read (or create) ``secret_path``
+    secret: bytes | None = None
+    #: default: ``auth-secret`` next to the telemetry database
+    secret_path: Path | None = None
+    access_ttl_s: int = 15 * 60
+    refresh_ttl_s: int = 30 * 24 * 3600
+    #: remote commands per user and per vehicle (None: unlimited)
+    user_command_limit: Limit | None = DEFAULT_USER_COMMAND_LIMIT
+    vehicle_command_limit: Limit | None = DEFAULT_VEHICLE_COMMAND_LIMIT
+    #: password attempts (logins, registrations) per client address
+    login_limit: Limit | None = DEFAULT_LOGIN_LIMIT
+    #: consecutive wrong passwords before an account must wait; the wait then doubles
+    #: with each further failure, from 1 s up to ``max_lockout_s``
+    lockout_after: int = 5
+    max_lockout_s: int = 15 * 60
+    #: create the first admin on start when there is no admin yet
+    bootstrap_admin: bool = True
+    first_admin_email: str = "admin@localhost"
+    #: None: generate one and print it once
+    first_admin_password: str | None = None
+    #: anyone may register a private account (``POST /v1/auth/register``)
+    open_registration: bool = True
+    #: where units connect, told to each vehicle at provisioning (None: not told)
+    broker_url: str | None = None
+    #: the gateway's public command-signing key (PEM), handed out at provisioning
+    signing_public_key_path: Path | None = None
+    #: wall clock in seconds (tests move it)
+    clock: Callable[[], float] = time.time
+
+
+@dataclass(slots=True)
+class AuthContext:
+    """What the routes need to authenticate, authorize, limit and audit; one per app."""
+
+    settings: AuthSettings
+    secret: bytes
+    accounts: AccountRepository
+    audit: AuditLog
+    user_commands: RateLimiter | None = None
+    vehicle_commands: RateLimiter | None = None
+    logins: RateLimiter | None = None
+    _touched: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+
+        def limiter(limit: Limit | None) -> RateLimiter | None:
+            return None if limit is None else RateLimiter(limit, clock=s.clock)
+
+        self.user_commands = limiter(s.user_command_limit)
+        self.vehicle_commands = limiter(s.vehicle_command_limit)
+        self.logins = limiter(s.login_limit)
+
+    def now_ms(self) -> int:
+        return int(self.settings.clock() * 1000)
+
+    def now_s(self) -> int:
+        return int(self.settings.clock())
+
+    # --- authorization --------------------------------------------------------------------
+
+    def vehicle_access(self, principal: Principal, vin: str) -> VehicleAccess:
+        """``principal``'s access to ``vin`` (one read)."""
+        return self.lookup(principal, vin)[0]
+
+    def lookup(self, principal: Principal, vin: str) -> tuple[VehicleAccess, VehicleRecord | None]:
+        """``principal``'s access to ``vin`` and its registration (None: not provisioned),
+        from one read transaction."""
+        vehicle, grant = self.accounts.vehicle_access(vin, principal.user_id)
+        if vehicle is None and not principal.is_admin:
+            return NO_ACCESS, None
+        return vehicle_access(principal, vehicle, grant), vehicle
+
+    def visible_vins(self, principal: Principal) -> frozenset[str] | None:
+        """The VINs ``principal`` may see; None: all (an admin)."""
+        if principal.is_admin:
+            return None
+        return self.accounts.visible_vins(
+            account_id=principal.account_id,
+            user_id=principal.user_id,
+            include_account=principal.role is not Role.DRIVER,
+        )
+
+    # --- audit ----------------------------------------------------------------------------
+
+    def record(
+        self,
+        request: Request,
+        action: str,
+        *,
+        principal: Principal | None = None,
+        actor: str | None = None,
+        outcome: str = "ok",
+        account_id: int | None = None,
+        target: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append one audit entry: who (``principal``, or ``actor`` for the anonymous),
+        what, about which account and object, from which address."""
+        self.audit.append(
+            at=self.now_ms(),
+            actor=principal.actor if principal is not None else (actor or "anonymous"),
+            actor_user_id=principal.user_id if principal is not None else None,
+            action=action,
+            outcome=outcome,
+            account_id=account_id,
+            target=target,
+            remote_addr=client_address(request),
+            detail=detail,
+        )
+
+    # --- API keys -------------------------------------------------------------------------
+
+    def touch_api_key(self, key_id: int) -> None:
+        now = self.now_ms()
+        if now - self._touched.get(key_id, 0) >= _TOUCH_INTERVAL_MS:
+            self._touched[key_id] = now
+            self.accounts.touch_api_key(key_id, now=now)
+
+
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
+
+
+def auth_context(request: Request) -> AuthContext:
+    context: AuthContext = request.app.state.auth
+    return context
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def unauthenticated(code: str, message: str) -> ApiError:
+    return ApiError(401, code, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "forbidden", message)
+
+
+def vehicle_not_found(vin: str) -> ApiError:
+    """The answer for a vehicle that does not exist *or* that the caller may not see."""
+    return ApiError(
+        404,
+        "vehicle_not_found",
+        f"No vehicle with VIN {vin} is visible to you. Check the VIN; GET /v1/vehicles lists "
+        "the vehicles you can see.",
+    )
+
+
+def too_many(code: str, message: str, retry_after_s: float) -> ApiError:
+    seconds = max(1, math.ceil(retry_after_s))
+    return ApiError(
+        429,
+        code,
+        f"{message} Retry in {seconds} s.",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+# --- the caller ----------------------------------------------------------------------------
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An access token from POST /v1/auth/token, or an API key (tgk_...).",
+)
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="An API key (tgk_...)."
+)
+
+
+def principal_of(user: UserRecord, *, via: str = "token", prefix: str | None = None) -> Principal:
+    return Principal(
+        user_id=user.id,
+        email=user.email,
+        role=Role(user.role),
+        account_id=user.account_id,
+        via=via,
+        api_key_prefix=prefix,
+    )
+
+
+def current_principal(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key_header)],
+) -> Principal:
+    """The authenticated caller, or 401 with a message that says what to send."""
+    context = auth_context(request)
+    credential = bearer.credentials if bearer is not None else api_key
+    if not credential:
+        raise unauthenticated(
+            "not_authenticated",
+            "This endpoint needs a caller: send 'Authorization: Bearer <token>' with an "
+            "access token from POST /v1/auth/token (or an API key).",
+        )
+    prefix = api_key_prefix(credential)
+    if prefix is not None:
+        return _api_key_principal(context, credential, prefix)
+    try:
+        claims = decode_access_token(context.secret, credential, now=context.now_s())
+    except TokenExpired:
+        raise unauthenticated(
+            "token_expired",
+            "The access token has expired: get a new one from POST /v1/auth/token with "
+            "grant_type=refresh_token.",
+        ) from None
+    except InvalidToken:
+        raise unauthenticated(
+            "invalid_token",
+            "The access token or API key is not valid. Log in again (POST /v1/auth/token).",
+        ) from None
+    user = context.accounts.get_user(claims.user_id)
+    if user is None or user.disabled_at is not None:
+        raise unauthenticated(
+            "invalid_token", "The user of this token no longer exists or is disabled."
+        )
+    return principal_of(user)
+
+
+def _api_key_principal(context: AuthContext, key: str, prefix: str) -> Principal:
+    record = context.accounts.get_api_key_by_prefix(prefix)
+    if record is None or not secrets_match(key, record.key_hash):
+        raise unauthenticated("invalid_api_key", "The API key is not valid.")
+    if record.revoked_at is not None:
+        raise unauthenticated("invalid_api_key", "The API key has been revoked; create a new one.")
+    user = context.accounts.get_user(record.user_id)
+    if user is None or user.disabled_at is not None:
+        raise unauthenticated("invalid_api_key", "The API key's user is disabled.")
+    context.touch_api_key(record.id)
+    return principal_of(user, via="api_key", prefix=prefix)
+
+
+Caller = Annotated[Principal, Depends(current_principal)]
+Auth = Annotated[AuthContext, Depends(auth_context)]
+
+
+def require_admin(principal: Principal, what: str) -> None:
+    if not principal.is_admin:
+        raise forbidden(f"{what} is for administrators only.")
+
+
+def readable_vehicle(context: AuthContext, principal: Principal, vin: str) -> VehicleAccess:
+    """The caller's access to ``vin``; 404 unless they may at least see it."""
+    access = context.vehicle_access(principal, vin)
+    if not access.read:
+        raise vehicle_not_found(vin)
+    return access
+
+
+def check_command_limits(context: AuthContext, principal: Principal, vin: str) -> None:
+    """429 with Retry-After when the caller or the vehicle has sent too many commands.
+
+    The per-user bucket is only charged when the per-vehicle one allows the command, so a
+    refused command costs the caller nothing.
+    """
+    vehicles, users = context.vehicle_commands, context.user_commands
+    if vehicles is not None:
+        wait = vehicles.peek(f"vehicle:{vin}")
+        if wait > 0:
+            raise too_many(
+                "vehicle_rate_limited",
+                f"Vehicle {vin} has been sent too many commands (limit {vehicles.limit}).",
+                wait,
+            )
+    if users is not None:
+        wait = users.acquire(f"user:{principal.user_id}")
+        if wait > 0:
+            raise too_many(
+                "user_rate_limited",
+                f"You have sent too many commands (limit {users.limit}).",
+                wait,
+            )
+    if vehicles is not None:
+        wait = vehicles.acquire(f"vehicle:{vin}")
+        if wait > 0:  # lost a race with another request for the same vehicle
+            if users is not None:
+                users.refund(f"user:{principal.user_id}")
+            raise too_many(
+                "vehicle_rate_limited",
+                f"Vehicle {vin} has been sent too many commands (limit {vehicles.limit}).",
+                wait,
+            )

@@ -1,0 +1,196 @@
+"""The authorization policy: who may read and command which vehicle, pure and total.
+
+Roles (one per user):
+
+========================  =====================================================
+``admin``                 operates the installation: everything, every account
+``fleet_manager``         an organization's vehicles: read, command, provision,
+                          grant; its users (fleet roles and drivers); its audit log
+``fleet_viewer``          an organization's vehicles: read only
+``owner``                 a private account's vehicles: read, command, provision,
+                          share with drivers (grants)
+``driver``                only vehicles granted to them, and only the remote
+                          services (command types) each grant lists
+========================  =====================================================
+
+A grant works for any user, not only for ``driver``: an owner can lend their car to a
+family member who owns a car of their own. Access to a vehicle is the most a user gets
+from their account and their grant.
+
+The API answers **404** for a vehicle (or command) the caller may not see at all, the same
+answer as for one that does not exist, so ids cannot be probed; it answers **403** only
+when the caller can see the resource but not do this to it (a viewer sending a command).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+__all__ = [
+    "ACCOUNT_ROLES",
+    "AccountKind",
+    "Principal",
+    "Role",
+    "VehicleAccess",
+    "can_create_user",
+    "can_manage_account",
+    "vehicle_access",
+]
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    FLEET_MANAGER = "fleet_manager"
+    FLEET_VIEWER = "fleet_viewer"
+    OWNER = "owner"
+    DRIVER = "driver"
+
+
+class AccountKind(enum.StrEnum):
+    ORGANIZATION = "organization"
+    PRIVATE = "private"
+
+
+#: which roles a user of each kind of account can have
+ACCOUNT_ROLES: Final[dict[AccountKind, frozenset[Role]]] = {
+    AccountKind.ORGANIZATION: frozenset({Role.FLEET_MANAGER, Role.FLEET_VIEWER, Role.DRIVER}),
+    AccountKind.PRIVATE: frozenset({Role.OWNER, Role.DRIVER}),
+}
+
+#: roles that manage their account: its vehicles, grants and users
+_MANAGERS: Final = frozenset({Role.FLEET_MANAGER, Role.OWNER})
+#: roles that see every vehicle of their account
+_ACCOUNT_READERS: Final = frozenset({Role.FLEET_MANAGER, Role.FLEET_VIEWER, Role.OWNER})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller of one request."""
+
+    user_id: int
+    email: str
+    role: Role
+    account_id: int | None
+    #: "token" (a person logged in) or "api_key" (an integration acting as the user)
+    via: str = "token"
+    api_key_prefix: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    @property
+    def actor(self) -> str:
+        """Who, for the audit log: never a secret, always enough to find the user."""
+        who = f"user:{self.user_id} {self.email}"
+        if self.api_key_prefix is not None:
+            who += f" via api_key:tgk_{self.api_key_prefix}"
+        return who
+
+
+class _Vehicle(Protocol):
+    @property
+    def account_id(self) -> int: ...
+    @property
+    def active(self) -> bool: ...
+
+
+class _Grant(Protocol):
+    @property
+    def services(self) -> tuple[str, ...]: ...
+    @property
+    def active(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleAccess:
+    """What one principal may do with one vehicle."""
+
+    #: may see it at all (else: answer 404)
+    read: bool = False
+    #: may manage it: grants, revocation, credentials
+    manage: bool = False
+    #: command types it may send; None: every type
+    services: frozenset[str] | None = frozenset()
+
+    def may_command(self, command_type: str) -> bool:
+        return self.read and (self.services is None or command_type in self.services)
+
+    @property
+    def may_command_anything(self) -> bool:
+        return self.read and (self.services is None or bool(self.services))
+
+
+NO_ACCESS: Final = VehicleAccess()
+_FULL: Final = VehicleAccess(read=True, manage=True, services=None)
+
+
+def vehicle_access(
+    principal: Principal, vehicle: _Vehicle | None, grant: _Grant | None
+) -> VehicleAccess:
+    """``principal``'s access to ``vehicle`` (None: not provisioned), given their active
+    ``grant`` on it (None: no grant).
+
+    An admin may do everything, also with vehicles that report without being provisioned
+    (they are in the telemetry store, not in the registry). Everybody else needs an
+    active, provisioned vehicle.
+    """
+    if principal.is_admin:
+        return _FULL
+    if vehicle is None or not vehicle.active:
+        return NO_ACCESS
+    read = False
+    manage = False
+    services: frozenset[str] | None = frozenset()
+    if principal.account_id is not None and vehicle.account_id == principal.account_id:
+        if principal.role in _MANAGERS:
+            return VehicleAccess(read=True, manage=True, services=None)
+        if principal.role in _ACCOUNT_READERS:
+            read = True
+    if grant is not None and grant.active:
+        read = True
+        services = frozenset(grant.services)
+    return VehicleAccess(read=read, manage=manage, services=services)
+
+
+def can_manage_account(principal: Principal, account_id: int | None) -> bool:
+    """May provision vehicles into, list the users of, and read the audit log of the
+    account."""
+    if principal.is_admin:
+        return True
+    return (
+        account_id is not None
+        and principal.account_id == account_id
+        and principal.role in _MANAGERS
+    )
+
+
+def can_create_user(
+    principal: Principal, *, role: Role, account_id: int | None, account_kind: AccountKind | None
+) -> bool:
+    """May ``principal`` create a user with ``role`` in the account?
+
+    Admins create anyone (an admin has no account; everyone else needs one whose kind
+    allows the role). Fleet managers create fleet managers, viewers and drivers of their
+    organization; owners create drivers of their private account (a family member's
+    login, who then sees only what a grant gives them).
+    """
+    if role is Role.ADMIN:
+        return principal.is_admin and account_id is None
+    if account_id is None or account_kind is None or role not in ACCOUNT_ROLES[account_kind]:
+        return False
+    if principal.is_admin:
+        return True
+    if not can_manage_account(principal, account_id):
+        return False
+    if principal.role is Role.OWNER:
+        return role is Role.DRIVER
+    return True
+
+
+def visible_services(access: VehicleAccess, all_types: Collection[str]) -> list[str]:
+    """The command types ``access`` allows, in the order of ``all_types``."""
+    return [t for t in all_types if access.may_command(t)]

@@ -1,0 +1,83 @@
+"""Which vehicles may send: the provisioned, unrevoked VINs of the state database.
+
+The broker's ACL already stops a unit from publishing on another vehicle's topics and a
+revoked unit from publishing at all; the gateway checks again, so that a broker left open
+by mistake (anonymous access, a stale ACL, a wildcard rule) still cannot get data into the
+store for a VIN nobody provisioned. Refused messages go to the quarantine with reason
+``unprovisioned_vehicle``.
+
+The set is held in memory and reloaded when the state database's broker-identity version
+changes (one integer read every ``interval_s``), so the hot path is one set lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from gateway.statedb.accounts import AccountRepository
+from gateway.statedb.database import StateDatabase
+
+__all__ = ["MISS_REFRESH_S", "VehicleRegistry"]
+
+log = logging.getLogger(__name__)
+
+#: the least time between two reloads caused by unknown VINs (one integer read each; a
+#: flood from an unprovisioned unit costs at most ten reads a second)
+MISS_REFRESH_S = 0.1
+
+
+class VehicleRegistry:
+    def __init__(self, state_db_url: str) -> None:
+        self._db = StateDatabase(state_db_url)
+        self._accounts = AccountRepository(self._db)
+        self._version: int | None = None
+        self._last_miss_refresh = 0.0
+        self.vins: frozenset[str] = frozenset()
+
+    def admits(self, vin: str) -> bool:
+        """Whether ``vin`` may send. A VIN not in the set triggers a reload first (at most
+        every ``MISS_REFRESH_S``): a vehicle provisioned a moment ago is let in by the broker
+        as soon as its reload is done, which can be before our next periodic refresh, and
+        its first messages must not be refused for that."""
+        if vin in self.vins:
+            return True
+        now = time.monotonic()
+        if now - self._last_miss_refresh >= MISS_REFRESH_S:
+            self._last_miss_refresh = now
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("vehicle registry refresh failed; keeping the last known set")
+        return vin in self.vins
+
+    def refresh(self) -> bool:
+        """Reload the VINs if they changed; True if they did."""
+        version = self._accounts.broker_version()
+        if version == self._version:
+            return False
+        self.vins = self._accounts.active_vins()
+        self._version = version
+        log.info("vehicle registry: %d provisioned vehicles (version %d)", len(self.vins), version)
+        return True
+
+    def open(self) -> None:
+        """Migrate the state database if needed and load the VINs (blocking)."""
+        self._db.upgrade()
+        self.refresh()
+
+    async def watch(self, stopping: asyncio.Event, interval_s: float = 0.5) -> None:
+        """Refresh every ``interval_s`` until ``stopping``; a database error is logged and
+        the last known set kept (better than refusing every vehicle)."""
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval_s)
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception:
+                log.exception("vehicle registry refresh failed; keeping the last known set")
+
+    def close(self) -> None:
+        self._db.dispose()

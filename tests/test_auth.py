@@ -1,0 +1,438 @@
+"""Logging in, tokens, API keys, throttling, rate limits and the audit log, through the API.
+
+The clock is a test double (``AuthSettings.clock``), so token expiry and lockouts are
+checked without waiting; everything else is real: argon2 hashes, signed JWTs, the state
+database, the audit triggers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.api import ApiSettings
+from gateway.auth.ratelimit import Limit
+from gateway.store import IngestBatch, SqliteTelemetryStore
+from schemas import Sample
+from tests.conftest import (
+    TEST_ADMIN_EMAIL,
+    TEST_ADMIN_PASSWORD,
+    admin_client,
+    auth_settings_for_tests,
+)
+
+VIN = "WAUTH000000000001"
+OTHER_VIN = "WAUTH000000000002"
+PASSWORD = "a-good-password-1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Setup:
+    client: TestClient
+    clock: Clock
+    admin: dict[str, str]
+
+    def login(self, email: str, password: str) -> Any:
+        return self.client.post(
+            "/v1/auth/token",
+            data={"grant_type": "password", "username": email, "password": password},
+        )
+
+    def token(self, email: str, password: str = PASSWORD) -> dict[str, str]:
+        r = self.login(email, password)
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    def audit(self, **params: Any) -> list[dict[str, Any]]:
+        """The audit log, read as the admin with a fresh token (the clock may have moved)."""
+        self.admin = self.token(TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD)
+        r = self.client.get("/v1/audit", params={"limit": 1000, **params}, headers=self.admin)
+        assert r.status_code == 200, r.text
+        entries: list[dict[str, Any]] = r.json()["entries"]
+        return entries
+
+
+def make(tmp_path: Path, **auth: Any) -> Iterator[Setup]:
+    clock = Clock()
+    settings = ApiSettings(
+        db_path=tmp_path / "telemetry.db",
+        auth=auth_settings_for_tests(clock=clock, **auth),
+    )
+    store = SqliteTelemetryStore(settings.db_path)
+    store.commit(
+        IngestBatch(
+            received_at=1,
+            samples=[Sample(v, 1, 1, {"Vehicle.Speed": 3.0}) for v in (VIN, OTHER_VIN)],
+        )
+    )
+    store.close()
+    with admin_client(settings) as client:
+        client.headers.pop("Authorization")
+        setup = Setup(client, clock, {})
+        setup.admin = setup.token(TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD)
+        yield setup
+
+
+@pytest.fixture
+def s(tmp_path: Path) -> Iterator[Setup]:
+    yield from make(tmp_path)
+
+
+def error(r: Any, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body: dict[str, Any] = r.json()["error"]
+    assert body["code"] == code, body
+    return body
+
+
+def owner(s: Setup, email: str = "ana@example.com") -> dict[str, str]:
+    r = s.client.post(
+        "/v1/auth/register", json={"email": email, "password": PASSWORD, "name": "Ana"}
+    )
+    assert r.status_code == 201, r.text
+    return s.token(email)
+
+
+# --- logging in ----------------------------------------------------------------------------
+
+
+def test_login_wrong_password_and_unknown_user_look_the_same(s: Setup) -> None:
+    wrong = error(s.login(TEST_ADMIN_EMAIL, "not-the-password"), 401, "invalid_grant")
+    unknown = error(s.login("nobody@example.com", "whatever-password"), 401, "invalid_grant")
+    assert wrong["message"] == unknown["message"]
+    entries = s.audit(action="login")
+    failed = [e for e in entries if e["outcome"] == "failed"]
+    assert len(failed) == 2
+    assert all(e["remote_addr"] == "testclient" for e in entries)
+    assert {e["actor"] for e in failed} == {"anonymous", f"user:1 {TEST_ADMIN_EMAIL}"}
+
+
+def test_register_then_login_and_me(s: Setup) -> None:
+    headers = owner(s)
+    me = s.client.get("/v1/me", headers=headers).json()
+    assert me["user"]["role"] == "owner"
+    assert me["account"]["kind"] == "private"
+    r = s.client.post(
+        "/v1/auth/register", json={"email": "ANA@example.com", "password": PASSWORD, "name": "x"}
+    )
+    error(r, 409, "email_taken")
+    weak = s.client.post(
+        "/v1/auth/register", json={"email": "b@example.com", "password": "short", "name": "b"}
+    )
+    assert error(weak, 422, "invalid_request")["details"][0]["type"] == "weak_password"
+    assert [e["outcome"] for e in s.audit(action="register")] == ["ok"]
+
+
+def test_registration_can_be_closed(tmp_path: Path) -> None:
+    for s in make(tmp_path, open_registration=False):
+        r = s.client.post(
+            "/v1/auth/register", json={"email": "a@example.com", "password": PASSWORD, "name": "a"}
+        )
+        error(r, 403, "forbidden")
+
+
+def test_repeated_wrong_passwords_lock_the_account_with_retry_after(tmp_path: Path) -> None:
+    for s in make(tmp_path, lockout_after=3):
+        owner(s)
+        for _ in range(3):
+            error(s.login("ana@example.com", "wrong-password-x"), 401, "invalid_grant")
+        # locked: even the right password waits, and is not even checked
+        locked = s.login("ana@example.com", PASSWORD)
+        error(locked, 429, "login_locked")
+        assert locked.headers["retry-after"] == "1"
+        s.clock.now += 1.5
+        error(s.login("ana@example.com", "wrong-password-x"), 401, "invalid_grant")
+        assert s.login("ana@example.com", PASSWORD).headers["retry-after"] == "2"  # doubles
+        s.clock.now += 2.5
+        assert s.login("ana@example.com", PASSWORD).status_code == 200
+        # success resets the count
+        error(s.login("ana@example.com", "wrong-password-x"), 401, "invalid_grant")
+        assert s.login("ana@example.com", PASSWORD).status_code == 200
+        outcomes = [e["outcome"] for e in s.audit(action="login", actor_user_id=2)]
+        assert "denied" in outcomes
+        assert outcomes.count("failed") == 5
+
+
+def test_password_attempts_are_limited_per_address(tmp_path: Path) -> None:
+    for s in make(tmp_path, login_limit=Limit(rate=1 / 60, burst=3)):
+        for _ in range(2):  # the admin's login in make() took one
+            error(s.login("x@example.com", "wrong-password"), 401, "invalid_grant")
+        r = s.login(TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD)
+        error(r, 429, "too_many_attempts")
+        assert int(r.headers["retry-after"]) == 60
+        s.clock.now += 60
+        assert s.login(TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD).status_code == 200
+
+
+# --- tokens --------------------------------------------------------------------------------
+
+
+def test_access_token_expires_and_refresh_rotates(s: Setup) -> None:
+    owner(s)
+    tokens = s.login("ana@example.com", PASSWORD).json()
+    assert tokens["token_type"] == "bearer"
+    assert tokens["expires_in"] == 900
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert s.client.get("/v1/me", headers=headers).status_code == 200
+    s.clock.now += 901
+    expired = s.client.get("/v1/me", headers=headers)
+    error(expired, 401, "token_expired")
+    assert "refresh_token" in expired.json()["error"]["message"]
+
+    refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    renewed = s.client.post("/v1/auth/token", data=refresh)
+    assert renewed.status_code == 200, renewed.text
+    new = renewed.json()
+    assert new["refresh_token"] != tokens["refresh_token"]
+    headers = {"Authorization": f"Bearer {new['access_token']}"}
+    assert s.client.get("/v1/me", headers=headers).status_code == 200
+
+    # the old refresh token was used once: using it again means it was stolen, and the
+    # whole login is ended, the new refresh token included
+    error(s.client.post("/v1/auth/token", data=refresh), 401, "invalid_grant")
+    again = {"grant_type": "refresh_token", "refresh_token": new["refresh_token"]}
+    error(s.client.post("/v1/auth/token", data=again), 401, "invalid_grant")
+    reasons = [e["detail"]["reason"] for e in s.audit(action="token_refresh") if e["detail"]]
+    assert "reused" in reasons
+
+
+def test_refresh_token_expires(s: Setup) -> None:
+    owner(s)
+    tokens = s.login("ana@example.com", PASSWORD).json()
+    s.clock.now += 30 * 24 * 3600 + 1
+    refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    body = error(s.client.post("/v1/auth/token", data=refresh), 401, "invalid_grant")
+    assert "expired" in body["message"]
+
+
+def test_logout_revokes_the_refresh_token(s: Setup) -> None:
+    owner(s)
+    tokens = s.login("ana@example.com", PASSWORD).json()
+    r = s.client.post("/v1/auth/revoke", json={"refresh_token": tokens["refresh_token"]})
+    assert r.status_code == 204
+    refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    error(s.client.post("/v1/auth/token", data=refresh), 401, "invalid_grant")
+    assert [e["outcome"] for e in s.audit(action="logout")] == ["ok"]
+
+
+@pytest.mark.parametrize(
+    "credential",
+    ["garbage", "eyJhbGciOiJIUzI1NiJ9.e30.x", "tgk_0123456789ab_" + "A" * 43],
+)
+def test_invalid_credentials_are_401(s: Setup, credential: str) -> None:
+    r = s.client.get("/v1/me", headers={"Authorization": f"Bearer {credential}"})
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] in {"invalid_token", "invalid_api_key"}
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_forged_token_is_refused(s: Setup) -> None:
+    import jwt
+
+    forged = jwt.encode(
+        {
+            "iss": "telematics-gateway",
+            "sub": "1",
+            "role": "admin",
+            "iat": 0,
+            "exp": 2**40,
+            "typ": "access",
+        },
+        "not-the-secret-but-long-enough-for-hs256",
+        algorithm="HS256",
+    )
+    error(
+        s.client.get("/v1/me", headers={"Authorization": f"Bearer {forged}"}), 401, "invalid_token"
+    )
+
+
+def test_disabling_a_user_ends_their_access_at_once(s: Setup) -> None:
+    headers = owner(s)
+    r = s.client.patch("/v1/users/2", json={"disabled": True}, headers=s.admin)
+    assert r.status_code == 200, r.text
+    error(s.client.get("/v1/me", headers=headers), 401, "invalid_token")
+    error(s.login("ana@example.com", PASSWORD), 401, "invalid_grant")
+
+
+def test_changing_your_password_needs_the_current_one(s: Setup) -> None:
+    headers = owner(s)
+    body = {"password": "another-password-2"}
+    error(s.client.patch("/v1/users/2", json=body, headers=headers), 403, "forbidden")
+    body["current_password"] = PASSWORD
+    assert s.client.patch("/v1/users/2", json=body, headers=headers).status_code == 200
+    error(s.login("ana@example.com", PASSWORD), 401, "invalid_grant")
+    assert s.login("ana@example.com", "another-password-2").status_code == 200
+
+
+# --- API keys ------------------------------------------------------------------------------
+
+
+def test_api_key_is_shown_once_works_and_revocation_is_immediate(s: Setup) -> None:
+    created = s.client.post("/v1/api-keys", json={"name": "dashboard"}, headers=s.admin)
+    assert created.status_code == 201, created.text
+    key = created.json()["key"]
+    assert key.startswith("tgk_")
+    listed = s.client.get("/v1/api-keys", headers=s.admin).json()
+    assert [k["prefix"] for k in listed] == [created.json()["prefix"]]
+    assert key not in str(listed)
+    for header in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
+        me = s.client.get("/v1/me", headers=header)
+        assert me.status_code == 200, me.text
+        assert me.json()["user"]["email"] == TEST_ADMIN_EMAIL
+    assert s.client.get("/v1/api-keys", headers=s.admin).json()[0]["last_used_at"] is not None
+    revoked = s.client.delete(f"/v1/api-keys/{created.json()['id']}", headers=s.admin)
+    assert revoked.json()["revoked_at"] is not None
+    error(s.client.get("/v1/me", headers={"X-API-Key": key}), 401, "invalid_api_key")
+    actions = [e["action"] for e in s.audit(target=f"api_key:{created.json()['id']}")]
+    assert actions == ["api_key_revoke", "api_key_create"]
+
+
+def test_a_wrong_secret_with_a_valid_prefix_is_refused(s: Setup) -> None:
+    key = s.client.post("/v1/api-keys", json={"name": "k"}, headers=s.admin).json()["key"]
+    forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    error(s.client.get("/v1/me", headers={"X-API-Key": forged}), 401, "invalid_api_key")
+
+
+# --- command rate limits -------------------------------------------------------------------
+
+
+def test_command_limits_per_user_and_per_vehicle_answer_429_with_retry_after(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    from gateway.commands.service import CommandSettings
+    from tests.conftest import wait_until
+
+    clock = Clock()
+    settings = ApiSettings(
+        db_path=tmp_path / "telemetry.db",
+        commands=CommandSettings(
+            state_db_url=f"sqlite:///{tmp_path / 'state.db'}",
+            mqtt_host=mosquitto.host,
+            mqtt_port=mosquitto.port,
+        ),
+        auth=auth_settings_for_tests(
+            clock=clock,
+            user_command_limit=Limit(rate=1 / 60, burst=3),
+            vehicle_command_limit=Limit(rate=1 / 60, burst=2),
+        ),
+    )
+    store = SqliteTelemetryStore(settings.db_path)
+    store.commit(
+        IngestBatch(
+            received_at=1,
+            samples=[Sample(v, 1, 1, {"Vehicle.Speed": 0.0}) for v in (VIN, OTHER_VIN)],
+        )
+    )
+    store.close()
+    with admin_client(settings) as c:
+        wait_until(c.app.state.commands.connected.is_set)  # type: ignore[attr-defined]
+
+        def send(vin: str) -> Any:
+            return c.post(f"/v1/vehicles/{vin}/commands", json={"type": "lock"})
+
+        assert send(VIN).status_code == 201
+        assert send(VIN).status_code == 201
+        per_vehicle = send(VIN)
+        error(per_vehicle, 429, "vehicle_rate_limited")
+        assert per_vehicle.headers["retry-after"] == "60"
+        assert send(OTHER_VIN).status_code == 201  # the refused one cost the user nothing
+        per_user = send(OTHER_VIN)
+        error(per_user, 429, "user_rate_limited")
+        assert int(per_user.headers["retry-after"]) == 60
+        clock.now += 60
+        assert send(OTHER_VIN).status_code == 201
+        denied = c.get("/v1/audit", params={"action": "command_create", "limit": 100}).json()[
+            "entries"
+        ]
+        reasons = [e["detail"].get("reason") for e in denied if e["outcome"] == "denied"]
+        assert sorted(reasons) == ["user_rate_limited", "vehicle_rate_limited"]
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+def test_audit_log_is_scoped_for_fleet_managers(s: Setup) -> None:
+    org = s.client.post(
+        "/v1/accounts", json={"kind": "organization", "name": "Org"}, headers=s.admin
+    ).json()
+    s.client.post(
+        "/v1/users",
+        json={
+            "email": "fm@example.com",
+            "name": "fm",
+            "role": "fleet_manager",
+            "account_id": org["id"],
+            "password": PASSWORD,
+        },
+        headers=s.admin,
+    )
+    owner(s)  # another account's activity
+    fm = s.token("fm@example.com")
+    s.client.post("/v1/vehicles", json={"vin": VIN}, headers=fm)
+    entries = s.client.get("/v1/audit", headers=fm).json()["entries"]
+    assert entries
+    assert {e["account_id"] for e in entries} == {org["id"]}
+    assert {"vehicle_provision", "login", "user_create", "account_create"} <= {
+        e["action"] for e in entries
+    }
+    foreign = s.client.get("/v1/audit", params={"account_id": 999}, headers=fm)
+    error(foreign, 404, "account_not_found")
+
+
+def test_audit_entries_cannot_be_changed(s: Setup) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    context = s.client.app.state.auth  # type: ignore[attr-defined]
+    engine = context.accounts._db.engine
+    with pytest.raises(DBAPIError), engine.begin() as connection:
+        connection.execute(text("UPDATE audit_log SET outcome = 'ok'"))
+    with pytest.raises(DBAPIError), engine.begin() as connection:
+        connection.execute(text("DELETE FROM audit_log"))
+
+
+def test_secrets_never_reach_the_logs(s: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    tokens = s.login(TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD).json()
+    key = s.client.post("/v1/api-keys", json={"name": "k"}, headers=s.admin).json()["key"]
+    provisioned = s.client.post(
+        "/v1/vehicles", json={"vin": VIN, "account_id": _account(s)}, headers=s.admin
+    ).json()
+    s.client.post(
+        "/v1/auth/token",
+        data={"grant_type": "password", "username": TEST_ADMIN_EMAIL, "password": "wrong-one-here"},
+    )
+    secrets = [
+        TEST_ADMIN_PASSWORD,
+        "wrong-one-here",
+        tokens["access_token"],
+        tokens["refresh_token"],
+        key,
+        provisioned["mqtt"]["password"],
+    ]
+    logged = caplog.text
+    audited = str(s.audit())
+    for secret in secrets:
+        assert secret not in logged
+        assert secret not in audited
+
+
+def _account(s: Setup) -> int:
+    r = s.client.post("/v1/accounts", json={"kind": "organization", "name": "o"}, headers=s.admin)
+    account_id: int = r.json()["id"]
+    return account_id

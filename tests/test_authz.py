@@ -1,0 +1,549 @@
+"""The authorization table: every route x every role x own or foreign resource.
+
+The table is keyed by the app's routes and a test fails when a route has no row, so a new
+route cannot ship without deciding who may call it. Each cell is what the caller must get:
+
+* ``OK``: the route does its job (2xx; for cancel, 409 "not cancellable" also counts: the
+  caller was let through to the command's state);
+* ``403``: the caller can see the resource but their role may not do this;
+* ``404``: the caller may not see the resource at all, answered exactly like a resource that
+  does not exist, so ids cannot be probed.
+
+Anonymous callers get 401 on every route but the public ones (log in, register, revoke a
+refresh token, health check, the OpenAPI pages).
+
+The world: organizations A and B, a private account P. A has a fleet manager and a fleet
+viewer, B a fleet manager, P an owner and a driver (a family member) whose grant on P's car
+allows only ``lock`` and ``locate``. "Own" resources are in the caller's account (for the
+driver: the car granted to them); "foreign" ones are in organization B. Everybody logs in
+through the real token endpoint; commands go through a real broker.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from httpx import Response
+
+from gateway.api import ApiSettings
+from gateway.broker import BrokerConfig, MosquittoProcess, free_port
+from gateway.commands.service import CommandSettings
+from gateway.store import IngestBatch, SqliteTelemetryStore
+from schemas import Sample
+from tests.conftest import admin_client, wait_until
+
+OK, FORBIDDEN, NOT_FOUND = "ok", 403, 404
+PERSONAS = ("admin", "fleet_manager", "fleet_viewer", "owner", "driver")
+PASSWORD = "persona-password-1"
+SPEED = "Vehicle.Speed"
+
+_vins = (f"WAUTHZ{n:011d}" for n in itertools.count(1))
+
+
+def fresh_vin() -> str:
+    return next(_vins)
+
+
+@dataclass
+class World:
+    client: TestClient
+    headers: dict[str, dict[str, str]]
+    accounts: dict[str, int]
+    users: dict[str, int]
+    #: persona -> (own vehicle, foreign vehicle)
+    vehicles: dict[str, tuple[str, str]]
+    db_path: Path
+
+    def as_(self, persona: str | None) -> dict[str, str]:
+        return {} if persona is None else self.headers[persona]
+
+    def admin(self, method: str, url: str, **kw: Any) -> Response:
+        r = self.client.request(method, url, headers=self.headers["admin"], **kw)
+        assert r.status_code < 300, r.text
+        return r
+
+    def own_account(self, persona: str) -> int:
+        return {
+            "admin": self.accounts["A"],
+            "fleet_manager": self.accounts["A"],
+            "fleet_viewer": self.accounts["A"],
+            "owner": self.accounts["P"],
+            "driver": self.accounts["P"],
+        }[persona]
+
+    def account(self, persona: str, own: bool) -> int:
+        return self.own_account(persona) if own else self.accounts["B"]
+
+    def vehicle(self, persona: str, own: bool) -> str:
+        return self.vehicles[persona][0 if own else 1]
+
+    def report(self, vin: str) -> None:
+        """Make ``vin`` known to the telemetry store, as if it had sent a sample."""
+        store = SqliteTelemetryStore(self.db_path)
+        try:
+            store.commit(IngestBatch(received_at=1, samples=[Sample(vin, 1, 1, {SPEED: 1.0})]))
+        finally:
+            store.close()
+
+    def disposable_vehicle(self, persona: str, own: bool) -> str:
+        """A new vehicle the persona owns (``own``; for the driver: one granted to them)
+        or one of organization B."""
+        vin = fresh_vin()
+        self.admin(
+            "POST", "/v1/vehicles", json={"vin": vin, "account_id": self.account(persona, own)}
+        )
+        if own and persona == "driver":
+            self.admin(
+                "POST",
+                f"/v1/vehicles/{vin}/grants",
+                json={"user_id": self.users["driver"], "services": ["lock", "locate"]},
+            )
+        self.report(vin)
+        return vin
+
+    def command(self, vin: str) -> str:
+        """A queued command (the vehicle never connects, so it waits) for ``vin``."""
+        r = self.admin("POST", f"/v1/vehicles/{vin}/commands", json={"type": "lock"})
+        command_id: str = r.json()["id"]
+        return command_id
+
+    def user_in(self, persona: str, own: bool) -> int:
+        """A user of the persona's account other than themselves (for an owner: a driver,
+        the only kind of user an owner manages), or of organization B."""
+        email = f"u{fresh_vin().lower()}@example.com"
+        role = "driver" if (own and persona in ("owner", "driver")) else "fleet_viewer"
+        r = self.admin(
+            "POST",
+            "/v1/users",
+            json={
+                "email": email,
+                "name": "x",
+                "role": role,
+                "account_id": self.account(persona, own),
+                "password": PASSWORD,
+            },
+        )
+        user_id: int = r.json()["id"]
+        return user_id
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("authz")
+    broker = MosquittoProcess(BrokerConfig(port=free_port(), data_dir=tmp / "broker"))
+    broker.start()
+    db_path = tmp / "telemetry.db"
+    commands = CommandSettings(
+        state_db_url=f"sqlite:///{tmp / 'state.db'}",
+        mqtt_host=broker.host,
+        mqtt_port=broker.port,
+    )
+    try:
+        with admin_client(ApiSettings(db_path=db_path, commands=commands)) as client:
+            service = client.app.state.commands  # type: ignore[attr-defined]
+            wait_until(service.connected.is_set, what="the command service to connect")
+            yield _build(client, db_path)
+    finally:
+        broker.stop()
+
+
+def _build(client: TestClient, db_path: Path) -> World:
+    admin = {"Authorization": client.headers["Authorization"]}
+    client.headers.pop("Authorization")
+    world = World(client, {"admin": admin}, {}, {}, {}, db_path)
+    for name, kind in [("A", "organization"), ("B", "organization"), ("P", "private")]:
+        r = world.admin("POST", "/v1/accounts", json={"kind": kind, "name": f"account {name}"})
+        world.accounts[name] = r.json()["id"]
+    people = [
+        ("fleet_manager", "A"),
+        ("fleet_viewer", "A"),
+        ("owner", "P"),
+        ("driver", "P"),
+        ("fleet_manager_b", "B"),
+    ]
+    for persona, account in people:
+        r = world.admin(
+            "POST",
+            "/v1/users",
+            json={
+                "email": f"{persona}@example.com",
+                "name": persona,
+                "role": persona.removesuffix("_b"),
+                "account_id": world.accounts[account],
+                "password": PASSWORD,
+            },
+        )
+        world.users[persona] = r.json()["id"]
+        token = client.post(
+            "/v1/auth/token",
+            data={
+                "grant_type": "password",
+                "username": f"{persona}@example.com",
+                "password": PASSWORD,
+            },
+        )
+        assert token.status_code == 200, token.text
+        world.headers[persona] = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    vin_a, vin_b, vin_p = fresh_vin(), fresh_vin(), fresh_vin()
+    for vin, account in [(vin_a, "A"), (vin_b, "B"), (vin_p, "P")]:
+        world.admin(
+            "POST", "/v1/vehicles", json={"vin": vin, "account_id": world.accounts[account]}
+        )
+        world.report(vin)
+    world.admin(
+        "POST",
+        f"/v1/vehicles/{vin_p}/grants",
+        json={"user_id": world.users["driver"], "services": ["lock", "locate"]},
+    )
+    world.vehicles = {
+        "admin": (vin_a, vin_b),
+        "fleet_manager": (vin_a, vin_b),
+        "fleet_viewer": (vin_a, vin_b),
+        "owner": (vin_p, vin_b),
+        "driver": (vin_p, vin_b),
+    }
+    return world
+
+
+# --- the table -----------------------------------------------------------------------------
+
+Call = Callable[[World, str | None, bool], Response]
+
+
+@dataclass(frozen=True)
+class Row:
+    call: Call
+    #: persona -> (expected for an own resource, for a foreign one); None: public route
+    expect: dict[str, tuple[Any, Any]] | None
+
+
+def same(own: Any, foreign: Any | None = None) -> dict[str, tuple[Any, Any]]:
+    """Every non-admin persona gets (own, foreign); the admin gets OK for both."""
+    other = own if foreign is None else foreign
+    return {p: (OK, OK) if p == "admin" else (own, other) for p in PERSONAS}
+
+
+def cells(**by_persona: tuple[Any, Any]) -> dict[str, tuple[Any, Any]]:
+    assert set(by_persona) == set(PERSONAS)
+    return dict(by_persona)
+
+
+READ = same(OK, NOT_FOUND)  # everyone sees their own vehicle, only the admin a foreign one
+ADMIN_ONLY = same(FORBIDDEN)
+EVERYONE = same(OK)
+MANAGE = cells(
+    admin=(OK, OK),
+    fleet_manager=(OK, NOT_FOUND),
+    fleet_viewer=(FORBIDDEN, NOT_FOUND),
+    owner=(OK, NOT_FOUND),
+    driver=(FORBIDDEN, NOT_FOUND),
+)
+
+
+def get(path: Callable[[World, str | None, bool], str], **kw: Any) -> Call:
+    def call(w: World, persona: str | None, own: bool) -> Response:
+        return w.client.get(path(w, persona or "admin", own), headers=w.as_(persona), **kw)
+
+    return call
+
+
+def post(
+    path: Callable[[World, str, bool], str],
+    body: Callable[[World, str, bool], Any] | None = None,
+    **kw: Any,
+) -> Call:
+    def call(w: World, persona: str | None, own: bool) -> Response:
+        p = persona or "admin"
+        payload = body(w, p, own) if body is not None else None
+        return w.client.post(path(w, p, own), json=payload, headers=w.as_(persona), **kw)
+
+    return call
+
+
+def method(verb: str, path: Callable[[World, str, bool], str], body: Any = None) -> Call:
+    def call(w: World, persona: str | None, own: bool) -> Response:
+        p = persona or "admin"
+        return w.client.request(verb, path(w, p, own), json=body, headers=w.as_(persona))
+
+    return call
+
+
+def stream(path: Callable[[World, str, bool], str]) -> Call:
+    def call(w: World, persona: str | None, own: bool) -> Response:
+        url = path(w, persona or "admin", own)
+        with w.client.stream("GET", url, headers=w.as_(persona)) as r:
+            if r.status_code != 200:
+                r.read()  # an error: a JSON body to check
+            return r
+
+    return call
+
+
+def vin_of(w: World, p: str, own: bool) -> str:
+    return w.vehicle(p, own)
+
+
+def api_key_of(w: World, p: str, own: bool) -> str:
+    owner = p if own else "admin"
+    if not own and p == "admin":
+        owner = "fleet_manager"
+    r = w.client.post("/v1/api-keys", json={"name": "k"}, headers=w.headers[owner])
+    assert r.status_code == 201, r.text
+    return f"/v1/api-keys/{r.json()['id']}"
+
+
+TABLE: dict[tuple[str, str], Row] = {
+    # vehicles and telemetry
+    ("GET", "/v1/vehicles"): Row(get(lambda w, p, own: "/v1/vehicles"), EVERYONE),
+    ("GET", "/v1/vehicles/{vin}"): Row(
+        get(lambda w, p, own: f"/v1/vehicles/{vin_of(w, p, own)}"), READ
+    ),
+    ("GET", "/v1/vehicles/{vin}/history"): Row(
+        get(lambda w, p, own: f"/v1/vehicles/{vin_of(w, p, own)}/history?signals={SPEED}&start=0"),
+        READ,
+    ),
+    ("GET", "/v1/catalog"): Row(get(lambda w, p, own: "/v1/catalog"), EVERYONE),
+    ("GET", "/v1/quarantine"): Row(get(lambda w, p, own: "/v1/quarantine"), ADMIN_ONLY),
+    ("GET", "/healthz"): Row(get(lambda w, p, own: "/healthz"), None),
+    ("GET", "/metrics"): Row(get(lambda w, p, own: "/metrics"), ADMIN_ONLY),
+    # commands
+    ("POST", "/v1/vehicles/{vin}/commands"): Row(
+        post(
+            lambda w, p, own: f"/v1/vehicles/{vin_of(w, p, own)}/commands",
+            lambda *_: {"type": "lock"},
+        ),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, NOT_FOUND),
+            fleet_viewer=(FORBIDDEN, NOT_FOUND),
+            owner=(OK, NOT_FOUND),
+            driver=(OK, NOT_FOUND),  # lock is in the driver's grant
+        ),
+    ),
+    ("GET", "/v1/vehicles/{vin}/commands"): Row(
+        get(lambda w, p, own: f"/v1/vehicles/{vin_of(w, p, own)}/commands"), READ
+    ),
+    ("GET", "/v1/commands/{command_id}"): Row(
+        get(lambda w, p, own: f"/v1/commands/{w.command(vin_of(w, p, own))}"), READ
+    ),
+    ("POST", "/v1/commands/{command_id}/cancel"): Row(
+        post(lambda w, p, own: f"/v1/commands/{w.command(vin_of(w, p, own))}/cancel"),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, NOT_FOUND),
+            fleet_viewer=(FORBIDDEN, NOT_FOUND),
+            owner=(OK, NOT_FOUND),
+            driver=(OK, NOT_FOUND),
+        ),
+    ),
+    ("GET", "/v1/commands/{command_id}/events"): Row(
+        stream(lambda w, p, own: f"/v1/commands/{w.command(vin_of(w, p, own))}/events"), READ
+    ),
+    ("GET", "/v1/command-types"): Row(get(lambda w, p, own: "/v1/command-types"), EVERYONE),
+    # authentication
+    ("POST", "/v1/auth/token"): Row(
+        lambda w, p, own: w.client.post("/v1/auth/token", data={"grant_type": "password"}), None
+    ),
+    ("POST", "/v1/auth/revoke"): Row(
+        lambda w, p, own: w.client.post("/v1/auth/revoke", json={"refresh_token": "x"}), None
+    ),
+    ("POST", "/v1/auth/register"): Row(
+        lambda w, p, own: w.client.post(
+            "/v1/auth/register",
+            json={
+                "email": f"r{fresh_vin().lower()}@example.com",
+                "password": PASSWORD,
+                "name": "r",
+            },
+        ),
+        None,
+    ),
+    ("GET", "/v1/me"): Row(get(lambda w, p, own: "/v1/me"), EVERYONE),
+    ("POST", "/v1/api-keys"): Row(
+        post(lambda w, p, own: "/v1/api-keys", lambda *_: {"name": "k"}), EVERYONE
+    ),
+    ("GET", "/v1/api-keys"): Row(get(lambda w, p, own: "/v1/api-keys"), EVERYONE),
+    ("DELETE", "/v1/api-keys/{key_id}"): Row(method("DELETE", api_key_of), same(OK, NOT_FOUND)),
+    # accounts and users
+    ("POST", "/v1/accounts"): Row(
+        post(lambda w, p, own: "/v1/accounts", lambda *_: {"kind": "organization", "name": "n"}),
+        ADMIN_ONLY,
+    ),
+    ("GET", "/v1/accounts"): Row(get(lambda w, p, own: "/v1/accounts"), EVERYONE),
+    ("GET", "/v1/accounts/{account_id}"): Row(
+        get(lambda w, p, own: f"/v1/accounts/{w.account(p, own)}"), same(OK, NOT_FOUND)
+    ),
+    ("POST", "/v1/users"): Row(
+        post(
+            lambda w, p, own: "/v1/users",
+            lambda w, p, own: {
+                "email": f"n{fresh_vin().lower()}@example.com",
+                "name": "n",
+                "role": "driver",
+                "account_id": w.account(p, own),
+                "password": PASSWORD,
+            },
+        ),
+        MANAGE,
+    ),
+    ("GET", "/v1/users"): Row(
+        get(lambda w, p, own: "/v1/users"),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, OK),
+            fleet_viewer=(FORBIDDEN, FORBIDDEN),
+            owner=(OK, OK),
+            driver=(FORBIDDEN, FORBIDDEN),
+        ),
+    ),
+    ("GET", "/v1/users/{user_id}"): Row(
+        get(lambda w, p, own: f"/v1/users/{w.user_in(p, own)}"),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, NOT_FOUND),
+            fleet_viewer=(NOT_FOUND, NOT_FOUND),
+            owner=(OK, NOT_FOUND),
+            driver=(NOT_FOUND, NOT_FOUND),
+        ),
+    ),
+    ("PATCH", "/v1/users/{user_id}"): Row(
+        lambda w, p, own: w.client.patch(
+            f"/v1/users/{w.user_in(p or 'admin', own)}", json={"name": "renamed"}, headers=w.as_(p)
+        ),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, NOT_FOUND),
+            fleet_viewer=(NOT_FOUND, NOT_FOUND),
+            owner=(OK, NOT_FOUND),
+            driver=(NOT_FOUND, NOT_FOUND),
+        ),
+    ),
+    # provisioning and grants
+    ("POST", "/v1/vehicles"): Row(
+        post(
+            lambda w, p, own: "/v1/vehicles",
+            lambda w, p, own: {"vin": fresh_vin(), "account_id": w.account(p, own)},
+        ),
+        MANAGE,
+    ),
+    ("GET", "/v1/vehicles/{vin}/registration"): Row(
+        get(lambda w, p, own: f"/v1/vehicles/{vin_of(w, p, own)}/registration"), READ
+    ),
+    ("DELETE", "/v1/vehicles/{vin}"): Row(
+        method("DELETE", lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}"),
+        MANAGE,
+    ),
+    ("POST", "/v1/vehicles/{vin}/credentials"): Row(
+        post(lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/credentials"),
+        MANAGE,
+    ),
+    ("POST", "/v1/vehicles/{vin}/grants"): Row(
+        post(
+            lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/grants",
+            lambda w, p, own: {"user_id": w.users["fleet_viewer"], "services": ["locate"]},
+        ),
+        MANAGE,
+    ),
+    ("GET", "/v1/vehicles/{vin}/grants"): Row(
+        get(lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/grants"), MANAGE
+    ),
+    ("DELETE", "/v1/vehicles/{vin}/grants/{grant_id}"): Row(
+        lambda w, p, own: _delete_grant(w, p, own), MANAGE
+    ),
+    # audit
+    ("GET", "/v1/audit"): Row(
+        get(lambda w, p, own: "/v1/audit"),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, OK),
+            fleet_viewer=(FORBIDDEN, FORBIDDEN),
+            owner=(FORBIDDEN, FORBIDDEN),
+            driver=(FORBIDDEN, FORBIDDEN),
+        ),
+    ),
+}
+
+
+def _delete_grant(w: World, persona: str | None, own: bool) -> Response:
+    p = persona or "admin"
+    vin = w.disposable_vehicle(p, own)
+    grant = w.admin(
+        "POST",
+        f"/v1/vehicles/{vin}/grants",
+        json={"user_id": w.users["fleet_manager_b"], "services": []},
+    ).json()
+    return w.client.delete(f"/v1/vehicles/{vin}/grants/{grant['id']}", headers=w.as_(persona))
+
+
+def test_every_route_has_a_row(world: World) -> None:
+    # every route the app serves is in its OpenAPI document (none is hidden from it)
+    spec = world.client.app.openapi()  # type: ignore[attr-defined]
+    routes = {(verb.upper(), path) for path, ops in spec["paths"].items() for verb in ops}
+    assert routes == set(TABLE), (
+        f"routes without a row: {sorted(routes - set(TABLE))}; "
+        f"rows without a route: {sorted(set(TABLE) - routes)}"
+    )
+
+
+def _outcome(r: Response, route: tuple[str, str]) -> Any:
+    if r.status_code < 300 or (route[1].endswith("/cancel") and r.status_code == 409):
+        return OK
+    return r.status_code
+
+
+CASES = [
+    pytest.param(
+        route, persona, own, id=f"{route[0]} {route[1]} {persona} {'own' if own else 'foreign'}"
+    )
+    for route, row in TABLE.items()
+    if row.expect is not None
+    for persona in PERSONAS
+    for own in (True, False)
+]
+
+
+@pytest.mark.parametrize(("route", "persona", "own"), CASES)
+def test_authorization_table(world: World, route: tuple[str, str], persona: str, own: bool) -> None:
+    row = TABLE[route]
+    assert row.expect is not None
+    expected = row.expect[persona][0 if own else 1]
+    r = row.call(world, persona, own)
+    assert _outcome(r, route) == expected, f"{r.status_code}: {r.text[:300]}"
+    if r.status_code >= 400:
+        body = r.json()
+        assert set(body) == {"error"}, body
+        assert body["error"]["message"], body
+    if r.status_code == 404:
+        # indistinguishable from a resource that does not exist
+        assert body["error"]["code"].endswith("_not_found"), body
+
+
+@pytest.mark.parametrize("route", list(TABLE), ids=[f"{m} {p}" for m, p in TABLE])
+def test_anonymous_callers_are_refused(world: World, route: tuple[str, str]) -> None:
+    row = TABLE[route]
+    r = row.call(world, None, True)
+    if row.expect is None:  # public
+        assert r.status_code != 401 or r.json()["error"]["code"] == "invalid_grant", r.text
+    else:
+        assert r.status_code == 401, r.text
+        assert r.json()["error"]["code"] == "not_authenticated"
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_lists_show_only_what_the_caller_may_see(world: World) -> None:
+    for persona in PERSONAS:
+        own, foreign = world.vehicles[persona]
+        listed = {
+            v["vin"]
+            for v in world.client.get(
+                "/v1/vehicles", params={"limit": 1000}, headers=world.headers[persona]
+            ).json()["vehicles"]
+        }
+        assert own in listed, persona
+        assert (foreign in listed) == (persona == "admin"), persona

@@ -1,0 +1,236 @@
+"""``telematics up --demo``, the README's main command, end to end as a user runs it.
+
+A closed installation: the private broker refuses anonymous clients, the demo vehicles are
+provisioned into the organization "Demo Fleet" and log in with their own credentials, the
+first administrator and the demo fleet manager can log in, commands are signed and run,
+a certificate-only vehicle reports over the TLS listener, and no secret shows up in what the
+processes print, except the passwords shown once on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.broker import free_port
+from tests.conftest import wait_until
+from tests.test_broker_auth import Mqtt5Client
+
+ADMIN_PASSWORD = "up-admin-password-1"
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Up:
+    process: subprocess.Popen[bytes]
+    output: Path
+    data: Path
+    api: str
+    mqtt_port: int
+    tls_port: int
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def login(self, email: str, password: str) -> dict[str, str]:
+        r = httpx.post(
+            f"{self.api}/v1/auth/token",
+            data={"grant_type": "password", "username": email, "password": password},
+        )
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(60)
+
+
+def start(tmp_path: Path, run: int, ports: tuple[int, int, int]) -> Up:
+    mqtt_port, api_port, tls_port = ports
+    output = tmp_path / f"up-{run}.log"
+    env = {**os.environ, "TELEMATICS_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "up",
+                "--demo",
+                "--vehicles",
+                "2",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--mqtt-port",
+                str(mqtt_port),
+                "--api-port",
+                str(api_port),
+                "--tls-port",
+                str(tls_port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    up = Up(process, output, tmp_path / "data", f"http://127.0.0.1:{api_port}", *ports[::2])
+
+    def api_answers() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"telematics up exited with {process.returncode}:\n{up.text()}")
+        try:
+            return httpx.get(f"{up.api}/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(api_answers, timeout=60, what="the API of telematics up")
+    return up
+
+
+@pytest.fixture
+def ports() -> tuple[int, int, int]:
+    return free_port(), free_port(), free_port()
+
+
+@pytest.fixture
+def up(tmp_path: Path, ports: tuple[int, int, int]) -> Iterator[Up]:
+    running = start(tmp_path, 1, ports)
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            running.stop()
+
+
+def online(up: Up, headers: dict[str, str]) -> list[str]:
+    vehicles = httpx.get(f"{up.api}/v1/vehicles", headers=headers).json()["vehicles"]
+    return sorted(v["vin"] for v in vehicles if v["online"])
+
+
+def test_demo_is_closed_provisioned_and_works(up: Up, tmp_path: Path) -> None:
+    admin = up.login("admin@localhost", ADMIN_PASSWORD)
+    wait_until(lambda: len(online(up, admin)) == 2, timeout=60, what="the demo vehicles")
+
+    # the fleet manager's password is printed once, in the banner
+    banner = up.text()
+    match = re.search(r"e-mail\s+fleet@demo\.local\s+password\s+(\S+)", banner)
+    assert match, banner
+    manager = up.login("fleet@demo.local", match[1])
+    assert "log in   curl" in banner
+    vins = online(up, manager)
+    assert len(vins) == 2
+
+    # a signed command runs in a simulated unit and is confirmed
+    created = httpx.post(
+        f"{up.api}/v1/vehicles/{vins[0]}/commands",
+        json={"type": "horn_and_lights"},
+        headers=manager,
+    )
+    assert created.status_code == 201, created.text
+
+    def finished() -> Any:
+        body = httpx.get(f"{up.api}/v1/commands/{created.json()['id']}", headers=manager).json()
+        return body["status"] if body["terminal"] else None
+
+    wait_until(finished, timeout=30, what="the command to finish")
+    assert finished() == "succeeded"
+
+    # anonymous MQTT clients are refused by the private broker
+    client, code = Mqtt5Client.connect("127.0.0.1", up.mqtt_port, "anonymous")
+    client.close()
+    assert code == 0x87
+
+    # a certificate-only vehicle over the TLS listener
+    vin = "WCERT000000000001"
+    provisioned = httpx.post(
+        f"{up.api}/v1/vehicles",
+        json={"vin": vin, "credentials": "certificate", "label": "TLS van"},
+        headers=manager,
+    )
+    assert provisioned.status_code == 201, provisioned.text
+    assert provisioned.json()["mqtt"]["password"] is None
+    issued = subprocess.run(
+        [sys.executable, "-m", "gateway", "pki", "client", vin, "--data-dir", str(up.data)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert issued.returncode == 0, issued.stderr
+    pki = up.data / "pki"
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    context.load_cert_chain(pki / "clients" / f"{vin}.crt", pki / "clients" / f"{vin}.key")
+
+    def tls_connects() -> bool:
+        client, code = Mqtt5Client.connect(
+            "127.0.0.1", up.tls_port, vin, ssl_context=context, server_hostname="localhost"
+        )
+        if code != 0:
+            client.close()
+            return False
+        now = time.time_ns() // 1_000_000
+        sample = {"vin": vin, "seq": 1, "ts": now, "signals": {"Vehicle.Speed": 12.5}}
+        reason = client.publish(f"v1/vehicles/{vin}/telemetry", json.dumps(sample).encode())
+        client.disconnect()
+        return reason < 0x80
+
+    wait_until(tls_connects, timeout=20, what="the TLS vehicle to be let in")
+    wait_until(
+        lambda: httpx.get(f"{up.api}/v1/vehicles/{vin}", headers=manager).status_code == 200,
+        what="the TLS vehicle's sample",
+    )
+
+    # what the processes printed holds no secret but the passwords shown once on purpose
+    assert up.stop() == 0
+    printed = up.text()
+    secrets_dir = up.data / "secrets"
+    unit_passwords = [
+        v["mqtt_password"]
+        for v in json.loads((secrets_dir / "demo-units.json").read_text())["vehicles"]
+    ]
+    never_printed = [
+        ADMIN_PASSWORD,
+        (secrets_dir / "mqtt-service.password").read_text().strip(),
+        (up.data / "auth-secret").read_text().strip(),
+        admin["Authorization"].split()[1],
+        *unit_passwords,
+    ]
+    for secret in never_printed:
+        assert secret not in printed
+    assert printed.count(match[1]) == 1
+    for path in secrets_dir.iterdir():
+        assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_a_second_start_reuses_the_installation(
+    up: Up, tmp_path: Path, ports: tuple[int, int, int]
+) -> None:
+    admin = up.login("admin@localhost", ADMIN_PASSWORD)
+    wait_until(lambda: len(online(up, admin)) == 2, timeout=60, what="the demo vehicles")
+    assert up.stop() == 0
+    again = start(tmp_path, 2, ports)
+    try:
+        admin = again.login("admin@localhost", ADMIN_PASSWORD)
+        # the same vehicles come back with the credentials provisioned the first time
+        wait_until(lambda: len(online(again, admin)) == 2, timeout=60, what="the vehicles")
+        printed = again.text()
+        assert "shown only this once" not in printed
+        audit = httpx.get(
+            f"{again.api}/v1/audit",
+            params={"action": "vehicle_provision", "limit": 100},
+            headers=admin,
+        ).json()["entries"]
+        assert len(audit) == 2  # provisioned once, not again
+    finally:
+        assert again.stop() == 0
