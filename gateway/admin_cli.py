@@ -204,9 +204,7 @@ def _vehicle(args: argparse.Namespace) -> int:
         try:
             vins = [validate_vin(v) for v in args.vins]
         except InvalidVinError as exc:
-            raise CliError(
-                f"{exc}; VINs are 17 characters, upper case, without I, O and Q"
-            ) from None
+            raise CliError(str(exc)) from None
         if args.vehicle_command == "revoke":
             for vin in vins:
                 record = accounts.revoke_vehicle(vin, now=_now())

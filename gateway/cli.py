@@ -719,7 +719,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["sim"]:
         return _cmd_sim(argv[1:])
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level if hasattr(args, "log_level") else "INFO")
+    # commands without --log-level (vehicle, user, account, pki) print their own results
+    _setup_logging(args.log_level if hasattr(args, "log_level") else "WARNING")
     try:
         if args.command == "up":
             return _cmd_up(args)

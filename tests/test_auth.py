@@ -267,6 +267,10 @@ def test_disabling_a_user_ends_their_access_at_once(s: Setup) -> None:
     assert r.status_code == 200, r.text
     error(s.client.get("/v1/me", headers=headers), 401, "invalid_token")
     error(s.login("ana@example.com", PASSWORD), 401, "invalid_grant")
+    (change,) = s.audit(action="user_update")
+    assert change["target"] == "user:2"
+    assert change["actor"] == f"user:1 {TEST_ADMIN_EMAIL}"
+    assert change["detail"] == {"changed": ["disabled"], "disabled": True}
 
 
 def test_changing_your_password_needs_the_current_one(s: Setup) -> None:

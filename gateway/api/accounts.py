@@ -331,7 +331,7 @@ def _vin(vin: str) -> str:
         raise ApiError(
             422,
             "invalid_vin",
-            f"{exc}. VINs are 17 characters, upper case, without I, O and Q.",
+            f"{exc}.",
             [ErrorDetail(loc=["body", "vin"], msg=str(exc), type="invalid_vin", input=vin)],
         ) from None
 

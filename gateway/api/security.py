@@ -247,12 +247,16 @@ def principal_of(user: UserRecord, *, via: str = "token", prefix: str | None = N
     )
 
 
-def current_principal(
+async def current_principal(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key_header)],
 ) -> Principal:
-    """The authenticated caller, or 401 with a message that says what to send."""
+    """The authenticated caller, or 401 with a message that says what to send.
+
+    A coroutine on purpose: its database reads (a user by primary key, an API key by
+    prefix) take a fraction of a millisecond, less than handing them to the thread pool
+    and back, which measured as 5 ms more at the median per command under load."""
     context = auth_context(request)
     credential = bearer.credentials if bearer is not None else api_key
     if not credential:

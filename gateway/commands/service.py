@@ -54,6 +54,7 @@ from typing import Any
 
 from gmqtt import Client as MqttClient
 from gmqtt.mqtt.constants import MQTTv50
+from sqlalchemy.orm import Session
 
 from gateway import metrics
 from gateway.commands.lifecycle import (
@@ -245,8 +246,10 @@ class CommandService:
         ttl_s: float | None = None,
         idempotency_key: str | None = None,
         requested_by: str | None = None,
+        on_created: Callable[[Session, CommandRecord], object] | None = None,
     ) -> tuple[CommandRecord, bool]:
-        """Store a command and dispatch it. Raises :class:`UnknownCommandType`,
+        """Store a command and dispatch it. ``on_created`` runs in the transaction that
+        stores it (the API writes the audit entry there). Raises :class:`UnknownCommandType`,
         ``schemas.commands.CommandParamsError``, :class:`VehicleNotFound`,
         :class:`VehicleMoving` or ``IdempotencyConflict``. Returns (command, created)."""
         try:
@@ -271,6 +274,7 @@ class CommandService:
             idempotency_key=idempotency_key,
             requested_by=requested_by,
             confirmation="pending" if spec.confirmation is not None else "not_applicable",
+            on_created=on_created,
         )
         if created and state.summary.online is not False:
             record = await self._dispatch(record)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import insert, null, select
+from sqlalchemy.orm import Session
 
 from gateway.statedb.database import StateDatabase
 from gateway.statedb.models import AuditRow
@@ -108,6 +109,37 @@ class AuditLog:
         serialises to, and the returned record holds that form (tuples become lists), so it
         equals what :meth:`query` reads back later.
         """
+        with self._db.write() as session:
+            return self.append_in(
+                session,
+                at=at,
+                actor=actor,
+                action=action,
+                outcome=outcome,
+                actor_user_id=actor_user_id,
+                account_id=account_id,
+                target=target,
+                remote_addr=remote_addr,
+                detail=detail,
+            )
+
+    @staticmethod
+    def append_in(
+        session: Session,
+        *,
+        at: int,
+        actor: str,
+        action: str,
+        outcome: str = "ok",
+        actor_user_id: int | None = None,
+        account_id: int | None = None,
+        target: str | None = None,
+        remote_addr: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> AuditRecord:
+        """:meth:`append` inside the caller's write transaction: the entry commits (or rolls
+        back) with the change it records, and costs no commit of its own. Used for commands,
+        the most frequent audited action."""
         if outcome not in AUDIT_OUTCOMES:
             raise ValueError(
                 f"outcome must be one of {', '.join(sorted(AUDIT_OUTCOMES))}, got {outcome!r}"
@@ -134,8 +166,7 @@ class AuditLog:
             .values(**values, detail=null() if stored_detail is None else stored_detail)
             .returning(AuditRow.id)
         )
-        with self._db.write() as session:
-            entry_id = session.execute(statement).scalar_one()
+        entry_id = session.execute(statement).scalar_one()
         return AuditRecord(id=entry_id, detail=stored_detail, **values)
 
     def query(

@@ -24,7 +24,7 @@ import enum
 import hashlib
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,8 +204,12 @@ class CommandRepository:
         idempotency_key: str | None = None,
         requested_by: str | None = None,
         confirmation: str = ConfirmationState.PENDING,
+        on_created: Callable[[Session, CommandRecord], object] | None = None,
     ) -> tuple[CommandRecord, bool]:
         """Store a new ``queued`` command (and its first transition row).
+
+        ``on_created`` runs inside the same transaction once the command exists (not for a
+        replay): its writes (the audit entry) commit together with the command.
 
         Returns ``(command, created)``. ``created`` is False when an earlier request with the
         same (vin, idempotency_key) and the same body exists: that command is returned
@@ -271,6 +275,8 @@ class CommandRepository:
                 )
                 session.flush()
                 record = CommandRecord.from_row(row)
+                if on_created is not None:
+                    on_created(session, record)
         except IntegrityError:
             # PostgreSQL: a concurrent create with the same key committed between our read
             # and our insert (on SQLite, BEGIN IMMEDIATE serialises creates, so the read finds
