@@ -140,9 +140,6 @@ def _add_auth(p: argparse.ArgumentParser) -> None:
         DEFAULT_VEHICLE_COMMAND_LIMIT,
     )
 
-    def limit_text(limit: object) -> str:
-        return str(limit)
-
     p.add_argument(
         "--admin-email",
         default=_env("ADMIN_EMAIL", "admin@localhost"),
@@ -183,8 +180,7 @@ def _add_auth(p: argparse.ArgumentParser) -> None:
             f"--{name}",
             default=os.environ.get(env, f"{default.rate * 60:g}/min,burst={default.burst}"),
             metavar="RATE",
-            help=f"{what}, e.g. 30/min, 5/s,burst=10 or off (env {env}; default: "
-            f"{limit_text(default)})",
+            help=f"{what}, e.g. 30/min, 5/s,burst=10 or off (env {env}; default: {default})",
         )
     p.add_argument(
         "--no-registration",
