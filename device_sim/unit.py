@@ -211,6 +211,10 @@ DEFAULT_BUFFER_LIMIT: Final = 10_000
 #: after the connection closes during a connect attempt, how long to wait for a CONNACK
 #: (a refusal) that may still be on its way through gmqtt
 _CONNACK_GRACE_S: Final = 0.5
+#: why an attempt failed when the connection closed before the broker's CONNACK
+_CLOSED_BEFORE_CONNACK: Final = "connection closed before CONNACK"
+#: that many such closes in a row on TLS with a client certificate are a refusal (exit 1)
+_TLS_CLOSES_ARE_A_REFUSAL: Final = 3
 
 #: a connection that lived at least this long resets the reconnect backoff
 _STABLE_CONNECTION_S: Final = 30.0
@@ -1028,11 +1032,27 @@ class SimulatedUnit:
         loop = asyncio.get_running_loop()
         delay = s.reconnect_min_s
         failures = 0
+        closed_after_handshake = 0
         while True:
             self._lost.clear()
             why = await self._connect_once()
+            if why is not None and self.tls and s.tls_cert_file is not None:
+                closed_after_handshake = (
+                    closed_after_handshake + 1 if why.startswith(_CLOSED_BEFORE_CONNACK) else 0
+                )
+                if closed_after_handshake >= _TLS_CLOSES_ARE_A_REFUSAL:
+                    # With TLS 1.3 the broker checks the client certificate after the
+                    # client's side of the handshake is done; its alert often arrives as a
+                    # bare reset. A broker that closes every session before the CONNACK,
+                    # time after time, does not accept the certificate.
+                    raise UnitConnectError(
+                        f"{s.host}:{s.port} closed the TLS session of unit {self._vin} right "
+                        f"after the handshake {closed_after_handshake} times in a row: it does "
+                        f"not accept the unit's client certificate ({s.tls_cert_file})"
+                    )
             if why is None:
                 failures = 0
+                closed_after_handshake = 0
                 since = loop.time()
                 await self._lost.wait()
                 await self._close_quietly()  # e.g. after a DISCONNECT from the broker
@@ -1103,7 +1123,7 @@ class SimulatedUnit:
             if isinstance(reason, ssl.SSLError):
                 self._raise_if_tls_refusal(reason)
             if self._lost.is_set():
-                return f"connection closed before CONNACK ({reason or 'no reason given'})"
+                return f"{_CLOSED_BEFORE_CONNACK} ({reason or 'no reason given'})"
             return f"no CONNACK within {s.connect_timeout_s:g} s"
         try:
             connecting.result()
