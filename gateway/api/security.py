@@ -290,13 +290,13 @@ async def current_principal(
 
 
 def _api_key_principal(context: AuthContext, key: str, prefix: str) -> Principal:
-    record = context.accounts.get_api_key_by_prefix(prefix)
-    if record is None or not secrets_match(key, record.key_hash):
+    found = context.accounts.api_key_and_user(prefix)
+    if found is None or not secrets_match(key, found[0].key_hash):
         raise unauthenticated("invalid_api_key", "The API key is not valid.")
+    record, user = found
     if record.revoked_at is not None:
         raise unauthenticated("invalid_api_key", "The API key has been revoked; create a new one.")
-    user = context.accounts.get_user(record.user_id)
-    if user is None or user.disabled_at is not None:
+    if user.disabled_at is not None:
         raise unauthenticated("invalid_api_key", "The API key's user is disabled.")
     context.touch_api_key(record.id)
     return principal_of(user, via="api_key", prefix=prefix)

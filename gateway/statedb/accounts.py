@@ -831,6 +831,21 @@ class AccountRepository:
             row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.prefix == prefix))
             return None if row is None else ApiKeyRecord.from_row(row)
 
+    def api_key_and_user(self, prefix: str) -> tuple[ApiKeyRecord, UserRecord] | None:
+        """The key with this prefix and its user, in one query: what authenticating a
+        request with an API key needs (the caller compares the hash and checks both are
+        active)."""
+        with self._db.read() as session:
+            found = session.execute(
+                select(ApiKeyRow, UserRow)
+                .join(UserRow, UserRow.id == ApiKeyRow.user_id)
+                .where(ApiKeyRow.prefix == prefix)
+            ).first()
+            if found is None:
+                return None
+            key, user = found
+            return ApiKeyRecord.from_row(key), UserRecord.from_row(user)
+
     def get_api_key(self, key_id: int) -> ApiKeyRecord | None:
         with self._db.read() as session:
             row = session.get(ApiKeyRow, key_id)
