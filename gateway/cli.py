@@ -4,7 +4,9 @@
 ``telematics gateway``       one ingest process (run several to scale out)
 ``telematics api``           the HTTP API
 ``telematics sim``           the device simulator (speaks only the public device contract)
-``telematics bench ingest``  the ingest benchmark
+``telematics vehicle|user|account``  operator commands on the state database
+``telematics pki``           certificates for the broker's TLS listener
+``telematics bench ...``     benchmarks (ingest, commands, sim)
 
 Every option can also be set by an environment variable, named in its help text.
 """
