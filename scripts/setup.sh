@@ -9,8 +9,11 @@ cd "$(dirname "$0")/.."
 extras=""
 [ "${1:-}" = "test" ] && extras="[test]"
 
+# mosquitto (broker and mosquitto_passwd) and mosquitto-clients (mosquitto_pub/_sub, used by
+# the benchmarks and tests)
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] \
-   || ! command -v mosquitto_pub >/dev/null 2>&1; then
+   || ! command -v mosquitto_pub >/dev/null 2>&1 \
+   || ! command -v mosquitto_passwd >/dev/null 2>&1; then
   echo "==> installing Mosquitto (mosquitto, mosquitto-clients)"
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
   if command -v apt-get >/dev/null 2>&1; then

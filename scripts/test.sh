@@ -7,15 +7,30 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh test
 
 # The state-database tests also run on PostgreSQL (127.0.0.1:5432, user postgres, trust
-# auth on this project's machines). Start the local cluster if it is installed but down.
-if ! .venv/bin/python -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 2)' 2>/dev/null; then
+# auth on this project's machines). Install it where it is missing (Debian/Ubuntu, as root
+# or with sudo), and start the local cluster if it is installed but down.
+pg_up() { .venv/bin/python -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 2)' 2>/dev/null; }
+if ! pg_up; then
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing PostgreSQL"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+    # the tests connect as postgres over TCP without a password, as on this project's
+    # machines: trust for loopback only, ahead of the packaged rules
+    hba="$(ls /etc/postgresql/*/main/pg_hba.conf | head -n 1)"
+    $sudo sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+  fi
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
     echo "==> starting PostgreSQL"
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
-  else
-    echo "warning: no PostgreSQL on 127.0.0.1:5432; the PostgreSQL half of tests/test_statedb.py" >&2
-    echo "and tests/test_commands_e2e.py will fail. Install and start it (Debian: apt-get install" >&2
-    echo "postgresql), with trust auth for user postgres on 127.0.0.1." >&2
+    version="$(ls /etc/postgresql | head -n 1)"
+    $sudo pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    $sudo pg_ctlcluster --skip-systemctl-redirect "$version" main reload || true
+  fi
+  if ! pg_up; then
+    echo "warning: no PostgreSQL on 127.0.0.1:5432; the PostgreSQL half of the state-database" >&2
+    echo "tests will fail. Install and start it (Debian: apt-get install postgresql), with" >&2
+    echo "trust auth for user postgres on 127.0.0.1." >&2
   fi
 fi
 echo "==> ruff";  .venv/bin/ruff check . && .venv/bin/ruff format --check .
