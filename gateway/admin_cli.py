@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.statedb.accounts import AccountRepository
@@ -149,6 +150,11 @@ def _actor() -> str:
         return f"cli:uid {os.getuid()}"
 
 
+def _record(audit: AuditLog, action: str, **entry: Any) -> None:
+    """An audit entry by the operating-system user running this command, now."""
+    audit.append(at=_now(), actor=_actor(), action=action, **entry)
+
+
 def _now() -> int:
     return time.time_ns() // 1_000_000
 
@@ -179,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _vehicle(args: argparse.Namespace) -> int:
-    from gateway.auth.provisioning import provision_vehicle, rotate_vehicle_password
+    from gateway.auth.provisioning import provision_or_rotate, provision_vehicle
     from gateway.statedb.accounts import VehicleAlreadyProvisioned
     from schemas import InvalidVinError, validate_vin
 
@@ -211,23 +217,22 @@ def _vehicle(args: argparse.Namespace) -> int:
                 if record is None:
                     print(f"{vin}: not provisioned", file=sys.stderr)
                     continue
-                audit.append(
-                    at=_now(),
-                    actor=_actor(),
-                    action="vehicle_revoke",
+                _record(
+                    audit,
+                    "vehicle_revoke",
                     account_id=record.account_id,
                     target=f"vehicle:{vin}",
                 )
                 print(f"{vin}: revoked")
             return 0
         if accounts.get_account(args.account) is None:
-            raise CliError(
-                f"there is no account {args.account}; telematics account list shows them"
-            )
+            raise _no_account(args.account)
         created: dict[str, str | None] = {}
+        # writing a credentials file, a vehicle provisioned before gets new credentials
+        provision = provision_vehicle if args.credentials_file is None else provision_or_rotate
         for vin in vins:
             try:
-                result = provision_vehicle(
+                result = provision(
                     accounts,
                     vin=vin,
                     account_id=args.account,
@@ -237,19 +242,13 @@ def _vehicle(args: argparse.Namespace) -> int:
                     password=not args.certificate,
                 )
             except VehicleAlreadyProvisioned:
-                if args.credentials_file is None:
-                    raise CliError(
-                        f"{vin} is already provisioned; revoke it first, or use "
-                        "--credentials-file to give it new credentials"
-                    ) from None
-                rotated = rotate_vehicle_password(accounts, vin, now=_now())
-                if rotated is None:
-                    raise CliError(f"{vin} could not be given new credentials") from None
-                result = rotated
-            audit.append(
-                at=_now(),
-                actor=_actor(),
-                action="vehicle_provision",
+                raise CliError(
+                    f"{vin} is already provisioned; revoke it first, or use "
+                    "--credentials-file to give it new credentials"
+                ) from None
+            _record(
+                audit,
+                "vehicle_provision",
                 account_id=args.account,
                 target=f"vehicle:{vin}",
                 detail={"credentials": "certificate" if args.certificate else "password"},
@@ -344,9 +343,7 @@ def _user(args: argparse.Namespace) -> int:
         if (args.role == "admin") != (args.account is None):
             raise CliError("give --account for every role but admin (and none for an admin)")
         if args.account is not None and accounts.get_account(args.account) is None:
-            raise CliError(
-                f"there is no account {args.account}; telematics account list shows them"
-            )
+            raise _no_account(args.account)
         password = os.environ.get(USER_PASSWORD_ENV)
         generated = password is None
         if password is None:
@@ -366,10 +363,9 @@ def _user(args: argparse.Namespace) -> int:
             )
         except DuplicateEmail:
             raise CliError(f"there is already a user {args.email}") from None
-        audit.append(
-            at=_now(),
-            actor=_actor(),
-            action="user_create",
+        _record(
+            audit,
+            "user_create",
             account_id=args.account,
             target=f"user:{user.id}",
             detail={"email": user.email, "role": user.role},
@@ -390,10 +386,9 @@ def _account(args: argparse.Namespace) -> int:
             )
             return 0
         account = accounts.create_account(args.kind, args.name, now=_now())
-        audit.append(
-            at=_now(),
-            actor=_actor(),
-            action="account_create",
+        _record(
+            audit,
+            "account_create",
             account_id=account.id,
             target=f"account:{account.id}",
             detail={"kind": account.kind, "name": account.name},

@@ -20,7 +20,7 @@ from typing import Final
 from gateway.auth.passwords import generate_password as generate_user_password
 from gateway.auth.passwords import hash_password as hash_user_password
 from gateway.auth.policy import AccountKind, Role
-from gateway.auth.provisioning import provision_vehicle, rotate_vehicle_password
+from gateway.auth.provisioning import provision_or_rotate
 from gateway.broker.auth import (
     BrokerAuthFiles,
     BrokerAuthSync,
@@ -30,7 +30,7 @@ from gateway.broker.auth import (
     hash_password,
 )
 from gateway.broker.mosquitto import MosquittoProcess
-from gateway.statedb.accounts import AccountRepository, VehicleAlreadyProvisioned
+from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 
 __all__ = [
@@ -161,19 +161,14 @@ def provision_demo(
         vehicle = accounts.get_vehicle(vin)
         if vehicle is not None and vehicle.active and vin in known:
             continue
-        try:
-            result = provision_vehicle(
-                accounts,
-                vin=vin,
-                account_id=account.id,
-                label=f"Demo {vin[-4:]}",
-                provisioned_by=None,
-                now=now,
-            )
-        except VehicleAlreadyProvisioned:
-            rotated = rotate_vehicle_password(accounts, vin, now=now)
-            assert rotated is not None
-            result = rotated
+        result = provision_or_rotate(
+            accounts,
+            vin=vin,
+            account_id=account.id,
+            label=f"Demo {vin[-4:]}",
+            provisioned_by=None,
+            now=now,
+        )
         audit.append(
             at=now,
             actor="system",

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Form, Query, Request
 from pydantic import BaseModel, Field
 
-from gateway.api.errors import ApiError
+from gateway.api.errors import ApiError, invalid_request
 from gateway.api.models import ErrorDetail, ErrorResponse
 from gateway.api.params import iso_or_none
 from gateway.api.security import (
@@ -308,20 +308,11 @@ class AuditPage(BaseModel):
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _invalid(loc: list[str | int], message: str, type_: str) -> ApiError:
-    return ApiError(
-        422,
-        "invalid_request",
-        f"The request is invalid: {message}.",
-        [ErrorDetail(loc=loc, msg=message, type=type_)],
-    )
-
-
 def _password_ok(password: str, loc: list[str | int]) -> None:
     try:
         check_password(password)
     except WeakPassword as exc:
-        raise _invalid(loc, str(exc), "weak_password") from None
+        raise invalid_request(loc, str(exc), "weak_password") from None
 
 
 def _vin(vin: str) -> str:
@@ -377,7 +368,7 @@ def _visible_user(context: AuthContext, principal: Principal, user_id: int) -> U
 def _target_account(principal: Principal, account_id: int | None, what: str) -> int:
     if account_id is None:
         if principal.account_id is None:
-            raise _invalid(
+            raise invalid_request(
                 ["body", "account_id"], f"say which account {what} belongs to", "missing"
             )
         return principal.account_id
@@ -461,10 +452,12 @@ def accounts_router() -> APIRouter:
         Repeated wrong passwords make the account wait before the next attempt (429)."""
         if grant_type == "refresh_token":
             if not refresh_token:
-                raise _invalid(["body", "refresh_token"], "give the refresh_token", "missing")
+                raise invalid_request(
+                    ["body", "refresh_token"], "give the refresh_token", "missing"
+                )
             return _refresh(context, request, refresh_token)
         if not username or password is None:
-            raise _invalid(
+            raise invalid_request(
                 ["body", "username"], "give username (your e-mail) and password", "missing"
             )
         return _login(context, request, username, password)
@@ -971,7 +964,9 @@ def accounts_router() -> APIRouter:
         the same user replaces the old one."""
         vehicle = _managed_vehicle(context, principal, vin)
         if (body.email is None) == (body.user_id is None):
-            raise _invalid(["body", "email"], "give exactly one of email and user_id", "missing")
+            raise invalid_request(
+                ["body", "email"], "give exactly one of email and user_id", "missing"
+            )
         grantee = (
             context.accounts.get_user_by_email(body.email)
             if body.email is not None

@@ -31,7 +31,12 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.api.accounts import accounts_router
 from gateway.api.commands import commands_router
-from gateway.api.errors import ApiError, install_error_handlers, store_unavailable
+from gateway.api.errors import (
+    ApiError,
+    install_error_handlers,
+    invalid_request,
+    store_unavailable,
+)
 from gateway.api.models import (
     Catalog,
     CatalogSignal,
@@ -51,10 +56,10 @@ from gateway.api.models import (
 from gateway.api.params import Timestamp, iso, now_ms, split_signals, unknown_signals
 from gateway.api.prometheus import render_metrics
 from gateway.api.security import (
+    Auth,
     AuthContext,
     AuthSettings,
     Caller,
-    auth_context,
     readable_vehicle,
     require_admin,
 )
@@ -140,7 +145,6 @@ def open_reader(request: Request) -> Iterator[TelemetryReader]:
 
 
 Reader = Annotated[TelemetryReader, Depends(open_reader)]
-Auth = Annotated[AuthContext, Depends(auth_context)]
 
 
 def valid_vin(
@@ -176,16 +180,6 @@ def _vehicle(reader: TelemetryReader, vin: str) -> VehicleState:
             "GET /v1/vehicles lists the known vehicles.",
         )
     return state
-
-
-def _invalid(loc: list[str | int], msg: str, type_: str, input_: Any = None) -> ApiError:
-    """A validation error found by a route (rather than by FastAPI), in the same shape."""
-    return ApiError(
-        422,
-        "invalid_request",
-        f"The request is invalid: {msg}.",
-        [ErrorDetail(loc=loc, msg=msg, type=type_, input=input_)],
-    )
 
 
 # --- OpenAPI documentation -----------------------------------------------------------------
@@ -332,7 +326,7 @@ def _router(settings: ApiSettings) -> APIRouter:
         readable_vehicle(context, principal, vin)
         names = split_signals(signals)
         if not names:
-            raise _invalid(
+            raise invalid_request(
                 ["query", "signals"],
                 "give at least one signal path in 'signals'",
                 "missing",
@@ -359,7 +353,7 @@ def _router(settings: ApiSettings) -> APIRouter:
         end_ms = now_ms() if end is None else end
         start_ms = max(0, end_ms - DEFAULT_WINDOW_MS) if start is None else start
         if start_ms >= end_ms:
-            raise _invalid(
+            raise invalid_request(
                 ["query", "start"],
                 f"start ({iso(start_ms)}) must be before end ({iso(end_ms)}); end defaults "
                 "to now and start to one hour before end",

@@ -189,7 +189,7 @@ def _unknown_type(value: str) -> ApiError:
 
 
 def _refusal(principal: Principal, access: VehicleAccess, vin: str, type_: str) -> ApiError:
-    if principal.role is Role.FLEET_VIEWER and access.services == frozenset():
+    if principal.role is Role.FLEET_VIEWER and not access.may_command_anything:
         return forbidden(f"Fleet viewers see vehicle {vin} but cannot send it commands.")
     allowed = ", ".join(sorted(access.services or ())) or "none"
     return forbidden(
@@ -253,8 +253,10 @@ def commands_router() -> APIRouter:
         from gateway.api.app import valid_vin
 
         valid_vin(vin)
-        if body.type not in CommandType.__members__.values():
-            raise _unknown_type(body.type)
+        try:
+            command_type = CommandType(body.type)
+        except ValueError:
+            raise _unknown_type(body.type) from None
         # state-database calls on the event loop, as in the command service: each is well
         # under a millisecond, less than a hop to the thread pool and back under load
         access, vehicle = context.lookup(principal, vin)
@@ -292,7 +294,7 @@ def commands_router() -> APIRouter:
         if not access.may_command(body.type):
             audit("denied", reason="not permitted")
             raise _refusal(principal, access, vin, body.type)
-        spec = COMMAND_SPECS[CommandType(body.type)]
+        spec = COMMAND_SPECS[command_type]
         if spec.enterprise_only and vehicle is not None:
             account = context.accounts.get_account(vehicle.account_id)
             if account is not None and account.kind != AccountKind.ORGANIZATION:
@@ -325,8 +327,6 @@ def commands_router() -> APIRouter:
                 requested_by=f"user:{principal.user_id}",
                 on_created=audit_created,
             )
-        except UnknownCommandType:
-            raise _unknown_type(body.type) from None
         except CommandParamsError as exc:
             raise ApiError(
                 422,

@@ -37,6 +37,7 @@ __all__ = [
     "error_info",
     "error_response",
     "install_error_handlers",
+    "invalid_request",
     "store_unavailable",
 ]
 
@@ -60,6 +61,16 @@ class ApiError(Exception):
         self.message = message
         self.details = list(details)
         self.headers = dict(headers) if headers else None
+
+
+def invalid_request(loc: list[str | int], msg: str, type_: str, input_: Any = None) -> ApiError:
+    """A validation error found by a route (rather than by FastAPI), in the same shape."""
+    return ApiError(
+        422,
+        "invalid_request",
+        f"The request is invalid: {msg}.",
+        [ErrorDetail(loc=loc, msg=msg, type=type_, input=input_)],
+    )
 
 
 def error_info(code: str, message: str, details: Iterable[ErrorDetail] = ()) -> ErrorInfo:

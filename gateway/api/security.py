@@ -320,14 +320,16 @@ def readable_vehicle(context: AuthContext, principal: Principal, vin: str) -> Ve
 
 
 def check_command_limits(context: AuthContext, principal: Principal, vin: str) -> None:
-    """429 with Retry-After when the caller or the vehicle has sent too many commands.
+    """429 with Retry-After when the vehicle or the caller has sent too many commands.
 
-    The per-user bucket is only charged when the per-vehicle one allows the command, so a
-    refused command costs the caller nothing.
+    Each bucket is charged only when the command goes through: the vehicle's token is given
+    back when the caller's own limit refuses it. Called on the event loop without an
+    ``await`` in between, so no other request of this process interleaves.
     """
     vehicles, users = context.vehicle_commands, context.user_commands
+    vehicle_key, user_key = f"vehicle:{vin}", f"user:{principal.user_id}"
     if vehicles is not None:
-        wait = vehicles.peek(f"vehicle:{vin}")
+        wait = vehicles.acquire(vehicle_key)
         if wait > 0:
             raise too_many(
                 "vehicle_rate_limited",
@@ -335,20 +337,12 @@ def check_command_limits(context: AuthContext, principal: Principal, vin: str) -
                 wait,
             )
     if users is not None:
-        wait = users.acquire(f"user:{principal.user_id}")
+        wait = users.acquire(user_key)
         if wait > 0:
+            if vehicles is not None:
+                vehicles.refund(vehicle_key)
             raise too_many(
                 "user_rate_limited",
                 f"You have sent too many commands (limit {users.limit}).",
-                wait,
-            )
-    if vehicles is not None:
-        wait = vehicles.acquire(f"vehicle:{vin}")
-        if wait > 0:  # lost a race with another request for the same vehicle
-            if users is not None:
-                users.refund(f"user:{principal.user_id}")
-            raise too_many(
-                "vehicle_rate_limited",
-                f"Vehicle {vin} has been sent too many commands (limit {vehicles.limit}).",
                 wait,
             )

@@ -25,7 +25,6 @@ when the caller can see the resource but not do this to it (a viewer sending a c
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -189,8 +188,3 @@ def can_create_user(
     if principal.role is Role.OWNER:
         return role is Role.DRIVER
     return True
-
-
-def visible_services(access: VehicleAccess, all_types: Collection[str]) -> list[str]:
-    """The command types ``access`` allows, in the order of ``all_types``."""
-    return [t for t in all_types if access.may_command(t)]

@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.broker.auth import generate_password, hash_password
-from gateway.statedb.accounts import AccountRepository, VehicleRecord
+from gateway.errors import GatewayError
+from gateway.statedb.accounts import AccountRepository, VehicleAlreadyProvisioned, VehicleRecord
 
-__all__ = ["Provisioned", "provision_vehicle", "rotate_vehicle_password"]
+__all__ = ["Provisioned", "provision_or_rotate", "provision_vehicle", "rotate_vehicle_password"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +66,33 @@ def rotate_vehicle_password(
     secret = generate_password()
     record = accounts.set_mqtt_password(vin, hash_password(secret), now=now)
     return None if record is None else Provisioned(record, secret)
+
+
+def provision_or_rotate(
+    accounts: AccountRepository,
+    *,
+    vin: str,
+    account_id: int,
+    label: str | None,
+    provisioned_by: int | None,
+    now: int,
+    password: bool = True,
+) -> Provisioned:
+    """:func:`provision_vehicle`, or for a vehicle already provisioned a new password
+    (it stays in its account): for tools that hand credentials to units and must be able
+    to hand them out again."""
+    try:
+        return provision_vehicle(
+            accounts,
+            vin=vin,
+            account_id=account_id,
+            label=label,
+            provisioned_by=provisioned_by,
+            now=now,
+            password=password,
+        )
+    except VehicleAlreadyProvisioned:
+        rotated = rotate_vehicle_password(accounts, vin, now=now)
+        if rotated is None:  # revoked in between
+            raise GatewayError(f"{vin} could not be given new credentials") from None
+        return rotated
