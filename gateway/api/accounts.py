@@ -23,7 +23,6 @@ from gateway.api.security import (
     client_address,
     forbidden,
     principal_of,
-    readable_vehicle,
     too_many,
     unauthenticated,
     vehicle_not_found,
@@ -52,9 +51,11 @@ from gateway.statedb.accounts import (
     ApiKeyRecord,
     DuplicateEmail,
     GrantRecord,
+    NotFound,
     UserRecord,
     VehicleAlreadyProvisioned,
     VehicleRecord,
+    normalize_email,
 )
 from gateway.statedb.audit import AuditRecord
 from schemas import InvalidVinError, validate_vin
@@ -344,9 +345,8 @@ def _account_not_found(account_id: int) -> ApiError:
 def _managed_vehicle(context: AuthContext, principal: Principal, vin: str) -> VehicleRecord:
     """The active vehicle if the caller manages it: 404 if they cannot see it, 403 if they
     see it but do not manage it."""
-    access = readable_vehicle(context, principal, vin)
-    vehicle = context.accounts.get_vehicle(vin)
-    if vehicle is None or vehicle.revoked_at is not None:
+    access, vehicle = context.lookup(principal, vin)
+    if not access.read or vehicle is None or not vehicle.active:
         raise vehicle_not_found(vin)
     if not access.manage:
         raise forbidden(
@@ -850,8 +850,6 @@ def accounts_router() -> APIRouter:
             if principal.account_id is not None and principal.account_id == account_id:
                 raise forbidden("Only owners, fleet managers and administrators add vehicles.")
             raise _account_not_found(account_id)
-        if context.accounts.get_account(account_id) is None:
-            raise _account_not_found(account_id)
         try:
             result = provision_vehicle(
                 context.accounts,
@@ -862,6 +860,8 @@ def accounts_router() -> APIRouter:
                 now=context.now_ms(),
                 password=body.credentials == "password",
             )
+        except NotFound:  # the account (the caller exists: they are logged in)
+            raise _account_not_found(account_id) from None
         except VehicleAlreadyProvisioned:
             context.record(
                 request,
@@ -896,9 +896,8 @@ def accounts_router() -> APIRouter:
     )
     def registration(vin: str, principal: Caller, context: Auth) -> RegistrationOut:
         """For anyone who may see the vehicle; never its credentials."""
-        readable_vehicle(context, principal, vin)
-        vehicle = context.accounts.get_vehicle(vin)
-        if vehicle is None:
+        access, vehicle = context.lookup(principal, vin)
+        if not access.read or vehicle is None:
             raise vehicle_not_found(vin)
         return RegistrationOut.of(vehicle)
 
@@ -936,7 +935,7 @@ def accounts_router() -> APIRouter:
     ) -> ProvisionedOut:
         """The old password stops working within a second; the new one is shown only here."""
         vehicle = _managed_vehicle(context, principal, vin)
-        result = rotate_vehicle_password(context.accounts, vin, now=context.now_ms())
+        result = rotate_vehicle_password(context.accounts, vin)
         if result is None:
             raise vehicle_not_found(vin)
         context.record(
@@ -1106,7 +1105,7 @@ def _login(context: AuthContext, request: Request, username: str, password: str)
     if user is None:
         verify_nothing(password)
         context.record(
-            request, "login", outcome="failed", detail={"email": username.strip().lower()}
+            request, "login", outcome="failed", detail={"email": normalize_email(username)}
         )
         raise _bad_login()
     principal = principal_of(user)

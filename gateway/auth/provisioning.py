@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 from gateway.broker.auth import generate_password, hash_password
 from gateway.errors import GatewayError
-from gateway.statedb.accounts import AccountRepository, VehicleAlreadyProvisioned, VehicleRecord
+from gateway.statedb.accounts import (
+    AccountRepository,
+    VehicleAlreadyProvisioned,
+    VehicleRecord,
+    VehicleRevoked,
+)
 
 __all__ = ["Provisioned", "provision_or_rotate", "provision_vehicle", "rotate_vehicle_password"]
 
@@ -55,16 +60,14 @@ def provision_vehicle(
     return Provisioned(record, secret)
 
 
-def rotate_vehicle_password(
-    accounts: AccountRepository, vin: str, *, now: int
-) -> Provisioned | None:
+def rotate_vehicle_password(accounts: AccountRepository, vin: str) -> Provisioned | None:
     """New MQTT password for an active vehicle (the old one stops working at the broker's
     next reload); None if there is no such active vehicle."""
-    current = accounts.get_vehicle(vin)
-    if current is None or current.revoked_at is not None:
-        return None
     secret = generate_password()
-    record = accounts.set_mqtt_password(vin, hash_password(secret), now=now)
+    try:
+        record = accounts.set_mqtt_password(vin, hash_password(secret))
+    except VehicleRevoked:
+        return None
     return None if record is None else Provisioned(record, secret)
 
 
@@ -92,7 +95,7 @@ def provision_or_rotate(
             password=password,
         )
     except VehicleAlreadyProvisioned:
-        rotated = rotate_vehicle_password(accounts, vin, now=now)
+        rotated = rotate_vehicle_password(accounts, vin)
         if rotated is None:  # revoked in between
             raise GatewayError(f"{vin} could not be given new credentials") from None
         return rotated

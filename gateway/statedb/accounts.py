@@ -47,12 +47,12 @@ of a vehicle) raise :class:`NotFound`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import EllipsisType
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, TypeVar, cast
 
-from sqlalchemy import CursorResult, Result, func, or_, select, update
+from sqlalchemy import CursorResult, Result, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -87,6 +87,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_Row = TypeVar("_Row")
+_Rec = TypeVar("_Rec")
 
 #: what :meth:`AccountRepository.rotate_refresh_token` answers
 RefreshOutcome = Literal["ok", "reused", "expired", "revoked", "unknown"]
@@ -360,10 +363,14 @@ class AccountRepository:
             session.flush()
             return AccountRecord.from_row(row)
 
-    def get_account(self, account_id: int) -> AccountRecord | None:
+    def _get(self, model: type[_Row], key: object, record: Callable[[_Row], _Rec]) -> _Rec | None:
+        """The row of ``model`` with primary key ``key`` as a record, or None."""
         with self._db.read() as session:
-            row = session.get(AccountRow, account_id)
-            return None if row is None else AccountRecord.from_row(row)
+            row = session.get(model, key)
+            return None if row is None else record(row)
+
+    def get_account(self, account_id: int) -> AccountRecord | None:
+        return self._get(AccountRow, account_id, AccountRecord.from_row)
 
     def list_accounts(self) -> list[AccountRecord]:
         """Every account, oldest first."""
@@ -420,9 +427,7 @@ class AccountRepository:
             raise DuplicateEmail(email) from None
 
     def get_user(self, user_id: int) -> UserRecord | None:
-        with self._db.read() as session:
-            row = session.get(UserRow, user_id)
-            return None if row is None else UserRecord.from_row(row)
+        return self._get(UserRow, user_id, UserRecord.from_row)
 
     def get_user_by_email(self, email: str) -> UserRecord | None:
         """The user with this address, in any case and with surrounding blanks ignored."""
@@ -587,17 +592,14 @@ class AccountRepository:
                 session.flush()
             return VehicleRecord.from_row(row)
 
-    def set_mqtt_password(
-        self, vin: str, password_hash: str | None, *, now: int
-    ) -> VehicleRecord | None:
+    def set_mqtt_password(self, vin: str, password_hash: str | None) -> VehicleRecord | None:
         """Replace the vehicle's broker password hash (credential rotation; None: client
         certificate only) and bump the broker version.
 
         None for an unknown VIN; :class:`VehicleRevoked` for a revoked one (a revoked
-        vehicle has no broker identity to rotate). ``now`` is accepted for a uniform
-        signature; the table keeps no rotation time (the audit log does).
+        vehicle has no broker identity to rotate). The table keeps no rotation time (the
+        audit log does).
         """
-        del now  # see the docstring
         with self._db.write() as session:
             row = _locked_vehicle(session, vin)
             if row is None:
@@ -611,9 +613,7 @@ class AccountRepository:
 
     def get_vehicle(self, vin: str) -> VehicleRecord | None:
         """The vehicle, active or revoked (see :attr:`VehicleRecord.active`)."""
-        with self._db.read() as session:
-            row = session.get(VehicleRow, vin)
-            return None if row is None else VehicleRecord.from_row(row)
+        return self._get(VehicleRow, vin, VehicleRecord.from_row)
 
     def list_vehicles(
         self, *, account_id: int | None = None, include_revoked: bool = False
@@ -691,17 +691,25 @@ class AccountRepository:
         (None if none), read in one transaction so the two agree: the policy decides from
         both, and a revocation between two reads could otherwise pair a revoked vehicle's
         state with a grant that no longer exists, or the reverse."""
-        with self._db.read() as session:
-            vehicle = session.get(VehicleRow, vin)
-            if vehicle is None:
-                return None, None
-            grant = session.scalar(
-                select(VehicleGrantRow).where(
-                    VehicleGrantRow.vin == vin,
+        # one statement (it runs for every command and vehicle request); at most one grant
+        # of a (vehicle, user) is active, create_grant sees to that
+        query = (
+            select(VehicleRow, VehicleGrantRow)
+            .outerjoin(
+                VehicleGrantRow,
+                and_(
+                    VehicleGrantRow.vin == VehicleRow.vin,
                     VehicleGrantRow.user_id == user_id,
                     VehicleGrantRow.revoked_at.is_(None),
-                )
+                ),
             )
+            .where(VehicleRow.vin == vin)
+        )
+        with self._db.read() as session:
+            found = session.execute(query).first()
+            if found is None:
+                return None, None
+            vehicle, grant = found
             return (
                 VehicleRecord.from_row(vehicle),
                 None if grant is None else GrantRecord.from_row(grant),
@@ -774,9 +782,7 @@ class AccountRepository:
             return GrantRecord.from_row(row)
 
     def get_grant(self, grant_id: int) -> GrantRecord | None:
-        with self._db.read() as session:
-            row = session.get(VehicleGrantRow, grant_id)
-            return None if row is None else GrantRecord.from_row(row)
+        return self._get(VehicleGrantRow, grant_id, GrantRecord.from_row)
 
     def list_grants(
         self,
@@ -847,9 +853,7 @@ class AccountRepository:
             return ApiKeyRecord.from_row(key), UserRecord.from_row(user)
 
     def get_api_key(self, key_id: int) -> ApiKeyRecord | None:
-        with self._db.read() as session:
-            row = session.get(ApiKeyRow, key_id)
-            return None if row is None else ApiKeyRecord.from_row(row)
+        return self._get(ApiKeyRow, key_id, ApiKeyRecord.from_row)
 
     def list_api_keys(self, user_id: int) -> list[ApiKeyRecord]:
         """The user's keys, revoked ones included (so a UI can show them), oldest first."""

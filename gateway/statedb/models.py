@@ -276,10 +276,7 @@ class AuditRow(Base):
     """
 
     __tablename__ = "audit_log"
-    __table_args__ = (
-        Index("ix_audit_log_at", "at"),
-        Index("ix_audit_log_account_id_id", "account_id", "id"),
-    )
+    __table_args__ = (Index("ix_audit_log_account_id_id", "account_id", "id"),)
 
     id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
     at: Mapped[int] = mapped_column(BigInteger)

@@ -210,7 +210,6 @@ def upgrade() -> None:
         sa.Column("detail", _json(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_audit_log"),
     )
-    op.create_index("ix_audit_log_at", "audit_log", ["at"])
     op.create_index("ix_audit_log_account_id_id", "audit_log", ["account_id", "id"])
 
     broker_auth_state = op.create_table(
@@ -240,7 +239,6 @@ def downgrade() -> None:
 
     op.drop_table("broker_auth_state")
     op.drop_index("ix_audit_log_account_id_id", table_name="audit_log")
-    op.drop_index("ix_audit_log_at", table_name="audit_log")
     op.drop_table("audit_log")
     op.drop_index("ix_refresh_tokens_family", table_name="refresh_tokens")
     op.drop_index("ix_refresh_tokens_user_id", table_name="refresh_tokens")
