@@ -211,8 +211,6 @@ DEFAULT_BUFFER_LIMIT: Final = 10_000
 #: after the connection closes during a connect attempt, how long to wait for a CONNACK
 #: (a refusal) that may still be on its way through gmqtt
 _CONNACK_GRACE_S: Final = 0.5
-#: why an attempt failed when the connection closed before the broker's CONNACK
-_CLOSED_BEFORE_CONNACK: Final = "connection closed before CONNACK"
 #: that many such closes in a row on TLS with a client certificate are a refusal (exit 1)
 _TLS_CLOSES_ARE_A_REFUSAL: Final = 3
 
@@ -537,14 +535,20 @@ def _first(properties: Any, name: str) -> object:
     return values
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=8)
+def _shared_tls_context(ca: Path) -> ssl.SSLContext:
+    """The context of units without a client certificate: one per CA for the whole fleet,
+    instead of parsing the CA ten thousand times."""
+    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+
+
 def _tls_context(ca: Path, cert: Path | None, key: Path | None) -> ssl.SSLContext:
     """A client context that trusts only ``ca`` and checks the broker's host name, with the
-    client certificate if given. Cached: the units of a fleet without client certificates
-    share one context instead of parsing the CA ten thousand times."""
+    client certificate if given (then the unit's own: certificates differ per unit)."""
+    if cert is None:
+        return _shared_tls_context(ca)
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-    if cert is not None:
-        context.load_cert_chain(str(cert), None if key is None else str(key))
+    context.load_cert_chain(str(cert), None if key is None else str(key))
     return context
 
 
@@ -751,6 +755,8 @@ class SimulatedUnit:
         self._wake = asyncio.Event()
         #: set by gmqtt's on_disconnect; the connection loop waits on it
         self._lost = asyncio.Event()
+        #: the last connection attempt ended with the connection closed before a CONNACK
+        self._closed_before_connack = False
         self._last_status_at = -math.inf
         #: loop time of the last vehicle step, and of the next scheduled report
         self._last_step: float | None = None
@@ -1036,9 +1042,9 @@ class SimulatedUnit:
         while True:
             self._lost.clear()
             why = await self._connect_once()
-            if why is not None and self.tls and s.tls_cert_file is not None:
+            if why is not None and s.tls_cert_file is not None:
                 closed_after_handshake = (
-                    closed_after_handshake + 1 if why.startswith(_CLOSED_BEFORE_CONNACK) else 0
+                    closed_after_handshake + 1 if self._closed_before_connack else 0
                 )
                 if closed_after_handshake >= _TLS_CLOSES_ARE_A_REFUSAL:
                     # With TLS 1.3 the broker checks the client certificate after the
@@ -1084,9 +1090,11 @@ class SimulatedUnit:
         gmqtt's ``connect()`` waits for the CONNACK even when the connection is gone, so the
         attempt also ends when the unit sees the connection close: a broker that ends the
         TLS session right after the handshake (a client certificate it does not accept, with
-        TLS 1.3) sends no CONNACK, and waiting for it would only delay the verdict.
+        TLS 1.3) sends no CONNACK, and waiting for it would only delay the verdict; such an
+        attempt sets :attr:`_closed_before_connack`.
         """
         s = self._settings
+        self._closed_before_connack = False
         connecting = asyncio.ensure_future(
             self._client.connect(
                 s.host,
@@ -1123,7 +1131,8 @@ class SimulatedUnit:
             if isinstance(reason, ssl.SSLError):
                 self._raise_if_tls_refusal(reason)
             if self._lost.is_set():
-                return f"{_CLOSED_BEFORE_CONNACK} ({reason or 'no reason given'})"
+                self._closed_before_connack = True
+                return f"connection closed before CONNACK ({reason or 'no reason given'})"
             return f"no CONNACK within {s.connect_timeout_s:g} s"
         try:
             connecting.result()

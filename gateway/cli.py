@@ -683,7 +683,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if demo_login is not None:
         lines.insert(
             -2,
-            f"    demo     {len(fleet_vins(args.vehicles))} vehicles of the organization "
+            f"    demo     {args.vehicles} vehicles of the organization "
             f"'Demo Fleet' (account {demo_login.account_id}); its fleet manager is "
             f"{demo_login.email}",
         )

@@ -102,6 +102,12 @@ class SecuredBroker:
         return self.broker.url
 
 
+# The broker here is set up with Mosquitto's own tools (mosquitto_passwd, a hand-written
+# ACL, a CA made in the test) on purpose, not with gateway.broker: the simulator must work
+# against any broker configured this way, and a bug shared by the gateway's renderers and
+# the simulator would otherwise cancel out.
+
+
 def _acl(vins: Sequence[str]) -> str:
     lines = [f"user {SERVICE_USER}", "topic readwrite v1/#", ""]
     for vin in vins:
@@ -369,7 +375,7 @@ GOOD_ENTRY = {"vin": make_vin(1), "mqtt_username": make_vin(1), "mqtt_password":
     ("content", "expected"),
     [
         ("{not json", r"not valid JSON \(.* line 1 column 2\)"),
-        (b"\xff\xfe{}", "not UTF-8|not valid JSON"),
+        (b'{"format": "\xff"}', "not UTF-8"),
         ("[]", "expected a JSON object"),
         ({"vehicles": []}, 'unknown credentials file format \\(no "format"\\)'),
         ({"format": "telematics-unit-credentials/2", "vehicles": []}, "format '.*/2'"),

@@ -222,10 +222,6 @@ class VehicleIdentity:
         if self.password_hash is not None:
             _decode_hash(self.password_hash)
 
-    @property
-    def username(self) -> str:
-        return self.vin
-
 
 @dataclass(frozen=True, slots=True)
 class ServiceIdentity:
@@ -338,14 +334,17 @@ def render_acl(vehicles: Iterable[VehicleIdentity], services: Iterable[ServiceId
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so a reader (the broker on SIGHUP) sees the old file or
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so a reader (the broker on SIGHUP) sees the old file or
     the new one, never a half-written or missing one: a missing password file on reload
-    would make Mosquitto disconnect every password client."""
+    would make Mosquitto disconnect every password client. The temporary file has ``mode``
+    from the start, so a key is never readable by others, not even for a moment."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:  # mkstemp makes it 0600
-            f.write(text)
+        if mode != 0o600:  # what mkstemp creates
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -395,7 +394,7 @@ class BrokerAuthFiles:
             (self.acl_file, render_acl((), ())),
         ]:
             if not path.exists():
-                _atomic_write(path, text)
+                atomic_write(path, text)
 
     def write(
         self, vehicles: Iterable[VehicleIdentity], services: Iterable[ServiceIdentity]
@@ -419,7 +418,7 @@ class BrokerAuthFiles:
             except FileNotFoundError:
                 current = None
             if current != text:
-                _atomic_write(path, text)
+                atomic_write(path, text)
                 changed = True
         return changed
 

@@ -44,7 +44,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +53,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.broker.mosquitto import DEFAULT_MQTTS_PORT, BrokerError, TlsListener
+from gateway.broker.auth import _VIN_RE, atomic_write
+from gateway.broker.mosquitto import DEFAULT_MQTTS_PORT, BrokerError, TlsListener, _render_tls
 
 __all__ = [
     "CA_VALIDITY",
@@ -82,7 +82,6 @@ _CLOCK_SKEW = dt.timedelta(minutes=5)
 """Certificates start this long before now, so a device whose clock is a little behind does
 not reject a certificate issued a moment ago as 'not yet valid'."""
 
-_VIN_RE = re.compile(r"[A-HJ-NPR-Z0-9]{17}")  # as gateway.broker.auth and schemas.vin
 _HOST_RE = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,250}[A-Za-z0-9])?")
 
 
@@ -116,34 +115,17 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temp file (created with ``mode`` from the start, so
-    a key is never readable by others, not even for a moment) and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_atomic(path, pem, 0o600)
+    atomic_write(path, pem, 0o600)
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    _write_atomic(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def _check_vin(vin: str) -> str:
@@ -488,7 +470,7 @@ class Pki:
         for r in revoked:
             builder = builder.add_revoked_certificate(r)
         crl = builder.sign(ca_key, hashes.SHA256())
-        _write_atomic(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+        atomic_write(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
 
     def _read_index(self) -> list[IssuedCertificate]:
         try:
@@ -509,7 +491,7 @@ class Pki:
                 {"vin": c.vin, "serial": str(c.serial), "not_after": c.not_after} for c in index
             ]
         }
-        _write_atomic(self._index_path, (json.dumps(data, indent=1) + "\n").encode(), 0o600)
+        atomic_write(self._index_path, (json.dumps(data, indent=1) + "\n").encode(), 0o600)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -586,19 +568,9 @@ def _directory(args: argparse.Namespace) -> Path:
 
 
 def _listener_settings(pki: Pki) -> str:
-    t = pki.tls_listener()
-    return "\n".join(
-        [
-            "Mosquitto listener settings (BrokerConfig(tls=Pki(dir).tls_listener(port))):",
-            f"    listener {t.port} {t.host}",
-            f"    cafile {t.cafile}",
-            f"    certfile {t.certfile}",
-            f"    keyfile {t.keyfile}",
-            "    require_certificate true",
-            "    use_identity_as_username true",
-            f"    crlfile {t.crlfile}",
-        ]
-    )
+    lines = ["Mosquitto listener settings (BrokerConfig(tls=Pki(dir).tls_listener(port))):"]
+    _render_tls(pki.tls_listener(), lambda _why, line: lines.append(f"    {line}"))
+    return "\n".join(lines)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
