@@ -52,6 +52,7 @@ from schemas.commands import (
 )
 from schemas.payloads import SignalValue, validate_signals
 from tests.test_sim_units import run, until
+from tests.test_sim_units import settings as unit_settings
 
 C = CommandType
 S = ResultStatus
@@ -518,19 +519,6 @@ class Taken:
     def first_after(self, *, answered: int) -> Sample | None:
         """The first sample taken once ``answered`` commands had their final answer."""
         return next((s for _, a, s in self.samples if a >= answered), None)
-
-
-def unit_settings(broker: MosquittoProcess, **overrides: Any) -> UnitSettings:
-    values: dict[str, Any] = {
-        "host": broker.host,
-        "port": broker.port,
-        "report_interval_s": 0.02,
-        "reconnect_min_s": 0.1,
-        "reconnect_max_s": 0.4,
-        "drain_timeout_s": 2.0,
-    }
-    values.update(overrides)
-    return UnitSettings(**values)
 
 
 @dataclass

@@ -59,6 +59,7 @@ from device_sim.procs import child_argv
 from device_sim.vehicle import make_vin
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from schemas import Channel, parse_topic
+from tests.test_sim_cli import sim
 
 SERVICE_USER = "telematics-service"
 #: VINs that are not the simulator's own (make_vin), as a real provisioning run would have
@@ -72,16 +73,6 @@ def popen_sim(*argv: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-
-
-def sim(*argv: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "device_sim", *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
     )
 
 
