@@ -764,13 +764,11 @@ def accounts_router() -> APIRouter:
         """You may change your own name and password (give `current_password`); account
         managers and administrators may also change their users' role and disable them.
         Disabling a user or setting their password logs them out everywhere."""
-        user = _visible_user(context, principal, user_id)
+        user = _visible_user(context, principal, user_id)  # yourself, or one you manage
         own = user.id == principal.user_id
         manages = principal.is_admin or (not own and can_manage_account(principal, user.account_id))
         if (body.role is not None or body.disabled is not None) and not manages:
             raise forbidden("Only administrators and account managers change roles or disable.")
-        if not manages and not own:
-            raise _user_not_found(user_id)
         if (
             own
             and body.password is not None
