@@ -23,6 +23,7 @@ from gateway.errors import GatewayError
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.database import StateDatabase, default_url
+from gateway.text import check_plain_text
 
 __all__ = ["add_account_arguments", "add_user_arguments", "add_vehicle_arguments", "run"]
 
@@ -227,6 +228,8 @@ def _vehicle(args: argparse.Namespace) -> int:
             return 0
         if accounts.get_account(args.account) is None:
             raise _no_account(args.account)
+        if args.label is not None:
+            check_plain_text(args.label, "--label")
         created: dict[str, str | None] = {}
         # writing a credentials file, a vehicle provisioned before gets new credentials
         provision = provision_vehicle if args.credentials_file is None else provision_or_rotate
@@ -344,6 +347,9 @@ def _user(args: argparse.Namespace) -> int:
             raise CliError("give --account for every role but admin (and none for an admin)")
         if args.account is not None and accounts.get_account(args.account) is None:
             raise _no_account(args.account)
+        check_plain_text(args.email, "the e-mail address")
+        if args.name is not None:
+            check_plain_text(args.name, "--name")
         password = os.environ.get(USER_PASSWORD_ENV)
         generated = password is None
         if password is None:
@@ -385,7 +391,9 @@ def _account(args: argparse.Namespace) -> int:
                 ["id", "kind", "name"],
             )
             return 0
-        account = accounts.create_account(args.kind, args.name, now=_now())
+        account = accounts.create_account(
+            args.kind, check_plain_text(args.name, "the account name"), now=_now()
+        )
         _record(
             audit,
             "account_create",

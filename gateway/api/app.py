@@ -60,7 +60,7 @@ from gateway.api.security import (
     AuthContext,
     AuthSettings,
     Caller,
-    readable_vehicle,
+    readable_data,
     require_admin,
 )
 from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
@@ -170,8 +170,8 @@ def valid_vin(
 Vin = Annotated[str, Depends(valid_vin)]
 
 
-def _vehicle(reader: TelemetryReader, vin: str) -> VehicleState:
-    state = reader.vehicle_state(vin)
+def _vehicle(reader: TelemetryReader, vin: str, tenure: int) -> VehicleState:
+    state = reader.vehicle_state(vin, tenure=tenure)
     if state is None:
         raise ApiError(
             404,
@@ -282,9 +282,10 @@ def _router(settings: ApiSettings) -> APIRouter:
     def get_vehicle(principal: Caller, vin: Vin, reader: Reader, context: Auth) -> VehicleDetail:
         """The vehicle's summary plus `state`: the newest value of each signal it has
         reported (newest by sample time, so a late store-and-forward upload never hides a
-        fresher value), with its sample time and unit."""
-        readable_vehicle(context, principal, vin)
-        state = _vehicle(reader, vin)
+        fresher value), with its sample time and unit. Only what it reported while its
+        current holder held it."""
+        tenure = readable_data(context, principal, vin)
+        state = _vehicle(reader, vin, tenure)
         return VehicleDetail.build(state.summary, state.latest)
 
     @router.get(
@@ -322,8 +323,9 @@ def _router(settings: ApiSettings) -> APIRouter:
         ] = settings.default_history_limit,
     ) -> History:
         """Samples with `start <= ts < end` (sample time) that carry at least one of
-        `signals`, oldest first; each point holds the requested signals it carries."""
-        readable_vehicle(context, principal, vin)
+        `signals`, oldest first; each point holds the requested signals it carries. Only
+        samples the vehicle reported while its current holder held it."""
+        tenure = readable_data(context, principal, vin)
         names = split_signals(signals)
         if not names:
             raise invalid_request(
@@ -360,8 +362,10 @@ def _router(settings: ApiSettings) -> APIRouter:
                 "time_range",
                 start_ms,
             )
-        _vehicle(reader, vin)
-        points = reader.history(vin, names, start=start_ms, end=end_ms, limit=limit + 1)
+        _vehicle(reader, vin, tenure)
+        points = reader.history(
+            vin, names, tenure=tenure, start=start_ms, end=end_ms, limit=limit + 1
+        )
         return History(
             vin=vin,
             signals=names,

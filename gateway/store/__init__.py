@@ -5,6 +5,7 @@
 """
 
 from gateway.store.base import (
+    FIRST_TENURE,
     CommitResult,
     HistoryPoint,
     IngestBatch,
@@ -13,12 +14,14 @@ from gateway.store.base import (
     StoredQuarantine,
     TelemetryReader,
     TelemetryStore,
+    Tenure,
     VehicleState,
     VehicleSummary,
 )
 from gateway.store.sqlite import SqliteTelemetryStore
 
 __all__ = [
+    "FIRST_TENURE",
     "CommitResult",
     "HistoryPoint",
     "IngestBatch",
@@ -28,6 +31,7 @@ __all__ = [
     "StoredQuarantine",
     "TelemetryReader",
     "TelemetryStore",
+    "Tenure",
     "VehicleState",
     "VehicleSummary",
 ]

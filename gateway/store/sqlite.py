@@ -4,10 +4,14 @@ Why SQLite by default: no server to install, transactional (a batch and its
 acknowledgement are all-or-nothing), and fast enough for a single site when written in
 large transactions (see docs/decisions/0003-sqlite-embedded-store.md for the figures).
 
-Schema (``PRAGMA user_version`` tracks it):
+Schema (``PRAGMA user_version`` tracks it; :data:`SCHEMA_VERSION`):
 
-* ``vehicles``: one row per VIN, with an integer id used as the key everywhere else, the
-  online flag and first/last-seen times;
+* ``vehicles``: one row per (VIN, tenure), the tenure being the VIN's holding period (see
+  ``gateway.store.base``), with an integer id used as the key everywhere else, the online
+  flag and first/last-seen times. Keying the row by tenure is what separates holders:
+  samples, latest state, events and status hang off the row's id, so a new holder's
+  vehicle starts empty and its seq 1, 2, ... are new samples, not duplicates of the
+  previous holder's;
 * ``samples``: ``(vehicle_id, seq)`` is unique, which is what makes redelivered messages
   harmless (``INSERT OR IGNORE``); the signals of a sample are one JSON object; an index on
   ``(vehicle_id, ts)`` serves history queries. Rows live in a rowid table, appended in
@@ -16,8 +20,14 @@ Schema (``PRAGMA user_version`` tracks it):
 * ``latest``: one row per (vehicle, signal) with the newest value by sample time, so a
   late store-and-forward batch never overwrites fresher values;
 * ``events``: vehicle-side events, deduplicated on ``(vehicle_id, seq)``;
-* ``quarantine``: everything refused, with reason, topic and raw payload;
+* ``quarantine``: everything refused, with reason, topic, raw payload and the tenure of the
+  vehicle it concerns when the gateway knew it;
 * ``counters``: ingest counters, incremented in the same transaction as the data they count.
+
+Schema history: version 1 keyed ``vehicles`` by VIN alone; version 2 (ownership periods)
+keys it by (VIN, tenure) and adds ``quarantine.tenure``. Opening a version 1 file as a
+writer upgrades it in one transaction: its rows become tenure 1 (the VIN's holder at the
+time of the upgrade; data from before cannot be told apart by holder).
 
 Durability: WAL journal with ``synchronous=FULL`` by default, so a committed (and therefore
 acknowledged) batch survives a power cut, not just a process crash; each commit costs one
@@ -27,7 +37,7 @@ fsync, which the batching amortises.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +46,7 @@ import orjson
 from gateway import metrics
 from gateway.errors import StoreError
 from gateway.store.base import (
+    FIRST_TENURE,
     CommitResult,
     HistoryPoint,
     IngestBatch,
@@ -47,17 +58,24 @@ from schemas import SignalValue, StatusState
 
 __all__ = ["SCHEMA_VERSION", "SqliteTelemetryStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS vehicles (
+_VEHICLES = """
+CREATE TABLE IF NOT EXISTS {name} (
     id INTEGER PRIMARY KEY,
-    vin TEXT NOT NULL UNIQUE,
+    vin TEXT NOT NULL,
+    tenure INTEGER NOT NULL DEFAULT 1,
     first_seen INTEGER NOT NULL,
     last_seen INTEGER NOT NULL,
     online INTEGER,
-    status_changed_at INTEGER
+    status_changed_at INTEGER,
+    UNIQUE (vin, tenure)
 );
+"""
+
+_SCHEMA = (
+    _VEHICLES.format(name="vehicles")
+    + """
 CREATE TABLE IF NOT EXISTS samples (
     id INTEGER PRIMARY KEY,
     vehicle_id INTEGER NOT NULL,
@@ -94,7 +112,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
     vin TEXT,
     seq INTEGER,
     signal TEXT,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    tenure INTEGER
 );
 CREATE INDEX IF NOT EXISTS quarantine_by_reason ON quarantine (reason, id);
 CREATE INDEX IF NOT EXISTS quarantine_by_vin ON quarantine (vin, id);
@@ -105,6 +124,28 @@ CREATE TABLE IF NOT EXISTS counters (
     PRIMARY KEY (name, label)
 ) WITHOUT ROWID;
 """
+)
+
+#: version 1 -> 2: ``vehicles`` keyed by (vin, tenure) instead of vin (a rebuild: SQLite
+#: cannot drop a UNIQUE constraint; the table has one row per vehicle, so it is quick), its
+#: ids kept so the samples, latest state and events stay attached; quarantine gets a tenure
+_UPGRADE_1_TO_2 = (
+    _VEHICLES.format(name="vehicles_v2")
+    + """
+INSERT INTO vehicles_v2 (id, vin, tenure, first_seen, last_seen, online, status_changed_at)
+    SELECT id, vin, 1, first_seen, last_seen, online, status_changed_at FROM vehicles;
+DROP TABLE vehicles;
+ALTER TABLE vehicles_v2 RENAME TO vehicles;
+ALTER TABLE quarantine ADD COLUMN tenure INTEGER;
+"""
+)
+
+#: the newest row per VIN: no row of the same VIN with a higher tenure (the UNIQUE (vin,
+#: tenure) index answers the subquery)
+_NEWEST_TENURE = (
+    "NOT EXISTS (SELECT 1 FROM vehicles AS newer "
+    "WHERE newer.vin = vehicles.vin AND newer.tenure > vehicles.tenure)"
+)
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -126,7 +167,7 @@ class SqliteTelemetryStore:
         busy_timeout_ms: int = 30_000,
     ) -> None:
         self.path = path
-        self._vehicle_ids: dict[str, int] = {}
+        self._vehicle_ids: dict[tuple[str, int], int] = {}
         try:
             if readonly:
                 self._db = sqlite3.connect(
@@ -148,18 +189,30 @@ class SqliteTelemetryStore:
     # --- schema -----------------------------------------------------------------------
 
     def _migrate(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                "open the database",
-                RuntimeError(
-                    f"{self.path} has schema version {version}, newer than this gateway's "
-                    f"{SCHEMA_VERSION}; upgrade the gateway"
-                ),
-            )
-        self._db.executescript(
-            f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        )
+        """Create the schema, or upgrade an older file to it, in one write transaction (the
+        version is read inside it: gateways, the API and the command service open the file
+        at the same time, and only the first of them upgrades)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    "open the database",
+                    RuntimeError(
+                        f"{self.path} has schema version {version}, newer than this gateway's "
+                        f"{SCHEMA_VERSION}; upgrade the gateway"
+                    ),
+                )
+            if version == 1:
+                _run_script(db, _UPGRADE_1_TO_2)
+            if version < SCHEMA_VERSION:
+                _run_script(db, _SCHEMA)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     # --- writing ------------------------------------------------------------------------
 
@@ -179,40 +232,63 @@ class SqliteTelemetryStore:
             raise StoreError("commit a batch", exc) from exc
         return result
 
-    def _vehicle_id(self, vin: str, at: int) -> int:
-        vid = self._vehicle_ids.get(vin)
+    def _vehicle_id(self, vin: str, tenure: int, at: int) -> int:
+        key = (vin, tenure)
+        vid = self._vehicle_ids.get(key)
         if vid is None:
             row = self._db.execute(
-                "INSERT INTO vehicles (vin, first_seen, last_seen) VALUES (?, ?, ?) "
-                "ON CONFLICT (vin) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen) "
-                "RETURNING id",
-                (vin, at, at),
+                "INSERT INTO vehicles (vin, tenure, first_seen, last_seen) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (vin, tenure) DO UPDATE "
+                "SET last_seen = max(last_seen, excluded.last_seen) RETURNING id",
+                (vin, tenure, at, at),
             ).fetchone()
-            vid = self._vehicle_ids[vin] = int(row[0])
+            vid = self._vehicle_ids[key] = int(row[0])
         return vid
 
     def _write(self, batch: IngestBatch) -> CommitResult:
         db = self._db
         at = batch.received_at
-        vid = self._vehicle_id
+        tenures = batch.tenures
+        # the vehicle row of each VIN at its current tenure, looked up once per batch
+        current: dict[str, int] = {}
+
+        def vid(vin: str, at: int) -> int:
+            v = current.get(vin)
+            if v is None:
+                tenure = tenures.get(vin)
+                number = FIRST_TENURE if tenure is None else tenure.number
+                v = current[vin] = self._vehicle_id(vin, number, at)
+            return v
+
+        def vid_at(vin: str, ts: int) -> int:
+            """The row of the tenure a sample or event taken at ``ts`` belongs to: the
+            current one, or (taken before it started: an earlier holder's unit, delivered
+            late) the one before (``Tenure.of``)."""
+            tenure = tenures.get(vin)
+            if tenure is None or ts >= tenure.started_at:
+                return vid(vin, at)
+            return self._vehicle_id(vin, tenure.of(ts), at)
+
         for vin, seen in batch.seen.items():
             db.execute(
                 "UPDATE vehicles SET last_seen = max(last_seen, ?) WHERE id = ?",
                 (seen, vid(vin, seen)),
             )
 
-        before = db.total_changes
         dumps = orjson.dumps
+        # rows first: looking up a vehicle row may insert it, which must not count as stored
+        rows = [(vid_at(s.vin, s.ts), s.seq, s.ts, at, dumps(s.signals)) for s in batch.samples]
+        before = db.total_changes
         db.executemany(
             "INSERT OR IGNORE INTO samples (vehicle_id, seq, ts, received_at, signals) "
             "VALUES (?, ?, ?, ?, ?)",
-            [(vid(s.vin, at), s.seq, s.ts, at, dumps(s.signals)) for s in batch.samples],
+            rows,
         )
         samples_stored = db.total_changes - before
 
         newest: dict[tuple[int, str], tuple[int, SignalValue]] = {}
         for s in batch.samples:
-            v = vid(s.vin, at)
+            v = vid_at(s.vin, s.ts)
             for path, value in s.signals.items():
                 key = (v, path)
                 held = newest.get(key)
@@ -225,14 +301,15 @@ class SqliteTelemetryStore:
             [(v, path, dumps(value), ts) for (v, path), (ts, value) in newest.items()],
         )
 
+        event_rows = [
+            (vid_at(e.vin, e.ts), e.seq, e.ts, at, e.type.value, e.code, e.detail)
+            for e in batch.events
+        ]
         before = db.total_changes
         db.executemany(
             "INSERT OR IGNORE INTO events (vehicle_id, seq, ts, received_at, type, code, detail) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (vid(e.vin, at), e.seq, e.ts, at, e.type.value, e.code, e.detail)
-                for e in batch.events
-            ],
+            event_rows,
         )
         events_stored = db.total_changes - before
 
@@ -250,8 +327,8 @@ class SqliteTelemetryStore:
 
         db.executemany(
             "INSERT INTO quarantine "
-            "(received_at, topic, reason, detail, vin, seq, signal, payload) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "(received_at, topic, reason, detail, vin, seq, signal, payload, tenure) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     q.received_at,
@@ -262,6 +339,7 @@ class SqliteTelemetryStore:
                     q.rejection.seq,
                     q.rejection.signal,
                     q.payload,
+                    q.tenure,
                 )
                 for q in batch.quarantine
             ],
@@ -308,21 +386,21 @@ class SqliteTelemetryStore:
         )
 
     def list_vehicles(
-        self, *, limit: int, offset: int, vins: Collection[str] | None = None
+        self, *, limit: int, offset: int, vins: Mapping[str, int] | None = None
     ) -> list[VehicleSummary]:
         where, params = _vin_filter(vins)
         rows = self._read(
             "SELECT vin, online, first_seen, last_seen, status_changed_at FROM vehicles "
-            f"{where} ORDER BY vin LIMIT ? OFFSET ?",
+            f"WHERE {where} ORDER BY vin LIMIT ? OFFSET ?",
             (*params, limit, offset),
         )
         return [self._summary(r) for r in rows]
 
-    def vehicle_state(self, vin: str) -> VehicleState | None:
+    def vehicle_state(self, vin: str, *, tenure: int) -> VehicleState | None:
         rows = self._read(
             "SELECT vin, online, first_seen, last_seen, status_changed_at, id FROM vehicles "
-            "WHERE vin = ?",
-            (vin,),
+            "WHERE vin = ? AND tenure = ?",
+            (vin, tenure),
         )
         if not rows:
             return None
@@ -337,19 +415,19 @@ class SqliteTelemetryStore:
         return VehicleState(summary, latest)
 
     def history(
-        self, vin: str, signals: Sequence[str], *, start: int, end: int, limit: int
+        self, vin: str, signals: Sequence[str], *, tenure: int, start: int, end: int, limit: int
     ) -> list[HistoryPoint]:
-        """Samples of ``vin`` with ``start <= ts < end`` that carry at least one of
-        ``signals``, oldest first, at most ``limit``."""
+        """Samples of ``vin`` in its holding period ``tenure`` with ``start <= ts < end``
+        that carry at least one of ``signals``, oldest first, at most ``limit``."""
         if not signals:
             return []
         present = " OR ".join("json_type(signals, ?) IS NOT NULL" for _ in signals)
         json_paths = [f'$."{s}"' for s in signals]
         rows = self._read(
             "SELECT seq, ts, signals FROM samples "
-            "WHERE vehicle_id = (SELECT id FROM vehicles WHERE vin = ?) "
+            "WHERE vehicle_id = (SELECT id FROM vehicles WHERE vin = ? AND tenure = ?) "
             f"AND ts >= ? AND ts < ? AND ({present}) ORDER BY ts, seq LIMIT ?",
-            (vin, start, end, *json_paths, limit),
+            (vin, tenure, start, end, *json_paths, limit),
         )
         points = []
         for seq, ts, blob in rows:
@@ -379,7 +457,7 @@ class SqliteTelemetryStore:
             params.append(before_id)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._read(
-            "SELECT id, received_at, topic, reason, detail, vin, seq, signal, payload "
+            "SELECT id, received_at, topic, reason, detail, vin, seq, signal, payload, tenure "
             f"FROM quarantine {clause} ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )
@@ -388,11 +466,11 @@ class SqliteTelemetryStore:
     def counters(self) -> dict[tuple[str, str], float]:
         return {(n, label): v for n, label, v in self._read("SELECT * FROM counters")}
 
-    def vehicle_counts(self, vins: Collection[str] | None = None) -> tuple[int, int]:
+    def vehicle_counts(self, vins: Mapping[str, int] | None = None) -> tuple[int, int]:
         """(vehicles known, vehicles whose last status is online), from one snapshot."""
         where, params = _vin_filter(vins)
         ((total, online),) = self._read(
-            f"SELECT count(*), coalesce(sum(online = 1), 0) FROM vehicles {where}", params
+            f"SELECT count(*), coalesce(sum(online = 1), 0) FROM vehicles WHERE {where}", params
         )
         return int(total), int(online)
 
@@ -400,9 +478,19 @@ class SqliteTelemetryStore:
         self._db.close()
 
 
-def _vin_filter(vins: Collection[str] | None) -> tuple[str, tuple[str, ...]]:
-    """A WHERE clause limiting ``vehicles`` to ``vins``: one JSON array parameter, so a
-    fleet of thousands is one bound value, not thousands of placeholders."""
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    """Run the ``;``-separated statements of ``script`` in the open transaction
+    (``executescript`` would commit it first)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _vin_filter(vins: Mapping[str, int] | None) -> tuple[str, tuple[str, ...]]:
+    """A WHERE condition limiting ``vehicles`` to the (vin, tenure) pairs of ``vins``: one
+    JSON object parameter, so a fleet of thousands is one bound value, not thousands of
+    placeholders; None: every VIN at its newest tenure."""
     if vins is None:
-        return "", ()
-    return "WHERE vin IN (SELECT value FROM json_each(?))", (orjson.dumps(sorted(vins)).decode(),)
+        return _NEWEST_TENURE, ()
+    pairs = orjson.dumps(dict(sorted(vins.items()))).decode()
+    return "(vin, tenure) IN (SELECT key, value FROM json_each(?))", (pairs,)
