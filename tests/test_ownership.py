@@ -8,6 +8,7 @@ tests/test_abuse_api_ownership.py.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,6 +236,37 @@ def test_the_batcher_stamps_tenures_and_refuses_a_change_of_tenure_within_a_batc
     assert batcher.messages == 0  # the refused message was not counted
     assert batcher.add(*sample_message(VIN, 1))  # the next batch takes it
     assert batcher.take().tenures == {VIN: Tenure(2, NOW)}
+
+
+def test_the_ingest_service_commits_before_a_vin_changes_tenure_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """The message refused by the batcher waits for the next batch, in order, with its
+    acknowledgement (run on the service itself and a real store; no broker needed)."""
+    from gateway.ingest.service import IngestService, IngestSettings
+
+    tenures = {VIN: Tenure(1, 0)}
+    store = SqliteTelemetryStore(tmp_path / "telemetry.db")
+    service = IngestService(
+        IngestSettings(), store, clock_ms=lambda: NOW + 10, tenure_of=tenures.get
+    )
+
+    async def scenario() -> None:
+        service._receive(*sample_message(VIN, 1, NOW - 5), None)  # the old unit
+        tenures[VIN] = Tenure(2, NOW)  # revoked and claimed again
+        for seq in (1, 2):  # the new unit, its own seq 1 and 2
+            service._receive(*sample_message(VIN, seq, NOW + seq), None)
+        await service._commit_current()  # the old unit's batch
+        await service._commit_current()  # the new unit's, deferred until now
+        assert service._first_at is None
+
+    try:
+        asyncio.run(scenario())
+        assert speeds(store, VIN, 1) == [(1, 1.0)]
+        assert speeds(store, VIN, 2) == [(1, 1.0), (2, 1.0)]
+        assert service.commits == 2
+    finally:
+        store.close()
 
 
 # --- the state database ----------------------------------------------------------------------

@@ -138,10 +138,6 @@ class AuthContext:
 
     # --- authorization --------------------------------------------------------------------
 
-    def vehicle_access(self, principal: Principal, vin: str) -> VehicleAccess:
-        """``principal``'s access to ``vin`` (one read)."""
-        return self.lookup(principal, vin)[0]
-
     def lookup(self, principal: Principal, vin: str) -> tuple[VehicleAccess, VehicleRecord | None]:
         """``principal``'s access to ``vin`` and its registration (None: not provisioned),
         from one read transaction."""
@@ -328,14 +324,6 @@ Auth = Annotated[AuthContext, Depends(auth_context)]
 def require_admin(principal: Principal, what: str) -> None:
     if not principal.is_admin:
         raise forbidden(f"{what} is for administrators only.")
-
-
-def readable_vehicle(context: AuthContext, principal: Principal, vin: str) -> VehicleAccess:
-    """The caller's access to ``vin``; 404 unless they may at least see it."""
-    access = context.vehicle_access(principal, vin)
-    if not access.read:
-        raise vehicle_not_found(vin)
-    return access
 
 
 def readable_data(context: AuthContext, principal: Principal, vin: str) -> int:
