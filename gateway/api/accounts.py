@@ -1047,7 +1047,7 @@ def accounts_router() -> APIRouter:
         "/v1/vehicles/{vin}",
         response_model=RegistrationOut,
         tags=["provisioning"],
-        summary="Revoke a vehicle: cut it off the broker, end its grants",
+        summary="Revoke a vehicle: off the broker; its holding period, grants and commands end",
     )
     def revoke_vehicle(
         request: Request, vin: str, principal: Caller, context: Auth
