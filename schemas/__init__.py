@@ -15,6 +15,7 @@ exactly the public contract a real unit would.
 from schemas.catalog import CATALOG, Datatype, SignalSpec
 from schemas.payloads import (
     DEFAULT_LIMITS,
+    MAX_SEQ,
     DecodedTelemetry,
     Event,
     EventType,
@@ -48,6 +49,7 @@ __all__ = [
     "CATALOG",
     "CONTRACT_VERSION",
     "DEFAULT_LIMITS",
+    "MAX_SEQ",
     "VIN_PATTERN",
     "Channel",
     "Datatype",
