@@ -32,7 +32,14 @@ def sample(vin: str, seq: int, **signals: object) -> bytes:
     return orjson.dumps({"vin": vin, "seq": seq, "ts": now_ms(), "signals": sig})
 
 
-def publish(broker: MosquittoProcess, topic: str, payload: bytes, *, retain: bool = False) -> None:
+def publish(
+    broker: MosquittoProcess,
+    topic: str,
+    payload: bytes,
+    *,
+    retain: bool = False,
+    properties: tuple[str, ...] = (),
+) -> None:
     subprocess.run(
         [
             "mosquitto_pub",
@@ -46,6 +53,7 @@ def publish(broker: MosquittoProcess, topic: str, payload: bytes, *, retain: boo
             topic,
             "-s",
             *(["-r"] if retain else []),
+            *properties,
         ],
         input=payload,
         check=True,
