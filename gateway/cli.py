@@ -308,6 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_state_db(api)
     _add_auth(api)
     api.add_argument(
+        "--offline-after",
+        type=float,
+        default=float(_env("OFFLINE_AFTER", "600")),
+        metavar="SECONDS",
+        help="show a vehicle offline (reason 'silent') when its status says online but "
+        "nothing has come from it for this long; units publish at least every 5 minutes "
+        "(env TELEMATICS_OFFLINE_AFTER; default: 600)",
+    )
+    api.add_argument(
         "--commands-client-id",
         default=_env("COMMANDS_CLIENT_ID", "telematics-commands-1"),
         help="MQTT client id of this API process's command service: unique and stable per "
@@ -499,7 +508,13 @@ def _cmd_api(args: argparse.Namespace) -> int:
         signing_public_key_path=signing_key.with_name(signing_key.name + ".pub"),
     )
     app = create_app(
-        ApiSettings(db_path=db_path, commands=commands, auth=auth, state_db_url=state_db_url)
+        ApiSettings(
+            db_path=db_path,
+            commands=commands,
+            auth=auth,
+            state_db_url=state_db_url,
+            silent_after_s=args.offline_after,
+        )
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     return 0

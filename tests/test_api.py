@@ -49,6 +49,9 @@ UNKNOWN_VIN = "WVWZZZ1JZXW999999"
 SPEED = "Vehicle.Speed"
 LAT = "Vehicle.CurrentLocation.Latitude"
 BAD_JSON = b'{"vin": "\xff\xfe'
+#: the API's clock for presence: VIN_A was heard from at T0 + 20 s, well within the silence
+#: limit (tests/test_presence_and_feedback.py covers the limit itself)
+SEEDED_NOW = T0 + 60_000
 
 
 def now_ms() -> int:
@@ -159,7 +162,9 @@ def db_path(tmp_path: Path) -> Path:
 def client(db_path: Path) -> Iterator[TestClient]:
     """The API over a seeded database, with small history limits (default 5, max 50)."""
     seed(db_path)
-    settings = ApiSettings(db_path, max_history_limit=50, default_history_limit=5)
+    settings = ApiSettings(
+        db_path, max_history_limit=50, default_history_limit=5, clock_ms=lambda: SEEDED_NOW
+    )
     with admin_client(settings) as c:
         yield c
 
@@ -224,7 +229,12 @@ def test_list_vehicles(client: TestClient) -> None:
         "last_seen_iso": "2025-11-27T08:00:20.000Z",
         "status_changed_at": T0,
         "status_changed_at_iso": "2025-11-27T08:00:00.000Z",
+        "offline_reason": None,
+        "missing_samples": 0,
+        "missing_events": 0,
     }
+    assert b["offline_reason"] == "status"
+    assert c["offline_reason"] is None
     assert c["status_changed_at"] is None
     assert c["status_changed_at_iso"] is None
 

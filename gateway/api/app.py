@@ -16,7 +16,7 @@ annotations against module globals.
 """
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -102,6 +102,16 @@ class ApiSettings:
     #: the state database (accounts, commands); default: the commands' one, else the SQLite
     #: file ``state.db`` next to the telemetry database
     state_db_url: str | None = None
+    #: a vehicle whose status says online but that sent nothing for this long is shown
+    #: offline with reason ``silent`` (``gateway.store.presence``); the contract has units
+    #: publish at least every 5 minutes
+    silent_after_s: float = 600.0
+    #: the clock that decides the silence (tests of it set their own)
+    clock_ms: Callable[[], int] = field(default=now_ms, compare=False, repr=False)
+
+    @property
+    def silent_after_ms(self) -> int:
+        return int(self.silent_after_s * 1000)
 
     @property
     def resolved_state_db_url(self) -> str:
@@ -262,8 +272,11 @@ def _router(settings: ApiSettings) -> APIRouter:
         total, _ = reader.vehicle_counts(vins)
         vehicles = reader.list_vehicles(limit=limit, offset=offset, vins=vins)
         following = offset + len(vehicles)
+        now, silent = settings.clock_ms(), settings.silent_after_ms
         return VehicleList(
-            vehicles=[Vehicle.from_summary(v) for v in vehicles],
+            vehicles=[
+                Vehicle.from_summary(v, now_ms=now, silent_after_ms=silent) for v in vehicles
+            ],
             paging=Paging(
                 limit=limit,
                 offset=offset,
@@ -285,7 +298,12 @@ def _router(settings: ApiSettings) -> APIRouter:
         fresher value), with its sample time and unit."""
         readable_vehicle(context, principal, vin)
         state = _vehicle(reader, vin)
-        return VehicleDetail.build(state.summary, state.latest)
+        return VehicleDetail.build(
+            state.summary,
+            state.latest,
+            now_ms=settings.clock_ms(),
+            silent_after_ms=settings.silent_after_ms,
+        )
 
     @router.get(
         "/v1/vehicles/{vin}/history",
@@ -470,7 +488,11 @@ def _router(settings: ApiSettings) -> APIRouter:
         `Accept: application/openmetrics-text` for the OpenMetrics format. Administrators
         only (give Prometheus an administrator's API key)."""
         require_admin(principal, "Metrics")
-        body, content_type = render_metrics(reader, request.headers.get("accept"))
+        body, content_type = render_metrics(
+            reader,
+            request.headers.get("accept"),
+            heard_since=settings.clock_ms() - settings.silent_after_ms,
+        )
         return Response(body, media_type=content_type)
 
     return router

@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from gateway.api.params import iso, iso_or_none
-from gateway.store import HistoryPoint, StoredQuarantine, VehicleSummary
+from gateway.store import HistoryPoint, StoredQuarantine, VehicleSummary, presence
 from schemas import CATALOG, SignalSpec, SignalValue
 
 __all__ = [
@@ -84,8 +84,21 @@ class Vehicle(_Model):
     vin: str = Field(examples=["WVWZZZ1JZXW000001"])
     online: bool | None = Field(
         description="From the vehicle's last status message (the broker sends its last will "
-        "when the connection drops); null if it never sent one."
+        "when the connection drops), but false once nothing has come from the vehicle for "
+        "the installation's silence limit (default 10 minutes); null if it never sent a "
+        "status."
     )
+    offline_reason: Literal["status", "silent"] | None = Field(
+        description="Why `online` is false: `status` (its status message or Last Will said "
+        "offline) or `silent` (its status says online, but no message has come for longer "
+        "than the silence limit: it disconnected without saying so, or hangs); null when "
+        "online or unknown."
+    )
+    missing_samples: int = Field(
+        description="Telemetry `seq` numbers between the first and the last received that "
+        "have not arrived: samples lost (or still on their way in a late upload)."
+    )
+    missing_events: int = Field(description="The same for the vehicle's event `seq` numbers.")
     first_seen: int = Field(description="When the gateway first heard from it, epoch ms.")
     first_seen_iso: str
     last_seen: int = Field(description="When the gateway last heard from it, epoch ms.")
@@ -96,14 +109,18 @@ class Vehicle(_Model):
     status_changed_at_iso: str | None
 
     @classmethod
-    def from_summary(cls, s: VehicleSummary) -> Vehicle:
-        return cls.model_validate(_summary_fields(s))
+    def from_summary(cls, s: VehicleSummary, *, now_ms: int, silent_after_ms: int) -> Vehicle:
+        return cls.model_validate(_summary_fields(s, now_ms, silent_after_ms))
 
 
-def _summary_fields(s: VehicleSummary) -> dict[str, object]:
+def _summary_fields(s: VehicleSummary, now_ms: int, silent_after_ms: int) -> dict[str, object]:
+    online, offline_reason = presence(s, now_ms=now_ms, silent_after_ms=silent_after_ms)
     return {
         "vin": s.vin,
-        "online": s.online,
+        "online": online,
+        "offline_reason": offline_reason,
+        "missing_samples": s.missing_samples,
+        "missing_events": s.missing_events,
         "first_seen": s.first_seen,
         "first_seen_iso": iso(s.first_seen),
         "last_seen": s.last_seen,
@@ -141,7 +158,12 @@ class VehicleDetail(Vehicle):
 
     @classmethod
     def build(
-        cls, s: VehicleSummary, latest: Mapping[str, tuple[SignalValue, int]]
+        cls,
+        s: VehicleSummary,
+        latest: Mapping[str, tuple[SignalValue, int]],
+        *,
+        now_ms: int,
+        silent_after_ms: int,
     ) -> VehicleDetail:
         state: dict[str, SignalState] = {}
         for path, (value, ts) in latest.items():
@@ -149,7 +171,8 @@ class VehicleDetail(Vehicle):
             state[path] = SignalState(
                 value=value, ts=ts, ts_iso=iso(ts), unit=spec.unit if spec else None
             )
-        return cls.model_validate({**_summary_fields(s), "state": state})
+        fields = _summary_fields(s, now_ms, silent_after_ms)
+        return cls.model_validate({**fields, "state": state})
 
 
 # --- history -------------------------------------------------------------------------------

@@ -36,9 +36,11 @@ from gmqtt.mqtt.constants import MQTTv50
 
 from gateway import metrics
 from gateway.errors import ConfigurationError, StoreError
+from gateway.ingest.feedback import feedback_messages
 from gateway.ingest.pipeline import Batcher, BatchPolicy
-from gateway.store import CommitResult, TelemetryStore
+from gateway.store import CommitResult, IngestBatch, TelemetryStore
 from schemas import DEFAULT_LIMITS, Limits, subscription_filters
+from schemas.feedback import FeedbackLimiter
 
 __all__ = ["IngestService", "IngestSettings", "wall_clock_ms"]
 
@@ -97,6 +99,9 @@ class IngestService:
         self.connected = asyncio.Event()
         self._stopping = False
         self.commits = 0
+        self._clock_ms = clock_ms
+        self._client: Any = None
+        self._feedback = FeedbackLimiter()
 
     # --- receiving ----------------------------------------------------------------------
 
@@ -178,8 +183,24 @@ class IngestService:
         # commit latency lands in the next batch's counters (it is known only now)
         self._batcher.add_counters(metrics.commit_seconds_counters(time.perf_counter() - started))
         _send_acks(acks)
+        if batch.quarantine:
+            self._send_feedback(batch)
         if self._on_commit is not None:
             self._on_commit(result)
+
+    def _send_feedback(self, batch: IngestBatch) -> None:
+        """Tell each unit what of its input was quarantined (``schemas.feedback``), QoS 0,
+        after the commit; never at the expense of ingest (a failure is logged)."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return
+        try:
+            for topic, payload in feedback_messages(
+                batch.quarantine, self._feedback, self._clock_ms()
+            ):
+                client.publish(topic, payload, qos=0)
+        except Exception:
+            log.exception("could not publish feedback notices; the quarantine holds them")
 
     # --- running ------------------------------------------------------------------------
 
@@ -201,6 +222,7 @@ class IngestService:
         if s.username is not None:
             client.set_auth_credentials(s.username, s.password)
         await client.connect(s.host, s.port, version=MQTTv50, keepalive=s.keepalive_s)
+        self._client = client
         flusher = asyncio.create_task(self._flush_loop(stopping))
         try:
             await stopping.wait()

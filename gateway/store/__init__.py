@@ -15,6 +15,7 @@ from gateway.store.base import (
     TelemetryStore,
     VehicleState,
     VehicleSummary,
+    presence,
 )
 from gateway.store.sqlite import SqliteTelemetryStore
 
@@ -30,4 +31,5 @@ __all__ = [
     "TelemetryStore",
     "VehicleState",
     "VehicleSummary",
+    "presence",
 ]

@@ -17,6 +17,8 @@ from typing import Protocol
 from schemas import Event, Rejection, Sample, SignalValue, StatusState
 
 __all__ = [
+    "OFFLINE_BY_STATUS",
+    "OFFLINE_SILENT",
     "CommitResult",
     "HistoryPoint",
     "IngestBatch",
@@ -27,6 +29,7 @@ __all__ = [
     "TelemetryStore",
     "VehicleState",
     "VehicleSummary",
+    "presence",
 ]
 
 
@@ -76,6 +79,38 @@ class VehicleSummary:
     first_seen: int
     last_seen: int
     status_changed_at: int | None
+    #: telemetry (event) seq numbers between the first and the last received that have not
+    #: arrived (``gateway.store.seqgaps``); a late upload that brings them lowers it again
+    missing_samples: int = 0
+    missing_events: int = 0
+
+
+#: ``offline_reason`` values: the last status message (the unit's, or its Last Will) said
+#: offline; or it says online but nothing has come from the vehicle for too long
+OFFLINE_BY_STATUS = "status"
+OFFLINE_SILENT = "silent"
+
+
+def presence(
+    summary: VehicleSummary, *, now_ms: int, silent_after_ms: int
+) -> tuple[bool | None, str | None]:
+    """(online, offline_reason) as the API shows it. Pure.
+
+    The last status message decides, except that a vehicle whose status says online but
+    from which no message at all (telemetry, event, status) has come for more than
+    ``silent_after_ms`` is shown offline with reason ``silent``: a unit that disconnects
+    normally without publishing ``offline`` (Mosquitto sends no Last Will then) or hangs
+    would otherwise stay online forever. The contract makes every unit publish something at
+    least every 5 minutes (``docs/device-contract.md``), so silence means it is gone.
+    ``None``: it never sent a status.
+    """
+    if summary.online is None:
+        return None, None
+    if not summary.online:
+        return False, OFFLINE_BY_STATUS
+    if now_ms - summary.last_seen > silent_after_ms:
+        return False, OFFLINE_SILENT
+    return True, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +174,11 @@ class TelemetryReader(Protocol):
 
     def counters(self) -> dict[tuple[str, str], float]: ...
 
-    def vehicle_counts(self, vins: Collection[str] | None = None) -> tuple[int, int]:
-        """(vehicles known, vehicles whose last status is online); ``vins``: only these."""
+    def vehicle_counts(
+        self, vins: Collection[str] | None = None, *, heard_since: int | None = None
+    ) -> tuple[int, int]:
+        """(vehicles known, vehicles whose last status is online); ``vins``: only these;
+        ``heard_since``: online ones only if heard from at or after it (see presence)."""
         ...
 
     def close(self) -> None: ...

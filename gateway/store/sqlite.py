@@ -17,7 +17,11 @@ Schema (``PRAGMA user_version`` tracks it):
   late store-and-forward batch never overwrites fresher values;
 * ``events``: vehicle-side events, deduplicated on ``(vehicle_id, seq)``;
 * ``quarantine``: everything refused, with reason, topic and raw payload;
-* ``counters``: ingest counters, incremented in the same transaction as the data they count.
+* ``counters``: ingest counters, incremented in the same transaction as the data they count;
+* ``seq_tracking`` and ``seq_gaps``: per vehicle and stream (``telemetry``, ``events``) the
+  range of ``seq`` numbers received, how many of them are missing, and the missing ones as
+  intervals (``gateway.store.seqgaps``), updated in the commit that stores the numbers.
+  Created with ``IF NOT EXISTS`` by any version, so an older file simply starts tracking.
 
 Durability: WAL journal with ``synchronous=FULL`` by default, so a committed (and therefore
 acknowledged) batch survives a power cut, not just a process crash; each commit costs one
@@ -35,6 +39,7 @@ import orjson
 
 from gateway import metrics
 from gateway.errors import StoreError
+from gateway.store import seqgaps
 from gateway.store.base import (
     CommitResult,
     HistoryPoint,
@@ -104,7 +109,30 @@ CREATE TABLE IF NOT EXISTS counters (
     value REAL NOT NULL,
     PRIMARY KEY (name, label)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seq_tracking (
+    vehicle_id INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    missing INTEGER NOT NULL,
+    PRIMARY KEY (vehicle_id, stream)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seq_gaps (
+    vehicle_id INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    PRIMARY KEY (vehicle_id, stream, start)
+) WITHOUT ROWID;
 """
+
+#: the missing telemetry and event numbers of ``vehicles``' row, for the summaries
+_MISSING = (
+    "coalesce((SELECT missing FROM seq_tracking t WHERE t.vehicle_id = vehicles.id "
+    "AND t.stream = 'telemetry'), 0), "
+    "coalesce((SELECT missing FROM seq_tracking t WHERE t.vehicle_id = vehicles.id "
+    "AND t.stream = 'events'), 0)"
+)
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -274,6 +302,12 @@ class SqliteTelemetryStore:
             quarantined=len(batch.quarantine),
         )
         counters = dict(batch.counters)
+        for stream, numbered in (
+            (metrics.STREAM_TELEMETRY, [(vid(s.vin, at), s.seq) for s in batch.samples]),
+            (metrics.STREAM_EVENTS, [(vid(e.vin, at), e.seq) for e in batch.events]),
+        ):
+            if numbered:
+                self._track_seqs(stream, numbered, counters)
         for name, delta in (
             (metrics.SAMPLES_STORED, result.samples_stored),
             (metrics.SAMPLES_DUPLICATE, result.sample_duplicates),
@@ -288,6 +322,77 @@ class SqliteTelemetryStore:
         )
         return result
 
+    def _track_seqs(
+        self,
+        stream: str,
+        numbered: Iterable[tuple[int, int]],
+        counters: dict[tuple[str, str], float],
+    ) -> None:
+        """Update the seq ranges and gaps of the vehicles in ``numbered`` ((vehicle id, seq)
+        pairs of this batch) and add the gap counters' deltas to ``counters``. One read of
+        the ranges and one write per batch; gap rows are read only for a vehicle whose
+        numbers fall inside its range (late, or a redelivery)."""
+        db = self._db
+        by_vehicle: dict[int, list[int]] = {}
+        for vehicle, seq in numbered:
+            by_vehicle.setdefault(vehicle, []).append(seq)
+        ranges = {
+            row[0]: seqgaps.SeqRange(row[1], row[2], row[3])
+            for row in db.execute(
+                "SELECT vehicle_id, first_seq, last_seq, missing FROM seq_tracking "
+                "WHERE stream = ? AND vehicle_id IN (SELECT value FROM json_each(?))",
+                (stream, orjson.dumps(list(by_vehicle)).decode()),
+            )
+        }
+        updates: list[tuple[int, str, int, int, int]] = []
+        removed: list[tuple[int, str, int]] = []
+        added: list[tuple[int, str, int, int]] = []
+        detected = missing_delta = 0
+        for vehicle, seqs in by_vehicle.items():
+            state = ranges.get(vehicle)
+            ordered = sorted(set(seqs))
+            span = seqgaps.inside(state, ordered)
+            known = () if span is None else self._gaps(vehicle, stream, span)
+            step = seqgaps.advance(state, ordered, known)
+            new = step.state
+            if new != state:
+                updates.append((vehicle, stream, new.first, new.last, new.missing))
+            removed += [(vehicle, stream, g.start) for g in step.removed]
+            added += [(vehicle, stream, g.start, g.end) for g in step.added]
+            detected += step.detected
+            missing_delta += new.missing - (state.missing if state is not None else 0)
+        db.executemany(
+            "INSERT INTO seq_tracking (vehicle_id, stream, first_seq, last_seq, missing) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (vehicle_id, stream) DO UPDATE SET "
+            "first_seq = excluded.first_seq, last_seq = excluded.last_seq, "
+            "missing = excluded.missing",
+            updates,
+        )
+        if removed:
+            db.executemany(
+                "DELETE FROM seq_gaps WHERE vehicle_id = ? AND stream = ? AND start = ?", removed
+            )
+        if added:
+            db.executemany(
+                "INSERT INTO seq_gaps (vehicle_id, stream, start, end) VALUES (?, ?, ?, ?)", added
+            )
+        if detected:
+            key = (metrics.SEQ_GAPS, stream)
+            counters[key] = counters.get(key, 0) + detected
+        if missing_delta:
+            key = (metrics.SEQ_MISSING, stream)
+            counters[key] = counters.get(key, 0) + missing_delta
+
+    def _gaps(self, vehicle: int, stream: str, span: tuple[int, int]) -> list[seqgaps.Gap]:
+        return [
+            seqgaps.Gap(start, end)
+            for start, end in self._db.execute(
+                "SELECT start, end FROM seq_gaps WHERE vehicle_id = ? AND stream = ? "
+                "AND start <= ? AND end >= ?",
+                (vehicle, stream, span[1], span[0]),
+            )
+        ]
+
     # --- reading ------------------------------------------------------------------------
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
@@ -298,13 +403,15 @@ class SqliteTelemetryStore:
 
     @staticmethod
     def _summary(row: Sequence[Any]) -> VehicleSummary:
-        vin, online, first_seen, last_seen, changed = row
+        vin, online, first_seen, last_seen, changed, missing_samples, missing_events = row
         return VehicleSummary(
             vin=vin,
             online=None if online is None else bool(online),
             first_seen=first_seen,
             last_seen=last_seen,
             status_changed_at=changed,
+            missing_samples=missing_samples,
+            missing_events=missing_events,
         )
 
     def list_vehicles(
@@ -312,26 +419,26 @@ class SqliteTelemetryStore:
     ) -> list[VehicleSummary]:
         where, params = _vin_filter(vins)
         rows = self._read(
-            "SELECT vin, online, first_seen, last_seen, status_changed_at FROM vehicles "
-            f"{where} ORDER BY vin LIMIT ? OFFSET ?",
+            f"SELECT vin, online, first_seen, last_seen, status_changed_at, {_MISSING} "
+            f"FROM vehicles {where} ORDER BY vin LIMIT ? OFFSET ?",
             (*params, limit, offset),
         )
         return [self._summary(r) for r in rows]
 
     def vehicle_state(self, vin: str) -> VehicleState | None:
         rows = self._read(
-            "SELECT vin, online, first_seen, last_seen, status_changed_at, id FROM vehicles "
-            "WHERE vin = ?",
+            f"SELECT vin, online, first_seen, last_seen, status_changed_at, {_MISSING}, id "
+            "FROM vehicles WHERE vin = ?",
             (vin,),
         )
         if not rows:
             return None
-        summary = self._summary(rows[0][:5])
+        summary = self._summary(rows[0][:7])
         latest = {
             signal: (orjson.loads(value), ts)
             for signal, value, ts in self._read(
                 "SELECT signal, value, ts FROM latest WHERE vehicle_id = ? ORDER BY signal",
-                (rows[0][5],),
+                (rows[0][7],),
             )
         }
         return VehicleState(summary, latest)
@@ -388,11 +495,15 @@ class SqliteTelemetryStore:
     def counters(self) -> dict[tuple[str, str], float]:
         return {(n, label): v for n, label, v in self._read("SELECT * FROM counters")}
 
-    def vehicle_counts(self, vins: Collection[str] | None = None) -> tuple[int, int]:
-        """(vehicles known, vehicles whose last status is online), from one snapshot."""
+    def vehicle_counts(
+        self, vins: Collection[str] | None = None, *, heard_since: int | None = None
+    ) -> tuple[int, int]:
+        """(vehicles known, vehicles whose last status is online and, with ``heard_since``,
+        that were heard from at or after it), from one snapshot."""
         where, params = _vin_filter(vins)
+        fresh = "" if heard_since is None else f" AND last_seen >= {int(heard_since)}"
         ((total, online),) = self._read(
-            f"SELECT count(*), coalesce(sum(online = 1), 0) FROM vehicles {where}", params
+            f"SELECT count(*), coalesce(sum(online = 1{fresh}), 0) FROM vehicles {where}", params
         )
         return int(total), int(online)
 
