@@ -31,7 +31,7 @@ fsync, which the batching amortises.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -303,11 +303,15 @@ class SqliteTelemetryStore:
         )
         counters = dict(batch.counters)
         for stream, numbered in (
-            (metrics.STREAM_TELEMETRY, [(vid(s.vin, at), s.seq) for s in batch.samples]),
-            (metrics.STREAM_EVENTS, [(vid(e.vin, at), e.seq) for e in batch.events]),
+            (metrics.STREAM_TELEMETRY, batch.samples),
+            (metrics.STREAM_EVENTS, batch.events),
         ):
             if numbered:
-                self._track_seqs(stream, numbered, counters)
+                by_vin: dict[str, list[int]] = {}
+                for item in numbered:
+                    by_vin.setdefault(item.vin, []).append(item.seq)
+                by_vehicle = {vid(vin, at): seqs for vin, seqs in by_vin.items()}
+                self._track_seqs(stream, by_vehicle, counters)
         for name, delta in (
             (metrics.SAMPLES_STORED, result.samples_stored),
             (metrics.SAMPLES_DUPLICATE, result.sample_duplicates),
@@ -325,17 +329,14 @@ class SqliteTelemetryStore:
     def _track_seqs(
         self,
         stream: str,
-        numbered: Iterable[tuple[int, int]],
+        by_vehicle: Mapping[int, list[int]],
         counters: dict[tuple[str, str], float],
     ) -> None:
-        """Update the seq ranges and gaps of the vehicles in ``numbered`` ((vehicle id, seq)
-        pairs of this batch) and add the gap counters' deltas to ``counters``. One read of
-        the ranges and one write per batch; gap rows are read only for a vehicle whose
-        numbers fall inside its range (late, or a redelivery)."""
+        """Update the seq ranges and gaps of the vehicles in ``by_vehicle`` (vehicle id ->
+        the seq numbers of this batch) and add the gap counters' deltas to ``counters``. One
+        read of the ranges and one write per batch; gap rows are read only for a vehicle
+        whose numbers fall inside its range (late, or a redelivery)."""
         db = self._db
-        by_vehicle: dict[int, list[int]] = {}
-        for vehicle, seq in numbered:
-            by_vehicle.setdefault(vehicle, []).append(seq)
         ranges = {
             row[0]: seqgaps.SeqRange(row[1], row[2], row[3])
             for row in db.execute(
