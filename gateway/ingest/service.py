@@ -7,6 +7,11 @@ commit of the batch it landed in. If the process dies first, the broker still ho
 message in our persistent session (clean start off, a session expiry) and sends it again on
 reconnect; (vin, seq) deduplication in the store makes the second copy harmless.
 
+Feedback: after a commit, each quarantined message, sample or signal of a provisioned vehicle
+is announced to its unit on ``v1/vehicles/{vin}/feedback`` (QoS 0, rate-bounded per vehicle;
+:mod:`gateway.ingest.feedback`), because the PUBACK only tells the unit that the broker took
+the message.
+
 Scaling out: every gateway process subscribes through the same MQTT 5 shared subscription
 (``$share/{group}/...``), so the broker splits the stream between them. Each process needs
 its own client id (the persistent session belongs to it).

@@ -1,7 +1,8 @@
 """Telemetry store: where validated samples, vehicle state and the quarantine live.
 
-``base`` holds the interface and its value types; ``sqlite`` the embedded default. Imports
-``schemas`` and ``gateway.errors``; imported by ``gateway.ingest`` and ``gateway.api``.
+``base`` holds the interface and its value types; ``sqlite`` the embedded default;
+``seqgaps`` the pure arithmetic of missing seq numbers that ``sqlite`` keeps per vehicle.
+Imports ``schemas`` and ``gateway.errors``; imported by ``gateway.ingest`` and ``gateway.api``.
 """
 
 from gateway.store.base import (
