@@ -5,6 +5,11 @@ Layout:
     topics.py    topic names under ``v1/vehicles/{vin}/`` and their parser
     catalog.py   the typed signal catalog (COVESA VSS paths, datatypes, units, bounds)
     payloads.py  payload types and the pure encode/decode functions
+    commands.py  remote commands: types, parameters, the unit's rule book, answers
+    signing.py   the Ed25519 signature of a command (what is signed, exactly)
+    feedback.py  notices to a unit of what the gateway refused of its input
+
+The normative text for firmware teams is ``docs/device-contract.md``.
 
 Imports: only the standard library, pydantic, orjson and (for command signatures,
 ``signing.py``) cryptography. Imported by ``gateway`` and
