@@ -185,7 +185,8 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    """Errors Starlette raises itself: no route (404), wrong method (405)."""
+    """Errors Starlette and FastAPI raise themselves: no route (404), wrong method (405), a
+    body that does not decode (400, answered as the 422 of every other bad input)."""
     assert isinstance(exc, StarletteHTTPException)
     where = f"{request.method} {request.url.path}"
     if exc.status_code == 404:
@@ -195,6 +196,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
             f"There is no resource at {request.url.path}. GET /docs lists the API's routes "
             "(note the /v1 prefix).",
             headers=exc.headers,
+        )
+    if exc.status_code == 400:  # FastAPI: a body it could not decode (not UTF-8 JSON)
+        sent = request.headers.get("content-type") or "no Content-Type"
+        return error_response(
+            422,
+            "invalid_request",
+            f"The request body could not be read ({exc.detail}): send a JSON object encoded "
+            f"as UTF-8 with 'Content-Type: application/json' (the request sent {sent}).",
+            [ErrorDetail(loc=["body"], msg=str(exc.detail), type="body_unreadable")],
         )
     if exc.status_code == 405:
         allowed = ", ".join(allowed_methods(request))

@@ -64,8 +64,8 @@ def encode_cursor(kind: str, key: Sequence[KeyPart]) -> str:
 
 def decode_cursor(kind: str, cursor: str | None, types: Sequence[type]) -> tuple[Any, ...] | None:
     """The key in ``cursor`` (None for the first page); 422 unless it is a cursor of this
-    list whose parts have ``types``."""
-    if cursor is None:
+    list whose parts have ``types``. An empty cursor (``?cursor=``) is the first page."""
+    if not cursor:
         return None
     try:
         padded = cursor + "=" * (-len(cursor) % 4)

@@ -201,13 +201,15 @@ class SqliteTelemetryStore:
             raise StoreError("commit a batch", exc) from exc
         return result
 
-    def _vehicle_id(self, vin: str, at: int) -> int:
+    def _vehicle_id(self, vin: str, at: int, *, heard: bool = True) -> int:
+        """The vehicle's id, its row created if new; ``heard``: ``at`` is a time it was
+        heard from, so a known vehicle's ``last_seen`` moves up to it."""
         vid = self._vehicle_ids.get(vin)
         if vid is None:
+            seen = "max(last_seen, excluded.last_seen)" if heard else "last_seen"
             row = self._db.execute(
                 "INSERT INTO vehicles (vin, first_seen, last_seen) VALUES (?, ?, ?) "
-                "ON CONFLICT (vin) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen) "
-                "RETURNING id",
+                f"ON CONFLICT (vin) DO UPDATE SET last_seen = {seen} RETURNING id",
                 (vin, at, at),
             ).fetchone()
             vid = self._vehicle_ids[vin] = int(row[0])
@@ -267,7 +269,7 @@ class SqliteTelemetryStore:
                 db.execute(
                     "UPDATE vehicles SET online = ?, status_changed_at = NULL "
                     "WHERE id = ? AND (online IS NULL OR online != ?)",
-                    (online, vid(change.vin, change.at), online),
+                    (online, vid(change.vin, change.at, heard=False), online),
                 )
                 continue
             db.execute(
