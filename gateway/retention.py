@@ -56,8 +56,8 @@ class RetentionPolicy:
     #: seconds between two passes
     interval_s: float = 600.0
     #: rows per delete transaction, and the pause between two of them
-    chunk: int = 5000
-    pause_s: float = 0.05
+    chunk: int = 2000
+    pause_s: float = 0.02
 
     @property
     def active(self) -> bool:

@@ -68,6 +68,7 @@ def _send(world: World, case: Any, persona: str) -> Any:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("persona", ROLES)
 @schema.parametrize()
 @settings(

@@ -341,14 +341,14 @@ class SqliteTelemetryStore:
             raise StoreError(f"prune {table}", exc) from exc
         return cursor.rowcount
 
-    def prune_samples(self, *, received_before: int, chunk: int = 5000) -> int:
+    def prune_samples(self, *, received_before: int, chunk: int = 2000) -> int:
         """Delete up to ``chunk`` samples received before ``received_before`` (epoch ms),
         oldest first; the number deleted (less than ``chunk``: nothing older is left).
         Latest values stay: a vehicle's state does not depend on its history."""
         return self._delete_oldest("samples", "received_at < ?", (received_before,), chunk)
 
     def prune_quarantine(
-        self, *, received_before: int | None, max_entries: int | None, chunk: int = 5000
+        self, *, received_before: int | None, max_entries: int | None, chunk: int = 2000
     ) -> int:
         """Delete up to ``chunk`` quarantine entries, oldest first: those received before
         ``received_before`` and those beyond the newest ``max_entries``."""
