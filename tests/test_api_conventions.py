@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 import gateway.api
 from gateway.api import ApiSettings
+from gateway.api.limits import BodyLimit, body_limit, document_body_limits
 from gateway.store import IngestBatch, SqliteTelemetryStore
 from schemas import Sample
 from tests.conftest import TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, admin_client
@@ -427,3 +429,47 @@ def test_the_vehicle_list_pages_across_both_databases(tmp_path: Path) -> None:
             (heard[2], True),
             (provisioned[2], False),
         ]
+
+
+# --- body limits per route ------------------------------------------------------------------
+
+
+def test_every_write_documents_its_body_limit(spec: dict[str, Any]) -> None:
+    writes = [
+        (method, path, op)
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+        if method != "get"
+    ]
+    assert len(writes) >= 10
+    for method, path, op in writes:
+        assert op.get("x-max-body-bytes") == 16 * 1024, (method, path)
+
+
+def test_a_route_may_take_a_larger_body_than_the_default() -> None:
+    app = FastAPI()
+    app.add_middleware(BodyLimit, default=1000)
+
+    @app.post("/small")
+    async def small(request: Request) -> int:
+        return len(await request.body())
+
+    @app.post("/large", openapi_extra=body_limit(5000))
+    async def large(request: Request) -> int:
+        return len(await request.body())
+
+    app.state.api_routes = [r for r in app.routes if getattr(r, "path", "") in ("/small", "/large")]
+    document_body_limits(app.state.api_routes, default=1000)
+    with TestClient(app) as client:
+        assert client.post("/small", content=b"x" * 1000).json() == 1000
+        assert client.post("/small", content=b"x" * 1001).status_code == 413
+        assert client.post("/large", content=b"x" * 5000).json() == 5000
+        refused = client.post("/large", content=b"x" * 5001)
+        assert refused.status_code == 413
+        assert "5000 bytes" in refused.json()["error"]["message"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            for _ in range(10):
+                yield b"x" * 600
+
+        assert client.post("/large", content=chunks()).status_code == 413

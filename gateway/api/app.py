@@ -38,7 +38,7 @@ from gateway.api.errors import (
     invalid_request,
     store_unavailable,
 )
-from gateway.api.limits import MAX_PAGE, BodyLimit
+from gateway.api.limits import MAX_PAGE, BodyLimit, document_body_limits
 from gateway.api.models import (
     Catalog,
     CatalogSignal,
@@ -610,8 +610,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_middleware(BodyLimit)
     install_docs(app)
     routers = [_router(settings), commands_router(), accounts_router()]
-    for router in routers:
-        app.include_router(router)
     # flat, for the body limits and the Allow header (gateway.api.limits.api_routes)
     app.state.api_routes = [route for router in routers for route in router.routes]
+    document_body_limits(app.state.api_routes)
+    for router in routers:
+        app.include_router(router)
     return app
