@@ -27,7 +27,7 @@ from tests.test_authz import World, world
 
 __all__ = ["world"]  # the module-scoped fixture, imported to be used here
 
-EXAMPLES = int(os.environ.get("TELEMATICS_SCHEMA_EXAMPLES", "8"))
+EXAMPLES = int(os.environ.get("TELEMATICS_SCHEMA_EXAMPLES", "5"))
 #: the personas, the administrator last: its writes (disabling users, changing roles) must
 #: not take the other personas' rights away before their turn
 ROLES = ("driver", "owner", "fleet_viewer", "fleet_manager", "admin")
