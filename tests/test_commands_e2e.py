@@ -209,7 +209,7 @@ def test_idempotent_retry_creates_one_command(
     again = api.post(f"/v1/vehicles/{VIN}/commands", json=body, headers=headers)
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.json()["id"] == again.json()["id"]
-    listed = api.get(f"/v1/vehicles/{VIN}/commands").json()["commands"]
+    listed = api.get(f"/v1/vehicles/{VIN}/commands").json()["items"]
     assert [c["id"] for c in listed] == [first.json()["id"]]
     clash = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "lock"}, headers=headers)
     assert (clash.status_code, clash.json()["error"]["code"]) == (409, "idempotency_conflict")
@@ -222,7 +222,7 @@ def test_unsafe_command_while_moving_is_refused_with_its_reason(
     r = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "unlock"})
     assert (r.status_code, r.json()["error"]["code"]) == (409, "vehicle_moving")
     assert "moving" in r.json()["error"]["message"]
-    assert api.get(f"/v1/vehicles/{VIN}/commands").json()["commands"] == []
+    assert api.get(f"/v1/vehicles/{VIN}/commands").json()["items"] == []
     # a safe command still goes
     assert api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "lock"}).status_code == 201
 
@@ -238,7 +238,7 @@ def test_results_that_do_not_belong_change_nothing_and_are_quarantined(
     result(mosquitto, OTHER, command["id"], "accepted")  # on another vehicle's result topic
     wait_until(
         lambda: (
-            {e["reason"] for e in api.get("/v1/quarantine").json()["entries"]}
+            {e["reason"] for e in api.get("/v1/quarantine").json()["items"]}
             >= {"unknown_command", "vin_mismatch"}
         ),
         what="both results in the quarantine",
@@ -300,7 +300,7 @@ def test_accepted_without_a_final_answer_times_out_and_silence_expires(
         marker = "00000000-0000-4000-8000-0000000000ff"
         result(mosquitto, VIN, marker, "accepted")
         wait_until(
-            lambda: any(marker in e["detail"] for e in api.get("/v1/quarantine").json()["entries"]),
+            lambda: any(marker in e["detail"] for e in api.get("/v1/quarantine").json()["items"]),
             what="the late answers to be processed",
         )
         assert get(api, accepted["id"])["status"] == "timed_out"

@@ -31,12 +31,14 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.api.accounts import accounts_router
 from gateway.api.commands import commands_router
+from gateway.api.docs import install_docs
 from gateway.api.errors import (
     ApiError,
     install_error_handlers,
     invalid_request,
     store_unavailable,
 )
+from gateway.api.limits import MAX_PAGE, BodyLimit, document_body_limits
 from gateway.api.models import (
     Catalog,
     CatalogSignal,
@@ -46,13 +48,13 @@ from gateway.api.models import (
     HealthUnavailable,
     History,
     HistoryPointOut,
-    Paging,
     QuarantineOut,
     QuarantinePage,
     Vehicle,
     VehicleDetail,
-    VehicleList,
+    VehiclePage,
 )
+from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key, decode_cursor, page_of
 from gateway.api.params import Timestamp, iso, now_ms, split_signals, unknown_signals
 from gateway.api.prometheus import render_metrics
 from gateway.api.security import (
@@ -60,10 +62,11 @@ from gateway.api.security import (
     AuthContext,
     AuthSettings,
     Caller,
-    readable_vehicle,
     require_admin,
+    vehicle_not_found,
 )
 from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
+from gateway.auth.policy import Principal
 from gateway.auth.tokens import load_or_create_secret
 from gateway.commands.service import CommandService, CommandSettings
 from gateway.errors import ConfigurationError, StoreError
@@ -71,16 +74,13 @@ from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.commands import CommandRepository
 from gateway.statedb.database import StateDatabase, default_url
-from gateway.store import SqliteTelemetryStore, TelemetryReader, VehicleState
+from gateway.store import SqliteTelemetryStore, TelemetryReader, VehicleState, VehicleSummary
 from schemas import CATALOG, CONTRACT_VERSION, VIN_PATTERN, InvalidVinError, Reason, validate_vin
 
 __all__ = ["ApiSettings", "create_app", "open_reader"]
 
 logger = logging.getLogger(__name__)
 
-#: page size limits of /v1/vehicles and /v1/quarantine
-DEFAULT_PAGE: Final = 100
-MAX_PAGE: Final = 1000
 #: history window when the request gives no start
 DEFAULT_WINDOW_MS: Final = 60 * 60 * 1000
 
@@ -92,7 +92,7 @@ class ApiSettings:
     #: the gateway's SQLite database (created with the schema if missing)
     db_path: Path
     #: the largest ``limit`` /v1/vehicles/{vin}/history accepts (bounds response size)
-    max_history_limit: int = 10_000
+    max_history_limit: int = MAX_PAGE * 10
     #: the ``limit`` of a history request that gives none
     default_history_limit: int = 1000
     #: remote commands (a broker and a state database); None: the command routes answer 503
@@ -180,16 +180,48 @@ def valid_vin(
 Vin = Annotated[str, Depends(valid_vin)]
 
 
-def _vehicle(reader: TelemetryReader, vin: str) -> VehicleState:
+def _known_vehicle(
+    context: AuthContext, principal: Principal, reader: TelemetryReader, vin: str
+) -> VehicleState | None:
+    """The vehicle's stored state, None if it is provisioned but never reported; 404 when
+    the caller may not see it, or nobody provisioned it and it never reported."""
+    access, registration = context.lookup(principal, vin)
+    if not access.read:
+        raise vehicle_not_found(vin)
     state = reader.vehicle_state(vin)
-    if state is None:
-        raise ApiError(
-            404,
-            "vehicle_not_found",
-            f"No vehicle with VIN {vin} has reported to this gateway. Check the VIN; "
-            "GET /v1/vehicles lists the known vehicles.",
-        )
+    if state is None and registration is None:
+        raise vehicle_not_found(vin)
     return state
+
+
+def _vehicle_page(
+    context: AuthContext,
+    principal: Principal,
+    reader: TelemetryReader,
+    after: str | None,
+    limit: int,
+    *,
+    now_ms: int,
+    silent_after_ms: int,
+) -> list[Vehicle]:
+    """Up to ``limit`` vehicles the caller sees with VINs after ``after``, in VIN order:
+    those provisioned (whether or not they ever reported) and, for an administrator, also
+    those the gateway heard from without a registration."""
+    visible = context.visible_vins(principal)
+    if visible is None:  # an administrator: the union of both databases, one page of each
+        registered = context.accounts.registered_vins(after=after, limit=limit)
+        heard = reader.list_vehicles(limit=limit, after=after)
+        vins = sorted({*registered, *(v.vin for v in heard)})[:limit]
+    else:
+        vins = sorted(v for v in visible if after is None or v > after)[:limit]
+        heard = reader.list_vehicles(limit=limit, vins=vins)
+    summaries: dict[str, VehicleSummary] = {v.vin: v for v in heard}
+    return [
+        Vehicle.from_summary(summaries[vin], now_ms=now_ms, silent_after_ms=silent_after_ms)
+        if vin in summaries
+        else Vehicle.never_reported(vin)
+        for vin in vins
+    ]
 
 
 # --- OpenAPI documentation -----------------------------------------------------------------
@@ -210,13 +242,22 @@ def _errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 _DESCRIPTION = """
-Read access to what the telematics gateway has stored: vehicles and their latest state,
-signal history, the signal catalog and the quarantine of refused input; plus `/healthz` and
-Prometheus `/metrics`.
+The connected-vehicle telematics gateway: vehicles, their latest state and signal history,
+the signal catalog and the quarantine of refused input; remote commands and their
+lifecycle; accounts, users, API keys, vehicle provisioning, grants and the audit log; plus
+`/healthz` and Prometheus `/metrics`. Every route but `/healthz`, logging in, registering
+and logging out needs `Authorization: Bearer <access token or API key>`.
 
 **Times** are integers of milliseconds since the Unix epoch, each paired with an ISO 8601 UTC
-twin whose name ends in `_iso`. Query parameters take either form (`1764230400000` or
-`2025-11-27T08:00:00Z`; an ISO time without offset is UTC).
+twin whose name ends in `_iso` (both null when there is no time). Query parameters take
+either form (`1764230400000` or `2025-11-27T08:00:00Z`; an ISO time without offset is UTC).
+
+**Lists** all answer `{"items": [...], "next": "<cursor>" | null}`: pass `next` back as
+`cursor` (with the same filters) for the next page; `limit` is 1 to 1000 (100 by default),
+and a page also ends early, with a cursor, once it holds about 1 MiB of JSON.
+
+**Limits**: request bodies are at most 16 KiB unless a route says otherwise
+(`x-max-body-bytes`; larger ones answer 413), and every number is bounded as documented.
 
 **Signals** are COVESA VSS paths; `GET /v1/catalog` lists those the gateway accepts.
 
@@ -253,7 +294,7 @@ def _router(settings: ApiSettings) -> APIRouter:
 
     @router.get(
         "/v1/vehicles",
-        response_model=VehicleList,
+        response_model=VehiclePage,
         summary="List vehicles",
         tags=["vehicles"],
         responses=_errors(422, 503),
@@ -262,28 +303,24 @@ def _router(settings: ApiSettings) -> APIRouter:
         principal: Caller,
         reader: Reader,
         context: Auth,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = DEFAULT_PAGE,
-        offset: Annotated[int, Query(ge=0, description="Vehicles to skip.")] = 0,
-    ) -> VehicleList:
-        """Every vehicle you may see that the gateway has heard from, ordered by VIN, with
-        its online status and when it was first and last seen. Page with `offset` =
-        `paging.next_offset`."""
-        vins = context.visible_vins(principal)
-        total, _ = reader.vehicle_counts(vins)
-        vehicles = reader.list_vehicles(limit=limit, offset=offset, vins=vins)
-        following = offset + len(vehicles)
-        now, silent = settings.clock_ms(), settings.silent_after_ms
-        return VehicleList(
-            vehicles=[
-                Vehicle.from_summary(v, now_ms=now, silent_after_ms=silent) for v in vehicles
-            ],
-            paging=Paging(
-                limit=limit,
-                offset=offset,
-                total=total,
-                next_offset=following if vehicles and following < total else None,
-            ),
+        limit: Limit = DEFAULT_PAGE,
+        cursor: Cursor = None,
+    ) -> VehiclePage:
+        """Every vehicle you may see, ordered by VIN, with its online status and when it
+        was first and last seen; a provisioned vehicle that never reported is listed with
+        `reported: false` and null times."""
+        after = cursor_key("vehicles", cursor, str)
+        vehicles = _vehicle_page(
+            context,
+            principal,
+            reader,
+            after,
+            limit + 1,
+            now_ms=settings.clock_ms(),
+            silent_after_ms=settings.silent_after_ms,
         )
+        items, following = page_of(vehicles, limit=limit, kind="vehicles", key=lambda v: [v.vin])
+        return VehiclePage(items=items, next=following)
 
     @router.get(
         "/v1/vehicles/{vin}",
@@ -296,14 +333,11 @@ def _router(settings: ApiSettings) -> APIRouter:
         """The vehicle's summary plus `state`: the newest value of each signal it has
         reported (newest by sample time, so a late store-and-forward upload never hides a
         fresher value), with its sample time and unit."""
-        readable_vehicle(context, principal, vin)
-        state = _vehicle(reader, vin)
-        return VehicleDetail.build(
-            state.summary,
-            state.latest,
-            now_ms=settings.clock_ms(),
-            silent_after_ms=settings.silent_after_ms,
-        )
+        state = _known_vehicle(context, principal, reader, vin)
+        now, silent = settings.clock_ms(), settings.silent_after_ms
+        if state is None:
+            return VehicleDetail.build(vin, {}, now_ms=now, silent_after_ms=silent)
+        return VehicleDetail.build(state.summary, state.latest, now_ms=now, silent_after_ms=silent)
 
     @router.get(
         "/v1/vehicles/{vin}/history",
@@ -335,13 +369,16 @@ def _router(settings: ApiSettings) -> APIRouter:
             Query(
                 ge=1,
                 le=settings.max_history_limit,
-                description="Most points to return; `truncated` says if there were more.",
+                description="Most points on a page; `next` says if there are more.",
             ),
         ] = settings.default_history_limit,
+        cursor: Cursor = None,
     ) -> History:
         """Samples with `start <= ts < end` (sample time) that carry at least one of
-        `signals`, oldest first; each point holds the requested signals it carries."""
-        readable_vehicle(context, principal, vin)
+        `signals`, oldest first; each point holds the requested signals it carries. Page
+        on with `cursor` = `next` and the same `signals`, `start` and `end`."""
+        after = decode_cursor("history", cursor, (int, int))
+        _known_vehicle(context, principal, reader, vin)
         names = split_signals(signals)
         if not names:
             raise invalid_request(
@@ -378,8 +415,20 @@ def _router(settings: ApiSettings) -> APIRouter:
                 "time_range",
                 start_ms,
             )
-        _vehicle(reader, vin)
-        points = reader.history(vin, names, start=start_ms, end=end_ms, limit=limit + 1)
+        points = reader.history(
+            vin,
+            names,
+            start=start_ms,
+            end=end_ms,
+            limit=limit + 1,
+            after=(after[0], after[1]) if after is not None else None,
+        )
+        items, following = page_of(
+            [HistoryPointOut.from_point(p) for p in points],
+            limit=limit,
+            kind="history",
+            key=lambda p: [p.ts, p.seq],
+        )
         return History(
             vin=vin,
             signals=names,
@@ -387,9 +436,8 @@ def _router(settings: ApiSettings) -> APIRouter:
             start_iso=iso(start_ms),
             end=end_ms,
             end_iso=iso(end_ms),
-            limit=limit,
-            truncated=len(points) > limit,
-            points=[HistoryPointOut.from_point(p) for p in points[:limit]],
+            items=items,
+            next=following,
         )
 
     @router.get(
@@ -419,28 +467,28 @@ def _router(settings: ApiSettings) -> APIRouter:
             # not validated as a VIN: refused input is often about a malformed one
             Query(max_length=256, description="Only entries about this VIN, as received."),
         ] = None,
-        before_id: Annotated[
-            int | None,
-            Query(ge=1, description="Only entries older than this id (`next_before_id`)."),
-        ] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = DEFAULT_PAGE,
+        limit: Limit = DEFAULT_PAGE,
+        cursor: Cursor = None,
     ) -> QuarantinePage:
         """Messages, samples and single signals the gateway refused, newest first, with the
-        reason, a detail sentence and the raw payload (as text and base64). Page with
-        `before_id` = `next_before_id`. Administrators only."""
+        reason, a detail sentence and the raw payload (as text and base64; only its first
+        bytes when it was large, with the whole payload's size and SHA-256).
+        Administrators only."""
         require_admin(principal, "The quarantine")
+        before = cursor_key("quarantine", cursor, int)
         rows = reader.quarantine(
             limit=limit + 1,
             reason=None if reason is None else reason.value,
             vin=vin,
-            before_id=before_id,
+            before_id=before,
         )
-        page = rows[:limit]
-        return QuarantinePage(
-            entries=[QuarantineOut.from_stored(q) for q in page],
+        items, following = page_of(
+            [QuarantineOut.from_stored(q) for q in rows],
             limit=limit,
-            next_before_id=page[-1].id if len(rows) > limit else None,
+            kind="quarantine",
+            key=lambda q: [q.id],
         )
+        return QuarantinePage(items=items, next=following)
 
     @router.get(
         "/healthz",
@@ -455,7 +503,7 @@ def _router(settings: ApiSettings) -> APIRouter:
         try:
             reader = SqliteTelemetryStore(settings.db_path, readonly=True)
             try:
-                reader.list_vehicles(limit=1, offset=0)
+                reader.list_vehicles(limit=1)
             finally:
                 reader.close()
         except StoreError as exc:
@@ -566,6 +614,10 @@ def _version() -> str:
 def create_app(settings: ApiSettings) -> FastAPI:
     """The API as an ASGI app, e.g. ``uvicorn.run(create_app(ApiSettings(db_path)))``."""
     app = FastAPI(
+        # the docs page is served from the package (gateway.api.docs), not from a CDN
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
         title="Telematics Gateway API",
         summary="Vehicles, state, history and quarantine of the connected-vehicle gateway.",
         description=_DESCRIPTION,
@@ -583,7 +635,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.include_router(_router(settings))
-    app.include_router(commands_router())
-    app.include_router(accounts_router())
+    app.add_middleware(BodyLimit)
+    install_docs(app)
+    routers = [_router(settings), commands_router(), accounts_router()]
+    # flat, for the body limits and the Allow header (gateway.api.limits.api_routes)
+    app.state.api_routes = [route for router in routers for route in router.routes]
+    document_body_limits(app.state.api_routes)
+    for router in routers:
+        app.include_router(router)
     return app

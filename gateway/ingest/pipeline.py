@@ -102,8 +102,11 @@ class Batcher:
             self._quarantine.append(QuarantineEntry(now, topic, payload, rejection))
             self._count(metrics.QUARANTINED, rejection.reason.value)
 
-    def add(self, topic: str, payload: bytes) -> None:
-        """Decode one message into the current batch."""
+    def add(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        """Decode one message into the current batch. ``retained``: the broker delivered it
+        from its retained store at (re)subscription, so it says nothing about when the
+        vehicle was last heard (Mosquitto replays every retained status to a gateway each
+        time it subscribes, also to a shared subscription)."""
         now = self._clock_ms()
         self.messages += 1
         parsed = self._topics.get(topic)
@@ -130,7 +133,8 @@ class Batcher:
             )
             self._quarantine_all(topic, payload, now, (rejection,))
             return
-        self._seen[vin] = now
+        if not retained:
+            self._seen[vin] = now
         if parsed.channel is Channel.TELEMETRY:
             decoded = decode_telemetry(payload, topic_vin=vin, now_ms=now, limits=self._limits)
             self._samples.extend(decoded.samples)
@@ -147,7 +151,7 @@ class Batcher:
             if isinstance(status, Rejection):
                 self._quarantine_all(topic, payload, now, (status,))
             else:
-                self._statuses.append(_status_change(vin, status, now))
+                self._statuses.append(_status_change(vin, status, now, retained))
 
     def take(self) -> IngestBatch:
         """Hand over the current batch and start a new one."""
@@ -168,7 +172,7 @@ class Batcher:
         return batch
 
 
-def _status_change(vin: str, status: Status, received_at: int) -> StatusChange:
+def _status_change(vin: str, status: Status, received_at: int, retained: bool) -> StatusChange:
     # The unit's clock may be wrong and a Last Will carries the time it was composed, so
     # the gateway's receive time orders status changes.
-    return StatusChange(vin, status.state, received_at)
+    return StatusChange(vin, status.state, received_at, retained)

@@ -110,9 +110,11 @@ class IngestService:
 
     # --- receiving ----------------------------------------------------------------------
 
-    def _receive(self, topic: str, payload: bytes, ack: _Ack | None) -> None:
+    def _receive(
+        self, topic: str, payload: bytes, ack: _Ack | None, properties: dict[str, Any]
+    ) -> None:
         """Add one message to the open batch; ``ack`` is sent once the batch commits."""
-        self._batcher.add(topic, payload)
+        self._batcher.add(topic, payload, bool(properties.get("retain")))
         if ack is not None:
             self._acks.append(ack)
         if self._first_at is None:
@@ -125,7 +127,7 @@ class IngestService:
         self, client: Any, topic: str, payload: bytes, qos: int, properties: Any
     ) -> None:
         # gmqtt calls this only for QoS 0 (QoS 1 and 2 go through _AckAfterCommit)
-        self._receive(topic, payload, None)
+        self._receive(topic, payload, None, properties)
 
     def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
         log.info(
@@ -284,17 +286,19 @@ class _AckAfterCommit:
     """
 
     @staticmethod
-    def install(client: Any, receive: Callable[[str, bytes, _Ack | None], None]) -> None:
+    def install(
+        client: Any, receive: Callable[[str, bytes, _Ack | None, dict[str, Any]], None]
+    ) -> None:
         handler = client._package_handler
         for name in ("_handle_qos_1_publish_packet", "_handle_qos_2_publish_packet"):
             if not callable(getattr(handler, name, None)):
                 raise ConfigurationError(f"this gmqtt version has no {name}; install gmqtt==0.8.0")
 
         def on_qos1(mid: int, payload: bytes, topic: str, properties: Any) -> None:
-            receive(topic, payload, _Ack(handler.current_connection, 1, mid))
+            receive(topic, payload, _Ack(handler.current_connection, 1, mid), properties)
 
         def on_qos2(mid: int, payload: bytes, topic: str, properties: Any) -> None:
-            receive(topic, payload, _Ack(handler.current_connection, 2, mid))
+            receive(topic, payload, _Ack(handler.current_connection, 2, mid), properties)
 
         handler._handle_qos_1_publish_packet = on_qos1
         handler._handle_qos_2_publish_packet = on_qos2

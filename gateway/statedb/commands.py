@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -326,13 +326,27 @@ class CommandRepository:
             return None if row is None else CommandRecord.from_row(row)
 
     def list_for_vehicle(
-        self, vin: str, *, limit: int = 50, before_created_at: int | None = None
+        self,
+        vin: str,
+        *,
+        limit: int = 50,
+        before_created_at: int | None = None,
+        before_id: str | None = None,
     ) -> list[CommandRecord]:
-        """A vehicle's commands, newest first; page on with the last one's ``created_at``."""
+        """A vehicle's commands, newest first (by ``created_at``, then id); page on with the
+        last one's ``created_at`` and id (without the id, commands created in the same
+        millisecond as the last one are skipped)."""
         if limit <= 0:
             raise ValueError(f"limit must be positive, got {limit}")
-        criteria = [CommandRow.vin == vin]
-        if before_created_at is not None:
+        criteria: list[ColumnElement[bool]] = [CommandRow.vin == vin]
+        if before_created_at is not None and before_id is not None:
+            criteria.append(
+                or_(
+                    CommandRow.created_at < before_created_at,
+                    and_(CommandRow.created_at == before_created_at, CommandRow.id < before_id),
+                )
+            )
+        elif before_created_at is not None:
             criteria.append(CommandRow.created_at < before_created_at)
         return self._records(
             *criteria,

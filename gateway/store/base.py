@@ -48,6 +48,9 @@ class StatusChange:
     vin: str
     state: StatusState
     at: int
+    #: delivered by the broker from its retained store when the gateway (re)subscribed, not
+    #: sent just now: it tells the vehicle's state, not when it changed or was last heard
+    retained: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +140,12 @@ class StoredQuarantine:
     vin: str | None
     seq: int | None
     signal: str | None
+    #: the payload as kept: all of it, or its first bytes when it was larger than the
+    #: store's quarantine payload limit
     payload: bytes
+    #: length and SHA-256 (hex) of the whole payload as received
+    payload_size: int
+    payload_sha256: str
 
 
 class TelemetryStore(Protocol):
@@ -152,16 +160,26 @@ class TelemetryReader(Protocol):
     """What the HTTP API reads. Safe to use from several processes at once."""
 
     def list_vehicles(
-        self, *, limit: int, offset: int, vins: Collection[str] | None = None
+        self, *, limit: int, after: str | None = None, vins: Collection[str] | None = None
     ) -> list[VehicleSummary]:
-        """Ordered by VIN; ``vins``: only these (what the caller may see), None: all."""
+        """Ordered by VIN, those after ``after``; ``vins``: only these (what the caller may
+        see), None: all."""
         ...
 
     def vehicle_state(self, vin: str) -> VehicleState | None: ...
 
     def history(
-        self, vin: str, signals: Sequence[str], *, start: int, end: int, limit: int
-    ) -> list[HistoryPoint]: ...
+        self,
+        vin: str,
+        signals: Sequence[str],
+        *,
+        start: int,
+        end: int,
+        limit: int,
+        after: tuple[int, int] | None = None,
+    ) -> list[HistoryPoint]:
+        """Oldest first; ``after``: only points after this (ts, seq)."""
+        ...
 
     def quarantine(
         self,

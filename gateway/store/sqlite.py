@@ -16,12 +16,20 @@ Schema (``PRAGMA user_version`` tracks it):
 * ``latest``: one row per (vehicle, signal) with the newest value by sample time, so a
   late store-and-forward batch never overwrites fresher values;
 * ``events``: vehicle-side events, deduplicated on ``(vehicle_id, seq)``;
-* ``quarantine``: everything refused, with reason, topic and raw payload;
+* ``quarantine``: everything refused, with reason, topic and raw payload: the whole payload
+  up to ``quarantine_payload_bytes`` (4 KiB by default), else its first bytes, always with
+  the whole payload's size and SHA-256, so a flood of large bad messages costs a few KiB
+  each, not what the sender chose (1,000 refused 262 KB messages were 270 MB before);
 * ``counters``: ingest counters, incremented in the same transaction as the data they count;
 * ``seq_tracking`` and ``seq_gaps``: per vehicle and stream (``telemetry``, ``events``) the
   range of ``seq`` numbers received, how many of them are missing, and the missing ones as
   intervals (``gateway.store.seqgaps``), updated in the commit that stores the numbers.
   Created with ``IF NOT EXISTS`` by any version, so an older file simply starts tracking.
+
+Retention (:meth:`SqliteTelemetryStore.prune_samples`, :meth:`prune_quarantine`): old rows
+go in chunks of a few thousand, each its own short transaction, oldest first by id (ids
+grow with arrival), so ingest commits interleave and no statement scans the whole table.
+The gateway runs them periodically (``gateway.retention``).
 
 Durability: WAL journal with ``synchronous=FULL`` by default, so a committed (and therefore
 acknowledged) batch survives a power cut, not just a process crash; each commit costs one
@@ -30,10 +38,11 @@ fsync, which the batching amortises.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal, cast
 
 import orjson
 
@@ -50,9 +59,12 @@ from gateway.store.base import (
 )
 from schemas import SignalValue, StatusState
 
-__all__ = ["SCHEMA_VERSION", "SqliteTelemetryStore"]
+__all__ = ["DEFAULT_QUARANTINE_PAYLOAD_BYTES", "SCHEMA_VERSION", "SqliteTelemetryStore"]
 
-SCHEMA_VERSION = 1
+#: 2: quarantine.payload_size and payload_sha256 (the payload may be only a prefix)
+SCHEMA_VERSION = 2
+#: the most bytes of one refused payload the quarantine keeps
+DEFAULT_QUARANTINE_PAYLOAD_BYTES: Final = 4096
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vehicles (
@@ -99,7 +111,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
     vin TEXT,
     seq INTEGER,
     signal TEXT,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    payload_size INTEGER,
+    payload_sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS quarantine_by_reason ON quarantine (reason, id);
 CREATE INDEX IF NOT EXISTS quarantine_by_vin ON quarantine (vin, id);
@@ -152,8 +166,10 @@ class SqliteTelemetryStore:
         readonly: bool = False,
         synchronous: Synchronous = "FULL",
         busy_timeout_ms: int = 30_000,
+        quarantine_payload_bytes: int = DEFAULT_QUARANTINE_PAYLOAD_BYTES,
     ) -> None:
         self.path = path
+        self.quarantine_payload_bytes = quarantine_payload_bytes
         self._vehicle_ids: dict[str, int] = {}
         try:
             if readonly:
@@ -185,8 +201,14 @@ class SqliteTelemetryStore:
                     f"{SCHEMA_VERSION}; upgrade the gateway"
                 ),
             )
+        upgrade = ""
+        if version == 1:  # the quarantine's size and hash columns came with version 2
+            upgrade = (
+                "ALTER TABLE quarantine ADD COLUMN payload_size INTEGER; "
+                "ALTER TABLE quarantine ADD COLUMN payload_sha256 TEXT;"
+            )
         self._db.executescript(
-            f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            f"BEGIN IMMEDIATE; {_SCHEMA} {upgrade} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         )
 
     # --- writing ------------------------------------------------------------------------
@@ -207,13 +229,15 @@ class SqliteTelemetryStore:
             raise StoreError("commit a batch", exc) from exc
         return result
 
-    def _vehicle_id(self, vin: str, at: int) -> int:
+    def _vehicle_id(self, vin: str, at: int, *, heard: bool = True) -> int:
+        """The vehicle's id, its row created if new; ``heard``: ``at`` is a time it was
+        heard from, so a known vehicle's ``last_seen`` moves up to it."""
         vid = self._vehicle_ids.get(vin)
         if vid is None:
+            seen = "max(last_seen, excluded.last_seen)" if heard else "last_seen"
             row = self._db.execute(
                 "INSERT INTO vehicles (vin, first_seen, last_seen) VALUES (?, ?, ?) "
-                "ON CONFLICT (vin) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen) "
-                "RETURNING id",
+                f"ON CONFLICT (vin) DO UPDATE SET last_seen = {seen} RETURNING id",
                 (vin, at, at),
             ).fetchone()
             vid = self._vehicle_ids[vin] = int(row[0])
@@ -265,34 +289,28 @@ class SqliteTelemetryStore:
         events_stored = db.total_changes - before
 
         for change in batch.statuses:
+            online = int(change.state is StatusState.ONLINE)
+            if change.retained:
+                # a retained status replayed at (re)subscription: the state, but no time.
+                # Only a different state changes anything, and then the time of the change
+                # is unknown; last_seen stays when the vehicle was last heard
+                db.execute(
+                    "UPDATE vehicles SET online = ?, status_changed_at = NULL "
+                    "WHERE id = ? AND (online IS NULL OR online != ?)",
+                    (online, vid(change.vin, change.at, heard=False), online),
+                )
+                continue
             db.execute(
                 "UPDATE vehicles SET online = ?, status_changed_at = ? "
                 "WHERE id = ? AND (status_changed_at IS NULL OR status_changed_at <= ?)",
-                (
-                    int(change.state is StatusState.ONLINE),
-                    change.at,
-                    vid(change.vin, change.at),
-                    change.at,
-                ),
+                (online, change.at, vid(change.vin, change.at), change.at),
             )
 
         db.executemany(
             "INSERT INTO quarantine "
-            "(received_at, topic, reason, detail, vin, seq, signal, payload) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    q.received_at,
-                    q.topic,
-                    q.rejection.reason.value,
-                    q.rejection.detail,
-                    q.rejection.vin,
-                    q.rejection.seq,
-                    q.rejection.signal,
-                    q.payload,
-                )
-                for q in batch.quarantine
-            ],
+            "(received_at, topic, reason, detail, vin, seq, signal, payload, payload_size, "
+            "payload_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._quarantine_rows(batch),
         )
         result = CommitResult(
             samples_stored=samples_stored,
@@ -394,6 +412,64 @@ class SqliteTelemetryStore:
             )
         ]
 
+    def _quarantine_rows(self, batch: IngestBatch) -> list[tuple[Any, ...]]:
+        """Rows of the batch's quarantine entries: payloads cut to the limit, each with its
+        whole size and hash, computed once per payload (a message refused for several
+        signals is one payload in several entries)."""
+        cap = self.quarantine_payload_bytes
+        kept: dict[int, tuple[bytes, int, str]] = {}
+        rows = []
+        for q in batch.quarantine:
+            payload = q.payload
+            stored = kept.get(id(payload))
+            if stored is None:
+                digest = hashlib.sha256(payload).hexdigest()
+                stored = kept[id(payload)] = (payload[:cap], len(payload), digest)
+            r = q.rejection
+            head = (q.received_at, q.topic, r.reason.value, r.detail, r.vin, r.seq, r.signal)
+            rows.append((*head, *stored))
+        return rows
+
+    # --- retention ----------------------------------------------------------------------
+
+    def _delete_oldest(self, table: str, where: str, params: Sequence[Any], chunk: int) -> int:
+        """Delete, in one transaction, those of ``table``'s ``chunk`` oldest rows (by id)
+        that match ``where``; the number deleted. Looking only at the oldest rows keeps the
+        statement bounded however large the table: ids grow with arrival, so the rows to go
+        are at the front."""
+        try:
+            cursor = self._db.execute(
+                f"DELETE FROM {table} WHERE id IN "
+                f"(SELECT id FROM {table} ORDER BY id LIMIT ?) AND {where}",
+                (chunk, *params),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"prune {table}", exc) from exc
+        return cursor.rowcount
+
+    def prune_samples(self, *, received_before: int, chunk: int = 2000) -> int:
+        """Delete up to ``chunk`` samples received before ``received_before`` (epoch ms),
+        oldest first; the number deleted (less than ``chunk``: nothing older is left).
+        Latest values stay: a vehicle's state does not depend on its history."""
+        return self._delete_oldest("samples", "received_at < ?", (received_before,), chunk)
+
+    def prune_quarantine(
+        self, *, received_before: int | None, max_entries: int | None, chunk: int = 2000
+    ) -> int:
+        """Delete up to ``chunk`` quarantine entries, oldest first: those received before
+        ``received_before`` and those beyond the newest ``max_entries``."""
+        deleted = 0
+        if received_before is not None:
+            deleted = self._delete_oldest(
+                "quarantine", "received_at < ?", (received_before,), chunk
+            )
+        if max_entries is not None and deleted < chunk:
+            (count,) = self._read("SELECT count(*) FROM quarantine")[0]
+            excess = min(int(count) - max_entries, chunk - deleted)
+            if excess > 0:
+                deleted += self._delete_oldest("quarantine", "1", (), excess)
+        return deleted
+
     # --- reading ------------------------------------------------------------------------
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
@@ -416,13 +492,16 @@ class SqliteTelemetryStore:
         )
 
     def list_vehicles(
-        self, *, limit: int, offset: int, vins: Collection[str] | None = None
+        self, *, limit: int, after: str | None = None, vins: Collection[str] | None = None
     ) -> list[VehicleSummary]:
         where, params = _vin_filter(vins)
+        if after is not None:
+            where = f"{where} AND vin > ?" if where else "WHERE vin > ?"
+            params = (*params, after)
         rows = self._read(
             f"SELECT vin, online, first_seen, last_seen, status_changed_at, {_MISSING} "
-            f"FROM vehicles {where} ORDER BY vin LIMIT ? OFFSET ?",
-            (*params, limit, offset),
+            f"FROM vehicles {where} ORDER BY vin LIMIT ?",
+            (*params, limit),
         )
         return [self._summary(r) for r in rows]
 
@@ -445,19 +524,30 @@ class SqliteTelemetryStore:
         return VehicleState(summary, latest)
 
     def history(
-        self, vin: str, signals: Sequence[str], *, start: int, end: int, limit: int
+        self,
+        vin: str,
+        signals: Sequence[str],
+        *,
+        start: int,
+        end: int,
+        limit: int,
+        after: tuple[int, int] | None = None,
     ) -> list[HistoryPoint]:
         """Samples of ``vin`` with ``start <= ts < end`` that carry at least one of
-        ``signals``, oldest first, at most ``limit``."""
+        ``signals``, oldest first (by ts, then seq), at most ``limit``; ``after``: only
+        those after this (ts, seq), the last point of the previous page."""
         if not signals:
             return []
         present = " OR ".join("json_type(signals, ?) IS NOT NULL" for _ in signals)
         json_paths = [f'$."{s}"' for s in signals]
+        following, position = "", cast(tuple[int, ...], ())
+        if after is not None:
+            following, position = "AND (ts, seq) > (?, ?) ", after
         rows = self._read(
             "SELECT seq, ts, signals FROM samples "
             "WHERE vehicle_id = (SELECT id FROM vehicles WHERE vin = ?) "
-            f"AND ts >= ? AND ts < ? AND ({present}) ORDER BY ts, seq LIMIT ?",
-            (vin, start, end, *json_paths, limit),
+            f"AND ts >= ? AND ts < ? {following}AND ({present}) ORDER BY ts, seq LIMIT ?",
+            (vin, start, end, *position, *json_paths, limit),
         )
         points = []
         for seq, ts, blob in rows:
@@ -487,11 +577,12 @@ class SqliteTelemetryStore:
             params.append(before_id)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._read(
-            "SELECT id, received_at, topic, reason, detail, vin, seq, signal, payload "
+            "SELECT id, received_at, topic, reason, detail, vin, seq, signal, payload, "
+            "payload_size, payload_sha256 "
             f"FROM quarantine {clause} ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )
-        return [StoredQuarantine(*r) for r in rows]
+        return [_stored_quarantine(r) for r in rows]
 
     def counters(self) -> dict[tuple[str, str], float]:
         return {(n, label): v for n, label, v in self._read("SELECT * FROM counters")}
@@ -510,6 +601,15 @@ class SqliteTelemetryStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _stored_quarantine(row: Sequence[Any]) -> StoredQuarantine:
+    id_, received_at, topic, reason, detail, vin, seq, signal, payload, size, digest = row
+    if size is None:  # written before schema version 2, when the whole payload was kept
+        size, digest = len(payload), hashlib.sha256(payload).hexdigest()
+    return StoredQuarantine(
+        id_, received_at, topic, reason, detail, vin, seq, signal, payload, size, digest
+    )
 
 
 def _vin_filter(vins: Collection[str] | None) -> tuple[str, tuple[str, ...]]:
