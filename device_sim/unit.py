@@ -281,6 +281,11 @@ class UnitSettings:
     #: None: only after each connect. Off by default because the gateway records every
     #: status message as a status change.
     heartbeat_s: float | None = None
+    #: the contract's heartbeat (docs/device-contract.md, section 7): when nothing at all has
+    #: gone out for this long (a long reporting interval, send-on-change with nothing new),
+    #: re-publish the retained ``online`` status, so the gateway never takes a quiet unit
+    #: for a silent (gone) one. The contract requires at most 300 s.
+    max_quiet_s: float = 300.0
     #: samples (and, separately, events) kept while offline; the oldest are dropped beyond it
     buffer_limit: int = DEFAULT_BUFFER_LIMIT
     #: samples per batch message when uploading the buffer (the gateway accepts up to 1000)
@@ -347,6 +352,8 @@ class UnitSettings:
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        if not (math.isfinite(self.max_quiet_s) and 0 < self.max_quiet_s <= 300):
+            raise ValueError(f"max_quiet_s must be > 0 and <= 300, got {self.max_quiet_s}")
         if self.heartbeat_s is not None and not (
             math.isfinite(self.heartbeat_s) and self.heartbeat_s > 0
         ):
@@ -758,6 +765,8 @@ class SimulatedUnit:
         #: the last connection attempt ended with the connection closed before a CONNACK
         self._closed_before_connack = False
         self._last_status_at = -math.inf
+        #: loop time of the last message this unit published (the contract's heartbeat)
+        self._last_publish_at = -math.inf
         #: loop time of the last vehicle step, and of the next scheduled report
         self._last_step: float | None = None
         self._next_report = math.inf
@@ -1023,6 +1032,7 @@ class SimulatedUnit:
     def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self._client.publish(topic, payload, qos=1, retain=retain)
         self._messages += 1
+        self._last_publish_at = asyncio.get_running_loop().time()
 
     def _publish_status(self, state: StatusState) -> None:
         self._publish(
@@ -1211,6 +1221,12 @@ class SimulatedUnit:
                     self._publish_status(StatusState.ONLINE)
                     due = now + s.heartbeat_s
                 deadline = min(deadline, due)
+            if self._can_send() and now >= self._silent_until:  # hung firmware says nothing
+                quiet_due = self._last_publish_at + s.max_quiet_s
+                if now >= quiet_due:
+                    self._publish_status(StatusState.ONLINE)
+                    quiet_due = now + s.max_quiet_s
+                deadline = min(deadline, quiet_due)
             await self._wait_wake(deadline)
 
     async def _wait_wake(self, deadline: float) -> None:
@@ -1559,6 +1575,7 @@ class SimulatedUnit:
     def _send_answer(self, topic: str, payload: bytes, correlation_data: bytes) -> None:
         self._client.publish(topic, payload, qos=1, correlation_data=correlation_data)
         self._messages += 1
+        self._last_publish_at = asyncio.get_running_loop().time()
 
     # --- stopping -----------------------------------------------------------------------------
 

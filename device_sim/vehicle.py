@@ -868,7 +868,7 @@ class SimulatedVehicle:
             )
         if self._energy >= self._charge_limit_pct:
             raise CommandRefused(
-                None,
+                ResultReason.PRECONDITION_FAILED,
                 f"state of charge {self._energy:.1f} % is at the charge limit "
                 f"({self._charge_limit_pct} %)",
             )

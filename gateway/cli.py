@@ -135,6 +135,52 @@ def _add_ingest(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_retention(p: argparse.ArgumentParser) -> None:
+    from gateway.retention import (
+        DEFAULT_QUARANTINE_DAYS,
+        DEFAULT_QUARANTINE_MAX_ENTRIES,
+        DEFAULT_TELEMETRY_DAYS,
+    )
+    from gateway.store.sqlite import DEFAULT_QUARANTINE_PAYLOAD_BYTES
+
+    for flag, env, default, kind, what in [
+        (
+            "--telemetry-retention-days",
+            "TELEMETRY_RETENTION_DAYS",
+            DEFAULT_TELEMETRY_DAYS,
+            float,
+            "delete samples this many days after they arrived (0: keep forever)",
+        ),
+        (
+            "--quarantine-retention-days",
+            "QUARANTINE_RETENTION_DAYS",
+            DEFAULT_QUARANTINE_DAYS,
+            float,
+            "delete quarantine entries this many days after they arrived (0: keep)",
+        ),
+        (
+            "--quarantine-max-entries",
+            "QUARANTINE_MAX_ENTRIES",
+            DEFAULT_QUARANTINE_MAX_ENTRIES,
+            int,
+            "keep at most this many quarantine entries, the newest (0: no cap)",
+        ),
+        (
+            "--quarantine-payload-bytes",
+            "QUARANTINE_PAYLOAD_BYTES",
+            DEFAULT_QUARANTINE_PAYLOAD_BYTES,
+            int,
+            "keep at most this many bytes of each refused payload (with its size and SHA-256)",
+        ),
+    ]:
+        p.add_argument(
+            flag,
+            type=kind,
+            default=kind(_env(env, str(default))),
+            help=f"{what} (env TELEMATICS_{env}; default: {default})",
+        )
+
+
 def _add_auth(p: argparse.ArgumentParser) -> None:
     from gateway.api.security import (
         DEFAULT_LOGIN_LIMIT,
@@ -294,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         "provisioned in the state database, or were revoked (env "
         "TELEMATICS_REQUIRE_PROVISIONED=1; `telematics up` turns it on)",
     )
+    _add_retention(gw)
 
     api = sub.add_parser(
         "api", help="run the HTTP API", description="Serve the HTTP API (OpenAPI docs at /docs)."
@@ -314,6 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mqtt_auth(api)
     _add_state_db(api)
     _add_auth(api)
+    api.add_argument(
+        "--offline-after",
+        type=float,
+        default=float(_env("OFFLINE_AFTER", "600")),
+        metavar="SECONDS",
+        help="show a vehicle offline (reason 'silent') when its status says online but "
+        "nothing has come from it for this long; units publish at least every 5 minutes "
+        "(env TELEMATICS_OFFLINE_AFTER; default: 600)",
+    )
     api.add_argument(
         "--commands-client-id",
         default=_env("COMMANDS_CLIENT_ID", "telematics-commands-1"),
@@ -444,7 +500,22 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     registry_url = None
     if args.require_provisioned:
         registry_url = args.state_db_url or default_state_db_url(args.data_dir)
-    run_gateway(GatewayOptions(db_path=db_path, ingest=settings, registry_url=registry_url))
+    from gateway.retention import RetentionPolicy
+
+    retention = RetentionPolicy(
+        telemetry_days=args.telemetry_retention_days or None,
+        quarantine_days=args.quarantine_retention_days or None,
+        quarantine_max_entries=args.quarantine_max_entries or None,
+    )
+    run_gateway(
+        GatewayOptions(
+            db_path=db_path,
+            ingest=settings,
+            registry_url=registry_url,
+            retention=retention,
+            quarantine_payload_bytes=args.quarantine_payload_bytes,
+        )
+    )
     return 0
 
 
@@ -507,7 +578,13 @@ def _cmd_api(args: argparse.Namespace) -> int:
         signing_public_key_path=signing_key.with_name(signing_key.name + ".pub"),
     )
     app = create_app(
-        ApiSettings(db_path=db_path, commands=commands, auth=auth, state_db_url=state_db_url)
+        ApiSettings(
+            db_path=db_path,
+            commands=commands,
+            auth=auth,
+            state_db_url=state_db_url,
+            silent_after_s=args.offline_after,
+        )
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     return 0

@@ -19,6 +19,10 @@ __all__ = [
     "QUARANTINED",
     "SAMPLES_DUPLICATE",
     "SAMPLES_STORED",
+    "SEQ_GAPS",
+    "SEQ_MISSING",
+    "STREAM_EVENTS",
+    "STREAM_TELEMETRY",
     "commit_seconds_counters",
 ]
 
@@ -33,6 +37,14 @@ EVENTS_STORED: Final = "telematics_events_stored_total"
 EVENTS_DUPLICATE: Final = "telematics_events_duplicate_total"
 #: label: the reason code (schemas.Reason)
 QUARANTINED: Final = "telematics_quarantined_total"
+#: label: the stream (telemetry, events). Seq numbers found missing (a later number arrived
+#: first), cumulative: what was lost or late, ever. Never decreases.
+SEQ_GAPS: Final = "telematics_seq_gaps_total"
+#: label: the stream. Seq numbers missing now, over every vehicle: detected minus those a
+#: late upload brought after all (a gauge kept as deltas in the counters table)
+SEQ_MISSING: Final = "telematics_seq_missing"
+STREAM_TELEMETRY: Final = "telemetry"
+STREAM_EVENTS: Final = "events"
 #: histogram of batch commit latency; labels are the bucket bounds, plus "sum" and "count"
 COMMIT_SECONDS: Final = "telematics_batch_commit_seconds"
 COMMIT_SECONDS_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)

@@ -1,7 +1,8 @@
 """Run one gateway (ingest) process: ``telematics gateway``.
 
 Opens the telemetry store, connects to the broker and ingests until SIGINT or SIGTERM,
-then commits what it holds, acknowledges it and disconnects.
+then commits what it holds, acknowledges it and disconnects. Meanwhile it deletes what is
+past its retention (``gateway.retention``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import contextlib
 import gc
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.ingest.registry import VehicleRegistry
 from gateway.ingest.service import IngestService, IngestSettings
+from gateway.retention import RetentionPolicy, run_retention
 from gateway.store import SqliteTelemetryStore
-from gateway.store.sqlite import Synchronous
+from gateway.store.sqlite import DEFAULT_QUARANTINE_PAYLOAD_BYTES, Synchronous
 
 __all__ = ["GatewayOptions", "run_gateway"]
 
@@ -31,6 +33,9 @@ class GatewayOptions:
     synchronous: Synchronous = "FULL"
     #: state database whose provisioned vehicles alone may send; None: any VIN may
     registry_url: str | None = None
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    #: the most bytes of a refused payload the quarantine keeps
+    quarantine_payload_bytes: int = DEFAULT_QUARANTINE_PAYLOAD_BYTES
 
 
 #: seconds between explicit garbage collections (automatic collection is off, see below)
@@ -58,7 +63,11 @@ async def _collect_garbage(stopping: asyncio.Event) -> None:
 
 
 async def _run(options: GatewayOptions) -> None:
-    store = SqliteTelemetryStore(options.db_path, synchronous=options.synchronous)
+    store = SqliteTelemetryStore(
+        options.db_path,
+        synchronous=options.synchronous,
+        quarantine_payload_bytes=options.quarantine_payload_bytes,
+    )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -81,11 +90,13 @@ async def _run(options: GatewayOptions) -> None:
     )
     collector = asyncio.create_task(_collect_garbage(stopping))
     watcher = asyncio.create_task(registry.watch(stopping)) if registry is not None else None
+    retention = asyncio.create_task(run_retention(options.db_path, options.retention, stopping))
     try:
         await service.run(stopping)
     finally:
         stopping.set()
         await collector
+        await retention
         if watcher is not None:
             await watcher
         if registry is not None:

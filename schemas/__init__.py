@@ -5,6 +5,11 @@ Layout:
     topics.py    topic names under ``v1/vehicles/{vin}/`` and their parser
     catalog.py   the typed signal catalog (COVESA VSS paths, datatypes, units, bounds)
     payloads.py  payload types and the pure encode/decode functions
+    commands.py  remote commands: types, parameters, the unit's rule book, answers
+    signing.py   the Ed25519 signature of a command (what is signed, exactly)
+    feedback.py  notices to a unit of what the gateway refused of its input
+
+The normative text for firmware teams is ``docs/device-contract.md``.
 
 Imports: only the standard library, pydantic, orjson and (for command signatures,
 ``signing.py``) cryptography. Imported by ``gateway`` and
@@ -15,6 +20,7 @@ exactly the public contract a real unit would.
 from schemas.catalog import CATALOG, Datatype, SignalSpec
 from schemas.payloads import (
     DEFAULT_LIMITS,
+    MAX_SEQ,
     DecodedTelemetry,
     Event,
     EventType,
@@ -48,6 +54,7 @@ __all__ = [
     "CATALOG",
     "CONTRACT_VERSION",
     "DEFAULT_LIMITS",
+    "MAX_SEQ",
     "VIN_PATTERN",
     "Channel",
     "Datatype",

@@ -1,7 +1,7 @@
 """The signal catalog: every telemetry signal the product accepts, typed after COVESA VSS.
 
-Each entry is a real VSS path (a test checks them all against the VSS catalog export in
-``shared/reference/vss``). Datatype and unit are the ones VSS gives. Where VSS gives a
+Each entry is a real VSS path (a test checks them all against the VSS catalog export
+vendored in ``third_party/vss``). Datatype and unit are the ones VSS gives. Where VSS gives a
 minimum or maximum we use it; where it gives none, the product sets a plausibility bound
 (a car that reports 900 km/h is broken, not fast) and marks it with ``bounds="product"``.
 Anything outside the catalog is rejected as ``unknown_signal``.

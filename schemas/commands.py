@@ -73,8 +73,11 @@ from schemas.vin import VIN_PATTERN, is_valid_vin
 __all__ = [
     "COMMAND_ID_PATTERN",
     "COMMAND_SPECS",
+    "CONFIRMATION_TOLERANCE_MS",
     "FLOAT_TOLERANCE",
     "MAX_COMMAND_PAYLOAD_BYTES",
+    "MOVING_FRESHNESS_MS",
+    "REASON_CODE_PATTERN",
     "ChargeLimitParams",
     "ClimateStartParams",
     "CommandMessage",
@@ -101,6 +104,7 @@ __all__ = [
     "encode_command_result",
     "expected_state",
     "is_confirmed_by",
+    "is_moving",
     "is_valid_command_id",
     "message_expiry_interval",
     "parse_command_result_topic",
@@ -153,7 +157,15 @@ class ResultStatus(enum.StrEnum):
 
 
 class ResultReason(enum.StrEnum):
-    """Why a unit rejected or failed a command (machine-readable; ``detail`` is for people)."""
+    """Why a unit rejected or failed a command (machine-readable; ``detail`` is for people).
+
+    The first eight are the unit's rule book (:func:`unit_decision`) and come with
+    ``rejected``; the rest are for ``failed`` (the unit accepted the command and could not
+    carry it out), though a unit may use any of them with either status. A code a unit sends
+    that is not listed here is recorded as :attr:`OTHER`, with the unit's own code kept at
+    the start of the detail (:func:`decode_command_result`), so a newer firmware's reason is
+    never lost and never makes the answer unreadable.
+    """
 
     WRONG_VIN = "wrong_vin"
     EXPIRED = "expired"
@@ -165,6 +177,20 @@ class ResultReason(enum.StrEnum):
     BAD_SIGNATURE = "bad_signature"
     #: the command's counter is not above the last one the unit took: a replay
     REPLAYED = "replayed"
+    #: the vehicle is not in a state to do it (charging: not plugged in, or at the limit)
+    PRECONDITION_FAILED = "precondition_failed"
+    #: an actuator or sensor fault (the lock motor did not move)
+    HARDWARE_FAULT = "hardware_fault"
+    #: stopped half way (the driver intervened, the ignition came on)
+    INTERRUPTED = "interrupted"
+    #: another command is still running and this one cannot run beside it
+    BUSY = "busy"
+    #: a reason outside this list (the unit's own code starts the detail)
+    OTHER = "other"
+
+
+#: what a unit may write as ``reason``: a short snake_case code (known or not)
+REASON_CODE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 
 
 # --- parameters ---------------------------------------------------------------------------------
@@ -442,6 +468,11 @@ def expected_state(
     )
 
 
+#: A sample confirms a command when its ``ts`` is at most this much before the unit's own
+#: ``ts`` of ``accepted``: both are the unit's clock, and a unit may stamp its answer just
+#: after the sample that already shows the new state.
+CONFIRMATION_TOLERANCE_MS = 1_000
+
 #: Floats are compared with this tolerance: units keep VSS ``float`` signals in 32 bits, so
 #: 21.3 comes back as 21.299999237...
 FLOAT_TOLERANCE = 0.01
@@ -598,7 +629,8 @@ class _ResultIn(TypedDict):
     command_id: _CommandId
     vin: _Vin
     status: ResultStatus
-    reason: NotRequired[ResultReason]
+    # any short code: an unknown one becomes ``other`` (see ResultReason), not a quarantine
+    reason: NotRequired[Annotated[str, StringConstraints(pattern=REASON_CODE_PATTERN)]]
     detail: NotRequired[Annotated[str, StringConstraints(max_length=_DETAIL_MAX)]]
     ts: _Ts
 
@@ -744,7 +776,7 @@ def decode_command_result(payload: bytes, *, topic_vin: str) -> CommandResult | 
             vin=topic_vin,
         )
     status: ResultStatus = raw["status"]
-    reason: ResultReason | None = raw.get("reason")
+    reason, detail = _reason_of(raw.get("reason"), raw.get("detail"))
     if status is ResultStatus.REJECTED and reason is None:
         return Rejection(
             Reason.INVALID_ENVELOPE,
@@ -757,8 +789,55 @@ def decode_command_result(payload: bytes, *, topic_vin: str) -> CommandResult | 
             f"a result with status {status.value} has no reason (command {raw['command_id']})",
             vin=topic_vin,
         )
-    return CommandResult(
-        raw["command_id"], raw["vin"], status, raw["ts"], reason, raw.get("detail")
+    return CommandResult(raw["command_id"], raw["vin"], status, raw["ts"], reason, detail)
+
+
+def _reason_of(code: str | None, detail: str | None) -> tuple[ResultReason | None, str | None]:
+    """A unit's reason code as a :class:`ResultReason`; an unknown code becomes ``other``
+    and leads the detail (``"flux_capacitor: it overheated"``), cut to the detail limit."""
+    if code is None:
+        return None, detail
+    try:
+        return ResultReason(code), detail
+    except ValueError:
+        kept = code if detail is None else f"{code}: {detail}"
+        return ResultReason.OTHER, kept[:_DETAIL_MAX]
+
+
+#: How old (by ``ts``) the vehicle's latest motion signal may be and still count: a vehicle
+#: whose last ``IsMoving: true`` is older than this is not known to be moving now (the unit,
+#: which checks its live sensors on receipt, decides; see :func:`unit_decision`).
+MOVING_FRESHNESS_MS = 60_000
+#: below this speed (km/h, either direction) a vehicle without ``IsMoving`` counts as stopped
+MOVING_SPEED_KMH = 0.5
+_IS_MOVING = "Vehicle.IsMoving"
+_SPEED = "Vehicle.Speed"
+
+
+def is_moving(latest: Mapping[str, tuple[SignalValue, int]], *, now_ms: int) -> bool:
+    """Whether a vehicle's latest reported state says it is moving *now*: what the gateway
+    checks before it sends a command that is unsafe while moving.
+
+    ``latest`` maps a signal path to (value, sample ts). ``Vehicle.IsMoving`` decides when
+    present, else ``|Vehicle.Speed| > MOVING_SPEED_KMH``; either only if its sample is at
+    most :data:`MOVING_FRESHNESS_MS` old (``now_ms - ts``, with the unit's clock synchronised
+    as the contract requires). A stale value proves nothing: a car parked for seven minutes
+    after a drive whose last sample said ``IsMoving: true`` is not moving, and the unit
+    refuses on receipt anyway if it is.
+    """
+    moving = latest.get(_IS_MOVING)
+    if moving is not None:
+        value, ts = moving
+        return value is True and now_ms - ts <= MOVING_FRESHNESS_MS
+    speed = latest.get(_SPEED)
+    if speed is None:
+        return False
+    value, ts = speed
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and abs(value) > MOVING_SPEED_KMH
+        and now_ms - ts <= MOVING_FRESHNESS_MS
     )
 
 

@@ -16,8 +16,13 @@ or a batch (a unit uploading its store-and-forward buffer), oldest first::
     {"vin": "WVWZZZ1JZXW000001", "samples": [{"seq": 43, "ts": ..., "signals": {...}}, ...]}
 
 ``seq`` counts up per vehicle and never repeats: (vin, seq) identifies a sample, so a
-redelivered message is recognised as a duplicate. ``ts`` is when the unit took the sample,
-in milliseconds since the Unix epoch (UTC).
+redelivered message is recognised as a duplicate; it is an integer from 0 to 2**53 - 1 (the
+largest integer every JSON parser holds exactly). ``ts`` is when the unit took the sample,
+in milliseconds since the Unix epoch (UTC); a ``ts`` before 2020 (``0``, or seconds instead
+of milliseconds) is refused as ``implausible_timestamp``, one too far ahead as
+``future_timestamp``. Integer signals accept an integral JSON float (``80.0`` is 80).
+
+The normative description for firmware teams is ``docs/device-contract.md``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,14 @@ from typing import Annotated, Any, Literal, NotRequired, Required, TypeAlias
 
 import orjson
 import pydantic_core
-from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic import with_config as _with_config
 from typing_extensions import TypedDict
 
@@ -38,6 +50,7 @@ from schemas.vin import VIN_PATTERN
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "MAX_SEQ",
     "DecodedTelemetry",
     "Event",
     "EventType",
@@ -70,6 +83,9 @@ class Reason(enum.StrEnum):
     INVALID_VIN = "invalid_vin"
     VIN_MISMATCH = "vin_mismatch"
     FUTURE_TIMESTAMP = "future_timestamp"
+    #: ``ts`` before :attr:`Limits.min_plausible_ts_ms` (2020-01-01): ``0``, seconds instead
+    #: of milliseconds, or a clock that was never set; stored, it would read as 1970
+    IMPLAUSIBLE_TIMESTAMP = "implausible_timestamp"
     UNKNOWN_SIGNAL = "unknown_signal"
     WRONG_TYPE = "wrong_type"
     OUT_OF_RANGE = "out_of_range"
@@ -79,6 +95,8 @@ class Reason(enum.StrEnum):
     #: a message on the topic of a vehicle that is not provisioned (or was revoked): the
     #: broker's ACL should have stopped it; the gateway refuses it as well
     UNPROVISIONED_VEHICLE = "unprovisioned_vehicle"
+    #: a command result whose MQTT 5 correlation data differs from its body's command id
+    CORRELATION_MISMATCH = "correlation_mismatch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +105,9 @@ class Limits:
     max_batch_samples: int = 1000
     #: a sample more than this far ahead of the gateway's clock is rejected
     max_future_skew_ms: int = 5 * 60 * 1000
+    #: a sample taken before this instant (2020-01-01T00:00:00Z) is rejected: ``ts`` 0, a
+    #: time in seconds, or an unset clock, which would otherwise be stored as 1970
+    min_plausible_ts_ms: int = 1_577_836_800_000
 
 
 DEFAULT_LIMITS = Limits()
@@ -138,7 +159,13 @@ def _value_type(spec: SignalSpec) -> Any:
         lo, hi = dt.integer_range
         lo = max(lo, int(spec.min)) if spec.min is not None else lo
         hi = min(hi, int(spec.max)) if spec.max is not None else hi
-        return Annotated[int, Field(ge=lo, le=hi)]
+        # an integral JSON float (80.0, as many JSON libraries write every number) is the
+        # integer 80; 80.5 is not (multiple_of). The int branch is tried first, so a plain
+        # integer never touches the Python converter.
+        return (
+            Annotated[int, Field(ge=lo, le=hi)]
+            | Annotated[float, Field(ge=lo, le=hi, multiple_of=1), AfterValidator(int)]
+        )
     return Annotated[float, Field(ge=spec.min, le=spec.max, allow_inf_nan=False)]
 
 
@@ -148,7 +175,10 @@ _Signals = _with_config(_STRICT)(
         {spec.path: NotRequired[_value_type(spec)] for spec in CATALOG.values()},
     )
 )
-_Seq = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: 0 is a valid seq; the upper bound is the largest integer a JSON parser using doubles
+#: (JavaScript, many embedded libraries) holds exactly
+MAX_SEQ = 2**53 - 1
+_Seq = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 _Ts = Annotated[int, Field(ge=0, le=2**53)]
 
 
@@ -210,13 +240,17 @@ def _describe(error: Any) -> str:
 
 
 def _signal_errors(errors: Sequence[Any]) -> dict[tuple[int | None, str], Any] | None:
-    """Map (batch index or None, signal path) -> first error, or None if any error is not
-    about one signal (then the whole message is rejected)."""
+    """Map (batch index or None, signal path) -> the error that decides its reason, or None
+    if any error is not about one signal (then the whole message is rejected).
+
+    An integer signal is a union (integer, or integral float), so it can fail twice: 300.0
+    for a uint8 is a type error for the integer branch and a range error for the float one.
+    A range error wins (the value is a number, just too big); otherwise the first error."""
     found: dict[tuple[int | None, str], Any] = {}
     for error in errors:
         loc = error["loc"]
         if len(loc) >= 2 and loc[0] == "signals" and isinstance(loc[1], str):
-            found.setdefault((None, loc[1]), error)
+            key: tuple[int | None, str] = (None, loc[1])
         elif (
             len(loc) >= 4
             and loc[0] == "samples"
@@ -224,9 +258,12 @@ def _signal_errors(errors: Sequence[Any]) -> dict[tuple[int | None, str], Any] |
             and loc[2] == "signals"
             and isinstance(loc[3], str)
         ):
-            found.setdefault((loc[1], loc[3]), error)
+            key = (loc[1], loc[3])
         else:
             return None
+        held = found.get(key)
+        if held is None or (error["type"] in _RANGE_ERRORS and held["type"] not in _RANGE_ERRORS):
+            found[key] = error
     return found
 
 
@@ -302,6 +339,16 @@ def decode_telemetry(
     horizon = now_ms + limits.max_future_skew_ms
     samples: list[Sample] = []
     for item in items:
+        if item["ts"] < limits.min_plausible_ts_ms:
+            rejections.append(
+                Rejection(
+                    Reason.IMPLAUSIBLE_TIMESTAMP,
+                    _implausible(item["ts"], limits),
+                    vin=vin,
+                    seq=item["seq"],
+                )
+            )
+            continue
         if item["ts"] > horizon:
             rejections.append(
                 Rejection(
@@ -316,6 +363,16 @@ def decode_telemetry(
         samples.append(Sample(vin, item["seq"], item["ts"], item["signals"]))
     # rejections of signals whose sample was rejected as a whole are kept: both are true
     return DecodedTelemetry(tuple(samples), tuple(rejections))
+
+
+def _implausible(ts: int, limits: Limits) -> str:
+    seconds = limits.min_plausible_ts_ms // 1000 <= ts < 10**11
+    hint = " (seconds instead of milliseconds?)" if seconds else ""
+    return (
+        f"ts {ts} is before {limits.min_plausible_ts_ms} (2020-01-01T00:00:00Z){hint}: ts is "
+        "milliseconds since the Unix epoch from a synchronised clock; a sample taken before "
+        "the clock was set cannot be placed in time"
+    )
 
 
 def _reject(reason: Reason, detail: str, *, vin: str | None) -> DecodedTelemetry:
@@ -441,6 +498,13 @@ def decode_event(
             Reason.VIN_MISMATCH,
             f"payload vin {raw['vin']!r} differs from the topic's vin {topic_vin!r}",
             vin=topic_vin,
+        )
+    if raw["ts"] < limits.min_plausible_ts_ms:
+        return Rejection(
+            Reason.IMPLAUSIBLE_TIMESTAMP,
+            _implausible(raw["ts"], limits),
+            vin=topic_vin,
+            seq=raw["seq"],
         )
     if raw["ts"] > now_ms + limits.max_future_skew_ms:
         return Rejection(Reason.FUTURE_TIMESTAMP, f"ts {raw['ts']} is in the future", vin=topic_vin)

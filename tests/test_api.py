@@ -8,6 +8,7 @@ over HTTP: no mocks, so the SQL, the JSON shapes and the error handlers are all 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import sqlite3
 import time
@@ -49,6 +50,9 @@ UNKNOWN_VIN = "WVWZZZ1JZXW999999"
 SPEED = "Vehicle.Speed"
 LAT = "Vehicle.CurrentLocation.Latitude"
 BAD_JSON = b'{"vin": "\xff\xfe'
+#: the API's clock for presence: VIN_A was heard from at T0 + 20 s, well within the silence
+#: limit (tests/test_presence_and_feedback.py covers the limit itself)
+SEEDED_NOW = T0 + 60_000
 
 
 def now_ms() -> int:
@@ -159,7 +163,9 @@ def db_path(tmp_path: Path) -> Path:
 def client(db_path: Path) -> Iterator[TestClient]:
     """The API over a seeded database, with small history limits (default 5, max 50)."""
     seed(db_path)
-    settings = ApiSettings(db_path, max_history_limit=50, default_history_limit=5)
+    settings = ApiSettings(
+        db_path, max_history_limit=50, default_history_limit=5, clock_ms=lambda: SEEDED_NOW
+    )
     with admin_client(settings) as c:
         yield c
 
@@ -190,18 +196,15 @@ def test_startup_creates_the_schema_of_a_missing_database(db_path: Path) -> None
     with admin_client(ApiSettings(db_path)) as c:
         assert db_path.is_file()
         body = c.get("/v1/vehicles").json()
-        assert body == {
-            "vehicles": [],
-            "paging": {"limit": 100, "offset": 0, "total": 0, "next_offset": None},
-        }
+        assert body == {"items": [], "next": None}
         assert c.get("/healthz").json() == {"status": "ok", "database": "ok"}
 
 
 def test_reads_see_commits_made_after_startup(db_path: Path) -> None:
     with admin_client(ApiSettings(db_path)) as c:
-        assert c.get("/v1/vehicles").json()["paging"]["total"] == 0
+        assert c.get("/v1/vehicles").json()["items"] == []
         seed(db_path)
-        assert c.get("/v1/vehicles").json()["paging"]["total"] == 3
+        assert len(c.get("/v1/vehicles").json()["items"]) == 3
 
 
 # --- /v1/vehicles --------------------------------------------------------------------------
@@ -211,12 +214,13 @@ def test_list_vehicles(client: TestClient) -> None:
     r = client.get("/v1/vehicles")
     assert r.status_code == 200
     body = r.json()
-    assert body["paging"] == {"limit": 100, "offset": 0, "total": 3, "next_offset": None}
-    a, b, c = body["vehicles"]
+    assert body["next"] is None
+    a, b, c = body["items"]
     assert [a["vin"], b["vin"], c["vin"]] == [VIN_A, VIN_B, VIN_C]
     assert [a["online"], b["online"], c["online"]] == [True, False, None]
     assert a == {
         "vin": VIN_A,
+        "reported": True,
         "online": True,
         "first_seen": T0 + 20_000,
         "first_seen_iso": "2025-11-27T08:00:20.000Z",
@@ -224,26 +228,34 @@ def test_list_vehicles(client: TestClient) -> None:
         "last_seen_iso": "2025-11-27T08:00:20.000Z",
         "status_changed_at": T0,
         "status_changed_at_iso": "2025-11-27T08:00:00.000Z",
+        "offline_reason": None,
+        "missing_samples": 0,
+        "missing_events": 0,
     }
+    assert b["offline_reason"] == "status"
+    assert c["offline_reason"] is None
     assert c["status_changed_at"] is None
     assert c["status_changed_at_iso"] is None
 
 
 def test_list_vehicles_pages(client: TestClient) -> None:
     first = client.get("/v1/vehicles", params={"limit": 2}).json()
-    assert [v["vin"] for v in first["vehicles"]] == [VIN_A, VIN_B]
-    assert first["paging"] == {"limit": 2, "offset": 0, "total": 3, "next_offset": 2}
-    second = client.get("/v1/vehicles", params={"limit": 2, "offset": 2}).json()
-    assert [v["vin"] for v in second["vehicles"]] == [VIN_C]
-    assert second["paging"]["next_offset"] is None
-    beyond = client.get("/v1/vehicles", params={"offset": 10}).json()
-    assert beyond["vehicles"] == []
-    assert beyond["paging"]["next_offset"] is None
+    assert [v["vin"] for v in first["items"]] == [VIN_A, VIN_B]
+    assert first["next"] is not None
+    second = client.get("/v1/vehicles", params={"limit": 2, "cursor": first["next"]}).json()
+    assert [v["vin"] for v in second["items"]] == [VIN_C]
+    assert second["next"] is None
 
 
 @pytest.mark.parametrize(
     ("params", "field"),
-    [({"limit": 0}, "limit"), ({"limit": 1001}, "limit"), ({"offset": -1}, "offset")],
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 1001}, "limit"),
+        ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"cursor": "W10"}, "cursor"),  # base64 of [], not one of ours
+        ({"cursor": "x" * 201}, "cursor"),
+    ],
 )
 def test_list_vehicles_rejects_bad_paging(
     client: TestClient, params: dict[str, int], field: str
@@ -320,8 +332,8 @@ def test_history_time_window_is_start_inclusive_end_exclusive(client: TestClient
         "2025-11-27T08:00:02.000Z",
         "2025-11-27T08:00:05.000Z",
     )
-    assert body["truncated"] is False
-    assert body["points"] == [
+    assert body["next"] is None
+    assert body["items"] == [
         {"seq": i, "ts": T0 + i * 1000, "ts_iso": iso(T0 + i * 1000), "values": {SPEED: 10.5 + i}}
         for i in (2, 3, 4)
     ]
@@ -338,7 +350,7 @@ def test_history_time_window_is_start_inclusive_end_exclusive(client: TestClient
 def test_history_accepts_iso_timestamps(client: TestClient, start: str, end: str) -> None:
     body = history(client, signals=SPEED, start=start, end=end).json()
     assert (body["start"], body["end"]) == (T0 + 2000, T0 + 5000)
-    assert [p["seq"] for p in body["points"]] == [2, 3, 4]
+    assert [p["seq"] for p in body["items"]] == [2, 3, 4]
 
 
 def test_history_unencoded_plus_in_offset_still_parses(client: TestClient) -> None:
@@ -348,7 +360,7 @@ def test_history_unencoded_plus_in_offset_still_parses(client: TestClient) -> No
         "&start=2025-11-27T09:00:02+01:00&end=2025-11-27T09:00:05+01:00"
     )
     assert r.status_code == 200, r.text
-    assert [p["seq"] for p in r.json()["points"]] == [2, 3, 4]
+    assert [p["seq"] for p in r.json()["items"]] == [2, 3, 4]
 
 
 def test_history_defaults_to_the_last_hour(client: TestClient) -> None:
@@ -358,12 +370,12 @@ def test_history_defaults_to_the_last_hour(client: TestClient) -> None:
     assert before <= body["end"] <= after
     assert body["end"] - body["start"] == 60 * 60 * 1000
     # the sample 10 minutes ago is in, the one 2 hours ago is not
-    assert [(p["seq"], p["values"]) for p in body["points"]] == [(1, {SPEED: 99.0})]
+    assert [(p["seq"], p["values"]) for p in body["items"]] == [(1, {SPEED: 99.0})]
 
 
 def test_history_start_only_ends_now(client: TestClient) -> None:
     body = history(client, VIN_B, signals=SPEED, start=0).json()
-    assert [p["seq"] for p in body["points"]] == [2, 1]  # oldest first
+    assert [p["seq"] for p in body["items"]] == [2, 1]  # oldest first
 
 
 def test_history_signals_repeated_or_comma_separated(client: TestClient) -> None:
@@ -373,8 +385,8 @@ def test_history_signals_repeated_or_comma_separated(client: TestClient) -> None
     ).json()
     commas = history(client, signals=f"{SPEED}, {LAT},{SPEED}", **window).json()
     assert repeated["signals"] == commas["signals"] == [SPEED, LAT]
-    assert repeated["points"] == commas["points"]
-    assert [p["values"] for p in repeated["points"]] == [
+    assert repeated["items"] == commas["items"]
+    assert [p["values"] for p in repeated["items"]] == [
         {SPEED: 10.5, LAT: 48.1},
         {SPEED: 11.5},
         {SPEED: 12.5, LAT: 50.1},
@@ -384,23 +396,28 @@ def test_history_signals_repeated_or_comma_separated(client: TestClient) -> None
 
 def test_history_only_points_carrying_a_requested_signal(client: TestClient) -> None:
     body = history(client, signals=LAT, start=T0, end=T0 + 60_000, limit=50).json()
-    assert [p["seq"] for p in body["points"]] == [0, 2, 4, 6, 8]
-    assert all(set(p["values"]) == {LAT} for p in body["points"])
+    assert [p["seq"] for p in body["items"]] == [0, 2, 4, 6, 8]
+    assert all(set(p["values"]) == {LAT} for p in body["items"])
 
 
-def test_history_limit_and_truncated(client: TestClient) -> None:
+def test_history_limit_and_cursor(client: TestClient) -> None:
     window = {"signals": SPEED, "start": T0, "end": T0 + 60_000}
     limited = history(client, **window, limit=3).json()
-    assert [p["seq"] for p in limited["points"]] == [0, 1, 2]
-    assert limited["limit"] == 3
-    assert limited["truncated"] is True
+    assert [p["seq"] for p in limited["items"]] == [0, 1, 2]
+    assert limited["next"] is not None
+    rest = history(client, **window, limit=50, cursor=limited["next"]).json()
+    assert [p["seq"] for p in rest["items"]] == list(range(3, 10))
+    assert rest["next"] is None
     exact = history(client, **window, limit=10).json()
-    assert len(exact["points"]) == 10
-    assert exact["truncated"] is False
+    assert len(exact["items"]) == 10
+    assert exact["next"] is None
     default = history(client, **window).json()  # settings.default_history_limit
-    assert default["limit"] == 5
-    assert len(default["points"]) == 5
-    assert default["truncated"] is True
+    assert len(default["items"]) == 5
+    assert default["next"] is not None
+    # a cursor of another list is refused, not misread
+    vehicles_cursor = client.get("/v1/vehicles", params={"limit": 1}).json()["next"]
+    wrong = history(client, **window, cursor=vehicles_cursor)
+    assert error_of(wrong, 422, "invalid_request")["details"][0]["loc"] == ["query", "cursor"]
 
 
 @pytest.mark.parametrize("limit", [0, 51])
@@ -469,15 +486,14 @@ def test_catalog(client: TestClient) -> None:
 
 def ids(r: Any) -> list[int]:
     assert r.status_code == 200, r.text
-    return [e["id"] for e in r.json()["entries"]]
+    return [e["id"] for e in r.json()["items"]]
 
 
 def test_quarantine_newest_first_with_raw_payload(client: TestClient) -> None:
     body = client.get("/v1/quarantine").json()
-    assert [e["id"] for e in body["entries"]] == [5, 4, 3, 2, 1]
-    assert body["next_before_id"] is None
-    assert body["limit"] == 100
-    oldest = body["entries"][-1]
+    assert [e["id"] for e in body["items"]] == [5, 4, 3, 2, 1]
+    assert body["next"] is None
+    oldest = body["items"][-1]
     assert oldest == {
         "id": 1,
         "received_at": T0 + 1,
@@ -491,22 +507,22 @@ def test_quarantine_newest_first_with_raw_payload(client: TestClient) -> None:
         "payload_text": '{"vin": "\ufffd\ufffd',
         "payload_base64": base64.b64encode(BAD_JSON).decode(),
         "payload_size": len(BAD_JSON),
+        "payload_truncated": False,
+        "payload_sha256": hashlib.sha256(BAD_JSON).hexdigest(),
     }
     assert base64.b64decode(oldest["payload_base64"]) == BAD_JSON
-    signal_level = body["entries"][-2]
+    signal_level = body["items"][-2]
     assert (signal_level["seq"], signal_level["signal"]) == (3, "Vehicle.Foo")
 
 
-def test_quarantine_pages_with_before_id(client: TestClient) -> None:
+def test_quarantine_pages_with_a_cursor(client: TestClient) -> None:
     first = client.get("/v1/quarantine", params={"limit": 2}).json()
-    assert [e["id"] for e in first["entries"]] == [5, 4]
-    assert first["next_before_id"] == 4
-    second = client.get("/v1/quarantine", params={"limit": 2, "before_id": 4}).json()
-    assert [e["id"] for e in second["entries"]] == [3, 2]
-    assert second["next_before_id"] == 2
-    last = client.get("/v1/quarantine", params={"limit": 2, "before_id": 2}).json()
-    assert [e["id"] for e in last["entries"]] == [1]
-    assert last["next_before_id"] is None
+    assert [e["id"] for e in first["items"]] == [5, 4]
+    second = client.get("/v1/quarantine", params={"limit": 2, "cursor": first["next"]}).json()
+    assert [e["id"] for e in second["items"]] == [3, 2]
+    last = client.get("/v1/quarantine", params={"limit": 2, "cursor": second["next"]}).json()
+    assert [e["id"] for e in last["items"]] == [1]
+    assert last["next"] is None
 
 
 def test_quarantine_filters(client: TestClient) -> None:
@@ -530,7 +546,7 @@ def test_quarantine_unknown_reason_lists_the_valid_ones(client: TestClient) -> N
 
 
 @pytest.mark.parametrize(
-    ("params", "field"), [({"before_id": 0}, "before_id"), ({"limit": 1001}, "limit")]
+    ("params", "field"), [({"cursor": "bogus"}, "cursor"), ({"limit": 1001}, "limit")]
 )
 def test_quarantine_bad_paging(client: TestClient, params: dict[str, int], field: str) -> None:
     error = error_of(client.get("/v1/quarantine", params=params), 422, "invalid_request")
@@ -664,6 +680,7 @@ def test_docs_and_openapi(client: TestClient) -> None:
     docs = client.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+    assert client.get("/redoc").status_code == 404  # not offered: it would need a CDN
     r = client.get("/openapi.json")
     assert r.status_code == 200
     spec = r.json()

@@ -63,7 +63,7 @@ class Setup:
         self.admin = self.token(TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD)
         r = self.client.get("/v1/audit", params={"limit": 1000, **params}, headers=self.admin)
         assert r.status_code == 200, r.text
-        entries: list[dict[str, Any]] = r.json()["entries"]
+        entries: list[dict[str, Any]] = r.json()["items"]
         return entries
 
 
@@ -296,14 +296,16 @@ def test_api_key_is_shown_once_works_and_revocation_is_immediate(s: Setup) -> No
     assert created.status_code == 201, created.text
     key = created.json()["key"]
     assert key.startswith("tgk_")
-    listed = s.client.get("/v1/api-keys", headers=s.admin).json()
+    listed = s.client.get("/v1/api-keys", headers=s.admin).json()["items"]
     assert [k["prefix"] for k in listed] == [created.json()["prefix"]]
     assert key not in str(listed)
     for header in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
         me = s.client.get("/v1/me", headers=header)
         assert me.status_code == 200, me.text
         assert me.json()["user"]["email"] == TEST_ADMIN_EMAIL
-    assert s.client.get("/v1/api-keys", headers=s.admin).json()[0]["last_used_at"] is not None
+    assert (
+        s.client.get("/v1/api-keys", headers=s.admin).json()["items"][0]["last_used_at"] is not None
+    )
     revoked = s.client.delete(f"/v1/api-keys/{created.json()['id']}", headers=s.admin)
     assert revoked.json()["revoked_at"] is not None
     error(s.client.get("/v1/me", headers={"X-API-Key": key}), 401, "invalid_api_key")
@@ -366,7 +368,7 @@ def test_command_limits_per_user_and_per_vehicle_answer_429_with_retry_after(
         clock.now += 60
         assert send(OTHER_VIN).status_code == 201
         denied = c.get("/v1/audit", params={"action": "command_create", "limit": 100}).json()[
-            "entries"
+            "items"
         ]
         reasons = [e["detail"].get("reason") for e in denied if e["outcome"] == "denied"]
         assert sorted(reasons) == ["user_rate_limited", "vehicle_rate_limited"]
@@ -393,7 +395,7 @@ def test_audit_log_is_scoped_for_fleet_managers(s: Setup) -> None:
     owner(s)  # another account's activity
     fm = s.token("fm@example.com")
     s.client.post("/v1/vehicles", json={"vin": VIN}, headers=fm)
-    entries = s.client.get("/v1/audit", headers=fm).json()["entries"]
+    entries = s.client.get("/v1/audit", headers=fm).json()["items"]
     assert entries
     assert {e["account_id"] for e in entries} == {org["id"]}
     assert {"vehicle_provision", "login", "user_create", "account_create"} <= {

@@ -610,7 +610,7 @@ def test_lists_show_only_what_the_caller_may_see(world: World) -> None:
             v["vin"]
             for v in world.client.get(
                 "/v1/vehicles", params={"limit": 1000}, headers=world.headers[persona]
-            ).json()["vehicles"]
+            ).json()["items"]
         }
         assert own in listed, persona
         assert (foreign in listed) == (persona == "admin"), persona

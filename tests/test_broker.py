@@ -83,6 +83,9 @@ def test_generated_config_is_accepted_and_contains_the_limits(mosquitto: Mosquit
     text = mosquitto.config_path.read_text()
     directives = _directives(text)
     port, data_dir = mosquitto.port, mosquitto.config.data_dir
+    # message_size_limit would answer an oversized QoS 1 message with a PUBACK reason MQTT 5
+    # forbids (paho-mqtt then resends forever): max_packet_size instead, announced in CONNACK
+    assert not any(d.startswith("message_size_limit") for d in directives)
     for expected in [
         "per_listener_settings false",
         f"listener {port} 127.0.0.1",
@@ -94,7 +97,7 @@ def test_generated_config_is_accepted_and_contains_the_limits(mosquitto: Mosquit
         "max_queued_messages 1000000",
         "max_queued_bytes 0",
         "queue_qos0_messages false",
-        "message_size_limit 1048576",
+        "max_packet_size 1048576",
         f"log_dest file {mosquitto.log_path}",
         "log_type information",
         "set_tcp_nodelay true",

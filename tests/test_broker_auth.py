@@ -62,6 +62,7 @@ from gateway.broker.auth import (
     verify_password,
 )
 from schemas.commands import command_result_topic, command_topic
+from schemas.feedback import feedback_topic
 from schemas.topics import Channel, topic_for
 from schemas.vin import VIN_PATTERN
 from tests.conftest import wait_until
@@ -469,7 +470,7 @@ def test_vehicle_topics_are_the_device_contracts() -> None:
         topic_for(VIN_A, Channel.STATUS),
         command_result_topic(VIN_A),
     }
-    assert read == (command_topic(VIN_A),)
+    assert read == (command_topic(VIN_A), feedback_topic(VIN_A))
 
 
 @pytest.mark.parametrize(
@@ -555,6 +556,7 @@ def test_render_acl_gives_each_vehicle_only_its_own_topics() -> None:
                 f"topic write {topic_for(vin, Channel.STATUS)}",
                 f"topic write {command_result_topic(vin)}",
                 f"topic read {command_topic(vin)}",
+                f"topic read {feedback_topic(vin)}",
             ]
         )
 

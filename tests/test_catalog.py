@@ -2,9 +2,10 @@
 
 Every entry must be a real, current VSS signal with the datatype, unit, bounds and allowed
 values VSS gives it; product plausibility bounds (``bounds="product"``) must lie inside
-whatever VSS allows. The export lives next to the repository, in
-``shared/reference/vss/vss-catalog.csv``; a missing export fails the tests instead of
-skipping them, so a broken checkout cannot pass silently.
+whatever VSS allows. The export is vendored in the repository,
+``third_party/vss/vss-catalog.csv`` (its README names the VSS commit; MPL-2.0), so a clone
+anywhere passes on its own; a missing export fails the tests instead of skipping them, so a
+broken checkout cannot pass silently.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 import ast
 import csv
 import functools
+import os
+import shutil
+import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -22,7 +26,8 @@ import pytest
 from schemas import CATALOG, SignalSpec
 from schemas.catalog import _ENTRIES
 
-VSS_CSV = Path(__file__).resolve().parents[2] / "shared/reference/vss/vss-catalog.csv"
+REPO = Path(__file__).resolve().parents[1]
+VSS_CSV = REPO / "third_party/vss/vss-catalog.csv"
 VSS_COLUMNS = [
     "Signal",
     "Type",
@@ -93,7 +98,7 @@ def vss() -> dict[str, VssNode]:
     if not VSS_CSV.is_file():
         pytest.fail(
             f"VSS catalog export not found: looked for {VSS_CSV} "
-            "(shared/reference/vss/vss-catalog.csv next to the repository)",
+            "(third_party/vss/vss-catalog.csv in the repository)",
             pytrace=False,
         )
     return _read_vss(VSS_CSV)
@@ -116,7 +121,7 @@ def test_vss_export_is_present() -> None:
 def test_missing_export_fails_and_says_where(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    missing = tmp_path / "shared/reference/vss/vss-catalog.csv"
+    missing = tmp_path / "third_party/vss/vss-catalog.csv"
     monkeypatch.setattr(sys.modules[__name__], "VSS_CSV", missing)
     with pytest.raises(pytest.fail.Exception, match="looked for") as info:
         vss()
@@ -190,3 +195,83 @@ def test_no_duplicate_paths() -> None:
     assert [p for p, n in counts.items() if n > 1] == []
     assert len(CATALOG) == len(_ENTRIES)
     assert all(path == spec.path for path, spec in CATALOG.items())
+
+
+# --- the repository stands alone ---------------------------------------------------------------
+
+
+def _repository_files() -> list[Path]:
+    """Every file of the checkout that git knows or would add (tracked and untracked, not
+    ignored): what a fresh clone of this commit holds."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return [REPO / name for name in listed.split("\0") if name and (REPO / name).is_file()]
+
+
+def test_vss_export_comes_with_its_license_and_source() -> None:
+    folder = VSS_CSV.parent
+    assert "Mozilla Public License Version 2.0" in (folder / "LICENSE").read_text()
+    readme = (folder / "README.md").read_text()
+    assert "ce67f927" in readme, "the README must name the VSS commit the export came from"
+    assert "scripts/refresh-vss.sh" in readme
+    assert (REPO / "scripts/refresh-vss.sh").stat().st_mode & 0o111, "refresh script not executable"
+
+
+def test_no_code_reads_outside_the_repository() -> None:
+    # the old location of the VSS export, spelled so that this file does not match itself
+    outside = ("../" + "shared", "/work/" + "shared", "shared/" + "reference")
+    offenders = [
+        f"{path.relative_to(REPO)}: {needle}"
+        for path in _repository_files()
+        if path.suffix in {".py", ".sh", ".toml", ".cfg", ".ini", ".json", ".yml", ".yaml"}
+        for needle in outside
+        if needle in path.read_text(errors="replace")
+    ]
+    assert offenders == []
+
+
+def test_catalog_tests_pass_in_a_copy_without_anything_beside_it(tmp_path: Path) -> None:
+    """A clone in any directory: copy the checkout's files into a fresh directory (nothing
+    next to it) and run this module's catalog checks there, with the copy's own modules."""
+    copy = tmp_path / "clone"
+    for path in _repository_files():
+        target = copy / path.relative_to(REPO)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_catalog.py",
+            "-k",
+            "not copy_without_anything and not reads_outside",
+        ],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout
+    assert "failed" not in run.stdout
+    # the copy's catalog test read the copy's export, not this checkout's
+    imported = subprocess.run(
+        [sys.executable, "-c", "import tests.test_catalog as t; print(t.VSS_CSV)"],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert imported == str(copy / "third_party/vss/vss-catalog.csv")

@@ -20,7 +20,9 @@ from gateway.commands import (
     IllegalTransition,
     allowed_events,
     event_for_result,
+    is_repeat,
     is_terminal,
+    late_event,
     transition,
 )
 from schemas.commands import ResultStatus
@@ -205,3 +207,31 @@ def test_random_histories_from_anywhere(start: CommandStatus, events: list[Comma
         assert path == [start]
     if S.SUCCEEDED in path and start is S.QUEUED:
         assert S.SENT in path
+
+
+# --- answers after the end ---------------------------------------------------------------------
+
+
+def test_late_events_name_the_answer() -> None:
+    assert {late_event(s) for s in ResultStatus} == {
+        "late_accepted",
+        "late_rejected",
+        "late_succeeded",
+        "late_failed",
+    }
+    # they fit the history's event column (String(32)) and are no lifecycle event
+    assert all(len(late_event(s)) <= 32 for s in ResultStatus)
+    assert not {late_event(s) for s in ResultStatus} & {e.value for e in CommandEvent}
+
+
+def test_a_repeat_is_an_answer_already_in_the_history() -> None:
+    S = CommandStatus
+    expired = [(S.QUEUED, None), (S.SENT, "published"), (S.EXPIRED, "ttl_elapsed")]
+    assert not is_repeat(ResultStatus.ACCEPTED, expired)  # late: record it
+    noted = [*expired, (S.EXPIRED, late_event(ResultStatus.ACCEPTED))]
+    assert is_repeat(ResultStatus.ACCEPTED, noted)  # its redelivery: once is enough
+    assert not is_repeat(ResultStatus.SUCCEEDED, noted)
+    done = [(S.QUEUED, None), (S.SENT, "published"), (S.ACCEPTED, "unit_accepted")]
+    done.append((S.SUCCEEDED, "unit_succeeded"))
+    assert is_repeat(ResultStatus.ACCEPTED, done)  # a redelivered accepted after the end
+    assert not is_repeat(ResultStatus.FAILED, done)  # a contradicting final answer: late

@@ -13,10 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import schemas.commands as commands_module
 from schemas import CATALOG, InvalidTopicError, Reason, Rejection, SignalValue, parse_topic
 from schemas.commands import (
     COMMAND_SPECS,
     MAX_COMMAND_PAYLOAD_BYTES,
+    MOVING_FRESHNESS_MS,
     CommandMessage,
     CommandParamsError,
     CommandResult,
@@ -489,8 +491,10 @@ def test_result_round_trip(result: CommandResult) -> None:
                      id="unknown-status"),
         pytest.param(result_json(status="ACCEPTED"), Reason.INVALID_ENVELOPE, "status",
                      id="status-case"),
-        pytest.param(result_json(status="rejected", reason="tired"), Reason.INVALID_ENVELOPE,
-                     "reason", id="unknown-reason"),
+        pytest.param(result_json(status="rejected", reason="Too Tired"), Reason.INVALID_ENVELOPE,
+                     "reason", id="reason-not-a-code"),
+        pytest.param(result_json(status="failed", reason="x" * 65), Reason.INVALID_ENVELOPE,
+                     "reason", id="reason-too-long"),
         pytest.param(result_json(status="failed", reason=None), Reason.INVALID_ENVELOPE,
                      "reason", id="null-reason"),
         pytest.param(result_json(detail="x" * 513), Reason.INVALID_ENVELOPE, "detail",
@@ -521,6 +525,48 @@ def test_decode_result_rejects(payload: bytes, reason: Reason, fragment: str) ->
     assert decoded.reason is reason
     assert decoded.vin == VIN
     assert fragment in decoded.detail
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        ResultReason.HARDWARE_FAULT,
+        ResultReason.PRECONDITION_FAILED,
+        ResultReason.INTERRUPTED,
+        ResultReason.BUSY,
+        ResultReason.INTERNAL_ERROR,
+        ResultReason.OTHER,
+    ],
+)
+def test_failed_with_the_units_own_reason_is_a_result(reason: ResultReason) -> None:
+    """Issue 11: a ``failed`` with ``hardware_fault`` was quarantined as invalid_envelope."""
+    payload = result_json(status="failed", reason=reason.value, detail="lock motor stalled")
+    assert decode_command_result(payload, topic_vin=VIN) == CommandResult(
+        CID, VIN, ResultStatus.FAILED, NOW, reason, "lock motor stalled"
+    )
+
+
+@pytest.mark.parametrize("status", ["failed", "rejected"])
+def test_an_unknown_reason_code_becomes_other_and_keeps_the_units_words(status: str) -> None:
+    decoded = decode_command_result(
+        result_json(status=status, reason="flux_capacitor", detail="it overheated"),
+        topic_vin=VIN,
+    )
+    assert isinstance(decoded, CommandResult)
+    assert decoded.reason is ResultReason.OTHER
+    assert decoded.detail == "flux_capacitor: it overheated"
+    without_detail = decode_command_result(
+        result_json(status=status, reason="tired"), topic_vin=VIN
+    )
+    assert isinstance(without_detail, CommandResult)
+    assert (without_detail.reason, without_detail.detail) == (ResultReason.OTHER, "tired")
+    longest = decode_command_result(
+        result_json(status=status, reason="z" * 64, detail="d" * 512), topic_vin=VIN
+    )
+    assert isinstance(longest, CommandResult)
+    assert longest.detail is not None
+    assert len(longest.detail) == 512
+    assert longest.detail.startswith("z" * 64 + ": ")
 
 
 @given(
@@ -740,3 +786,30 @@ def test_unit_decision_precedence(
     message: CommandMessage | InvalidCommand, is_moving: bool, reason: ResultReason
 ) -> None:
     rejected(reason, unit_decision(message, vin=VIN, now_ms=NOW, is_moving=is_moving))
+
+
+# --- what "moving" means to the gateway (fresh motion only) ---------------------------------
+
+MOVING = "Vehicle.IsMoving"
+
+
+@pytest.mark.parametrize(
+    ("latest", "moving"),
+    [
+        pytest.param({MOVING: (True, NOW - 1_000)}, True, id="is-moving-fresh"),
+        pytest.param({MOVING: (True, NOW - MOVING_FRESHNESS_MS)}, True, id="at-the-limit"),
+        # issue 11: a 7-minute-old IsMoving=true blocked commands of a parked car
+        pytest.param({MOVING: (True, NOW - 7 * 60_000)}, False, id="is-moving-7-min-old"),
+        pytest.param({MOVING: (True, NOW - MOVING_FRESHNESS_MS - 1)}, False, id="just-stale"),
+        pytest.param({MOVING: (False, NOW), SPEED: (50.0, NOW)}, False, id="is-moving-decides"),
+        pytest.param({SPEED: (48.0, NOW - 500)}, True, id="speed-fresh"),
+        pytest.param({SPEED: (-3.0, NOW)}, True, id="reversing"),
+        pytest.param({SPEED: (0.4, NOW)}, False, id="speed-below-threshold"),
+        pytest.param({SPEED: (48.0, NOW - 3_600_000)}, False, id="speed-stale"),
+        pytest.param({}, False, id="nothing-known"),
+    ],
+)
+def test_gateway_counts_only_fresh_motion(
+    latest: dict[str, tuple[SignalValue, int]], moving: bool
+) -> None:
+    assert commands_module.is_moving(latest, now_ms=NOW) is moving

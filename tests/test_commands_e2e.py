@@ -4,6 +4,7 @@ a real Mosquitto, the state database on SQLite and PostgreSQL, units answering o
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,19 @@ def report(broker: MosquittoProcess, vin: str, seq: int, **signals: object) -> N
     publish(broker, telemetry(vin), orjson.dumps(sample))
 
 
-def result(broker: MosquittoProcess, vin: str, command_id: str, status: str, **extra: str) -> None:
+def result(
+    broker: MosquittoProcess,
+    vin: str,
+    command_id: str,
+    status: str,
+    *,
+    correlation: str | None = None,
+    **extra: object,
+) -> None:
+    """A unit's answer (``ts`` now unless given); ``correlation``: MQTT 5 correlation data."""
     body = {"command_id": command_id, "vin": vin, "status": status, "ts": now_ms(), **extra}
-    publish(broker, command_result_topic(vin), orjson.dumps(body))
+    properties = () if correlation is None else ("-D", "publish", "correlation-data", correlation)
+    publish(broker, command_result_topic(vin), orjson.dumps(body), properties=properties)
 
 
 class Api:
@@ -198,7 +209,7 @@ def test_idempotent_retry_creates_one_command(
     again = api.post(f"/v1/vehicles/{VIN}/commands", json=body, headers=headers)
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.json()["id"] == again.json()["id"]
-    listed = api.get(f"/v1/vehicles/{VIN}/commands").json()["commands"]
+    listed = api.get(f"/v1/vehicles/{VIN}/commands").json()["items"]
     assert [c["id"] for c in listed] == [first.json()["id"]]
     clash = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "lock"}, headers=headers)
     assert (clash.status_code, clash.json()["error"]["code"]) == (409, "idempotency_conflict")
@@ -211,7 +222,7 @@ def test_unsafe_command_while_moving_is_refused_with_its_reason(
     r = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "unlock"})
     assert (r.status_code, r.json()["error"]["code"]) == (409, "vehicle_moving")
     assert "moving" in r.json()["error"]["message"]
-    assert api.get(f"/v1/vehicles/{VIN}/commands").json()["commands"] == []
+    assert api.get(f"/v1/vehicles/{VIN}/commands").json()["items"] == []
     # a safe command still goes
     assert api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "lock"}).status_code == 201
 
@@ -227,7 +238,7 @@ def test_results_that_do_not_belong_change_nothing_and_are_quarantined(
     result(mosquitto, OTHER, command["id"], "accepted")  # on another vehicle's result topic
     wait_until(
         lambda: (
-            {e["reason"] for e in api.get("/v1/quarantine").json()["entries"]}
+            {e["reason"] for e in api.get("/v1/quarantine").json()["items"]}
             >= {"unknown_command", "vin_mismatch"}
         ),
         what="both results in the quarantine",
@@ -283,13 +294,114 @@ def test_accepted_without_a_final_answer_times_out_and_silence_expires(
         # a late answer changes nothing
         result(mosquitto, VIN, accepted["id"], "succeeded")
         result(mosquitto, VIN, silent["id"], "accepted")
+        result(mosquitto, VIN, silent["id"], "accepted")  # and its QoS 1 redelivery
         # results are processed in arrival order: once a marker behind them is quarantined,
         # the two late answers have been handled
         marker = "00000000-0000-4000-8000-0000000000ff"
         result(mosquitto, VIN, marker, "accepted")
         wait_until(
-            lambda: any(marker in e["detail"] for e in api.get("/v1/quarantine").json()["entries"]),
+            lambda: any(marker in e["detail"] for e in api.get("/v1/quarantine").json()["items"]),
             what="the late answers to be processed",
         )
         assert get(api, accepted["id"])["status"] == "timed_out"
         assert get(api, silent["id"])["status"] == "expired"
+        # ... but it is recorded: an operator sees that the car acted late (issue 11)
+        late = get(api, accepted["id"])["transitions"][-1]
+        assert (late["status"], late["event"]) == ("timed_out", "late_succeeded")
+        assert "after the command was timed_out" in late["detail"]
+        events = [t["event"] for t in get(api, silent["id"])["transitions"]]
+        assert events[-2:] == ["ttl_elapsed", "late_accepted"]  # recorded once, not twice
+
+
+def test_a_units_own_failure_ends_the_command_failed_with_its_reason(
+    api: TestClient, mosquitto: MosquittoProcess, gateway: GatewayProcess
+) -> None:
+    """Issue 11: ``failed`` with ``hardware_fault`` was quarantined as invalid_envelope and
+    the command ended ``timed_out``."""
+    known_vehicle(mosquitto, gateway, VIN)
+    first = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "lock"}).json()
+    result(mosquitto, VIN, first["id"], "accepted")
+    result(mosquitto, VIN, first["id"], "failed", reason="hardware_fault", detail="motor stall")
+    failed = wait_status(api, first["id"], "failed")
+    assert (failed["reason"], failed["detail"]) == ("hardware_fault", "motor stall")
+    assert failed["transitions"][-1]["reason"] == "hardware_fault"
+    # a code the contract does not list: failed all the same, as 'other', the words kept
+    second = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "horn_and_lights"}).json()
+    result(mosquitto, VIN, second["id"], "failed", reason="horn_fuse_blown", detail="F12")
+    other = wait_status(api, second["id"], "failed")
+    assert (other["reason"], other["detail"]) == ("other", "horn_fuse_blown: F12")
+    assert api.get("/v1/quarantine").json()["entries"] == []
+
+
+def test_correlation_data_must_be_the_command_id(
+    api: TestClient, mosquitto: MosquittoProcess, gateway: GatewayProcess
+) -> None:
+    known_vehicle(mosquitto, gateway, VIN)
+    command = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "lock"}).json()
+    other_id = "00000000-0000-4000-8000-000000000002"
+    result(mosquitto, VIN, command["id"], "accepted", correlation=other_id)
+    wait_until(
+        lambda: (
+            [e["reason"] for e in api.get("/v1/quarantine").json()["entries"]]
+            == ["correlation_mismatch"]
+        ),
+        what="the mismatched result in the quarantine",
+    )
+    entry = api.get("/v1/quarantine").json()["entries"][0]
+    assert other_id in entry["detail"]
+    assert command["id"] in entry["detail"]
+    assert get(api, command["id"])["status"] == "sent"
+    # the same answer with the right correlation data (or none, as MQTT 3.1.1 sends) counts
+    result(mosquitto, VIN, command["id"], "accepted", correlation=command["id"])
+    wait_status(api, command["id"], "accepted")
+    result(mosquitto, VIN, command["id"], "succeeded")
+    wait_status(api, command["id"], "succeeded")
+
+
+def test_confirmation_compares_samples_with_the_units_own_clock(
+    api: TestClient, mosquitto: MosquittoProcess, gateway: GatewayProcess
+) -> None:
+    """Issue 11: a charge_limit stayed unconfirmed because the unit's sample was 45 ms
+    older than the gateway's receive time of ``accepted``. Here the unit's clock is 3 s
+    behind the gateway's: its sample, taken 20 ms after it accepted, is seconds older than
+    the gateway's receive time, and still confirms (both are the unit's clock)."""
+    known_vehicle(mosquitto, gateway, VIN)
+    command = api.post(
+        f"/v1/vehicles/{VIN}/commands", json={"type": "charge_limit", "params": {"percent": 80}}
+    ).json()
+    unit_now = now_ms() - 3_000
+    result(mosquitto, VIN, command["id"], "accepted", ts=unit_now)
+    wait_status(api, command["id"], "accepted")
+    result(mosquitto, VIN, command["id"], "succeeded", ts=unit_now + 30)
+    done = wait_status(api, command["id"], "succeeded")
+    assert done["accepted_at"] > unit_now + 20  # the gateway's clock is ahead
+    sample = {
+        "vin": VIN,
+        "seq": 2,
+        "ts": unit_now + 20,
+        "signals": {"Vehicle.Powertrain.TractionBattery.Charging.ChargeLimit": 80},
+    }
+    publish(mosquitto, telemetry(VIN), orjson.dumps(sample))
+    wait_until(
+        lambda: get(api, command["id"])["confirmation"] == "confirmed",
+        timeout=10,
+        what="confirmation by the unit's sample",
+    )
+    # a sample from well before the unit accepted (beyond the stated 1 s tolerance) does not
+    lock = api.post(f"/v1/vehicles/{VIN}/commands", json={"type": "lock"}).json()
+    result(mosquitto, VIN, lock["id"], "succeeded", ts=unit_now + 5_000)
+    wait_status(api, lock["id"], "succeeded")
+    stale = {
+        "vin": VIN,
+        "seq": 3,
+        "ts": unit_now + 5_000 - 1_500,
+        "signals": {"Vehicle.Cabin.Door.Row1.DriverSide.IsLocked": True},
+    }
+    publish(mosquitto, telemetry(VIN), orjson.dumps(stale))
+    report(mosquitto, VIN, 4)  # a later sample without the signal, to know the first landed
+    wait_until(
+        lambda: bool(query(gateway.db_path, "SELECT 1 FROM samples WHERE seq = 4")),
+        what="both samples stored",
+    )
+    time.sleep(1.0)  # two confirmation checks (every 0.5 s) see the stale sample
+    assert get(api, lock["id"])["confirmation"] == "pending"

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from schemas import (
     CATALOG,
     DEFAULT_LIMITS,
+    MAX_SEQ,
     Channel,
     Datatype,
     DecodedTelemetry,
@@ -224,7 +225,7 @@ def test_single_sample_round_trip() -> None:
 
 
 def test_empty_signals_round_trip() -> None:
-    sample = Sample(VIN, 0, 0, {})
+    sample = Sample(VIN, 0, TS, {})
     assert decode(encode_sample(sample)) == DecodedTelemetry((sample,), ())
 
 
@@ -339,6 +340,7 @@ MESSAGE_CASES = [
     pytest.param(b"null", Reason.INVALID_ENVELOPE, id="json-null"),
     pytest.param(body(extra=1), Reason.INVALID_ENVELOPE, id="unknown-top-level-key"),
     pytest.param(body(seq=-1), Reason.INVALID_ENVELOPE, id="negative-seq"),
+    pytest.param(body(seq=MAX_SEQ + 1), Reason.INVALID_ENVELOPE, id="seq-over-2-53"),
     pytest.param(body(seq="7"), Reason.INVALID_ENVELOPE, id="seq-as-string"),
     pytest.param(body(seq=7.0), Reason.INVALID_ENVELOPE, id="seq-as-float"),
     pytest.param(body(ts=-1), Reason.INVALID_ENVELOPE, id="negative-ts"),
@@ -444,6 +446,88 @@ def test_future_sample_in_a_batch_keeps_the_others() -> None:
     assert (rejection.vin, rejection.seq, rejection.signal) == (VIN, 11, None)
 
 
+# --- telemetry: implausible timestamps and the seq range (decisions of docs/device-contract.md)
+
+EPOCH_2020 = DEFAULT_LIMITS.min_plausible_ts_ms
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        pytest.param(0, id="zero"),
+        pytest.param(TS // 1000, id="seconds-instead-of-ms"),
+        pytest.param(EPOCH_2020 - 1, id="last-ms-of-2019"),
+        pytest.param(86_400_000, id="1970-01-02"),
+    ],
+)
+def test_implausible_timestamp_rejected(ts: int) -> None:
+    """``ts: 0`` and seconds instead of milliseconds used to be stored as 1970."""
+    decoded = decode(body(ts=ts))
+    assert decoded.samples == ()
+    rejection = sole_rejection(decoded)
+    assert rejection.reason is Reason.IMPLAUSIBLE_TIMESTAMP
+    assert (rejection.vin, rejection.seq, rejection.signal) == (VIN, SEQ, None)
+    assert str(ts) in rejection.detail
+
+
+def test_seconds_timestamp_detail_says_so() -> None:
+    assert "seconds" in sole_rejection(decode(body(ts=TS // 1000))).detail
+
+
+def test_first_ms_of_2020_accepted() -> None:
+    assert decode(body(ts=EPOCH_2020)).rejections == ()
+
+
+def test_implausible_sample_in_a_batch_keeps_the_others() -> None:
+    good = Sample(VIN, 10, TS, {SPEED: 30.0})
+    unset_clock = Sample(VIN, 11, 5_000, {SPEED: 31.0})
+    decoded = decode(encode_batch(VIN, [good, unset_clock]))
+    assert decoded.samples == (good,)
+    rejection = sole_rejection(decoded)
+    assert (rejection.reason, rejection.seq) == (Reason.IMPLAUSIBLE_TIMESTAMP, 11)
+
+
+@pytest.mark.parametrize("seq", [0, 1, MAX_SEQ])
+def test_seq_range_accepted(seq: int) -> None:
+    """0 is a valid seq (a unit counting from 0 loses nothing); negative and above 2**53 - 1
+    are refused (MESSAGE_CASES), for telemetry and events alike."""
+    assert decode(body(seq=seq)).samples[0].seq == seq
+    event = decode_event(event_body(seq=seq), topic_vin=VIN, now_ms=NOW)
+    assert isinstance(event, Event)
+    assert event.seq == seq
+
+
+def test_event_seq_over_the_range_refused() -> None:
+    rejection = decode_event(event_body(seq=MAX_SEQ + 1), topic_vin=VIN, now_ms=NOW)
+    assert isinstance(rejection, Rejection)
+    assert rejection.reason is Reason.INVALID_ENVELOPE
+
+
+# --- telemetry: number encoding ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "raw_json", "value"),
+    [
+        pytest.param(CHARGE_LIMIT, "80.0", 80, id="uint8-80.0"),
+        pytest.param(CHARGE_LIMIT, "1e2", 100, id="uint8-exponent"),
+        pytest.param(DTC_COUNT, "-0.0", 0, id="uint8-minus-zero"),
+        pytest.param(ODOMETER, "4294967295.0", 2**32 - 1, id="uint32-max-as-float"),
+        pytest.param(TIRE, "250.0", 250, id="uint16"),
+    ],
+)
+def test_integral_float_accepted_for_an_integer_signal(
+    path: str, raw_json: str, value: int
+) -> None:
+    """Many JSON libraries write every number as a float: ``80.0`` for a uint is the integer
+    80 (stored as an integer), ``80.5`` is refused as wrong_type (SIGNAL_CASES)."""
+    decoded = decode(with_raw_signal(path, raw_json))
+    assert decoded.rejections == ()
+    stored = decoded.samples[0].signals[path]
+    assert stored == value
+    assert type(stored) is int
+
+
 # --- telemetry: one bad signal ----------------------------------------------------------------
 
 SIGNAL_CASES = [
@@ -461,7 +545,7 @@ SIGNAL_CASES = [
     # wrong_type
     pytest.param(SPEED, '"48.5"', Reason.WRONG_TYPE, id="string-for-float"),
     pytest.param(DTC_COUNT, "1.5", Reason.WRONG_TYPE, id="fraction-for-uint8"),
-    pytest.param(DTC_COUNT, "1.0", Reason.WRONG_TYPE, id="integral-float-for-uint8"),
+    pytest.param(CHARGE_LIMIT, "80.5", Reason.WRONG_TYPE, id="fraction-float-for-uint8"),
     pytest.param(SPEED, "true", Reason.WRONG_TYPE, id="bool-for-float"),
     pytest.param(DTC_COUNT, "false", Reason.WRONG_TYPE, id="bool-for-uint8"),
     pytest.param(IS_MOVING, "1", Reason.WRONG_TYPE, id="int-for-bool"),
@@ -481,6 +565,10 @@ SIGNAL_CASES = [
     pytest.param(DTC_COUNT, "256", Reason.OUT_OF_RANGE, id="uint8-256"),
     pytest.param(DTC_COUNT, "-1", Reason.OUT_OF_RANGE, id="uint8-negative"),
     pytest.param(CHARGE_LIMIT, "101", Reason.OUT_OF_RANGE, id="uint8-above-vss-max"),
+    # an integral float is a number of the right kind, just too big: out of range, not a type
+    pytest.param(CHARGE_LIMIT, "101.0", Reason.OUT_OF_RANGE, id="integral-float-above-max"),
+    pytest.param(DTC_COUNT, "-1.0", Reason.OUT_OF_RANGE, id="integral-float-negative-uint8"),
+    pytest.param(DTC_COUNT, "NaN", Reason.OUT_OF_RANGE, id="nan-for-uint8"),
     pytest.param(ODOMETER, str(2**32), Reason.OUT_OF_RANGE, id="uint32-overflow"),
     pytest.param(ODOMETER, str(2**70), Reason.OUT_OF_RANGE, id="huge-int"),
     pytest.param(TIRE, "1001", Reason.OUT_OF_RANGE, id="above-product-max"),
@@ -511,14 +599,17 @@ def test_every_decodable_reason_is_covered() -> None:
     """Each Reason that decode_telemetry can return has a crafted payload above."""
     covered = {p.values[1] for p in MESSAGE_CASES} | {p.values[2] for p in SIGNAL_CASES}
     covered.add(Reason.FUTURE_TIMESTAMP)  # test_future_timestamp_rejects_the_sample
+    covered.add(Reason.IMPLAUSIBLE_TIMESTAMP)  # test_implausible_timestamp_rejected
     # invalid_topic comes from parse_topic, before a payload is ever decoded,
     # unknown_command from the command service, which knows which commands exist, and
     # unprovisioned_vehicle from the gateway's registry of provisioned vehicles
-    # (tests/test_vehicle_identity.py)
+    # (tests/test_vehicle_identity.py), correlation_mismatch from the command service, which
+    # sees the MQTT 5 properties (tests/test_commands_e2e.py)
     assert covered == set(Reason) - {
         Reason.INVALID_TOPIC,
         Reason.UNKNOWN_COMMAND,
         Reason.UNPROVISIONED_VEHICLE,
+        Reason.CORRELATION_MISMATCH,
     }
 
 
@@ -614,6 +705,9 @@ def event_body(**fields: Any) -> bytes:
         pytest.param(event_body(vin=OTHER_VIN), Reason.VIN_MISMATCH, id="vin-mismatch"),
         pytest.param(event_body(vin=VIN.lower()), Reason.INVALID_VIN, id="invalid-vin"),
         pytest.param(event_body(ts=HORIZON + 1), Reason.FUTURE_TIMESTAMP, id="future-ts"),
+        pytest.param(event_body(ts=0), Reason.IMPLAUSIBLE_TIMESTAMP, id="ts-zero"),
+        pytest.param(event_body(ts=NOW // 1000), Reason.IMPLAUSIBLE_TIMESTAMP, id="ts-seconds"),
+        pytest.param(event_body(seq=-1), Reason.INVALID_ENVELOPE, id="negative-seq"),
         pytest.param(b"{not json", Reason.MALFORMED_JSON, id="malformed-json"),
         pytest.param(b"[]", Reason.INVALID_ENVELOPE, id="not-an-object"),
         pytest.param(
@@ -729,8 +823,8 @@ def _types(signals: Mapping[str, SignalValue]) -> dict[str, type]:
 @settings(max_examples=200, deadline=None)
 @given(
     signals=SIGNALS,
-    seq=st.integers(min_value=0, max_value=2**63 - 1),
-    ts=st.integers(min_value=0, max_value=HORIZON),
+    seq=st.integers(min_value=0, max_value=MAX_SEQ),
+    ts=st.integers(min_value=DEFAULT_LIMITS.min_plausible_ts_ms, max_value=HORIZON),
 )
 def test_any_valid_sample_round_trips(signals: dict[str, SignalValue], seq: int, ts: int) -> None:
     sample = Sample(VIN, seq, ts, signals)

@@ -32,7 +32,14 @@ def sample(vin: str, seq: int, **signals: object) -> bytes:
     return orjson.dumps({"vin": vin, "seq": seq, "ts": now_ms(), "signals": sig})
 
 
-def publish(broker: MosquittoProcess, topic: str, payload: bytes, *, retain: bool = False) -> None:
+def publish(
+    broker: MosquittoProcess,
+    topic: str,
+    payload: bytes,
+    *,
+    retain: bool = False,
+    properties: tuple[str, ...] = (),
+) -> None:
     subprocess.run(
         [
             "mosquitto_pub",
@@ -46,6 +53,7 @@ def publish(broker: MosquittoProcess, topic: str, payload: bytes, *, retain: boo
             topic,
             "-s",
             *(["-r"] if retain else []),
+            *properties,
         ],
         input=payload,
         check=True,
@@ -120,7 +128,7 @@ def test_samples_batches_events_and_status_reach_the_api(
     )
 
     with api(gw.db_path) as client:
-        vehicles = client.get("/v1/vehicles").json()["vehicles"]
+        vehicles = client.get("/v1/vehicles").json()["items"]
         assert [(v["vin"], v["online"]) for v in vehicles] == [(VIN, True)]
         state = client.get(f"/v1/vehicles/{VIN}").json()["state"]
         # the batch arrived last but its samples are older (a store-and-forward upload):
@@ -130,8 +138,8 @@ def test_samples_batches_events_and_status_reach_the_api(
             f"/v1/vehicles/{VIN}/history",
             params={"signals": "Vehicle.Speed", "start": 0, "end": now_ms() + 60_000},
         ).json()
-        assert sorted(p["seq"] for p in history["points"]) == [1, 2, 3, 4]
-        assert {p["seq"]: p["values"]["Vehicle.Speed"] for p in history["points"]} == {
+        assert sorted(p["seq"] for p in history["items"]) == [1, 2, 3, 4]
+        assert {p["seq"]: p["values"]["Vehicle.Speed"] for p in history["items"]} == {
             1: 10.0,
             2: 20.0,
             3: 30.0,
@@ -202,7 +210,7 @@ def test_bad_input_is_quarantined_with_its_reason_and_the_pipeline_keeps_going(
         (10, good),
     ]
     with api(gw.db_path) as client:
-        entries = client.get("/v1/quarantine", params={"limit": 100}).json()["entries"]
+        entries = client.get("/v1/quarantine", params={"limit": 100}).json()["items"]
         by_reason = sorted(e["reason"] for e in entries)
         assert by_reason == sorted([r.value for _, _, r in cases] + ["out_of_range"])
         latitude = [e for e in entries if e["signal"] == "Vehicle.CurrentLocation.Latitude"]

@@ -39,7 +39,8 @@ SPEED = "Vehicle.Speed"
 
 # --- the telemetry store ----------------------------------------------------------------------
 
-#: the telemetry store's schema as version 1 wrote it (gateway before ownership periods)
+#: the telemetry store's schema as version 1 wrote it (before quarantine caps and ownership
+#: periods), with data
 V1_SCHEMA = """
 CREATE TABLE vehicles (id INTEGER PRIMARY KEY, vin TEXT NOT NULL UNIQUE,
     first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, online INTEGER,
@@ -69,6 +70,15 @@ INSERT INTO quarantine VALUES (1, 12, 't', 'out_of_range', 'd', 'WVWZZZ1JZXW0000
     x'00');
 PRAGMA user_version = 1;
 """
+#: version 2: the quarantine's payload size and hash (still before ownership periods)
+V2_SCHEMA = (
+    V1_SCHEMA.replace(
+        "signal TEXT, payload BLOB NOT NULL);",
+        "signal TEXT, payload BLOB NOT NULL, payload_size INTEGER, payload_sha256 TEXT);",
+    )
+    .replace("x'00');", "x'00', 1, NULL);")
+    .replace("PRAGMA user_version = 1;", "PRAGMA user_version = 2;")
+)
 
 
 @pytest.fixture
@@ -85,17 +95,18 @@ def speeds(store: SqliteTelemetryStore, vin: str, tenure: int) -> list[tuple[int
     return [(p.seq, p.values[SPEED]) for p in points]  # type: ignore[misc]
 
 
-def test_a_version_1_file_is_upgraded_in_place_its_data_in_the_first_tenure(
-    tmp_path: Path,
+@pytest.mark.parametrize("old_schema", [V1_SCHEMA, V2_SCHEMA], ids=["version 1", "version 2"])
+def test_an_older_file_is_upgraded_in_place_its_data_in_the_first_tenure(
+    tmp_path: Path, old_schema: str
 ) -> None:
     path = tmp_path / "telemetry.db"
     old = sqlite3.connect(path)
-    old.executescript(V1_SCHEMA)
+    old.executescript(old_schema)
     old.close()
 
     store = SqliteTelemetryStore(path)
     try:
-        assert store._db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (2,)
+        assert store._db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)
         # the old data is the first tenure's, exactly as it was
         assert speeds(store, VIN, 1) == [(1, 50.0), (2, 60.0)]
         state = store.vehicle_state(VIN, tenure=1)
@@ -182,13 +193,13 @@ def test_reads_are_per_tenure_and_lists_take_the_newest_or_the_given_one(
         )
     store.commit(IngestBatch(received_at=50, samples=[Sample(OTHER, 1, 50, {SPEED: 3.0})]))
 
-    listed = {v.vin: v.first_seen for v in store.list_vehicles(limit=10, offset=0)}
+    listed = {v.vin: v.first_seen for v in store.list_vehicles(limit=10)}
     assert listed == {VIN: 200, OTHER: 50}  # every VIN once, at its newest tenure
     assert store.vehicle_counts() == (2, 0)
-    chosen = store.list_vehicles(limit=10, offset=0, vins={VIN: 1})
+    chosen = store.list_vehicles(limit=10, vins={VIN: 1})
     assert [(v.vin, v.first_seen) for v in chosen] == [(VIN, 100)]
     assert store.vehicle_counts({VIN: 1, OTHER: 1}) == (2, 0)
-    assert store.list_vehicles(limit=10, offset=0, vins={VIN: 3}) == []
+    assert store.list_vehicles(limit=10, vins={VIN: 3}) == []
     assert store.vehicle_state(VIN, tenure=3) is None
     assert speeds(store, VIN, 3) == []
 
@@ -252,10 +263,10 @@ def test_the_ingest_service_commits_before_a_vin_changes_tenure_and_loses_nothin
     )
 
     async def scenario() -> None:
-        service._receive(*sample_message(VIN, 1, NOW - 5), None)  # the old unit
+        service._receive(*sample_message(VIN, 1, NOW - 5), None, {})  # the old unit
         tenures[VIN] = Tenure(2, NOW)  # revoked and claimed again
         for seq in (1, 2):  # the new unit, its own seq 1 and 2
-            service._receive(*sample_message(VIN, seq, NOW + seq), None)
+            service._receive(*sample_message(VIN, seq, NOW + seq), None, {})
         await service._commit_current()  # the old unit's batch
         await service._commit_current()  # the new unit's, deferred until now
         assert service._first_at is None
@@ -336,7 +347,7 @@ def test_migration_0003_gives_existing_data_its_holding_periods(state_db_url: st
 
         db.upgrade()
 
-        assert db.current_revision() == "0003"
+        assert db.current_revision() == "0004"
         repo = AccountRepository(db)
         vehicle = repo.get_vehicle(VIN)
         assert vehicle is not None
@@ -370,7 +381,7 @@ def test_migration_0003_gives_existing_data_its_holding_periods(state_db_url: st
                 ["[]", '["lock"]'],
             )
         db.upgrade()
-        assert db.current_revision() == "0003"
+        assert db.current_revision() == "0004"
         # the earlier holder's idempotency key no longer collides
         record, created = commands.create(
             vin=VIN, type="lock", params={}, now=2000, ttl_ms=1, result_timeout_ms=1,

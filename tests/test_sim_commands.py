@@ -222,7 +222,7 @@ def test_charging_raises_the_state_of_charge_up_to_the_limit() -> None:
     assert socs[-1] == 70.0, "stops at the charge limit"
     assert ev.signals()[LIMIT] == 70
     stopped = refused(ev.charging_start)
-    assert stopped.reason is None
+    assert stopped.reason is ResultReason.PRECONDITION_FAILED
     assert "charge limit" in stopped.detail
     # lowering the limit below the state of charge ends a charge
     ev.set_charge_limit(90)

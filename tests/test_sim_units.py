@@ -588,3 +588,28 @@ def test_unit_settings_reject_nonsense() -> None:
         with pytest.raises(ValueError, match=r"must|needs"):
             UnitSettings(**bad)
     assert UnitSettings().report_interval_s == 1.0
+
+
+def test_a_quiet_unit_says_online_again_within_the_contracts_heartbeat(
+    mosquitto: MosquittoProcess,
+) -> None:
+    """docs/device-contract.md section 7: a unit publishes something at least every 300 s,
+    or the gateway shows it offline as silent. One that samples rarely (here: never within
+    the test) re-publishes its online status when it has been quiet that long."""
+
+    async def scenario() -> None:
+        quiet = settings(mosquitto, report_interval_s=3600.0, max_quiet_s=0.2)
+        unit = SimulatedUnit(vehicle(), quiet)
+        async with Observer(mosquitto) as obs:
+            stop = asyncio.Event()
+            task = asyncio.create_task(unit.run(stop))
+            await until(
+                lambda: len(obs.on(VIN, Channel.STATUS)) >= 3, "online, then two heartbeats"
+            )
+            assert obs.on(VIN, Channel.TELEMETRY) == []
+            stop.set()
+            await task
+
+    run(scenario())
+    with pytest.raises(ValueError, match="max_quiet_s"):
+        UnitSettings(max_quiet_s=301)

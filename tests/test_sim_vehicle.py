@@ -29,6 +29,7 @@ from device_sim.city import (
 )
 from device_sim.vehicle import Phase, SimulatedVehicle, VehicleProfile, make_vin
 from schemas.payloads import (
+    DEFAULT_LIMITS,
     Event,
     EventType,
     SignalValue,
@@ -380,7 +381,8 @@ def test_trouble_codes_appear_and_clear() -> None:
     seed=st.integers(min_value=0, max_value=2**32 - 1),
     profile=st.sampled_from(list(VehicleProfile)),
     start=st.sampled_from(NODES),
-    start_ms=st.integers(min_value=0, max_value=4_102_444_800_000),  # up to 2100
+    # from 2020 (the contract refuses earlier clocks as implausible) up to 2100
+    start_ms=st.integers(min_value=DEFAULT_LIMITS.min_plausible_ts_ms, max_value=4_102_444_800_000),
     level=st.none() | st.floats(min_value=0.0, max_value=100.0),
     dt=st.sampled_from([0.2, 1.0, 2.5]),
 )

@@ -135,7 +135,7 @@ def people(tmp_path: Path, mosquitto: MosquittoProcess) -> Iterator[People]:
 
 
 def visible(p: People, who: str) -> set[str]:
-    vehicles = p.as_(who, "GET", "/v1/vehicles").json()["vehicles"]
+    vehicles = p.as_(who, "GET", "/v1/vehicles").json()["items"]
     return {v["vin"] for v in vehicles}
 
 
@@ -204,7 +204,7 @@ def test_everyone_commands_only_what_they_may(people: People) -> None:
 
 
 def test_revoking_the_grant_ends_the_drivers_access(people: People) -> None:
-    grants = people.as_("owner", "GET", f"/v1/vehicles/{CAR}/grants").json()
+    grants = people.as_("owner", "GET", f"/v1/vehicles/{CAR}/grants").json()["items"]
     (grant,) = grants
     assert grant["services"] == ["locate", "lock", "read"]
     # the driver cannot manage the car: neither see its grants nor share it further
@@ -220,7 +220,7 @@ def test_the_audit_log_holds_who_did_what(people: People) -> None:
     command(people, "driver", CAR, "lock")
     entries = people.api.get(
         "/v1/audit", params={"limit": 1000}, headers=people.headers["admin"]
-    ).json()["entries"]
+    ).json()["items"]
     by_action: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
         by_action.setdefault(e["action"], []).append(e)
@@ -245,7 +245,7 @@ def test_the_audit_log_holds_who_did_what(people: People) -> None:
     # the owner's private account is not an organization: no audit log for owners
     assert people.as_("owner", "GET", "/v1/audit").status_code == 403
     # the fleet manager reads only their organization's entries
-    own = people.as_("fleet_manager", "GET", "/v1/audit").json()["entries"]
+    own = people.as_("fleet_manager", "GET", "/v1/audit").json()["items"]
     assert own
     assert len({e["account_id"] for e in own}) == 1
     assert not any(CAR in (e["target"] or "") for e in own)

@@ -115,7 +115,7 @@ def up(tmp_path: Path, ports: tuple[int, int, int]) -> Iterator[Up]:
 
 
 def online(up: Up, headers: dict[str, str]) -> list[str]:
-    vehicles = httpx.get(f"{up.api}/v1/vehicles", headers=headers).json()["vehicles"]
+    vehicles = httpx.get(f"{up.api}/v1/vehicles", headers=headers).json()["items"]
     return sorted(v["vin"] for v in vehicles if v["online"])
 
 
@@ -230,7 +230,7 @@ def test_a_second_start_reuses_the_installation(
             f"{again.api}/v1/audit",
             params={"action": "vehicle_provision", "limit": 100},
             headers=admin,
-        ).json()["entries"]
+        ).json()["items"]
         assert len(audit) == 2  # provisioned once, not again
     finally:
         assert again.stop() == 0

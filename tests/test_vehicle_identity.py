@@ -80,7 +80,7 @@ class Installation:
 
     def quarantined(self, reason: str) -> list[dict[str, Any]]:
         r = self.api.get("/v1/quarantine", params={"reason": reason})
-        entries: list[dict[str, Any]] = r.json()["entries"]
+        entries: list[dict[str, Any]] = r.json()["items"]
         return entries
 
 
@@ -186,7 +186,7 @@ def test_a_vehicle_cannot_publish_as_another_or_read_its_commands(
     # the gateway never stored the forged sample
     history = installation.api.get(
         f"/v1/vehicles/{OTHER}/history", params={"signals": "Vehicle.Speed", "start": 0}
-    ).json()["points"]
+    ).json()["items"]
     assert [p["values"]["Vehicle.Speed"] for p in history] == [7.0]
     mine.disconnect()
     other.disconnect()
@@ -207,7 +207,7 @@ def test_revoking_a_vehicle_cuts_it_off(installation: Installation) -> None:
     client.close()
     assert code == NOT_AUTHORIZED
     audit = installation.api.get("/v1/audit", params={"target": f"vehicle:{VIN}"}).json()
-    assert [e["action"] for e in audit["entries"]] == ["vehicle_revoke", "vehicle_provision"]
+    assert [e["action"] for e in audit["items"]] == ["vehicle_revoke", "vehicle_provision"]
 
 
 def test_new_credentials_replace_the_old_ones(installation: Installation) -> None:

@@ -1,20 +1,23 @@
-"""The HTTP API (FastAPI): a read-only JSON view of the telemetry store, plus health and metrics.
+"""The HTTP API (FastAPI): vehicles, their state and history, the quarantine, remote
+commands, accounts and access, health and metrics, for people and integrations.
 
-Routes (OpenAPI at ``/docs`` and ``/openapi.json``)::
-
-    GET /v1/vehicles                    vehicles, paged
-    GET /v1/vehicles/{vin}              one vehicle and the latest value of each signal
-    GET /v1/vehicles/{vin}/history      samples of some signals in a time window
-    GET /v1/catalog                     the signal catalog (the device contract)
-    GET /v1/quarantine                  refused input with reason and raw payload, paged
-    GET /healthz                        200, or 503 if the database cannot be read
-    GET /metrics                        Prometheus text: the ingest counters from the store
+Routes: OpenAPI at ``/docs`` (served offline, ``docs.py``) and ``/openapi.json``; the
+README's HTTP API section lists them. Every route but ``/healthz``, logging in,
+registering and logging out needs a caller (``security.py``); every list answers
+``{"items": [...], "next": cursor}`` (``paging.py``); request bodies and every number are
+bounded (``limits.py``).
 
 Layout:
-    app.py         ApiSettings, create_app(), the routes and the per-request store dependency
+    app.py         ApiSettings, create_app(), the telemetry routes, the per-request store
+    commands.py    remote commands: create, read, list, cancel, follow (SSE)
+    accounts.py    log in, register, API keys, accounts, users, provisioning, grants, audit
+    security.py    authentication of every request, authorization answers (404/403)
     models.py      pydantic response models (the OpenAPI schema comes from them)
     errors.py      ApiError, the one JSON error format, and the handlers that enforce it
+    limits.py      body limits (413) and the bounds of ids, pages and responses
+    paging.py      the one list convention: items, an opaque cursor, bounded pages
     params.py      times (epoch ms <-> ISO 8601) and query-parameter parsing
+    docs.py        /docs from the packaged Swagger UI assets (static/swagger-ui)
     prometheus.py  the Prometheus collector over the store's persisted counters
 
 Imports ``schemas`` (catalog, VIN, reasons), ``gateway.store`` (the read side: TelemetryReader

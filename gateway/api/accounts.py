@@ -15,14 +15,17 @@ find out who has an account, nor to push a car into a stranger's view.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
-from fastapi import APIRouter, Form, Query, Request, Response
-from pydantic import AfterValidator, BaseModel, Field
+from fastapi import APIRouter, Depends, Form, Query, Request, Response
+from fastapi import Path as PathParam
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from gateway.api.errors import ApiError, invalid_request
-from gateway.api.models import ErrorDetail, ErrorResponse
-from gateway.api.params import iso_or_none
+from gateway.api.limits import MAX_ID
+from gateway.api.models import ErrorDetail, ErrorResponse, Page
+from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key, page_of
+from gateway.api.params import iso, iso_or_none
 from gateway.api.security import (
     Auth,
     AuthContext,
@@ -90,6 +93,19 @@ Password = Annotated[str, Field(min_length=1, max_length=256)]
 Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_plain)]
 #: what a grant or invitation gives: reading the vehicle, and remote services
 GrantService = Literal["read"] | CommandType
+#: an id in a body (a path or query id is bounded the same way: ``IdPath``, ``IdQuery``)
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+IdPath = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+
+
+def _times(**values: int | None) -> dict[str, int | str | None]:
+    """Each time with its ISO 8601 twin: ``_times(created_at=1)`` ->
+    ``{"created_at": 1, "created_at_iso": "1970-01-01T00:00:00.001Z"}``."""
+    out: dict[str, int | str | None] = {}
+    for name, ms in values.items():
+        out[name] = ms
+        out[f"{name}_iso"] = iso_or_none(ms)
+    return out
 
 
 # --- models --------------------------------------------------------------------------------
@@ -106,7 +122,16 @@ class TokenOut(BaseModel):
 
 
 class RevokeRequest(BaseModel):
+    """The JSON form of a logout; RFC 7009's form body (``token=...``) works too."""
+
     refresh_token: str = Field(max_length=200)
+
+
+class RevokeForm(BaseModel):
+    """RFC 7009, section 2.1: ``token`` and an optional ``token_type_hint``."""
+
+    token: str = Field(max_length=200)
+    token_type_hint: Literal["refresh_token", "access_token"] | None = None
 
 
 class RegisterRequest(BaseModel):
@@ -120,10 +145,17 @@ class AccountOut(BaseModel):
     kind: AccountKind
     name: str
     created_at: int
+    created_at_iso: str
 
     @classmethod
     def of(cls, a: AccountRecord) -> AccountOut:
-        return cls(id=a.id, kind=AccountKind(a.kind), name=a.name, created_at=a.created_at)
+        return cls.model_validate(
+            {"id": a.id, "kind": a.kind, "name": a.name, **_times(created_at=a.created_at)}
+        )
+
+
+class AccountPage(Page):
+    items: list[AccountOut] = Field(description="Oldest first.")
 
 
 class AccountRequest(BaseModel):
@@ -138,19 +170,26 @@ class UserOut(BaseModel):
     role: Role
     account_id: int | None
     created_at: int
+    created_at_iso: str
     disabled: bool
 
     @classmethod
     def of(cls, u: UserRecord) -> UserOut:
-        return cls(
-            id=u.id,
-            email=u.email,
-            name=u.name,
-            role=Role(u.role),
-            account_id=u.account_id,
-            created_at=u.created_at,
-            disabled=u.disabled_at is not None,
+        return cls.model_validate(
+            {
+                "id": u.id,
+                "email": u.email,
+                "name": u.name,
+                "role": u.role,
+                "account_id": u.account_id,
+                **_times(created_at=u.created_at),
+                "disabled": u.disabled_at is not None,
+            }
         )
+
+
+class UserPage(Page):
+    items: list[UserOut] = Field(description="Oldest first.")
 
 
 class UserCreated(UserOut):
@@ -163,7 +202,7 @@ class UserRequest(BaseModel):
     email: Email
     name: Name
     role: Role
-    account_id: int | None = Field(
+    account_id: Id | None = Field(
         default=None, description="Default: your own account (required for admins)."
     )
     password: Password | None = Field(
@@ -188,19 +227,26 @@ class GrantOut(BaseModel):
     services: list[str]
     granted_by: int | None
     created_at: int
+    created_at_iso: str
     revoked_at: int | None
+    revoked_at_iso: str | None
 
     @classmethod
     def of(cls, g: GrantRecord) -> GrantOut:
-        return cls(
-            id=g.id,
-            vin=g.vin,
-            user_id=g.user_id,
-            services=list(g.services),
-            granted_by=g.granted_by,
-            created_at=g.created_at,
-            revoked_at=g.revoked_at,
+        return cls.model_validate(
+            {
+                "id": g.id,
+                "vin": g.vin,
+                "user_id": g.user_id,
+                "services": list(g.services),
+                "granted_by": g.granted_by,
+                **_times(created_at=g.created_at, revoked_at=g.revoked_at),
+            }
         )
+
+
+class GrantPage(Page):
+    items: list[GrantOut] = Field(description="Oldest first.")
 
 
 class GrantRequest(BaseModel):
@@ -208,7 +254,7 @@ class GrantRequest(BaseModel):
         default=None,
         description="The grantee, a user of the vehicle's account, by e-mail address...",
     )
-    user_id: int | None = Field(default=None, description="...or by id.")
+    user_id: Id | None = Field(default=None, description="...or by id.")
     services: list[GrantService] = Field(
         min_length=1,
         description="What the grantee may do: 'read' (state, history, the vehicle's "
@@ -230,24 +276,29 @@ class InvitationOut(BaseModel):
     services: list[str]
     status: Literal["pending", "accepted", "declined", "withdrawn", "expired"]
     created_at: int
+    created_at_iso: str
     expires_at: int
+    expires_at_iso: str
     decided_at: int | None
+    decided_at_iso: str | None
 
     @classmethod
     def of(cls, i: InvitationRecord, now: int) -> InvitationOut:
-        status = i.status
-        if status == "pending" and now >= i.expires_at:
-            status = "expired"
-        return cls(
-            id=i.id,
-            vin=i.vin,
-            email=i.email,
-            services=list(i.services),
-            status=status,  # type: ignore[arg-type]
-            created_at=i.created_at,
-            expires_at=i.expires_at,
-            decided_at=i.decided_at,
+        status = "expired" if i.status == "pending" and now >= i.expires_at else i.status
+        return cls.model_validate(
+            {
+                "id": i.id,
+                "vin": i.vin,
+                "email": i.email,
+                "services": list(i.services),
+                "status": status,
+                **_times(created_at=i.created_at, expires_at=i.expires_at, decided_at=i.decided_at),
+            }
         )
+
+
+class InvitationPage(Page):
+    items: list[InvitationOut] = Field(description="Oldest first.")
 
 
 class MeOut(BaseModel):
@@ -262,20 +313,29 @@ class ApiKeyOut(BaseModel):
     prefix: str = Field(description="The key's public beginning, to tell keys apart.")
     user_id: int
     created_at: int
+    created_at_iso: str
     last_used_at: int | None
+    last_used_at_iso: str | None
     revoked_at: int | None
+    revoked_at_iso: str | None
 
     @classmethod
     def of(cls, k: ApiKeyRecord) -> ApiKeyOut:
-        return cls(
-            id=k.id,
-            name=k.name,
-            prefix=f"tgk_{k.prefix}",
-            user_id=k.user_id,
-            created_at=k.created_at,
-            last_used_at=k.last_used_at,
-            revoked_at=k.revoked_at,
+        return cls.model_validate(
+            {
+                "id": k.id,
+                "name": k.name,
+                "prefix": f"tgk_{k.prefix}",
+                "user_id": k.user_id,
+                **_times(
+                    created_at=k.created_at, last_used_at=k.last_used_at, revoked_at=k.revoked_at
+                ),
+            }
         )
+
+
+class ApiKeyPage(Page):
+    items: list[ApiKeyOut] = Field(description="Oldest first, revoked ones included.")
 
 
 class ApiKeyCreated(ApiKeyOut):
@@ -287,8 +347,8 @@ class ApiKeyRequest(BaseModel):
 
 
 class VehicleRequest(BaseModel):
-    vin: str = Field(examples=["WVWZZZ1JZXW000001"])
-    account_id: int | None = Field(
+    vin: str = Field(max_length=64, examples=["WVWZZZ1JZXW000001"])
+    account_id: Id | None = Field(
         default=None, description="Default: your own account (required for admins)."
     )
     label: Annotated[str, Field(max_length=200), AfterValidator(_plain)] | None = None
@@ -307,6 +367,7 @@ class RegistrationOut(BaseModel):
     provisioned_at: int
     provisioned_at_iso: str
     revoked_at: int | None
+    revoked_at_iso: str | None
     tenure: int = Field(
         description="Which holding period of the VIN this is (1 for its first holder, 2 for "
         "the next, ...); the data you read is this period's only."
@@ -314,15 +375,15 @@ class RegistrationOut(BaseModel):
 
     @classmethod
     def of(cls, v: VehicleRecord) -> RegistrationOut:
-        return cls(
-            vin=v.vin,
-            account_id=v.account_id,
-            label=v.label,
-            credentials="password" if v.mqtt_password_hash is not None else "certificate",
-            provisioned_at=v.provisioned_at,
-            provisioned_at_iso=iso_or_none(v.provisioned_at) or "",
-            revoked_at=v.revoked_at,
-            tenure=v.tenure,
+        return cls.model_validate(
+            {
+                "vin": v.vin,
+                "account_id": v.account_id,
+                "label": v.label,
+                "credentials": "password" if v.mqtt_password_hash is not None else "certificate",
+                **_times(provisioned_at=v.provisioned_at, revoked_at=v.revoked_at),
+                "tenure": v.tenure,
+            }
         )
 
 
@@ -357,7 +418,7 @@ class AuditOut(BaseModel):
         return cls(
             id=r.id,
             at=r.at,
-            at_iso=iso_or_none(r.at) or "",
+            at_iso=iso(r.at),
             actor=r.actor,
             actor_user_id=r.actor_user_id,
             account_id=r.account_id,
@@ -369,9 +430,8 @@ class AuditOut(BaseModel):
         )
 
 
-class AuditPage(BaseModel):
-    entries: list[AuditOut]
-    next_before_id: int | None
+class AuditPage(Page):
+    items: list[AuditOut] = Field(description="Newest first.")
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -519,6 +579,47 @@ def _lockout_ms(context: AuthContext, failures: int) -> int | None:
     return int(min(2 ** (failures - s.lockout_after), s.max_lockout_s)) * 1000
 
 
+_HasId = TypeVar("_HasId", AccountOut, UserOut, GrantOut, ApiKeyOut, AuditOut, InvitationOut)
+
+
+def _id_page(items: list[_HasId], limit: int, kind: str) -> tuple[list[_HasId], str | None]:
+    """One page of a list keyed by id (``items``: up to ``limit + 1``, in list order)."""
+    return page_of(items, limit=limit, kind=kind, key=lambda item: [item.id])
+
+
+_REVOKE_BODY: Final[dict[str, Any]] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {"schema": RevokeForm.model_json_schema()},
+            "application/json": {"schema": RevokeRequest.model_json_schema()},
+        },
+    }
+}
+
+
+async def _revocation_token(request: Request) -> str:
+    """The token to revoke, from RFC 7009's form body or the JSON one; 422 saying what to
+    send otherwise."""
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            form = await request.form()
+            return RevokeForm.model_validate(dict(form)).token
+        if content_type.startswith("application/json"):
+            return RevokeRequest.model_validate_json(await request.body()).refresh_token
+    except ValidationError:
+        pass
+    raise invalid_request(
+        ["body"],
+        "send the refresh token as the form body 'token=...' "
+        "(Content-Type: application/x-www-form-urlencoded, RFC 7009) or as the JSON "
+        '\'{"refresh_token": "..."}\' (Content-Type: application/json); this request sent '
+        f"{content_type or 'no Content-Type'}",
+        "revocation_body",
+    )
+
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 429)
 }
@@ -571,13 +672,17 @@ def accounts_router() -> APIRouter:
         status_code=204,
         tags=["auth"],
         summary="Log out: revoke a refresh token (and its successors)",
+        openapi_extra=_REVOKE_BODY,
     )
-    def revoke(request: Request, context: Auth, body: RevokeRequest) -> None:
+    def revoke(
+        request: Request, context: Auth, token: Annotated[str, Depends(_revocation_token)]
+    ) -> None:
         """Revokes the refresh token's whole family, so no token from this login can be
-        refreshed again. Answers 204 also for an unknown token (RFC 7009)."""
-        record = context.accounts.revoke_refresh_token(
-            hash_secret(body.refresh_token), now=context.now_ms()
-        )
+        refreshed again. Takes RFC 7009's form body (`token=...&token_type_hint=...`,
+        `application/x-www-form-urlencoded`) or JSON `{"refresh_token": "..."}`. Answers
+        204 also for an unknown token, and for an access token, which cannot be revoked
+        (it expires within minutes), as RFC 7009 allows."""
+        record = context.accounts.revoke_refresh_token(hash_secret(token), now=context.now_ms())
         if record is not None:
             user = context.accounts.get_user(record.user_id)
             if user is not None:
@@ -677,12 +782,15 @@ def accounts_router() -> APIRouter:
         )
         return ApiKeyCreated(**ApiKeyOut.of(record).model_dump(), key=key)
 
-    @router.get(
-        "/v1/api-keys", response_model=list[ApiKeyOut], tags=["auth"], summary="Your API keys"
-    )
-    def list_api_keys(principal: Caller, context: Auth) -> list[ApiKeyOut]:
+    @router.get("/v1/api-keys", response_model=ApiKeyPage, tags=["auth"], summary="Your API keys")
+    def list_api_keys(
+        principal: Caller, context: Auth, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None
+    ) -> ApiKeyPage:
         """Your keys, revoked ones included; never the keys themselves."""
-        return [ApiKeyOut.of(k) for k in context.accounts.list_api_keys(principal.user_id)]
+        after = cursor_key("api-keys", cursor, int)
+        keys = context.accounts.list_api_keys(principal.user_id, after_id=after, limit=limit + 1)
+        items, following = _id_page([ApiKeyOut.of(k) for k in keys], limit, "api-keys")
+        return ApiKeyPage(items=items, next=following)
 
     @router.delete(
         "/v1/api-keys/{key_id}",
@@ -691,7 +799,7 @@ def accounts_router() -> APIRouter:
         summary="Revoke an API key",
     )
     def revoke_api_key(
-        request: Request, principal: Caller, context: Auth, key_id: int
+        request: Request, principal: Caller, context: Auth, key_id: IdPath
     ) -> ApiKeyOut:
         """Your own key, or one of a user you manage (owners: their drivers'; fleet
         managers: their organization's users'; administrators: anyone's). Effective
@@ -717,18 +825,27 @@ def accounts_router() -> APIRouter:
 
     @router.get(
         "/v1/users/{user_id}/api-keys",
-        response_model=list[ApiKeyOut],
+        response_model=ApiKeyPage,
         tags=["accounts"],
         summary="A user's API keys (yours, or those of a user you manage)",
     )
-    def list_user_api_keys(user_id: int, principal: Caller, context: Auth) -> list[ApiKeyOut]:
+    def list_user_api_keys(
+        user_id: IdPath,
+        principal: Caller,
+        context: Auth,
+        limit: Limit = DEFAULT_PAGE,
+        cursor: Cursor = None,
+    ) -> ApiKeyPage:
         """The user's keys, revoked ones included; never the keys themselves. Owners see
         their drivers' keys, fleet managers those of their organization's users,
         administrators everyone's; revoke one with DELETE /v1/api-keys/{id}."""
+        after = cursor_key("user-api-keys", cursor, int)
         user = _managed_user_or_self(context, principal, user_id)
         if user is None:
             raise _user_not_found(user_id)
-        return [ApiKeyOut.of(k) for k in context.accounts.list_api_keys(user.id)]
+        keys = context.accounts.list_api_keys(user.id, after_id=after, limit=limit + 1)
+        items, following = _id_page([ApiKeyOut.of(k) for k in keys], limit, "user-api-keys")
+        return ApiKeyPage(items=items, next=following)
 
     # -- accounts ------------------------------------------------------------------------
 
@@ -759,18 +876,27 @@ def accounts_router() -> APIRouter:
 
     @router.get(
         "/v1/accounts",
-        response_model=list[AccountOut],
+        response_model=AccountPage,
         tags=["accounts"],
         summary="Accounts (administrators: all; others: their own)",
     )
-    def list_accounts(principal: Caller, context: Auth) -> list[AccountOut]:
+    def list_accounts(
+        principal: Caller, context: Auth, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None
+    ) -> AccountPage:
         """Administrators see every account; everybody else the one they belong to."""
+        after = cursor_key("accounts", cursor, int)
+        after_id = after
         if principal.is_admin:
-            return [AccountOut.of(a) for a in context.accounts.list_accounts()]
-        if principal.account_id is None:
-            return []
-        own = context.accounts.get_account(principal.account_id)
-        return [AccountOut.of(own)] if own is not None else []
+            accounts = context.accounts.list_accounts(after_id=after_id, limit=limit + 1)
+        else:
+            own = (
+                context.accounts.get_account(principal.account_id)
+                if principal.account_id is not None and (after_id or 0) < principal.account_id
+                else None
+            )
+            accounts = [own] if own is not None else []
+        items, following = _id_page([AccountOut.of(a) for a in accounts], limit, "accounts")
+        return AccountPage(items=items, next=following)
 
     @router.get(
         "/v1/accounts/{account_id}",
@@ -778,7 +904,7 @@ def accounts_router() -> APIRouter:
         tags=["accounts"],
         summary="One account",
     )
-    def get_account(account_id: int, principal: Caller, context: Auth) -> AccountOut:
+    def get_account(account_id: IdPath, principal: Caller, context: Auth) -> AccountOut:
         """Your own account (administrators: any). Others answer 404."""
         if not principal.is_admin and principal.account_id != account_id:
             raise _account_not_found(account_id)
@@ -854,29 +980,38 @@ def accounts_router() -> APIRouter:
 
     @router.get(
         "/v1/users",
-        response_model=list[UserOut],
+        response_model=UserPage,
         tags=["accounts"],
         summary="Users (administrators: all or one account's; managers: their account's)",
     )
     def list_users(
         principal: Caller,
         context: Auth,
-        account_id: Annotated[int | None, Query(description="Only this account's.")] = None,
-    ) -> list[UserOut]:
+        account_id: Annotated[
+            int | None, Query(ge=1, le=MAX_ID, description="Only this account's.")
+        ] = None,
+        limit: Limit = DEFAULT_PAGE,
+        cursor: Cursor = None,
+    ) -> UserPage:
         """Administrators: everybody (or one account's users); owners and fleet managers:
         the users of their account."""
-        if principal.is_admin:
-            return [UserOut.of(u) for u in context.accounts.list_users(account_id=account_id)]
-        if principal.account_id is None or not can_manage_account(principal, principal.account_id):
-            raise forbidden("Listing users is for administrators and account managers.")
-        if account_id is not None and account_id != principal.account_id:
-            raise _account_not_found(account_id)
-        return [UserOut.of(u) for u in context.accounts.list_users(account_id=principal.account_id)]
+        after = cursor_key("users", cursor, int)
+        if not principal.is_admin:
+            if principal.account_id is None or not can_manage_account(
+                principal, principal.account_id
+            ):
+                raise forbidden("Listing users is for administrators and account managers.")
+            if account_id is not None and account_id != principal.account_id:
+                raise _account_not_found(account_id)
+            account_id = principal.account_id
+        users = context.accounts.list_users(account_id=account_id, after_id=after, limit=limit + 1)
+        items, following = _id_page([UserOut.of(u) for u in users], limit, "users")
+        return UserPage(items=items, next=following)
 
     @router.get(
         "/v1/users/{user_id}", response_model=UserOut, tags=["accounts"], summary="One user"
     )
-    def get_user(user_id: int, principal: Caller, context: Auth) -> UserOut:
+    def get_user(user_id: IdPath, principal: Caller, context: Auth) -> UserOut:
         """Yourself, or (account managers, administrators) a user of your account."""
         return UserOut.of(_visible_user(context, principal, user_id))
 
@@ -887,7 +1022,7 @@ def accounts_router() -> APIRouter:
         summary="Change a user: name, role, password, disabled",
     )
     def update_user(
-        request: Request, user_id: int, body: UserUpdate, principal: Caller, context: Auth
+        request: Request, user_id: IdPath, body: UserUpdate, principal: Caller, context: Auth
     ) -> UserOut:
         """You may change your own name and password (give `current_password`); account
         managers and administrators may also change their users' role and disable them.
@@ -1152,7 +1287,7 @@ def accounts_router() -> APIRouter:
 
     @router.get(
         "/v1/vehicles/{vin}/grants",
-        response_model=list[GrantOut],
+        response_model=GrantPage,
         tags=["provisioning"],
         summary="Who a vehicle is shared with",
     )
@@ -1161,14 +1296,22 @@ def accounts_router() -> APIRouter:
         principal: Caller,
         context: Auth,
         include_revoked: bool = False,
-    ) -> list[GrantOut]:
+        limit: Limit = DEFAULT_PAGE,
+        cursor: Cursor = None,
+    ) -> GrantPage:
         """The vehicle's active grants (and revoked ones with `include_revoked`) of its
         current holding period; for those who manage the vehicle."""
+        after = cursor_key("grants", cursor, int)
         vehicle = _managed_vehicle(context, principal, vin)
         grants = context.accounts.list_grants(
-            vin=vin, tenure=vehicle.tenure, include_revoked=include_revoked
+            vin=vin,
+            tenure=vehicle.tenure,
+            include_revoked=include_revoked,
+            after_id=after,
+            limit=limit + 1,
         )
-        return [GrantOut.of(g) for g in grants]
+        items, following = _id_page([GrantOut.of(g) for g in grants], limit, "grants")
+        return GrantPage(items=items, next=following)
 
     @router.delete(
         "/v1/vehicles/{vin}/grants/{grant_id}",
@@ -1177,7 +1320,7 @@ def accounts_router() -> APIRouter:
         summary="Stop sharing a vehicle with a user",
     )
     def revoke_grant(
-        request: Request, vin: str, grant_id: int, principal: Caller, context: Auth
+        request: Request, vin: str, grant_id: IdPath, principal: Caller, context: Auth
     ) -> GrantOut:
         """The grantee loses access at once (their next request)."""
         vehicle = _managed_vehicle(context, principal, vin)
@@ -1252,20 +1395,30 @@ def accounts_router() -> APIRouter:
 
     @router.get(
         "/v1/vehicles/{vin}/invitations",
-        response_model=list[InvitationOut],
+        response_model=InvitationPage,
         tags=["provisioning"],
         summary="A vehicle's invitations",
     )
-    def list_vehicle_invitations(vin: str, principal: Caller, context: Auth) -> list[InvitationOut]:
-        """The invitations of the vehicle's current holding period, newest first, with
+    def list_vehicle_invitations(
+        vin: str,
+        principal: Caller,
+        context: Auth,
+        limit: Limit = DEFAULT_PAGE,
+        cursor: Cursor = None,
+    ) -> InvitationPage:
+        """The invitations of the vehicle's current holding period, oldest first, with
         their status (pending, accepted, declined, withdrawn, expired); for those who
         manage the vehicle."""
+        after = cursor_key("invitations", cursor, int)
         vehicle = _managed_vehicle(context, principal, vin)
         now = context.now_ms()
-        return [
-            InvitationOut.of(i, now)
-            for i in context.accounts.list_invitations(vin=vin, tenure=vehicle.tenure)
-        ]
+        invitations = context.accounts.list_invitations(
+            vin=vin, tenure=vehicle.tenure, after_id=after, limit=limit + 1
+        )
+        items, following = _id_page(
+            [InvitationOut.of(i, now) for i in invitations], limit, "invitations"
+        )
+        return InvitationPage(items=items, next=following)
 
     @router.delete(
         "/v1/vehicles/{vin}/invitations/{invitation_id}",
@@ -1274,7 +1427,7 @@ def accounts_router() -> APIRouter:
         summary="Withdraw an invitation",
     )
     def withdraw_invitation(
-        request: Request, vin: str, invitation_id: int, principal: Caller, context: Auth
+        request: Request, vin: str, invitation_id: IdPath, principal: Caller, context: Auth
     ) -> InvitationOut:
         """A pending invitation can no longer be accepted; an answered one is returned as
         it is (revoke the grant it made with DELETE /v1/vehicles/{vin}/grants/{id})."""
@@ -1296,19 +1449,23 @@ def accounts_router() -> APIRouter:
 
     @router.get(
         "/v1/invitations",
-        response_model=list[InvitationOut],
+        response_model=InvitationPage,
         tags=["auth"],
         summary="Invitations to you",
     )
-    def my_invitations(principal: Caller, context: Auth) -> list[InvitationOut]:
+    def my_invitations(
+        principal: Caller, context: Auth, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None
+    ) -> InvitationPage:
         """Vehicles offered to your e-mail address that you can still accept or decline
-        (pending and not expired), newest first."""
+        (pending and not expired), oldest first."""
+        after = cursor_key("my-invitations", cursor, int)
         now = context.now_ms()
-        return [
-            InvitationOut.of(i, now)
-            for i in context.accounts.list_invitations(email=principal.email, status="pending")
-            if i.open_at(now)
-        ]
+        invitations = context.accounts.list_invitations(
+            email=principal.email, status="pending", after_id=after, limit=limit + 1
+        )
+        offered = [InvitationOut.of(i, now) for i in invitations]
+        items, following = _id_page(offered, limit, "my-invitations")
+        return InvitationPage(items=[i for i in items if i.status == "pending"], next=following)
 
     @router.post(
         "/v1/invitations/{invitation_id}/accept",
@@ -1318,7 +1475,7 @@ def accounts_router() -> APIRouter:
         summary="Accept an invitation: the vehicle is shared with you",
     )
     def accept_invitation(
-        request: Request, invitation_id: int, principal: Caller, context: Auth
+        request: Request, invitation_id: IdPath, principal: Caller, context: Auth
     ) -> GrantOut:
         """Makes the grant the invitation offered (replacing one you had of the vehicle).
         409 `invitation_closed` if it was withdrawn, answered or has expired, or the vehicle
@@ -1334,7 +1491,7 @@ def accounts_router() -> APIRouter:
         summary="Decline an invitation",
     )
     def decline_invitation(
-        request: Request, invitation_id: int, principal: Caller, context: Auth
+        request: Request, invitation_id: IdPath, principal: Caller, context: Auth
     ) -> InvitationOut:
         """Nothing is shared; the inviter sees `declined`."""
         invitation, _ = _answer(context, request, principal, invitation_id, accept=False)
@@ -1351,16 +1508,18 @@ def accounts_router() -> APIRouter:
     def audit(
         principal: Caller,
         context: Auth,
-        account_id: Annotated[int | None, Query(description="Only this account's.")] = None,
+        account_id: Annotated[
+            int | None, Query(ge=1, le=MAX_ID, description="Only this account's.")
+        ] = None,
         action: Annotated[str | None, Query(max_length=64)] = None,
         target: Annotated[str | None, Query(max_length=200)] = None,
-        actor_user_id: int | None = None,
-        before_id: Annotated[int | None, Query(ge=1)] = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        actor_user_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+        limit: Limit = DEFAULT_PAGE,
+        cursor: Cursor = None,
     ) -> AuditPage:
         """Every command, login, grant, provisioning and administrative change: who, what,
-        when, from which address; newest first. Page with `before_id` =
-        `next_before_id`."""
+        when, from which address; newest first."""
+        before = cursor_key("audit", cursor, int)
         if not principal.is_admin:
             if principal.role is not Role.FLEET_MANAGER or principal.account_id is None:
                 raise forbidden("The audit log is for administrators and fleet managers.")
@@ -1372,14 +1531,11 @@ def accounts_router() -> APIRouter:
             action=action,
             target=target,
             actor_user_id=actor_user_id,
-            before_id=before_id,
+            before_id=before,
             limit=limit + 1,
         )
-        page = rows[:limit]
-        return AuditPage(
-            entries=[AuditOut.of(r) for r in page],
-            next_before_id=page[-1].id if len(rows) > limit else None,
-        )
+        items, following = _id_page([AuditOut.of(r) for r in rows], limit, "audit")
+        return AuditPage(items=items, next=following)
 
     return router
 

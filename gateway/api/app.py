@@ -16,7 +16,7 @@ annotations against module globals.
 """
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -31,12 +31,14 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.api.accounts import accounts_router
 from gateway.api.commands import commands_router
+from gateway.api.docs import install_docs
 from gateway.api.errors import (
     ApiError,
     install_error_handlers,
     invalid_request,
     store_unavailable,
 )
+from gateway.api.limits import MAX_PAGE, BodyLimit, document_body_limits
 from gateway.api.models import (
     Catalog,
     CatalogSignal,
@@ -46,13 +48,13 @@ from gateway.api.models import (
     HealthUnavailable,
     History,
     HistoryPointOut,
-    Paging,
     QuarantineOut,
     QuarantinePage,
     Vehicle,
     VehicleDetail,
-    VehicleList,
+    VehiclePage,
 )
+from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key, decode_cursor, page_of
 from gateway.api.params import Timestamp, iso, now_ms, split_signals, unknown_signals
 from gateway.api.prometheus import render_metrics
 from gateway.api.security import (
@@ -62,8 +64,10 @@ from gateway.api.security import (
     Caller,
     readable_data,
     require_admin,
+    vehicle_not_found,
 )
 from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
+from gateway.auth.policy import Principal
 from gateway.auth.tokens import load_or_create_secret
 from gateway.commands.service import CommandService, CommandSettings
 from gateway.errors import ConfigurationError, StoreError
@@ -71,16 +75,13 @@ from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.commands import CommandRepository
 from gateway.statedb.database import StateDatabase, default_url
-from gateway.store import SqliteTelemetryStore, TelemetryReader, VehicleState
+from gateway.store import SqliteTelemetryStore, TelemetryReader, VehicleState, VehicleSummary
 from schemas import CATALOG, CONTRACT_VERSION, VIN_PATTERN, InvalidVinError, Reason, validate_vin
 
 __all__ = ["ApiSettings", "create_app", "open_reader"]
 
 logger = logging.getLogger(__name__)
 
-#: page size limits of /v1/vehicles and /v1/quarantine
-DEFAULT_PAGE: Final = 100
-MAX_PAGE: Final = 1000
 #: history window when the request gives no start
 DEFAULT_WINDOW_MS: Final = 60 * 60 * 1000
 
@@ -92,7 +93,7 @@ class ApiSettings:
     #: the gateway's SQLite database (created with the schema if missing)
     db_path: Path
     #: the largest ``limit`` /v1/vehicles/{vin}/history accepts (bounds response size)
-    max_history_limit: int = 10_000
+    max_history_limit: int = MAX_PAGE * 10
     #: the ``limit`` of a history request that gives none
     default_history_limit: int = 1000
     #: remote commands (a broker and a state database); None: the command routes answer 503
@@ -102,6 +103,16 @@ class ApiSettings:
     #: the state database (accounts, commands); default: the commands' one, else the SQLite
     #: file ``state.db`` next to the telemetry database
     state_db_url: str | None = None
+    #: a vehicle whose status says online but that sent nothing for this long is shown
+    #: offline with reason ``silent`` (``gateway.store.presence``); the contract has units
+    #: publish at least every 5 minutes
+    silent_after_s: float = 600.0
+    #: the clock that decides the silence (tests of it set their own)
+    clock_ms: Callable[[], int] = field(default=now_ms, compare=False, repr=False)
+
+    @property
+    def silent_after_ms(self) -> int:
+        return int(self.silent_after_s * 1000)
 
     @property
     def resolved_state_db_url(self) -> str:
@@ -170,16 +181,50 @@ def valid_vin(
 Vin = Annotated[str, Depends(valid_vin)]
 
 
-def _vehicle(reader: TelemetryReader, vin: str, tenure: int) -> VehicleState:
+def _known_vehicle(
+    context: AuthContext, principal: Principal, reader: TelemetryReader, vin: str
+) -> tuple[VehicleState | None, int]:
+    """The vehicle's stored state in the holding period the caller reads (and that
+    period), None if it is provisioned but never reported in it; 404 when the caller may
+    not see it, or nobody provisioned it and it never reported; 403 when their grant does
+    not include ``read``."""
+    tenure, registration = readable_data(context, principal, vin)
     state = reader.vehicle_state(vin, tenure=tenure)
-    if state is None:
-        raise ApiError(
-            404,
-            "vehicle_not_found",
-            f"No vehicle with VIN {vin} has reported to this gateway. Check the VIN; "
-            "GET /v1/vehicles lists the known vehicles.",
-        )
-    return state
+    if state is None and registration is None:
+        raise vehicle_not_found(vin)
+    return state, tenure
+
+
+def _vehicle_page(
+    context: AuthContext,
+    principal: Principal,
+    reader: TelemetryReader,
+    after: str | None,
+    limit: int,
+    *,
+    now_ms: int,
+    silent_after_ms: int,
+) -> list[Vehicle]:
+    """Up to ``limit`` vehicles the caller sees with VINs after ``after``, in VIN order:
+    those provisioned (whether or not they ever reported) and, for an administrator, also
+    those the gateway heard from without a registration."""
+    visible = context.visible_vins(principal)
+    if visible is None:  # an administrator: the union of both databases, one page of each
+        registered = context.accounts.registered_vins(after=after, limit=limit)
+        # each VIN at the newest holding period the store has of it
+        heard = reader.list_vehicles(limit=limit, after=after)
+        vins = sorted({*registered, *(v.vin for v in heard)})[:limit]
+    else:
+        vins = sorted(v for v in visible if after is None or v > after)[:limit]
+        # each at the holding period the caller reads: the current one
+        heard = reader.list_vehicles(limit=limit, vins={v: visible[v] for v in vins})
+    summaries: dict[str, VehicleSummary] = {v.vin: v for v in heard}
+    return [
+        Vehicle.from_summary(summaries[vin], now_ms=now_ms, silent_after_ms=silent_after_ms)
+        if vin in summaries
+        else Vehicle.never_reported(vin)
+        for vin in vins
+    ]
 
 
 # --- OpenAPI documentation -----------------------------------------------------------------
@@ -200,13 +245,22 @@ def _errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 _DESCRIPTION = """
-Read access to what the telematics gateway has stored: vehicles and their latest state,
-signal history, the signal catalog and the quarantine of refused input; plus `/healthz` and
-Prometheus `/metrics`.
+The connected-vehicle telematics gateway: vehicles, their latest state and signal history,
+the signal catalog and the quarantine of refused input; remote commands and their
+lifecycle; accounts, users, API keys, vehicle provisioning, grants and the audit log; plus
+`/healthz` and Prometheus `/metrics`. Every route but `/healthz`, logging in, registering
+and logging out needs `Authorization: Bearer <access token or API key>`.
 
 **Times** are integers of milliseconds since the Unix epoch, each paired with an ISO 8601 UTC
-twin whose name ends in `_iso`. Query parameters take either form (`1764230400000` or
-`2025-11-27T08:00:00Z`; an ISO time without offset is UTC).
+twin whose name ends in `_iso` (both null when there is no time). Query parameters take
+either form (`1764230400000` or `2025-11-27T08:00:00Z`; an ISO time without offset is UTC).
+
+**Lists** all answer `{"items": [...], "next": "<cursor>" | null}`: pass `next` back as
+`cursor` (with the same filters) for the next page; `limit` is 1 to 1000 (100 by default),
+and a page also ends early, with a cursor, once it holds about 1 MiB of JSON.
+
+**Limits**: request bodies are at most 16 KiB unless a route says otherwise
+(`x-max-body-bytes`; larger ones answer 413), and every number is bounded as documented.
 
 **Signals** are COVESA VSS paths; `GET /v1/catalog` lists those the gateway accepts.
 
@@ -243,7 +297,7 @@ def _router(settings: ApiSettings) -> APIRouter:
 
     @router.get(
         "/v1/vehicles",
-        response_model=VehicleList,
+        response_model=VehiclePage,
         summary="List vehicles",
         tags=["vehicles"],
         responses=_errors(422, 503),
@@ -252,25 +306,24 @@ def _router(settings: ApiSettings) -> APIRouter:
         principal: Caller,
         reader: Reader,
         context: Auth,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = DEFAULT_PAGE,
-        offset: Annotated[int, Query(ge=0, description="Vehicles to skip.")] = 0,
-    ) -> VehicleList:
-        """Every vehicle you may see that the gateway has heard from, ordered by VIN, with
-        its online status and when it was first and last seen. Page with `offset` =
-        `paging.next_offset`."""
-        vins = context.visible_vins(principal)
-        total, _ = reader.vehicle_counts(vins)
-        vehicles = reader.list_vehicles(limit=limit, offset=offset, vins=vins)
-        following = offset + len(vehicles)
-        return VehicleList(
-            vehicles=[Vehicle.from_summary(v) for v in vehicles],
-            paging=Paging(
-                limit=limit,
-                offset=offset,
-                total=total,
-                next_offset=following if vehicles and following < total else None,
-            ),
+        limit: Limit = DEFAULT_PAGE,
+        cursor: Cursor = None,
+    ) -> VehiclePage:
+        """Every vehicle you may see, ordered by VIN, with its online status and when it
+        was first and last seen; a provisioned vehicle that never reported is listed with
+        `reported: false` and null times."""
+        after = cursor_key("vehicles", cursor, str)
+        vehicles = _vehicle_page(
+            context,
+            principal,
+            reader,
+            after,
+            limit + 1,
+            now_ms=settings.clock_ms(),
+            silent_after_ms=settings.silent_after_ms,
         )
+        items, following = page_of(vehicles, limit=limit, kind="vehicles", key=lambda v: [v.vin])
+        return VehiclePage(items=items, next=following)
 
     @router.get(
         "/v1/vehicles/{vin}",
@@ -284,9 +337,11 @@ def _router(settings: ApiSettings) -> APIRouter:
         reported (newest by sample time, so a late store-and-forward upload never hides a
         fresher value), with its sample time and unit. Only what it reported while its
         current holder held it."""
-        tenure = readable_data(context, principal, vin)
-        state = _vehicle(reader, vin, tenure)
-        return VehicleDetail.build(state.summary, state.latest)
+        state, _ = _known_vehicle(context, principal, reader, vin)
+        now, silent = settings.clock_ms(), settings.silent_after_ms
+        if state is None:
+            return VehicleDetail.build(vin, {}, now_ms=now, silent_after_ms=silent)
+        return VehicleDetail.build(state.summary, state.latest, now_ms=now, silent_after_ms=silent)
 
     @router.get(
         "/v1/vehicles/{vin}/history",
@@ -318,14 +373,17 @@ def _router(settings: ApiSettings) -> APIRouter:
             Query(
                 ge=1,
                 le=settings.max_history_limit,
-                description="Most points to return; `truncated` says if there were more.",
+                description="Most points on a page; `next` says if there are more.",
             ),
         ] = settings.default_history_limit,
+        cursor: Cursor = None,
     ) -> History:
         """Samples with `start <= ts < end` (sample time) that carry at least one of
-        `signals`, oldest first; each point holds the requested signals it carries. Only
-        samples the vehicle reported while its current holder held it."""
-        tenure = readable_data(context, principal, vin)
+        `signals`, oldest first; each point holds the requested signals it carries. Page
+        on with `cursor` = `next` and the same `signals`, `start` and `end`. Only samples
+        the vehicle reported while its current holder held it."""
+        after = decode_cursor("history", cursor, (int, int))
+        _, tenure = _known_vehicle(context, principal, reader, vin)
         names = split_signals(signals)
         if not names:
             raise invalid_request(
@@ -362,9 +420,20 @@ def _router(settings: ApiSettings) -> APIRouter:
                 "time_range",
                 start_ms,
             )
-        _vehicle(reader, vin, tenure)
         points = reader.history(
-            vin, names, tenure=tenure, start=start_ms, end=end_ms, limit=limit + 1
+            vin,
+            names,
+            tenure=tenure,
+            start=start_ms,
+            end=end_ms,
+            limit=limit + 1,
+            after=(after[0], after[1]) if after is not None else None,
+        )
+        items, following = page_of(
+            [HistoryPointOut.from_point(p) for p in points],
+            limit=limit,
+            kind="history",
+            key=lambda p: [p.ts, p.seq],
         )
         return History(
             vin=vin,
@@ -373,9 +442,8 @@ def _router(settings: ApiSettings) -> APIRouter:
             start_iso=iso(start_ms),
             end=end_ms,
             end_iso=iso(end_ms),
-            limit=limit,
-            truncated=len(points) > limit,
-            points=[HistoryPointOut.from_point(p) for p in points[:limit]],
+            items=items,
+            next=following,
         )
 
     @router.get(
@@ -405,28 +473,28 @@ def _router(settings: ApiSettings) -> APIRouter:
             # not validated as a VIN: refused input is often about a malformed one
             Query(max_length=256, description="Only entries about this VIN, as received."),
         ] = None,
-        before_id: Annotated[
-            int | None,
-            Query(ge=1, description="Only entries older than this id (`next_before_id`)."),
-        ] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = DEFAULT_PAGE,
+        limit: Limit = DEFAULT_PAGE,
+        cursor: Cursor = None,
     ) -> QuarantinePage:
         """Messages, samples and single signals the gateway refused, newest first, with the
-        reason, a detail sentence and the raw payload (as text and base64). Page with
-        `before_id` = `next_before_id`. Administrators only."""
+        reason, a detail sentence and the raw payload (as text and base64; only its first
+        bytes when it was large, with the whole payload's size and SHA-256).
+        Administrators only."""
         require_admin(principal, "The quarantine")
+        before = cursor_key("quarantine", cursor, int)
         rows = reader.quarantine(
             limit=limit + 1,
             reason=None if reason is None else reason.value,
             vin=vin,
-            before_id=before_id,
+            before_id=before,
         )
-        page = rows[:limit]
-        return QuarantinePage(
-            entries=[QuarantineOut.from_stored(q) for q in page],
+        items, following = page_of(
+            [QuarantineOut.from_stored(q) for q in rows],
             limit=limit,
-            next_before_id=page[-1].id if len(rows) > limit else None,
+            kind="quarantine",
+            key=lambda q: [q.id],
         )
+        return QuarantinePage(items=items, next=following)
 
     @router.get(
         "/healthz",
@@ -441,7 +509,7 @@ def _router(settings: ApiSettings) -> APIRouter:
         try:
             reader = SqliteTelemetryStore(settings.db_path, readonly=True)
             try:
-                reader.list_vehicles(limit=1, offset=0)
+                reader.list_vehicles(limit=1)
             finally:
                 reader.close()
         except StoreError as exc:
@@ -474,7 +542,11 @@ def _router(settings: ApiSettings) -> APIRouter:
         `Accept: application/openmetrics-text` for the OpenMetrics format. Administrators
         only (give Prometheus an administrator's API key)."""
         require_admin(principal, "Metrics")
-        body, content_type = render_metrics(reader, request.headers.get("accept"))
+        body, content_type = render_metrics(
+            reader,
+            request.headers.get("accept"),
+            heard_since=settings.clock_ms() - settings.silent_after_ms,
+        )
         return Response(body, media_type=content_type)
 
     return router
@@ -548,6 +620,10 @@ def _version() -> str:
 def create_app(settings: ApiSettings) -> FastAPI:
     """The API as an ASGI app, e.g. ``uvicorn.run(create_app(ApiSettings(db_path)))``."""
     app = FastAPI(
+        # the docs page is served from the package (gateway.api.docs), not from a CDN
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
         title="Telematics Gateway API",
         summary="Vehicles, state, history and quarantine of the connected-vehicle gateway.",
         description=_DESCRIPTION,
@@ -565,7 +641,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.include_router(_router(settings))
-    app.include_router(commands_router())
-    app.include_router(accounts_router())
+    app.add_middleware(BodyLimit)
+    install_docs(app)
+    routers = [_router(settings), commands_router(), accounts_router()]
+    # flat, for the body limits and the Allow header (gateway.api.limits.api_routes)
+    app.state.api_routes = [route for router in routers for route in router.routes]
+    document_body_limits(app.state.api_routes)
+    for router in routers:
+        app.include_router(router)
     return app

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from gateway.api.errors import ApiError
-from gateway.api.models import ErrorDetail, ErrorResponse
-from gateway.api.params import iso_or_none
+from gateway.api.models import ErrorDetail, ErrorResponse, Page
+from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, decode_cursor, page_of
+from gateway.api.params import iso, iso_or_none
 from gateway.api.security import (
     Auth,
     AuthContext,
@@ -51,6 +52,10 @@ from schemas.commands import COMMAND_ID_PATTERN, COMMAND_SPECS, CommandParamsErr
 
 __all__ = ["CommandOut", "commands_router"]
 
+#: the schema's bound of ``ttl_s`` (a year); the gateway's own maximum (CommandSettings,
+#: 24 h by default) is checked against the request as well
+MAX_TTL_S: Final = 365 * 24 * 3600
+
 
 class CommandRequest(BaseModel):
     """Body of ``POST /v1/vehicles/{vin}/commands``."""
@@ -62,8 +67,10 @@ class CommandRequest(BaseModel):
     ttl_s: float | None = Field(
         default=None,
         gt=0,
+        le=MAX_TTL_S,
+        allow_inf_nan=False,
         description="Time to live in seconds: the command is never started after it "
-        "(default: the gateway's, 300 s).",
+        "(default: the gateway's, 300 s; at most the gateway's maximum).",
     )
 
 
@@ -78,6 +85,9 @@ class TransitionOut(BaseModel):
 
 
 class CommandOut(BaseModel):
+    """A command as lists and creation answer it; GET /v1/commands/{id} adds its
+    transitions (:class:`CommandDetail`)."""
+
     id: str
     vin: str
     type: str
@@ -92,18 +102,23 @@ class CommandOut(BaseModel):
     expires_at: int
     expires_at_iso: str
     sent_at: int | None
+    sent_at_iso: str | None
     accepted_at: int | None
+    accepted_at_iso: str | None
     finished_at: int | None
+    finished_at_iso: str | None
     #: pending, confirmed, unconfirmed or not_applicable
     confirmation: str
     confirmed_at: int | None
     confirmed_at_iso: str | None
-    transitions: list[TransitionOut] | None = None
 
 
-class CommandList(BaseModel):
-    commands: list[CommandOut]
-    next_before: int | None
+class CommandDetail(CommandOut):
+    transitions: list[TransitionOut] = Field(description="Every status change, oldest first.")
+
+
+class CommandPage(Page):
+    items: list[CommandOut] = Field(description="Newest first.")
 
 
 class CommandTypeOut(BaseModel):
@@ -115,21 +130,23 @@ class CommandTypeOut(BaseModel):
     confirmed_by: list[str]
 
 
+class CommandTypePage(Page):
+    items: list[CommandTypeOut] = Field(description="Every command type; always one page.")
+
+
 def _transition_out(t: TransitionRecord) -> TransitionOut:
     return TransitionOut(
         seq=t.seq,
         status=t.status.value,
         event=t.event,
         at=t.at,
-        at_iso=iso_or_none(t.at) or "",
+        at_iso=iso(t.at),
         reason=t.reason,
         detail=t.detail,
     )
 
 
-def command_out(
-    record: CommandRecord, transitions: list[TransitionRecord] | None = None
-) -> CommandOut:
+def command_out(record: CommandRecord) -> CommandOut:
     return CommandOut(
         id=record.id,
         vin=record.vin,
@@ -141,16 +158,24 @@ def command_out(
         detail=record.detail,
         idempotency_key=record.idempotency_key,
         created_at=record.created_at,
-        created_at_iso=iso_or_none(record.created_at) or "",
+        created_at_iso=iso(record.created_at),
         expires_at=record.expires_at,
-        expires_at_iso=iso_or_none(record.expires_at) or "",
+        expires_at_iso=iso(record.expires_at),
         sent_at=record.sent_at,
+        sent_at_iso=iso_or_none(record.sent_at),
         accepted_at=record.accepted_at,
+        accepted_at_iso=iso_or_none(record.accepted_at),
         finished_at=record.finished_at,
+        finished_at_iso=iso_or_none(record.finished_at),
         confirmation=record.confirmation,
         confirmed_at=record.confirmed_at,
         confirmed_at_iso=iso_or_none(record.confirmed_at),
-        transitions=[_transition_out(t) for t in transitions] if transitions is not None else None,
+    )
+
+
+def command_detail(record: CommandRecord, transitions: list[TransitionRecord]) -> CommandDetail:
+    return CommandDetail(
+        **command_out(record).model_dump(), transitions=[_transition_out(t) for t in transitions]
     )
 
 
@@ -373,21 +398,21 @@ def commands_router() -> APIRouter:
 
     @router.get(
         "/v1/commands/{command_id}",
-        response_model=CommandOut,
+        response_model=CommandDetail,
         summary="One command, with every transition",
     )
     async def get_command(
         principal: Caller, command_id: CommandId, service: Service, context: Auth
-    ) -> CommandOut:
+    ) -> CommandDetail:
         """The command's current status, its timestamps, its confirmation by telemetry and
         the full list of transitions, each with the time it was recorded."""
         record, _, _ = await _readable_command(context, principal, service, command_id)
         transitions = await asyncio.to_thread(service.repo.transitions, command_id)
-        return command_out(record, transitions)
+        return command_detail(record, transitions)
 
     @router.get(
         "/v1/vehicles/{vin}/commands",
-        response_model=CommandList,
+        response_model=CommandPage,
         summary="A vehicle's commands, newest first",
     )
     async def list_commands(
@@ -395,28 +420,31 @@ def commands_router() -> APIRouter:
         vin: str,
         service: Service,
         context: Auth,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        before: Annotated[
-            int | None, Query(description="created_at of the last command of the previous page")
-        ] = None,
-    ) -> CommandList:
-        """Newest first; page with `before` = `next_before` of the previous page. Only the
-        commands of the vehicle's current holder (administrators: of every holder)."""
+        limit: Limit = DEFAULT_PAGE,
+        cursor: Cursor = None,
+    ) -> CommandPage:
+        """Newest first (by creation time). Only the commands of the vehicle's current
+        holder (administrators: of every holder)."""
         from gateway.api.app import valid_vin
 
+        before = decode_cursor("commands", cursor, (int, str))
         valid_vin(vin)
-        tenure = await asyncio.to_thread(readable_data, context, principal, vin)
+        tenure, _ = await asyncio.to_thread(readable_data, context, principal, vin)
         records = await asyncio.to_thread(
             service.repo.list_for_vehicle,
             vin,
             tenure=None if principal.is_admin else tenure,
+            limit=limit + 1,
+            before_created_at=before[0] if before is not None else None,
+            before_id=before[1] if before is not None else None,
+        )
+        items, following = page_of(
+            [command_out(r) for r in records],
             limit=limit,
-            before_created_at=before,
+            kind="commands",
+            key=lambda c: [c.created_at, c.id],
         )
-        return CommandList(
-            commands=[command_out(r) for r in records],
-            next_before=records[-1].created_at if len(records) == limit else None,
-        )
+        return CommandPage(items=items, next=following)
 
     @router.post(
         "/v1/commands/{command_id}/cancel",
@@ -486,25 +514,29 @@ def commands_router() -> APIRouter:
 
     @router.get(
         "/v1/command-types",
-        response_model=list[CommandTypeOut],
+        response_model=CommandTypePage,
         summary="Command types, their parameters and what confirms them",
     )
-    def command_types(principal: Caller) -> list[CommandTypeOut]:
+    def command_types(principal: Caller) -> CommandTypePage:
         """Every command type of the device contract with its parameters (JSON Schema),
-        whether it is refused while moving, and which signals confirm it."""
-        return [
-            CommandTypeOut(
-                type=spec.type.value,
-                description=spec.description,
-                enterprise_only=spec.enterprise_only,
-                unsafe_while_moving=spec.unsafe_while_moving,
-                params_schema=spec.params_model.model_json_schema(),
-                confirmed_by=list(spec.confirmation.signals) if spec.confirmation else [],
-            )
-            for spec in COMMAND_SPECS.values()
-        ]
+        whether it is refused while moving, and which signals confirm it. A fixed list,
+        always one page (`next` is null)."""
+        return CommandTypePage(items=_COMMAND_TYPES, next=None)
 
     return router
+
+
+_COMMAND_TYPES: list[CommandTypeOut] = [
+    CommandTypeOut(
+        type=spec.type.value,
+        description=spec.description,
+        enterprise_only=spec.enterprise_only,
+        unsafe_while_moving=spec.unsafe_while_moving,
+        params_schema=spec.params_model.model_json_schema(),
+        confirmed_by=list(spec.confirmation.signals) if spec.confirmation else [],
+    )
+    for spec in COMMAND_SPECS.values()
+]
 
 
 def _sse(event: str, data: Any) -> bytes:

@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import JsonValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from gateway.api.models import ErrorDetail, ErrorInfo, ErrorResponse
 from gateway.errors import StoreError
@@ -124,6 +125,27 @@ def _json_input(value: Any) -> JsonValue:
     return None
 
 
+#: error types pydantic reports when a body is not the JSON object a route expects
+_NOT_AN_OBJECT = frozenset({"model_attributes_type", "dict_type", "json_invalid", "model_type"})
+
+
+def _body_hint(request: Request, errors: Sequence[Any]) -> str:
+    """What to send instead, when the body as a whole was not what the route reads (sent
+    as a form, as text, without a Content-Type, or not at all)."""
+    whole_body = any(
+        tuple(err.get("loc", ())) in (("body",), ("body", 0))
+        and err.get("type") in _NOT_AN_OBJECT | {"missing"}
+        for err in errors
+    )
+    if not whole_body:
+        return ""
+    sent = request.headers.get("content-type") or "no Content-Type"
+    return (
+        f" This route takes a JSON object with 'Content-Type: application/json' (the request "
+        f"sent {sent})."
+    )
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     details = []
@@ -141,14 +163,30 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(
         422,
         "invalid_request",
-        f"The request is invalid: {problems}. Fix the listed parameters and retry; "
-        "GET /docs describes every parameter.",
+        f"The request is invalid: {problems}.{_body_hint(request, exc.errors())} Fix the "
+        "listed parameters and retry; GET /docs describes every parameter.",
         details,
     )
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path (Starlette's own 405 names only
+    the first route that matched the path, so ``PUT /v1/vehicles`` said ``Allow: GET``
+    though ``POST`` is there too)."""
+    scope = {**request.scope, "method": "\0"}  # matches no route fully: every partial match
+    methods: set[str] = set()
+    from gateway.api.limits import api_routes  # limits imports this module
+
+    for route in api_routes(request.app):
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    """Errors Starlette raises itself: no route (404), wrong method (405)."""
+    """Errors Starlette and FastAPI raise themselves: no route (404), wrong method (405), a
+    body that does not decode (400, answered as the 422 of every other bad input)."""
     assert isinstance(exc, StarletteHTTPException)
     where = f"{request.method} {request.url.path}"
     if exc.status_code == 404:
@@ -159,13 +197,22 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
             "(note the /v1 prefix).",
             headers=exc.headers,
         )
+    if exc.status_code == 400:  # FastAPI: a body it could not decode (not UTF-8 JSON)
+        sent = request.headers.get("content-type") or "no Content-Type"
+        return error_response(
+            422,
+            "invalid_request",
+            f"The request body could not be read ({exc.detail}): send a JSON object encoded "
+            f"as UTF-8 with 'Content-Type: application/json' (the request sent {sent}).",
+            [ErrorDetail(loc=["body"], msg=str(exc.detail), type="body_unreadable")],
+        )
     if exc.status_code == 405:
-        allowed = (exc.headers or {}).get("Allow", "")
+        allowed = ", ".join(allowed_methods(request))
         return error_response(
             405,
             "method_not_allowed",
             f"{where} is not supported; this resource allows {allowed or 'other methods'}.",
-            headers=exc.headers,
+            headers={**(exc.headers or {}), "Allow": allowed},
         )
     try:
         phrase = HTTPStatus(exc.status_code).phrase

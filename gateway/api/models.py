@@ -3,24 +3,26 @@
 They are separate from the store's dataclasses (``gateway.store.base``) on purpose: the store
 may change its internals, the HTTP contract may not. Conventions every model follows:
 
-* a time is epoch milliseconds (``ts``, ``last_seen``) with an ISO 8601 UTC twin whose name
-  adds ``_iso`` (``ts_iso``, ``last_seen_iso``); the integer is the exact value to compute
-  with and to pass back in queries, the string is for people;
-* a list is wrapped in an object next to its paging information, so fields can be added
-  without breaking clients;
-* absent values are ``null``, never missing keys.
+* every time is epoch milliseconds (``ts``, ``last_seen``, ``created_at``) with an ISO 8601
+  UTC twin whose name adds ``_iso`` (``ts_iso``, ``last_seen_iso``), null together; the
+  integer is the exact value to compute with and to pass back in queries, the string is for
+  people (tests/test_api_conventions.py checks every schema of the OpenAPI document);
+* every list is ``{"items": [...], "next": cursor | null}`` (gateway.api.paging), so fields
+  can be added without breaking clients and every list pages the same way;
+* absent values are ``null``, never missing keys: a response has exactly the keys its
+  schema lists.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from gateway.api.params import iso, iso_or_none
-from gateway.store import HistoryPoint, StoredQuarantine, VehicleSummary
+from gateway.store import HistoryPoint, StoredQuarantine, VehicleSummary, presence
 from schemas import CATALOG, SignalSpec, SignalValue
 
 __all__ = [
@@ -33,13 +35,13 @@ __all__ = [
     "HealthUnavailable",
     "History",
     "HistoryPointOut",
-    "Paging",
+    "Page",
     "QuarantineOut",
     "QuarantinePage",
     "SignalState",
     "Vehicle",
     "VehicleDetail",
-    "VehicleList",
+    "VehiclePage",
 ]
 
 
@@ -48,6 +50,29 @@ class _Model(BaseModel):
 
 
 # --- errors --------------------------------------------------------------------------------
+
+
+#: fields whose value an error never repeats: the caller knows what they typed, and an
+#: error body ends up in logs, proxies and bug reports
+SECRET_FIELDS: Final = frozenset(
+    {"password", "current_password", "refresh_token", "token", "access_token", "key"}
+)
+#: the longest string (and list) an error repeats, about; longer inputs are cut, marked
+MAX_ERROR_INPUT: Final = 200
+_MAX_ERROR_MSG: Final = 500
+
+
+def _bounded_input(value: JsonValue) -> JsonValue:
+    """``value`` cut to :data:`MAX_ERROR_INPUT` characters (strings) or items (lists):
+    a 300 MB body must not come back in its own 422."""
+    # the margin leaves a value cut once alone when the model is validated again
+    if isinstance(value, str) and len(value) > MAX_ERROR_INPUT + 40:
+        return f"{value[:MAX_ERROR_INPUT]}... ({len(value)} characters)"
+    if isinstance(value, list):
+        return [_bounded_input(v) for v in value[:MAX_ERROR_INPUT]]
+    if isinstance(value, dict):
+        return None  # a whole object is never needed to point at the problem
+    return value
 
 
 class ErrorDetail(_Model):
@@ -59,7 +84,22 @@ class ErrorDetail(_Model):
     )
     msg: str = Field(description="What is wrong with it.")
     type: str | None = Field(default=None, description="Machine-readable kind of problem.")
-    input: JsonValue = Field(default=None, description="The offending value, if there was one.")
+    input: JsonValue = Field(
+        default=None,
+        description="The offending value, if there was one: cut to 200 characters, and "
+        "never for a password, token or key.",
+    )
+
+    @model_validator(mode="after")
+    def _safe_input(self) -> Self:
+        secret = any(isinstance(part, str) and part in SECRET_FIELDS for part in self.loc)
+        bounded = None if secret else _bounded_input(self.input)
+        # frozen: each set once, while validating
+        if bounded != self.input:
+            object.__setattr__(self, "input", bounded)
+        if len(self.msg) > _MAX_ERROR_MSG:
+            object.__setattr__(self, "msg", self.msg[:_MAX_ERROR_MSG] + "...")
+        return self
 
 
 class ErrorInfo(_Model):
@@ -77,33 +117,73 @@ class ErrorResponse(_Model):
     error: ErrorInfo
 
 
+# --- lists ---------------------------------------------------------------------------------
+
+
+class Page(_Model):
+    """Base of every list response (see gateway.api.paging); subclasses narrow ``items``."""
+
+    items: list[Any]
+    next: str | None = Field(
+        description="Pass as `cursor` (with the same filters) for the next page; null on "
+        "the last page."
+    )
+
+
 # --- vehicles ------------------------------------------------------------------------------
 
 
 class Vehicle(_Model):
     vin: str = Field(examples=["WVWZZZ1JZXW000001"])
+    reported: bool = Field(
+        description="Whether the gateway has heard from it; false for a vehicle that is "
+        "provisioned but never reported (then every time below is null)."
+    )
     online: bool | None = Field(
         description="From the vehicle's last status message (the broker sends its last will "
-        "when the connection drops); null if it never sent one."
+        "when the connection drops), but false once nothing has come from the vehicle for "
+        "the installation's silence limit (default 10 minutes); null if it never sent a "
+        "status."
     )
-    first_seen: int = Field(description="When the gateway first heard from it, epoch ms.")
-    first_seen_iso: str
-    last_seen: int = Field(description="When the gateway last heard from it, epoch ms.")
-    last_seen_iso: str
+    offline_reason: Literal["status", "silent"] | None = Field(
+        description="Why `online` is false: `status` (its status message or Last Will said "
+        "offline) or `silent` (its status says online, but no message has come for longer "
+        "than the silence limit: it disconnected without saying so, or hangs); null when "
+        "online or unknown."
+    )
+    missing_samples: int = Field(
+        description="Telemetry `seq` numbers between the first and the last received that "
+        "have not arrived: samples lost (or still on their way in a late upload)."
+    )
+    missing_events: int = Field(description="The same for the vehicle's event `seq` numbers.")
+    first_seen: int | None = Field(description="When the gateway first heard from it, epoch ms.")
+    first_seen_iso: str | None
+    last_seen: int | None = Field(description="When the gateway last heard from it, epoch ms.")
+    last_seen_iso: str | None
     status_changed_at: int | None = Field(
-        description="Time of the status message that set `online`, epoch ms."
+        description="When the gateway received the status message that set `online`, epoch "
+        "ms (null when it never did, or learnt it only from a retained message)."
     )
     status_changed_at_iso: str | None
 
     @classmethod
-    def from_summary(cls, s: VehicleSummary) -> Vehicle:
-        return cls.model_validate(_summary_fields(s))
+    def from_summary(cls, s: VehicleSummary, *, now_ms: int, silent_after_ms: int) -> Vehicle:
+        return cls.model_validate(_summary_fields(s, now_ms, silent_after_ms))
+
+    @classmethod
+    def never_reported(cls, vin: str) -> Vehicle:
+        return cls.model_validate(_never_reported_fields(vin))
 
 
-def _summary_fields(s: VehicleSummary) -> dict[str, object]:
+def _summary_fields(s: VehicleSummary, now_ms: int, silent_after_ms: int) -> dict[str, object]:
+    online, offline_reason = presence(s, now_ms=now_ms, silent_after_ms=silent_after_ms)
     return {
         "vin": s.vin,
-        "online": s.online,
+        "reported": True,
+        "online": online,
+        "offline_reason": offline_reason,
+        "missing_samples": s.missing_samples,
+        "missing_events": s.missing_events,
         "first_seen": s.first_seen,
         "first_seen_iso": iso(s.first_seen),
         "last_seen": s.last_seen,
@@ -113,18 +193,24 @@ def _summary_fields(s: VehicleSummary) -> dict[str, object]:
     }
 
 
-class Paging(_Model):
-    limit: int
-    offset: int
-    total: int = Field(description="Vehicles known to the gateway.")
-    next_offset: int | None = Field(
-        description="`offset` for the next page; null on the last page."
+def _never_reported_fields(vin: str) -> dict[str, object]:
+    times = ("first_seen", "last_seen", "status_changed_at")
+    return {
+        "vin": vin,
+        "reported": False,
+        "online": None,
+        "offline_reason": None,
+        "missing_samples": 0,
+        "missing_events": 0,
+        **dict.fromkeys(times),
+        **{f"{name}_iso": None for name in times},
+    }
+
+
+class VehiclePage(Page):
+    items: list[Vehicle] = Field(
+        description="Ordered by VIN: every vehicle you may see, provisioned or heard from."
     )
-
-
-class VehicleList(_Model):
-    vehicles: list[Vehicle] = Field(description="Ordered by VIN.")
-    paging: Paging
 
 
 class SignalState(_Model):
@@ -141,15 +227,26 @@ class VehicleDetail(Vehicle):
 
     @classmethod
     def build(
-        cls, s: VehicleSummary, latest: Mapping[str, tuple[SignalValue, int]]
+        cls,
+        s: VehicleSummary | str,
+        latest: Mapping[str, tuple[SignalValue, int]],
+        *,
+        now_ms: int,
+        silent_after_ms: int,
     ) -> VehicleDetail:
+        """``s``: the store's summary, or the VIN of a vehicle that never reported."""
+        fields = (
+            _never_reported_fields(s)
+            if isinstance(s, str)
+            else _summary_fields(s, now_ms, silent_after_ms)
+        )
         state: dict[str, SignalState] = {}
         for path, (value, ts) in latest.items():
             spec = CATALOG.get(path)
             state[path] = SignalState(
                 value=value, ts=ts, ts_iso=iso(ts), unit=spec.unit if spec else None
             )
-        return cls.model_validate({**_summary_fields(s), "state": state})
+        return cls.model_validate({**fields, "state": state})
 
 
 # --- history -------------------------------------------------------------------------------
@@ -175,12 +272,11 @@ class History(_Model):
     start_iso: str
     end: int = Field(description="Exclusive, epoch ms.")
     end_iso: str
-    limit: int
-    truncated: bool = Field(
-        description="True if more samples matched than `limit`: narrow the window (start the "
-        "next request at the last point's ts) or raise `limit`."
+    items: list[HistoryPointOut] = Field(description="Oldest first, by sample time.")
+    next: str | None = Field(
+        description="More points matched: pass as `cursor` (same signals, start and end) "
+        "for the next page; null on the last page."
     )
-    points: list[HistoryPointOut] = Field(description="Oldest first, by sample time.")
 
 
 # --- catalog -------------------------------------------------------------------------------
@@ -222,9 +318,17 @@ class QuarantineOut(_Model):
     vin: str | None
     seq: int | None
     signal: str | None = Field(description="The refused signal; null if the whole message was.")
-    payload_text: str = Field(description="Raw payload as UTF-8 (invalid bytes replaced).")
-    payload_base64: str = Field(description="Raw payload, exact bytes, base64.")
-    payload_size: int = Field(description="Raw payload length in bytes.")
+    payload_text: str = Field(
+        description="Raw payload as UTF-8 (invalid bytes replaced); only its first bytes "
+        "when `payload_truncated`."
+    )
+    payload_base64: str = Field(description="The payload bytes kept, exact, base64.")
+    payload_size: int = Field(description="Length of the whole payload as received, bytes.")
+    payload_truncated: bool = Field(
+        description="True when only the payload's first bytes were kept (the gateway keeps "
+        "at most `--quarantine-payload-bytes` of each refused payload)."
+    )
+    payload_sha256: str = Field(description="SHA-256 of the whole payload as received, hex.")
 
     @classmethod
     def from_stored(cls, q: StoredQuarantine) -> QuarantineOut:
@@ -241,16 +345,14 @@ class QuarantineOut(_Model):
             signal=q.signal,
             payload_text=payload.decode("utf-8", errors="replace"),
             payload_base64=base64.b64encode(payload).decode("ascii"),
-            payload_size=len(payload),
+            payload_size=q.payload_size,
+            payload_truncated=q.payload_size > len(payload),
+            payload_sha256=q.payload_sha256,
         )
 
 
-class QuarantinePage(_Model):
-    entries: list[QuarantineOut] = Field(description="Newest first.")
-    limit: int
-    next_before_id: int | None = Field(
-        description="Pass as `before_id` for the next (older) page; null on the last page."
-    )
+class QuarantinePage(Page):
+    items: list[QuarantineOut] = Field(description="Newest first.")
 
 
 # --- operations ----------------------------------------------------------------------------

@@ -41,12 +41,14 @@ class StoreCollector(Collector):
     instead of a gap until the first occurrence.
     """
 
-    def __init__(self, reader: TelemetryReader) -> None:
+    def __init__(self, reader: TelemetryReader, *, heard_since: int | None = None) -> None:
         self._reader = reader
+        #: online vehicles count only if heard from since (see gateway.store.presence)
+        self._heard_since = heard_since
 
     def collect(self) -> Iterator[Metric]:
         counts = self._reader.counters()
-        vehicles, online = self._reader.vehicle_counts()
+        vehicles, online = self._reader.vehicle_counts(heard_since=self._heard_since)
 
         def by_label(name: str) -> dict[str, float]:
             return {label: value for (n, label), value in counts.items() if n == name}
@@ -93,6 +95,25 @@ class StoreCollector(Collector):
             quarantined.add_metric([reason], value)
         yield quarantined
 
+        streams = (metrics.STREAM_TELEMETRY, metrics.STREAM_EVENTS)
+        gaps = CounterMetricFamily(
+            metrics.SEQ_GAPS,
+            "Seq numbers found missing (a later one arrived first), by stream: samples or "
+            "events lost or late; a late upload that brings them does not lower it.",
+            labels=["stream"],
+        )
+        missing = GaugeMetricFamily(
+            metrics.SEQ_MISSING,
+            "Seq numbers missing now over every vehicle, by stream (found missing minus "
+            "those that arrived late).",
+            labels=["stream"],
+        )
+        for stream in streams:
+            gaps.add_metric([stream], by_label(metrics.SEQ_GAPS).get(stream, 0.0))
+            missing.add_metric([stream], by_label(metrics.SEQ_MISSING).get(stream, 0.0))
+        yield gaps
+        yield missing
+
         # The ingest side persists buckets cumulatively (a commit increments every bucket
         # whose bound is >= its latency), which is exactly Prometheus' "le" semantics.
         commit = by_label(metrics.COMMIT_SECONDS)
@@ -112,16 +133,19 @@ class StoreCollector(Collector):
         )
         yield GaugeMetricFamily(
             "telematics_vehicles_online",
-            "Vehicles whose last status message says online.",
+            "Vehicles whose last status message says online and that were heard from "
+            "within the silence limit.",
             value=online,
         )
 
 
-def render_metrics(reader: TelemetryReader, accept: str | None) -> tuple[bytes, str]:
+def render_metrics(
+    reader: TelemetryReader, accept: str | None, *, heard_since: int | None = None
+) -> tuple[bytes, str]:
     """One scrape: (body, content type). The format follows the scraper's ``Accept`` header
     the way prometheus_client's own exporters do: classic text format 0.0.4 by default,
     OpenMetrics or text 1.0.0 when asked for."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(reader))
+    registry.register(StoreCollector(reader, heard_since=heard_since))
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type

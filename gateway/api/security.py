@@ -326,11 +326,14 @@ def require_admin(principal: Principal, what: str) -> None:
         raise forbidden(f"{what} is for administrators only.")
 
 
-def readable_data(context: AuthContext, principal: Principal, vin: str) -> int:
-    """The holding period (tenure) of ``vin`` whose data the caller reads: its current one
-    (the last one of a revoked vehicle, for an admin; the first for a VIN that reports
-    without being provisioned, which only an admin sees). 404 unless the caller may see
-    the vehicle, 403 if they see it but their grant does not include ``read``."""
+def readable_data(
+    context: AuthContext, principal: Principal, vin: str
+) -> tuple[int, VehicleRecord | None]:
+    """The holding period (tenure) of ``vin`` whose data the caller reads, and the
+    vehicle's registration (None: not provisioned). The period is its current one (the
+    last one of a revoked vehicle, for an admin; the first for a VIN that reports without
+    being provisioned, which only an admin sees). 404 unless the caller may see the
+    vehicle, 403 if they see it but their grant does not include ``read``."""
     access, vehicle = context.lookup(principal, vin)
     if not access.read:
         raise vehicle_not_found(vin)
@@ -339,7 +342,7 @@ def readable_data(context: AuthContext, principal: Principal, vin: str) -> int:
             f"Vehicle {vin} was shared with you for remote services only, not to read its "
             "state and history (the grant's services do not include 'read')."
         )
-    return vehicle.tenure if vehicle is not None else FIRST_TENURE
+    return (vehicle.tenure if vehicle is not None else FIRST_TENURE), vehicle
 
 
 def check_command_limits(context: AuthContext, principal: Principal, vin: str) -> None:

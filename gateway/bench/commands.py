@@ -311,14 +311,14 @@ def run_commands_bench(
                         ).json()
                     except httpx.HTTPError:
                         return False
-                    online = [v["vin"] for v in listed.get("vehicles", []) if v["online"]]
+                    online = [v["vin"] for v in listed.get("items", []) if v["online"]]
                     return len(online) >= vehicles
 
                 _wait(all_online, "the simulated units", timeout=120)
                 listed = httpx.get(
                     f"{api}/v1/vehicles", params={"limit": 1000}, headers=headers
                 ).json()
-                vins = [v["vin"] for v in listed["vehicles"] if v["online"]][:vehicles]
+                vins = [v["vin"] for v in listed["items"] if v["online"]][:vehicles]
                 state_db = data / "state.db"
 
                 _say(progress, f"phase 1: {commands} commands, ingest idle")

@@ -19,7 +19,9 @@ ACL
     that was removed but still holds a valid client certificate (certificate identities do
     not need a password-file line). With per-user blocks, a removed vehicle has no block and
     so no rights at all. Lines before the first ``user`` line would apply to anonymous
-    clients; there are none, and ``allow_anonymous false`` refuses them anyway.
+    clients; there are none, and ``allow_anonymous false`` refuses them anyway. A vehicle
+    writes its ``telemetry``, ``events``, ``status`` and ``commands/result`` and reads its
+    ``commands`` and ``feedback`` (the gateway's notices of what it refused), nothing else.
 
 How Mosquitto 2.0.11 applies this (checked by experiment, see ``tests/test_broker_auth.py``):
 
@@ -105,7 +107,7 @@ _B64 = r"[A-Za-z0-9+/]+={0,2}"
 _HASH_RE = re.compile(rf"\$7\$[1-9][0-9]{{0,8}}\${_B64}\${_B64}|\$6\${_B64}\${_B64}")
 
 _VEHICLE_WRITE = ("telemetry", "events", "status", "commands/result")
-_VEHICLE_READ = ("commands",)
+_VEHICLE_READ = ("commands", "feedback")
 
 
 # --------------------------------------------------------------------------- passwords

@@ -218,7 +218,11 @@ class BrokerConfig:
     persistence: bool = True
     allow_anonymous: bool = True
     autosave_interval: int = 30
-    message_size_limit: int = 1024 * 1024
+    #: largest MQTT packet accepted, announced to MQTT 5 clients in CONNACK (0: no limit)
+    max_packet_size: int = 1024 * 1024
+    #: 0 (off): Mosquitto answers an oversized QoS 1 message with PUBACK reason 0x95, which
+    #: MQTT 5 does not allow on a PUBACK and drives paho-mqtt into a resend loop
+    message_size_limit: int = 0
     max_keepalive: int = 120
     password_file: Path | None = None
     acl_file: Path | None = None
@@ -244,7 +248,12 @@ class BrokerConfig:
             raise ValueError(
                 f"the TLS listener needs a port of its own, not the plain listener's {self.port}"
             )
-        for name in ("max_inflight_messages", "max_queued_messages", "message_size_limit"):
+        for name in (
+            "max_inflight_messages",
+            "max_queued_messages",
+            "message_size_limit",
+            "max_packet_size",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"broker {name} must be >= 0 (0 means unlimited)")
         if self.autosave_interval < 0:
@@ -390,13 +399,22 @@ def render_config(cfg: BrokerConfig) -> str:
         "(the MQTT spec's behaviour), so it cannot crowd out QoS 1 messages.",
         "queue_qos0_messages false",
     )
-    add(
-        "Largest accepted publish payload in bytes. Chosen over max_packet_size (which\n"
-        "Mosquitto's start-up note recommends): an oversized message is dropped but its QoS\n"
-        "flow completes, instead of disconnecting the device, which would reconnect and\n"
-        "resend the same oversized batch forever.",
-        f"message_size_limit {cfg.message_size_limit}",
-    )
+    if cfg.max_packet_size:
+        add(
+            "Largest MQTT packet accepted (the whole packet, not just the payload), announced\n"
+            "to MQTT 5 clients as Maximum Packet Size in CONNACK so they refuse a bigger one\n"
+            "themselves. A client that sends one anyway is disconnected. Not\n"
+            "message_size_limit: it answers an oversized QoS 1 message with PUBACK reason\n"
+            "0x95, which MQTT 5 does not allow on a PUBACK, and paho-mqtt then reconnects and\n"
+            "resends forever. Payloads between the gateway's own limit (256 KiB) and this one\n"
+            "reach the gateway, which quarantines them as payload_too_large and acknowledges.",
+            f"max_packet_size {cfg.max_packet_size}",
+        )
+    if cfg.message_size_limit:
+        add(
+            "Largest accepted publish payload in bytes (see max_packet_size above).",
+            f"message_size_limit {cfg.message_size_limit}",
+        )
     add(
         "Log to a file in the data directory (start-up errors read its tail).",
         f"log_dest file {cfg.log_path}",

@@ -16,6 +16,7 @@ exhaustively; ``service`` adds gmqtt, the state database and the telemetry store
 """
 
 from gateway.commands.lifecycle import (
+    LATE_EVENT_PREFIX,
     TERMINAL_STATUSES,
     TRANSITIONS,
     CommandEvent,
@@ -23,11 +24,14 @@ from gateway.commands.lifecycle import (
     IllegalTransition,
     allowed_events,
     event_for_result,
+    is_repeat,
     is_terminal,
+    late_event,
     transition,
 )
 
 __all__ = [
+    "LATE_EVENT_PREFIX",
     "TERMINAL_STATUSES",
     "TRANSITIONS",
     "CommandEvent",
@@ -35,6 +39,8 @@ __all__ = [
     "IllegalTransition",
     "allowed_events",
     "event_for_result",
+    "is_repeat",
     "is_terminal",
+    "late_event",
     "transition",
 ]

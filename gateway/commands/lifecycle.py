@@ -48,6 +48,13 @@ Why these rules:
 - The six terminal statuses accept nothing, so a late or repeated answer (MQTT QoS 1 may
   deliver twice) can never rewrite history.
 
+Answers after the end: a unit may still answer a command that has ended here (it accepted
+and acted after the command expired, or succeeded after ``timed_out``). Such an answer
+changes nothing, but it is not dropped: the command's history gets a row with the unchanged
+status and the event :func:`late_event` (``late_accepted``, ``late_succeeded``, ...), so an
+operator sees that the car acted late. A repeat of an answer already in the history (a QoS 1
+redelivery) is not recorded again (:func:`is_repeat`).
+
 Confirmation by telemetry is deliberately not a status: it is a separate fact
 (``confirmed_at``) about a succeeded command, decided by ``schemas.commands.is_confirmed_by``.
 """
@@ -55,12 +62,13 @@ Confirmation by telemetry is deliberately not a status: it is a separate fact
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import MappingProxyType
 
 from schemas.commands import ResultStatus
 
 __all__ = [
+    "LATE_EVENT_PREFIX",
     "TERMINAL_STATUSES",
     "TRANSITIONS",
     "CommandEvent",
@@ -68,7 +76,9 @@ __all__ = [
     "IllegalTransition",
     "allowed_events",
     "event_for_result",
+    "is_repeat",
     "is_terminal",
+    "late_event",
     "transition",
 ]
 
@@ -184,3 +194,21 @@ def transition(status: CommandStatus, event: CommandEvent) -> CommandStatus:
 def event_for_result(status: ResultStatus) -> CommandEvent:
     """The event a unit's answer (``schemas.commands.CommandResult.status``) stands for."""
     return _RESULT_EVENTS[status]
+
+
+#: history events of answers that came after their command had ended: ``late_<status>``
+LATE_EVENT_PREFIX = "late_"
+
+
+def late_event(status: ResultStatus) -> str:
+    """The history event that records a unit's ``status`` answer after the command ended."""
+    return LATE_EVENT_PREFIX + status.value
+
+
+def is_repeat(status: ResultStatus, history: Collection[tuple[CommandStatus, str | None]]) -> bool:
+    """Whether an answer the lifecycle refused repeats one already recorded: ``history`` is
+    the command's (status, event) rows; the answer is in it as the status it brought about,
+    or as a late row."""
+    return any(
+        recorded.value == status.value or event == late_event(status) for recorded, event in history
+    )

@@ -66,8 +66,11 @@ from gateway.commands.lifecycle import (
     CommandEvent,
     IllegalTransition,
     event_for_result,
+    is_repeat,
+    late_event,
 )
 from gateway.errors import GatewayError, StoreError
+from gateway.ingest.feedback import feedback_messages
 from gateway.ingest.service import wall_clock_ms
 from gateway.statedb.commands import CommandRecord, CommandRepository
 from gateway.store import (
@@ -88,7 +91,9 @@ from schemas import (
 )
 from schemas.commands import (
     COMMAND_SPECS,
+    CONFIRMATION_TOLERANCE_MS,
     CommandMessage,
+    CommandResult,
     CommandType,
     command_result_subscription_filter,
     command_result_topic,
@@ -96,10 +101,12 @@ from schemas.commands import (
     decode_command_result,
     encode_command,
     is_confirmed_by,
+    is_moving,
     message_expiry_interval,
     parse_command_result_topic,
     validate_params,
 )
+from schemas.feedback import FeedbackLimiter
 from schemas.signing import Ed25519PrivateKey, load_private_key, sign_command
 
 __all__ = [
@@ -165,14 +172,6 @@ class VehicleMoving(GatewayError):
         )
 
 
-def _is_moving(state: VehicleState) -> bool:
-    moving = state.latest.get("Vehicle.IsMoving")
-    if moving is not None:
-        return moving[0] is True
-    speed = state.latest.get("Vehicle.Speed")
-    return speed is not None and isinstance(speed[0], int | float) and abs(speed[0]) > 0.5
-
-
 class CommandService:
     """See the module docstring. Start with :meth:`start`, stop with :meth:`stop`."""
 
@@ -203,6 +202,8 @@ class CommandService:
         )
         #: vin -> the last counter this process signed for it
         self._last_counter: dict[str, int] = {}
+        #: the per-vehicle bound of feedback notices about refused results
+        self._feedback = FeedbackLimiter()
 
     # --- lifecycle of the service ---------------------------------------------------------
 
@@ -275,7 +276,7 @@ class CommandService:
         if state is None:
             raise VehicleNotFound(vin)
         spec = COMMAND_SPECS[command_type]
-        if spec.unsafe_while_moving and _is_moving(state):
+        if spec.unsafe_while_moving and is_moving(state.latest, now_ms=self._clock_ms()):
             raise VehicleMoving(vin, command_type)
         ttl = self.settings.default_ttl_s if ttl_s is None else ttl_s
         record, created = self.repo.create(
@@ -316,14 +317,18 @@ class CommandService:
         *,
         reason: str | None = None,
         detail: str | None = None,
+        unit_ts: int | None = None,
     ) -> CommandRecord:
         record = self.repo.apply(
-            command_id, event, at=self._clock_ms(), reason=reason, detail=detail
+            command_id, event, at=self._clock_ms(), reason=reason, detail=detail, unit_ts=unit_ts
         )
+        self._wake(command_id)
+        return record
+
+    def _wake(self, command_id: str) -> None:
         waiter = self._changed.pop(command_id, None)
         if waiter is not None:
             waiter.set()
-        return record
 
     async def _dispatch(self, record: CommandRecord) -> CommandRecord:
         """Publish a queued command, or expire it if its time is up. Leaves it queued if the
@@ -393,7 +398,7 @@ class CommandService:
                 if topic.endswith("/status"):
                     await self._on_status(topic, payload)
                 else:
-                    await self._on_result(topic, payload)
+                    await self._on_result(topic, payload, _correlation_data(properties))
         except (StoreError, GatewayError):
             log.exception("could not record %s; the broker will deliver it again", topic)
             return 0x80  # unspecified error: not acknowledged as processed
@@ -408,7 +413,7 @@ class CommandService:
         if not isinstance(status, Rejection) and status.state is StatusState.ONLINE:
             await self._dispatch_queued(vin)
 
-    async def _on_result(self, topic: str, payload: bytes) -> None:
+    async def _on_result(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
         try:
             vin = parse_command_result_topic(topic)
         except InvalidTopicError as exc:
@@ -419,29 +424,11 @@ class CommandService:
             await self._quarantine(topic, payload, result)
             return
         record = self.repo.get(result.command_id)
-        if record is None:
-            await self._quarantine(
-                topic,
-                payload,
-                Rejection(
-                    Reason.UNKNOWN_COMMAND,
-                    f"no command {result.command_id} exists; the result changes nothing",
-                    vin=vin,
-                ),
-            )
+        rejection = _refusal(result, record, vin, correlation)
+        if rejection is not None:
+            await self._quarantine(topic, payload, rejection)
             return
-        if record.vin != vin:
-            await self._quarantine(
-                topic,
-                payload,
-                Rejection(
-                    Reason.VIN_MISMATCH,
-                    f"command {record.id} is for {record.vin}, but the result came on "
-                    f"{vin}'s result topic; the result changes nothing",
-                    vin=vin,
-                ),
-            )
-            return
+        assert record is not None
         event = event_for_result(result.status)
         try:
             await self._apply(
@@ -449,19 +436,38 @@ class CommandService:
                 event,
                 reason=result.reason.value if result.reason is not None else None,
                 detail=result.detail,
+                unit_ts=result.ts,
             )
-        except IllegalTransition as exc:
-            if record.status.value == result.status.value:
-                # QoS 1 may deliver an answer twice: a repeat of what is recorded is harmless
-                log.debug("duplicate %s for command %s", result.status.value, record.id)
-            else:
-                log.warning(
-                    "ignored %s from %s for command %s: %s",
-                    result.status.value,
-                    vin,
-                    record.id,
-                    exc,
-                )
+        except IllegalTransition:
+            await self._after_the_end(result)
+
+    async def _after_the_end(self, result: CommandResult) -> None:
+        """An answer the lifecycle refuses: a repeat (QoS 1 redelivery) changes nothing; any
+        other answer came after the command had ended and goes into its history as late."""
+        history = [(t.status, t.event) for t in self.repo.transitions(result.command_id)]
+        if is_repeat(result.status, history):
+            log.debug("repeated %s for command %s", result.status.value, result.command_id)
+            return
+        current = history[-1][0].value if history else "?"
+        log.warning(
+            "late %s from %s for command %s (already %s): recorded in its history",
+            result.status.value,
+            result.vin,
+            result.command_id,
+            current,
+        )
+        words = f": {result.detail}" if result.detail else ""
+        self.repo.note(
+            result.command_id,
+            late_event(result.status),
+            at=self._clock_ms(),
+            reason=result.reason.value if result.reason is not None else None,
+            detail=(
+                f"the unit answered {result.status.value} at {result.ts} (its clock) after the "
+                f"command was {current}{words}"
+            )[:1024],
+        )
+        self._wake(result.command_id)
 
     async def _quarantine(self, topic: str, payload: bytes, rejection: Rejection) -> None:
         log.warning("quarantined a command result on %s: %s", topic, rejection.detail)
@@ -474,6 +480,9 @@ class CommandService:
             counters={(metrics.QUARANTINED, rejection.reason.value): 1},
         )
         store.commit(batch)
+        if self._client is not None and self.connected.is_set():
+            for feedback, notice in feedback_messages(batch.quarantine, self._feedback, now):
+                self._client.publish(feedback, notice, qos=0)
 
     # --- timers ---------------------------------------------------------------------------
 
@@ -520,7 +529,12 @@ class CommandService:
     async def _check_confirmation(
         self, record: CommandRecord, state: VehicleState | None, now: int
     ) -> None:
-        since = record.accepted_at or record.sent_at or record.created_at
+        # one clock: the samples' ts and unit_accepted_at are both the unit's (older
+        # commands, from before the unit's time was kept, fall back to the gateway's)
+        if record.unit_accepted_at is not None:
+            since = record.unit_accepted_at - CONFIRMATION_TOLERANCE_MS
+        else:
+            since = record.accepted_at or record.sent_at or record.created_at
         fresh: dict[str, SignalValue] = {}
         newest = 0
         if state is not None:
@@ -542,6 +556,48 @@ class CommandService:
             )
         else:
             return
-        waiter = self._changed.pop(updated.id, None)
-        if waiter is not None:
-            waiter.set()
+        self._wake(updated.id)
+
+
+def _correlation_data(properties: Any) -> bytes | None:
+    """The MQTT 5 correlation data of a message as gmqtt passes it (a dict of lists), or
+    None (an MQTT 3.1.1 unit has none)."""
+    if not isinstance(properties, dict):
+        return None
+    value = properties.get("correlation_data")
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    if isinstance(value, str):
+        value = value.encode()
+    return bytes(value) if isinstance(value, bytes | bytearray) else None
+
+
+def _refusal(
+    result: CommandResult, record: CommandRecord | None, vin: str, correlation: bytes | None
+) -> Rejection | None:
+    """Why a well-formed result must not touch any command (a quarantine reason), or None.
+
+    The body's ``command_id`` is what identifies the command; MQTT 5 correlation data, when
+    the unit sends it, must be that id's bytes (a unit answering with another command's
+    correlation data has mixed up two commands, and either may be wrong)."""
+    if correlation is not None and correlation != result.command_id.encode():
+        return Rejection(
+            Reason.CORRELATION_MISMATCH,
+            f"correlation data {correlation[:80]!r} is not the result's command_id "
+            f"{result.command_id}; the result changes nothing",
+            vin=vin,
+        )
+    if record is None:
+        return Rejection(
+            Reason.UNKNOWN_COMMAND,
+            f"no command {result.command_id} exists; the result changes nothing",
+            vin=vin,
+        )
+    if record.vin != vin:
+        return Rejection(
+            Reason.VIN_MISMATCH,
+            f"command {record.id} is for {record.vin}, but the result came on "
+            f"{vin}'s result topic; the result changes nothing",
+            vin=vin,
+        )
+    return None

@@ -116,9 +116,12 @@ class Batcher:
             self._quarantine.append(QuarantineEntry(now, topic, payload, rejection, tenure))
             self._count(metrics.QUARANTINED, rejection.reason.value)
 
-    def add(self, topic: str, payload: bytes) -> bool:
-        """Decode one message into the current batch. False (and nothing added) when the
-        message's VIN has changed tenure since the batch took its first message: commit
+    def add(self, topic: str, payload: bytes, retained: bool = False) -> bool:
+        """Decode one message into the current batch. ``retained``: the broker delivered it
+        from its retained store at (re)subscription, so it says nothing about when the
+        vehicle was last heard (Mosquitto replays every retained status to a gateway each
+        time it subscribes, also to a shared subscription). False (and nothing added) when
+        the message's VIN has changed tenure since the batch took its first message: commit
         the batch, then add the message again (see the module docstring)."""
         parsed = self._topics.get(topic)
         if parsed is None:
@@ -152,7 +155,8 @@ class Batcher:
             )
             self._quarantine_all(topic, payload, now, (rejection,))
             return True
-        self._seen[vin] = now
+        if not retained:
+            self._seen[vin] = now
         number = None if tenure is None else tenure.number
         if parsed.channel is Channel.TELEMETRY:
             decoded = decode_telemetry(payload, topic_vin=vin, now_ms=now, limits=self._limits)
@@ -170,7 +174,7 @@ class Batcher:
             if isinstance(status, Rejection):
                 self._quarantine_all(topic, payload, now, (status,), number)
             else:
-                self._statuses.append(_status_change(vin, status, now))
+                self._statuses.append(_status_change(vin, status, now, retained))
         return True
 
     def take(self) -> IngestBatch:
@@ -193,7 +197,7 @@ class Batcher:
         return batch
 
 
-def _status_change(vin: str, status: Status, received_at: int) -> StatusChange:
+def _status_change(vin: str, status: Status, received_at: int, retained: bool) -> StatusChange:
     # The unit's clock may be wrong and a Last Will carries the time it was composed, so
     # the gateway's receive time orders status changes.
-    return StatusChange(vin, status.state, received_at)
+    return StatusChange(vin, status.state, received_at, retained)

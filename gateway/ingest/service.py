@@ -7,6 +7,11 @@ commit of the batch it landed in. If the process dies first, the broker still ho
 message in our persistent session (clean start off, a session expiry) and sends it again on
 reconnect; (vin, seq) deduplication in the store makes the second copy harmless.
 
+Feedback: after a commit, each quarantined message, sample or signal of a provisioned vehicle
+is announced to its unit on ``v1/vehicles/{vin}/feedback`` (QoS 0, rate-bounded per vehicle;
+:mod:`gateway.ingest.feedback`), because the PUBACK only tells the unit that the broker took
+the message.
+
 Scaling out: every gateway process subscribes through the same MQTT 5 shared subscription
 (``$share/{group}/...``), so the broker splits the stream between them. Each process needs
 its own client id (the persistent session belongs to it).
@@ -36,9 +41,11 @@ from gmqtt.mqtt.constants import MQTTv50
 
 from gateway import metrics
 from gateway.errors import ConfigurationError, StoreError
+from gateway.ingest.feedback import feedback_messages
 from gateway.ingest.pipeline import Batcher, BatchPolicy
-from gateway.store import CommitResult, TelemetryStore, Tenure
+from gateway.store import CommitResult, IngestBatch, TelemetryStore, Tenure
 from schemas import DEFAULT_LIMITS, Limits, subscription_filters
+from schemas.feedback import FeedbackLimiter
 
 __all__ = ["IngestService", "IngestSettings", "wall_clock_ms"]
 
@@ -97,20 +104,26 @@ class IngestService:
         self._acks: list[_Ack] = []
         #: messages held back for the next batch: their VIN changed tenure while the open
         #: batch held its earlier messages (see gateway.ingest.pipeline)
-        self._deferred: list[tuple[str, bytes, _Ack | None]] = []
+        self._deferred: list[tuple[str, bytes, _Ack | None, dict[str, Any]]] = []
         self._due = asyncio.Event()
         self._first_at: float | None = None
         self.connected = asyncio.Event()
         self._stopping = False
         self.commits = 0
+        self._clock_ms = clock_ms
+        self._client: Any = None
+        self._feedback = FeedbackLimiter()
 
     # --- receiving ----------------------------------------------------------------------
 
-    def _receive(self, topic: str, payload: bytes, ack: _Ack | None) -> None:
+    def _receive(
+        self, topic: str, payload: bytes, ack: _Ack | None, properties: dict[str, Any]
+    ) -> None:
         """Add one message to the open batch; ``ack`` is sent once the batch commits."""
-        if self._deferred or not self._batcher.add(topic, payload):
+        retained = bool(properties.get("retain"))
+        if self._deferred or not self._batcher.add(topic, payload, retained):
             # after a deferred message, the following ones wait too: arrival order is kept
-            self._deferred.append((topic, payload, ack))
+            self._deferred.append((topic, payload, ack, properties))
             self._due.set()  # commit the open batch now
             return
         if ack is not None:
@@ -125,7 +138,7 @@ class IngestService:
         self, client: Any, topic: str, payload: bytes, qos: int, properties: Any
     ) -> None:
         # gmqtt calls this only for QoS 0 (QoS 1 and 2 go through _AckAfterCommit)
-        self._receive(topic, payload, None)
+        self._receive(topic, payload, None, properties)
 
     def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
         log.info(
@@ -175,8 +188,8 @@ class IngestService:
         batch = self._batcher.take()
         acks, self._acks, self._first_at = self._acks, [], None
         deferred, self._deferred = self._deferred, []
-        for topic, payload, ack in deferred:  # they start the next batch
-            self._receive(topic, payload, ack)
+        for topic, payload, ack, properties in deferred:  # they start the next batch
+            self._receive(topic, payload, ack, properties)
         while True:
             started = time.perf_counter()
             try:
@@ -196,8 +209,24 @@ class IngestService:
         # commit latency lands in the next batch's counters (it is known only now)
         self._batcher.add_counters(metrics.commit_seconds_counters(time.perf_counter() - started))
         _send_acks(acks)
+        if batch.quarantine:
+            self._send_feedback(batch)
         if self._on_commit is not None:
             self._on_commit(result)
+
+    def _send_feedback(self, batch: IngestBatch) -> None:
+        """Tell each unit what of its input was quarantined (``schemas.feedback``), QoS 0,
+        after the commit; never at the expense of ingest (a failure is logged)."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return
+        try:
+            for topic, payload in feedback_messages(
+                batch.quarantine, self._feedback, self._clock_ms()
+            ):
+                client.publish(topic, payload, qos=0)
+        except Exception:
+            log.exception("could not publish feedback notices; the quarantine holds them")
 
     # --- running ------------------------------------------------------------------------
 
@@ -219,6 +248,7 @@ class IngestService:
         if s.username is not None:
             client.set_auth_credentials(s.username, s.password)
         await client.connect(s.host, s.port, version=MQTTv50, keepalive=s.keepalive_s)
+        self._client = client
         flusher = asyncio.create_task(self._flush_loop(stopping))
         try:
             await stopping.wait()
@@ -275,17 +305,19 @@ class _AckAfterCommit:
     """
 
     @staticmethod
-    def install(client: Any, receive: Callable[[str, bytes, _Ack | None], None]) -> None:
+    def install(
+        client: Any, receive: Callable[[str, bytes, _Ack | None, dict[str, Any]], None]
+    ) -> None:
         handler = client._package_handler
         for name in ("_handle_qos_1_publish_packet", "_handle_qos_2_publish_packet"):
             if not callable(getattr(handler, name, None)):
                 raise ConfigurationError(f"this gmqtt version has no {name}; install gmqtt==0.8.0")
 
         def on_qos1(mid: int, payload: bytes, topic: str, properties: Any) -> None:
-            receive(topic, payload, _Ack(handler.current_connection, 1, mid))
+            receive(topic, payload, _Ack(handler.current_connection, 1, mid), properties)
 
         def on_qos2(mid: int, payload: bytes, topic: str, properties: Any) -> None:
-            receive(topic, payload, _Ack(handler.current_connection, 2, mid))
+            receive(topic, payload, _Ack(handler.current_connection, 2, mid), properties)
 
         handler._handle_qos_1_publish_packet = on_qos1
         handler._handle_qos_2_publish_packet = on_qos2

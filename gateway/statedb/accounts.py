@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any, Final, Literal, TypeVar, cast
 
-from sqlalchemy import CursorResult, Result, and_, delete, func, or_, select, update
+from sqlalchemy import CursorResult, Result, Select, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -497,11 +497,13 @@ class AccountRepository:
     def get_account(self, account_id: int) -> AccountRecord | None:
         return self._get(AccountRow, account_id, AccountRecord.from_row)
 
-    def list_accounts(self) -> list[AccountRecord]:
-        """Every account, oldest first."""
+    def list_accounts(
+        self, *, after_id: int | None = None, limit: int | None = None
+    ) -> list[AccountRecord]:
+        """Every account, oldest first (a page: ids after ``after_id``, at most ``limit``)."""
+        query = _paged(select(AccountRow), AccountRow.id, after_id, limit)
         with self._db.read() as session:
-            rows = session.scalars(select(AccountRow).order_by(AccountRow.id))
-            return [AccountRecord.from_row(row) for row in rows]
+            return [AccountRecord.from_row(row) for row in session.scalars(query)]
 
     # --- users ------------------------------------------------------------------------------
 
@@ -559,9 +561,16 @@ class AccountRepository:
             row = session.scalar(select(UserRow).where(UserRow.email == normalize_email(email)))
             return None if row is None else UserRecord.from_row(row)
 
-    def list_users(self, *, account_id: int | None = None) -> list[UserRecord]:
-        """The users of ``account_id`` (every user when None), oldest first."""
-        query = select(UserRow).order_by(UserRow.id)
+    def list_users(
+        self,
+        *,
+        account_id: int | None = None,
+        after_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[UserRecord]:
+        """The users of ``account_id`` (every user when None), oldest first (a page: ids
+        after ``after_id``, at most ``limit``)."""
+        query = _paged(select(UserRow), UserRow.id, after_id, limit)
         if account_id is not None:
             query = query.where(UserRow.account_id == account_id)
         with self._db.read() as session:
@@ -888,6 +897,15 @@ class AccountRepository:
             )
             return {vin: (tenure, started_at) for vin, tenure, started_at in rows}
 
+    def registered_vins(self, *, after: str | None, limit: int) -> list[str]:
+        """VINs of every registered vehicle (revoked ones too), ordered, those after
+        ``after``: one page of what an administrator sees."""
+        query = select(VehicleRow.vin).order_by(VehicleRow.vin).limit(limit)
+        if after is not None:
+            query = query.where(VehicleRow.vin > after)
+        with self._db.read() as session:
+            return list(session.scalars(query))
+
     # --- access -----------------------------------------------------------------------------
 
     def visible_vins(
@@ -1019,10 +1037,13 @@ class AccountRepository:
         user_id: int | None = None,
         tenure: int | None = None,
         include_revoked: bool = False,
+        after_id: int | None = None,
+        limit: int | None = None,
     ) -> list[GrantRecord]:
         """Grants of ``vin`` and/or to ``user_id`` (every grant when both are None), of the
-        holding period ``tenure`` when given, oldest first."""
-        query = select(VehicleGrantRow).order_by(VehicleGrantRow.id)
+        holding period ``tenure`` when given, oldest first (a page: ids after ``after_id``,
+        at most ``limit``)."""
+        query = _paged(select(VehicleGrantRow), VehicleGrantRow.id, after_id, limit)
         if vin is not None:
             query = query.where(VehicleGrantRow.vin == vin)
         if user_id is not None:
@@ -1084,10 +1105,13 @@ class AccountRepository:
         tenure: int | None = None,
         email: str | None = None,
         status: str | None = None,
+        after_id: int | None = None,
+        limit: int | None = None,
     ) -> list[InvitationRecord]:
         """Invitations of ``vin`` (in period ``tenure``) and/or to ``email``, with
-        ``status`` when given; newest first."""
-        query = select(VehicleInvitationRow).order_by(VehicleInvitationRow.id.desc())
+        ``status`` when given; oldest first (a page: ids after ``after_id``, at most
+        ``limit``)."""
+        query = _paged(select(VehicleInvitationRow), VehicleInvitationRow.id, after_id, limit)
         if vin is not None:
             query = query.where(VehicleInvitationRow.vin == vin)
         if tenure is not None:
@@ -1208,12 +1232,14 @@ class AccountRepository:
     def get_api_key(self, key_id: int) -> ApiKeyRecord | None:
         return self._get(ApiKeyRow, key_id, ApiKeyRecord.from_row)
 
-    def list_api_keys(self, user_id: int) -> list[ApiKeyRecord]:
-        """The user's keys, revoked ones included (so a UI can show them), oldest first."""
+    def list_api_keys(
+        self, user_id: int, *, after_id: int | None = None, limit: int | None = None
+    ) -> list[ApiKeyRecord]:
+        """The user's keys, revoked ones included (so a UI can show them), oldest first (a
+        page: ids after ``after_id``, at most ``limit``)."""
+        query = _paged(select(ApiKeyRow), ApiKeyRow.id, after_id, limit)
         with self._db.read() as session:
-            rows = session.scalars(
-                select(ApiKeyRow).where(ApiKeyRow.user_id == user_id).order_by(ApiKeyRow.id)
-            )
+            rows = session.scalars(query.where(ApiKeyRow.user_id == user_id))
             return [ApiKeyRecord.from_row(row) for row in rows]
 
     def revoke_api_key(self, key_id: int, *, now: int) -> ApiKeyRecord | None:
@@ -1500,3 +1526,17 @@ def _services(services: Sequence[str]) -> tuple[str, ...]:
     if not unique:
         raise ValueError("a grant needs at least one service ('read' to see the vehicle)")
     return tuple(unique)
+
+
+_Selected = TypeVar("_Selected", bound=Select[Any])
+
+
+def _paged(query: _Selected, id_column: Any, after_id: int | None, limit: int | None) -> _Selected:
+    """``query`` in id order, from after ``after_id``, at most ``limit`` rows: one page of a
+    list (the API pages every list by id)."""
+    query = query.order_by(id_column)
+    if after_id is not None:
+        query = query.where(id_column > after_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return query

@@ -86,6 +86,11 @@ class ConfirmationState(enum.StrEnum):
 
 
 _CONFIRMATIONS = frozenset(state.value for state in ConfirmationState)
+#: the answers by which a unit takes a command on (``accepted``, or a final answer straight
+#: away); the first of them sets ``unit_accepted_at``
+_UNIT_ACCEPTING_EVENTS = frozenset(
+    {CommandEvent.UNIT_ACCEPTED, CommandEvent.UNIT_SUCCEEDED, CommandEvent.UNIT_FAILED}
+)
 _INITIAL_CONFIRMATIONS = frozenset(
     {ConfirmationState.PENDING.value, ConfirmationState.NOT_APPLICABLE.value}
 )
@@ -114,6 +119,9 @@ class CommandRecord:
     detail: str | None
     confirmation: str
     confirmed_at: int | None
+    #: the unit's clock when it accepted (its ``accepted`` answer's ``ts``, or that of its
+    #: final answer if it sent no ``accepted``); None before that, or for older commands
+    unit_accepted_at: int | None = None
 
     @classmethod
     def from_row(cls, row: CommandRow) -> CommandRecord:
@@ -136,6 +144,7 @@ class CommandRecord:
             detail=row.detail,
             confirmation=row.confirmation,
             confirmed_at=row.confirmed_at,
+            unit_accepted_at=row.unit_accepted_at,
         )
 
 
@@ -302,6 +311,7 @@ class CommandRepository:
                     detail=None,
                     confirmation=str(confirmation),
                     confirmed_at=None,
+                    unit_accepted_at=None,
                 )
                 session.add(row)
                 session.add(
@@ -366,15 +376,25 @@ class CommandRepository:
         tenure: int | None = None,
         limit: int = 50,
         before_created_at: int | None = None,
+        before_id: str | None = None,
     ) -> list[CommandRecord]:
         """A vehicle's commands of holding period ``tenure`` (None: of every period, for
-        administrators), newest first; page on with the last one's ``created_at``."""
+        administrators), newest first (by ``created_at``, then id); page on with the last
+        one's ``created_at`` and id (without the id, commands created in the same
+        millisecond as the last one are skipped)."""
         if limit <= 0:
             raise ValueError(f"limit must be positive, got {limit}")
-        criteria = [CommandRow.vin == vin]
+        criteria: list[ColumnElement[bool]] = [CommandRow.vin == vin]
         if tenure is not None:
             criteria.append(CommandRow.tenure == tenure)
-        if before_created_at is not None:
+        if before_created_at is not None and before_id is not None:
+            criteria.append(
+                or_(
+                    CommandRow.created_at < before_created_at,
+                    and_(CommandRow.created_at == before_created_at, CommandRow.id < before_id),
+                )
+            )
+        elif before_created_at is not None:
             criteria.append(CommandRow.created_at < before_created_at)
         return self._records(
             *criteria,
@@ -466,6 +486,7 @@ class CommandRepository:
         at: int,
         reason: str | None = None,
         detail: str | None = None,
+        unit_ts: int | None = None,
     ) -> CommandRecord:
         """Apply ``event`` at time ``at``: new status, its timestamp, one history row.
 
@@ -474,8 +495,9 @@ class CommandRepository:
         the same command are applied one after the other, and the second is judged against
         the first's outcome. Sets ``sent_at`` on ``sent``, ``accepted_at`` on ``accepted`` and
         ``finished_at`` on a terminal status; ``reason``/``detail`` replace the stored ones
-        when given. Raises :class:`IllegalTransition` (logged as a warning, nothing written)
-        and :class:`CommandNotFound`.
+        when given. ``unit_ts`` (the unit's clock in its answer) sets ``unit_accepted_at``
+        on the unit's first non-rejecting answer. Raises :class:`IllegalTransition` (logged
+        as a warning, nothing written) and :class:`CommandNotFound`.
         """
         event = CommandEvent(event)
         with self._db.write() as session:
@@ -491,30 +513,67 @@ class CommandRepository:
                 row.sent_at = at
             elif status is CommandStatus.ACCEPTED:
                 row.accepted_at = at
+            if (
+                unit_ts is not None
+                and row.unit_accepted_at is None
+                and event in _UNIT_ACCEPTING_EVENTS
+            ):
+                row.unit_accepted_at = unit_ts
             if is_terminal(status):
                 row.finished_at = at
             if reason is not None:
                 row.reason = reason
             if detail is not None:
                 row.detail = detail
-            last_seq = session.scalar(
-                select(func.max(CommandTransitionRow.seq)).where(
-                    CommandTransitionRow.command_id == command_id
-                )
-            )
-            session.add(
-                CommandTransitionRow(
-                    command_id=command_id,
-                    seq=(last_seq or 0) + 1,
-                    status=status.value,
-                    event=event.value,
-                    at=at,
-                    reason=reason,
-                    detail=detail,
-                )
-            )
+            self._append(session, command_id, status, event.value, at, reason, detail)
             session.flush()
             return CommandRecord.from_row(row)
+
+    def note(
+        self,
+        command_id: str,
+        event: str,
+        *,
+        at: int,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> CommandRecord:
+        """Append a history row that changes nothing: the command keeps its status (e.g.
+        :data:`~gateway.commands.lifecycle.LATE_RESULT`, an answer that came after the
+        command had ended). Raises :class:`CommandNotFound`."""
+        with self._db.write() as session:
+            row = self._locked(session, command_id)
+            status = CommandStatus(row.status)
+            self._append(session, command_id, status, event, at, reason, detail)
+            session.flush()
+            return CommandRecord.from_row(row)
+
+    @staticmethod
+    def _append(
+        session: Session,
+        command_id: str,
+        status: CommandStatus,
+        event: str,
+        at: int,
+        reason: str | None,
+        detail: str | None,
+    ) -> None:
+        last_seq = session.scalar(
+            select(func.max(CommandTransitionRow.seq)).where(
+                CommandTransitionRow.command_id == command_id
+            )
+        )
+        session.add(
+            CommandTransitionRow(
+                command_id=command_id,
+                seq=(last_seq or 0) + 1,
+                status=status.value,
+                event=event,
+                at=at,
+                reason=reason,
+                detail=detail,
+            )
+        )
 
     def set_confirmation(
         self, command_id: str, *, confirmation: str, confirmed_at: int | None

@@ -124,6 +124,9 @@ class CommandRow(Base):
     #: pending | confirmed | unconfirmed | not_applicable (``ConfirmationState``)
     confirmation: Mapped[str] = mapped_column(String(16))
     confirmed_at: Mapped[int | None] = mapped_column(BigInteger)
+    #: the unit's clock (its result's ``ts``) when it accepted: what confirmation compares
+    #: the unit's samples with (migration 0004)
+    unit_accepted_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class CommandTransitionRow(Base):

@@ -1,7 +1,8 @@
 """Telemetry store: where validated samples, vehicle state and the quarantine live.
 
-``base`` holds the interface and its value types; ``sqlite`` the embedded default. Imports
-``schemas`` and ``gateway.errors``; imported by ``gateway.ingest`` and ``gateway.api``.
+``base`` holds the interface and its value types; ``sqlite`` the embedded default;
+``seqgaps`` the pure arithmetic of missing seq numbers that ``sqlite`` keeps per vehicle.
+Imports ``schemas`` and ``gateway.errors``; imported by ``gateway.ingest`` and ``gateway.api``.
 """
 
 from gateway.store.base import (
@@ -17,6 +18,7 @@ from gateway.store.base import (
     Tenure,
     VehicleState,
     VehicleSummary,
+    presence,
 )
 from gateway.store.sqlite import SqliteTelemetryStore
 
@@ -34,4 +36,5 @@ __all__ = [
     "Tenure",
     "VehicleState",
     "VehicleSummary",
+    "presence",
 ]

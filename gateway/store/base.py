@@ -29,6 +29,8 @@ from schemas import Event, Rejection, Sample, SignalValue, StatusState
 
 __all__ = [
     "FIRST_TENURE",
+    "OFFLINE_BY_STATUS",
+    "OFFLINE_SILENT",
     "CommitResult",
     "HistoryPoint",
     "IngestBatch",
@@ -40,6 +42,7 @@ __all__ = [
     "Tenure",
     "VehicleState",
     "VehicleSummary",
+    "presence",
 ]
 
 
@@ -80,6 +83,9 @@ class StatusChange:
     vin: str
     state: StatusState
     at: int
+    #: delivered by the broker from its retained store when the gateway (re)subscribed, not
+    #: sent just now: it tells the vehicle's state, not when it changed or was last heard
+    retained: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +120,38 @@ class VehicleSummary:
     first_seen: int
     last_seen: int
     status_changed_at: int | None
+    #: telemetry (event) seq numbers between the first and the last received that have not
+    #: arrived (``gateway.store.seqgaps``); a late upload that brings them lowers it again
+    missing_samples: int = 0
+    missing_events: int = 0
+
+
+#: ``offline_reason`` values: the last status message (the unit's, or its Last Will) said
+#: offline; or it says online but nothing has come from the vehicle for too long
+OFFLINE_BY_STATUS = "status"
+OFFLINE_SILENT = "silent"
+
+
+def presence(
+    summary: VehicleSummary, *, now_ms: int, silent_after_ms: int
+) -> tuple[bool | None, str | None]:
+    """(online, offline_reason) as the API shows it. Pure.
+
+    The last status message decides, except that a vehicle whose status says online but
+    from which no message at all (telemetry, event, status) has come for more than
+    ``silent_after_ms`` is shown offline with reason ``silent``: a unit that disconnects
+    normally without publishing ``offline`` (Mosquitto sends no Last Will then) or hangs
+    would otherwise stay online forever. The contract makes every unit publish something at
+    least every 5 minutes (``docs/device-contract.md``), so silence means it is gone.
+    ``None``: it never sent a status.
+    """
+    if summary.online is None:
+        return None, None
+    if not summary.online:
+        return False, OFFLINE_BY_STATUS
+    if now_ms - summary.last_seen > silent_after_ms:
+        return False, OFFLINE_SILENT
+    return True, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +178,13 @@ class StoredQuarantine:
     vin: str | None
     seq: int | None
     signal: str | None
+    #: the payload as kept: all of it, or its first bytes when it was larger than the
+    #: store's quarantine payload limit
     payload: bytes
+    #: length and SHA-256 (hex) of the whole payload as received
+    payload_size: int
+    payload_sha256: str
+    #: the holding period of the vehicle it concerns, when the gateway knew it
     tenure: int | None = None
 
 
@@ -159,17 +203,28 @@ class TelemetryReader(Protocol):
     and summary from before or after that holding period are not there."""
 
     def list_vehicles(
-        self, *, limit: int, offset: int, vins: Mapping[str, int] | None = None
+        self, *, limit: int, after: str | None = None, vins: Mapping[str, int] | None = None
     ) -> list[VehicleSummary]:
-        """Ordered by VIN; ``vins``: only these, each at its tenure (vin -> tenure: what the
-        caller may see); None: every VIN, each at the newest tenure stored for it."""
+        """Ordered by VIN, those after ``after``; ``vins``: only these, each at its tenure
+        (vin -> tenure: what the caller may see); None: every VIN, each at the newest
+        tenure stored for it."""
         ...
 
     def vehicle_state(self, vin: str, *, tenure: int) -> VehicleState | None: ...
 
     def history(
-        self, vin: str, signals: Sequence[str], *, tenure: int, start: int, end: int, limit: int
-    ) -> list[HistoryPoint]: ...
+        self,
+        vin: str,
+        signals: Sequence[str],
+        *,
+        tenure: int,
+        start: int,
+        end: int,
+        limit: int,
+        after: tuple[int, int] | None = None,
+    ) -> list[HistoryPoint]:
+        """Oldest first; ``after``: only points after this (ts, seq)."""
+        ...
 
     def quarantine(
         self,
@@ -182,9 +237,12 @@ class TelemetryReader(Protocol):
 
     def counters(self) -> dict[tuple[str, str], float]: ...
 
-    def vehicle_counts(self, vins: Mapping[str, int] | None = None) -> tuple[int, int]:
+    def vehicle_counts(
+        self, vins: Mapping[str, int] | None = None, *, heard_since: int | None = None
+    ) -> tuple[int, int]:
         """(vehicles known, vehicles whose last status is online); ``vins``: only these, at
-        their tenures (None: every VIN at its newest tenure)."""
+        their tenures (None: every VIN at its newest tenure); ``heard_since``: online ones
+        only if heard from at or after it (see presence)."""
         ...
 
     def close(self) -> None: ...

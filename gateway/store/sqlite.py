@@ -9,9 +9,9 @@ Schema (``PRAGMA user_version`` tracks it; :data:`SCHEMA_VERSION`):
 * ``vehicles``: one row per (VIN, tenure), the tenure being the VIN's holding period (see
   ``gateway.store.base``), with an integer id used as the key everywhere else, the online
   flag and first/last-seen times. Keying the row by tenure is what separates holders:
-  samples, latest state, events and status hang off the row's id, so a new holder's
-  vehicle starts empty and its seq 1, 2, ... are new samples, not duplicates of the
-  previous holder's;
+  samples, latest state, events, status and seq tracking hang off the row's id, so a new
+  holder's vehicle starts empty and its seq 1, 2, ... are new samples, not duplicates of
+  the previous holder's;
 * ``samples``: ``(vehicle_id, seq)`` is unique, which is what makes redelivered messages
   harmless (``INSERT OR IGNORE``); the signals of a sample are one JSON object; an index on
   ``(vehicle_id, ts)`` serves history queries. Rows live in a rowid table, appended in
@@ -20,14 +20,26 @@ Schema (``PRAGMA user_version`` tracks it; :data:`SCHEMA_VERSION`):
 * ``latest``: one row per (vehicle, signal) with the newest value by sample time, so a
   late store-and-forward batch never overwrites fresher values;
 * ``events``: vehicle-side events, deduplicated on ``(vehicle_id, seq)``;
-* ``quarantine``: everything refused, with reason, topic, raw payload and the tenure of the
-  vehicle it concerns when the gateway knew it;
-* ``counters``: ingest counters, incremented in the same transaction as the data they count.
+* ``quarantine``: everything refused, with reason, topic and raw payload: the whole payload
+  up to ``quarantine_payload_bytes`` (4 KiB by default), else its first bytes, always with
+  the whole payload's size and SHA-256, so a flood of large bad messages costs a few KiB
+  each, not what the sender chose (1,000 refused 262 KB messages were 270 MB before); and
+  the tenure of the vehicle it concerns when the gateway knew it;
+* ``counters``: ingest counters, incremented in the same transaction as the data they count;
+* ``seq_tracking`` and ``seq_gaps``: per vehicle and stream (``telemetry``, ``events``) the
+  range of ``seq`` numbers received, how many of them are missing, and the missing ones as
+  intervals (``gateway.store.seqgaps``), updated in the commit that stores the numbers.
+  Created with ``IF NOT EXISTS`` by any version, so an older file simply starts tracking.
 
-Schema history: version 1 keyed ``vehicles`` by VIN alone; version 2 (ownership periods)
-keys it by (VIN, tenure) and adds ``quarantine.tenure``. Opening a version 1 file as a
-writer upgrades it in one transaction: its rows become tenure 1 (the VIN's holder at the
-time of the upgrade; data from before cannot be told apart by holder).
+Schema history: 1 the first; 2 the quarantine's payload size and hash; 3 (ownership
+periods) ``vehicles`` keyed by (VIN, tenure) and ``quarantine.tenure``. Opening an older
+file as a writer upgrades it in one transaction; its vehicles become tenure 1 (each VIN's
+holder at the time of the upgrade: data from before cannot be told apart by holder).
+
+Retention (:meth:`SqliteTelemetryStore.prune_samples`, :meth:`prune_quarantine`): old rows
+go in chunks of a few thousand, each its own short transaction, oldest first by id (ids
+grow with arrival), so ingest commits interleave and no statement scans the whole table.
+The gateway runs them periodically (``gateway.retention``).
 
 Durability: WAL journal with ``synchronous=FULL`` by default, so a committed (and therefore
 acknowledged) batch survives a power cut, not just a process crash; each commit costs one
@@ -36,15 +48,17 @@ fsync, which the batching amortises.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal, cast
 
 import orjson
 
 from gateway import metrics
 from gateway.errors import StoreError
+from gateway.store import seqgaps
 from gateway.store.base import (
     FIRST_TENURE,
     CommitResult,
@@ -56,9 +70,13 @@ from gateway.store.base import (
 )
 from schemas import SignalValue, StatusState
 
-__all__ = ["SCHEMA_VERSION", "SqliteTelemetryStore"]
+__all__ = ["DEFAULT_QUARANTINE_PAYLOAD_BYTES", "SCHEMA_VERSION", "SqliteTelemetryStore"]
 
-SCHEMA_VERSION = 2
+#: 2: quarantine.payload_size and payload_sha256 (the payload may be only a prefix);
+#: 3: vehicles keyed by (vin, tenure), quarantine.tenure (ownership periods)
+SCHEMA_VERSION = 3
+#: the most bytes of one refused payload the quarantine keeps
+DEFAULT_QUARANTINE_PAYLOAD_BYTES: Final = 4096
 
 _VEHICLES = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -113,6 +131,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER,
     signal TEXT,
     payload BLOB NOT NULL,
+    payload_size INTEGER,
+    payload_sha256 TEXT,
     tenure INTEGER
 );
 CREATE INDEX IF NOT EXISTS quarantine_by_reason ON quarantine (reason, id);
@@ -123,28 +143,58 @@ CREATE TABLE IF NOT EXISTS counters (
     value REAL NOT NULL,
     PRIMARY KEY (name, label)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seq_tracking (
+    vehicle_id INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    missing INTEGER NOT NULL,
+    PRIMARY KEY (vehicle_id, stream)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seq_gaps (
+    vehicle_id INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    PRIMARY KEY (vehicle_id, stream, start)
+) WITHOUT ROWID;
 """
 )
 
-#: version 1 -> 2: ``vehicles`` keyed by (vin, tenure) instead of vin (a rebuild: SQLite
+#: version 1 -> 2: the quarantine's payload size and hash
+_UPGRADE_1_TO_2 = """
+ALTER TABLE quarantine ADD COLUMN payload_size INTEGER;
+ALTER TABLE quarantine ADD COLUMN payload_sha256 TEXT;
+"""
+
+#: version 2 -> 3: ``vehicles`` keyed by (vin, tenure) instead of vin (a rebuild: SQLite
 #: cannot drop a UNIQUE constraint; the table has one row per vehicle, so it is quick), its
-#: ids kept so the samples, latest state and events stay attached; quarantine gets a tenure
-_UPGRADE_1_TO_2 = (
-    _VEHICLES.format(name="vehicles_v2")
+#: ids kept so samples, latest state, events and seq tracking stay attached
+_UPGRADE_2_TO_3_VEHICLES = (
+    _VEHICLES.format(name="vehicles_v3")
     + """
-INSERT INTO vehicles_v2 (id, vin, tenure, first_seen, last_seen, online, status_changed_at)
+INSERT INTO vehicles_v3 (id, vin, tenure, first_seen, last_seen, online, status_changed_at)
     SELECT id, vin, 1, first_seen, last_seen, online, status_changed_at FROM vehicles;
 DROP TABLE vehicles;
-ALTER TABLE vehicles_v2 RENAME TO vehicles;
-ALTER TABLE quarantine ADD COLUMN tenure INTEGER;
+ALTER TABLE vehicles_v3 RENAME TO vehicles;
 """
 )
+#: ... and the quarantine gets a tenure
+_UPGRADE_2_TO_3_QUARANTINE = "ALTER TABLE quarantine ADD COLUMN tenure INTEGER;"
 
 #: the newest row per VIN: no row of the same VIN with a higher tenure (the UNIQUE (vin,
 #: tenure) index answers the subquery)
 _NEWEST_TENURE = (
     "NOT EXISTS (SELECT 1 FROM vehicles AS newer "
     "WHERE newer.vin = vehicles.vin AND newer.tenure > vehicles.tenure)"
+)
+
+#: the missing telemetry and event numbers of ``vehicles``' row, for the summaries
+_MISSING = (
+    "coalesce((SELECT missing FROM seq_tracking t WHERE t.vehicle_id = vehicles.id "
+    "AND t.stream = 'telemetry'), 0), "
+    "coalesce((SELECT missing FROM seq_tracking t WHERE t.vehicle_id = vehicles.id "
+    "AND t.stream = 'events'), 0)"
 )
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -165,8 +215,10 @@ class SqliteTelemetryStore:
         readonly: bool = False,
         synchronous: Synchronous = "FULL",
         busy_timeout_ms: int = 30_000,
+        quarantine_payload_bytes: int = DEFAULT_QUARANTINE_PAYLOAD_BYTES,
     ) -> None:
         self.path = path
+        self.quarantine_payload_bytes = quarantine_payload_bytes
         self._vehicle_ids: dict[tuple[str, int], int] = {}
         try:
             if readonly:
@@ -204,11 +256,18 @@ class SqliteTelemetryStore:
                         f"{SCHEMA_VERSION}; upgrade the gateway"
                     ),
                 )
-            if version == 1:
+            # each step changes the tables it is about, where the file has them (a table
+            # it lacks is created by _SCHEMA below, in its newest form)
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            if version == 1 and "quarantine" in tables:
                 _run_script(db, _UPGRADE_1_TO_2)
-            if version < SCHEMA_VERSION:
-                _run_script(db, _SCHEMA)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version in (1, 2) and "vehicles" in tables:
+                _run_script(db, _UPGRADE_2_TO_3_VEHICLES)
+            if version in (1, 2) and "quarantine" in tables:
+                _run_script(db, _UPGRADE_2_TO_3_QUARANTINE)
+            # every version: the tables a version added (seq tracking) if they are missing
+            _run_script(db, _SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -232,14 +291,16 @@ class SqliteTelemetryStore:
             raise StoreError("commit a batch", exc) from exc
         return result
 
-    def _vehicle_id(self, vin: str, tenure: int, at: int) -> int:
+    def _vehicle_id(self, vin: str, tenure: int, at: int, *, heard: bool = True) -> int:
+        """The id of the vehicle's row for ``tenure``, the row created if new; ``heard``:
+        ``at`` is a time it was heard from, so a known row's ``last_seen`` moves up to it."""
         key = (vin, tenure)
         vid = self._vehicle_ids.get(key)
         if vid is None:
+            seen = "max(last_seen, excluded.last_seen)" if heard else "last_seen"
             row = self._db.execute(
                 "INSERT INTO vehicles (vin, tenure, first_seen, last_seen) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (vin, tenure) DO UPDATE "
-                "SET last_seen = max(last_seen, excluded.last_seen) RETURNING id",
+                f"ON CONFLICT (vin, tenure) DO UPDATE SET last_seen = {seen} RETURNING id",
                 (vin, tenure, at, at),
             ).fetchone()
             vid = self._vehicle_ids[key] = int(row[0])
@@ -252,12 +313,12 @@ class SqliteTelemetryStore:
         # the vehicle row of each VIN at its current tenure, looked up once per batch
         current: dict[str, int] = {}
 
-        def vid(vin: str, at: int) -> int:
+        def vid(vin: str, at: int, *, heard: bool = True) -> int:
             v = current.get(vin)
             if v is None:
                 tenure = tenures.get(vin)
                 number = FIRST_TENURE if tenure is None else tenure.number
-                v = current[vin] = self._vehicle_id(vin, number, at)
+                v = current[vin] = self._vehicle_id(vin, number, at, heard=heard)
             return v
 
         def vid_at(vin: str, ts: int) -> int:
@@ -276,19 +337,23 @@ class SqliteTelemetryStore:
             )
 
         dumps = orjson.dumps
-        # rows first: looking up a vehicle row may insert it, which must not count as stored
-        rows = [(vid_at(s.vin, s.ts), s.seq, s.ts, at, dumps(s.signals)) for s in batch.samples]
+        # the row of every sample and event, looked up before counting what is stored:
+        # looking a row up may insert it
+        sample_ids = [vid_at(s.vin, s.ts) for s in batch.samples]
+        event_ids = [vid_at(e.vin, e.ts) for e in batch.events]
         before = db.total_changes
         db.executemany(
             "INSERT OR IGNORE INTO samples (vehicle_id, seq, ts, received_at, signals) "
             "VALUES (?, ?, ?, ?, ?)",
-            rows,
+            [
+                (v, s.seq, s.ts, at, dumps(s.signals))
+                for v, s in zip(sample_ids, batch.samples, strict=True)
+            ],
         )
         samples_stored = db.total_changes - before
 
         newest: dict[tuple[int, str], tuple[int, SignalValue]] = {}
-        for s in batch.samples:
-            v = vid_at(s.vin, s.ts)
+        for v, s in zip(sample_ids, batch.samples, strict=True):
             for path, value in s.signals.items():
                 key = (v, path)
                 held = newest.get(key)
@@ -301,48 +366,40 @@ class SqliteTelemetryStore:
             [(v, path, dumps(value), ts) for (v, path), (ts, value) in newest.items()],
         )
 
-        event_rows = [
-            (vid_at(e.vin, e.ts), e.seq, e.ts, at, e.type.value, e.code, e.detail)
-            for e in batch.events
-        ]
         before = db.total_changes
         db.executemany(
             "INSERT OR IGNORE INTO events (vehicle_id, seq, ts, received_at, type, code, detail) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            event_rows,
+            [
+                (v, e.seq, e.ts, at, e.type.value, e.code, e.detail)
+                for v, e in zip(event_ids, batch.events, strict=True)
+            ],
         )
         events_stored = db.total_changes - before
 
         for change in batch.statuses:
+            online = int(change.state is StatusState.ONLINE)
+            if change.retained:
+                # a retained status replayed at (re)subscription: the state, but no time.
+                # Only a different state changes anything, and then the time of the change
+                # is unknown; last_seen stays when the vehicle was last heard
+                db.execute(
+                    "UPDATE vehicles SET online = ?, status_changed_at = NULL "
+                    "WHERE id = ? AND (online IS NULL OR online != ?)",
+                    (online, vid(change.vin, change.at, heard=False), online),
+                )
+                continue
             db.execute(
                 "UPDATE vehicles SET online = ?, status_changed_at = ? "
                 "WHERE id = ? AND (status_changed_at IS NULL OR status_changed_at <= ?)",
-                (
-                    int(change.state is StatusState.ONLINE),
-                    change.at,
-                    vid(change.vin, change.at),
-                    change.at,
-                ),
+                (online, change.at, vid(change.vin, change.at), change.at),
             )
 
         db.executemany(
             "INSERT INTO quarantine "
-            "(received_at, topic, reason, detail, vin, seq, signal, payload, tenure) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    q.received_at,
-                    q.topic,
-                    q.rejection.reason.value,
-                    q.rejection.detail,
-                    q.rejection.vin,
-                    q.rejection.seq,
-                    q.rejection.signal,
-                    q.payload,
-                    q.tenure,
-                )
-                for q in batch.quarantine
-            ],
+            "(received_at, topic, reason, detail, vin, seq, signal, tenure, payload, "
+            "payload_size, payload_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._quarantine_rows(batch),
         )
         result = CommitResult(
             samples_stored=samples_stored,
@@ -352,6 +409,15 @@ class SqliteTelemetryStore:
             quarantined=len(batch.quarantine),
         )
         counters = dict(batch.counters)
+        for stream, ids, seqs in (
+            (metrics.STREAM_TELEMETRY, sample_ids, [s.seq for s in batch.samples]),
+            (metrics.STREAM_EVENTS, event_ids, [e.seq for e in batch.events]),
+        ):
+            if seqs:
+                by_vehicle: dict[int, list[int]] = {}
+                for v, seq in zip(ids, seqs, strict=True):
+                    by_vehicle.setdefault(v, []).append(seq)
+                self._track_seqs(stream, by_vehicle, counters)
         for name, delta in (
             (metrics.SAMPLES_STORED, result.samples_stored),
             (metrics.SAMPLES_DUPLICATE, result.sample_duplicates),
@@ -366,6 +432,132 @@ class SqliteTelemetryStore:
         )
         return result
 
+    def _track_seqs(
+        self,
+        stream: str,
+        by_vehicle: Mapping[int, list[int]],
+        counters: dict[tuple[str, str], float],
+    ) -> None:
+        """Update the seq ranges and gaps of the vehicles in ``by_vehicle`` (vehicle id ->
+        the seq numbers of this batch) and add the gap counters' deltas to ``counters``. One
+        read of the ranges and one write per batch; gap rows are read only for a vehicle
+        whose numbers fall inside its range (late, or a redelivery)."""
+        db = self._db
+        ranges = {
+            row[0]: seqgaps.SeqRange(row[1], row[2], row[3])
+            for row in db.execute(
+                "SELECT vehicle_id, first_seq, last_seq, missing FROM seq_tracking "
+                "WHERE stream = ? AND vehicle_id IN (SELECT value FROM json_each(?))",
+                (stream, orjson.dumps(list(by_vehicle)).decode()),
+            )
+        }
+        updates: list[tuple[int, str, int, int, int]] = []
+        removed: list[tuple[int, str, int]] = []
+        added: list[tuple[int, str, int, int]] = []
+        detected = missing_delta = 0
+        for vehicle, seqs in by_vehicle.items():
+            state = ranges.get(vehicle)
+            ordered = sorted(set(seqs))
+            span = seqgaps.inside(state, ordered)
+            known = () if span is None else self._gaps(vehicle, stream, span)
+            step = seqgaps.advance(state, ordered, known)
+            new = step.state
+            if new != state:
+                updates.append((vehicle, stream, new.first, new.last, new.missing))
+            removed += [(vehicle, stream, g.start) for g in step.removed]
+            added += [(vehicle, stream, g.start, g.end) for g in step.added]
+            detected += step.detected
+            missing_delta += new.missing - (state.missing if state is not None else 0)
+        db.executemany(
+            "INSERT INTO seq_tracking (vehicle_id, stream, first_seq, last_seq, missing) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (vehicle_id, stream) DO UPDATE SET "
+            "first_seq = excluded.first_seq, last_seq = excluded.last_seq, "
+            "missing = excluded.missing",
+            updates,
+        )
+        if removed:
+            db.executemany(
+                "DELETE FROM seq_gaps WHERE vehicle_id = ? AND stream = ? AND start = ?", removed
+            )
+        if added:
+            db.executemany(
+                "INSERT INTO seq_gaps (vehicle_id, stream, start, end) VALUES (?, ?, ?, ?)", added
+            )
+        if detected:
+            key = (metrics.SEQ_GAPS, stream)
+            counters[key] = counters.get(key, 0) + detected
+        if missing_delta:
+            key = (metrics.SEQ_MISSING, stream)
+            counters[key] = counters.get(key, 0) + missing_delta
+
+    def _gaps(self, vehicle: int, stream: str, span: tuple[int, int]) -> list[seqgaps.Gap]:
+        return [
+            seqgaps.Gap(start, end)
+            for start, end in self._db.execute(
+                "SELECT start, end FROM seq_gaps WHERE vehicle_id = ? AND stream = ? "
+                "AND start <= ? AND end >= ?",
+                (vehicle, stream, span[1], span[0]),
+            )
+        ]
+
+    def _quarantine_rows(self, batch: IngestBatch) -> list[tuple[Any, ...]]:
+        """Rows of the batch's quarantine entries: payloads cut to the limit, each with its
+        whole size and hash, computed once per payload (a message refused for several
+        signals is one payload in several entries)."""
+        cap = self.quarantine_payload_bytes
+        kept: dict[int, tuple[bytes, int, str]] = {}
+        rows = []
+        for q in batch.quarantine:
+            payload = q.payload
+            stored = kept.get(id(payload))
+            if stored is None:
+                digest = hashlib.sha256(payload).hexdigest()
+                stored = kept[id(payload)] = (payload[:cap], len(payload), digest)
+            r = q.rejection
+            head = (q.received_at, q.topic, r.reason.value, r.detail, r.vin, r.seq, r.signal)
+            rows.append((*head, q.tenure, *stored))
+        return rows
+
+    # --- retention ----------------------------------------------------------------------
+
+    def _delete_oldest(self, table: str, where: str, params: Sequence[Any], chunk: int) -> int:
+        """Delete, in one transaction, those of ``table``'s ``chunk`` oldest rows (by id)
+        that match ``where``; the number deleted. Looking only at the oldest rows keeps the
+        statement bounded however large the table: ids grow with arrival, so the rows to go
+        are at the front."""
+        try:
+            cursor = self._db.execute(
+                f"DELETE FROM {table} WHERE id IN "
+                f"(SELECT id FROM {table} ORDER BY id LIMIT ?) AND {where}",
+                (chunk, *params),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"prune {table}", exc) from exc
+        return cursor.rowcount
+
+    def prune_samples(self, *, received_before: int, chunk: int = 2000) -> int:
+        """Delete up to ``chunk`` samples received before ``received_before`` (epoch ms),
+        oldest first; the number deleted (less than ``chunk``: nothing older is left).
+        Latest values stay: a vehicle's state does not depend on its history."""
+        return self._delete_oldest("samples", "received_at < ?", (received_before,), chunk)
+
+    def prune_quarantine(
+        self, *, received_before: int | None, max_entries: int | None, chunk: int = 2000
+    ) -> int:
+        """Delete up to ``chunk`` quarantine entries, oldest first: those received before
+        ``received_before`` and those beyond the newest ``max_entries``."""
+        deleted = 0
+        if received_before is not None:
+            deleted = self._delete_oldest(
+                "quarantine", "received_at < ?", (received_before,), chunk
+            )
+        if max_entries is not None and deleted < chunk:
+            (count,) = self._read("SELECT count(*) FROM quarantine")[0]
+            excess = min(int(count) - max_entries, chunk - deleted)
+            if excess > 0:
+                deleted += self._delete_oldest("quarantine", "1", (), excess)
+        return deleted
+
     # --- reading ------------------------------------------------------------------------
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
@@ -376,58 +568,75 @@ class SqliteTelemetryStore:
 
     @staticmethod
     def _summary(row: Sequence[Any]) -> VehicleSummary:
-        vin, online, first_seen, last_seen, changed = row
+        vin, online, first_seen, last_seen, changed, missing_samples, missing_events = row
         return VehicleSummary(
             vin=vin,
             online=None if online is None else bool(online),
             first_seen=first_seen,
             last_seen=last_seen,
             status_changed_at=changed,
+            missing_samples=missing_samples,
+            missing_events=missing_events,
         )
 
     def list_vehicles(
-        self, *, limit: int, offset: int, vins: Mapping[str, int] | None = None
+        self, *, limit: int, after: str | None = None, vins: Mapping[str, int] | None = None
     ) -> list[VehicleSummary]:
         where, params = _vin_filter(vins)
+        if after is not None:
+            where, params = f"{where} AND vin > ?", (*params, after)
         rows = self._read(
-            "SELECT vin, online, first_seen, last_seen, status_changed_at FROM vehicles "
-            f"WHERE {where} ORDER BY vin LIMIT ? OFFSET ?",
-            (*params, limit, offset),
+            f"SELECT vin, online, first_seen, last_seen, status_changed_at, {_MISSING} "
+            f"FROM vehicles WHERE {where} ORDER BY vin LIMIT ?",
+            (*params, limit),
         )
         return [self._summary(r) for r in rows]
 
     def vehicle_state(self, vin: str, *, tenure: int) -> VehicleState | None:
         rows = self._read(
-            "SELECT vin, online, first_seen, last_seen, status_changed_at, id FROM vehicles "
-            "WHERE vin = ? AND tenure = ?",
+            f"SELECT vin, online, first_seen, last_seen, status_changed_at, {_MISSING}, id "
+            "FROM vehicles WHERE vin = ? AND tenure = ?",
             (vin, tenure),
         )
         if not rows:
             return None
-        summary = self._summary(rows[0][:5])
+        summary = self._summary(rows[0][:7])
         latest = {
             signal: (orjson.loads(value), ts)
             for signal, value, ts in self._read(
                 "SELECT signal, value, ts FROM latest WHERE vehicle_id = ? ORDER BY signal",
-                (rows[0][5],),
+                (rows[0][7],),
             )
         }
         return VehicleState(summary, latest)
 
     def history(
-        self, vin: str, signals: Sequence[str], *, tenure: int, start: int, end: int, limit: int
+        self,
+        vin: str,
+        signals: Sequence[str],
+        *,
+        tenure: int,
+        start: int,
+        end: int,
+        limit: int,
+        after: tuple[int, int] | None = None,
     ) -> list[HistoryPoint]:
         """Samples of ``vin`` in its holding period ``tenure`` with ``start <= ts < end``
-        that carry at least one of ``signals``, oldest first, at most ``limit``."""
+        that carry at least one of ``signals``, oldest first (by ts, then seq), at most
+        ``limit``; ``after``: only those after this (ts, seq), the last point of the
+        previous page."""
         if not signals:
             return []
         present = " OR ".join("json_type(signals, ?) IS NOT NULL" for _ in signals)
         json_paths = [f'$."{s}"' for s in signals]
+        following, position = "", cast(tuple[int, ...], ())
+        if after is not None:
+            following, position = "AND (ts, seq) > (?, ?) ", after
         rows = self._read(
             "SELECT seq, ts, signals FROM samples "
             "WHERE vehicle_id = (SELECT id FROM vehicles WHERE vin = ? AND tenure = ?) "
-            f"AND ts >= ? AND ts < ? AND ({present}) ORDER BY ts, seq LIMIT ?",
-            (vin, tenure, start, end, *json_paths, limit),
+            f"AND ts >= ? AND ts < ? {following}AND ({present}) ORDER BY ts, seq LIMIT ?",
+            (vin, tenure, start, end, *position, *json_paths, limit),
         )
         points = []
         for seq, ts, blob in rows:
@@ -457,25 +666,40 @@ class SqliteTelemetryStore:
             params.append(before_id)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._read(
-            "SELECT id, received_at, topic, reason, detail, vin, seq, signal, payload, tenure "
+            "SELECT id, received_at, topic, reason, detail, vin, seq, signal, payload, "
+            "payload_size, payload_sha256, tenure "
             f"FROM quarantine {clause} ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )
-        return [StoredQuarantine(*r) for r in rows]
+        return [_stored_quarantine(r) for r in rows]
 
     def counters(self) -> dict[tuple[str, str], float]:
         return {(n, label): v for n, label, v in self._read("SELECT * FROM counters")}
 
-    def vehicle_counts(self, vins: Mapping[str, int] | None = None) -> tuple[int, int]:
-        """(vehicles known, vehicles whose last status is online), from one snapshot."""
+    def vehicle_counts(
+        self, vins: Mapping[str, int] | None = None, *, heard_since: int | None = None
+    ) -> tuple[int, int]:
+        """(vehicles known, vehicles whose last status is online and, with ``heard_since``,
+        that were heard from at or after it), from one snapshot."""
         where, params = _vin_filter(vins)
+        fresh = "" if heard_since is None else f" AND last_seen >= {int(heard_since)}"
         ((total, online),) = self._read(
-            f"SELECT count(*), coalesce(sum(online = 1), 0) FROM vehicles WHERE {where}", params
+            f"SELECT count(*), coalesce(sum(online = 1{fresh}), 0) FROM vehicles WHERE {where}",
+            params,
         )
         return int(total), int(online)
 
     def close(self) -> None:
         self._db.close()
+
+
+def _stored_quarantine(row: Sequence[Any]) -> StoredQuarantine:
+    id_, received_at, topic, reason, detail, vin, seq, signal, payload, size, digest, tenure = row
+    if size is None:  # written before schema version 2, when the whole payload was kept
+        size, digest = len(payload), hashlib.sha256(payload).hexdigest()
+    return StoredQuarantine(
+        id_, received_at, topic, reason, detail, vin, seq, signal, payload, size, digest, tenure
+    )
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:

@@ -1,0 +1,82 @@
+"""Property test of the whole OpenAPI document: schemathesis generates requests for every
+operation (valid ones and invalid ones), authenticated as each role, and every answer must
+be a documented status with a body, content type and headers that match the document; no
+5xx ever.
+
+The world is the authorization table's (tests/test_authz.py: organizations A and B, a
+private account, a real broker for the command service, everybody logged in for real).
+Requests go through that world's client, so they reach the app whose lifespan (state
+database, command service) is running. The number of examples per operation and role is
+bounded (``EXAMPLES``) so the whole run stays around a minute; raise it locally with
+``TELEMATICS_SCHEMA_EXAMPLES=200`` for a deeper search.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis import checks
+
+from gateway.api import ApiSettings, create_app
+from tests.test_authz import World, world
+
+__all__ = ["world"]  # the module-scoped fixture, imported to be used here
+
+EXAMPLES = int(os.environ.get("TELEMATICS_SCHEMA_EXAMPLES", "5"))
+#: the personas, the administrator last: its writes (disabling users, changing roles) must
+#: not take the other personas' rights away before their turn
+ROLES = ("driver", "owner", "fleet_viewer", "fleet_manager", "admin")
+
+schema = schemathesis.openapi.from_dict(create_app(ApiSettings(Path("unused.db"))).openapi())
+
+#: what "contradicts the schema" means: an undocumented status, content type, header or
+#: body, or a server error. (Checks that re-send a request on their own are left out: they
+#: would need a network server, and the world's client is an in-process one.)
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_headers_conformance,
+    checks.response_schema_conformance,
+    checks.negative_data_rejection,
+]
+
+
+def _send(world: World, case: Any, persona: str) -> Any:
+    """Send ``case`` through the world's client, as ``persona``."""
+    kwargs = case.as_transport_kwargs(base_url="http://testserver")
+    assert not kwargs.get("cookies"), "the API documents no cookie"
+    headers = {**(kwargs.get("headers") or {}), **world.headers[persona]}
+    data = kwargs.get("data")
+    content = None
+    if isinstance(data, bytes | str):
+        content, data = data, None
+    return world.client.request(
+        kwargs["method"],
+        kwargs["url"],
+        params=kwargs.get("params"),
+        headers=headers,
+        json=kwargs.get("json"),
+        data=data,
+        content=content,
+        files=kwargs.get("files"),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("persona", ROLES)
+@schema.parametrize()
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+def test_every_operation_answers_as_documented(world: World, case: Any, persona: str) -> None:
+    response = _send(world, case, persona)
+    case.validate_response(response, checks=CHECKS)
