@@ -228,14 +228,20 @@ def test_a_second_signal_while_the_summary_is_written_does_not_kill_it(
     assert json.loads(out.getvalue())["vehicles"] == 2
 
 
-def test_list_vins_prints_the_fleet_to_provision(tmp_path: Path) -> None:
-    done = sim("--vehicles", "3", "--vin-prefix", "WSMNEW", "--list-vins")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [f"WSMNEW0000000000{i}" for i in (1, 2, 3)]
-    assert sim("--list-vins").stdout.split() == [make_vin(i) for i in range(1, 6)]
-    bad = sim("--vin-prefix", "WSMIOQ", "--list-vins")
-    assert bad.returncode == 2
-    assert "without I, O, Q" in bad.stderr
+def test_list_vins_prints_the_fleet_to_provision(capsys: pytest.CaptureFixture[str]) -> None:
+    def listed(*argv: str) -> list[str]:
+        out = io.StringIO()
+        assert asyncio.run(main([*argv, "--list-vins"], out=out)) == 0
+        return out.getvalue().split()
+
+    assert listed("--vehicles", "3", "--vin-prefix", "WSMNEW") == [
+        f"WSMNEW0000000000{i}" for i in (1, 2, 3)
+    ]
+    assert listed() == [make_vin(i) for i in range(1, 6)]
+    with pytest.raises(SystemExit) as exit_info:
+        listed("--vin-prefix", "WSMIOQ")
+    assert exit_info.value.code == 2
+    assert "without I, O, Q" in capsys.readouterr().err
 
 
 def test_an_unreachable_broker_gives_exit_1() -> None:
