@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from gateway import cli
 from gateway.broker import free_port
 from gateway.cli import build_parser, main
 from gateway.errors import GatewayError
+from tests.test_readme_examples import kill_processes_mentioning
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -188,19 +190,26 @@ def test_up_names_a_taken_port_and_its_flag_at_once(
     argv += [x for flag, port in ports.items() for x in (flag, port)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMATICS_")}
     started = time.monotonic()
-    done = subprocess.run(
+    up = subprocess.Popen(
         [sys.executable, "-m", "gateway", *argv],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=30,
         env=env,
-        check=False,
+        start_new_session=True,
     )
+    try:
+        _, stderr = up.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # it started after all: stop all of it
+        os.killpg(up.pid, signal.SIGKILL)
+        _, stderr = up.communicate()
+    finally:
+        kill_processes_mentioning(tmp_path)
     elapsed = time.monotonic() - started
-    assert done.returncode == 2, done.stderr
-    assert f"port {taken_port} on 127.0.0.1 is already in use" in done.stderr
+    assert up.returncode == 2, stderr
+    assert f"port {taken_port} on 127.0.0.1 is already in use" in stderr
     variable = "TELEMATICS_" + which[2:].replace("-", "_").upper()
-    assert f"{which} PORT (env {variable})" in done.stderr
+    assert f"{which} PORT (env {variable})" in stderr
     assert not (tmp_path / "data").exists()  # nothing was started or created
     assert elapsed < 10, elapsed  # in practice well under a second after Python starts
 

@@ -297,7 +297,7 @@ def terminal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Terminal]:
                 demo.wait()
         # a broker (its own session) or a part that outlived telematics up: ours mention
         # this test's directory on their command line
-        _kill([pid for pid, _, cmdline in _processes() if str(base) in cmdline])
+        kill_processes_mentioning(base)
 
 
 def _tail(path: Path, lines: int = 60) -> str:
@@ -377,6 +377,12 @@ def _kill(pids: list[int]) -> bool:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return bool(pids)
+
+
+def kill_processes_mentioning(path: Path) -> bool:
+    """Kill every process whose command line mentions ``path`` (a test's own directory: what
+    it started there and what outlived it); True if there was any."""
+    return _kill([pid for pid, _, cmdline in _processes() if str(path) in cmdline])
 
 
 def _kill_session(session: int) -> bool:
