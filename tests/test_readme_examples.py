@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 
 #: how long a command that runs until Ctrl-C runs before it is interrupted
-LONG_RUNNING_S = 8
+LONG_RUNNING_S = 5
 #: a block (or the demo's stop) that takes longer than this has hung
 BLOCK_TIMEOUT_S = 600
 #: the README's literal ports, rewritten to the demo's
