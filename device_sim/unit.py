@@ -116,7 +116,7 @@ Taken over
     takes the session over and the broker closes the unit's connection. Reconnecting would
     only take it back and start a fight that neither side wins, so the unit gives up with
     :class:`UnitTakenOver` instead: at once when the broker says why (MQTT 5 DISCONNECT
-    reason 0x8E *Session taken over*, Mosquitto 2.0.13 and later), and after
+    reason 0x8E *Session taken over*, Mosquitto 2.0.15 and later), and after
     :data:`_BROKER_CLOSES_ARE_A_TAKEOVER` connections in a row that the broker closed soon
     after accepting them when it does not (Mosquitto 2.0.11 just closes the socket). A
     broker that restarts does not look like that: the reconnect fails while it is down,
