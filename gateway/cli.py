@@ -14,11 +14,13 @@ Every option can also be set by an environment variable, named in its help text.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.broker import (
@@ -104,14 +106,17 @@ def _add_state_db(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_ingest(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--client-id",
-        default=_env("CLIENT_ID", "telematics-gateway-1"),
-        help="MQTT client id, unique and stable per gateway process: the broker keeps its "
-        "session and queues its share of messages while it is down "
-        "(env TELEMATICS_CLIENT_ID; default: telematics-gateway-1)",
-    )
+def _add_ingest(p: argparse.ArgumentParser, *, client_id: bool = True) -> None:
+    """The gateway's ingest settings; ``client_id=False`` for ``up``, which names its
+    gateways itself."""
+    if client_id:
+        p.add_argument(
+            "--client-id",
+            default=_env("CLIENT_ID", "telematics-gateway-1"),
+            help="MQTT client id, unique and stable per gateway process: the broker keeps its "
+            "session and queues its share of messages while it is down "
+            "(env TELEMATICS_CLIENT_ID; default: telematics-gateway-1)",
+        )
     p.add_argument(
         "--share-group",
         default=_env("SHARE_GROUP", "telematics-gateway"),
@@ -181,8 +186,20 @@ def _add_retention(p: argparse.ArgumentParser) -> None:
         )
 
 
+def _add_signing_key(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--signing-key",
+        type=Path,
+        default=os.environ.get("TELEMATICS_SIGNING_KEY"),
+        metavar="FILE",
+        help="Ed25519 private key (PEM) that signs every remote command; created (mode 0600, "
+        "with its public key next to it as FILE.pub, to provision units with) if missing "
+        "(env TELEMATICS_SIGNING_KEY; default: DATA_DIR/command-signing-key.pem)",
+    )
+
+
 def _add_auth(p: argparse.ArgumentParser) -> None:
-    from gateway.api.security import (
+    from gateway.auth.ratelimit import (
         DEFAULT_LOGIN_LIMIT,
         DEFAULT_USER_COMMAND_LIMIT,
         DEFAULT_VEHICLE_COMMAND_LIMIT,
@@ -293,13 +310,6 @@ def build_parser() -> argparse.ArgumentParser:
         "organization 'Demo Fleet' (with a fleet manager, fleet@demo.local)",
     )
     up.add_argument(
-        "--admin-email",
-        default=_env("ADMIN_EMAIL", "admin@localhost"),
-        help="e-mail address of the first administrator, created on the first start; its "
-        "password comes from TELEMATICS_ADMIN_PASSWORD, else one is generated and printed "
-        "once (env TELEMATICS_ADMIN_EMAIL; default: admin@localhost)",
-    )
-    up.add_argument(
         "--tls-port",
         type=int,
         default=int(_env("TLS_PORT", "0")) or None,
@@ -314,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
         "credentials and ACL (development only; vehicles are then not checked)",
     )
     up.add_argument("--vehicles", type=int, default=5, help="number of demo vehicles (default: 5)")
+    # the API's and the gateways' settings, handed on to them
+    _add_auth(up)
+    _add_signing_key(up)
+    _add_mqtt_auth(up)
+    _add_ingest(up, client_id=False)
 
     gw = sub.add_parser(
         "gateway",
@@ -370,15 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         "API process, like a gateway's (env TELEMATICS_COMMANDS_CLIENT_ID; default: "
         "telematics-commands-1)",
     )
-    api.add_argument(
-        "--signing-key",
-        type=Path,
-        default=os.environ.get("TELEMATICS_SIGNING_KEY"),
-        metavar="FILE",
-        help="Ed25519 private key (PEM) that signs every remote command; created (mode 0600, "
-        "with its public key next to it as FILE.pub, to provision units with) if missing "
-        "(env TELEMATICS_SIGNING_KEY; default: DATA_DIR/command-signing-key.pem)",
-    )
+    _add_signing_key(api)
 
     from gateway.admin_cli import (
         add_account_arguments,
@@ -582,7 +589,111 @@ def _cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_in_use(host: str, port: int) -> bool:
+    """Something listens on ``host:port`` (a bind fails with EADDRINUSE). SO_REUSEADDR, as
+    Mosquitto and uvicorn use it, so leftovers of our own last run do not count."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise GatewayError(f"cannot listen on {host}:{port}: {exc}") from exc
+    return False
+
+
+def up_listeners(args: argparse.Namespace) -> list[tuple[str, str, int, str]]:
+    """What ``telematics up`` will listen on: (what, host, port, the flag and variable that
+    change it)."""
+    listeners = [
+        ("the API", args.api_host, args.api_port, "--api-port PORT (env TELEMATICS_API_PORT)")
+    ]
+    if args.mqtt_url is None:
+        listeners.append(
+            (
+                "the private broker",
+                "127.0.0.1",
+                args.mqtt_port,
+                "--mqtt-port PORT (env TELEMATICS_MQTT_PORT)",
+            )
+        )
+        if args.tls_port is not None:
+            listeners.append(
+                (
+                    "the broker's TLS listener",
+                    "127.0.0.1",
+                    args.tls_port,
+                    "--tls-port PORT (env TELEMATICS_TLS_PORT)",
+                )
+            )
+    return listeners
+
+
+def check_up_ports(
+    listeners: Sequence[tuple[str, str, int, str]],
+    in_use: Callable[[str, int], bool] = _port_in_use,
+) -> None:
+    """Refuse to start when a port of ``listeners`` is taken, or two of them are the same:
+    the parts would start, fail to listen and be restarted until the supervisor gave up."""
+    seen: dict[int, tuple[str, str]] = {}
+    for what, _, port, flags in listeners:
+        if port in seen:
+            other, other_flags = seen[port]
+            raise GatewayError(
+                f"{what} and {other} cannot both listen on port {port}: change {flags} or "
+                f"{other_flags}"
+            )
+        seen[port] = (what, flags)
+    for what, host, port, flags in listeners:
+        if in_use(host, port):
+            raise GatewayError(
+                f"port {port} on {host} is already in use, so {what} cannot listen there "
+                f"(another telematics up, or another program?): choose another port with "
+                f"{flags}"
+            )
+
+
+def _forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The command-line settings of ``up`` that its API and its gateways take: (API
+    arguments, gateway arguments)."""
+    from gateway.auth.ratelimit import parse_limit
+
+    for limit in (args.user_command_limit, args.vehicle_command_limit, args.login_limit):
+        parse_limit(limit)  # a bad value is an error now, not an API that keeps dying
+    api = [
+        "--access-token-ttl",
+        str(args.access_token_ttl),
+        "--refresh-token-ttl",
+        str(args.refresh_token_ttl),
+        "--user-command-limit",
+        args.user_command_limit,
+        "--vehicle-command-limit",
+        args.vehicle_command_limit,
+        "--login-limit",
+        args.login_limit,
+    ]
+    if args.auth_secret_file is not None:
+        api += ["--auth-secret-file", str(Path(args.auth_secret_file).absolute())]
+    if args.no_registration:
+        api.append("--no-registration")
+    if args.unit_broker_url is not None:
+        api += ["--unit-broker-url", args.unit_broker_url]
+    gateway = [
+        "--share-group",
+        args.share_group,
+        "--batch-delay-ms",
+        repr(args.batch_delay_ms),
+        "--receive-maximum",
+        str(args.receive_maximum),
+    ]
+    return api, gateway
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
+    check_up_ports(up_listeners(args))
+    api_args, gateway_tuning = _forwarded(args)
     from device_sim.fleet import fleet_vins
     from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
     from gateway.broker.auth import BrokerAuthFiles
@@ -597,7 +708,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     _, broker_dir = data_paths(data_dir)
     secrets_dir = data_dir / "secrets"
     state_db_url = args.state_db_url or default_state_db_url(data_dir)
-    signing_key = data_dir / "command-signing-key.pem"
+    signing_key: Path = (args.signing_key or data_dir / "command-signing-key.pem").absolute()
     ensure_signing_key(signing_key)
     now = time.time_ns() // 1_000_000
 
@@ -648,7 +759,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
     else:
         parse_mqtt_url(args.mqtt_url)
         mqtt_url = args.mqtt_url
-        if os.environ.get("TELEMATICS_MQTT_USERNAME"):
+        if args.mqtt_username:
+            # your own broker with a service account for the gateway: it is a closed one
+            service_args = ["--mqtt-username", args.mqtt_username]
+            if args.mqtt_password_file is not None:
+                password_path = Path(args.mqtt_password_file).absolute()
+                service_args += ["--mqtt-password-file", str(password_path)]
             gateway_args = ["--state-db-url", state_db_url, "--require-provisioned"]
 
     demo_login = None
@@ -683,6 +799,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 f"telematics-gateway-{i}",
                 *service_args,
                 *gateway_args,
+                *gateway_tuning,
             ),
         )
         for i in range(1, args.gateways + 1)
@@ -702,6 +819,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 mqtt_url,
                 "--admin-email",
                 args.admin_email,
+                "--signing-key",
+                str(signing_key),
+                *api_args,
                 *service_args,
                 *state_args,
             ),

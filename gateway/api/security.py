@@ -28,7 +28,13 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from gateway.api.errors import ApiError
 from gateway.auth.policy import NO_ACCESS, Principal, Role, VehicleAccess, vehicle_access
-from gateway.auth.ratelimit import Limit, RateLimiter
+from gateway.auth.ratelimit import (
+    DEFAULT_LOGIN_LIMIT,
+    DEFAULT_USER_COMMAND_LIMIT,
+    DEFAULT_VEHICLE_COMMAND_LIMIT,
+    Limit,
+    RateLimiter,
+)
 from gateway.auth.tokens import (
     InvalidToken,
     TokenExpired,
@@ -52,13 +58,6 @@ __all__ = [
 #: how often an API key's ``last_used_at`` is written (a write per request would cost more
 #: than the request)
 _TOUCH_INTERVAL_MS: Final = 60_000
-
-
-#: defaults: a person taps a few remote services a minute; a vehicle needs seconds per
-#: command; a person types a password a few times a minute
-DEFAULT_USER_COMMAND_LIMIT: Final = Limit(rate=1.0, burst=30)
-DEFAULT_VEHICLE_COMMAND_LIMIT: Final = Limit(rate=0.2, burst=10)
-DEFAULT_LOGIN_LIMIT: Final = Limit(rate=10 / 60, burst=10)
 
 
 @dataclass(frozen=True, slots=True)
