@@ -186,6 +186,18 @@ def _add_retention(p: argparse.ArgumentParser) -> None:
         )
 
 
+def _add_offline_after(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--offline-after",
+        type=float,
+        default=float(_env("OFFLINE_AFTER", "600")),
+        metavar="SECONDS",
+        help="show a vehicle offline (reason 'silent') when its status says online but "
+        "nothing has come from it for this long; units publish at least every 5 minutes "
+        "(env TELEMATICS_OFFLINE_AFTER; default: 600)",
+    )
+
+
 def _add_signing_key(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--signing-key",
@@ -327,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     # the API's and the gateways' settings, handed on to them
     _add_auth(up)
     _add_signing_key(up)
+    _add_offline_after(up)
+    _add_retention(up)
     _add_mqtt_auth(up)
     _add_ingest(up, client_id=False)
 
@@ -369,15 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mqtt_auth(api)
     _add_state_db(api)
     _add_auth(api)
-    api.add_argument(
-        "--offline-after",
-        type=float,
-        default=float(_env("OFFLINE_AFTER", "600")),
-        metavar="SECONDS",
-        help="show a vehicle offline (reason 'silent') when its status says online but "
-        "nothing has come from it for this long; units publish at least every 5 minutes "
-        "(env TELEMATICS_OFFLINE_AFTER; default: 600)",
-    )
+    _add_offline_after(api)
     api.add_argument(
         "--commands-client-id",
         default=_env("COMMANDS_CLIENT_ID", "telematics-commands-1"),
@@ -673,6 +679,8 @@ def _forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         args.vehicle_command_limit,
         "--login-limit",
         args.login_limit,
+        "--offline-after",
+        repr(args.offline_after),
     ]
     if args.auth_secret_file is not None:
         api += ["--auth-secret-file", str(Path(args.auth_secret_file).absolute())]
@@ -687,6 +695,14 @@ def _forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         repr(args.batch_delay_ms),
         "--receive-maximum",
         str(args.receive_maximum),
+        "--telemetry-retention-days",
+        repr(args.telemetry_retention_days),
+        "--quarantine-retention-days",
+        repr(args.quarantine_retention_days),
+        "--quarantine-max-entries",
+        str(args.quarantine_max_entries),
+        "--quarantine-payload-bytes",
+        str(args.quarantine_payload_bytes),
     ]
     return api, gateway
 
