@@ -18,15 +18,24 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.broker import (
     BrokerConfig,
+    find_dynsec_plugin,
     find_mosquitto,
     parse_mqtt_url,
 )
 from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from gateway.installation import DemoLogin
+    from gateway.statedb.accounts import AccountRepository
+    from gateway.statedb.audit import AuditLog
+    from gateway.supervisor import BrokerKeeper, Part
 
 __all__ = ["build_parser", "main"]
 
@@ -415,6 +424,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.files import private_directory
     from gateway.ingest.pipeline import BatchPolicy
     from gateway.ingest.service import IngestSettings
     from gateway.runner import GatewayOptions, run_gateway
@@ -422,6 +432,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.supervisor import data_paths
 
     host, port = parse_mqtt_url(args.mqtt_url)
+    private_directory(args.data_dir)
     db_path, _ = data_paths(args.data_dir)
     username, password = _mqtt_credentials(args)
     settings = IngestSettings(
@@ -463,9 +474,11 @@ def _cmd_api(args: argparse.Namespace) -> int:
     from gateway.api.security import AuthSettings
     from gateway.auth.ratelimit import parse_limit
     from gateway.commands.service import CommandSettings
+    from gateway.files import private_directory
     from gateway.statedb.database import default_url as default_state_db_url
     from gateway.supervisor import data_paths
 
+    private_directory(args.data_dir)
     db_path, _ = data_paths(args.data_dir)
     state_db_url = args.state_db_url or default_state_db_url(args.data_dir)
     signing_key: Path = args.signing_key or args.data_dir / "command-signing-key.pem"
@@ -505,25 +518,150 @@ def _cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class _UpBroker:
+    """What ``telematics up`` runs for MQTT: the private broker (None with --mqtt-url) and
+    the arguments that give the gateway and the API their broker account."""
+
+    keeper: BrokerKeeper | None
+    url: str
+    closed: bool
+    service_args: list[str] = field(default_factory=list)
+    gateway_args: list[str] = field(default_factory=list)
+
+
+def _up_broker(args: argparse.Namespace, data_dir: Path, accounts: AccountRepository) -> _UpBroker:
+    from gateway.broker.auth import BrokerAuthFiles
+    from gateway.installation import SERVICE_USERNAME, closed_broker_sync, service_password
+    from gateway.statedb.database import default_url as default_state_db_url
+    from gateway.supervisor import BrokerKeeper, data_paths
+
+    state_db_url = args.state_db_url or default_state_db_url(data_dir)
+    if args.mqtt_url is not None:
+        parse_mqtt_url(args.mqtt_url)
+        gateway_args = []
+        if os.environ.get("TELEMATICS_MQTT_USERNAME"):
+            gateway_args = ["--state-db-url", state_db_url, "--require-provisioned"]
+        return _UpBroker(None, args.mqtt_url, closed=False, gateway_args=gateway_args)
+    find_mosquitto()  # fail early, with the install hint
+    closed = not args.anonymous_broker
+    _, broker_dir = data_paths(data_dir)
+    secrets_dir = data_dir / "secrets"
+    tls = None
+    if args.tls_port is not None:
+        if not closed:
+            raise GatewayError("--tls-port needs the closed broker (drop --anonymous-broker)")
+        from gateway.broker.pki import Pki
+
+        pki = Pki(data_dir / "pki")
+        if not pki.exists():
+            pki.init()
+            log.info("created a certificate authority for the TLS listener in %s", pki)
+        tls = pki.tls_listener(port=args.tls_port)
+    if not closed:
+        config = BrokerConfig(port=args.mqtt_port, data_dir=broker_dir, allow_anonymous=True)
+        return _UpBroker(BrokerKeeper(config), config.url, closed=False)
+    find_dynsec_plugin()  # the closed broker cannot refuse subscriptions without it
+    files = BrokerAuthFiles(broker_dir / "auth")
+    config = BrokerConfig(
+        port=args.mqtt_port,
+        data_dir=broker_dir,
+        allow_anonymous=False,
+        password_file=files.password_file,
+        dynsec_config_file=files.dynsec_file,
+        tls=tls,
+    )
+    keeper = BrokerKeeper(
+        config,
+        sync=lambda k: closed_broker_sync(
+            accounts,
+            files,
+            k.process,
+            secrets_dir=secrets_dir,
+            pki_dir=data_dir / "pki",
+            restart=k.restart,
+            lock=k.lock,
+        ),
+    )
+    password_file = service_password(secrets_dir)
+    return _UpBroker(
+        keeper,
+        config.url,
+        closed=True,
+        service_args=[
+            "--mqtt-username",
+            SERVICE_USERNAME,
+            "--mqtt-password-file",
+            str(password_file),
+        ],
+        gateway_args=["--state-db-url", state_db_url, "--require-provisioned"],
+    )
+
+
+def _demo_refresher(
+    accounts: AccountRepository,
+    audit: AuditLog,
+    broker: _UpBroker,
+    *,
+    vins: Sequence[str],
+    credentials: Path,
+    public_key_path: Path,
+) -> Callable[[], DemoLogin]:
+    """Provisions the demo vehicles and refreshes stale unit credentials; run at start and
+    before every start of the simulator, so a credential rotated through the API does not
+    keep the demo down. Waits until the broker has taken new credentials."""
+    from gateway.installation import provision_demo
+
+    def refresh() -> DemoLogin:
+        before = accounts.broker_version()
+        login = provision_demo(
+            accounts,
+            audit,
+            vins=vins,
+            credentials_path=credentials,
+            broker_url=broker.url,
+            public_key_path=public_key_path,
+            now=time.time_ns() // 1_000_000,
+        )
+        sync = None if broker.keeper is None else broker.keeper.sync
+        after = accounts.broker_version()
+        if sync is not None and sync.running and after != before:
+            deadline = time.monotonic() + 10
+            while (sync.synced_version or 0) < after and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return login
+
+    return refresh
+
+
+def _prepare_data_dir(data_dir: Path) -> None:
+    """The data directory holds secrets and databases: private to its owner (0700), and
+    last run's health reports are gone (the processes that wrote them are)."""
+    from gateway.files import private_directory
+    from gateway.health import HEALTH_DIR_NAME
+
+    private_directory(data_dir)
+    health = data_dir / HEALTH_DIR_NAME
+    if health.is_dir():
+        for stale in health.glob("*.json"):
+            stale.unlink(missing_ok=True)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from device_sim.fleet import fleet_vins
     from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
-    from gateway.broker.auth import BrokerAuthFiles
-    from gateway.installation import SERVICE_USERNAME, broker_auth, provision_demo, service_password
+    from gateway.health import HEALTH_DIR_NAME
     from gateway.statedb.accounts import AccountRepository
     from gateway.statedb.audit import AuditLog
     from gateway.statedb.database import StateDatabase
     from gateway.statedb.database import default_url as default_state_db_url
-    from gateway.supervisor import Part, Supervisor, data_paths, python_module
+    from gateway.supervisor import Part, Supervisor, python_module
 
     data_dir: Path = args.data_dir.resolve()
-    _, broker_dir = data_paths(data_dir)
-    secrets_dir = data_dir / "secrets"
+    _prepare_data_dir(data_dir)
     state_db_url = args.state_db_url or default_state_db_url(data_dir)
     signing_key = data_dir / "command-signing-key.pem"
     ensure_signing_key(signing_key)
-    now = time.time_ns() // 1_000_000
-
     state_db = StateDatabase(state_db_url)
     state_db.upgrade()
     accounts, audit = AccountRepository(state_db), AuditLog(state_db)
@@ -532,64 +670,51 @@ def _cmd_up(args: argparse.Namespace) -> int:
         audit,
         email=args.admin_email,
         password=os.environ.get("TELEMATICS_ADMIN_PASSWORD") or None,
-        now=now,
+        now=time.time_ns() // 1_000_000,
     )
-
-    broker: BrokerConfig | None = None
-    on_broker_started = None
-    service_args: list[str] = []
-    gateway_args: list[str] = []
-    closed = args.mqtt_url is None and not args.anonymous_broker
-    if args.mqtt_url is None:
-        find_mosquitto()  # fail early, with the install hint
-        if closed:
-            password_file = service_password(secrets_dir)
-            service_args = ["--mqtt-username", SERVICE_USERNAME, "--mqtt-password-file"]
-            service_args.append(str(password_file))
-            gateway_args = ["--state-db-url", state_db_url, "--require-provisioned"]
-            files = BrokerAuthFiles(broker_dir / "auth")
-        tls = None
-        if args.tls_port is not None:
-            if not closed:
-                raise GatewayError("--tls-port needs the closed broker (drop --anonymous-broker)")
-            from gateway.broker.pki import Pki
-
-            pki = Pki(data_dir / "pki")
-            if not pki.exists():
-                pki.init()
-                log.info("created a certificate authority for the TLS listener in %s", pki)
-            tls = pki.tls_listener(port=args.tls_port)
-        broker = BrokerConfig(
-            port=args.mqtt_port,
-            data_dir=broker_dir,
-            allow_anonymous=not closed,
-            password_file=files.password_file if closed else None,
-            acl_file=files.acl_file if closed else None,
-            tls=tls,
-        )
-        mqtt_url = broker.url
-    else:
-        parse_mqtt_url(args.mqtt_url)
-        mqtt_url = args.mqtt_url
-        if os.environ.get("TELEMATICS_MQTT_USERNAME"):
-            gateway_args = ["--state-db-url", state_db_url, "--require-provisioned"]
+    broker = _up_broker(args, data_dir, accounts)
 
     demo_login = None
-    sim_args: list[str] = []
-    if args.demo and closed:
-        credentials = secrets_dir / "demo-units.json"
-        demo_login = provision_demo(
-            accounts,
-            audit,
-            vins=fleet_vins(args.vehicles),
-            credentials_path=credentials,
-            broker_url=mqtt_url,
-            public_key_path=signing_key.with_name(signing_key.name + ".pub"),
-            now=now,
+    simulator = None
+    if args.demo:
+        sim_args = []
+        before_start = None
+        if broker.closed:
+            credentials = data_dir / "secrets" / "demo-units.json"
+            refresh = _demo_refresher(
+                accounts,
+                audit,
+                broker,
+                vins=fleet_vins(args.vehicles),
+                credentials=credentials,
+                public_key_path=signing_key.with_name(signing_key.name + ".pub"),
+            )
+            demo_login = refresh()
+            sim_args = ["--credentials", str(credentials)]
+            before_start = refresh
+        simulator = Part(
+            "simulator",
+            python_module(
+                "device_sim", "--mqtt-url", broker.url, "--vehicles", str(args.vehicles), *sim_args
+            ),
+            optional=True,
+            before_start=before_start,
         )
-        sim_args = ["--credentials", str(credentials)]
-    if closed:
-        on_broker_started = broker_auth(accounts, files, password_file)
+    parts = _up_parts(args, data_dir, broker)
+    if simulator is not None:
+        parts.append(simulator)
+    if admin is not None:
+        print_first_admin(admin)
+    _print_banner(args, data_dir, broker, demo_login)
+    try:
+        return Supervisor(parts, broker.keeper, health_dir=data_dir / HEALTH_DIR_NAME).run()
+    finally:
+        state_db.dispose()
+
+
+def _up_parts(args: argparse.Namespace, data_dir: Path, broker: _UpBroker) -> list[Part]:
+    """The gateways and the API (the simulator is added by the caller)."""
+    from gateway.supervisor import Part, python_module
 
     common = ["--data-dir", str(data_dir), "--log-level", args.log_level]
     state_args = ["--state-db-url", args.state_db_url] if args.state_db_url else []
@@ -601,11 +726,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 "gateway",
                 *common,
                 "--mqtt-url",
-                mqtt_url,
+                broker.url,
                 "--client-id",
                 f"telematics-gateway-{i}",
-                *service_args,
-                *gateway_args,
+                *broker.service_args,
+                *broker.gateway_args,
             ),
         )
         for i in range(1, args.gateways + 1)
@@ -622,57 +747,47 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 "--port",
                 str(args.api_port),
                 "--mqtt-url",
-                mqtt_url,
+                broker.url,
                 "--admin-email",
                 args.admin_email,
-                *service_args,
+                *broker.service_args,
                 *state_args,
             ),
         )
     )
-    if args.demo:
-        parts.append(
-            Part(
-                "simulator",
-                python_module(
-                    "device_sim",
-                    "--mqtt-url",
-                    mqtt_url,
-                    "--vehicles",
-                    str(args.vehicles),
-                    *sim_args,
-                ),
-            )
-        )
-    api = f"http://{args.api_host}:{args.api_port}"
-    if admin is not None:
-        print_first_admin(admin)
+    return parts
+
+
+def _print_banner(
+    args: argparse.Namespace, data_dir: Path, broker: _UpBroker, demo_login: DemoLogin | None
+) -> None:
     if demo_login is not None and demo_login.password is not None:
         print(
             "\n  Demo fleet manager created (the password is shown only this once):\n"
             f"    e-mail     {demo_login.email}\n    password   {demo_login.password}",
             flush=True,
         )
+    api = f"http://{args.api_host}:{args.api_port}"
+    tls = None if broker.keeper is None else broker.keeper.process.config.tls
+    if broker.closed:
+        kind = " (private; vehicles need credentials: telematics vehicle add --help)"
+    elif broker.keeper is not None:
+        kind = " (private, anonymous)"
+    else:
+        kind = ""
     lines = [
         "",
         "  telematics gateway",
-        f"    broker   {mqtt_url}"
-        + (
-            " (private; vehicles need credentials: telematics vehicle add --help)"
-            if closed
-            else " (private, anonymous)"
-            if broker
-            else ""
-        ),
+        f"    broker   {broker.url}{kind}",
         *(
             [
-                f"    TLS      {broker.tls.url} (client certificate with CN = VIN: "
-                "telematics pki client VIN)"
+                f"    TLS      {tls.url} (client certificate with CN = VIN: "
+                + "telematics pki client VIN)"
             ]
-            if broker is not None and broker.tls is not None
+            if tls is not None
             else []
         ),
-        f"    API      {api}   (docs: {api}/docs)",
+        f"    API      {api}   (docs: {api}/docs; health: {api}/healthz)",
         f"    data     {data_dir}",
         f"    log in   curl -s {api}/v1/auth/token -d grant_type=password \\",
         f"               -d username={args.admin_email} --data-urlencode password=PASSWORD",
@@ -688,10 +803,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
             f"{demo_login.email}",
         )
     print("\n".join(lines), flush=True)
-    try:
-        return Supervisor(parts, broker, on_broker_started=on_broker_started).run()
-    finally:
-        state_db.dispose()
 
 
 def _cmd_sim(argv: Sequence[str]) -> int:

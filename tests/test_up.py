@@ -27,7 +27,7 @@ import pytest
 
 from gateway.broker import free_port
 from tests.conftest import wait_until
-from tests.test_broker_auth import Mqtt5Client
+from tests.mqtt_raw import Mqtt5Client
 
 ADMIN_PASSWORD = "up-admin-password-1"
 pytestmark = pytest.mark.slow

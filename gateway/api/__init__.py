@@ -7,7 +7,10 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``)::
     GET /v1/vehicles/{vin}/history      samples of some signals in a time window
     GET /v1/catalog                     the signal catalog (the device contract)
     GET /v1/quarantine                  refused input with reason and raw payload, paged
-    GET /healthz                        200, or 503 if the database cannot be read
+    GET /healthz                        the installation, per component: 200, or 503 when a
+                                        required one is down (gateway.health has the rules)
+    GET /readyz                         whether this API process can serve (its databases,
+                                        its command service's broker connection)
     GET /metrics                        Prometheus text: the ingest counters from the store
 
 Layout:
@@ -16,6 +19,7 @@ Layout:
     errors.py      ApiError, the one JSON error format, and the handlers that enforce it
     params.py      times (epoch ms <-> ISO 8601) and query-parameter parsing
     prometheus.py  the Prometheus collector over the store's persisted counters
+    health.py      /healthz and /readyz
 
 Imports ``schemas`` (catalog, VIN, reasons), ``gateway.store`` (the read side: TelemetryReader
 and SqliteTelemetryStore opened read-only), ``gateway.metrics`` (counter names) and
