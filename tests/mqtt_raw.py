@@ -33,6 +33,8 @@ class Mqtt5Client:
         self._buf = b""
         self._next_id = 1
         self.messages: collections.deque[tuple[str, bytes]] = collections.deque()
+        #: the properties of each message in :attr:`messages`, in the same order
+        self.message_properties: collections.deque[dict[int, int | bytes]] = collections.deque()
         self.disconnect_reason: int | None = None
         self.closed = False
         #: the CONNACK's properties, by identifier (integer ones decoded)
@@ -105,10 +107,16 @@ class Mqtt5Client:
 
     # -- operations
 
-    def publish(self, topic: str, payload: bytes) -> int:
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, correlation: bytes | None = None
+    ) -> int:
         """Publish at QoS 1, wait for the PUBACK and return its reason code (< 0x80: ok)."""
         pid = self._packet_id()
-        self._send(0x32, _string(topic) + pid.to_bytes(2, "big") + b"\x00" + payload)
+        props = b"" if correlation is None else b"\x09" + len(correlation).to_bytes(2, "big")
+        props += b"" if correlation is None else correlation
+        first = 0x33 if retain else 0x32
+        variable = _string(topic) + pid.to_bytes(2, "big") + _varint(len(props)) + props
+        self._send(first, variable + payload)
         body = self._wait_for(0x40, pid)
         return body[2] if len(body) > 2 else 0
 
@@ -122,11 +130,19 @@ class Mqtt5Client:
 
     def receive(self, timeout: float = TIMEOUT) -> tuple[str, bytes] | None:
         """The next delivered message, or None after ``timeout`` seconds."""
+        got = self.receive_message(timeout)
+        return None if got is None else (got[0], got[1])
+
+    def receive_message(
+        self, timeout: float = TIMEOUT
+    ) -> tuple[str, bytes, dict[int, int | bytes]] | None:
+        """The next delivered message with its properties, or None after ``timeout``."""
         deadline = time.monotonic() + timeout
         while not self.messages:
             if self.closed or not self._pump(deadline):
                 return None
-        return self.messages.popleft()
+        topic, payload = self.messages.popleft()
+        return topic, payload, self.message_properties.popleft()
 
     def wait_closed(self, timeout: float = TIMEOUT) -> bool:
         """Wait until the broker closes the connection; False if still open at ``timeout``."""
@@ -187,6 +203,7 @@ class Mqtt5Client:
                 i += 2
                 self._send(0x40, pid)
             props_len, n = _read_varint(body, i)
+            self.message_properties.append(_properties(body, i))
             self.messages.append((topic, body[i + n + props_len :]))
         elif ptype == 0xE0:
             self.disconnect_reason = body[0] if body else 0
@@ -210,7 +227,23 @@ class Mqtt5Client:
             self._buf += chunk
 
 
-_INT_PROPERTIES = {0x11: 4, 0x21: 2, 0x22: 2, 0x24: 1, 0x25: 1, 0x27: 4, 0x28: 1, 0x29: 1, 0x2A: 1}
+_INT_PROPERTIES = {
+    0x01: 1,  # payload format indicator
+    0x02: 4,  # message expiry interval
+    0x11: 4,  # session expiry interval
+    0x13: 2,  # server keep alive
+    0x17: 1,  # request problem information
+    0x19: 1,  # request response information
+    0x21: 2,  # receive maximum
+    0x22: 2,  # topic alias maximum
+    0x23: 2,  # topic alias
+    0x24: 1,  # maximum QoS
+    0x25: 1,  # retain available
+    0x27: 4,  # maximum packet size
+    0x28: 1,  # wildcard subscription available
+    0x29: 1,  # subscription identifiers available
+    0x2A: 1,  # shared subscription available
+}
 """MQTT 5 property identifiers with an integer value, and its size in bytes."""
 
 
@@ -224,7 +257,10 @@ def _properties(body: bytes, i: int) -> dict[int, int | bytes]:
     while i < end:
         ident = body[i]
         i += 1
-        if ident in _INT_PROPERTIES:
+        if ident == 0x0B:  # subscription identifier: a variable byte integer
+            out[ident], n = _read_varint(body, i)
+            i += n
+        elif ident in _INT_PROPERTIES:
             size = _INT_PROPERTIES[ident]
             out[ident] = int.from_bytes(body[i : i + size], "big")
             i += size
