@@ -28,6 +28,7 @@ from gateway.api.security import AuthSettings
 from gateway.auth.tokens import issue_access_token
 from gateway.broker import BrokerConfig, DynsecControl, MosquittoProcess, free_port
 from gateway.broker import auth as broker_auth
+from gateway.supervisor import BrokerKeeper, RestartPolicy
 
 # --- broker ---------------------------------------------------------------------------------
 # A real Mosquitto (never the shared one on 1883): each test that asks for ``mosquitto`` gets
@@ -108,6 +109,7 @@ class ClosedBroker:
     vehicles: dict[str, str | None]
     source: IdentitySource
     sync: broker_auth.BrokerAuthSync
+    keeper: BrokerKeeper | None = None
 
     def add_vehicle(self, vin: str, *, certificate: bool = False) -> str | None:
         """Provision ``vin`` on the running broker (password, or certificate only) and
@@ -145,10 +147,15 @@ def start_closed_broker(
     directory: Path,
     *,
     vehicles: dict[str, str | None] | None = None,
+    keeper: bool = False,
+    restart_policy: RestartPolicy | None = None,
     **config: Any,
 ) -> ClosedBroker:
     """Render the identities, start the broker and return it, ready to use; stop it with
-    ``.broker.stop()``. ``config`` goes to :class:`~gateway.broker.BrokerConfig`."""
+    ``.broker.stop()`` (or ``.keeper.stop()``). ``config`` goes to
+    :class:`~gateway.broker.BrokerConfig`. With ``keeper``, a
+    :class:`~gateway.supervisor.BrokerKeeper` owns the broker, as under ``telematics up``:
+    the sync reloads and restarts through it."""
     files = broker_auth.BrokerAuthFiles(directory / "broker-auth")
     service = (SERVICE_USER, "service-password-1")
     control = (CONTROL_USER, "control-password-1")
@@ -160,29 +167,50 @@ def start_closed_broker(
     ]
     config.setdefault("port", free_port())
     config.setdefault("extra_lines", ("log_type subscribe",))
-    broker = MosquittoProcess(
-        BrokerConfig(
-            data_dir=directory / "mosquitto",
-            allow_anonymous=False,
-            password_file=files.password_file,
-            dynsec_config_file=files.dynsec_file,
-            **config,
-        )
+    broker_config = BrokerConfig(
+        data_dir=directory / "mosquitto",
+        allow_anonymous=False,
+        password_file=files.password_file,
+        dynsec_config_file=files.dynsec_file,
+        **config,
     )
     source = IdentitySource()
-    sync = broker_auth.BrokerAuthSync(
-        files,
-        services=services,
-        version=source.get_version,
-        identities=source.get_identities,
-        control=DynsecControl(broker.host, broker.port, *control),
-        reload=broker.reload,
-        interval_s=0.05,
-    )
+
+    def make_sync(
+        broker: MosquittoProcess, keeper: BrokerKeeper | None
+    ) -> broker_auth.BrokerAuthSync:
+        return broker_auth.BrokerAuthSync(
+            files,
+            services=services,
+            version=source.get_version,
+            identities=source.get_identities,
+            control=DynsecControl(broker.host, broker.port, *control),
+            reload=broker.reload,
+            restart=None if keeper is None else keeper.restart,
+            lock=None if keeper is None else keeper.lock,
+            interval_s=0.05,
+        )
+
+    owner = None
+    if keeper:
+        owner = BrokerKeeper(
+            broker_config,
+            sync=lambda k: make_sync(k.process, k),
+            policy=restart_policy or BrokerKeeper.POLICY,
+        )
+        broker, sync = owner.process, owner.sync
+        assert sync is not None
+    else:
+        broker = MosquittoProcess(broker_config)
+        sync = make_sync(broker, None)
     closed = ClosedBroker(broker, files, service, control, dict(vehicles or {}), source, sync)
+    closed.keeper = owner
     source.set(closed.identities())
-    sync.render()
-    broker.start()
+    if owner is not None:
+        owner.start()
+    else:
+        sync.render()
+        broker.start()
     return closed
 
 

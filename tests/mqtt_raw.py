@@ -179,6 +179,10 @@ class Mqtt5Client:
             if got == ptype and (pid is None or int.from_bytes(body[:2], "big") == pid):
                 return body
             self._handle(got, body)
+            if self.closed:
+                raise ConnectionError(
+                    f"the broker disconnected (reason {self.disconnect_reason:#x})"
+                )
 
     def _pump(self, deadline: float) -> bool:
         """Handle one incoming packet; False if none came before ``deadline``."""

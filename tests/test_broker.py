@@ -262,3 +262,26 @@ def test_parse_mqtt_url_accepts(url: str, expected: tuple[str, int]) -> None:
 def test_parse_mqtt_url_rejects_with_the_expected_form(url: str) -> None:
     with pytest.raises(ValueError, match="expected mqtt://host:port"):
         parse_mqtt_url(url)
+
+
+# --- packet size (decision 0008) --------------------------------------------------------------
+
+
+def test_the_broker_announces_its_packet_limit_and_never_answers_with_an_illegal_puback(
+    mosquitto: MosquittoProcess,
+) -> None:
+    """An MQTT 5 client learns the limit from the CONNACK (Maximum Packet Size) and can
+    refuse an oversized message itself. One that sends it anyway is disconnected with
+    reason 0x95 (packet too large), a code DISCONNECT may carry; the old
+    ``message_size_limit`` answered with a PUBACK 0x95, which PUBACK may not carry, and
+    paho-mqtt then resent the message forever (issue 11). A message just over the
+    gateway's 256 KiB still passes, so the gateway can quarantine it where operators look."""
+    from tests.mqtt_raw import Mqtt5Client
+
+    client, code = Mqtt5Client.connect(mosquitto.host, mosquitto.port, "big-sender")
+    assert code == 0
+    assert client.connack_properties[0x27] == broker_module.MAX_PACKET_SIZE == 270_336
+    assert client.publish("v1/vehicles/WVWZZZ1JZXW000001/telemetry", b"x" * 263_000) == 0x10
+    with pytest.raises(ConnectionError):  # no PUBACK, the connection ends
+        client.publish("v1/vehicles/WVWZZZ1JZXW000001/telemetry", b"x" * 300_000)
+    assert client.disconnect_reason == 0x95
