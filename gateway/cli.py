@@ -32,6 +32,7 @@ from gateway.broker import (
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
+    from gateway.broker import MosquittoProcess
     from gateway.installation import DemoLogin
     from gateway.statedb.accounts import AccountRepository
     from gateway.statedb.audit import AuditLog
@@ -571,8 +572,10 @@ def _up_broker(args: argparse.Namespace, data_dir: Path, accounts: AccountReposi
         dynsec_config_file=files.dynsec_file,
         tls=tls,
     )
+    password_file = service_password(secrets_dir)
     keeper = BrokerKeeper(
         config,
+        prime=_session_primer(args, password_file),
         sync=lambda k: closed_broker_sync(
             accounts,
             files,
@@ -583,7 +586,6 @@ def _up_broker(args: argparse.Namespace, data_dir: Path, accounts: AccountReposi
             lock=k.lock,
         ),
     )
-    password_file = service_password(secrets_dir)
     return _UpBroker(
         keeper,
         config.url,
@@ -596,6 +598,39 @@ def _up_broker(args: argparse.Namespace, data_dir: Path, accounts: AccountReposi
         ],
         gateway_args=["--state-db-url", state_db_url, "--require-provisioned"],
     )
+
+
+def _session_primer(
+    args: argparse.Namespace, password_file: Path
+) -> Callable[[MosquittoProcess], None]:
+    """What opens this installation's service sessions right after every broker start:
+    each gateway's (``telematics-gateway-N``) and the command service's, with their shared
+    subscriptions (see :func:`gateway.broker.control.prime_sessions`). The ids and groups
+    are the ones the child processes get: the same defaults and environment."""
+    import dataclasses
+
+    from gateway.broker.control import prime_sessions
+    from gateway.commands.service import CommandSettings
+    from gateway.commands.service import subscription_filters as command_filters
+    from gateway.ingest.service import IngestSettings
+    from gateway.installation import SERVICE_USERNAME
+
+    group = _env("SHARE_GROUP", "telematics-gateway")
+    sessions = {
+        f"telematics-gateway-{i}": IngestSettings(
+            client_id=f"telematics-gateway-{i}", share_group=group
+        ).topic_filters()
+        for i in range(1, args.gateways + 1)
+    }
+    defaults = {f.name: f.default for f in dataclasses.fields(CommandSettings)}
+    commands_id = _env("COMMANDS_CLIENT_ID", str(defaults["client_id"]))
+    sessions[commands_id] = command_filters(str(defaults["share_group"]))
+
+    def prime(broker: MosquittoProcess) -> None:
+        secret = password_file.read_text(encoding="utf-8").strip()
+        prime_sessions(broker.host, broker.port, SERVICE_USERNAME, secret, sessions)
+
+    return prime
 
 
 def _demo_refresher(

@@ -12,8 +12,14 @@ Nothing that dies stays dead, and nothing that keeps dying takes the rest down:
 * the private broker is kept the same way (:class:`BrokerKeeper`): when it dies (a crash,
   a SIGKILL, a failure right after a reload) its identity files are rendered again from
   the state database and it is started on the same port; the gateways and the command
-  service reconnect by themselves, and the broker's persisted sessions and queues bring
-  back what it had acknowledged;
+  service reconnect by themselves. Mosquitto does not save shared subscriptions, so right
+  after every start the keeper opens the gateways' sessions with theirs
+  (:func:`~gateway.broker.control.prime_sessions`): what units publish before the
+  gateways are back queues in those sessions instead of reaching no subscriber at all.
+  And as a fleet reconnects in a burst after a start, the keeper has the broker save its
+  state (SIGUSR1) a few seconds later, long before its first 30-second autosave: a
+  crash then finds the units' sessions on disk, so a unit resends what was in flight
+  instead of being told its session is gone (MQTT 5 then makes it discard it);
 * on Ctrl-C or SIGTERM the parts stop in reverse order: simulator, API, gateways (each
   commits and acknowledges what it holds), then the broker, so nothing that was
   acknowledged is lost and nothing unacknowledged is dropped (it waits in the broker's
@@ -204,18 +210,27 @@ class BrokerKeeper:
     """
 
     POLICY = RestartPolicy(first_delay_s=0.5, max_delay_s=30.0, stable_after_s=60.0)
+    #: seconds after a start at which the broker is asked to save its state: the fleet's
+    #: reconnect burst is over by then, its first 30-second autosave far off (decision 0008)
+    SAVE_AFTER_START_S = (5.0, 15.0)
 
     def __init__(
         self,
         config: BrokerConfig,
         *,
         sync: Callable[[BrokerKeeper], BrokerAuthSync] | None = None,
+        prime: Callable[[MosquittoProcess], None] | None = None,
         policy: RestartPolicy = POLICY,
     ) -> None:
+        """``prime`` runs right after every start, before anyone else is likely to be
+        back: it opens the gateways' sessions with their shared subscriptions, which
+        Mosquitto does not save (:func:`gateway.broker.control.prime_sessions`)."""
         self.process = MosquittoProcess(config)
+        self._prime = prime
         self.lock = threading.RLock()
         self.life = _Lifecycle(policy)
         self.sync = sync(self) if sync is not None else None
+        self._saves_due: list[float] = []
 
     @property
     def url(self) -> str:
@@ -226,7 +241,7 @@ class BrokerKeeper:
         with self.lock:
             self._render()
             self.process.start()
-            self.life.started(time.monotonic(), restart=False)
+            self._started(time.monotonic(), restart=False)
         log.info("private broker at %s (log: %s)", self.process.url, self.process.log_path)
         if self.sync is not None:
             self.sync.start()
@@ -238,12 +253,25 @@ class BrokerKeeper:
             self.process.stop()
             self._render()
             self.process.start()
-            self.life.started(time.monotonic(), restart=True)
+            self._started(time.monotonic(), restart=True)
         log.info("private broker restarted at %s", self.process.url)
 
+    def _started(self, now: float, *, restart: bool) -> None:
+        if self._prime is not None:
+            try:
+                self._prime(self.process)
+            except Exception:
+                log.warning("cannot open the gateways' sessions on the broker", exc_info=True)
+        self.life.started(now, restart=restart)
+        self._saves_due = [now + s for s in self.SAVE_AFTER_START_S]
+
     def check(self, now: float) -> None:
-        """Restart the broker if it died (after the policy's delay)."""
+        """Restart the broker if it died (after the policy's delay); have it save its state
+        when that is due."""
         if self.process.is_running():
+            if self._saves_due and now >= self._saves_due[0]:
+                self._saves_due.pop(0)
+                self.process.save()
             return
         with self.lock:
             if self.process.is_running():  # restarted by the sync meanwhile
@@ -267,7 +295,7 @@ class BrokerKeeper:
                 delay = self.life.exited(None, now)
                 log.error("the private broker did not start (%s); retrying in %.1f s", exc, delay)
                 return
-            self.life.started(now, restart=True)
+            self._started(now, restart=True)
         log.warning("the private broker is back at %s", self.process.url)
 
     def _render(self) -> None:

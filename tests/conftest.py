@@ -149,6 +149,7 @@ def start_closed_broker(
     vehicles: dict[str, str | None] | None = None,
     keeper: bool = False,
     restart_policy: RestartPolicy | None = None,
+    prime: Callable[[MosquittoProcess], None] | None = None,
     **config: Any,
 ) -> ClosedBroker:
     """Render the identities, start the broker and return it, ready to use; stop it with
@@ -196,6 +197,7 @@ def start_closed_broker(
         owner = BrokerKeeper(
             broker_config,
             sync=lambda k: make_sync(k.process, k),
+            prime=prime,
             policy=restart_policy or BrokerKeeper.POLICY,
         )
         broker, sync = owner.process, owner.sync

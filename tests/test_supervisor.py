@@ -14,9 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.broker import MosquittoProcess
+from gateway.broker.control import prime_sessions
 from gateway.health import SUPERVISOR_FILE_NAME
 from gateway.supervisor import BrokerKeeper, Part, RestartPolicy, Supervisor, _Lifecycle
-from tests.conftest import ClosedBroker, start_closed_broker, wait_until
+from tests.conftest import SERVICE_USER, ClosedBroker, start_closed_broker, wait_until
 from tests.mqtt_raw import Mqtt5Client
 
 VIN = "1HGCM82633A004352"
@@ -168,5 +170,52 @@ def test_a_bulk_change_restarts_the_broker_with_every_vehicle(tmp_path: Path) ->
         assert closed.sync.synced_version == closed.source.version
         assert _connects(closed, "1HGCM826300001999")
         assert closed.sync.sync_once() is False  # nothing left to do
+    finally:
+        keeper.stop()
+
+
+def test_the_gateways_shared_subscription_is_back_before_the_gateway(tmp_path: Path) -> None:
+    """Mosquitto 2.0.11 does not save shared subscriptions: after a restart a unit's
+    telemetry reaches no subscriber (PUBACK 0x10) until the gateway has subscribed again.
+    The keeper opens the gateway's session with its subscription right after the start,
+    so the broker queues the gateway's share meanwhile."""
+    share = "$share/telematics-gateway/v1/vehicles/+/telemetry"
+
+    def prime(broker: MosquittoProcess) -> None:
+        prime_sessions(
+            broker.host, broker.port, SERVICE_USER, "service-password-1", {"gw-1": [share]}
+        )
+
+    closed = start_closed_broker(
+        tmp_path,
+        vehicles={VIN: "vehicle-password"},
+        keeper=True,
+        restart_policy=FAST,
+        prime=prime,
+        persistence=True,
+    )
+    keeper = closed.keeper
+    assert keeper is not None
+    try:
+        keeper.restart()
+        unit, code = Mqtt5Client.connect(
+            closed.broker.host, closed.broker.port, VIN, username=VIN, password="vehicle-password"
+        )
+        assert code == 0
+        # 0x00: a subscriber took it (0x10 would be "no matching subscribers")
+        assert unit.publish(f"v1/vehicles/{VIN}/telemetry", b"while the gateway was away") == 0
+        unit.disconnect()
+        gateway, code = Mqtt5Client.connect(
+            closed.broker.host,
+            closed.broker.port,
+            "gw-1",
+            username=SERVICE_USER,
+            password="service-password-1",
+            clean_start=False,
+            session_expiry=3600,
+        )
+        assert code == 0
+        assert gateway.receive() == (f"v1/vehicles/{VIN}/telemetry", b"while the gateway was away")
+        gateway.disconnect()
     finally:
         keeper.stop()

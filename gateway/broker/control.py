@@ -36,6 +36,7 @@ __all__ = [
     "RESPONSE_TOPIC",
     "DynsecCommandError",
     "DynsecControl",
+    "prime_sessions",
 ]
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
@@ -157,6 +158,36 @@ def _chunks(commands: list[dict[str, Any]], per_message: int) -> list[list[dict[
     return out
 
 
+def prime_sessions(
+    host: str,
+    port: int,
+    username: str,
+    password: str,
+    sessions: Mapping[str, Sequence[str]],
+    *,
+    timeout: float = 10.0,
+) -> None:
+    """Open a persistent session for each client id in ``sessions`` with its topic filters
+    subscribed (QoS 1), and leave it disconnected.
+
+    Why: Mosquitto 2.0.11 does not save shared subscriptions (``persist__subs_save`` walks
+    the plain ones only), so after a restart the gateway's ``$share/...`` subscription is
+    gone until the gateway reconnects, and what units publish meanwhile reaches no
+    subscriber and is dropped (answered PUBACK 0x10). Subscribing the gateway's sessions
+    under their own client ids right after the broker starts makes it queue their share
+    for them instead; the gateways take their sessions over when they reconnect. Done
+    within milliseconds of the broker's start, before units are back (they retry after
+    half a second or more), and before the gateways (seconds).
+    """
+    for client_id, filters in sessions.items():
+        control = DynsecControl(
+            host, port, username, password, client_id=client_id, timeout=timeout
+        )
+        with _Connection.open(control, clean=False, subscribe=()) as conn:
+            for topic_filter in filters:
+                conn._subscribe(topic_filter, qos=1)
+
+
 class _Connection:
     """A blocking MQTT 3.1.1 session over one socket; every wait has a deadline."""
 
@@ -168,20 +199,28 @@ class _Connection:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, control: DynsecControl) -> Any:
+    def open(
+        cls,
+        control: DynsecControl,
+        *,
+        clean: bool = True,
+        subscribe: Sequence[str] = (RESPONSE_TOPIC,),
+    ) -> Any:
         sock = socket.create_connection((control.host, control.port), timeout=control.timeout)
         conn = cls(sock, control.timeout)
         try:
-            conn._connect(control)
-            conn._subscribe(RESPONSE_TOPIC)
+            conn._connect(control, clean=clean)
+            for topic_filter in subscribe:
+                conn._subscribe(topic_filter)
             yield conn
             with contextlib.suppress(OSError):
                 sock.sendall(b"\xe0\x00")  # DISCONNECT
         finally:
             sock.close()
 
-    def _connect(self, control: DynsecControl) -> None:
-        variable = _string("MQTT") + bytes([4, 0xC2]) + (60).to_bytes(2, "big")  # user, pw, clean
+    def _connect(self, control: DynsecControl, *, clean: bool) -> None:
+        flags = 0xC2 if clean else 0xC0  # user name, password, clean session or not
+        variable = _string("MQTT") + bytes([4, flags]) + (60).to_bytes(2, "big")
         payload = _string(control.client_id) + _string(control.username)
         payload += _string(control._password)
         self._send(0x10, variable + payload)
@@ -191,21 +230,21 @@ class _Connection:
         if body[1] != 0:
             reason = _CONNACK_REASONS.get(body[1], f"code {body[1]}")
             raise BrokerError(
-                f"the broker refused the Dynamic Security admin {control.username!r} "
+                f"the broker refused {control.username!r} as {control.client_id!r} "
                 f"({reason}); is its password file entry and plugin client in place?"
             )
 
-    def _subscribe(self, topic: str) -> None:
+    def _subscribe(self, topic: str, *, qos: int = 0) -> None:
         pid = self._packet_id()
-        self._send(0x82, pid.to_bytes(2, "big") + _string(topic) + b"\x00")
+        self._send(0x82, pid.to_bytes(2, "big") + _string(topic) + bytes([qos]))
         deadline = time.monotonic() + self.timeout
         while True:
             ptype, body = self._read(deadline)
             if ptype == 0x90 and body[:2] == pid.to_bytes(2, "big"):
                 if body[2] >= 0x80:
                     raise BrokerError(
-                        f"the broker refused the Dynamic Security admin a subscription to "
-                        f"{topic} (its plugin role must allow it)"
+                        f"the broker refused a subscription to {topic} (the account's plugin "
+                        "role must allow it)"
                     )
                 return
 

@@ -909,6 +909,14 @@ class MosquittoProcess:
             proc.wait()
         self._forget()
 
+    def save(self) -> None:
+        """Ask the broker to write its persistence database now (SIGUSR1), on top of its
+        periodic autosave; it does so in the next turn of its main loop. No effect without
+        persistence or when it is not running."""
+        proc = self._proc
+        if self.config.persistence and proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)
+
     def restart(self) -> None:
         """Stop (cleanly) and start again on the same port with the same data directory."""
         self.stop()

@@ -97,6 +97,7 @@ __all__ = [
     "UnknownCommandType",
     "VehicleMoving",
     "VehicleNotFound",
+    "subscription_filters",
 ]
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,15 @@ def _is_moving(state: VehicleState) -> bool:
     return speed is not None and isinstance(speed[0], int | float) and abs(speed[0]) > 0.5
 
 
+def subscription_filters(share_group: str) -> list[str]:
+    """What the command service subscribes to: every vehicle's results and status, shared
+    with the other API processes of the group."""
+    return [
+        f"$share/{share_group}/{command_result_subscription_filter()}",
+        f"$share/{share_group}/v1/vehicles/+/status",
+    ]
+
+
 class CommandService:
     """See the module docstring. Start with :meth:`start`, stop with :meth:`stop`."""
 
@@ -223,9 +233,8 @@ class CommandService:
             self._quarantine_store.close()
 
     def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
-        group = self.settings.share_group
-        client.subscribe(f"$share/{group}/{command_result_subscription_filter()}", qos=1)
-        client.subscribe(f"$share/{group}/v1/vehicles/+/status", qos=1)
+        for topic_filter in subscription_filters(self.settings.share_group):
+            client.subscribe(topic_filter, qos=1)
         self.connected.set()
         log.info("command service connected to mqtt://%s:%d", client._host, client._port)
 
