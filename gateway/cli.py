@@ -6,7 +6,7 @@
 ``telematics sim``           the device simulator (speaks only the public device contract)
 ``telematics vehicle|user|account``  operator commands on the state database
 ``telematics pki``           certificates for the broker's TLS listener
-``telematics bench ...``     benchmarks (ingest, commands, sim)
+``telematics bench ...``     benchmarks (ingest, commands, sim, identities)
 
 Every option can also be set by an environment variable, named in its help text.
 """
@@ -408,6 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
             help="API call -> succeeded latency of remote commands, idle and under ingest",
             description="Run broker, gateway, API and 100 simulated units; send 1,000 "
             "commands with ingest idle and again with ingest at half its maximum rate.",
+        )
+    )
+    from gateway.bench.identities import add_arguments as add_identities_bench_arguments
+
+    add_identities_bench_arguments(
+        bench_sub.add_parser(
+            "identities",
+            help="what vehicle identities cost the closed broker: render, one live change, bulk",
+            description="Run a closed broker with --vehicles provisioned vehicles; time the "
+            "rendering and start, one vehicle added and revoked live, and all of them added "
+            "at once.",
         )
     )
     return parser
@@ -885,6 +896,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from gateway.bench.sim import run_from_args as run_sim_bench
 
                 return run_sim_bench(args)
+            if args.bench == "identities":
+                from gateway.bench.identities import run_from_args as run_identities_bench
+
+                return run_identities_bench(args)
             if args.bench == "commands":
                 from gateway.bench.commands import run_from_args as run_commands_bench
 

@@ -390,15 +390,16 @@ def test_plan_dynsec_changes_and_its_commands() -> None:
 
 
 def test_control_cost_model_keeps_messages_short_and_bulk_changes_offline() -> None:
-    # the measured cost: ~20 us per vehicle the plugin holds, per command
-    assert estimate_control_s(1, 10_000) == pytest.approx(0.4, rel=0.01)
+    # the measured cost: ~30 us per vehicle the plugin holds, per command, two per vehicle
+    assert estimate_control_s(1, 10_000) == pytest.approx(0.6, rel=0.01)
     assert commands_per_message(10_000) == 2  # one vehicle per message at 10,000
-    assert commands_per_message(100) == 250
+    assert commands_per_message(100) == 166
+    assert commands_per_message(0, 1000) == 16  # priced at the size it grows to
     assert commands_per_message(0) % 2 == 0
-    # at 10,000 vehicles, a change of 50 is applied live, one of 100 is not
-    assert estimate_control_s(50, 10_000) < auth_module.LIVE_CHANGES_BUDGET_S
-    assert estimate_control_s(100, 10_000) > auth_module.LIVE_CHANGES_BUDGET_S
-    assert estimate_control_s(10_000, 0) > auth_module.LIVE_CHANGES_BUDGET_S
+    # at 10,000 vehicles, a change of 10 is applied live, one of 20 is not
+    assert estimate_control_s(10, 10_000) < auth_module.LIVE_CHANGES_BUDGET_S
+    assert estimate_control_s(20, 10_000) > auth_module.LIVE_CHANGES_BUDGET_S
+    assert estimate_control_s(1000, 0) > auth_module.LIVE_CHANGES_BUDGET_S
 
 
 # --- files ------------------------------------------------------------------------------------
