@@ -353,22 +353,33 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
+        reporter = threading.Thread(target=self._report_loop, name="supervisor-status", daemon=True)
         try:
             if self.broker is not None:
                 self.broker.start()
+            reporter.start()
             for part in self.parts:
                 part.start()
-            self._report()
             while not self._stop.wait(self.TICK_S):
                 now = time.monotonic()
                 if self.broker is not None:
                     self.broker.check(now)
                 for part in self.parts:
                     part.check(now)
-                self._report()
         finally:
+            self._stop.set()
+            if reporter.is_alive():
+                reporter.join()
             self.shutdown()
         return 0
+
+    def _report_loop(self) -> None:
+        """Write the status file every tick from a thread of its own, so that it stays
+        fresh while the main loop waits (a part's preparation may take seconds)."""
+        while True:
+            self._report()
+            if self._stop.wait(self.TICK_S):
+                return
 
     def _report(self) -> None:
         if self.health_dir is None:

@@ -376,7 +376,8 @@ class Got:
 
 
 class Watcher:
-    """Subscribes to everything; records each message with its correlation data."""
+    """Subscribes to the whole device contract (``v1/#``: on a closed broker the service
+    account reads nothing else); records each message with its correlation data."""
 
     def __init__(
         self, broker: MosquittoProcess, credentials: tuple[str, str] | None = None
@@ -407,7 +408,7 @@ class Watcher:
 
     async def __aenter__(self) -> Watcher:
         await self.client.connect(self.broker.host, self.broker.port, version=MQTTv50)
-        self.client.subscribe("#", qos=1)
+        self.client.subscribe("v1/#", qos=1)
         await until(lambda: self._subscribed, "the watcher's SUBACK")
         return self
 

@@ -202,6 +202,7 @@ def test_demo_is_closed_provisioned_and_works(up: Up, tmp_path: Path) -> None:
     never_printed = [
         ADMIN_PASSWORD,
         (secrets_dir / "mqtt-service.password").read_text().strip(),
+        (secrets_dir / "mqtt-broker-admin.password").read_text().strip(),
         (up.data / "auth-secret").read_text().strip(),
         admin["Authorization"].split()[1],
         *unit_passwords,

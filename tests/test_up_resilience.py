@@ -54,7 +54,7 @@ def parts(up: Up) -> dict[str, dict[str, Any]]:
 
 def health(up: Up) -> tuple[int, dict[str, Any]]:
     try:
-        r = httpx.get(f"{up.api}/healthz", timeout=5)
+        r = httpx.get(f"{up.api}/healthz", timeout=15)
     except httpx.HTTPError:
         return 0, {}
     body: dict[str, Any] = r.json()
@@ -179,11 +179,12 @@ def test_rotating_a_demo_vehicles_credentials_does_not_stop_the_installation(
         rotated = httpx.post(f"{up.api}/v1/vehicles/{vin}/credentials", headers=admin)
         assert rotated.status_code == 200, rotated.text
 
-        worst = 200
+        unavailable: list[dict[str, Any]] = []
 
         def back_with_fresh_credentials() -> bool:
-            nonlocal worst
-            worst = max(worst, health(up)[0])
+            code, body = health(up)
+            if code != 200:
+                unavailable.append(body)
             simulator = parts(up)["simulator"]
             return (
                 simulator["restarts"] >= 1
@@ -192,7 +193,7 @@ def test_rotating_a_demo_vehicles_credentials_does_not_stop_the_installation(
             )
 
         wait_until(back_with_fresh_credentials, timeout=120, what="the simulator to come back")
-        assert worst == 200, "the installation was unavailable while the simulator restarted"
+        assert not unavailable, unavailable  # never unavailable while the simulator restarted
         now = parts(up)
         for name in ("gateway-1", "api"):
             assert now[name]["pid"] == first[name]["pid"], name

@@ -392,17 +392,23 @@ class DynsecChanges:
     def __len__(self) -> int:
         return len(self.add) + len(self.remove)
 
-    def commands(self) -> list[dict[str, Any]]:
-        """Control commands, two per vehicle: removals first (a client before its role),
-        then additions (a role before its client, which refers to it)."""
+    def add_commands(self) -> list[dict[str, Any]]:
+        """Two control commands per added vehicle: its role, then its client (which refers
+        to the role)."""
         out: list[dict[str, Any]] = []
-        for vin in self.remove:
-            out.append({"command": "deleteClient", "username": vin})
-            out.append({"command": "deleteRole", "rolename": vehicle_role_name(vin)})
         for vin in self.add:
             role = _role(vehicle_role_name(vin), vehicle_acls(vin))
             out.append({"command": "createRole", **role})
             out.append({"command": "createClient", **_vehicle_client(vin)})
+        return out
+
+    def remove_commands(self) -> list[dict[str, Any]]:
+        """Two control commands per removed vehicle: its client (the plugin disconnects it),
+        then its role."""
+        out: list[dict[str, Any]] = []
+        for vin in self.remove:
+            out.append({"command": "deleteClient", "username": vin})
+            out.append({"command": "deleteRole", "rolename": vehicle_role_name(vin)})
         return out
 
 
@@ -620,13 +626,15 @@ class BrokerAuthSync:
     state database bumped by every provisioning, revocation and new password);
     ``identities()`` is the full list, read only when the version moved. On a change:
 
-    1. the plugin is asked which vehicles it has (``listClients``) and sent the difference
-       (``control``): removed vehicles lose every right and are disconnected at once,
-       added ones get their role before they can log in;
+    1. the plugin is asked which vehicles it has (``listClients``); added vehicles get
+       their role and client there (``control``) before they can log in;
     2. ``on_removed(vins)`` runs (the installation revokes their client certificates; True
        when that changed a file the broker must re-read);
     3. the password file is rewritten if it changed, and ``reload()`` (SIGHUP) makes the
-       broker re-read it: a client whose password changed or went is disconnected.
+       broker re-read it: a client whose password changed or went is disconnected and
+       refused from then on;
+    4. removed vehicles lose their client and role in the plugin: a certificate unit is
+       disconnected, and whatever logs in under that name has no right at all.
 
     A change too big to apply live (:data:`LIVE_CHANGES_BUDGET_S`) calls ``restart()``
     instead, which must :meth:`render` and restart the broker. :meth:`render` is also what
@@ -720,27 +728,32 @@ class BrokerAuthSync:
                     )
                     self._restart()
                     return True
-            if changes:
-                self._control.execute(
-                    changes.commands(),
-                    per_message=commands_per_message(len(present), len(changes.add)),
-                    tolerate=TOLERATED_ERRORS,
-                )
-                log.info(
-                    "broker identities: %d vehicles added, %d removed",
-                    len(changes.add),
-                    len(changes.remove),
-                )
+            per_message = commands_per_message(len(present), len(changes.add))
+            # rights before the password: a new vehicle never logs in without its role
+            self._apply(changes.add_commands(), per_message)
             if changes.remove and self._on_removed is not None and self._on_removed(changes.remove):
                 self._reload_pending = True
             if self.files.write_password_file(vehicles, self.services):
                 self._reload_pending = True
             reloaded = self._reload_pending
             if self._reload_pending:
-                self._reload()
+                self._reload()  # a removed password vehicle is disconnected and refused
                 self._reload_pending = False
+            # only then its rights: deleting them earlier would disconnect it while its
+            # password still worked, and it could log in again (with no rights) meanwhile
+            self._apply(changes.remove_commands(), per_message)
+            if changes:
+                log.info(
+                    "broker identities: %d vehicles added, %d removed",
+                    len(changes.add),
+                    len(changes.remove),
+                )
             self._synced = version
             return bool(changes) or reloaded
+
+    def _apply(self, commands: list[dict[str, Any]], per_message: int) -> None:
+        if commands:
+            self._control.execute(commands, per_message=per_message, tolerate=TOLERATED_ERRORS)
 
     def start(self) -> None:
         """Sync now and then every ``interval_s`` in a daemon thread, until :meth:`stop`."""
