@@ -36,6 +36,7 @@ __all__ = [
     "RESPONSE_TOPIC",
     "DynsecCommandError",
     "DynsecControl",
+    "login_code",
     "prime_sessions",
 ]
 
@@ -188,6 +189,25 @@ def prime_sessions(
                 conn._subscribe(topic_filter, qos=1)
 
 
+def login_code(
+    host: str, port: int, username: str, password: str, *, client_id: str | None = None
+) -> int:
+    """The CONNACK return code an MQTT 3.1.1 login gets (0: accepted, 5: not authorized);
+    the connection is closed again at once. ``OSError`` when the broker cannot be reached."""
+    control = DynsecControl(host, port, username, password, client_id=client_id, timeout=30)
+    try:
+        with _Connection.open(control, subscribe=()):
+            return 0
+    except _Refused as refused:
+        return refused.code
+
+
+class _Refused(BrokerError):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class _Connection:
     """A blocking MQTT 3.1.1 session over one socket; every wait has a deadline."""
 
@@ -229,9 +249,10 @@ class _Connection:
             raise BrokerError(f"{control!r}: expected a CONNACK, got packet type {ptype:#x}")
         if body[1] != 0:
             reason = _CONNACK_REASONS.get(body[1], f"code {body[1]}")
-            raise BrokerError(
+            raise _Refused(
                 f"the broker refused {control.username!r} as {control.client_id!r} "
-                f"({reason}); is its password file entry and plugin client in place?"
+                f"({reason}); is its password file entry and plugin client in place?",
+                body[1],
             )
 
     def _subscribe(self, topic: str, *, qos: int = 0) -> None:
