@@ -6,7 +6,7 @@
 ``telematics sim``           the device simulator (speaks only the public device contract)
 ``telematics vehicle|user|account``  operator commands on the state database
 ``telematics pki``           certificates for the broker's TLS listener
-``telematics bench ...``     benchmarks (ingest, commands, sim)
+``telematics bench ...``     benchmarks (ingest, commands, sim, identities)
 
 Every option can also be set by an environment variable, named in its help text.
 """
@@ -21,14 +21,24 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.broker import (
     BrokerConfig,
+    find_dynsec_plugin,
     find_mosquitto,
     parse_mqtt_url,
 )
 from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from gateway.broker import MosquittoProcess
+    from gateway.installation import DemoLogin
+    from gateway.statedb.accounts import AccountRepository
+    from gateway.statedb.audit import AuditLog
+    from gateway.supervisor import BrokerKeeper, Part
 
 __all__ = ["build_parser", "main"]
 
@@ -469,6 +479,17 @@ def build_parser() -> argparse.ArgumentParser:
             "commands with ingest idle and again with ingest at half its maximum rate.",
         )
     )
+    from gateway.bench.identities import add_arguments as add_identities_bench_arguments
+
+    add_identities_bench_arguments(
+        bench_sub.add_parser(
+            "identities",
+            help="what vehicle identities cost the closed broker: render, one live change, bulk",
+            description="Run a closed broker with --vehicles provisioned vehicles; time the "
+            "rendering and start, one vehicle added and revoked live, and all of them added "
+            "at once.",
+        )
+    )
     return parser
 
 
@@ -484,6 +505,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.files import private_directory
     from gateway.ingest.pipeline import BatchPolicy
     from gateway.ingest.service import IngestSettings
     from gateway.runner import GatewayOptions, run_gateway
@@ -491,6 +513,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.supervisor import data_paths
 
     host, port = parse_mqtt_url(args.mqtt_url)
+    private_directory(args.data_dir)
     db_path, _ = data_paths(args.data_dir)
     username, password = _mqtt_credentials(args)
     settings = IngestSettings(
@@ -547,9 +570,11 @@ def _cmd_api(args: argparse.Namespace) -> int:
     from gateway.api.security import AuthSettings
     from gateway.auth.ratelimit import parse_limit
     from gateway.commands.service import CommandSettings
+    from gateway.files import private_directory
     from gateway.statedb.database import default_url as default_state_db_url
     from gateway.supervisor import data_paths
 
+    private_directory(args.data_dir)
     db_path, _ = data_paths(args.data_dir)
     state_db_url = args.state_db_url or default_state_db_url(args.data_dir)
     signing_key: Path = args.signing_key or args.data_dir / "command-signing-key.pem"
@@ -707,27 +732,196 @@ def _forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return api, gateway
 
 
+@dataclass
+class _UpBroker:
+    """What ``telematics up`` runs for MQTT: the private broker (None with --mqtt-url) and
+    the arguments that give the gateway and the API their broker account."""
+
+    keeper: BrokerKeeper | None
+    url: str
+    closed: bool
+    service_args: list[str] = field(default_factory=list)
+    gateway_args: list[str] = field(default_factory=list)
+
+
+def _up_broker(args: argparse.Namespace, data_dir: Path, accounts: AccountRepository) -> _UpBroker:
+    from gateway.broker.auth import BrokerAuthFiles
+    from gateway.installation import SERVICE_USERNAME, closed_broker_sync, service_password
+    from gateway.statedb.database import default_url as default_state_db_url
+    from gateway.supervisor import BrokerKeeper, data_paths
+
+    state_db_url = args.state_db_url or default_state_db_url(data_dir)
+    if args.mqtt_url is not None:
+        parse_mqtt_url(args.mqtt_url)
+        if not args.mqtt_username:
+            return _UpBroker(None, args.mqtt_url, closed=False)
+        # your own broker with a service account for the gateway: it is a closed one
+        service_args = ["--mqtt-username", args.mqtt_username]
+        if args.mqtt_password_file is not None:
+            password_path = Path(args.mqtt_password_file).absolute()
+            service_args += ["--mqtt-password-file", str(password_path)]
+        return _UpBroker(
+            None,
+            args.mqtt_url,
+            closed=False,
+            service_args=service_args,
+            gateway_args=["--state-db-url", state_db_url, "--require-provisioned"],
+        )
+    find_mosquitto()  # fail early, with the install hint
+    closed = not args.anonymous_broker
+    _, broker_dir = data_paths(data_dir)
+    secrets_dir = data_dir / "secrets"
+    tls = None
+    if args.tls_port is not None:
+        if not closed:
+            raise GatewayError("--tls-port needs the closed broker (drop --anonymous-broker)")
+        from gateway.broker.pki import Pki
+
+        pki = Pki(data_dir / "pki")
+        if not pki.exists():
+            pki.init()
+            log.info("created a certificate authority for the TLS listener in %s", pki)
+        tls = pki.tls_listener(port=args.tls_port)
+    if not closed:
+        config = BrokerConfig(port=args.mqtt_port, data_dir=broker_dir, allow_anonymous=True)
+        return _UpBroker(BrokerKeeper(config), config.url, closed=False)
+    find_dynsec_plugin()  # the closed broker cannot refuse subscriptions without it
+    files = BrokerAuthFiles(broker_dir / "auth")
+    config = BrokerConfig(
+        port=args.mqtt_port,
+        data_dir=broker_dir,
+        allow_anonymous=False,
+        password_file=files.password_file,
+        dynsec_config_file=files.dynsec_file,
+        tls=tls,
+    )
+    password_file = service_password(secrets_dir)
+    keeper = BrokerKeeper(
+        config,
+        prime=_session_primer(args, password_file),
+        sync=lambda k: closed_broker_sync(
+            accounts,
+            files,
+            k.process,
+            secrets_dir=secrets_dir,
+            pki_dir=data_dir / "pki",
+            restart=k.restart,
+            lock=k.lock,
+        ),
+    )
+    return _UpBroker(
+        keeper,
+        config.url,
+        closed=True,
+        service_args=[
+            "--mqtt-username",
+            SERVICE_USERNAME,
+            "--mqtt-password-file",
+            str(password_file),
+        ],
+        gateway_args=["--state-db-url", state_db_url, "--require-provisioned"],
+    )
+
+
+def _session_primer(
+    args: argparse.Namespace, password_file: Path
+) -> Callable[[MosquittoProcess], None]:
+    """What opens this installation's service sessions right after every broker start:
+    each gateway's (``telematics-gateway-N``) and the command service's, with their shared
+    subscriptions (see :func:`gateway.broker.control.prime_sessions`). The ids and groups
+    are the ones the child processes get: the same defaults and environment."""
+    import dataclasses
+
+    from gateway.broker.control import prime_sessions
+    from gateway.commands.service import CommandSettings
+    from gateway.commands.service import subscription_filters as command_filters
+    from gateway.ingest.service import IngestSettings
+    from gateway.installation import SERVICE_USERNAME
+
+    group = _env("SHARE_GROUP", "telematics-gateway")
+    sessions = {
+        f"telematics-gateway-{i}": IngestSettings(
+            client_id=f"telematics-gateway-{i}", share_group=group
+        ).topic_filters()
+        for i in range(1, args.gateways + 1)
+    }
+    defaults = {f.name: f.default for f in dataclasses.fields(CommandSettings)}
+    commands_id = _env("COMMANDS_CLIENT_ID", str(defaults["client_id"]))
+    sessions[commands_id] = command_filters(str(defaults["share_group"]))
+
+    def prime(broker: MosquittoProcess) -> None:
+        secret = password_file.read_text(encoding="utf-8").strip()
+        prime_sessions(broker.host, broker.port, SERVICE_USERNAME, secret, sessions)
+
+    return prime
+
+
+def _demo_refresher(
+    accounts: AccountRepository,
+    audit: AuditLog,
+    broker: _UpBroker,
+    *,
+    vins: Sequence[str],
+    credentials: Path,
+    public_key_path: Path,
+) -> Callable[[], DemoLogin]:
+    """Provisions the demo vehicles and refreshes stale unit credentials; run at start and
+    before every start of the simulator, so a credential rotated through the API does not
+    keep the demo down. Waits until the broker has taken new credentials."""
+    from gateway.installation import provision_demo
+
+    def refresh() -> DemoLogin:
+        before = accounts.broker_version()
+        login = provision_demo(
+            accounts,
+            audit,
+            vins=vins,
+            credentials_path=credentials,
+            broker_url=broker.url,
+            public_key_path=public_key_path,
+            now=time.time_ns() // 1_000_000,
+        )
+        sync = None if broker.keeper is None else broker.keeper.sync
+        after = accounts.broker_version()
+        if sync is not None and sync.running and after != before:
+            deadline = time.monotonic() + 10
+            while (sync.synced_version or 0) < after and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return login
+
+    return refresh
+
+
+def _prepare_data_dir(data_dir: Path) -> None:
+    """The data directory holds secrets and databases: private to its owner (0700), and
+    last run's health reports are gone (the processes that wrote them are)."""
+    from gateway.files import private_directory
+    from gateway.health import HEALTH_DIR_NAME
+
+    private_directory(data_dir)
+    health = data_dir / HEALTH_DIR_NAME
+    if health.is_dir():
+        for stale in health.glob("*.json"):
+            stale.unlink(missing_ok=True)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     check_up_ports(up_listeners(args))
     api_args, gateway_tuning = _forwarded(args)
     from device_sim.fleet import fleet_vins
     from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
-    from gateway.broker.auth import BrokerAuthFiles
-    from gateway.installation import SERVICE_USERNAME, broker_auth, provision_demo, service_password
+    from gateway.health import HEALTH_DIR_NAME
     from gateway.statedb.accounts import AccountRepository
     from gateway.statedb.audit import AuditLog
     from gateway.statedb.database import StateDatabase
     from gateway.statedb.database import default_url as default_state_db_url
-    from gateway.supervisor import Part, Supervisor, data_paths, python_module
+    from gateway.supervisor import Part, Supervisor, python_module
 
     data_dir: Path = args.data_dir.resolve()
-    _, broker_dir = data_paths(data_dir)
-    secrets_dir = data_dir / "secrets"
+    _prepare_data_dir(data_dir)
     state_db_url = args.state_db_url or default_state_db_url(data_dir)
     signing_key: Path = (args.signing_key or data_dir / "command-signing-key.pem").absolute()
     ensure_signing_key(signing_key)
-    now = time.time_ns() // 1_000_000
-
     state_db = StateDatabase(state_db_url)
     state_db.upgrade()
     accounts, audit = AccountRepository(state_db), AuditLog(state_db)
@@ -736,69 +930,67 @@ def _cmd_up(args: argparse.Namespace) -> int:
         audit,
         email=args.admin_email,
         password=os.environ.get("TELEMATICS_ADMIN_PASSWORD") or None,
-        now=now,
+        now=time.time_ns() // 1_000_000,
     )
-
-    broker: BrokerConfig | None = None
-    on_broker_started = None
-    service_args: list[str] = []
-    gateway_args: list[str] = []
-    closed = args.mqtt_url is None and not args.anonymous_broker
-    if args.mqtt_url is None:
-        find_mosquitto()  # fail early, with the install hint
-        if closed:
-            password_file = service_password(secrets_dir)
-            service_args = ["--mqtt-username", SERVICE_USERNAME, "--mqtt-password-file"]
-            service_args.append(str(password_file))
-            gateway_args = ["--state-db-url", state_db_url, "--require-provisioned"]
-            files = BrokerAuthFiles(broker_dir / "auth")
-        tls = None
-        if args.tls_port is not None:
-            if not closed:
-                raise GatewayError("--tls-port needs the closed broker (drop --anonymous-broker)")
-            from gateway.broker.pki import Pki
-
-            pki = Pki(data_dir / "pki")
-            if not pki.exists():
-                pki.init()
-                log.info("created a certificate authority for the TLS listener in %s", pki)
-            tls = pki.tls_listener(port=args.tls_port)
-        broker = BrokerConfig(
-            port=args.mqtt_port,
-            data_dir=broker_dir,
-            allow_anonymous=not closed,
-            password_file=files.password_file if closed else None,
-            acl_file=files.acl_file if closed else None,
-            tls=tls,
-        )
-        mqtt_url = broker.url
-    else:
-        parse_mqtt_url(args.mqtt_url)
-        mqtt_url = args.mqtt_url
-        if args.mqtt_username:
-            # your own broker with a service account for the gateway: it is a closed one
-            service_args = ["--mqtt-username", args.mqtt_username]
-            if args.mqtt_password_file is not None:
-                password_path = Path(args.mqtt_password_file).absolute()
-                service_args += ["--mqtt-password-file", str(password_path)]
-            gateway_args = ["--state-db-url", state_db_url, "--require-provisioned"]
+    broker = _up_broker(args, data_dir, accounts)
 
     demo_login = None
-    sim_args: list[str] = []
-    if args.demo and closed:
-        credentials = secrets_dir / "demo-units.json"
-        demo_login = provision_demo(
-            accounts,
-            audit,
-            vins=fleet_vins(args.vehicles),
-            credentials_path=credentials,
-            broker_url=mqtt_url,
-            public_key_path=signing_key.with_name(signing_key.name + ".pub"),
-            now=now,
+    simulator = None
+    if args.demo:
+        sim_args = []
+        before_start = None
+        if broker.closed:
+            credentials = data_dir / "secrets" / "demo-units.json"
+            refresh = _demo_refresher(
+                accounts,
+                audit,
+                broker,
+                vins=fleet_vins(args.vehicles),
+                credentials=credentials,
+                public_key_path=signing_key.with_name(signing_key.name + ".pub"),
+            )
+            demo_login = refresh()
+            sim_args = ["--credentials", str(credentials)]
+            before_start = refresh
+        simulator = Part(
+            "simulator",
+            python_module(
+                "device_sim", "--mqtt-url", broker.url, "--vehicles", str(args.vehicles), *sim_args
+            ),
+            optional=True,
+            before_start=before_start,
         )
-        sim_args = ["--credentials", str(credentials)]
-    if closed:
-        on_broker_started = broker_auth(accounts, files, password_file)
+    parts = _up_parts(
+        args,
+        data_dir,
+        broker,
+        signing_key=signing_key,
+        api_args=api_args,
+        gateway_args=gateway_tuning,
+    )
+    if simulator is not None:
+        parts.append(simulator)
+    if admin is not None:
+        print_first_admin(admin)
+    _print_banner(args, data_dir, broker, demo_login)
+    try:
+        return Supervisor(parts, broker.keeper, health_dir=data_dir / HEALTH_DIR_NAME).run()
+    finally:
+        state_db.dispose()
+
+
+def _up_parts(
+    args: argparse.Namespace,
+    data_dir: Path,
+    broker: _UpBroker,
+    *,
+    signing_key: Path,
+    api_args: Sequence[str],
+    gateway_args: Sequence[str],
+) -> list[Part]:
+    """The gateways and the API (the simulator is added by the caller); ``api_args`` and
+    ``gateway_args``: the settings of ``up`` they take (:func:`_forwarded`)."""
+    from gateway.supervisor import Part, python_module
 
     common = ["--data-dir", str(data_dir), "--log-level", args.log_level]
     state_args = ["--state-db-url", args.state_db_url] if args.state_db_url else []
@@ -810,12 +1002,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 "gateway",
                 *common,
                 "--mqtt-url",
-                mqtt_url,
+                broker.url,
                 "--client-id",
                 f"telematics-gateway-{i}",
-                *service_args,
+                *broker.service_args,
+                *broker.gateway_args,
                 *gateway_args,
-                *gateway_tuning,
             ),
         )
         for i in range(1, args.gateways + 1)
@@ -832,60 +1024,50 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 "--port",
                 str(args.api_port),
                 "--mqtt-url",
-                mqtt_url,
+                broker.url,
                 "--admin-email",
                 args.admin_email,
                 "--signing-key",
                 str(signing_key),
                 *api_args,
-                *service_args,
+                *broker.service_args,
                 *state_args,
             ),
         )
     )
-    if args.demo:
-        parts.append(
-            Part(
-                "simulator",
-                python_module(
-                    "device_sim",
-                    "--mqtt-url",
-                    mqtt_url,
-                    "--vehicles",
-                    str(args.vehicles),
-                    *sim_args,
-                ),
-            )
-        )
-    api = f"http://{args.api_host}:{args.api_port}"
-    if admin is not None:
-        print_first_admin(admin)
+    return parts
+
+
+def _print_banner(
+    args: argparse.Namespace, data_dir: Path, broker: _UpBroker, demo_login: DemoLogin | None
+) -> None:
     if demo_login is not None and demo_login.password is not None:
         print(
             "\n  Demo fleet manager created (the password is shown only this once):\n"
             f"    e-mail     {demo_login.email}\n    password   {demo_login.password}",
             flush=True,
         )
+    api = f"http://{args.api_host}:{args.api_port}"
+    tls = None if broker.keeper is None else broker.keeper.process.config.tls
+    if broker.closed:
+        kind = " (private; vehicles need credentials: telematics vehicle add --help)"
+    elif broker.keeper is not None:
+        kind = " (private, anonymous)"
+    else:
+        kind = ""
     lines = [
         "",
         "  telematics gateway",
-        f"    broker   {mqtt_url}"
-        + (
-            " (private; vehicles need credentials: telematics vehicle add --help)"
-            if closed
-            else " (private, anonymous)"
-            if broker
-            else ""
-        ),
+        f"    broker   {broker.url}{kind}",
         *(
             [
-                f"    TLS      {broker.tls.url} (client certificate with CN = VIN: "
-                "telematics pki client VIN)"
+                f"    TLS      {tls.url} (client certificate with CN = VIN: "
+                + "telematics pki client VIN)"
             ]
-            if broker is not None and broker.tls is not None
+            if tls is not None
             else []
         ),
-        f"    API      {api}   (docs: {api}/docs)",
+        f"    API      {api}   (docs: {api}/docs; health: {api}/healthz)",
         f"    data     {data_dir}",
         f"    log in   curl -s {api}/v1/auth/token -d grant_type=password \\",
         f"               -d username={args.admin_email} --data-urlencode password=PASSWORD",
@@ -901,10 +1083,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
             f"{demo_login.email}",
         )
     print("\n".join(lines), flush=True)
-    try:
-        return Supervisor(parts, broker, on_broker_started=on_broker_started).run()
-    finally:
-        state_db.dispose()
 
 
 def _cmd_sim(argv: Sequence[str]) -> int:
@@ -952,6 +1130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from gateway.bench.sim import run_from_args as run_sim_bench
 
                 return run_sim_bench(args)
+            if args.bench == "identities":
+                from gateway.bench.identities import run_from_args as run_identities_bench
+
+                return run_identities_bench(args)
             if args.bench == "commands":
                 from gateway.bench.commands import run_from_args as run_commands_bench
 

@@ -1,6 +1,6 @@
 """Authentication and authorization of API requests.
 
-Every route except ``/healthz``, the token endpoint, registration and the OpenAPI pages
+Every route except ``/healthz``, ``/readyz``, the token endpoint, registration and the OpenAPI pages
 needs a caller. A caller proves who they are with ``Authorization: Bearer <credential>``,
 where the credential is an access token from ``POST /v1/auth/token`` or an API key
 (``tgk_...``); ``X-API-Key: tgk_...`` works too, for tools that cannot set a bearer header.
