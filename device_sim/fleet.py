@@ -55,7 +55,7 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TextIO
@@ -73,6 +73,7 @@ from device_sim.unit import (
     SimulatedUnit,
     UnitConnectError,
     UnitSettings,
+    UnitTakenOver,
     wall_clock_ms,
 )
 from device_sim.vehicle import SimulatedVehicle, VehicleProfile, make_vin
@@ -439,6 +440,7 @@ _PROGRESS_KEYS: Final = (
     "buffered",
     "errors",
     "rejected_by_broker",
+    "taken_over",
     "commands_received",
     "commands_answered",
 )
@@ -452,6 +454,7 @@ SUMMED_KEYS: Final = (
     "acknowledged",
     "acked",
     "rejected_by_broker",
+    "taken_over",
     "samples",
     "samples_published",
     "buffered",
@@ -608,24 +611,33 @@ def process_usage() -> tuple[float, float]:
     return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0  # ru_maxrss: KB on Linux
 
 
+#: fewest units for figures "per 1,000 units": a smaller fleet would only extrapolate the
+#: interpreter's own memory and start-up CPU (5 units: "12 GB per 1,000 units")
+PER_1000_MIN_UNITS: Final = 1000
+
+
 def resources_summary(
     processes: Sequence[Mapping[str, Any]], vehicles: int, duration_s: float
 ) -> dict[str, Any]:
-    """CPU and memory of the simulator processes, in total and per 1,000 units."""
+    """CPU and memory of the simulator processes, in total and per 1,000 units (None for
+    fleets under :data:`PER_1000_MIN_UNITS`)."""
     cpu = sum(float(p["cpu_s"]) for p in processes)
     rss = sum(float(p["max_rss_mb"]) for p in processes)
     thousands = max(vehicles, 1) / 1000.0
     cpu_percent = 100.0 * cpu / duration_s if duration_s > 0 else 0.0
+    per_1000 = None
+    if vehicles >= PER_1000_MIN_UNITS:
+        per_1000 = {
+            "cpu_s": round(cpu / thousands, 3),
+            "cpu_percent": round(cpu_percent / thousands, 2),
+            "max_rss_mb": round(rss / thousands, 1),
+        }
     return {
         "processes": list(processes),
         "cpu_s": round(cpu, 3),
         "cpu_percent": round(cpu_percent, 1),
         "max_rss_mb": round(rss, 1),
-        "per_1000_units": {
-            "cpu_s": round(cpu / thousands, 3),
-            "cpu_percent": round(cpu_percent / thousands, 2),
-            "max_rss_mb": round(rss / thousands, 1),
-        },
+        "per_1000_units": per_1000,
     }
 
 
@@ -665,6 +677,8 @@ class FleetRun:
         self.latency_known = all(attached)
         self.started = 0
         self.rejected = 0
+        #: units whose session another client took over (see device_sim.unit)
+        self.taken_over = 0
         self.error: str | None = None
         self.connected_peak = 0
         self._full: dict[str, int] = {}
@@ -704,7 +718,10 @@ class FleetRun:
         try:
             await unit.run(stop)
         except UnitConnectError as exc:
-            self.rejected += 1
+            if isinstance(exc, UnitTakenOver):
+                self.taken_over += 1
+            else:
+                self.rejected += 1
             if self.error is None:
                 self.error = str(exc)
                 log.error("%s; stopping the fleet", exc)
@@ -744,8 +761,9 @@ class FleetRun:
             "published": self._tracker.published,
             "acknowledged": self._tracker.acked,
             "rejected_by_broker": self.rejected,
+            "taken_over": self.taken_over,
             **self._full,
-            "errors": self._full.get("errors", 0) + self.rejected,
+            "errors": self._full.get("errors", 0) + self.rejected + self.taken_over,
         }
 
     def steady(self, interval_s: float) -> dict[str, Any] | None:
@@ -784,6 +802,7 @@ class FleetRun:
             "acknowledged": acked,
             "acked": acked,
             "rejected_by_broker": self.rejected,
+            "taken_over": self.taken_over,
             "error": self.error,
             "samples_published": samples_published,
             **{k: v for k, v in totals.items() if k not in {"vehicles", "connected"}},
@@ -916,6 +935,14 @@ def parse_shard(text: str) -> Shard:
     return shard
 
 
+def _vin_prefix(text: str) -> str:
+    try:
+        make_vin(1, text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _shard(text: str) -> Shard:
     try:
         return parse_shard(text)
@@ -957,6 +984,9 @@ def build_parser() -> argparse.ArgumentParser:
             "                                                 be provisioned\n"
             "  telematics sim --credentials units.json --mqtt-url mqtts://127.0.0.1:8883 \\\n"
             "      --tls-ca ca.pem --tls-cert-dir certs/      TLS, a client certificate per VIN\n"
+            "  telematics sim --vehicles 50 --vin-prefix WSMNEW --list-vins\n"
+            "                                                 the VINs to provision (telematics\n"
+            "                                                 vehicle add $(...) ...)\n"
             "\n"
             "credentials file (--credentials, written by provisioning; mode 0600):\n"
             '  {"format": "telematics-unit-credentials/1",\n'
@@ -966,22 +996,29 @@ def build_parser() -> argparse.ArgumentParser:
             '                 "client_cert": "certs/VIN.crt", "client_key": "certs/VIN.key"}]}\n'
             "  Passwords and certificate paths are optional per vehicle; relative paths are\n"
             "  relative to the file. --mqtt-url and --gateway-public-key, when given, win over\n"
-            "  the file. A vehicle must be provisioned (telematics vehicle add VIN, or POST\n"
-            "  /v1/vehicles) before it can log in.\n"
+            "  the file; a file without a broker URL needs --mqtt-url. A vehicle must be\n"
+            "  provisioned (telematics vehicle add VIN, or POST /v1/vehicles) before it can\n"
+            "  log in, and only one process at a time can drive it: the broker allows one\n"
+            "  connection per client id (the VIN), so a second simulator with the same\n"
+            "  vehicles takes the first one's connections, and the side that loses them stops\n"
+            "  with an error that says so.\n"
             "\n"
             "output:\n"
             "  Live progress goes to stderr (a table on a terminal, refreshed twice a second;\n"
             "  a plain line every --progress seconds otherwise): units connected, messages\n"
             "  published and acknowledged, samples buffered, errors, publish rate, commands\n"
-            "  answered. At the end a JSON summary goes to stdout: published, acknowledged,\n"
-            "  rejected_by_broker, commands answered, publish->PUBACK latency percentiles,\n"
-            "  CPU seconds and peak memory per process and per 1,000 units.\n"
+            "  answered. At the end a one-line summary goes to stderr; with --json the full\n"
+            "  summary goes to stdout instead: published, acknowledged, rejected_by_broker,\n"
+            "  taken_over, commands answered, publish->PUBACK latency percentiles, CPU seconds\n"
+            "  and peak memory per process (and per 1,000 units, for fleets of 1,000 or more),\n"
+            "  every unit's counters for fleets of up to 1,000.\n"
             "\n"
             "exit status:\n"
             "  0 after a normal stop (--duration, Ctrl-C, SIGTERM); 1 when the broker cannot\n"
             "  be reached or refuses the units (bad credentials, not authorised, a TLS\n"
-            "  certificate that does not verify); 2 for bad options (also: a vehicle of the\n"
-            "  fleet missing from the credentials file).\n"
+            "  certificate that does not verify), or another client took a unit's session\n"
+            "  over (same client id); 2 for bad options (also: a vehicle of the fleet missing\n"
+            "  from the credentials file).\n"
             f"\nWith --username the MQTT password, if any, is read from ${PASSWORD_ENV}:\n"
             "passwords never go on a command line, where ps would show them."
         ),
@@ -993,8 +1030,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="broker to report to, mqtt://host[:port] (port 1883 by default) or "
         "mqtts://host[:port] for TLS (port 8883 by default; needs --tls-ca) (default: the "
-        f"--credentials file's broker URL if it has one, else {DEFAULT_MQTT_URL}, or "
-        f"{DEFAULT_MQTTS_URL} with --tls-ca)",
+        "--credentials file's broker URL (a file without one needs --mqtt-url); without "
+        f"--credentials {DEFAULT_MQTT_URL}, or {DEFAULT_MQTTS_URL} with --tls-ca)",
     )
     parser.add_argument(
         "--vehicles",
@@ -1005,6 +1042,23 @@ def build_parser() -> argparse.ArgumentParser:
         f"{make_vin(1)}, {make_vin(2)} and so on; with --vins-from-credentials the first N "
         f"of the file's VINs instead (default: {DEFAULT_VEHICLES}; with --credentials, every "
         "vehicle in the file)",
+    )
+    parser.add_argument(
+        "--vin-prefix",
+        type=_vin_prefix,
+        default=DEFAULT_VIN_PREFIX,
+        metavar="PREFIX",
+        help="first characters of the simulator's own VINs (1-11 of 0-9 and A-Z without I, "
+        "O and Q; the rest is the vehicle's number), e.g. WSMNEW for vehicles besides the "
+        f"demo's (default: {DEFAULT_VIN_PREFIX})",
+    )
+    parser.add_argument(
+        "--list-vins",
+        action="store_true",
+        help="print the fleet's VINs, one per line, and exit without connecting: what to "
+        "provision before the units can log in, e.g. telematics vehicle add $(telematics sim "
+        "--vehicles 50 --vin-prefix WSMNEW --list-vins) --account 'Demo Fleet' "
+        "--credentials-file units.json (default: off)",
     )
     rate = parser.add_mutually_exclusive_group()
     rate.add_argument(
@@ -1324,21 +1378,65 @@ def unreachable_message(host: str, port: int, why: str, *, tls: bool = False) ->
     )
 
 
-def refused_message(error: str, *, credentials: Path | None = None, tls: bool = False) -> str:
+def refused_message(
+    error: str,
+    *,
+    credentials: Path | None = None,
+    tls: bool = False,
+    username: str | None = None,
+) -> str:
     """What to tell the user when the broker refused the units: where their login came from,
     so they know what to fix."""
+    if credentials is None and username is None and not tls:
+        return (
+            f"the broker refused the units: {error}. It admits only vehicles that log in "
+            "(the broker of telematics up does): give every unit its own login with "
+            "--credentials FILE, the unit credentials file that provisioning writes "
+            "(telematics vehicle add VIN... --account ACCOUNT --credentials-file FILE; "
+            "telematics sim --list-vins prints the VINs of a fleet)"
+        )
     if credentials is not None:
         checks = [
             f"the credentials in {credentials} (each VIN's mqtt_username and mqtt_password "
             "as provisioning showed them; every vehicle provisioned with telematics vehicle "
             "add VIN)"
         ]
-    else:
+    elif username is not None:
         checks = [f"--username and ${PASSWORD_ENV}"]
+    else:
+        checks = []
     if tls:
         checks.append("the client certificates, and --tls-ca (the CA of the broker's certificate)")
     checks.append("that the broker allows these clients (allow_anonymous, ACLs)")
     return f"the broker refused the units: {error}; check {'; '.join(checks)}"
+
+
+def taken_over_message(error: str, *, credentials: Path | None = None) -> str:
+    """What to tell the user when another client took a unit's session over."""
+    where = f"the vehicles of {credentials}" if credentials is not None else "these vehicles"
+    return (
+        f"{error}. Another process is driving {where}: the broker allows one connection per "
+        "client id (the VIN), so two simulators with the same vehicles (a second telematics "
+        "sim, or the demo of telematics up --demo, which drives the vehicles of "
+        "data/secrets/demo-units.json) take each other's connections. Stop the other one, "
+        "or run vehicles of your own (telematics sim --vin-prefix ... --list-vins, then "
+        "telematics vehicle add ... --credentials-file FILE)"
+    )
+
+
+def failure_message(summary: Mapping[str, Any], args: argparse.Namespace) -> str | None:
+    """Why a run ended with exit status 1 (the broker refused units, or another client took
+    one over), or None if it did not."""
+    if summary.get("taken_over"):
+        return taken_over_message(str(summary["error"]), credentials=args.credentials)
+    if summary.get("rejected_by_broker"):
+        return refused_message(
+            str(summary["error"]),
+            credentials=args.credentials,
+            tls=args.tls_ca is not None,
+            username=args.username,
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1380,6 +1478,15 @@ def _broker(args: argparse.Namespace, credentials: UnitCredentials | None) -> Br
             address = parse_broker_url(credentials.broker_url)
         except ValueError as exc:
             raise ValueError(f"{args.credentials}: broker.url: {exc}") from None
+    elif credentials is not None:
+        # the vehicles were provisioned for some installation's broker; a default port
+        # would be a guess (telematics up's own broker is not on 1883)
+        raise ValueError(
+            f"{args.credentials} does not say which broker its vehicles belong to (no "
+            '"broker": {"url": ...}): give --mqtt-url mqtt://host:port, the broker they were '
+            "provisioned for (telematics vehicle add --credentials-file writes its URL into "
+            "the file)"
+        )
     else:
         url = DEFAULT_MQTTS_URL if args.tls_ca is not None else DEFAULT_MQTT_URL
         what = f"the default URL {url}"
@@ -1426,7 +1533,8 @@ def _fleet_vins(
             )
         return count, tuple(provisioned[:count])
     count = args.vehicles
-    missing = [vin for vin in fleet_vins(count) if vin not in credentials.vehicles]
+    own = fleet_vins(count, vin_prefix=args.vin_prefix)
+    missing = [vin for vin in own if vin not in credentials.vehicles]
     if missing:
         raise ValueError(
             f"{len(missing):,} vehicle(s) of the fleet (--vehicles {count}) are not in "
@@ -1530,6 +1638,7 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Opti
         fleet = FleetSettings(
             count=count,
             seed=args.seed,
+            vin_prefix=args.vin_prefix,
             vins=vins,
             progress_interval_s=args.progress,
             slow_share=args.slow_share,
@@ -1559,11 +1668,37 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Opti
     )
 
 
+class _GmqttTeardownNoise(logging.Filter):
+    """Drops what asyncio logs when gmqtt trips over a connection it is tearing down.
+
+    When a fleet stops while units are still connecting (the broker refused one of them),
+    gmqtt 0.8's protocol objects get callbacks after their connection object is gone and
+    raise AttributeError inside asyncio callbacks and tasks; asyncio then logs each with a
+    traceback. Nothing is lost (those connections are being abandoned anyway), and the
+    units report every outcome themselves, so these records only bury the one line that
+    says what to fix. Any other error asyncio logs goes through.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, AttributeError) or exc.__traceback__ is None:
+            return True
+        tb = exc.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        return "gmqtt" not in tb.tb_frame.f_code.co_filename
+
+
 def _setup_logging(level: str) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # gmqtt logs every lost connection with a traceback; the units log one line instead
-    logging.getLogger("gmqtt").setLevel(max(logging.ERROR, logging.getLogger().level))
+    # gmqtt logs every lost or refused connection (with a traceback); the units report each
+    # outcome in one line instead
+    gmqtt_level = logging.DEBUG if logging.getLogger().level <= logging.DEBUG else logging.CRITICAL
+    logging.getLogger("gmqtt").setLevel(gmqtt_level)
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _GmqttTeardownNoise) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_GmqttTeardownNoise())
 
 
 def _install_stop_handlers(stop: asyncio.Event) -> list[signal.Signals]:
@@ -1582,6 +1717,18 @@ def _remove_stop_handlers(handled: Sequence[signal.Signals]) -> None:
     loop = asyncio.get_running_loop()
     for sig in handled:
         loop.remove_signal_handler(sig)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` while the block runs. Callers span the run *and* the
+    report after it: a second signal (the SIGTERM a supervisor sends after a Ctrl-C that
+    reached everyone) must not kill the process before it has printed how the run went."""
+    handled = _install_stop_handlers(stop)
+    try:
+        yield
+    finally:
+        _remove_stop_handlers(handled)
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
@@ -1614,13 +1761,19 @@ def closing_line(summary: Mapping[str, Any]) -> str:
         if latency and latency.get("count")
         else "publish->ack latency n/a"
     )
-    per_k = summary["resources"]["per_1000_units"]
+    resources = summary["resources"]
+    per_k = resources.get("per_1000_units")
+    if per_k:
+        usage = (
+            f"per 1,000 units {per_k['cpu_percent']:.1f} % CPU, {per_k['max_rss_mb']:.0f} MB RSS"
+        )
+    else:  # too few units to say anything per 1,000
+        usage = f"{resources['cpu_percent']:.1f} % CPU, {resources['max_rss_mb']:.0f} MB RSS"
     return (
         f"done in {summary['duration_s']:.1f} s: {summary['connected_peak']}/"
         f"{summary['vehicles']} connected at peak, {summary['published']:,} published, "
         f"{summary['acknowledged']:,} acknowledged, {summary['rejected_by_broker']} rejected "
-        f"by the broker, {summary['commands_answered']} command(s) answered; {lat}; per "
-        f"1,000 units {per_k['cpu_percent']:.1f} % CPU, {per_k['max_rss_mb']:.0f} MB RSS"
+        f"by the broker, {summary['commands_answered']} command(s) answered; {lat}; {usage}"
     )
 
 
@@ -1633,8 +1786,10 @@ async def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) 
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    opts = _options(parser, args)
     out = sys.stdout if out is None else out
+    if args.list_vins:
+        return _list_vins(parser, args, out)
+    opts = _options(parser, args)
     _setup_logging(args.log_level)
     _raise_open_file_limit()
 
@@ -1647,13 +1802,28 @@ async def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) 
         )
         return 1
     _say(args, banner(args, opts))
-    if opts.procs > 1:
-        from device_sim.procs import run_procs
+    from device_sim.procs import run_procs
 
-        return await run_procs(args, opts.procs, out=out)
-    if args.shard is not None:
-        return await _run_shard(args, opts, out)
-    return await _run_single(args, opts, out)
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        if opts.procs > 1:
+            return await run_procs(args, opts.procs, out=out, stop=stop)
+        if args.shard is not None:
+            return await _run_shard(args, opts, out, stop)
+        return await _run_single(args, opts, out, stop)
+
+
+def _list_vins(parser: argparse.ArgumentParser, args: argparse.Namespace, out: TextIO) -> int:
+    """``--list-vins``: the fleet's VINs, one per line, without a broker."""
+    try:
+        credentials = None if args.credentials is None else load_credentials(args.credentials)
+        count, vins = _fleet_vins(args, credentials)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    fleet = FleetSettings(count=count, vins=vins, vin_prefix=args.vin_prefix)
+    out.write("".join(f"{vin}\n" for vin in fleet.all_vins()))
+    out.flush()
+    return 0
 
 
 async def _run_fleet_cli(
@@ -1663,10 +1833,10 @@ async def _run_fleet_cli(
     duration_s: float | None,
     on_tick: Callable[[dict[str, Any]], None],
 ) -> float:
-    """Run ``run`` until ``stop`` (signals, ``duration_s``); call ``on_tick`` with a progress
-    snapshot every ``interval_s``; return the run's length in seconds."""
+    """Run ``run`` until ``stop`` (set by the caller's :func:`stop_on_signals`, or at
+    ``duration_s``); call ``on_tick`` with a progress snapshot every ``interval_s``; return
+    the run's length in seconds."""
     loop = asyncio.get_running_loop()
-    handled = _install_stop_handlers(stop)
     timer = loop.call_later(duration_s, stop.set) if duration_s is not None else None
     started = loop.time()
 
@@ -1691,11 +1861,12 @@ async def _run_fleet_cli(
     finally:
         if timer is not None:
             timer.cancel()
-        _remove_stop_handlers(handled)
     return loop.time() - started
 
 
-async def _run_single(args: argparse.Namespace, opts: _Options, out: TextIO) -> int:
+async def _run_single(
+    args: argparse.Namespace, opts: _Options, out: TextIO, stop: asyncio.Event
+) -> int:
     display = ProgressDisplay(
         ProgressDisplay.choose(quiet=args.json or args.no_progress, stream=sys.stderr),
         interval_s=args.progress,
@@ -1704,7 +1875,6 @@ async def _run_single(args: argparse.Namespace, opts: _Options, out: TextIO) -> 
     run = FleetRun(
         opts.fleet, opts.unit_settings, connect_rate=opts.connect_rate, per_vin=opts.per_vin
     )
-    stop = asyncio.Event()
     display.start()
     try:
         duration = await _run_fleet_cli(
@@ -1712,23 +1882,34 @@ async def _run_single(args: argparse.Namespace, opts: _Options, out: TextIO) -> 
         )
     finally:
         display.stop()
-    summary = run.summary(duration, interval_s=opts.interval_s, details=True)
+    summary = run.summary(
+        duration, interval_s=opts.interval_s, details=opts.fleet.count <= UNIT_DETAIL_LIMIT
+    )
     summary["procs"] = 1
     summary["resources"] = resources_summary(
         summary.pop("processes"), summary["vehicles"], duration
     )
     summary.pop("latency_histogram", None)
     summary.pop("vins", None)
-    print(json.dumps(summary, indent=2), file=out, flush=True)
-    if summary["rejected_by_broker"]:
-        message = refused_message(summary["error"], credentials=opts.credentials, tls=opts.tls)
-        print(f"device_sim: error: {message}", file=sys.stderr)
+    return report(summary, args, out)
+
+
+def report(summary: Mapping[str, Any], args: argparse.Namespace, out: TextIO) -> int:
+    """The end of a run: the JSON summary on ``out`` with ``--json``, else one line on
+    stderr; a failure (refused, taken over) explained on stderr. Returns the exit status."""
+    if args.json:
+        print(json.dumps(summary, indent=2), file=out, flush=True)
+    failure = failure_message(summary, args)
+    if failure is not None:
+        print(f"device_sim: error: {failure}", file=sys.stderr, flush=True)
         return 1
     _say(args, closing_line(summary))
     return 0
 
 
-async def _run_shard(args: argparse.Namespace, opts: _Options, out: TextIO) -> int:
+async def _run_shard(
+    args: argparse.Namespace, opts: _Options, out: TextIO, stop: asyncio.Event
+) -> int:
     """A child of ``--procs``: JSON lines on stdout, ``{"progress": ...}`` every second and
     ``{"summary": ...}`` at the end."""
     shard: Shard = args.shard
@@ -1739,7 +1920,6 @@ async def _run_shard(args: argparse.Namespace, opts: _Options, out: TextIO) -> i
         shard=shard,
         per_vin=opts.per_vin,
     )
-    stop = asyncio.Event()
 
     def emit(progress: dict[str, Any]) -> None:
         print(json.dumps({"progress": progress}), file=out, flush=True)
@@ -1750,4 +1930,4 @@ async def _run_shard(args: argparse.Namespace, opts: _Options, out: TextIO) -> i
     )
     summary["shard"] = str(shard)
     print(json.dumps({"summary": summary}), file=out, flush=True)
-    return 1 if summary["rejected_by_broker"] else 0
+    return 1 if summary["rejected_by_broker"] or summary["taken_over"] else 0

@@ -36,9 +36,8 @@ from device_sim.fleet import (
     LatencyHistogram,
     ProgressDisplay,
     Shard,
-    closing_line,
     merge_progress,
-    refused_message,
+    report,
     resources_summary,
 )
 
@@ -62,6 +61,8 @@ def child_argv(args: argparse.Namespace, shard: Shard) -> list[str]:
         str(args.vehicles),
         "--seed",
         str(args.seed),
+        "--vin-prefix",
+        args.vin_prefix,
         "--connect-rate",
         repr(float(args.connect_rate)),
         "--buffer-limit",
@@ -190,14 +191,17 @@ class _Child:
                 continue
             if "progress" in message:
                 self.progress = message["progress"]
-                if self.progress.get("rejected_by_broker"):
+                if self.progress.get("rejected_by_broker") or self.progress.get("taken_over"):
                     on_refused.set()
             elif "summary" in message:
                 self.summary = message["summary"]
 
 
-async def run_procs(args: argparse.Namespace, procs: int, *, out: TextIO) -> int:
-    """Run the fleet of ``args`` over ``procs`` child processes; print the merged summary."""
+async def run_procs(
+    args: argparse.Namespace, procs: int, *, out: TextIO, stop: asyncio.Event
+) -> int:
+    """Run the fleet of ``args`` over ``procs`` child processes until ``stop`` is set (the
+    caller sets it on SIGINT and SIGTERM), or they end; print the merged summary."""
     loop = asyncio.get_running_loop()
     quiet = args.json or args.no_progress
     display = ProgressDisplay(
@@ -219,14 +223,6 @@ async def run_procs(args: argparse.Namespace, procs: int, *, out: TextIO) -> int
         )
         children.append(_Child(shard, process))
 
-    stop = asyncio.Event()
-    handled: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError, ValueError):
-            continue
-        handled.append(sig)
     refused = asyncio.Event()
     started = loop.time()
 
@@ -271,8 +267,6 @@ async def run_procs(args: argparse.Namespace, procs: int, *, out: TextIO) -> int
         shower.cancel()
         await asyncio.gather(forwarder, shower, return_exceptions=True)
         display.stop()
-        for sig in handled:
-            loop.remove_signal_handler(sig)
         for child in children:
             if child.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -292,16 +286,8 @@ async def run_procs(args: argparse.Namespace, procs: int, *, out: TextIO) -> int
     summary = merge_summaries(
         summaries, duration_s=duration, details=args.vehicles <= UNIT_DETAIL_LIMIT
     )
-    print(json.dumps(summary, indent=2), file=out, flush=True)
-    if summary["rejected_by_broker"]:
-        message = refused_message(
-            summary["error"], credentials=args.credentials, tls=args.tls_ca is not None
-        )
-        print(f"device_sim: error: {message}", file=sys.stderr)
-        return 1
-    if any(c.process.returncode for c in children):
+    status = report(summary, args, out)
+    if status == 0 and any(c.process.returncode for c in children):
         print("device_sim: error: a shard failed (see above)", file=sys.stderr)
         return 1
-    if not args.json:
-        print(f"device_sim: {closing_line(summary)}", file=sys.stderr, flush=True)
-    return 0
+    return status

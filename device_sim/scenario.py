@@ -64,9 +64,15 @@ The stream
     Since seq and ts repeat, a gateway treats a second run of the same scenario as duplicates.
 
     :func:`play` publishes that stream over MQTT 5 (gmqtt, one connection per vehicle, client
-    id = VIN, Last Will, QoS 1) in real time scaled by ``time_acceleration``.
+    id = VIN, Last Will, QoS 1) in real time scaled by ``time_acceleration``. On a broker
+    that admits only provisioned vehicles (``telematics up``), each unit logs in with its
+    VIN's entry of a unit credentials file (:mod:`device_sim.credentials`), as ``telematics
+    sim --credentials`` does; ``--list-vins`` prints the VINs to provision.
 
-Command line: ``python -m device_sim.scenario FILE (--mqtt-url URL | --dump)``; see ``--help``.
+Command line: ``telematics sim scenario FILE (--mqtt-url URL | --credentials FILE | --dump |
+--list-vins)`` (also ``python -m device_sim.scenario``); see ``--help``. ``--dump`` writes
+one JSON line per message with the payload parsed (``"payload"``), or, for a payload that
+is not JSON (the ``malformed_json`` fault), its text as ``"payload_raw"``.
 
 The ``faults`` string of a vehicle group (``malformed_json=0.01,...``, see
 :mod:`device_sim.faults`) is applied by :func:`render` with a generator per vehicle derived
@@ -99,6 +105,7 @@ import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
 from device_sim.city import DEPOT, MUNICH
+from device_sim.credentials import UnitCredentials, load_credentials
 from device_sim.faults import FaultInjector, FaultRates
 from device_sim.vehicle import SimulatedVehicle, TripPattern, VehicleProfile, make_vin
 from schemas.payloads import (
@@ -116,6 +123,7 @@ __all__ = [
     "BATCH_MAX_SAMPLES",
     "DEFAULT_LOW_LEVEL_PCT",
     "Action",
+    "PlayRefused",
     "Published",
     "Scenario",
     "ScenarioError",
@@ -145,6 +153,10 @@ _UNIT_S: Final = {"h": 3600.0, "m": 60.0, "s": 1.0}
 
 class ScenarioError(ValueError):
     """A scenario file is wrong; the message names the file and the key (or TOML line)."""
+
+
+class PlayRefused(RuntimeError):
+    """The broker refused a unit of the scenario (no login, a wrong one, not provisioned)."""
 
 
 class Action(enum.StrEnum):
@@ -287,18 +299,19 @@ class Published:
     retain: bool
 
     def to_json(self) -> str:
-        """One JSON line (payload parsed), for ``--dump``."""
-        return json.dumps(
-            {
-                "sim_ms": self.sim_ms,
-                "topic": self.topic,
-                "qos": self.qos,
-                "retain": self.retain,
-                "payload": json.loads(self.payload),
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
+        """One JSON line for ``--dump``: the payload parsed as ``"payload"``, or, when it is
+        not JSON (a ``malformed_json`` fault), its text as ``"payload_raw"``."""
+        line: dict[str, Any] = {
+            "sim_ms": self.sim_ms,
+            "topic": self.topic,
+            "qos": self.qos,
+            "retain": self.retain,
+        }
+        try:
+            line["payload"] = json.loads(self.payload)
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            line["payload_raw"] = self.payload.decode("utf-8", errors="backslashreplace")
+        return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -729,14 +742,18 @@ def render(
 # --- playing over MQTT ------------------------------------------------------------------------
 
 
-def _make_client(vin: str) -> Any:
+def _make_client(vin: str, credentials: UnitCredentials | None) -> Any:
     will = gmqtt.Message(
         topic_for(vin, Channel.STATUS),
         encode_status(Status(StatusState.OFFLINE)),
         qos=1,
         retain=True,
     )
-    return gmqtt.Client(vin, clean_session=True, will_message=will)
+    client = gmqtt.Client(vin, clean_session=True, will_message=will)
+    entry = None if credentials is None else credentials.vehicles.get(vin)
+    if entry is not None:
+        client.set_auth_credentials(entry.mqtt_username, entry.mqtt_password)
+    return client
 
 
 async def play(
@@ -748,12 +765,15 @@ async def play(
     on_progress: Callable[[Published], None] | None = None,
     until: int | None = None,
     only: Collection[str] | None = None,
+    credentials: UnitCredentials | None = None,
 ) -> int:
     """Publish :func:`render`'s stream over MQTT 5 in real time scaled by the scenario's
     ``time_acceleration``; returns the number of messages published (Wills included).
 
     One gmqtt connection per vehicle, client id = VIN, QoS 1, with a retained ``offline``
     Last Will; ``go_offline`` drops the connection so that the broker publishes the Will.
+    With ``credentials`` each unit logs in with its VIN's user name and password; a unit the
+    broker refuses raises :class:`PlayRefused`.
     ``on_progress`` is called with every message after it is handed to the connection.
     Setting ``stop`` ends early: each connected unit then publishes a retained ``offline``
     status stamped with the simulated time reached and disconnects.
@@ -774,8 +794,13 @@ async def play(
                 break
             sim_ms = it.sim_ms
             if it.op is _Op.CONNECT:
-                client = _make_client(it.vin)
-                await client.connect(host, port, version=MQTTv50, keepalive=60)
+                client = _make_client(it.vin, credentials)
+                try:
+                    await client.connect(host, port, version=MQTTv50, keepalive=60)
+                except gmqtt.MQTTConnectError as exc:
+                    with contextlib.suppress(Exception):
+                        await client.disconnect()
+                    raise PlayRefused(f"{host}:{port} refused unit {it.vin}: {exc}") from exc
                 clients[it.vin] = client
             elif it.op is _Op.PUBLISH:
                 assert it.published is not None
@@ -812,29 +837,60 @@ def _parse_until(value: str | None, scenario: Scenario) -> int | None:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m device_sim.scenario",
+        prog="telematics sim scenario",
         description=(
             "Replay a scenario file (seed, vehicles, start time, time acceleration, scripted\n"
             "events) as simulated in-car units. The same file and seed always give the same\n"
-            "published stream: use --dump twice and diff to check."
+            "published stream: use --dump twice and diff to check.\n"
+            "\n"
+            "On a broker that admits only provisioned vehicles (telematics up), provision the\n"
+            "scenario's vehicles first and play with their credentials file, as with\n"
+            "telematics sim --credentials."
         ),
         epilog=(
             "examples:\n"
-            "  python -m device_sim.scenario device_sim/scenarios/munich-morning.toml "
-            "--mqtt-url mqtt://127.0.0.1:1884\n"
-            "  python -m device_sim.scenario device_sim/scenarios/munich-morning.toml "
-            "--dump --until 08:30 > run.jsonl\n"
-            "The file format is described in device_sim/scenario.py and the example files."
+            "  telematics sim scenario munich-morning.toml --dump --until 08:30 > run.jsonl\n"
+            "  telematics sim scenario munich-morning.toml --mqtt-url mqtt://127.0.0.1:1883\n"
+            "                                     an open broker\n"
+            "  telematics vehicle add \\\n"
+            "      $(telematics sim scenario munich-morning.toml --list-vins) \\\n"
+            "      --account 'Demo Fleet' --credentials-file scenario-units.json\n"
+            "  telematics sim scenario munich-morning.toml --credentials scenario-units.json\n"
+            "                                     telematics up's closed broker, each unit\n"
+            "                                     logged in as its VIN\n"
+            "The file format is described in device_sim/scenario.py and the example files in\n"
+            "device_sim/scenarios/.\n"
+            "\n"
+            "exit status: 0 when the stream was played (or dumped); 1 when the broker cannot be\n"
+            "reached or refuses a unit; 2 for a bad file or bad options."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("file", type=Path, help="scenario TOML file")
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--mqtt-url", help="broker to publish to, mqtt://host:port")
-    target.add_argument(
+    parser.add_argument(
+        "--mqtt-url",
+        metavar="URL",
+        help="broker to publish to, mqtt://host[:port] (default: the --credentials file's "
+        "broker URL)",
+    )
+    parser.add_argument(
+        "--credentials",
+        type=Path,
+        metavar="FILE",
+        help="unit credentials file written by provisioning (as for telematics sim "
+        "--credentials): each unit logs in with its VIN's user name and password; every "
+        "vehicle of the scenario must be in it (default: none, anonymous)",
+    )
+    parser.add_argument(
         "--dump",
         action="store_true",
-        help="print the stream as JSON lines (no broker, as fast as possible)",
+        help="print the stream as JSON lines instead (no broker, as fast as possible)",
+    )
+    parser.add_argument(
+        "--list-vins",
+        action="store_true",
+        help="print the scenario's VINs, one per line, and exit: what to provision "
+        "(telematics vehicle add $(...) --account ... --credentials-file FILE)",
     )
     parser.add_argument("--seed", type=int, help="override the file's seed")
     parser.add_argument(
@@ -852,40 +908,99 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m device_sim.scenario``; returns the exit status."""
-    args = _build_parser().parse_args(argv)
-    try:
-        scenario = load(args.file)
-    except (ScenarioError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def _scenario_from(args: argparse.Namespace) -> Scenario:
+    """The scenario of the command line (file, --seed, --time-acceleration); raises
+    ScenarioError or OSError."""
+    scenario = load(args.file)
     if args.seed is not None:
         if args.seed < 0:
-            print("error: --seed must be >= 0", file=sys.stderr)
-            return 2
+            raise ScenarioError("--seed must be >= 0")
         scenario = scenario.with_seed(args.seed)
     if args.time_acceleration is not None:
         if not args.time_acceleration > 0:
-            print("error: --time-acceleration must be > 0", file=sys.stderr)
-            return 2
+            raise ScenarioError("--time-acceleration must be > 0")
         scenario = replace(scenario, time_acceleration=args.time_acceleration)
+    return scenario
+
+
+def _broker_and_logins(
+    args: argparse.Namespace, vins: Sequence[str]
+) -> tuple[str, int, UnitCredentials | None]:
+    """Where to play and with which logins; raises ValueError (OSError for the file) with
+    what to do."""
+    credentials = None if args.credentials is None else load_credentials(args.credentials)
+    url = args.mqtt_url
+    if url is None and credentials is not None:
+        url = credentials.broker_url
+        if url is None:
+            raise ValueError(
+                f"{args.credentials} does not say which broker its vehicles belong to: give "
+                "--mqtt-url mqtt://host:port"
+            )
+    if url is None:
+        raise ValueError(
+            "where to? give --mqtt-url mqtt://host:port (or --credentials FILE, whose broker "
+            "URL is used), or --dump to print the stream"
+        )
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "mqtt" or not parts.hostname:
+        raise ValueError(f"the broker URL must be mqtt://host[:port], got {url!r}")
+    if credentials is not None:
+        missing = [vin for vin in vins if vin not in credentials.vehicles]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} vehicle(s) of the scenario are not in {args.credentials}: "
+                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}. Provision "
+                f"them: telematics vehicle add $(telematics sim scenario {args.file} "
+                f"--list-vins) --account ACCOUNT --credentials-file {args.credentials}"
+            )
+    return parts.hostname, parts.port or 1883, credentials
+
+
+async def main(argv: Sequence[str] | None = None) -> int:
+    """``telematics sim scenario`` (``python -m device_sim.scenario``); returns the exit
+    status."""
+    args = _build_parser().parse_args(argv)
+    try:
+        scenario = _scenario_from(args)
+    except (ScenarioError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     until = _parse_until(args.until, scenario)
     only = set(args.only) if args.only else None
-    names = {v.name for v in scenario.fleet()}
+    fleet = scenario.fleet()
+    names = {v.name for v in fleet}
     if only is not None and not only <= names:
         print(f"error: --only: no vehicle named {sorted(only - names)}", file=sys.stderr)
         return 2
+    vins = [v.vin for v in fleet if only is None or v.name in only]
+    if args.list_vins:
+        sys.stdout.write("".join(f"{vin}\n" for vin in vins))
+        sys.stdout.flush()
+        return 0
     if args.dump:
         out = sys.stdout
         for message in render(scenario, until=until, only=only):
             out.write(message.to_json() + "\n")
         out.flush()
         return 0
-    url = urllib.parse.urlsplit(args.mqtt_url)
-    if url.scheme != "mqtt" or not url.hostname:
-        print(f"error: --mqtt-url must be mqtt://host:port, got {args.mqtt_url!r}", file=sys.stderr)
+    try:
+        host, port, credentials = _broker_and_logins(args, vins)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+    return await _play_command(scenario, args, host, port, credentials, until, only)
+
+
+async def _play_command(
+    scenario: Scenario,
+    args: argparse.Namespace,
+    host: str,
+    port: int,
+    credentials: UnitCredentials | None,
+    until: int | None,
+    only: Collection[str] | None,
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -899,19 +1014,35 @@ async def main(argv: Sequence[str] | None = None) -> int:
             local = dt.datetime.fromtimestamp(message.sim_ms / 1000, scenario.start.tzinfo)
             print(f"{local:%H:%M} simulated", file=sys.stderr, flush=True)
 
+    url = f"mqtt://{host}:{port}"
     try:
         count = await play(
             scenario,
-            host=url.hostname,
-            port=url.port or 1883,
+            host=host,
+            port=port,
             stop=stop,
             on_progress=progress,
             until=until,
             only=only,
+            credentials=credentials,
         )
-    except OSError as exc:
-        print(f"error: cannot reach {args.mqtt_url}: {exc}", file=sys.stderr)
+    except PlayRefused as exc:
+        hint = (
+            f"check the credentials in {args.credentials}"
+            if credentials is not None
+            else "the broker admits only vehicles that log in (the broker of telematics up "
+            "does): provision the scenario's vehicles (telematics vehicle add $(telematics "
+            f"sim scenario {args.file} --list-vins) --account ACCOUNT --credentials-file "
+            "FILE) and play with --credentials FILE"
+        )
+        print(f"error: {exc}; {hint}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"error: cannot reach the MQTT broker at {url}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     print(f"published {count} messages", file=sys.stderr)
     return 0
 

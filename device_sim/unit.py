@@ -110,6 +110,18 @@ Identity and TLS
     certificate it does not accept), is a refusal like a bad password
     (:class:`UnitConnectError`): retrying cannot fix it.
 
+Taken over
+    The broker allows one connection per client id: a second client that connects with the
+    unit's client id (its VIN), say a second simulator started with the same credentials,
+    takes the session over and the broker closes the unit's connection. Reconnecting would
+    only take it back and start a fight that neither side wins, so the unit gives up with
+    :class:`UnitTakenOver` instead: at once when the broker says why (MQTT 5 DISCONNECT
+    reason 0x8E *Session taken over*, Mosquitto 2.0.15 and later), and after
+    :data:`_BROKER_CLOSES_ARE_A_TAKEOVER` connections in a row that the broker closed soon
+    after accepting them when it does not (Mosquitto 2.0.11 just closes the socket). A
+    broker that restarts does not look like that: the reconnect fails while it is down,
+    which resets the count, and a connection that lived long is not counted.
+
 Faults
     On every live report (sent at once, not buffered) the unit asks its
     :class:`~device_sim.faults.FaultInjector` (rates: :attr:`UnitSettings.faults`, none by
@@ -191,6 +203,7 @@ __all__ = [
     "UnitConnectError",
     "UnitSettings",
     "UnitStats",
+    "UnitTakenOver",
     "wall_clock_ms",
 ]
 
@@ -216,6 +229,12 @@ _TLS_CLOSES_ARE_A_REFUSAL: Final = 3
 
 #: a connection that lived at least this long resets the reconnect backoff
 _STABLE_CONNECTION_S: Final = 30.0
+#: MQTT 5 DISCONNECT reason code "Session taken over" (section 3.14.2.1)
+SESSION_TAKEN_OVER: Final = 0x8E
+#: that many connections in a row, each closed by the broker within _STABLE_CONNECTION_S
+#: of its CONNACK and each followed by a successful reconnect, are a takeover: another
+#: client keeps connecting with this client id (a broker that says so sends 0x8E instead)
+_BROKER_CLOSES_ARE_A_TAKEOVER: Final = 3
 
 #: command ids remembered to recognise a redelivered command
 _SEEN_COMMAND_IDS: Final = 1024
@@ -251,6 +270,12 @@ def wall_clock_ms() -> int:
 class UnitConnectError(RuntimeError):
     """The broker refused the unit for a reason retrying cannot fix (bad credentials, not
     authorised, banned, ...). Raised out of :meth:`SimulatedUnit.run`."""
+
+
+class UnitTakenOver(UnitConnectError):
+    """Another client connected with the unit's client id (its VIN) and the broker closed
+    the unit's connection for it (see "Taken over" in the module docstring): another
+    process is running this vehicle. Raised out of :meth:`SimulatedUnit.run`."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -764,6 +789,10 @@ class SimulatedUnit:
         self._lost = asyncio.Event()
         #: the last connection attempt ended with the connection closed before a CONNACK
         self._closed_before_connack = False
+        #: the unit itself closed the current connection (clean stop, fault, power cut)
+        self._closing = False
+        #: the reason code of the broker's DISCONNECT that ended the last connection, if any
+        self._broker_reason: int | None = None
         self._last_status_at = -math.inf
         #: loop time of the last message this unit published (the contract's heartbeat)
         self._last_publish_at = -math.inf
@@ -996,6 +1025,10 @@ class SimulatedUnit:
         self._wake.set()
 
     def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
+        # gmqtt passes the DISCONNECT's variable header: a broker's starts with its reason
+        # code; the one gmqtt makes up for a closed socket is empty
+        if isinstance(packet, bytes | bytearray) and packet:
+            self._broker_reason = packet[0]
         self._connected = False
         self._subscribed = False
         self._update_link()
@@ -1049,9 +1082,12 @@ class SimulatedUnit:
         delay = s.reconnect_min_s
         failures = 0
         closed_after_handshake = 0
+        closed_by_broker = 0
         while True:
             self._lost.clear()
             why = await self._connect_once()
+            if why is not None:
+                closed_by_broker = 0  # the broker is away or busy: not another client
             if why is not None and s.tls_cert_file is not None:
                 closed_after_handshake = (
                     closed_after_handshake + 1 if self._closed_before_connack else 0
@@ -1071,16 +1107,22 @@ class SimulatedUnit:
                 closed_after_handshake = 0
                 since = loop.time()
                 await self._lost.wait()
+                lived = loop.time() - since
+                closed_by_broker = self._check_taken_over(lived, closed_by_broker)
                 await self._close_quietly()  # e.g. after a DISCONNECT from the broker
-                if loop.time() - since >= _STABLE_CONNECTION_S:
+                if lived >= _STABLE_CONNECTION_S:
                     delay = s.reconnect_min_s
-                why = "connection lost"
+                why = (
+                    f"the broker closed the connection after {lived:.1f} s"
+                    if closed_by_broker
+                    else "connection lost"
+                )
             failures += 1
             wait = delay * self._jitter.uniform(0.8, 1.2)
             # the first failure in a row is news; the retries that follow are not
             log.log(
                 logging.WARNING if failures == 1 else logging.INFO,
-                "%s cannot reach %s://%s:%d (%s); buffering, retry %d in %.1f s",
+                "%s: no connection to %s://%s:%d (%s); buffering, retry %d in %.1f s",
                 self._vin,
                 "mqtts" if self.tls else "mqtt",
                 s.host,
@@ -1091,6 +1133,28 @@ class SimulatedUnit:
             )
             await asyncio.sleep(wait)
             delay = min(delay * 2, s.reconnect_max_s)
+
+    def _check_taken_over(self, lived_s: float, closed_by_broker: int) -> int:
+        """After the connection ended: raise :class:`UnitTakenOver` if another client took
+        the session over; else return the new count of short connections in a row that the
+        broker closed (0 when this one was closed by the unit or lived long)."""
+        reason, self._broker_reason = self._broker_reason, None
+        where = f"{'mqtts' if self.tls else 'mqtt'}://{self._settings.host}:{self._settings.port}"
+        if reason == SESSION_TAKEN_OVER:
+            raise UnitTakenOver(
+                f"{where} closed the connection of unit {self._vin}: session taken over "
+                "(MQTT reason 0x8E), another client connected with its client id"
+            )
+        if self._closing or lived_s >= _STABLE_CONNECTION_S:
+            return 0
+        closed_by_broker += 1
+        if closed_by_broker >= _BROKER_CLOSES_ARE_A_TAKEOVER:
+            raise UnitTakenOver(
+                f"{where} closed the connection of unit {self._vin} {closed_by_broker} times "
+                "in a row soon after accepting it, while reconnecting worked every time: "
+                "another client keeps connecting with its client id"
+            )
+        return closed_by_broker
 
     async def _connect_once(self) -> str | None:
         """One connection attempt: None when connected, else why not (for the log).
@@ -1105,6 +1169,8 @@ class SimulatedUnit:
         """
         s = self._settings
         self._closed_before_connack = False
+        self._closing = False
+        self._broker_reason = None
         connecting = asyncio.ensure_future(
             self._client.connect(
                 s.host,
@@ -1186,6 +1252,7 @@ class SimulatedUnit:
         return connection is not None and not connection.is_closing()
 
     async def _close_quietly(self, reason_code: int = 0) -> None:
+        self._closing = True
         if self._client is not None and self._has_open_connection():
             with contextlib.suppress(OSError):
                 await self._client.disconnect(reason_code=reason_code)
@@ -1304,6 +1371,7 @@ class SimulatedUnit:
         """Fault ``abrupt_disconnect``: close the TCP connection without a DISCONNECT, as a
         lost radio link would; the broker publishes the Will, and the connection loop
         reconnects with its backoff (what was in flight is replayed into the session)."""
+        self._closing = True
         connection = getattr(self._client, "_connection", None)
         transport = getattr(connection, "_transport", None)
         if transport is not None and not transport.is_closing():

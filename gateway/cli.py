@@ -6,7 +6,7 @@
 ``telematics sim``           the device simulator (speaks only the public device contract)
 ``telematics vehicle|user|account``  operator commands on the state database
 ``telematics pki``           certificates for the broker's TLS listener
-``telematics bench ...``     benchmarks (ingest, commands, sim)
+``telematics bench ...``     benchmarks (ingest, commands, sim, identities)
 
 Every option can also be set by an environment variable, named in its help text.
 """
@@ -14,19 +14,31 @@ Every option can also be set by an environment variable, named in its help text.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.broker import (
     BrokerConfig,
+    find_dynsec_plugin,
     find_mosquitto,
     parse_mqtt_url,
 )
 from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from gateway.broker import MosquittoProcess
+    from gateway.installation import DemoLogin
+    from gateway.statedb.accounts import AccountRepository
+    from gateway.statedb.audit import AuditLog
+    from gateway.supervisor import BrokerKeeper, Part
 
 __all__ = ["build_parser", "main"]
 
@@ -104,14 +116,17 @@ def _add_state_db(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_ingest(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--client-id",
-        default=_env("CLIENT_ID", "telematics-gateway-1"),
-        help="MQTT client id, unique and stable per gateway process: the broker keeps its "
-        "session and queues its share of messages while it is down "
-        "(env TELEMATICS_CLIENT_ID; default: telematics-gateway-1)",
-    )
+def _add_ingest(p: argparse.ArgumentParser, *, client_id: bool = True) -> None:
+    """The gateway's ingest settings; ``client_id=False`` for ``up``, which names its
+    gateways itself."""
+    if client_id:
+        p.add_argument(
+            "--client-id",
+            default=_env("CLIENT_ID", "telematics-gateway-1"),
+            help="MQTT client id, unique and stable per gateway process: the broker keeps its "
+            "session and queues its share of messages while it is down "
+            "(env TELEMATICS_CLIENT_ID; default: telematics-gateway-1)",
+        )
     p.add_argument(
         "--share-group",
         default=_env("SHARE_GROUP", "telematics-gateway"),
@@ -181,8 +196,32 @@ def _add_retention(p: argparse.ArgumentParser) -> None:
         )
 
 
+def _add_offline_after(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--offline-after",
+        type=float,
+        default=float(_env("OFFLINE_AFTER", "600")),
+        metavar="SECONDS",
+        help="show a vehicle offline (reason 'silent') when its status says online but "
+        "nothing has come from it for this long; units publish at least every 5 minutes "
+        "(env TELEMATICS_OFFLINE_AFTER; default: 600)",
+    )
+
+
+def _add_signing_key(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--signing-key",
+        type=Path,
+        default=os.environ.get("TELEMATICS_SIGNING_KEY"),
+        metavar="FILE",
+        help="Ed25519 private key (PEM) that signs every remote command; created (mode 0600, "
+        "with its public key next to it as FILE.pub, to provision units with) if missing "
+        "(env TELEMATICS_SIGNING_KEY; default: DATA_DIR/command-signing-key.pem)",
+    )
+
+
 def _add_auth(p: argparse.ArgumentParser) -> None:
-    from gateway.api.security import (
+    from gateway.auth.ratelimit import (
         DEFAULT_LOGIN_LIMIT,
         DEFAULT_USER_COMMAND_LIMIT,
         DEFAULT_VEHICLE_COMMAND_LIMIT,
@@ -300,13 +339,6 @@ def build_parser() -> argparse.ArgumentParser:
         "organization 'Demo Fleet' (with a fleet manager, fleet@demo.local)",
     )
     up.add_argument(
-        "--admin-email",
-        default=_env("ADMIN_EMAIL", "admin@localhost"),
-        help="e-mail address of the first administrator, created on the first start; its "
-        "password comes from TELEMATICS_ADMIN_PASSWORD, else one is generated and printed "
-        "once (env TELEMATICS_ADMIN_EMAIL; default: admin@localhost)",
-    )
-    up.add_argument(
         "--tls-port",
         type=int,
         default=int(_env("TLS_PORT", "0")) or None,
@@ -321,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
         "credentials and ACL (development only; vehicles are then not checked)",
     )
     up.add_argument("--vehicles", type=int, default=5, help="number of demo vehicles (default: 5)")
+    # the API's and the gateways' settings, handed on to them
+    _add_auth(up)
+    _add_signing_key(up)
+    _add_offline_after(up)
+    _add_retention(up)
+    _add_mqtt_auth(up)
+    _add_ingest(up, client_id=False)
 
     gw = sub.add_parser(
         "gateway",
@@ -361,15 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mqtt_auth(api)
     _add_state_db(api)
     _add_auth(api)
-    api.add_argument(
-        "--offline-after",
-        type=float,
-        default=float(_env("OFFLINE_AFTER", "600")),
-        metavar="SECONDS",
-        help="show a vehicle offline (reason 'silent') when its status says online but "
-        "nothing has come from it for this long; units publish at least every 5 minutes "
-        "(env TELEMATICS_OFFLINE_AFTER; default: 600)",
-    )
+    _add_offline_after(api)
     api.add_argument(
         "--commands-client-id",
         default=_env("COMMANDS_CLIENT_ID", "telematics-commands-1"),
@@ -377,15 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         "API process, like a gateway's (env TELEMATICS_COMMANDS_CLIENT_ID; default: "
         "telematics-commands-1)",
     )
-    api.add_argument(
-        "--signing-key",
-        type=Path,
-        default=os.environ.get("TELEMATICS_SIGNING_KEY"),
-        metavar="FILE",
-        help="Ed25519 private key (PEM) that signs every remote command; created (mode 0600, "
-        "with its public key next to it as FILE.pub, to provision units with) if missing "
-        "(env TELEMATICS_SIGNING_KEY; default: DATA_DIR/command-signing-key.pem)",
-    )
+    _add_signing_key(api)
 
     from gateway.admin_cli import (
         add_account_arguments,
@@ -463,6 +486,17 @@ def build_parser() -> argparse.ArgumentParser:
             "commands with ingest idle and again with ingest at half its maximum rate.",
         )
     )
+    from gateway.bench.identities import add_arguments as add_identities_bench_arguments
+
+    add_identities_bench_arguments(
+        bench_sub.add_parser(
+            "identities",
+            help="what vehicle identities cost the closed broker: render, one live change, bulk",
+            description="Run a closed broker with --vehicles provisioned vehicles; time the "
+            "rendering and start, one vehicle added and revoked live, and all of them added "
+            "at once.",
+        )
+    )
     return parser
 
 
@@ -478,6 +512,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.files import private_directory
     from gateway.ingest.pipeline import BatchPolicy
     from gateway.ingest.service import IngestSettings
     from gateway.runner import GatewayOptions, run_gateway
@@ -485,6 +520,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.supervisor import data_paths
 
     host, port = parse_mqtt_url(args.mqtt_url)
+    private_directory(args.data_dir)
     db_path, _ = data_paths(args.data_dir)
     username, password = _mqtt_credentials(args)
     settings = IngestSettings(
@@ -541,9 +577,11 @@ def _cmd_api(args: argparse.Namespace) -> int:
     from gateway.api.security import AuthSettings
     from gateway.auth.ratelimit import parse_limit
     from gateway.commands.service import CommandSettings
+    from gateway.files import private_directory
     from gateway.statedb.database import default_url as default_state_db_url
     from gateway.supervisor import data_paths
 
+    private_directory(args.data_dir)
     db_path, _ = data_paths(args.data_dir)
     state_db_url = args.state_db_url or default_state_db_url(args.data_dir)
     signing_key: Path = args.signing_key or args.data_dir / "command-signing-key.pem"
@@ -590,25 +628,308 @@ def _cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_in_use(host: str, port: int) -> bool:
+    """Something listens on ``host:port`` (a bind fails with EADDRINUSE). SO_REUSEADDR, as
+    Mosquitto and uvicorn use it, so leftovers of our own last run do not count."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise GatewayError(f"cannot listen on {host}:{port}: {exc}") from exc
+    return False
+
+
+def up_listeners(args: argparse.Namespace) -> list[tuple[str, str, int, str]]:
+    """What ``telematics up`` will listen on: (what, host, port, the flag and variable that
+    change it)."""
+    listeners = [
+        ("the API", args.api_host, args.api_port, "--api-port PORT (env TELEMATICS_API_PORT)")
+    ]
+    if args.mqtt_url is None:
+        listeners.append(
+            (
+                "the private broker",
+                "127.0.0.1",
+                args.mqtt_port,
+                "--mqtt-port PORT (env TELEMATICS_MQTT_PORT)",
+            )
+        )
+        if args.tls_port is not None:
+            listeners.append(
+                (
+                    "the broker's TLS listener",
+                    "127.0.0.1",
+                    args.tls_port,
+                    "--tls-port PORT (env TELEMATICS_TLS_PORT)",
+                )
+            )
+    return listeners
+
+
+def check_up_ports(
+    listeners: Sequence[tuple[str, str, int, str]],
+    in_use: Callable[[str, int], bool] = _port_in_use,
+) -> None:
+    """Refuse to start when a port of ``listeners`` is taken, or two of them are the same:
+    the parts would start, fail to listen and be restarted until the supervisor gave up."""
+    seen: dict[int, tuple[str, str]] = {}
+    for what, _, port, flags in listeners:
+        if port in seen:
+            other, other_flags = seen[port]
+            raise GatewayError(
+                f"{what} and {other} cannot both listen on port {port}: change {flags} or "
+                f"{other_flags}"
+            )
+        seen[port] = (what, flags)
+    for what, host, port, flags in listeners:
+        if in_use(host, port):
+            raise GatewayError(
+                f"port {port} on {host} is already in use, so {what} cannot listen there "
+                f"(another telematics up, or another program?): choose another port with "
+                f"{flags}"
+            )
+
+
+def _forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The command-line settings of ``up`` that its API and its gateways take: (API
+    arguments, gateway arguments)."""
+    from gateway.auth.ratelimit import parse_limit
+
+    for limit in (args.user_command_limit, args.vehicle_command_limit, args.login_limit):
+        parse_limit(limit)  # a bad value is an error now, not an API that keeps dying
+    api = [
+        "--access-token-ttl",
+        str(args.access_token_ttl),
+        "--refresh-token-ttl",
+        str(args.refresh_token_ttl),
+        "--user-command-limit",
+        args.user_command_limit,
+        "--vehicle-command-limit",
+        args.vehicle_command_limit,
+        "--login-limit",
+        args.login_limit,
+        "--offline-after",
+        repr(args.offline_after),
+    ]
+    if args.auth_secret_file is not None:
+        api += ["--auth-secret-file", str(Path(args.auth_secret_file).absolute())]
+    if args.no_registration:
+        api.append("--no-registration")
+    if args.unit_broker_url is not None:
+        api += ["--unit-broker-url", args.unit_broker_url]
+    gateway = [
+        "--share-group",
+        args.share_group,
+        "--batch-delay-ms",
+        repr(args.batch_delay_ms),
+        "--receive-maximum",
+        str(args.receive_maximum),
+        "--telemetry-retention-days",
+        repr(args.telemetry_retention_days),
+        "--quarantine-retention-days",
+        repr(args.quarantine_retention_days),
+        "--quarantine-max-entries",
+        str(args.quarantine_max_entries),
+        "--quarantine-payload-bytes",
+        str(args.quarantine_payload_bytes),
+    ]
+    return api, gateway
+
+
+@dataclass
+class _UpBroker:
+    """What ``telematics up`` runs for MQTT: the private broker (None with --mqtt-url) and
+    the arguments that give the gateway and the API their broker account."""
+
+    keeper: BrokerKeeper | None
+    url: str
+    closed: bool
+    service_args: list[str] = field(default_factory=list)
+    gateway_args: list[str] = field(default_factory=list)
+
+
+def _up_broker(args: argparse.Namespace, data_dir: Path, accounts: AccountRepository) -> _UpBroker:
+    from gateway.broker.auth import BrokerAuthFiles
+    from gateway.installation import SERVICE_USERNAME, closed_broker_sync, service_password
+    from gateway.statedb.database import default_url as default_state_db_url
+    from gateway.supervisor import BrokerKeeper, data_paths
+
+    state_db_url = args.state_db_url or default_state_db_url(data_dir)
+    if args.mqtt_url is not None:
+        parse_mqtt_url(args.mqtt_url)
+        if not args.mqtt_username:
+            return _UpBroker(None, args.mqtt_url, closed=False)
+        # your own broker with a service account for the gateway: it is a closed one
+        service_args = ["--mqtt-username", args.mqtt_username]
+        if args.mqtt_password_file is not None:
+            password_path = Path(args.mqtt_password_file).absolute()
+            service_args += ["--mqtt-password-file", str(password_path)]
+        return _UpBroker(
+            None,
+            args.mqtt_url,
+            closed=False,
+            service_args=service_args,
+            gateway_args=["--state-db-url", state_db_url, "--require-provisioned"],
+        )
+    find_mosquitto()  # fail early, with the install hint
+    closed = not args.anonymous_broker
+    _, broker_dir = data_paths(data_dir)
+    secrets_dir = data_dir / "secrets"
+    tls = None
+    if args.tls_port is not None:
+        if not closed:
+            raise GatewayError("--tls-port needs the closed broker (drop --anonymous-broker)")
+        from gateway.broker.pki import Pki
+
+        pki = Pki(data_dir / "pki")
+        if not pki.exists():
+            pki.init()
+            log.info("created a certificate authority for the TLS listener in %s", pki)
+        tls = pki.tls_listener(port=args.tls_port)
+    if not closed:
+        config = BrokerConfig(port=args.mqtt_port, data_dir=broker_dir, allow_anonymous=True)
+        return _UpBroker(BrokerKeeper(config), config.url, closed=False)
+    find_dynsec_plugin()  # the closed broker cannot refuse subscriptions without it
+    files = BrokerAuthFiles(broker_dir / "auth")
+    config = BrokerConfig(
+        port=args.mqtt_port,
+        data_dir=broker_dir,
+        allow_anonymous=False,
+        password_file=files.password_file,
+        dynsec_config_file=files.dynsec_file,
+        tls=tls,
+    )
+    password_file = service_password(secrets_dir)
+    keeper = BrokerKeeper(
+        config,
+        prime=_session_primer(args, password_file),
+        sync=lambda k: closed_broker_sync(
+            accounts,
+            files,
+            k.process,
+            secrets_dir=secrets_dir,
+            pki_dir=data_dir / "pki",
+            restart=k.restart,
+            lock=k.lock,
+        ),
+    )
+    return _UpBroker(
+        keeper,
+        config.url,
+        closed=True,
+        service_args=[
+            "--mqtt-username",
+            SERVICE_USERNAME,
+            "--mqtt-password-file",
+            str(password_file),
+        ],
+        gateway_args=["--state-db-url", state_db_url, "--require-provisioned"],
+    )
+
+
+def _session_primer(
+    args: argparse.Namespace, password_file: Path
+) -> Callable[[MosquittoProcess], None]:
+    """What opens this installation's service sessions right after every broker start:
+    each gateway's (``telematics-gateway-N``) and the command service's, with their shared
+    subscriptions (see :func:`gateway.broker.control.prime_sessions`). The ids and groups
+    are the ones the child processes get: the same defaults and environment."""
+    import dataclasses
+
+    from gateway.broker.control import prime_sessions
+    from gateway.commands.service import CommandSettings
+    from gateway.commands.service import subscription_filters as command_filters
+    from gateway.ingest.service import IngestSettings
+    from gateway.installation import SERVICE_USERNAME
+
+    group = _env("SHARE_GROUP", "telematics-gateway")
+    sessions = {
+        f"telematics-gateway-{i}": IngestSettings(
+            client_id=f"telematics-gateway-{i}", share_group=group
+        ).topic_filters()
+        for i in range(1, args.gateways + 1)
+    }
+    defaults = {f.name: f.default for f in dataclasses.fields(CommandSettings)}
+    commands_id = _env("COMMANDS_CLIENT_ID", str(defaults["client_id"]))
+    sessions[commands_id] = command_filters(str(defaults["share_group"]))
+
+    def prime(broker: MosquittoProcess) -> None:
+        secret = password_file.read_text(encoding="utf-8").strip()
+        prime_sessions(broker.host, broker.port, SERVICE_USERNAME, secret, sessions)
+
+    return prime
+
+
+def _demo_refresher(
+    accounts: AccountRepository,
+    audit: AuditLog,
+    broker: _UpBroker,
+    *,
+    vins: Sequence[str],
+    credentials: Path,
+    public_key_path: Path,
+) -> Callable[[], DemoLogin]:
+    """Provisions the demo vehicles and refreshes stale unit credentials; run at start and
+    before every start of the simulator, so a credential rotated through the API does not
+    keep the demo down. Waits until the broker has taken new credentials."""
+    from gateway.installation import provision_demo
+
+    def refresh() -> DemoLogin:
+        before = accounts.broker_version()
+        login = provision_demo(
+            accounts,
+            audit,
+            vins=vins,
+            credentials_path=credentials,
+            broker_url=broker.url,
+            public_key_path=public_key_path,
+            now=time.time_ns() // 1_000_000,
+        )
+        sync = None if broker.keeper is None else broker.keeper.sync
+        after = accounts.broker_version()
+        if sync is not None and sync.running and after != before:
+            deadline = time.monotonic() + 10
+            while (sync.synced_version or 0) < after and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return login
+
+    return refresh
+
+
+def _prepare_data_dir(data_dir: Path) -> None:
+    """The data directory holds secrets and databases: private to its owner (0700), and
+    last run's health reports are gone (the processes that wrote them are)."""
+    from gateway.files import private_directory
+    from gateway.health import HEALTH_DIR_NAME
+
+    private_directory(data_dir)
+    health = data_dir / HEALTH_DIR_NAME
+    if health.is_dir():
+        for stale in health.glob("*.json"):
+            stale.unlink(missing_ok=True)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
+    check_up_ports(up_listeners(args))
+    api_args, gateway_tuning = _forwarded(args)
     from device_sim.fleet import fleet_vins
     from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
-    from gateway.broker.auth import BrokerAuthFiles
-    from gateway.installation import SERVICE_USERNAME, broker_auth, provision_demo, service_password
+    from gateway.health import HEALTH_DIR_NAME
     from gateway.statedb.accounts import AccountRepository
     from gateway.statedb.audit import AuditLog
     from gateway.statedb.database import StateDatabase
     from gateway.statedb.database import default_url as default_state_db_url
-    from gateway.supervisor import Part, Supervisor, data_paths, python_module
+    from gateway.supervisor import Part, Supervisor, python_module
 
     data_dir: Path = args.data_dir.resolve()
-    _, broker_dir = data_paths(data_dir)
-    secrets_dir = data_dir / "secrets"
+    _prepare_data_dir(data_dir)
     state_db_url = args.state_db_url or default_state_db_url(data_dir)
-    signing_key = data_dir / "command-signing-key.pem"
+    signing_key: Path = (args.signing_key or data_dir / "command-signing-key.pem").absolute()
     ensure_signing_key(signing_key)
-    now = time.time_ns() // 1_000_000
-
     state_db = StateDatabase(state_db_url)
     state_db.upgrade()
     accounts, audit = AccountRepository(state_db), AuditLog(state_db)
@@ -617,64 +938,67 @@ def _cmd_up(args: argparse.Namespace) -> int:
         audit,
         email=args.admin_email,
         password=os.environ.get("TELEMATICS_ADMIN_PASSWORD") or None,
-        now=now,
+        now=time.time_ns() // 1_000_000,
     )
-
-    broker: BrokerConfig | None = None
-    on_broker_started = None
-    service_args: list[str] = []
-    gateway_args: list[str] = []
-    closed = args.mqtt_url is None and not args.anonymous_broker
-    if args.mqtt_url is None:
-        find_mosquitto()  # fail early, with the install hint
-        if closed:
-            password_file = service_password(secrets_dir)
-            service_args = ["--mqtt-username", SERVICE_USERNAME, "--mqtt-password-file"]
-            service_args.append(str(password_file))
-            gateway_args = ["--state-db-url", state_db_url, "--require-provisioned"]
-            files = BrokerAuthFiles(broker_dir / "auth")
-        tls = None
-        if args.tls_port is not None:
-            if not closed:
-                raise GatewayError("--tls-port needs the closed broker (drop --anonymous-broker)")
-            from gateway.broker.pki import Pki
-
-            pki = Pki(data_dir / "pki")
-            if not pki.exists():
-                pki.init()
-                log.info("created a certificate authority for the TLS listener in %s", pki)
-            tls = pki.tls_listener(port=args.tls_port)
-        broker = BrokerConfig(
-            port=args.mqtt_port,
-            data_dir=broker_dir,
-            allow_anonymous=not closed,
-            password_file=files.password_file if closed else None,
-            acl_file=files.acl_file if closed else None,
-            tls=tls,
-        )
-        mqtt_url = broker.url
-    else:
-        parse_mqtt_url(args.mqtt_url)
-        mqtt_url = args.mqtt_url
-        if os.environ.get("TELEMATICS_MQTT_USERNAME"):
-            gateway_args = ["--state-db-url", state_db_url, "--require-provisioned"]
+    broker = _up_broker(args, data_dir, accounts)
 
     demo_login = None
-    sim_args: list[str] = []
-    if args.demo and closed:
-        credentials = secrets_dir / "demo-units.json"
-        demo_login = provision_demo(
-            accounts,
-            audit,
-            vins=fleet_vins(args.vehicles),
-            credentials_path=credentials,
-            broker_url=mqtt_url,
-            public_key_path=signing_key.with_name(signing_key.name + ".pub"),
-            now=now,
+    simulator = None
+    if args.demo:
+        sim_args = []
+        before_start = None
+        if broker.closed:
+            credentials = data_dir / "secrets" / "demo-units.json"
+            refresh = _demo_refresher(
+                accounts,
+                audit,
+                broker,
+                vins=fleet_vins(args.vehicles),
+                credentials=credentials,
+                public_key_path=signing_key.with_name(signing_key.name + ".pub"),
+            )
+            demo_login = refresh()
+            sim_args = ["--credentials", str(credentials)]
+            before_start = refresh
+        simulator = Part(
+            "simulator",
+            python_module(
+                "device_sim", "--mqtt-url", broker.url, "--vehicles", str(args.vehicles), *sim_args
+            ),
+            optional=True,
+            before_start=before_start,
         )
-        sim_args = ["--credentials", str(credentials)]
-    if closed:
-        on_broker_started = broker_auth(accounts, files, password_file)
+    parts = _up_parts(
+        args,
+        data_dir,
+        broker,
+        signing_key=signing_key,
+        api_args=api_args,
+        gateway_args=gateway_tuning,
+    )
+    if simulator is not None:
+        parts.append(simulator)
+    if admin is not None:
+        print_first_admin(admin)
+    _print_banner(args, data_dir, broker, demo_login)
+    try:
+        return Supervisor(parts, broker.keeper, health_dir=data_dir / HEALTH_DIR_NAME).run()
+    finally:
+        state_db.dispose()
+
+
+def _up_parts(
+    args: argparse.Namespace,
+    data_dir: Path,
+    broker: _UpBroker,
+    *,
+    signing_key: Path,
+    api_args: Sequence[str],
+    gateway_args: Sequence[str],
+) -> list[Part]:
+    """The gateways and the API (the simulator is added by the caller); ``api_args`` and
+    ``gateway_args``: the settings of ``up`` they take (:func:`_forwarded`)."""
+    from gateway.supervisor import Part, python_module
 
     common = ["--data-dir", str(data_dir), "--log-level", args.log_level]
     state_args = ["--state-db-url", args.state_db_url] if args.state_db_url else []
@@ -686,10 +1010,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 "gateway",
                 *common,
                 "--mqtt-url",
-                mqtt_url,
+                broker.url,
                 "--client-id",
                 f"telematics-gateway-{i}",
-                *service_args,
+                *broker.service_args,
+                *broker.gateway_args,
                 *gateway_args,
             ),
         )
@@ -707,57 +1032,50 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 "--port",
                 str(args.api_port),
                 "--mqtt-url",
-                mqtt_url,
+                broker.url,
                 "--admin-email",
                 args.admin_email,
-                *service_args,
+                "--signing-key",
+                str(signing_key),
+                *api_args,
+                *broker.service_args,
                 *state_args,
             ),
         )
     )
-    if args.demo:
-        parts.append(
-            Part(
-                "simulator",
-                python_module(
-                    "device_sim",
-                    "--mqtt-url",
-                    mqtt_url,
-                    "--vehicles",
-                    str(args.vehicles),
-                    *sim_args,
-                ),
-            )
-        )
-    api = f"http://{args.api_host}:{args.api_port}"
-    if admin is not None:
-        print_first_admin(admin)
+    return parts
+
+
+def _print_banner(
+    args: argparse.Namespace, data_dir: Path, broker: _UpBroker, demo_login: DemoLogin | None
+) -> None:
     if demo_login is not None and demo_login.password is not None:
         print(
             "\n  Demo fleet manager created (the password is shown only this once):\n"
             f"    e-mail     {demo_login.email}\n    password   {demo_login.password}",
             flush=True,
         )
+    api = f"http://{args.api_host}:{args.api_port}"
+    tls = None if broker.keeper is None else broker.keeper.process.config.tls
+    if broker.closed:
+        kind = " (private; vehicles need credentials: telematics vehicle add --help)"
+    elif broker.keeper is not None:
+        kind = " (private, anonymous)"
+    else:
+        kind = ""
     lines = [
         "",
         "  telematics gateway",
-        f"    broker   {mqtt_url}"
-        + (
-            " (private; vehicles need credentials: telematics vehicle add --help)"
-            if closed
-            else " (private, anonymous)"
-            if broker
-            else ""
-        ),
+        f"    broker   {broker.url}{kind}",
         *(
             [
-                f"    TLS      {broker.tls.url} (client certificate with CN = VIN: "
-                "telematics pki client VIN)"
+                f"    TLS      {tls.url} (client certificate with CN = VIN: "
+                + "telematics pki client VIN)"
             ]
-            if broker is not None and broker.tls is not None
+            if tls is not None
             else []
         ),
-        f"    API      {api}   (docs: {api}/docs)",
+        f"    API      {api}   (docs: {api}/docs; health: {api}/healthz)",
         f"    data     {data_dir}",
         f"    log in   curl -s {api}/v1/auth/token -d grant_type=password \\",
         f"               -d username={args.admin_email} --data-urlencode password=PASSWORD",
@@ -773,10 +1091,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
             f"{demo_login.email}",
         )
     print("\n".join(lines), flush=True)
-    try:
-        return Supervisor(parts, broker, on_broker_started=on_broker_started).run()
-    finally:
-        state_db.dispose()
 
 
 def _cmd_sim(argv: Sequence[str]) -> int:
@@ -824,6 +1138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from gateway.bench.sim import run_from_args as run_sim_bench
 
                 return run_sim_bench(args)
+            if args.bench == "identities":
+                from gateway.bench.identities import run_from_args as run_identities_bench
+
+                return run_identities_bench(args)
             if args.bench == "commands":
                 from gateway.bench.commands import run_from_args as run_commands_bench
 

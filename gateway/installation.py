@@ -2,16 +2,21 @@
 
 * the gateway's **service account** on the private broker (``secrets/mqtt-service.password``,
   mode 0600): the ingest processes and the API's command service log in with it;
-* the broker's **password file and ACL** (``broker/auth/``), rendered from the state
-  database's provisioned vehicles and kept current by :class:`BrokerAuthSync`;
+* the **broker administrator** (``secrets/mqtt-broker-admin.password``): the account the
+  broker sync sends Dynamic Security commands with, and nothing else;
+* the broker's **password file and Dynamic Security file** (``broker/auth/``), rendered
+  from the state database's provisioned vehicles before every broker start and kept
+  current by :class:`~gateway.broker.auth.BrokerAuthSync` (:func:`closed_broker_sync`);
 * with ``--demo``, the **demo organization**: its fleet manager and its simulated vehicles,
-  provisioned like real ones, their unit credentials in ``secrets/demo-units.json``.
+  provisioned like real ones, their unit credentials in ``secrets/demo-units.json``
+  (refreshed whenever they no longer match the state database).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +33,19 @@ from gateway.broker.auth import (
     VehicleIdentity,
     generate_password,
     hash_password,
+    verify_password,
 )
+from gateway.broker.control import DynsecControl
 from gateway.broker.mosquitto import MosquittoProcess
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 
 __all__ = [
+    "CONTROL_USERNAME",
     "SERVICE_USERNAME",
     "DemoLogin",
-    "broker_auth",
+    "closed_broker_sync",
+    "control_password",
     "provision_demo",
     "service_password",
 ]
@@ -45,6 +54,8 @@ log = logging.getLogger(__name__)
 
 #: the gateway's own MQTT account (ingest and command service)
 SERVICE_USERNAME: Final = "telematics-gateway"
+#: the account that changes the broker's Dynamic Security plugin (the broker sync)
+CONTROL_USERNAME: Final = "telematics-broker-admin"
 DEMO_ORGANIZATION: Final = "Demo Fleet"
 DEMO_MANAGER_EMAIL: Final = "fleet@demo.local"
 
@@ -64,34 +75,78 @@ def service_password(secrets_dir: Path) -> Path:
     return path
 
 
-def broker_auth(
-    accounts: AccountRepository, files: BrokerAuthFiles, service_password_file: Path
-) -> Callable[[MosquittoProcess], Callable[[], None]]:
-    """Write the broker's password file and ACL from the state database now (so the broker
-    starts with every provisioned vehicle), and return what to call once the broker runs:
-    it starts the sync that rewrites them and reloads the broker on every change, and
-    returns the function that stops it."""
-    secret = service_password_file.read_text(encoding="utf-8").strip()
-    services = [ServiceIdentity(SERVICE_USERNAME, hash_password(secret))]
+def control_password(secrets_dir: Path) -> Path:
+    """The file with the broker administrator's password, created (random, 0600) if
+    missing."""
+    path = secrets_dir / "mqtt-broker-admin.password"
+    if not path.exists():
+        _write_secret(path, generate_password() + "\n")
+    return path
+
+
+def closed_broker_sync(
+    accounts: AccountRepository,
+    files: BrokerAuthFiles,
+    broker: MosquittoProcess,
+    *,
+    secrets_dir: Path,
+    pki_dir: Path | None = None,
+    restart: Callable[[], None] | None = None,
+    lock: threading.RLock | None = None,
+    interval_s: float = 0.5,
+) -> BrokerAuthSync:
+    """The sync that keeps ``broker``'s identities equal to the state database: call its
+    ``render()`` before every start of the broker, ``start()`` once it runs.
+
+    Service accounts: the gateway's (:data:`SERVICE_USERNAME`) and the broker
+    administrator (:data:`CONTROL_USERNAME`), passwords from ``secrets_dir``. With
+    ``pki_dir``, revoking a vehicle also revokes its client certificates there (the broker
+    re-reads the CRL with the password file), so a revoked unit cannot even complete a TLS
+    handshake any more.
+    """
+    service_secret = service_password(secrets_dir).read_text(encoding="utf-8").strip()
+    control_secret = control_password(secrets_dir).read_text(encoding="utf-8").strip()
+    services = [
+        ServiceIdentity(SERVICE_USERNAME, hash_password(service_secret)),
+        ServiceIdentity(CONTROL_USERNAME, hash_password(control_secret), kind="control"),
+    ]
 
     def identities() -> list[VehicleIdentity]:
         return [VehicleIdentity(vin, h) for vin, h in accounts.broker_identities()]
 
-    files.write(identities(), services)
+    return BrokerAuthSync(
+        files,
+        services=services,
+        version=accounts.broker_version,
+        identities=identities,
+        control=DynsecControl(broker.host, broker.port, CONTROL_USERNAME, control_secret),
+        reload=broker.reload,
+        restart=restart,
+        on_removed=None if pki_dir is None else _certificate_revoker(pki_dir),
+        lock=lock,
+        interval_s=interval_s,
+    )
 
-    def start(broker: MosquittoProcess) -> Callable[[], None]:
-        sync = BrokerAuthSync(
-            files,
-            services=services,
-            version=accounts.broker_version,
-            identities=identities,
-            reload=broker.reload,
-        )
-        broker.reload()  # it may have started from other files (a restart, an old run)
-        sync.start()
-        return sync.stop
 
-    return start
+def _certificate_revoker(pki_dir: Path) -> Callable[[Sequence[str]], bool]:
+    def revoke(vins: Sequence[str]) -> bool:
+        from gateway.broker.pki import Pki, UnknownClientError
+
+        pki = Pki(pki_dir)
+        if not pki.exists():
+            return False
+        changed = False
+        for vin in vins:
+            try:
+                serials = pki.revoke(vin)
+            except UnknownClientError:  # no certificate was ever issued for it
+                continue
+            if serials:
+                log.info("revoked the client certificates of %s (serials %s)", vin, serials)
+                changed = True
+        return changed
+
+    return revoke
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +170,9 @@ def provision_demo(
     """The demo organization, its fleet manager and ``vins`` provisioned into it, with
     every unit's credentials in ``credentials_path`` (for ``telematics sim
     --credentials``). Idempotent: on a later start only what is missing is added, and a
-    vehicle whose password is not in the file gets a new one."""
+    vehicle whose password is not in the file, or no longer the one the state database
+    has (someone gave it new credentials through the API, or revoked it), gets a new one,
+    so the simulator never starts with credentials the broker refuses."""
     from gateway.admin_cli import write_unit_credentials
 
     account = next(
@@ -151,20 +208,59 @@ def provision_demo(
             target=f"user:{user.id}",
             detail={"email": user.email, "role": user.role, "demo": True},
         )
-    known: set[str] = set()
+    fresh = _refresh_demo_units(accounts, audit, vins, credentials_path, account.id, now=now)
+    if fresh or not credentials_path.exists():
+        write_unit_credentials(
+            credentials_path, fresh, public_key_path=public_key_path, broker_url=broker_url
+        )
+        log.info("provisioned %d demo vehicles (credentials: %s)", len(fresh), credentials_path)
+    return DemoLogin(DEMO_MANAGER_EMAIL, password, account.id)
+
+
+def _refresh_demo_units(
+    accounts: AccountRepository,
+    audit: AuditLog,
+    vins: Sequence[str],
+    credentials_path: Path,
+    account_id: int,
+    *,
+    now: int,
+) -> dict[str, str | None]:
+    """Provision (or give new passwords to) the demo vehicles whose entry in the
+    credentials file is missing or stale; returns their new passwords."""
+    known: dict[str, str | None] = {}
     if credentials_path.exists():
         from device_sim.credentials import load_credentials
 
-        known = set(load_credentials(credentials_path).vehicles)
+        known = {
+            vin: entry.mqtt_password
+            for vin, entry in load_credentials(credentials_path).vehicles.items()
+        }
     fresh: dict[str, str | None] = {}
     for vin in vins:
         vehicle = accounts.get_vehicle(vin)
-        if vehicle is not None and vehicle.active and vin in known:
+        current = known.get(vin)
+        if (
+            vehicle is not None
+            and vehicle.active
+            and current is not None
+            and vehicle.mqtt_password_hash is not None
+            and verify_password(current, vehicle.mqtt_password_hash)
+        ):
             continue
+        if vehicle is not None and vehicle.active and vehicle.account_id != account_id:
+            log.warning(
+                "demo vehicle %s belongs to account %d now, not to the demo organization; "
+                "its simulated unit will be refused",
+                vin,
+                vehicle.account_id,
+            )
+            continue
+        rotate = vehicle is not None and vehicle.active
         result = provision_or_rotate(
             accounts,
             vin=vin,
-            account_id=account.id,
+            account_id=account_id,
             label=f"Demo {vin[-4:]}",
             provisioned_by=None,
             now=now,
@@ -172,15 +268,12 @@ def provision_demo(
         audit.append(
             at=now,
             actor="system",
-            action="vehicle_provision",
-            account_id=account.id,
+            action="vehicle_credentials_rotate" if rotate else "vehicle_provision",
+            account_id=result.vehicle.account_id,
             target=f"vehicle:{vin}",
             detail={"credentials": "password", "demo": True},
         )
         fresh[vin] = result.mqtt_password
-    if fresh or not credentials_path.exists():
-        write_unit_credentials(
-            credentials_path, fresh, public_key_path=public_key_path, broker_url=broker_url
-        )
-        log.info("provisioned %d demo vehicles (credentials: %s)", len(fresh), credentials_path)
-    return DemoLogin(DEMO_MANAGER_EMAIL, password, account.id)
+    if fresh:
+        log.info("new credentials for %d demo vehicles: %s", len(fresh), ", ".join(fresh))
+    return fresh

@@ -2,7 +2,8 @@
 
 Opens the telemetry store, connects to the broker and ingests until SIGINT or SIGTERM,
 then commits what it holds, acknowledges it and disconnects. Meanwhile it deletes what is
-past its retention (``gateway.retention``).
+past its retention (``gateway.retention``) and writes a heartbeat (connected or not) for
+``/healthz`` every few seconds (:mod:`gateway.health`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,18 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.health import (
+    HEALTH_DIR_NAME,
+    HEARTBEAT_INTERVAL_S,
+    gateway_heartbeat_path,
+    write_status_file,
+)
 from gateway.ingest.registry import VehicleRegistry
 from gateway.ingest.service import IngestService, IngestSettings
 from gateway.retention import RetentionPolicy, run_retention
@@ -36,6 +45,8 @@ class GatewayOptions:
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     #: the most bytes of a refused payload the quarantine keeps
     quarantine_payload_bytes: int = DEFAULT_QUARANTINE_PAYLOAD_BYTES
+    #: where the heartbeat goes; None: ``health/`` next to the telemetry database
+    health_dir: Path | None = None
 
 
 #: seconds between explicit garbage collections (automatic collection is off, see below)
@@ -60,6 +71,33 @@ async def _collect_garbage(stopping: asyncio.Event) -> None:
             gc.collect()
     finally:
         gc.enable()
+
+
+async def _heartbeat(
+    service: IngestService, options: GatewayOptions, stopping: asyncio.Event
+) -> None:
+    """Write this gateway's heartbeat every HEARTBEAT_INTERVAL_S until it stops, then
+    remove it: a stopped gateway is not a failed one."""
+    s = options.ingest
+    directory = options.health_dir or options.db_path.parent / HEALTH_DIR_NAME
+    path = gateway_heartbeat_path(directory, s.client_id)
+    try:
+        while not stopping.is_set():
+            beat = {
+                "client_id": s.client_id,
+                "pid": os.getpid(),
+                "connected": service.connected.is_set(),
+                "updated_at_ms": time.time_ns() // 1_000_000,
+                "broker": f"mqtt://{s.host}:{s.port}",
+            }
+            try:
+                await asyncio.to_thread(write_status_file, path, beat)
+            except OSError as exc:
+                log.warning("cannot write the heartbeat %s: %s", path, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), HEARTBEAT_INTERVAL_S)
+    finally:
+        path.unlink(missing_ok=True)
 
 
 async def _run(options: GatewayOptions) -> None:
@@ -89,6 +127,7 @@ async def _run(options: GatewayOptions) -> None:
         options.db_path,
     )
     collector = asyncio.create_task(_collect_garbage(stopping))
+    heartbeat = asyncio.create_task(_heartbeat(service, options, stopping))
     watcher = asyncio.create_task(registry.watch(stopping)) if registry is not None else None
     retention = asyncio.create_task(run_retention(options.db_path, options.retention, stopping))
     try:
@@ -97,6 +136,7 @@ async def _run(options: GatewayOptions) -> None:
         stopping.set()
         await collector
         await retention
+        await heartbeat
         if watcher is not None:
             await watcher
         if registry is not None:

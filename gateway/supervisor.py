@@ -1,16 +1,38 @@
 """``telematics up``: a private broker, the gateway, the API (and the demo fleet) as child
 processes, supervised.
 
-The supervisor restarts a part that dies (with a back-off, and gives up on one that keeps
-dying), and on Ctrl-C or SIGTERM stops the parts in reverse order: simulator, API,
-gateways (each commits and acknowledges what it holds), then the broker, so nothing that
-was acknowledged is lost and nothing unacknowledged is dropped (it waits in the broker's
-persisted queue for the next start).
+Nothing that dies stays dead, and nothing that keeps dying takes the rest down:
+
+* a part that exits is started again after a capped exponential back-off
+  (:class:`RestartPolicy`: 1, 2, 4 ... 60 s; back to 1 s once it has run for a minute).
+  Three quick exits in a row make it *crash-looping*: logged as an error and reported in
+  ``DATA_DIR/health/supervisor.json``, which ``/healthz`` reads, but it keeps being
+  retried and never stops the other parts. An *optional* part (the demo simulator) only
+  ever makes the installation "degraded";
+* the private broker is kept the same way (:class:`BrokerKeeper`): when it dies (a crash,
+  a SIGKILL, a failure right after a reload) its identity files are rendered again from
+  the state database and it is started on the same port; the gateways and the command
+  service reconnect by themselves. Mosquitto does not save shared subscriptions, so right
+  after every start the keeper opens the gateways' sessions with theirs
+  (:func:`~gateway.broker.control.prime_sessions`): what units publish before the
+  gateways are back queues in those sessions instead of reaching no subscriber at all.
+  And as a fleet reconnects in a burst after a start, the keeper has the broker save its
+  state (SIGUSR1) a few seconds later, long before its first 30-second autosave: a
+  crash then finds the units' sessions on disk, so a unit resends what was in flight
+  instead of being told its session is gone (MQTT 5 then makes it discard it);
+* on Ctrl-C or SIGTERM the parts stop in reverse order: simulator, API, gateways (each
+  commits and acknowledges what it holds), then the broker, so nothing that was
+  acknowledged is lost and nothing unacknowledged is dropped (it waits in the broker's
+  persisted queue for the next start).
+
+The decisions (when to restart, how long to wait, what counts as crash-looping) are pure
+functions of the part's history and the clock; processes are the edge.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -20,28 +42,135 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from gateway.broker import BrokerConfig, MosquittoProcess
+from gateway.broker import BrokerConfig, BrokerError, MosquittoProcess
+from gateway.broker.auth import BrokerAuthSync
+from gateway.health import SUPERVISOR_FILE_NAME, write_status_file
 
-__all__ = ["Part", "Supervisor"]
+__all__ = ["BrokerKeeper", "Part", "RestartPolicy", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """When to start a part again after it exited.
+
+    The n-th exit in a row waits ``first_delay_s * 2**(n-1)``, at most ``max_delay_s``. An
+    exit counts as "in a row" when the part ran less than ``stable_after_s``; a part that
+    ran longer starts over at the first delay. From ``crash_loop_after`` exits in a row the
+    part is reported as crash-looping.
+    """
+
+    first_delay_s: float = 1.0
+    max_delay_s: float = 60.0
+    stable_after_s: float = 60.0
+    crash_loop_after: int = 3
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait before the next start, after ``failures`` exits in a row."""
+        return float(min(self.first_delay_s * 2 ** max(failures - 1, 0), self.max_delay_s))
+
+    def failures_after_exit(self, failures: int, ran_s: float) -> int:
+        """The count of exits in a row once a part that ran ``ran_s`` seconds exited."""
+        return 1 if ran_s >= self.stable_after_s else failures + 1
+
+
+@dataclass(slots=True)
+class _Lifecycle:
+    """What the supervisor remembers of one restartable thing, and the pure decisions."""
+
+    policy: RestartPolicy
+    started_at: float | None = None
+    failures: int = 0
+    restarts: int = 0
+    last_exit: int | None = None
+    next_start_at: float | None = None
+
+    @property
+    def crash_looping(self) -> bool:
+        return self.failures >= self.policy.crash_loop_after
+
+    def exited(self, code: int | None, now: float) -> float:
+        """Record an exit; returns the delay before the next start."""
+        ran = 0.0 if self.started_at is None else now - self.started_at
+        self.failures = self.policy.failures_after_exit(self.failures, ran)
+        self.last_exit = code
+        self.started_at = None
+        delay = self.policy.delay(self.failures)
+        self.next_start_at = now + delay
+        return delay
+
+    def due(self, now: float) -> bool:
+        return self.next_start_at is not None and now >= self.next_start_at
+
+    def started(self, now: float, *, restart: bool) -> None:
+        self.started_at = now
+        self.next_start_at = None
+        if restart:
+            self.restarts += 1
+
+    def state(self, running: bool) -> str:
+        if running:
+            return "running"
+        return "waiting" if self.next_start_at is not None else "stopped"
+
+
 @dataclass(slots=True)
 class Part:
-    """One supervised child process."""
+    """One supervised child process. ``before_start`` runs before every start (the demo
+    simulator refreshes its unit credentials there); its failure is logged and the part
+    started anyway. An ``optional`` part's failure never makes the product unavailable."""
 
     name: str
     argv: Sequence[str]
+    optional: bool = False
+    before_start: Callable[[], object] | None = None
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
     process: subprocess.Popen[bytes] | None = None
-    restarts: list[float] = field(default_factory=list)
+    life: _Lifecycle = field(init=False)
 
-    def start(self) -> None:
+    def __post_init__(self) -> None:
+        self.life = _Lifecycle(self.policy)
+
+    def start(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self.before_start is not None:
+            try:
+                self.before_start()
+            except Exception:
+                log.exception("preparing %s failed; starting it anyway", self.name)
+        restart = self.process is not None
         self.process = subprocess.Popen(list(self.argv))
+        self.life.started(now, restart=restart)
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
+    def check(self, now: float) -> None:
+        """Notice an exit and schedule the restart; start it when its time has come."""
+        p = self.process
+        if p is None:
+            return
+        if p.poll() is None:
+            return
+        if self.life.next_start_at is None:
+            delay = self.life.exited(p.returncode, now)
+            level = logging.ERROR if self.life.crash_looping else logging.WARNING
+            log.log(
+                level,
+                "%s exited with code %s%s; restarting in %.0f s",
+                self.name,
+                p.returncode,
+                f" ({self.life.failures} times in a row: crash-looping)"
+                if self.life.crash_looping
+                else "",
+                delay,
+            )
+        elif self.life.due(now):
+            self.start(now)
+
     def stop(self, timeout: float) -> None:
+        self.life.next_start_at = None
         p = self.process
         if p is None or p.poll() is not None:
             return
@@ -53,30 +182,170 @@ class Part:
             p.kill()
             p.wait()
 
+    def status(self, now: float) -> dict[str, Any]:
+        p = self.process
+        running = p is not None and p.poll() is None
+        next_in = None if self.life.next_start_at is None else self.life.next_start_at - now
+        return {
+            "name": self.name,
+            "optional": self.optional,
+            "state": self.life.state(running),
+            "pid": None if p is None else p.pid,
+            "restarts": self.life.restarts,
+            "failures_in_a_row": self.life.failures,
+            "crash_looping": self.life.crash_looping,
+            "last_exit": self.life.last_exit,
+            "next_start_in_s": None if next_in is None else round(max(next_in, 0), 1),
+        }
+
+
+class BrokerKeeper:
+    """The private broker, kept running.
+
+    Every start (the first, a restart after it died, a restart the identity sync asks for
+    after a bulk change) renders the broker's identity files from the state database
+    first (:meth:`BrokerAuthSync.render`); if the database cannot be read then, the files
+    on disk are used, which the sync and the plugin kept current until then. One
+    re-entrant lock orders the starts with the sync's changes.
+    """
+
+    POLICY = RestartPolicy(first_delay_s=0.5, max_delay_s=30.0, stable_after_s=60.0)
+    #: seconds after a start at which the broker is asked to save its state: the fleet's
+    #: reconnect burst is over by then, its first 30-second autosave far off (decision 0008)
+    SAVE_AFTER_START_S = (5.0, 15.0)
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        *,
+        sync: Callable[[BrokerKeeper], BrokerAuthSync] | None = None,
+        prime: Callable[[MosquittoProcess], None] | None = None,
+        policy: RestartPolicy = POLICY,
+    ) -> None:
+        """``prime`` runs right after every start, before anyone else is likely to be
+        back: it opens the gateways' sessions with their shared subscriptions, which
+        Mosquitto does not save (:func:`gateway.broker.control.prime_sessions`)."""
+        self.process = MosquittoProcess(config)
+        self._prime = prime
+        self.lock = threading.RLock()
+        self.life = _Lifecycle(policy)
+        self.sync = sync(self) if sync is not None else None
+        self._saves_due: list[float] = []
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    def start(self) -> None:
+        """The first start: raises :class:`~gateway.broker.BrokerStartError` if it fails."""
+        with self.lock:
+            self._render()
+            self.process.start()
+            self._started(time.monotonic(), restart=False)
+        log.info("private broker at %s (log: %s)", self.process.url, self.process.log_path)
+        if self.sync is not None:
+            self.sync.start()
+
+    def restart(self) -> None:
+        """Stop cleanly and start again with freshly rendered identities (the sync calls
+        this for a change too big to apply to the running broker)."""
+        with self.lock:
+            self.process.stop()
+            self._render()
+            self.process.start()
+            self._started(time.monotonic(), restart=True)
+        log.info("private broker restarted at %s", self.process.url)
+
+    def _started(self, now: float, *, restart: bool) -> None:
+        if self._prime is not None:
+            try:
+                self._prime(self.process)
+            except Exception:
+                log.warning("cannot open the gateways' sessions on the broker", exc_info=True)
+        self.life.started(now, restart=restart)
+        self._saves_due = [now + s for s in self.SAVE_AFTER_START_S]
+
+    def check(self, now: float) -> None:
+        """Restart the broker if it died (after the policy's delay); have it save its state
+        when that is due."""
+        if self.process.is_running():
+            if self._saves_due and now >= self._saves_due[0]:
+                self._saves_due.pop(0)
+                self.process.save()
+            return
+        with self.lock:
+            if self.process.is_running():  # restarted by the sync meanwhile
+                return
+            if self.life.next_start_at is None:
+                code = self.process.returncode
+                delay = self.life.exited(code, now)
+                log.error(
+                    "the private broker exited with code %s; starting it again in %.1f s (log: %s)",
+                    code,
+                    delay,
+                    self.process.log_path,
+                )
+                return
+            if not self.life.due(now):
+                return
+            try:
+                self._render()
+                self.process.start()
+            except BrokerError as exc:
+                delay = self.life.exited(None, now)
+                log.error("the private broker did not start (%s); retrying in %.1f s", exc, delay)
+                return
+            self._started(now, restart=True)
+        log.warning("the private broker is back at %s", self.process.url)
+
+    def _render(self) -> None:
+        if self.sync is None:
+            return
+        try:
+            self.sync.render()
+        except Exception:
+            log.warning(
+                "cannot render the broker's identities from the state database; starting "
+                "it with the files on disk",
+                exc_info=True,
+            )
+
+    def stop(self) -> None:
+        if self.sync is not None:
+            self.sync.stop()
+        with self.lock:
+            self.process.stop()
+
+    def status(self) -> dict[str, Any]:
+        running = self.process.is_running()
+        return {
+            "url": self.process.url,
+            "state": self.life.state(running),
+            "pid": self.process.pid if running else None,
+            "restarts": self.life.restarts,
+            "last_exit": self.life.last_exit,
+            "crash_looping": self.life.crash_looping,
+        }
+
 
 class Supervisor:
-    """Runs the parts until a signal arrives or a part fails for good."""
+    """Runs the parts until a signal arrives."""
 
-    #: a part that dies this many times within RESTART_WINDOW_S is given up on
-    MAX_RESTARTS = 5
-    RESTART_WINDOW_S = 60.0
+    TICK_S = 0.5
 
     def __init__(
         self,
         parts: Sequence[Part],
-        broker: BrokerConfig | None,
+        broker: BrokerKeeper | None,
         *,
-        on_broker_started: Callable[[MosquittoProcess], Callable[[], None]] | None = None,
+        health_dir: Path | None = None,
     ) -> None:
-        """``on_broker_started`` runs once the private broker answers, before the parts
-        start (the broker identity sync); it returns what to call at shutdown, before the
-        broker stops."""
+        """``health_dir``: where ``supervisor.json`` is written every tick (see
+        :mod:`gateway.health`)."""
         self.parts = list(parts)
-        self.broker = MosquittoProcess(broker) if broker is not None else None
-        self._on_broker_started = on_broker_started
-        self._broker_helper_stop: Callable[[], None] | None = None
+        self.broker = broker
+        self.health_dir = health_dir
         self._stop = threading.Event()
-        self.failed: str | None = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stop.set()
@@ -84,54 +353,56 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
+        reporter = threading.Thread(target=self._report_loop, name="supervisor-status", daemon=True)
         try:
             if self.broker is not None:
                 self.broker.start()
-                log.info("private broker at %s (log: %s)", self.broker.url, self.broker.log_path)
-                if self._on_broker_started is not None:
-                    self._broker_helper_stop = self._on_broker_started(self.broker)
+            reporter.start()
             for part in self.parts:
                 part.start()
-            while not self._stop.wait(0.5):
-                self._check_parts()
+            while not self._stop.wait(self.TICK_S):
+                now = time.monotonic()
+                if self.broker is not None:
+                    self.broker.check(now)
+                for part in self.parts:
+                    part.check(now)
         finally:
+            self._stop.set()
+            if reporter.is_alive():
+                reporter.join()
             self.shutdown()
-        return 0 if self.failed is None else 1
+        return 0
 
-    def _check_parts(self) -> None:
+    def _report_loop(self) -> None:
+        """Write the status file every tick from a thread of its own, so that it stays
+        fresh while the main loop waits (a part's preparation may take seconds)."""
+        while True:
+            self._report()
+            if self._stop.wait(self.TICK_S):
+                return
+
+    def _report(self) -> None:
+        if self.health_dir is None:
+            return
         now = time.monotonic()
-        for part in self.parts:
-            p = part.process
-            if p is None or p.poll() is None:
-                continue
-            part.restarts = [t for t in part.restarts if now - t < self.RESTART_WINDOW_S]
-            if len(part.restarts) >= self.MAX_RESTARTS:
-                self.failed = part.name
-                log.error(
-                    "%s exited %d times within %.0f s (last exit code %s); stopping everything",
-                    part.name,
-                    self.MAX_RESTARTS,
-                    self.RESTART_WINDOW_S,
-                    p.returncode,
-                )
-                self._stop.set()
-                return
-            part.restarts.append(now)
-            delay = min(2 ** (len(part.restarts) - 1), 10)
-            log.warning(
-                "%s exited with code %s; restarting in %d s", part.name, p.returncode, delay
-            )
-            if self._stop.wait(delay):
-                return
-            part.start()
+        status = {
+            "updated_at_ms": time.time_ns() // 1_000_000,
+            "pid": os.getpid(),
+            "broker": None if self.broker is None else self.broker.status(),
+            "parts": [p.status(now) for p in self.parts],
+        }
+        try:
+            write_status_file(self.health_dir / SUPERVISOR_FILE_NAME, status)
+        except OSError as exc:
+            log.warning("cannot write the supervisor's status file: %s", exc)
 
     def shutdown(self) -> None:
         for part in reversed(self.parts):
             part.stop(timeout=15)
-        if self._broker_helper_stop is not None:
-            self._broker_helper_stop()
         if self.broker is not None:
             self.broker.stop()
+        if self.health_dir is not None:
+            (self.health_dir / SUPERVISOR_FILE_NAME).unlink(missing_ok=True)
         log.info("all parts stopped")
 
 

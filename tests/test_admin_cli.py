@@ -1,34 +1,80 @@
-"""``telematics account|user|vehicle``: the operator's commands on the state database, run
-as the installed command would be."""
+"""``telematics account|user|vehicle``: the operator's commands on the state database.
+
+They run in this process, through the command's own entry point (``gateway.cli.main``,
+what the installed ``telematics`` calls), with their own environment, output and exit
+status; one test runs the installed command in a process of its own as well. The password
+reset is checked through the API: the sessions it ends are refused there.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+from fastapi.testclient import TestClient
+
 from device_sim.credentials import load_credentials
+from gateway.api import ApiSettings, create_app
 from gateway.auth.passwords import verify_password
 from gateway.broker.auth import verify_password as verify_mqtt_password
+from gateway.cli import main
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.database import StateDatabase
+from tests.conftest import auth_settings_for_tests
 
 VINS = ["WCLXX000000000001", "WCLXX000000000002"]
 
 
-def telematics(
-    data: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args, "--data-dir", str(data)],
+@dataclass
+class Done:
+    """What a command run left: its exit status and output (as a process would have)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def telematics(data: Path, *args: str, env: dict[str, str] | None = None) -> Done:
+    """``telematics ARGS --data-dir DATA`` with ``env`` added to a clean environment (no
+    ``TELEMATICS_*`` from outside)."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(
+        {k: v for k, v in saved.items() if not k.startswith("TELEMATICS_")} | (env or {})
+    )
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([*args, "--data-dir", str(data)])
+            except SystemExit as exc:  # argparse: usage errors and --help
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return Done(code, out.getvalue(), err.getvalue())
+
+
+def test_the_installed_command_runs_them(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "account", "add", "Vans GmbH"],
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "TELEMATICS_DATA_DIR": str(tmp_path / "data")},
         check=False,
     )
+    assert done.returncode == 0, done.stderr
+    assert "created organization account 1 'Vans GmbH'" in done.stdout
 
 
 def test_operator_sets_up_an_organization_from_the_command_line(tmp_path: Path) -> None:
@@ -129,5 +175,149 @@ def test_mistakes_are_explained(tmp_path: Path) -> None:
         "admin",
         env={"TELEMATICS_USER_PASSWORD": "short"},
     )
+    assert r.returncode == 2
+    assert "at least 10 characters" in r.stderr
+
+
+def test_accounts_are_named_by_id_or_name(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert telematics(data, "account", "add", "Demo Fleet").returncode == 0
+    r = telematics(data, "vehicle", "add", VINS[0], "--account", "Demo Fleet")
+    assert r.returncode == 0, r.stderr
+    r = telematics(data, "vehicle", "list", "--account", "Demo Fleet", "--json")
+    assert [(v["vin"], v["account"]) for v in json.loads(r.stdout)] == [(VINS[0], 1)]
+    r = telematics(data, "vehicle", "add", VINS[1], "--account", "No Such Fleet")
+    assert r.returncode == 2
+    assert "there is no account named 'No Such Fleet'" in r.stderr
+    assert telematics(data, "account", "add", "Demo Fleet").returncode == 0
+    r = telematics(data, "vehicle", "add", VINS[1], "--account", "Demo Fleet")
+    assert r.returncode == 2
+    assert "2 accounts are named 'Demo Fleet' (ids 1, 2): give the id" in r.stderr
+    r = telematics(data, "user", "add", "x@example.com", "--role", "driver", "--account", "1")
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_credentials_file_says_where_the_broker_is(tmp_path: Path) -> None:
+    """Without --broker-url the file gets the broker of the installation in the data
+    directory (the simulator refuses a file without one rather than guess)."""
+    data = tmp_path / "data"
+    assert telematics(data, "account", "add", "Vans").returncode == 0
+    path = tmp_path / "units.json"
+
+    def add(vin: str, *extra: str, env: dict[str, str] | None = None) -> str | None:
+        r = telematics(data, "vehicle", "add", vin, "--account", "1", "--credentials-file",
+                       str(path), *extra, env=env)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        url = load_credentials(path).broker_url
+        assert f"(broker {url})" in r.stdout
+        return url
+
+    assert add(VINS[0]) == "mqtt://127.0.0.1:1884"  # telematics up's default
+    path.unlink()
+    broker_dir = data / "broker"
+    broker_dir.mkdir()
+    (broker_dir / "mosquitto.conf").write_text(
+        "per_listener_settings false\n\nlistener 23456 127.0.0.1\n"
+    )
+    assert add(VINS[0]) == "mqtt://127.0.0.1:23456"  # the broker up renders for this data dir
+    assert (
+        add(VINS[1], "--broker-url", "mqtt://broker.example:1883") == "mqtt://broker.example:1883"
+    )
+    assert add(VINS[1]) == "mqtt://broker.example:1883"  # the file's own URL stays
+    path.unlink()
+    env = {"TELEMATICS_UNIT_BROKER_URL": "mqtt://units.example:1884"}
+    assert add(VINS[1], env=env) == "mqtt://units.example:1884"
+
+
+@dataclass
+class Api:
+    client: TestClient
+
+    def login(self, email: str, password: str) -> int:
+        form = {"grant_type": "password", "username": email, "password": password}
+        return self.client.post("/v1/auth/token", data=form).status_code
+
+    def refresh_token(self, email: str, password: str) -> str:
+        form = {"grant_type": "password", "username": email, "password": password}
+        r = self.client.post("/v1/auth/token", data=form)
+        assert r.status_code == 200, r.text
+        token: str = r.json()["refresh_token"]
+        return token
+
+    def refresh(self, token: str) -> int:
+        form = {"grant_type": "refresh_token", "refresh_token": token}
+        return self.client.post("/v1/auth/token", data=form).status_code
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    """The API on the state database the commands use (DATA/state.db)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    settings = ApiSettings(
+        db_path=data / "telemetry.db",
+        state_db_url=f"sqlite:///{data / 'state.db'}",
+        auth=auth_settings_for_tests(),
+    )
+    with TestClient(create_app(settings)) as client:
+        yield Api(client)
+
+
+def test_set_password_resets_a_lost_password_and_ends_the_sessions(
+    api: Api, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    email, old = "root@example.com", "the-old-password-1"
+    r = telematics(data, "user", "add", email, "--role", "admin",
+                   env={"TELEMATICS_USER_PASSWORD": old})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    sessions = [api.refresh_token(email, old) for _ in range(2)]
+    with StateDatabase(f"sqlite:///{data / 'state.db'}") as db:
+        # locked out after wrong passwords, for a quarter of an hour (as the API would do
+        # after many; set here so that no clock runs out during the test)
+        accounts = AccountRepository(db)
+        user = accounts.get_user_by_email(email)
+        assert user is not None
+        accounts.record_login_failure(
+            user.id,
+            "testclient",  # the test client's address
+            now=int(time.time() * 1000),
+            lockout_ms=lambda failures: 900_000,
+        )
+    assert api.login(email, old) == 429
+
+    new = "the-new-password-1"
+    r = telematics(data, "user", "set-password", email, env={"TELEMATICS_USER_PASSWORD": new})
+    assert r.returncode == 0, r.stderr
+    assert "2 session(s) ended" in r.stdout
+    assert new not in r.stdout + r.stderr
+    assert [api.refresh(token) for token in sessions] == [401, 401]
+    assert api.login(email, new) == 200  # no lock-out left
+    assert api.login(email, old) == 401
+
+    r = telematics(data, "user", "set-password", email)  # generated, shown once
+    assert r.returncode == 0, r.stderr
+    generated = r.stdout.split("password (shown only now): ")[1].strip()
+    assert api.login(email, generated) == 200
+    assert api.login(email, new) == 401
+
+    with StateDatabase(f"sqlite:///{data / 'state.db'}") as db:
+        user = AccountRepository(db).get_user_by_email(email)
+        assert user is not None
+        entries = [e for e in AuditLog(db).query(limit=100) if e.action == "user_update"]
+    assert len(entries) == 2
+    assert all(e.target == f"user:{user.id}" and e.actor.startswith("cli:") for e in entries)
+    assert all(e.detail is not None and e.detail["changed"] == ["password"] for e in entries)
+    assert all(new not in json.dumps(e.detail) for e in entries)
+
+
+def test_set_password_mistakes_are_explained(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    r = telematics(data, "user", "set-password", "nobody@example.com")
+    assert r.returncode == 2
+    assert "there is no user nobody@example.com" in r.stderr
+    assert telematics(data, "user", "add", "a@example.com", "--role", "admin").returncode == 0
+    r = telematics(data, "user", "set-password", "a@example.com",
+                   env={"TELEMATICS_USER_PASSWORD": "short"})  # fmt: skip
     assert r.returncode == 2
     assert "at least 10 characters" in r.stderr

@@ -197,7 +197,8 @@ def test_startup_creates_the_schema_of_a_missing_database(db_path: Path) -> None
         assert db_path.is_file()
         body = c.get("/v1/vehicles").json()
         assert body == {"items": [], "next": None}
-        assert c.get("/healthz").json() == {"status": "ok", "database": "ok"}
+        health = c.get("/healthz").json()
+        assert (health["status"], health["database"]) == ("ok", "ok")
 
 
 def test_reads_see_commits_made_after_startup(db_path: Path) -> None:
@@ -559,7 +560,18 @@ def test_quarantine_bad_paging(client: TestClient, params: dict[str, int], field
 def test_healthz_ok(client: TestClient) -> None:
     r = client.get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "database": "ok"}
+    assert r.headers["cache-control"] == "no-store"
+    body = r.json()
+    assert (body["status"], body["database"]) == ("ok", "ok")
+    components = body["components"]
+    assert components["telemetry_store"]["status"] == "ok"
+    assert components["state_database"]["status"] == "ok"
+    # no command service and no gateway reporting here: nothing to say, nothing failed
+    assert components["broker"]["status"] == "unknown"
+    assert components["ingest"]["status"] == "unknown"
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert set(ready.json()["components"]) == {"telemetry_store", "state_database", "broker"}
 
 
 def _broken_db(tmp_path: Path, kind: str) -> Path:
@@ -586,6 +598,7 @@ def test_healthz_503_when_the_database_is_unreadable(
     body = r.json()
     assert body["status"] == "unavailable"
     assert body["database"] == "unavailable"
+    assert body["components"]["telemetry_store"]["status"] == "unavailable"
     assert body["error"]["code"] == "database_unavailable"
     assert str(path) in body["error"]["message"]
 
@@ -692,6 +705,7 @@ def test_docs_and_openapi(client: TestClient) -> None:
         "/v1/catalog",
         "/v1/quarantine",
         "/healthz",
+        "/readyz",
         "/metrics",
         "/v1/vehicles/{vin}/commands",
         "/v1/commands/{command_id}",

@@ -337,6 +337,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/v1/catalog"): Row(get(lambda w, p, own: "/v1/catalog"), EVERYONE),
     ("GET", "/v1/quarantine"): Row(get(lambda w, p, own: "/v1/quarantine"), ADMIN_ONLY),
     ("GET", "/healthz"): Row(get(lambda w, p, own: "/healthz"), None),
+    ("GET", "/readyz"): Row(get(lambda w, p, own: "/readyz"), None),
     ("GET", "/metrics"): Row(get(lambda w, p, own: "/metrics"), ADMIN_ONLY),
     # commands
     ("POST", "/v1/vehicles/{vin}/commands"): Row(

@@ -30,3 +30,16 @@ def test_ingest_bench_counts_every_sample_once(batch: int, provisioned: bool) ->
     # every paced sample of the latency phase was seen committed
     assert result.latency_samples > 0
     assert 0 <= result.latency_p50_ms <= result.latency_p99_ms <= result.latency_max_ms
+
+
+@pytest.mark.parametrize(("vehicles", "restarted"), [(40, False), (1500, True)])
+def test_identity_bench_runs_both_paths(vehicles: int, restarted: bool) -> None:
+    """A small bulk goes through the plugin, a large one restarts the broker; either way
+    every login the benchmark times succeeded (it asserts them)."""
+    from gateway.bench.identities import run_identity_bench
+
+    result = run_identity_bench(vehicles)
+    assert result.vehicles == vehicles
+    assert result.bulk_restarted is restarted
+    assert result.dynsec_file_mb > 0
+    assert min(result.render_s, result.one_added_s, result.one_revoked_s, result.bulk_s) > 0

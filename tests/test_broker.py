@@ -98,6 +98,7 @@ def test_generated_config_is_accepted_and_contains_the_limits(mosquitto: Mosquit
         "max_queued_bytes 0",
         "queue_qos0_messages false",
         "max_packet_size 1048576",
+        "persistent_client_expiration 168h",
         f"log_dest file {mosquitto.log_path}",
         "log_type information",
         "set_tcp_nodelay true",
@@ -264,3 +265,26 @@ def test_parse_mqtt_url_accepts(url: str, expected: tuple[str, int]) -> None:
 def test_parse_mqtt_url_rejects_with_the_expected_form(url: str) -> None:
     with pytest.raises(ValueError, match="expected mqtt://host:port"):
         parse_mqtt_url(url)
+
+
+# --- packet size (decision 0008) --------------------------------------------------------------
+
+
+def test_the_broker_announces_its_packet_limit_and_never_answers_with_an_illegal_puback(
+    mosquitto: MosquittoProcess,
+) -> None:
+    """An MQTT 5 client learns the limit from the CONNACK (Maximum Packet Size) and can
+    refuse an oversized message itself. One that sends it anyway is disconnected with
+    reason 0x95 (packet too large), a code DISCONNECT may carry; the old
+    ``message_size_limit`` answered with a PUBACK 0x95, which PUBACK may not carry, and
+    paho-mqtt then resent the message forever (issue 11). A message well over the
+    gateway's 256 KiB still passes, so the gateway can quarantine it where operators look."""
+    from tests.mqtt_raw import Mqtt5Client
+
+    client, code = Mqtt5Client.connect(mosquitto.host, mosquitto.port, "big-sender")
+    assert code == 0
+    assert client.connack_properties[0x27] == broker_module.MAX_PACKET_SIZE == 1_048_576
+    assert client.publish("v1/vehicles/WVWZZZ1JZXW000001/telemetry", b"x" * 600_000) == 0x10
+    with pytest.raises(ConnectionError):  # no PUBACK, the connection ends
+        client.publish("v1/vehicles/WVWZZZ1JZXW000001/telemetry", b"x" * 1_100_000)
+    assert client.disconnect_reason == 0x95

@@ -1,317 +1,107 @@
-"""Vehicle identities on the broker (gateway.broker.auth) against the real ``mosquitto``.
+"""Vehicle identities on the broker (gateway.broker.auth, gateway.broker.control) against the
+real ``mosquitto``.
 
 Every broker test starts its own Mosquitto on a free port with ``allow_anonymous false``, a
-password file and an ACL rendered by the code under test; nothing about the broker is
-mocked. The clients are :class:`Mqtt5Client`, a few dozen lines of raw MQTT 5 over a socket,
-because these tests need what a full client library hides: the exact CONNACK, SUBACK and
-PUBACK reason codes, and whether the broker closed the connection.
+password file and the Dynamic Security plugin, set up by the code under test (the
+``closed_broker`` machinery of ``tests/conftest.py``: the real
+:class:`~gateway.broker.auth.BrokerAuthSync` over an in-memory identity source). Nothing
+about the broker is mocked. The clients are :class:`~tests.mqtt_raw.Mqtt5Client`, raw MQTT
+5 over a socket, because these tests need the exact CONNACK, SUBACK and PUBACK reason codes.
 
 Waiting never uses fixed sleeps: "nothing was delivered" is proven by ordering instead. The
 broker handles one connection's packets in order and delivers to a subscriber in order, so
 when a publisher sends a denied message and then an allowed one, a subscriber that receives
 the allowed one has already been sent everything it would ever get of the first.
 
-What Mosquitto 2.0.11 does, as these tests pin down (see gateway/broker/auth.py):
+What Mosquitto 2.0.11 does, as these tests pin down (see gateway/broker/auth.py and decision
+0008; the attacker's view is ``tests/test_abuse_broker.py``):
 
-* wrong, unknown or missing credentials: CONNACK 0x87 (not authorized);
-* publish outside the ACL: PUBACK 0x87, message dropped;
-* subscribe outside the ACL: SUBACK grants it, but nothing is ever delivered;
-* reload (SIGHUP) keeps connected clients; a password client whose line was removed is
-  disconnected during the reload.
+* wrong, unknown or missing credentials, or a vehicle's own credentials with another client
+  id: CONNACK 0x87 (not authorized);
+* publish outside a client's rights: PUBACK 0x87, message dropped;
+* subscribe outside its rights: SUBACK 0x87 (the plugin checks SUBSCRIBE, which the plain
+  ACL file never did);
+* a change to the plugin through ``$CONTROL`` applies at once, without a restart; deleting
+  a vehicle's client disconnects it; a SIGHUP reload re-reads the password file and
+  disconnects a password client whose line went or changed; everyone else stays connected.
 """
 
 from __future__ import annotations
 
 import base64
-import collections
-import contextlib
 import hashlib
+import json
 import logging
 import re
 import shutil
-import socket
-import ssl
 import stat
 import subprocess
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.broker import (
     BrokerConfig,
     BrokerError,
+    DynsecControl,
     MosquittoProcess,
     TlsListener,
     free_port,
     render_config,
 )
 from gateway.broker import auth as auth_module
+from gateway.broker import control as control_module
 from gateway.broker.auth import (
     BrokerAuthFiles,
     BrokerAuthSync,
     ServiceIdentity,
     VehicleIdentity,
+    commands_per_message,
+    estimate_control_s,
     generate_password,
     hash_password,
-    render_acl,
+    plan_dynsec_changes,
+    render_dynsec,
     render_password_file,
     verify_password,
 )
+from gateway.broker.control import DynsecCommandError
 from schemas.commands import command_result_topic, command_topic
 from schemas.feedback import feedback_topic
 from schemas.topics import Channel, topic_for
 from schemas.vin import VIN_PATTERN
-from tests.conftest import wait_until
+from tests.conftest import ClosedBroker, start_closed_broker, wait_until
+from tests.mqtt_raw import NOT_AUTHORIZED, TIMEOUT, Mqtt5Client
 
-TIMEOUT = 5.0  # seconds; a safety net, far above what any step here takes
+__all__ = ["NOT_AUTHORIZED", "TIMEOUT", "VIN_A", "VIN_B", "VIN_C", "Mqtt5Client"]
 
 VIN_A = "1HGCM82633A004352"
 VIN_B = "1HGCM82633A004353"
 VIN_C = "WVWZZZ1JZXW000001"
 SERVICE = "telematics-gateway"
+CONTROL = "telematics-broker-admin"
 SHARE_FILTER = "$share/telematics-gateway/v1/vehicles/+/telemetry"
 
-NOT_AUTHORIZED = 0x87
 _HASH_RE = re.compile(r"\$7\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)")
-
-
-# --- a raw MQTT 5 client ----------------------------------------------------------------------
-
-
-class Mqtt5Client:
-    """A minimal synchronous MQTT 5 client over a raw (optionally TLS) socket.
-
-    Raw packets rather than gmqtt because these tests need what a full client hides or
-    retries: the exact CONNACK, SUBACK and PUBACK reason codes, and whether the broker
-    closed the connection. Every wait has a deadline; nothing sleeps a fixed time.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self._buf = b""
-        self._next_id = 1
-        self.messages: collections.deque[tuple[str, bytes]] = collections.deque()
-        self.disconnect_reason: int | None = None
-        self.closed = False
-
-    # -- connect
-
-    @classmethod
-    def connect(
-        cls,
-        host: str,
-        port: int,
-        client_id: str,
-        *,
-        username: str | None = None,
-        password: str | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-        server_hostname: str | None = None,
-        timeout: float = TIMEOUT,
-    ) -> tuple[Mqtt5Client, int]:
-        """Connect and return (client, CONNACK reason code); 0 is success.
-
-        Raises ``OSError`` (``ssl.SSLError``, ``ConnectionError``) when the connection fails
-        or is closed before a CONNACK.
-        """
-        raw = socket.create_connection((host, port), timeout=timeout)
-        sock: socket.socket = raw
-        if ssl_context is not None:
-            try:
-                sock = ssl_context.wrap_socket(raw, server_hostname=server_hostname or host)
-            except BaseException:
-                raw.close()
-                raise
-        client = cls(sock)
-        try:
-            client._send_connect(client_id, username, password)
-            ptype, body = client._read_packet(time.monotonic() + timeout)
-            if ptype != 0x20:
-                raise ConnectionError(f"expected CONNACK, got packet type {ptype:#x}")
-        except BaseException:
-            client.close()
-            raise
-        return client, body[1]
-
-    def _send_connect(self, client_id: str, username: str | None, password: str | None) -> None:
-        flags = 0x02  # clean start
-        payload = _string(client_id)
-        if username is not None:
-            flags |= 0x80
-            payload += _string(username)
-        if password is not None:
-            flags |= 0x40
-            payload += _string(password)
-        variable = _string("MQTT") + bytes([5, flags]) + (30).to_bytes(2, "big") + b"\x00"
-        self._send(0x10, variable + payload)
-
-    # -- operations
-
-    def publish(self, topic: str, payload: bytes) -> int:
-        """Publish at QoS 1, wait for the PUBACK and return its reason code (< 0x80: ok)."""
-        pid = self._packet_id()
-        self._send(0x32, _string(topic) + pid.to_bytes(2, "big") + b"\x00" + payload)
-        body = self._wait_for(0x40, pid)
-        return body[2] if len(body) > 2 else 0
-
-    def subscribe(self, topic_filter: str, *, qos: int = 1) -> int:
-        """Subscribe and return the SUBACK reason code (0-2: granted QoS)."""
-        pid = self._packet_id()
-        self._send(0x82, pid.to_bytes(2, "big") + b"\x00" + _string(topic_filter) + bytes([qos]))
-        body = self._wait_for(0x90, pid)
-        props_len, n = _read_varint(body, 2)
-        return body[2 + n + props_len]
-
-    def receive(self, timeout: float = TIMEOUT) -> tuple[str, bytes] | None:
-        """The next delivered message, or None after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while not self.messages:
-            if self.closed or not self._pump(deadline):
-                return None
-        return self.messages.popleft()
-
-    def wait_closed(self, timeout: float = TIMEOUT) -> bool:
-        """Wait until the broker closes the connection; False if still open at ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while not self.closed:
-            if not self._pump(deadline):
-                return False
-        return True
-
-    def disconnect(self) -> None:
-        if not self.closed:
-            with contextlib.suppress(OSError):
-                self._send(0xE0, b"\x00")
-        self.close()
-
-    def close(self) -> None:
-        self.closed = True
-        self.sock.close()
-
-    # -- plumbing
-
-    def _packet_id(self) -> int:
-        pid = self._next_id
-        self._next_id = pid % 65535 + 1
-        return pid
-
-    def _send(self, first_byte: int, body: bytes) -> None:
-        self.sock.sendall(bytes([first_byte]) + _varint(len(body)) + body)
-
-    def _wait_for(self, ptype: int, pid: int | None, timeout: float = TIMEOUT) -> bytes:
-        deadline = time.monotonic() + timeout
-        while True:
-            got, body = self._read_packet(deadline)
-            if got == ptype and (pid is None or int.from_bytes(body[:2], "big") == pid):
-                return body
-            self._handle(got, body)
-
-    def _pump(self, deadline: float) -> bool:
-        """Handle one incoming packet; False if none came before ``deadline``."""
-        try:
-            got, body = self._read_packet(deadline)
-        except TimeoutError:
-            return False
-        except (ConnectionError, ssl.SSLError):
-            self.closed = True
-            return True
-        self._handle(got, body)
-        return True
-
-    def _handle(self, ptype: int, body: bytes) -> None:
-        if ptype & 0xF0 == 0x30:
-            qos = (ptype >> 1) & 0x03
-            tlen = int.from_bytes(body[:2], "big")
-            topic = body[2 : 2 + tlen].decode()
-            i = 2 + tlen
-            if qos:
-                pid = body[i : i + 2]
-                i += 2
-                self._send(0x40, pid)
-            props_len, n = _read_varint(body, i)
-            self.messages.append((topic, body[i + n + props_len :]))
-        elif ptype == 0xE0:
-            self.disconnect_reason = body[0] if body else 0
-            self.close()
-
-    def _read_packet(self, deadline: float) -> tuple[int, bytes]:
-        while True:
-            packet = _split_packet(self._buf)
-            if packet is not None:
-                ptype, body, used = packet
-                self._buf = self._buf[used:]
-                return ptype, body
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("no packet from the broker in time")
-            self.sock.settimeout(remaining)
-            chunk = self.sock.recv(65536)  # TimeoutError when nothing comes in time
-            if not chunk:
-                self.closed = True
-                raise ConnectionError("the broker closed the connection")
-            self._buf += chunk
-
-
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return len(data).to_bytes(2, "big") + data
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _read_varint(data: bytes, i: int) -> tuple[int, int]:
-    value, shift, n = 0, 0, 0
-    while True:
-        byte = data[i + n]
-        value |= (byte & 0x7F) << shift
-        n += 1
-        if not byte & 0x80:
-            return value, n
-        shift += 7
-
-
-def _split_packet(buf: bytes) -> tuple[int, bytes, int] | None:
-    if len(buf) < 2:
-        return None
-    length, shift, i = 0, 0, 1
-    while True:
-        if i >= len(buf):
-            return None
-        byte = buf[i]
-        length |= (byte & 0x7F) << shift
-        i += 1
-        if not byte & 0x80:
-            break
-        shift += 7
-    if len(buf) < i + length:
-        return None
-    return buf[0], buf[i : i + length], i + length
 
 
 # --- fixtures ---------------------------------------------------------------------------------
 
 
-@dataclass
 class Fleet:
-    """A running broker with two provisioned vehicles and one service account."""
+    """A running closed broker with two provisioned vehicles (A, B) and the service account."""
 
-    broker: MosquittoProcess
-    files: BrokerAuthFiles
-    passwords: dict[str, str]
-    vehicles: list[VehicleIdentity]
-    services: list[ServiceIdentity]
-    clients: list[Mqtt5Client]
+    def __init__(self, closed: ClosedBroker) -> None:
+        self.closed = closed
+        self.broker = closed.broker
+        self.clients: list[Mqtt5Client] = []
+
+    def password(self, username: str) -> str:
+        if username == SERVICE:
+            return self.closed.service[1]
+        return self.closed.vehicles.get(username) or "no-such-password"
 
     def connect(self, username: str | None, client_id: str | None = None) -> Mqtt5Client:
         """Connect with ``username``'s password; fail the test unless it is accepted."""
@@ -323,7 +113,7 @@ class Fleet:
         self, username: str | None, client_id: str | None = None, password: str | None = None
     ) -> tuple[Mqtt5Client, int]:
         if password is None and username is not None:
-            password = self.passwords.get(username, "no-such-password")
+            password = self.password(username)
         client, code = Mqtt5Client.connect(
             self.broker.host,
             self.broker.port,
@@ -334,50 +124,27 @@ class Fleet:
         self.clients.append(client)
         return client, code
 
-    def provision(self, vin: str) -> None:
-        self.passwords[vin] = generate_password()
-        self.vehicles.append(VehicleIdentity(vin, hash_password(self.passwords[vin])))
-        assert self.files.write(self.vehicles, self.services)
-
-    def remove(self, vin: str) -> None:
-        self.vehicles = [v for v in self.vehicles if v.vin != vin]
-        assert self.files.write(self.vehicles, self.services)
-
     def service_subscriber(self, topic_filter: str = "v1/#", name: str = "svc-sub") -> Mqtt5Client:
         client = self.connect(SERVICE, name)
         assert client.subscribe(topic_filter) < 0x80
         return client
 
 
-def _auth_broker_config(tmp_path: Path, files: BrokerAuthFiles, **kwargs: object) -> BrokerConfig:
-    return BrokerConfig(
-        port=free_port(),
-        data_dir=tmp_path / "mosquitto",
-        persistence=False,
-        allow_anonymous=False,
-        password_file=files.password_file,
-        acl_file=files.acl_file,
-        extra_lines=("log_type subscribe",),
-        **kwargs,  # type: ignore[arg-type]
-    )
-
-
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    files = BrokerAuthFiles(tmp_path / "auth")
-    passwords = {name: generate_password() for name in (VIN_A, VIN_B, SERVICE)}
-    vehicles = [VehicleIdentity(v, hash_password(passwords[v])) for v in (VIN_A, VIN_B)]
-    services = [ServiceIdentity(SERVICE, hash_password(passwords[SERVICE]))]
-    files.write(vehicles, services)
-    broker = MosquittoProcess(_auth_broker_config(tmp_path, files))
-    broker.start()
-    fleet = Fleet(broker, files, passwords, vehicles, services, [])
+    closed = start_closed_broker(
+        tmp_path,
+        vehicles={VIN_A: generate_password(), VIN_B: generate_password()},
+        persistence=False,
+    )
+    fleet = Fleet(closed)
     try:
         yield fleet
     finally:
         for client in fleet.clients:
             client.close()
-        broker.stop()
+        closed.sync.stop()
+        closed.broker.stop()
 
 
 def _delivered_in_order(subscriber: Mqtt5Client, expected: list[tuple[str, bytes]]) -> None:
@@ -489,9 +256,36 @@ def test_vehicle_identity_rejects_invalid_vins(vin: str) -> None:
         VehicleIdentity(vin, None)
 
 
+def test_render_password_file_lists_password_identities_sorted() -> None:
+    h = {n: hash_password(n) for n in ("a", "b", "s")}
+    text = render_password_file(
+        [
+            VehicleIdentity(VIN_B, h["b"]),
+            VehicleIdentity(VIN_C, None),
+            VehicleIdentity(VIN_A, h["a"]),
+        ],
+        [ServiceIdentity("svc", h["s"])],
+    )
+    entries = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    assert entries == [f"svc:{h['s']}", f"{VIN_A}:{h['a']}", f"{VIN_B}:{h['b']}"]
+    # the certificate-only vehicle has no line: it cannot log in with any password
+    assert VIN_C not in text
+    # comments must not look like entries to Mosquitto, which splits at the first ':'
+    assert all(":" not in ln for ln in text.splitlines() if ln.startswith("#"))
+
+
 @pytest.mark.parametrize(
     "name",
-    ["", "with space", "a:b", "gw\ntopic readwrite #", "#comment", "x" * 65, "caf\u00e9"],
+    [
+        "",
+        "with space",
+        "a:b",
+        "gw\ntopic readwrite #",
+        "#comment",
+        "x" * 65,
+        "caf\u00e9",
+        VIN_A,  # a service account must never shadow a vehicle
+    ],
 )
 def test_service_identity_rejects_names_that_could_inject(name: str) -> None:
     with pytest.raises(ValueError, match="invalid service account name"):
@@ -514,59 +308,100 @@ def test_identities_reject_malformed_hashes(bad_hash: str) -> None:
         ServiceIdentity(SERVICE, bad_hash)
 
 
-def test_render_password_file_lists_password_identities_sorted() -> None:
-    h = {n: hash_password(n) for n in ("a", "b", "s")}
-    text = render_password_file(
-        [
-            VehicleIdentity(VIN_B, h["b"]),
-            VehicleIdentity(VIN_C, None),
-            VehicleIdentity(VIN_A, h["a"]),
-        ],
-        [ServiceIdentity("svc", h["s"])],
-    )
-    entries = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
-    assert entries == [f"svc:{h['s']}", f"{VIN_A}:{h['a']}", f"{VIN_B}:{h['b']}"]
-    # the certificate-only vehicle has no line: it cannot log in with any password
-    assert VIN_C not in text
-    # comments must not look like entries to Mosquitto, which splits at the first ':'
-    assert all(":" not in ln for ln in text.splitlines() if ln.startswith("#"))
+def _acls(document: Mapping[str, Any], role: str) -> set[tuple[str, str, bool]]:
+    [found] = [r for r in document["roles"] if r["rolename"] == role]
+    return {(a["acltype"], a["topic"], a["allow"]) for a in found["acls"]}
 
 
-def test_render_acl_gives_each_vehicle_only_its_own_topics() -> None:
-    text = render_acl(
-        [VehicleIdentity(VIN_B, None), VehicleIdentity(VIN_A, hash_password("a"))],
-        [ServiceIdentity(SERVICE, hash_password("s"))],
-    )
-    lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
-    assert "pattern" not in text
-    assert lines[0].startswith("user ")  # nothing applies to anonymous clients
-    blocks: dict[str, list[str]] = {}
-    for ln in lines:
-        if ln.startswith("user "):
-            current = blocks.setdefault(ln.removeprefix("user "), [])
-        else:
-            current.append(ln)
-    assert list(blocks) == [SERVICE, VIN_A, VIN_B]
-    assert blocks[SERVICE] == ["topic readwrite v1/#"]
-    for vin in (VIN_A, VIN_B):
-        assert sorted(blocks[vin]) == sorted(
+def test_render_dynsec_gives_each_vehicle_only_its_own_topics() -> None:
+    document = json.loads(
+        render_dynsec(
+            [VehicleIdentity(VIN_B, None), VehicleIdentity(VIN_A, hash_password("a"))],
             [
-                f"topic write {topic_for(vin, Channel.TELEMETRY)}",
-                f"topic write {topic_for(vin, Channel.EVENTS)}",
-                f"topic write {topic_for(vin, Channel.STATUS)}",
-                f"topic write {command_result_topic(vin)}",
-                f"topic read {command_topic(vin)}",
-                f"topic read {feedback_topic(vin)}",
-            ]
+                ServiceIdentity(SERVICE, hash_password("s")),
+                ServiceIdentity(CONTROL, hash_password("c"), kind="control"),
+            ],
         )
+    )
+    # nothing but unsubscribing is allowed by default: an unknown user name has no right
+    assert document["defaultACLAccess"] == {
+        "publishClientSend": False,
+        "publishClientReceive": False,
+        "subscribe": False,
+        "unsubscribe": True,
+    }
+    clients = {c["username"]: c for c in document["clients"]}
+    assert list(clients) == [CONTROL, SERVICE, VIN_A, VIN_B]  # sorted
+    for vin in (VIN_A, VIN_B):
+        # the client id is bound to the VIN, and no password: the password file decides
+        assert clients[vin] == {
+            "username": vin,
+            "clientid": vin,
+            "roles": [{"rolename": f"vehicle-{vin}"}],
+        }
+        assert _acls(document, f"vehicle-{vin}") == {
+            ("publishClientSend", topic_for(vin, Channel.TELEMETRY), True),
+            ("publishClientSend", topic_for(vin, Channel.EVENTS), True),
+            ("publishClientSend", topic_for(vin, Channel.STATUS), True),
+            ("publishClientSend", command_result_topic(vin), True),
+            ("subscribeLiteral", command_topic(vin), True),
+            ("publishClientReceive", command_topic(vin), True),
+        }
+    assert "clientid" not in clients[SERVICE]  # several gateway processes, distinct ids
+    assert clients[CONTROL]["clientid"] == CONTROL
+    assert _acls(document, "telematics-broker-admin") == {
+        ("publishClientSend", "$CONTROL/dynamic-security/v1", True),
+        ("subscribeLiteral", "$CONTROL/dynamic-security/v1/response", True),
+        ("publishClientReceive", "$CONTROL/dynamic-security/v1/response", True),
+    }
+    assert all("password" not in c for c in document["clients"])
+    # the same identities always render the same bytes
+    again = render_dynsec(
+        [VehicleIdentity(VIN_A, hash_password("x")), VehicleIdentity(VIN_B, None)],
+        [
+            ServiceIdentity(CONTROL, hash_password("y"), kind="control"),
+            ServiceIdentity(SERVICE, hash_password("z")),
+        ],
+    )
+    assert json.loads(again) == document
 
 
 def test_render_refuses_duplicate_usernames() -> None:
     h = hash_password("pw")
     with pytest.raises(ValueError, match="twice"):
-        render_acl([VehicleIdentity(VIN_A, h), VehicleIdentity(VIN_A, None)], [])
+        render_dynsec([VehicleIdentity(VIN_A, h), VehicleIdentity(VIN_A, None)], [])
     with pytest.raises(ValueError, match="twice"):
-        render_password_file([VehicleIdentity(VIN_A, h)], [ServiceIdentity(VIN_A, h)])
+        render_password_file(
+            [], [ServiceIdentity(SERVICE, h), ServiceIdentity(SERVICE, h, kind="control")]
+        )
+
+
+def test_plan_dynsec_changes_and_its_commands() -> None:
+    changes = plan_dynsec_changes([SERVICE, CONTROL, VIN_A, VIN_B], [VIN_C, VIN_A])
+    assert changes.add == (VIN_C,)
+    assert changes.remove == (VIN_B,)
+    assert len(changes) == 2
+    commands = changes.add_commands() + changes.remove_commands()
+    assert [(c["command"], c.get("username") or c.get("rolename")) for c in commands] == [
+        ("createRole", f"vehicle-{VIN_C}"),
+        ("createClient", VIN_C),
+        ("deleteClient", VIN_B),
+        ("deleteRole", f"vehicle-{VIN_B}"),
+    ]
+    assert not plan_dynsec_changes([SERVICE, VIN_A], [VIN_A])
+
+
+def test_control_cost_model_keeps_messages_short_and_bulk_changes_offline() -> None:
+    # the measured cost: ~30 us per vehicle the plugin holds, per command, two per vehicle
+    assert estimate_control_s(1, 10_000) == pytest.approx(0.6, rel=0.01)
+    assert commands_per_message(10_000) == 2  # one vehicle per message at 10,000
+    assert commands_per_message(100) == 166
+    assert commands_per_message(0, 1000) == 16  # priced at the size it grows to
+    assert commands_per_message(0) % 2 == 0
+    # at 10,000 vehicles, a change of 10 is applied live, one of 20 is not
+    assert estimate_control_s(10, 10_000) < auth_module.LIVE_CHANGES_BUDGET_S
+    assert estimate_control_s(20, 10_000) > auth_module.LIVE_CHANGES_BUDGET_S
+    assert estimate_control_s(1000, 0) > auth_module.LIVE_CHANGES_BUDGET_S
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -575,25 +410,30 @@ def test_render_refuses_duplicate_usernames() -> None:
 def test_auth_files_ensure_write_and_change_detection(tmp_path: Path) -> None:
     files = BrokerAuthFiles(tmp_path / "auth")
     files.ensure()
-    for path in (files.password_file, files.acl_file):
+    assert stat.S_IMODE(files.directory.stat().st_mode) == 0o700
+    for path in (files.password_file, files.dynsec_file):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert files.password_file.read_text() == render_password_file([], [])
+    assert json.loads(files.dynsec_file.read_text())["clients"] == []
     vehicles = [VehicleIdentity(VIN_A, hash_password("a"))]
     services = [ServiceIdentity(SERVICE, hash_password("s"))]
-    assert files.write(vehicles, services) is True
-    assert files.write(vehicles, services) is False  # same content: nothing to reload
+    assert files.write_password_file(vehicles, services) is True
+    assert files.write_password_file(vehicles, services) is False  # same: nothing to reload
     files.ensure()  # keeps what is there
-    assert VIN_A in files.acl_file.read_text()
-    assert files.write([], services) is True
-    assert VIN_A not in files.password_file.read_text() + files.acl_file.read_text()
-    for path in (files.password_file, files.acl_file):
+    assert VIN_A in files.password_file.read_text()
+    files.write(vehicles, services)
+    assert VIN_A in files.dynsec_file.read_text()
+    files.write([], services)
+    assert VIN_A not in files.password_file.read_text() + files.dynsec_file.read_text()
+    for path in (files.password_file, files.dynsec_file):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert sorted(p.name for p in files.directory.iterdir()) == sorted(
-        [files.password_file.name, files.acl_file.name]
+        [files.password_file.name, files.dynsec_file.name]
     )  # no temporary files left behind
+    before = files.dynsec_file.read_text()
     with pytest.raises(ValueError, match="twice"):
         files.write([VehicleIdentity(VIN_A, None)] * 2, services)
-    assert files.write([], services) is False  # the failed write changed nothing
+    assert files.dynsec_file.read_text() == before  # the failed write changed nothing
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -612,12 +452,14 @@ def test_render_config_with_auth_files_and_tls_listener(tmp_path: Path) -> None:
         crlfile=tmp_path / "crl.pem",
     )
     assert tls.cafile.is_absolute()
+    plugin = tmp_path / "dynsec.so"
     cfg = BrokerConfig(
         port=1884,
         data_dir=tmp_path,
         allow_anonymous=False,
         password_file=Path("auth/pw"),
-        acl_file=tmp_path / "acl",
+        dynsec_config_file=tmp_path / "dynsec.json",
+        dynsec_plugin=plugin,
         tls=tls,
     )
     assert cfg.password_file is not None
@@ -629,15 +471,20 @@ def test_render_config_with_auth_files_and_tls_listener(tmp_path: Path) -> None:
     for expected in [
         "allow_anonymous false",
         f"password_file {cfg.password_file}",
-        f"acl_file {tmp_path / 'acl'}",
+        f"plugin {plugin}",
+        f"plugin_opt_config_file {tmp_path / 'dynsec.json'}",
+        "max_packet_size 270336",  # 256 KiB of message + 8 KiB of headers (decision 0008)
+        "persistent_client_expiration 168h",  # the gateway's 7-day sessions, nobody more
     ]:
         assert expected in directives
+    assert not any(d.startswith(("acl_file", "message_size_limit")) for d in directives)
     assert tls_block[1:] == [
         f"cafile {tls.cafile}",
         f"certfile {tmp_path / 'server.crt'}",
         f"keyfile {tmp_path / 'server.key'}",
         "require_certificate true",
         "use_identity_as_username true",
+        "use_username_as_clientid true",
         f"crlfile {tmp_path / 'crl.pem'}",
     ]
     lines = text.splitlines()
@@ -651,7 +498,11 @@ def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="line break"):
         BrokerConfig(port=1884, data_dir=tmp_path, password_file=Path("a\nlistener 1 x"))
     with pytest.raises(ValueError, match="line break"):
-        BrokerConfig(port=1884, data_dir=tmp_path, acl_file=Path("a\rb"))
+        BrokerConfig(port=1884, data_dir=tmp_path, dynsec_config_file=Path("a\rb"))
+    with pytest.raises(ValueError, match="whole hours"):
+        BrokerConfig(port=1884, data_dir=tmp_path, session_expiry_cap_s=90)
+    with pytest.raises(ValueError, match="max_packet_size"):
+        BrokerConfig(port=1884, data_dir=tmp_path, max_packet_size=10)
     files = (tmp_path / "ca", tmp_path / "crt", tmp_path / "key")
     with pytest.raises(ValueError, match="port of its own"):
         BrokerConfig(port=1884, data_dir=tmp_path, tls=TlsListener(1884, *files))
@@ -660,16 +511,32 @@ def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="line break"):
         TlsListener(8883, tmp_path / "ca\nx", *files[1:])
     with pytest.raises(ValueError, match="require_certificate"):
-        TlsListener(8883, *files, require_certificate=False)
+        TlsListener(8883, *files, require_certificate=False, use_username_as_clientid=False)
+    with pytest.raises(ValueError, match="use_identity_as_username"):
+        TlsListener(8883, *files, use_identity_as_username=False)
     with pytest.raises(ValueError, match="require_certificate"):
         TlsListener(
             8883,
             *files,
             require_certificate=False,
             use_identity_as_username=False,
+            use_username_as_clientid=False,
             crlfile=tmp_path / "crl",
         )
     assert TlsListener(8883, *files).url == "mqtts://127.0.0.1:8883"
+
+
+def test_dynsec_plugin_is_found_and_a_missing_one_explained(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from gateway.broker import mosquitto
+
+    found = mosquitto.find_dynsec_plugin()  # scripts/setup.sh installs Debian's mosquitto
+    assert found.name == "mosquitto_dynamic_security.so"
+    assert found.is_file()
+    monkeypatch.setattr(mosquitto, "DYNSEC_PLUGIN_GLOBS", (str(tmp_path / "*" / "x.so"),))
+    with pytest.raises(mosquitto.MosquittoNotFoundError, match="Dynamic Security plugin"):
+        mosquitto.find_dynsec_plugin()
 
 
 # --- the real broker: authentication ----------------------------------------------------------
@@ -678,7 +545,15 @@ def test_config_validation(tmp_path: Path) -> None:
 def test_broker_starts_with_empty_auth_files_and_refuses_everyone(tmp_path: Path) -> None:
     files = BrokerAuthFiles(tmp_path / "auth")
     files.ensure()
-    with MosquittoProcess(_auth_broker_config(tmp_path, files)) as broker:
+    config = BrokerConfig(
+        port=free_port(),
+        data_dir=tmp_path / "mosquitto",
+        persistence=False,
+        allow_anonymous=False,
+        password_file=files.password_file,
+        dynsec_config_file=files.dynsec_file,
+    )
+    with MosquittoProcess(config) as broker:
         client, code = Mqtt5Client.connect(
             broker.host, broker.port, "someone", username=SERVICE, password="x"
         )
@@ -692,19 +567,23 @@ def test_vehicle_logs_in_with_a_hash_made_by_hash_password(fleet: Fleet) -> None
 
 
 @pytest.mark.parametrize(
-    ("username", "password"),
+    ("username", "password", "client_id"),
     [
-        (VIN_A, "wrong password"),
-        (VIN_A, None),  # username without password
-        (None, None),  # anonymous
-        ("1HGCM82633A009999", "whatever"),  # nobody provisioned that VIN
+        (VIN_A, "wrong password", VIN_A),
+        (VIN_A, None, VIN_A),  # username without password
+        (None, None, "anonymous"),
+        ("1HGCM82633A009999", "whatever", "1HGCM82633A009999"),  # nobody provisioned it
+        (VIN_A, "right", "evil-1"),  # the right password, but not its own client id
+        (VIN_A, "right", VIN_B),  # ... nor another vehicle's
     ],
 )
 def test_bad_or_missing_credentials_are_refused(
-    fleet: Fleet, username: str | None, password: str | None
+    fleet: Fleet, username: str | None, password: str | None, client_id: str
 ) -> None:
+    if password == "right":
+        password = fleet.password(VIN_A)
     client, code = Mqtt5Client.connect(
-        fleet.broker.host, fleet.broker.port, "intruder", username=username, password=password
+        fleet.broker.host, fleet.broker.port, client_id, username=username, password=password
     )
     fleet.clients.append(client)
     assert code == NOT_AUTHORIZED
@@ -725,6 +604,7 @@ def test_vehicle_publishes_to_its_own_topics_only(fleet: Fleet) -> None:
         command_topic(VIN_A),  # forging commands to itself
         command_result_topic(VIN_B),
         "v1/other",
+        "$CONTROL/dynamic-security/v1",
     ]
     for topic in forbidden:
         assert vehicle.publish(topic, b"spoofed") == NOT_AUTHORIZED, topic
@@ -735,46 +615,63 @@ def test_vehicle_publishes_to_its_own_topics_only(fleet: Fleet) -> None:
     assert service.receive(timeout=0.2) is None
 
 
-def test_vehicle_never_receives_another_vehicles_commands(fleet: Fleet) -> None:
+def test_vehicle_subscribes_to_its_own_command_topic_and_nothing_else(fleet: Fleet) -> None:
     vehicle = fleet.connect(VIN_A)
-    # SUBACK grants it: Mosquitto 2.0.11 checks read rights on delivery, not on SUBSCRIBE
-    assert vehicle.subscribe(command_topic(VIN_B)) < 0x80
-    assert vehicle.subscribe("v1/#") < 0x80
+    for refused in [
+        command_topic(VIN_B),
+        "v1/#",
+        "v1/vehicles/+/commands",
+        SHARE_FILTER,
+        "#",
+        "$SYS/#",
+    ]:
+        assert vehicle.subscribe(refused) == NOT_AUTHORIZED, refused
+    assert vehicle.subscribe(command_topic(VIN_A)) == 1
     service = fleet.connect(SERVICE)
     assert service.publish(command_topic(VIN_B), b"unlock B") < 0x80
-    assert service.publish(topic_for(VIN_B, Channel.TELEMETRY), b"B's data") < 0x80
     assert service.publish(command_topic(VIN_A), b"lock A") < 0x80
-    # A's own command arrives (once per matching subscription), B's never did before it
+    # A's own command arrives, and B's never did before it
     assert vehicle.receive() == (command_topic(VIN_A), b"lock A")
-    while (message := vehicle.receive(timeout=0.2)) is not None:
-        assert message == (command_topic(VIN_A), b"lock A")
+    assert vehicle.receive(timeout=0.2) is None
 
 
-def test_service_shared_subscription_receives_vehicle_telemetry(fleet: Fleet) -> None:
+def test_service_account_reads_through_shared_subscriptions_and_sends_only_commands(
+    fleet: Fleet,
+) -> None:
     gateway_1 = fleet.service_subscriber(SHARE_FILTER, "gateway-1")
+    commands = fleet.service_subscriber(
+        "$share/telematics-commands/v1/vehicles/+/commands/result", "commands-1"
+    )
     for vin in (VIN_A, VIN_B):
         vehicle = fleet.connect(vin)
         assert vehicle.publish(topic_for(vin, Channel.TELEMETRY), vin.encode()) < 0x80
+        assert vehicle.publish(command_result_topic(vin), b"ok") < 0x80
     _delivered_in_order(
         gateway_1,
         [(topic_for(v, Channel.TELEMETRY), v.encode()) for v in (VIN_A, VIN_B)],
     )
+    _delivered_in_order(commands, [(command_result_topic(v), b"ok") for v in (VIN_A, VIN_B)])
+    # least privilege: the gateway's account cannot speak for a vehicle, nor administer
+    assert gateway_1.publish(topic_for(VIN_A, Channel.TELEMETRY), b"forged") == NOT_AUTHORIZED
+    assert gateway_1.publish("$CONTROL/dynamic-security/v1", b"{}") == NOT_AUTHORIZED
+    assert gateway_1.subscribe("#") == NOT_AUTHORIZED
+    assert gateway_1.subscribe("$CONTROL/#") == NOT_AUTHORIZED
 
 
-# --- the real broker: reload ------------------------------------------------------------------
+# --- the real broker: changes while it runs ---------------------------------------------------
 
 
-def test_reload_admits_a_new_vehicle_without_dropping_connected_clients(fleet: Fleet) -> None:
+def test_a_new_vehicle_is_admitted_without_dropping_connected_clients(fleet: Fleet) -> None:
     service = fleet.service_subscriber()
     old = fleet.connect(VIN_A)
     assert fleet.try_connect(VIN_C, password="not yet")[1] == NOT_AUTHORIZED
 
-    fleet.provision(VIN_C)
-    fleet.broker.reload()
+    fleet.closed.add_vehicle(VIN_C)
 
     new = fleet.connect(VIN_C)
+    assert new.subscribe(command_topic(VIN_C)) == 1
     assert new.publish(topic_for(VIN_C, Channel.STATUS), b"new") < 0x80
-    # the connections made before the reload still work, with their rights
+    # the connections made before the change still work, with their rights
     assert old.publish(topic_for(VIN_A, Channel.TELEMETRY), b"old") < 0x80
     assert old.publish(topic_for(VIN_C, Channel.TELEMETRY), b"spoof") == NOT_AUTHORIZED
     _delivered_in_order(
@@ -786,27 +683,37 @@ def test_reload_admits_a_new_vehicle_without_dropping_connected_clients(fleet: F
     assert "Client 1HGCM82633A004352 disconnected" not in fleet.broker.log_path.read_text()
 
 
-def test_revoked_vehicle_is_cut_off_by_the_reload(fleet: Fleet) -> None:
+def test_a_revoked_vehicle_is_cut_off_at_once(fleet: Fleet) -> None:
     service = fleet.service_subscriber()
+    password = fleet.password(VIN_A)
     revoked = fleet.connect(VIN_A)
     kept = fleet.connect(VIN_B)
 
-    fleet.remove(VIN_A)
-    fleet.broker.reload()
+    fleet.closed.remove_vehicle(VIN_A)
 
-    # Mosquitto re-checks connected password clients on reload: A is gone at once
+    # deleting its plugin client disconnects it; the password file refuses it from then on
     assert revoked.wait_closed(timeout=TIMEOUT)
-    assert fleet.try_connect(VIN_A)[1] == NOT_AUTHORIZED
+    assert fleet.try_connect(VIN_A, password=password)[1] == NOT_AUTHORIZED
     assert kept.publish(topic_for(VIN_B, Channel.TELEMETRY), b"still here") < 0x80
     assert service.receive() == (topic_for(VIN_B, Channel.TELEMETRY), b"still here")
 
 
+def test_a_new_password_disconnects_the_old_one(fleet: Fleet) -> None:
+    old_password = fleet.password(VIN_A)
+    unit = fleet.connect(VIN_A)
+    fleet.closed.vehicles[VIN_A] = generate_password()
+    fleet.closed.apply()
+    assert unit.wait_closed(timeout=TIMEOUT)
+    assert fleet.try_connect(VIN_A, password=old_password)[1] == NOT_AUTHORIZED
+    fleet.connect(VIN_A)
+
+
 def test_reload_reports_what_the_broker_rejected(fleet: Fleet) -> None:
-    with fleet.files.password_file.open("a") as f:
+    with fleet.closed.files.password_file.open("a") as f:
         f.write("BROKEN:$7$101$AAAA$BBBB\n")
     with pytest.raises(BrokerError, match="BROKEN, removing entry"):
         fleet.broker.reload()
-    fleet.files.write(fleet.vehicles, fleet.services)
+    fleet.closed.files.write_password_file(fleet.closed.identities(), fleet.closed.sync.services)
     fleet.broker.reload()  # a good file reloads cleanly again
     fleet.connect(VIN_A)
 
@@ -817,100 +724,94 @@ def test_reload_needs_a_running_broker(tmp_path: Path) -> None:
         broker.reload()
 
 
+def test_control_reports_refused_commands_and_a_refused_login(fleet: Fleet) -> None:
+    user, password = fleet.closed.control
+    control = DynsecControl(fleet.broker.host, fleet.broker.port, user, password)
+    with pytest.raises(DynsecCommandError, match="Client not found") as refused:
+        control.execute([{"command": "deleteClient", "username": VIN_C}])
+    assert refused.value.failures[0][1] == "Client not found"
+    # tolerated: the plugin already is where the command would take it
+    [answer] = control.execute(
+        [{"command": "deleteClient", "username": VIN_C}], tolerate=frozenset({"Client not found"})
+    )
+    assert answer["error"] == "Client not found"
+    with pytest.raises(BrokerError, match="refused 'telematics-broker-admin' as"):
+        DynsecControl(fleet.broker.host, fleet.broker.port, user, "wrong").execute([])
+    # the gateway's service account may not administer the plugin
+    with pytest.raises(BrokerError, match="refused"):
+        DynsecControl(
+            fleet.broker.host, fleet.broker.port, SERVICE, fleet.closed.service[1]
+        ).execute([{"command": "listClients"}])
+
+
+def test_control_splits_many_commands_into_several_messages(fleet: Fleet) -> None:
+    user, password = fleet.closed.control
+    control = DynsecControl(fleet.broker.host, fleet.broker.port, user, password)
+    commands = [{"command": "getClient", "username": v} for v in (VIN_A, VIN_B, SERVICE)]
+    answers = control.execute(commands, per_message=2)
+    assert [a["data"]["client"]["username"] for a in answers] == [VIN_A, VIN_B, SERVICE]
+    assert [len(c) for c in control_module._chunks(list(commands), 2)] == [2, 1]
+    big = [{"command": "getClient", "username": "x" * 50_000} for _ in range(9)]
+    assert [len(c) for c in control_module._chunks(big, 1000)] == [4, 4, 1]  # 200 KiB each
+
+
 # --- BrokerAuthSync ---------------------------------------------------------------------------
 
 
-class IdentitySource:
-    """What the state database will provide: a version counter and the vehicle list."""
-
-    def __init__(self) -> None:
-        self.version = 0
-        self.vehicles: list[VehicleIdentity] = []
-        self.fail_with: Exception | None = None
-        self.lock = threading.Lock()
-
-    def get_version(self) -> int:
-        with self.lock:
-            if self.fail_with is not None:
-                raise self.fail_with
-            return self.version
-
-    def get_identities(self) -> list[VehicleIdentity]:
-        with self.lock:
-            return list(self.vehicles)
-
-    def set(self, vehicles: list[VehicleIdentity]) -> None:
-        with self.lock:
-            self.vehicles = vehicles
-            self.version += 1
-
-
-@dataclass
-class SyncSetup:
-    broker: MosquittoProcess
-    source: IdentitySource
-    sync: BrokerAuthSync
-    reloads: list[int]  # the source's version at each reload
-    passwords: dict[str, str]
-
-
-@pytest.fixture
-def sync_setup(tmp_path: Path) -> Iterator[SyncSetup]:
-    files = BrokerAuthFiles(tmp_path / "auth")
-    files.ensure()
-    passwords = {v: generate_password() for v in (VIN_A, VIN_B, SERVICE)}
-    broker = MosquittoProcess(_auth_broker_config(tmp_path, files))
-    broker.start()
-    source = IdentitySource()
+def test_auth_sync_applies_only_what_changed(tmp_path: Path) -> None:
+    closed = start_closed_broker(tmp_path, persistence=False)
+    sync, source = closed.sync, closed.source
     reloads: list[int] = []
+    real_reload = closed.broker.reload
 
     def reload() -> None:
-        broker.reload()
+        real_reload()
         reloads.append(source.version)
 
-    sync = BrokerAuthSync(
-        files,
-        services=[ServiceIdentity(SERVICE, hash_password(passwords[SERVICE]))],
-        version=source.get_version,
-        identities=source.get_identities,
-        reload=reload,
-        interval_s=0.02,
-    )
+    sync._reload = reload  # count the reloads of this test
     try:
-        yield SyncSetup(broker, source, sync, reloads, passwords)
+        assert sync.synced_version == source.version  # render() recorded what it wrote
+        assert sync.sync_once() is False  # same version: not even read
+        source.set([])  # new version, same content: no change, no reload
+        assert sync.sync_once() is False
+        password = generate_password()
+        closed.vehicles[VIN_A] = password
+        source.set(closed.identities())
+        assert sync.sync_once() is True
+        assert reloads == [source.version]  # the password file changed: one reload
+        client, code = Mqtt5Client.connect(
+            closed.broker.host, closed.broker.port, VIN_A, username=VIN_A, password=password
+        )
+        client.disconnect()
+        assert code == 0
+        # a certificate-only vehicle needs no reload: it is in the plugin only
+        closed.vehicles[VIN_B] = None
+        source.set(closed.identities())
+        assert sync.sync_once() is True
+        assert len(reloads) == 1
+        log = closed.broker.log_path.read_text()
+        assert f"createClient | username={VIN_B}" in log
     finally:
-        sync.stop()
-        broker.stop()
+        closed.broker.stop()
 
 
-def _code(broker: MosquittoProcess, username: str, password: str) -> int:
-    client, code = Mqtt5Client.connect(
-        broker.host, broker.port, username, username=username, password=password
-    )
-    client.disconnect()
-    return code
+class _Control:
+    """A control channel that answers like the plugin for an empty broker."""
 
+    def __init__(self) -> None:
+        self.sent: list[list[Mapping[str, Any]]] = []
 
-def test_auth_sync_once_writes_and_reloads_only_on_change(sync_setup: SyncSetup) -> None:
-    broker, source, sync, reloads, pw = (
-        sync_setup.broker,
-        sync_setup.source,
-        sync_setup.sync,
-        sync_setup.reloads,
-        sync_setup.passwords,
-    )
-    assert _code(broker, SERVICE, pw[SERVICE]) == NOT_AUTHORIZED  # nothing synced yet
-    assert sync.sync_once() is True  # first sync: the service account appears
-    assert sync.synced_version == 0
-    assert _code(broker, SERVICE, pw[SERVICE]) == 0
-    assert sync.sync_once() is False  # same version: not even read
-    source.set([])  # new version, same content: no reload
-    assert sync.sync_once() is False
-    assert reloads == [0]
-    source.set([VehicleIdentity(VIN_A, hash_password(pw[VIN_A]))])
-    assert sync.sync_once() is True
-    assert _code(broker, VIN_A, pw[VIN_A]) == 0
-    assert reloads == [0, 2]
+    def execute(
+        self,
+        commands: Sequence[Mapping[str, Any]],
+        *,
+        per_message: int = 1000,
+        tolerate: frozenset[str] = frozenset(),
+    ) -> list[dict[str, Any]]:
+        self.sent.append(list(commands))
+        if commands and commands[0]["command"] == "listClients":
+            return [{"command": "listClients", "data": {"clients": [SERVICE]}}]
+        return [{"command": c["command"]} for c in commands]
 
 
 def test_auth_sync_retries_a_failed_reload(tmp_path: Path) -> None:
@@ -923,47 +824,110 @@ def test_auth_sync_retries_a_failed_reload(tmp_path: Path) -> None:
             raise BrokerError("broker restarting")
 
     sync = BrokerAuthSync(
-        files, services=[], version=lambda: 7, identities=list, reload=flaky_reload
+        files,
+        services=[ServiceIdentity(SERVICE, hash_password("s"))],
+        version=lambda: 7,
+        identities=list,
+        control=_Control(),
+        reload=flaky_reload,
     )
     with pytest.raises(BrokerError):
         sync.sync_once()
     assert sync.synced_version is None
-    # the files are already written, so nothing "changes"; the reload is still owed
+    # the file is already written, so nothing "changes"; the reload is still owed
     assert sync.sync_once() is True
     assert attempts == ["reload", "reload"]
     assert sync.sync_once() is False
 
 
-def test_auth_sync_thread_follows_the_source_and_survives_errors(
-    sync_setup: SyncSetup, caplog: pytest.LogCaptureFixture
-) -> None:
-    broker, source, sync, reloads, pw = (
-        sync_setup.broker,
-        sync_setup.source,
-        sync_setup.sync,
-        sync_setup.reloads,
-        sync_setup.passwords,
+def test_auth_sync_restarts_the_broker_for_a_bulk_change(tmp_path: Path) -> None:
+    files = BrokerAuthFiles(tmp_path / "auth")
+    control = _Control()
+    restarts: list[str] = []
+    many = [VehicleIdentity(f"1HGCM8263{i:08d}") for i in range(2000)]
+    sync = BrokerAuthSync(
+        files,
+        services=[],
+        version=lambda: 1,
+        identities=lambda: many,
+        control=control,
+        reload=lambda: None,
+        restart=lambda: restarts.append("restart"),
     )
+    assert sync.sync_once() is True
+    assert restarts == ["restart"]
+    assert [c[0]["command"] for c in control.sent] == ["listClients"]  # nothing else sent
+    # without a restart at hand, the change goes through the plugin after all
+    sync = BrokerAuthSync(
+        files,
+        services=[],
+        version=lambda: 1,
+        identities=lambda: many[:3],
+        control=control,
+        reload=lambda: None,
+    )
+    assert sync.sync_once() is True
+    assert [c["command"] for c in control.sent[-1]] == ["createRole", "createClient"] * 3
+
+
+def test_auth_sync_thread_follows_the_source_and_survives_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    closed = start_closed_broker(tmp_path, persistence=False)
+    sync, source, broker = closed.sync, closed.source, closed.broker
+    passwords = {VIN_A: generate_password(), VIN_B: generate_password()}
+
+    def code(vin: str) -> int:
+        client, result = Mqtt5Client.connect(
+            broker.host, broker.port, vin, username=vin, password=passwords[vin]
+        )
+        client.disconnect()
+        return result
+
     caplog.set_level(logging.WARNING, logger="gateway.broker.auth")
     sync.start()
-    with pytest.raises(RuntimeError, match="already running"):
-        sync.start()
-    wait_until(lambda: sync.synced_version == 0, timeout=TIMEOUT, what="first sync")
+    try:
+        with pytest.raises(RuntimeError, match="already running"):
+            sync.start()
+        source.fail_with = ConnectionError("state database unavailable")
+        wait_until(
+            lambda: "broker identity sync failed" in caplog.text, timeout=TIMEOUT, what="error log"
+        )
+        with source.lock:
+            source.fail_with = None
+            source.vehicles = [VehicleIdentity(VIN_A, hash_password(passwords[VIN_A]))]
+            source.version += 1
+        wait_until(
+            lambda: sync.synced_version == source.version, timeout=TIMEOUT, what="sync after error"
+        )
+        assert code(VIN_A) == 0
 
-    source.fail_with = ConnectionError("state database unavailable")
-    wait_until(
-        lambda: "broker identity sync failed" in caplog.text, timeout=TIMEOUT, what="error log"
-    )
-    with source.lock:
-        source.fail_with = None
-        source.vehicles = [VehicleIdentity(VIN_A, hash_password(pw[VIN_A]))]
-        source.version += 1
-    wait_until(lambda: sync.synced_version == 1, timeout=TIMEOUT, what="sync after the error")
-    assert _code(broker, VIN_A, pw[VIN_A]) == 0
+        source.set([VehicleIdentity(VIN_B, hash_password(passwords[VIN_B]))])  # A out, B in
+        wait_until(
+            lambda: sync.synced_version == source.version, timeout=TIMEOUT, what="second sync"
+        )
+        assert code(VIN_A) == NOT_AUTHORIZED
+        assert code(VIN_B) == 0
+    finally:
+        sync.stop()
+        broker.stop()
 
-    source.set([VehicleIdentity(VIN_B, hash_password(pw[VIN_B]))])  # A revoked, B added
-    wait_until(lambda: sync.synced_version == 2, timeout=TIMEOUT, what="revocation sync")
-    assert _code(broker, VIN_A, pw[VIN_A]) == NOT_AUTHORIZED
-    assert _code(broker, VIN_B, pw[VIN_B]) == 0
-    sync.stop()
-    assert reloads == [0, 1, 2]
+
+def test_the_plugin_file_is_rendered_again_before_a_restart(tmp_path: Path) -> None:
+    """At run time the plugin owns its file; what the broker starts with is the identity
+    source's rendering, not whatever the plugin saved last."""
+    closed = start_closed_broker(tmp_path, persistence=False)
+    try:
+        closed.add_vehicle(VIN_A)
+        saved = json.loads(closed.files.dynsec_file.read_text())  # the plugin's own save
+        assert VIN_A in {c["username"] for c in saved["clients"]}
+        closed.vehicles.pop(VIN_A)
+        closed.source.set(closed.identities())  # revoked while the sync was not looking
+        closed.broker.stop()
+        closed.sync.render()
+        closed.broker.start()
+        rendered = json.loads(closed.files.dynsec_file.read_text())
+        assert VIN_A not in {c["username"] for c in rendered["clients"]}
+        assert closed.sync.sync_once() is False  # nothing left to do
+    finally:
+        closed.broker.stop()

@@ -330,7 +330,7 @@ def test_a_units_own_failure_ends_the_command_failed_with_its_reason(
     result(mosquitto, VIN, second["id"], "failed", reason="horn_fuse_blown", detail="F12")
     other = wait_status(api, second["id"], "failed")
     assert (other["reason"], other["detail"]) == ("other", "horn_fuse_blown: F12")
-    assert api.get("/v1/quarantine").json()["entries"] == []
+    assert api.get("/v1/quarantine").json()["items"] == []
 
 
 def test_correlation_data_must_be_the_command_id(
@@ -342,12 +342,12 @@ def test_correlation_data_must_be_the_command_id(
     result(mosquitto, VIN, command["id"], "accepted", correlation=other_id)
     wait_until(
         lambda: (
-            [e["reason"] for e in api.get("/v1/quarantine").json()["entries"]]
+            [e["reason"] for e in api.get("/v1/quarantine").json()["items"]]
             == ["correlation_mismatch"]
         ),
         what="the mismatched result in the quarantine",
     )
-    entry = api.get("/v1/quarantine").json()["entries"][0]
+    entry = api.get("/v1/quarantine").json()["items"][0]
     assert other_id in entry["detail"]
     assert command["id"] in entry["detail"]
     assert get(api, command["id"])["status"] == "sent"

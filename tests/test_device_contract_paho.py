@@ -130,7 +130,7 @@ class Stack:
     def quarantine(self, vin: str) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = self.get(
             "/v1/quarantine", headers=self.admin, vin=vin, limit=100
-        )["entries"]
+        )["items"]
         return entries
 
 
@@ -362,7 +362,7 @@ def test_samples_batches_events_and_status_reach_the_api(stack: Stack, unit: Uni
     history = stack.get(
         f"/v1/vehicles/{unit.vin}/history", signals=SPEED, start=t - 60_000, end=now_ms() + 1
     )
-    assert [p["seq"] for p in history["points"]] == [1, 2, 3]
+    assert [p["seq"] for p in history["items"]] == [1, 2, 3]
     assert unit.feedback == []
 
 

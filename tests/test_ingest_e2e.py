@@ -163,7 +163,8 @@ def test_bad_input_is_quarantined_with_its_reason_and_the_pipeline_keeps_going(
         (telemetry(VIN), sample(OTHER_VIN, 5), Reason.VIN_MISMATCH),
         (
             telemetry(VIN),
-            b'{"vin": "' + VIN.encode() + b'", "pad": "' + b"x" * 300_000 + b'"}',
+            # over the gateway's 256 KiB, within the broker's packet limit (decision 0008)
+            b'{"vin": "' + VIN.encode() + b'", "pad": "' + b"x" * 263_000 + b'"}',
             Reason.PAYLOAD_TOO_LARGE,
         ),
         (telemetry(VIN), future, Reason.FUTURE_TIMESTAMP),

@@ -30,16 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.broker import (
-    BrokerConfig,
     MosquittoProcess,
     free_port,
-)
-from gateway.broker.auth import (
-    BrokerAuthFiles,
-    ServiceIdentity,
-    VehicleIdentity,
-    generate_password,
-    hash_password,
 )
 from gateway.broker.pki import (
     Pki,
@@ -52,7 +44,9 @@ from gateway.broker.pki import (
 )
 from gateway.errors import GatewayError
 from schemas.topics import Channel, topic_for
-from tests.test_broker_auth import NOT_AUTHORIZED, TIMEOUT, VIN_A, VIN_B, VIN_C, Mqtt5Client
+from tests.conftest import ClosedBroker, start_closed_broker
+from tests.mqtt_raw import NOT_AUTHORIZED, TIMEOUT, Mqtt5Client
+from tests.test_broker_auth import VIN_A, VIN_B, VIN_C
 
 SERVICE = "telematics-gateway"
 
@@ -249,16 +243,18 @@ def test_cli_default_directory_is_the_clis_data_dir(
 
 @dataclass
 class TlsFleet:
-    """A broker with a TLS listener; VIN_A and VIN_B have certificates (no passwords)."""
+    """A closed broker with a TLS listener; VIN_A and VIN_B have certificates (no
+    passwords)."""
 
-    broker: MosquittoProcess
+    closed: ClosedBroker
     pki: Pki
-    files: BrokerAuthFiles
     tls_port: int
     foreign: Pki  # another CA, same VIN
-    services: list[ServiceIdentity]
-    service_password: str
     clients: list[Mqtt5Client]
+
+    @property
+    def broker(self) -> MosquittoProcess:
+        return self.closed.broker
 
     def context(
         self, vin: str | None = None, *, pki: Pki | None = None, check_hostname: bool = True
@@ -298,7 +294,7 @@ class TlsFleet:
             self.broker.port,
             "svc",
             username=SERVICE,
-            password=self.service_password,
+            password=self.closed.service[1],
         )
         self.clients.append(client)
         assert code == 0
@@ -315,30 +311,20 @@ def tls_fleet(tmp_path: Path) -> Iterator[TlsFleet]:
     foreign = Pki(tmp_path / "foreign")
     foreign.init()
     foreign.client(VIN_A)
-    files = BrokerAuthFiles(tmp_path / "auth")
-    service_password = generate_password()
-    services = [ServiceIdentity(SERVICE, hash_password(service_password))]
-    files.write([VehicleIdentity(VIN_A), VehicleIdentity(VIN_B)], services)  # certificates only
     tls_port = free_port()
-    broker = MosquittoProcess(
-        BrokerConfig(
-            port=free_port(),
-            data_dir=tmp_path / "mosquitto",
-            persistence=False,
-            allow_anonymous=False,
-            password_file=files.password_file,
-            acl_file=files.acl_file,
-            tls=pki.tls_listener(tls_port),
-        )
+    closed = start_closed_broker(
+        tmp_path,
+        vehicles={VIN_A: None, VIN_B: None},  # certificates only
+        persistence=False,
+        tls=pki.tls_listener(tls_port),
     )
-    broker.start()
-    fleet = TlsFleet(broker, pki, files, tls_port, foreign, services, service_password, [])
+    fleet = TlsFleet(closed, pki, tls_port, foreign, [])
     try:
         yield fleet
     finally:
         for client in fleet.clients:
             client.close()
-        broker.stop()
+        closed.broker.stop()
 
 
 def _handshake(port: int, context: ssl.SSLContext, server_hostname: str) -> ssl.SSLSocket:
@@ -415,24 +401,55 @@ def test_certificate_from_another_ca_is_refused(tls_fleet: TlsFleet) -> None:
         tls_fleet.connect_tls(VIN_A, pki=tls_fleet.foreign)
 
 
-def test_revoked_certificate_is_refused_and_its_session_loses_its_rights(
+def test_a_certificate_only_ever_gets_its_own_client_id(tls_fleet: TlsFleet) -> None:
+    """The plugin's client id check runs with password logins only; on the TLS listener
+    ``use_username_as_clientid`` makes the id the certificate's CN, so B's certificate
+    cannot take over A's session (or fire its Last Will) by sending A's client id."""
+    a = tls_fleet.connect_tls(VIN_A)
+    b = tls_fleet.connect_tls(VIN_B, client_id=VIN_A)
+    log = tls_fleet.broker.log_path.read_text()
+    assert f"as {VIN_B} (p5" in log  # B is B, whatever it sent
+    assert a.publish(topic_for(VIN_A, Channel.TELEMETRY), b"still mine") < 0x80
+    assert not a.closed
+    assert b.subscribe(f"v1/vehicles/{VIN_A}/commands") == NOT_AUTHORIZED
+    assert b.subscribe(f"v1/vehicles/{VIN_B}/commands") == 1
+
+
+def test_certificate_vehicle_subscribes_to_its_own_commands_only(tls_fleet: TlsFleet) -> None:
+    vehicle = tls_fleet.connect_tls(VIN_A)
+    assert vehicle.subscribe("$share/telematics-gateway/v1/vehicles/+/telemetry") == NOT_AUTHORIZED
+    assert vehicle.subscribe("#") == NOT_AUTHORIZED
+    assert vehicle.subscribe(f"v1/vehicles/{VIN_B}/commands") == NOT_AUTHORIZED
+    assert vehicle.subscribe(f"v1/vehicles/{VIN_A}/commands") == 1
+
+
+def test_revoking_a_certificate_vehicle_disconnects_it_and_leaves_it_nothing(
     tls_fleet: TlsFleet,
 ) -> None:
+    """What a revoked certificate unit can still do, step by step: deleting its broker
+    identity disconnects it at once (the plugin kicks the user name, certificate or not);
+    while its certificate is not on the CRL it can connect again, but has no right at all
+    (an unknown user name); once the CRL lists it, the handshake fails."""
     service = tls_fleet.service()
     revoked = tls_fleet.connect_tls(VIN_A)
     kept = tls_fleet.connect_tls(VIN_B)
 
-    assert tls_fleet.pki.revoke(VIN_A)
-    assert tls_fleet.files.write([VehicleIdentity(VIN_B)], tls_fleet.services)
-    tls_fleet.broker.reload()
+    tls_fleet.closed.remove_vehicle(VIN_A)
+    assert revoked.wait_closed(timeout=TIMEOUT)
 
+    again = tls_fleet.connect_tls(VIN_A)  # the certificate is still valid ...
+    assert again.publish(topic_for(VIN_A, Channel.TELEMETRY), b"after") == NOT_AUTHORIZED
+    assert again.subscribe(f"v1/vehicles/{VIN_A}/commands") == NOT_AUTHORIZED
+    assert again.subscribe("$share/telematics-gateway/v1/vehicles/+/telemetry") == NOT_AUTHORIZED
+
+    assert tls_fleet.pki.revoke(VIN_A)  # ... until the CRL says otherwise
+    tls_fleet.broker.reload()
     # new connections: the CRL (re-read on SIGHUP) fails the handshake
     assert _refusal(tls_fleet, VIN_A) == "SSLV3_ALERT_CERTIFICATE_REVOKED"
     with pytest.raises(OSError):  # noqa: PT011 - TLS 1.3: an alert or a bare EOF
         tls_fleet.connect_tls(VIN_A)
-    # the established session is not re-verified; the ACL reload took its rights
-    assert revoked.publish(topic_for(VIN_A, Channel.TELEMETRY), b"after") == NOT_AUTHORIZED
-    assert not revoked.closed
+    # the established session is not re-verified, and it has no rights anyway
+    assert again.publish(topic_for(VIN_A, Channel.TELEMETRY), b"later") == NOT_AUTHORIZED
     # everyone else is unaffected
     assert kept.publish(topic_for(VIN_B, Channel.TELEMETRY), b"kept") < 0x80
     assert service.receive() == (topic_for(VIN_B, Channel.TELEMETRY), b"kept")

@@ -92,7 +92,7 @@ def test_api_shows_a_silent_vehicle_offline_with_the_reason(tmp_path: Path) -> N
         assert (vehicle["online"], vehicle["offline_reason"]) == (False, "silent")
         other = api.get(f"/v1/vehicles/{OTHER}").json()
         assert (other["online"], other["offline_reason"]) == (True, None)
-        listed = {v["vin"]: v["offline_reason"] for v in api.get("/v1/vehicles").json()["vehicles"]}
+        listed = {v["vin"]: v["offline_reason"] for v in api.get("/v1/vehicles").json()["items"]}
         assert listed == {VIN: "silent", OTHER: None}
         assert "telematics_vehicles_online 1.0" in api.get("/metrics").text
 

@@ -22,6 +22,7 @@ import pytest
 from gmqtt.mqtt.constants import MQTTv50
 
 from device_sim.city import DEPOT, MUNICH
+from device_sim.credentials import UnitCredentials, VehicleCredential, write_credentials
 from device_sim.scenario import (
     Action,
     Published,
@@ -32,10 +33,13 @@ from device_sim.scenario import (
     play,
     render,
 )
+from device_sim.scenario import main as scenario_main
 from device_sim.vehicle import Phase, SimulatedVehicle, VehicleProfile, make_vin
 from gateway.broker import MosquittoProcess
+from gateway.cli import main as telematics_main
 from schemas.payloads import decode_event, decode_status, decode_telemetry, validate_signals
 from schemas.topics import parse_topic
+from tests.conftest import ClosedBroker
 
 EXAMPLE = Path(__file__).parent.parent / "device_sim" / "scenarios" / "munich-morning.toml"
 SPEED = "Vehicle.Speed"
@@ -287,6 +291,116 @@ def test_trucks_stay_within_the_catalog_and_drive() -> None:
         assert 20.0 < max(speeds) <= 80.0
         fuel = [s["signals"]["Vehicle.Powertrain.FuelSystem.RelativeLevel"] for s in samples]
         assert fuel[-1] <= fuel[0]
+
+
+def test_dump_keeps_malformed_payloads_as_text() -> None:
+    """The trucks' malformed_json fault: --dump writes such a payload as its text instead of
+    crashing on it, every other one parsed."""
+    lines = [json.loads(m.to_json()) for m in example_stream()]
+    raw = [line for line in lines if "payload_raw" in line]
+    assert raw, "munich-morning.toml has malformed_json faults"
+    by_topic = {(m.sim_ms, m.topic): m.payload for m in example_stream()}
+    for line in raw:
+        assert "payload" not in line
+        assert line["payload_raw"].encode() == by_topic[(line["sim_ms"], line["topic"])]
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(line["payload_raw"])
+    assert len(raw) + sum("payload" in line for line in lines) == len(lines)
+
+
+def test_dump_of_the_readme_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    code = asyncio.run(scenario_main([str(EXAMPLE), "--dump", "--until", "08:30"]))
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == len([m for m in example_stream() if m.sim_ms <= at("08:30")])
+    assert any("payload_raw" in line for line in lines)
+
+
+def test_list_vins_names_what_to_provision(capsys: pytest.CaptureFixture[str]) -> None:
+    assert asyncio.run(scenario_main([str(EXAMPLE), "--list-vins"])) == 0
+    assert capsys.readouterr().out.split() == [v.vin for v in example().fleet()]
+    assert asyncio.run(scenario_main([str(EXAMPLE), "--list-vins", "--only", "van-12"])) == 0
+    assert capsys.readouterr().out.split() == [vin_of("van-12")]
+
+
+def test_scenario_help_names_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        telematics_main(["sim", "scenario", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: telematics sim scenario ")
+    assert "python -m" not in text
+    for option in ("--credentials", "--list-vins", "--dump", "--mqtt-url"):
+        assert option in text
+
+
+def _minimal_file(tmp_path: Path) -> Path:
+    path = tmp_path / "minimal.toml"
+    path.write_text(MINIMAL)
+    return path
+
+
+def test_a_closed_broker_takes_the_scenario_with_its_credentials(
+    closed_broker: ClosedBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Against telematics up's kind of broker: anonymous units are refused with a message
+    that says how to provision them (no traceback); with the credentials file they play,
+    the broker's URL taken from the file."""
+    scenario_file = _minimal_file(tmp_path)
+    vins = [v.vin for v in parse(MINIMAL).fleet()]
+    url = closed_broker.broker.url
+    assert asyncio.run(scenario_main([str(scenario_file), "--mqtt-url", url])) == 1
+    err = capsys.readouterr().err
+    assert f"refused unit {vins[0]}" in err
+    assert "--list-vins" in err
+    assert "--credentials FILE" in err
+    assert "Traceback" not in err
+
+    credentials = tmp_path / "units.json"
+    write_credentials(
+        credentials,
+        UnitCredentials.of(
+            [
+                VehicleCredential(vin=vin, mqtt_username=vin, mqtt_password=password)
+                for vin, password in ((v, closed_broker.add_vehicle(v)) for v in vins[:1])
+            ],
+            broker_url=url,
+        ),
+    )
+    assert asyncio.run(scenario_main([str(scenario_file), "--credentials", str(credentials)])) == 2
+    err = capsys.readouterr().err
+    assert f"1 vehicle(s) of the scenario are not in {credentials}: {vins[1]}" in err
+    assert "--list-vins" in err
+
+    write_credentials(
+        credentials,
+        UnitCredentials.of(
+            [
+                VehicleCredential(vin=vin, mqtt_username=vin, mqtt_password=password)
+                for vin, password in ((v, closed_broker.add_vehicle(v)) for v in vins)
+            ],
+            broker_url=url,
+        ),
+    )
+    code = asyncio.run(scenario_main([str(scenario_file), "--credentials", str(credentials)]))
+    assert code == 0
+    assert f"published {len(list(render(parse(MINIMAL))))} messages" in capsys.readouterr().err
+
+
+def test_a_credentials_file_without_a_broker_needs_mqtt_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vins = [v.vin for v in parse(MINIMAL).fleet()]
+    credentials = tmp_path / "units.json"
+    write_credentials(
+        credentials,
+        UnitCredentials.of(VehicleCredential(vin=v, mqtt_username=v) for v in vins),
+    )
+    argv = [str(_minimal_file(tmp_path)), "--credentials", str(credentials)]
+    assert asyncio.run(scenario_main(argv)) == 2
+    assert "--mqtt-url" in capsys.readouterr().err
+    assert asyncio.run(scenario_main(argv[:1])) == 2
+    assert "--mqtt-url" in capsys.readouterr().err
 
 
 def test_dump_command_prints_the_stream(tmp_path: Path) -> None:

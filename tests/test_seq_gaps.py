@@ -220,7 +220,7 @@ def test_api_shows_missing_samples_and_the_metrics(tmp_path: Path) -> None:
     with admin_client(ApiSettings(path, clock_ms=lambda: T0)) as api:
         vehicle = api.get(f"/v1/vehicles/{VIN}").json()
         assert (vehicle["missing_samples"], vehicle["missing_events"]) == (3, 0)
-        listed = api.get("/v1/vehicles").json()["vehicles"]
+        listed = api.get("/v1/vehicles").json()["items"]
         assert listed[0]["missing_samples"] == 3
         text = api.get("/metrics").text
     assert 'telematics_seq_gaps_total{stream="telemetry"} 3.0' in text

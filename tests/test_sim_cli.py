@@ -8,6 +8,8 @@ import asyncio
 import io
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from device_sim.fleet import LatencyHistogram, Shard, build_parser, main, parse_shard
+from device_sim.fleet import (
+    LatencyHistogram,
+    Shard,
+    build_parser,
+    main,
+    parse_shard,
+    resources_summary,
+)
 from device_sim.vehicle import make_vin
 from gateway.bench.sim import run_sim_bench
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
@@ -27,6 +36,8 @@ OPTIONS = (
     "--tls-ca",
     "--tls-cert-dir",
     "--vehicles",
+    "--vin-prefix",
+    "--list-vins",
     "--rate",
     "--interval",
     "--procs",
@@ -127,7 +138,7 @@ def test_run_prints_a_json_summary_with_every_message_acknowledged(
     res = s["resources"]
     assert res["cpu_s"] > 0
     assert res["max_rss_mb"] > 0
-    assert res["per_1000_units"]["max_rss_mb"] == pytest.approx(res["max_rss_mb"] * 50, rel=0.01)
+    assert res["per_1000_units"] is None  # 20 units say nothing about 1,000
     assert sorted(s["units"]) == [make_vin(i) for i in range(1, 21)]
 
 
@@ -150,14 +161,87 @@ def test_procs_split_the_vehicles_and_aggregate(mosquitto: MosquittoProcess) -> 
 
 
 def test_a_broker_that_refuses_gives_exit_1_and_says_what_to_fix(tmp_path: Path) -> None:
+    """A closed broker (as telematics up's) refusing anonymous units: a short message that
+    says to give them credentials, not a page of per-unit JSON; --json still gets it."""
     config = BrokerConfig(port=free_port(), data_dir=tmp_path / "b", allow_anonymous=False)
     with MosquittoProcess(config) as broker:
-        done = sim("--mqtt-url", broker.url, "--vehicles", "3", "--duration", "10", "--json")
+        done = sim("--mqtt-url", broker.url, "--vehicles", "200", "--duration", "10")
+        as_json = sim("--mqtt-url", broker.url, "--vehicles", "3", "--duration", "10", "--json")
     assert done.returncode == 1
-    assert "refused" in done.stderr
-    assert "--username" in done.stderr
-    summary = json.loads(done.stdout)
+    assert done.stdout == ""
+    (message,) = [line for line in done.stderr.splitlines() if "device_sim: error:" in line]
+    assert "refused" in message
+    assert "--credentials FILE" in message
+    assert "telematics vehicle add" in message
+    assert len(done.stderr) < 2000, done.stderr
+    assert as_json.returncode == 1
+    summary = json.loads(as_json.stdout)
     assert summary["rejected_by_broker"] >= 1
+    assert "--credentials FILE" in as_json.stderr
+
+
+def test_without_json_the_summary_is_one_line(mosquitto: MosquittoProcess) -> None:
+    """The demo's simulator prints this at every Ctrl-C: one line, nothing per 1,000 units
+    for a handful of them; the JSON summary is for --json."""
+    done = sim("--mqtt-url", mosquitto.url, "--vehicles", "3", "--rate", "2", "--duration", "2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("device_sim: done in")]
+    assert "3/3 connected at peak" in line
+    assert "per 1,000 units" not in line
+    assert "{" not in done.stderr
+
+
+def test_figures_per_1000_units_need_1000_units() -> None:
+    processes = [{"pid": 1, "cpu_s": 2.0, "max_rss_mb": 60.0}]
+    assert resources_summary(processes, 5, 10.0)["per_1000_units"] is None
+    assert resources_summary(processes, 999, 10.0)["per_1000_units"] is None
+    per_k = resources_summary(processes, 2000, 10.0)["per_1000_units"]
+    assert per_k == {"cpu_s": 1.0, "cpu_percent": 10.0, "max_rss_mb": 30.0}
+
+
+def test_a_second_signal_while_the_summary_is_written_does_not_kill_it(
+    mosquitto: MosquittoProcess,
+) -> None:
+    """Ctrl-C reaches the demo's simulator, then telematics up's SIGTERM: the summary must
+    still come out whole. Here the signal arrives while the summary is being written."""
+
+    class Interrupting(io.StringIO):
+        sent = False
+
+        def write(self, text: str) -> int:
+            if not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().write(text)
+
+    out = Interrupting()
+    gmqtt_log = logging.getLogger("gmqtt")
+    level = gmqtt_log.level
+    argv = ["--mqtt-url", mosquitto.url, "--vehicles", "2", "--duration", "1", "--json"]
+    try:
+        code = asyncio.run(main(argv, out=out))
+    finally:
+        gmqtt_log.setLevel(level)
+    assert code == 0
+    assert out.sent
+    assert json.loads(out.getvalue())["vehicles"] == 2
+
+
+def test_list_vins_prints_the_fleet_to_provision(capsys: pytest.CaptureFixture[str]) -> None:
+    def listed(*argv: str) -> list[str]:
+        out = io.StringIO()
+        assert asyncio.run(main([*argv, "--list-vins"], out=out)) == 0
+        return out.getvalue().split()
+
+    assert listed("--vehicles", "3", "--vin-prefix", "WSMNEW") == [
+        f"WSMNEW0000000000{i}" for i in (1, 2, 3)
+    ]
+    assert listed() == [make_vin(i) for i in range(1, 6)]
+    with pytest.raises(SystemExit) as exit_info:
+        listed("--vin-prefix", "WSMIOQ")
+    assert exit_info.value.code == 2
+    assert "without I, O, Q" in capsys.readouterr().err
 
 
 def test_an_unreachable_broker_gives_exit_1() -> None:

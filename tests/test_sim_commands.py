@@ -376,7 +376,9 @@ class Got:
 
 
 class Watcher:
-    """Subscribes to everything; records each message with its correlation data."""
+    """Subscribes to everything (``#``; with credentials, the service account's whole
+    device contract ``v1/#``, all a closed broker lets it read); records each message with
+    its correlation data."""
 
     def __init__(
         self, broker: MosquittoProcess, credentials: tuple[str, str] | None = None
@@ -384,8 +386,10 @@ class Watcher:
         self.broker = broker
         self.messages: list[Got] = []
         self.client = gmqtt.Client(f"watcher-{uuid.uuid4().hex[:8]}")
+        self._filter = "#"
         if credentials is not None:
             self.client.set_auth_credentials(*credentials)
+            self._filter = "v1/#"
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self._subscribed = False
@@ -407,7 +411,7 @@ class Watcher:
 
     async def __aenter__(self) -> Watcher:
         await self.client.connect(self.broker.host, self.broker.port, version=MQTTv50)
-        self.client.subscribe("#", qos=1)
+        self.client.subscribe(self._filter, qos=1)
         await until(lambda: self._subscribed, "the watcher's SUBACK")
         return self
 

@@ -476,8 +476,11 @@ def test_a_fleet_vehicle_missing_from_the_file_is_a_clear_startup_error(
     write_credentials(
         path,
         UnitCredentials.of(
-            VehicleCredential(vin=v, mqtt_username=v, mqtt_password="pw-" + v)
-            for v in fleet_vins(3)
+            (
+                VehicleCredential(vin=v, mqtt_username=v, mqtt_password="pw-" + v)
+                for v in fleet_vins(3)
+            ),
+            broker_url="mqtt://127.0.0.1:1884",
         ),
     )
     err = _usage_error(["--credentials", str(path), "--vehicles", "5"], capsys)
@@ -570,10 +573,32 @@ def test_the_files_key_and_broker_serve_unless_the_command_line_says_otherwise(
     assert opts.unit_settings.gateway_public_key == given.read_bytes()
 
     write_credentials(
-        path, UnitCredentials.of(entries, gateway_public_key_pem=b"-----BEGIN PUBLIC KEY-----\n")
+        path,
+        UnitCredentials.of(
+            entries,
+            gateway_public_key_pem=b"-----BEGIN PUBLIC KEY-----\n",
+            broker_url="mqtt://127.0.0.1:1884",
+        ),
     )
     err = _usage_error(["--credentials", str(path)], capsys)
     assert f"{path}: gateway_public_key:" in err
+
+
+def test_a_file_without_a_broker_needs_mqtt_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Provisioned vehicles belong to some installation's broker: a file that does not say
+    which is an error, not a guess at port 1883 (telematics up's broker is on 1884)."""
+    path = tmp_path / "units.json"
+    entries = [VehicleCredential(vin=v, mqtt_username=v, mqtt_password="pw") for v in OTHER_VINS]
+    write_credentials(path, UnitCredentials.of(entries))
+    err = _usage_error(["--credentials", str(path)], capsys)
+    assert f"{path} does not say which broker its vehicles belong to" in err
+    assert "--mqtt-url" in err
+    parser = build_parser()
+    argv = ["--credentials", str(path), "--mqtt-url", "mqtt://127.0.0.1:1999"]
+    opts = _options(parser, parser.parse_args(argv))
+    assert (opts.host, opts.port) == ("127.0.0.1", 1999)
 
 
 # --- against the broker ------------------------------------------------------------------------
@@ -709,8 +734,11 @@ def test_missing_client_certificates_are_a_startup_error(
     write_credentials(
         path,
         UnitCredentials.of(
-            VehicleCredential(vin=v, mqtt_username=v, client_cert=Path(f"{v}.crt"))
-            for v in OTHER_VINS
+            (
+                VehicleCredential(vin=v, mqtt_username=v, client_cert=Path(f"{v}.crt"))
+                for v in OTHER_VINS
+            ),
+            broker_url="mqtts://127.0.0.1:8883",
         ),
     )
     argv = ["--credentials", str(path), "--tls-ca", str(tls.ca)]

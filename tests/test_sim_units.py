@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -533,7 +534,7 @@ def test_fleet_of_three_runs_and_all_publish(mosquitto: MosquittoProcess) -> Non
     run(scenario())
 
 
-def test_command_line_runs_for_a_duration_and_prints_a_json_summary(
+def test_command_line_runs_for_a_duration_and_prints_a_summary(
     mosquitto: MosquittoProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = io.StringIO()
@@ -549,12 +550,27 @@ def test_command_line_runs_for_a_duration_and_prints_a_json_summary(
     finally:
         gmqtt_log.setLevel(level)  # main() quiets gmqtt for the command line
     assert code == 0
+    assert out.getvalue() == ""  # the JSON summary is for --json
+    err = capsys.readouterr().err
+    assert "2/2 connected" in err
+    (done,) = [line for line in err.splitlines() if line.startswith("device_sim: done in")]
+    counts = re.search(r"([\d,]+) published, ([\d,]+) acknowledged", done)
+    assert counts is not None, done
+    published, acknowledged = (int(n.replace(",", "")) for n in counts.groups())
+    assert published >= 6
+    assert acknowledged == published
+
+    out = io.StringIO()
+    argv = ["--mqtt-url", mosquitto.url, "--vehicles", "2", "--duration", "0.6", "--json"]
+    try:
+        code = asyncio.run(main(argv, out=out))
+    finally:
+        gmqtt_log.setLevel(level)
+    assert code == 0
     summary = json.loads(out.getvalue())
     assert summary["vehicles"] == 2
-    assert summary["published"] >= 6
-    assert summary["acked"] >= summary["published"]
+    assert summary["acked"] >= summary["published"] > 0
     assert sorted(summary["units"]) == [make_vin(1), make_vin(2)]
-    assert "2/2 connected" in capsys.readouterr().err
 
 
 def test_command_line_help_and_url_parsing(capsys: pytest.CaptureFixture[str]) -> None:

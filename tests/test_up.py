@@ -27,7 +27,7 @@ import pytest
 
 from gateway.broker import free_port
 from tests.conftest import wait_until
-from tests.test_broker_auth import Mqtt5Client
+from tests.mqtt_raw import Mqtt5Client
 
 ADMIN_PASSWORD = "up-admin-password-1"
 pytestmark = pytest.mark.slow
@@ -202,6 +202,7 @@ def test_demo_is_closed_provisioned_and_works(up: Up, tmp_path: Path) -> None:
     never_printed = [
         ADMIN_PASSWORD,
         (secrets_dir / "mqtt-service.password").read_text().strip(),
+        (secrets_dir / "mqtt-broker-admin.password").read_text().strip(),
         (up.data / "auth-secret").read_text().strip(),
         admin["Authorization"].split()[1],
         *unit_passwords,

@@ -1,10 +1,12 @@
 """Vehicle identities end to end: provisioning through the API, the broker's password file
-and ACL kept current by the sync, and the gateway's own check of provisioned vehicles.
+and Dynamic Security plugin kept current by the sync, and the gateway's own check of
+provisioned vehicles.
 
-Real parts throughout: a Mosquitto that refuses anonymous clients, the API with its
-command service (as the gateway's service account), ``telematics gateway`` as a child
+Real parts throughout: a Mosquitto that refuses anonymous clients, set up and synced exactly
+as ``telematics up`` does it (:func:`gateway.installation.closed_broker_sync`), the API with
+its command service (as the gateway's service account), ``telematics gateway`` as a child
 process with ``--require-provisioned``, and units speaking raw MQTT 5 so the broker's exact
-answers (CONNACK and PUBACK reason codes) are visible.
+answers (CONNACK, SUBACK and PUBACK reason codes) are visible.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.api import ApiSettings
+from gateway.broker import BrokerConfig, MosquittoProcess, free_port
+from gateway.broker.auth import BrokerAuthFiles
 from gateway.commands.service import CommandSettings
-from gateway.installation import SERVICE_USERNAME, broker_auth, service_password
+from gateway.installation import SERVICE_USERNAME, closed_broker_sync, service_password
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.database import StateDatabase
 from tests.conftest import GatewayProcess, admin_client, wait_until
-from tests.test_broker_auth import Mqtt5Client
+from tests.mqtt_raw import Mqtt5Client
 
 NOT_AUTHORIZED = 0x87
 VIN = "WXYZAB00000000001"
@@ -92,17 +96,32 @@ def sample(vin: str, speed: float, seq: int | None = None) -> bytes:
 
 
 @pytest.fixture
-def installation(tmp_path: Path, closed_broker: Any) -> Iterator[Installation]:
-    """The API's state database drives the closed broker's files (through the same sync
-    ``telematics up`` runs) and the gateway's registry."""
+def installation(tmp_path: Path) -> Iterator[Installation]:
+    """The API's state database drives a closed broker (through the same sync ``telematics
+    up`` runs) and the gateway's registry."""
     data = tmp_path / "data"
     state_url = f"sqlite:///{data / 'state.db'}"
-    password_file = service_password(data / "secrets")
-    secret = password_file.read_text().strip()
-    broker = closed_broker.broker
+    secrets = data / "secrets"
+    secret = service_password(secrets).read_text().strip()
     state_db = StateDatabase(state_url)
     state_db.upgrade()
-    stop_sync = broker_auth(AccountRepository(state_db), closed_broker.files, password_file)(broker)
+    files = BrokerAuthFiles(tmp_path / "broker-auth")
+    broker = MosquittoProcess(
+        BrokerConfig(
+            port=free_port(),
+            data_dir=tmp_path / "mosquitto",
+            allow_anonymous=False,
+            password_file=files.password_file,
+            dynsec_config_file=files.dynsec_file,
+            extra_lines=("log_type subscribe",),
+        )
+    )
+    sync = closed_broker_sync(
+        AccountRepository(state_db), files, broker, secrets_dir=secrets, interval_s=0.05
+    )
+    sync.render()
+    broker.start()
+    sync.start()
     gateway = GatewayProcess(
         broker,
         data,
@@ -111,7 +130,9 @@ def installation(tmp_path: Path, closed_broker: Any) -> Iterator[Installation]:
             "--mqtt-username",
             SERVICE_USERNAME,
             "--mqtt-password-file",
-            str(password_file),
+            str(secrets / "mqtt-service.password"),
+            "--state-db-url",
+            state_url,
             "--require-provisioned",
         ),
     )
@@ -124,13 +145,16 @@ def installation(tmp_path: Path, closed_broker: Any) -> Iterator[Installation]:
         mqtt_password=secret,
     )
     try:
-        with admin_client(ApiSettings(db_path=gateway.db_path, commands=commands)) as api:
+        with admin_client(
+            ApiSettings(db_path=gateway.db_path, commands=commands, state_db_url=state_url)
+        ) as api:
             wait_until(api.app.state.commands.connected.is_set)  # type: ignore[attr-defined]
             account = api.post("/v1/accounts", json={"kind": "organization", "name": "Vans"})
             yield Installation(api, broker, gateway, secret, account.json()["id"])
     finally:
         gateway.stop()
-        stop_sync()
+        sync.stop()
+        broker.stop()
         state_db.dispose()
 
 
@@ -171,9 +195,9 @@ def test_a_vehicle_cannot_publish_as_another_or_read_its_commands(
     other = installation.connected(OTHER, installation.provision(OTHER))
     # publishing on the other vehicle's topic (with its VIN in the payload, too)
     assert mine.publish(f"v1/vehicles/{OTHER}/telemetry", sample(OTHER, 99.0)) == NOT_AUTHORIZED
-    # reading the other vehicle's commands: subscribed, but nothing is ever delivered
-    mine.subscribe(f"v1/vehicles/{OTHER}/commands")
-    other.subscribe(f"v1/vehicles/{OTHER}/commands")
+    # reading the other vehicle's commands: refused (and nothing would be delivered)
+    assert mine.subscribe(f"v1/vehicles/{OTHER}/commands") == NOT_AUTHORIZED
+    assert other.subscribe(f"v1/vehicles/{OTHER}/commands") == 1
     assert other.publish(f"v1/vehicles/{OTHER}/telemetry", sample(OTHER, 7.0)) < 0x80
     wait_until(lambda: installation.stored(OTHER) == 7, what="the honest sample")
     created = installation.api.post(f"/v1/vehicles/{OTHER}/commands", json={"type": "locate"})
@@ -223,25 +247,36 @@ def test_new_credentials_replace_the_old_ones(installation: Installation) -> Non
 
 
 def test_the_gateway_quarantines_vehicles_that_are_not_provisioned(
-    installation: Installation,
+    tmp_path: Path, mosquitto: MosquittoProcess
 ) -> None:
-    """Even a message that got past the broker (here: published with the gateway's own
-    service account) is refused when its VIN is not provisioned."""
-    service, code = Mqtt5Client.connect(
-        installation.broker.host,
-        installation.broker.port,
-        "intruder",
-        username=SERVICE_USERNAME,
-        password=installation.service_password,
+    """Defence in depth for a broker whose rules let too much through (here an anonymous
+    one, as an external broker might be): the gateway still refuses a message whose VIN is
+    not provisioned."""
+    data = tmp_path / "data"
+    state_url = f"sqlite:///{data / 'state.db'}"
+    state_db = StateDatabase(state_url)
+    state_db.upgrade()
+    gateway = GatewayProcess(
+        mosquitto, data, "gateway-1", ("--state-db-url", state_url, "--require-provisioned")
     )
-    assert code == 0
-    assert service.publish(f"v1/vehicles/{NEVER}/telemetry", sample(NEVER, 5.0)) < 0x80
-    wait_until(
-        lambda: installation.quarantined("unprovisioned_vehicle"),
-        what="the message to be quarantined",
-    )
-    entry = installation.quarantined("unprovisioned_vehicle")[0]
-    assert entry["vin"] == NEVER
-    assert "provision" in entry["detail"]
-    assert installation.api.get(f"/v1/vehicles/{NEVER}").status_code == 404
-    service.disconnect()
+    gateway.start()
+    try:
+        with admin_client(ApiSettings(db_path=gateway.db_path, state_db_url=state_url)) as api:
+            intruder, code = Mqtt5Client.connect(mosquitto.host, mosquitto.port, "intruder")
+            assert code == 0
+            assert intruder.publish(f"v1/vehicles/{NEVER}/telemetry", sample(NEVER, 5.0)) < 0x80
+            intruder.disconnect()
+
+            def quarantined() -> list[dict[str, Any]]:
+                r = api.get("/v1/quarantine", params={"reason": "unprovisioned_vehicle"})
+                entries: list[dict[str, Any]] = r.json()["entries"]
+                return entries
+
+            wait_until(quarantined, what="the message to be quarantined")
+            entry = quarantined()[0]
+            assert entry["vin"] == NEVER
+            assert "provision" in entry["detail"]
+            assert api.get(f"/v1/vehicles/{NEVER}").status_code == 404
+    finally:
+        gateway.stop()
+        state_db.dispose()

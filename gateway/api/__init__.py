@@ -2,10 +2,12 @@
 commands, accounts and access, health and metrics, for people and integrations.
 
 Routes: OpenAPI at ``/docs`` (served offline, ``docs.py``) and ``/openapi.json``; the
-README's HTTP API section lists them. Every route but ``/healthz``, logging in,
+README's HTTP API section lists them. Every route but ``/healthz``, ``/readyz``, logging in,
 registering and logging out needs a caller (``security.py``); every list answers
 ``{"items": [...], "next": cursor}`` (``paging.py``); request bodies and every number are
-bounded (``limits.py``).
+bounded (``limits.py``). ``/healthz`` reports the installation per component (200, or 503
+when a required one is down; ``gateway.health`` has the rules), ``/readyz`` whether this API
+process can serve.
 
 Layout:
     app.py         ApiSettings, create_app(), the telemetry routes, the per-request store
@@ -19,6 +21,7 @@ Layout:
     params.py      times (epoch ms <-> ISO 8601) and query-parameter parsing
     docs.py        /docs from the packaged Swagger UI assets (static/swagger-ui)
     prometheus.py  the Prometheus collector over the store's persisted counters
+    health.py      /healthz and /readyz
 
 Imports ``schemas`` (catalog, VIN, reasons), ``gateway.store`` (the read side: TelemetryReader
 and SqliteTelemetryStore opened read-only), ``gateway.metrics`` (counter names) and

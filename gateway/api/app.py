@@ -25,7 +25,7 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
@@ -36,16 +36,14 @@ from gateway.api.errors import (
     ApiError,
     install_error_handlers,
     invalid_request,
-    store_unavailable,
 )
+from gateway.api.health import health_router
 from gateway.api.limits import MAX_PAGE, BodyLimit, document_body_limits
 from gateway.api.models import (
     Catalog,
     CatalogSignal,
     ErrorDetail,
     ErrorResponse,
-    Health,
-    HealthUnavailable,
     History,
     HistoryPointOut,
     QuarantineOut,
@@ -497,32 +495,6 @@ def _router(settings: ApiSettings) -> APIRouter:
         return QuarantinePage(items=items, next=following)
 
     @router.get(
-        "/healthz",
-        response_model=Health,
-        summary="Health check",
-        tags=["operations"],
-        responses={503: {"model": HealthUnavailable, "description": "Database unreadable."}},
-    )
-    def healthz() -> Health | JSONResponse:
-        """200 if the telemetry database can be opened and read, else 503 with the reason.
-        Reads one row, so it is cheap enough to poll."""
-        try:
-            reader = SqliteTelemetryStore(settings.db_path, readonly=True)
-            try:
-                reader.list_vehicles(limit=1)
-            finally:
-                reader.close()
-        except StoreError as exc:
-            logger.warning("health check failed: %s", exc)
-            body = HealthUnavailable(
-                status="unavailable",
-                database="unavailable",
-                error=store_unavailable(exc, settings.db_path),
-            )
-            return JSONResponse(body.model_dump(mode="json"), status_code=503)
-        return Health(status="ok", database="ok")
-
-    @router.get(
         "/metrics",
         response_class=Response,
         summary="Prometheus metrics",
@@ -582,6 +554,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         secret_path = auth.secret_path or settings.db_path.parent / "auth-secret"
         secret = await run_in_threadpool(load_or_create_secret, secret_path)
     app.state.auth = AuthContext(auth, secret, accounts, AuditLog(state_db))
+    app.state.state_db = state_db
     if auth.bootstrap_admin:
         await run_in_threadpool(_first_admin, app.state.auth)
     service: CommandService | None = None
@@ -643,7 +616,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     install_docs(app)
-    routers = [_router(settings), commands_router(), accounts_router()]
+    routers = [
+        _router(settings),
+        health_router(settings.db_path),
+        commands_router(),
+        accounts_router(),
+    ]
     # flat, for the body limits and the Allow header (gateway.api.limits.api_routes)
     app.state.api_routes = [route for router in routers for route in router.routes]
     document_body_limits(app.state.api_routes)

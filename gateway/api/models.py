@@ -28,11 +28,11 @@ from schemas import CATALOG, SignalSpec, SignalValue
 __all__ = [
     "Catalog",
     "CatalogSignal",
+    "ComponentHealth",
     "ErrorDetail",
     "ErrorInfo",
     "ErrorResponse",
     "Health",
-    "HealthUnavailable",
     "History",
     "HistoryPointOut",
     "Page",
@@ -358,12 +358,33 @@ class QuarantinePage(Page):
 # --- operations ----------------------------------------------------------------------------
 
 
+class ComponentHealth(_Model):
+    """One part of the installation as seen from this API process."""
+
+    status: Literal["ok", "degraded", "unavailable", "unknown"] = Field(
+        description="`unknown`: nothing here reports on it (say, no gateway writes its "
+        "heartbeat into this data directory)."
+    )
+    detail: str = Field(description="What was observed, for people.")
+    required: bool = Field(
+        description="Whether the installation is unavailable without it (false: an optional "
+        "part such as the demo simulator, which at worst makes it `degraded`)."
+    )
+
+
 class Health(_Model):
-    status: Literal["ok"]
-    database: Literal["ok"]
-
-
-class HealthUnavailable(_Model):
-    status: Literal["unavailable"]
-    database: Literal["unavailable"]
-    error: ErrorInfo
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="`unavailable` (HTTP 503) when a required component is; `degraded` "
+        "(200) when only an optional one is, or some gateways are down but not all."
+    )
+    database: Literal["ok", "unavailable"] = Field(
+        description="The telemetry database (kept for clients of earlier versions)."
+    )
+    components: dict[str, ComponentHealth] = Field(
+        description="Per component: `telemetry_store`, `state_database`, `broker` (this API's "
+        "command service connection), `ingest` (the gateways' heartbeats), and under "
+        "`telematics up` `broker_process` and `part:<name>` for every supervised process."
+    )
+    error: ErrorInfo | None = Field(
+        default=None, description="Why the telemetry database cannot be read, if it cannot."
+    )

@@ -1,6 +1,6 @@
 """Authentication and authorization of API requests.
 
-Every route except ``/healthz``, the token endpoint, registration and the OpenAPI pages
+Every route except ``/healthz``, ``/readyz``, the token endpoint, registration and the OpenAPI pages
 needs a caller. A caller proves who they are with ``Authorization: Bearer <credential>``,
 where the credential is an access token from ``POST /v1/auth/token`` or an API key
 (``tgk_...``); ``X-API-Key: tgk_...`` works too, for tools that cannot set a bearer header.
@@ -29,7 +29,14 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from gateway.api.errors import ApiError
 from gateway.auth.policy import NO_ACCESS, Principal, Role, VehicleAccess, vehicle_access
-from gateway.auth.ratelimit import Limit, RateLimiter
+from gateway.auth.ratelimit import (
+    DEFAULT_INVITATION_LIMIT,
+    DEFAULT_LOGIN_LIMIT,
+    DEFAULT_USER_COMMAND_LIMIT,
+    DEFAULT_VEHICLE_COMMAND_LIMIT,
+    Limit,
+    RateLimiter,
+)
 from gateway.auth.tokens import (
     InvalidToken,
     TokenExpired,
@@ -55,15 +62,6 @@ __all__ = [
 #: how often an API key's ``last_used_at`` is written (a write per request would cost more
 #: than the request)
 _TOUCH_INTERVAL_MS: Final = 60_000
-
-
-#: defaults: a person taps a few remote services a minute; a vehicle needs seconds per
-#: command; a person types a password a few times a minute
-DEFAULT_USER_COMMAND_LIMIT: Final = Limit(rate=1.0, burst=30)
-DEFAULT_VEHICLE_COMMAND_LIMIT: Final = Limit(rate=0.2, burst=10)
-DEFAULT_LOGIN_LIMIT: Final = Limit(rate=10 / 60, burst=10)
-#: sharing invitations per user: a family shares a car a few times, not hundreds
-DEFAULT_INVITATION_LIMIT: Final = Limit(rate=20 / 3600, burst=10)
 
 
 @dataclass(frozen=True, slots=True)

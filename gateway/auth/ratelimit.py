@@ -14,8 +14,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["Limit", "RateLimiter", "parse_limit"]
+__all__ = [
+    "DEFAULT_INVITATION_LIMIT",
+    "DEFAULT_LOGIN_LIMIT",
+    "DEFAULT_USER_COMMAND_LIMIT",
+    "DEFAULT_VEHICLE_COMMAND_LIMIT",
+    "Limit",
+    "RateLimiter",
+    "parse_limit",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +41,16 @@ class Limit:
     def __str__(self) -> str:
         per_min = self.rate * 60
         return f"{per_min:g}/min (burst {self.burst})"
+
+
+#: defaults: a person taps a few remote services a minute; a vehicle needs seconds per
+#: command; a person types a password a few times a minute. Here rather than with the API's
+#: settings so the command line shows them without importing the API.
+DEFAULT_USER_COMMAND_LIMIT: Final = Limit(rate=1.0, burst=30)
+DEFAULT_VEHICLE_COMMAND_LIMIT: Final = Limit(rate=0.2, burst=10)
+DEFAULT_LOGIN_LIMIT: Final = Limit(rate=10 / 60, burst=10)
+#: sharing invitations per user: a family shares a car a few times, not hundreds
+DEFAULT_INVITATION_LIMIT: Final = Limit(rate=20 / 3600, burst=10)
 
 
 def parse_limit(text: str) -> Limit | None:

@@ -207,7 +207,7 @@ def run_sim_bench(
             float(steady.get("cpu_percent", res["cpu_percent"])) / (units / 1000), 2
         ),
         sim_rss_mb=float(res["max_rss_mb"]),
-        sim_rss_mb_per_1000=float(res["per_1000_units"]["max_rss_mb"]),
+        sim_rss_mb_per_1000=round(float(res["max_rss_mb"]) / (units / 1000), 1),
         broker_cpu_percent=round(100.0 * broker_cpu / wall, 1),
         broker_rss_mb=round(broker_rss, 1),
         broker_peak_rss_mb=round(broker_peak, 1),

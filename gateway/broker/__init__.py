@@ -3,14 +3,16 @@ identities of the vehicles and services allowed on it.
 
 Layout:
     mosquitto.py  BrokerConfig and render_config (the generated, commented mosquitto.conf,
-                  optionally with a password file, an ACL and a TLS listener), TlsListener,
-                  MosquittoProcess (start / stop / kill / restart / reload a child
-                  ``mosquitto -c``, ready only once it answers an MQTT CONNECT),
-                  find_mosquitto, free_port, probe_mqtt, parse_mqtt_url, and the
-                  BrokerError family
+                  optionally with a password file, the Dynamic Security plugin and a TLS
+                  listener), TlsListener, MosquittoProcess (start / stop / kill / restart /
+                  reload a child ``mosquitto -c``, ready only once it answers an MQTT
+                  CONNECT), find_mosquitto, find_dynsec_plugin, free_port, probe_mqtt,
+                  parse_mqtt_url, and the BrokerError family
     auth.py       vehicle and service identities: Mosquitto password hashes, the password
-                  file and per-VIN ACL (BrokerAuthFiles), and BrokerAuthSync, which keeps
-                  them equal to an identity source and reloads the broker on change
+                  file (who logs in) and the Dynamic Security plugin's file (what each may
+                  do: BrokerAuthFiles), and BrokerAuthSync, which keeps the running broker
+                  equal to an identity source without a restart
+    control.py    DynsecControl: commands to the plugin over $CONTROL/dynamic-security/v1
     pki.py        a small CA for the TLS listener: server and client certificates
                   (CN = VIN), revocation list, and the ``telematics pki`` command
 
@@ -28,10 +30,11 @@ from gateway.broker.auth import (
     VehicleIdentity,
     generate_password,
     hash_password,
-    render_acl,
+    render_dynsec,
     render_password_file,
     verify_password,
 )
+from gateway.broker.control import DynsecControl
 from gateway.broker.mosquitto import (
     DEFAULT_MQTT_PORT,
     DEFAULT_MQTTS_PORT,
@@ -42,6 +45,7 @@ from gateway.broker.mosquitto import (
     MosquittoNotFoundError,
     MosquittoProcess,
     TlsListener,
+    find_dynsec_plugin,
     find_mosquitto,
     free_port,
     parse_mqtt_url,
@@ -58,19 +62,21 @@ __all__ = [
     "BrokerConfig",
     "BrokerError",
     "BrokerStartError",
+    "DynsecControl",
     "MosquittoNotFoundError",
     "MosquittoProcess",
     "ServiceIdentity",
     "TlsListener",
     "VehicleIdentity",
+    "find_dynsec_plugin",
     "find_mosquitto",
     "free_port",
     "generate_password",
     "hash_password",
     "parse_mqtt_url",
     "probe_mqtt",
-    "render_acl",
     "render_config",
+    "render_dynsec",
     "render_password_file",
     "verify_password",
 ]

@@ -1,48 +1,53 @@
-"""Vehicle and service identities on the private broker: password file, ACL, and their sync.
+"""Vehicle and service identities on the private broker: who may log in, and what each may do.
 
-Why Mosquitto's own files and not a plugin: the password file and the ACL file are built into
-Mosquitto 2.0, re-read on SIGHUP without dropping a connection, and need nothing compiled.
-The gateway renders both from its list of vehicles (the state database, behind plain
-callables here) and reloads the broker when that list changes (:class:`BrokerAuthSync`).
+Two mechanisms, both shipped with Mosquitto 2.0 (Debian's ``mosquitto`` package), nothing
+compiled, both rendered from the state database (through plain callables here):
 
-Password file
+Authentication: the password file
     One ``username:hash`` line per identity in Mosquitto 2.0's ``$7$`` format
     (PBKDF2-HMAC-SHA512, what ``mosquitto_passwd`` writes): ``$7$<iterations>$<base64 salt>$
     <base64 hash>``, standard base64 with padding, a salt of exactly 12 bytes and a 64-byte
     hash; Mosquitto 2.0.11 drops (with an error in its log) any entry whose salt or hash has
     another length. :func:`hash_password` computes it with :mod:`hashlib`, so provisioning
-    thousands of vehicles needs no ``mosquitto_passwd`` subprocess per vehicle.
+    thousands of vehicles needs no ``mosquitto_passwd`` subprocess per vehicle. Re-read on
+    SIGHUP: a connected client whose line is gone or whose password changed is disconnected
+    at once. Only hashes are stored, so the password file stays the place for passwords:
+    the plugin below takes a new password only in plain text.
 
-ACL
-    One explicit ``user <VIN>`` block per vehicle, never ``pattern`` lines: a pattern would
-    give rights to *any* authenticated client whose name looks like a VIN, including one
-    that was removed but still holds a valid client certificate (certificate identities do
-    not need a password-file line). With per-user blocks, a removed vehicle has no block and
-    so no rights at all. Lines before the first ``user`` line would apply to anonymous
-    clients; there are none, and ``allow_anonymous false`` refuses them anyway. A vehicle
-    writes its ``telemetry``, ``events``, ``status`` and ``commands/result`` and reads its
-    ``commands`` and ``feedback`` (the gateway's notices of what it refused), nothing else.
+Authorization: the Dynamic Security plugin
+    Not Mosquitto's ACL file: in 2.0.11 it never checks SUBSCRIBE (``security_default.c``:
+    "FIXME - implement ACL subscription strings"), so any vehicle credential could join the
+    gateway's shared subscription ``$share/telematics-gateway/v1/vehicles/+/telemetry`` and
+    be dealt a share of every vehicle's messages, which the broker then dropped because
+    that member may not read them (issue 10). The plugin checks subscriptions, publishes
+    and deliveries, and binds a client id to a user name. :func:`render_dynsec` writes its
+    whole file before the broker starts (so it is always derived from the state database);
+    at run time :class:`BrokerAuthSync` sends the differences as commands
+    (:mod:`gateway.broker.control`). A vehicle writes its ``telemetry``, ``events``,
+    ``status`` and ``commands/result`` and subscribes to and reads its ``commands`` and
+    ``feedback`` (the gateway's notices of what it refused), nothing else.
 
-How Mosquitto 2.0.11 applies this (checked by experiment, see ``tests/test_broker_auth.py``):
+    * Default: nothing is allowed but unsubscribing. A user name the plugin does not know
+      (a revoked vehicle's certificate, a service account of another installation) has no
+      right at all: publishes get PUBACK 0x87, subscriptions SUBACK 0x87, nothing is
+      delivered.
+    * Each vehicle is a plugin client (user name = VIN, ``clientid`` = VIN) with a role of
+      its own, :func:`vehicle_acls`: publish to its own ``telemetry``, ``events``,
+      ``status`` and ``commands/result``, subscribe to exactly its own ``commands`` topic
+      and receive messages on it. Anything else, including ``$share/...``, ``#``,
+      ``$SYS/#``, ``$CONTROL/#`` and other VINs' topics, is refused.
+    * The client has no password in the plugin, so its password check defers to the
+      password file; before deferring it compares the client id: a vehicle connecting with
+      any client id but its VIN gets CONNACK 0x87 (and cannot kick another vehicle off or
+      fire its Last Will). Certificate clients skip password checks altogether, so the TLS
+      listener sets ``use_username_as_clientid`` instead (:class:`~gateway.broker.TlsListener`).
+    * Service accounts (:class:`ServiceIdentity`) get :data:`SERVICE_ACLS` or
+      :data:`CONTROL_ACLS`, without a client id binding (several gateway processes share
+      one account under distinct client ids).
 
-* PUBLISH is checked against ``write`` rights. A denied QoS 1 publish is acknowledged with
-  PUBACK reason code 0x87 (*Not authorized*) to an MQTT 5 client and dropped.
-* SUBSCRIBE is *not* checked by the acl_file (the broker grants every subscription; its
-  source says "FIXME - implement ACL subscription strings"). ``read`` rights are checked when
-  a message is delivered, against the message's own topic. So a vehicle subscribing to
-  another VIN's commands gets a granted SUBACK and then nothing, ever.
-* Shared subscriptions (``$share/<group>/v1/vehicles/+/telemetry``) are therefore allowed to
-  everyone, and each delivered message is checked against ``read`` on its real topic
-  (``v1/vehicles/<VIN>/telemetry``): ``topic readwrite v1/#`` is all a service account needs;
-  no ``$share`` line is required (an ACL topic starting with ``$share`` would never match).
-* On SIGHUP the broker re-reads both files and re-checks every connected client: a
-  password client whose line is gone (or whose password changed) is disconnected at once;
-  every client gets the rights of its new ``user`` block, or none. A client authenticated
-  by certificate (``use_identity_as_username``) stays connected but loses all rights when
-  its block is removed: its publishes are refused (PUBACK 0x87) and nothing is delivered
-  to it. Messages it published *retained* before the revocation stay retained (Mosquitto
-  does not re-check stored retained messages); the gateway must not trust a retained
-  status of a revoked vehicle.
+How Mosquitto 2.0.11 applies this was established by experiment; ``tests/test_broker_auth.py``
+and ``tests/test_abuse_broker.py`` pin it down against the real broker, decision 0008 has
+the measurements.
 
 Everything here is synchronous and uses only the standard library.
 """
@@ -54,29 +59,38 @@ import binascii
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import os
 import re
 import secrets
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, Protocol
 
 __all__ = [
-    "ACL_FILE_NAME",
+    "CONTROL_ACLS",
     "DEFAULT_ITERATIONS",
+    "DYNSEC_FILE_NAME",
     "PASSWORD_FILE_NAME",
     "SALT_BYTES",
+    "SERVICE_ACLS",
+    "TOLERATED_ERRORS",
     "BrokerAuthFiles",
     "BrokerAuthSync",
+    "ControlChannel",
+    "DynsecChanges",
     "ServiceIdentity",
     "VehicleIdentity",
     "generate_password",
     "hash_password",
-    "render_acl",
+    "plan_dynsec_changes",
+    "render_dynsec",
     "render_password_file",
+    "vehicle_acls",
     "vehicle_topics",
     "verify_password",
 ]
@@ -84,7 +98,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PASSWORD_FILE_NAME = "mosquitto.passwd"
-ACL_FILE_NAME = "mosquitto.acl"
+DYNSEC_FILE_NAME = "dynamic-security.json"
 
 DEFAULT_ITERATIONS = 101
 """``mosquitto_passwd``'s default. Low on purpose: the broker pays it on every CONNECT, and a
@@ -108,6 +122,41 @@ _HASH_RE = re.compile(rf"\$7\$[1-9][0-9]{{0,8}}\${_B64}\${_B64}|\$6\${_B64}\${_B
 
 _VEHICLE_WRITE = ("telemetry", "events", "status", "commands/result")
 _VEHICLE_READ = ("commands", "feedback")
+
+_CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
+
+SERVICE_ACLS: tuple[tuple[str, str], ...] = (
+    ("subscribePattern", "$share/+/v1/#"),
+    ("subscribePattern", "v1/#"),
+    ("publishClientReceive", "v1/#"),
+    ("publishClientSend", "v1/vehicles/+/commands"),
+    ("publishClientSend", "v1/vehicles/+/feedback"),
+)
+"""(ACL type, topic) of the gateway's service account: read everything of the device
+contract, directly or through any shared-subscription group (the broker checks a
+``$share/<group>/<filter>`` subscription as that whole string), and publish only commands
+(ingest publishes nothing but the rate-bounded notices on a vehicle's ``feedback`` topic;
+the command service publishes commands, which units check for the gateway's signature
+anyway)."""
+
+CONTROL_ACLS: tuple[tuple[str, str], ...] = (
+    ("publishClientSend", _CONTROL_TOPIC),
+    ("subscribeLiteral", _CONTROL_TOPIC + "/response"),
+    ("publishClientReceive", _CONTROL_TOPIC + "/response"),
+)
+"""(ACL type, topic) of the Dynamic Security administrator: the control topic and its
+answers, nothing of the device contract."""
+
+_DEFAULT_ACCESS = {
+    "publishClientSend": False,
+    "publishClientReceive": False,
+    "subscribe": False,
+    "unsubscribe": True,
+}
+"""What a client may do that no ACL of its roles mentions: nothing but unsubscribe."""
+
+_SERVICE_ROLE = "telematics-service"
+_CONTROL_ROLE = "telematics-broker-admin"
 
 
 # --------------------------------------------------------------------------- passwords
@@ -208,7 +257,7 @@ class VehicleIdentity:
     ``password_hash`` is a :func:`hash_password` value, or None for a vehicle that
     authenticates by client certificate only (TLS listener with
     ``use_identity_as_username``, certificate CN = VIN): such a vehicle has no password-file
-    line, so it cannot log in with a password at all, but it does get its ACL block.
+    line, so it cannot log in with a password at all, but it does get its rights.
     """
 
     vin: str
@@ -227,21 +276,35 @@ class VehicleIdentity:
 
 @dataclass(frozen=True, slots=True)
 class ServiceIdentity:
-    """One of the gateway's own accounts (ingest, command service): all of ``v1/#``.
+    """One of the installation's own accounts.
 
-    Names are 1-64 of ``A-Z a-z 0-9 . _ -``: nothing that could start a comment, split a
-    ``user:hash`` line or end an ACL line.
+    ``kind`` ``"service"``: the gateway and the command service (:data:`SERVICE_ACLS`:
+    subscribe to ``v1/#``, also through shared subscriptions, receive all of ``v1/#``,
+    publish only commands). ``"control"``: the Dynamic Security administrator the broker
+    sync logs in with (:data:`CONTROL_ACLS`: the plugin's control topic, nothing else);
+    its client id is bound to its name, like a vehicle's.
+
+    Names are 1-64 of ``A-Z a-z 0-9 . _ -``: nothing that could start a comment or split a
+    ``user:hash`` line, and never a VIN (17 characters of the VIN alphabet), so no account
+    can shadow a vehicle.
     """
 
     username: str
     password_hash: str
+    kind: Literal["service", "control"] = "service"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.username, str) or _SERVICE_RE.fullmatch(self.username) is None:
+        if (
+            not isinstance(self.username, str)
+            or _SERVICE_RE.fullmatch(self.username) is None
+            or _VIN_RE.fullmatch(self.username) is not None
+        ):
             raise ValueError(
                 f"invalid service account name {self.username!r}: use 1-64 characters "
-                "from A-Z, a-z, 0-9, '.', '_' and '-'"
+                "from A-Z, a-z, 0-9, '.', '_' and '-' that do not form a VIN"
             )
+        if self.kind not in ("service", "control"):
+            raise ValueError(f"invalid service account kind {self.kind!r}")
         _decode_hash(self.password_hash)
 
 
@@ -258,6 +321,117 @@ def vehicle_topics(vin: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     )
 
 
+def vehicle_acls(vin: str) -> tuple[tuple[str, str], ...]:
+    """(ACL type, topic) of a vehicle's role: publish its own four topics, subscribe to its
+    own ``commands`` and ``feedback`` topics, spelled exactly (``subscribeLiteral``: a
+    filter with a wildcard is another string and refused), and receive what is published
+    there."""
+    write, read = vehicle_topics(vin)
+    return (
+        *(("publishClientSend", t) for t in write),
+        *(("subscribeLiteral", t) for t in read),
+        *(("publishClientReceive", t) for t in read),
+    )
+
+
+def vehicle_role_name(vin: str) -> str:
+    return f"vehicle-{vin}"
+
+
+def _role(name: str, acls: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "rolename": name,
+        "acls": [{"acltype": kind, "topic": topic, "allow": True} for kind, topic in acls],
+    }
+
+
+def _vehicle_client(vin: str) -> dict[str, Any]:
+    # no "password": the plugin then defers the password check to the password file, after
+    # it has checked the client id
+    return {"username": vin, "clientid": vin, "roles": [{"rolename": vehicle_role_name(vin)}]}
+
+
+def _service_client(service: ServiceIdentity) -> dict[str, Any]:
+    client: dict[str, Any] = {"username": service.username}
+    if service.kind == "control":
+        client["clientid"] = service.username
+        client["roles"] = [{"rolename": _CONTROL_ROLE}]
+    else:
+        client["roles"] = [{"rolename": _SERVICE_ROLE}]
+    return client
+
+
+def render_dynsec(vehicles: Iterable[VehicleIdentity], services: Iterable[ServiceIdentity]) -> str:
+    """The Dynamic Security plugin's file: default access, every identity as a client, the
+    two shared roles and one role per vehicle, sorted (the same identities always give the
+    same bytes). Certificate-only vehicles are clients too: the plugin applies rights by
+    user name, which is the certificate's common name on the TLS listener."""
+    vehicles, services = list(vehicles), list(services)
+    _check_unique(vehicles, services)
+    vins = sorted(v.vin for v in vehicles)
+    roles = [
+        _role(_SERVICE_ROLE, SERVICE_ACLS),
+        _role(_CONTROL_ROLE, CONTROL_ACLS),
+        *(_role(vehicle_role_name(vin), vehicle_acls(vin)) for vin in vins),
+    ]
+    clients = [
+        *(_service_client(s) for s in sorted(services, key=_svc_key)),
+        *(_vehicle_client(vin) for vin in vins),
+    ]
+    document = {
+        "defaultACLAccess": _DEFAULT_ACCESS,
+        "clients": clients,
+        "groups": [],
+        "roles": roles,
+    }
+    return json.dumps(document, separators=(",", ":")) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class DynsecChanges:
+    """What the plugin must be told to go from the vehicles it has to the wanted ones."""
+
+    add: tuple[str, ...]
+    remove: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.add) + len(self.remove)
+
+    def add_commands(self) -> list[dict[str, Any]]:
+        """Two control commands per added vehicle: its role, then its client (which refers
+        to the role)."""
+        out: list[dict[str, Any]] = []
+        for vin in self.add:
+            role = _role(vehicle_role_name(vin), vehicle_acls(vin))
+            out.append({"command": "createRole", **role})
+            out.append({"command": "createClient", **_vehicle_client(vin)})
+        return out
+
+    def remove_commands(self) -> list[dict[str, Any]]:
+        """Two control commands per removed vehicle: its client (the plugin disconnects it),
+        then its role."""
+        out: list[dict[str, Any]] = []
+        for vin in self.remove:
+            out.append({"command": "deleteClient", "username": vin})
+            out.append({"command": "deleteRole", "rolename": vehicle_role_name(vin)})
+        return out
+
+
+TOLERATED_ERRORS = frozenset(
+    {"Client already exists", "Role already exists", "Client not found", "Role not found"}
+)
+"""Errors that mean the plugin already is where a command would take it: our roles and
+clients are a pure function of the VIN, so an existing one is the one we would create."""
+
+
+def plan_dynsec_changes(present: Iterable[str], wanted: Iterable[str]) -> DynsecChanges:
+    """The vehicles to add and remove, each sorted. ``present`` may hold service account
+    names (the plugin lists every client): only VINs are vehicles."""
+    have = {u for u in present if _VIN_RE.fullmatch(u)}
+    want = set(wanted)
+    return DynsecChanges(add=tuple(sorted(want - have)), remove=tuple(sorted(have - want)))
+
+
 def _check_unique(vehicles: Sequence[VehicleIdentity], services: Sequence[ServiceIdentity]) -> None:
     seen: set[str] = set()
     for name in [*(v.vin for v in vehicles), *(s.username for s in services)]:
@@ -272,7 +446,8 @@ def _check_unique(vehicles: Sequence[VehicleIdentity], services: Sequence[Servic
 _PASSWORD_HEADER = (
     "# Generated by gateway.broker.auth (vehicles and service accounts); rewritten on every\n"
     "# change and re-read by the broker on SIGHUP, do not edit. Format username then hash\n"
-    "# ($7$ = PBKDF2-SHA512, as mosquitto_passwd writes).\n"
+    "# ($7$ = PBKDF2-SHA512, as mosquitto_passwd writes). Rights are in the Dynamic Security\n"
+    "# plugin's file next to this one.\n"
 )
 
 
@@ -302,35 +477,6 @@ def _svc_key(s: ServiceIdentity) -> str:
 
 def _vin_key(v: VehicleIdentity) -> str:
     return v.vin
-
-
-def render_acl(vehicles: Iterable[VehicleIdentity], services: Iterable[ServiceIdentity]) -> str:
-    """The ACL file: one ``user`` block per service account and per vehicle, sorted.
-
-    Certificate-only vehicles get their block too (the broker uses the certificate's CN as
-    the username). With no identities at all the file holds only comments, which Mosquitto
-    2.0 treats as "deny everything" (since the fix of CVE-2018-12550).
-    """
-    vehicles, services = list(vehicles), list(services)
-    _check_unique(vehicles, services)
-    out = [
-        "# Generated by gateway.broker.auth; rewritten on every change and re-read by the\n"
-        "# broker on SIGHUP, do not edit. No lines before the first user line: anonymous\n"
-        "# clients get no rights (and allow_anonymous false refuses them).\n",
-    ]
-    for s in sorted(services, key=_svc_key):
-        out.append(
-            "\n# service account: reads and writes the whole contract, including through\n"
-            "# shared subscriptions ($share/<group>/v1/..., checked against the real topic)\n"
-            f"user {s.username}\n"
-            "topic readwrite v1/#\n"
-        )
-    for v in sorted(vehicles, key=_vin_key):
-        write, read = vehicle_topics(v.vin)
-        out.append(f"\nuser {v.vin}\n")
-        out.extend(f"topic write {t}\n" for t in write)
-        out.extend(f"topic read {t}\n" for t in read)
-    return "".join(out)
 
 
 # --------------------------------------------------------------------------- files
@@ -363,11 +509,14 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600) -> None:
 
 
 class BrokerAuthFiles:
-    """The broker's password file and ACL file in one directory (mode 0600 each).
+    """The broker's password file and the Dynamic Security plugin's file in one directory
+    (mode 0700, files 0600).
 
     Point :class:`~gateway.broker.BrokerConfig` at :attr:`password_file` and
-    :attr:`acl_file`, call :meth:`ensure` before starting the broker (it refuses to start
-    when a configured file is missing), then :meth:`write` and reload on every change.
+    :attr:`dynsec_file`, and :meth:`write` both before every broker start (Mosquitto
+    refuses to start when the password file is missing; the plugin would start empty).
+    While the broker runs, only the password file is ours to rewrite: the plugin saves its
+    own file after every control command and never re-reads it.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -381,65 +530,124 @@ class BrokerAuthFiles:
         return self.directory / PASSWORD_FILE_NAME
 
     @property
-    def acl_file(self) -> Path:
-        return self.directory / ACL_FILE_NAME
+    def dynsec_file(self) -> Path:
+        return self.directory / DYNSEC_FILE_NAME
 
     def _mkdir(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
 
     def ensure(self) -> None:
-        """Create files that are missing as valid files with no identities (deny everyone),
-        so the broker can start before anything is provisioned. Existing files are kept."""
+        """Create files that are missing as valid files with no identities (deny everyone).
+        Existing files are kept."""
         self._mkdir()
         for path, text in [
             (self.password_file, render_password_file((), ())),
-            (self.acl_file, render_acl((), ())),
+            (self.dynsec_file, render_dynsec((), ())),
         ]:
             if not path.exists():
                 atomic_write(path, text)
 
     def write(
         self, vehicles: Iterable[VehicleIdentity], services: Iterable[ServiceIdentity]
-    ) -> bool:
-        """Render both files and replace those whose content changed; True if any did.
-
-        Both are rendered before either is written, so invalid identities change nothing.
-        The password file goes first: between the two replacements a new vehicle can log in
-        but has no rights yet, never the other way round (a reload only happens after both).
-        """
+    ) -> None:
+        """Render and replace both files, for a broker about to start. Both are rendered
+        before either is written, so invalid identities change nothing."""
         vehicles, services = list(vehicles), list(services)
-        wanted = [
-            (self.password_file, render_password_file(vehicles, services)),
-            (self.acl_file, render_acl(vehicles, services)),
-        ]
+        password_text = render_password_file(vehicles, services)
+        dynsec_text = render_dynsec(vehicles, services)
         self._mkdir()
-        changed = False
-        for path, text in wanted:
-            try:
-                current: str | None = path.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                current = None
-            if current != text:
-                atomic_write(path, text)
-                changed = True
-        return changed
+        atomic_write(self.password_file, password_text)
+        atomic_write(self.dynsec_file, dynsec_text)
+
+    def write_password_file(
+        self, vehicles: Iterable[VehicleIdentity], services: Iterable[ServiceIdentity]
+    ) -> bool:
+        """Replace the password file if its content changed; True if it did (reload then)."""
+        text = render_password_file(vehicles, services)
+        self._mkdir()
+        try:
+            current: str | None = self.password_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            current = None
+        if current == text:
+            return False
+        atomic_write(self.password_file, text)
+        return True
 
 
 # --------------------------------------------------------------------------- sync
 
 
+class ControlChannel(Protocol):
+    """What the sync needs of :class:`gateway.broker.control.DynsecControl`."""
+
+    def execute(
+        self,
+        commands: Sequence[Mapping[str, Any]],
+        *,
+        per_message: int = ...,
+        tolerate: frozenset[str] = ...,
+    ) -> list[dict[str, Any]]: ...
+
+
+DYNSEC_SAVE_S_PER_VEHICLE = 30e-6
+"""Measured cost of one plugin command per vehicle the plugin holds (it rewrites its whole
+file after each): 190 to 350 ms per command at 10,000 vehicles on the 2-core development
+machine (depending on what else runs), linear from 2,500 to 20,000 (decision 0008)."""
+
+CONTROL_MESSAGE_BUDGET_S = 0.5
+"""Estimated broker time per control message: the broker serves nobody while it runs one,
+so changes go in messages of about this cost, the broker answering others in between."""
+
+LIVE_CHANGES_BUDGET_S = 10.0
+"""Estimated broker time above which a change (a bulk provisioning) is applied by
+re-rendering the plugin's file and restarting the broker instead: connections drop once
+and come back, a clean stop saves every session and queued message, and the gateways'
+shared subscriptions are opened again before the units return (:mod:`gateway.supervisor`).
+At 10,000 vehicles about 15 vehicle changes in one go are applied live, more restart the
+broker (2.3 s until the last of 10,000 new ones logs in); at 1,000 about 150 (decision
+0008)."""
+
+
+def estimate_control_s(changes: int, present: int) -> float:
+    """Broker time to apply ``changes`` vehicle changes to a plugin holding ``present``
+    vehicles: two commands per change, each rewriting the (growing) file."""
+    return 2 * changes * (present + changes / 2) * DYNSEC_SAVE_S_PER_VEHICLE
+
+
+def commands_per_message(present: int, changes: int = 0) -> int:
+    """How many commands fit :data:`CONTROL_MESSAGE_BUDGET_S` when the plugin holds between
+    ``present`` and ``present + changes`` vehicles (at least the two of one vehicle, which
+    belong together). Priced at the larger size: the file grows with every addition."""
+    per_command = max(present + changes, 1) * DYNSEC_SAVE_S_PER_VEHICLE
+    return max(2, int(CONTROL_MESSAGE_BUDGET_S / per_command) // 2 * 2)
+
+
 class BrokerAuthSync:
-    """Keeps the broker's files equal to the identity source and reloads it on change.
+    """Keeps the broker's identities equal to the identity source, without a restart.
 
-    ``version()`` is cheap and changes whenever the identities change (for instance a
-    counter in the state database bumped by every provisioning and revocation);
-    ``identities()`` is the full list, read only when the version moved. ``reload()`` makes
-    the broker re-read the files (:meth:`MosquittoProcess.reload
-    <gateway.broker.MosquittoProcess.reload>`, or a SIGHUP to a broker we do not own).
+    ``version()`` is cheap and changes whenever the identities change (a counter in the
+    state database bumped by every provisioning, revocation and new password);
+    ``identities()`` is the full list, read only when the version moved. On a change:
 
-    A version is only recorded as synced once its files are written *and* the reload
-    succeeded, so a failure (database briefly unavailable, broker restarting) is retried
-    on the next tick instead of being forgotten.
+    1. the plugin is asked which vehicles it has (``listClients``); added vehicles get
+       their role and client there (``control``) before they can log in;
+    2. ``on_removed(vins)`` runs (the installation revokes their client certificates; True
+       when that changed a file the broker must re-read);
+    3. the password file is rewritten if it changed, and ``reload()`` (SIGHUP) makes the
+       broker re-read it: a client whose password changed or went is disconnected and
+       refused from then on;
+    4. removed vehicles lose their client and role in the plugin: a certificate unit is
+       disconnected, and whatever logs in under that name has no right at all.
+
+    A change too big to apply live (:data:`LIVE_CHANGES_BUDGET_S`) calls ``restart()``
+    instead, which must :meth:`render` and restart the broker. :meth:`render` is also what
+    a (re)start of the broker needs first. A version is only recorded as synced once
+    everything succeeded, so a failure (database briefly unavailable, broker restarting)
+    is retried on the next tick instead of being forgotten. ``lock`` serializes the sync
+    with whoever else starts, stops or restarts the broker (an ``RLock``, since
+    ``restart()`` runs inside the sync).
     """
 
     def __init__(
@@ -449,7 +657,11 @@ class BrokerAuthSync:
         services: Sequence[ServiceIdentity],
         version: Callable[[], int],
         identities: Callable[[], Sequence[VehicleIdentity]],
+        control: ControlChannel,
         reload: Callable[[], None],
+        restart: Callable[[], None] | None = None,
+        on_removed: Callable[[Sequence[str]], bool] | None = None,
+        lock: threading.RLock | None = None,
         interval_s: float = 0.5,
     ) -> None:
         if interval_s <= 0:
@@ -457,12 +669,15 @@ class BrokerAuthSync:
         self.files = files
         self.services = tuple(services)
         self.interval_s = interval_s
+        self.lock = lock or threading.RLock()
         self._version = version
         self._identities = identities
+        self._control = control
         self._reload = reload
+        self._restart = restart
+        self._on_removed = on_removed
         self._synced: int | None = None
         self._reload_pending = False
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -472,27 +687,78 @@ class BrokerAuthSync:
         """The version whose identities the broker has loaded (None before the first sync)."""
         return self._synced
 
+    @property
+    def running(self) -> bool:
+        """Whether the thread of :meth:`start` is syncing."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def render(self) -> None:
+        """Write both files from the identity source, for a broker about to (re)start.
+
+        If the source cannot be read, the files on disk are kept (the plugin saved its own
+        after its last change) and the next :meth:`sync_once` catches up once it can.
+        """
+        with self.lock:
+            version = self._version()
+            vehicles = list(self._identities())
+            self.files.write(vehicles, self.services)
+            self._synced = version
+            self._reload_pending = False
+
     def sync_once(self) -> bool:
-        """Write the files if the version moved, reload if they changed; True if reloaded.
+        """Apply what changed since the last sync; True if the broker was changed.
 
         The version is read *before* the identities: if they change in between, the newer
-        list is written under the older version and the next call writes it again (no
-        change, no reload) instead of ever recording a version newer than the files.
+        list is applied under the older version and the next call finds nothing to do
+        instead of ever recording a version newer than what the broker has.
         """
-        with self._lock:
+        with self.lock:
             version = self._version()
             if version == self._synced and not self._reload_pending:
                 return False
             vehicles = list(self._identities())
-            if self.files.write(vehicles, self.services):
+            listed = self._control.execute([{"command": "listClients"}])
+            present = listed[0].get("data", {}).get("clients", [])
+            changes = plan_dynsec_changes(
+                (c for c in present if isinstance(c, str)), (v.vin for v in vehicles)
+            )
+            if changes and self._restart is not None:
+                cost = estimate_control_s(len(changes), len(present))
+                if cost > LIVE_CHANGES_BUDGET_S:
+                    log.info(
+                        "%d vehicle changes would keep the broker busy for about %.0f s; "
+                        "restarting it with re-rendered identities instead",
+                        len(changes),
+                        cost,
+                    )
+                    self._restart()
+                    return True
+            per_message = commands_per_message(len(present), len(changes.add))
+            # rights before the password: a new vehicle never logs in without its role
+            self._apply(changes.add_commands(), per_message)
+            if changes.remove and self._on_removed is not None and self._on_removed(changes.remove):
                 self._reload_pending = True
-            reloaded = False
+            if self.files.write_password_file(vehicles, self.services):
+                self._reload_pending = True
+            reloaded = self._reload_pending
             if self._reload_pending:
-                self._reload()
+                self._reload()  # a removed password vehicle is disconnected and refused
                 self._reload_pending = False
-                reloaded = True
+            # only then its rights: deleting them earlier would disconnect it while its
+            # password still worked, and it could log in again (with no rights) meanwhile
+            self._apply(changes.remove_commands(), per_message)
+            if changes:
+                log.info(
+                    "broker identities: %d vehicles added, %d removed",
+                    len(changes.add),
+                    len(changes.remove),
+                )
             self._synced = version
-            return reloaded
+            return bool(changes) or reloaded
+
+    def _apply(self, commands: list[dict[str, Any]], per_message: int) -> None:
+        if commands:
+            self._control.execute(commands, per_message=per_message, tolerate=TOLERATED_ERRORS)
 
     def start(self) -> None:
         """Sync now and then every ``interval_s`` in a daemon thread, until :meth:`stop`."""

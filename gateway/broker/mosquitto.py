@@ -12,24 +12,27 @@ exit are stopped by an ``atexit`` hook. (A SIGKILL of the Python process cannot 
 Linux's parent-death signal would cover it, but it fires when the *thread* that started the
 child exits, which would kill a broker started from a worker thread, so it is not used.)
 
-Identities and TLS: ``password_file``/``acl_file`` (rendered by :mod:`gateway.broker.auth`)
-and a second, TLS listener (:class:`TlsListener`, certificates from
-:mod:`gateway.broker.pki`). :meth:`MosquittoProcess.reload` sends SIGHUP, which makes
-Mosquitto re-read them without restarting. What Mosquitto 2.0.11 does on that reload, found
-by experiment (``tests/test_broker_auth.py``, ``tests/test_pki.py``):
+Identities and TLS: a ``password_file`` authenticates (rendered by :mod:`gateway.broker.auth`),
+the Dynamic Security plugin (``dynsec_config_file``) authorizes, and a second, TLS listener
+(:class:`TlsListener`, certificates from :mod:`gateway.broker.pki`) takes client
+certificates. :meth:`MosquittoProcess.reload` sends SIGHUP, which makes Mosquitto re-read the
+password file, the CRL and the certificates without restarting (the plugin is *not*
+re-read: it changes at run time through ``$CONTROL``, see :mod:`gateway.broker.control`).
+What Mosquitto 2.0.11 does on that reload, found by experiment (``tests/test_broker_auth.py``,
+``tests/test_pki.py``):
 
-* connected clients stay connected, with the rights of their (new) ACL block;
+* connected clients stay connected, with their rights;
 * a client that logged in with a password is re-checked against the new password file: if
   its line is gone or its password changed, the broker closes the connection during the
   reload (no DISCONNECT packet, the socket just closes) and refuses it from then on;
 * a client identified by its certificate (``use_identity_as_username``) is *not*
   disconnected, even when its certificate is in the new CRL: the established TLS session is
-  not re-verified. It keeps its username, and without an ACL block it has no rights at all
-  (publishes get PUBACK 0x87, nothing is delivered to it). New handshakes check the new CRL.
+  not re-verified. New handshakes check the new CRL. Deleting its Dynamic Security client
+  (what revocation does) disconnects it and leaves it without any right should it come back.
 
-So what revocation guarantees right after ``reload()`` returns: nothing the vehicle publishes
-is delivered any more and nothing is delivered to it; a password vehicle is also
-disconnected, a certificate vehicle may keep an idle connection until it drops.
+Limits that protect the broker from its clients (decision 0008): ``max_packet_size``
+(announced to MQTT 5 clients in the CONNACK, so they refuse an oversized message locally)
+and ``persistent_client_expiration`` (a cap on every session's expiry).
 
 Everything here is synchronous and uses only the standard library, so the CLI, the
 benchmarks and pytest fixtures can use it without an event loop or extra dependencies.
@@ -40,6 +43,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import glob
 import os
 import pwd
 import resource
@@ -61,16 +65,20 @@ __all__ = [
     "CONFIG_FILE_NAME",
     "DEFAULT_MQTTS_PORT",
     "DEFAULT_MQTT_PORT",
+    "DYNSEC_PLUGIN_GLOBS",
     "INSTALL_HINT",
     "LOG_FILE_NAME",
+    "MAX_PACKET_SIZE",
     "PERSISTENCE_FILE_NAME",
     "SEARCH_DIRS",
+    "SESSION_EXPIRY_CAP_S",
     "BrokerConfig",
     "BrokerError",
     "BrokerStartError",
     "MosquittoNotFoundError",
     "MosquittoProcess",
     "TlsListener",
+    "find_dynsec_plugin",
     "find_mosquitto",
     "free_port",
     "parse_mqtt_url",
@@ -93,11 +101,39 @@ SEARCH_DIRS: tuple[Path, ...] = (Path("/usr/sbin"), Path("/usr/local/sbin"))
 normal user's PATH; a source build goes to /usr/local/sbin. Read at call time, so tests can
 monkeypatch it."""
 
+DYNSEC_PLUGIN_GLOBS: tuple[str, ...] = (
+    "/usr/lib/*/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/*/mosquitto_dynamic_security.so",
+    "/usr/lib64/mosquitto_dynamic_security.so",
+)
+"""Where the Dynamic Security plugin is looked for: Debian and Ubuntu ship it in the
+``mosquitto`` package under the multiarch directory (``/usr/lib/x86_64-linux-gnu/`` on
+amd64, ``/usr/lib/aarch64-linux-gnu/`` on arm64); a source build installs it to
+``/usr/local/lib``. Read at call time, so tests can monkeypatch it."""
+
+MAX_PACKET_SIZE = 1024 * 1024
+"""Largest MQTT packet the broker accepts, in bytes (1 MiB). Mosquitto announces it in the
+CONNACK (Maximum Packet Size), so an MQTT 5 client may refuse a bigger message locally; a
+payload between the gateway's 256 KiB limit and this still reaches the gateway, is
+acknowledged and quarantined as ``payload_too_large``, where an operator sees it. Not
+smaller: paho-mqtt 2.2 ignores the announced limit, and a packet over it disconnects the
+sender, which then reconnects and resends it forever. See decisions 0008 and 0011."""
+
+SESSION_EXPIRY_CAP_S = 7 * 24 * 3600
+"""Longest any session outlives its connection (``persistent_client_expiration``): a client
+asking for more (an MQTT 5 session expiry of years, or an MQTT 3.1.1 persistent session,
+which would never expire) gets this. Mosquitto 2.0 has one cap for everybody, so it is the
+gateway's own need: its persistent sessions queue the fleet's messages through a week of
+gateway downtime (decision 0004)."""
+
 INSTALL_HINT = (
     "install it with: sudo apt-get install -y mosquitto mosquitto-clients (Debian/Ubuntu), "
     "or pass --mqtt-url mqtt://host:port to use an existing broker"
 )
 
+_MQTT_MAX_PACKET = 268_435_455  # the largest MQTT remaining length, 256 MiB - 1
 _LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 64 * 1024
 _RELOAD_LINE = "Reloading config."
@@ -153,11 +189,14 @@ class TlsListener:
     own (:class:`gateway.broker.pki.Pki` makes all of them). With ``require_certificate``
     a client without a certificate from that CA fails the TLS handshake; with
     ``use_identity_as_username`` the certificate's CN (the VIN) becomes the MQTT username,
-    so the ACL's ``user <VIN>`` block applies and no password is needed (nor checked: the
-    password file does not apply to this listener's clients). ``crlfile`` is a PEM CRL
-    signed by the CA: Mosquitto 2.0.11 refuses the handshake of a revoked certificate and
-    re-reads the file on SIGHUP (new connections only; an established TLS session is not
-    re-verified, which is why revocation also removes the vehicle's ACL block).
+    so the vehicle's rights apply and no password is needed (nor checked: the password file
+    and the plugin's password check do not apply to this listener's clients).
+    ``use_username_as_clientid`` makes the client id that username too: the plugin's client
+    id binding only runs with a password, so without it a certificate could connect under
+    another vehicle's client id and take over its session. ``crlfile`` is a PEM CRL signed
+    by the CA: Mosquitto 2.0.11 refuses the handshake of a revoked certificate and re-reads
+    the file on SIGHUP (new connections only; an established TLS session is not
+    re-verified, which is why revocation also deletes the vehicle's broker identity).
 
     Paths are made absolute on construction, like :attr:`BrokerConfig.data_dir`.
     """
@@ -170,6 +209,7 @@ class TlsListener:
     require_certificate: bool = True
     use_identity_as_username: bool = True
     crlfile: Path | None = None
+    use_username_as_clientid: bool = True
 
     def __post_init__(self) -> None:
         for name in ("cafile", "certfile", "keyfile", "crlfile"):
@@ -187,6 +227,11 @@ class TlsListener:
             )
         if self.crlfile is not None and not self.require_certificate:
             raise ValueError("a crlfile only has an effect with require_certificate")
+        if self.use_username_as_clientid and not self.use_identity_as_username:
+            raise ValueError(
+                "use_username_as_clientid needs use_identity_as_username: the username it "
+                "copies is the certificate's common name"
+            )
 
     @property
     def url(self) -> str:
@@ -200,14 +245,19 @@ class BrokerConfig:
     """Everything :func:`render_config` needs; immutable so a running broker's settings are
     exactly what was rendered.
 
-    Keyword-only because most fields are integers whose order nobody remembers.
-    ``data_dir``, ``password_file`` and ``acl_file`` are made absolute on construction:
-    Mosquitto resolves relative paths against its own working directory, and the generated
-    file should be readable on its own.
+    Keyword-only because most fields are integers whose order nobody remembers. Paths are
+    made absolute on construction: Mosquitto resolves relative paths against its own
+    working directory, and the generated file should be readable on its own.
 
-    ``password_file`` and ``acl_file`` (see :class:`gateway.broker.auth.BrokerAuthFiles`)
-    must exist when the broker starts; Mosquitto re-reads both on
-    :meth:`MosquittoProcess.reload`. ``tls`` adds a second listener for MQTT over TLS.
+    ``password_file`` and ``dynsec_config_file`` (see
+    :class:`gateway.broker.auth.BrokerAuthFiles`) must exist when the broker starts;
+    Mosquitto re-reads the password file on :meth:`MosquittoProcess.reload`, the Dynamic
+    Security plugin reads its file once and then saves it after every ``$CONTROL`` change.
+    ``dynsec_plugin`` is the plugin's shared object (None: :func:`find_dynsec_plugin` at
+    start). ``acl_file`` is Mosquitto's plain ACL file, which does not check subscriptions
+    (see :mod:`gateway.broker.auth`); the closed installation does not use it. ``tls`` adds
+    a second listener for MQTT over TLS. ``message_size_limit`` 0 renders nothing: the
+    limit is ``max_packet_size`` (decision 0008).
     """
 
     host: str = "127.0.0.1"
@@ -218,20 +268,23 @@ class BrokerConfig:
     persistence: bool = True
     allow_anonymous: bool = True
     autosave_interval: int = 30
-    #: largest MQTT packet accepted, announced to MQTT 5 clients in CONNACK (0: no limit)
-    max_packet_size: int = 1024 * 1024
     #: 0 (off): Mosquitto answers an oversized QoS 1 message with PUBACK reason 0x95, which
     #: MQTT 5 does not allow on a PUBACK and drives paho-mqtt into a resend loop
     message_size_limit: int = 0
+    #: largest MQTT packet accepted, announced to MQTT 5 clients in CONNACK (0: no limit)
+    max_packet_size: int = MAX_PACKET_SIZE
+    session_expiry_cap_s: int | None = SESSION_EXPIRY_CAP_S
     max_keepalive: int = 120
     password_file: Path | None = None
     acl_file: Path | None = None
+    dynsec_config_file: Path | None = None
+    dynsec_plugin: Path | None = None
     tls: TlsListener | None = None
     extra_lines: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).absolute())
-        for name in ("password_file", "acl_file"):
+        for name in ("password_file", "acl_file", "dynsec_config_file", "dynsec_plugin"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value).absolute())
@@ -241,6 +294,8 @@ class BrokerConfig:
             ("data_dir", str(self.data_dir)),
             ("password_file", str(self.password_file or "")),
             ("acl_file", str(self.acl_file or "")),
+            ("dynsec_config_file", str(self.dynsec_config_file or "")),
+            ("dynsec_plugin", str(self.dynsec_plugin or "")),
             *(("extra_lines", x) for x in self.extra_lines),
         ]:
             _check_line(what, text)
@@ -260,6 +315,17 @@ class BrokerConfig:
             raise ValueError("broker autosave_interval must be >= 0 (0 saves only on exit)")
         if not 10 <= self.max_keepalive <= 65535:
             raise ValueError("broker max_keepalive must be 10..65535 seconds (Mosquitto's range)")
+        if self.max_packet_size != 0 and not 20 <= self.max_packet_size <= _MQTT_MAX_PACKET:
+            raise ValueError(
+                f"broker max_packet_size must be 20..{_MQTT_MAX_PACKET} bytes, or 0 for "
+                "MQTT's own limit"
+            )
+        cap = self.session_expiry_cap_s
+        if cap is not None and (cap <= 0 or cap % 3600):
+            raise ValueError(
+                "broker session_expiry_cap_s must be a positive number of whole hours "
+                f"(Mosquitto's persistent_client_expiration unit), got {cap}"
+            )
 
     @property
     def config_path(self) -> Path:
@@ -342,9 +408,24 @@ def render_config(cfg: BrokerConfig) -> str:
         )
     if cfg.acl_file is not None:
         add(
-            "Per-user topic rights: a vehicle writes and reads only its own topics, a service\n"
-            "account all of v1/#; re-read on SIGHUP, applied to connected clients at once.",
+            "Per-user topic rights for publishing and delivery (Mosquitto 2.0's ACL file does\n"
+            "not check subscriptions); re-read on SIGHUP.",
             f"acl_file {cfg.acl_file}",
+        )
+    if cfg.dynsec_config_file is not None:
+        plugin = cfg.dynsec_plugin or find_dynsec_plugin()
+        _check_line("dynsec plugin", str(plugin))
+        add(
+            "Dynamic Security plugin: every right of every client, subscriptions included\n"
+            "(gateway.broker.auth renders its file before each start; it changes at run time\n"
+            "through $CONTROL/dynamic-security/v1). Asked before the password file: it\n"
+            "binds each vehicle's client id to its user name, then defers the password\n"
+            "check to the password file.",
+            f"plugin {plugin}",
+        )
+        add(
+            "The plugin's clients, roles and ACLs; it rewrites this file after every change.",
+            f"plugin_opt_config_file {cfg.dynsec_config_file}",
         )
     user = _current_user()
     if user is not None:
@@ -415,6 +496,13 @@ def render_config(cfg: BrokerConfig) -> str:
             "Largest accepted publish payload in bytes (see max_packet_size above).",
             f"message_size_limit {cfg.message_size_limit}",
         )
+    if cfg.session_expiry_cap_s is not None:
+        add(
+            "Longest a session outlives its connection, whatever the client asks for (an MQTT\n"
+            "3.1.1 persistent session would otherwise never expire): the gateway's own\n"
+            "sessions need a week; nobody gets more.",
+            f"persistent_client_expiration {cfg.session_expiry_cap_s // 3600}h",
+        )
     add(
         "Log to a file in the data directory (start-up errors read its tail).",
         f"log_dest file {cfg.log_path}",
@@ -466,10 +554,16 @@ def _render_tls(tls: TlsListener, add: Callable[[str, str], None]) -> None:
         f"require_certificate {_bool(tls.require_certificate)}",
     )
     add(
-        "The certificate's CN (the VIN) is the MQTT username: the ACL's user block applies\n"
-        "and the password file is not consulted for this listener's clients.",
+        "The certificate's CN (the VIN) is the MQTT username: its rights apply and the\n"
+        "password file is not consulted for this listener's clients.",
         f"use_identity_as_username {_bool(tls.use_identity_as_username)}",
     )
+    if tls.use_username_as_clientid:
+        add(
+            "The client id is the username (the VIN), whatever the client sent: a\n"
+            "certificate can only ever take over its own vehicle's session.",
+            "use_username_as_clientid true",
+        )
     if tls.crlfile is not None:
         add(
             "Revoked client certificates (a CRL signed by the CA); re-read on SIGHUP, checked\n"
@@ -497,6 +591,25 @@ def find_mosquitto() -> Path:
     searched = ", ".join(str(d) for d in SEARCH_DIRS)
     raise MosquittoNotFoundError(
         f"the Mosquitto broker was not found on PATH or in {searched}; {INSTALL_HINT}"
+    )
+
+
+def find_dynsec_plugin() -> Path:
+    """Return the path of Mosquitto's Dynamic Security plugin (``mosquitto_dynamic_security.so``).
+
+    Looks in :data:`DYNSEC_PLUGIN_GLOBS` (Debian's multiarch directory for any architecture,
+    then the source-install locations). Raises :class:`MosquittoNotFoundError` with the
+    install command otherwise: the closed broker cannot refuse subscriptions without it.
+    """
+    for pattern in DYNSEC_PLUGIN_GLOBS:
+        for candidate in sorted(glob.glob(pattern)):
+            path = Path(candidate)
+            if path.is_file():
+                return path
+    searched = ", ".join(DYNSEC_PLUGIN_GLOBS)
+    raise MosquittoNotFoundError(
+        f"Mosquitto's Dynamic Security plugin (mosquitto_dynamic_security.so) was not found "
+        f"in {searched}; it comes with Mosquitto 2.0: {INSTALL_HINT}"
     )
 
 
@@ -806,6 +919,14 @@ class MosquittoProcess:
             proc.kill()
             proc.wait()
         self._forget()
+
+    def save(self) -> None:
+        """Ask the broker to write its persistence database now (SIGUSR1), on top of its
+        periodic autosave; it does so in the next turn of its main loop. No effect without
+        persistence or when it is not running."""
+        proc = self._proc
+        if self.config.persistence and proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)
 
     def restart(self) -> None:
         """Stop (cleanly) and start again on the same port with the same data directory."""

@@ -115,6 +115,7 @@ __all__ = [
     "UnknownCommandType",
     "VehicleMoving",
     "VehicleNotFound",
+    "subscription_filters",
 ]
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,15 @@ class VehicleMoving(GatewayError):
             f"{type_.value} is refused while the vehicle is moving (vehicle {vin} reports "
             "motion); send it again once the vehicle has stopped"
         )
+
+
+def subscription_filters(share_group: str) -> list[str]:
+    """What the command service subscribes to: every vehicle's results and status, shared
+    with the other API processes of the group."""
+    return [
+        f"$share/{share_group}/{command_result_subscription_filter()}",
+        f"$share/{share_group}/v1/vehicles/+/status",
+    ]
 
 
 class CommandService:
@@ -235,9 +245,8 @@ class CommandService:
             self._quarantine_store.close()
 
     def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
-        group = self.settings.share_group
-        client.subscribe(f"$share/{group}/{command_result_subscription_filter()}", qos=1)
-        client.subscribe(f"$share/{group}/v1/vehicles/+/status", qos=1)
+        for topic_filter in subscription_filters(self.settings.share_group):
+            client.subscribe(topic_filter, qos=1)
         self.connected.set()
         log.info("command service connected to mqtt://%s:%d", client._host, client._port)
 

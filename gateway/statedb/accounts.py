@@ -686,6 +686,11 @@ class AccountRepository:
             )
             return LoginThrottle(failures, locked_until)
 
+    def clear_login_throttles(self, user_id: int) -> None:
+        """Forget the user's wrong passwords from every address (a new password)."""
+        with self._db.write() as session:
+            session.execute(delete(LoginThrottleRow).where(LoginThrottleRow.user_id == user_id))
+
     def record_login_success(self, user_id: int, remote_addr: str) -> None:
         """Forget the wrong passwords of the user from this address (a no-op when there
         are none)."""

@@ -54,6 +54,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.errors import ConfigurationError
+from gateway.files import private_sqlite_file
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -185,7 +186,8 @@ class StateDatabase:
         self.url, self.backend = _parse_url(url)
         if self.backend == "sqlite":
             assert self.url.database is not None  # checked by _parse_url
-            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            # accounts, password hashes, audit: readable by its owner only (0600)
+            private_sqlite_file(Path(self.url.database))
             self.engine: Engine = create_engine(
                 self.url,
                 echo=echo,

@@ -58,6 +58,7 @@ import orjson
 
 from gateway import metrics
 from gateway.errors import StoreError
+from gateway.files import private_sqlite_file
 from gateway.store import seqgaps
 from gateway.store.base import (
     FIRST_TENURE,
@@ -226,7 +227,7 @@ class SqliteTelemetryStore:
                     f"file:{path}?mode=ro", uri=True, check_same_thread=False
                 )
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                private_sqlite_file(path)  # every vehicle's whereabouts: owner only (0600)
                 self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             if not readonly:

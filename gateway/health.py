@@ -1,0 +1,245 @@
+"""Health of an installation: what each process reports about itself, and the verdict.
+
+Every long-running part writes a small status file into ``DATA_DIR/health/`` (replaced
+atomically, so a reader sees the old or the new one, never half):
+
+* each gateway, ``gateway-<client id>.json`` every :data:`HEARTBEAT_INTERVAL_S`: whether its
+  MQTT session is connected and when it last committed;
+* the supervisor of ``telematics up``, ``supervisor.json``: every part (running, waiting to
+  be restarted, crash-looping) and the private broker.
+
+The API reads them, adds what it sees itself (the telemetry store, the state database, its
+command service's broker connection) and :func:`evaluate` turns it all into one answer, a
+pure function of those observations so the rules are tested without processes. Files live
+next to the telemetry database because the gateways and the API already share that
+directory (SQLite is single-host anyway).
+
+Rules (decision 0008): a *required* component that fails makes the installation
+``unavailable`` (HTTP 503): the telemetry store, the state database, the broker as the
+command service sees it, and ingest (at least one gateway connected with a fresh heartbeat
+when gateways report at all; a gateway part crash-looping under the supervisor). An
+*optional* part that fails (the demo simulator) makes it ``degraded`` (still 200). A file
+older than :data:`STALE_AFTER_S` is a process that stopped reporting: dead or hung.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "HEALTH_DIR_NAME",
+    "HEARTBEAT_INTERVAL_S",
+    "STALE_AFTER_S",
+    "SUPERVISOR_FILE_NAME",
+    "Component",
+    "GatewayHeartbeat",
+    "HealthReport",
+    "evaluate",
+    "gateway_heartbeat_path",
+    "read_gateway_heartbeats",
+    "read_supervisor_status",
+    "write_status_file",
+]
+
+HEALTH_DIR_NAME = "health"
+SUPERVISOR_FILE_NAME = "supervisor.json"
+HEARTBEAT_INTERVAL_S = 2.0
+STALE_AFTER_S = 10.0
+"""A status file older than this (five missed heartbeats) is from a process that stopped."""
+
+Status = Literal["ok", "degraded", "unavailable", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """One line of the report: ``required`` components decide between ok and unavailable,
+    optional ones between ok and degraded; ``unknown`` (nothing reports it) decides nothing."""
+
+    status: Status
+    detail: str
+    required: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    status: Literal["ok", "degraded", "unavailable"]
+    components: dict[str, Component]
+
+    @property
+    def http_status(self) -> int:
+        return 503 if self.status == "unavailable" else 200
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayHeartbeat:
+    client_id: str
+    pid: int
+    connected: bool
+    updated_at_ms: int
+    broker: str = ""
+
+    def age_s(self, now_ms: int) -> float:
+        return max(0, now_ms - self.updated_at_ms) / 1000
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_status_file(path: Path, data: Mapping[str, Any]) -> None:
+    """Replace ``path`` with ``data`` as JSON, atomically (no fsync: a status lost in a
+    power cut is rewritten within seconds)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def gateway_heartbeat_path(directory: Path, client_id: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in client_id)
+    return directory / f"gateway-{safe}.json"
+
+
+def read_gateway_heartbeats(directory: Path) -> list[GatewayHeartbeat]:
+    """Every readable gateway heartbeat in ``directory``, sorted by client id."""
+    beats = []
+    for path in sorted(directory.glob("gateway-*.json")):
+        data = _read_json(path)
+        if data is None:
+            continue
+        try:
+            beats.append(
+                GatewayHeartbeat(
+                    client_id=str(data["client_id"]),
+                    pid=int(data["pid"]),
+                    connected=bool(data["connected"]),
+                    updated_at_ms=int(data["updated_at_ms"]),
+                    broker=str(data.get("broker", "")),
+                )
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return sorted(beats, key=lambda b: b.client_id)
+
+
+def read_supervisor_status(directory: Path) -> dict[str, Any] | None:
+    return _read_json(directory / SUPERVISOR_FILE_NAME)
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+def _ingest(beats: Iterable[GatewayHeartbeat], now_ms: int) -> Component:
+    beats = list(beats)
+    if not beats:
+        return Component("unknown", "no gateway reports here", required=False)
+    fresh = [b for b in beats if b.age_s(now_ms) <= STALE_AFTER_S]
+    live = [b for b in fresh if b.connected]
+    parts = []
+    for b in beats:
+        if b.age_s(now_ms) > STALE_AFTER_S:
+            parts.append(f"{b.client_id}: silent for {b.age_s(now_ms):.0f} s")
+        else:
+            parts.append(f"{b.client_id}: {'connected' if b.connected else 'not connected'}")
+    detail = "; ".join(parts)
+    if not live:
+        return Component("unavailable", f"no gateway is ingesting ({detail})")
+    if len(live) < len(beats):
+        return Component("degraded", detail)
+    return Component("ok", detail)
+
+
+def _supervised(supervisor: Mapping[str, Any] | None, now_ms: int) -> dict[str, Component]:
+    """The supervisor's parts and broker, if a supervisor reports (and recently)."""
+    if supervisor is None:
+        return {}
+    age = (now_ms - int(supervisor.get("updated_at_ms", 0))) / 1000
+    if age > STALE_AFTER_S:
+        return {"supervisor": Component("unavailable", f"silent for {age:.0f} s")}
+    out: dict[str, Component] = {}
+    broker = supervisor.get("broker")
+    if isinstance(broker, dict):
+        running = broker.get("state") == "running"
+        out["broker_process"] = Component(
+            "ok" if running else "unavailable",
+            f"private broker {broker.get('state')}, {broker.get('restarts', 0)} restarts",
+        )
+    for part in supervisor.get("parts", []):
+        if not isinstance(part, dict):
+            continue
+        optional = bool(part.get("optional"))
+        state = str(part.get("state"))
+        detail = f"{state}, {part.get('restarts', 0)} restarts"
+        if part.get("last_exit") is not None:
+            detail += f", last exit code {part.get('last_exit')}"
+        if state == "running" and not part.get("crash_looping"):
+            status: Status = "ok"
+        else:
+            status = "degraded" if optional or state == "running" else "unavailable"
+            if part.get("crash_looping"):
+                detail += ", crash-looping"
+        out[f"part:{part.get('name')}"] = Component(status, detail, required=not optional)
+    return out
+
+
+def evaluate(
+    *,
+    telemetry_store: str | None,
+    state_database: str | None,
+    command_broker: bool | None,
+    gateways: Iterable[GatewayHeartbeat],
+    supervisor: Mapping[str, Any] | None,
+    now_ms: int,
+) -> HealthReport:
+    """The verdict. ``telemetry_store``/``state_database``: None when readable, else why
+    not. ``command_broker``: whether this API's command service is connected to the
+    broker (None: commands are off here)."""
+    components = {
+        "telemetry_store": Component(
+            "ok" if telemetry_store is None else "unavailable",
+            "readable" if telemetry_store is None else telemetry_store,
+        ),
+        "state_database": Component(
+            "ok" if state_database is None else "unavailable",
+            "reachable" if state_database is None else state_database,
+        ),
+    }
+    if command_broker is None:
+        components["broker"] = Component("unknown", "remote commands are off", required=False)
+    else:
+        components["broker"] = Component(
+            "ok" if command_broker else "unavailable",
+            "the command service is connected"
+            if command_broker
+            else "the command service cannot reach the broker",
+        )
+    components["ingest"] = _ingest(gateways, now_ms)
+    components.update(_supervised(supervisor, now_ms))
+    required = [c for c in components.values() if c.required]
+    if any(c.status == "unavailable" for c in required):
+        status: Literal["ok", "degraded", "unavailable"] = "unavailable"
+    elif any(c.status in ("unavailable", "degraded") for c in components.values()):
+        status = "degraded"
+    else:
+        status = "ok"
+    return HealthReport(status, components)

@@ -1,0 +1,440 @@
+"""The broker attacked with a vehicle's own credential (issue 10), against ``telematics up``.
+
+Any self-registered owner can get a vehicle credential (register, provision an unclaimed
+VIN), so a vehicle credential is what an attacker holds. Everything here runs against one
+real installation (``telematics up --demo``: the private Mosquitto with its generated
+configuration, the gateway, the API with its command service, the demo simulator), started
+once for the module because starting it takes seconds; every test provisions VINs of its
+own. The attacker and the honest units speak raw MQTT 5 (:class:`tests.mqtt_raw.Mqtt5Client`)
+so every refusal is seen as the broker's own reason code.
+
+The reproducers of the issue, each refused:
+
+* subscribing to the gateway's shared subscriptions (telemetry, events, status, command
+  results), ``#``, ``$SYS/#``, ``$CONTROL/#``, another VIN's commands;
+* publishing to another VIN's topics and to ``$CONTROL`` (and the control command it
+  carried has no effect);
+* connecting with another VIN's client id (which used to kick that vehicle off and fire its
+  Last Will) or any id but its own;
+* a persistent session asking never to expire (capped at the broker's 7 days);
+
+and the end-to-end check that with the attacker trying all of it, every sample of the
+other vehicles is stored and every command completes. On the code before issue 10 (an ACL
+file that never checked SUBSCRIBE) that last test lost most samples and left commands in
+``sent``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.broker import free_port
+from tests.conftest import wait_until
+from tests.mqtt_raw import NOT_AUTHORIZED, Mqtt5Client
+from tests.test_up import ADMIN_PASSWORD, Up, start
+
+pytestmark = pytest.mark.slow
+
+GATEWAY_GROUP = "$share/telematics-gateway/v1/vehicles/+/"
+COMMANDS_GROUP = "$share/telematics-commands/v1/vehicles/+/"
+SEVEN_DAYS_S = 7 * 24 * 3600
+
+
+@dataclass
+class Installation:
+    up: Up
+    admin: dict[str, str]
+    account_id: int
+    clients: list[Mqtt5Client]
+
+    def provision(self, vin: str) -> str:
+        r = httpx.post(
+            f"{self.up.api}/v1/vehicles",
+            json={"vin": vin, "account_id": self.account_id, "label": "abuse test"},
+            headers=self.admin,
+        )
+        assert r.status_code == 201, r.text
+        password: str = r.json()["mqtt"]["password"]
+        return password
+
+    def try_connect(
+        self,
+        username: str,
+        password: str,
+        client_id: str,
+        **kwargs: Any,
+    ) -> tuple[Mqtt5Client, int]:
+        client, code = Mqtt5Client.connect(
+            "127.0.0.1",
+            self.up.mqtt_port,
+            client_id,
+            username=username,
+            password=password,
+            **kwargs,
+        )
+        self.clients.append(client)
+        return client, code
+
+    def unit(self, vin: str, password: str, **kwargs: Any) -> Mqtt5Client:
+        """Connected as ``vin`` with its own client id, once the broker has loaded it."""
+        found: list[Mqtt5Client] = []
+
+        def attempt() -> bool:
+            client, code = self.try_connect(vin, password, vin, **kwargs)
+            if code == 0:
+                found.append(client)
+                return True
+            client.close()
+            return False
+
+        wait_until(attempt, timeout=20, what=f"the broker to admit {vin}")
+        return found[0]
+
+    def command(self, vin: str, command_type: str = "horn_and_lights") -> str:
+        r = httpx.post(
+            f"{self.up.api}/v1/vehicles/{vin}/commands",
+            json={"type": command_type},
+            headers=self.admin,
+        )
+        assert r.status_code == 201, r.text
+        command_id: str = r.json()["id"]
+        return command_id
+
+    def command_status(self, command_id: str) -> str:
+        body = httpx.get(f"{self.up.api}/v1/commands/{command_id}", headers=self.admin).json()
+        status: str = body["status"]
+        return status
+
+    def stored_seqs(self, vin: str) -> list[int]:
+        r = httpx.get(
+            f"{self.up.api}/v1/vehicles/{vin}/history",
+            params={"signals": "Vehicle.Speed", "start": 0, "limit": 1000},
+            headers=self.admin,
+        )
+        if r.status_code == 404:
+            return []
+        assert r.status_code == 200, r.text
+        return sorted(p["seq"] for p in r.json()["points"])
+
+
+_counter = iter(range(1, 1_000_000))
+
+
+def new_vin() -> str:
+    """A fresh, valid VIN per call (17 characters, no I, O or Q)."""
+    return f"WABUSE{os.getpid() % 100000:05d}{next(_counter):06d}"
+
+
+@pytest.fixture(scope="module")
+def installation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
+    ports = (free_port(), free_port(), free_port())
+    up = start(tmp_path_factory.mktemp("abuse"), 1, ports)
+    try:
+        admin = up.login("admin@localhost", ADMIN_PASSWORD)
+        account = httpx.post(
+            f"{up.api}/v1/accounts",
+            json={"kind": "organization", "name": "Abuse"},
+            headers=admin,
+        )
+        assert account.status_code == 201, account.text
+        inst = Installation(up, admin, account.json()["id"], [])
+        yield inst
+        for client in inst.clients:
+            client.close()
+    finally:
+        if up.process.poll() is None:
+            up.stop()
+
+
+@pytest.fixture
+def attacker(installation: Installation) -> tuple[str, str]:
+    vin = new_vin()
+    return vin, installation.provision(vin)
+
+
+def sample(vin: str, seq: int, speed: float = 50.0) -> bytes:
+    now = time.time_ns() // 1_000_000
+    return json.dumps(
+        {"vin": vin, "seq": seq, "ts": now, "signals": {"Vehicle.Speed": speed}}
+    ).encode()
+
+
+# --- subscriptions ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "topic_filter",
+    [
+        GATEWAY_GROUP + "telemetry",
+        GATEWAY_GROUP + "events",
+        GATEWAY_GROUP + "status",
+        COMMANDS_GROUP + "commands/result",
+        COMMANDS_GROUP + "status",
+        "$share/evil/v1/vehicles/+/telemetry",
+        "#",
+        "v1/#",
+        "v1/vehicles/+/commands",
+        "$SYS/#",
+        "$CONTROL/#",
+        "$CONTROL/dynamic-security/v1/response",
+    ],
+)
+def test_a_vehicle_cannot_subscribe_to_anything_but_its_own_commands(
+    installation: Installation, attacker: tuple[str, str], topic_filter: str
+) -> None:
+    vin, password = attacker
+    unit = installation.unit(vin, password)
+    assert unit.subscribe(topic_filter) == NOT_AUTHORIZED, topic_filter
+    assert unit.subscribe(f"v1/vehicles/{vin}/commands") == 1  # its own: granted
+
+
+def test_a_vehicle_cannot_subscribe_to_another_vehicles_commands(
+    installation: Installation, attacker: tuple[str, str]
+) -> None:
+    victim = new_vin()
+    installation.provision(victim)
+    vin, password = attacker
+    unit = installation.unit(vin, password)
+    assert unit.subscribe(f"v1/vehicles/{victim}/commands") == NOT_AUTHORIZED
+    assert unit.subscribe(f"v1/vehicles/{victim}/commands/result") == NOT_AUTHORIZED
+
+
+# --- publishing -------------------------------------------------------------------------------
+
+
+def test_a_vehicle_cannot_publish_for_another_or_to_the_control_topic(
+    installation: Installation, attacker: tuple[str, str]
+) -> None:
+    victim = new_vin()
+    installation.provision(victim)
+    vin, password = attacker
+    unit = installation.unit(vin, password)
+    for topic in [
+        f"v1/vehicles/{victim}/telemetry",
+        f"v1/vehicles/{victim}/events",
+        f"v1/vehicles/{victim}/status",
+        f"v1/vehicles/{victim}/commands/result",
+        f"v1/vehicles/{victim}/commands",
+        f"v1/vehicles/{vin}/commands",  # forging commands to itself
+    ]:
+        assert unit.publish(topic, sample(victim, 1)) == NOT_AUTHORIZED, topic
+    # a Dynamic Security command that would create a client with every right
+    evil = f"evil-{uuid.uuid4().hex[:8]}"
+    takeover = {
+        "commands": [
+            {
+                "command": "createRole",
+                "rolename": evil,
+                "acls": [
+                    {"acltype": "subscribePattern", "topic": "#", "allow": True},
+                    {"acltype": "publishClientReceive", "topic": "#", "allow": True},
+                ],
+            },
+            {
+                "command": "createClient",
+                "username": evil,
+                "password": "pw",
+                "roles": [{"rolename": evil}],
+            },
+        ]
+    }
+    payload = json.dumps(takeover).encode()
+    assert unit.publish("$CONTROL/dynamic-security/v1", payload) == NOT_AUTHORIZED
+    _, code = installation.try_connect(evil, "pw", evil)
+    assert code == NOT_AUTHORIZED  # the command never ran
+    assert installation.stored_seqs(victim) == []
+
+
+# --- identity ---------------------------------------------------------------------------------
+
+
+def test_a_vehicle_cannot_take_another_vehicles_client_id(
+    installation: Installation, attacker: tuple[str, str]
+) -> None:
+    victim = new_vin()
+    victim_unit = installation.unit(victim, installation.provision(victim))
+    assert victim_unit.publish(f"v1/vehicles/{victim}/status", b'{"state": "online"}') < 0x80
+    vin, password = attacker
+    for client_id in (victim, "evil-1", f"{vin}-2", "telematics-gateway-1"):
+        _, code = installation.try_connect(vin, password, client_id)
+        assert code == NOT_AUTHORIZED, client_id
+    # the victim was not kicked off (its Last Will was not fired): it still works
+    assert not victim_unit.closed
+    assert victim_unit.publish(f"v1/vehicles/{victim}/telemetry", sample(victim, 1)) < 0x80
+    wait_until(lambda: installation.stored_seqs(victim) == [1], what="the victim's sample")
+
+
+def _broker_pid(data_dir: Path) -> int:
+    """The private broker's pid, found by its configuration file on its command line."""
+    config = str(data_dir / "broker" / "mosquitto.conf")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if config.encode() in argv:
+            return int(entry.name)
+    raise AssertionError(f"no mosquitto running with {config}")
+
+
+def _persisted_session_expiry(db: Path, client_id: str) -> int | None:
+    """The session expiry time (epoch seconds) Mosquitto 2.0 saved for ``client_id`` in its
+    persistence file (format version 6: 15-byte magic, CRC, version, then chunks of
+    big-endian (type, length); a client chunk starts with the expiry time, a native int64)."""
+    data = db.read_bytes()
+    i = 15 + 4 + 4
+    while i + 8 <= len(data):
+        chunk, length = struct.unpack(">II", data[i : i + 8])
+        body = data[i + 8 : i + 8 + length]
+        i += 8 + length
+        if chunk != 6:  # DB_CHUNK_CLIENT
+            continue
+        (expiry,) = struct.unpack("=q", body[:8])
+        (id_len,) = struct.unpack(">H", body[14:16])
+        if body[24 : 24 + id_len].decode() == client_id:
+            return int(expiry)
+    return None
+
+
+@pytest.mark.parametrize("requested", [0xFFFFFFFE, 0xFFFFFFFF])
+def test_a_persistent_session_cannot_outlive_the_cap(
+    installation: Installation, attacker: tuple[str, str], requested: int
+) -> None:
+    """0xFFFFFFFF means "never expires" in MQTT 5. The broker saves a disconnected
+    session's expiry time on SIGUSR1, which is how this test reads what it decided."""
+    vin, password = attacker
+    unit = installation.unit(vin, password, clean_start=False, session_expiry=requested)
+    assert unit.subscribe(f"v1/vehicles/{vin}/commands") == 1
+    log = installation.up.data / "broker" / "mosquitto.log"
+    unit.disconnect()
+    wait_until(
+        lambda: f"Client {vin} disconnected." in log.read_text(errors="replace"),
+        what="the broker to see the disconnect",
+    )
+    db = installation.up.data / "broker" / "mosquitto.db"
+    before = db.stat().st_mtime_ns if db.exists() else 0
+    disconnected_at = time.time()
+    os.kill(_broker_pid(installation.up.data), signal.SIGUSR1)
+    wait_until(
+        lambda: db.exists() and db.stat().st_mtime_ns != before,
+        what="the broker to save its sessions",
+    )
+    wait_until(
+        lambda: _persisted_session_expiry(db, vin) is not None,
+        what=f"{vin}'s session in the saved file",
+    )
+    expiry = _persisted_session_expiry(db, vin)
+    assert expiry, "the broker keeps this session forever (no expiry time)"
+    assert expiry - disconnected_at <= SEVEN_DAYS_S + 60, "the session expiry was not capped"
+    assert expiry - disconnected_at >= SEVEN_DAYS_S - 60
+
+
+# --- the attack, end to end -------------------------------------------------------------------
+
+
+def _answer_commands(unit: Mqtt5Client, vin: str, stop: threading.Event) -> None:
+    """A unit that accepts and performs every command it receives, echoing its
+    correlation data (as the device contract asks)."""
+    while not stop.is_set():
+        got = unit.receive_message(timeout=0.2)
+        if got is None:
+            if unit.closed:
+                return
+            continue
+        _, payload, properties = got
+        command = json.loads(payload)
+        correlation = properties.get(0x09)
+        for status in ("accepted", "succeeded"):
+            result = {
+                "command_id": command["command_id"],
+                "vin": vin,
+                "status": status,
+                "ts": time.time_ns() // 1_000_000,
+            }
+            unit.publish(
+                f"v1/vehicles/{vin}/commands/result",
+                json.dumps(result).encode(),
+                correlation=correlation if isinstance(correlation, bytes) else None,
+            )
+
+
+def _attack(installation: Installation, vin: str, password: str) -> list[tuple[str, int]]:
+    """Everything the issue's reproducer did, and then some: persistent sessions in the
+    gateway's and the command service's shared subscriptions under several client ids,
+    left behind disconnected so the broker keeps dealing them messages. Returns what the
+    broker answered (client id, reason code of the CONNACK or the worst SUBACK)."""
+    installation.unit(vin, password).disconnect()  # the broker knows the credential now
+    answers = []
+    for client_id in [vin, *(f"evil-{n}" for n in range(1, 5))]:
+        client, code = installation.try_connect(
+            vin, password, client_id, clean_start=False, session_expiry=3600
+        )
+        if code == 0:
+            codes = [
+                client.subscribe(GATEWAY_GROUP + "telemetry"),
+                client.subscribe(GATEWAY_GROUP + "events"),
+                client.subscribe(COMMANDS_GROUP + "commands/result"),
+                client.subscribe(COMMANDS_GROUP + "status"),
+            ]
+            code = max(codes)
+            client.disconnect()
+        answers.append((client_id, code))
+    return answers
+
+
+def test_with_the_attacker_at_work_every_sample_is_stored_and_every_command_completes(
+    installation: Installation, attacker: tuple[str, str]
+) -> None:
+    vin, password = attacker
+    answers = _attack(installation, vin, password)
+
+    victims = [new_vin() for _ in range(3)]
+    units = {v: installation.unit(v, installation.provision(v)) for v in victims}
+    for victim, unit in units.items():
+        assert unit.subscribe(f"v1/vehicles/{victim}/commands") == 1
+        assert unit.publish(f"v1/vehicles/{victim}/status", b'{"state": "online"}') < 0x80
+        for seq in range(1, 16):
+            assert unit.publish(f"v1/vehicles/{victim}/telemetry", sample(victim, seq)) < 0x80
+
+    expected = list(range(1, 16))
+
+    def all_stored() -> bool:
+        return all(installation.stored_seqs(v) == expected for v in victims)
+
+    wait_until(all_stored, timeout=30, what="every victim's 15 samples to be stored")
+
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_answer_commands, args=(unit, victim, stop), daemon=True)
+        for victim, unit in units.items()
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        commands = [installation.command(victims[i % len(victims)]) for i in range(5)]
+        wait_until(
+            lambda: all(installation.command_status(c) == "succeeded" for c in commands),
+            timeout=30,
+            what="all 5 commands to succeed",
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+    # and the broker had refused every attempt, so there was nothing to repair
+    assert all(code == NOT_AUTHORIZED for _, code in answers), answers

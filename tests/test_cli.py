@@ -1,0 +1,257 @@
+"""The ``telematics`` command line: every command's help names the command as a user types
+it; every setting of the README's Configuration table is a flag (and an environment
+variable) of the command it belongs to; ``telematics up`` refuses taken ports at once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway import cli
+from gateway.broker import free_port
+from gateway.cli import build_parser, main
+from gateway.errors import GatewayError
+from tests.test_readme_examples import kill_processes_mentioning
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+# --- program names --------------------------------------------------------------------------
+
+
+def _commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[str, ...]]:
+    """Every command path of ``parser`` (``("vehicle", "add")``, ...)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name)
+                yield from _commands(sub, (*path, name))
+
+
+def test_every_command_names_itself_as_typed(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = [*_commands(build_parser()), ("sim", "scenario")]
+    assert ("user", "set-password") in commands
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--help"])
+        assert exit_info.value.code == 0, command
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: telematics {' '.join(command)} "), (command, text[:200])
+        assert "python -m" not in text.split("\n\n")[0], command
+
+
+# --- the README's Configuration table --------------------------------------------------------
+
+
+def configuration_rows() -> list[tuple[list[str], list[str]]]:
+    """(variables, commands) per row of the README's Configuration table. A row names one
+    variable or several (``TELEMATICS_X`` / ``_Y``: the shorthand stands for ``TELEMATICS_``,
+    some leading parts of the first name, then ``Y``: :func:`variable_names` resolves it).
+    The commands are those the row's meaning starts with (```telematics gateway`: ...``),
+    else ``up``."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if not line.startswith("| `TELEMATICS_"):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        names = re.findall(r"`(TELEMATICS_\w+|_\w+)`", cells[0])
+        named = re.match(r"^((?:`telematics \w+`(?:, )?)+):", cells[2])
+        commands = re.findall(r"`telematics (\w+)`", named[1]) if named else ["up"]
+        rows.append((names, commands))
+    return rows
+
+
+def variable_names(names: list[str], known: str) -> list[str]:
+    """The row's variables with shorthands spelt out: for ``_Y`` after ``TELEMATICS_A_B``
+    the candidates are ``TELEMATICS_A_B_Y``, ``TELEMATICS_A_Y``, ``TELEMATICS_Y``; the first
+    one ``known`` (a command's help) mentions. A shorthand that names nothing fails."""
+    first, out = names[0], [names[0]]
+    parts = first[len("TELEMATICS_") :].split("_")
+    for short in names[1:]:
+        if short.startswith("TELEMATICS_"):  # written out
+            out.append(short)
+            continue
+        candidates = [
+            "_".join(["TELEMATICS", *parts[:keep]]) + short for keep in range(len(parts), -1, -1)
+        ]
+        found = [c for c in candidates if re.search(rf"\b{c}\b", known)]
+        assert found, f"{first} / {short}: none of {candidates} is documented"
+        out.append(found[0])
+    return out
+
+
+def test_the_table_is_read_as_written() -> None:
+    rows = {tuple(names): commands for names, commands in configuration_rows()}
+    up_help = _subparser("up").format_help()
+    assert variable_names(["TELEMATICS_API_HOST", "_PORT"], up_help)[1] == "TELEMATICS_API_PORT"
+    assert variable_names(["TELEMATICS_MQTT_USERNAME", "_PASSWORD_FILE"], up_help) == [
+        "TELEMATICS_MQTT_USERNAME",
+        "TELEMATICS_MQTT_PASSWORD_FILE",
+    ]
+    assert variable_names(["TELEMATICS_ACCESS_TOKEN_TTL", "_REFRESH_TOKEN_TTL"], up_help) == [
+        "TELEMATICS_ACCESS_TOKEN_TTL",
+        "TELEMATICS_REFRESH_TOKEN_TTL",
+    ]
+    assert rows[("TELEMATICS_CLIENT_ID",)] == ["gateway"]
+    assert rows[("TELEMATICS_DATA_DIR",)] == ["up"]
+    assert len(rows) >= 15
+
+
+def _subparser(command: str) -> argparse.ArgumentParser:
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[command]
+    raise AssertionError(command)
+
+
+def _sample(action: argparse.Action) -> tuple[str, object]:
+    """A value to put into the action's environment variable, and what the flag then holds."""
+    if isinstance(action, argparse._StoreTrueAction):
+        return "1", True
+    if action.choices:
+        value = str(list(action.choices)[-1])
+        return value, value
+    if action.type is int:
+        return "4321", 4321
+    if action.type is float:
+        return "12.5", 12.5
+    if action.type is Path:
+        return "/tmp/some/file", Path("/tmp/some/file")
+    return "example-value", "example-value"
+
+
+@pytest.mark.parametrize(
+    ("names", "commands"),
+    configuration_rows(),
+    ids=[" / ".join(v) for v, _ in configuration_rows()],
+)
+def test_every_configuration_setting_is_a_flag_and_a_variable(
+    names: list[str], commands: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each variable is named in the help of a flag of each command the row is about, and
+    setting it changes that flag's default; passwords are variables only (never a flag: ps
+    shows command lines), named in the command's help."""
+    for command in commands:
+        parser = _subparser(command)
+        help_text = parser.format_help()
+        for variable in variable_names(names, help_text):
+            assert variable in help_text, f"telematics {command} --help does not name {variable}"
+            if variable.endswith("PASSWORD"):
+                assert not any(
+                    a.option_strings and f"env {variable}" in (a.help or "")
+                    for a in parser._actions
+                ), f"{variable} must not have a flag"
+                continue
+            (action,) = [
+                a
+                for a in parser._actions
+                if a.option_strings and re.search(rf"\benv {variable}\b", a.help or "")
+            ] or [None]
+            assert action is not None, f"no flag of telematics {command} says 'env {variable}'"
+            raw, expected = _sample(action)
+            monkeypatch.setenv(variable, raw)
+            parsed = _subparser(command).parse_args([])
+            monkeypatch.delenv(variable)
+            assert getattr(parsed, action.dest) == expected, (command, variable)
+
+
+# --- telematics up and taken ports -----------------------------------------------------------
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize("which", ["--api-port", "--mqtt-port", "--tls-port"])
+def test_up_names_a_taken_port_and_its_flag_at_once(
+    which: str, taken_port: int, tmp_path: Path
+) -> None:
+    ports = {flag: str(free_port()) for flag in ("--api-port", "--mqtt-port", "--tls-port")}
+    ports[which] = str(taken_port)
+    argv = ["up", "--demo", "--data-dir", str(tmp_path / "data")]
+    argv += [x for flag, port in ports.items() for x in (flag, port)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMATICS_")}
+    started = time.monotonic()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "gateway", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = up.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # it started after all: stop all of it
+        os.killpg(up.pid, signal.SIGKILL)
+        _, stderr = up.communicate()
+    finally:
+        kill_processes_mentioning(tmp_path)
+    elapsed = time.monotonic() - started
+    assert up.returncode == 2, stderr
+    assert f"port {taken_port} on 127.0.0.1 is already in use" in stderr
+    variable = "TELEMATICS_" + which[2:].replace("-", "_").upper()
+    assert f"{which} PORT (env {variable})" in stderr
+    assert not (tmp_path / "data").exists()  # nothing was started or created
+    assert elapsed < 10, elapsed  # in practice well under a second after Python starts
+
+
+def test_up_port_check_takes_under_a_second_and_catches_clashes() -> None:
+    started = time.monotonic()
+    with pytest.raises(GatewayError, match="--api-port PORT"):
+        cli.check_up_ports([("the API", "127.0.0.1", 1, "--api-port PORT")], lambda h, p: True)
+    with pytest.raises(GatewayError, match="cannot both listen on port 5"):
+        cli.check_up_ports(
+            [("the API", "127.0.0.1", 5, "--api-port"), ("the broker", "127.0.0.1", 5, "-m")],
+            lambda h, p: False,
+        )
+    cli.check_up_ports([("the API", "127.0.0.1", free_port(), "--api-port")])
+    assert time.monotonic() - started < 1.0
+
+
+def test_up_hands_its_api_and_gateway_settings_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flags of up that belong to the API or the gateways reach their command lines."""
+    args = build_parser().parse_args(
+        [
+            "up",
+            "--access-token-ttl",
+            "60",
+            "--login-limit",
+            "5/min",
+            "--no-registration",
+            "--auth-secret-file",
+            "/tmp/secret",
+            "--batch-delay-ms",
+            "20",
+            "--share-group",
+            "g2",
+        ]
+    )
+    api, gateway = cli._forwarded(args)
+    assert api[api.index("--access-token-ttl") + 1] == "60"
+    assert api[api.index("--login-limit") + 1] == "5/min"
+    assert "--no-registration" in api
+    assert api[api.index("--auth-secret-file") + 1] == "/tmp/secret"
+    assert gateway[gateway.index("--batch-delay-ms") + 1] == "20.0"
+    assert gateway[gateway.index("--share-group") + 1] == "g2"
+    bad = build_parser().parse_args(["up", "--user-command-limit", "fast"])
+    with pytest.raises(ValueError, match="fast"):
+        cli._forwarded(bad)

@@ -1,0 +1,133 @@
+"""The health verdict (gateway.health.evaluate) and the status files it reads.
+
+The rules are a pure function of what was observed, so they are checked with hand-made
+observations; the files with real files in a temporary directory. End to end (a killed
+broker turning ``/healthz`` red, then green) is ``tests/test_up_resilience.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gateway.health import (
+    STALE_AFTER_S,
+    GatewayHeartbeat,
+    evaluate,
+    gateway_heartbeat_path,
+    read_gateway_heartbeats,
+    read_supervisor_status,
+    write_status_file,
+)
+
+NOW = 1_800_000_000_000
+
+
+def beat(client_id: str, *, connected: bool = True, age_s: float = 1.0) -> GatewayHeartbeat:
+    return GatewayHeartbeat(client_id, 1234, connected, NOW - int(age_s * 1000))
+
+
+def supervisor(
+    *parts: dict[str, Any], broker: str = "running", age_s: float = 1.0
+) -> dict[str, Any]:
+    return {
+        "updated_at_ms": NOW - int(age_s * 1000),
+        "broker": {"state": broker, "restarts": 0},
+        "parts": list(parts),
+    }
+
+
+def part(name: str, state: str = "running", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "state": state, "restarts": 0, "optional": False, **extra}
+
+
+def verdict(**overrides: Any) -> tuple[str, dict[str, str]]:
+    observed: dict[str, Any] = {
+        "telemetry_store": None,
+        "state_database": None,
+        "command_broker": True,
+        "gateways": [beat("gw-1")],
+        "supervisor": supervisor(part("gateway-1"), part("api")),
+        "now_ms": NOW,
+    }
+    observed.update(overrides)
+    report = evaluate(**observed)
+    return report.status, {name: c.status for name, c in report.components.items()}
+
+
+def test_everything_up_is_ok() -> None:
+    status, components = verdict()
+    assert status == "ok"
+    assert set(components.values()) == {"ok"}
+
+
+def test_the_broker_as_the_command_service_sees_it_is_required() -> None:
+    status, components = verdict(command_broker=False)
+    assert status == "unavailable"
+    assert components["broker"] == "unavailable"
+    # commands off in this process: nothing to say about the broker from here
+    status, components = verdict(command_broker=None)
+    assert status == "ok"
+    assert components["broker"] == "unknown"
+
+
+def test_ingest_needs_one_connected_gateway_with_a_fresh_heartbeat() -> None:
+    assert verdict(gateways=[beat("gw-1", connected=False)])[0] == "unavailable"
+    assert verdict(gateways=[beat("gw-1", age_s=STALE_AFTER_S + 1)])[0] == "unavailable"
+    # one of two down: still ingesting, but not all is well
+    status, components = verdict(gateways=[beat("gw-1"), beat("gw-2", connected=False)])
+    assert (status, components["ingest"]) == ("degraded", "degraded")
+    # nobody reports here (an API without local gateways): unknown, not a failure
+    status, components = verdict(gateways=[], supervisor=None)
+    assert (status, components["ingest"]) == ("ok", "unknown")
+
+
+def test_databases_are_required() -> None:
+    assert verdict(telemetry_store="disk I/O error")[0] == "unavailable"
+    assert verdict(state_database="connection refused")[0] == "unavailable"
+
+
+def test_supervised_parts_and_the_private_broker() -> None:
+    # the broker process restarting
+    status, components = verdict(supervisor=supervisor(part("api"), broker="waiting"))
+    assert (status, components["broker_process"]) == ("unavailable", "unavailable")
+    # a required part waiting for its restart
+    status, components = verdict(supervisor=supervisor(part("gateway-1", "waiting")))
+    assert (status, components["part:gateway-1"]) == ("unavailable", "unavailable")
+    # an optional part crash-looping only degrades
+    looping = part("simulator", "waiting", optional=True, crash_looping=True, last_exit=1)
+    status, components = verdict(supervisor=supervisor(part("api"), looping))
+    assert (status, components["part:simulator"]) == ("degraded", "degraded")
+    # a required part that runs but keeps dying is reported, not hidden
+    flapping = part("gateway-1", "running", crash_looping=True)
+    assert verdict(supervisor=supervisor(flapping))[1]["part:gateway-1"] == "degraded"
+    # a supervisor that stopped writing is itself the news
+    status, components = verdict(supervisor=supervisor(age_s=STALE_AFTER_S + 5))
+    assert (status, components["supervisor"]) == ("unavailable", "unavailable")
+
+
+def test_status_files_round_trip_and_tolerate_garbage(tmp_path: Path) -> None:
+    directory = tmp_path / "health"
+    path = gateway_heartbeat_path(directory, "telematics/gateway 1")
+    assert path.name == "gateway-telematics_gateway_1.json"
+    write_status_file(
+        path,
+        {
+            "client_id": "telematics/gateway 1",
+            "pid": 7,
+            "connected": True,
+            "updated_at_ms": NOW,
+            "broker": "mqtt://127.0.0.1:1884",
+        },
+    )
+    (directory / "gateway-broken.json").write_text("{not json")
+    (directory / "gateway-partial.json").write_text('{"client_id": "x"}')
+    assert read_gateway_heartbeats(directory) == [
+        GatewayHeartbeat("telematics/gateway 1", 7, True, NOW, "mqtt://127.0.0.1:1884")
+    ]
+    assert read_supervisor_status(directory) is None
+    write_status_file(directory / "supervisor.json", supervisor())
+    status = read_supervisor_status(directory)
+    assert status is not None
+    assert status["broker"]["state"] == "running"
+    assert sorted(p.name for p in directory.iterdir() if p.name.startswith(".")) == []
