@@ -127,7 +127,7 @@ class Installation:
         if r.status_code == 404:
             return []
         assert r.status_code == 200, r.text
-        return sorted(p["seq"] for p in r.json()["points"])
+        return sorted(p["seq"] for p in r.json()["items"])
 
 
 _counter = iter(range(1, 1_000_000))

@@ -346,6 +346,8 @@ def test_render_dynsec_gives_each_vehicle_only_its_own_topics() -> None:
             ("publishClientSend", command_result_topic(vin), True),
             ("subscribeLiteral", command_topic(vin), True),
             ("publishClientReceive", command_topic(vin), True),
+            ("subscribeLiteral", feedback_topic(vin), True),
+            ("publishClientReceive", feedback_topic(vin), True),
         }
     assert "clientid" not in clients[SERVICE]  # several gateway processes, distinct ids
     assert clients[CONTROL]["clientid"] == CONTROL
@@ -473,7 +475,7 @@ def test_render_config_with_auth_files_and_tls_listener(tmp_path: Path) -> None:
         f"password_file {cfg.password_file}",
         f"plugin {plugin}",
         f"plugin_opt_config_file {tmp_path / 'dynsec.json'}",
-        "max_packet_size 270336",  # 256 KiB of message + 8 KiB of headers (decision 0008)
+        "max_packet_size 1048576",  # 1 MiB (decisions 0008 and 0011)
         "persistent_client_expiration 168h",  # the gateway's 7-day sessions, nobody more
     ]:
         assert expected in directives

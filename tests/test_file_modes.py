@@ -35,7 +35,7 @@ def test_the_telemetry_store_and_its_wal_are_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "data" / "telemetry.db"
     store = SqliteTelemetryStore(path)
     try:
-        store.list_vehicles(limit=1, offset=0)
+        store.list_vehicles(limit=1)
         files = [path, path.with_name("telemetry.db-wal"), path.with_name("telemetry.db-shm")]
         for file in files:
             assert file.exists(), file

@@ -203,7 +203,7 @@ def test_rotating_a_demo_vehicles_credentials_does_not_stop_the_installation(
             f"{up.api}/v1/audit",
             params={"action": "vehicle_credentials_rotate", "limit": 10},
             headers=admin,
-        ).json()["entries"]
+        ).json()["items"]
         # the API's rotation, then the demo's own when the simulator started again
         assert len(audit) == 2
         assert "starting it again" not in up.text()  # the broker was never touched

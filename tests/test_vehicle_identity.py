@@ -269,7 +269,7 @@ def test_the_gateway_quarantines_vehicles_that_are_not_provisioned(
 
             def quarantined() -> list[dict[str, Any]]:
                 r = api.get("/v1/quarantine", params={"reason": "unprovisioned_vehicle"})
-                entries: list[dict[str, Any]] = r.json()["entries"]
+                entries: list[dict[str, Any]] = r.json()["items"]
                 return entries
 
             wait_until(quarantined, what="the message to be quarantined")
