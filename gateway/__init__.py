@@ -9,6 +9,7 @@ Layout (one subpackage per job):
     cli.py      the ``telematics`` command (``up``, ``gateway``, ``api``, ``bench``)
     config.py   settings (environment variables ``TELEMATICS_*`` and command-line flags)
     errors.py   the exception tree
+    text.py     what free text (names, labels) may contain; untrusted text made safe to log
 
 Imports ``schemas`` (the device contract); never imports ``device_sim`` except in the CLI's
 demo and benchmark commands, which start the simulator as a separate part.

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
+from gateway.text import check_plain_text
 
 if TYPE_CHECKING:  # the state database (SQLAlchemy) loads when a command runs, not for --help
     from device_sim.credentials import UnitCredentials
@@ -302,6 +303,8 @@ def _vehicle(args: argparse.Namespace) -> int:
             return 0
         account_id = _account_id(accounts, args.account)
         assert account_id is not None  # --account is required for add
+        if args.label is not None:
+            check_plain_text(args.label, "--label")
         created: dict[str, str | None] = {}
         # writing a credentials file, a vehicle provisioned before gets new credentials
         provision = provision_vehicle if args.credentials_file is None else provision_or_rotate
@@ -445,6 +448,9 @@ def _add_user(args: argparse.Namespace, accounts: AccountRepository, audit: Audi
     if (args.role == "admin") != (args.account is None):
         raise CliError("give --account for every role but admin (and none for an admin)")
     account_id = _account_id(accounts, args.account)
+    check_plain_text(args.email, "the e-mail address")
+    if args.name is not None:
+        check_plain_text(args.name, "--name")
     password, generated = _new_password()
     try:
         user = accounts.create_user(
@@ -472,7 +478,8 @@ def _add_user(args: argparse.Namespace, accounts: AccountRepository, audit: Audi
 
 def _set_password(args: argparse.Namespace, accounts: AccountRepository, audit: AuditLog) -> int:
     """``telematics user set-password EMAIL``: the same change as the API's password change
-    (``PATCH /v1/users/{id}``), audited the same way, and it ends the user's sessions."""
+    (``PATCH /v1/users/{id}``), audited the same way, and it ends what the user is logged in
+    with: access tokens, refresh tokens (sessions) and API keys."""
     from gateway.auth.passwords import hash_password
 
     user = accounts.get_user_by_email(args.email)
@@ -481,16 +488,23 @@ def _set_password(args: argparse.Namespace, accounts: AccountRepository, audit: 
     password, generated = _new_password()
     now = _now()
     accounts.update_user(user.id, password_hash=hash_password(password))
-    ended = accounts.revoke_user_refresh_tokens(user.id, now=now)
-    accounts.record_login_success(user.id)  # a new password starts without a lock-out
+    ended = accounts.end_user_sessions(user.id, now=now)
+    accounts.clear_login_throttles(user.id)  # a new password starts without a lock-out
     _record(
         audit,
         "user_update",
         account_id=user.account_id,
         target=f"user:{user.id}",
-        detail={"changed": ["password"], "sessions_ended": ended},
+        detail={
+            "changed": ["password"],
+            "sessions_ended": ended.refresh_sessions,
+            "ended_integrations": ended.api_keys,
+        },
     )
-    print(f"set the password of user {user.id} {user.email}; {ended} session(s) ended")
+    print(
+        f"set the password of user {user.id} {user.email}; {ended.refresh_sessions} "
+        f"session(s) ended, {ended.api_keys} API key(s) revoked"
+    )
     if generated:
         print(f"  password (shown only now): {password}")
     if user.disabled_at is not None:
@@ -507,7 +521,9 @@ def _account(args: argparse.Namespace) -> int:
                 ["id", "kind", "name"],
             )
             return 0
-        account = accounts.create_account(args.kind, args.name, now=_now())
+        account = accounts.create_account(
+            args.kind, check_plain_text(args.name, "the account name"), now=_now()
+        )
         _record(
             audit,
             "account_create",

@@ -270,6 +270,13 @@ def _add_auth(p: argparse.ArgumentParser) -> None:
             help=f"{what}, e.g. 30/min, 5/s,burst=10 or off (env {env}; default: {default})",
         )
     p.add_argument(
+        "--invitation-limit",
+        default=os.environ.get("TELEMATICS_INVITATION_LIMIT", "20/hour,burst=10"),
+        metavar="RATE",
+        help="invitations to share a vehicle, per user (env TELEMATICS_INVITATION_LIMIT; "
+        "default: 20/hour,burst=10)",
+    )
+    p.add_argument(
         "--no-registration",
         action="store_true",
         default=_env("NO_REGISTRATION", "") not in ("", "0", "false"),
@@ -601,6 +608,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
         user_command_limit=parse_limit(args.user_command_limit),
         vehicle_command_limit=parse_limit(args.vehicle_command_limit),
         login_limit=parse_limit(args.login_limit),
+        invitation_limit=parse_limit(args.invitation_limit),
         first_admin_email=args.admin_email,
         first_admin_password=os.environ.get("TELEMATICS_ADMIN_PASSWORD") or None,
         open_registration=not args.no_registration,

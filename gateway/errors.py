@@ -6,6 +6,7 @@
      +-- ConfigurationError          a setting is missing or contradicts another
      +-- StoreError                  the telemetry store failed (disk full, locked, corrupt)
      +-- BrokerError                 (gateway.broker) Mosquitto missing or failed to start
+     +-- TextRefused                 (gateway.text) a control or invisible character in a name
 
 Bad device input is not an exception: it is a :class:`schemas.Rejection` value that ends in
 the quarantine.

@@ -377,6 +377,7 @@ def auth_settings_for_tests(**overrides: Any) -> AuthSettings:
         "user_command_limit": None,
         "vehicle_command_limit": None,
         "login_limit": None,
+        "invitation_limit": None,
     }
     values.update(overrides)
     return AuthSettings(**values)

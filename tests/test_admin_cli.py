@@ -278,7 +278,12 @@ def test_set_password_resets_a_lost_password_and_ends_the_sessions(
         accounts = AccountRepository(db)
         user = accounts.get_user_by_email(email)
         assert user is not None
-        accounts.record_login_failure(user.id, locked_until=int(time.time() * 1000) + 900_000)
+        accounts.record_login_failure(
+            user.id,
+            "testclient",  # the test client's address
+            now=int(time.time() * 1000),
+            lockout_ms=lambda failures: 900_000,
+        )
     assert api.login(email, old) == 429
 
     new = "the-new-password-1"

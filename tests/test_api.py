@@ -726,6 +726,12 @@ def test_docs_and_openapi(client: TestClient) -> None:
         "/v1/vehicles/{vin}/credentials",
         "/v1/vehicles/{vin}/grants",
         "/v1/vehicles/{vin}/grants/{grant_id}",
+        "/v1/vehicles/{vin}/invitations",
+        "/v1/vehicles/{vin}/invitations/{invitation_id}",
+        "/v1/invitations",
+        "/v1/invitations/{invitation_id}/accept",
+        "/v1/invitations/{invitation_id}/decline",
+        "/v1/users/{user_id}/api-keys",
         "/v1/audit",
     }
     error_ref = "#/components/schemas/ErrorResponse"

@@ -270,7 +270,12 @@ def test_disabling_a_user_ends_their_access_at_once(s: Setup) -> None:
     (change,) = s.audit(action="user_update")
     assert change["target"] == "user:2"
     assert change["actor"] == f"user:1 {TEST_ADMIN_EMAIL}"
-    assert change["detail"] == {"changed": ["disabled"], "disabled": True}
+    assert change["detail"] == {
+        "changed": ["disabled"],
+        "disabled": True,
+        "ended_logins": 1,
+        "ended_integrations": 0,
+    }
 
 
 def test_changing_your_password_needs_the_current_one(s: Setup) -> None:

@@ -14,7 +14,7 @@ refresh token, health check, the OpenAPI pages).
 
 The world: organizations A and B, a private account P. A has a fleet manager and a fleet
 viewer, B a fleet manager, P an owner and a driver (a family member) whose grant on P's car
-allows only ``lock`` and ``locate``. "Own" resources are in the caller's account (for the
+allows only ``read``, ``lock`` and ``locate``. "Own" resources are in the caller's account (for the
 driver: the car granted to them); "foreign" ones are in organization B. Everybody logs in
 through the real token endpoint; commands go through a real broker.
 """
@@ -36,9 +36,10 @@ from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from gateway.commands.service import CommandSettings
 from gateway.store import IngestBatch, SqliteTelemetryStore
 from schemas import Sample
-from tests.conftest import admin_client, wait_until
+from tests.conftest import TEST_ADMIN_EMAIL, admin_client, wait_until
 
 OK, FORBIDDEN, NOT_FOUND = "ok", 403, 404
+DRIVER_SERVICES = ["read", "lock", "locate"]
 PERSONAS = ("admin", "fleet_manager", "fleet_viewer", "owner", "driver")
 PASSWORD = "persona-password-1"
 SPEED = "Vehicle.Speed"
@@ -102,7 +103,7 @@ class World:
             self.admin(
                 "POST",
                 f"/v1/vehicles/{vin}/grants",
-                json={"user_id": self.users["driver"], "services": ["lock", "locate"]},
+                json={"user_id": self.users["driver"], "services": DRIVER_SERVICES},
             )
         self.report(vin)
         return vin
@@ -112,6 +113,31 @@ class World:
         r = self.admin("POST", f"/v1/vehicles/{vin}/commands", json={"type": "lock"})
         command_id: str = r.json()["id"]
         return command_id
+
+    def member_of(self, persona: str, own: bool) -> int:
+        """A user of the account of the persona's own (or the foreign) vehicle other than
+        the persona: whom a vehicle of that account may be granted to directly."""
+        account = self.account(persona, own)
+        if account == self.accounts["P"]:
+            return self.users["driver"]
+        if account == self.accounts["A"]:
+            return self.users["fleet_viewer"]
+        return self.users["fleet_manager_b"]
+
+    def invitation(self, vin: str, email: str) -> int:
+        """A pending invitation of ``vin`` to ``email``, made by the admin."""
+        r = self.admin(
+            "POST", f"/v1/vehicles/{vin}/invitations", json={"email": email, "services": ["read"]}
+        )
+        invitation_id: int = r.json()["id"]
+        return invitation_id
+
+    def invitation_to(self, persona: str, own: bool) -> int:
+        """An invitation to the persona (``own``) or to someone else, of a vehicle of
+        organization B."""
+        vin = self.disposable_vehicle("fleet_manager", False)
+        email = f"{persona}@example.com" if persona != "admin" else TEST_ADMIN_EMAIL
+        return self.invitation(vin, email if own else "someone-else@example.com")
 
     def user_in(self, persona: str, own: bool) -> int:
         """A user of the persona's account other than themselves (for an owner: a driver,
@@ -199,7 +225,7 @@ def _build(client: TestClient, db_path: Path) -> World:
     world.admin(
         "POST",
         f"/v1/vehicles/{vin_p}/grants",
-        json={"user_id": world.users["driver"], "services": ["lock", "locate"]},
+        json={"user_id": world.users["driver"], "services": DRIVER_SERVICES},
     )
     world.vehicles = {
         "admin": (vin_a, vin_b),
@@ -371,6 +397,16 @@ TABLE: dict[tuple[str, str], Row] = {
     ),
     ("GET", "/v1/api-keys"): Row(get(lambda w, p, own: "/v1/api-keys"), EVERYONE),
     ("DELETE", "/v1/api-keys/{key_id}"): Row(method("DELETE", api_key_of), same(OK, NOT_FOUND)),
+    ("GET", "/v1/users/{user_id}/api-keys"): Row(
+        get(lambda w, p, own: f"/v1/users/{w.user_in(p, own)}/api-keys"),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, NOT_FOUND),
+            fleet_viewer=(NOT_FOUND, NOT_FOUND),
+            owner=(OK, NOT_FOUND),
+            driver=(NOT_FOUND, NOT_FOUND),
+        ),
+    ),
     # accounts and users
     ("POST", "/v1/accounts"): Row(
         post(lambda w, p, own: "/v1/accounts", lambda *_: {"kind": "organization", "name": "n"}),
@@ -447,7 +483,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("POST", "/v1/vehicles/{vin}/grants"): Row(
         post(
             lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/grants",
-            lambda w, p, own: {"user_id": w.users["fleet_viewer"], "services": ["locate"]},
+            lambda w, p, own: {"user_id": w.member_of(p, own), "services": ["locate"]},
         ),
         MANAGE,
     ),
@@ -456,6 +492,30 @@ TABLE: dict[tuple[str, str], Row] = {
     ),
     ("DELETE", "/v1/vehicles/{vin}/grants/{grant_id}"): Row(
         lambda w, p, own: _delete_grant(w, p, own), MANAGE
+    ),
+    ("POST", "/v1/vehicles/{vin}/invitations"): Row(
+        post(
+            lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/invitations",
+            lambda *_: {"email": "friend@example.com", "services": ["read", "locate"]},
+        ),
+        MANAGE,
+    ),
+    ("GET", "/v1/vehicles/{vin}/invitations"): Row(
+        get(lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/invitations"),
+        MANAGE,
+    ),
+    ("DELETE", "/v1/vehicles/{vin}/invitations/{invitation_id}"): Row(
+        lambda w, p, own: _withdraw_invitation(w, p, own), MANAGE
+    ),
+    # invitations to the caller: "own" is one addressed to them, "foreign" one to another
+    ("GET", "/v1/invitations"): Row(get(lambda w, p, own: "/v1/invitations"), EVERYONE),
+    ("POST", "/v1/invitations/{invitation_id}/accept"): Row(
+        post(lambda w, p, own: f"/v1/invitations/{w.invitation_to(p, own)}/accept"),
+        dict.fromkeys(PERSONAS, (OK, NOT_FOUND)),
+    ),
+    ("POST", "/v1/invitations/{invitation_id}/decline"): Row(
+        post(lambda w, p, own: f"/v1/invitations/{w.invitation_to(p, own)}/decline"),
+        dict.fromkeys(PERSONAS, (OK, NOT_FOUND)),
     ),
     # audit
     ("GET", "/v1/audit"): Row(
@@ -477,9 +537,16 @@ def _delete_grant(w: World, persona: str | None, own: bool) -> Response:
     grant = w.admin(
         "POST",
         f"/v1/vehicles/{vin}/grants",
-        json={"user_id": w.users["fleet_manager_b"], "services": []},
+        json={"user_id": w.member_of(p, own), "services": ["read"]},
     ).json()
     return w.client.delete(f"/v1/vehicles/{vin}/grants/{grant['id']}", headers=w.as_(persona))
+
+
+def _withdraw_invitation(w: World, persona: str | None, own: bool) -> Response:
+    p = persona or "admin"
+    vin = w.disposable_vehicle(p, own)
+    invitation = w.invitation(vin, "friend@example.com")
+    return w.client.delete(f"/v1/vehicles/{vin}/invitations/{invitation}", headers=w.as_(persona))
 
 
 def test_every_route_has_a_row(world: World) -> None:

@@ -9,10 +9,15 @@ from gateway.bench.ingest import run_ingest_bench
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("batch", [1, 10])
-def test_ingest_bench_counts_every_sample_once(batch: int) -> None:
+@pytest.mark.parametrize(("batch", "provisioned"), [(1, False), (10, False), (1, True)])
+def test_ingest_bench_counts_every_sample_once(batch: int, provisioned: bool) -> None:
     result = run_ingest_bench(
-        vehicles=5, messages_per_vehicle=40, batch=batch, latency_seconds=1.0, progress=False
+        vehicles=5,
+        messages_per_vehicle=40,
+        batch=batch,
+        latency_seconds=1.0,
+        progress=False,
+        provisioned=provisioned,
     )
     assert result.samples == 5 * 40 * batch
     assert result.lost == 0

@@ -42,6 +42,9 @@ EXPECTED: dict[tuple[CommandStatus, CommandEvent], CommandStatus] = {
     (S.ACCEPTED, E.UNIT_SUCCEEDED): S.SUCCEEDED,
     (S.ACCEPTED, E.UNIT_FAILED): S.FAILED,
     (S.ACCEPTED, E.RESULT_TIMEOUT): S.TIMED_OUT,
+    (S.QUEUED, E.VEHICLE_REVOKED): S.CANCELLED,
+    (S.SENT, E.VEHICLE_REVOKED): S.CANCELLED,
+    (S.ACCEPTED, E.VEHICLE_REVOKED): S.CANCELLED,
 }
 TERMINAL = {S.REJECTED, S.SUCCEEDED, S.FAILED, S.EXPIRED, S.TIMED_OUT, S.CANCELLED}
 
@@ -69,8 +72,9 @@ def test_the_vocabulary() -> None:
         "ttl_elapsed",
         "result_timeout",
         "cancel_requested",
+        "vehicle_revoked",
     }
-    assert len(ALL_PAIRS) == 72
+    assert len(ALL_PAIRS) == 81
 
 
 @pytest.mark.parametrize(
@@ -114,7 +118,7 @@ def test_a_refusal_lists_what_is_allowed() -> None:
         transition(S.SENT, E.CANCEL_REQUESTED)
     assert str(info.value) == (
         "illegal command transition: cancel_requested in sent (allowed: ttl_elapsed, "
-        "unit_accepted, unit_failed, unit_rejected, unit_succeeded)"
+        "unit_accepted, unit_failed, unit_rejected, unit_succeeded, vehicle_revoked)"
     )
 
 
@@ -176,9 +180,16 @@ def test_random_histories_from_queued(events: list[CommandEvent]) -> None:
     if set(path) & {S.ACCEPTED, S.REJECTED, S.SUCCEEDED, S.FAILED, S.TIMED_OUT}:
         assert S.SENT in path
         assert path.index(S.SENT) == 1
-    # cancelled only straight from queued; timed out only after accepted
+    # cancelled by the requester only straight from queued, by a revocation from any open
+    # status; timed out only after accepted
     if S.CANCELLED in path:
-        assert path == [S.QUEUED, S.CANCELLED]
+        assert path in (
+            [S.QUEUED, S.CANCELLED],
+            [S.QUEUED, S.SENT, S.CANCELLED],
+            [S.QUEUED, S.SENT, S.ACCEPTED, S.CANCELLED],
+        )
+        if path != [S.QUEUED, S.CANCELLED]:
+            assert E.VEHICLE_REVOKED in events
     if S.TIMED_OUT in path:
         assert path == [S.QUEUED, S.SENT, S.ACCEPTED, S.TIMED_OUT]
     # expiry never after the unit accepted

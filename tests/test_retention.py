@@ -20,6 +20,7 @@ import pytest
 from gateway.broker import MosquittoProcess
 from gateway.retention import RetentionPolicy, prune_once
 from gateway.store import IngestBatch, QuarantineEntry, SqliteTelemetryStore
+from gateway.store.sqlite import SCHEMA_VERSION
 from schemas import Reason, Rejection, Sample
 from tests.conftest import wait_until
 
@@ -69,7 +70,7 @@ def test_prune_samples_deletes_only_old_ones_in_chunks(tmp_path: Path) -> None:
         assert store.prune_samples(received_before=now - 5 * DAY_MS, chunk=100) == 100
         assert store.prune_samples(received_before=now - 5 * DAY_MS, chunk=100) == 50
         assert store.prune_samples(received_before=now - 5 * DAY_MS, chunk=100) == 0
-        state = store.vehicle_state(VIN)
+        state = store.vehicle_state(VIN, tenure=1)
     finally:
         store.close()
     assert _count(db, "samples") == 50
@@ -151,7 +152,7 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     assert old_entry.payload_sha256 == hashlib.sha256(b"old payload").hexdigest()
     assert new.payload_sha256 == hashlib.sha256(b"new").hexdigest()
     with sqlite3.connect(db) as check:
-        assert check.execute("PRAGMA user_version").fetchone() == (2,)
+        assert check.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
 @pytest.mark.slow

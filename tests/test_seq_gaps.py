@@ -146,7 +146,7 @@ def commit(store: SqliteTelemetryStore, *items: Sample | Event) -> None:
 
 
 def missing(store: SqliteTelemetryStore, vin: str) -> tuple[int, int]:
-    state = store.vehicle_state(vin)
+    state = store.vehicle_state(vin, tenure=1)
     assert state is not None
     return state.summary.missing_samples, state.summary.missing_events
 

@@ -24,6 +24,7 @@ from gateway.statedb import (
     Conflict,
     DuplicateApiKeyPrefix,
     DuplicateEmail,
+    LoginThrottle,
     NotFound,
     StateDatabase,
     UserRecord,
@@ -203,7 +204,7 @@ def test_create_user_keeps_the_email_lower_case_and_finds_it_in_any_case(
 
     assert user.email == "alice.smith@example.com"
     assert (user.role, user.account_id, user.created_at) == ("fleet_manager", org.id, NOW)
-    assert (user.disabled_at, user.failed_logins, user.locked_until) == (None, 0, None)
+    assert (user.disabled_at, user.token_version) == (None, 0)
     assert repo.get_user(user.id) == user
     assert repo.get_user_by_email("ALICE.smith@example.com ") == user
     assert repo.get_user_by_email("bob@example.com") is None
@@ -286,27 +287,33 @@ def test_update_user_changes_only_the_fields_given(
     assert repo.update_user(user.id + 100, name="nobody") is None
 
 
-def test_login_failures_count_up_atomically_and_a_success_resets_them(
+def test_login_failures_count_up_atomically_per_address_and_a_success_resets_them(
     repo: AccountRepository, org: AccountRecord
 ) -> None:
     user = make_user(repo, "alice@example.com", account_id=org.id)
 
-    first = repo.record_login_failure(user.id, locked_until=None)
-    assert (first.failed_logins, first.locked_until) == (1, None)
-    outcomes = race(6, lambda: repo.record_login_failure(user.id, locked_until=NOW + 60_000))
-    assert not [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-    locked = repo.get_user(user.id)
-    assert locked is not None
-    assert (locked.failed_logins, locked.locked_until) == (7, NOW + 60_000)
+    def lockout(failures: int) -> int | None:
+        return None if failures < 5 else 60_000
 
-    repo.record_login_success(user.id)
-    reset = repo.get_user(user.id)
-    assert reset is not None
-    assert (reset.failed_logins, reset.locked_until) == (0, None)
-    repo.record_login_success(user.id)  # nothing to reset: fine
-    repo.record_login_success(user.id + 100)  # unknown: a no-op
+    first = repo.record_login_failure(user.id, "10.0.0.1", now=NOW, lockout_ms=lockout)
+    assert (first.failures, first.locked_until) == (1, None)
+    outcomes = race(
+        6, lambda: repo.record_login_failure(user.id, "10.0.0.1", now=NOW, lockout_ms=lockout)
+    )
+    assert not [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    assert repo.login_throttle(user.id, "10.0.0.1") == LoginThrottle(7, NOW + 60_000)
+    # another address is counted apart: its owner is not locked out by the first one
+    assert repo.login_throttle(user.id, "10.0.0.2") is None
+    other = repo.record_login_failure(user.id, "10.0.0.2", now=NOW, lockout_ms=lockout)
+    assert (other.failures, other.locked_until) == (1, None)
+
+    repo.record_login_success(user.id, "10.0.0.1")
+    assert repo.login_throttle(user.id, "10.0.0.1") is None
+    assert repo.login_throttle(user.id, "10.0.0.2") == LoginThrottle(1, None)
+    repo.record_login_success(user.id, "10.0.0.1")  # nothing to reset: fine
+    repo.record_login_success(user.id + 100, "10.0.0.1")  # unknown: a no-op
     with pytest.raises(NotFound, match="no user"):
-        repo.record_login_failure(user.id + 100, locked_until=None)
+        repo.record_login_failure(user.id + 100, "10.0.0.1", now=NOW, lockout_ms=lockout)
 
 
 # --- vehicles -------------------------------------------------------------------------------
@@ -466,23 +473,34 @@ def test_visible_vins_are_the_accounts_vehicles_plus_granted_ones(
     provision(repo, VIN2, org.id)
     provision(repo, VIN3, family.id)
     driver = make_user(repo, "d@example.com", account_id=org.id)
-    repo.create_grant(vin=VIN3, user_id=driver.id, services=[], granted_by=None, now=NOW)
-    revoked = repo.create_grant(vin=VIN, user_id=driver.id, services=[], granted_by=None, now=NOW)
+    repo.create_grant(vin=VIN3, user_id=driver.id, services=["read"], granted_by=None, now=NOW)
+    revoked = repo.create_grant(
+        vin=VIN, user_id=driver.id, services=["read"], granted_by=None, now=NOW
+    )
     repo.revoke_grant(revoked.id, now=NOW + 1)
 
     assert repo.visible_vins(account_id=org.id, user_id=driver.id, include_account=True) == {
-        VIN,
-        VIN2,
-        VIN3,
+        VIN: 1,
+        VIN2: 1,
+        VIN3: 1,
     }
-    assert repo.visible_vins(account_id=org.id, user_id=driver.id, include_account=False) == {VIN3}
-    assert repo.visible_vins(account_id=None, user_id=driver.id + 100, include_account=True) == (
-        frozenset()
-    )
+    assert repo.visible_vins(account_id=org.id, user_id=driver.id, include_account=False) == {
+        VIN3: 1
+    }
+    assert repo.visible_vins(account_id=None, user_id=driver.id + 100, include_account=True) == {}
+    # a grant without 'read' lets its holder command the vehicle, not read it
+    repo.create_grant(vin=VIN3, user_id=driver.id, services=["lock"], granted_by=None, now=NOW)
+    assert repo.visible_vins(account_id=org.id, user_id=driver.id, include_account=False) == {}
 
     repo.revoke_vehicle(VIN2, now=NOW + 2)
     repo.revoke_vehicle(VIN3, now=NOW + 2)
-    assert repo.visible_vins(account_id=org.id, user_id=driver.id, include_account=True) == {VIN}
+    assert repo.visible_vins(account_id=org.id, user_id=driver.id, include_account=True) == {VIN: 1}
+    # VIN2 provisioned again: the account sees it in its second holding period
+    provision(repo, VIN2, org.id, now=NOW + 3)
+    assert repo.visible_vins(account_id=org.id, user_id=driver.id, include_account=True) == {
+        VIN: 1,
+        VIN2: 2,
+    }
 
 
 def test_vehicle_access_returns_the_vehicle_and_the_users_active_grant(
@@ -525,7 +543,7 @@ def test_a_new_grant_replaces_the_active_one(repo: AccountRepository, org: Accou
         now=NOW + 5,
     )
     elsewhere = repo.create_grant(
-        vin=VIN2, user_id=driver.id, services=[], granted_by=None, now=NOW + 6
+        vin=VIN2, user_id=driver.id, services=["read"], granted_by=None, now=NOW + 6
     )
 
     assert (first.services, first.granted_by, first.active) == (("lock",), manager.id, True)
@@ -571,13 +589,17 @@ def test_grants_need_an_active_vehicle_known_users_and_a_list_of_services(
         grant(services="lock")
     with pytest.raises(ValueError, match="non-empty"):
         grant(services=["lock", ""])
+    with pytest.raises(ValueError, match="at least one service"):
+        grant(services=[])
     assert repo.list_grants(include_revoked=True) == []
 
 
 def test_revoke_grant(repo: AccountRepository, org: AccountRecord) -> None:
     provision(repo, VIN, org.id)
     driver = make_user(repo, "d@example.com", account_id=org.id)
-    grant = repo.create_grant(vin=VIN, user_id=driver.id, services=[], granted_by=None, now=NOW)
+    grant = repo.create_grant(
+        vin=VIN, user_id=driver.id, services=["read"], granted_by=None, now=NOW
+    )
 
     revoked = repo.revoke_grant(grant.id, now=NOW + 1)
 

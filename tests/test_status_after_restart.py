@@ -50,7 +50,7 @@ def _summary(db: Path, vin: str) -> VehicleSummary | None:
         return None
     store = SqliteTelemetryStore(db, readonly=True)
     try:
-        state = store.vehicle_state(vin)
+        state = store.vehicle_state(vin, tenure=1)
     finally:
         store.close()
     return None if state is None else state.summary
@@ -74,7 +74,10 @@ def _marker(broker: MosquittoProcess, db: Path, seq: int) -> None:
 def _count_marker(db: Path) -> int:
     store = SqliteTelemetryStore(db, readonly=True)
     try:
-        return len(store.history(MARKER_VIN, ["Vehicle.Speed"], start=0, end=2**62, limit=99))
+        points = store.history(
+            MARKER_VIN, ["Vehicle.Speed"], tenure=1, start=0, end=2**62, limit=99
+        )
+        return len(points)
     finally:
         store.close()
 
@@ -146,6 +149,6 @@ def test_a_retained_status_changes_the_state_only_when_it_differs(tmp_path: Path
 
 
 def _summary_of(store: SqliteTelemetryStore) -> VehicleSummary:
-    state = store.vehicle_state(VIN)
+    state = store.vehicle_state(VIN, tenure=1)
     assert state is not None
     return state.summary

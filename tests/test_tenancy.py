@@ -100,7 +100,7 @@ def people(tmp_path: Path, mosquitto: MosquittoProcess) -> Iterator[People]:
             "owner",
             "POST",
             f"/v1/vehicles/{CAR}/grants",
-            json={"email": "tim@example.com", "services": ["lock", "locate"]},
+            json={"email": "tim@example.com", "services": ["read", "lock", "locate"]},
         )
         assert grant.status_code == 201, grant.text
         p.login("driver", "tim@example.com")
@@ -206,7 +206,7 @@ def test_everyone_commands_only_what_they_may(people: People) -> None:
 def test_revoking_the_grant_ends_the_drivers_access(people: People) -> None:
     grants = people.as_("owner", "GET", f"/v1/vehicles/{CAR}/grants").json()["items"]
     (grant,) = grants
-    assert grant["services"] == ["locate", "lock"]
+    assert grant["services"] == ["locate", "lock", "read"]
     # the driver cannot manage the car: neither see its grants nor share it further
     assert people.as_("driver", "GET", f"/v1/vehicles/{CAR}/grants").status_code == 403
     r = people.as_("owner", "DELETE", f"/v1/vehicles/{CAR}/grants/{grant['id']}")
@@ -236,7 +236,7 @@ def test_the_audit_log_holds_who_did_what(people: People) -> None:
     grant = by_action["grant_create"][0]
     assert grant["actor"].endswith("olga@example.com")
     assert grant["target"] == f"vehicle:{CAR}"
-    assert grant["detail"]["services"] == ["locate", "lock"]
+    assert grant["detail"]["services"] == ["locate", "lock", "read"]
     commands = [(e["outcome"], e["detail"]["type"]) for e in by_action["command_create"]]
     assert commands == [("ok", "lock"), ("denied", "unlock")]
     # from which address: every request's entry has it (the first admin's creation at

@@ -1,18 +1,25 @@
 """Accounts and access routes: log in, register, API keys, accounts, users, vehicle
-provisioning, grants and the audit log.
+provisioning, grants, invitations and the audit log.
 
 Who may call what is decided by :mod:`gateway.auth.policy`; every change here is written
 to the audit log (who, what, when, from where), and no response or log line ever contains a
-password, token or key except the one response that creates it.
+password, token or key except the one response that creates it (sent with
+``Cache-Control: no-store``, RFC 6749 5.1).
+
+Sharing a vehicle: a manager grants it directly to a user of the vehicle's own account; to
+anyone else they send an invitation by e-mail address, which becomes a grant only when the
+recipient accepts it. The answer to an invitation is the same whether or not the address
+has an account, and invitations are rate limited per user, so sharing cannot be used to
+find out who has an account, nor to push a car into a stranger's view.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi import Path as PathParam
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from gateway.api.errors import ApiError, invalid_request
 from gateway.api.limits import MAX_ID
@@ -54,6 +61,8 @@ from gateway.statedb.accounts import (
     ApiKeyRecord,
     DuplicateEmail,
     GrantRecord,
+    InvitationClosed,
+    InvitationRecord,
     NotFound,
     UserRecord,
     VehicleAlreadyProvisioned,
@@ -61,14 +70,29 @@ from gateway.statedb.accounts import (
     normalize_email,
 )
 from gateway.statedb.audit import AuditRecord
+from gateway.text import check_plain_text, for_log
 from schemas import InvalidVinError, validate_vin
 from schemas.commands import CommandType
 
 __all__ = ["accounts_router"]
 
+
+def _plain(value: str) -> str:
+    return check_plain_text(value, "the text")
+
+
 _EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
-Email = Annotated[str, Field(pattern=_EMAIL_PATTERN, max_length=320, examples=["ana@example.com"])]
+Email = Annotated[
+    str,
+    Field(pattern=_EMAIL_PATTERN, max_length=320, examples=["ana@example.com"]),
+    AfterValidator(_plain),
+]
 Password = Annotated[str, Field(min_length=1, max_length=256)]
+#: a name or label people type and others read: plain text, no control or invisible
+#: formatting characters (gateway.text)
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_plain)]
+#: what a grant or invitation gives: reading the vehicle, and remote services
+GrantService = Literal["read"] | CommandType
 #: an id in a body (a path or query id is bounded the same way: ``IdPath``, ``IdQuery``)
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 IdPath = Annotated[int, PathParam(ge=1, le=MAX_ID)]
@@ -113,7 +137,7 @@ class RevokeForm(BaseModel):
 class RegisterRequest(BaseModel):
     email: Email
     password: Password
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
 
 
 class AccountOut(BaseModel):
@@ -136,7 +160,7 @@ class AccountPage(Page):
 
 class AccountRequest(BaseModel):
     kind: AccountKind
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
 
 
 class UserOut(BaseModel):
@@ -176,7 +200,7 @@ class UserCreated(UserOut):
 
 class UserRequest(BaseModel):
     email: Email
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     role: Role
     account_id: Id | None = Field(
         default=None, description="Default: your own account (required for admins)."
@@ -187,7 +211,7 @@ class UserRequest(BaseModel):
 
 
 class UserUpdate(BaseModel):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Name | None = None
     role: Role | None = None
     disabled: bool | None = None
     password: Password | None = None
@@ -226,11 +250,55 @@ class GrantPage(Page):
 
 
 class GrantRequest(BaseModel):
-    email: Email | None = Field(default=None, description="The grantee, by e-mail address...")
-    user_id: Id | None = Field(default=None, description="...or by id.")
-    services: list[CommandType] = Field(
-        description="Remote services (command types) the grantee may use; [] for read only."
+    email: Email | None = Field(
+        default=None,
+        description="The grantee, a user of the vehicle's account, by e-mail address...",
     )
+    user_id: Id | None = Field(default=None, description="...or by id.")
+    services: list[GrantService] = Field(
+        min_length=1,
+        description="What the grantee may do: 'read' (state, history, the vehicle's "
+        "commands) and remote services (command types), e.g. ['read', 'lock', 'locate'].",
+    )
+
+
+class InvitationRequest(BaseModel):
+    email: Email = Field(description="Whoever logs in with this address may accept.")
+    services: list[GrantService] = Field(
+        min_length=1, description="What accepting gives: as for a grant."
+    )
+
+
+class InvitationOut(BaseModel):
+    id: int
+    vin: str
+    email: str
+    services: list[str]
+    status: Literal["pending", "accepted", "declined", "withdrawn", "expired"]
+    created_at: int
+    created_at_iso: str
+    expires_at: int
+    expires_at_iso: str
+    decided_at: int | None
+    decided_at_iso: str | None
+
+    @classmethod
+    def of(cls, i: InvitationRecord, now: int) -> InvitationOut:
+        status = "expired" if i.status == "pending" and now >= i.expires_at else i.status
+        return cls.model_validate(
+            {
+                "id": i.id,
+                "vin": i.vin,
+                "email": i.email,
+                "services": list(i.services),
+                "status": status,
+                **_times(created_at=i.created_at, expires_at=i.expires_at, decided_at=i.decided_at),
+            }
+        )
+
+
+class InvitationPage(Page):
+    items: list[InvitationOut] = Field(description="Oldest first.")
 
 
 class MeOut(BaseModel):
@@ -275,7 +343,7 @@ class ApiKeyCreated(ApiKeyOut):
 
 
 class ApiKeyRequest(BaseModel):
-    name: str = Field(min_length=1, max_length=200, examples=["fleet dashboard"])
+    name: Name = Field(examples=["fleet dashboard"])
 
 
 class VehicleRequest(BaseModel):
@@ -283,7 +351,7 @@ class VehicleRequest(BaseModel):
     account_id: Id | None = Field(
         default=None, description="Default: your own account (required for admins)."
     )
-    label: str | None = Field(default=None, max_length=200)
+    label: Annotated[str, Field(max_length=200), AfterValidator(_plain)] | None = None
     credentials: Literal["password", "certificate"] = Field(
         default="password",
         description="'password': a random MQTT password, returned once; 'certificate': the "
@@ -300,6 +368,10 @@ class RegistrationOut(BaseModel):
     provisioned_at_iso: str
     revoked_at: int | None
     revoked_at_iso: str | None
+    tenure: int = Field(
+        description="Which holding period of the VIN this is (1 for its first holder, 2 for "
+        "the next, ...); the data you read is this period's only."
+    )
 
     @classmethod
     def of(cls, v: VehicleRecord) -> RegistrationOut:
@@ -310,6 +382,7 @@ class RegistrationOut(BaseModel):
                 "label": v.label,
                 "credentials": "password" if v.mqtt_password_hash is not None else "certificate",
                 **_times(provisioned_at=v.provisioned_at, revoked_at=v.revoked_at),
+                "tenure": v.tenure,
             }
         )
 
@@ -420,6 +493,24 @@ def _visible_user(context: AuthContext, principal: Principal, user_id: int) -> U
     raise _user_not_found(user_id)
 
 
+def _managed_user_or_self(
+    context: AuthContext, principal: Principal, user_id: int
+) -> UserRecord | None:
+    """The user if it is the caller or one they manage (administrators: anyone; fleet
+    managers: their organization's users; owners: their private account's drivers), else
+    None (answered like an unknown user)."""
+    user = context.accounts.get_user(user_id)
+    if user is None:
+        return None
+    if user.id == principal.user_id or principal.is_admin:
+        return user
+    if not can_manage_account(principal, user.account_id):
+        return None
+    if principal.role is Role.OWNER and user.role != Role.DRIVER:
+        return None
+    return user
+
+
 def _target_account(principal: Principal, account_id: int | None, what: str) -> int:
     if account_id is None:
         if principal.account_id is None:
@@ -430,16 +521,29 @@ def _target_account(principal: Principal, account_id: int | None, what: str) -> 
     return account_id
 
 
-def _issue_tokens(context: AuthContext, user: UserRecord) -> TokenOut:
-    s = context.settings
+def no_store(response: Response) -> None:
+    """Headers for a response that carries a secret (a token, a key, a password): no cache
+    may keep it (RFC 6749 5.1; ``Pragma`` for HTTP/1.0 caches)."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+
+
+def _access_token(context: AuthContext, user: UserRecord) -> str:
     access, _ = issue_access_token(
         context.secret,
         user_id=user.id,
         role=user.role,
         account_id=user.account_id,
         now=context.now_s(),
-        ttl_s=s.access_ttl_s,
+        ttl_s=context.settings.access_ttl_s,
+        token_version=user.token_version,
     )
+    return access
+
+
+def _issue_tokens(context: AuthContext, user: UserRecord) -> TokenOut:
+    s = context.settings
+    access = _access_token(context, user)
     refresh, refresh_hash, family = new_refresh_token()
     now = context.now_ms()
     context.accounts.create_refresh_token(
@@ -466,14 +570,16 @@ def _limit_attempts(context: AuthContext, request: Request) -> None:
         raise too_many("too_many_attempts", "Too many password attempts from your address.", wait)
 
 
-def _lockout_s(context: AuthContext, failures: int) -> int | None:
+def _lockout_ms(context: AuthContext, failures: int) -> int | None:
+    """How long an address waits after ``failures`` wrong passwords in a row for a user:
+    nothing before ``lockout_after``, then 1 s, 2 s, 4 s, ... up to ``max_lockout_s``."""
     s = context.settings
     if failures < s.lockout_after:
         return None
-    return int(min(2 ** (failures - s.lockout_after), s.max_lockout_s))
+    return int(min(2 ** (failures - s.lockout_after), s.max_lockout_s)) * 1000
 
 
-_HasId = TypeVar("_HasId", AccountOut, UserOut, GrantOut, ApiKeyOut, AuditOut)
+_HasId = TypeVar("_HasId", AccountOut, UserOut, GrantOut, ApiKeyOut, AuditOut, InvitationOut)
 
 
 def _id_page(items: list[_HasId], limit: int, kind: str) -> tuple[list[_HasId], str | None]:
@@ -535,6 +641,7 @@ def accounts_router() -> APIRouter:
     )
     def token(
         request: Request,
+        response: Response,
         context: Auth,
         grant_type: Annotated[Literal["password", "refresh_token"], Form()],
         username: Annotated[str | None, Form(max_length=320)] = None,
@@ -545,7 +652,9 @@ def accounts_router() -> APIRouter:
         (the e-mail address) and `password`, or `grant_type=refresh_token` with
         `refresh_token`. Answers a short-lived access token (send it as
         `Authorization: Bearer ...`) and a refresh token, which is replaced on every use.
-        Repeated wrong passwords make the account wait before the next attempt (429)."""
+        Repeated wrong passwords for an account from one address make that address wait
+        before its next attempt (429); other addresses are not held up."""
+        no_store(response)
         if grant_type == "refresh_token":
             if not refresh_token:
                 raise invalid_request(
@@ -648,10 +757,13 @@ def accounts_router() -> APIRouter:
         summary="Create an API key for an integration",
     )
     def create_api_key(
-        request: Request, principal: Caller, context: Auth, body: ApiKeyRequest
+        request: Request, response: Response, principal: Caller, context: Auth, body: ApiKeyRequest
     ) -> ApiKeyCreated:
         """The key acts as you, with your rights; it is shown only in this response (only
-        a hash is stored). Send it as `Authorization: Bearer tgk_...` or `X-API-Key`."""
+        a hash is stored). Send it as `Authorization: Bearer tgk_...` or `X-API-Key`. It ends
+        when you revoke it, when your password is changed or reset, and when you are
+        disabled."""
+        no_store(response)
         key, prefix, key_hash = new_api_key()
         record = context.accounts.create_api_key(
             user_id=principal.user_id,
@@ -689,9 +801,14 @@ def accounts_router() -> APIRouter:
     def revoke_api_key(
         request: Request, principal: Caller, context: Auth, key_id: IdPath
     ) -> ApiKeyOut:
-        """Your own key, or (administrators) anyone's. Effective immediately."""
+        """Your own key, or one of a user you manage (owners: their drivers'; fleet
+        managers: their organization's users'; administrators: anyone's). Effective
+        immediately."""
         record = context.accounts.get_api_key(key_id)
-        if record is None or (record.user_id != principal.user_id and not principal.is_admin):
+        owner = (
+            None if record is None else _managed_user_or_self(context, principal, record.user_id)
+        )
+        if record is None or owner is None:
             raise ApiError(
                 404, "api_key_not_found", f"No API key {key_id}. GET /v1/api-keys lists yours."
             )
@@ -700,11 +817,35 @@ def accounts_router() -> APIRouter:
             request,
             "api_key_revoke",
             principal=principal,
-            account_id=principal.account_id,
+            account_id=owner.account_id,
             target=f"api_key:{key_id}",
-            detail={"prefix": f"tgk_{record.prefix}"},
+            detail={"prefix": f"tgk_{record.prefix}", "user_id": record.user_id},
         )
         return ApiKeyOut.of(revoked)
+
+    @router.get(
+        "/v1/users/{user_id}/api-keys",
+        response_model=ApiKeyPage,
+        tags=["accounts"],
+        summary="A user's API keys (yours, or those of a user you manage)",
+    )
+    def list_user_api_keys(
+        user_id: IdPath,
+        principal: Caller,
+        context: Auth,
+        limit: Limit = DEFAULT_PAGE,
+        cursor: Cursor = None,
+    ) -> ApiKeyPage:
+        """The user's keys, revoked ones included; never the keys themselves. Owners see
+        their drivers' keys, fleet managers those of their organization's users,
+        administrators everyone's; revoke one with DELETE /v1/api-keys/{id}."""
+        after = cursor_key("user-api-keys", cursor, int)
+        user = _managed_user_or_self(context, principal, user_id)
+        if user is None:
+            raise _user_not_found(user_id)
+        keys = context.accounts.list_api_keys(user.id, after_id=after, limit=limit + 1)
+        items, following = _id_page([ApiKeyOut.of(k) for k in keys], limit, "user-api-keys")
+        return ApiKeyPage(items=items, next=following)
 
     # -- accounts ------------------------------------------------------------------------
 
@@ -782,7 +923,7 @@ def accounts_router() -> APIRouter:
         summary="Create a user",
     )
     def create_user(
-        request: Request, principal: Caller, context: Auth, body: UserRequest
+        request: Request, response: Response, principal: Caller, context: Auth, body: UserRequest
     ) -> UserCreated:
         """Administrators create anyone; fleet managers create fleet managers, viewers
         and drivers of their organization; owners create drivers of their private account
@@ -812,6 +953,7 @@ def accounts_router() -> APIRouter:
             )
         generated = None
         if body.password is None:
+            no_store(response)
             generated = generate_password()
         else:
             _password_ok(body.password, ["body", "password"])
@@ -884,7 +1026,9 @@ def accounts_router() -> APIRouter:
     ) -> UserOut:
         """You may change your own name and password (give `current_password`); account
         managers and administrators may also change their users' role and disable them.
-        Disabling a user or setting their password logs them out everywhere."""
+        Setting a password (your own, or a reset) and disabling a user end everything they
+        are logged in with: every access token at once, every refresh token (login) and
+        every API key; enabling them again brings none of it back."""
         user = _visible_user(context, principal, user_id)  # yourself, or one you manage
         own = user.id == principal.user_id
         manages = principal.is_admin or (not own and can_manage_account(principal, user.account_id))
@@ -928,8 +1072,10 @@ def accounts_router() -> APIRouter:
             ),
         )
         assert updated is not None
+        ended = None
         if body.disabled or body.password is not None:
-            context.accounts.revoke_user_refresh_tokens(user_id, now=now)
+            ended = context.accounts.end_user_sessions(user_id, now=now)
+            updated = context.accounts.get_user(user_id) or updated
         changed = [
             k for k in ("name", "role", "disabled", "password") if getattr(body, k) is not None
         ]
@@ -943,6 +1089,11 @@ def accounts_router() -> APIRouter:
                 "changed": changed,
                 **({"role": body.role.value} if body.role is not None else {}),
                 **({"disabled": body.disabled} if body.disabled is not None else {}),
+                **(
+                    {"ended_logins": ended.refresh_sessions, "ended_integrations": ended.api_keys}
+                    if ended is not None
+                    else {}
+                ),
             },
         )
         return UserOut.of(updated)
@@ -957,12 +1108,23 @@ def accounts_router() -> APIRouter:
         summary="Provision a vehicle: register it and create its broker credentials",
     )
     def provision(
-        request: Request, principal: Caller, context: Auth, body: VehicleRequest
+        request: Request,
+        response: Response,
+        principal: Caller,
+        context: Auth,
+        body: VehicleRequest,
     ) -> ProvisionedOut:
         """Owners add their car, fleet managers their organization's vehicles,
         administrators any. The answer holds the unit's MQTT credentials (user name = VIN;
         the password is shown only here) and the gateway's public key for verifying signed
-        commands; the broker accepts the unit within a second."""
+        commands; the broker accepts the unit within a second.
+
+        Claiming a VIN: a VIN another account holds is refused (409
+        `vehicle_held_by_another_account`): its holder must revoke it first. A VIN nobody
+        holds, never provisioned or revoked by its last holder, may be claimed by anyone
+        who may add vehicles, and starts a new holding period: the new holder sees none of
+        what the vehicle reported, was sent or shared before."""
+        no_store(response)
         vin = _vin(body.vin)
         account_id = _target_account(principal, body.account_id, "the vehicle")
         if not can_manage_account(principal, account_id):
@@ -981,7 +1143,8 @@ def accounts_router() -> APIRouter:
             )
         except NotFound:  # the account (the caller exists: they are logged in)
             raise _account_not_found(account_id) from None
-        except VehicleAlreadyProvisioned:
+        except VehicleAlreadyProvisioned as exc:
+            own = exc.account_id == account_id
             context.record(
                 request,
                 "vehicle_provision",
@@ -989,14 +1152,9 @@ def accounts_router() -> APIRouter:
                 outcome="failed",
                 account_id=account_id,
                 target=f"vehicle:{vin}",
-                detail={"error": "already provisioned"},
+                detail={"error": "already provisioned" if own else "held by another account"},
             )
-            raise ApiError(
-                409,
-                "vehicle_already_provisioned",
-                f"Vehicle {vin} is already provisioned. To give it new credentials use "
-                f"POST /v1/vehicles/{vin}/credentials; to move it, revoke it first.",
-            ) from None
+            raise _already_held(vin, own) from None
         context.record(
             request,
             "vehicle_provision",
@@ -1024,22 +1182,29 @@ def accounts_router() -> APIRouter:
         "/v1/vehicles/{vin}",
         response_model=RegistrationOut,
         tags=["provisioning"],
-        summary="Revoke a vehicle: cut it off the broker, end its grants",
+        summary="Revoke a vehicle: off the broker; its holding period, grants and commands end",
     )
     def revoke_vehicle(
         request: Request, vin: str, principal: Caller, context: Auth
     ) -> RegistrationOut:
         """The broker refuses the unit from its next reload (within a second); the gateway
-        drops anything it still sends. Its data stays; provisioning it again gives it new
-        credentials."""
+        drops anything it still sends. Its open commands (queued, sent, accepted) are
+        cancelled with the reason `vehicle_revoked` and never delivered, its grants end and
+        its pending invitations are withdrawn. Its holding period ends: whoever provisions
+        the VIN next (anyone may, see POST /v1/vehicles) starts a new one and sees none of
+        this period's data, commands or grants."""
         vehicle = _managed_vehicle(context, principal, vin)
-        revoked = context.accounts.revoke_vehicle(vin, now=context.now_ms()) or vehicle
+        revoked = (
+            context.accounts.revoke_vehicle(vin, now=context.now_ms(), by=principal.user_id)
+            or vehicle
+        )
         context.record(
             request,
             "vehicle_revoke",
             principal=principal,
             account_id=vehicle.account_id,
             target=f"vehicle:{vin}",
+            detail={"tenure": vehicle.tenure},
         )
         return RegistrationOut.of(revoked)
 
@@ -1050,9 +1215,10 @@ def accounts_router() -> APIRouter:
         summary="Give a vehicle a new MQTT password",
     )
     def rotate_credentials(
-        request: Request, vin: str, principal: Caller, context: Auth
+        request: Request, response: Response, vin: str, principal: Caller, context: Auth
     ) -> ProvisionedOut:
         """The old password stops working within a second; the new one is shown only here."""
+        no_store(response)
         vehicle = _managed_vehicle(context, principal, vin)
         result = rotate_vehicle_password(context.accounts, vin)
         if result is None:
@@ -1066,20 +1232,22 @@ def accounts_router() -> APIRouter:
         )
         return _provisioned(context, result.vehicle, result.mqtt_password)
 
-    # -- grants --------------------------------------------------------------------------
+    # -- grants and invitations ----------------------------------------------------------
 
     @router.post(
         "/v1/vehicles/{vin}/grants",
         response_model=GrantOut,
         status_code=201,
         tags=["provisioning"],
-        summary="Share a vehicle with a user, limited to some remote services",
+        summary="Share a vehicle with a user of its account, limited to some services",
     )
     def create_grant(
         request: Request, vin: str, body: GrantRequest, principal: Caller, context: Auth
     ) -> GrantOut:
-        """The grantee sees the vehicle and may use exactly `services`. A new grant for
-        the same user replaces the old one."""
+        """The grantee, a user of the vehicle's own account (an owner's driver, a fleet's
+        driver), may do exactly `services`: `read` (state, history, the vehicle's commands)
+        and the remote services listed. A new grant for the same user replaces the old one.
+        To share with anyone else, invite them: POST /v1/vehicles/{vin}/invitations."""
         vehicle = _managed_vehicle(context, principal, vin)
         if (body.email is None) == (body.user_id is None):
             raise invalid_request(
@@ -1090,9 +1258,16 @@ def accounts_router() -> APIRouter:
             if body.email is not None
             else context.accounts.get_user(body.user_id or 0)
         )
-        if grantee is None:
-            raise _user_not_found(body.email or body.user_id or "")
-        services = sorted({s.value for s in body.services})
+        # a user of another account is answered exactly like one that does not exist
+        if grantee is None or grantee.account_id != vehicle.account_id:
+            raise ApiError(
+                404,
+                "user_not_found",
+                f"The vehicle's account has no user {body.email or body.user_id}. To share "
+                f"the vehicle with someone outside it, invite them: POST /v1/vehicles/{vin}/"
+                "invitations.",
+            )
+        services = _services(body.services)
         grant = context.accounts.create_grant(
             vin=vin,
             user_id=grantee.id,
@@ -1124,12 +1299,16 @@ def accounts_router() -> APIRouter:
         limit: Limit = DEFAULT_PAGE,
         cursor: Cursor = None,
     ) -> GrantPage:
-        """The vehicle's active grants (and revoked ones with `include_revoked`); for
-        those who manage the vehicle."""
+        """The vehicle's active grants (and revoked ones with `include_revoked`) of its
+        current holding period; for those who manage the vehicle."""
         after = cursor_key("grants", cursor, int)
-        _managed_vehicle(context, principal, vin)
+        vehicle = _managed_vehicle(context, principal, vin)
         grants = context.accounts.list_grants(
-            vin=vin, include_revoked=include_revoked, after_id=after, limit=limit + 1
+            vin=vin,
+            tenure=vehicle.tenure,
+            include_revoked=include_revoked,
+            after_id=after,
+            limit=limit + 1,
         )
         items, following = _id_page([GrantOut.of(g) for g in grants], limit, "grants")
         return GrantPage(items=items, next=following)
@@ -1146,7 +1325,7 @@ def accounts_router() -> APIRouter:
         """The grantee loses access at once (their next request)."""
         vehicle = _managed_vehicle(context, principal, vin)
         grant = context.accounts.get_grant(grant_id)
-        if grant is None or grant.vin != vin:
+        if grant is None or grant.vin != vin or grant.tenure != vehicle.tenure:
             raise ApiError(
                 404,
                 "grant_not_found",
@@ -1162,6 +1341,161 @@ def accounts_router() -> APIRouter:
             detail={"grant_id": grant_id, "user_id": grant.user_id},
         )
         return GrantOut.of(revoked)
+
+    @router.post(
+        "/v1/vehicles/{vin}/invitations",
+        response_model=InvitationOut,
+        status_code=201,
+        tags=["provisioning"],
+        summary="Invite someone, by e-mail address, to share a vehicle",
+    )
+    def create_invitation(
+        request: Request, vin: str, body: InvitationRequest, principal: Caller, context: Auth
+    ) -> InvitationOut:
+        """Whoever logs in with `email` (now or after registering) can accept within 7 days
+        (POST /v1/invitations/{id}/accept); only then is the vehicle shared with them, for
+        `services`. The answer is the same whether the address has an account or not: it
+        says nothing about who uses this installation. Limited per user (429 with
+        Retry-After beyond 20 an hour, bursts of 10)."""
+        vehicle = _managed_vehicle(context, principal, vin)
+        if context.invitations is not None:
+            wait = context.invitations.acquire(f"user:{principal.user_id}")
+            if wait > 0:
+                context.record(
+                    request,
+                    "invitation_create",
+                    principal=principal,
+                    outcome="denied",
+                    account_id=vehicle.account_id,
+                    target=f"vehicle:{vin}",
+                    detail={"reason": "rate limited"},
+                )
+                raise too_many(
+                    "invitation_rate_limited", "You have sent too many invitations.", wait
+                )
+        services = _services(body.services)
+        now = context.now_ms()
+        invitation = context.accounts.create_invitation(
+            vin=vin,
+            email=body.email,
+            services=services,
+            invited_by=principal.user_id,
+            now=now,
+            expires_at=now + context.settings.invitation_ttl_s * 1000,
+        )
+        context.record(
+            request,
+            "invitation_create",
+            principal=principal,
+            account_id=vehicle.account_id,
+            target=f"vehicle:{vin}",
+            detail={"invitation_id": invitation.id, "services": services},
+        )
+        return InvitationOut.of(invitation, now)
+
+    @router.get(
+        "/v1/vehicles/{vin}/invitations",
+        response_model=InvitationPage,
+        tags=["provisioning"],
+        summary="A vehicle's invitations",
+    )
+    def list_vehicle_invitations(
+        vin: str,
+        principal: Caller,
+        context: Auth,
+        limit: Limit = DEFAULT_PAGE,
+        cursor: Cursor = None,
+    ) -> InvitationPage:
+        """The invitations of the vehicle's current holding period, oldest first, with
+        their status (pending, accepted, declined, withdrawn, expired); for those who
+        manage the vehicle."""
+        after = cursor_key("invitations", cursor, int)
+        vehicle = _managed_vehicle(context, principal, vin)
+        now = context.now_ms()
+        invitations = context.accounts.list_invitations(
+            vin=vin, tenure=vehicle.tenure, after_id=after, limit=limit + 1
+        )
+        items, following = _id_page(
+            [InvitationOut.of(i, now) for i in invitations], limit, "invitations"
+        )
+        return InvitationPage(items=items, next=following)
+
+    @router.delete(
+        "/v1/vehicles/{vin}/invitations/{invitation_id}",
+        response_model=InvitationOut,
+        tags=["provisioning"],
+        summary="Withdraw an invitation",
+    )
+    def withdraw_invitation(
+        request: Request, vin: str, invitation_id: IdPath, principal: Caller, context: Auth
+    ) -> InvitationOut:
+        """A pending invitation can no longer be accepted; an answered one is returned as
+        it is (revoke the grant it made with DELETE /v1/vehicles/{vin}/grants/{id})."""
+        vehicle = _managed_vehicle(context, principal, vin)
+        invitation = context.accounts.get_invitation(invitation_id)
+        if invitation is None or invitation.vin != vin or invitation.tenure != vehicle.tenure:
+            raise _invitation_not_found(invitation_id)
+        now = context.now_ms()
+        withdrawn = context.accounts.withdraw_invitation(invitation_id, now=now) or invitation
+        context.record(
+            request,
+            "invitation_withdraw",
+            principal=principal,
+            account_id=vehicle.account_id,
+            target=f"vehicle:{vin}",
+            detail={"invitation_id": invitation_id},
+        )
+        return InvitationOut.of(withdrawn, now)
+
+    @router.get(
+        "/v1/invitations",
+        response_model=InvitationPage,
+        tags=["auth"],
+        summary="Invitations to you",
+    )
+    def my_invitations(
+        principal: Caller, context: Auth, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None
+    ) -> InvitationPage:
+        """Vehicles offered to your e-mail address that you can still accept or decline
+        (pending and not expired), oldest first."""
+        after = cursor_key("my-invitations", cursor, int)
+        now = context.now_ms()
+        invitations = context.accounts.list_invitations(
+            email=principal.email, status="pending", after_id=after, limit=limit + 1
+        )
+        offered = [InvitationOut.of(i, now) for i in invitations]
+        items, following = _id_page(offered, limit, "my-invitations")
+        return InvitationPage(items=[i for i in items if i.status == "pending"], next=following)
+
+    @router.post(
+        "/v1/invitations/{invitation_id}/accept",
+        response_model=GrantOut,
+        status_code=201,
+        tags=["auth"],
+        summary="Accept an invitation: the vehicle is shared with you",
+    )
+    def accept_invitation(
+        request: Request, invitation_id: IdPath, principal: Caller, context: Auth
+    ) -> GrantOut:
+        """Makes the grant the invitation offered (replacing one you had of the vehicle).
+        409 `invitation_closed` if it was withdrawn, answered or has expired, or the vehicle
+        changed hands since."""
+        _invitation, grant = _answer(context, request, principal, invitation_id, accept=True)
+        assert grant is not None
+        return GrantOut.of(grant)
+
+    @router.post(
+        "/v1/invitations/{invitation_id}/decline",
+        response_model=InvitationOut,
+        tags=["auth"],
+        summary="Decline an invitation",
+    )
+    def decline_invitation(
+        request: Request, invitation_id: IdPath, principal: Caller, context: Auth
+    ) -> InvitationOut:
+        """Nothing is shared; the inviter sees `declined`."""
+        invitation, _ = _answer(context, request, principal, invitation_id, accept=False)
+        return InvitationOut.of(invitation, context.now_ms())
 
     # -- audit ---------------------------------------------------------------------------
 
@@ -1209,6 +1543,72 @@ def accounts_router() -> APIRouter:
 # --- login ---------------------------------------------------------------------------------
 
 
+def _services(requested: list[Literal["read"] | CommandType]) -> list[str]:
+    """The services of a grant or invitation, as stored: sorted, each once."""
+    return sorted({str(s) for s in requested})
+
+
+def _invitation_not_found(invitation_id: int) -> ApiError:
+    return ApiError(
+        404,
+        "invitation_not_found",
+        f"No invitation {invitation_id} is visible to you. GET /v1/invitations lists those "
+        "to you; GET /v1/vehicles/{vin}/invitations those of a vehicle you manage.",
+    )
+
+
+def _answer(
+    context: AuthContext,
+    request: Request,
+    principal: Principal,
+    invitation_id: int,
+    *,
+    accept: bool,
+) -> tuple[InvitationRecord, GrantRecord | None]:
+    """Accept or decline an invitation addressed to the caller (else 404)."""
+    invitation = context.accounts.get_invitation(invitation_id)
+    if invitation is None or invitation.email != normalize_email(principal.email):
+        raise _invitation_not_found(invitation_id)
+    try:
+        answered, grant = context.accounts.answer_invitation(
+            invitation_id, user_id=principal.user_id, accept=accept, now=context.now_ms()
+        )
+    except InvitationClosed as exc:
+        raise ApiError(
+            409, "invitation_closed", f"Invitation {invitation_id}: {exc.why}."
+        ) from None
+    vehicle = context.accounts.get_vehicle(invitation.vin)
+    context.record(
+        request,
+        "invitation_accept" if accept else "invitation_decline",
+        principal=principal,
+        account_id=vehicle.account_id if vehicle is not None else None,
+        target=f"vehicle:{invitation.vin}",
+        detail={
+            "invitation_id": invitation_id,
+            **({"grant_id": grant.id} if grant is not None else {}),
+        },
+    )
+    return answered, grant
+
+
+def _already_held(vin: str, own: bool) -> ApiError:
+    if own:
+        return ApiError(
+            409,
+            "vehicle_already_provisioned",
+            f"Vehicle {vin} is already provisioned in this account. To give it new "
+            f"credentials use POST /v1/vehicles/{vin}/credentials.",
+        )
+    return ApiError(
+        409,
+        "vehicle_held_by_another_account",
+        f"Vehicle {vin} is held by another account; it can be claimed only after its holder "
+        f"revokes it (DELETE /v1/vehicles/{vin}). If the car is yours now, ask its holder or "
+        "this installation's operator to release it.",
+    )
+
+
 def _email_taken(email: str) -> ApiError:
     return ApiError(
         409,
@@ -1229,12 +1629,21 @@ def _login(context: AuthContext, request: Request, username: str, password: str)
     if user is None:
         verify_nothing(password)
         context.record(
-            request, "login", outcome="failed", detail={"email": normalize_email(username)}
+            request,
+            "login",
+            outcome="failed",
+            # what was typed, bounded and with control characters escaped: an audit entry
+            # must not become a way to store (or display) anything at all
+            detail={"email": for_log(normalize_email(username))},
         )
         raise _bad_login()
     principal = principal_of(user)
     now = context.now_ms()
-    if user.locked_until is not None and user.locked_until > now:
+    # wrong passwords are counted per (user, client address): whoever knows the address
+    # elsewhere can slow down only their own attempts, never lock the owner out
+    address = client_address(request) or "unknown"
+    throttle = context.accounts.login_throttle(user.id, address)
+    if throttle is not None and throttle.locked_until is not None and throttle.locked_until > now:
         context.record(
             request,
             "login",
@@ -1245,15 +1654,15 @@ def _login(context: AuthContext, request: Request, username: str, password: str)
         )
         raise too_many(
             "login_locked",
-            "Too many wrong passwords for this account; it must wait before the next attempt.",
-            (user.locked_until - now) / 1000,
+            "Too many wrong passwords for this account from your address; wait before the "
+            "next attempt.",
+            (throttle.locked_until - now) / 1000,
         )
     if not verify_password(user.password_hash, password) or user.disabled_at is not None:
         wrong = user.disabled_at is None
-        lock_s = _lockout_s(context, user.failed_logins + 1) if wrong else None
         if wrong:
             context.accounts.record_login_failure(
-                user.id, locked_until=None if lock_s is None else now + lock_s * 1000
+                user.id, address, now=now, lockout_ms=lambda n: _lockout_ms(context, n)
             )
         context.record(
             request,
@@ -1264,8 +1673,8 @@ def _login(context: AuthContext, request: Request, username: str, password: str)
             detail={"reason": "wrong password" if wrong else "disabled"},
         )
         raise _bad_login()
-    if user.failed_logins or user.locked_until is not None:
-        context.accounts.record_login_success(user.id)
+    if throttle is not None:
+        context.accounts.record_login_success(user.id, address)
     if needs_rehash(user.password_hash):
         context.accounts.update_user(user.id, password_hash=hash_password(password))
     tokens = _issue_tokens(context, user)
@@ -1297,14 +1706,7 @@ def _refresh(context: AuthContext, request: Request, refresh_token: str) -> Toke
     user = context.accounts.get_user(record.user_id)
     if user is None or user.disabled_at is not None:
         raise _bad_login()
-    access, _ = issue_access_token(
-        context.secret,
-        user_id=user.id,
-        role=user.role,
-        account_id=user.account_id,
-        now=context.now_s(),
-        ttl_s=s.access_ttl_s,
-    )
+    access = _access_token(context, user)
     context.record(
         request, "token_refresh", principal=principal_of(user), account_id=user.account_id
     )

@@ -60,6 +60,7 @@ from gateway.api.security import (
     AuthContext,
     AuthSettings,
     Caller,
+    readable_data,
     require_admin,
     vehicle_not_found,
 )
@@ -180,16 +181,16 @@ Vin = Annotated[str, Depends(valid_vin)]
 
 def _known_vehicle(
     context: AuthContext, principal: Principal, reader: TelemetryReader, vin: str
-) -> VehicleState | None:
-    """The vehicle's stored state, None if it is provisioned but never reported; 404 when
-    the caller may not see it, or nobody provisioned it and it never reported."""
-    access, registration = context.lookup(principal, vin)
-    if not access.read:
-        raise vehicle_not_found(vin)
-    state = reader.vehicle_state(vin)
+) -> tuple[VehicleState | None, int]:
+    """The vehicle's stored state in the holding period the caller reads (and that
+    period), None if it is provisioned but never reported in it; 404 when the caller may
+    not see it, or nobody provisioned it and it never reported; 403 when their grant does
+    not include ``read``."""
+    tenure, registration = readable_data(context, principal, vin)
+    state = reader.vehicle_state(vin, tenure=tenure)
     if state is None and registration is None:
         raise vehicle_not_found(vin)
-    return state
+    return state, tenure
 
 
 def _vehicle_page(
@@ -208,11 +209,13 @@ def _vehicle_page(
     visible = context.visible_vins(principal)
     if visible is None:  # an administrator: the union of both databases, one page of each
         registered = context.accounts.registered_vins(after=after, limit=limit)
+        # each VIN at the newest holding period the store has of it
         heard = reader.list_vehicles(limit=limit, after=after)
         vins = sorted({*registered, *(v.vin for v in heard)})[:limit]
     else:
         vins = sorted(v for v in visible if after is None or v > after)[:limit]
-        heard = reader.list_vehicles(limit=limit, vins=vins)
+        # each at the holding period the caller reads: the current one
+        heard = reader.list_vehicles(limit=limit, vins={v: visible[v] for v in vins})
     summaries: dict[str, VehicleSummary] = {v.vin: v for v in heard}
     return [
         Vehicle.from_summary(summaries[vin], now_ms=now_ms, silent_after_ms=silent_after_ms)
@@ -330,8 +333,9 @@ def _router(settings: ApiSettings) -> APIRouter:
     def get_vehicle(principal: Caller, vin: Vin, reader: Reader, context: Auth) -> VehicleDetail:
         """The vehicle's summary plus `state`: the newest value of each signal it has
         reported (newest by sample time, so a late store-and-forward upload never hides a
-        fresher value), with its sample time and unit."""
-        state = _known_vehicle(context, principal, reader, vin)
+        fresher value), with its sample time and unit. Only what it reported while its
+        current holder held it."""
+        state, _ = _known_vehicle(context, principal, reader, vin)
         now, silent = settings.clock_ms(), settings.silent_after_ms
         if state is None:
             return VehicleDetail.build(vin, {}, now_ms=now, silent_after_ms=silent)
@@ -374,9 +378,10 @@ def _router(settings: ApiSettings) -> APIRouter:
     ) -> History:
         """Samples with `start <= ts < end` (sample time) that carry at least one of
         `signals`, oldest first; each point holds the requested signals it carries. Page
-        on with `cursor` = `next` and the same `signals`, `start` and `end`."""
+        on with `cursor` = `next` and the same `signals`, `start` and `end`. Only samples
+        the vehicle reported while its current holder held it."""
         after = decode_cursor("history", cursor, (int, int))
-        _known_vehicle(context, principal, reader, vin)
+        _, tenure = _known_vehicle(context, principal, reader, vin)
         names = split_signals(signals)
         if not names:
             raise invalid_request(
@@ -416,6 +421,7 @@ def _router(settings: ApiSettings) -> APIRouter:
         points = reader.history(
             vin,
             names,
+            tenure=tenure,
             start=start_ms,
             end=end_ms,
             limit=limit + 1,

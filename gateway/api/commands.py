@@ -29,6 +29,7 @@ from gateway.api.security import (
     check_command_limits,
     client_address,
     forbidden,
+    readable_data,
     vehicle_not_found,
 )
 from gateway.auth.policy import AccountKind, Principal, Role, VehicleAccess
@@ -40,7 +41,13 @@ from gateway.commands.service import (
     VehicleNotFound,
 )
 from gateway.statedb.audit import AuditLog
-from gateway.statedb.commands import CommandRecord, IdempotencyConflict, TransitionRecord
+from gateway.statedb.commands import (
+    CommandRecord,
+    IdempotencyConflict,
+    TenureEnded,
+    TransitionRecord,
+)
+from gateway.store import FIRST_TENURE
 from schemas.commands import COMMAND_ID_PATTERN, COMMAND_SPECS, CommandParamsError, CommandType
 
 __all__ = ["CommandOut", "commands_router"]
@@ -227,13 +234,22 @@ async def _readable_command(
     context: AuthContext, principal: Principal, service: CommandService, command_id: str
 ) -> tuple[CommandRecord, VehicleAccess, int | None]:
     """The command, the caller's access to its vehicle and the vehicle's account, if the
-    caller may see the vehicle; else 404 as if the command did not exist."""
+    caller may read it; else 404 as if the command did not exist.
+
+    Readable: for administrators, every command; for others, a command of the vehicle's
+    current holding period (an earlier holder's commands are not the current one's), of
+    a vehicle whose data they may read or that they sent themselves."""
     record = await asyncio.to_thread(service.repo.get, command_id)
     if record is None:
         raise _not_found(command_id)
     access, vehicle = await asyncio.to_thread(context.lookup, principal, record.vin)
     if not access.read:
         raise _not_found(command_id)
+    if not principal.is_admin:
+        current = vehicle.tenure if vehicle is not None else FIRST_TENURE
+        own = record.requested_by == f"user:{principal.user_id}"
+        if record.tenure != current or not (access.read_data or own):
+            raise _not_found(command_id)
     return record, access, vehicle.account_id if vehicle is not None else None
 
 
@@ -286,6 +302,7 @@ def commands_router() -> APIRouter:
         # under a millisecond, less than a hop to the thread pool and back under load
         access, vehicle = context.lookup(principal, vin)
         account_id = vehicle.account_id if vehicle is not None else None
+        tenure = vehicle.tenure if vehicle is not None else FIRST_TENURE
 
         def audit(outcome: str, **detail: Any) -> None:
             context.record(
@@ -347,6 +364,7 @@ def commands_router() -> APIRouter:
                 vin=vin,
                 type_=body.type,
                 params=body.params,
+                tenure=tenure,
                 ttl_s=body.ttl_s,
                 idempotency_key=idempotency_key,
                 requested_by=f"user:{principal.user_id}",
@@ -372,6 +390,9 @@ def commands_router() -> APIRouter:
             raise ApiError(409, "vehicle_moving", f"{exc}.") from None
         except IdempotencyConflict as exc:
             raise ApiError(409, "idempotency_conflict", f"{exc}") from None
+        except TenureEnded:
+            audit("denied", reason="vehicle revoked meanwhile")
+            raise vehicle_not_found(vin) from None
         out = command_out(record)
         return JSONResponse(out.model_dump(mode="json"), status_code=201 if created else 200)
 
@@ -402,17 +423,17 @@ def commands_router() -> APIRouter:
         limit: Limit = DEFAULT_PAGE,
         cursor: Cursor = None,
     ) -> CommandPage:
-        """Newest first (by creation time)."""
+        """Newest first (by creation time). Only the commands of the vehicle's current
+        holder (administrators: of every holder)."""
         from gateway.api.app import valid_vin
 
         before = decode_cursor("commands", cursor, (int, str))
         valid_vin(vin)
-        access = await asyncio.to_thread(context.vehicle_access, principal, vin)
-        if not access.read:
-            raise vehicle_not_found(vin)
+        tenure, _ = await asyncio.to_thread(readable_data, context, principal, vin)
         records = await asyncio.to_thread(
             service.repo.list_for_vehicle,
             vin,
+            tenure=None if principal.is_admin else tenure,
             limit=limit + 1,
             before_created_at=before[0] if before is not None else None,
             before_id=before[1] if before is not None else None,

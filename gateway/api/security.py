@@ -7,7 +7,8 @@ where the credential is an access token from ``POST /v1/auth/token`` or an API k
 
 The user is loaded from the state database on every request (one primary-key read), so
 disabling a user or changing their role takes effect at once rather than when their token
-expires.
+expires, and an access token issued before the user's password last changed (its token
+version is older than the user's) is refused.
 
 Authorization is decided by :mod:`gateway.auth.policy`; this module turns its answers into
 HTTP: a vehicle or command the caller may not see answers **404**, exactly as if it did not
@@ -29,6 +30,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from gateway.api.errors import ApiError
 from gateway.auth.policy import NO_ACCESS, Principal, Role, VehicleAccess, vehicle_access
 from gateway.auth.ratelimit import (
+    DEFAULT_INVITATION_LIMIT,
     DEFAULT_LOGIN_LIMIT,
     DEFAULT_USER_COMMAND_LIMIT,
     DEFAULT_VEHICLE_COMMAND_LIMIT,
@@ -44,6 +46,7 @@ from gateway.auth.tokens import (
 )
 from gateway.statedb.accounts import AccountRepository, UserRecord, VehicleRecord
 from gateway.statedb.audit import AuditLog
+from gateway.store import FIRST_TENURE
 
 __all__ = [
     "AuthContext",
@@ -52,6 +55,7 @@ __all__ = [
     "auth_context",
     "current_principal",
     "forbidden",
+    "readable_data",
     "vehicle_not_found",
 ]
 
@@ -75,8 +79,13 @@ class AuthSettings:
     vehicle_command_limit: Limit | None = DEFAULT_VEHICLE_COMMAND_LIMIT
     #: password attempts (logins, registrations) per client address
     login_limit: Limit | None = DEFAULT_LOGIN_LIMIT
-    #: consecutive wrong passwords before an account must wait; the wait then doubles
-    #: with each further failure, from 1 s up to ``max_lockout_s``
+    #: invitations to share a vehicle, per inviting user
+    invitation_limit: Limit | None = DEFAULT_INVITATION_LIMIT
+    #: how long an invitation can be accepted
+    invitation_ttl_s: int = 7 * 24 * 3600
+    #: consecutive wrong passwords for one user from one client address before that
+    #: address must wait; the wait then doubles with each further failure, from 1 s up to
+    #: ``max_lockout_s`` (other addresses are not held up)
     lockout_after: int = 5
     max_lockout_s: int = 15 * 60
     #: create the first admin on start when there is no admin yet
@@ -105,6 +114,7 @@ class AuthContext:
     user_commands: RateLimiter | None = None
     vehicle_commands: RateLimiter | None = None
     logins: RateLimiter | None = None
+    invitations: RateLimiter | None = None
     _touched: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -116,6 +126,7 @@ class AuthContext:
         self.user_commands = limiter(s.user_command_limit)
         self.vehicle_commands = limiter(s.vehicle_command_limit)
         self.logins = limiter(s.login_limit)
+        self.invitations = limiter(s.invitation_limit)
 
     def now_ms(self) -> int:
         return int(self.settings.clock() * 1000)
@@ -125,10 +136,6 @@ class AuthContext:
 
     # --- authorization --------------------------------------------------------------------
 
-    def vehicle_access(self, principal: Principal, vin: str) -> VehicleAccess:
-        """``principal``'s access to ``vin`` (one read)."""
-        return self.lookup(principal, vin)[0]
-
     def lookup(self, principal: Principal, vin: str) -> tuple[VehicleAccess, VehicleRecord | None]:
         """``principal``'s access to ``vin`` and its registration (None: not provisioned),
         from one read transaction."""
@@ -137,8 +144,9 @@ class AuthContext:
             return NO_ACCESS, None
         return vehicle_access(principal, vehicle, grant), vehicle
 
-    def visible_vins(self, principal: Principal) -> frozenset[str] | None:
-        """The VINs ``principal`` may see; None: all (an admin)."""
+    def visible_vins(self, principal: Principal) -> dict[str, int] | None:
+        """The VINs whose data ``principal`` may read, each with the holding period to
+        read (vin -> tenure); None: all, each at its newest (an admin)."""
         if principal.is_admin:
             return None
         return self.accounts.visible_vins(
@@ -285,6 +293,12 @@ async def current_principal(
         raise unauthenticated(
             "invalid_token", "The user of this token no longer exists or is disabled."
         )
+    if claims.token_version < user.token_version:
+        raise unauthenticated(
+            "invalid_token",
+            "This access token was ended when the user's password was changed or the user "
+            "was disabled. Log in again (POST /v1/auth/token).",
+        )
     return principal_of(user)
 
 
@@ -310,12 +324,23 @@ def require_admin(principal: Principal, what: str) -> None:
         raise forbidden(f"{what} is for administrators only.")
 
 
-def readable_vehicle(context: AuthContext, principal: Principal, vin: str) -> VehicleAccess:
-    """The caller's access to ``vin``; 404 unless they may at least see it."""
-    access = context.vehicle_access(principal, vin)
+def readable_data(
+    context: AuthContext, principal: Principal, vin: str
+) -> tuple[int, VehicleRecord | None]:
+    """The holding period (tenure) of ``vin`` whose data the caller reads, and the
+    vehicle's registration (None: not provisioned). The period is its current one (the
+    last one of a revoked vehicle, for an admin; the first for a VIN that reports without
+    being provisioned, which only an admin sees). 404 unless the caller may see the
+    vehicle, 403 if they see it but their grant does not include ``read``."""
+    access, vehicle = context.lookup(principal, vin)
     if not access.read:
         raise vehicle_not_found(vin)
-    return access
+    if not access.read_data:
+        raise forbidden(
+            f"Vehicle {vin} was shared with you for remote services only, not to read its "
+            "state and history (the grant's services do not include 'read')."
+        )
+    return (vehicle.tenure if vehicle is not None else FIRST_TENURE), vehicle
 
 
 def check_command_limits(context: AuthContext, principal: Principal, vin: str) -> None:

@@ -15,7 +15,11 @@ Roles (one per user):
 
 A grant works for any user, not only for ``driver``: an owner can lend their car to a
 family member who owns a car of their own. Access to a vehicle is the most a user gets
-from their account and their grant.
+from their account and their grant. A grant lists its services: ``read`` (the vehicle's
+state, history and command list) and remote services (command types); a grant without
+``read`` lets its holder send those commands and follow the ones they sent, nothing more.
+Within an account a manager grants directly; to anyone outside it, a grant is an invitation
+the recipient accepts (``gateway.api.accounts``).
 
 The API answers **404** for a vehicle (or command) the caller may not see at all, the same
 answer as for one that does not exist, so ids cannot be probed; it answers **403** only
@@ -28,8 +32,11 @@ import enum
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from gateway.statedb.accounts import READ_SERVICE
+
 __all__ = [
     "ACCOUNT_ROLES",
+    "READ_SERVICE",
     "AccountKind",
     "Principal",
     "Role",
@@ -108,12 +115,14 @@ class _Grant(Protocol):
 class VehicleAccess:
     """What one principal may do with one vehicle."""
 
-    #: may see it at all (else: answer 404)
+    #: may see it at all: its registration, and the commands they sent (else: answer 404)
     read: bool = False
     #: may manage it: grants, revocation, credentials
     manage: bool = False
     #: command types it may send; None: every type
     services: frozenset[str] | None = frozenset()
+    #: may read its data: state, history, the vehicle's commands (else: 403)
+    read_data: bool = False
 
     def may_command(self, command_type: str) -> bool:
         return self.read and (self.services is None or command_type in self.services)
@@ -124,7 +133,7 @@ class VehicleAccess:
 
 
 NO_ACCESS: Final = VehicleAccess()
-_FULL: Final = VehicleAccess(read=True, manage=True, services=None)
+_FULL: Final = VehicleAccess(read=True, manage=True, services=None, read_data=True)
 
 
 def vehicle_access(
@@ -142,17 +151,18 @@ def vehicle_access(
     if vehicle is None or not vehicle.active:
         return NO_ACCESS
     read = False
-    manage = False
+    read_data = False
     services: frozenset[str] | None = frozenset()
     if principal.account_id is not None and vehicle.account_id == principal.account_id:
         if principal.role in _MANAGERS:
-            return VehicleAccess(read=True, manage=True, services=None)
+            return _FULL
         if principal.role in _ACCOUNT_READERS:
-            read = True
+            read = read_data = True
     if grant is not None and grant.active:
         read = True
-        services = frozenset(grant.services)
-    return VehicleAccess(read=read, manage=manage, services=services)
+        read_data = read_data or READ_SERVICE in grant.services
+        services = frozenset(grant.services) - {READ_SERVICE}
+    return VehicleAccess(read=read, manage=False, services=services, read_data=read_data)
 
 
 def can_manage_account(principal: Principal, account_id: int | None) -> bool:

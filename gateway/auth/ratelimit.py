@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Final
 
 __all__ = [
+    "DEFAULT_INVITATION_LIMIT",
     "DEFAULT_LOGIN_LIMIT",
     "DEFAULT_USER_COMMAND_LIMIT",
     "DEFAULT_VEHICLE_COMMAND_LIMIT",
@@ -48,6 +49,8 @@ class Limit:
 DEFAULT_USER_COMMAND_LIMIT: Final = Limit(rate=1.0, burst=30)
 DEFAULT_VEHICLE_COMMAND_LIMIT: Final = Limit(rate=0.2, burst=10)
 DEFAULT_LOGIN_LIMIT: Final = Limit(rate=10 / 60, burst=10)
+#: sharing invitations per user: a family shares a car a few times, not hundreds
+DEFAULT_INVITATION_LIMIT: Final = Limit(rate=20 / 3600, burst=10)
 
 
 def parse_limit(text: str) -> Limit | None:

@@ -2,9 +2,11 @@
 
 * **Access tokens** are JWTs (HS256) valid for minutes: the API checks them without a
   database round trip for the signature, and they expire before a stolen one is worth
-  much. Claims: ``sub`` (user id), ``role``, ``acc`` (account id), ``iat``, ``exp``,
-  ``jti``, ``typ: access``. The API still loads the user on every request, so a disabled
-  user or a changed role takes effect at once, not after the token expires.
+  much. Claims: ``sub`` (user id), ``role``, ``acc`` (account id), ``ver`` (the user's
+  token version), ``iat``, ``exp``, ``jti``, ``typ: access``. The API still loads the user
+  on every request, so a disabled user or a changed role takes effect at once, not after
+  the token expires, and a token whose ``ver`` is below the user's (their password changed
+  since, or they were disabled) is refused.
 * **Refresh tokens** are opaque random strings (256 bits) whose SHA-256 is stored; each use
   returns a new one and retires the old one (rotation, with reuse detection in the
   repository).
@@ -68,6 +70,8 @@ class AccessClaims:
     issued_at: int
     expires_at: int
     token_id: str
+    #: the user's token version when it was issued (0 in tokens from before versions)
+    token_version: int = 0
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -93,15 +97,24 @@ def load_or_create_secret(path: Path) -> bytes:
 
 
 def issue_access_token(
-    secret: bytes, *, user_id: int, role: str, account_id: int | None, now: int, ttl_s: int
+    secret: bytes,
+    *,
+    user_id: int,
+    role: str,
+    account_id: int | None,
+    now: int,
+    ttl_s: int,
+    token_version: int = 0,
 ) -> tuple[str, int]:
-    """(token, expires_at) for the user; ``now`` and ``expires_at`` in epoch seconds."""
+    """(token, expires_at) for the user; ``now`` and ``expires_at`` in epoch seconds;
+    ``token_version``: the user's, as stored."""
     expires_at = now + ttl_s
     claims = {
         "iss": _ISSUER,
         "sub": str(user_id),
         "role": role,
         "acc": account_id,
+        "ver": token_version,
         "iat": now,
         "exp": expires_at,
         "jti": str(uuid.uuid4()),
@@ -137,6 +150,7 @@ def decode_access_token(secret: bytes, token: str, *, now: int) -> AccessClaims:
         account = claims.get("acc")
         account_id = None if account is None else int(account)
         role = str(claims["role"])
+        token_version = int(claims.get("ver", 0))
     except (KeyError, TypeError, ValueError):
         raise InvalidToken("the access token's claims are malformed") from None
     if now >= expires_at:
@@ -150,6 +164,7 @@ def decode_access_token(secret: bytes, token: str, *, now: int) -> AccessClaims:
         issued_at=issued_at,
         expires_at=expires_at,
         token_id=str(claims.get("jti", "")),
+        token_version=token_version,
     )
 
 

@@ -97,6 +97,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="length of the half-rate latency phase (default: 5)",
     )
     p.add_argument(
+        "--provisioned",
+        action="store_true",
+        help="provision the benchmark's vehicles in a state database and run the gateway "
+        "with --require-provisioned (the registry lookup on every message, as under "
+        "telematics up)",
+    )
+    p.add_argument(
         "--json", action="store_true", help="print the result as one JSON object on the last line"
     )
     p.add_argument("--keep", action="store_true", help="keep the working directory")
@@ -111,6 +118,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         latency_seconds=args.latency_seconds,
         keep=args.keep,
         progress=not args.json,
+        provisioned=args.provisioned,
     )
     _print_result(result)
     if args.json:
@@ -251,8 +259,36 @@ def _baseline(port: int, vehicles: int, per_vehicle: int, batch: int) -> float:
     return messages / elapsed
 
 
+def _provision(state_db_url: str, vehicles: int) -> None:
+    """Provision the benchmark's VINs (and the probe's) in one account of a new state
+    database, as ``telematics vehicle add`` would (certificate-only: no password hashes
+    to compute, the open benchmark broker does not check them anyway)."""
+    from gateway.statedb import AccountRepository, StateDatabase
+
+    db = StateDatabase(state_db_url)
+    try:
+        db.upgrade()
+        accounts = AccountRepository(db)
+        now = time.time_ns() // 1_000_000
+        account = accounts.create_account("organization", "bench", now=now)
+        for i in [*range(vehicles), 999_999]:
+            accounts.provision_vehicle(
+                vin=bench_vin(i),
+                account_id=account.id,
+                label=None,
+                mqtt_password_hash=None,
+                provisioned_by=None,
+                now=now,
+            )
+    finally:
+        db.dispose()
+
+
 @contextlib.contextmanager
-def _gateway(port: int, data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _gateway(
+    port: int, data_dir: Path, state_db_url: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    registry = ["--require-provisioned", "--state-db-url", state_db_url] if state_db_url else []
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -267,6 +303,7 @@ def _gateway(port: int, data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
             "bench-gateway",
             "--log-level",
             "WARNING",
+            *registry,
         ],
     )
     try:
@@ -397,6 +434,7 @@ def run_ingest_bench(
     latency_seconds: float = 5.0,
     keep: bool = False,
     progress: bool = True,
+    provisioned: bool = False,
 ) -> IngestBenchResult:
     for tool in ("mosquitto_pub", "mosquitto_sub"):
         if shutil.which(tool) is None:
@@ -414,9 +452,13 @@ def run_ingest_bench(
 
         _say(progress, "phase 2: broker -> gateway -> SQLite, acked after commit")
         data_dir = workdir / "data"
+        state_db_url = None
+        if provisioned:
+            state_db_url = f"sqlite:///{workdir / 'state.db'}"
+            _provision(state_db_url, vehicles)
         with (
             MosquittoProcess(BrokerConfig(port=free_port(), data_dir=workdir / "broker-2")) as b,
-            _gateway(b.port, data_dir) as gw,
+            _gateway(b.port, data_dir, state_db_url) as gw,
         ):
             db = _open_reader(data_dir / "telemetry.db", gw)
             _wait_ready(b.port, db, gw)

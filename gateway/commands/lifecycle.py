@@ -15,7 +15,8 @@ what. The service asks :func:`transition` before it records anything; an answer 
    cancelled                        |    unit_failed               |
                                     +-------------> failed <-------+
 
-(both arrows into ``succeeded`` are ``unit_succeeded``; both into ``failed``, ``unit_failed``)
+(both arrows into ``succeeded`` are ``unit_succeeded``; both into ``failed``, ``unit_failed``;
+not drawn: ``vehicle_revoked`` takes ``queued``, ``sent`` and ``accepted`` to ``cancelled``)
 
 The same table as data (:data:`TRANSITIONS`); every other (status, event) pair is illegal:
 
@@ -30,11 +31,17 @@ The same table as data (:data:`TRANSITIONS`); every other (status, event) pair i
     accepted  unit_succeeded    -> succeeded
     accepted  unit_failed       -> failed
     accepted  result_timeout    -> timed_out   accepted, but no final answer in time
+    queued    vehicle_revoked   -> cancelled   the vehicle was revoked: its holder's
+    sent      vehicle_revoked   -> cancelled   commands must never reach the VIN's next
+    accepted  vehicle_revoked   -> cancelled   holder, and no answer counts any more
 
 Why these rules:
 
 - Cancelling is possible only while queued. Once sent, the command may already be running
-  in the car; pretending to cancel it would lie to the requester.
+  in the car; pretending to cancel it would lie to the requester. Revoking the vehicle is
+  different: the command is withdrawn from the gateway's side whatever its stage (the
+  gateway never sends it again and ignores any answer), and its reason says so; a command
+  already sent may have run in the car, which the transition history shows.
 - Expiry (``ttl_elapsed``) ends a command only before the unit accepted it: the time to live
   bounds when a command may *start*. Once accepted, the unit owns it and the wait for its
   final answer is bounded by ``result_timeout`` instead.
@@ -109,6 +116,8 @@ class CommandEvent(enum.StrEnum):
     RESULT_TIMEOUT = "result_timeout"
     #: the requester asked to cancel it
     CANCEL_REQUESTED = "cancel_requested"
+    #: the vehicle was revoked (its holding period ended) before the command finished
+    VEHICLE_REVOKED = "vehicle_revoked"
 
 
 S = CommandStatus
@@ -128,6 +137,9 @@ TRANSITIONS: Mapping[tuple[CommandStatus, CommandEvent], CommandStatus] = Mappin
         (S.ACCEPTED, E.UNIT_SUCCEEDED): S.SUCCEEDED,
         (S.ACCEPTED, E.UNIT_FAILED): S.FAILED,
         (S.ACCEPTED, E.RESULT_TIMEOUT): S.TIMED_OUT,
+        (S.QUEUED, E.VEHICLE_REVOKED): S.CANCELLED,
+        (S.SENT, E.VEHICLE_REVOKED): S.CANCELLED,
+        (S.ACCEPTED, E.VEHICLE_REVOKED): S.CANCELLED,
     }
 )
 

@@ -11,6 +11,11 @@ It runs in the API process, next to the routes that use it, and owns one MQTT co
   QoS 1 and the MQTT 5 properties response topic, correlation data (the command id) and
   message expiry (the time to live left), so neither the broker nor the unit ever hands
   out an expired command;
+* **holding periods**: a command belongs to the VIN's holding period (tenure) it was made
+  in; the vehicle's state (online, moving, confirming telemetry) is read at that period, the
+  repository refuses a period that has ended, and only the current period's queued
+  commands are ever dispatched; a revocation cancels the open ones
+  (docs/decisions/0009-vehicle-ownership-periods.md);
 * **offline vehicles** (decision, docs/decisions/0005-remote-commands.md): the command
   waits *here*, ``queued``, until the vehicle's status says ``online`` (the service has
   its own share of the status topic), or until it expires. Waiting in the unit's broker
@@ -68,7 +73,13 @@ from gateway.errors import GatewayError, StoreError
 from gateway.ingest.feedback import feedback_messages
 from gateway.ingest.service import wall_clock_ms
 from gateway.statedb.commands import CommandRecord, CommandRepository
-from gateway.store import IngestBatch, QuarantineEntry, SqliteTelemetryStore, VehicleState
+from gateway.store import (
+    FIRST_TENURE,
+    IngestBatch,
+    QuarantineEntry,
+    SqliteTelemetryStore,
+    VehicleState,
+)
 from schemas import (
     InvalidTopicError,
     Reason,
@@ -244,8 +255,8 @@ class CommandService:
 
     # --- requests -------------------------------------------------------------------------
 
-    def _vehicle_state(self, vin: str) -> VehicleState | None:
-        return self._vehicle_states({vin})[vin]
+    def _vehicle_state(self, vin: str, tenure: int) -> VehicleState | None:
+        return self._vehicle_states({(vin, tenure)})[vin, tenure]
 
     async def create(
         self,
@@ -253,21 +264,24 @@ class CommandService:
         vin: str,
         type_: str,
         params: Mapping[str, Any],
+        tenure: int = FIRST_TENURE,
         ttl_s: float | None = None,
         idempotency_key: str | None = None,
         requested_by: str | None = None,
         on_created: Callable[[Session, CommandRecord], object] | None = None,
     ) -> tuple[CommandRecord, bool]:
-        """Store a command and dispatch it. ``on_created`` runs in the transaction that
-        stores it (the API writes the audit entry there). Raises :class:`UnknownCommandType`,
+        """Store a command for the VIN's holding period ``tenure`` and dispatch it.
+        ``on_created`` runs in the transaction that stores it (the API writes the audit
+        entry there). Raises :class:`UnknownCommandType`,
         ``schemas.commands.CommandParamsError``, :class:`VehicleNotFound`,
-        :class:`VehicleMoving` or ``IdempotencyConflict``. Returns (command, created)."""
+        :class:`VehicleMoving`, ``IdempotencyConflict`` or ``TenureEnded``. Returns
+        (command, created)."""
         try:
             command_type = CommandType(type_)
         except ValueError:
             raise UnknownCommandType(type_) from None
         checked = validate_params(command_type, params)
-        state = self._vehicle_state(vin)
+        state = self._vehicle_state(vin, tenure)
         if state is None:
             raise VehicleNotFound(vin)
         spec = COMMAND_SPECS[command_type]
@@ -281,6 +295,7 @@ class CommandService:
             now=self._clock_ms(),
             ttl_ms=int(ttl * 1000),
             result_timeout_ms=int(self.settings.result_timeout_s * 1000),
+            tenure=tenure,
             idempotency_key=idempotency_key,
             requested_by=requested_by,
             confirmation="pending" if spec.confirmation is not None else "not_applicable",
@@ -375,7 +390,7 @@ class CommandService:
         records = self.repo.queued_for_vehicle(vin) if vin is not None else self.repo.queued()
         for record in records:
             if vin is None:
-                state = self._vehicle_state(record.vin)
+                state = self._vehicle_state(record.vin, record.tenure)
                 if state is not None and state.summary.online is False:
                     continue
             await self._dispatch(record)
@@ -506,14 +521,17 @@ class CommandService:
         if now >= self._next_confirmation_check:
             self._next_confirmation_check = now + int(self.settings.confirm_check_s * 1000)
             awaiting = self.repo.awaiting_confirmation()
-            states = self._vehicle_states({r.vin for r in awaiting})
+            states = self._vehicle_states({(r.vin, r.tenure) for r in awaiting})
             for record in awaiting:
-                await self._check_confirmation(record, states.get(record.vin), now)
+                await self._check_confirmation(record, states.get((record.vin, record.tenure)), now)
 
-    def _vehicle_states(self, vins: set[str]) -> dict[str, VehicleState | None]:
+    def _vehicle_states(
+        self, vehicles: set[tuple[str, int]]
+    ) -> dict[tuple[str, int], VehicleState | None]:
+        """The telemetry store's state of each (vin, tenure)."""
         reader = SqliteTelemetryStore(self._telemetry_db, readonly=True)
         try:
-            return {vin: reader.vehicle_state(vin) for vin in vins}
+            return {(vin, t): reader.vehicle_state(vin, tenure=t) for vin, t in vehicles}
         finally:
             reader.close()
 

@@ -4,6 +4,13 @@
 feeds it every received message with :meth:`Batcher.add` and, when a batch is due, takes
 it with :meth:`Batcher.take`, commits it, and only then acknowledges the messages.
 Everything that is wrong with a message becomes a quarantine entry; nothing raises.
+
+Ownership: with a ``tenure_of`` lookup (the state database's registry), each batch carries
+the current tenure of every VIN in it (the store files each sample by its own time against
+it, see ``gateway.store.base``), one per VIN. When a VIN's tenure changes while its batch
+is open (revoked and claimed again within one batch delay), :meth:`Batcher.add` refuses
+the message (returns False) so the caller commits the open batch first and adds the
+message to the next one.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway import metrics
-from gateway.store import IngestBatch, QuarantineEntry, StatusChange
+from gateway.store import IngestBatch, QuarantineEntry, StatusChange, Tenure
 from schemas import (
     DEFAULT_LIMITS,
     Channel,
@@ -58,11 +65,12 @@ class Batcher:
         clock_ms: Callable[[], int],
         limits: Limits = DEFAULT_LIMITS,
         source: str = "",
-        admits: Callable[[str], bool] | None = None,
+        tenure_of: Callable[[str], Tenure | None] | None = None,
     ) -> None:
         self._clock_ms = clock_ms
-        #: whether a VIN may send (provisioned and not revoked); None: every VIN may
-        self._admits = admits
+        #: a VIN's current tenure, None if it may not send (not provisioned, or revoked);
+        #: None instead of a lookup: every VIN may send, at the first tenure
+        self._tenure_of = tenure_of
         self._limits = limits
         #: parsed topics: a fleet reuses the same few topics per vehicle all day
         self._topics: dict[str, ParsedTopic] = {}
@@ -76,6 +84,7 @@ class Batcher:
         self._statuses: list[StatusChange] = []
         self._quarantine: list[QuarantineEntry] = []
         self._seen: dict[str, int] = {}
+        self._tenures: dict[str, Tenure] = {}
         self._counters: dict[tuple[str, str], float] = {}
         #: messages per channel; folded into the counters by take() (cheaper than a dict
         #: update per message on the hot path)
@@ -96,35 +105,48 @@ class Batcher:
             self._count(name, label, n)
 
     def _quarantine_all(
-        self, topic: str, payload: bytes, now: int, rejections: tuple[Rejection, ...]
+        self,
+        topic: str,
+        payload: bytes,
+        now: int,
+        rejections: tuple[Rejection, ...],
+        tenure: int | None = None,
     ) -> None:
         for rejection in rejections:
-            self._quarantine.append(QuarantineEntry(now, topic, payload, rejection))
+            self._quarantine.append(QuarantineEntry(now, topic, payload, rejection, tenure))
             self._count(metrics.QUARANTINED, rejection.reason.value)
 
-    def add(self, topic: str, payload: bytes, retained: bool = False) -> None:
+    def add(self, topic: str, payload: bytes, retained: bool = False) -> bool:
         """Decode one message into the current batch. ``retained``: the broker delivered it
         from its retained store at (re)subscription, so it says nothing about when the
         vehicle was last heard (Mosquitto replays every retained status to a gateway each
-        time it subscribes, also to a shared subscription)."""
-        now = self._clock_ms()
-        self.messages += 1
+        time it subscribes, also to a shared subscription). False (and nothing added) when
+        the message's VIN has changed tenure since the batch took its first message: commit
+        the batch, then add the message again (see the module docstring)."""
         parsed = self._topics.get(topic)
         if parsed is None:
             try:
                 parsed = parse_topic(topic)
             except InvalidTopicError as exc:
+                self.messages += 1
                 self._per_channel["invalid"] = self._per_channel.get("invalid", 0) + 1
                 rejection = Rejection(Reason.INVALID_TOPIC, str(exc))
-                self._quarantine_all(topic, payload, now, (rejection,))
-                return
+                self._quarantine_all(topic, payload, self._clock_ms(), (rejection,))
+                return True
             if len(self._topics) >= _TOPIC_CACHE_SIZE:
                 self._topics.clear()
             self._topics[topic] = parsed
         vin = parsed.vin
+        tenure = None
+        if self._tenure_of is not None:
+            tenure = self._tenure_of(vin)
+            if tenure is not None and self._tenures.setdefault(vin, tenure) != tenure:
+                return False
+        now = self._clock_ms()
+        self.messages += 1
         channel = parsed.channel.value
         self._per_channel[channel] = self._per_channel.get(channel, 0) + 1
-        if self._admits is not None and not self._admits(vin):
+        if self._tenure_of is not None and tenure is None:
             rejection = Rejection(
                 Reason.UNPROVISIONED_VEHICLE,
                 f"vehicle {vin} is not provisioned on this gateway or was revoked; provision "
@@ -132,26 +154,28 @@ class Batcher:
                 vin=vin,
             )
             self._quarantine_all(topic, payload, now, (rejection,))
-            return
+            return True
         if not retained:
             self._seen[vin] = now
+        number = None if tenure is None else tenure.number
         if parsed.channel is Channel.TELEMETRY:
             decoded = decode_telemetry(payload, topic_vin=vin, now_ms=now, limits=self._limits)
             self._samples.extend(decoded.samples)
             if decoded.rejections:
-                self._quarantine_all(topic, payload, now, decoded.rejections)
+                self._quarantine_all(topic, payload, now, decoded.rejections, number)
         elif parsed.channel is Channel.EVENTS:
             event = decode_event(payload, topic_vin=vin, now_ms=now, limits=self._limits)
             if isinstance(event, Rejection):
-                self._quarantine_all(topic, payload, now, (event,))
+                self._quarantine_all(topic, payload, now, (event,), number)
             else:
                 self._events.append(event)
         else:
             status = decode_status(payload, topic_vin=vin)
             if isinstance(status, Rejection):
-                self._quarantine_all(topic, payload, now, (status,))
+                self._quarantine_all(topic, payload, now, (status,), number)
             else:
                 self._statuses.append(_status_change(vin, status, now, retained))
+        return True
 
     def take(self) -> IngestBatch:
         """Hand over the current batch and start a new one."""
@@ -167,6 +191,7 @@ class Batcher:
             quarantine=self._quarantine,
             seen=self._seen,
             counters=self._counters,
+            tenures=self._tenures,
         )
         self._reset()
         return batch

@@ -1,4 +1,5 @@
-"""Which vehicles may send: the provisioned, unrevoked VINs of the state database.
+"""Which vehicles may send, and whose they are: the provisioned, unrevoked VINs of the state
+database, each with its current tenure (the number of its holding period).
 
 The broker's ACL already stops a unit from publishing on another vehicle's topics and a
 revoked unit from publishing at all; the gateway checks again, so that a broker left open
@@ -6,8 +7,13 @@ by mistake (anonymous access, a stale ACL, a wildcard rule) still cannot get dat
 store for a VIN nobody provisioned. Refused messages go to the quarantine with reason
 ``unprovisioned_vehicle``.
 
-The set is held in memory and reloaded when the state database's broker-identity version
-changes (one integer read every ``interval_s``), so the hot path is one set lookup.
+The tenure is what the gateway stamps on everything it stores for the VIN, so that the data
+belongs to the account that held the VIN when it was recorded and a later holder starts
+with an empty vehicle (docs/decisions/0009-vehicle-ownership-periods.md).
+
+The map is held in memory and reloaded when the state database's broker-identity version
+changes (one integer read every ``interval_s``; provisioning and revocation, and so every
+change of tenure, bump that version), so the hot path is one dict lookup.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import time
 
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.database import StateDatabase
+from gateway.store import Tenure
 
 __all__ = ["MISS_REFRESH_S", "VehicleRegistry"]
 
@@ -35,15 +42,22 @@ class VehicleRegistry:
         self._accounts = AccountRepository(self._db)
         self._version: int | None = None
         self._last_miss_refresh = 0.0
-        self.vins: frozenset[str] = frozenset()
+        #: vin -> current tenure of every active vehicle (replaced whole on reload)
+        self.tenures: dict[str, Tenure] = {}
 
-    def admits(self, vin: str) -> bool:
-        """Whether ``vin`` may send. A VIN not in the set triggers a reload first (at most
-        every ``MISS_REFRESH_S``): a vehicle provisioned a moment ago is let in by the broker
-        as soon as its reload is done, which can be before our next periodic refresh, and
-        its first messages must not be refused for that."""
-        if vin in self.vins:
-            return True
+    @property
+    def vins(self) -> frozenset[str]:
+        return frozenset(self.tenures)
+
+    def tenure_of(self, vin: str) -> Tenure | None:
+        """The current tenure of ``vin``, or None if it may not send. A VIN not in the map
+        triggers a reload first (at most every ``MISS_REFRESH_S``): a vehicle provisioned a
+        moment ago is let in by the broker as soon as its reload is done, which can be
+        before our next periodic refresh, and its first messages must not be refused for
+        that."""
+        tenure = self.tenures.get(vin)
+        if tenure is not None:
+            return tenure
         now = time.monotonic()
         if now - self._last_miss_refresh >= MISS_REFRESH_S:
             self._last_miss_refresh = now
@@ -51,16 +65,25 @@ class VehicleRegistry:
                 self.refresh()
             except Exception:
                 log.exception("vehicle registry refresh failed; keeping the last known set")
-        return vin in self.vins
+        return self.tenures.get(vin)
+
+    def admits(self, vin: str) -> bool:
+        """Whether ``vin`` may send (see :meth:`tenure_of`)."""
+        return self.tenure_of(vin) is not None
 
     def refresh(self) -> bool:
-        """Reload the VINs if they changed; True if they did."""
+        """Reload the VINs and their tenures if they changed; True if they did."""
         version = self._accounts.broker_version()
         if version == self._version:
             return False
-        self.vins = self._accounts.active_vins()
+        self.tenures = {
+            vin: Tenure(number, started_at)
+            for vin, (number, started_at) in self._accounts.active_tenures().items()
+        }
         self._version = version
-        log.info("vehicle registry: %d provisioned vehicles (version %d)", len(self.vins), version)
+        log.info(
+            "vehicle registry: %d provisioned vehicles (version %d)", len(self.tenures), version
+        )
         return True
 
     def open(self) -> None:

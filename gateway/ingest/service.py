@@ -43,7 +43,7 @@ from gateway import metrics
 from gateway.errors import ConfigurationError, StoreError
 from gateway.ingest.feedback import feedback_messages
 from gateway.ingest.pipeline import Batcher, BatchPolicy
-from gateway.store import CommitResult, IngestBatch, TelemetryStore
+from gateway.store import CommitResult, IngestBatch, TelemetryStore, Tenure
 from schemas import DEFAULT_LIMITS, Limits, subscription_filters
 from schemas.feedback import FeedbackLimiter
 
@@ -90,15 +90,21 @@ class IngestService:
         *,
         clock_ms: Callable[[], int] = wall_clock_ms,
         on_commit: Callable[[CommitResult], None] | None = None,
-        admits: Callable[[str], bool] | None = None,
+        tenure_of: Callable[[str], Tenure | None] | None = None,
     ) -> None:
         self.settings = settings
         self._store = store
         self._batcher = Batcher(
-            clock_ms=clock_ms, limits=settings.limits, source=settings.client_id, admits=admits
+            clock_ms=clock_ms,
+            limits=settings.limits,
+            source=settings.client_id,
+            tenure_of=tenure_of,
         )
         self._on_commit = on_commit
         self._acks: list[_Ack] = []
+        #: messages held back for the next batch: their VIN changed tenure while the open
+        #: batch held its earlier messages (see gateway.ingest.pipeline)
+        self._deferred: list[tuple[str, bytes, _Ack | None, dict[str, Any]]] = []
         self._due = asyncio.Event()
         self._first_at: float | None = None
         self.connected = asyncio.Event()
@@ -114,7 +120,12 @@ class IngestService:
         self, topic: str, payload: bytes, ack: _Ack | None, properties: dict[str, Any]
     ) -> None:
         """Add one message to the open batch; ``ack`` is sent once the batch commits."""
-        self._batcher.add(topic, payload, bool(properties.get("retain")))
+        retained = bool(properties.get("retain"))
+        if self._deferred or not self._batcher.add(topic, payload, retained):
+            # after a deferred message, the following ones wait too: arrival order is kept
+            self._deferred.append((topic, payload, ack, properties))
+            self._due.set()  # commit the open batch now
+            return
         if ack is not None:
             self._acks.append(ack)
         if self._first_at is None:
@@ -161,7 +172,12 @@ class IngestService:
                 stop_waiter.cancel()
                 continue
             remaining = self._first_at + policy.max_delay_s - time.monotonic()
-            if remaining > 0 and self._batcher.size < policy.max_samples and not stopping.is_set():
+            if (
+                remaining > 0
+                and self._batcher.size < policy.max_samples
+                and not self._deferred
+                and not stopping.is_set()
+            ):
                 self._due.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._due.wait(), remaining)
@@ -171,6 +187,9 @@ class IngestService:
     async def _commit_current(self) -> None:
         batch = self._batcher.take()
         acks, self._acks, self._first_at = self._acks, [], None
+        deferred, self._deferred = self._deferred, []
+        for topic, payload, ack, properties in deferred:  # they start the next batch
+            self._receive(topic, payload, ack, properties)
         while True:
             started = time.perf_counter()
             try:

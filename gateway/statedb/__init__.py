@@ -12,13 +12,14 @@ Layout:
     database.py   ``StateDatabase(url)``: engine (SQLite pragmas, psycopg 3), session factories,
                   ``upgrade()`` to the newest schema under a cross-process lock, ``default_url``
     models.py     declarative models: ``commands`` and ``command_transitions``; accounts,
-                  users, vehicles, grants, API keys, refresh tokens, the audit log and the
-                  broker-identity version
+                  users, vehicles and their holding periods, grants, invitations, API keys,
+                  refresh tokens, login throttles, the audit log and the broker-identity
+                  version
     commands.py   ``CommandRepository``: create (idempotent), read, apply lifecycle events,
                   the sweeps for expiry, result timeouts and confirmation
-    accounts.py   ``AccountRepository``: accounts, users (login throttling), vehicles and
-                  their broker identities, grants, API keys, refresh-token rotation with
-                  reuse detection
+    accounts.py   ``AccountRepository``: accounts, users (login throttling per address),
+                  vehicles, their holding periods (tenures) and broker identities, grants,
+                  invitations, API keys, refresh-token rotation with reuse detection
     audit.py      ``AuditLog``: the append-only audit log (the database refuses changes)
     migrations/   the Alembic environment (env.py, script.py.mako, versions/), run from code:
                   no ``alembic.ini``
@@ -35,9 +36,14 @@ from gateway.statedb.accounts import (
     DuplicateApiKeyPrefix,
     DuplicateEmail,
     GrantRecord,
+    InvitationClosed,
+    InvitationRecord,
+    LoginThrottle,
     NotFound,
     RefreshOutcome,
     RefreshTokenRecord,
+    SessionsEnded,
+    TenureRecord,
     UserRecord,
     VehicleAlreadyProvisioned,
     VehicleRecord,
@@ -51,6 +57,7 @@ from gateway.statedb.commands import (
     CommandRepository,
     ConfirmationState,
     IdempotencyConflict,
+    TenureEnded,
     TransitionRecord,
     request_hash,
 )
@@ -71,10 +78,16 @@ __all__ = [
     "DuplicateEmail",
     "GrantRecord",
     "IdempotencyConflict",
+    "InvitationClosed",
+    "InvitationRecord",
+    "LoginThrottle",
     "NotFound",
     "RefreshOutcome",
     "RefreshTokenRecord",
+    "SessionsEnded",
     "StateDatabase",
+    "TenureEnded",
+    "TenureRecord",
     "TransitionRecord",
     "UserRecord",
     "VehicleAlreadyProvisioned",

@@ -1,4 +1,5 @@
-"""The account repository: accounts, users, vehicles, grants, API keys and refresh tokens.
+"""The account repository: accounts, users, vehicles and their holding periods, grants,
+invitations, API keys, refresh tokens and login throttling.
 
 The same rules as :mod:`gateway.statedb.commands`: every method is one short transaction of
 its own and returns frozen records, never ORM objects, so records cross threads freely and
@@ -21,6 +22,11 @@ What this module decides, and what it leaves to others:
   ``broker_auth_state.version``: provisioning, revoking and a new broker password increment
   it in the same transaction, so the broker-side sync that polls the number never misses a
   change and never sees a number without its change.
+* **Holding periods** (tenures, docs/decisions/0009-vehicle-ownership-periods.md): each
+  provisioning starts a period (``vehicle_tenures``, number 1, 2, ... per VIN) and each
+  revocation ends it, in the same transaction that changes the vehicle. A revocation also
+  revokes the period's grants, withdraws its pending invitations and cancels its open
+  commands, so nothing of one holder reaches the next.
 
 Concurrency: SQLite's write transactions are exclusive (``BEGIN IMMEDIATE``), so a read that
 decides a write sees the latest data. On PostgreSQL (read committed) the rows a decision
@@ -34,9 +40,10 @@ Errors::
      +-- NotFound                    an id the operation needs does not exist
      |    +-- VehicleRevoked         the vehicle exists but is revoked
      +-- Conflict                    the operation would duplicate something unique
-          +-- DuplicateEmail
-          +-- VehicleAlreadyProvisioned
-          +-- DuplicateApiKeyPrefix
+     |    +-- DuplicateEmail
+     |    +-- VehicleAlreadyProvisioned
+     |    +-- DuplicateApiKeyPrefix
+     +-- InvitationClosed            the invitation can no longer be accepted or declined
 
 Lookups (``get_*``) and changes to one thing by its id (``revoke_*``, ``update_user``) return
 ``None`` for an unknown id instead of raising, so the API can answer 404 without a
@@ -52,23 +59,29 @@ from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any, Final, Literal, TypeVar, cast
 
-from sqlalchemy import CursorResult, Result, Select, and_, func, or_, select, update
+from sqlalchemy import CursorResult, Result, Select, and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.errors import GatewayError
+from gateway.statedb.commands import cancel_open_commands
 from gateway.statedb.database import StateDatabase
 from gateway.statedb.models import (
     AccountRow,
     ApiKeyRow,
     BrokerAuthStateRow,
+    LoginThrottleRow,
     RefreshTokenRow,
     UserRow,
     VehicleGrantRow,
+    VehicleInvitationRow,
     VehicleRow,
+    VehicleTenureRow,
 )
 
 __all__ = [
+    "READ_SERVICE",
     "AccountRecord",
     "AccountRepository",
     "ApiKeyRecord",
@@ -76,9 +89,14 @@ __all__ = [
     "DuplicateApiKeyPrefix",
     "DuplicateEmail",
     "GrantRecord",
+    "InvitationClosed",
+    "InvitationRecord",
+    "LoginThrottle",
     "NotFound",
     "RefreshOutcome",
     "RefreshTokenRecord",
+    "SessionsEnded",
+    "TenureRecord",
     "UserRecord",
     "VehicleAlreadyProvisioned",
     "VehicleRecord",
@@ -96,6 +114,12 @@ RefreshOutcome = Literal["ok", "reused", "expired", "revoked", "unknown"]
 
 #: the one row of ``broker_auth_state`` (inserted by migration 0002)
 _BROKER_STATE_ID: Final = 1
+
+#: the grant service that lets the grantee read the vehicle's state, history and commands
+READ_SERVICE: Final = "read"
+
+#: why a holding period ended, and why its open commands were cancelled
+_REVOKED: Final = "revoked"
 
 
 def normalize_email(email: str) -> str:
@@ -139,8 +163,8 @@ class UserRecord:
     account_id: int | None
     created_at: int
     disabled_at: int | None
-    failed_logins: int
-    locked_until: int | None
+    #: in every access token; a token with an older version is refused
+    token_version: int
     password_hash: str = field(repr=False)
 
     @property
@@ -157,8 +181,7 @@ class UserRecord:
             account_id=row.account_id,
             created_at=row.created_at,
             disabled_at=row.disabled_at,
-            failed_logins=row.failed_logins,
-            locked_until=row.locked_until,
+            token_version=row.token_version,
             password_hash=row.password_hash,
         )
 
@@ -166,7 +189,8 @@ class UserRecord:
 @dataclass(frozen=True, slots=True)
 class VehicleRecord:
     """A provisioned vehicle (its broker user name is the VIN); ``mqtt_password_hash`` is
-    left out of ``repr``."""
+    left out of ``repr``. ``tenure`` is the number of its current holding period (the last
+    one, once revoked); ``provisioned_at`` is when that period started."""
 
     vin: str
     account_id: int
@@ -175,6 +199,7 @@ class VehicleRecord:
     provisioned_at: int
     provisioned_by: int | None
     revoked_at: int | None
+    tenure: int
 
     @property
     def active(self) -> bool:
@@ -191,12 +216,44 @@ class VehicleRecord:
             provisioned_at=row.provisioned_at,
             provisioned_by=row.provisioned_by,
             revoked_at=row.revoked_at,
+            tenure=row.tenure,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TenureRecord:
+    """One holding period of a VIN (``number`` 1, 2, ... per VIN); ``ended_at`` is None
+    while it lasts."""
+
+    id: int
+    vin: str
+    number: int
+    account_id: int
+    started_at: int
+    started_by: int | None
+    ended_at: int | None
+    ended_by: int | None
+    end_reason: str | None
+
+    @classmethod
+    def from_row(cls, row: VehicleTenureRow) -> TenureRecord:
+        return cls(
+            id=row.id,
+            vin=row.vin,
+            number=row.number,
+            account_id=row.account_id,
+            started_at=row.started_at,
+            started_by=row.started_by,
+            ended_at=row.ended_at,
+            ended_by=row.ended_by,
+            end_reason=row.end_reason,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class GrantRecord:
-    """A grant of one vehicle to one user for the remote services (command types) listed."""
+    """A grant of one vehicle to one user for the services listed: ``read`` and remote
+    services (command types); ``tenure`` is the holding period it was given in."""
 
     id: int
     vin: str
@@ -205,6 +262,7 @@ class GrantRecord:
     granted_by: int | None
     created_at: int
     revoked_at: int | None
+    tenure: int
 
     @property
     def active(self) -> bool:
@@ -220,7 +278,64 @@ class GrantRecord:
             granted_by=row.granted_by,
             created_at=row.created_at,
             revoked_at=row.revoked_at,
+            tenure=row.tenure,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class InvitationRecord:
+    """An offer to share ``vin`` with whoever logs in as ``email``; ``status`` is pending,
+    accepted, declined or withdrawn (an invitation past ``expires_at`` stays ``pending``
+    in the table but can no longer be accepted: see :meth:`open_at`)."""
+
+    id: int
+    vin: str
+    tenure: int
+    email: str
+    services: tuple[str, ...]
+    invited_by: int | None
+    created_at: int
+    expires_at: int
+    status: str
+    decided_at: int | None
+    grant_id: int | None
+
+    def open_at(self, now: int) -> bool:
+        """Pending and not expired at ``now``."""
+        return self.status == "pending" and now < self.expires_at
+
+    @classmethod
+    def from_row(cls, row: VehicleInvitationRow) -> InvitationRecord:
+        return cls(
+            id=row.id,
+            vin=row.vin,
+            tenure=row.tenure,
+            email=row.email,
+            services=tuple(row.services),
+            invited_by=row.invited_by,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            status=row.status,
+            decided_at=row.decided_at,
+            grant_id=row.grant_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LoginThrottle:
+    """Wrong passwords in a row for one user from one client address."""
+
+    failures: int
+    locked_until: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsEnded:
+    """What :meth:`AccountRepository.end_user_sessions` ended: live refresh-token sessions
+    and active API keys (every access token ends too: the user's token version moved)."""
+
+    refresh_sessions: int
+    api_keys: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +460,16 @@ class DuplicateApiKeyPrefix(Conflict):
         super().__init__(f"an API key with prefix {prefix!r} already exists; generate a new key")
 
 
+class InvitationClosed(GatewayError):
+    """The invitation was already accepted, declined or withdrawn, has expired, or its
+    vehicle has changed hands (``why`` says which)."""
+
+    def __init__(self, invitation_id: int, why: str) -> None:
+        self.invitation_id = invitation_id
+        self.why = why
+        super().__init__(f"invitation {invitation_id} can no longer be answered: {why}")
+
+
 # --- the repository -------------------------------------------------------------------------
 
 
@@ -415,8 +540,7 @@ class AccountRepository:
                     account_id=account_id,
                     created_at=now,
                     disabled_at=None,
-                    failed_logins=0,
-                    locked_until=None,
+                    token_version=0,
                 )
                 session.add(row)
                 session.flush()
@@ -490,39 +614,92 @@ class AccountRepository:
         with self._db.read() as session:
             return session.scalar(query) or 0
 
-    def record_login_failure(self, user_id: int, *, locked_until: int | None) -> UserRecord:
-        """Count a failed password attempt and set ``locked_until`` (as given, None clears
-        it). The increment is done by the database (``failed_logins + 1``), so concurrent
-        failures are all counted. Raises :class:`NotFound` for an unknown user."""
+    def end_user_sessions(self, user_id: int, *, now: int) -> SessionsEnded:
+        """End everything the user is logged in with, in one transaction: raise their token
+        version (every access token issued so far is refused from the next request on),
+        revoke every refresh token and every API key. For a password change or reset and
+        for disabling; re-enabling brings none of it back. Unknown user: nothing ends."""
         with self._db.write() as session:
-            result = session.execute(
+            bumped = session.execute(
                 update(UserRow)
                 .where(UserRow.id == user_id)
-                .values(failed_logins=UserRow.failed_logins + 1, locked_until=locked_until)
+                .values(token_version=UserRow.token_version + 1)
                 .execution_options(synchronize_session=False)
             )
-            if _rowcount(result) == 0:
-                raise NotFound("user", user_id)
-            row = session.scalar(
-                select(UserRow)
-                .where(UserRow.id == user_id)
-                .execution_options(populate_existing=True)
+            if _rowcount(bumped) == 0:
+                return SessionsEnded(0, 0)
+            sessions = _revoke_refresh_tokens_of(session, user_id, now)
+            keys = session.execute(
+                update(ApiKeyRow)
+                .where(ApiKeyRow.user_id == user_id, ApiKeyRow.revoked_at.is_(None))
+                .values(revoked_at=now)
+                .execution_options(synchronize_session=False)
             )
-            assert row is not None
-            return UserRecord.from_row(row)
+            return SessionsEnded(sessions, _rowcount(keys))
 
-    def record_login_success(self, user_id: int) -> None:
-        """Reset ``failed_logins`` and ``locked_until`` (a no-op for an unknown user, and no
-        row is rewritten when there is nothing to reset: this runs on every login)."""
+    # --- login throttling -------------------------------------------------------------------
+
+    def login_throttle(self, user_id: int, remote_addr: str) -> LoginThrottle | None:
+        """Wrong passwords in a row for the user from this address (None: none)."""
+        with self._db.read() as session:
+            row = session.get(LoginThrottleRow, (user_id, remote_addr))
+            return None if row is None else LoginThrottle(row.failures, row.locked_until)
+
+    def record_login_failure(
+        self,
+        user_id: int,
+        remote_addr: str,
+        *,
+        now: int,
+        lockout_ms: Callable[[int], int | None],
+    ) -> LoginThrottle:
+        """Count a wrong password for the user from ``remote_addr`` and lock that pair for
+        ``lockout_ms(failures)`` ms (None: no lock). The increment is done by the database
+        (an upsert), so concurrent failures are all counted. Raises :class:`NotFound` for
+        an unknown user."""
+        insert = postgresql.insert if self._db.backend == "postgresql" else sqlite.insert
+        with self._db.write() as session:
+            _require(session, UserRow, user_id, "user")
+            statement = insert(LoginThrottleRow).values(
+                user_id=user_id,
+                remote_addr=remote_addr,
+                failures=1,
+                locked_until=None,
+                updated_at=now,
+            )
+            failures = session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[LoginThrottleRow.user_id, LoginThrottleRow.remote_addr],
+                    set_={"failures": LoginThrottleRow.failures + 1, "updated_at": now},
+                ).returning(LoginThrottleRow.failures)
+            ).scalar_one()
+            lock = lockout_ms(failures)
+            locked_until = None if lock is None else now + lock
+            session.execute(
+                update(LoginThrottleRow)
+                .where(
+                    LoginThrottleRow.user_id == user_id,
+                    LoginThrottleRow.remote_addr == remote_addr,
+                )
+                .values(locked_until=locked_until)
+                .execution_options(synchronize_session=False)
+            )
+            return LoginThrottle(failures, locked_until)
+
+    def clear_login_throttles(self, user_id: int) -> None:
+        """Forget the user's wrong passwords from every address (a new password)."""
+        with self._db.write() as session:
+            session.execute(delete(LoginThrottleRow).where(LoginThrottleRow.user_id == user_id))
+
+    def record_login_success(self, user_id: int, remote_addr: str) -> None:
+        """Forget the wrong passwords of the user from this address (a no-op when there
+        are none)."""
         with self._db.write() as session:
             session.execute(
-                update(UserRow)
-                .where(
-                    UserRow.id == user_id,
-                    or_(UserRow.failed_logins != 0, UserRow.locked_until.is_not(None)),
+                delete(LoginThrottleRow).where(
+                    LoginThrottleRow.user_id == user_id,
+                    LoginThrottleRow.remote_addr == remote_addr,
                 )
-                .values(failed_logins=0, locked_until=None)
-                .execution_options(synchronize_session=False)
             )
 
     # --- vehicles ---------------------------------------------------------------------------
@@ -538,15 +715,16 @@ class AccountRepository:
         now: int,
     ) -> VehicleRecord:
         """Register ``vin`` in ``account_id`` with its broker password hash (None: client
-        certificate only); bumps the broker version.
+        certificate only), starting a new holding period; bumps the broker version.
 
-        A revoked vehicle is provisioned again in place (new account, label, hash and times,
-        ``revoked_at`` cleared): its row, and the grants and history that refer to it, stay.
-        Its old grants were revoked with it and stay revoked, so a new owner inherits none
-        (any still active are revoked here as well). Raises
-        :class:`VehicleAlreadyProvisioned` for an active vehicle (also when a concurrent
-        provisioning of a new VIN wins: the primary key decides) and :class:`NotFound` for
-        an unknown account or ``provisioned_by`` user.
+        A new VIN starts period 1. A revoked vehicle is provisioned again in place (new
+        account, label, hash and times, ``revoked_at`` cleared) with the next period number:
+        its row and the previous periods' records stay, but nothing of them is the new
+        holder's (every read is by period). Its old grants were revoked with it and stay
+        revoked (any still active are revoked here as well). Raises
+        :class:`VehicleAlreadyProvisioned` for an active vehicle, whichever account holds it
+        (also when a concurrent provisioning of a new VIN wins: the primary key decides),
+        and :class:`NotFound` for an unknown account or ``provisioned_by`` user.
         """
         try:
             with self._db.write() as session:
@@ -563,6 +741,7 @@ class AccountRepository:
                         provisioned_at=now,
                         provisioned_by=provisioned_by,
                         revoked_at=None,
+                        tenure=1,
                     )
                     session.add(row)
                 elif row.revoked_at is None:
@@ -575,6 +754,20 @@ class AccountRepository:
                     row.provisioned_at = now
                     row.provisioned_by = provisioned_by
                     row.revoked_at = None
+                    row.tenure += 1
+                session.flush()
+                session.add(
+                    VehicleTenureRow(
+                        vin=vin,
+                        number=row.tenure,
+                        account_id=account_id,
+                        started_at=now,
+                        started_by=provisioned_by,
+                        ended_at=None,
+                        ended_by=None,
+                        end_reason=None,
+                    )
+                )
                 session.flush()
                 _bump_broker_version(session)
                 return VehicleRecord.from_row(row)
@@ -584,10 +777,14 @@ class AccountRepository:
                 raise
             raise VehicleAlreadyProvisioned(vin, existing.account_id) from None
 
-    def revoke_vehicle(self, vin: str, *, now: int) -> VehicleRecord | None:
-        """Revoke the vehicle and every active grant of it; bumps the broker version.
+    def revoke_vehicle(self, vin: str, *, now: int, by: int | None = None) -> VehicleRecord | None:
+        """Revoke the vehicle, ending its holding period: every active grant of it is
+        revoked, every pending invitation withdrawn and every open command (queued, sent,
+        accepted) cancelled with the reason ``vehicle_revoked``, all in one transaction with
+        the broker-version bump, so nothing of this holder can reach the VIN's next one.
 
-        None for an unknown VIN; an already revoked vehicle is returned unchanged (its first
+        ``by``: the user who revoked it (None: an operator or the system). None for an
+        unknown VIN; an already revoked vehicle is returned unchanged (its first
         ``revoked_at`` stays, the version does not move).
         """
         with self._db.write() as session:
@@ -597,9 +794,42 @@ class AccountRepository:
             if row.revoked_at is None:
                 row.revoked_at = now
                 _revoke_grants_of(session, vin, now)
+                session.execute(
+                    update(VehicleInvitationRow)
+                    .where(
+                        VehicleInvitationRow.vin == vin,
+                        VehicleInvitationRow.status == "pending",
+                    )
+                    .values(status="withdrawn", decided_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+                session.execute(
+                    update(VehicleTenureRow)
+                    .where(VehicleTenureRow.vin == vin, VehicleTenureRow.number == row.tenure)
+                    .values(ended_at=now, ended_by=by, end_reason=_REVOKED)
+                    .execution_options(synchronize_session=False)
+                )
+                cancelled = cancel_open_commands(
+                    session,
+                    vin,
+                    at=now,
+                    detail="the vehicle was revoked; the command will never be delivered",
+                )
+                if cancelled:
+                    logger.info("vehicle %s revoked: %d open commands cancelled", vin, cancelled)
                 _bump_broker_version(session)
                 session.flush()
             return VehicleRecord.from_row(row)
+
+    def tenures(self, vin: str) -> list[TenureRecord]:
+        """Every holding period of ``vin``, first first (empty for an unknown VIN)."""
+        with self._db.read() as session:
+            rows = session.scalars(
+                select(VehicleTenureRow)
+                .where(VehicleTenureRow.vin == vin)
+                .order_by(VehicleTenureRow.number)
+            )
+            return [TenureRecord.from_row(row) for row in rows]
 
     def set_mqtt_password(self, vin: str, password_hash: str | None) -> VehicleRecord | None:
         """Replace the vehicle's broker password hash (credential rotation; None: client
@@ -659,10 +889,18 @@ class AccountRepository:
 
     def active_vins(self) -> frozenset[str]:
         """The VINs of the active vehicles (the ingest drops what revoked ones still send)."""
+        return frozenset(self.active_tenures())
+
+    def active_tenures(self) -> dict[str, tuple[int, int]]:
+        """vin -> (current holding period, when it started) of every active vehicle: what
+        the gateway files the data it stores for the VIN under."""
         with self._db.read() as session:
-            return frozenset(
-                session.scalars(select(VehicleRow.vin).where(VehicleRow.revoked_at.is_(None)))
+            rows = session.execute(
+                select(VehicleRow.vin, VehicleRow.tenure, VehicleRow.provisioned_at).where(
+                    VehicleRow.revoked_at.is_(None)
+                )
             )
+            return {vin: (tenure, started_at) for vin, tenure, started_at in rows}
 
     def registered_vins(self, *, after: str | None, limit: int) -> list[str]:
         """VINs of every registered vehicle (revoked ones too), ordered, those after
@@ -677,13 +915,21 @@ class AccountRepository:
 
     def visible_vins(
         self, *, account_id: int | None, user_id: int, include_account: bool
-    ) -> frozenset[str]:
-        """The active vehicles a user sees: those of ``account_id`` when
-        ``include_account`` (the policy decides that from the role), plus those granted to
-        ``user_id`` by an active grant. Read in one transaction."""
+    ) -> dict[str, int]:
+        """The active vehicles whose data a user may read, each with its current holding
+        period (vin -> tenure): those of ``account_id`` when ``include_account`` (the
+        policy decides that from the role), plus those granted to ``user_id`` by an active
+        grant of the current period that includes the ``read`` service. Read in one
+        transaction."""
         granted = (
-            select(VehicleGrantRow.vin)
-            .join(VehicleRow, VehicleRow.vin == VehicleGrantRow.vin)
+            select(VehicleRow.vin, VehicleRow.tenure, VehicleGrantRow.services)
+            .join(
+                VehicleGrantRow,
+                and_(
+                    VehicleGrantRow.vin == VehicleRow.vin,
+                    VehicleGrantRow.tenure == VehicleRow.tenure,
+                ),
+            )
             .where(
                 VehicleGrantRow.user_id == user_id,
                 VehicleGrantRow.revoked_at.is_(None),
@@ -691,24 +937,28 @@ class AccountRepository:
             )
         )
         with self._db.read() as session:
-            vins = set(session.scalars(granted))
+            vins = {
+                vin: tenure
+                for vin, tenure, services in session.execute(granted)
+                if READ_SERVICE in services
+            }
             if include_account and account_id is not None:
-                vins.update(
-                    session.scalars(
-                        select(VehicleRow.vin).where(
-                            VehicleRow.account_id == account_id, VehicleRow.revoked_at.is_(None)
-                        )
+                own = session.execute(
+                    select(VehicleRow.vin, VehicleRow.tenure).where(
+                        VehicleRow.account_id == account_id, VehicleRow.revoked_at.is_(None)
                     )
                 )
-        return frozenset(vins)
+                vins.update((vin, tenure) for vin, tenure in own)
+        return vins
 
     def vehicle_access(
         self, vin: str, user_id: int
     ) -> tuple[VehicleRecord | None, GrantRecord | None]:
         """The vehicle (active or not; None if unknown) and ``user_id``'s active grant of it
-        (None if none), read in one transaction so the two agree: the policy decides from
-        both, and a revocation between two reads could otherwise pair a revoked vehicle's
-        state with a grant that no longer exists, or the reverse."""
+        in its current holding period (None if none), read in one transaction so the two
+        agree: the policy decides from both, and a revocation between two reads could
+        otherwise pair a revoked vehicle's state with a grant that no longer exists, or the
+        reverse."""
         # one statement (it runs for every command and vehicle request); at most one grant
         # of a (vehicle, user) is active, create_grant sees to that
         query = (
@@ -717,6 +967,7 @@ class AccountRepository:
                 VehicleGrantRow,
                 and_(
                     VehicleGrantRow.vin == VehicleRow.vin,
+                    VehicleGrantRow.tenure == VehicleRow.tenure,
                     VehicleGrantRow.user_id == user_id,
                     VehicleGrantRow.revoked_at.is_(None),
                 ),
@@ -744,15 +995,17 @@ class AccountRepository:
         granted_by: int | None,
         now: int,
     ) -> GrantRecord:
-        """Grant ``vin`` to ``user_id`` for ``services`` (command types; duplicates dropped,
-        order kept; may be empty: read-only access).
+        """Grant ``vin`` to ``user_id`` for ``services`` (``read`` and command types;
+        duplicates dropped, order kept; at least one), in the vehicle's current holding
+        period.
 
         An active grant of the same vehicle to the same user is replaced: revoked at ``now``
         in the same transaction, so a user never holds two. The vehicle row is locked first,
         so two concurrent grants cannot both find "no active grant" (PostgreSQL). Raises
         :class:`NotFound` for an unknown vehicle, user or ``granted_by``,
-        :class:`VehicleRevoked` for a revoked vehicle and ``TypeError`` for a bare string as
-        ``services`` (which would otherwise become one service per letter).
+        :class:`VehicleRevoked` for a revoked vehicle, ``ValueError`` for no services and
+        ``TypeError`` for a bare string as ``services`` (which would otherwise become one
+        service per letter).
         """
         services = _services(services)
         with self._db.write() as session:
@@ -764,27 +1017,7 @@ class AccountRepository:
             _require(session, UserRow, user_id, "user")
             if granted_by is not None:
                 _require(session, UserRow, granted_by, "user")
-            session.execute(
-                update(VehicleGrantRow)
-                .where(
-                    VehicleGrantRow.vin == vin,
-                    VehicleGrantRow.user_id == user_id,
-                    VehicleGrantRow.revoked_at.is_(None),
-                )
-                .values(revoked_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            row = VehicleGrantRow(
-                vin=vin,
-                user_id=user_id,
-                services=list(services),
-                granted_by=granted_by,
-                created_at=now,
-                revoked_at=None,
-            )
-            session.add(row)
-            session.flush()
-            return GrantRecord.from_row(row)
+            return _grant(session, vehicle, user_id, services, granted_by, now)
 
     def revoke_grant(self, grant_id: int, *, now: int) -> GrantRecord | None:
         """Revoke the grant (None if unknown; an already revoked one comes back unchanged)."""
@@ -807,21 +1040,150 @@ class AccountRepository:
         *,
         vin: str | None = None,
         user_id: int | None = None,
+        tenure: int | None = None,
         include_revoked: bool = False,
         after_id: int | None = None,
         limit: int | None = None,
     ) -> list[GrantRecord]:
-        """Grants of ``vin`` and/or to ``user_id`` (every grant when both are None), oldest
-        first (a page: ids after ``after_id``, at most ``limit``)."""
+        """Grants of ``vin`` and/or to ``user_id`` (every grant when both are None), of the
+        holding period ``tenure`` when given, oldest first (a page: ids after ``after_id``,
+        at most ``limit``)."""
         query = _paged(select(VehicleGrantRow), VehicleGrantRow.id, after_id, limit)
         if vin is not None:
             query = query.where(VehicleGrantRow.vin == vin)
         if user_id is not None:
             query = query.where(VehicleGrantRow.user_id == user_id)
+        if tenure is not None:
+            query = query.where(VehicleGrantRow.tenure == tenure)
         if not include_revoked:
             query = query.where(VehicleGrantRow.revoked_at.is_(None))
         with self._db.read() as session:
             return [GrantRecord.from_row(row) for row in session.scalars(query)]
+
+    # --- invitations ------------------------------------------------------------------------
+
+    def create_invitation(
+        self,
+        *,
+        vin: str,
+        email: str,
+        services: Sequence[str],
+        invited_by: int | None,
+        now: int,
+        expires_at: int,
+    ) -> InvitationRecord:
+        """Offer ``vin`` (in its current holding period) to whoever logs in as ``email``,
+        for ``services``. Nothing about ``email`` is looked up: whether it has an account
+        is the recipient's business. Raises :class:`NotFound` for an unknown vehicle and
+        :class:`VehicleRevoked` for a revoked one."""
+        services = _services(services)
+        email = normalize_email(email)
+        with self._db.write() as session:
+            vehicle = _locked_vehicle(session, vin)
+            if vehicle is None:
+                raise NotFound("vehicle", vin)
+            if vehicle.revoked_at is not None:
+                raise VehicleRevoked(vin)
+            row = VehicleInvitationRow(
+                vin=vin,
+                tenure=vehicle.tenure,
+                email=email,
+                services=list(services),
+                invited_by=invited_by,
+                created_at=now,
+                expires_at=expires_at,
+                status="pending",
+                decided_at=None,
+                grant_id=None,
+            )
+            session.add(row)
+            session.flush()
+            return InvitationRecord.from_row(row)
+
+    def get_invitation(self, invitation_id: int) -> InvitationRecord | None:
+        return self._get(VehicleInvitationRow, invitation_id, InvitationRecord.from_row)
+
+    def list_invitations(
+        self,
+        *,
+        vin: str | None = None,
+        tenure: int | None = None,
+        email: str | None = None,
+        status: str | None = None,
+        after_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[InvitationRecord]:
+        """Invitations of ``vin`` (in period ``tenure``) and/or to ``email``, with
+        ``status`` when given; oldest first (a page: ids after ``after_id``, at most
+        ``limit``)."""
+        query = _paged(select(VehicleInvitationRow), VehicleInvitationRow.id, after_id, limit)
+        if vin is not None:
+            query = query.where(VehicleInvitationRow.vin == vin)
+        if tenure is not None:
+            query = query.where(VehicleInvitationRow.tenure == tenure)
+        if email is not None:
+            query = query.where(VehicleInvitationRow.email == normalize_email(email))
+        if status is not None:
+            query = query.where(VehicleInvitationRow.status == status)
+        with self._db.read() as session:
+            return [InvitationRecord.from_row(row) for row in session.scalars(query)]
+
+    def answer_invitation(
+        self, invitation_id: int, *, user_id: int, accept: bool, now: int
+    ) -> tuple[InvitationRecord, GrantRecord | None]:
+        """Accept (a grant to ``user_id`` is made, replacing theirs of the vehicle) or
+        decline the invitation, in one transaction with the vehicle locked. The caller
+        checks that the invitation is addressed to the user. Raises :class:`NotFound` for an
+        unknown invitation and :class:`InvitationClosed` when it is no longer pending, has
+        expired, or its vehicle was revoked or changed hands since."""
+        with self._db.write() as session:
+            invitation = session.scalar(
+                select(VehicleInvitationRow)
+                .where(VehicleInvitationRow.id == invitation_id)
+                .with_for_update()
+            )
+            if invitation is None:
+                raise NotFound("invitation", invitation_id)
+            vehicle = _locked_vehicle(session, invitation.vin)
+            assert vehicle is not None  # a foreign key
+            if invitation.status != "pending":
+                raise InvitationClosed(invitation_id, f"it was {invitation.status}")
+            if now >= invitation.expires_at:
+                raise InvitationClosed(invitation_id, "it has expired")
+            if vehicle.revoked_at is not None or vehicle.tenure != invitation.tenure:
+                raise InvitationClosed(invitation_id, "the vehicle is no longer shared from there")
+            grant = None
+            if accept:
+                grant = _grant(
+                    session,
+                    vehicle,
+                    user_id,
+                    _services(invitation.services),
+                    invitation.invited_by,
+                    now,
+                )
+                invitation.grant_id = grant.id
+            invitation.status = "accepted" if accept else "declined"
+            invitation.decided_at = now
+            session.flush()
+            return InvitationRecord.from_row(invitation), grant
+
+    def withdraw_invitation(self, invitation_id: int, *, now: int) -> InvitationRecord | None:
+        """Withdraw a pending invitation (None if unknown; one already answered comes back
+        unchanged)."""
+        with self._db.write() as session:
+            row = session.scalar(
+                select(VehicleInvitationRow)
+                .where(VehicleInvitationRow.id == invitation_id)
+                .with_for_update()
+            )
+            if row is None:
+                return None
+            if row.status == "pending":
+                row.status = "withdrawn"
+                row.decided_at = now
+                session.flush()
+            return InvitationRecord.from_row(row)
 
     # --- API keys ---------------------------------------------------------------------------
 
@@ -1004,22 +1366,7 @@ class AccountRepository:
         before its others, the order :func:`_lock_token` uses, so the two cannot deadlock.
         """
         with self._db.write() as session:
-            session.execute(
-                select(RefreshTokenRow.id)
-                .where(RefreshTokenRow.user_id == user_id)
-                .order_by(RefreshTokenRow.id)
-                .with_for_update()
-            )
-            revoked = session.execute(
-                update(RefreshTokenRow)
-                .where(RefreshTokenRow.user_id == user_id, RefreshTokenRow.revoked_at.is_(None))
-                .values(revoked_at=now)
-                .returning(RefreshTokenRow.replaced_at, RefreshTokenRow.expires_at)
-                .execution_options(synchronize_session=False)
-            ).all()
-            return sum(
-                replaced_at is None and expires_at > now for replaced_at, expires_at in revoked
-            )
+            return _revoke_refresh_tokens_of(session, user_id, now)
 
 
 # --- helpers (inside a transaction) ---------------------------------------------------------
@@ -1041,8 +1388,61 @@ def _require(session: Session, model: type[Any], key: object, what: str) -> None
         raise NotFound(what, key)
 
 
+def _revoke_refresh_tokens_of(session: Session, user_id: int, now: int) -> int:
+    """See :meth:`AccountRepository.revoke_user_refresh_tokens` (in the caller's
+    transaction)."""
+    session.execute(
+        select(RefreshTokenRow.id)
+        .where(RefreshTokenRow.user_id == user_id)
+        .order_by(RefreshTokenRow.id)
+        .with_for_update()
+    )
+    revoked = session.execute(
+        update(RefreshTokenRow)
+        .where(RefreshTokenRow.user_id == user_id, RefreshTokenRow.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .returning(RefreshTokenRow.replaced_at, RefreshTokenRow.expires_at)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return sum(replaced_at is None and expires_at > now for replaced_at, expires_at in revoked)
+
+
 def _locked_vehicle(session: Session, vin: str) -> VehicleRow | None:
     return session.scalar(select(VehicleRow).where(VehicleRow.vin == vin).with_for_update())
+
+
+def _grant(
+    session: Session,
+    vehicle: VehicleRow,
+    user_id: int,
+    services: tuple[str, ...],
+    granted_by: int | None,
+    now: int,
+) -> GrantRecord:
+    """A new active grant of the (locked) ``vehicle`` in its current period, replacing the
+    user's active one."""
+    session.execute(
+        update(VehicleGrantRow)
+        .where(
+            VehicleGrantRow.vin == vehicle.vin,
+            VehicleGrantRow.user_id == user_id,
+            VehicleGrantRow.revoked_at.is_(None),
+        )
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    row = VehicleGrantRow(
+        vin=vehicle.vin,
+        tenure=vehicle.tenure,
+        user_id=user_id,
+        services=list(services),
+        granted_by=granted_by,
+        created_at=now,
+        revoked_at=None,
+    )
+    session.add(row)
+    session.flush()
+    return GrantRecord.from_row(row)
 
 
 def _revoke_grants_of(session: Session, vin: str, now: int) -> None:
@@ -1124,8 +1524,12 @@ def _services(services: Sequence[str]) -> tuple[str, ...]:
     unique: dict[str, None] = {}
     for service in services:
         if not isinstance(service, str) or not service:
-            raise ValueError(f"a service is a non-empty command type name, got {service!r}")
+            raise ValueError(
+                f"a service is 'read' or a non-empty command type name, got {service!r}"
+            )
         unique[str(service)] = None
+    if not unique:
+        raise ValueError("a grant needs at least one service ('read' to see the vehicle)")
     return tuple(unique)
 
 

@@ -9,8 +9,16 @@ Status changes go only through :meth:`CommandRepository.apply`, which asks
 ``gateway.commands.lifecycle.transition`` first, so the database can never hold a transition
 the state machine forbids, and writes the new status and its history row in one transaction.
 
-Idempotency: a request may carry a key. The first request with a given (vin, key) creates
-the command; a retry with the same request gets that command back unchanged (``created`` is
+Holding periods: every command belongs to the VIN's holding period (tenure) it was made
+in; a vehicle's command list and its idempotency keys are per period, so a later holder of
+the VIN neither sees nor collides with an earlier holder's. :meth:`CommandRepository.create`
+refuses a period that has ended (the vehicle was revoked, or provisioned anew, meanwhile),
+and the queue of commands waiting for a vehicle holds only its current period's, so a
+command can never be delivered to the next holder's unit. :func:`cancel_open_commands`
+ends a period's open commands in the revocation's transaction.
+
+Idempotency: a request may carry a key. The first request with a given (vin, tenure, key)
+creates the command; a retry with the same request gets that command back unchanged (``created`` is
 False), even if two retries race (the UNIQUE constraint decides, the loser re-reads); the
 same key with a different request is an :class:`IdempotencyConflict`, because silently
 returning a command the caller did not ask for would be worse than an error. "The same
@@ -29,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -42,7 +50,12 @@ from gateway.commands.lifecycle import (
 )
 from gateway.errors import GatewayError
 from gateway.statedb.database import StateDatabase
-from gateway.statedb.models import MAX_IDEMPOTENCY_KEY_LENGTH, CommandRow, CommandTransitionRow
+from gateway.statedb.models import (
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    CommandRow,
+    CommandTransitionRow,
+    VehicleRow,
+)
 
 __all__ = [
     "CommandNotFound",
@@ -50,7 +63,9 @@ __all__ = [
     "CommandRepository",
     "ConfirmationState",
     "IdempotencyConflict",
+    "TenureEnded",
     "TransitionRecord",
+    "cancel_open_commands",
     "request_hash",
 ]
 
@@ -87,6 +102,8 @@ class CommandRecord:
 
     id: str
     vin: str
+    #: the VIN's holding period the command was made in
+    tenure: int
     type: str
     params: dict[str, Any]
     status: CommandStatus
@@ -111,6 +128,7 @@ class CommandRecord:
         return cls(
             id=row.id,
             vin=row.vin,
+            tenure=row.tenure,
             type=row.type,
             params=dict(row.params),
             status=CommandStatus(row.status),
@@ -169,6 +187,19 @@ class IdempotencyConflict(GatewayError):
         )
 
 
+class TenureEnded(GatewayError):
+    """The holding period a command was to be made in is over: the vehicle was revoked (or
+    provisioned anew) between the request's authorization and the command's creation."""
+
+    def __init__(self, vin: str, tenure: int) -> None:
+        self.vin = vin
+        self.tenure = tenure
+        super().__init__(
+            f"vehicle {vin} is no longer held as it was when the request was authorized "
+            f"(holding period {tenure} has ended); nothing was created"
+        )
+
+
 class CommandNotFound(GatewayError):
     """No command has this id."""
 
@@ -210,6 +241,7 @@ class CommandRepository:
         now: int,
         ttl_ms: int,
         result_timeout_ms: int,
+        tenure: int = 1,
         idempotency_key: str | None = None,
         requested_by: str | None = None,
         confirmation: str = ConfirmationState.PENDING,
@@ -220,11 +252,19 @@ class CommandRepository:
         ``on_created`` runs inside the same transaction once the command exists (not for a
         replay): its writes (the audit entry) commit together with the command.
 
+        ``tenure`` is the vehicle's holding period the request was authorized for. When the
+        VIN is provisioned (has a ``vehicles`` row), that period must still be its current,
+        active one, checked in the same transaction with the vehicle row locked against a
+        concurrent revocation (PostgreSQL: FOR SHARE; SQLite: the write lock); else
+        :class:`TenureEnded`. An unprovisioned VIN (an administrator's command) takes
+        period 1.
+
         Returns ``(command, created)``. ``created`` is False when an earlier request with the
-        same (vin, idempotency_key) and the same body exists: that command is returned
-        unchanged, whatever its status now. Raises :class:`IdempotencyConflict` when the key
-        was used with a different body, and ``ValueError`` for an argument no caller should
-        pass (non-positive durations, an empty or over-long key, an unknown confirmation).
+        same (vin, tenure, idempotency_key) and the same body exists: that command is
+        returned unchanged, whatever its status now. Raises :class:`IdempotencyConflict`
+        when the key was used with a different body, and ``ValueError`` for an argument no
+        caller should pass (non-positive durations, an empty or over-long key, an unknown
+        confirmation).
         """
         if ttl_ms <= 0 or result_timeout_ms <= 0:
             raise ValueError(
@@ -246,13 +286,15 @@ class CommandRepository:
         digest = request_hash(type=type, params=params, ttl_ms=ttl_ms, requested_by=requested_by)
         try:
             with self._db.write() as session:
+                _require_current_tenure(session, vin, tenure)
                 if idempotency_key is not None:
-                    existing = self._by_key(session, vin, idempotency_key)
+                    existing = self._by_key(session, vin, tenure, idempotency_key)
                     if existing is not None:
                         return self._replay(existing, digest), False
                 row = CommandRow(
                     id=str(uuid.uuid4()),
                     vin=vin,
+                    tenure=tenure,
                     type=type,
                     params=params,
                     status=CommandStatus.QUEUED.value,
@@ -294,7 +336,7 @@ class CommandRepository:
             if idempotency_key is None:
                 raise
             with self._db.read() as session:
-                existing = self._by_key(session, vin, idempotency_key)
+                existing = self._by_key(session, vin, tenure, idempotency_key)
                 if existing is None:
                     raise
                 logger.debug(
@@ -304,10 +346,12 @@ class CommandRepository:
         return record, True
 
     @staticmethod
-    def _by_key(session: Session, vin: str, idempotency_key: str) -> CommandRow | None:
+    def _by_key(session: Session, vin: str, tenure: int, idempotency_key: str) -> CommandRow | None:
         return session.scalar(
             select(CommandRow).where(
-                CommandRow.vin == vin, CommandRow.idempotency_key == idempotency_key
+                CommandRow.vin == vin,
+                CommandRow.tenure == tenure,
+                CommandRow.idempotency_key == idempotency_key,
             )
         )
 
@@ -329,16 +373,20 @@ class CommandRepository:
         self,
         vin: str,
         *,
+        tenure: int | None = None,
         limit: int = 50,
         before_created_at: int | None = None,
         before_id: str | None = None,
     ) -> list[CommandRecord]:
-        """A vehicle's commands, newest first (by ``created_at``, then id); page on with the
-        last one's ``created_at`` and id (without the id, commands created in the same
+        """A vehicle's commands of holding period ``tenure`` (None: of every period, for
+        administrators), newest first (by ``created_at``, then id); page on with the last
+        one's ``created_at`` and id (without the id, commands created in the same
         millisecond as the last one are skipped)."""
         if limit <= 0:
             raise ValueError(f"limit must be positive, got {limit}")
         criteria: list[ColumnElement[bool]] = [CommandRow.vin == vin]
+        if tenure is not None:
+            criteria.append(CommandRow.tenure == tenure)
         if before_created_at is not None and before_id is not None:
             criteria.append(
                 or_(
@@ -355,19 +403,24 @@ class CommandRepository:
         )
 
     def queued(self) -> list[CommandRecord]:
-        """Every command waiting to be sent, oldest first (re-dispatched after a reconnect)."""
-        return self._records(
-            CommandRow.status == CommandStatus.QUEUED.value,
-            order_by=(CommandRow.created_at, CommandRow.id),
-        )
+        """Every command waiting to be sent, oldest first (re-dispatched after a reconnect);
+        only those of their vehicle's current, active holding period (see the module
+        docstring)."""
+        return self._queued(CommandRow.status == CommandStatus.QUEUED.value)
 
     def queued_for_vehicle(self, vin: str) -> list[CommandRecord]:
-        """Commands waiting to be sent to ``vin``, oldest first (the order to send them in)."""
-        return self._records(
-            CommandRow.vin == vin,
-            CommandRow.status == CommandStatus.QUEUED.value,
-            order_by=(CommandRow.created_at, CommandRow.id),
-        )
+        """Commands waiting to be sent to ``vin`` in its current, active holding period,
+        oldest first (the order to send them in)."""
+        return self._queued(CommandRow.vin == vin, CommandRow.status == CommandStatus.QUEUED.value)
+
+    def _queued(self, *criteria: ColumnElement[bool]) -> list[CommandRecord]:
+        with self._db.read() as session:
+            rows = session.scalars(
+                _of_current_tenure(select(CommandRow))
+                .where(*criteria)
+                .order_by(CommandRow.created_at, CommandRow.id)
+            )
+            return [CommandRecord.from_row(row) for row in rows]
 
     def transitions(self, command_id: str, *, after_seq: int = 0) -> list[TransitionRecord]:
         """The command's history after ``after_seq``, in order (empty for an unknown id)."""
@@ -545,3 +598,78 @@ class CommandRepository:
         if row is None:
             raise CommandNotFound(command_id)
         return row
+
+
+# --- holding periods (inside a caller's transaction) -----------------------------------------
+
+#: the reason recorded on a command cancelled by its vehicle's revocation
+REVOKED_REASON = "vehicle_revoked"
+
+_OPEN = (CommandStatus.QUEUED.value, CommandStatus.SENT.value, CommandStatus.ACCEPTED.value)
+
+
+def _of_current_tenure(query: Select[CommandRow]) -> Select[CommandRow]:
+    """Only commands of their vehicle's current, active holding period (or of an
+    unprovisioned VIN, which has no period to end)."""
+    return query.outerjoin(VehicleRow, VehicleRow.vin == CommandRow.vin).where(
+        or_(
+            VehicleRow.vin.is_(None),
+            and_(VehicleRow.tenure == CommandRow.tenure, VehicleRow.revoked_at.is_(None)),
+        )
+    )
+
+
+def _require_current_tenure(session: Session, vin: str, tenure: int) -> None:
+    """:class:`TenureEnded` unless ``tenure`` is the current, active period of ``vin`` (or
+    the VIN is not provisioned and ``tenure`` is 1). Locks the vehicle row against a
+    concurrent revocation until the caller's transaction ends."""
+    vehicle = session.execute(
+        select(VehicleRow.tenure, VehicleRow.revoked_at)
+        .where(VehicleRow.vin == vin)
+        .with_for_update(read=True)
+    ).first()
+    if vehicle is None:
+        if tenure != 1:
+            raise TenureEnded(vin, tenure)
+        return
+    current, revoked_at = vehicle
+    if current != tenure or revoked_at is not None:
+        raise TenureEnded(vin, tenure)
+
+
+def cancel_open_commands(session: Session, vin: str, *, at: int, detail: str) -> int:
+    """Cancel every open command (queued, sent, accepted) of ``vin``, whatever its period,
+    with the reason ``vehicle_revoked``, in the caller's transaction (the revocation's);
+    how many. Each gets its transition row, as :meth:`CommandRepository.apply` writes."""
+    rows = session.scalars(
+        select(CommandRow)
+        .where(CommandRow.vin == vin, CommandRow.status.in_(_OPEN))
+        .order_by(CommandRow.created_at, CommandRow.id)
+        .with_for_update()
+    ).all()
+    for row in rows:
+        status = transition(CommandStatus(row.status), CommandEvent.VEHICLE_REVOKED)
+        row.status = status.value
+        row.finished_at = at
+        row.reason = REVOKED_REASON
+        row.detail = detail
+        if row.confirmation == ConfirmationState.PENDING.value:
+            row.confirmation = ConfirmationState.NOT_APPLICABLE.value
+        last_seq = session.scalar(
+            select(func.max(CommandTransitionRow.seq)).where(
+                CommandTransitionRow.command_id == row.id
+            )
+        )
+        session.add(
+            CommandTransitionRow(
+                command_id=row.id,
+                seq=(last_seq or 0) + 1,
+                status=status.value,
+                event=CommandEvent.VEHICLE_REVOKED.value,
+                at=at,
+                reason=REVOKED_REASON,
+                detail=detail,
+            )
+        )
+    session.flush()
+    return len(rows)

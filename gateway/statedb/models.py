@@ -47,10 +47,13 @@ __all__ = [
     "BrokerAuthStateRow",
     "CommandRow",
     "CommandTransitionRow",
+    "LoginThrottleRow",
     "RefreshTokenRow",
     "UserRow",
     "VehicleGrantRow",
+    "VehicleInvitationRow",
     "VehicleRow",
+    "VehicleTenureRow",
 ]
 
 NAMING_CONVENTION: dict[str, str] = {
@@ -85,9 +88,10 @@ class CommandRow(Base):
 
     __tablename__ = "commands"
     __table_args__ = (
-        # One command per (vehicle, Idempotency-Key): a retried request finds the first one.
+        # One command per (vehicle, holding period, Idempotency-Key): a retried request finds
+        # the first one; a later holder of the VIN may use the same key (migration 0003).
         # NULL keys are distinct on both backends, so requests without a key never collide.
-        UniqueConstraint("vin", "idempotency_key"),
+        UniqueConstraint("vin", "tenure", "idempotency_key"),
         # a vehicle's commands, newest first (and its queue, oldest first); also "vin indexed"
         Index("ix_commands_vin_created_at", "vin", "created_at"),
         # the expiry sweep: status IN (queued, sent) AND expires_at <= now
@@ -99,6 +103,9 @@ class CommandRow(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     vin: Mapped[str] = mapped_column(String(17))
+    #: the VIN's holding period the command was made in (``vehicle_tenures.number``); 0:
+    #: made before the first recorded one (migration 0003), seen by nobody but admins
+    tenure: Mapped[int] = mapped_column(Integer, server_default="1")
     type: Mapped[str] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(_JSON)
     status: Mapped[str] = mapped_column(String(16))
@@ -167,8 +174,10 @@ class UserRow(Base):
     """A person who logs in. ``role`` is one of admin, fleet_manager, fleet_viewer, owner,
     driver (``gateway.auth.policy.Role``); ``account_id`` is NULL only for admins.
 
-    ``failed_logins`` and ``locked_until`` slow down password guessing: each failure past a
-    few makes the account wait longer before the next attempt is even checked.
+    ``token_version`` is part of every access token issued to the user; raising it (a
+    password change, a reset, disabling) ends every access token issued before at once.
+    Password guessing is slowed down per (user, client address) in
+    :class:`LoginThrottleRow`.
     """
 
     __tablename__ = "users"
@@ -184,18 +193,34 @@ class UserRow(Base):
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
     created_at: Mapped[int] = mapped_column(BigInteger)
     disabled_at: Mapped[int | None] = mapped_column(BigInteger)
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    token_version: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
+class LoginThrottleRow(Base):
+    """Wrong passwords for one user from one client address: after a few in a row, that
+    address must wait longer and longer before its next attempt for this user is checked.
+    Keyed by address too, so that someone elsewhere who knows the e-mail address cannot
+    lock its owner out (migration 0003; before, the lock was per user)."""
+
+    __tablename__ = "login_throttles"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    remote_addr: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
     locked_until: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
 
 
 class VehicleRow(Base):
-    """A provisioned vehicle: who owns it and its broker identity (user name = VIN).
+    """A provisioned vehicle: who holds it now and its broker identity (user name = VIN).
 
     ``mqtt_password_hash`` is in Mosquitto's password-file format (PBKDF2-SHA512, ``$7$``),
     so the broker's password file is rendered from these rows without ever storing the
     password itself; NULL for a vehicle that authenticates by client certificate only.
     A revoked vehicle keeps its row (audit, history) with ``revoked_at`` set; it is left out
     of the broker's password file and ACL and the gateway drops what it still sends.
+    ``tenure`` is the number of the current (or, once revoked, the last) holding period
+    (:class:`VehicleTenureRow`), kept here so every request reads it with the vehicle.
     """
 
     __tablename__ = "vehicles"
@@ -208,12 +233,44 @@ class VehicleRow(Base):
     provisioned_at: Mapped[int] = mapped_column(BigInteger)
     provisioned_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+    tenure: Mapped[int] = mapped_column(Integer, server_default="1")
+
+
+class VehicleTenureRow(Base):
+    """One holding period of a VIN: which account held it, from when until when.
+
+    ``number`` counts 1, 2, 3, ... per VIN. Everything recorded for the vehicle (telemetry,
+    events, quarantine entries in the telemetry store; commands, idempotency keys, grants
+    and invitations here) carries the number of the period it was recorded in, and a holder
+    reads only their own period. A period starts with a provisioning (``started_by``) and
+    ends with a revocation (``end_reason`` ``revoked``); later kinds of start and end (sale,
+    transfer, decommissioning) are new values of the same two columns
+    (docs/decisions/0009-vehicle-ownership-periods.md).
+    """
+
+    __tablename__ = "vehicle_tenures"
+    __table_args__ = (
+        UniqueConstraint("vin", "number"),
+        Index("ix_vehicle_tenures_account_id", "account_id"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(String(17), ForeignKey("vehicles.vin"))
+    number: Mapped[int] = mapped_column(Integer)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    started_at: Mapped[int] = mapped_column(BigInteger)
+    started_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    ended_at: Mapped[int | None] = mapped_column(BigInteger)
+    ended_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    #: why it ended: ``revoked`` (NULL while it lasts)
+    end_reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class VehicleGrantRow(Base):
-    """An owner's (or fleet manager's) grant of one vehicle to one user, limited to the
-    remote services (command types) in ``services``. Revoked grants stay, with
-    ``revoked_at``."""
+    """An owner's (or fleet manager's) grant of one vehicle to one user of the vehicle's
+    account (or to anyone who accepted an invitation), limited to the services in
+    ``services``: ``read`` (state, history, the vehicle's commands) and remote services
+    (command types). Revoked grants stay, with ``revoked_at``."""
 
     __tablename__ = "vehicle_grants"
     __table_args__ = (
@@ -223,12 +280,44 @@ class VehicleGrantRow(Base):
 
     id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
     vin: Mapped[str] = mapped_column(String(17), ForeignKey("vehicles.vin"))
+    #: the holding period it was given in (a grant ends with it)
+    tenure: Mapped[int] = mapped_column(Integer, server_default="1")
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    #: JSON list of command type names the grantee may send
+    #: JSON list: ``read`` and/or command type names the grantee may send
     services: Mapped[list[str]] = mapped_column(_JSON)
     granted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[int] = mapped_column(BigInteger)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class VehicleInvitationRow(Base):
+    """An offer to share a vehicle with whoever logs in with ``email``: it becomes a grant
+    only when that person accepts it. Used for anyone outside the vehicle's account, so a
+    stranger's car never appears in someone's view without their consent, and the answer
+    to the inviter is the same whether the address has an account or not.
+
+    ``status``: pending | accepted | declined | withdrawn; an invitation past
+    ``expires_at`` or of an earlier holding period can no longer be accepted.
+    """
+
+    __tablename__ = "vehicle_invitations"
+    __table_args__ = (
+        Index("ix_vehicle_invitations_email", "email"),
+        Index("ix_vehicle_invitations_vin", "vin"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(String(17), ForeignKey("vehicles.vin"))
+    tenure: Mapped[int] = mapped_column(Integer)
+    #: stored lower-cased, like ``users.email``
+    email: Mapped[str] = mapped_column(String(320))
+    services: Mapped[list[str]] = mapped_column(_JSON)
+    invited_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    decided_at: Mapped[int | None] = mapped_column(BigInteger)
+    grant_id: Mapped[int | None] = mapped_column(ForeignKey("vehicle_grants.id"))
 
 
 class ApiKeyRow(Base):

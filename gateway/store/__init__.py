@@ -6,6 +6,7 @@ Imports ``schemas`` and ``gateway.errors``; imported by ``gateway.ingest`` and `
 """
 
 from gateway.store.base import (
+    FIRST_TENURE,
     CommitResult,
     HistoryPoint,
     IngestBatch,
@@ -14,6 +15,7 @@ from gateway.store.base import (
     StoredQuarantine,
     TelemetryReader,
     TelemetryStore,
+    Tenure,
     VehicleState,
     VehicleSummary,
     presence,
@@ -21,6 +23,7 @@ from gateway.store.base import (
 from gateway.store.sqlite import SqliteTelemetryStore
 
 __all__ = [
+    "FIRST_TENURE",
     "CommitResult",
     "HistoryPoint",
     "IngestBatch",
@@ -30,6 +33,7 @@ __all__ = [
     "StoredQuarantine",
     "TelemetryReader",
     "TelemetryStore",
+    "Tenure",
     "VehicleState",
     "VehicleSummary",
     "presence",

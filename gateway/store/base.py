@@ -4,19 +4,31 @@ The ingest pipeline hands the store one :class:`IngestBatch` per commit: samples
 status changes, quarantined input and counter deltas, all from messages that have not been
 acknowledged to the broker yet. :meth:`TelemetryStore.commit` makes all of it durable in one
 transaction; only then does the pipeline acknowledge those messages. A crash before the
-commit means the broker redelivers them, and (vin, seq) deduplication makes the second
-delivery harmless.
+commit means the broker redelivers them, and (vin, tenure, seq) deduplication makes the
+second delivery harmless.
+
+**Tenures.** A VIN can change hands: revoked by one account, provisioned by another. What a
+vehicle reports belongs to the account that held the VIN when it was recorded, so
+everything stored for a vehicle is keyed by (VIN, tenure), the tenure being the number of
+the VIN's holding period in the state database (1 for its first holder, 2 for the next,
+...; ``gateway.statedb``, docs/decisions/0009-vehicle-ownership-periods.md). The gateway
+gives each batch the current :class:`Tenure` of every VIN in it (:attr:`IngestBatch.tenures`)
+and the store files each sample and event by its own time: at or after the tenure's start,
+in that tenure; before it (an earlier holder's unit, its messages delivered late), in the
+one before. A reader asks for one (VIN, tenure). A gateway that does not read the state
+database stamps :data:`FIRST_TENURE`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from schemas import Event, Rejection, Sample, SignalValue, StatusState
 
 __all__ = [
+    "FIRST_TENURE",
     "OFFLINE_BY_STATUS",
     "OFFLINE_SILENT",
     "CommitResult",
@@ -27,20 +39,43 @@ __all__ = [
     "StoredQuarantine",
     "TelemetryReader",
     "TelemetryStore",
+    "Tenure",
     "VehicleState",
     "VehicleSummary",
     "presence",
 ]
 
 
+#: the tenure of data whose batch names none: a VIN's first holding period
+FIRST_TENURE = 1
+
+
+class Tenure(NamedTuple):
+    """A VIN's current holding period: its ``number`` (1, 2, ...) and when it started
+    (epoch ms, the provisioning)."""
+
+    number: int
+    started_at: int
+
+    def of(self, ts: int) -> int:
+        """The tenure a sample or event taken at ``ts`` belongs to: this one, or the one
+        before if it was taken before this one started (never below the first)."""
+        if ts >= self.started_at or self.number <= FIRST_TENURE:
+            return self.number
+        return self.number - 1
+
+
 @dataclass(frozen=True, slots=True)
 class QuarantineEntry:
-    """Something the gateway refused, kept with its reason, topic and raw payload."""
+    """Something the gateway refused, kept with its reason, topic and raw payload;
+    ``tenure`` is the holding period of the vehicle it concerns, when the gateway knew one
+    (None: unprovisioned, or not about one vehicle)."""
 
     received_at: int
     topic: str
     payload: bytes
     rejection: Rejection
+    tenure: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +99,9 @@ class IngestBatch:
     seen: Mapping[str, int] = field(default_factory=dict)
     #: (counter name, label) -> increment, persisted with the data (see gateway.metrics)
     counters: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    #: vin -> its current tenure when the batch's messages arrived (absent: FIRST_TENURE);
+    #: one per VIN per batch (the batcher starts a new batch when it changes)
+    tenures: Mapping[str, Tenure] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +184,8 @@ class StoredQuarantine:
     #: length and SHA-256 (hex) of the whole payload as received
     payload_size: int
     payload_sha256: str
+    #: the holding period of the vehicle it concerns, when the gateway knew it
+    tenure: int | None = None
 
 
 class TelemetryStore(Protocol):
@@ -157,22 +197,27 @@ class TelemetryStore(Protocol):
 
 
 class TelemetryReader(Protocol):
-    """What the HTTP API reads. Safe to use from several processes at once."""
+    """What the HTTP API reads. Safe to use from several processes at once.
+
+    A vehicle is always read at one tenure (see the module docstring): its state, history
+    and summary from before or after that holding period are not there."""
 
     def list_vehicles(
-        self, *, limit: int, after: str | None = None, vins: Collection[str] | None = None
+        self, *, limit: int, after: str | None = None, vins: Mapping[str, int] | None = None
     ) -> list[VehicleSummary]:
-        """Ordered by VIN, those after ``after``; ``vins``: only these (what the caller may
-        see), None: all."""
+        """Ordered by VIN, those after ``after``; ``vins``: only these, each at its tenure
+        (vin -> tenure: what the caller may see); None: every VIN, each at the newest
+        tenure stored for it."""
         ...
 
-    def vehicle_state(self, vin: str) -> VehicleState | None: ...
+    def vehicle_state(self, vin: str, *, tenure: int) -> VehicleState | None: ...
 
     def history(
         self,
         vin: str,
         signals: Sequence[str],
         *,
+        tenure: int,
         start: int,
         end: int,
         limit: int,
@@ -193,10 +238,11 @@ class TelemetryReader(Protocol):
     def counters(self) -> dict[tuple[str, str], float]: ...
 
     def vehicle_counts(
-        self, vins: Collection[str] | None = None, *, heard_since: int | None = None
+        self, vins: Mapping[str, int] | None = None, *, heard_since: int | None = None
     ) -> tuple[int, int]:
-        """(vehicles known, vehicles whose last status is online); ``vins``: only these;
-        ``heard_since``: online ones only if heard from at or after it (see presence)."""
+        """(vehicles known, vehicles whose last status is online); ``vins``: only these, at
+        their tenures (None: every VIN at its newest tenure); ``heard_since``: online ones
+        only if heard from at or after it (see presence)."""
         ...
 
     def close(self) -> None: ...

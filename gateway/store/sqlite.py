@@ -4,10 +4,14 @@ Why SQLite by default: no server to install, transactional (a batch and its
 acknowledgement are all-or-nothing), and fast enough for a single site when written in
 large transactions (see docs/decisions/0003-sqlite-embedded-store.md for the figures).
 
-Schema (``PRAGMA user_version`` tracks it):
+Schema (``PRAGMA user_version`` tracks it; :data:`SCHEMA_VERSION`):
 
-* ``vehicles``: one row per VIN, with an integer id used as the key everywhere else, the
-  online flag and first/last-seen times;
+* ``vehicles``: one row per (VIN, tenure), the tenure being the VIN's holding period (see
+  ``gateway.store.base``), with an integer id used as the key everywhere else, the online
+  flag and first/last-seen times. Keying the row by tenure is what separates holders:
+  samples, latest state, events, status and seq tracking hang off the row's id, so a new
+  holder's vehicle starts empty and its seq 1, 2, ... are new samples, not duplicates of
+  the previous holder's;
 * ``samples``: ``(vehicle_id, seq)`` is unique, which is what makes redelivered messages
   harmless (``INSERT OR IGNORE``); the signals of a sample are one JSON object; an index on
   ``(vehicle_id, ts)`` serves history queries. Rows live in a rowid table, appended in
@@ -19,12 +23,18 @@ Schema (``PRAGMA user_version`` tracks it):
 * ``quarantine``: everything refused, with reason, topic and raw payload: the whole payload
   up to ``quarantine_payload_bytes`` (4 KiB by default), else its first bytes, always with
   the whole payload's size and SHA-256, so a flood of large bad messages costs a few KiB
-  each, not what the sender chose (1,000 refused 262 KB messages were 270 MB before);
+  each, not what the sender chose (1,000 refused 262 KB messages were 270 MB before); and
+  the tenure of the vehicle it concerns when the gateway knew it;
 * ``counters``: ingest counters, incremented in the same transaction as the data they count;
 * ``seq_tracking`` and ``seq_gaps``: per vehicle and stream (``telemetry``, ``events``) the
   range of ``seq`` numbers received, how many of them are missing, and the missing ones as
   intervals (``gateway.store.seqgaps``), updated in the commit that stores the numbers.
   Created with ``IF NOT EXISTS`` by any version, so an older file simply starts tracking.
+
+Schema history: 1 the first; 2 the quarantine's payload size and hash; 3 (ownership
+periods) ``vehicles`` keyed by (VIN, tenure) and ``quarantine.tenure``. Opening an older
+file as a writer upgrades it in one transaction; its vehicles become tenure 1 (each VIN's
+holder at the time of the upgrade: data from before cannot be told apart by holder).
 
 Retention (:meth:`SqliteTelemetryStore.prune_samples`, :meth:`prune_quarantine`): old rows
 go in chunks of a few thousand, each its own short transaction, oldest first by id (ids
@@ -40,7 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
@@ -51,6 +61,7 @@ from gateway.errors import StoreError
 from gateway.files import private_sqlite_file
 from gateway.store import seqgaps
 from gateway.store.base import (
+    FIRST_TENURE,
     CommitResult,
     HistoryPoint,
     IngestBatch,
@@ -62,20 +73,28 @@ from schemas import SignalValue, StatusState
 
 __all__ = ["DEFAULT_QUARANTINE_PAYLOAD_BYTES", "SCHEMA_VERSION", "SqliteTelemetryStore"]
 
-#: 2: quarantine.payload_size and payload_sha256 (the payload may be only a prefix)
-SCHEMA_VERSION = 2
+#: 2: quarantine.payload_size and payload_sha256 (the payload may be only a prefix);
+#: 3: vehicles keyed by (vin, tenure), quarantine.tenure (ownership periods)
+SCHEMA_VERSION = 3
 #: the most bytes of one refused payload the quarantine keeps
 DEFAULT_QUARANTINE_PAYLOAD_BYTES: Final = 4096
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS vehicles (
+_VEHICLES = """
+CREATE TABLE IF NOT EXISTS {name} (
     id INTEGER PRIMARY KEY,
-    vin TEXT NOT NULL UNIQUE,
+    vin TEXT NOT NULL,
+    tenure INTEGER NOT NULL DEFAULT 1,
     first_seen INTEGER NOT NULL,
     last_seen INTEGER NOT NULL,
     online INTEGER,
-    status_changed_at INTEGER
+    status_changed_at INTEGER,
+    UNIQUE (vin, tenure)
 );
+"""
+
+_SCHEMA = (
+    _VEHICLES.format(name="vehicles")
+    + """
 CREATE TABLE IF NOT EXISTS samples (
     id INTEGER PRIMARY KEY,
     vehicle_id INTEGER NOT NULL,
@@ -114,7 +133,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
     signal TEXT,
     payload BLOB NOT NULL,
     payload_size INTEGER,
-    payload_sha256 TEXT
+    payload_sha256 TEXT,
+    tenure INTEGER
 );
 CREATE INDEX IF NOT EXISTS quarantine_by_reason ON quarantine (reason, id);
 CREATE INDEX IF NOT EXISTS quarantine_by_vin ON quarantine (vin, id);
@@ -140,6 +160,35 @@ CREATE TABLE IF NOT EXISTS seq_gaps (
     PRIMARY KEY (vehicle_id, stream, start)
 ) WITHOUT ROWID;
 """
+)
+
+#: version 1 -> 2: the quarantine's payload size and hash
+_UPGRADE_1_TO_2 = """
+ALTER TABLE quarantine ADD COLUMN payload_size INTEGER;
+ALTER TABLE quarantine ADD COLUMN payload_sha256 TEXT;
+"""
+
+#: version 2 -> 3: ``vehicles`` keyed by (vin, tenure) instead of vin (a rebuild: SQLite
+#: cannot drop a UNIQUE constraint; the table has one row per vehicle, so it is quick), its
+#: ids kept so samples, latest state, events and seq tracking stay attached
+_UPGRADE_2_TO_3_VEHICLES = (
+    _VEHICLES.format(name="vehicles_v3")
+    + """
+INSERT INTO vehicles_v3 (id, vin, tenure, first_seen, last_seen, online, status_changed_at)
+    SELECT id, vin, 1, first_seen, last_seen, online, status_changed_at FROM vehicles;
+DROP TABLE vehicles;
+ALTER TABLE vehicles_v3 RENAME TO vehicles;
+"""
+)
+#: ... and the quarantine gets a tenure
+_UPGRADE_2_TO_3_QUARANTINE = "ALTER TABLE quarantine ADD COLUMN tenure INTEGER;"
+
+#: the newest row per VIN: no row of the same VIN with a higher tenure (the UNIQUE (vin,
+#: tenure) index answers the subquery)
+_NEWEST_TENURE = (
+    "NOT EXISTS (SELECT 1 FROM vehicles AS newer "
+    "WHERE newer.vin = vehicles.vin AND newer.tenure > vehicles.tenure)"
+)
 
 #: the missing telemetry and event numbers of ``vehicles``' row, for the summaries
 _MISSING = (
@@ -171,7 +220,7 @@ class SqliteTelemetryStore:
     ) -> None:
         self.path = path
         self.quarantine_payload_bytes = quarantine_payload_bytes
-        self._vehicle_ids: dict[str, int] = {}
+        self._vehicle_ids: dict[tuple[str, int], int] = {}
         try:
             if readonly:
                 self._db = sqlite3.connect(
@@ -193,24 +242,37 @@ class SqliteTelemetryStore:
     # --- schema -----------------------------------------------------------------------
 
     def _migrate(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                "open the database",
-                RuntimeError(
-                    f"{self.path} has schema version {version}, newer than this gateway's "
-                    f"{SCHEMA_VERSION}; upgrade the gateway"
-                ),
-            )
-        upgrade = ""
-        if version == 1:  # the quarantine's size and hash columns came with version 2
-            upgrade = (
-                "ALTER TABLE quarantine ADD COLUMN payload_size INTEGER; "
-                "ALTER TABLE quarantine ADD COLUMN payload_sha256 TEXT;"
-            )
-        self._db.executescript(
-            f"BEGIN IMMEDIATE; {_SCHEMA} {upgrade} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        )
+        """Create the schema, or upgrade an older file to it, in one write transaction (the
+        version is read inside it: gateways, the API and the command service open the file
+        at the same time, and only the first of them upgrades)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    "open the database",
+                    RuntimeError(
+                        f"{self.path} has schema version {version}, newer than this gateway's "
+                        f"{SCHEMA_VERSION}; upgrade the gateway"
+                    ),
+                )
+            # each step changes the tables it is about, where the file has them (a table
+            # it lacks is created by _SCHEMA below, in its newest form)
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            if version == 1 and "quarantine" in tables:
+                _run_script(db, _UPGRADE_1_TO_2)
+            if version in (1, 2) and "vehicles" in tables:
+                _run_script(db, _UPGRADE_2_TO_3_VEHICLES)
+            if version in (1, 2) and "quarantine" in tables:
+                _run_script(db, _UPGRADE_2_TO_3_QUARANTINE)
+            # every version: the tables a version added (seq tracking) if they are missing
+            _run_script(db, _SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     # --- writing ------------------------------------------------------------------------
 
@@ -230,42 +292,69 @@ class SqliteTelemetryStore:
             raise StoreError("commit a batch", exc) from exc
         return result
 
-    def _vehicle_id(self, vin: str, at: int, *, heard: bool = True) -> int:
-        """The vehicle's id, its row created if new; ``heard``: ``at`` is a time it was
-        heard from, so a known vehicle's ``last_seen`` moves up to it."""
-        vid = self._vehicle_ids.get(vin)
+    def _vehicle_id(self, vin: str, tenure: int, at: int, *, heard: bool = True) -> int:
+        """The id of the vehicle's row for ``tenure``, the row created if new; ``heard``:
+        ``at`` is a time it was heard from, so a known row's ``last_seen`` moves up to it."""
+        key = (vin, tenure)
+        vid = self._vehicle_ids.get(key)
         if vid is None:
             seen = "max(last_seen, excluded.last_seen)" if heard else "last_seen"
             row = self._db.execute(
-                "INSERT INTO vehicles (vin, first_seen, last_seen) VALUES (?, ?, ?) "
-                f"ON CONFLICT (vin) DO UPDATE SET last_seen = {seen} RETURNING id",
-                (vin, at, at),
+                "INSERT INTO vehicles (vin, tenure, first_seen, last_seen) VALUES (?, ?, ?, ?) "
+                f"ON CONFLICT (vin, tenure) DO UPDATE SET last_seen = {seen} RETURNING id",
+                (vin, tenure, at, at),
             ).fetchone()
-            vid = self._vehicle_ids[vin] = int(row[0])
+            vid = self._vehicle_ids[key] = int(row[0])
         return vid
 
     def _write(self, batch: IngestBatch) -> CommitResult:
         db = self._db
         at = batch.received_at
-        vid = self._vehicle_id
+        tenures = batch.tenures
+        # the vehicle row of each VIN at its current tenure, looked up once per batch
+        current: dict[str, int] = {}
+
+        def vid(vin: str, at: int, *, heard: bool = True) -> int:
+            v = current.get(vin)
+            if v is None:
+                tenure = tenures.get(vin)
+                number = FIRST_TENURE if tenure is None else tenure.number
+                v = current[vin] = self._vehicle_id(vin, number, at, heard=heard)
+            return v
+
+        def vid_at(vin: str, ts: int) -> int:
+            """The row of the tenure a sample or event taken at ``ts`` belongs to: the
+            current one, or (taken before it started: an earlier holder's unit, delivered
+            late) the one before (``Tenure.of``)."""
+            tenure = tenures.get(vin)
+            if tenure is None or ts >= tenure.started_at:
+                return vid(vin, at)
+            return self._vehicle_id(vin, tenure.of(ts), at)
+
         for vin, seen in batch.seen.items():
             db.execute(
                 "UPDATE vehicles SET last_seen = max(last_seen, ?) WHERE id = ?",
                 (seen, vid(vin, seen)),
             )
 
-        before = db.total_changes
         dumps = orjson.dumps
+        # the row of every sample and event, looked up before counting what is stored:
+        # looking a row up may insert it
+        sample_ids = [vid_at(s.vin, s.ts) for s in batch.samples]
+        event_ids = [vid_at(e.vin, e.ts) for e in batch.events]
+        before = db.total_changes
         db.executemany(
             "INSERT OR IGNORE INTO samples (vehicle_id, seq, ts, received_at, signals) "
             "VALUES (?, ?, ?, ?, ?)",
-            [(vid(s.vin, at), s.seq, s.ts, at, dumps(s.signals)) for s in batch.samples],
+            [
+                (v, s.seq, s.ts, at, dumps(s.signals))
+                for v, s in zip(sample_ids, batch.samples, strict=True)
+            ],
         )
         samples_stored = db.total_changes - before
 
         newest: dict[tuple[int, str], tuple[int, SignalValue]] = {}
-        for s in batch.samples:
-            v = vid(s.vin, at)
+        for v, s in zip(sample_ids, batch.samples, strict=True):
             for path, value in s.signals.items():
                 key = (v, path)
                 held = newest.get(key)
@@ -283,8 +372,8 @@ class SqliteTelemetryStore:
             "INSERT OR IGNORE INTO events (vehicle_id, seq, ts, received_at, type, code, detail) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (vid(e.vin, at), e.seq, e.ts, at, e.type.value, e.code, e.detail)
-                for e in batch.events
+                (v, e.seq, e.ts, at, e.type.value, e.code, e.detail)
+                for v, e in zip(event_ids, batch.events, strict=True)
             ],
         )
         events_stored = db.total_changes - before
@@ -309,8 +398,8 @@ class SqliteTelemetryStore:
 
         db.executemany(
             "INSERT INTO quarantine "
-            "(received_at, topic, reason, detail, vin, seq, signal, payload, payload_size, "
-            "payload_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(received_at, topic, reason, detail, vin, seq, signal, tenure, payload, "
+            "payload_size, payload_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             self._quarantine_rows(batch),
         )
         result = CommitResult(
@@ -321,15 +410,14 @@ class SqliteTelemetryStore:
             quarantined=len(batch.quarantine),
         )
         counters = dict(batch.counters)
-        for stream, numbered in (
-            (metrics.STREAM_TELEMETRY, batch.samples),
-            (metrics.STREAM_EVENTS, batch.events),
+        for stream, ids, seqs in (
+            (metrics.STREAM_TELEMETRY, sample_ids, [s.seq for s in batch.samples]),
+            (metrics.STREAM_EVENTS, event_ids, [e.seq for e in batch.events]),
         ):
-            if numbered:
-                by_vin: dict[str, list[int]] = {}
-                for item in numbered:
-                    by_vin.setdefault(item.vin, []).append(item.seq)
-                by_vehicle = {vid(vin, at): seqs for vin, seqs in by_vin.items()}
+            if seqs:
+                by_vehicle: dict[int, list[int]] = {}
+                for v, seq in zip(ids, seqs, strict=True):
+                    by_vehicle.setdefault(v, []).append(seq)
                 self._track_seqs(stream, by_vehicle, counters)
         for name, delta in (
             (metrics.SAMPLES_STORED, result.samples_stored),
@@ -428,7 +516,7 @@ class SqliteTelemetryStore:
                 stored = kept[id(payload)] = (payload[:cap], len(payload), digest)
             r = q.rejection
             head = (q.received_at, q.topic, r.reason.value, r.detail, r.vin, r.seq, r.signal)
-            rows.append((*head, *stored))
+            rows.append((*head, q.tenure, *stored))
         return rows
 
     # --- retention ----------------------------------------------------------------------
@@ -493,24 +581,23 @@ class SqliteTelemetryStore:
         )
 
     def list_vehicles(
-        self, *, limit: int, after: str | None = None, vins: Collection[str] | None = None
+        self, *, limit: int, after: str | None = None, vins: Mapping[str, int] | None = None
     ) -> list[VehicleSummary]:
         where, params = _vin_filter(vins)
         if after is not None:
-            where = f"{where} AND vin > ?" if where else "WHERE vin > ?"
-            params = (*params, after)
+            where, params = f"{where} AND vin > ?", (*params, after)
         rows = self._read(
             f"SELECT vin, online, first_seen, last_seen, status_changed_at, {_MISSING} "
-            f"FROM vehicles {where} ORDER BY vin LIMIT ?",
+            f"FROM vehicles WHERE {where} ORDER BY vin LIMIT ?",
             (*params, limit),
         )
         return [self._summary(r) for r in rows]
 
-    def vehicle_state(self, vin: str) -> VehicleState | None:
+    def vehicle_state(self, vin: str, *, tenure: int) -> VehicleState | None:
         rows = self._read(
             f"SELECT vin, online, first_seen, last_seen, status_changed_at, {_MISSING}, id "
-            "FROM vehicles WHERE vin = ?",
-            (vin,),
+            "FROM vehicles WHERE vin = ? AND tenure = ?",
+            (vin, tenure),
         )
         if not rows:
             return None
@@ -529,14 +616,16 @@ class SqliteTelemetryStore:
         vin: str,
         signals: Sequence[str],
         *,
+        tenure: int,
         start: int,
         end: int,
         limit: int,
         after: tuple[int, int] | None = None,
     ) -> list[HistoryPoint]:
-        """Samples of ``vin`` with ``start <= ts < end`` that carry at least one of
-        ``signals``, oldest first (by ts, then seq), at most ``limit``; ``after``: only
-        those after this (ts, seq), the last point of the previous page."""
+        """Samples of ``vin`` in its holding period ``tenure`` with ``start <= ts < end``
+        that carry at least one of ``signals``, oldest first (by ts, then seq), at most
+        ``limit``; ``after``: only those after this (ts, seq), the last point of the
+        previous page."""
         if not signals:
             return []
         present = " OR ".join("json_type(signals, ?) IS NOT NULL" for _ in signals)
@@ -546,9 +635,9 @@ class SqliteTelemetryStore:
             following, position = "AND (ts, seq) > (?, ?) ", after
         rows = self._read(
             "SELECT seq, ts, signals FROM samples "
-            "WHERE vehicle_id = (SELECT id FROM vehicles WHERE vin = ?) "
+            "WHERE vehicle_id = (SELECT id FROM vehicles WHERE vin = ? AND tenure = ?) "
             f"AND ts >= ? AND ts < ? {following}AND ({present}) ORDER BY ts, seq LIMIT ?",
-            (vin, start, end, *position, *json_paths, limit),
+            (vin, tenure, start, end, *position, *json_paths, limit),
         )
         points = []
         for seq, ts, blob in rows:
@@ -579,7 +668,7 @@ class SqliteTelemetryStore:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._read(
             "SELECT id, received_at, topic, reason, detail, vin, seq, signal, payload, "
-            "payload_size, payload_sha256 "
+            "payload_size, payload_sha256, tenure "
             f"FROM quarantine {clause} ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )
@@ -589,14 +678,15 @@ class SqliteTelemetryStore:
         return {(n, label): v for n, label, v in self._read("SELECT * FROM counters")}
 
     def vehicle_counts(
-        self, vins: Collection[str] | None = None, *, heard_since: int | None = None
+        self, vins: Mapping[str, int] | None = None, *, heard_since: int | None = None
     ) -> tuple[int, int]:
         """(vehicles known, vehicles whose last status is online and, with ``heard_since``,
         that were heard from at or after it), from one snapshot."""
         where, params = _vin_filter(vins)
         fresh = "" if heard_since is None else f" AND last_seen >= {int(heard_since)}"
         ((total, online),) = self._read(
-            f"SELECT count(*), coalesce(sum(online = 1{fresh}), 0) FROM vehicles {where}", params
+            f"SELECT count(*), coalesce(sum(online = 1{fresh}), 0) FROM vehicles WHERE {where}",
+            params,
         )
         return int(total), int(online)
 
@@ -605,17 +695,27 @@ class SqliteTelemetryStore:
 
 
 def _stored_quarantine(row: Sequence[Any]) -> StoredQuarantine:
-    id_, received_at, topic, reason, detail, vin, seq, signal, payload, size, digest = row
+    id_, received_at, topic, reason, detail, vin, seq, signal, payload, size, digest, tenure = row
     if size is None:  # written before schema version 2, when the whole payload was kept
         size, digest = len(payload), hashlib.sha256(payload).hexdigest()
     return StoredQuarantine(
-        id_, received_at, topic, reason, detail, vin, seq, signal, payload, size, digest
+        id_, received_at, topic, reason, detail, vin, seq, signal, payload, size, digest, tenure
     )
 
 
-def _vin_filter(vins: Collection[str] | None) -> tuple[str, tuple[str, ...]]:
-    """A WHERE clause limiting ``vehicles`` to ``vins``: one JSON array parameter, so a
-    fleet of thousands is one bound value, not thousands of placeholders."""
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    """Run the ``;``-separated statements of ``script`` in the open transaction
+    (``executescript`` would commit it first)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _vin_filter(vins: Mapping[str, int] | None) -> tuple[str, tuple[str, ...]]:
+    """A WHERE condition limiting ``vehicles`` to the (vin, tenure) pairs of ``vins``: one
+    JSON object parameter, so a fleet of thousands is one bound value, not thousands of
+    placeholders; None: every VIN at its newest tenure."""
     if vins is None:
-        return "", ()
-    return "WHERE vin IN (SELECT value FROM json_each(?))", (orjson.dumps(sorted(vins)).decode(),)
+        return _NEWEST_TENURE, ()
+    pairs = orjson.dumps(dict(sorted(vins.items()))).decode()
+    return "(vin, tenure) IN (SELECT key, value FROM json_each(?))", (pairs,)

@@ -1,7 +1,7 @@
 """The unit's own clock for when it accepted a command (issue 11, device contract v1).
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-06
 
 Why: confirmation by telemetry compares a sample's ``ts`` (the unit's clock) with the moment
@@ -11,8 +11,8 @@ confirmed the command. ``unit_accepted_at`` is the ``ts`` of the unit's ``accept
 its final answer when it sent none), so both sides of the comparison are the unit's clock.
 Nullable: commands from before this revision fall back to the gateway's ``accepted_at``.
 
-(Numbered 0004 so that it never collides with a 0003 of a parallel branch; the chain only
-needs ``down_revision`` to name the revision before it.)
+(Numbered 0004 so that it never collides with the 0003 of a parallel branch, ownership
+periods, which came before it in the chain.)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic
 revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
