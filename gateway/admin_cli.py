@@ -300,6 +300,7 @@ def _vehicle(args: argparse.Namespace) -> int:
                     target=f"vehicle:{vin}",
                 )
                 print(f"{vin}: revoked")
+            _wait_for_broker(args, accounts.broker_version())
             return 0
         account_id = _account_id(accounts, args.account)
         assert account_id is not None  # --account is required for add
@@ -332,6 +333,7 @@ def _vehicle(args: argparse.Namespace) -> int:
                 detail={"credentials": "certificate" if args.certificate else "password"},
             )
             created[vin] = result.mqtt_password
+        _wait_for_broker(args, accounts.broker_version())
         if args.credentials_file is not None:
             broker_url = args.broker_url
             if broker_url is None and not _names_a_broker(args.credentials_file):
@@ -362,6 +364,25 @@ def _vehicle(args: argparse.Namespace) -> int:
         for vin, password in created.items():
             print(f"  {vin}  {password or '(client certificate)'}")
         return 0
+
+
+def _wait_for_broker(args: argparse.Namespace, version: int) -> None:
+    """When this data directory's `telematics up` runs its private broker, return once the
+    broker has taken what was just changed (it syncs every half second; provisioning many
+    vehicles takes longer), so a unit started next is admitted; say so if it takes long."""
+    from gateway.health import HEALTH_DIR_NAME, broker_has_identities
+
+    health = args.data_dir / HEALTH_DIR_NAME
+    done = broker_has_identities(health, version, timeout_s=2, now_ms=_now)
+    if done is False:
+        print("waiting for the broker to take the change ...", file=sys.stderr, flush=True)
+        done = broker_has_identities(health, version, timeout_s=60, now_ms=_now)
+    if done is False:
+        print(
+            "warning: the broker has not taken the change after a minute; units may be "
+            "refused until it has (see the broker log in DATA_DIR/broker/)",
+            file=sys.stderr,
+        )
 
 
 def _names_a_broker(path: Path) -> bool:

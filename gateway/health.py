@@ -28,7 +28,8 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,7 @@ __all__ = [
     "Component",
     "GatewayHeartbeat",
     "HealthReport",
+    "broker_has_identities",
     "evaluate",
     "gateway_heartbeat_path",
     "read_gateway_heartbeats",
@@ -144,6 +146,29 @@ def read_gateway_heartbeats(directory: Path) -> list[GatewayHeartbeat]:
 
 def read_supervisor_status(directory: Path) -> dict[str, Any] | None:
     return _read_json(directory / SUPERVISOR_FILE_NAME)
+
+
+def broker_has_identities(
+    directory: Path, version: int, *, timeout_s: float, now_ms: Callable[[], int]
+) -> bool | None:
+    """Wait until the private broker of the installation whose health directory this is has
+    loaded the state database's identities up to ``version`` (what provisioning or a
+    revocation just produced): True once it has, False after ``timeout_s``, None when no
+    running ``telematics up`` with a private closed broker reports here (nothing to wait
+    for: another broker, or none running)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = read_supervisor_status(directory)
+        broker = None if status is None else status.get("broker")
+        loaded = None if not isinstance(broker, dict) else broker.get("identities_version")
+        fresh = status is not None and now_ms() - int(status.get("updated_at_ms", 0)) < 5_000
+        if not fresh or not isinstance(loaded, int):
+            return None
+        if loaded >= version:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- verdict

@@ -325,6 +325,9 @@ class BrokerKeeper:
             "restarts": self.life.restarts,
             "last_exit": self.life.last_exit,
             "crash_looping": self.life.crash_looping,
+            # the state database's identity version the broker has loaded: `telematics
+            # vehicle add` waits for it (gateway.health.broker_has_identities)
+            "identities_version": None if self.sync is None else self.sync.synced_version,
         }
 
 

@@ -7,12 +7,15 @@ broker turning ``/healthz`` red, then green) is ``tests/test_up_resilience.py``.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 from gateway.health import (
     STALE_AFTER_S,
+    SUPERVISOR_FILE_NAME,
     GatewayHeartbeat,
+    broker_has_identities,
     evaluate,
     gateway_heartbeat_path,
     read_gateway_heartbeats,
@@ -131,3 +134,34 @@ def test_status_files_round_trip_and_tolerate_garbage(tmp_path: Path) -> None:
     assert status is not None
     assert status["broker"]["state"] == "running"
     assert sorted(p.name for p in directory.iterdir() if p.name.startswith(".")) == []
+
+
+def test_vehicle_add_waits_for_the_broker_that_this_installation_runs(tmp_path: Path) -> None:
+    """`telematics vehicle add` returns once the running installation's broker has loaded the
+    identity version it produced; with no fresh supervisor status there is nothing to wait
+    for; a broker that never catches up is reported after the timeout."""
+    now = 1_000_000
+
+    def status(loaded: int | None, at: int = now) -> None:
+        write_status_file(
+            tmp_path / SUPERVISOR_FILE_NAME,
+            {"updated_at_ms": at, "broker": {"identities_version": loaded}, "parts": []},
+        )
+
+    def wait(version: int, timeout_s: float = 0.3) -> bool | None:
+        return broker_has_identities(tmp_path, version, timeout_s=timeout_s, now_ms=lambda: now)
+
+    assert wait(1) is None  # no installation reports here
+    status(3, at=now - 60_000)
+    assert wait(4) is None  # a stopped one (its status is old)
+    status(None)
+    assert wait(4) is None  # no private closed broker
+    status(3)
+    assert wait(3) is True
+    assert wait(4) is False
+    timer = threading.Timer(0.2, status, args=(4,))
+    timer.start()
+    try:
+        assert wait(4, timeout_s=5) is True
+    finally:
+        timer.join()
