@@ -35,8 +35,8 @@ from gateway.broker.auth import (
     hash_password,
     verify_password,
 )
-from gateway.broker.control import DynsecControl
-from gateway.broker.mosquitto import MosquittoProcess
+from gateway.broker.control import DynsecControl, purge_sessions
+from gateway.broker.mosquitto import BrokerError, MosquittoProcess
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 
@@ -112,7 +112,11 @@ def closed_broker_sync(
     ]
 
     def identities() -> list[VehicleIdentity]:
-        return [VehicleIdentity(vin, h) for vin, h in accounts.broker_identities()]
+        holders = accounts.active_tenures()
+        return [
+            VehicleIdentity(vin, h, holder=holders[vin][0] if vin in holders else None)
+            for vin, h in accounts.broker_identities()
+        ]
 
     return BrokerAuthSync(
         files,
@@ -123,9 +127,25 @@ def closed_broker_sync(
         reload=broker.reload,
         restart=restart,
         on_removed=None if pki_dir is None else _certificate_revoker(pki_dir),
+        after_removed=_session_purger(broker, service_secret),
         lock=lock,
         interval_s=interval_s,
     )
+
+
+def _session_purger(broker: MosquittoProcess, secret: str) -> Callable[[Sequence[str]], None]:
+    """Discards the broker sessions of revoked vehicles (see
+    :func:`gateway.broker.control.purge_sessions`); a failure is logged, not retried: the
+    commands in such a session are cancelled in the state database, and their message
+    expiry ends them on the broker too."""
+
+    def purge(vins: Sequence[str]) -> None:
+        try:
+            purge_sessions(broker.host, broker.port, SERVICE_USERNAME, secret, vins)
+        except (OSError, BrokerError) as exc:
+            log.warning("could not discard the broker sessions of %s: %s", ", ".join(vins), exc)
+
+    return purge
 
 
 def _certificate_revoker(pki_dir: Path) -> Callable[[Sequence[str]], bool]:

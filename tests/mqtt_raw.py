@@ -39,6 +39,8 @@ class Mqtt5Client:
         self.closed = False
         #: the CONNACK's properties, by identifier (integer ones decoded)
         self.connack_properties: dict[int, int | bytes] = {}
+        #: the CONNACK's Session Present flag: the broker kept a session for this client id
+        self.session_present = False
 
     # -- connect
 
@@ -78,6 +80,7 @@ class Mqtt5Client:
             if ptype != 0x20:
                 raise ConnectionError(f"expected CONNACK, got packet type {ptype:#x}")
             client.connack_properties = _properties(body, 2)
+            client.session_present = bool(body[0] & 0x01)
         except BaseException:
             client.close()
             raise

@@ -438,3 +438,34 @@ def test_with_the_attacker_at_work_every_sample_is_stored_and_every_command_comp
             thread.join(5)
     # and the broker had refused every attempt, so there was nothing to repair
     assert all(code == NOT_AUTHORIZED for _, code in answers), answers
+
+
+# --- a revoked VIN's broker session -------------------------------------------------------------
+
+
+def test_a_command_waiting_in_a_revoked_vehicles_session_never_reaches_the_next_holder(
+    installation: Installation,
+) -> None:
+    """A command the gateway had published to a unit that then went away waits in the
+    unit's persistent session on the broker. Revoking the vehicle discards that session:
+    a unit provisioned for the same VIN afterwards (the next holder's) finds no session and
+    gets nothing, although the signed command names its VIN (issue 10 item 3)."""
+    vin = new_vin()
+    unit = installation.unit(
+        vin, installation.provision(vin), clean_start=False, session_expiry=3600
+    )
+    assert unit.subscribe(f"v1/vehicles/{vin}/commands") == 1
+    unit.close()  # gone without a word: its session stays, with its subscription
+    service_password = (installation.up.data / "secrets" / "mqtt-service.password").read_text()
+    service, code = installation.try_connect(
+        "telematics-gateway", service_password.strip(), f"test-service-{uuid.uuid4().hex[:8]}"
+    )
+    assert code == 0
+    assert service.publish(f"v1/vehicles/{vin}/commands", b'{"command_id": "left-behind"}') == 0
+    revoked = httpx.delete(f"{installation.up.api}/v1/vehicles/{vin}", headers=installation.admin)
+    assert revoked.status_code == 200, revoked.text
+    next_holder = installation.unit(
+        vin, installation.provision(vin), clean_start=False, session_expiry=3600
+    )
+    assert next_holder.session_present is False
+    assert next_holder.receive(timeout=2) is None

@@ -67,7 +67,7 @@ import secrets
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -262,6 +262,10 @@ class VehicleIdentity:
 
     vin: str
     password_hash: str | None = None
+    #: which holding period of the VIN this identity is (any value that changes when the
+    #: VIN passes to a new holder); the sync discards the broker session of a VIN whose
+    #: holder changed, so nothing waiting there reaches the next holder's unit
+    holder: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         # validated here, not at render time, so a bad record fails where it was made
@@ -639,7 +643,11 @@ class BrokerAuthSync:
        broker re-read it: a client whose password changed or went is disconnected and
        refused from then on;
     4. removed vehicles lose their client and role in the plugin: a certificate unit is
-       disconnected, and whatever logs in under that name has no right at all.
+       disconnected, and whatever logs in under that name has no right at all;
+    5. ``after_removed(vins)`` runs for the removed vehicles, and before step 1 for those
+       whose :attr:`VehicleIdentity.holder` changed (revoked and claimed again between two
+       syncs; before their new password works): the installation discards their broker
+       sessions, so nothing waiting in them reaches the unit of the VIN's next holder.
 
     A change too big to apply live (:data:`LIVE_CHANGES_BUDGET_S`) calls ``restart()``
     instead, which must :meth:`render` and restart the broker. :meth:`render` is also what
@@ -661,6 +669,7 @@ class BrokerAuthSync:
         reload: Callable[[], None],
         restart: Callable[[], None] | None = None,
         on_removed: Callable[[Sequence[str]], bool] | None = None,
+        after_removed: Callable[[Sequence[str]], None] | None = None,
         lock: threading.RLock | None = None,
         interval_s: float = 0.5,
     ) -> None:
@@ -676,6 +685,8 @@ class BrokerAuthSync:
         self._reload = reload
         self._restart = restart
         self._on_removed = on_removed
+        self._after_removed = after_removed
+        self._holders: dict[str, int | None] = {}
         self._synced: int | None = None
         self._reload_pending = False
         self._stop = threading.Event()
@@ -702,6 +713,7 @@ class BrokerAuthSync:
             version = self._version()
             vehicles = list(self._identities())
             self.files.write(vehicles, self.services)
+            self._holders = {v.vin: v.holder for v in vehicles}
             self._synced = version
             self._reload_pending = False
 
@@ -733,6 +745,17 @@ class BrokerAuthSync:
                     )
                     self._restart()
                     return True
+            holders = {v.vin: v.holder for v in vehicles}
+            passed_on = [
+                vin
+                for vin, holder in holders.items()
+                if vin in self._holders and self._holders[vin] != holder
+            ]
+            if passed_on and self._after_removed is not None:
+                # before the new holder's password works: its unit must never find the
+                # session (and the commands in it) of the one before
+                self._after_removed(passed_on)
+            self._holders = holders
             per_message = commands_per_message(len(present), len(changes.add))
             # rights before the password: a new vehicle never logs in without its role
             self._apply(changes.add_commands(), per_message)
@@ -747,6 +770,8 @@ class BrokerAuthSync:
             # only then its rights: deleting them earlier would disconnect it while its
             # password still worked, and it could log in again (with no rights) meanwhile
             self._apply(changes.remove_commands(), per_message)
+            if changes.remove and self._after_removed is not None:
+                self._after_removed(changes.remove)
             if changes:
                 log.info(
                     "broker identities: %d vehicles added, %d removed",

@@ -189,6 +189,32 @@ def prime_sessions(
                 conn._subscribe(topic_filter, qos=1)
 
 
+def purge_sessions(
+    host: str,
+    port: int,
+    username: str,
+    password: str,
+    client_ids: Sequence[str],
+    *,
+    timeout: float = 10.0,
+) -> None:
+    """Discard the broker's session of each client id: connect under it with a clean
+    session (which ends a connection still using it) and leave, so the broker forgets its
+    subscriptions and whatever waits in it.
+
+    Why: a revoked vehicle's persistent session keeps the commands published to it while
+    its unit was away; without this, the unit of the VIN's next holder, connecting with the
+    same client id, would be handed them (signed for that VIN, so it would act on them).
+    ``username`` must be an account whose plugin client has no client id of its own (the
+    gateway's service account), so it may use the vehicle's."""
+    for client_id in client_ids:
+        control = DynsecControl(
+            host, port, username, password, client_id=client_id, timeout=timeout
+        )
+        with _Connection.open(control, clean=True, subscribe=()):
+            pass
+
+
 def login_code(
     host: str, port: int, username: str, password: str, *, client_id: str | None = None
 ) -> int:
