@@ -1,7 +1,7 @@
 """Accounts and access routes: log in, register, API keys, accounts, users, vehicle
 provisioning, grants, invitations and the audit log.
 
-Who may call what is decided by :mod:`gateway.auth.policy`; every change here is written
+Who may call what is decided by :mod:`gateway.core.policy`; every change here is written
 to the audit log (who, what, when, from where), and no response or log line ever contains a
 password, token or key except the one response that creates it (sent with
 ``Cache-Control: no-store``, RFC 6749 5.1).
@@ -46,16 +46,17 @@ from gateway.auth.passwords import (
     verify_nothing,
     verify_password,
 )
-from gateway.auth.policy import (
+from gateway.auth.provisioning import provision_vehicle, rotate_vehicle_password
+from gateway.auth.tokens import hash_secret, issue_access_token, new_api_key, new_refresh_token
+from gateway.core.policy import (
     ACCOUNT_ROLES,
     AccountKind,
     Principal,
     Role,
     can_create_user,
     can_manage_account,
+    can_read_audit,
 )
-from gateway.auth.provisioning import provision_vehicle, rotate_vehicle_password
-from gateway.auth.tokens import hash_secret, issue_access_token, new_api_key, new_refresh_token
 from gateway.statedb.accounts import (
     AccountRecord,
     ApiKeyRecord,
@@ -1521,9 +1522,9 @@ def accounts_router() -> APIRouter:
         when, from which address; newest first."""
         before = cursor_key("audit", cursor, int)
         if not principal.is_admin:
-            if principal.role is not Role.FLEET_MANAGER or principal.account_id is None:
+            if not can_read_audit(principal, principal.account_id):
                 raise forbidden("The audit log is for administrators and fleet managers.")
-            if account_id is not None and account_id != principal.account_id:
+            if account_id is not None and not can_read_audit(principal, account_id):
                 raise _account_not_found(account_id)
             account_id = principal.account_id
         rows = context.audit.query(

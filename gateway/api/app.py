@@ -65,9 +65,9 @@ from gateway.api.security import (
     vehicle_not_found,
 )
 from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
-from gateway.auth.policy import Principal
 from gateway.auth.tokens import load_or_create_secret
 from gateway.commands.service import CommandService, CommandSettings
+from gateway.core.policy import Principal
 from gateway.errors import ConfigurationError, StoreError
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog

@@ -32,7 +32,6 @@ from gateway.api.security import (
     readable_data,
     vehicle_not_found,
 )
-from gateway.auth.policy import AccountKind, Principal, Role, VehicleAccess
 from gateway.commands.lifecycle import IllegalTransition, is_terminal
 from gateway.commands.service import (
     CommandService,
@@ -40,6 +39,7 @@ from gateway.commands.service import (
     VehicleMoving,
     VehicleNotFound,
 )
+from gateway.core.policy import AccountKind, Principal, Role, VehicleAccess
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.commands import (
     CommandRecord,

@@ -10,7 +10,7 @@ disabling a user or changing their role takes effect at once rather than when th
 expires, and an access token issued before the user's password last changed (its token
 version is older than the user's) is refused.
 
-Authorization is decided by :mod:`gateway.auth.policy`; this module turns its answers into
+Authorization is decided by :mod:`gateway.core.policy`; this module turns its answers into
 HTTP: a vehicle or command the caller may not see answers **404**, exactly as if it did not
 exist, and an action on something they can see but may not touch answers **403**.
 """
@@ -28,7 +28,6 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.errors import ApiError
-from gateway.auth.policy import NO_ACCESS, Principal, Role, VehicleAccess, vehicle_access
 from gateway.auth.ratelimit import (
     DEFAULT_INVITATION_LIMIT,
     DEFAULT_LOGIN_LIMIT,
@@ -44,6 +43,7 @@ from gateway.auth.tokens import (
     decode_access_token,
     secrets_match,
 )
+from gateway.core.policy import NO_ACCESS, Principal, Role, VehicleAccess, vehicle_access
 from gateway.statedb.accounts import AccountRepository, UserRecord, VehicleRecord
 from gateway.statedb.audit import AuditLog
 from gateway.store import FIRST_TENURE
