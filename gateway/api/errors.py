@@ -30,6 +30,7 @@ from pydantic import JsonValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from gateway.api.limits import api_routes
 from gateway.api.models import ErrorDetail, ErrorInfo, ErrorResponse
 from gateway.commands.service import VehicleMoving, VehicleNotFound
 from gateway.errors import StoreError
@@ -179,8 +180,6 @@ def allowed_methods(request: Request) -> list[str]:
     though ``POST`` is there too)."""
     scope = {**request.scope, "method": "\0"}  # matches no route fully: every partial match
     methods: set[str] = set()
-    from gateway.api.limits import api_routes  # limits imports this module
-
     for route in api_routes(request.app):
         match, _ = route.matches(scope)
         if match is not Match.NONE:

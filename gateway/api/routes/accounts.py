@@ -6,18 +6,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from gateway.api.deps import Auth, Caller, CallerAudit
-from gateway.api.models.accounts import (
-    AccountOut,
-    AccountPage,
-    AccountRequest,
-    IdPath,
-)
+from gateway.api.models.accounts import AccountOut, AccountPage, AccountRequest, IdPath
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key
-from gateway.api.routes.common import (
-    ACCOUNT_ERRORS,
-    account_not_found,
-    id_page,
-)
+from gateway.api.routes.common import ACCOUNT_ERRORS, account_not_found, id_page
 from gateway.api.security import forbidden
 
 __all__ = ["router"]

@@ -8,13 +8,7 @@ from fastapi import APIRouter, Response
 
 from gateway.api.deps import Auth, Caller, CallerAudit
 from gateway.api.errors import ApiError
-from gateway.api.models.accounts import (
-    ApiKeyCreated,
-    ApiKeyOut,
-    ApiKeyPage,
-    ApiKeyRequest,
-    IdPath,
-)
+from gateway.api.models.accounts import ApiKeyCreated, ApiKeyOut, ApiKeyPage, ApiKeyRequest, IdPath
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key
 from gateway.api.routes.common import (
     ACCOUNT_ERRORS,

@@ -9,20 +9,11 @@ from fastapi import APIRouter, Query
 
 from gateway.api.deps import Auth, Caller
 from gateway.api.limits import MAX_ID
-from gateway.api.models.accounts import (
-    AuditOut,
-    AuditPage,
-)
+from gateway.api.models.accounts import AuditOut, AuditPage
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key
-from gateway.api.routes.common import (
-    ACCOUNT_ERRORS,
-    account_not_found,
-    id_page,
-)
+from gateway.api.routes.common import ACCOUNT_ERRORS, account_not_found, id_page
 from gateway.api.security import forbidden
-from gateway.core.policy import (
-    can_read_audit,
-)
+from gateway.core.policy import can_read_audit
 
 __all__ = ["router"]
 

@@ -28,12 +28,7 @@ from gateway.api.models.accounts import (
     TokenOut,
     UserOut,
 )
-from gateway.api.routes.common import (
-    ACCOUNT_ERRORS,
-    email_taken,
-    no_store,
-    password_ok,
-)
+from gateway.api.routes.common import ACCOUNT_ERRORS, email_taken, no_store, password_ok
 from gateway.api.security import (
     AuthContext,
     client_address,
@@ -48,7 +43,7 @@ from gateway.core.policy import AccountKind, Role
 from gateway.statedb.accounts import DuplicateEmail, UserRecord, normalize_email
 from gateway.text import for_log
 
-__all__ = ["limit_attempts", "router"]
+__all__ = ["router"]
 
 router = APIRouter(responses=ACCOUNT_ERRORS)
 
@@ -86,7 +81,8 @@ def _issue_tokens(context: AuthContext, user: UserRecord) -> TokenOut:
     )
 
 
-def limit_attempts(context: AuthContext, audit: AuditTrail, request: Request) -> None:
+def _limit_attempts(context: AuthContext, audit: AuditTrail, request: Request) -> None:
+    """429 when the client address has made too many password attempts (audited)."""
     if context.logins is None:
         return
     wait = context.logins.acquire(f"addr:{client_address(request)}")
@@ -208,7 +204,7 @@ def register(request: Request, context: Auth, audit: Audit, body: RegisterReques
     POST /v1/auth/token; add your car with POST /v1/vehicles."""
     if not context.settings.open_registration:
         raise forbidden("Registration is closed here; ask an administrator for an account.")
-    limit_attempts(context, audit, request)
+    _limit_attempts(context, audit, request)
     password_ok(body.password, ["body", "password"])
     if context.accounts.get_user_by_email(body.email) is not None:
         raise email_taken(body.email)
@@ -260,7 +256,7 @@ def _bad_login() -> ApiError:
 def _login(
     context: AuthContext, audit: AuditTrail, request: Request, username: str, password: str
 ) -> TokenOut:
-    limit_attempts(context, audit, request)
+    _limit_attempts(context, audit, request)
     user = context.accounts.get_user_by_email(username)
     if user is None:
         verify_nothing(password)

@@ -49,13 +49,7 @@ from gateway.api.security import (
 )
 from gateway.commands.lifecycle import IllegalTransition, is_terminal
 from gateway.commands.service import CommandService, UnknownCommandType
-from gateway.core.policy import (
-    AccountKind,
-    Principal,
-    Role,
-    VehicleAccess,
-    fleet_service_allowed,
-)
+from gateway.core.policy import AccountKind, Principal, Role, VehicleAccess, fleet_service_allowed
 from gateway.statedb.accounts import VehicleRecord
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.commands import CommandRecord, TenureEnded

@@ -8,19 +8,9 @@ from fastapi import APIRouter, Request
 
 from gateway.api.deps import Auth, Caller, CallerAudit
 from gateway.api.errors import ApiError, invalid_request
-from gateway.api.models.accounts import (
-    GrantOut,
-    GrantPage,
-    GrantRequest,
-    IdPath,
-)
+from gateway.api.models.accounts import GrantOut, GrantPage, GrantRequest, IdPath
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key
-from gateway.api.routes.common import (
-    ACCOUNT_ERRORS,
-    id_page,
-    managed_vehicle,
-    stored_services,
-)
+from gateway.api.routes.common import ACCOUNT_ERRORS, id_page, managed_vehicle, stored_services
 
 __all__ = ["router"]
 

@@ -20,19 +20,10 @@ from gateway.api.models.accounts import (
     InvitationRequest,
 )
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key
-from gateway.api.routes.common import (
-    ACCOUNT_ERRORS,
-    id_page,
-    managed_vehicle,
-    stored_services,
-)
+from gateway.api.routes.common import ACCOUNT_ERRORS, id_page, managed_vehicle, stored_services
 from gateway.api.security import AuthContext, too_many
 from gateway.core.policy import Principal
-from gateway.statedb.accounts import (
-    GrantRecord,
-    InvitationRecord,
-    normalize_email,
-)
+from gateway.statedb.accounts import GrantRecord, InvitationRecord, normalize_email
 
 __all__ = ["router"]
 

@@ -25,14 +25,8 @@ from gateway.api.routes.common import (
 )
 from gateway.api.security import AuthContext, forbidden, vehicle_not_found
 from gateway.auth.provisioning import provision_vehicle, rotate_vehicle_password
-from gateway.core.policy import (
-    can_manage_account,
-)
-from gateway.statedb.accounts import (
-    NotFound,
-    VehicleAlreadyProvisioned,
-    VehicleRecord,
-)
+from gateway.core.policy import can_manage_account
+from gateway.statedb.accounts import NotFound, VehicleAlreadyProvisioned, VehicleRecord
 
 __all__ = ["router"]
 

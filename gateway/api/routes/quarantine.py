@@ -50,7 +50,7 @@ def get_quarantine(
         before_id=before,
     )
     items, following = page_of(
-        [QuarantineOut.from_stored(q) for q in rows],
+        [QuarantineOut.model_validate(q) for q in rows],
         limit=limit,
         kind="quarantine",
         key=lambda q: [q.id],

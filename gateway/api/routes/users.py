@@ -43,11 +43,7 @@ from gateway.core.policy import (
     can_manage_account,
     can_manage_user,
 )
-from gateway.statedb.accounts import (
-    DuplicateEmail,
-    SessionsEnded,
-    UserRecord,
-)
+from gateway.statedb.accounts import DuplicateEmail, SessionsEnded, UserRecord
 
 __all__ = ["router"]
 

@@ -215,7 +215,7 @@ def history(
         after=(after[0], after[1]) if after is not None else None,
     )
     items, following = page_of(
-        [HistoryPointOut.from_point(p) for p in points],
+        [HistoryPointOut.model_validate(p) for p in points],
         limit=limit,
         kind="history",
         key=lambda p: [p.ts, p.seq],
