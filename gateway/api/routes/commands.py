@@ -51,7 +51,6 @@ from gateway.commands.lifecycle import IllegalTransition, is_terminal
 from gateway.commands.service import CommandService, UnknownCommandType
 from gateway.core.policy import AccountKind, Principal, Role, VehicleAccess, fleet_service_allowed
 from gateway.statedb.accounts import VehicleRecord
-from gateway.statedb.audit import AuditLog
 from gateway.statedb.commands import CommandRecord, TenureEnded
 from gateway.store import FIRST_TENURE
 from schemas.commands import COMMAND_ID_PATTERN, COMMAND_SPECS, CommandType
@@ -184,15 +183,11 @@ class _Admission:
     def created(self, session: Session, record: CommandRecord) -> None:
         """The entry of a created command commits with the command: no commit of its
         own, and never one without the other."""
-        AuditLog.append_in(
+        self.audit.record_in(
             session,
-            at=self.context.now_ms(),
-            actor=self.principal.actor,
-            actor_user_id=self.principal.user_id,
-            action="command_create",
+            "command_create",
             account_id=self.account_id,
             target=f"vehicle:{self.vin}",
-            remote_addr=self.audit.remote_addr,
             detail={"type": self.type, "command_id": record.id},
         )
 
