@@ -13,6 +13,13 @@ parameter), and is empty when there is nothing more to say. FastAPI's own handle
 other shapes (``{"detail": ...}``, plain text), so :func:`install_error_handlers` replaces
 them. Unexpected exceptions become a bare 500 ``internal_error``: the traceback goes to the
 log, never to the client.
+
+The gateway's own exceptions that mean the same answer wherever they come from (an unknown
+vehicle or a moving one for a command, a reused idempotency key, bad command parameters, a
+closed invitation, an unreadable store) are mapped to their status here, once
+(:data:`GATEWAY_ERRORS`, ``StoreError``), so routes let them through instead of catching
+them; an exception whose answer depends on the route (a duplicate e-mail address, a VIN
+held by another account) is answered by the route.
 """
 
 from __future__ import annotations
