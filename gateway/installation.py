@@ -24,7 +24,6 @@ from typing import Final
 
 from gateway.auth.passwords import generate_password as generate_user_password
 from gateway.auth.passwords import hash_password as hash_user_password
-from gateway.auth.policy import AccountKind, Role
 from gateway.auth.provisioning import provision_or_rotate
 from gateway.broker.auth import (
     BrokerAuthFiles,
@@ -37,6 +36,7 @@ from gateway.broker.auth import (
 )
 from gateway.broker.control import DynsecControl, purge_sessions
 from gateway.broker.mosquitto import BrokerError, MosquittoProcess
+from gateway.core.policy import AccountKind, Role
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 

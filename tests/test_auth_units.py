@@ -7,13 +7,6 @@ from dataclasses import dataclass
 import jwt
 import pytest
 
-from gateway.auth.policy import (
-    AccountKind,
-    Principal,
-    Role,
-    can_create_user,
-    vehicle_access,
-)
 from gateway.auth.ratelimit import Limit, RateLimiter, parse_limit
 from gateway.auth.tokens import (
     InvalidToken,
@@ -23,6 +16,19 @@ from gateway.auth.tokens import (
     issue_access_token,
     new_api_key,
     secrets_match,
+)
+from gateway.core.policy import (
+    AccountKind,
+    Principal,
+    Role,
+    can_change_role_or_disable,
+    can_create_user,
+    can_manage_account,
+    can_manage_user,
+    can_read_audit,
+    can_see_user,
+    fleet_service_allowed,
+    vehicle_access,
 )
 
 SECRET = b"unit-test-secret-unit-test-secret!!"
@@ -167,3 +173,71 @@ def test_who_may_create_whom(
     account = None if kind is None else 1
     principal = who(creator, None if creator is Role.ADMIN else 1)
     assert can_create_user(principal, role=role, account_id=account, account_kind=kind) is allowed
+
+
+@dataclass(frozen=True)
+class U:
+    id: int
+    role: str
+    account_id: int | None = 1
+
+
+@pytest.mark.parametrize(
+    ("role", "account", "allowed"),
+    [
+        (Role.ADMIN, None, True),  # the whole log
+        (Role.ADMIN, 2, True),
+        (Role.FLEET_MANAGER, 1, True),  # their organization's
+        (Role.FLEET_MANAGER, 2, False),
+        (Role.FLEET_MANAGER, None, False),  # not the whole log
+        # an owner manages their private account but does not read its audit log: the
+        # README's role table and decision 0007 give the log to fleet managers only, and
+        # GET /v1/audit answers 403 to an owner (tests/test_authz.py)
+        (Role.OWNER, 1, False),
+        (Role.FLEET_VIEWER, 1, False),
+        (Role.DRIVER, 1, False),
+    ],
+)
+def test_who_may_read_the_audit_log(role: Role, account: int | None, allowed: bool) -> None:
+    principal = who(role, None if role is Role.ADMIN else 1)
+    assert can_read_audit(principal, account) is allowed
+
+
+def test_managing_an_account_is_not_reading_its_audit_log() -> None:
+    owner = who(Role.OWNER)
+    assert can_manage_account(owner, 1)
+    assert not can_read_audit(owner, 1)
+
+
+def test_who_may_see_and_manage_users() -> None:
+    admin, manager, owner = who(Role.ADMIN, None), who(Role.FLEET_MANAGER), who(Role.OWNER)
+    driver, other_owner, stranger = U(2, "driver"), U(3, "owner"), U(4, "driver", 2)
+    assert can_see_user(manager, driver)
+    assert can_manage_user(manager, driver)
+    assert can_see_user(owner, other_owner)  # a user of their account...
+    assert not can_manage_user(owner, other_owner)  # ...but owners manage only drivers
+    assert can_manage_user(owner, driver)
+    assert not can_see_user(manager, stranger)
+    assert not can_manage_user(manager, stranger)
+    assert can_see_user(admin, stranger)
+    assert can_manage_user(admin, stranger)
+    myself = U(9, "driver")
+    assert can_see_user(who(Role.DRIVER), myself)
+    assert can_manage_user(who(Role.DRIVER), myself)
+    assert not can_see_user(who(Role.DRIVER), driver)
+    assert not can_see_user(who(Role.FLEET_VIEWER), driver)
+
+
+def test_who_may_change_roles_or_disable() -> None:
+    assert can_change_role_or_disable(who(Role.FLEET_MANAGER), U(2, "driver"))
+    assert not can_change_role_or_disable(who(Role.FLEET_MANAGER), U(9, "fleet_manager"))
+    assert can_change_role_or_disable(who(Role.ADMIN, None), U(9, "admin", None))
+    assert not can_change_role_or_disable(who(Role.FLEET_VIEWER), U(2, "driver"))
+    assert not can_change_role_or_disable(who(Role.FLEET_MANAGER), U(2, "driver", 2))
+
+
+def test_fleet_services_are_for_organizations() -> None:
+    assert fleet_service_allowed(True, AccountKind.ORGANIZATION)
+    assert not fleet_service_allowed(True, AccountKind.PRIVATE)
+    assert fleet_service_allowed(True, None)  # not provisioned: only an admin gets here
+    assert fleet_service_allowed(False, AccountKind.PRIVATE)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from device_sim.credentials import load_credentials
-from gateway.auth.policy import AccountKind
 from gateway.auth.provisioning import provision_vehicle, rotate_vehicle_password
 from gateway.broker.auth import verify_password
+from gateway.core.policy import AccountKind
 from gateway.installation import provision_demo
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog

@@ -9,26 +9,35 @@ bounded (``limits.py``). ``/healthz`` reports the installation per component (20
 when a required one is down; ``gateway.health`` has the rules), ``/readyz`` whether this API
 process can serve.
 
-Layout:
-    app.py         ApiSettings, create_app(), the telemetry routes, the per-request store
-    commands.py    remote commands: create, read, list, cancel, follow (SSE)
-    accounts.py    log in, register, API keys, accounts, users, provisioning, grants, audit
+Layout (FastAPI's "bigger applications"; docs/decisions/0013-architecture-step.md):
+    app.py         create_app(): the composition root (routers, state, middleware, handlers)
+    settings.py    ApiSettings
+    deps.py        the dependencies: caller, VIN, store, command service, audit trail
+    routes/        one module per resource, each a module-level router
+    audit.py       the audit trail service routes record with
     security.py    authentication of every request, authorization answers (404/403)
-    models.py      pydantic response models (the OpenAPI schema comes from them)
-    errors.py      ApiError, the one JSON error format, and the handlers that enforce it
+    models/        pydantic request and response models (the OpenAPI schema comes from them)
+    errors.py      ApiError, the one JSON error format, the gateway exceptions' statuses
     limits.py      body limits (413) and the bounds of ids, pages and responses
     paging.py      the one list convention: items, an opaque cursor, bounded pages
     params.py      times (epoch ms <-> ISO 8601) and query-parameter parsing
     docs.py        /docs from the packaged Swagger UI assets (static/swagger-ui)
     prometheus.py  the Prometheus collector over the store's persisted counters
-    health.py      /healthz and /readyz
 
-Imports ``schemas`` (catalog, VIN, reasons), ``gateway.store`` (the read side: TelemetryReader
-and SqliteTelemetryStore opened read-only), ``gateway.metrics`` (counter names) and
-``gateway.errors``. Nothing in ``gateway`` imports this package except the CLI, so the ingest
-process never loads FastAPI, and the API can run as its own process next to the gateways.
+Who may do what is :mod:`gateway.core.policy` (pure); the routes turn its answers into 404
+and 403.
+
+Imports ``schemas`` (catalog, VIN, reasons), ``gateway.core`` (the policy), ``gateway.store``
+(the read side: TelemetryReader and SqliteTelemetryStore opened read-only),
+``gateway.statedb`` (accounts, audit, commands), ``gateway.auth`` (passwords, tokens),
+``gateway.commands`` (the command service), ``gateway.metrics`` and ``gateway.errors``.
+Nothing in ``gateway`` imports this package except the CLI, so the ingest process never
+loads FastAPI, and the API can run as its own process next to the gateways.
 """
 
-from gateway.api.app import ApiSettings, create_app
+from __future__ import annotations
+
+from gateway.api.app import create_app
+from gateway.api.settings import ApiSettings
 
 __all__ = ["ApiSettings", "create_app"]

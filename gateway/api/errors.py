@@ -13,15 +13,22 @@ parameter), and is empty when there is nothing more to say. FastAPI's own handle
 other shapes (``{"detail": ...}``, plain text), so :func:`install_error_handlers` replaces
 them. Unexpected exceptions become a bare 500 ``internal_error``: the traceback goes to the
 log, never to the client.
+
+The gateway's own exceptions that mean the same answer wherever they come from (an unknown
+vehicle or a moving one for a command, a reused idempotency key, bad command parameters, a
+closed invitation, an unreadable store) are mapped to their status here, once
+(:data:`GATEWAY_ERRORS`, ``StoreError``), so routes let them through instead of catching
+them; an exception whose answer depends on the route (a duplicate e-mail address, a VIN
+held by another account) is answered by the route.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,8 +37,13 @@ from pydantic import JsonValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from gateway.api.limits import api_routes
 from gateway.api.models import ErrorDetail, ErrorInfo, ErrorResponse
+from gateway.commands.service import VehicleMoving, VehicleNotFound
 from gateway.errors import StoreError
+from gateway.statedb.accounts import InvitationClosed
+from gateway.statedb.commands import IdempotencyConflict
+from schemas.commands import CommandParamsError
 
 __all__ = [
     "ApiError",
@@ -175,8 +187,6 @@ def allowed_methods(request: Request) -> list[str]:
     though ``POST`` is there too)."""
     scope = {**request.scope, "method": "\0"}  # matches no route fully: every partial match
     methods: set[str] = set()
-    from gateway.api.limits import api_routes  # limits imports this module
-
     for route in api_routes(request.app):
         match, _ = route.matches(scope)
         if match is not Match.NONE:
@@ -233,6 +243,36 @@ async def _store_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"), status_code=503)
 
 
+def _command_params(exc: CommandParamsError) -> ApiError:
+    return ApiError(
+        422,
+        "invalid_request",
+        f"{exc}",
+        [ErrorDetail(loc=["body", "params", exc.field], msg=str(exc), type="invalid_param")],
+    )
+
+
+#: the gateway's exceptions that mean the same answer wherever a route lets them through:
+#: one place maps each to its status, code and message (the rest are answered by the route
+#: that knows more, or as a 500)
+GATEWAY_ERRORS: Final[dict[type[Exception], Callable[[Any], ApiError]]] = {
+    VehicleNotFound: lambda exc: ApiError(404, "vehicle_not_found", f"{exc}."),
+    VehicleMoving: lambda exc: ApiError(409, "vehicle_moving", f"{exc}."),
+    IdempotencyConflict: lambda exc: ApiError(409, "idempotency_conflict", f"{exc}"),
+    InvitationClosed: lambda exc: ApiError(
+        409, "invitation_closed", f"Invitation {exc.invitation_id}: {exc.why}."
+    ),
+    CommandParamsError: _command_params,
+}
+
+
+async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
+    for kind, answer in GATEWAY_ERRORS.items():
+        if isinstance(exc, kind):
+            return await _api_error(request, answer(exc))
+    return await _unexpected_error(request, exc)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(
@@ -253,4 +293,31 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(StoreError, _store_error)
+    for kind in GATEWAY_ERRORS:
+        app.add_exception_handler(kind, _gateway_error)
     app.add_exception_handler(Exception, _unexpected_error)
+
+
+# --- documentation -------------------------------------------------------------------------
+
+#: what the telemetry routes' errors mean, for their OpenAPI ``responses``
+_ERROR_DOCS: Final[dict[int, str]] = {
+    403: "Your role may not do this (`forbidden`).",
+    404: "Unknown vehicle (`vehicle_not_found`).",
+    422: "Invalid parameter (`invalid_request`, or `invalid_vin` for a malformed VIN); "
+    "`details` names each bad parameter in `loc`.",
+    503: "The telemetry database cannot be read (`database_unavailable`).",
+}
+
+
+def documented(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses``: each status answers an :class:`ErrorResponse`."""
+    return {code: {"model": ErrorResponse} for code in status_codes}
+
+
+def described(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` of the telemetry routes: an :class:`ErrorResponse` with what
+    each status means there."""
+    return {
+        code: {"model": ErrorResponse, "description": _ERROR_DOCS[code]} for code in status_codes
+    }

@@ -23,8 +23,7 @@ from typing import Any, Final
 import orjson
 from starlette.routing import Match
 
-from gateway.api.errors import error_info
-from gateway.api.models import ErrorResponse
+from gateway.api.models import ErrorInfo, ErrorResponse
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -154,10 +153,12 @@ async def _read_body(receive: Receive, limit: int) -> list[Message]:
 async def _refuse(send: Send, limit: int, declared: int | None) -> None:
     sent = f"{declared} bytes" if declared is not None else "more"
     body = ErrorResponse(
-        error=error_info(
-            "request_too_large",
-            f"The request body is too large: this route takes at most {limit} bytes and the "
-            f"request sent {sent}. GET /docs shows each route's limit (x-max-body-bytes).",
+        error=ErrorInfo(
+            code="request_too_large",
+            message=f"The request body is too large: this route takes at most {limit} bytes "
+            f"and the request sent {sent}. GET /docs shows each route's limit "
+            "(x-max-body-bytes).",
+            details=[],
         )
     )
     payload = orjson.dumps(body.model_dump(mode="json"))

@@ -10,7 +10,7 @@ disabling a user or changing their role takes effect at once rather than when th
 expires, and an access token issued before the user's password last changed (its token
 version is older than the user's) is refused.
 
-Authorization is decided by :mod:`gateway.auth.policy`; this module turns its answers into
+Authorization is decided by :mod:`gateway.core.policy`; this module turns its answers into
 HTTP: a vehicle or command the caller may not see answers **404**, exactly as if it did not
 exist, and an action on something they can see but may not touch answers **403**.
 """
@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.errors import ApiError
-from gateway.auth.policy import NO_ACCESS, Principal, Role, VehicleAccess, vehicle_access
 from gateway.auth.ratelimit import (
     DEFAULT_INVITATION_LIMIT,
     DEFAULT_LOGIN_LIMIT,
@@ -44,6 +43,7 @@ from gateway.auth.tokens import (
     decode_access_token,
     secrets_match,
 )
+from gateway.core.policy import NO_ACCESS, Principal, Role, VehicleAccess, vehicle_access
 from gateway.statedb.accounts import AccountRepository, UserRecord, VehicleRecord
 from gateway.statedb.audit import AuditLog
 from gateway.store import FIRST_TENURE
@@ -105,7 +105,8 @@ class AuthSettings:
 
 @dataclass(slots=True)
 class AuthContext:
-    """What the routes need to authenticate, authorize, limit and audit; one per app."""
+    """What the routes need to authenticate, authorize, limit and audit (the log that
+    ``gateway.api.audit.AuditTrail`` appends to); one per app."""
 
     settings: AuthSettings
     secret: bytes
@@ -153,34 +154,6 @@ class AuthContext:
             account_id=principal.account_id,
             user_id=principal.user_id,
             include_account=principal.role is not Role.DRIVER,
-        )
-
-    # --- audit ----------------------------------------------------------------------------
-
-    def record(
-        self,
-        request: Request,
-        action: str,
-        *,
-        principal: Principal | None = None,
-        actor: str | None = None,
-        outcome: str = "ok",
-        account_id: int | None = None,
-        target: str | None = None,
-        detail: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Append one audit entry: who (``principal``, or ``actor`` for the anonymous),
-        what, about which account and object, from which address."""
-        self.audit.append(
-            at=self.now_ms(),
-            actor=principal.actor if principal is not None else (actor or "anonymous"),
-            actor_user_id=principal.user_id if principal is not None else None,
-            action=action,
-            outcome=outcome,
-            account_id=account_id,
-            target=target,
-            remote_addr=client_address(request),
-            detail=detail,
         )
 
     # --- API keys -------------------------------------------------------------------------

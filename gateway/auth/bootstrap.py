@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 
 from gateway.auth.passwords import check_password, generate_password, hash_password
-from gateway.auth.policy import Role
+from gateway.core.policy import Role
 from gateway.statedb.accounts import AccountRepository, DuplicateEmail
 from gateway.statedb.audit import AuditLog
 

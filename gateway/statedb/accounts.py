@@ -8,7 +8,7 @@ caller (``now=``), so tests (and the API, with its one clock) decide what "now" 
 
 What this module decides, and what it leaves to others:
 
-* **Who may do what** is :mod:`gateway.auth.policy`'s question; this module stores roles and
+* **Who may do what** is :mod:`gateway.core.policy`'s question; this module stores roles and
   account kinds as the plain strings it is given (the policy's ``Role`` and ``AccountKind``
   are ``StrEnum`` values and can be passed as they are). It does check what the database
   alone would get wrong or report badly: unknown ids (:class:`NotFound` instead of a
@@ -64,6 +64,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway.core.policy import READ_SERVICE
 from gateway.errors import GatewayError
 from gateway.statedb.commands import cancel_open_commands
 from gateway.statedb.database import StateDatabase
@@ -114,9 +115,6 @@ RefreshOutcome = Literal["ok", "reused", "expired", "revoked", "unknown"]
 
 #: the one row of ``broker_auth_state`` (inserted by migration 0002)
 _BROKER_STATE_ID: Final = 1
-
-#: the grant service that lets the grantee read the vehicle's state, history and commands
-READ_SERVICE: Final = "read"
 
 #: why a holding period ended, and why its open commands were cancelled
 _REVOKED: Final = "revoked"

@@ -172,7 +172,7 @@ class AccountRow(Base):
 
 class UserRow(Base):
     """A person who logs in. ``role`` is one of admin, fleet_manager, fleet_viewer, owner,
-    driver (``gateway.auth.policy.Role``); ``account_id`` is NULL only for admins.
+    driver (``gateway.core.policy.Role``); ``account_id`` is NULL only for admins.
 
     ``token_version`` is part of every access token issued to the user; raising it (a
     password change, a reset, disabling) ends every access token issued before at once.

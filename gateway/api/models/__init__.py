@@ -21,8 +21,9 @@ from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from gateway.api.models.records import FromRecord
 from gateway.api.params import iso, iso_or_none
-from gateway.store import HistoryPoint, StoredQuarantine, VehicleSummary, presence
+from gateway.store import VehicleSummary, presence
 from schemas import CATALOG, SignalSpec, SignalValue
 
 __all__ = [
@@ -252,7 +253,10 @@ class VehicleDetail(Vehicle):
 # --- history -------------------------------------------------------------------------------
 
 
-class HistoryPointOut(_Model):
+class HistoryPointOut(_Model, FromRecord):
+    # ``model_validate(point)`` of a gateway.store.HistoryPoint (no docstring: it would
+    # become the schema's description)
+
     seq: int = Field(description="The vehicle's sample sequence number.")
     ts: int = Field(description="Sample time (vehicle clock), epoch ms.")
     ts_iso: str
@@ -261,8 +265,8 @@ class HistoryPointOut(_Model):
     )
 
     @classmethod
-    def from_point(cls, p: HistoryPoint) -> HistoryPointOut:
-        return cls(seq=p.seq, ts=p.ts, ts_iso=iso(p.ts), values=dict(p.values))
+    def derived(cls, record: Any, context: dict[str, Any]) -> dict[str, Any]:
+        return {"values": dict(record.values)}
 
 
 class History(_Model):
@@ -308,7 +312,9 @@ class Catalog(_Model):
 # --- quarantine ----------------------------------------------------------------------------
 
 
-class QuarantineOut(_Model):
+class QuarantineOut(_Model, FromRecord):
+    # ``model_validate(stored)`` of a gateway.store.StoredQuarantine
+
     id: int
     received_at: int = Field(description="When the gateway received it, epoch ms.")
     received_at_iso: str
@@ -331,24 +337,13 @@ class QuarantineOut(_Model):
     payload_sha256: str = Field(description="SHA-256 of the whole payload as received, hex.")
 
     @classmethod
-    def from_stored(cls, q: StoredQuarantine) -> QuarantineOut:
-        payload = bytes(q.payload)
-        return cls(
-            id=q.id,
-            received_at=q.received_at,
-            received_at_iso=iso(q.received_at),
-            topic=q.topic,
-            reason=q.reason,
-            detail=q.detail,
-            vin=q.vin,
-            seq=q.seq,
-            signal=q.signal,
-            payload_text=payload.decode("utf-8", errors="replace"),
-            payload_base64=base64.b64encode(payload).decode("ascii"),
-            payload_size=q.payload_size,
-            payload_truncated=q.payload_size > len(payload),
-            payload_sha256=q.payload_sha256,
-        )
+    def derived(cls, record: Any, context: dict[str, Any]) -> dict[str, Any]:
+        payload = bytes(record.payload)
+        return {
+            "payload_text": payload.decode("utf-8", errors="replace"),
+            "payload_base64": base64.b64encode(payload).decode("ascii"),
+            "payload_truncated": record.payload_size > len(payload),
+        }
 
 
 class QuarantinePage(Page):

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from gateway.api.deps import Settings
 from gateway.api.errors import store_unavailable
 from gateway.api.models import ComponentHealth, ErrorInfo, Health
 from gateway.api.params import now_ms
@@ -36,7 +38,7 @@ from gateway.health import (
 from gateway.statedb.database import StateDatabase
 from gateway.store import SqliteTelemetryStore
 
-__all__ = ["health_router"]
+__all__ = ["router"]
 
 log = logging.getLogger("gateway.api")
 
@@ -108,44 +110,44 @@ def _answer(body: Health) -> JSONResponse:
     )
 
 
-def health_router(db_path: Path) -> APIRouter:
-    router = APIRouter(tags=["operations"])
-    documented = {
-        200: {"model": Health, "description": "Healthy (`ok`) or `degraded`."},
-        503: {"model": Health, "description": "A required component is unavailable."},
-    }
+router = APIRouter(tags=["operations"])
 
-    @router.get(
-        "/healthz",
-        response_model=Health,
-        response_model_exclude_none=True,
-        summary="Health of the installation, per component",
-        responses=documented,  # type: ignore[arg-type]
-    )
-    def healthz(request: Request) -> JSONResponse:
-        """Every component this process can see: 200 when all required ones are up
-        (`status` `ok`, or `degraded` when an optional part such as the demo simulator is
-        failing), 503 otherwise, with what was observed per component. Cheap enough to
-        poll every few seconds."""
-        report, store_error = _observe(request, db_path)
-        return _answer(_body(report, store_error))
+_DOCUMENTED: dict[int | str, dict[str, Any]] = {
+    200: {"model": Health, "description": "Healthy (`ok`) or `degraded`."},
+    503: {"model": Health, "description": "A required component is unavailable."},
+}
 
-    @router.get(
-        "/readyz",
-        response_model=Health,
-        response_model_exclude_none=True,
-        summary="Whether this API process can serve requests",
-        responses=documented,  # type: ignore[arg-type]
-    )
-    def readyz(request: Request) -> JSONResponse:
-        """200 when this process reads both databases and, if it sends remote commands,
-        its command service is connected to the broker; 503 otherwise. For load
-        balancers: the rest of the installation (gateways, other parts) is `/healthz`'s
-        business."""
-        report, store_error = _observe(request, db_path)
-        parts = {n: report.components[n] for n in _READY_COMPONENTS}
-        ready = all(c.status in ("ok", "unknown") for c in parts.values())
-        narrowed = HealthReport("ok" if ready else "unavailable", parts)
-        return _answer(_body(narrowed, store_error, _READY_COMPONENTS))
 
-    return router
+@router.get(
+    "/healthz",
+    response_model=Health,
+    response_model_exclude_none=True,
+    summary="Health of the installation, per component",
+    responses=_DOCUMENTED,
+)
+def healthz(request: Request, settings: Settings) -> JSONResponse:
+    """Every component this process can see: 200 when all required ones are up
+    (`status` `ok`, or `degraded` when an optional part such as the demo simulator is
+    failing), 503 otherwise, with what was observed per component. Cheap enough to
+    poll every few seconds."""
+    report, store_error = _observe(request, settings.db_path)
+    return _answer(_body(report, store_error))
+
+
+@router.get(
+    "/readyz",
+    response_model=Health,
+    response_model_exclude_none=True,
+    summary="Whether this API process can serve requests",
+    responses=_DOCUMENTED,
+)
+def readyz(request: Request, settings: Settings) -> JSONResponse:
+    """200 when this process reads both databases and, if it sends remote commands,
+    its command service is connected to the broker; 503 otherwise. For load
+    balancers: the rest of the installation (gateways, other parts) is `/healthz`'s
+    business."""
+    report, store_error = _observe(request, settings.db_path)
+    parts = {n: report.components[n] for n in _READY_COMPONENTS}
+    ready = all(c.status in ("ok", "unknown") for c in parts.values())
+    narrowed = HealthReport("ok" if ready else "unavailable", parts)
+    return _answer(_body(narrowed, store_error, _READY_COMPONENTS))

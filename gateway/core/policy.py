@@ -1,4 +1,8 @@
-"""The authorization policy: who may read and command which vehicle, pure and total.
+"""The authorization policy: who may read and command which vehicle, manage which user,
+read which audit log and send which fleet service; pure and total.
+
+Part of the pure core (docs/decisions/0013-architecture-step.md): it imports nothing with
+IO, the API (``gateway.api``) asks it and turns its answers into 404 and 403.
 
 Roles (one per user):
 
@@ -19,7 +23,7 @@ from their account and their grant. A grant lists its services: ``read`` (the ve
 state, history and command list) and remote services (command types); a grant without
 ``read`` lets its holder send those commands and follow the ones they sent, nothing more.
 Within an account a manager grants directly; to anyone outside it, a grant is an invitation
-the recipient accepts (``gateway.api.accounts``).
+the recipient accepts (``gateway.api.routes.grants``).
 
 The API answers **404** for a vehicle (or command) the caller may not see at all, the same
 answer as for one that does not exist, so ids cannot be probed; it answers **403** only
@@ -32,8 +36,6 @@ import enum
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from gateway.statedb.accounts import READ_SERVICE
-
 __all__ = [
     "ACCOUNT_ROLES",
     "READ_SERVICE",
@@ -41,10 +43,19 @@ __all__ = [
     "Principal",
     "Role",
     "VehicleAccess",
+    "can_change_role_or_disable",
     "can_create_user",
     "can_manage_account",
+    "can_manage_user",
+    "can_read_audit",
+    "can_see_user",
+    "fleet_service_allowed",
     "vehicle_access",
 ]
+
+#: the service of a grant that lets its holder read the vehicle's data (the others are
+#: command types); ``gateway.statedb.accounts`` stores grants with the same name
+READ_SERVICE: Final = "read"
 
 
 class Role(enum.StrEnum):
@@ -166,8 +177,9 @@ def vehicle_access(
 
 
 def can_manage_account(principal: Principal, account_id: int | None) -> bool:
-    """May provision vehicles into, list the users of, and read the audit log of the
-    account."""
+    """May provision vehicles into, and list and manage the users of, the account
+    (administrators: any; owners and fleet managers: their own). Reading its audit log is
+    :func:`can_read_audit`, a narrower rule."""
     if principal.is_admin:
         return True
     return (
@@ -198,3 +210,61 @@ def can_create_user(
     if principal.role is Role.OWNER:
         return role is Role.DRIVER
     return True
+
+
+class _User(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def account_id(self) -> int | None: ...
+
+
+def can_see_user(principal: Principal, user: _User) -> bool:
+    """May see the user (``GET /v1/users/{id}``, and the user a change is about): yourself,
+    or a user of an account you manage."""
+    return user.id == principal.user_id or can_manage_account(principal, user.account_id)
+
+
+def can_manage_user(principal: Principal, user: _User) -> bool:
+    """May act on the user's behalf things (list and revoke their API keys): yourself;
+    administrators anyone; fleet managers their organization's users; owners only the
+    drivers of their private account (not another owner of it)."""
+    if user.id == principal.user_id or principal.is_admin:
+        return True
+    if not can_manage_account(principal, user.account_id):
+        return False
+    return principal.role is not Role.OWNER or user.role == Role.DRIVER
+
+
+def can_change_role_or_disable(principal: Principal, user: _User) -> bool:
+    """May change the user's role or disable them: administrators (also themselves; the
+    route refuses changing your own role or disabling yourself with a reason of its own),
+    and whoever manages the user's account, for anyone but themselves."""
+    own = user.id == principal.user_id
+    return principal.is_admin or (not own and can_manage_account(principal, user.account_id))
+
+
+def can_read_audit(principal: Principal, account_id: int | None) -> bool:
+    """May read the audit log of the account (None: the whole log).
+
+    Administrators read everything; a fleet manager reads their organization's entries;
+    nobody else reads the audit log, not even an owner of their private account
+    (README's role table, decision 0007: "so a fleet manager can read their
+    organization's"). Deliberately narrower than :func:`can_manage_account`.
+    """
+    if principal.is_admin:
+        return True
+    return (
+        principal.role is Role.FLEET_MANAGER
+        and principal.account_id is not None
+        and account_id == principal.account_id
+    )
+
+
+def fleet_service_allowed(enterprise_only: bool, account_kind: AccountKind | None) -> bool:
+    """May a command type be sent to a vehicle of an account of this kind? Fleet services
+    (``enterprise_only``) are for vehicles of an organization only; None: the vehicle is
+    not provisioned (only an administrator reaches it), which does not refuse."""
+    return not enterprise_only or account_kind in (None, AccountKind.ORGANIZATION)

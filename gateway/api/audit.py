@@ -1,0 +1,88 @@
+"""The audit trail as a request-scoped service: routes take ``audit: Audit`` (or
+``audit: CallerAudit``, bound to the authenticated caller; both in ``gateway.api.deps``)
+and call ``audit.record("grant_create", account_id=..., target=..., detail=...)``.
+
+Who and from where are filled in once here (the caller, the client address, the time from
+the app's clock), so the routes say only what happened. The entries themselves are
+:class:`gateway.statedb.audit.AuditLog`'s; what is audited and why is decision 0007.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy.orm import Session
+
+from gateway.api.security import AuthContext, client_address
+from gateway.core.policy import Principal
+from gateway.statedb.audit import AuditLog
+
+__all__ = ["AuditTrail"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditTrail:
+    """Appends audit entries for one request; ``principal`` is who acts (None: anonymous,
+    or named per entry)."""
+
+    context: AuthContext
+    request: Request
+    principal: Principal | None = None
+
+    def record(
+        self,
+        action: str,
+        *,
+        outcome: str = "ok",
+        account_id: int | None = None,
+        target: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+        principal: Principal | None = None,
+    ) -> None:
+        """Append one entry: who (``principal``, else the trail's), what, about which
+        account and object, with which outcome."""
+        self.context.audit.append(
+            **self._entry(action, outcome, account_id, target, detail, principal)
+        )
+
+    def record_in(
+        self,
+        session: Session,
+        action: str,
+        *,
+        account_id: int | None = None,
+        target: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """:meth:`record` inside the caller's write transaction: the entry commits with the
+        change it records, never one without the other (a created command)."""
+        AuditLog.append_in(session, **self._entry(action, "ok", account_id, target, detail, None))
+
+    def _entry(
+        self,
+        action: str,
+        outcome: str,
+        account_id: int | None,
+        target: str | None,
+        detail: Mapping[str, Any] | None,
+        principal: Principal | None,
+    ) -> dict[str, Any]:
+        who = principal or self.principal
+        return {
+            "at": self.context.now_ms(),
+            "actor": who.actor if who is not None else "anonymous",
+            "actor_user_id": who.user_id if who is not None else None,
+            "action": action,
+            "outcome": outcome,
+            "account_id": account_id,
+            "target": target,
+            "remote_addr": self.remote_addr,
+            "detail": detail,
+        }
+
+    @property
+    def remote_addr(self) -> str | None:
+        return client_address(self.request)

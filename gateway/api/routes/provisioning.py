@@ -1,0 +1,199 @@
+"""Vehicle provisioning (tag ``provisioning``): register a vehicle and create its broker
+credentials, read its registration, revoke it, rotate its MQTT password.
+
+Claiming a VIN starts a holding period; the next holder sees nothing of an earlier one
+(decision 0009)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from gateway.api.deps import Auth, Caller, CallerAudit, vin_or_422
+from gateway.api.errors import ApiError
+from gateway.api.models.accounts import (
+    MqttCredentials,
+    ProvisionedOut,
+    RegistrationOut,
+    VehicleRequest,
+)
+from gateway.api.routes.common import (
+    ACCOUNT_ERRORS,
+    account_not_found,
+    managed_vehicle,
+    no_store,
+    target_account,
+)
+from gateway.api.security import AuthContext, forbidden, vehicle_not_found
+from gateway.auth.provisioning import provision_vehicle, rotate_vehicle_password
+from gateway.core.policy import can_manage_account
+from gateway.statedb.accounts import NotFound, VehicleAlreadyProvisioned, VehicleRecord
+
+__all__ = ["router"]
+
+router = APIRouter(responses=ACCOUNT_ERRORS)
+
+
+@router.post(
+    "/v1/vehicles",
+    response_model=ProvisionedOut,
+    status_code=201,
+    tags=["provisioning"],
+    summary="Provision a vehicle: register it and create its broker credentials",
+)
+def provision(
+    response: Response,
+    principal: Caller,
+    context: Auth,
+    audit: CallerAudit,
+    body: VehicleRequest,
+) -> ProvisionedOut:
+    """Owners add their car, fleet managers their organization's vehicles,
+    administrators any. The answer holds the unit's MQTT credentials (user name = VIN;
+    the password is shown only here) and the gateway's public key for verifying signed
+    commands; the broker accepts the unit within a second.
+
+    Claiming a VIN: a VIN another account holds is refused (409
+    `vehicle_held_by_another_account`): its holder must revoke it first. A VIN nobody
+    holds, never provisioned or revoked by its last holder, may be claimed by anyone
+    who may add vehicles, and starts a new holding period: the new holder sees none of
+    what the vehicle reported, was sent or shared before."""
+    no_store(response)
+    vin = vin_or_422(body.vin, ["body", "vin"])
+    account_id = target_account(principal, body.account_id, "the vehicle")
+    if not can_manage_account(principal, account_id):
+        if principal.account_id is not None and principal.account_id == account_id:
+            raise forbidden("Only owners, fleet managers and administrators add vehicles.")
+        raise account_not_found(account_id)
+    try:
+        result = provision_vehicle(
+            context.accounts,
+            vin=vin,
+            account_id=account_id,
+            label=body.label,
+            provisioned_by=principal.user_id,
+            now=context.now_ms(),
+            password=body.credentials == "password",
+        )
+    except NotFound:  # the account (the caller exists: they are logged in)
+        raise account_not_found(account_id) from None
+    except VehicleAlreadyProvisioned as exc:
+        own = exc.account_id == account_id
+        audit.record(
+            "vehicle_provision",
+            outcome="failed",
+            account_id=account_id,
+            target=f"vehicle:{vin}",
+            detail={"error": "already provisioned" if own else "held by another account"},
+        )
+        raise _already_held(vin, own) from None
+    audit.record(
+        "vehicle_provision",
+        account_id=account_id,
+        target=f"vehicle:{vin}",
+        detail={"credentials": body.credentials, "label": body.label},
+    )
+    return _provisioned(context, result.vehicle, result.mqtt_password)
+
+
+@router.get(
+    "/v1/vehicles/{vin}/registration",
+    response_model=RegistrationOut,
+    tags=["provisioning"],
+    summary="A vehicle's registration: account, label, provisioned and revoked times",
+)
+def registration(vin: str, principal: Caller, context: Auth) -> RegistrationOut:
+    """For anyone who may see the vehicle; never its credentials."""
+    access, vehicle = context.lookup(principal, vin)
+    if not access.read or vehicle is None:
+        raise vehicle_not_found(vin)
+    return RegistrationOut.model_validate(vehicle)
+
+
+@router.delete(
+    "/v1/vehicles/{vin}",
+    response_model=RegistrationOut,
+    tags=["provisioning"],
+    summary="Revoke a vehicle: off the broker; its holding period, grants and commands end",
+)
+def revoke_vehicle(
+    vin: str, principal: Caller, context: Auth, audit: CallerAudit
+) -> RegistrationOut:
+    """The broker refuses the unit from its next reload (within a second); the gateway
+    drops anything it still sends. Its open commands (queued, sent, accepted) are
+    cancelled with the reason `vehicle_revoked` and never delivered, its grants end and
+    its pending invitations are withdrawn. Its holding period ends: whoever provisions
+    the VIN next (anyone may, see POST /v1/vehicles) starts a new one and sees none of
+    this period's data, commands or grants."""
+    vehicle = managed_vehicle(context, principal, vin)
+    revoked = (
+        context.accounts.revoke_vehicle(vin, now=context.now_ms(), by=principal.user_id) or vehicle
+    )
+    audit.record(
+        "vehicle_revoke",
+        account_id=vehicle.account_id,
+        target=f"vehicle:{vin}",
+        detail={"tenure": vehicle.tenure},
+    )
+    return RegistrationOut.model_validate(revoked)
+
+
+@router.post(
+    "/v1/vehicles/{vin}/credentials",
+    response_model=ProvisionedOut,
+    tags=["provisioning"],
+    summary="Give a vehicle a new MQTT password",
+)
+def rotate_credentials(
+    response: Response, vin: str, principal: Caller, context: Auth, audit: CallerAudit
+) -> ProvisionedOut:
+    """The old password stops working within a second; the new one is shown only here."""
+    no_store(response)
+    vehicle = managed_vehicle(context, principal, vin)
+    result = rotate_vehicle_password(context.accounts, vin)
+    if result is None:
+        raise vehicle_not_found(vin)
+    audit.record(
+        "vehicle_credentials_rotate",
+        account_id=vehicle.account_id,
+        target=f"vehicle:{vin}",
+    )
+    return _provisioned(context, result.vehicle, result.mqtt_password)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _already_held(vin: str, own: bool) -> ApiError:
+    if own:
+        return ApiError(
+            409,
+            "vehicle_already_provisioned",
+            f"Vehicle {vin} is already provisioned in this account. To give it new "
+            f"credentials use POST /v1/vehicles/{vin}/credentials.",
+        )
+    return ApiError(
+        409,
+        "vehicle_held_by_another_account",
+        f"Vehicle {vin} is held by another account; it can be claimed only after its holder "
+        f"revokes it (DELETE /v1/vehicles/{vin}). If the car is yours now, ask its holder or "
+        "this installation's operator to release it.",
+    )
+
+
+def _provisioned(
+    context: AuthContext, vehicle: VehicleRecord, password: str | None
+) -> ProvisionedOut:
+    key_path = context.settings.signing_public_key_path
+    public_key = None
+    if key_path is not None:
+        try:
+            public_key = key_path.read_text(encoding="ascii")
+        except OSError:
+            public_key = None
+    return ProvisionedOut(
+        **RegistrationOut.model_validate(vehicle).model_dump(),
+        mqtt=MqttCredentials(
+            url=context.settings.broker_url, username=vehicle.vin, password=password
+        ),
+        gateway_public_key=public_key,
+    )

@@ -1,0 +1,75 @@
+"""``ApiSettings``: what the API process needs to run, built by the CLI (or a test) and
+handed to :func:`gateway.api.app.create_app`, which keeps it in ``app.state.settings``
+where the dependencies (``gateway.api.deps``) read it.
+
+Its own module so that the app factory, the dependencies and the routes can all import
+it without importing each other (docs/decisions/0013-architecture-step.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.api.limits import MAX_PAGE
+from gateway.api.params import now_ms
+from gateway.api.security import AuthSettings
+from gateway.commands.service import CommandSettings
+from gateway.errors import ConfigurationError
+from gateway.statedb.database import default_url
+
+__all__ = ["ApiSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """What the API needs to run; the CLI builds it from flags and ``TELEMATICS_*``."""
+
+    #: the gateway's SQLite database (created with the schema if missing)
+    db_path: Path
+    #: the largest ``limit`` /v1/vehicles/{vin}/history accepts (bounds response size)
+    max_history_limit: int = MAX_PAGE * 10
+    #: the ``limit`` of a history request that gives none
+    default_history_limit: int = 1000
+    #: remote commands (a broker and a state database); None: the command routes answer 503
+    commands: CommandSettings | None = None
+    #: accounts, tokens, limits
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    #: the state database (accounts, commands); default: the commands' one, else the SQLite
+    #: file ``state.db`` next to the telemetry database
+    state_db_url: str | None = None
+    #: a vehicle whose status says online but that sent nothing for this long is shown
+    #: offline with reason ``silent`` (``gateway.store.presence``); the contract has units
+    #: publish at least every 5 minutes
+    silent_after_s: float = 600.0
+    #: the clock that decides the silence (tests of it set their own)
+    clock_ms: Callable[[], int] = field(default=now_ms, compare=False, repr=False)
+
+    @property
+    def silent_after_ms(self) -> int:
+        return int(self.silent_after_s * 1000)
+
+    @property
+    def resolved_state_db_url(self) -> str:
+        if self.state_db_url is not None:
+            return self.state_db_url
+        if self.commands is not None:
+            return self.commands.state_db_url
+        return default_url(self.db_path.parent)
+
+    def __post_init__(self) -> None:
+        if (
+            self.commands is not None
+            and self.state_db_url is not None
+            and self.commands.state_db_url != self.state_db_url
+        ):
+            raise ConfigurationError(
+                "the API and its command service must use one state database: "
+                f"{self.state_db_url!r} != {self.commands.state_db_url!r}"
+            )
+        if not 1 <= self.default_history_limit <= self.max_history_limit:
+            raise ConfigurationError(
+                f"default_history_limit ({self.default_history_limit}) must be between 1 and "
+                f"max_history_limit ({self.max_history_limit})"
+            )
