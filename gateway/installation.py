@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from gateway.broker.auth import (
 )
 from gateway.broker.control import DynsecControl, purge_sessions
 from gateway.broker.mosquitto import BrokerError, MosquittoProcess
+from gateway.files import write_private_file
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 
@@ -60,18 +60,11 @@ DEMO_ORGANIZATION: Final = "Demo Fleet"
 DEMO_MANAGER_EMAIL: Final = "fleet@demo.local"
 
 
-def _write_secret(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
 def service_password(secrets_dir: Path) -> Path:
     """The file with the service account's password, created (random, 0600) if missing."""
     path = secrets_dir / "mqtt-service.password"
     if not path.exists():
-        _write_secret(path, generate_password() + "\n")
+        write_private_file(path, generate_password() + "\n")
     return path
 
 
@@ -80,7 +73,7 @@ def control_password(secrets_dir: Path) -> Path:
     missing."""
     path = secrets_dir / "mqtt-broker-admin.password"
     if not path.exists():
-        _write_secret(path, generate_password() + "\n")
+        write_private_file(path, generate_password() + "\n")
     return path
 
 
