@@ -27,7 +27,7 @@ from gateway.health import (
 from gateway.ingest.registry import VehicleRegistry
 from gateway.ingest.service import IngestService, IngestSettings
 from gateway.retention import RetentionPolicy, run_retention
-from gateway.store import SqliteTelemetryStore
+from gateway.store import open_store
 from gateway.store.sqlite import DEFAULT_QUARANTINE_PAYLOAD_BYTES, Synchronous
 
 __all__ = ["GatewayOptions", "run_gateway"]
@@ -101,7 +101,7 @@ async def _heartbeat(
 
 
 async def _run(options: GatewayOptions) -> None:
-    store = SqliteTelemetryStore(
+    store = open_store(
         options.db_path,
         synchronous=options.synchronous,
         quarantine_payload_bytes=options.quarantine_payload_bytes,

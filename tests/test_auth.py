@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from gateway.api import ApiSettings
 from gateway.auth.ratelimit import Limit
-from gateway.store import IngestBatch, SqliteTelemetryStore
+from gateway.store import IngestBatch, open_store
 from schemas import Sample
 from tests.conftest import (
     TEST_ADMIN_EMAIL,
@@ -73,7 +73,7 @@ def make(tmp_path: Path, **auth: Any) -> Iterator[Setup]:
         db_path=tmp_path / "telemetry.db",
         auth=auth_settings_for_tests(clock=clock, **auth),
     )
-    store = SqliteTelemetryStore(settings.db_path)
+    store = open_store(settings.db_path)
     store.commit(
         IngestBatch(
             received_at=1,
@@ -342,7 +342,7 @@ def test_command_limits_per_user_and_per_vehicle_answer_429_with_retry_after(
             vehicle_command_limit=Limit(rate=1 / 60, burst=2),
         ),
     )
-    store = SqliteTelemetryStore(settings.db_path)
+    store = open_store(settings.db_path)
     store.commit(
         IngestBatch(
             received_at=1,

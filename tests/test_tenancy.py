@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from gateway.api import ApiSettings
 from gateway.broker import MosquittoProcess
 from gateway.commands.service import CommandSettings
-from gateway.store import IngestBatch, SqliteTelemetryStore
+from gateway.store import IngestBatch, open_store
 from schemas import Sample
 from tests.conftest import admin_client, wait_until
 
@@ -47,7 +47,7 @@ class People:
 
 
 def report(db_path: Path, *vins: str) -> None:
-    store = SqliteTelemetryStore(db_path)
+    store = open_store(db_path)
     try:
         store.commit(
             IngestBatch(

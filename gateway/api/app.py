@@ -73,7 +73,7 @@ from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.commands import CommandRepository
 from gateway.statedb.database import StateDatabase, default_url
-from gateway.store import SqliteTelemetryStore, TelemetryReader, VehicleState, VehicleSummary
+from gateway.store import TelemetryReader, VehicleState, VehicleSummary, open_store
 from schemas import CATALOG, CONTRACT_VERSION, VIN_PATTERN, InvalidVinError, Reason, validate_vin
 
 __all__ = ["ApiSettings", "create_app", "open_reader"]
@@ -146,7 +146,7 @@ def open_reader(request: Request) -> Iterator[TelemetryReader]:
     A database that cannot be opened raises :class:`StoreError`, answered with 503.
     """
     settings: ApiSettings = request.app.state.settings
-    reader = SqliteTelemetryStore(settings.db_path, readonly=True)
+    reader = open_store(settings.db_path, readonly=True)
     try:
         yield reader
     finally:
@@ -528,7 +528,7 @@ def _router(settings: ApiSettings) -> APIRouter:
 
 
 def _create_schema(path: Path) -> None:
-    SqliteTelemetryStore(path).close()
+    open_store(path).close()
 
 
 @asynccontextmanager

@@ -77,8 +77,9 @@ from gateway.store import (
     FIRST_TENURE,
     IngestBatch,
     QuarantineEntry,
-    SqliteTelemetryStore,
+    TelemetryBackend,
     VehicleState,
+    open_store,
 )
 from schemas import (
     InvalidTopicError,
@@ -204,7 +205,7 @@ class CommandService:
         self.connected = asyncio.Event()
         self._in_order = asyncio.Lock()
         self._next_confirmation_check = 0
-        self._quarantine_store: SqliteTelemetryStore | None = None
+        self._quarantine_store: TelemetryBackend | None = None
         self._signing_key: Ed25519PrivateKey | None = (
             load_private_key(settings.signing_key_path)
             if settings.signing_key_path is not None
@@ -219,7 +220,7 @@ class CommandService:
 
     async def start(self) -> None:
         s = self.settings
-        self._quarantine_store = SqliteTelemetryStore(self._telemetry_db)
+        self._quarantine_store = open_store(self._telemetry_db)
         client = MqttClient(
             s.client_id,
             clean_session=False,
@@ -529,7 +530,7 @@ class CommandService:
         self, vehicles: set[tuple[str, int]]
     ) -> dict[tuple[str, int], VehicleState | None]:
         """The telemetry store's state of each (vin, tenure)."""
-        reader = SqliteTelemetryStore(self._telemetry_db, readonly=True)
+        reader = open_store(self._telemetry_db, readonly=True)
         try:
             return {(vin, t): reader.vehicle_state(vin, tenure=t) for vin, t in vehicles}
         finally:

@@ -1,7 +1,8 @@
 """Telemetry store: where validated samples, vehicle state and the quarantine live.
 
-``base`` holds the interface and its value types; ``sqlite`` the embedded default;
-``seqgaps`` the pure arithmetic of missing seq numbers that ``sqlite`` keeps per vehicle.
+:func:`open_store` (``factory``) is the one way to a store, by URL; ``base`` holds the
+interface and its value types; ``sqlite`` the embedded default; ``seqgaps`` the pure
+arithmetic of missing seq numbers that ``sqlite`` keeps per vehicle.
 Imports ``schemas`` and ``gateway.errors``; imported by ``gateway.ingest`` and ``gateway.api``.
 """
 
@@ -13,6 +14,7 @@ from gateway.store.base import (
     QuarantineEntry,
     StatusChange,
     StoredQuarantine,
+    TelemetryBackend,
     TelemetryReader,
     TelemetryStore,
     Tenure,
@@ -20,10 +22,12 @@ from gateway.store.base import (
     VehicleSummary,
     presence,
 )
+from gateway.store.factory import SUPPORTED_SCHEMES, open_store, store_path
 from gateway.store.sqlite import SqliteTelemetryStore
 
 __all__ = [
     "FIRST_TENURE",
+    "SUPPORTED_SCHEMES",
     "CommitResult",
     "HistoryPoint",
     "IngestBatch",
@@ -31,10 +35,13 @@ __all__ = [
     "SqliteTelemetryStore",
     "StatusChange",
     "StoredQuarantine",
+    "TelemetryBackend",
     "TelemetryReader",
     "TelemetryStore",
     "Tenure",
     "VehicleState",
     "VehicleSummary",
+    "open_store",
     "presence",
+    "store_path",
 ]
