@@ -30,6 +30,7 @@ from gateway.api import ApiSettings, create_app
 from gateway.auth.ratelimit import Limit
 from gateway.broker import MosquittoProcess
 from gateway.commands.service import CommandSettings
+from gateway.settings import MqttSettings
 from gateway.store import IngestBatch, open_store
 from schemas import Sample
 from tests.conftest import (
@@ -125,7 +126,7 @@ def make_stack(
     settings = ApiSettings(
         db_path=db_path,
         commands=CommandSettings(
-            state_db_url=state_db_url, mqtt_host=broker.host, mqtt_port=broker.port
+            state_db_url=state_db_url, mqtt=MqttSettings(host=broker.host, port=broker.port)
         ),
         state_db_url=state_db_url,
         auth=auth_settings_for_tests(**auth),

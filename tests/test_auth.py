@@ -326,6 +326,7 @@ def test_command_limits_per_user_and_per_vehicle_answer_429_with_retry_after(
     tmp_path: Path, mosquitto: Any
 ) -> None:
     from gateway.commands.service import CommandSettings
+    from gateway.settings import MqttSettings
     from tests.conftest import wait_until
 
     clock = Clock()
@@ -333,8 +334,7 @@ def test_command_limits_per_user_and_per_vehicle_answer_429_with_retry_after(
         db_path=tmp_path / "telemetry.db",
         commands=CommandSettings(
             state_db_url=f"sqlite:///{tmp_path / 'state.db'}",
-            mqtt_host=mosquitto.host,
-            mqtt_port=mosquitto.port,
+            mqtt=MqttSettings(host=mosquitto.host, port=mosquitto.port),
         ),
         auth=auth_settings_for_tests(
             clock=clock,

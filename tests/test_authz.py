@@ -34,6 +34,7 @@ from httpx import Response
 from gateway.api import ApiSettings
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from gateway.commands.service import CommandSettings
+from gateway.settings import MqttSettings
 from gateway.store import IngestBatch, open_store
 from schemas import Sample
 from tests.conftest import TEST_ADMIN_EMAIL, admin_client, wait_until
@@ -167,8 +168,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     db_path = tmp / "telemetry.db"
     commands = CommandSettings(
         state_db_url=f"sqlite:///{tmp / 'state.db'}",
-        mqtt_host=broker.host,
-        mqtt_port=broker.port,
+        mqtt=MqttSettings(host=broker.host, port=broker.port),
     )
     try:
         with admin_client(ApiSettings(db_path=db_path, commands=commands)) as client:

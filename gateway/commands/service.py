@@ -72,6 +72,7 @@ from gateway.commands.lifecycle import (
 from gateway.errors import GatewayError, StoreError
 from gateway.ingest.feedback import feedback_messages
 from gateway.ingest.service import wall_clock_ms
+from gateway.settings import MqttSettings
 from gateway.statedb.commands import CommandRecord, CommandRepository
 from gateway.store import (
     FIRST_TENURE,
@@ -125,11 +126,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class CommandSettings:
     state_db_url: str
-    mqtt_host: str = "127.0.0.1"
-    mqtt_port: int = 1883
-    #: the gateway's service account on a broker that refuses anonymous clients
-    mqtt_username: str | None = None
-    mqtt_password: str | None = field(default=None, repr=False)
+    #: the broker and the service account (shared with the ingest settings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
     client_id: str = "telematics-commands-1"
     share_group: str = "telematics-commands"
     session_expiry_s: int = 7 * 24 * 3600
@@ -230,9 +228,9 @@ class CommandService:
         client.on_message = self._on_message
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        if s.mqtt_username is not None:
-            client.set_auth_credentials(s.mqtt_username, s.mqtt_password)
-        await client.connect(s.mqtt_host, s.mqtt_port, version=MQTTv50, keepalive=30)
+        if s.mqtt.username is not None:
+            client.set_auth_credentials(s.mqtt.username, s.mqtt.password)
+        await client.connect(s.mqtt.host, s.mqtt.port, version=MQTTv50, keepalive=30)
         self._client = client
         self._ticker = asyncio.create_task(self._tick_loop())
 
