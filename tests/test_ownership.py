@@ -28,8 +28,8 @@ from gateway.statedb import (
     TenureEnded,
 )
 from gateway.statedb.database import alembic_config
-from gateway.store import IngestBatch, QuarantineEntry, SqliteTelemetryStore, Tenure, open_store
-from gateway.store.sqlite import SCHEMA_VERSION
+from gateway.store import IngestBatch, QuarantineEntry, Tenure, open_store
+from gateway.store.sqlite import SCHEMA_VERSION, SqliteTelemetryStore
 from schemas import Event, EventType, Reason, Rejection, Sample
 
 VIN = "WVWZZZ1JZXW000031"

@@ -2,7 +2,8 @@
 
 :func:`open_store` (``factory``) is the one way to a store, by URL; ``base`` holds the
 interface and its value types; ``sqlite`` the embedded default; ``seqgaps`` the pure
-arithmetic of missing seq numbers that ``sqlite`` keeps per vehicle.
+arithmetic of missing seq numbers that ``sqlite`` keeps per vehicle. The SQLite class is
+not exported here: code outside the store reaches a store only through ``open_store``.
 Imports ``schemas`` and ``gateway.errors``; imported by ``gateway.ingest`` and ``gateway.api``.
 """
 
@@ -23,7 +24,6 @@ from gateway.store.base import (
     presence,
 )
 from gateway.store.factory import SUPPORTED_SCHEMES, open_store, store_path
-from gateway.store.sqlite import SqliteTelemetryStore
 
 __all__ = [
     "FIRST_TENURE",
@@ -32,7 +32,6 @@ __all__ = [
     "HistoryPoint",
     "IngestBatch",
     "QuarantineEntry",
-    "SqliteTelemetryStore",
     "StatusChange",
     "StoredQuarantine",
     "TelemetryBackend",
