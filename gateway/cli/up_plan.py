@@ -18,7 +18,6 @@ from pathlib import Path
 from gateway.auth.ratelimit import parse_limit
 from gateway.cli.sim import SIMULATOR_MODULE
 from gateway.errors import GatewayError
-from gateway.installation import SERVICE_PASSWORD_FILE, SERVICE_USERNAME
 from gateway.settings import Environment
 from schemas.broker_url import parse_broker_url
 
@@ -184,6 +183,8 @@ def forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def _broker_plan(args: argparse.Namespace, data_dir: Path, state_db_url: str) -> BrokerPlan:
+    from gateway.installation import SERVICE_PASSWORD_FILE, SERVICE_USERNAME
+
     checked = ("--state-db-url", state_db_url, "--require-provisioned")
     if args.mqtt_url is not None:
         parse_broker_url(args.mqtt_url, tls=False)
