@@ -58,8 +58,7 @@ import time
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final, NamedTuple, TextIO
-from urllib.parse import urlsplit
+from typing import Any, Final, TextIO
 
 from rich.console import Console
 from rich.live import Live
@@ -77,6 +76,7 @@ from device_sim.unit import (
     wall_clock_ms,
 )
 from device_sim.vehicle import SimulatedVehicle, VehicleProfile, make_vin
+from schemas.broker_url import BrokerAddress, parse_broker_url
 from schemas.signing import load_public_key_pem
 from schemas.vin import is_valid_vin
 
@@ -827,50 +827,6 @@ class FleetRun:
 
 
 # --- command line -------------------------------------------------------------------------------
-
-
-class BrokerAddress(NamedTuple):
-    """Where the units connect: host, port, and whether over TLS (``mqtts``)."""
-
-    host: str
-    port: int
-    tls: bool
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
-
-
-#: default port per URL scheme (IANA: 1883 MQTT, 8883 MQTT over TLS)
-_SCHEME_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse ``mqtt://host[:port]`` (port 1883 by default) or ``mqtts://host[:port]`` (TLS,
-    port 8883 by default). Credentials in the URL are refused: a URL ends up in banners,
-    logs and child processes' command lines, a password must not."""
-    expected = f"expected mqtt://host[:port] or mqtts://host[:port], e.g. {DEFAULT_MQTT_URL}"
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in _SCHEME_PORTS:
-        raise ValueError(f"invalid MQTT URL {url!r}: {expected}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(
-            f"invalid MQTT URL {url!r}: no credentials in the URL (use --credentials, or "
-            f"--username and ${PASSWORD_ENV}); {expected}"
-        )
-    if parts.path not in {"", "/"} or parts.query or parts.fragment:
-        raise ValueError(f"invalid MQTT URL {url!r}: no path or query allowed; {expected}")
-    try:
-        port = parts.port
-    except ValueError:
-        port = 0
-    if port == 0 or not parts.hostname:
-        raise ValueError(f"invalid MQTT URL {url!r}: {expected}")
-    return BrokerAddress(
-        parts.hostname, _SCHEME_PORTS[scheme] if port is None else port, scheme == "mqtts"
-    )
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:

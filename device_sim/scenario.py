@@ -99,10 +99,11 @@ import urllib.parse
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from device_sim.city import DEPOT, MUNICH
 from device_sim.credentials import UnitCredentials, load_credentials
@@ -315,80 +316,246 @@ class Published:
 
 
 # --- parsing ----------------------------------------------------------------------------------
+#
+# The file's shape (keys, required ones, each value's type and range) is the pydantic model
+# below; what depends on more than one key (unique names, events naming a vehicle of the
+# file and a time inside it, the value an action takes) is checked on the validated model.
+# Either way an error is a ScenarioError naming the file and the key, with what it takes.
 
-_TOP_KEYS: Final = frozenset(
-    {
-        "seed",
-        "start",
-        "duration",
-        "time_acceleration",
-        "report_interval_s",
-        "vin_prefix",
-        "description",
-        "vehicles",
-        "events",
-    }
-)
-_GROUP_KEYS: Final = frozenset({"count", "profile", "name", "start", "faults", "pattern"})
 _COMMUTERS: Final = (VehicleProfile.ELECTRIC_CAR, VehicleProfile.COMBUSTION_SUV)
-_EVENT_KEYS: Final = frozenset({"at", "vehicle", "action", "value", "duration"})
 
 
-class _Parser:
-    def __init__(self, source: str) -> None:
+def _number(value: Any, *, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, got {value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+    return float(value)
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, str):
+        text = value.replace(" ", "")
+        parts = _DURATION_RE.findall(text)
+        if not text or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f'must be like "2h", "90m", "1h30m" or "45s", got {value!r}')
+        seconds = sum(float(n) * _UNIT_S[u] for n, u in parts)
+        if seconds <= 0:
+            raise ValueError(f"must be > 0, got {value!r}")
+        return seconds
+    return _number(value)
+
+
+def _start(value: Any) -> dt.datetime:
+    when = value
+    if isinstance(value, str):
+        try:
+            when = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"must be ISO 8601 like 2026-11-27T08:00:00+01:00, got {value!r}"
+            ) from None
+    if not isinstance(when, dt.datetime):
+        raise ValueError(f"must be a date and time with offset, got {value!r}")
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"needs a UTC offset (like +01:00), got {value!r}")
+    if when.timestamp() < 0:
+        raise ValueError("must be after 1970")
+    return when
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _interval(value: Any) -> float:
+    interval = _number(value)
+    if not 0.1 <= interval <= 3600.0:
+        raise ValueError(f"must be within 0.1-3600 s, got {interval!r}")
+    return interval
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _vin_prefix(value: Any) -> str:
+    make_vin(1, _string(value))  # its ValueError says what a prefix may be
+    return str(value)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
+        raise ValueError(f"must be an integer 1-10000, got {value!r}")
+    return value
+
+
+def _choice(kind: type[enum.StrEnum]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        try:
+            return kind(value)
+        except ValueError:
+            choices = " | ".join(x.value for x in kind)
+            raise ValueError(f"must be {choices}, got {value!r}") from None
+
+    return check
+
+
+def _group_name(value: Any) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ValueError(f"must be lower-case letters, digits or _ (like van), got {value!r}")
+    return value
+
+
+def _node(value: Any) -> str:
+    if not isinstance(value, str) or value not in MUNICH.nodes or not MUNICH.neighbours(value):
+        raise ValueError(f"{value!r} is not a node of the road network")
+    return value
+
+
+def _faults(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {value!r}")
+    FaultRates.parse(value)  # its ValueError names the bad rate
+    return value
+
+
+def _tables(kind: str, *, required: bool) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not isinstance(value, list) or (required and not value):
+            raise ValueError(
+                f"must be one or more [[{kind}]] tables"
+                if required
+                else f"must be [[{kind}]] tables"
+            )
+        return value
+
+    return check
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _GroupTable(_Table):
+    """``[[vehicles]]``."""
+
+    count: Annotated[int, BeforeValidator(_count)]
+    profile: Annotated[VehicleProfile, BeforeValidator(_choice(VehicleProfile))]
+    name: Annotated[str, BeforeValidator(_group_name)]
+    start: Annotated[str | None, BeforeValidator(_node)] = None
+    faults: Annotated[str | None, BeforeValidator(_faults)] = None
+    pattern: Annotated[TripPattern, BeforeValidator(_choice(TripPattern))] = TripPattern.RANDOM
+
+
+class _EventTable(_Table):
+    """``[[events]]``; ``at``, ``value`` and ``duration`` are read with the rest of the file
+    (the start, the action)."""
+
+    at: Any
+    vehicle: Any
+    action: Annotated[Action, BeforeValidator(_choice(Action))]
+    value: Any = None
+    duration: Any = None
+
+
+class _ScenarioFile(_Table):
+    """The whole file."""
+
+    seed: Annotated[int, BeforeValidator(_seed)]
+    start: Annotated[dt.datetime, BeforeValidator(_start)]
+    duration: Annotated[float, BeforeValidator(_duration)]
+    time_acceleration: Annotated[float, BeforeValidator(_number)] = 1.0
+    report_interval_s: Annotated[float, BeforeValidator(_interval)] = 5.0
+    vin_prefix: Annotated[str | None, BeforeValidator(_vin_prefix)] = None
+    description: Annotated[str, BeforeValidator(_string)] = ""
+    vehicles: Annotated[list[_GroupTable], BeforeValidator(_tables("vehicles", required=True))]
+    events: Annotated[list[_EventTable], BeforeValidator(_tables("events", required=False))] = (
+        Field(default_factory=list)
+    )
+
+
+def _key(loc: Sequence[int | str]) -> str:
+    """``("events", 2, "at")`` -> ``events[3].at`` (tables count from 1, as people do)."""
+    key = ""
+    for part in loc:
+        key += f"[{part + 1}]" if isinstance(part, int) else (f".{part}" if key else part)
+    return key
+
+
+def _problem(error: Any, model: type[BaseModel]) -> str:
+    """What a pydantic error says, in this module's words."""
+    kind = error["type"]
+    if kind == "missing":
+        return "missing"
+    if kind == "extra_forbidden":
+        return f"unknown key (allowed: {', '.join(sorted(model.model_fields))})"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        table = error["loc"][0] if error["loc"] else "scenario"
+        return f"must be a{'n' if table == 'events' else ''} [[{table}]] table"
+    cause = error.get("ctx", {}).get("error")
+    return str(cause) if cause is not None else str(error["msg"])
+
+
+def _model_of(loc: Sequence[int | str]) -> type[BaseModel]:
+    """The table an error's key is in (for the keys it allows)."""
+    if len(loc) >= 2 and isinstance(loc[1], int):
+        return _GroupTable if loc[0] == "vehicles" else _EventTable
+    return _ScenarioFile
+
+
+def _validated(raw: Mapping[str, Any], source: str) -> _ScenarioFile:
+    try:
+        return _ScenarioFile.model_validate(raw)
+    except ValidationError as exc:
+        # an unknown key is named before anything else, as a misspelt key explains the rest
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        first = errors[0]
+        loc = first["loc"]
+        problem = _problem(first, _model_of(loc))
+        raise ScenarioError(f"{source}: {_key(loc)}: {problem}") from None
+
+
+class _Checker:
+    """The rules across keys, on a validated file."""
+
+    def __init__(self, source: str, start: dt.datetime) -> None:
         self.source = source
+        self.start = start
 
     def fail(self, key: str, problem: str) -> ScenarioError:
         return ScenarioError(f"{self.source}: {key}: {problem}")
 
-    def check_keys(self, table: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
-        unknown = sorted(set(table) - allowed)
-        if unknown:
-            key = f"{where}.{unknown[0]}" if where else unknown[0]
-            raise self.fail(key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-    def required(self, table: Mapping[str, Any], key: str, where: str) -> Any:
-        if key not in table:
-            raise self.fail(f"{where}.{key}" if where else key, "missing")
-        return table[key]
-
-    def number(self, value: Any, key: str, *, positive: bool = True) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(key, f"must be a number, got {value!r}")
-        if positive and not value > 0:
-            raise self.fail(key, f"must be > 0, got {value!r}")
-        return float(value)
-
-    def duration(self, value: Any, key: str) -> float:
-        if isinstance(value, str):
-            text = value.replace(" ", "")
-            parts = _DURATION_RE.findall(text)
-            if not text or "".join(n + u for n, u in parts) != text:
-                raise self.fail(key, f'must be like "2h", "90m", "1h30m" or "45s", got {value!r}')
-            seconds = sum(float(n) * _UNIT_S[u] for n, u in parts)
-            if seconds <= 0:
-                raise self.fail(key, f"must be > 0, got {value!r}")
-            return seconds
-        return self.number(value, key)
-
-    def start(self, value: Any) -> dt.datetime:
-        when = value
-        if isinstance(value, str):
-            try:
-                when = dt.datetime.fromisoformat(value)
-            except ValueError:
+    def groups(self, tables: Sequence[_GroupTable], vin_prefix: str | None) -> list[VehicleGroup]:
+        names: set[str] = set()
+        groups = []
+        for n, table in enumerate(tables, 1):
+            where = f"vehicles[{n}]"
+            if table.name in names:
+                raise self.fail(f"{where}.name", f"{table.name!r} is used by another group")
+            names.add(table.name)
+            if table.pattern is TripPattern.COMMUTE and table.profile not in _COMMUTERS:
+                allowed = " and ".join(x.value for x in _COMMUTERS)
                 raise self.fail(
-                    "start", f"must be ISO 8601 like 2026-11-27T08:00:00+01:00, got {value!r}"
-                ) from None
-        if not isinstance(when, dt.datetime):
-            raise self.fail("start", f"must be a date and time with offset, got {value!r}")
-        if when.tzinfo is None or when.utcoffset() is None:
-            raise self.fail("start", f"needs a UTC offset (like +01:00), got {value!r}")
-        if when.timestamp() < 0:
-            raise self.fail("start", "must be after 1970")
-        return when
+                    f"{where}.pattern", f"only {allowed} can commute, not {table.profile.value}"
+                )
+            groups.append(
+                VehicleGroup(
+                    table.name, table.count, table.profile, table.start, table.faults, table.pattern
+                )
+            )
+        total = sum(g.count for g in groups)
+        prefix_len = len(vin_prefix) if vin_prefix is not None else 6
+        if total >= 10 ** (17 - prefix_len):
+            raise self.fail("vehicles", f"{total} vehicles do not fit the VIN serial")
+        return groups
 
-    def at(self, value: Any, key: str, start: dt.datetime) -> int:
+    def at(self, value: Any, key: str) -> int:
+        start = self.start
         when: dt.datetime | None = None
         if isinstance(value, dt.datetime):
             when = value
@@ -412,6 +579,47 @@ class _Parser:
             raise self.fail(key, f"{value!s} is before the start ({start.isoformat()})")
         return ms
 
+    def event(
+        self, n: int, table: _EventTable, vehicle_names: Collection[str], end_ms: int
+    ) -> ScriptedEvent:
+        where = f"events[{n}]"
+        at_ms = self.at(table.at, f"{where}.at")
+        if at_ms >= end_ms:
+            raise self.fail(f"{where}.at", f"{table.at!s} is not before the scenario's end")
+        if table.vehicle not in vehicle_names:
+            raise self.fail(f"{where}.vehicle", f"no vehicle named {table.vehicle!r}")
+        action, given = table.action, table.model_fields_set
+        duration = None
+        if "duration" in given:
+            if action is not Action.GO_OFFLINE:
+                raise self.fail(f"{where}.duration", f"only go_offline takes one, not {action}")
+            duration = float(self.checked(_duration, table.duration, f"{where}.duration"))
+        value = self.value(table, where)
+        return ScriptedEvent(at_ms, table.vehicle, action, value, duration)
+
+    def value(self, table: _EventTable, where: str) -> float | str | None:
+        action, key = table.action, f"{where}.value"
+        if action is Action.LOW_CHARGE:
+            raw = table.value if "value" in table.model_fields_set else DEFAULT_LOW_LEVEL_PCT
+            level: float = self.checked(lambda v: _number(v, positive=False), raw, key)
+            if not 0.0 <= level <= 100.0:
+                raise self.fail(key, f"must be a level within 0-100 %, got {level!r}")
+            return level
+        if action is Action.GO_TO:
+            if "value" not in table.model_fields_set:
+                raise self.fail(key, "missing")
+            node: str = self.checked(_node, table.value, key)
+            return node
+        if "value" in table.model_fields_set:
+            raise self.fail(key, f"{action} takes no value")
+        return None
+
+    def checked(self, check: Callable[[Any], Any], value: Any, key: str) -> Any:
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from None
+
 
 def load(path: str | Path) -> Scenario:
     """Read and parse a scenario file; raises :class:`ScenarioError` (or ``OSError``)."""
@@ -425,140 +633,24 @@ def parse(text: str, *, source: str = "<scenario>") -> Scenario:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{source}: invalid TOML: {exc}") from None
-    p = _Parser(source)
-    p.check_keys(raw, _TOP_KEYS, "")
-    seed = p.required(raw, "seed", "")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise p.fail("seed", f"must be an integer >= 0, got {seed!r}")
-    start = p.start(p.required(raw, "start", ""))
-    duration_s = p.duration(p.required(raw, "duration", ""), "duration")
-    acceleration = p.number(raw.get("time_acceleration", 1.0), "time_acceleration")
-    interval = p.number(raw.get("report_interval_s", 5.0), "report_interval_s")
-    if not 0.1 <= interval <= 3600.0:
-        raise p.fail("report_interval_s", f"must be within 0.1-3600 s, got {interval!r}")
-    description = raw.get("description", "")
-    if not isinstance(description, str):
-        raise p.fail("description", "must be a string")
-    vin_prefix = raw.get("vin_prefix")
-    if vin_prefix is not None:
-        if not isinstance(vin_prefix, str):
-            raise p.fail("vin_prefix", "must be a string")
-        try:
-            make_vin(1, vin_prefix)
-        except ValueError as exc:
-            raise p.fail("vin_prefix", str(exc)) from None
-
-    groups_raw = p.required(raw, "vehicles", "")
-    if not isinstance(groups_raw, list) or not groups_raw:
-        raise p.fail("vehicles", "must be one or more [[vehicles]] tables")
-    groups: list[VehicleGroup] = []
-    names: set[str] = set()
-    for n, table in enumerate(groups_raw, 1):
-        where = f"vehicles[{n}]"
-        if not isinstance(table, dict):
-            raise p.fail(where, "must be a [[vehicles]] table")
-        p.check_keys(table, _GROUP_KEYS, where)
-        count = p.required(table, "count", where)
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10_000:
-            raise p.fail(f"{where}.count", f"must be an integer 1-10000, got {count!r}")
-        profile_name = p.required(table, "profile", where)
-        try:
-            profile = VehicleProfile(profile_name)
-        except ValueError:
-            choices = " | ".join(x.value for x in VehicleProfile)
-            raise p.fail(f"{where}.profile", f"must be {choices}, got {profile_name!r}") from None
-        name = p.required(table, "name", where)
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise p.fail(
-                f"{where}.name", f"must be lower-case letters, digits or _ (like van), got {name!r}"
-            )
-        if name in names:
-            raise p.fail(f"{where}.name", f"{name!r} is used by another group")
-        names.add(name)
-        start_node = table.get("start")
-        if start_node is not None and (
-            not isinstance(start_node, str)
-            or start_node not in MUNICH.nodes
-            or not MUNICH.neighbours(start_node)
-        ):
-            raise p.fail(f"{where}.start", f"{start_node!r} is not a node of the road network")
-        faults = table.get("faults")
-        if faults is not None and not isinstance(faults, str):
-            raise p.fail(f"{where}.faults", f"must be a string, got {faults!r}")
-        if faults is not None:
-            try:
-                FaultRates.parse(faults)
-            except ValueError as exc:
-                raise p.fail(f"{where}.faults", str(exc)) from None
-        pattern_name = table.get("pattern", TripPattern.RANDOM.value)
-        try:
-            pattern = TripPattern(pattern_name)
-        except ValueError:
-            choices = " | ".join(x.value for x in TripPattern)
-            raise p.fail(f"{where}.pattern", f"must be {choices}, got {pattern_name!r}") from None
-        if pattern is TripPattern.COMMUTE and profile not in _COMMUTERS:
-            allowed = " and ".join(x.value for x in _COMMUTERS)
-            raise p.fail(f"{where}.pattern", f"only {allowed} can commute, not {profile.value}")
-        groups.append(VehicleGroup(name, count, profile, start_node, faults, pattern))
-    total = sum(g.count for g in groups)
-    prefix_len = len(vin_prefix) if vin_prefix is not None else 6
-    if total >= 10 ** (17 - prefix_len):
-        raise p.fail("vehicles", f"{total} vehicles do not fit the VIN serial")
-
+    file = _validated(raw, source)
+    check = _Checker(source, file.start)
+    groups = check.groups(file.vehicles, file.vin_prefix)
     vehicle_names = {f"{g.name}-{i}" for g in groups for i in range(1, g.count + 1)}
-    end_ms = round(start.timestamp() * 1000) + round(duration_s * 1000)
-    events_raw = raw.get("events", [])
-    if not isinstance(events_raw, list):
-        raise p.fail("events", "must be [[events]] tables")
-    events: list[ScriptedEvent] = []
-    for n, table in enumerate(events_raw, 1):
-        where = f"events[{n}]"
-        if not isinstance(table, dict):
-            raise p.fail(where, "must be an [[events]] table")
-        p.check_keys(table, _EVENT_KEYS, where)
-        at_ms = p.at(p.required(table, "at", where), f"{where}.at", start)
-        if at_ms >= end_ms:
-            raise p.fail(f"{where}.at", f"{table['at']!s} is not before the scenario's end")
-        vehicle = p.required(table, "vehicle", where)
-        if vehicle not in vehicle_names:
-            raise p.fail(f"{where}.vehicle", f"no vehicle named {vehicle!r}")
-        action_name = p.required(table, "action", where)
-        try:
-            action = Action(action_name)
-        except ValueError:
-            choices = " | ".join(a.value for a in Action)
-            raise p.fail(f"{where}.action", f"must be {choices}, got {action_name!r}") from None
-        value: float | str | None = None
-        duration: float | None = None
-        if "duration" in table:
-            if action is not Action.GO_OFFLINE:
-                raise p.fail(f"{where}.duration", f"only go_offline takes one, not {action}")
-            duration = p.duration(table["duration"], f"{where}.duration")
-        if action is Action.LOW_CHARGE:
-            level = p.number(
-                table.get("value", DEFAULT_LOW_LEVEL_PCT), f"{where}.value", positive=False
-            )
-            if not 0.0 <= level <= 100.0:
-                raise p.fail(f"{where}.value", f"must be a level within 0-100 %, got {level!r}")
-            value = level
-        elif action is Action.GO_TO:
-            node = p.required(table, "value", where)
-            if not isinstance(node, str) or node not in MUNICH.nodes or not MUNICH.neighbours(node):
-                raise p.fail(f"{where}.value", f"{node!r} is not a node of the road network")
-            value = node
-        elif "value" in table:
-            raise p.fail(f"{where}.value", f"{action} takes no value")
-        events.append(ScriptedEvent(at_ms, vehicle, action, value, duration))
+    end_ms = round(file.start.timestamp() * 1000) + round(file.duration * 1000)
+    events = [
+        check.event(n, table, vehicle_names, end_ms) for n, table in enumerate(file.events, 1)
+    ]
     return Scenario(
-        seed=seed,
-        start=start,
-        duration_s=duration_s,
-        time_acceleration=acceleration,
-        report_interval_s=interval,
+        seed=file.seed,
+        start=file.start,
+        duration_s=file.duration,
+        time_acceleration=file.time_acceleration,
+        report_interval_s=file.report_interval_s,
         vehicles=tuple(groups),
         events=tuple(events),
-        vin_prefix=vin_prefix,
-        description=description,
+        vin_prefix=file.vin_prefix,
+        description=file.description,
     )
 
 
@@ -830,7 +922,7 @@ def _parse_until(value: str | None, scenario: Scenario) -> int | None:
     if value is None:
         return None
     try:
-        return _Parser("command line").at(value, "--until", scenario.start)
+        return _Checker("command line", scenario.start).at(value, "--until")
     except ScenarioError as exc:
         raise SystemExit(f"error: {exc}") from None
 

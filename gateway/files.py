@@ -1,4 +1,6 @@
-"""Files only their owner may read: the data directory and the SQLite databases in it.
+"""Files only their owner may read: the data directory, the SQLite databases in it, and
+every secret, key, status and broker file the gateway writes (:func:`write_private_file`,
+the one writer of such files, so none is ever readable by others, not even for a moment).
 
 The telemetry store and the state database hold every vehicle's positions, accounts,
 password hashes and audit entries; they are as secret as the keys next to them. A process
@@ -8,8 +10,9 @@ database file is created here first, with mode 0600; SQLite then gives its ``-wa
 ``tests/test_file_modes.py``). Files an older version created with looser modes are
 tightened when they are opened.
 
-Standard library only; imported by the store, the state database and the CLI, like
-:mod:`gateway.errors`.
+Standard library only; imported by the store, the state database, the broker files, the
+token secret, the health reports and the CLI, like :mod:`gateway.errors` (see
+docs/decisions/0013-architecture-step.md).
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import contextlib
 import logging
 import os
 import stat
+import tempfile
 from pathlib import Path
 
-__all__ = ["private_directory", "private_sqlite_file"]
+__all__ = ["private_directory", "private_sqlite_file", "write_private_file"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,56 @@ def private_sqlite_file(path: Path) -> None:
     for candidate in (path, *(path.with_name(path.name + s) for s in _SQLITE_COMPANIONS)):
         if candidate.is_file():  # not a directory someone passed by mistake: SQLite says so
             _tighten(candidate, 0o600)
+
+
+def write_private_file(
+    path: Path,
+    data: str | bytes,
+    *,
+    mode: int = 0o600,
+    replace: bool = True,
+    fsync: bool = True,
+) -> None:
+    """Write ``data`` (text as UTF-8) to ``path``, with ``mode`` from the first byte on.
+
+    ``replace=True``: atomically, so a reader (the broker on SIGHUP, a health probe) sees the
+    old file or the new one, never a half-written or missing one (a missing password file on
+    reload would make Mosquitto disconnect every password client); ``fsync`` makes the file
+    and its rename survive a crash. ``replace=False``: create only, ``FileExistsError`` if
+    ``path`` exists (a secret generated once: of two processes starting at once, the first
+    one's stays). A missing directory is created, mode 0700.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    if not replace:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        os.fchmod(fd, mode)  # whatever the umask
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        if mode != 0o600:  # what mkstemp creates
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if fsync:  # the rename itself must survive a crash too
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def _tighten(path: Path, mode: int) -> None:

@@ -24,15 +24,14 @@ older than :data:`STALE_AFTER_S` is a process that stopped reporting: dead or hu
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from gateway.files import write_private_file
 
 __all__ = [
     "HEALTH_DIR_NAME",
@@ -97,16 +96,7 @@ class GatewayHeartbeat:
 def write_status_file(path: Path, data: Mapping[str, Any]) -> None:
     """Replace ``path`` with ``data`` as JSON, atomically (no fsync: a status lost in a
     power cut is rewritten within seconds)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_private_file(path, json.dumps(data), fsync=False)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,17 +36,26 @@ from gateway.broker.auth import (
 from gateway.broker.control import DynsecControl, purge_sessions
 from gateway.broker.mosquitto import BrokerError, MosquittoProcess
 from gateway.core.policy import AccountKind, Role
+from gateway.files import write_private_file
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
+from schemas.credentials import (
+    UnitCredentials,
+    VehicleCredential,
+    load_credentials,
+    write_credentials,
+)
 
 __all__ = [
     "CONTROL_USERNAME",
+    "SERVICE_PASSWORD_FILE",
     "SERVICE_USERNAME",
     "DemoLogin",
     "closed_broker_sync",
     "control_password",
     "provision_demo",
     "service_password",
+    "write_unit_credentials",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,22 +64,17 @@ log = logging.getLogger(__name__)
 SERVICE_USERNAME: Final = "telematics-gateway"
 #: the account that changes the broker's Dynamic Security plugin (the broker sync)
 CONTROL_USERNAME: Final = "telematics-broker-admin"
+#: the file in DATA_DIR/secrets with the service account's password
+SERVICE_PASSWORD_FILE: Final = "mqtt-service.password"
 DEMO_ORGANIZATION: Final = "Demo Fleet"
 DEMO_MANAGER_EMAIL: Final = "fleet@demo.local"
 
 
-def _write_secret(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
 def service_password(secrets_dir: Path) -> Path:
     """The file with the service account's password, created (random, 0600) if missing."""
-    path = secrets_dir / "mqtt-service.password"
+    path = secrets_dir / SERVICE_PASSWORD_FILE
     if not path.exists():
-        _write_secret(path, generate_password() + "\n")
+        write_private_file(path, generate_password() + "\n")
     return path
 
 
@@ -80,7 +83,7 @@ def control_password(secrets_dir: Path) -> Path:
     missing."""
     path = secrets_dir / "mqtt-broker-admin.password"
     if not path.exists():
-        _write_secret(path, generate_password() + "\n")
+        write_private_file(path, generate_password() + "\n")
     return path
 
 
@@ -193,8 +196,6 @@ def provision_demo(
     vehicle whose password is not in the file, or no longer the one the state database
     has (someone gave it new credentials through the API, or revoked it), gets a new one,
     so the simulator never starts with credentials the broker refuses."""
-    from gateway.admin_cli import write_unit_credentials
-
     account = next(
         (a for a in accounts.list_accounts() if a.name == DEMO_ORGANIZATION),
         None,
@@ -250,8 +251,6 @@ def _refresh_demo_units(
     credentials file is missing or stale; returns their new passwords."""
     known: dict[str, str | None] = {}
     if credentials_path.exists():
-        from device_sim.credentials import load_credentials
-
         known = {
             vin: entry.mqtt_password
             for vin, entry in load_credentials(credentials_path).vehicles.items()
@@ -297,3 +296,29 @@ def _refresh_demo_units(
     if fresh:
         log.info("new credentials for %d demo vehicles: %s", len(fresh), ", ".join(fresh))
     return fresh
+
+
+def write_unit_credentials(
+    path: Path,
+    passwords: dict[str, str | None],
+    *,
+    public_key_path: Path | None,
+    broker_url: str | None,
+) -> UnitCredentials:
+    """Add ``passwords`` (VIN -> MQTT password) to the unit credentials file at ``path``
+    (created if missing; entries of other VINs are kept); returns what it wrote. Used by
+    the demo and by ``telematics vehicle add --credentials-file``."""
+    existing = load_credentials(path) if path.exists() else UnitCredentials()
+    entries = {vin: e for vin, e in existing.vehicles.items() if vin not in passwords}
+    for vin, password in passwords.items():
+        entries[vin] = VehicleCredential(vin=vin, mqtt_username=vin, mqtt_password=password)
+    public_key = existing.gateway_public_key_pem
+    if public_key_path is not None and public_key_path.exists():
+        public_key = public_key_path.read_bytes()
+    written = UnitCredentials.of(
+        entries.values(),
+        gateway_public_key_pem=public_key,
+        broker_url=broker_url or existing.broker_url,
+    )
+    write_credentials(path, written)
+    return written

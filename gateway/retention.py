@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from gateway.errors import StoreError
-from gateway.store import SqliteTelemetryStore
+from gateway.store import TelemetryBackend, open_store
 
 __all__ = [
     "DEFAULT_QUARANTINE_DAYS",
@@ -69,7 +69,7 @@ def _cutoff(now_ms: int, days: float | None) -> int | None:
 
 
 def prune_once(
-    store: SqliteTelemetryStore,
+    store: TelemetryBackend,
     policy: RetentionPolicy,
     now_ms: int,
     pause: Callable[[], object] = lambda: None,
@@ -122,7 +122,7 @@ async def run_retention(
 
 
 def _pass(db_path: Path, policy: RetentionPolicy, now_ms: int) -> tuple[int, int]:
-    store = SqliteTelemetryStore(db_path)
+    store = open_store(db_path)
     try:
         return prune_once(store, policy, now_ms, pause=lambda: time.sleep(policy.pause_s))
     finally:

@@ -27,7 +27,7 @@ from gateway.health import (
 from gateway.ingest.registry import VehicleRegistry
 from gateway.ingest.service import IngestService, IngestSettings
 from gateway.retention import RetentionPolicy, run_retention
-from gateway.store import SqliteTelemetryStore
+from gateway.store import open_store
 from gateway.store.sqlite import DEFAULT_QUARANTINE_PAYLOAD_BYTES, Synchronous
 
 __all__ = ["GatewayOptions", "run_gateway"]
@@ -88,7 +88,7 @@ async def _heartbeat(
                 "pid": os.getpid(),
                 "connected": service.connected.is_set(),
                 "updated_at_ms": time.time_ns() // 1_000_000,
-                "broker": f"mqtt://{s.host}:{s.port}",
+                "broker": s.mqtt.url,
             }
             try:
                 await asyncio.to_thread(write_status_file, path, beat)
@@ -101,7 +101,7 @@ async def _heartbeat(
 
 
 async def _run(options: GatewayOptions) -> None:
-    store = SqliteTelemetryStore(
+    store = open_store(
         options.db_path,
         synchronous=options.synchronous,
         quarantine_payload_bytes=options.quarantine_payload_bytes,
@@ -119,10 +119,9 @@ async def _run(options: GatewayOptions) -> None:
     )
     s = options.ingest
     log.info(
-        "gateway %s ingesting from mqtt://%s:%d (group %s) into %s",
+        "gateway %s ingesting from %s (group %s) into %s",
         s.client_id,
-        s.host,
-        s.port,
+        s.mqtt.url,
         s.share_group,
         options.db_path,
     )

@@ -35,7 +35,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -407,10 +406,6 @@ class Supervisor:
         if self.health_dir is not None:
             (self.health_dir / SUPERVISOR_FILE_NAME).unlink(missing_ok=True)
         log.info("all parts stopped")
-
-
-def python_module(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
 
 
 def data_paths(data_dir: Path) -> tuple[Path, Path]:

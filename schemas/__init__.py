@@ -8,6 +8,8 @@ Layout:
     commands.py  remote commands: types, parameters, the unit's rule book, answers
     signing.py   the Ed25519 signature of a command (what is signed, exactly)
     feedback.py  notices to a unit of what the gateway refused of its input
+    broker_url.py  the broker URL (mqtt://, mqtts://) units and the gateway connect to
+    credentials.py the unit credentials file provisioning hands a fleet of units
 
 The normative text for firmware teams is ``docs/device-contract.md``.
 

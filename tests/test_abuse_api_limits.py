@@ -34,7 +34,7 @@ import pytest
 
 from gateway.api import ApiSettings
 from gateway.broker import MosquittoProcess, free_port
-from gateway.store import IngestBatch, QuarantineEntry, SqliteTelemetryStore
+from gateway.store import IngestBatch, QuarantineEntry, open_store
 from schemas import Reason, Rejection
 from tests.conftest import GatewayProcess, admin_client, wait_until
 
@@ -271,7 +271,7 @@ def test_a_list_of_large_entries_stops_at_about_a_mebibyte(tmp_path: Path) -> No
     of 1,000 of those stops near 1 MiB with a cursor to the rest."""
     db_path = tmp_path / "telemetry.db"
     payload = b'{"junk": "' + b"A" * (262 * 1024) + b'"}'
-    store = SqliteTelemetryStore(db_path)
+    store = open_store(db_path)
     try:
         rejection = Rejection(Reason.MALFORMED_JSON, "not JSON", vin="WVWZZZ1JZXW000001")
         store.commit(
@@ -349,14 +349,14 @@ def test_a_flood_of_large_bad_messages_keeps_the_quarantine_small(
         )
 
         def quarantined() -> int:
-            store = SqliteTelemetryStore(gateway.db_path, readonly=True)
+            store = open_store(gateway.db_path, readonly=True)
             try:
                 return len(store.quarantine(limit=n + 1))
             finally:
                 store.close()
 
         wait_until(lambda: quarantined() == n, timeout=60, what=f"{n} quarantined messages")
-        store = SqliteTelemetryStore(gateway.db_path, readonly=True)
+        store = open_store(gateway.db_path, readonly=True)
         try:
             entry = store.quarantine(limit=1)[0]
         finally:

@@ -30,7 +30,8 @@ from gateway.api import ApiSettings, create_app
 from gateway.auth.ratelimit import Limit
 from gateway.broker import MosquittoProcess
 from gateway.commands.service import CommandSettings
-from gateway.store import IngestBatch, SqliteTelemetryStore
+from gateway.settings import MqttSettings
+from gateway.store import IngestBatch, open_store
 from schemas import Sample
 from tests.conftest import (
     TEST_ADMIN_EMAIL,
@@ -125,7 +126,7 @@ def make_stack(
     settings = ApiSettings(
         db_path=db_path,
         commands=CommandSettings(
-            state_db_url=state_db_url, mqtt_host=broker.host, mqtt_port=broker.port
+            state_db_url=state_db_url, mqtt=MqttSettings(host=broker.host, port=broker.port)
         ),
         state_db_url=state_db_url,
         auth=auth_settings_for_tests(**auth),
@@ -268,7 +269,7 @@ def test_a_new_holder_of_a_revoked_vin_gets_none_of_its_past(stack: Stack) -> No
         VIN,
     )
     assert events == [(1, 1), (2, 1)]
-    reader = SqliteTelemetryStore(stack.db_path, readonly=True)
+    reader = open_store(stack.db_path, readonly=True)
     try:
         refused = reader.quarantine(limit=10, vin=VIN)
     finally:
@@ -753,7 +754,7 @@ def test_a_grant_needs_read_to_read_and_an_empty_one_is_refused(stack: Stack) ->
     owner = stack.register("olga@example.com")
     assert stack.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
     son = stack.user(owner, "tim@example.com", "driver")
-    writer = SqliteTelemetryStore(stack.db_path)  # the car has reported once
+    writer = open_store(stack.db_path)  # the car has reported once
     try:
         writer.commit(
             IngestBatch(received_at=now_ms(), samples=[Sample(VIN, 1, now_ms(), {SPEED: 0.0})])

@@ -27,8 +27,8 @@ from gateway.errors import ConfigurationError
 from gateway.store import (
     IngestBatch,
     QuarantineEntry,
-    SqliteTelemetryStore,
     StatusChange,
+    open_store,
 )
 from schemas import CATALOG, Event, EventType, Reason, Rejection, Sample, StatusState
 from tests.conftest import admin_client
@@ -117,7 +117,7 @@ def seed(path: Path) -> None:
         metrics.commit_seconds_counters(0.002),
         metrics.commit_seconds_counters(0.02),
     )
-    store = SqliteTelemetryStore(path)
+    store = open_store(path)
     try:
         store.commit(
             IngestBatch(

@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 import gateway.api
 from gateway.api import ApiSettings
 from gateway.api.limits import BodyLimit, body_limit, document_body_limits
-from gateway.store import IngestBatch, SqliteTelemetryStore
+from gateway.store import IngestBatch, open_store
 from schemas import Sample
 from tests.conftest import TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, admin_client
 
@@ -342,7 +342,7 @@ def test_a_provisioned_vehicle_is_listed_before_it_reports(tmp_path: Path) -> No
         for vin in (quiet, heard):
             r = client.post("/v1/vehicles", json={"vin": vin, "account_id": account["id"]})
             assert r.status_code == 201, r.text
-        store = SqliteTelemetryStore(db_path)
+        store = open_store(db_path)
         try:
             store.commit(
                 IngestBatch(received_at=5, samples=[Sample(heard, 1, 4, {"Vehicle.Speed": 3.0})])
@@ -412,7 +412,7 @@ def test_the_vehicle_list_pages_across_both_databases(tmp_path: Path) -> None:
         account = client.post("/v1/accounts", json={"kind": "organization", "name": "o"}).json()
         for vin in provisioned:
             client.post("/v1/vehicles", json={"vin": vin, "account_id": account["id"]})
-        store = SqliteTelemetryStore(db_path)
+        store = open_store(db_path)
         try:
             store.commit(IngestBatch(received_at=5, samples=[Sample(v, 1, 4, {}) for v in heard]))
         finally:

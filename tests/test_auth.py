@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from gateway.api import ApiSettings
 from gateway.auth.ratelimit import Limit
-from gateway.store import IngestBatch, SqliteTelemetryStore
+from gateway.store import IngestBatch, open_store
 from schemas import Sample
 from tests.conftest import (
     TEST_ADMIN_EMAIL,
@@ -73,7 +73,7 @@ def make(tmp_path: Path, **auth: Any) -> Iterator[Setup]:
         db_path=tmp_path / "telemetry.db",
         auth=auth_settings_for_tests(clock=clock, **auth),
     )
-    store = SqliteTelemetryStore(settings.db_path)
+    store = open_store(settings.db_path)
     store.commit(
         IngestBatch(
             received_at=1,
@@ -326,6 +326,7 @@ def test_command_limits_per_user_and_per_vehicle_answer_429_with_retry_after(
     tmp_path: Path, mosquitto: Any
 ) -> None:
     from gateway.commands.service import CommandSettings
+    from gateway.settings import MqttSettings
     from tests.conftest import wait_until
 
     clock = Clock()
@@ -333,8 +334,7 @@ def test_command_limits_per_user_and_per_vehicle_answer_429_with_retry_after(
         db_path=tmp_path / "telemetry.db",
         commands=CommandSettings(
             state_db_url=f"sqlite:///{tmp_path / 'state.db'}",
-            mqtt_host=mosquitto.host,
-            mqtt_port=mosquitto.port,
+            mqtt=MqttSettings(host=mosquitto.host, port=mosquitto.port),
         ),
         auth=auth_settings_for_tests(
             clock=clock,
@@ -342,7 +342,7 @@ def test_command_limits_per_user_and_per_vehicle_answer_429_with_retry_after(
             vehicle_command_limit=Limit(rate=1 / 60, burst=2),
         ),
     )
-    store = SqliteTelemetryStore(settings.db_path)
+    store = open_store(settings.db_path)
     store.commit(
         IngestBatch(
             received_at=1,

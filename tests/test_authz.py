@@ -34,7 +34,8 @@ from httpx import Response
 from gateway.api import ApiSettings
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from gateway.commands.service import CommandSettings
-from gateway.store import IngestBatch, SqliteTelemetryStore
+from gateway.settings import MqttSettings
+from gateway.store import IngestBatch, open_store
 from schemas import Sample
 from tests.conftest import TEST_ADMIN_EMAIL, admin_client, wait_until
 
@@ -86,7 +87,7 @@ class World:
 
     def report(self, vin: str) -> None:
         """Make ``vin`` known to the telemetry store, as if it had sent a sample."""
-        store = SqliteTelemetryStore(self.db_path)
+        store = open_store(self.db_path)
         try:
             store.commit(IngestBatch(received_at=1, samples=[Sample(vin, 1, 1, {SPEED: 1.0})]))
         finally:
@@ -167,8 +168,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     db_path = tmp / "telemetry.db"
     commands = CommandSettings(
         state_db_url=f"sqlite:///{tmp / 'state.db'}",
-        mqtt_host=broker.host,
-        mqtt_port=broker.port,
+        mqtt=MqttSettings(host=broker.host, port=broker.port),
     )
     try:
         with admin_client(ApiSettings(db_path=db_path, commands=commands)) as client:

@@ -19,7 +19,7 @@ import pytest
 
 from gateway import cli
 from gateway.broker import free_port
-from gateway.cli import build_parser, main
+from gateway.cli import build_parser, main, up_plan
 from gateway.errors import GatewayError
 from tests.test_readme_examples import kill_processes_mentioning
 
@@ -245,7 +245,7 @@ def test_up_hands_its_api_and_gateway_settings_on(monkeypatch: pytest.MonkeyPatc
             "g2",
         ]
     )
-    api, gateway = cli._forwarded(args)
+    api, gateway = up_plan.forwarded(args)
     assert api[api.index("--access-token-ttl") + 1] == "60"
     assert api[api.index("--login-limit") + 1] == "5/min"
     assert "--no-registration" in api
@@ -254,4 +254,4 @@ def test_up_hands_its_api_and_gateway_settings_on(monkeypatch: pytest.MonkeyPatc
     assert gateway[gateway.index("--share-group") + 1] == "g2"
     bad = build_parser().parse_args(["up", "--user-command-limit", "fast"])
     with pytest.raises(ValueError, match="fast"):
-        cli._forwarded(bad)
+        up_plan.forwarded(bad)

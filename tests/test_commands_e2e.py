@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from gateway.api import ApiSettings
 from gateway.broker import MosquittoProcess
 from gateway.commands.service import CommandSettings
+from gateway.settings import MqttSettings
 from schemas.commands import command_result_topic, command_topic
 from tests.conftest import GatewayProcess, admin_client, wait_until
 from tests.test_ingest_e2e import now_ms, publish, query, telemetry
@@ -51,7 +52,7 @@ class Api:
 
     def __init__(self, db_path: Path, broker: MosquittoProcess, state_url: str, **kw: Any) -> None:
         settings = CommandSettings(
-            state_db_url=state_url, mqtt_host=broker.host, mqtt_port=broker.port, **kw
+            state_db_url=state_url, mqtt=MqttSettings(host=broker.host, port=broker.port), **kw
         )
         self.client = admin_client(ApiSettings(db_path=db_path, commands=settings))
 

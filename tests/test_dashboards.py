@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.api import ApiSettings
-from gateway.store import SqliteTelemetryStore
+from gateway.store import open_store
 from tests.conftest import admin_client
 
 with warnings.catch_warnings():
@@ -73,7 +73,7 @@ def exported(tmp_path: Path) -> set[str]:
     """Metric names as the real API writes them (counters with ``_total``, histograms by
     their base name), scraped from a fresh app over an empty store."""
     db_path = tmp_path / "t.db"
-    SqliteTelemetryStore(db_path).close()
+    open_store(db_path).close()
     with admin_client(ApiSettings(db_path)) as client:
         response = client.get("/metrics")
     assert response.status_code == 200, response.text

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.files import private_directory, private_sqlite_file
 from gateway.statedb.database import StateDatabase
-from gateway.store import SqliteTelemetryStore
+from gateway.store import open_store
 
 
 def mode(path: Path) -> int:
@@ -33,7 +33,7 @@ def usual_umask() -> Iterator[None]:
 
 def test_the_telemetry_store_and_its_wal_are_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "data" / "telemetry.db"
-    store = SqliteTelemetryStore(path)
+    store = open_store(path)
     try:
         store.list_vehicles(limit=1)
         files = [path, path.with_name("telemetry.db-wal"), path.with_name("telemetry.db-shm")]
@@ -61,11 +61,11 @@ def test_the_state_database_and_its_wal_are_owner_only(tmp_path: Path) -> None:
 
 def test_files_of_an_older_version_are_tightened(tmp_path: Path) -> None:
     path = tmp_path / "telemetry.db"
-    SqliteTelemetryStore(path).close()
+    open_store(path).close()
     for file in tmp_path.iterdir():
         file.chmod(0o644)
     tmp_path.chmod(0o755)
-    store = SqliteTelemetryStore(path)
+    store = open_store(path)
     store.close()
     for file in tmp_path.iterdir():
         assert mode(file) == 0o600, file

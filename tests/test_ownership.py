@@ -28,8 +28,8 @@ from gateway.statedb import (
     TenureEnded,
 )
 from gateway.statedb.database import alembic_config
-from gateway.store import IngestBatch, QuarantineEntry, SqliteTelemetryStore, Tenure
-from gateway.store.sqlite import SCHEMA_VERSION
+from gateway.store import IngestBatch, QuarantineEntry, Tenure, open_store
+from gateway.store.sqlite import SCHEMA_VERSION, SqliteTelemetryStore
 from schemas import Event, EventType, Reason, Rejection, Sample
 
 VIN = "WVWZZZ1JZXW000031"
@@ -257,7 +257,7 @@ def test_the_ingest_service_commits_before_a_vin_changes_tenure_and_loses_nothin
     from gateway.ingest.service import IngestService, IngestSettings
 
     tenures = {VIN: Tenure(1, 0)}
-    store = SqliteTelemetryStore(tmp_path / "telemetry.db")
+    store = open_store(tmp_path / "telemetry.db")
     service = IngestService(
         IngestSettings(), store, clock_ms=lambda: NOW + 10, tenure_of=tenures.get
     )

@@ -21,9 +21,9 @@ from gateway.ingest.feedback import feedback_messages
 from gateway.store import (
     IngestBatch,
     QuarantineEntry,
-    SqliteTelemetryStore,
     StatusChange,
     VehicleSummary,
+    open_store,
     presence,
 )
 from schemas import Reason, Rejection, Sample, StatusState
@@ -67,7 +67,7 @@ def test_api_shows_a_silent_vehicle_offline_with_the_reason(tmp_path: Path) -> N
     """Issue 11: a plain DISCONNECT without an offline status left the vehicle online
     forever. Its status stays 'online' in the store; the API tells the truth."""
     path = tmp_path / "telemetry.db"
-    store = SqliteTelemetryStore(path)
+    store = open_store(path)
     try:
         store.commit(
             IngestBatch(

@@ -19,7 +19,7 @@ import pytest
 
 from gateway.broker import MosquittoProcess
 from gateway.retention import RetentionPolicy, prune_once
-from gateway.store import IngestBatch, QuarantineEntry, SqliteTelemetryStore
+from gateway.store import IngestBatch, QuarantineEntry, open_store
 from gateway.store.sqlite import SCHEMA_VERSION
 from schemas import Reason, Rejection, Sample
 from tests.conftest import wait_until
@@ -34,7 +34,7 @@ def _rejection(n: int) -> Rejection:
 
 
 def _seed(path: Path, *, received_at: int, first_seq: int, n: int, quarantined: int = 0) -> None:
-    store = SqliteTelemetryStore(path)
+    store = open_store(path)
     try:
         store.commit(
             IngestBatch(
@@ -64,7 +64,7 @@ def test_prune_samples_deletes_only_old_ones_in_chunks(tmp_path: Path) -> None:
     now = 100 * DAY_MS
     _seed(db, received_at=now - 10 * DAY_MS, first_seq=1, n=250)
     _seed(db, received_at=now - DAY_MS, first_seq=1000, n=50)
-    store = SqliteTelemetryStore(db)
+    store = open_store(db)
     try:
         assert store.prune_samples(received_before=now - 5 * DAY_MS, chunk=100) == 100
         assert store.prune_samples(received_before=now - 5 * DAY_MS, chunk=100) == 100
@@ -86,7 +86,7 @@ def test_prune_quarantine_by_age_and_by_count(tmp_path: Path) -> None:
     policy = RetentionPolicy(
         telemetry_days=None, quarantine_days=30, quarantine_max_entries=20, chunk=7
     )
-    store = SqliteTelemetryStore(db)
+    store = open_store(db)
     try:
         pauses: list[None] = []
         samples, entries = prune_once(store, policy, now, pause=lambda: pauses.append(None))
@@ -103,7 +103,7 @@ def test_a_large_refused_payload_is_kept_as_a_prefix_with_size_and_hash(tmp_path
     db = tmp_path / "t.db"
     big = bytes(range(256)) * 1024  # 256 KiB
     small = b'{"vin": 1}'
-    store = SqliteTelemetryStore(db, quarantine_payload_bytes=1000)
+    store = open_store(db, quarantine_payload_bytes=1000)
     try:
         store.commit(
             IngestBatch(
@@ -140,7 +140,7 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
             "VALUES (1, 't', 'malformed_json', 'd', ?)",
             (b"old payload",),
         )
-    store = SqliteTelemetryStore(db)
+    store = open_store(db)
     try:
         store.commit(
             IngestBatch(received_at=2, quarantine=[QuarantineEntry(2, "t", b"new", _rejection(1))])

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from gateway import metrics
 from gateway.api import ApiSettings
-from gateway.store import IngestBatch, SqliteTelemetryStore
+from gateway.store import IngestBatch, TelemetryBackend, open_store
 from gateway.store.seqgaps import Gap, SeqRange, advance, inside
 from schemas import Event, EventType, Sample
 from tests.conftest import admin_client
@@ -135,7 +135,7 @@ def samples(vin: str, *seqs: int) -> list[Sample]:
     return [Sample(vin, seq, T0 + seq, {"Vehicle.Speed": 1.0}) for seq in seqs]
 
 
-def commit(store: SqliteTelemetryStore, *items: Sample | Event) -> None:
+def commit(store: TelemetryBackend, *items: Sample | Event) -> None:
     store.commit(
         IngestBatch(
             received_at=T0,
@@ -145,13 +145,13 @@ def commit(store: SqliteTelemetryStore, *items: Sample | Event) -> None:
     )
 
 
-def missing(store: SqliteTelemetryStore, vin: str) -> tuple[int, int]:
+def missing(store: TelemetryBackend, vin: str) -> tuple[int, int]:
     state = store.vehicle_state(vin, tenure=1)
     assert state is not None
     return state.summary.missing_samples, state.summary.missing_events
 
 
-def gauges(store: SqliteTelemetryStore) -> dict[tuple[str, str], float]:
+def gauges(store: TelemetryBackend) -> dict[tuple[str, str], float]:
     return {
         key: value
         for key, value in store.counters().items()
@@ -160,14 +160,14 @@ def gauges(store: SqliteTelemetryStore) -> dict[tuple[str, str], float]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteTelemetryStore]:
-    opened = SqliteTelemetryStore(tmp_path / "telemetry.db")
+def store(tmp_path: Path) -> Iterator[TelemetryBackend]:
+    opened = open_store(tmp_path / "telemetry.db")
     yield opened
     opened.close()
 
 
 def test_store_counts_missing_samples_per_vehicle_and_forgets_filled_gaps(
-    store: SqliteTelemetryStore,
+    store: TelemetryBackend,
 ) -> None:
     commit(store, *samples(VIN, 1, 2, 3), *samples(OTHER, 1, 2))
     commit(store, *samples(VIN, 7, 8), *samples(OTHER, 3))  # VIN: 4, 5, 6 missing
@@ -186,7 +186,7 @@ def test_store_counts_missing_samples_per_vehicle_and_forgets_filled_gaps(
     }
 
 
-def test_store_tracks_event_numbers_separately(store: SqliteTelemetryStore) -> None:
+def test_store_tracks_event_numbers_separately(store: TelemetryBackend) -> None:
     commit(
         store,
         *samples(VIN, 1, 2),
@@ -199,10 +199,10 @@ def test_store_tracks_event_numbers_separately(store: SqliteTelemetryStore) -> N
 
 def test_tracking_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "telemetry.db"
-    first = SqliteTelemetryStore(path)
+    first = open_store(path)
     commit(first, *samples(VIN, 1, 5))
     first.close()
-    again = SqliteTelemetryStore(path)
+    again = open_store(path)
     try:
         commit(again, *samples(VIN, 2, 3))
         assert missing(again, VIN) == (1, 0)
@@ -212,7 +212,7 @@ def test_tracking_survives_reopening(tmp_path: Path) -> None:
 
 def test_api_shows_missing_samples_and_the_metrics(tmp_path: Path) -> None:
     path = tmp_path / "telemetry.db"
-    store = SqliteTelemetryStore(path)
+    store = open_store(path)
     try:
         commit(store, *samples(VIN, 10, 11, 15))
     finally:

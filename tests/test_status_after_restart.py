@@ -16,7 +16,7 @@ import pytest
 
 from gateway.broker import MosquittoProcess
 from gateway.ingest.pipeline import Batcher
-from gateway.store import IngestBatch, SqliteTelemetryStore, StatusChange, VehicleSummary
+from gateway.store import IngestBatch, StatusChange, TelemetryBackend, VehicleSummary, open_store
 from schemas import StatusState
 from tests.conftest import GatewayProcess, wait_until
 
@@ -48,7 +48,7 @@ def _publish(broker: MosquittoProcess, topic: str, payload: str, *, retain: bool
 def _summary(db: Path, vin: str) -> VehicleSummary | None:
     if not db.exists():
         return None
-    store = SqliteTelemetryStore(db, readonly=True)
+    store = open_store(db, readonly=True)
     try:
         state = store.vehicle_state(vin, tenure=1)
     finally:
@@ -72,7 +72,7 @@ def _marker(broker: MosquittoProcess, db: Path, seq: int) -> None:
 
 
 def _count_marker(db: Path) -> int:
-    store = SqliteTelemetryStore(db, readonly=True)
+    store = open_store(db, readonly=True)
     try:
         points = store.history(
             MARKER_VIN, ["Vehicle.Speed"], tenure=1, start=0, end=2**62, limit=99
@@ -127,7 +127,7 @@ def test_a_retained_status_is_not_a_sign_of_life() -> None:
 
 def test_a_retained_status_changes_the_state_only_when_it_differs(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
-    store = SqliteTelemetryStore(db)
+    store = open_store(db)
     try:
         live = StatusChange(VIN, StatusState.OFFLINE, 1000)
         store.commit(IngestBatch(received_at=1000, statuses=[live], seen={VIN: 1000}))
@@ -148,7 +148,7 @@ def test_a_retained_status_changes_the_state_only_when_it_differs(tmp_path: Path
         store.close()
 
 
-def _summary_of(store: SqliteTelemetryStore) -> VehicleSummary:
+def _summary_of(store: TelemetryBackend) -> VehicleSummary:
     state = store.vehicle_state(VIN, tenure=1)
     assert state is not None
     return state.summary

@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 from gateway.api import ApiSettings
 from gateway.broker import MosquittoProcess
 from gateway.commands.service import CommandSettings
-from gateway.store import IngestBatch, SqliteTelemetryStore
+from gateway.settings import MqttSettings
+from gateway.store import IngestBatch, open_store
 from schemas import Sample
 from tests.conftest import admin_client, wait_until
 
@@ -47,7 +48,7 @@ class People:
 
 
 def report(db_path: Path, *vins: str) -> None:
-    store = SqliteTelemetryStore(db_path)
+    store = open_store(db_path)
     try:
         store.commit(
             IngestBatch(
@@ -65,8 +66,7 @@ def people(tmp_path: Path, mosquitto: MosquittoProcess) -> Iterator[People]:
         db_path=db_path,
         commands=CommandSettings(
             state_db_url=f"sqlite:///{tmp_path / 'state.db'}",
-            mqtt_host=mosquitto.host,
-            mqtt_port=mosquitto.port,
+            mqtt=MqttSettings(host=mosquitto.host, port=mosquitto.port),
         ),
     )
     with admin_client(settings) as api:

@@ -26,6 +26,7 @@ from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from gateway.broker.auth import BrokerAuthFiles
 from gateway.commands.service import CommandSettings
 from gateway.installation import SERVICE_USERNAME, closed_broker_sync, service_password
+from gateway.settings import MqttSettings
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.database import StateDatabase
 from tests.conftest import GatewayProcess, admin_client, wait_until
@@ -139,10 +140,9 @@ def installation(tmp_path: Path) -> Iterator[Installation]:
     gateway.start()
     commands = CommandSettings(
         state_db_url=state_url,
-        mqtt_host=broker.host,
-        mqtt_port=broker.port,
-        mqtt_username=SERVICE_USERNAME,
-        mqtt_password=secret,
+        mqtt=MqttSettings(
+            host=broker.host, port=broker.port, username=SERVICE_USERNAME, password=secret
+        ),
     )
     try:
         with admin_client(

@@ -28,7 +28,7 @@ Who may do what is :mod:`gateway.core.policy` (pure); the routes turn its answer
 and 403.
 
 Imports ``schemas`` (catalog, VIN, reasons), ``gateway.core`` (the policy), ``gateway.store``
-(the read side: TelemetryReader and SqliteTelemetryStore opened read-only),
+(the read side: a TelemetryReader from open_store, read-only),
 ``gateway.statedb`` (accounts, audit, commands), ``gateway.auth`` (passwords, tokens),
 ``gateway.commands`` (the command service), ``gateway.metrics`` and ``gateway.errors``.
 Nothing in ``gateway`` imports this package except the CLI, so the ingest process never

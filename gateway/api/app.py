@@ -33,7 +33,7 @@ from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.commands import CommandRepository
 from gateway.statedb.database import StateDatabase
-from gateway.store import SqliteTelemetryStore
+from gateway.store import open_store
 
 __all__ = ["ApiSettings", "create_app"]
 
@@ -81,7 +81,7 @@ _TAGS: Final = [
 
 
 def _create_schema(path: Path) -> None:
-    SqliteTelemetryStore(path).close()
+    open_store(path).close()
 
 
 @asynccontextmanager

@@ -29,7 +29,7 @@ from gateway.api.security import (
 from gateway.api.settings import ApiSettings
 from gateway.commands.service import CommandService
 from gateway.core.policy import Principal
-from gateway.store import SqliteTelemetryStore, TelemetryReader
+from gateway.store import TelemetryReader, open_store
 from schemas import VIN_PATTERN, InvalidVinError, validate_vin
 
 __all__ = [
@@ -73,7 +73,7 @@ def open_reader(request: Request) -> Iterator[TelemetryReader]:
     lock, so the API never delays ingest. A database that cannot be opened raises
     :class:`~gateway.errors.StoreError`, answered with 503 (``gateway.api.errors``).
     """
-    reader = SqliteTelemetryStore(api_settings(request).db_path, readonly=True)
+    reader = open_store(api_settings(request).db_path, readonly=True)
     try:
         yield reader
     finally:

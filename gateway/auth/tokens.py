@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
 import uuid
@@ -32,6 +31,7 @@ from typing import Final
 import jwt
 
 from gateway.errors import ConfigurationError, GatewayError
+from gateway.files import write_private_file
 
 __all__ = [
     "API_KEY_PREFIX",
@@ -80,11 +80,8 @@ def load_or_create_secret(path: Path) -> bytes:
     try:
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
         value = secrets.token_hex(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(value + "\n")
+        write_private_file(path, value + "\n", replace=False)
         return value.encode()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read the token secret {path}: {exc}") from exc

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
@@ -64,12 +63,13 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+from gateway.files import write_private_file
 
 __all__ = [
     "CONTROL_ACLS",
@@ -487,29 +487,9 @@ def _vin_key(v: VehicleIdentity) -> str:
 
 
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so a reader (the broker on SIGHUP) sees the old file or
-    the new one, never a half-written or missing one: a missing password file on reload
-    would make Mosquitto disconnect every password client. The temporary file has ``mode``
-    from the start, so a key is never readable by others, not even for a moment."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if mode != 0o600:  # what mkstemp creates
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # the rename itself must survive a crash too
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Replace ``path`` with ``data`` atomically and durably (see
+    :func:`gateway.files.write_private_file`, the one writer of private files)."""
+    write_private_file(path, data, mode=mode)
 
 
 class BrokerAuthFiles:

@@ -57,9 +57,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
-from urllib.parse import urlsplit
 
 from gateway.errors import GatewayError
+from schemas.broker_url import parse_broker_url
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -627,31 +627,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
-    """Split ``mqtt://host[:port]`` into ``(host, port)``; the port defaults to 1883.
-
-    Anything else (another scheme, credentials, a path, a query) raises ``ValueError``
-    that shows the accepted form, because it usually comes straight from ``--mqtt-url``.
-    """
-    expected = "expected mqtt://host:port (port defaults to 1883), e.g. mqtt://127.0.0.1:1883"
-    parts = urlsplit(url.strip())
-    if parts.scheme.lower() != "mqtt":
-        hint = " (TLS is not supported yet)" if parts.scheme.lower() in {"mqtts", "ssl"} else ""
-        raise ValueError(f"invalid MQTT URL {url!r}: {expected}{hint}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(f"invalid MQTT URL {url!r}: credentials are not supported yet; {expected}")
-    if parts.path not in {"", "/"} or parts.query or parts.fragment:
-        raise ValueError(f"invalid MQTT URL {url!r}: no path or query allowed; {expected}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(
-            f"invalid MQTT URL {url!r}: the port must be 1..65535; {expected}"
-        ) from None
-    if not parts.hostname:
-        raise ValueError(f"invalid MQTT URL {url!r}: the host is missing; {expected}")
-    if port == 0:
-        raise ValueError(f"invalid MQTT URL {url!r}: the port must be 1..65535; {expected}")
-    return parts.hostname, DEFAULT_MQTT_PORT if port is None else port
+    """Split ``mqtt://host[:port]`` into ``(host, port)``; the port defaults to 1883. The
+    gateway's own connections do not speak TLS yet, so ``mqtts`` is refused with that
+    reason (:func:`schemas.broker_url.parse_broker_url`, the one parser, says the rest)."""
+    host, port, _ = parse_broker_url(url, tls=False)
+    return host, port
 
 
 def _connect_packet(client_id: str) -> bytes:

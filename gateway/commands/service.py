@@ -72,13 +72,15 @@ from gateway.commands.lifecycle import (
 from gateway.errors import GatewayError, StoreError
 from gateway.ingest.feedback import feedback_messages
 from gateway.ingest.service import wall_clock_ms
+from gateway.settings import MqttSettings
 from gateway.statedb.commands import CommandRecord, CommandRepository
 from gateway.store import (
     FIRST_TENURE,
     IngestBatch,
     QuarantineEntry,
-    SqliteTelemetryStore,
+    TelemetryBackend,
     VehicleState,
+    open_store,
 )
 from schemas import (
     InvalidTopicError,
@@ -124,11 +126,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class CommandSettings:
     state_db_url: str
-    mqtt_host: str = "127.0.0.1"
-    mqtt_port: int = 1883
-    #: the gateway's service account on a broker that refuses anonymous clients
-    mqtt_username: str | None = None
-    mqtt_password: str | None = field(default=None, repr=False)
+    #: the broker and the service account (shared with the ingest settings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
     client_id: str = "telematics-commands-1"
     share_group: str = "telematics-commands"
     session_expiry_s: int = 7 * 24 * 3600
@@ -204,7 +203,7 @@ class CommandService:
         self.connected = asyncio.Event()
         self._in_order = asyncio.Lock()
         self._next_confirmation_check = 0
-        self._quarantine_store: SqliteTelemetryStore | None = None
+        self._quarantine_store: TelemetryBackend | None = None
         self._signing_key: Ed25519PrivateKey | None = (
             load_private_key(settings.signing_key_path)
             if settings.signing_key_path is not None
@@ -219,7 +218,7 @@ class CommandService:
 
     async def start(self) -> None:
         s = self.settings
-        self._quarantine_store = SqliteTelemetryStore(self._telemetry_db)
+        self._quarantine_store = open_store(self._telemetry_db)
         client = MqttClient(
             s.client_id,
             clean_session=False,
@@ -229,9 +228,9 @@ class CommandService:
         client.on_message = self._on_message
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        if s.mqtt_username is not None:
-            client.set_auth_credentials(s.mqtt_username, s.mqtt_password)
-        await client.connect(s.mqtt_host, s.mqtt_port, version=MQTTv50, keepalive=30)
+        if s.mqtt.username is not None:
+            client.set_auth_credentials(s.mqtt.username, s.mqtt.password)
+        await client.connect(s.mqtt.host, s.mqtt.port, version=MQTTv50, keepalive=30)
         self._client = client
         self._ticker = asyncio.create_task(self._tick_loop())
 
@@ -529,7 +528,7 @@ class CommandService:
         self, vehicles: set[tuple[str, int]]
     ) -> dict[tuple[str, int], VehicleState | None]:
         """The telemetry store's state of each (vin, tenure)."""
-        reader = SqliteTelemetryStore(self._telemetry_db, readonly=True)
+        reader = open_store(self._telemetry_db, readonly=True)
         try:
             return {(vin, t): reader.vehicle_state(vin, tenure=t) for vin, t in vehicles}
         finally:

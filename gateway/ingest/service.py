@@ -43,6 +43,7 @@ from gateway import metrics
 from gateway.errors import ConfigurationError, StoreError
 from gateway.ingest.feedback import feedback_messages
 from gateway.ingest.pipeline import Batcher, BatchPolicy
+from gateway.settings import MqttSettings
 from gateway.store import CommitResult, IngestBatch, TelemetryStore, Tenure
 from schemas import DEFAULT_LIMITS, Limits, subscription_filters
 from schemas.feedback import FeedbackLimiter
@@ -58,10 +59,8 @@ def wall_clock_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
+    #: the broker and the service account (shared with the command service's settings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
     #: unique per gateway process: the broker keeps this client's session while it is away
     client_id: str = "telematics-gateway-1"
     #: all gateway processes with the same group split the stream between them
@@ -143,8 +142,8 @@ class IngestService:
     def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
         log.info(
             "connected to mqtt://%s:%s (session present: %s)",
-            self.settings.host,
-            self.settings.port,
+            self.settings.mqtt.host,
+            self.settings.mqtt.port,
             bool(flags),
         )
         for topic_filter in self.settings.topic_filters():
@@ -245,9 +244,9 @@ class IngestService:
         _AckAfterCommit.install(client, self._receive)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        if s.username is not None:
-            client.set_auth_credentials(s.username, s.password)
-        await client.connect(s.host, s.port, version=MQTTv50, keepalive=s.keepalive_s)
+        if s.mqtt.username is not None:
+            client.set_auth_credentials(s.mqtt.username, s.mqtt.password)
+        await client.connect(s.mqtt.host, s.mqtt.port, version=MQTTv50, keepalive=s.keepalive_s)
         self._client = client
         flusher = asyncio.create_task(self._flush_loop(stopping))
         try:

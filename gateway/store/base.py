@@ -246,3 +246,23 @@ class TelemetryReader(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class TelemetryBackend(TelemetryStore, TelemetryReader, Protocol):
+    """What :func:`gateway.store.open_store` returns: a store that ingest writes, the API
+    reads and retention prunes (``tests/test_store_contract.py`` is its contract, run by
+    every backend)."""
+
+    def prune_samples(self, *, received_before: int, chunk: int = 2000) -> int:
+        """Delete up to ``chunk`` samples received before ``received_before``, oldest
+        first; the number deleted."""
+        ...
+
+    def prune_quarantine(
+        self, *, received_before: int | None, max_entries: int | None, chunk: int = 2000
+    ) -> int:
+        """Delete up to ``chunk`` quarantine entries, oldest first: those received before
+        ``received_before`` and those beyond the newest ``max_entries``."""
+        ...
+
+    def close(self) -> None: ...

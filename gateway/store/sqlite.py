@@ -308,95 +308,18 @@ class SqliteTelemetryStore:
         return vid
 
     def _write(self, batch: IngestBatch) -> CommitResult:
-        db = self._db
-        at = batch.received_at
-        tenures = batch.tenures
-        # the vehicle row of each VIN at its current tenure, looked up once per batch
-        current: dict[str, int] = {}
-
-        def vid(vin: str, at: int, *, heard: bool = True) -> int:
-            v = current.get(vin)
-            if v is None:
-                tenure = tenures.get(vin)
-                number = FIRST_TENURE if tenure is None else tenure.number
-                v = current[vin] = self._vehicle_id(vin, number, at, heard=heard)
-            return v
-
-        def vid_at(vin: str, ts: int) -> int:
-            """The row of the tenure a sample or event taken at ``ts`` belongs to: the
-            current one, or (taken before it started: an earlier holder's unit, delivered
-            late) the one before (``Tenure.of``)."""
-            tenure = tenures.get(vin)
-            if tenure is None or ts >= tenure.started_at:
-                return vid(vin, at)
-            return self._vehicle_id(vin, tenure.of(ts), at)
-
-        for vin, seen in batch.seen.items():
-            db.execute(
-                "UPDATE vehicles SET last_seen = max(last_seen, ?) WHERE id = ?",
-                (seen, vid(vin, seen)),
-            )
-
-        dumps = orjson.dumps
-        # the row of every sample and event, looked up before counting what is stored:
-        # looking a row up may insert it
-        sample_ids = [vid_at(s.vin, s.ts) for s in batch.samples]
-        event_ids = [vid_at(e.vin, e.ts) for e in batch.events]
-        before = db.total_changes
-        db.executemany(
-            "INSERT OR IGNORE INTO samples (vehicle_id, seq, ts, received_at, signals) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [
-                (v, s.seq, s.ts, at, dumps(s.signals))
-                for v, s in zip(sample_ids, batch.samples, strict=True)
-            ],
-        )
-        samples_stored = db.total_changes - before
-
-        newest: dict[tuple[int, str], tuple[int, SignalValue]] = {}
-        for v, s in zip(sample_ids, batch.samples, strict=True):
-            for path, value in s.signals.items():
-                key = (v, path)
-                held = newest.get(key)
-                if held is None or s.ts >= held[0]:
-                    newest[key] = (s.ts, value)
-        db.executemany(
-            "INSERT INTO latest (vehicle_id, signal, value, ts) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (vehicle_id, signal) DO UPDATE SET value = excluded.value, "
-            "ts = excluded.ts WHERE excluded.ts >= latest.ts",
-            [(v, path, dumps(value), ts) for (v, path), (ts, value) in newest.items()],
-        )
-
-        before = db.total_changes
-        db.executemany(
-            "INSERT OR IGNORE INTO events (vehicle_id, seq, ts, received_at, type, code, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (v, e.seq, e.ts, at, e.type.value, e.code, e.detail)
-                for v, e in zip(event_ids, batch.events, strict=True)
-            ],
-        )
-        events_stored = db.total_changes - before
-
-        for change in batch.statuses:
-            online = int(change.state is StatusState.ONLINE)
-            if change.retained:
-                # a retained status replayed at (re)subscription: the state, but no time.
-                # Only a different state changes anything, and then the time of the change
-                # is unknown; last_seen stays when the vehicle was last heard
-                db.execute(
-                    "UPDATE vehicles SET online = ?, status_changed_at = NULL "
-                    "WHERE id = ? AND (online IS NULL OR online != ?)",
-                    (online, vid(change.vin, change.at, heard=False), online),
-                )
-                continue
-            db.execute(
-                "UPDATE vehicles SET online = ?, status_changed_at = ? "
-                "WHERE id = ? AND (status_changed_at IS NULL OR status_changed_at <= ?)",
-                (online, change.at, vid(change.vin, change.at), change.at),
-            )
-
-        db.executemany(
+        """One batch, inside the caller's transaction, in named steps; the row of every
+        sample and event is looked up before counting what is stored (a lookup may insert
+        the row)."""
+        rows = _BatchRows(self, batch)
+        self._touch_seen(batch, rows)
+        sample_ids = [rows.at(s.vin, s.ts) for s in batch.samples]
+        event_ids = [rows.at(e.vin, e.ts) for e in batch.events]
+        samples_stored = self._insert_samples(batch, sample_ids)
+        self._update_latest(batch, sample_ids)
+        events_stored = self._insert_events(batch, event_ids)
+        self._apply_statuses(batch, rows)
+        self._db.executemany(
             "INSERT INTO quarantine "
             "(received_at, topic, reason, detail, vin, seq, signal, tenure, payload, "
             "payload_size, payload_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -409,6 +332,92 @@ class SqliteTelemetryStore:
             event_duplicates=len(batch.events) - events_stored,
             quarantined=len(batch.quarantine),
         )
+        self._add_counters(batch, result, sample_ids, event_ids)
+        return result
+
+    def _touch_seen(self, batch: IngestBatch, rows: _BatchRows) -> None:
+        for vin, seen in batch.seen.items():
+            self._db.execute(
+                "UPDATE vehicles SET last_seen = max(last_seen, ?) WHERE id = ?",
+                (seen, rows.current(vin, seen)),
+            )
+
+    def _insert_samples(self, batch: IngestBatch, ids: Sequence[int]) -> int:
+        """Store the samples, a duplicate (vehicle row, seq) ignored; returns how many were
+        new."""
+        db, at, dumps = self._db, batch.received_at, orjson.dumps
+        before = db.total_changes
+        db.executemany(
+            "INSERT OR IGNORE INTO samples (vehicle_id, seq, ts, received_at, signals) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                (v, s.seq, s.ts, at, dumps(s.signals))
+                for v, s in zip(ids, batch.samples, strict=True)
+            ],
+        )
+        return db.total_changes - before
+
+    def _update_latest(self, batch: IngestBatch, ids: Sequence[int]) -> None:
+        """Each signal's newest value per vehicle row: the batch's newest, kept only if it is
+        not older than the stored one."""
+        newest: dict[tuple[int, str], tuple[int, SignalValue]] = {}
+        for v, s in zip(ids, batch.samples, strict=True):
+            for path, value in s.signals.items():
+                key = (v, path)
+                held = newest.get(key)
+                if held is None or s.ts >= held[0]:
+                    newest[key] = (s.ts, value)
+        dumps = orjson.dumps
+        self._db.executemany(
+            "INSERT INTO latest (vehicle_id, signal, value, ts) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (vehicle_id, signal) DO UPDATE SET value = excluded.value, "
+            "ts = excluded.ts WHERE excluded.ts >= latest.ts",
+            [(v, path, dumps(value), ts) for (v, path), (ts, value) in newest.items()],
+        )
+
+    def _insert_events(self, batch: IngestBatch, ids: Sequence[int]) -> int:
+        """Store the events, a duplicate (vehicle row, seq) ignored; returns how many were
+        new."""
+        db, at = self._db, batch.received_at
+        before = db.total_changes
+        db.executemany(
+            "INSERT OR IGNORE INTO events (vehicle_id, seq, ts, received_at, type, code, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (v, e.seq, e.ts, at, e.type.value, e.code, e.detail)
+                for v, e in zip(ids, batch.events, strict=True)
+            ],
+        )
+        return db.total_changes - before
+
+    def _apply_statuses(self, batch: IngestBatch, rows: _BatchRows) -> None:
+        for change in batch.statuses:
+            online = int(change.state is StatusState.ONLINE)
+            if change.retained:
+                # a retained status replayed at (re)subscription: the state, but no time.
+                # Only a different state changes anything, and then the time of the change
+                # is unknown; last_seen stays when the vehicle was last heard
+                self._db.execute(
+                    "UPDATE vehicles SET online = ?, status_changed_at = NULL "
+                    "WHERE id = ? AND (online IS NULL OR online != ?)",
+                    (online, rows.current(change.vin, change.at, heard=False), online),
+                )
+                continue
+            self._db.execute(
+                "UPDATE vehicles SET online = ?, status_changed_at = ? "
+                "WHERE id = ? AND (status_changed_at IS NULL OR status_changed_at <= ?)",
+                (online, change.at, rows.current(change.vin, change.at), change.at),
+            )
+
+    def _add_counters(
+        self,
+        batch: IngestBatch,
+        result: CommitResult,
+        sample_ids: Sequence[int],
+        event_ids: Sequence[int],
+    ) -> None:
+        """The batch's counters, the seq-gap counters and the stored/duplicate counts, added
+        to the persistent ones."""
         counters = dict(batch.counters)
         for stream, ids, seqs in (
             (metrics.STREAM_TELEMETRY, sample_ids, [s.seq for s in batch.samples]),
@@ -426,12 +435,11 @@ class SqliteTelemetryStore:
             (metrics.EVENTS_DUPLICATE, result.event_duplicates),
         ):
             counters[(name, "")] = counters.get((name, ""), 0) + delta
-        db.executemany(
+        self._db.executemany(
             "INSERT INTO counters (name, label, value) VALUES (?, ?, ?) "
             "ON CONFLICT (name, label) DO UPDATE SET value = value + excluded.value",
             [(name, label, delta) for (name, label), delta in counters.items()],
         )
-        return result
 
     def _track_seqs(
         self,
@@ -692,6 +700,34 @@ class SqliteTelemetryStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+class _BatchRows:
+    """The vehicle row of each VIN in one batch, looked up (or created) once per batch."""
+
+    def __init__(self, store: SqliteTelemetryStore, batch: IngestBatch) -> None:
+        self._store = store
+        self._tenures = batch.tenures
+        self._received_at = batch.received_at
+        self._current: dict[str, int] = {}
+
+    def current(self, vin: str, at: int, *, heard: bool = True) -> int:
+        """The row of the VIN's current tenure; ``heard``: see ``_vehicle_id``."""
+        v = self._current.get(vin)
+        if v is None:
+            tenure = self._tenures.get(vin)
+            number = FIRST_TENURE if tenure is None else tenure.number
+            v = self._current[vin] = self._store._vehicle_id(vin, number, at, heard=heard)
+        return v
+
+    def at(self, vin: str, ts: int) -> int:
+        """The row of the tenure a sample or event taken at ``ts`` belongs to: the current
+        one, or (taken before it started: an earlier holder's unit, delivered late) the one
+        before (``Tenure.of``)."""
+        tenure = self._tenures.get(vin)
+        if tenure is None or ts >= tenure.started_at:
+            return self.current(vin, self._received_at)
+        return self._store._vehicle_id(vin, tenure.of(ts), self._received_at)
 
 
 def _stored_quarantine(row: Sequence[Any]) -> StoredQuarantine:

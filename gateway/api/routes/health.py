@@ -36,7 +36,7 @@ from gateway.health import (
     read_supervisor_status,
 )
 from gateway.statedb.database import StateDatabase
-from gateway.store import SqliteTelemetryStore
+from gateway.store import open_store
 
 __all__ = ["router"]
 
@@ -47,7 +47,7 @@ _READY_COMPONENTS = ("telemetry_store", "state_database", "broker")
 
 def _telemetry_store(db_path: Path) -> ErrorInfo | None:
     try:
-        reader = SqliteTelemetryStore(db_path, readonly=True)
+        reader = open_store(db_path, readonly=True)
         try:
             reader.list_vehicles(limit=1)
         finally:

@@ -1,0 +1,74 @@
+"""The ``telematics`` command, and the composition root: :func:`main` reads the
+environment once (:func:`gateway.settings.read_environment`), builds the parser with it as
+every flag's default, and hands both to the command's handler.
+
+``telematics up [--demo]``   broker + gateway + API (+ simulated fleet), supervised (``up``,
+                             its plan in ``up_plan``)
+``telematics gateway``       one ingest process (run several to scale out) (``gateway``)
+``telematics api``           the HTTP API (``api``)
+``telematics sim``           the device simulator (speaks only the public device contract)
+``telematics vehicle|user|account``  operator commands on the state database (``vehicle``,
+                             ``user``, ``account``; what they share in ``admin``)
+``telematics pki``           certificates for the broker's TLS listener (``pki``)
+``telematics bench ...``     benchmarks (ingest, commands, sim, identities) (``bench``)
+
+One module per command, each owning its subparser (``add_parser``) and its handler
+(``run(args, env)``); the options several commands share are in ``options``. Every option
+can also be set by an environment variable, named in its help text. See
+docs/decisions/0013-architecture-step.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gateway.cli import account, api, bench, pki, sim, up, user, vehicle
+from gateway.cli import gateway as gateway_command
+from gateway.cli.options import ensure_signing_key, setup_logging
+from gateway.cli.up import check_up_ports
+from gateway.errors import GatewayError
+from gateway.settings import Environment, read_environment
+
+__all__ = ["build_parser", "check_up_ports", "ensure_signing_key", "main"]
+
+#: in the order ``telematics --help`` lists them
+_COMMANDS = (up, gateway_command, api, vehicle, user, account, pki, sim, bench)
+
+
+def build_parser(env: Environment | None = None) -> argparse.ArgumentParser:
+    """The whole command line; flag defaults from ``env`` (read now if not given)."""
+    env = read_environment() if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="telematics",
+        description="Connected-vehicle telematics gateway: ingests vehicle telemetry from "
+        "MQTT, validates it against a VSS signal catalog, stores it, and serves it over HTTP.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in _COMMANDS:
+        command.add_parser(sub, env)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``telematics`` with ``argv`` (default: the process's arguments); returns the exit
+    status (``--help`` and usage errors exit, as argparse does)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sim"]:
+        return sim.run_simulator(argv[1:])
+    try:
+        env = read_environment()
+    except GatewayError as exc:
+        print(f"telematics: error: {exc}", file=sys.stderr)
+        return 2
+    args = build_parser(env).parse_args(argv)
+    # commands without --log-level (vehicle, user, account, pki) print their own results
+    setup_logging(args.log_level if hasattr(args, "log_level") else "WARNING")
+    try:
+        return int(args.handler(args, env))
+    except (GatewayError, ValueError) as exc:
+        print(f"telematics: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,111 @@
+"""``telematics api``: the HTTP API (with the command service when it has a broker). See
+docs/decisions/0013-architecture-step.md."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from gateway.cli.options import (
+    add_auth,
+    add_common,
+    add_mqtt,
+    add_mqtt_auth,
+    add_offline_after,
+    add_signing_key,
+    add_state_db,
+    ensure_signing_key,
+    mqtt_settings,
+)
+from gateway.settings import DEFAULT_API_PORT, Environment
+
+__all__ = ["add_parser", "run"]
+
+log = logging.getLogger("telematics")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: Environment) -> None:
+    api = sub.add_parser(
+        "api", help="run the HTTP API", description="Serve the HTTP API (OpenAPI docs at /docs)."
+    )
+    add_common(api, env)
+    api.add_argument(
+        "--host",
+        default=env.api_host,
+        help="(env TELEMATICS_API_HOST; default: 127.0.0.1)",
+    )
+    api.add_argument(
+        "--port",
+        type=int,
+        default=env.api_port,
+        help=f"(env TELEMATICS_API_PORT; default: {DEFAULT_API_PORT})",
+    )
+    add_mqtt(api, env, default=None)
+    add_mqtt_auth(api, env)
+    add_state_db(api, env)
+    add_auth(api, env)
+    add_offline_after(api, env)
+    api.add_argument(
+        "--commands-client-id",
+        default=env.commands_client_id,
+        help="MQTT client id of this API process's command service: unique and stable per "
+        "API process, like a gateway's (env TELEMATICS_COMMANDS_CLIENT_ID; default: "
+        "telematics-commands-1)",
+    )
+    add_signing_key(api, env)
+    api.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, env: Environment) -> int:
+    import uvicorn
+
+    from gateway.api import ApiSettings, create_app
+    from gateway.api.security import AuthSettings
+    from gateway.auth.ratelimit import parse_limit
+    from gateway.commands.service import CommandSettings
+    from gateway.files import private_directory
+    from gateway.statedb.database import default_url as default_state_db_url
+    from gateway.supervisor import data_paths
+
+    private_directory(args.data_dir)
+    db_path, _ = data_paths(args.data_dir)
+    state_db_url = args.state_db_url or default_state_db_url(args.data_dir)
+    signing_key: Path = args.signing_key or args.data_dir / "command-signing-key.pem"
+    commands = None
+    if args.mqtt_url is not None:
+        mqtt = mqtt_settings(args, env)
+        ensure_signing_key(signing_key)
+        commands = CommandSettings(
+            state_db_url=state_db_url,
+            mqtt=mqtt,
+            client_id=args.commands_client_id,
+            signing_key_path=signing_key,
+        )
+    else:
+        log.warning("no --mqtt-url: remote commands are off (their routes answer 503)")
+    auth = AuthSettings(
+        secret_path=args.auth_secret_file or args.data_dir / "auth-secret",
+        access_ttl_s=args.access_token_ttl,
+        refresh_ttl_s=args.refresh_token_ttl,
+        user_command_limit=parse_limit(args.user_command_limit),
+        vehicle_command_limit=parse_limit(args.vehicle_command_limit),
+        login_limit=parse_limit(args.login_limit),
+        invitation_limit=parse_limit(args.invitation_limit),
+        first_admin_email=args.admin_email,
+        first_admin_password=env.admin_password or None,
+        open_registration=not args.no_registration,
+        broker_url=args.unit_broker_url or args.mqtt_url,
+        signing_public_key_path=signing_key.with_name(signing_key.name + ".pub"),
+    )
+    app = create_app(
+        ApiSettings(
+            db_path=db_path,
+            commands=commands,
+            auth=auth,
+            state_db_url=state_db_url,
+            silent_after_s=args.offline_after,
+        )
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    return 0

@@ -1,0 +1,75 @@
+"""``telematics bench ingest|sim|commands|identities``: benchmarks that print their figures
+(the work is :mod:`gateway.bench`'s). See docs/decisions/0013-architecture-step.md."""
+
+from __future__ import annotations
+
+import argparse
+
+from gateway.settings import Environment
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: Environment) -> None:
+    from gateway.bench.commands import add_arguments as add_commands_bench_arguments
+    from gateway.bench.identities import add_arguments as add_identities_bench_arguments
+    from gateway.bench.ingest import add_arguments as add_ingest_bench_arguments
+    from gateway.bench.sim import add_arguments as add_sim_bench_arguments
+
+    bench = sub.add_parser(
+        "bench", help="benchmarks", description="Benchmarks that print their figures."
+    )
+    bench.set_defaults(handler=run)
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    add_ingest_bench_arguments(
+        bench_sub.add_parser(
+            "ingest",
+            help="ingest rate and latency against the broker's raw delivery rate",
+            description="Start a private broker; measure the broker's raw delivery rate to a "
+            "plain subscriber, then the gateway's committed-sample rate and "
+            "publish-to-commit latency with the same publishers.",
+        )
+    )
+    add_sim_bench_arguments(
+        bench_sub.add_parser(
+            "sim",
+            help="simulator scale: 10,000 units at 0.2 msg/s and 1,000 at 1 msg/s",
+            description="Start a private broker and run the device simulator at scale, each "
+            "unit its own MQTT connection; print rates, CPU and memory per 1,000 units.",
+        )
+    )
+    add_commands_bench_arguments(
+        bench_sub.add_parser(
+            "commands",
+            help="API call -> succeeded latency of remote commands, idle and under ingest",
+            description="Run broker, gateway, API and 100 simulated units; send 1,000 "
+            "commands with ingest idle and again with ingest at half its maximum rate.",
+        )
+    )
+    add_identities_bench_arguments(
+        bench_sub.add_parser(
+            "identities",
+            help="what vehicle identities cost the closed broker: render, one live change, bulk",
+            description="Run a closed broker with --vehicles provisioned vehicles; time the "
+            "rendering and start, one vehicle added and revoked live, and all of them added "
+            "at once.",
+        )
+    )
+
+
+def run(args: argparse.Namespace, env: Environment) -> int:
+    if args.bench == "sim":
+        from gateway.bench.sim import run_from_args as run_sim_bench
+
+        return run_sim_bench(args)
+    if args.bench == "identities":
+        from gateway.bench.identities import run_from_args as run_identities_bench
+
+        return run_identities_bench(args)
+    if args.bench == "commands":
+        from gateway.bench.commands import run_from_args as run_commands_bench
+
+        return run_commands_bench(args)
+    from gateway.bench.ingest import run_from_args
+
+    return run_from_args(args)

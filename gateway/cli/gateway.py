@@ -1,0 +1,81 @@
+"""``telematics gateway``: one ingest process (run several to scale out): broker to
+telemetry store, with retention. See docs/decisions/0013-architecture-step.md."""
+
+from __future__ import annotations
+
+import argparse
+
+from gateway.cli.options import (
+    add_common,
+    add_ingest,
+    add_mqtt,
+    add_mqtt_auth,
+    add_retention,
+    add_state_db,
+    mqtt_settings,
+)
+from gateway.settings import DEFAULT_PRIVATE_BROKER_PORT, Environment
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: Environment) -> None:
+    gw = sub.add_parser(
+        "gateway",
+        help="run one ingest process",
+        description="Ingest from the broker into the telemetry store.",
+    )
+    add_common(gw, env)
+    add_mqtt(gw, env, default=f"mqtt://127.0.0.1:{DEFAULT_PRIVATE_BROKER_PORT}")
+    add_mqtt_auth(gw, env)
+    add_ingest(gw, env)
+    add_state_db(gw, env)
+    gw.add_argument(
+        "--require-provisioned",
+        action="store_true",
+        default=env.require_provisioned,
+        help="refuse (quarantine as unprovisioned_vehicle) messages of VINs that are not "
+        "provisioned in the state database, or were revoked (env "
+        "TELEMATICS_REQUIRE_PROVISIONED=1; `telematics up` turns it on)",
+    )
+    add_retention(gw, env)
+    gw.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, env: Environment) -> int:
+    from gateway.files import private_directory
+    from gateway.ingest.pipeline import BatchPolicy
+    from gateway.ingest.service import IngestSettings
+    from gateway.retention import RetentionPolicy
+    from gateway.runner import GatewayOptions, run_gateway
+    from gateway.statedb.database import default_url as default_state_db_url
+    from gateway.supervisor import data_paths
+
+    mqtt = mqtt_settings(args, env)
+    private_directory(args.data_dir)
+    db_path, _ = data_paths(args.data_dir)
+    settings = IngestSettings(
+        mqtt=mqtt,
+        client_id=args.client_id,
+        share_group=args.share_group,
+        receive_maximum=args.receive_maximum,
+        batch=BatchPolicy(max_delay_s=args.batch_delay_ms / 1000),
+    )
+    registry_url = None
+    if args.require_provisioned:
+        registry_url = args.state_db_url or default_state_db_url(args.data_dir)
+    retention = RetentionPolicy(
+        telemetry_days=args.telemetry_retention_days or None,
+        quarantine_days=args.quarantine_retention_days or None,
+        quarantine_max_entries=args.quarantine_max_entries or None,
+    )
+    run_gateway(
+        GatewayOptions(
+            db_path=db_path,
+            ingest=settings,
+            registry_url=registry_url,
+            retention=retention,
+            quarantine_payload_bytes=args.quarantine_payload_bytes,
+        )
+    )
+    return 0

@@ -1,0 +1,383 @@
+"""``telematics up [--demo]``: broker + gateways + API (+ simulated fleet), supervised.
+
+The command line becomes a plan (:func:`gateway.cli.up_plan.plan_up`, no IO); :func:`run`
+carries it out: the ports, the data directory, the signing key, the state database's
+migrations, the first administrator, the private broker (PKI, its service account, the
+sync of vehicle identities), the demo fleet, then the supervisor with the planned child
+processes. See docs/decisions/0013-architecture-step.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from gateway.cli.options import (
+    add_auth,
+    add_common,
+    add_ingest,
+    add_mqtt,
+    add_mqtt_auth,
+    add_offline_after,
+    add_retention,
+    add_signing_key,
+    add_state_db,
+    ensure_signing_key,
+)
+from gateway.cli.sim import SIMULATOR_MODULE
+from gateway.cli.up_plan import (
+    BrokerMode,
+    UpPlan,
+    banner,
+    plan_up,
+    python_module,
+)
+from gateway.errors import GatewayError
+from gateway.settings import DEFAULT_API_PORT, DEFAULT_PRIVATE_BROKER_PORT, Environment
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from gateway.broker import MosquittoProcess
+    from gateway.installation import DemoLogin
+    from gateway.statedb.accounts import AccountRepository
+    from gateway.statedb.audit import AuditLog
+    from gateway.supervisor import BrokerKeeper, Part
+
+__all__ = ["add_parser", "check_up_ports", "run"]
+
+log = logging.getLogger("telematics")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: Environment) -> None:
+    up = sub.add_parser(
+        "up",
+        help="run everything: private broker, gateway, API (and --demo vehicles)",
+        description="Start a private Mosquitto (unless --mqtt-url is given), the gateway and "
+        "the HTTP API as supervised child processes. Ctrl-C stops everything cleanly.",
+    )
+    up.set_defaults(handler=run)
+    add_common(up, env)
+    add_mqtt(up, env, default=None)
+    up.add_argument(
+        "--mqtt-port",
+        type=int,
+        default=env.mqtt_port,
+        help="port of the private broker (env TELEMATICS_MQTT_PORT; default: "
+        f"{DEFAULT_PRIVATE_BROKER_PORT}, so it does not clash with a system broker on 1883)",
+    )
+    up.add_argument(
+        "--api-host",
+        default=env.api_host,
+        help="(env TELEMATICS_API_HOST; default: 127.0.0.1, this machine only)",
+    )
+    up.add_argument(
+        "--api-port",
+        type=int,
+        default=env.api_port,
+        help=f"(env TELEMATICS_API_PORT; default: {DEFAULT_API_PORT})",
+    )
+    add_state_db(up, env)
+    up.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        help="gateway processes sharing the subscription (default: 1)",
+    )
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="also run simulated vehicles driving around Munich, provisioned into the "
+        "organization 'Demo Fleet' (with a fleet manager, fleet@demo.local)",
+    )
+    up.add_argument(
+        "--tls-port",
+        type=int,
+        default=env.tls_port or None,
+        help="also open a TLS listener on this port that requires a client certificate "
+        "whose common name is the VIN (certificates: telematics pki; created in DATA_DIR/pki "
+        "on first use) (env TELEMATICS_TLS_PORT; default: none)",
+    )
+    up.add_argument(
+        "--anonymous-broker",
+        action="store_true",
+        help="run the private broker open to anonymous clients, without per-vehicle "
+        "credentials and ACL (development only; vehicles are then not checked)",
+    )
+    up.add_argument("--vehicles", type=int, default=5, help="number of demo vehicles (default: 5)")
+    # the API's and the gateways' settings, handed on to them
+    add_auth(up, env)
+    add_signing_key(up, env)
+    add_offline_after(up, env)
+    add_retention(up, env)
+    add_mqtt_auth(up, env)
+    add_ingest(up, env, client_id=False)
+
+
+# --- ports ---------------------------------------------------------------------------------
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """Something listens on ``host:port`` (a bind fails with EADDRINUSE). SO_REUSEADDR, as
+    Mosquitto and uvicorn use it, so leftovers of our own last run do not count."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise GatewayError(f"cannot listen on {host}:{port}: {exc}") from exc
+    return False
+
+
+def check_up_ports(
+    listeners: Sequence[tuple[str, str, int, str]],
+    in_use: Callable[[str, int], bool] = _port_in_use,
+) -> None:
+    """Refuse to start when a port of ``listeners`` is taken, or two of them are the same:
+    the parts would start, fail to listen and be restarted until the supervisor gave up."""
+    seen: dict[int, tuple[str, str]] = {}
+    for what, _, port, flags in listeners:
+        if port in seen:
+            other, other_flags = seen[port]
+            raise GatewayError(
+                f"{what} and {other} cannot both listen on port {port}: change {flags} or "
+                f"{other_flags}"
+            )
+        seen[port] = (what, flags)
+    for what, host, port, flags in listeners:
+        if in_use(host, port):
+            raise GatewayError(
+                f"port {port} on {host} is already in use, so {what} cannot listen there "
+                f"(another telematics up, or another program?): choose another port with "
+                f"{flags}"
+            )
+
+
+# --- carrying the plan out -------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, env: Environment) -> int:
+    from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
+    from gateway.health import HEALTH_DIR_NAME
+    from gateway.statedb.accounts import AccountRepository
+    from gateway.statedb.audit import AuditLog
+    from gateway.statedb.database import StateDatabase
+    from gateway.supervisor import Supervisor
+
+    plan = plan_up(args, env, data_dir=args.data_dir.resolve())
+    check_up_ports(plan.listeners)
+    _prepare_data_dir(plan.data_dir)
+    ensure_signing_key(plan.signing_key)
+    state_db = StateDatabase(plan.state_db_url)
+    try:
+        state_db.upgrade()
+        accounts, audit = AccountRepository(state_db), AuditLog(state_db)
+        admin = ensure_first_admin(
+            accounts,
+            audit,
+            email=plan.admin_email,
+            password=env.admin_password or None,
+            now=time.time_ns() // 1_000_000,
+        )
+        keeper = _broker_keeper(plan, accounts)
+        parts, demo_login = _parts(plan, keeper, accounts, audit)
+        if admin is not None:
+            print_first_admin(admin)
+        _print_banner(plan, keeper, demo_login)
+        return Supervisor(parts, keeper, health_dir=plan.data_dir / HEALTH_DIR_NAME).run()
+    finally:
+        state_db.dispose()
+
+
+def _prepare_data_dir(data_dir: Path) -> None:
+    """The data directory holds secrets and databases: private to its owner (0700), and
+    last run's health reports are gone (the processes that wrote them are)."""
+    from gateway.files import private_directory
+    from gateway.health import HEALTH_DIR_NAME
+
+    private_directory(data_dir)
+    health = data_dir / HEALTH_DIR_NAME
+    if health.is_dir():
+        for stale in health.glob("*.json"):
+            stale.unlink(missing_ok=True)
+
+
+def _broker_keeper(plan: UpPlan, accounts: AccountRepository) -> BrokerKeeper | None:
+    """The private broker of the plan, set up (None: an external broker)."""
+    from gateway.broker import BrokerConfig, find_dynsec_plugin, find_mosquitto
+    from gateway.broker.auth import BrokerAuthFiles
+    from gateway.installation import closed_broker_sync, service_password
+    from gateway.supervisor import BrokerKeeper
+
+    broker = plan.broker
+    if broker.mode is BrokerMode.EXTERNAL:
+        return None
+    assert broker.port is not None
+    assert broker.directory is not None
+    find_mosquitto()  # fail early, with the install hint
+    if broker.mode is BrokerMode.ANONYMOUS:
+        config = BrokerConfig(port=broker.port, data_dir=broker.directory, allow_anonymous=True)
+        return BrokerKeeper(config)
+    tls = None
+    if broker.tls_port is not None:
+        from gateway.broker.pki import Pki
+
+        pki = Pki(plan.data_dir / "pki")
+        if not pki.exists():
+            pki.init()
+            log.info("created a certificate authority for the TLS listener in %s", pki)
+        tls = pki.tls_listener(port=broker.tls_port)
+    find_dynsec_plugin()  # the closed broker cannot refuse subscriptions without it
+    files = BrokerAuthFiles(broker.directory / "auth")
+    config = BrokerConfig(
+        port=broker.port,
+        data_dir=broker.directory,
+        allow_anonymous=False,
+        password_file=files.password_file,
+        dynsec_config_file=files.dynsec_file,
+        tls=tls,
+    )
+    secrets_dir = plan.data_dir / "secrets"
+    password_file = service_password(secrets_dir)
+    return BrokerKeeper(
+        config,
+        prime=_session_primer(plan, password_file),
+        sync=lambda k: closed_broker_sync(
+            accounts,
+            files,
+            k.process,
+            secrets_dir=secrets_dir,
+            pki_dir=plan.data_dir / "pki",
+            restart=k.restart,
+            lock=k.lock,
+        ),
+    )
+
+
+def _session_primer(plan: UpPlan, password_file: Path) -> Callable[[MosquittoProcess], None]:
+    """What opens this installation's service sessions right after every broker start:
+    each gateway's (``telematics-gateway-N``) and the command service's, with their shared
+    subscriptions (see :func:`gateway.broker.control.prime_sessions`). The ids and groups
+    are the ones the child processes get."""
+    import dataclasses
+
+    from gateway.broker.control import prime_sessions
+    from gateway.commands.service import CommandSettings
+    from gateway.commands.service import subscription_filters as command_filters
+    from gateway.ingest.service import IngestSettings
+    from gateway.installation import SERVICE_USERNAME
+
+    sessions = {
+        client_id: IngestSettings(client_id=client_id, share_group=plan.share_group).topic_filters()
+        for client_id in plan.gateway_client_ids
+    }
+    defaults = {f.name: f.default for f in dataclasses.fields(CommandSettings)}
+    sessions[plan.commands_client_id] = command_filters(str(defaults["share_group"]))
+
+    def prime(broker: MosquittoProcess) -> None:
+        secret = password_file.read_text(encoding="utf-8").strip()
+        prime_sessions(broker.host, broker.port, SERVICE_USERNAME, secret, sessions)
+
+    return prime
+
+
+def _parts(
+    plan: UpPlan, keeper: BrokerKeeper | None, accounts: AccountRepository, audit: AuditLog
+) -> tuple[list[Part], DemoLogin | None]:
+    """The planned child processes; the demo fleet provisioned first (closed broker), and
+    again before every start of the simulator."""
+    from gateway.supervisor import Part
+
+    refresh = None
+    demo_login = None
+    if plan.demo is not None and plan.demo.credentials is not None:
+        refresh = _demo_refresher(plan, keeper, accounts, audit, vins=demo_vins(plan.demo.vehicles))
+        demo_login = refresh()
+    parts = [
+        Part(
+            child.name,
+            list(child.argv),
+            optional=child.optional,
+            before_start=refresh if child.name == "simulator" else None,
+        )
+        for child in plan.children
+    ]
+    return parts, demo_login
+
+
+def demo_vins(vehicles: int) -> list[str]:
+    """The VINs of the simulator's ``vehicles``-vehicle fleet, as it prints them
+    (``python -m device_sim --vehicles N --list-vins``): the simulator decides its VINs,
+    and the gateway does not import it."""
+    argv = python_module(SIMULATOR_MODULE, "--vehicles", str(vehicles), "--list-vins")
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise GatewayError(f"cannot ask the simulator for the demo VINs: {exc}") from exc
+    return done.stdout.split()
+
+
+def _demo_refresher(
+    plan: UpPlan,
+    keeper: BrokerKeeper | None,
+    accounts: AccountRepository,
+    audit: AuditLog,
+    *,
+    vins: Sequence[str],
+) -> Callable[[], DemoLogin]:
+    """Provisions the demo vehicles and refreshes stale unit credentials; run at start and
+    before every start of the simulator, so a credential rotated through the API does not
+    keep the demo down. Waits until the broker has taken new credentials."""
+    from gateway.installation import provision_demo
+
+    demo = plan.demo
+    assert demo is not None
+    assert demo.credentials is not None
+    credentials = demo.credentials
+
+    def refresh() -> DemoLogin:
+        before = accounts.broker_version()
+        login = provision_demo(
+            accounts,
+            audit,
+            vins=vins,
+            credentials_path=credentials,
+            broker_url=plan.broker.url,
+            public_key_path=demo.public_key,
+            now=time.time_ns() // 1_000_000,
+        )
+        sync = None if keeper is None else keeper.sync
+        after = accounts.broker_version()
+        if sync is not None and sync.running and after != before:
+            deadline = time.monotonic() + 10
+            while (sync.synced_version or 0) < after and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return login
+
+    return refresh
+
+
+def _print_banner(plan: UpPlan, keeper: BrokerKeeper | None, demo_login: DemoLogin | None) -> None:
+    if demo_login is not None and demo_login.password is not None:
+        print(
+            "\n  Demo fleet manager created (the password is shown only this once):\n"
+            f"    e-mail     {demo_login.email}\n    password   {demo_login.password}",
+            flush=True,
+        )
+    tls = None if keeper is None else keeper.process.config.tls
+    text = banner(
+        plan,
+        tls_url=None if tls is None else tls.url,
+        demo_email=None if demo_login is None else demo_login.email,
+        demo_account=None if demo_login is None else demo_login.account_id,
+    )
+    print(text, flush=True)

@@ -1,0 +1,325 @@
+"""What ``telematics up`` starts, decided without doing any of it: :func:`plan_up` is a
+function from the command line and the environment to an :class:`UpPlan` (which broker,
+which child processes with which argv, the demo, the listeners); :mod:`gateway.cli.up`
+carries a plan out (keys, migrations, the first administrator, PKI, provisioning, the
+supervisor). The plan is tested without IO (``tests/test_up_plan.py``); its
+``children`` are exactly the command lines the supervisor runs. See
+docs/decisions/0013-architecture-step.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.auth.ratelimit import parse_limit
+from gateway.cli.sim import SIMULATOR_MODULE
+from gateway.errors import GatewayError
+from gateway.settings import Environment
+from schemas.broker_url import parse_broker_url
+
+__all__ = [
+    "BrokerMode",
+    "BrokerPlan",
+    "ChildPlan",
+    "DemoPlan",
+    "Listener",
+    "UpPlan",
+    "banner",
+    "forwarded",
+    "plan_up",
+    "up_listeners",
+]
+
+
+#: (what, host, port, the flag and variable that change it)
+Listener = tuple[str, str, int, str]
+
+
+class BrokerMode(enum.StrEnum):
+    #: ``--mqtt-url``: someone else's broker
+    EXTERNAL = "external"
+    #: the private broker, open to anonymous clients (``--anonymous-broker``)
+    ANONYMOUS = "anonymous"
+    #: the private broker with per-vehicle credentials and ACLs (the default)
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerPlan:
+    mode: BrokerMode
+    url: str
+    #: the private broker's port and directory (None for an external one)
+    port: int | None = None
+    directory: Path | None = None
+    #: the private closed broker's TLS listener (certificates in DATA_DIR/pki)
+    tls_port: int | None = None
+    #: the arguments that give the gateways and the API their broker account
+    service_args: tuple[str, ...] = ()
+    #: what the gateways get on a closed broker: the state database and its check
+    gateway_args: tuple[str, ...] = ()
+
+    @property
+    def closed(self) -> bool:
+        """Vehicles need credentials: the closed private broker, or an external broker
+        the gateway logs in to with a service account."""
+        return self.mode is BrokerMode.CLOSED
+
+
+@dataclass(frozen=True, slots=True)
+class ChildPlan:
+    """One supervised child process."""
+
+    name: str
+    argv: tuple[str, ...]
+    #: its failure does not stop the installation (the simulator)
+    optional: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPlan:
+    vehicles: int
+    #: the demo units' credentials file (closed broker only: an open one takes anyone)
+    credentials: Path | None
+    #: the command signing public key the units are provisioned with
+    public_key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class UpPlan:
+    data_dir: Path
+    state_db_url: str
+    signing_key: Path
+    admin_email: str
+    api_url: str
+    listeners: tuple[Listener, ...]
+    broker: BrokerPlan
+    #: the gateways, then the API, then (with --demo) the simulator
+    children: tuple[ChildPlan, ...]
+    demo: DemoPlan | None
+    #: the MQTT sessions the closed broker opens for the services at every start
+    gateway_client_ids: tuple[str, ...]
+    share_group: str
+    commands_client_id: str
+
+
+def python_module(module: str, *args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", module, *args)
+
+
+def up_listeners(args: argparse.Namespace) -> list[Listener]:
+    """What ``telematics up`` will listen on: (what, host, port, the flag and variable that
+    change it)."""
+    listeners = [
+        ("the API", args.api_host, args.api_port, "--api-port PORT (env TELEMATICS_API_PORT)")
+    ]
+    if args.mqtt_url is None:
+        listeners.append(
+            (
+                "the private broker",
+                "127.0.0.1",
+                args.mqtt_port,
+                "--mqtt-port PORT (env TELEMATICS_MQTT_PORT)",
+            )
+        )
+        if args.tls_port is not None:
+            listeners.append(
+                (
+                    "the broker's TLS listener",
+                    "127.0.0.1",
+                    args.tls_port,
+                    "--tls-port PORT (env TELEMATICS_TLS_PORT)",
+                )
+            )
+    return listeners
+
+
+def forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The command-line settings of ``up`` that its API and its gateways take: (API
+    arguments, gateway arguments). A bad rate limit is an error now, not an API that keeps
+    dying."""
+    for limit in (args.user_command_limit, args.vehicle_command_limit, args.login_limit):
+        parse_limit(limit)
+    api = [
+        "--access-token-ttl",
+        str(args.access_token_ttl),
+        "--refresh-token-ttl",
+        str(args.refresh_token_ttl),
+        "--user-command-limit",
+        args.user_command_limit,
+        "--vehicle-command-limit",
+        args.vehicle_command_limit,
+        "--login-limit",
+        args.login_limit,
+        "--offline-after",
+        repr(args.offline_after),
+    ]
+    if args.auth_secret_file is not None:
+        api += ["--auth-secret-file", str(Path(args.auth_secret_file).absolute())]
+    if args.no_registration:
+        api.append("--no-registration")
+    if args.unit_broker_url is not None:
+        api += ["--unit-broker-url", args.unit_broker_url]
+    gateway = [
+        "--share-group",
+        args.share_group,
+        "--batch-delay-ms",
+        repr(args.batch_delay_ms),
+        "--receive-maximum",
+        str(args.receive_maximum),
+        "--telemetry-retention-days",
+        repr(args.telemetry_retention_days),
+        "--quarantine-retention-days",
+        repr(args.quarantine_retention_days),
+        "--quarantine-max-entries",
+        str(args.quarantine_max_entries),
+        "--quarantine-payload-bytes",
+        str(args.quarantine_payload_bytes),
+    ]
+    return api, gateway
+
+
+def _broker_plan(args: argparse.Namespace, data_dir: Path, state_db_url: str) -> BrokerPlan:
+    from gateway.installation import SERVICE_PASSWORD_FILE, SERVICE_USERNAME
+
+    checked = ("--state-db-url", state_db_url, "--require-provisioned")
+    if args.mqtt_url is not None:
+        parse_broker_url(args.mqtt_url, tls=False)
+        if not args.mqtt_username:
+            return BrokerPlan(BrokerMode.EXTERNAL, args.mqtt_url)
+        # your own broker with a service account for the gateway: it is a closed one
+        service = ["--mqtt-username", args.mqtt_username]
+        if args.mqtt_password_file is not None:
+            service += ["--mqtt-password-file", str(Path(args.mqtt_password_file).absolute())]
+        return BrokerPlan(
+            BrokerMode.EXTERNAL, args.mqtt_url, service_args=tuple(service), gateway_args=checked
+        )
+    directory = data_dir / "broker"
+    url = f"mqtt://127.0.0.1:{args.mqtt_port}"
+    if args.anonymous_broker:
+        if args.tls_port is not None:
+            raise GatewayError("--tls-port needs the closed broker (drop --anonymous-broker)")
+        return BrokerPlan(BrokerMode.ANONYMOUS, url, port=args.mqtt_port, directory=directory)
+    password = data_dir / "secrets" / SERVICE_PASSWORD_FILE
+    return BrokerPlan(
+        BrokerMode.CLOSED,
+        url,
+        port=args.mqtt_port,
+        directory=directory,
+        tls_port=args.tls_port,
+        service_args=("--mqtt-username", SERVICE_USERNAME, "--mqtt-password-file", str(password)),
+        gateway_args=checked,
+    )
+
+
+def plan_up(args: argparse.Namespace, env: Environment, *, data_dir: Path) -> UpPlan:
+    """The plan of ``telematics up`` with ``args`` (its parsed command line); ``data_dir``
+    is ``--data-dir`` made absolute. No IO: invalid settings raise here, before anything
+    is created."""
+    from gateway.statedb.database import default_url as default_state_db_url
+
+    api_args, gateway_args = forwarded(args)
+    state_db_url = args.state_db_url or default_state_db_url(data_dir)
+    signing_key = Path(args.signing_key or data_dir / "command-signing-key.pem").absolute()
+    broker = _broker_plan(args, data_dir, state_db_url)
+    common = ("--data-dir", str(data_dir), "--log-level", args.log_level)
+    client_ids = tuple(f"telematics-gateway-{i}" for i in range(1, args.gateways + 1))
+    children = [
+        ChildPlan(
+            f"gateway-{i}",
+            python_module(
+                "gateway",
+                "gateway",
+                *common,
+                "--mqtt-url",
+                broker.url,
+                "--client-id",
+                client_id,
+                *broker.service_args,
+                *broker.gateway_args,
+                *gateway_args,
+            ),
+        )
+        for i, client_id in enumerate(client_ids, start=1)
+    ]
+    state_args = ("--state-db-url", args.state_db_url) if args.state_db_url else ()
+    api = python_module(
+        "gateway",
+        "api",
+        *common,
+        *("--host", args.api_host, "--port", str(args.api_port), "--mqtt-url", broker.url),
+        *("--admin-email", args.admin_email, "--signing-key", str(signing_key)),
+        *api_args,
+        *broker.service_args,
+        *state_args,
+    )
+    children.append(ChildPlan("api", api))
+    demo = None
+    if args.demo:
+        credentials = data_dir / "secrets" / "demo-units.json" if broker.closed else None
+        demo = DemoPlan(
+            args.vehicles, credentials, signing_key.with_name(signing_key.name + ".pub")
+        )
+        sim_args = ("--credentials", str(credentials)) if credentials is not None else ()
+        simulator = python_module(
+            SIMULATOR_MODULE, "--mqtt-url", broker.url, "--vehicles", str(args.vehicles), *sim_args
+        )
+        children.append(ChildPlan("simulator", simulator, optional=True))
+    return UpPlan(
+        data_dir=data_dir,
+        state_db_url=state_db_url,
+        signing_key=signing_key,
+        admin_email=args.admin_email,
+        api_url=f"http://{args.api_host}:{args.api_port}",
+        listeners=tuple(up_listeners(args)),
+        broker=broker,
+        children=tuple(children),
+        demo=demo,
+        gateway_client_ids=client_ids,
+        share_group=args.share_group,
+        commands_client_id=env.commands_client_id,
+    )
+
+
+_TLS_NOTE = "(client certificate with CN = VIN: telematics pki client VIN)"
+
+
+def banner(
+    plan: UpPlan,
+    *,
+    tls_url: str | None = None,
+    demo_email: str | None = None,
+    demo_account: int | None = None,
+) -> str:
+    """What ``telematics up`` prints once everything is set up."""
+    api = plan.api_url
+    broker = plan.broker
+    if broker.closed:
+        kind = " (private; vehicles need credentials: telematics vehicle add --help)"
+    elif broker.mode is BrokerMode.ANONYMOUS:
+        kind = " (private, anonymous)"
+    else:
+        kind = ""
+    lines = [
+        "",
+        "  telematics gateway",
+        f"    broker   {broker.url}{kind}",
+        *([] if tls_url is None else [f"    TLS      {tls_url} {_TLS_NOTE}"]),
+        f"    API      {api}   (docs: {api}/docs; health: {api}/healthz)",
+        f"    data     {plan.data_dir}",
+        f"    log in   curl -s {api}/v1/auth/token -d grant_type=password \\",
+        f"               -d username={plan.admin_email} --data-urlencode password=PASSWORD",
+        '    then     curl -s -H "Authorization: Bearer ACCESS_TOKEN" ' + f"{api}/v1/vehicles",
+        "    stop     Ctrl-C",
+        "",
+    ]
+    if plan.demo is not None and demo_email is not None:
+        lines.insert(
+            -2,
+            f"    demo     {plan.demo.vehicles} vehicles of the organization "
+            f"'Demo Fleet' (account {demo_account}); its fleet manager is {demo_email}",
+        )
+    return "\n".join(lines)

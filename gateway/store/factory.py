@@ -1,0 +1,60 @@
+"""``open_store(url)``: the one way to a telemetry store, so a second backend (InfluxDB is
+planned) is a new scheme here, not an edit in every process that opens one.
+
+``sqlite:///path/to/telemetry.db`` (``sqlite:////abs`` or ``sqlite:///rel`` as in
+SQLAlchemy; ``sqlite:///`` followed by an absolute path works too) or a plain path is the
+embedded SQLite store. Anything else is refused with the schemes this gateway knows. See
+docs/decisions/0013-architecture-step.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.errors import ConfigurationError
+from gateway.store.base import TelemetryBackend
+from gateway.store.sqlite import DEFAULT_QUARANTINE_PAYLOAD_BYTES, SqliteTelemetryStore, Synchronous
+
+__all__ = ["SUPPORTED_SCHEMES", "open_store", "store_path"]
+
+#: the URL schemes :func:`open_store` accepts (a plain path is SQLite too)
+SUPPORTED_SCHEMES = ("sqlite",)
+
+
+def store_path(url: str | Path) -> Path:
+    """The database file an SQLite store URL (or plain path) names."""
+    if isinstance(url, Path):
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return Path(url)
+    if scheme.lower() != "sqlite":
+        supported = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
+        raise ConfigurationError(
+            f"unknown telemetry store URL {url!r}: supported are {supported} "
+            "(e.g. sqlite:///data/telemetry.db) or a file path"
+        )
+    if not rest.startswith("/") or rest == "/":
+        raise ConfigurationError(
+            f"invalid telemetry store URL {url!r}: expected sqlite:///PATH, e.g. "
+            "sqlite:///data/telemetry.db (relative) or sqlite:////var/lib/telematics/t.db"
+        )
+    return Path(rest[1:])
+
+
+def open_store(
+    url: str | Path,
+    *,
+    readonly: bool = False,
+    synchronous: Synchronous = "FULL",
+    quarantine_payload_bytes: int = DEFAULT_QUARANTINE_PAYLOAD_BYTES,
+) -> TelemetryBackend:
+    """Open the telemetry store ``url`` names: a writer (creates or upgrades the schema)
+    or, ``readonly``, a reader another process writes. ``synchronous`` is SQLite's
+    durability setting (``FULL``: a committed batch survives a power cut)."""
+    return SqliteTelemetryStore(
+        store_path(url),
+        readonly=readonly,
+        synchronous=synchronous,
+        quarantine_payload_bytes=quarantine_payload_bytes,
+    )
