@@ -17,7 +17,7 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 
-from gateway.commands.lifecycle import CommandEvent, CommandStatus
+from gateway.core.lifecycle import CommandEvent, CommandStatus
 from gateway.ingest.pipeline import Batcher
 from gateway.statedb import (
     AccountRepository,

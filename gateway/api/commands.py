@@ -33,13 +33,13 @@ from gateway.api.security import (
     vehicle_not_found,
 )
 from gateway.auth.policy import AccountKind, Principal, Role, VehicleAccess
-from gateway.commands.lifecycle import IllegalTransition, is_terminal
 from gateway.commands.service import (
     CommandService,
     UnknownCommandType,
     VehicleMoving,
     VehicleNotFound,
 )
+from gateway.core.lifecycle import IllegalTransition, is_terminal
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.commands import (
     CommandRecord,

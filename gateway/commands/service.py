@@ -22,7 +22,7 @@ It runs in the API process, next to the routes that use it, and owns one MQTT co
   session would also work for units that had connected before, but not for one that never
   did, and the gateway could not tell a waiting command from a lost one;
 * **results**: answers on ``v1/vehicles/{vin}/commands/result`` drive the lifecycle
-  (:mod:`gateway.commands.lifecycle`); an answer for an unknown command id, or one for a
+  (:mod:`gateway.core.lifecycle`); an answer for an unknown command id, or one for a
   command of another vehicle, changes nothing and goes to the quarantine;
 * **timers** (every ``tick_s``): ``queued``/``sent`` commands past their expiry become
   ``expired``; ``accepted`` ones without a final answer within ``result_timeout`` become
@@ -62,7 +62,7 @@ from gmqtt.mqtt.constants import MQTTv50
 from sqlalchemy.orm import Session
 
 from gateway import metrics
-from gateway.commands.lifecycle import (
+from gateway.core.lifecycle import (
     CommandEvent,
     IllegalTransition,
     event_for_result,

@@ -6,7 +6,7 @@ cross threads freely. The API is synchronous: callers on an event loop run it in
 (``asyncio.to_thread``) or accept the short block.
 
 Status changes go only through :meth:`CommandRepository.apply`, which asks
-``gateway.commands.lifecycle.transition`` first, so the database can never hold a transition
+``gateway.core.lifecycle.transition`` first, so the database can never hold a transition
 the state machine forbids, and writes the new status and its history row in one transaction.
 
 Holding periods: every command belongs to the VIN's holding period (tenure) it was made
@@ -41,7 +41,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from gateway.commands.lifecycle import (
+from gateway.core.lifecycle import (
     CommandEvent,
     CommandStatus,
     IllegalTransition,
@@ -75,7 +75,7 @@ logger = logging.getLogger(__name__)
 class ConfirmationState(enum.StrEnum):
     """Whether later telemetry showed the vehicle in the state a command promised.
 
-    A separate fact from the status (see ``gateway.commands.lifecycle``): a command starts
+    A separate fact from the status (see ``gateway.core.lifecycle``): a command starts
     ``pending`` if its type has an expected state, ``not_applicable`` otherwise.
     """
 
@@ -538,9 +538,9 @@ class CommandRepository:
         reason: str | None = None,
         detail: str | None = None,
     ) -> CommandRecord:
-        """Append a history row that changes nothing: the command keeps its status (e.g.
-        :data:`~gateway.commands.lifecycle.LATE_RESULT`, an answer that came after the
-        command had ended). Raises :class:`CommandNotFound`."""
+        """Append a history row that changes nothing: the command keeps its status (e.g. a
+        ``late_<status>`` event from :func:`~gateway.core.lifecycle.late_event`, an answer
+        that came after the command had ended). Raises :class:`CommandNotFound`."""
         with self._db.write() as session:
             row = self._locked(session, command_id)
             status = CommandStatus(row.status)
