@@ -62,6 +62,7 @@ from gmqtt.mqtt.constants import MQTTv50
 from sqlalchemy.orm import Session
 
 from gateway import metrics
+from gateway.core.clock import wall_clock_ms
 from gateway.core.lifecycle import (
     CommandEvent,
     IllegalTransition,
@@ -71,7 +72,6 @@ from gateway.core.lifecycle import (
 )
 from gateway.errors import GatewayError, StoreError
 from gateway.ingest.feedback import feedback_messages
-from gateway.ingest.service import wall_clock_ms
 from gateway.statedb.commands import CommandRecord, CommandRepository
 from gateway.store import (
     FIRST_TENURE,

@@ -40,6 +40,7 @@ from gmqtt import Client as MqttClient
 from gmqtt.mqtt.constants import MQTTv50
 
 from gateway import metrics
+from gateway.core.clock import wall_clock_ms
 from gateway.errors import ConfigurationError, StoreError
 from gateway.ingest.feedback import feedback_messages
 from gateway.ingest.pipeline import Batcher, BatchPolicy
@@ -47,13 +48,9 @@ from gateway.store import CommitResult, IngestBatch, TelemetryStore, Tenure
 from schemas import DEFAULT_LIMITS, Limits, subscription_filters
 from schemas.feedback import FeedbackLimiter
 
-__all__ = ["IngestService", "IngestSettings", "wall_clock_ms"]
+__all__ = ["IngestService", "IngestSettings"]
 
 log = logging.getLogger(__name__)
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
