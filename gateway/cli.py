@@ -512,8 +512,8 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.core.batching import BatchPolicy
     from gateway.files import private_directory
-    from gateway.ingest.pipeline import BatchPolicy
     from gateway.ingest.service import IngestSettings
     from gateway.runner import GatewayOptions, run_gateway
     from gateway.statedb.database import default_url as default_state_db_url

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.broker import MosquittoProcess
-from gateway.ingest.pipeline import Batcher
+from gateway.core.batching import Batcher
 from gateway.store import IngestBatch, SqliteTelemetryStore, StatusChange, VehicleSummary
 from schemas import StatusState
 from tests.conftest import GatewayProcess, wait_until

@@ -74,6 +74,7 @@ from gateway.core.admission import (
 )
 from gateway.core.clock import wall_clock_ms
 from gateway.core.confirmation import CommandTimes, judge_confirmation
+from gateway.core.feedback import feedback_messages
 from gateway.core.lifecycle import (
     CommandEvent,
     IllegalTransition,
@@ -83,7 +84,6 @@ from gateway.core.lifecycle import (
 )
 from gateway.core.results import refusal
 from gateway.errors import GatewayError, StoreError
-from gateway.ingest.feedback import feedback_messages
 from gateway.statedb.commands import CommandRecord, CommandRepository, ConfirmationState
 from gateway.store import (
     FIRST_TENURE,

@@ -9,7 +9,7 @@ reconnect; (vin, seq) deduplication in the store makes the second copy harmless.
 
 Feedback: after a commit, each quarantined message, sample or signal of a provisioned vehicle
 is announced to its unit on ``v1/vehicles/{vin}/feedback`` (QoS 0, rate-bounded per vehicle;
-:mod:`gateway.ingest.feedback`), because the PUBACK only tells the unit that the broker took
+:mod:`gateway.core.feedback`), because the PUBACK only tells the unit that the broker took
 the message.
 
 Scaling out: every gateway process subscribes through the same MQTT 5 shared subscription
@@ -40,10 +40,10 @@ from gmqtt import Client as MqttClient
 from gmqtt.mqtt.constants import MQTTv50
 
 from gateway import metrics
+from gateway.core.batching import Batcher, BatchPolicy
 from gateway.core.clock import wall_clock_ms
+from gateway.core.feedback import feedback_messages
 from gateway.errors import ConfigurationError, StoreError
-from gateway.ingest.feedback import feedback_messages
-from gateway.ingest.pipeline import Batcher, BatchPolicy
 from gateway.store import CommitResult, IngestBatch, TelemetryStore, Tenure
 from schemas import DEFAULT_LIMITS, Limits, subscription_filters
 from schemas.feedback import FeedbackLimiter
@@ -100,7 +100,7 @@ class IngestService:
         self._on_commit = on_commit
         self._acks: list[_Ack] = []
         #: messages held back for the next batch: their VIN changed tenure while the open
-        #: batch held its earlier messages (see gateway.ingest.pipeline)
+        #: batch held its earlier messages (see gateway.core.batching)
         self._deferred: list[tuple[str, bytes, _Ack | None, dict[str, Any]]] = []
         self._due = asyncio.Event()
         self._first_at: float | None = None
