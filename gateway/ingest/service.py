@@ -1,11 +1,15 @@
 """The ingest service: subscribes to the device topics and runs the batch-commit-ack loop.
 
 Delivery guarantee: a QoS 1 message is acknowledged (PUBACK) only after everything it
-carried is committed to the store. gmqtt with ``optimistic_acknowledgement=False`` sends the
-PUBACK when our ``on_message`` coroutine returns, so each message's coroutine waits for the
-commit of the batch it landed in. If the process dies first, the broker still holds the
-message in our persistent session (clean start off, a session expiry) and sends it again on
-reconnect; (vin, seq) deduplication in the store makes the second copy harmless.
+carried is committed to the store. The client runs with ``optimistic_acknowledgement=False``
+and :class:`_AckAfterCommit` takes over gmqtt's handling of QoS 1 and 2 PUBLISH packets: each
+message goes straight to the batcher (:mod:`gateway.core.batching`) with the acknowledgement
+it is owed (its packet id and connection), nothing is sent then, and once its batch has
+committed, all of the batch's PUBACKs (PUBRECs for QoS 2) go out in one write per connection
+(:func:`_send_acks`). If the process dies first, the broker still holds the messages in our
+persistent session (clean start off, a session expiry) and sends them again on reconnect;
+(vin, seq) deduplication in the store makes the second copy harmless. QoS 0 messages come
+through ``on_message`` and are batched the same way, with nothing to acknowledge.
 
 Feedback: after a commit, each quarantined message, sample or signal of a provisioned vehicle
 is announced to its unit on ``v1/vehicles/{vin}/feedback`` (QoS 0, rate-bounded per vehicle;
