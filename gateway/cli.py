@@ -221,7 +221,7 @@ def _add_signing_key(p: argparse.ArgumentParser) -> None:
 
 
 def _add_auth(p: argparse.ArgumentParser) -> None:
-    from gateway.auth.ratelimit import (
+    from gateway.core.ratelimit import (
         DEFAULT_LOGIN_LIMIT,
         DEFAULT_USER_COMMAND_LIMIT,
         DEFAULT_VEHICLE_COMMAND_LIMIT,
@@ -575,8 +575,8 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
     from gateway.api import ApiSettings, create_app
     from gateway.api.security import AuthSettings
-    from gateway.auth.ratelimit import parse_limit
     from gateway.commands.service import CommandSettings
+    from gateway.core.ratelimit import parse_limit
     from gateway.files import private_directory
     from gateway.statedb.database import default_url as default_state_db_url
     from gateway.supervisor import data_paths
@@ -697,7 +697,7 @@ def check_up_ports(
 def _forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """The command-line settings of ``up`` that its API and its gateways take: (API
     arguments, gateway arguments)."""
-    from gateway.auth.ratelimit import parse_limit
+    from gateway.core.ratelimit import parse_limit
 
     for limit in (args.user_command_limit, args.vehicle_command_limit, args.login_limit):
         parse_limit(limit)  # a bad value is an error now, not an API that keeps dying

@@ -14,7 +14,6 @@ from gateway.auth.policy import (
     can_create_user,
     vehicle_access,
 )
-from gateway.auth.ratelimit import Limit, RateLimiter, parse_limit
 from gateway.auth.tokens import (
     InvalidToken,
     TokenExpired,
@@ -24,6 +23,7 @@ from gateway.auth.tokens import (
     new_api_key,
     secrets_match,
 )
+from gateway.core.ratelimit import Limit, RateLimiter, parse_limit
 
 SECRET = b"unit-test-secret-unit-test-secret!!"
 

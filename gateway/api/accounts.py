@@ -56,6 +56,7 @@ from gateway.auth.policy import (
 )
 from gateway.auth.provisioning import provision_vehicle, rotate_vehicle_password
 from gateway.auth.tokens import hash_secret, issue_access_token, new_api_key, new_refresh_token
+from gateway.core.lockout import lockout_ms
 from gateway.statedb.accounts import (
     AccountRecord,
     ApiKeyRecord,
@@ -574,9 +575,7 @@ def _lockout_ms(context: AuthContext, failures: int) -> int | None:
     """How long an address waits after ``failures`` wrong passwords in a row for a user:
     nothing before ``lockout_after``, then 1 s, 2 s, 4 s, ... up to ``max_lockout_s``."""
     s = context.settings
-    if failures < s.lockout_after:
-        return None
-    return int(min(2 ** (failures - s.lockout_after), s.max_lockout_s)) * 1000
+    return lockout_ms(failures, lockout_after=s.lockout_after, max_lockout_s=s.max_lockout_s)
 
 
 _HasId = TypeVar("_HasId", AccountOut, UserOut, GrantOut, ApiKeyOut, AuditOut, InvitationOut)

@@ -29,20 +29,20 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from gateway.api.errors import ApiError
 from gateway.auth.policy import NO_ACCESS, Principal, Role, VehicleAccess, vehicle_access
-from gateway.auth.ratelimit import (
-    DEFAULT_INVITATION_LIMIT,
-    DEFAULT_LOGIN_LIMIT,
-    DEFAULT_USER_COMMAND_LIMIT,
-    DEFAULT_VEHICLE_COMMAND_LIMIT,
-    Limit,
-    RateLimiter,
-)
 from gateway.auth.tokens import (
     InvalidToken,
     TokenExpired,
     api_key_prefix,
     decode_access_token,
     secrets_match,
+)
+from gateway.core.ratelimit import (
+    DEFAULT_INVITATION_LIMIT,
+    DEFAULT_LOGIN_LIMIT,
+    DEFAULT_USER_COMMAND_LIMIT,
+    DEFAULT_VEHICLE_COMMAND_LIMIT,
+    Limit,
+    RateLimiter,
 )
 from gateway.statedb.accounts import AccountRepository, UserRecord, VehicleRecord
 from gateway.statedb.audit import AuditLog
