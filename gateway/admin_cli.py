@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _vehicle(args: argparse.Namespace) -> int:
-    from gateway.auth.provisioning import provision_or_rotate, provision_vehicle
+    from gateway.accounts.provisioning import provision_or_rotate, provision_vehicle
     from gateway.statedb.accounts import VehicleAlreadyProvisioned
     from schemas import InvalidVinError, validate_vin
 

@@ -917,7 +917,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     check_up_ports(up_listeners(args))
     api_args, gateway_tuning = _forwarded(args)
     from device_sim.fleet import fleet_vins
-    from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
+    from gateway.accounts.bootstrap import ensure_first_admin, print_first_admin
     from gateway.health import HEALTH_DIR_NAME
     from gateway.statedb.accounts import AccountRepository
     from gateway.statedb.audit import AuditLog

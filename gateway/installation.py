@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from gateway.accounts.provisioning import provision_or_rotate
 from gateway.auth.passwords import generate_password as generate_user_password
 from gateway.auth.passwords import hash_password as hash_user_password
 from gateway.auth.policy import AccountKind, Role
-from gateway.auth.provisioning import provision_or_rotate
 from gateway.broker.auth import (
     BrokerAuthFiles,
     BrokerAuthSync,

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from device_sim.credentials import load_credentials
+from gateway.accounts.provisioning import provision_vehicle, rotate_vehicle_password
 from gateway.auth.policy import AccountKind
-from gateway.auth.provisioning import provision_vehicle, rotate_vehicle_password
 from gateway.broker.auth import verify_password
 from gateway.installation import provision_demo
 from gateway.statedb.accounts import AccountRepository

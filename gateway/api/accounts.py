@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
+from gateway.accounts.provisioning import provision_vehicle, rotate_vehicle_password
 from gateway.api.errors import ApiError, invalid_request
 from gateway.api.limits import MAX_ID
 from gateway.api.models import ErrorDetail, ErrorResponse, Page
@@ -54,7 +55,6 @@ from gateway.auth.policy import (
     can_create_user,
     can_manage_account,
 )
-from gateway.auth.provisioning import provision_vehicle, rotate_vehicle_password
 from gateway.auth.tokens import hash_secret, issue_access_token, new_api_key, new_refresh_token
 from gateway.core.lockout import lockout_ms
 from gateway.statedb.accounts import (

@@ -29,6 +29,7 @@ from fastapi.responses import Response
 from pydantic import WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
+from gateway.accounts.bootstrap import ensure_first_admin, print_first_admin
 from gateway.api.accounts import accounts_router
 from gateway.api.commands import commands_router
 from gateway.api.docs import install_docs
@@ -64,7 +65,6 @@ from gateway.api.security import (
     require_admin,
     vehicle_not_found,
 )
-from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
 from gateway.auth.policy import Principal
 from gateway.auth.tokens import load_or_create_secret
 from gateway.commands.service import CommandService, CommandSettings
