@@ -33,7 +33,7 @@ from gateway.broker.auth import (
     VehicleIdentity,
     generate_password,
     hash_password,
-    verify_password,
+    verify_mqtt_password,
 )
 from gateway.broker.control import DynsecControl, purge_sessions
 from gateway.broker.mosquitto import BrokerError, MosquittoProcess
@@ -265,7 +265,7 @@ def _refresh_demo_units(
             and vehicle.active
             and current is not None
             and vehicle.mqtt_password_hash is not None
-            and verify_password(current, vehicle.mqtt_password_hash)
+            and verify_mqtt_password(password=current, password_hash=vehicle.mqtt_password_hash)
         ):
             continue
         if vehicle is not None and vehicle.active and vehicle.account_id != account_id:

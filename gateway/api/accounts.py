@@ -1039,7 +1039,9 @@ def accounts_router() -> APIRouter:
             and not principal.is_admin
             and (
                 body.current_password is None
-                or not verify_password(user.password_hash, body.current_password)
+                or not verify_password(
+                    password=body.current_password, password_hash=user.password_hash
+                )
             )
         ):
             raise forbidden("Give your current password correctly to set a new one.")
@@ -1657,7 +1659,10 @@ def _login(context: AuthContext, request: Request, username: str, password: str)
             "next attempt.",
             (throttle.locked_until - now) / 1000,
         )
-    if not verify_password(user.password_hash, password) or user.disabled_at is not None:
+    if (
+        not verify_password(password=password, password_hash=user.password_hash)
+        or user.disabled_at is not None
+    ):
         wrong = user.disabled_at is None
         if wrong:
             context.accounts.record_login_failure(

@@ -32,7 +32,7 @@ from gateway.broker.auth import (
     hash_password,
     render_dynsec,
     render_password_file,
-    verify_password,
+    verify_mqtt_password,
 )
 from gateway.broker.control import DynsecControl
 from gateway.broker.mosquitto import (
@@ -78,5 +78,5 @@ __all__ = [
     "render_config",
     "render_dynsec",
     "render_password_file",
-    "verify_password",
+    "verify_mqtt_password",
 ]
