@@ -4,7 +4,7 @@ identities of the vehicles and services allowed on it.
 Layout:
     mosquitto.py  BrokerConfig and render_config (the generated, commented mosquitto.conf,
                   optionally with a password file, the Dynamic Security plugin and a TLS
-                  listener), TlsListener, MosquittoProcess (start / stop / kill / restart /
+                  listener: render_tls, which ``telematics pki`` shows too), TlsListener, MosquittoProcess (start / stop / kill / restart /
                   reload a child ``mosquitto -c``, ready only once it answers an MQTT
                   CONNECT), find_mosquitto, find_dynsec_plugin, free_port, probe_mqtt,
                   parse_mqtt_url, and the BrokerError family
