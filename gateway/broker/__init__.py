@@ -4,9 +4,10 @@ identities of the vehicles and services allowed on it.
 Layout:
     mosquitto.py  BrokerConfig and render_config (the generated, commented mosquitto.conf,
                   optionally with a password file, the Dynamic Security plugin and a TLS
-                  listener: render_tls, which ``telematics pki`` shows too), TlsListener, MosquittoProcess (start / stop / kill / restart /
-                  reload a child ``mosquitto -c``, ready only once it answers an MQTT
-                  CONNECT), find_mosquitto, find_dynsec_plugin, free_port, probe_mqtt,
+                  listener: render_tls, which ``telematics pki`` shows too), TlsListener,
+                  MosquittoProcess (start / stop / kill / restart / reload a child
+                  ``mosquitto -c``, ready only once it answers an MQTT CONNECT),
+                  find_mosquitto, find_dynsec_plugin, free_port, probe_mqtt,
                   parse_mqtt_url, and the BrokerError family
     auth.py       vehicle and service identities: Mosquitto password hashes, the password
                   file (who logs in) and the Dynamic Security plugin's file (what each may
