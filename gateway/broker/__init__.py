@@ -19,9 +19,10 @@ Layout:
 
 Imports: only the standard library and ``gateway.errors`` (itself stdlib-only), so the
 benchmarks and pytest fixtures can start a broker without importing the rest of the
-gateway; ``pki`` alone needs ``cryptography`` and is therefore not imported here (use
-``gateway.broker.pki``). Nothing else in this package talks MQTT beyond the one-packet
-readiness probe: the gateway's real client lives in ``gateway.ingest``.
+gateway; ``pki`` alone needs ``cryptography`` (and ``schemas.vin`` for its VIN check) and
+is therefore not imported here (use ``gateway.broker.pki``). Nothing else in this package
+talks MQTT beyond the one-packet readiness probe: the gateway's real client lives in
+``gateway.ingest``.
 """
 
 from gateway.broker.auth import (
