@@ -72,6 +72,7 @@ from gateway.core.admission import (
     admit,
     check_request,
 )
+from gateway.core.batching import FIRST_TENURE, IngestBatch, QuarantineEntry
 from gateway.core.clock import wall_clock_ms
 from gateway.core.confirmation import CommandTimes, judge_confirmation
 from gateway.core.feedback import feedback_messages
@@ -85,13 +86,7 @@ from gateway.core.lifecycle import (
 from gateway.core.results import refusal
 from gateway.errors import GatewayError, StoreError
 from gateway.statedb.commands import CommandRecord, CommandRepository, ConfirmationState
-from gateway.store import (
-    FIRST_TENURE,
-    IngestBatch,
-    QuarantineEntry,
-    SqliteTelemetryStore,
-    VehicleState,
-)
+from gateway.store import SqliteTelemetryStore, VehicleState
 from schemas import (
     InvalidTopicError,
     Reason,

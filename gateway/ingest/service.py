@@ -44,11 +44,11 @@ from gmqtt import Client as MqttClient
 from gmqtt.mqtt.constants import MQTTv50
 
 from gateway import metrics
-from gateway.core.batching import Batcher, BatchPolicy
+from gateway.core.batching import Batcher, BatchPolicy, IngestBatch, Tenure
 from gateway.core.clock import wall_clock_ms
 from gateway.core.feedback import feedback_messages
 from gateway.errors import ConfigurationError, StoreError
-from gateway.store import CommitResult, IngestBatch, TelemetryStore, Tenure
+from gateway.store import CommitResult, TelemetryStore
 from schemas import DEFAULT_LIMITS, Limits, subscription_filters
 from schemas.feedback import FeedbackLimiter
 
