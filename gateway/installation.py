@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from gateway.accounts.provisioning import provision_or_rotate
 from gateway.auth.passwords import generate_password as generate_user_password
 from gateway.auth.passwords import hash_password as hash_user_password
-from gateway.auth.provisioning import provision_or_rotate
 from gateway.broker.auth import (
     BrokerAuthFiles,
     BrokerAuthSync,
@@ -31,7 +31,7 @@ from gateway.broker.auth import (
     VehicleIdentity,
     generate_password,
     hash_password,
-    verify_password,
+    verify_mqtt_password,
 )
 from gateway.broker.control import DynsecControl, purge_sessions
 from gateway.broker.mosquitto import BrokerError, MosquittoProcess
@@ -264,7 +264,7 @@ def _refresh_demo_units(
             and vehicle.active
             and current is not None
             and vehicle.mqtt_password_hash is not None
-            and verify_password(current, vehicle.mqtt_password_hash)
+            and verify_mqtt_password(password=current, password_hash=vehicle.mqtt_password_hash)
         ):
             continue
         if vehicle is not None and vehicle.active and vehicle.account_id != account_id:

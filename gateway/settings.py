@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.auth.ratelimit import (
+from gateway.core.ratelimit import (
     DEFAULT_LOGIN_LIMIT,
     DEFAULT_USER_COMMAND_LIMIT,
     DEFAULT_VEHICLE_COMMAND_LIMIT,

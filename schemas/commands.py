@@ -108,6 +108,7 @@ __all__ = [
     "is_valid_command_id",
     "message_expiry_interval",
     "parse_command_result_topic",
+    "refused_while_moving",
     "unit_decision",
     "validate_params",
 ]
@@ -841,6 +842,13 @@ def is_moving(latest: Mapping[str, tuple[SignalValue, int]], *, now_ms: int) -> 
     )
 
 
+def refused_while_moving(type: CommandType, *, moving: bool) -> bool:
+    """Whether a command of ``type`` is refused because the vehicle moves: the one rule the
+    unit applies on receipt (:func:`unit_decision`, with its live sensors) and the gateway
+    before it stores a command (with :func:`is_moving` of the latest telemetry)."""
+    return moving and COMMAND_SPECS[type].unsafe_while_moving
+
+
 def message_expiry_interval(command: CommandMessage, *, now_ms: int) -> int | None:
     """The MQTT 5 message expiry interval for publishing ``command`` at ``now_ms``: whole
     seconds left, rounded down so the broker drops it no later than ``expires_at``.
@@ -918,7 +926,7 @@ def unit_decision(
         )
     if isinstance(command, InvalidCommand):
         return rejected(command.reason, command.detail)
-    if is_moving and COMMAND_SPECS[command.type].unsafe_while_moving:
+    if refused_while_moving(command.type, moving=is_moving):
         return rejected(
             ResultReason.VEHICLE_MOVING, f"{command.type.value} is refused while moving"
         )

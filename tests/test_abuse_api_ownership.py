@@ -27,9 +27,9 @@ from device_sim.unit import SimulatedUnit, UnitSettings, wall_clock_ms
 from device_sim.vehicle import SimulatedVehicle, VehicleProfile
 from gateway import metrics
 from gateway.api import ApiSettings, create_app
-from gateway.auth.ratelimit import Limit
 from gateway.broker import MosquittoProcess
 from gateway.commands.service import CommandSettings
+from gateway.core.ratelimit import Limit
 from gateway.settings import MqttSettings
 from gateway.store import IngestBatch, open_store
 from schemas import Sample

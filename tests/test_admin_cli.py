@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from device_sim.credentials import load_credentials
 from gateway.api import ApiSettings, create_app
 from gateway.auth.passwords import verify_password
-from gateway.broker.auth import verify_password as verify_mqtt_password
+from gateway.broker.auth import verify_mqtt_password
 from gateway.cli import main
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
@@ -135,13 +135,13 @@ def test_operator_sets_up_an_organization_from_the_command_line(tmp_path: Path) 
         user = accounts.get_user_by_email("mia@vans.example")
         assert user is not None
         assert user.role == "fleet_manager"
-        assert verify_password(user.password_hash, "chosen-password-1")
+        assert verify_password(password="chosen-password-1", password_hash=user.password_hash)
         (identity,) = accounts.broker_identities()
         assert identity[0] == VINS[0]
         password = units.vehicles[VINS[0]].mqtt_password
         assert password is not None
         assert identity[1] is not None
-        assert verify_mqtt_password(password, identity[1])
+        assert verify_mqtt_password(password=password, password_hash=identity[1])
         entries = AuditLog(db).query(limit=100)
     actions = [(e.action, e.target) for e in reversed(entries)]
     assert actions == [

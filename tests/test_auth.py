@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.api import ApiSettings
-from gateway.auth.ratelimit import Limit
+from gateway.core.ratelimit import Limit
 from gateway.store import IngestBatch, open_store
 from schemas import Sample
 from tests.conftest import (

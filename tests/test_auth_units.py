@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import jwt
 import pytest
 
-from gateway.auth.ratelimit import Limit, RateLimiter, parse_limit
 from gateway.auth.tokens import (
     InvalidToken,
     TokenExpired,
@@ -30,6 +29,7 @@ from gateway.core.policy import (
     fleet_service_allowed,
     vehicle_access,
 )
+from gateway.core.ratelimit import Limit, RateLimiter, parse_limit
 
 SECRET = b"unit-test-secret-unit-test-secret!!"
 

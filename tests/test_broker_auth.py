@@ -65,7 +65,7 @@ from gateway.broker.auth import (
     plan_dynsec_changes,
     render_dynsec,
     render_password_file,
-    verify_password,
+    verify_mqtt_password,
 )
 from gateway.broker.control import DynsecCommandError
 from schemas.commands import command_result_topic, command_topic
@@ -181,23 +181,23 @@ def test_hash_password_is_what_mosquitto_passwd_writes(tmp_path: Path) -> None:
     assert match is not None, reference
     salt = base64.b64decode(match[2])
     assert hash_password("pässword", salt=salt, iterations=int(match[1])) == reference
-    assert verify_password("pässword", reference)
-    assert not verify_password("password", reference)
+    assert verify_mqtt_password(password="pässword", password_hash=reference)
+    assert not verify_mqtt_password(password="password", password_hash=reference)
 
 
-def test_verify_password() -> None:
+def test_verify_mqtt_password() -> None:
     hashed = hash_password("correct horse")
-    assert verify_password("correct horse", hashed)
-    assert not verify_password("correct horsE", hashed)
-    assert not verify_password("", hashed)
+    assert verify_mqtt_password(password="correct horse", password_hash=hashed)
+    assert not verify_mqtt_password(password="correct horsE", password_hash=hashed)
+    assert not verify_mqtt_password(password="", password_hash=hashed)
     for malformed in ("", "plain", "$7$101$AAAA$BBBB", "$7$0$" + hashed[7:], hashed + "\n"):
-        assert not verify_password("correct horse", malformed)
+        assert not verify_mqtt_password(password="correct horse", password_hash=malformed)
     # the older $6$ (one SHA-512 round) that Mosquitto 2.0 still reads
     salt = bytes(range(12))
     legacy_digest = hashlib.sha512(b"old" + salt).digest()
     legacy = f"$6${base64.b64encode(salt).decode()}${base64.b64encode(legacy_digest).decode()}"
-    assert verify_password("old", legacy)
-    assert not verify_password("new", legacy)
+    assert verify_mqtt_password(password="old", password_hash=legacy)
+    assert not verify_mqtt_password(password="new", password_hash=legacy)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The command lifecycle, exhaustively: every (status, event) pair of the cross product is either
 the transition written out below or an :class:`IllegalTransition`. The table here is written
-independently of ``gateway.commands.lifecycle.TRANSITIONS`` on purpose: a change to the rules
+independently of ``gateway.core.lifecycle.TRANSITIONS`` on purpose: a change to the rules
 must be made in both places, deliberately.
 """
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.commands import (
+from gateway.core.lifecycle import (
     TERMINAL_STATUSES,
     TRANSITIONS,
     CommandEvent,

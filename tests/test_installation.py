@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from device_sim.credentials import load_credentials
-from gateway.auth.provisioning import provision_vehicle, rotate_vehicle_password
-from gateway.broker.auth import verify_password
+from gateway.accounts.provisioning import provision_vehicle, rotate_vehicle_password
+from gateway.broker.auth import verify_mqtt_password
 from gateway.core.policy import AccountKind
 from gateway.installation import provision_demo
 from gateway.statedb.accounts import AccountRepository
@@ -57,7 +57,9 @@ def _matches(accounts: AccountRepository, path: Path, vin: str) -> bool:
     assert vehicle is not None
     assert vehicle.mqtt_password_hash is not None
     assert entry.mqtt_password is not None
-    return verify_password(entry.mqtt_password, vehicle.mqtt_password_hash)
+    return verify_mqtt_password(
+        password=entry.mqtt_password, password_hash=vehicle.mqtt_password_hash
+    )
 
 
 def test_a_rotated_demo_credential_is_refreshed_at_the_next_start(

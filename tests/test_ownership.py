@@ -17,8 +17,8 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 
-from gateway.commands.lifecycle import CommandEvent, CommandStatus
-from gateway.ingest.pipeline import Batcher
+from gateway.core.batching import Batcher
+from gateway.core.lifecycle import CommandEvent, CommandStatus
 from gateway.statedb import (
     AccountRepository,
     CommandRepository,

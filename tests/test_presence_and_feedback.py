@@ -17,7 +17,7 @@ import pytest
 
 from gateway.api import ApiSettings
 from gateway.broker import MosquittoProcess
-from gateway.ingest.feedback import feedback_messages
+from gateway.core.feedback import feedback_messages
 from gateway.store import (
     IngestBatch,
     QuarantineEntry,

@@ -24,7 +24,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
-from gateway.commands.lifecycle import CommandEvent, CommandStatus, IllegalTransition
+from gateway.core.lifecycle import CommandEvent, CommandStatus, IllegalTransition
 from gateway.errors import ConfigurationError
 from gateway.statedb import (
     CommandNotFound,

@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 
 from gateway.broker import MosquittoProcess
-from gateway.ingest.pipeline import Batcher
-from gateway.store import IngestBatch, StatusChange, TelemetryBackend, VehicleSummary, open_store
+from gateway.core.batching import Batcher
+from gateway.store import (
+    IngestBatch,
+    StatusChange,
+    TelemetryBackend,
+    VehicleSummary,
+    open_store,
+)
 from schemas import StatusState
 from tests.conftest import GatewayProcess, wait_until
 

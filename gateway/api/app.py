@@ -18,6 +18,7 @@ from typing import Final
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from gateway.accounts.bootstrap import ensure_first_admin, print_first_admin
 from gateway.api.docs import install_docs
 from gateway.api.errors import install_error_handlers
 from gateway.api.limits import BodyLimit, document_body_limits
@@ -25,7 +26,6 @@ from gateway.api.models import ErrorResponse
 from gateway.api.routes import routers
 from gateway.api.security import AuthContext
 from gateway.api.settings import ApiSettings
-from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
 from gateway.auth.tokens import load_or_create_secret
 from gateway.commands.service import CommandService
 from gateway.errors import StoreError

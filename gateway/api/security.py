@@ -28,14 +28,6 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.errors import ApiError
-from gateway.auth.ratelimit import (
-    DEFAULT_INVITATION_LIMIT,
-    DEFAULT_LOGIN_LIMIT,
-    DEFAULT_USER_COMMAND_LIMIT,
-    DEFAULT_VEHICLE_COMMAND_LIMIT,
-    Limit,
-    RateLimiter,
-)
 from gateway.auth.tokens import (
     InvalidToken,
     TokenExpired,
@@ -44,6 +36,14 @@ from gateway.auth.tokens import (
     secrets_match,
 )
 from gateway.core.policy import NO_ACCESS, Principal, Role, VehicleAccess, vehicle_access
+from gateway.core.ratelimit import (
+    DEFAULT_INVITATION_LIMIT,
+    DEFAULT_LOGIN_LIMIT,
+    DEFAULT_USER_COMMAND_LIMIT,
+    DEFAULT_VEHICLE_COMMAND_LIMIT,
+    Limit,
+    RateLimiter,
+)
 from gateway.statedb.accounts import AccountRepository, UserRecord, VehicleRecord
 from gateway.statedb.audit import AuditLog
 from gateway.store import FIRST_TENURE

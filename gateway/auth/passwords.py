@@ -60,8 +60,10 @@ def hash_password(password: str) -> str:
     return _hasher().hash(password)
 
 
-def verify_password(password_hash: str, password: str) -> bool:
-    """Whether ``password`` matches ``password_hash`` (constant time in the password)."""
+def verify_password(*, password: str, password_hash: str) -> bool:
+    """Whether ``password`` matches the argon2 ``password_hash`` (constant time in the
+    password). Keyword-only: both are strings, and a swap must not go unnoticed (the broker's
+    Mosquitto hashes have :func:`gateway.broker.auth.verify_mqtt_password`)."""
     try:
         return _hasher().verify(password_hash, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
@@ -76,7 +78,7 @@ def _dummy_hash() -> str:
 def verify_nothing(password: str) -> None:
     """Spend the time a real verification takes, for an unknown user name, so the answer's
     timing does not tell which e-mail addresses have accounts."""
-    verify_password(_dummy_hash(), password)
+    verify_password(password=password, password_hash=_dummy_hash())
 
 
 def needs_rehash(password_hash: str) -> bool:

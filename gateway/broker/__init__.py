@@ -4,9 +4,10 @@ identities of the vehicles and services allowed on it.
 Layout:
     mosquitto.py  BrokerConfig and render_config (the generated, commented mosquitto.conf,
                   optionally with a password file, the Dynamic Security plugin and a TLS
-                  listener), TlsListener, MosquittoProcess (start / stop / kill / restart /
-                  reload a child ``mosquitto -c``, ready only once it answers an MQTT
-                  CONNECT), find_mosquitto, find_dynsec_plugin, free_port, probe_mqtt,
+                  listener: render_tls, which ``telematics pki`` shows too), TlsListener,
+                  MosquittoProcess (start / stop / kill / restart / reload a child
+                  ``mosquitto -c``, ready only once it answers an MQTT CONNECT),
+                  find_mosquitto, find_dynsec_plugin, free_port, probe_mqtt,
                   parse_mqtt_url, and the BrokerError family
     auth.py       vehicle and service identities: Mosquitto password hashes, the password
                   file (who logs in) and the Dynamic Security plugin's file (what each may
@@ -18,9 +19,10 @@ Layout:
 
 Imports: only the standard library and ``gateway.errors`` (itself stdlib-only), so the
 benchmarks and pytest fixtures can start a broker without importing the rest of the
-gateway; ``pki`` alone needs ``cryptography`` and is therefore not imported here (use
-``gateway.broker.pki``). Nothing else in this package talks MQTT beyond the one-packet
-readiness probe: the gateway's real client lives in ``gateway.ingest``.
+gateway; ``pki`` alone needs ``cryptography`` (and ``schemas.vin`` for its VIN check) and
+is therefore not imported here (use ``gateway.broker.pki``). Nothing else in this package
+talks MQTT beyond the one-packet readiness probe: the gateway's real client lives in
+``gateway.ingest``.
 """
 
 from gateway.broker.auth import (
@@ -32,7 +34,7 @@ from gateway.broker.auth import (
     hash_password,
     render_dynsec,
     render_password_file,
-    verify_password,
+    verify_mqtt_password,
 )
 from gateway.broker.control import DynsecControl
 from gateway.broker.mosquitto import (
@@ -78,5 +80,5 @@ __all__ = [
     "render_config",
     "render_dynsec",
     "render_password_file",
-    "verify_password",
+    "verify_mqtt_password",
 ]

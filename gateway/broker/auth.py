@@ -92,7 +92,7 @@ __all__ = [
     "render_password_file",
     "vehicle_acls",
     "vehicle_topics",
-    "verify_password",
+    "verify_mqtt_password",
 ]
 
 log = logging.getLogger(__name__)
@@ -221,15 +221,17 @@ def _decode_hash(hashed: str) -> tuple[int | None, bytes, bytes]:
     return iterations, salt, digest
 
 
-def verify_password(password: str, hashed: str) -> bool:
-    """Whether Mosquitto would accept ``password`` for ``hashed``; False if malformed.
+def verify_mqtt_password(*, password: str, password_hash: str) -> bool:
+    """Whether Mosquitto would accept ``password`` for ``password_hash``; False if malformed.
+    Keyword-only: both are strings, and a swap must not go unnoticed (user passwords have
+    :func:`gateway.auth.passwords.verify_password`).
 
     Constant-time comparison. Also understands the older ``$6$`` (one SHA-512 round over
     password and salt) that Mosquitto 2.0 still accepts.
     """
     try:
         raw = _check_password(password)
-        iterations, salt, digest = _decode_hash(hashed)
+        iterations, salt, digest = _decode_hash(password_hash)
     except ValueError:
         return False
     if iterations is None:

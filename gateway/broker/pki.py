@@ -53,8 +53,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.broker.auth import _VIN_RE, atomic_write
-from gateway.broker.mosquitto import DEFAULT_MQTTS_PORT, BrokerError, TlsListener, _render_tls
+from gateway.broker.auth import atomic_write
+from gateway.broker.mosquitto import DEFAULT_MQTTS_PORT, BrokerError, TlsListener, render_tls
+from schemas.vin import is_valid_vin
 
 __all__ = [
     "CA_VALIDITY",
@@ -129,7 +130,7 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
 
 
 def _check_vin(vin: str) -> str:
-    if _VIN_RE.fullmatch(vin) is None:
+    if not is_valid_vin(vin):
         raise PkiError(
             f"invalid VIN {vin!r}: expected 17 characters from 0-9 and A-Z without I, O or Q"
         )
@@ -146,6 +147,53 @@ def _san(host: str) -> x509.GeneralName:
     if _HOST_RE.fullmatch(host) is None:
         raise PkiError(f"invalid server host name {host!r}: give a DNS name or an IP address")
     return x509.DNSName(host)
+
+
+def _server_sans(hosts: Sequence[str], ca_name: str) -> list[x509.GeneralName]:
+    """The server certificate's SANs for ``hosts``, once the arguments of :meth:`Pki.init`
+    are checked (a host at least, a CA name)."""
+    if not hosts:
+        raise PkiError("give at least one server host name (--host) for the broker")
+    sans = [_san(h) for h in hosts]
+    if not ca_name.strip():
+        raise PkiError("the CA name must not be empty")
+    return sans
+
+
+def _new_ca(ca_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new self-signed CA certificate named ``ca_name`` and its key: it may sign
+    certificates (no intermediate CAs under it) and CRLs."""
+    now = _now()
+    ca_key = _new_key()
+    ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_subject)
+        .issuer_name(ca_subject)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return ca_cert, ca_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,11 +288,7 @@ class Pki:
         the CRL go too, since they belong to the old CA.
         """
         hosts = list(dict.fromkeys(server_hosts))
-        if not hosts:
-            raise PkiError("give at least one server host name (--host) for the broker")
-        sans = [_san(h) for h in hosts]
-        if not ca_name.strip():
-            raise PkiError("the CA name must not be empty")
+        sans = _server_sans(hosts, ca_name)
         if self.exists() and not force:
             raise PkiExistsError(
                 f"a CA already exists in {self.directory}; replacing it invalidates every "
@@ -256,36 +300,7 @@ class Pki:
             shutil.rmtree(self.clients_dir, ignore_errors=True)
             self._index_path.unlink(missing_ok=True)
 
-        now = _now()
-        ca_key = _new_key()
-        ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
-        ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-        ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(ca_subject)
-            .issuer_name(ca_subject)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _CLOCK_SKEW)
-            .not_valid_after(now + CA_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(ca_ski, critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
+        ca_cert, ca_key = _new_ca(ca_name)
         server_key = _new_key()
         server_cert = self._issue(
             ca_cert,
@@ -569,7 +584,7 @@ def _directory(args: argparse.Namespace) -> Path:
 
 def _listener_settings(pki: Pki) -> str:
     lines = ["Mosquitto listener settings (BrokerConfig(tls=Pki(dir).tls_listener(port))):"]
-    _render_tls(pki.tls_listener(), lambda _why, line: lines.append(f"    {line}"))
+    render_tls(pki.tls_listener(), lambda _why, line: lines.append(f"    {line}"))
     return "\n".join(lines)
 
 

@@ -62,8 +62,8 @@ def run(args: argparse.Namespace, env: Environment) -> int:
 
     from gateway.api import ApiSettings, create_app
     from gateway.api.security import AuthSettings
-    from gateway.auth.ratelimit import parse_limit
     from gateway.commands.service import CommandSettings
+    from gateway.core.ratelimit import parse_limit
     from gateway.files import private_directory
     from gateway.statedb.database import default_url as default_state_db_url
     from gateway.supervisor import data_paths

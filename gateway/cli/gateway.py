@@ -43,8 +43,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
+    from gateway.core.batching import BatchPolicy
     from gateway.files import private_directory
-    from gateway.ingest.pipeline import BatchPolicy
     from gateway.ingest.service import IngestSettings
     from gateway.retention import RetentionPolicy
     from gateway.runner import GatewayOptions, run_gateway

@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from gateway.auth.ratelimit import (
+from gateway.core.ratelimit import (
     DEFAULT_LOGIN_LIMIT,
     DEFAULT_USER_COMMAND_LIMIT,
     DEFAULT_VEHICLE_COMMAND_LIMIT,

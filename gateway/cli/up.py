@@ -166,7 +166,7 @@ def check_up_ports(
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
-    from gateway.auth.bootstrap import ensure_first_admin, print_first_admin
+    from gateway.accounts.bootstrap import ensure_first_admin, print_first_admin
     from gateway.health import HEALTH_DIR_NAME
     from gateway.statedb.accounts import AccountRepository
     from gateway.statedb.audit import AuditLog

@@ -15,8 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.auth.ratelimit import parse_limit
 from gateway.cli.sim import SIMULATOR_MODULE
+from gateway.core.ratelimit import parse_limit
 from gateway.errors import GatewayError
 from gateway.settings import Environment
 from schemas.broker_url import parse_broker_url

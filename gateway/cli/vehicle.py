@@ -195,7 +195,7 @@ def _provision(
     """Provision ``vins`` into ``account``; VIN -> its new MQTT password (None: client
     certificate). Writing a credentials file, a vehicle provisioned before gets new
     credentials."""
-    from gateway.auth.provisioning import provision_or_rotate, provision_vehicle
+    from gateway.accounts.provisioning import provision_or_rotate, provision_vehicle
     from gateway.statedb.accounts import VehicleAlreadyProvisioned
 
     created: dict[str, str | None] = {}

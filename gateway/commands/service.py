@@ -3,10 +3,11 @@
 It runs in the API process, next to the routes that use it, and owns one MQTT connection
 (a persistent session of its own, so results that arrive while it is down wait for it):
 
-* **create**: validate the type and parameters, refuse unsafe commands for a moving vehicle
-  (``409 vehicle_moving``), store the command (``queued``; an ``Idempotency-Key`` returns
-  the earlier command instead of a second one), and dispatch it at once if the vehicle is
-  online;
+* **create**: ask the core's admission (:mod:`gateway.core.admission`: a known type, valid
+  parameters, a vehicle that has reported, no unsafe command for a moving vehicle, ``409
+  vehicle_moving``), then carry out its answer: store the command (``queued``; an
+  ``Idempotency-Key`` returns the earlier command instead of a second one) and dispatch it
+  at once unless the vehicle's status says offline;
 * **dispatch**: record ``sent`` first, then publish on ``v1/vehicles/{vin}/commands`` with
   QoS 1 and the MQTT 5 properties response topic, correlation data (the command id) and
   message expiry (the time to live left), so neither the broker nor the unit ever hands
@@ -22,12 +23,14 @@ It runs in the API process, next to the routes that use it, and owns one MQTT co
   session would also work for units that had connected before, but not for one that never
   did, and the gateway could not tell a waiting command from a lost one;
 * **results**: answers on ``v1/vehicles/{vin}/commands/result`` drive the lifecycle
-  (:mod:`gateway.commands.lifecycle`); an answer for an unknown command id, or one for a
-  command of another vehicle, changes nothing and goes to the quarantine;
+  (:mod:`gateway.core.lifecycle`); an answer for an unknown command id, or one for a
+  command of another vehicle, changes nothing and goes to the quarantine
+  (:mod:`gateway.core.results`);
 * **timers** (every ``tick_s``): ``queued``/``sent`` commands past their expiry become
   ``expired``; ``accepted`` ones without a final answer within ``result_timeout`` become
   ``timed_out``; ``succeeded`` ones are confirmed when fresh telemetry shows the expected
-  state, or marked ``unconfirmed`` after ``confirm_window_s``.
+  state, or marked ``unconfirmed`` after ``confirm_window_s``
+  (:mod:`gateway.core.confirmation`).
 
 State database calls run on the event loop, not in a thread pool: each is a millisecond or
 two, and handing them to threads measured 3-4x slower end to end (GIL hand-offs and
@@ -62,38 +65,38 @@ from gmqtt.mqtt.constants import MQTTv50
 from sqlalchemy.orm import Session
 
 from gateway import metrics
-from gateway.commands.lifecycle import (
+from gateway.core.admission import (
+    UnknownCommandType,
+    VehicleMoving,
+    VehicleNotFound,
+    admit,
+    check_request,
+)
+from gateway.core.batching import FIRST_TENURE, IngestBatch, QuarantineEntry
+from gateway.core.clock import wall_clock_ms
+from gateway.core.confirmation import CommandTimes, judge_confirmation
+from gateway.core.feedback import feedback_messages
+from gateway.core.lifecycle import (
     CommandEvent,
     IllegalTransition,
     event_for_result,
     is_repeat,
     late_event,
 )
+from gateway.core.results import refusal
 from gateway.errors import GatewayError, StoreError
-from gateway.ingest.feedback import feedback_messages
-from gateway.ingest.service import wall_clock_ms
 from gateway.settings import MqttSettings
-from gateway.statedb.commands import CommandRecord, CommandRepository
-from gateway.store import (
-    FIRST_TENURE,
-    IngestBatch,
-    QuarantineEntry,
-    TelemetryBackend,
-    VehicleState,
-    open_store,
-)
+from gateway.statedb.commands import CommandRecord, CommandRepository, ConfirmationState
+from gateway.store import TelemetryBackend, VehicleState, open_store
 from schemas import (
     InvalidTopicError,
     Reason,
     Rejection,
-    SignalValue,
     StatusState,
     decode_status,
     parse_topic,
 )
 from schemas.commands import (
-    COMMAND_SPECS,
-    CONFIRMATION_TOLERANCE_MS,
     CommandMessage,
     CommandResult,
     CommandType,
@@ -102,8 +105,6 @@ from schemas.commands import (
     command_topic,
     decode_command_result,
     encode_command,
-    is_confirmed_by,
-    is_moving,
     message_expiry_interval,
     parse_command_result_topic,
     validate_params,
@@ -144,32 +145,6 @@ class CommandSettings:
     confirm_check_s: float = 0.5
     #: PEM Ed25519 private key: sign every command (see the module docstring); None: unsigned
     signing_key_path: Path | None = None
-
-
-class UnknownCommandType(GatewayError):
-    def __init__(self, value: str) -> None:
-        self.value = value
-        known = ", ".join(t.value for t in CommandType)
-        super().__init__(f"unknown command type {value!r}; known types: {known}")
-
-
-class VehicleNotFound(GatewayError):
-    def __init__(self, vin: str) -> None:
-        self.vin = vin
-        super().__init__(
-            f"no vehicle with VIN {vin} has reported to this gateway; a vehicle must have "
-            "connected once before it can be commanded"
-        )
-
-
-class VehicleMoving(GatewayError):
-    def __init__(self, vin: str, type_: CommandType) -> None:
-        self.vin = vin
-        self.type = type_
-        super().__init__(
-            f"{type_.value} is refused while the vehicle is moving (vehicle {vin} reports "
-            "motion); send it again once the vehicle has stopped"
-        )
 
 
 def subscription_filters(share_group: str) -> list[str]:
@@ -275,32 +250,36 @@ class CommandService:
         ``schemas.commands.CommandParamsError``, :class:`VehicleNotFound`,
         :class:`VehicleMoving`, ``IdempotencyConflict`` or ``TenureEnded``. Returns
         (command, created)."""
-        try:
-            command_type = CommandType(type_)
-        except ValueError:
-            raise UnknownCommandType(type_) from None
-        checked = validate_params(command_type, params)
+        request = check_request(type_, params)
         state = self._vehicle_state(vin, tenure)
-        if state is None:
-            raise VehicleNotFound(vin)
-        spec = COMMAND_SPECS[command_type]
-        if spec.unsafe_while_moving and is_moving(state.latest, now_ms=self._clock_ms()):
-            raise VehicleMoving(vin, command_type)
-        ttl = self.settings.default_ttl_s if ttl_s is None else ttl_s
+        admission = admit(
+            request,
+            vin=vin,
+            latest=None if state is None else state.latest,
+            online=None if state is None else state.summary.online,
+            now_ms=self._clock_ms(),
+            ttl_s=ttl_s,
+            default_ttl_s=self.settings.default_ttl_s,
+            result_timeout_s=self.settings.result_timeout_s,
+        )
         record, created = self.repo.create(
             vin=vin,
-            type=command_type.value,
-            params=checked,
+            type=admission.type.value,
+            params=admission.params,
             now=self._clock_ms(),
-            ttl_ms=int(ttl * 1000),
-            result_timeout_ms=int(self.settings.result_timeout_s * 1000),
+            ttl_ms=admission.ttl_ms,
+            result_timeout_ms=admission.result_timeout_ms,
             tenure=tenure,
             idempotency_key=idempotency_key,
             requested_by=requested_by,
-            confirmation="pending" if spec.confirmation is not None else "not_applicable",
+            confirmation=(
+                ConfirmationState.PENDING
+                if admission.expects_confirmation
+                else ConfirmationState.NOT_APPLICABLE
+            ),
             on_created=on_created,
         )
-        if created and state.summary.online is not False:
+        if created and admission.send_at_once:
             record = await self._dispatch(record)
         return record, created
 
@@ -432,7 +411,12 @@ class CommandService:
             await self._quarantine(topic, payload, result)
             return
         record = self.repo.get(result.command_id)
-        rejection = _refusal(result, record, vin, correlation)
+        rejection = refusal(
+            result,
+            command_vin=None if record is None else record.vin,
+            topic_vin=vin,
+            correlation=correlation,
+        )
         if rejection is not None:
             await self._quarantine(topic, payload, rejection)
             return
@@ -537,33 +521,25 @@ class CommandService:
     async def _check_confirmation(
         self, record: CommandRecord, state: VehicleState | None, now: int
     ) -> None:
-        # one clock: the samples' ts and unit_accepted_at are both the unit's (older
-        # commands, from before the unit's time was kept, fall back to the gateway's)
-        if record.unit_accepted_at is not None:
-            since = record.unit_accepted_at - CONFIRMATION_TOLERANCE_MS
-        else:
-            since = record.accepted_at or record.sent_at or record.created_at
-        fresh: dict[str, SignalValue] = {}
-        newest = 0
-        if state is not None:
-            for path, (value, ts) in state.latest.items():
-                if ts >= since:
-                    fresh[path] = value
-                    newest = max(newest, ts)
-        if fresh and is_confirmed_by(CommandType(record.type), record.params, fresh):
-            updated = self.repo.set_confirmation(
-                record.id,
-                confirmation="confirmed",
-                confirmed_at=newest,
-            )
-        elif now - (record.finished_at or now) > self.settings.confirm_window_s * 1000:
-            updated = self.repo.set_confirmation(
-                record.id,
-                confirmation="unconfirmed",
-                confirmed_at=None,
-            )
-        else:
+        verdict = judge_confirmation(
+            CommandType(record.type),
+            record.params,
+            CommandTimes(
+                created_at=record.created_at,
+                sent_at=record.sent_at,
+                accepted_at=record.accepted_at,
+                finished_at=record.finished_at,
+                unit_accepted_at=record.unit_accepted_at,
+            ),
+            None if state is None else state.latest,
+            now_ms=now,
+            confirm_window_ms=self.settings.confirm_window_s * 1000,
+        )
+        if verdict is None:
             return
+        updated = self.repo.set_confirmation(
+            record.id, confirmation=verdict.confirmation, confirmed_at=verdict.confirmed_at
+        )
         self._wake(updated.id)
 
 
@@ -578,34 +554,3 @@ def _correlation_data(properties: Any) -> bytes | None:
     if isinstance(value, str):
         value = value.encode()
     return bytes(value) if isinstance(value, bytes | bytearray) else None
-
-
-def _refusal(
-    result: CommandResult, record: CommandRecord | None, vin: str, correlation: bytes | None
-) -> Rejection | None:
-    """Why a well-formed result must not touch any command (a quarantine reason), or None.
-
-    The body's ``command_id`` is what identifies the command; MQTT 5 correlation data, when
-    the unit sends it, must be that id's bytes (a unit answering with another command's
-    correlation data has mixed up two commands, and either may be wrong)."""
-    if correlation is not None and correlation != result.command_id.encode():
-        return Rejection(
-            Reason.CORRELATION_MISMATCH,
-            f"correlation data {correlation[:80]!r} is not the result's command_id "
-            f"{result.command_id}; the result changes nothing",
-            vin=vin,
-        )
-    if record is None:
-        return Rejection(
-            Reason.UNKNOWN_COMMAND,
-            f"no command {result.command_id} exists; the result changes nothing",
-            vin=vin,
-        )
-    if record.vin != vin:
-        return Rejection(
-            Reason.VIN_MISMATCH,
-            f"command {record.id} is for {record.vin}, but the result came on "
-            f"{vin}'s result topic; the result changes nothing",
-            vin=vin,
-        )
-    return None

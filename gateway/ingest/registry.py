@@ -23,9 +23,9 @@ import contextlib
 import logging
 import time
 
+from gateway.core.batching import Tenure
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.database import StateDatabase
-from gateway.store import Tenure
 
 __all__ = ["MISS_REFRESH_S", "VehicleRegistry"]
 

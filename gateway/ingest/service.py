@@ -1,15 +1,19 @@
 """The ingest service: subscribes to the device topics and runs the batch-commit-ack loop.
 
 Delivery guarantee: a QoS 1 message is acknowledged (PUBACK) only after everything it
-carried is committed to the store. gmqtt with ``optimistic_acknowledgement=False`` sends the
-PUBACK when our ``on_message`` coroutine returns, so each message's coroutine waits for the
-commit of the batch it landed in. If the process dies first, the broker still holds the
-message in our persistent session (clean start off, a session expiry) and sends it again on
-reconnect; (vin, seq) deduplication in the store makes the second copy harmless.
+carried is committed to the store. The client runs with ``optimistic_acknowledgement=False``
+and :class:`_AckAfterCommit` takes over gmqtt's handling of QoS 1 and 2 PUBLISH packets: each
+message goes straight to the batcher (:mod:`gateway.core.batching`) with the acknowledgement
+it is owed (its packet id and connection), nothing is sent then, and once its batch has
+committed, all of the batch's PUBACKs (PUBRECs for QoS 2) go out in one write per connection
+(:func:`_send_acks`). If the process dies first, the broker still holds the messages in our
+persistent session (clean start off, a session expiry) and sends them again on reconnect;
+(vin, seq) deduplication in the store makes the second copy harmless. QoS 0 messages come
+through ``on_message`` and are batched the same way, with nothing to acknowledge.
 
 Feedback: after a commit, each quarantined message, sample or signal of a provisioned vehicle
 is announced to its unit on ``v1/vehicles/{vin}/feedback`` (QoS 0, rate-bounded per vehicle;
-:mod:`gateway.ingest.feedback`), because the PUBACK only tells the unit that the broker took
+:mod:`gateway.core.feedback`), because the PUBACK only tells the unit that the broker took
 the message.
 
 Scaling out: every gateway process subscribes through the same MQTT 5 shared subscription
@@ -40,21 +44,18 @@ from gmqtt import Client as MqttClient
 from gmqtt.mqtt.constants import MQTTv50
 
 from gateway import metrics
+from gateway.core.batching import Batcher, BatchPolicy, IngestBatch, Tenure
+from gateway.core.clock import wall_clock_ms
+from gateway.core.feedback import feedback_messages
 from gateway.errors import ConfigurationError, StoreError
-from gateway.ingest.feedback import feedback_messages
-from gateway.ingest.pipeline import Batcher, BatchPolicy
 from gateway.settings import MqttSettings
-from gateway.store import CommitResult, IngestBatch, TelemetryStore, Tenure
+from gateway.store import CommitResult, TelemetryStore
 from schemas import DEFAULT_LIMITS, Limits, subscription_filters
 from schemas.feedback import FeedbackLimiter
 
-__all__ = ["IngestService", "IngestSettings", "wall_clock_ms"]
+__all__ = ["IngestService", "IngestSettings"]
 
 log = logging.getLogger(__name__)
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,7 @@ class IngestService:
         self._on_commit = on_commit
         self._acks: list[_Ack] = []
         #: messages held back for the next batch: their VIN changed tenure while the open
-        #: batch held its earlier messages (see gateway.ingest.pipeline)
+        #: batch held its earlier messages (see gateway.core.batching)
         self._deferred: list[tuple[str, bytes, _Ack | None, dict[str, Any]]] = []
         self._due = asyncio.Event()
         self._first_at: float | None = None

@@ -24,8 +24,9 @@ Layout:
     migrations/   the Alembic environment (env.py, script.py.mako, versions/), run from code:
                   no ``alembic.ini``
 
-Imports sqlalchemy, alembic, ``gateway.commands.lifecycle`` (and through it ``schemas``) and
-``gateway.errors``; imported by the command service and the API, never the other way round.
+Imports sqlalchemy, alembic, ``gateway.core`` (the command lifecycle; through it ``schemas``)
+and ``gateway.errors``; imported by the command service and the API, never the other way
+round (docs/decisions/0013-architecture-step.md).
 """
 
 from gateway.statedb.accounts import (

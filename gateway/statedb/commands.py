@@ -6,7 +6,7 @@ cross threads freely. The API is synchronous: callers on an event loop run it in
 (``asyncio.to_thread``) or accept the short block.
 
 Status changes go only through :meth:`CommandRepository.apply`, which asks
-``gateway.commands.lifecycle.transition`` first, so the database can never hold a transition
+``gateway.core.lifecycle.transition`` first, so the database can never hold a transition
 the state machine forbids, and writes the new status and its history row in one transaction.
 
 Holding periods: every command belongs to the VIN's holding period (tenure) it was made
@@ -41,7 +41,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from gateway.commands.lifecycle import (
+from gateway.core.lifecycle import (
     CommandEvent,
     CommandStatus,
     IllegalTransition,
@@ -75,7 +75,7 @@ logger = logging.getLogger(__name__)
 class ConfirmationState(enum.StrEnum):
     """Whether later telemetry showed the vehicle in the state a command promised.
 
-    A separate fact from the status (see ``gateway.commands.lifecycle``): a command starts
+    A separate fact from the status (see ``gateway.core.lifecycle``): a command starts
     ``pending`` if its type has an expected state, ``not_applicable`` otherwise.
     """
 
@@ -94,6 +94,49 @@ _UNIT_ACCEPTING_EVENTS = frozenset(
 _INITIAL_CONFIRMATIONS = frozenset(
     {ConfirmationState.PENDING.value, ConfirmationState.NOT_APPLICABLE.value}
 )
+
+
+def _check_new_command(
+    ttl_ms: int, result_timeout_ms: int, idempotency_key: str | None, confirmation: str
+) -> None:
+    """``ValueError`` for an argument of :meth:`CommandRepository.create` no caller should
+    pass."""
+    if ttl_ms <= 0 or result_timeout_ms <= 0:
+        raise ValueError(
+            f"ttl_ms and result_timeout_ms must be positive, got {ttl_ms}, {result_timeout_ms}"
+        )
+    if idempotency_key is not None and not (0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH):
+        raise ValueError(
+            f"an idempotency key has 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters, "
+            f"got {len(idempotency_key)}"
+        )
+    if confirmation not in _INITIAL_CONFIRMATIONS:
+        raise ValueError(
+            f"a new command's confirmation is 'pending' or 'not_applicable', got {confirmation!r}"
+        )
+
+
+def _add_queued(session: Session, row: CommandRow) -> CommandRow:
+    """Add a new command (``row``: its request; the rest is what every new command starts
+    with) and its first history row (``queued``, no event)."""
+    row.status = CommandStatus.QUEUED.value
+    row.sent_at = row.accepted_at = row.finished_at = None
+    row.confirmed_at = row.unit_accepted_at = None
+    row.reason = row.detail = None
+    session.add(row)
+    session.add(
+        CommandTransitionRow(
+            command_id=row.id,
+            seq=1,
+            status=CommandStatus.QUEUED.value,
+            event=None,
+            at=row.created_at,
+            reason=None,
+            detail=None,
+        )
+    )
+    session.flush()
+    return row
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,22 +309,7 @@ class CommandRepository:
         caller should pass (non-positive durations, an empty or over-long key, an unknown
         confirmation).
         """
-        if ttl_ms <= 0 or result_timeout_ms <= 0:
-            raise ValueError(
-                f"ttl_ms and result_timeout_ms must be positive, got {ttl_ms}, {result_timeout_ms}"
-            )
-        if idempotency_key is not None and not (
-            0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH
-        ):
-            raise ValueError(
-                f"an idempotency key has 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters, "
-                f"got {len(idempotency_key)}"
-            )
-        if confirmation not in _INITIAL_CONFIRMATIONS:
-            raise ValueError(
-                f"a new command's confirmation is 'pending' or 'not_applicable', "
-                f"got {confirmation!r}"
-            )
+        _check_new_command(ttl_ms, result_timeout_ms, idempotency_key, confirmation)
         params = dict(params)
         digest = request_hash(type=type, params=params, ttl_ms=ttl_ms, requested_by=requested_by)
         try:
@@ -291,41 +319,23 @@ class CommandRepository:
                     existing = self._by_key(session, vin, tenure, idempotency_key)
                     if existing is not None:
                         return self._replay(existing, digest), False
-                row = CommandRow(
-                    id=str(uuid.uuid4()),
-                    vin=vin,
-                    tenure=tenure,
-                    type=type,
-                    params=params,
-                    status=CommandStatus.QUEUED.value,
-                    idempotency_key=idempotency_key,
-                    request_hash=digest,
-                    requested_by=requested_by,
-                    created_at=now,
-                    expires_at=now + ttl_ms,
-                    result_timeout_ms=result_timeout_ms,
-                    sent_at=None,
-                    accepted_at=None,
-                    finished_at=None,
-                    reason=None,
-                    detail=None,
-                    confirmation=str(confirmation),
-                    confirmed_at=None,
-                    unit_accepted_at=None,
+                row = _add_queued(
+                    session,
+                    CommandRow(
+                        id=str(uuid.uuid4()),
+                        vin=vin,
+                        tenure=tenure,
+                        type=type,
+                        params=params,
+                        idempotency_key=idempotency_key,
+                        request_hash=digest,
+                        requested_by=requested_by,
+                        created_at=now,
+                        expires_at=now + ttl_ms,
+                        result_timeout_ms=result_timeout_ms,
+                        confirmation=str(confirmation),
+                    ),
                 )
-                session.add(row)
-                session.add(
-                    CommandTransitionRow(
-                        command_id=row.id,
-                        seq=1,
-                        status=CommandStatus.QUEUED.value,
-                        event=None,
-                        at=now,
-                        reason=None,
-                        detail=None,
-                    )
-                )
-                session.flush()
                 record = CommandRecord.from_row(row)
                 if on_created is not None:
                     on_created(session, record)
@@ -335,15 +345,23 @@ class CommandRepository:
             # it). The constraint decided; the earlier command is the answer.
             if idempotency_key is None:
                 raise
-            with self._db.read() as session:
-                existing = self._by_key(session, vin, tenure, idempotency_key)
-                if existing is None:
-                    raise
-                logger.debug(
-                    "command %s: concurrent create with the same idempotency key", existing.id
-                )
-                return self._replay(existing, digest), False
+            earlier = self._replay_after_race(vin, tenure, idempotency_key, digest)
+            if earlier is None:
+                raise
+            return earlier, False
         return record, True
+
+    def _replay_after_race(
+        self, vin: str, tenure: int, idempotency_key: str, digest: str
+    ) -> CommandRecord | None:
+        """The command a concurrent create with the same key stored (see :meth:`create`),
+        None if there is none."""
+        with self._db.read() as session:
+            existing = self._by_key(session, vin, tenure, idempotency_key)
+            if existing is None:
+                return None
+            logger.debug("command %s: concurrent create with the same idempotency key", existing.id)
+            return self._replay(existing, digest)
 
     @staticmethod
     def _by_key(session: Session, vin: str, tenure: int, idempotency_key: str) -> CommandRow | None:
@@ -538,9 +556,9 @@ class CommandRepository:
         reason: str | None = None,
         detail: str | None = None,
     ) -> CommandRecord:
-        """Append a history row that changes nothing: the command keeps its status (e.g.
-        :data:`~gateway.commands.lifecycle.LATE_RESULT`, an answer that came after the
-        command had ended). Raises :class:`CommandNotFound`."""
+        """Append a history row that changes nothing: the command keeps its status (e.g. a
+        ``late_<status>`` event from :func:`~gateway.core.lifecycle.late_event`, an answer
+        that came after the command had ended). Raises :class:`CommandNotFound`."""
         with self._db.write() as session:
             row = self._locked(session, command_id)
             status = CommandStatus(row.status)

@@ -13,7 +13,7 @@ Conventions, and why:
 * Command ids are UUIDs stored as their 36-character text: the same value is the MQTT
   correlation data and the id in URLs, and SQLite has no UUID type.
 * Status, event and confirmation are plain strings, not database enums or CHECK constraints:
-  ``gateway.commands.lifecycle`` is the single authority on which values exist and what may
+  ``gateway.core.lifecycle`` is the single authority on which values exist and what may
   follow what, and a new status then needs no table rebuild on SQLite.
 * Constraint and index names follow :data:`NAMING_CONVENTION`, so migrations can refer to
   them by name on both backends (SQLite's batch mode needs names to rebuild tables).

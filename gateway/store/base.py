@@ -22,10 +22,17 @@ database stamps :data:`FIRST_TENURE`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
-from schemas import Event, Rejection, Sample, SignalValue, StatusState
+from gateway.core.batching import (
+    FIRST_TENURE,
+    IngestBatch,
+    QuarantineEntry,
+    StatusChange,
+    Tenure,
+)
+from schemas import SignalValue
 
 __all__ = [
     "FIRST_TENURE",
@@ -44,64 +51,6 @@ __all__ = [
     "VehicleSummary",
     "presence",
 ]
-
-
-#: the tenure of data whose batch names none: a VIN's first holding period
-FIRST_TENURE = 1
-
-
-class Tenure(NamedTuple):
-    """A VIN's current holding period: its ``number`` (1, 2, ...) and when it started
-    (epoch ms, the provisioning)."""
-
-    number: int
-    started_at: int
-
-    def of(self, ts: int) -> int:
-        """The tenure a sample or event taken at ``ts`` belongs to: this one, or the one
-        before if it was taken before this one started (never below the first)."""
-        if ts >= self.started_at or self.number <= FIRST_TENURE:
-            return self.number
-        return self.number - 1
-
-
-@dataclass(frozen=True, slots=True)
-class QuarantineEntry:
-    """Something the gateway refused, kept with its reason, topic and raw payload;
-    ``tenure`` is the holding period of the vehicle it concerns, when the gateway knew one
-    (None: unprovisioned, or not about one vehicle)."""
-
-    received_at: int
-    topic: str
-    payload: bytes
-    rejection: Rejection
-    tenure: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StatusChange:
-    vin: str
-    state: StatusState
-    at: int
-    #: delivered by the broker from its retained store when the gateway (re)subscribed, not
-    #: sent just now: it tells the vehicle's state, not when it changed or was last heard
-    retained: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class IngestBatch:
-    received_at: int
-    samples: Sequence[Sample] = ()
-    events: Sequence[Event] = ()
-    statuses: Sequence[StatusChange] = ()
-    quarantine: Sequence[QuarantineEntry] = ()
-    #: vin -> receive time of its newest message in this batch
-    seen: Mapping[str, int] = field(default_factory=dict)
-    #: (counter name, label) -> increment, persisted with the data (see gateway.metrics)
-    counters: Mapping[tuple[str, str], float] = field(default_factory=dict)
-    #: vin -> its current tenure when the batch's messages arrived (absent: FIRST_TENURE);
-    #: one per VIN per batch (the batcher starts a new batch when it changes)
-    tenures: Mapping[str, Tenure] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

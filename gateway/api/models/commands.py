@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from gateway.api.models import Page
 from gateway.api.models.records import FromRecord
-from gateway.commands.lifecycle import is_terminal
+from gateway.core.lifecycle import is_terminal
 from gateway.statedb.commands import CommandRecord, TransitionRecord
 
 __all__ = [

@@ -39,6 +39,7 @@ from gateway.api.security import (
 )
 from gateway.auth.passwords import hash_password, needs_rehash, verify_nothing, verify_password
 from gateway.auth.tokens import hash_secret, issue_access_token, new_refresh_token
+from gateway.core.lockout import lockout_ms
 from gateway.core.policy import AccountKind, Role
 from gateway.statedb.accounts import DuplicateEmail, UserRecord, normalize_email
 from gateway.text import for_log
@@ -92,12 +93,9 @@ def _limit_attempts(context: AuthContext, audit: AuditTrail, request: Request) -
 
 
 def _lockout_ms(context: AuthContext, failures: int) -> int | None:
-    """How long an address waits after ``failures`` wrong passwords in a row for a user:
-    nothing before ``lockout_after``, then 1 s, 2 s, 4 s, ... up to ``max_lockout_s``."""
+    """The lock-out rule (``gateway.core.lockout``) with this installation's settings."""
     s = context.settings
-    if failures < s.lockout_after:
-        return None
-    return int(min(2 ** (failures - s.lockout_after), s.max_lockout_s)) * 1000
+    return lockout_ms(failures, lockout_after=s.lockout_after, max_lockout_s=s.max_lockout_s)
 
 
 _REVOKE_BODY: Final[dict[str, Any]] = {
@@ -288,7 +286,10 @@ def _login(
             "next attempt.",
             (throttle.locked_until - now) / 1000,
         )
-    if not verify_password(user.password_hash, password) or user.disabled_at is not None:
+    if (
+        not verify_password(password=password, password_hash=user.password_hash)
+        or user.disabled_at is not None
+    ):
         wrong = user.disabled_at is None
         if wrong:
             context.accounts.record_login_failure(

@@ -47,8 +47,8 @@ from gateway.api.security import (
     readable_data,
     vehicle_not_found,
 )
-from gateway.commands.lifecycle import IllegalTransition, is_terminal
 from gateway.commands.service import CommandService, UnknownCommandType
+from gateway.core.lifecycle import IllegalTransition, is_terminal
 from gateway.core.policy import AccountKind, Principal, Role, VehicleAccess, fleet_service_allowed
 from gateway.statedb.accounts import VehicleRecord
 from gateway.statedb.commands import CommandRecord, TenureEnded

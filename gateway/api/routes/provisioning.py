@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from gateway.accounts.provisioning import provision_vehicle, rotate_vehicle_password
 from gateway.api.deps import Auth, Caller, CallerAudit, vin_or_422
 from gateway.api.errors import ApiError
 from gateway.api.models.accounts import (
@@ -24,7 +25,6 @@ from gateway.api.routes.common import (
     target_account,
 )
 from gateway.api.security import AuthContext, forbidden, vehicle_not_found
-from gateway.auth.provisioning import provision_vehicle, rotate_vehicle_password
 from gateway.core.policy import can_manage_account
 from gateway.statedb.accounts import NotFound, VehicleAlreadyProvisioned, VehicleRecord
 

@@ -195,7 +195,7 @@ def _check_update(
         and not principal.is_admin
         and (
             body.current_password is None
-            or not verify_password(user.password_hash, body.current_password)
+            or not verify_password(password=body.current_password, password_hash=user.password_hash)
         )
     ):
         raise forbidden("Give your current password correctly to set a new one.")

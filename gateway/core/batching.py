@@ -1,9 +1,15 @@
-"""The ingest pipeline's pure core: MQTT messages in, one :class:`IngestBatch` per commit out.
+"""Ingest batching, the pipeline's pure core: MQTT messages in, one :class:`IngestBatch` per
+commit out (docs/decisions/0001-architecture.md, docs/decisions/0013-architecture-step.md).
 
-:class:`Batcher` knows nothing of MQTT or SQL. The service (``gateway.ingest.service``)
-feeds it every received message with :meth:`Batcher.add` and, when a batch is due, takes
-it with :meth:`Batcher.take`, commits it, and only then acknowledges the messages.
-Everything that is wrong with a message becomes a quarantine entry; nothing raises.
+:class:`Batcher` knows nothing of MQTT or SQL. The ingest service (``gateway.ingest.service``)
+feeds it every received message with :meth:`Batcher.add` and, when a batch is due
+(:class:`BatchPolicy`), takes it with :meth:`Batcher.take`, commits it to the telemetry
+store, and only then acknowledges the messages. Everything that is wrong with a message
+becomes a quarantine entry; nothing raises.
+
+The batch and its parts (:class:`IngestBatch`, :class:`QuarantineEntry`,
+:class:`StatusChange`, :class:`Tenure`) are defined here, where they are made; the store's
+interface (``gateway.store.base``) takes them as they are.
 
 Ownership: with a ``tenure_of`` lookup (the state database's registry), each batch carries
 the current tenure of every VIN in it (the store files each sample by its own time against
@@ -15,11 +21,11 @@ message to the next one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from gateway import metrics
-from gateway.store import IngestBatch, QuarantineEntry, StatusChange, Tenure
 from schemas import (
     DEFAULT_LIMITS,
     Channel,
@@ -31,13 +37,80 @@ from schemas import (
     Rejection,
     Sample,
     Status,
+    StatusState,
     decode_event,
     decode_status,
     decode_telemetry,
     parse_topic,
 )
 
-__all__ = ["BatchPolicy", "Batcher"]
+__all__ = [
+    "FIRST_TENURE",
+    "BatchPolicy",
+    "Batcher",
+    "IngestBatch",
+    "QuarantineEntry",
+    "StatusChange",
+    "Tenure",
+]
+
+#: the tenure of data whose batch names none: a VIN's first holding period
+FIRST_TENURE = 1
+
+
+class Tenure(NamedTuple):
+    """A VIN's current holding period: its ``number`` (1, 2, ...) and when it started
+    (epoch ms, the provisioning)."""
+
+    number: int
+    started_at: int
+
+    def of(self, ts: int) -> int:
+        """The tenure a sample or event taken at ``ts`` belongs to: this one, or the one
+        before if it was taken before this one started (never below the first)."""
+        if ts >= self.started_at or self.number <= FIRST_TENURE:
+            return self.number
+        return self.number - 1
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """Something the gateway refused, kept with its reason, topic and raw payload;
+    ``tenure`` is the holding period of the vehicle it concerns, when the gateway knew one
+    (None: unprovisioned, or not about one vehicle)."""
+
+    received_at: int
+    topic: str
+    payload: bytes
+    rejection: Rejection
+    tenure: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    vin: str
+    state: StatusState
+    at: int
+    #: delivered by the broker from its retained store when the gateway (re)subscribed, not
+    #: sent just now: it tells the vehicle's state, not when it changed or was last heard
+    retained: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IngestBatch:
+    received_at: int
+    samples: Sequence[Sample] = ()
+    events: Sequence[Event] = ()
+    statuses: Sequence[StatusChange] = ()
+    quarantine: Sequence[QuarantineEntry] = ()
+    #: vin -> receive time of its newest message in this batch
+    seen: Mapping[str, int] = field(default_factory=dict)
+    #: (counter name, label) -> increment, persisted with the data (see gateway.metrics)
+    counters: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    #: vin -> its current tenure when the batch's messages arrived (absent: FIRST_TENURE);
+    #: one per VIN per batch (the batcher starts a new batch when it changes)
+    tenures: Mapping[str, Tenure] = field(default_factory=dict)
+
 
 #: parsed topics kept (two or three per vehicle); the cache is simply emptied when full
 _TOPIC_CACHE_SIZE = 200_000

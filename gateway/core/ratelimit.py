@@ -5,6 +5,9 @@ address). In memory and per API process: limits protect vehicles and the service
 runaway script, and with N API processes behind a balancer the effective limit is at most
 N times the configured one. A limit shared across processes would need a shared store
 (Redis or the state database) on the hot path of every command; not worth it for this.
+
+Pure apart from its default clock (``time.monotonic``; pass another to move time), so it
+lives in the core (docs/decisions/0013-architecture-step.md).
 """
 
 from __future__ import annotations

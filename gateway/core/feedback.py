@@ -5,13 +5,14 @@ Pure: quarantine entries and the time in, (topic, payload) pairs out; the ingest
 the command service publish them (QoS 0) after the commit, so a notice never announces a
 refusal that a failed commit then forgot. Entries without a vehicle (an unparseable topic)
 and those of unprovisioned vehicles (nobody may read their topics) get no notice.
+In the core because both adapters use it (docs/decisions/0013-architecture-step.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway.store import QuarantineEntry
+from gateway.core.batching import QuarantineEntry
 from schemas import Reason
 from schemas.feedback import Feedback, FeedbackLimiter, encode_feedback, feedback_topic
 
