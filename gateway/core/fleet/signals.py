@@ -1,0 +1,114 @@
+"""The core's input types and the catalog signals the fleet rules read.
+
+The core does not depend on how the gateway stores samples: an adapter turns a decoded
+``schemas.Sample`` (or a stored row) into a :class:`Sample` of its time, values and seq,
+and a ``schemas.Event`` into a :class:`VehicleEvent`. Values are as decoded (VSS types and
+units of :data:`schemas.catalog.CATALOG`). Units send on change with a periodic full
+heartbeat, so a sample holds only some signals: the rules remember the last known value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from schemas.catalog import CATALOG
+from schemas.payloads import Event, EventType, SignalValue
+from schemas.payloads import Sample as ContractSample
+
+from .geo import Point
+
+__all__ = [
+    "DTC_LIST",
+    "ENGINE_RUNNING",
+    "FUEL_LEVEL",
+    "HORIZONTAL_ACCURACY",
+    "IGNITION",
+    "IGNITION_ON_STATES",
+    "IS_MOVING",
+    "LATITUDE",
+    "LONGITUDE",
+    "ODOMETER",
+    "SOC",
+    "SPEED",
+    "Sample",
+    "Tick",
+    "VehicleEvent",
+    "ignition_of",
+    "position_of",
+    "speed_of",
+]
+
+SPEED = "Vehicle.Speed"  # km/h
+IS_MOVING = "Vehicle.IsMoving"
+ODOMETER = "Vehicle.TraveledDistance"  # m
+LATITUDE = "Vehicle.CurrentLocation.Latitude"
+LONGITUDE = "Vehicle.CurrentLocation.Longitude"
+HORIZONTAL_ACCURACY = "Vehicle.CurrentLocation.HorizontalAccuracy"  # m
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"  # percent
+FUEL_LEVEL = "Vehicle.Powertrain.FuelSystem.RelativeLevel"  # percent
+ENGINE_RUNNING = "Vehicle.Powertrain.CombustionEngine.IsRunning"
+#: the 12 V system state is VSS's ignition: ON and START mean ignition on
+IGNITION = "Vehicle.LowVoltageSystemState"
+IGNITION_ON_STATES = frozenset({"ON", "START"})
+DTC_LIST = "Vehicle.Diagnostics.DTCList"
+
+for _name in (SPEED, IS_MOVING, ODOMETER, LATITUDE, LONGITUDE, HORIZONTAL_ACCURACY, SOC,
+              FUEL_LEVEL, ENGINE_RUNNING, IGNITION, DTC_LIST):  # fmt: skip
+    assert _name in CATALOG, _name  # a renamed catalog signal fails at import, not silently
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One telemetry sample of one vehicle: when the unit took it, and what it reported."""
+
+    ts_ms: int
+    values: Mapping[str, SignalValue]
+    seq: int | None = None
+
+    @classmethod
+    def from_contract(cls, sample: ContractSample) -> Sample:
+        return cls(sample.ts, sample.signals, sample.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleEvent:
+    """A unit's event (fault code set or cleared, ignition on or off)."""
+
+    ts_ms: int
+    type: EventType
+    code: str | None = None
+
+    @classmethod
+    def from_contract(cls, event: Event) -> VehicleEvent:
+        return cls(event.ts, event.type, event.code)
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The passing of time with no sample: what lets "offline" fire. ``now_ms`` is the
+    gateway's clock, given by the caller."""
+
+    now_ms: int
+
+
+def position_of(values: Mapping[str, SignalValue]) -> Point | None:
+    """The sample's fix, when it has both coordinates."""
+    lat, lon = values.get(LATITUDE), values.get(LONGITUDE)
+    if isinstance(lat, int | float) and isinstance(lon, int | float):
+        return Point(float(lon), float(lat))
+    return None
+
+
+def speed_of(values: Mapping[str, SignalValue]) -> float | None:
+    v = values.get(SPEED)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def ignition_of(values: Mapping[str, SignalValue]) -> bool | None:
+    """Ignition from the 12 V state, else from the engine running; None when unknown."""
+    state = values.get(IGNITION)
+    if isinstance(state, str) and state != "UNDEFINED":
+        return state in IGNITION_ON_STATES
+    running = values.get(ENGINE_RUNNING)
+    return running if isinstance(running, bool) else None
