@@ -35,6 +35,8 @@ __all__ = [
     "Tick",
     "VehicleEvent",
     "ignition_of",
+    "moving_of",
+    "number_of",
     "position_of",
     "speed_of",
 ]
@@ -60,15 +62,22 @@ for _name in (SPEED, IS_MOVING, ODOMETER, LATITUDE, LONGITUDE, HORIZONTAL_ACCURA
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One telemetry sample of one vehicle: when the unit took it, and what it reported."""
+    """One telemetry sample of one vehicle: when the unit took it (``ts_ms``, the unit's
+    clock), what it reported, its seq, and when the gateway got it (``received_ms``, the
+    gateway's clock, which "offline" compares with a :class:`Tick`; ``ts_ms`` if absent)."""
 
     ts_ms: int
     values: Mapping[str, SignalValue]
     seq: int | None = None
+    received_ms: int | None = None
+
+    @property
+    def heard_ms(self) -> int:
+        return self.ts_ms if self.received_ms is None else self.received_ms
 
     @classmethod
-    def from_contract(cls, sample: ContractSample) -> Sample:
-        return cls(sample.ts, sample.signals, sample.seq)
+    def from_contract(cls, sample: ContractSample, received_ms: int | None = None) -> Sample:
+        return cls(sample.ts, sample.signals, sample.seq, received_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,3 +121,18 @@ def ignition_of(values: Mapping[str, SignalValue]) -> bool | None:
         return state in IGNITION_ON_STATES
     running = values.get(ENGINE_RUNNING)
     return running if isinstance(running, bool) else None
+
+
+def number_of(values: Mapping[str, SignalValue], name: str) -> float | None:
+    v = values.get(name)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def moving_of(values: Mapping[str, SignalValue], still_kmh: float) -> bool | None:
+    """Whether the vehicle moves: speed above ``still_kmh`` (either direction), else the
+    unit's own IsMoving; None when neither is known."""
+    speed = speed_of(values)
+    if speed is not None:
+        return abs(speed) > still_kmh
+    moving = values.get(IS_MOVING)
+    return moving if isinstance(moving, bool) else None
