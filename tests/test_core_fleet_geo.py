@@ -22,7 +22,15 @@ from gateway.core.fleet.geo import (
     shape_to_geojson,
 )
 from gateway.core.fleet.geofence import ActiveWindow, FenceState, update_fence
-from gateway.core.fleet.signals import DTC_LIST, IGNITION, SOC, SPEED
+from gateway.core.fleet.signals import (
+    DTC_LIST,
+    IGNITION,
+    LATITUDE,
+    LONGITUDE,
+    SOC,
+    SPEED,
+    position_of,
+)
 from schemas.catalog import CATALOG
 
 MUNICH = Point(11.5755, 48.1374)
@@ -257,3 +265,11 @@ def test_active_window_local_time_weekdays_and_midnight_wrap() -> None:
     assert not night.contains(_ms(2026, 12, 11, 5, 0, "Europe/Berlin"))  # Friday early
     with pytest.raises(ValueError, match="time zone"):
         ActiveWindow(dt.time(7), dt.time(19), "Mars/Olympus")
+
+
+def test_a_fix_with_one_coordinate_takes_the_other_from_the_last() -> None:
+    last = Point(11.5, 48.1)
+    assert position_of({LATITUDE: 48.2}, last) == Point(11.5, 48.2)
+    assert position_of({LONGITUDE: 11.6}, last) == Point(11.6, 48.1)
+    assert position_of({LATITUDE: 48.2}) is None
+    assert position_of({SPEED: 3.0}, last) is None

@@ -25,6 +25,7 @@ from typing import Literal
 
 from schemas.payloads import EventType, SignalValue
 
+from .geo import Point
 from .geofence import DEFAULT_MARGIN_M, DEFAULT_MIN_DWELL_MS, FenceState, Geofence, update_fence
 from .geofence import Transition as FenceTransition
 from .signals import (
@@ -33,6 +34,8 @@ from .signals import (
     HORIZONTAL_ACCURACY,
     IGNITION,
     IS_MOVING,
+    LATITUDE,
+    LONGITUDE,
     SOC,
     SPEED,
     Sample,
@@ -149,6 +152,7 @@ class RuleState:
     last_seq: int | None = None
     known: Mapping[str, SignalValue] = field(default_factory=dict)
     speed_at: tuple[int, float] | None = None
+    place: Point | None = None
     since: Mapping[str, int] = field(default_factory=dict)
     fences: Mapping[str, FenceState] = field(default_factory=dict)
     alerts: Mapping[str, Alert] = field(default_factory=dict)
@@ -158,6 +162,7 @@ class RuleState:
 Item = Sample | VehicleEvent | Tick
 
 _TRACKED = frozenset({SPEED, IS_MOVING, IGNITION, ENGINE_RUNNING, SOC, FUEL_LEVEL})
+_COORDINATES = (LATITUDE, LONGITUDE)
 
 
 class _Work:
@@ -168,6 +173,7 @@ class _Work:
         self.last_ts, self.heard, self.last_seq = state.last_ts_ms, state.heard_ms, state.last_seq
         self.known = dict(state.known)
         self.speed_at = state.speed_at
+        self.place = state.place
         self.since = dict(state.since)
         self.fences = dict(state.fences)
         self.alerts = dict(state.alerts)
@@ -181,6 +187,7 @@ class _Work:
             self.last_seq,
             self.known,
             self.speed_at,
+            self.place,
             self.since,
             self.fences,
             self.alerts,
@@ -282,10 +289,13 @@ def _ignition(w: _Work, ts: int) -> None:
 
 
 def _geofences(w: _Work, s: Sample) -> None:
-    point = position_of(s.values)
+    if not any(c in s.values for c in _COORDINATES):
+        return
+    point = position_of(s.values, w.place)
     accuracy = number_of(s.values, HORIZONTAL_ACCURACY)
     if point is None or (accuracy is not None and accuracy > w.s.max_fix_accuracy_m):
         return
+    w.place = point
     fences: dict[str, FenceState] = {}
     for fence in w.s.geofences:
         fences[fence.id], crossed = update_fence(

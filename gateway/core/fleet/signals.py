@@ -101,12 +101,17 @@ class Tick:
     now_ms: int
 
 
-def position_of(values: Mapping[str, SignalValue]) -> Point | None:
-    """The sample's fix, when it has both coordinates."""
+def position_of(values: Mapping[str, SignalValue], last: Point | None = None) -> Point | None:
+    """The sample's fix. A unit that sends on change may send one coordinate alone (moving
+    due north leaves the longitude unchanged): the other is then taken from ``last``."""
     lat, lon = values.get(LATITUDE), values.get(LONGITUDE)
-    if isinstance(lat, int | float) and isinstance(lon, int | float):
-        return Point(float(lon), float(lat))
-    return None
+    if lat is None and lon is None:
+        return None
+    if not isinstance(lat, int | float):
+        lat = None if last is None else last.lat
+    if not isinstance(lon, int | float):
+        lon = None if last is None else last.lon
+    return None if lat is None or lon is None else Point(float(lon), float(lat))
 
 
 def speed_of(values: Mapping[str, SignalValue]) -> float | None:
