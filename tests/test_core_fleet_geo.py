@@ -273,3 +273,35 @@ def test_a_fix_with_one_coordinate_takes_the_other_from_the_last() -> None:
     assert position_of({LONGITUDE: 11.6}, last) == Point(11.6, 48.1)
     assert position_of({LATITUDE: 48.2}) is None
     assert position_of({SPEED: 3.0}, last) is None
+
+
+def test_the_far_polygon_shortcut_is_a_lower_bound_and_exact_near() -> None:
+    poly = Polygon(square(MUNICH, 500), (square(MUNICH, 100),))
+    for north_m in (-3000.0, -700.0, 530.0, 2000.0):
+        p = offset(MUNICH, north_m, 200)
+        exact = poly.signed_distance_m(p)
+        assert 0 < poly.signed_distance_m(p, cutoff_m=50) <= exact + 1e-6
+    near = offset(MUNICH, 530, 0)
+    assert poly.signed_distance_m(near, cutoff_m=50) == poly.signed_distance_m(near)
+
+
+def test_the_core_imports_only_the_stdlib_and_schemas() -> None:
+    """The sans-IO rule of gateway/core (decision 0013), checked here for this package until
+    the project's import contract covers it."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    import gateway.core.fleet as pkg
+
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top == "schemas", (path.name, name)

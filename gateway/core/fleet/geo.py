@@ -82,8 +82,9 @@ class Circle:
     def contains(self, p: Point) -> bool:
         return distance_m(self.center, p) < self.radius_m
 
-    def signed_distance_m(self, p: Point) -> float:
-        """Distance to the boundary in metres, negative inside: what hysteresis measures."""
+    def signed_distance_m(self, p: Point, cutoff_m: float = math.inf) -> float:
+        """Distance to the boundary in metres, negative inside: what hysteresis measures.
+        (``cutoff_m`` is for the polygon's shortcut; a circle is always exact.)"""
         return distance_m(self.center, p) - self.radius_m
 
     @property
@@ -115,8 +116,18 @@ class Polygon:
             return False
         return not any(_ring_contains(h, p) for h in self.holes)
 
-    def signed_distance_m(self, p: Point) -> float:
-        """Distance to the nearest edge (of any ring) in metres, negative inside."""
+    def signed_distance_m(self, p: Point, cutoff_m: float = math.inf) -> float:
+        """Distance to the nearest edge (of any ring) in metres, negative inside. Exact up to
+        ``cutoff_m``: a point further than that from the bounding box gets the distance to
+        the box, a lower bound, without looking at an edge (most fences are far from most
+        vehicles; this keeps 20 fences per sample cheap)."""
+        x0, y0, x1, y1 = self.bbox
+        kx = _M_PER_DEG * math.cos(math.radians(p.lat))
+        dx = max(x0 - p.lon, 0.0, p.lon - x1) * kx
+        dy = max(y0 - p.lat, 0.0, p.lat - y1) * _M_PER_DEG
+        box = math.hypot(dx, dy)
+        if box > cutoff_m:
+            return box
         d = min(_ring_distance_m(r, p) for r in (self.exterior, *self.holes))
         return -d if self.contains(p) else d
 

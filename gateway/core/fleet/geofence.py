@@ -120,7 +120,7 @@ def update_fence(
     min_dwell_ms: int = DEFAULT_MIN_DWELL_MS,
 ) -> tuple[FenceState, Transition | None]:
     """The fence state after one fix, and the transition it confirms (if any)."""
-    d = shape.signed_distance_m(point)
+    d = shape.signed_distance_m(point, cutoff_m=2 * margin_m)
     if state is None:
         return FenceState(inside=d < 0), None
     beyond = d > margin_m if state.inside else d < -min(margin_m, shape.max_depth_m / 2)
