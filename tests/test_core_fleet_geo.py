@@ -275,14 +275,32 @@ def test_a_fix_with_one_coordinate_takes_the_other_from_the_last() -> None:
     assert position_of({SPEED: 3.0}, last) is None
 
 
-def test_the_far_polygon_shortcut_is_a_lower_bound_and_exact_near() -> None:
-    poly = Polygon(square(MUNICH, 500), (square(MUNICH, 100),))
-    for north_m in (-3000.0, -700.0, 530.0, 2000.0):
-        p = offset(MUNICH, north_m, 200)
-        exact = poly.signed_distance_m(p)
-        assert 0 < poly.signed_distance_m(p, cutoff_m=50) <= exact + 1e-6
-    near = offset(MUNICH, 530, 0)
-    assert poly.signed_distance_m(near, cutoff_m=50) == poly.signed_distance_m(near)
+def star(points: int) -> tuple[Point, ...]:
+    """A closed star-shaped ring of ``points`` vertices, 600 and 900 m from Munich."""
+    ring = []
+    for i in range(points):
+        a, r = 2 * math.pi * i / points, 600 + 300 * (i % 2)
+        ring.append(offset(MUNICH, r * math.sin(a), r * math.cos(a)))
+    return (*ring, ring[0])
+
+
+STAR = Polygon(star(200), (square(MUNICH, 100),))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.floats(-1500, 1500), st.floats(-1500, 1500), st.floats(1, 200))
+def test_the_banded_distance_is_exact_within_the_cutoff(n: float, e: float, cutoff: float) -> None:
+    """The latitude bands and the bounding-box shortcut never change an answer hysteresis
+    reads: exact below the cutoff, a lower bound of at least the cutoff above it."""
+    p = offset(MUNICH, n, e)
+    exact = STAR.signed_distance_m(p)
+    fast = STAR.signed_distance_m(p, cutoff_m=cutoff)
+    if abs(exact) < cutoff:
+        assert fast == pytest.approx(exact)
+    else:
+        assert abs(fast) >= cutoff - 1e-9
+        assert (fast < 0) == (exact < 0)
+        assert abs(fast) <= abs(exact) + 1e-6
 
 
 def test_the_core_imports_only_the_stdlib_and_schemas() -> None:
