@@ -70,6 +70,8 @@ def test_inside_a_circle_iff_distance_below_radius(c: Point, p: Point, r: float)
     circle = Circle(c, r)
     assert circle.contains(p) == (distance_m(c, p) < r)
     assert (circle.signed_distance_m(p) < 0) == circle.contains(p)
+    exact, fast = circle.signed_distance_m(p), circle.signed_distance_m(p, cutoff_m=50)
+    assert fast == exact if exact <= 50 else 50 < fast <= exact + 1e-6
 
 
 @settings(max_examples=100, deadline=None)

@@ -85,7 +85,11 @@ class Circle:
 
     def signed_distance_m(self, p: Point, cutoff_m: float = math.inf) -> float:
         """Distance to the boundary in metres, negative inside: what hysteresis measures.
-        (``cutoff_m`` is for the polygon's shortcut; a circle is always exact.)"""
+        Exact up to ``cutoff_m``; beyond it possibly only a lower bound above ``cutoff_m``:
+        the latitude difference alone (a great circle is never shorter than it)."""
+        meridional = abs(p.lat - self.center.lat) * _M_PER_DEG - self.radius_m
+        if meridional > cutoff_m:
+            return meridional
         return distance_m(self.center, p) - self.radius_m
 
     @property
