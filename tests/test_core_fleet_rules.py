@@ -315,3 +315,14 @@ def test_jitter_on_the_depot_boundary_raises_no_geofence_alert(jitter: list[floa
         d.raw(1, {SPEED: 0.0, **at(north(200.0 + m))})
     _, changes = run(d.items, RuleSettings(geofences=(DEPOT,), geofence_min_dwell_ms=0))
     assert not changes
+
+
+def test_events_are_signs_of_life_and_old_ignition_events_lose() -> None:
+    d = Drive().raw(0, {IGNITION: "ON", SPEED: 30.0})
+    d.items.append(Tick(d.t + 16 * MIN))
+    d.items.append(VehicleEvent(d.t + 17 * MIN, EventType.DTC_SET, "P0420", d.t + 17 * MIN))
+    d.items.append(VehicleEvent(d.t - 5_000, EventType.IGNITION_OFF))  # older than the sample
+    state, changes = run(d.items)
+    offline = [c.action for c in changes if c.alert.kind is AlertKind.OFFLINE]
+    assert offline == ["opened", "closed"]
+    assert "ignition" in state.alerts

@@ -252,7 +252,9 @@ def _sample(w: _Work, s: Sample) -> None:
 
 
 def _event(w: _Work, e: VehicleEvent) -> None:
-    """Fault codes open and close by code; ignition events count as the 12 V state."""
+    """Fault codes open and close by code; ignition events count as the 12 V state (unless
+    older than the newest sample, which then knows better). An event is a sign of life."""
+    _heard(w, e.heard_ms)
     key = f"fault:{e.code}"
     if e.type is EventType.DTC_SET:
         w.open(AlertKind.FAULT_CODE, key, e.ts_ms, Severity.WARNING, code=str(e.code))
@@ -260,7 +262,6 @@ def _event(w: _Work, e: VehicleEvent) -> None:
         w.close(key, e.ts_ms)
     elif w.last_ts is None or e.ts_ms >= w.last_ts:
         w.known[IGNITION] = "ON" if e.type is EventType.IGNITION_ON else "OFF"
-        w.last_ts = e.ts_ms
         _ignition(w, e.ts_ms)
         _idling(w, e.ts_ms)
 
@@ -420,7 +421,8 @@ def _level(
 def _seq(w: _Work, seq: int | None, heard: int) -> None:
     """Track missing seqs: a jump opens a gap, a late sample fills it; a gap still open after
     ``seq_gap_grace_ms`` raises an alert (a store-and-forward upload right behind live data
-    fills it first), which closes when the gap is filled."""
+    fills it first), which closes when the gap is filled. Beyond ``max_seq_gaps`` the oldest
+    gap is given up (its alert closed) so the state stays bounded."""
     if seq is None:
         return
     if w.last_seq is None or seq == w.last_seq + 1:

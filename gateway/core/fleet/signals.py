@@ -19,7 +19,6 @@ from schemas.payloads import Sample as ContractSample
 from .geo import Point
 
 __all__ = [
-    "DTC_LIST",
     "ENGINE_RUNNING",
     "FUEL_LEVEL",
     "HORIZONTAL_ACCURACY",
@@ -53,10 +52,9 @@ ENGINE_RUNNING = "Vehicle.Powertrain.CombustionEngine.IsRunning"
 #: the 12 V system state is VSS's ignition: ON and START mean ignition on
 IGNITION = "Vehicle.LowVoltageSystemState"
 IGNITION_ON_STATES = frozenset({"ON", "START"})
-DTC_LIST = "Vehicle.Diagnostics.DTCList"
 
 for _name in (SPEED, IS_MOVING, ODOMETER, LATITUDE, LONGITUDE, HORIZONTAL_ACCURACY, SOC,
-              FUEL_LEVEL, ENGINE_RUNNING, IGNITION, DTC_LIST):  # fmt: skip
+              FUEL_LEVEL, ENGINE_RUNNING, IGNITION):  # fmt: skip
     assert _name in CATALOG, _name  # a renamed catalog signal fails at import, not silently
 
 
@@ -82,15 +80,22 @@ class Sample:
 
 @dataclass(frozen=True, slots=True)
 class VehicleEvent:
-    """A unit's event (fault code set or cleared, ignition on or off)."""
+    """A unit's event (fault code set or cleared, ignition on or off). Fault codes come
+    from events only, not from ``Vehicle.Diagnostics.DTCList``: two sources that lag each
+    other would open and close the same code's alert."""
 
     ts_ms: int
     type: EventType
     code: str | None = None
+    received_ms: int | None = None
+
+    @property
+    def heard_ms(self) -> int:
+        return self.ts_ms if self.received_ms is None else self.received_ms
 
     @classmethod
-    def from_contract(cls, event: Event) -> VehicleEvent:
-        return cls(event.ts, event.type, event.code)
+    def from_contract(cls, event: Event, received_ms: int | None = None) -> VehicleEvent:
+        return cls(event.ts, event.type, event.code, received_ms)
 
 
 @dataclass(frozen=True, slots=True)
