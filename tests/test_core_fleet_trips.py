@@ -106,9 +106,9 @@ def live(batches: Iterable[list[Sample]]) -> tuple[tuple[Trip, ...], Trip | None
                 state, closed, _ = feed(state, s, CFG)
                 trips.extend(closed)
             continue
-        start = window_start(trips, state, oldest)
+        start, initial = window_start(trips, state, oldest)
         kept = [t for t in trips if start is not None and t.start_ms < start]
-        redone = recompute((x for x in stored if start is None or x.ts_ms >= start), CFG)
+        redone = recompute((x for x in stored if start is None or x.ts_ms >= start), CFG, initial)
         trips, state = kept + list(redone.trips), redone.state
     return tuple(trips), open_trip(state)
 
@@ -177,10 +177,26 @@ def test_a_late_batch_joins_the_two_halves_of_a_trip() -> None:
     assert [t.ended_by for t in after] == ["ignition_off"]
 
 
+def test_a_trip_that_starts_cruising_after_a_hole_recomputes_exactly() -> None:
+    """Found by the property below: after a hole in the data the vehicle is still cruising,
+    so its first sample sends no speed (unchanged); a recompute from that trip's start must
+    begin knowing it moves (``prior_moving``), or it starts the trip a sample later."""
+    samples = Script(step_s=10, heartbeat=6).on().drive(870, 8.0).silent(591).drive(30, 8.0)
+    s = samples.samples
+    assert SPEED not in s[-3].values
+    (first,), second = trips_of(s)
+    assert first.ended_by == "data_gap"
+    assert second is not None
+    assert second.prior_moving is True
+    assert live([*singles(s[:-2]), [s[-1]], [s[-2]]]) == trips_of(s)
+
+
 # --- properties ---------------------------------------------------------------------------
 
+drive = st.tuples(st.just("drive"), st.integers(10, 900), st.sampled_from([8.0, 30.0, 90.0]))
 segment = st.one_of(
-    st.tuples(st.just("drive"), st.integers(10, 900), st.sampled_from([8.0, 30.0, 90.0])),
+    drive,
+    drive,  # twice: half the segments drive, so most scripts have trips to split and join
     st.tuples(st.just("stand"), st.integers(5, 600), st.just(0.0)),
     st.tuples(st.just("off"), st.integers(0, 600), st.just(0.0)),
     st.tuples(st.just("on"), st.just(0), st.just(0.0)),

@@ -18,8 +18,9 @@ sample arrives older than the newest one fed (store-and-forward), ``feed`` repor
 ``late``; the adapter then takes :func:`window_start` (the start of the last trip that began
 at or before the late sample), recomputes from there over the stored samples and replaces
 the trips that began there or later. Starting at a trip's start is what makes the window
-exact: at that point the full run is parked, with nothing carried but ignition and motion,
-which that first moving sample itself reports.
+exact: just before it the full run is parked, with nothing carried but ignition and motion,
+and each trip records those two (``prior_ignition``, ``prior_moving``: a trip that starts
+after a hole in the data while cruising may have a first sample without a speed).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "TripResult",
     "TripSettings",
     "TripState",
+    "Window",
     "feed",
     "open_trip",
     "recompute",
@@ -83,6 +85,10 @@ class Trip:
     energy_used_pct: float | None
     fuel_used_pct: float | None
     ended_by: EndReason
+    #: ignition and motion as known just before the trip's first sample (carried over from
+    #: earlier samples): what a recompute starting at this trip begins with
+    prior_ignition: bool | None = None
+    prior_moving: bool | None = None
 
     @property
     def duration_ms(self) -> int:
@@ -115,6 +121,7 @@ class _Acc:
     max_speed: float | None = None
     soc: tuple[float, float] | None = None
     fuel: tuple[float, float] | None = None
+    prior: tuple[bool | None, bool | None] = (None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +147,14 @@ class TripResult(NamedTuple):
     state: TripState
 
 
+class Window(NamedTuple):
+    """Where a recompute starts: ``start_ms`` (None: from the first stored sample) and the
+    detector's state just before it (parked, with the ignition and motion carried over)."""
+
+    start_ms: int | None
+    initial: TripState
+
+
 def _first_last(
     pair: tuple[float, float] | None, value: float | None
 ) -> tuple[float, float] | None:
@@ -148,10 +163,8 @@ def _first_last(
     return (value, value) if pair is None else (pair[0], value)
 
 
-def _add(acc: _Acc | None, s: Sample) -> _Acc:
-    """``acc`` with the sample's readings added (a new accumulator when None)."""
-    if acc is None:
-        acc = _Acc(s.ts_ms, s.ts_ms)
+def _add(acc: _Acc, s: Sample) -> _Acc:
+    """``acc`` with the sample's readings added."""
     place = position_of(s.values, acc.last_place)
     path = acc.path_m
     if place is not None and acc.last_place is not None:
@@ -184,6 +197,8 @@ def _trip(acc: _Acc, ended_by: EndReason) -> Trip:
         energy_used_pct=None if acc.soc is None else acc.soc[0] - acc.soc[1],
         fuel_used_pct=None if acc.fuel is None else acc.fuel[0] - acc.fuel[1],
         ended_by=ended_by,
+        prior_ignition=acc.prior[0],
+        prior_moving=acc.prior[1],
     )
 
 
@@ -214,7 +229,7 @@ def feed(state: TripState, s: Sample, cfg: TripSettings) -> Feed:
         elif stopped is None:
             stopped = trip
     elif moving and ignition is not False:
-        trip = _add(None, s)
+        trip = _add(_Acc(s.ts_ms, s.ts_ms, prior=(state.ignition, state.moving)), s)
     return Feed(TripState(s.ts_ms, ignition, moving, trip, stopped), closed)
 
 
@@ -231,10 +246,12 @@ def _ended_before(
     return trip, stopped, ()
 
 
-def recompute(samples: Iterable[Sample], cfg: TripSettings) -> TripResult:
-    """Trips over a window of samples, from scratch, in time order (a stable sort, so
-    samples with equal times keep the order given)."""
-    state, trips = TripState(), list[Trip]()
+def recompute(
+    samples: Iterable[Sample], cfg: TripSettings, initial: TripState | None = None
+) -> TripResult:
+    """Trips over a window of samples in time order (a stable sort, so samples with equal
+    times keep the order given), from ``initial`` (a :class:`Window`'s) or from scratch."""
+    state, trips = initial or TripState(), list[Trip]()
     for s in sorted(samples, key=lambda x: x.ts_ms):
         state, closed, _ = feed(state, s, cfg)
         trips.extend(closed)
@@ -246,13 +263,17 @@ def open_trip(state: TripState) -> Trip | None:
     return None if state.trip is None else _trip(state.trip, "open")
 
 
-def window_start(trips: Sequence[Trip], state: TripState, late_ts_ms: int) -> int | None:
+def window_start(trips: Sequence[Trip], state: TripState, late_ts_ms: int) -> Window:
     """Where to recompute from after a late sample: the start of the last trip (closed or
-    open) that began at or before it; None means from the start of the stored samples."""
-    starts = [t.start_ms for t in trips if t.start_ms <= late_ts_ms]
-    if state.trip is not None and state.trip.start_ms <= late_ts_ms:
-        starts.append(state.trip.start_ms)
-    return max(starts) if starts else None
+    open) that began at or before it, with what the detector knew just before."""
+    candidates = [t for t in trips if t.start_ms <= late_ts_ms]
+    current = open_trip(state)
+    if current is not None and current.start_ms <= late_ts_ms:
+        candidates.append(current)
+    if not candidates:
+        return Window(None, TripState())
+    last = max(candidates, key=lambda t: t.start_ms)
+    return Window(last.start_ms, TripState(ignition=last.prior_ignition, moving=last.prior_moving))
 
 
 def stops(trips: Sequence[Trip]) -> tuple[Stop, ...]:
