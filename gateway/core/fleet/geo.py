@@ -1,0 +1,313 @@
+"""WGS 84 geometry for geofences: distances, circles, polygons with holes, GeoJSON.
+
+Positions are ``Point(lon, lat)`` in degrees, in GeoJSON's order (longitude first), so
+GeoJSON goes in and out without reordering, which is where lat/lon mix-ups come from.
+
+Distances use the haversine formula on a sphere of the mean Earth radius: within 0.5 % of
+the ellipsoid everywhere, far below GPS error. Polygon containment is the even-odd rule in
+the lon/lat plane (edges are straight in degrees, which for fences of a few kilometres is
+within centimetres of the geodesic); the distance from a point to a polygon's boundary is
+measured in a local equirectangular projection around the point, accurate to well under a
+metre for the edges of city-sized fences. Rings must not cross the antimeridian (no edge
+may span more than 180 degrees of longitude): a fence there has to be split in two. That
+limit is checked, not silently wrong.
+
+Bounds, checked on input: at most :data:`MAX_VERTICES` positions per polygon (all rings
+together; 1,000 draws any depot, zone or city boundary a fleet manager needs, and with the
+edges banded by latitude a containment test stays at a few microseconds), at most
+:data:`MAX_HOLES` holes, and a circle radius from :data:`MIN_RADIUS_M` (below GPS accuracy
+a circle cannot be told apart) to :data:`MAX_RADIUS_M` (a larger area is a region, better
+drawn as a polygon).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeAlias
+
+__all__ = [
+    "EARTH_RADIUS_M",
+    "MAX_HOLES",
+    "MAX_RADIUS_M",
+    "MAX_VERTICES",
+    "MIN_RADIUS_M",
+    "Circle",
+    "GeoJSONError",
+    "Point",
+    "Polygon",
+    "Shape",
+    "distance_m",
+    "shape_from_geojson",
+    "shape_to_geojson",
+]
+
+#: mean Earth radius (IUGG), metres
+EARTH_RADIUS_M = 6_371_008.8
+MAX_VERTICES = 1_000
+MAX_HOLES = 50
+MIN_RADIUS_M = 10.0
+MAX_RADIUS_M = 100_000.0
+
+_M_PER_DEG = math.pi / 180.0 * EARTH_RADIUS_M
+
+
+class Point(NamedTuple):
+    """A WGS 84 position, longitude first as in GeoJSON."""
+
+    lon: float
+    lat: float
+
+
+Ring: TypeAlias = tuple[Point, ...]
+
+
+def distance_m(a: Point, b: Point) -> float:
+    """Great-circle distance in metres (haversine: stable for short distances too)."""
+    phi1, phi2 = math.radians(a.lat), math.radians(b.lat)
+    dphi = phi2 - phi1
+    dlmb = math.radians(b.lon - a.lon)
+    h = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlmb / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+
+@dataclass(frozen=True, slots=True)
+class Circle:
+    """A circle: inside when the distance to the centre is below the radius."""
+
+    center: Point
+    radius_m: float
+
+    def contains(self, p: Point) -> bool:
+        return distance_m(self.center, p) < self.radius_m
+
+    def signed_distance_m(self, p: Point, cutoff_m: float = math.inf) -> float:
+        """Distance to the boundary in metres, negative inside: what hysteresis measures.
+        Exact up to ``cutoff_m``; beyond it possibly only a lower bound above ``cutoff_m``:
+        the latitude difference alone (a great circle is never shorter than it)."""
+        meridional = abs(p.lat - self.center.lat) * _M_PER_DEG - self.radius_m
+        if meridional > cutoff_m:
+            return meridional
+        return distance_m(self.center, p) - self.radius_m
+
+    @property
+    def max_depth_m(self) -> float:
+        """How far inside a point can be: a margin deeper than this could never be met."""
+        return self.radius_m
+
+
+@dataclass(frozen=True, slots=True)
+class Polygon:
+    """A polygon with holes; rings are closed (first position repeated last).
+
+    Containment is the even-odd rule over all rings (a hole is a ring inside the exterior).
+    The edges are indexed by latitude band, so a test looks at the few edges near the
+    point's latitude rather than all 1,000.
+    """
+
+    exterior: Ring
+    holes: tuple[Ring, ...] = ()
+    bbox: tuple[float, float, float, float] = field(init=False, compare=False)
+    _edges: _EdgeIndex = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        lons = [p.lon for p in self.exterior]
+        lats = [p.lat for p in self.exterior]
+        object.__setattr__(self, "bbox", (min(lons), min(lats), max(lons), max(lats)))
+        object.__setattr__(self, "_edges", _EdgeIndex((self.exterior, *self.holes), self.bbox))
+
+    def contains(self, p: Point) -> bool:
+        """Even-odd rule. A point exactly on an edge shared by two polygons is inside
+        exactly one of them (half-open crossing test, each edge taken in one direction)."""
+        x0, y0, x1, y1 = self.bbox
+        if not (x0 <= p.lon <= x1 and y0 <= p.lat <= y1):
+            return False
+        inside = False
+        for a, b in self._edges.near(p.lat, 0.0):
+            if a.lat <= p.lat < b.lat:
+                x_cross = a.lon + (p.lat - a.lat) * (b.lon - a.lon) / (b.lat - a.lat)
+                if p.lon < x_cross:
+                    inside = not inside
+        return inside
+
+    def signed_distance_m(self, p: Point, cutoff_m: float = math.inf) -> float:
+        """Distance to the nearest edge (of any ring) in metres, negative inside. Exact up to
+        ``cutoff_m``; beyond it a lower bound of at least ``cutoff_m`` (the distance to the
+        bounding box, or ``cutoff_m`` itself) without measuring every edge: most fences are
+        far from most vehicles, and hysteresis only asks whether a fix is beyond the margin."""
+        x0, y0, x1, y1 = self.bbox
+        kx = _M_PER_DEG * math.cos(math.radians(p.lat))
+        dx = max(x0 - p.lon, 0.0, p.lon - x1) * kx
+        dy = max(y0 - p.lat, 0.0, p.lat - y1) * _M_PER_DEG
+        box = math.hypot(dx, dy)
+        if box > cutoff_m:
+            return box
+        d = min(cutoff_m, _distance_to_edges(self._edges.near(p.lat, cutoff_m / _M_PER_DEG), p))
+        return -d if self.contains(p) else d
+
+    @property
+    def max_depth_m(self) -> float:
+        """Not computed for polygons (it is their inradius): a fence narrower than twice the
+        hysteresis margin is entered only by points deep enough, see geofence.py."""
+        return math.inf
+
+
+Shape: TypeAlias = Circle | Polygon
+Edge: TypeAlias = tuple[Point, Point]
+
+
+class _EdgeIndex:
+    """All edges of a polygon, each with its lower end first, bucketed by latitude band."""
+
+    def __init__(self, rings: Sequence[Ring], bbox: tuple[float, float, float, float]) -> None:
+        edges = [
+            (a, b) if a.lat <= b.lat else (b, a) for r in rings for a, b in itertools.pairwise(r)
+        ]
+        self.edges = tuple(edges)
+        self.y0 = bbox[1]
+        self.n = max(1, min(256, len(edges) // 4))
+        self.h = (bbox[3] - bbox[1]) / self.n or 1.0
+        bands: list[list[int]] = [[] for _ in range(self.n)]
+        for i, (a, b) in enumerate(edges):
+            for k in range(self._band(a.lat), self._band(b.lat) + 1):
+                bands[k].append(i)
+        self.bands = tuple(tuple(b) for b in bands)
+
+    def _band(self, lat: float) -> int:
+        return max(0, min(self.n - 1, int((lat - self.y0) / self.h)))
+
+    def near(self, lat: float, within_deg: float) -> Sequence[Edge]:
+        """The edges whose latitude range may come within ``within_deg`` of ``lat``."""
+        if math.isinf(within_deg):
+            return self.edges
+        lo, hi = self._band(lat - within_deg), self._band(lat + within_deg)
+        if lo == hi:
+            return [self.edges[i] for i in self.bands[lo]]
+        ids = sorted({i for k in range(lo, hi + 1) for i in self.bands[k]})
+        return [self.edges[i] for i in ids]
+
+
+def _distance_to_edges(edges: Iterable[Edge], p: Point) -> float:
+    kx = _M_PER_DEG * math.cos(math.radians(p.lat))
+    best = math.inf
+    for a, b in edges:
+        ax, ay = (a.lon - p.lon) * kx, (a.lat - p.lat) * _M_PER_DEG
+        bx, by = (b.lon - p.lon) * kx, (b.lat - p.lat) * _M_PER_DEG
+        best = min(best, _origin_to_segment(ax, ay, bx, by))
+    return best
+
+
+def _origin_to_segment(ax: float, ay: float, bx: float, by: float) -> float:
+    dx, dy = bx - ax, by - ay
+    length2 = dx * dx + dy * dy
+    t = 0.0 if length2 == 0 else max(0.0, min(1.0, -(ax * dx + ay * dy) / length2))
+    return math.hypot(ax + t * dx, ay + t * dy)
+
+
+# --- GeoJSON ------------------------------------------------------------------------------
+
+
+class GeoJSONError(ValueError):
+    """Invalid geofence GeoJSON; ``where`` is the JSON path of the problem."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
+        self.message = message
+
+
+def shape_from_geojson(obj: object) -> Shape:
+    """A shape from a GeoJSON Feature (or bare geometry): a Polygon, or a Point with a
+    ``radius_m`` property (GeoJSON has no circle; this is the common convention)."""
+    if not isinstance(obj, Mapping):
+        raise GeoJSONError("$", "expected a GeoJSON object")
+    if obj.get("type") == "Feature":
+        props = obj.get("properties") or {}
+        if not isinstance(props, Mapping):
+            raise GeoJSONError("$.properties", "expected an object or null")
+        return _geometry(obj.get("geometry"), "$.geometry", props.get("radius_m"))
+    return _geometry(obj, "$", obj.get("radius_m"))
+
+
+def _geometry(geom: object, where: str, radius: object) -> Shape:
+    if not isinstance(geom, Mapping):
+        raise GeoJSONError(where, "expected a geometry object")
+    kind = geom.get("type")
+    coords = geom.get("coordinates")
+    if kind == "Polygon":
+        return _polygon(coords, f"{where}.coordinates")
+    if kind == "Point":
+        return Circle(_position(coords, f"{where}.coordinates"), _radius(radius))
+    raise GeoJSONError(f"{where}.type", f"expected 'Polygon' or 'Point', got {kind!r}")
+
+
+def _radius(value: object) -> float:
+    where = "$.properties.radius_m"
+    if not _is_number(value):
+        raise GeoJSONError(where, "a Point geofence needs a numeric radius_m (metres)")
+    r = float(value)  # type: ignore[arg-type]
+    if not MIN_RADIUS_M <= r <= MAX_RADIUS_M:
+        raise GeoJSONError(where, f"radius {r} m is outside [{MIN_RADIUS_M}, {MAX_RADIUS_M}] m")
+    return r
+
+
+def _polygon(coords: object, where: str) -> Polygon:
+    if not isinstance(coords, Sequence) or isinstance(coords, str) or not coords:
+        raise GeoJSONError(where, "expected a list of linear rings (exterior first)")
+    if len(coords) - 1 > MAX_HOLES:
+        raise GeoJSONError(where, f"{len(coords) - 1} holes; at most {MAX_HOLES}")
+    total = sum(len(r) if isinstance(r, Sequence) else 0 for r in coords)
+    if total > MAX_VERTICES:
+        raise GeoJSONError(where, f"{total} positions; at most {MAX_VERTICES} per polygon")
+    rings = tuple(_ring(r, f"{where}[{i}]") for i, r in enumerate(coords))
+    return Polygon(rings[0], rings[1:])
+
+
+def _ring(raw: object, where: str) -> Ring:
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        raise GeoJSONError(where, "expected a list of positions")
+    ring = tuple(_position(p, f"{where}[{i}]") for i, p in enumerate(raw))
+    if len(ring) < 4:
+        raise GeoJSONError(where, f"a linear ring needs at least 4 positions, got {len(ring)}")
+    if ring[0] != ring[-1]:
+        raise GeoJSONError(where, "ring is not closed: the last position must equal the first")
+    if len(set(ring)) < 3:
+        raise GeoJSONError(where, "a ring needs at least 3 distinct positions")
+    for i, (a, b) in enumerate(itertools.pairwise(ring)):
+        if abs(b.lon - a.lon) > 180:
+            raise GeoJSONError(
+                f"{where}[{i + 1}]", "edge crosses the antimeridian (not supported: split it)"
+            )
+    return ring
+
+
+def _position(raw: object, where: str) -> Point:
+    if not isinstance(raw, Sequence) or isinstance(raw, str) or len(raw) not in (2, 3):
+        raise GeoJSONError(where, "a position is [longitude, latitude] (optional altitude)")
+    if not all(_is_number(v) for v in raw):
+        raise GeoJSONError(where, "position values must be finite numbers")
+    lon, lat = float(raw[0]), float(raw[1])
+    if not -90 <= lat <= 90:
+        hint = " (positions are [longitude, latitude]: swapped?)" if abs(lon) <= 90 else ""
+        raise GeoJSONError(where, f"latitude {lat} is outside [-90, 90]{hint}")
+    if not -180 <= lon <= 180:
+        raise GeoJSONError(where, f"longitude {lon} is outside [-180, 180]")
+    return Point(lon, lat)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def shape_to_geojson(shape: Shape, properties: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A GeoJSON Feature for ``shape`` (what :func:`shape_from_geojson` reads back)."""
+    props = dict(properties or {})
+    if isinstance(shape, Circle):
+        props["radius_m"] = shape.radius_m
+        geometry: dict[str, Any] = {"type": "Point", "coordinates": list(shape.center)}
+    else:
+        rings = (shape.exterior, *shape.holes)
+        geometry = {"type": "Polygon", "coordinates": [[list(p) for p in r] for r in rings]}
+    return {"type": "Feature", "geometry": geometry, "properties": props}

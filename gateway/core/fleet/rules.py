@@ -1,0 +1,463 @@
+"""Fleet rules: one vehicle's samples, events and clock ticks in, alert changes out.
+
+:func:`evaluate` is a pure function ``(state, item, settings) -> (new_state, changes)``,
+called for each of one vehicle's items in order (see docs/decisions/0014-fleet-rules-core.md
+for how that order is kept). An alert has a ``key``: while a condition lasts its alert stays
+open under that key (updated when it gets markedly worse, never re-raised per sample) and it
+is closed when the condition clears. Numeric thresholds clear with hysteresis (low SoC
+opens below 15 % and clears above 20 %), durations need a minimum time (overspeed 10 s,
+idling 5 min), geofence crossings need a margin and a dwell (:mod:`.geofence`).
+
+Some alerts are instants (a geofence entered, left): they come as one ``opened`` change
+whose alert already has ``end_ms == start_ms`` and are never in the open set.
+
+A sample older than the newest one evaluated (a store-and-forward upload that arrives after
+live data) only fills seq gaps: alerts are about what happens now and are not rewritten
+for the past (trips are, :func:`gateway.core.fleet.trips.recompute`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from schemas.payloads import EventType, SignalValue
+
+from .geo import Point
+from .geofence import DEFAULT_MARGIN_M, DEFAULT_MIN_DWELL_MS, FenceState, Geofence, update_fence
+from .geofence import Transition as FenceTransition
+from .signals import (
+    ENGINE_RUNNING,
+    FUEL_LEVEL,
+    HORIZONTAL_ACCURACY,
+    IGNITION,
+    IS_MOVING,
+    LATITUDE,
+    LONGITUDE,
+    SOC,
+    SPEED,
+    Sample,
+    Tick,
+    VehicleEvent,
+    ignition_of,
+    moving_of,
+    number_of,
+    position_of,
+    speed_of,
+)
+
+__all__ = [
+    "Alert",
+    "AlertChange",
+    "AlertKind",
+    "Item",
+    "RuleSettings",
+    "RuleState",
+    "SeqGap",
+    "Severity",
+    "evaluate",
+]
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class AlertKind(enum.StrEnum):
+    OVERSPEED = "overspeed"
+    GEOFENCE_ENTER = "geofence_enter"
+    GEOFENCE_EXIT = "geofence_exit"
+    #: left a fence outside its active window ("leaves the depot out of hours"); open until
+    #: the vehicle is back inside
+    GEOFENCE_EXIT_OUT_OF_HOURS = "geofence_exit_out_of_hours"
+    HARSH_BRAKING = "harsh_braking"
+    HARSH_ACCELERATION = "harsh_acceleration"
+    IDLING = "idling"
+    LOW_SOC = "low_soc"
+    LOW_FUEL = "low_fuel"
+    FAULT_CODE = "fault_code"
+    OFFLINE = "offline"
+    IGNITION = "ignition"
+    SEQ_GAP = "seq_gap"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An alert; ``end_ms`` is None while it is open."""
+
+    kind: AlertKind
+    key: str
+    severity: Severity
+    start_ms: int
+    end_ms: int | None = None
+    detail: Mapping[str, str | int | float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertChange:
+    """What the adapter stores and notifies: an alert opened, updated or closed."""
+
+    action: Literal["opened", "updated", "closed"]
+    alert: Alert
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSettings:
+    """Per-organization rule settings (the fleet's limit resolved by the adapter). Defaults
+    and their reasons are in decision 0014."""
+
+    speed_limit_kmh: float | None = None
+    fleet_speed_limit_kmh: float | None = None
+    overspeed_min_ms: int = 10_000
+    overspeed_clear_kmh: float = 5.0
+    overspeed_update_kmh: float = 10.0
+    geofences: tuple[Geofence, ...] = ()
+    geofence_margin_m: float = DEFAULT_MARGIN_M
+    geofence_min_dwell_ms: int = DEFAULT_MIN_DWELL_MS
+    max_fix_accuracy_m: float = 100.0
+    harsh_braking_mps2: float = 4.0
+    harsh_acceleration_mps2: float = 3.0
+    harsh_interval_ms: tuple[int, int] = (500, 5_000)
+    still_kmh: float = 2.0
+    idle_after_ms: int = 5 * 60_000
+    low_soc_pct: tuple[float, float, float] = (15.0, 20.0, 5.0)  # open, clear, critical
+    low_fuel_pct: tuple[float, float, float] = (10.0, 15.0, 5.0)
+    offline_after_ms: int = 15 * 60_000
+    seq_gap_grace_ms: int = 60_000
+    max_seq_gaps: int = 32
+    enabled: frozenset[AlertKind] = frozenset(AlertKind)
+
+
+@dataclass(frozen=True, slots=True)
+class SeqGap:
+    """Missing seqs ``lo..hi``; ``key`` names its alert (raised once the grace is over)."""
+
+    key: str
+    lo: int
+    hi: int
+    detected_ms: int
+    alerted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RuleState:
+    """Everything the rules remember about one vehicle; a new value after each item."""
+
+    last_ts_ms: int | None = None
+    heard_ms: int | None = None
+    last_seq: int | None = None
+    known: Mapping[str, SignalValue] = field(default_factory=dict)
+    speed_at: tuple[int, float] | None = None
+    place: Point | None = None
+    since: Mapping[str, int] = field(default_factory=dict)
+    fences: Mapping[str, FenceState] = field(default_factory=dict)
+    alerts: Mapping[str, Alert] = field(default_factory=dict)
+    gaps: tuple[SeqGap, ...] = ()
+
+
+Item = Sample | VehicleEvent | Tick
+
+_TRACKED = frozenset({SPEED, IS_MOVING, IGNITION, ENGINE_RUNNING, SOC, FUEL_LEVEL})
+_COORDINATES = (LATITUDE, LONGITUDE)
+
+
+class _Work:
+    """A mutable working copy of the state for one evaluation, and the changes made."""
+
+    def __init__(self, state: RuleState, settings: RuleSettings) -> None:
+        self.s = settings
+        self.last_ts, self.heard, self.last_seq = state.last_ts_ms, state.heard_ms, state.last_seq
+        self.known = dict(state.known)
+        self.speed_at = state.speed_at
+        self.place = state.place
+        self.since = dict(state.since)
+        self.fences = dict(state.fences)
+        self.alerts = dict(state.alerts)
+        self.gaps = list(state.gaps)
+        self.changes: list[AlertChange] = []
+
+    def freeze(self) -> RuleState:
+        return RuleState(
+            self.last_ts,
+            self.heard,
+            self.last_seq,
+            self.known,
+            self.speed_at,
+            self.place,
+            self.since,
+            self.fences,
+            self.alerts,
+            tuple(self.gaps),
+        )
+
+    def open(
+        self, kind: AlertKind, key: str, start: int, severity: Severity, **detail: str | int | float
+    ) -> None:
+        if key in self.alerts or kind not in self.s.enabled:
+            return
+        self.alerts[key] = alert = Alert(kind, key, severity, start, None, detail)
+        self.changes.append(AlertChange("opened", alert))
+
+    def instant(self, kind: AlertKind, key: str, ts: int, **detail: str | int | float) -> None:
+        if kind in self.s.enabled:
+            alert = Alert(kind, key, Severity.INFO, ts, ts, detail)
+            self.changes.append(AlertChange("opened", alert))
+
+    def update(
+        self, key: str, severity: Severity | None = None, **detail: str | int | float
+    ) -> None:
+        old = self.alerts[key]
+        new = replace(old, severity=severity or old.severity, detail={**old.detail, **detail})
+        self.alerts[key] = new
+        self.changes.append(AlertChange("updated", new))
+
+    def close(self, key: str, end: int) -> None:
+        old = self.alerts.pop(key, None)
+        if old is not None:
+            self.changes.append(AlertChange("closed", replace(old, end_ms=max(end, old.start_ms))))
+
+
+def evaluate(
+    state: RuleState, item: Item, settings: RuleSettings
+) -> tuple[RuleState, tuple[AlertChange, ...]]:
+    """The rules' verdict on one item of one vehicle: the new state and the alert changes."""
+    w = _Work(state, settings)
+    if isinstance(item, Tick):
+        _tick(w, item.now_ms)
+    elif isinstance(item, VehicleEvent):
+        _event(w, item)
+    else:
+        _sample(w, item)
+    return w.freeze(), tuple(w.changes)
+
+
+def _sample(w: _Work, s: Sample) -> None:
+    _seq(w, s.seq, s.heard_ms)
+    _heard(w, s.heard_ms)
+    if w.last_ts is not None and s.ts_ms < w.last_ts:
+        return
+    w.last_ts = s.ts_ms
+    w.known.update((k, v) for k, v in s.values.items() if k in _TRACKED)
+    _ignition(w, s.ts_ms)
+    _geofences(w, s)
+    _overspeed(w, s.ts_ms)
+    _harsh(w, s.ts_ms, speed_of(s.values))
+    _idling(w, s.ts_ms)
+    _level(w, s.ts_ms, SOC, AlertKind.LOW_SOC, w.s.low_soc_pct)
+    _level(w, s.ts_ms, FUEL_LEVEL, AlertKind.LOW_FUEL, w.s.low_fuel_pct)
+
+
+def _event(w: _Work, e: VehicleEvent) -> None:
+    """Fault codes open and close by code; ignition events count as the 12 V state (unless
+    older than the newest sample, which then knows better). An event is a sign of life."""
+    _heard(w, e.heard_ms)
+    key = f"fault:{e.code}"
+    if e.type is EventType.DTC_SET:
+        w.open(AlertKind.FAULT_CODE, key, e.ts_ms, Severity.WARNING, code=str(e.code))
+    elif e.type is EventType.DTC_CLEARED:
+        w.close(key, e.ts_ms)
+    elif w.last_ts is None or e.ts_ms >= w.last_ts:
+        w.known[IGNITION] = "ON" if e.type is EventType.IGNITION_ON else "OFF"
+        _ignition(w, e.ts_ms)
+        _idling(w, e.ts_ms)
+
+
+def _tick(w: _Work, now: int) -> None:
+    """Time passed: a vehicle not heard from for ``offline_after_ms`` is offline (from when it
+    was last heard), and seq gaps older than their grace are raised."""
+    if w.heard is not None and now - w.heard >= w.s.offline_after_ms:
+        w.open(AlertKind.OFFLINE, "offline", w.heard, Severity.WARNING, last_heard_ms=w.heard)
+    _raise_old_gaps(w, now)
+
+
+def _heard(w: _Work, heard: int) -> None:
+    w.close("offline", heard)
+    w.heard = heard if w.heard is None else max(w.heard, heard)
+    _raise_old_gaps(w, w.heard)
+
+
+def _ignition(w: _Work, ts: int) -> None:
+    """One info alert per ignition cycle: opened at ignition on, closed at ignition off."""
+    on = ignition_of(w.known)
+    if on:
+        w.open(AlertKind.IGNITION, "ignition", ts, Severity.INFO)
+    elif on is False:
+        w.close("ignition", ts)
+
+
+def _geofences(w: _Work, s: Sample) -> None:
+    if not any(c in s.values for c in _COORDINATES):
+        return
+    point = position_of(s.values, w.place)
+    accuracy = number_of(s.values, HORIZONTAL_ACCURACY)
+    if point is None or (accuracy is not None and accuracy > w.s.max_fix_accuracy_m):
+        return
+    w.place = point
+    fences: dict[str, FenceState] = {}
+    for fence in w.s.geofences:
+        fences[fence.id], crossed = update_fence(
+            w.fences.get(fence.id),
+            fence.shape,
+            point,
+            s.ts_ms,
+            margin_m=w.s.geofence_margin_m,
+            min_dwell_ms=w.s.geofence_min_dwell_ms,
+        )
+        if crossed is not None:
+            _crossed(w, fence, crossed)
+    w.fences = fences
+
+
+def _crossed(w: _Work, fence: Geofence, t: FenceTransition) -> None:
+    detail: dict[str, str | int | float] = {"geofence": fence.id, "name": fence.name}
+    out_key = f"out_of_hours:{fence.id}"
+    if t.kind == "enter":
+        w.close(out_key, t.ts_ms)
+        if fence.alert_enter:
+            w.instant(AlertKind.GEOFENCE_ENTER, f"geofence_enter:{fence.id}", t.ts_ms, **detail)
+    elif fence.window is not None and not fence.window.contains(t.ts_ms):
+        w.open(AlertKind.GEOFENCE_EXIT_OUT_OF_HOURS, out_key, t.ts_ms, Severity.CRITICAL, **detail)
+    elif fence.alert_exit:
+        w.instant(AlertKind.GEOFENCE_EXIT, f"geofence_exit:{fence.id}", t.ts_ms, **detail)
+
+
+def _speed_limit(w: _Work) -> tuple[float, str] | None:
+    """The lowest limit that applies: global, fleet, or a fence the vehicle is inside."""
+    limits = [(w.s.speed_limit_kmh, "global"), (w.s.fleet_speed_limit_kmh, "fleet")]
+    for fence in w.s.geofences:
+        state = w.fences.get(fence.id)
+        if state is not None and state.inside:
+            limits.append((fence.speed_limit_kmh, f"geofence:{fence.id}"))
+    known = [(v, src) for v, src in limits if v is not None]
+    return min(known) if known else None
+
+
+def _overspeed(w: _Work, ts: int) -> None:
+    """Above the limit for ``overspeed_min_ms`` opens; at or below limit minus
+    ``overspeed_clear_kmh`` closes; a peak ``overspeed_update_kmh`` higher updates."""
+    speed, limit = speed_of(w.known), _speed_limit(w)
+    key = "overspeed"
+    if key in w.alerts:
+        alert = w.alerts[key]
+        if speed is None or limit is None or speed <= limit[0] - w.s.overspeed_clear_kmh:
+            w.close(key, ts)
+        elif speed >= float(alert.detail["peak_kmh"]) + w.s.overspeed_update_kmh:
+            w.update(key, peak_kmh=speed)
+        return
+    if speed is None or limit is None or speed <= limit[0]:
+        w.since.pop(key, None)
+        return
+    since = w.since.setdefault(key, ts)
+    if ts - since >= w.s.overspeed_min_ms:
+        w.since.pop(key)
+        w.open(
+            AlertKind.OVERSPEED,
+            key,
+            since,
+            Severity.WARNING,
+            limit_kmh=limit[0],
+            source=limit[1],
+            peak_kmh=speed,
+        )
+
+
+def _harsh(w: _Work, ts: int, speed: float | None) -> None:
+    """Acceleration from two speed reports ``harsh_interval_ms`` apart (closer is noise,
+    further is not one manoeuvre). An alert lasts while consecutive reports stay harsh."""
+    if speed is None:
+        return
+    prev, w.speed_at = w.speed_at, (ts, speed)
+    lo, hi = w.s.harsh_interval_ms
+    accel = None
+    if prev is not None and lo <= ts - prev[0] <= hi:
+        accel = (abs(speed) - abs(prev[1])) / 3.6 / ((ts - prev[0]) / 1000)
+    for kind, hit in (
+        (AlertKind.HARSH_BRAKING, accel is not None and -accel >= w.s.harsh_braking_mps2),
+        (AlertKind.HARSH_ACCELERATION, accel is not None and accel >= w.s.harsh_acceleration_mps2),
+    ):
+        if hit and prev is not None and accel is not None:
+            w.open(kind, kind.value, prev[0], Severity.WARNING, mps2=round(abs(accel), 2))
+        elif kind.value in w.alerts:
+            w.close(kind.value, prev[0] if prev is not None else ts)
+
+
+def _idling(w: _Work, ts: int) -> None:
+    """Ignition on and standing still for ``idle_after_ms`` opens; moving or off closes."""
+    idle = ignition_of(w.known) is True and moving_of(w.known, w.s.still_kmh) is False
+    key = "idling"
+    if not idle:
+        w.since.pop(key, None)
+        w.close(key, ts)
+        return
+    since = w.since.setdefault(key, ts)
+    if ts - since >= w.s.idle_after_ms:
+        w.open(AlertKind.IDLING, key, since, Severity.WARNING)
+
+
+def _level(
+    w: _Work, ts: int, signal: str, kind: AlertKind, thresholds: tuple[float, float, float]
+) -> None:
+    """Below ``open`` opens, above ``clear`` closes, below ``critical`` escalates once."""
+    value = number_of(w.known, signal)
+    if value is None:
+        return
+    open_below, clear_above, critical_below = thresholds
+    key = kind.value
+    alert = w.alerts.get(key)
+    if alert is None:
+        if value < open_below:
+            severity = Severity.CRITICAL if value < critical_below else Severity.WARNING
+            w.open(kind, key, ts, severity, pct=value)
+    elif value > clear_above:
+        w.close(key, ts)
+    elif value < critical_below and alert.severity is not Severity.CRITICAL:
+        w.update(key, Severity.CRITICAL, pct=value)
+
+
+def _seq(w: _Work, seq: int | None, heard: int) -> None:
+    """Track missing seqs: a jump opens a gap, a late sample fills it; a gap still open after
+    ``seq_gap_grace_ms`` raises an alert (a store-and-forward upload right behind live data
+    fills it first), which closes when the gap is filled. Beyond ``max_seq_gaps`` the oldest
+    gap is given up (its alert closed) so the state stays bounded."""
+    if seq is None:
+        return
+    if w.last_seq is None or seq == w.last_seq + 1:
+        w.last_seq = seq
+    elif seq > w.last_seq:
+        w.gaps.append(SeqGap(f"seq_gap:{w.last_seq + 1}", w.last_seq + 1, seq - 1, heard))
+        w.last_seq = seq
+        if len(w.gaps) > w.s.max_seq_gaps:
+            w.close(w.gaps.pop(0).key, heard)
+    else:
+        _fill(w, seq, heard)
+
+
+def _fill(w: _Work, seq: int, heard: int) -> None:
+    for i, gap in enumerate(w.gaps):
+        if gap.lo <= seq <= gap.hi:
+            halves = ((gap.lo, seq - 1), (seq + 1, gap.hi))
+            parts = [replace(gap, lo=lo, hi=hi) for lo, hi in halves if lo <= hi]
+            w.gaps[i : i + 1] = parts
+            if not any(g.key == gap.key for g in w.gaps):
+                w.close(gap.key, heard)
+            return
+
+
+def _raise_old_gaps(w: _Work, now: int) -> None:
+    for i, gap in enumerate(w.gaps):
+        if not gap.alerted and now - gap.detected_ms >= w.s.seq_gap_grace_ms:
+            missing = sum(g.hi - g.lo + 1 for g in w.gaps if g.key == gap.key)
+            w.open(
+                AlertKind.SEQ_GAP,
+                gap.key,
+                gap.detected_ms,
+                Severity.WARNING,
+                first=gap.lo,
+                last=gap.hi,
+                missing=missing,
+            )
+            w.gaps[i] = replace(gap, alerted=True)
