@@ -18,13 +18,13 @@ import pytest
 from gateway.api import ApiSettings
 from gateway.broker import MosquittoProcess
 from gateway.core.feedback import feedback_messages
+from gateway.core.presence import presence
 from gateway.store import (
     IngestBatch,
     QuarantineEntry,
     StatusChange,
     VehicleSummary,
     open_store,
-    presence,
 )
 from schemas import Reason, Rejection, Sample, StatusState
 from schemas.feedback import (
@@ -60,7 +60,7 @@ def summary(online: bool | None, last_seen: int) -> VehicleSummary:
     ],
 )
 def test_presence(online: bool | None, last_seen: int, expected: tuple[object, object]) -> None:
-    assert presence(summary(online, last_seen), now_ms=T0, silent_after_ms=LIMIT) == expected
+    assert presence(online, last_seen, now_ms=T0, silent_after_ms=LIMIT) == expected
 
 
 def test_api_shows_a_silent_vehicle_offline_with_the_reason(tmp_path: Path) -> None:

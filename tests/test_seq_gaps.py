@@ -1,7 +1,7 @@
 """Seq gap detection (issue 10): missing telemetry and event numbers per vehicle, tolerant of
 store-and-forward uploads that arrive late, exposed in the vehicle state and as metrics.
 
-The pure range arithmetic (``gateway.store.seqgaps``) against a brute-force model for any
+The pure range arithmetic (``gateway.core.seqgaps``) against a brute-force model for any
 order of arrival; the store on a real SQLite file; the API reading it.
 """
 
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from gateway import metrics
 from gateway.api import ApiSettings
+from gateway.core.seqgaps import Gap, SeqRange, advance, inside
 from gateway.store import IngestBatch, TelemetryBackend, open_store
-from gateway.store.seqgaps import Gap, SeqRange, advance, inside
 from schemas import Event, EventType, Sample
 from tests.conftest import admin_client
 

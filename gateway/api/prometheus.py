@@ -43,7 +43,7 @@ class StoreCollector(Collector):
 
     def __init__(self, reader: TelemetryReader, *, heard_since: int | None = None) -> None:
         self._reader = reader
-        #: online vehicles count only if heard from since (see gateway.store.presence)
+        #: online vehicles count only if heard from since (see gateway.core.presence)
         self._heard_since = heard_since
 
     def collect(self) -> Iterator[Metric]:

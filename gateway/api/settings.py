@@ -40,7 +40,7 @@ class ApiSettings:
     #: file ``state.db`` next to the telemetry database
     state_db_url: str | None = None
     #: a vehicle whose status says online but that sent nothing for this long is shown
-    #: offline with reason ``silent`` (``gateway.store.presence``); the contract has units
+    #: offline with reason ``silent`` (``gateway.core.presence``); the contract has units
     #: publish at least every 5 minutes
     silent_after_s: float = 600.0
     #: the clock that decides the silence (tests of it set their own)

@@ -17,6 +17,9 @@ Layout:
     ratelimit.py     token buckets (commands per user and vehicle, password attempts)
     lockout.py       how long an address waits after wrong passwords
     policy.py        who may do what with which vehicle (the authorization policy)
+    presence.py      online, offline or silent, as the API shows a vehicle
+    seqgaps.py       which seq numbers of a vehicle never arrived (range arithmetic)
+    fleet/           fleet rules: geofences, alerts, trips (docs/decisions/0014)
     clock.py         the wall clock, passed to whoever needs the time
 
 Imports: the standard library, ``schemas``, ``gateway.errors`` (the exception tree) and

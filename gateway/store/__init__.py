@@ -1,8 +1,8 @@
 """Telemetry store: where validated samples, vehicle state and the quarantine live.
 
 :func:`open_store` (``factory``) is the one way to a store, by URL; ``base`` holds the
-interface and its value types; ``sqlite`` the embedded default; ``seqgaps`` the pure
-arithmetic of missing seq numbers that ``sqlite`` keeps per vehicle. The SQLite class is
+interface and its value types; ``sqlite`` the embedded default (the pure rules it
+applies, such as ``gateway.core.seqgaps``, live in the core). The SQLite class is
 not exported here: code outside the store reaches a store only through ``open_store``.
 Imports ``schemas`` and ``gateway.errors``; imported by ``gateway.ingest`` and ``gateway.api``.
 """
@@ -21,7 +21,6 @@ from gateway.store.base import (
     Tenure,
     VehicleState,
     VehicleSummary,
-    presence,
 )
 from gateway.store.factory import SUPPORTED_SCHEMES, open_store, store_path
 
@@ -41,6 +40,5 @@ __all__ = [
     "VehicleState",
     "VehicleSummary",
     "open_store",
-    "presence",
     "store_path",
 ]

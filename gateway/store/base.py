@@ -36,8 +36,6 @@ from schemas import SignalValue
 
 __all__ = [
     "FIRST_TENURE",
-    "OFFLINE_BY_STATUS",
-    "OFFLINE_SILENT",
     "CommitResult",
     "HistoryPoint",
     "IngestBatch",
@@ -49,7 +47,6 @@ __all__ = [
     "Tenure",
     "VehicleState",
     "VehicleSummary",
-    "presence",
 ]
 
 
@@ -70,37 +67,9 @@ class VehicleSummary:
     last_seen: int
     status_changed_at: int | None
     #: telemetry (event) seq numbers between the first and the last received that have not
-    #: arrived (``gateway.store.seqgaps``); a late upload that brings them lowers it again
+    #: arrived (``gateway.core.seqgaps``); a late upload that brings them lowers it again
     missing_samples: int = 0
     missing_events: int = 0
-
-
-#: ``offline_reason`` values: the last status message (the unit's, or its Last Will) said
-#: offline; or it says online but nothing has come from the vehicle for too long
-OFFLINE_BY_STATUS = "status"
-OFFLINE_SILENT = "silent"
-
-
-def presence(
-    summary: VehicleSummary, *, now_ms: int, silent_after_ms: int
-) -> tuple[bool | None, str | None]:
-    """(online, offline_reason) as the API shows it. Pure.
-
-    The last status message decides, except that a vehicle whose status says online but
-    from which no message at all (telemetry, event, status) has come for more than
-    ``silent_after_ms`` is shown offline with reason ``silent``: a unit that disconnects
-    normally without publishing ``offline`` (Mosquitto sends no Last Will then) or hangs
-    would otherwise stay online forever. The contract makes every unit publish something at
-    least every 5 minutes (``docs/device-contract.md``), so silence means it is gone.
-    ``None``: it never sent a status.
-    """
-    if summary.online is None:
-        return None, None
-    if not summary.online:
-        return False, OFFLINE_BY_STATUS
-    if now_ms - summary.last_seen > silent_after_ms:
-        return False, OFFLINE_SILENT
-    return True, None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ Schema (``PRAGMA user_version`` tracks it; :data:`SCHEMA_VERSION`):
 * ``counters``: ingest counters, incremented in the same transaction as the data they count;
 * ``seq_tracking`` and ``seq_gaps``: per vehicle and stream (``telemetry``, ``events``) the
   range of ``seq`` numbers received, how many of them are missing, and the missing ones as
-  intervals (``gateway.store.seqgaps``), updated in the commit that stores the numbers.
+  intervals (``gateway.core.seqgaps``), updated in the commit that stores the numbers.
   Created with ``IF NOT EXISTS`` by any version, so an older file simply starts tracking.
 
 Schema history: 1 the first; 2 the quarantine's payload size and hash; 3 (ownership
@@ -57,9 +57,9 @@ from typing import Any, Final, Literal, cast
 import orjson
 
 from gateway import metrics
+from gateway.core import seqgaps
 from gateway.errors import StoreError
 from gateway.files import private_sqlite_file
-from gateway.store import seqgaps
 from gateway.store.base import (
     FIRST_TENURE,
     CommitResult,

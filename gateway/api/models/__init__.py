@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from gateway.api.models.records import FromRecord
 from gateway.api.params import iso, iso_or_none
-from gateway.store import VehicleSummary, presence
+from gateway.core.presence import presence
+from gateway.store import VehicleSummary
 from schemas import CATALOG, SignalSpec, SignalValue
 
 __all__ = [
@@ -177,7 +178,9 @@ class Vehicle(_Model):
 
 
 def _summary_fields(s: VehicleSummary, now_ms: int, silent_after_ms: int) -> dict[str, object]:
-    online, offline_reason = presence(s, now_ms=now_ms, silent_after_ms=silent_after_ms)
+    online, offline_reason = presence(
+        s.online, s.last_seen, now_ms=now_ms, silent_after_ms=silent_after_ms
+    )
     return {
         "vin": s.vin,
         "reported": True,
