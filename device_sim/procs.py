@@ -15,7 +15,9 @@ Secrets never go on a child's command line, which every user can read (ps): chil
 the parent's environment (the password of a shared ``--username``) and get the credentials
 file's path, from which each reads the passwords of its own units.
 
-Imports: the standard library and ``device_sim`` only.
+Imports: the standard library and ``device_sim`` only; never :mod:`device_sim.fleet`, which
+imports this module (the pieces both need are in :mod:`device_sim.stats` and
+:mod:`device_sim.console`).
 """
 
 from __future__ import annotations
@@ -30,14 +32,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from device_sim.fleet import (
+from device_sim.console import ProgressDisplay, report
+from device_sim.stats import (
     SUMMED_KEYS,
     UNIT_DETAIL_LIMIT,
     LatencyHistogram,
-    ProgressDisplay,
     Shard,
     merge_progress,
-    report,
     resources_summary,
 )
 

@@ -17,14 +17,8 @@ from typing import Any
 
 import pytest
 
-from device_sim.fleet import (
-    LatencyHistogram,
-    Shard,
-    build_parser,
-    main,
-    parse_shard,
-    resources_summary,
-)
+from device_sim.fleet import build_parser, main, parse_shard
+from device_sim.stats import LatencyHistogram, Shard, resources_summary
 from device_sim.vehicle import make_vin
 from gateway.bench.sim import run_sim_bench
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port

@@ -46,7 +46,6 @@ from device_sim.credentials import (
 )
 from device_sim.fleet import (
     FleetSettings,
-    Shard,
     _options,  # the resolution main() does before it starts --procs children
     build_parser,
     build_unit_settings,
@@ -56,6 +55,7 @@ from device_sim.fleet import (
     parse_broker_url,
 )
 from device_sim.procs import child_argv
+from device_sim.stats import Shard
 from device_sim.vehicle import make_vin
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from schemas import Channel, parse_topic
