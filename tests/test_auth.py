@@ -21,7 +21,7 @@ from gateway.api import ApiSettings
 from gateway.auth.ratelimit import Limit
 from gateway.store import IngestBatch, SqliteTelemetryStore
 from schemas import Sample
-from tests.conftest import (
+from tests.support.api import (
     TEST_ADMIN_EMAIL,
     TEST_ADMIN_PASSWORD,
     admin_client,
@@ -326,7 +326,7 @@ def test_command_limits_per_user_and_per_vehicle_answer_429_with_retry_after(
     tmp_path: Path, mosquitto: Any
 ) -> None:
     from gateway.commands.service import CommandSettings
-    from tests.conftest import wait_until
+    from tests.support.waiting import wait_until
 
     clock = Clock()
     settings = ApiSettings(

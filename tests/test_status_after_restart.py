@@ -18,7 +18,8 @@ from gateway.broker import MosquittoProcess
 from gateway.ingest.pipeline import Batcher
 from gateway.store import IngestBatch, SqliteTelemetryStore, StatusChange, VehicleSummary
 from schemas import StatusState
-from tests.conftest import GatewayProcess, wait_until
+from tests.support.gateway_process import GatewayProcess
+from tests.support.waiting import wait_until
 
 VIN = "WVWZZZ1JZXW000001"
 MARKER_VIN = "WVWZZZ1JZXW000002"
