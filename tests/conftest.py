@@ -1,4 +1,5 @@
-"""Shared pytest fixtures, one section per subsystem.
+"""Shared pytest fixtures, one section per subsystem (the helpers they use, and that test
+modules share, are in tests/support/).
 
 Fixtures here are function-scoped and independent of each other: every test gets its own
 resources (ports, directories, processes) and nothing leaks between tests, so tests can run
@@ -127,9 +128,3 @@ def state_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
                 (name,),
             )
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-
-
-# --- API authentication ---------------------------------------------------------------------
-# The API refuses anonymous callers. Tests that are not about authentication use an app with
-# a known token secret and first admin, and call it as that admin (user 1 of a fresh state
-# database) with a real signed token; tests/test_auth*.py exercise the login flows.

@@ -1,5 +1,10 @@
 """The API's test settings: the first administrator, signing secrets, bearer headers and an
-in-process client logged in as the administrator."""
+in-process client logged in as the administrator.
+
+The API refuses anonymous callers. Tests that are not about authentication use an app with
+a known token secret and first admin, and call it as that admin (user 1 of a fresh state
+database) with a real signed token; tests/test_auth*.py exercise the login flows.
+"""
 
 from __future__ import annotations
 
