@@ -5,8 +5,8 @@ docs/decisions/0013-architecture-step.md).
   80 lines: the 650-line closure function behind the accounts API is the shape this stops.
   Data tables are module-level constants, not functions, so they are not counted. Excluded:
   the vendored Swagger UI and the frozen migration history.
-- No test module imports another test module: shared helpers live in ``tests/support/``
-  or in conftest fixtures.
+- No test module imports another test module (nor conftest): shared helpers live in
+  ``tests/support/``, shared fixtures in conftest.
 
 The import contracts themselves (no cycles, the core imports no adapter, ...) are in
 pyproject.toml and run as ``lint-imports`` in scripts/test.sh.
@@ -70,7 +70,8 @@ def _imported_modules(tree: ast.AST) -> Iterator[str]:
 
 def test_no_test_module_imports_another_test_module() -> None:
     tests = ROOT / "tests"
-    test_modules = {path.stem for path in tests.glob("*.py")} - {"__init__", "conftest"}
+    # conftest too: pytest loads it itself, and its fixtures reach tests by name
+    test_modules = {path.stem for path in tests.glob("*.py")} - {"__init__"}
     offenders = []
     for path in sorted(tests.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
