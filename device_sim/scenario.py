@@ -439,17 +439,116 @@ def parse(text: str, *, source: str = "<scenario>") -> Scenario:
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise p.fail("description", "must be a string")
-    vin_prefix = _parse_vin_prefix(p, raw.get("vin_prefix"))
-    groups = _parse_groups(p, p.required(raw, "vehicles", ""), vin_prefix)
+    vin_prefix = raw.get("vin_prefix")
+    if vin_prefix is not None:
+        if not isinstance(vin_prefix, str):
+            raise p.fail("vin_prefix", "must be a string")
+        try:
+            make_vin(1, vin_prefix)
+        except ValueError as exc:
+            raise p.fail("vin_prefix", str(exc)) from None
+
+    groups_raw = p.required(raw, "vehicles", "")
+    if not isinstance(groups_raw, list) or not groups_raw:
+        raise p.fail("vehicles", "must be one or more [[vehicles]] tables")
+    groups: list[VehicleGroup] = []
+    names: set[str] = set()
+    for n, table in enumerate(groups_raw, 1):
+        where = f"vehicles[{n}]"
+        if not isinstance(table, dict):
+            raise p.fail(where, "must be a [[vehicles]] table")
+        p.check_keys(table, _GROUP_KEYS, where)
+        count = p.required(table, "count", where)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10_000:
+            raise p.fail(f"{where}.count", f"must be an integer 1-10000, got {count!r}")
+        profile_name = p.required(table, "profile", where)
+        try:
+            profile = VehicleProfile(profile_name)
+        except ValueError:
+            choices = " | ".join(x.value for x in VehicleProfile)
+            raise p.fail(f"{where}.profile", f"must be {choices}, got {profile_name!r}") from None
+        name = p.required(table, "name", where)
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise p.fail(
+                f"{where}.name", f"must be lower-case letters, digits or _ (like van), got {name!r}"
+            )
+        if name in names:
+            raise p.fail(f"{where}.name", f"{name!r} is used by another group")
+        names.add(name)
+        start_node = table.get("start")
+        if start_node is not None and (
+            not isinstance(start_node, str)
+            or start_node not in MUNICH.nodes
+            or not MUNICH.neighbours(start_node)
+        ):
+            raise p.fail(f"{where}.start", f"{start_node!r} is not a node of the road network")
+        faults = table.get("faults")
+        if faults is not None and not isinstance(faults, str):
+            raise p.fail(f"{where}.faults", f"must be a string, got {faults!r}")
+        if faults is not None:
+            try:
+                FaultRates.parse(faults)
+            except ValueError as exc:
+                raise p.fail(f"{where}.faults", str(exc)) from None
+        pattern_name = table.get("pattern", TripPattern.RANDOM.value)
+        try:
+            pattern = TripPattern(pattern_name)
+        except ValueError:
+            choices = " | ".join(x.value for x in TripPattern)
+            raise p.fail(f"{where}.pattern", f"must be {choices}, got {pattern_name!r}") from None
+        if pattern is TripPattern.COMMUTE and profile not in _COMMUTERS:
+            allowed = " and ".join(x.value for x in _COMMUTERS)
+            raise p.fail(f"{where}.pattern", f"only {allowed} can commute, not {profile.value}")
+        groups.append(VehicleGroup(name, count, profile, start_node, faults, pattern))
+    total = sum(g.count for g in groups)
+    prefix_len = len(vin_prefix) if vin_prefix is not None else 6
+    if total >= 10 ** (17 - prefix_len):
+        raise p.fail("vehicles", f"{total} vehicles do not fit the VIN serial")
+
     vehicle_names = {f"{g.name}-{i}" for g in groups for i in range(1, g.count + 1)}
     end_ms = round(start.timestamp() * 1000) + round(duration_s * 1000)
     events_raw = raw.get("events", [])
     if not isinstance(events_raw, list):
         raise p.fail("events", "must be [[events]] tables")
-    events = [
-        _parse_event(p, table, f"events[{n}]", start, end_ms, vehicle_names)
-        for n, table in enumerate(events_raw, 1)
-    ]
+    events: list[ScriptedEvent] = []
+    for n, table in enumerate(events_raw, 1):
+        where = f"events[{n}]"
+        if not isinstance(table, dict):
+            raise p.fail(where, "must be an [[events]] table")
+        p.check_keys(table, _EVENT_KEYS, where)
+        at_ms = p.at(p.required(table, "at", where), f"{where}.at", start)
+        if at_ms >= end_ms:
+            raise p.fail(f"{where}.at", f"{table['at']!s} is not before the scenario's end")
+        vehicle = p.required(table, "vehicle", where)
+        if vehicle not in vehicle_names:
+            raise p.fail(f"{where}.vehicle", f"no vehicle named {vehicle!r}")
+        action_name = p.required(table, "action", where)
+        try:
+            action = Action(action_name)
+        except ValueError:
+            choices = " | ".join(a.value for a in Action)
+            raise p.fail(f"{where}.action", f"must be {choices}, got {action_name!r}") from None
+        value: float | str | None = None
+        duration: float | None = None
+        if "duration" in table:
+            if action is not Action.GO_OFFLINE:
+                raise p.fail(f"{where}.duration", f"only go_offline takes one, not {action}")
+            duration = p.duration(table["duration"], f"{where}.duration")
+        if action is Action.LOW_CHARGE:
+            level = p.number(
+                table.get("value", DEFAULT_LOW_LEVEL_PCT), f"{where}.value", positive=False
+            )
+            if not 0.0 <= level <= 100.0:
+                raise p.fail(f"{where}.value", f"must be a level within 0-100 %, got {level!r}")
+            value = level
+        elif action is Action.GO_TO:
+            node = p.required(table, "value", where)
+            if not isinstance(node, str) or node not in MUNICH.nodes or not MUNICH.neighbours(node):
+                raise p.fail(f"{where}.value", f"{node!r} is not a node of the road network")
+            value = node
+        elif "value" in table:
+            raise p.fail(f"{where}.value", f"{action} takes no value")
+        events.append(ScriptedEvent(at_ms, vehicle, action, value, duration))
     return Scenario(
         seed=seed,
         start=start,
@@ -461,139 +560,6 @@ def parse(text: str, *, source: str = "<scenario>") -> Scenario:
         vin_prefix=vin_prefix,
         description=description,
     )
-
-
-def _parse_vin_prefix(p: _Parser, vin_prefix: Any) -> str | None:
-    if vin_prefix is None:
-        return None
-    if not isinstance(vin_prefix, str):
-        raise p.fail("vin_prefix", "must be a string")
-    try:
-        make_vin(1, vin_prefix)
-    except ValueError as exc:
-        raise p.fail("vin_prefix", str(exc)) from None
-    return vin_prefix
-
-
-def _parse_groups(p: _Parser, groups_raw: Any, vin_prefix: str | None) -> list[VehicleGroup]:
-    """The ``[[vehicles]]`` tables: names unique, and every VIN fits the serial."""
-    if not isinstance(groups_raw, list) or not groups_raw:
-        raise p.fail("vehicles", "must be one or more [[vehicles]] tables")
-    groups: list[VehicleGroup] = []
-    names: set[str] = set()
-    for n, table in enumerate(groups_raw, 1):
-        group = _parse_group(p, table, f"vehicles[{n}]", names)
-        names.add(group.name)
-        groups.append(group)
-    total = sum(g.count for g in groups)
-    prefix_len = len(vin_prefix) if vin_prefix is not None else 6
-    if total >= 10 ** (17 - prefix_len):
-        raise p.fail("vehicles", f"{total} vehicles do not fit the VIN serial")
-    return groups
-
-
-def _parse_group(p: _Parser, table: Any, where: str, taken: Collection[str]) -> VehicleGroup:
-    """One ``[[vehicles]]`` table; ``taken``: the names of the groups before it."""
-    if not isinstance(table, dict):
-        raise p.fail(where, "must be a [[vehicles]] table")
-    p.check_keys(table, _GROUP_KEYS, where)
-    count = p.required(table, "count", where)
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10_000:
-        raise p.fail(f"{where}.count", f"must be an integer 1-10000, got {count!r}")
-    profile_name = p.required(table, "profile", where)
-    try:
-        profile = VehicleProfile(profile_name)
-    except ValueError:
-        choices = " | ".join(x.value for x in VehicleProfile)
-        raise p.fail(f"{where}.profile", f"must be {choices}, got {profile_name!r}") from None
-    name = p.required(table, "name", where)
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise p.fail(
-            f"{where}.name", f"must be lower-case letters, digits or _ (like van), got {name!r}"
-        )
-    if name in taken:
-        raise p.fail(f"{where}.name", f"{name!r} is used by another group")
-    start_node = table.get("start")
-    if start_node is not None and not _is_road_node(start_node):
-        raise p.fail(f"{where}.start", f"{start_node!r} is not a node of the road network")
-    faults = table.get("faults")
-    if faults is not None and not isinstance(faults, str):
-        raise p.fail(f"{where}.faults", f"must be a string, got {faults!r}")
-    if faults is not None:
-        try:
-            FaultRates.parse(faults)
-        except ValueError as exc:
-            raise p.fail(f"{where}.faults", str(exc)) from None
-    pattern_name = table.get("pattern", TripPattern.RANDOM.value)
-    try:
-        pattern = TripPattern(pattern_name)
-    except ValueError:
-        choices = " | ".join(x.value for x in TripPattern)
-        raise p.fail(f"{where}.pattern", f"must be {choices}, got {pattern_name!r}") from None
-    if pattern is TripPattern.COMMUTE and profile not in _COMMUTERS:
-        allowed = " and ".join(x.value for x in _COMMUTERS)
-        raise p.fail(f"{where}.pattern", f"only {allowed} can commute, not {profile.value}")
-    return VehicleGroup(name, count, profile, start_node, faults, pattern)
-
-
-def _is_road_node(node: Any) -> bool:
-    """Whether ``node`` names a node of the road network that a vehicle can leave."""
-    return isinstance(node, str) and node in MUNICH.nodes and bool(MUNICH.neighbours(node))
-
-
-def _parse_event(
-    p: _Parser,
-    table: Any,
-    where: str,
-    start: dt.datetime,
-    end_ms: int,
-    vehicle_names: Collection[str],
-) -> ScriptedEvent:
-    """One ``[[events]]`` table: at a time before the end, for a vehicle of the scenario."""
-    if not isinstance(table, dict):
-        raise p.fail(where, "must be an [[events]] table")
-    p.check_keys(table, _EVENT_KEYS, where)
-    at_ms = p.at(p.required(table, "at", where), f"{where}.at", start)
-    if at_ms >= end_ms:
-        raise p.fail(f"{where}.at", f"{table['at']!s} is not before the scenario's end")
-    vehicle = p.required(table, "vehicle", where)
-    if vehicle not in vehicle_names:
-        raise p.fail(f"{where}.vehicle", f"no vehicle named {vehicle!r}")
-    action_name = p.required(table, "action", where)
-    try:
-        action = Action(action_name)
-    except ValueError:
-        choices = " | ".join(a.value for a in Action)
-        raise p.fail(f"{where}.action", f"must be {choices}, got {action_name!r}") from None
-    duration: float | None = None
-    if "duration" in table:
-        if action is not Action.GO_OFFLINE:
-            raise p.fail(f"{where}.duration", f"only go_offline takes one, not {action}")
-        duration = p.duration(table["duration"], f"{where}.duration")
-    value = _parse_event_value(p, table, where, action)
-    return ScriptedEvent(at_ms, vehicle, action, value, duration)
-
-
-def _parse_event_value(
-    p: _Parser, table: Mapping[str, Any], where: str, action: Action
-) -> float | str | None:
-    """An event's ``value``: a charge level for low_charge, a road node for go_to, else none."""
-    if action is Action.LOW_CHARGE:
-        level = p.number(
-            table.get("value", DEFAULT_LOW_LEVEL_PCT), f"{where}.value", positive=False
-        )
-        if not 0.0 <= level <= 100.0:
-            raise p.fail(f"{where}.value", f"must be a level within 0-100 %, got {level!r}")
-        return level
-    if action is Action.GO_TO:
-        node = p.required(table, "value", where)
-        if not _is_road_node(node):
-            raise p.fail(f"{where}.value", f"{node!r} is not a node of the road network")
-        assert isinstance(node, str)
-        return node
-    if "value" in table:
-        raise p.fail(f"{where}.value", f"{action} takes no value")
-    return None
 
 
 # --- rendering --------------------------------------------------------------------------------
