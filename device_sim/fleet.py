@@ -55,18 +55,29 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
-
 from device_sim.city import DEPOT, MUNICH, RoadNetwork
+from device_sim.console import (
+    LIVE_REFRESH_S,
+    PASSWORD_ENV,
+    ProgressDisplay,
+    report,
+    say,
+)
 from device_sim.credentials import UnitCredentials, VehicleCredential, load_credentials
 from device_sim.faults import FaultKind, FaultRates
+from device_sim.procs import run_procs
+from device_sim.stats import (
+    UNIT_DETAIL_LIMIT,
+    LatencyHistogram,
+    Shard,
+    process_usage,
+    resources_summary,
+)
 from device_sim.unit import (
     DEFAULT_BUFFER_LIMIT,
     SimulatedUnit,
@@ -87,27 +98,19 @@ __all__ = [
     "DEFAULT_PROFILES",
     "DEFAULT_VEHICLES",
     "DEFAULT_VIN_PREFIX",
-    "PASSWORD_ENV",
-    "SUMMED_KEYS",
-    "UNIT_DETAIL_LIMIT",
     "BrokerAddress",
     "CommandRole",
     "FleetRun",
     "FleetSettings",
-    "LatencyHistogram",
-    "ProgressDisplay",
-    "Shard",
     "build_parser",
     "build_unit_settings",
     "build_vehicles",
     "command_roles",
     "fleet_vins",
     "main",
-    "merge_progress",
     "parse_broker_url",
     "parse_mqtt_url",
     "parse_shard",
-    "resources_summary",
     "run_fleet",
     "summarize",
     "with_credential",
@@ -129,9 +132,6 @@ DEFAULT_PROFILES: Final = (
     VehicleProfile.COMBUSTION_SUV,
     VehicleProfile.DELIVERY_VAN,
 )
-
-#: environment variable with the MQTT password (a command-line argument would show in ps)
-PASSWORD_ENV: Final = "DEVICE_SIM_MQTT_PASSWORD"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -423,137 +423,9 @@ async def run_fleet(
 
 #: new connections per second while a fleet comes up, unless told otherwise
 DEFAULT_CONNECT_RATE: Final = 500.0
-#: the summary lists every unit's counters only for fleets up to this size
-UNIT_DETAIL_LIMIT: Final = 1000
-_LIVE_REFRESH_S: Final = 0.5
 _SHARD_PROGRESS_S: Final = 1.0
 #: full per-unit counters (``stats()``) are gathered at most this often for progress
 _FULL_STATS_EVERY_S: Final = 2.0
-
-#: the counters of a progress snapshot (summed over shards)
-_PROGRESS_KEYS: Final = (
-    "vehicles",
-    "started",
-    "connected",
-    "published",
-    "acknowledged",
-    "buffered",
-    "errors",
-    "rejected_by_broker",
-    "taken_over",
-    "commands_received",
-    "commands_answered",
-)
-
-#: the counters of a summary that add up over shards
-SUMMED_KEYS: Final = (
-    "vehicles",
-    "connected",
-    "connected_peak",
-    "published",
-    "acknowledged",
-    "acked",
-    "rejected_by_broker",
-    "taken_over",
-    "samples",
-    "samples_published",
-    "buffered",
-    "dropped",
-    "pending",
-    "lost_in_flight",
-    "batches",
-    "events",
-    "events_dropped",
-    "connects",
-    "reconnects",
-    "commands_received",
-    "commands_ignored",
-    "commands_duplicate",
-    "commands_rejected",
-    "commands_accepted",
-    "commands_succeeded",
-    "commands_failed",
-    "commands_answered",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Shard:
-    """Shard ``index`` (0-based) of ``count``: vehicles index+1, index+1+count, ..."""
-
-    index: int
-    count: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.index < self.count:
-            raise ValueError(f"invalid shard {self}: expected I/N with 0 <= I < N")
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-    def numbers(self, vehicles: int) -> range:
-        """The vehicle numbers (1-based, as in ``make_vin``) of this shard."""
-        return range(self.index + 1, vehicles + 1, self.count)
-
-
-class LatencyHistogram:
-    """Latencies in milliseconds, in logarithmic buckets 2 % wide: small, and mergeable over
-    processes; percentiles are accurate to about 1 %."""
-
-    _LOG_BASE: Final = math.log(1.02)
-
-    def __init__(self) -> None:
-        self.counts: dict[int, int] = {}
-        self.count = 0
-        self.max_ms = 0.0
-
-    def add(self, ms: float) -> None:
-        bucket = math.floor(math.log(max(ms, 0.001)) / self._LOG_BASE)
-        self.counts[bucket] = self.counts.get(bucket, 0) + 1
-        self.count += 1
-        if ms > self.max_ms:
-            self.max_ms = ms
-
-    def merge(self, other: LatencyHistogram) -> None:
-        for bucket, n in other.counts.items():
-            self.counts[bucket] = self.counts.get(bucket, 0) + n
-        self.count += other.count
-        self.max_ms = max(self.max_ms, other.max_ms)
-
-    def percentile(self, q: float) -> float | None:
-        """The ``q`` quantile (0..1) in ms (the middle of its bucket), None when empty."""
-        if not self.count:
-            return None
-        rank = max(1, math.ceil(q * self.count))
-        seen = 0
-        for bucket in sorted(self.counts):
-            seen += self.counts[bucket]
-            if seen >= rank:
-                return min(math.exp((bucket + 0.5) * self._LOG_BASE), self.max_ms)
-        return self.max_ms
-
-    def as_json(self) -> dict[str, Any]:
-        def r(value: float | None) -> float | None:
-            return None if value is None else round(value, 2)
-
-        return {
-            "count": self.count,
-            "p50": r(self.percentile(0.5)),
-            "p90": r(self.percentile(0.9)),
-            "p99": r(self.percentile(0.99)),
-            "max": round(self.max_ms, 2),
-        }
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"counts": {str(b): n for b, n in self.counts.items()}, "max_ms": self.max_ms}
-
-    @classmethod
-    def from_wire(cls, wire: Mapping[str, Any]) -> LatencyHistogram:
-        histogram = cls()
-        histogram.counts = {int(b): int(n) for b, n in wire["counts"].items()}
-        histogram.count = sum(histogram.counts.values())
-        histogram.max_ms = float(wire["max_ms"])
-        return histogram
 
 
 class _AckTracker:
@@ -603,42 +475,6 @@ class _AckTracker:
         setattr(store, "remove_message_by_mid", remove_message_by_mid)  # noqa: B010
         setattr(store, "clear", clear_all)  # noqa: B010
         return True
-
-
-def process_usage() -> tuple[float, float]:
-    """(CPU seconds, user + system; peak RSS in MB) of this process so far."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0  # ru_maxrss: KB on Linux
-
-
-#: fewest units for figures "per 1,000 units": a smaller fleet would only extrapolate the
-#: interpreter's own memory and start-up CPU (5 units: "12 GB per 1,000 units")
-PER_1000_MIN_UNITS: Final = 1000
-
-
-def resources_summary(
-    processes: Sequence[Mapping[str, Any]], vehicles: int, duration_s: float
-) -> dict[str, Any]:
-    """CPU and memory of the simulator processes, in total and per 1,000 units (None for
-    fleets under :data:`PER_1000_MIN_UNITS`)."""
-    cpu = sum(float(p["cpu_s"]) for p in processes)
-    rss = sum(float(p["max_rss_mb"]) for p in processes)
-    thousands = max(vehicles, 1) / 1000.0
-    cpu_percent = 100.0 * cpu / duration_s if duration_s > 0 else 0.0
-    per_1000 = None
-    if vehicles >= PER_1000_MIN_UNITS:
-        per_1000 = {
-            "cpu_s": round(cpu / thousands, 3),
-            "cpu_percent": round(cpu_percent / thousands, 2),
-            "max_rss_mb": round(rss / thousands, 1),
-        }
-    return {
-        "processes": list(processes),
-        "cpu_s": round(cpu, 3),
-        "cpu_percent": round(cpu_percent, 1),
-        "max_rss_mb": round(rss, 1),
-        "per_1000_units": per_1000,
-    }
 
 
 class FleetRun:
@@ -906,80 +742,96 @@ def _shard(text: str) -> Shard:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+_DESCRIPTION: Final = (
+    "Simulated in-car units for the telematics gateway (also: python -m device_sim).\n"
+    "Every vehicle drives around central Munich and reports over MQTT 5 as a real\n"
+    "unit would, each over its own connection: client id = VIN, persistent session,\n"
+    "a retained online status with an offline Last Will, QoS 1 telemetry on\n"
+    "v1/vehicles/{vin}/telemetry and events on v1/vehicles/{vin}/events, and\n"
+    "store-and-forward: samples taken while the broker is unreachable are kept and\n"
+    "uploaded in batches after the reconnect. Every unit answers remote commands on\n"
+    "v1/vehicles/{vin}/commands (accepted or rejected, then succeeded or failed). The\n"
+    "same --seed gives the same vehicles and the same driving.\n"
+    "\n"
+    "Against a gateway that gives every vehicle its own broker login (user name = VIN,\n"
+    "its own password, an ACL for its own topics), pass the credentials file that\n"
+    "provisioning writes (--credentials): each unit then logs in as its own vehicle,\n"
+    "over TLS with its own client certificate if you like (--tls-ca, --tls-cert-dir)."
+)
+
+_EPILOG: Final = (
+    "examples:\n"
+    "  telematics sim                                 5 vehicles on a local broker\n"
+    "  telematics sim --vehicles 5000 --rate 0.2      5,000 units, one sample each 5 s\n"
+    "  telematics sim --vehicles 10000 --rate 0.2 --procs 2 --mqtt-url mqtt://host:1883\n"
+    "  telematics sim --vehicles 20 --rate 2 --duration 60 --json > summary.json\n"
+    "  telematics sim --vehicles 10 --slow-share 0.2 --silent-share 0.1\n"
+    "                                                 2 slow units, 1 that never answers\n"
+    "  telematics sim --credentials units.json        every provisioned vehicle, each\n"
+    "                                                 with its own login\n"
+    "  telematics sim --credentials units.json --vehicles 3\n"
+    "                                                 WSMZZZ00000000001..3, which must\n"
+    "                                                 be provisioned\n"
+    "  telematics sim --credentials units.json --mqtt-url mqtts://127.0.0.1:8883 \\\n"
+    "      --tls-ca ca.pem --tls-cert-dir certs/      TLS, a client certificate per VIN\n"
+    "  telematics sim --vehicles 50 --vin-prefix WSMNEW --list-vins\n"
+    "                                                 the VINs to provision (telematics\n"
+    "                                                 vehicle add $(...) ...)\n"
+    "\n"
+    "credentials file (--credentials, written by provisioning; mode 0600):\n"
+    '  {"format": "telematics-unit-credentials/1",\n'
+    '   "broker": {"url": "mqtt://127.0.0.1:1884"},            optional\n'
+    '   "gateway_public_key": "-----BEGIN PUBLIC KEY-----...",  optional\n'
+    '   "vehicles": [{"vin": "...", "mqtt_username": "...", "mqtt_password": "...",\n'
+    '                 "client_cert": "certs/VIN.crt", "client_key": "certs/VIN.key"}]}\n'
+    "  Passwords and certificate paths are optional per vehicle; relative paths are\n"
+    "  relative to the file. --mqtt-url and --gateway-public-key, when given, win over\n"
+    "  the file; a file without a broker URL needs --mqtt-url. A vehicle must be\n"
+    "  provisioned (telematics vehicle add VIN, or POST /v1/vehicles) before it can\n"
+    "  log in, and only one process at a time can drive it: the broker allows one\n"
+    "  connection per client id (the VIN), so a second simulator with the same\n"
+    "  vehicles takes the first one's connections, and the side that loses them stops\n"
+    "  with an error that says so.\n"
+    "\n"
+    "output:\n"
+    "  Live progress goes to stderr (a table on a terminal, refreshed twice a second;\n"
+    "  a plain line every --progress seconds otherwise): units connected, messages\n"
+    "  published and acknowledged, samples buffered, errors, publish rate, commands\n"
+    "  answered. At the end a one-line summary goes to stderr; with --json the full\n"
+    "  summary goes to stdout instead: published, acknowledged, rejected_by_broker,\n"
+    "  taken_over, commands answered, publish->PUBACK latency percentiles, CPU seconds\n"
+    "  and peak memory per process (and per 1,000 units, for fleets of 1,000 or more),\n"
+    "  every unit's counters for fleets of up to 1,000.\n"
+    "\n"
+    "exit status:\n"
+    "  0 after a normal stop (--duration, Ctrl-C, SIGTERM); 1 when the broker cannot\n"
+    "  be reached or refuses the units (bad credentials, not authorised, a TLS\n"
+    "  certificate that does not verify), or another client took a unit's session\n"
+    "  over (same client id); 2 for bad options (also: a vehicle of the fleet missing\n"
+    "  from the credentials file).\n"
+    f"\nWith --username the MQTT password, if any, is read from ${PASSWORD_ENV}:\n"
+    "passwords never go on a command line, where ps would show them."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="telematics sim",
-        description=(
-            "Simulated in-car units for the telematics gateway (also: python -m device_sim).\n"
-            "Every vehicle drives around central Munich and reports over MQTT 5 as a real\n"
-            "unit would, each over its own connection: client id = VIN, persistent session,\n"
-            "a retained online status with an offline Last Will, QoS 1 telemetry on\n"
-            "v1/vehicles/{vin}/telemetry and events on v1/vehicles/{vin}/events, and\n"
-            "store-and-forward: samples taken while the broker is unreachable are kept and\n"
-            "uploaded in batches after the reconnect. Every unit answers remote commands on\n"
-            "v1/vehicles/{vin}/commands (accepted or rejected, then succeeded or failed). The\n"
-            "same --seed gives the same vehicles and the same driving.\n"
-            "\n"
-            "Against a gateway that gives every vehicle its own broker login (user name = VIN,\n"
-            "its own password, an ACL for its own topics), pass the credentials file that\n"
-            "provisioning writes (--credentials): each unit then logs in as its own vehicle,\n"
-            "over TLS with its own client certificate if you like (--tls-ca, --tls-cert-dir)."
-        ),
-        epilog=(
-            "examples:\n"
-            "  telematics sim                                 5 vehicles on a local broker\n"
-            "  telematics sim --vehicles 5000 --rate 0.2      5,000 units, one sample each 5 s\n"
-            "  telematics sim --vehicles 10000 --rate 0.2 --procs 2 --mqtt-url mqtt://host:1883\n"
-            "  telematics sim --vehicles 20 --rate 2 --duration 60 --json > summary.json\n"
-            "  telematics sim --vehicles 10 --slow-share 0.2 --silent-share 0.1\n"
-            "                                                 2 slow units, 1 that never answers\n"
-            "  telematics sim --credentials units.json        every provisioned vehicle, each\n"
-            "                                                 with its own login\n"
-            "  telematics sim --credentials units.json --vehicles 3\n"
-            "                                                 WSMZZZ00000000001..3, which must\n"
-            "                                                 be provisioned\n"
-            "  telematics sim --credentials units.json --mqtt-url mqtts://127.0.0.1:8883 \\\n"
-            "      --tls-ca ca.pem --tls-cert-dir certs/      TLS, a client certificate per VIN\n"
-            "  telematics sim --vehicles 50 --vin-prefix WSMNEW --list-vins\n"
-            "                                                 the VINs to provision (telematics\n"
-            "                                                 vehicle add $(...) ...)\n"
-            "\n"
-            "credentials file (--credentials, written by provisioning; mode 0600):\n"
-            '  {"format": "telematics-unit-credentials/1",\n'
-            '   "broker": {"url": "mqtt://127.0.0.1:1884"},            optional\n'
-            '   "gateway_public_key": "-----BEGIN PUBLIC KEY-----...",  optional\n'
-            '   "vehicles": [{"vin": "...", "mqtt_username": "...", "mqtt_password": "...",\n'
-            '                 "client_cert": "certs/VIN.crt", "client_key": "certs/VIN.key"}]}\n'
-            "  Passwords and certificate paths are optional per vehicle; relative paths are\n"
-            "  relative to the file. --mqtt-url and --gateway-public-key, when given, win over\n"
-            "  the file; a file without a broker URL needs --mqtt-url. A vehicle must be\n"
-            "  provisioned (telematics vehicle add VIN, or POST /v1/vehicles) before it can\n"
-            "  log in, and only one process at a time can drive it: the broker allows one\n"
-            "  connection per client id (the VIN), so a second simulator with the same\n"
-            "  vehicles takes the first one's connections, and the side that loses them stops\n"
-            "  with an error that says so.\n"
-            "\n"
-            "output:\n"
-            "  Live progress goes to stderr (a table on a terminal, refreshed twice a second;\n"
-            "  a plain line every --progress seconds otherwise): units connected, messages\n"
-            "  published and acknowledged, samples buffered, errors, publish rate, commands\n"
-            "  answered. At the end a one-line summary goes to stderr; with --json the full\n"
-            "  summary goes to stdout instead: published, acknowledged, rejected_by_broker,\n"
-            "  taken_over, commands answered, publish->PUBACK latency percentiles, CPU seconds\n"
-            "  and peak memory per process (and per 1,000 units, for fleets of 1,000 or more),\n"
-            "  every unit's counters for fleets of up to 1,000.\n"
-            "\n"
-            "exit status:\n"
-            "  0 after a normal stop (--duration, Ctrl-C, SIGTERM); 1 when the broker cannot\n"
-            "  be reached or refuses the units (bad credentials, not authorised, a TLS\n"
-            "  certificate that does not verify), or another client took a unit's session\n"
-            "  over (same client id); 2 for bad options (also: a vehicle of the fleet missing\n"
-            "  from the credentials file).\n"
-            f"\nWith --username the MQTT password, if any, is read from ${PASSWORD_ENV}:\n"
-            "passwords never go on a command line, where ps would show them."
-        ),
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_fleet_options(parser)
+    _add_run_options(parser)
+    _add_output_options(parser)
+    _add_behaviour_options(parser)
+    _add_login_options(parser)
+    _add_internal_options(parser)
+    return parser
+
+
+def _add_fleet_options(parser: argparse.ArgumentParser) -> None:
+    """Options: the broker and which vehicles."""
     parser.add_argument(
         "--mqtt-url",
         default=None,
@@ -1016,6 +868,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--vehicles 50 --vin-prefix WSMNEW --list-vins) --account 'Demo Fleet' "
         "--credentials-file units.json (default: off)",
     )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options: how often, how many processes, how long."""
     rate = parser.add_mutually_exclusive_group()
     rate.add_argument(
         "--rate",
@@ -1057,6 +913,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="stop after this many seconds (default: run until Ctrl-C or SIGTERM)",
     )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    """Options: what the run prints."""
     parser.add_argument(
         "--json",
         action="store_true",
@@ -1077,6 +937,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between two progress lines when stderr is not a terminal; on a "
         "terminal the table refreshes twice a second (default: 5)",
     )
+
+
+def _add_behaviour_options(parser: argparse.ArgumentParser) -> None:
+    """Options: how the units behave: buffering, faults, reporting, commands."""
     parser.add_argument(
         "--buffer-limit",
         type=int,
@@ -1141,6 +1005,10 @@ def build_parser() -> argparse.ArgumentParser:
         "carry them out), to exercise the gateway's command timeouts; the choice of "
         "vehicles follows from --seed (default: 0)",
     )
+
+
+def _add_login_options(parser: argparse.ArgumentParser) -> None:
+    """Options: how the units log in and check commands."""
     parser.add_argument(
         "--username",
         default=None,
@@ -1194,6 +1062,10 @@ def build_parser() -> argparse.ArgumentParser:
         "above the last one it took (replayed) (default: the --credentials file's "
         "gateway_public_key if it has one, else none: commands are not checked)",
     )
+
+
+def _add_internal_options(parser: argparse.ArgumentParser) -> None:
+    """Options: internal (--procs children) and logging."""
     parser.add_argument(
         "--shard",
         type=_shard,
@@ -1208,96 +1080,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level (default: WARNING)",
     )
-    return parser
 
 
 # --- progress display ---------------------------------------------------------------------------
-
-
-def _progress_line(p: Mapping[str, Any], rate: float) -> str:
-    return (
-        f"device_sim: {p['elapsed_s']:5.0f} s  {p['connected']}/{p['vehicles']} connected"
-        f"  {p['published']} published  {p['acknowledged']} acknowledged"
-        f"  {p['buffered']} buffered  {p['errors']} errors  {rate:,.0f} msg/s"
-        f"  {p['commands_answered']}/{p['commands_received']} commands answered"
-    )
-
-
-class ProgressDisplay:
-    """Live progress on stderr: a rich table on a terminal, plain lines otherwise, or off."""
-
-    def __init__(self, mode: str, *, interval_s: float, title: str) -> None:
-        if mode not in {"live", "plain", "off"}:
-            raise ValueError(f"mode must be live, plain or off, got {mode!r}")
-        self.mode = mode
-        #: how often :meth:`update` wants to be called
-        self.interval_s = _LIVE_REFRESH_S if mode == "live" else interval_s
-        self._title = title
-        self._live: Live | None = None
-        self._last: tuple[float, int] | None = None
-        self._rate = 0.0
-
-    @staticmethod
-    def choose(*, quiet: bool, stream: TextIO) -> str:
-        if quiet:
-            return "off"
-        return "live" if stream.isatty() else "plain"
-
-    def start(self) -> None:
-        if self.mode == "live":
-            console = Console(stderr=True)
-            self._live = Live(console=console, refresh_per_second=2, transient=False)
-            self._live.start()
-
-    def update(self, p: Mapping[str, Any]) -> None:
-        elapsed, published = float(p["elapsed_s"]), int(p["published"])
-        if self._last is not None and elapsed > self._last[0]:
-            self._rate = (published - self._last[1]) / (elapsed - self._last[0])
-        self._last = (elapsed, published)
-        if self.mode == "plain":
-            print(_progress_line(p, self._rate), file=sys.stderr, flush=True)
-        elif self._live is not None:
-            self._live.update(self._table(p))
-
-    def _table(self, p: Mapping[str, Any]) -> Table:
-        table = Table(title=self._title, title_justify="left", show_header=True)
-        for column in (
-            "elapsed",
-            "connected",
-            "published",
-            "acknowledged",
-            "buffered",
-            "errors",
-            "msg/s",
-            "commands answered",
-        ):
-            table.add_column(column, justify="right")
-        table.add_row(
-            f"{p['elapsed_s']:.0f} s",
-            f"{p['connected']:,}/{p['vehicles']:,}",
-            f"{p['published']:,}",
-            f"{p['acknowledged']:,}",
-            f"{p['buffered']:,}",
-            f"{p['errors']:,}",
-            f"{self._rate:,.1f}",
-            f"{p['commands_answered']:,}/{p['commands_received']:,}",
-        )
-        return table
-
-    def stop(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
-
-
-def merge_progress(parts: Sequence[Mapping[str, Any]], *, elapsed_s: float) -> dict[str, Any]:
-    """One progress snapshot from those of several shards (counters summed)."""
-    merged: dict[str, Any] = dict.fromkeys(_PROGRESS_KEYS, 0)
-    for part in parts:
-        for key in _PROGRESS_KEYS:
-            merged[key] += int(part.get(key, 0))
-    merged["elapsed_s"] = elapsed_s
-    return merged
 
 
 # --- command line entry point -------------------------------------------------------------------
@@ -1332,67 +1117,6 @@ def unreachable_message(host: str, port: int, why: str, *, tls: bool = False) ->
         f"cannot reach the MQTT broker at {url} ({why}); start it, or point --mqtt-url at a "
         "running broker"
     )
-
-
-def refused_message(
-    error: str,
-    *,
-    credentials: Path | None = None,
-    tls: bool = False,
-    username: str | None = None,
-) -> str:
-    """What to tell the user when the broker refused the units: where their login came from,
-    so they know what to fix."""
-    if credentials is None and username is None and not tls:
-        return (
-            f"the broker refused the units: {error}. It admits only vehicles that log in "
-            "(the broker of telematics up does): give every unit its own login with "
-            "--credentials FILE, the unit credentials file that provisioning writes "
-            "(telematics vehicle add VIN... --account ACCOUNT --credentials-file FILE; "
-            "telematics sim --list-vins prints the VINs of a fleet)"
-        )
-    if credentials is not None:
-        checks = [
-            f"the credentials in {credentials} (each VIN's mqtt_username and mqtt_password "
-            "as provisioning showed them; every vehicle provisioned with telematics vehicle "
-            "add VIN)"
-        ]
-    elif username is not None:
-        checks = [f"--username and ${PASSWORD_ENV}"]
-    else:
-        checks = []
-    if tls:
-        checks.append("the client certificates, and --tls-ca (the CA of the broker's certificate)")
-    checks.append("that the broker allows these clients (allow_anonymous, ACLs)")
-    return f"the broker refused the units: {error}; check {'; '.join(checks)}"
-
-
-def taken_over_message(error: str, *, credentials: Path | None = None) -> str:
-    """What to tell the user when another client took a unit's session over."""
-    where = f"the vehicles of {credentials}" if credentials is not None else "these vehicles"
-    return (
-        f"{error}. Another process is driving {where}: the broker allows one connection per "
-        "client id (the VIN), so two simulators with the same vehicles (a second telematics "
-        "sim, or the demo of telematics up --demo, which drives the vehicles of "
-        "data/secrets/demo-units.json) take each other's connections. Stop the other one, "
-        "or run vehicles of your own (telematics sim --vin-prefix ... --list-vins, then "
-        "telematics vehicle add ... --credentials-file FILE)"
-    )
-
-
-def failure_message(summary: Mapping[str, Any], args: argparse.Namespace) -> str | None:
-    """Why a run ended with exit status 1 (the broker refused units, or another client took
-    one over), or None if it did not."""
-    if summary.get("taken_over"):
-        return taken_over_message(str(summary["error"]), credentials=args.credentials)
-    if summary.get("rejected_by_broker"):
-        return refused_message(
-            str(summary["error"]),
-            credentials=args.credentials,
-            tls=args.tls_ca is not None,
-            username=args.username,
-        )
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1687,11 +1411,6 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
         _remove_stop_handlers(handled)
 
 
-def _say(args: argparse.Namespace, message: str) -> None:
-    if not args.json and args.shard is None:
-        print(f"device_sim: {message}", file=sys.stderr, flush=True)
-
-
 def banner(args: argparse.Namespace, opts: _Options) -> str:
     roles = command_roles(opts.fleet)
     slow, silent = roles.count(CommandRole.SLOW), roles.count(CommandRole.SILENT)
@@ -1707,29 +1426,6 @@ def banner(args: argparse.Namespace, opts: _Options) -> str:
         f"{1 / opts.interval_s:g} msg/s each (every {opts.interval_s:g} s), "
         f"{opts.procs} process(es), connecting {opts.connect_rate:g}/s, seed {opts.fleet.seed}; "
         f"{slow} slow, {silent} silent on commands; Ctrl-C stops"
-    )
-
-
-def closing_line(summary: Mapping[str, Any]) -> str:
-    latency = summary.get("latency_ms")
-    lat = (
-        f"publish->ack p50 {latency['p50']:.1f} ms p99 {latency['p99']:.1f} ms"
-        if latency and latency.get("count")
-        else "publish->ack latency n/a"
-    )
-    resources = summary["resources"]
-    per_k = resources.get("per_1000_units")
-    if per_k:
-        usage = (
-            f"per 1,000 units {per_k['cpu_percent']:.1f} % CPU, {per_k['max_rss_mb']:.0f} MB RSS"
-        )
-    else:  # too few units to say anything per 1,000
-        usage = f"{resources['cpu_percent']:.1f} % CPU, {resources['max_rss_mb']:.0f} MB RSS"
-    return (
-        f"done in {summary['duration_s']:.1f} s: {summary['connected_peak']}/"
-        f"{summary['vehicles']} connected at peak, {summary['published']:,} published, "
-        f"{summary['acknowledged']:,} acknowledged, {summary['rejected_by_broker']} rejected "
-        f"by the broker, {summary['commands_answered']} command(s) answered; {lat}; {usage}"
     )
 
 
@@ -1757,8 +1453,7 @@ async def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) 
             flush=True,
         )
         return 1
-    _say(args, banner(args, opts))
-    from device_sim.procs import run_procs
+    say(args, banner(args, opts))
 
     stop = asyncio.Event()
     with stop_on_signals(stop):
@@ -1798,7 +1493,7 @@ async def _run_fleet_cli(
 
     async def ticker() -> None:
         # connections are sampled often (peak, and when all are up); progress less often
-        sample_s = min(interval_s, _LIVE_REFRESH_S)
+        sample_s = min(interval_s, LIVE_REFRESH_S)
         next_tick = loop.time() + interval_s
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -1848,19 +1543,6 @@ async def _run_single(
     summary.pop("latency_histogram", None)
     summary.pop("vins", None)
     return report(summary, args, out)
-
-
-def report(summary: Mapping[str, Any], args: argparse.Namespace, out: TextIO) -> int:
-    """The end of a run: the JSON summary on ``out`` with ``--json``, else one line on
-    stderr; a failure (refused, taken over) explained on stderr. Returns the exit status."""
-    if args.json:
-        print(json.dumps(summary, indent=2), file=out, flush=True)
-    failure = failure_message(summary, args)
-    if failure is not None:
-        print(f"device_sim: error: {failure}", file=sys.stderr, flush=True)
-        return 1
-    _say(args, closing_line(summary))
-    return 0
 
 
 async def _run_shard(

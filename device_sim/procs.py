@@ -15,7 +15,9 @@ Secrets never go on a child's command line, which every user can read (ps): chil
 the parent's environment (the password of a shared ``--username``) and get the credentials
 file's path, from which each reads the passwords of its own units.
 
-Imports: the standard library and ``device_sim`` only.
+Imports: the standard library and ``device_sim`` only; never :mod:`device_sim.fleet`, which
+imports this module (the pieces both need are in :mod:`device_sim.stats` and
+:mod:`device_sim.console`).
 """
 
 from __future__ import annotations
@@ -30,14 +32,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from device_sim.fleet import (
+from device_sim.console import ProgressDisplay, report
+from device_sim.stats import (
     SUMMED_KEYS,
     UNIT_DETAIL_LIMIT,
     LatencyHistogram,
-    ProgressDisplay,
     Shard,
     merge_progress,
-    report,
     resources_summary,
 )
 
@@ -209,59 +210,14 @@ async def run_procs(
         interval_s=args.progress,
         title=f"telematics sim: {args.vehicles:,} units in {procs} processes",
     )
-    children: list[_Child] = []
-    for index in range(procs):
-        shard = Shard(index, procs)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "device_sim",
-            *child_argv(args, shard),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            limit=_LINE_LIMIT,
-        )
-        children.append(_Child(shard, process))
-
+    children = [await _start_child(args, Shard(index, procs)) for index in range(procs)]
     refused = asyncio.Event()
     started = loop.time()
-
-    async def forward_stop() -> None:
-        stopper = asyncio.create_task(stop.wait())
-        refusal = asyncio.create_task(refused.wait())
-        try:
-            await asyncio.wait({stopper, refusal}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-            refusal.cancel()
-        for child in children:
-            child.terminate()
-
-    async def show() -> None:
-        while True:
-            await asyncio.sleep(display.interval_s)
-            display.update(
-                merge_progress([c.progress for c in children], elapsed_s=loop.time() - started)
-            )
-
-    async def wait_child(child: _Child) -> None:
-        await child.read(refused)
-        await child.process.wait()
-
     display.start()
-    forwarder = asyncio.create_task(forward_stop())
-    shower = asyncio.create_task(show())
+    forwarder = asyncio.create_task(_forward_stop(children, stop, refused))
+    shower = asyncio.create_task(_show(display, children, started))
     try:
-        waiting = asyncio.gather(*(wait_child(c) for c in children))
-        try:
-            await waiting
-        except asyncio.CancelledError:
-            for child in children:
-                child.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_STOP_GRACE_S):
-                    await asyncio.gather(*(c.process.wait() for c in children))
-            raise
+        await _wait_children(children, refused)
     finally:
         forwarder.cancel()
         shower.cancel()
@@ -271,8 +227,69 @@ async def run_procs(
             if child.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     child.process.kill()
-    duration = loop.time() - started
+    return _finish(children, args, out, duration_s=loop.time() - started)
 
+
+async def _start_child(args: argparse.Namespace, shard: Shard) -> _Child:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "device_sim",
+        *child_argv(args, shard),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        limit=_LINE_LIMIT,
+    )
+    return _Child(shard, process)
+
+
+async def _forward_stop(
+    children: Sequence[_Child], stop: asyncio.Event, refused: asyncio.Event
+) -> None:
+    """SIGTERM to every child once ``stop`` is set or a child was refused."""
+    stopper = asyncio.create_task(stop.wait())
+    refusal = asyncio.create_task(refused.wait())
+    try:
+        await asyncio.wait({stopper, refusal}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        refusal.cancel()
+    for child in children:
+        child.terminate()
+
+
+async def _show(display: ProgressDisplay, children: Sequence[_Child], started: float) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(display.interval_s)
+        display.update(
+            merge_progress([c.progress for c in children], elapsed_s=loop.time() - started)
+        )
+
+
+async def _wait_children(children: Sequence[_Child], refused: asyncio.Event) -> None:
+    """Until every child has ended; cancelled, stop them (SIGTERM, then a grace period)."""
+
+    async def wait_child(child: _Child) -> None:
+        await child.read(refused)
+        await child.process.wait()
+
+    waiting = asyncio.gather(*(wait_child(c) for c in children))
+    try:
+        await waiting
+    except asyncio.CancelledError:
+        for child in children:
+            child.terminate()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_STOP_GRACE_S):
+                await asyncio.gather(*(c.process.wait() for c in children))
+        raise
+
+
+def _finish(
+    children: Sequence[_Child], args: argparse.Namespace, out: TextIO, *, duration_s: float
+) -> int:
+    """The merged summary of the children's, reported; the exit status."""
     missing = [str(c.shard) for c in children if c.summary is None]
     if missing:
         codes = ", ".join(f"{c.shard}: {c.process.returncode}" for c in children)
@@ -284,7 +301,7 @@ async def run_procs(
         return 1
     summaries = [c.summary for c in children if c.summary is not None]
     summary = merge_summaries(
-        summaries, duration_s=duration, details=args.vehicles <= UNIT_DETAIL_LIMIT
+        summaries, duration_s=duration_s, details=args.vehicles <= UNIT_DETAIL_LIMIT
     )
     status = report(summary, args, out)
     if status == 0 and any(c.process.returncode for c in children):

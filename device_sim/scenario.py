@@ -683,123 +683,159 @@ def _advance(vehicle: SimulatedVehicle, to_ms: int) -> None:
 
 def _vehicle_items(scenario: Scenario, sv: ScenarioVehicle) -> Iterator[_Item]:
     """Everything one unit does, in simulated-time order."""
-    start_ms, end_ms = scenario.start_ms, scenario.end_ms
-    vehicle = SimulatedVehicle(
-        sv.vin,
-        sv.profile,
-        MUNICH,
-        random.Random(f"{scenario.seed}:{sv.index}"),
-        sv.start_node,
-        start_ms=start_ms,
-        first_event_seq=start_ms,
-        pattern=sv.pattern,
-        utc_offset_min=scenario.utc_offset_min,
-    )
-    script = [e for e in scenario.events if e.vehicle == sv.name]
+    return _UnitScript(scenario, sv).items()
+
+
+def _unit_script(scenario: Scenario, name: str) -> list[ScriptedEvent]:
+    """The events of vehicle ``name`` in time order, a come_online added after every
+    go_offline with a duration (if it ends before the scenario)."""
+    script = [e for e in scenario.events if e.vehicle == name]
     for e in script:
         if e.action is Action.GO_OFFLINE and e.duration_s is not None:
             back = e.at_ms + round(e.duration_s * 1000)
-            if back < end_ms:
+            if back < scenario.end_ms:
                 script.append(ScriptedEvent(back, e.vehicle, Action.COME_ONLINE))
     script.sort(key=lambda e: e.at_ms)  # stable: file order at equal times
-    if any(e.action is Action.DEPART for e in script):
-        vehicle.hold()
-    vin = sv.vin
-    telemetry = topic_for(vin, Channel.TELEMETRY)
-    events_topic = topic_for(vin, Channel.EVENTS)
-    status_topic = topic_for(vin, Channel.STATUS)
-    counter = 0
+    return script
+
+
+class _UnitScript:
+    """One unit of a scenario played in simulated time: what it publishes at every report
+    tick and scripted event, with store-and-forward while offline and the group's faults."""
+
+    def __init__(self, scenario: Scenario, sv: ScenarioVehicle) -> None:
+        self.scenario = scenario
+        self.sv = sv
+        start_ms = scenario.start_ms
+        self.vehicle = SimulatedVehicle(
+            sv.vin,
+            sv.profile,
+            MUNICH,
+            random.Random(f"{scenario.seed}:{sv.index}"),
+            sv.start_node,
+            start_ms=start_ms,
+            first_event_seq=start_ms,
+            pattern=sv.pattern,
+            utc_offset_min=scenario.utc_offset_min,
+        )
+        self.script = _unit_script(scenario, sv.name)
+        if any(e.action is Action.DEPART for e in self.script):
+            self.vehicle.hold()
+        vin = sv.vin
+        self.telemetry = topic_for(vin, Channel.TELEMETRY)
+        self.events_topic = topic_for(vin, Channel.EVENTS)
+        self.status_topic = topic_for(vin, Channel.STATUS)
+        self.counter = 0
+        self.online = True
+        self.buffer: list[Sample] = []
+        self.held_events: list[Event] = []
+        self.seq = start_ms
+        # the group's faults, from a generator of their own: the drives are the same with or
+        # without faults, and the same seed gives the same faults
+        rates = FaultRates.parse(sv.faults) if sv.faults else FaultRates()
+        self.injector = FaultInjector(rates, random.Random(f"{scenario.seed}:{sv.index}:faults"))
+        self.reconnect_at: int | None = None
+        self.silent_until = 0
 
     def item(
-        sim_ms: int, op: _Op, topic: str = "", payload: bytes = b"", retain: bool = False
+        self, sim_ms: int, op: _Op, topic: str = "", payload: bytes = b"", retain: bool = False
     ) -> _Item:
-        nonlocal counter
-        counter += 1
+        self.counter += 1
         published = Published(sim_ms, topic, payload, 1, retain) if topic else None
-        return _Item(sim_ms, sv.index, counter, op, published, vin)
+        return _Item(sim_ms, self.sv.index, self.counter, op, published, self.sv.vin)
 
-    def status(sim_ms: int, state: StatusState) -> _Item:
-        return item(sim_ms, _Op.PUBLISH, status_topic, encode_status(Status(state, sim_ms)), True)
+    def status(self, sim_ms: int, state: StatusState) -> _Item:
+        payload = encode_status(Status(state, sim_ms))
+        return self.item(sim_ms, _Op.PUBLISH, self.status_topic, payload, True)
 
-    online = True
-    buffer: list[Sample] = []
-    held_events: list[Event] = []
-    seq = start_ms
-    # the group's faults, from a generator of their own: the drives are the same with or
-    # without faults, and the same seed gives the same faults
-    rates = FaultRates.parse(sv.faults) if sv.faults else FaultRates()
-    injector = FaultInjector(rates, random.Random(f"{scenario.seed}:{sv.index}:faults"))
-    reconnect_at: int | None = None
-    silent_until = 0
-    yield item(start_ms, _Op.CONNECT)
-    yield status(start_ms, StatusState.ONLINE)
-    interval_ms = max(1, round(scenario.report_interval_s * 1000))
-    next_event = 0
-    tick = start_ms
-    while tick < end_ms:
-        while next_event < len(script) and script[next_event].at_ms <= tick:
-            e = script[next_event]
-            next_event += 1
-            if e.action is Action.GO_OFFLINE:
-                if online:
-                    online = False
-                    will = encode_status(Status(StatusState.OFFLINE))
-                    yield item(e.at_ms, _Op.LOSE, status_topic, will, True)
-            elif e.action is Action.COME_ONLINE:
-                if not online:
-                    online = True
-                    yield item(e.at_ms, _Op.CONNECT)
-                    yield status(e.at_ms, StatusState.ONLINE)
-                    for i in range(0, len(buffer), BATCH_MAX_SAMPLES):
-                        batch = encode_batch(vin, buffer[i : i + BATCH_MAX_SAMPLES])
-                        yield item(e.at_ms, _Op.PUBLISH, telemetry, batch)
-                    for event in held_events:
-                        yield item(e.at_ms, _Op.PUBLISH, events_topic, encode_event(event))
-                    buffer, held_events = [], []
-            else:
-                _advance(vehicle, e.at_ms)
-                if e.action is Action.DEPART:
-                    vehicle.depart_now()
-                elif e.action is Action.LOW_CHARGE:
-                    assert isinstance(e.value, float)
-                    vehicle.set_energy_level(e.value)
-                else:  # GO_TO
-                    assert isinstance(e.value, str)
-                    vehicle.go_to(e.value)
-        _advance(vehicle, tick)
-        if online and reconnect_at is not None and tick >= reconnect_at:
-            reconnect_at = None  # back after an abrupt disconnect (fault)
-            yield item(tick, _Op.CONNECT)
-            yield status(tick, StatusState.ONLINE)
-        events = vehicle.pending_events()
-        if online and (reconnect_at is not None or tick < silent_until):
-            # fault: connection lost (reconnecting) or hung firmware; nothing is taken
-            held_events.extend(events)
+    def lose(self, sim_ms: int) -> _Item:
+        """The connection is lost: the broker publishes the unit's Will."""
+        will = encode_status(Status(StatusState.OFFLINE))
+        return self.item(sim_ms, _Op.LOSE, self.status_topic, will, True)
+
+    def items(self) -> Iterator[_Item]:
+        start_ms, end_ms = self.scenario.start_ms, self.scenario.end_ms
+        yield self.item(start_ms, _Op.CONNECT)
+        yield self.status(start_ms, StatusState.ONLINE)
+        interval_ms = max(1, round(self.scenario.report_interval_s * 1000))
+        next_event = 0
+        tick = start_ms
+        while tick < end_ms:
+            while next_event < len(self.script) and self.script[next_event].at_ms <= tick:
+                yield from self.scripted(self.script[next_event])
+                next_event += 1
+            yield from self.report(tick)
             tick += interval_ms
-            continue
-        sample = Sample(vin, seq, vehicle.sim_time_ms, vehicle.signals())
-        if online:
-            planned = injector.next(sample)
-            seq = sample.seq + planned.seqs_used
-            for payload in planned.payloads:
-                yield item(tick, _Op.PUBLISH, telemetry, payload)
-            for event in (*held_events, *events):
-                yield item(tick, _Op.PUBLISH, events_topic, encode_event(event))
-            held_events = []
-            if planned.disconnect:
-                will = encode_status(Status(StatusState.OFFLINE))
-                yield item(tick, _Op.LOSE, status_topic, will, True)
-                reconnect_at = tick + _RECONNECT_AFTER_MS
-            if planned.silence_s:
-                silent_until = tick + round(planned.silence_s * 1000)
+        if self.online:
+            yield self.status(end_ms, StatusState.OFFLINE)
+            yield self.item(end_ms, _Op.DISCONNECT)
+
+    def scripted(self, e: ScriptedEvent) -> Iterator[_Item]:
+        """What a scripted event does: the connection goes or comes back (uploading what was
+        kept), or the vehicle departs, runs low or drives somewhere."""
+        vehicle = self.vehicle
+        if e.action is Action.GO_OFFLINE:
+            if self.online:
+                self.online = False
+                yield self.lose(e.at_ms)
+        elif e.action is Action.COME_ONLINE:
+            if not self.online:
+                self.online = True
+                yield from self.come_back(e.at_ms)
         else:
-            seq += 1
-            buffer.append(sample)
-            held_events.extend(events)
-        tick += interval_ms
-    if online:
-        yield status(end_ms, StatusState.OFFLINE)
-        yield item(end_ms, _Op.DISCONNECT)
+            _advance(vehicle, e.at_ms)
+            if e.action is Action.DEPART:
+                vehicle.depart_now()
+            elif e.action is Action.LOW_CHARGE:
+                assert isinstance(e.value, float)
+                vehicle.set_energy_level(e.value)
+            else:  # GO_TO
+                assert isinstance(e.value, str)
+                vehicle.go_to(e.value)
+
+    def come_back(self, sim_ms: int) -> Iterator[_Item]:
+        """Reconnected after go_offline: online again, then the kept samples and events."""
+        yield self.item(sim_ms, _Op.CONNECT)
+        yield self.status(sim_ms, StatusState.ONLINE)
+        vin, buffer = self.sv.vin, self.buffer
+        for i in range(0, len(buffer), BATCH_MAX_SAMPLES):
+            batch = encode_batch(vin, buffer[i : i + BATCH_MAX_SAMPLES])
+            yield self.item(sim_ms, _Op.PUBLISH, self.telemetry, batch)
+        for event in self.held_events:
+            yield self.item(sim_ms, _Op.PUBLISH, self.events_topic, encode_event(event))
+        self.buffer, self.held_events = [], []
+
+    def report(self, tick: int) -> Iterator[_Item]:
+        """One report tick: a sample (and the pending events) sent, kept or lost to a fault."""
+        vehicle = self.vehicle
+        _advance(vehicle, tick)
+        if self.online and self.reconnect_at is not None and tick >= self.reconnect_at:
+            self.reconnect_at = None  # back after an abrupt disconnect (fault)
+            yield self.item(tick, _Op.CONNECT)
+            yield self.status(tick, StatusState.ONLINE)
+        events = vehicle.pending_events()
+        if self.online and (self.reconnect_at is not None or tick < self.silent_until):
+            # fault: connection lost (reconnecting) or hung firmware; nothing is taken
+            self.held_events.extend(events)
+            return
+        sample = Sample(self.sv.vin, self.seq, vehicle.sim_time_ms, vehicle.signals())
+        if not self.online:
+            self.seq += 1
+            self.buffer.append(sample)
+            self.held_events.extend(events)
+            return
+        planned = self.injector.next(sample)
+        self.seq = sample.seq + planned.seqs_used
+        for payload in planned.payloads:
+            yield self.item(tick, _Op.PUBLISH, self.telemetry, payload)
+        for event in (*self.held_events, *events):
+            yield self.item(tick, _Op.PUBLISH, self.events_topic, encode_event(event))
+        self.held_events = []
+        if planned.disconnect:
+            yield self.lose(tick)
+            self.reconnect_at = tick + _RECONNECT_AFTER_MS
+        if planned.silence_s:
+            self.silent_until = tick + round(planned.silence_s * 1000)
 
 
 def _items(

@@ -350,6 +350,12 @@ class UnitSettings:
     gateway_public_key: bytes | None = None
 
     def __post_init__(self) -> None:
+        self._check_connection()
+        self._check_timing()
+        self._check_limits()
+        self._check_behaviour()
+
+    def _check_connection(self) -> None:
         if not self.host or any(ch.isspace() for ch in self.host):
             raise ValueError(f"host must be a non-empty name or address, got {self.host!r}")
         if not 1 <= self.port <= 65535:
@@ -365,6 +371,8 @@ class UnitSettings:
             raise ValueError("tls_key_file needs tls_cert_file (the certificate it belongs to)")
         if not 0 <= self.keepalive_s <= 65535:
             raise ValueError(f"keepalive_s must be 0..65535, got {self.keepalive_s}")
+
+    def _check_timing(self) -> None:
         for name in (
             "report_interval_s",
             "reconnect_min_s",
@@ -383,6 +391,8 @@ class UnitSettings:
             math.isfinite(self.heartbeat_s) and self.heartbeat_s > 0
         ):
             raise ValueError(f"heartbeat_s must be None or > 0, got {self.heartbeat_s}")
+
+    def _check_limits(self) -> None:
         if self.buffer_limit < 0:
             raise ValueError(
                 f"buffer_limit must be >= 0 (0: no buffering), got {self.buffer_limit}"
@@ -396,6 +406,8 @@ class UnitSettings:
             raise ValueError(f"will_delay_s must be 0..{0xFFFFFFFF}")
         if self.max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
+
+    def _check_behaviour(self) -> None:
         if not (math.isfinite(self.command_delay_s) and self.command_delay_s >= 0):
             raise ValueError(
                 f"command_delay_s must be a finite number >= 0, got {self.command_delay_s}"
@@ -722,6 +734,20 @@ def _differs_by(value: SignalValue, old: SignalValue, threshold: float) -> bool:
     return value != old
 
 
+#: commands without parameters that the vehicle carries out itself (SimulatedUnit._apply)
+_PLAIN_ACTIONS: Final[Mapping[CommandType, Callable[[SimulatedVehicle], None]]] = {
+    CommandType.LOCK: SimulatedVehicle.lock,
+    CommandType.UNLOCK: SimulatedVehicle.unlock,
+    CommandType.HORN_AND_LIGHTS: SimulatedVehicle.horn_and_lights,
+    CommandType.CLIMATE_STOP: SimulatedVehicle.climate_stop,
+    CommandType.CHARGING_START: SimulatedVehicle.charging_start,
+    CommandType.CHARGING_STOP: SimulatedVehicle.charging_stop,
+    CommandType.CLOSE_WINDOWS: SimulatedVehicle.close_windows,
+    CommandType.IMMOBILIZE: SimulatedVehicle.immobilize,
+    CommandType.RELEASE_IMMOBILIZER: SimulatedVehicle.release_immobilizer,
+}
+
+
 class SimulatedUnit:
     """The in-car unit of one vehicle; see the module docstring for its behaviour.
 
@@ -770,7 +796,12 @@ class SimulatedUnit:
         self._change_filter = ChangeFilter(
             settings.min_signal_interval_s, settings.heartbeat_full_s
         )
+        self._init_link_state(first_seq)
+        self._init_commands()
+        self._init_counters()
 
+    def _init_link_state(self, first_seq: int) -> None:
+        """Reporting, buffering and the connection: nothing sent, not connected."""
         self._next_seq = first_seq
         #: loop time until which the fault 'silent' keeps the unit from reporting
         self._silent_until = 0.0
@@ -799,9 +830,11 @@ class SimulatedUnit:
         #: loop time of the last vehicle step, and of the next scheduled report
         self._last_step: float | None = None
         self._next_report = math.inf
-        self._report_interval_s = settings.report_interval_s
+        self._report_interval_s = self._settings.report_interval_s
 
-        # remote commands
+    def _init_commands(self) -> None:
+        """Remote commands: none received, none answered."""
+        settings = self._settings
         self._subscription = gmqtt.Subscription(self._command_topic, qos=1)
         self._subscribed = False
         self._commands: asyncio.Queue[_Incoming] = asyncio.Queue()
@@ -818,6 +851,7 @@ class SimulatedUnit:
         #: restart the expiry of the commands still bounds a replay)
         self._last_counter: int | None = None
 
+    def _init_counters(self) -> None:
         self._samples = 0
         self._published = 0
         self._batches = 0
@@ -1572,31 +1606,16 @@ class SimulatedUnit:
         vehicle = self._vehicle
         params = command.params
         kind = command.type
-        if kind is CommandType.LOCK:
-            vehicle.lock()
-        elif kind is CommandType.UNLOCK:
-            vehicle.unlock()
-        elif kind is CommandType.HORN_AND_LIGHTS:
-            vehicle.horn_and_lights()
+        plain = _PLAIN_ACTIONS.get(kind)
+        if plain is not None:
+            plain(vehicle)
         elif kind is CommandType.LOCATE:
             self._report(on_demand=True)
             return f"position sent in sample {self._next_seq - 1}"
         elif kind is CommandType.CLIMATE_START:
             vehicle.climate_start(_number(params, "target_temperature_c"))
-        elif kind is CommandType.CLIMATE_STOP:
-            vehicle.climate_stop()
-        elif kind is CommandType.CHARGING_START:
-            vehicle.charging_start()
-        elif kind is CommandType.CHARGING_STOP:
-            vehicle.charging_stop()
         elif kind is CommandType.CHARGE_LIMIT:
             vehicle.set_charge_limit(_integer(params, "percent"))
-        elif kind is CommandType.CLOSE_WINDOWS:
-            vehicle.close_windows()
-        elif kind is CommandType.IMMOBILIZE:
-            vehicle.immobilize()
-        elif kind is CommandType.RELEASE_IMMOBILIZER:
-            vehicle.release_immobilizer()
         elif kind is CommandType.SPEED_LIMIT:
             kmh = None if params.get("kmh") is None else _integer(params, "kmh")
             vehicle.set_speed_limit(kmh)

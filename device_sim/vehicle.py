@@ -476,6 +476,29 @@ class _Driver:
     charge_limit_pct: int
 
 
+def _check_arguments(
+    profile: VehicleProfile,
+    network: RoadNetwork,
+    start_node: str,
+    start_ms: int,
+    initial_level_pct: float | None,
+    first_event_seq: int,
+    pattern: TripPattern,
+    utc_offset_min: int,
+) -> None:
+    """Raise ValueError for arguments :class:`SimulatedVehicle` cannot start from."""
+    if pattern is TripPattern.COMMUTE and profile not in _PRIVATE:
+        raise ValueError(f"a {profile.value} cannot commute (private cars only)")
+    if isinstance(utc_offset_min, bool) or not -1440 < utc_offset_min < 1440:
+        raise ValueError(f"utc_offset_min must be within ±1439, got {utc_offset_min!r}")
+    if not network.neighbours(start_node):
+        raise ValueError(f"start node {start_node!r} has no streets")
+    if start_ms < 0 or first_event_seq < 0:
+        raise ValueError("start_ms and first_event_seq must be >= 0")
+    if initial_level_pct is not None and not 0.0 <= initial_level_pct <= 100.0:
+        raise ValueError(f"initial_level_pct must be within [0, 100], got {initial_level_pct}")
+
+
 class SimulatedVehicle:
     """One simulated vehicle; see the module docstring for the model.
 
@@ -566,16 +589,16 @@ class SimulatedVehicle:
     ) -> None:
         self._vin = validate_vin(vin)
         pattern = TripPattern(pattern)
-        if pattern is TripPattern.COMMUTE and profile not in _PRIVATE:
-            raise ValueError(f"a {profile.value} cannot commute (private cars only)")
-        if isinstance(utc_offset_min, bool) or not -1440 < utc_offset_min < 1440:
-            raise ValueError(f"utc_offset_min must be within ±1439, got {utc_offset_min!r}")
-        if not network.neighbours(start_node):
-            raise ValueError(f"start node {start_node!r} has no streets")
-        if start_ms < 0 or first_event_seq < 0:
-            raise ValueError("start_ms and first_event_seq must be >= 0")
-        if initial_level_pct is not None and not 0.0 <= initial_level_pct <= 100.0:
-            raise ValueError(f"initial_level_pct must be within [0, 100], got {initial_level_pct}")
+        _check_arguments(
+            profile,
+            network,
+            start_node,
+            start_ms,
+            initial_level_pct,
+            first_event_seq,
+            pattern,
+            utc_offset_min,
+        )
         self._profile = profile
         self._spec = _SPECS[profile]
         self._net = network
@@ -597,8 +620,15 @@ class SimulatedVehicle:
         level = initial_level_pct if initial_level_pct is not None else rng.uniform(35.0, 95.0)
         #: state of charge (electric) or fuel level (combustion), percent
         self._energy = level
+        # the random draws below happen in this order, which the same seed must keep
+        self._init_motion(network, rng, start_node)
+        self._init_phase(rng, level)
+        self._init_commands()
+        self._init_environment(rng)
+        self._init_pattern(network, rng, start_node, pattern, utc_offset_min)
 
-        # position and motion: parked at the start node, facing along a random street
+    def _init_motion(self, network: RoadNetwork, rng: random.Random, start_node: str) -> None:
+        """Position and motion: parked at the start node, facing along a random street."""
         self._node = start_node
         self._route: tuple[str, ...] = (start_node,)
         self._leg = 0
@@ -612,7 +642,9 @@ class SimulatedVehicle:
         facing = rng.choice(network.neighbours(start_node))
         self._heading_deg = network.bearing_deg(start_node, facing)
 
-        # phase: parked, leaving soon
+    def _init_phase(self, rng: random.Random, level: float) -> None:
+        """Phase: parked, leaving soon."""
+        profile = self._profile
         self._phase = Phase.PARKED
         self._timer_s = rng.uniform(2.0, 15.0)  # leave soon: a demo should show driving
         self._hold_s = 0.0
@@ -627,7 +659,8 @@ class SimulatedVehicle:
         self._returning_home = False
         self._rpm = 0.0
 
-        # remote commands: none yet (the driver's own settings)
+    def _init_commands(self) -> None:
+        """Remote commands and scripted events: none yet (the driver's own settings)."""
         self._set_point_c = self._driver.set_point_c
         self._charge_limit_pct = self._driver.charge_limit_pct
         #: elapsed simulated seconds until which remote climate / horn and lights run
@@ -640,7 +673,8 @@ class SimulatedVehicle:
         self._held = False
         self._destination: str | None = None
 
-        # environment and body
+    def _init_environment(self, rng: random.Random) -> None:
+        """Environment and body."""
         self._outside_offset_c = rng.uniform(-0.8, 0.8)
         outside = self._outside_c()
         self._cabin_c = outside + rng.uniform(0.0, 3.0)
@@ -654,8 +688,16 @@ class SimulatedVehicle:
         #: active trouble code -> elapsed simulated seconds at which it clears
         self._active_dtcs: dict[str, float] = {}
 
-        # trip pattern: a commuter draws its work place now (and nothing else); the default
-        # pattern draws nothing here, so its stream stays as it was
+    def _init_pattern(
+        self,
+        network: RoadNetwork,
+        rng: random.Random,
+        start_node: str,
+        pattern: TripPattern,
+        utc_offset_min: int,
+    ) -> None:
+        """Trip pattern: a commuter draws its work place now (and nothing else); the default
+        pattern draws nothing here, so its stream stays as it was."""
         self._pattern = pattern
         self._utc_offset_ms = utc_offset_min * 60_000
         self._work: str | None = None

@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, NotRequired, Required, TypeAlias
+from typing import Annotated, Any, Literal, NotRequired, Required, TypeAlias, cast
 
 import orjson
 import pydantic_core
@@ -293,24 +293,10 @@ def decode_telemetry(
             f"payload is {len(payload)} bytes; the limit is {limits.max_payload_bytes}",
             vin=topic_vin,
         )
-    adapter = _adapter(limits)
-    rejections: list[Rejection] = []
-    try:
-        envelope = adapter.validate_json(payload)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        by_signal = _signal_errors(errors)
-        if by_signal is None:
-            reason = _message_reason(errors)
-            return _reject(reason, "; ".join(_describe(e) for e in errors[:5]), vin=topic_vin)
-        try:
-            envelope, rejections = _drop_bad_signals(payload, by_signal, adapter)
-        except ValidationError as again:
-            errors = again.errors(include_url=False)
-            return _reject(
-                Reason.INVALID_ENVELOPE, "; ".join(_describe(e) for e in errors[:5]), vin=topic_vin
-            )
-
+    validated = _validate_envelope(payload, _adapter(limits), topic_vin)
+    if isinstance(validated, DecodedTelemetry):
+        return validated
+    envelope, rejections = validated
     vin: str = envelope["vin"]
     if vin != topic_vin:
         return _reject(
@@ -318,6 +304,38 @@ def decode_telemetry(
             f"payload vin {vin!r} differs from the topic's vin {topic_vin!r}",
             vin=topic_vin,
         )
+    items = _envelope_items(envelope, vin)
+    if isinstance(items, DecodedTelemetry):
+        return items
+    samples = _timely_samples(items, vin, now_ms, limits, rejections)
+    # rejections of signals whose sample was rejected as a whole are kept: both are true
+    return DecodedTelemetry(tuple(samples), tuple(rejections))
+
+
+def _validate_envelope(
+    payload: bytes, adapter: TypeAdapter[Any], topic_vin: str
+) -> tuple[Any, list[Rejection]] | DecodedTelemetry:
+    """The validated envelope and the rejections of the signals dropped from it (a message
+    whose only faults are bad signals keeps the rest), or the message's rejection."""
+    try:
+        return adapter.validate_json(payload), []
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        by_signal = _signal_errors(errors)
+        if by_signal is None:
+            reason = _message_reason(errors)
+            return _reject(reason, "; ".join(_describe(e) for e in errors[:5]), vin=topic_vin)
+        try:
+            return _drop_bad_signals(payload, by_signal, adapter)
+        except ValidationError as again:
+            errors = again.errors(include_url=False)
+            return _reject(
+                Reason.INVALID_ENVELOPE, "; ".join(_describe(e) for e in errors[:5]), vin=topic_vin
+            )
+
+
+def _envelope_items(envelope: Any, vin: str) -> list[Any] | DecodedTelemetry:
+    """The samples of a message: one sample, or a batch's; a rejection if it is neither."""
     items = envelope.get("samples")
     if items is None:
         missing = [k for k in ("seq", "ts", "signals") if k not in envelope]
@@ -328,14 +346,21 @@ def decode_telemetry(
                 f"missing: {', '.join(missing)}",
                 vin=vin,
             )
-        items = [envelope]
-    elif any(k in envelope for k in ("seq", "ts", "signals")):
+        return [envelope]
+    if any(k in envelope for k in ("seq", "ts", "signals")):
         return _reject(
             Reason.INVALID_ENVELOPE,
             "a message is either one sample (seq, ts, signals) or a batch (samples), not both",
             vin=vin,
         )
+    return cast("list[Any]", items)
 
+
+def _timely_samples(
+    items: list[Any], vin: str, now_ms: int, limits: Limits, rejections: list[Rejection]
+) -> list[Sample]:
+    """The samples whose timestamps are plausible; a rejection in ``rejections`` for each
+    of the others."""
     horizon = now_ms + limits.max_future_skew_ms
     samples: list[Sample] = []
     for item in items:
@@ -361,8 +386,7 @@ def decode_telemetry(
             )
             continue
         samples.append(Sample(vin, item["seq"], item["ts"], item["signals"]))
-    # rejections of signals whose sample was rejected as a whole are kept: both are true
-    return DecodedTelemetry(tuple(samples), tuple(rejections))
+    return samples
 
 
 def _implausible(ts: int, limits: Limits) -> str:

@@ -36,7 +36,9 @@ from gateway.api import ApiSettings
 from gateway.broker import MosquittoProcess, free_port
 from gateway.store import IngestBatch, QuarantineEntry, open_store
 from schemas import Reason, Rejection
-from tests.conftest import GatewayProcess, admin_client, wait_until
+from tests.support.api import admin_client
+from tests.support.gateway_process import GatewayProcess
+from tests.support.waiting import wait_until
 
 ADMIN_PASSWORD = "abuse-admin-password-1"
 HUGE = 2**63  # one past SQLite's largest integer

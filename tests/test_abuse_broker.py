@@ -5,8 +5,9 @@ VIN), so a vehicle credential is what an attacker holds. Everything here runs ag
 real installation (``telematics up --demo``: the private Mosquitto with its generated
 configuration, the gateway, the API with its command service, the demo simulator), started
 once for the module because starting it takes seconds; every test provisions VINs of its
-own. The attacker and the honest units speak raw MQTT 5 (:class:`tests.mqtt_raw.Mqtt5Client`)
-so every refusal is seen as the broker's own reason code.
+own. The attacker and the honest units speak raw MQTT 5
+(:class:`tests.support.mqtt_raw.Mqtt5Client`) so every refusal is seen as the broker's own
+reason code.
 
 The reproducers of the issue, each refused:
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import threading
 import time
 import uuid
@@ -42,9 +42,9 @@ import httpx
 import pytest
 
 from gateway.broker import free_port
-from tests.conftest import wait_until
-from tests.mqtt_raw import NOT_AUTHORIZED, Mqtt5Client
-from tests.test_up import ADMIN_PASSWORD, Up, start
+from tests.support.mqtt_raw import NOT_AUTHORIZED, Mqtt5Client
+from tests.support.up import ADMIN_PASSWORD, Up, persisted_session_expiry, start
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -292,25 +292,6 @@ def _broker_pid(data_dir: Path) -> int:
     raise AssertionError(f"no mosquitto running with {config}")
 
 
-def _persisted_session_expiry(db: Path, client_id: str) -> int | None:
-    """The session expiry time (epoch seconds) Mosquitto 2.0 saved for ``client_id`` in its
-    persistence file (format version 6: 15-byte magic, CRC, version, then chunks of
-    big-endian (type, length); a client chunk starts with the expiry time, a native int64)."""
-    data = db.read_bytes()
-    i = 15 + 4 + 4
-    while i + 8 <= len(data):
-        chunk, length = struct.unpack(">II", data[i : i + 8])
-        body = data[i + 8 : i + 8 + length]
-        i += 8 + length
-        if chunk != 6:  # DB_CHUNK_CLIENT
-            continue
-        (expiry,) = struct.unpack("=q", body[:8])
-        (id_len,) = struct.unpack(">H", body[14:16])
-        if body[24 : 24 + id_len].decode() == client_id:
-            return int(expiry)
-    return None
-
-
 @pytest.mark.parametrize("requested", [0xFFFFFFFE, 0xFFFFFFFF])
 def test_a_persistent_session_cannot_outlive_the_cap(
     installation: Installation, attacker: tuple[str, str], requested: int
@@ -335,10 +316,10 @@ def test_a_persistent_session_cannot_outlive_the_cap(
         what="the broker to save its sessions",
     )
     wait_until(
-        lambda: _persisted_session_expiry(db, vin) is not None,
+        lambda: persisted_session_expiry(db, vin) is not None,
         what=f"{vin}'s session in the saved file",
     )
-    expiry = _persisted_session_expiry(db, vin)
+    expiry = persisted_session_expiry(db, vin)
     assert expiry, "the broker keeps this session forever (no expiry time)"
     assert expiry - disconnected_at <= SEVEN_DAYS_S + 60, "the session expiry was not capped"
     assert expiry - disconnected_at >= SEVEN_DAYS_S - 60

@@ -30,7 +30,7 @@ from gateway.cli import main
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.database import StateDatabase
-from tests.conftest import auth_settings_for_tests
+from tests.support.api import auth_settings_for_tests
 
 VINS = ["WCLXX000000000001", "WCLXX000000000002"]
 

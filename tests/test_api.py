@@ -31,7 +31,7 @@ from gateway.store import (
     open_store,
 )
 from schemas import CATALOG, Event, EventType, Reason, Rejection, Sample, StatusState
-from tests.conftest import admin_client
+from tests.support.api import admin_client
 
 with warnings.catch_warnings():
     # Starlette >= 1.x asks for ``httpx2`` and warns (an error under our filterwarnings)

@@ -29,7 +29,7 @@ from gateway.api import ApiSettings
 from gateway.api.limits import BodyLimit, body_limit, document_body_limits
 from gateway.store import IngestBatch, open_store
 from schemas import Sample
-from tests.conftest import TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, admin_client
+from tests.support.api import TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, admin_client
 
 #: list operations with no paging parameters: a fixed list, always one page
 FIXED_LISTS = {("get", "/v1/command-types")}

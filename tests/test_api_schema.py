@@ -14,6 +14,7 @@ bounded (``EXAMPLES``) so the whole run stays around a minute; raise it locally 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,19 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
 from gateway.api import ApiSettings, create_app
-from tests.test_authz import World, world
-
-__all__ = ["world"]  # the module-scoped fixture, imported to be used here
+from tests.support.authz import World, open_world
 
 EXAMPLES = int(os.environ.get("TELEMATICS_SCHEMA_EXAMPLES", "5"))
 #: the personas, the administrator last: its writes (disabling users, changing roles) must
 #: not take the other personas' rights away before their turn
 ROLES = ("driver", "owner", "fleet_viewer", "fleet_manager", "admin")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with open_world(tmp_path_factory.mktemp("authz")) as opened:
+        yield opened
+
 
 schema = schemathesis.openapi.from_dict(create_app(ApiSettings(Path("unused.db"))).openapi())
 

@@ -21,7 +21,7 @@ from gateway.api import ApiSettings
 from gateway.core.ratelimit import Limit
 from gateway.store import IngestBatch, open_store
 from schemas import Sample
-from tests.conftest import (
+from tests.support.api import (
     TEST_ADMIN_EMAIL,
     TEST_ADMIN_PASSWORD,
     admin_client,
@@ -327,7 +327,7 @@ def test_command_limits_per_user_and_per_vehicle_answer_429_with_retry_after(
 ) -> None:
     from gateway.commands.service import CommandSettings
     from gateway.settings import MqttSettings
-    from tests.conftest import wait_until
+    from tests.support.waiting import wait_until
 
     clock = Clock()
     settings = ApiSettings(

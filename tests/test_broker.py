@@ -29,7 +29,7 @@ from gateway.broker import (
     render_config,
 )
 from gateway.errors import GatewayError
-from tests.mqtt_raw import Mqtt5Client
+from tests.support.mqtt_raw import Mqtt5Client
 
 CLIENT_TIMEOUT = 15  # seconds; a safety net far above the clients' own -W limits
 

@@ -5,7 +5,7 @@ Every broker test starts its own Mosquitto on a free port with ``allow_anonymous
 password file and the Dynamic Security plugin, set up by the code under test (the
 ``closed_broker`` machinery of ``tests/conftest.py``: the real
 :class:`~gateway.broker.auth.BrokerAuthSync` over an in-memory identity source). Nothing
-about the broker is mocked. The clients are :class:`~tests.mqtt_raw.Mqtt5Client`, raw MQTT
+about the broker is mocked. The clients are :class:`~tests.support.mqtt_raw.Mqtt5Client`, raw MQTT
 5 over a socket, because these tests need the exact CONNACK, SUBACK and PUBACK reason codes.
 
 Waiting never uses fixed sleeps: "nothing was delivered" is proven by ordering instead. The
@@ -72,14 +72,12 @@ from schemas.commands import command_result_topic, command_topic
 from schemas.feedback import feedback_topic
 from schemas.topics import Channel, topic_for
 from schemas.vin import VIN_PATTERN
-from tests.conftest import ClosedBroker, start_closed_broker, wait_until
-from tests.mqtt_raw import NOT_AUTHORIZED, TIMEOUT, Mqtt5Client
+from tests.support.broker import VIN_A, VIN_B, VIN_C, ClosedBroker, start_closed_broker
+from tests.support.mqtt_raw import NOT_AUTHORIZED, TIMEOUT, Mqtt5Client
+from tests.support.waiting import wait_until
 
 __all__ = ["NOT_AUTHORIZED", "TIMEOUT", "VIN_A", "VIN_B", "VIN_C", "Mqtt5Client"]
 
-VIN_A = "1HGCM82633A004352"
-VIN_B = "1HGCM82633A004353"
-VIN_C = "WVWZZZ1JZXW000001"
 SERVICE = "telematics-gateway"
 CONTROL = "telematics-broker-admin"
 SHARE_FILTER = "$share/telematics-gateway/v1/vehicles/+/telemetry"

@@ -21,7 +21,7 @@ from gateway import cli
 from gateway.broker import free_port
 from gateway.cli import build_parser, main, up_plan
 from gateway.errors import GatewayError
-from tests.test_readme_examples import kill_processes_mentioning
+from tests.support.processes import kill_processes_mentioning
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -156,11 +156,12 @@ def test_every_configuration_setting_is_a_flag_and_a_variable(
                     for a in parser._actions
                 ), f"{variable} must not have a flag"
                 continue
-            (action,) = [
+            matches: list[argparse.Action | None] = [
                 a
                 for a in parser._actions
                 if a.option_strings and re.search(rf"\benv {variable}\b", a.help or "")
-            ] or [None]
+            ]
+            (action,) = matches or [None]
             assert action is not None, f"no flag of telematics {command} says 'env {variable}'"
             raw, expected = _sample(action)
             monkeypatch.setenv(variable, raw)

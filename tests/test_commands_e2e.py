@@ -3,23 +3,19 @@ a real Mosquitto, the state database on SQLite and PostgreSQL, units answering o
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.api import ApiSettings
 from gateway.broker import MosquittoProcess
-from gateway.commands.service import CommandSettings
-from gateway.settings import MqttSettings
-from schemas.commands import command_result_topic, command_topic
-from tests.conftest import GatewayProcess, admin_client, wait_until
-from tests.test_ingest_e2e import now_ms, publish, query, telemetry
+from schemas.commands import command_result_topic
+from tests.support.commands_api import Api, Observer, get, wait_status
+from tests.support.gateway_process import GatewayProcess
+from tests.support.ingest import now_ms, publish, query, telemetry
+from tests.support.waiting import wait_until
 
 VIN = "WVWZZZ1JZXW000101"
 OTHER = "WVWZZZ1JZXW000102"
@@ -45,25 +41,6 @@ def result(
     body = {"command_id": command_id, "vin": vin, "status": status, "ts": now_ms(), **extra}
     properties = () if correlation is None else ("-D", "publish", "correlation-data", correlation)
     publish(broker, command_result_topic(vin), orjson.dumps(body), properties=properties)
-
-
-class Api:
-    """The API app with its command service, running in this process."""
-
-    def __init__(self, db_path: Path, broker: MosquittoProcess, state_url: str, **kw: Any) -> None:
-        settings = CommandSettings(
-            state_db_url=state_url, mqtt=MqttSettings(host=broker.host, port=broker.port), **kw
-        )
-        self.client = admin_client(ApiSettings(db_path=db_path, commands=settings))
-
-    def __enter__(self) -> TestClient:
-        client = self.client.__enter__()
-        service = client.app.state.commands  # type: ignore[attr-defined]
-        wait_until(service.connected.is_set, what="the command service to connect")
-        return client
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.__exit__(None, None, None)
 
 
 @pytest.fixture
@@ -100,58 +77,6 @@ def known_vehicle(
         ),
         what=f"{vin} to be known",
     )
-
-
-class Observer:
-    """mosquitto_sub on the command topics: what the broker actually delivered to units."""
-
-    def __init__(self, broker: MosquittoProcess, vin: str) -> None:
-        client_id = f"observer-{vin}"
-        self.proc = subprocess.Popen(
-            [
-                "mosquitto_sub",
-                "-p",
-                str(broker.port),
-                "-V",
-                "mqttv5",
-                "-q",
-                "1",
-                "-i",
-                client_id,
-                "-t",
-                command_topic(vin),
-                "-F",
-                "%p",
-            ],
-            stdout=subprocess.PIPE,
-        )
-        wait_until(
-            lambda: (
-                f"{client_id} 1 {command_topic(vin)}" in broker.log_path.read_text(errors="replace")
-            ),
-            what="the observer to subscribe",
-        )
-
-    def stop(self) -> list[dict[str, Any]]:
-        self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=10)
-        return [orjson.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def get(api: TestClient, command_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = api.get(f"/v1/commands/{command_id}").json()
-    return body
-
-
-def wait_status(
-    api: TestClient, command_id: str, status: str, timeout: float = 15
-) -> dict[str, Any]:
-    wait_until(
-        lambda: get(api, command_id)["status"] == status,
-        timeout=timeout,
-        what=f"command {command_id} to be {status}",
-    )
-    return get(api, command_id)
 
 
 def test_a_command_walks_its_lifecycle_on_the_units_answers(

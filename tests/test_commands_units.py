@@ -4,9 +4,6 @@ after expiry, and a command service restart with commands in flight."""
 
 from __future__ import annotations
 
-import asyncio
-import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,77 +11,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from device_sim.city import MUNICH
-from device_sim.unit import SimulatedUnit, UnitSettings
-from device_sim.vehicle import SimulatedVehicle, VehicleProfile
 from gateway.broker import MosquittoProcess
-from tests.conftest import GatewayProcess, wait_until
-from tests.test_commands_e2e import Api, Observer, get, wait_status
-
-VIN = "WSMZZZ00000000077"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def parked_ev() -> SimulatedVehicle:
-    """An electric car that stays parked: immobilized before its first trip, so commands
-    that are refused while moving can run (release_immobilizer comes last)."""
-    vehicle = SimulatedVehicle(
-        VIN,
-        VehicleProfile.ELECTRIC_CAR,
-        MUNICH,
-        random.Random(7),
-        "Marienplatz",
-        start_ms=now_ms(),
-        initial_level_pct=50.0,
-    )
-    vehicle.immobilize()
-    return vehicle
-
-
-class UnitThread:
-    """One SimulatedUnit on its own event loop in a thread, as a car would run it."""
-
-    def __init__(self, broker: MosquittoProcess, vehicle: SimulatedVehicle, **kw: Any) -> None:
-        self.settings = UnitSettings(
-            host=broker.host, port=broker.port, report_interval_s=0.2, **kw
-        )
-        self.vehicle = vehicle
-        self.unit: SimulatedUnit | None = None
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._stop = asyncio.Event()
-            self.unit = SimulatedUnit(self.vehicle, self.settings, first_seq=now_ms())
-            await self.unit.run(self._stop)
-
-        self._loop.run_until_complete(main())
-        self._loop.close()
-
-    def start(self) -> UnitThread:
-        self._thread.start()
-        wait_until(
-            lambda: self.unit is not None and self.unit.subscribed,
-            what="the unit to connect and subscribe to its commands",
-        )
-        return self
-
-    def stop(self) -> None:
-        """A clean stop: the unit publishes 'offline' and disconnects."""
-        stop = self._stop
-        assert stop is not None
-        self._loop.call_soon_threadsafe(stop.set)
-        self._thread.join(30)
-        assert not self._thread.is_alive()
-
-    def stats(self) -> Any:
-        assert self.unit is not None
-        return self.unit.stats()
+from tests.support.commands_api import Api, Observer, get, wait_status
+from tests.support.gateway_process import GatewayProcess
+from tests.support.unit_thread import VIN, UnitThread, known_and_online, parked_ev
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -103,16 +34,6 @@ def api(
 ) -> Iterator[TestClient]:
     with Api(gateway.db_path, mosquitto, sqlite_url, confirm_check_s=0.2) as client:
         yield client
-
-
-def known_and_online(api: TestClient) -> None:
-    wait_until(
-        lambda: (
-            api.get(f"/v1/vehicles/{VIN}").status_code == 200
-            and api.get(f"/v1/vehicles/{VIN}").json()["online"] is True
-        ),
-        what="the unit to be known and online",
-    )
 
 
 # type, params, whether telemetry confirms it (see schemas.commands.COMMAND_SPECS)
@@ -155,10 +76,11 @@ def test_every_command_type_end_to_end_with_confirmation_by_telemetry(
                 "succeeded",
             ], type_
             if confirmable:
-                wait_until(
-                    lambda c=command_id: get(api, c)["confirmation"] == "confirmed",
-                    what=f"{type_} confirmed by telemetry",
-                )
+
+                def confirmed(c: str = command_id) -> bool:
+                    return get(api, c)["confirmation"] == "confirmed"
+
+                wait_until(confirmed, what=f"{type_} confirmed by telemetry")
             else:
                 assert done["confirmation"] == "not_applicable", type_
         # the unit's state shows the last ones: windows closed, charge limit 100

@@ -93,7 +93,7 @@ def body(**fields: Any) -> bytes:
     return orjson.dumps({k: v for k, v in message.items() if v is not None})
 
 
-def batch_item(seq: int, ts: int = TS, **signals: SignalValue) -> dict[str, Any]:
+def batch_item(seq: int, ts: int = TS, /, **signals: SignalValue) -> dict[str, Any]:
     return {"seq": seq, "ts": ts, "signals": signals}
 
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.api import ApiSettings
 from gateway.store import open_store
-from tests.conftest import admin_client
+from tests.support.api import admin_client
 
 with warnings.catch_warnings():
     # Starlette >= 1.x warns (an error under our filterwarnings) when its test client is

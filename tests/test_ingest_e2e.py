@@ -3,9 +3,7 @@ which commit to SQLite; results are read back through the store and the HTTP API
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -17,48 +15,18 @@ from gateway import metrics
 from gateway.api import ApiSettings
 from gateway.broker import MosquittoProcess
 from schemas import Reason
-from tests.conftest import GatewayProcess, admin_client, wait_until
+from tests.support.api import admin_client
+from tests.support.gateway_process import GatewayProcess
+from tests.support.ingest import counter, now_ms, publish, query, telemetry
+from tests.support.waiting import wait_until
 
 VIN = "WVWZZZ1JZXW000001"
 OTHER_VIN = "WVWZZZ1JZXW000002"
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def sample(vin: str, seq: int, **signals: object) -> bytes:
     sig = signals or {"Vehicle.Speed": 42.0, "Vehicle.IsMoving": True}
     return orjson.dumps({"vin": vin, "seq": seq, "ts": now_ms(), "signals": sig})
-
-
-def publish(
-    broker: MosquittoProcess,
-    topic: str,
-    payload: bytes,
-    *,
-    retain: bool = False,
-    properties: tuple[str, ...] = (),
-) -> None:
-    subprocess.run(
-        [
-            "mosquitto_pub",
-            "-p",
-            str(broker.port),
-            "-q",
-            "1",
-            "-V",
-            "mqttv5",
-            "-t",
-            topic,
-            "-s",
-            *(["-r"] if retain else []),
-            *properties,
-        ],
-        input=payload,
-        check=True,
-        timeout=10,
-    )
 
 
 def publish_lines(
@@ -75,27 +43,10 @@ def publish_lines(
     return proc
 
 
-def telemetry(vin: str) -> str:
-    return f"v1/vehicles/{vin}/telemetry"
-
-
-def query(db_path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return db.execute(sql, params).fetchall()
-    finally:
-        db.close()
-
-
 def stored_count(db_path: Path) -> int:
     if not db_path.exists():
         return 0
     return int(query(db_path, "SELECT count(*) FROM samples")[0][0])
-
-
-def counter(db_path: Path, name: str, label: str = "") -> float:
-    rows = query(db_path, "SELECT value FROM counters WHERE name = ? AND label = ?", name, label)
-    return float(rows[0][0]) if rows else 0.0  # type: ignore[arg-type]
 
 
 def api(db_path: Path) -> TestClient:
@@ -192,13 +143,13 @@ def test_bad_input_is_quarantined_with_its_reason_and_the_pipeline_keeps_going(
     expected_quarantine = len(cases) + 1
     wait_until(
         lambda: (
-            int(query(gw.db_path, "SELECT count(*) FROM quarantine")[0][0]) == expected_quarantine  # type: ignore[arg-type]
+            int(query(gw.db_path, "SELECT count(*) FROM quarantine")[0][0]) == expected_quarantine
             and counter(gw.db_path, metrics.SAMPLES_DUPLICATE) == 1
         ),
         what="every bad message in the quarantine and the duplicate counted",
     )
     stored = [
-        (seq, orjson.loads(signals))  # type: ignore[arg-type]
+        (seq, orjson.loads(signals))
         for seq, signals in query(gw.db_path, "SELECT seq, signals FROM samples ORDER BY seq")
     ]
     # a sample whose only signal was refused is kept empty (the unit was alive, its seq used)

@@ -28,7 +28,7 @@ from gateway.statedb import (
     TenureEnded,
 )
 from gateway.statedb.database import alembic_config
-from gateway.store import IngestBatch, QuarantineEntry, Tenure, open_store
+from gateway.store import IngestBatch, QuarantineEntry, TelemetryBackend, Tenure, open_store
 from gateway.store.sqlite import SCHEMA_VERSION, SqliteTelemetryStore
 from schemas import Event, EventType, Reason, Rejection, Sample
 
@@ -90,7 +90,7 @@ def store(tmp_path: Path) -> Iterator[SqliteTelemetryStore]:
         s.close()
 
 
-def speeds(store: SqliteTelemetryStore, vin: str, tenure: int) -> list[tuple[int, float]]:
+def speeds(store: TelemetryBackend, vin: str, tenure: int) -> list[tuple[int, float]]:
     points = store.history(vin, [SPEED], tenure=tenure, start=0, end=2**62, limit=100)
     return [(p.seq, p.values[SPEED]) for p in points]  # type: ignore[misc]
 

@@ -44,9 +44,8 @@ from gateway.cli import main
 from gateway.cli.pki import add_arguments, run_from_args
 from gateway.errors import GatewayError
 from schemas.topics import Channel, topic_for
-from tests.conftest import ClosedBroker, start_closed_broker
-from tests.mqtt_raw import NOT_AUTHORIZED, TIMEOUT, Mqtt5Client
-from tests.test_broker_auth import VIN_A, VIN_B, VIN_C
+from tests.support.broker import VIN_A, VIN_B, VIN_C, ClosedBroker, start_closed_broker
+from tests.support.mqtt_raw import NOT_AUTHORIZED, TIMEOUT, Mqtt5Client
 
 SERVICE = "telematics-gateway"
 

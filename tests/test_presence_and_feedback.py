@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -33,8 +34,10 @@ from schemas.feedback import (
     decode_feedback,
     feedback_topic,
 )
-from tests.conftest import GatewayProcess, admin_client, wait_until
-from tests.test_ingest_e2e import now_ms, publish, telemetry
+from tests.support.api import admin_client
+from tests.support.gateway_process import GatewayProcess
+from tests.support.ingest import now_ms, publish, telemetry
+from tests.support.waiting import wait_until
 
 VIN = "WVWZZZ1JZXW000001"
 OTHER = "WVWZZZ1JZXW000002"
@@ -109,7 +112,7 @@ def test_limiter_allows_a_burst_then_one_a_second_and_counts_what_it_dropped() -
     assert limiter.admit(VIN, T0 + 1_020) is None
 
 
-def entry(reason: Reason, vin: str | None = VIN, **kw: object) -> QuarantineEntry:
+def entry(reason: Reason, vin: str | None = VIN, **kw: Any) -> QuarantineEntry:
     topic = telemetry(vin or "x")
     return QuarantineEntry(T0, topic, b"{}", Rejection(reason, f"{reason.value}!", vin=vin, **kw))
 

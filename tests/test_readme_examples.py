@@ -38,7 +38,6 @@ Conventions in README.md (keep them few)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -54,7 +53,8 @@ import httpx
 import pytest
 
 from gateway.broker import free_port
-from tests.conftest import wait_until
+from tests.support.processes import _kill, _processes, kill_processes_mentioning
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -357,32 +357,6 @@ def run_block(block: Block, terminal: Terminal) -> str:
             f"{output[-6000:]}"
         )
     return output
-
-
-def _processes() -> Iterator[tuple[int, int, str]]:
-    """(pid, session id, command line) of every process (Linux /proc)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            session = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3])
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError, ValueError):
-            continue
-        yield int(entry.name), session, cmdline
-
-
-def _kill(pids: list[int]) -> bool:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return bool(pids)
-
-
-def kill_processes_mentioning(path: Path) -> bool:
-    """Kill every process whose command line mentions ``path`` (a test's own directory: what
-    it started there and what outlived it); True if there was any."""
-    return _kill([pid for pid, _, cmdline in _processes() if str(path) in cmdline])
 
 
 def _kill_session(session: int) -> bool:

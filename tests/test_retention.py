@@ -22,7 +22,7 @@ from gateway.retention import RetentionPolicy, prune_once
 from gateway.store import IngestBatch, QuarantineEntry, open_store
 from gateway.store.sqlite import SCHEMA_VERSION
 from schemas import Reason, Rejection, Sample
-from tests.conftest import wait_until
+from tests.support.waiting import wait_until
 
 VIN = "WVWZZZ1JZXW000001"
 SPEED = "Vehicle.Speed"

@@ -39,7 +39,7 @@ from gateway.broker import MosquittoProcess
 from gateway.cli import main as telematics_main
 from schemas.payloads import decode_event, decode_status, decode_telemetry, validate_signals
 from schemas.topics import parse_topic
-from tests.conftest import ClosedBroker
+from tests.support.broker import ClosedBroker
 
 EXAMPLE = Path(__file__).parent.parent / "device_sim" / "scenarios" / "munich-morning.toml"
 SPEED = "Vehicle.Speed"

@@ -21,7 +21,7 @@ from gateway.api import ApiSettings
 from gateway.core.seqgaps import Gap, SeqRange, advance, inside
 from gateway.store import IngestBatch, TelemetryBackend, open_store
 from schemas import Event, EventType, Sample
-from tests.conftest import admin_client
+from tests.support.api import admin_client
 
 VIN = "WVWZZZ1JZXW000001"
 OTHER = "WVWZZZ1JZXW000002"

@@ -39,11 +39,10 @@ from schemas.signing import (
     sign_command,
     verify_command,
 )
-from tests.conftest import ClosedBroker, GatewayProcess, wait_until
-from tests.test_commands_e2e import Api, get, wait_status
-from tests.test_commands_units import VIN as UNITS_VIN
-from tests.test_commands_units import UnitThread, known_and_online, parked_ev
-from tests.test_sim_commands import (
+from tests.support.broker import ClosedBroker
+from tests.support.commands_api import Api, get, wait_status
+from tests.support.gateway_process import GatewayProcess
+from tests.support.sim_commands import (
     OTHER_VIN,
     VIN,
     Gateway,
@@ -51,9 +50,12 @@ from tests.test_sim_commands import (
     answered,
     parked,
     start_unit,
-    unit_settings,
 )
-from tests.test_sim_units import run
+from tests.support.unit_harness import run
+from tests.support.unit_harness import settings as unit_settings
+from tests.support.unit_thread import VIN as UNITS_VIN
+from tests.support.unit_thread import UnitThread, known_and_online, parked_ev
+from tests.support.waiting import wait_until
 
 C = CommandType
 NOW = 1_764_230_400_000

@@ -17,17 +17,12 @@ from typing import Any
 
 import pytest
 
-from device_sim.fleet import (
-    LatencyHistogram,
-    Shard,
-    build_parser,
-    main,
-    parse_shard,
-    resources_summary,
-)
+from device_sim.fleet import build_parser, main, parse_shard
+from device_sim.stats import LatencyHistogram, Shard, resources_summary
 from device_sim.vehicle import make_vin
 from gateway.bench.sim import run_sim_bench
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
+from tests.support.sim_credentials import sim
 
 OPTIONS = (
     "--mqtt-url",
@@ -60,16 +55,6 @@ OPTIONS = (
     "--shard",
     "--log-level",
 )
-
-
-def sim(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "device_sim", *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:

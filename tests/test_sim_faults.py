@@ -37,8 +37,8 @@ from gateway import metrics
 from gateway.broker import MosquittoProcess
 from schemas import Reason, Sample, decode_telemetry, is_valid_vin
 from schemas.catalog import CATALOG
-from tests.conftest import GatewayProcess
-from tests.test_sim_units import Observer, run, until
+from tests.support.gateway_process import GatewayProcess
+from tests.support.unit_harness import Observer, run, until
 
 VIN = make_vin(77)
 TS = 1_764_230_400_000

@@ -7,8 +7,9 @@ import sqlite3
 from collections.abc import Callable
 
 from gateway.broker import MosquittoProcess
-from tests.conftest import GatewayProcess, wait_until
-from tests.test_commands_units import VIN, UnitThread, parked_ev
+from tests.support.gateway_process import GatewayProcess
+from tests.support.unit_thread import VIN, UnitThread, parked_ev
+from tests.support.waiting import wait_until
 
 
 def stored(gateway: GatewayProcess) -> list[tuple[int, int]]:

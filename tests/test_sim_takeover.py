@@ -27,7 +27,7 @@ from device_sim.credentials import write_credentials
 from device_sim.fleet import fleet_vins
 from device_sim.unit import SimulatedUnit, UnitSettings, UnitTakenOver
 from device_sim.vehicle import SimulatedVehicle, VehicleProfile
-from tests.test_sim_credentials import credentials_for, secured_broker
+from tests.support.sim_credentials import credentials_for, secured_broker
 
 TAKEN_OVER = "Another process is driving"
 

@@ -24,7 +24,8 @@ from gateway.store import (
     open_store,
 )
 from schemas import StatusState
-from tests.conftest import GatewayProcess, wait_until
+from tests.support.gateway_process import GatewayProcess
+from tests.support.waiting import wait_until
 
 VIN = "WVWZZZ1JZXW000001"
 MARKER_VIN = "WVWZZZ1JZXW000002"

@@ -18,8 +18,9 @@ from gateway.broker import MosquittoProcess
 from gateway.broker.control import prime_sessions
 from gateway.health import SUPERVISOR_FILE_NAME
 from gateway.supervisor import BrokerKeeper, Part, RestartPolicy, Supervisor, _Lifecycle
-from tests.conftest import SERVICE_USER, ClosedBroker, start_closed_broker, wait_until
-from tests.mqtt_raw import Mqtt5Client
+from tests.support.broker import SERVICE_USER, ClosedBroker, start_closed_broker
+from tests.support.mqtt_raw import Mqtt5Client
+from tests.support.waiting import wait_until
 
 VIN = "1HGCM82633A004352"
 FAST = RestartPolicy(first_delay_s=0.05, max_delay_s=0.4, stable_after_s=30, crash_loop_after=3)

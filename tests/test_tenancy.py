@@ -22,7 +22,8 @@ from gateway.commands.service import CommandSettings
 from gateway.settings import MqttSettings
 from gateway.store import IngestBatch, open_store
 from schemas import Sample
-from tests.conftest import admin_client, wait_until
+from tests.support.api import admin_client
+from tests.support.waiting import wait_until
 
 PASSWORD = "tenancy-password-1"
 CAR = "WPRVT000000000001"  # the owner's car

@@ -10,15 +10,12 @@ processes print, except the passwords shown once on purpose.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,77 +23,11 @@ import httpx
 import pytest
 
 from gateway.broker import free_port
-from tests.conftest import wait_until
-from tests.mqtt_raw import Mqtt5Client
+from tests.support.mqtt_raw import Mqtt5Client
+from tests.support.up import ADMIN_PASSWORD, Up, online, start
+from tests.support.waiting import wait_until
 
-ADMIN_PASSWORD = "up-admin-password-1"
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Up:
-    process: subprocess.Popen[bytes]
-    output: Path
-    data: Path
-    api: str
-    mqtt_port: int
-    tls_port: int
-
-    def text(self) -> str:
-        return self.output.read_text(errors="replace")
-
-    def login(self, email: str, password: str) -> dict[str, str]:
-        r = httpx.post(
-            f"{self.api}/v1/auth/token",
-            data={"grant_type": "password", "username": email, "password": password},
-        )
-        assert r.status_code == 200, r.text
-        return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        return self.process.wait(60)
-
-
-def start(tmp_path: Path, run: int, ports: tuple[int, int, int]) -> Up:
-    mqtt_port, api_port, tls_port = ports
-    output = tmp_path / f"up-{run}.log"
-    env = {**os.environ, "TELEMATICS_ADMIN_PASSWORD": ADMIN_PASSWORD}
-    with output.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "up",
-                "--demo",
-                "--vehicles",
-                "2",
-                "--data-dir",
-                str(tmp_path / "data"),
-                "--mqtt-port",
-                str(mqtt_port),
-                "--api-port",
-                str(api_port),
-                "--tls-port",
-                str(tls_port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    up = Up(process, output, tmp_path / "data", f"http://127.0.0.1:{api_port}", *ports[::2])
-
-    def api_answers() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"telematics up exited with {process.returncode}:\n{up.text()}")
-        try:
-            return httpx.get(f"{up.api}/healthz").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(api_answers, timeout=60, what="the API of telematics up")
-    return up
 
 
 @pytest.fixture
@@ -112,11 +43,6 @@ def up(tmp_path: Path, ports: tuple[int, int, int]) -> Iterator[Up]:
     finally:
         if running.process.poll() is None:
             running.stop()
-
-
-def online(up: Up, headers: dict[str, str]) -> list[str]:
-    vehicles = httpx.get(f"{up.api}/v1/vehicles", headers=headers).json()["items"]
-    return sorted(v["vin"] for v in vehicles if v["online"])
 
 
 def test_demo_is_closed_provisioned_and_works(up: Up, tmp_path: Path) -> None:

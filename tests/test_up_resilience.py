@@ -34,9 +34,8 @@ import httpx
 import pytest
 
 from gateway.broker import free_port
-from tests.conftest import wait_until
-from tests.test_abuse_broker import _persisted_session_expiry
-from tests.test_up import ADMIN_PASSWORD, Up, online, start
+from tests.support.up import ADMIN_PASSWORD, Up, online, persisted_session_expiry, start
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +114,7 @@ def test_a_killed_broker_comes_back_and_nothing_is_lost(
         wait_until(
             lambda: (
                 saved.exists()
-                and all(_persisted_session_expiry(saved, vin) is not None for vin in DEMO_VINS)
+                and all(persisted_session_expiry(saved, vin) is not None for vin in DEMO_VINS)
             ),
             timeout=30,
             what="the units' sessions to be saved",

@@ -29,8 +29,10 @@ from gateway.installation import SERVICE_USERNAME, closed_broker_sync, service_p
 from gateway.settings import MqttSettings
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.database import StateDatabase
-from tests.conftest import GatewayProcess, admin_client, wait_until
-from tests.mqtt_raw import Mqtt5Client
+from tests.support.api import admin_client
+from tests.support.gateway_process import GatewayProcess
+from tests.support.mqtt_raw import Mqtt5Client
+from tests.support.waiting import wait_until
 
 NOT_AUTHORIZED = 0x87
 VIN = "WXYZAB00000000001"

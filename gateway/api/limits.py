@@ -27,24 +27,12 @@ from gateway.api.models import ErrorInfo, ErrorResponse
 
 __all__ = [
     "DEFAULT_MAX_BODY",
-    "MAX_ID",
-    "MAX_PAGE",
-    "MAX_RESPONSE_BYTES",
     "BodyLimit",
     "api_routes",
     "body_limit",
     "document_body_limits",
 ]
 
-#: the largest id a client may send: 2**53 - 1, the largest integer every JSON client
-#: (JavaScript included) represents exactly; every id the state database hands out is far
-#: below, and SQLite's and PostgreSQL's 64-bit integers hold it
-MAX_ID: Final = 2**53 - 1
-#: the largest page any list returns (``limit``)
-MAX_PAGE: Final = 1000
-#: a list stops adding items once its JSON reaches this size and answers a cursor for the
-#: rest, so no page is larger than this plus one item (see gateway.api.paging)
-MAX_RESPONSE_BYTES: Final = 1024 * 1024
 #: request bodies of routes that declare no limit of their own; every body the API takes
 #: (a login form, a user, a vehicle, a grant, a command) is well under 2 KiB
 DEFAULT_MAX_BODY: Final = 16 * 1024

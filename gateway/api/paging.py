@@ -24,8 +24,8 @@ import orjson
 from fastapi import Query
 from pydantic import BaseModel
 
+from gateway.api.bounds import MAX_PAGE, MAX_RESPONSE_BYTES
 from gateway.api.errors import invalid_request
-from gateway.api.limits import MAX_PAGE, MAX_RESPONSE_BYTES
 
 __all__ = [
     "DEFAULT_PAGE",

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.api.limits import MAX_PAGE
+from gateway.api.bounds import MAX_PAGE
 from gateway.api.params import now_ms
 from gateway.api.security import AuthSettings
 from gateway.commands.service import CommandSettings

@@ -255,94 +255,30 @@ def run_commands_bench(
     data = workdir / "data"
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
-    py = [sys.executable, "-m"]
     # the benchmark logs in as the first administrator, with a password of its own, and
     # switches the per-user and per-vehicle command limits off: it measures the pipeline,
     # not the limits (one user sends 25 commands/s, far above a person's limit)
     admin_password = secrets.token_urlsafe(16)
     api_env = {**os.environ, "TELEMATICS_ADMIN_PASSWORD": admin_password}
-    limits_off = ["--user-command-limit", "off", "--vehicle-command-limit", "off"]
     try:
         with MosquittoProcess(BrokerConfig(port=free_port(), data_dir=workdir / "broker")) as b:
             url = b.url
-            common = ["--data-dir", str(data), "--log-level", "WARNING"]
             with (
-                _process([*py, "gateway", "gateway", *common, "--mqtt-url", url]),
-                _process(
-                    [
-                        *py,
-                        "gateway",
-                        "api",
-                        *common,
-                        "--mqtt-url",
-                        url,
-                        "--port",
-                        str(api_port),
-                        *limits_off,
-                    ],
-                    env=api_env,
-                ),
-                _process(
-                    [
-                        *py,
-                        "device_sim",
-                        "--mqtt-url",
-                        url,
-                        "--vehicles",
-                        str(vehicles),
-                        "--interval",
-                        "1",
-                        "--progress",
-                        "3600",
-                    ]
-                ) as fleet,
+                _process(_gateway_argv("gateway", data, url)),
+                _process([*_gateway_argv("api", data, url), *_api_options(api_port)], env=api_env),
+                _process(_fleet_argv(url, vehicles)) as fleet,
             ):
                 _say(progress, f"waiting for {vehicles} simulated units to come online")
-                headers: dict[str, str] = {}
-
-                def all_online() -> bool:
-                    if fleet.poll() is not None:
-                        raise RuntimeError(f"the simulator exited with {fleet.returncode}")
-                    try:
-                        if not headers:
-                            headers.update(_login(api, admin_password))
-                        listed = httpx.get(
-                            f"{api}/v1/vehicles", params={"limit": 1000}, headers=headers
-                        ).json()
-                    except httpx.HTTPError:
-                        return False
-                    online = [v["vin"] for v in listed.get("items", []) if v["online"]]
-                    return len(online) >= vehicles
-
-                _wait(all_online, "the simulated units", timeout=120)
-                listed = httpx.get(
-                    f"{api}/v1/vehicles", params={"limit": 1000}, headers=headers
-                ).json()
-                vins = [v["vin"] for v in listed["items"] if v["online"]][:vehicles]
-                state_db = data / "state.db"
-
+                headers, vins = _wait_online(api, admin_password, fleet, vehicles)
+                phases = _Phases(api, data, b.port, vins, commands, rate, headers)
                 _say(progress, f"phase 1: {commands} commands, ingest idle")
-                idle = _phase(api, state_db, vins, commands, rate, headers)
+                idle = phases.idle()
                 _say(progress, f"  p99 {idle.p99_ms} ms")
-
                 _say(progress, "phase 2: measuring the ingest maximum")
-                base = _stored(data / "telemetry.db")
-                load = LoadProcess(b.port, 100, 600, 1, seq_base=0)
-                samples = 100 * 600
-                _wait(lambda: _stored(data / "telemetry.db") - base >= samples, "ingest")
-                maximum = samples / (time.perf_counter() - load.started)
-                load.finish()
+                maximum = phases.ingest_maximum()
                 half = maximum / 2
                 _say(progress, f"  {maximum:,.0f} samples/s; commands under {half:,.0f}/s")
-                seconds = commands / rate + 30
-                paced = LoadProcess(
-                    b.port, 100, int(half * seconds / 100), 1, rate=half, seq_base=1_000_000
-                )
-                under = _phase(api, state_db, vins, commands, rate, headers)
-                paced.process.terminate()
-                paced.process.wait(30)
-                if paced.process.stdout is not None:
-                    paced.process.stdout.close()
+                under = phases.under_ingest(half)
         return CommandBenchResult(
             vehicles=vehicles,
             commands_per_phase=commands,
@@ -357,3 +293,96 @@ def run_commands_bench(
             _say(progress, f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _gateway_argv(command: str, data: Path, mqtt_url: str) -> list[str]:
+    """``python -m gateway COMMAND`` on the benchmark's data directory and broker."""
+    return [
+        *[sys.executable, "-m", "gateway", command],
+        *["--data-dir", str(data), "--log-level", "WARNING", "--mqtt-url", mqtt_url],
+    ]
+
+
+def _api_options(port: int) -> list[str]:
+    """The API's port, and the per-user and per-vehicle command limits off."""
+    return ["--port", str(port), "--user-command-limit", "off", "--vehicle-command-limit", "off"]
+
+
+def _fleet_argv(mqtt_url: str, vehicles: int) -> list[str]:
+    return [
+        *[sys.executable, "-m", "device_sim", "--mqtt-url", mqtt_url],
+        *["--vehicles", str(vehicles), "--interval", "1", "--progress", "3600"],
+    ]
+
+
+def _wait_online(
+    api: str, admin_password: str, fleet: subprocess.Popen[bytes], vehicles: int
+) -> tuple[dict[str, str], list[str]]:
+    """Log in and wait until ``vehicles`` units are online; the headers and their VINs."""
+    headers: dict[str, str] = {}
+
+    def all_online() -> bool:
+        if fleet.poll() is not None:
+            raise RuntimeError(f"the simulator exited with {fleet.returncode}")
+        try:
+            if not headers:
+                headers.update(_login(api, admin_password))
+            listed = httpx.get(f"{api}/v1/vehicles", params={"limit": 1000}, headers=headers).json()
+        except httpx.HTTPError:
+            return False
+        online = [v["vin"] for v in listed.get("items", []) if v["online"]]
+        return len(online) >= vehicles
+
+    _wait(all_online, "the simulated units", timeout=120)
+    listed = httpx.get(f"{api}/v1/vehicles", params={"limit": 1000}, headers=headers).json()
+    return headers, [v["vin"] for v in listed["items"] if v["online"]][:vehicles]
+
+
+@dataclass(frozen=True, slots=True)
+class _Phases:
+    """The measurements of one benchmark run, against its running gateway."""
+
+    api: str
+    data: Path
+    broker_port: int
+    vins: list[str]
+    commands: int
+    rate: float
+    headers: dict[str, str]
+
+    def idle(self) -> PhaseFigures:
+        """Phase 1: the commands with ingest idle."""
+        return self._commands()
+
+    def ingest_maximum(self) -> float:
+        """Samples per second the gateway stores at most (100 units, 600 samples each)."""
+        telemetry_db = self.data / "telemetry.db"
+        base = _stored(telemetry_db)
+        load = LoadProcess(self.broker_port, 100, 600, 1, seq_base=0)
+        samples = 100 * 600
+        _wait(lambda: _stored(telemetry_db) - base >= samples, "ingest")
+        maximum = samples / (time.perf_counter() - load.started)
+        load.finish()
+        return maximum
+
+    def under_ingest(self, samples_per_s: float) -> PhaseFigures:
+        """Phase 2: the commands while ingest runs at ``samples_per_s``."""
+        seconds = self.commands / self.rate + 30
+        paced = LoadProcess(
+            self.broker_port,
+            100,
+            int(samples_per_s * seconds / 100),
+            1,
+            rate=samples_per_s,
+            seq_base=1_000_000,
+        )
+        under = self._commands()
+        paced.process.terminate()
+        paced.process.wait(30)
+        if paced.process.stdout is not None:
+            paced.process.stdout.close()
+        return under
+
+    def _commands(self) -> PhaseFigures:
+        state_db = self.data / "state.db"
+        return _phase(self.api, state_db, self.vins, self.commands, self.rate, self.headers)

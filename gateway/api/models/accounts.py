@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path as PathParam
 from pydantic import AfterValidator, BaseModel, Field
 
-from gateway.api.limits import MAX_ID
+from gateway.api.bounds import MAX_ID
 from gateway.api.models import Page
 from gateway.api.models.records import FromRecord
 from gateway.core.policy import AccountKind, Role

@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from gateway.api.bounds import MAX_ID
 from gateway.api.deps import Auth, Caller
-from gateway.api.limits import MAX_ID
 from gateway.api.models.accounts import AuditOut, AuditPage
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key
 from gateway.api.routes.common import ACCOUNT_ERRORS, account_not_found, id_page

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
+from gateway.api.bounds import MAX_ID
 from gateway.api.deps import Auth, Caller, CallerAudit
-from gateway.api.limits import MAX_ID
 from gateway.api.models.accounts import (
     IdPath,
     UserCreated,
