@@ -115,7 +115,10 @@ async def _run(options: GatewayOptions) -> None:
         registry = VehicleRegistry(options.registry_url)
         await asyncio.to_thread(registry.open)
     service = IngestService(
-        options.ingest, store, tenure_of=registry.tenure_of if registry is not None else None
+        options.ingest,
+        store,
+        tenure_of=registry.tenure_of if registry is not None else None,
+        changed_tenures=registry.changed_tenures if registry is not None else None,
     )
     s = options.ingest
     log.info(

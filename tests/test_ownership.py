@@ -280,6 +280,41 @@ def test_the_ingest_service_commits_before_a_vin_changes_tenure_and_loses_nothin
         store.close()
 
 
+def test_a_claim_the_registry_has_not_reloaded_yet_is_seen_before_the_commit(
+    tmp_path: Path,
+) -> None:
+    """The registry's map is reloaded every half second; a VIN revoked and claimed in between
+    used to have the new unit's first samples filed under the previous holder (and its seq 1,
+    2, ... swallowed as duplicates of the old unit's). The service reads the registry once
+    more before each commit, so the batch is filed by the holding period the state database
+    has when the messages are already in."""
+    from gateway.ingest.service import IngestService, IngestSettings
+
+    stale = {VIN: Tenure(1, 0)}  # what the periodic reload last saw
+    current = {VIN: Tenure(2, NOW)}  # the state database: revoked and claimed at NOW
+    store = open_store(tmp_path / "telemetry.db")
+    service = IngestService(
+        IngestSettings(),
+        store,
+        clock_ms=lambda: NOW + 10,
+        tenure_of=stale.get,
+        changed_tenures=lambda: current,
+    )
+
+    async def scenario() -> None:
+        service._receive(*sample_message(VIN, 5, NOW - 5), None, {})  # the old unit, before
+        for seq in (1, 2):  # the new unit, its own seq 1 and 2
+            service._receive(*sample_message(VIN, seq, NOW + seq), None, {})
+        await service._commit_current()
+
+    try:
+        asyncio.run(scenario())
+        assert speeds(store, VIN, 1) == [(5, 1.0)]
+        assert speeds(store, VIN, 2) == [(1, 1.0), (2, 1.0)]
+    finally:
+        store.close()
+
+
 # --- the state database ----------------------------------------------------------------------
 
 

@@ -12,8 +12,9 @@ belongs to the account that held the VIN when it was recorded and a later holder
 with an empty vehicle (docs/decisions/0009-vehicle-ownership-periods.md).
 
 The map is held in memory and reloaded when the state database's broker-identity version
-changes (one integer read every ``interval_s``; provisioning and revocation, and so every
-change of tenure, bump that version), so the hot path is one dict lookup.
+changes (one integer read every ``interval_s``, and one before every commit; provisioning
+and revocation, and so every change of tenure, bump that version), so the hot path is one
+dict lookup.
 """
 
 from __future__ import annotations
@@ -85,6 +86,20 @@ class VehicleRegistry:
             "vehicle registry: %d provisioned vehicles (version %d)", len(self.tenures), version
         )
         return True
+
+    def changed_tenures(self) -> dict[str, Tenure] | None:
+        """Reload if the version moved (one integer read) and return the new map, else None.
+
+        The ingest service calls this just before each commit: every message of the batch
+        arrived before this read, so a claim committed before a message arrived is seen and
+        the new holder's samples are filed under the new holding period, never under the
+        previous holder's (where they were also swallowed as duplicates of its seq numbers).
+        A database error keeps the last known map (logged)."""
+        try:
+            return self.tenures if self.refresh() else None
+        except Exception:
+            log.exception("vehicle registry refresh failed; keeping the last known set")
+            return None
 
     def open(self) -> None:
         """Migrate the state database if needed and load the VINs (blocking)."""

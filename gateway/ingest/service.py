@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -91,8 +92,11 @@ class IngestService:
         clock_ms: Callable[[], int] = wall_clock_ms,
         on_commit: Callable[[CommitResult], None] | None = None,
         tenure_of: Callable[[str], Tenure | None] | None = None,
+        changed_tenures: Callable[[], Mapping[str, Tenure] | None] | None = None,
     ) -> None:
         self.settings = settings
+        #: the registry's reload right before a commit (see _current_tenures)
+        self._changed_tenures = changed_tenures
         self._store = store
         self._batcher = Batcher(
             clock_ms=clock_ms,
@@ -185,7 +189,7 @@ class IngestService:
             await self._commit_current()
 
     async def _commit_current(self) -> None:
-        batch = self._batcher.take()
+        batch = self._current_tenures(self._batcher.take())
         acks, self._acks, self._first_at = self._acks, [], None
         deferred, self._deferred = self._deferred, []
         for topic, payload, ack, properties in deferred:  # they start the next batch
@@ -213,6 +217,22 @@ class IngestService:
             self._send_feedback(batch)
         if self._on_commit is not None:
             self._on_commit(result)
+
+    def _current_tenures(self, batch: IngestBatch) -> IngestBatch:
+        """The batch with each VIN's holding period as the state database has it now.
+
+        The registry's map is reloaded every half second; a VIN revoked and claimed by a new
+        holder in between would otherwise have the new unit's first samples filed under the
+        previous holder. Every message of ``batch`` arrived before this read, so a claim
+        made before a message arrived is seen; the store then files each sample by its own
+        time against the new period's start (``Tenure.of``)."""
+        if self._changed_tenures is None or not batch.tenures:
+            return batch
+        fresh = self._changed_tenures()
+        if fresh is None:
+            return batch
+        tenures = {vin: fresh.get(vin, tenure) for vin, tenure in batch.tenures.items()}
+        return dataclasses.replace(batch, tenures=tenures)
 
     def _send_feedback(self, batch: IngestBatch) -> None:
         """Tell each unit what of its input was quarantined (``schemas.feedback``), QoS 0,
