@@ -24,8 +24,9 @@ def test_ingest_bench_counts_every_sample_once(batch: int, provisioned: bool) ->
     assert result.duplicated == 0
     assert result.baseline_messages_per_s > 0
     assert result.ingest_samples_per_s > 0
+    # the ratio is printed with three decimals
     assert result.ratio == pytest.approx(
-        result.ingest_samples_per_s / result.baseline_samples_per_s, rel=0.01
+        result.ingest_samples_per_s / result.baseline_samples_per_s, rel=0.01, abs=0.0005
     )
     # every paced sample of the latency phase was seen committed
     assert result.latency_samples > 0
