@@ -101,3 +101,19 @@ def test_active_window_round_trip() -> None:
     assert w is not None
     assert window_to_json(w) == d
     assert window_from_json(None) is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"idle_after_ms": "5"},
+        {"idle_after_ms": 1.5},
+        {"speed_limit_kmh": -1},
+        {"low_soc_pct": [1, 2]},
+        {"enabled": ["nope"]},
+        {"harsh_braking_mps2": True},
+    ],
+)
+def test_settings_of_the_wrong_type_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        rule_settings_from_json(bad)

@@ -293,7 +293,13 @@ class RulesWorker:
             rules, trips = configs[(key[0], account)]
             rule_json, trip_json = states.get(key, ({}, {}))
             step = VinStep(key[0], key[1], account, rule_json, trip_json)
-            self._run_vin(reader, step, _core_items(samples, events), rules, trips, tick_at)
+            try:
+                self._run_vin(reader, step, _core_items(samples, events), rules, trips, tick_at)
+            except Exception:  # one vehicle's bad data must not stop every other's rules
+                logger.exception(
+                    "fleet rules failed for %s (tenure %s); its items are skipped", *key
+                )
+                continue
             if samples or events or step.alerts:
                 steps.append(step)
         return steps

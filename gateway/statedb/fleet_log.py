@@ -531,11 +531,11 @@ class FleetLog:
 
     def alert_counts(
         self, f: AlertFilter, *, by_driver: bool
-    ) -> list[tuple[str | int | None, int, str, int]]:
-        """(vin or driver id, alert start, kind, 1) per alert of the filter, for reports."""
+    ) -> list[tuple[str | int | None, int, str, int | None]]:
+        """(vin or driver id, start, kind, end) per alert of the filter, for reports."""
         a = FleetAlertRow
         who = a.driver_id if by_driver else a.vin
-        query = select(who, a.start_at, a.kind).where(
+        query = select(who, a.start_at, a.kind, a.end_at).where(
             *_scope(a, f.account_id, f.vehicles, f.fleet_id)
         )
         if f.start is not None:
@@ -543,7 +543,7 @@ class FleetLog:
         if f.end is not None:
             query = query.where(a.start_at < f.end)
         with self._db.read() as session:
-            return [(w, s, k, 1) for w, s, k in session.execute(query)]
+            return [(w, s, k, e) for w, s, k, e in session.execute(query)]
 
 
 def _scope(

@@ -177,23 +177,47 @@ def _check_names(d: Mapping[str, Any], allowed: frozenset[str], what: str) -> No
         raise ValueError(f"unknown {what} setting(s): {', '.join(unknown)}")
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+
+
+def _typed(name: str, value: Any, default: Any) -> Any:
+    """``value`` in the type of the setting's default; ValueError naming the setting if it
+    is not one (a stored setting must never make the rules fail later)."""
+    if name == "enabled":
+        if not isinstance(value, list):
+            raise ValueError("enabled: a list of alert kinds")
+        try:
+            return frozenset(AlertKind(v) for v in value)
+        except ValueError:
+            raise ValueError(f"enabled: alert kinds are {', '.join(AlertKind)}") from None
+    if isinstance(default, tuple):
+        if not (
+            isinstance(value, list) and len(value) == len(default) and all(map(_is_number, value))
+        ):
+            raise ValueError(f"{name}: a list of {len(default)} non-negative numbers")
+        return tuple(value)
+    if value is None and default is None:
+        return None
+    if not _is_number(value) or (isinstance(default, int) and not isinstance(value, int)):
+        kind = "an integer" if isinstance(default, int) else "a number"
+        raise ValueError(f"{name}: {kind} >= 0")
+    return value
+
+
 def rule_settings_from_json(d: Mapping[str, Any], **extra: Any) -> RuleSettings:
-    """The defaults with the stored overrides ``d`` (and ``extra``: fences, fleet limit)."""
+    """The defaults with the stored overrides ``d`` (and ``extra``: fences, fleet limit);
+    ValueError for an unknown name or a value of the wrong type."""
     _check_names(d, RULE_SETTING_NAMES, "rule")
-    values: dict[str, Any] = {}
-    for name, value in d.items():
-        if name == "enabled":
-            values[name] = frozenset(AlertKind(v) for v in value)
-        elif isinstance(value, list):
-            values[name] = tuple(value)
-        else:
-            values[name] = value
+    defaults = RuleSettings()
+    values = {name: _typed(name, v, getattr(defaults, name)) for name, v in d.items()}
     return RuleSettings(**values, **extra)
 
 
 def trip_settings_from_json(d: Mapping[str, Any]) -> TripSettings:
     _check_names(d, TRIP_SETTING_NAMES, "trip")
-    return TripSettings(**d)
+    defaults = TripSettings()
+    return TripSettings(**{name: _typed(name, v, getattr(defaults, name)) for name, v in d.items()})
 
 
 def window_from_json(d: Mapping[str, Any] | None) -> ActiveWindow | None:
