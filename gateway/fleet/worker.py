@@ -90,12 +90,20 @@ class WorkerSettings:
 
 @dataclass(slots=True)
 class _Read:
-    """What one step read: the kept prefix of each log and where it ends."""
+    """What one step read: the kept prefix of each log, where it ends, and its rows by
+    partition (computed once, not once per partition)."""
 
     samples: list[LoggedSample]
     events: list[LoggedEvent]
     sample_end: int
     event_end: int
+    parts: dict[int, tuple[list[LoggedSample], list[LoggedEvent]]] = field(default_factory=dict)
+
+    def split(self, count: int) -> None:
+        for sample in self.samples:
+            self.parts.setdefault(partition_of(sample.vin, count), ([], []))[0].append(sample)
+        for event in self.events:
+            self.parts.setdefault(partition_of(event.vin, count), ([], []))[1].append(event)
 
 
 def _prefix(rows: Sequence[Any], cursor: int, ready_before: int) -> tuple[list[Any], int]:
@@ -223,7 +231,9 @@ class RulesWorker:
         if len(samples) == s.batch and samples:  # more samples wait: no event beyond them
             events = [e for e in events if e.received_at <= samples[-1].received_at]
             e_end = events[-1].id if events else low_e
-        return _Read(samples, events, s_end, e_end)
+        read = _Read(samples, events, s_end, e_end)
+        read.split(s.partitions)
+        return read
 
     def _partition(
         self,
@@ -237,11 +247,12 @@ class RulesWorker:
         per_vin: dict[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]] = defaultdict(
             lambda: ([], [])
         )
-        for sample in read.samples:
-            if sample.id > cursor[0] and partition_of(sample.vin, n) == partition:
+        samples, events = read.parts.get(partition, ([], []))
+        for sample in samples:
+            if sample.id > cursor[0]:
                 per_vin[(sample.vin, sample.tenure)][0].append(sample)
-        for event in read.events:
-            if event.id > cursor[1] and partition_of(event.vin, n) == partition:
+        for event in events:
+            if event.id > cursor[1]:
                 per_vin[(event.vin, event.tenure)][1].append(event)
         accounts = self.log.accounts_of(per_vin)
         if tick_at is not None:

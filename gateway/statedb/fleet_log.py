@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, tuple_, update
+from sqlalchemy import and_, delete, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from gateway.statedb.database import StateDatabase
@@ -212,17 +212,24 @@ def _trip(r: FleetTripRow) -> TripRecord:
     )
 
 
-def _driver_at(session: Session, vin: str, at: int) -> int | None:
-    return session.scalar(
-        select(DriverAssignmentRow.driver_id)
-        .where(
-            DriverAssignmentRow.vin == vin,
-            DriverAssignmentRow.start_at <= at,
-            or_(DriverAssignmentRow.end_at.is_(None), DriverAssignmentRow.end_at > at),
+class _Assignments:
+    """A vehicle's driver assignments, read once per step: who drove at a given time (an
+    assignment covers ``start_at <= t < end_at``; the newest start wins an overlap)."""
+
+    def __init__(self, session: Session, vin: str) -> None:
+        a = DriverAssignmentRow
+        rows = session.execute(
+            select(a.driver_id, a.start_at, a.end_at)
+            .where(a.vin == vin)
+            .order_by(a.start_at.desc(), a.id.desc())
         )
-        .order_by(DriverAssignmentRow.start_at.desc(), DriverAssignmentRow.id.desc())
-        .limit(1)
-    )
+        self._ranges = [(d, s, e) for d, s, e in rows]
+
+    def at(self, t: int) -> int | None:
+        for driver, start, end in self._ranges:
+            if start <= t and (end is None or t < end):
+                return int(driver)
+        return None
 
 
 class FleetLog:
@@ -372,8 +379,9 @@ class FleetLog:
                 step.trip_state,
                 now,
             )
-        for change in step.alerts:
-            self._store_alert(session, step, change, now)
+        drivers = _Assignments(session, step.vin) if step.alerts or step.trips else None
+        if step.alerts and drivers is not None:
+            self._store_alerts(session, step, drivers, now)
         if step.replace_from is not None:
             session.execute(
                 delete(FleetTripRow).where(
@@ -382,69 +390,82 @@ class FleetLog:
                     FleetTripRow.start_at >= step.replace_from,
                 )
             )
-        for trip in step.trips:
-            session.add(self._trip_row(session, step, trip))
+        if step.trips and drivers is not None:
+            session.execute(
+                insert(FleetTripRow), [self._trip_row(step, t, drivers) for t in step.trips]
+            )
 
     @staticmethod
-    def _store_alert(session: Session, step: VinStep, change: AlertWrite, now: int) -> None:
-        if change.action == "opened":
-            session.add(
-                FleetAlertRow(
-                    account_id=step.account_id,
-                    vin=step.vin,
-                    tenure=step.tenure,
-                    kind=change.kind,
-                    key=change.key,
-                    severity=change.severity,
-                    start_at=change.start_at,
-                    end_at=change.end_at,
-                    detail=dict(change.detail),
-                    driver_id=_driver_at(session, step.vin, change.start_at),
-                    updated_at=now,
+    def _store_alerts(session: Session, step: VinStep, drivers: _Assignments, now: int) -> None:
+        """The step's alert changes folded per key (an alert opened and closed within one
+        step is one new row), then one INSERT of the new rows and one UPDATE per alert
+        stored earlier: a few statements per vehicle instead of one per change."""
+        new: dict[str, dict[str, Any]] = {}
+        instants: list[dict[str, Any]] = []
+        changed: dict[str, dict[str, Any]] = {}
+        for c in step.alerts:
+            values = {"severity": c.severity, "end_at": c.end_at, "detail": dict(c.detail)}
+            if c.action == "opened":
+                row = {
+                    "account_id": step.account_id,
+                    "vin": step.vin,
+                    "tenure": step.tenure,
+                    "kind": c.kind,
+                    "key": c.key,
+                    "start_at": c.start_at,
+                    "driver_id": drivers.at(c.start_at),
+                    "updated_at": now,
+                    **values,
+                }
+                if c.end_at is not None:  # an instant: never updated
+                    instants.append(row)
+                else:
+                    new[c.key] = row
+            elif c.key in new:
+                new[c.key].update(values)
+                if c.end_at is not None:
+                    instants.append(new.pop(c.key))
+            else:
+                changed[c.key] = values
+        for key, values in changed.items():
+            session.execute(
+                update(FleetAlertRow)
+                .where(
+                    FleetAlertRow.vin == step.vin,
+                    FleetAlertRow.tenure == step.tenure,
+                    FleetAlertRow.key == key,
+                    FleetAlertRow.end_at.is_(None),
                 )
+                .values(**values, updated_at=now)
             )
-            session.flush()
-            return
-        session.execute(
-            update(FleetAlertRow)
-            .where(
-                FleetAlertRow.vin == step.vin,
-                FleetAlertRow.tenure == step.tenure,
-                FleetAlertRow.key == change.key,
-                FleetAlertRow.end_at.is_(None),
-            )
-            .values(
-                severity=change.severity,
-                end_at=change.end_at,
-                detail=dict(change.detail),
-                updated_at=now,
-            )
-        )
+        rows = [*instants, *new.values()]
+        if rows:
+            session.execute(insert(FleetAlertRow), rows)
 
     @staticmethod
-    def _trip_row(session: Session, step: VinStep, t: TripWrite) -> FleetTripRow:
+    def _trip_row(step: VinStep, t: TripWrite, drivers: _Assignments) -> dict[str, Any]:
         start, end = t.start_place or (None, None), t.end_place or (None, None)
-        return FleetTripRow(
-            account_id=step.account_id,
-            vin=step.vin,
-            tenure=step.tenure,
-            start_at=t.start_at,
-            end_at=t.end_at,
-            start_lon=start[0],
-            start_lat=start[1],
-            end_lon=end[0],
-            end_lat=end[1],
-            distance_m=t.distance_m,
-            duration_ms=t.end_at - t.start_at,
-            max_speed_kmh=t.max_speed_kmh,
-            avg_speed_kmh=t.avg_speed_kmh,
-            energy_used_pct=t.energy_used_pct,
-            fuel_used_pct=t.fuel_used_pct,
-            ended_by=t.ended_by,
-            driver_id=_driver_at(session, step.vin, t.start_at),
-            prior_ignition=t.prior_ignition,
-            prior_moving=t.prior_moving,
-        )
+        return {
+            "account_id": step.account_id,
+            "vin": step.vin,
+            "tenure": step.tenure,
+            "start_at": t.start_at,
+            "end_at": t.end_at,
+            "start_lon": start[0],
+            "start_lat": start[1],
+            "end_lon": end[0],
+            "end_lat": end[1],
+            "distance_m": t.distance_m,
+            "duration_ms": t.end_at - t.start_at,
+            "max_speed_kmh": t.max_speed_kmh,
+            "avg_speed_kmh": t.avg_speed_kmh,
+            "energy_used_pct": t.energy_used_pct,
+            "fuel_used_pct": t.fuel_used_pct,
+            "ended_by": t.ended_by,
+            "driver_id": drivers.at(t.start_at),
+            "prior_ignition": t.prior_ignition,
+            "prior_moving": t.prior_moving,
+        }
 
     # --- reading and a person's actions (the API) --------------------------------------
 
