@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, tuple_, update
+from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from gateway.statedb.database import StateDatabase
@@ -536,11 +536,29 @@ class FleetLog:
         with self._db.read() as session:
             return [_trip(r) for r in session.scalars(query)]
 
-    def all_trips(self, f: TripFilter) -> list[TripRecord]:
-        """Every trip of the filter, oldest first (reports; the caller bounds the range)."""
+    def trip_days(self, f: TripFilter, *, by_driver: bool) -> list[tuple[Any, ...]]:
+        """Per (vin or driver id, UTC day number) of the filter's trips: (key, day, trips,
+        duration, distance, max speed, energy, fuel), summed by the database (integer
+        division of epoch milliseconds is the UTC day on SQLite and PostgreSQL alike)."""
         t = FleetTripRow
-        query = select(t).order_by(t.start_at, t.id)
-        query = query.where(*_scope(t, f.account_id, f.vehicles, f.fleet_id))
+        who = t.driver_id if by_driver else t.vin
+        day = t.start_at // 86_400_000
+        query = (
+            select(
+                who,
+                day,
+                func.count(),
+                func.sum(t.duration_ms),
+                func.sum(t.distance_m),
+                func.max(t.max_speed_kmh),
+                func.sum(t.energy_used_pct),
+                func.sum(t.fuel_used_pct),
+            )
+            .where(*_scope(t, f.account_id, f.vehicles, f.fleet_id))
+            .group_by(who, day)
+        )
+        if by_driver:
+            query = query.where(t.driver_id.is_not(None))
         if f.driver_id is not None:
             query = query.where(t.driver_id == f.driver_id)
         if f.start is not None:
@@ -548,7 +566,7 @@ class FleetLog:
         if f.end is not None:
             query = query.where(t.start_at < f.end)
         with self._db.read() as session:
-            return [_trip(r) for r in session.scalars(query)]
+            return [tuple(r) for r in session.execute(query)]
 
     def alert_counts(
         self, f: AlertFilter, *, by_driver: bool

@@ -62,16 +62,18 @@ def _lines(
     af = AlertFilter(scope.account_id, scope.vehicles, scope.fleet_id, start=start, end=end)
     trips = [
         ReportTrip(
-            t.driver_id if by_driver else t.vin,
-            t.start_at,
-            t.duration_ms,
-            t.distance_m,
-            t.max_speed_kmh,
-            t.energy_used_pct,
-            t.fuel_used_pct,
+            who,
+            int(day) * _DAY_MS,
+            int(duration or 0),
+            float(distance or 0.0),
+            top,
+            energy,
+            fuel,
+            int(count),
         )
-        for t in ([] if scope.account_id == -1 else log.all_trips(tf))
-        if not by_driver or t.driver_id is not None
+        for who, day, count, duration, distance, top, energy, fuel in (
+            [] if scope.account_id == -1 else log.trip_days(tf, by_driver=by_driver)
+        )
     ]
     alerts = [
         ReportAlert(who, kind, at, end_at)
