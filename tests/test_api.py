@@ -733,6 +733,25 @@ def test_docs_and_openapi(client: TestClient) -> None:
         "/v1/invitations/{invitation_id}/decline",
         "/v1/users/{user_id}/api-keys",
         "/v1/audit",
+        # fleet management (issue 13)
+        "/v1/vehicles/{vin}/events",
+        "/v1/fleets",
+        "/v1/fleets/{fleet_id}",
+        "/v1/fleets/{fleet_id}/vehicles",
+        "/v1/fleets/{fleet_id}/vehicles/{vin}",
+        "/v1/accounts/{account_id}/rule-settings",
+        "/v1/drivers",
+        "/v1/drivers/{driver_id}",
+        "/v1/drivers/{driver_id}/assignments",
+        "/v1/drivers/{driver_id}/assignments/{assignment_id}",
+        "/v1/geofences",
+        "/v1/geofences/{geofence_id}",
+        "/v1/alerts",
+        "/v1/alerts/{alert_id}/acknowledge",
+        "/v1/alerts/{alert_id}/clear",
+        "/v1/trips",
+        "/v1/reports/vehicles",
+        "/v1/reports/drivers",
     }
     error_ref = "#/components/schemas/ErrorResponse"
     for path, operations in spec["paths"].items():

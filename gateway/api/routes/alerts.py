@@ -100,6 +100,7 @@ def _managed_alert(
 def acknowledge_alert(
     alert_id: IdPath, principal: Caller, context: Auth, log: FleetLogDep, audit: CallerAudit
 ) -> AlertOut:
+    """Marks it seen by you (the first acknowledgement stays); for whoever manages the vehicle."""
     alert = _managed_alert(context, log, principal, alert_id)
     done = log.acknowledge(alert_id, user_id=principal.user_id, now=context.now_ms()) or alert
     audit.record("alert_acknowledge", account_id=alert.account_id, target=f"alert:{alert_id}")
@@ -110,6 +111,8 @@ def acknowledge_alert(
 def clear_alert(
     alert_id: IdPath, principal: Caller, context: Auth, log: FleetLogDep, audit: CallerAudit
 ) -> AlertOut:
+    """Takes it off the open list; the rule raises the condition again only after it has
+    cleared by itself."""
     alert = _managed_alert(context, log, principal, alert_id)
     done = log.clear(alert_id, user_id=principal.user_id, now=context.now_ms()) or alert
     audit.record("alert_clear", account_id=alert.account_id, target=f"alert:{alert_id}")

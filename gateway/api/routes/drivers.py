@@ -59,6 +59,7 @@ def _check_user(context: AuthContext, user_id: int | None, account_id: int) -> N
 def create_driver(
     body: DriverRequest, principal: Caller, context: Auth, fleets: Fleets, audit: CallerAudit
 ) -> DriverOut:
+    """In your account (an administrator: `account_id`), optionally linked to a user of it."""
     account_id = check_account(principal, body.account_id, manage=True)
     _check_user(context, body.user_id, account_id)
     driver = fleets.create_driver(
@@ -76,6 +77,7 @@ def list_drivers(
     limit: Limit = DEFAULT_PAGE,
     cursor: Cursor = None,
 ) -> DriverPage:
+    """Your account's drivers (an administrator: every account's, or `account_id`'s), by id."""
     after = cursor_key("drivers", cursor, int)
     scope = list_account(principal, account_id)
     found = (
@@ -92,6 +94,7 @@ def list_drivers(
 
 @router.get("/v1/drivers/{driver_id}", response_model=DriverOut, summary="One driver")
 def get_driver(driver_id: IdPath, principal: Caller, fleets: Fleets) -> DriverOut:
+    """For the account's fleet readers."""
     return DriverOut.model_validate(_driver(fleets, principal, driver_id))
 
 
@@ -108,6 +111,7 @@ def update_driver(
     fleets: Fleets,
     audit: CallerAudit,
 ) -> DriverOut:
+    """Only the fields given change; a login must be a user of the driver's account."""
     driver = _driver(fleets, principal, driver_id, manage=True)
     changes = body.model_dump(exclude_unset=True)
     if "name" in changes and changes["name"] is None:
@@ -131,6 +135,8 @@ def create_assignment(
     fleets: Fleets,
     audit: CallerAudit,
 ) -> AssignmentOut:
+    """From `valid_from` until `valid_until` (exclusive; open-ended without): trips and
+    alerts starting then name the driver."""
     driver = _driver(fleets, principal, driver_id, manage=True)
     vin = vin_or_422(body.vin, ["body", "vin"])
     if body.valid_until is not None and body.valid_until <= body.valid_from:
@@ -166,6 +172,7 @@ def list_assignments(
     limit: Limit = DEFAULT_PAGE,
     cursor: Cursor = None,
 ) -> AssignmentPage:
+    """By id."""
     after = cursor_key("assignments", cursor, int)
     _driver(fleets, principal, driver_id)
     found = fleets.assignments(driver_id, after=after, limit=limit + 1)

@@ -100,6 +100,7 @@ def list_fleets(
 
 @router.get("/v1/fleets/{fleet_id}", response_model=FleetOut, summary="One fleet or group")
 def get_fleet(fleet_id: IdPath, principal: Caller, fleets: Fleets) -> FleetOut:
+    """With its number of vehicles; for the account's fleet readers."""
     return FleetOut.model_validate(_fleet(fleets, principal, fleet_id))
 
 
@@ -111,6 +112,7 @@ def get_fleet(fleet_id: IdPath, principal: Caller, fleets: Fleets) -> FleetOut:
 def update_fleet(
     fleet_id: IdPath, body: FleetUpdate, principal: Caller, fleets: Fleets, audit: CallerAudit
 ) -> FleetOut:
+    """Only the fields given change; for the account's fleet managers."""
     fleet = _fleet(fleets, principal, fleet_id, manage=True)
     changes = body.model_dump(exclude_unset=True)
     if changes.get("name", "") is None:
@@ -143,6 +145,7 @@ def list_fleet_vehicles(
     limit: Limit = DEFAULT_PAGE,
     cursor: Cursor = None,
 ) -> FleetVehiclePage:
+    """By VIN."""
     after = cursor_key("fleet_vehicles", cursor, str)
     _fleet(fleets, principal, fleet_id)
     vins = fleets.fleet_vins(fleet_id, after=after, limit=limit + 1)
@@ -188,6 +191,7 @@ def add_fleet_vehicle(
 def remove_fleet_vehicle(
     fleet_id: IdPath, vin: Vin, principal: Caller, fleets: Fleets, audit: CallerAudit
 ) -> None:
+    """The vehicle stays in its account and its other fleets."""
     fleet = _fleet(fleets, principal, fleet_id, manage=True)
     if not fleets.remove_vehicle(fleet_id, vin):
         raise ApiError(404, "vehicle_not_found", f"Vehicle {vin} is not in fleet {fleet_id}.")

@@ -109,6 +109,8 @@ def list_geofences(
     limit: Limit = DEFAULT_PAGE,
     cursor: Cursor = None,
 ) -> GeofencePage:
+    """Your account's fences as GeoJSON Features (an administrator: every account's, or
+    `account_id`'s), by id."""
     after = cursor_key("geofences", cursor, int)
     scope = list_account(principal, account_id)
     found = (
@@ -122,6 +124,7 @@ def list_geofences(
 
 @router.get("/v1/geofences/{geofence_id}", response_model=GeofenceOut, summary="One geofence")
 def get_geofence(geofence_id: IdPath, principal: Caller, fleets: Fleets) -> GeofenceOut:
+    """As a GeoJSON Feature."""
     return _out(owned(principal, fleets.get_geofence(geofence_id), "geofence", geofence_id))
 
 
@@ -151,6 +154,7 @@ def replace_geofence(
 def delete_geofence(
     geofence_id: IdPath, principal: Caller, fleets: Fleets, audit: CallerAudit
 ) -> None:
+    """Its alerts stay; vehicles stop being checked against it within seconds."""
     fence = owned(principal, fleets.get_geofence(geofence_id), "geofence", geofence_id, manage=True)
     fleets.delete_geofence(geofence_id)
     audit.record("geofence_delete", account_id=fence.account_id, target=f"geofence:{geofence_id}")
