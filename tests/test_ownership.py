@@ -113,6 +113,9 @@ def test_an_older_file_is_upgraded_in_place_its_data_in_the_first_tenure(
         assert state is not None
         assert (state.summary.online, state.latest) == (True, {SPEED: (60.0, 20)})
         assert [q.tenure for q in store.quarantine(limit=10)] == [None]
+        # schema 4: the old event got a row id and is in the log (and still deduplicated)
+        (event,) = store.events_after(0, limit=10)
+        assert (event.vin, event.tenure, event.seq, event.type) == (VIN, 1, 1, "ignition_on")
         # a second holder's seq 1 and 2 are new samples, not duplicates of the first's
         result = store.commit(
             IngestBatch(
