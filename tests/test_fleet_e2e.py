@@ -153,19 +153,8 @@ def test_every_rule_fires_once_through_the_broker_and_the_report_adds_up(
     fleet: tuple[TestClient, Org, Org, Callable[[], None]], mosquitto: MosquittoProcess
 ) -> None:
     _api, a, b, _ = fleet
-    r = a.call("PUT", f"/v1/accounts/{a.id}/rule-settings", json={"rules": RULES, "trips": TRIPS})
-    assert r.status_code == 200, r.text
-    fence = {
-        "type": "Feature",
-        "geometry": {"type": "Point", "coordinates": list(DEPOT)},
-        "properties": {"name": "depot", "radius_m": 150},
-    }
-    r = a.call("POST", "/v1/geofences", json=fence)
-    assert r.status_code == 201, r.text
-    driver = a.call("POST", "/v1/drivers", json={"name": "Dana"}).json()["id"]
     t0 = time.time_ns() // 1_000_000 - 60_000
-    r = a.call("POST", f"/v1/drivers/{driver}/assignments", json={"vin": VAN, "valid_from": t0 - 1})
-    assert r.status_code == 201, r.text
+    driver = _set_up(a, t0)
 
     steps = script(t0)
     for seq, ts, signals in steps:
@@ -227,7 +216,28 @@ def test_every_rule_fires_once_through_the_broker_and_the_report_adds_up(
         ("dtc_cleared", "P0A80"),
     ]
 
-    # organization B's manager sees none of it; its own truck's overspeed is its own
+    _foreign_sees_nothing(b, alert, driver, window)
+
+
+def _set_up(a: Org, t0: int) -> int:
+    """Organization A's thresholds, depot and driver (assigned to the van); the driver."""
+    r = a.call("PUT", f"/v1/accounts/{a.id}/rule-settings", json={"rules": RULES, "trips": TRIPS})
+    assert r.status_code == 200, r.text
+    fence = {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": list(DEPOT)},
+        "properties": {"name": "depot", "radius_m": 150},
+    }
+    r = a.call("POST", "/v1/geofences", json=fence)
+    assert r.status_code == 201, r.text
+    driver: int = a.call("POST", "/v1/drivers", json={"name": "Dana"}).json()["id"]
+    r = a.call("POST", f"/v1/drivers/{driver}/assignments", json={"vin": VAN, "valid_from": t0 - 1})
+    assert r.status_code == 201, r.text
+    return driver
+
+
+def _foreign_sees_nothing(b: Org, alert: int, driver: int, window: dict[str, int]) -> None:
+    """Organization B's manager sees none of A's; its own truck's overspeed is its own."""
     assert b.call("GET", f"/v1/alerts?vin={VAN}").status_code == 404
     assert b.call("GET", f"/v1/trips?vin={VAN}").status_code == 404
     assert b.call("POST", f"/v1/alerts/{alert}/clear").status_code == 404

@@ -30,6 +30,20 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # referenced tables first
+    _fleet_partitions()
+    _fleet_vin_state()
+    _fleet_alerts()
+    _fleet_rule_settings()
+    _fleet_trips()
+    _fleets()
+    _geofences()
+    _drivers()
+    _driver_assignments()
+    _fleet_vehicles()
+
+
+def _fleet_partitions() -> None:
     op.create_table(
         "fleet_partitions",
         sa.Column("partition", sa.Integer(), autoincrement=False, nullable=False),
@@ -39,6 +53,9 @@ def upgrade() -> None:
         sa.Column("event_cursor", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("partition", name=op.f("pk_fleet_partitions")),
     )
+
+
+def _fleet_vin_state() -> None:
     op.create_table(
         "fleet_vin_state",
         sa.Column("vin", sa.String(length=17), nullable=False),
@@ -56,6 +73,9 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("vin", "tenure", name=op.f("pk_fleet_vin_state")),
     )
+
+
+def _fleet_alerts() -> None:
     op.create_table(
         "fleet_alerts",
         sa.Column(
@@ -98,6 +118,8 @@ def upgrade() -> None:
             "ix_fleet_alerts_vin_tenure_key", ["vin", "tenure", "key"], unique=False
         )
 
+
+def _fleet_rule_settings() -> None:
     op.create_table(
         "fleet_rule_settings",
         sa.Column(
@@ -114,6 +136,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("account_id", name=op.f("pk_fleet_rule_settings")),
     )
+
+
+def _fleet_trips() -> None:
     op.create_table(
         "fleet_trips",
         sa.Column(
@@ -159,6 +184,8 @@ def upgrade() -> None:
             "ix_fleet_trips_vin_tenure_start_at", ["vin", "tenure", "start_at"], unique=False
         )
 
+
+def _fleets() -> None:
     op.create_table(
         "fleets",
         sa.Column(
@@ -180,6 +207,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_fleets")),
         sa.UniqueConstraint("account_id", "name", name=op.f("uq_fleets_account_id_name")),
     )
+
+
+def _geofences() -> None:
     op.create_table(
         "geofences",
         sa.Column(
@@ -215,6 +245,8 @@ def upgrade() -> None:
     with op.batch_alter_table("geofences", schema=None) as batch_op:
         batch_op.create_index("ix_geofences_account_id", ["account_id"], unique=False)
 
+
+def _drivers() -> None:
     op.create_table(
         "drivers",
         sa.Column(
@@ -238,6 +270,8 @@ def upgrade() -> None:
     with op.batch_alter_table("drivers", schema=None) as batch_op:
         batch_op.create_index("ix_drivers_account_id", ["account_id"], unique=False)
 
+
+def _driver_assignments() -> None:
     op.create_table(
         "driver_assignments",
         sa.Column(
@@ -266,6 +300,8 @@ def upgrade() -> None:
             "ix_driver_assignments_vin_start_at", ["vin", "start_at"], unique=False
         )
 
+
+def _fleet_vehicles() -> None:
     op.create_table(
         "fleet_vehicles",
         sa.Column("fleet_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
