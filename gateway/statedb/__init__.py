@@ -1,7 +1,6 @@
 """The state database: what the gateway decides and must remember (remote commands;
 accounts, users, vehicles and who may use them; the audit log; fleets, geofences, alerts
-and trips),
-as opposed to what vehicles report (the telemetry store, ``gateway.store``).
+and trips), as opposed to what vehicles report (the telemetry store, ``gateway.store``).
 
 Relational, through SQLAlchemy 2.0, with Alembic migrations. SQLite is the embedded default
 (``state.db`` in the data directory, no server to run); PostgreSQL is used when configured by
