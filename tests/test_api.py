@@ -689,6 +689,64 @@ def test_metrics_openmetrics_on_request(client: TestClient) -> None:
 # --- documentation -------------------------------------------------------------------------
 
 
+#: every path of the API (a new one is added here on purpose)
+API_PATHS = {
+    "/v1/vehicles",
+    "/v1/vehicles/{vin}",
+    "/v1/vehicles/{vin}/history",
+    "/v1/catalog",
+    "/v1/quarantine",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/vehicles/{vin}/commands",
+    "/v1/commands/{command_id}",
+    "/v1/commands/{command_id}/cancel",
+    "/v1/commands/{command_id}/events",
+    "/v1/command-types",
+    "/v1/auth/token",
+    "/v1/auth/revoke",
+    "/v1/auth/register",
+    "/v1/me",
+    "/v1/api-keys",
+    "/v1/api-keys/{key_id}",
+    "/v1/accounts",
+    "/v1/accounts/{account_id}",
+    "/v1/users",
+    "/v1/users/{user_id}",
+    "/v1/vehicles/{vin}/registration",
+    "/v1/vehicles/{vin}/credentials",
+    "/v1/vehicles/{vin}/grants",
+    "/v1/vehicles/{vin}/grants/{grant_id}",
+    "/v1/vehicles/{vin}/invitations",
+    "/v1/vehicles/{vin}/invitations/{invitation_id}",
+    "/v1/invitations",
+    "/v1/invitations/{invitation_id}/accept",
+    "/v1/invitations/{invitation_id}/decline",
+    "/v1/users/{user_id}/api-keys",
+    "/v1/audit",
+    # fleet management (issue 13)
+    "/v1/vehicles/{vin}/events",
+    "/v1/fleets",
+    "/v1/fleets/{fleet_id}",
+    "/v1/fleets/{fleet_id}/vehicles",
+    "/v1/fleets/{fleet_id}/vehicles/{vin}",
+    "/v1/accounts/{account_id}/rule-settings",
+    "/v1/drivers",
+    "/v1/drivers/{driver_id}",
+    "/v1/drivers/{driver_id}/assignments",
+    "/v1/drivers/{driver_id}/assignments/{assignment_id}",
+    "/v1/geofences",
+    "/v1/geofences/{geofence_id}",
+    "/v1/alerts",
+    "/v1/alerts/{alert_id}/acknowledge",
+    "/v1/alerts/{alert_id}/clear",
+    "/v1/trips",
+    "/v1/reports/vehicles",
+    "/v1/reports/drivers",
+}
+
+
 def test_docs_and_openapi(client: TestClient) -> None:
     docs = client.get("/docs")
     assert docs.status_code == 200
@@ -698,42 +756,7 @@ def test_docs_and_openapi(client: TestClient) -> None:
     assert r.status_code == 200
     spec = r.json()
     assert spec["info"]["title"] == "Telematics Gateway API"
-    assert set(spec["paths"]) == {
-        "/v1/vehicles",
-        "/v1/vehicles/{vin}",
-        "/v1/vehicles/{vin}/history",
-        "/v1/catalog",
-        "/v1/quarantine",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/v1/vehicles/{vin}/commands",
-        "/v1/commands/{command_id}",
-        "/v1/commands/{command_id}/cancel",
-        "/v1/commands/{command_id}/events",
-        "/v1/command-types",
-        "/v1/auth/token",
-        "/v1/auth/revoke",
-        "/v1/auth/register",
-        "/v1/me",
-        "/v1/api-keys",
-        "/v1/api-keys/{key_id}",
-        "/v1/accounts",
-        "/v1/accounts/{account_id}",
-        "/v1/users",
-        "/v1/users/{user_id}",
-        "/v1/vehicles/{vin}/registration",
-        "/v1/vehicles/{vin}/credentials",
-        "/v1/vehicles/{vin}/grants",
-        "/v1/vehicles/{vin}/grants/{grant_id}",
-        "/v1/vehicles/{vin}/invitations",
-        "/v1/vehicles/{vin}/invitations/{invitation_id}",
-        "/v1/invitations",
-        "/v1/invitations/{invitation_id}/accept",
-        "/v1/invitations/{invitation_id}/decline",
-        "/v1/users/{user_id}/api-keys",
-        "/v1/audit",
-    }
+    assert set(spec["paths"]) == API_PATHS
     error_ref = "#/components/schemas/ErrorResponse"
     for path, operations in spec["paths"].items():
         for method, op in operations.items():

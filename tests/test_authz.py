@@ -340,6 +340,224 @@ TABLE: dict[tuple[str, str], Row] = {
 }
 
 
+# --- fleet management (issue 13) -----------------------------------------------------------
+
+#: an account's fleet setup (fleets, drivers, geofences, rule settings, driver reports):
+#: fleet readers and the owner of their own account; a driver sees none of it
+SETUP_READ = cells(
+    admin=(OK, OK),
+    fleet_manager=(OK, NOT_FOUND),
+    fleet_viewer=(OK, NOT_FOUND),
+    owner=(OK, NOT_FOUND),
+    driver=(NOT_FOUND, NOT_FOUND),
+)
+SETUP_MANAGE = cells(
+    admin=(OK, OK),
+    fleet_manager=(OK, NOT_FOUND),
+    fleet_viewer=(FORBIDDEN, NOT_FOUND),
+    owner=(OK, NOT_FOUND),
+    driver=(NOT_FOUND, NOT_FOUND),
+)
+FENCE = {
+    "type": "Feature",
+    "geometry": {"type": "Point", "coordinates": [11.5755, 48.1374]},
+    "properties": {"name": "depot", "radius_m": 200},
+}
+
+
+def _fleet_of(w: World, p: str, own: bool) -> int:
+    r = w.admin(
+        "POST", "/v1/fleets", json={"name": f"f{fresh_vin()}", "account_id": w.account(p, own)}
+    )
+    fleet_id: int = r.json()["id"]
+    return fleet_id
+
+
+def _driver_of(w: World, p: str, own: bool) -> int:
+    r = w.admin("POST", "/v1/drivers", json={"name": "d", "account_id": w.account(p, own)})
+    driver_id: int = r.json()["id"]
+    return driver_id
+
+
+def _geofence_of(w: World, p: str, own: bool) -> int:
+    r = w.admin("POST", f"/v1/geofences?account_id={w.account(p, own)}", json=FENCE)
+    fence_id: int = r.json()["id"]
+    return fence_id
+
+
+def _alert_of(w: World, p: str, own: bool) -> int:
+    """An open alert of the persona's own (or the foreign) vehicle, as the worker stores
+    it."""
+    from gateway.statedb.models import FleetAlertRow
+
+    vin = w.vehicle(p, own)
+    db = w.client.app.state.state_db  # type: ignore[attr-defined]
+    account = w.client.app.state.auth.accounts.get_vehicle(vin)  # type: ignore[attr-defined]
+    with db.write() as session:
+        row = FleetAlertRow(
+            account_id=account.account_id,
+            vin=vin,
+            tenure=account.tenure,
+            kind="overspeed",
+            key="overspeed",
+            severity="warning",
+            start_at=1,
+            end_at=None,
+            detail={},
+            updated_at=1,
+        )
+        session.add(row)
+        session.flush()
+        alert_id: int = row.id
+    return alert_id
+
+
+def _remove_member(w: World, p: str | None, own: bool) -> Response:
+    p_ = p or "admin"
+    fleet, vin = _fleet_of(w, p_, own), w.vehicle(p_, own)
+    w.admin("PUT", f"/v1/fleets/{fleet}/vehicles/{vin}")
+    return w.client.delete(f"/v1/fleets/{fleet}/vehicles/{vin}", headers=w.as_(p))
+
+
+def _unassign(w: World, p: str | None, own: bool) -> Response:
+    p_ = p or "admin"
+    driver = _driver_of(w, p_, own)
+    body = {"vin": w.vehicle(p_, own), "valid_from": 0}
+    assignment = w.admin("POST", f"/v1/drivers/{driver}/assignments", json=body).json()["id"]
+    return w.client.delete(f"/v1/drivers/{driver}/assignments/{assignment}", headers=w.as_(p))
+
+
+TABLE.update(
+    {
+        ("GET", "/v1/vehicles/{vin}/events"): Row(
+            get(lambda w, p, own: f"/v1/vehicles/{vin_of(w, p, own)}/events"), READ
+        ),
+        ("POST", "/v1/fleets"): Row(
+            post(
+                lambda w, p, own: "/v1/fleets",
+                lambda w, p, own: {"name": f"n{fresh_vin()}", "account_id": w.account(p, own)},
+            ),
+            SETUP_MANAGE,
+        ),
+        ("GET", "/v1/fleets"): Row(
+            get(lambda w, p, own: f"/v1/fleets?account_id={w.account(p, own)}"), SETUP_READ
+        ),
+        ("GET", "/v1/fleets/{fleet_id}"): Row(
+            get(lambda w, p, own: f"/v1/fleets/{_fleet_of(w, p, own)}"), SETUP_READ
+        ),
+        ("PATCH", "/v1/fleets/{fleet_id}"): Row(
+            lambda w, p, own: w.client.patch(
+                f"/v1/fleets/{_fleet_of(w, p or 'admin', own)}",
+                json={"speed_limit_kmh": 80},
+                headers=w.as_(p),
+            ),
+            SETUP_MANAGE,
+        ),
+        ("DELETE", "/v1/fleets/{fleet_id}"): Row(
+            method("DELETE", lambda w, p, own: f"/v1/fleets/{_fleet_of(w, p, own)}"), SETUP_MANAGE
+        ),
+        ("GET", "/v1/fleets/{fleet_id}/vehicles"): Row(
+            get(lambda w, p, own: f"/v1/fleets/{_fleet_of(w, p, own)}/vehicles"), SETUP_READ
+        ),
+        ("PUT", "/v1/fleets/{fleet_id}/vehicles/{vin}"): Row(
+            method(
+                "PUT",
+                lambda w, p, own: f"/v1/fleets/{_fleet_of(w, p, own)}/vehicles/{vin_of(w, p, own)}",
+            ),
+            SETUP_MANAGE,
+        ),
+        ("DELETE", "/v1/fleets/{fleet_id}/vehicles/{vin}"): Row(_remove_member, SETUP_MANAGE),
+        ("GET", "/v1/accounts/{account_id}/rule-settings"): Row(
+            get(lambda w, p, own: f"/v1/accounts/{w.account(p, own)}/rule-settings"), SETUP_READ
+        ),
+        ("PUT", "/v1/accounts/{account_id}/rule-settings"): Row(
+            method(
+                "PUT",
+                lambda w, p, own: f"/v1/accounts/{w.account(p, own)}/rule-settings",
+                {"rules": {"idle_after_ms": 600000}},
+            ),
+            SETUP_MANAGE,
+        ),
+        ("POST", "/v1/drivers"): Row(
+            post(
+                lambda w, p, own: "/v1/drivers",
+                lambda w, p, own: {"name": "n", "account_id": w.account(p, own)},
+            ),
+            SETUP_MANAGE,
+        ),
+        ("GET", "/v1/drivers"): Row(
+            get(lambda w, p, own: f"/v1/drivers?account_id={w.account(p, own)}"), SETUP_READ
+        ),
+        ("GET", "/v1/drivers/{driver_id}"): Row(
+            get(lambda w, p, own: f"/v1/drivers/{_driver_of(w, p, own)}"), SETUP_READ
+        ),
+        ("PATCH", "/v1/drivers/{driver_id}"): Row(
+            lambda w, p, own: w.client.patch(
+                f"/v1/drivers/{_driver_of(w, p or 'admin', own)}",
+                json={"name": "renamed"},
+                headers=w.as_(p),
+            ),
+            SETUP_MANAGE,
+        ),
+        ("POST", "/v1/drivers/{driver_id}/assignments"): Row(
+            post(
+                lambda w, p, own: f"/v1/drivers/{_driver_of(w, p, own)}/assignments",
+                lambda w, p, own: {"vin": vin_of(w, p, own), "valid_from": 0},
+            ),
+            SETUP_MANAGE,
+        ),
+        ("GET", "/v1/drivers/{driver_id}/assignments"): Row(
+            get(lambda w, p, own: f"/v1/drivers/{_driver_of(w, p, own)}/assignments"), SETUP_READ
+        ),
+        ("DELETE", "/v1/drivers/{driver_id}/assignments/{assignment_id}"): Row(
+            _unassign, SETUP_MANAGE
+        ),
+        ("POST", "/v1/geofences"): Row(
+            post(
+                lambda w, p, own: f"/v1/geofences?account_id={w.account(p, own)}",
+                lambda *_: FENCE,
+            ),
+            SETUP_MANAGE,
+        ),
+        ("GET", "/v1/geofences"): Row(
+            get(lambda w, p, own: f"/v1/geofences?account_id={w.account(p, own)}"), SETUP_READ
+        ),
+        ("GET", "/v1/geofences/{geofence_id}"): Row(
+            get(lambda w, p, own: f"/v1/geofences/{_geofence_of(w, p, own)}"), SETUP_READ
+        ),
+        ("PUT", "/v1/geofences/{geofence_id}"): Row(
+            method("PUT", lambda w, p, own: f"/v1/geofences/{_geofence_of(w, p, own)}", FENCE),
+            SETUP_MANAGE,
+        ),
+        ("DELETE", "/v1/geofences/{geofence_id}"): Row(
+            method("DELETE", lambda w, p, own: f"/v1/geofences/{_geofence_of(w, p, own)}"),
+            SETUP_MANAGE,
+        ),
+        # alerts, trips and vehicle reports go with the vehicle's data (a driver's grant
+        # with read included); acknowledging and clearing with managing the vehicle
+        ("GET", "/v1/alerts"): Row(
+            get(lambda w, p, own: f"/v1/alerts?vin={vin_of(w, p, own)}"), READ
+        ),
+        ("POST", "/v1/alerts/{alert_id}/acknowledge"): Row(
+            post(lambda w, p, own: f"/v1/alerts/{_alert_of(w, p, own)}/acknowledge"), MANAGE
+        ),
+        ("POST", "/v1/alerts/{alert_id}/clear"): Row(
+            post(lambda w, p, own: f"/v1/alerts/{_alert_of(w, p, own)}/clear"), MANAGE
+        ),
+        ("GET", "/v1/trips"): Row(
+            get(lambda w, p, own: f"/v1/trips?vin={vin_of(w, p, own)}"), READ
+        ),
+        ("GET", "/v1/reports/vehicles"): Row(
+            get(lambda w, p, own: f"/v1/reports/vehicles?vin={vin_of(w, p, own)}"), READ
+        ),
+        ("GET", "/v1/reports/drivers"): Row(
+            get(lambda w, p, own: f"/v1/reports/drivers?account_id={w.account(p, own)}"),
+            SETUP_READ,
+        ),
+    }
+)
+
+
 def _delete_grant(w: World, persona: str | None, own: bool) -> Response:
     p = persona or "admin"
     vin = w.disposable_vehicle(p, own)

@@ -106,13 +106,16 @@ def test_an_older_file_is_upgraded_in_place_its_data_in_the_first_tenure(
 
     store = SqliteTelemetryStore(path)
     try:
-        assert store._db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)
+        assert store._db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
         # the old data is the first tenure's, exactly as it was
         assert speeds(store, VIN, 1) == [(1, 50.0), (2, 60.0)]
         state = store.vehicle_state(VIN, tenure=1)
         assert state is not None
         assert (state.summary.online, state.latest) == (True, {SPEED: (60.0, 20)})
         assert [q.tenure for q in store.quarantine(limit=10)] == [None]
+        # schema 4: the old event got a row id and is in the log (and still deduplicated)
+        (event,) = store.events_after(0, limit=10)
+        assert (event.vin, event.tenure, event.seq, event.type) == (VIN, 1, 1, "ignition_on")
         # a second holder's seq 1 and 2 are new samples, not duplicates of the first's
         result = store.commit(
             IngestBatch(
@@ -382,7 +385,7 @@ def test_migration_0003_gives_existing_data_its_holding_periods(state_db_url: st
 
         db.upgrade()
 
-        assert db.current_revision() == "0004"
+        assert db.current_revision() == "0005_fleets"
         repo = AccountRepository(db)
         vehicle = repo.get_vehicle(VIN)
         assert vehicle is not None
@@ -416,7 +419,7 @@ def test_migration_0003_gives_existing_data_its_holding_periods(state_db_url: st
                 ["[]", '["lock"]'],
             )
         db.upgrade()
-        assert db.current_revision() == "0004"
+        assert db.current_revision() == "0005_fleets"
         # the earlier holder's idempotency key no longer collides
         record, created = commands.create(
             vin=VIN, type="lock", params={}, now=2000, ttl_ms=1, result_timeout_ms=1,

@@ -256,3 +256,42 @@ def test_a_plain_path_is_the_sqlite_store(tmp_path: Path) -> None:
     open_store(str(path)).close()
     assert path.exists()
     open_store(f"sqlite:///{path}", readonly=True).close()
+
+
+def test_the_log_gives_samples_and_events_by_commit_order_after_a_cursor(
+    store: TelemetryBackend, reader: TelemetryBackend
+) -> None:
+    """The fleet rules worker reads the log by row id: every row once, in commit order,
+    whatever the samples' times or seqs; a later commit comes after the cursor."""
+    store.commit(IngestBatch(received_at=T0, samples=_samples(VIN_A, range(5, 8))))
+    store.commit(
+        IngestBatch(
+            received_at=T0 + 1,
+            samples=_samples(VIN_B, range(1, 3)) + _samples(VIN_A, range(1, 3)),
+            events=[Event(VIN_A, 1, T0, EventType.DTC_SET, code="P0420")],
+        )
+    )
+    first = reader.samples_after(0, limit=4)
+    assert [(s.vin, s.seq) for s in first] == [(VIN_A, 5), (VIN_A, 6), (VIN_A, 7), (VIN_B, 1)]
+    rest = reader.samples_after(first[-1].id, limit=100)
+    assert [(s.vin, s.seq) for s in rest] == [(VIN_B, 2), (VIN_A, 1), (VIN_A, 2)]
+    assert rest[0].values == {SPEED: 2.0}
+    assert (rest[0].tenure, rest[0].received_at, rest[0].ts) == (1, T0 + 1, T0 + 2000)
+    store.commit(IngestBatch(received_at=T0 + 2, samples=_samples(VIN_A, range(3, 4))))
+    assert [s.seq for s in reader.samples_after(rest[-1].id, limit=100)] == [3]
+    (event,) = reader.events_after(0, limit=10)
+    assert (event.vin, event.seq, event.type, event.code) == (VIN_A, 1, "dtc_set", "P0420")
+    assert reader.events_after(event.id, limit=10) == []
+    assert reader.events_after(0, limit=10, vin=VIN_B, tenure=1) == []
+    window = reader.vehicle_samples(VIN_A, tenure=1, start=T0 + 2000, end=T0 + 7000, limit=10)
+    assert [s.seq for s in window] == [2, 3, 5, 6]
+
+
+def test_retention_keeps_the_newest_sample_so_ids_are_never_reused(
+    store: TelemetryBackend, reader: TelemetryBackend
+) -> None:
+    store.commit(IngestBatch(received_at=T0, samples=_samples(VIN_A, range(1, 4))))
+    assert store.prune_samples(received_before=T0 + 1) == 2
+    (kept,) = reader.samples_after(0, limit=10)
+    store.commit(IngestBatch(received_at=T0 + 1, samples=_samples(VIN_A, range(4, 5))))
+    assert [s.seq for s in reader.samples_after(kept.id, limit=10)] == [4]

@@ -250,3 +250,54 @@ def test_the_audit_log_holds_who_did_what(people: People) -> None:
     assert own
     assert len({e["account_id"] for e in own}) == 1
     assert not any(CAR in (e["target"] or "") for e in own)
+
+
+def test_fleet_setup_alerts_and_trips_stay_in_their_account(people: People) -> None:
+    """Mia manages Vans GmbH's fleet, depot and drivers; Ben (Trucks AG, viewer) and the
+    private owner and driver see none of it, answered like things that do not exist. The
+    owner reads her own car's alerts and trips, and Tim, granted read, too."""
+    mia = "fleet_manager"
+    fleet = people.as_(mia, "POST", "/v1/fleets", json={"name": "city vans", "speed_limit_kmh": 50})
+    assert fleet.status_code == 201, fleet.text
+    fleet_id = fleet.json()["id"]
+    assert people.as_(mia, "PUT", f"/v1/fleets/{fleet_id}/vehicles/{VAN}").status_code == 204
+    # another organization's vehicle cannot join (as if it did not exist)
+    assert people.as_(mia, "PUT", f"/v1/fleets/{fleet_id}/vehicles/{TRUCK}").status_code == 404
+    depot = {
+        "type": "Feature",
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[11.5, 48.1], [11.6, 48.1], [11.6, 48.2], [11.5, 48.2], [11.5, 48.1]]],
+        },
+        "properties": {"name": "depot", "speed_limit_kmh": 20},
+    }
+    fence = people.as_(mia, "POST", "/v1/geofences", json=depot)
+    assert fence.status_code == 201, fence.text
+    assert fence.json()["geometry"] == depot["geometry"]
+    driver = people.as_(mia, "POST", "/v1/drivers", json={"name": "Dana"}).json()["id"]
+    for who in ("fleet_viewer", "owner", "driver"):
+        for url in (
+            f"/v1/fleets/{fleet_id}",
+            f"/v1/fleets/{fleet_id}/vehicles",
+            f"/v1/geofences/{fence.json()['id']}",
+            f"/v1/drivers/{driver}",
+            f"/v1/alerts?vin={VAN}",
+            f"/v1/trips?vin={VAN}",
+            f"/v1/alerts?fleet_id={fleet_id}",
+        ):
+            r = people.as_(who, "GET", url)
+            assert r.status_code == 404, (who, url, r.text)
+            assert r.json()["error"]["code"].endswith("_not_found")
+        assert people.as_(who, "GET", "/v1/fleets").json()["items"] == []
+        assert people.as_(who, "GET", "/v1/geofences").json()["items"] == []
+    # a swapped coordinate is refused with the path and the hint
+    bad = {**depot, "geometry": {"type": "Point", "coordinates": [48.1, 181.0]}}
+    r = people.as_(
+        mia, "POST", "/v1/geofences", json={**bad, "properties": {"name": "x", "radius_m": 50}}
+    )
+    assert r.status_code == 422
+    assert "swapped" in r.text
+    # the owner and her son read her car's (empty) alerts and trips
+    for who in ("owner", "driver"):
+        assert people.as_(who, "GET", f"/v1/alerts?vin={CAR}").json() == {"items": [], "next": None}
+        assert people.as_(who, "GET", f"/v1/trips?vin={CAR}").status_code == 200

@@ -29,10 +29,13 @@ from gateway.api.settings import ApiSettings
 from gateway.auth.tokens import load_or_create_secret
 from gateway.commands.service import CommandService
 from gateway.errors import StoreError
+from gateway.fleet.worker import RulesWorker, WorkerThread
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.commands import CommandRepository
 from gateway.statedb.database import StateDatabase
+from gateway.statedb.fleet_log import FleetLog
+from gateway.statedb.fleets import FleetRepository
 from gateway.store import open_store
 
 __all__ = ["ApiSettings", "create_app"]
@@ -115,12 +118,32 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = CommandService(settings.commands, CommandRepository(state_db), settings.db_path)
         await service.start()
     app.state.commands = service
+    worker = _fleet(app, settings, state_db)
     try:
         yield
     finally:
+        if worker is not None:
+            await run_in_threadpool(worker.stop)
         if service is not None:
             await service.stop()
         state_db.dispose()
+
+
+def _fleet(app: FastAPI, settings: ApiSettings, state_db: StateDatabase) -> WorkerThread | None:
+    """The fleet repositories for the routes, and the rules worker's thread (decision 0014:
+    it runs in the API process, which every installation has exactly one kind of, while
+    ingest may run in several; partitions and leases make a second API process safe)."""
+    app.state.fleets = fleets = FleetRepository(state_db)
+    app.state.fleet_log = log = FleetLog(state_db)
+    if settings.fleet_worker is None:
+        return None
+    db_path = settings.db_path
+    worker = RulesWorker(
+        log, fleets, lambda: open_store(db_path, readonly=True), settings.fleet_worker
+    )
+    thread = WorkerThread(worker)
+    thread.start()
+    return thread
 
 
 def _first_admin(context: AuthContext) -> None:

@@ -29,6 +29,8 @@ from gateway.api.security import (
 from gateway.api.settings import ApiSettings
 from gateway.commands.service import CommandService
 from gateway.core.policy import Principal
+from gateway.statedb.fleet_log import FleetLog
+from gateway.statedb.fleets import FleetRepository
 from gateway.store import TelemetryReader, open_store
 from schemas import VIN_PATTERN, InvalidVinError, validate_vin
 
@@ -37,6 +39,8 @@ __all__ = [
     "Auth",
     "Caller",
     "CallerAudit",
+    "FleetLogDep",
+    "Fleets",
     "Reader",
     "Service",
     "Settings",
@@ -135,6 +139,23 @@ def command_service(request: Request) -> CommandService:
 
 
 Service = Annotated[CommandService, Depends(command_service)]
+
+
+# --- fleet management ----------------------------------------------------------------------
+
+
+def fleet_repository(request: Request) -> FleetRepository:
+    repo: FleetRepository = request.app.state.fleets
+    return repo
+
+
+def fleet_log(request: Request) -> FleetLog:
+    log: FleetLog = request.app.state.fleet_log
+    return log
+
+
+Fleets = Annotated[FleetRepository, Depends(fleet_repository)]
+FleetLogDep = Annotated[FleetLog, Depends(fleet_log)]
 
 
 # --- the audit trail -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from gateway.api.params import now_ms
 from gateway.api.security import AuthSettings
 from gateway.commands.service import CommandSettings
 from gateway.errors import ConfigurationError
+from gateway.fleet.worker import WorkerSettings
 from gateway.statedb.database import default_url
 
 __all__ = ["ApiSettings"]
@@ -43,6 +44,9 @@ class ApiSettings:
     #: offline with reason ``silent`` (``gateway.core.presence``); the contract has units
     #: publish at least every 5 minutes
     silent_after_s: float = 600.0
+    #: the fleet rules and trips worker run in this process (decision 0014); None: not
+    #: here (another process of the installation runs it)
+    fleet_worker: WorkerSettings | None = field(default_factory=WorkerSettings)
     #: the clock that decides the silence (tests of it set their own)
     clock_ms: Callable[[], int] = field(default=now_ms, compare=False, repr=False)
 

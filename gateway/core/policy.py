@@ -48,6 +48,7 @@ __all__ = [
     "can_manage_account",
     "can_manage_user",
     "can_read_audit",
+    "can_read_fleet_setup",
     "can_see_user",
     "fleet_service_allowed",
     "vehicle_access",
@@ -260,6 +261,22 @@ def can_read_audit(principal: Principal, account_id: int | None) -> bool:
         principal.role is Role.FLEET_MANAGER
         and principal.account_id is not None
         and account_id == principal.account_id
+    )
+
+
+def can_read_fleet_setup(principal: Principal, account_id: int | None) -> bool:
+    """May read the account's fleet setup (fleets and groups, drivers, geofences, rule
+    settings) and its fleet-wide alerts, trips and reports: administrators; fleet managers,
+    fleet viewers and owners of their own account. Changing the setup is
+    :func:`can_manage_account` (fleet managers and owners). A driver reads only the
+    alerts and trips of the vehicles granted to them with ``read`` (by vehicle, like its
+    state)."""
+    if principal.is_admin:
+        return True
+    return (
+        account_id is not None
+        and principal.account_id == account_id
+        and principal.role in _ACCOUNT_READERS
     )
 
 

@@ -1,6 +1,6 @@
 """The state database: what the gateway decides and must remember (remote commands;
-accounts, users, vehicles and who may use them; the audit log; geofences in a later issue),
-as opposed to what vehicles report (the telemetry store, ``gateway.store``).
+accounts, users, vehicles and who may use them; the audit log; fleets, geofences, alerts
+and trips), as opposed to what vehicles report (the telemetry store, ``gateway.store``).
 
 Relational, through SQLAlchemy 2.0, with Alembic migrations. SQLite is the embedded default
 (``state.db`` in the data directory, no server to run); PostgreSQL is used when configured by
@@ -21,6 +21,10 @@ Layout:
                   vehicles, their holding periods (tenures) and broker identities, grants,
                   invitations, API keys, refresh-token rotation with reuse detection
     audit.py      ``AuditLog``: the append-only audit log (the database refuses changes)
+    fleets.py     ``FleetRepository``: fleets and groups, drivers and assignments, geofences,
+                  per-organization rule settings (issue 13)
+    fleet_log.py  ``FleetLog``: alerts and trips, the rules worker's per-vehicle state and
+                  partition leases, stored per partition step in one transaction
     migrations/   the Alembic environment (env.py, script.py.mako, versions/), run from code:
                   no ``alembic.ini``
 

@@ -26,6 +26,8 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -47,6 +49,16 @@ __all__ = [
     "BrokerAuthStateRow",
     "CommandRow",
     "CommandTransitionRow",
+    "DriverAssignmentRow",
+    "DriverRow",
+    "FleetAlertRow",
+    "FleetPartitionRow",
+    "FleetRow",
+    "FleetRuleSettingsRow",
+    "FleetTripRow",
+    "FleetVehicleRow",
+    "FleetVinStateRow",
+    "GeofenceRow",
     "LoginThrottleRow",
     "RefreshTokenRow",
     "UserRow",
@@ -392,3 +404,185 @@ class BrokerAuthStateRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     version: Mapped[int] = mapped_column(BigInteger)
+
+
+# --- fleet management (issue 13; migration 0005_fleets) --------------------------------------
+
+
+class FleetRow(Base):
+    """A fleet or group of an organization's vehicles (``kind``: fleet | group); a vehicle
+    may be in several. ``speed_limit_kmh`` is the fleet's limit for the overspeed rule (the
+    lowest of a vehicle's fleets applies)."""
+
+    __tablename__ = "fleets"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    speed_limit_kmh: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class FleetVehicleRow(Base):
+    """Membership of one vehicle in one fleet or group."""
+
+    __tablename__ = "fleet_vehicles"
+    __table_args__ = (Index("ix_fleet_vehicles_vin", "vin"),)
+
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id"), primary_key=True)
+    vin: Mapped[str] = mapped_column(String(17), ForeignKey("vehicles.vin"), primary_key=True)
+    added_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class DriverRow(Base):
+    """A person who drives the organization's vehicles, with an optional user account."""
+
+    __tablename__ = "drivers"
+    __table_args__ = (Index("ix_drivers_account_id", "account_id"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class DriverAssignmentRow(Base):
+    """A driver assigned to a vehicle from ``start_at`` until ``end_at`` (NULL: open
+    ended); every trip and alert names the driver assigned at its start."""
+
+    __tablename__ = "driver_assignments"
+    __table_args__ = (
+        Index("ix_driver_assignments_vin_start_at", "vin", "start_at"),
+        Index("ix_driver_assignments_driver_id", "driver_id"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    driver_id: Mapped[int] = mapped_column(ForeignKey("drivers.id"))
+    vin: Mapped[str] = mapped_column(String(17), ForeignKey("vehicles.vin"))
+    start_at: Mapped[int] = mapped_column(BigInteger)
+    end_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class GeofenceRow(Base):
+    """An organization's geofence: a GeoJSON ``Feature`` (polygon, or point with
+    ``properties.radius_m``) as accepted by ``gateway.core.fleet.geo``, an optional speed
+    limit and an optional active window (``{"start": "HH:MM", "end": "HH:MM", "tz": ...,
+    "weekdays": [0..6]}``)."""
+
+    __tablename__ = "geofences"
+    __table_args__ = (Index("ix_geofences_account_id", "account_id"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    geometry: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    speed_limit_kmh: Mapped[float | None] = mapped_column(Float)
+    active_window: Mapped[dict[str, Any] | None] = mapped_column(_JSON)
+    alert_enter: Mapped[bool] = mapped_column(Boolean)
+    alert_exit: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class FleetRuleSettingsRow(Base):
+    """An organization's rule thresholds (the fields of ``RuleSettings`` and
+    ``TripSettings`` it changed from the defaults), as JSON."""
+
+    __tablename__ = "fleet_rule_settings"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    settings: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class FleetAlertRow(Base):
+    """One alert of the fleet rules (``gateway.core.fleet.rules.Alert``) for one vehicle's
+    holding period; open while ``end_at`` is NULL. ``cleared_at``: a person closed it
+    (the rule's condition may still last; the rules then do not raise it again until it
+    clears by itself)."""
+
+    __tablename__ = "fleet_alerts"
+    __table_args__ = (
+        Index("ix_fleet_alerts_account_id_start_at", "account_id", "start_at"),
+        Index("ix_fleet_alerts_vin_tenure_key", "vin", "tenure", "key"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    vin: Mapped[str] = mapped_column(String(17))
+    tenure: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(48))
+    key: Mapped[str] = mapped_column(String(200))
+    severity: Mapped[str] = mapped_column(String(16))
+    start_at: Mapped[int] = mapped_column(BigInteger)
+    end_at: Mapped[int | None] = mapped_column(BigInteger)
+    detail: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    driver_id: Mapped[int | None] = mapped_column(BigInteger)
+    acknowledged_by: Mapped[int | None] = mapped_column(BigInteger)
+    acknowledged_at: Mapped[int | None] = mapped_column(BigInteger)
+    cleared_by: Mapped[int | None] = mapped_column(BigInteger)
+    cleared_at: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class FleetTripRow(Base):
+    """One trip (``gateway.core.fleet.trips.Trip``) of one vehicle's holding period. A
+    recompute after late samples replaces a vehicle's trips from a start time on."""
+
+    __tablename__ = "fleet_trips"
+    __table_args__ = (
+        Index("ix_fleet_trips_vin_tenure_start_at", "vin", "tenure", "start_at"),
+        Index("ix_fleet_trips_account_id_start_at", "account_id", "start_at"),
+        Index("ix_fleet_trips_driver_id_start_at", "driver_id", "start_at"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    vin: Mapped[str] = mapped_column(String(17))
+    tenure: Mapped[int] = mapped_column(Integer)
+    start_at: Mapped[int] = mapped_column(BigInteger)
+    end_at: Mapped[int] = mapped_column(BigInteger)
+    start_lon: Mapped[float | None] = mapped_column(Float)
+    start_lat: Mapped[float | None] = mapped_column(Float)
+    end_lon: Mapped[float | None] = mapped_column(Float)
+    end_lat: Mapped[float | None] = mapped_column(Float)
+    distance_m: Mapped[float] = mapped_column(Float)
+    duration_ms: Mapped[int] = mapped_column(BigInteger)
+    max_speed_kmh: Mapped[float | None] = mapped_column(Float)
+    avg_speed_kmh: Mapped[float] = mapped_column(Float)
+    energy_used_pct: Mapped[float | None] = mapped_column(Float)
+    fuel_used_pct: Mapped[float | None] = mapped_column(Float)
+    ended_by: Mapped[str] = mapped_column(String(16))
+    driver_id: Mapped[int | None] = mapped_column(BigInteger)
+    prior_ignition: Mapped[bool | None] = mapped_column(Boolean)
+    prior_moving: Mapped[bool | None] = mapped_column(Boolean)
+
+
+class FleetVinStateRow(Base):
+    """The rules' and the trip detector's state of one vehicle's holding period, as JSON
+    (``gateway.core.fleet.state``), stored in the transaction that stores its effects."""
+
+    __tablename__ = "fleet_vin_state"
+
+    vin: Mapped[str] = mapped_column(String(17), primary_key=True)
+    tenure: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rule_state: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    trip_state: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class FleetPartitionRow(Base):
+    """One partition of the VINs (``hash(VIN) mod P``) for the rules worker: who holds it
+    until when (a lease, renewed while the holder lives) and how far in the telemetry
+    store's log (sample and event row ids) its VINs have been evaluated."""
+
+    __tablename__ = "fleet_partitions"
+
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[int] = mapped_column(BigInteger)
+    sample_cursor: Mapped[int] = mapped_column(BigInteger)
+    event_cursor: Mapped[int] = mapped_column(BigInteger)

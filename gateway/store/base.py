@@ -39,6 +39,8 @@ __all__ = [
     "CommitResult",
     "HistoryPoint",
     "IngestBatch",
+    "LoggedEvent",
+    "LoggedSample",
     "QuarantineEntry",
     "StatusChange",
     "StoredQuarantine",
@@ -84,6 +86,36 @@ class HistoryPoint:
     seq: int
     ts: int
     values: Mapping[str, SignalValue]
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedSample:
+    """A committed sample as the log gives it: its row ``id`` (the cursor: ids grow in
+    commit order), the vehicle's (vin, tenure), seq, the unit's ``ts`` and the gateway's
+    ``received_at``."""
+
+    id: int
+    vin: str
+    tenure: int
+    seq: int
+    ts: int
+    received_at: int
+    values: Mapping[str, SignalValue]
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """A committed event as the log gives it (``type`` as in ``schemas.EventType``)."""
+
+    id: int
+    vin: str
+    tenure: int
+    seq: int
+    ts: int
+    received_at: int
+    type: str
+    code: str | None
+    detail: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +186,26 @@ class TelemetryReader(Protocol):
     ) -> list[StoredQuarantine]: ...
 
     def counters(self) -> dict[tuple[str, str], float]: ...
+
+    def samples_after(self, cursor: int, *, limit: int) -> list[LoggedSample]:
+        """The committed samples with row id above ``cursor``, by id (commit order), at
+        most ``limit``. A row committed after this call never has an id at or below the
+        last one returned, so the last id is the next call's cursor."""
+        ...
+
+    def events_after(
+        self, cursor: int, *, limit: int, vin: str | None = None, tenure: int | None = None
+    ) -> list[LoggedEvent]:
+        """The committed events with row id above ``cursor``, by id, at most ``limit``;
+        ``vin`` and ``tenure``: only that vehicle's (what the API reads)."""
+        ...
+
+    def vehicle_samples(
+        self, vin: str, *, tenure: int, start: int, end: int, limit: int
+    ) -> list[LoggedSample]:
+        """All the signals of the vehicle's samples with ``start <= ts < end``, by (ts,
+        seq), at most ``limit`` (a trip recompute reads its window this way)."""
+        ...
 
     def vehicle_counts(
         self, vins: Mapping[str, int] | None = None, *, heard_since: int | None = None

@@ -19,7 +19,8 @@ Schema (``PRAGMA user_version`` tracks it; :data:`SCHEMA_VERSION`):
   ``WITHOUT ROWID`` table keyed on (vehicle_id, seq) with the same second index;
 * ``latest``: one row per (vehicle, signal) with the newest value by sample time, so a
   late store-and-forward batch never overwrites fresher values;
-* ``events``: vehicle-side events, deduplicated on ``(vehicle_id, seq)``;
+* ``events``: vehicle-side events, deduplicated on ``(vehicle_id, seq)``, in a rowid table
+  (since version 4) so that, like samples, they can be read in commit order;
 * ``quarantine``: everything refused, with reason, topic and raw payload: the whole payload
   up to ``quarantine_payload_bytes`` (4 KiB by default), else its first bytes, always with
   the whole payload's size and SHA-256, so a flood of large bad messages costs a few KiB
@@ -32,13 +33,21 @@ Schema (``PRAGMA user_version`` tracks it; :data:`SCHEMA_VERSION`):
   Created with ``IF NOT EXISTS`` by any version, so an older file simply starts tracking.
 
 Schema history: 1 the first; 2 the quarantine's payload size and hash; 3 (ownership
-periods) ``vehicles`` keyed by (VIN, tenure) and ``quarantine.tenure``. Opening an older
+periods) ``vehicles`` keyed by (VIN, tenure) and ``quarantine.tenure``; 4 (fleet rules)
+``events`` gets a row id. Opening an older
 file as a writer upgrades it in one transaction; its vehicles become tenure 1 (each VIN's
 holder at the time of the upgrade: data from before cannot be told apart by holder).
 
 Retention (:meth:`SqliteTelemetryStore.prune_samples`, :meth:`prune_quarantine`): old rows
 go in chunks of a few thousand, each its own short transaction, oldest first by id (ids
 grow with arrival), so ingest commits interleave and no statement scans the whole table.
+The newest sample and event always stay: a rowid table hands out ``max(id) + 1``, so an
+emptied table would reuse ids behind a reader's cursor.
+
+The log (:meth:`SqliteTelemetryStore.samples_after`, :meth:`events_after`): rows by id after a
+cursor. SQLite has one writer at a time and a transaction's new rows get ids above every
+committed row, so a reader that has seen id N never later sees a new row below N: the id is
+a cursor across processes (the fleet rules worker reads the log this way, decision 0014).
 The gateway runs them periodically (``gateway.retention``).
 
 Durability: WAL journal with ``synchronous=FULL`` by default, so a committed (and therefore
@@ -65,6 +74,8 @@ from gateway.store.base import (
     CommitResult,
     HistoryPoint,
     IngestBatch,
+    LoggedEvent,
+    LoggedSample,
     StoredQuarantine,
     VehicleState,
     VehicleSummary,
@@ -75,7 +86,8 @@ __all__ = ["DEFAULT_QUARANTINE_PAYLOAD_BYTES", "SCHEMA_VERSION", "SqliteTelemetr
 
 #: 2: quarantine.payload_size and payload_sha256 (the payload may be only a prefix);
 #: 3: vehicles keyed by (vin, tenure), quarantine.tenure (ownership periods)
-SCHEMA_VERSION = 3
+#: 4: events in a rowid table (read in commit order by the fleet rules worker)
+SCHEMA_VERSION = 4
 #: the most bytes of one refused payload the quarantine keeps
 DEFAULT_QUARANTINE_PAYLOAD_BYTES: Final = 4096
 
@@ -89,6 +101,20 @@ CREATE TABLE IF NOT EXISTS {name} (
     online INTEGER,
     status_changed_at INTEGER,
     UNIQUE (vin, tenure)
+);
+"""
+
+_EVENTS = """
+CREATE TABLE IF NOT EXISTS {name} (
+    id INTEGER PRIMARY KEY,
+    vehicle_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    code TEXT,
+    detail TEXT,
+    UNIQUE (vehicle_id, seq)
 );
 """
 
@@ -112,16 +138,9 @@ CREATE TABLE IF NOT EXISTS latest (
     ts INTEGER NOT NULL,
     PRIMARY KEY (vehicle_id, signal)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    vehicle_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    ts INTEGER NOT NULL,
-    received_at INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    code TEXT,
-    detail TEXT,
-    PRIMARY KEY (vehicle_id, seq)
-) WITHOUT ROWID;
+"""
+    + _EVENTS.format(name="events")
+    + """
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
     received_at INTEGER NOT NULL,
@@ -183,6 +202,18 @@ ALTER TABLE vehicles_v3 RENAME TO vehicles;
 #: ... and the quarantine gets a tenure
 _UPGRADE_2_TO_3_QUARANTINE = "ALTER TABLE quarantine ADD COLUMN tenure INTEGER;"
 
+#: version 3 -> 4: ``events`` with a row id (a rebuild; old events get ids in arrival order)
+_UPGRADE_3_TO_4_EVENTS = (
+    _EVENTS.format(name="events_v4")
+    + """
+INSERT INTO events_v4 (vehicle_id, seq, ts, received_at, type, code, detail)
+    SELECT vehicle_id, seq, ts, received_at, type, code, detail FROM events
+    ORDER BY received_at, vehicle_id, seq;
+DROP TABLE events;
+ALTER TABLE events_v4 RENAME TO events;
+"""
+)
+
 #: the newest row per VIN: no row of the same VIN with a higher tenure (the UNIQUE (vin,
 #: tenure) index answers the subquery)
 _NEWEST_TENURE = (
@@ -197,6 +228,10 @@ _MISSING = (
     "coalesce((SELECT missing FROM seq_tracking t WHERE t.vehicle_id = vehicles.id "
     "AND t.stream = 'events'), 0)"
 )
+
+#: the newest row of a log table stays (see the module docstring: ids are never reused)
+_KEEP_NEWEST = " AND id < (SELECT max(id) FROM {table})"
+_LOGS = frozenset({"samples", "events"})
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -266,6 +301,8 @@ class SqliteTelemetryStore:
                 _run_script(db, _UPGRADE_2_TO_3_VEHICLES)
             if version in (1, 2) and "quarantine" in tables:
                 _run_script(db, _UPGRADE_2_TO_3_QUARANTINE)
+            if version in (1, 2, 3) and "events" in tables:
+                _run_script(db, _UPGRADE_3_TO_4_EVENTS)
             # every version: the tables a version added (seq tracking) if they are missing
             _run_script(db, _SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -537,7 +574,8 @@ class SqliteTelemetryStore:
         try:
             cursor = self._db.execute(
                 f"DELETE FROM {table} WHERE id IN "
-                f"(SELECT id FROM {table} ORDER BY id LIMIT ?) AND {where}",
+                f"(SELECT id FROM {table} ORDER BY id LIMIT ?) AND {where}"
+                f"{_KEEP_NEWEST.format(table=table) if table in _LOGS else ''}",
                 (chunk, *params),
             )
         except sqlite3.Error as exc:
@@ -681,6 +719,47 @@ class SqliteTelemetryStore:
             (*params, limit),
         )
         return [_stored_quarantine(r) for r in rows]
+
+    def samples_after(self, cursor: int, *, limit: int) -> list[LoggedSample]:
+        rows = self._read(
+            "SELECT s.id, v.vin, v.tenure, s.seq, s.ts, s.received_at, s.signals "
+            "FROM samples s JOIN vehicles v ON v.id = s.vehicle_id "
+            "WHERE s.id > ? ORDER BY s.id LIMIT ?",
+            (cursor, limit),
+        )
+        return [
+            LoggedSample(i, vin, tenure, seq, ts, at, orjson.loads(blob))
+            for i, vin, tenure, seq, ts, at, blob in rows
+        ]
+
+    def events_after(
+        self, cursor: int, *, limit: int, vin: str | None = None, tenure: int | None = None
+    ) -> list[LoggedEvent]:
+        where, params = "e.id > ?", cast(tuple[Any, ...], (cursor,))
+        if vin is not None:
+            where += " AND v.vin = ? AND v.tenure = ?"
+            params += (vin, tenure if tenure is not None else FIRST_TENURE)
+        rows = self._read(
+            "SELECT e.id, v.vin, v.tenure, e.seq, e.ts, e.received_at, e.type, e.code, "
+            "e.detail FROM events e JOIN vehicles v ON v.id = e.vehicle_id "
+            f"WHERE {where} ORDER BY e.id LIMIT ?",
+            (*params, limit),
+        )
+        return [LoggedEvent(*r) for r in rows]
+
+    def vehicle_samples(
+        self, vin: str, *, tenure: int, start: int, end: int, limit: int
+    ) -> list[LoggedSample]:
+        rows = self._read(
+            "SELECT id, seq, ts, received_at, signals FROM samples "
+            "WHERE vehicle_id = (SELECT id FROM vehicles WHERE vin = ? AND tenure = ?) "
+            "AND ts >= ? AND ts < ? ORDER BY ts, seq LIMIT ?",
+            (vin, tenure, start, end, limit),
+        )
+        return [
+            LoggedSample(i, vin, tenure, seq, ts, at, orjson.loads(blob))
+            for i, seq, ts, at, blob in rows
+        ]
 
     def counters(self) -> dict[tuple[str, str], float]:
         return {(n, label): v for n, label, v in self._read("SELECT * FROM counters")}

@@ -18,18 +18,25 @@ from fastapi import APIRouter
 
 from gateway.api.routes import (
     accounts,
+    alerts,
     api_keys,
     audit,
     auth,
     catalog,
     commands,
+    drivers,
+    fleets,
+    geofences,
     grants,
     health,
     invitations,
     metrics,
     provisioning,
     quarantine,
+    reports,
+    trips,
     users,
+    vehicle_events,
     vehicles,
 )
 from gateway.api.settings import ApiSettings
@@ -57,4 +64,11 @@ def routers(settings: ApiSettings) -> list[APIRouter]:
         grants.router,
         invitations.router,
         audit.router,
+        vehicle_events.router,
+        fleets.router,
+        drivers.router,
+        geofences.router,
+        alerts.router,
+        trips.router,
+        reports.router,
     ]

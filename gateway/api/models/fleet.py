@@ -1,0 +1,305 @@
+"""Request and response models of the fleet routes (issue 13: ``gateway.api.routes``
+fleets, drivers, geofences, alerts, trips, reports and a vehicle's events).
+
+Responses about a stored record are :class:`~gateway.api.models.records.FromRecord`
+models, as for accounts. Geofences go in and out as GeoJSON ``Feature`` objects: a
+``Polygon``, or a ``Point`` with ``properties.radius_m`` (``gateway.core.fleet.geo``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.api.models import Page
+from gateway.api.models.accounts import Id, Name
+from gateway.api.models.records import FromRecord
+from gateway.api.params import Timestamp
+
+__all__ = [
+    "ActiveWindowIn",
+    "AlertOut",
+    "AlertPage",
+    "AssignmentOut",
+    "AssignmentPage",
+    "AssignmentRequest",
+    "DriverOut",
+    "DriverPage",
+    "DriverRequest",
+    "DriverUpdate",
+    "EventOut",
+    "EventPage",
+    "FleetOut",
+    "FleetPage",
+    "FleetRequest",
+    "FleetUpdate",
+    "FleetVehiclePage",
+    "GeofenceIn",
+    "GeofenceOut",
+    "GeofencePage",
+    "ReportOut",
+    "ReportRow",
+    "RuleSettingsIn",
+    "RuleSettingsOut",
+    "TripOut",
+    "TripPage",
+]
+
+SpeedLimit = Annotated[float, Field(gt=0, le=400, description="km/h")]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- fleets ---------------------------------------------------------------------------------
+
+
+class FleetRequest(_In):
+    name: Name
+    kind: Literal["fleet", "group"] = "fleet"
+    account_id: Id | None = Field(default=None, description="Default: your account.")
+    speed_limit_kmh: SpeedLimit | None = Field(
+        default=None, description="The overspeed limit of the fleet's vehicles (the lowest of "
+        "a vehicle's fleets applies, and a lower global or geofence limit)."
+    )  # fmt: skip
+
+
+class FleetUpdate(_In):
+    name: Name | None = None
+    speed_limit_kmh: SpeedLimit | None = None
+
+
+class FleetOut(FromRecord):
+    id: int
+    account_id: int
+    name: str
+    kind: str
+    speed_limit_kmh: float | None
+    vehicle_count: int
+    created_at: int
+    created_at_iso: str
+
+
+class FleetPage(Page):
+    items: list[FleetOut] = Field(description="By id.")
+
+
+class FleetVehicle(BaseModel):
+    vin: str
+
+
+class FleetVehiclePage(Page):
+    items: list[FleetVehicle] = Field(description="By VIN.")
+
+
+# --- drivers --------------------------------------------------------------------------------
+
+
+class DriverRequest(_In):
+    name: Name
+    account_id: Id | None = Field(default=None, description="Default: your account.")
+    user_id: Id | None = Field(default=None, description="The driver's login, if any.")
+
+
+class DriverUpdate(_In):
+    name: Name | None = None
+    user_id: Id | None = None
+
+
+class DriverOut(FromRecord):
+    id: int
+    account_id: int
+    name: str
+    user_id: int | None
+    created_at: int
+    created_at_iso: str
+
+
+class DriverPage(Page):
+    items: list[DriverOut] = Field(description="By id.")
+
+
+class AssignmentRequest(_In):
+    vin: str = Field(min_length=17, max_length=17)
+    valid_from: Timestamp = Field(
+        description="When the assignment starts (the response's start_at)."
+    )
+    valid_until: Timestamp | None = Field(
+        default=None, description="Exclusive (the response's end_at); null: until further notice."
+    )
+
+
+class AssignmentOut(FromRecord):
+    id: int
+    driver_id: int
+    vin: str
+    start_at: int
+    start_at_iso: str
+    end_at: int | None
+    end_at_iso: str | None
+
+
+class AssignmentPage(Page):
+    items: list[AssignmentOut] = Field(description="By id.")
+
+
+# --- geofences ------------------------------------------------------------------------------
+
+
+class ActiveWindowIn(_In):
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["06:00"])
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["20:00"])
+    tz: str = Field(min_length=1, max_length=64, examples=["Europe/Berlin"])
+    weekdays: list[Annotated[int, Field(ge=0, le=6)]] = Field(
+        default=[0, 1, 2, 3, 4, 5, 6], max_length=7, description="0 is Monday."
+    )
+
+
+class GeofenceProperties(_In):
+    name: Name
+    radius_m: float | None = Field(default=None, ge=10, le=100_000, description="For a Point.")
+    speed_limit_kmh: SpeedLimit | None = None
+    active_window: ActiveWindowIn | None = Field(
+        default=None, description="The fence's hours (a depot's opening hours): leaving it "
+        "outside them raises a critical alert."
+    )  # fmt: skip
+    alert_enter: bool = True
+    alert_exit: bool = True
+
+
+class GeofenceIn(_In):
+    """A GeoJSON Feature: a Polygon (at most 1,000 positions, 50 holes) or a Point with
+    ``properties.radius_m`` (10 m to 100 km)."""
+
+    type: Literal["Feature"]
+    geometry: dict[str, Any]
+    properties: GeofenceProperties
+
+
+class GeofenceOut(BaseModel):
+    """A GeoJSON Feature with the fence's id and settings in ``properties``."""
+
+    type: Literal["Feature"] = "Feature"
+    id: int
+    geometry: dict[str, Any]
+    properties: dict[str, Any]
+
+
+class GeofencePage(Page):
+    items: list[GeofenceOut] = Field(description="By id; GeoJSON Features.")
+
+
+class RuleSettingsIn(_In):
+    rules: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of the rule thresholds (names of gateway.core.fleet.rules."
+        "RuleSettings, e.g. speed_limit_kmh, idle_after_ms, low_soc_pct, offline_after_ms, "
+        "enabled); what is not given keeps its default.",
+    )
+    trips: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of the trip thresholds (moving_kmh, min_duration_ms, "
+        "min_distance_m, parking_ms, max_gap_ms).",
+    )
+
+
+class RuleSettingsOut(BaseModel):
+    account_id: int
+    rules: dict[str, Any]
+    trips: dict[str, Any]
+
+
+# --- alerts, trips, events ------------------------------------------------------------------
+
+
+class AlertOut(FromRecord):
+    id: int
+    vin: str
+    kind: str
+    key: str
+    severity: str
+    start_at: int
+    start_at_iso: str
+    end_at: int | None = Field(description="Null while the condition lasts.")
+    end_at_iso: str | None
+    detail: dict[str, Any]
+    driver_id: int | None
+    acknowledged_by: int | None
+    acknowledged_at: int | None
+    acknowledged_at_iso: str | None
+    cleared_by: int | None
+    cleared_at: int | None
+    cleared_at_iso: str | None
+
+
+class AlertPage(Page):
+    items: list[AlertOut] = Field(description="Newest first.")
+
+
+class TripOut(FromRecord):
+    id: int
+    vin: str
+    start_at: int
+    start_at_iso: str
+    end_at: int
+    end_at_iso: str
+    start_place: tuple[float, float] | None = Field(description="[lon, lat]")
+    end_place: tuple[float, float] | None = Field(description="[lon, lat]")
+    distance_m: float
+    duration_ms: int
+    max_speed_kmh: float | None
+    avg_speed_kmh: float
+    energy_used_pct: float | None
+    fuel_used_pct: float | None
+    ended_by: str
+    driver_id: int | None
+
+
+class TripPage(Page):
+    items: list[TripOut] = Field(description="Newest first.")
+
+
+class EventOut(BaseModel):
+    seq: int
+    ts: int
+    ts_iso: str
+    received_at: int
+    received_at_iso: str
+    type: str
+    code: str | None
+    detail: str | None
+
+
+class EventPage(Page):
+    items: list[EventOut] = Field(description="In the order they were stored.")
+
+
+# --- reports --------------------------------------------------------------------------------
+
+
+class ReportRow(BaseModel):
+    """One vehicle's (or driver's) day, or its total over the range (``day`` null)."""
+
+    key: str = Field(description="The VIN, or the driver's id.")
+    day: str | None = Field(description="UTC date, YYYY-MM-DD; null: the total.")
+    trips: int
+    distance_m: float
+    driving_ms: int
+    idle_ms: int
+    energy_used_pct: float
+    fuel_used_pct: float
+    max_speed_kmh: float | None
+    alerts: int
+
+
+class ReportOut(BaseModel):
+    """Daily rows and totals, from the stored trips and alerts."""
+
+    start: int
+    start_iso: str
+    end: int
+    end_iso: str
+    rows: list[ReportRow] = Field(description="By key, then day.")
+    totals: list[ReportRow] = Field(description="One per key.")

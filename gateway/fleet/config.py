@@ -1,0 +1,103 @@
+"""An organization's fleet rule configuration, resolved into the core's settings.
+
+The stored overrides (``fleet_rule_settings``: ``{"rules": {...}, "trips": {...}}``), the
+organization's geofences and, per vehicle, the lowest speed limit of its fleets become one
+``RuleSettings`` and one ``TripSettings`` (``gateway.core.fleet.state`` does the parsing).
+A :class:`ConfigCache` holds an account's resolution for a few seconds, so a worker step
+over thousands of samples reads the fences once, and a changed fence applies within that
+time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway.core.fleet.geo import GeoJSONError, shape_from_geojson
+from gateway.core.fleet.geofence import Geofence
+from gateway.core.fleet.rules import RuleSettings
+from gateway.core.fleet.state import (
+    rule_settings_from_json,
+    trip_settings_from_json,
+    window_from_json,
+)
+from gateway.core.fleet.trips import TripSettings
+from gateway.statedb.fleets import FleetRepository, GeofenceRecord
+
+__all__ = ["AccountConfig", "ConfigCache", "geofence_of"]
+
+logger = logging.getLogger(__name__)
+
+AccountConfig = tuple[RuleSettings, TripSettings]
+
+
+def geofence_of(record: GeofenceRecord) -> Geofence:
+    """The core's fence for a stored one (validated when it was stored)."""
+    return Geofence(
+        str(record.id),
+        shape_from_geojson(record.geometry),
+        record.name,
+        record.speed_limit_kmh,
+        window_from_json(record.active_window),
+        record.alert_enter,
+        record.alert_exit,
+    )
+
+
+def _fences(repo: FleetRepository, account_id: int) -> tuple[Geofence, ...]:
+    fences = []
+    after: int | None = None
+    while True:
+        page = repo.list_geofences(account_id=account_id, after=after, limit=500)
+        for record in page:
+            try:
+                fences.append(geofence_of(record))
+            except (GeoJSONError, ValueError, KeyError) as exc:  # stored before a rule change
+                logger.warning("geofence %s is skipped: %s", record.id, exc)
+        if len(page) < 500:
+            return tuple(fences)
+        after = page[-1].id
+
+
+def resolve(repo: FleetRepository, account_id: int) -> AccountConfig:
+    stored: dict[str, Any] = repo.rule_settings(account_id)
+    fences = _fences(repo, account_id)
+    try:
+        rules = rule_settings_from_json(stored.get("rules", {}), geofences=fences)
+        trips = trip_settings_from_json(stored.get("trips", {}))
+    except (TypeError, ValueError) as exc:  # validated when stored; never stop the worker
+        logger.warning("account %s: stored rule settings ignored: %s", account_id, exc)
+        rules, trips = RuleSettings(geofences=fences), TripSettings()
+    return rules, trips
+
+
+class ConfigCache:
+    """Per account its resolved settings, for ``ttl_ms``; per VIN with its fleet limit."""
+
+    def __init__(
+        self, repo: FleetRepository, clock: Callable[[], int], ttl_ms: int = 5_000
+    ) -> None:
+        self._repo, self._clock, self._ttl = repo, clock, ttl_ms
+        self._accounts: dict[int, tuple[int, AccountConfig]] = {}
+
+    def account(self, account_id: int) -> AccountConfig:
+        now = self._clock()
+        held = self._accounts.get(account_id)
+        if held is None or now - held[0] >= self._ttl:
+            held = self._accounts[account_id] = (now, resolve(self._repo, account_id))
+        return held[1]
+
+    def for_vins(self, account_id: int, vins: list[str]) -> dict[str, AccountConfig]:
+        rules, trips = self.account(account_id)
+        limits = self._repo.fleet_limits(vins)
+        return {
+            vin: (
+                dataclasses.replace(rules, fleet_speed_limit_kmh=limits[vin])
+                if vin in limits
+                else rules,
+                trips,
+            )
+            for vin in vins
+        }

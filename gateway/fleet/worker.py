@@ -1,0 +1,404 @@
+"""The fleet rules and trips worker: the pure core run over the committed telemetry log.
+
+Why from the log and not from MQTT: with several gateway processes Mosquitto deals one
+vehicle's messages round-robin, so no process sees a vehicle's samples in order; the
+committed log holds them all, whoever committed them (decision 0014, "Per-vehicle order").
+
+One :meth:`RulesWorker.step`:
+
+1. take or renew leases on partitions (``crc32(VIN) mod P``, rows in the state database):
+   a partition is one worker's at a time; a dead worker's partitions are taken over when
+   its lease expires;
+2. read the samples and events committed after the lowest cursor held (store row ids, in
+   commit order), up to ``batch`` of each, and keep the prefix received at least
+   ``settle_ms`` ago: two gateway processes commit a vehicle's consecutive samples within
+   milliseconds of each other, so a short wait lets the later-committed earlier sample
+   arrive before either is evaluated (the reorder window);
+3. per partition, per vehicle (VIN and holding period): its samples in seq order, merged
+   with its events by time, then a clock :class:`~gateway.core.fleet.signals.Tick` (every
+   ``tick_ms``, for every vehicle with a state in the partition: "offline", seq-gap grace),
+   through ``evaluate`` (alerts) and ``feed`` (trips); a sample older than the trip
+   detector's newest (store-and-forward) makes it recompute the trips from the window's
+   start over the stored samples and replace them;
+4. store each partition's alert changes, trips, vehicle states and new cursor in one
+   transaction, refused if the lease was lost meanwhile (``gateway.statedb.fleet_log``):
+   effects exactly once.
+
+Samples of vehicles that are not provisioned (no account) move the cursor and nothing else.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.core.clock import wall_clock_ms
+from gateway.core.fleet.geo import Point
+from gateway.core.fleet.rules import AlertChange, RuleSettings, evaluate
+from gateway.core.fleet.signals import Sample, Tick, VehicleEvent
+from gateway.core.fleet.state import (
+    rule_state_from_json,
+    rule_state_to_json,
+    trip_state_from_json,
+    trip_state_to_json,
+)
+from gateway.core.fleet.trips import Trip, TripSettings, TripState, feed, recompute, window_start
+from gateway.fleet.config import ConfigCache
+from gateway.fleet.partitions import DEFAULT_PARTITIONS, partition_of
+from gateway.statedb.fleet_log import (
+    AlertWrite,
+    FleetLog,
+    LeaseLost,
+    TripRecord,
+    TripWrite,
+    VinStep,
+)
+from gateway.statedb.fleets import FleetRepository
+from gateway.store import LoggedEvent, LoggedSample, TelemetryReader
+from schemas.payloads import EventType
+
+__all__ = ["RulesWorker", "WorkerSettings", "WorkerThread"]
+
+logger = logging.getLogger(__name__)
+
+VinKey = tuple[str, int]
+LogItem = LoggedSample | LoggedEvent
+#: the most samples one trip recompute reads (a window starts at a trip's start: hours)
+_RECOMPUTE_LIMIT = 500_000
+_FOREVER = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    partitions: int = DEFAULT_PARTITIONS
+    #: the reorder window (see the module docstring)
+    settle_ms: int = 2_000
+    #: how often "offline" and seq-gap grace are looked at
+    tick_ms: int = 30_000
+    lease_ms: int = 15_000
+    batch: int = 5_000
+    #: the thread's pause between steps that found nothing
+    poll_s: float = 0.1
+    owner: str = field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:12]}")
+
+
+@dataclass(slots=True)
+class _Read:
+    """What one step read: the kept prefix of each log, where it ends, and its rows by
+    partition (computed once, not once per partition)."""
+
+    samples: list[LoggedSample]
+    events: list[LoggedEvent]
+    sample_end: int
+    event_end: int
+    parts: dict[int, tuple[list[LoggedSample], list[LoggedEvent]]] = field(default_factory=dict)
+
+    def split(self, count: int) -> None:
+        for sample in self.samples:
+            self.parts.setdefault(partition_of(sample.vin, count), ([], []))[0].append(sample)
+        for event in self.events:
+            self.parts.setdefault(partition_of(event.vin, count), ([], []))[1].append(event)
+
+
+def _prefix(rows: Sequence[Any], cursor: int, ready_before: int) -> tuple[list[Any], int]:
+    """The rows up to the first received after ``ready_before``, and the last id kept."""
+    kept = []
+    for row in rows:
+        if row.received_at > ready_before:
+            break
+        kept.append(row)
+    return kept, kept[-1].id if kept else cursor
+
+
+def _core_items(
+    samples: Iterable[LoggedSample], events: Iterable[LoggedEvent]
+) -> list[Sample | VehicleEvent]:
+    """One vehicle's samples by seq, merged with its events (by seq) by time."""
+    ss: list[Sample | VehicleEvent] = [
+        Sample(s.ts, s.values, s.seq, s.received_at) for s in sorted(samples, key=lambda s: s.seq)
+    ]
+    es: list[Sample | VehicleEvent] = [
+        VehicleEvent(e.ts, EventType(e.type), e.code, e.received_at)
+        for e in sorted(events, key=lambda e: e.seq)
+    ]
+    return list(heapq.merge(ss, es, key=_ts))
+
+
+def _ts(item: Sample | VehicleEvent) -> int:
+    return item.ts_ms
+
+
+def _alert_write(c: AlertChange) -> AlertWrite:
+    a = c.alert
+    return AlertWrite(
+        c.action, a.kind.value, a.key, a.severity.value, a.start_ms, a.end_ms, a.detail
+    )
+
+
+def _place(p: Point | None) -> tuple[float, float] | None:
+    return None if p is None else (p.lon, p.lat)
+
+
+def _trip_write(t: Trip) -> TripWrite:
+    return TripWrite(
+        t.start_ms,
+        t.end_ms,
+        _place(t.start_place),
+        _place(t.end_place),
+        t.distance_m,
+        t.max_speed_kmh,
+        t.avg_speed_kmh,
+        t.energy_used_pct,
+        t.fuel_used_pct,
+        t.ended_by,
+        t.prior_ignition,
+        t.prior_moving,
+    )
+
+
+def _core_trip(r: TripRecord) -> Trip:
+    """Enough of a stored trip for ``window_start`` (start and prior ignition/motion)."""
+    return Trip(
+        r.start_at, r.end_at, None, None, r.distance_m, r.max_speed_kmh, r.energy_used_pct,
+        r.fuel_used_pct, "parked", r.prior_ignition, r.prior_moving,
+    )  # fmt: skip
+
+
+class RulesWorker:
+    """Runs the fleet rules and the trip detector for the partitions it holds."""
+
+    def __init__(
+        self,
+        log: FleetLog,
+        fleets: FleetRepository,
+        open_reader: Callable[[], TelemetryReader],
+        settings: WorkerSettings | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.log, self.settings, self.clock = log, settings or WorkerSettings(), clock
+        self._open_reader = open_reader
+        self._config = ConfigCache(fleets, clock)
+        self._last_tick = 0
+        #: the partitions held and their cursors, and when the leases were last renewed
+        self._held: dict[int, tuple[int, int]] = {}
+        self._renewed = -_FOREVER
+
+    def _leases(self, now: int) -> dict[int, tuple[int, int]]:
+        """The partitions held; the leases renewed (and free ones taken) every third of
+        their time, not every step: a write transaction ten times a second would compete
+        with the API's own writes for nothing."""
+        s = self.settings
+        if now - self._renewed >= s.lease_ms // 3:
+            self._held = self.log.take_partitions(s.owner, s.partitions, now=now, ttl_ms=s.lease_ms)
+            self._renewed = now
+        return self._held
+
+    def step(self) -> int:
+        """One pass; the number of log rows evaluated (0: nothing new)."""
+        s, now = self.settings, self.clock()
+        held = dict(self._leases(now))
+        if not held:
+            return 0
+        tick = now - self._last_tick >= s.tick_ms
+        reader = self._open_reader()
+        try:
+            read = self._read(reader, held, now)
+            for partition, cursor in held.items():
+                self._partition(reader, partition, cursor, read, now if tick else None)
+        finally:
+            reader.close()
+        if tick:
+            self._last_tick = now
+        return len(read.samples) + len(read.events)
+
+    def stop(self) -> None:
+        self.log.release_partitions(self.settings.owner)
+        self._held, self._renewed = {}, -_FOREVER
+
+    def _read(self, reader: TelemetryReader, held: dict[int, tuple[int, int]], now: int) -> _Read:
+        s = self.settings
+        low_s = min(c[0] for c in held.values())
+        low_e = min(c[1] for c in held.values())
+        ready = now - s.settle_ms
+        samples, s_end = _prefix(reader.samples_after(low_s, limit=s.batch), low_s, ready)
+        events, e_end = _prefix(reader.events_after(low_e, limit=s.batch), low_e, ready)
+        if len(samples) == s.batch and samples:  # more samples wait: no event beyond them
+            events = [e for e in events if e.received_at <= samples[-1].received_at]
+            e_end = events[-1].id if events else low_e
+        read = _Read(samples, events, s_end, e_end)
+        read.split(s.partitions)
+        return read
+
+    def _partition(
+        self,
+        reader: TelemetryReader,
+        partition: int,
+        cursor: tuple[int, int],
+        read: _Read,
+        tick_at: int | None,
+    ) -> None:
+        n = self.settings.partitions
+        per_vin: dict[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]] = defaultdict(
+            lambda: ([], [])
+        )
+        samples, events = read.parts.get(partition, ([], []))
+        for sample in samples:
+            if sample.id > cursor[0]:
+                per_vin[(sample.vin, sample.tenure)][0].append(sample)
+        for event in events:
+            if event.id > cursor[1]:
+                per_vin[(event.vin, event.tenure)][1].append(event)
+        accounts = self.log.accounts_of(per_vin)
+        if tick_at is not None:
+            for vin, tenure, account in self.log.all_vin_keys():
+                if partition_of(vin, n) == partition:
+                    per_vin.setdefault((vin, tenure), ([], []))
+                    accounts[(vin, tenure)] = account
+        new_cursor = (max(cursor[0], read.sample_end), max(cursor[1], read.event_end))
+        if not per_vin and new_cursor == cursor:
+            return
+        steps = self._steps(reader, per_vin, accounts, tick_at)
+        try:
+            self.log.commit_partition(
+                partition,
+                self.settings.owner,
+                read_from=cursor,
+                cursor=new_cursor,
+                steps=steps,
+                now=self.clock(),
+            )
+        except LeaseLost:
+            logger.info("fleet partition %s was taken over; its step is dropped", partition)
+            self._renewed = -_FOREVER  # look again at what is still held
+            return
+        self._held[partition] = new_cursor
+
+    def _steps(
+        self,
+        reader: TelemetryReader,
+        per_vin: dict[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]],
+        accounts: dict[VinKey, int],
+        tick_at: int | None,
+    ) -> list[VinStep]:
+        states = self.log.vin_states(k for k in per_vin if k in accounts)
+        by_account: dict[int, list[str]] = defaultdict(list)
+        for (vin, _), account in accounts.items():
+            by_account[account].append(vin)
+        configs = {
+            (vin, account): cfg
+            for account, vins in by_account.items()
+            for vin, cfg in self._config.for_vins(account, vins).items()
+        }
+        steps = []
+        for key, (samples, events) in per_vin.items():
+            known = accounts.get(key)
+            if known is None:
+                continue  # not provisioned: nobody to alert
+            account = known
+            rules, trips = configs[(key[0], account)]
+            rule_json, trip_json = states.get(key, ({}, {}))
+            step = VinStep(key[0], key[1], account, rule_json, trip_json)
+            try:
+                self._run_vin(reader, step, _core_items(samples, events), rules, trips, tick_at)
+            except Exception:  # one vehicle's bad data must not stop every other's rules
+                logger.exception(
+                    "fleet rules failed for %s (tenure %s); its items are skipped", *key
+                )
+                continue
+            if samples or events or step.alerts:
+                steps.append(step)
+        return steps
+
+    def _run_vin(
+        self,
+        reader: TelemetryReader,
+        step: VinStep,
+        items: list[Sample | VehicleEvent],
+        rules: RuleSettings,
+        cfg: TripSettings,
+        tick_at: int | None,
+    ) -> None:
+        """Evaluate one vehicle's items; fills ``step`` with the new states and effects."""
+        rs, ts = rule_state_from_json(step.rule_state), trip_state_from_json(step.trip_state)
+        closed: list[Trip] = []
+        late: int | None = None
+        for item in [*items, *([Tick(tick_at)] if tick_at is not None else [])]:
+            rs, changes = evaluate(rs, item, rules)
+            step.alerts.extend(_alert_write(c) for c in changes)
+            if isinstance(item, Sample):
+                fed = feed(ts, item, cfg)
+                if fed.late:
+                    late = item.ts_ms if late is None else min(late, item.ts_ms)
+                else:
+                    ts = fed.state
+                    closed.extend(fed.closed)
+        if late is not None:
+            ts = self._recompute(reader, step, closed, ts, late, cfg)
+        else:
+            step.trips = [_trip_write(t) for t in closed]
+        step.rule_state, step.trip_state = rule_state_to_json(rs), trip_state_to_json(ts)
+
+    def _recompute(
+        self,
+        reader: TelemetryReader,
+        step: VinStep,
+        closed: list[Trip],
+        state: TripState,
+        late_ms: int,
+        cfg: TripSettings,
+    ) -> TripState:
+        """Trips from the window of a late sample on, recomputed over the stored samples;
+        they replace the stored ones from the window's start."""
+        stored = [_core_trip(r) for r in self.log.vin_trips(step.vin, step.tenure)]
+        window = window_start([*stored, *closed], state, late_ms)
+        start = window.start_ms if window.start_ms is not None else -_FOREVER
+        rows = reader.vehicle_samples(
+            step.vin, tenure=step.tenure, start=start, end=_FOREVER, limit=_RECOMPUTE_LIMIT
+        )
+        result = recompute(
+            (Sample(r.ts, r.values, r.seq, r.received_at) for r in rows), cfg, window.initial
+        )
+        kept = [t for t in closed if t.start_ms < start]
+        step.trips = [_trip_write(t) for t in [*kept, *result.trips]]
+        step.replace_from = start
+        return result.state
+
+
+class WorkerThread:
+    """Runs a :class:`RulesWorker` in a daemon thread until :meth:`stop`; a failing step
+    is logged and retried after a pause (a database that is briefly away must not end the
+    rules for good)."""
+
+    def __init__(self, worker: RulesWorker) -> None:
+        self.worker = worker
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-rules", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+        try:
+            self.worker.stop()
+        except Exception:  # shutting down: the leases expire by themselves
+            logger.exception("releasing the fleet partitions failed")
+
+    def _run(self) -> None:
+        poll = self.worker.settings.poll_s
+        while not self._stop.is_set():
+            try:
+                busy = self.worker.step() > 0
+            except Exception:
+                logger.exception("fleet rules step failed; retrying")
+                busy = False
+                self._stop.wait(max(poll, 1.0))
+            if not busy:
+                self._stop.wait(poll)

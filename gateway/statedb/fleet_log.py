@@ -1,0 +1,606 @@
+"""What the fleet rules worker produces and remembers: alerts, trips, each vehicle's rule
+and trip state, and the partition leases with their cursors (issue 13, decision 0014).
+
+:meth:`FleetLog.commit_partition` stores one partition's step in one transaction: the alert
+changes, the trips (closed ones added, a recomputed window replaced), the vehicles' new
+states and the partition's cursor, and only if the caller still holds the partition's lease
+and the cursor is where it read from. A crash before the commit replays the step from the
+old cursor; a step of a worker whose lease was taken over is refused. So every change takes
+effect exactly once, whichever process runs the partition.
+
+Alerts and trips name the driver assigned to the vehicle at their start (an assignment
+covers ``start_at <= t < end_at``, open-ended when ``end_at`` is NULL; the newest start wins
+when two overlap).
+
+Reading for the API: :meth:`alerts` and :meth:`trips` are keyset pages (newest first by
+(start, id)) with filters; :meth:`acknowledge` and :meth:`clear` are a person's actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from gateway.statedb.database import StateDatabase
+from gateway.statedb.models import (
+    DriverAssignmentRow,
+    FleetAlertRow,
+    FleetPartitionRow,
+    FleetTripRow,
+    FleetVehicleRow,
+    FleetVinStateRow,
+    VehicleTenureRow,
+)
+
+__all__ = [
+    "AlertFilter",
+    "AlertRecord",
+    "AlertWrite",
+    "FleetLog",
+    "LeaseLost",
+    "TripFilter",
+    "TripRecord",
+    "TripWrite",
+    "VinStep",
+]
+
+
+class LeaseLost(Exception):
+    """The partition is no longer this worker's, or its cursor moved: the step is dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class AlertWrite:
+    """One alert change as the worker hands it over (``action``: opened | updated |
+    closed)."""
+
+    action: str
+    kind: str
+    key: str
+    severity: str
+    start_at: int
+    end_at: int | None
+    detail: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TripWrite:
+    start_at: int
+    end_at: int
+    start_place: tuple[float, float] | None
+    end_place: tuple[float, float] | None
+    distance_m: float
+    max_speed_kmh: float | None
+    avg_speed_kmh: float
+    energy_used_pct: float | None
+    fuel_used_pct: float | None
+    ended_by: str
+    prior_ignition: bool | None
+    prior_moving: bool | None
+
+
+@dataclass(slots=True)
+class VinStep:
+    """One vehicle's part of a partition step."""
+
+    vin: str
+    tenure: int
+    account_id: int
+    rule_state: dict[str, Any]
+    trip_state: dict[str, Any]
+    alerts: list[AlertWrite] = field(default_factory=list)
+    trips: list[TripWrite] = field(default_factory=list)
+    #: replace the stored trips starting at or after this time (a recompute's window;
+    #: ``-1``: all of them) by ``trips``
+    replace_from: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    id: int
+    account_id: int
+    vin: str
+    tenure: int
+    kind: str
+    key: str
+    severity: str
+    start_at: int
+    end_at: int | None
+    detail: Mapping[str, Any]
+    driver_id: int | None
+    acknowledged_by: int | None
+    acknowledged_at: int | None
+    cleared_by: int | None
+    cleared_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TripRecord:
+    id: int
+    account_id: int
+    vin: str
+    tenure: int
+    start_at: int
+    end_at: int
+    start_place: tuple[float, float] | None
+    end_place: tuple[float, float] | None
+    distance_m: float
+    duration_ms: int
+    max_speed_kmh: float | None
+    avg_speed_kmh: float
+    energy_used_pct: float | None
+    fuel_used_pct: float | None
+    ended_by: str
+    driver_id: int | None
+    prior_ignition: bool | None
+    prior_moving: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertFilter:
+    """What :meth:`FleetLog.alerts` returns: every field set narrows the list.
+    ``vehicles``: only these (vin, tenure) pairs; ``open``: True open and not cleared
+    only, False ended or cleared only."""
+
+    account_id: int | None = None
+    vehicles: Sequence[tuple[str, int]] | None = None
+    fleet_id: int | None = None
+    kind: str | None = None
+    open: bool | None = None
+    start: int | None = None
+    end: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TripFilter:
+    account_id: int | None = None
+    vehicles: Sequence[tuple[str, int]] | None = None
+    fleet_id: int | None = None
+    driver_id: int | None = None
+    start: int | None = None
+    end: int | None = None
+
+
+def _alert(r: FleetAlertRow) -> AlertRecord:
+    return AlertRecord(
+        r.id,
+        r.account_id,
+        r.vin,
+        r.tenure,
+        r.kind,
+        r.key,
+        r.severity,
+        r.start_at,
+        r.end_at,
+        r.detail,
+        r.driver_id,
+        r.acknowledged_by,
+        r.acknowledged_at,
+        r.cleared_by,
+        r.cleared_at,
+    )
+
+
+def _place(lon: float | None, lat: float | None) -> tuple[float, float] | None:
+    return None if lon is None or lat is None else (lon, lat)
+
+
+def _trip(r: FleetTripRow) -> TripRecord:
+    return TripRecord(
+        r.id,
+        r.account_id,
+        r.vin,
+        r.tenure,
+        r.start_at,
+        r.end_at,
+        _place(r.start_lon, r.start_lat),
+        _place(r.end_lon, r.end_lat),
+        r.distance_m,
+        r.duration_ms,
+        r.max_speed_kmh,
+        r.avg_speed_kmh,
+        r.energy_used_pct,
+        r.fuel_used_pct,
+        r.ended_by,
+        r.driver_id,
+        r.prior_ignition,
+        r.prior_moving,
+    )
+
+
+class _Assignments:
+    """A vehicle's driver assignments, read once per step: who drove at a given time (an
+    assignment covers ``start_at <= t < end_at``; the newest start wins an overlap)."""
+
+    def __init__(self, session: Session, vin: str) -> None:
+        a = DriverAssignmentRow
+        rows = session.execute(
+            select(a.driver_id, a.start_at, a.end_at)
+            .where(a.vin == vin)
+            .order_by(a.start_at.desc(), a.id.desc())
+        )
+        self._ranges = [(d, s, e) for d, s, e in rows]
+
+    def at(self, t: int) -> int | None:
+        for driver, start, end in self._ranges:
+            if start <= t and (end is None or t < end):
+                return int(driver)
+        return None
+
+
+class FleetLog:
+    """Alerts, trips, per-vehicle state and partition leases in the state database."""
+
+    def __init__(self, db: StateDatabase) -> None:
+        self._db = db
+
+    # --- leases and state (the worker) -------------------------------------------------
+
+    def take_partitions(
+        self, owner: str, count: int, *, now: int, ttl_ms: int
+    ) -> dict[int, tuple[int, int]]:
+        """Renew ``owner``'s leases and take every free or expired one of the ``count``
+        partitions; returns the partitions held, each with its (sample, event) cursor."""
+        with self._db.write() as session:
+            known = set(session.scalars(select(FleetPartitionRow.partition)))
+            for p in range(count):
+                if p not in known:
+                    session.add(
+                        FleetPartitionRow(
+                            partition=p, owner=None, lease_until=0, sample_cursor=0, event_cursor=0
+                        )
+                    )
+            session.flush()
+            session.execute(
+                update(FleetPartitionRow)
+                .where(
+                    FleetPartitionRow.partition < count,
+                    or_(
+                        FleetPartitionRow.owner == owner,
+                        FleetPartitionRow.owner.is_(None),
+                        FleetPartitionRow.lease_until < now,
+                    ),
+                )
+                .values(owner=owner, lease_until=now + ttl_ms)
+            )
+            rows = session.scalars(
+                select(FleetPartitionRow).where(FleetPartitionRow.owner == owner)
+            )
+            return {r.partition: (r.sample_cursor, r.event_cursor) for r in rows}
+
+    def release_partitions(self, owner: str) -> None:
+        with self._db.write() as session:
+            session.execute(
+                update(FleetPartitionRow)
+                .where(FleetPartitionRow.owner == owner)
+                .values(owner=None, lease_until=0)
+            )
+
+    def vin_states(
+        self, keys: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[dict[str, Any], dict[str, Any]]]:
+        keys = list(keys)
+        if not keys:
+            return {}
+        with self._db.read() as session:
+            rows = session.scalars(
+                select(FleetVinStateRow).where(
+                    tuple_(FleetVinStateRow.vin, FleetVinStateRow.tenure).in_(keys)
+                )
+            )
+            return {(r.vin, r.tenure): (dict(r.rule_state), dict(r.trip_state)) for r in rows}
+
+    def all_vin_keys(self) -> list[tuple[str, int, int]]:
+        """Every vehicle with a state, with its account: what the worker ticks."""
+        with self._db.read() as session:
+            rows = session.execute(
+                select(
+                    FleetVinStateRow.vin, FleetVinStateRow.tenure, VehicleTenureRow.account_id
+                ).join(
+                    VehicleTenureRow,
+                    and_(
+                        VehicleTenureRow.vin == FleetVinStateRow.vin,
+                        VehicleTenureRow.number == FleetVinStateRow.tenure,
+                    ),
+                )
+            )
+            return [(v, t, a) for v, t, a in rows]
+
+    def accounts_of(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The account that held each (vin, tenure); unknown ones are left out."""
+        keys = list(keys)
+        if not keys:
+            return {}
+        with self._db.read() as session:
+            rows = session.execute(
+                select(
+                    VehicleTenureRow.vin, VehicleTenureRow.number, VehicleTenureRow.account_id
+                ).where(tuple_(VehicleTenureRow.vin, VehicleTenureRow.number).in_(keys))
+            )
+            return {(v, n): a for v, n, a in rows}
+
+    def vin_trips(self, vin: str, tenure: int) -> list[TripRecord]:
+        with self._db.read() as session:
+            rows = session.scalars(
+                select(FleetTripRow)
+                .where(FleetTripRow.vin == vin, FleetTripRow.tenure == tenure)
+                .order_by(FleetTripRow.start_at)
+            )
+            return [_trip(r) for r in rows]
+
+    def commit_partition(
+        self,
+        partition: int,
+        owner: str,
+        *,
+        read_from: tuple[int, int],
+        cursor: tuple[int, int],
+        steps: Sequence[VinStep],
+        now: int,
+    ) -> None:
+        """One partition's step in one transaction; :class:`LeaseLost` (nothing stored)
+        unless ``owner`` holds the lease and the cursor is still ``read_from``."""
+        with self._db.write() as session:
+            row = session.scalar(
+                select(FleetPartitionRow)
+                .where(FleetPartitionRow.partition == partition)
+                .with_for_update()
+            )
+            if (
+                row is None
+                or row.owner != owner
+                or row.lease_until < now
+                or (row.sample_cursor, row.event_cursor) != read_from
+            ):
+                raise LeaseLost(partition)
+            for step in steps:
+                self._store_step(session, step, now)
+            row.sample_cursor, row.event_cursor = cursor
+
+    def _store_step(self, session: Session, step: VinStep, now: int) -> None:
+        state = session.get(FleetVinStateRow, (step.vin, step.tenure))
+        if state is None:
+            session.add(
+                FleetVinStateRow(
+                    vin=step.vin,
+                    tenure=step.tenure,
+                    rule_state=step.rule_state,
+                    trip_state=step.trip_state,
+                    updated_at=now,
+                )
+            )
+        else:
+            state.rule_state, state.trip_state, state.updated_at = (
+                step.rule_state,
+                step.trip_state,
+                now,
+            )
+        drivers = _Assignments(session, step.vin) if step.alerts or step.trips else None
+        if step.alerts and drivers is not None:
+            self._store_alerts(session, step, drivers, now)
+        if step.replace_from is not None:
+            session.execute(
+                delete(FleetTripRow).where(
+                    FleetTripRow.vin == step.vin,
+                    FleetTripRow.tenure == step.tenure,
+                    FleetTripRow.start_at >= step.replace_from,
+                )
+            )
+        if step.trips and drivers is not None:
+            session.execute(
+                insert(FleetTripRow), [self._trip_row(step, t, drivers) for t in step.trips]
+            )
+
+    @staticmethod
+    def _store_alerts(session: Session, step: VinStep, drivers: _Assignments, now: int) -> None:
+        """The step's alert changes folded per key (an alert opened and closed within one
+        step is one new row), then one INSERT of the new rows and one UPDATE per alert
+        stored earlier: a few statements per vehicle instead of one per change."""
+        new: dict[str, dict[str, Any]] = {}
+        instants: list[dict[str, Any]] = []
+        changed: dict[str, dict[str, Any]] = {}
+        for c in step.alerts:
+            values = {"severity": c.severity, "end_at": c.end_at, "detail": dict(c.detail)}
+            if c.action == "opened":
+                row = {
+                    "account_id": step.account_id,
+                    "vin": step.vin,
+                    "tenure": step.tenure,
+                    "kind": c.kind,
+                    "key": c.key,
+                    "start_at": c.start_at,
+                    "driver_id": drivers.at(c.start_at),
+                    "updated_at": now,
+                    **values,
+                }
+                if c.end_at is not None:  # an instant: never updated
+                    instants.append(row)
+                else:
+                    new[c.key] = row
+            elif c.key in new:
+                new[c.key].update(values)
+                if c.end_at is not None:
+                    instants.append(new.pop(c.key))
+            else:
+                changed[c.key] = values
+        for key, values in changed.items():
+            session.execute(
+                update(FleetAlertRow)
+                .where(
+                    FleetAlertRow.vin == step.vin,
+                    FleetAlertRow.tenure == step.tenure,
+                    FleetAlertRow.key == key,
+                    FleetAlertRow.end_at.is_(None),
+                )
+                .values(**values, updated_at=now)
+            )
+        rows = [*instants, *new.values()]
+        if rows:
+            session.execute(insert(FleetAlertRow), rows)
+
+    @staticmethod
+    def _trip_row(step: VinStep, t: TripWrite, drivers: _Assignments) -> dict[str, Any]:
+        start, end = t.start_place or (None, None), t.end_place or (None, None)
+        return {
+            "account_id": step.account_id,
+            "vin": step.vin,
+            "tenure": step.tenure,
+            "start_at": t.start_at,
+            "end_at": t.end_at,
+            "start_lon": start[0],
+            "start_lat": start[1],
+            "end_lon": end[0],
+            "end_lat": end[1],
+            "distance_m": t.distance_m,
+            "duration_ms": t.end_at - t.start_at,
+            "max_speed_kmh": t.max_speed_kmh,
+            "avg_speed_kmh": t.avg_speed_kmh,
+            "energy_used_pct": t.energy_used_pct,
+            "fuel_used_pct": t.fuel_used_pct,
+            "ended_by": t.ended_by,
+            "driver_id": drivers.at(t.start_at),
+            "prior_ignition": t.prior_ignition,
+            "prior_moving": t.prior_moving,
+        }
+
+    # --- reading and a person's actions (the API) --------------------------------------
+
+    def get_alert(self, alert_id: int) -> AlertRecord | None:
+        with self._db.read() as session:
+            row = session.get(FleetAlertRow, alert_id)
+            return None if row is None else _alert(row)
+
+    def alerts(
+        self, f: AlertFilter, *, before: tuple[int, int] | None, limit: int
+    ) -> list[AlertRecord]:
+        """Newest first by (start, id); ``before``: the last (start, id) of the previous
+        page."""
+        a = FleetAlertRow
+        query = select(a).order_by(a.start_at.desc(), a.id.desc()).limit(limit)
+        query = query.where(*_scope(a, f.account_id, f.vehicles, f.fleet_id))
+        if f.kind is not None:
+            query = query.where(a.kind == f.kind)
+        if f.open is True:
+            query = query.where(a.end_at.is_(None), a.cleared_at.is_(None))
+        elif f.open is False:
+            query = query.where(or_(a.end_at.is_not(None), a.cleared_at.is_not(None)))
+        if f.start is not None:
+            query = query.where(a.start_at >= f.start)
+        if f.end is not None:
+            query = query.where(a.start_at < f.end)
+        if before is not None:
+            query = query.where(tuple_(a.start_at, a.id) < before)
+        with self._db.read() as session:
+            return [_alert(r) for r in session.scalars(query)]
+
+    def acknowledge(self, alert_id: int, *, user_id: int, now: int) -> AlertRecord | None:
+        """Mark it seen by ``user_id`` (the first acknowledgement stays)."""
+        with self._db.write() as session:
+            row = session.get(FleetAlertRow, alert_id)
+            if row is None:
+                return None
+            if row.acknowledged_at is None:
+                row.acknowledged_by, row.acknowledged_at, row.updated_at = user_id, now, now
+            return _alert(row)
+
+    def clear(self, alert_id: int, *, user_id: int, now: int) -> AlertRecord | None:
+        """A person closes the alert: it leaves the open list (the rule's condition may
+        still last; the rules raise it again only after it has cleared by itself)."""
+        with self._db.write() as session:
+            row = session.get(FleetAlertRow, alert_id)
+            if row is None:
+                return None
+            if row.cleared_at is None:
+                row.cleared_by, row.cleared_at, row.updated_at = user_id, now, now
+            return _alert(row)
+
+    def trips(
+        self, f: TripFilter, *, before: tuple[int, int] | None, limit: int
+    ) -> list[TripRecord]:
+        """Newest first by (start, id)."""
+        t = FleetTripRow
+        query = select(t).order_by(t.start_at.desc(), t.id.desc()).limit(limit)
+        query = query.where(*_scope(t, f.account_id, f.vehicles, f.fleet_id))
+        if f.driver_id is not None:
+            query = query.where(t.driver_id == f.driver_id)
+        if f.start is not None:
+            query = query.where(t.start_at >= f.start)
+        if f.end is not None:
+            query = query.where(t.start_at < f.end)
+        if before is not None:
+            query = query.where(tuple_(t.start_at, t.id) < before)
+        with self._db.read() as session:
+            return [_trip(r) for r in session.scalars(query)]
+
+    def trip_days(self, f: TripFilter, *, by_driver: bool) -> list[tuple[Any, ...]]:
+        """Per (vin or driver id, UTC day number) of the filter's trips: (key, day, trips,
+        duration, distance, max speed, energy, fuel), summed by the database (integer
+        division of epoch milliseconds is the UTC day on SQLite and PostgreSQL alike)."""
+        t = FleetTripRow
+        who = t.driver_id if by_driver else t.vin
+        day = t.start_at // 86_400_000
+        query = (
+            select(
+                who,
+                day,
+                func.count(),
+                func.sum(t.duration_ms),
+                func.sum(t.distance_m),
+                func.max(t.max_speed_kmh),
+                func.sum(t.energy_used_pct),
+                func.sum(t.fuel_used_pct),
+            )
+            .where(*_scope(t, f.account_id, f.vehicles, f.fleet_id))
+            .group_by(who, day)
+        )
+        if by_driver:
+            query = query.where(t.driver_id.is_not(None))
+        if f.driver_id is not None:
+            query = query.where(t.driver_id == f.driver_id)
+        if f.start is not None:
+            query = query.where(t.start_at >= f.start)
+        if f.end is not None:
+            query = query.where(t.start_at < f.end)
+        with self._db.read() as session:
+            return [tuple(r) for r in session.execute(query)]
+
+    def alert_counts(
+        self, f: AlertFilter, *, by_driver: bool
+    ) -> list[tuple[str | int | None, int, str, int | None]]:
+        """(vin or driver id, start, kind, end) per alert of the filter, for reports."""
+        a = FleetAlertRow
+        who = a.driver_id if by_driver else a.vin
+        query = select(who, a.start_at, a.kind, a.end_at).where(
+            *_scope(a, f.account_id, f.vehicles, f.fleet_id)
+        )
+        if f.start is not None:
+            query = query.where(a.start_at >= f.start)
+        if f.end is not None:
+            query = query.where(a.start_at < f.end)
+        with self._db.read() as session:
+            return [(w, s, k, e) for w, s, k, e in session.execute(query)]
+
+
+def _scope(
+    table: type[FleetAlertRow] | type[FleetTripRow],
+    account_id: int | None,
+    vehicles: Sequence[tuple[str, int]] | None,
+    fleet_id: int | None,
+) -> list[Any]:
+    """The conditions of an account, a set of (vin, tenure) and a fleet's vehicles."""
+    conditions: list[Any] = []
+    if account_id is not None:
+        conditions.append(table.account_id == account_id)
+    if vehicles is not None:
+        conditions.append(
+            tuple_(table.vin, table.tenure).in_(list(vehicles)) if vehicles else False
+        )
+    if fleet_id is not None:
+        conditions.append(
+            table.vin.in_(select(FleetVehicleRow.vin).where(FleetVehicleRow.fleet_id == fleet_id))
+        )
+    return conditions

@@ -1,0 +1,249 @@
+"""The fleet rules worker (``gateway.fleet.worker``) over a real telemetry store and state
+database (SQLite and PostgreSQL): alerts and trips are a function of each vehicle's log,
+not of how ingest split and ordered the commits (what ``--gateways 2`` does), effects are
+stored once, a second worker takes over a dead one's partitions, and late samples rejoin
+their trip."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.fleet.worker import RulesWorker, WorkerSettings
+from gateway.statedb import AccountRepository, StateDatabase
+from gateway.statedb.fleet_log import AlertFilter, FleetLog, LeaseLost, TripFilter
+from gateway.statedb.fleets import FleetRepository
+from gateway.store import IngestBatch, TelemetryBackend, Tenure, open_store
+from schemas import Event, EventType, Sample
+
+VINS = ("WFLEETW0000000001", "WFLEETW0000000002")
+T0 = 1_800_000_000_000
+SPEED = "Vehicle.Speed"
+IGNITION = "Vehicle.LowVoltageSystemState"
+LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+ODO = "Vehicle.TraveledDistance"
+
+
+def drive(vin: str, start_seq: int = 1, t0: int = T0) -> list[Sample]:
+    """Ignition on, 4 min at up to 130 km/h (overspeed, harsh braking), low battery,
+    standing 6 min with the ignition on (idling), ignition off: one trip."""
+    out: list[Sample] = []
+    t, seq, odo = t0, start_seq, 0.0
+    speeds = [0, 60, 90, 130, 130, 130, 130, 130, 130, 130, 130, 130, 40, 60] + [60] * 30 + [20, 0]
+    for i, v in enumerate(speeds):
+        values: dict[str, Any] = {SPEED: float(v), ODO: odo, LAT: 48.0 + i * 0.001, LON: 11.5}
+        if i == 0:
+            values[IGNITION] = "ON"
+        values[SOC] = 30.0 - i * 0.5
+        out.append(Sample(vin, seq, t, values))
+        t, seq, odo = t + 5_000, seq + 1, odo + v / 3.6 * 5
+    for _ in range(40):  # standing, ignition on: idling
+        out.append(Sample(vin, seq, t, {SPEED: 0.0}))
+        t, seq = t + 10_000, seq + 1
+    out.append(Sample(vin, seq, t, {IGNITION: "OFF", SPEED: 0.0}))
+    return out
+
+
+@pytest.fixture
+def world(state_db_url: str, tmp_path: Path) -> Iterator[tuple[StateDatabase, Path]]:
+    db = StateDatabase(state_db_url)
+    db.upgrade()
+    accounts = AccountRepository(db)
+    org = accounts.create_account("organization", "vans", now=1)
+    for vin in VINS:
+        accounts.provision_vehicle(
+            vin=vin,
+            account_id=org.id,
+            label=None,
+            mqtt_password_hash=None,
+            provisioned_by=None,
+            now=1,
+        )
+    FleetRepository(db).set_rule_settings(
+        org.id, {"rules": {"speed_limit_kmh": 100.0}, "trips": {}}, now=1
+    )
+    try:
+        yield db, tmp_path / "telemetry.db"
+    finally:
+        db.dispose()
+
+
+def worker(db: StateDatabase, path: Path, clock: Callable[[], int], **kw: Any) -> RulesWorker:
+    settings = WorkerSettings(**{"partitions": 4, "settle_ms": 1_000, "tick_ms": 10**12, **kw})
+    return RulesWorker(
+        FleetLog(db), FleetRepository(db), lambda: open_store(path, readonly=True), settings, clock
+    )
+
+
+def commit(
+    store: TelemetryBackend, samples: list[Sample], at: int, events: list[Event] | None = None
+) -> None:
+    tenures = {s.vin: Tenure(1, 0) for s in samples}
+    store.commit(IngestBatch(received_at=at, samples=samples, events=events or [], tenures=tenures))
+
+
+def outcome(db: StateDatabase) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    log = FleetLog(db)
+    alerts = sorted(
+        (a.vin, a.kind, a.key, a.start_at, a.end_at)
+        for a in log.alerts(AlertFilter(), before=None, limit=1000)
+    )
+    trips = sorted(
+        (t.vin, t.start_at, t.end_at, round(t.distance_m, 3), t.ended_by)
+        for t in log.trips(TripFilter(), before=None, limit=1000)
+    )
+    return alerts, trips
+
+
+def test_the_worker_turns_a_drive_into_alerts_and_one_trip(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    db, path = world
+    store = open_store(path)
+    now = [T0]
+    commit(
+        store, drive(VINS[0]), T0, [Event(VINS[0], 1, T0 + 1000, EventType.DTC_SET, code="P0420")]
+    )
+    w = worker(db, path, lambda: now[0])
+    assert w.step() == 0  # not settled yet
+    now[0] += 5_000
+    assert w.step() > 0
+    assert w.step() == 0  # nothing new
+    alerts, trips = outcome(db)
+    kinds = sorted(a[1] for a in alerts)
+    assert kinds == sorted(
+        [
+            "ignition",
+            "overspeed",
+            "harsh_braking",
+            "idling",
+            "low_soc",
+            "fault_code",
+            "harsh_acceleration",
+        ]
+    ), alerts
+    assert len(trips) == 1
+    assert trips[0][4] == "parked"  # stood longer than parking_ms with the ignition on
+    store.close()
+
+
+def _split_like_two_gateways(samples: list[Sample], seed: int) -> list[list[Sample]]:
+    """Round-robin to two gateways, each committing its share in batches of 1-7; the
+    batches of the two interleave at random, so a vehicle's seqs reach the log out of
+    order."""
+    rng = random.Random(seed)
+    shares: list[list[Sample]] = [samples[0::2], samples[1::2]]
+    batches: list[list[list[Sample]]] = []
+    for share in shares:
+        cut, i = [], 0
+        while i < len(share):
+            n = rng.randint(1, 7)
+            cut.append(share[i : i + n])
+            i += n
+        batches.append(cut)
+    out: list[list[Sample]] = []
+    while batches[0] or batches[1]:
+        pick = rng.choice([b for b in batches if b])
+        out.append(pick.pop(0))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_two_gateways_give_the_same_alerts_and_trips_as_one(tmp_path: Path, seed: int) -> None:
+    """Each run is an installation of its own (its own state database and log)."""
+    results = []
+    for mode in ("one", "two"):
+        (tmp_path / mode).mkdir()
+        db = StateDatabase(f"sqlite:///{tmp_path / mode / 'state.db'}")
+        results.append(_run_scenario(db, tmp_path / mode, mode, seed))
+    assert results[0] == results[1]
+    assert results[0][0]
+    assert results[0][1]
+
+
+def _run_scenario(db: StateDatabase, tmp: Path, mode: str, seed: int) -> tuple[Any, ...]:
+    db.upgrade()
+    accounts = AccountRepository(db)
+    org = accounts.create_account("organization", f"vans {mode}", now=1)
+    vins = [f"WFL{'A' if mode == 'one' else 'B'}{seed}{n:012d}" for n in range(2)]
+    for vin in vins:
+        accounts.provision_vehicle(
+            vin=vin,
+            account_id=org.id,
+            label=None,
+            mqtt_password_hash=None,
+            provisioned_by=None,
+            now=1,
+        )
+    FleetRepository(db).set_rule_settings(org.id, {"rules": {"speed_limit_kmh": 100.0}}, now=1)
+    path = tmp / "telemetry.db"
+    stores = [open_store(path), open_store(path)]
+    samples = sorted((s for vin in vins for s in drive(vin)), key=lambda s: (s.ts, s.vin))
+    now = [T0]
+    w = worker(db, path, lambda: now[0], settle_ms=0)
+    batches = [samples] if mode == "one" else _split_like_two_gateways(samples, seed)
+    for i, batch in enumerate(batches):
+        commit(stores[i % 2], batch, now[0])
+        now[0] += 1
+        if mode == "two" and i % 3 == 0:
+            w.step()  # the worker runs while the log is still being written
+    now[0] += 10_000
+    while w.step():
+        pass
+    for store in stores:
+        store.close()
+    alerts, trips = outcome(db)
+    rename = {vin: n for n, vin in enumerate(vins)}
+    db.dispose()
+    return (
+        sorted((rename[a[0]], *a[1:]) for a in alerts if a[0] in rename),
+        sorted((rename[t[0]], *t[1:]) for t in trips if t[0] in rename),
+    )
+
+
+def test_a_late_upload_rejoins_its_trip(world: tuple[StateDatabase, Path]) -> None:
+    """Samples 16-40 arrive after the rest (store-and-forward after a tunnel): the worker
+    has evaluated the drive without them; they are late for the trip detector, which
+    recomputes from the trip's start over the stored samples: still the one trip."""
+    db, path = world
+    store = open_store(path)
+    samples = drive(VINS[0])
+    held_back = samples[15:40]
+    now = [T0 + 3_600_000]
+    w = worker(db, path, lambda: now[0], settle_ms=0)
+    commit(store, [s for s in samples if s not in held_back], now[0])
+    w.step()
+    now[0] += 1_000
+    commit(store, held_back, now[0])
+    w.step()
+    _, trips = outcome(db)
+    assert [(t[1], t[2], t[4]) for t in trips] == [(samples[1].ts, samples[45].ts, "parked")]
+    store.close()
+
+
+def test_a_dead_workers_partitions_are_taken_over_and_a_stale_step_is_refused(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    db, path = world
+    store = open_store(path)
+    now = [T0]
+    first = worker(db, path, lambda: now[0], settle_ms=0, lease_ms=3_000)
+    second = worker(db, path, lambda: now[0], settle_ms=0, lease_ms=3_000)
+    assert first.step() == 0  # holds every partition now
+    commit(store, drive(VINS[0]), now[0])
+    assert second.step() == 0  # holds nothing while the first one's leases last
+    now[0] += 3_001  # the first one died without releasing
+    assert second.step() > 0
+    with pytest.raises(LeaseLost):
+        FleetLog(db).commit_partition(
+            0, first.settings.owner, read_from=(0, 0), cursor=(1, 0), steps=[], now=now[0]
+        )
+    alerts, trips = outcome(db)
+    assert len(trips) == 1
+    assert len([a for a in alerts if a[1] == "overspeed"]) == 1
+    store.close()
