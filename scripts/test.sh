@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Second README command: set up (Mosquitto, PostgreSQL and InfluxDB when missing), then
-# lint, type-check and run the whole test suite (tests start their own Mosquitto brokers and gateway processes on free ports).
+# lint, type-check and run the whole test suite (tests start their own Mosquitto brokers,
+# influxd servers and gateway processes on free ports).
 # Extra arguments go to pytest, e.g. scripts/test.sh -m "not slow".
 set -euo pipefail
 cd "$(dirname "$0")/.."
