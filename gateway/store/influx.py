@@ -1,0 +1,484 @@
+"""The InfluxDB telemetry store: samples in InfluxDB, spooled on local disk first.
+
+Selected by ``open_store("influxdb://[user:password@]host:port/database?...")``
+(``influxdbs://`` for HTTPS). It speaks only InfluxDB's v1 HTTP API, ``/write`` with line
+protocol and ``/query`` with InfluxQL, which 1.x serves natively, 2.x through a DBRP
+mapping and 3.x through its v1 compatibility. Query parameters: ``token`` (2.x/3.x, sent
+as ``Authorization: Token``; or the environment's ``TELEMATICS_INFLUXDB_TOKEN``), ``rp``
+(retention policy), ``index`` (the local index file, default
+``influx-index-<database>.db`` in the working directory), ``spool_max`` (samples).
+See docs/decisions/0015-influxdb-store.md for the why of each choice.
+
+Where each thing lives:
+
+* the time series (every sample, ``gateway.store.lineprotocol`` has the point schema):
+  InfluxDB, which several gateway hosts can share and Grafana reads;
+* everything that needs a transaction or a fast point lookup: vehicles and their
+  tenures, latest state, events, status, quarantine, counters, seq tracking and the
+  (VIN, tenure, seq) keys that make a redelivered sample a duplicate: the *local index*,
+  an embedded SQLite store (``gateway.store.sqlite``) next to the gateway;
+* the spool: samples committed to the index and not yet in InfluxDB. A batch is
+  acknowledged once the index has committed it (an fsync on local disk), whether or not
+  InfluxDB is up; :class:`_Shipper` then writes the spool to InfluxDB oldest first and
+  moves a watermark past what InfluxDB accepted. A crash between the write and the
+  watermark rewrites the same points, which land on themselves. The spool is bounded
+  (``spool_max``): when it is full a commit fails with :class:`StoreError`, so ingest
+  stops acknowledging and the broker holds the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import httpx
+import orjson
+
+from gateway.errors import ConfigurationError, StoreError
+from gateway.store import lineprotocol as lp
+from gateway.store.base import (
+    CommitResult,
+    HistoryPoint,
+    IngestBatch,
+    StoredQuarantine,
+    VehicleState,
+    VehicleSummary,
+)
+from gateway.store.sqlite import DEFAULT_QUARANTINE_PAYLOAD_BYTES, SqliteTelemetryStore, Synchronous
+
+__all__ = ["DEFAULT_SPOOL_MAX", "InfluxSettings", "InfluxTelemetryStore", "parse_influx_url"]
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("influxdb", "influxdbs")
+TOKEN_ENV = "TELEMATICS_INFLUXDB_TOKEN"
+#: samples the spool may hold before commits are refused (a few hours of a large fleet)
+DEFAULT_SPOOL_MAX = 5_000_000
+#: samples written to InfluxDB per request (its docs advise 5,000 to 10,000 points)
+SHIP_CHUNK = 5000
+#: after a failed write, the shipper waits this long before trying again
+RETRY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class InfluxSettings:
+    base_url: str
+    database: str
+    index: Path
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    retention_policy: str | None = None
+    spool_max: int = DEFAULT_SPOOL_MAX
+    timeout_s: float = 10.0
+
+
+def parse_influx_url(url: str) -> InfluxSettings:
+    """The settings an ``influxdb://`` or ``influxdbs://`` URL names."""
+    parts = urlsplit(url)
+    database = parts.path.strip("/")
+    if parts.scheme not in SCHEMES or not parts.hostname or not database or "/" in database:
+        raise ConfigurationError(
+            f"invalid InfluxDB store URL {url!r}: expected "
+            "influxdb://[user:password@]host:port/database[?token=...&rp=...&index=PATH]"
+        )
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    known = {"token", "rp", "index", "spool_max", "timeout"}
+    if unknown := sorted(set(query) - known):
+        raise ConfigurationError(f"unknown InfluxDB store URL parameters: {', '.join(unknown)}")
+    http = "https" if parts.scheme == "influxdbs" else "http"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = parts.port or 8086
+    return InfluxSettings(
+        base_url=f"{http}://{host}:{port}",
+        database=database,
+        index=Path(query.get("index") or f"influx-index-{database}.db"),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        token=query.get("token") or os.environ.get(TOKEN_ENV) or None,
+        retention_policy=query.get("rp"),
+        spool_max=int(query.get("spool_max", DEFAULT_SPOOL_MAX)),
+        timeout_s=float(query.get("timeout", 10.0)),
+    )
+
+
+class InfluxHttp:
+    """The two v1 endpoints, with the URL's credentials; errors are :class:`StoreError`."""
+
+    def __init__(self, settings: InfluxSettings) -> None:
+        self.settings = settings
+        headers = {"Authorization": f"Token {settings.token}"} if settings.token else {}
+        auth = (
+            (settings.username, settings.password or "")
+            if settings.username and not settings.token
+            else None
+        )
+        self._client = httpx.Client(
+            base_url=settings.base_url, headers=headers, auth=auth, timeout=settings.timeout_s
+        )
+
+    def _params(self, **extra: str) -> dict[str, str]:
+        params = {"db": self.settings.database, **extra}
+        if self.settings.retention_policy:
+            params["rp"] = self.settings.retention_policy
+        return params
+
+    def write(self, body: bytes) -> None:
+        """Write line protocol (nanosecond timestamps); creates the database (1.x) once if
+        InfluxDB says it does not exist."""
+        for attempt in (1, 2):
+            try:
+                response = self._client.post("/write", params=self._params(), content=body)
+            except httpx.HTTPError as exc:
+                raise StoreError("write to InfluxDB", exc) from exc
+            if response.status_code == 204:
+                return
+            if attempt == 1 and response.status_code == 404 and "database" in response.text:
+                self.create_database()
+                continue
+            raise StoreError("write to InfluxDB", RuntimeError(response.text.strip()))
+
+    def query(self, statement: str, *, post: bool = False) -> list[dict[str, Any]]:
+        """Run InfluxQL; the ``results`` (each with its ``series``), epoch nanoseconds."""
+        params = self._params(epoch="ns")
+        try:
+            if post:
+                response = self._client.post("/query", params=params, data={"q": statement})
+            else:
+                response = self._client.get("/query", params={**params, "q": statement})
+        except httpx.HTTPError as exc:
+            raise StoreError("query InfluxDB", exc) from exc
+        body = orjson.loads(response.content) if response.content else {}
+        error = body.get("error") or next(
+            (r["error"] for r in body.get("results", []) if "error" in r), None
+        )
+        if response.status_code != 200 or error:
+            raise StoreError("query InfluxDB", RuntimeError(error or response.text.strip()))
+        results: list[dict[str, Any]] = body.get("results", [])
+        return results
+
+    def create_database(self) -> None:
+        """``CREATE DATABASE`` (1.x; idempotent there). 2.x and 3.x refuse it: there the
+        bucket and its DBRP mapping are made by the operator."""
+        self.query(f"CREATE DATABASE {lp.quote_ident(self.settings.database)}", post=True)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+_OUTBOX = """
+CREATE TABLE IF NOT EXISTS influx_outbox (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    shipped INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO influx_outbox (one, shipped) VALUES (1, 0);
+"""
+_PENDING = (
+    "SELECT s.id, v.vin, v.tenure, s.seq, s.ts, s.signals FROM samples s "
+    "JOIN vehicles v ON v.id = s.vehicle_id WHERE s.id > ? ORDER BY s.id LIMIT ?"
+)
+
+
+def spool_depth(db: sqlite3.Connection) -> int:
+    """Samples in the index not yet written to InfluxDB (ids grow by one per sample, so
+    the newest id less the watermark; retention may have taken some: an upper bound)."""
+    try:
+        ((newest,),) = db.execute("SELECT coalesce(max(id), 0) FROM samples").fetchall()
+        ((shipped,),) = db.execute("SELECT shipped FROM influx_outbox").fetchall()
+    except sqlite3.Error as exc:
+        raise StoreError("read the spool depth", exc) from exc
+    return max(0, int(newest) - int(shipped))
+
+
+class _Shipper:
+    """Writes the spool to InfluxDB in order, from the committing thread while InfluxDB
+    keeps up and from a background thread while it catches up after an outage. One lock
+    orders every write, so points go out by index id, which is arrival order."""
+
+    def __init__(self, index: Path, http: InfluxHttp) -> None:
+        self.http = http
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(index, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        self.db.executescript(_OUTBOX)
+        self.retry_at = 0.0
+        self.last_error: str | None = None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="influx-shipper", daemon=True)
+        self._thread.start()
+
+    def ship_chunk(self) -> int:
+        """Write the oldest spooled samples (one request); how many. Raises StoreError
+        (and backs off) when InfluxDB refuses or cannot be reached."""
+        with self.lock:
+            ((shipped,),) = self.db.execute("SELECT shipped FROM influx_outbox").fetchall()
+            rows = self.db.execute(_PENDING, (shipped, SHIP_CHUNK)).fetchall()
+            if not rows:
+                return 0
+            body = lp.lines(
+                (vin, tenure, seq, ts, orjson.loads(signals))
+                for _, vin, tenure, seq, ts, signals in rows
+            )
+            try:
+                self.http.write(body)
+            except StoreError as exc:
+                if self.last_error is None:
+                    log.warning("InfluxDB write failed, spooling locally: %s", exc)
+                self.last_error, self.retry_at = str(exc), time.monotonic() + RETRY_S
+                raise
+            self.db.execute("UPDATE influx_outbox SET shipped = ?", (rows[-1][0],))
+            if self.last_error is not None:
+                log.warning("InfluxDB writes resumed; draining the spool")
+            self.last_error = None
+            return len(rows)
+
+    def drain(self, max_rows: int) -> None:
+        """Ship until the spool is empty or ``max_rows`` went; a failure only backs off."""
+        sent = 0
+        while sent < max_rows and time.monotonic() >= self.retry_at:
+            try:
+                count = self.ship_chunk()
+            except StoreError:
+                return
+            if count == 0:
+                return
+            sent += count
+
+    def depth(self) -> int:
+        with self.lock:
+            return spool_depth(self.db)
+
+    def after_commit(self) -> None:
+        """Ship a small spool now (so what was committed is readable at once); leave a
+        large one, or one during an outage, to the background thread."""
+        if time.monotonic() >= self.retry_at and self.depth() <= SHIP_CHUNK:
+            self.drain(SHIP_CHUNK)
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(RETRY_S)
+            self._wake.clear()
+            try:
+                self.drain(10 * SHIP_CHUNK)
+            except Exception:  # the thread must outlive any one failure
+                log.exception("InfluxDB shipper failed; retrying")
+                self.retry_at = time.monotonic() + RETRY_S
+            if self.depth() > 0 and time.monotonic() >= self.retry_at:
+                self._wake.set()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        self.db.close()
+
+
+class InfluxTelemetryStore:
+    """:class:`~gateway.store.base.TelemetryBackend` on InfluxDB plus the local index.
+
+    A writer (``readonly=False``) commits to the index, ships the spool and creates the
+    database when it can; a reader reads the index read-only and history from InfluxDB.
+    Not thread-safe, like the SQLite store (the shipper's thread is internal)."""
+
+    def __init__(
+        self,
+        settings: InfluxSettings,
+        *,
+        readonly: bool = False,
+        synchronous: Synchronous = "FULL",
+        quarantine_payload_bytes: int = DEFAULT_QUARANTINE_PAYLOAD_BYTES,
+    ) -> None:
+        self.settings = settings
+        self.index = SqliteTelemetryStore(
+            settings.index,
+            readonly=readonly,
+            synchronous=synchronous,
+            quarantine_payload_bytes=quarantine_payload_bytes,
+        )
+        self.http = InfluxHttp(settings)
+        self._shipper: _Shipper | None = None
+        if readonly:
+            return
+        try:
+            self.http.create_database()
+        except StoreError as exc:  # down (the spool holds what comes), or 2.x/3.x
+            log.warning("could not create InfluxDB database %s: %s", settings.database, exc)
+        self._shipper = _Shipper(settings.index, self.http)
+
+    def _writer(self) -> _Shipper:
+        if self._shipper is None:
+            raise StoreError("write", RuntimeError("this store was opened read-only"))
+        return self._shipper
+
+    # --- writing ------------------------------------------------------------------------
+
+    def commit(self, batch: IngestBatch) -> CommitResult:
+        """Commit to the index (durable: the batch may be acknowledged), then ship. Refused
+        while the spool holds ``spool_max`` samples or more."""
+        shipper = self._writer()
+        depth = shipper.depth()
+        if batch.samples and depth >= self.settings.spool_max:
+            raise StoreError(
+                "commit a batch",
+                RuntimeError(
+                    f"the InfluxDB spool is full ({depth} samples, limit "
+                    f"{self.settings.spool_max}); {shipper.last_error or 'InfluxDB is slow'}"
+                ),
+            )
+        result = self.index.commit(batch)
+        shipper.after_commit()
+        return result
+
+    def spool_depth(self) -> int:
+        """Samples committed locally and not yet in InfluxDB."""
+        if self._shipper is not None:
+            return self._shipper.depth()
+        db = sqlite3.connect(f"file:{self.settings.index}?mode=ro", uri=True)
+        try:
+            return spool_depth(db)
+        finally:
+            db.close()
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until the spool is empty (tests, shutdown); whether it is."""
+        shipper = self._writer()
+        deadline = time.monotonic() + timeout_s
+        while shipper.depth() > 0:
+            if time.monotonic() > deadline:
+                return False
+            shipper.after_commit()
+            time.sleep(0.05)
+        return True
+
+    # --- retention ----------------------------------------------------------------------
+
+    def prune_samples(self, *, received_before: int, chunk: int = 2000) -> int:
+        """Delete up to ``chunk`` samples received before ``received_before``, oldest
+        first, from InfluxDB (the shipped ones; 1.x ``DELETE``) and then from the index.
+        The newest sample stays in the index: SQLite hands out max(id) + 1 as the next id,
+        and an emptied table would reuse ids at or below the spool's watermark."""
+        shipper = self._writer()
+        with shipper.lock:
+            db = shipper.db
+            ((shipped,),) = db.execute("SELECT shipped FROM influx_outbox").fetchall()
+            rows = db.execute(
+                "SELECT s.id, v.vin, v.tenure, s.seq, s.ts FROM samples s "
+                "JOIN vehicles v ON v.id = s.vehicle_id "
+                "WHERE s.id IN (SELECT id FROM samples ORDER BY id LIMIT ?) "
+                "AND s.received_at < ? AND s.id < (SELECT max(id) FROM samples)",
+                (chunk, received_before),
+            ).fetchall()
+            statements = [
+                f"DELETE FROM {lp.quote_ident(lp.MEASUREMENT)} WHERE "
+                f"vin = {lp.quote_string(vin)} AND tenure = {lp.quote_string(str(tenure))} "
+                f"AND time = {lp.point_time(ts, seq)}"
+                for row_id, vin, tenure, seq, ts in rows
+                if row_id <= shipped
+            ]
+            if statements:
+                self.http.query(";".join(statements), post=True)
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("DELETE FROM samples WHERE id = ?", [(r[0],) for r in rows])
+            db.execute("COMMIT")
+        return len(rows)
+
+    def prune_quarantine(
+        self, *, received_before: int | None, max_entries: int | None, chunk: int = 2000
+    ) -> int:
+        return self.index.prune_quarantine(
+            received_before=received_before, max_entries=max_entries, chunk=chunk
+        )
+
+    # --- reading ------------------------------------------------------------------------
+
+    def list_vehicles(
+        self, *, limit: int, after: str | None = None, vins: Mapping[str, int] | None = None
+    ) -> list[VehicleSummary]:
+        return self.index.list_vehicles(limit=limit, after=after, vins=vins)
+
+    def vehicle_state(self, vin: str, *, tenure: int) -> VehicleState | None:
+        return self.index.vehicle_state(vin, tenure=tenure)
+
+    def history(
+        self,
+        vin: str,
+        signals: Sequence[str],
+        *,
+        tenure: int,
+        start: int,
+        end: int,
+        limit: int,
+        after: tuple[int, int] | None = None,
+    ) -> list[HistoryPoint]:
+        """From InfluxDB, oldest first: the points of (vin, tenure) in [start, end) that
+        carry one of ``signals``. The query asks for ``seq`` too (it is in every point),
+        so points without those signals come back and are skipped here, page by page."""
+        if not signals or limit <= 0:
+            return []
+        columns = ", ".join(lp.quote_ident(s) for s in ("seq", *signals))
+        where = (
+            f"vin = {lp.quote_string(vin)} AND tenure = {lp.quote_string(str(tenure))} "
+            f"AND time >= {lp.point_time(start, 0)} AND time < {lp.point_time(end, 0)}"
+        )
+        cursor = None if after is None else lp.point_time(*after)
+        points: list[HistoryPoint] = []
+        page = max(limit, 500)
+        while len(points) < limit:
+            following = "" if cursor is None else f" AND time > {cursor}"
+            rows = self._rows(
+                f"SELECT {columns} FROM {lp.quote_ident(lp.MEASUREMENT)} "
+                f"WHERE {where}{following} ORDER BY time ASC LIMIT {page}"
+            )
+            for row in rows:
+                values = {
+                    s: lp.decode_value(s, v)
+                    for s, v in zip(signals, row[2:], strict=True)
+                    if v is not None
+                }
+                if values:
+                    points.append(HistoryPoint(int(row[1]), lp.split_point_time(row[0]), values))
+            if len(rows) < page:
+                break
+            cursor = rows[-1][0]
+        return points[:limit]
+
+    def _rows(self, statement: str) -> list[list[Any]]:
+        rows: list[list[Any]] = []
+        for result in self.http.query(statement):
+            for series in result.get("series", []):
+                rows.extend(series["values"])
+        return rows
+
+    def quarantine(
+        self,
+        *,
+        limit: int,
+        reason: str | None = None,
+        vin: str | None = None,
+        before_id: int | None = None,
+    ) -> list[StoredQuarantine]:
+        return self.index.quarantine(limit=limit, reason=reason, vin=vin, before_id=before_id)
+
+    def counters(self) -> dict[tuple[str, str], float]:
+        return self.index.counters()
+
+    def vehicle_counts(
+        self, vins: Mapping[str, int] | None = None, *, heard_since: int | None = None
+    ) -> tuple[int, int]:
+        return self.index.vehicle_counts(vins, heard_since=heard_since)
+
+    def close(self) -> None:
+        if self._shipper is not None:
+            self._shipper.close()
+        self.http.close()
+        self.index.close()
