@@ -23,7 +23,7 @@ from gateway.store.base import (
     VehicleSummary,
     presence,
 )
-from gateway.store.factory import SUPPORTED_SCHEMES, open_store, store_path
+from gateway.store.factory import SUPPORTED_SCHEMES, open_store, resolve_store, store_path
 
 __all__ = [
     "FIRST_TENURE",
@@ -42,5 +42,6 @@ __all__ = [
     "VehicleSummary",
     "open_store",
     "presence",
+    "resolve_store",
     "store_path",
 ]

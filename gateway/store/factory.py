@@ -12,12 +12,13 @@ docs/decisions/0013-architecture-step.md.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 from gateway.errors import ConfigurationError
 from gateway.store.base import TelemetryBackend
 from gateway.store.sqlite import DEFAULT_QUARANTINE_PAYLOAD_BYTES, SqliteTelemetryStore, Synchronous
 
-__all__ = ["SUPPORTED_SCHEMES", "open_store", "store_path"]
+__all__ = ["SUPPORTED_SCHEMES", "open_store", "resolve_store", "store_path"]
 
 #: the URL schemes :func:`open_store` accepts (a plain path is SQLite too)
 SUPPORTED_SCHEMES = ("sqlite", "influxdb", "influxdbs")
@@ -42,6 +43,19 @@ def store_path(url: str | Path) -> Path:
             "sqlite:///data/telemetry.db (relative) or sqlite:////var/lib/telematics/t.db"
         )
     return Path(rest[1:])
+
+
+def resolve_store(url: str | None, data_dir: Path) -> str | Path:
+    """What a process opens for ``--store`` ``url`` and ``--data-dir`` ``data_dir``: the
+    SQLite file ``telemetry.db`` there when no URL is given; an InfluxDB URL without an
+    ``index=`` gets its local index (and spool) ``influx-index.db`` there, so the gateways
+    and the API of one data directory share it."""
+    if not url:
+        return data_dir / "telemetry.db"
+    if url.partition("://")[0].lower() in ("influxdb", "influxdbs") and "index=" not in url:
+        index = quote(str((data_dir / "influx-index.db").absolute()))
+        return f"{url}{'&' if '?' in url else '?'}index={index}"
+    return url
 
 
 def open_store(

@@ -235,7 +235,7 @@ class _Shipper:
                     log.warning("InfluxDB write failed, spooling locally: %s", exc)
                 self.last_error, self.retry_at = str(exc), time.monotonic() + RETRY_S
                 raise
-            self.db.execute("UPDATE influx_outbox SET shipped = ?", (rows[-1][0],))
+            self.db.execute("UPDATE influx_outbox SET shipped = max(shipped, ?)", (rows[-1][0],))
             if self.last_error is not None:
                 log.warning("InfluxDB writes resumed; draining the spool")
             self.last_error = None
