@@ -42,6 +42,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import httpx
 import orjson
 
+from gateway import metrics
 from gateway.errors import ConfigurationError, StoreError
 from gateway.store import lineprotocol as lp
 from gateway.store.base import (
@@ -192,7 +193,9 @@ def spool_depth(db: sqlite3.Connection) -> int:
     the newest id less the watermark; retention may have taken some: an upper bound)."""
     try:
         ((newest,),) = db.execute("SELECT coalesce(max(id), 0) FROM samples").fetchall()
-        ((shipped,),) = db.execute("SELECT shipped FROM influx_outbox").fetchall()
+        tables = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'influx_outbox'")
+        outbox = bool(tables.fetchall())  # none before a writer has opened the index
+        shipped = db.execute("SELECT shipped FROM influx_outbox").fetchone()[0] if outbox else 0
     except sqlite3.Error as exc:
         raise StoreError("read the spool depth", exc) from exc
     return max(0, int(newest) - int(shipped))
@@ -470,7 +473,11 @@ class InfluxTelemetryStore:
         return self.index.quarantine(limit=limit, reason=reason, vin=vin, before_id=before_id)
 
     def counters(self) -> dict[tuple[str, str], float]:
-        return self.index.counters()
+        """The index's counters and the spool's gauges (``gateway.metrics``)."""
+        counts = self.index.counters()
+        counts[(metrics.SPOOL_SAMPLES, "")] = float(self.spool_depth())
+        counts[(metrics.SPOOL_LIMIT, "")] = float(self.settings.spool_max)
+        return counts
 
     def vehicle_counts(
         self, vins: Mapping[str, int] | None = None, *, heard_since: int | None = None

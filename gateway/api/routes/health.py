@@ -23,6 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from gateway import metrics
 from gateway.api.deps import Settings
 from gateway.api.errors import store_unavailable
 from gateway.api.models import ComponentHealth, ErrorInfo, Health
@@ -51,8 +52,16 @@ def _telemetry_store(store: str | Path) -> ErrorInfo | None:
         reader = open_store(store, readonly=True)
         try:
             reader.list_vehicles(limit=1)
+            counts = reader.counters()
         finally:
             reader.close()
+        spooled = counts.get((metrics.SPOOL_SAMPLES, ""), 0.0)
+        limit = counts.get((metrics.SPOOL_LIMIT, ""), 0.0)
+        if limit and spooled >= limit:  # ingest has stopped acknowledging
+            raise StoreError(
+                "write to InfluxDB",
+                RuntimeError(f"the spool is full ({spooled:.0f} samples): is InfluxDB up?"),
+            )
     except StoreError as exc:
         log.warning("health check: the telemetry store failed: %s", exc)
         return store_unavailable(exc, store if isinstance(store, Path) else None)
