@@ -47,7 +47,8 @@ def store(influxdb: InfluxServer, tmp_path: Path) -> Iterator[InfluxTelemetrySto
 
 
 def _points(store: InfluxTelemetryStore) -> list[int]:
-    """The seq of every point InfluxDB holds, in time order."""
+    """The seq of every point InfluxDB holds, in time order, once the spool is empty."""
+    assert store.flush(30)
     rows = store._rows('SELECT "seq" FROM "telemetry"')
     return [int(r[1]) for r in rows]
 
@@ -111,6 +112,7 @@ def test_an_outage_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -> No
     try:
         for n in range(10):  # 10 batches of 100 while InfluxDB is up
             store.commit(_batch(range(n * 100 + 1, n * 100 + 101)))
+        assert store.flush(10)  # in InfluxDB
         server.stop()
         for n in range(10, 25):  # 15 batches while it is down: acknowledged, spooled
             result = store.commit(_batch(range(n * 100 + 1, n * 100 + 101)))

@@ -19,11 +19,12 @@ Where each thing lives:
   an embedded SQLite store (``gateway.store.sqlite``) next to the gateway;
 * the spool: samples committed to the index and not yet in InfluxDB. A batch is
   acknowledged once the index has committed it (an fsync on local disk), whether or not
-  InfluxDB is up; :class:`_Shipper` then writes the spool to InfluxDB oldest first and
-  moves a watermark past what InfluxDB accepted. A crash between the write and the
-  watermark rewrites the same points, which land on themselves. The spool is bounded
-  (``spool_max``): when it is full a commit fails with :class:`StoreError`, so ingest
-  stops acknowledging and the broker holds the rest.
+  InfluxDB is up; :class:`_Shipper`'s thread then writes the spool to InfluxDB oldest
+  first and moves a watermark past what InfluxDB accepted (a history read waits briefly
+  for the watermark to pass what was committed before it, so it reads its writes). A
+  crash between the write and the watermark rewrites the same points, which land on
+  themselves. The spool is bounded (``spool_max``): when it is full a commit fails with
+  :class:`StoreError`, so ingest stops acknowledging and the broker holds the rest.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ DEFAULT_SPOOL_MAX = 5_000_000
 SHIP_CHUNK = 5000
 #: after a failed write, the shipper waits this long before trying again
 RETRY_S = 1.0
+#: a history read waits at most this long for what was committed before it to reach
+#: InfluxDB (the shipper takes milliseconds while InfluxDB is up)
+READ_WAIT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +206,10 @@ def spool_depth(db: sqlite3.Connection) -> int:
 
 
 class _Shipper:
-    """Writes the spool to InfluxDB in order, from the committing thread while InfluxDB
-    keeps up and from a background thread while it catches up after an outage. One lock
-    orders every write, so points go out by index id, which is arrival order."""
+    """Writes the spool to InfluxDB in order from a thread of its own, so the committing
+    thread never waits for InfluxDB: while one chunk is on its way the gateway commits
+    the next batches. One lock orders every write (and retention's deletes), so points go
+    out by index id, which is commit order."""
 
     def __init__(self, index: Path, http: InfluxHttp) -> None:
         self.http = http
@@ -244,27 +249,21 @@ class _Shipper:
             self.last_error = None
             return len(rows)
 
-    def drain(self, max_rows: int) -> None:
-        """Ship until the spool is empty or ``max_rows`` went; a failure only backs off."""
+    def drain(self, max_rows: int) -> int:
+        """Ship until the spool is empty or ``max_rows`` went; a failure only backs off.
+        How many went."""
         sent = 0
         while sent < max_rows and time.monotonic() >= self.retry_at:
             try:
                 count = self.ship_chunk()
             except StoreError:
-                return
+                break
             if count == 0:
-                return
+                break
             sent += count
+        return sent
 
-    def depth(self) -> int:
-        with self.lock:
-            return spool_depth(self.db)
-
-    def after_commit(self) -> None:
-        """Ship a small spool now (so what was committed is readable at once); leave a
-        large one, or one during an outage, to the background thread."""
-        if time.monotonic() >= self.retry_at and self.depth() <= SHIP_CHUNK:
-            self.drain(SHIP_CHUNK)
+    def wake(self) -> None:
         self._wake.set()
 
     def _run(self) -> None:
@@ -272,12 +271,11 @@ class _Shipper:
             self._wake.wait(RETRY_S)
             self._wake.clear()
             try:
-                self.drain(10 * SHIP_CHUNK)
+                if self.drain(10 * SHIP_CHUNK) > 0:
+                    self._wake.set()  # there may be more
             except Exception:  # the thread must outlive any one failure
                 log.exception("InfluxDB shipper failed; retrying")
                 self.retry_at = time.monotonic() + RETRY_S
-            if self.depth() > 0 and time.monotonic() >= self.retry_at:
-                self._wake.set()
 
     def close(self) -> None:
         self._stopping.set()
@@ -310,6 +308,7 @@ class InfluxTelemetryStore:
         )
         self.http = InfluxHttp(settings)
         self._shipper: _Shipper | None = None
+        self._spool: sqlite3.Connection | None = None
         if readonly:
             return
         try:
@@ -326,41 +325,61 @@ class InfluxTelemetryStore:
     # --- writing ------------------------------------------------------------------------
 
     def commit(self, batch: IngestBatch) -> CommitResult:
-        """Commit to the index (durable: the batch may be acknowledged), then ship. Refused
-        while the spool holds ``spool_max`` samples or more."""
+        """Commit to the index (durable: the batch may be acknowledged) and wake the
+        shipper. Refused while the spool holds ``spool_max`` samples or more."""
         shipper = self._writer()
-        depth = shipper.depth()
-        if batch.samples and depth >= self.settings.spool_max:
-            raise StoreError(
-                "commit a batch",
-                RuntimeError(
-                    f"the InfluxDB spool is full ({depth} samples, limit "
-                    f"{self.settings.spool_max}); {shipper.last_error or 'InfluxDB is slow'}"
-                ),
-            )
+        if batch.samples:
+            depth = self.spool_depth()
+            if depth >= self.settings.spool_max:
+                raise StoreError(
+                    "commit a batch",
+                    RuntimeError(
+                        f"the InfluxDB spool is full ({depth} samples, limit "
+                        f"{self.settings.spool_max}); {shipper.last_error or 'InfluxDB is slow'}"
+                    ),
+                )
         result = self.index.commit(batch)
-        shipper.after_commit()
+        shipper.wake()
         return result
+
+    def _spool_db(self) -> sqlite3.Connection:
+        """This instance's own connection for spool queries (the shipper's thread has
+        another): read-only, so it never waits for the shipper."""
+        if self._spool is None:
+            self._spool = sqlite3.connect(
+                f"file:{self.settings.index}?mode=ro", uri=True, check_same_thread=False
+            )
+            self._spool.execute("PRAGMA busy_timeout = 30000")
+        return self._spool
 
     def spool_depth(self) -> int:
         """Samples committed locally and not yet in InfluxDB."""
-        if self._shipper is not None:
-            return self._shipper.depth()
-        db = sqlite3.connect(f"file:{self.settings.index}?mode=ro", uri=True)
+        return spool_depth(self._spool_db())
+
+    def _await_shipped(self, timeout_s: float) -> None:
+        """Wait until what was committed before this call is in InfluxDB, for at most
+        ``timeout_s`` (while InfluxDB is down, history shows what it has)."""
+        db = self._spool_db()
+        deadline = time.monotonic() + timeout_s
         try:
-            return spool_depth(db)
-        finally:
-            db.close()
+            ((target,),) = db.execute("SELECT coalesce(max(id), 0) FROM samples").fetchall()
+            while target and time.monotonic() < deadline:
+                row = db.execute("SELECT shipped FROM influx_outbox").fetchone()
+                if row is None or row[0] >= target:
+                    return
+                time.sleep(0.005)
+        except sqlite3.Error as exc:  # no outbox: no writer has opened the index yet
+            log.debug("not waiting for the spool: %s", exc)
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until the spool is empty (tests, shutdown); whether it is."""
         shipper = self._writer()
         deadline = time.monotonic() + timeout_s
-        while shipper.depth() > 0:
+        while self.spool_depth() > 0:
             if time.monotonic() > deadline:
                 return False
-            shipper.after_commit()
-            time.sleep(0.05)
+            shipper.wake()
+            time.sleep(0.02)
         return True
 
     # --- retention ----------------------------------------------------------------------
@@ -428,6 +447,7 @@ class InfluxTelemetryStore:
         so points without those signals come back and are skipped here, page by page."""
         if not signals or limit <= 0:
             return []
+        self._await_shipped(READ_WAIT_S)
         columns = ", ".join(lp.quote_ident(s) for s in ("seq", *signals))
         where = (
             f"vin = {lp.quote_string(vin)} AND tenure = {lp.quote_string(str(tenure))} "
@@ -487,5 +507,7 @@ class InfluxTelemetryStore:
     def close(self) -> None:
         if self._shipper is not None:
             self._shipper.close()
+        if self._spool is not None:
+            self._spool.close()
         self.http.close()
         self.index.close()
