@@ -35,6 +35,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,46 +222,54 @@ class _Shipper:
         self.last_error: str | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        #: sends the requests, so the shipper prepares the next chunk meanwhile
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="influx-write")
         self._thread = threading.Thread(target=self._run, name="influx-shipper", daemon=True)
         self._thread.start()
 
-    def ship_chunk(self) -> int:
-        """Write the oldest spooled samples (one request); how many. Raises StoreError
-        (and backs off) when InfluxDB refuses or cannot be reached."""
+    def _chunk(self, after: int) -> tuple[list[Any], bytes]:
+        """The oldest spooled samples after index id ``after`` and their request body."""
+        rows = self.db.execute(_PENDING, (after, SHIP_CHUNK)).fetchall()
+        body = lp.lines(
+            (vin, tenure, seq, ts, orjson.loads(signals))
+            for _, vin, tenure, seq, ts, signals in rows
+        )
+        return rows, body
+
+    def _confirm(self, write: Future[None], last_id: int) -> None:
+        """Wait for a write; once InfluxDB has it, move the watermark past it."""
+        write.result()
+        self.db.execute("UPDATE influx_outbox SET shipped = max(shipped, ?)", (last_id,))
+        if self.last_error is not None:
+            log.warning("InfluxDB writes resumed; draining the spool")
+        self.last_error = None
+
+    def drain(self, max_rows: int) -> int:
+        """Ship until the spool is empty or ``max_rows`` went; how many went. Pipelined:
+        the next chunk is read and encoded while the previous one is on its way, and the
+        watermark moves only past chunks InfluxDB accepted, in order (one in flight). A
+        failure backs off; the next drain starts again at the watermark."""
+        sent = 0
         with self.lock:
-            ((shipped,),) = self.db.execute("SELECT shipped FROM influx_outbox").fetchall()
-            rows = self.db.execute(_PENDING, (shipped, SHIP_CHUNK)).fetchall()
-            if not rows:
-                return 0
-            body = lp.lines(
-                (vin, tenure, seq, ts, orjson.loads(signals))
-                for _, vin, tenure, seq, ts, signals in rows
-            )
+            ((cursor,),) = self.db.execute("SELECT shipped FROM influx_outbox").fetchall()
+            pending: tuple[Future[None], int, int] | None = None
             try:
-                self.http.write(body)
+                while sent < max_rows and time.monotonic() >= self.retry_at:
+                    rows, body = self._chunk(cursor)
+                    if pending is not None:
+                        self._confirm(pending[0], pending[1])
+                        sent, pending = sent + pending[2], None
+                    if not rows:
+                        break
+                    cursor = rows[-1][0]
+                    pending = (self._writer.submit(self.http.write, body), cursor, len(rows))
+                if pending is not None:
+                    self._confirm(pending[0], pending[1])
+                    sent += pending[2]
             except StoreError as exc:
                 if self.last_error is None:
                     log.warning("InfluxDB write failed, spooling locally: %s", exc)
                 self.last_error, self.retry_at = str(exc), time.monotonic() + RETRY_S
-                raise
-            self.db.execute("UPDATE influx_outbox SET shipped = max(shipped, ?)", (rows[-1][0],))
-            if self.last_error is not None:
-                log.warning("InfluxDB writes resumed; draining the spool")
-            self.last_error = None
-            return len(rows)
-
-    def drain(self, max_rows: int) -> int:
-        """Ship until the spool is empty or ``max_rows`` went; a failure only backs off.
-        How many went."""
-        sent = 0
-        while sent < max_rows and time.monotonic() >= self.retry_at:
-            try:
-                count = self.ship_chunk()
-            except StoreError:
-                break
-            if count == 0:
-                break
-            sent += count
         return sent
 
     def wake(self) -> None:
@@ -281,6 +290,7 @@ class _Shipper:
         self._stopping.set()
         self._wake.set()
         self._thread.join(timeout=30)
+        self._writer.shutdown(wait=True)
         self.db.close()
 
 
