@@ -150,3 +150,27 @@ def test_a_full_spool_refuses_commits_until_it_drains(tmp_path: Path) -> None:
     finally:
         store.close()
         server.stop()
+
+
+def test_two_writers_of_one_index_ship_through_one_lease(
+    influxdb: InfluxServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    url = influxdb.new_database_url()
+    first, second = _open(url, tmp_path), _open(url, tmp_path)
+    try:
+        first.commit(_batch(range(1, 101)))
+        assert first.flush(10)
+        owner = sqlite3.connect(first.settings.index).execute("SELECT owner FROM influx_lease")
+        holder = owner.fetchone()[0]
+        second.commit(_batch(range(101, 201)))  # shipped by the lease holder
+        assert second.flush(10)
+        first.close()  # gives the lease up: the second takes over
+        second.commit(_batch(range(201, 301)))
+        assert second.flush(10)
+        owner = sqlite3.connect(first.settings.index).execute("SELECT owner FROM influx_lease")
+        assert owner.fetchone()[0] != holder
+        assert _points(second) == list(range(1, 301))
+    finally:
+        first.close()
+        second.close()

@@ -186,7 +186,16 @@ CREATE TABLE IF NOT EXISTS influx_outbox (
     shipped INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO influx_outbox (one, shipped) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS influx_lease (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    owner TEXT NOT NULL,
+    until REAL NOT NULL
+);
+INSERT OR IGNORE INTO influx_lease (one, owner, until) VALUES (1, '', 0);
 """
+#: how long the shipper of one process keeps the right to ship an index's spool without
+#: renewing it (every chunk renews it); another process's shipper takes over after that
+LEASE_S = 10.0
 _PENDING = (
     "SELECT s.id, v.vin, v.tenure, s.seq, s.ts, s.signals FROM samples s "
     "JOIN vehicles v ON v.id = s.vehicle_id WHERE s.id > ? ORDER BY s.id LIMIT ?"
@@ -222,6 +231,7 @@ class _Shipper:
         self.last_error: str | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self.owner = f"{os.getpid()}:{id(self)}"
         #: sends the requests, so the shipper prepares the next chunk meanwhile
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="influx-write")
         self._thread = threading.Thread(target=self._run, name="influx-shipper", daemon=True)
@@ -236,10 +246,22 @@ class _Shipper:
         )
         return rows, body
 
+    def _lease(self) -> bool:
+        """Take or renew the right to ship this index's spool: one shipper at a time
+        when several processes (gateways, the API's command service) open the same
+        index, so the same points are not sent twice over."""
+        now = time.time()
+        taken = self.db.execute(
+            "UPDATE influx_lease SET owner = ?, until = ? WHERE owner = ? OR until < ?",
+            (self.owner, now + LEASE_S, self.owner, now),
+        )
+        return taken.rowcount == 1
+
     def _confirm(self, write: Future[None], last_id: int) -> None:
         """Wait for a write; once InfluxDB has it, move the watermark past it."""
         write.result()
         self.db.execute("UPDATE influx_outbox SET shipped = max(shipped, ?)", (last_id,))
+        self._lease()
         if self.last_error is not None:
             log.warning("InfluxDB writes resumed; draining the spool")
         self.last_error = None
@@ -251,6 +273,8 @@ class _Shipper:
         failure backs off; the next drain starts again at the watermark."""
         sent = 0
         with self.lock:
+            if not self._lease():
+                return 0
             ((cursor,),) = self.db.execute("SELECT shipped FROM influx_outbox").fetchall()
             pending: tuple[Future[None], int, int] | None = None
             try:
@@ -291,6 +315,7 @@ class _Shipper:
         self._wake.set()
         self._thread.join(timeout=30)
         self._writer.shutdown(wait=True)
+        self.db.execute("UPDATE influx_lease SET until = 0 WHERE owner = ?", (self.owner,))
         self.db.close()
 
 
@@ -515,9 +540,12 @@ class InfluxTelemetryStore:
         return self.index.vehicle_counts(vins, heard_since=heard_since)
 
     def close(self) -> None:
-        if self._shipper is not None:
-            self._shipper.close()
-        if self._spool is not None:
-            self._spool.close()
+        """Stop the shipper (what it has not sent stays spooled); closing twice is fine."""
+        shipper, self._shipper = self._shipper, None
+        if shipper is not None:
+            shipper.close()
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()
         self.http.close()
         self.index.close()
