@@ -174,3 +174,37 @@ def test_two_writers_of_one_index_ship_through_one_lease(
     finally:
         first.close()
         second.close()
+
+
+def test_a_writer_sets_raw_retention_and_the_one_minute_rollup(
+    influxdb: InfluxServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    store = _open(influxdb.new_database_url(), tmp_path, retention="30d")
+    try:
+        policies = {r[0]: r[1] for r in store._rows("SHOW RETENTION POLICIES")}
+        assert policies == {"autogen": "720h0m0s", "rollup": "0s"}
+        [result] = store.http.query("SHOW CONTINUOUS QUERIES")  # one series per database
+        mine = [x for x in result["series"] if x["name"] == store.settings.database]
+        [(name, statement)] = mine[0]["values"]
+        assert name == "telemetry_1m"
+        assert 'INTO "rollup".telemetry_1m' in statement or "rollup.telemetry_1m" in statement
+        # samples older than the retention: InfluxDB refuses them for good; the spool
+        # counts them and moves on instead of retrying forever
+        store.commit(_batch(range(1, 7)))
+        assert store.flush(10)
+        assert store.counters()[("telematics_store_refused_samples_total", "")] == 6
+        # the rollup's query, run by hand over recent samples: a mean per minute
+        minute = (int(time.time()) // 60 - 1) * 60_000
+        recent = [Sample(VIN, s, minute + s, {SPEED: float(s)}) for s in range(11, 17)]
+        store.commit(IngestBatch(received_at=minute, samples=recent))
+        assert store.flush(10)
+        [row] = store._rows(
+            f'SELECT mean(*) FROM "telemetry" WHERE time >= {minute}ms '
+            f"AND time < {minute + 60_000}ms GROUP BY time(1m), *"
+        )
+        assert row[1] == 13.5  # mean_Vehicle.Speed
+    finally:
+        store.close()
+    with pytest.raises(ConfigurationError, match="invalid InfluxDB retention"):
+        parse_influx_url("influxdb://h/db?retention=30 days")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -74,6 +75,10 @@ RETRY_S = 1.0
 READ_WAIT_S = 2.0
 
 
+#: the rollup's query: every numeric field's mean per minute and series
+ROLLUP_SELECT = "SELECT mean(*) INTO {into} FROM {source} GROUP BY time(1m), *"
+
+
 @dataclass(frozen=True, slots=True)
 class InfluxSettings:
     base_url: str
@@ -85,6 +90,10 @@ class InfluxSettings:
     retention_policy: str | None = None
     spool_max: int = DEFAULT_SPOOL_MAX
     timeout_s: float = 10.0
+    #: the raw data's retention (an InfluxQL duration such as ``30d``); None: as it is
+    retention: str | None = None
+    #: keep 1-minute means of every numeric signal (a continuous query, 1.x)
+    rollup: bool = True
 
 
 def parse_influx_url(url: str) -> InfluxSettings:
@@ -97,7 +106,7 @@ def parse_influx_url(url: str) -> InfluxSettings:
             "influxdb://[user:password@]host:port/database[?token=...&rp=...&index=PATH]"
         )
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    known = {"token", "rp", "index", "spool_max", "timeout"}
+    known = {"token", "rp", "index", "spool_max", "timeout", "retention", "rollup"}
     if unknown := sorted(set(query) - known):
         raise ConfigurationError(f"unknown InfluxDB store URL parameters: {', '.join(unknown)}")
     http = "https" if parts.scheme == "influxdbs" else "http"
@@ -113,6 +122,16 @@ def parse_influx_url(url: str) -> InfluxSettings:
         retention_policy=query.get("rp"),
         spool_max=int(query.get("spool_max", DEFAULT_SPOOL_MAX)),
         timeout_s=float(query.get("timeout", 10.0)),
+        retention=_duration(query.get("retention")),
+        rollup=query.get("rollup", "1") not in ("0", "false", "no", "off"),
+    )
+
+
+def _duration(text: str | None) -> str | None:
+    if text is None or re.fullmatch(r"[1-9][0-9]*[hdw]|INF", text):
+        return text
+    raise ConfigurationError(
+        f"invalid InfluxDB retention {text!r}: a duration such as 720h, 30d, 52w or INF"
     )
 
 
@@ -137,20 +156,29 @@ class InfluxHttp:
             params["rp"] = self.settings.retention_policy
         return params
 
-    def write(self, body: bytes) -> None:
+    def write(self, body: bytes) -> int:
         """Write line protocol (nanosecond timestamps); creates the database (1.x) once if
-        InfluxDB says it does not exist."""
+        InfluxDB says it does not exist. Returns how many points InfluxDB refused for
+        good (400: a partial write, e.g. points older than the retention policy or a
+        field type conflict; it kept the others): sending them again cannot help, and a
+        spool that retried them would never move again. Anything else that fails
+        (unreachable, 5xx, auth) raises, and the spool keeps the points."""
         for attempt in (1, 2):
             try:
                 response = self._client.post("/write", params=self._params(), content=body)
             except httpx.HTTPError as exc:
                 raise StoreError("write to InfluxDB", exc) from exc
             if response.status_code == 204:
-                return
+                return 0
             if attempt == 1 and response.status_code == 404 and "database" in response.text:
                 self.create_database()
                 continue
-            raise StoreError("write to InfluxDB", RuntimeError(response.text.strip()))
+            if response.status_code == 400:
+                dropped = re.search(r"dropped=(\d+)", response.text)
+                log.error("InfluxDB refused points for good: %s", response.text.strip())
+                return int(dropped.group(1)) if dropped else body.count(b"\n") + 1
+            break
+        raise StoreError("write to InfluxDB", RuntimeError(response.text.strip()))
 
     def query(self, statement: str, *, post: bool = False) -> list[dict[str, Any]]:
         """Run InfluxQL; the ``results`` (each with its ``series``), epoch nanoseconds."""
@@ -176,6 +204,33 @@ class InfluxHttp:
         bucket and its DBRP mapping are made by the operator."""
         self.query(f"CREATE DATABASE {lp.quote_ident(self.settings.database)}", post=True)
 
+    def configure_retention(self) -> None:
+        """Retention and rollups, set up by a writer at startup (1.x; idempotent): the
+        raw data's retention policy gets ``retention``; with ``rollup``, a continuous
+        query keeps 1-minute means of every numeric field of ``telemetry`` in
+        ``telemetry_1m`` under the retention policy ``rollup`` (kept forever), for
+        long-range charts. On 2.x and 3.x these statements fail and are only logged: there
+        the bucket's retention period and a task do the same (docs/decisions/0015)."""
+        s, db = self.settings, lp.quote_ident(self.settings.database)
+        raw = lp.quote_ident(s.retention_policy or "autogen")
+        statements = []
+        if s.retention:
+            statements.append(f"ALTER RETENTION POLICY {raw} ON {db} DURATION {s.retention}")
+        if s.rollup:
+            rollup = ROLLUP_SELECT.format(
+                into=f'{db}."rollup"."telemetry_1m"', source=f'{db}.{raw}."telemetry"'
+            )
+            statements += [
+                f'CREATE RETENTION POLICY "rollup" ON {db} DURATION INF REPLICATION 1',
+                f'CREATE CONTINUOUS QUERY "telemetry_1m" ON {db} RESAMPLE EVERY 1m FOR 10m '
+                f"BEGIN {rollup} END",
+            ]
+        for statement in statements:
+            try:
+                self.query(statement, post=True)
+            except StoreError as exc:
+                log.warning("InfluxDB retention or rollup not configured: %s", exc)
+
     def close(self) -> None:
         self._client.close()
 
@@ -193,6 +248,9 @@ CREATE TABLE IF NOT EXISTS influx_lease (
 );
 INSERT OR IGNORE INTO influx_lease (one, owner, until) VALUES (1, '', 0);
 """
+#: counter of the points InfluxDB refused for good (too old for its retention policy, a
+#: field type conflict), kept in the index's counters
+REFUSED = "telematics_store_refused_samples_total"
 #: how long the shipper of one process keeps the right to ship an index's spool without
 #: renewing it (every chunk renews it); another process's shipper takes over after that
 LEASE_S = 10.0
@@ -257,10 +315,17 @@ class _Shipper:
         )
         return taken.rowcount == 1
 
-    def _confirm(self, write: Future[None], last_id: int) -> None:
-        """Wait for a write; once InfluxDB has it, move the watermark past it."""
-        write.result()
+    def _confirm(self, write: Future[int], last_id: int) -> None:
+        """Wait for a write; once InfluxDB has it, move the watermark past it (and count
+        the points it refused for good, ``telematics_store_refused_samples_total``)."""
+        refused = write.result()
         self.db.execute("UPDATE influx_outbox SET shipped = max(shipped, ?)", (last_id,))
+        if refused:
+            self.db.execute(
+                "INSERT INTO counters (name, label, value) VALUES (?, '', ?) "
+                "ON CONFLICT (name, label) DO UPDATE SET value = value + excluded.value",
+                (REFUSED, refused),
+            )
         self._lease()
         if self.last_error is not None:
             log.warning("InfluxDB writes resumed; draining the spool")
@@ -276,7 +341,7 @@ class _Shipper:
             if not self._lease():
                 return 0
             ((cursor,),) = self.db.execute("SELECT shipped FROM influx_outbox").fetchall()
-            pending: tuple[Future[None], int, int] | None = None
+            pending: tuple[Future[int], int, int] | None = None
             try:
                 while sent < max_rows and time.monotonic() >= self.retry_at:
                     rows, body = self._chunk(cursor)
@@ -348,6 +413,7 @@ class InfluxTelemetryStore:
             return
         try:
             self.http.create_database()
+            self.http.configure_retention()
         except StoreError as exc:  # down (the spool holds what comes), or 2.x/3.x
             log.warning("could not create InfluxDB database %s: %s", settings.database, exc)
         self._shipper = _Shipper(settings.index, self.http)
