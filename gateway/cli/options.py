@@ -99,9 +99,9 @@ def add_store(p: argparse.ArgumentParser, env: Environment) -> None:
         default=env.store_url,
         metavar="URL",
         help="telemetry store: sqlite:///PATH, or influxdb://[user:password@]host:port/db"
-        "[?token=...&rp=...] (influxdbs:// for HTTPS; its local index and spool go in the "
-        "data directory) (env TELEMATICS_STORE_URL; default: SQLite file telemetry.db in "
-        "the data directory)",
+        "[?token=...&rp=...&retention=30d] (influxdbs:// for HTTPS; its local index and "
+        "spool go in the data directory) (env TELEMATICS_STORE_URL; default: SQLite file "
+        "telemetry.db in the data directory)",
     )
 
 

@@ -6,7 +6,9 @@ protocol and ``/query`` with InfluxQL, which 1.x serves natively, 2.x through a 
 mapping and 3.x through its v1 compatibility. Query parameters: ``token`` (2.x/3.x, sent
 as ``Authorization: Token``; or the environment's ``TELEMATICS_INFLUXDB_TOKEN``), ``rp``
 (retention policy), ``index`` (the local index file, default
-``influx-index-<database>.db`` in the working directory), ``spool_max`` (samples).
+``influx-index-<database>.db`` in the working directory), ``spool_max`` (samples),
+``timeout`` (seconds), ``retention`` (the raw data's, e.g. ``30d``) and ``rollup`` (``0``:
+no 1-minute rollup).
 See docs/decisions/0015-influxdb-store.md for the why of each choice.
 
 Where each thing lives:
