@@ -21,6 +21,8 @@ __all__ = [
     "SAMPLES_STORED",
     "SEQ_GAPS",
     "SEQ_MISSING",
+    "SPOOL_LIMIT",
+    "SPOOL_SAMPLES",
     "STREAM_EVENTS",
     "STREAM_TELEMETRY",
     "commit_seconds_counters",
@@ -43,6 +45,10 @@ SEQ_GAPS: Final = "telematics_seq_gaps_total"
 #: label: the stream. Seq numbers missing now, over every vehicle: detected minus those a
 #: late upload brought after all (a gauge kept as deltas in the counters table)
 SEQ_MISSING: Final = "telematics_seq_missing"
+#: gauges the InfluxDB store reports with its counters (not persisted): samples committed
+#: locally and not yet in InfluxDB, and the bound at which commits are refused
+SPOOL_SAMPLES: Final = "telematics_store_spool_samples"
+SPOOL_LIMIT: Final = "telematics_store_spool_limit_samples"
 STREAM_TELEMETRY: Final = "telemetry"
 STREAM_EVENTS: Final = "events"
 #: histogram of batch commit latency; labels are the bucket bounds, plus "sum" and "count"

@@ -99,7 +99,7 @@ def prune_once(
 
 
 async def run_retention(
-    db_path: Path,
+    db_path: str | Path,
     policy: RetentionPolicy,
     stopping: asyncio.Event,
     clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
@@ -121,7 +121,7 @@ async def run_retention(
             await asyncio.wait_for(stopping.wait(), policy.interval_s)
 
 
-def _pass(db_path: Path, policy: RetentionPolicy, now_ms: int) -> tuple[int, int]:
+def _pass(db_path: str | Path, policy: RetentionPolicy, now_ms: int) -> tuple[int, int]:
     store = open_store(db_path)
     try:
         return prune_once(store, policy, now_ms, pause=lambda: time.sleep(policy.pause_s))

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,12 @@ class GatewayOptions:
     quarantine_payload_bytes: int = DEFAULT_QUARANTINE_PAYLOAD_BYTES
     #: where the heartbeat goes; None: ``health/`` next to the telemetry database
     health_dir: Path | None = None
+    #: the telemetry store to open (``gateway.store.resolve_store``); None: ``db_path``
+    store: str | Path | None = None
+
+    @property
+    def store_target(self) -> str | Path:
+        return self.db_path if self.store is None else self.store
 
 
 #: seconds between explicit garbage collections (automatic collection is off, see below)
@@ -100,9 +107,16 @@ async def _heartbeat(
         path.unlink(missing_ok=True)
 
 
+def _shown(store: str | Path) -> str:
+    """A store URL for the log: without its password or token."""
+    text = str(store)
+    text = re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", text)
+    return re.sub(r"token=[^&]*", "token=***", text)
+
+
 async def _run(options: GatewayOptions) -> None:
     store = open_store(
-        options.db_path,
+        options.store_target,
         synchronous=options.synchronous,
         quarantine_payload_bytes=options.quarantine_payload_bytes,
     )
@@ -126,12 +140,14 @@ async def _run(options: GatewayOptions) -> None:
         s.client_id,
         s.mqtt.url,
         s.share_group,
-        options.db_path,
+        _shown(options.store_target),
     )
     collector = asyncio.create_task(_collect_garbage(stopping))
     heartbeat = asyncio.create_task(_heartbeat(service, options, stopping))
     watcher = asyncio.create_task(registry.watch(stopping)) if registry is not None else None
-    retention = asyncio.create_task(run_retention(options.db_path, options.retention, stopping))
+    retention = asyncio.create_task(
+        run_retention(options.store_target, options.retention, stopping)
+    )
     try:
         await service.run(stopping)
     finally:

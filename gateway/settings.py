@@ -103,6 +103,7 @@ class Environment(BaseSettings):
     data_dir: Path = Path("data")
     log_level: LogLevel = "INFO"
     state_db_url: str | None = None
+    store_url: str | None = None
 
     # --- the broker
     mqtt_url: str | None = None

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Second README command: set up, then lint, type-check, check the import contracts and run
-# the whole test suite (tests start their own Mosquitto brokers and gateway processes on
-# free ports).
+# Second README command: set up (Mosquitto, PostgreSQL and InfluxDB when missing), then
+# lint, type-check, check the import contracts and run the whole test suite (tests start
+# their own Mosquitto brokers, influxd servers and gateway processes on free ports).
 # Extra arguments go to pytest, e.g. scripts/test.sh -m "not slow".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +32,20 @@ if ! pg_up; then
     echo "warning: no PostgreSQL on 127.0.0.1:5432; the PostgreSQL half of the state-database" >&2
     echo "tests will fail. Install and start it (Debian: apt-get install postgresql), with" >&2
     echo "trust auth for user postgres on 127.0.0.1." >&2
+  fi
+fi
+# The InfluxDB store's tests start their own influxd (tests/support/influxdb.py) from
+# Debian's 'influxdb' package (1.x): install it where it is missing. The packaged service is
+# not needed (each test session runs its own server on free ports), so it is not started.
+if ! command -v influxd >/dev/null 2>&1 && [ ! -x /usr/bin/influxd ]; then
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing InfluxDB"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq influxdb >/dev/null
+  else
+    echo "warning: influxd is missing and this is not a Debian/Ubuntu system; the InfluxDB" >&2
+    echo "store tests will fail. Install InfluxDB 1.x (or run them against your own)." >&2
   fi
 fi
 echo "==> ruff";  .venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -22,8 +22,10 @@ from gateway.api import ApiSettings
 from gateway.broker import MosquittoProcess
 from gateway.core.fleet.reports import ReportAlert, ReportTrip, daily_report
 from gateway.fleet.worker import WorkerSettings
-from tests.conftest import GatewayProcess, admin_client, wait_until
-from tests.test_ingest_e2e import publish
+from tests.support.api import admin_client
+from tests.support.gateway_process import GatewayProcess
+from tests.support.ingest import publish
+from tests.support.waiting import wait_until
 
 VAN = "WFLEETE2E00000001"  # organization A's
 TRUCK = "WFLEETE2E00000002"  # organization B's

@@ -3,8 +3,7 @@ which commit to SQLite; results are read back through the store and the HTTP API
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -17,30 +16,19 @@ from gateway.broker import MosquittoProcess
 from schemas import Reason
 from tests.support.api import admin_client
 from tests.support.gateway_process import GatewayProcess
-from tests.support.ingest import counter, now_ms, publish, query, telemetry
+from tests.support.ingest import (
+    counter,
+    now_ms,
+    publish,
+    publish_lines,
+    query,
+    sample,
+    telemetry,
+)
 from tests.support.waiting import wait_until
 
 VIN = "WVWZZZ1JZXW000001"
 OTHER_VIN = "WVWZZZ1JZXW000002"
-
-
-def sample(vin: str, seq: int, **signals: object) -> bytes:
-    sig = signals or {"Vehicle.Speed": 42.0, "Vehicle.IsMoving": True}
-    return orjson.dumps({"vin": vin, "seq": seq, "ts": now_ms(), "signals": sig})
-
-
-def publish_lines(
-    broker: MosquittoProcess, topic: str, lines: Iterable[bytes]
-) -> subprocess.Popen[bytes]:
-    """A unit streaming QoS 1 messages, one per line (``mosquitto_pub -l``)."""
-    proc = subprocess.Popen(
-        ["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-V", "mqttv5", "-t", topic, "-l"],
-        stdin=subprocess.PIPE,
-    )
-    assert proc.stdin is not None
-    proc.stdin.write(b"".join(line + b"\n" for line in lines))
-    proc.stdin.close()
-    return proc
 
 
 def stored_count(db_path: Path) -> int:

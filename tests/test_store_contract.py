@@ -1,9 +1,10 @@
 """The telemetry store contract: what ingest, the API and retention rely on, run against
 every backend :func:`gateway.store.open_store` knows.
 
-A new backend (InfluxDB is planned) adds its name to ``BACKENDS`` and a URL to
-``_url``; every test here must then pass for it unchanged. See
-docs/decisions/0013-architecture-step.md.
+A new backend adds its name to ``BACKENDS`` and a URL to ``_url``; every test here must
+then pass for it unchanged. ``influxdb`` runs against a real ``influxd`` started once per
+session (``tests/support/influxdb.py``), each test with a database and a local index of its
+own. See docs/decisions/0013-architecture-step.md and 0015-influxdb-store.md.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from gateway.store import (
     open_store,
 )
 from schemas import Event, EventType, Reason, Rejection, Sample, StatusState
+from tests.support.influxdb import InfluxServer, influxdb  # noqa: F401 (a fixture)
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "influxdb"]
 
 VIN_A = "WVWZZZ1JZXW000001"
 VIN_B = "WVWZZZ1JZXW000002"
@@ -33,15 +35,18 @@ SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
 T0 = 1_700_000_000_000
 
 
-def _url(backend: str, tmp_path: Path) -> str:
+def _url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'telemetry.db'}"
+    if backend == "influxdb":
+        server: InfluxServer = request.getfixturevalue("influxdb")  # started only if used
+        return f"{server.new_database_url()}?index={tmp_path / 'index.db'}"
     raise AssertionError(backend)
 
 
 @pytest.fixture(params=BACKENDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return _url(str(request.param), tmp_path)
+    return _url(str(request.param), tmp_path, request)
 
 
 @pytest.fixture

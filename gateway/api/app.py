@@ -83,7 +83,7 @@ _TAGS: Final = [
 # --- application ---------------------------------------------------------------------------
 
 
-def _create_schema(path: Path) -> None:
+def _create_schema(path: str | Path) -> None:
     open_store(path).close()
 
 
@@ -98,7 +98,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     authenticated, so failing to open or migrate it stops the start with the reason."""
     settings: ApiSettings = app.state.settings
     try:
-        await run_in_threadpool(_create_schema, settings.db_path)
+        await run_in_threadpool(_create_schema, settings.store)
     except (StoreError, OSError) as exc:  # OSError: its directory cannot be created
         logger.error("cannot prepare the telemetry database: %s", exc)
     state_db = StateDatabase(settings.resolved_state_db_url)
@@ -115,7 +115,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(_first_admin, app.state.auth)
     service: CommandService | None = None
     if settings.commands is not None:
-        service = CommandService(settings.commands, CommandRepository(state_db), settings.db_path)
+        service = CommandService(settings.commands, CommandRepository(state_db), settings.store)
         await service.start()
     app.state.commands = service
     worker = _fleet(app, settings, state_db)

@@ -77,7 +77,7 @@ def open_reader(request: Request) -> Iterator[TelemetryReader]:
     lock, so the API never delays ingest. A database that cannot be opened raises
     :class:`~gateway.errors.StoreError`, answered with 503 (``gateway.api.errors``).
     """
-    reader = open_store(api_settings(request).db_path, readonly=True)
+    reader = open_store(api_settings(request).store, readonly=True)
     try:
         yield reader
     finally:

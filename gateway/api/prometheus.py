@@ -53,6 +53,17 @@ class StoreCollector(Collector):
         yield from _sequences(counts)
         yield _commit_latency(counts)
         yield GaugeMetricFamily(
+            metrics.SPOOL_SAMPLES,
+            "Samples committed to local disk and not yet written to InfluxDB (the InfluxDB "
+            "store's spool; 0 for SQLite).",
+            value=counts.total(metrics.SPOOL_SAMPLES),
+        )
+        yield GaugeMetricFamily(
+            metrics.SPOOL_LIMIT,
+            "Spool size at which the gateway stops acknowledging (0: no spool).",
+            value=counts.total(metrics.SPOOL_LIMIT),
+        )
+        yield GaugeMetricFamily(
             "telematics_vehicles", "Vehicles known to the gateway.", value=vehicles
         )
         yield GaugeMetricFamily(

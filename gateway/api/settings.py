@@ -29,6 +29,8 @@ class ApiSettings:
 
     #: the gateway's SQLite database (created with the schema if missing)
     db_path: Path
+    #: the telemetry store to open (``gateway.store.resolve_store``); None: ``db_path``
+    store_url: str | Path | None = None
     #: the largest ``limit`` /v1/vehicles/{vin}/history accepts (bounds response size)
     max_history_limit: int = MAX_PAGE * 10
     #: the ``limit`` of a history request that gives none
@@ -49,6 +51,11 @@ class ApiSettings:
     fleet_worker: WorkerSettings | None = field(default_factory=WorkerSettings)
     #: the clock that decides the silence (tests of it set their own)
     clock_ms: Callable[[], int] = field(default=now_ms, compare=False, repr=False)
+
+    @property
+    def store(self) -> str | Path:
+        """What the API opens as its telemetry store."""
+        return self.db_path if self.store_url is None else self.store_url
 
     @property
     def silent_after_ms(self) -> int:

@@ -16,6 +16,12 @@ measured; ``mosquitto_pub`` cost ~70 us of CPU per message and starved the machi
    the latency is publish to committed (plus at most one poll interval).
 
 All messages are QoS 1 and the gateway acknowledges them only after commit.
+
+With ``--store influxdb://host:port/db`` the gateway runs on the InfluxDB store and one
+more figure is measured between phases 1 and 2: InfluxDB's own raw write rate for the same
+points (``gateway.bench.influx``). A sample counts as committed in phases 2 and 3 only once
+it is in InfluxDB (the local spool's watermark has passed it), and lost and duplicated are
+counted from InfluxDB.
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ from typing import IO
 
 from device_sim.loadgen import bench_signals, bench_vin
 from gateway import metrics
+from gateway.bench.influx import bench_databases, count_points, raw_write_rate
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from gateway.errors import ConfigurationError
+from gateway.store.influx import spool_depth
 from schemas import Sample, encode_sample
 
 __all__ = [
@@ -70,6 +78,12 @@ class IngestBenchResult:
     latency_p50_ms: float
     latency_p99_ms: float
     latency_max_ms: float
+    #: "sqlite", or the InfluxDB store's URL (without credentials)
+    store: str = "sqlite"
+    #: InfluxDB's raw line-protocol write rate for the same points (0: SQLite run)
+    store_raw_samples_per_s: float = 0.0
+    #: ingest rate / that raw rate
+    store_ratio: float = 0.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,6 +118,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "telematics up)",
     )
     p.add_argument(
+        "--store",
+        metavar="URL",
+        help="run the gateway on this telemetry store, e.g. influxdb://127.0.0.1:8086/bench "
+        "(fresh databases named after it are created and dropped), and measure InfluxDB's "
+        "own raw write rate for the same points; default: SQLite in a temporary directory",
+    )
+    p.add_argument(
         "--json", action="store_true", help="print the result as one JSON object on the last line"
     )
     p.add_argument("--keep", action="store_true", help="keep the working directory")
@@ -119,6 +140,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         keep=args.keep,
         progress=not args.json,
         provisioned=args.provisioned,
+        store=args.store,
     )
     _print_result(result)
     if args.json:
@@ -138,6 +160,12 @@ ingest benchmark: {r.vehicles} vehicles, {r.messages} QoS 1 messages of {r.batch
     publish -> committed  p50 {r.latency_p50_ms:.1f} ms   p99 {r.latency_p99_ms:.1f} ms   max {r.latency_max_ms:.1f} ms""",  # noqa: E501
         file=sys.stderr,
     )
+    if r.store_raw_samples_per_s:
+        print(
+            f"  store {r.store}: raw line-protocol write {r.store_raw_samples_per_s:>10,.0f} "
+            f"samples/s; gateway / raw = {r.store_ratio:.2f}",
+            file=sys.stderr,
+        )
 
 
 def _say(progress: bool, message: str) -> None:
@@ -286,9 +314,11 @@ def _provision(state_db_url: str, vehicles: int) -> None:
 
 @contextlib.contextmanager
 def _gateway(
-    port: int, data_dir: Path, state_db_url: str | None = None
+    port: int, data_dir: Path, state_db_url: str | None = None, store: str | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     registry = ["--require-provisioned", "--state-db-url", state_db_url] if state_db_url else []
+    if store:
+        registry += ["--store", store]
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -318,10 +348,15 @@ def _gateway(
 
 
 def _stored(db: sqlite3.Connection) -> int:
+    """Samples committed; on the InfluxDB store's index, those of them in InfluxDB (its
+    spool subtracted)."""
     row = db.execute(
         "SELECT value FROM counters WHERE name = ? AND label = ''", (metrics.SAMPLES_STORED,)
     ).fetchone()
-    return int(row[0]) if row else 0
+    stored = int(row[0]) if row else 0
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'influx_outbox'").fetchall():
+        stored -= spool_depth(db)
+    return stored
 
 
 def _open_reader(path: Path, proc: subprocess.Popen[bytes]) -> sqlite3.Connection:
@@ -402,6 +437,9 @@ def _latency(
     per_vehicle = max(1, int(rate * seconds / batch / vehicles))
     expected = per_vehicle * vehicles * batch
     (last_id,) = db.execute("SELECT coalesce(max(id), 0) FROM samples").fetchone()
+    outbox = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'influx_outbox'").fetchall()
+    # on the InfluxDB store, visible = in InfluxDB: at or below the spool's watermark
+    shipped = " AND id <= (SELECT shipped FROM influx_outbox)" if outbox else ""
     latencies: list[float] = []
     load = LoadProcess(port, vehicles, per_vehicle, batch, rate=rate, seq_base=LATENCY_SEQ_BASE)
     deadline = time.monotonic() + seconds + 60
@@ -410,7 +448,7 @@ def _latency(
             raise RuntimeError(f"latency phase: only {len(latencies)} of {expected} committed")
         seen_at = time.time_ns() / 1_000_000
         for row_id, ts in db.execute(
-            "SELECT id, ts FROM samples WHERE id > ? ORDER BY id", (last_id,)
+            f"SELECT id, ts FROM samples WHERE id > ?{shipped} ORDER BY id", (last_id,)
         ):
             latencies.append(seen_at - ts)
             last_id = row_id
@@ -426,6 +464,52 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@dataclass(frozen=True, slots=True)
+class _Measured:
+    rate: float
+    latencies: list[float]
+    total: int
+    distinct: int
+    redelivered: int
+
+
+def _measure(
+    port: int,
+    data_dir: Path,
+    *,
+    shape: tuple[int, int, int],
+    latency_seconds: float,
+    state_db_url: str | None,
+    store: str | None,
+    progress: bool,
+) -> _Measured:
+    """Phases 2 and 3 against the broker on ``port``; ``shape``: (vehicles, messages per
+    vehicle, batch)."""
+    vehicles, per_vehicle, batch = shape
+    index = "influx-index.db" if store else "telemetry.db"
+    with _gateway(port, data_dir, state_db_url, store) as gw:
+        db = _open_reader(data_dir / index, gw)
+        _wait_ready(port, db, gw)
+        rate = _ingest(port, vehicles, per_vehicle, batch, db)
+        _say(progress, f"  {rate:,.0f} samples/s")
+        half = rate / 2
+        _say(progress, f"phase 3: latency at {half:,.0f} samples/s for {latency_seconds} s")
+        latencies = _latency(port, vehicles, batch, half, latency_seconds, db)
+        (total, distinct) = db.execute(
+            "SELECT count(*), count(DISTINCT vehicle_id || ':' || seq) FROM samples "
+            f"WHERE seq < {LATENCY_SEQ_BASE} AND vehicle_id IN "
+            "(SELECT id FROM vehicles WHERE vin LIKE 'WBENCH%' AND vin != ?)",
+            (bench_vin(999_999),),
+        ).fetchone()
+        dup_row = db.execute(
+            "SELECT value FROM counters WHERE name = ?", (metrics.SAMPLES_DUPLICATE,)
+        ).fetchone()
+        db.close()
+    if store:  # what counts is what InfluxDB holds
+        total, distinct = count_points(store, below_seq=LATENCY_SEQ_BASE)
+    return _Measured(rate, latencies, total, distinct, int(dup_row[0]) if dup_row else 0)
+
+
 def run_ingest_bench(
     *,
     vehicles: int = 100,
@@ -435,6 +519,7 @@ def run_ingest_bench(
     keep: bool = False,
     progress: bool = True,
     provisioned: bool = False,
+    store: str | None = None,
 ) -> IngestBenchResult:
     for tool in ("mosquitto_pub", "mosquitto_sub"):
         if shutil.which(tool) is None:
@@ -442,64 +527,87 @@ def run_ingest_bench(
                 f"{tool} not found: install it with: sudo apt-get install -y mosquitto-clients"
             )
     workdir = Path(tempfile.mkdtemp(prefix="telematics-bench-"))
-    messages = vehicles * messages_per_vehicle
-    samples = messages * batch
+    shape = (vehicles, messages_per_vehicle, batch)
     try:
-        _say(progress, "phase 1: baseline, broker -> mosquitto_sub")
-        with MosquittoProcess(BrokerConfig(port=free_port(), data_dir=workdir / "broker-1")) as b:
-            baseline = _baseline(b.port, vehicles, messages_per_vehicle, batch)
-        _say(progress, f"  {baseline:,.0f} msg/s")
-
-        _say(progress, "phase 2: broker -> gateway -> SQLite, acked after commit")
-        data_dir = workdir / "data"
-        state_db_url = None
-        if provisioned:
-            state_db_url = f"sqlite:///{workdir / 'state.db'}"
-            _provision(state_db_url, vehicles)
-        with (
-            MosquittoProcess(BrokerConfig(port=free_port(), data_dir=workdir / "broker-2")) as b,
-            _gateway(b.port, data_dir, state_db_url) as gw,
-        ):
-            db = _open_reader(data_dir / "telemetry.db", gw)
-            _wait_ready(b.port, db, gw)
-            rate = _ingest(b.port, vehicles, messages_per_vehicle, batch, db)
-            _say(progress, f"  {rate:,.0f} samples/s")
-            half = rate / 2
-            _say(progress, f"phase 3: latency at {half:,.0f} samples/s for {latency_seconds} s")
-            latencies = _latency(b.port, vehicles, batch, half, latency_seconds, db)
-            (total, distinct) = db.execute(
-                "SELECT count(*), count(DISTINCT vehicle_id || ':' || seq) FROM samples "
-                f"WHERE seq < {LATENCY_SEQ_BASE} AND vehicle_id IN "
-                "(SELECT id FROM vehicles WHERE vin LIKE 'WBENCH%' AND vin != ?)",
-                (bench_vin(999_999),),
-            ).fetchone()
-            dup_row = db.execute(
-                "SELECT value FROM counters WHERE name = ?", (metrics.SAMPLES_DUPLICATE,)
-            ).fetchone()
-            db.close()
-        return IngestBenchResult(
-            vehicles=vehicles,
-            batch=batch,
-            messages=messages,
-            samples=samples,
-            baseline_messages_per_s=round(baseline, 1),
-            baseline_samples_per_s=round(baseline * batch, 1),
-            ingest_samples_per_s=round(rate, 1),
-            ratio=round(rate / (baseline * batch), 3),
-            lost=samples - distinct,
-            duplicated=total - distinct,
-            redelivered_duplicates=int(dup_row[0]) if dup_row else 0,
-            latency_rate_samples_per_s=round(half, 1),
-            latency_samples=len(latencies),
-            latency_p50_ms=round(percentile(latencies, 0.50), 1),
-            latency_p99_ms=round(percentile(latencies, 0.99), 1),
-            latency_max_ms=round(max(latencies, default=float("nan")), 1),
-        )
+        with contextlib.ExitStack() as stack:
+            gateway_store, raw = (
+                stack.enter_context(bench_databases(store)) if store else (None, None)
+            )
+            _say(progress, "phase 1: baseline, broker -> mosquitto_sub")
+            with MosquittoProcess(
+                BrokerConfig(port=free_port(), data_dir=workdir / "broker-1")
+            ) as b:
+                baseline = _baseline(b.port, *shape)
+            _say(progress, f"  {baseline:,.0f} msg/s")
+            raw_rate = 0.0
+            if raw is not None:
+                _say(progress, "phase 1b: InfluxDB's raw line-protocol write of the same points")
+                raw_rate = raw_write_rate(raw, *shape)
+                _say(progress, f"  {raw_rate:,.0f} samples/s")
+            _say(progress, f"phase 2: broker -> gateway -> {'InfluxDB' if store else 'SQLite'}")
+            state_db_url = None
+            if provisioned:
+                state_db_url = f"sqlite:///{workdir / 'state.db'}"
+                _provision(state_db_url, vehicles)
+            with MosquittoProcess(
+                BrokerConfig(port=free_port(), data_dir=workdir / "broker-2")
+            ) as b:
+                m = _measure(
+                    b.port,
+                    workdir / "data",
+                    shape=shape,
+                    latency_seconds=latency_seconds,
+                    state_db_url=state_db_url,
+                    store=gateway_store,
+                    progress=progress,
+                )
+        return _result(shape, baseline, m, store=store, raw_rate=raw_rate)
     finally:
         if keep:
             _say(progress, f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _result(
+    shape: tuple[int, int, int],
+    baseline: float,
+    m: _Measured,
+    *,
+    store: str | None,
+    raw_rate: float,
+) -> IngestBenchResult:
+    vehicles, per_vehicle, batch = shape
+    messages = vehicles * per_vehicle
+    samples = messages * batch
+    return IngestBenchResult(
+        vehicles=vehicles,
+        batch=batch,
+        messages=messages,
+        samples=samples,
+        baseline_messages_per_s=round(baseline, 1),
+        baseline_samples_per_s=round(baseline * batch, 1),
+        ingest_samples_per_s=round(m.rate, 1),
+        ratio=round(m.rate / (baseline * batch), 3),
+        lost=samples - m.distinct,
+        duplicated=m.total - m.distinct,
+        redelivered_duplicates=m.redelivered,
+        latency_rate_samples_per_s=round(m.rate / 2, 1),
+        latency_samples=len(m.latencies),
+        latency_p50_ms=round(percentile(m.latencies, 0.50), 1),
+        latency_p99_ms=round(percentile(m.latencies, 0.99), 1),
+        latency_max_ms=round(max(m.latencies, default=float("nan")), 1),
+        store=_shown_store(store),
+        store_raw_samples_per_s=round(raw_rate, 1),
+        store_ratio=round(m.rate / raw_rate, 3) if raw_rate else 0.0,
+    )
+
+
+def _shown_store(store: str | None) -> str:
+    if not store:
+        return "sqlite"
+    scheme, _, rest = store.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2].partition('?')[0]}"
 
 
 if __name__ == "__main__":  # pragma: no cover

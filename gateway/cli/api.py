@@ -15,6 +15,7 @@ from gateway.cli.options import (
     add_offline_after,
     add_signing_key,
     add_state_db,
+    add_store,
     ensure_signing_key,
     mqtt_settings,
 )
@@ -44,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     add_mqtt(api, env, default=None)
     add_mqtt_auth(api, env)
     add_state_db(api, env)
+    add_store(api, env)
     add_auth(api, env)
     add_offline_after(api, env)
     api.add_argument(
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     from gateway.core.ratelimit import parse_limit
     from gateway.files import private_directory
     from gateway.statedb.database import default_url as default_state_db_url
+    from gateway.store import resolve_store
     from gateway.supervisor import data_paths
 
     private_directory(args.data_dir)
@@ -101,6 +104,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     app = create_app(
         ApiSettings(
             db_path=db_path,
+            store_url=resolve_store(args.store, args.data_dir),
             commands=commands,
             auth=auth,
             state_db_url=state_db_url,

@@ -12,6 +12,7 @@ from gateway.cli.options import (
     add_mqtt_auth,
     add_retention,
     add_state_db,
+    add_store,
     mqtt_settings,
 )
 from gateway.settings import DEFAULT_PRIVATE_BROKER_PORT, Environment
@@ -30,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     add_mqtt_auth(gw, env)
     add_ingest(gw, env)
     add_state_db(gw, env)
+    add_store(gw, env)
     gw.add_argument(
         "--require-provisioned",
         action="store_true",
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     from gateway.retention import RetentionPolicy
     from gateway.runner import GatewayOptions, run_gateway
     from gateway.statedb.database import default_url as default_state_db_url
+    from gateway.store import resolve_store
     from gateway.supervisor import data_paths
 
     mqtt = mqtt_settings(args, env)
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     run_gateway(
         GatewayOptions(
             db_path=db_path,
+            store=resolve_store(args.store, args.data_dir),
             ingest=settings,
             registry_url=registry_url,
             retention=retention,

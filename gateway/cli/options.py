@@ -93,6 +93,18 @@ def mqtt_settings(args: argparse.Namespace, env: Environment) -> MqttSettings:
     return MqttSettings.from_url(args.mqtt_url, username=username, password=password)
 
 
+def add_store(p: argparse.ArgumentParser, env: Environment) -> None:
+    p.add_argument(
+        "--store",
+        default=env.store_url,
+        metavar="URL",
+        help="telemetry store: sqlite:///PATH, or influxdb://[user:password@]host:port/db"
+        "[?token=...&rp=...&retention=30d] (influxdbs:// for HTTPS; its local index and "
+        "spool go in the data directory) (env TELEMATICS_STORE_URL; default: SQLite file "
+        "telemetry.db in the data directory)",
+    )
+
+
 def add_state_db(p: argparse.ArgumentParser, env: Environment) -> None:
     p.add_argument(
         "--state-db-url",

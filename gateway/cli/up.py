@@ -28,6 +28,7 @@ from gateway.cli.options import (
     add_retention,
     add_signing_key,
     add_state_db,
+    add_store,
     ensure_signing_key,
 )
 from gateway.cli.sim import SIMULATOR_MODULE
@@ -84,6 +85,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         help=f"(env TELEMATICS_API_PORT; default: {DEFAULT_API_PORT})",
     )
     add_state_db(up, env)
+    add_store(up, env)
     up.add_argument(
         "--gateways",
         type=int,

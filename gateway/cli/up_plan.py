@@ -179,6 +179,9 @@ def forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         "--quarantine-payload-bytes",
         str(args.quarantine_payload_bytes),
     ]
+    if getattr(args, "store", None):  # the same telemetry store for all of them
+        api += ["--store", args.store]
+        gateway += ["--store", args.store]
     return api, gateway
 
 

@@ -163,7 +163,7 @@ class CommandService:
         self,
         settings: CommandSettings,
         repository: CommandRepository,
-        telemetry_db: Path,
+        telemetry_db: str | Path,
         *,
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:

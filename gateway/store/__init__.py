@@ -24,7 +24,7 @@ from gateway.store.base import (
     VehicleState,
     VehicleSummary,
 )
-from gateway.store.factory import SUPPORTED_SCHEMES, open_store, store_path
+from gateway.store.factory import SUPPORTED_SCHEMES, open_store, resolve_store, store_path
 
 __all__ = [
     "FIRST_TENURE",
@@ -44,5 +44,6 @@ __all__ = [
     "VehicleState",
     "VehicleSummary",
     "open_store",
+    "resolve_store",
     "store_path",
 ]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from gateway.broker import MosquittoProcess
 
@@ -59,3 +62,22 @@ def query(db_path: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
 def counter(db_path: Path, name: str, label: str = "") -> float:
     rows = query(db_path, "SELECT value FROM counters WHERE name = ? AND label = ?", name, label)
     return float(rows[0][0]) if rows else 0.0
+
+
+def sample(vin: str, seq: int, **signals: object) -> bytes:
+    sig = signals or {"Vehicle.Speed": 42.0, "Vehicle.IsMoving": True}
+    return orjson.dumps({"vin": vin, "seq": seq, "ts": now_ms(), "signals": sig})
+
+
+def publish_lines(
+    broker: MosquittoProcess, topic: str, lines: Iterable[bytes]
+) -> subprocess.Popen[bytes]:
+    """A unit streaming QoS 1 messages, one per line (``mosquitto_pub -l``)."""
+    proc = subprocess.Popen(
+        ["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-V", "mqttv5", "-t", topic, "-l"],
+        stdin=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b"".join(line + b"\n" for line in lines))
+    proc.stdin.close()
+    return proc

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Query
 
+from gateway.api.bounds import MAX_ID
 from gateway.api.errors import ApiError, documented
-from gateway.api.limits import MAX_ID
 from gateway.api.routes.common import account_not_found
 from gateway.api.security import AuthContext, forbidden, readable_data
 from gateway.core.policy import Principal, can_manage_account, can_read_fleet_setup

@@ -23,10 +23,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from gateway import metrics
 from gateway.api.deps import Settings
 from gateway.api.errors import store_unavailable
 from gateway.api.models import ComponentHealth, ErrorInfo, Health
 from gateway.api.params import now_ms
+from gateway.api.settings import ApiSettings
 from gateway.errors import StoreError
 from gateway.health import (
     HEALTH_DIR_NAME,
@@ -45,16 +47,24 @@ log = logging.getLogger("gateway.api")
 _READY_COMPONENTS = ("telemetry_store", "state_database", "broker")
 
 
-def _telemetry_store(db_path: Path) -> ErrorInfo | None:
+def _telemetry_store(store: str | Path) -> ErrorInfo | None:
     try:
-        reader = open_store(db_path, readonly=True)
+        reader = open_store(store, readonly=True)
         try:
             reader.list_vehicles(limit=1)
+            counts = reader.counters()
         finally:
             reader.close()
+        spooled = counts.get((metrics.SPOOL_SAMPLES, ""), 0.0)
+        limit = counts.get((metrics.SPOOL_LIMIT, ""), 0.0)
+        if limit and spooled >= limit:  # ingest has stopped acknowledging
+            raise StoreError(
+                "write to InfluxDB",
+                RuntimeError(f"the spool is full ({spooled:.0f} samples): is InfluxDB up?"),
+            )
     except StoreError as exc:
         log.warning("health check: the telemetry store failed: %s", exc)
-        return store_unavailable(exc, db_path)
+        return store_unavailable(exc, store if isinstance(store, Path) else None)
     return None
 
 
@@ -71,10 +81,10 @@ def _state_database(request: Request) -> str | None:
     return None
 
 
-def _observe(request: Request, db_path: Path) -> tuple[HealthReport, ErrorInfo | None]:
-    store_error = _telemetry_store(db_path)
+def _observe(request: Request, settings: ApiSettings) -> tuple[HealthReport, ErrorInfo | None]:
+    store_error = _telemetry_store(settings.store)
     commands = getattr(request.app.state, "commands", None)
-    health_dir = db_path.parent / HEALTH_DIR_NAME
+    health_dir = settings.db_path.parent / HEALTH_DIR_NAME
     report = evaluate(
         telemetry_store=None if store_error is None else store_error.message,
         state_database=_state_database(request),
@@ -130,7 +140,7 @@ def healthz(request: Request, settings: Settings) -> JSONResponse:
     (`status` `ok`, or `degraded` when an optional part such as the demo simulator is
     failing), 503 otherwise, with what was observed per component. Cheap enough to
     poll every few seconds."""
-    report, store_error = _observe(request, settings.db_path)
+    report, store_error = _observe(request, settings)
     return _answer(_body(report, store_error))
 
 
@@ -146,7 +156,7 @@ def readyz(request: Request, settings: Settings) -> JSONResponse:
     its command service is connected to the broker; 503 otherwise. For load
     balancers: the rest of the installation (gateways, other parts) is `/healthz`'s
     business."""
-    report, store_error = _observe(request, settings.db_path)
+    report, store_error = _observe(request, settings)
     parts = {n: report.components[n] for n in _READY_COMPONENTS}
     ready = all(c.status in ("ok", "unknown") for c in parts.values())
     narrowed = HealthReport("ok" if ready else "unavailable", parts)

@@ -1,0 +1,644 @@
+"""The InfluxDB telemetry store: samples in InfluxDB, spooled on local disk first.
+
+Selected by ``open_store("influxdb://[user:password@]host:port/database?...")``
+(``influxdbs://`` for HTTPS). It speaks only InfluxDB's v1 HTTP API, ``/write`` with line
+protocol and ``/query`` with InfluxQL, which 1.x serves natively, 2.x through a DBRP
+mapping and 3.x through its v1 compatibility. Query parameters: ``token`` (2.x/3.x, sent
+as ``Authorization: Token``; or the environment's ``TELEMATICS_INFLUXDB_TOKEN``), ``rp``
+(retention policy), ``index`` (the local index file, default
+``influx-index-<database>.db`` in the working directory), ``spool_max`` (samples),
+``timeout`` (seconds), ``retention`` (the raw data's, e.g. ``30d``) and ``rollup`` (``0``:
+no 1-minute rollup).
+See docs/decisions/0015-influxdb-store.md for the why of each choice.
+
+Where each thing lives:
+
+* the time series (every sample, ``gateway.store.lineprotocol`` has the point schema):
+  InfluxDB, which several gateway hosts can share and Grafana reads;
+* everything that needs a transaction or a fast point lookup: vehicles and their
+  tenures, latest state, events, status, quarantine, counters, seq tracking and the
+  (VIN, tenure, seq) keys that make a redelivered sample a duplicate: the *local index*,
+  an embedded SQLite store (``gateway.store.sqlite``) next to the gateway;
+* the spool: samples committed to the index and not yet in InfluxDB. A batch is
+  acknowledged once the index has committed it (an fsync on local disk), whether or not
+  InfluxDB is up; :class:`_Shipper`'s thread then writes the spool to InfluxDB oldest
+  first and moves a watermark past what InfluxDB accepted (a history read waits briefly
+  for the watermark to pass what was committed before it, so it reads its writes). A
+  crash between the write and the watermark rewrites the same points, which land on
+  themselves. The spool is bounded (``spool_max``): when it is full a commit fails with
+  :class:`StoreError`, so ingest stops acknowledging and the broker holds the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import httpx
+import orjson
+
+from gateway import metrics
+from gateway.errors import ConfigurationError, StoreError
+from gateway.store import lineprotocol as lp
+from gateway.store.base import (
+    CommitResult,
+    HistoryPoint,
+    IngestBatch,
+    LoggedEvent,
+    LoggedSample,
+    StoredQuarantine,
+    VehicleState,
+    VehicleSummary,
+)
+from gateway.store.sqlite import DEFAULT_QUARANTINE_PAYLOAD_BYTES, SqliteTelemetryStore, Synchronous
+
+__all__ = ["DEFAULT_SPOOL_MAX", "InfluxSettings", "InfluxTelemetryStore", "parse_influx_url"]
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("influxdb", "influxdbs")
+TOKEN_ENV = "TELEMATICS_INFLUXDB_TOKEN"
+#: samples the spool may hold before commits are refused (a few hours of a large fleet)
+DEFAULT_SPOOL_MAX = 5_000_000
+#: samples written to InfluxDB per request (its docs advise 5,000 to 10,000 points)
+SHIP_CHUNK = 5000
+#: after a failed write, the shipper waits this long before trying again
+RETRY_S = 1.0
+#: a history read waits at most this long for what was committed before it to reach
+#: InfluxDB (the shipper takes milliseconds while InfluxDB is up)
+READ_WAIT_S = 2.0
+
+
+#: the rollup's query: every numeric field's mean per minute and series
+ROLLUP_SELECT = "SELECT mean(*) INTO {into} FROM {source} GROUP BY time(1m), *"
+
+
+@dataclass(frozen=True, slots=True)
+class InfluxSettings:
+    base_url: str
+    database: str
+    index: Path
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    retention_policy: str | None = None
+    spool_max: int = DEFAULT_SPOOL_MAX
+    timeout_s: float = 10.0
+    #: the raw data's retention (an InfluxQL duration such as ``30d``); None: as it is
+    retention: str | None = None
+    #: keep 1-minute means of every numeric signal (a continuous query, 1.x)
+    rollup: bool = True
+
+
+def parse_influx_url(url: str) -> InfluxSettings:
+    """The settings an ``influxdb://`` or ``influxdbs://`` URL names."""
+    parts = urlsplit(url)
+    database = parts.path.strip("/")
+    if parts.scheme not in SCHEMES or not parts.hostname or not database or "/" in database:
+        raise ConfigurationError(
+            f"invalid InfluxDB store URL {url!r}: expected "
+            "influxdb://[user:password@]host:port/database[?token=...&rp=...&index=PATH]"
+        )
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    known = {"token", "rp", "index", "spool_max", "timeout", "retention", "rollup"}
+    if unknown := sorted(set(query) - known):
+        raise ConfigurationError(f"unknown InfluxDB store URL parameters: {', '.join(unknown)}")
+    http = "https" if parts.scheme == "influxdbs" else "http"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = parts.port or 8086
+    return InfluxSettings(
+        base_url=f"{http}://{host}:{port}",
+        database=database,
+        index=Path(query.get("index") or f"influx-index-{database}.db"),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        token=query.get("token") or os.environ.get(TOKEN_ENV) or None,
+        retention_policy=query.get("rp"),
+        spool_max=int(query.get("spool_max", DEFAULT_SPOOL_MAX)),
+        timeout_s=float(query.get("timeout", 10.0)),
+        retention=_duration(query.get("retention")),
+        rollup=query.get("rollup", "1") not in ("0", "false", "no", "off"),
+    )
+
+
+def _duration(text: str | None) -> str | None:
+    if text is None or re.fullmatch(r"[1-9][0-9]*[hdw]|INF", text):
+        return text
+    raise ConfigurationError(
+        f"invalid InfluxDB retention {text!r}: a duration such as 720h, 30d, 52w or INF"
+    )
+
+
+class InfluxHttp:
+    """The two v1 endpoints, with the URL's credentials; errors are :class:`StoreError`."""
+
+    def __init__(self, settings: InfluxSettings) -> None:
+        self.settings = settings
+        headers = {"Authorization": f"Token {settings.token}"} if settings.token else {}
+        auth = (
+            (settings.username, settings.password or "")
+            if settings.username and not settings.token
+            else None
+        )
+        self._client = httpx.Client(
+            base_url=settings.base_url, headers=headers, auth=auth, timeout=settings.timeout_s
+        )
+
+    def _params(self, **extra: str) -> dict[str, str]:
+        params = {"db": self.settings.database, **extra}
+        if self.settings.retention_policy:
+            params["rp"] = self.settings.retention_policy
+        return params
+
+    def write(self, body: bytes) -> int:
+        """Write line protocol (nanosecond timestamps); creates the database (1.x) once if
+        InfluxDB says it does not exist. Returns how many points InfluxDB refused for
+        good (400: a partial write, e.g. points older than the retention policy or a
+        field type conflict; it kept the others): sending them again cannot help, and a
+        spool that retried them would never move again. Anything else that fails
+        (unreachable, 5xx, auth) raises, and the spool keeps the points."""
+        for attempt in (1, 2):
+            try:
+                response = self._client.post("/write", params=self._params(), content=body)
+            except httpx.HTTPError as exc:
+                raise StoreError("write to InfluxDB", exc) from exc
+            if response.status_code == 204:
+                return 0
+            if attempt == 1 and response.status_code == 404 and "database" in response.text:
+                self.create_database()
+                continue
+            if response.status_code == 400:
+                dropped = re.search(r"dropped=(\d+)", response.text)
+                log.error("InfluxDB refused points for good: %s", response.text.strip())
+                return int(dropped.group(1)) if dropped else body.count(b"\n") + 1
+            break
+        raise StoreError("write to InfluxDB", RuntimeError(response.text.strip()))
+
+    def query(self, statement: str, *, post: bool = False) -> list[dict[str, Any]]:
+        """Run InfluxQL; the ``results`` (each with its ``series``), epoch nanoseconds."""
+        params = self._params(epoch="ns")
+        try:
+            if post:
+                response = self._client.post("/query", params=params, data={"q": statement})
+            else:
+                response = self._client.get("/query", params={**params, "q": statement})
+        except httpx.HTTPError as exc:
+            raise StoreError("query InfluxDB", exc) from exc
+        body = orjson.loads(response.content) if response.content else {}
+        error = body.get("error") or next(
+            (r["error"] for r in body.get("results", []) if "error" in r), None
+        )
+        if response.status_code != 200 or error:
+            raise StoreError("query InfluxDB", RuntimeError(error or response.text.strip()))
+        results: list[dict[str, Any]] = body.get("results", [])
+        return results
+
+    def create_database(self) -> None:
+        """``CREATE DATABASE`` (1.x; idempotent there). 2.x and 3.x refuse it: there the
+        bucket and its DBRP mapping are made by the operator."""
+        self.query(f"CREATE DATABASE {lp.quote_ident(self.settings.database)}", post=True)
+
+    def configure_retention(self) -> None:
+        """Retention and rollups, set up by a writer at startup (1.x; idempotent): the
+        raw data's retention policy gets ``retention``; with ``rollup``, a continuous
+        query keeps 1-minute means of every numeric field of ``telemetry`` in
+        ``telemetry_1m`` under the retention policy ``rollup`` (kept forever), for
+        long-range charts. On 2.x and 3.x these statements fail and are only logged: there
+        the bucket's retention period and a task do the same (docs/decisions/0015)."""
+        s, db = self.settings, lp.quote_ident(self.settings.database)
+        raw = lp.quote_ident(s.retention_policy or "autogen")
+        statements = []
+        if s.retention:
+            statements.append(f"ALTER RETENTION POLICY {raw} ON {db} DURATION {s.retention}")
+        if s.rollup:
+            rollup = ROLLUP_SELECT.format(
+                into=f'{db}."rollup"."telemetry_1m"', source=f'{db}.{raw}."telemetry"'
+            )
+            statements += [
+                f'CREATE RETENTION POLICY "rollup" ON {db} DURATION INF REPLICATION 1',
+                f'CREATE CONTINUOUS QUERY "telemetry_1m" ON {db} RESAMPLE EVERY 1m FOR 10m '
+                f"BEGIN {rollup} END",
+            ]
+        for statement in statements:
+            try:
+                self.query(statement, post=True)
+            except StoreError as exc:
+                log.warning("InfluxDB retention or rollup not configured: %s", exc)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+_OUTBOX = """
+CREATE TABLE IF NOT EXISTS influx_outbox (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    shipped INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO influx_outbox (one, shipped) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS influx_lease (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    owner TEXT NOT NULL,
+    until REAL NOT NULL
+);
+INSERT OR IGNORE INTO influx_lease (one, owner, until) VALUES (1, '', 0);
+"""
+#: counter of the points InfluxDB refused for good (too old for its retention policy, a
+#: field type conflict), kept in the index's counters
+REFUSED = "telematics_store_refused_samples_total"
+#: how long the shipper of one process keeps the right to ship an index's spool without
+#: renewing it (every chunk renews it); another process's shipper takes over after that
+LEASE_S = 10.0
+_PENDING = (
+    "SELECT s.id, v.vin, v.tenure, s.seq, s.ts, s.signals FROM samples s "
+    "JOIN vehicles v ON v.id = s.vehicle_id WHERE s.id > ? ORDER BY s.id LIMIT ?"
+)
+
+
+def spool_depth(db: sqlite3.Connection) -> int:
+    """Samples in the index not yet written to InfluxDB (ids grow by one per sample, so
+    the newest id less the watermark; retention may have taken some: an upper bound)."""
+    try:
+        ((newest,),) = db.execute("SELECT coalesce(max(id), 0) FROM samples").fetchall()
+        tables = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'influx_outbox'")
+        outbox = bool(tables.fetchall())  # none before a writer has opened the index
+        shipped = db.execute("SELECT shipped FROM influx_outbox").fetchone()[0] if outbox else 0
+    except sqlite3.Error as exc:
+        raise StoreError("read the spool depth", exc) from exc
+    return max(0, int(newest) - int(shipped))
+
+
+class _Shipper:
+    """Writes the spool to InfluxDB in order from a thread of its own, so the committing
+    thread never waits for InfluxDB: while one chunk is on its way the gateway commits
+    the next batches. One lock orders every write (and retention's deletes), so points go
+    out by index id, which is commit order."""
+
+    def __init__(self, index: Path, http: InfluxHttp) -> None:
+        self.http = http
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(index, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        self.db.executescript(_OUTBOX)
+        self.retry_at = 0.0
+        self.last_error: str | None = None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self.owner = f"{os.getpid()}:{id(self)}"
+        #: sends the requests, so the shipper prepares the next chunk meanwhile
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="influx-write")
+        self._thread = threading.Thread(target=self._run, name="influx-shipper", daemon=True)
+        self._thread.start()
+
+    def _chunk(self, after: int) -> tuple[list[Any], bytes]:
+        """The oldest spooled samples after index id ``after`` and their request body."""
+        rows = self.db.execute(_PENDING, (after, SHIP_CHUNK)).fetchall()
+        body = lp.lines(
+            (vin, tenure, seq, ts, orjson.loads(signals))
+            for _, vin, tenure, seq, ts, signals in rows
+        )
+        return rows, body
+
+    def _lease(self) -> bool:
+        """Take or renew the right to ship this index's spool: one shipper at a time
+        when several processes (gateways, the API's command service) open the same
+        index, so the same points are not sent twice over."""
+        now = time.time()
+        taken = self.db.execute(
+            "UPDATE influx_lease SET owner = ?, until = ? WHERE owner = ? OR until < ?",
+            (self.owner, now + LEASE_S, self.owner, now),
+        )
+        return taken.rowcount == 1
+
+    def _confirm(self, write: Future[int], last_id: int) -> None:
+        """Wait for a write; once InfluxDB has it, move the watermark past it (and count
+        the points it refused for good, ``telematics_store_refused_samples_total``)."""
+        refused = write.result()
+        # one transaction: whoever sees the watermark move (flush) sees the count too
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if refused:
+                self.db.execute(
+                    "INSERT INTO counters (name, label, value) VALUES (?, '', ?) "
+                    "ON CONFLICT (name, label) DO UPDATE SET value = value + excluded.value",
+                    (REFUSED, refused),
+                )
+            self.db.execute("UPDATE influx_outbox SET shipped = max(shipped, ?)", (last_id,))
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        self._lease()
+        if self.last_error is not None:
+            log.warning("InfluxDB writes resumed; draining the spool")
+        self.last_error = None
+
+    def drain(self, max_rows: int) -> int:
+        """Ship until the spool is empty or ``max_rows`` went; how many went. Pipelined:
+        the next chunk is read and encoded while the previous one is on its way, and the
+        watermark moves only past chunks InfluxDB accepted, in order (one in flight). A
+        failure backs off; the next drain starts again at the watermark."""
+        sent = 0
+        with self.lock:
+            if not self._lease():
+                return 0
+            ((cursor,),) = self.db.execute("SELECT shipped FROM influx_outbox").fetchall()
+            pending: tuple[Future[int], int, int] | None = None
+            try:
+                while sent < max_rows and time.monotonic() >= self.retry_at:
+                    rows, body = self._chunk(cursor)
+                    if pending is not None:
+                        self._confirm(pending[0], pending[1])
+                        sent, pending = sent + pending[2], None
+                    if not rows:
+                        break
+                    cursor = rows[-1][0]
+                    pending = (self._writer.submit(self.http.write, body), cursor, len(rows))
+                if pending is not None:
+                    self._confirm(pending[0], pending[1])
+                    sent += pending[2]
+            except StoreError as exc:
+                if self.last_error is None:
+                    log.warning("InfluxDB write failed, spooling locally: %s", exc)
+                self.last_error, self.retry_at = str(exc), time.monotonic() + RETRY_S
+        return sent
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(RETRY_S)
+            self._wake.clear()
+            try:
+                if self.drain(10 * SHIP_CHUNK) > 0:
+                    self._wake.set()  # there may be more
+            except Exception:  # the thread must outlive any one failure
+                log.exception("InfluxDB shipper failed; retrying")
+                self.retry_at = time.monotonic() + RETRY_S
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        self._writer.shutdown(wait=True)
+        self.db.execute("UPDATE influx_lease SET until = 0 WHERE owner = ?", (self.owner,))
+        self.db.close()
+
+
+class InfluxTelemetryStore:
+    """:class:`~gateway.store.base.TelemetryBackend` on InfluxDB plus the local index.
+
+    A writer (``readonly=False``) commits to the index, ships the spool and creates the
+    database when it can; a reader reads the index read-only and history from InfluxDB.
+    Not thread-safe, like the SQLite store (the shipper's thread is internal)."""
+
+    def __init__(
+        self,
+        settings: InfluxSettings,
+        *,
+        readonly: bool = False,
+        synchronous: Synchronous = "FULL",
+        quarantine_payload_bytes: int = DEFAULT_QUARANTINE_PAYLOAD_BYTES,
+    ) -> None:
+        self.settings = settings
+        self.index = SqliteTelemetryStore(
+            settings.index,
+            readonly=readonly,
+            synchronous=synchronous,
+            quarantine_payload_bytes=quarantine_payload_bytes,
+        )
+        self.http = InfluxHttp(settings)
+        self._shipper: _Shipper | None = None
+        self._spool: sqlite3.Connection | None = None
+        if readonly:
+            return
+        try:
+            self.http.create_database()
+            self.http.configure_retention()
+        except StoreError as exc:  # down (the spool holds what comes), or 2.x/3.x
+            log.warning("could not create InfluxDB database %s: %s", settings.database, exc)
+        self._shipper = _Shipper(settings.index, self.http)
+
+    def _writer(self) -> _Shipper:
+        if self._shipper is None:
+            raise StoreError("write", RuntimeError("this store was opened read-only"))
+        return self._shipper
+
+    # --- writing ------------------------------------------------------------------------
+
+    def commit(self, batch: IngestBatch) -> CommitResult:
+        """Commit to the index (durable: the batch may be acknowledged) and wake the
+        shipper. Refused while the spool holds ``spool_max`` samples or more."""
+        shipper = self._writer()
+        if batch.samples:
+            depth = self.spool_depth()
+            if depth >= self.settings.spool_max:
+                raise StoreError(
+                    "commit a batch",
+                    RuntimeError(
+                        f"the InfluxDB spool is full ({depth} samples, limit "
+                        f"{self.settings.spool_max}); {shipper.last_error or 'InfluxDB is slow'}"
+                    ),
+                )
+        result = self.index.commit(batch)
+        shipper.wake()
+        return result
+
+    def _spool_db(self) -> sqlite3.Connection:
+        """This instance's own connection for spool queries (the shipper's thread has
+        another): read-only, so it never waits for the shipper."""
+        if self._spool is None:
+            self._spool = sqlite3.connect(
+                f"file:{self.settings.index}?mode=ro", uri=True, check_same_thread=False
+            )
+            self._spool.execute("PRAGMA busy_timeout = 30000")
+        return self._spool
+
+    def spool_depth(self) -> int:
+        """Samples committed locally and not yet in InfluxDB."""
+        return spool_depth(self._spool_db())
+
+    def _await_shipped(self, timeout_s: float) -> None:
+        """Wait until what was committed before this call is in InfluxDB, for at most
+        ``timeout_s`` (while InfluxDB is down, history shows what it has)."""
+        db = self._spool_db()
+        deadline = time.monotonic() + timeout_s
+        try:
+            ((target,),) = db.execute("SELECT coalesce(max(id), 0) FROM samples").fetchall()
+            while target and time.monotonic() < deadline:
+                row = db.execute("SELECT shipped FROM influx_outbox").fetchone()
+                if row is None or row[0] >= target:
+                    return
+                time.sleep(0.005)
+        except sqlite3.Error as exc:  # no outbox: no writer has opened the index yet
+            log.debug("not waiting for the spool: %s", exc)
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until the spool is empty (tests, shutdown); whether it is."""
+        shipper = self._writer()
+        deadline = time.monotonic() + timeout_s
+        while self.spool_depth() > 0:
+            if time.monotonic() > deadline:
+                return False
+            shipper.wake()
+            time.sleep(0.02)
+        return True
+
+    # --- retention ----------------------------------------------------------------------
+
+    def prune_samples(self, *, received_before: int, chunk: int = 2000) -> int:
+        """Delete up to ``chunk`` samples received before ``received_before``, oldest
+        first, from InfluxDB (the shipped ones; 1.x ``DELETE``) and then from the index.
+        The newest sample stays in the index: SQLite hands out max(id) + 1 as the next id,
+        and an emptied table would reuse ids at or below the spool's watermark."""
+        shipper = self._writer()
+        with shipper.lock:
+            db = shipper.db
+            ((shipped,),) = db.execute("SELECT shipped FROM influx_outbox").fetchall()
+            rows = db.execute(
+                "SELECT s.id, v.vin, v.tenure, s.seq, s.ts FROM samples s "
+                "JOIN vehicles v ON v.id = s.vehicle_id "
+                "WHERE s.id IN (SELECT id FROM samples ORDER BY id LIMIT ?) "
+                "AND s.received_at < ? AND s.id < (SELECT max(id) FROM samples)",
+                (chunk, received_before),
+            ).fetchall()
+            statements = [
+                f"DELETE FROM {lp.quote_ident(lp.MEASUREMENT)} WHERE "
+                f"vin = {lp.quote_string(vin)} AND tenure = {lp.quote_string(str(tenure))} "
+                f"AND time = {lp.point_time(ts, seq)}"
+                for row_id, vin, tenure, seq, ts in rows
+                if row_id <= shipped
+            ]
+            if statements:
+                self.http.query(";".join(statements), post=True)
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("DELETE FROM samples WHERE id = ?", [(r[0],) for r in rows])
+            db.execute("COMMIT")
+        return len(rows)
+
+    def prune_quarantine(
+        self, *, received_before: int | None, max_entries: int | None, chunk: int = 2000
+    ) -> int:
+        return self.index.prune_quarantine(
+            received_before=received_before, max_entries=max_entries, chunk=chunk
+        )
+
+    # --- reading ------------------------------------------------------------------------
+
+    def list_vehicles(
+        self, *, limit: int, after: str | None = None, vins: Mapping[str, int] | None = None
+    ) -> list[VehicleSummary]:
+        return self.index.list_vehicles(limit=limit, after=after, vins=vins)
+
+    def vehicle_state(self, vin: str, *, tenure: int) -> VehicleState | None:
+        return self.index.vehicle_state(vin, tenure=tenure)
+
+    # the committed log (the fleet rules worker reads it): the index keeps every sample
+    # until retention prunes it, shipped or not, with the row ids the cursor needs
+
+    def samples_after(self, cursor: int, *, limit: int) -> list[LoggedSample]:
+        return self.index.samples_after(cursor, limit=limit)
+
+    def events_after(
+        self, cursor: int, *, limit: int, vin: str | None = None, tenure: int | None = None
+    ) -> list[LoggedEvent]:
+        return self.index.events_after(cursor, limit=limit, vin=vin, tenure=tenure)
+
+    def vehicle_samples(
+        self, vin: str, *, tenure: int, start: int, end: int, limit: int
+    ) -> list[LoggedSample]:
+        return self.index.vehicle_samples(vin, tenure=tenure, start=start, end=end, limit=limit)
+
+    def history(
+        self,
+        vin: str,
+        signals: Sequence[str],
+        *,
+        tenure: int,
+        start: int,
+        end: int,
+        limit: int,
+        after: tuple[int, int] | None = None,
+    ) -> list[HistoryPoint]:
+        """From InfluxDB, oldest first: the points of (vin, tenure) in [start, end) that
+        carry one of ``signals``. The query asks for ``seq`` too (it is in every point),
+        so points without those signals come back and are skipped here, page by page."""
+        if not signals or limit <= 0:
+            return []
+        self._await_shipped(READ_WAIT_S)
+        columns = ", ".join(lp.quote_ident(s) for s in ("seq", *signals))
+        where = (
+            f"vin = {lp.quote_string(vin)} AND tenure = {lp.quote_string(str(tenure))} "
+            f"AND time >= {lp.point_time(start, 0)} AND time < {lp.point_time(end, 0)}"
+        )
+        cursor = None if after is None else lp.point_time(*after)
+        points: list[HistoryPoint] = []
+        page = max(limit, 500)
+        while len(points) < limit:
+            following = "" if cursor is None else f" AND time > {cursor}"
+            rows = self._rows(
+                f"SELECT {columns} FROM {lp.quote_ident(lp.MEASUREMENT)} "
+                f"WHERE {where}{following} ORDER BY time ASC LIMIT {page}"
+            )
+            for row in rows:
+                values = {
+                    s: lp.decode_value(s, v)
+                    for s, v in zip(signals, row[2:], strict=True)
+                    if v is not None
+                }
+                if values:
+                    points.append(HistoryPoint(int(row[1]), lp.split_point_time(row[0]), values))
+            if len(rows) < page:
+                break
+            cursor = rows[-1][0]
+        return points[:limit]
+
+    def _rows(self, statement: str) -> list[list[Any]]:
+        rows: list[list[Any]] = []
+        for result in self.http.query(statement):
+            for series in result.get("series", []):
+                rows.extend(series["values"])
+        return rows
+
+    def quarantine(
+        self,
+        *,
+        limit: int,
+        reason: str | None = None,
+        vin: str | None = None,
+        before_id: int | None = None,
+    ) -> list[StoredQuarantine]:
+        return self.index.quarantine(limit=limit, reason=reason, vin=vin, before_id=before_id)
+
+    def counters(self) -> dict[tuple[str, str], float]:
+        """The index's counters and the spool's gauges (``gateway.metrics``)."""
+        counts = self.index.counters()
+        counts[(metrics.SPOOL_SAMPLES, "")] = float(self.spool_depth())
+        counts[(metrics.SPOOL_LIMIT, "")] = float(self.settings.spool_max)
+        return counts
+
+    def vehicle_counts(
+        self, vins: Mapping[str, int] | None = None, *, heard_since: int | None = None
+    ) -> tuple[int, int]:
+        return self.index.vehicle_counts(vins, heard_since=heard_since)
+
+    def close(self) -> None:
+        """Stop the shipper (what it has not sent stays spooled); closing twice is fine."""
+        shipper, self._shipper = self._shipper, None
+        if shipper is not None:
+            shipper.close()
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()
+        self.http.close()
+        self.index.close()
