@@ -538,7 +538,10 @@ class CommandService:
         if verdict is None:
             return
         updated = self.repo.set_confirmation(
-            record.id, confirmation=verdict.confirmation, confirmed_at=verdict.confirmed_at
+            record.id,
+            confirmation=verdict.confirmation,
+            confirmed_at=verdict.confirmed_at,
+            at=now,
         )
         self._wake(updated.id)
 
