@@ -124,7 +124,7 @@ def _check_new_command(
         )
 
 
-def _add_queued(session: Session, row: CommandRow) -> CommandRow:
+def _add_queued(session: Session, row: CommandRow, *, flush: bool = True) -> CommandRow:
     """Add a new command (``row``: its request; the rest is what every new command starts
     with) and its first history row (``queued``, no event)."""
     row.status = CommandStatus.QUEUED.value
@@ -143,7 +143,8 @@ def _add_queued(session: Session, row: CommandRow) -> CommandRow:
             detail=None,
         )
     )
-    session.flush()
+    if flush:
+        session.flush()
     return row
 
 
