@@ -44,6 +44,8 @@ DRIVER_SERVICES = ["read", "lock", "locate"]
 PERSONAS = ("admin", "fleet_manager", "fleet_viewer", "owner", "driver")
 PASSWORD = "persona-password-1"
 SPEED = "Vehicle.Speed"
+#: a receiver that does not exist (.invalid never resolves): deliveries fail, harmlessly
+WEBHOOK_URL = "https://hooks.example.invalid/telematics"
 
 _vins = (f"WAUTHZ{n:011d}" for n in itertools.count(1))
 
@@ -115,6 +117,29 @@ class World:
         command_id: str = r.json()["id"]
         return command_id
 
+    def job(self, persona: str, own: bool) -> int:
+        """A running command job to the persona's own vehicle (made by the persona when
+        they may send commands, else by the admin) or to organization B's."""
+        maker = persona if own and persona in ("fleet_manager", "owner", "driver") else "admin"
+        r = self.client.post(
+            "/v1/command-jobs",
+            json={"type": "lock", "vins": [self.vehicle(persona, own)]},
+            headers=self.headers[maker],
+        )
+        assert r.status_code == 201, r.text
+        job_id: int = r.json()["id"]
+        return job_id
+
+    def webhook(self, persona: str, own: bool) -> int:
+        """A webhook of the persona's account (or organization B's), made by the admin."""
+        r = self.admin(
+            "POST",
+            "/v1/webhooks",
+            json={"url": WEBHOOK_URL, "account_id": self.account(persona, own)},
+        )
+        webhook_id: int = r.json()["id"]
+        return webhook_id
+
     def member_of(self, persona: str, own: bool) -> int:
         """A user of the account of the persona's own (or the foreign) vehicle other than
         the persona: whom a vehicle of that account may be granted to directly."""
@@ -171,7 +196,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         mqtt=MqttSettings(host=broker.host, port=broker.port),
     )
     try:
-        with admin_client(ApiSettings(db_path=db_path, commands=commands)) as client:
+        settings = ApiSettings(db_path=db_path, commands=commands, max_running_jobs=100_000)
+        with admin_client(settings) as client:
             service = client.app.state.commands  # type: ignore[attr-defined]
             wait_until(service.connected.is_set, what="the command service to connect")
             yield _build(client, db_path)
@@ -373,6 +399,62 @@ TABLE: dict[tuple[str, str], Row] = {
         stream(lambda w, p, own: f"/v1/commands/{w.command(vin_of(w, p, own))}/events"), READ
     ),
     ("GET", "/v1/command-types"): Row(get(lambda w, p, own: "/v1/command-types"), EVERYONE),
+    # bulk commands: per vehicle as a single command; a job is its account's and creator's
+    ("POST", "/v1/command-jobs"): Row(
+        post(
+            lambda w, p, own: "/v1/command-jobs",
+            lambda w, p, own: {"type": "lock", "vins": [vin_of(w, p, own)]},
+        ),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, NOT_FOUND),
+            fleet_viewer=(FORBIDDEN, NOT_FOUND),
+            owner=(OK, NOT_FOUND),
+            driver=(OK, NOT_FOUND),
+        ),
+    ),
+    ("GET", "/v1/command-jobs"): Row(get(lambda w, p, own: "/v1/command-jobs"), EVERYONE),
+    ("GET", "/v1/command-jobs/{job_id}"): Row(
+        get(lambda w, p, own: f"/v1/command-jobs/{w.job(p, own)}"), READ
+    ),
+    ("POST", "/v1/command-jobs/{job_id}/cancel"): Row(
+        post(lambda w, p, own: f"/v1/command-jobs/{w.job(p, own)}/cancel"),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, NOT_FOUND),
+            fleet_viewer=(FORBIDDEN, NOT_FOUND),
+            owner=(OK, NOT_FOUND),
+            driver=(OK, NOT_FOUND),
+        ),
+    ),
+    # notifications: the stream is scoped, never refused; webhooks are the managers'
+    ("GET", "/v1/stream"): Row(stream(lambda w, p, own: "/v1/stream"), EVERYONE),
+    ("POST", "/v1/webhooks"): Row(
+        post(
+            lambda w, p, own: "/v1/webhooks",
+            lambda w, p, own: {"url": WEBHOOK_URL, "account_id": w.account(p, own)},
+        ),
+        MANAGE,
+    ),
+    ("GET", "/v1/webhooks"): Row(
+        get(lambda w, p, own: "/v1/webhooks"),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, OK),
+            fleet_viewer=(FORBIDDEN, FORBIDDEN),
+            owner=(OK, OK),
+            driver=(FORBIDDEN, FORBIDDEN),
+        ),
+    ),
+    ("DELETE", "/v1/webhooks/{webhook_id}"): Row(
+        method("DELETE", lambda w, p, own: f"/v1/webhooks/{w.webhook(p, own)}"), MANAGE
+    ),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): Row(
+        get(lambda w, p, own: f"/v1/webhooks/{w.webhook(p, own)}/deliveries"), MANAGE
+    ),
+    ("POST", "/v1/webhooks/{webhook_id}/test"): Row(
+        post(lambda w, p, own: f"/v1/webhooks/{w.webhook(p, own)}/test"), MANAGE
+    ),
     # authentication
     ("POST", "/v1/auth/token"): Row(
         lambda w, p, own: w.client.post("/v1/auth/token", data={"grant_type": "password"}), None

@@ -27,12 +27,17 @@ from gateway.api.routes import routers
 from gateway.api.security import AuthContext
 from gateway.api.settings import ApiSettings
 from gateway.auth.tokens import load_or_create_secret
+from gateway.commands.jobs import JobService
 from gateway.commands.service import CommandService
 from gateway.errors import StoreError
+from gateway.notify import EventBus, WebhookWorker
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.commands import CommandRepository
 from gateway.statedb.database import StateDatabase
+from gateway.statedb.events import EventLog
+from gateway.statedb.jobs import JobRepository
+from gateway.statedb.webhooks import WebhookRepository
 from gateway.store import open_store
 
 __all__ = ["ApiSettings", "create_app"]
@@ -73,6 +78,14 @@ _TAGS: Final = [
         "description": "Remote services: commands to a vehicle, their "
         "lifecycle (queued, sent, accepted, succeeded, ...) and confirmation by telemetry.",
     },
+    {
+        "name": "command-jobs",
+        "description": "Bulk commands: one command to many vehicles, with live counts.",
+    },
+    {
+        "name": "notifications",
+        "description": "The live event stream (Server-Sent Events) and signed webhooks.",
+    },
     {"name": "operations", "description": "Health check and Prometheus metrics."},
 ]
 
@@ -111,13 +124,26 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if auth.bootstrap_admin:
         await run_in_threadpool(_first_admin, app.state.auth)
     service: CommandService | None = None
+    jobs: JobService | None = None
     if settings.commands is not None:
         service = CommandService(settings.commands, CommandRepository(state_db), settings.db_path)
         await service.start()
-    app.state.commands = service
+        jobs = JobService(service, JobRepository(state_db))
+        await jobs.start()
+    app.state.commands, app.state.jobs = service, jobs
+    bus = EventBus(EventLog(state_db), settings.notify)
+    await bus.start()
+    app.state.events = bus
+    app.state.webhooks = WebhookRepository(state_db)
+    app.state.webhook_worker = worker = WebhookWorker(app.state.webhooks, settings.notify)
+    await worker.start()
     try:
         yield
     finally:
+        await worker.stop()
+        await bus.stop()
+        if jobs is not None:
+            await jobs.stop()
         if service is not None:
             await service.stop()
         state_db.dispose()

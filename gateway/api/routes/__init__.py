@@ -22,6 +22,7 @@ from gateway.api.routes import (
     audit,
     auth,
     catalog,
+    command_jobs,
     commands,
     grants,
     health,
@@ -29,8 +30,10 @@ from gateway.api.routes import (
     metrics,
     provisioning,
     quarantine,
+    stream,
     users,
     vehicles,
+    webhooks,
 )
 from gateway.api.settings import ApiSettings
 
@@ -49,6 +52,9 @@ def routers(settings: ApiSettings) -> list[APIRouter]:
         metrics.router,
         health.router,
         commands.router,
+        command_jobs.router,
+        stream.router,
+        webhooks.router,
         auth.router,
         api_keys.router,
         accounts.router,
