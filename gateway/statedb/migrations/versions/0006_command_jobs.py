@@ -80,6 +80,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_events"),
     )
     op.create_index("ix_events_at", "events", ["at"])
+    _webhooks()
+
+
+def _webhooks() -> None:
     op.create_table(
         "webhooks",
         _id(),
