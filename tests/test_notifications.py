@@ -436,3 +436,18 @@ def test_a_name_resolving_to_a_private_address_is_refused() -> None:
                           allow_private=False)  # fmt: skip
     check_webhook_url("https://hooks.example.com/x", resolved=["93.184.215.14"],
                       allow_private=False)  # fmt: skip
+
+
+def test_the_api_refuses_a_private_webhook_url_by_default(tmp_path: Path) -> None:
+    with admin_client(ApiSettings(db_path=tmp_path / "telemetry.db")) as client:
+        account = client.post("/v1/accounts", json={"kind": "organization", "name": "o"}).json()
+        for url in ("http://127.0.0.1:8080/hook", "http://169.254.169.254/", "file:///etc/x"):
+            r = client.post("/v1/webhooks", json={"url": url, "account_id": account["id"]})
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["details"][0]["loc"] == ["body", "url"]
+        r = client.post(
+            "/v1/webhooks", json={"url": "https://hooks.example.com/x", "account_id": account["id"]}
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["secret"].startswith("whsec_")
+        assert r.headers["Cache-Control"] == "no-store"
