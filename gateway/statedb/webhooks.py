@@ -176,7 +176,15 @@ class WebhookRepository:
     ) -> list[tuple[DeliveryRecord, WebhookRecord]]:
         """Pending deliveries due at ``now``, each with its webhook, leased for
         ``lease_ms`` (their next attempt moved that far ahead) so no other worker takes
-        them meanwhile."""
+        them meanwhile. Looks first in a read transaction: the worker polls twice a second
+        and must not take SQLite's write lock when nothing is due."""
+        due = (
+            WebhookDeliveryRow.status == PENDING,
+            WebhookDeliveryRow.next_attempt_at <= now,
+        )
+        with self._db.read() as session:
+            if session.scalar(select(WebhookDeliveryRow.id).where(*due).limit(1)) is None:
+                return []
         with self._db.write() as session:
             rows = session.scalars(
                 select(WebhookDeliveryRow)
