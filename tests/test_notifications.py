@@ -451,3 +451,23 @@ def test_the_api_refuses_a_private_webhook_url_by_default(tmp_path: Path) -> Non
         assert r.status_code == 201, r.text
         assert r.json()["secret"].startswith("whsec_")
         assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_another_api_process_streams_the_updates_this_one_records(
+    world: World, state_db_url: str
+) -> None:
+    """Two API processes share the state database: a job made and run by one is seen,
+    live, on a stream of the other (which has no command service at all)."""
+    other = ApiSettings(db_path=world.db_path, state_db_url=state_db_url)
+    with (
+        admin_client(other) as second,
+        second.stream("GET", "/v1/stream", headers=world.headers["A"]) as stream,
+    ):
+        r = world.as_("A", "POST", "/v1/command-jobs",
+                      json={"type": "lock", "vins": [GONE], "ttl_s": 60})  # fmt: skip
+        job = r.json()
+        world.as_("A", "POST", f"/v1/command-jobs/{job['id']}/cancel")
+        events = read_events(stream, finished(job["id"]))
+    assert [e["event"] for e in events] == [
+        "command_job.created", "command.updated", "command_job.finished",
+    ]  # fmt: skip
