@@ -31,6 +31,7 @@ from httpx2 import Response
 from tests.support.authz import (
     PASSWORD,
     SPEED,
+    WEBHOOK_URL,
     World,
     fresh_vin,
     open_world,
@@ -182,6 +183,62 @@ TABLE: dict[tuple[str, str], Row] = {
         stream(lambda w, p, own: f"/v1/commands/{w.command(vin_of(w, p, own))}/events"), READ
     ),
     ("GET", "/v1/command-types"): Row(get(lambda w, p, own: "/v1/command-types"), EVERYONE),
+    # bulk commands: per vehicle as a single command; a job is its account's and creator's
+    ("POST", "/v1/command-jobs"): Row(
+        post(
+            lambda w, p, own: "/v1/command-jobs",
+            lambda w, p, own: {"type": "lock", "vins": [vin_of(w, p, own)]},
+        ),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, NOT_FOUND),
+            fleet_viewer=(FORBIDDEN, NOT_FOUND),
+            owner=(OK, NOT_FOUND),
+            driver=(OK, NOT_FOUND),
+        ),
+    ),
+    ("GET", "/v1/command-jobs"): Row(get(lambda w, p, own: "/v1/command-jobs"), EVERYONE),
+    ("GET", "/v1/command-jobs/{job_id}"): Row(
+        get(lambda w, p, own: f"/v1/command-jobs/{w.job(p, own)}"), READ
+    ),
+    ("POST", "/v1/command-jobs/{job_id}/cancel"): Row(
+        post(lambda w, p, own: f"/v1/command-jobs/{w.job(p, own)}/cancel"),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, NOT_FOUND),
+            fleet_viewer=(FORBIDDEN, NOT_FOUND),
+            owner=(OK, NOT_FOUND),
+            driver=(OK, NOT_FOUND),
+        ),
+    ),
+    # notifications: the stream is scoped, never refused; webhooks are the managers'
+    ("GET", "/v1/stream"): Row(stream(lambda w, p, own: "/v1/stream"), EVERYONE),
+    ("POST", "/v1/webhooks"): Row(
+        post(
+            lambda w, p, own: "/v1/webhooks",
+            lambda w, p, own: {"url": WEBHOOK_URL, "account_id": w.account(p, own)},
+        ),
+        MANAGE,
+    ),
+    ("GET", "/v1/webhooks"): Row(
+        get(lambda w, p, own: "/v1/webhooks"),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, OK),
+            fleet_viewer=(FORBIDDEN, FORBIDDEN),
+            owner=(OK, OK),
+            driver=(FORBIDDEN, FORBIDDEN),
+        ),
+    ),
+    ("DELETE", "/v1/webhooks/{webhook_id}"): Row(
+        method("DELETE", lambda w, p, own: f"/v1/webhooks/{w.webhook(p, own)}"), MANAGE
+    ),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): Row(
+        get(lambda w, p, own: f"/v1/webhooks/{w.webhook(p, own)}/deliveries"), MANAGE
+    ),
+    ("POST", "/v1/webhooks/{webhook_id}/test"): Row(
+        post(lambda w, p, own: f"/v1/webhooks/{w.webhook(p, own)}/test"), MANAGE
+    ),
     # authentication
     ("POST", "/v1/auth/token"): Row(
         lambda w, p, own: w.client.post("/v1/auth/token", data={"grant_type": "password"}), None

@@ -139,7 +139,7 @@ def triggers(db: StateDatabase) -> set[str]:
 
 
 def test_upgrade_creates_the_tables_the_triggers_and_the_broker_state(db: StateDatabase) -> None:
-    assert db.current_revision() == StateDatabase.head_revision() == "0005_fleets"
+    assert db.current_revision() == StateDatabase.head_revision() == "0006_command_jobs"
     assert set(inspect(db.engine).get_table_names()) >= NEW_TABLES | {"commands"}
     expected = {"audit_log_no_update", "audit_log_no_delete"}
     if db.backend == "postgresql":
@@ -173,7 +173,7 @@ def test_0002_downgrades_to_0001_and_upgrades_again(db: StateDatabase) -> None:
 
     db.upgrade()
 
-    assert db.current_revision() == "0005_fleets"
+    assert db.current_revision() == StateDatabase.head_revision()
     assert repo.list_accounts() == []
     assert repo.broker_version() == 0
     AuditLog(db).append(at=NOW, actor="system", action="again")

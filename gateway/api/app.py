@@ -27,15 +27,20 @@ from gateway.api.routes import routers
 from gateway.api.security import AuthContext
 from gateway.api.settings import ApiSettings
 from gateway.auth.tokens import load_or_create_secret
+from gateway.commands.jobs import JobService
 from gateway.commands.service import CommandService
 from gateway.errors import StoreError
 from gateway.fleet.worker import RulesWorker, WorkerThread
+from gateway.notify import EventBus, WebhookWorker
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.commands import CommandRepository
 from gateway.statedb.database import StateDatabase
+from gateway.statedb.events import EventLog
 from gateway.statedb.fleet_log import FleetLog
 from gateway.statedb.fleets import FleetRepository
+from gateway.statedb.jobs import JobRepository
+from gateway.statedb.webhooks import WebhookRepository
 from gateway.store import open_store
 
 __all__ = ["ApiSettings", "create_app"]
@@ -76,6 +81,14 @@ _TAGS: Final = [
         "description": "Remote services: commands to a vehicle, their "
         "lifecycle (queued, sent, accepted, succeeded, ...) and confirmation by telemetry.",
     },
+    {
+        "name": "command-jobs",
+        "description": "Bulk commands: one command to many vehicles, with live counts.",
+    },
+    {
+        "name": "notifications",
+        "description": "The live event stream (Server-Sent Events) and signed webhooks.",
+    },
     {"name": "operations", "description": "Health check and Prometheus metrics."},
 ]
 
@@ -114,19 +127,41 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if auth.bootstrap_admin:
         await run_in_threadpool(_first_admin, app.state.auth)
     service: CommandService | None = None
+    jobs: JobService | None = None
     if settings.commands is not None:
         service = CommandService(settings.commands, CommandRepository(state_db), settings.store)
         await service.start()
-    app.state.commands = service
-    worker = _fleet(app, settings, state_db)
+        jobs = JobService(service, JobRepository(state_db))
+        await jobs.start()
+    app.state.commands, app.state.jobs = service, jobs
+    fleet_worker = _fleet(app, settings, state_db)
+    bus, webhook_worker = await _notifications(app, settings, state_db)
     try:
         yield
     finally:
-        if worker is not None:
-            await run_in_threadpool(worker.stop)
+        await webhook_worker.stop()
+        await bus.stop()
+        if jobs is not None:
+            await jobs.stop()
+        if fleet_worker is not None:
+            await run_in_threadpool(fleet_worker.stop)
         if service is not None:
             await service.stop()
         state_db.dispose()
+
+
+async def _notifications(
+    app: FastAPI, settings: ApiSettings, state_db: StateDatabase
+) -> tuple[EventBus, WebhookWorker]:
+    """The live stream's event bus and the webhook worker, started
+    (docs/decisions/0016-command-jobs-and-notifications.md)."""
+    bus = EventBus(EventLog(state_db), settings.notify)
+    await bus.start()
+    app.state.events = bus
+    app.state.webhooks = WebhookRepository(state_db)
+    app.state.webhook_worker = worker = WebhookWorker(app.state.webhooks, settings.notify)
+    await worker.start()
+    return bus, worker
 
 
 def _fleet(app: FastAPI, settings: ApiSettings, state_db: StateDatabase) -> WorkerThread | None:

@@ -27,24 +27,30 @@ from gateway.api.security import (
     current_principal,
 )
 from gateway.api.settings import ApiSettings
+from gateway.commands.jobs import JobService
 from gateway.commands.service import CommandService
 from gateway.core.policy import Principal
+from gateway.notify import EventBus, WebhookWorker
 from gateway.statedb.fleet_log import FleetLog
 from gateway.statedb.fleets import FleetRepository
+from gateway.statedb.webhooks import WebhookRepository
 from gateway.store import TelemetryReader, open_store
 from schemas import VIN_PATTERN, InvalidVinError, validate_vin
 
 __all__ = [
     "Audit",
     "Auth",
+    "Bus",
     "Caller",
     "CallerAudit",
     "FleetLogDep",
     "Fleets",
+    "Jobs",
     "Reader",
     "Service",
     "Settings",
     "Vin",
+    "Webhooks",
     "api_settings",
     "audit_trail",
     "caller_audit",
@@ -156,6 +162,41 @@ def fleet_log(request: Request) -> FleetLog:
 
 Fleets = Annotated[FleetRepository, Depends(fleet_repository)]
 FleetLogDep = Annotated[FleetLog, Depends(fleet_log)]
+
+
+def job_service(request: Request) -> JobService:
+    """The app's bulk-command service; 503 like :func:`command_service` without one."""
+    command_service(request)
+    jobs: JobService = request.app.state.jobs
+    return jobs
+
+
+Jobs = Annotated[JobService, Depends(job_service)]
+
+
+# --- notifications -------------------------------------------------------------------------
+
+
+def event_bus(request: Request) -> EventBus:
+    bus: EventBus = request.app.state.events
+    return bus
+
+
+Bus = Annotated[EventBus, Depends(event_bus)]
+
+
+class WebhookAccess:
+    """The webhooks repository and the worker to wake after queueing a delivery."""
+
+    def __init__(self, repo: WebhookRepository, worker: WebhookWorker) -> None:
+        self.repo, self.worker = repo, worker
+
+
+def webhooks(request: Request) -> WebhookAccess:
+    return WebhookAccess(request.app.state.webhooks, request.app.state.webhook_worker)
+
+
+Webhooks = Annotated[WebhookAccess, Depends(webhooks)]
 
 
 # --- the audit trail -----------------------------------------------------------------------

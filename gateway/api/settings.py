@@ -18,6 +18,7 @@ from gateway.api.security import AuthSettings
 from gateway.commands.service import CommandSettings
 from gateway.errors import ConfigurationError
 from gateway.fleet.worker import WorkerSettings
+from gateway.notify.settings import NotifySettings
 from gateway.statedb.database import default_url
 
 __all__ = ["ApiSettings"]
@@ -49,6 +50,12 @@ class ApiSettings:
     #: the fleet rules and trips worker run in this process (decision 0014); None: not
     #: here (another process of the installation runs it)
     fleet_worker: WorkerSettings | None = field(default_factory=WorkerSettings)
+    #: the live stream and webhooks (docs/decisions/0016-command-jobs-and-notifications.md)
+    notify: NotifySettings = field(default_factory=NotifySettings)
+    #: the most vehicles in one bulk command (at most the schema's 10,000)
+    max_job_vehicles: int = 10_000
+    #: bulk commands an organization may have running at once (429 beyond)
+    max_running_jobs: int = 5
     #: the clock that decides the silence (tests of it set their own)
     clock_ms: Callable[[], int] = field(default=now_ms, compare=False, repr=False)
 

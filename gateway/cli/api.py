@@ -56,6 +56,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "telematics-commands-1)",
     )
     add_signing_key(api, env)
+    api.add_argument(
+        "--webhook-allow-private-targets",
+        action="store_true",
+        help="let webhooks POST to private, loopback and link-local addresses (off: a "
+        "webhook URL cannot reach the gateway's own network; docs/webhooks.md)",
+    )
     api.set_defaults(handler=run)
 
 
@@ -67,6 +73,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     from gateway.commands.service import CommandSettings
     from gateway.core.ratelimit import parse_limit
     from gateway.files import private_directory
+    from gateway.notify import NotifySettings
     from gateway.statedb.database import default_url as default_state_db_url
     from gateway.store import resolve_store
     from gateway.supervisor import data_paths
@@ -109,6 +116,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             auth=auth,
             state_db_url=state_db_url,
             silent_after_s=args.offline_after,
+            notify=NotifySettings(webhook_allow_private_targets=args.webhook_allow_private_targets),
         )
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())

@@ -78,6 +78,7 @@ from gateway.core.confirmation import CommandTimes, judge_confirmation
 from gateway.core.feedback import feedback_messages
 from gateway.core.lifecycle import (
     CommandEvent,
+    CommandStatus,
     IllegalTransition,
     event_for_result,
     is_repeat,
@@ -286,6 +287,22 @@ class CommandService:
     async def cancel(self, command_id: str) -> CommandRecord:
         """Cancel a queued command; raises ``IllegalTransition`` once it has been sent."""
         return await self._apply(command_id, CommandEvent.CANCEL_REQUESTED)
+
+    def now_ms(self) -> int:
+        return self._clock_ms()
+
+    def vehicle_states(
+        self, vehicles: set[tuple[str, int]]
+    ) -> dict[tuple[str, int], VehicleState | None]:
+        """The telemetry store's state of each (vin, holding period): what admission reads."""
+        return self._vehicle_states(vehicles)
+
+    async def dispatch(self, record: CommandRecord) -> CommandRecord:
+        """Send a stored ``queued`` command now (a job's commands: see
+        ``gateway.commands.jobs``); a command sent or ended meanwhile is left as it is."""
+        if record.status is not CommandStatus.QUEUED:
+            return record
+        return await self._dispatch(record)
 
     def changed(self, command_id: str) -> asyncio.Event:
         """An event set (and replaced) whenever this process records a transition of the
@@ -538,7 +555,10 @@ class CommandService:
         if verdict is None:
             return
         updated = self.repo.set_confirmation(
-            record.id, confirmation=verdict.confirmation, confirmed_at=verdict.confirmed_at
+            record.id,
+            confirmation=verdict.confirmation,
+            confirmed_at=verdict.confirmed_at,
+            at=now,
         )
         self._wake(updated.id)
 

@@ -982,6 +982,34 @@ class AccountRepository:
                 None if grant is None else GrantRecord.from_row(grant),
             )
 
+    def vehicles_access(
+        self, vins: Sequence[str], user_id: int
+    ) -> dict[str, tuple[VehicleRecord, GrantRecord | None]]:
+        """:meth:`vehicle_access` for many VINs at once (a bulk command), in chunks of 1,000
+        in one read transaction; unknown VINs are absent."""
+        found: dict[str, tuple[VehicleRecord, GrantRecord | None]] = {}
+        with self._db.read() as session:
+            for start in range(0, len(vins), 1000):
+                query = (
+                    select(VehicleRow, VehicleGrantRow)
+                    .outerjoin(
+                        VehicleGrantRow,
+                        and_(
+                            VehicleGrantRow.vin == VehicleRow.vin,
+                            VehicleGrantRow.tenure == VehicleRow.tenure,
+                            VehicleGrantRow.user_id == user_id,
+                            VehicleGrantRow.revoked_at.is_(None),
+                        ),
+                    )
+                    .where(VehicleRow.vin.in_(vins[start : start + 1000]))
+                )
+                for vehicle, grant in session.execute(query):
+                    found[vehicle.vin] = (
+                        VehicleRecord.from_row(vehicle),
+                        None if grant is None else GrantRecord.from_row(grant),
+                    )
+        return found
+
     # --- grants -----------------------------------------------------------------------------
 
     def create_grant(

@@ -50,11 +50,15 @@ from gateway.core.lifecycle import (
 )
 from gateway.errors import GatewayError
 from gateway.statedb.database import StateDatabase
+from gateway.statedb.events import publish
 from gateway.statedb.models import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
+    CommandJobRefusalRow,
+    CommandJobRow,
     CommandRow,
     CommandTransitionRow,
     VehicleRow,
+    VehicleTenureRow,
 )
 
 __all__ = [
@@ -66,7 +70,11 @@ __all__ = [
     "TenureEnded",
     "TransitionRecord",
     "cancel_open_commands",
+    "command_event",
+    "finish_job_if_done",
+    "job_counts",
     "request_hash",
+    "user_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -116,7 +124,7 @@ def _check_new_command(
         )
 
 
-def _add_queued(session: Session, row: CommandRow) -> CommandRow:
+def _add_queued(session: Session, row: CommandRow, *, flush: bool = True) -> CommandRow:
     """Add a new command (``row``: its request; the rest is what every new command starts
     with) and its first history row (``queued``, no event)."""
     row.status = CommandStatus.QUEUED.value
@@ -135,7 +143,8 @@ def _add_queued(session: Session, row: CommandRow) -> CommandRow:
             detail=None,
         )
     )
-    session.flush()
+    if flush:
+        session.flush()
     return row
 
 
@@ -165,6 +174,8 @@ class CommandRecord:
     #: the unit's clock when it accepted (its ``accepted`` answer's ``ts``, or that of its
     #: final answer if it sent no ``accepted``); None before that, or for older commands
     unit_accepted_at: int | None = None
+    #: the bulk command it belongs to (None: a single command)
+    job_id: int | None = None
 
     @classmethod
     def from_row(cls, row: CommandRow) -> CommandRecord:
@@ -188,6 +199,7 @@ class CommandRecord:
             confirmation=row.confirmation,
             confirmed_at=row.confirmed_at,
             unit_accepted_at=row.unit_accepted_at,
+            job_id=row.job_id,
         )
 
 
@@ -337,6 +349,7 @@ class CommandRepository:
                     ),
                 )
                 record = CommandRecord.from_row(row)
+                command_event(session, row, at=now)
                 if on_created is not None:
                     on_created(session, record)
         except IntegrityError:
@@ -545,6 +558,9 @@ class CommandRepository:
                 row.detail = detail
             self._append(session, command_id, status, event.value, at, reason, detail)
             session.flush()
+            command_event(session, row, at=at)
+            if row.job_id is not None and is_terminal(status):
+                finish_job_if_done(session, row.job_id, at=at)
             return CommandRecord.from_row(row)
 
     def note(
@@ -594,9 +610,15 @@ class CommandRepository:
         )
 
     def set_confirmation(
-        self, command_id: str, *, confirmation: str, confirmed_at: int | None
+        self,
+        command_id: str,
+        *,
+        confirmation: str,
+        confirmed_at: int | None,
+        at: int | None = None,
     ) -> CommandRecord:
-        """Record what telemetry showed (``confirmed``, ``unconfirmed``, ...) and when."""
+        """Record what telemetry showed (``confirmed``, ``unconfirmed``, ...) and when;
+        ``at`` (default: ``confirmed_at``) is the time of its ``command.updated`` event."""
         if confirmation not in _CONFIRMATIONS:
             raise ValueError(
                 f"confirmation must be one of {', '.join(ConfirmationState)}, got {confirmation!r}"
@@ -606,6 +628,8 @@ class CommandRepository:
             row.confirmation = str(confirmation)
             row.confirmed_at = confirmed_at
             session.flush()
+            when = at if at is not None else confirmed_at
+            command_event(session, row, at=when if when is not None else row.finished_at or 0)
             return CommandRecord.from_row(row)
 
     @staticmethod
@@ -689,5 +713,95 @@ def cancel_open_commands(session: Session, vin: str, *, at: int, detail: str) ->
                 detail=detail,
             )
         )
+        session.flush()
+        command_event(session, row, at=at)
     session.flush()
+    for job_id in sorted({row.job_id for row in rows if row.job_id is not None}):
+        finish_job_if_done(session, job_id, at=at)
     return len(rows)
+
+
+# --- notifications and jobs (inside a caller's transaction) ----------------------------------
+
+
+def user_of(requested_by: str | None) -> int | None:
+    """The user id of a ``requested_by`` of the form ``user:<id>`` (None otherwise)."""
+    if requested_by is None or not requested_by.startswith("user:"):
+        return None
+    number = requested_by.removeprefix("user:")
+    return int(number) if number.isdigit() else None
+
+
+def command_event(session: Session, row: CommandRow, *, at: int) -> None:
+    """Publish ``command.updated`` for ``row`` as it now stands, scoped to the account that
+    held the vehicle in the command's holding period (never a later holder's)."""
+    account_id = session.scalar(
+        select(VehicleTenureRow.account_id).where(
+            VehicleTenureRow.vin == row.vin, VehicleTenureRow.number == row.tenure
+        )
+    )
+    publish(
+        session,
+        type="command.updated",
+        at=at,
+        account_id=account_id,
+        actor_user_id=user_of(row.requested_by),
+        data={
+            "command_id": row.id,
+            "vin": row.vin,
+            "type": row.type,
+            "status": row.status,
+            "reason": row.reason,
+            "confirmation": row.confirmation,
+            "job_id": row.job_id,
+        },
+    )
+
+
+def job_counts(session: Session, job_id: int) -> dict[str, int]:
+    """How many of a job's vehicles stand where: every command status, plus ``refused``."""
+    counts = {status.value: 0 for status in CommandStatus}
+    rows = session.execute(
+        select(CommandRow.status, func.count())
+        .where(CommandRow.job_id == job_id)
+        .group_by(CommandRow.status)
+    )
+    for status, n in rows:
+        counts[status] = int(n)
+    counts["refused"] = int(
+        session.scalar(
+            select(func.count())
+            .select_from(CommandJobRefusalRow)
+            .where(CommandJobRefusalRow.job_id == job_id)
+        )
+        or 0
+    )
+    return counts
+
+
+def finish_job_if_done(session: Session, job_id: int, *, at: int) -> bool:
+    """Mark the job finished (and publish ``command_job.finished``) when none of its
+    commands is open any more; whether it was. Locks the job row first (always after the
+    commands' rows: one lock order), so the last two commands of a job finishing at once
+    on PostgreSQL cannot both see the other still open."""
+    job = session.scalar(select(CommandJobRow).where(CommandJobRow.id == job_id).with_for_update())
+    if job is None or job.finished_at is not None:
+        return False
+    still_open = session.scalar(
+        select(func.count())
+        .select_from(CommandRow)
+        .where(CommandRow.job_id == job_id, CommandRow.status.in_(_OPEN))
+    )
+    if still_open:
+        return False
+    job.finished_at = at
+    session.flush()
+    publish(
+        session,
+        type="command_job.finished",
+        at=at,
+        account_id=job.account_id,
+        actor_user_id=job.created_by,
+        data={"job_id": job.id, "type": job.type, "counts": job_counts(session, job.id)},
+    )
+    return True

@@ -47,10 +47,13 @@ __all__ = [
     "AuditRow",
     "Base",
     "BrokerAuthStateRow",
+    "CommandJobRefusalRow",
+    "CommandJobRow",
     "CommandRow",
     "CommandTransitionRow",
     "DriverAssignmentRow",
     "DriverRow",
+    "EventRow",
     "FleetAlertRow",
     "FleetPartitionRow",
     "FleetRow",
@@ -66,6 +69,8 @@ __all__ = [
     "VehicleInvitationRow",
     "VehicleRow",
     "VehicleTenureRow",
+    "WebhookDeliveryRow",
+    "WebhookRow",
 ]
 
 NAMING_CONVENTION: dict[str, str] = {
@@ -111,6 +116,8 @@ class CommandRow(Base):
         # the confirmation watcher: status = succeeded AND confirmation = pending; the
         # result-timeout sweep (status = accepted) uses its leading column
         Index("ix_commands_status_confirmation", "status", "confirmation"),
+        # a job's commands and its counts per status (migration 0006)
+        Index("ix_commands_job_id_status", "job_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -139,6 +146,9 @@ class CommandRow(Base):
     #: the unit's clock (its result's ``ts``) when it accepted: what confirmation compares
     #: the unit's samples with (migration 0004)
     unit_accepted_at: Mapped[int | None] = mapped_column(BigInteger)
+    #: the bulk command (``command_jobs.id``) this command is part of; None for a single one
+    #: (migration 0006)
+    job_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class CommandTransitionRow(Base):
@@ -586,3 +596,118 @@ class FleetPartitionRow(Base):
     lease_until: Mapped[int] = mapped_column(BigInteger)
     sample_cursor: Mapped[int] = mapped_column(BigInteger)
     event_cursor: Mapped[int] = mapped_column(BigInteger)
+
+
+# --- bulk commands and notifications (migration 0006) ---------------------------------------
+
+
+class CommandJobRow(Base):
+    """One bulk command: the same command to many vehicles (``commands.job_id`` points here).
+
+    ``account_id`` is the organization the job belongs to (the caller's; an administrator's
+    job takes the account of its vehicles when they share one, else NULL: administrators
+    only). Counts per status are not stored: they are counted from ``commands`` (index
+    ``ix_commands_job_id_status``), so they cannot drift from the commands themselves.
+    """
+
+    __tablename__ = "command_jobs"
+    __table_args__ = (
+        # a page of an account's jobs, newest first; the running jobs of an account
+        Index("ix_command_jobs_account_id_id", "account_id", "id"),
+        Index("ix_command_jobs_finished_at", "finished_at"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_by: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    #: what the request named: {"vins": n} or {"fleet_id": id}
+    target: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    total: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    cancelled_at: Mapped[int | None] = mapped_column(BigInteger)
+    #: when its last command reached a final status (NULL: running)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class CommandJobRefusalRow(Base):
+    """A vehicle of a job that got no command, and why (``not_permitted``,
+    ``vehicle_moving``, ``vehicle_rate_limited``, ...)."""
+
+    __tablename__ = "command_job_refusals"
+    __table_args__ = (UniqueConstraint("job_id", "vin"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("command_jobs.id"))
+    vin: Mapped[str] = mapped_column(String(17))
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class EventRow(Base):
+    """One notification (a command update, a job's end; alerts and trips later): the
+    bounded replay buffer of the live stream and the source of webhook deliveries.
+
+    ``id`` order is commit order (writers serialize on an advisory lock on PostgreSQL,
+    on the write lock on SQLite), so a reader that has seen id N never misses one below N.
+    ``account_id`` scopes it to an organization (NULL: administrators only);
+    ``actor_user_id`` is who caused it (a driver sees the events of their own commands).
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_at", "at"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    at: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(64))
+    account_id: Mapped[int | None] = mapped_column(BigInteger)
+    actor_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    data: Mapped[dict[str, Any]] = mapped_column(_JSON)
+
+
+class WebhookRow(Base):
+    """An organization's webhook: where its events are POSTed, signed with ``secret``
+    (kept in clear: the gateway must compute the HMAC; shown to the caller once)."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (Index("ix_webhooks_account_id", "account_id"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    url: Mapped[str] = mapped_column(Text)
+    #: event types delivered (["*"]: all)
+    event_types: Mapped[list[str]] = mapped_column(_JSON)
+    secret: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class WebhookDeliveryRow(Base):
+    """One event to one webhook: its body (fixed at creation, so every attempt signs the
+    same bytes), its attempts and where it stands (``pending``, ``delivered``,
+    ``failed``)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        # the worker's queue: pending deliveries due first
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_webhook_id_id", "webhook_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("webhooks.id"))
+    event_id: Mapped[int | None] = mapped_column(BigInteger)
+    event_type: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    next_attempt_at: Mapped[int | None] = mapped_column(BigInteger)
+    last_attempt_at: Mapped[int | None] = mapped_column(BigInteger)
+    #: HTTP status of the last attempt (NULL: no answer)
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    #: what went wrong last (connection refused, timeout, HTTP 500, refused address ...)
+    error: Mapped[str | None] = mapped_column(Text)

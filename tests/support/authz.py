@@ -25,6 +25,8 @@ from tests.support.waiting import wait_until
 DRIVER_SERVICES = ["read", "lock", "locate"]
 PASSWORD = "persona-password-1"
 SPEED = "Vehicle.Speed"
+#: a receiver that does not exist (.invalid never resolves): deliveries fail, harmlessly
+WEBHOOK_URL = "https://hooks.example.invalid/telematics"
 
 
 _vins = (f"WAUTHZ{n:011d}" for n in itertools.count(1))
@@ -97,6 +99,29 @@ class World:
         command_id: str = r.json()["id"]
         return command_id
 
+    def job(self, persona: str, own: bool) -> int:
+        """A running command job to the persona's own vehicle (made by the persona when
+        they may send commands, else by the admin) or to organization B's."""
+        maker = persona if own and persona in ("fleet_manager", "owner", "driver") else "admin"
+        r = self.client.post(
+            "/v1/command-jobs",
+            json={"type": "lock", "vins": [self.vehicle(persona, own)]},
+            headers=self.headers[maker],
+        )
+        assert r.status_code == 201, r.text
+        job_id: int = r.json()["id"]
+        return job_id
+
+    def webhook(self, persona: str, own: bool) -> int:
+        """A webhook of the persona's account (or organization B's), made by the admin."""
+        r = self.admin(
+            "POST",
+            "/v1/webhooks",
+            json={"url": WEBHOOK_URL, "account_id": self.account(persona, own)},
+        )
+        webhook_id: int = r.json()["id"]
+        return webhook_id
+
     def member_of(self, persona: str, own: bool) -> int:
         """A user of the account of the persona's own (or the foreign) vehicle other than
         the persona: whom a vehicle of that account may be granted to directly."""
@@ -154,7 +179,9 @@ def open_world(tmp: Path) -> Iterator[World]:
         mqtt=MqttSettings(host=broker.host, port=broker.port),
     )
     try:
-        with admin_client(ApiSettings(db_path=db_path, commands=commands)) as client:
+        with admin_client(
+            ApiSettings(db_path=db_path, commands=commands, max_running_jobs=100_000)
+        ) as client:
             service = client.app.state.commands  # type: ignore[attr-defined]
             wait_until(service.connected.is_set, what="the command service to connect")
             yield _build(client, db_path)

@@ -23,6 +23,7 @@ from gateway.api.routes import (
     audit,
     auth,
     catalog,
+    command_jobs,
     commands,
     drivers,
     fleets,
@@ -34,10 +35,12 @@ from gateway.api.routes import (
     provisioning,
     quarantine,
     reports,
+    stream,
     trips,
     users,
     vehicle_events,
     vehicles,
+    webhooks,
 )
 from gateway.api.settings import ApiSettings
 
@@ -56,6 +59,9 @@ def routers(settings: ApiSettings) -> list[APIRouter]:
         metrics.router,
         health.router,
         commands.router,
+        command_jobs.router,
+        stream.router,
+        webhooks.router,
         auth.router,
         api_keys.router,
         accounts.router,

@@ -1,0 +1,170 @@
+"""The webhook worker: due deliveries out, signed, retried with backoff, every attempt logged.
+
+Every ``webhook_poll_s`` (or at once after :meth:`WebhookWorker.poke`) it claims up to
+``webhook_concurrency`` due deliveries (:meth:`gateway.statedb.webhooks.WebhookRepository.
+claim_due`: a lease, so several API processes never send one attempt twice) and POSTs each:
+
+* the body stored with the delivery, byte for byte, with ``Content-Type:
+  application/json``, ``Telematics-Event-Id``, ``Telematics-Event-Type`` and the signature
+  ``Telematics-Signature: t=<unix s>,v1=<HMAC-SHA256 hex of "<t>." + body>``
+  (:func:`gateway.core.notify.signature_header`; a new timestamp at every attempt);
+* to an address checked at that moment: the host is resolved here and every address must
+  be public unless the operator allows private targets (:func:`gateway.core.notify.
+  check_webhook_url`), and redirects are not followed (a redirect to an internal address
+  would get around the check). Known limit: httpx resolves the name again to connect, so a
+  name whose DNS answer changes within that instant (rebinding) is not fully covered;
+* a 2xx answer within ``webhook_timeout_s`` is ``delivered``; anything else is tried again
+  after 10 s, 20 s, 40 s ... (at most an hour), and ``failed`` after
+  ``webhook_max_attempts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import httpx
+
+from gateway.core.clock import wall_clock_ms
+from gateway.core.notify import (
+    SIGNATURE_HEADER,
+    UnacceptableUrl,
+    check_webhook_url,
+    next_attempt_delay_s,
+    signature_header,
+)
+from gateway.notify.settings import NotifySettings
+from gateway.statedb.webhooks import DeliveryRecord, WebhookRecord, WebhookRepository
+
+__all__ = ["WebhookWorker", "resolve"]
+
+log = logging.getLogger(__name__)
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to (what the connection may use)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+class WebhookWorker:
+    """See the module docstring. :meth:`start`, :meth:`stop`."""
+
+    def __init__(
+        self,
+        repository: WebhookRepository,
+        settings: NotifySettings,
+        *,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.repo = repository
+        self.settings = settings
+        self._clock_ms = clock_ms
+        self._poke = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(
+            timeout=self.settings.webhook_timeout_s, follow_redirects=False, trust_env=False
+        )
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._poke.set()
+        if self._task is not None:
+            await self._task
+        if self._client is not None:
+            await self._client.aclose()
+
+    def poke(self) -> None:
+        self._poke.set()
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                while await self._round() and not self._stopping.is_set():
+                    pass
+            except Exception:
+                log.exception("webhook deliveries failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), self.settings.webhook_poll_s)
+            self._poke.clear()
+
+    async def _round(self) -> bool:
+        """Claim and send one batch; whether there was a full one (look again at once)."""
+        s = self.settings
+        claimed = await asyncio.to_thread(
+            self.repo.claim_due,
+            now=self._clock_ms(),
+            lease_ms=int(s.webhook_lease_s * 1000),
+            limit=s.webhook_concurrency,
+        )
+        await asyncio.gather(*(self._deliver(d, hook) for d, hook in claimed))
+        return len(claimed) == s.webhook_concurrency
+
+    async def _deliver(self, delivery: DeliveryRecord, hook: WebhookRecord) -> None:
+        status, error = await self._attempt(delivery, hook)
+        delivered = status is not None and 200 <= status < 300
+        now = self._clock_ms()
+        delay = (
+            None
+            if delivered
+            else next_attempt_delay_s(
+                delivery.attempts + 1,
+                base_s=self.settings.webhook_retry_base_s,
+                cap_s=self.settings.webhook_retry_cap_s,
+                max_attempts=self.settings.webhook_max_attempts,
+            )
+        )
+        if not delivered and error is None:
+            error = f"HTTP {status}"
+        await asyncio.to_thread(
+            self.repo.record_attempt,
+            delivery.id,
+            at=now,
+            delivered=delivered,
+            response_status=status,
+            error=None if delivered else error,
+            next_attempt_at=None if delay is None else now + int(delay * 1000),
+        )
+
+    async def _attempt(
+        self, delivery: DeliveryRecord, hook: WebhookRecord
+    ) -> tuple[int | None, str | None]:
+        """POST once; (HTTP status or None, what went wrong or None)."""
+        assert self._client is not None
+        parts = urlsplit(hook.url)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            addresses = await resolve(parts.hostname or "", port)
+            check_webhook_url(
+                hook.url,
+                resolved=addresses,
+                allow_private=self.settings.webhook_allow_private_targets,
+            )
+        except UnacceptableUrl as exc:
+            return None, f"refused: {exc}"
+        except (OSError, ValueError) as exc:
+            return None, f"cannot resolve {parts.hostname}: {exc}"
+        body = delivery.body.encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "telematics-gateway-webhooks/1",
+            "Telematics-Event-Type": delivery.event_type,
+            "Telematics-Delivery-Id": str(delivery.id),
+            SIGNATURE_HEADER: signature_header(hook.secret, self._clock_ms() // 1000, body),
+        }
+        if delivery.event_id is not None:
+            headers["Telematics-Event-Id"] = str(delivery.event_id)
+        try:
+            response = await self._client.post(hook.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:500]
+        return response.status_code, None

@@ -1,0 +1,131 @@
+"""The event log: notifications written in the transaction of the change they report.
+
+:func:`publish` is the one call a producer makes (command updates now; alerts and trips
+later): inside its own write transaction, so an event exists exactly when its change was
+committed. The same call queues a delivery for each of the account's webhooks that wants
+the type (an outbox: a crash between the change and the notification cannot lose it).
+
+Ids are commit order: on PostgreSQL :func:`publish` first takes a transaction-scoped
+advisory lock, so an event-writing transaction gets its id only after the previous one
+committed; on SQLite the write lock does the same. A reader that has seen id N can
+therefore never later find a committed event below N (with plain sequences it could: ids
+are handed out at insert, commits land in any order).
+
+:class:`EventLog` reads the log in id order and prunes it: it is a bounded replay buffer
+(``Last-Event-ID``), not an archive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.orm import Session
+
+from gateway.core.notify import EventScope, type_matches
+from gateway.statedb.database import StateDatabase
+from gateway.statedb.models import EventRow, WebhookDeliveryRow, WebhookRow
+
+__all__ = ["EventLog", "EventRecord", "event_body", "publish"]
+
+#: key of the PostgreSQL advisory lock that orders event ids by commit
+_EVENT_LOCK_KEY: Final = 0x7465_6C65_7674  # "televt"
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    id: int
+    at: int
+    type: str
+    account_id: int | None
+    actor_user_id: int | None
+    data: dict[str, Any]
+
+    @property
+    def scope(self) -> EventScope:
+        return EventScope(self.account_id, self.actor_user_id)
+
+    @classmethod
+    def from_row(cls, row: EventRow) -> EventRecord:
+        return cls(row.id, row.at, row.type, row.account_id, row.actor_user_id, dict(row.data))
+
+
+def event_body(event_id: int | None, event_type: str, at: int, data: dict[str, Any]) -> str:
+    """The JSON every consumer gets (the SSE ``data`` and the webhook body)."""
+    return orjson.dumps({"id": event_id, "type": event_type, "at": at, "data": data}).decode()
+
+
+def publish(
+    session: Session,
+    *,
+    type: str,
+    at: int,
+    data: dict[str, Any],
+    account_id: int | None,
+    actor_user_id: int | None = None,
+) -> int:
+    """Append an event in the caller's write transaction (see the module docstring) and
+    queue its webhook deliveries; its id."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENT_LOCK_KEY})
+    row = EventRow(at=at, type=type, account_id=account_id, actor_user_id=actor_user_id, data=data)
+    session.add(row)
+    session.flush()
+    if account_id is not None:
+        hooks = session.scalars(select(WebhookRow).where(WebhookRow.account_id == account_id))
+        body = event_body(row.id, type, at, data)
+        for hook in hooks:
+            if type_matches(hook.event_types, type):
+                session.add(
+                    WebhookDeliveryRow(
+                        webhook_id=hook.id,
+                        event_id=row.id,
+                        event_type=type,
+                        body=body,
+                        status="pending",
+                        attempts=0,
+                        created_at=at,
+                        next_attempt_at=at,
+                    )
+                )
+    return row.id
+
+
+class EventLog:
+    """Reads and prunes the event log of a :class:`StateDatabase` (thread-safe)."""
+
+    def __init__(self, db: StateDatabase) -> None:
+        self._db = db
+
+    def last_id(self) -> int:
+        """The newest event's id (0: none)."""
+        with self._db.read() as session:
+            return int(session.scalar(select(func.max(EventRow.id))) or 0)
+
+    def first_id(self) -> int | None:
+        """The oldest id still kept (None: the log is empty)."""
+        with self._db.read() as session:
+            value = session.scalar(select(func.min(EventRow.id)))
+            return None if value is None else int(value)
+
+    def after(self, last_id: int, *, limit: int = 1000) -> list[EventRecord]:
+        """Events after ``last_id``, oldest first, at most ``limit``."""
+        with self._db.read() as session:
+            rows = session.scalars(
+                select(EventRow).where(EventRow.id > last_id).order_by(EventRow.id).limit(limit)
+            )
+            return [EventRecord.from_row(row) for row in rows]
+
+    def prune(self, *, before_at: int, chunk: int = 2000) -> int:
+        """Delete events older than ``before_at`` (one chunk, oldest first); how many.
+        Webhook deliveries keep their own copy of the body, so pruning never breaks a
+        retry."""
+        with self._db.write() as session:
+            ids = select(EventRow.id).where(EventRow.at < before_at).order_by(EventRow.id)
+            doomed = list(session.scalars(ids.limit(chunk)))
+            if not doomed:
+                return 0
+            session.execute(delete(EventRow).where(EventRow.id.in_(doomed)))
+            return len(doomed)

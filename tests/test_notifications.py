@@ -1,0 +1,495 @@
+"""Bulk commands and notifications end to end (issue 13, sections 7 and 8): the API with
+its command service on a real Mosquitto, the state database on SQLite and PostgreSQL,
+units answering over MQTT (paho), a real HTTP server receiving webhooks.
+
+* a job to a set with online units, an offline unit that comes online within the time to
+  live, one that never does and one that never reported ends with the right counts;
+* cancelling a job cancels exactly what was not sent;
+* the live stream shows the job's updates as they happen and resumes with Last-Event-ID;
+* a webhook receiver gets signed deliveries (checked with the function in
+  docs/webhooks.md), a failing one gets retries, a tampered delivery fails the check;
+* another organization sees none of it: its job and vehicles are 404, its stream empty.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.api import ApiSettings
+from gateway.broker import MosquittoProcess
+from gateway.commands.service import CommandSettings
+from gateway.core.batching import StatusChange
+from gateway.core.notify import UnacceptableUrl, check_webhook_url, verify_signature
+from gateway.notify import NotifySettings
+from gateway.settings import MqttSettings
+from gateway.store import IngestBatch, open_store
+from schemas import Sample, StatusState
+from schemas.commands import command_result_topic
+from tests.support.api import admin_client, bearer
+from tests.support.waiting import wait_until
+
+PASSWORD = "notify-password-1"
+ONLINE = [f"WNTFYJB{n:010d}" for n in range(1, 4)]
+LATE = "WNTFYJB0000000004"  # offline, comes online within the time to live
+GONE = "WNTFYJB0000000005"  # offline for good
+SILENT = "WNTFYJB0000000006"  # provisioned, never reported
+FOREIGN = "WNTFYJB0000000007"  # organization B's
+
+
+# --- the world -------------------------------------------------------------------------------
+
+
+class Units:
+    """Units that answer every command to an online VIN: accepted, then succeeded."""
+
+    def __init__(self, broker: MosquittoProcess, online: set[str]) -> None:
+        self.online = online
+        self.received: list[str] = []
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="notify-units", protocol=mqtt.MQTTv5
+        )
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe("v1/vehicles/+/commands", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: Any) -> None:
+        command = orjson.loads(message.payload)
+        vin = command["vin"]
+        self.received.append(vin)
+        if vin not in self.online:
+            return
+        for status in ("accepted", "succeeded"):
+            body = {"command_id": command["command_id"], "vin": vin, "status": status,
+                    "ts": int(time.time() * 1000)}  # fmt: skip
+            client.publish(command_result_topic(vin), orjson.dumps(body), qos=1)
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server: records every POST; answers 500 to the first ``fail`` ones."""
+
+    fail: int = 0
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    def __enter__(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                failing = len(receiver.requests) <= receiver.fail
+                self.send_response(500 if failing else 204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class World:
+    client: TestClient
+    db_path: Path
+    broker: MosquittoProcess
+    headers: dict[str, dict[str, str]]
+    accounts: dict[str, int]
+
+    def as_(self, who: str, method: str, url: str, **kw: Any) -> Any:
+        return self.client.request(method, url, headers=self.headers[who], **kw)
+
+    def report(self, vin: str, state: StatusState) -> None:
+        store = open_store(self.db_path)
+        now = int(time.time() * 1000)
+        try:
+            store.commit(
+                IngestBatch(
+                    received_at=now,
+                    samples=[Sample(vin, 1, now, {"Vehicle.Speed": 0.0})],
+                    statuses=[StatusChange(vin, state, now)],
+                )
+            )
+        finally:
+            store.close()
+
+
+@pytest.fixture
+def world(mosquitto: MosquittoProcess, state_db_url: str, tmp_path: Path) -> Iterator[World]:
+    commands = CommandSettings(
+        state_db_url=state_db_url, mqtt=MqttSettings(host=mosquitto.host, port=mosquitto.port)
+    )
+    notify = NotifySettings(
+        webhook_allow_private_targets=True,  # the receiver is on 127.0.0.1
+        webhook_retry_base_s=0.2,
+        webhook_poll_s=0.05,
+    )
+    settings = ApiSettings(db_path=tmp_path / "telemetry.db", commands=commands, notify=notify)
+    with admin_client(settings) as client:
+        service = client.app.state.commands  # type: ignore[attr-defined]
+        wait_until(service.connected.is_set, what="the command service to connect")
+        w = World(client, settings.db_path, mosquitto, {"admin": dict(client.headers)}, {})
+        _populate(w)
+        yield w
+
+
+def _populate(w: World) -> None:
+    for name in ("A", "B"):
+        r = w.as_("admin", "POST", "/v1/accounts", json={"kind": "organization", "name": name})
+        w.accounts[name] = r.json()["id"]
+        r = w.as_("admin", "POST", "/v1/users", json={
+            "email": f"manager-{name.lower()}@example.com", "name": name,
+            "role": "fleet_manager", "account_id": w.accounts[name], "password": PASSWORD,
+        })  # fmt: skip
+        assert r.status_code == 201, r.text
+        w.headers[name] = bearer(r.json()["id"], "fleet_manager", w.accounts[name])
+    for vin in [*ONLINE, LATE, GONE, SILENT, FOREIGN]:
+        account = w.accounts["B" if vin == FOREIGN else "A"]
+        r = w.as_("admin", "POST", "/v1/vehicles", json={"vin": vin, "account_id": account})
+        assert r.status_code == 201, r.text
+    for vin in [*ONLINE, FOREIGN]:
+        w.report(vin, StatusState.ONLINE)
+    for vin in (LATE, GONE):
+        w.report(vin, StatusState.OFFLINE)
+
+
+# --- reading the stream ----------------------------------------------------------------------
+
+
+def read_events(
+    response: Any, until: Callable[[dict[str, Any]], bool], timeout_s: float = 30
+) -> list[dict[str, Any]]:
+    """SSE events (``{"id", "event", "data"}``) until one satisfies ``until``."""
+    events: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout_s
+    for line in response.iter_lines():
+        assert time.monotonic() < deadline, f"no matching event in {timeout_s} s: {events}"
+        if not line:
+            if "data" in current:
+                events.append(current)
+                if until(current):
+                    return events
+            current = {}
+        elif line.startswith("id: "):
+            current["id"] = int(line[4:])
+        elif line.startswith("event: "):
+            current["event"] = line[7:]
+        elif line.startswith("data: "):
+            current["data"] = orjson.loads(line[6:])
+    raise AssertionError(f"the stream ended: {events}")
+
+
+def finished(job_id: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e["event"] == "command_job.finished" and e["data"]["data"]["job_id"] == job_id
+
+
+# --- the tests -------------------------------------------------------------------------------
+
+
+def test_a_bulk_command_with_offline_units_ends_with_the_right_counts(world: World) -> None:
+    units = Units(world.broker, {*ONLINE, LATE})
+    try:
+        with Receiver() as receiver:
+            hook = world.as_("A", "POST", "/v1/webhooks",
+                             json={"url": receiver.url, "events": ["command_job.*"]})  # fmt: skip
+            assert hook.status_code == 201, hook.text
+            with world.client.stream("GET", "/v1/stream", headers=world.headers["A"]) as stream:
+                job, events = _run_job(world, units, stream)
+            # the webhook got the job's two events, signed
+            wait_until(lambda: len(receiver.requests) >= 2, what="two deliveries")
+            check = documented_check()
+            secret = hook.json()["secret"]
+            for headers, body in receiver.requests:
+                assert check(headers["telematics-signature"], body, secret, int(time.time()))
+            types = sorted(orjson.loads(body)["type"] for _, body in receiver.requests)
+            assert types == ["command_job.created", "command_job.finished"]
+    finally:
+        units.stop()
+    final = world.as_("A", "GET", f"/v1/command-jobs/{job['id']}").json()
+    assert final["status"] == "finished"
+    counts = {k: v for k, v in final["counts"].items() if v}
+    assert counts == {"succeeded": 4, "expired": 1, "refused": 1}
+    assert sorted(units.received) == sorted([*ONLINE, LATE])  # never the offline one
+    updates = [e for e in events if e["event"] == "command.updated"]
+    assert {e["data"]["data"]["job_id"] for e in updates} == {job["id"]}
+    assert {e["data"]["data"]["vin"] for e in updates} == {*ONLINE, LATE, GONE}
+    ids = [e["id"] for e in events]
+    assert ids == sorted(ids)
+    assert events[-1]["data"]["data"]["counts"]["succeeded"] == 4
+
+
+def _run_job(world: World, units: Units, stream: Any) -> tuple[dict[str, Any], list[Any]]:
+    """Send the job, bring the late unit online, read the stream until the job ends."""
+    r = world.as_("A", "POST", "/v1/command-jobs", json={
+        "type": "lock", "vins": [*ONLINE, LATE, GONE, SILENT], "ttl_s": 4,
+    })  # fmt: skip
+    assert r.status_code == 201, r.text
+    job: dict[str, Any] = r.json()
+    assert job["total"] == 6
+    assert job["counts"]["refused"] == 1
+    assert job["refusals"] == [
+        {"vin": SILENT, "reason": "never_reported", "detail": "no data from it yet"}
+    ]
+    assert job["status"] == "running"
+    wait_until(lambda: len(units.received) >= 3, what="the online units' commands")
+    # the offline unit comes online: its queued command goes out then
+    world.report(LATE, StatusState.ONLINE)
+    publish_status(world, LATE)
+    return job, read_events(stream, finished(job["id"]))
+
+
+def publish_status(world: World, vin: str) -> None:
+    """What the unit sends when it connects: the command service acts on it."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"unit-{vin}")
+    client.connect(world.broker.host, world.broker.port)
+    client.loop_start()
+    client.publish(f"v1/vehicles/{vin}/status", b'{"state": "online"}', qos=1).wait_for_publish()
+    client.loop_stop()
+    client.disconnect()
+
+
+def test_cancel_stops_what_was_not_sent(world: World) -> None:
+    r = world.as_("A", "POST", "/v1/command-jobs",
+                  json={"type": "lock", "vins": [LATE, GONE, ONLINE[0]], "ttl_s": 60})  # fmt: skip
+    assert r.status_code == 201, r.text
+    job = r.json()
+    wait_until(
+        lambda: (
+            world.as_("A", "GET", f"/v1/command-jobs/{job['id']}").json()["counts"]["sent"] == 1
+        ),
+        what="the online vehicle's command to be sent",
+    )
+    r = world.as_("A", "POST", f"/v1/command-jobs/{job['id']}/cancel")
+    assert r.status_code == 200, r.text
+    after = r.json()
+    assert after["counts"]["cancelled"] == 2
+    assert after["counts"]["sent"] == 1  # already out: it runs to its end
+    assert after["cancelled_at"] is not None
+    assert after["status"] == "running"
+    # the list shows it, newest first, in the API's one list shape
+    page = world.as_("A", "GET", "/v1/command-jobs?limit=1").json()
+    assert set(page) == {"items", "next"}
+    assert page["items"][0]["id"] == job["id"]
+
+
+def test_a_job_to_a_fleet_takes_its_vehicles_and_only_for_its_organization(
+    world: World,
+) -> None:
+    fleet = world.as_("A", "POST", "/v1/fleets", json={"name": "night vans"}).json()
+    for vin in (LATE, GONE):
+        added = world.as_("A", "PUT", f"/v1/fleets/{fleet['id']}/vehicles/{vin}")
+        assert added.status_code < 300, added.text
+    r = world.as_("A", "POST", "/v1/command-jobs",
+                  json={"type": "lock", "fleet_id": fleet["id"], "ttl_s": 60})  # fmt: skip
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert (job["total"], job["target"]) == (2, {"fleet_id": fleet["id"]})
+    cancelled = world.as_("A", "POST", f"/v1/command-jobs/{job['id']}/cancel").json()
+    assert cancelled["counts"]["cancelled"] == 2
+    # another organization's fleet is as missing as one that does not exist
+    foreign = world.as_("B", "POST", "/v1/command-jobs",
+                        json={"type": "lock", "fleet_id": fleet["id"]})  # fmt: skip
+    assert foreign.status_code == 404, foreign.text
+    assert foreign.json()["error"]["code"] == "fleet_not_found"
+
+
+def test_the_stream_resumes_with_last_event_id(world: World) -> None:
+    r = world.as_("A", "POST", "/v1/command-jobs",
+                  json={"type": "lock", "vins": [LATE, GONE], "ttl_s": 60})  # fmt: skip
+    job = r.json()
+    world.as_("A", "POST", f"/v1/command-jobs/{job['id']}/cancel")
+    headers = {**world.headers["A"], "Last-Event-ID": "0"}
+    with world.client.stream("GET", "/v1/stream", headers=headers) as stream:
+        everything = read_events(stream, finished(job["id"]))
+    assert [e["event"] for e in everything] == [
+        "command_job.created", "command.updated", "command.updated", "command_job.finished",
+    ]  # fmt: skip
+    middle = everything[1]["id"]
+    headers = {**world.headers["A"], "Last-Event-ID": str(middle)}
+    with world.client.stream("GET", "/v1/stream", headers=headers) as stream:
+        resumed = read_events(stream, finished(job["id"]))
+    assert [e["id"] for e in resumed] == [e["id"] for e in everything[2:]]
+    # an id this log never issued: reset, then live
+    headers = {**world.headers["A"], "Last-Event-ID": str(10**9)}
+    with world.client.stream("GET", "/v1/stream", headers=headers) as stream:
+        first = next(line for line in stream.iter_lines() if line.startswith("event: "))
+    assert first == "event: reset"
+
+
+def test_another_organization_sees_none_of_it(world: World) -> None:
+    r = world.as_("A", "POST", "/v1/command-jobs",
+                  json={"type": "lock", "vins": [GONE], "ttl_s": 60})  # fmt: skip
+    job_a = r.json()
+    # B: A's job is missing, A's vehicle in a job is missing (nothing created), A's webhooks
+    assert world.as_("B", "GET", f"/v1/command-jobs/{job_a['id']}").status_code == 404
+    assert world.as_("B", "POST", f"/v1/command-jobs/{job_a['id']}/cancel").status_code == 404
+    r = world.as_("B", "POST", "/v1/command-jobs",
+                  json={"type": "lock", "vins": [FOREIGN, GONE]})  # fmt: skip
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["code"] == "vehicle_not_found"
+    assert r.json()["error"]["details"][0]["loc"] == ["body", "vins", 1]
+    missing = world.as_("B", "POST", "/v1/command-jobs",
+                        json={"type": "lock", "vins": ["WNTFYJB0000000099"]})  # fmt: skip
+    assert missing.json()["error"]["code"] == r.json()["error"]["code"]
+    assert world.as_("B", "GET", "/v1/command-jobs").json()["items"] == []
+    # B's own job, then B's stream from the start: only B's events
+    job_b = world.as_("B", "POST", "/v1/command-jobs",
+                      json={"type": "lock", "vins": [FOREIGN], "ttl_s": 60}).json()  # fmt: skip
+    world.as_("B", "POST", f"/v1/command-jobs/{job_b['id']}/cancel")
+    world.as_("A", "POST", f"/v1/command-jobs/{job_a['id']}/cancel")
+    headers = {**world.headers["B"], "Last-Event-ID": "0"}
+    with world.client.stream("GET", "/v1/stream", headers=headers) as stream:
+        seen = read_events(stream, lambda e: e["event"] == "command_job.created"
+                           and e["data"]["data"]["job_id"] == job_b["id"])  # fmt: skip
+    assert {e["data"]["data"]["job_id"] for e in seen} == {job_b["id"]}
+
+
+def test_a_failing_receiver_gets_retries(world: World) -> None:
+    with Receiver(fail=2) as receiver:
+        hook = world.as_("A", "POST", "/v1/webhooks", json={"url": receiver.url}).json()
+        r = world.as_("A", "POST", f"/v1/webhooks/{hook['id']}/test")
+        assert r.status_code == 202, r.text
+        delivery = r.json()
+
+        def log() -> dict[str, Any]:
+            page = world.as_("A", "GET", f"/v1/webhooks/{hook['id']}/deliveries").json()
+            return next(d for d in page["items"] if d["id"] == delivery["id"])
+
+        wait_until(lambda: log()["status"] == "delivered", what="the third attempt")
+        assert log()["attempts"] == 3
+        assert len(receiver.requests) == 3
+        bodies = {body for _, body in receiver.requests}
+        assert len(bodies) == 1  # every attempt the same bytes, each signed
+        for headers, body in receiver.requests:
+            signature = headers["telematics-signature"]
+            assert verify_signature(signature, body, hook["secret"], now_s=int(time.time()))
+            assert headers["telematics-event-type"] == "webhook.test"
+    # the secret is not shown again
+    assert "secret" not in world.as_("A", "GET", "/v1/webhooks").json()["items"][0]
+
+
+# --- the documented check ----------------------------------------------------------------------
+
+
+def documented_check() -> Callable[[str, bytes, str, int], bool]:
+    """The receiver's check as docs/webhooks.md prints it, executed."""
+    text = (Path(__file__).parents[1] / "docs" / "webhooks.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S)
+    assert code is not None
+    namespace: dict[str, Any] = {}
+    exec(code.group(1), namespace)
+    check: Callable[[str, bytes, str, int], bool] = namespace["verify"]
+    return check
+
+
+def test_a_tampered_delivery_fails_the_documented_check() -> None:
+    from gateway.core.notify import signature_header
+
+    check = documented_check()
+    body, secret, now = b'{"id": 7, "type": "command.updated"}', "whsec_x", 1_700_000_000
+    header = signature_header(secret, now, body)
+    assert check(header, body, secret, now)
+    assert check(header, body, secret, now + 299)
+    assert not check(header, body.replace(b"7", b"8"), secret, now)  # body changed
+    assert not check(header, body, "whsec_y", now)  # another secret
+    assert not check(header.replace(f"t={now}", f"t={now + 1}"), body, secret, now)
+    assert not check(header, body, secret, now + 301)  # replayed too late
+    assert not check("v1=" + header.split("v1=")[1], body, secret, now)  # no timestamp
+    # the gateway's own verifier agrees
+    assert verify_signature(header, body, secret, now_s=now)
+    assert not verify_signature(header, body + b" ", secret, now_s=now)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/x",
+        "http://127.0.0.1:8080/x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/x",
+        "http://[::1]/x",
+        "http://[::ffff:127.0.0.1]/x",
+        "https://user:pw@example.com/x",
+        "http:///x",
+    ],
+)
+def test_unsafe_webhook_urls_are_refused_by_default(url: str) -> None:
+    with pytest.raises(UnacceptableUrl):
+        check_webhook_url(url, resolved=None, allow_private=False)
+    if url.startswith("http://1") or "[" in url:
+        check_webhook_url(url, resolved=None, allow_private=True)  # the operator's choice
+
+
+def test_a_name_resolving_to_a_private_address_is_refused() -> None:
+    with pytest.raises(UnacceptableUrl):
+        check_webhook_url("https://hooks.example.com/x", resolved=["93.184.215.14", "10.1.2.3"],
+                          allow_private=False)  # fmt: skip
+    check_webhook_url("https://hooks.example.com/x", resolved=["93.184.215.14"],
+                      allow_private=False)  # fmt: skip
+
+
+def test_the_api_refuses_a_private_webhook_url_by_default(tmp_path: Path) -> None:
+    with admin_client(ApiSettings(db_path=tmp_path / "telemetry.db")) as client:
+        account = client.post("/v1/accounts", json={"kind": "organization", "name": "o"}).json()
+        for url in ("http://127.0.0.1:8080/hook", "http://169.254.169.254/", "file:///etc/x"):
+            r = client.post("/v1/webhooks", json={"url": url, "account_id": account["id"]})
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["details"][0]["loc"] == ["body", "url"]
+        r = client.post(
+            "/v1/webhooks", json={"url": "https://hooks.example.com/x", "account_id": account["id"]}
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["secret"].startswith("whsec_")
+        assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_another_api_process_streams_the_updates_this_one_records(
+    world: World, state_db_url: str
+) -> None:
+    """Two API processes share the state database: a job made and run by one is seen,
+    live, on a stream of the other (which has no command service at all)."""
+    other = ApiSettings(db_path=world.db_path, state_db_url=state_db_url)
+    with (
+        admin_client(other) as second,
+        second.stream("GET", "/v1/stream", headers=world.headers["A"]) as stream,
+    ):
+        r = world.as_("A", "POST", "/v1/command-jobs",
+                      json={"type": "lock", "vins": [GONE], "ttl_s": 60})  # fmt: skip
+        job = r.json()
+        world.as_("A", "POST", f"/v1/command-jobs/{job['id']}/cancel")
+        events = read_events(stream, finished(job["id"]))
+    assert [e["event"] for e in events] == [
+        "command_job.created", "command.updated", "command_job.finished",
+    ]  # fmt: skip
