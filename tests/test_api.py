@@ -744,6 +744,15 @@ API_PATHS = {
     "/v1/trips",
     "/v1/reports/vehicles",
     "/v1/reports/drivers",
+    # bulk commands and notifications (issue 13)
+    "/v1/command-jobs",
+    "/v1/command-jobs/{job_id}",
+    "/v1/command-jobs/{job_id}/cancel",
+    "/v1/stream",
+    "/v1/webhooks",
+    "/v1/webhooks/{webhook_id}",
+    "/v1/webhooks/{webhook_id}/deliveries",
+    "/v1/webhooks/{webhook_id}/test",
 }
 
 

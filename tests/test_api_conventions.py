@@ -95,6 +95,8 @@ def test_every_list_is_items_and_a_cursor(spec: dict[str, Any]) -> None:
         # reports: a document of a date range (daily rows and totals, JSON or CSV)
         ("get", "/v1/reports/vehicles"),
         ("get", "/v1/reports/drivers"),
+        # a bulk command: the job with its first refusals (counts.refused has them all)
+        ("get", "/v1/command-jobs/{job_id}"),
     }
     checked = 0
     for method, path, schema in lists:
@@ -448,8 +450,10 @@ def test_every_write_documents_its_body_limit(spec: dict[str, Any]) -> None:
         if method != "get"
     ]
     assert len(writes) >= 10
-    # a geofence of up to 1,000 positions is about 40 KiB of GeoJSON
+    # a geofence of up to 1,000 positions is about 40 KiB of GeoJSON; a bulk command names
+    # up to 10,000 VINs (about 200 KiB)
     larger = {
+        ("post", "/v1/command-jobs"): 256 * 1024,
         ("post", "/v1/geofences"): 128 * 1024,
         ("put", "/v1/geofences/{geofence_id}"): 128 * 1024,
     }

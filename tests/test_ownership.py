@@ -308,12 +308,15 @@ def test_a_claim_the_registry_has_not_reloaded_yet_is_seen_before_the_commit(
         service._receive(*sample_message(VIN, 5, NOW - 5), None, {})  # the old unit, before
         for seq in (1, 2):  # the new unit, its own seq 1 and 2
             service._receive(*sample_message(VIN, seq, NOW + seq), None, {})
+        service._receive(f"v1/vehicles/{VIN}/telemetry", b"{not json", None, {})  # refused
         await service._commit_current()
 
     try:
         asyncio.run(scenario())
         assert speeds(store, VIN, 1) == [(5, 1.0)]
         assert speeds(store, VIN, 2) == [(1, 1.0), (2, 1.0)]
+        # what the new unit got refused is the new holder's too (received after the claim)
+        assert [q.tenure for q in store.quarantine(limit=10, vin=VIN)] == [2]
     finally:
         store.close()
 

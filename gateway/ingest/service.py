@@ -45,13 +45,13 @@ from gmqtt import Client as MqttClient
 from gmqtt.mqtt.constants import MQTTv50
 
 from gateway import metrics
-from gateway.core.batching import Batcher, BatchPolicy, IngestBatch, Tenure
+from gateway.core.batching import Batcher, BatchPolicy, IngestBatch, QuarantineEntry, Tenure
 from gateway.core.clock import wall_clock_ms
 from gateway.core.feedback import feedback_messages
 from gateway.errors import ConfigurationError, StoreError
 from gateway.settings import MqttSettings
 from gateway.store import CommitResult, TelemetryStore
-from schemas import DEFAULT_LIMITS, Limits, subscription_filters
+from schemas import DEFAULT_LIMITS, InvalidTopicError, Limits, parse_topic, subscription_filters
 from schemas.feedback import FeedbackLimiter
 
 __all__ = ["IngestService", "IngestSettings"]
@@ -232,7 +232,11 @@ class IngestService:
         if fresh is None:
             return batch
         tenures = {vin: fresh.get(vin, tenure) for vin, tenure in batch.tenures.items()}
-        return dataclasses.replace(batch, tenures=tenures)
+        changed = {vin for vin, tenure in tenures.items() if tenure != batch.tenures[vin]}
+        if not changed:
+            return batch
+        quarantine = [_restamped(entry, tenures, changed) for entry in batch.quarantine]
+        return dataclasses.replace(batch, tenures=tenures, quarantine=quarantine)
 
     def _send_feedback(self, batch: IngestBatch) -> None:
         """Tell each unit what of its input was quarantined (``schemas.feedback``), QoS 0,
@@ -286,6 +290,22 @@ class IngestService:
         finally:
             flusher.cancel()
             await client.disconnect()
+
+
+def _restamped(
+    entry: QuarantineEntry, tenures: Mapping[str, Tenure], changed: set[str]
+) -> QuarantineEntry:
+    """A quarantine entry of a VIN whose holding period changed before the commit, filed
+    by when it was received against the new period (see IngestService._current_tenures)."""
+    if entry.tenure is None:
+        return entry
+    try:
+        vin = parse_topic(entry.topic).vin
+    except InvalidTopicError:
+        return entry
+    if vin not in changed:
+        return entry
+    return dataclasses.replace(entry, tenure=tenures[vin].of(entry.received_at))
 
 
 async def _yield_to_loop(turns: int = 3) -> None:
