@@ -132,7 +132,7 @@ async def _run(options: GatewayOptions) -> None:
         options.ingest,
         store,
         tenure_of=registry.tenure_of if registry is not None else None,
-        changed_tenures=registry.changed_tenures if registry is not None else None,
+        current_tenures=registry.current_tenures if registry is not None else None,
     )
     s = options.ingest
     log.info(

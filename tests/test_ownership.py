@@ -301,7 +301,7 @@ def test_a_claim_the_registry_has_not_reloaded_yet_is_seen_before_the_commit(
         store,
         clock_ms=lambda: NOW + 10,
         tenure_of=stale.get,
-        changed_tenures=lambda: current,
+        current_tenures=lambda: current,
     )
 
     async def scenario() -> None:

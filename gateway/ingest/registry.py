@@ -87,8 +87,9 @@ class VehicleRegistry:
         )
         return True
 
-    def changed_tenures(self) -> dict[str, Tenure] | None:
-        """Reload if the version moved (one integer read) and return the new map, else None.
+    def current_tenures(self) -> dict[str, Tenure]:
+        """The map as the state database has it now: reloaded first if the version moved
+        (one integer read), whether or not the periodic reload already took the change.
 
         The ingest service calls this just before each commit: every message of the batch
         arrived before this read, so a claim committed before a message arrived is seen and
@@ -96,10 +97,10 @@ class VehicleRegistry:
         previous holder's (where they were also swallowed as duplicates of its seq numbers).
         A database error keeps the last known map (logged)."""
         try:
-            return self.tenures if self.refresh() else None
+            self.refresh()
         except Exception:
             log.exception("vehicle registry refresh failed; keeping the last known set")
-            return None
+        return self.tenures
 
     def open(self) -> None:
         """Migrate the state database if needed and load the VINs (blocking)."""

@@ -92,11 +92,11 @@ class IngestService:
         clock_ms: Callable[[], int] = wall_clock_ms,
         on_commit: Callable[[CommitResult], None] | None = None,
         tenure_of: Callable[[str], Tenure | None] | None = None,
-        changed_tenures: Callable[[], Mapping[str, Tenure] | None] | None = None,
+        current_tenures: Callable[[], Mapping[str, Tenure]] | None = None,
     ) -> None:
         self.settings = settings
         #: the registry's reload right before a commit (see _current_tenures)
-        self._changed_tenures = changed_tenures
+        self._current_tenures_of = current_tenures
         self._store = store
         self._batcher = Batcher(
             clock_ms=clock_ms,
@@ -226,11 +226,9 @@ class IngestService:
         previous holder. Every message of ``batch`` arrived before this read, so a claim
         made before a message arrived is seen; the store then files each sample by its own
         time against the new period's start (``Tenure.of``)."""
-        if self._changed_tenures is None or not batch.tenures:
+        if self._current_tenures_of is None or not batch.tenures:
             return batch
-        fresh = self._changed_tenures()
-        if fresh is None:
-            return batch
+        fresh = self._current_tenures_of()
         tenures = {vin: fresh.get(vin, tenure) for vin, tenure in batch.tenures.items()}
         changed = {vin for vin, tenure in tenures.items() if tenure != batch.tenures[vin]}
         if not changed:
