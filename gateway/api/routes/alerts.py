@@ -20,7 +20,7 @@ from gateway.api.models.accounts import IdPath
 from gateway.api.models.fleet import AlertOut, AlertPage
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, decode_cursor, page_of
 from gateway.api.params import Timestamp
-from gateway.api.routes.fleet_common import FLEET_ERRORS, IdQuery, scope_of
+from gateway.api.routes.fleet_common import FLEET_ERRORS, NO_ACCOUNT, IdQuery, scope_of
 from gateway.api.security import AuthContext, forbidden
 from gateway.core.fleet.rules import AlertKind
 from gateway.core.policy import Principal
@@ -64,7 +64,7 @@ def list_alerts(
         start=start,
         end=end,
     )
-    found = [] if scope.account_id == -1 else log.alerts(f, before=before, limit=limit + 1)
+    found = [] if scope.account_id == NO_ACCOUNT else log.alerts(f, before=before, limit=limit + 1)
     items, following = page_of(
         [AlertOut.model_validate(a) for a in found],
         limit=limit,

@@ -25,6 +25,7 @@ from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key, page_of
 from gateway.api.routes.common import user_not_found
 from gateway.api.routes.fleet_common import (
     FLEET_ERRORS,
+    NO_ACCOUNT,
     IdQuery,
     check_account,
     list_account,
@@ -81,7 +82,9 @@ def list_drivers(
     after = cursor_key("drivers", cursor, int)
     scope = list_account(principal, account_id)
     found = (
-        [] if scope == -1 else fleets.list_drivers(account_id=scope, after=after, limit=limit + 1)
+        []
+        if scope == NO_ACCOUNT
+        else fleets.list_drivers(account_id=scope, after=after, limit=limit + 1)
     )
     items, following = page_of(
         [DriverOut.model_validate(d) for d in found],

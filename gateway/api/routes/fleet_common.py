@@ -5,7 +5,7 @@ trip list (an account, a fleet, a vehicle, or what a driver was granted), and er
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Annotated, Any, Final, Protocol, TypeVar
 
 from fastapi import Query
 
@@ -70,9 +70,13 @@ def check_account(principal: Principal, account_id: int | None, *, manage: bool)
     return account_id
 
 
+#: the account of a list that covers nothing: the caller may read no account's fleet setup
+NO_ACCOUNT: Final = -1
+
+
 def list_account(principal: Principal, account_id: int | None) -> int | None:
     """The account a list of fleet setup covers: the one named (404 unless readable), else
-    the caller's; None for an administrator without one (every account); -1 (nothing) for
+    the caller's; None for an administrator without one (every account); NO_ACCOUNT for
     a caller who may read no account's setup."""
     if account_id is not None:
         return check_account(principal, account_id, manage=False)
@@ -80,7 +84,7 @@ def list_account(principal: Principal, account_id: int | None) -> int | None:
         return None
     if can_read_fleet_setup(principal, principal.account_id):
         return principal.account_id
-    return -1
+    return NO_ACCOUNT
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key, page_of
 from gateway.api.routes.common import account_not_found
 from gateway.api.routes.fleet_common import (
     FLEET_ERRORS,
+    NO_ACCOUNT,
     IdQuery,
     check_account,
     list_account,
@@ -87,7 +88,9 @@ def list_fleets(
     after = cursor_key("fleets", cursor, int)
     scope = list_account(principal, account_id)
     found = (
-        [] if scope == -1 else fleets.list_fleets(account_id=scope, after=after, limit=limit + 1)
+        []
+        if scope == NO_ACCOUNT
+        else fleets.list_fleets(account_id=scope, after=after, limit=limit + 1)
     )
     items, following = page_of(
         [FleetOut.model_validate(f) for f in found],

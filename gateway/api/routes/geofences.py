@@ -22,6 +22,7 @@ from gateway.api.models.fleet import GeofenceIn, GeofenceOut, GeofencePage
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key, page_of
 from gateway.api.routes.fleet_common import (
     FLEET_ERRORS,
+    NO_ACCOUNT,
     IdQuery,
     check_account,
     list_account,
@@ -114,7 +115,9 @@ def list_geofences(
     after = cursor_key("geofences", cursor, int)
     scope = list_account(principal, account_id)
     found = (
-        [] if scope == -1 else fleets.list_geofences(account_id=scope, after=after, limit=limit + 1)
+        []
+        if scope == NO_ACCOUNT
+        else fleets.list_geofences(account_id=scope, after=after, limit=limit + 1)
     )
     items, following = page_of(
         [_out(g) for g in found], limit=limit, kind="geofences", key=lambda g: [g.id]

@@ -18,7 +18,14 @@ from gateway.api.errors import invalid_request
 from gateway.api.models.fleet import ReportOut, ReportRow
 from gateway.api.params import Timestamp, iso
 from gateway.api.routes.alerts import VinQuery
-from gateway.api.routes.fleet_common import FLEET_ERRORS, IdQuery, Scope, owned, scope_of
+from gateway.api.routes.fleet_common import (
+    FLEET_ERRORS,
+    NO_ACCOUNT,
+    IdQuery,
+    Scope,
+    owned,
+    scope_of,
+)
 from gateway.core.fleet.reports import ReportAlert, ReportLine, ReportTrip, daily_report
 from gateway.statedb.fleet_log import AlertFilter, FleetLog, TripFilter
 
@@ -72,13 +79,13 @@ def _lines(
             int(count),
         )
         for who, day, count, duration, distance, top, energy, fuel in (
-            [] if scope.account_id == -1 else log.trip_days(tf, by_driver=by_driver)
+            [] if scope.account_id == NO_ACCOUNT else log.trip_days(tf, by_driver=by_driver)
         )
     ]
     alerts = [
         ReportAlert(who, kind, at, end_at)
         for who, at, kind, end_at in (
-            [] if scope.account_id == -1 else log.alert_counts(af, by_driver=by_driver)
+            [] if scope.account_id == NO_ACCOUNT else log.alert_counts(af, by_driver=by_driver)
         )
         if who is not None and (driver_id is None or who == driver_id)
     ]
@@ -167,6 +174,6 @@ def driver_report(
         account_id = owned(principal, fleets.get_driver(driver_id), "driver", driver_id).account_id
     scope = scope_of(context, fleets, principal, vin=None, fleet_id=None, account_id=account_id)
     if scope.vehicles is not None:  # a driver's own grants: no driver report
-        scope = Scope(-1, None, None)
+        scope = Scope(NO_ACCOUNT, None, None)
     rows, totals = _lines(log, scope, start_ms, end_ms, driver_id=driver_id, by_driver=True)
     return _answer(rows, totals, start_ms, end_ms, format, "drivers")

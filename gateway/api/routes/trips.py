@@ -16,7 +16,7 @@ from gateway.api.models.fleet import TripOut, TripPage
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, decode_cursor, page_of
 from gateway.api.params import Timestamp
 from gateway.api.routes.alerts import VinQuery
-from gateway.api.routes.fleet_common import FLEET_ERRORS, IdQuery, owned, scope_of
+from gateway.api.routes.fleet_common import FLEET_ERRORS, NO_ACCOUNT, IdQuery, owned, scope_of
 from gateway.statedb.fleet_log import TripFilter
 
 __all__ = ["router"]
@@ -47,7 +47,7 @@ def list_trips(
         account_id = driver.account_id
     scope = scope_of(context, fleets, principal, vin=vin, fleet_id=fleet_id, account_id=account_id)
     f = TripFilter(scope.account_id, scope.vehicles, scope.fleet_id, driver_id, start, end)
-    found = [] if scope.account_id == -1 else log.trips(f, before=before, limit=limit + 1)
+    found = [] if scope.account_id == NO_ACCOUNT else log.trips(f, before=before, limit=limit + 1)
     items, following = page_of(
         [TripOut.model_validate(t) for t in found],
         limit=limit,
