@@ -318,6 +318,25 @@ def test_page_sizes_are_bounded(tmp_path: Path, limit: int) -> None:
             assert r.json()["error"]["details"][0]["loc"] == ["query", "limit"]
 
 
+@pytest.mark.parametrize(
+    ("value", "echoed"), [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf")]
+)
+def test_a_non_finite_number_is_a_422_that_names_it(
+    tmp_path: Path, value: str, echoed: str
+) -> None:
+    """Python's JSON reader takes NaN and Infinity; the field refuses them, and the 422 that
+    says so repeats the input as text (a NaN in the error body made it a 500)."""
+    with admin_client(ApiSettings(tmp_path / "telemetry.db")) as client:
+        r = client.post(
+            "/v1/fleets",
+            content=f'{{"name": "vans", "speed_limit_kmh": {value}}}',
+            headers={"Content-Type": "application/json"},
+        )
+    assert r.status_code == 422, r.text
+    [detail] = r.json()["error"]["details"]
+    assert (detail["loc"], detail["input"]) == (["body", "speed_limit_kmh"], echoed)
+
+
 # --- a flood of large bad messages ------------------------------------------------------
 
 

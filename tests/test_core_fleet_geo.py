@@ -165,6 +165,7 @@ def _feature(coords: object, kind: str = "Polygon", **props: object) -> dict[str
         (_feature([[[181, 48], [11, 48], [11, 49], [181, 48]]]), "[0][0]", "longitude 181"),
         (_feature([[[179, 0], [-179, 0], [-179, 1], [179, 0]]]), "[0][1]", "antimeridian"),
         (_feature([[[11, 48], [11, "x"], [11.1, 48], [11, 48]]]), "[0][1]", "finite numbers"),
+        (_feature([10**400, 48.1], "Point", radius_m=100), "$", "finite numbers"),
         (_feature([11.5, 48.1], "Point"), "radius_m", "needs a numeric radius_m"),
         (_feature([11.5, 48.1], "Point", radius_m=1e6), "radius_m", "outside"),
         (_feature([11.5, 48.1], "LineString"), "type", "expected 'Polygon' or 'Point'"),

@@ -25,6 +25,7 @@ held by another account) is answered by the route.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from pathlib import Path
@@ -130,10 +131,12 @@ def _describe_loc(loc: Sequence[str | int]) -> str:
 def _json_input(value: Any) -> JsonValue:
     """The offending input if it is a plain JSON scalar or list of them, else None (some
     validation errors carry Python objects that must not leak into the response)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # NaN and Infinity are refused input, and no JSON number
     if value is None or isinstance(value, str | int | float | bool):
         return value
     if isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value):
-        return list(value)
+        return [_json_input(v) for v in value]
     return None
 
 

@@ -298,7 +298,13 @@ def _position(raw: object, where: str) -> Point:
 
 
 def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite JSON number that a float holds (an integer of 400 digits does not)."""
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 def shape_to_geojson(shape: Shape, properties: Mapping[str, Any] | None = None) -> dict[str, Any]:
