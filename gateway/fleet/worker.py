@@ -10,10 +10,15 @@ One :meth:`RulesWorker.step`:
    a partition is one worker's at a time; a dead worker's partitions are taken over when
    its lease expires;
 2. read the samples and events committed after the lowest cursor held (store row ids, in
-   commit order), up to ``batch`` of each, and keep the prefix received at least
-   ``settle_ms`` ago: two gateway processes commit a vehicle's consecutive samples within
-   milliseconds of each other, so a short wait lets the later-committed earlier sample
-   arrive before either is evaluated (the reorder window);
+   commit order), up to ``batch`` of each, and keep the longest prefix whose every row is
+   *ready*: the vehicle's next seq (known from what was evaluated before) with the seqs
+   between present in that prefix, or older than it (a late upload), or received at least
+   ``settle_ms`` ago. So in-order data is evaluated at once; only a missing seq makes the
+   step wait (at most ``settle_ms``, the reorder window): two gateway processes commit a
+   vehicle's consecutive samples within milliseconds of each other, so the wait lets the
+   later-committed earlier sample arrive before either is evaluated; real loss becomes a
+   gap. A vehicle seen for the first time (no next seq known) waits the window once; one
+   that is not provisioned never waits (its rows only move the cursor);
 3. per partition, per vehicle (VIN and holding period): its samples in seq order, merged
    with its events by time, then a clock :class:`~gateway.core.fleet.signals.Tick` (every
    ``tick_ms``, for every vehicle with a state in the partition: "offline", seq-gap grace),
@@ -34,7 +39,7 @@ import logging
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,13 +95,14 @@ class WorkerSettings:
 
 @dataclass(slots=True)
 class _Read:
-    """What one step read: the kept prefix of each log, where it ends, and its rows by
-    partition (computed once, not once per partition)."""
+    """What one step read: the kept prefix of each log, where it ends, the accounts of the
+    vehicles read, and the rows by partition (computed once, not once per partition)."""
 
     samples: list[LoggedSample]
     events: list[LoggedEvent]
     sample_end: int
     event_end: int
+    accounts: dict[VinKey, int] = field(default_factory=dict)
     parts: dict[int, tuple[list[LoggedSample], list[LoggedEvent]]] = field(default_factory=dict)
 
     def split(self, count: int) -> None:
@@ -106,13 +112,51 @@ class _Read:
             self.parts.setdefault(partition_of(event.vin, count), ([], []))[1].append(event)
 
 
-def _prefix(rows: Sequence[Any], cursor: int, ready_before: int) -> tuple[list[Any], int]:
-    """The rows up to the first received after ``ready_before``, and the last id kept."""
-    kept = []
-    for row in rows:
-        if row.received_at > ready_before:
+#: passes of :func:`_ready_prefix` before it falls back to the settled rows only
+_MAX_PASSES = 16
+
+
+def _ready_prefix(
+    rows: Sequence[Any],
+    cursor: int,
+    ready_before: int,
+    next_seq: Mapping[VinKey, int],
+    free: Callable[[VinKey], bool],
+) -> tuple[list[Any], int]:
+    """The longest prefix of ``rows`` (by id) whose every row is ready (module docstring,
+    step 2), and the last id kept. A row is ready when received at or before
+    ``ready_before``, or its vehicle is ``free`` (not provisioned), or its seq is below the
+    first seq missing from ``next_seq[vehicle]`` on among the prefix's rows. A row may be
+    ready because of a row further on (two gateways: seq 5 committed before seq 4), so a
+    cut is checked again over the shorter prefix until it holds."""
+    cut = len(rows)
+    for _ in range(_MAX_PASSES):
+        limit = cut
+        present: dict[VinKey, set[int]] = defaultdict(set)
+        for row in rows[:limit]:
+            present[(row.vin, row.tenure)].add(row.seq)
+        reach: dict[VinKey, int] = {}
+        for key, seqs in present.items():
+            if key in next_seq:
+                c = next_seq[key]
+                while c in seqs:
+                    c += 1
+                reach[key] = c
+        cut = next(
+            (
+                i
+                for i, row in enumerate(rows[:limit])
+                if row.received_at > ready_before
+                and not free((row.vin, row.tenure))
+                and row.seq >= reach.get((row.vin, row.tenure), -_FOREVER)
+            ),
+            limit,
+        )
+        if cut == limit:
             break
-        kept.append(row)
+    else:  # pathological interleaving: the settled rows are always a valid prefix
+        cut = next((i for i, r in enumerate(rows) if r.received_at > ready_before), len(rows))
+    kept = list(rows[:cut])
     return kept, kept[-1].id if kept else cursor
 
 
@@ -188,6 +232,10 @@ class RulesWorker:
         #: the partitions held and their cursors, and when the leases were last renewed
         self._held: dict[int, tuple[int, int]] = {}
         self._renewed = -_FOREVER
+        #: per vehicle, the next sample and event seq (one past the highest evaluated):
+        #: what lets in-order rows go without the settle window
+        self._next_sample: dict[VinKey, int] = {}
+        self._next_event: dict[VinKey, int] = {}
 
     def _leases(self, now: int) -> dict[int, tuple[int, int]]:
         """The partitions held; the leases renewed (and free ones taken) every third of
@@ -226,14 +274,45 @@ class RulesWorker:
         low_s = min(c[0] for c in held.values())
         low_e = min(c[1] for c in held.values())
         ready = now - s.settle_ms
-        samples, s_end = _prefix(reader.samples_after(low_s, limit=s.batch), low_s, ready)
-        events, e_end = _prefix(reader.events_after(low_e, limit=s.batch), low_e, ready)
-        if len(samples) == s.batch and samples:  # more samples wait: no event beyond them
+        sample_rows = reader.samples_after(low_s, limit=s.batch)
+        event_rows = reader.events_after(low_e, limit=s.batch)
+        keys = {(r.vin, r.tenure) for r in sample_rows} | {(r.vin, r.tenure) for r in event_rows}
+        accounts = self.log.accounts_of(keys)
+        self._learn_next_seqs(accounts)
+
+        def free(key: VinKey) -> bool:
+            return key not in accounts
+
+        samples, s_end = _ready_prefix(sample_rows, low_s, ready, self._next_sample, free)
+        events, e_end = _ready_prefix(event_rows, low_e, ready, self._next_event, free)
+        if len(sample_rows) == s.batch and samples:  # more samples wait: no event beyond them
             events = [e for e in events if e.received_at <= samples[-1].received_at]
             e_end = events[-1].id if events else low_e
-        read = _Read(samples, events, s_end, e_end)
+        read = _Read(samples, events, s_end, e_end, accounts)
         read.split(s.partitions)
         return read
+
+    def _learn_next_seqs(self, accounts: Mapping[VinKey, int]) -> None:
+        """The next sample seq of vehicles not yet known here, from their stored rule state
+        (what was evaluated last, whichever worker did it). Event seqs are not in that
+        state: a vehicle's first events seen by this worker wait the settle window."""
+        unknown = [k for k in accounts if k not in self._next_sample]
+        for key, (rule_state, _) in self.log.vin_states(unknown).items():
+            last = rule_state.get("last_seq")
+            if isinstance(last, int):
+                self._next_sample[key] = last + 1
+
+    def _remember_next_seqs(
+        self, per_vin: Mapping[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]]
+    ) -> None:
+        """After a committed step: each vehicle's next seqs are past what it evaluated."""
+        for key, (samples, events) in per_vin.items():
+            if samples:
+                top = max(r.seq for r in samples) + 1
+                self._next_sample[key] = max(self._next_sample.get(key, top), top)
+            if events:
+                top = max(r.seq for r in events) + 1
+                self._next_event[key] = max(self._next_event.get(key, top), top)
 
     def _partition(
         self,
@@ -254,7 +333,7 @@ class RulesWorker:
         for event in events:
             if event.id > cursor[1]:
                 per_vin[(event.vin, event.tenure)][1].append(event)
-        accounts = self.log.accounts_of(per_vin)
+        accounts = {k: read.accounts[k] for k in per_vin if k in read.accounts}
         if tick_at is not None:
             for vin, tenure, account in self.log.all_vin_keys():
                 if partition_of(vin, n) == partition:
@@ -278,6 +357,7 @@ class RulesWorker:
             self._renewed = -_FOREVER  # look again at what is still held
             return
         self._held[partition] = new_cursor
+        self._remember_next_seqs({k: v for k, v in per_vin.items() if k in accounts})
 
     def _steps(
         self,
