@@ -1,4 +1,4 @@
-"""``telematics bench ingest|sim|commands|identities``: benchmarks that print their figures
+"""``telematics bench ingest|sim|commands|identities|fleet``: benchmarks that print their figures
 (the work is :mod:`gateway.bench`'s). See docs/decisions/0013-architecture-step.md."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: Environment) -> None:
     from gateway.bench.commands import add_arguments as add_commands_bench_arguments
+    from gateway.bench.fleet import add_arguments as add_fleet_bench_arguments
     from gateway.bench.identities import add_arguments as add_identities_bench_arguments
     from gateway.bench.ingest import add_arguments as add_ingest_bench_arguments
     from gateway.bench.sim import add_arguments as add_sim_bench_arguments
@@ -55,9 +56,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
             "at once.",
         )
     )
+    add_fleet_bench_arguments(
+        bench_sub.add_parser(
+            "fleet",
+            help="ingest rate with every fleet rule on against without, and alert latency",
+            description="Run broker, gateway and API for 1,000 vehicles with 20 geofences; "
+            "measure the ingest rate without and with the rules worker, then publish -> "
+            "alert-visible latency at half that rate; N repetitions, each and the worst.",
+        )
+    )
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
+    if args.bench == "fleet":
+        from gateway.bench.fleet import run_from_args as run_fleet_bench
+
+        return run_fleet_bench(args)
     if args.bench == "sim":
         from gateway.bench.sim import run_from_args as run_sim_bench
 

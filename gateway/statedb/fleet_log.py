@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from gateway.statedb.database import StateDatabase
@@ -213,23 +213,47 @@ def _trip(r: FleetTripRow) -> TripRecord:
 
 
 class _Assignments:
-    """A vehicle's driver assignments, read once per step: who drove at a given time (an
-    assignment covers ``start_at <= t < end_at``; the newest start wins an overlap)."""
+    """Vehicles' driver assignments, read once per step for all its vehicles: who drove
+    a vehicle at a given time (an assignment covers ``start_at <= t < end_at``; the newest
+    start wins an overlap)."""
 
-    def __init__(self, session: Session, vin: str) -> None:
+    def __init__(self, session: Session, vins: Iterable[str]) -> None:
         a = DriverAssignmentRow
-        rows = session.execute(
-            select(a.driver_id, a.start_at, a.end_at)
-            .where(a.vin == vin)
-            .order_by(a.start_at.desc(), a.id.desc())
-        )
-        self._ranges = [(d, s, e) for d, s, e in rows]
+        self._ranges: dict[str, list[tuple[int, int, int | None]]] = {}
+        wanted = sorted(set(vins))
+        for chunk in range(0, len(wanted), 500):
+            rows = session.execute(
+                select(a.vin, a.driver_id, a.start_at, a.end_at)
+                .where(a.vin.in_(wanted[chunk : chunk + 500]))
+                .order_by(a.start_at.desc(), a.id.desc())
+            )
+            for vin, d, s, e in rows:
+                self._ranges.setdefault(vin, []).append((d, s, e))
 
-    def at(self, t: int) -> int | None:
-        for driver, start, end in self._ranges:
+    def at(self, vin: str, t: int) -> int | None:
+        for driver, start, end in self._ranges.get(vin, ()):
             if start <= t and (end is None or t < end):
                 return int(driver)
         return None
+
+
+_ALERTS: Table = FleetAlertRow.__table__  # type: ignore[assignment]
+#: one open alert's change, by (vin, tenure, key); executed with many parameter sets
+_ALERT_UPDATE = (
+    update(_ALERTS)
+    .where(
+        _ALERTS.c.vin == bindparam("w_vin"),
+        _ALERTS.c.tenure == bindparam("w_tenure"),
+        _ALERTS.c.key == bindparam("w_key"),
+        _ALERTS.c.end_at.is_(None),
+    )
+    .values(
+        severity=bindparam("v_severity"),
+        end_at=bindparam("v_end_at"),
+        detail=bindparam("v_detail", type_=_ALERTS.c.detail.type),
+        updated_at=bindparam("v_updated_at"),
+    )
+)
 
 
 class FleetLog:
@@ -357,49 +381,73 @@ class FleetLog:
                 or (row.sample_cursor, row.event_cursor) != read_from
             ):
                 raise LeaseLost(partition)
-            for step in steps:
-                self._store_step(session, step, now)
+            self._store_steps(session, steps, now)
             row.sample_cursor, row.event_cursor = cursor
 
-    def _store_step(self, session: Session, step: VinStep, now: int) -> None:
-        state = session.get(FleetVinStateRow, (step.vin, step.tenure))
-        if state is None:
-            session.add(
-                FleetVinStateRow(
-                    vin=step.vin,
-                    tenure=step.tenure,
-                    rule_state=step.rule_state,
-                    trip_state=step.trip_state,
-                    updated_at=now,
+    def _store_steps(self, session: Session, steps: Sequence[VinStep], now: int) -> None:
+        """Every vehicle's state, alerts and trips of a step in a few bulk statements (not
+        a few per vehicle: a step of a busy partition holds hundreds of vehicles)."""
+        if not steps:
+            return
+        v = FleetVinStateRow
+        keys = [(step.vin, step.tenure) for step in steps]
+        existing: set[tuple[str, int]] = set()
+        for chunk in range(0, len(keys), 500):
+            rows = session.execute(
+                select(v.vin, v.tenure).where(
+                    tuple_(v.vin, v.tenure).in_(keys[chunk : chunk + 500])
                 )
             )
-        else:
-            state.rule_state, state.trip_state, state.updated_at = (
-                step.rule_state,
-                step.trip_state,
-                now,
-            )
-        drivers = _Assignments(session, step.vin) if step.alerts or step.trips else None
-        if step.alerts and drivers is not None:
-            self._store_alerts(session, step, drivers, now)
-        if step.replace_from is not None:
-            session.execute(
-                delete(FleetTripRow).where(
-                    FleetTripRow.vin == step.vin,
-                    FleetTripRow.tenure == step.tenure,
-                    FleetTripRow.start_at >= step.replace_from,
+            existing.update((vin, tenure) for vin, tenure in rows)
+        states = [
+            {
+                "vin": step.vin,
+                "tenure": step.tenure,
+                "rule_state": step.rule_state,
+                "trip_state": step.trip_state,
+                "updated_at": now,
+            }
+            for step in steps
+        ]
+        updates = [r for r in states if (r["vin"], r["tenure"]) in existing]
+        inserts = [r for r in states if (r["vin"], r["tenure"]) not in existing]
+        if updates:
+            session.execute(update(FleetVinStateRow), updates)
+        if inserts:
+            session.execute(insert(FleetVinStateRow), inserts)
+        drivers = _Assignments(session, (s.vin for s in steps if s.alerts or s.trips))
+        new_alerts: list[dict[str, Any]] = []
+        changed_alerts: list[dict[str, Any]] = []
+        trips: list[dict[str, Any]] = []
+        for step in steps:
+            self._fold_alerts(step, drivers, now, new_alerts, changed_alerts)
+            if step.replace_from is not None:
+                session.execute(
+                    delete(FleetTripRow).where(
+                        FleetTripRow.vin == step.vin,
+                        FleetTripRow.tenure == step.tenure,
+                        FleetTripRow.start_at >= step.replace_from,
+                    )
                 )
-            )
-        if step.trips and drivers is not None:
-            session.execute(
-                insert(FleetTripRow), [self._trip_row(step, t, drivers) for t in step.trips]
-            )
+            trips.extend(self._trip_row(step, t, drivers) for t in step.trips)
+        if changed_alerts:
+            session.execute(_ALERT_UPDATE, changed_alerts)
+        if new_alerts:
+            session.execute(insert(FleetAlertRow), new_alerts)
+        if trips:
+            session.execute(insert(FleetTripRow), trips)
 
     @staticmethod
-    def _store_alerts(session: Session, step: VinStep, drivers: _Assignments, now: int) -> None:
+    def _fold_alerts(
+        step: VinStep,
+        drivers: _Assignments,
+        now: int,
+        rows: list[dict[str, Any]],
+        changes: list[dict[str, Any]],
+    ) -> None:
         """The step's alert changes folded per key (an alert opened and closed within one
-        step is one new row), then one INSERT of the new rows and one UPDATE per alert
-        stored earlier: a few statements per vehicle instead of one per change."""
+        step is one new row): new rows to insert, and changes of alerts stored earlier
+        (parameters of :data:`_ALERT_UPDATE`)."""
         new: dict[str, dict[str, Any]] = {}
         instants: list[dict[str, Any]] = []
         changed: dict[str, dict[str, Any]] = {}
@@ -413,7 +461,7 @@ class FleetLog:
                     "kind": c.kind,
                     "key": c.key,
                     "start_at": c.start_at,
-                    "driver_id": drivers.at(c.start_at),
+                    "driver_id": drivers.at(step.vin, c.start_at),
                     "updated_at": now,
                     **values,
                 }
@@ -427,20 +475,19 @@ class FleetLog:
                     instants.append(new.pop(c.key))
             else:
                 changed[c.key] = values
-        for key, values in changed.items():
-            session.execute(
-                update(FleetAlertRow)
-                .where(
-                    FleetAlertRow.vin == step.vin,
-                    FleetAlertRow.tenure == step.tenure,
-                    FleetAlertRow.key == key,
-                    FleetAlertRow.end_at.is_(None),
-                )
-                .values(**values, updated_at=now)
-            )
-        rows = [*instants, *new.values()]
-        if rows:
-            session.execute(insert(FleetAlertRow), rows)
+        rows.extend([*instants, *new.values()])
+        changes.extend(
+            {
+                "w_vin": step.vin,
+                "w_tenure": step.tenure,
+                "w_key": key,
+                "v_severity": values["severity"],
+                "v_end_at": values["end_at"],
+                "v_detail": values["detail"],
+                "v_updated_at": now,
+            }
+            for key, values in changed.items()
+        )
 
     @staticmethod
     def _trip_row(step: VinStep, t: TripWrite, drivers: _Assignments) -> dict[str, Any]:
@@ -462,7 +509,7 @@ class FleetLog:
             "energy_used_pct": t.energy_used_pct,
             "fuel_used_pct": t.fuel_used_pct,
             "ended_by": t.ended_by,
-            "driver_id": drivers.at(t.start_at),
+            "driver_id": drivers.at(step.vin, t.start_at),
             "prior_ignition": t.prior_ignition,
             "prior_moving": t.prior_moving,
         }
