@@ -11,8 +11,9 @@ One :meth:`RulesWorker.step`:
    its lease expires;
 2. read the samples and events committed after the lowest cursor held (store row ids, in
    commit order), up to ``batch`` of each, and keep the longest prefix whose every row is
-   *ready*: the vehicle's next seq (known from what was evaluated before) with the seqs
-   between present in that prefix, or older than it (a late upload), or received at least
+   *ready*: in the run of seqs from the vehicle's next seq (known from what was evaluated
+   before) that the prefix holds (a hole counts as a gap once the row after it is older
+   than ``settle_ms``), or older than it (a late upload), or received at least
    ``settle_ms`` ago. So in-order data is evaluated at once; only a missing seq makes the
    step wait (at most ``settle_ms``, the reorder window): two gateway processes commit a
    vehicle's consecutive samples within milliseconds of each other, so the wait lets the
@@ -25,9 +26,9 @@ One :meth:`RulesWorker.step`:
    through ``evaluate`` (alerts) and ``feed`` (trips); a sample older than the trip
    detector's newest (store-and-forward) makes it recompute the trips from the window's
    start over the stored samples and replace them;
-4. store each partition's alert changes, trips, vehicle states and new cursor in one
-   transaction, refused if the lease was lost meanwhile (``gateway.statedb.fleet_log``):
-   effects exactly once.
+4. store every partition's alert changes, trips, vehicle states and new cursor in one
+   transaction for the whole pass, refused if a lease was lost meanwhile
+   (``gateway.statedb.fleet_log``): effects exactly once.
 
 Samples of vehicles that are not provisioned (no account) move the cursor and nothing else.
 """
@@ -60,6 +61,7 @@ from gateway.statedb.fleet_log import (
     AlertWrite,
     FleetLog,
     LeaseLost,
+    PartitionStep,
     TripRecord,
     TripWrite,
     VinStep,
@@ -112,8 +114,41 @@ class _Read:
             self.parts.setdefault(partition_of(event.vin, count), ([], []))[1].append(event)
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A partition's step and the rows it evaluated per vehicle (for the next seqs)."""
+
+    step: PartitionStep
+    evaluated: dict[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]]
+
+
 #: passes of :func:`_ready_prefix` before it falls back to the settled rows only
 _MAX_PASSES = 16
+
+
+def _reach(start: int | None, seqs: Mapping[int, bool]) -> int | None:
+    """One past the seqs of a vehicle that may go now: from ``start`` (its next seq; None:
+    not known, then from its lowest seq read once that row has settled) on, each present
+    seq, and over a missing one when the row right after the hole has settled (the
+    missing one had its window: it is a gap). ``seqs``: seq -> its row has settled."""
+    ordered = sorted(seqs)
+    if start is None:
+        if not ordered or not seqs[ordered[0]]:
+            return None
+        start = ordered[0]
+    c = start
+    for seq in ordered:
+        if seq < c:
+            continue
+        if seq == c or seqs[seq]:
+            c = seq + 1
+        else:
+            break
+    return c
+
+
+def _below(seq: int, reach: int | None) -> bool:
+    return reach is not None and seq < reach
 
 
 def _ready_prefix(
@@ -125,30 +160,24 @@ def _ready_prefix(
 ) -> tuple[list[Any], int]:
     """The longest prefix of ``rows`` (by id) whose every row is ready (module docstring,
     step 2), and the last id kept. A row is ready when received at or before
-    ``ready_before``, or its vehicle is ``free`` (not provisioned), or its seq is below the
-    first seq missing from ``next_seq[vehicle]`` on among the prefix's rows. A row may be
-    ready because of a row further on (two gateways: seq 5 committed before seq 4), so a
-    cut is checked again over the shorter prefix until it holds."""
+    ``ready_before`` (settled), or its vehicle is ``free`` (not provisioned), or its seq is
+    below :func:`_reach` of its vehicle's rows in the prefix. A row may be ready because of
+    a row further on (two gateways: seq 5 committed before seq 4), so a cut is checked
+    again over the shorter prefix until it holds."""
     cut = len(rows)
     for _ in range(_MAX_PASSES):
         limit = cut
-        present: dict[VinKey, set[int]] = defaultdict(set)
+        present: dict[VinKey, dict[int, bool]] = defaultdict(dict)
         for row in rows[:limit]:
-            present[(row.vin, row.tenure)].add(row.seq)
-        reach: dict[VinKey, int] = {}
-        for key, seqs in present.items():
-            if key in next_seq:
-                c = next_seq[key]
-                while c in seqs:
-                    c += 1
-                reach[key] = c
+            present[(row.vin, row.tenure)][row.seq] = row.received_at <= ready_before
+        reach = {key: _reach(next_seq.get(key), seqs) for key, seqs in present.items()}
         cut = next(
             (
                 i
                 for i, row in enumerate(rows[:limit])
                 if row.received_at > ready_before
                 and not free((row.vin, row.tenure))
-                and row.seq >= reach.get((row.vin, row.tenure), -_FOREVER)
+                and not _below(row.seq, reach[(row.vin, row.tenure)])
             ),
             limit,
         )
@@ -257,10 +286,13 @@ class RulesWorker:
         reader = self._open_reader()
         try:
             read = self._read(reader, held, now)
-            for partition, cursor in held.items():
+            parts = [
                 self._partition(reader, partition, cursor, read, now if tick else None)
+                for partition, cursor in held.items()
+            ]
         finally:
             reader.close()
+        self._commit([p for p in parts if p is not None])
         if tick:
             self._last_tick = now
         return len(read.samples) + len(read.events)
@@ -321,7 +353,9 @@ class RulesWorker:
         cursor: tuple[int, int],
         read: _Read,
         tick_at: int | None,
-    ) -> None:
+    ) -> _Pending | None:
+        """One partition's step, to be committed with the pass's others (None: nothing
+        to do)."""
         n = self.settings.partitions
         per_vin: dict[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]] = defaultdict(
             lambda: ([], [])
@@ -341,23 +375,27 @@ class RulesWorker:
                     accounts[(vin, tenure)] = account
         new_cursor = (max(cursor[0], read.sample_end), max(cursor[1], read.event_end))
         if not per_vin and new_cursor == cursor:
-            return
+            return None
         steps = self._steps(reader, per_vin, accounts, tick_at)
+        return _Pending(
+            PartitionStep(partition, cursor, new_cursor, steps),
+            {k: v for k, v in per_vin.items() if k in accounts},
+        )
+
+    def _commit(self, pending: list[_Pending]) -> None:
+        """Every partition's step of the pass in one transaction (one commit instead of one
+        per partition); all dropped if any lease was lost meanwhile."""
         try:
-            self.log.commit_partition(
-                partition,
-                self.settings.owner,
-                read_from=cursor,
-                cursor=new_cursor,
-                steps=steps,
-                now=self.clock(),
+            self.log.commit_partitions(
+                self.settings.owner, [p.step for p in pending], now=self.clock()
             )
-        except LeaseLost:
-            logger.info("fleet partition %s was taken over; its step is dropped", partition)
+        except LeaseLost as lost:
+            logger.info("fleet partition %s was taken over; the pass is dropped", lost)
             self._renewed = -_FOREVER  # look again at what is still held
             return
-        self._held[partition] = new_cursor
-        self._remember_next_seqs({k: v for k, v in per_vin.items() if k in accounts})
+        for p in pending:
+            self._held[p.step.partition] = p.step.cursor
+            self._remember_next_seqs(p.evaluated)
 
     def _steps(
         self,

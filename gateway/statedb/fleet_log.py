@@ -22,7 +22,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    Table,
+    and_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from gateway.statedb.database import StateDatabase
@@ -30,6 +48,7 @@ from gateway.statedb.models import (
     DriverAssignmentRow,
     FleetAlertRow,
     FleetPartitionRow,
+    FleetTripDayRow,
     FleetTripRow,
     FleetVehicleRow,
     FleetVinStateRow,
@@ -42,11 +61,16 @@ __all__ = [
     "AlertWrite",
     "FleetLog",
     "LeaseLost",
+    "PartitionStep",
     "TripFilter",
     "TripRecord",
     "TripWrite",
     "VinStep",
 ]
+
+
+#: a UTC day in epoch milliseconds
+DAY_MS = 86_400_000
 
 
 class LeaseLost(Exception):
@@ -97,6 +121,17 @@ class VinStep:
     #: replace the stored trips starting at or after this time (a recompute's window;
     #: ``-1``: all of them) by ``trips``
     replace_from: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStep:
+    """One partition's part of a worker's pass: its cursor as read, its new cursor, and
+    its vehicles' steps."""
+
+    partition: int
+    read_from: tuple[int, int]
+    cursor: tuple[int, int]
+    steps: Sequence[VinStep]
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,21 +403,35 @@ class FleetLog:
     ) -> None:
         """One partition's step in one transaction; :class:`LeaseLost` (nothing stored)
         unless ``owner`` holds the lease and the cursor is still ``read_from``."""
+        self.commit_partitions(owner, [PartitionStep(partition, read_from, cursor, steps)], now=now)
+
+    def commit_partitions(self, owner: str, parts: Sequence[PartitionStep], *, now: int) -> None:
+        """Several partitions' steps in one transaction (a worker's whole pass: one commit,
+        not one per partition); :class:`LeaseLost` and nothing stored unless ``owner``
+        holds every one's lease and each cursor is still where it read from."""
+        if not parts:
+            return
         with self._db.write() as session:
-            row = session.scalar(
-                select(FleetPartitionRow)
-                .where(FleetPartitionRow.partition == partition)
-                .with_for_update()
-            )
-            if (
-                row is None
-                or row.owner != owner
-                or row.lease_until < now
-                or (row.sample_cursor, row.event_cursor) != read_from
-            ):
-                raise LeaseLost(partition)
-            self._store_steps(session, steps, now)
-            row.sample_cursor, row.event_cursor = cursor
+            rows = {
+                r.partition: r
+                for r in session.scalars(
+                    select(FleetPartitionRow)
+                    .where(FleetPartitionRow.partition.in_([p.partition for p in parts]))
+                    .with_for_update()
+                )
+            }
+            for p in parts:
+                row = rows.get(p.partition)
+                if (
+                    row is None
+                    or row.owner != owner
+                    or row.lease_until < now
+                    or (row.sample_cursor, row.event_cursor) != p.read_from
+                ):
+                    raise LeaseLost(p.partition)
+            self._store_steps(session, [s for p in parts for s in p.steps], now)
+            for p in parts:
+                rows[p.partition].sample_cursor, rows[p.partition].event_cursor = p.cursor
 
     def _store_steps(self, session: Session, steps: Sequence[VinStep], now: int) -> None:
         """Every vehicle's state, alerts and trips of a step in a few bulk statements (not
@@ -419,16 +468,20 @@ class FleetLog:
         new_alerts: list[dict[str, Any]] = []
         changed_alerts: list[dict[str, Any]] = []
         trips: list[dict[str, Any]] = []
+        touched: dict[tuple[str, int], set[int]] = {}
         for step in steps:
             self._fold_alerts(step, drivers, now, new_alerts, changed_alerts)
+            days = {t.start_at // DAY_MS for t in step.trips}
             if step.replace_from is not None:
-                session.execute(
-                    delete(FleetTripRow).where(
-                        FleetTripRow.vin == step.vin,
-                        FleetTripRow.tenure == step.tenure,
-                        FleetTripRow.start_at >= step.replace_from,
-                    )
+                t = FleetTripRow
+                mine = (t.vin == step.vin, t.tenure == step.tenure)
+                replaced = (*mine, t.start_at >= step.replace_from)
+                days.update(
+                    a // DAY_MS for a in session.scalars(select(t.start_at).where(*replaced))
                 )
+                session.execute(delete(t).where(*replaced))
+            if days:
+                touched[(step.vin, step.tenure)] = days
             trips.extend(self._trip_row(step, t, drivers) for t in step.trips)
         if changed_alerts:
             session.execute(_ALERT_UPDATE, changed_alerts)
@@ -436,6 +489,8 @@ class FleetLog:
             session.execute(insert(FleetAlertRow), new_alerts)
         if trips:
             session.execute(insert(FleetTripRow), trips)
+        for (vin, tenure), days in touched.items():
+            _roll_up(session, vin, tenure, days)
 
     @staticmethod
     def _fold_alerts(
@@ -585,11 +640,29 @@ class FleetLog:
 
     def trip_days(self, f: TripFilter, *, by_driver: bool) -> list[tuple[Any, ...]]:
         """Per (vin or driver id, UTC day number) of the filter's trips: (key, day, trips,
-        duration, distance, max speed, energy, fuel), summed by the database (integer
-        division of epoch milliseconds is the UTC day on SQLite and PostgreSQL alike)."""
+        duration, distance, max speed, energy, fuel), summed by the database. Whole days
+        come from the daily rollup (``fleet_trip_days``), the partial days at the range's
+        edges from the trips themselves (integer division of epoch milliseconds is the
+        UTC day on SQLite and PostgreSQL alike)."""
+        if f.start is None or f.end is None:
+            return self._trip_sums(f, by_driver, f.start, f.end)
+        first, last = -(-f.start // DAY_MS), f.end // DAY_MS  # the whole days: [first, last)
+        if first >= last:
+            return self._trip_sums(f, by_driver, f.start, f.end)
+        out = []
+        if f.start < first * DAY_MS:
+            out += self._trip_sums(f, by_driver, f.start, first * DAY_MS)
+        out += self._rollup_sums(f, by_driver, first, last)
+        if last * DAY_MS < f.end:
+            out += self._trip_sums(f, by_driver, last * DAY_MS, f.end)
+        return out
+
+    def _trip_sums(
+        self, f: TripFilter, by_driver: bool, start: int | None, end: int | None
+    ) -> list[tuple[Any, ...]]:
         t = FleetTripRow
         who = t.driver_id if by_driver else t.vin
-        day = t.start_at // 86_400_000
+        day = t.start_at // DAY_MS
         query = (
             select(
                 who,
@@ -608,32 +681,269 @@ class FleetLog:
             query = query.where(t.driver_id.is_not(None))
         if f.driver_id is not None:
             query = query.where(t.driver_id == f.driver_id)
-        if f.start is not None:
-            query = query.where(t.start_at >= f.start)
-        if f.end is not None:
-            query = query.where(t.start_at < f.end)
+        if start is not None:
+            query = query.where(t.start_at >= start)
+        if end is not None:
+            query = query.where(t.start_at < end)
         with self._db.read() as session:
             return [tuple(r) for r in session.execute(query)]
 
-    def alert_counts(
-        self, f: AlertFilter, *, by_driver: bool
-    ) -> list[tuple[str | int | None, int, str, int | None]]:
-        """(vin or driver id, start, kind, end) per alert of the filter, for reports."""
+    def _rollup_sums(
+        self, f: TripFilter, by_driver: bool, first: int, last: int
+    ) -> list[tuple[Any, ...]]:
+        r = FleetTripDayRow
+        who = r.driver_id if by_driver else r.vin
+        query = (
+            select(
+                who,
+                r.day,
+                func.sum(r.trips),
+                func.sum(r.duration_ms),
+                func.sum(r.distance_m),
+                func.max(r.max_speed_kmh),
+                func.sum(r.energy_used_pct),
+                func.sum(r.fuel_used_pct),
+            )
+            .where(*_scope(r, f.account_id, f.vehicles, f.fleet_id), r.day >= first, r.day < last)
+            .group_by(who, r.day)
+        )
+        if by_driver:
+            query = query.where(r.driver_id.is_not(None))
+        if f.driver_id is not None:
+            query = query.where(r.driver_id == f.driver_id)
+        with self._db.read() as session:
+            return [tuple(row) for row in session.execute(query)]
+
+    def report_days(
+        self, tf: TripFilter, af: AlertFilter, *, by_driver: bool
+    ) -> list[tuple[Any, ...]]:
+        """Per (vin or driver id, UTC day) of the filters' trips and alerts, in one query:
+        (key, day, trips, driving ms, distance, max speed, energy, fuel, alerts, idle ms),
+        ordered by key and day. Trips of whole days come from the daily rollup, of the
+        partial days at the range's edges from the trips; alerts are counted by the day
+        they started, idle time is the duration of the ended ``idling`` alerts."""
+        parts = [self._alert_part(af, by_driver, tf.driver_id)]
+        if tf.start is None or tf.end is None:
+            parts.append(_trip_part(tf, by_driver, tf.start, tf.end))
+        else:
+            first, last = -(-tf.start // DAY_MS), tf.end // DAY_MS
+            if first >= last:
+                parts.append(_trip_part(tf, by_driver, tf.start, tf.end))
+            else:
+                parts.append(_rollup_part(tf, by_driver, first, last))
+                if tf.start < first * DAY_MS:
+                    parts.append(_trip_part(tf, by_driver, tf.start, first * DAY_MS))
+                if last * DAY_MS < tf.end:
+                    parts.append(_trip_part(tf, by_driver, last * DAY_MS, tf.end))
+        u = union_all(*parts).subquery()
+        query = (
+            select(
+                u.c.who,
+                u.c.day,
+                func.sum(u.c.trips),
+                func.sum(u.c.duration),
+                func.sum(u.c.distance),
+                func.max(u.c.top),
+                func.sum(u.c.energy),
+                func.sum(u.c.fuel),
+                func.sum(u.c.alerts),
+                func.sum(u.c.idle),
+            )
+            .group_by(u.c.who, u.c.day)
+            .order_by(u.c.who, u.c.day)
+        )
+        with self._db.read() as session:
+            return [tuple(r) for r in session.execute(query)]
+
+    @staticmethod
+    def _alert_part(f: AlertFilter, by_driver: bool, driver_id: int | None) -> Any:
         a = FleetAlertRow
         who = a.driver_id if by_driver else a.vin
-        query = select(who, a.start_at, a.kind, a.end_at).where(
-            *_scope(a, f.account_id, f.vehicles, f.fleet_id)
+        idle = case(
+            (and_(a.kind == "idling", a.end_at.is_not(None)), a.end_at - a.start_at), else_=0
+        )
+        query = select(
+            who.label("who"),
+            (a.start_at // DAY_MS).label("day"),
+            *_zeros(),
+            literal(1, BigInteger).label("alerts"),
+            idle.label("idle"),
+        ).where(*_scope(a, f.account_id, f.vehicles, f.fleet_id))
+        if by_driver:
+            query = query.where(a.driver_id.is_not(None))
+        if driver_id is not None:
+            query = query.where(a.driver_id == driver_id)
+        if f.start is not None:
+            query = query.where(a.start_at >= f.start)
+        if f.end is not None:
+            query = query.where(a.start_at < f.end)
+        return query
+
+    def alert_days(
+        self, f: AlertFilter, *, by_driver: bool
+    ) -> list[tuple[str | int | None, int, int, int]]:
+        """Per (vin or driver id, UTC day of the start) of the filter's alerts: (key, day,
+        alerts, idle ms: the duration of the ended ``idling`` alerts), for reports."""
+        a = FleetAlertRow
+        who = a.driver_id if by_driver else a.vin
+        day = a.start_at // DAY_MS
+        idle = case(
+            (and_(a.kind == "idling", a.end_at.is_not(None)), a.end_at - a.start_at), else_=0
+        )
+        query = (
+            select(who, day, func.count(), func.sum(idle))
+            .where(*_scope(a, f.account_id, f.vehicles, f.fleet_id))
+            .group_by(who, day)
         )
         if f.start is not None:
             query = query.where(a.start_at >= f.start)
         if f.end is not None:
             query = query.where(a.start_at < f.end)
         with self._db.read() as session:
-            return [(w, s, k, e) for w, s, k, e in session.execute(query)]
+            return [(w, int(d), int(n), int(i or 0)) for w, d, n, i in session.execute(query)]
+
+    def scope_vehicles(self, f: TripFilter, start: int, end: int) -> list[str]:
+        """The VINs of the filter's scope held by its account at some time in [start, end)
+        (a utilization report lists the unused ones too)."""
+        if f.vehicles is not None:
+            return sorted({vin for vin, _ in f.vehicles})
+        v = VehicleTenureRow
+        query = select(v.vin).where(
+            v.started_at < end, or_(v.ended_at.is_(None), v.ended_at > start)
+        )
+        if f.account_id is not None:
+            query = query.where(v.account_id == f.account_id)
+        if f.fleet_id is not None:
+            query = query.where(
+                v.vin.in_(select(FleetVehicleRow.vin).where(FleetVehicleRow.fleet_id == f.fleet_id))
+            )
+        with self._db.read() as session:
+            return sorted(set(session.scalars(query)))
+
+    def fault_counts(self, f: AlertFilter) -> list[tuple[str, str, int]]:
+        """(vin, code, fault-code alerts started in the filter's range) per vehicle and code."""
+        a = FleetAlertRow
+        query = (
+            select(a.vin, a.key, func.count())
+            .where(*_scope(a, f.account_id, f.vehicles, f.fleet_id), a.kind == "fault_code")
+            .group_by(a.vin, a.key)
+        )
+        if f.start is not None:
+            query = query.where(a.start_at >= f.start)
+        if f.end is not None:
+            query = query.where(a.start_at < f.end)
+        with self._db.read() as session:
+            return [(vin, key.partition(":")[2], int(n)) for vin, key, n in session.execute(query)]
+
+
+def _zeros() -> list[Any]:
+    """The trip columns of an alert's line in :meth:`FleetLog.report_days`."""
+    return [
+        literal(0, BigInteger).label("trips"),
+        literal(0, BigInteger).label("duration"),
+        literal(0.0, Float).label("distance"),
+        cast(null(), Float).label("top"),
+        cast(null(), Float).label("energy"),
+        cast(null(), Float).label("fuel"),
+    ]
+
+
+def _trip_columns(
+    table: type[FleetTripRow] | type[FleetTripDayRow], trips: Any, day: Any
+) -> list[Any]:
+    return [
+        day.label("day"),
+        cast(trips, BigInteger).label("trips"),
+        cast(table.duration_ms, BigInteger).label("duration"),
+        cast(table.distance_m, Float).label("distance"),
+        cast(table.max_speed_kmh, Float).label("top"),
+        cast(table.energy_used_pct, Float).label("energy"),
+        cast(table.fuel_used_pct, Float).label("fuel"),
+        literal(0, BigInteger).label("alerts"),
+        literal(0, BigInteger).label("idle"),
+    ]
+
+
+def _trip_part(f: TripFilter, by_driver: bool, start: int | None, end: int | None) -> Any:
+    """The trips of [start, end), one line each, for :meth:`FleetLog.report_days`."""
+    t = FleetTripRow
+    who = t.driver_id if by_driver else t.vin
+    query = select(who.label("who"), *_trip_columns(t, literal(1), t.start_at // DAY_MS))
+    query = query.where(*_scope(t, f.account_id, f.vehicles, f.fleet_id))
+    if by_driver:
+        query = query.where(t.driver_id.is_not(None))
+    if f.driver_id is not None:
+        query = query.where(t.driver_id == f.driver_id)
+    if start is not None:
+        query = query.where(t.start_at >= start)
+    if end is not None:
+        query = query.where(t.start_at < end)
+    return query
+
+
+def _rollup_part(f: TripFilter, by_driver: bool, first: int, last: int) -> Any:
+    """The rollup's lines of the whole days [first, last)."""
+    r = FleetTripDayRow
+    who = r.driver_id if by_driver else r.vin
+    query = select(who.label("who"), *_trip_columns(r, r.trips, r.day)).where(
+        *_scope(r, f.account_id, f.vehicles, f.fleet_id), r.day >= first, r.day < last
+    )
+    if by_driver:
+        query = query.where(r.driver_id.is_not(None))
+    if f.driver_id is not None:
+        query = query.where(r.driver_id == f.driver_id)
+    return query
+
+
+def _roll_up(session: Session, vin: str, tenure: int, days: set[int]) -> None:
+    """Recompute the rollup rows of one vehicle's holding period on ``days`` from its
+    trips (after trips were added or replaced there)."""
+    t, r = FleetTripRow, FleetTripDayRow
+    session.execute(delete(r).where(r.vin == vin, r.tenure == tenure, r.day.in_(days)))
+    day = t.start_at // DAY_MS
+    summed = session.execute(
+        select(
+            t.account_id,
+            day,
+            t.driver_id,
+            func.count(),
+            func.sum(t.duration_ms),
+            func.sum(t.distance_m),
+            func.max(t.max_speed_kmh),
+            func.sum(t.energy_used_pct),
+            func.sum(t.fuel_used_pct),
+        )
+        .where(
+            t.vin == vin,
+            t.tenure == tenure,
+            t.start_at >= min(days) * DAY_MS,
+            t.start_at < (max(days) + 1) * DAY_MS,
+        )
+        .group_by(t.account_id, day, t.driver_id)
+    )
+    rows = [
+        {
+            "account_id": account,
+            "vin": vin,
+            "tenure": tenure,
+            "day": int(d),
+            "driver_id": driver,
+            "trips": n,
+            "duration_ms": int(duration),
+            "distance_m": float(distance),
+            "max_speed_kmh": top,
+            "energy_used_pct": energy,
+            "fuel_used_pct": fuel,
+        }
+        for account, d, driver, n, duration, distance, top, energy, fuel in summed
+        if int(d) in days
+    ]
+    if rows:
+        session.execute(insert(r), rows)
 
 
 def _scope(
-    table: type[FleetAlertRow] | type[FleetTripRow],
+    table: type[FleetAlertRow] | type[FleetTripRow] | type[FleetTripDayRow],
     account_id: int | None,
     vehicles: Sequence[tuple[str, int]] | None,
     fleet_id: int | None,

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Final, Protocol, TypeVar
 from fastapi import Query
 
 from gateway.api.bounds import MAX_ID
-from gateway.api.errors import ApiError, documented
+from gateway.api.errors import ApiError, documented, invalid_request
 from gateway.api.routes.common import account_not_found
 from gateway.api.security import AuthContext, forbidden, readable_data
 from gateway.core.policy import Principal, can_manage_account, can_read_fleet_setup
@@ -121,3 +121,11 @@ def scope_of(
         return Scope(principal.account_id, None, None)
     visible = context.visible_vins(principal) or {}
     return Scope(None, sorted(visible.items()), None)
+
+
+def check_range(start: int | None, end: int | None) -> None:
+    """A list's or report's time range: ``start`` must be before ``end`` when both are
+    given (422 ``invalid_range``, the same answer everywhere: an empty list would hide the
+    mistake)."""
+    if start is not None and end is not None and not start < end:
+        raise invalid_request(["query", "start"], "start must be before end", "invalid_range")

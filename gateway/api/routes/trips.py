@@ -16,7 +16,14 @@ from gateway.api.models.fleet import TripOut, TripPage
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, decode_cursor, page_of
 from gateway.api.params import Timestamp
 from gateway.api.routes.alerts import VinQuery
-from gateway.api.routes.fleet_common import FLEET_ERRORS, NO_ACCOUNT, IdQuery, owned, scope_of
+from gateway.api.routes.fleet_common import (
+    FLEET_ERRORS,
+    NO_ACCOUNT,
+    IdQuery,
+    check_range,
+    owned,
+    scope_of,
+)
 from gateway.statedb.fleet_log import TripFilter
 
 __all__ = ["router"]
@@ -41,6 +48,7 @@ def list_trips(
 ) -> TripPage:
     """Newest first. Without `vin`, `fleet_id`, `driver_id` or `account_id`: your
     account's (a driver: the vehicles granted to them)."""
+    check_range(start, end)
     before = decode_cursor("trips", cursor, (int, int))
     if driver_id is not None:
         driver = owned(principal, fleets.get_driver(driver_id), "driver", driver_id)
