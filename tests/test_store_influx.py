@@ -226,3 +226,28 @@ def test_a_writer_sets_raw_retention_and_the_one_minute_rollup(
         store.close()
     with pytest.raises(ConfigurationError, match="invalid InfluxDB retention"):
         parse_influx_url("influxdb://h/db?retention=30 days")
+
+
+def test_a_shipper_process_ships_the_spool_and_stops_with_the_store(
+    influxdb: InfluxServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``?shipper=process``: a child process ships under the same lease and watermark; it
+    stops when the store closes, and one that died is started again at the next commit."""
+    store = _open(influxdb.new_database_url(), tmp_path, shipper="process")
+    try:
+        child = store._child
+        assert child is not None
+        first = child.process
+        store.commit(_batch(range(1, 101)))
+        assert _points(store) == list(range(1, 101))
+        first.kill()
+        first.wait(10)
+        store.commit(_batch(range(101, 201)))  # finds it dead: starts another
+        assert child.process.pid != first.pid
+        assert _points(store) == list(range(1, 201))
+    finally:
+        store.close()
+    assert child.process.returncode == 0  # end of its stdin: it stopped on its own
+    with pytest.raises(ConfigurationError, match="invalid InfluxDB shipper"):
+        parse_influx_url("influxdb://h/db?shipper=fork")
