@@ -119,8 +119,6 @@ async def _run(options: GatewayOptions) -> None:
         options.store_target,
         synchronous=options.synchronous,
         quarantine_payload_bytes=options.quarantine_payload_bytes,
-        # InfluxDB: the spool shipped by a process of its own (decision 0020)
-        influx_shipper="process",
     )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -64,14 +64,11 @@ def open_store(
     readonly: bool = False,
     synchronous: Synchronous = "FULL",
     quarantine_payload_bytes: int = DEFAULT_QUARANTINE_PAYLOAD_BYTES,
-    influx_shipper: str = "thread",
 ) -> TelemetryBackend:
     """Open the telemetry store ``url`` names: a writer (creates or upgrades the schema)
     or, ``readonly``, a reader another process writes. ``synchronous`` is SQLite's
     durability setting (``FULL``: a committed batch survives a power cut), of the InfluxDB
-    store's local index too. ``influx_shipper``: where the InfluxDB store ships its spool
-    from unless the URL says (``?shipper=thread|process``); the gateway's ingest takes
-    ``process``, so shipping does not share its interpreter lock (decision 0020)."""
+    store's local index too."""
     if isinstance(url, str) and url.partition("://")[0].lower() in ("influxdb", "influxdbs"):
         from gateway.store.influx import InfluxTelemetryStore, parse_influx_url
 
@@ -80,7 +77,6 @@ def open_store(
             readonly=readonly,
             synchronous=synchronous,
             quarantine_payload_bytes=quarantine_payload_bytes,
-            shipper=influx_shipper,
         )
     return SqliteTelemetryStore(
         store_path(url),

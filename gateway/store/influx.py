@@ -7,8 +7,9 @@ mapping and 3.x through its v1 compatibility. Query parameters: ``token`` (2.x/3
 as ``Authorization: Token``; or the environment's ``TELEMATICS_INFLUXDB_TOKEN``), ``rp``
 (retention policy), ``index`` (the local index file, default
 ``influx-index-<database>.db`` in the working directory), ``spool_max`` (samples),
-``timeout`` (seconds), ``retention`` (the raw data's, e.g. ``30d``) and ``rollup`` (``0``:
-no 1-minute rollup).
+``timeout`` (seconds), ``retention`` (the raw data's, e.g. ``30d``), ``rollup`` (``0``:
+no 1-minute rollup) and ``shipper`` (``thread``, or ``process``: the spool shipped by a
+child process, ``gateway.store.influx_ship``).
 See docs/decisions/0015-influxdb-store.md for the why of each choice.
 
 Where each thing lives:
@@ -112,8 +113,8 @@ class InfluxSettings:
     rollup: bool = True
     #: where the spool is shipped from: a thread of the writing process, or a child
     #: process of its own (``gateway.store.influx_ship``), which does not share the
-    #: writer's interpreter lock; None: as whoever opens the store prefers
-    shipper: str | None = None
+    #: writer's interpreter lock (decision 0020)
+    shipper: str = "thread"
 
 
 def parse_influx_url(url: str) -> InfluxSettings:
@@ -144,12 +145,12 @@ def parse_influx_url(url: str) -> InfluxSettings:
         timeout_s=float(query.get("timeout", 10.0)),
         retention=_duration(query.get("retention")),
         rollup=query.get("rollup", "1") not in ("0", "false", "no", "off"),
-        shipper=_shipper_mode(query.get("shipper")),
+        shipper=_shipper_mode(query.get("shipper", "thread")),
     )
 
 
-def _shipper_mode(text: str | None) -> str | None:
-    if text is None or text in SHIPPER_MODES:
+def _shipper_mode(text: str) -> str:
+    if text in SHIPPER_MODES:
         return text
     raise ConfigurationError(f"invalid InfluxDB shipper {text!r}: thread or process")
 
@@ -501,10 +502,7 @@ class InfluxTelemetryStore:
         readonly: bool = False,
         synchronous: Synchronous = "FULL",
         quarantine_payload_bytes: int = DEFAULT_QUARANTINE_PAYLOAD_BYTES,
-        shipper: str = "thread",
     ) -> None:
-        """``shipper``: where the spool is shipped from unless the URL says
-        (``?shipper=``): ``thread`` or ``process``."""
         self.settings = settings
         self.index = SqliteTelemetryStore(
             settings.index,
@@ -523,7 +521,7 @@ class InfluxTelemetryStore:
             self.http.configure_retention()
         except StoreError as exc:  # down (the spool holds what comes), or 2.x/3.x
             log.warning("could not create InfluxDB database %s: %s", settings.database, exc)
-        if (settings.shipper or shipper) == "process":
+        if settings.shipper == "process":
             self._shipper = Shipper(settings.index, self.http, thread=False)
             self._child = _ShipperProcess(settings)
             self._shipper.notify = self._child.wake
