@@ -309,6 +309,9 @@ def test_the_five_dashboards_and_their_provisioning() -> None:
             for ref in used:
                 assert UIDS[ref["type"]] == ref["uid"], (name, panel["title"])
             assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24, (name, panel["title"])
+    for board in boards.values():  # the VIN picker takes only VINs InfluxDB lists
+        for variable in board.get("templating", {}).get("list", []):
+            assert variable["allowCustomValue"] is False, variable["name"]
     provider = (PROVISIONING / "dashboards" / "telematics.yaml").read_text(encoding="utf-8")
     assert "type: file" in provider
     assert "path: ${TELEMATICS_DASHBOARDS}" in provider

@@ -142,6 +142,9 @@ def vin_variable() -> db.QueryVariable:
         .query('SHOW TAG VALUES FROM "telemetry" WITH KEY = "vin"')
         .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
         .multi(True)
+        # only VINs InfluxDB lists: a typed value would reach the InfluxQL regex and the
+        # SQL of the trips table as it is
+        .allow_custom_value(False)
         .include_all(True)
         .all_value(".*")
         .sort(1)  # type: ignore[arg-type]
