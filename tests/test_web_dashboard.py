@@ -176,7 +176,9 @@ def test_fleet_manager_sees_the_fleet_move_live(stack: dict[str, Any], browser: 
     up: Up = stack["up"]
     context, page, console = log_in(browser, up, FLEET, fleet_password(up), scheme="dark")
     try:
-        page.wait_for_function("document.querySelectorAll('path.vehicle-marker').length === 2")
+        page.wait_for_function(
+            "() => document.querySelectorAll('path.vehicle-marker').length === 2"
+        )
         assert _table_vins(page) == stack["vins"]
         markers = {
             vin: page.locator(f"path.vehicle-marker[data-vin='{vin}']").element_handle()
@@ -207,7 +209,7 @@ def test_fleet_manager_sees_the_fleet_move_live(stack: dict[str, Any], browser: 
 def test_owner_sees_only_the_vehicle_shared_with_them(stack: dict[str, Any], browser: Any) -> None:
     context, page, console = log_in(browser, stack["up"], OWNER, OWNER_PASSWORD)
     try:
-        page.wait_for_function("document.querySelectorAll('path.vehicle-marker').length >= 1")
+        page.wait_for_function("() => document.querySelectorAll('path.vehicle-marker').length >= 1")
         time.sleep(1.5)  # a second vehicle would have arrived by now with the snapshot
         assert _table_vins(page) == [stack["vins"][0]]
         assert page.locator("path.vehicle-marker").count() == 1
@@ -251,8 +253,12 @@ def test_lock_a_parked_vehicle_and_see_it_succeed(stack: dict[str, Any], browser
                 break
         status = page.locator("#commands tbody tr").first.locator(".command-status")
         assert "succeeded" in status.inner_text()
-        # the state panel was read again after the command: the car reports it is locked
-        page.wait_for_selector("dd[data-field='Locked']:text('locked')", timeout=30_000)
+        # then confirmed by the car's telemetry, live, and the state panel read again
+        page.wait_for_selector(
+            "#commands tbody tr:first-child .command-status:text('succeeded, confirmed')",
+            timeout=30_000,
+        )
+        page.wait_for_selector("dd[data-field='Locked']:text-is('locked')", timeout=10_000)
         screenshot(page, "vehicle")
         assert console.errors == []
     finally:
@@ -298,7 +304,11 @@ def test_acknowledge_an_alert(stack: dict[str, Any], browser: Any) -> None:
         alert_id = button.get_attribute("data-ack")
         button.click()
         row = page.locator(f"tr[data-alert='{alert_id}']")
-        page.wait_for_function(f"""!document.querySelector("tr[data-alert='{alert_id}'] button")""")
+        # functions, never bare expressions: the pages' CSP forbids eval, which Playwright
+        # uses for an expression
+        page.wait_for_function(
+            "(id) => !document.querySelector(`tr[data-alert='${id}'] button`)", arg=alert_id
+        )
         assert row.locator(".acknowledged").inner_text() != "no"
         stored = fleet.get("/v1/alerts").json()["items"]
         assert next(a for a in stored if str(a["id"]) == alert_id)["acknowledged_at"] is not None

@@ -417,7 +417,7 @@
           .map((h) => el("th", { scope: "col", text: h })))), rows)));
     const row = (a) => el("tr", { "data-alert": a.id },
       el("td", {}, el("a", { href: "/vehicles/" + a.vin, text: a.vin })),
-      el("td", { text: a.kind + (a.key ? " " + a.key : "") }),
+      el("td", { text: a.kind + (a.key && a.key !== a.kind ? " " + a.key : "") }),
       el("td", { text: a.severity }),
       el("td", { text: when(a.start_at) + (a.end_at ? " – " + when(a.end_at) : "") }),
       el("td", { class: "acknowledged", text: a.acknowledged_at ? when(a.acknowledged_at) : "no" }),
