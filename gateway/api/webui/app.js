@@ -200,6 +200,7 @@
             }).bindTooltip(p.vin).addTo(this.map);
             marker.on("click", () => location.assign("/vehicles/" + p.vin));
             marker.getElement().dataset.vin = p.vin;
+            if (stats.firstMarkerMs === undefined) stats.firstMarkerMs = performance.now();
             this.byVin.set(p.vin, marker);
           } else {
             marker.setLatLng([merged.lat, merged.lon]);
@@ -220,13 +221,24 @@
     }
   }
 
+  // measurements for gateway/bench/web.py: when the page was ready and drew its first
+  // marker (ms since navigation), and the lag of each live update (sample time -> applied)
+  const stats = { lags: [] };
+  window.tgStats = stats;
+
   function livePositions(onPositions) {
     // EventSource reconnects by itself (the stream says retry: 2000); each (re)connection
     // begins with a snapshot, which updates the existing markers
     const source = new EventSource("/v1/positions/stream");
     const handle = (event) => onPositions(JSON.parse(event.data));
     source.addEventListener("snapshot", handle);
-    source.addEventListener("positions", handle);
+    source.addEventListener("positions", (event) => {
+      const positions = JSON.parse(event.data);
+      onPositions(positions);
+      const now = Date.now();
+      for (const p of positions) stats.lags.push(now - p.ts);
+      if (stats.lags.length > 10000) stats.lags.splice(0, stats.lags.length - 10000);
+    });
     source.addEventListener("error", () => {
       if (source.readyState === EventSource.CLOSED) {
         notice("The live feed stopped: reload the page (your session may have expired).");
@@ -505,6 +517,7 @@
     });
     const pages = { map: mapPage, vehicle: vehiclePage, alerts: alertsPage, reports: reportsPage };
     await pages[page]();
+    stats.readyMs = performance.now();
     document.body.dataset.ready = "1";
   }
 
