@@ -336,12 +336,15 @@ def test_download_the_report_as_csv(stack: dict[str, Any], browser: Any, tmp_pat
         context.close()
 
 
-def test_no_serious_accessibility_violations(stack: dict[str, Any], browser: Any) -> None:
-    """axe-core (from npm, tests/data/axe) on each page: no serious or critical finding.
-    The check is injected as a script, which the pages' CSP forbids: this one context
-    bypasses the CSP to run it."""
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_no_serious_accessibility_violations(
+    stack: dict[str, Any], browser: Any, scheme: str
+) -> None:
+    """axe-core (from npm, tests/data/axe) on each page, in both themes: no serious or
+    critical finding (contrast included). The check is injected as a script, which the
+    pages' CSP forbids: this one context bypasses the CSP to run it."""
     up: Up = stack["up"]
-    context = browser.new_context(bypass_csp=True)
+    context = browser.new_context(bypass_csp=True, color_scheme=scheme)
     page = context.new_page()
     try:
         page.goto(f"{up.api}/login")
@@ -350,7 +353,9 @@ def test_no_serious_accessibility_violations(stack: dict[str, Any], browser: Any
         page.fill("#password", fleet_password(up))
         page.click("#submit")
         page.wait_for_selector("body[data-ready='1']")
-        for name, path in [("map", "/"), ("alerts", "/alerts"), ("reports", "/reports")]:
+        vehicle = f"/vehicles/{stack['vins'][0]}"
+        pages = [("map", "/"), ("vehicle", vehicle), ("alerts", "/alerts"), ("reports", "/reports")]
+        for name, path in pages:
             page.goto(f"{up.api}{path}")
             page.wait_for_selector("body[data-ready='1']")
             found[name] = _axe(page)
