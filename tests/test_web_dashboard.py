@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -372,3 +373,24 @@ def _axe(page: Any) -> list[str]:
         for v in result["violations"]
         if v["impact"] in ("serious", "critical")
     ]
+
+
+@pytest.mark.parametrize(
+    ("next_path", "lands_on"),
+    [("/alerts", "/alerts"), ("//evil.example/x", "/"), ("/\\evil.example", "/")],
+)
+def test_the_login_returns_only_to_a_page_of_this_site(
+    stack: dict[str, Any], browser: Any, next_path: str, lands_on: str
+) -> None:
+    up: Up = stack["up"]
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(f"{up.api}/login?next={quote(next_path, safe='')}")
+        page.fill("#email", OWNER)
+        page.fill("#password", OWNER_PASSWORD)
+        page.click("#submit")
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.url == f"{up.api}{lands_on}"
+    finally:
+        context.close()

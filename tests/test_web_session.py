@@ -105,3 +105,26 @@ def test_pages_are_served_without_data_and_with_their_policy(tmp_path: Path) -> 
 def test_a_tile_url_must_be_a_tile_template(url: str) -> None:
     with pytest.raises(ConfigurationError):
         WebSettings(tile_url=url)
+
+
+@pytest.mark.parametrize(
+    ("origin", "status"),
+    [
+        ("https://testserver", 200),
+        # behind a proxy that terminates TLS the API may see the other scheme: same host
+        ("http://testserver", 200),
+        ("https://evil.example", 403),
+        ("https://testserver.evil.example", 403),
+        ("null", 403),
+    ],
+)
+def test_the_login_checks_the_origin_host(
+    https_client: TestClient, origin: str, status: int
+) -> None:
+    r = https_client.post(
+        "/v1/auth/session",
+        json={"email": TEST_ADMIN_EMAIL, "password": TEST_ADMIN_PASSWORD},
+        headers={"Origin": origin},
+    )
+    assert r.status_code == status, r.text
+    assert ("tg_session" in r.cookies) == (status == 200)

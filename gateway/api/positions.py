@@ -77,7 +77,11 @@ def position_of(
 ) -> Position | None:
     """``base`` with the map signals of one sample folded in; None when it carries none
     or is older than what ``base`` already holds."""
-    found = {MAP_SIGNALS[k]: _number(v) for k, v in values.items() if k in MAP_SIGNALS}
+    found = {
+        MAP_SIGNALS[k]: number
+        for k, v in values.items()
+        if k in MAP_SIGNALS and (number := _number(v)) is not None
+    }
     if not found or ts < base.ts:
         return None
     return replace(base, **found, ts=ts, online=True, gen=gen)  # type: ignore[arg-type]

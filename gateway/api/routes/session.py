@@ -23,6 +23,8 @@ valid until it expires unless the user's password is changed or the user disable
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,10 +60,13 @@ class SessionOut(BaseModel):
 
 
 def _same_origin(request: Request) -> bool:
+    """Whether the request's ``Origin`` (when the browser sent one) names this host. The
+    host, not the scheme: behind a proxy that terminates TLS the API sees http while the
+    page's origin is https."""
     origin = request.headers.get("origin")
     if origin is None:  # not sent by every browser for same-origin requests
         return True
-    return origin == f"{request.url.scheme}://{request.url.netloc}"
+    return urlsplit(origin).netloc == request.headers.get("host", request.url.netloc)
 
 
 @router.post("/v1/auth/session", response_model=SessionOut, summary="Log in to the dashboard")

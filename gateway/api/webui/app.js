@@ -259,7 +259,8 @@
       try {
         await api("/v1/auth/session", { method: "POST", json: { email: email.value, password: password.value } });
         const next = params.get("next") || "/";
-        location.assign(next.startsWith("/") && !next.startsWith("//") ? next : "/");
+        // only a path of this site: "//host" and "/\\host" would leave it
+        location.assign(/^\/(?![\/\\])/.test(next) ? next : "/");
       } catch (err) {
         notice(err.message);
       }
