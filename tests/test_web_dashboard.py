@@ -319,6 +319,37 @@ def test_acknowledge_an_alert(stack: dict[str, Any], browser: Any) -> None:
         context.close()
 
 
+def test_draw_a_geofence_and_find_it_persisted(stack: dict[str, Any], browser: Any) -> None:
+    up: Up = stack["up"]
+    fleet: httpx.Client = stack["fleet"]
+    context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+    try:
+        before = page.locator("path.geofence").count()
+        page.click("#fence-draw")
+        box = page.locator("#map").bounding_box()
+        assert box is not None
+        for dx, dy in [(0.3, 0.3), (0.6, 0.3), (0.5, 0.7)]:
+            page.mouse.click(box["x"] + box["width"] * dx, box["y"] + box["height"] * dy)
+        page.fill("#fence-name", "Drawn in the browser")
+        page.click("#fence-save")
+        page.wait_for_selector("#notice:text('Geofence saved.')")
+        fences = fleet.get("/v1/geofences").json()["items"]
+        drawn = [f for f in fences if f["properties"]["name"] == "Drawn in the browser"]
+        assert len(drawn) == 1
+        ring = drawn[0]["geometry"]["coordinates"][0]
+        assert len(ring) == 4
+        assert ring[0] == ring[-1]
+        assert all(11.3 < lon < 11.9 and 48.0 < lat < 48.3 for lon, lat in ring)  # Munich
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_function(
+            "(n) => document.querySelectorAll('path.geofence').length > n", arg=before
+        )
+        assert console.errors == []
+    finally:
+        context.close()
+
+
 def test_download_the_report_as_csv(stack: dict[str, Any], browser: Any, tmp_path: Path) -> None:
     up: Up = stack["up"]
     context, page, console = log_in(browser, up, FLEET, fleet_password(up))

@@ -170,11 +170,63 @@
     } catch (err) {
       return; // not every role may list geofences; the map works without them
     }
-    for (const fence of fences) {
-      L.geoJSON(fence, { style: { color: colour("parked"), weight: 2, fillOpacity: 0.08 } })
-        .bindTooltip(fence.properties.name || "geofence " + fence.id)
-        .addTo(map);
-    }
+    for (const fence of fences) drawFence(map, fence);
+  }
+
+  function drawFence(map, fence) {
+    const style = { color: colour("parked"), weight: 2, fillOpacity: 0.08, className: "geofence" };
+    L.geoJSON(fence, { style }).bindTooltip(fence.properties.name || "geofence " + fence.id).addTo(map);
+  }
+
+  // Drawing a geofence: click the map at each corner, name it, save (POST /v1/geofences;
+  // the API decides who may, and its refusal is shown in words).
+  function fenceDrawer(map) {
+    let corners = [];
+    let outline = null;
+    const name = el("input", { id: "fence-name", type: "text", maxlength: "100", placeholder: "Depot" });
+    const hint = el("span", { class: "muted", id: "fence-hint" });
+    const save = el("button", { type: "button", id: "fence-save", disabled: true }, "Save geofence");
+    const cancel = el("button", { type: "button", id: "fence-cancel" }, "Cancel");
+    const editor = el("div", { class: "filters", id: "fence-editor", hidden: true },
+      el("label", { for: "fence-name" }, "Name", name), save, cancel, hint);
+    const start = el("button", { type: "button", id: "fence-draw" }, "Draw a geofence");
+    const reset = () => {
+      corners = [];
+      if (outline) outline.remove();
+      outline = null;
+      editor.hidden = true;
+      start.hidden = false;
+      delete document.body.dataset.drawing;
+      map.off("click", add);
+    };
+    const add = (event) => {
+      corners.push([event.latlng.lng, event.latlng.lat]);
+      if (outline) outline.remove();
+      outline = L.polygon(corners.map(([lng, lat]) => [lat, lng]), { className: "fence-draft" }).addTo(map);
+      save.disabled = corners.length < 3;
+      hint.textContent = `${corners.length} corner(s); at least 3.`;
+    };
+    start.addEventListener("click", () => {
+      start.hidden = true;
+      editor.hidden = false;
+      hint.textContent = "Click the map at each corner (at least 3).";
+      document.body.dataset.drawing = "1";
+      map.on("click", add);
+    });
+    cancel.addEventListener("click", reset);
+    save.addEventListener("click", async () => {
+      const ring = corners.concat([corners[0]]);
+      const body = { type: "Feature", geometry: { type: "Polygon", coordinates: [ring] },
+        properties: { name: name.value.trim() || "Geofence" } };
+      try {
+        drawFence(map, await api("/v1/geofences", { method: "POST", json: body }));
+        notice("Geofence saved.", "info");
+        reset();
+      } catch (err) {
+        notice("The geofence was not saved: " + err.message);
+      }
+    });
+    return el("div", {}, start, editor);
   }
 
   // One marker per vehicle, created once and moved afterwards (never re-created).
@@ -198,7 +250,10 @@
             marker = L.circleMarker([merged.lat, merged.lon], {
               radius: 7, weight: 2, fillOpacity: 0.9, className: "vehicle-marker",
             }).bindTooltip(p.vin).addTo(this.map);
-            marker.on("click", () => location.assign("/vehicles/" + p.vin));
+            marker.on("click", () => {
+              // while a geofence is drawn, a click on a car is a corner, not a visit
+              if (!document.body.dataset.drawing) location.assign("/vehicles/" + p.vin);
+            });
             marker.getElement().dataset.vin = p.vin;
             if (stats.firstMarkerMs === undefined) stats.firstMarkerMs = performance.now();
             this.byVin.set(p.vin, marker);
@@ -289,6 +344,7 @@
     content.append(legend, mapNode, el("h2", { text: "Vehicles" }), list);
     const map = await makeMap(mapNode);
     drawGeofences(map);
+    legend.append(fenceDrawer(map));
     const byVin = new Map();
     const onChange = (p, status) => {
       let row = byVin.get(p.vin);
