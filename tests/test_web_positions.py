@@ -3,11 +3,12 @@ becomes a position (gateway.api.positions)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
-from gateway.api.positions import LAT, LON, SPEED, Position, _newest_id, position_of
+from gateway.api.positions import LAT, LON, SPEED, Position, PositionFeed, _newest_id, position_of
 from gateway.store import LoggedSample
 
 
@@ -46,3 +47,43 @@ def test_a_sample_moves_the_position_and_an_older_one_does_not() -> None:
     )
     # a value that is not a number (booleans included) moves nothing
     assert position_of(moved, {SPEED: True}, 2000, 2) is None
+
+
+def test_the_feed_reads_only_while_a_map_watches() -> None:
+    log = _Log([1, 2, 3])
+    opened: list[int] = []
+
+    def open_reader() -> Any:
+        opened.append(1)
+        return _Closing(log)
+
+    async def scenario() -> tuple[int, int, int]:
+        feed = PositionFeed(open_reader, poll_s=0.05)
+        await feed.start()
+        await asyncio.sleep(0.3)
+        idle = log.reads
+        feed.subscribe()
+        await asyncio.sleep(0.3)
+        watched = log.reads
+        feed.unsubscribe()
+        await asyncio.sleep(0.1)  # a read under way may finish
+        after = log.reads
+        await asyncio.sleep(0.3)
+        await feed.stop()
+        return idle, watched, log.reads - after
+
+    idle, watched, later = asyncio.run(scenario())
+    assert idle == 0
+    assert watched > 3  # found the newest sample, then polled
+    assert later == 0
+
+
+class _Closing:
+    def __init__(self, log: _Log) -> None:
+        self.log = log
+
+    def samples_after(self, cursor: int, *, limit: int) -> list[LoggedSample]:
+        return self.log.samples_after(cursor, limit=limit)
+
+    def close(self) -> None:
+        pass

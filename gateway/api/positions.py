@@ -8,7 +8,8 @@ signals of each into that vehicle's :class:`Position` and marks it with the new
 generation. Each stream then sends only the positions changed since the generation it last
 sent, and only of the vehicles its caller may read (the same ``visible_vins`` as
 ``GET /v1/vehicles``, checked per vehicle and holding period, refreshed every 30 s). A
-stream that begins, or reconnects, first gets a snapshot read from the store.
+stream that begins, or reconnects, first gets a snapshot read from the store. The poller
+reads only while some stream is open.
 """
 
 from __future__ import annotations
@@ -104,14 +105,18 @@ def _newest_id(reader: TelemetryReader) -> int:
 
 
 class PositionFeed:
-    """See the module docstring. :meth:`start`, :meth:`stop`."""
+    """See the module docstring. :meth:`start`, :meth:`stop`; streams :meth:`subscribe`
+    and :meth:`unsubscribe`."""
 
     def __init__(self, open_reader: Callable[[], TelemetryReader], *, poll_s: float = 0.5):
         self._open_reader = open_reader
         self.poll_s = poll_s
         self.latest: dict[str, Position] = {}
         self.generation = 0
-        self._cursor = 0
+        #: -1: to be found (the newest sample) when the feed next reads
+        self._cursor = -1
+        self._subscribers = 0
+        self._active = asyncio.Event()
         self._new = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -124,16 +129,25 @@ class PositionFeed:
             reader.close()
 
     async def start(self) -> None:
-        try:
-            self._cursor = await asyncio.to_thread(self._read, _newest_id)
-        except Exception:  # the store may not be there yet: start from its beginning
-            log.exception("cannot read the newest sample; the positions feed starts at 0")
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
         self._stopping.set()
+        self._active.set()  # wake an idle loop
         if self._task is not None:
             await self._task
+
+    def subscribe(self) -> None:
+        """A stream begins: the feed reads while it has any (an installation nobody
+        watches on a map costs no reads)."""
+        self._subscribers += 1
+        self._active.set()
+
+    def unsubscribe(self) -> None:
+        self._subscribers -= 1
+        if self._subscribers <= 0:
+            self._subscribers = 0
+            self._active.clear()
 
     async def wait(self, after_generation: int, timeout_s: float) -> bool:
         """Wait until a generation after ``after_generation`` exists, at most
@@ -145,11 +159,26 @@ class PositionFeed:
         return self.generation > after_generation
 
     async def _run(self) -> None:
+        failing = False
         while not self._stopping.is_set():
+            if not self._active.is_set():
+                await self._active.wait()
+                if self._stopping.is_set():
+                    return
+                # idle until now: start from the newest sample (each stream begins with a
+                # snapshot from the store), not from where the feed stopped reading
+                self._cursor = -1
             try:
+                if self._cursor < 0:
+                    self._cursor = await asyncio.to_thread(self._read, _newest_id)
                 await self._poll()
+                if failing:
+                    log.info("the positions feed reads the store again")
+                failing = False
             except Exception:
-                log.exception("reading new samples for the positions feed failed; retrying")
+                if not failing:  # once per outage, not twice a second
+                    log.exception("reading new samples for the positions feed failed; retrying")
+                failing = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.poll_s)
 

@@ -25,6 +25,7 @@ from gateway.api.deps import Auth, Caller, api_settings
 from gateway.api.errors import documented
 from gateway.api.positions import MAP_SIGNALS, Position, PositionFeed, position_of
 from gateway.api.security import AuthContext, principal_of
+from gateway.api.settings import ApiSettings
 from gateway.core.policy import Principal
 from gateway.store import FIRST_TENURE, TelemetryReader, open_store
 
@@ -109,6 +110,21 @@ async def _positions(
         visible = await asyncio.to_thread(_visible, context, principal)
     except _Gone:
         return
+    feed.subscribe()
+    try:
+        async for chunk in _feed(feed, context, principal, visible, settings):
+            yield chunk
+    finally:
+        feed.unsubscribe()
+
+
+async def _feed(
+    feed: PositionFeed,
+    context: AuthContext,
+    principal: Principal,
+    visible: dict[str, int] | None,
+    settings: ApiSettings,
+) -> AsyncIterator[bytes]:
     seen = feed.generation
     silence = (settings.clock_ms(), settings.silent_after_ms)
 
