@@ -425,3 +425,44 @@ def test_the_login_returns_only_to_a_page_of_this_site(
         assert page.url == f"{up.api}{lands_on}"
     finally:
         context.close()
+
+
+def test_a_session_the_api_no_longer_accepts_says_log_in_again(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    up: Up = stack["up"]
+    context, page, _ = log_in(browser, up, OWNER, OWNER_PASSWORD)
+    try:
+        # what an expired or ended session looks like to the API: a token it refuses
+        cookie = next(c for c in context.cookies() if c["name"] == "tg_session")
+        context.add_cookies([{**cookie, "value": cookie["value"][:-4] + "AAAA"}])
+        page.goto(f"{up.api}/alerts")
+        page.wait_for_url(re.compile(r"/login\?expired=1"))
+        page.wait_for_selector("#notice:text('Your session has expired: log in again.')")
+    finally:
+        context.close()
+
+
+def test_usable_on_a_phone_sized_screen(stack: dict[str, Any], browser: Any) -> None:
+    up: Up = stack["up"]
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = context.new_page()
+    try:
+        page.goto(f"{up.api}/login")
+        page.fill("#email", FLEET)
+        page.fill("#password", fleet_password(up))
+        page.click("#submit")
+        page.wait_for_selector("body[data-ready='1']")
+        for path in ("/", f"/vehicles/{stack['vins'][0]}", "/alerts", "/reports"):
+            page.goto(f"{up.api}{path}")
+            page.wait_for_selector("body[data-ready='1']")
+            # nothing wider than the screen but tables, which scroll in their own box
+            wide = page.evaluate(
+                """() => document.documentElement.scrollWidth - window.innerWidth"""
+            )
+            assert wide <= 0, f"{path} is {wide} px wider than the phone's screen"
+        page.goto(f"{up.api}/")
+        page.wait_for_selector("body[data-ready='1']")
+        screenshot(page, "phone-map")
+    finally:
+        context.close()
