@@ -216,7 +216,17 @@ def test_owner_sees_only_the_vehicle_shared_with_them(stack: dict[str, Any], bro
         assert page.locator("path.vehicle-marker").count() == 1
         assert OWNER in page.locator("#who").inner_text()
         screenshot(page, "owner-map")
+        # the vehicle was shared for reading, lock and unlock: those are the buttons
+        page.goto(f"{stack['up'].api}/vehicles/{stack['vins'][0]}")
+        page.wait_for_selector("body[data-ready='1']")
+        offered = page.locator(".buttons button").evaluate_all(
+            "buttons => buttons.map(b => b.dataset.command)"
+        )
+        assert offered == ["lock", "unlock"]
         assert console.errors == []
+        # and the other vehicle's page says it is not visible, in words (the API's 404)
+        page.goto(f"{stack['up'].api}/vehicles/{stack['vins'][1]}")
+        page.wait_for_selector("#notice:text('is visible to you')")
     finally:
         context.close()
 

@@ -404,7 +404,16 @@
     return words;
   }
 
-  async function vehiclePage() {
+  // The services to offer for a vehicle: a vehicle shared with you (a grant, from
+  // /v1/me) offers what the grant lists; one of your account, the common services. The API
+  // decides either way: a button it refuses says why.
+  function servicesFor(me, vin) {
+    const grant = (me.grants || []).find((g) => g.vin === vin && !g.revoked_at);
+    if (!grant) return SERVICES;
+    return SERVICES.filter((s) => grant.services.includes(s));
+  }
+
+  async function vehiclePage(me) {
     const vin = decodeURIComponent(location.pathname.split("/")[2] || "");
     document.getElementById("title").textContent = "Vehicle " + vin;
     document.title = vin + " · Telematics";
@@ -430,7 +439,7 @@
       row.replaceChildren(el("td", { text: c.type }),
         el("td", { class: "command-status status-" + c.status, text: commandWords(c) }));
     };
-    const buttons = el("div", { class: "buttons" }, ...SERVICES.map((type) =>
+    const buttons = el("div", { class: "buttons" }, ...servicesFor(me, vin).map((type) =>
       el("button", { type: "button", "data-command": type, onclick: async () => {
         notice("");
         try {
@@ -573,7 +582,7 @@
       }
     });
     const pages = { map: mapPage, vehicle: vehiclePage, alerts: alertsPage, reports: reportsPage };
-    await pages[page]();
+    await pages[page](me);
     stats.readyMs = performance.now();
     document.body.dataset.ready = "1";
   }
