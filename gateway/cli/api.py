@@ -62,6 +62,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         help="let webhooks POST to private, loopback and link-local addresses (off: a "
         "webhook URL cannot reach the gateway's own network; docs/webhooks.md)",
     )
+    api.add_argument(
+        "--web-tile-url",
+        default=env.web_tile_url,
+        help="map tiles of the web dashboard, e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png "
+        "(env TELEMATICS_WEB_TILE_URL; default: none, a plain background with the demo's "
+        "Munich roads; its origin joins the pages' Content-Security-Policy)",
+    )
+    api.add_argument(
+        "--web-tile-attribution",
+        default=env.web_tile_attribution,
+        help="attribution shown with the tiles (env TELEMATICS_WEB_TILE_ATTRIBUTION)",
+    )
     api.set_defaults(handler=run)
 
 
@@ -70,6 +82,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
 
     from gateway.api import ApiSettings, create_app
     from gateway.api.security import AuthSettings
+    from gateway.api.settings import WebSettings
     from gateway.commands.service import CommandSettings
     from gateway.core.ratelimit import parse_limit
     from gateway.files import private_directory
@@ -117,6 +130,9 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             state_db_url=state_db_url,
             silent_after_s=args.offline_after,
             notify=NotifySettings(webhook_allow_private_targets=args.webhook_allow_private_targets),
+            web=WebSettings(
+                tile_url=args.web_tile_url or None, tile_attribution=args.web_tile_attribution
+            ),
         )
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
