@@ -17,6 +17,8 @@ from fastapi.testclient import TestClient
 from httpx2 import Response
 
 from gateway.api import ApiSettings, create_app
+from gateway.store import IngestBatch, Tenure, open_store
+from schemas import Sample
 from tests.support.api import auth_settings_for_tests, bearer
 
 VIN = "WLYFE000000000001"
@@ -420,3 +422,73 @@ def test_a_decommissioned_vin_is_never_held_again(api: Api) -> None:
         1,
     )
     assert api.audit("vehicle_decommission")[0]["detail"] == {"reason": "written off after flood"}
+
+
+# --- roadside assistance ---------------------------------------------------------------------
+
+LAT = "Vehicle.CurrentLocation.Latitude"
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+FAN = "Vehicle.Cabin.HVAC.Station.Row1.Driver.FanSpeed"
+
+
+def reported(api: Api, db_path: Path, tenure: int, **signals: float) -> None:
+    """The car's sample, as the gateway would store it, in period ``tenure``."""
+    now = int(api.clock.now * 1000)
+    store = open_store(db_path)
+    try:
+        store.commit(
+            IngestBatch(
+                received_at=now,
+                samples=[Sample(VIN, tenure, now + 1, signals)],
+                tenures={VIN: Tenure(tenure, now - 1000)},
+            )
+        )
+    finally:
+        store.close()
+
+
+def test_a_roadside_share_works_until_it_expires_is_ended_or_the_car_is_sold(
+    api: Api, tmp_path: Path
+) -> None:
+    _, owner = api.owner("owner@example.com")
+    _, stranger = api.owner("stranger@example.com")
+    assert api.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+    reported(api, tmp_path / "telemetry.db", 1, **{LAT: 48.1, SOC: 12.0, FAN: 3.0})
+    shares = f"/v1/vehicles/{VIN}/assistance-shares"
+
+    def share(duration_s: int = 3600) -> tuple[int, str]:
+        r = api.as_(owner, "POST", shares, json={"partner": "ADAC", "duration_s": duration_s})
+        assert r.status_code == 201, r.text
+        return r.json()["id"], r.json()["partner_path"]
+
+    share_id, path = share(60)
+    # the partner reads without an account: position and energy, not the cabin
+    seen = api.client.get(path)
+    assert seen.status_code == 200, seen.text
+    assert {n: s["value"] for n, s in seen.json()["signals"].items()} == {LAT: 48.1, SOC: 12.0}
+    reads = api.audit("assistance_share_read")
+    assert [(e["actor"], e["detail"]["partner"]) for e in reads] == [("anonymous", "ADAC")]
+    assert reads[0]["detail"]["signals"] == sorted([LAT, SOC])
+    # nobody else lists or ends it
+    error(api.as_(stranger, "GET", shares), 404, "vehicle_not_found")
+    error(api.as_(stranger, "DELETE", f"{shares}/{share_id}"), 404, "vehicle_not_found")
+    # it stops at its expiry
+    api.clock.now += 61
+    error(api.client.get(path), 410, "share_ended")
+    # and when the owner ends it
+    share_id, path = share()
+    assert api.client.get(path).status_code == 200
+    assert api.as_(owner, "DELETE", f"{shares}/{share_id}").json()["ended_at"] is not None
+    error(api.client.get(path), 410, "share_ended")
+    # and when the car changes hands
+    _, path = share()
+    _, buyer = api.owner("buyer@example.com")
+    tid = api.as_(
+        owner, "POST", f"/v1/vehicles/{VIN}/transfers", json={"to_email": "buyer@example.com"}
+    ).json()["id"]
+    assert api.as_(buyer, "POST", f"/v1/transfers/{tid}/accept", json={}).status_code == 200
+    error(api.client.get(path), 410, "share_ended")
+    assert api.as_(buyer, "GET", shares).json()["items"] == []
+    # a token that is no share's
+    error(api.client.get("/v1/assistance/not-a-token"), 404, "share_not_found")
+    error(api.client.get("/v1/assistance/" + "x" * 65), 404, "share_not_found")

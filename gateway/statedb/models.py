@@ -44,6 +44,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "AccountRow",
     "ApiKeyRow",
+    "AssistanceShareRow",
     "AuditRow",
     "Base",
     "BrokerAuthStateRow",
@@ -790,3 +791,28 @@ class VehicleTransferRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     decided_at: Mapped[int | None] = mapped_column(BigInteger)
     decided_by: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class AssistanceShareRow(Base):
+    """A roadside-assistance share: a partner (``partner``, as the owner named it) reads the
+    vehicle's position and the state that matters for help, through a link with its own
+    token (``token_hash``: SHA-256 of it), until ``expires_at`` or until the owner ends it
+    (``ended_at``), and only within the holding period it was made in (``tenure``)."""
+
+    __tablename__ = "assistance_shares"
+    __table_args__ = (
+        UniqueConstraint("token_hash"),
+        Index("ix_assistance_shares_vin_id", "vin", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(String(17))
+    tenure: Mapped[int] = mapped_column(Integer)
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    partner: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    ended_at: Mapped[int | None] = mapped_column(BigInteger)
+    ended_by: Mapped[int | None] = mapped_column(BigInteger)

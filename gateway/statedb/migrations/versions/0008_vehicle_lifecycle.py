@@ -1,4 +1,5 @@
-"""The vehicle lifecycle registry, its history and ownership transfers (issue 16).
+"""The vehicle lifecycle registry, its history, ownership transfers and roadside-assistance
+shares (issue 16).
 
 Revision ID: 0008_vehicle_lifecycle
 Revises: 0006_command_jobs
@@ -9,7 +10,8 @@ in service, decommissioned) is more than who holds it now (``vehicles``) and the
 periods (``vehicle_tenures``): ``vehicle_lifecycle`` keeps the rest per VIN, a VIN the
 maker registered has a row before anyone holds it (so no foreign key to ``vehicles``);
 ``vehicle_lifecycle_events`` is every change with who and why; ``vehicle_transfers`` the
-transfers offered and how they ended (docs/decisions/0021-vehicle-lifecycle.md). Existing
+transfers offered and how they ended; ``assistance_shares`` the time-bounded links an
+owner gives an assistance partner (docs/decisions/0021-vehicle-lifecycle.md). Existing
 vehicles get no row: their state is derived from ``vehicles`` (held or not, unregistered).
 """
 
@@ -89,8 +91,27 @@ def upgrade() -> None:
         "ix_vehicle_transfers_from_account_id", "vehicle_transfers", ["from_account_id"]
     )
 
+    op.create_table(
+        "assistance_shares",
+        _id(),
+        sa.Column("vin", sa.String(17), nullable=False),
+        sa.Column("tenure", sa.Integer(), nullable=False),
+        sa.Column("account_id", sa.BigInteger(), nullable=False),
+        sa.Column("token_hash", sa.String(64), nullable=False),
+        sa.Column("partner", sa.Text(), nullable=False),
+        sa.Column("created_by", sa.BigInteger(), nullable=True),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.Column("expires_at", sa.BigInteger(), nullable=False),
+        sa.Column("ended_at", sa.BigInteger(), nullable=True),
+        sa.Column("ended_by", sa.BigInteger(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_assistance_shares"),
+        sa.UniqueConstraint("token_hash", name="uq_assistance_shares_token_hash"),
+    )
+    op.create_index("ix_assistance_shares_vin_id", "assistance_shares", ["vin", "id"])
+
 
 def downgrade() -> None:
+    op.drop_table("assistance_shares")
     op.drop_table("vehicle_transfers")
     op.drop_table("vehicle_lifecycle_events")
     op.drop_table("vehicle_lifecycle")
