@@ -278,6 +278,18 @@ def test_a_private_owner_transfers_to_another(api: Api) -> None:
     assert event["event"] == "transfer"
     assert event["detail"] == {"transfer_id": tid, "from_account_id": seller_account}
     assert len(api.audit("vehicle_transfer_accept")) == 1
+    # the buyer reads their own period's history, which names no other account
+    own = api.as_(buyer, "GET", f"/v1/vehicles/{VIN}/lifecycle").json()["history"]
+    assert [(e["event"], e["detail"]) for e in own] == [("transfer", None)]
+    # and cannot offer the car to their own account
+    back = api.as_(
+        buyer, "POST", f"/v1/vehicles/{VIN}/transfers", json={"to_email": "buyer@example.com"}
+    )
+    error(
+        api.as_(buyer, "POST", f"/v1/transfers/{back.json()['id']}/accept", json={}),
+        409,
+        "same_holder",
+    )
 
 
 def test_a_fleet_sells_a_used_van_to_a_private_buyer(api: Api) -> None:

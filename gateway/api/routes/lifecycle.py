@@ -219,17 +219,22 @@ def claim(
 )
 def read_lifecycle(vin: str, principal: Caller, context: Auth, life: Lifecycle) -> LifecycleHistory:
     """Administrators read every change with who and why; the holder's managers read the
-    state and the changes of their own holding periods."""
+    state and the changes of their current holding period (without details naming other
+    accounts)."""
     vin = vin_or_422(vin, ["path", "vin"])
     if principal.is_admin:
-        events = life.history(vin)
+        history = [LifecycleEventOut.model_validate(e) for e in life.history(vin)]
     else:
         vehicle = managed_vehicle(context, principal, vin)
-        events = [e for e in life.history(vin) if e.account_id == vehicle.account_id]
+        # their own periods' changes, without the details that name other accounts (the
+        # account a transfer came from, the workshop)
+        history = [
+            LifecycleEventOut.model_validate(e).model_copy(update={"detail": None})
+            for e in life.history(vin)
+            if e.account_id == vehicle.account_id and e.tenure == vehicle.tenure
+        ]
     view = LifecycleOut.model_validate(life.view(vin))
-    return LifecycleHistory(
-        **view.model_dump(), history=[LifecycleEventOut.model_validate(e) for e in events]
-    )
+    return LifecycleHistory(**view.model_dump(), history=history)
 
 
 @router.post(
