@@ -20,12 +20,15 @@ Errors::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.core.lockout import lockout_ms
@@ -200,6 +203,25 @@ class PairingLocked:
 ClaimOutcome = Claimed | WrongCode | PairingLocked
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _first_row_race(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``method`` again once when its transaction lost the race to create the VIN's
+    lifecycle row (PostgreSQL: two transactions found no row to lock and both inserted; the
+    primary key refused the second). The second run finds the row and locks it."""
+
+    @functools.wraps(method)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except IntegrityError:
+            return method(*args, **kwargs)
+
+    return run
+
+
 class LifecycleRepository:
     def __init__(self, db: StateDatabase) -> None:
         self._db = db
@@ -225,6 +247,7 @@ class LifecycleRepository:
 
     # --- the maker: registration and pairing codes -----------------------------------------
 
+    @_first_row_race
     def register(self, vin: str, *, code_hash: str, by: int | None, now: int) -> LifecycleView:
         """The maker registers a built car with its pairing code (its hash)."""
         with self._db.write() as session:
@@ -328,6 +351,7 @@ class LifecycleRepository:
 
     # --- service and decommissioning ---------------------------------------------------------
 
+    @_first_row_race
     def start_service(
         self,
         vin: str,
@@ -387,6 +411,7 @@ class LifecycleRepository:
             session.flush()
             return _view(vin, life, vehicle)
 
+    @_first_row_race
     def decommission(
         self, vin: str, *, by: int | None, now: int, reason: str | None
     ) -> LifecycleView:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import AfterValidator, BaseModel, Field
 
 from gateway.api.deps import Audit, Auth, Caller, CallerAudit, Reader, vin_or_422
-from gateway.api.errors import ApiError
+from gateway.api.errors import ApiError, documented
 from gateway.api.models import Page
 from gateway.api.models.accounts import IdPath
 from gateway.api.models.records import FromRecord
@@ -224,6 +224,7 @@ def end_share(
 @router.get(
     "/v1/assistance/{token}",
     response_model=SharedStateOut,
+    responses=documented(410),
     summary="What an assistance partner sees (no account: the token is the key)",
 )
 def read_share(
