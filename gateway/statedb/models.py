@@ -288,7 +288,7 @@ class VehicleTenureRow(Base):
     started_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     ended_at: Mapped[int | None] = mapped_column(BigInteger)
     ended_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    #: why it ended: ``revoked`` (NULL while it lasts)
+    #: why it ended: ``revoked``, ``transferred`` or ``decommissioned`` (NULL while it lasts)
     end_reason: Mapped[str | None] = mapped_column(String(32))
 
 
