@@ -141,6 +141,9 @@ class Environment(BaseSettings):
     login_limit: str = _limit(DEFAULT_LOGIN_LIMIT)
     invitation_limit: str = "20/hour,burst=10"
     no_registration: bool = False
+    #: the API's trace file (gateway.trace): command stages and event-loop lag, for the
+    #: benchmarks; unset: no trace
+    trace_file: Path | None = None
 
     # --- operator commands (telematics user add / set-password)
     user_password: str | None = Field(default=None, repr=False)

@@ -31,6 +31,9 @@ def test_ingest_bench_counts_every_sample_once(batch: int, provisioned: bool) ->
     # every paced sample of the latency phase was seen committed
     assert result.latency_samples > 0
     assert 0 <= result.latency_p50_ms <= result.latency_p99_ms <= result.latency_max_ms
+    # CPU per process during the full-speed phase, and what the rest of the machine took
+    assert {"broker", "gateway", "loadgen", "others"} <= set(result.cpu)
+    assert result.cpu["gateway"] > 0
 
 
 @pytest.mark.parametrize(("vehicles", "restarted"), [(40, False), (1500, True)])

@@ -42,6 +42,7 @@ from gateway.statedb.fleets import FleetRepository
 from gateway.statedb.jobs import JobRepository
 from gateway.statedb.webhooks import WebhookRepository
 from gateway.store import open_store
+from gateway.trace import Trace
 
 __all__ = ["ApiSettings", "create_app"]
 
@@ -128,8 +129,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(_first_admin, app.state.auth)
     service: CommandService | None = None
     jobs: JobService | None = None
+    trace = Trace(settings.trace_file)
+    trace.start()
     if settings.commands is not None:
-        service = CommandService(settings.commands, CommandRepository(state_db), settings.store)
+        service = CommandService(
+            settings.commands, CommandRepository(state_db), settings.store, trace=trace
+        )
         await service.start()
         jobs = JobService(service, JobRepository(state_db))
         await jobs.start()
@@ -147,6 +152,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await run_in_threadpool(fleet_worker.stop)
         if service is not None:
             await service.stop()
+        await trace.stop()
         state_db.dispose()
 
 

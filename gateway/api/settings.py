@@ -56,6 +56,8 @@ class ApiSettings:
     max_job_vehicles: int = 10_000
     #: bulk commands an organization may have running at once (429 beyond)
     max_running_jobs: int = 5
+    #: command stages and event-loop lag written here (gateway.trace; benchmarks); None: off
+    trace_file: Path | None = None
     #: the clock that decides the silence (tests of it set their own)
     clock_ms: Callable[[], int] = field(default=now_ms, compare=False, repr=False)
 

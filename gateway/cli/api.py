@@ -117,6 +117,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             state_db_url=state_db_url,
             silent_after_s=args.offline_after,
             notify=NotifySettings(webhook_allow_private_targets=args.webhook_allow_private_targets),
+            trace_file=env.trace_file,
         )
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
