@@ -255,13 +255,18 @@ def test_the_stages_add_up_to_the_commands_latency() -> None:
 
 
 def test_the_cpu_window_sees_a_busy_process() -> None:
-    window = CpuWindow({"me": os.getpid()})
+    window = CpuWindow({"me": os.getpid(), "me.main": (os.getpid(), threading.get_native_id())})
     spent = time.process_time() + 0.3  # CPU time, however busy the machine is
     while time.process_time() < spent:
         pass
     figures = window.end()
     cpu_seconds = figures.processes["me"] * figures.seconds / 100
     assert 0.25 <= cpu_seconds <= 0.5
+    # the thread's own figure; a thread is not counted twice in what "others" took
+    assert 0.25 <= figures.processes["me.main"] * figures.seconds / 100 <= 0.5
+    assert figures.others == pytest.approx(
+        max(0.0, figures.machine - figures.processes["me"]), abs=0.2
+    )
     assert figures.machine >= figures.processes["me"] * 0.9
     assert figures.cores >= 1
 

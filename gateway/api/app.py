@@ -140,6 +140,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await jobs.start()
     app.state.commands, app.state.jobs = service, jobs
     fleet_worker = _fleet(app, settings, state_db)
+    _trace_threads(trace, service, fleet_worker)
     bus, webhook_worker = await _notifications(app, settings, state_db)
     try:
         yield
@@ -168,6 +169,20 @@ async def _notifications(
     app.state.webhook_worker = worker = WebhookWorker(app.state.webhooks, settings.notify)
     await worker.start()
     return bus, worker
+
+
+def _trace_threads(
+    trace: Trace, service: CommandService | None, fleet_worker: WorkerThread | None
+) -> None:
+    """The thread ids of the process's busy threads, so a benchmark can tell their CPU
+    apart (gateway.trace)."""
+    threads = {
+        "writer": None if service is None else service.writer.native_id,
+        "fleet": None if fleet_worker is None else fleet_worker.native_id,
+    }
+    for name, tid in threads.items():
+        if tid is not None:
+            trace.mark("-", "thread", f"{name} {tid}")
 
 
 def _fleet(app: FastAPI, settings: ApiSettings, state_db: StateDatabase) -> WorkerThread | None:

@@ -411,13 +411,13 @@ class _Run:
     broker_port: int
     vins: list[str]
     headers: dict[str, str]
-    pids: dict[str, int]
+    pids: dict[str, int | tuple[int, int]]
 
 
 def _phase(
     run: _Run, name: str, count: int, rate: float, ingest: LoadProcess | None
 ) -> PhaseFigures:
-    pids = dict(run.pids)
+    pids: dict[str, int | tuple[int, int]] = dict(run.pids)
     if ingest is not None:
         pids["loadgen"] = ingest.pid
     cpu = CpuWindow(pids)
@@ -546,9 +546,22 @@ def _installation(workdir: Path, vehicles: int) -> Iterator[_Run]:
             _say(True, f"  waiting for {vehicles} simulated units to come online")
             headers, vins = _wait_online(api, admin_password, fleet, vehicles)
             assert b.pid is not None
-            pids = {"broker": b.pid, "gateway": gateway.pid, "api": ap.pid}
-            pids |= {"units": fleet.pid, "bench": os.getpid()}
+            pids: dict[str, int | tuple[int, int]] = {"broker": b.pid, "gateway": gateway.pid}
+            pids |= {"api": ap.pid, "units": fleet.pid, "bench": os.getpid()}
+            pids |= _api_threads(ap.pid, trace)
             yield _Run(api, data, trace, b.port, vins, headers, pids)
+
+
+def _api_threads(api_pid: int, trace: Path) -> dict[str, tuple[int, int]]:
+    """The API's event loop (its main thread), command writer and fleet rules threads, as
+    the trace names them."""
+    time.sleep(1.0)  # the trace is written every half second
+    threads = {"api.loop": (api_pid, api_pid)}
+    for _, stage, _, detail in read_trace(trace):
+        name, _, tid = detail.partition(" ")
+        if stage == "thread" and tid.isdigit():
+            threads[f"api.{name}"] = (api_pid, int(tid))
+    return threads
 
 
 def _gateway_argv(command: str, data: Path, mqtt_url: str) -> list[str]:

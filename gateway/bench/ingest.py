@@ -98,6 +98,9 @@ class IngestBenchResult:
     cpu: dict[str, float] = field(default_factory=dict)
     #: 1-minute load average at the end of phase 2
     load_1m: float = 0.0
+    #: samples committed per CPU-second of the gateway in phase 2: the rate a busy machine
+    #: disturbs least (the rate follows the CPU the gateway gets; decision 0022)
+    samples_per_gateway_cpu_s: float = 0.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -185,6 +188,9 @@ def _worst(runs: list[IngestBenchResult]) -> dict[str, float]:
         "spread": round(max(rates) / min(rates), 3) if rates and min(rates) > 0 else 0.0,
         "ratio": worst([r.ratio for r in runs], higher_is_worse=False),
         "latency_p99_ms": worst([r.latency_p99_ms for r in runs]),
+        "samples_per_gateway_cpu_s": worst(
+            [r.samples_per_gateway_cpu_s for r in runs], higher_is_worse=False
+        ),
         "lost": sum(r.lost for r in runs),
         "duplicated": sum(r.duplicated for r in runs),
     }
@@ -204,7 +210,11 @@ ingest benchmark: {r.vehicles} vehicles, {r.messages} QoS 1 messages of {r.batch
     )
     if r.cpu:
         shown = "  ".join(f"{k} {v:.0f}" for k, v in r.cpu.items())
-        print(f"  CPU % of a core during phase 2: {shown}; load {r.load_1m:.1f}", file=sys.stderr)
+        print(
+            f"  CPU % of a core during phase 2: {shown}; load {r.load_1m:.1f}; "
+            f"{r.samples_per_gateway_cpu_s:,.0f} samples per gateway CPU-second",
+            file=sys.stderr,
+        )
     if r.store_raw_samples_per_s:
         print(
             f"  store {r.store}: raw line-protocol write {r.store_raw_samples_per_s:>10,.0f} "
@@ -664,7 +674,13 @@ def _result(
         store_ratio=round(m.rate / raw_rate, 3) if raw_rate else 0.0,
         cpu={} if m.cpu is None else {**m.cpu.processes, "others": m.cpu.others},
         load_1m=0.0 if m.cpu is None else m.cpu.load_1m,
+        samples_per_gateway_cpu_s=_per_cpu_second(m),
     )
+
+
+def _per_cpu_second(m: _Measured) -> float:
+    share = 0.0 if m.cpu is None else m.cpu.processes.get("gateway", 0.0) / 100
+    return round(m.rate / share, 1) if share > 0 else 0.0
 
 
 def _shown_store(store: str | None) -> str:

@@ -42,9 +42,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _process_cpu_s(pid: int) -> float | None:
+def _process_cpu_s(pid: int | tuple[int, int]) -> float | None:
+    """CPU seconds of a process, or of one thread of it: (pid, thread id)."""
+    path = f"/proc/{pid}/stat" if isinstance(pid, int) else f"/proc/{pid[0]}/task/{pid[1]}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / _TICK
@@ -63,7 +65,8 @@ class CpuFigures:
     """CPU over one phase, in percent of one core (200 = both cores of a 2-core machine)."""
 
     seconds: float
-    #: process name -> percent of one core
+    #: process name -> percent of one core; "process.thread" names are threads of it
+    #: (counted in the process's figure too)
     processes: dict[str, float]
     #: the whole machine: busy percent of one core, summed over cores
     machine: float
@@ -85,7 +88,8 @@ class CpuFigures:
 class CpuWindow:
     """Start with the processes to watch; :meth:`end` gives the phase's figures."""
 
-    pids: Mapping[str, int]
+    #: name -> a process id, or (process id, thread id) for one thread of it
+    pids: Mapping[str, int | tuple[int, int]]
     _start: dict[str, float] = field(default_factory=dict)
     _machine: tuple[int, int] = (0, 0)
     _at: float = 0.0
@@ -112,7 +116,9 @@ class CpuWindow:
             seconds=round(seconds, 2),
             processes=processes,
             machine=round(machine, 1),
-            others=round(max(0.0, machine - sum(processes.values())), 1),
+            others=round(
+                max(0.0, machine - sum(v for k, v in processes.items() if "." not in k)), 1
+            ),
             cores=cores,
             load_1m=round(os.getloadavg()[0], 2),
         )

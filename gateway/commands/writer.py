@@ -61,6 +61,11 @@ class GroupWriter:
         self.transactions = 0
         self.writes = 0
 
+    @property
+    def native_id(self) -> int | None:
+        """The writer thread's id in the operating system (None before :meth:`start`)."""
+        return None if self._thread is None else self._thread.native_id
+
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="command-writer", daemon=True)

@@ -383,6 +383,11 @@ class WorkerThread:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet-rules", daemon=True)
 
+    @property
+    def native_id(self) -> int | None:
+        """The thread's id in the operating system (None before :meth:`start`)."""
+        return self._thread.native_id
+
     def start(self) -> None:
         self._thread.start()
 
