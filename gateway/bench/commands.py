@@ -58,7 +58,9 @@ BENCH_COMMANDS = (
 #: benchmark's (the request), the unit's own (its answers' ``ts``), the API process's (the
 #: rest), all on this one machine. "request": HTTP, authentication, admission (the
 #: telemetry read) until the command's time of creation; "store": the create transaction
-#: (its wait for the state database's write lock, its fsync) and the start of dispatch;
+#: (its wait for the state database's write lock, its fsync) and the start of dispatch (0
+#: for a command stored and recorded ``sent`` in one transaction: its commit is then in
+#: "to_unit");
 #: "to_unit": the ``sent`` transaction, the publish, the broker and the unit until it
 #: accepted; "unit_work": the unit, accepted to succeeded; "succeeded_in": the broker, the
 #: command service's socket and event loop until the answer is read; "succeeded_record":
