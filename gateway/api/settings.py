@@ -83,6 +83,8 @@ class ApiSettings:
     max_running_jobs: int = 5
     #: the web dashboard (docs/decisions/0019-web-dashboard.md)
     web: WebSettings = field(default_factory=WebSettings)
+    #: command stages and event-loop lag written here (gateway.trace; benchmarks); None: off
+    trace_file: Path | None = None
     #: the clock that decides the silence (tests of it set their own)
     clock_ms: Callable[[], int] = field(default=now_ms, compare=False, repr=False)
 

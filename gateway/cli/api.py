@@ -133,6 +133,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             web=WebSettings(
                 tile_url=args.web_tile_url or None, tile_attribution=args.web_tile_attribution
             ),
+            trace_file=env.trace_file,
         )
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
