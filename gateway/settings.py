@@ -141,6 +141,12 @@ class Environment(BaseSettings):
     login_limit: str = _limit(DEFAULT_LOGIN_LIMIT)
     invitation_limit: str = "20/hour,burst=10"
     no_registration: bool = False
+    # the web dashboard's map tiles (None: a plain background with the demo's Munich roads)
+    web_tile_url: str | None = None
+    web_tile_attribution: str = ""
+    #: the API's trace file (gateway.trace): command stages and event-loop lag, for the
+    #: benchmarks; unset: no trace
+    trace_file: Path | None = None
 
     # --- operator commands (telematics user add / set-password)
     user_password: str | None = Field(default=None, repr=False)

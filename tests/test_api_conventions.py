@@ -99,6 +99,8 @@ def test_every_list_is_items_and_a_cursor(spec: dict[str, Any]) -> None:
         ("get", "/v1/reports/faults"),
         # a bulk command: the job with its first refusals (counts.refused has them all)
         ("get", "/v1/command-jobs/{job_id}"),
+        # a vehicle's lifecycle: its state with the history of its changes
+        ("get", "/v1/vehicles/{vin}/lifecycle"),
     }
     checked = 0
     for method, path, schema in lists:

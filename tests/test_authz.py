@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from httpx2 import Response
 
+from tests.support.api import TEST_ADMIN_EMAIL
 from tests.support.authz import (
     PASSWORD,
     SPEED,
@@ -242,6 +243,19 @@ TABLE: dict[tuple[str, str], Row] = {
     # authentication
     ("POST", "/v1/auth/token"): Row(
         lambda w, p, own: w.client.post("/v1/auth/token", data={"grant_type": "password"}), None
+    ),
+    # the web dashboard's login (cookies) and logout; its live map's feed is scoped
+    ("POST", "/v1/auth/session"): Row(
+        lambda w, p, own: w.client.post(
+            "/v1/auth/session", json={"email": "nobody@example.com", "password": "wrong-1"}
+        ),
+        None,
+    ),
+    ("DELETE", "/v1/auth/session"): Row(
+        method("DELETE", lambda w, p, own: "/v1/auth/session"), EVERYONE
+    ),
+    ("GET", "/v1/positions/stream"): Row(
+        stream(lambda w, p, own: "/v1/positions/stream"), EVERYONE
     ),
     ("POST", "/v1/auth/revoke"): Row(
         lambda w, p, own: w.client.post("/v1/auth/revoke", json={"refresh_token": "x"}), None
@@ -620,6 +634,157 @@ TABLE.update(
         ),
     }
 )
+
+
+# --- the vehicle lifecycle, transfers and assistance shares (issue 16) -----------------------
+
+#: a transfer to the caller: "own" is one addressed to them, "foreign" one to someone else
+TO_ME = cells(
+    admin=(OK, FORBIDDEN),
+    fleet_manager=(OK, NOT_FOUND),
+    fleet_viewer=(FORBIDDEN, NOT_FOUND),
+    owner=(OK, NOT_FOUND),
+    driver=(FORBIDDEN, NOT_FOUND),
+)
+TABLE.update(
+    {
+        ("POST", "/v1/vehicles/{vin}/lifecycle/registration"): Row(
+            post(lambda w, p, own: f"/v1/vehicles/{fresh_vin()}/lifecycle/registration"),
+            ADMIN_ONLY,
+        ),
+        ("POST", "/v1/vehicles/{vin}/pairing-code"): Row(
+            post(lambda w, p, own: f"/v1/vehicles/{_built(w)[0]}/pairing-code"), ADMIN_ONLY
+        ),
+        ("POST", "/v1/vehicles/{vin}/claim"): Row(lambda w, p, own: _claim(w, p, own), MANAGE),
+        ("GET", "/v1/vehicles/{vin}/lifecycle"): Row(
+            get(lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/lifecycle"),
+            MANAGE,
+        ),
+        ("POST", "/v1/vehicles/{vin}/service"): Row(
+            post(
+                lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/service",
+                lambda w, p, own: {"workshop_account_id": w.accounts["B"], "until": 2**40},
+            ),
+            MANAGE,
+        ),
+        ("DELETE", "/v1/vehicles/{vin}/service"): Row(
+            method("DELETE", lambda w, p, own: f"/v1/vehicles/{_in_service(w, p, own)}/service"),
+            MANAGE,
+        ),
+        ("POST", "/v1/vehicles/{vin}/decommission"): Row(
+            post(
+                lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/decommission",
+                lambda *_: {"reason": "scrapped"},
+            ),
+            ADMIN_ONLY,
+        ),
+        ("POST", "/v1/vehicles/{vin}/transfers"): Row(
+            post(
+                lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/transfers",
+                lambda *_: {"to_email": "buyer@example.com"},
+            ),
+            MANAGE,
+        ),
+        ("GET", "/v1/transfers"): Row(get(lambda w, p, own: "/v1/transfers"), EVERYONE),
+        ("GET", "/v1/transfers/{transfer_id}"): Row(
+            get(lambda w, p, own: f"/v1/transfers/{_transfer_to(w, p, own)}"),
+            {p: (OK, OK) if p == "admin" else (OK, NOT_FOUND) for p in PERSONAS},
+        ),
+        ("POST", "/v1/transfers/{transfer_id}/accept"): Row(
+            post(
+                lambda w, p, own: f"/v1/transfers/{_transfer_to(w, p, own)}/accept",
+                lambda w, p, own: {"account_id": w.own_account(p)},
+            ),
+            TO_ME,
+        ),
+        ("POST", "/v1/transfers/{transfer_id}/decline"): Row(
+            post(lambda w, p, own: f"/v1/transfers/{_transfer_to(w, p, own)}/decline"),
+            {p: (OK, FORBIDDEN) if p == "admin" else (OK, NOT_FOUND) for p in PERSONAS},
+        ),
+        # a transfer of the caller's vehicle ("own") or of one of organization B: only the
+        # holder's managers (and administrators) see and cancel it
+        ("POST", "/v1/transfers/{transfer_id}/cancel"): Row(
+            post(lambda w, p, own: f"/v1/transfers/{_transfer_from(w, p, own)}/cancel"),
+            cells(
+                admin=(OK, OK),
+                fleet_manager=(OK, NOT_FOUND),
+                fleet_viewer=(NOT_FOUND, NOT_FOUND),
+                owner=(OK, NOT_FOUND),
+                driver=(NOT_FOUND, NOT_FOUND),
+            ),
+        ),
+        ("POST", "/v1/vehicles/{vin}/assistance-shares"): Row(
+            post(
+                lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/assistance-shares",
+                lambda *_: {"partner": "Roadside Co"},
+            ),
+            READ,
+        ),
+        ("GET", "/v1/vehicles/{vin}/assistance-shares"): Row(
+            get(lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/assistance-shares"),
+            READ,
+        ),
+        ("DELETE", "/v1/vehicles/{vin}/assistance-shares/{share_id}"): Row(
+            lambda w, p, own: _end_share(w, p, own), READ
+        ),
+        # the partner's view: no account, the share's token is the key
+        ("GET", "/v1/assistance/{token}"): Row(
+            get(lambda w, p, own: f"/v1/assistance/{_share(w, p, own)[2]}"), None
+        ),
+    }
+)
+
+
+def _email(persona: str) -> str:
+    return TEST_ADMIN_EMAIL if persona == "admin" else f"{persona}@example.com"
+
+
+def _built(w: World) -> tuple[str, str]:
+    """A fresh VIN the maker registered, and its pairing code."""
+    vin = fresh_vin()
+    code = w.admin("POST", f"/v1/vehicles/{vin}/lifecycle/registration").json()["pairing_code"]
+    return vin, code
+
+
+def _claim(w: World, persona: str | None, own: bool) -> Response:
+    vin, code = _built(w)
+    body = {"code": code, "account_id": w.account(persona or "admin", own)}
+    return w.client.post(f"/v1/vehicles/{vin}/claim", json=body, headers=w.as_(persona))
+
+
+def _in_service(w: World, persona: str, own: bool) -> str:
+    vin = w.disposable_vehicle(persona, own)
+    body = {"workshop_account_id": w.accounts["B"], "until": 2**40}
+    w.admin("POST", f"/v1/vehicles/{vin}/service", json=body)
+    return vin
+
+
+def _offer(w: World, vin: str, email: str) -> int:
+    transfer: int = w.admin(
+        "POST", f"/v1/vehicles/{vin}/transfers", json={"to_email": email}
+    ).json()["id"]
+    return transfer
+
+
+def _transfer_to(w: World, persona: str, own: bool) -> int:
+    vin = w.disposable_vehicle("fleet_manager", False)
+    return _offer(w, vin, _email(persona) if own else "someone-else@example.com")
+
+
+def _transfer_from(w: World, persona: str, own: bool) -> int:
+    return _offer(w, w.disposable_vehicle(persona, own), "buyer@example.com")
+
+
+def _share(w: World, persona: str, own: bool) -> tuple[str, int, str]:
+    vin = w.disposable_vehicle(persona, own)
+    body = {"partner": "Roadside Co"}
+    share = w.admin("POST", f"/v1/vehicles/{vin}/assistance-shares", json=body).json()
+    return vin, share["id"], share["token"]
+
+
+def _end_share(w: World, persona: str | None, own: bool) -> Response:
+    vin, share, _ = _share(w, persona or "admin", own)
+    return w.client.delete(f"/v1/vehicles/{vin}/assistance-shares/{share}", headers=w.as_(persona))
 
 
 def _delete_grant(w: World, persona: str | None, own: bool) -> Response:

@@ -31,6 +31,10 @@ def test_ingest_bench_counts_every_sample_once(batch: int, provisioned: bool) ->
     # every paced sample of the latency phase was seen committed
     assert result.latency_samples > 0
     assert 0 <= result.latency_p50_ms <= result.latency_p99_ms <= result.latency_max_ms
+    # CPU per process during the full-speed phase, and what the rest of the machine took
+    # (a tiny run may take less than one clock tick of the gateway's CPU: 0 is possible)
+    assert {"broker", "gateway", "loadgen", "others"} <= set(result.cpu)
+    assert all(v >= 0 for v in result.cpu.values())
 
 
 @pytest.mark.parametrize(("vehicles", "restarted"), [(40, False), (1500, True)])
@@ -75,3 +79,24 @@ def test_reports_bench_times_every_report() -> None:
     assert result.csv_rows == 5 * 3 + 5
     assert len(result.csv_ms) == len(result.json_ms) == len(result.utilization_csv_ms) == 2
     assert result.worst_csv_ms == max(result.csv_ms) > 0
+
+
+@pytest.mark.slow
+def test_command_bench_attributes_every_command() -> None:
+    """Tiny: every command succeeds in every phase, and each has its stages, the API's
+    loop lag and the CPU of the API's threads (issue 17)."""
+    from gateway.bench.commands import STAGES, run_commands_bench
+
+    result = run_commands_bench(
+        vehicles=3, commands=10, rate=10.0, loads=[0.5], ingest_samples=2000
+    )
+    assert [p.name for p in result.phases] == ["idle", "ingest at 50%"]
+    assert result.ok
+    assert result.ingest_max_samples_per_s > 0
+    assert result.ingest_max_with_commands_samples_per_s > 0
+    for phase in result.phases:
+        assert phase.succeeded == phase.commands == 10
+        assert set(STAGES) <= set(phase.stages)
+        assert phase.loop_lag.max_ms >= 0
+        assert {"api", "api.loop", "api.writer", "api.fleet"} <= set(phase.cpu.processes)
+        assert phase.commits > 0

@@ -42,11 +42,13 @@ def provision_vehicle(
     provisioned_by: int | None,
     now: int,
     password: bool = True,
+    by_operator: bool = True,
 ) -> Provisioned:
     """Register ``vin`` in ``account_id`` with fresh broker credentials.
 
     Raises ``VehicleAlreadyProvisioned`` for an active vehicle (a revoked one is
-    re-provisioned with new credentials).
+    re-provisioned with new credentials), ``LifecycleRefused`` for a decommissioned VIN
+    and, unless ``by_operator``, for one the maker registered (it needs its pairing code).
     """
     secret = generate_password() if password else None
     record = accounts.provision_vehicle(
@@ -56,6 +58,7 @@ def provision_vehicle(
         mqtt_password_hash=None if secret is None else hash_password(secret),
         provisioned_by=provisioned_by,
         now=now,
+        by_operator=by_operator,
     )
     return Provisioned(record, secret)
 

@@ -23,9 +23,11 @@ from gateway.api.docs import install_docs
 from gateway.api.errors import install_error_handlers
 from gateway.api.limits import BodyLimit, document_body_limits
 from gateway.api.models import ErrorResponse
+from gateway.api.positions import PositionFeed
 from gateway.api.routes import routers
 from gateway.api.security import AuthContext
 from gateway.api.settings import ApiSettings
+from gateway.api.web import install_web
 from gateway.auth.tokens import load_or_create_secret
 from gateway.commands.jobs import JobService
 from gateway.commands.service import CommandService
@@ -42,6 +44,7 @@ from gateway.statedb.fleets import FleetRepository
 from gateway.statedb.jobs import JobRepository
 from gateway.statedb.webhooks import WebhookRepository
 from gateway.store import open_store
+from gateway.trace import Trace
 
 __all__ = ["ApiSettings", "create_app"]
 
@@ -128,17 +131,27 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(_first_admin, app.state.auth)
     service: CommandService | None = None
     jobs: JobService | None = None
+    trace = Trace(settings.trace_file)
+    trace.start()
     if settings.commands is not None:
-        service = CommandService(settings.commands, CommandRepository(state_db), settings.store)
+        service = CommandService(
+            settings.commands, CommandRepository(state_db), settings.store, trace=trace
+        )
         await service.start()
         jobs = JobService(service, JobRepository(state_db))
         await jobs.start()
     app.state.commands, app.state.jobs = service, jobs
     fleet_worker = _fleet(app, settings, state_db)
+    _trace_threads(trace, service, fleet_worker)
     bus, webhook_worker = await _notifications(app, settings, state_db)
+    app.state.positions = positions = PositionFeed(
+        lambda: open_store(settings.store, readonly=True), poll_s=settings.web.position_poll_s
+    )
+    await positions.start()
     try:
         yield
     finally:
+        await positions.stop()
         await webhook_worker.stop()
         await bus.stop()
         if jobs is not None:
@@ -147,6 +160,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await run_in_threadpool(fleet_worker.stop)
         if service is not None:
             await service.stop()
+        await trace.stop()
         state_db.dispose()
 
 
@@ -162,6 +176,20 @@ async def _notifications(
     app.state.webhook_worker = worker = WebhookWorker(app.state.webhooks, settings.notify)
     await worker.start()
     return bus, worker
+
+
+def _trace_threads(
+    trace: Trace, service: CommandService | None, fleet_worker: WorkerThread | None
+) -> None:
+    """The thread ids of the process's busy threads, so a benchmark can tell their CPU
+    apart (gateway.trace)."""
+    threads = {
+        "writer": None if service is None else service.writer.native_id,
+        "fleet": None if fleet_worker is None else fleet_worker.native_id,
+    }
+    for name, tid in threads.items():
+        if tid is not None:
+            trace.mark("-", "thread", f"{name} {tid}")
 
 
 def _fleet(app: FastAPI, settings: ApiSettings, state_db: StateDatabase) -> WorkerThread | None:
@@ -227,6 +255,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     install_docs(app)
+    install_web(app, settings.web)
     included = routers(settings)
     # flat, for the body limits and the Allow header (gateway.api.limits.api_routes)
     app.state.api_routes = [route for router in included for route in router.routes]

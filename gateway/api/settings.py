@@ -21,7 +21,32 @@ from gateway.fleet.worker import WorkerSettings
 from gateway.notify.settings import NotifySettings
 from gateway.statedb.database import default_url
 
-__all__ = ["ApiSettings"]
+__all__ = ["ApiSettings", "WebSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """The built-in web dashboard (``gateway.api.web``)."""
+
+    #: map tiles, e.g. ``https://tile.openstreetmap.org/{z}/{x}/{y}.png`` (its origin is
+    #: added to the pages' Content-Security-Policy); None: no tiles, a plain background
+    #: with the simulator's Munich roads drawn as the base layer
+    tile_url: str | None = None
+    #: attribution shown under the tiles (required by most tile services)
+    tile_attribution: str = ""
+    #: how often the positions feed reads new samples (the live map's latency)
+    position_poll_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        url = self.tile_url
+        if url is not None and not (
+            url.startswith(("https://", "http://")) and "{z}" in url and "{x}" in url
+        ):
+            raise ConfigurationError(
+                f"the tile URL must be http(s) with {{z}}, {{x}} and {{y}}: {url!r}"
+            )
+        if not 0.05 <= self.position_poll_s <= 60:
+            raise ConfigurationError("position_poll_s must be between 0.05 and 60 seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +81,10 @@ class ApiSettings:
     max_job_vehicles: int = 10_000
     #: bulk commands an organization may have running at once (429 beyond)
     max_running_jobs: int = 5
+    #: the web dashboard (docs/decisions/0019-web-dashboard.md)
+    web: WebSettings = field(default_factory=WebSettings)
+    #: command stages and event-loop lag written here (gateway.trace; benchmarks); None: off
+    trace_file: Path | None = None
     #: the clock that decides the silence (tests of it set their own)
     clock_ms: Callable[[], int] = field(default=now_ms, compare=False, repr=False)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import json
 import os
 import secrets
@@ -23,17 +25,21 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from gateway import metrics
-from gateway.bench.ingest import LoadProcess, percentile
+from gateway.bench.ingest import LoadProcess
+from gateway.bench.probes import CpuFigures, CpuWindow, percentile, stop_children_on_signals, worst
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from gateway.errors import ConfigurationError
+from gateway.trace import read_trace
 
 __all__ = ["CommandBenchResult", "add_arguments", "run_commands_bench", "run_from_args"]
 
@@ -47,8 +53,43 @@ BENCH_COMMANDS = (
 )
 
 
+#: the stages of one command, in order, each the time from the previous mark to its own;
+#: they add up to the command's latency until its ``succeeded`` was recorded. Clocks: the
+#: benchmark's (the request), the unit's own (its answers' ``ts``), the API process's (the
+#: rest), all on this one machine. "request": HTTP, authentication, admission (the
+#: telemetry read) until the command's time of creation; "store": the create transaction
+#: (its wait for the state database's write lock, its fsync) and the start of dispatch (0
+#: for a command stored and recorded ``sent`` in one transaction: its commit is then in
+#: "to_unit");
+#: "to_unit": the ``sent`` transaction, the publish, the broker and the unit until it
+#: accepted; "unit_work": the unit, accepted to succeeded; "succeeded_in": the broker, the
+#: command service's socket and event loop until the answer is read; "succeeded_record":
+#: the in-order lock (behind earlier answers) and the transition's transaction.
+STAGES = ("request", "store", "to_unit", "unit_work", "succeeded_in", "succeeded_record")
+#: the same two steps for the ``accepted`` answer, which overlap the chain above
+SIDE_STAGES = ("accepted_in", "accepted_record")
+
+
+@dataclass(frozen=True, slots=True)
+class Spread:
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        return cls(
+            p50_ms=round(percentile(values, 0.5), 1),
+            p99_ms=round(percentile(values, 0.99), 1),
+            max_ms=round(max(values, default=float("nan")), 1),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class PhaseFigures:
+    name: str
+    #: the paced ingest rate during the phase (0: idle)
+    ingest_samples_per_s: float
     commands: int
     succeeded: int
     other_final: dict[str, int]
@@ -56,6 +97,25 @@ class PhaseFigures:
     p99_ms: float
     max_ms: float
     seconds: float
+    #: API call -> its 201 answer, as the client saw it
+    response: Spread
+    #: stage name (STAGES) -> its spread; empty without a trace
+    stages: dict[str, Spread]
+    #: the API process's event loop (the command service's too): oversleep of a 50 ms sleep
+    loop_lag: Spread
+    cpu: CpuFigures
+    #: the API process's CPU time per command (all its threads: the fleet rules worker
+    #: too): a figure a busy machine disturbs less than a latency
+    api_cpu_ms_per_command: float
+    #: the command writer's grouped transactions during the phase: how many, writes per
+    #: transaction, the wait for the write lock and the transaction after it
+    commits: int
+    writes_per_commit: float
+    commit_wait: Spread
+    commit_took: Spread
+    #: samples the gateway committed per second during the phase (the paced load's target
+    #: is ``ingest_samples_per_s``; on a starved machine it may fall short)
+    ingest_achieved_samples_per_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,20 +124,45 @@ class CommandBenchResult:
     commands_per_phase: int
     rate_per_s: float
     ingest_max_samples_per_s: float
-    ingest_load_samples_per_s: float
-    idle: PhaseFigures
-    under_ingest: PhaseFigures
+    #: the same ingest measured while commands flow at ``rate_per_s``
+    ingest_max_with_commands_samples_per_s: float
+    ingest_ratio_with_commands: float
+    phases: list[PhaseFigures]
+
+    @property
+    def ok(self) -> bool:
+        return all(p.succeeded == p.commands for p in self.phases)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vehicles", type=int, default=100, help="simulated units (default: 100)")
-    p.add_argument("--commands", type=int, default=1000, help="commands per phase (default: 1000)")
+    p.add_argument(
+        "--commands",
+        type=int,
+        default=400,
+        help="commands per phase; a phase lasts COMMANDS / RATE seconds (default: 400)",
+    )
     p.add_argument(
         "--rate",
         type=float,
         default=25.0,
-        help="commands per second, sent open loop like many app users; one API process "
-        "handles about 90/s on the 2-core machine (default: 25)",
+        help="commands per second, sent open loop like many app users (default: 25)",
+    )
+    p.add_argument(
+        "--loads",
+        default="0.5,0.8",
+        metavar="LIST",
+        help="ingest loads of the phases under ingest, as fractions of the maximum measured "
+        "in the same run (default: 0.5,0.8)",
+    )
+    p.add_argument(
+        "--ingest-samples",
+        type=int,
+        default=100_000,
+        help="samples of each ingest-maximum measurement (default: 100000)",
+    )
+    p.add_argument(
+        "--reps", type=int, default=3, help="repetitions, each from a fresh start (default: 3)"
     )
     p.add_argument(
         "--json", action="store_true", help="print the result as one JSON object on the last line"
@@ -85,36 +170,91 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    result = run_commands_bench(
-        vehicles=args.vehicles,
-        commands=args.commands,
-        rate=args.rate,
-        progress=not args.json,
-    )
-    _print(result)
+    loads = [float(x) for x in str(args.loads).split(",") if x.strip()]
+    runs: list[CommandBenchResult] = []
+    with stop_children_on_signals():
+        for rep in range(1, args.reps + 1):
+            _say(True, f"repetition {rep} of {args.reps}")
+            result = run_commands_bench(
+                vehicles=args.vehicles,
+                commands=args.commands,
+                rate=args.rate,
+                loads=loads,
+                ingest_samples=args.ingest_samples,
+            )
+            _print(result, f"repetition {rep}")
+            runs.append(result)
+    summary = _worst(runs)
+    _print_worst(summary)
     if args.json:
-        print(json.dumps(asdict(result)))
-    ok = all(p.succeeded == p.commands for p in (result.idle, result.under_ingest))
-    return 0 if ok else 1
+        print(json.dumps({"runs": [asdict(r) for r in runs], "worst": summary}), flush=True)
+    return 0 if all(r.ok for r in runs) else 1
 
 
-def _print(r: CommandBenchResult) -> None:
-    def line(name: str, p: PhaseFigures) -> str:
+def _worst(runs: list[CommandBenchResult]) -> dict[str, Any]:
+    """The worst of each figure over the repetitions, and its spread (worst / best)."""
+    out: dict[str, Any] = {
+        "ingest_ratio_with_commands": worst(
+            [r.ingest_ratio_with_commands for r in runs], higher_is_worse=False
+        ),
+        "ingest_max_samples_per_s": [r.ingest_max_samples_per_s for r in runs],
+    }
+    for i, phase in enumerate(runs[0].phases if runs else []):
+        p99s = [r.phases[i].p99_ms for r in runs]
+        out[phase.name] = {
+            "p50_ms": worst([r.phases[i].p50_ms for r in runs]),
+            "p99_ms": worst(p99s),
+            "max_ms": worst([r.phases[i].max_ms for r in runs]),
+            "p99_each_ms": p99s,
+            "loop_lag_max_ms": worst([r.phases[i].loop_lag.max_ms for r in runs]),
+            "api_cpu_ms_per_command": worst([r.phases[i].api_cpu_ms_per_command for r in runs]),
+            "succeeded": sum(r.phases[i].succeeded for r in runs),
+            "commands": sum(r.phases[i].commands for r in runs),
+        }
+    return out
+
+
+def _print(r: CommandBenchResult, title: str) -> None:
+    lines = [
+        f"\ncommand benchmark, {title}: {r.commands_per_phase} commands per phase to "
+        f"{r.vehicles} online units, {r.rate_per_s:g}/s; API call -> succeeded",
+        f"  ingest maximum {r.ingest_max_samples_per_s:,.0f} samples/s; with commands at "
+        f"{r.rate_per_s:g}/s {r.ingest_max_with_commands_samples_per_s:,.0f} "
+        f"(ratio {r.ingest_ratio_with_commands:.2f})",
+    ]
+    for p in r.phases:
         extra = f"  (not succeeded: {p.other_final})" if p.other_final else ""
-        return (
-            f"  {name:<34} p50 {p.p50_ms:6.1f} ms   p99 {p.p99_ms:6.1f} ms   "
-            f"max {p.max_ms:6.1f} ms   {p.succeeded}/{p.commands} succeeded{extra}"
-        )
+        lines += [
+            f"  {p.name:<28} p50 {p.p50_ms:7.1f} ms  p99 {p.p99_ms:7.1f} ms  "
+            f"max {p.max_ms:7.1f} ms  {p.succeeded}/{p.commands} succeeded{extra}",
+            f"    201 answer p50 {p.response.p50_ms:.0f} / p99 {p.response.p99_ms:.0f} ms; "
+            f"loop lag p99 {p.loop_lag.p99_ms:.0f} / max {p.loop_lag.max_ms:.0f} ms; "
+            f"API CPU {p.api_cpu_ms_per_command:.1f} ms per command; "
+            f"ingest committed {p.ingest_achieved_samples_per_s:,.0f} samples/s",
+            "    stages p50/p99 ms: "
+            + "  ".join(f"{k} {v.p50_ms:.0f}/{v.p99_ms:.0f}" for k, v in p.stages.items()),
+            f"    writer: {p.commits} commits, {p.writes_per_commit:.1f} writes each; lock wait "
+            f"p50/p99 {p.commit_wait.p50_ms:.0f}/{p.commit_wait.p99_ms:.0f} ms, transaction "
+            f"{p.commit_took.p50_ms:.0f}/{p.commit_took.p99_ms:.0f} ms",
+            f"    {p.cpu.line()}",
+        ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
-    print(
-        f"\ncommand benchmark: {r.commands_per_phase} commands to {r.vehicles} online units, "
-        f"{r.rate_per_s:g}/s; API call -> succeeded\n"
-        + line("ingest idle", r.idle)
-        + "\n"
-        + line(f"ingest at {r.ingest_load_samples_per_s:,.0f} samples/s", r.under_ingest)
-        + f"\n  (ingest maximum measured in this run: {r.ingest_max_samples_per_s:,.0f} samples/s)",
-        file=sys.stderr,
-    )
+
+def _print_worst(summary: dict[str, Any]) -> None:
+    lines = ["\nworst of the repetitions:"]
+    for name, figures in summary.items():
+        if isinstance(figures, dict):
+            each = " / ".join(f"{v:.0f}" for v in figures["p99_each_ms"])
+            lines.append(
+                f"  {name:<28} p99 {figures['p99_ms']:.1f} ms (each: {each}); "
+                f"max {figures['max_ms']:.1f} ms; "
+                f"loop lag max {figures['loop_lag_max_ms']:.0f} ms; "
+                f"{figures['succeeded']}/{figures['commands']} succeeded"
+            )
+    ratio = summary.get("ingest_ratio_with_commands", float("nan"))
+    lines.append(f"  ingest with commands / without: {ratio:.2f} (lowest)")
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _say(progress: bool, message: str) -> None:
@@ -172,22 +312,22 @@ def _stored(db_path: Path) -> int:
 
 async def _send(
     api: str, vins: list[str], count: int, rate: float, headers: dict[str, str]
-) -> dict[str, int]:
+) -> dict[str, tuple[float, float]]:
     """POST ``count`` commands round-robin over ``vins`` at ``rate`` per second (open loop:
     a request does not wait for the previous one, as with many app users); return command
-    id -> the time its request was sent."""
-    sent: dict[str, int] = {}
+    id -> (when its request was sent, when its answer came), wall clock ms."""
+    sent: dict[str, tuple[float, float]] = {}
 
     async def one(client: httpx.AsyncClient, i: int) -> None:
         body = BENCH_COMMANDS[i % len(BENCH_COMMANDS)]
-        started = time.time_ns() // 1_000_000
+        started = time.time_ns() / 1_000_000
         r = await client.post(f"{api}/v1/vehicles/{vins[i % len(vins)]}/commands", json=body)
         if r.status_code != 201:
             raise RuntimeError(f"command request failed: {r.status_code} {r.text}")
-        sent[r.json()["id"]] = started
+        sent[r.json()["id"]] = (started, time.time_ns() / 1_000_000)
 
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as client:
+    async with httpx.AsyncClient(timeout=300, limits=limits, headers=headers) as client:
         tasks = []
         start = time.perf_counter()
         for i in range(count):
@@ -199,100 +339,231 @@ async def _send(
     return sent
 
 
-def _phase(
-    api: str, state_db: Path, vins: list[str], count: int, rate: float, headers: dict[str, str]
-) -> PhaseFigures:
-    started = time.perf_counter()
-    sent = asyncio.run(_send(api, vins, count, rate, headers))
-    ids = list(sent)
+_FINAL = ("succeeded", "failed", "rejected", "expired", "timed_out", "cancelled")
+
+
+def _finished(state_db: Path, ids: list[str]) -> dict[str, tuple[Any, ...]]:
+    """Wait until every command of ``ids`` has ended; id -> (status, created_at, sent_at,
+    unit_accepted_at, accepted_at, succeeded_at)."""
     db = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True)
+    marks = ",".join("?" * len(ids))
     try:
-        marks = ",".join("?" * len(ids))
-        final = ("succeeded", "failed", "rejected", "expired", "timed_out", "cancelled")
 
-        def finished() -> list[tuple[str, str]]:
-            rows: list[tuple[str, str]] = db.execute(
-                f"SELECT id, status FROM commands WHERE id IN ({marks})", ids
-            ).fetchall()
-            return [(i, s) for i, s in rows if s in final]
+        def ended() -> bool:
+            rows = db.execute(f"SELECT status FROM commands WHERE id IN ({marks})", ids)
+            return sum(1 for (status,) in rows if status in _FINAL) == len(ids)
 
-        _wait(lambda: len(finished()) == len(ids), "every command to finish", timeout=120)
-        seconds = time.perf_counter() - started
-        at = dict(
-            db.execute(
-                f"SELECT command_id, at FROM command_transitions WHERE status = 'succeeded' "
-                f"AND command_id IN ({marks})",
-                ids,
-            ).fetchall()
-        )
-        statuses = dict(finished())
+        _wait(ended, "every command to finish", timeout=180)
+        rows = db.execute(
+            "SELECT c.id, c.status, c.created_at, c.sent_at, c.unit_accepted_at, "
+            "c.accepted_at, (SELECT t.at FROM command_transitions t WHERE t.command_id = c.id "
+            f"AND t.status = 'succeeded') FROM commands c WHERE c.id IN ({marks})",
+            ids,
+        ).fetchall()
     finally:
         db.close()
-    latencies = [at[i] - sent[i] for i in ids if i in at]
-    others: dict[str, int] = {}
-    for status in statuses.values():
-        if status != "succeeded":
-            others[status] = others.get(status, 0) + 1
-    return PhaseFigures(
-        commands=len(ids),
-        succeeded=len(latencies),
-        other_final=others,
-        p50_ms=round(percentile(latencies, 0.5), 1),
-        p99_ms=round(percentile(latencies, 0.99), 1),
-        max_ms=round(max(latencies, default=float("nan")), 1),
-        seconds=round(seconds, 2),
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def _stages(
+    sent: dict[str, tuple[float, float]],
+    rows: dict[str, tuple[Any, ...]],
+    trace: list[tuple[float, str, str, str]],
+) -> dict[str, Spread]:
+    """Each stage's spread over the succeeded commands (see STAGES)."""
+    results: dict[tuple[str, str], tuple[float, float]] = {}  # (id, status) -> (unit, in)
+    recorded: dict[tuple[str, str], float] = {}
+    for at, stage, key, detail in trace:
+        status, _, unit_ts = detail.partition(" ")
+        if stage == "result" and unit_ts:
+            results.setdefault((key, status), (float(unit_ts), at))
+        elif stage == "recorded":
+            recorded.setdefault((key, status), at)
+    values: dict[str, list[float]] = {k: [] for k in (*STAGES, *SIDE_STAGES)}
+    for command_id, (status, created, sent_at, _, _, _) in rows.items():
+        if status != "succeeded" or command_id not in sent:
+            continue
+        acc = results.get((command_id, "accepted"))
+        suc = results.get((command_id, "succeeded"))
+        acc_done = recorded.get((command_id, "accepted"))
+        suc_done = recorded.get((command_id, "succeeded"))
+        if acc is None or suc is None or acc_done is None or suc_done is None:
+            continue
+        marks = [sent[command_id][0], created, sent_at, acc[0], suc[0], suc[1], suc_done]
+        for name, (a, b) in zip(STAGES, itertools.pairwise(marks), strict=True):
+            values[name].append(b - a)
+        values["accepted_in"].append(acc[1] - acc[0])
+        values["accepted_record"].append(acc_done - acc[1])
+    return {k: Spread.of(v) for k, v in values.items() if v}
+
+
+def _lag(trace: list[tuple[float, str, str, str]], since: float, until: float) -> Spread:
+    return Spread.of(
+        [float(d) for at, stage, _, d in trace if stage == "lag" and since <= at <= until]
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """One benchmark run's running installation."""
+
+    api: str
+    data: Path
+    trace: Path
+    broker_port: int
+    vins: list[str]
+    headers: dict[str, str]
+    pids: dict[str, int | tuple[int, int]]
+
+
+def _phase(
+    run: _Run, name: str, count: int, rate: float, ingest: LoadProcess | None
+) -> PhaseFigures:
+    pids: dict[str, int | tuple[int, int]] = dict(run.pids)
+    if ingest is not None:
+        pids["loadgen"] = ingest.pid
+    cpu = CpuWindow(pids)
+    since = time.time_ns() / 1_000_000
+    started = time.perf_counter()
+    stored = _stored(run.data / "telemetry.db")
+    sent = asyncio.run(_send(run.api, run.vins, count, rate, run.headers))
+    rows = _finished(run.data / "state.db", list(sent))
+    seconds = time.perf_counter() - started
+    stored = _stored(run.data / "telemetry.db") - stored
+    figures = cpu.end()
+    time.sleep(1.0)  # the trace is written every half second
+    trace = read_trace(run.trace)
+    latencies = [r[5] - sent[i][0] for i, r in rows.items() if r[0] == "succeeded"]
+    others: dict[str, int] = {}
+    for status, *_ in rows.values():
+        if status != "succeeded":
+            others[status] = others.get(status, 0) + 1
+    total = Spread.of(latencies)
+    return PhaseFigures(
+        name=name,
+        ingest_samples_per_s=0.0,
+        commands=len(sent),
+        succeeded=len(latencies),
+        other_final=others,
+        p50_ms=total.p50_ms,
+        p99_ms=total.p99_ms,
+        max_ms=total.max_ms,
+        seconds=round(seconds, 2),
+        response=Spread.of([b - a for a, b in sent.values()]),
+        stages=_stages(sent, rows, trace),
+        loop_lag=_lag(trace, since, since + seconds * 1000),
+        cpu=figures,
+        api_cpu_ms_per_command=round(
+            figures.processes.get("api", 0.0) * 10 * figures.seconds / max(1, len(sent)), 2
+        ),
+        ingest_achieved_samples_per_s=round(stored / seconds, 1),
+        **_commits(trace, since, since + seconds * 1000),
+    )
+
+
+def _commits(
+    trace: list[tuple[float, str, str, str]], since: float, until: float
+) -> dict[str, Any]:
+    groups = [
+        [float(x) for x in detail.split()]
+        for at, stage, _, detail in trace
+        if stage == "commit" and since <= at <= until
+    ]
+    return {
+        "commits": len(groups),
+        "writes_per_commit": round(sum(g[0] for g in groups) / max(1, len(groups)), 2),
+        "commit_wait": Spread.of([g[1] for g in groups]),
+        "commit_took": Spread.of([g[2] for g in groups]),
+    }
+
+
 def run_commands_bench(
-    *, vehicles: int = 100, commands: int = 1000, rate: float = 25.0, progress: bool = True
+    *,
+    vehicles: int = 100,
+    commands: int = 400,
+    rate: float = 25.0,
+    loads: list[float] | None = None,
+    ingest_samples: int = 100_000,
 ) -> CommandBenchResult:
+    """One run from a fresh start: broker, gateway, API, simulated units; the phases idle,
+    ingest maximum without and with commands, and under each of ``loads``."""
     if shutil.which("mosquitto_pub") is None:
         raise ConfigurationError(
             "mosquitto_pub not found: install it with: sudo apt-get install -y mosquitto-clients"
         )
     workdir = Path(tempfile.mkdtemp(prefix="telematics-bench-commands-"))
+    try:
+        with _installation(workdir, vehicles) as run:
+            phases = _Phases(run, commands, rate)
+            _say(True, f"  phase idle: {commands} commands at {rate:g}/s")
+            measured = [phases.idle()]
+            _say(True, "  ingest maximum, without and with commands")
+            maximum = phases.ingest_maximum(ingest_samples, with_commands=False)
+            with_commands = phases.ingest_maximum(ingest_samples, with_commands=True)
+            _say(True, f"    {maximum:,.0f} and {with_commands:,.0f} samples/s")
+            for load in loads if loads is not None else [0.5, 0.8]:
+                _say(True, f"  phase ingest at {load:.0%}: {maximum * load:,.0f} samples/s")
+                measured.append(phases.under_ingest(load, maximum * load))
+        return CommandBenchResult(
+            vehicles=vehicles,
+            commands_per_phase=commands,
+            rate_per_s=rate,
+            ingest_max_samples_per_s=round(maximum, 1),
+            ingest_max_with_commands_samples_per_s=round(with_commands, 1),
+            ingest_ratio_with_commands=round(with_commands / maximum, 3),
+            phases=measured,
+        )
+    finally:
+        if os.environ.get("TELEMATICS_BENCH_KEEP"):
+            _say(True, f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _installation(workdir: Path, vehicles: int) -> Iterator[_Run]:
+    """Broker, gateway, API (tracing) and the simulated units, all online."""
     data = workdir / "data"
+    trace = workdir / "api-trace.tsv"
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
     # the benchmark logs in as the first administrator, with a password of its own, and
     # switches the per-user and per-vehicle command limits off: it measures the pipeline,
     # not the limits (one user sends 25 commands/s, far above a person's limit)
     admin_password = secrets.token_urlsafe(16)
-    api_env = {**os.environ, "TELEMATICS_ADMIN_PASSWORD": admin_password}
-    try:
-        with MosquittoProcess(BrokerConfig(port=free_port(), data_dir=workdir / "broker")) as b:
-            url = b.url
-            with (
-                _process(_gateway_argv("gateway", data, url)),
-                _process([*_gateway_argv("api", data, url), *_api_options(api_port)], env=api_env),
-                _process(_fleet_argv(url, vehicles)) as fleet,
-            ):
-                _say(progress, f"waiting for {vehicles} simulated units to come online")
-                headers, vins = _wait_online(api, admin_password, fleet, vehicles)
-                phases = _Phases(api, data, b.port, vins, commands, rate, headers)
-                _say(progress, f"phase 1: {commands} commands, ingest idle")
-                idle = phases.idle()
-                _say(progress, f"  p99 {idle.p99_ms} ms")
-                _say(progress, "phase 2: measuring the ingest maximum")
-                maximum = phases.ingest_maximum()
-                half = maximum / 2
-                _say(progress, f"  {maximum:,.0f} samples/s; commands under {half:,.0f}/s")
-                under = phases.under_ingest(half)
-        return CommandBenchResult(
-            vehicles=vehicles,
-            commands_per_phase=commands,
-            rate_per_s=rate,
-            ingest_max_samples_per_s=round(maximum, 1),
-            ingest_load_samples_per_s=round(half, 1),
-            idle=idle,
-            under_ingest=under,
-        )
-    finally:
-        if os.environ.get("TELEMATICS_BENCH_KEEP"):
-            _say(progress, f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    api_env = {
+        **os.environ,
+        "TELEMATICS_ADMIN_PASSWORD": admin_password,
+        "TELEMATICS_TRACE_FILE": str(trace),
+    }
+    with MosquittoProcess(BrokerConfig(port=free_port(), data_dir=workdir / "broker")) as b:
+        url = b.url
+        with (
+            _process(_gateway_argv("gateway", data, url)) as gateway,
+            _process(
+                [*_gateway_argv("api", data, url), *_api_options(api_port)], env=api_env
+            ) as ap,
+            _process(_fleet_argv(url, vehicles)) as fleet,
+        ):
+            _say(True, f"  waiting for {vehicles} simulated units to come online")
+            headers, vins = _wait_online(api, admin_password, fleet, vehicles)
+            assert b.pid is not None
+            pids: dict[str, int | tuple[int, int]] = {"broker": b.pid, "gateway": gateway.pid}
+            pids |= {"api": ap.pid, "units": fleet.pid, "bench": os.getpid()}
+            pids |= _api_threads(ap.pid, trace)
+            yield _Run(api, data, trace, b.port, vins, headers, pids)
+
+
+def _api_threads(api_pid: int, trace: Path) -> dict[str, tuple[int, int]]:
+    """The API's event loop (its main thread), command writer and fleet rules threads, as
+    the trace names them."""
+    time.sleep(1.0)  # the trace is written every half second
+    threads = {"api.loop": (api_pid, api_pid)}
+    for _, stage, _, detail in read_trace(trace):
+        name, _, tid = detail.partition(" ")
+        if stage == "thread" and tid.isdigit():
+            threads[f"api.{name}"] = (api_pid, int(tid))
+    return threads
 
 
 def _gateway_argv(command: str, data: Path, mqtt_url: str) -> list[str]:
@@ -333,56 +604,75 @@ def _wait_online(
         online = [v["vin"] for v in listed.get("items", []) if v["online"]]
         return len(online) >= vehicles
 
-    _wait(all_online, "the simulated units", timeout=120)
+    _wait(all_online, "the simulated units", timeout=180)
     listed = httpx.get(f"{api}/v1/vehicles", params={"limit": 1000}, headers=headers).json()
     return headers, [v["vin"] for v in listed["items"] if v["online"]][:vehicles]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Phases:
-    """The measurements of one benchmark run, against its running gateway."""
+    """The measurements of one benchmark run, against its running installation."""
 
-    api: str
-    data: Path
-    broker_port: int
-    vins: list[str]
+    run: _Run
     commands: int
     rate: float
-    headers: dict[str, str]
+    #: seq numbers of each load generator start here (a new range per load)
+    seq_base: int = 0
 
     def idle(self) -> PhaseFigures:
-        """Phase 1: the commands with ingest idle."""
-        return self._commands()
+        return _phase(self.run, "idle", self.commands, self.rate, None)
 
-    def ingest_maximum(self) -> float:
-        """Samples per second the gateway stores at most (100 units, 600 samples each)."""
-        telemetry_db = self.data / "telemetry.db"
+    def _next_seq_base(self) -> int:
+        self.seq_base += 10_000_000
+        return self.seq_base
+
+    def ingest_maximum(self, samples: int, *, with_commands: bool) -> float:
+        """Samples per second the gateway stores at most (100 units publishing as fast as
+        it acknowledges), optionally while commands flow at the benchmark's rate."""
+        telemetry_db = self.run.data / "telemetry.db"
+        per_vehicle = max(1, samples // 100)
         base = _stored(telemetry_db)
-        load = LoadProcess(self.broker_port, 100, 600, 1, seq_base=0)
-        samples = 100 * 600
-        _wait(lambda: _stored(telemetry_db) - base >= samples, "ingest")
-        maximum = samples / (time.perf_counter() - load.started)
+        load = LoadProcess(
+            self.run.broker_port, 100, per_vehicle, 1, seq_base=self._next_seq_base()
+        )
+        stop = threading.Event()
+        sender = None
+        if with_commands:
+            sender = threading.Thread(target=self._commands_until, args=(stop,), daemon=True)
+            sender.start()
+        try:
+            _wait(lambda: _stored(telemetry_db) - base >= per_vehicle * 100, "ingest", 300)
+            maximum = per_vehicle * 100 / (time.perf_counter() - load.started)
+        finally:
+            stop.set()
+            if sender is not None:
+                sender.join(120)
         load.finish()
         return maximum
 
-    def under_ingest(self, samples_per_s: float) -> PhaseFigures:
-        """Phase 2: the commands while ingest runs at ``samples_per_s``."""
-        seconds = self.commands / self.rate + 30
+    def _commands_until(self, stop: threading.Event) -> None:
+        """Commands at the benchmark's rate, in bursts of one second, until ``stop``."""
+        while not stop.is_set():
+            asyncio.run(
+                _send(
+                    self.run.api, self.run.vins, max(1, int(self.rate)), self.rate, self.run.headers
+                )
+            )
+
+    def under_ingest(self, load: float, samples_per_s: float) -> PhaseFigures:
+        """The commands while ingest runs at ``samples_per_s``."""
+        seconds = self.commands / self.rate + 60
         paced = LoadProcess(
-            self.broker_port,
+            self.run.broker_port,
             100,
             int(samples_per_s * seconds / 100),
             1,
             rate=samples_per_s,
-            seq_base=1_000_000,
+            seq_base=self._next_seq_base(),
         )
-        under = self._commands()
-        paced.process.terminate()
-        paced.process.wait(30)
-        if paced.process.stdout is not None:
-            paced.process.stdout.close()
-        return under
-
-    def _commands(self) -> PhaseFigures:
-        state_db = self.data / "state.db"
-        return _phase(self.api, state_db, self.vins, self.commands, self.rate, self.headers)
+        try:
+            time.sleep(2)  # ingest at its pace before the first command
+            figures = _phase(self.run, f"ingest at {load:.0%}", self.commands, self.rate, paced)
+        finally:
+            paced.stop()
+        return dataclasses.replace(figures, ingest_samples_per_s=round(samples_per_s, 1))

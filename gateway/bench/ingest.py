@@ -18,10 +18,11 @@ measured; ``mosquitto_pub`` cost ~70 us of CPU per message and starved the machi
 All messages are QoS 1 and the gateway acknowledges them only after commit.
 
 With ``--store influxdb://host:port/db`` the gateway runs on the InfluxDB store and one
-more figure is measured between phases 1 and 2: InfluxDB's own raw write rate for the same
-points (``gateway.bench.influx``). A sample counts as committed in phases 2 and 3 only once
-it is in InfluxDB (the local spool's watermark has passed it), and lost and duplicated are
-counted from InfluxDB.
+more figure is measured twice, between phases 1 and 2 and again after phase 2: InfluxDB's
+own raw write rate for the same points (``gateway.bench.influx``); the ratio is to the mean
+of the two, so a machine whose load changes during the run skews it less. A sample counts
+as committed in phases 2 and 3 only once it is in InfluxDB (the local spool's watermark
+has passed it), and lost and duplicated are counted from InfluxDB.
 """
 
 from __future__ import annotations
@@ -38,13 +39,22 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
 from device_sim.loadgen import bench_signals, bench_vin
 from gateway import metrics
 from gateway.bench.influx import bench_databases, count_points, raw_write_rate
+from gateway.bench.probes import (
+    CpuFigures,
+    CpuWindow,
+    percentile,
+    stop_children_on_signals,
+    track,
+    untrack,
+    worst,
+)
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from gateway.errors import ConfigurationError
 from gateway.store.influx import spool_depth
@@ -80,10 +90,22 @@ class IngestBenchResult:
     latency_max_ms: float
     #: "sqlite", or the InfluxDB store's URL (without credentials)
     store: str = "sqlite"
-    #: InfluxDB's raw line-protocol write rate for the same points (0: SQLite run)
+    #: InfluxDB's raw line-protocol write rate for the same points (0: SQLite run): the
+    #: mean of the writes before and after the gateway's phase 2
     store_raw_samples_per_s: float = 0.0
+    #: the two raw writes, before and after phase 2
+    store_raw_before_samples_per_s: float = 0.0
+    store_raw_after_samples_per_s: float = 0.0
     #: ingest rate / that raw rate
     store_ratio: float = 0.0
+    #: CPU during phase 2 in percent of one core: broker, gateway, load generator, and
+    #: the rest of the machine ("others": someone else's work on a shared machine)
+    cpu: dict[str, float] = field(default_factory=dict)
+    #: 1-minute load average at the end of phase 2
+    load_1m: float = 0.0
+    #: samples committed per CPU-second of the gateway in phase 2: the rate a busy machine
+    #: disturbs least (the rate follows the CPU the gateway gets; decision 0022)
+    samples_per_gateway_cpu_s: float = 0.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -128,24 +150,55 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--json", action="store_true", help="print the result as one JSON object on the last line"
     )
     p.add_argument("--keep", action="store_true", help="keep the working directory")
+    p.add_argument(
+        "--reps", type=int, default=3, help="repetitions, each from a fresh start (default: 3)"
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     per_vehicle = args.messages_per_vehicle or (2000 if args.batch == 1 else 500)
-    result = run_ingest_bench(
-        vehicles=args.vehicles,
-        messages_per_vehicle=per_vehicle,
-        batch=args.batch,
-        latency_seconds=args.latency_seconds,
-        keep=args.keep,
-        progress=not args.json,
-        provisioned=args.provisioned,
-        store=args.store,
+    runs: list[IngestBenchResult] = []
+    with stop_children_on_signals():
+        for rep in range(1, args.reps + 1):
+            _say(True, f"repetition {rep} of {args.reps}")
+            result = run_ingest_bench(
+                vehicles=args.vehicles,
+                messages_per_vehicle=per_vehicle,
+                batch=args.batch,
+                latency_seconds=args.latency_seconds,
+                keep=args.keep,
+                progress=True,
+                provisioned=args.provisioned,
+                store=args.store,
+            )
+            _print_result(result)
+            runs.append(result)
+    summary = _worst(runs)
+    print(
+        f"\nworst of {len(runs)}: {summary['ingest_samples_per_s']:,.0f} samples/s "
+        f"(each: {' / '.join(f'{r.ingest_samples_per_s:,.0f}' for r in runs)}; best / worst "
+        f"{summary['spread']:.2f}); latency p99 {summary['latency_p99_ms']:.1f} ms",
+        file=sys.stderr,
+        flush=True,
     )
-    _print_result(result)
     if args.json:
-        print(json.dumps(asdict(result)))
-    return 0 if result.lost == 0 and result.duplicated == 0 else 1
+        print(json.dumps({"runs": [asdict(r) for r in runs], "worst": summary}), flush=True)
+    return 0 if all(r.lost == 0 and r.duplicated == 0 for r in runs) else 1
+
+
+def _worst(runs: list[IngestBenchResult]) -> dict[str, float]:
+    rates = [r.ingest_samples_per_s for r in runs]
+    return {
+        "ingest_samples_per_s": worst(rates, higher_is_worse=False),
+        "spread": round(max(rates) / min(rates), 3) if rates and min(rates) > 0 else 0.0,
+        "ratio": worst([r.ratio for r in runs], higher_is_worse=False),
+        "latency_p99_ms": worst([r.latency_p99_ms for r in runs]),
+        "samples_per_gateway_cpu_s": worst(
+            [r.samples_per_gateway_cpu_s for r in runs], higher_is_worse=False
+        ),
+        "lost": sum(r.lost for r in runs),
+        "duplicated": sum(r.duplicated for r in runs),
+    }
 
 
 def _print_result(r: IngestBenchResult) -> None:
@@ -160,10 +213,18 @@ ingest benchmark: {r.vehicles} vehicles, {r.messages} QoS 1 messages of {r.batch
     publish -> committed  p50 {r.latency_p50_ms:.1f} ms   p99 {r.latency_p99_ms:.1f} ms   max {r.latency_max_ms:.1f} ms""",  # noqa: E501
         file=sys.stderr,
     )
+    if r.cpu:
+        shown = "  ".join(f"{k} {v:.0f}" for k, v in r.cpu.items())
+        print(
+            f"  CPU % of a core during phase 2: {shown}; load {r.load_1m:.1f}; "
+            f"{r.samples_per_gateway_cpu_s:,.0f} samples per gateway CPU-second",
+            file=sys.stderr,
+        )
     if r.store_raw_samples_per_s:
         print(
             f"  store {r.store}: raw line-protocol write {r.store_raw_samples_per_s:>10,.0f} "
-            f"samples/s; gateway / raw = {r.store_ratio:.2f}",
+            f"samples/s (before {r.store_raw_before_samples_per_s:,.0f}, after "
+            f"{r.store_raw_after_samples_per_s:,.0f}); gateway / raw = {r.store_ratio:.2f}",
             file=sys.stderr,
         )
 
@@ -214,6 +275,7 @@ class LoadProcess:
             stdout=subprocess.PIPE,
             text=True,
         )
+        track(self.process)  # stopped if the benchmark is (gateway.bench.probes)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if line.strip() != "ready":
@@ -221,10 +283,23 @@ class LoadProcess:
             raise RuntimeError(f"load generator failed to start (exit {self.process.returncode})")
         self.started = time.perf_counter()
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        """Stop it before it has published everything (a paced load of a fixed length)."""
+        self.process.terminate()
+        self.process.wait(30)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        untrack(self.process)
+
     def finish(self) -> dict[str, float]:
         assert self.process.stdout is not None
         out = self.process.stdout.read()
         self.process.stdout.close()
+        untrack(self.process)
         if self.process.wait(600) != 0:
             raise RuntimeError(f"load generator exited with {self.process.returncode}")
         figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
@@ -413,19 +488,25 @@ def _wait_ready(port: int, db: sqlite3.Connection, proc: subprocess.Popen[bytes]
 
 
 def _ingest(
-    port: int, vehicles: int, per_vehicle: int, batch: int, db: sqlite3.Connection
-) -> float:
+    port: int,
+    shape: tuple[int, int, int],
+    db: sqlite3.Connection,
+    pids: dict[str, int],
+) -> tuple[float, CpuFigures]:
+    vehicles, per_vehicle, batch = shape
     samples = vehicles * per_vehicle * batch
     base = _stored(db)
     load = LoadProcess(port, vehicles, per_vehicle, batch)
+    cpu = CpuWindow({**pids, "loadgen": load.pid})
     deadline = time.monotonic() + 600
     while _stored(db) - base < samples:
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {_stored(db) - base} of {samples} samples committed")
         time.sleep(0.005)
     elapsed = time.perf_counter() - load.started
+    figures = cpu.end()
     load.finish()
-    return samples / elapsed
+    return samples / elapsed, figures
 
 
 #: seq numbers of the latency phase start here, apart from the throughput phase's
@@ -460,13 +541,6 @@ def _latency(
     return latencies
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 @dataclass(frozen=True, slots=True)
 class _Measured:
     rate: float
@@ -474,6 +548,7 @@ class _Measured:
     total: int
     distinct: int
     redelivered: int
+    cpu: CpuFigures | None = None
 
 
 def _measure(
@@ -485,16 +560,18 @@ def _measure(
     state_db_url: str | None,
     store: str | None,
     progress: bool,
+    broker_pid: int | None = None,
 ) -> _Measured:
     """Phases 2 and 3 against the broker on ``port``; ``shape``: (vehicles, messages per
     vehicle, batch)."""
-    vehicles, per_vehicle, batch = shape
+    vehicles, _, batch = shape
     index = "influx-index.db" if store else "telemetry.db"
     with _gateway(port, data_dir, state_db_url, store) as gw:
         db = _open_reader(data_dir / index, gw)
         _wait_ready(port, db, gw)
-        rate = _ingest(port, vehicles, per_vehicle, batch, db)
-        _say(progress, f"  {rate:,.0f} samples/s")
+        pids = {"gateway": gw.pid} | ({} if broker_pid is None else {"broker": broker_pid})
+        rate, cpu = _ingest(port, shape, db, pids)
+        _say(progress, f"  {rate:,.0f} samples/s; {cpu.line()}")
         half = rate / 2
         _say(progress, f"phase 3: latency at {half:,.0f} samples/s for {latency_seconds} s")
         latencies = _latency(port, vehicles, batch, half, latency_seconds, db)
@@ -510,7 +587,7 @@ def _measure(
         db.close()
     if store:  # what counts is what InfluxDB holds
         total, distinct = count_points(store, below_seq=LATENCY_SEQ_BASE)
-    return _Measured(rate, latencies, total, distinct, int(dup_row[0]) if dup_row else 0)
+    return _Measured(rate, latencies, total, distinct, int(dup_row[0]) if dup_row else 0, cpu)
 
 
 def run_ingest_bench(
@@ -563,8 +640,14 @@ def run_ingest_bench(
                     state_db_url=state_db_url,
                     store=gateway_store,
                     progress=progress,
+                    broker_pid=b.pid,
                 )
-        return _result(shape, baseline, m, store=store, raw_rate=raw_rate)
+            raw_after = 0.0
+            if raw is not None:
+                _say(progress, "phase 4: InfluxDB's raw write again (the machine may have changed)")
+                raw_after = raw_write_rate(raw, *shape)
+                _say(progress, f"  {raw_after:,.0f} samples/s")
+        return _result(shape, baseline, m, store=store, raw_rates=(raw_rate, raw_after))
     finally:
         if keep:
             _say(progress, f"kept {workdir}")
@@ -578,9 +661,10 @@ def _result(
     m: _Measured,
     *,
     store: str | None,
-    raw_rate: float,
+    raw_rates: tuple[float, float],
 ) -> IngestBenchResult:
     vehicles, per_vehicle, batch = shape
+    raw_rate = sum(raw_rates) / 2
     messages = vehicles * per_vehicle
     samples = messages * batch
     return IngestBenchResult(
@@ -602,8 +686,18 @@ def _result(
         latency_max_ms=round(max(m.latencies, default=float("nan")), 1),
         store=_shown_store(store),
         store_raw_samples_per_s=round(raw_rate, 1),
+        store_raw_before_samples_per_s=round(raw_rates[0], 1),
+        store_raw_after_samples_per_s=round(raw_rates[1], 1),
         store_ratio=round(m.rate / raw_rate, 3) if raw_rate else 0.0,
+        cpu={} if m.cpu is None else {**m.cpu.processes, "others": m.cpu.others},
+        load_1m=0.0 if m.cpu is None else m.cpu.load_1m,
+        samples_per_gateway_cpu_s=_per_cpu_second(m),
     )
+
+
+def _per_cpu_second(m: _Measured) -> float:
+    share = 0.0 if m.cpu is None else m.cpu.processes.get("gateway", 0.0) / 100
+    return round(m.rate / share, 1) if share > 0 else 0.0
 
 
 def _shown_store(store: str | None) -> str:

@@ -63,6 +63,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "webhook URL cannot reach the gateway's own network; docs/webhooks.md)",
     )
     api.add_argument(
+        "--web-tile-url",
+        default=env.web_tile_url,
+        help="map tiles of the web dashboard, e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png "
+        "(env TELEMATICS_WEB_TILE_URL; default: none, a plain background with the demo's "
+        "Munich roads; its origin joins the pages' Content-Security-Policy)",
+    )
+    api.add_argument(
+        "--web-tile-attribution",
+        default=env.web_tile_attribution,
+        help="attribution shown with the tiles (env TELEMATICS_WEB_TILE_ATTRIBUTION)",
+    )
+    api.add_argument(
         "--no-fleet-worker",
         action="store_true",
         help="do not run the fleet rules and trips worker in this process (another process "
@@ -78,6 +90,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
 
     from gateway.api import ApiSettings, create_app
     from gateway.api.security import AuthSettings
+    from gateway.api.settings import WebSettings
     from gateway.commands.service import CommandSettings
     from gateway.core.ratelimit import parse_limit
     from gateway.files import private_directory
@@ -124,6 +137,10 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         state_db_url=state_db_url,
         silent_after_s=args.offline_after,
         notify=NotifySettings(webhook_allow_private_targets=args.webhook_allow_private_targets),
+        web=WebSettings(
+            tile_url=args.web_tile_url or None, tile_attribution=args.web_tile_attribution
+        ),
+        trace_file=env.trace_file,
     )
     if args.no_fleet_worker:
         settings = dataclasses.replace(settings, fleet_worker=None)

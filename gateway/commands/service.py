@@ -54,8 +54,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,9 @@ from gmqtt.mqtt.constants import MQTTv50
 from sqlalchemy.orm import Session
 
 from gateway import metrics
+from gateway.commands.writer import GroupWriter
 from gateway.core.admission import (
+    Admission,
     UnknownCommandType,
     VehicleMoving,
     VehicleNotFound,
@@ -89,6 +92,7 @@ from gateway.errors import GatewayError, StoreError
 from gateway.settings import MqttSettings
 from gateway.statedb.commands import CommandRecord, CommandRepository, ConfirmationState
 from gateway.store import TelemetryBackend, VehicleState, open_store
+from gateway.trace import Trace
 from schemas import (
     InvalidTopicError,
     Reason,
@@ -167,8 +171,13 @@ class CommandService:
         telemetry_db: str | Path,
         *,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        trace: Trace | None = None,
     ) -> None:
         self.settings = settings
+        #: where the stages only this process sees go (gateway.trace; off by default)
+        self.trace = trace or Trace()
+        #: every write of a command's lifecycle: off the loop, group-committed (writer.py)
+        self.writer = GroupWriter(repository.database, on_commit=self._trace_commit)
         self.repo = repository
         self._telemetry_db = telemetry_db
         self._clock_ms = clock_ms
@@ -194,6 +203,7 @@ class CommandService:
 
     async def start(self) -> None:
         s = self.settings
+        self.writer.start()
         self._quarantine_store = open_store(self._telemetry_db)
         client = MqttClient(
             s.client_id,
@@ -216,6 +226,7 @@ class CommandService:
             await self._ticker
         if self._client is not None:
             await self._client.disconnect()
+        await self.writer.stop()
         if self._quarantine_store is not None:
             self._quarantine_store.close()
 
@@ -263,11 +274,39 @@ class CommandService:
             default_ttl_s=self.settings.default_ttl_s,
             result_timeout_s=self.settings.result_timeout_s,
         )
+        now = self._clock_ms()
+        # online and connected: stored and recorded sent in one go (one commit to wait for)
+        send_now = admission.send_at_once and self._client is not None and self.connected.is_set()
+        record, created = await self.writer.write(
+            lambda: self._create(
+                admission, vin, tenure, idempotency_key, requested_by, on_created, now, send_now
+            )
+        )
+        if created and record.status is CommandStatus.SENT:
+            self._wake(record.id)
+            return self._publish(record, now), created
+        if created and admission.send_at_once:
+            record = await self._dispatch(record)
+        return record, created
+
+    def _create(
+        self,
+        admission: Admission,
+        vin: str,
+        tenure: int,
+        idempotency_key: str | None,
+        requested_by: str | None,
+        on_created: Callable[[Session, CommandRecord], object] | None,
+        now: int,
+        send_now: bool,
+    ) -> tuple[CommandRecord, bool]:
+        """The repository's create of an admitted command, and with ``send_now`` its
+        ``sent`` right after it in the same transaction (on the writer's thread)."""
         record, created = self.repo.create(
             vin=vin,
             type=admission.type.value,
             params=admission.params,
-            now=self._clock_ms(),
+            now=now,
             ttl_ms=admission.ttl_ms,
             result_timeout_ms=admission.result_timeout_ms,
             tenure=tenure,
@@ -280,8 +319,9 @@ class CommandService:
             ),
             on_created=on_created,
         )
-        if created and admission.send_at_once:
-            record = await self._dispatch(record)
+        if created and send_now:
+            with contextlib.suppress(IllegalTransition):  # it stays queued: dispatched later
+                record = self.repo.apply(record.id, CommandEvent.PUBLISHED, at=now)
         return record, created
 
     async def cancel(self, command_id: str) -> CommandRecord:
@@ -323,8 +363,11 @@ class CommandService:
         detail: str | None = None,
         unit_ts: int | None = None,
     ) -> CommandRecord:
-        record = self.repo.apply(
-            command_id, event, at=self._clock_ms(), reason=reason, detail=detail, unit_ts=unit_ts
+        at = self._clock_ms()
+        record = await self.writer.write(
+            lambda: self.repo.apply(
+                command_id, event, at=at, reason=reason, detail=detail, unit_ts=unit_ts
+            )
         )
         self._wake(command_id)
         return record
@@ -347,6 +390,12 @@ class CommandService:
             sent = await self._apply(record.id, CommandEvent.PUBLISHED)
         except IllegalTransition:
             return record  # dispatched meanwhile (status message and request raced)
+        return self._publish(sent, now)
+
+    def _publish(self, record: CommandRecord, now: int) -> CommandRecord:
+        """Publish a command recorded ``sent`` (the timer expires it if under a second of
+        its time to live is left: the unit could not act on it in time)."""
+        assert self._client is not None
         message = CommandMessage(
             command_id=record.id,
             vin=record.vin,
@@ -356,8 +405,8 @@ class CommandService:
             expires_at=record.expires_at,
         )
         expiry_s = message_expiry_interval(message, now_ms=now)
-        if expiry_s is None:  # under a second left: the unit could not act on it in time
-            return sent  # the timer expires it
+        if expiry_s is None:
+            return record
         if self._signing_key is not None:
             message = self._signed(message, record.created_at)
         self._client.publish(
@@ -368,7 +417,7 @@ class CommandService:
             correlation_data=record.id.encode(),
             message_expiry_interval=expiry_s,
         )
-        return sent
+        return record
 
     def _signed(self, message: CommandMessage, created_at: int) -> CommandMessage:
         """``message`` with its counter and signature (see the module docstring)."""
@@ -397,16 +446,41 @@ class CommandService:
     ) -> int:
         # gmqtt runs each message in its own task; the lock (FIFO) keeps them in arrival
         # order, or a fast unit's 'succeeded' could overtake its 'accepted'
+        traced = self._trace_result(payload) if self.trace.enabled else None
+        # only the hand-over to the writer is in order under the lock: the writer applies
+        # in that order, and the answers' commits are grouped (commands/writer.py)
         try:
             async with self._in_order:
                 if topic.endswith("/status"):
                     await self._on_status(topic, payload)
+                    recorded = None
                 else:
-                    await self._on_result(topic, payload, _correlation_data(properties))
+                    recorded = await self._on_result(topic, payload, _correlation_data(properties))
+            if recorded is not None:
+                await recorded
         except (StoreError, GatewayError):
             log.exception("could not record %s; the broker will deliver it again", topic)
             return 0x80  # unspecified error: not acknowledged as processed
+        if traced is not None:
+            self.trace.mark(traced[0], "recorded", traced[1])
         return 0
+
+    def _trace_commit(self, writes: int, waited_ms: float, took_ms: float) -> None:
+        """The trace's "commit" line: one grouped transaction of the writer, its writes,
+        its wait for the write lock and its duration (on the writer's thread)."""
+        self.trace.mark("-", "commit", f"{writes} {waited_ms:.1f} {took_ms:.1f}")
+
+    def _trace_result(self, payload: bytes) -> tuple[str, str] | None:
+        """The trace's "result" stage: when an answer arrived, with its status and the
+        unit's clock; (command id, status) for the "recorded" stage after it is recorded
+        (a payload that is not a result is left to the quarantine: None)."""
+        try:
+            answer = json.loads(payload)
+            command_id, status = str(answer["command_id"]), str(answer["status"])
+            self.trace.mark(command_id, "result", f"{status} {int(answer['ts'])}")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return command_id, status
 
     async def _on_status(self, topic: str, payload: bytes) -> None:
         try:
@@ -417,16 +491,20 @@ class CommandService:
         if not isinstance(status, Rejection) and status.state is StatusState.ONLINE:
             await self._dispatch_queued(vin)
 
-    async def _on_result(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
+    async def _on_result(
+        self, topic: str, payload: bytes, correlation: bytes | None
+    ) -> Awaitable[None] | None:
+        """Judge an answer and hand its transition to the writer; what to await for it to
+        be recorded (None: nothing to record)."""
         try:
             vin = parse_command_result_topic(topic)
         except InvalidTopicError as exc:
             await self._quarantine(topic, payload, Rejection(Reason.INVALID_TOPIC, str(exc)))
-            return
+            return None
         result = decode_command_result(payload, topic_vin=vin)
         if isinstance(result, Rejection):
             await self._quarantine(topic, payload, result)
-            return
+            return None
         record = self.repo.get(result.command_id)
         rejection = refusal(
             result,
@@ -436,27 +514,38 @@ class CommandService:
         )
         if rejection is not None:
             await self._quarantine(topic, payload, rejection)
-            return
+            return None
         assert record is not None
-        event = event_for_result(result.status)
-        try:
-            await self._apply(
-                record.id,
-                event,
-                reason=result.reason.value if result.reason is not None else None,
-                detail=result.detail,
-                unit_ts=result.ts,
-            )
-        except IllegalTransition:
-            await self._after_the_end(result)
+        event, at = event_for_result(result.status), self._clock_ms()
+        recorded = self.writer.submit(lambda: self._record_answer(result, event, at))
+        return self._recorded(recorded, result.command_id)
 
-    async def _after_the_end(self, result: CommandResult) -> None:
-        """An answer the lifecycle refuses: a repeat (QoS 1 redelivery) changes nothing; any
-        other answer came after the command had ended and goes into its history as late."""
+    async def _recorded(self, recorded: Awaitable[bool], command_id: str) -> None:
+        if await recorded:
+            self._wake(command_id)
+
+    def _record_answer(self, result: CommandResult, event: CommandEvent, at: int) -> bool:
+        """Apply an answer's transition; an answer the lifecycle refuses goes into the
+        history as late, unless it repeats one already there (a QoS 1 redelivery). On the
+        writer's thread, in the answers' order, so a redelivery sees its first copy's note;
+        whether anything was recorded."""
+        reason = result.reason.value if result.reason is not None else None
+        try:
+            self.repo.apply(
+                result.command_id, event, at=at, reason=reason, detail=result.detail,
+                unit_ts=result.ts,
+            )  # fmt: skip
+        except IllegalTransition:
+            return self._after_the_end(result, at)
+        return True
+
+    def _after_the_end(self, result: CommandResult, at: int) -> bool:
+        """See :meth:`_record_answer` (in its transaction: the history read sees the notes
+        of earlier answers of the same group)."""
         history = [(t.status, t.event) for t in self.repo.transitions(result.command_id)]
         if is_repeat(result.status, history):
             log.debug("repeated %s for command %s", result.status.value, result.command_id)
-            return
+            return False
         current = history[-1][0].value if history else "?"
         log.warning(
             "late %s from %s for command %s (already %s): recorded in its history",
@@ -466,22 +555,26 @@ class CommandService:
             current,
         )
         words = f": {result.detail}" if result.detail else ""
+        detail = (
+            f"the unit answered {result.status.value} at {result.ts} (its clock) after the "
+            f"command was {current}{words}"
+        )[:1024]
         self.repo.note(
             result.command_id,
             late_event(result.status),
-            at=self._clock_ms(),
+            at=at,
             reason=result.reason.value if result.reason is not None else None,
-            detail=(
-                f"the unit answered {result.status.value} at {result.ts} (its clock) after the "
-                f"command was {current}{words}"
-            )[:1024],
+            detail=detail,
         )
-        self._wake(result.command_id)
+        return True
 
     async def _quarantine(self, topic: str, payload: bytes, rejection: Rejection) -> None:
         log.warning("quarantined a command result on %s: %s", topic, rejection.detail)
         store = self._quarantine_store
         assert store is not None
+        # in arrival order: the answers handed to the writer before this one are recorded
+        # first (one awaited no-op behind them)
+        await self.writer.write(lambda: None)
         now = self._clock_ms()
         batch = IngestBatch(
             received_at=now,
@@ -521,7 +614,9 @@ class CommandService:
         if now >= self._next_confirmation_check:
             self._next_confirmation_check = now + int(self.settings.confirm_check_s * 1000)
             awaiting = self.repo.awaiting_confirmation()
-            states = self._vehicle_states({(r.vin, r.tenure) for r in awaiting})
+            # up to one telemetry read per vehicle, on a file ingest writes: not on the loop
+            wanted = {(r.vin, r.tenure) for r in awaiting}
+            states = await asyncio.to_thread(self._vehicle_states, wanted) if wanted else {}
             for record in awaiting:
                 await self._check_confirmation(record, states.get((record.vin, record.tenure)), now)
 
@@ -554,11 +649,13 @@ class CommandService:
         )
         if verdict is None:
             return
-        updated = self.repo.set_confirmation(
-            record.id,
-            confirmation=verdict.confirmation,
-            confirmed_at=verdict.confirmed_at,
-            at=now,
+        updated = await self.writer.write(
+            lambda: self.repo.set_confirmation(
+                record.id,
+                confirmation=verdict.confirmation,
+                confirmed_at=verdict.confirmed_at,
+                at=now,
+            )
         )
         self._wake(updated.id)
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -76,6 +77,8 @@ logger = logging.getLogger(__name__)
 
 VinKey = tuple[str, int]
 LogItem = LoggedSample | LoggedEvent
+#: the worker thread's rest after each step, as a multiple of the step's duration
+REST_PER_STEP = 1.0
 #: the most samples one trip recompute reads (a window starts at a trip's start: hours)
 _RECOMPUTE_LIMIT = 500_000
 _FOREVER = 2**62
@@ -498,6 +501,11 @@ class WorkerThread:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet-rules", daemon=True)
 
+    @property
+    def native_id(self) -> int | None:
+        """The thread's id in the operating system (None before :meth:`start`)."""
+        return self._thread.native_id
+
     def start(self) -> None:
         self._thread.start()
 
@@ -512,11 +520,15 @@ class WorkerThread:
     def _run(self) -> None:
         poll = self.worker.settings.poll_s
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 busy = self.worker.step() > 0
             except Exception:
                 logger.exception("fleet rules step failed; retrying")
                 busy = False
                 self._stop.wait(max(poll, 1.0))
-            if not busy:
-                self._stop.wait(poll)
+            # it shares the API process (and its GIL) with the command path: after a step,
+            # rest at least as long as the step took, so a person's request always gets
+            # the better half of the process however busy telemetry is (decision 0022)
+            spent = time.monotonic() - started
+            self._stop.wait(max(spent * REST_PER_STEP, 0.0 if busy else poll))

@@ -65,9 +65,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.core.policy import READ_SERVICE
+from gateway.core.vehicle_lifecycle import LifecycleEvent, decide
 from gateway.errors import GatewayError
 from gateway.statedb.commands import cancel_open_commands
 from gateway.statedb.database import StateDatabase
+from gateway.statedb.lifecycle_log import (
+    LifecycleRefused,
+    allowed,
+    lock_lifecycle,
+    record_event,
+    state_of,
+)
 from gateway.statedb.models import (
     AccountRow,
     ApiKeyRow,
@@ -79,6 +87,7 @@ from gateway.statedb.models import (
     VehicleInvitationRow,
     VehicleRow,
     VehicleTenureRow,
+    VehicleTransferRow,
 )
 
 __all__ = [
@@ -92,6 +101,7 @@ __all__ = [
     "GrantRecord",
     "InvitationClosed",
     "InvitationRecord",
+    "LifecycleRefused",
     "LoginThrottle",
     "NotFound",
     "RefreshOutcome",
@@ -102,7 +112,9 @@ __all__ = [
     "VehicleAlreadyProvisioned",
     "VehicleRecord",
     "VehicleRevoked",
+    "end_tenure",
     "normalize_email",
+    "start_tenure",
 ]
 
 logger = logging.getLogger(__name__)
@@ -711,6 +723,7 @@ class AccountRepository:
         mqtt_password_hash: str | None,
         provisioned_by: int | None,
         now: int,
+        by_operator: bool = True,
     ) -> VehicleRecord:
         """Register ``vin`` in ``account_id`` with its broker password hash (None: client
         certificate only), starting a new holding period; bumps the broker version.
@@ -723,51 +736,49 @@ class AccountRepository:
         :class:`VehicleAlreadyProvisioned` for an active vehicle, whichever account holds it
         (also when a concurrent provisioning of a new VIN wins: the primary key decides),
         and :class:`NotFound` for an unknown account or ``provisioned_by`` user.
+
+        The vehicle lifecycle (docs/decisions/0021-vehicle-lifecycle.md) decides as well:
+        a decommissioned VIN is refused to everyone, a VIN the maker registered (``built``)
+        to anyone but an operator (``by_operator``: administrators and the operator's
+        tools; the API passes it per caller), with :class:`LifecycleRefused`. The change is
+        recorded in the VIN's lifecycle history.
         """
         try:
             with self._db.write() as session:
                 _require(session, AccountRow, account_id, "account")
                 if provisioned_by is not None:
                     _require(session, UserRow, provisioned_by, "user")
+                life = lock_lifecycle(session, vin)
                 row = _locked_vehicle(session, vin)
-                if row is None:
-                    row = VehicleRow(
-                        vin=vin,
-                        account_id=account_id,
-                        label=label,
-                        mqtt_password_hash=mqtt_password_hash,
-                        provisioned_at=now,
-                        provisioned_by=provisioned_by,
-                        revoked_at=None,
-                        tenure=1,
-                    )
-                    session.add(row)
-                elif row.revoked_at is None:
+                if row is not None and row.revoked_at is None:
                     raise VehicleAlreadyProvisioned(vin, row.account_id)
-                else:
-                    _revoke_grants_of(session, vin, now)
-                    row.account_id = account_id
-                    row.label = label
-                    row.mqtt_password_hash = mqtt_password_hash
-                    row.provisioned_at = now
-                    row.provisioned_by = provisioned_by
-                    row.revoked_at = None
-                    row.tenure += 1
-                session.flush()
-                session.add(
-                    VehicleTenureRow(
-                        vin=vin,
-                        number=row.tenure,
-                        account_id=account_id,
-                        started_at=now,
-                        started_by=provisioned_by,
-                        ended_at=None,
-                        ended_by=None,
-                        end_reason=None,
-                    )
+                transition = allowed(
+                    vin,
+                    decide(
+                        state_of(life, row),
+                        LifecycleEvent.PROVISION,
+                        by_operator=by_operator,
+                    ),
                 )
-                session.flush()
-                _bump_broker_version(session)
+                row = start_tenure(
+                    session,
+                    row,
+                    vin=vin,
+                    account_id=account_id,
+                    label=label,
+                    mqtt_password_hash=mqtt_password_hash,
+                    by=provisioned_by,
+                    now=now,
+                )
+                record_event(
+                    session,
+                    vin,
+                    transition,
+                    at=now,
+                    actor_user_id=provisioned_by,
+                    account_id=account_id,
+                    tenure=row.tenure,
+                )
                 return VehicleRecord.from_row(row)
         except IntegrityError:
             existing = self.get_vehicle(vin)
@@ -780,42 +791,38 @@ class AccountRepository:
         revoked, every pending invitation withdrawn and every open command (queued, sent,
         accepted) cancelled with the reason ``vehicle_revoked``, all in one transaction with
         the broker-version bump, so nothing of this holder can reach the VIN's next one.
+        A running service ends with it; the change is recorded in the lifecycle history.
 
         ``by``: the user who revoked it (None: an operator or the system). None for an
         unknown VIN; an already revoked vehicle is returned unchanged (its first
         ``revoked_at`` stays, the version does not move).
         """
         with self._db.write() as session:
+            life = lock_lifecycle(session, vin)
             row = _locked_vehicle(session, vin)
             if row is None:
                 return None
             if row.revoked_at is None:
-                row.revoked_at = now
-                _revoke_grants_of(session, vin, now)
-                session.execute(
-                    update(VehicleInvitationRow)
-                    .where(
-                        VehicleInvitationRow.vin == vin,
-                        VehicleInvitationRow.status == "pending",
-                    )
-                    .values(status="withdrawn", decided_at=now)
-                    .execution_options(synchronize_session=False)
+                transition = allowed(
+                    vin,
+                    decide(
+                        state_of(life, row),
+                        LifecycleEvent.RELEASE,
+                        registered=life is not None and life.registered_at is not None,
+                    ),
                 )
-                session.execute(
-                    update(VehicleTenureRow)
-                    .where(VehicleTenureRow.vin == vin, VehicleTenureRow.number == row.tenure)
-                    .values(ended_at=now, ended_by=by, end_reason=_REVOKED)
-                    .execution_options(synchronize_session=False)
-                )
-                cancelled = cancel_open_commands(
+                end_tenure(session, row, now=now, by=by, reason=_REVOKED)
+                if life is not None:
+                    life.service_account_id = life.service_until = None
+                record_event(
                     session,
                     vin,
+                    transition,
                     at=now,
-                    detail="the vehicle was revoked; the command will never be delivered",
+                    actor_user_id=by,
+                    account_id=row.account_id,
+                    tenure=row.tenure,
                 )
-                if cancelled:
-                    logger.info("vehicle %s revoked: %d open commands cancelled", vin, cancelled)
-                _bump_broker_version(session)
                 session.flush()
             return VehicleRecord.from_row(row)
 
@@ -1431,6 +1438,97 @@ def _revoke_refresh_tokens_of(session: Session, user_id: int, now: int) -> int:
         .execution_options(synchronize_session=False)
     ).all()
     return sum(replaced_at is None and expires_at > now for replaced_at, expires_at in revoked)
+
+
+def start_tenure(
+    session: Session,
+    row: VehicleRow | None,
+    *,
+    vin: str,
+    account_id: int,
+    label: str | None,
+    mqtt_password_hash: str | None,
+    by: int | None,
+    now: int,
+) -> VehicleRow:
+    """Start the next holding period of ``vin`` in ``account_id`` (``row``: its locked,
+    not held vehicle row, None for a new VIN) and bump the broker version, in the caller's
+    transaction; the caller decided that it may. The next period's number is the row's
+    ``tenure`` + 1 (1 for a new VIN). Grants still active are revoked."""
+    if row is None:
+        row = VehicleRow(
+            vin=vin,
+            account_id=account_id,
+            label=label,
+            mqtt_password_hash=mqtt_password_hash,
+            provisioned_at=now,
+            provisioned_by=by,
+            revoked_at=None,
+            tenure=1,
+        )
+        session.add(row)
+    else:
+        _revoke_grants_of(session, vin, now)
+        row.account_id = account_id
+        row.label = label
+        row.mqtt_password_hash = mqtt_password_hash
+        row.provisioned_at = now
+        row.provisioned_by = by
+        row.revoked_at = None
+        row.tenure += 1
+    session.flush()
+    session.add(
+        VehicleTenureRow(
+            vin=vin,
+            number=row.tenure,
+            account_id=account_id,
+            started_at=now,
+            started_by=by,
+            ended_at=None,
+            ended_by=None,
+            end_reason=None,
+        )
+    )
+    session.flush()
+    _bump_broker_version(session)
+    return row
+
+
+def end_tenure(session: Session, row: VehicleRow, *, now: int, by: int | None, reason: str) -> None:
+    """End the current holding period of the (locked, held) vehicle ``row`` with
+    ``reason`` (``revoked``, ``transferred``, ``decommissioned``), in the caller's
+    transaction: its grants are revoked, its pending invitations withdrawn, its open
+    commands cancelled, the vehicle is off the broker (``revoked_at``) and the broker
+    version moves."""
+    row.revoked_at = now
+    _revoke_grants_of(session, row.vin, now)
+    session.execute(
+        update(VehicleInvitationRow)
+        .where(VehicleInvitationRow.vin == row.vin, VehicleInvitationRow.status == "pending")
+        .values(status="withdrawn", decided_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(VehicleTenureRow)
+        .where(VehicleTenureRow.vin == row.vin, VehicleTenureRow.number == row.tenure)
+        .values(ended_at=now, ended_by=by, end_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(VehicleTransferRow)
+        .where(VehicleTransferRow.vin == row.vin, VehicleTransferRow.status == "pending")
+        .values(status="withdrawn", decided_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    cancelled = cancel_open_commands(
+        session,
+        row.vin,
+        at=now,
+        detail=f"the vehicle was {reason}; the command will never be delivered",
+    )
+    if cancelled:
+        logger.info("vehicle %s %s: %d open commands cancelled", row.vin, reason, cancelled)
+    _bump_broker_version(session)
 
 
 def _locked_vehicle(session: Session, vin: str) -> VehicleRow | None:

@@ -285,6 +285,10 @@ class CommandRepository:
     def __init__(self, db: StateDatabase) -> None:
         self._db = db
 
+    @property
+    def database(self) -> StateDatabase:
+        return self._db
+
     # --- creating ---------------------------------------------------------------------------
 
     def create(

@@ -175,6 +175,37 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+class _WriteLock:
+    """This process's queue for the SQLite write lock, where a background writer steps
+    aside: it takes the lock only when it is free and no foreground writer waits."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._held = False
+        self._foreground_waiting = 0
+
+    @contextmanager
+    def held(self, *, background: bool) -> Iterator[None]:
+        with self._changed:
+            if background:
+                while self._held or self._foreground_waiting:
+                    self._changed.wait()
+            else:
+                self._foreground_waiting += 1
+                try:
+                    while self._held:
+                        self._changed.wait()
+                finally:
+                    self._foreground_waiting -= 1
+            self._held = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._held = False
+                self._changed.notify_all()
+
+
 class StateDatabase:
     """Engine, session factories and migrations of the state database at ``url``.
 
@@ -202,7 +233,9 @@ class StateDatabase:
             # pre-ping: a PostgreSQL restart or failover must not surface as errors on the
             # pooled connections it killed
             self.engine = create_engine(self.url, echo=echo, pool_pre_ping=True)
-        self._write_lock = threading.Lock() if self.backend == "sqlite" else None
+        self._write_lock = _WriteLock() if self.backend == "sqlite" else None
+        #: this thread's grouped() transaction, if any
+        self._group = threading.local()
         # shares the pool and the event hooks of ``engine``; only marks its transactions
         self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
         #: session factory for reads (SQLite: deferred transactions)
@@ -238,12 +271,17 @@ class StateDatabase:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A session in a read transaction, closed at the end (commit, nothing to write)."""
+        """A session in a read transaction, closed at the end (commit, nothing to write).
+        Inside :meth:`grouped`, the group's own session: a read sees the group's writes."""
+        group: Session | None = getattr(self._group, "session", None)
+        if group is not None:
+            yield group
+            return
         with self.sessions.begin() as session:
             yield session
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
+    def write(self, *, background: bool = False) -> Iterator[Session]:
         """A session in a write transaction: committed at the end, rolled back on error.
 
         On SQLite the transaction holds the database's write lock from its first statement,
@@ -252,13 +290,39 @@ class StateDatabase:
         finds the file locked sleep and retry (1, 2, 5, 10 ... 100 ms), which measured as up
         to 400 ms of added command latency with ten concurrent requests; a queue of threads
         waiting on a lock is woken at once.
+
+        ``background``: work no person waits for (the fleet rules worker, pruning) takes
+        the lock only when no other writer of this process waits for it, so a command's
+        transaction waits for at most one background transaction, never for a queue of
+        them (docs/decisions/0022-command-latency-under-ingest.md).
         """
+        group: Session | None = getattr(self._group, "session", None)
+        if group is not None:  # inside grouped(): a savepoint of the group's transaction
+            with group.begin_nested():
+                yield group
+            return
         if self._write_lock is None:
             with self.write_sessions.begin() as session:
                 yield session
             return
-        with self._write_lock, self.write_sessions.begin() as session:
+        with self._write_lock.held(background=background), self.write_sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def grouped(self) -> Iterator[None]:
+        """One write transaction for every :meth:`write` this thread makes until the end of
+        the block (group commit: one commit, one fsync, for many small writes). Each of
+        them is a savepoint: one that raises is rolled back alone, and its caller sees the
+        exception; the rest commit together at the end of the block, or, if the commit
+        fails, not at all (the block raises)."""
+        if getattr(self._group, "session", None) is not None:
+            raise RuntimeError("grouped() does not nest")
+        with self.write() as session:
+            self._group.session = session
+            try:
+                yield
+            finally:
+                self._group.session = None
 
     # --- migrations ---------------------------------------------------------------------
 

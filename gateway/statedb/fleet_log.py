@@ -304,7 +304,7 @@ class FleetLog:
     ) -> dict[int, tuple[int, int]]:
         """Renew ``owner``'s leases and take every free or expired one of the ``count``
         partitions; returns the partitions held, each with its (sample, event) cursor."""
-        with self._db.write() as session:
+        with self._db.write(background=True) as session:
             known = set(session.scalars(select(FleetPartitionRow.partition)))
             for p in range(count):
                 if p not in known:
@@ -332,7 +332,7 @@ class FleetLog:
             return {r.partition: (r.sample_cursor, r.event_cursor) for r in rows}
 
     def release_partitions(self, owner: str) -> None:
-        with self._db.write() as session:
+        with self._db.write(background=True) as session:
             session.execute(
                 update(FleetPartitionRow)
                 .where(FleetPartitionRow.owner == owner)
@@ -411,7 +411,7 @@ class FleetLog:
         holds every one's lease and each cursor is still where it read from."""
         if not parts:
             return
-        with self._db.write() as session:
+        with self._db.write(background=True) as session:
             rows = {
                 r.partition: r
                 for r in session.scalars(
@@ -601,7 +601,7 @@ class FleetLog:
 
     def acknowledge(self, alert_id: int, *, user_id: int, now: int) -> AlertRecord | None:
         """Mark it seen by ``user_id`` (the first acknowledgement stays)."""
-        with self._db.write() as session:
+        with self._db.write(background=True) as session:
             row = session.get(FleetAlertRow, alert_id)
             if row is None:
                 return None
@@ -612,7 +612,7 @@ class FleetLog:
     def clear(self, alert_id: int, *, user_id: int, now: int) -> AlertRecord | None:
         """A person closes the alert: it leaves the open list (the rule's condition may
         still last; the rules raise it again only after it has cleared by itself)."""
-        with self._db.write() as session:
+        with self._db.write(background=True) as session:
             row = session.get(FleetAlertRow, alert_id)
             if row is None:
                 return None

@@ -44,6 +44,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "AccountRow",
     "ApiKeyRow",
+    "AssistanceShareRow",
     "AuditRow",
     "Base",
     "BrokerAuthStateRow",
@@ -68,8 +69,11 @@ __all__ = [
     "UserRow",
     "VehicleGrantRow",
     "VehicleInvitationRow",
+    "VehicleLifecycleEventRow",
+    "VehicleLifecycleRow",
     "VehicleRow",
     "VehicleTenureRow",
+    "VehicleTransferRow",
     "WebhookDeliveryRow",
     "WebhookRow",
 ]
@@ -285,7 +289,7 @@ class VehicleTenureRow(Base):
     started_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     ended_at: Mapped[int | None] = mapped_column(BigInteger)
     ended_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    #: why it ended: ``revoked`` (NULL while it lasts)
+    #: why it ended: ``revoked``, ``transferred`` or ``decommissioned`` (NULL while it lasts)
     end_reason: Mapped[str | None] = mapped_column(String(32))
 
 
@@ -744,3 +748,104 @@ class WebhookDeliveryRow(Base):
     response_status: Mapped[int | None] = mapped_column(Integer)
     #: what went wrong last (connection refused, timeout, HTTP 500, refused address ...)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class VehicleLifecycleRow(Base):
+    """What the lifecycle registry knows of a VIN beyond who holds it (that is the
+    ``vehicles`` row's): whether the maker registered it (``registered_at``; NULL for a
+    vehicle provisioned without registration, whose row a later lifecycle change made),
+    its pairing code (a hash; single use) and the guesses against it, a running service,
+    and its decommissioning. ``gateway.core.vehicle_lifecycle`` derives the state from this
+    and the ``vehicles`` row (docs/decisions/0021-vehicle-lifecycle.md)."""
+
+    __tablename__ = "vehicle_lifecycle"
+
+    vin: Mapped[str] = mapped_column(String(17), primary_key=True)
+    registered_at: Mapped[int | None] = mapped_column(BigInteger)
+    registered_by: Mapped[int | None] = mapped_column(BigInteger)
+    #: SHA-256 (hex) of the VIN and the normalized code; NULL: no code open (used, or none)
+    pairing_code_hash: Mapped[str | None] = mapped_column(String(64))
+    pairing_code_issued_at: Mapped[int | None] = mapped_column(BigInteger)
+    #: wrong codes in a row since the last issue or claim, and until when the VIN waits
+    pairing_failures: Mapped[int] = mapped_column(Integer, server_default="0")
+    pairing_locked_until: Mapped[int | None] = mapped_column(BigInteger)
+    #: the workshop's account while the car is in service, and when its access ends
+    service_account_id: Mapped[int | None] = mapped_column(BigInteger)
+    service_until: Mapped[int | None] = mapped_column(BigInteger)
+    decommissioned_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class VehicleLifecycleEventRow(Base):
+    """One change of a vehicle's life (registration, claim, provisioning, transfer, service,
+    release, decommissioning): who (``actor_user_id``; NULL: an operator's tool), why
+    (``reason``, as they gave it), from which state to which, and the holder and holding
+    period after it. Written in the transaction of the change; never updated."""
+
+    __tablename__ = "vehicle_lifecycle_events"
+    __table_args__ = (Index("ix_vehicle_lifecycle_events_vin_id", "vin", "id"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(String(17))
+    at: Mapped[int] = mapped_column(BigInteger)
+    event: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str] = mapped_column(String(32))
+    to_state: Mapped[str] = mapped_column(String(32))
+    actor_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    account_id: Mapped[int | None] = mapped_column(BigInteger)
+    tenure: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(_JSON)
+
+
+class VehicleTransferRow(Base):
+    """An ownership transfer offered by the holder of ``vin`` (in period ``tenure``) to
+    whoever logs in with ``to_email`` (as invitations, decision 0009): ``pending`` until
+    the receiver accepts or declines, the holder cancels, or ``expires_at`` passes;
+    ``to_account_id`` is the account that accepted it."""
+
+    __tablename__ = "vehicle_transfers"
+    __table_args__ = (
+        Index("ix_vehicle_transfers_vin", "vin"),
+        Index("ix_vehicle_transfers_to_email", "to_email"),
+        Index("ix_vehicle_transfers_from_account_id", "from_account_id"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(String(17))
+    tenure: Mapped[int] = mapped_column(Integer)
+    from_account_id: Mapped[int] = mapped_column(BigInteger)
+    #: stored lower-cased, like ``users.email``
+    to_email: Mapped[str] = mapped_column(String(320))
+    to_account_id: Mapped[int | None] = mapped_column(BigInteger)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    decided_at: Mapped[int | None] = mapped_column(BigInteger)
+    decided_by: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class AssistanceShareRow(Base):
+    """A roadside-assistance share: a partner (``partner``, as the owner named it) reads the
+    vehicle's position and the state that matters for help, through a link with its own
+    token (``token_hash``: SHA-256 of it), until ``expires_at`` or until the owner ends it
+    (``ended_at``), and only within the holding period it was made in (``tenure``)."""
+
+    __tablename__ = "assistance_shares"
+    __table_args__ = (
+        UniqueConstraint("token_hash"),
+        Index("ix_assistance_shares_vin_id", "vin", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(String(17))
+    tenure: Mapped[int] = mapped_column(Integer)
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    partner: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    ended_at: Mapped[int | None] = mapped_column(BigInteger)
+    ended_by: Mapped[int | None] = mapped_column(BigInteger)

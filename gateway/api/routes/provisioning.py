@@ -26,9 +26,14 @@ from gateway.api.routes.common import (
 )
 from gateway.api.security import AuthContext, forbidden, vehicle_not_found
 from gateway.core.policy import can_manage_account
-from gateway.statedb.accounts import NotFound, VehicleAlreadyProvisioned, VehicleRecord
+from gateway.statedb.accounts import (
+    LifecycleRefused,
+    NotFound,
+    VehicleAlreadyProvisioned,
+    VehicleRecord,
+)
 
-__all__ = ["router"]
+__all__ = ["held_error", "provisioned", "router"]
 
 router = APIRouter(responses=ACCOUNT_ERRORS)
 
@@ -56,7 +61,12 @@ def provision(
     `vehicle_held_by_another_account`): its holder must revoke it first. A VIN nobody
     holds, never provisioned or revoked by its last holder, may be claimed by anyone
     who may add vehicles, and starts a new holding period: the new holder sees none of
-    what the vehicle reported, was sent or shared before."""
+    what the vehicle reported, was sent or shared before.
+
+    A VIN the maker registered (the vehicle lifecycle) is claimed with its pairing code
+    instead (POST /v1/vehicles/{vin}/claim; here 409 `pairing_code_required`, except for
+    administrators); a decommissioned VIN is refused to everyone (409
+    `vehicle_decommissioned`)."""
     no_store(response)
     vin = vin_or_422(body.vin, ["body", "vin"])
     account_id = target_account(principal, body.account_id, "the vehicle")
@@ -73,7 +83,21 @@ def provision(
             provisioned_by=principal.user_id,
             now=context.now_ms(),
             password=body.credentials == "password",
+            by_operator=principal.is_admin,
         )
+    except LifecycleRefused as exc:
+        audit.record(
+            "vehicle_provision",
+            outcome="failed",
+            account_id=account_id,
+            target=f"vehicle:{vin}",
+            detail={"error": exc.reason},
+        )
+        raise ApiError(
+            409,
+            exc.reason,
+            f"Vehicle {vin}: {exc.refusal.message}.",
+        ) from None
     except NotFound:  # the account (the caller exists: they are logged in)
         raise account_not_found(account_id) from None
     except VehicleAlreadyProvisioned as exc:
@@ -85,14 +109,14 @@ def provision(
             target=f"vehicle:{vin}",
             detail={"error": "already provisioned" if own else "held by another account"},
         )
-        raise _already_held(vin, own) from None
+        raise held_error(vin, own) from None
     audit.record(
         "vehicle_provision",
         account_id=account_id,
         target=f"vehicle:{vin}",
         detail={"credentials": body.credentials, "label": body.label},
     )
-    return _provisioned(context, result.vehicle, result.mqtt_password)
+    return provisioned(context, result.vehicle, result.mqtt_password)
 
 
 @router.get(
@@ -157,13 +181,14 @@ def rotate_credentials(
         account_id=vehicle.account_id,
         target=f"vehicle:{vin}",
     )
-    return _provisioned(context, result.vehicle, result.mqtt_password)
+    return provisioned(context, result.vehicle, result.mqtt_password)
 
 
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _already_held(vin: str, own: bool) -> ApiError:
+def held_error(vin: str, own: bool) -> ApiError:
+    """409 for a VIN already held (by the caller's account or another)."""
     if own:
         return ApiError(
             409,
@@ -180,9 +205,10 @@ def _already_held(vin: str, own: bool) -> ApiError:
     )
 
 
-def _provisioned(
+def provisioned(
     context: AuthContext, vehicle: VehicleRecord, password: str | None
 ) -> ProvisionedOut:
+    """The answer that hands a unit its credentials (shown once)."""
     key_path = context.settings.signing_public_key_path
     public_key = None
     if key_path is not None:

@@ -1,7 +1,7 @@
 """The daily rollup of trips, for reports (issue 13, performance).
 
 Revision ID: 0010_fleet_trip_days
-Revises: 0006_command_jobs
+Revises: 0008_vehicle_lifecycle
 Create Date: 2026-12-06
 
 Why: a 30-day report of 1,000 vehicles summed ~150,000 trips per request (0.6-1 s, most of
@@ -21,7 +21,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic
 revision: str = "0010_fleet_trip_days"
-down_revision: str | Sequence[str] | None = "0006_command_jobs"
+down_revision: str | Sequence[str] | None = "0008_vehicle_lifecycle"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

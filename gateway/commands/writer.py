@@ -1,0 +1,148 @@
+"""The command service's writes to the state database, off the event loop and grouped.
+
+Every transition of a command is a write transaction, and with ``synchronous=FULL`` each
+commit waits for the disk (fsync). Done on the event loop (as before issue 17), every
+request, every MQTT answer and every timer of the API process waited for each of those
+flushes, and for any other writer holding the database's write lock (the fleet rules
+worker); under telemetry load the disk's flushes slow down (the journal also carries the
+telemetry database's writes) and the loop stalled for seconds
+(docs/decisions/0022-command-latency-under-ingest.md).
+
+:class:`GroupWriter` runs the writes on one thread of its own. Whatever has been handed
+to it while it was committing goes into the next transaction together (group commit:
+``StateDatabase.grouped``), each write a savepoint, so one that fails (an illegal
+transition) fails alone. A write's awaitable resolves only after its transaction has
+committed, so nothing is published or answered before it is durable, and writes are
+applied in the order they were handed over (an ``accepted`` before its ``succeeded``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from gateway.statedb.database import StateDatabase
+
+__all__ = ["GroupWriter"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: the most writes in one transaction
+MAX_GROUP = 64
+
+_Item = tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
+
+
+class GroupWriter:
+    """See the module docstring. :meth:`start` on the event loop, :meth:`stop` at the end."""
+
+    def __init__(
+        self,
+        db: StateDatabase,
+        *,
+        max_group: int = MAX_GROUP,
+        on_commit: Callable[[int, float, float], None] | None = None,
+    ) -> None:
+        self._db = db
+        self._max_group = max_group
+        #: called after each commit (on the writer's thread) with the number of writes,
+        #: the ms waited for the write lock and the ms the transaction took after it
+        self._on_commit = on_commit
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        #: transactions committed and writes in them (for tests and the decision's figures)
+        self.transactions = 0
+        self.writes = 0
+
+    @property
+    def native_id(self) -> int | None:
+        """The writer thread's id in the operating system (None before :meth:`start`)."""
+        return None if self._thread is None else self._thread.native_id
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="command-writer", daemon=True)
+            self._thread.start()
+
+    async def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join, 30)
+            self._thread = None
+
+    def submit(self, write: Callable[[], T]) -> asyncio.Future[T]:
+        """Hand ``write`` (a call of the repository's that writes) to the writer thread;
+        the future has its result, or its exception, once its transaction committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if self._thread is None:  # not started (unit tests of the service): write here
+            try:
+                future.set_result(write())
+            except Exception as exc:
+                future.set_exception(exc)
+            return future
+        self._queue.put((write, future, loop))
+        return future
+
+    async def write(self, write: Callable[[], T]) -> T:
+        return await self.submit(write)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            while len(group) < self._max_group:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this group
+                    break
+                group.append(item)
+            self._commit(group)
+
+    def _commit(self, group: list[_Item]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        started = time.perf_counter()
+        locked = started
+        try:
+            with self._db.grouped():
+                locked = time.perf_counter()
+                for write, _, _ in group:
+                    try:
+                        outcomes.append((True, write()))
+                    except Exception as exc:  # this write alone; its caller gets it
+                        outcomes.append((False, exc))
+        except Exception as exc:  # the commit failed: none of them is stored
+            log.warning("a grouped commit of %d command writes failed: %s", len(group), exc)
+            outcomes = [(False, exc)] * len(group)
+        else:
+            self.transactions += 1
+            self.writes += len(group)
+            if self._on_commit is not None:
+                done = time.perf_counter()
+                self._on_commit(len(group), (locked - started) * 1000, (done - locked) * 1000)
+        for (_, future, loop), (ok, value) in zip(group, outcomes, strict=True):
+            try:
+                loop.call_soon_threadsafe(_settle, future, ok, value)
+            except RuntimeError:  # its loop has closed: nobody waits any more
+                continue
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # its waiter was cancelled
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)

@@ -1,0 +1,327 @@
+"""Issue 17: what makes a command's latency independent of telemetry load, and what
+measures it (docs/decisions/0022-command-latency-under-ingest.md).
+
+* the state database's write queue lets a person's transaction go before background work
+  (the fleet rules worker) that is already waiting;
+* the trace file (command stages the database does not hold, event-loop lag) and the
+  benchmark's stage arithmetic over it;
+* the benchmarks stop every child process when they are stopped (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.bench.commands import SIDE_STAGES, STAGES, _stages
+from gateway.bench.probes import CpuWindow
+from gateway.commands.service import CommandService, CommandSettings
+from gateway.commands.writer import GroupWriter
+from gateway.core.lifecycle import CommandEvent, CommandStatus, IllegalTransition
+from gateway.statedb.commands import CommandRecord, CommandRepository
+from gateway.statedb.database import StateDatabase
+from gateway.trace import PROBE_INTERVAL_S, Trace, read_trace
+
+
+def _database(tmp_path: Path) -> StateDatabase:
+    db = StateDatabase(f"sqlite:///{tmp_path / 'state.db'}")
+    db.upgrade()
+    return db
+
+
+def _queued(repo: CommandRepository, n: int) -> list[str]:
+    ids = []
+    for _ in range(n):
+        record, _ = repo.create(
+            vin="WVWZZZ1JZXW000001",
+            type="lock",
+            params={},
+            now=1_000,
+            ttl_ms=10**12,
+            result_timeout_ms=30_000,
+        )
+        ids.append(record.id)
+    return ids
+
+
+def _send(repo: CommandRepository, command_id: str) -> CommandRecord:
+    return repo.apply(command_id, CommandEvent.PUBLISHED, at=5)
+
+
+def test_writes_handed_over_together_commit_together_in_order(tmp_path: Path) -> None:
+    db = _database(tmp_path)
+    repo = CommandRepository(db)
+    (command_id,) = _queued(repo, 1)
+    others = _queued(repo, 5)
+    writer = GroupWriter(db)
+
+    async def main() -> list[CommandRecord | BaseException]:
+        writer.start()
+        with db.write():  # the writer waits for this: everything queues behind it
+            futures = [
+                writer.submit(lambda: repo.apply(command_id, CommandEvent.PUBLISHED, at=2)),
+                writer.submit(lambda: repo.apply(command_id, CommandEvent.UNIT_ACCEPTED, at=3)),
+                writer.submit(lambda: repo.apply(command_id, CommandEvent.PUBLISHED, at=4)),
+                *[writer.submit(functools.partial(_send, repo, i)) for i in others],
+            ]
+            await asyncio.sleep(0.3)
+            assert not any(f.done() for f in futures)  # nothing is answered before commit
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        await writer.stop()
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    # in order: sent, then accepted; the illegal third fails alone
+    assert isinstance(outcomes[2], IllegalTransition)
+    assert [o.status for o in outcomes if isinstance(o, CommandRecord)] == [
+        CommandStatus.SENT,
+        CommandStatus.ACCEPTED,
+        *[CommandStatus.SENT] * 5,
+    ]
+    assert writer.writes == 8
+    assert writer.transactions <= 2  # the first may have gone alone before the rest queued
+    stored = repo.get(command_id)
+    assert stored is not None
+    assert stored.status is CommandStatus.ACCEPTED
+    assert [t.status for t in repo.transitions(command_id)] == [
+        CommandStatus.QUEUED,
+        CommandStatus.SENT,
+        CommandStatus.ACCEPTED,
+    ]
+    db.dispose()
+
+
+def test_the_command_services_loop_runs_while_the_state_database_is_locked(
+    tmp_path: Path,
+) -> None:
+    """Before issue 17 the transition was written on the event loop: while another writer
+    held the database (the fleet rules worker, a slow fsync) every request and answer of
+    the API process waited."""
+    db = _database(tmp_path)
+    repo = CommandRepository(db)
+    (command_id,) = _queued(repo, 1)
+    service = CommandService(
+        CommandSettings(state_db_url=f"sqlite:///{tmp_path / 'state.db'}"),
+        repo,
+        tmp_path / "telemetry.db",
+    )
+    release = threading.Event()
+
+    def someone_else_writes() -> None:
+        with db.write():
+            release.wait(10)
+
+    async def main() -> tuple[int, CommandStatus]:
+        service.writer.start()
+        other = threading.Thread(target=someone_else_writes)
+        other.start()
+        await asyncio.sleep(0.1)
+        cancel = asyncio.ensure_future(service.cancel(command_id))
+        ticks = 0
+        for _ in range(30):  # 0.3 s of 10 ms turns of the loop
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not cancel.done()
+        release.set()
+        record = await cancel
+        other.join(10)
+        await service.writer.stop()
+        return ticks, record.status
+
+    ticks, status = asyncio.run(main())
+    assert ticks == 30
+    assert status is CommandStatus.CANCELLED
+    db.dispose()
+
+
+def test_a_foreground_writer_goes_before_waiting_background_writers(tmp_path: Path) -> None:
+    db = StateDatabase(f"sqlite:///{tmp_path / 'state.db'}")
+    db.upgrade()
+    order: list[str] = []
+    holding = threading.Event()
+    release = threading.Event()
+
+    def first() -> None:
+        with db.write():
+            holding.set()
+            release.wait(10)
+            order.append("first")
+
+    def writer(name: str, background: bool) -> None:
+        with db.write(background=background):
+            order.append(name)
+
+    threads = [threading.Thread(target=first)]
+    threads[0].start()
+    assert holding.wait(10)
+    for i in range(3):  # background work queued first ...
+        threads.append(threading.Thread(target=writer, args=(f"background-{i}", True)))
+        threads[-1].start()
+    time.sleep(0.2)
+    threads.append(threading.Thread(target=writer, args=("person", False)))  # ... then a person
+    threads[-1].start()
+    time.sleep(0.2)
+    release.set()
+    for t in threads:
+        t.join(10)
+    db.dispose()
+    assert order[:2] == ["first", "person"]
+    assert sorted(order[2:]) == ["background-0", "background-1", "background-2"]
+
+
+def test_a_background_writer_still_gets_the_lock_when_nobody_waits(tmp_path: Path) -> None:
+    db = StateDatabase(f"sqlite:///{tmp_path / 'state.db'}")
+    db.upgrade()
+    done = threading.Event()
+
+    def background() -> None:
+        with db.write(background=True):
+            done.set()
+
+    t = threading.Thread(target=background)
+    t.start()
+    assert done.wait(5)
+    t.join(5)
+    db.dispose()
+
+
+def test_the_trace_records_stages_and_the_loops_lag(tmp_path: Path) -> None:
+    path = tmp_path / "trace.tsv"
+
+    async def main() -> None:
+        trace = Trace(path)
+        trace.start()
+        trace.mark("c-1", "result", "accepted 1764230400350")
+        await asyncio.sleep(PROBE_INTERVAL_S * 2)
+        time.sleep(0.3)  # noqa: ASYNC251 (the loop is blocked: the probe must see it late)
+        await asyncio.sleep(PROBE_INTERVAL_S * 2)
+        await trace.stop()
+
+    asyncio.run(main())
+    with path.open("a") as f:
+        f.write("1764230400999.0\tlag\t-")  # a torn last line is skipped
+    rows = read_trace(path)
+    assert ("result", "c-1", "accepted 1764230400350") in [(s, k, d) for _, s, k, d in rows]
+    lags = [float(d) for _, s, _, d in rows if s == "lag"]
+    assert max(lags) >= 200  # the 300 ms block, less the probe's own sleep
+    assert all(lag >= 0 for lag in lags)
+
+
+def test_a_disabled_trace_writes_nothing(tmp_path: Path) -> None:
+    async def main() -> None:
+        trace = Trace(None)
+        trace.start()
+        trace.mark("c-1", "result", "accepted 1")
+        await trace.stop()
+
+    asyncio.run(main())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_stages_add_up_to_the_commands_latency() -> None:
+    sent = {"c-1": (1000.0, 1010.0)}
+    # status, created, sent_at, unit_accepted_at, accepted_at, succeeded_at
+    rows = {"c-1": ("succeeded", 1004, 1006, 1020, 1025, 1060)}
+    trace = [
+        (1021.0, "result", "c-1", "accepted 1020"),
+        (1030.0, "recorded", "c-1", "accepted"),
+        (1050.0, "result", "c-1", "succeeded 1045"),
+        (1058.0, "result", "c-1", "succeeded 1045"),  # a redelivery: the first one counts
+        (1062.0, "recorded", "c-1", "succeeded"),
+    ]
+    stages = _stages(sent, rows, trace)
+    assert list(stages) == [*STAGES, *SIDE_STAGES]
+    got = {k: v.p50_ms for k, v in stages.items()}
+    assert got == {
+        "request": 4,
+        "store": 2,
+        "to_unit": 14,
+        "unit_work": 25,
+        "succeeded_in": 5,
+        "succeeded_record": 12,
+        "accepted_in": 1,
+        "accepted_record": 9,
+    }
+    assert sum(got[k] for k in STAGES) == 1062 - 1000
+
+
+def test_the_cpu_window_sees_a_busy_process() -> None:
+    window = CpuWindow({"me": os.getpid(), "me.main": (os.getpid(), threading.get_native_id())})
+    spent = time.process_time() + 0.3  # CPU time, however busy the machine is
+    while time.process_time() < spent:
+        pass
+    figures = window.end()
+    cpu_seconds = figures.processes["me"] * figures.seconds / 100
+    assert 0.25 <= cpu_seconds <= 0.5
+    # the thread's own figure; a thread is not counted twice in what "others" took
+    assert 0.25 <= figures.processes["me.main"] * figures.seconds / 100 <= 0.5
+    assert figures.others == pytest.approx(
+        max(0.0, figures.machine - figures.processes["me"]), abs=0.2
+    )
+    assert figures.machine >= figures.processes["me"] * 0.9
+    assert figures.cores >= 1
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                child = int(stat.parent.name)
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_the_command_bench_stops_its_children(signum: int) -> None:
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "bench", "commands", "--reps", "1", "--vehicles", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        children: set[int] = set()
+        while time.monotonic() < deadline:  # broker, gateway, API, simulator
+            children |= _descendants(bench.pid)
+            if len(children) >= 4:
+                break
+            time.sleep(0.2)
+        assert len(children) >= 4, children
+        time.sleep(1.0)
+        children |= _descendants(bench.pid)
+        bench.send_signal(signum)
+        assert bench.wait(60) == 128 + signum
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(p) for p in children):
+            time.sleep(0.2)
+        assert [p for p in children if _alive(p)] == []
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()

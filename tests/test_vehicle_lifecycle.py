@@ -1,0 +1,506 @@
+"""The vehicle lifecycle through the API (issue 16), on SQLite and PostgreSQL: registration
+and pairing codes, claims with proof of possession and the attacks on them, how the old
+claim-by-VIN maps onto the registry, transfers between accounts, service and
+decommissioning, the history and the audit log. The same against a real broker and
+gateway is tests/test_vehicle_lifecycle_e2e.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from httpx2 import Response
+
+from gateway.api import ApiSettings, create_app
+from gateway.store import IngestBatch, Tenure, open_store
+from schemas import Sample
+from tests.support.api import auth_settings_for_tests, bearer
+
+VIN = "WLYFE000000000001"
+OTHER_VIN = "WLYFE000000000002"
+PASSWORD = "lifecycle-password-1"
+
+
+@dataclass
+class Clock:
+    """The API's clock, moved by the tests (starting now: the tokens are real)."""
+
+    now: float = field(default_factory=lambda: float(int(time.time())))
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Api:
+    client: TestClient
+    clock: Clock
+    admin: dict[str, str]
+
+    def as_(self, headers: dict[str, str], method: str, url: str, **kw: Any) -> Response:
+        return self.client.request(method, url, headers=headers, **kw)
+
+    def login(self, email: str) -> dict[str, str]:
+        r = self.client.post(
+            "/v1/auth/token",
+            data={"grant_type": "password", "username": email, "password": PASSWORD},
+        )
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    def owner(self, email: str) -> tuple[int, dict[str, str]]:
+        """A self-registered private owner: (account id, headers)."""
+        r = self.client.post(
+            "/v1/auth/register", json={"email": email, "password": PASSWORD, "name": email}
+        )
+        assert r.status_code == 201, r.text
+        headers = self.login(email)
+        me = self.as_(headers, "GET", "/v1/me").json()
+        return me["account"]["id"], headers
+
+    def organization(self, name: str, manager: str) -> tuple[int, dict[str, str]]:
+        r = self.as_(
+            self.admin, "POST", "/v1/accounts", json={"kind": "organization", "name": name}
+        )
+        assert r.status_code == 201, r.text
+        account: int = r.json()["id"]
+        body = {"email": manager, "name": manager, "role": "fleet_manager", "password": PASSWORD}
+        r = self.as_(self.admin, "POST", "/v1/users", json={**body, "account_id": account})
+        assert r.status_code == 201, r.text
+        return account, self.login(manager)
+
+    def register_built(self, vin: str = VIN) -> str:
+        r = self.as_(self.admin, "POST", f"/v1/vehicles/{vin}/lifecycle/registration")
+        assert r.status_code == 201, r.text
+        assert r.json()["state"] == "built"
+        code: str = r.json()["pairing_code"]
+        return code
+
+    def claim(self, headers: dict[str, str], code: str, vin: str = VIN) -> Response:
+        return self.as_(headers, "POST", f"/v1/vehicles/{vin}/claim", json={"code": code})
+
+    def state(self, vin: str = VIN) -> dict[str, Any]:
+        r = self.as_(self.admin, "GET", f"/v1/vehicles/{vin}/lifecycle")
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    def audit(self, action: str) -> list[dict[str, Any]]:
+        r = self.as_(self.admin, "GET", "/v1/audit", params={"action": action, "limit": 100})
+        assert r.status_code == 200, r.text
+        return [e for e in r.json()["items"] if e["action"] == action]
+
+
+@pytest.fixture
+def api(tmp_path: Path, state_db_url: str) -> Iterator[Api]:
+    clock = Clock()
+    settings = ApiSettings(
+        tmp_path / "telemetry.db",
+        state_db_url=state_db_url,
+        auth=auth_settings_for_tests(clock=clock),
+    )
+    with TestClient(create_app(settings)) as client:
+        yield Api(client, clock, bearer())
+
+
+def error(r: Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body: dict[str, Any] = r.json()
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"], body
+    return body["error"]
+
+
+# --- proof of possession ----------------------------------------------------------------------
+
+
+def test_a_registered_car_is_claimed_with_its_code_once(api: Api) -> None:
+    code = api.register_built()
+    account, owner = api.owner("ana@example.com")
+    # the old first-come-first-served claim by VIN is refused for a registered car
+    refused = api.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN})
+    error(refused, 409, "pairing_code_required")
+    # the code claims it (any spelling of it), with the unit's credentials
+    claimed = api.claim(owner, code.lower().replace("-", " "))
+    assert claimed.status_code == 201, claimed.text
+    body = claimed.json()
+    assert (body["account_id"], body["tenure"], body["mqtt"]["username"]) == (account, 1, VIN)
+    assert body["mqtt"]["password"]
+    assert api.state()["state"] == "active"
+    assert api.state()["pairing_code_open"] is False
+    # used up: the holder releases the car, and the same code does not claim it again
+    assert api.as_(owner, "DELETE", f"/v1/vehicles/{VIN}").status_code == 200
+    assert api.state()["state"] == "built"
+    _, thief = api.owner("thief@example.com")
+    error(api.claim(thief, code), 403, "pairing_code_wrong")
+    error(api.as_(thief, "POST", "/v1/vehicles", json={"vin": VIN}), 409, "pairing_code_required")
+    # a held car: the code is no use to anyone else either
+    fresh = api.as_(api.admin, "POST", f"/v1/vehicles/{VIN}/pairing-code").json()["pairing_code"]
+    assert api.claim(owner, fresh).status_code == 201
+    error(api.claim(thief, fresh), 409, "vehicle_held_by_another_account")
+    history = api.state()["history"]
+    assert [(e["event"], e["from_state"], e["to_state"]) for e in history] == [
+        ("register", "unregistered", "built"),
+        ("claim", "built", "active"),
+        ("release", "active", "built"),
+        ("issue_code", "built", "built"),
+        ("claim", "built", "active"),
+    ]
+    assert [e["tenure"] for e in history] == [None, 1, 1, None, 2]
+    # in the audit log too, failures included
+    claims = api.audit("vehicle_claim")
+    assert sorted(e["outcome"] for e in claims) == ["failed", "failed", "ok", "ok"]
+
+
+def test_wrong_codes_lock_the_vin_out_whoever_guesses(api: Api) -> None:
+    code = api.register_built()
+    start = int(api.clock.now * 1000)
+    _, one = api.owner("one@example.com")
+    _, two = api.owner("two@example.com")
+    # five wrong guesses from two accounts add up
+    for i in range(5):
+        error(api.claim(one if i % 2 else two, f"WRONG-CODE-{i:04d}"), 403, "pairing_code_wrong")
+    # locked: even the right code is not looked at, and the answer says how long to wait
+    locked = api.claim(one, code)
+    error(locked, 429, "pairing_locked")
+    assert locked.headers["Retry-After"] == "1"
+    assert api.state()["pairing_locked_until"] == start + 1000
+    # the wait doubles with each further wrong code
+    api.clock.now += 1.0
+    error(api.claim(two, "WRONG-CODE-0005"), 403, "pairing_code_wrong")
+    error(api.claim(one, code), 429, "pairing_locked")
+    assert api.state()["pairing_locked_until"] == start + 1000 + 2000
+    api.clock.now += 2.0
+    # the right code after the wait: claimed, and the count starts again
+    assert api.claim(one, code).status_code == 201
+    assert api.state()["pairing_locked_until"] is None
+
+
+def test_another_cars_code_is_useless(api: Api) -> None:
+    code = api.register_built(VIN)
+    other = api.register_built(OTHER_VIN)
+    _, owner = api.owner("owner@example.com")
+    error(api.claim(owner, other, VIN), 403, "pairing_code_wrong")
+    error(api.claim(owner, code, OTHER_VIN), 403, "pairing_code_wrong")
+    assert api.claim(owner, code, VIN).status_code == 201
+    assert api.claim(owner, other, OTHER_VIN).status_code == 201
+
+
+def test_claims_and_registrations_refused_with_a_reason(api: Api) -> None:
+    _, owner = api.owner("owner@example.com")
+    # a VIN the maker never registered has no code to claim it with
+    error(api.claim(owner, "AAAA-BBBB-CCCC"), 409, "vehicle_not_registered")
+    # only administrators register cars and issue codes
+    error(api.as_(owner, "POST", f"/v1/vehicles/{VIN}/lifecycle/registration"), 403, "forbidden")
+    api.register_built()
+    error(
+        api.as_(api.admin, "POST", f"/v1/vehicles/{VIN}/lifecycle/registration"),
+        409,
+        "vehicle_already_registered",
+    )
+    error(api.as_(owner, "POST", f"/v1/vehicles/{VIN}/pairing-code"), 403, "forbidden")
+    # the history is the administrator's; nobody else sees a car they do not hold
+    error(api.as_(owner, "GET", f"/v1/vehicles/{VIN}/lifecycle"), 404, "vehicle_not_found")
+    # bad input answers 422, not 500
+    too_long = api.as_(owner, "POST", f"/v1/vehicles/{VIN}/claim", json={"code": "X" * 65})
+    error(too_long, 422, "invalid_request")
+    error(api.claim(owner, "AAAA", "not-a-vin"), 422, "invalid_vin")
+
+
+def test_operators_keep_provisioning_by_vin(api: Api) -> None:
+    """Old flows: an administrator provisions any VIN without a code, a registered one too;
+    a VIN the maker never registered is still claimed by VIN, first come first served."""
+    account, owner = api.owner("owner@example.com")
+    api.register_built()
+    r = api.as_(api.admin, "POST", "/v1/vehicles", json={"vin": VIN, "account_id": account})
+    assert r.status_code == 201, r.text
+    assert api.state()["state"] == "active"
+    assert api.as_(owner, "POST", "/v1/vehicles", json={"vin": OTHER_VIN}).status_code == 201
+    other = api.state(OTHER_VIN)
+    assert (other["state"], other["registered_at"]) == ("active", None)
+    assert [e["event"] for e in other["history"]] == ["provision"]
+
+
+# --- transfer -----------------------------------------------------------------------------------
+
+
+def test_a_private_owner_transfers_to_another(api: Api) -> None:
+    code = api.register_built()
+    seller_account, seller = api.owner("seller@example.com")
+    buyer_account, buyer = api.owner("buyer@example.com")
+    _, stranger = api.owner("stranger@example.com")
+    first = api.claim(seller, code).json()
+    # the buyer cannot take what is not offered
+    offered = api.as_(
+        seller,
+        "POST",
+        f"/v1/vehicles/{VIN}/transfers",
+        json={"to_email": "Buyer@Example.com", "note": "sold on 6 Dec"},
+    )
+    assert offered.status_code == 201, offered.text
+    transfer = offered.json()
+    assert (transfer["status"], transfer["from_account_id"]) == ("pending", seller_account)
+    # visible to both sides, to nobody else
+    assert [t["id"] for t in api.as_(seller, "GET", "/v1/transfers").json()["items"]] == [
+        transfer["id"]
+    ]
+    assert [t["id"] for t in api.as_(buyer, "GET", "/v1/transfers").json()["items"]] == [
+        transfer["id"]
+    ]
+    assert api.as_(stranger, "GET", "/v1/transfers").json()["items"] == []
+    tid = transfer["id"]
+    error(api.as_(stranger, "GET", f"/v1/transfers/{tid}"), 404, "transfer_not_found")
+    error(
+        api.as_(stranger, "POST", f"/v1/transfers/{tid}/accept", json={}), 404, "transfer_not_found"
+    )
+    error(api.as_(seller, "POST", f"/v1/transfers/{tid}/accept", json={}), 403, "forbidden")
+    # accepted: a new holding period with new credentials
+    accepted = api.as_(buyer, "POST", f"/v1/transfers/{tid}/accept", json={"label": "Mine"})
+    assert accepted.status_code == 200, accepted.text
+    car = accepted.json()["vehicle"]
+    assert (car["account_id"], car["tenure"], car["label"]) == (buyer_account, 2, "Mine")
+    assert car["mqtt"]["password"] not in (None, first["mqtt"]["password"])
+    assert accepted.json()["transfer"]["status"] == "accepted"
+    # the seller no longer sees the car; both see the transfer as accepted
+    error(api.as_(seller, "GET", f"/v1/vehicles/{VIN}"), 404, "vehicle_not_found")
+    for side in (seller, buyer):
+        assert api.as_(side, "GET", f"/v1/transfers/{tid}").json()["status"] == "accepted"
+    # used: accepting again is refused
+    error(api.as_(buyer, "POST", f"/v1/transfers/{tid}/accept", json={}), 409, "transfer_closed")
+    state = api.state()
+    assert (state["state"], state["account_id"], state["tenure"]) == ("active", buyer_account, 2)
+    event = state["history"][-1]
+    assert event["event"] == "transfer"
+    assert event["detail"] == {"transfer_id": tid, "from_account_id": seller_account}
+    assert len(api.audit("vehicle_transfer_accept")) == 1
+    # the buyer reads their own period's history, which names no other account
+    own = api.as_(buyer, "GET", f"/v1/vehicles/{VIN}/lifecycle").json()["history"]
+    assert [(e["event"], e["detail"]) for e in own] == [("transfer", None)]
+    # and cannot offer the car to their own account
+    back = api.as_(
+        buyer, "POST", f"/v1/vehicles/{VIN}/transfers", json={"to_email": "buyer@example.com"}
+    )
+    error(
+        api.as_(buyer, "POST", f"/v1/transfers/{back.json()['id']}/accept", json={}),
+        409,
+        "same_holder",
+    )
+
+
+def test_a_fleet_sells_a_used_van_to_a_private_buyer(api: Api) -> None:
+    org, manager = api.organization("Vans Ltd", "fleet@vans.example")
+    assert api.as_(manager, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+    grantee = api.as_(
+        manager,
+        "POST",
+        "/v1/users",
+        json={"email": "driver@vans.example", "name": "d", "role": "driver", "password": PASSWORD},
+    )
+    assert grantee.status_code == 201, grantee.text
+    grant = api.as_(
+        manager,
+        "POST",
+        f"/v1/vehicles/{VIN}/grants",
+        json={"user_id": grantee.json()["id"], "services": ["read", "lock"]},
+    )
+    assert grant.status_code == 201, grant.text
+    buyer_account, buyer = api.owner("buyer@example.com")
+    tid = api.as_(
+        manager, "POST", f"/v1/vehicles/{VIN}/transfers", json={"to_email": "buyer@example.com"}
+    ).json()["id"]
+    r = api.as_(buyer, "POST", f"/v1/transfers/{tid}/accept", json={})
+    assert r.status_code == 200, r.text
+    # the fleet's driver lost the van with the fleet; the buyer's list of grants is empty
+    driver = api.login("driver@vans.example")
+    error(api.as_(driver, "GET", f"/v1/vehicles/{VIN}"), 404, "vehicle_not_found")
+    assert api.as_(buyer, "GET", f"/v1/vehicles/{VIN}/grants").json()["items"] == []
+    assert api.as_(buyer, "GET", f"/v1/vehicles/{VIN}").status_code == 200
+    tenures = api.state()["history"]
+    assert [(e["event"], e["account_id"]) for e in tenures] == [
+        ("provision", org),
+        ("transfer", buyer_account),
+    ]
+
+
+def test_transfers_are_cancelled_declined_expired_and_refused_in_service(api: Api) -> None:
+    _, seller = api.owner("seller@example.com")
+    workshop, _ = api.organization("Workshop", "boss@workshop.example")
+    _, buyer = api.owner("buyer@example.com")
+    assert api.as_(seller, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+
+    def offer(expires_in_s: int = 3600) -> int:
+        r = api.as_(
+            seller,
+            "POST",
+            f"/v1/vehicles/{VIN}/transfers",
+            json={"to_email": "buyer@example.com", "expires_in_s": expires_in_s},
+        )
+        assert r.status_code == 201, r.text
+        tid: int = r.json()["id"]
+        return tid
+
+    tid = offer()
+    error(api.as_(buyer, "POST", f"/v1/transfers/{tid}/cancel"), 403, "forbidden")
+    assert api.as_(seller, "POST", f"/v1/transfers/{tid}/cancel").json()["status"] == "cancelled"
+    error(api.as_(buyer, "POST", f"/v1/transfers/{tid}/accept", json={}), 409, "transfer_closed")
+    tid = offer()
+    assert api.as_(buyer, "POST", f"/v1/transfers/{tid}/decline").json()["status"] == "declined"
+    tid = offer(60)
+    api.clock.now += 61
+    assert api.as_(buyer, "GET", f"/v1/transfers/{tid}").json()["status"] == "expired"
+    error(api.as_(buyer, "POST", f"/v1/transfers/{tid}/accept", json={}), 409, "transfer_closed")
+    # a newer offer withdraws the pending one
+    first, second = offer(), offer()
+    assert api.as_(seller, "GET", f"/v1/transfers/{first}").json()["status"] == "withdrawn"
+    # in service: no transfer until the service ends, and an offer made before cannot be taken
+    until = int(api.clock.now * 1000) + 86_400_000
+    started = api.as_(
+        seller,
+        "POST",
+        f"/v1/vehicles/{VIN}/service",
+        json={"workshop_account_id": workshop, "until": until, "reason": "brakes"},
+    )
+    assert started.status_code == 200, started.text
+    assert started.json()["state"] == "in_service"
+    error(
+        api.as_(
+            seller, "POST", f"/v1/vehicles/{VIN}/transfers", json={"to_email": "buyer@example.com"}
+        ),
+        409,
+        "vehicle_in_service",
+    )
+    error(
+        api.as_(buyer, "POST", f"/v1/transfers/{second}/accept", json={}), 409, "vehicle_in_service"
+    )
+    assert api.as_(seller, "DELETE", f"/v1/vehicles/{VIN}/service").json()["state"] == "active"
+    error(api.as_(seller, "DELETE", f"/v1/vehicles/{VIN}/service"), 409, "vehicle_not_in_service")
+    # a revocation withdraws the pending offer
+    assert api.as_(seller, "DELETE", f"/v1/vehicles/{VIN}").status_code == 200
+    assert api.as_(seller, "GET", f"/v1/transfers/{second}").json()["status"] == "withdrawn"
+
+
+# --- decommissioning -----------------------------------------------------------------------------
+
+
+def test_a_decommissioned_vin_is_never_held_again(api: Api) -> None:
+    code = api.register_built()
+    account, owner = api.owner("owner@example.com")
+    assert api.claim(owner, code).status_code == 201
+    error(
+        api.as_(owner, "POST", f"/v1/vehicles/{VIN}/decommission", json={"reason": "x"}),
+        403,
+        "forbidden",
+    )
+    r = api.as_(
+        api.admin,
+        "POST",
+        f"/v1/vehicles/{VIN}/decommission",
+        json={"reason": "written off after flood"},
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["state"], r.json()["account_id"]) == ("decommissioned", None)
+    # nobody gets it back: not by VIN, not by code, not even an administrator
+    error(api.as_(owner, "GET", f"/v1/vehicles/{VIN}"), 404, "vehicle_not_found")
+    error(api.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN}), 409, "vehicle_decommissioned")
+    error(
+        api.as_(api.admin, "POST", "/v1/vehicles", json={"vin": VIN, "account_id": account}),
+        409,
+        "vehicle_decommissioned",
+    )
+    error(api.claim(owner, code), 409, "vehicle_decommissioned")
+    error(
+        api.as_(api.admin, "POST", f"/v1/vehicles/{VIN}/pairing-code"),
+        409,
+        "vehicle_decommissioned",
+    )
+    error(
+        api.as_(api.admin, "POST", f"/v1/vehicles/{VIN}/decommission", json={"reason": "again"}),
+        409,
+        "vehicle_decommissioned",
+    )
+    # the registration stays, off the broker and without a password
+    reg = api.as_(api.admin, "GET", f"/v1/vehicles/{VIN}/registration").json()
+    assert reg["revoked_at"] is not None
+    assert reg["credentials"] == "certificate"  # no password hash left
+    last = api.state()["history"][-1]
+    assert (last["event"], last["reason"], last["tenure"]) == (
+        "decommission",
+        "written off after flood",
+        1,
+    )
+    assert api.audit("vehicle_decommission")[0]["detail"] == {"reason": "written off after flood"}
+
+
+# --- roadside assistance ---------------------------------------------------------------------
+
+LAT = "Vehicle.CurrentLocation.Latitude"
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+FAN = "Vehicle.Cabin.HVAC.Station.Row1.Driver.FanSpeed"
+
+
+def reported(api: Api, db_path: Path, tenure: int, **signals: float) -> None:
+    """The car's sample, as the gateway would store it, in period ``tenure``."""
+    now = int(api.clock.now * 1000)
+    store = open_store(db_path)
+    try:
+        store.commit(
+            IngestBatch(
+                received_at=now,
+                samples=[Sample(VIN, tenure, now + 1, signals)],
+                tenures={VIN: Tenure(tenure, now - 1000)},
+            )
+        )
+    finally:
+        store.close()
+
+
+def test_a_roadside_share_works_until_it_expires_is_ended_or_the_car_is_sold(
+    api: Api, tmp_path: Path
+) -> None:
+    _, owner = api.owner("owner@example.com")
+    _, stranger = api.owner("stranger@example.com")
+    assert api.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+    reported(api, tmp_path / "telemetry.db", 1, **{LAT: 48.1, SOC: 12.0, FAN: 3.0})
+    shares = f"/v1/vehicles/{VIN}/assistance-shares"
+
+    def share(duration_s: int = 3600) -> tuple[int, str]:
+        r = api.as_(owner, "POST", shares, json={"partner": "ADAC", "duration_s": duration_s})
+        assert r.status_code == 201, r.text
+        return r.json()["id"], r.json()["partner_path"]
+
+    share_id, path = share(60)
+    # the partner reads without an account: position and energy, not the cabin
+    seen = api.client.get(path)
+    assert seen.status_code == 200, seen.text
+    assert {n: s["value"] for n, s in seen.json()["signals"].items()} == {LAT: 48.1, SOC: 12.0}
+    reads = api.audit("assistance_share_read")
+    assert [(e["actor"], e["detail"]["partner"]) for e in reads] == [("anonymous", "ADAC")]
+    assert reads[0]["detail"]["signals"] == sorted([LAT, SOC])
+    # nobody else lists or ends it
+    error(api.as_(stranger, "GET", shares), 404, "vehicle_not_found")
+    error(api.as_(stranger, "DELETE", f"{shares}/{share_id}"), 404, "vehicle_not_found")
+    # it stops at its expiry
+    api.clock.now += 61
+    error(api.client.get(path), 410, "share_ended")
+    # and when the owner ends it
+    share_id, path = share()
+    assert api.client.get(path).status_code == 200
+    assert api.as_(owner, "DELETE", f"{shares}/{share_id}").json()["ended_at"] is not None
+    error(api.client.get(path), 410, "share_ended")
+    # and when the car changes hands
+    _, path = share()
+    _, buyer = api.owner("buyer@example.com")
+    tid = api.as_(
+        owner, "POST", f"/v1/vehicles/{VIN}/transfers", json={"to_email": "buyer@example.com"}
+    ).json()["id"]
+    assert api.as_(buyer, "POST", f"/v1/transfers/{tid}/accept", json={}).status_code == 200
+    error(api.client.get(path), 410, "share_ended")
+    assert api.as_(buyer, "GET", shares).json()["items"] == []
+    # a token that is no share's
+    error(api.client.get("/v1/assistance/not-a-token"), 404, "share_not_found")
+    error(api.client.get("/v1/assistance/" + "x" * 65), 404, "share_not_found")
