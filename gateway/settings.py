@@ -141,6 +141,7 @@ class Environment(BaseSettings):
     login_limit: str = _limit(DEFAULT_LOGIN_LIMIT)
     invitation_limit: str = "20/hour,burst=10"
     no_registration: bool = False
+    fleet_quotas: str = ""
 
     # --- operator commands (telematics user add / set-password)
     user_password: str | None = Field(default=None, repr=False)

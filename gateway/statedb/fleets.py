@@ -5,7 +5,10 @@ The conventions of :mod:`gateway.statedb.accounts`: one short transaction per me
 frozen records out, times passed in by the caller, ``get_*`` returns None for an unknown id
 (the API answers 404 without a try/except). Who may do what is the policy's question
 (``gateway.core.policy``); this module checks only what the database would word badly: a
-vehicle added to a fleet of another account, a duplicate fleet name.
+vehicle added to a fleet of another account, a duplicate fleet name, and the per-account
+quotas the caller passes (``max_count``): the count is taken in the creating transaction,
+so a quota is exact on SQLite (one writer) and overshot at most by the requests racing on
+PostgreSQL at that instant.
 
 What the rules worker produces (alerts, trips) and its own state are in
 :mod:`gateway.statedb.fleet_log`.
@@ -38,6 +41,7 @@ __all__ = [
     "FleetRecord",
     "FleetRepository",
     "GeofenceRecord",
+    "QuotaExceeded",
 ]
 
 
@@ -117,6 +121,26 @@ class DuplicateFleetName(Conflict):
     """The account has a fleet or group of this name."""
 
 
+class QuotaExceeded(Conflict):
+    """The account has ``limit`` of ``what`` (fleets, drivers, geofences), its most."""
+
+    def __init__(self, what: str, account_id: int, limit: int) -> None:
+        self.what = what
+        self.account_id = account_id
+        self.limit = limit
+        super().__init__(f"account {account_id} has {limit} {what}, the most it may have")
+
+
+def _check_quota(
+    session: Any, column: Any, account_id: int, max_count: int | None, what: str
+) -> None:
+    if max_count is None:
+        return
+    count = session.scalar(select(func.count()).where(column == account_id))
+    if int(count or 0) >= max_count:
+        raise QuotaExceeded(what, account_id, max_count)
+
+
 class FleetRepository:
     """Fleets, drivers, geofences and rule settings in the state database."""
 
@@ -126,10 +150,19 @@ class FleetRepository:
     # --- fleets -----------------------------------------------------------------------
 
     def create_fleet(
-        self, *, account_id: int, name: str, kind: str, speed_limit_kmh: float | None, now: int
+        self,
+        *,
+        account_id: int,
+        name: str,
+        kind: str,
+        speed_limit_kmh: float | None,
+        now: int,
+        max_count: int | None = None,
     ) -> FleetRecord:
+        """:class:`QuotaExceeded` if the account has ``max_count`` fleets and groups."""
         try:
             with self._db.write() as session:
+                _check_quota(session, FleetRow.account_id, account_id, max_count, "fleets")
                 row = FleetRow(
                     account_id=account_id,
                     name=name,
@@ -234,9 +267,17 @@ class FleetRepository:
     # --- drivers ----------------------------------------------------------------------
 
     def create_driver(
-        self, *, account_id: int, name: str, user_id: int | None, now: int
+        self,
+        *,
+        account_id: int,
+        name: str,
+        user_id: int | None,
+        now: int,
+        max_count: int | None = None,
     ) -> DriverRecord:
+        """:class:`QuotaExceeded` if the account has ``max_count`` drivers."""
         with self._db.write() as session:
+            _check_quota(session, DriverRow.account_id, account_id, max_count, "drivers")
             row = DriverRow(account_id=account_id, name=name, user_id=user_id, created_at=now)
             session.add(row)
             session.flush()
@@ -313,11 +354,18 @@ class FleetRepository:
     # --- geofences --------------------------------------------------------------------
 
     def create_geofence(
-        self, *, account_id: int, values: Mapping[str, Any], now: int
+        self,
+        *,
+        account_id: int,
+        values: Mapping[str, Any],
+        now: int,
+        max_count: int | None = None,
     ) -> GeofenceRecord:
         """``values``: name, geometry, speed_limit_kmh, active_window, alert_enter,
-        alert_exit (validated by the caller with ``gateway.core.fleet``)."""
+        alert_exit (validated by the caller with ``gateway.core.fleet``).
+        :class:`QuotaExceeded` if the account has ``max_count`` geofences."""
         with self._db.write() as session:
+            _check_quota(session, GeofenceRow.account_id, account_id, max_count, "geofences")
             row = GeofenceRow(account_id=account_id, created_at=now, updated_at=now, **values)
             session.add(row)
             session.flush()
