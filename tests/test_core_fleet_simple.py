@@ -171,3 +171,22 @@ def test_a_polygon_with_a_hole_inside_is_accepted() -> None:
     check_simple(
         shape_from_geojson(_geojson([(0, 0), (4, 0), (4, 4), (0, 4)], [(1, 1), (2, 1), (2, 2)]))
     )
+
+
+def test_a_contrived_polygon_is_refused_rather_than_checked_for_long() -> None:
+    """1,000 spikes meeting at the centre make every pair of edges a candidate: the check
+    stops at MAX_PAIR_TESTS instead of spending most of a second (it took 0.3-0.7 s)."""
+    n = 999
+    star = [
+        Point(11.5 + r * math.cos(a) * 0.01, 48 + r * math.sin(a) * 0.01)
+        for i in range(n)
+        for a, r in [(2 * math.pi * i / n, 1.0 if i % 2 else 0.001)]
+    ]
+    with pytest.raises(GeoJSONError, match="too intricate"):
+        check_simple(Polygon(closed(star)))
+    circle = [Point(11.5 + 0.01 * math.cos(a), 48 + 0.01 * math.sin(a)) for a in _angles(n)]
+    check_simple(Polygon(closed(circle)))
+
+
+def _angles(n: int) -> list[float]:
+    return [2 * math.pi * k / n for k in range(n)]
