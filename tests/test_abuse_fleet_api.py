@@ -34,7 +34,8 @@ from tests.support.api import admin_client
 from tests.support.commands_api import Api
 
 PASSWORD = "fleet-abuse-password-1"
-QUOTAS = FleetQuotas(fleets=3, drivers=3, geofences=3)
+VIN = "WVWZZZ1JZXW000001"
+QUOTAS = FleetQuotas(fleets=3, drivers=3, geofences=3, assignments=3)
 _emails = itertools.count(1)
 
 
@@ -92,6 +93,7 @@ CREATE: dict[str, tuple[str, Any]] = {
 def test_an_account_cannot_create_more_than_its_quota(api: TestClient, what: str) -> None:
     url, body = CREATE[what]
     me, other = _register(api), _register(api)
+    account = api.get("/v1/me", headers=me).json()["user"]["account_id"]
     created = []
     for i in range(3):
         r = api.post(url, json=body(i), headers=me)
@@ -101,7 +103,7 @@ def test_an_account_cannot_create_more_than_its_quota(api: TestClient, what: str
     assert r.status_code == 409, r.text
     error = r.json()["error"]
     assert error["code"] == "quota_exceeded"
-    assert f"has 3 {what}, the most an account may have" in error["message"]
+    assert f"Account {account} has 3 {what}, the most allowed" in error["message"]
     assert "--fleet-quotas" in error["message"]
     assert "TELEMATICS_FLEET_QUOTAS" in error["message"]
     assert error["details"][0]["msg"] == f"at most 3 {what} per account"
@@ -115,12 +117,33 @@ def test_an_account_cannot_create_more_than_its_quota(api: TestClient, what: str
     assert len(api.get(url, params={"limit": 1000}, headers=me).json()["items"]) == 3
 
 
+def test_a_driver_cannot_have_more_assignments_than_the_quota(api: TestClient) -> None:
+    """A self-registered owner provisions a vehicle and has one driver: without a quota,
+    millions of assignments (each one looked up for every trip and alert)."""
+    me = _register(api)
+    assert api.post("/v1/vehicles", json={"vin": VIN}, headers=me).status_code == 201
+    driver = api.post("/v1/drivers", json={"name": "d"}, headers=me).json()["id"]
+    url = f"/v1/drivers/{driver}/assignments"
+    for hour in range(3):
+        r = api.post(url, json={"vin": VIN, "valid_from": hour * 3_600_000}, headers=me)
+        assert r.status_code == 201, r.text
+    r = api.post(url, json={"vin": VIN, "valid_from": 10**9}, headers=me)
+    assert r.status_code == 409, r.text
+    assert f"Driver {driver} has 3 assignments" in r.json()["error"]["message"]
+    assert r.json()["error"]["details"][0]["msg"] == "at most 3 assignments per driver"
+    first = api.get(url, headers=me).json()["items"][0]["id"]
+    assert api.delete(f"{url}/{first}", headers=me).status_code == 204
+    assert api.post(url, json={"vin": VIN, "valid_from": 10**9}, headers=me).status_code == 201
+
+
 def test_the_quotas_default_to_generous_numbers_and_parse_from_the_option() -> None:
-    assert FleetQuotas() == FleetQuotas(fleets=500, drivers=10_000, geofences=1_000)
+    assert FleetQuotas() == FleetQuotas(
+        fleets=500, drivers=10_000, geofences=1_000, assignments=10_000
+    )
     assert ApiSettings(Path("x.db")).fleet_quotas == FleetQuotas()
     assert parse_fleet_quotas("") == FleetQuotas()
     assert parse_fleet_quotas("fleets=2, geofences=off") == FleetQuotas(
-        fleets=2, drivers=10_000, geofences=None
+        fleets=2, drivers=10_000, geofences=None, assignments=10_000
     )
     for bad in ("fleets", "fleets=0", "fleets=-1", "fleets=1e9", "vehicles=5", "fleets=2**80"):
         with pytest.raises(ValueError, match=r"fleets|NAME"):
@@ -142,7 +165,7 @@ BAD_TTLS = [1e-300, 0.5, 1.5, 0, -1, True, 10**30, 365 * 24 * 3600 + 1]
 def test_a_command_ttl_is_whole_seconds_from_one_to_a_year(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    vin = "WVWZZZ1JZXW000001"
+    vin = VIN
     with Api(tmp_path / "telemetry.db", mosquitto, default_url(tmp_path)) as client:
         for ttl in BAD_TTLS:
             one = client.post(f"/v1/vehicles/{vin}/commands", json={"type": "lock", "ttl_s": ttl})
@@ -267,9 +290,6 @@ def test_a_hole_must_be_inside_its_polygon(api: TestClient) -> None:
 
 
 # --- found by probing: other accounts' ids, NUL bytes -----------------------------------------
-
-
-VIN = "WVWZZZ1JZXW000001"
 
 
 def _cursor(*parts: Any) -> str:

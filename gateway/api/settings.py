@@ -29,19 +29,22 @@ QUOTA_OPTION = "--fleet-quotas (env TELEMATICS_FLEET_QUOTAS)"
 
 @dataclass(frozen=True, slots=True)
 class FleetQuotas:
-    """The most fleets (and groups), drivers and geofences one account may have: a
-    self-registered account must not be able to fill the state database (or slow every
-    rule evaluation of its vehicles with a million fences). The defaults are far above a
-    large fleet's needs: a few hundred fleets and groups, a driver per van and shift, a
-    depot and zones per city. ``None``: no quota."""
+    """The most fleets (and groups), drivers and geofences one account may have, and
+    assignments one driver may have: a self-registered account must not be able to fill
+    the state database (or slow every rule evaluation of its vehicles with a million
+    fences). The defaults are far above a large fleet's needs: a few hundred fleets and
+    groups, a driver per van and shift, a depot and zones per city, a shift a day for 27
+    years. ``None``: no quota."""
 
     fleets: int | None = 500
     drivers: int | None = 10_000
     geofences: int | None = 1_000
+    assignments: int | None = 10_000
 
 
 def parse_fleet_quotas(text: str) -> FleetQuotas:
-    """``"fleets=500,drivers=10000,geofences=1000"`` (any of them; ``off`` for none) over
+    """``"fleets=500,drivers=10000,geofences=1000,assignments=10000"`` (any of them; ``off``
+    for none) over
     the defaults; ValueError naming what is wrong."""
     values: dict[str, int | None] = {}
     names = FleetQuotas.__dataclass_fields__
@@ -91,7 +94,7 @@ class ApiSettings:
     max_job_vehicles: int = 10_000
     #: bulk commands an organization may have running at once (429 beyond)
     max_running_jobs: int = 5
-    #: the most fleets, drivers and geofences per account (409 beyond)
+    #: the most fleets, drivers and geofences per account, assignments per driver (409)
     fleet_quotas: FleetQuotas = field(default_factory=FleetQuotas)
     #: the clock that decides the silence (tests of it set their own)
     clock_ms: Callable[[], int] = field(default=now_ms, compare=False, repr=False)

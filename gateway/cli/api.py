@@ -67,9 +67,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "--fleet-quotas",
         default=env.fleet_quotas,
         metavar="NAME=N,...",
-        help="the most fleets, drivers and geofences one account may have, e.g. "
-        "'fleets=500,drivers=10000,geofences=1000' (the defaults; 'off' for none) "
-        "(env TELEMATICS_FLEET_QUOTAS)",
+        help="the most fleets, drivers and geofences one account may have, and assignments "
+        "one driver may have, e.g. 'fleets=500,drivers=10000,geofences=1000,"
+        "assignments=10000' (the defaults; 'off' for none) (env TELEMATICS_FLEET_QUOTAS)",
     )
     api.set_defaults(handler=run)
 

@@ -122,23 +122,24 @@ class DuplicateFleetName(Conflict):
 
 
 class QuotaExceeded(Conflict):
-    """The account has ``limit`` of ``what`` (fleets, drivers, geofences), its most."""
+    """``owner`` (``"account 5"``, ``"driver 7"``) has ``limit`` of ``what`` (fleets,
+    drivers, geofences, assignments), its most."""
 
-    def __init__(self, what: str, account_id: int, limit: int) -> None:
+    def __init__(self, what: str, owner: str, limit: int) -> None:
         self.what = what
-        self.account_id = account_id
+        self.owner = owner
         self.limit = limit
-        super().__init__(f"account {account_id} has {limit} {what}, the most it may have")
+        super().__init__(f"{owner} has {limit} {what}, the most it may have")
 
 
 def _check_quota(
-    session: Any, column: Any, account_id: int, max_count: int | None, what: str
+    session: Any, column: Any, key: int, max_count: int | None, what: str, owner: str = "account"
 ) -> None:
     if max_count is None:
         return
-    count = session.scalar(select(func.count()).where(column == account_id))
+    count = session.scalar(select(func.count()).where(column == key))
     if int(count or 0) >= max_count:
-        raise QuotaExceeded(what, account_id, max_count)
+        raise QuotaExceeded(what, f"{owner} {key}", max_count)
 
 
 class FleetRepository:
@@ -310,9 +311,16 @@ class FleetRepository:
             return _driver(row)
 
     def assign(
-        self, driver_id: int, vin: str, *, start_at: int, end_at: int | None
+        self,
+        driver_id: int,
+        vin: str,
+        *,
+        start_at: int,
+        end_at: int | None,
+        max_count: int | None = None,
     ) -> AssignmentRecord:
-        """Assign the driver to ``vin`` (of the driver's account) over [start, end)."""
+        """Assign the driver to ``vin`` (of the driver's account) over [start, end);
+        :class:`QuotaExceeded` if the driver has ``max_count`` assignments."""
         with self._db.write() as session:
             driver = session.get(DriverRow, driver_id)
             vehicle = session.get(VehicleRow, vin)
@@ -320,6 +328,14 @@ class FleetRepository:
                 raise NotFound("driver", driver_id)
             if vehicle is None or vehicle.account_id != driver.account_id:
                 raise NotFound("vehicle", vin)
+            _check_quota(
+                session,
+                DriverAssignmentRow.driver_id,
+                driver_id,
+                max_count,
+                "assignments",
+                owner="driver",
+            )
             row = DriverAssignmentRow(
                 driver_id=driver_id, vin=vin, start_at=start_at, end_at=end_at
             )

@@ -151,9 +151,11 @@ def create_assignment(
     principal: Caller,
     fleets: Fleets,
     audit: CallerAudit,
+    settings: Settings,
 ) -> AssignmentOut:
     """From `valid_from` until `valid_until` (exclusive; open-ended without): trips and
-    alerts starting then name the driver."""
+    alerts starting then name the driver. A driver has at most 10,000 assignments by
+    default (409 `quota_exceeded` beyond)."""
     driver = _driver(fleets, principal, driver_id, manage=True)
     vin = vin_or_422(body.vin, ["body", "vin"])
     if body.valid_until is not None and body.valid_until <= body.valid_from:
@@ -162,8 +164,14 @@ def create_assignment(
         )
     try:
         assignment = fleets.assign(
-            driver_id, vin, start_at=body.valid_from, end_at=body.valid_until
+            driver_id,
+            vin,
+            start_at=body.valid_from,
+            end_at=body.valid_until,
+            max_count=settings.fleet_quotas.assignments,
         )
+    except QuotaExceeded as exc:
+        raise quota_exceeded(exc) from None
     except NotFound:
         raise ApiError(
             404, "vehicle_not_found", f"The driver's account has no vehicle {vin}."

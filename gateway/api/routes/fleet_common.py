@@ -80,13 +80,13 @@ def quota_exceeded(exc: QuotaExceeded) -> ApiError:
     return ApiError(
         409,
         "quota_exceeded",
-        f"Account {exc.account_id} has {exc.limit} {exc.what}, the most an account may have. "
-        f"Delete {exc.what} it no longer needs, or ask the operator to raise the quota "
+        f"{exc.owner.capitalize()} has {exc.limit} {exc.what}, the most allowed. Delete "
+        f"{exc.what} no longer needed, or ask the operator to raise the quota "
         f"({QUOTA_OPTION}, e.g. {exc.what}={exc.limit * 2}).",
         [
             ErrorDetail(
                 loc=[],
-                msg=f"at most {exc.limit} {exc.what} per account",
+                msg=f"at most {exc.limit} {exc.what} per {exc.owner.split()[0]}",
                 type=f"{name}_quota",
             )
         ],
