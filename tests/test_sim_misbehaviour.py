@@ -35,8 +35,13 @@ from gateway.core.fleet.geofence import Geofence
 from gateway.core.fleet.rules import AlertKind, RuleSettings, RuleState, evaluate
 from gateway.core.fleet.signals import Sample, VehicleEvent
 from gateway.core.fleet.state import window_from_json
+from gateway.core.policy import AccountKind
 from gateway.fleet.worker import WorkerSettings
-from gateway.installation import DEMO_GEOFENCES
+from gateway.installation import DEMO_GEOFENCES, ensure_demo_geofences
+from gateway.statedb.accounts import AccountRepository
+from gateway.statedb.audit import AuditLog
+from gateway.statedb.database import StateDatabase
+from gateway.statedb.fleets import FleetRepository
 from schemas.payloads import EventType
 from tests.support.api import admin_client
 from tests.support.gateway_process import GatewayProcess
@@ -224,3 +229,21 @@ def test_only_the_delivery_vans_of_a_demo_fleet_misbehave() -> None:
     units = build_unit_settings(settings, UnitSettings())
     assert [u.misbehave for u in units] == [False, False, True, False, False, True]
     assert not any(u.misbehave for u in build_unit_settings(FleetSettings(count=6), UnitSettings()))
+
+
+def test_the_demo_organization_gets_its_depot_and_zone_once(tmp_path: Path) -> None:
+    db = StateDatabase(f"sqlite:///{tmp_path / 'state.db'}")
+    db.upgrade()
+    try:
+        accounts, fleets, audit = AccountRepository(db), FleetRepository(db), AuditLog(db)
+        demo = accounts.create_account(AccountKind.ORGANIZATION, "Demo Fleet", now=1)
+        assert ensure_demo_geofences(fleets, audit, demo.id, now=2) == 2
+        assert ensure_demo_geofences(fleets, audit, demo.id, now=3) == 0  # a restart
+        fences = {f.name: f for f in fleets.list_geofences(account_id=demo.id, after=None, limit=9)}
+        assert fences["City centre (Altstadt)"].speed_limit_kmh == 30
+        assert fences["Depot Großmarkthalle"].active_window is not None
+        # deleted by the fleet manager: back at the next start
+        fleets.delete_geofence(fences["City centre (Altstadt)"].id)
+        assert ensure_demo_geofences(fleets, audit, demo.id, now=4) == 1
+    finally:
+        db.dispose()
