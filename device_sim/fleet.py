@@ -1284,6 +1284,15 @@ def _per_vin(
     return own_login
 
 
+def _report_interval(args: argparse.Namespace) -> float:
+    """Seconds between two samples: ``--interval``, else 1 / ``--rate``, else 1."""
+    if args.interval is not None:
+        return float(args.interval)
+    if args.rate is not None:
+        return 1.0 / float(args.rate)
+    return 1.0
+
+
 def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Options:
     """Validate the command line and resolve its defaults. ``args`` is updated with what was
     resolved (broker URL, number of vehicles, where the VINs come from), so that ``--procs``
@@ -1302,12 +1311,7 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Opti
             raise ValueError(f"--tls-cert-dir {args.tls_cert_dir}: no such directory")
         address = _broker(args, credentials)
         count, vins = _fleet_vins(args, credentials)
-        if args.interval is not None:
-            interval = float(args.interval)
-        elif args.rate is not None:
-            interval = 1.0 / float(args.rate)
-        else:
-            interval = 1.0
+        interval = _report_interval(args)
         password = os.environ.get(PASSWORD_ENV) if args.username is not None else None
         if args.gateway_public_key is not None:
             public_key: bytes | None = args.gateway_public_key.read_bytes()
