@@ -142,6 +142,9 @@ class Environment(BaseSettings):
     invitation_limit: str = "20/hour,burst=10"
     no_registration: bool = False
     fleet_quotas: str = ""
+    # the web dashboard's map tiles (None: a plain background with the demo's Munich roads)
+    web_tile_url: str | None = None
+    web_tile_attribution: str = ""
 
     # --- operator commands (telematics user add / set-password)
     user_password: str | None = Field(default=None, repr=False)

@@ -26,6 +26,20 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] \
   fi
 fi
 
+# test mode: the web dashboard's browser tests (tests/test_web_*.py) drive Debian's Chromium
+# with Playwright for Python (Playwright's own browser download is not used)
+if [ "${1:-}" = "test" ] && ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing Chromium (for the browser tests)"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  else
+    echo "warning: chromium is missing and this is not a Debian/Ubuntu system; the web" >&2
+    echo "dashboard's browser tests will fail. Install Chromium at /usr/bin/chromium." >&2
+  fi
+fi
+
 python=${PYTHON:-python3}
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "Python 3.11 or newer is needed (found: $("$python" --version 2>&1)); set PYTHON=..." >&2

@@ -750,6 +750,9 @@ API_PATHS = {
     "/v1/command-jobs/{job_id}/cancel",
     "/v1/stream",
     "/v1/webhooks",
+    # the web dashboard (issue 14): its login and the live map's feed
+    "/v1/auth/session",
+    "/v1/positions/stream",
     "/v1/webhooks/{webhook_id}",
     "/v1/webhooks/{webhook_id}/deliveries",
     "/v1/webhooks/{webhook_id}/test",

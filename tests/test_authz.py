@@ -243,6 +243,19 @@ TABLE: dict[tuple[str, str], Row] = {
     ("POST", "/v1/auth/token"): Row(
         lambda w, p, own: w.client.post("/v1/auth/token", data={"grant_type": "password"}), None
     ),
+    # the web dashboard's login (cookies) and logout; its live map's feed is scoped
+    ("POST", "/v1/auth/session"): Row(
+        lambda w, p, own: w.client.post(
+            "/v1/auth/session", json={"email": "nobody@example.com", "password": "wrong-1"}
+        ),
+        None,
+    ),
+    ("DELETE", "/v1/auth/session"): Row(
+        method("DELETE", lambda w, p, own: "/v1/auth/session"), EVERYONE
+    ),
+    ("GET", "/v1/positions/stream"): Row(
+        stream(lambda w, p, own: "/v1/positions/stream"), EVERYONE
+    ),
     ("POST", "/v1/auth/revoke"): Row(
         lambda w, p, own: w.client.post("/v1/auth/revoke", json={"refresh_token": "x"}), None
     ),

@@ -40,10 +40,16 @@ def influxd(tmp_path: Path) -> Iterator[InfluxServer]:
 
 
 @pytest.fixture
+def shipper() -> str:
+    """Where the store ships its spool from (``?shipper=``); a test may parametrize it."""
+    return "thread"
+
+
+@pytest.fixture
 def start_influx_gateway(
-    mosquitto: MosquittoProcess, influxd: InfluxServer, tmp_path: Path
+    mosquitto: MosquittoProcess, influxd: InfluxServer, tmp_path: Path, shipper: str
 ) -> Iterator[Callable[[], GatewayProcess]]:
-    url = influxd.store_url("telemetry")
+    url = f"{influxd.store_url('telemetry')}?shipper={shipper}"
     started: list[GatewayProcess] = []
 
     def start() -> GatewayProcess:
@@ -110,6 +116,7 @@ def test_the_api_reads_history_from_influxdb(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("shipper", ["thread", "process"])
 def test_sigkill_mid_stream_then_restart_writes_every_sample_once(
     mosquitto: MosquittoProcess,
     influxd: InfluxServer,

@@ -20,7 +20,12 @@ from gateway.errors import ConfigurationError, StoreError
 from gateway.store import IngestBatch, open_store
 from gateway.store.influx import InfluxTelemetryStore, parse_influx_url
 from schemas import Sample, SignalValue
-from tests.support.influxdb import InfluxServer, influxdb, start_influxd  # noqa: F401
+from tests.support.influxdb import (  # noqa: F401
+    InfluxServer,
+    influxdb,
+    run_continuous_query_now,
+    start_influxd,
+)
 
 VIN = "WVWZZZ1JZXW000001"
 T0 = 1_700_000_000_000
@@ -200,17 +205,49 @@ def test_a_writer_sets_raw_retention_and_the_one_minute_rollup(
         store.commit(_batch(range(1, 7)))
         assert store.flush(10)
         assert store.counters()[("telematics_store_refused_samples_total", "")] == 6
-        # the rollup's query, run by hand over recent samples: a mean per minute
+        # the rollup's own continuous query, run now as InfluxDB's scheduler would at
+        # the next minute: a mean per minute and series lands in rollup.telemetry_1m
         minute = (int(time.time()) // 60 - 1) * 60_000
         recent = [Sample(VIN, s, minute + s, {SPEED: float(s)}) for s in range(11, 17)]
         store.commit(IngestBatch(received_at=minute, samples=recent))
         assert store.flush(10)
-        [row] = store._rows(
-            f'SELECT mean(*) FROM "telemetry" WHERE time >= {minute}ms '
-            f"AND time < {minute + 60_000}ms GROUP BY time(1m), *"
+        assert not store._rows('SELECT * FROM "rollup"."telemetry_1m"')
+        run_continuous_query_now(
+            influxdb.base_url, store.settings.database, "telemetry_1m", since="1h"
         )
-        assert row[1] == 13.5  # mean_Vehicle.Speed
+        [row] = store._rows('SELECT "mean_Vehicle.Speed", "vin" FROM "rollup"."telemetry_1m"')
+        assert row == [minute * 1_000_000, 13.5, VIN]
+        # a second writer's startup changes nothing (each statement is idempotent)
+        _open(influxdb.store_url(store.settings.database), tmp_path / "again").close()
+        [result] = store.http.query("SHOW CONTINUOUS QUERIES")
+        mine = [x for x in result["series"] if x["name"] == store.settings.database]
+        assert [name for name, _ in mine[0]["values"]] == ["telemetry_1m"]
     finally:
         store.close()
     with pytest.raises(ConfigurationError, match="invalid InfluxDB retention"):
         parse_influx_url("influxdb://h/db?retention=30 days")
+
+
+def test_a_shipper_process_ships_the_spool_and_stops_with_the_store(
+    influxdb: InfluxServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``?shipper=process``: a child process ships under the same lease and watermark; it
+    stops when the store closes, and one that died is started again at the next commit."""
+    store = _open(influxdb.new_database_url(), tmp_path, shipper="process")
+    try:
+        child = store._child
+        assert child is not None
+        first = child.process
+        store.commit(_batch(range(1, 101)))
+        assert _points(store) == list(range(1, 101))
+        first.kill()
+        first.wait(10)
+        store.commit(_batch(range(101, 201)))  # finds it dead: starts another
+        assert child.process.pid != first.pid
+        assert _points(store) == list(range(1, 201))
+    finally:
+        store.close()
+    assert child.process.returncode == 0  # end of its stdin: it stopped on its own
+    with pytest.raises(ConfigurationError, match="invalid InfluxDB shipper"):
+        parse_influx_url("influxdb://h/db?shipper=fork")

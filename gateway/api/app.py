@@ -23,9 +23,11 @@ from gateway.api.docs import install_docs
 from gateway.api.errors import install_error_handlers
 from gateway.api.limits import BodyLimit, document_body_limits
 from gateway.api.models import ErrorResponse
+from gateway.api.positions import PositionFeed
 from gateway.api.routes import routers
 from gateway.api.security import AuthContext
 from gateway.api.settings import ApiSettings
+from gateway.api.web import install_web
 from gateway.auth.tokens import load_or_create_secret
 from gateway.commands.jobs import JobService
 from gateway.commands.service import CommandService
@@ -136,9 +138,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.commands, app.state.jobs = service, jobs
     fleet_worker = _fleet(app, settings, state_db)
     bus, webhook_worker = await _notifications(app, settings, state_db)
+    app.state.positions = positions = PositionFeed(
+        lambda: open_store(settings.store, readonly=True), poll_s=settings.web.position_poll_s
+    )
+    await positions.start()
     try:
         yield
     finally:
+        await positions.stop()
         await webhook_worker.stop()
         await bus.stop()
         if jobs is not None:
@@ -227,6 +234,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     install_docs(app)
+    install_web(app, settings.web)
     included = routers(settings)
     # flat, for the body limits and the Allow header (gateway.api.limits.api_routes)
     app.state.api_routes = [route for router in included for route in router.routes]

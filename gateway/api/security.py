@@ -17,6 +17,9 @@ exist, and an action on something they can see but may not touch answers **403**
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -49,13 +52,18 @@ from gateway.statedb.audit import AuditLog
 from gateway.store import FIRST_TENURE
 
 __all__ = [
+    "CSRF_COOKIE",
+    "CSRF_HEADER",
+    "SESSION_COOKIE",
     "AuthContext",
     "AuthSettings",
     "Caller",
     "auth_context",
+    "csrf_token",
     "current_principal",
     "forbidden",
     "readable_data",
+    "session_credential",
     "vehicle_not_found",
 ]
 
@@ -99,6 +107,8 @@ class AuthSettings:
     broker_url: str | None = None
     #: the gateway's public command-signing key (PEM), handed out at provisioning
     signing_public_key_path: Path | None = None
+    #: how long a web dashboard login (the session cookie) lasts
+    session_ttl_s: int = 8 * 3600
     #: wall clock in seconds (tests move it)
     clock: Callable[[], float] = time.time
 
@@ -254,6 +264,8 @@ async def current_principal(
     context = auth_context(request)
     credential = bearer.credentials if bearer is not None else api_key
     if not credential:
+        credential = session_credential(request, context.secret)
+    if not credential:
         raise unauthenticated(
             "not_authenticated",
             "This endpoint needs a caller: send 'Authorization: Bearer <token>' with an "
@@ -287,6 +299,47 @@ async def current_principal(
             "was disabled. Log in again (POST /v1/auth/token).",
         )
     return principal_of(user)
+
+
+# --- the web dashboard's session cookie -----------------------------------------------------
+
+#: the session cookie: an access token, HttpOnly (scripts cannot read it)
+SESSION_COOKIE: Final = "tg_session"
+#: the CSRF token cookie, readable by the dashboard's script, which echoes it in
+#: ``X-CSRF-Token`` on every state-changing request
+CSRF_COOKIE: Final = "tg_csrf"
+CSRF_HEADER: Final = "X-CSRF-Token"
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def csrf_token(secret: bytes, session: str) -> str:
+    """The CSRF token of a session: an HMAC of the session token, so a token planted by
+    someone who can set cookies but not read this session's cannot match it."""
+    digest = hmac.new(secret, b"csrf\0" + session.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def session_credential(request: Request, secret: bytes) -> str | None:
+    """The session cookie's access token when the request carries one (and no other
+    credential), after the CSRF check: a state-changing request made with the cookie must
+    echo the session's CSRF token in ``X-CSRF-Token`` (403 ``csrf_failed`` otherwise). A
+    cross-site page can make the browser send the cookie (where SameSite does not stop it)
+    but can neither read the token nor set a custom header without CORS, which this API
+    never grants."""
+    session = request.cookies.get(SESSION_COOKIE)
+    if not session:
+        return None
+    if request.method not in _SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent.encode(), csrf_token(secret, session).encode()):
+            raise ApiError(
+                403,
+                "csrf_failed",
+                "This request was made with the dashboard's session cookie but without its "
+                f"CSRF token in the {CSRF_HEADER} header, so it may come from another site; "
+                "it was refused. Reload the page (or send an Authorization header instead).",
+            )
+    return session
 
 
 def _api_key_principal(context: AuthContext, key: str, prefix: str) -> Principal:

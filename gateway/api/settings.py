@@ -21,7 +21,7 @@ from gateway.fleet.worker import WorkerSettings
 from gateway.notify.settings import NotifySettings
 from gateway.statedb.database import default_url
 
-__all__ = ["ApiSettings", "FleetQuotas", "parse_fleet_quotas"]
+__all__ = ["ApiSettings", "FleetQuotas", "WebSettings", "parse_fleet_quotas"]
 
 #: how an operator raises a quota (named in the 409 that refuses a request over one)
 QUOTA_OPTION = "--fleet-quotas (env TELEMATICS_FLEET_QUOTAS)"
@@ -44,8 +44,7 @@ class FleetQuotas:
 
 def parse_fleet_quotas(text: str) -> FleetQuotas:
     """``"fleets=500,drivers=10000,geofences=1000,assignments=10000"`` (any of them; ``off``
-    for none) over
-    the defaults; ValueError naming what is wrong."""
+    for none) over the defaults; ValueError naming what is wrong."""
     values: dict[str, int | None] = {}
     names = FleetQuotas.__dataclass_fields__
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -60,6 +59,31 @@ def parse_fleet_quotas(text: str) -> FleetQuotas:
         else:
             raise ValueError(f"{part!r}: N is an integer from 1 to 1000000000, or off")
     return FleetQuotas(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """The built-in web dashboard (``gateway.api.web``)."""
+
+    #: map tiles, e.g. ``https://tile.openstreetmap.org/{z}/{x}/{y}.png`` (its origin is
+    #: added to the pages' Content-Security-Policy); None: no tiles, a plain background
+    #: with the simulator's Munich roads drawn as the base layer
+    tile_url: str | None = None
+    #: attribution shown under the tiles (required by most tile services)
+    tile_attribution: str = ""
+    #: how often the positions feed reads new samples (the live map's latency)
+    position_poll_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        url = self.tile_url
+        if url is not None and not (
+            url.startswith(("https://", "http://")) and "{z}" in url and "{x}" in url
+        ):
+            raise ConfigurationError(
+                f"the tile URL must be http(s) with {{z}}, {{x}} and {{y}}: {url!r}"
+            )
+        if not 0.05 <= self.position_poll_s <= 60:
+            raise ConfigurationError("position_poll_s must be between 0.05 and 60 seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +120,8 @@ class ApiSettings:
     max_running_jobs: int = 5
     #: the most fleets, drivers and geofences per account, assignments per driver (409)
     fleet_quotas: FleetQuotas = field(default_factory=FleetQuotas)
+    #: the web dashboard (docs/decisions/0019-web-dashboard.md)
+    web: WebSettings = field(default_factory=WebSettings)
     #: the clock that decides the silence (tests of it set their own)
     clock_ms: Callable[[], int] = field(default=now_ms, compare=False, repr=False)
 

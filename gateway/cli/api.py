@@ -71,6 +71,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "one driver may have, e.g. 'fleets=500,drivers=10000,geofences=1000,"
         "assignments=10000' (the defaults; 'off' for none) (env TELEMATICS_FLEET_QUOTAS)",
     )
+    api.add_argument(
+        "--web-tile-url",
+        default=env.web_tile_url,
+        help="map tiles of the web dashboard, e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png "
+        "(env TELEMATICS_WEB_TILE_URL; default: none, a plain background with the demo's "
+        "Munich roads; its origin joins the pages' Content-Security-Policy)",
+    )
+    api.add_argument(
+        "--web-tile-attribution",
+        default=env.web_tile_attribution,
+        help="attribution shown with the tiles (env TELEMATICS_WEB_TILE_ATTRIBUTION)",
+    )
     api.set_defaults(handler=run)
 
 
@@ -79,7 +91,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
 
     from gateway.api import ApiSettings, create_app
     from gateway.api.security import AuthSettings
-    from gateway.api.settings import parse_fleet_quotas
+    from gateway.api.settings import WebSettings, parse_fleet_quotas
     from gateway.commands.service import CommandSettings
     from gateway.core.ratelimit import parse_limit
     from gateway.files import private_directory
@@ -132,6 +144,9 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             silent_after_s=args.offline_after,
             notify=NotifySettings(webhook_allow_private_targets=args.webhook_allow_private_targets),
             fleet_quotas=fleet_quotas,
+            web=WebSettings(
+                tile_url=args.web_tile_url or None, tile_attribution=args.web_tile_attribution
+            ),
         )
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())

@@ -7,8 +7,9 @@ mapping and 3.x through its v1 compatibility. Query parameters: ``token`` (2.x/3
 as ``Authorization: Token``; or the environment's ``TELEMATICS_INFLUXDB_TOKEN``), ``rp``
 (retention policy), ``index`` (the local index file, default
 ``influx-index-<database>.db`` in the working directory), ``spool_max`` (samples),
-``timeout`` (seconds), ``retention`` (the raw data's, e.g. ``30d``) and ``rollup`` (``0``:
-no 1-minute rollup).
+``timeout`` (seconds), ``retention`` (the raw data's, e.g. ``30d``), ``rollup`` (``0``:
+no 1-minute rollup) and ``shipper`` (``thread``, or ``process``: the spool shipped by a
+child process, ``gateway.store.influx_ship``).
 See docs/decisions/0015-influxdb-store.md for the why of each choice.
 
 Where each thing lives:
@@ -21,7 +22,7 @@ Where each thing lives:
   an embedded SQLite store (``gateway.store.sqlite``) next to the gateway;
 * the spool: samples committed to the index and not yet in InfluxDB. A batch is
   acknowledged once the index has committed it (an fsync on local disk), whether or not
-  InfluxDB is up; :class:`_Shipper`'s thread then writes the spool to InfluxDB oldest
+  InfluxDB is up; :class:`Shipper`'s thread then writes the spool to InfluxDB oldest
   first and moves a watermark past what InfluxDB accepted (a history read waits briefly
   for the watermark to pass what was committed before it, so it reads its writes). A
   crash between the write and the watermark rewrites the same points, which land on
@@ -31,15 +32,18 @@ Where each thing lives:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -62,11 +66,20 @@ from gateway.store.base import (
 )
 from gateway.store.sqlite import DEFAULT_QUARANTINE_PAYLOAD_BYTES, SqliteTelemetryStore, Synchronous
 
-__all__ = ["DEFAULT_SPOOL_MAX", "InfluxSettings", "InfluxTelemetryStore", "parse_influx_url"]
+__all__ = [
+    "DEFAULT_SPOOL_MAX",
+    "InfluxSettings",
+    "InfluxTelemetryStore",
+    "Shipper",
+    "parse_influx_url",
+    "settings_from_json",
+    "settings_to_json",
+]
 
 log = logging.getLogger(__name__)
 
 SCHEMES = ("influxdb", "influxdbs")
+SHIPPER_MODES = ("thread", "process")
 TOKEN_ENV = "TELEMATICS_INFLUXDB_TOKEN"
 #: samples the spool may hold before commits are refused (a few hours of a large fleet)
 DEFAULT_SPOOL_MAX = 5_000_000
@@ -98,6 +111,10 @@ class InfluxSettings:
     retention: str | None = None
     #: keep 1-minute means of every numeric signal (a continuous query, 1.x)
     rollup: bool = True
+    #: where the spool is shipped from: a thread of the writing process, or a child
+    #: process of its own (``gateway.store.influx_ship``), which does not share the
+    #: writer's interpreter lock (decision 0020)
+    shipper: str = "thread"
 
 
 def parse_influx_url(url: str) -> InfluxSettings:
@@ -110,7 +127,7 @@ def parse_influx_url(url: str) -> InfluxSettings:
             "influxdb://[user:password@]host:port/database[?token=...&rp=...&index=PATH]"
         )
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    known = {"token", "rp", "index", "spool_max", "timeout", "retention", "rollup"}
+    known = {"token", "rp", "index", "spool_max", "timeout", "retention", "rollup", "shipper"}
     if unknown := sorted(set(query) - known):
         raise ConfigurationError(f"unknown InfluxDB store URL parameters: {', '.join(unknown)}")
     http = "https" if parts.scheme == "influxdbs" else "http"
@@ -128,7 +145,14 @@ def parse_influx_url(url: str) -> InfluxSettings:
         timeout_s=float(query.get("timeout", 10.0)),
         retention=_duration(query.get("retention")),
         rollup=query.get("rollup", "1") not in ("0", "false", "no", "off"),
+        shipper=_shipper_mode(query.get("shipper", "thread")),
     )
+
+
+def _shipper_mode(text: str) -> str:
+    if text in SHIPPER_MODES:
+        return text
+    raise ConfigurationError(f"invalid InfluxDB shipper {text!r}: thread or process")
 
 
 def _duration(text: str | None) -> str | None:
@@ -271,19 +295,22 @@ def spool_depth(db: sqlite3.Connection) -> int:
         ((newest,),) = db.execute("SELECT coalesce(max(id), 0) FROM samples").fetchall()
         tables = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'influx_outbox'")
         outbox = bool(tables.fetchall())  # none before a writer has opened the index
-        shipped = db.execute("SELECT shipped FROM influx_outbox").fetchone()[0] if outbox else 0
+        row = db.execute("SELECT shipped FROM influx_outbox").fetchone() if outbox else None
+        shipped = row[0] if row else 0  # the table is made a moment before its row
     except sqlite3.Error as exc:
         raise StoreError("read the spool depth", exc) from exc
     return max(0, int(newest) - int(shipped))
 
 
-class _Shipper:
+class Shipper:
     """Writes the spool to InfluxDB in order from a thread of its own, so the committing
     thread never waits for InfluxDB: while one chunk is on its way the gateway commits
     the next batches. One lock orders every write (and retention's deletes), so points go
     out by index id, which is commit order."""
 
-    def __init__(self, index: Path, http: InfluxHttp) -> None:
+    def __init__(self, index: Path, http: InfluxHttp, *, thread: bool = True) -> None:
+        """``thread=False``: no thread ships from here (a child process does, see
+        :class:`_ShipperProcess`); this object then only serves retention's deletes."""
         self.http = http
         self.lock = threading.Lock()
         self.db = sqlite3.connect(index, check_same_thread=False, isolation_level=None)
@@ -292,12 +319,16 @@ class _Shipper:
         self.retry_at = 0.0
         self.last_error: str | None = None
         self._wake = threading.Event()
+        #: with the shipper in a child process: how to wake that instead
+        self.notify: Callable[[], None] | None = None
         self._stopping = threading.Event()
         self.owner = f"{os.getpid()}:{id(self)}"
         #: sends the requests, so the shipper prepares the next chunk meanwhile
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="influx-write")
-        self._thread = threading.Thread(target=self._run, name="influx-shipper", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="influx-shipper", daemon=True)
+            self._thread.start()
 
     def _chunk(self, after: int) -> tuple[list[Any], bytes]:
         """The oldest spooled samples after index id ``after`` and their request body."""
@@ -373,7 +404,10 @@ class _Shipper:
         return sent
 
     def wake(self) -> None:
-        self._wake.set()
+        if self.notify is not None:
+            self.notify()
+        else:
+            self._wake.set()
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -389,10 +423,69 @@ class _Shipper:
     def close(self) -> None:
         self._stopping.set()
         self._wake.set()
-        self._thread.join(timeout=30)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
         self._writer.shutdown(wait=True)
         self.db.execute("UPDATE influx_lease SET until = 0 WHERE owner = ?", (self.owner,))
         self.db.close()
+
+
+def settings_to_json(settings: InfluxSettings) -> bytes:
+    return orjson.dumps({**asdict(settings), "index": str(settings.index)})
+
+
+def settings_from_json(text: bytes) -> InfluxSettings:
+    fields = orjson.loads(text)
+    return InfluxSettings(**{**fields, "index": Path(fields["index"])})
+
+
+class _ShipperProcess:
+    """The spool shipped by a child process, ``python -m gateway.store.influx_ship``, so
+    reading, encoding and sending the spool does not take the writer's interpreter lock
+    (the writer process parses MQTT and commits the index meanwhile). Its stdin carries
+    the settings (one JSON line: credentials never show in ``ps``), then a byte per
+    wake-up; end of file, when this process closes the store or dies, stops it. The
+    child ships under the index's lease like any other shipper, so durability and order
+    are those of the thread (:class:`Shipper`); a child that died is started again at
+    the next wake-up."""
+
+    def __init__(self, settings: InfluxSettings) -> None:
+        self._settings = settings
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.store.influx_ship"], stdin=subprocess.PIPE
+        )
+        assert process.stdin is not None
+        process.stdin.write(settings_to_json(self._settings) + b"\n")
+        process.stdin.flush()
+        os.set_blocking(process.stdin.fileno(), False)
+        return process
+
+    def wake(self) -> None:
+        stdin = self.process.stdin
+        assert stdin is not None
+        if self.process.poll() is not None:
+            log.error(
+                "the InfluxDB shipper process exited (%s); starting it again",
+                self.process.returncode,
+            )
+            stdin.close()
+            self.process = self._start()
+            return
+        # a full pipe holds wake-ups the child has not read yet: it is awake anyway
+        with contextlib.suppress(BlockingIOError):
+            os.write(stdin.fileno(), b"w")
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
 
 
 class InfluxTelemetryStore:
@@ -418,7 +511,8 @@ class InfluxTelemetryStore:
             quarantine_payload_bytes=quarantine_payload_bytes,
         )
         self.http = InfluxHttp(settings)
-        self._shipper: _Shipper | None = None
+        self._shipper: Shipper | None = None
+        self._child: _ShipperProcess | None = None
         self._spool: sqlite3.Connection | None = None
         if readonly:
             return
@@ -427,9 +521,14 @@ class InfluxTelemetryStore:
             self.http.configure_retention()
         except StoreError as exc:  # down (the spool holds what comes), or 2.x/3.x
             log.warning("could not create InfluxDB database %s: %s", settings.database, exc)
-        self._shipper = _Shipper(settings.index, self.http)
+        if settings.shipper == "process":
+            self._shipper = Shipper(settings.index, self.http, thread=False)
+            self._child = _ShipperProcess(settings)
+            self._shipper.notify = self._child.wake
+        else:
+            self._shipper = Shipper(settings.index, self.http)
 
-    def _writer(self) -> _Shipper:
+    def _writer(self) -> Shipper:
         if self._shipper is None:
             raise StoreError("write", RuntimeError("this store was opened read-only"))
         return self._shipper
@@ -634,6 +733,9 @@ class InfluxTelemetryStore:
 
     def close(self) -> None:
         """Stop the shipper (what it has not sent stays spooled); closing twice is fine."""
+        child, self._child = self._child, None
+        if child is not None:  # first: it finishes its chunk and gives the lease up
+            child.close()
         shipper, self._shipper = self._shipper, None
         if shipper is not None:
             shipper.close()

@@ -28,7 +28,13 @@ import pytest
 
 from gateway.broker import free_port
 
-__all__ = ["InfluxServer", "influxdb", "influxdb_url", "start_influxd"]
+__all__ = [
+    "InfluxServer",
+    "influxdb",
+    "influxdb_url",
+    "run_continuous_query_now",
+    "start_influxd",
+]
 
 INSTALL_HINT = (
     "influxd is not installed: run scripts/test.sh (it installs Debian's 'influxdb' "
@@ -149,3 +155,28 @@ def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]
 def influxdb_url(influxdb: InfluxServer) -> str:
     """A store URL for a fresh database on the session's server."""
     return influxdb.new_database_url()
+
+
+def run_continuous_query_now(base_url: str, database: str, name: str, since: str) -> None:
+    """Run a continuous query's own ``SELECT ... INTO`` once over ``now() - since`` to
+    now, as InfluxDB's scheduler would at its next interval (1.x runs CQs only on their
+    own clock, a minute here). The statement is the one ``SHOW CONTINUOUS QUERIES``
+    reports, so a change to the store's CQ is what gets run."""
+    body = httpx.get(
+        f"{base_url}/query", params={"q": "SHOW CONTINUOUS QUERIES"}, timeout=10
+    ).json()
+    statements = [
+        query
+        for series in body["results"][0]["series"]
+        if series["name"] == database
+        for cq_name, query in series["values"]
+        if cq_name == name
+    ]
+    assert statements, f"no continuous query {name} on {database}"
+    select = statements[0].split(" BEGIN ", 1)[1].rsplit(" END", 1)[0]
+    head, group_by = select.split(" GROUP BY ", 1)
+    statement = f"{head} WHERE time >= now() - {since} GROUP BY {group_by}"
+    answer = httpx.post(
+        f"{base_url}/query", params={"db": database}, data={"q": statement}, timeout=30
+    ).json()
+    assert "error" not in answer["results"][0], answer

@@ -44,7 +44,7 @@ from gateway.core.policy import AccountKind, Role
 from gateway.statedb.accounts import DuplicateEmail, UserRecord, normalize_email
 from gateway.text import for_log
 
-__all__ = ["router"]
+__all__ = ["authenticate", "router"]
 
 router = APIRouter(responses=ACCOUNT_ERRORS)
 
@@ -254,6 +254,17 @@ def _bad_login() -> ApiError:
 def _login(
     context: AuthContext, audit: AuditTrail, request: Request, username: str, password: str
 ) -> TokenOut:
+    user = authenticate(context, audit, request, username, password)
+    tokens = _issue_tokens(context, user)
+    audit.record("login", principal=principal_of(user), account_id=user.account_id)
+    return tokens
+
+
+def authenticate(
+    context: AuthContext, audit: AuditTrail, request: Request, username: str, password: str
+) -> UserRecord:
+    """The user whose e-mail and password these are, with the throttling and lock-out of
+    wrong passwords, each failure audited (the caller audits the success); 401 or 429."""
     _limit_attempts(context, audit, request)
     user = context.accounts.get_user_by_email(username)
     if user is None:
@@ -307,9 +318,7 @@ def _login(
         context.accounts.record_login_success(user.id, address)
     if needs_rehash(user.password_hash):
         context.accounts.update_user(user.id, password_hash=hash_password(password))
-    tokens = _issue_tokens(context, user)
-    audit.record("login", principal=principal, account_id=user.account_id)
-    return tokens
+    return user
 
 
 def _refresh(context: AuthContext, audit: AuditTrail, refresh_token: str) -> TokenOut:

@@ -1,0 +1,176 @@
+"""The live map's feed (tag ``vehicles``): ``GET /v1/positions/stream``, Server-Sent Events of
+the positions and charge of the vehicles you may read, as their samples are committed.
+
+First ``event: snapshot`` with every visible vehicle's newest position (``data``: a JSON
+list), then ``event: positions`` with the ones that changed (at most one event per
+``poll_s`` of the process's feed, ``gateway.api.positions``). A reconnecting client
+(EventSource does it by itself) gets a fresh snapshot. Scope: exactly the vehicles and
+holding periods of ``GET /v1/vehicles`` (read again every 30 s; a disabled user's stream
+ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from typing import Final
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from gateway.api.deps import Auth, Caller, api_settings
+from gateway.api.errors import documented
+from gateway.api.positions import MAP_SIGNALS, Position, PositionFeed, position_of
+from gateway.api.security import AuthContext, principal_of
+from gateway.api.settings import ApiSettings
+from gateway.core.policy import Principal
+from gateway.store import FIRST_TENURE, TelemetryReader, open_store
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["vehicles"], responses=documented(422))
+
+_KEEP_ALIVE_S: Final = 15.0
+_RECHECK_S: Final = 30.0
+#: the most vehicles in a snapshot
+_SNAPSHOT_MAX: Final = 10_000
+
+
+class _Gone(Exception):
+    """The caller's user was disabled or removed, or changed role or account."""
+
+
+def _visible(context: AuthContext, principal: Principal) -> dict[str, int] | None:
+    """vin -> tenure the caller reads; None: all (an admin); :class:`_Gone`."""
+    user = context.accounts.get_user(principal.user_id)
+    if user is None or user.disabled_at is not None:
+        raise _Gone
+    now = principal_of(user)
+    if (now.role, now.account_id) != (principal.role, principal.account_id):
+        raise _Gone
+    return context.visible_vins(principal)
+
+
+def _snapshot(
+    context: AuthContext,
+    principal: Principal,
+    reader: TelemetryReader,
+    visible: Mapping[str, int] | None,
+    silence: tuple[int, int],
+) -> list[Position]:
+    """Every visible vehicle's newest map signals from the store; ``silence``: (now, the
+    silence limit) in ms, for ``online`` as ``GET /v1/vehicles`` shows it."""
+    now_ms, silent_ms = silence
+    summaries = reader.list_vehicles(
+        limit=_SNAPSHOT_MAX, vins=None if visible is None else dict(visible)
+    )
+    out: list[Position] = []
+    for summary in summaries:
+        if visible is not None:
+            tenure = visible[summary.vin]
+        else:  # an administrator reads each vehicle's current holding period
+            _, record = context.lookup(principal, summary.vin)
+            tenure = record.tenure if record is not None else FIRST_TENURE
+        state = reader.vehicle_state(summary.vin, tenure=tenure)
+        base = Position(
+            summary.vin,
+            tenure,
+            ts=summary.last_seen,
+            online=bool(summary.online) and now_ms - summary.last_seen < silent_ms,
+        )
+        if state is not None:
+            values = {k: v for k, (v, _) in state.latest.items() if k in MAP_SIGNALS}
+            moved = position_of(base, values, summary.last_seen, 0)
+            base = base if moved is None else replace(moved, online=base.online)
+        out.append(base)
+    return out
+
+
+def _frame(event: str, positions: list[Position]) -> bytes:
+    data = orjson.dumps([p.json() for p in positions])
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def _changed(feed: PositionFeed, since: int, visible: Mapping[str, int] | None) -> list[Position]:
+    return [
+        p
+        for p in feed.latest.values()
+        if p.gen > since and (visible is None or visible.get(p.vin) == p.tenure)
+    ]
+
+
+async def _positions(
+    request: Request, feed: PositionFeed, context: AuthContext, principal: Principal
+) -> AsyncIterator[bytes]:
+    settings = api_settings(request)
+    try:
+        visible = await asyncio.to_thread(_visible, context, principal)
+    except _Gone:
+        return
+    feed.subscribe()
+    try:
+        async for chunk in _feed(feed, context, principal, visible, settings):
+            yield chunk
+    finally:
+        feed.unsubscribe()
+
+
+async def _feed(
+    feed: PositionFeed,
+    context: AuthContext,
+    principal: Principal,
+    visible: dict[str, int] | None,
+    settings: ApiSettings,
+) -> AsyncIterator[bytes]:
+    seen = feed.generation
+    silence = (settings.clock_ms(), settings.silent_after_ms)
+
+    def snapshot() -> list[Position]:
+        reader = open_store(settings.store, readonly=True)
+        try:
+            return _snapshot(context, principal, reader, visible, silence)
+        finally:
+            reader.close()
+
+    yield b"retry: 2000\n\n" + _frame("snapshot", await asyncio.to_thread(snapshot))
+    recheck = time.monotonic() + _RECHECK_S
+    while True:
+        if await feed.wait(seen, _KEEP_ALIVE_S):
+            generation = feed.generation
+            changed = _changed(feed, seen, visible)
+            seen = generation
+            if changed:
+                yield _frame("positions", changed)
+        else:
+            yield b": keep-alive\n\n"
+        if time.monotonic() >= recheck:
+            recheck = time.monotonic() + _RECHECK_S
+            try:
+                visible = await asyncio.to_thread(_visible, context, principal)
+            except _Gone:
+                return
+
+
+@router.get(
+    "/v1/positions/stream",
+    summary="Live positions of your vehicles (Server-Sent Events)",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`snapshot` then `positions` events, each a JSON list of "
+            "`{vin, lat, lon, speed, soc, fuel, ts, online}`.",
+        }
+    },
+)
+async def positions_stream(request: Request, principal: Caller, context: Auth) -> StreamingResponse:
+    """The positions of the vehicles you may read, live (see the tag's module)."""
+    feed: PositionFeed = request.app.state.positions
+    return StreamingResponse(
+        _positions(request, feed, context, principal),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,110 @@
+"""The web dashboard's login (tag ``auth``): ``POST /v1/auth/session`` checks the e-mail and
+password exactly like the OAuth 2.0 password grant (same throttling, lock-out and audit)
+and answers with two cookies instead of tokens in the body; ``DELETE /v1/auth/session``
+logs out.
+
+- ``tg_session``: an access token lasting ``AuthSettings.session_ttl_s`` (8 h), HttpOnly
+  (no script can read it), ``SameSite=Strict``, ``Secure`` when the request came over
+  HTTPS, path ``/``. Every ``/v1`` route accepts it when no ``Authorization`` header is
+  sent, so the dashboard is just another client of this API and sees exactly what its user
+  may see.
+- ``tg_csrf``: the session's CSRF token (an HMAC of the session token), readable by the
+  dashboard's script, which echoes it in ``X-CSRF-Token`` on every state-changing request;
+  one without it is refused with 403 ``csrf_failed`` (``gateway.api.security``).
+
+The login itself must be JSON (a cross-site HTML form cannot send that without the
+browser asking first), and a request whose ``Origin`` is another site is refused, so no
+other site can log a browser in to an account of its choosing.
+
+The session is stateless: logging out deletes the cookies; a copied session token stays
+valid until it expires unless the user's password is changed or the user disabled
+(docs/decisions/0019-web-dashboard.md).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.api.deps import Audit, Auth, Caller
+from gateway.api.models.accounts import UserOut
+from gateway.api.routes.auth import authenticate
+from gateway.api.routes.common import ACCOUNT_ERRORS, no_store
+from gateway.api.security import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    csrf_token,
+    forbidden,
+    principal_of,
+)
+from gateway.auth.tokens import issue_access_token
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["auth"], responses=ACCOUNT_ERRORS)
+
+
+class SessionLogin(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field(min_length=1, max_length=320)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class SessionOut(BaseModel):
+    user: UserOut
+    csrf_token: str = Field(description="Also in the tg_csrf cookie; send it as X-CSRF-Token.")
+    expires_in: int = Field(description="Seconds until the session ends.")
+
+
+def _same_origin(request: Request) -> bool:
+    """Whether the request's ``Origin`` (when the browser sent one) names this host. The
+    host, not the scheme: behind a proxy that terminates TLS the API sees http while the
+    page's origin is https."""
+    origin = request.headers.get("origin")
+    if origin is None:  # not sent by every browser for same-origin requests
+        return True
+    return urlsplit(origin).netloc == request.headers.get("host", request.url.netloc)
+
+
+@router.post("/v1/auth/session", response_model=SessionOut, summary="Log in to the dashboard")
+def log_in(
+    request: Request, response: Response, context: Auth, audit: Audit, body: SessionLogin
+) -> SessionOut:
+    """E-mail and password as JSON; sets the session and CSRF cookies (see the module)."""
+    no_store(response)
+    if not _same_origin(request):
+        raise forbidden("Logging in from another site's page is not allowed.")
+    user = authenticate(context, audit, request, body.email, body.password)
+    ttl = context.settings.session_ttl_s
+    session, _ = issue_access_token(
+        context.secret,
+        user_id=user.id,
+        role=user.role,
+        account_id=user.account_id,
+        now=context.now_s(),
+        ttl_s=ttl,
+        token_version=user.token_version,
+    )
+    csrf = csrf_token(context.secret, session)
+    secure = request.url.scheme == "https"
+    response.set_cookie(
+        SESSION_COOKIE, session, max_age=ttl, httponly=True, samesite="strict", secure=secure
+    )
+    response.set_cookie(
+        CSRF_COOKIE, csrf, max_age=ttl, httponly=False, samesite="strict", secure=secure
+    )
+    audit.record(
+        "login", principal=principal_of(user), account_id=user.account_id, detail={"via": "web"}
+    )
+    return SessionOut(user=UserOut.model_validate(user), csrf_token=csrf, expires_in=ttl)
+
+
+@router.delete("/v1/auth/session", status_code=204, summary="Log out of the dashboard")
+def log_out(principal: Caller, response: Response) -> None:
+    """Deletes the session and CSRF cookies (needs the CSRF token like any change)."""
+    del principal  # authenticated (and CSRF-checked) by the dependency
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
+    response.delete_cookie(CSRF_COOKIE, samesite="strict")
