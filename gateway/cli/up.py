@@ -192,6 +192,16 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         )
         keeper = _broker_keeper(plan, accounts)
         parts, demo_login = _parts(plan, keeper, accounts, audit)
+        if demo_login is not None:
+            from gateway.installation import ensure_demo_geofences
+            from gateway.statedb.fleets import FleetRepository
+
+            ensure_demo_geofences(
+                FleetRepository(state_db),
+                audit,
+                demo_login.account_id,
+                now=time.time_ns() // 1_000_000,
+            )
         if admin is not None:
             print_first_admin(admin)
         _print_banner(plan, keeper, demo_login)

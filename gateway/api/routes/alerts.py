@@ -19,7 +19,7 @@ from gateway.api.errors import ApiError
 from gateway.api.models.accounts import IdPath
 from gateway.api.models.fleet import AlertOut, AlertPage
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, decode_cursor, page_of
-from gateway.api.params import Timestamp
+from gateway.api.params import Timestamp, check_range
 from gateway.api.routes.fleet_common import FLEET_ERRORS, NO_ACCOUNT, IdQuery, scope_of
 from gateway.api.security import AuthContext, forbidden
 from gateway.core.fleet.rules import AlertKind
@@ -53,6 +53,7 @@ def list_alerts(
 ) -> AlertPage:
     """Newest first. Without `vin`, `fleet_id` or `account_id`: your account's (a driver:
     the vehicles granted to them)."""
+    check_range(start, end)
     before = decode_cursor("alerts", cursor, (int, int))
     scope = scope_of(context, fleets, principal, vin=vin, fleet_id=fleet_id, account_id=account_id)
     f = AlertFilter(

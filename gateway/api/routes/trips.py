@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query
 from gateway.api.deps import Auth, Caller, FleetLogDep, Fleets
 from gateway.api.models.fleet import TripOut, TripPage
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, decode_cursor, page_of
-from gateway.api.params import Timestamp
+from gateway.api.params import Timestamp, check_range
 from gateway.api.routes.alerts import VinQuery
 from gateway.api.routes.fleet_common import FLEET_ERRORS, NO_ACCOUNT, IdQuery, owned, scope_of
 from gateway.statedb.fleet_log import TripFilter
@@ -41,6 +41,7 @@ def list_trips(
 ) -> TripPage:
     """Newest first. Without `vin`, `fleet_id`, `driver_id` or `account_id`: your
     account's (a driver: the vehicles granted to them)."""
+    check_range(start, end)
     before = decode_cursor("trips", cursor, (int, int))
     if driver_id is not None:
         driver = owned(principal, fleets.get_driver(driver_id), "driver", driver_id)
