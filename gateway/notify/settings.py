@@ -30,3 +30,7 @@ class NotifySettings:
     webhook_lease_s: float = 60.0
     #: deliveries sent at once by one process
     webhook_concurrency: int = 8
+    #: finished deliveries kept per webhook in its log (the newest; pending ones always)
+    webhook_delivery_log: int = 1000
+    #: webhooks one organization may have (each event is queued once per webhook)
+    max_webhooks_per_account: int = 20
