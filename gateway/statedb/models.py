@@ -632,6 +632,21 @@ class CommandJobRow(Base):
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class CommandJobKeyRow(Base):
+    """An ``Idempotency-Key`` of ``POST /v1/command-jobs`` (decision 0017): per scope (the
+    caller's account, ``account:<id>``, or ``user:<id>`` without one), the hash of the
+    request it first came with and the job it made; honoured for 24 hours."""
+
+    __tablename__ = "command_job_keys"
+    __table_args__ = (Index("ix_command_job_keys_created_at", "created_at"),)
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("command_jobs.id"))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
 class CommandJobRefusalRow(Base):
     """A vehicle of a job that got no command, and why (``not_permitted``,
     ``vehicle_moving``, ``vehicle_rate_limited``, ...)."""

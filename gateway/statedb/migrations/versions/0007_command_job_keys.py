@@ -1,0 +1,44 @@
+"""Idempotency keys of bulk commands (issue 13, section 7; decision 0017).
+
+Revision ID: 0007_command_job_keys
+Revises: 0006_command_jobs
+Create Date: 2026-12-06
+
+Why: a client that retries ``POST /v1/command-jobs`` after a lost answer must not send a
+second command to a whole fleet. ``command_job_keys`` remembers, per scope (the caller's
+account) and key, the request's hash and the job it made, for 24 hours; the row is written
+in the job's transaction, so a key never names a job that does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+# revision identifiers, used by Alembic
+revision: str = "0007_command_job_keys"
+down_revision: str | Sequence[str] | None = "0006_command_jobs"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "command_job_keys",
+        sa.Column("scope", sa.String(64), nullable=False),
+        sa.Column("key", sa.String(200), nullable=False),
+        sa.Column("request_hash", sa.String(64), nullable=False),
+        sa.Column("job_id", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("scope", "key", name="pk_command_job_keys"),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["command_jobs.id"], name="fk_command_job_keys_job_id_command_jobs"
+        ),
+    )
+    op.create_index("ix_command_job_keys_created_at", "command_job_keys", ["created_at"])
+
+
+def downgrade() -> None:
+    op.drop_table("command_job_keys")
