@@ -647,6 +647,34 @@ class CommandJobKeyRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
 
 
+class IntegrationCredentialRow(Base):
+    """An organization's integration credential (decision 0017): MQTT user name
+    ``integration-<id>``, allowed to read the organization's alert topic only. The
+    password is stored as a Mosquitto hash (shown once, at creation)."""
+
+    __tablename__ = "integration_credentials"
+    __table_args__ = (Index("ix_integration_credentials_account_id", "account_id"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("accounts.id"))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class NotifyCursorRow(Base):
+    """A notification consumer's place in the event log and its lease (the MQTT fan-out:
+    one API process at a time publishes, and a restart resumes after ``event_id``)."""
+
+    __tablename__ = "notify_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[int] = mapped_column(BigInteger)
+    event_id: Mapped[int] = mapped_column(BigInteger)
+
+
 class CommandJobRefusalRow(Base):
     """A vehicle of a job that got no command, and why (``not_permitted``,
     ``vehicle_moving``, ``vehicle_rate_limited``, ...)."""

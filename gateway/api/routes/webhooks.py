@@ -5,9 +5,11 @@ For the account's managers (fleet managers, owners) and administrators; anyone e
 account gets 403, anyone of another account 404 as for a missing webhook. The secret is
 returned once, at creation. A URL must be http(s); private, loopback and link-local
 addresses are refused unless the operator allows them
-(``NotifySettings.webhook_allow_private_targets``), checked here for an IP literal and at
-every delivery for the addresses a name resolves to. How a receiver checks a delivery:
-docs/webhooks.md.
+(``NotifySettings.webhook_allow_private_targets``), checked here (an IP literal, and the
+addresses a name resolves to now) and again at every delivery (a name may move; a
+delivery refused by the check fails at once). An organization has at most
+``NotifySettings.max_webhooks_per_account`` (20) webhooks. How a receiver checks a
+delivery: docs/webhooks.md.
 """
 
 from __future__ import annotations
