@@ -74,6 +74,7 @@ class AlertFanout:
         self.published = 0
         self._cursor: int | None = None
         self._renewed = -_LEASE_MS
+        self._dialled = False
 
     async def start(self) -> None:
         client = MqttClient(f"telematics-notify-{self.owner}", clean_session=True)
@@ -96,9 +97,10 @@ class AlertFanout:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                if not self._connected.is_set():
+                if not self._dialled:
                     await self._connect()
-                await self._round()
+                if self._connected.is_set():  # else the client is reconnecting by itself
+                    await self._round()
             except Exception:
                 log.exception("the MQTT fan-out of alerts failed; retrying")
                 with contextlib.suppress(TimeoutError):
@@ -109,6 +111,7 @@ class AlertFanout:
     async def _connect(self) -> None:
         assert self._client is not None
         await self._client.connect(self.mqtt.host, self.mqtt.port, version=MQTTv50, keepalive=30)
+        self._dialled = True  # from now on gmqtt reconnects by itself after a loss
         await asyncio.wait_for(self._connected.wait(), 10)
 
     async def _round(self) -> None:
