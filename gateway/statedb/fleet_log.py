@@ -26,7 +26,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from gateway.statedb.database import StateDatabase
-from gateway.statedb.events import publish
+from gateway.statedb.events import NewEvent, publish_many
 from gateway.statedb.models import (
     DriverAssignmentRow,
     FleetAlertRow,
@@ -228,15 +228,11 @@ _ALERT_EVENT_COLUMNS: Final = (
 
 
 def alert_event(
-    session: Session,
-    type: str,
-    alert: Mapping[str, Any],
-    *,
-    at: int,
-    actor_user_id: int | None = None,
-) -> None:
-    """Publish an ``alert.*`` event (decision 0017) in the caller's transaction, scoped to
-    the account that held the vehicle when the alert was raised (the alert's own)."""
+    type: str, alert: Mapping[str, Any], *, at: int, actor_user_id: int | None = None
+) -> NewEvent:
+    """An ``alert.*`` event (decision 0017), scoped to the account that held the vehicle
+    when the alert was raised (the alert's own); published by the caller, in the
+    transaction that stores the change."""
     data = {
         "alert_id": alert["id"],
         "vin": alert["vin"],
@@ -250,14 +246,7 @@ def alert_event(
     }
     if actor_user_id is not None:
         data["by"] = actor_user_id
-    publish(
-        session,
-        type=type,
-        at=at,
-        data=data,
-        account_id=alert["account_id"],
-        actor_user_id=actor_user_id,
-    )
+    return NewEvent(type, at, data, alert["account_id"], actor_user_id)
 
 
 def _alert_mapping(row: FleetAlertRow) -> dict[str, Any]:
@@ -276,33 +265,27 @@ def _overlapping(
 
 
 def _trip_event(
-    session: Session,
     trip_id: int,
     row: Mapping[str, Any],
     before: tuple[int, int, int, float] | None,
     *,
     at: int,
-) -> None:
+) -> NewEvent | None:
     """``trip.finished`` for a new trip; after a recompute (late samples), ``trip.updated``
     for a trip that shares time with a replaced one but changed (``replaces``: the old
     id), nothing for one that came out the same. A replaced trip that a recompute joined
     into its neighbour gets no event of its own: the neighbour's ``trip.updated`` covers
     its time."""
     if before is not None and before[1:] == (row["start_at"], row["end_at"], row["distance_m"]):
-        return
+        return None
     data = {
         "trip_id": trip_id,
         **{k: row[k] for k in _TRIP_EVENT_FIELDS},
     }
     if before is not None:
         data["replaces"] = before[0]
-    publish(
-        session,
-        type="trip.finished" if before is None else "trip.updated",
-        at=at,
-        data=data,
-        account_id=row["account_id"],
-    )
+    kind = "trip.finished" if before is None else "trip.updated"
+    return NewEvent(kind, at, data, row["account_id"])
 
 
 _TRIP_EVENT_FIELDS: Final = (
@@ -457,11 +440,15 @@ class FleetLog:
                 or (row.sample_cursor, row.event_cursor) != read_from
             ):
                 raise LeaseLost(partition)
+            events: list[NewEvent] = []
             for step in steps:
-                self._store_step(session, step, now)
+                self._store_step(session, step, now, events)
+            publish_many(session, events)
             row.sample_cursor, row.event_cursor = cursor
 
-    def _store_step(self, session: Session, step: VinStep, now: int) -> None:
+    def _store_step(
+        self, session: Session, step: VinStep, now: int, events: list[NewEvent]
+    ) -> None:
         state = session.get(FleetVinStateRow, (step.vin, step.tenure))
         if state is None:
             session.add(
@@ -481,7 +468,7 @@ class FleetLog:
             )
         drivers = _Assignments(session, step.vin) if step.alerts or step.trips else None
         if step.alerts and drivers is not None:
-            self._store_alerts(session, step, drivers, now)
+            self._store_alerts(session, step, drivers, now, events)
         replaced: list[tuple[int, int, int, float]] = []
         if step.replace_from is not None:
             in_window = (
@@ -500,10 +487,14 @@ class FleetLog:
                 rows,
             ).all()
             for trip_id, row in zip(ids, rows, strict=True):
-                _trip_event(session, trip_id, row, _overlapping(replaced, row), at=now)
+                event = _trip_event(trip_id, row, _overlapping(replaced, row), at=now)
+                if event is not None:
+                    events.append(event)
 
     @staticmethod
-    def _store_alerts(session: Session, step: VinStep, drivers: _Assignments, now: int) -> None:
+    def _store_alerts(
+        session: Session, step: VinStep, drivers: _Assignments, now: int, events: list[NewEvent]
+    ) -> None:
         """The step's alert changes folded per key (an alert opened and closed within one
         step is one new row), then one INSERT of the new rows and one UPDATE per alert
         stored earlier: a few statements per vehicle instead of one per change."""
@@ -550,7 +541,7 @@ class FleetLog:
             )
             for alert in updated.mappings().all():
                 kind = "alert.updated" if alert["end_at"] is None else "alert.ended"
-                alert_event(session, kind, dict(alert), at=now)
+                events.append(alert_event(kind, dict(alert), at=now))
         rows = [*instants, *new.values()]
         if rows:
             stored = session.execute(
@@ -560,9 +551,9 @@ class FleetLog:
                 rows,
             )
             for alert, row in zip(stored.mappings().all(), rows, strict=True):
-                alert_event(session, "alert.raised", dict(alert), at=now)
+                events.append(alert_event("alert.raised", dict(alert), at=now))
                 if id(row) in closed_here:
-                    alert_event(session, "alert.ended", dict(alert), at=now)
+                    events.append(alert_event("alert.ended", dict(alert), at=now))
 
     @staticmethod
     def _trip_row(step: VinStep, t: TripWrite, drivers: _Assignments) -> dict[str, Any]:
@@ -627,13 +618,10 @@ class FleetLog:
                 return None
             if row.acknowledged_at is None:
                 row.acknowledged_by, row.acknowledged_at, row.updated_at = user_id, now, now
-                alert_event(
-                    session,
-                    "alert.acknowledged",
-                    _alert_mapping(row),
-                    at=now,
-                    actor_user_id=user_id,
+                ack = alert_event(
+                    "alert.acknowledged", _alert_mapping(row), at=now, actor_user_id=user_id
                 )
+                publish_many(session, [ack])
             return _alert(row)
 
     def clear(self, alert_id: int, *, user_id: int, now: int) -> AlertRecord | None:
@@ -645,9 +633,9 @@ class FleetLog:
                 return None
             if row.cleared_at is None:
                 row.cleared_by, row.cleared_at, row.updated_at = user_id, now, now
-                alert_event(
-                    session, "alert.cleared", _alert_mapping(row), at=now, actor_user_id=user_id
-                )
+                cleared = alert_event("alert.cleared", _alert_mapping(row), at=now,
+                                      actor_user_id=user_id)  # fmt: skip
+                publish_many(session, [cleared])
             return _alert(row)
 
     def trips(
