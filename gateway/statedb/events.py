@@ -1,9 +1,10 @@
 """The event log: notifications written in the transaction of the change they report.
 
-:func:`publish` is the one call a producer makes (command updates now; alerts and trips
-later): inside its own write transaction, so an event exists exactly when its change was
-committed. The same call queues a delivery for each of the account's webhooks that wants
-the type (an outbox: a crash between the change and the notification cannot lose it).
+:func:`publish` (or :func:`publish_many`) is the one call a producer makes (command and
+job updates; alerts and trips, decision 0017): inside its own write transaction, so an
+event exists exactly when its change was committed. The same call queues a delivery for
+each of the account's webhooks that wants the type (an outbox: a crash between the change
+and the notification cannot lose it).
 
 Ids are commit order: on PostgreSQL :func:`publish` first takes a transaction-scoped
 advisory lock, so an event-writing transaction gets its id only after the previous one
