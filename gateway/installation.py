@@ -27,6 +27,7 @@ from gateway.auth.passwords import hash_password as hash_user_password
 from gateway.broker.auth import (
     BrokerAuthFiles,
     BrokerAuthSync,
+    IntegrationIdentity,
     ServiceIdentity,
     VehicleIdentity,
     generate_password,
@@ -42,6 +43,7 @@ from gateway.files import write_private_file
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.fleets import FleetRepository
+from gateway.statedb.integrations import IntegrationRepository
 from schemas.credentials import (
     UnitCredentials,
     VehicleCredential,
@@ -136,6 +138,7 @@ def closed_broker_sync(
     restart: Callable[[], None] | None = None,
     lock: threading.RLock | None = None,
     interval_s: float = 0.5,
+    integrations: IntegrationRepository | None = None,
 ) -> BrokerAuthSync:
     """The sync that keeps ``broker``'s identities equal to the state database: call its
     ``render()`` before every start of the broker, ``start()`` once it runs.
@@ -144,7 +147,8 @@ def closed_broker_sync(
     administrator (:data:`CONTROL_USERNAME`), passwords from ``secrets_dir``. With
     ``pki_dir``, revoking a vehicle also revokes its client certificates there (the broker
     re-reads the CRL with the password file), so a revoked unit cannot even complete a TLS
-    handshake any more.
+    handshake any more. With ``integrations``, the organizations' integration credentials
+    (decision 0017) are identities too.
     """
     service_secret = service_password(secrets_dir).read_text(encoding="utf-8").strip()
     control_secret = control_password(secrets_dir).read_text(encoding="utf-8").strip()
@@ -160,11 +164,17 @@ def closed_broker_sync(
             for vin, h in accounts.broker_identities()
         ]
 
+    def integration_identities() -> list[IntegrationIdentity]:
+        if integrations is None:
+            return []
+        return [IntegrationIdentity(u, a, h) for u, a, h in integrations.broker_identities()]
+
     return BrokerAuthSync(
         files,
         services=services,
         version=accounts.broker_version,
         identities=identities,
+        integrations=integration_identities,
         control=DynsecControl(broker.host, broker.port, CONTROL_USERNAME, control_secret),
         reload=broker.reload,
         restart=restart,

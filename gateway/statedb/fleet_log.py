@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from gateway.statedb.database import StateDatabase
+from gateway.statedb.events import NewEvent, publish_many
 from gateway.statedb.models import (
     DriverAssignmentRow,
     FleetAlertRow,
@@ -212,6 +213,88 @@ def _trip(r: FleetTripRow) -> TripRecord:
     )
 
 
+_ALERT_EVENT_COLUMNS: Final = (
+    FleetAlertRow.id,
+    FleetAlertRow.account_id,
+    FleetAlertRow.vin,
+    FleetAlertRow.kind,
+    FleetAlertRow.key,
+    FleetAlertRow.severity,
+    FleetAlertRow.start_at,
+    FleetAlertRow.end_at,
+    FleetAlertRow.detail,
+    FleetAlertRow.driver_id,
+)
+
+
+def alert_event(
+    type: str, alert: Mapping[str, Any], *, at: int, actor_user_id: int | None = None
+) -> NewEvent:
+    """An ``alert.*`` event (decision 0017), scoped to the account that held the vehicle
+    when the alert was raised (the alert's own); published by the caller, in the
+    transaction that stores the change."""
+    data = {
+        "alert_id": alert["id"],
+        "vin": alert["vin"],
+        "kind": alert["kind"],
+        "key": alert["key"],
+        "severity": alert["severity"],
+        "start_at": alert["start_at"],
+        "end_at": alert["end_at"],
+        "detail": dict(alert["detail"]),
+        "driver_id": alert["driver_id"],
+    }
+    if actor_user_id is not None:
+        data["by"] = actor_user_id
+    return NewEvent(type, at, data, alert["account_id"], actor_user_id)
+
+
+def _alert_mapping(row: FleetAlertRow) -> dict[str, Any]:
+    return {c.key: getattr(row, c.key) for c in _ALERT_EVENT_COLUMNS}
+
+
+def _overlapping(
+    replaced: list[tuple[int, int, int, float]], row: Mapping[str, Any]
+) -> tuple[int, int, int, float] | None:
+    """The first replaced trip (id, start, end, distance) that shares time with ``row``;
+    taken off the list (a replaced trip is followed by one new trip at most)."""
+    for i, (_, start, end, _) in enumerate(replaced):
+        if start <= row["end_at"] and row["start_at"] <= end:
+            return replaced.pop(i)
+    return None
+
+
+def _trip_event(
+    trip_id: int,
+    row: Mapping[str, Any],
+    before: tuple[int, int, int, float] | None,
+    *,
+    at: int,
+) -> NewEvent | None:
+    """``trip.finished`` for a new trip; after a recompute (late samples), ``trip.updated``
+    for a trip that shares time with a replaced one but changed (``replaces``: the old
+    id), nothing for one that came out the same. A replaced trip that a recompute joined
+    into its neighbour gets no event of its own: the neighbour's ``trip.updated`` covers
+    its time."""
+    if before is not None and before[1:] == (row["start_at"], row["end_at"], row["distance_m"]):
+        return None
+    data = {
+        "trip_id": trip_id,
+        **{k: row[k] for k in _TRIP_EVENT_FIELDS},
+    }
+    if before is not None:
+        data["replaces"] = before[0]
+    kind = "trip.finished" if before is None else "trip.updated"
+    return NewEvent(kind, at, data, row["account_id"])
+
+
+_TRIP_EVENT_FIELDS: Final = (
+    "vin", "start_at", "end_at", "start_lon", "start_lat", "end_lon", "end_lat", "distance_m",
+    "duration_ms", "max_speed_kmh", "avg_speed_kmh", "energy_used_pct", "fuel_used_pct",
+    "ended_by", "driver_id",
+)  # fmt: skip
+
+
 class _Assignments:
     """A vehicle's driver assignments, read once per step: who drove at a given time (an
     assignment covers ``start_at <= t < end_at``; the newest start wins an overlap)."""
@@ -357,11 +440,15 @@ class FleetLog:
                 or (row.sample_cursor, row.event_cursor) != read_from
             ):
                 raise LeaseLost(partition)
+            events: list[NewEvent] = []
             for step in steps:
-                self._store_step(session, step, now)
+                self._store_step(session, step, now, events)
+            publish_many(session, events)
             row.sample_cursor, row.event_cursor = cursor
 
-    def _store_step(self, session: Session, step: VinStep, now: int) -> None:
+    def _store_step(
+        self, session: Session, step: VinStep, now: int, events: list[NewEvent]
+    ) -> None:
         state = session.get(FleetVinStateRow, (step.vin, step.tenure))
         if state is None:
             session.add(
@@ -381,28 +468,40 @@ class FleetLog:
             )
         drivers = _Assignments(session, step.vin) if step.alerts or step.trips else None
         if step.alerts and drivers is not None:
-            self._store_alerts(session, step, drivers, now)
+            self._store_alerts(session, step, drivers, now, events)
+        replaced: list[tuple[int, int, int, float]] = []
         if step.replace_from is not None:
-            session.execute(
-                delete(FleetTripRow).where(
-                    FleetTripRow.vin == step.vin,
-                    FleetTripRow.tenure == step.tenure,
-                    FleetTripRow.start_at >= step.replace_from,
-                )
+            in_window = (
+                FleetTripRow.vin == step.vin,
+                FleetTripRow.tenure == step.tenure,
+                FleetTripRow.start_at >= step.replace_from,
             )
+            old = select(FleetTripRow.start_at, FleetTripRow.id, FleetTripRow.end_at,
+                         FleetTripRow.distance_m).where(*in_window)  # fmt: skip
+            replaced = [(i, start, end, dist) for start, i, end, dist in session.execute(old)]
+            session.execute(delete(FleetTripRow).where(*in_window))
         if step.trips and drivers is not None:
-            session.execute(
-                insert(FleetTripRow), [self._trip_row(step, t, drivers) for t in step.trips]
-            )
+            rows = [self._trip_row(step, t, drivers) for t in step.trips]
+            ids = session.scalars(
+                insert(FleetTripRow).returning(FleetTripRow.id, sort_by_parameter_order=True),
+                rows,
+            ).all()
+            for trip_id, row in zip(ids, rows, strict=True):
+                event = _trip_event(trip_id, row, _overlapping(replaced, row), at=now)
+                if event is not None:
+                    events.append(event)
 
     @staticmethod
-    def _store_alerts(session: Session, step: VinStep, drivers: _Assignments, now: int) -> None:
+    def _store_alerts(
+        session: Session, step: VinStep, drivers: _Assignments, now: int, events: list[NewEvent]
+    ) -> None:
         """The step's alert changes folded per key (an alert opened and closed within one
         step is one new row), then one INSERT of the new rows and one UPDATE per alert
         stored earlier: a few statements per vehicle instead of one per change."""
         new: dict[str, dict[str, Any]] = {}
         instants: list[dict[str, Any]] = []
         changed: dict[str, dict[str, Any]] = {}
+        closed_here: set[int] = set()  # id() of the new rows that also ended in the step
         for c in step.alerts:
             values = {"severity": c.severity, "end_at": c.end_at, "detail": dict(c.detail)}
             if c.action == "opened":
@@ -423,12 +522,13 @@ class FleetLog:
                     new[c.key] = row
             elif c.key in new:
                 new[c.key].update(values)
-                if c.end_at is not None:
+                if c.end_at is not None:  # opened and ended within the step
+                    closed_here.add(id(new[c.key]))
                     instants.append(new.pop(c.key))
             else:
                 changed[c.key] = values
         for key, values in changed.items():
-            session.execute(
+            updated = session.execute(
                 update(FleetAlertRow)
                 .where(
                     FleetAlertRow.vin == step.vin,
@@ -437,10 +537,23 @@ class FleetLog:
                     FleetAlertRow.end_at.is_(None),
                 )
                 .values(**values, updated_at=now)
+                .returning(*_ALERT_EVENT_COLUMNS)
             )
+            for alert in updated.mappings().all():
+                kind = "alert.updated" if alert["end_at"] is None else "alert.ended"
+                events.append(alert_event(kind, dict(alert), at=now))
         rows = [*instants, *new.values()]
         if rows:
-            session.execute(insert(FleetAlertRow), rows)
+            stored = session.execute(
+                insert(FleetAlertRow).returning(
+                    *_ALERT_EVENT_COLUMNS, sort_by_parameter_order=True
+                ),
+                rows,
+            )
+            for alert, row in zip(stored.mappings().all(), rows, strict=True):
+                events.append(alert_event("alert.raised", dict(alert), at=now))
+                if id(row) in closed_here:
+                    events.append(alert_event("alert.ended", dict(alert), at=now))
 
     @staticmethod
     def _trip_row(step: VinStep, t: TripWrite, drivers: _Assignments) -> dict[str, Any]:
@@ -505,6 +618,10 @@ class FleetLog:
                 return None
             if row.acknowledged_at is None:
                 row.acknowledged_by, row.acknowledged_at, row.updated_at = user_id, now, now
+                ack = alert_event(
+                    "alert.acknowledged", _alert_mapping(row), at=now, actor_user_id=user_id
+                )
+                publish_many(session, [ack])
             return _alert(row)
 
     def clear(self, alert_id: int, *, user_id: int, now: int) -> AlertRecord | None:
@@ -516,6 +633,9 @@ class FleetLog:
                 return None
             if row.cleared_at is None:
                 row.cleared_by, row.cleared_at, row.updated_at = user_id, now, now
+                cleared = alert_event("alert.cleared", _alert_mapping(row), at=now,
+                                      actor_user_id=user_id)  # fmt: skip
+                publish_many(session, [cleared])
             return _alert(row)
 
     def trips(

@@ -36,8 +36,9 @@ JOB_BODY_BYTES: Final = 256 * 1024
 
 #: what a webhook may ask for: a type, a family (``command.*``) or everything (``*``)
 EventPattern = Literal[
-    "*", "command.*", "command_job.*", "command.updated", "command_job.created",
-    "command_job.finished",
+    "*", "command.*", "command_job.*", "alert.*", "trip.*", "command.updated",
+    "command_job.created", "command_job.finished", "alert.raised", "alert.updated",
+    "alert.ended", "alert.acknowledged", "alert.cleared", "trip.finished", "trip.updated",
 ]  # fmt: skip
 assert set(EVENT_TYPES) <= set(EventPattern.__args__)  # type: ignore[attr-defined]
 
