@@ -195,6 +195,8 @@ def _trace_threads(
     for name, tid in threads.items():
         if tid is not None:
             trace.mark("-", "thread", f"{name} {tid}")
+
+
 async def _fanout(
     app: FastAPI, settings: ApiSettings, state_db: StateDatabase
 ) -> AlertFanout | None:
