@@ -162,6 +162,8 @@ class FleetSettings:
     slow_delay_s: float = 2.0
     #: share of the units (0..1) that receive commands but never answer them
     silent_share: float = 0.0
+    #: the delivery vans run the demo's round of misbehaviour (device_sim.misbehaviour)
+    misbehave: bool = False
 
     def __post_init__(self) -> None:
         if self.count < 0:
@@ -285,6 +287,14 @@ def build_unit_settings(
             out.append(replace(base, answers_commands=False))
         else:
             out.append(base)
+    if settings.misbehave:
+        profiles = settings.profiles
+        out = [
+            replace(s, misbehave=True)
+            if profiles[i % len(profiles)] is VehicleProfile.DELIVERY_VAN
+            else s
+            for i, s in enumerate(out)
+        ]
     if per_vin is not None:
         out = [per_vin(vin, s) for vin, s in zip(settings.all_vins(), out, strict=True)]
     return out
@@ -942,6 +952,14 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
 def _add_behaviour_options(parser: argparse.ArgumentParser) -> None:
     """Options: how the units behave: buffering, faults, reporting, commands."""
     parser.add_argument(
+        "--misbehave",
+        action="store_true",
+        help="delivery vans run a round of misbehaviour once an hour so that every fleet "
+        "rule fires: speeding through the old town, an emergency stop, 22 minutes idling, a "
+        "trouble code set and cleared, low fuel, 8 minutes silent (telematics up --demo "
+        "turns it on)",
+    )
+    parser.add_argument(
         "--buffer-limit",
         type=int,
         default=DEFAULT_BUFFER_LIMIT,
@@ -1266,6 +1284,15 @@ def _per_vin(
     return own_login
 
 
+def _report_interval(args: argparse.Namespace) -> float:
+    """Seconds between two samples: ``--interval``, else 1 / ``--rate``, else 1."""
+    if args.interval is not None:
+        return float(args.interval)
+    if args.rate is not None:
+        return 1.0 / float(args.rate)
+    return 1.0
+
+
 def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Options:
     """Validate the command line and resolve its defaults. ``args`` is updated with what was
     resolved (broker URL, number of vehicles, where the VINs come from), so that ``--procs``
@@ -1284,12 +1311,7 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Opti
             raise ValueError(f"--tls-cert-dir {args.tls_cert_dir}: no such directory")
         address = _broker(args, credentials)
         count, vins = _fleet_vins(args, credentials)
-        if args.interval is not None:
-            interval = float(args.interval)
-        elif args.rate is not None:
-            interval = 1.0 / float(args.rate)
-        else:
-            interval = 1.0
+        interval = _report_interval(args)
         password = os.environ.get(PASSWORD_ENV) if args.username is not None else None
         if args.gateway_public_key is not None:
             public_key: bytes | None = args.gateway_public_key.read_bytes()
@@ -1323,6 +1345,7 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Opti
             progress_interval_s=args.progress,
             slow_share=args.slow_share,
             slow_delay_s=args.slow_delay,
+            misbehave=args.misbehave,
             silent_share=args.silent_share,
         )
         if args.shard is not None and args.shard.count > count:

@@ -100,6 +100,8 @@ def child_argv(args: argparse.Namespace, shard: Shard) -> list[str]:
         argv += ["--faults", args.faults]
     if args.gateway_public_key is not None:
         argv += ["--gateway-public-key", str(args.gateway_public_key)]
+    if args.misbehave:
+        argv += ["--misbehave"]
     if args.send_on_change:
         argv += [
             "--send-on-change",

@@ -21,6 +21,7 @@ copying)::
     at = "08:05"                          # on the start's date and offset, or ISO 8601
     vehicle = "van-12"
     action = "depart"                     # depart | low_charge | go_offline | come_online | go_to
+                                          # | speed | brake_hard | idle | fault | go_silent
 
 Vehicles are numbered 1..N across the groups in file order; vehicle ``i`` gets the VIN
 ``make_vin(i, prefix)`` with a prefix derived from the seed (or ``vin_prefix``), its own
@@ -49,6 +50,18 @@ Scripted events
                     samples as batch messages (at most :data:`BATCH_MAX_SAMPLES` each, oldest
                     first, original ``seq`` and ``ts``), then the buffered events.
     ``go_to``       drive to the node named by ``value`` (:meth:`SimulatedVehicle.go_to`).
+
+    Misbehaviour, so that every fleet rule fires (``scenarios/misbehaving-van.toml``):
+
+    ``speed``       the driver aims for ``value`` km/h whatever the limits, and pulls away
+                    hard, for ``duration`` (:meth:`SimulatedVehicle.speed`).
+    ``brake_hard``  an emergency stop (:meth:`SimulatedVehicle.brake_hard`).
+    ``idle``        stop and stand with the engine running for ``duration``
+                    (:meth:`SimulatedVehicle.idle`).
+    ``fault``       trouble code ``value`` (``"P0300"``) set now, cleared after ``duration``
+                    (default 15 minutes) (:meth:`SimulatedVehicle.raise_fault`).
+    ``go_silent``   hung firmware: connected, publishing nothing for ``duration``; what the
+                    vehicle did meanwhile is lost, its events come afterwards.
 
 The stream
     :func:`render` is pure: it turns a scenario into the exact messages the units publish, in
@@ -168,6 +181,23 @@ class Action(enum.StrEnum):
     GO_OFFLINE = "go_offline"
     COME_ONLINE = "come_online"
     GO_TO = "go_to"
+    SPEED = "speed"
+    BRAKE_HARD = "brake_hard"
+    IDLE = "idle"
+    FAULT = "fault"
+    GO_SILENT = "go_silent"
+
+
+#: what ``duration`` means per action (the others take none); a * marks a required one
+_DURATIONS: Final = {
+    Action.GO_OFFLINE: "offline this long, then back",
+    Action.SPEED: "*speeding this long",
+    Action.IDLE: "*standing with the engine on this long",
+    Action.FAULT: "the code clears after this long (default 15m)",
+    Action.GO_SILENT: "*connected but publishing nothing this long",
+}
+#: a diagnostic trouble code (SAE J2012: P, C, B or U and four hex digits)
+_DTC_RE: Final = re.compile(r"^[PCBU][0-9A-F]{4}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -590,10 +620,14 @@ class _Checker:
             raise self.fail(f"{where}.vehicle", f"no vehicle named {table.vehicle!r}")
         action, given = table.action, table.model_fields_set
         duration = None
+        meaning = _DURATIONS.get(action)
         if "duration" in given:
-            if action is not Action.GO_OFFLINE:
-                raise self.fail(f"{where}.duration", f"only go_offline takes one, not {action}")
+            if meaning is None:
+                takers = ", ".join(a.value for a in _DURATIONS)
+                raise self.fail(f"{where}.duration", f"only {takers} take one, not {action}")
             duration = float(self.checked(_duration, table.duration, f"{where}.duration"))
+        elif meaning is not None and meaning.startswith("*"):
+            raise self.fail(f"{where}.duration", f"{action} needs one ({meaning[1:]})")
         value = self.value(table, where)
         return ScriptedEvent(at_ms, table.vehicle, action, value, duration)
 
@@ -610,6 +644,18 @@ class _Checker:
                 raise self.fail(key, "missing")
             node: str = self.checked(_node, table.value, key)
             return node
+        if action is Action.SPEED:
+            if "value" not in table.model_fields_set:
+                raise self.fail(key, "missing (the speed the driver aims for, km/h)")
+            kmh: float = self.checked(_number, table.value, key)
+            if not kmh <= 250.0:
+                raise self.fail(key, f"must be a speed up to 250 km/h, got {kmh!r}")
+            return kmh
+        if action is Action.FAULT:
+            code = table.value
+            if not isinstance(code, str) or not _DTC_RE.match(code):
+                raise self.fail(key, f"must be a trouble code like P0300, got {code!r}")
+            return code
         if "value" in table.model_fields_set:
             raise self.fail(key, f"{action} takes no value")
         return None
@@ -699,6 +745,31 @@ def _unit_script(scenario: Scenario, name: str) -> list[ScriptedEvent]:
     return script
 
 
+def _speed(vehicle: SimulatedVehicle, e: ScriptedEvent) -> None:
+    assert isinstance(e.value, float)
+    assert e.duration_s is not None
+    vehicle.speed(e.value, e.duration_s)
+
+
+def _idle(vehicle: SimulatedVehicle, e: ScriptedEvent) -> None:
+    assert e.duration_s is not None
+    vehicle.idle(e.duration_s)
+
+
+def _fault(vehicle: SimulatedVehicle, e: ScriptedEvent) -> None:
+    assert isinstance(e.value, str)
+    vehicle.raise_fault(e.value, 900.0 if e.duration_s is None else e.duration_s)
+
+
+#: the scripted misbehaviour of the vehicle itself (see SimulatedVehicle)
+_MISBEHAVIOUR: Final[dict[Action, Callable[[SimulatedVehicle, ScriptedEvent], None]]] = {
+    Action.SPEED: _speed,
+    Action.BRAKE_HARD: lambda vehicle, _e: vehicle.brake_hard(),
+    Action.IDLE: _idle,
+    Action.FAULT: _fault,
+}
+
+
 class _UnitScript:
     """One unit of a scenario played in simulated time: what it publishes at every report
     tick and scripted event, with store-and-forward while offline and the group's faults."""
@@ -782,6 +853,9 @@ class _UnitScript:
             if not self.online:
                 self.online = True
                 yield from self.come_back(e.at_ms)
+        elif e.action is Action.GO_SILENT:
+            assert e.duration_s is not None
+            self.silent_until = max(self.silent_until, e.at_ms + round(e.duration_s * 1000))
         else:
             _advance(vehicle, e.at_ms)
             if e.action is Action.DEPART:
@@ -789,6 +863,8 @@ class _UnitScript:
             elif e.action is Action.LOW_CHARGE:
                 assert isinstance(e.value, float)
                 vehicle.set_energy_level(e.value)
+            elif e.action in _MISBEHAVIOUR:
+                _MISBEHAVIOUR[e.action](vehicle, e)
             else:  # GO_TO
                 assert isinstance(e.value, str)
                 vehicle.go_to(e.value)

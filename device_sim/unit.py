@@ -161,6 +161,7 @@ import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
 from device_sim.faults import FaultInjector, FaultRates, Planned
+from device_sim.misbehaviour import Routine
 from device_sim.vehicle import CommandRefused, SimulatedVehicle
 from schemas.commands import (
     CommandMessage,
@@ -348,6 +349,9 @@ class UnitSettings:
     #: set, every command must be signed with it and carry a counter above the last one taken
     #: (``bad_signature`` / ``replayed`` otherwise); None: commands are not checked
     gateway_public_key: bytes | None = None
+    #: True: the vehicle runs the demo's round of misbehaviour once an hour
+    #: (:mod:`device_sim.misbehaviour`), so that every fleet rule fires
+    misbehave: bool = False
 
     def __post_init__(self) -> None:
         self._check_connection()
@@ -777,6 +781,7 @@ class SimulatedUnit:
             raise ValueError(f"first_seq must be >= 0, got {first_seq}")
         self._vehicle = vehicle
         self._settings = settings
+        self._routine = Routine() if settings.misbehave else None
         self._clock_ms = clock_ms
         self._on_sample = on_sample
         self._vin = vehicle.vin
@@ -1345,6 +1350,12 @@ class SimulatedUnit:
         if self._last_step is not None and now > self._last_step:
             self._vehicle.step(now - self._last_step)
         self._last_step = now
+        if self._routine is not None:
+            for step in self._routine.due(self._vehicle.sim_time_ms / 1000.0):
+                log.info("%s misbehaves: %s", self._vin, step.what)
+                if step.act is not None:
+                    step.act(self._vehicle)
+                self._silent_until = max(self._silent_until, now + step.silence_s)
 
     def _report(self, *, on_demand: bool = False) -> None:
         """Take a sample now; send it at once if nothing is buffered and the window allows.

@@ -90,6 +90,13 @@ Scripted events
     :data:`SCRIPTED_BOARDING_S` (the driver gets in) before the vehicle pulls away; a
     delivery van departing from its depot starts a delivery round.
 
+    Misbehaviour, so that every fleet rule has something to fire on (issue 13):
+    :meth:`~SimulatedVehicle.speed` (the driver ignores the limits and pulls away hard for a
+    while), :meth:`~SimulatedVehicle.brake_hard` (an emergency stop at
+    :data:`EMERGENCY_BRAKE_MPS2`), :meth:`~SimulatedVehicle.idle` (stops with the engine
+    running for a while, waiting for a customer) and :meth:`~SimulatedVehicle.raise_fault`
+    (a trouble code set now, cleared after a given time).
+
 Events
     :meth:`SimulatedVehicle.pending_events` returns (and forgets) the :class:`schemas.Event`
     values produced since the last call: ``ignition_on``, ``ignition_off``, ``dtc_set`` and
@@ -126,6 +133,13 @@ __all__ = [
 
 #: the longest stretch of simulated time the model advances in one go
 MAX_SUBSTEP_S: Final = 0.5
+
+#: deceleration of a scripted emergency stop (:meth:`SimulatedVehicle.brake_hard`), m/s²
+EMERGENCY_BRAKE_MPS2: Final = 7.0
+#: acceleration while the driver speeds (:meth:`SimulatedVehicle.speed`), m/s²
+HARD_ACCELERATION_MPS2: Final = 4.0
+#: deceleration of a scripted stop to idle (:meth:`SimulatedVehicle.idle`), m/s²
+_IDLE_STOP_MPS2: Final = 1.5
 
 #: how long the driver takes to get in after a scripted departure, s
 SCRIPTED_BOARDING_S: Final = 5.0
@@ -432,6 +446,11 @@ _ALL_PATHS: Final = (
 assert all(path in CATALOG for path in _ALL_PATHS), "a simulator signal left the catalog"
 
 
+def _check_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
 def _clamp(value: float, lo: float, hi: float) -> float:
     return lo if value < lo else hi if value > hi else value
 
@@ -536,6 +555,7 @@ class SimulatedVehicle:
         "_hold_s",
         "_ignition",
         "_immobilized",
+        "_lead_foot",
         "_leg",
         "_leg_length_m",
         "_leg_target_mps",
@@ -562,6 +582,7 @@ class SimulatedVehicle:
         "_speed_mps",
         "_start_ms",
         "_start_node",
+        "_stop_request",
         "_timer_s",
         "_trip_m",
         "_tyre_c",
@@ -672,6 +693,10 @@ class SimulatedVehicle:
         # scripted events: none yet
         self._held = False
         self._destination: str | None = None
+        #: speeding: (target m/s, until elapsed s); None: the driver keeps to the limits
+        self._lead_foot: tuple[float, float] | None = None
+        #: a scripted stop on the road: (deceleration m/s², then standing s)
+        self._stop_request: tuple[float, float] | None = None
 
     def _init_environment(self, rng: random.Random) -> None:
         """Environment and body."""
@@ -1025,6 +1050,45 @@ class SimulatedVehicle:
         elif self._phase is Phase.PARKED:
             self._refuelling = self._energy < _REFUEL_BELOW_PCT
 
+    def speed(self, kmh: float, duration_s: float) -> None:
+        """The driver ignores the limits for ``duration_s``: aims for ``kmh`` on every street
+        (a command's speed limit still caps it) and pulls away at
+        :data:`HARD_ACCELERATION_MPS2`. Takes effect on the road; parked, from departure."""
+        _check_positive("kmh", kmh)
+        _check_positive("duration_s", duration_s)
+        self._lead_foot = (kmh / 3.6, self._elapsed_s + duration_s)
+        if self._phase is Phase.DRIVING:
+            self._leg_target_mps = max(self._leg_target_mps, self._capped(kmh / 3.6))
+
+    def brake_hard(self) -> None:
+        """An emergency stop: from the current speed to standing at
+        :data:`EMERGENCY_BRAKE_MPS2`, then on after a few seconds. Only on the road."""
+        if self._phase is Phase.DRIVING and self._speed_mps > 0.0:
+            self._stop_request = (EMERGENCY_BRAKE_MPS2, 5.0)
+
+    def idle(self, duration_s: float) -> None:
+        """Stop on the road and stand with the engine running for ``duration_s`` (waiting
+        for a customer), then drive on. Standing at a light already: it stands that long.
+        Parked (ignition off): nothing."""
+        _check_positive("duration_s", duration_s)
+        if self._phase is Phase.WAITING:
+            self._hold_s = max(self._hold_s, duration_s)
+        elif self._phase is Phase.DRIVING:
+            self._stop_request = (_IDLE_STOP_MPS2, duration_s)
+
+    def raise_fault(self, code: str, duration_s: float = 900.0) -> None:
+        """Diagnostic trouble code ``code`` is set now (a ``dtc_set`` event) and clears
+        after ``duration_s`` (``dtc_cleared``, at the next step with the ignition on)."""
+        _check_positive("duration_s", duration_s)
+        clears = self._elapsed_s + duration_s
+        description = dict(self._spec.dtcs).get(code, "scripted fault")
+        if code not in self._active_dtcs:
+            self._emit(EventType.DTC_SET, code, description)
+        self._active_dtcs[code] = clears
+
+    def _capped(self, mps: float) -> float:
+        return mps if self._speed_cap_mps is None else min(mps, self._speed_cap_mps)
+
     def diagnostics(self) -> list[str]:
         """The active diagnostic trouble codes, sorted (what ``Vehicle.Diagnostics.DTCList``
         reports)."""
@@ -1091,6 +1155,8 @@ class SimulatedVehicle:
 
     def _drive(self, dt: float) -> float:
         """Move along the route for ``dt``; return the distance travelled."""
+        if self._stop_request is not None:
+            return self._scripted_stop(dt)
         driver = self._driver
         v0 = self._speed_mps
         v_node = self._node_speed_mps
@@ -1113,7 +1179,10 @@ class SimulatedVehicle:
             if v0 < desired:
                 # acceleration fades as the speed approaches the target
                 headroom = 1.0 - 0.5 * v0 / max(self._leg_target_mps, 1.0)
-                v1 = min(desired, v0 + driver.accel_mps2 * max(headroom, 0.3) * dt)
+                accel = driver.accel_mps2 * max(headroom, 0.3)
+                if self._lead_foot is not None and self._elapsed_s < self._lead_foot[1]:
+                    accel = HARD_ACCELERATION_MPS2
+                v1 = min(desired, v0 + accel * dt)
             else:
                 v1 = max(desired, v0 - driver.brake_mps2 * dt)
             travel = 0.5 * (v0 + v1) * dt
@@ -1137,6 +1206,21 @@ class SimulatedVehicle:
         carried = min(travel - remaining, 0.5 * self._leg_length_m)
         self._pos_m = carried
         return remaining + carried
+
+    def _scripted_stop(self, dt: float) -> float:
+        """Brake at the requested rate to standing on this street, then wait (engine on)."""
+        assert self._stop_request is not None
+        decel, stand_s = self._stop_request
+        v0 = self._speed_mps
+        v1 = max(0.0, v0 - decel * dt)
+        travel = min(0.5 * (v0 + v1) * dt, max(0.0, self._leg_length_m - self._pos_m - 0.1))
+        self._pos_m += travel
+        self._speed_mps = v1
+        if v1 == 0.0:
+            self._stop_request = None
+            self._phase = Phase.WAITING
+            self._hold_s = stand_s
+        return travel
 
     def _start_leg(self, leg: int) -> None:
         """Enter leg ``leg`` of the route: fix its target speed and the speed at its end."""
@@ -1162,7 +1246,10 @@ class SimulatedVehicle:
     def _target_mps(self, a: str, b: str) -> float:
         limit = self._net.edge(a, b).speed_limit_kmh * self._driver.speed_factor
         target = min(limit, self._spec.max_speed_kmh) / 3.6
-        return target if self._speed_cap_mps is None else min(target, self._speed_cap_mps)
+        lead = self._lead_foot
+        if lead is not None and self._elapsed_s < lead[1]:
+            target = max(target, lead[0])
+        return self._capped(target)
 
     def _arrive(self) -> None:
         """Stop at the end of the route: ignition off, the driver gets out."""

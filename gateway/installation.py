@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from gateway.accounts.provisioning import provision_or_rotate
 from gateway.auth.passwords import generate_password as generate_user_password
@@ -27,6 +27,7 @@ from gateway.auth.passwords import hash_password as hash_user_password
 from gateway.broker.auth import (
     BrokerAuthFiles,
     BrokerAuthSync,
+    IntegrationIdentity,
     ServiceIdentity,
     VehicleIdentity,
     generate_password,
@@ -35,10 +36,14 @@ from gateway.broker.auth import (
 )
 from gateway.broker.control import DynsecControl, purge_sessions
 from gateway.broker.mosquitto import BrokerError, MosquittoProcess
+from gateway.core.fleet.geo import check_simple, shape_from_geojson, shape_to_geojson
+from gateway.core.fleet.state import window_from_json
 from gateway.core.policy import AccountKind, Role
 from gateway.files import write_private_file
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
+from gateway.statedb.fleets import FleetRepository
+from gateway.statedb.integrations import IntegrationRepository
 from schemas.credentials import (
     UnitCredentials,
     VehicleCredential,
@@ -68,6 +73,42 @@ CONTROL_USERNAME: Final = "telematics-broker-admin"
 SERVICE_PASSWORD_FILE: Final = "mqtt-service.password"
 DEMO_ORGANIZATION: Final = "Demo Fleet"
 DEMO_MANAGER_EMAIL: Final = "fleet@demo.local"
+#: the demo organization's geofences (GeoJSON Features, as the API takes them), created at
+#: demo start: the depot the delivery vans start from (Großmarkthalle, the simulator's
+#: ``DEPOT``), with its opening hours, and the old town inside the Altstadtring with a
+#: 30 km/h limit (its streets are 30 zones; the ring road itself, 50 km/h, stays outside)
+DEMO_GEOFENCES: Final[tuple[dict[str, Any], ...]] = (
+    {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [11.5560, 48.1159]},
+        "properties": {
+            "name": "Depot Großmarkthalle",
+            "radius_m": 200,
+            "active_window": {
+                "start": "06:00",
+                "end": "20:00",
+                "tz": "Europe/Berlin",
+                "weekdays": [0, 1, 2, 3, 4, 5],
+            },
+        },
+    },
+    {
+        "type": "Feature",
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [
+                [
+                    [11.5675, 48.1390],
+                    [11.5772, 48.1418],
+                    [11.5805, 48.1355],
+                    [11.5680, 48.1345],
+                    [11.5675, 48.1390],
+                ]
+            ],
+        },
+        "properties": {"name": "City centre (Altstadt)", "speed_limit_kmh": 30},
+    },
+)
 
 
 def service_password(secrets_dir: Path) -> Path:
@@ -97,6 +138,7 @@ def closed_broker_sync(
     restart: Callable[[], None] | None = None,
     lock: threading.RLock | None = None,
     interval_s: float = 0.5,
+    integrations: IntegrationRepository | None = None,
 ) -> BrokerAuthSync:
     """The sync that keeps ``broker``'s identities equal to the state database: call its
     ``render()`` before every start of the broker, ``start()`` once it runs.
@@ -105,7 +147,8 @@ def closed_broker_sync(
     administrator (:data:`CONTROL_USERNAME`), passwords from ``secrets_dir``. With
     ``pki_dir``, revoking a vehicle also revokes its client certificates there (the broker
     re-reads the CRL with the password file), so a revoked unit cannot even complete a TLS
-    handshake any more.
+    handshake any more. With ``integrations``, the organizations' integration credentials
+    (decision 0017) are identities too.
     """
     service_secret = service_password(secrets_dir).read_text(encoding="utf-8").strip()
     control_secret = control_password(secrets_dir).read_text(encoding="utf-8").strip()
@@ -121,11 +164,17 @@ def closed_broker_sync(
             for vin, h in accounts.broker_identities()
         ]
 
+    def integration_identities() -> list[IntegrationIdentity]:
+        if integrations is None:
+            return []
+        return [IntegrationIdentity(u, a, h) for u, a, h in integrations.broker_identities()]
+
     return BrokerAuthSync(
         files,
         services=services,
         version=accounts.broker_version,
         identities=identities,
+        integrations=integration_identities,
         control=DynsecControl(broker.host, broker.port, CONTROL_USERNAME, control_secret),
         reload=broker.reload,
         restart=restart,
@@ -236,6 +285,45 @@ def provision_demo(
         )
         log.info("provisioned %d demo vehicles (credentials: %s)", len(fresh), credentials_path)
     return DemoLogin(DEMO_MANAGER_EMAIL, password, account.id)
+
+
+def ensure_demo_geofences(
+    fleets: FleetRepository, audit: AuditLog, account_id: int, *, now: int
+) -> int:
+    """Create :data:`DEMO_GEOFENCES` in the demo organization, those it has no fence of
+    that name of (a fence the fleet manager changed or deleted and re-created stays as it
+    is); checked as the API checks a fence. Returns how many were created."""
+    existing = {
+        g.name for g in fleets.list_geofences(account_id=account_id, after=None, limit=1000)
+    }
+    created = 0
+    for feature in DEMO_GEOFENCES:
+        props = feature["properties"]
+        if props["name"] in existing:
+            continue
+        shape = shape_from_geojson(feature)
+        check_simple(shape)
+        window = props.get("active_window")
+        window_from_json(window)
+        values = {
+            "name": props["name"],
+            "geometry": shape_to_geojson(shape),
+            "speed_limit_kmh": props.get("speed_limit_kmh"),
+            "active_window": window,
+            "alert_enter": True,
+            "alert_exit": True,
+        }
+        fence = fleets.create_geofence(account_id=account_id, values=values, now=now)
+        audit.append(
+            at=now,
+            actor="system",
+            action="geofence_create",
+            account_id=account_id,
+            target=f"geofence:{fence.id}",
+            detail={"name": props["name"], "demo": True},
+        )
+        created += 1
+    return created
 
 
 def _refresh_demo_units(

@@ -141,6 +141,7 @@ class Environment(BaseSettings):
     login_limit: str = _limit(DEFAULT_LOGIN_LIMIT)
     invitation_limit: str = "20/hour,burst=10"
     no_registration: bool = False
+    fleet_quotas: str = ""
     # the web dashboard's map tiles (None: a plain background with the demo's Munich roads)
     web_tile_url: str | None = None
     web_tile_attribution: str = ""

@@ -14,11 +14,10 @@ units answering over MQTT (paho), a real HTTP server receiving webhooks.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from gateway.store import IngestBatch, open_store
 from schemas import Sample, StatusState
 from schemas.commands import command_result_topic
 from tests.support.api import admin_client, bearer
+from tests.support.notify import Receiver, read_events
 from tests.support.waiting import wait_until
 
 PASSWORD = "notify-password-1"
@@ -83,43 +83,6 @@ class Units:
 
 
 @dataclass
-class Receiver:
-    """A real HTTP server: records every POST; answers 500 to the first ``fail`` ones."""
-
-    fail: int = 0
-    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
-
-    def __enter__(self) -> Receiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                failing = len(receiver.requests) <= receiver.fail
-                self.send_response(500 if failing else 204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@dataclass
 class World:
     client: TestClient
     db_path: Path
@@ -128,7 +91,8 @@ class World:
     accounts: dict[str, int]
 
     def as_(self, who: str, method: str, url: str, **kw: Any) -> Any:
-        return self.client.request(method, url, headers=self.headers[who], **kw)
+        headers = {**self.headers[who], **kw.pop("headers", {})}
+        return self.client.request(method, url, headers=headers, **kw)
 
     def report(self, vin: str, state: StatusState) -> None:
         store = open_store(self.db_path)
@@ -185,30 +149,6 @@ def _populate(w: World) -> None:
 
 
 # --- reading the stream ----------------------------------------------------------------------
-
-
-def read_events(
-    response: Any, until: Callable[[dict[str, Any]], bool], timeout_s: float = 30
-) -> list[dict[str, Any]]:
-    """SSE events (``{"id", "event", "data"}``) until one satisfies ``until``."""
-    events: list[dict[str, Any]] = []
-    current: dict[str, Any] = {}
-    deadline = time.monotonic() + timeout_s
-    for line in response.iter_lines():
-        assert time.monotonic() < deadline, f"no matching event in {timeout_s} s: {events}"
-        if not line:
-            if "data" in current:
-                events.append(current)
-                if until(current):
-                    return events
-            current = {}
-        elif line.startswith("id: "):
-            current["id"] = int(line[4:])
-        elif line.startswith("event: "):
-            current["event"] = line[7:]
-        elif line.startswith("data: "):
-            current["data"] = orjson.loads(line[6:])
-    raise AssertionError(f"the stream ended: {events}")
 
 
 def finished(job_id: int) -> Callable[[dict[str, Any]], bool]:
@@ -323,6 +263,53 @@ def test_a_job_to_a_fleet_takes_its_vehicles_and_only_for_its_organization(
                         json={"type": "lock", "fleet_id": fleet["id"]})  # fmt: skip
     assert foreign.status_code == 404, foreign.text
     assert foreign.json()["error"]["code"] == "fleet_not_found"
+
+
+def test_a_job_to_an_empty_fleet_is_refused_as_such(world: World) -> None:
+    fleet = world.as_("A", "POST", "/v1/fleets", json={"name": "empty"}).json()
+    r = world.as_("A", "POST", "/v1/command-jobs", json={"type": "lock", "fleet_id": fleet["id"]})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "fleet_has_no_vehicles"
+    assert r.json()["error"]["details"][0]["loc"] == ["body", "fleet_id"]
+    assert world.as_("A", "GET", "/v1/command-jobs").json()["items"] == []
+
+
+def test_a_retried_job_with_its_idempotency_key_is_the_same_job(world: World) -> None:
+    body = {"type": "lock", "vins": [GONE, LATE], "ttl_s": 60}
+    key = {"Idempotency-Key": "nightly-lock-2026-12-06"}
+    first = world.as_("A", "POST", "/v1/command-jobs", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    # the same body in another key order and spelling of the same values: the same job
+    again = world.as_("A", "POST", "/v1/command-jobs", headers=key,
+                      json={"ttl_s": 60.0, "vins": [GONE, LATE], "type": "lock"})  # fmt: skip
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == first.json()["id"]
+    # another body under the key: refused, with the reason, nothing made
+    other = world.as_("A", "POST", "/v1/command-jobs", json={**body, "vins": [GONE]}, headers=key)
+    assert other.status_code == 409, other.text
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    # the key is the organization's: another organization may use the same string
+    theirs = world.as_("B", "POST", "/v1/command-jobs", headers=key,
+                       json={"type": "lock", "vins": [FOREIGN], "ttl_s": 60})  # fmt: skip
+    assert theirs.status_code == 201, theirs.text
+    ids = [j["id"] for j in world.as_("A", "GET", "/v1/command-jobs").json()["items"]]
+    assert ids == [first.json()["id"]]
+    # without a key, a second job
+    assert world.as_("A", "POST", "/v1/command-jobs", json=body).status_code == 201
+    for job in (first.json(), theirs.json()):
+        who = "A" if job is first.json() else "B"
+        world.as_(who, "POST", f"/v1/command-jobs/{job['id']}/cancel")
+
+
+def test_the_same_key_at_the_same_moment_makes_one_job(world: World) -> None:
+    body = {"type": "lock", "vins": [GONE], "ttl_s": 60}
+    key = {"Idempotency-Key": "raced"}
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(
+            lambda _: world.as_("A", "POST", "/v1/command-jobs", json=body, headers=key),
+            range(4)))  # fmt: skip
+    assert sorted(r.status_code for r in answers) == [200, 200, 200, 201]
+    assert len({r.json()["id"] for r in answers}) == 1, [r.text for r in answers]
 
 
 def test_the_stream_resumes_with_last_event_id(world: World) -> None:

@@ -50,6 +50,7 @@ OPTIONS = (
     "--slow-share",
     "--slow-delay",
     "--silent-share",
+    "--misbehave",
     "--username",
     "--gateway-public-key",
     "--shard",

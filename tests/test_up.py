@@ -57,6 +57,10 @@ def test_demo_is_closed_provisioned_and_works(up: Up, tmp_path: Path) -> None:
     assert "log in   curl" in banner
     vins = online(up, manager)
     assert len(vins) == 2
+    # the demo organization's depot and old-town zone (issue 13)
+    fences = httpx.get(f"{up.api}/v1/geofences", headers=manager).json()["items"]
+    names = {f["properties"]["name"] for f in fences}
+    assert names == {"Depot Großmarkthalle", "City centre (Altstadt)"}, fences
 
     # a signed command runs in a simulated unit and is confirmed
     created = httpx.post(

@@ -34,6 +34,7 @@ from gateway.commands.service import CommandService
 from gateway.errors import StoreError
 from gateway.fleet.worker import RulesWorker, WorkerThread
 from gateway.notify import EventBus, WebhookWorker
+from gateway.notify.mqtt import AlertFanout
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.commands import CommandRepository
@@ -41,6 +42,7 @@ from gateway.statedb.database import StateDatabase
 from gateway.statedb.events import EventLog
 from gateway.statedb.fleet_log import FleetLog
 from gateway.statedb.fleets import FleetRepository
+from gateway.statedb.integrations import IntegrationRepository
 from gateway.statedb.jobs import JobRepository
 from gateway.statedb.webhooks import WebhookRepository
 from gateway.store import open_store
@@ -148,9 +150,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         lambda: open_store(settings.store, readonly=True), poll_s=settings.web.position_poll_s
     )
     await positions.start()
+    fanout = await _fanout(app, settings, state_db)
     try:
         yield
     finally:
+        if fanout is not None:
+            await fanout.stop()
         await positions.stop()
         await webhook_worker.stop()
         await bus.stop()
@@ -190,6 +195,20 @@ def _trace_threads(
     for name, tid in threads.items():
         if tid is not None:
             trace.mark("-", "thread", f"{name} {tid}")
+
+
+async def _fanout(
+    app: FastAPI, settings: ApiSettings, state_db: StateDatabase
+) -> AlertFanout | None:
+    """Integration credentials for the routes, and the MQTT fan-out of alerts when this
+    process has the broker's settings (decision 0017)."""
+    app.state.integrations = integrations = IntegrationRepository(state_db)
+    if settings.commands is None or not settings.notify.mqtt_fanout:
+        return None
+    fanout = AlertFanout(EventLog(state_db), integrations, settings.commands.mqtt, settings.notify)
+    await fanout.start()
+    app.state.fanout = fanout
+    return fanout
 
 
 def _fleet(app: FastAPI, settings: ApiSettings, state_db: StateDatabase) -> WorkerThread | None:

@@ -33,6 +33,7 @@ from gateway.core.policy import Principal
 from gateway.notify import EventBus, WebhookWorker
 from gateway.statedb.fleet_log import FleetLog
 from gateway.statedb.fleets import FleetRepository
+from gateway.statedb.integrations import IntegrationRepository
 from gateway.statedb.webhooks import WebhookRepository
 from gateway.store import TelemetryReader, open_store
 from schemas import VIN_PATTERN, InvalidVinError, validate_vin
@@ -183,6 +184,14 @@ def event_bus(request: Request) -> EventBus:
 
 
 Bus = Annotated[EventBus, Depends(event_bus)]
+
+
+def integrations(request: Request) -> IntegrationRepository:
+    repo: IntegrationRepository = request.app.state.integrations
+    return repo
+
+
+Integrations = Annotated[IntegrationRepository, Depends(integrations)]
 
 
 class WebhookAccess:

@@ -78,6 +78,8 @@ def decode_cursor(kind: str, cursor: str | None, types: Sequence[type]) -> tuple
         and value[0] == kind
         and all(type(part) is t for part, t in zip(value[1:], types, strict=True))
         and all(not isinstance(part, int) or abs(part) < 2**63 for part in value[1:])
+        # no NUL in a text key: PostgreSQL refuses it in a parameter (a 500, not a 422)
+        and all(not isinstance(part, str) or "\x00" not in part for part in value[1:])
     ):
         return tuple(value[1:])
     raise invalid_request(

@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final
 
+from fastapi.exceptions import RequestValidationError
 from pydantic import BeforeValidator, Field, WithJsonSchema
 
 from schemas import CATALOG
@@ -20,6 +21,7 @@ from schemas import CATALOG
 __all__ = [
     "MAX_TIMESTAMP_MS",
     "Timestamp",
+    "check_range",
     "iso",
     "iso_or_none",
     "now_ms",
@@ -95,6 +97,24 @@ Timestamp = Annotated[
         }
     ),
 ]
+
+
+def check_range(start: int | None, end: int | None, where: str = "query") -> None:
+    """A 422 in the shape of every validation error (``loc`` ``[where, "start"]``, type
+    ``invalid_range``, as the reports answer) unless ``start`` is before ``end`` (either may
+    be missing). A list asked for the range backwards answered an empty list, which reads
+    as "nothing happened" rather than "you swapped the two"."""
+    if start is not None and end is not None and not start < end:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": (where, "start"),
+                    "msg": f"start must be before end (start {iso(start)}, end {iso(end)})",
+                    "type": "invalid_range",
+                    "input": start,
+                }
+            ]
+        )
 
 
 def split_signals(raw: list[str]) -> list[str]:

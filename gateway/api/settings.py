@@ -21,7 +21,44 @@ from gateway.fleet.worker import WorkerSettings
 from gateway.notify.settings import NotifySettings
 from gateway.statedb.database import default_url
 
-__all__ = ["ApiSettings", "WebSettings"]
+__all__ = ["ApiSettings", "FleetQuotas", "WebSettings", "parse_fleet_quotas"]
+
+#: how an operator raises a quota (named in the 409 that refuses a request over one)
+QUOTA_OPTION = "--fleet-quotas (env TELEMATICS_FLEET_QUOTAS)"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetQuotas:
+    """The most fleets (and groups), drivers and geofences one account may have, and
+    assignments one driver may have: a self-registered account must not be able to fill
+    the state database (or slow every rule evaluation of its vehicles with a million
+    fences). The defaults are far above a large fleet's needs: a few hundred fleets and
+    groups, a driver per van and shift, a depot and zones per city, a shift a day for 27
+    years. ``None``: no quota."""
+
+    fleets: int | None = 500
+    drivers: int | None = 10_000
+    geofences: int | None = 1_000
+    assignments: int | None = 10_000
+
+
+def parse_fleet_quotas(text: str) -> FleetQuotas:
+    """``"fleets=500,drivers=10000,geofences=1000,assignments=10000"`` (any of them; ``off``
+    for none) over the defaults; ValueError naming what is wrong."""
+    values: dict[str, int | None] = {}
+    names = FleetQuotas.__dataclass_fields__
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, raw = part.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or name not in names:
+            raise ValueError(f"{part!r}: give NAME=N with NAME one of {', '.join(names)}")
+        if raw == "off":
+            values[name] = None
+        elif raw.isdigit() and 1 <= int(raw) <= 10**9:
+            values[name] = int(raw)
+        else:
+            raise ValueError(f"{part!r}: N is an integer from 1 to 1000000000, or off")
+    return FleetQuotas(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +118,8 @@ class ApiSettings:
     max_job_vehicles: int = 10_000
     #: bulk commands an organization may have running at once (429 beyond)
     max_running_jobs: int = 5
+    #: the most fleets, drivers and geofences per account, assignments per driver (409)
+    fleet_quotas: FleetQuotas = field(default_factory=FleetQuotas)
     #: the web dashboard (docs/decisions/0019-web-dashboard.md)
     web: WebSettings = field(default_factory=WebSettings)
     #: command stages and event-loop lag written here (gateway.trace; benchmarks); None: off

@@ -17,9 +17,10 @@ some with a speed limit, enter and exit alerts on) and every rule enabled:
    sample stamped with its publish time; every overspeed alert's start is the publish time
    of the sample that began it (the organization's ``overspeed_min_ms`` is 0 for this, so
    the first sample above the limit raises it). The alert becomes visible when the
-   benchmark first reads it: today by polling ``GET /v1/alerts`` every 20 ms
-   (:class:`AlertPoller`; the SSE stream's ``alert.*`` events are another helper's work:
-   a watcher with the same two methods reading ``/v1/stream`` replaces it).
+   benchmark first reads it: by polling ``GET /v1/alerts`` every 20 ms
+   (:class:`AlertPoller`). The SSE stream's ``alert.raised`` events reached main after this
+   benchmark was written: a watcher with the same methods reading ``/v1/stream`` replaces
+   the poller (and adds the stream's own delay to what is measured).
 
 Lost and duplicated samples are counted from the store afterwards (by (vehicle, seq)).
 """
@@ -502,7 +503,7 @@ def run_fleet_bench(
         vehicles=vehicles,
         geofences=FENCE_ROWS * FENCE_COLUMNS,
         samples_per_phase=vehicles * per_vehicle,
-        latency_source="GET /v1/alerts polled every 20 ms (the SSE stream has no alert events yet)",
+        latency_source="GET /v1/alerts polled every 20 ms",
         reps=figures,
         worst=_worst(figures),
     )

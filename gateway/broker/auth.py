@@ -83,10 +83,14 @@ __all__ = [
     "BrokerAuthSync",
     "ControlChannel",
     "DynsecChanges",
+    "IntegrationIdentity",
     "ServiceIdentity",
     "VehicleIdentity",
     "generate_password",
     "hash_password",
+    "integration_acls",
+    "integration_changes",
+    "integration_topic",
     "plan_dynsec_changes",
     "render_dynsec",
     "render_password_file",
@@ -131,13 +135,15 @@ SERVICE_ACLS: tuple[tuple[str, str], ...] = (
     ("publishClientReceive", "v1/#"),
     ("publishClientSend", "v1/vehicles/+/commands"),
     ("publishClientSend", "v1/vehicles/+/feedback"),
+    ("publishClientSend", "integrations/+/alerts"),
 )
 """(ACL type, topic) of the gateway's service account: read everything of the device
 contract, directly or through any shared-subscription group (the broker checks a
 ``$share/<group>/<filter>`` subscription as that whole string), and publish only commands
 (ingest publishes nothing but the rate-bounded notices on a vehicle's ``feedback`` topic;
 the command service publishes commands, which units check for the gateway's signature
-anyway)."""
+anyway), and the organizations' alerts on their integration topics
+(:func:`integration_topic`, the API's MQTT fan-out)."""
 
 CONTROL_ACLS: tuple[tuple[str, str], ...] = (
     ("publishClientSend", _CONTROL_TOPIC),
@@ -314,6 +320,29 @@ class ServiceIdentity:
         _decode_hash(self.password_hash)
 
 
+_INTEGRATION_RE = re.compile(r"integration-[1-9][0-9]{0,17}")
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrationIdentity:
+    """An organization's integration credential (decision 0017): user name
+    ``integration-<id>``, may subscribe to and read its organization's alert topic
+    (:func:`integration_topic`) and do nothing else; its client id is its user name."""
+
+    username: str
+    account_id: int
+    password_hash: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.username, str) or not _INTEGRATION_RE.fullmatch(self.username):
+            raise ValueError(
+                f"invalid integration name {self.username!r}: expected integration-<id>"
+            )
+        if not isinstance(self.account_id, int) or not 0 < self.account_id < 2**63:
+            raise ValueError(f"invalid account id {self.account_id!r} for an integration")
+        _decode_hash(self.password_hash)
+
+
 def vehicle_topics(vin: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The topics a vehicle may (write, read): its own ``v1/vehicles/<VIN>/...`` only.
 
@@ -344,6 +373,34 @@ def vehicle_role_name(vin: str) -> str:
     return f"vehicle-{vin}"
 
 
+def integration_topic(account_id: int) -> str:
+    """The topic an organization's alerts are published on for its integrations
+    (home-automation tools and the like; decision 0017)."""
+    return f"integrations/{account_id}/alerts"
+
+
+def integration_acls(account_id: int) -> tuple[tuple[str, str], ...]:
+    """(ACL type, topic) of an integration credential's role: subscribe to its
+    organization's alert topic, spelled exactly (no wildcard, no ``$share/``), and receive
+    what is published there; no publish at all."""
+    topic = integration_topic(account_id)
+    return (("subscribeLiteral", topic), ("publishClientReceive", topic))
+
+
+def _integration_role_name(username: str) -> str:
+    return f"role-{username}"
+
+
+def _integration_client(i: IntegrationIdentity) -> dict[str, Any]:
+    # the client id is bound to the name: an integration cannot take over (and kick off)
+    # a vehicle's or a service's session by connecting under its client id
+    return {
+        "username": i.username,
+        "clientid": i.username,
+        "roles": [{"rolename": _integration_role_name(i.username)}],
+    }
+
+
 def _role(name: str, acls: Iterable[tuple[str, str]]) -> dict[str, Any]:
     return {
         "rolename": name,
@@ -367,22 +424,30 @@ def _service_client(service: ServiceIdentity) -> dict[str, Any]:
     return client
 
 
-def render_dynsec(vehicles: Iterable[VehicleIdentity], services: Iterable[ServiceIdentity]) -> str:
+def render_dynsec(
+    vehicles: Iterable[VehicleIdentity],
+    services: Iterable[ServiceIdentity],
+    integrations: Iterable[IntegrationIdentity] = (),
+) -> str:
     """The Dynamic Security plugin's file: default access, every identity as a client, the
-    two shared roles and one role per vehicle, sorted (the same identities always give the
-    same bytes). Certificate-only vehicles are clients too: the plugin applies rights by
-    user name, which is the certificate's common name on the TLS listener."""
+    two shared roles, one role per vehicle and one per integration, sorted (the same
+    identities always give the same bytes). Certificate-only vehicles are clients too: the
+    plugin applies rights by user name, which is the certificate's common name on the TLS
+    listener."""
     vehicles, services = list(vehicles), list(services)
-    _check_unique(vehicles, services)
+    found = sorted(integrations, key=_int_key)
+    _check_unique(vehicles, services, found)
     vins = sorted(v.vin for v in vehicles)
     roles = [
         _role(_SERVICE_ROLE, SERVICE_ACLS),
         _role(_CONTROL_ROLE, CONTROL_ACLS),
         *(_role(vehicle_role_name(vin), vehicle_acls(vin)) for vin in vins),
+        *(_integration_role(i) for i in found),
     ]
     clients = [
         *(_service_client(s) for s in sorted(services, key=_svc_key)),
         *(_vehicle_client(vin) for vin in vins),
+        *(_integration_client(i) for i in found),
     ]
     document = {
         "defaultACLAccess": _DEFAULT_ACCESS,
@@ -438,9 +503,41 @@ def plan_dynsec_changes(present: Iterable[str], wanted: Iterable[str]) -> Dynsec
     return DynsecChanges(add=tuple(sorted(want - have)), remove=tuple(sorted(have - want)))
 
 
-def _check_unique(vehicles: Sequence[VehicleIdentity], services: Sequence[ServiceIdentity]) -> None:
+def _integration_role(i: IntegrationIdentity) -> dict[str, Any]:
+    return _role(_integration_role_name(i.username), integration_acls(i.account_id))
+
+
+def integration_changes(
+    present: Iterable[str], wanted: Iterable[IntegrationIdentity]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The control commands that take the plugin from the integration clients it has
+    (``present``: every client name it lists) to ``wanted``: (add: role then client,
+    remove: client then role)."""
+    have = {u for u in present if _INTEGRATION_RE.fullmatch(u)}
+    want = {i.username: i for i in wanted}
+    add: list[dict[str, Any]] = []
+    for name in sorted(set(want) - have):
+        add.append({"command": "createRole", **_integration_role(want[name])})
+        add.append({"command": "createClient", **_integration_client(want[name])})
+    remove: list[dict[str, Any]] = []
+    for name in sorted(have - set(want)):
+        remove.append({"command": "deleteClient", "username": name})
+        remove.append({"command": "deleteRole", "rolename": _integration_role_name(name)})
+    return add, remove
+
+
+def _check_unique(
+    vehicles: Sequence[VehicleIdentity],
+    services: Sequence[ServiceIdentity],
+    integrations: Sequence[IntegrationIdentity] = (),
+) -> None:
     seen: set[str] = set()
-    for name in [*(v.vin for v in vehicles), *(s.username for s in services)]:
+    names = [
+        *(v.vin for v in vehicles),
+        *(s.username for s in services),
+        *(i.username for i in integrations),
+    ]
+    for name in names:
         if name in seen:
             raise ValueError(
                 f"broker username {name!r} appears twice; each vehicle and service account "
@@ -458,15 +555,19 @@ _PASSWORD_HEADER = (
 
 
 def render_password_file(
-    vehicles: Iterable[VehicleIdentity], services: Iterable[ServiceIdentity]
+    vehicles: Iterable[VehicleIdentity],
+    services: Iterable[ServiceIdentity],
+    integrations: Iterable[IntegrationIdentity] = (),
 ) -> str:
-    """The password file: services first, then vehicles with a password, sorted by name.
+    """The password file: services first, then vehicles with a password, then
+    integrations, sorted by name.
 
     Sorted so the same identities always give the same bytes, which is how
     :meth:`BrokerAuthFiles.write` knows that nothing changed and no reload is needed.
     """
     vehicles, services = list(vehicles), list(services)
-    _check_unique(vehicles, services)
+    found = sorted(integrations, key=_int_key)
+    _check_unique(vehicles, services, found)
     lines = [_PASSWORD_HEADER]
     lines.extend(f"{s.username}:{s.password_hash}\n" for s in sorted(services, key=_svc_key))
     lines.extend(
@@ -474,11 +575,16 @@ def render_password_file(
         for v in sorted(vehicles, key=_vin_key)
         if v.password_hash is not None
     )
+    lines.extend(f"{i.username}:{i.password_hash}\n" for i in found)
     return "".join(lines)
 
 
 def _svc_key(s: ServiceIdentity) -> str:
     return s.username
+
+
+def _int_key(i: IntegrationIdentity) -> str:
+    return i.username
 
 
 def _vin_key(v: VehicleIdentity) -> str:
@@ -535,22 +641,28 @@ class BrokerAuthFiles:
                 atomic_write(path, text)
 
     def write(
-        self, vehicles: Iterable[VehicleIdentity], services: Iterable[ServiceIdentity]
+        self,
+        vehicles: Iterable[VehicleIdentity],
+        services: Iterable[ServiceIdentity],
+        integrations: Iterable[IntegrationIdentity] = (),
     ) -> None:
         """Render and replace both files, for a broker about to start. Both are rendered
         before either is written, so invalid identities change nothing."""
-        vehicles, services = list(vehicles), list(services)
-        password_text = render_password_file(vehicles, services)
-        dynsec_text = render_dynsec(vehicles, services)
+        vehicles, services, found = list(vehicles), list(services), list(integrations)
+        password_text = render_password_file(vehicles, services, found)
+        dynsec_text = render_dynsec(vehicles, services, found)
         self._mkdir()
         atomic_write(self.password_file, password_text)
         atomic_write(self.dynsec_file, dynsec_text)
 
     def write_password_file(
-        self, vehicles: Iterable[VehicleIdentity], services: Iterable[ServiceIdentity]
+        self,
+        vehicles: Iterable[VehicleIdentity],
+        services: Iterable[ServiceIdentity],
+        integrations: Iterable[IntegrationIdentity] = (),
     ) -> bool:
         """Replace the password file if its content changed; True if it did (reload then)."""
-        text = render_password_file(vehicles, services)
+        text = render_password_file(vehicles, services, integrations)
         self._mkdir()
         try:
             current: str | None = self.password_file.read_text(encoding="utf-8")
@@ -654,6 +766,7 @@ class BrokerAuthSync:
         after_removed: Callable[[Sequence[str]], None] | None = None,
         lock: threading.RLock | None = None,
         interval_s: float = 0.5,
+        integrations: Callable[[], Sequence[IntegrationIdentity]] | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -668,6 +781,7 @@ class BrokerAuthSync:
         self._restart = restart
         self._on_removed = on_removed
         self._after_removed = after_removed
+        self._integrations = integrations or (lambda: ())
         self._holders: dict[str, int | None] = {}
         self._synced: int | None = None
         self._reload_pending = False
@@ -694,7 +808,7 @@ class BrokerAuthSync:
         with self.lock:
             version = self._version()
             vehicles = list(self._identities())
-            self.files.write(vehicles, self.services)
+            self.files.write(vehicles, self.services, self._integrations())
             self._holders = {v.vin: v.holder for v in vehicles}
             self._synced = version
             self._reload_pending = False
@@ -711,11 +825,12 @@ class BrokerAuthSync:
             if version == self._synced and not self._reload_pending:
                 return False
             vehicles = list(self._identities())
+            integrations = list(self._integrations())
             listed = self._control.execute([{"command": "listClients"}])
             present = listed[0].get("data", {}).get("clients", [])
-            changes = plan_dynsec_changes(
-                (c for c in present if isinstance(c, str)), (v.vin for v in vehicles)
-            )
+            names = [c for c in present if isinstance(c, str)]
+            changes = plan_dynsec_changes(names, (v.vin for v in vehicles))
+            add_integrations, remove_integrations = integration_changes(names, integrations)
             if changes and self._restart is not None:
                 cost = estimate_control_s(len(changes), len(present))
                 if cost > LIVE_CHANGES_BUDGET_S:
@@ -741,9 +856,10 @@ class BrokerAuthSync:
             per_message = commands_per_message(len(present), len(changes.add))
             # rights before the password: a new vehicle never logs in without its role
             self._apply(changes.add_commands(), per_message)
+            self._apply(add_integrations, per_message)
             if changes.remove and self._on_removed is not None and self._on_removed(changes.remove):
                 self._reload_pending = True
-            if self.files.write_password_file(vehicles, self.services):
+            if self.files.write_password_file(vehicles, self.services, integrations):
                 self._reload_pending = True
             reloaded = self._reload_pending
             if self._reload_pending:
@@ -752,6 +868,7 @@ class BrokerAuthSync:
             # only then its rights: deleting them earlier would disconnect it while its
             # password still worked, and it could log in again (with no rights) meanwhile
             self._apply(changes.remove_commands(), per_message)
+            self._apply(remove_integrations, per_message)
             if changes.remove and self._after_removed is not None:
                 self._after_removed(changes.remove)
             if changes:
@@ -761,7 +878,7 @@ class BrokerAuthSync:
                     len(changes.remove),
                 )
             self._synced = version
-            return bool(changes) or reloaded
+            return bool(changes) or reloaded or bool(add_integrations or remove_integrations)
 
     def _apply(self, commands: list[dict[str, Any]], per_message: int) -> None:
         if commands:

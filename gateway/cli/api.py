@@ -19,6 +19,7 @@ from gateway.cli.options import (
     ensure_signing_key,
     mqtt_settings,
 )
+from gateway.errors import ConfigurationError
 from gateway.settings import DEFAULT_API_PORT, Environment
 
 __all__ = ["add_parser", "run"]
@@ -63,6 +64,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "webhook URL cannot reach the gateway's own network; docs/webhooks.md)",
     )
     api.add_argument(
+        "--fleet-quotas",
+        default=env.fleet_quotas,
+        metavar="NAME=N,...",
+        help="the most fleets, drivers and geofences one account may have, and assignments "
+        "one driver may have, e.g. 'fleets=500,drivers=10000,geofences=1000,"
+        "assignments=10000' (the defaults; 'off' for none) (env TELEMATICS_FLEET_QUOTAS)",
+    )
+    api.add_argument(
         "--web-tile-url",
         default=env.web_tile_url,
         help="map tiles of the web dashboard, e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png "
@@ -90,7 +99,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
 
     from gateway.api import ApiSettings, create_app
     from gateway.api.security import AuthSettings
-    from gateway.api.settings import WebSettings
+    from gateway.api.settings import WebSettings, parse_fleet_quotas
     from gateway.commands.service import CommandSettings
     from gateway.core.ratelimit import parse_limit
     from gateway.files import private_directory
@@ -99,6 +108,10 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     from gateway.store import resolve_store
     from gateway.supervisor import data_paths
 
+    try:
+        fleet_quotas = parse_fleet_quotas(args.fleet_quotas)
+    except ValueError as exc:
+        raise ConfigurationError(f"--fleet-quotas: {exc}") from None
     private_directory(args.data_dir)
     db_path, _ = data_paths(args.data_dir)
     state_db_url = args.state_db_url or default_state_db_url(args.data_dir)
@@ -137,6 +150,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         state_db_url=state_db_url,
         silent_after_s=args.offline_after,
         notify=NotifySettings(webhook_allow_private_targets=args.webhook_allow_private_targets),
+        fleet_quotas=fleet_quotas,
         web=WebSettings(
             tile_url=args.web_tile_url or None, tile_attribution=args.web_tile_attribution
         ),

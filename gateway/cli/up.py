@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from gateway.installation import DemoLogin
     from gateway.statedb.accounts import AccountRepository
     from gateway.statedb.audit import AuditLog
+    from gateway.statedb.integrations import IntegrationRepository
     from gateway.supervisor import BrokerKeeper, Part
 
 __all__ = ["add_parser", "check_up_ports", "run"]
@@ -173,6 +174,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     from gateway.statedb.accounts import AccountRepository
     from gateway.statedb.audit import AuditLog
     from gateway.statedb.database import StateDatabase
+    from gateway.statedb.integrations import IntegrationRepository
     from gateway.supervisor import Supervisor
 
     plan = plan_up(args, env, data_dir=args.data_dir.resolve())
@@ -190,8 +192,18 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             password=env.admin_password or None,
             now=time.time_ns() // 1_000_000,
         )
-        keeper = _broker_keeper(plan, accounts)
+        keeper = _broker_keeper(plan, accounts, IntegrationRepository(state_db))
         parts, demo_login = _parts(plan, keeper, accounts, audit)
+        if demo_login is not None:
+            from gateway.installation import ensure_demo_geofences
+            from gateway.statedb.fleets import FleetRepository
+
+            ensure_demo_geofences(
+                FleetRepository(state_db),
+                audit,
+                demo_login.account_id,
+                now=time.time_ns() // 1_000_000,
+            )
         if admin is not None:
             print_first_admin(admin)
         _print_banner(plan, keeper, demo_login)
@@ -213,7 +225,9 @@ def _prepare_data_dir(data_dir: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _broker_keeper(plan: UpPlan, accounts: AccountRepository) -> BrokerKeeper | None:
+def _broker_keeper(
+    plan: UpPlan, accounts: AccountRepository, integrations: IntegrationRepository
+) -> BrokerKeeper | None:
     """The private broker of the plan, set up (None: an external broker)."""
     from gateway.broker import BrokerConfig, find_dynsec_plugin, find_mosquitto
     from gateway.broker.auth import BrokerAuthFiles
@@ -261,6 +275,7 @@ def _broker_keeper(plan: UpPlan, accounts: AccountRepository) -> BrokerKeeper | 
             pki_dir=plan.data_dir / "pki",
             restart=k.restart,
             lock=k.lock,
+            integrations=integrations,
         ),
     )
 

@@ -268,7 +268,9 @@ def plan_up(args: argparse.Namespace, env: Environment, *, data_dir: Path) -> Up
         )
         sim_args = ("--credentials", str(credentials)) if credentials is not None else ()
         simulator = python_module(
-            SIMULATOR_MODULE, "--mqtt-url", broker.url, "--vehicles", str(args.vehicles), *sim_args
+            SIMULATOR_MODULE,
+            *("--mqtt-url", broker.url, "--vehicles", str(args.vehicles), "--misbehave"),
+            *sim_args,
         )
         children.append(ChildPlan("simulator", simulator, optional=True))
     return UpPlan(

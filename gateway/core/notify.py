@@ -44,11 +44,22 @@ __all__ = [
 SIGNATURE_HEADER: Final = "Telematics-Signature"
 #: how old a delivery's timestamp may be (either way: clocks differ) before it is refused
 DEFAULT_TOLERANCE_S: Final = 300
-#: the event types a webhook may ask for (alerts and trips join when they exist)
+#: the event types a webhook may ask for (decision 0016; alerts and trips: decision 0017).
+#: ``alert.raised``: the rules opened an alert; ``alert.updated``: it got markedly worse
+#: (a higher peak, a critical level); ``alert.ended``: its condition cleared by itself;
+#: ``alert.acknowledged`` and ``alert.cleared``: a person's actions; ``trip.finished``: a
+#: trip was stored; ``trip.updated``: a late upload changed a stored trip (recomputed)
 EVENT_TYPES: Final = (
     "command.updated",
     "command_job.created",
     "command_job.finished",
+    "alert.raised",
+    "alert.updated",
+    "alert.ended",
+    "alert.acknowledged",
+    "alert.cleared",
+    "trip.finished",
+    "trip.updated",
 )
 
 

@@ -9,8 +9,11 @@ Layout:
                   bounded in-memory buffer and wakes the streams waiting on it
     webhooks.py   ``WebhookWorker``: claims due deliveries, signs and POSTs them, records
                   each attempt and schedules the next with exponential backoff
+    mqtt.py       ``AlertFanout``: alert events on ``integrations/<account id>/alerts``
+                  for integration credentials, one publisher per installation (decision
+                  0017)
 
-Imports ``gateway.core.notify`` (the rules), ``gateway.statedb`` and httpx; imported by the
+Imports ``gateway.core.notify`` (the rules), ``gateway.statedb``, httpx and gmqtt; imported by the
 API's composition root and routes. See docs/decisions/0016-command-jobs-and-notifications.md.
 """
 

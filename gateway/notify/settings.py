@@ -30,3 +30,12 @@ class NotifySettings:
     webhook_lease_s: float = 60.0
     #: deliveries sent at once by one process
     webhook_concurrency: int = 8
+    #: finished deliveries kept per webhook in its log (the newest; pending ones always)
+    webhook_delivery_log: int = 1000
+    #: webhooks one organization may have (each event is queued once per webhook)
+    max_webhooks_per_account: int = 20
+    #: publish alerts on ``integrations/<account id>/alerts`` (needs the command service's
+    #: MQTT settings: the fan-out connects as the gateway's service account)
+    mqtt_fanout: bool = True
+    #: integration credentials one organization may have
+    max_integrations_per_account: int = 20

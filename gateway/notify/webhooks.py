@@ -15,13 +15,17 @@ claim_due`: a lease, so several API processes never send one attempt twice) and 
   name whose DNS answer changes within that instant (rebinding) is not fully covered;
 * a 2xx answer within ``webhook_timeout_s`` is ``delivered``; anything else is tried again
   after 10 s, 20 s, 40 s ... (at most an hour), and ``failed`` after
-  ``webhook_max_attempts``.
+  ``webhook_max_attempts``; a delivery whose address the check refuses is ``failed`` at
+  once (the next attempt would be refused the same way);
+* the delivery log keeps, per webhook, the newest ``webhook_delivery_log`` finished
+  deliveries (pruned every minute; pending ones are never pruned).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable
@@ -40,15 +44,47 @@ from gateway.core.notify import (
 from gateway.notify.settings import NotifySettings
 from gateway.statedb.webhooks import DeliveryRecord, WebhookRecord, WebhookRepository
 
-__all__ = ["WebhookWorker", "resolve"]
+__all__ = ["WebhookWorker", "check_url_now", "resolve"]
 
 log = logging.getLogger(__name__)
+
+#: how the error of a delivery refused by the address check begins (it fails at once)
+_REFUSED = "refused: "
+_PRUNE_EVERY_MS = 60_000
 
 
 async def resolve(host: str, port: int) -> list[str]:
     """The addresses ``host`` resolves to (what the connection may use)."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return sorted({str(info[4][0]) for info in infos})
+
+
+def check_url_now(url: str, *, allow_private: bool) -> None:
+    """The check of a webhook URL when it is created: :class:`UnacceptableUrl` for a bad
+    URL, an IP literal that is not public, or a name that resolves (now) to any address
+    that is not public (unless the operator allows private targets). A name that does not
+    resolve now is accepted: it can reach nothing, and every delivery resolves and checks
+    it again (a name may move later: that is why). Blocking (DNS): call it off the loop."""
+    check_webhook_url(url, resolved=None, allow_private=allow_private)
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if allow_private or _is_ip_literal(host):
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return
+    addresses = sorted({str(info[4][0]) for info in infos})
+    check_webhook_url(url, resolved=addresses, allow_private=False)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class WebhookWorker:
@@ -87,10 +123,15 @@ class WebhookWorker:
         self._poke.set()
 
     async def _run(self) -> None:
+        next_prune = 0
         while not self._stopping.is_set():
             try:
                 while await self._round() and not self._stopping.is_set():
                     pass
+                if self._clock_ms() >= next_prune:
+                    next_prune = self._clock_ms() + _PRUNE_EVERY_MS
+                    keep = self.settings.webhook_delivery_log
+                    await asyncio.to_thread(self.repo.prune_deliveries, keep=keep)
             except Exception:
                 log.exception("webhook deliveries failed; retrying")
             with contextlib.suppress(TimeoutError):
@@ -112,10 +153,12 @@ class WebhookWorker:
     async def _deliver(self, delivery: DeliveryRecord, hook: WebhookRecord) -> None:
         status, error = await self._attempt(delivery, hook)
         delivered = status is not None and 200 <= status < 300
+        # an address the check refuses is refused again at every attempt: give up now
+        refused = error is not None and error.startswith(_REFUSED)
         now = self._clock_ms()
         delay = (
             None
-            if delivered
+            if delivered or refused
             else next_attempt_delay_s(
                 delivery.attempts + 1,
                 base_s=self.settings.webhook_retry_base_s,
@@ -150,7 +193,7 @@ class WebhookWorker:
                 allow_private=self.settings.webhook_allow_private_targets,
             )
         except UnacceptableUrl as exc:
-            return None, f"refused: {exc}"
+            return None, f"{_REFUSED}{exc}"
         except (OSError, ValueError) as exc:
             return None, f"cannot resolve {parts.hostname}: {exc}"
         body = delivery.body.encode()

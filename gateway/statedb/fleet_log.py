@@ -20,14 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import (
     BigInteger,
     Float,
-    Table,
     and_,
-    bindparam,
     case,
     cast,
     delete,
@@ -44,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from gateway.statedb.database import StateDatabase
+from gateway.statedb.events import NewEvent, publish_many
 from gateway.statedb.models import (
     DriverAssignmentRow,
     FleetAlertRow,
@@ -247,6 +246,88 @@ def _trip(r: FleetTripRow) -> TripRecord:
     )
 
 
+_ALERT_EVENT_COLUMNS: Final = (
+    FleetAlertRow.id,
+    FleetAlertRow.account_id,
+    FleetAlertRow.vin,
+    FleetAlertRow.kind,
+    FleetAlertRow.key,
+    FleetAlertRow.severity,
+    FleetAlertRow.start_at,
+    FleetAlertRow.end_at,
+    FleetAlertRow.detail,
+    FleetAlertRow.driver_id,
+)
+
+
+def alert_event(
+    type: str, alert: Mapping[str, Any], *, at: int, actor_user_id: int | None = None
+) -> NewEvent:
+    """An ``alert.*`` event (decision 0017), scoped to the account that held the vehicle
+    when the alert was raised (the alert's own); published by the caller, in the
+    transaction that stores the change."""
+    data = {
+        "alert_id": alert["id"],
+        "vin": alert["vin"],
+        "kind": alert["kind"],
+        "key": alert["key"],
+        "severity": alert["severity"],
+        "start_at": alert["start_at"],
+        "end_at": alert["end_at"],
+        "detail": dict(alert["detail"]),
+        "driver_id": alert["driver_id"],
+    }
+    if actor_user_id is not None:
+        data["by"] = actor_user_id
+    return NewEvent(type, at, data, alert["account_id"], actor_user_id)
+
+
+def _alert_mapping(row: FleetAlertRow) -> dict[str, Any]:
+    return {c.key: getattr(row, c.key) for c in _ALERT_EVENT_COLUMNS}
+
+
+def _overlapping(
+    replaced: list[tuple[int, int, int, float]], row: Mapping[str, Any]
+) -> tuple[int, int, int, float] | None:
+    """The first replaced trip (id, start, end, distance) that shares time with ``row``;
+    taken off the list (a replaced trip is followed by one new trip at most)."""
+    for i, (_, start, end, _) in enumerate(replaced):
+        if start <= row["end_at"] and row["start_at"] <= end:
+            return replaced.pop(i)
+    return None
+
+
+def _trip_event(
+    trip_id: int,
+    row: Mapping[str, Any],
+    before: tuple[int, int, int, float] | None,
+    *,
+    at: int,
+) -> NewEvent | None:
+    """``trip.finished`` for a new trip; after a recompute (late samples), ``trip.updated``
+    for a trip that shares time with a replaced one but changed (``replaces``: the old
+    id), nothing for one that came out the same. A replaced trip that a recompute joined
+    into its neighbour gets no event of its own: the neighbour's ``trip.updated`` covers
+    its time."""
+    if before is not None and before[1:] == (row["start_at"], row["end_at"], row["distance_m"]):
+        return None
+    data = {
+        "trip_id": trip_id,
+        **{k: row[k] for k in _TRIP_EVENT_FIELDS},
+    }
+    if before is not None:
+        data["replaces"] = before[0]
+    kind = "trip.finished" if before is None else "trip.updated"
+    return NewEvent(kind, at, data, row["account_id"])
+
+
+_TRIP_EVENT_FIELDS: Final = (
+    "vin", "start_at", "end_at", "start_lon", "start_lat", "end_lon", "end_lat", "distance_m",
+    "duration_ms", "max_speed_kmh", "avg_speed_kmh", "energy_used_pct", "fuel_used_pct",
+    "ended_by", "driver_id",
+)  # fmt: skip
+
+
 class _Assignments:
     """Vehicles' driver assignments, read once per step for all its vehicles: who drove
     a vehicle at a given time (an assignment covers ``start_at <= t < end_at``; the newest
@@ -272,23 +353,25 @@ class _Assignments:
         return None
 
 
-_ALERTS: Table = FleetAlertRow.__table__  # type: ignore[assignment]
-#: one open alert's change, by (vin, tenure, key); executed with many parameter sets
-_ALERT_UPDATE = (
-    update(_ALERTS)
-    .where(
-        _ALERTS.c.vin == bindparam("w_vin"),
-        _ALERTS.c.tenure == bindparam("w_tenure"),
-        _ALERTS.c.key == bindparam("w_key"),
-        _ALERTS.c.end_at.is_(None),
-    )
-    .values(
-        severity=bindparam("v_severity"),
-        end_at=bindparam("v_end_at"),
-        detail=bindparam("v_detail", type_=_ALERTS.c.detail.type),
-        updated_at=bindparam("v_updated_at"),
-    )
-)
+def _update_alerts(
+    session: Session,
+    changed: list[tuple[str, int, str, dict[str, Any]]],
+    now: int,
+    events: list[NewEvent],
+) -> None:
+    """The changes of alerts stored earlier (one UPDATE each: it returns the row for its
+    ``alert.updated`` or ``alert.ended`` event)."""
+    a = FleetAlertRow
+    for vin, tenure, key, values in changed:
+        updated = session.execute(
+            update(a)
+            .where(a.vin == vin, a.tenure == tenure, a.key == key, a.end_at.is_(None))
+            .values(**values, updated_at=now)
+            .returning(*_ALERT_EVENT_COLUMNS)
+        )
+        for alert in updated.mappings().all():
+            kind = "alert.updated" if alert["end_at"] is None else "alert.ended"
+            events.append(alert_event(kind, dict(alert), at=now))
 
 
 class FleetLog:
@@ -407,8 +490,9 @@ class FleetLog:
 
     def commit_partitions(self, owner: str, parts: Sequence[PartitionStep], *, now: int) -> None:
         """Several partitions' steps in one transaction (a worker's whole pass: one commit,
-        not one per partition); :class:`LeaseLost` and nothing stored unless ``owner``
-        holds every one's lease and each cursor is still where it read from."""
+        not one per partition), with their ``alert.*`` and ``trip.*`` events;
+        :class:`LeaseLost` and nothing stored unless ``owner`` holds every one's lease and
+        each cursor is still where it read from."""
         if not parts:
             return
         with self._db.write(background=True) as session:
@@ -429,25 +513,25 @@ class FleetLog:
                     or (row.sample_cursor, row.event_cursor) != p.read_from
                 ):
                     raise LeaseLost(p.partition)
-            self._store_steps(session, [s for p in parts for s in p.steps], now)
+            events: list[NewEvent] = []
+            self._store_steps(session, [s for p in parts for s in p.steps], now, events)
+            publish_many(session, events)
             for p in parts:
                 rows[p.partition].sample_cursor, rows[p.partition].event_cursor = p.cursor
 
-    def _store_steps(self, session: Session, steps: Sequence[VinStep], now: int) -> None:
-        """Every vehicle's state, alerts and trips of a step in a few bulk statements (not
-        a few per vehicle: a step of a busy partition holds hundreds of vehicles)."""
-        if not steps:
-            return
+    @staticmethod
+    def _store_states(session: Session, steps: Sequence[VinStep], now: int) -> None:
+        """Every vehicle's rule and trip state: one bulk UPDATE and one INSERT."""
         v = FleetVinStateRow
         keys = [(step.vin, step.tenure) for step in steps]
         existing: set[tuple[str, int]] = set()
         for chunk in range(0, len(keys), 500):
-            rows = session.execute(
+            found = session.execute(
                 select(v.vin, v.tenure).where(
                     tuple_(v.vin, v.tenure).in_(keys[chunk : chunk + 500])
                 )
             )
-            existing.update((vin, tenure) for vin, tenure in rows)
+            existing.update((vin, tenure) for vin, tenure in found)
         states = [
             {
                 "vin": step.vin,
@@ -464,31 +548,60 @@ class FleetLog:
             session.execute(update(FleetVinStateRow), updates)
         if inserts:
             session.execute(insert(FleetVinStateRow), inserts)
+
+    def _store_steps(
+        self, session: Session, steps: Sequence[VinStep], now: int, events: list[NewEvent]
+    ) -> None:
+        """Every vehicle's state, alerts and trips of a step in a few bulk statements (not
+        a few per vehicle: a step of a busy partition holds hundreds of vehicles), the
+        events of the changes, and the daily rollup of the days whose trips changed."""
+        if not steps:
+            return
+        self._store_states(session, steps, now)
         drivers = _Assignments(session, (s.vin for s in steps if s.alerts or s.trips))
         new_alerts: list[dict[str, Any]] = []
-        changed_alerts: list[dict[str, Any]] = []
+        closed_here: set[int] = set()  # id() of the new rows that also ended in the step
+        changed: list[tuple[str, int, str, dict[str, Any]]] = []
         trips: list[dict[str, Any]] = []
+        replaced: dict[tuple[str, int], list[tuple[int, int, int, float]]] = {}
         touched: dict[tuple[str, int], set[int]] = {}
         for step in steps:
-            self._fold_alerts(step, drivers, now, new_alerts, changed_alerts)
+            self._fold_alerts(step, drivers, now, new_alerts, changed, closed_here)
             days = {t.start_at // DAY_MS for t in step.trips}
             if step.replace_from is not None:
                 t = FleetTripRow
-                mine = (t.vin == step.vin, t.tenure == step.tenure)
-                replaced = (*mine, t.start_at >= step.replace_from)
-                days.update(
-                    a // DAY_MS for a in session.scalars(select(t.start_at).where(*replaced))
-                )
-                session.execute(delete(t).where(*replaced))
+                in_window = (t.vin == step.vin, t.tenure == step.tenure,
+                             t.start_at >= step.replace_from)  # fmt: skip
+                old = select(t.start_at, t.id, t.end_at, t.distance_m).where(*in_window)
+                gone = [(i, start, end, dist) for start, i, end, dist in session.execute(old)]
+                replaced[(step.vin, step.tenure)] = gone
+                days.update(start // DAY_MS for _, start, _, _ in gone)
+                session.execute(delete(t).where(*in_window))
             if days:
                 touched[(step.vin, step.tenure)] = days
             trips.extend(self._trip_row(step, t, drivers) for t in step.trips)
-        if changed_alerts:
-            session.execute(_ALERT_UPDATE, changed_alerts)
+        _update_alerts(session, changed, now, events)
         if new_alerts:
-            session.execute(insert(FleetAlertRow), new_alerts)
+            stored = session.execute(
+                insert(FleetAlertRow).returning(
+                    *_ALERT_EVENT_COLUMNS, sort_by_parameter_order=True
+                ),
+                new_alerts,
+            )
+            for alert, row in zip(stored.mappings().all(), new_alerts, strict=True):
+                events.append(alert_event("alert.raised", dict(alert), at=now))
+                if id(row) in closed_here:
+                    events.append(alert_event("alert.ended", dict(alert), at=now))
         if trips:
-            session.execute(insert(FleetTripRow), trips)
+            ids = session.scalars(
+                insert(FleetTripRow).returning(FleetTripRow.id, sort_by_parameter_order=True),
+                trips,
+            ).all()
+            for trip_id, row in zip(ids, trips, strict=True):
+                before = _overlapping(replaced.get((row["vin"], row["tenure"]), []), row)
+                event = _trip_event(trip_id, row, before, at=now)
+                if event is not None:
+                    events.append(event)
         for (vin, tenure), days in touched.items():
             _roll_up(session, vin, tenure, days)
 
@@ -498,11 +611,12 @@ class FleetLog:
         drivers: _Assignments,
         now: int,
         rows: list[dict[str, Any]],
-        changes: list[dict[str, Any]],
+        changes: list[tuple[str, int, str, dict[str, Any]]],
+        closed_here: set[int],
     ) -> None:
         """The step's alert changes folded per key (an alert opened and closed within one
-        step is one new row): new rows to insert, and changes of alerts stored earlier
-        (parameters of :data:`_ALERT_UPDATE`)."""
+        step is one new row, noted in ``closed_here``): new rows to insert, and changes of
+        alerts stored earlier ((vin, tenure, key, values))."""
         new: dict[str, dict[str, Any]] = {}
         instants: list[dict[str, Any]] = []
         changed: dict[str, dict[str, Any]] = {}
@@ -526,23 +640,13 @@ class FleetLog:
                     new[c.key] = row
             elif c.key in new:
                 new[c.key].update(values)
-                if c.end_at is not None:
+                if c.end_at is not None:  # opened and ended within the step
+                    closed_here.add(id(new[c.key]))
                     instants.append(new.pop(c.key))
             else:
                 changed[c.key] = values
         rows.extend([*instants, *new.values()])
-        changes.extend(
-            {
-                "w_vin": step.vin,
-                "w_tenure": step.tenure,
-                "w_key": key,
-                "v_severity": values["severity"],
-                "v_end_at": values["end_at"],
-                "v_detail": values["detail"],
-                "v_updated_at": now,
-            }
-            for key, values in changed.items()
-        )
+        changes.extend((step.vin, step.tenure, key, values) for key, values in changed.items())
 
     @staticmethod
     def _trip_row(step: VinStep, t: TripWrite, drivers: _Assignments) -> dict[str, Any]:
@@ -607,6 +711,10 @@ class FleetLog:
                 return None
             if row.acknowledged_at is None:
                 row.acknowledged_by, row.acknowledged_at, row.updated_at = user_id, now, now
+                ack = alert_event(
+                    "alert.acknowledged", _alert_mapping(row), at=now, actor_user_id=user_id
+                )
+                publish_many(session, [ack])
             return _alert(row)
 
     def clear(self, alert_id: int, *, user_id: int, now: int) -> AlertRecord | None:
@@ -618,6 +726,9 @@ class FleetLog:
                 return None
             if row.cleared_at is None:
                 row.cleared_by, row.cleared_at, row.updated_at = user_id, now, now
+                cleared = alert_event("alert.cleared", _alert_mapping(row), at=now,
+                                      actor_user_id=user_id)  # fmt: skip
+                publish_many(session, [cleared])
             return _alert(row)
 
     def trips(

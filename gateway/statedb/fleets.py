@@ -5,7 +5,10 @@ The conventions of :mod:`gateway.statedb.accounts`: one short transaction per me
 frozen records out, times passed in by the caller, ``get_*`` returns None for an unknown id
 (the API answers 404 without a try/except). Who may do what is the policy's question
 (``gateway.core.policy``); this module checks only what the database would word badly: a
-vehicle added to a fleet of another account, a duplicate fleet name.
+vehicle added to a fleet of another account, a duplicate fleet name, and the per-account
+quotas the caller passes (``max_count``): the count is taken in the creating transaction,
+so a quota is exact on SQLite (one writer) and overshot at most by the requests racing on
+PostgreSQL at that instant.
 
 What the rules worker produces (alerts, trips) and its own state are in
 :mod:`gateway.statedb.fleet_log`.
@@ -38,6 +41,7 @@ __all__ = [
     "FleetRecord",
     "FleetRepository",
     "GeofenceRecord",
+    "QuotaExceeded",
 ]
 
 
@@ -117,6 +121,27 @@ class DuplicateFleetName(Conflict):
     """The account has a fleet or group of this name."""
 
 
+class QuotaExceeded(Conflict):
+    """``owner`` (``"account 5"``, ``"driver 7"``) has ``limit`` of ``what`` (fleets,
+    drivers, geofences, assignments), its most."""
+
+    def __init__(self, what: str, owner: str, limit: int) -> None:
+        self.what = what
+        self.owner = owner
+        self.limit = limit
+        super().__init__(f"{owner} has {limit} {what}, the most it may have")
+
+
+def _check_quota(
+    session: Any, column: Any, key: int, max_count: int | None, what: str, owner: str = "account"
+) -> None:
+    if max_count is None:
+        return
+    count = session.scalar(select(func.count()).where(column == key))
+    if int(count or 0) >= max_count:
+        raise QuotaExceeded(what, f"{owner} {key}", max_count)
+
+
 class FleetRepository:
     """Fleets, drivers, geofences and rule settings in the state database."""
 
@@ -126,10 +151,19 @@ class FleetRepository:
     # --- fleets -----------------------------------------------------------------------
 
     def create_fleet(
-        self, *, account_id: int, name: str, kind: str, speed_limit_kmh: float | None, now: int
+        self,
+        *,
+        account_id: int,
+        name: str,
+        kind: str,
+        speed_limit_kmh: float | None,
+        now: int,
+        max_count: int | None = None,
     ) -> FleetRecord:
+        """:class:`QuotaExceeded` if the account has ``max_count`` fleets and groups."""
         try:
             with self._db.write() as session:
+                _check_quota(session, FleetRow.account_id, account_id, max_count, "fleets")
                 row = FleetRow(
                     account_id=account_id,
                     name=name,
@@ -234,9 +268,17 @@ class FleetRepository:
     # --- drivers ----------------------------------------------------------------------
 
     def create_driver(
-        self, *, account_id: int, name: str, user_id: int | None, now: int
+        self,
+        *,
+        account_id: int,
+        name: str,
+        user_id: int | None,
+        now: int,
+        max_count: int | None = None,
     ) -> DriverRecord:
+        """:class:`QuotaExceeded` if the account has ``max_count`` drivers."""
         with self._db.write() as session:
+            _check_quota(session, DriverRow.account_id, account_id, max_count, "drivers")
             row = DriverRow(account_id=account_id, name=name, user_id=user_id, created_at=now)
             session.add(row)
             session.flush()
@@ -269,9 +311,16 @@ class FleetRepository:
             return _driver(row)
 
     def assign(
-        self, driver_id: int, vin: str, *, start_at: int, end_at: int | None
+        self,
+        driver_id: int,
+        vin: str,
+        *,
+        start_at: int,
+        end_at: int | None,
+        max_count: int | None = None,
     ) -> AssignmentRecord:
-        """Assign the driver to ``vin`` (of the driver's account) over [start, end)."""
+        """Assign the driver to ``vin`` (of the driver's account) over [start, end);
+        :class:`QuotaExceeded` if the driver has ``max_count`` assignments."""
         with self._db.write() as session:
             driver = session.get(DriverRow, driver_id)
             vehicle = session.get(VehicleRow, vin)
@@ -279,6 +328,14 @@ class FleetRepository:
                 raise NotFound("driver", driver_id)
             if vehicle is None or vehicle.account_id != driver.account_id:
                 raise NotFound("vehicle", vin)
+            _check_quota(
+                session,
+                DriverAssignmentRow.driver_id,
+                driver_id,
+                max_count,
+                "assignments",
+                owner="driver",
+            )
             row = DriverAssignmentRow(
                 driver_id=driver_id, vin=vin, start_at=start_at, end_at=end_at
             )
@@ -313,11 +370,18 @@ class FleetRepository:
     # --- geofences --------------------------------------------------------------------
 
     def create_geofence(
-        self, *, account_id: int, values: Mapping[str, Any], now: int
+        self,
+        *,
+        account_id: int,
+        values: Mapping[str, Any],
+        now: int,
+        max_count: int | None = None,
     ) -> GeofenceRecord:
         """``values``: name, geometry, speed_limit_kmh, active_window, alert_enter,
-        alert_exit (validated by the caller with ``gateway.core.fleet``)."""
+        alert_exit (validated by the caller with ``gateway.core.fleet``).
+        :class:`QuotaExceeded` if the account has ``max_count`` geofences."""
         with self._db.write() as session:
+            _check_quota(session, GeofenceRow.account_id, account_id, max_count, "geofences")
             row = GeofenceRow(account_id=account_id, created_at=now, updated_at=now, **values)
             session.add(row)
             session.flush()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.core.lifecycle import CommandEvent, CommandStatus, transition
@@ -32,9 +32,23 @@ from gateway.statedb.commands import (
 )
 from gateway.statedb.database import StateDatabase
 from gateway.statedb.events import publish
-from gateway.statedb.models import CommandJobRefusalRow, CommandJobRow, CommandRow, VehicleRow
+from gateway.statedb.models import (
+    CommandJobKeyRow,
+    CommandJobRefusalRow,
+    CommandJobRow,
+    CommandRow,
+    VehicleRow,
+)
 
-__all__ = ["JobMember", "JobRecord", "JobRepository", "Refusal"]
+__all__ = [
+    "JOB_KEY_TTL_MS",
+    "JobKey",
+    "JobMember",
+    "JobRecord",
+    "JobRepository",
+    "Refusal",
+    "remember_job_key",
+]
 
 #: reason of a vehicle revoked (or provisioned anew) between authorization and creation
 TENURE_ENDED = "vehicle_revoked"
@@ -152,11 +166,59 @@ def _cancel_queued(session: Session, job_id: int, *, at: int, limit: int) -> int
     return len(queued)
 
 
+#: how long an ``Idempotency-Key`` of a job is honoured (decision 0017)
+JOB_KEY_TTL_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class JobKey:
+    """A job's ``Idempotency-Key`` as stored: the hash of its first request, its job."""
+
+    request_hash: str
+    job_id: int
+
+
+def remember_job_key(
+    session: Session, *, scope: str, key: str, request_hash: str, job_id: int, now: int
+) -> None:
+    """Store a job's key in the job's transaction; keys past their 24 hours are deleted
+    first (this one's, so it can be used again, and a bounded batch of others). A
+    concurrent request with the same key makes one of the two transactions fail on the
+    primary key: that caller then finds the winner's job (:meth:`JobRepository.job_key`)."""
+    expired = CommandJobKeyRow.created_at < now - JOB_KEY_TTL_MS
+    session.execute(
+        delete(CommandJobKeyRow).where(
+            CommandJobKeyRow.scope == scope, CommandJobKeyRow.key == key, expired
+        )
+    )
+    old = select(CommandJobKeyRow.scope, CommandJobKeyRow.key).where(expired).limit(500)
+    doomed = session.execute(old).all()
+    for row_scope, row_key in doomed:
+        session.execute(
+            delete(CommandJobKeyRow).where(
+                CommandJobKeyRow.scope == row_scope, CommandJobKeyRow.key == row_key
+            )
+        )
+    session.add(
+        CommandJobKeyRow(
+            scope=scope, key=key, request_hash=request_hash, job_id=job_id, created_at=now
+        )
+    )
+
+
 class JobRepository:
     """Jobs of a :class:`StateDatabase` (thread-safe; every method one transaction)."""
 
     def __init__(self, db: StateDatabase) -> None:
         self._db = db
+
+    def job_key(self, scope: str, key: str, *, now: int) -> JobKey | None:
+        """The job an ``Idempotency-Key`` made in ``scope`` within the last 24 hours."""
+        with self._db.read() as session:
+            row = session.get(CommandJobKeyRow, (scope, key))
+            if row is None or row.created_at < now - JOB_KEY_TTL_MS:
+                return None
+            return JobKey(row.request_hash, row.job_id)
 
     def create(
         self, job: NewJob, *, on_created: Callable[[Session, JobRecord], object] | None = None

@@ -669,6 +669,49 @@ class CommandJobRow(Base):
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class CommandJobKeyRow(Base):
+    """An ``Idempotency-Key`` of ``POST /v1/command-jobs`` (decision 0017): per scope (the
+    caller's account, ``account:<id>``, or ``user:<id>`` without one), the hash of the
+    request it first came with and the job it made; honoured for 24 hours."""
+
+    __tablename__ = "command_job_keys"
+    __table_args__ = (Index("ix_command_job_keys_created_at", "created_at"),)
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("command_jobs.id"))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class IntegrationCredentialRow(Base):
+    """An organization's integration credential (decision 0017): MQTT user name
+    ``integration-<id>``, allowed to read the organization's alert topic only. The
+    password is stored as a Mosquitto hash (shown once, at creation)."""
+
+    __tablename__ = "integration_credentials"
+    __table_args__ = (Index("ix_integration_credentials_account_id", "account_id"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("accounts.id"))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class NotifyCursorRow(Base):
+    """A notification consumer's place in the event log and its lease (the MQTT fan-out:
+    one API process at a time publishes, and a restart resumes after ``event_id``)."""
+
+    __tablename__ = "notify_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[int] = mapped_column(BigInteger)
+    event_id: Mapped[int] = mapped_column(BigInteger)
+
+
 class CommandJobRefusalRow(Base):
     """A vehicle of a job that got no command, and why (``not_permitted``,
     ``vehicle_moving``, ``vehicle_rate_limited``, ...)."""

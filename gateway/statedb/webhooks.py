@@ -13,15 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from gateway.statedb.database import StateDatabase
 from gateway.statedb.events import event_body
-from gateway.statedb.models import WebhookDeliveryRow, WebhookRow
+from gateway.statedb.models import AccountRow, WebhookDeliveryRow, WebhookRow
 
-__all__ = ["DeliveryRecord", "WebhookRecord", "WebhookRepository"]
+__all__ = ["DeliveryRecord", "WebhookLimitReached", "WebhookRecord", "WebhookRepository"]
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+class WebhookLimitReached(Exception):
+    """The account already has as many webhooks as it may (``args[0]``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,7 @@ class WebhookRepository:
     def create(
         self,
         *,
+        limit: int | None = None,
         account_id: int,
         url: str,
         event_types: list[str],
@@ -100,6 +105,19 @@ class WebhookRepository:
         now: int,
     ) -> WebhookRecord:
         with self._db.write() as session:
+            if limit is not None:
+                # the account's row locked first (PostgreSQL; SQLite: the write lock), so
+                # two creations at once cannot both see room for one more
+                session.execute(
+                    select(AccountRow.id).where(AccountRow.id == account_id).with_for_update()
+                )
+                have = session.scalar(
+                    select(func.count())
+                    .select_from(WebhookRow)
+                    .where(WebhookRow.account_id == account_id)
+                )
+                if (have or 0) >= limit:
+                    raise WebhookLimitReached(limit)
             row = WebhookRow(
                 account_id=account_id,
                 url=url,
@@ -233,3 +251,33 @@ class WebhookRepository:
                 row.next_attempt_at = next_attempt_at
             session.flush()
             return DeliveryRecord.from_row(row)
+
+    def prune_deliveries(self, *, keep: int) -> int:
+        """Cap each webhook's delivery log: delete its finished deliveries older than its
+        ``keep`` newest (pending ones stay, whatever their age); how many were deleted."""
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        d = WebhookDeliveryRow
+        deleted = 0
+        with self._db.read() as session:
+            crowded = list(
+                session.scalars(
+                    select(d.webhook_id).group_by(d.webhook_id).having(func.count() > keep)
+                )
+            )
+        for webhook_id in crowded:
+            with self._db.write() as session:
+                cutoff = session.scalar(
+                    select(d.id)
+                    .where(d.webhook_id == webhook_id)
+                    .order_by(d.id.desc())
+                    .offset(keep - 1)
+                    .limit(1)
+                )
+                if cutoff is None:
+                    continue
+                result = session.execute(
+                    delete(d).where(d.webhook_id == webhook_id, d.id < cutoff, d.status != PENDING)
+                )
+                deleted += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return deleted

@@ -7,9 +7,9 @@ records (``CommandOut.model_validate(record)``).
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from gateway.api.models import Page
 from gateway.api.models.records import FromRecord
@@ -18,6 +18,7 @@ from gateway.statedb.commands import CommandRecord, TransitionRecord
 
 __all__ = [
     "MAX_TTL_S",
+    "MIN_TTL_S",
     "CommandDetail",
     "CommandOut",
     "CommandPage",
@@ -25,12 +26,28 @@ __all__ = [
     "CommandTypeOut",
     "CommandTypePage",
     "TransitionOut",
+    "TtlSeconds",
     "command_detail",
 ]
 
 #: the schema's bound of ``ttl_s`` (a year); the gateway's own maximum (CommandSettings,
 #: 24 h by default) is checked against the request as well
 MAX_TTL_S: Final = 365 * 24 * 3600
+#: the shortest time to live: a command must at least be able to reach a unit (a TTL of
+#: 1e-300 s was accepted and stored as 0 ms, so the command expired as it was created)
+MIN_TTL_S: Final = 1
+
+
+def _not_a_bool(value: object) -> object:
+    if isinstance(value, bool):  # pydantic would take true as 1
+        raise ValueError("a number of seconds, not a boolean")
+    return value
+
+
+#: a time to live in whole seconds: 1 s to a year (the gateway's own maximum, 24 h by
+#: default, is checked by the route); a fraction (``1.5``) is refused rather than rounded,
+#: ``60.0`` is taken as 60
+TtlSeconds = Annotated[int, Field(ge=MIN_TTL_S, le=MAX_TTL_S), BeforeValidator(_not_a_bool)]
 
 
 class CommandRequest(BaseModel):
@@ -40,13 +57,10 @@ class CommandRequest(BaseModel):
     params: dict[str, Any] = Field(
         default_factory=dict, description='Parameters of the type, e.g. {"percent": 80}.'
     )
-    ttl_s: float | None = Field(
+    ttl_s: TtlSeconds | None = Field(
         default=None,
-        gt=0,
-        le=MAX_TTL_S,
-        allow_inf_nan=False,
-        description="Time to live in seconds: the command is never started after it "
-        "(default: the gateway's, 300 s; at most the gateway's maximum).",
+        description="Time to live in whole seconds (at least 1): the command is never "
+        "started after it (default: the gateway's, 300 s; at most the gateway's maximum).",
     )
 
 

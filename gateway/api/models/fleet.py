@@ -50,7 +50,9 @@ __all__ = [
     "UtilizationRow",
 ]
 
-SpeedLimit = Annotated[float, Field(gt=0, le=400, description="km/h")]
+#: a speed limit, km/h: finite, 1 to 400 (a limit of 1e-300 km/h made every sample an
+#: overspeed)
+SpeedLimit = Annotated[float, Field(ge=1, le=400, allow_inf_nan=False, description="km/h")]
 
 
 class _In(BaseModel):
@@ -163,7 +165,9 @@ class ActiveWindowIn(_In):
 
 class GeofenceProperties(_In):
     name: Name
-    radius_m: float | None = Field(default=None, ge=10, le=100_000, description="For a Point.")
+    radius_m: float | None = Field(
+        default=None, ge=10, le=100_000, allow_inf_nan=False, description="For a Point."
+    )
     speed_limit_kmh: SpeedLimit | None = None
     active_window: ActiveWindowIn | None = Field(
         default=None, description="The fence's hours (a depot's opening hours): leaving it "

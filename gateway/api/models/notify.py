@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from gateway.api.models import Page
 from gateway.api.models.accounts import Id, Name
-from gateway.api.models.commands import MAX_TTL_S
+from gateway.api.models.commands import TtlSeconds
 from gateway.api.models.records import FromRecord
 from gateway.core.notify import EVENT_TYPES
 
@@ -36,8 +36,9 @@ JOB_BODY_BYTES: Final = 256 * 1024
 
 #: what a webhook may ask for: a type, a family (``command.*``) or everything (``*``)
 EventPattern = Literal[
-    "*", "command.*", "command_job.*", "command.updated", "command_job.created",
-    "command_job.finished",
+    "*", "command.*", "command_job.*", "alert.*", "trip.*", "command.updated",
+    "command_job.created", "command_job.finished", "alert.raised", "alert.updated",
+    "alert.ended", "alert.acknowledged", "alert.cleared", "trip.finished", "trip.updated",
 ]  # fmt: skip
 assert set(EVENT_TYPES) <= set(EventPattern.__args__)  # type: ignore[attr-defined]
 
@@ -55,13 +56,11 @@ class CommandJobRequest(BaseModel):
         description=f"The vehicles, each once (1 to {MAX_JOB_VEHICLES}).",
     )
     fleet_id: Id | None = Field(default=None, description="Every vehicle of this fleet.")
-    ttl_s: float | None = Field(
+    ttl_s: TtlSeconds | None = Field(
         default=None,
-        gt=0,
-        le=MAX_TTL_S,
-        allow_inf_nan=False,
-        description="Each command's time to live: an offline vehicle's command waits this "
-        "long for it to come online (default: the gateway's, 300 s).",
+        description="Each command's time to live, whole seconds (at least 1): an offline "
+        "vehicle's command waits this long for it to come online (default: the gateway's, "
+        "300 s).",
     )
 
     @model_validator(mode="after")

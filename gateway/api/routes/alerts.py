@@ -19,8 +19,8 @@ from gateway.api.errors import ApiError
 from gateway.api.models.accounts import IdPath
 from gateway.api.models.fleet import AlertOut, AlertPage
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, decode_cursor, page_of
-from gateway.api.params import Timestamp
-from gateway.api.routes.fleet_common import FLEET_ERRORS, NO_ACCOUNT, IdQuery, check_range, scope_of
+from gateway.api.params import Timestamp, check_range
+from gateway.api.routes.fleet_common import FLEET_ERRORS, NO_ACCOUNT, IdQuery, scope_of
 from gateway.api.security import AuthContext, forbidden
 from gateway.core.fleet.rules import AlertKind
 from gateway.core.policy import Principal

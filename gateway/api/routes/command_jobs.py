@@ -25,11 +25,15 @@ answers 404 like a missing job.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+import orjson
+from fastapi import APIRouter, Header
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.api.audit import AuditTrail
@@ -59,7 +63,7 @@ from gateway.core.policy import (
     fleet_service_allowed,
 )
 from gateway.statedb.fleets import FleetRepository
-from gateway.statedb.jobs import JobMember, JobRecord, Refusal
+from gateway.statedb.jobs import JobMember, JobRecord, Refusal, remember_job_key
 from schemas.commands import COMMAND_SPECS, CommandType
 
 __all__ = ["fleet_vins", "router"]
@@ -220,6 +224,76 @@ def _refuse_unseen(
     )
 
 
+JobIdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="Retry-safe key, per organization, kept 24 h: the same key with the same "
+        "body answers 200 with the job it made (no second job); with another body, 409.",
+    ),
+]
+
+
+def _key_scope(principal: Principal) -> str:
+    """Keys are per organization (per user without one): two managers of one organization
+    retrying one script's request find the one job."""
+    if principal.account_id is not None:
+        return f"account:{principal.account_id}"
+    return f"user:{principal.user_id}"
+
+
+def _request_hash(body: CommandJobRequest) -> str:
+    canonical = orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+async def _replayed(
+    jobs: JobService, principal: Principal, key: str, digest: str, now: int
+) -> JSONResponse | None:
+    """The answer to a request whose ``Idempotency-Key`` was already used: the same job
+    (200) for the same body, 409 for another body or a job this caller cannot read (a
+    colleague's key); None when the key is new (or older than 24 hours)."""
+    found = await asyncio.to_thread(jobs.repo.job_key, _key_scope(principal), key, now=now)
+    if found is None:
+        return None
+    job = await asyncio.to_thread(jobs.repo.get, found.job_id)
+    if found.request_hash != digest or job is None or not _may_read(principal, job):
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            "This Idempotency-Key was already used in your organization within 24 hours "
+            "for another request; nothing was sent. Use a new key for a new job.",
+            [
+                ErrorDetail(
+                    loc=["header", "Idempotency-Key"],
+                    msg="used for another request",
+                    type="idempotency_key_reused",
+                )
+            ],
+        )
+    detail = await asyncio.to_thread(_detail, jobs, job)
+    return JSONResponse(detail.model_dump(mode="json"), status_code=200)
+
+
+def _check_target(body: CommandJobRequest, vins: list[str]) -> None:
+    if not vins and body.fleet_id is not None:
+        raise ApiError(
+            422,
+            "fleet_has_no_vehicles",
+            f"Fleet {body.fleet_id} has no vehicles: there is nothing to send the command to. "
+            "Add vehicles to it (POST /v1/fleets/{id}/vehicles) first.",
+            [
+                ErrorDetail(
+                    loc=["body", "fleet_id"],
+                    msg="the fleet has no vehicles",
+                    type="fleet_has_no_vehicles",
+                )
+            ],
+        )
+
+
 @router.post(
     "/v1/command-jobs",
     response_model=CommandJobDetail,
@@ -236,11 +310,13 @@ async def create_job(
     audit: CallerAudit,
     settings: Settings,
     fleets: Fleets,
+    idempotency_key: JobIdempotencyKey = None,
 ) -> Any:
     """Answers at once with the job: a command per admitted vehicle (sent at once when
     online, else queued until the vehicle comes online within `ttl_s`) and a refusal with
     its reason per other vehicle. Follow it with GET /v1/command-jobs/{id} or the live
-    stream GET /v1/stream. Up to 10,000 vehicles; see the tag for the rules."""
+    stream GET /v1/stream. Up to 10,000 vehicles; see the tag for the rules. With an
+    `Idempotency-Key`, a retried request answers 200 with the job it made."""
     try:
         command_type = CommandType(body.type)
     except ValueError:
@@ -249,7 +325,13 @@ async def create_job(
     max_ttl = jobs.commands.settings.max_ttl_s
     if body.ttl_s is not None and body.ttl_s > max_ttl:
         raise invalid_request(["body", "ttl_s"], f"ttl_s may be at most {max_ttl} s", "ttl")
+    digest = _request_hash(body)
+    if idempotency_key is not None:
+        replay = await _replayed(jobs, principal, idempotency_key, digest, context.now_ms())
+        if replay is not None:
+            return replay
     vins = _checked_vins(body, fleets, principal)
+    _check_target(body, vins)
     if len(vins) > settings.max_job_vehicles:
         raise invalid_request(
             ["body", "vins"], f"at most {settings.max_job_vehicles} vehicles per job", "too_many"
@@ -273,8 +355,33 @@ async def create_job(
         audit.record_in(session, "command_job_create", account_id=account_id,
                         target=f"command_job:{job.id}",
                         detail={"type": body.type, "vehicles": job.total})  # fmt: skip
+        if idempotency_key is not None:
+            remember_job_key(session, scope=_key_scope(principal), key=idempotency_key,
+                             request_hash=digest, job_id=job.id, now=job.created_at)  # fmt: skip
 
-    job = await jobs.create(
+    try:
+        job = await _create(jobs, body, principal, account_id, vins, plan, created)
+    except IntegrityError:  # the same key at the same moment: the other request won
+        if idempotency_key is None:
+            raise
+        replay = await _replayed(jobs, principal, idempotency_key, digest, context.now_ms())
+        if replay is None:
+            raise
+        return replay
+    detail = await asyncio.to_thread(_detail, jobs, job)
+    return JSONResponse(detail.model_dump(mode="json"), status_code=201)
+
+
+async def _create(
+    jobs: JobService,
+    body: CommandJobRequest,
+    principal: Principal,
+    account_id: int | None,
+    vins: list[str],
+    plan: _Plan,
+    created: Callable[[Session, JobRecord], None],
+) -> JobRecord:
+    return await jobs.create(
         JobRequest(
             account_id=account_id,
             created_by=principal.user_id,
@@ -287,8 +394,6 @@ async def create_job(
         ),
         on_created=created,
     )
-    detail = await asyncio.to_thread(_detail, jobs, job)
-    return JSONResponse(detail.model_dump(mode="json"), status_code=201)
 
 
 # --- read, list, cancel ----------------------------------------------------------------------

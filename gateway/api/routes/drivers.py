@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from gateway.api.deps import Auth, Caller, CallerAudit, Fleets, vin_or_422
+from gateway.api.deps import Auth, Caller, CallerAudit, Fleets, Settings, vin_or_422
 from gateway.api.errors import ApiError, invalid_request
 from gateway.api.models.accounts import IdPath
 from gateway.api.models.fleet import (
@@ -30,11 +30,12 @@ from gateway.api.routes.fleet_common import (
     check_account,
     list_account,
     owned,
+    quota_exceeded,
 )
 from gateway.api.security import AuthContext
 from gateway.core.policy import Principal
 from gateway.statedb.accounts import NotFound
-from gateway.statedb.fleets import DriverRecord, FleetRepository
+from gateway.statedb.fleets import DriverRecord, FleetRepository, QuotaExceeded
 
 __all__ = ["router"]
 
@@ -58,14 +59,27 @@ def _check_user(context: AuthContext, user_id: int | None, account_id: int) -> N
 
 @router.post("/v1/drivers", response_model=DriverOut, status_code=201, summary="Add a driver")
 def create_driver(
-    body: DriverRequest, principal: Caller, context: Auth, fleets: Fleets, audit: CallerAudit
+    body: DriverRequest,
+    principal: Caller,
+    context: Auth,
+    fleets: Fleets,
+    audit: CallerAudit,
+    settings: Settings,
 ) -> DriverOut:
-    """In your account (an administrator: `account_id`), optionally linked to a user of it."""
+    """In your account (an administrator: `account_id`), optionally linked to a user of it;
+    an account has at most 10,000 drivers by default (409 `quota_exceeded` beyond)."""
     account_id = check_account(principal, body.account_id, manage=True)
     _check_user(context, body.user_id, account_id)
-    driver = fleets.create_driver(
-        account_id=account_id, name=body.name, user_id=body.user_id, now=context.now_ms()
-    )
+    try:
+        driver = fleets.create_driver(
+            account_id=account_id,
+            name=body.name,
+            user_id=body.user_id,
+            now=context.now_ms(),
+            max_count=settings.fleet_quotas.drivers,
+        )
+    except QuotaExceeded as exc:
+        raise quota_exceeded(exc) from None
     audit.record("driver_create", account_id=account_id, target=f"driver:{driver.id}")
     return DriverOut.model_validate(driver)
 
@@ -137,9 +151,11 @@ def create_assignment(
     principal: Caller,
     fleets: Fleets,
     audit: CallerAudit,
+    settings: Settings,
 ) -> AssignmentOut:
     """From `valid_from` until `valid_until` (exclusive; open-ended without): trips and
-    alerts starting then name the driver."""
+    alerts starting then name the driver. A driver has at most 10,000 assignments by
+    default (409 `quota_exceeded` beyond)."""
     driver = _driver(fleets, principal, driver_id, manage=True)
     vin = vin_or_422(body.vin, ["body", "vin"])
     if body.valid_until is not None and body.valid_until <= body.valid_from:
@@ -148,8 +164,14 @@ def create_assignment(
         )
     try:
         assignment = fleets.assign(
-            driver_id, vin, start_at=body.valid_from, end_at=body.valid_until
+            driver_id,
+            vin,
+            start_at=body.valid_from,
+            end_at=body.valid_until,
+            max_count=settings.fleet_quotas.assignments,
         )
+    except QuotaExceeded as exc:
+        raise quota_exceeded(exc) from None
     except NotFound:
         raise ApiError(
             404, "vehicle_not_found", f"The driver's account has no vehicle {vin}."

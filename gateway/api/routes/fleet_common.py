@@ -10,11 +10,14 @@ from typing import Annotated, Any, Final, Protocol, TypeVar
 from fastapi import Query
 
 from gateway.api.bounds import MAX_ID
-from gateway.api.errors import ApiError, documented, invalid_request
+from gateway.api.deps import vin_or_422
+from gateway.api.errors import ApiError, documented
+from gateway.api.models import ErrorDetail
 from gateway.api.routes.common import account_not_found
 from gateway.api.security import AuthContext, forbidden, readable_data
+from gateway.api.settings import QUOTA_OPTION
 from gateway.core.policy import Principal, can_manage_account, can_read_fleet_setup
-from gateway.statedb.fleets import FleetRecord, FleetRepository
+from gateway.statedb.fleets import FleetRecord, FleetRepository, QuotaExceeded
 
 __all__ = [
     "FLEET_ERRORS",
@@ -23,6 +26,7 @@ __all__ = [
     "check_account",
     "list_account",
     "owned",
+    "quota_exceeded",
     "scope_of",
 ]
 
@@ -70,6 +74,25 @@ def check_account(principal: Principal, account_id: int | None, *, manage: bool)
     return account_id
 
 
+def quota_exceeded(exc: QuotaExceeded) -> ApiError:
+    """409 ``quota_exceeded``: the limit, and how to make room or have it raised."""
+    name = exc.what.removesuffix("s")
+    return ApiError(
+        409,
+        "quota_exceeded",
+        f"{exc.owner.capitalize()} has {exc.limit} {exc.what}, the most allowed. Delete "
+        f"{exc.what} no longer needed, or ask the operator to raise the quota "
+        f"({QUOTA_OPTION}, e.g. {exc.what}={exc.limit * 2}).",
+        [
+            ErrorDetail(
+                loc=[],
+                msg=f"at most {exc.limit} {exc.what} per {exc.owner.split()[0]}",
+                type=f"{name}_quota",
+            )
+        ],
+    )
+
+
 #: the account of a list that covers nothing: the caller may read no account's fleet setup
 NO_ACCOUNT: Final = -1
 
@@ -110,6 +133,7 @@ def scope_of(
     its data), ``?fleet_id=`` (a fleet they may read) or ``?account_id=``; without any, the
     caller's account, or for a driver the vehicles granted to them with ``read``."""
     if vin is not None:
+        vin = vin_or_422(vin, ["query", "vin"])  # before the database sees it (a NUL: 500)
         tenure, _ = readable_data(context, principal, vin)
         return Scope(None, [(vin, tenure)], None)
     if fleet_id is not None:
@@ -121,11 +145,3 @@ def scope_of(
         return Scope(principal.account_id, None, None)
     visible = context.visible_vins(principal) or {}
     return Scope(None, sorted(visible.items()), None)
-
-
-def check_range(start: int | None, end: int | None) -> None:
-    """A list's or report's time range: ``start`` must be before ``end`` when both are
-    given (422 ``invalid_range``, the same answer everywhere: an empty list would hide the
-    mistake)."""
-    if start is not None and end is not None and not start < end:
-        raise invalid_request(["query", "start"], "start must be before end", "invalid_range")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from gateway.api.deps import Auth, Caller, CallerAudit, Fleets, Vin
+from gateway.api.deps import Auth, Caller, CallerAudit, Fleets, Settings, Vin
 from gateway.api.errors import ApiError, invalid_request
 from gateway.api.models.accounts import IdPath
 from gateway.api.models.fleet import (
@@ -32,11 +32,17 @@ from gateway.api.routes.fleet_common import (
     check_account,
     list_account,
     owned,
+    quota_exceeded,
 )
 from gateway.core.fleet.state import rule_settings_from_json, trip_settings_from_json
 from gateway.core.policy import Principal, can_read_fleet_setup
 from gateway.statedb.accounts import NotFound
-from gateway.statedb.fleets import DuplicateFleetName, FleetRecord, FleetRepository
+from gateway.statedb.fleets import (
+    DuplicateFleetName,
+    FleetRecord,
+    FleetRepository,
+    QuotaExceeded,
+)
 
 __all__ = ["router"]
 
@@ -57,9 +63,15 @@ def _fleet(
     "/v1/fleets", response_model=FleetOut, status_code=201, summary="Create a fleet or group"
 )
 def create_fleet(
-    body: FleetRequest, principal: Caller, context: Auth, fleets: Fleets, audit: CallerAudit
+    body: FleetRequest,
+    principal: Caller,
+    context: Auth,
+    fleets: Fleets,
+    audit: CallerAudit,
+    settings: Settings,
 ) -> FleetOut:
-    """For the account's fleet managers (and a private account's owner)."""
+    """For the account's fleet managers (and a private account's owner); an account has at
+    most 500 fleets and groups by default (409 `quota_exceeded` beyond)."""
     account_id = check_account(principal, body.account_id, manage=True)
     try:
         fleet = fleets.create_fleet(
@@ -68,9 +80,12 @@ def create_fleet(
             kind=body.kind,
             speed_limit_kmh=body.speed_limit_kmh,
             now=context.now_ms(),
+            max_count=settings.fleet_quotas.fleets,
         )
     except DuplicateFleetName as exc:
         raise _duplicate(exc) from None
+    except QuotaExceeded as exc:
+        raise quota_exceeded(exc) from None
     audit.record("fleet_create", account_id=account_id, target=f"fleet:{fleet.id}")
     return FleetOut.model_validate(fleet)
 

@@ -4,8 +4,8 @@ A fence is a GeoJSON ``Feature``: a ``Polygon`` (holes allowed), or a ``Point`` 
 ``properties.radius_m``; ``properties`` also carry its name, an optional speed limit, an
 optional active window (its hours) and whether entering and leaving raise alerts. The
 geometry is checked by the core (``gateway.core.fleet.geo``): a ring not closed, a
-coordinate out of range ("swapped?") or a polygon over 1,000 positions is a 422 naming the
-JSON path.
+coordinate out of range ("swapped?"), a polygon over 1,000 positions, a ring that crosses
+itself or another, or a hole outside the exterior is a 422 naming the JSON path.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from gateway.api.deps import Auth, Caller, CallerAudit, Fleets
+from gateway.api.deps import Auth, Caller, CallerAudit, Fleets, Settings
 from gateway.api.errors import invalid_request
 from gateway.api.limits import body_limit
 from gateway.api.models.accounts import IdPath
@@ -27,10 +27,16 @@ from gateway.api.routes.fleet_common import (
     check_account,
     list_account,
     owned,
+    quota_exceeded,
 )
-from gateway.core.fleet.geo import GeoJSONError, shape_from_geojson, shape_to_geojson
+from gateway.core.fleet.geo import (
+    GeoJSONError,
+    check_simple,
+    shape_from_geojson,
+    shape_to_geojson,
+)
 from gateway.core.fleet.state import window_from_json
-from gateway.statedb.fleets import GeofenceRecord
+from gateway.statedb.fleets import GeofenceRecord, QuotaExceeded
 
 __all__ = ["router"]
 
@@ -46,6 +52,7 @@ def _values(body: GeofenceIn) -> dict[str, Any]:
     feature = {"type": "Feature", "geometry": body.geometry, "properties": {"radius_m": p.radius_m}}
     try:
         shape = shape_from_geojson(feature)
+        check_simple(shape)
     except GeoJSONError as exc:
         raise invalid_request(["body", exc.where], str(exc), "invalid_geojson") from None
     window = p.active_window.model_dump() if p.active_window is not None else None
@@ -93,11 +100,22 @@ def create_geofence(
     context: Auth,
     fleets: Fleets,
     audit: CallerAudit,
+    settings: Settings,
     account_id: IdQuery = None,
 ) -> GeofenceOut:
-    """In the caller's account (an administrator: `account_id`)."""
+    """In the caller's account (an administrator: `account_id`); an account has at most
+    1,000 geofences by default (409 `quota_exceeded` beyond)."""
     account = check_account(principal, account_id, manage=True)
-    fence = fleets.create_geofence(account_id=account, values=_values(body), now=context.now_ms())
+    values = _values(body)
+    try:
+        fence = fleets.create_geofence(
+            account_id=account,
+            values=values,
+            now=context.now_ms(),
+            max_count=settings.fleet_quotas.geofences,
+        )
+    except QuotaExceeded as exc:
+        raise quota_exceeded(exc) from None
     audit.record("geofence_create", account_id=account, target=f"geofence:{fence.id}")
     return _out(fence)
 

@@ -2,7 +2,9 @@
 the caller may see, as it happens.
 
 Each event is ``id: <event id>``, ``event: <type>`` (``command.updated``,
-``command_job.created``, ``command_job.finished``; alerts and trips later) and ``data:``
+``command_job.created``, ``command_job.finished``, ``alert.raised``, ``alert.updated``,
+``alert.ended``, ``alert.acknowledged``, ``alert.cleared``, ``trip.finished``,
+``trip.updated``: :data:`gateway.core.notify.EVENT_TYPES`, decision 0017) and ``data:``
 the event JSON (``{"id", "type", "at", "data"}``, the webhook body too). Ids grow along the
 stream (not by one: events of others are skipped). A client that reconnects with
 ``Last-Event-ID`` gets every event after it that the log still keeps (24 h by default);
@@ -107,8 +109,8 @@ async def _events(
     responses={
         200: {
             "content": {"text/event-stream": {}},
-            "description": "`command.updated`, `command_job.created`, `command_job.finished` "
-            "events with ids; `reset` when a resume cannot be replayed.",
+            "description": "`command.*`, `command_job.*`, `alert.*` and `trip.*` events "
+            "with ids; `reset` when a resume cannot be replayed.",
         }
     },
 )

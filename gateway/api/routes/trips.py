@@ -14,13 +14,12 @@ from fastapi import APIRouter, Query
 from gateway.api.deps import Auth, Caller, FleetLogDep, Fleets
 from gateway.api.models.fleet import TripOut, TripPage
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, decode_cursor, page_of
-from gateway.api.params import Timestamp
+from gateway.api.params import Timestamp, check_range
 from gateway.api.routes.alerts import VinQuery
 from gateway.api.routes.fleet_common import (
     FLEET_ERRORS,
     NO_ACCOUNT,
     IdQuery,
-    check_range,
     owned,
     scope_of,
 )

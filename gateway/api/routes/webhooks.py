@@ -5,9 +5,11 @@ For the account's managers (fleet managers, owners) and administrators; anyone e
 account gets 403, anyone of another account 404 as for a missing webhook. The secret is
 returned once, at creation. A URL must be http(s); private, loopback and link-local
 addresses are refused unless the operator allows them
-(``NotifySettings.webhook_allow_private_targets``), checked here for an IP literal and at
-every delivery for the addresses a name resolves to. How a receiver checks a delivery:
-docs/webhooks.md.
+(``NotifySettings.webhook_allow_private_targets``), checked here (an IP literal, and the
+addresses a name resolves to now) and again at every delivery (a name may move; a
+delivery refused by the check fails at once). An organization has at most
+``NotifySettings.max_webhooks_per_account`` (20) webhooks. How a receiver checks a
+delivery: docs/webhooks.md.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ from gateway.api.models.notify import (
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key, page_of
 from gateway.api.routes.common import account_not_found, no_store, target_account
 from gateway.api.security import forbidden
-from gateway.core.notify import UnacceptableUrl, check_webhook_url
+from gateway.core.notify import UnacceptableUrl
 from gateway.core.policy import Principal, can_manage_account
-from gateway.statedb.webhooks import WebhookRecord
+from gateway.notify.webhooks import check_url_now
+from gateway.statedb.webhooks import WebhookLimitReached, WebhookRecord
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["notifications"], responses=documented(403, 404, 422))
+router = APIRouter(tags=["notifications"], responses=documented(403, 404, 409, 422))
 
 WebhookId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="Webhook id.")]
 
@@ -88,20 +91,28 @@ def create_webhook(
     if context.accounts.get_account(account_id) is None:
         raise account_not_found(account_id)
     try:
-        check_webhook_url(
-            body.url, resolved=None, allow_private=settings.notify.webhook_allow_private_targets
-        )
+        check_url_now(body.url, allow_private=settings.notify.webhook_allow_private_targets)
     except UnacceptableUrl as exc:
         raise invalid_request(["body", "url"], str(exc), "webhook_url", body.url) from None
-    hook = hooks.repo.create(
-        account_id=account_id,
-        url=body.url,
-        event_types=sorted(set(body.events)),
-        secret="whsec_" + secrets.token_urlsafe(32),
-        description=body.description,
-        created_by=principal.user_id,
-        now=context.now_ms(),
-    )
+    limit = settings.notify.max_webhooks_per_account
+    try:
+        hook = hooks.repo.create(
+            limit=limit,
+            account_id=account_id,
+            url=body.url,
+            event_types=sorted(set(body.events)),
+            secret="whsec_" + secrets.token_urlsafe(32),
+            description=body.description,
+            created_by=principal.user_id,
+            now=context.now_ms(),
+        )
+    except WebhookLimitReached:
+        raise ApiError(
+            409,
+            "too_many_webhooks",
+            f"Organization {account_id} already has {limit} webhooks, the most it may have; "
+            "delete one (DELETE /v1/webhooks/{id}) or let one receive more event types.",
+        ) from None
     audit.record(
         "webhook_create",
         account_id=account_id,

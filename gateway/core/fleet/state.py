@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from .trips import TripSettings, TripState, _Acc
 
 __all__ = [
     "RULE_SETTING_NAMES",
+    "SETTING_BOUNDS",
     "TRIP_SETTING_NAMES",
     "rule_settings_from_json",
     "rule_state_from_json",
@@ -178,12 +180,65 @@ def _check_names(d: Mapping[str, Any], allowed: frozenset[str], what: str) -> No
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+_HOUR_MS = 3_600_000
+_DAY_MS = 24 * _HOUR_MS
+#: (lowest, highest) of each numeric setting (each element of a list setting): finite,
+#: positive where zero would make every sample an alert (a harsh-braking threshold of 0,
+#: a speed limit of 1e-300 km/h), and far enough above any sensible value to never be in
+#: the way (a threshold of 1e308 or 10**100 is refused, not stored)
+SETTING_BOUNDS: dict[str, tuple[float, float]] = {
+    "speed_limit_kmh": (1.0, 400.0),
+    "overspeed_min_ms": (0, _HOUR_MS),
+    "overspeed_clear_kmh": (0.0, 100.0),
+    "overspeed_update_kmh": (0.1, 400.0),
+    "geofence_margin_m": (0.0, 10_000.0),
+    "geofence_min_dwell_ms": (0, _HOUR_MS),
+    "max_fix_accuracy_m": (1.0, 100_000.0),
+    "harsh_braking_mps2": (0.1, 100.0),
+    "harsh_acceleration_mps2": (0.1, 100.0),
+    "harsh_interval_ms": (1, 60_000),
+    "still_kmh": (0.0, 50.0),
+    "idle_after_ms": (0, _DAY_MS),
+    "low_soc_pct": (0.0, 100.0),
+    "low_fuel_pct": (0.0, 100.0),
+    "offline_after_ms": (0, 30 * _DAY_MS),
+    "seq_gap_grace_ms": (0, _DAY_MS),
+    "max_seq_gaps": (1, 1_000),
+    "moving_kmh": (0.1, 100.0),
+    "min_duration_ms": (0, _DAY_MS),
+    "min_distance_m": (0.0, 1_000_000.0),
+    "parking_ms": (0, _DAY_MS),
+    "max_gap_ms": (0, 30 * _DAY_MS),
+}
+
+
+def _plain(x: float) -> str:
+    return f"{x:,}" if isinstance(x, int) or (x.is_integer() and abs(x) < 1e15) else f"{x:g}"
+
+
+def _bounded(name: str, value: float) -> None:
+    lo, hi = SETTING_BOUNDS[name]
+    if not lo <= value <= hi:
+        got = f"{value!r}" if isinstance(value, float) or abs(value) < 10**20 else "more"
+        raise ValueError(f"{name}: from {_plain(lo)} to {_plain(hi)}, got {got}")
+
+
+def _ordered(name: str, value: tuple[Any, ...]) -> None:
+    """A list setting's elements must make sense together: a harsh interval's shortest
+    below its longest, and a low level's critical <= open <= clear (else it would flap or
+    never clear)."""
+    if name == "harsh_interval_ms" and not value[0] < value[1]:
+        raise ValueError(f"{name}: [shortest, longest] with shortest < longest")
+    if name in ("low_soc_pct", "low_fuel_pct") and not value[2] <= value[0] <= value[1]:
+        raise ValueError(f"{name}: [open, clear, critical] with critical <= open <= clear")
 
 
 def _typed(name: str, value: Any, default: Any) -> Any:
-    """``value`` in the type of the setting's default; ValueError naming the setting if it
-    is not one (a stored setting must never make the rules fail later)."""
+    """``value`` in the type of the setting's default, within its bounds; ValueError naming
+    the setting if it is not one (a stored setting must never make the rules fail later)."""
     if name == "enabled":
         if not isinstance(value, list):
             raise ValueError("enabled: a list of alert kinds")
@@ -196,12 +251,18 @@ def _typed(name: str, value: Any, default: Any) -> Any:
             isinstance(value, list) and len(value) == len(default) and all(map(_is_number, value))
         ):
             raise ValueError(f"{name}: a list of {len(default)} non-negative numbers")
+        if isinstance(default[0], int) and not all(isinstance(v, int) for v in value):
+            raise ValueError(f"{name}: a list of {len(default)} integers")
+        for v in value:
+            _bounded(name, v)
+        _ordered(name, tuple(value))
         return tuple(value)
     if value is None and default is None:
         return None
     if not _is_number(value) or (isinstance(default, int) and not isinstance(value, int)):
-        kind = "an integer" if isinstance(default, int) else "a number"
+        kind = "an integer" if isinstance(default, int) else "a finite number"
         raise ValueError(f"{name}: {kind} >= 0")
+    _bounded(name, value)
     return value
 
 

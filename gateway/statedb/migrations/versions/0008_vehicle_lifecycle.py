@@ -2,7 +2,7 @@
 shares (issue 16).
 
 Revision ID: 0008_vehicle_lifecycle
-Revises: 0006_command_jobs
+Revises: 0007_notify
 Create Date: 2026-12-06
 
 Why: a VIN's life (registered by the maker, claimed with a pairing code, transferred,
@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql
 
 # revision identifiers, used by Alembic
 revision: str = "0008_vehicle_lifecycle"
-down_revision: str | Sequence[str] | None = "0006_command_jobs"
+down_revision: str | Sequence[str] | None = "0007_notify"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
