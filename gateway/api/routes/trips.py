@@ -16,13 +16,7 @@ from gateway.api.models.fleet import TripOut, TripPage
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, decode_cursor, page_of
 from gateway.api.params import Timestamp, check_range
 from gateway.api.routes.alerts import VinQuery
-from gateway.api.routes.fleet_common import (
-    FLEET_ERRORS,
-    NO_ACCOUNT,
-    IdQuery,
-    owned,
-    scope_of,
-)
+from gateway.api.routes.fleet_common import FLEET_ERRORS, NO_ACCOUNT, IdQuery, owned, scope_of
 from gateway.statedb.fleet_log import TripFilter
 
 __all__ = ["router"]
