@@ -28,7 +28,15 @@ from dataclasses import asdict, dataclass
 
 from schemas import Channel, Sample, SignalValue, encode_batch, encode_sample, topic_for
 
-__all__ = ["LoadResult", "bench_signals", "bench_vin", "encode_publish", "main", "run_load"]
+__all__ = [
+    "LoadResult",
+    "bench_signals",
+    "bench_vin",
+    "encode_publish",
+    "fleet_signals",
+    "main",
+    "run_load",
+]
 
 #: signals of a typical periodic report (8 signals, ~300 bytes of JSON)
 BENCH_SIGNALS: dict[str, SignalValue] = {
@@ -49,6 +57,40 @@ def bench_signals() -> dict[str, SignalValue]:
 
 def bench_vin(i: int) -> str:
     return f"WBENCH{i:011d}"
+
+
+#: the fleet profile: a speed cycle of this many samples, ``FLEET_FAST`` of them at
+#: 110 km/h (above a 90 km/h limit: one overspeed alert per cycle), the rest at 50
+FLEET_CYCLE = 40
+FLEET_FAST = 10
+#: vehicles drive north and south through a column of geofences: five columns
+#: ``FLEET_COLUMN_DEG`` apart from ``FLEET_ORIGIN`` (lon, lat), over ``FLEET_SPAN_DEG`` of
+#: latitude, ``FLEET_STEP_DEG`` per sample (about 33 m: 120 km/h at one sample a second)
+FLEET_ORIGIN = (11.50, 48.09)
+FLEET_COLUMN_DEG = 0.02
+FLEET_SPAN_DEG = 0.1
+FLEET_STEP_DEG = 0.0003
+
+
+def fleet_signals(i: int, n: int) -> dict[str, SignalValue]:
+    """Vehicle ``i``'s sample number ``n`` in the fleet profile (``telematics bench fleet``):
+    a drive that crosses geofences, speeds once per cycle and runs its battery low once
+    every 400 samples, so every sample gives the rules something to do."""
+    phase = (n + i * 7) % FLEET_CYCLE
+    bounce = ((n + i * 37) * FLEET_STEP_DEG) % (2 * FLEET_SPAN_DEG)
+    offset = bounce if bounce < FLEET_SPAN_DEG else 2 * FLEET_SPAN_DEG - bounce
+    return {
+        "Vehicle.Speed": 110.0 if phase >= FLEET_CYCLE - FLEET_FAST else 50.0,
+        "Vehicle.IsMoving": True,
+        "Vehicle.TraveledDistance": 30 * n,
+        "Vehicle.CurrentLocation.Latitude": round(FLEET_ORIGIN[1] + offset, 6),
+        "Vehicle.CurrentLocation.Longitude": FLEET_ORIGIN[0] + (i % 5) * FLEET_COLUMN_DEG,
+        "Vehicle.CurrentLocation.Heading": 0.0 if bounce < FLEET_SPAN_DEG else 180.0,
+        "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current": round(
+            80.0 - ((n + i) % 400) * 0.2, 1
+        ),
+        "Vehicle.LowVoltageSystemState": "ON",
+    }
 
 
 def _varint(n: int) -> bytes:
@@ -96,8 +138,9 @@ class LoadResult:
 
 
 class _Connection:
-    def __init__(self, vin: str, window: int) -> None:
-        self.vin = vin
+    def __init__(self, index: int, window: int) -> None:
+        self.index = index
+        self.vin = vin = bench_vin(index)
         self.topic = topic_for(vin, Channel.TELEMETRY).encode()
         self.window = asyncio.Semaphore(window)
         self.acked = 0
@@ -138,9 +181,22 @@ class _Connection:
         await self.writer.wait_closed()
 
 
-def _payload(vin: str, seq: int, batch: int, ts: int) -> bytes:
-    samples = [Sample(vin, seq + k, ts, BENCH_SIGNALS) for k in range(batch)]
-    return encode_sample(samples[0]) if batch == 1 else encode_batch(vin, samples)
+#: what a vehicle sends: (vehicle index, seq) -> signals; ``fleet``'s timestamps also
+#: advance a second per sample when not paced (a drive, not one instant)
+PROFILES: dict[str, Callable[[int, int], dict[str, SignalValue]]] = {
+    "constant": lambda i, n: BENCH_SIGNALS,
+    "fleet": fleet_signals,
+}
+
+
+def _payload(
+    c: _Connection, seq: int, batch: int, ts: int, profile: str = "constant", step_ms: int = 0
+) -> bytes:
+    signals = PROFILES[profile]
+    samples = [
+        Sample(c.vin, seq + k, ts + k * step_ms, signals(c.index, seq + k)) for k in range(batch)
+    ]
+    return encode_sample(samples[0]) if batch == 1 else encode_batch(c.vin, samples)
 
 
 async def run_load(
@@ -154,22 +210,30 @@ async def run_load(
     seq_base: int = 0,
     window: int = 1000,
     on_ready: Callable[[], None] | None = None,
+    profile: str = "constant",
 ) -> LoadResult:
     """Publish ``messages_per_vehicle`` messages of ``batch`` samples from each of
     ``vehicles`` connections; with ``rate`` > 0, pace to that many samples/s in total and
     stamp each sample with its send time; otherwise send as fast as acknowledgements allow
-    (timestamps are the generation time)."""
-    connections = [_Connection(bench_vin(i), window) for i in range(vehicles)]
+    (timestamps are the generation time; in the ``fleet`` profile a second apart per
+    sample, the newest now)."""
+    connections = [_Connection(i, window) for i in range(vehicles)]
     await asyncio.gather(*(c.open(host, port) for c in connections))
     readers = [asyncio.create_task(c.read_acks()) for c in connections]
     total = vehicles * messages_per_vehicle
     try:
         if rate <= 0:
             ts = time.time_ns() // 1_000_000
+            step = 1000 if profile == "fleet" else 0
+            first = ts - step * messages_per_vehicle * batch
             plans = [
                 [
                     encode_publish(
-                        c.topic, _payload(c.vin, seq_base + k * batch, batch, ts), c.mid()
+                        c.topic,
+                        _payload(
+                            c, seq_base + k * batch, batch, first + k * batch * step, profile, step
+                        ),
+                        c.mid(),
                     )
                     for k in range(messages_per_vehicle)
                 ]
@@ -183,7 +247,7 @@ async def run_load(
             if on_ready:
                 on_ready()
             started = time.perf_counter()
-            await _paced(connections, messages_per_vehicle, batch, rate, seq_base)
+            await _paced(connections, messages_per_vehicle, batch, rate, seq_base, profile)
         # every window slot back means every message acknowledged
         for c in connections:
             for _ in range(window):
@@ -204,7 +268,12 @@ async def run_load(
 
 
 async def _paced(
-    connections: list[_Connection], per_vehicle: int, batch: int, rate: float, seq_base: int
+    connections: list[_Connection],
+    per_vehicle: int,
+    batch: int,
+    rate: float,
+    seq_base: int,
+    profile: str,
 ) -> None:
     messages_per_s = rate / batch
     total = len(connections) * per_vehicle
@@ -219,7 +288,7 @@ async def _paced(
                 i, k = n % len(connections), n // len(connections)
                 c = connections[i]
                 packet = encode_publish(
-                    c.topic, _payload(c.vin, seq_base + k * batch, batch, ts), c.mid()
+                    c.topic, _payload(c, seq_base + k * batch, batch, ts, profile), c.mid()
                 )
                 pending.setdefault(i, []).append(packet)
             for i, packets in pending.items():
@@ -252,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--window", type=int, default=1000, help="unacknowledged messages per connection"
     )
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="constant",
+        help="constant: the same signals in every sample; fleet: a drive through geofences "
+        "that speeds and runs low (telematics bench fleet)",
+    )
     return p
 
 
@@ -272,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seq_base=args.seq_base,
             window=args.window,
             on_ready=ready,
+            profile=args.profile,
         )
     )
     print(json.dumps(asdict(result)), flush=True)

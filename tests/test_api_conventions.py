@@ -95,6 +95,8 @@ def test_every_list_is_items_and_a_cursor(spec: dict[str, Any]) -> None:
         # reports: a document of a date range (daily rows and totals, JSON or CSV)
         ("get", "/v1/reports/vehicles"),
         ("get", "/v1/reports/drivers"),
+        ("get", "/v1/reports/utilization"),
+        ("get", "/v1/reports/faults"),
         # a bulk command: the job with its first refusals (counts.refused has them all)
         ("get", "/v1/command-jobs/{job_id}"),
         # a vehicle's lifecycle: its state with the history of its changes

@@ -625,6 +625,13 @@ TABLE.update(
             get(lambda w, p, own: f"/v1/reports/drivers?account_id={w.account(p, own)}"),
             SETUP_READ,
         ),
+        ("GET", "/v1/reports/utilization"): Row(
+            get(lambda w, p, own: f"/v1/reports/utilization?vin={vin_of(w, p, own)}"), READ
+        ),
+        ("GET", "/v1/reports/faults"): Row(
+            get(lambda w, p, own: f"/v1/reports/faults?account_id={w.account(p, own)}"),
+            SETUP_READ,
+        ),
     }
 )
 

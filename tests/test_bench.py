@@ -51,6 +51,37 @@ def test_identity_bench_runs_both_paths(vehicles: int, restarted: bool) -> None:
 
 
 @pytest.mark.slow
+def test_fleet_bench_runs_both_phases_and_sees_alerts() -> None:
+    """Tiny: 10 vehicles; the accounting (nothing lost or doubled), alerts raised by the
+    rules, and the latency phase's overspeed alerts seen through the API."""
+    from gateway.bench.fleet import run_fleet_bench
+
+    result = run_fleet_bench(
+        vehicles=10, per_vehicle=60, latency_seconds=4.0, reps=1, progress=False
+    )
+    (rep,) = result.reps
+    assert (rep.lost, rep.duplicated) == (0, 0)
+    assert rep.alerts_by_kind.get("overspeed", 0) >= 10  # one per vehicle and 40 samples
+    assert rep.alerts == sum(rep.alerts_by_kind.values())
+    assert rep.with_rules_evaluated_samples_per_s > 0
+    assert rep.latency_alerts > rep.latency_unseen >= 0
+    assert 0 <= rep.latency_p50_ms <= rep.latency_p99_ms <= rep.latency_max_ms
+    assert result.worst["ratio"] == rep.ratio
+
+
+def test_reports_bench_times_every_report() -> None:
+    """Tiny: 5 vehicles over 3 days; the CSV has a row per vehicle and day and a total per
+    vehicle (the range starts mid-day, before the first trip of the day)."""
+    from gateway.bench.reports import run_reports_bench
+
+    result = run_reports_bench(vehicles=5, days=3, trips_per_day=2, reps=2, progress=False)
+    assert (result.trips, result.alerts) == (5 * 3 * 2, 5 * 3)
+    assert result.csv_rows == 5 * 3 + 5
+    assert len(result.csv_ms) == len(result.json_ms) == len(result.utilization_csv_ms) == 2
+    assert result.worst_csv_ms == max(result.csv_ms) > 0
+
+
+@pytest.mark.slow
 def test_command_bench_attributes_every_command() -> None:
     """Tiny: every command succeeds in every phase, and each has its stages, the API's
     loop lag and the CPU of the API's threads (issue 17)."""

@@ -20,6 +20,7 @@ from gateway.core.fleet.geo import (
     distance_m,
     shape_from_geojson,
     shape_to_geojson,
+    surely_outside,
 )
 from gateway.core.fleet.geofence import ActiveWindow, FenceState, update_fence
 from gateway.core.fleet.signals import (
@@ -74,6 +75,20 @@ def test_inside_a_circle_iff_distance_below_radius(c: Point, p: Point, r: float)
 
 
 @settings(max_examples=100, deadline=None)
+@given(points, st.floats(-60_000, 60_000), st.floats(-60_000, 60_000), st.floats(10, 50_000))
+def test_surely_outside_a_box_is_outside_the_shape(
+    c: Point, north: float, east: float, r: float
+) -> None:
+    """The rules skip a fence when a fix is surely outside its box: that must never be
+    a fix inside or on the near side of the boundary, for circles (whose box is computed
+    from centre and radius) and polygons."""
+    p = offset(c, north, east)
+    for shape in (Circle(c, r), Polygon(square(c, r))):
+        if surely_outside(shape.bbox, p):
+            assert not shape.contains(p)
+            assert shape.signed_distance_m(p) > 0
+
+
 @given(
     st.lists(st.tuples(st.floats(0.1, 1.0), st.floats(0, 2 * math.pi)), min_size=3, max_size=12),
     points,

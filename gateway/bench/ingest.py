@@ -250,6 +250,7 @@ class LoadProcess:
         *,
         rate: float = 0.0,
         seq_base: int = 0,
+        profile: str = "constant",
     ) -> None:
         self.process = subprocess.Popen(
             [
@@ -268,6 +269,8 @@ class LoadProcess:
                 str(rate),
                 "--seq-base",
                 str(seq_base),
+                "--profile",
+                profile,
             ],
             stdout=subprocess.PIPE,
             text=True,

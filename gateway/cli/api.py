@@ -83,10 +83,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         default=env.web_tile_attribution,
         help="attribution shown with the tiles (env TELEMATICS_WEB_TILE_ATTRIBUTION)",
     )
+    api.add_argument(
+        "--no-fleet-worker",
+        action="store_true",
+        help="do not run the fleet rules and trips worker in this process (another process "
+        "runs it, or a benchmark measures ingest without rules)",
+    )
     api.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
+    import dataclasses
+
     import uvicorn
 
     from gateway.api import ApiSettings, create_app
@@ -134,21 +142,22 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         broker_url=args.unit_broker_url or args.mqtt_url,
         signing_public_key_path=signing_key.with_name(signing_key.name + ".pub"),
     )
-    app = create_app(
-        ApiSettings(
-            db_path=db_path,
-            store_url=resolve_store(args.store, args.data_dir),
-            commands=commands,
-            auth=auth,
-            state_db_url=state_db_url,
-            silent_after_s=args.offline_after,
-            notify=NotifySettings(webhook_allow_private_targets=args.webhook_allow_private_targets),
-            fleet_quotas=fleet_quotas,
-            web=WebSettings(
-                tile_url=args.web_tile_url or None, tile_attribution=args.web_tile_attribution
-            ),
-            trace_file=env.trace_file,
-        )
+    settings = ApiSettings(
+        db_path=db_path,
+        store_url=resolve_store(args.store, args.data_dir),
+        commands=commands,
+        auth=auth,
+        state_db_url=state_db_url,
+        silent_after_s=args.offline_after,
+        notify=NotifySettings(webhook_allow_private_targets=args.webhook_allow_private_targets),
+        fleet_quotas=fleet_quotas,
+        web=WebSettings(
+            tile_url=args.web_tile_url or None, tile_attribution=args.web_tile_attribution
+        ),
+        trace_file=env.trace_file,
     )
+    if args.no_fleet_worker:
+        settings = dataclasses.replace(settings, fleet_worker=None)
+    app = create_app(settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     return 0

@@ -1,5 +1,5 @@
-"""``telematics bench ingest|sim|commands|identities``: benchmarks that print their figures
-(the work is :mod:`gateway.bench`'s). See docs/decisions/0013-architecture-step.md."""
+"""``telematics bench ingest|sim|commands|identities|fleet|reports``: benchmarks that print
+their figures (the work is :mod:`gateway.bench`'s). See docs/decisions/0013-architecture-step.md."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: Environment) -> None:
     from gateway.bench.commands import add_arguments as add_commands_bench_arguments
+    from gateway.bench.fleet import add_arguments as add_fleet_bench_arguments
     from gateway.bench.identities import add_arguments as add_identities_bench_arguments
     from gateway.bench.ingest import add_arguments as add_ingest_bench_arguments
+    from gateway.bench.reports import add_arguments as add_reports_bench_arguments
     from gateway.bench.sim import add_arguments as add_sim_bench_arguments
 
     bench = sub.add_parser(
@@ -55,9 +57,35 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
             "at once.",
         )
     )
+    add_fleet_bench_arguments(
+        bench_sub.add_parser(
+            "fleet",
+            help="ingest rate with every fleet rule on against without, and alert latency",
+            description="Run broker, gateway and API for 1,000 vehicles with 20 geofences; "
+            "measure the ingest rate without and with the rules worker, then publish -> "
+            "alert-visible latency at half that rate; N repetitions, each and the worst.",
+        )
+    )
+    add_reports_bench_arguments(
+        bench_sub.add_parser(
+            "reports",
+            help="a 30-day fleet report of 1,000 vehicles over HTTP, CSV and JSON",
+            description="Generate 30 days of trips for 1,000 vehicles in a fresh state "
+            "database (SQLite, or --postgresql) and time the per-vehicle and utilization "
+            "reports through the API; N repetitions, each and the worst.",
+        )
+    )
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
+    if args.bench == "reports":
+        from gateway.bench.reports import run_from_args as run_reports_bench
+
+        return run_reports_bench(args)
+    if args.bench == "fleet":
+        from gateway.bench.fleet import run_from_args as run_fleet_bench
+
+        return run_fleet_bench(args)
     if args.bench == "sim":
         from gateway.bench.sim import run_from_args as run_sim_bench
 

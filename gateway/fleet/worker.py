@@ -10,19 +10,25 @@ One :meth:`RulesWorker.step`:
    a partition is one worker's at a time; a dead worker's partitions are taken over when
    its lease expires;
 2. read the samples and events committed after the lowest cursor held (store row ids, in
-   commit order), up to ``batch`` of each, and keep the prefix received at least
-   ``settle_ms`` ago: two gateway processes commit a vehicle's consecutive samples within
-   milliseconds of each other, so a short wait lets the later-committed earlier sample
-   arrive before either is evaluated (the reorder window);
+   commit order), up to ``batch`` of each, and keep the longest prefix whose every row is
+   *ready*: in the run of seqs from the vehicle's next seq (known from what was evaluated
+   before) that the prefix holds (a hole counts as a gap once the row after it is older
+   than ``settle_ms``), or older than it (a late upload), or received at least
+   ``settle_ms`` ago. So in-order data is evaluated at once; only a missing seq makes the
+   step wait (at most ``settle_ms``, the reorder window): two gateway processes commit a
+   vehicle's consecutive samples within milliseconds of each other, so the wait lets the
+   later-committed earlier sample arrive before either is evaluated; real loss becomes a
+   gap. A vehicle seen for the first time (no next seq known) waits the window once; one
+   that is not provisioned never waits (its rows only move the cursor);
 3. per partition, per vehicle (VIN and holding period): its samples in seq order, merged
    with its events by time, then a clock :class:`~gateway.core.fleet.signals.Tick` (every
    ``tick_ms``, for every vehicle with a state in the partition: "offline", seq-gap grace),
    through ``evaluate`` (alerts) and ``feed`` (trips); a sample older than the trip
    detector's newest (store-and-forward) makes it recompute the trips from the window's
    start over the stored samples and replace them;
-4. store each partition's alert changes, trips, vehicle states and new cursor in one
-   transaction, refused if the lease was lost meanwhile (``gateway.statedb.fleet_log``):
-   effects exactly once.
+4. store every partition's alert changes, trips, vehicle states and new cursor in one
+   transaction for the whole pass, refused if a lease was lost meanwhile
+   (``gateway.statedb.fleet_log``): effects exactly once.
 
 Samples of vehicles that are not provisioned (no account) move the cursor and nothing else.
 """
@@ -35,7 +41,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +62,7 @@ from gateway.statedb.fleet_log import (
     AlertWrite,
     FleetLog,
     LeaseLost,
+    PartitionStep,
     TripRecord,
     TripWrite,
     VinStep,
@@ -93,13 +100,14 @@ class WorkerSettings:
 
 @dataclass(slots=True)
 class _Read:
-    """What one step read: the kept prefix of each log, where it ends, and its rows by
-    partition (computed once, not once per partition)."""
+    """What one step read: the kept prefix of each log, where it ends, the accounts of the
+    vehicles read, and the rows by partition (computed once, not once per partition)."""
 
     samples: list[LoggedSample]
     events: list[LoggedEvent]
     sample_end: int
     event_end: int
+    accounts: dict[VinKey, int] = field(default_factory=dict)
     parts: dict[int, tuple[list[LoggedSample], list[LoggedEvent]]] = field(default_factory=dict)
 
     def split(self, count: int) -> None:
@@ -109,13 +117,78 @@ class _Read:
             self.parts.setdefault(partition_of(event.vin, count), ([], []))[1].append(event)
 
 
-def _prefix(rows: Sequence[Any], cursor: int, ready_before: int) -> tuple[list[Any], int]:
-    """The rows up to the first received after ``ready_before``, and the last id kept."""
-    kept = []
-    for row in rows:
-        if row.received_at > ready_before:
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A partition's step and the rows it evaluated per vehicle (for the next seqs)."""
+
+    step: PartitionStep
+    evaluated: dict[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]]
+
+
+#: passes of :func:`_ready_prefix` before it falls back to the settled rows only
+_MAX_PASSES = 16
+
+
+def _reach(start: int | None, seqs: Mapping[int, bool]) -> int | None:
+    """One past the seqs of a vehicle that may go now: from ``start`` (its next seq; None:
+    not known, then from its lowest seq read once that row has settled) on, each present
+    seq, and over a missing one when the row right after the hole has settled (the
+    missing one had its window: it is a gap). ``seqs``: seq -> its row has settled."""
+    ordered = sorted(seqs)
+    if start is None:
+        if not ordered or not seqs[ordered[0]]:
+            return None
+        start = ordered[0]
+    c = start
+    for seq in ordered:
+        if seq < c:
+            continue
+        if seq == c or seqs[seq]:
+            c = seq + 1
+        else:
             break
-        kept.append(row)
+    return c
+
+
+def _below(seq: int, reach: int | None) -> bool:
+    return reach is not None and seq < reach
+
+
+def _ready_prefix(
+    rows: Sequence[Any],
+    cursor: int,
+    ready_before: int,
+    next_seq: Mapping[VinKey, int],
+    free: Callable[[VinKey], bool],
+) -> tuple[list[Any], int]:
+    """The longest prefix of ``rows`` (by id) whose every row is ready (module docstring,
+    step 2), and the last id kept. A row is ready when received at or before
+    ``ready_before`` (settled), or its vehicle is ``free`` (not provisioned), or its seq is
+    below :func:`_reach` of its vehicle's rows in the prefix. A row may be ready because of
+    a row further on (two gateways: seq 5 committed before seq 4), so a cut is checked
+    again over the shorter prefix until it holds."""
+    cut = len(rows)
+    for _ in range(_MAX_PASSES):
+        limit = cut
+        present: dict[VinKey, dict[int, bool]] = defaultdict(dict)
+        for row in rows[:limit]:
+            present[(row.vin, row.tenure)][row.seq] = row.received_at <= ready_before
+        reach = {key: _reach(next_seq.get(key), seqs) for key, seqs in present.items()}
+        cut = next(
+            (
+                i
+                for i, row in enumerate(rows[:limit])
+                if row.received_at > ready_before
+                and not free((row.vin, row.tenure))
+                and not _below(row.seq, reach[(row.vin, row.tenure)])
+            ),
+            limit,
+        )
+        if cut == limit:
+            break
+    else:  # pathological interleaving: the settled rows are always a valid prefix
+        cut = next((i for i, r in enumerate(rows) if r.received_at > ready_before), len(rows))
+    kept = list(rows[:cut])
     return kept, kept[-1].id if kept else cursor
 
 
@@ -191,6 +264,10 @@ class RulesWorker:
         #: the partitions held and their cursors, and when the leases were last renewed
         self._held: dict[int, tuple[int, int]] = {}
         self._renewed = -_FOREVER
+        #: per vehicle, the next sample and event seq (one past the highest evaluated):
+        #: what lets in-order rows go without the settle window
+        self._next_sample: dict[VinKey, int] = {}
+        self._next_event: dict[VinKey, int] = {}
 
     def _leases(self, now: int) -> dict[int, tuple[int, int]]:
         """The partitions held; the leases renewed (and free ones taken) every third of
@@ -212,10 +289,13 @@ class RulesWorker:
         reader = self._open_reader()
         try:
             read = self._read(reader, held, now)
-            for partition, cursor in held.items():
+            parts = [
                 self._partition(reader, partition, cursor, read, now if tick else None)
+                for partition, cursor in held.items()
+            ]
         finally:
             reader.close()
+        self._commit([p for p in parts if p is not None])
         if tick:
             self._last_tick = now
         return len(read.samples) + len(read.events)
@@ -229,14 +309,45 @@ class RulesWorker:
         low_s = min(c[0] for c in held.values())
         low_e = min(c[1] for c in held.values())
         ready = now - s.settle_ms
-        samples, s_end = _prefix(reader.samples_after(low_s, limit=s.batch), low_s, ready)
-        events, e_end = _prefix(reader.events_after(low_e, limit=s.batch), low_e, ready)
-        if len(samples) == s.batch and samples:  # more samples wait: no event beyond them
+        sample_rows = reader.samples_after(low_s, limit=s.batch)
+        event_rows = reader.events_after(low_e, limit=s.batch)
+        keys = {(r.vin, r.tenure) for r in sample_rows} | {(r.vin, r.tenure) for r in event_rows}
+        accounts = self.log.accounts_of(keys)
+        self._learn_next_seqs(accounts)
+
+        def free(key: VinKey) -> bool:
+            return key not in accounts
+
+        samples, s_end = _ready_prefix(sample_rows, low_s, ready, self._next_sample, free)
+        events, e_end = _ready_prefix(event_rows, low_e, ready, self._next_event, free)
+        if len(sample_rows) == s.batch and samples:  # more samples wait: no event beyond them
             events = [e for e in events if e.received_at <= samples[-1].received_at]
             e_end = events[-1].id if events else low_e
-        read = _Read(samples, events, s_end, e_end)
+        read = _Read(samples, events, s_end, e_end, accounts)
         read.split(s.partitions)
         return read
+
+    def _learn_next_seqs(self, accounts: Mapping[VinKey, int]) -> None:
+        """The next sample seq of vehicles not yet known here, from their stored rule state
+        (what was evaluated last, whichever worker did it). Event seqs are not in that
+        state: a vehicle's first events seen by this worker wait the settle window."""
+        unknown = [k for k in accounts if k not in self._next_sample]
+        for key, (rule_state, _) in self.log.vin_states(unknown).items():
+            last = rule_state.get("last_seq")
+            if isinstance(last, int):
+                self._next_sample[key] = last + 1
+
+    def _remember_next_seqs(
+        self, per_vin: Mapping[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]]
+    ) -> None:
+        """After a committed step: each vehicle's next seqs are past what it evaluated."""
+        for key, (samples, events) in per_vin.items():
+            if samples:
+                top = max(r.seq for r in samples) + 1
+                self._next_sample[key] = max(self._next_sample.get(key, top), top)
+            if events:
+                top = max(r.seq for r in events) + 1
+                self._next_event[key] = max(self._next_event.get(key, top), top)
 
     def _partition(
         self,
@@ -245,7 +356,9 @@ class RulesWorker:
         cursor: tuple[int, int],
         read: _Read,
         tick_at: int | None,
-    ) -> None:
+    ) -> _Pending | None:
+        """One partition's step, to be committed with the pass's others (None: nothing
+        to do)."""
         n = self.settings.partitions
         per_vin: dict[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]] = defaultdict(
             lambda: ([], [])
@@ -257,7 +370,7 @@ class RulesWorker:
         for event in events:
             if event.id > cursor[1]:
                 per_vin[(event.vin, event.tenure)][1].append(event)
-        accounts = self.log.accounts_of(per_vin)
+        accounts = {k: read.accounts[k] for k in per_vin if k in read.accounts}
         if tick_at is not None:
             for vin, tenure, account in self.log.all_vin_keys():
                 if partition_of(vin, n) == partition:
@@ -265,22 +378,27 @@ class RulesWorker:
                     accounts[(vin, tenure)] = account
         new_cursor = (max(cursor[0], read.sample_end), max(cursor[1], read.event_end))
         if not per_vin and new_cursor == cursor:
-            return
+            return None
         steps = self._steps(reader, per_vin, accounts, tick_at)
+        return _Pending(
+            PartitionStep(partition, cursor, new_cursor, steps),
+            {k: v for k, v in per_vin.items() if k in accounts},
+        )
+
+    def _commit(self, pending: list[_Pending]) -> None:
+        """Every partition's step of the pass in one transaction (one commit instead of one
+        per partition); all dropped if any lease was lost meanwhile."""
         try:
-            self.log.commit_partition(
-                partition,
-                self.settings.owner,
-                read_from=cursor,
-                cursor=new_cursor,
-                steps=steps,
-                now=self.clock(),
+            self.log.commit_partitions(
+                self.settings.owner, [p.step for p in pending], now=self.clock()
             )
-        except LeaseLost:
-            logger.info("fleet partition %s was taken over; its step is dropped", partition)
+        except LeaseLost as lost:
+            logger.info("fleet partition %s was taken over; the pass is dropped", lost)
             self._renewed = -_FOREVER  # look again at what is still held
             return
-        self._held[partition] = new_cursor
+        for p in pending:
+            self._held[p.step.partition] = p.step.cursor
+            self._remember_next_seqs(p.evaluated)
 
     def _steps(
         self,

@@ -22,7 +22,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from gateway.statedb.database import StateDatabase
@@ -31,6 +47,7 @@ from gateway.statedb.models import (
     DriverAssignmentRow,
     FleetAlertRow,
     FleetPartitionRow,
+    FleetTripDayRow,
     FleetTripRow,
     FleetVehicleRow,
     FleetVinStateRow,
@@ -43,11 +60,16 @@ __all__ = [
     "AlertWrite",
     "FleetLog",
     "LeaseLost",
+    "PartitionStep",
     "TripFilter",
     "TripRecord",
     "TripWrite",
     "VinStep",
 ]
+
+
+#: a UTC day in epoch milliseconds
+DAY_MS = 86_400_000
 
 
 class LeaseLost(Exception):
@@ -98,6 +120,17 @@ class VinStep:
     #: replace the stored trips starting at or after this time (a recompute's window;
     #: ``-1``: all of them) by ``trips``
     replace_from: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStep:
+    """One partition's part of a worker's pass: its cursor as read, its new cursor, and
+    its vehicles' steps."""
+
+    partition: int
+    read_from: tuple[int, int]
+    cursor: tuple[int, int]
+    steps: Sequence[VinStep]
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,23 +329,49 @@ _TRIP_EVENT_FIELDS: Final = (
 
 
 class _Assignments:
-    """A vehicle's driver assignments, read once per step: who drove at a given time (an
-    assignment covers ``start_at <= t < end_at``; the newest start wins an overlap)."""
+    """Vehicles' driver assignments, read once per step for all its vehicles: who drove
+    a vehicle at a given time (an assignment covers ``start_at <= t < end_at``; the newest
+    start wins an overlap)."""
 
-    def __init__(self, session: Session, vin: str) -> None:
+    def __init__(self, session: Session, vins: Iterable[str]) -> None:
         a = DriverAssignmentRow
-        rows = session.execute(
-            select(a.driver_id, a.start_at, a.end_at)
-            .where(a.vin == vin)
-            .order_by(a.start_at.desc(), a.id.desc())
-        )
-        self._ranges = [(d, s, e) for d, s, e in rows]
+        self._ranges: dict[str, list[tuple[int, int, int | None]]] = {}
+        wanted = sorted(set(vins))
+        for chunk in range(0, len(wanted), 500):
+            rows = session.execute(
+                select(a.vin, a.driver_id, a.start_at, a.end_at)
+                .where(a.vin.in_(wanted[chunk : chunk + 500]))
+                .order_by(a.start_at.desc(), a.id.desc())
+            )
+            for vin, d, s, e in rows:
+                self._ranges.setdefault(vin, []).append((d, s, e))
 
-    def at(self, t: int) -> int | None:
-        for driver, start, end in self._ranges:
+    def at(self, vin: str, t: int) -> int | None:
+        for driver, start, end in self._ranges.get(vin, ()):
             if start <= t and (end is None or t < end):
                 return int(driver)
         return None
+
+
+def _update_alerts(
+    session: Session,
+    changed: list[tuple[str, int, str, dict[str, Any]]],
+    now: int,
+    events: list[NewEvent],
+) -> None:
+    """The changes of alerts stored earlier (one UPDATE each: it returns the row for its
+    ``alert.updated`` or ``alert.ended`` event)."""
+    a = FleetAlertRow
+    for vin, tenure, key, values in changed:
+        updated = session.execute(
+            update(a)
+            .where(a.vin == vin, a.tenure == tenure, a.key == key, a.end_at.is_(None))
+            .values(**values, updated_at=now)
+            .returning(*_ALERT_EVENT_COLUMNS)
+        )
+        for alert in updated.mappings().all():
+            kind = "alert.updated" if alert["end_at"] is None else "alert.ended"
+            events.append(alert_event(kind, dict(alert), at=now))
 
 
 class FleetLog:
@@ -427,81 +486,140 @@ class FleetLog:
     ) -> None:
         """One partition's step in one transaction; :class:`LeaseLost` (nothing stored)
         unless ``owner`` holds the lease and the cursor is still ``read_from``."""
-        with self._db.write(background=True) as session:
-            row = session.scalar(
-                select(FleetPartitionRow)
-                .where(FleetPartitionRow.partition == partition)
-                .with_for_update()
-            )
-            if (
-                row is None
-                or row.owner != owner
-                or row.lease_until < now
-                or (row.sample_cursor, row.event_cursor) != read_from
-            ):
-                raise LeaseLost(partition)
-            events: list[NewEvent] = []
-            for step in steps:
-                self._store_step(session, step, now, events)
-            publish_many(session, events)
-            row.sample_cursor, row.event_cursor = cursor
+        self.commit_partitions(owner, [PartitionStep(partition, read_from, cursor, steps)], now=now)
 
-    def _store_step(
-        self, session: Session, step: VinStep, now: int, events: list[NewEvent]
-    ) -> None:
-        state = session.get(FleetVinStateRow, (step.vin, step.tenure))
-        if state is None:
-            session.add(
-                FleetVinStateRow(
-                    vin=step.vin,
-                    tenure=step.tenure,
-                    rule_state=step.rule_state,
-                    trip_state=step.trip_state,
-                    updated_at=now,
+    def commit_partitions(self, owner: str, parts: Sequence[PartitionStep], *, now: int) -> None:
+        """Several partitions' steps in one transaction (a worker's whole pass: one commit,
+        not one per partition), with their ``alert.*`` and ``trip.*`` events;
+        :class:`LeaseLost` and nothing stored unless ``owner`` holds every one's lease and
+        each cursor is still where it read from."""
+        if not parts:
+            return
+        with self._db.write(background=True) as session:
+            rows = {
+                r.partition: r
+                for r in session.scalars(
+                    select(FleetPartitionRow)
+                    .where(FleetPartitionRow.partition.in_([p.partition for p in parts]))
+                    .with_for_update()
                 )
-            )
-        else:
-            state.rule_state, state.trip_state, state.updated_at = (
-                step.rule_state,
-                step.trip_state,
-                now,
-            )
-        drivers = _Assignments(session, step.vin) if step.alerts or step.trips else None
-        if step.alerts and drivers is not None:
-            self._store_alerts(session, step, drivers, now, events)
-        replaced: list[tuple[int, int, int, float]] = []
-        if step.replace_from is not None:
-            in_window = (
-                FleetTripRow.vin == step.vin,
-                FleetTripRow.tenure == step.tenure,
-                FleetTripRow.start_at >= step.replace_from,
-            )
-            old = select(FleetTripRow.start_at, FleetTripRow.id, FleetTripRow.end_at,
-                         FleetTripRow.distance_m).where(*in_window)  # fmt: skip
-            replaced = [(i, start, end, dist) for start, i, end, dist in session.execute(old)]
-            session.execute(delete(FleetTripRow).where(*in_window))
-        if step.trips and drivers is not None:
-            rows = [self._trip_row(step, t, drivers) for t in step.trips]
-            ids = session.scalars(
-                insert(FleetTripRow).returning(FleetTripRow.id, sort_by_parameter_order=True),
-                rows,
-            ).all()
-            for trip_id, row in zip(ids, rows, strict=True):
-                event = _trip_event(trip_id, row, _overlapping(replaced, row), at=now)
-                if event is not None:
-                    events.append(event)
+            }
+            for p in parts:
+                row = rows.get(p.partition)
+                if (
+                    row is None
+                    or row.owner != owner
+                    or row.lease_until < now
+                    or (row.sample_cursor, row.event_cursor) != p.read_from
+                ):
+                    raise LeaseLost(p.partition)
+            events: list[NewEvent] = []
+            self._store_steps(session, [s for p in parts for s in p.steps], now, events)
+            publish_many(session, events)
+            for p in parts:
+                rows[p.partition].sample_cursor, rows[p.partition].event_cursor = p.cursor
 
     @staticmethod
-    def _store_alerts(
-        session: Session, step: VinStep, drivers: _Assignments, now: int, events: list[NewEvent]
+    def _store_states(session: Session, steps: Sequence[VinStep], now: int) -> None:
+        """Every vehicle's rule and trip state: one bulk UPDATE and one INSERT."""
+        v = FleetVinStateRow
+        keys = [(step.vin, step.tenure) for step in steps]
+        existing: set[tuple[str, int]] = set()
+        for chunk in range(0, len(keys), 500):
+            found = session.execute(
+                select(v.vin, v.tenure).where(
+                    tuple_(v.vin, v.tenure).in_(keys[chunk : chunk + 500])
+                )
+            )
+            existing.update((vin, tenure) for vin, tenure in found)
+        states = [
+            {
+                "vin": step.vin,
+                "tenure": step.tenure,
+                "rule_state": step.rule_state,
+                "trip_state": step.trip_state,
+                "updated_at": now,
+            }
+            for step in steps
+        ]
+        updates = [r for r in states if (r["vin"], r["tenure"]) in existing]
+        inserts = [r for r in states if (r["vin"], r["tenure"]) not in existing]
+        if updates:
+            session.execute(update(FleetVinStateRow), updates)
+        if inserts:
+            session.execute(insert(FleetVinStateRow), inserts)
+
+    def _store_steps(
+        self, session: Session, steps: Sequence[VinStep], now: int, events: list[NewEvent]
+    ) -> None:
+        """Every vehicle's state, alerts and trips of a step in a few bulk statements (not
+        a few per vehicle: a step of a busy partition holds hundreds of vehicles), the
+        events of the changes, and the daily rollup of the days whose trips changed."""
+        if not steps:
+            return
+        self._store_states(session, steps, now)
+        drivers = _Assignments(session, (s.vin for s in steps if s.alerts or s.trips))
+        new_alerts: list[dict[str, Any]] = []
+        closed_here: set[int] = set()  # id() of the new rows that also ended in the step
+        changed: list[tuple[str, int, str, dict[str, Any]]] = []
+        trips: list[dict[str, Any]] = []
+        replaced: dict[tuple[str, int], list[tuple[int, int, int, float]]] = {}
+        touched: dict[tuple[str, int], set[int]] = {}
+        for step in steps:
+            self._fold_alerts(step, drivers, now, new_alerts, changed, closed_here)
+            days = {t.start_at // DAY_MS for t in step.trips}
+            if step.replace_from is not None:
+                t = FleetTripRow
+                in_window = (t.vin == step.vin, t.tenure == step.tenure,
+                             t.start_at >= step.replace_from)  # fmt: skip
+                old = select(t.start_at, t.id, t.end_at, t.distance_m).where(*in_window)
+                gone = [(i, start, end, dist) for start, i, end, dist in session.execute(old)]
+                replaced[(step.vin, step.tenure)] = gone
+                days.update(start // DAY_MS for _, start, _, _ in gone)
+                session.execute(delete(t).where(*in_window))
+            if days:
+                touched[(step.vin, step.tenure)] = days
+            trips.extend(self._trip_row(step, t, drivers) for t in step.trips)
+        _update_alerts(session, changed, now, events)
+        if new_alerts:
+            stored = session.execute(
+                insert(FleetAlertRow).returning(
+                    *_ALERT_EVENT_COLUMNS, sort_by_parameter_order=True
+                ),
+                new_alerts,
+            )
+            for alert, row in zip(stored.mappings().all(), new_alerts, strict=True):
+                events.append(alert_event("alert.raised", dict(alert), at=now))
+                if id(row) in closed_here:
+                    events.append(alert_event("alert.ended", dict(alert), at=now))
+        if trips:
+            ids = session.scalars(
+                insert(FleetTripRow).returning(FleetTripRow.id, sort_by_parameter_order=True),
+                trips,
+            ).all()
+            for trip_id, row in zip(ids, trips, strict=True):
+                before = _overlapping(replaced.get((row["vin"], row["tenure"]), []), row)
+                event = _trip_event(trip_id, row, before, at=now)
+                if event is not None:
+                    events.append(event)
+        for (vin, tenure), days in touched.items():
+            _roll_up(session, vin, tenure, days)
+
+    @staticmethod
+    def _fold_alerts(
+        step: VinStep,
+        drivers: _Assignments,
+        now: int,
+        rows: list[dict[str, Any]],
+        changes: list[tuple[str, int, str, dict[str, Any]]],
+        closed_here: set[int],
     ) -> None:
         """The step's alert changes folded per key (an alert opened and closed within one
-        step is one new row), then one INSERT of the new rows and one UPDATE per alert
-        stored earlier: a few statements per vehicle instead of one per change."""
+        step is one new row, noted in ``closed_here``): new rows to insert, and changes of
+        alerts stored earlier ((vin, tenure, key, values))."""
         new: dict[str, dict[str, Any]] = {}
         instants: list[dict[str, Any]] = []
         changed: dict[str, dict[str, Any]] = {}
-        closed_here: set[int] = set()  # id() of the new rows that also ended in the step
         for c in step.alerts:
             values = {"severity": c.severity, "end_at": c.end_at, "detail": dict(c.detail)}
             if c.action == "opened":
@@ -512,7 +630,7 @@ class FleetLog:
                     "kind": c.kind,
                     "key": c.key,
                     "start_at": c.start_at,
-                    "driver_id": drivers.at(c.start_at),
+                    "driver_id": drivers.at(step.vin, c.start_at),
                     "updated_at": now,
                     **values,
                 }
@@ -527,33 +645,8 @@ class FleetLog:
                     instants.append(new.pop(c.key))
             else:
                 changed[c.key] = values
-        for key, values in changed.items():
-            updated = session.execute(
-                update(FleetAlertRow)
-                .where(
-                    FleetAlertRow.vin == step.vin,
-                    FleetAlertRow.tenure == step.tenure,
-                    FleetAlertRow.key == key,
-                    FleetAlertRow.end_at.is_(None),
-                )
-                .values(**values, updated_at=now)
-                .returning(*_ALERT_EVENT_COLUMNS)
-            )
-            for alert in updated.mappings().all():
-                kind = "alert.updated" if alert["end_at"] is None else "alert.ended"
-                events.append(alert_event(kind, dict(alert), at=now))
-        rows = [*instants, *new.values()]
-        if rows:
-            stored = session.execute(
-                insert(FleetAlertRow).returning(
-                    *_ALERT_EVENT_COLUMNS, sort_by_parameter_order=True
-                ),
-                rows,
-            )
-            for alert, row in zip(stored.mappings().all(), rows, strict=True):
-                events.append(alert_event("alert.raised", dict(alert), at=now))
-                if id(row) in closed_here:
-                    events.append(alert_event("alert.ended", dict(alert), at=now))
+        rows.extend([*instants, *new.values()])
+        changes.extend((step.vin, step.tenure, key, values) for key, values in changed.items())
 
     @staticmethod
     def _trip_row(step: VinStep, t: TripWrite, drivers: _Assignments) -> dict[str, Any]:
@@ -575,7 +668,7 @@ class FleetLog:
             "energy_used_pct": t.energy_used_pct,
             "fuel_used_pct": t.fuel_used_pct,
             "ended_by": t.ended_by,
-            "driver_id": drivers.at(t.start_at),
+            "driver_id": drivers.at(step.vin, t.start_at),
             "prior_ignition": t.prior_ignition,
             "prior_moving": t.prior_moving,
         }
@@ -658,11 +751,29 @@ class FleetLog:
 
     def trip_days(self, f: TripFilter, *, by_driver: bool) -> list[tuple[Any, ...]]:
         """Per (vin or driver id, UTC day number) of the filter's trips: (key, day, trips,
-        duration, distance, max speed, energy, fuel), summed by the database (integer
-        division of epoch milliseconds is the UTC day on SQLite and PostgreSQL alike)."""
+        duration, distance, max speed, energy, fuel), summed by the database. Whole days
+        come from the daily rollup (``fleet_trip_days``), the partial days at the range's
+        edges from the trips themselves (integer division of epoch milliseconds is the
+        UTC day on SQLite and PostgreSQL alike)."""
+        if f.start is None or f.end is None:
+            return self._trip_sums(f, by_driver, f.start, f.end)
+        first, last = -(-f.start // DAY_MS), f.end // DAY_MS  # the whole days: [first, last)
+        if first >= last:
+            return self._trip_sums(f, by_driver, f.start, f.end)
+        out = []
+        if f.start < first * DAY_MS:
+            out += self._trip_sums(f, by_driver, f.start, first * DAY_MS)
+        out += self._rollup_sums(f, by_driver, first, last)
+        if last * DAY_MS < f.end:
+            out += self._trip_sums(f, by_driver, last * DAY_MS, f.end)
+        return out
+
+    def _trip_sums(
+        self, f: TripFilter, by_driver: bool, start: int | None, end: int | None
+    ) -> list[tuple[Any, ...]]:
         t = FleetTripRow
         who = t.driver_id if by_driver else t.vin
-        day = t.start_at // 86_400_000
+        day = t.start_at // DAY_MS
         query = (
             select(
                 who,
@@ -681,32 +792,269 @@ class FleetLog:
             query = query.where(t.driver_id.is_not(None))
         if f.driver_id is not None:
             query = query.where(t.driver_id == f.driver_id)
-        if f.start is not None:
-            query = query.where(t.start_at >= f.start)
-        if f.end is not None:
-            query = query.where(t.start_at < f.end)
+        if start is not None:
+            query = query.where(t.start_at >= start)
+        if end is not None:
+            query = query.where(t.start_at < end)
         with self._db.read() as session:
             return [tuple(r) for r in session.execute(query)]
 
-    def alert_counts(
-        self, f: AlertFilter, *, by_driver: bool
-    ) -> list[tuple[str | int | None, int, str, int | None]]:
-        """(vin or driver id, start, kind, end) per alert of the filter, for reports."""
+    def _rollup_sums(
+        self, f: TripFilter, by_driver: bool, first: int, last: int
+    ) -> list[tuple[Any, ...]]:
+        r = FleetTripDayRow
+        who = r.driver_id if by_driver else r.vin
+        query = (
+            select(
+                who,
+                r.day,
+                func.sum(r.trips),
+                func.sum(r.duration_ms),
+                func.sum(r.distance_m),
+                func.max(r.max_speed_kmh),
+                func.sum(r.energy_used_pct),
+                func.sum(r.fuel_used_pct),
+            )
+            .where(*_scope(r, f.account_id, f.vehicles, f.fleet_id), r.day >= first, r.day < last)
+            .group_by(who, r.day)
+        )
+        if by_driver:
+            query = query.where(r.driver_id.is_not(None))
+        if f.driver_id is not None:
+            query = query.where(r.driver_id == f.driver_id)
+        with self._db.read() as session:
+            return [tuple(row) for row in session.execute(query)]
+
+    def report_days(
+        self, tf: TripFilter, af: AlertFilter, *, by_driver: bool
+    ) -> list[tuple[Any, ...]]:
+        """Per (vin or driver id, UTC day) of the filters' trips and alerts, in one query:
+        (key, day, trips, driving ms, distance, max speed, energy, fuel, alerts, idle ms),
+        ordered by key and day. Trips of whole days come from the daily rollup, of the
+        partial days at the range's edges from the trips; alerts are counted by the day
+        they started, idle time is the duration of the ended ``idling`` alerts."""
+        parts = [self._alert_part(af, by_driver, tf.driver_id)]
+        if tf.start is None or tf.end is None:
+            parts.append(_trip_part(tf, by_driver, tf.start, tf.end))
+        else:
+            first, last = -(-tf.start // DAY_MS), tf.end // DAY_MS
+            if first >= last:
+                parts.append(_trip_part(tf, by_driver, tf.start, tf.end))
+            else:
+                parts.append(_rollup_part(tf, by_driver, first, last))
+                if tf.start < first * DAY_MS:
+                    parts.append(_trip_part(tf, by_driver, tf.start, first * DAY_MS))
+                if last * DAY_MS < tf.end:
+                    parts.append(_trip_part(tf, by_driver, last * DAY_MS, tf.end))
+        u = union_all(*parts).subquery()
+        query = (
+            select(
+                u.c.who,
+                u.c.day,
+                func.sum(u.c.trips),
+                func.sum(u.c.duration),
+                func.sum(u.c.distance),
+                func.max(u.c.top),
+                func.sum(u.c.energy),
+                func.sum(u.c.fuel),
+                func.sum(u.c.alerts),
+                func.sum(u.c.idle),
+            )
+            .group_by(u.c.who, u.c.day)
+            .order_by(u.c.who, u.c.day)
+        )
+        with self._db.read() as session:
+            return [tuple(r) for r in session.execute(query)]
+
+    @staticmethod
+    def _alert_part(f: AlertFilter, by_driver: bool, driver_id: int | None) -> Any:
         a = FleetAlertRow
         who = a.driver_id if by_driver else a.vin
-        query = select(who, a.start_at, a.kind, a.end_at).where(
-            *_scope(a, f.account_id, f.vehicles, f.fleet_id)
+        idle = case(
+            (and_(a.kind == "idling", a.end_at.is_not(None)), a.end_at - a.start_at), else_=0
+        )
+        query = select(
+            who.label("who"),
+            (a.start_at // DAY_MS).label("day"),
+            *_zeros(),
+            literal(1, BigInteger).label("alerts"),
+            idle.label("idle"),
+        ).where(*_scope(a, f.account_id, f.vehicles, f.fleet_id))
+        if by_driver:
+            query = query.where(a.driver_id.is_not(None))
+        if driver_id is not None:
+            query = query.where(a.driver_id == driver_id)
+        if f.start is not None:
+            query = query.where(a.start_at >= f.start)
+        if f.end is not None:
+            query = query.where(a.start_at < f.end)
+        return query
+
+    def alert_days(
+        self, f: AlertFilter, *, by_driver: bool
+    ) -> list[tuple[str | int | None, int, int, int]]:
+        """Per (vin or driver id, UTC day of the start) of the filter's alerts: (key, day,
+        alerts, idle ms: the duration of the ended ``idling`` alerts), for reports."""
+        a = FleetAlertRow
+        who = a.driver_id if by_driver else a.vin
+        day = a.start_at // DAY_MS
+        idle = case(
+            (and_(a.kind == "idling", a.end_at.is_not(None)), a.end_at - a.start_at), else_=0
+        )
+        query = (
+            select(who, day, func.count(), func.sum(idle))
+            .where(*_scope(a, f.account_id, f.vehicles, f.fleet_id))
+            .group_by(who, day)
         )
         if f.start is not None:
             query = query.where(a.start_at >= f.start)
         if f.end is not None:
             query = query.where(a.start_at < f.end)
         with self._db.read() as session:
-            return [(w, s, k, e) for w, s, k, e in session.execute(query)]
+            return [(w, int(d), int(n), int(i or 0)) for w, d, n, i in session.execute(query)]
+
+    def scope_vehicles(self, f: TripFilter, start: int, end: int) -> list[str]:
+        """The VINs of the filter's scope held by its account at some time in [start, end)
+        (a utilization report lists the unused ones too)."""
+        if f.vehicles is not None:
+            return sorted({vin for vin, _ in f.vehicles})
+        v = VehicleTenureRow
+        query = select(v.vin).where(
+            v.started_at < end, or_(v.ended_at.is_(None), v.ended_at > start)
+        )
+        if f.account_id is not None:
+            query = query.where(v.account_id == f.account_id)
+        if f.fleet_id is not None:
+            query = query.where(
+                v.vin.in_(select(FleetVehicleRow.vin).where(FleetVehicleRow.fleet_id == f.fleet_id))
+            )
+        with self._db.read() as session:
+            return sorted(set(session.scalars(query)))
+
+    def fault_counts(self, f: AlertFilter) -> list[tuple[str, str, int]]:
+        """(vin, code, fault-code alerts started in the filter's range) per vehicle and code."""
+        a = FleetAlertRow
+        query = (
+            select(a.vin, a.key, func.count())
+            .where(*_scope(a, f.account_id, f.vehicles, f.fleet_id), a.kind == "fault_code")
+            .group_by(a.vin, a.key)
+        )
+        if f.start is not None:
+            query = query.where(a.start_at >= f.start)
+        if f.end is not None:
+            query = query.where(a.start_at < f.end)
+        with self._db.read() as session:
+            return [(vin, key.partition(":")[2], int(n)) for vin, key, n in session.execute(query)]
+
+
+def _zeros() -> list[Any]:
+    """The trip columns of an alert's line in :meth:`FleetLog.report_days`."""
+    return [
+        literal(0, BigInteger).label("trips"),
+        literal(0, BigInteger).label("duration"),
+        literal(0.0, Float).label("distance"),
+        cast(null(), Float).label("top"),
+        cast(null(), Float).label("energy"),
+        cast(null(), Float).label("fuel"),
+    ]
+
+
+def _trip_columns(
+    table: type[FleetTripRow] | type[FleetTripDayRow], trips: Any, day: Any
+) -> list[Any]:
+    return [
+        day.label("day"),
+        cast(trips, BigInteger).label("trips"),
+        cast(table.duration_ms, BigInteger).label("duration"),
+        cast(table.distance_m, Float).label("distance"),
+        cast(table.max_speed_kmh, Float).label("top"),
+        cast(table.energy_used_pct, Float).label("energy"),
+        cast(table.fuel_used_pct, Float).label("fuel"),
+        literal(0, BigInteger).label("alerts"),
+        literal(0, BigInteger).label("idle"),
+    ]
+
+
+def _trip_part(f: TripFilter, by_driver: bool, start: int | None, end: int | None) -> Any:
+    """The trips of [start, end), one line each, for :meth:`FleetLog.report_days`."""
+    t = FleetTripRow
+    who = t.driver_id if by_driver else t.vin
+    query = select(who.label("who"), *_trip_columns(t, literal(1), t.start_at // DAY_MS))
+    query = query.where(*_scope(t, f.account_id, f.vehicles, f.fleet_id))
+    if by_driver:
+        query = query.where(t.driver_id.is_not(None))
+    if f.driver_id is not None:
+        query = query.where(t.driver_id == f.driver_id)
+    if start is not None:
+        query = query.where(t.start_at >= start)
+    if end is not None:
+        query = query.where(t.start_at < end)
+    return query
+
+
+def _rollup_part(f: TripFilter, by_driver: bool, first: int, last: int) -> Any:
+    """The rollup's lines of the whole days [first, last)."""
+    r = FleetTripDayRow
+    who = r.driver_id if by_driver else r.vin
+    query = select(who.label("who"), *_trip_columns(r, r.trips, r.day)).where(
+        *_scope(r, f.account_id, f.vehicles, f.fleet_id), r.day >= first, r.day < last
+    )
+    if by_driver:
+        query = query.where(r.driver_id.is_not(None))
+    if f.driver_id is not None:
+        query = query.where(r.driver_id == f.driver_id)
+    return query
+
+
+def _roll_up(session: Session, vin: str, tenure: int, days: set[int]) -> None:
+    """Recompute the rollup rows of one vehicle's holding period on ``days`` from its
+    trips (after trips were added or replaced there)."""
+    t, r = FleetTripRow, FleetTripDayRow
+    session.execute(delete(r).where(r.vin == vin, r.tenure == tenure, r.day.in_(days)))
+    day = t.start_at // DAY_MS
+    summed = session.execute(
+        select(
+            t.account_id,
+            day,
+            t.driver_id,
+            func.count(),
+            func.sum(t.duration_ms),
+            func.sum(t.distance_m),
+            func.max(t.max_speed_kmh),
+            func.sum(t.energy_used_pct),
+            func.sum(t.fuel_used_pct),
+        )
+        .where(
+            t.vin == vin,
+            t.tenure == tenure,
+            t.start_at >= min(days) * DAY_MS,
+            t.start_at < (max(days) + 1) * DAY_MS,
+        )
+        .group_by(t.account_id, day, t.driver_id)
+    )
+    rows = [
+        {
+            "account_id": account,
+            "vin": vin,
+            "tenure": tenure,
+            "day": int(d),
+            "driver_id": driver,
+            "trips": n,
+            "duration_ms": int(duration),
+            "distance_m": float(distance),
+            "max_speed_kmh": top,
+            "energy_used_pct": energy,
+            "fuel_used_pct": fuel,
+        }
+        for account, d, driver, n, duration, distance, top, energy, fuel in summed
+        if int(d) in days
+    ]
+    if rows:
+        session.execute(insert(r), rows)
 
 
 def _scope(
-    table: type[FleetAlertRow] | type[FleetTripRow],
+    table: type[FleetAlertRow] | type[FleetTripRow] | type[FleetTripDayRow],
     account_id: int | None,
     vehicles: Sequence[tuple[str, int]] | None,
     fleet_id: int | None,

@@ -30,6 +30,8 @@ __all__ = [
     "DriverUpdate",
     "EventOut",
     "EventPage",
+    "FaultReportOut",
+    "FaultRow",
     "FleetOut",
     "FleetPage",
     "FleetRequest",
@@ -44,6 +46,8 @@ __all__ = [
     "RuleSettingsOut",
     "TripOut",
     "TripPage",
+    "UtilizationOut",
+    "UtilizationRow",
 ]
 
 #: a speed limit, km/h: finite, 1 to 400 (a limit of 1e-300 km/h made every sample an
@@ -296,6 +300,52 @@ class ReportRow(BaseModel):
     fuel_used_pct: float
     max_speed_kmh: float | None
     alerts: int
+
+
+class UtilizationRow(BaseModel):
+    """One vehicle's use of the range, or the whole scope's (``vin`` null)."""
+
+    vin: str | None = Field(description="The VIN; null: every vehicle of the scope.")
+    vehicles: int = Field(description="1, or the scope's vehicles (used or not).")
+    vehicles_used: int = Field(description="Vehicles with a trip started in the range.")
+    days_used: int = Field(description="UTC days with a trip started (scope: vehicle-days).")
+    trips: int
+    driving_ms: int
+    driving_share: float = Field(
+        description="Driving time over the range's length (scope: over length x vehicles)."
+    )
+    distance_m: float
+
+
+class UtilizationOut(BaseModel):
+    """Fleet utilization from the stored trips (a trip counts on the day it started)."""
+
+    start: int
+    start_iso: str
+    end: int
+    end_iso: str
+    vehicles: list[UtilizationRow] = Field(description="By VIN, every vehicle of the scope.")
+    total: UtilizationRow
+
+
+class FaultRow(BaseModel):
+    model: str = Field(
+        description="The model line as the VIN encodes it: manufacturer (WMI) and vehicle "
+        "descriptor, the VIN's first 8 characters."
+    )
+    code: str = Field(description="The diagnostic trouble code.")
+    vehicles: int = Field(description="Vehicles of the model that reported it.")
+    occurrences: int = Field(description="Fault-code alerts raised for it in the range.")
+
+
+class FaultReportOut(BaseModel):
+    """Fault codes by model, from the stored fault-code alerts."""
+
+    start: int
+    start_iso: str
+    end: int
+    end_iso: str
+    rows: list[FaultRow] = Field(description="By model, then code.")
 
 
 class ReportOut(BaseModel):

@@ -99,6 +99,16 @@ class Circle:
     def contains(self, p: Point) -> bool:
         return distance_m(self.center, p) < self.radius_m
 
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) in degrees, enclosing the circle (its longitude
+        extent taken at the latitude furthest from the equator it reaches)."""
+        dlat = self.radius_m / _M_PER_DEG
+        far_lat = min(89.9, abs(self.center.lat) + dlat)
+        dlon = min(180.0, self.radius_m / (_M_PER_DEG * math.cos(math.radians(far_lat))))
+        c = self.center
+        return (c.lon - dlon, c.lat - dlat, c.lon + dlon, c.lat + dlat)
+
     def signed_distance_m(self, p: Point, cutoff_m: float = math.inf) -> float:
         """Distance to the boundary in metres, negative inside: what hysteresis measures.
         Exact up to ``cutoff_m``; beyond it possibly only a lower bound above ``cutoff_m``:
@@ -481,3 +491,20 @@ def shape_to_geojson(shape: Shape, properties: Mapping[str, Any] | None = None) 
         rings = (shape.exterior, *shape.holes)
         geometry = {"type": "Polygon", "coordinates": [[list(p) for p in r] for r in rings]}
     return {"type": "Feature", "geometry": geometry, "properties": props}
+
+
+#: the error a local projection can make at city scale, with room to spare: what
+#: :func:`surely_outside` keeps away from a shape's box
+_BOX_SLACK_M = 50.0
+
+
+def surely_outside(bbox: tuple[float, float, float, float], p: Point) -> bool:
+    """True when ``p`` is more than 50 m outside the box (``(west, south, east, north)``,
+    degrees) that encloses a shape, so certainly outside the shape: the cheap test that
+    spares looking at a fence far from the vehicle (most of them, for most fixes)."""
+    x0, y0, x1, y1 = bbox
+    dy = max(y0 - p.lat, 0.0, p.lat - y1) * _M_PER_DEG
+    if dy > _BOX_SLACK_M:
+        return True
+    dx = max(x0 - p.lon, 0.0, p.lon - x1) * _M_PER_DEG * math.cos(math.radians(p.lat))
+    return dx * dx + dy * dy > _BOX_SLACK_M * _BOX_SLACK_M

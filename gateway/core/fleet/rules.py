@@ -25,7 +25,7 @@ from typing import Literal
 
 from schemas.payloads import EventType, SignalValue
 
-from .geo import Point
+from .geo import Point, surely_outside
 from .geofence import DEFAULT_MARGIN_M, DEFAULT_MIN_DWELL_MS, FenceState, Geofence, update_fence
 from .geofence import Transition as FenceTransition
 from .signals import (
@@ -289,6 +289,10 @@ def _ignition(w: _Work, ts: int) -> None:
         w.close("ignition", ts)
 
 
+#: outside a fence, nothing pending
+_OUTSIDE = FenceState(inside=False)
+
+
 def _geofences(w: _Work, s: Sample) -> None:
     if not any(c in s.values for c in _COORDINATES):
         return
@@ -299,6 +303,10 @@ def _geofences(w: _Work, s: Sample) -> None:
     w.place = point
     fences: dict[str, FenceState] = {}
     for fence in w.s.geofences:
+        before = w.fences.get(fence.id)
+        if (before is None or before == _OUTSIDE) and surely_outside(fence.shape.bbox, point):
+            fences[fence.id] = _OUTSIDE  # what update_fence would answer, without measuring
+            continue
         fences[fence.id], crossed = update_fence(
             w.fences.get(fence.id),
             fence.shape,

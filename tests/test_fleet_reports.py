@@ -1,0 +1,257 @@
+"""Fleet reports over stored trips and alerts, through the API (SQLite and PostgreSQL): the
+daily rollup the worker keeps equals the trips it sums, also after a recompute replaced
+some; per-vehicle, utilization and fault-code reports add up to their trips and alerts,
+over a range that starts and ends mid-day (edge days from the trips, the rest from the
+rollup); another organization gets 404; a range that ends before it starts is 422 for
+reports and for the alert and trip lists alike."""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.api import ApiSettings
+from gateway.statedb import AccountRepository, StateDatabase
+from gateway.statedb.fleet_log import (
+    DAY_MS,
+    AlertWrite,
+    FleetLog,
+    TripFilter,
+    TripWrite,
+    VinStep,
+)
+from gateway.statedb.models import FleetTripDayRow
+from gateway.store import open_store
+from tests.support.api import admin_client
+
+D0 = 20_400  # the first day of the trips (days since the epoch)
+VINS = ("WVWZZZ1KZAW000001", "WVWZZZ1KZAW000002", "WBAXX11020L000003")
+OTHER_VIN = "WVWZZZ1KZAW000009"  # the other organization's
+PASSWORD = "reports-password-1"
+
+
+def _trip(start: int, rng: random.Random) -> TripWrite:
+    end = start + rng.randint(60_000, 5_400_000)
+    return TripWrite(start, end, (11.5, 48.1), (11.6, 48.2), rng.uniform(100, 90_000),
+                     rng.uniform(20, 140), 40.0, rng.uniform(0, 5), None, "ignition_off",
+                     False, False)  # fmt: skip
+
+
+@dataclass
+class World:
+    api: TestClient
+    db: StateDatabase
+    org: int
+    other: int
+    trips: dict[str, list[TripWrite]]
+    faults: list[tuple[str, str]]
+
+    def commit(self, steps: list[VinStep], cursor: int) -> None:
+        log = FleetLog(self.db)
+        log.take_partitions("test", 1, now=1, ttl_ms=10**12)
+        log.commit_partition(0, "test", read_from=(cursor, 0), cursor=(cursor + 1, 0),
+                             steps=steps, now=2)  # fmt: skip
+
+
+def _provision(accounts: AccountRepository, account: int, vin: str) -> None:
+    accounts.provision_vehicle(
+        vin=vin, account_id=account, label=None, mqtt_password_hash=None, provisioned_by=None,
+        now=1,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def world(state_db_url: str, tmp_path: Path) -> Iterator[World]:
+    open_store(tmp_path / "telemetry.db").close()
+    settings = ApiSettings(db_path=tmp_path / "telemetry.db", state_db_url=state_db_url,
+                           fleet_worker=None)  # fmt: skip
+    with admin_client(settings) as api:
+        db = StateDatabase(state_db_url)
+        accounts = AccountRepository(db)
+        org = accounts.create_account("organization", "vans", now=1).id
+        other = accounts.create_account("organization", "trucks", now=1).id
+        for vin in VINS:
+            _provision(accounts, org, vin)
+        _provision(accounts, other, OTHER_VIN)
+        rng = random.Random(5)
+        trips: dict[str, list[TripWrite]] = {}
+        steps = {
+            vin: VinStep(vin, 1, other if vin == OTHER_VIN else org, {}, {})
+            for vin in (*VINS, OTHER_VIN)
+        }
+        for vin in (*VINS[:2], OTHER_VIN):  # VINS[2] never drives: unused in utilization
+            trips[vin] = [_trip((D0 + d) * DAY_MS + h * 3_600_000 + rng.randint(0, 3_000_000), rng)
+                          for d in range(6) for h in (1, 9, 17, 22)]  # fmt: skip
+            steps[vin].trips.extend(trips[vin])
+        faults = [(VINS[0], "P0420"), (VINS[1], "P0420"), (VINS[1], "P0300"), (VINS[2], "P0420")]
+        for n, (vin, code) in enumerate(faults):
+            at = (D0 + 2) * DAY_MS + n * 1000
+            alert = AlertWrite("opened", "fault_code", f"fault:{code}", "warning", at, at, {})
+            steps[vin].alerts.append(alert)
+        idle = (D0 + 3) * DAY_MS + 50_000
+        steps[VINS[0]].alerts.append(
+            AlertWrite("opened", "idling", "idling", "warning", idle, idle + 420_000, {})
+        )
+        w = World(api, db, org, other, trips, faults)
+        w.commit(list(steps.values()), 0)
+        try:
+            yield w
+        finally:
+            db.dispose()
+
+
+def _manager(w: World, account: int, name: str) -> dict[str, str]:
+    email = f"manager-{name}@example.com"
+    r = w.api.post("/v1/users", json={"email": email, "name": "m", "role": "fleet_manager",
+                                      "account_id": account, "password": PASSWORD})  # fmt: skip
+    assert r.status_code == 201, r.text
+    token = w.api.post(
+        "/v1/auth/token", data={"grant_type": "password", "username": email, "password": PASSWORD}
+    )
+    return {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+
+def _rollup(w: World) -> list[tuple[Any, ...]]:
+    from sqlalchemy import select
+
+    r = FleetTripDayRow
+    with w.db.read() as session:
+        rows = session.execute(select(r.vin, r.day, r.trips, r.duration_ms, r.distance_m))
+        return sorted((v, d, n, int(t), round(m, 6)) for v, d, n, t, m in rows)
+
+
+def _sums(trips: dict[str, list[TripWrite]]) -> list[tuple[Any, ...]]:
+    days: dict[tuple[str, int], list[float]] = {}
+    for vin, ts in trips.items():
+        for t in ts:
+            s = days.setdefault((vin, t.start_at // DAY_MS), [0, 0, 0.0])
+            s[0], s[1], s[2] = s[0] + 1, s[1] + t.end_at - t.start_at, s[2] + t.distance_m
+    return sorted((v, d, int(n), int(t), round(m, 6)) for (v, d), (n, t, m) in days.items())
+
+
+def test_the_daily_rollup_equals_its_trips_also_after_a_recompute(world: World) -> None:
+    assert _rollup(world) == _sums(world.trips)
+    # a recompute replaces VINS[0]'s trips from day 3 on: fewer, other ones
+    rng = random.Random(9)
+    cut = (D0 + 3) * DAY_MS
+    kept = [t for t in world.trips[VINS[0]] if t.start_at < cut]
+    new = [_trip(cut + 5 * 3_600_000, rng), _trip(cut + 2 * DAY_MS + 60_000, rng)]
+    world.trips[VINS[0]] = kept + new
+    world.commit([VinStep(VINS[0], 1, world.org, {}, {}, trips=new, replace_from=cut)], 1)
+    assert _rollup(world) == _sums(world.trips)
+
+
+def _window() -> dict[str, int]:
+    """Mid-day to mid-day: the first and last day are partial."""
+    return {"start": (D0 + 1) * DAY_MS + 12 * 3_600_000, "end": (D0 + 5) * DAY_MS + 8 * 3_600_000}
+
+
+def _in_window(trips: list[TripWrite]) -> list[TripWrite]:
+    w = _window()
+    return [t for t in trips if w["start"] <= t.start_at < w["end"]]
+
+
+def test_vehicle_report_totals_are_the_sum_of_the_trips_in_the_range(world: World) -> None:
+    r = world.api.get("/v1/reports/vehicles", params={**_window(), "account_id": world.org})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    totals = {t["key"]: t for t in body["totals"]}
+    assert set(totals) == {VINS[0], VINS[1], VINS[2]}  # VINS[2]: its fault-code alert
+    for vin in VINS[:2]:
+        trips = _in_window(world.trips[vin])
+        assert totals[vin]["trips"] == len(trips)
+        assert totals[vin]["driving_ms"] == sum(t.end_at - t.start_at for t in trips)
+        assert totals[vin]["distance_m"] == pytest.approx(sum(t.distance_m for t in trips))
+        assert totals[vin]["max_speed_kmh"] == pytest.approx(
+            max(t.max_speed_kmh or 0 for t in trips)
+        )
+        rows = [x for x in body["rows"] if x["key"] == vin]
+        assert sum(x["trips"] for x in rows) == len(trips)
+    assert totals[VINS[0]]["idle_ms"] == 420_000
+    assert totals[VINS[0]]["alerts"] == 2  # its fault code and its idling
+    csv_text = world.api.get(
+        "/v1/reports/vehicles", params={**_window(), "account_id": world.org, "format": "csv"}
+    ).text
+    lines = list(csv.DictReader(io.StringIO(csv_text)))
+    assert len(lines) == len(body["rows"]) + len(body["totals"])
+    assert {x["key"] for x in lines if x["day"] == ""} == set(totals)
+
+
+def test_utilization_lists_every_vehicle_and_adds_up_to_the_trips(world: World) -> None:
+    params = {**_window(), "account_id": world.org}
+    body = world.api.get("/v1/reports/utilization", params=params).json()
+    by_vin = {v["vin"]: v for v in body["vehicles"]}
+    assert list(by_vin) == sorted(VINS)  # the one that never drove is there, all zeros
+    assert by_vin[VINS[2]]["trips"] == by_vin[VINS[2]]["days_used"] == 0
+    span = _window()["end"] - _window()["start"]
+    for vin in VINS[:2]:
+        trips = _in_window(world.trips[vin])
+        driving = sum(t.end_at - t.start_at for t in trips)
+        assert by_vin[vin]["trips"] == len(trips)
+        assert by_vin[vin]["days_used"] == len({t.start_at // DAY_MS for t in trips})
+        assert by_vin[vin]["driving_ms"] == driving
+        assert by_vin[vin]["driving_share"] == pytest.approx(driving / span)
+    total = body["total"]
+    assert total["vin"] is None
+    assert (total["vehicles"], total["vehicles_used"]) == (3, 2)
+    assert total["trips"] == sum(v["trips"] for v in body["vehicles"])
+    assert total["distance_m"] == pytest.approx(sum(v["distance_m"] for v in body["vehicles"]))
+    assert total["driving_share"] == pytest.approx(total["driving_ms"] / (3 * span))
+    rows = list(csv.DictReader(io.StringIO(
+        world.api.get("/v1/reports/utilization", params={**params, "format": "csv"}).text
+    )))  # fmt: skip
+    assert [x["vin"] for x in rows] == [*sorted(VINS), ""]
+
+
+def test_fault_codes_by_model_count_vehicles_and_occurrences(world: World) -> None:
+    body = world.api.get("/v1/reports/faults", params={**_window(), "account_id": world.org})
+    rows = [(x["model"], x["code"], x["vehicles"], x["occurrences"]) for x in body.json()["rows"]]
+    assert rows == [
+        ("WBAXX110", "P0420", 1, 1),
+        ("WVWZZZ1K", "P0300", 1, 1),
+        ("WVWZZZ1K", "P0420", 2, 2),
+    ]
+
+
+def test_another_organization_gets_404_and_a_backwards_range_is_422(world: World) -> None:
+    theirs = _manager(world, world.other, "trucks")
+    for path in ("vehicles", "utilization", "faults", "drivers"):
+        r = world.api.get(f"/v1/reports/{path}", params={**_window(), "account_id": world.org},
+                          headers=theirs)  # fmt: skip
+        assert r.status_code == 404, (path, r.text)
+    r = world.api.get("/v1/reports/utilization", params={**_window(), "vin": VINS[0]},
+                      headers=theirs)  # fmt: skip
+    assert r.status_code == 404, r.text
+    # their own report has only their own truck
+    own = world.api.get("/v1/reports/utilization", params=_window(), headers=theirs).json()
+    assert [v["vin"] for v in own["vehicles"]] == [OTHER_VIN]
+    backwards = {"start": _window()["end"], "end": _window()["start"]}
+    for path in ("/v1/alerts", "/v1/trips", "/v1/reports/vehicles", "/v1/reports/utilization",
+                 "/v1/reports/faults"):  # fmt: skip
+        r = world.api.get(path, params={**backwards, "account_id": world.org})
+        assert r.status_code == 422, (path, r.text)
+        assert r.json()["error"]["details"][0]["type"] == "invalid_range", (path, r.text)
+
+
+def test_the_report_reads_the_same_as_summing_the_trips_directly(world: World) -> None:
+    """The rollup path (whole days) and the trips path (edge days) agree with a sum of
+    the trips over the same range by the database alone."""
+    log = FleetLog(world.db)
+    w = _window()
+    f = TripFilter(world.org, None, None, None, w["start"], w["end"])
+    via_report = sorted(
+        (k, d, int(n), int(t)) for k, d, n, t, *_ in log.trip_days(f, by_driver=False)
+    )
+    direct = sorted(
+        (k, d, int(n), int(t)) for k, d, n, t, *_ in log._trip_sums(f, False, w["start"], w["end"])
+    )
+    assert via_report == direct
+    assert via_report
