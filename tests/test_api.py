@@ -691,6 +691,25 @@ def test_metrics_openmetrics_on_request(client: TestClient) -> None:
 
 #: every path of the API (a new one is added here on purpose)
 API_PATHS = {
+    "/v1/assistance/{token}",
+    "/v1/integrations",
+    "/v1/integrations/{credential_id}",
+    "/v1/reports/faults",
+    "/v1/reports/utilization",
+    "/v1/transfers",
+    "/v1/transfers/{transfer_id}",
+    "/v1/transfers/{transfer_id}/accept",
+    "/v1/transfers/{transfer_id}/cancel",
+    "/v1/transfers/{transfer_id}/decline",
+    "/v1/vehicles/{vin}/assistance-shares",
+    "/v1/vehicles/{vin}/assistance-shares/{share_id}",
+    "/v1/vehicles/{vin}/claim",
+    "/v1/vehicles/{vin}/decommission",
+    "/v1/vehicles/{vin}/lifecycle",
+    "/v1/vehicles/{vin}/lifecycle/registration",
+    "/v1/vehicles/{vin}/pairing-code",
+    "/v1/vehicles/{vin}/service",
+    "/v1/vehicles/{vin}/transfers",
     "/v1/vehicles",
     "/v1/vehicles/{vin}",
     "/v1/vehicles/{vin}/history",
@@ -799,7 +818,7 @@ def test_docs_and_openapi(client: TestClient) -> None:
 # --- generic errors ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["/", "/v2/vehicles", "/v1/vehicles/WVWZZZ1JZXW000001/nope"])
+@pytest.mark.parametrize("url", ["/nope", "/v2/vehicles", "/v1/vehicles/WVWZZZ1JZXW000001/nope"])
 def test_unknown_route_is_404(client: TestClient, url: str) -> None:
     error = error_of(client.get(url), 404, "not_found")
     assert "/docs" in error["message"]

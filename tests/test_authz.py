@@ -82,6 +82,14 @@ MANAGE = cells(
     driver=(FORBIDDEN, NOT_FOUND),
 )
 
+INTEGRATIONS = cells(
+    admin=(OK, OK),
+    fleet_manager=(OK, NOT_FOUND),
+    fleet_viewer=(FORBIDDEN, NOT_FOUND),
+    owner=(FORBIDDEN, NOT_FOUND),
+    driver=(FORBIDDEN, NOT_FOUND),
+)
+
 
 def get(path: Callable[[World, str, bool], str], **kw: Any) -> Call:
     def call(w: World, persona: str | None, own: bool) -> Response:
@@ -239,6 +247,28 @@ TABLE: dict[tuple[str, str], Row] = {
     ),
     ("POST", "/v1/webhooks/{webhook_id}/test"): Row(
         post(lambda w, p, own: f"/v1/webhooks/{w.webhook(p, own)}/test"), MANAGE
+    ),
+    # MQTT integration credentials: the organization's fleet managers (and the admin) only
+    ("POST", "/v1/integrations"): Row(
+        post(
+            lambda w, p, own: "/v1/integrations",
+            lambda w, p, own: {"account_id": w.account(p, own)},
+        ),
+        INTEGRATIONS,
+    ),
+    ("GET", "/v1/integrations"): Row(
+        get(lambda w, p, own: "/v1/integrations"),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, OK),
+            fleet_viewer=(FORBIDDEN, FORBIDDEN),
+            owner=(FORBIDDEN, FORBIDDEN),
+            driver=(FORBIDDEN, FORBIDDEN),
+        ),
+    ),
+    ("DELETE", "/v1/integrations/{credential_id}"): Row(
+        method("DELETE", lambda w, p, own: f"/v1/integrations/{w.integration(p, own)}"),
+        INTEGRATIONS,
     ),
     # authentication
     ("POST", "/v1/auth/token"): Row(

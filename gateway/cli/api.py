@@ -10,6 +10,7 @@ from pathlib import Path
 from gateway.cli.options import (
     add_auth,
     add_common,
+    add_fleet_quotas,
     add_mqtt,
     add_mqtt_auth,
     add_offline_after,
@@ -63,14 +64,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         help="let webhooks POST to private, loopback and link-local addresses (off: a "
         "webhook URL cannot reach the gateway's own network; docs/webhooks.md)",
     )
-    api.add_argument(
-        "--fleet-quotas",
-        default=env.fleet_quotas,
-        metavar="NAME=N,...",
-        help="the most fleets, drivers and geofences one account may have, and assignments "
-        "one driver may have, e.g. 'fleets=500,drivers=10000,geofences=1000,"
-        "assignments=10000' (the defaults; 'off' for none) (env TELEMATICS_FLEET_QUOTAS)",
-    )
+    add_fleet_quotas(api, env)
     api.add_argument(
         "--web-tile-url",
         default=env.web_tile_url,

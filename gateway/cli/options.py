@@ -28,6 +28,7 @@ from gateway.store.sqlite import DEFAULT_QUARANTINE_PAYLOAD_BYTES
 __all__ = [
     "add_auth",
     "add_common",
+    "add_fleet_quotas",
     "add_ingest",
     "add_mqtt",
     "add_mqtt_auth",
@@ -190,6 +191,17 @@ def add_retention(p: argparse.ArgumentParser, env: Environment) -> None:
             default=value,
             help=f"{what} (env TELEMATICS_{variable}; default: {default})",
         )
+
+
+def add_fleet_quotas(p: argparse.ArgumentParser, env: Environment) -> None:
+    p.add_argument(
+        "--fleet-quotas",
+        default=env.fleet_quotas,
+        metavar="NAME=N,...",
+        help="the most fleets, drivers and geofences one account may have, and assignments "
+        "one driver may have, e.g. 'fleets=500,drivers=10000,geofences=1000,"
+        "assignments=10000' (the defaults; 'off' for none) (env TELEMATICS_FLEET_QUOTAS)",
+    )
 
 
 def add_offline_after(p: argparse.ArgumentParser, env: Environment) -> None:

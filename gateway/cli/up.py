@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from gateway.cli.options import (
     add_auth,
     add_common,
+    add_fleet_quotas,
     add_ingest,
     add_mqtt,
     add_mqtt_auth,
@@ -118,6 +119,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     add_auth(up, env)
     add_signing_key(up, env)
     add_offline_after(up, env)
+    add_fleet_quotas(up, env)
     add_retention(up, env)
     add_mqtt_auth(up, env)
     add_ingest(up, env, client_id=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gateway.cli.sim import SIMULATOR_MODULE
 from gateway.core.ratelimit import parse_limit
-from gateway.errors import GatewayError
+from gateway.errors import ConfigurationError, GatewayError
 from gateway.settings import Environment
 from schemas.broker_url import parse_broker_url
 
@@ -157,6 +157,14 @@ def forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         "--offline-after",
         repr(args.offline_after),
     ]
+    if args.fleet_quotas:
+        from gateway.api.settings import parse_fleet_quotas
+
+        try:
+            parse_fleet_quotas(args.fleet_quotas)
+        except ValueError as exc:
+            raise ConfigurationError(f"--fleet-quotas: {exc}") from None
+        api += ["--fleet-quotas", args.fleet_quotas]
     if args.auth_secret_file is not None:
         api += ["--auth-secret-file", str(Path(args.auth_secret_file).absolute())]
     if args.no_registration:

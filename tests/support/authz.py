@@ -122,6 +122,14 @@ class World:
         webhook_id: int = r.json()["id"]
         return webhook_id
 
+    def integration(self, persona: str, own: bool) -> int:
+        """An MQTT integration credential of the persona's account (or organization B's),
+        made by the admin."""
+        r = self.admin("POST", "/v1/integrations", json={"account_id": self.account(persona, own)})
+        assert r.status_code == 201, r.text
+        credential_id: int = r.json()["id"]
+        return credential_id
+
     def member_of(self, persona: str, own: bool) -> int:
         """A user of the account of the persona's own (or the foreign) vehicle other than
         the persona: whom a vehicle of that account may be granted to directly."""

@@ -177,6 +177,8 @@ def list_shares(
     limit: Limit = DEFAULT_PAGE,
     cursor: Cursor = None,
 ) -> SharePage:
+    """The vehicle's assistance shares in the current holding period, open and ended
+    (the link's token is shown only when a share is made)."""
     vehicle = _readable(context, principal, vin_or_422(vin, ["path", "vin"]))
     found = shares.list_for(
         vehicle.vin,
@@ -206,6 +208,7 @@ def end_share(
     audit: CallerAudit,
     shares: Shares,
 ) -> ShareOut:
+    """Ends the share at once: its link answers 410 from now on."""
     vehicle = _readable(context, principal, vin_or_422(vin, ["path", "vin"]))
     share = shares.end(
         share_id, vin=vehicle.vin, tenure=vehicle.tenure, by=principal.user_id, now=context.now_ms()

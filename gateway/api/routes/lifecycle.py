@@ -283,6 +283,8 @@ def start_service(
 def end_service(
     vin: str, principal: Caller, context: Auth, audit: CallerAudit, life: Lifecycle
 ) -> LifecycleOut:
+    """The workshop visit ends: the vehicle is back in its holder's hands (`active`), and
+    transfers may be offered again."""
     vehicle = managed_vehicle(context, principal, vin_or_422(vin, ["path", "vin"]))
     try:
         view = life.end_service(vehicle.vin, by=principal.user_id, now=context.now_ms())

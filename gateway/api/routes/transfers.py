@@ -155,6 +155,8 @@ def list_transfers(
 def get_transfer(
     transfer_id: IdPath, principal: Caller, context: Auth, life: Lifecycle
 ) -> TransferOut:
+    """One transfer the caller gives or receives (administrators: any); 404 for anyone
+    else."""
     record, _, _ = _visible(life, principal, transfer_id)
     return _out(context, record)
 
@@ -223,6 +225,7 @@ def accept(
 def decline(
     transfer_id: IdPath, principal: Caller, context: Auth, audit: CallerAudit, life: Lifecycle
 ) -> TransferOut:
+    """The receiver turns the offer down; the vehicle stays with its holder."""
     record, _, receiver = _visible(life, principal, transfer_id)
     if not receiver:
         raise forbidden("Only the receiver declines a transfer; its holder cancels it.")
@@ -237,6 +240,7 @@ def decline(
 def cancel(
     transfer_id: IdPath, principal: Caller, context: Auth, audit: CallerAudit, life: Lifecycle
 ) -> TransferOut:
+    """The holder (or an administrator) withdraws an open offer."""
     record, giver, _ = _visible(life, principal, transfer_id)
     if not (giver or principal.is_admin):
         raise forbidden("Only the holder cancels a transfer; its receiver declines it.")
