@@ -2,12 +2,13 @@
 
 Runs the product as deployed (a private Mosquitto, ``telematics gateway``, ``telematics api``
 with its command service, and ``python -m device_sim`` with 100 simulated units, each its
-own MQTT connection), sends 1,000 commands over HTTP to the 100 online vehicles, and reads
+own MQTT connection), sends commands over HTTP to the 100 online vehicles, and reads
 the time each command reached ``succeeded`` from the transitions the command service
 recorded (same machine, same clock), so measuring adds no polling load to the API.
 
-Twice: with ingest idle, and with ingest running at half its maximum rate (measured first in
-the same run by :mod:`device_sim.loadgen` publishing as fast as the gateway acknowledges).
+Phases: ingest idle, then ingest at each of ``--loads`` (50 % and 80 %) of its maximum rate
+(measured first in the same run by :mod:`device_sim.loadgen` publishing as fast as the
+gateway acknowledges); ``--reps`` repetitions (3), each from a fresh start.
 """
 
 from __future__ import annotations
