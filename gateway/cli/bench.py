@@ -45,8 +45,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
             "commands",
             help="API call -> succeeded latency of remote commands, idle and under ingest",
             description="Run broker, gateway, API and 100 simulated units; send commands "
-            "(400 per phase at 25/s by default) with ingest idle, then with ingest at 50%% and "
-            "80%% of its maximum measured in the same run; three repetitions, each and the "
+            "(400 per phase at 25/s by default) with ingest idle, then with ingest at 50% and "
+            "80% of its maximum measured in the same run; three repetitions, each and the "
             "worst printed, with per-stage latency, event-loop lag and CPU per process.",
         )
     )
