@@ -357,6 +357,13 @@ def test_transfers_are_cancelled_declined_expired_and_refused_in_service(api: Ap
     # a newer offer withdraws the pending one
     first, second = offer(), offer()
     assert api.as_(seller, "GET", f"/v1/transfers/{first}").json()["status"] == "withdrawn"
+    # the end of the workshop's access must be a real future time: one past year 9999 once
+    # answered 500 after committing, and the vehicle's lifecycle then answered 500 for good
+    service = f"/v1/vehicles/{VIN}/service"
+    for bad, code in ((2**53, "invalid_request"), (int(api.clock.now * 1000), "invalid_until")):
+        body = {"workshop_account_id": workshop, "until": bad}
+        error(api.as_(seller, "POST", service, json=body), 422, code)
+    assert api.as_(seller, "GET", f"/v1/vehicles/{VIN}/lifecycle").status_code == 200
     # in service: no transfer until the service ends, and an offer made before cannot be taken
     until = int(api.clock.now * 1000) + 86_400_000
     started = api.as_(
