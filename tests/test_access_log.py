@@ -40,8 +40,10 @@ def test_the_running_api_does_not_log_a_share_token(tmp_path: Path) -> None:
     log_path = tmp_path / "api.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "api", "--data-dir", str(tmp_path / "data")]
-            + ["--port", str(port), "--log-level", "INFO"],
+            [
+                *(sys.executable, "-m", "gateway", "api", "--data-dir", str(tmp_path / "data")),
+                *("--port", str(port), "--log-level", "INFO"),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
