@@ -954,4 +954,5 @@ def test_a_deleted_integration_credential_id_never_comes_back(
     again = integrations.create(
         account_id=second.id, password_hash="y", description=None, created_by=1, now=NOW, limit=20
     )
-    assert again is not None and again.id != made.id
+    assert again is not None
+    assert again.id != made.id
