@@ -369,6 +369,10 @@ def test_a_failing_receiver_gets_retries(world: World) -> None:
         r = world.as_("A", "POST", f"/v1/webhooks/{hook['id']}/test")
         assert r.status_code == 202, r.text
         delivery = r.json()
+        # one test at a time: the button cannot queue a flood at someone's URL
+        again = world.as_("A", "POST", f"/v1/webhooks/{hook['id']}/test")
+        assert again.status_code == 409, again.text
+        assert again.json()["error"]["code"] == "test_delivery_pending"
 
         def log() -> dict[str, Any]:
             page = world.as_("A", "GET", f"/v1/webhooks/{hook['id']}/deliveries").json()
@@ -383,6 +387,8 @@ def test_a_failing_receiver_gets_retries(world: World) -> None:
             signature = headers["telematics-signature"]
             assert verify_signature(signature, body, hook["secret"], now_s=int(time.time()))
             assert headers["telematics-event-type"] == "webhook.test"
+        # once it ended, another test may go
+        assert world.as_("A", "POST", f"/v1/webhooks/{hook['id']}/test").status_code == 202
     # the secret is not shown again
     assert "secret" not in world.as_("A", "GET", "/v1/webhooks").json()["items"][0]
 
