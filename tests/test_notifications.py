@@ -369,6 +369,10 @@ def test_a_failing_receiver_gets_retries(world: World) -> None:
         r = world.as_("A", "POST", f"/v1/webhooks/{hook['id']}/test")
         assert r.status_code == 202, r.text
         delivery = r.json()
+        # one test at a time: the button cannot queue a flood at someone's URL
+        again = world.as_("A", "POST", f"/v1/webhooks/{hook['id']}/test")
+        assert again.status_code == 409, again.text
+        assert again.json()["error"]["code"] == "test_delivery_pending"
 
         def log() -> dict[str, Any]:
             page = world.as_("A", "GET", f"/v1/webhooks/{hook['id']}/deliveries").json()
@@ -383,6 +387,8 @@ def test_a_failing_receiver_gets_retries(world: World) -> None:
             signature = headers["telematics-signature"]
             assert verify_signature(signature, body, hook["secret"], now_s=int(time.time()))
             assert headers["telematics-event-type"] == "webhook.test"
+        # once it ended, another test may go
+        assert world.as_("A", "POST", f"/v1/webhooks/{hook['id']}/test").status_code == 202
     # the secret is not shown again
     assert "secret" not in world.as_("A", "GET", "/v1/webhooks").json()["items"][0]
 
@@ -428,6 +434,14 @@ def test_a_tampered_delivery_fails_the_documented_check() -> None:
         "http://10.0.0.1/x",
         "http://[::1]/x",
         "http://[::ffff:127.0.0.1]/x",
+        # IPv6 forms that reach a private IPv4 address (found by an outside review): NAT64
+        # of the cloud metadata address, IPv4-compatible, IPv4-translated, 6to4, site-local
+        "http://[64:ff9b::a9fe:a9fe]/x",
+        "http://[64:ff9b:1::a9fe:a9fe]/x",
+        "http://[::7f00:1]/x",
+        "http://[::ffff:0:a9fe:a9fe]/x",
+        "http://[2002:a9fe:a9fe::1]/x",
+        "http://[fec0::1]/x",
         "https://user:pw@example.com/x",
         "http:///x",
     ],
@@ -440,9 +454,14 @@ def test_unsafe_webhook_urls_are_refused_by_default(url: str) -> None:
 
 
 def test_a_name_resolving_to_a_private_address_is_refused() -> None:
-    with pytest.raises(UnacceptableUrl):
+    with pytest.raises(UnacceptableUrl) as refused:
         check_webhook_url("https://hooks.example.com/x", resolved=["93.184.215.14", "10.1.2.3"],
                           allow_private=False)  # fmt: skip
+    # the answer does not name the address: it would map the installation's internal DNS
+    assert "10.1.2.3" not in str(refused.value)
+    # public IPv6, and a NAT64 or 6to4 address of a public IPv4 address, are fine
+    for address in ("2606:4700::6810:84e5", "64:ff9b::5db8:d70e", "2002:5db8:d70e::1"):
+        check_webhook_url("https://hooks.example.com/x", resolved=[address], allow_private=False)
     check_webhook_url("https://hooks.example.com/x", resolved=["93.184.215.14"],
                       allow_private=False)  # fmt: skip
 

@@ -139,7 +139,7 @@ def triggers(db: StateDatabase) -> set[str]:
 
 
 def test_upgrade_creates_the_tables_the_triggers_and_the_broker_state(db: StateDatabase) -> None:
-    assert db.current_revision() == StateDatabase.head_revision() == "0008_vehicle_lifecycle"
+    assert db.current_revision() == StateDatabase.head_revision() == "0010_fleet_trip_days"
     assert set(inspect(db.engine).get_table_names()) >= NEW_TABLES | {"commands"}
     expected = {"audit_log_no_update", "audit_log_no_delete"}
     if db.backend == "postgresql":
@@ -933,3 +933,26 @@ def test_the_audit_log_refuses_update_and_delete(audit: AuditLog, db: StateDatab
             connection.execute(text(statement), {"id": entry.id})
 
     assert audit.query() == [entry]
+
+
+def test_a_deleted_integration_credential_id_never_comes_back(
+    db: StateDatabase, repo: AccountRepository
+) -> None:
+    """An integration's id is its broker user name and names its organization's ACL: on
+    SQLite a freed highest rowid was handed to the next credential, another organization's,
+    which the broker sync (comparing names) could leave holding the first one's role
+    (found by an outside review)."""
+    from gateway.statedb.integrations import IntegrationRepository
+
+    integrations = IntegrationRepository(db)
+    first, second = (repo.create_account("organization", n, now=NOW) for n in ("A", "B"))
+    made = integrations.create(
+        account_id=first.id, password_hash="x", description=None, created_by=1, now=NOW, limit=20
+    )
+    assert made is not None
+    integrations.delete(made.id)
+    again = integrations.create(
+        account_id=second.id, password_hash="y", description=None, created_by=1, now=NOW, limit=20
+    )
+    assert again is not None
+    assert again.id != made.id

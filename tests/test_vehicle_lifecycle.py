@@ -357,6 +357,13 @@ def test_transfers_are_cancelled_declined_expired_and_refused_in_service(api: Ap
     # a newer offer withdraws the pending one
     first, second = offer(), offer()
     assert api.as_(seller, "GET", f"/v1/transfers/{first}").json()["status"] == "withdrawn"
+    # the end of the workshop's access must be a real future time: one past year 9999 once
+    # answered 500 after committing, and the vehicle's lifecycle then answered 500 for good
+    service = f"/v1/vehicles/{VIN}/service"
+    for bad, code in ((2**53, "invalid_request"), (int(api.clock.now * 1000), "invalid_until")):
+        body = {"workshop_account_id": workshop, "until": bad}
+        error(api.as_(seller, "POST", service, json=body), 422, code)
+    assert api.as_(seller, "GET", f"/v1/vehicles/{VIN}/lifecycle").status_code == 200
     # in service: no transfer until the service ends, and an offer made before cannot be taken
     until = int(api.clock.now * 1000) + 86_400_000
     started = api.as_(
@@ -504,3 +511,40 @@ def test_a_roadside_share_works_until_it_expires_is_ended_or_the_car_is_sold(
     # a token that is no share's
     error(api.client.get("/v1/assistance/not-a-token"), 404, "share_not_found")
     error(api.client.get("/v1/assistance/" + "x" * 65), 404, "share_not_found")
+
+
+def test_a_share_lasts_no_longer_than_its_makers_access_and_is_bounded(
+    api: Api, tmp_path: Path
+) -> None:
+    """Found by an outside review: a driver's share kept working after the grant ended, any
+    number of shares could be open, and every anonymous read appended an audit row."""
+    _, manager = api.organization("Vans Ltd", "fleet@vans.example")
+    assert api.as_(manager, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+    reported(api, tmp_path / "telemetry.db", 1, **{LAT: 48.1, SOC: 12.0})
+    body = {"email": "driver@vans.example", "name": "d", "role": "driver", "password": PASSWORD}
+    driver_id = api.as_(manager, "POST", "/v1/users", json=body).json()["id"]
+    grant = api.as_(
+        manager,
+        "POST",
+        f"/v1/vehicles/{VIN}/grants",
+        json={"user_id": driver_id, "services": ["read"]},
+    ).json()
+    driver = api.login("driver@vans.example")
+    shares = f"/v1/vehicles/{VIN}/assistance-shares"
+    made = api.as_(driver, "POST", shares, json={"partner": "ADAC", "duration_s": 3600})
+    assert made.status_code == 201, made.text
+    path = made.json()["partner_path"]
+    for _ in range(3):
+        assert api.client.get(path).status_code == 200
+    # three reads within a minute: one audit entry
+    assert len(api.audit("assistance_share_read")) == 1
+    revoked = api.as_(manager, "DELETE", f"/v1/vehicles/{VIN}/grants/{grant['id']}")
+    assert revoked.status_code in (200, 204), revoked.text
+    error(api.client.get(path), 410, "share_ended")
+    # at most five open shares per vehicle (the driver's, unusable now, still counts until
+    # its expiry or its end)
+    for _ in range(4):
+        r = api.as_(manager, "POST", shares, json={"partner": "ADAC", "duration_s": 3600})
+        assert r.status_code == 201, r.text
+    r = api.as_(manager, "POST", shares, json={"partner": "ADAC", "duration_s": 3600})
+    error(r, 409, "too_many_shares")

@@ -418,7 +418,14 @@ def _axe(page: Any) -> list[str]:
 
 @pytest.mark.parametrize(
     ("next_path", "lands_on"),
-    [("/alerts", "/alerts"), ("//evil.example/x", "/"), ("/\\evil.example", "/")],
+    [
+        ("/alerts", "/alerts"),
+        ("//evil.example/x", "/"),
+        ("/\\evil.example", "/"),
+        # the URL parser drops tabs and newlines: "/<tab>/host" is "//host"
+        ("/\t/evil.example", "/"),
+        ("https://evil.example/", "/"),
+    ],
 )
 def test_the_login_returns_only_to_a_page_of_this_site(
     stack: dict[str, Any], browser: Any, next_path: str, lands_on: str

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from gateway.accounts.bootstrap import ensure_first_admin, print_first_admin
+from gateway.api.accesslog import install as install_access_log_filter
 from gateway.api.docs import install_docs
 from gateway.api.errors import install_error_handlers
 from gateway.api.limits import BodyLimit, document_body_limits
@@ -115,6 +116,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     The state database (accounts, commands) is different: without it nobody can be
     authenticated, so failing to open or migrate it stops the start with the reason."""
     settings: ApiSettings = app.state.settings
+    install_access_log_filter()  # after uvicorn configured its loggers
     try:
         await run_in_threadpool(_create_schema, settings.store)
     except (StoreError, OSError) as exc:  # OSError: its directory cannot be created

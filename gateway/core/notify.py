@@ -167,9 +167,35 @@ def is_public_address(address: str) -> bool:
     private, link-local (cloud metadata at 169.254.169.254), shared, multicast, reserved and
     unspecified addresses are not."""
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in net for net in _IPV6_REFUSED):
+            return False
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            ip = embedded
     return ip.is_global and not ip.is_multicast
+
+
+#: IPv6 ranges refused outright: deprecated site-local (fec0::/10), the IPv4-compatible
+#: (::/96) and IPv4-translated (::ffff:0:0:0/96) forms, which some stacks still route to
+#: the IPv4 address inside
+_IPV6_REFUSED: Final = tuple(
+    ipaddress.IPv6Network(n) for n in ("fec0::/10", "::/96", "::ffff:0:0:0/96")
+)
+#: NAT64 prefixes (RFC 6052, RFC 8215): the last 32 bits are the IPv4 address reached
+_NAT64: Final = tuple(ipaddress.IPv6Network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48"))
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches: IPv4-mapped (::ffff:a.b.c.d), 6to4
+    (2002:aabb:ccdd::) or NAT64 (64:ff9b::a.b.c.d); None for a plain IPv6 address."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def check_webhook_url(url: str, *, resolved: Sequence[str] | None, allow_private: bool) -> None:
@@ -199,7 +225,8 @@ def check_webhook_url(url: str, *, resolved: Sequence[str] | None, allow_private
             return  # a name: checked when it is resolved, at each delivery
     for address in addresses:
         if not is_public_address(address):
+            # the address itself is not named: the answer would map internal DNS
             raise UnacceptableUrl(
-                f"{host} is (or resolves to) a private, loopback or link-local address "
-                f"({address}); the operator must allow private webhook targets for that"
+                f"{host} is (or resolves to) a private, loopback or link-local address; "
+                "the operator must allow private webhook targets for that"
             )

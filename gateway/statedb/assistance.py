@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Final
 
 from sqlalchemy import select
 
@@ -54,6 +55,10 @@ class AssistanceShare:
         )
 
 
+#: open shares one vehicle may have at a time (a breakdown needs one partner, maybe two)
+MAX_OPEN_SHARES: Final = 5
+
+
 class AssistanceRepository:
     def __init__(self, db: StateDatabase) -> None:
         self._db = db
@@ -69,8 +74,22 @@ class AssistanceRepository:
         by: int | None,
         now: int,
         expires_at: int,
-    ) -> AssistanceShare:
+        limit: int = MAX_OPEN_SHARES,
+    ) -> AssistanceShare | None:
+        """A new share; None when the vehicle's period already has ``limit`` open ones."""
         with self._db.write() as session:
+            open_now = session.scalars(
+                select(AssistanceShareRow.id)
+                .where(
+                    AssistanceShareRow.vin == vin,
+                    AssistanceShareRow.tenure == tenure,
+                    AssistanceShareRow.ended_at.is_(None),
+                    AssistanceShareRow.expires_at > now,
+                )
+                .with_for_update()
+            ).all()
+            if len(open_now) >= limit:
+                return None
             row = AssistanceShareRow(
                 vin=vin,
                 tenure=tenure,

@@ -690,7 +690,13 @@ class IntegrationCredentialRow(Base):
     password is stored as a Mosquitto hash (shown once, at creation)."""
 
     __tablename__ = "integration_credentials"
-    __table_args__ = (Index("ix_integration_credentials_account_id", "account_id"),)
+    # an id names a broker identity (``integration-<id>``) and its organization's ACL: it must
+    # never come back for another organization after a delete (SQLite reuses the highest
+    # rowid without AUTOINCREMENT; PostgreSQL's sequence never does)
+    __table_args__ = (
+        Index("ix_integration_credentials_account_id", "account_id"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
     account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("accounts.id"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from gateway.statedb.database import StateDatabase
 from gateway.statedb.events import event_body
@@ -158,21 +159,43 @@ class WebhookRepository:
 
     def enqueue_test(self, webhook_id: int, *, now: int) -> DeliveryRecord:
         """A ``webhook.test`` delivery, due at once (no event behind it)."""
-        body = event_body(None, "webhook.test", now, {"webhook_id": webhook_id})
         with self._db.write() as session:
-            row = WebhookDeliveryRow(
-                webhook_id=webhook_id,
-                event_id=None,
-                event_type="webhook.test",
-                body=body,
-                status=PENDING,
-                attempts=0,
-                created_at=now,
-                next_attempt_at=now,
+            return self._add_test(session, webhook_id, now)
+
+    def enqueue_test_once(self, webhook_id: int, *, now: int) -> DeliveryRecord | None:
+        """:meth:`enqueue_test`, or None while an earlier test delivery of the webhook is
+        still pending (being tried or retried): the API's test button, which must not turn
+        the gateway into a flood of requests at someone's URL."""
+        with self._db.write() as session:
+            pending = session.scalar(
+                select(WebhookDeliveryRow.id)
+                .where(
+                    WebhookDeliveryRow.webhook_id == webhook_id,
+                    WebhookDeliveryRow.event_type == "webhook.test",
+                    WebhookDeliveryRow.status == PENDING,
+                )
+                .limit(1)
             )
-            session.add(row)
-            session.flush()
-            return DeliveryRecord.from_row(row)
+            if pending is not None:
+                return None
+            return self._add_test(session, webhook_id, now)
+
+    @staticmethod
+    def _add_test(session: Session, webhook_id: int, now: int) -> DeliveryRecord:
+        body = event_body(None, "webhook.test", now, {"webhook_id": webhook_id})
+        row = WebhookDeliveryRow(
+            webhook_id=webhook_id,
+            event_id=None,
+            event_type="webhook.test",
+            body=body,
+            status=PENDING,
+            attempts=0,
+            created_at=now,
+            next_attempt_at=now,
+        )
+        session.add(row)
+        session.flush()
+        return DeliveryRecord.from_row(row)
 
     def deliveries(
         self, webhook_id: int, *, before_id: int | None, limit: int

@@ -12,6 +12,7 @@ from gateway.api.bounds import MAX_ID
 from gateway.api.models import Page
 from gateway.api.models.accounts import Email, ProvisionedOut
 from gateway.api.models.records import FromRecord
+from gateway.api.params import MAX_TIMESTAMP_MS
 from gateway.text import check_plain_text
 
 __all__ = [
@@ -102,7 +103,12 @@ class ClaimRequest(BaseModel):
 
 class ServiceRequest(BaseModel):
     workshop_account_id: Id = Field(description="The workshop's account.")
-    until: int = Field(ge=0, le=2**53, description="When the workshop's access ends (epoch ms).")
+    until: int = Field(
+        ge=0,
+        le=MAX_TIMESTAMP_MS,
+        description="When the workshop's access ends (epoch ms, in the future, at most "
+        "9999-12-31T23:59:59.999Z).",
+    )
     reason: Reason | None = None
 
 

@@ -10,6 +10,7 @@ A share belongs to the holding period it was made in: a transfer or revocation e
 from __future__ import annotations
 
 import secrets
+import threading
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -23,10 +24,15 @@ from gateway.api.models.records import FromRecord
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key, page_of
 from gateway.api.params import iso
 from gateway.api.routes.common import ACCOUNT_ERRORS, no_store
-from gateway.api.security import AuthContext, vehicle_not_found
+from gateway.api.security import AuthContext, principal_of, vehicle_not_found
 from gateway.core.policy import Principal
 from gateway.statedb.accounts import VehicleRecord
-from gateway.statedb.assistance import AssistanceRepository, share_token_hash
+from gateway.statedb.assistance import (
+    MAX_OPEN_SHARES,
+    AssistanceRepository,
+    AssistanceShare,
+    share_token_hash,
+)
 from gateway.text import check_plain_text
 from schemas import CATALOG
 
@@ -116,6 +122,51 @@ def _readable(context: AuthContext, principal: Principal, vin: str) -> VehicleRe
     return vehicle
 
 
+def _creator_still_reads(context: AuthContext, share: AssistanceShare) -> bool:
+    """A share lasts no longer than its maker's own access: a driver whose grant ended, or a
+    disabled user, no longer shares the car's position through a link made before."""
+    if share.created_by is None:
+        return True  # made by the system
+    user = context.accounts.get_user(share.created_by)
+    if user is None or user.disabled_at is not None:
+        return False
+    access, vehicle = context.lookup(principal_of(user), share.vin)
+    return access.read_data and vehicle is not None and vehicle.tenure == share.tenure
+
+
+class _ReadAudit:
+    """Every partner's reads are in the audit log, at most one entry per share a minute:
+    the link needs no account, so each read appending an undeletable row would let anyone
+    holding a token fill the disk."""
+
+    def __init__(self, every_ms: int = 60_000, size: int = 10_000) -> None:
+        self._every_ms, self._size = every_ms, size
+        self._last: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def due(self, share_id: int, now: int) -> bool:
+        with self._lock:
+            last = self._last.get(share_id)
+            if last is not None and now - last < self._every_ms:
+                return False
+            if len(self._last) >= self._size:
+                self._last.clear()
+            self._last[share_id] = now
+            return True
+
+
+def _read_audit(request: Request) -> _ReadAudit:
+    """The app's one :class:`_ReadAudit` (per app, so two apps in one process never share)."""
+    state = request.app.state
+    if not hasattr(state, "assistance_reads"):
+        state.assistance_reads = _ReadAudit()
+    reads: _ReadAudit = state.assistance_reads
+    return reads
+
+
+ReadAudit = Annotated[_ReadAudit, Depends(_read_audit)]
+
+
 def _share_not_found(share_id: int | str) -> ApiError:
     return ApiError(
         404, "share_not_found", f"No assistance share {share_id} of this vehicle is visible."
@@ -154,6 +205,13 @@ def create_share(
         now=now,
         expires_at=now + body.duration_s * 1000,
     )
+    if share is None:
+        raise ApiError(
+            409,
+            "too_many_shares",
+            f"Vehicle {vehicle.vin} already has {MAX_OPEN_SHARES} open assistance shares, the "
+            "most it may have; end one (DELETE /v1/vehicles/{vin}/assistance-shares/{id}) first.",
+        )
     audit.record(
         "assistance_share_create",
         account_id=vehicle.account_id,
@@ -231,7 +289,13 @@ def end_share(
     summary="What an assistance partner sees (no account: the token is the key)",
 )
 def read_share(
-    response: Response, token: str, context: Auth, audit: Audit, reader: Reader, shares: Shares
+    response: Response,
+    token: str,
+    context: Auth,
+    audit: Audit,
+    reader: Reader,
+    shares: Shares,
+    reads: ReadAudit,
 ) -> SharedStateOut:
     """404 for a token that is not a share's; 410 once the share has expired or was ended,
     or the vehicle changed hands. Every read is in the audit log."""
@@ -241,7 +305,7 @@ def read_share(
         raise ApiError(404, "share_not_found", "No assistance share has this token.")
     share, current = found
     now = context.now_ms()
-    if not (current and share.open_at(now)):
+    if not (current and share.open_at(now) and _creator_still_reads(context, share)):
         raise ApiError(410, "share_ended", "This assistance share has expired or was ended.")
     state = reader.vehicle_state(share.vin, tenure=share.tenure)
     latest = {} if state is None else state.latest
@@ -250,12 +314,13 @@ def read_share(
         for name, (value, ts) in latest.items()
         if name in SHARED_SIGNALS
     }
-    audit.record(
-        "assistance_share_read",
-        account_id=share.account_id,
-        target=f"vehicle:{share.vin}",
-        detail={"share_id": share.id, "partner": share.partner, "signals": sorted(signals)},
-    )
+    if reads.due(share.id, now):
+        audit.record(
+            "assistance_share_read",
+            account_id=share.account_id,
+            target=f"vehicle:{share.vin}",
+            detail={"share_id": share.id, "partner": share.partner, "signals": sorted(signals)},
+        )
     return SharedStateOut(
         vin=share.vin,
         partner=share.partner,

@@ -253,6 +253,13 @@ def start_service(
     """The holder's owner or fleet managers. While in service the car cannot be
     transferred. (The workshop's own access to the car's diagnostics is not built yet.)"""
     vehicle = managed_vehicle(context, principal, vin_or_422(vin, ["path", "vin"]))
+    if body.until <= context.now_ms():
+        raise ApiError(
+            422,
+            "invalid_until",
+            f"until {body.until} is not in the future: give when the workshop's access ends "
+            "(epoch milliseconds).",
+        )
     try:
         view = life.start_service(
             vehicle.vin,

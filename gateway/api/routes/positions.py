@@ -24,7 +24,7 @@ from fastapi.responses import StreamingResponse
 from gateway.api.deps import Auth, Caller, api_settings
 from gateway.api.errors import documented
 from gateway.api.positions import MAP_SIGNALS, Position, PositionFeed, position_of
-from gateway.api.security import AuthContext, principal_of
+from gateway.api.security import AuthContext, CallerCredential, still_authenticated
 from gateway.api.settings import ApiSettings
 from gateway.core.policy import Principal
 from gateway.store import FIRST_TENURE, TelemetryReader, open_store
@@ -43,13 +43,11 @@ class _Gone(Exception):
     """The caller's user was disabled or removed, or changed role or account."""
 
 
-def _visible(context: AuthContext, principal: Principal) -> dict[str, int] | None:
-    """vin -> tenure the caller reads; None: all (an admin); :class:`_Gone`."""
-    user = context.accounts.get_user(principal.user_id)
-    if user is None or user.disabled_at is not None:
-        raise _Gone
-    now = principal_of(user)
-    if (now.role, now.account_id) != (principal.role, principal.account_id):
+def _visible(context: AuthContext, caller: tuple[Principal, str]) -> dict[str, int] | None:
+    """vin -> tenure the caller reads; None: all (an admin); :class:`_Gone` once the
+    caller's credential no longer holds (expired, ended, revoked)."""
+    principal, credential = caller
+    if not still_authenticated(context, credential, principal):
         raise _Gone
     return context.visible_vins(principal)
 
@@ -103,16 +101,16 @@ def _changed(feed: PositionFeed, since: int, visible: Mapping[str, int] | None) 
 
 
 async def _positions(
-    request: Request, feed: PositionFeed, context: AuthContext, principal: Principal
+    request: Request, feed: PositionFeed, context: AuthContext, caller: tuple[Principal, str]
 ) -> AsyncIterator[bytes]:
     settings = api_settings(request)
     try:
-        visible = await asyncio.to_thread(_visible, context, principal)
+        visible = await asyncio.to_thread(_visible, context, caller)
     except _Gone:
         return
     feed.subscribe()
     try:
-        async for chunk in _feed(feed, context, principal, visible, settings):
+        async for chunk in _feed(feed, context, caller, visible, settings):
             yield chunk
     finally:
         feed.unsubscribe()
@@ -121,7 +119,7 @@ async def _positions(
 async def _feed(
     feed: PositionFeed,
     context: AuthContext,
-    principal: Principal,
+    caller: tuple[Principal, str],
     visible: dict[str, int] | None,
     settings: ApiSettings,
 ) -> AsyncIterator[bytes]:
@@ -131,7 +129,7 @@ async def _feed(
     def snapshot() -> list[Position]:
         reader = open_store(settings.store, readonly=True)
         try:
-            return _snapshot(context, principal, reader, visible, silence)
+            return _snapshot(context, caller[0], reader, visible, silence)
         finally:
             reader.close()
 
@@ -149,7 +147,7 @@ async def _feed(
         if time.monotonic() >= recheck:
             recheck = time.monotonic() + _RECHECK_S
             try:
-                visible = await asyncio.to_thread(_visible, context, principal)
+                visible = await asyncio.to_thread(_visible, context, caller)
             except _Gone:
                 return
 
@@ -166,11 +164,13 @@ async def _feed(
         }
     },
 )
-async def positions_stream(request: Request, principal: Caller, context: Auth) -> StreamingResponse:
+async def positions_stream(
+    request: Request, principal: Caller, credential: CallerCredential, context: Auth
+) -> StreamingResponse:
     """The positions of the vehicles you may read, live (see the tag's module)."""
     feed: PositionFeed = request.app.state.positions
     return StreamingResponse(
-        _positions(request, feed, context, principal),
+        _positions(request, feed, context, (principal, credential)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

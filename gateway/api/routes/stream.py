@@ -13,7 +13,8 @@ should read the current state again. Without ``Last-Event-ID`` the stream starts
 
 Scope (:func:`gateway.core.notify.visible_to`): administrators see everything; fleet
 managers, viewers and owners their account's events; everyone the events they caused (a
-driver's own commands). The caller is read again every 30 s: a disabled user's stream ends.
+driver's own commands). The caller's credential is checked again every 30 s: the stream
+ends with it (expired, ended by a password change or a disabled user, a revoked API key).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from fastapi.responses import StreamingResponse
 from gateway.api.bounds import MAX_ID
 from gateway.api.deps import Auth, Bus, Caller
 from gateway.api.errors import documented
-from gateway.api.security import AuthContext, principal_of
+from gateway.api.security import AuthContext, CallerCredential, still_authenticated
 from gateway.core.notify import visible_to
 from gateway.core.policy import Principal
 from gateway.notify import EventBus
@@ -54,14 +55,6 @@ def _reset(last: int, oldest: int | None) -> bytes:
     return b"event: reset\ndata: " + data + b"\n\n"
 
 
-def _still_the_same(context: AuthContext, principal: Principal) -> bool:
-    user = context.accounts.get_user(principal.user_id)
-    if user is None or user.disabled_at is not None:
-        return False
-    now = principal_of(user)
-    return (now.role, now.account_id) == (principal.role, principal.account_id)
-
-
 async def _start(bus: EventBus, last_event_id: int | None) -> tuple[int, bytes | None]:
     """Where the stream begins, and the ``reset`` to send first if it cannot replay."""
     if last_event_id is None:
@@ -79,8 +72,12 @@ async def _start(bus: EventBus, last_event_id: int | None) -> tuple[int, bytes |
 
 
 async def _events(
-    bus: EventBus, context: AuthContext, principal: Principal, last_event_id: int | None
+    bus: EventBus,
+    context: AuthContext,
+    caller: tuple[Principal, str],
+    last_event_id: int | None,
 ) -> AsyncIterator[bytes]:
+    principal, credential = caller
     cursor, reset = await _start(bus, last_event_id)
     yield b"retry: 2000\n\n"
     if reset is not None:
@@ -96,7 +93,7 @@ async def _events(
             continue
         if time.monotonic() >= recheck:
             recheck = time.monotonic() + _RECHECK_S
-            if not _still_the_same(context, principal):
+            if not await asyncio.to_thread(still_authenticated, context, credential, principal):
                 return
         if not await bus.wait(cursor, _KEEP_ALIVE_S):
             yield b": keep-alive\n\n"
@@ -116,6 +113,7 @@ async def _events(
 )
 async def stream(
     principal: Caller,
+    credential: CallerCredential,
     bus: Bus,
     context: Auth,
     last_event_id: Annotated[
@@ -131,7 +129,7 @@ async def stream(
     """Events of your scope as they happen (see the tag). Reconnect with `Last-Event-ID`
     to receive what you missed (kept 24 h)."""
     return StreamingResponse(
-        _events(bus, context, principal, last_event_id),
+        _events(bus, context, (principal, credential), last_event_id),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -192,8 +192,18 @@ async def test_webhook(
     principal: Caller, webhook_id: WebhookId, hooks: Webhooks, context: Auth
 ) -> DeliveryOut:
     """Queues a `webhook.test` event to the webhook at once, signed like every delivery;
-    its outcome appears in the delivery log within a moment."""
+    its outcome appears in the delivery log within a moment. One at a time: while a test
+    delivery is pending (tried or retried), another answers 409 `test_delivery_pending`."""
     await asyncio.to_thread(_managed, hooks, principal, webhook_id)
-    delivery = await asyncio.to_thread(hooks.repo.enqueue_test, webhook_id, now=context.now_ms())
+    delivery = await asyncio.to_thread(
+        hooks.repo.enqueue_test_once, webhook_id, now=context.now_ms()
+    )
+    if delivery is None:
+        raise ApiError(
+            409,
+            "test_delivery_pending",
+            f"Webhook {webhook_id} has a test delivery still pending (being tried or retried); "
+            "its outcome is in GET /v1/webhooks/{id}/deliveries. Send another once it ended.",
+        )
     hooks.worker.poke()
     return DeliveryOut.model_validate(delivery)

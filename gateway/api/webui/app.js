@@ -313,9 +313,14 @@
       event.preventDefault();
       try {
         await api("/v1/auth/session", { method: "POST", json: { email: email.value, password: password.value } });
-        const next = params.get("next") || "/";
-        // only a path of this site: "//host" and "/\\host" would leave it
-        location.assign(/^\/(?![\/\\])/.test(next) ? next : "/");
+        // only a page of this site: resolve "next" as the browser would ("//host",
+        // "/\\host" and "/<tab>/host" all leave it) and keep it only if it stays here
+        let target = "/";
+        try {
+          const url = new URL(params.get("next") || "/", location.origin);
+          if (url.origin === location.origin) target = url.pathname + url.search + url.hash;
+        } catch (err) { target = "/"; }
+        location.assign(target);
       } catch (err) {
         notice(err.message);
       }

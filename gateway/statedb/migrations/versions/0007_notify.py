@@ -56,6 +56,8 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["account_id"], ["accounts.id"], name="fk_integration_credentials_account_id_accounts"
         ),
+        # ids name broker identities: never reused after a delete (see the model)
+        sqlite_autoincrement=True,
     )
     op.create_index(
         "ix_integration_credentials_account_id", "integration_credentials", ["account_id"]

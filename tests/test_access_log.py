@@ -1,0 +1,68 @@
+"""No secret reaches the HTTP access log: an assistance share's token travels in its link's
+path (``/v1/assistance/<token>``) and uvicorn logs paths at INFO (found by an outside
+review: the README promises no token is ever logged)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from gateway.api.accesslog import RedactSecretPaths, redact_path
+from gateway.broker import free_port
+from tests.support.waiting import wait_until
+
+SECRET = "SECRET_SHARE_TOKEN_abc123"
+
+
+def test_a_share_token_in_a_path_is_redacted() -> None:
+    assert redact_path(f"/v1/assistance/{SECRET}") == "/v1/assistance/<redacted>"
+    assert redact_path(f"/v1/assistance/{SECRET}?x=1") == "/v1/assistance/<redacted>?x=1"
+    assert redact_path("/v1/vehicles/WVWZZZ1JZXW000001") == "/v1/vehicles/WVWZZZ1JZXW000001"
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", f"/v1/assistance/{SECRET}", "1.1", 404),
+        None,
+    )
+    assert RedactSecretPaths().filter(record)
+    assert SECRET not in record.getMessage()
+
+
+def test_the_running_api_does_not_log_a_share_token(tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "api.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "gateway", "api", "--data-dir", str(tmp_path / "data")),
+                *("--port", str(port), "--log-level", "INFO"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+
+            def answers() -> bool:
+                assert process.poll() is None, log_path.read_text()
+                try:
+                    return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_until(answers, timeout=30, what="the API to answer /healthz")
+            assert httpx.get(f"{url}/v1/assistance/{SECRET}", timeout=5).status_code == 404
+            wait_until(lambda: "/v1/assistance/" in log_path.read_text(), what="the access log")
+        finally:
+            process.terminate()
+            process.wait(30)
+    text = log_path.read_text()
+    assert "GET /v1/assistance/<redacted>" in text
+    assert SECRET not in text
