@@ -668,6 +668,9 @@ TABLE.update(
 
 # --- the vehicle lifecycle, transfers and assistance shares (issue 16) -----------------------
 
+#: when a workshop's access ends: must be in the future (2**42 ms is in the year 2109)
+SERVICE_UNTIL = 2**42
+
 #: a transfer to the caller: "own" is one addressed to them, "foreign" one to someone else
 TO_ME = cells(
     admin=(OK, FORBIDDEN),
@@ -693,7 +696,7 @@ TABLE.update(
         ("POST", "/v1/vehicles/{vin}/service"): Row(
             post(
                 lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/service",
-                lambda w, p, own: {"workshop_account_id": w.accounts["B"], "until": 2**40},
+                lambda w, p, own: {"workshop_account_id": w.accounts["B"], "until": SERVICE_UNTIL},
             ),
             MANAGE,
         ),
@@ -784,7 +787,7 @@ def _claim(w: World, persona: str | None, own: bool) -> Response:
 
 def _in_service(w: World, persona: str, own: bool) -> str:
     vin = w.disposable_vehicle(persona, own)
-    body = {"workshop_account_id": w.accounts["B"], "until": 2**40}
+    body = {"workshop_account_id": w.accounts["B"], "until": SERVICE_UNTIL}
     w.admin("POST", f"/v1/vehicles/{vin}/service", json=body)
     return vin
 
