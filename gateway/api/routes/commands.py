@@ -412,16 +412,13 @@ async def _events(service: CommandService, command_id: str) -> AsyncIterator[byt
     confirmation: str | None = None
     while True:
         changed = service.changed(command_id)
-        # the record first, then the transitions: every transition behind the status read
-        # is then sent before the stream may end on it (read the other way round, a final
-        # transition committed in between ended the stream without it)
-        record = await asyncio.to_thread(service.repo.get, command_id)
-        if record is None:
-            return
         transitions = await asyncio.to_thread(service.repo.transitions, command_id, after_seq=seen)
         for t in transitions:
             yield _sse("transition", TransitionOut.model_validate(t).model_dump(mode="json"))
             seen = t.seq
+        record = await asyncio.to_thread(service.repo.get, command_id)
+        if record is None:
+            return
         if record.confirmation != confirmation and record.confirmation != "pending":
             confirmation = record.confirmation
             yield _sse(
