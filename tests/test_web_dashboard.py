@@ -255,12 +255,14 @@ def test_lock_a_parked_vehicle_and_see_it_succeed(stack: dict[str, Any], browser
             page.goto(f"{up.api}/vehicles/{vin}")
             page.wait_for_selector("body[data-ready='1']")
             page.click("button[data-command='lock']")
+            # the newest command's row only: an earlier attempt's row (refused because the
+            # car drove off) would end the wait at once and burn the attempts
+            newest = "#commands tbody tr:first-child .command-status"
             page.wait_for_selector(
-                "#commands .command-status:text-matches('succeeded|refused|failed|rejected'),"
-                "#notice:not([hidden])",
+                f"{newest}:text-matches('succeeded|refused|failed|rejected'),#notice:not([hidden])",
                 timeout=30_000,
             )
-            if page.locator("#commands .command-status", has_text="succeeded").count():
+            if page.locator(newest, has_text="succeeded").count():
                 break
         status = page.locator("#commands tbody tr").first.locator(".command-status")
         assert "succeeded" in status.inner_text()

@@ -426,6 +426,10 @@ async def _events(service: CommandService, command_id: str) -> AsyncIterator[byt
                 {"confirmation": record.confirmation, "confirmed_at": record.confirmed_at},
             )
         if is_terminal(record.status) and record.confirmation != "pending":
+            # a final transition committed after the read above is sent before the end
+            later = await asyncio.to_thread(service.repo.transitions, command_id, after_seq=seen)
+            for t in later:
+                yield _sse("transition", TransitionOut.model_validate(t).model_dump(mode="json"))
             return
         try:
             await asyncio.wait_for(changed.wait(), 1.0)
