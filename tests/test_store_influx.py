@@ -206,8 +206,11 @@ def test_a_writer_sets_raw_retention_and_the_one_minute_rollup(
         assert store.flush(10)
         assert store.counters()[("telematics_store_refused_samples_total", "")] == 6
         # the rollup's own continuous query, run now as InfluxDB's scheduler would at
-        # the next minute: a mean per minute and series lands in rollup.telemetry_1m
-        minute = (int(time.time()) // 60 - 1) * 60_000
+        # the next minute: a mean per minute and series lands in rollup.telemetry_1m.
+        # The minute is 20 minutes back, outside the CQ's RESAMPLE FOR 10m window, so
+        # InfluxDB's own scheduler cannot roll it up first (CI saw it do so at a minute
+        # boundary when the samples sat in the last minute)
+        minute = (int(time.time()) // 60 - 20) * 60_000
         recent = [Sample(VIN, s, minute + s, {SPEED: float(s)}) for s in range(11, 17)]
         store.commit(IngestBatch(received_at=minute, samples=recent))
         assert store.flush(10)

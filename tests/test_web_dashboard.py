@@ -250,25 +250,45 @@ def test_lock_a_parked_vehicle_and_see_it_succeed(stack: dict[str, Any], browser
     up: Up = stack["up"]
     context, page, console = log_in(browser, up, FLEET, fleet_password(up))
     try:
+        outcomes: list[str] = []  # each attempt's status or notice, for the failure message
         for _attempt in range(4):  # a parked car may drive off between the look and the click
             vin = _vehicle_with(stack["fleet"], stack["vins"], moving=False, timeout=120)
             page.goto(f"{up.api}/vehicles/{vin}")
             page.wait_for_selector("body[data-ready='1']")
+            before = page.eval_on_selector_all(
+                "#commands tbody tr", "rows => rows.map((r) => r.dataset.command)"
+            )
             page.click("button[data-command='lock']")
-            # the newest command's row only: an earlier attempt's row (refused because the
-            # car drove off) would end the wait at once and burn the attempts
-            newest = "#commands tbody tr:first-child .command-status"
-            page.wait_for_selector(
-                f"{newest}:text-matches('succeeded|refused|failed|rejected'),#notice:not([hidden])",
+            # this click's own row, not the newest row: the click returns before the API
+            # answers, and an earlier command's row (an earlier attempt's, or another
+            # test's, 'succeeded' or 'refused') was the newest until then (CI, under load)
+            page.wait_for_function(
+                """(before) => {
+                    const notice = document.getElementById("notice");
+                    const row = document.querySelector("#commands tbody tr");
+                    return !notice.hidden || (row && !before.includes(row.dataset.command));
+                }""",
+                arg=before,
                 timeout=30_000,
             )
-            if page.locator(newest, has_text="succeeded").count():
+            if not page.locator("#notice").is_hidden():
+                outcomes.append(page.locator("#notice").inner_text())
+                continue
+            mine = page.locator("#commands tbody tr").first.get_attribute("data-command")
+            status = page.locator(f"#commands tbody tr[data-command='{mine}'] .command-status")
+            page.wait_for_selector(
+                f"#commands tbody tr[data-command='{mine}'] "
+                ".command-status:text-matches('succeeded|failed|rejected|expired|timed_out|cancelled')",
+                timeout=30_000,
+            )
+            outcomes.append(status.inner_text())
+            if "succeeded" in outcomes[-1]:
                 break
-        status = page.locator("#commands tbody tr").first.locator(".command-status")
-        assert "succeeded" in status.inner_text()
+        assert "succeeded" in outcomes[-1], outcomes
         # then confirmed by the car's telemetry, live, and the state panel read again
         page.wait_for_selector(
-            "#commands tbody tr:first-child .command-status:text('succeeded, confirmed')",
+            f"#commands tbody tr[data-command='{mine}'] "
+            ".command-status:text('succeeded, confirmed')",
             timeout=30_000,
         )
         page.wait_for_selector("dd[data-field='Locked']:text-is('locked')", timeout=10_000)
