@@ -47,6 +47,8 @@ __all__ = [
 ENV_PREFIX = "TELEMATICS_"
 #: the private broker of ``telematics up``; not 1883, so it does not clash with a system one
 DEFAULT_PRIVATE_BROKER_PORT = 1884
+#: the gateway's default ``--nice`` (lower CPU priority than the API's; decision 0022)
+DEFAULT_GATEWAY_NICE = 5
 DEFAULT_API_PORT = 8080
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -119,6 +121,9 @@ class Environment(BaseSettings):
     share_group: str = "telematics-gateway"
     batch_delay_ms: float = 50.0
     receive_maximum: int = 20_000
+    #: how much lower than the API's the gateway's CPU priority is (os.nice): under
+    #: telemetry load a person's command is served first (decision 0022)
+    nice: int = Field(default=DEFAULT_GATEWAY_NICE, ge=0, le=19)
     require_provisioned: bool = False
     telemetry_retention_days: float = DEFAULT_TELEMETRY_DAYS
     quarantine_retention_days: float = DEFAULT_QUARANTINE_DAYS

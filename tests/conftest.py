@@ -77,8 +77,8 @@ def start_gateway(
     """Start gateway processes on the test's broker, sharing one data directory."""
     started: list[GatewayProcess] = []
 
-    def start(client_id: str = "gateway-1") -> GatewayProcess:
-        gateway = GatewayProcess(mosquitto, tmp_path / "data", client_id)
+    def start(client_id: str = "gateway-1", *extra_args: str) -> GatewayProcess:
+        gateway = GatewayProcess(mosquitto, tmp_path / "data", client_id, extra_args)
         gateway.start()
         started.append(gateway)
         return gateway

@@ -123,8 +123,8 @@ def _sample(action: argparse.Action) -> tuple[str, object]:
     if isinstance(action, argparse._StoreTrueAction):
         return "1", True
     if action.choices:
-        value = str(list(action.choices)[-1])
-        return value, value
+        choice = list(action.choices)[-1]
+        return str(choice), choice
     if action.type is int:
         return "4321", 4321
     if action.type is float:

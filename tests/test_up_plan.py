@@ -50,6 +50,7 @@ def test_the_default_is_a_closed_private_broker_one_gateway_and_the_api(
     assert _value(gateway, "--mqtt-password-file") == str(DATA / "secrets/mqtt-service.password")
     assert _value(gateway, "--state-db-url") == f"sqlite:///{DATA / 'state.db'}"
     assert "--require-provisioned" in gateway
+    assert _value(gateway, "--nice") == "5"  # below the API's priority (decision 0022)
     api = _argv(plan, "api")
     assert _value(api, "--port") == "9080"
     assert _value(api, "--signing-key") == str(DATA / "command-signing-key.pem")

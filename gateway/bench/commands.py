@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -318,12 +319,27 @@ async def _send(
     a request does not wait for the previous one, as with many app users); return command
     id -> (when its request was sent, when its answer came), wall clock ms."""
     sent: dict[str, tuple[float, float]] = {}
+    retried = 0
 
     async def one(client: httpx.AsyncClient, i: int) -> None:
+        nonlocal retried
         body = BENCH_COMMANDS[i % len(BENCH_COMMANDS)]
+        url = f"{api}/v1/vehicles/{vins[i % len(vins)]}/commands"
+        # as an app should: a request whose connection dropped (a keep-alive connection the
+        # server closed just as it was reused: httpx.ReadError on a busy machine) is sent
+        # again with the same Idempotency-Key, so it cannot make a second command; its
+        # latency counts from the first attempt, as the user waited from there
+        key = {"Idempotency-Key": uuid.uuid4().hex}
         started = time.time_ns() / 1_000_000
-        r = await client.post(f"{api}/v1/vehicles/{vins[i % len(vins)]}/commands", json=body)
-        if r.status_code != 201:
+        for attempt in range(3):
+            try:
+                r = await client.post(url, json=body, headers=key)
+                break
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+                retried += 1
+        if r.status_code not in (200, 201):  # 200: the first attempt's, replayed
             raise RuntimeError(f"command request failed: {r.status_code} {r.text}")
         sent[r.json()["id"]] = (started, time.time_ns() / 1_000_000)
 
@@ -337,6 +353,9 @@ async def _send(
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(client, i)))
         await asyncio.gather(*tasks)
+    if retried:
+        print(f"[bench]   {retried} request(s) sent again after a dropped connection",
+              file=sys.stderr)  # fmt: skip
     return sent
 
 

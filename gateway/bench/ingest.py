@@ -411,6 +411,10 @@ def _gateway(
             "bench-gateway",
             "--log-level",
             "WARNING",
+            # the gateway's own capacity, at the load generator's priority (as every figure
+            # before decision 0022's --nice); bench commands runs it niced, as up does
+            "--nice",
+            "0",
             *registry,
         ],
     )

@@ -4,6 +4,7 @@ telemetry store, with retention. See docs/decisions/0013-architecture-step.md.""
 from __future__ import annotations
 
 import argparse
+import os
 
 from gateway.cli.options import (
     add_common,
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     from gateway.supervisor import data_paths
 
     mqtt = mqtt_settings(args, env)
+    if args.nice:
+        os.nice(args.nice)  # before any thread starts: every thread inherits it
     private_directory(args.data_dir)
     db_path, _ = data_paths(args.data_dir)
     settings = IngestSettings(

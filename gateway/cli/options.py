@@ -22,7 +22,7 @@ from gateway.retention import (
     DEFAULT_QUARANTINE_MAX_ENTRIES,
     DEFAULT_TELEMETRY_DAYS,
 )
-from gateway.settings import Environment, MqttSettings
+from gateway.settings import DEFAULT_GATEWAY_NICE, Environment, MqttSettings
 from gateway.store.sqlite import DEFAULT_QUARANTINE_PAYLOAD_BYTES
 
 __all__ = [
@@ -147,6 +147,17 @@ def add_ingest(p: argparse.ArgumentParser, env: Environment, *, client_id: bool 
         help="MQTT 5 Receive Maximum: unacknowledged messages in flight to this gateway; "
         "must exceed message rate x batch delay (env TELEMATICS_RECEIVE_MAXIMUM; "
         "default: 20000)",
+    )
+    p.add_argument(
+        "--nice",
+        type=int,
+        choices=range(20),
+        metavar="N",
+        default=env.nice,
+        help="lower the gateway's CPU priority by this much (0-19, as nice(1)), so that on a "
+        "busy machine the API's commands are served before telemetry, which batches and "
+        "waits harmlessly (env TELEMATICS_NICE; default: "
+        f"{DEFAULT_GATEWAY_NICE}; 0 for the same priority as the API)",
     )
 
 

@@ -178,6 +178,8 @@ def forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         repr(args.batch_delay_ms),
         "--receive-maximum",
         str(args.receive_maximum),
+        "--nice",
+        str(args.nice),
         "--telemetry-retention-days",
         repr(args.telemetry_retention_days),
         "--quarantine-retention-days",
