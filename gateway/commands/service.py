@@ -318,10 +318,8 @@ class CommandService:
                 else ConfirmationState.NOT_APPLICABLE
             ),
             on_created=on_created,
+            sent_at=now if send_now else None,
         )
-        if created and send_now:
-            with contextlib.suppress(IllegalTransition):  # it stays queued: dispatched later
-                record = self.repo.apply(record.id, CommandEvent.PUBLISHED, at=now)
         return record, created
 
     async def cancel(self, command_id: str) -> CommandRecord:

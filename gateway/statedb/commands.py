@@ -148,6 +148,25 @@ def _add_queued(session: Session, row: CommandRow, *, flush: bool = True) -> Com
     return row
 
 
+def _mark_published(session: Session, row: CommandRow, *, at: int) -> None:
+    """A command just added by :func:`_add_queued` (its history: ``queued`` at seq 1),
+    sent at ``at``: what :meth:`CommandRepository.apply` of ``published`` writes."""
+    status = transition(CommandStatus(row.status), CommandEvent.PUBLISHED)
+    row.status = status.value
+    row.sent_at = at
+    session.add(
+        CommandTransitionRow(
+            command_id=row.id,
+            seq=2,
+            status=status.value,
+            event=CommandEvent.PUBLISHED.value,
+            at=at,
+            reason=None,
+            detail=None,
+        )
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CommandRecord:
     """One command as stored (times are epoch milliseconds)."""
@@ -305,8 +324,15 @@ class CommandRepository:
         requested_by: str | None = None,
         confirmation: str = ConfirmationState.PENDING,
         on_created: Callable[[Session, CommandRecord], object] | None = None,
+        sent_at: int | None = None,
     ) -> tuple[CommandRecord, bool]:
         """Store a new ``queued`` command (and its first transition row).
+
+        With ``sent_at`` (the caller publishes it right after the commit), the command is
+        stored ``sent`` at once, with both transition rows (``queued``, then ``sent`` by
+        ``published``) and one ``command.updated`` event as it stands at the commit: what
+        :meth:`apply` of ``published`` after a plain create writes, without reading back
+        the row it just wrote (the command path's CPU, decision 0022).
 
         ``on_created`` runs inside the same transaction once the command exists (not for a
         replay): its writes (the audit entry) commit together with the command.
@@ -352,8 +378,10 @@ class CommandRepository:
                         confirmation=str(confirmation),
                     ),
                 )
+                if sent_at is not None:
+                    _mark_published(session, row, at=sent_at)
                 record = CommandRecord.from_row(row)
-                command_event(session, row, at=now)
+                command_event(session, row, at=now if sent_at is None else sent_at)
                 if on_created is not None:
                     on_created(session, record)
         except IntegrityError:
@@ -738,17 +766,22 @@ def user_of(requested_by: str | None) -> int | None:
 
 def command_event(session: Session, row: CommandRow, *, at: int) -> None:
     """Publish ``command.updated`` for ``row`` as it now stands, scoped to the account that
-    held the vehicle in the command's holding period (never a later holder's)."""
-    account_id = session.scalar(
-        select(VehicleTenureRow.account_id).where(
-            VehicleTenureRow.vin == row.vin, VehicleTenureRow.number == row.tenure
+    held the vehicle in the command's holding period (never a later holder's). A
+    period's account never changes, so it is read once per transaction and period (the
+    command writer's grouped transactions publish many events of one vehicle)."""
+    accounts: dict[tuple[str, int], int | None] = session.info.setdefault("tenure_accounts", {})
+    period = (row.vin, row.tenure)
+    if period not in accounts:
+        accounts[period] = session.scalar(
+            select(VehicleTenureRow.account_id).where(
+                VehicleTenureRow.vin == row.vin, VehicleTenureRow.number == row.tenure
+            )
         )
-    )
     publish(
         session,
         type="command.updated",
         at=at,
-        account_id=account_id,
+        account_id=accounts[period],
         actor_user_id=user_of(row.requested_by),
         data={
             "command_id": row.id,
