@@ -56,6 +56,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +162,10 @@ def subscription_filters(share_group: str) -> list[str]:
     ]
 
 
+#: how many published commands' VINs the service remembers (see ``_published_vins``)
+PUBLISHED_VINS_KEPT = 50_000
+
+
 class CommandService:
     """See the module docstring. Start with :meth:`start`, stop with :meth:`stop`."""
 
@@ -198,6 +203,10 @@ class CommandService:
         self._last_counter: dict[str, int] = {}
         #: the per-vehicle bound of feedback notices about refused results
         self._feedback = FeedbackLimiter()
+        #: command id -> VIN of the commands this process published, newest last: an
+        #: answer is checked against its command's VIN without a database read on the
+        #: event loop (a command's VIN never changes; an unknown id is read as before)
+        self._published_vins: OrderedDict[str, str] = OrderedDict()
 
     # --- lifecycle of the service ---------------------------------------------------------
 
@@ -407,6 +416,9 @@ class CommandService:
             return record
         if self._signing_key is not None:
             message = self._signed(message, record.created_at)
+        self._published_vins[record.id] = record.vin
+        if len(self._published_vins) > PUBLISHED_VINS_KEPT:
+            self._published_vins.popitem(last=False)
         self._client.publish(
             command_topic(record.vin),
             encode_command(message),
@@ -503,17 +515,14 @@ class CommandService:
         if isinstance(result, Rejection):
             await self._quarantine(topic, payload, result)
             return None
-        record = self.repo.get(result.command_id)
-        rejection = refusal(
-            result,
-            command_vin=None if record is None else record.vin,
-            topic_vin=vin,
-            correlation=correlation,
-        )
+        command_vin = self._published_vins.get(result.command_id)
+        if command_vin is None:
+            record = self.repo.get(result.command_id)
+            command_vin = None if record is None else record.vin
+        rejection = refusal(result, command_vin=command_vin, topic_vin=vin, correlation=correlation)
         if rejection is not None:
             await self._quarantine(topic, payload, rejection)
             return None
-        assert record is not None
         event, at = event_for_result(result.status), self._clock_ms()
         recorded = self.writer.submit(lambda: self._record_answer(result, event, at))
         return self._recorded(recorded, result.command_id)
