@@ -698,6 +698,7 @@ API_PATHS = {
     "/v1/service-plans",
     "/v1/vehicles/{vin}/dealer",
     "/v1/vehicles/{vin}/diagnostics",
+    "/v1/vehicles/{vin}/grants/{grant_id}/handover",
     "/v1/integrations",
     "/v1/integrations/{credential_id}",
     "/v1/reports/faults",

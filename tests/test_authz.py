@@ -810,8 +810,32 @@ TABLE.update(
         ("POST", "/v1/maintenance/check"): Row(
             post(lambda w, p, own: "/v1/maintenance/check"), ADMIN_ONLY
         ),
+        # the vehicle's managers and the grant's own driver
+        ("GET", "/v1/vehicles/{vin}/grants/{grant_id}/handover"): Row(
+            get(lambda w, p, own: _handover(w, p, own)),
+            cells(
+                admin=(OK, OK),
+                fleet_manager=(OK, NOT_FOUND),
+                fleet_viewer=(FORBIDDEN, NOT_FOUND),
+                owner=(OK, NOT_FOUND),
+                driver=(OK, NOT_FOUND),
+            ),
+        ),
     }
 )
+
+
+def _handover(w: World, persona: str, own: bool) -> str:
+    """A grant on the persona's vehicle (for the driver: their own grant; for the viewer:
+    one to its fleet manager) or on one of B's, as the report's path."""
+    vin = w.disposable_vehicle(persona, own)
+    if own and persona == "driver":
+        grant = w.admin("GET", f"/v1/vehicles/{vin}/grants").json()["items"][0]["id"]
+    else:
+        user = w.users["fleet_manager"] if own and persona == "fleet_viewer" else None
+        body = {"user_id": user or w.member_of(persona, own), "services": ["read"]}
+        grant = w.admin("POST", f"/v1/vehicles/{vin}/grants", json=body).json()["id"]
+    return f"/v1/vehicles/{vin}/grants/{grant}/handover"
 
 
 def _consent(w: World, persona: str | None, own: bool, verb: str) -> Response:

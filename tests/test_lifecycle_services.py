@@ -90,6 +90,7 @@ class Api:
     clock: Clock
     admin: dict[str, str]
     db_path: Path
+    seq: int = 0
 
     def as_(self, headers: dict[str, str], method: str, url: str, **kw: Any) -> Response:
         return self.client.request(method, url, headers=headers, **kw)
@@ -136,12 +137,13 @@ class Api:
 
     def report(self, tenure: int, **signals: Any) -> None:
         now = self.now_ms()
+        self.seq += 1
         store = open_store(self.db_path)
         try:
             store.commit(
                 IngestBatch(
                     received_at=now,
-                    samples=[Sample(VIN, tenure, now, signals)],
+                    samples=[Sample(VIN, self.seq, now, signals)],
                     tenures={VIN: Tenure(tenure, now - 1000)},
                 )
             )
@@ -411,3 +413,86 @@ def test_service_partner_routes_are_for_their_callers(api: Api) -> None:
     assert api.as_(api.admin, "PUT", "/v1/service-plans", json=bad).status_code == 422
     bad = {"name": "x", "vin_prefix": "", "fault_codes": ["P0301; DROP"]}
     assert api.as_(api.admin, "PUT", "/v1/service-plans", json=bad).status_code == 422
+
+
+# --- the rental handover report --------------------------------------------------------------
+
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+
+
+def test_a_handover_reports_the_telemetry_at_check_out_and_check_in(api: Api) -> None:
+    _, owner = api.owner("rental@example.com")
+    api.owner("stranger@example.com")
+    assert api.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+    body = {"email": "renter@example.com", "name": "Renter", "role": "driver", "password": PASSWORD}
+    r = api.as_(owner, "POST", "/v1/users", json=body)
+    assert r.status_code == 201, r.text
+    renter_id = r.json()["id"]
+    t0 = api.now_ms()
+    # before the rental: two samples, the later one is the state at check-out
+    api.report(1, **{ODO: 9_000_000, SOC: 90.0, LAT: 1.0, LON: 1.0, DTC: ["B1000"]})
+    api.clock.now += 600
+    api.report(1, **{ODO: 10_000_000, SOC: 80.0, LAT: 48.1, LON: 11.5, DTC: []})
+    api.clock.now += 60
+    grant = api.as_(owner, "POST", f"/v1/vehicles/{VIN}/grants",
+                    json={"user_id": renter_id, "services": ["read"]})  # fmt: skip
+    assert grant.status_code == 201, grant.text
+    grant_id = grant.json()["id"]
+    check_out = api.now_ms()
+    # during: the car is driven; only some signals change in the last sample
+    api.clock.now += 1800
+    api.report(1, **{ODO: 40_000_000, SOC: 60.0, LAT: 52.5, LON: 13.4, DTC: ["P0301"]})
+    api.clock.now += 1800
+    api.report(1, **{ODO: 60_000_000, SOC: 55.0})
+    renter = api.login("renter@example.com")
+    url = f"/v1/vehicles/{VIN}/grants/{grant_id}/handover"
+    running = api.as_(renter, "GET", url)
+    assert running.status_code == 200, running.text
+    assert running.json()["ongoing"] is True
+    api.clock.now += 60
+    owner = api.login("rental@example.com")  # (an hour on: a fresh token)
+    assert api.as_(owner, "DELETE", f"/v1/vehicles/{VIN}/grants/{grant_id}").status_code == 200
+    check_in = api.now_ms()
+    api.clock.now += 600
+    api.report(1, **{ODO: 99_000_000, SOC: 1.0})  # after the return: not in the report
+
+    report = api.as_(owner, "GET", url)
+    assert report.status_code == 200, report.text
+    body = report.json()
+    assert (body["ongoing"], body["user_id"]) == (False, renter_id)
+    out, back = body["check_out"], body["check_in"]
+    assert (out["at"], back["at"]) == (check_out, check_in)
+    assert [out[k] for k in ("odometer_m", "charge_pct", "latitude", "longitude")] == [
+        10_000_000,
+        80.0,
+        48.1,
+        11.5,
+    ]
+    assert out["fault_codes"] == []
+    assert [back[k] for k in ("odometer_m", "charge_pct", "latitude", "longitude")] == [
+        60_000_000,
+        55.0,
+        52.5,
+        13.4,
+    ]
+    assert back["fault_codes"] == ["P0301"]
+    assert (out["fuel_pct"], back["fuel_pct"]) == (None, None)  # an electric car
+    assert body["changes"] == {
+        "distance_m": 50_000_000,
+        "charge_pct": -25.0,
+        "fuel_pct": None,
+        "new_fault_codes": ["P0301"],
+        "alerts": [],
+    }
+    assert back["as_of"] == check_in - 60_000  # the last sample before the return
+    # the renter reads their own rental's report, as CSV too; nobody else does
+    lines = api.as_(renter, "GET", url, params={"format": "csv"}).text.splitlines()
+    assert lines[0].startswith("record,at,at_iso,odometer_m,charge_pct")
+    assert lines[1].startswith(f"check_out,{check_out},")
+    assert ",10000000.0,80.0,," in lines[1]
+    assert lines[2].startswith(f"check_in,{check_in},")
+    assert ",P0301,52.5,13.4," in lines[2]
+    error(api.as_(api.login("stranger@example.com"), "GET", url), 404, "vehicle_not_found")
+    error(api.as_(owner, "GET", f"/v1/vehicles/{VIN}/grants/999999/handover"), 404,
+          "grant_not_found")  # fmt: skip
+    assert t0
