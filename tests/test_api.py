@@ -691,6 +691,7 @@ def test_metrics_openmetrics_on_request(client: TestClient) -> None:
 
 #: every path of the API (a new one is added here on purpose)
 API_PATHS = {
+    "/v1/analytics/fault-codes",
     "/v1/assistance/{token}",
     "/v1/maintenance/check",
     "/v1/service-partners",

@@ -103,6 +103,8 @@ def test_every_list_is_items_and_a_cursor(spec: dict[str, Any]) -> None:
         ("get", "/v1/reports/drivers"),
         ("get", "/v1/reports/utilization"),
         ("get", "/v1/reports/faults"),
+        # fault-code analytics across the installation: one document of a range (issue 16)
+        ("get", "/v1/analytics/fault-codes"),
         # a bulk command: the job with its first refusals (counts.refused has them all)
         ("get", "/v1/command-jobs/{job_id}"),
         # a vehicle's lifecycle: its state with the history of its changes

@@ -810,6 +810,9 @@ TABLE.update(
         ("POST", "/v1/maintenance/check"): Row(
             post(lambda w, p, own: "/v1/maintenance/check"), ADMIN_ONLY
         ),
+        ("GET", "/v1/analytics/fault-codes"): Row(
+            get(lambda w, p, own: "/v1/analytics/fault-codes"), ADMIN_ONLY
+        ),
         # the vehicle's managers and the grant's own driver
         ("GET", "/v1/vehicles/{vin}/grants/{grant_id}/handover"): Row(
             get(lambda w, p, own: _handover(w, p, own)),

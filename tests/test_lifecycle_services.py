@@ -6,6 +6,7 @@ tested first."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,11 +19,12 @@ from fastapi.testclient import TestClient
 from httpx2 import Response
 
 from gateway.api import ApiSettings, create_app
+from gateway.core.fault_analytics import fault_groups
 from gateway.core.maintenance import MONTH_MS, ServicePlan, due_items, plan_for
 from gateway.core.notify import verify_signature
 from gateway.notify.settings import NotifySettings
 from gateway.store import IngestBatch, Tenure, open_store
-from schemas import Sample
+from schemas import Event, EventType, Sample
 from tests.support.api import auth_settings_for_tests, bearer
 from tests.support.notify import Receiver
 from tests.support.waiting import wait_until
@@ -496,3 +498,91 @@ def test_a_handover_reports_the_telemetry_at_check_out_and_check_in(api: Api) ->
     error(api.as_(owner, "GET", f"/v1/vehicles/{VIN}/grants/999999/handover"), 404,
           "grant_not_found")  # fmt: skip
     assert t0
+
+
+# --- fault-code analytics --------------------------------------------------------------------
+
+
+def test_no_group_smaller_than_the_minimum_is_ever_reported() -> None:
+    """Random installations: every reported group has at least k distinct vehicles, every
+    group with k or more is reported, and the suppressed ones are counted."""
+    rng = random.Random(16)
+    for _ in range(200):
+        k = rng.choice([5, 5, 7, 12])
+        occurrences = [
+            (
+                f"WM{rng.randrange(3)}DL0000{rng.randrange(40):08d}",
+                f"P0{rng.randrange(4)}00",
+                rng.randrange(10**9),
+            )
+            for _ in range(rng.randrange(300))
+        ]
+        result = fault_groups(occurrences, min_group=k)
+        truth: dict[tuple[str, str], set[str]] = {}
+        for vin, code, _ in occurrences:
+            truth.setdefault((vin[:8], code), set()).add(vin)
+        assert {(g.model, g.code): g.vehicles for g in result.groups} == {
+            key: len(v) for key, v in truth.items() if len(v) >= k
+        }
+        assert result.suppressed == sum(1 for v in truth.values() if len(v) < k)
+    # the floor holds whatever is asked
+    few = [(f"WM0DL000{i:09d}", "P0100", 1) for i in range(4)]
+    assert fault_groups(few, min_group=1).groups == []
+    # occurrences are not vehicles: a fifth occurrence of one of the four is still four
+    assert fault_groups([*few, few[0]], min_group=1).groups == []
+    fifth = (few[0][0][:-1] + "9", "P0100", 1)
+    assert [g.vehicles for g in fault_groups([*few, fifth]).groups] == [5]
+
+
+def test_fault_code_analytics_are_aggregates_of_big_enough_groups(api: Api) -> None:
+    day = 86_400_000
+    start = (api.now_ms() // day - 10) * day
+    events: list[Event] = []
+    tenures: dict[str, Tenure] = {}
+
+    def fault(vin: str, code: str, ts: int) -> None:
+        events.append(Event(vin, len(events) + 1, ts, EventType.DTC_SET, code))
+        tenures[vin] = Tenure(1, start - day)
+
+    # model WLYFE000: P0301 on 6 vehicles (7 times), P0420 on 4: left out
+    for i in range(6):
+        fault(f"WLYFE000{i:09d}", "P0301", start + day + 3_600_000 * i)
+    fault("WLYFE000000000000", "P0301", start + 2 * day)
+    for i in range(4):
+        fault(f"WLYFE000{i:09d}", "P0420", start + day)
+    # model WABCD000: 5 vehicles with P0301, but one before the range: 4 in it, left out
+    for i in range(5):
+        fault(f"WABCD000{i:09d}", "P0301", start + day if i else start - day)
+    events.append(Event("WLYFE000000000000", 999, start + day, EventType.IGNITION_ON))
+    store = open_store(api.db_path)
+    try:
+        store.commit(IngestBatch(received_at=start, events=events, tenures=tenures))
+    finally:
+        store.close()
+    url = "/v1/analytics/fault-codes"
+    params = {"start": start, "end": start + 5 * day}
+    r = api.as_(api.admin, "GET", url, params=params)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["rows"] == [
+        {
+            "model": "WLYFE000",
+            "code": "P0301",
+            "vehicles": 6,
+            "occurrences": 7,
+            "first_day": start + day,
+            "first_day_iso": body["rows"][0]["first_day_iso"],
+        }
+    ]
+    assert (body["min_group"], body["groups_suppressed"]) == (5, 2)
+    assert "WLYFE000000000000" not in r.text
+    # a bigger minimum hides it too; a smaller one is refused
+    bigger = api.as_(api.admin, "GET", url, params={**params, "min_group": 7}).json()
+    assert (bigger["rows"], bigger["groups_suppressed"]) == ([], 3)
+    r = api.as_(api.admin, "GET", url, params={**params, "min_group": 2})
+    assert r.status_code == 422, r.text
+    csv_lines = api.as_(api.admin, "GET", url, params={**params, "format": "csv"}).text
+    assert csv_lines.splitlines()[1].startswith("WLYFE000,P0301,6,7,")
+    # only administrators
+    _, owner = api.owner("quality@example.com")
+    error(api.as_(owner, "GET", url), 403, "forbidden")

@@ -27,6 +27,7 @@ from gateway.api.routes import (
     command_jobs,
     commands,
     drivers,
+    fault_analytics,
     fleets,
     geofences,
     grants,
@@ -93,4 +94,5 @@ def routers(settings: ApiSettings) -> list[APIRouter]:
         alerts.router,
         trips.router,
         reports.router,
+        fault_analytics.router,
     ]
