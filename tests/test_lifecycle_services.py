@@ -420,6 +420,7 @@ def test_service_partner_routes_are_for_their_callers(api: Api) -> None:
 # --- the rental handover report --------------------------------------------------------------
 
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+FUEL = "Vehicle.Powertrain.FuelSystem.RelativeLevel"
 
 
 def test_a_handover_reports_the_telemetry_at_check_out_and_check_in(api: Api) -> None:
@@ -431,6 +432,10 @@ def test_a_handover_reports_the_telemetry_at_check_out_and_check_in(api: Api) ->
     assert r.status_code == 201, r.text
     renter_id = r.json()["id"]
     t0 = api.now_ms()
+    # two days before: the last fuel figure (a quiet one, found further back)
+    api.clock.now -= 2 * 86_400
+    api.report(1, **{FUEL: 40.0, ODO: 1_000_000})
+    api.clock.now += 2 * 86_400
     # before the rental: two samples, the later one is the state at check-out
     api.report(1, **{ODO: 9_000_000, SOC: 90.0, LAT: 1.0, LON: 1.0, DTC: ["B1000"]})
     api.clock.now += 600
@@ -478,11 +483,11 @@ def test_a_handover_reports_the_telemetry_at_check_out_and_check_in(api: Api) ->
         13.4,
     ]
     assert back["fault_codes"] == ["P0301"]
-    assert (out["fuel_pct"], back["fuel_pct"]) == (None, None)  # an electric car
+    assert (out["fuel_pct"], back["fuel_pct"]) == (40.0, 40.0)  # from two days before
     assert body["changes"] == {
         "distance_m": 50_000_000,
         "charge_pct": -25.0,
-        "fuel_pct": None,
+        "fuel_pct": 0.0,
         "new_fault_codes": ["P0301"],
         "alerts": [],
     }
@@ -491,7 +496,7 @@ def test_a_handover_reports_the_telemetry_at_check_out_and_check_in(api: Api) ->
     lines = api.as_(renter, "GET", url, params={"format": "csv"}).text.splitlines()
     assert lines[0].startswith("record,at,at_iso,odometer_m,charge_pct")
     assert lines[1].startswith(f"check_out,{check_out},")
-    assert ",10000000.0,80.0,," in lines[1]
+    assert ",10000000.0,80.0,40.0,,48.1,11.5," in lines[1]
     assert lines[2].startswith(f"check_in,{check_in},")
     assert ",P0301,52.5,13.4," in lines[2]
     error(api.as_(api.login("stranger@example.com"), "GET", url), 404, "vehicle_not_found")

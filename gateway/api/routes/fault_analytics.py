@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections.abc import Iterator
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -53,17 +54,17 @@ class FaultAnalyticsOut(BaseModel):
     rows: list[FaultGroupOut]
 
 
-def _occurrences(reader: TelemetryReader, start: int, end: int) -> list[tuple[str, str, int]]:
-    """Every fault code set in [start, end), from the event log (one pass, by id)."""
-    found: list[tuple[str, str, int]] = []
+def _occurrences(reader: TelemetryReader, start: int, end: int) -> Iterator[tuple[str, str, int]]:
+    """Every fault code set in [start, end), from the event log (one pass, by id; streamed:
+    only the groups are kept in memory)."""
     cursor = 0
     while True:
         page = reader.events_after(cursor, limit=_PAGE)
         for e in page:
             if e.type == EventType.DTC_SET and e.code and start <= e.ts < end:
-                found.append((e.vin, e.code, e.ts))
+                yield e.vin, e.code, e.ts
         if len(page) < _PAGE:
-            return found
+            return
         cursor = page[-1].id
 
 

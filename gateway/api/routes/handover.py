@@ -105,27 +105,30 @@ class HandoverOut(BaseModel):
 
 
 def _figures(reader: TelemetryReader, vin: str, tenure: int, at: int) -> Snapshot:
+    """Each figure's last value at or before ``at``: the last hour first, then further back
+    (1 day, 31 days) only for the figures still missing, each window below the previous, so
+    a newer window's value always wins and an older window reads only samples that carry a
+    missing figure (a figure reported every second is found in the first hour)."""
     found: dict[str, tuple[Any, int]] = {}
+    upper = at + 1
     for back in _LOOKBACK_MS:
+        missing = [s for s in HANDOVER_SIGNALS if s not in found]
+        if not missing:
+            break
+        lower = at - back
         points: list[tuple[int, Any]] = []
         after = None
         for _ in range(_MAX_PAGES):
             page = reader.history(
-                vin,
-                HANDOVER_SIGNALS,
-                tenure=tenure,
-                start=at - back,
-                end=at + 1,
-                limit=_PAGE,
-                after=after,
+                vin, missing, tenure=tenure, start=lower, end=upper, limit=_PAGE, after=after
             )
             points.extend((p.ts, p.values) for p in page)
             if len(page) < _PAGE:
                 break
             after = (page[-1].ts, page[-1].seq)
-        found = state_at(points, at)
-        if set(found) >= set(HANDOVER_SIGNALS):
-            break
+        for name, value in state_at(points, at).items():
+            found.setdefault(name, value)
+        upper = lower
     return snapshot(found, at)
 
 
