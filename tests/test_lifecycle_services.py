@@ -22,6 +22,7 @@ from gateway.api import ApiSettings, create_app
 from gateway.core.fault_analytics import fault_groups
 from gateway.core.maintenance import MONTH_MS, ServicePlan, due_items, plan_for
 from gateway.core.notify import verify_signature
+from gateway.fleet.maintenance import CheckResult, MaintenanceThread
 from gateway.notify.settings import NotifySettings
 from gateway.store import IngestBatch, Tenure, open_store
 from schemas import Event, EventType, Sample
@@ -591,3 +592,21 @@ def test_fault_code_analytics_are_aggregates_of_big_enough_groups(api: Api) -> N
     # only administrators
     _, owner = api.owner("quality@example.com")
     error(api.as_(owner, "GET", url), 403, "forbidden")
+
+
+def test_the_maintenance_thread_checks_again_and_survives_a_failure() -> None:
+    calls: list[int] = []
+
+    def check(now: int) -> CheckResult:
+        calls.append(now)
+        if len(calls) == 1:
+            raise RuntimeError("the database is away")
+        return CheckResult(0, 0)
+
+    thread = MaintenanceThread(check, interval_s=0.02)
+    thread.start()
+    try:
+        wait_until(lambda: len(calls) >= 3, what="three checks")
+    finally:
+        thread.stop()
+    assert calls == sorted(calls)
