@@ -34,7 +34,7 @@ from gateway.broker.auth import (
     hash_password,
     verify_mqtt_password,
 )
-from gateway.broker.control import DynsecControl, purge_sessions
+from gateway.broker.control import DynsecControl, clear_retained, purge_sessions
 from gateway.broker.mosquitto import BrokerError, MosquittoProcess
 from gateway.core.fleet.geo import check_simple, shape_from_geojson, shape_to_geojson
 from gateway.core.fleet.state import window_from_json
@@ -179,21 +179,31 @@ def closed_broker_sync(
         reload=broker.reload,
         restart=restart,
         on_removed=None if pki_dir is None else _certificate_revoker(pki_dir),
-        after_removed=_session_purger(broker, service_secret),
+        after_removed=_session_purger(broker, service_secret, control_secret),
         lock=lock,
         interval_s=interval_s,
     )
 
 
-def _session_purger(broker: MosquittoProcess, secret: str) -> Callable[[Sequence[str]], None]:
-    """Discards the broker sessions of revoked vehicles (see
-    :func:`gateway.broker.control.purge_sessions`); a failure is logged, not retried: the
+def _session_purger(
+    broker: MosquittoProcess, secret: str, control_secret: str
+) -> Callable[[Sequence[str]], None]:
+    """Discards the broker sessions of revoked, transferred and decommissioned vehicles
+    (see :func:`gateway.broker.control.purge_sessions`), then their retained status
+    (:func:`gateway.broker.control.clear_retained`); a failure is logged, not retried: the
     commands in such a session are cancelled in the state database, and their message
     expiry ends them on the broker too."""
 
     def purge(vins: Sequence[str]) -> None:
         try:
             purge_sessions(broker.host, broker.port, SERVICE_USERNAME, secret, vins)
+            clear_retained(
+                broker.host,
+                broker.port,
+                CONTROL_USERNAME,
+                control_secret,
+                [f"v1/vehicles/{vin}/status" for vin in vins],
+            )
         except (OSError, BrokerError) as exc:
             log.warning("could not discard the broker sessions of %s: %s", ", ".join(vins), exc)
 

@@ -691,7 +691,15 @@ def test_metrics_openmetrics_on_request(client: TestClient) -> None:
 
 #: every path of the API (a new one is added here on purpose)
 API_PATHS = {
+    "/v1/analytics/fault-codes",
     "/v1/assistance/{token}",
+    "/v1/maintenance/check",
+    "/v1/service-partners",
+    "/v1/service-partners/vehicles",
+    "/v1/service-plans",
+    "/v1/vehicles/{vin}/dealer",
+    "/v1/vehicles/{vin}/diagnostics",
+    "/v1/vehicles/{vin}/grants/{grant_id}/handover",
     "/v1/integrations",
     "/v1/integrations/{credential_id}",
     "/v1/reports/faults",

@@ -32,7 +32,13 @@ from schemas import Sample
 from tests.support.api import TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, admin_client
 
 #: list operations with no paging parameters: a fixed list, always one page
-FIXED_LISTS = {("get", "/v1/command-types")}
+FIXED_LISTS = {
+    ("get", "/v1/command-types"),
+    # issue 16: few and bounded (partners, the plans of the models, a partner's vehicles)
+    ("get", "/v1/service-partners"),
+    ("get", "/v1/service-partners/vehicles"),
+    ("get", "/v1/service-plans"),
+}
 ASSETS = Path(gateway.api.__file__).parent / "static" / "swagger-ui"
 TIME_NAMES = re.compile(r"^(ts|start|end|first_seen|last_seen|[a-z_]+_at)$")
 
@@ -97,6 +103,8 @@ def test_every_list_is_items_and_a_cursor(spec: dict[str, Any]) -> None:
         ("get", "/v1/reports/drivers"),
         ("get", "/v1/reports/utilization"),
         ("get", "/v1/reports/faults"),
+        # fault-code analytics across the installation: one document of a range (issue 16)
+        ("get", "/v1/analytics/fault-codes"),
         # a bulk command: the job with its first refusals (counts.refused has them all)
         ("get", "/v1/command-jobs/{job_id}"),
         # a vehicle's lifecycle: its state with the history of its changes

@@ -768,6 +768,95 @@ TABLE.update(
 )
 
 
+# --- service partners, dealer consent, diagnostics, maintenance (issue 16, decision 0026) --
+
+TABLE.update(
+    {
+        ("POST", "/v1/service-partners"): Row(
+            post(
+                lambda w, p, own: "/v1/service-partners",
+                lambda w, p, own: {"account_id": w.accounts["B"], "name": "B Motors"},
+            ),
+            ADMIN_ONLY,
+        ),
+        ("GET", "/v1/service-partners"): Row(
+            get(lambda w, p, own: "/v1/service-partners"), EVERYONE
+        ),
+        ("GET", "/v1/service-partners/vehicles"): Row(
+            get(lambda w, p, own: "/v1/service-partners/vehicles"), EVERYONE
+        ),
+        ("PUT", "/v1/vehicles/{vin}/dealer"): Row(
+            lambda w, p, own: _consent(w, p, own, "PUT"), MANAGE
+        ),
+        ("GET", "/v1/vehicles/{vin}/dealer"): Row(
+            lambda w, p, own: _consent(w, p, own, "GET"), READ
+        ),
+        ("DELETE", "/v1/vehicles/{vin}/dealer"): Row(
+            lambda w, p, own: _consent(w, p, own, "DELETE"), MANAGE
+        ),
+        ("GET", "/v1/vehicles/{vin}/diagnostics"): Row(
+            get(lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/diagnostics"),
+            READ,
+        ),
+        ("PUT", "/v1/service-plans"): Row(
+            method(
+                "PUT",
+                lambda w, p, own: "/v1/service-plans",
+                {"name": "authz", "vin_prefix": "WAUTHZ", "every_km": 15000},
+            ),
+            ADMIN_ONLY,
+        ),
+        ("GET", "/v1/service-plans"): Row(get(lambda w, p, own: "/v1/service-plans"), ADMIN_ONLY),
+        ("POST", "/v1/maintenance/check"): Row(
+            post(lambda w, p, own: "/v1/maintenance/check"), ADMIN_ONLY
+        ),
+        ("GET", "/v1/analytics/fault-codes"): Row(
+            get(lambda w, p, own: "/v1/analytics/fault-codes"), ADMIN_ONLY
+        ),
+        # the vehicle's managers and the grant's own driver
+        ("GET", "/v1/vehicles/{vin}/grants/{grant_id}/handover"): Row(
+            get(lambda w, p, own: _handover(w, p, own)),
+            cells(
+                admin=(OK, OK),
+                fleet_manager=(OK, NOT_FOUND),
+                fleet_viewer=(FORBIDDEN, NOT_FOUND),
+                owner=(OK, NOT_FOUND),
+                driver=(OK, NOT_FOUND),
+            ),
+        ),
+    }
+)
+
+
+def _handover(w: World, persona: str, own: bool) -> str:
+    """A grant on the persona's vehicle (for the driver: their own grant; for the viewer:
+    one to its fleet manager) or on one of B's, as the report's path."""
+    vin = w.disposable_vehicle(persona, own)
+    if own and persona == "driver":
+        grant = w.admin("GET", f"/v1/vehicles/{vin}/grants").json()["items"][0]["id"]
+    else:
+        user = w.users["fleet_manager"] if own and persona == "fleet_viewer" else None
+        body = {"user_id": user or w.member_of(persona, own), "services": ["read"]}
+        grant = w.admin("POST", f"/v1/vehicles/{vin}/grants", json=body).json()["id"]
+    return f"/v1/vehicles/{vin}/grants/{grant}/handover"
+
+
+def _consent(w: World, persona: str | None, own: bool, verb: str) -> Response:
+    """A vehicle of the persona (or of B) whose holder consented to dealer B (for GET and
+    DELETE; PUT gives the consent)."""
+    vin = w.disposable_vehicle(persona or "admin", own)
+    w.admin("POST", "/v1/service-partners", json={"account_id": w.accounts["B"], "name": "B"})
+    body = {"dealer_account_id": w.accounts["B"]}
+    if verb != "PUT":
+        w.admin("PUT", f"/v1/vehicles/{vin}/dealer", json=body)
+    return w.client.request(
+        verb,
+        f"/v1/vehicles/{vin}/dealer",
+        json=body if verb == "PUT" else None,
+        headers=w.as_(persona),
+    )
+
+
 def _email(persona: str) -> str:
     return TEST_ADMIN_EMAIL if persona == "admin" else f"{persona}@example.com"
 

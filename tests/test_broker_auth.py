@@ -353,6 +353,8 @@ def test_render_dynsec_gives_each_vehicle_only_its_own_topics() -> None:
         ("publishClientSend", "$CONTROL/dynamic-security/v1", True),
         ("subscribeLiteral", "$CONTROL/dynamic-security/v1/response", True),
         ("publishClientReceive", "$CONTROL/dynamic-security/v1/response", True),
+        # to delete a VIN's retained status when it changes hands or leaves (issue 16)
+        ("publishClientSend", "v1/vehicles/+/status", True),
     }
     assert all("password" not in c for c in document["clients"])
     # the same identities always render the same bytes

@@ -107,6 +107,17 @@ def test_a_retained_status_says_nothing_about_when_the_vehicle_was_heard() -> No
     assert batch.seen == {}
 
 
+def test_a_deleted_retained_status_is_no_status_and_no_fault() -> None:
+    """The broker sync deletes a VIN's retained status when it changes hands or leaves
+    (issue 16); subscribers get the empty message, which is neither a status nor a bad
+    payload, whether the VIN is provisioned or not (decommissioned)."""
+    batcher = Batcher(clock_ms=Clock(), tenure_of={VIN: Tenure(1, 0)}.get)
+    assert batcher.add(topic_for(VIN, Channel.STATUS), b"", retained=False)
+    assert batcher.add(topic_for(OTHER, Channel.STATUS), b"")
+    batch = batcher.take()
+    assert (batch.statuses, batch.quarantine, batch.seen) == ([], [], {})
+
+
 def test_an_unknown_topic_is_quarantined_and_counted_as_invalid() -> None:
     batcher = Batcher(clock_ms=Clock())
     assert batcher.add("v1/cars/x/telemetry", b"{}")

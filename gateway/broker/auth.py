@@ -149,9 +149,13 @@ CONTROL_ACLS: tuple[tuple[str, str], ...] = (
     ("publishClientSend", _CONTROL_TOPIC),
     ("subscribeLiteral", _CONTROL_TOPIC + "/response"),
     ("publishClientReceive", _CONTROL_TOPIC + "/response"),
+    ("publishClientSend", "v1/vehicles/+/status"),
 )
 """(ACL type, topic) of the Dynamic Security administrator: the control topic and its
-answers, nothing of the device contract."""
+answers, and of the device contract only publishing a vehicle's ``status``: the sync
+deletes the retained status of a VIN that changed hands or was removed
+(:func:`gateway.broker.control.clear_retained`; the administrator could grant itself any
+right, so this adds none)."""
 
 _DEFAULT_ACCESS = {
     "publishClientSend": False,
@@ -738,10 +742,12 @@ class BrokerAuthSync:
        refused from then on;
     4. removed vehicles lose their client and role in the plugin: a certificate unit is
        disconnected, and whatever logs in under that name has no right at all;
-    5. ``after_removed(vins)`` runs for the removed vehicles, and before step 1 for those
-       whose :attr:`VehicleIdentity.holder` changed (revoked and claimed again between two
-       syncs; before their new password works): the installation discards their broker
-       sessions, so nothing waiting in them reaches the unit of the VIN's next holder.
+    5. ``after_removed(vins)`` runs for the removed vehicles, and both before step 1 and
+       after step 3 for those whose :attr:`VehicleIdentity.holder` changed (transferred,
+       or revoked and claimed again between two syncs): the installation discards their
+       broker sessions, so nothing waiting in them reaches the unit of the VIN's next
+       holder, and deletes their retained status (issue 16: the old holder's unit leaves
+       nothing behind, not even the Will the reload made the broker publish).
 
     A change too big to apply live (:data:`LIVE_CHANGES_BUDGET_S`) calls ``restart()``
     instead, which must :meth:`render` and restart the broker. :meth:`render` is also what
@@ -865,6 +871,11 @@ class BrokerAuthSync:
             if self._reload_pending:
                 self._reload()  # a removed password vehicle is disconnected and refused
                 self._reload_pending = False
+            if passed_on and self._after_removed is not None:
+                # again, now that the old password is refused: an old unit that reconnected
+                # between the first purge and the reload is gone, and so is the retained
+                # status (or Will) it left
+                self._after_removed(passed_on)
             # only then its rights: deleting them earlier would disconnect it while its
             # password still worked, and it could log in again (with no rights) meanwhile
             self._apply(changes.remove_commands(), per_message)

@@ -36,8 +36,10 @@ __all__ = [
     "RESPONSE_TOPIC",
     "DynsecCommandError",
     "DynsecControl",
+    "clear_retained",
     "login_code",
     "prime_sessions",
+    "purge_sessions",
 ]
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
@@ -215,6 +217,32 @@ def purge_sessions(
             pass
 
 
+def clear_retained(
+    host: str,
+    port: int,
+    username: str,
+    password: str,
+    topics: Sequence[str],
+    *,
+    timeout: float = 10.0,
+) -> None:
+    """Delete the retained message of each topic: publish an empty retained message there
+    (QoS 1, waiting for the broker's PUBACK each time), as MQTT prescribes.
+
+    Why: a vehicle's retained ``status`` (its last ``online``/``offline``, or the Will the
+    broker published when the sync cut it off) outlives its holding period; without this
+    the broker replays the previous holder's unit's status to every new subscription after
+    a transfer, and a decommissioned VIN keeps showing one for ever. ``username`` is the
+    broker administrator (its role may publish to ``v1/vehicles/+/status``; it can grant
+    itself any right anyway, so this adds none). Subscribers receive the empty message
+    (the ingest ignores an empty status)."""
+    control = DynsecControl(host, port, username, password, timeout=timeout)
+    with _Connection.open(control, clean=True, subscribe=()) as conn:
+        for topic in topics:
+            pid = conn.publish(topic, b"", retain=True)
+            conn.wait_puback(pid, time.monotonic() + timeout)
+
+
 def login_code(
     host: str, port: int, username: str, password: str, *, client_id: str | None = None
 ) -> int:
@@ -295,10 +323,18 @@ class _Connection:
                     )
                 return
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        """QoS 1; the PUBACK is skipped by :meth:`responses` (the answer is what counts)."""
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
+        """QoS 1; the PUBACK is skipped by :meth:`responses` (the answer is what counts) or
+        awaited with :meth:`wait_puback`. Returns the packet id."""
         pid = self._packet_id()
-        self._send(0x32, _string(topic) + pid.to_bytes(2, "big") + payload)
+        self._send(0x33 if retain else 0x32, _string(topic) + pid.to_bytes(2, "big") + payload)
+        return pid
+
+    def wait_puback(self, pid: int, deadline: float) -> None:
+        while True:
+            ptype, body = self._read(deadline)
+            if ptype == 0x40 and body[:2] == pid.to_bytes(2, "big"):
+                return
 
     def responses(self, deadline: float) -> list[dict[str, Any]]:
         """The responses in the next packet that carries some (may be none)."""

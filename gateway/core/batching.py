@@ -210,6 +210,10 @@ class Batcher:
                 self._topics.clear()
             self._topics[topic] = parsed
         vin = parsed.vin
+        if parsed.channel is Channel.STATUS and not payload:
+            # the broker relaying the deletion of a retained status (the sync clears a VIN's
+            # when it changes hands or leaves, issue 16): no status at all, nothing to file
+            return True
         tenure = None
         if self._tenure_of is not None:
             tenure = self._tenure_of(vin)

@@ -48,7 +48,8 @@ DEFAULT_TOLERANCE_S: Final = 300
 #: ``alert.raised``: the rules opened an alert; ``alert.updated``: it got markedly worse
 #: (a higher peak, a critical level); ``alert.ended``: its condition cleared by itself;
 #: ``alert.acknowledged`` and ``alert.cleared``: a person's actions; ``trip.finished``: a
-#: trip was stored; ``trip.updated``: a late upload changed a stored trip (recomputed)
+#: trip was stored; ``trip.updated``: a late upload changed a stored trip (recomputed);
+#: ``maintenance.due``: a vehicle's service plan found a service due (issue 16, decision 0026)
 EVENT_TYPES: Final = (
     "command.updated",
     "command_job.created",
@@ -60,6 +61,7 @@ EVENT_TYPES: Final = (
     "alert.cleared",
     "trip.finished",
     "trip.updated",
+    "maintenance.due",
 )
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "CommandJobRow",
     "CommandRow",
     "CommandTransitionRow",
+    "DealerConsentRow",
     "DriverAssignmentRow",
     "DriverRow",
     "EventRow",
@@ -65,7 +66,10 @@ __all__ = [
     "FleetVinStateRow",
     "GeofenceRow",
     "LoginThrottleRow",
+    "MaintenanceNoticeRow",
     "RefreshTokenRow",
+    "ServicePartnerRow",
+    "ServicePlanRow",
     "UserRow",
     "VehicleGrantRow",
     "VehicleInvitationRow",
@@ -898,3 +902,73 @@ class AssistanceShareRow(Base):
     expires_at: Mapped[int] = mapped_column(BigInteger)
     ended_at: Mapped[int | None] = mapped_column(BigInteger)
     ended_by: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ServicePartnerRow(Base):
+    """An organization account the installation registered as a service partner (a dealer
+    or workshop, issue 16): owners pick their dealer among these."""
+
+    __tablename__ = "service_partners"
+
+    account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    created_by: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class DealerConsentRow(Base):
+    """A holder's consent that a dealer (``dealer_account_id``) sees the vehicle's
+    diagnostics and gets its maintenance notices, within one holding period, until
+    ``expires_at`` (None: until withdrawn) or until withdrawn (``ended_at``)."""
+
+    __tablename__ = "dealer_consents"
+    __table_args__ = (
+        Index("ix_dealer_consents_vin_tenure", "vin", "tenure"),
+        Index("ix_dealer_consents_dealer_account_id", "dealer_account_id"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(String(17))
+    tenure: Mapped[int] = mapped_column(Integer)
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    dealer_account_id: Mapped[int] = mapped_column(BigInteger)
+    created_by: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    ended_at: Mapped[int | None] = mapped_column(BigInteger)
+    ended_by: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ServicePlanRow(Base):
+    """A vehicle model's service plan (``gateway.core.maintenance``): the model is the
+    start of the VIN (``vin_prefix``; empty: every model without a plan of its own)."""
+
+    __tablename__ = "service_plans"
+    __table_args__ = (UniqueConstraint("vin_prefix"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text)
+    vin_prefix: Mapped[str] = mapped_column(String(17))
+    every_km: Mapped[int | None] = mapped_column(Integer)
+    every_months: Mapped[int | None] = mapped_column(Integer)
+    fault_codes: Mapped[list[str]] = mapped_column(_JSON)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    updated_by: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class MaintenanceNoticeRow(Base):
+    """A maintenance item found due in a holding period (its ``key``, see
+    ``gateway.core.maintenance``), notified once; ``done_at``: a service ended after it."""
+
+    __tablename__ = "maintenance_notices"
+    __table_args__ = (UniqueConstraint("vin", "tenure", "key"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(String(17))
+    tenure: Mapped[int] = mapped_column(Integer)
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    key: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    raised_at: Mapped[int] = mapped_column(BigInteger)
+    done_at: Mapped[int | None] = mapped_column(BigInteger)

@@ -4,7 +4,7 @@ service user), and the VINs the broker-auth tests provision on it."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,15 @@ class ClosedBroker:
 _HASHES: dict[str, str] = {}
 
 
+def _purger(
+    broker: MosquittoProcess, service: tuple[str, str], control: tuple[str, str]
+) -> Callable[[Sequence[str]], None]:
+    from gateway.installation import CONTROL_USERNAME, SERVICE_USERNAME, _session_purger
+
+    assert (service[0], control[0]) == (SERVICE_USERNAME, CONTROL_USERNAME)
+    return _session_purger(broker, service[1], control[1])
+
+
 def start_closed_broker(
     directory: Path,
     *,
@@ -106,13 +115,16 @@ def start_closed_broker(
     keeper: bool = False,
     restart_policy: RestartPolicy | None = None,
     prime: Callable[[MosquittoProcess], None] | None = None,
+    purge: bool = False,
     **config: Any,
 ) -> ClosedBroker:
     """Render the identities, start the broker and return it, ready to use; stop it with
     ``.broker.stop()`` (or ``.keeper.stop()``). ``config`` goes to
     :class:`~gateway.broker.BrokerConfig`. With ``keeper``, a
     :class:`~gateway.supervisor.BrokerKeeper` owns the broker, as under ``telematics up``:
-    the sync reloads and restarts through it."""
+    the sync reloads and restarts through it. With ``purge``, the sync discards the
+    sessions and retained status of VINs removed or passed on, as ``telematics up``'s does
+    (:func:`gateway.installation.closed_broker_sync`)."""
     files = broker_auth.BrokerAuthFiles(directory / "broker-auth")
     service = (SERVICE_USER, "service-password-1")
     control = (CONTROL_USER, "control-password-1")
@@ -146,6 +158,7 @@ def start_closed_broker(
             restart=None if keeper is None else keeper.restart,
             lock=None if keeper is None else keeper.lock,
             interval_s=0.05,
+            after_removed=_purger(broker, service, control) if purge else None,
         )
 
     owner = None

@@ -39,6 +39,7 @@ EventPattern = Literal[
     "*", "command.*", "command_job.*", "alert.*", "trip.*", "command.updated",
     "command_job.created", "command_job.finished", "alert.raised", "alert.updated",
     "alert.ended", "alert.acknowledged", "alert.cleared", "trip.finished", "trip.updated",
+    "maintenance.*", "maintenance.due",
 ]  # fmt: skip
 assert set(EVENT_TYPES) <= set(EventPattern.__args__)  # type: ignore[attr-defined]
 

@@ -48,6 +48,7 @@ from gateway.statedb.lifecycle import (
     pairing_code_hash,
 )
 from gateway.statedb.lifecycle_log import LifecycleRefused
+from gateway.statedb.service_partners import ServicePartnerRepository
 
 __all__ = ["lifecycle_repository", "refused", "router"]
 
@@ -251,7 +252,9 @@ def start_service(
     body: ServiceRequest,
 ) -> LifecycleOut:
     """The holder's owner or fleet managers. While in service the car cannot be
-    transferred. (The workshop's own access to the car's diagnostics is not built yet.)"""
+    transferred. The workshop's fleet managers and viewers read its diagnostics (GET
+    /v1/vehicles/{vin}/diagnostics: no position) until `until` or until the service ends,
+    every read in your audit log."""
     vehicle = managed_vehicle(context, principal, vin_or_422(vin, ["path", "vin"]))
     if body.until <= context.now_ms():
         raise ApiError(
@@ -288,15 +291,25 @@ def start_service(
     summary="End a vehicle's service",
 )
 def end_service(
-    vin: str, principal: Caller, context: Auth, audit: CallerAudit, life: Lifecycle
+    request: Request,
+    vin: str,
+    principal: Caller,
+    context: Auth,
+    audit: CallerAudit,
+    life: Lifecycle,
 ) -> LifecycleOut:
-    """The workshop visit ends: the vehicle is back in its holder's hands (`active`), and
-    transfers may be offered again."""
+    """The workshop visit ends: the vehicle is back in its holder's hands (`active`), the
+    workshop's access to its diagnostics ends, the maintenance items notified so far count
+    as done, and transfers may be offered again."""
     vehicle = managed_vehicle(context, principal, vin_or_422(vin, ["path", "vin"]))
     try:
         view = life.end_service(vehicle.vin, by=principal.user_id, now=context.now_ms())
     except LifecycleRefused as exc:
         raise refused(exc) from None
+    # the maintenance items notified so far were seen to (decision 0026)
+    ServicePartnerRepository(request.app.state.state_db).service_done(
+        vehicle.vin, vehicle.tenure, now=context.now_ms()
+    )
     audit.record(
         "vehicle_service_end", account_id=vehicle.account_id, target=f"vehicle:{vehicle.vin}"
     )

@@ -1,0 +1,248 @@
+"""The rental handover report (tag ``grants``, issue 16 item 6;
+docs/decisions/0026-lifecycle-owner-services.md): for a driver's grant (a rental, a shared
+car), the car's state when the grant began (check-out) and when it ended or now
+(check-in): odometer, charge, fuel, fault codes, position; the distance and energy used,
+the fault codes that appeared, and the fleet alerts raised in between. JSON, or CSV to
+print or file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Annotated, Any, Final, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from gateway.api.deps import Auth, Caller, Reader, vin_or_422
+from gateway.api.errors import ApiError
+from gateway.api.models.accounts import IdPath
+from gateway.api.params import iso, iso_or_none
+from gateway.api.routes.common import ACCOUNT_ERRORS
+from gateway.api.security import forbidden, vehicle_not_found
+from gateway.core.handover import HANDOVER_SIGNALS, Snapshot, snapshot, state_at
+from gateway.statedb.fleet_log import AlertFilter
+from gateway.store.base import TelemetryReader
+
+__all__ = ["router"]
+
+router = APIRouter(responses=ACCOUNT_ERRORS, tags=["grants"])
+
+#: how far back the state at a moment is looked for: the newest window holding every
+#: figure wins (a car reports what changed; a parked one may be quiet for weeks)
+_LOOKBACK_MS: Final = (3_600_000, 86_400_000, 31 * 86_400_000)
+_PAGE: Final = 5000
+_MAX_PAGES: Final = 40
+_MAX_ALERTS: Final = 1000
+_CSV_COLUMNS: Final = [
+    "record",
+    "at",
+    "at_iso",
+    "odometer_m",
+    "charge_pct",
+    "fuel_pct",
+    "fault_codes",
+    "latitude",
+    "longitude",
+    "detail",
+]
+
+
+class SnapshotOut(BaseModel):
+    at: int
+    at_iso: str
+    as_of: int | None = Field(description="Time of the newest sample the figures come from.")
+    as_of_iso: str | None
+    odometer_m: float | None
+    charge_pct: float | None
+    fuel_pct: float | None
+    fault_codes: list[str]
+    latitude: float | None
+    longitude: float | None
+
+    @classmethod
+    def of(cls, s: Snapshot) -> SnapshotOut:
+        return cls(
+            at=s.at,
+            at_iso=iso(s.at),
+            as_of=s.as_of,
+            as_of_iso=iso_or_none(s.as_of),
+            odometer_m=s.odometer_m,
+            charge_pct=s.charge_pct,
+            fuel_pct=s.fuel_pct,
+            fault_codes=list(s.fault_codes),
+            latitude=s.latitude,
+            longitude=s.longitude,
+        )
+
+
+class HandoverAlert(BaseModel):
+    kind: str
+    severity: str
+    start_at: int
+    start_at_iso: str
+    end_at: int | None
+    end_at_iso: str | None
+
+
+class HandoverChanges(BaseModel):
+    distance_m: float | None
+    charge_pct: float | None = Field(description="Check-in minus check-out.")
+    fuel_pct: float | None = Field(description="Check-in minus check-out.")
+    new_fault_codes: list[str]
+    alerts: list[HandoverAlert]
+
+
+class HandoverOut(BaseModel):
+    vin: str
+    grant_id: int
+    user_id: int
+    ongoing: bool = Field(description="The grant still runs: check-in is now.")
+    check_out: SnapshotOut
+    check_in: SnapshotOut
+    changes: HandoverChanges
+
+
+def _figures(reader: TelemetryReader, vin: str, tenure: int, at: int) -> Snapshot:
+    """Each figure's last value at or before ``at``: the last hour first, then further back
+    (1 day, 31 days) only for the figures still missing, each window below the previous, so
+    a newer window's value always wins and an older window reads only samples that carry a
+    missing figure (a figure reported every second is found in the first hour)."""
+    found: dict[str, tuple[Any, int]] = {}
+    upper = at + 1
+    for back in _LOOKBACK_MS:
+        missing = [s for s in HANDOVER_SIGNALS if s not in found]
+        if not missing:
+            break
+        lower = at - back
+        points: list[tuple[int, Any]] = []
+        after = None
+        for _ in range(_MAX_PAGES):
+            page = reader.history(
+                vin, missing, tenure=tenure, start=lower, end=upper, limit=_PAGE, after=after
+            )
+            points.extend((p.ts, p.values) for p in page)
+            if len(page) < _PAGE:
+                break
+            after = (page[-1].ts, page[-1].seq)
+        for name, value in state_at(points, at).items():
+            found.setdefault(name, value)
+        upper = lower
+    return snapshot(found, at)
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else b - a
+
+
+@router.get(
+    "/v1/vehicles/{vin}/grants/{grant_id}/handover",
+    response_model=HandoverOut,
+    responses={
+        200: {
+            "description": "JSON (`format=json`), or CSV (`format=csv`): a check_out and a "
+            "check_in row, then one row per alert.",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        }
+    },
+    summary="The handover report of a driver's grant (rental, shared car)",
+)
+def handover(
+    request: Request,
+    vin: str,
+    grant_id: IdPath,
+    principal: Caller,
+    context: Auth,
+    reader: Reader,
+    format: Annotated[Literal["json", "csv"], Query(description="json or csv.")] = "json",
+) -> Any:
+    """The vehicle's managers (owner, fleet managers, administrators) and the grant's
+    driver. Check-out is when the grant began, check-in when it was revoked (or now, while
+    it runs); the figures are the last the car reported at or before each moment, in the
+    current holding period."""
+    vin = vin_or_422(vin, ["path", "vin"])
+    access, vehicle = context.lookup(principal, vin)
+    grant = context.accounts.get_grant(grant_id)
+    mine = grant is not None and grant.user_id == principal.user_id
+    if vehicle is None or not vehicle.active or not (access.read or mine):
+        raise vehicle_not_found(vin)
+    if not (access.manage or mine):
+        raise forbidden(
+            f"You can see vehicle {vin} but not its handover reports: only its managers and "
+            "the grant's driver can."
+        )
+    if grant is None or grant.vin != vin or grant.tenure != vehicle.tenure:
+        raise ApiError(404, "grant_not_found", f"Vehicle {vin} has no grant {grant_id}.")
+    now = context.now_ms()
+    end = now if grant.revoked_at is None else grant.revoked_at
+    out = _figures(reader, vin, vehicle.tenure, grant.created_at)
+    back = _figures(reader, vin, vehicle.tenure, end)
+    alerts = request.app.state.fleet_log.alerts(
+        AlertFilter(
+            account_id=vehicle.account_id,
+            vehicles=[(vin, vehicle.tenure)],
+            start=grant.created_at,
+            end=end + 1,
+        ),
+        before=None,
+        limit=_MAX_ALERTS,
+    )
+    report = HandoverOut(
+        vin=vin,
+        grant_id=grant.id,
+        user_id=grant.user_id,
+        ongoing=grant.revoked_at is None,
+        check_out=SnapshotOut.of(out),
+        check_in=SnapshotOut.of(back),
+        changes=HandoverChanges(
+            distance_m=_delta(out.odometer_m, back.odometer_m),
+            charge_pct=_delta(out.charge_pct, back.charge_pct),
+            fuel_pct=_delta(out.fuel_pct, back.fuel_pct),
+            new_fault_codes=sorted(set(back.fault_codes) - set(out.fault_codes)),
+            alerts=[
+                HandoverAlert(
+                    kind=a.kind,
+                    severity=a.severity,
+                    start_at=a.start_at,
+                    start_at_iso=iso(a.start_at),
+                    end_at=a.end_at,
+                    end_at_iso=iso_or_none(a.end_at),
+                )
+                for a in sorted(alerts, key=lambda a: (a.start_at, a.id))
+            ],
+        ),
+    )
+    if format == "csv":
+        return Response(
+            _csv(report),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="handover-{vin}-{grant.id}.csv"'
+            },
+        )
+    return report
+
+
+def _csv(report: HandoverOut) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(_CSV_COLUMNS)
+    for name, s in (("check_out", report.check_out), ("check_in", report.check_in)):
+        writer.writerow(
+            [
+                name,
+                s.at,
+                s.at_iso,
+                *("" if v is None else v for v in (s.odometer_m, s.charge_pct, s.fuel_pct)),
+                " ".join(s.fault_codes),
+                "" if s.latitude is None else s.latitude,
+                "" if s.longitude is None else s.longitude,
+                "",
+            ]
+        )
+    for a in report.changes.alerts:
+        writer.writerow(
+            ["alert", a.start_at, a.start_at_iso, "", "", "", "", "", "", f"{a.kind} {a.severity}"]
+        )
+    return buffer.getvalue()
