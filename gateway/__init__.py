@@ -25,3 +25,14 @@ Imports ``schemas`` (the device contract). Only ``bench`` imports ``device_sim``
 and ``telematics sim`` run the simulator by module name. ``pyproject.toml``'s import
 contracts enforce the direction.
 """
+
+
+def package_version() -> str:
+    """The installed distribution's version ("0+unknown" in a source tree that is not
+    installed): what ``telematics --version`` and the API's OpenAPI document say."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("telematics-gateway")
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -49,6 +49,15 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv"
   "$python" -m venv .venv
 fi
-echo "==> installing the project into .venv"
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".${extras}"
+# the install is editable (code changes need none); it is done again only when
+# pyproject.toml changed since, so a restart needs no package index and prints nothing
+stamp=".venv/.installed${extras:+-test}"
+wanted="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
+  echo "==> .venv is up to date (pyproject.toml unchanged since its install)"
+else
+  echo "==> installing the project into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".${extras}"
+  echo "$wanted" > "$stamp"
+fi

@@ -122,6 +122,16 @@ def test_login_wrong_password_and_unknown_user_look_the_same(s: Setup) -> None:
     assert {e["actor"] for e in failed} == {"anonymous", f"user:1 {TEST_ADMIN_EMAIL}"}
 
 
+def test_a_json_login_is_told_to_send_a_form(s: Setup) -> None:
+    r = s.client.post(
+        "/v1/auth/token",
+        json={"grant_type": "password", "username": TEST_ADMIN_EMAIL, "password": "x"},
+    )
+    body = error(r, 422, "invalid_request")
+    assert "form body, not JSON" in body["message"]
+    assert "application/x-www-form-urlencoded" in body["message"]
+
+
 def test_register_then_login_and_me(s: Setup) -> None:
     headers = owner(s)
     me = s.client.get("/v1/me", headers=headers).json()

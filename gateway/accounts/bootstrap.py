@@ -42,6 +42,13 @@ def ensure_first_admin(
     the race finds the winner's admin.
     """
     if accounts.count_users(role=Role.ADMIN) > 0:
+        if password is not None:  # a newcomer who set it after the first start: say so
+            log.warning(
+                "TELEMATICS_ADMIN_PASSWORD is ignored: this installation has an administrator "
+                "already (the variable only sets the first one's password); change a "
+                "password with: telematics user set-password %s",
+                email,
+            )
         return None
     if password is not None:
         check_password(password)

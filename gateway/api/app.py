@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Final
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from gateway import package_version
 from gateway.accounts.bootstrap import ensure_first_admin, print_first_admin
 from gateway.api.accesslog import install as install_access_log_filter
 from gateway.api.docs import install_docs
@@ -271,13 +271,6 @@ def _first_admin(context: AuthContext) -> None:
         print_first_admin(admin)
 
 
-def _version() -> str:
-    try:
-        return version("telematics-gateway")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        return "0+unknown"
-
-
 def create_app(settings: ApiSettings) -> FastAPI:
     """The API as an ASGI app, e.g. ``uvicorn.run(create_app(ApiSettings(db_path)))``."""
     app = FastAPI(
@@ -288,7 +281,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         title="Telematics Gateway API",
         summary="Vehicles, state, history and quarantine of the connected-vehicle gateway.",
         description=_DESCRIPTION,
-        version=_version(),
+        version=package_version(),
         openapi_tags=_TAGS,
         lifespan=_lifespan,
         responses={

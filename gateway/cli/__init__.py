@@ -24,6 +24,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from gateway import package_version
 from gateway.cli import account, api, bench, pki, sim, up, user, vehicle
 from gateway.cli import gateway as gateway_command
 from gateway.cli.options import ensure_signing_key, setup_logging
@@ -45,6 +46,7 @@ def build_parser(env: Environment | None = None) -> argparse.ArgumentParser:
         description="Connected-vehicle telematics gateway: ingests vehicle telemetry from "
         "MQTT, validates it against a VSS signal catalog, stores it, and serves it over HTTP.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in _COMMANDS:
         command.add_parser(sub, env)

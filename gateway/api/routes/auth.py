@@ -131,11 +131,27 @@ async def _revocation_token(request: Request) -> str:
     )
 
 
+def _form_encoded(request: Request) -> None:
+    """A JSON body would be read as a form without its fields ('grant_type: Field
+    required', which a newcomer reading it as a typo in the JSON could not fix): say what
+    the endpoint takes instead."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        raise invalid_request(
+            ["body"],
+            "log in with a form body, not JSON (Content-Type: "
+            "application/x-www-form-urlencoded, as OAuth 2.0 prescribes), e.g. curl -d "
+            "grant_type=password -d username=you@example.com --data-urlencode password=...",
+            "token_body",
+        )
+
+
 @router.post(
     "/v1/auth/token",
     response_model=TokenOut,
     tags=["auth"],
     summary="Log in (OAuth 2.0 password grant) or refresh a token",
+    dependencies=[Depends(_form_encoded)],
 )
 def token(
     request: Request,
