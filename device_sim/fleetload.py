@@ -22,7 +22,8 @@ Control on stdin, one word a line: ``pause`` (stop publishing, wait for every
 acknowledgement, print a ``paused`` line), ``resume``, ``stop`` (as pause, then
 disconnect and exit). Figures on stdout, one JSON object a line every ``--stats-every``
 seconds and on pause: connected, sent, acked, values, reconnects, refused, late (reports
-more than a second behind their schedule: the generator itself overloaded).
+more than a second behind their schedule: the generator itself overloaded), no_subscribers
+(acknowledged with reason 0x10: the broker had no subscriber and dropped it).
 
 ``python -m device_sim.fleetload --port 1883 --first 0 --count 5000``
 """
@@ -47,6 +48,8 @@ __all__ = ["main"]
 KEEPALIVE_S = 120
 #: a report this much behind its schedule is "late"
 LATE_S = 1.0
+#: PUBACK reason code "No matching subscribers" (a success code: the unit does not resend)
+_NO_SUBSCRIBERS = 0x10
 
 
 def _connect_packet(vin: str, password: str) -> bytes:
@@ -70,6 +73,9 @@ class _Stats:
     def __init__(self) -> None:
         self.connected = self.sent = self.acked = self.values = 0
         self.reconnects = self.refused = self.late = 0
+        #: acknowledged with reason 0x10: the broker took it, but nobody subscribed (the
+        #: gateway's shared subscription not back yet after a broker restart): dropped
+        self.no_subscribers = 0
 
 
 class _Unit:
@@ -182,6 +188,8 @@ class _Unit:
             mid = int.from_bytes(body[:2], "big") if kind >> 4 == 4 and len(body) >= 2 else -1
             if self.inflight.pop(mid, None) is not None:  # a PUBACK of ours
                 stats.acked += 1
+                if len(body) > 2 and body[2] == _NO_SUBSCRIBERS:
+                    stats.no_subscribers += 1
 
 
 class _Fleet:
@@ -216,6 +224,7 @@ class _Fleet:
             "reconnects": s.reconnects,
             "refused": s.refused,
             "late": s.late,
+            "no_subscribers": s.no_subscribers,
             "inflight": sum(len(u.inflight) for u in self.units),
         }
         return json.dumps({**figures, **extra})
