@@ -411,10 +411,16 @@ def _command_units(inst: _Installation, count: int, progress: bool) -> Iterator[
         yield
         return
     from gateway.broker.auth import hash_password
-    from gateway.cli.up import demo_vins
     from gateway.installation import write_unit_credentials
 
-    vins = demo_vins(count)
+    listed = subprocess.run(
+        [sys.executable, "-m", "device_sim", "--vehicles", str(count), "--list-vins"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    vins = listed.stdout.split()  # the simulator decides its VINs (as telematics up asks it)
     passwords = {vin: secrets.token_urlsafe(18) for vin in vins}
     _provision(inst, {vin: hash_password(pw) for vin, pw in passwords.items()})
     for vin, password in passwords.items():
