@@ -795,6 +795,11 @@ def run_scale_bench(
                             "no_subscribers": _total(loads, "no_subscribers"),
                         }
                     )
+                    if figures.refused:
+                        refused = f"{figures.refused} logins refused"
+                        figures = StepFigures(
+                            **{**asdict(figures), "broken": [*figures.broken, refused]}
+                        )
                     results.append(figures)
                     _say(
                         progress,
