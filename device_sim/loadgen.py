@@ -34,6 +34,7 @@ __all__ = [
     "bench_vin",
     "encode_publish",
     "fleet_signals",
+    "heartbeat_signals",
     "main",
     "run_load",
 ]
@@ -90,6 +91,46 @@ def fleet_signals(i: int, n: int) -> dict[str, SignalValue]:
             80.0 - ((n + i) % 400) * 0.2, 1
         ),
         "Vehicle.LowVoltageSystemState": "ON",
+    }
+
+
+def heartbeat_signals(i: int, n: int, *, driving: bool = False) -> dict[str, SignalValue]:
+    """Vehicle ``i``'s full report number ``n``: the 28 signals an electric unit sends in a
+    heartbeat (``device_sim.vehicle`` sends the same set), values varying by vehicle and
+    report as a real one's do (position and speed while driving, slow drift parked)."""
+    speed = round(30.0 + (n * 7 + i) % 70 + ((n + i) % 10) / 10, 1) if driving else 0.0
+    lat = round(48.0 + (i % 1000) * 0.0007 + (n * 0.00013 if driving else 0.0), 6)
+    lon = round(11.4 + (i // 1000 % 1000) * 0.0007 + (n * 0.00009 if driving else 0.0), 6)
+    soc = round(85.0 - ((n + i) % 700) * 0.1, 1)
+    return {
+        "Vehicle.Speed": speed,
+        "Vehicle.IsMoving": driving,
+        "Vehicle.TraveledDistance": 12_000_000 + i * 17 + (n * 11 if driving else 0),
+        "Vehicle.TraveledDistanceSinceStart": n * 11 if driving else 0,
+        "Vehicle.CurrentLocation.Latitude": lat,
+        "Vehicle.CurrentLocation.Longitude": lon,
+        "Vehicle.CurrentLocation.Heading": float((n * 3 + i) % 360),
+        "Vehicle.CurrentLocation.Altitude": round(510.0 + (n + i) % 40 / 10, 1),
+        "Vehicle.CurrentLocation.HorizontalAccuracy": round(2.0 + (n + i) % 30 / 10, 1),
+        "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current": soc,
+        "Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed": round((soc - 2.5) / 0.95, 1),
+        "Vehicle.Powertrain.TractionBattery.Charging.IsCharging": False,
+        "Vehicle.Powertrain.TractionBattery.Charging.ChargeLimit": 80 + (i % 3) * 10,
+        "Vehicle.Powertrain.Range": int(soc * 3_300),
+        "Vehicle.Chassis.Axle.Row1.Wheel.Left.Tire.Pressure": 240 + (n + i) % 9,
+        "Vehicle.Cabin.Door.Row1.DriverSide.IsLocked": not driving,
+        "Vehicle.Cabin.Door.Row1.DriverSide.IsOpen": False,
+        "Vehicle.Cabin.Door.Row1.DriverSide.Window.Position": 0,
+        "Vehicle.Cabin.HVAC.AmbientAirTemperature": round(18.0 + (n + i) % 50 / 10, 1),
+        "Vehicle.Cabin.HVAC.Station.Row1.Driver.Temperature": 21.5,
+        "Vehicle.Cabin.HVAC.Station.Row1.Driver.FanSpeed": 40 if driving else 0,
+        "Vehicle.Body.Lights.Hazard.IsSignaling": False,
+        "Vehicle.Body.Horn.IsActive": False,
+        "Vehicle.Exterior.AirTemperature": round(9.0 + (n + i) % 30 / 10, 1),
+        "Vehicle.LowVoltageSystemState": "ON" if driving else "LOCK",
+        "Vehicle.LowVoltageBattery.CurrentVoltage": round(12.4 + (n % 20) / 100, 2),
+        "Vehicle.Diagnostics.DTCCount": 0,
+        "Vehicle.Diagnostics.DTCList": [],
     }
 
 

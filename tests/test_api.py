@@ -845,7 +845,7 @@ def test_unexpected_exception_is_500_without_traceback(
     seed(db_path)
     # damage one stored value so that decoding it fails deep inside the store
     with sqlite3.connect(db_path) as db:
-        db.execute("UPDATE latest SET value = 'not json' WHERE signal = ?", (SPEED,))
+        db.execute("UPDATE latest_state SET state = 'not json'")
     db.close()
     with (
         caplog.at_level(logging.ERROR, logger="gateway.api"),

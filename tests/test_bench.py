@@ -100,3 +100,39 @@ def test_command_bench_attributes_every_command() -> None:
         assert phase.loop_lag.max_ms >= 0
         assert {"api", "api.loop", "api.writer", "api.fleet"} <= set(phase.cpu.processes)
         assert phase.commits > 0
+
+
+@pytest.mark.slow
+def test_fleet_scale_bench_steps_up_and_accounts_for_every_sample() -> None:
+    """Tiny: two steps (8 then 24 vehicles) through ``telematics up`` with its closed
+    broker; every unit connected with its own credentials, nothing lost, every command
+    answered, and the figures filled in (this checks the benchmark, it does not measure)."""
+    from gateway.bench.scale import run_scale_bench
+
+    result = run_scale_bench(
+        steps=[8, 24],
+        window_s=6.0,
+        per_process=10,
+        command_rate=1.0,
+        command_units=1,
+        max_lag_ms=60_000,
+        max_command_ms=60_000,
+        progress=False,
+    )
+    assert [s.vehicles for s in result.steps] == [8, 24]
+    for step in result.steps:
+        assert step.connected == step.vehicles
+        assert (step.lost, step.refused) == (0, 0)
+        assert step.acked > 0
+        assert step.messages_per_s > 0
+        assert step.values_per_s > step.messages_per_s  # several signals per report
+        assert step.commands == step.commands_succeeded == 6
+        assert 0 < step.command_p50_ms <= step.command_p99_ms
+        assert step.lag_samples > 0
+        assert step.provision_s > 0
+        assert step.acl_reload_s > 0
+        assert step.bytes_per_sample >= 0  # a tiny step may fit in the pages there were
+        assert {"broker", "gateway-1", "api", "load-1"} <= set(step.cpu)
+        assert {"broker", "gateway-1", "api"} <= set(step.rss_mb)
+    # the second step's generators are new processes; the first step's stayed connected
+    assert "load-3" in result.steps[1].cpu

@@ -933,3 +933,34 @@ def test_the_plugin_file_is_rendered_again_before_a_restart(tmp_path: Path) -> N
         assert closed.sync.sync_once() is False  # nothing left to do
     finally:
         closed.broker.stop()
+
+
+def test_at_fleet_scale_a_vehicle_still_reaches_only_its_own_topics(tmp_path: Path) -> None:
+    """2,000 vehicles rendered into the files a broker (re)start reads, the path a bulk
+    provisioning takes (``telematics bench fleet-scale``, decision 0028): a vehicle still
+    cannot take another's client id, read or write another's topics, nor join the
+    gateway's shared subscription."""
+    vins = [f"1HGCM8263{i:08d}" for i in range(2000)]
+    passwords = {vin: generate_password() for vin in (vins[0], vins[-1])}
+    closed = start_closed_broker(
+        tmp_path, vehicles={vin: passwords.get(vin) for vin in vins}, persistence=False
+    )
+    scaled = Fleet(closed)
+    try:
+        first, last = vins[0], vins[-1]
+        _, code = scaled.try_connect(first, client_id=last)
+        assert code == NOT_AUTHORIZED  # another VIN's client id
+        vehicle = scaled.connect(first)
+        for refused in (command_topic(last), SHARE_FILTER, "v1/vehicles/+/commands", "#"):
+            assert vehicle.subscribe(refused) == NOT_AUTHORIZED, refused
+        for topic in (topic_for(last, Channel.TELEMETRY), command_result_topic(last)):
+            assert vehicle.publish(topic, b"spoofed") == NOT_AUTHORIZED, topic
+        assert vehicle.publish(topic_for(first, Channel.TELEMETRY), b"genuine") < 0x80
+        assert vehicle.subscribe(command_topic(first)) == 1
+        other = scaled.connect(last)
+        assert other.subscribe(command_topic(last)) == 1
+    finally:
+        for client in scaled.clients:
+            client.close()
+        closed.sync.stop()
+        closed.broker.stop()

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from gateway import metrics
 from gateway.api import ApiSettings
 from gateway.broker import MosquittoProcess
+from gateway.store.packing import unpack_any
 from schemas import Reason
 from tests.support.api import admin_client
 from tests.support.gateway_process import GatewayProcess
@@ -138,7 +139,7 @@ def test_bad_input_is_quarantined_with_its_reason_and_the_pipeline_keeps_going(
         what="every bad message in the quarantine and the duplicate counted",
     )
     stored = [
-        (seq, orjson.loads(signals))
+        (seq, unpack_any(signals))
         for seq, signals in query(gw.db_path, "SELECT seq, signals FROM samples ORDER BY seq")
     ]
     # a sample whose only signal was refused is kept empty (the unit was alive, its seq used)

@@ -106,7 +106,7 @@ def test_an_older_file_is_upgraded_in_place_its_data_in_the_first_tenure(
 
     store = SqliteTelemetryStore(path)
     try:
-        assert store._db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
+        assert store._db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (5,)
         # the old data is the first tenure's, exactly as it was
         assert speeds(store, VIN, 1) == [(1, 50.0), (2, 60.0)]
         state = store.vehicle_state(VIN, tenure=1)

@@ -381,6 +381,36 @@ def test_provisioning_an_active_vin_again_is_refused(
     assert repo.broker_version() == 1
 
 
+def test_provisioning_in_bulk_is_all_or_nothing(
+    repo: AccountRepository, org: AccountRecord
+) -> None:
+    """One transaction for many VINs (one change for the broker's sync to apply); a VIN
+    refused refuses all of them."""
+    made = repo.provision_vehicles(
+        [VIN, VIN2],
+        account_id=org.id,
+        label=None,
+        mqtt_password_hash="$7$hash-bulk",
+        provisioned_by=None,
+        now=NOW,
+    )
+    assert [v.vin for v in made] == [VIN, VIN2]
+    assert all(v.active and v.account_id == org.id for v in made)
+    assert repo.broker_identities() == [(VIN, "$7$hash-bulk"), (VIN2, "$7$hash-bulk")]
+    version = repo.broker_version()
+    with pytest.raises(VehicleAlreadyProvisioned, match=VIN2):
+        repo.provision_vehicles(
+            [VIN3, VIN2],
+            account_id=org.id,
+            label=None,
+            mqtt_password_hash=None,
+            provisioned_by=None,
+            now=NOW + 1,
+        )
+    assert repo.get_vehicle(VIN3) is None  # not half done
+    assert repo.broker_version() == version
+
+
 def test_concurrent_provisioning_of_a_new_vin_makes_one_vehicle(
     repo: AccountRepository, org: AccountRecord
 ) -> None:

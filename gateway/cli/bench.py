@@ -1,5 +1,6 @@
-"""``telematics bench ingest|sim|commands|identities|fleet|reports``: benchmarks that print
-their figures (the work is :mod:`gateway.bench`'s). See docs/decisions/0013-architecture-step.md."""
+"""``telematics bench ingest|sim|commands|identities|fleet|fleet-scale|reports``: benchmarks
+that print their figures (the work is :mod:`gateway.bench`'s). See
+docs/decisions/0013-architecture-step.md."""
 
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
             "alert-visible latency at half that rate; N repetitions, each and the worst.",
         )
     )
+    _add_scale(bench_sub)
     add_reports_bench_arguments(
         bench_sub.add_parser(
             "reports",
@@ -79,11 +81,33 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     )
 
 
+def _add_scale(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from gateway.bench.scale import add_arguments as add_scale_bench_arguments
+
+    add_scale_bench_arguments(
+        bench_sub.add_parser(
+            "fleet-scale",
+            help="the whole product with a realistic fleet, stepped up until a limit breaks",
+            description="Run telematics up (closed broker with per-VIN credentials, gateway, "
+            "API) and step the fleet up (1k, 5k, 10k, 20k, 50k, 100k vehicles by default): "
+            "provision each step in bulk, connect every unit (parked units report every 30-60 "
+            "s, one in ten drives at 1 Hz, send-on-change), then print connected, msg/s, "
+            "values/s, ingest lag, command latency, CPU and RSS per process, bytes per "
+            "sample, provisioning and ACL reload time, lost and duplicated, and the first "
+            "limit that broke. Everything runs on this machine, the load generators too.",
+        )
+    )
+
+
 def run(args: argparse.Namespace, env: Environment) -> int:
     if args.bench == "reports":
         from gateway.bench.reports import run_from_args as run_reports_bench
 
         return run_reports_bench(args)
+    if args.bench == "fleet-scale":
+        from gateway.bench.scale import run_from_args as run_scale_bench
+
+        return run_scale_bench(args)
     if args.bench == "fleet":
         from gateway.bench.fleet import run_from_args as run_fleet_bench
 

@@ -743,48 +743,99 @@ class AccountRepository:
         tools; the API passes it per caller), with :class:`LifecycleRefused`. The change is
         recorded in the VIN's lifecycle history.
         """
+        return self.provision_vehicles(
+            [vin],
+            account_id=account_id,
+            label=label,
+            mqtt_password_hash=mqtt_password_hash,
+            provisioned_by=provisioned_by,
+            now=now,
+            by_operator=by_operator,
+        )[0]
+
+    def provision_vehicles(
+        self,
+        vins: Sequence[str],
+        *,
+        account_id: int,
+        label: str | None,
+        mqtt_password_hash: str | None,
+        provisioned_by: int | None,
+        now: int,
+        by_operator: bool = True,
+    ) -> list[VehicleRecord]:
+        """:meth:`provision_vehicle` for each of ``vins`` (the same account, label, hash and
+        times), all in one transaction: all of them or, on the first refusal, none. One
+        commit means one change of the broker identities, which the broker's sync applies
+        at once (a restart with re-rendered files for a large one, decision 0008); one by
+        one, a sync running meanwhile restarted the broker again and again
+        (docs/decisions/0028-fleet-scale-benchmark.md)."""
+        vin = ""
         try:
             with self._db.write() as session:
                 _require(session, AccountRow, account_id, "account")
                 if provisioned_by is not None:
                     _require(session, UserRow, provisioned_by, "user")
-                life = lock_lifecycle(session, vin)
-                row = _locked_vehicle(session, vin)
-                if row is not None and row.revoked_at is None:
-                    raise VehicleAlreadyProvisioned(vin, row.account_id)
-                transition = allowed(
-                    vin,
-                    decide(
-                        state_of(life, row),
-                        LifecycleEvent.PROVISION,
+                records = []
+                for vin in vins:
+                    row = self._provision_one(
+                        session,
+                        vin,
+                        account_id=account_id,
+                        label=label,
+                        mqtt_password_hash=mqtt_password_hash,
+                        provisioned_by=provisioned_by,
+                        now=now,
                         by_operator=by_operator,
-                    ),
-                )
-                row = start_tenure(
-                    session,
-                    row,
-                    vin=vin,
-                    account_id=account_id,
-                    label=label,
-                    mqtt_password_hash=mqtt_password_hash,
-                    by=provisioned_by,
-                    now=now,
-                )
-                record_event(
-                    session,
-                    vin,
-                    transition,
-                    at=now,
-                    actor_user_id=provisioned_by,
-                    account_id=account_id,
-                    tenure=row.tenure,
-                )
-                return VehicleRecord.from_row(row)
+                    )
+                    records.append(VehicleRecord.from_row(row))
+                return records
         except IntegrityError:
-            existing = self.get_vehicle(vin)
+            existing = self.get_vehicle(vin) if vin else None
             if existing is None:
                 raise
             raise VehicleAlreadyProvisioned(vin, existing.account_id) from None
+
+    @staticmethod
+    def _provision_one(
+        session: Session,
+        vin: str,
+        *,
+        account_id: int,
+        label: str | None,
+        mqtt_password_hash: str | None,
+        provisioned_by: int | None,
+        now: int,
+        by_operator: bool,
+    ) -> VehicleRow:
+        life = lock_lifecycle(session, vin)
+        row = _locked_vehicle(session, vin)
+        if row is not None and row.revoked_at is None:
+            raise VehicleAlreadyProvisioned(vin, row.account_id)
+        transition = allowed(
+            vin,
+            decide(state_of(life, row), LifecycleEvent.PROVISION, by_operator=by_operator),
+        )
+        row = start_tenure(
+            session,
+            row,
+            vin=vin,
+            account_id=account_id,
+            label=label,
+            mqtt_password_hash=mqtt_password_hash,
+            by=provisioned_by,
+            now=now,
+        )
+        record_event(
+            session,
+            vin,
+            transition,
+            at=now,
+            actor_user_id=provisioned_by,
+            account_id=account_id,
+            tenure=row.tenure,
+        )
+        return row
 
     def revoke_vehicle(self, vin: str, *, now: int, by: int | None = None) -> VehicleRecord | None:
         """Revoke the vehicle, ending its holding period: every active grant of it is

@@ -54,6 +54,7 @@ import orjson
 from gateway import metrics
 from gateway.errors import ConfigurationError, StoreError
 from gateway.store import lineprotocol as lp
+from gateway.store import packing
 from gateway.store.base import (
     CommitResult,
     HistoryPoint,
@@ -334,7 +335,7 @@ class Shipper:
         """The oldest spooled samples after index id ``after`` and their request body."""
         rows = self.db.execute(_PENDING, (after, SHIP_CHUNK)).fetchall()
         body = lp.lines(
-            (vin, tenure, seq, ts, orjson.loads(signals))
+            (vin, tenure, seq, ts, packing.unpack_any(signals))
             for _, vin, tenure, seq, ts, signals in rows
         )
         return rows, body

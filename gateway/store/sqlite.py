@@ -13,12 +13,16 @@ Schema (``PRAGMA user_version`` tracks it; :data:`SCHEMA_VERSION`):
   holder's vehicle starts empty and its seq 1, 2, ... are new samples, not duplicates of
   the previous holder's;
 * ``samples``: ``(vehicle_id, seq)`` is unique, which is what makes redelivered messages
-  harmless (``INSERT OR IGNORE``); the signals of a sample are one JSON object; an index on
+  harmless (``INSERT OR IGNORE``); the signals of a sample are one packed blob
+  (``gateway.store.packing``, ~110 bytes for 28 signals where JSON took ~1,300) with a
+  mask of the signal ids in it, so history skips samples without the asked signals; an index on
   ``(vehicle_id, ts)`` serves history queries. Rows live in a rowid table, appended in
   arrival order, so the two indexes carry only small keys: twice as fast to insert as a
   ``WITHOUT ROWID`` table keyed on (vehicle_id, seq) with the same second index;
-* ``latest``: one row per (vehicle, signal) with the newest value by sample time, so a
-  late store-and-forward batch never overwrites fresher values;
+* ``latest_state``: one row per vehicle, its signals' newest values by sample time with
+  their times (``gateway.store.packing.merge_state``), so a late store-and-forward
+  batch never overwrites fresher values; merged in the write transaction (schema 5: one
+  row per vehicle and signal before, 28 upserts per full report);
 * ``events``: vehicle-side events, deduplicated on ``(vehicle_id, seq)``, in a rowid table
   (since version 4) so that, like samples, they can be read in commit order;
 * ``quarantine``: everything refused, with reason, topic and raw payload: the whole payload
@@ -34,9 +38,10 @@ Schema (``PRAGMA user_version`` tracks it; :data:`SCHEMA_VERSION`):
 
 Schema history: 1 the first; 2 the quarantine's payload size and hash; 3 (ownership
 periods) ``vehicles`` keyed by (VIN, tenure) and ``quarantine.tenure``; 4 (fleet rules)
-``events`` gets a row id. Opening an older
-file as a writer upgrades it in one transaction; its vehicles become tenure 1 (each VIN's
-holder at the time of the upgrade: data from before cannot be told apart by holder).
+``events`` gets a row id; 5 (fleet scale, decision 0027) packed samples, one latest-state
+row per vehicle. Opening an older file as a writer upgrades it in one transaction; its
+vehicles become tenure 1 (each VIN's holder at the time of the upgrade: data from before
+cannot be told apart by holder).
 
 Retention (:meth:`SqliteTelemetryStore.prune_samples`, :meth:`prune_quarantine`): old rows
 go in chunks of a few thousand, each its own short transaction, oldest first by id (ids
@@ -69,6 +74,7 @@ from gateway import metrics
 from gateway.core import seqgaps
 from gateway.errors import StoreError
 from gateway.files import private_sqlite_file
+from gateway.store import packing
 from gateway.store.base import (
     FIRST_TENURE,
     CommitResult,
@@ -87,7 +93,10 @@ __all__ = ["DEFAULT_QUARANTINE_PAYLOAD_BYTES", "SCHEMA_VERSION", "SqliteTelemetr
 #: 2: quarantine.payload_size and payload_sha256 (the payload may be only a prefix);
 #: 3: vehicles keyed by (vin, tenure), quarantine.tenure (ownership periods)
 #: 4: events in a rowid table (read in commit order by the fleet rules worker)
-SCHEMA_VERSION = 4
+#: 5: samples' signals packed (``gateway.store.packing``) with a mask of the signal ids
+#: (rows written before stay JSON text and are read as such); latest state one row
+#: per vehicle (``latest_state``, converted from ``latest``)
+SCHEMA_VERSION = 5
 #: the most bytes of one refused payload the quarantine keeps
 DEFAULT_QUARANTINE_PAYLOAD_BYTES: Final = 4096
 
@@ -127,17 +136,15 @@ CREATE TABLE IF NOT EXISTS samples (
     seq INTEGER NOT NULL,
     ts INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
-    signals TEXT NOT NULL,
+    signals BLOB NOT NULL,
+    mask INTEGER,
     UNIQUE (vehicle_id, seq)
 );
 CREATE INDEX IF NOT EXISTS samples_by_time ON samples (vehicle_id, ts);
-CREATE TABLE IF NOT EXISTS latest (
-    vehicle_id INTEGER NOT NULL,
-    signal TEXT NOT NULL,
-    value TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    PRIMARY KEY (vehicle_id, signal)
-) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latest_state (
+    vehicle_id INTEGER PRIMARY KEY,
+    state BLOB NOT NULL
+);
 """
     + _EVENTS.format(name="events")
     + """
@@ -213,6 +220,9 @@ DROP TABLE events;
 ALTER TABLE events_v4 RENAME TO events;
 """
 )
+
+#: version 4 -> 5: the signal mask (no rewrite: older rows keep their JSON and no mask)
+_UPGRADE_4_TO_5_SAMPLES = "ALTER TABLE samples ADD COLUMN mask INTEGER;"
 
 #: the newest row per VIN: no row of the same VIN with a higher tenure (the UNIQUE (vin,
 #: tenure) index answers the subquery)
@@ -303,8 +313,12 @@ class SqliteTelemetryStore:
                 _run_script(db, _UPGRADE_2_TO_3_QUARANTINE)
             if version in (1, 2, 3) and "events" in tables:
                 _run_script(db, _UPGRADE_3_TO_4_EVENTS)
+            if version in (1, 2, 3, 4) and "samples" in tables:
+                _run_script(db, _UPGRADE_4_TO_5_SAMPLES)
             # every version: the tables a version added (seq tracking) if they are missing
             _run_script(db, _SCHEMA)
+            if version in (1, 2, 3, 4) and "latest" in tables:
+                _pack_latest(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             db.execute("ROLLBACK")
@@ -382,13 +396,13 @@ class SqliteTelemetryStore:
     def _insert_samples(self, batch: IngestBatch, ids: Sequence[int]) -> int:
         """Store the samples, a duplicate (vehicle row, seq) ignored; returns how many were
         new."""
-        db, at, dumps = self._db, batch.received_at, orjson.dumps
+        db, at, pack, mask = self._db, batch.received_at, packing.pack, packing.mask
         before = db.total_changes
         db.executemany(
-            "INSERT OR IGNORE INTO samples (vehicle_id, seq, ts, received_at, signals) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO samples (vehicle_id, seq, ts, received_at, signals, mask) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (v, s.seq, s.ts, at, dumps(s.signals))
+                (v, s.seq, s.ts, at, pack(s.signals), mask(s.signals))
                 for v, s in zip(ids, batch.samples, strict=True)
             ],
         )
@@ -396,20 +410,36 @@ class SqliteTelemetryStore:
 
     def _update_latest(self, batch: IngestBatch, ids: Sequence[int]) -> None:
         """Each signal's newest value per vehicle row: the batch's newest, kept only if it is
-        not older than the stored one."""
-        newest: dict[tuple[int, str], tuple[int, SignalValue]] = {}
+        not older than the stored one. One row per vehicle, read and rewritten here (inside
+        the write transaction, so no other writer interleaves): a 28-signal sample was 28
+        upserts of a (vehicle, signal) row before, 72 % of the commit's CPU."""
+        newest: dict[int, dict[str, tuple[SignalValue, int]]] = {}
         for v, s in zip(ids, batch.samples, strict=True):
+            mine = newest.setdefault(v, {})
+            ts = s.ts
             for path, value in s.signals.items():
-                key = (v, path)
-                held = newest.get(key)
-                if held is None or s.ts >= held[0]:
-                    newest[key] = (s.ts, value)
-        dumps = orjson.dumps
-        self._db.executemany(
-            "INSERT INTO latest (vehicle_id, signal, value, ts) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (vehicle_id, signal) DO UPDATE SET value = excluded.value, "
-            "ts = excluded.ts WHERE excluded.ts >= latest.ts",
-            [(v, path, dumps(value), ts) for (v, path), (ts, value) in newest.items()],
+                held = mine.get(path)
+                if held is None or ts >= held[1]:
+                    mine[path] = (value, ts)
+        if not newest:
+            return
+        db, merge = self._db, packing.merge_state
+        stored = dict(
+            db.execute(
+                "SELECT vehicle_id, state FROM latest_state "
+                "WHERE vehicle_id IN (SELECT value FROM json_each(?))",
+                (orjson.dumps(list(newest)).decode(),),
+            ).fetchall()
+        )
+        rows = []
+        for v, mine in newest.items():
+            state = merge(stored.get(v), mine)
+            if state is not None:
+                rows.append((v, state))
+        db.executemany(
+            "INSERT INTO latest_state (vehicle_id, state) VALUES (?, ?) "
+            "ON CONFLICT (vehicle_id) DO UPDATE SET state = excluded.state",
+            rows,
         )
 
     def _insert_events(self, batch: IngestBatch, ids: Sequence[int]) -> int:
@@ -648,13 +678,8 @@ class SqliteTelemetryStore:
         if not rows:
             return None
         summary = self._summary(rows[0][:7])
-        latest = {
-            signal: (orjson.loads(value), ts)
-            for signal, value, ts in self._read(
-                "SELECT signal, value, ts FROM latest WHERE vehicle_id = ? ORDER BY signal",
-                (rows[0][7],),
-            )
-        }
+        state = self._read("SELECT state FROM latest_state WHERE vehicle_id = ?", (rows[0][7],))
+        latest = dict(sorted(packing.read_state(state[0][0]).items())) if state else {}
         return VehicleState(summary, latest)
 
     def history(
@@ -674,21 +699,31 @@ class SqliteTelemetryStore:
         previous page."""
         if not signals:
             return []
-        present = " OR ".join("json_type(signals, ?) IS NOT NULL" for _ in signals)
-        json_paths = [f'$."{s}"' for s in signals]
-        following, position = "", cast(tuple[int, ...], ())
-        if after is not None:
-            following, position = "AND (ts, seq) > (?, ?) ", after
-        rows = self._read(
-            "SELECT seq, ts, signals FROM samples "
-            "WHERE vehicle_id = (SELECT id FROM vehicles WHERE vin = ? AND tenure = ?) "
-            f"AND ts >= ? AND ts < ? {following}AND ({present}) ORDER BY ts, seq LIMIT ?",
-            (vin, tenure, start, end, *position, *json_paths, limit),
-        )
-        points = []
-        for seq, ts, blob in rows:
-            values = orjson.loads(blob)
-            points.append(HistoryPoint(seq, ts, {s: values[s] for s in signals if s in values}))
+        wanted = packing.mask_of(signals)
+        points: list[HistoryPoint] = []
+        # SQLite skips the rows whose mask has none of the signals (rows written before
+        # schema 5 have none: JSON, looked at here); a signal without an id shares bit 63,
+        # so the exact test is the values themselves, page after page until ``limit``
+        while len(points) < limit:
+            following, position = "", cast(tuple[int, ...], ())
+            if after is not None:
+                following, position = "AND (ts, seq) > (?, ?) ", after
+            chunk = limit - len(points)
+            rows = self._read(
+                "SELECT seq, ts, signals FROM samples "
+                "WHERE vehicle_id = (SELECT id FROM vehicles WHERE vin = ? AND tenure = ?) "
+                f"AND ts >= ? AND ts < ? {following}"
+                "AND (mask IS NULL OR mask & ? != 0) ORDER BY ts, seq LIMIT ?",
+                (vin, tenure, start, end, *position, wanted, chunk),
+            )
+            for seq, ts, blob in rows:
+                values = packing.unpack_any(blob)
+                kept = {s: values[s] for s in signals if s in values}
+                if kept:
+                    points.append(HistoryPoint(seq, ts, kept))
+            if len(rows) < chunk:
+                break
+            after = (rows[-1][1], rows[-1][0])
         return points
 
     def quarantine(
@@ -728,7 +763,7 @@ class SqliteTelemetryStore:
             (cursor, limit),
         )
         return [
-            LoggedSample(i, vin, tenure, seq, ts, at, orjson.loads(blob))
+            LoggedSample(i, vin, tenure, seq, ts, at, packing.unpack_any(blob))
             for i, vin, tenure, seq, ts, at, blob in rows
         ]
 
@@ -757,7 +792,7 @@ class SqliteTelemetryStore:
             (vin, tenure, start, end, limit),
         )
         return [
-            LoggedSample(i, vin, tenure, seq, ts, at, orjson.loads(blob))
+            LoggedSample(i, vin, tenure, seq, ts, at, packing.unpack_any(blob))
             for i, seq, ts, at, blob in rows
         ]
 
@@ -816,6 +851,21 @@ def _stored_quarantine(row: Sequence[Any]) -> StoredQuarantine:
     return StoredQuarantine(
         id_, received_at, topic, reason, detail, vin, seq, signal, payload, size, digest, tenure
     )
+
+
+def _pack_latest(db: sqlite3.Connection) -> None:
+    """Version 4 -> 5: the ``latest`` rows (one per vehicle and signal, values as JSON)
+    become one ``latest_state`` row per vehicle; then ``latest`` goes."""
+    states: dict[int, dict[str, tuple[Any, int]]] = {}
+    for vehicle, signal, value, ts in db.execute(
+        "SELECT vehicle_id, signal, value, ts FROM latest"
+    ):
+        states.setdefault(vehicle, {})[signal] = (orjson.loads(value), ts)
+    db.executemany(
+        "INSERT INTO latest_state (vehicle_id, state) VALUES (?, ?)",
+        [(v, packing.merge_state(None, state)) for v, state in states.items()],
+    )
+    db.execute("DROP TABLE latest")
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
