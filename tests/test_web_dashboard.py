@@ -482,6 +482,32 @@ def test_a_session_the_api_no_longer_accepts_says_log_in_again(
         context.close()
 
 
+def test_logging_out_in_the_browser_ends_a_stolen_copy_of_the_cookie(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """The session lives on the server: the "Log out" button ends it there, so a copy of
+    the cookie taken before (by malware, a shared computer, a proxy log) stops working."""
+    up: Up = stack["up"]
+    context, page, console = log_in(browser, up, OWNER, OWNER_PASSWORD)
+    try:
+        stolen = next(c["value"] for c in context.cookies() if c["name"] == "tg_session")
+        with httpx.Client(base_url=up.api, cookies={"tg_session": stolen}) as thief:
+            assert thief.get("/v1/me").status_code == 200
+            page.click("#logout")
+            page.wait_for_url(re.compile(r"/login$"))
+            r = thief.get("/v1/me")
+            assert r.status_code == 401, r.text
+            assert r.json()["error"]["code"] == "session_ended"
+            bearer = {"Authorization": f"Bearer {stolen}"}
+            assert httpx.get(f"{up.api}/v1/me", headers=bearer).status_code == 401
+        # and the browser itself is logged out
+        page.goto(f"{up.api}/alerts")
+        page.wait_for_url(re.compile(r"/login\?"))
+        assert console.errors == []
+    finally:
+        context.close()
+
+
 def test_usable_on_a_phone_sized_screen(stack: dict[str, Any], browser: Any) -> None:
     up: Up = stack["up"]
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
