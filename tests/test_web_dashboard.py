@@ -6,8 +6,12 @@ Screenshots land in test-artifacts/web/ (gitignored)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -351,6 +355,62 @@ def test_acknowledge_an_alert(stack: dict[str, Any], browser: Any) -> None:
         context.close()
 
 
+def test_vehicle_page_charts_trips_and_alerts(stack: dict[str, Any], browser: Any) -> None:
+    """Issue 14: a vehicle's page charts its speed and charge over a chosen range (SVG
+    drawn from the history API), draws its trail and trips on its map and lists its
+    alerts. Trips end after 10 s parked here, so one ends within the test."""
+    up: Up = stack["up"]
+    fleet: httpx.Client = stack["fleet"]
+    csrf = {"X-CSRF-Token": fleet.cookies["tg_csrf"]}
+    account = fleet.get("/v1/me").json()["account"]["id"]
+    stored = fleet.get(f"/v1/accounts/{account}/rule-settings").json()
+    trips = {**stored["trips"], "parking_ms": 10_000, "min_duration_ms": 0, "min_distance_m": 0}
+    r = fleet.put(
+        f"/v1/accounts/{account}/rule-settings",
+        json={"rules": stored["rules"], "trips": trips},
+        headers=csrf,
+    )
+    assert r.status_code == 200, r.text
+    tripped: list[dict[str, Any]] = []
+
+    def a_trip() -> bool:
+        tripped[:] = fleet.get("/v1/trips", params={"limit": 5}).json()["items"]
+        return bool(tripped)
+
+    wait_until(a_trip, timeout=240, what="a trip of a demo vehicle")
+    trip = tripped[0]
+    vin = trip["vin"]
+    context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+    try:
+        page.goto(f"{up.api}/vehicles/{vin}")
+        page.wait_for_selector("body[data-ready='1'][data-history='60']")
+        speed = page.locator("svg#chart-speed")
+        assert int(speed.get_attribute("data-points") or 0) > 20
+        assert "Speed from" in (speed.get_attribute("aria-label") or "")
+        assert page.locator("svg#chart-speed polyline.series").count() == 1
+        assert page.locator("svg#chart-energy polyline.series").count() == 1
+        label = page.locator("#charts figcaption").nth(1).inner_text()
+        assert label in ("Charge", "Fuel")
+        # the trip: a row, and its path on the map over the trail
+        assert page.locator(f"#trips tr[data-trip='{trip['id']}']").count() == 1
+        assert page.locator(f"path.trip[data-trip='{trip['id']}']").count() == 1
+        assert page.locator("path.trail").count() == 1
+        # alerts: the API's, for this vehicle only
+        listed = fleet.get("/v1/alerts", params={"vin": vin, "limit": 20}).json()["items"]
+        shown = page.locator("#vehicle-alerts tbody tr[data-alert]").count()
+        assert shown == len(listed)
+        # another range reads again: 15 minutes hold fewer samples than an hour
+        hour = int(speed.get_attribute("data-points") or 0)
+        page.select_option("#range", "15")
+        page.wait_for_selector("body[data-history='15']")
+        quarter = int(page.locator("svg#chart-speed").get_attribute("data-points") or 0)
+        assert 0 < quarter <= hour
+        screenshot(page, "vehicle-history")
+        assert console.errors == []
+    finally:
+        context.close()
+
+
 def test_draw_a_geofence_and_find_it_persisted(stack: dict[str, Any], browser: Any) -> None:
     up: Up = stack["up"]
     fleet: httpx.Client = stack["fleet"]
@@ -531,3 +591,176 @@ def test_usable_on_a_phone_sized_screen(stack: dict[str, Any], browser: Any) -> 
         screenshot(page, "phone-map")
     finally:
         context.close()
+
+
+# --- live status and a restarted API (these change the stack: they come last) --------------
+
+
+class _Unit:
+    """A telematics unit of the owner's own (paho-mqtt, docs/device-contract.md): it says
+    online, reports a position, and can say offline as its Last Will would."""
+
+    def __init__(self, up: Up, vin: str, password: str) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.vin = vin
+        self.prefix = f"v1/vehicles/{vin}/"
+        self.seq = 0
+        self.connected = False
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=vin, protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(vin, password)
+
+        def on_connect(*args: Any) -> None:
+            self.connected = not args[3].is_failure
+
+        self.client.on_connect = on_connect
+
+        def attempt() -> bool:  # the broker lets a new car in within a second or so
+            self.client.connect("127.0.0.1", up.mqtt_port, 30)
+            self.client.loop_start()
+            deadline = time.monotonic() + 3
+            while not self.connected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not self.connected:
+                self.client.loop_stop()
+                self.client.disconnect()
+            return self.connected
+
+        wait_until(attempt, timeout=30, what=f"{vin} to be let in")
+
+    def publish(self, topic: str, body: dict[str, Any]) -> None:
+        info = self.client.publish(self.prefix + topic, json.dumps(body), qos=1, retain=False)
+        info.wait_for_publish(15)
+
+    def status(self, state: str) -> None:
+        info = self.client.publish(
+            self.prefix + "status", json.dumps({"state": state}), qos=1, retain=True
+        )
+        info.wait_for_publish(15)
+
+    def position(self, lat: float, lon: float) -> None:
+        self.seq += 1
+        signals = {
+            "Vehicle.CurrentLocation.Latitude": lat,
+            "Vehicle.CurrentLocation.Longitude": lon,
+            "Vehicle.Speed": 0.0,
+        }
+        ts = time.time_ns() // 1_000_000
+        self.publish("telemetry", {"vin": self.vin, "seq": self.seq, "ts": ts, "signals": signals})
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_a_vehicle_that_goes_offline_turns_grey_without_a_reload(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """Issue 14: its marker and row on the map, and its page, grey out live when the
+    vehicle says offline (its Last Will, as a unit losing its connection sends)."""
+    up: Up = stack["up"]
+    owner: httpx.Client = stack["owner"]
+    csrf = {"X-CSRF-Token": owner.cookies["tg_csrf"]}
+    vin = "WWEBX" + uuid.uuid4().hex[:12].upper()
+    r = owner.post("/v1/vehicles", json={"vin": vin}, headers=csrf)
+    assert r.status_code == 201, r.text
+    unit = _Unit(up, vin, r.json()["mqtt"]["password"])
+    context = None
+    try:
+        unit.status("online")
+        unit.position(48.14, 11.56)
+        wait_until(
+            lambda: owner.get(f"/v1/vehicles/{vin}").json().get("online") is True,
+            timeout=30,
+            what="the new car online in the API",
+        )
+        context, page, console = log_in(browser, up, OWNER, OWNER_PASSWORD)
+        marker = f"path.vehicle-marker[data-vin='{vin}']"
+        page.wait_for_selector(f"{marker}[data-status='parked']")
+        row = page.locator(f"tr[data-vin='{vin}'] .status")
+        assert row.inner_text() == "parked"
+        element = page.locator(marker).element_handle()
+        grey = page.evaluate(
+            "() => getComputedStyle(document.documentElement).getPropertyValue('--off').trim()"
+        )
+        vehicle_page = context.new_page()
+        vehicle_page.goto(f"{up.api}/vehicles/{vin}")
+        vehicle_page.wait_for_selector("body[data-ready='1']")
+        vehicle_page.wait_for_selector("dd[data-field='Online']:text-is('yes')")
+        vehicle_page.wait_for_selector("#live[data-state='live']")
+
+        unit.status("offline")
+
+        page.wait_for_selector(f"{marker}[data-status='offline']", timeout=15_000)
+        assert row.inner_text() == "offline"
+        assert element.evaluate("m => m.isConnected")  # the same marker, greyed
+        assert page.locator(marker).get_attribute("stroke") == grey
+        vehicle_page.wait_for_selector("dd[data-field='Online']:text-is('no')", timeout=15_000)
+        screenshot(page, "offline-greyed")
+        # and back online when it says so
+        unit.status("online")
+        page.wait_for_selector(f"{marker}[data-status='parked']", timeout=15_000)
+        vehicle_page.wait_for_selector("dd[data-field='Online']:text-is('yes')", timeout=15_000)
+        assert console.errors == []
+    finally:
+        if context is not None:
+            context.close()
+        unit.stop()
+        owner.delete(f"/v1/vehicles/{vin}", headers=csrf)
+
+
+def test_the_map_comes_back_by_itself_after_the_api_restarts(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """The API process dies (SIGKILL) and the supervisor starts it again: the open page
+    says it is reconnecting, then shows new positions without a reload. While it is down
+    the stream's address answers 502, as a reverse proxy in front of it does: the browser's
+    EventSource gives up for good on such an answer (it retries only a dropped
+    connection), so the page opens a new one itself."""
+    up: Up = stack["up"]
+    context, page, _ = log_in(browser, up, FLEET, fleet_password(up))
+    try:
+        page.wait_for_function("() => (window.tgStats.snapshots || 0) >= 1")
+        page.wait_for_selector("#live[data-state='live']")
+        stream = re.compile(r"/v1/positions/stream$")
+        page.route(stream, lambda route: route.fulfill(status=502, body="Bad Gateway"))
+        api = _part(up, "api")
+        os.kill(api["pid"], signal.SIGKILL)
+        page.wait_for_selector("#live[data-state='reconnecting']", timeout=15_000)
+        wait_until(
+            lambda: _part(up, "api")["pid"] != api["pid"] and _healthy(up),
+            timeout=90,
+            what="the API started again",
+        )
+        page.wait_for_function("() => (window.tgStats.reopened || 0) >= 1", timeout=30_000)
+        page.unroute(stream)
+        # a new connection (a new snapshot), then live positions on it, in the same page
+        page.wait_for_function("() => window.tgStats.snapshots >= 2", timeout=60_000)
+        page.wait_for_selector("#live[data-state='live']")
+        before = page.eval_on_selector_all(
+            "path.vehicle-marker",
+            "ms => Object.fromEntries(ms.map(m => [m.dataset.vin, m.getAttribute('d')]))",
+        )
+        page.wait_for_function(
+            """([before]) => [...document.querySelectorAll('path.vehicle-marker')]
+                 .some(m => m.getAttribute('d') !== before[m.dataset.vin])""",
+            arg=[before],
+            timeout=60_000,
+        )
+        assert page.locator("path.vehicle-marker").count() == 2
+    finally:
+        context.close()
+
+
+def _part(up: Up, name: str) -> dict[str, Any]:
+    status = json.loads((up.data / "health" / "supervisor.json").read_text())
+    part: dict[str, Any] = next(p for p in status["parts"] if p["name"] == name)
+    return part
+
+
+def _healthy(up: Up) -> bool:
+    try:
+        return httpx.get(f"{up.api}/healthz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -133,7 +133,9 @@ async def _feed(
         finally:
             reader.close()
 
-    yield b"retry: 2000\n\n" + _frame("snapshot", await asyncio.to_thread(snapshot))
+    first = await asyncio.to_thread(snapshot)
+    feed.seed(first)  # their status is watched from now on
+    yield b"retry: 2000\n\n" + _frame("snapshot", first)
     recheck = time.monotonic() + _RECHECK_S
     while True:
         if await feed.wait(seen, _KEEP_ALIVE_S):

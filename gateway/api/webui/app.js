@@ -132,6 +132,59 @@
         el("tbody", {}, ...rows)));
   }
 
+  // --- charts: plain SVG (docs/decisions/0025-web-dashboard-rest.md) -----------------------
+
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (key === "text") node.textContent = value;
+      else node.setAttribute(key, value);
+    }
+    for (const child of children) if (child) node.append(child);
+    return node;
+  }
+
+  // A line chart of [ts, value] pairs over [start, end): at most two points (the lowest
+  // and the highest) per horizontal pixel, so a day of 1 Hz samples draws as fast as a
+  // minute's. Its label says the range in words for screen readers.
+  function lineChart(id, label, unit, points, start, end) {
+    const W = 640, H = 170, left = 70, right = 8, top = 10, bottom = 22;
+    const values = points.map((p) => p[1]);
+    const lo = values.length ? Math.min(0, ...values) : 0;
+    const hi = values.length ? Math.max(lo + 1, ...values) : 1;
+    const x = (ts) => left + ((ts - start) / (end - start)) * (W - left - right);
+    const y = (v) => top + (1 - (v - lo) / (hi - lo)) * (H - top - bottom);
+    const buckets = new Map();
+    for (const [ts, v] of points) {
+      const b = Math.round(x(ts));
+      const seen = buckets.get(b);
+      if (!seen) buckets.set(b, [v, v, ts]);
+      else { seen[0] = Math.min(seen[0], v); seen[1] = Math.max(seen[1], v); }
+    }
+    const coords = [];
+    for (const [b, [min, max]] of [...buckets.entries()].sort((a, b2) => a[0] - b2[0])) {
+      coords.push(`${b},${y(max).toFixed(1)}`);
+      if (min !== max) coords.push(`${b},${y(min).toFixed(1)}`);
+    }
+    const words = values.length
+      ? `${label} from ${when(start)} to ${when(end)}: ${values.length} samples, lowest ${num(Math.min(...values), 0, unit)}, highest ${num(Math.max(...values), 0, unit)}`
+      : `${label}: no samples from ${when(start)} to ${when(end)}`;
+    const time = (ts) => new Date(ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    return el("figure", { class: "chart" },
+      el("figcaption", { text: label }),
+      svg("svg", { id, class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": words,
+        "data-points": String(values.length) },
+        svg("line", { class: "axis", x1: left, y1: H - bottom, x2: W - right, y2: H - bottom }),
+        svg("line", { class: "axis", x1: left, y1: top, x2: left, y2: H - bottom }),
+        svg("text", { class: "tick", x: left - 4, y: top + 8, "text-anchor": "end", text: num(hi, 0, unit) }),
+        svg("text", { class: "tick", x: left - 4, y: H - bottom, "text-anchor": "end", text: num(lo, 0, unit) }),
+        svg("text", { class: "tick", x: left, y: H - 6, text: time(start) }),
+        svg("text", { class: "tick", x: W - right, y: H - 6, "text-anchor": "end", text: time(end) }),
+        coords.length ? svg("polyline", { class: "series", points: coords.join(" ") }) : null));
+  }
+
   // --- maps ------------------------------------------------------------------------------
 
   function statusOf(p) {
@@ -281,25 +334,65 @@
   const stats = { lags: [] };
   window.tgStats = stats;
 
+  // The live feed's state, shown in words next to the map ("live", "reconnecting").
+  function liveBadge() {
+    let badge = document.getElementById("live");
+    if (!badge) badge = el("span", { id: "live", class: "live muted", role: "status", text: "connecting…" });
+    return badge;
+  }
+
+  function showLive(up) {
+    const badge = liveBadge();
+    badge.dataset.state = up ? "live" : "reconnecting";
+    badge.textContent = up ? "live" : "reconnecting… (the gateway does not answer)";
+  }
+
+  // A stream that comes back by itself. The browser reconnects a dropped EventSource on
+  // its own (the stream says retry: 2000) but gives up for good on an answer that is not
+  // a stream (a proxy's 502 while the gateway restarts, a 401 once the session ended):
+  // then this checks the session (an ended one sends the person to log in), waits a
+  // little longer each time (1 s to 30 s) and opens a new one. Every new connection
+  // begins with a snapshot, which updates what is shown.
+  function liveSource(url, listeners) {
+    let delay = 1000;
+    const open = () => {
+      const source = new EventSource(url);
+      for (const [name, listener] of Object.entries(listeners)) source.addEventListener(name, listener);
+      source.addEventListener("open", () => {
+        delay = 1000;
+        stats.connects = (stats.connects || 0) + 1;
+        showLive(true);
+      });
+      source.addEventListener("error", async () => {
+        showLive(false);
+        if (source.readyState !== EventSource.CLOSED) return; // the browser retries
+        try {
+          await api("/v1/me");
+        } catch (err) {
+          if (err.status === 401) return; // sent to the login page
+        }
+        stats.reopened = (stats.reopened || 0) + 1;
+        setTimeout(open, delay);
+        delay = Math.min(delay * 2, 30000);
+      });
+    };
+    open();
+  }
+
   function livePositions(onPositions) {
-    // EventSource reconnects by itself (the stream says retry: 2000); each (re)connection
-    // begins with a snapshot, which updates the existing markers
-    const source = new EventSource("/v1/positions/stream");
-    const handle = (event) => onPositions(JSON.parse(event.data));
-    source.addEventListener("snapshot", handle);
-    source.addEventListener("positions", (event) => {
-      const positions = JSON.parse(event.data);
-      onPositions(positions);
-      const now = Date.now();
-      for (const p of positions) stats.lags.push(now - p.ts);
-      if (stats.lags.length > 10000) stats.lags.splice(0, stats.lags.length - 10000);
+    liveSource("/v1/positions/stream", {
+      snapshot: (event) => {
+        stats.snapshots = (stats.snapshots || 0) + 1;
+        onPositions(JSON.parse(event.data));
+      },
+      positions: (event) => {
+        const positions = JSON.parse(event.data);
+        onPositions(positions);
+        const now = Date.now();
+        for (const p of positions) stats.lags.push(now - p.ts);
+        if (stats.lags.length > 10000) stats.lags.splice(0, stats.lags.length - 10000);
+      },
     });
-    source.addEventListener("error", () => {
-      if (source.readyState === EventSource.CLOSED) {
-        notice("The live feed stopped: reload the page (your session may have expired).");
-      }
-    });
-    return source;
   }
 
   // --- pages -----------------------------------------------------------------------------
@@ -336,7 +429,7 @@
     const filter = el("select", { id: "status-filter" },
       ...["all", "moving", "parked", "offline"].map((s) => el("option", { value: s, text: s })));
     const legend = el("div", { class: "legend" },
-      el("label", { for: "status-filter" }, "Show ", filter),
+      el("label", { for: "status-filter" }, "Show ", filter), liveBadge(),
       el("span", {}, el("span", { class: "dot moving" }), "moving"),
       el("span", {}, el("span", { class: "dot parked" }), "parked"),
       el("span", {}, el("span", { class: "dot offline" }), "offline"));
@@ -459,15 +552,15 @@
         el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "Command" }), el("th", { scope: "col", text: "Status" }))),
         commandRows)));
     const mapNode = el("div", { id: "map", class: "map small", role: "region", "aria-label": "Map of this vehicle" });
-    content.append(el("div", { class: "grid" }, statePanel, commandPanel), el("h2", { text: "Where" }), mapNode);
+    content.append(el("div", { class: "grid" }, statePanel, commandPanel),
+      el("h2", { text: "Where" }, " ", liveBadge()), mapNode);
     try {
       const recent = await api(`/v1/vehicles/${encodeURIComponent(vin)}/commands?limit=10`);
       recent.items.slice().reverse().forEach(showCommand);
     } catch (err) {
       // listing commands may be refused (a grant for reading only): the buttons still say why
     }
-    const events = new EventSource("/v1/stream");
-    events.addEventListener("command.updated", async (event) => {
+    liveSource("/v1/stream", { "command.updated": async (event) => {
       const data = JSON.parse(event.data).data;
       if (data.vin !== vin) return;
       showCommand(data);
@@ -479,14 +572,117 @@
           notice(err.message);
         }
       }
-    });
+    } });
     const map = await makeMap(mapNode);
+    await historySection(vin, map);
+    await vehicleAlerts(vin);
     const markers = new Markers(map, null);
     livePositions((positions) => {
       const mine = positions.filter((p) => p.vin === vin);
       markers.update(mine);
-      if (mine.length && mine[0].lat !== null) map.panTo([mine[0].lat, mine[0].lon]);
+      if (!mine.length) return;
+      if (mine[0].lat !== null) map.panTo([mine[0].lat, mine[0].lon]);
+      // online or not, live: the feed sends the vehicle again when its status turns
+      const online = statePanel.querySelector("dd[data-field='Online']");
+      if (mine[0].online === true) online.textContent = "yes";
+      else if (mine[0].online === false && online.textContent === "yes") online.textContent = "no";
+      statePanel.dataset.online = mine[0].online === false ? "no" : "yes";
     });
+  }
+
+  const RANGES = [["15 min", 15], ["1 hour", 60], ["6 hours", 360], ["24 hours", 1440]];
+  const HISTORY_PAGES = 6; // at most 60,000 samples per range (1 Hz: 16 hours)
+
+  // The vehicle's speed and charge over a chosen range, its trail and trips on the map.
+  async function historySection(vin, map) {
+    const range = el("select", { id: "range" },
+      ...RANGES.map(([label, minutes]) => el("option", { value: String(minutes), text: label })));
+    range.value = "60";
+    const charts = el("div", { class: "charts", id: "charts" });
+    const tripRows = el("tbody", {});
+    const summary = el("p", { class: "muted", id: "history-summary" });
+    content.append(el("h2", { text: "History" }),
+      el("div", { class: "filters" }, el("label", { for: "range" }, "Range", range), summary), charts,
+      el("h2", { text: "Trips" }),
+      el("div", { class: "table-wrap" }, el("table", { id: "trips" },
+        el("thead", {}, el("tr", {}, ...["Started", "Ended", "Distance", "Top speed", "Ended by"]
+          .map((h) => el("th", { scope: "col", text: h })))), tripRows)));
+    const layer = L.layerGroup().addTo(map);
+    const load = async () => {
+      const end = Date.now();
+      const start = end - Number(range.value) * 60000;
+      const signals = [SPEED, SOC, FUEL, LAT, LON].join(",");
+      const points = [];
+      let cursor = null;
+      let more = false;
+      try {
+        for (let i = 0; i < HISTORY_PAGES; i++) {
+          const page = await api(`/v1/vehicles/${encodeURIComponent(vin)}/history?signals=${encodeURIComponent(signals)}` +
+            `&start=${start}&end=${end}&limit=10000` + (cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
+          points.push(...page.items);
+          cursor = page.next;
+          more = Boolean(cursor);
+          if (!cursor) break;
+        }
+      } catch (err) {
+        notice("The history was not read: " + err.message);
+        return;
+      }
+      const series = (path) => points.filter((p) => typeof p.values[path] === "number").map((p) => [p.ts, p.values[path]]);
+      const soc = series(SOC);
+      const energy = soc.length ? ["Charge", soc] : ["Fuel", series(FUEL)];
+      charts.replaceChildren(lineChart("chart-speed", "Speed", " km/h", series(SPEED), start, end),
+        lineChart("chart-energy", energy[0], " %", energy[1], start, end));
+      summary.textContent = `${points.length} samples` + (more ? " (the newest ones are not shown: choose a shorter range)" : "");
+      // the trail of the range, and each trip on top of it
+      const track = points.filter((p) => typeof p.values[LAT] === "number" && typeof p.values[LON] === "number")
+        .map((p) => [p.ts, p.values[LAT], p.values[LON]]);
+      layer.clearLayers();
+      if (track.length > 1) {
+        L.polyline(track.map((t) => [t[1], t[2]]), { className: "trail", weight: 2, interactive: false }).addTo(layer);
+      }
+      let trips = [];
+      try {
+        trips = (await api(`/v1/trips?vin=${encodeURIComponent(vin)}&start=${start}&end=${end}&limit=100`)).items;
+      } catch (err) {
+        trips = []; // a grant without trips: the charts still show
+      }
+      tripRows.replaceChildren(...trips.map((t) => el("tr", { "data-trip": t.id },
+        el("td", { text: when(t.start_at) }), el("td", { text: when(t.end_at) }),
+        el("td", { text: num(t.distance_m / 1000, 1, " km") }),
+        el("td", { text: t.max_speed_kmh === null ? "–" : num(t.max_speed_kmh, 0, " km/h") }),
+        el("td", { text: t.ended_by.replace(/_/g, " ") }))));
+      if (!trips.length) tripRows.append(el("tr", {}, el("td", { colspan: 5, class: "muted", text: "No trips started in this range." })));
+      for (const t of trips) {
+        const path = track.filter((p) => p[0] >= t.start_at && p[0] <= t.end_at).map((p) => [p[1], p[2]]);
+        if (path.length > 1) {
+          const line = L.polyline(path, { className: "trip", weight: 4 }).bindTooltip(
+            `Trip ${when(t.start_at)} – ${when(t.end_at)}, ${num(t.distance_m / 1000, 1, " km")}`).addTo(layer);
+          line.getElement().dataset.trip = t.id;
+        }
+      }
+      document.body.dataset.history = range.value;
+    };
+    range.addEventListener("change", load);
+    await load();
+  }
+
+  async function vehicleAlerts(vin) {
+    const rows = el("tbody", {});
+    content.append(el("h2", { text: "Alerts" }), el("div", { class: "table-wrap" }, el("table", { id: "vehicle-alerts" },
+      el("thead", {}, el("tr", {}, ...["Alert", "Severity", "Since", "Acknowledged"]
+        .map((h) => el("th", { scope: "col", text: h })))), rows)));
+    try {
+      const alerts = (await api(`/v1/alerts?vin=${encodeURIComponent(vin)}&limit=20`)).items;
+      rows.replaceChildren(...alerts.map((a) => el("tr", { "data-alert": a.id },
+        el("td", { text: a.kind + (a.key && a.key !== a.kind ? " " + a.key : "") }),
+        el("td", { text: a.severity }),
+        el("td", { text: when(a.start_at) + (a.end_at ? " – " + when(a.end_at) : "") }),
+        el("td", { text: a.acknowledged_at ? when(a.acknowledged_at) : "no" }))));
+      if (!alerts.length) rows.append(el("tr", {}, el("td", { colspan: 4, class: "muted", text: "No alerts." })));
+    } catch (err) {
+      rows.append(el("tr", {}, el("td", { colspan: 4, class: "muted", text: "Alerts: " + err.message })));
+    }
   }
 
   async function alertsPage() {
