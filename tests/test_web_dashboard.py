@@ -163,7 +163,7 @@ def test_a_cookie_of_another_account_sees_nothing_of_this_one(stack: dict[str, A
 
 def test_pages_carry_a_strict_content_security_policy(stack: dict[str, Any]) -> None:
     up: Up = stack["up"]
-    for path in ("/", "/login", f"/vehicles/{stack['vins'][0]}", "/alerts", "/reports"):
+    for path in ("/", "/login", f"/vehicles/{stack['vins'][0]}", "/alerts", "/reports", "/jobs"):
         r = httpx.get(f"{up.api}{path}")
         assert r.status_code == 200, path
         csp = r.headers["content-security-policy"]
@@ -442,6 +442,98 @@ def test_draw_a_geofence_and_find_it_persisted(stack: dict[str, Any], browser: A
         context.close()
 
 
+def test_rename_reshape_and_delete_a_geofence_on_the_map(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """Issue 14: a fleet manager selects a geofence on the map, renames it, draws its
+    shape again and deletes it; each change is the API's (read back through it)."""
+    up: Up = stack["up"]
+    fleet: httpx.Client = stack["fleet"]
+    ring = [[11.55, 48.13], [11.57, 48.13], [11.56, 48.145], [11.55, 48.13]]
+    body = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"name": "Edit me", "speed_limit_kmh": 30},
+    }
+    r = fleet.post("/v1/geofences", json=body, headers={"X-CSRF-Token": fleet.cookies["tg_csrf"]})
+    assert r.status_code == 201, r.text
+    fence_id = r.json()["id"]
+    context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+    page.on("dialog", lambda dialog: dialog.accept())  # "Delete the geofence ...?"
+    try:
+        fence = page.locator(f"path.geofence[data-fence='{fence_id}']")
+        fence.wait_for()
+        fence.click()
+        page.fill("#fence-edit-name", "Renamed on the map")
+        page.click("#fence-rename")
+        page.wait_for_selector("#notice:text('Geofence renamed.')")
+        stored = fleet.get(f"/v1/geofences/{fence_id}").json()
+        assert stored["properties"]["name"] == "Renamed on the map"
+        assert stored["properties"]["speed_limit_kmh"] == 30  # the rest kept
+        # a new shape: four corners
+        page.click("#fence-reshape")
+        box = page.locator("#map").bounding_box()
+        assert box is not None
+        for dx, dy in [(0.2, 0.2), (0.4, 0.2), (0.4, 0.4), (0.2, 0.4)]:
+            page.mouse.click(box["x"] + box["width"] * dx, box["y"] + box["height"] * dy)
+        assert page.input_value("#fence-name") == "Renamed on the map"
+        page.click("#fence-save")
+        page.wait_for_selector("#notice:text('Geofence saved.')")
+        stored = fleet.get(f"/v1/geofences/{fence_id}").json()
+        assert len(stored["geometry"]["coordinates"][0]) == 5
+        assert stored["properties"]["name"] == "Renamed on the map"
+        assert page.locator(f"path.geofence[data-fence='{fence_id}']").count() == 1
+        screenshot(page, "geofence-edit")
+        # and delete it
+        page.locator(f"path.geofence[data-fence='{fence_id}']").click()
+        page.click("#fence-delete")
+        page.wait_for_selector("#notice:text('Geofence deleted.')")
+        assert fleet.get(f"/v1/geofences/{fence_id}").status_code == 404
+        assert page.locator(f"path.geofence[data-fence='{fence_id}']").count() == 0
+        assert console.errors == []
+    finally:
+        context.close()
+
+
+def test_send_a_command_to_a_fleet_and_watch_the_job(stack: dict[str, Any], browser: Any) -> None:
+    """Issue 14: a fleet manager sends horn and lights to a fleet; the job's row follows
+    its commands live (the event stream) until it is finished, without a reload."""
+    up: Up = stack["up"]
+    fleet: httpx.Client = stack["fleet"]
+    csrf = {"X-CSRF-Token": fleet.cookies["tg_csrf"]}
+    r = fleet.post("/v1/fleets", json={"name": "Web job fleet"}, headers=csrf)
+    assert r.status_code == 201, r.text
+    fleet_id = r.json()["id"]
+    for vin in stack["vins"]:
+        added = fleet.put(f"/v1/fleets/{fleet_id}/vehicles/{vin}", headers=csrf)
+        assert added.status_code == 204, added.text
+    context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+    try:
+        page.goto(f"{up.api}/jobs")
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_selector("#live[data-state='live']")
+        page.select_option("#job-fleet", str(fleet_id))
+        page.select_option("#job-type", "horn_and_lights")
+        page.click("#job-send")
+        page.wait_for_selector("#notice:text('sent to 2 vehicle(s)')")
+        job_id = page.locator("#jobs tbody tr").first.get_attribute("data-job")
+        row = f"#jobs tbody tr[data-job='{job_id}']"
+        first = page.locator(f"{row} .job-progress").inner_text()
+        page.wait_for_selector(f"{row}[data-status='finished']", timeout=60_000)
+        progress = page.locator(f"{row} .job-progress").inner_text()
+        assert progress != first
+        stored = fleet.get(f"/v1/command-jobs/{job_id}").json()
+        assert stored["status"] == "finished"
+        words = " · ".join(
+            f"{k.replace('_', ' ')} {n}" for k, n in stored["counts"].items() if n > 0
+        )
+        assert progress == words
+        screenshot(page, "fleet-job")
+        assert console.errors == []
+    finally:
+        context.close()
+
+
 def test_download_the_report_as_csv(stack: dict[str, Any], browser: Any, tmp_path: Path) -> None:
     up: Up = stack["up"]
     context, page, console = log_in(browser, up, FLEET, fleet_password(up))
@@ -478,7 +570,10 @@ def test_no_serious_accessibility_violations(
         page.click("#submit")
         page.wait_for_selector("body[data-ready='1']")
         vehicle = f"/vehicles/{stack['vins'][0]}"
-        pages = [("map", "/"), ("vehicle", vehicle), ("alerts", "/alerts"), ("reports", "/reports")]
+        pages = [
+            *(("map", "/"), ("vehicle", vehicle), ("alerts", "/alerts")),
+            *(("reports", "/reports"), ("jobs", "/jobs")),
+        ]
         for name, path in pages:
             page.goto(f"{up.api}{path}")
             page.wait_for_selector("body[data-ready='1']")
@@ -578,7 +673,7 @@ def test_usable_on_a_phone_sized_screen(stack: dict[str, Any], browser: Any) -> 
         page.fill("#password", fleet_password(up))
         page.click("#submit")
         page.wait_for_selector("body[data-ready='1']")
-        for path in ("/", f"/vehicles/{stack['vins'][0]}", "/alerts", "/reports"):
+        for path in ("/", f"/vehicles/{stack['vins'][0]}", "/alerts", "/reports", "/jobs"):
             page.goto(f"{up.api}{path}")
             page.wait_for_selector("body[data-ready='1']")
             # nothing wider than the screen but tables, which scroll in their own box

@@ -43,6 +43,7 @@ _PAGES: Final = {
     "vehicle": ("Vehicle", True),
     "alerts": ("Alerts", False),
     "reports": ("Reports", False),
+    "jobs": ("Fleet commands", False),
 }
 
 
@@ -118,3 +119,7 @@ def install_web(app: FastAPI, settings: WebSettings) -> None:
     @app.get("/reports", include_in_schema=False)
     def reports() -> HTMLResponse:
         return page("reports")
+
+    @app.get("/jobs", include_in_schema=False)
+    def jobs() -> HTMLResponse:
+        return page("jobs")

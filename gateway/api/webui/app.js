@@ -216,26 +216,15 @@
     return map;
   }
 
-  async function drawGeofences(map) {
-    let fences = [];
-    try {
-      fences = await all("/v1/geofences");
-    } catch (err) {
-      return; // not every role may list geofences; the map works without them
-    }
-    for (const fence of fences) drawFence(map, fence);
-  }
-
-  function drawFence(map, fence) {
-    const style = { color: colour("parked"), weight: 2, fillOpacity: 0.08, className: "geofence" };
-    L.geoJSON(fence, { style }).bindTooltip(fence.properties.name || "geofence " + fence.id).addTo(map);
-  }
-
-  // Drawing a geofence: click the map at each corner, name it, save (POST /v1/geofences;
-  // the API decides who may, and its refusal is shown in words).
-  function fenceDrawer(map) {
+  // Geofences on the map: drawn (click each corner), selected (click one) to rename,
+  // reshape (click its new corners) or delete. The API decides who may (a fleet manager;
+  // a viewer is refused in words), through POST, PUT and DELETE /v1/geofences.
+  function fenceEditor(map) {
+    const layers = new Map();
     let corners = [];
     let outline = null;
+    let reshaping = null; // the fence whose corners are being drawn again (null: a new one)
+    let selected = null;
     const name = el("input", { id: "fence-name", type: "text", maxlength: "100", placeholder: "Depot" });
     const hint = el("span", { class: "muted", id: "fence-hint" });
     const save = el("button", { type: "button", id: "fence-save", disabled: true }, "Save geofence");
@@ -243,10 +232,53 @@
     const editor = el("div", { class: "filters", id: "fence-editor", hidden: true },
       el("label", { for: "fence-name" }, "Name", name), save, cancel, hint);
     const start = el("button", { type: "button", id: "fence-draw" }, "Draw a geofence");
+    const selName = el("input", { id: "fence-edit-name", type: "text", maxlength: "100" });
+    const rename = el("button", { type: "button", id: "fence-rename" }, "Save name");
+    const reshape = el("button", { type: "button", id: "fence-reshape" }, "Draw its shape again");
+    const remove = el("button", { type: "button", id: "fence-delete", class: "danger" }, "Delete");
+    const close = el("button", { type: "button", id: "fence-close" }, "Close");
+    const panel = el("div", { class: "filters", id: "fence-selected", hidden: true },
+      el("label", { for: "fence-edit-name" }, "Selected geofence", selName), rename, reshape, remove, close);
+
+    const show = (fence) => {
+      const old = layers.get(fence.id);
+      if (old) old.remove();
+      const style = { color: colour("parked"), weight: 2, fillOpacity: 0.08, className: "geofence" };
+      const layer = L.geoJSON(fence, { style }).bindTooltip(fence.properties.name || "geofence " + fence.id);
+      layer.on("click", () => {
+        if (!document.body.dataset.drawing) select(fence);
+      });
+      layer.addTo(map);
+      layer.eachLayer((part) => {
+        const node = part.getElement && part.getElement();
+        if (node) node.dataset.fence = fence.id;
+      });
+      layers.set(fence.id, layer);
+    };
+    const select = (fence) => {
+      selected = fence;
+      selName.value = fence.properties.name || "";
+      panel.hidden = false;
+      selName.focus();
+    };
+    const unselect = () => {
+      selected = null;
+      panel.hidden = true;
+    };
+    // the body of a PUT: the fence's settings as they are, with a new name or shape
+    const replacement = (fence, geometry, newName) => {
+      const p = fence.properties;
+      const properties = { name: newName, alert_enter: p.alert_enter, alert_exit: p.alert_exit };
+      if (p.speed_limit_kmh !== null && p.speed_limit_kmh !== undefined) properties.speed_limit_kmh = p.speed_limit_kmh;
+      if (p.active_window) properties.active_window = p.active_window;
+      if (geometry.type === "Point" && p.radius_m) properties.radius_m = p.radius_m;
+      return { type: "Feature", geometry, properties };
+    };
     const reset = () => {
       corners = [];
       if (outline) outline.remove();
       outline = null;
+      reshaping = null;
       editor.hidden = true;
       start.hidden = false;
       delete document.body.dataset.drawing;
@@ -259,27 +291,80 @@
       save.disabled = corners.length < 3;
       hint.textContent = `${corners.length} corner(s); at least 3.`;
     };
-    start.addEventListener("click", () => {
+    const draw = (fence) => {
+      reshaping = fence;
+      name.value = fence ? fence.properties.name || "" : "";
       start.hidden = true;
       editor.hidden = false;
+      save.disabled = true;
       hint.textContent = "Click the map at each corner (at least 3).";
       document.body.dataset.drawing = "1";
       map.on("click", add);
+    };
+    start.addEventListener("click", () => {
+      unselect();
+      draw(null);
     });
     cancel.addEventListener("click", reset);
     save.addEventListener("click", async () => {
-      const ring = corners.concat([corners[0]]);
-      const body = { type: "Feature", geometry: { type: "Polygon", coordinates: [ring] },
-        properties: { name: name.value.trim() || "Geofence" } };
+      const geometry = { type: "Polygon", coordinates: [corners.concat([corners[0]])] };
+      const label = name.value.trim() || "Geofence";
       try {
-        drawFence(map, await api("/v1/geofences", { method: "POST", json: body }));
+        if (reshaping) {
+          show(await api(`/v1/geofences/${reshaping.id}`, { method: "PUT", json: replacement(reshaping, geometry, label) }));
+        } else {
+          show(await api("/v1/geofences", { method: "POST", json: { type: "Feature", geometry, properties: { name: label } } }));
+        }
         notice("Geofence saved.", "info");
         reset();
       } catch (err) {
         notice("The geofence was not saved: " + err.message);
       }
     });
-    return el("div", {}, start, editor);
+    rename.addEventListener("click", async () => {
+      if (!selected) return;
+      try {
+        const fence = await api(`/v1/geofences/${selected.id}`,
+          { method: "PUT", json: replacement(selected, selected.geometry, selName.value.trim() || "Geofence") });
+        show(fence);
+        selected = fence;
+        notice("Geofence renamed.", "info");
+      } catch (err) {
+        notice("The geofence was not changed: " + err.message);
+      }
+    });
+    reshape.addEventListener("click", () => {
+      if (!selected) return;
+      const fence = selected;
+      unselect();
+      draw(fence);
+    });
+    remove.addEventListener("click", async () => {
+      if (!selected) return;
+      const fence = selected;
+      if (!confirm(`Delete the geofence "${fence.properties.name}"?`)) return;
+      try {
+        await api(`/v1/geofences/${fence.id}`, { method: "DELETE" });
+        const layer = layers.get(fence.id);
+        if (layer) layer.remove();
+        layers.delete(fence.id);
+        unselect();
+        notice("Geofence deleted.", "info");
+      } catch (err) {
+        notice("The geofence was not deleted: " + err.message);
+      }
+    });
+    close.addEventListener("click", unselect);
+    const load = async () => {
+      let fences = [];
+      try {
+        fences = await all("/v1/geofences");
+      } catch (err) {
+        return; // not every role may list geofences; the map works without them
+      }
+      for (const fence of fences) show(fence);
+    };
+    return { node: el("div", {}, start, editor, panel), load };
   }
 
   // One marker per vehicle, created once and moved afterwards (never re-created).
@@ -441,8 +526,9 @@
       rows));
     content.append(legend, mapNode, el("h2", { text: "Vehicles" }), list);
     const map = await makeMap(mapNode);
-    drawGeofences(map);
-    legend.append(fenceDrawer(map));
+    const fences = fenceEditor(map);
+    legend.append(fences.node);
+    fences.load();
     const byVin = new Map();
     const onChange = (p, status) => {
       let row = byVin.get(p.vin);
@@ -723,6 +809,84 @@
     await load();
   }
 
+  // Fleet commands: one command to every vehicle of a fleet (POST /v1/command-jobs), and
+  // each job's progress, live: the event stream's command.updated events of its commands
+  // and its command_job.finished read the job again (at most every 300 ms each).
+  async function jobsPage() {
+    const type = el("select", { id: "job-type" }, ...SERVICES.map((t) => el("option", { value: t, text: t.replace(/_/g, " ") })));
+    const fleet = el("select", { id: "job-fleet" });
+    const send = el("button", { type: "button", id: "job-send" }, "Send to the fleet");
+    const rows = el("tbody", {});
+    content.append(el("div", { class: "filters" },
+      el("label", { for: "job-type" }, "Command", type), el("label", { for: "job-fleet" }, "Fleet", fleet), send, liveBadge()),
+    el("div", { class: "table-wrap" }, el("table", { id: "jobs" },
+      el("thead", {}, el("tr", {}, ...["Job", "Command", "Vehicles", "Status", "Progress", "Started"]
+        .map((h) => el("th", { scope: "col", text: h })))), rows)));
+    let fleets = [];
+    try {
+      fleets = await all("/v1/fleets");
+    } catch (err) {
+      notice(err.message);
+    }
+    fleet.replaceChildren(...fleets.map((f) => el("option", { value: String(f.id), text: f.name })));
+    if (!fleets.length) {
+      send.disabled = true;
+      fleet.append(el("option", { value: "", text: "no fleets" }));
+    }
+    const byId = new Map();
+    const showJob = (job) => {
+      let row = byId.get(job.id);
+      if (!row) {
+        row = el("tr", { "data-job": job.id });
+        byId.set(job.id, row);
+        const newer = [...rows.children].find((r) => Number(r.dataset.job) < job.id);
+        rows.insertBefore(row, newer || null);
+      }
+      const counts = Object.entries(job.counts || {}).filter(([, n]) => n > 0)
+        .map(([status, n]) => `${status.replace(/_/g, " ")} ${n}`).join(" · ");
+      row.dataset.status = job.status;
+      row.replaceChildren(el("td", { text: "#" + job.id }), el("td", { text: job.type.replace(/_/g, " ") }),
+        el("td", { text: String(job.total) }),
+        el("td", { class: "job-status", text: job.cancelled_at ? "cancelled" : job.status }),
+        el("td", { class: "job-progress", text: counts || "–" }),
+        el("td", { text: when(job.created_at) }));
+    };
+    const pending = new Set();
+    const refresh = (id) => {
+      if (pending.has(id)) return;
+      pending.add(id);
+      setTimeout(async () => {
+        pending.delete(id);
+        try {
+          showJob(await api(`/v1/command-jobs/${id}`));
+        } catch (err) {
+          notice(err.message);
+        }
+      }, 300);
+    };
+    send.addEventListener("click", async () => {
+      notice("");
+      try {
+        const job = await api("/v1/command-jobs", { method: "POST", json: { type: type.value, fleet_id: Number(fleet.value) } });
+        showJob(job);
+        const refused = (job.refusals || []).map((r) => `${r.vin}: ${(REASONS[r.reason] || r.reason).replace(/_/g, " ")}`);
+        notice(`Job #${job.id} sent to ${job.total} vehicle(s)` + (refused.length ? `; refused: ${refused.join(", ")}` : "") + ".", "info");
+      } catch (err) {
+        notice(`${type.value.replace(/_/g, " ")} was refused: ${err.message}`);
+      }
+    });
+    try {
+      for (const job of (await api("/v1/command-jobs?limit=20")).items.reverse()) showJob(job);
+    } catch (err) {
+      notice(err.message);
+    }
+    const fromStream = (event) => {
+      const data = JSON.parse(event.data).data;
+      if (data && data.job_id && byId.has(data.job_id)) refresh(data.job_id);
+    };
+    liveSource("/v1/stream", { "command.updated": fromStream, "command_job.finished": fromStream });
+  }
+
   function day(offsetDays) {
     return new Date(Date.now() + offsetDays * 86400000).toISOString().slice(0, 10);
   }
@@ -782,7 +946,7 @@
         location.assign("/login");
       }
     });
-    const pages = { map: mapPage, vehicle: vehiclePage, alerts: alertsPage, reports: reportsPage };
+    const pages = { map: mapPage, vehicle: vehiclePage, alerts: alertsPage, reports: reportsPage, jobs: jobsPage };
     await pages[page](me);
     stats.readyMs = performance.now();
     document.body.dataset.ready = "1";
