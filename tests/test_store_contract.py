@@ -212,6 +212,25 @@ def test_quarantine_is_kept_newest_first_and_filtered(
     assert reader.quarantine(limit=10, reason=Reason.OUT_OF_RANGE.value) == []
 
 
+def test_quarantine_of_some_vehicles_in_their_holding_periods(
+    store: TelemetryBackend, reader: TelemetryBackend
+) -> None:
+    """What a fleet manager reads: entries about their vehicles, in the period they see;
+    not another period's, nor those of no known period."""
+    entries = [
+        QuarantineEntry(T0, "t", b"{", Rejection(Reason.MALFORMED_JSON, "a1", vin=VIN_A), 1),
+        QuarantineEntry(T0, "t", b"{", Rejection(Reason.MALFORMED_JSON, "a2", vin=VIN_A), 2),
+        QuarantineEntry(T0, "t", b"{", Rejection(Reason.MALFORMED_JSON, "b1", vin=VIN_B), 1),
+        QuarantineEntry(T0, "t", b"{", Rejection(Reason.MALFORMED_JSON, "a?", vin=VIN_A)),
+    ]
+    store.commit(IngestBatch(received_at=T0, quarantine=entries))
+    assert [q.detail for q in reader.quarantine(limit=10, vins={VIN_A: 2})] == ["a2"]
+    both = reader.quarantine(limit=10, vins={VIN_A: 1, VIN_B: 1})
+    assert [q.detail for q in both] == ["b1", "a1"]
+    assert reader.quarantine(limit=10, vins={}) == []
+    assert len(reader.quarantine(limit=10)) == 4
+
+
 def test_counters_persist_with_the_data(store: TelemetryBackend, reader: TelemetryBackend) -> None:
     store.commit(IngestBatch(received_at=T0, counters={("telematics_test_total", "x"): 2}))
     store.commit(IngestBatch(received_at=T0, counters={("telematics_test_total", "x"): 3}))

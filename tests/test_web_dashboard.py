@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from gateway.broker import free_port
-from tests.support.up import Up, start
+from tests.support.up import ADMIN_PASSWORD, Up, start
 from tests.support.waiting import wait_until
 from tests.support.web import (
     AXE,
@@ -163,7 +163,16 @@ def test_a_cookie_of_another_account_sees_nothing_of_this_one(stack: dict[str, A
 
 def test_pages_carry_a_strict_content_security_policy(stack: dict[str, Any]) -> None:
     up: Up = stack["up"]
-    for path in ("/", "/login", f"/vehicles/{stack['vins'][0]}", "/alerts", "/reports", "/jobs"):
+    for path in (
+        "/",
+        "/login",
+        f"/vehicles/{stack['vins'][0]}",
+        "/alerts",
+        "/reports",
+        "/jobs",
+        "/quarantine",
+        "/health",
+    ):
         r = httpx.get(f"{up.api}{path}")
         assert r.status_code == 200, path
         csp = r.headers["content-security-policy"]
@@ -572,7 +581,7 @@ def test_no_serious_accessibility_violations(
         vehicle = f"/vehicles/{stack['vins'][0]}"
         pages = [
             *(("map", "/"), ("vehicle", vehicle), ("alerts", "/alerts")),
-            *(("reports", "/reports"), ("jobs", "/jobs")),
+            *(("reports", "/reports"), ("jobs", "/jobs"), ("quarantine", "/quarantine")),
         ]
         for name, path in pages:
             page.goto(f"{up.api}{path}")
@@ -673,7 +682,10 @@ def test_usable_on_a_phone_sized_screen(stack: dict[str, Any], browser: Any) -> 
         page.fill("#password", fleet_password(up))
         page.click("#submit")
         page.wait_for_selector("body[data-ready='1']")
-        for path in ("/", f"/vehicles/{stack['vins'][0]}", "/alerts", "/reports", "/jobs"):
+        for path in (
+            *("/", f"/vehicles/{stack['vins'][0]}", "/alerts", "/reports", "/jobs"),
+            "/quarantine",
+        ):
             page.goto(f"{up.api}{path}")
             page.wait_for_selector("body[data-ready='1']")
             # nothing wider than the screen but tables, which scroll in their own box
@@ -859,3 +871,94 @@ def _healthy(up: Up) -> bool:
         return httpx.get(f"{up.api}/healthz", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_quarantine_of_your_own_vehicles_and_the_admin_health_page(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """Issue 14: a fleet manager reads the quarantine of their vehicles (not of anyone
+    else's), an owner is refused in words, and an administrator sees everything and the
+    gateway's health: components, ingest rate and the quarantine by reason."""
+    up: Up = stack["up"]
+    units: list[tuple[httpx.Client, str, _Unit]] = []
+    try:
+        for client in (stack["fleet"], stack["owner"]):
+            csrf = {"X-CSRF-Token": client.cookies["tg_csrf"]}
+            vin = "WWEBK" + uuid.uuid4().hex[:12].upper()
+            r = client.post("/v1/vehicles", json={"vin": vin}, headers=csrf)
+            assert r.status_code == 201, r.text
+            unit = _Unit(up, vin, r.json()["mqtt"]["password"])
+            units.append((client, vin, unit))
+            unit.status("online")
+            unit.seq += 1  # a speed no car drives: refused and quarantined
+            ts = time.time_ns() // 1_000_000
+            unit.publish(
+                "telemetry",
+                {"vin": vin, "seq": unit.seq, "ts": ts, "signals": {"Vehicle.Speed": 9999.0}},
+            )
+        fleet_vin, owner_vin = units[0][1], units[1][1]
+        admin = httpx.Client(base_url=up.api, headers=up.login("admin@localhost", ADMIN_PASSWORD))
+        with admin:
+
+            def both_quarantined() -> bool:
+                items = admin.get("/v1/quarantine", params={"limit": 100}).json()["items"]
+                return {fleet_vin, owner_vin} <= {q["vin"] for q in items}
+
+            wait_until(both_quarantined, timeout=30, what="both refused samples")
+        # the fleet manager: their vehicle's entry, not the owner's
+        context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+        try:
+            page.goto(f"{up.api}/quarantine")
+            page.wait_for_selector("body[data-ready='1']")
+            shown = page.eval_on_selector_all(
+                "#quarantine tbody tr[data-entry]", "rows => rows.map(r => r.dataset.vin)"
+            )
+            assert fleet_vin in shown
+            assert owner_vin not in shown
+            assert set(shown) <= set(stack["vins"]) | {fleet_vin}
+            row = page.locator(f"#quarantine tr[data-vin='{fleet_vin}'] .reason").first
+            assert "out of range" in row.inner_text()
+            screenshot(page, "quarantine")
+            assert console.errors == []
+        finally:
+            context.close()
+        # an owner: refused, in words
+        context, page, _ = log_in(browser, up, OWNER, OWNER_PASSWORD)
+        try:
+            page.goto(f"{up.api}/quarantine")
+            page.wait_for_selector("body[data-ready='1']")
+            page.wait_for_selector("#notice:text('for administrators and fleet managers')")
+            assert page.locator("#quarantine tbody tr[data-entry]").count() == 0
+        finally:
+            context.close()
+        _admin_sees_the_health_page(up, browser)
+    finally:
+        for client, vin, unit in units:
+            unit.stop()
+            client.delete(
+                f"/v1/vehicles/{vin}", headers={"X-CSRF-Token": client.cookies["tg_csrf"]}
+            )
+
+
+def _admin_sees_the_health_page(up: Up, browser: Any) -> None:
+    """An administrator's health page: components, a measured ingest rate, the
+    quarantine by reason (the two samples refused above among them)."""
+    context, page, console = log_in(browser, up, "admin@localhost", ADMIN_PASSWORD)
+    try:
+        assert page.locator("#nav-health").is_visible()
+        page.goto(f"{up.api}/health")
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_selector("body[data-rate='1']", timeout=20_000)  # two reads
+        components = page.eval_on_selector_all(
+            "#components tbody tr", "rows => rows.map(r => r.dataset.component)"
+        )
+        assert {"telemetry_store", "state_database", "broker", "ingest"} <= set(components)
+        rate = page.locator("dd[data-figure='Samples stored']").inner_text()
+        assert rate.endswith("/s")
+        assert float(rate.removesuffix("/s")) > 0  # the demo cars report every second
+        refused = page.locator("td[data-reason='out_of_range']").inner_text()
+        assert int(refused) >= 2
+        screenshot(page, "health")
+        assert console.errors == []
+    finally:
+        context.close()

@@ -44,6 +44,8 @@ _PAGES: Final = {
     "alerts": ("Alerts", False),
     "reports": ("Reports", False),
     "jobs": ("Fleet commands", False),
+    "quarantine": ("Quarantine", False),
+    "health": ("Gateway health", False),
 }
 
 
@@ -123,3 +125,11 @@ def install_web(app: FastAPI, settings: WebSettings) -> None:
     @app.get("/jobs", include_in_schema=False)
     def jobs() -> HTMLResponse:
         return page("jobs")
+
+    @app.get("/quarantine", include_in_schema=False)
+    def quarantine() -> HTMLResponse:
+        return page("quarantine")
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> HTMLResponse:
+        return page("health")

@@ -183,7 +183,12 @@ class TelemetryReader(Protocol):
         reason: str | None = None,
         vin: str | None = None,
         before_id: int | None = None,
-    ) -> list[StoredQuarantine]: ...
+        vins: Mapping[str, int] | None = None,
+    ) -> list[StoredQuarantine]:
+        """Newest first; ``vins``: only entries about these vehicles in these holding
+        periods (vin -> tenure: what the caller may see; entries of no known period are
+        left out); None: all."""
+        ...
 
     def counters(self) -> dict[tuple[str, str], float]: ...
 

@@ -716,8 +716,11 @@ class InfluxTelemetryStore:
         reason: str | None = None,
         vin: str | None = None,
         before_id: int | None = None,
+        vins: Mapping[str, int] | None = None,
     ) -> list[StoredQuarantine]:
-        return self.index.quarantine(limit=limit, reason=reason, vin=vin, before_id=before_id)
+        return self.index.quarantine(
+            limit=limit, reason=reason, vin=vin, before_id=before_id, vins=vins
+        )
 
     def counters(self) -> dict[tuple[str, str], float]:
         """The index's counters and the spool's gauges (``gateway.metrics``)."""

@@ -698,10 +698,15 @@ class SqliteTelemetryStore:
         reason: str | None = None,
         vin: str | None = None,
         before_id: int | None = None,
+        vins: Mapping[str, int] | None = None,
     ) -> list[StoredQuarantine]:
-        """Newest first; page with ``before_id`` = the smallest id of the previous page."""
+        """Newest first; page with ``before_id`` = the smallest id of the previous page;
+        ``vins``: only entries about these (vin, tenure) pairs (one JSON parameter)."""
         where: list[str] = []
         params: list[object] = []
+        if vins is not None:
+            where.append("(vin, tenure) IN (SELECT key, value FROM json_each(?))")
+            params.append(orjson.dumps(dict(sorted(vins.items()))).decode())
         if reason is not None:
             where.append("reason = ?")
             params.append(reason)

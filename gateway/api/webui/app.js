@@ -887,6 +887,101 @@
     liveSource("/v1/stream", { "command.updated": fromStream, "command_job.finished": fromStream });
   }
 
+  // The input the gateway refused: an administrator sees all of it, a fleet manager the
+  // entries about their own vehicles (the API scopes it; anyone else is refused in words).
+  async function quarantinePage() {
+    const vin = el("input", { id: "q-vin", type: "text", maxlength: "17", placeholder: "all vehicles" });
+    const rows = el("tbody", {});
+    const form = el("form", { class: "filters", onsubmit: (event) => { event.preventDefault(); load(); } },
+      el("label", { for: "q-vin" }, "Vehicle", vin), el("button", { type: "submit", id: "q-load" }, "Show"));
+    content.append(form, el("div", { class: "table-wrap" }, el("table", { id: "quarantine" },
+      el("thead", {}, el("tr", {}, ...["Received", "Vehicle", "Reason", "Detail", "Payload"]
+        .map((h) => el("th", { scope: "col", text: h })))), rows)));
+    const load = async () => {
+      const filter = vin.value.trim() ? "&vin=" + encodeURIComponent(vin.value.trim()) : "";
+      try {
+        const page = await api("/v1/quarantine?limit=100" + filter);
+        rows.replaceChildren(...page.items.map((q) => el("tr", { "data-entry": q.id, "data-vin": q.vin || "" },
+          el("td", { text: when(q.received_at) }),
+          el("td", { text: q.vin || "–" }),
+          el("td", { class: "reason", text: q.reason.replace(/_/g, " ") + (q.signal ? ` (${q.signal})` : "") }),
+          el("td", { text: q.detail }),
+          el("td", {}, el("code", { text: q.payload_text.slice(0, 160) + (q.payload_text.length > 160 || q.payload_truncated ? " …" : "") })))));
+        if (!page.items.length) rows.append(el("tr", {}, el("td", { colspan: 5, class: "muted", text: "Nothing was refused." })));
+      } catch (err) {
+        notice(err.message);
+      }
+    };
+    await load();
+  }
+
+  // Prometheus text: name{labels} value -> [{name, labels, value}]
+  function parseMetrics(text) {
+    const out = [];
+    for (const line of text.split("\n")) {
+      const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
+      if (m) out.push({ name: m[1], labels: m[2] || "", value: Number(m[3]) });
+    }
+    return out;
+  }
+
+  // An administrator's view of the installation: each component's health (GET /healthz),
+  // the ingest rate (two reads of GET /metrics, 5 s apart), the quarantine by reason and
+  // the vehicles online.
+  async function healthPage(me) {
+    if (me.user.role !== "admin") {
+      notice("The health page is for administrators.");
+      return;
+    }
+    const components = el("tbody", {});
+    const figures = el("dl", { class: "kv", id: "figures" });
+    const reasons = el("tbody", {});
+    content.append(el("div", { class: "grid" },
+      el("section", { class: "panel", "aria-labelledby": "ingest-h" }, el("h2", { id: "ingest-h", text: "Ingest" }), figures),
+      el("section", { class: "panel", "aria-labelledby": "q-h" }, el("h2", { id: "q-h", text: "Quarantine" },
+        " ", el("a", { href: "/quarantine", text: "entries" })),
+        el("table", { id: "reasons" }, el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "Reason" }), el("th", { scope: "col", text: "Refused" }))), reasons))),
+    el("h2", { text: "Components" }),
+    el("div", { class: "table-wrap" }, el("table", { id: "components" },
+      el("thead", {}, el("tr", {}, ...["Component", "Status", "Detail"].map((h) => el("th", { scope: "col", text: h })))), components)));
+    let last = null;
+    const figure = (key, value) => [el("dt", { text: key }), el("dd", { "data-figure": key, text: value })];
+    const read = async () => {
+      try {
+        const health = await (await fetch("/healthz", { credentials: "same-origin" })).json();
+        document.body.dataset.health = health.status;
+        components.replaceChildren(...Object.entries(health.components).map(([name, c]) =>
+          el("tr", { "data-component": name }, el("td", { text: name }),
+            el("td", { class: "status-" + c.status, text: c.status + (c.required ? "" : " (optional)") }),
+            el("td", { text: c.detail }))));
+        const response = await fetch("/metrics", { credentials: "same-origin" });
+        if (!response.ok) throw new Error("The metrics were not read (" + response.status + ").");
+        const metrics = parseMetrics(await response.text());
+        const total = (name) => metrics.filter((m) => m.name === name).reduce((sum, m) => sum + m.value, 0);
+        const now = { at: Date.now(), samples: total("telematics_samples_stored_total"),
+          messages: total("telematics_messages_received_total") };
+        const rate = (key) => (last && now.at > last.at ? num(((now[key] - last[key]) * 1000) / (now.at - last.at), 1, "/s") : "measuring…");
+        figures.replaceChildren(
+          ...figure("Samples stored", rate("samples")),
+          ...figure("Messages received", rate("messages")),
+          ...figure("Samples in all", String(now.samples)),
+          ...figure("Vehicles online", `${total("telematics_vehicles_online")} of ${total("telematics_vehicles")}`),
+          ...figure("Overall", health.status));
+        if (last) document.body.dataset.rate = "1";
+        last = now;
+        const refused = metrics.filter((m) => m.name === "telematics_quarantined_total" && m.value > 0);
+        reasons.replaceChildren(...refused.map((m) => el("tr", {},
+          el("td", { text: (/reason="([^"]*)"/.exec(m.labels) || [, "?"])[1].replace(/_/g, " ") }),
+          el("td", { "data-reason": (/reason="([^"]*)"/.exec(m.labels) || [, "?"])[1], text: String(m.value) }))));
+        if (!refused.length) reasons.append(el("tr", {}, el("td", { colspan: 2, class: "muted", text: "Nothing refused." })));
+      } catch (err) {
+        notice(err.message || String(err));
+      }
+    };
+    await read();
+    setInterval(read, 5000);
+  }
+
   function day(offsetDays) {
     return new Date(Date.now() + offsetDays * 86400000).toISOString().slice(0, 10);
   }
@@ -936,6 +1031,8 @@
       return;
     }
     document.getElementById("nav").hidden = false;
+    // a link only: the health page's data (GET /metrics) is the API's to refuse
+    document.getElementById("nav-health").hidden = me.user.role !== "admin";
     document.getElementById("who").textContent = `${me.user.email} (${me.user.role})`;
     const logout = document.getElementById("logout");
     logout.hidden = false;
@@ -946,7 +1043,8 @@
         location.assign("/login");
       }
     });
-    const pages = { map: mapPage, vehicle: vehiclePage, alerts: alertsPage, reports: reportsPage, jobs: jobsPage };
+    const pages = { map: mapPage, vehicle: vehiclePage, alerts: alertsPage, reports: reportsPage, jobs: jobsPage,
+      quarantine: quarantinePage, health: healthPage };
     await pages[page](me);
     stats.readyMs = performance.now();
     document.body.dataset.ready = "1";
