@@ -172,6 +172,7 @@ def test_pages_carry_a_strict_content_security_policy(stack: dict[str, Any]) -> 
         "/jobs",
         "/quarantine",
         "/health",
+        "/sharing",
     ):
         r = httpx.get(f"{up.api}{path}")
         assert r.status_code == 200, path
@@ -582,6 +583,7 @@ def test_no_serious_accessibility_violations(
         pages = [
             *(("map", "/"), ("vehicle", vehicle), ("alerts", "/alerts")),
             *(("reports", "/reports"), ("jobs", "/jobs"), ("quarantine", "/quarantine")),
+            ("sharing", "/sharing"),
         ]
         for name, path in pages:
             page.goto(f"{up.api}{path}")
@@ -684,7 +686,7 @@ def test_usable_on_a_phone_sized_screen(stack: dict[str, Any], browser: Any) -> 
         page.wait_for_selector("body[data-ready='1']")
         for path in (
             *("/", f"/vehicles/{stack['vins'][0]}", "/alerts", "/reports", "/jobs"),
-            "/quarantine",
+            *("/quarantine", "/sharing"),
         ):
             page.goto(f"{up.api}{path}")
             page.wait_for_selector("body[data-ready='1']")
@@ -962,3 +964,59 @@ def _admin_sees_the_health_page(up: Up, browser: Any) -> None:
         assert console.errors == []
     finally:
         context.close()
+
+
+def test_an_owner_adds_a_driver_and_shares_a_car_then_stops(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """Issue 14: an owner's drivers and grants pages: add a driver, share a car of
+    their own with them (some services), and stop sharing; the driver's access follows."""
+    up: Up = stack["up"]
+    owner: httpx.Client = stack["owner"]
+    csrf = {"X-CSRF-Token": owner.cookies["tg_csrf"]}
+    vin = "WWEBS" + uuid.uuid4().hex[:12].upper()
+    r = owner.post("/v1/vehicles", json={"vin": vin}, headers=csrf)
+    assert r.status_code == 201, r.text
+    driver_email = f"driver-{uuid.uuid4().hex[:8]}@web.test"
+    context, page, console = log_in(browser, up, OWNER, OWNER_PASSWORD)
+    try:
+        page.goto(f"{up.api}/sharing")
+        page.wait_for_selector("body[data-ready='1']")
+        # only the owner's own car is theirs to share, not the one shared with them
+        sections = page.eval_on_selector_all(
+            "#shared-vehicles section", "s => s.map(x => x.dataset.vin)"
+        )
+        assert sections == [vin]
+        page.fill("#driver-name", "Dana Driver")
+        page.fill("#driver-email", driver_email)
+        page.click("#driver-add")
+        page.wait_for_selector("#notice:text('shown only now')")
+        password = page.locator("#notice").inner_text().rsplit(": ", 1)[1]
+        page.wait_for_selector(f"#drivers td:text-is('{driver_email}')")
+        # share: read and lock only
+        page.select_option(f"#grant-user-{vin}", label=driver_email)
+        page.uncheck(f"#grant-{vin}-unlock")
+        page.click(f"button[data-grant-vin='{vin}']")
+        page.wait_for_selector(f"#notice:text('is shared with {driver_email}')")
+        cell = page.locator(f"section[data-vin='{vin}'] tr[data-grant] .services")
+        assert sorted(cell.inner_text().split(", ")) == ["lock", "read"]
+        driver = session(up, driver_email, password)
+        try:
+            assert [v["vin"] for v in driver.get("/v1/vehicles").json()["items"]] == [vin]
+            refused = driver.post(
+                f"/v1/vehicles/{vin}/commands",
+                json={"type": "unlock"},
+                headers={"X-CSRF-Token": driver.cookies["tg_csrf"]},
+            )
+            assert refused.status_code == 403, refused.text
+            screenshot(page, "sharing")
+            page.click(f"section[data-vin='{vin}'] button[data-revoke]")
+            page.wait_for_selector("#notice:text('is no longer shared with')")
+            assert driver.get(f"/v1/vehicles/{vin}").status_code == 404
+        finally:
+            driver.close()
+        assert page.locator(f"section[data-vin='{vin}'] tr[data-grant]").count() == 0
+        assert console.errors == []
+    finally:
+        context.close()
+        owner.delete(f"/v1/vehicles/{vin}", headers=csrf)

@@ -46,6 +46,7 @@ _PAGES: Final = {
     "jobs": ("Fleet commands", False),
     "quarantine": ("Quarantine", False),
     "health": ("Gateway health", False),
+    "sharing": ("Drivers and sharing", False),
 }
 
 
@@ -133,3 +134,7 @@ def install_web(app: FastAPI, settings: WebSettings) -> None:
     @app.get("/health", include_in_schema=False)
     def health() -> HTMLResponse:
         return page("health")
+
+    @app.get("/sharing", include_in_schema=False)
+    def sharing() -> HTMLResponse:
+        return page("sharing")

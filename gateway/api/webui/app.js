@@ -982,6 +982,111 @@
     setInterval(read, 5000);
   }
 
+  // An owner's drivers (users of their account, role driver) and whom each of their
+  // vehicles is shared with (grants: the services a driver may use). The API decides:
+  // a vehicle someone else shared with you lists no grants (it is not yours to share).
+  async function sharingPage(me) {
+    const driverRows = el("tbody", {});
+    const name = el("input", { id: "driver-name", type: "text", maxlength: "200", required: true });
+    const email = el("input", { id: "driver-email", type: "email", maxlength: "320", required: true });
+    const addDriver = el("form", { class: "filters", id: "driver-form", onsubmit: async (event) => {
+      event.preventDefault();
+      try {
+        const made = await api("/v1/users", { method: "POST", json: { name: name.value.trim(), email: email.value.trim(), role: "driver" } });
+        await load();
+        notice(`Driver ${made.email} added. Their password, shown only now: ${made.password}`, "info");
+        name.value = "";
+        email.value = "";
+      } catch (err) {
+        notice("The driver was not added: " + err.message);
+      }
+    } }, el("label", { for: "driver-name" }, "Name", name), el("label", { for: "driver-email" }, "E-mail", email),
+    el("button", { type: "submit", id: "driver-add" }, "Add a driver"));
+    const vehicles = el("div", { id: "shared-vehicles" });
+    content.append(el("h2", { text: "Drivers" }), addDriver,
+      el("div", { class: "table-wrap" }, el("table", { id: "drivers" },
+        el("thead", {}, el("tr", {}, ...["Name", "E-mail", "Since", ""].map((h) => el("th", { scope: "col", text: h })))), driverRows)),
+      el("h2", { text: "Your vehicles, shared" }), vehicles);
+    let drivers = [];
+    const load = async () => {
+      try {
+        drivers = (await all("/v1/users")).filter((u) => u.role === "driver");
+      } catch (err) {
+        notice(err.message);
+        drivers = [];
+      }
+      driverRows.replaceChildren(...drivers.map((u) => el("tr", { "data-user": u.id },
+        el("td", { text: u.name }), el("td", { text: u.email }), el("td", { text: when(u.created_at) }),
+        el("td", {}, u.disabled ? el("span", { class: "muted", text: "disabled" }) :
+          el("button", { type: "button", "data-disable": u.id, onclick: async () => {
+            try {
+              await api(`/v1/users/${u.id}`, { method: "PATCH", json: { disabled: true } });
+              await load();
+              notice(`${u.email} can no longer log in.`, "info");
+            } catch (err) {
+              notice("The driver was not disabled: " + err.message);
+            }
+          } }, "Disable")))));
+      if (!drivers.length) driverRows.append(el("tr", {}, el("td", { colspan: 4, class: "muted", text: "No drivers yet." })));
+      const byId = new Map(drivers.map((u) => [u.id, u]));
+      const sections = [];
+      // a vehicle shared with you (a grant to you, from /v1/me) is not yours to share
+      const sharedWithMe = new Set((me.grants || []).filter((g) => !g.revoked_at).map((g) => g.vin));
+      for (const v of await all("/v1/vehicles")) {
+        if (sharedWithMe.has(v.vin)) continue;
+        let grants;
+        try {
+          grants = await all(`/v1/vehicles/${encodeURIComponent(v.vin)}/grants`);
+        } catch (err) {
+          continue; // the API says it is not yours to manage
+        }
+        sections.push(grantsOf(v.vin, grants, byId));
+      }
+      vehicles.replaceChildren(...sections);
+      if (!sections.length) vehicles.append(el("p", { class: "muted", text: "You have no vehicles of your own to share." }));
+    };
+    const grantsOf = (vin, grants, byId) => {
+      const who = el("select", { id: `grant-user-${vin}` },
+        ...drivers.filter((u) => !u.disabled).map((u) => el("option", { value: String(u.id), text: u.email })));
+      const boxes = ["read", ...SERVICES].map((service) => el("input", { type: "checkbox", value: service,
+        id: `grant-${vin}-${service}`, checked: service === "read" || service === "lock" || service === "unlock" }));
+      const give = el("button", { type: "submit", "data-grant-vin": vin, disabled: !drivers.length }, "Share");
+      const form = el("form", { class: "filters", onsubmit: async (event) => {
+        event.preventDefault();
+        const services = boxes.filter((b) => b.checked).map((b) => b.value);
+        try {
+          await api(`/v1/vehicles/${encodeURIComponent(vin)}/grants`, { method: "POST", json: { user_id: Number(who.value), services } });
+          await load();
+          notice(`${vin} is shared with ${byId.get(Number(who.value)).email}: ${services.join(", ").replace(/_/g, " ")}.`, "info");
+        } catch (err) {
+          notice("The vehicle was not shared: " + err.message);
+        }
+      } }, el("label", { for: `grant-user-${vin}` }, "Driver", who),
+      el("fieldset", { class: "services" }, el("legend", { text: "May" }),
+        ...boxes.map((b) => el("label", { for: b.id, class: "check" }, b, b.value.replace(/_/g, " ")))), give);
+      return el("section", { class: "panel", "data-vin": vin, "aria-label": "Sharing of " + vin },
+        el("h3", {}, el("a", { href: "/vehicles/" + vin, text: vin })),
+        el("div", { class: "table-wrap" }, el("table", { class: "grants" },
+          el("thead", {}, el("tr", {}, ...["Driver", "May", "Since", ""].map((h) => el("th", { scope: "col", text: h })))),
+          el("tbody", {}, ...grants.map((g) => el("tr", { "data-grant": g.id },
+            el("td", { text: byId.has(g.user_id) ? byId.get(g.user_id).email : "user " + g.user_id }),
+            el("td", { class: "services", text: g.services.join(", ").replace(/_/g, " ") }),
+            el("td", { text: when(g.created_at) }),
+            el("td", {}, el("button", { type: "button", "data-revoke": g.id, onclick: async () => {
+              try {
+                await api(`/v1/vehicles/${encodeURIComponent(vin)}/grants/${g.id}`, { method: "DELETE" });
+                await load();
+                notice(`${vin} is no longer shared with ${byId.has(g.user_id) ? byId.get(g.user_id).email : "user " + g.user_id}.`, "info");
+              } catch (err) {
+                notice("The grant was not revoked: " + err.message);
+              }
+            } }, "Stop sharing")))),
+          grants.length ? null : el("tr", {}, el("td", { colspan: 4, class: "muted", text: "Not shared." }))))),
+        form);
+    };
+    await load();
+  }
+
   function day(offsetDays) {
     return new Date(Date.now() + offsetDays * 86400000).toISOString().slice(0, 10);
   }
@@ -1032,7 +1137,12 @@
     }
     document.getElementById("nav").hidden = false;
     // a link only: the health page's data (GET /metrics) is the API's to refuse
+    // links only, to keep each menu short: the API refuses what a role may not do
     document.getElementById("nav-health").hidden = me.user.role !== "admin";
+    const fleetRole = ["admin", "fleet_manager", "fleet_viewer"].includes(me.user.role);
+    document.getElementById("nav-jobs").hidden = !fleetRole;
+    document.getElementById("nav-quarantine").hidden = !fleetRole;
+    document.getElementById("nav-sharing").hidden = !["owner", "fleet_manager"].includes(me.user.role);
     document.getElementById("who").textContent = `${me.user.email} (${me.user.role})`;
     const logout = document.getElementById("logout");
     logout.hidden = false;
@@ -1044,7 +1154,7 @@
       }
     });
     const pages = { map: mapPage, vehicle: vehiclePage, alerts: alertsPage, reports: reportsPage, jobs: jobsPage,
-      quarantine: quarantinePage, health: healthPage };
+      quarantine: quarantinePage, health: healthPage, sharing: sharingPage };
     await pages[page](me);
     stats.readyMs = performance.now();
     document.body.dataset.ready = "1";
