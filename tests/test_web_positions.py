@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.api.positions import LAT, LON, SPEED, Position, PositionFeed, _newest_id, position_of
-from gateway.store import LoggedSample, VehicleSummary
+from gateway.store import LoggedSample, MapState, VehicleSummary
 
 
 class _Log:
@@ -169,3 +169,34 @@ def test_a_sample_does_not_turn_an_offline_vehicle_online() -> None:
     assert moved is not None
     assert moved.online is False
     assert position_of(Position("V", 1), {LAT: 48.2}, 2000, 1).online is True  # type: ignore[union-attr]
+
+
+class _Fleet:
+    """A reader whose map_states answers two vehicles' rows, one of them silent."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def map_states(
+        self, signals: tuple[str, ...], *, limit: int, vins: dict[str, int] | None = None
+    ) -> list[MapState]:
+        self.reads += 1
+        rows = [
+            MapState("A", 1, True, 9_000, {LAT: (48.1, 9_000), LON: (11.5, 9_000)}),
+            MapState("S", 1, True, 1_000, {SPEED: (True, 1_000)}),  # silent; not a number
+        ]
+        return [r for r in rows if vins is None or vins.get(r.vin) == r.tenure][:limit]
+
+
+def test_the_snapshot_is_one_read_and_lists_vehicles_that_never_reported() -> None:
+    from gateway.api.routes.positions import _snapshot
+
+    fleet = _Fleet()
+    reader: Any = fleet
+    got = _snapshot(reader, {"A": 1, "S": 1, "N": 3}, (10_000, 5_000))
+    assert fleet.reads == 1
+    assert [(p.vin, p.tenure, p.lat, p.lon, p.speed, p.online) for p in got] == [
+        ("A", 1, 48.1, 11.5, None, True),
+        ("S", 1, None, None, None, False),  # silent for longer than the limit
+        ("N", 3, None, None, None, None),  # provisioned, never reported
+    ]

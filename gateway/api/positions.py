@@ -30,7 +30,7 @@ from gateway.core.presence import presence
 from gateway.store import TelemetryReader, VehicleSummary
 from schemas import SignalValue
 
-__all__ = ["MAP_SIGNALS", "Position", "PositionFeed", "position_of"]
+__all__ = ["MAP_SIGNALS", "Position", "PositionFeed", "number_of", "position_of"]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ class Position:
         }
 
 
-def _number(value: SignalValue | None) -> float | None:
+def number_of(value: SignalValue | None) -> float | None:
+    """A map signal's value as a number (None: not a number; booleans are not)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
@@ -89,7 +90,7 @@ def position_of(
     found = {
         MAP_SIGNALS[k]: number
         for k, v in values.items()
-        if k in MAP_SIGNALS and (number := _number(v)) is not None
+        if k in MAP_SIGNALS and (number := number_of(v)) is not None
     }
     if not found or ts < base.ts:
         return None

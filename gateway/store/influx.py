@@ -60,6 +60,7 @@ from gateway.store.base import (
     IngestBatch,
     LoggedEvent,
     LoggedSample,
+    MapState,
     StoredQuarantine,
     VehicleState,
     VehicleSummary,
@@ -641,6 +642,11 @@ class InfluxTelemetryStore:
 
     def vehicle_state(self, vin: str, *, tenure: int) -> VehicleState | None:
         return self.index.vehicle_state(vin, tenure=tenure)
+
+    def map_states(
+        self, signals: Sequence[str], *, limit: int, vins: Mapping[str, int] | None = None
+    ) -> list[MapState]:
+        return self.index.map_states(signals, limit=limit, vins=vins)
 
     # the committed log (the fleet rules worker reads it): the index keeps every sample
     # until retention prunes it, shipped or not, with the row ids the cursor needs

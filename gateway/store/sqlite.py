@@ -76,6 +76,7 @@ from gateway.store.base import (
     IngestBatch,
     LoggedEvent,
     LoggedSample,
+    MapState,
     StoredQuarantine,
     VehicleState,
     VehicleSummary,
@@ -638,6 +639,38 @@ class SqliteTelemetryStore:
             (*params, limit),
         )
         return [self._summary(r) for r in rows]
+
+    def map_states(
+        self, signals: Sequence[str], *, limit: int, vins: Mapping[str, int] | None = None
+    ) -> list[MapState]:
+        params: tuple[str, ...] = ()
+        if vins is None:
+            chosen = f"FROM vehicles WHERE {_NEWEST_TENURE}"
+        else:  # driven by the pairs: one index lookup each (twice as fast as IN at 2,000)
+            pairs = orjson.dumps(dict(sorted(vins.items()))).decode()
+            chosen = (
+                "FROM json_each(?) AS w JOIN vehicles "
+                "ON vehicles.vin = w.key AND vehicles.tenure = w.value"
+            )
+            params = (pairs,)
+        marks = ", ".join("?" * len(signals)) or "NULL"
+        rows = self._read(
+            "SELECT v.vin, v.tenure, v.online, v.last_seen, l.signal, l.value, l.ts FROM "
+            "(SELECT vehicles.id, vehicles.vin, vehicles.tenure, vehicles.online, "
+            f"vehicles.last_seen {chosen} ORDER BY vehicles.vin LIMIT ?) AS v "
+            f"LEFT JOIN latest AS l ON l.vehicle_id = v.id AND l.signal IN ({marks}) "
+            "ORDER BY v.vin",
+            (*params, limit, *signals),
+        )
+        heads: dict[str, tuple[int, bool | None, int]] = {}
+        latest: dict[str, dict[str, tuple[SignalValue, int]]] = {}
+        for vin, tenure, online, last_seen, signal, value, ts in rows:
+            if vin not in heads:
+                heads[vin] = (tenure, None if online is None else bool(online), last_seen)
+                latest[vin] = {}
+            if signal is not None:
+                latest[vin][signal] = (orjson.loads(value), ts)
+        return [MapState(vin, *head, latest[vin]) for vin, head in heads.items()]
 
     def vehicle_state(self, vin: str, *, tenure: int) -> VehicleState | None:
         rows = self._read(

@@ -398,11 +398,17 @@
           } else {
             marker.setLatLng([merged.lat, merged.lon]);
           }
-          marker.setStyle({ color: colour(status), fillColor: colour(status) });
-          marker.getElement().dataset.status = status;
+          // restyled only when its status or the filter changed: a fleet of 2,000 moves
+          // every second, and most of them keep their colour
           const shown = this.filter === "all" || this.filter === status;
-          marker.getElement().classList.toggle("hidden-marker", !shown);
-          marker.setStyle({ opacity: shown ? 1 : 0, fillOpacity: shown ? 0.9 : 0 });
+          if (marker.tgStatus !== status || marker.tgShown !== shown) {
+            marker.tgStatus = status;
+            marker.tgShown = shown;
+            marker.setStyle({ color: colour(status), fillColor: colour(status),
+              opacity: shown ? 1 : 0, fillOpacity: shown ? 0.9 : 0 });
+            marker.getElement().dataset.status = status;
+            marker.getElement().classList.toggle("hidden-marker", !shown);
+          }
         }
         if (this.onChange) this.onChange(merged, status);
       }
@@ -509,7 +515,7 @@
     content.append(form);
   }
 
-  async function mapPage() {
+  async function mapPage(me) {
     const mapNode = el("div", { id: "map", class: "map", role: "region", "aria-label": "Map of your vehicles" });
     const filter = el("select", { id: "status-filter" },
       ...["all", "moving", "parked", "offline"].map((s) => el("option", { value: s, text: s })));
@@ -529,38 +535,55 @@
     const fences = fenceEditor(map);
     legend.append(fences.node);
     fences.load();
+    // one row per vehicle, its cells made once and their text set when it changes; new
+    // rows are put in VIN order once per batch (a snapshot brings thousands at once)
     const byVin = new Map();
+    let unsorted = false;
+    const text = (cell, value) => {
+      if (cell.textContent !== value) cell.textContent = value;
+    };
     const onChange = (p, status) => {
       let row = byVin.get(p.vin);
       if (!row) {
-        row = el("tr", { "data-vin": p.vin });
+        row = el("tr", { "data-vin": p.vin },
+          el("td", {}, el("a", { href: "/vehicles/" + p.vin, text: p.vin })),
+          el("td", { class: "status" }), el("td"), el("td"), el("td", { class: "position" }), el("td"));
         byVin.set(p.vin, row);
-        const after = [...byVin.keys()].sort().indexOf(p.vin);
-        const next = rows.children[after];
-        rows.insertBefore(row, next || null);
+        rows.append(row);
+        unsorted = true;
       }
-      row.dataset.status = status;
+      if (row.dataset.status !== status) row.dataset.status = status;
       row.hidden = markers.filter !== "all" && markers.filter !== status;
       const energy = p.soc !== null && p.soc !== undefined ? num(p.soc, 0, " %") : num(p.fuel, 0, " % fuel");
       const where = p.lat === null || p.lat === undefined ? "–" : `${num(p.lat, 5)}, ${num(p.lon, 5)}`;
-      row.replaceChildren(
-        el("td", {}, el("a", { href: "/vehicles/" + p.vin, text: p.vin })),
-        el("td", { class: "status", text: status }),
-        el("td", { text: num(p.speed, 0, " km/h") }),
-        el("td", { text: energy }),
-        el("td", { class: "position", text: where }),
-        el("td", { text: when(p.ts) }));
+      const cells = row.children;
+      text(cells[1], status);
+      text(cells[2], num(p.speed, 0, " km/h"));
+      text(cells[3], energy);
+      text(cells[4], where);
+      text(cells[5], when(p.ts));
     };
     const markers = new Markers(map, onChange);
+    const update = (positions) => {
+      markers.update(positions);
+      if (unsorted) {
+        unsorted = false;
+        rows.append(...[...byVin.keys()].sort().map((vin) => byVin.get(vin)));
+      }
+    };
     filter.addEventListener("change", () => markers.setFilter(filter.value));
-    // every vehicle the API lists, also those that never reported a position
-    try {
-      const vehicles = await all("/v1/vehicles");
-      markers.update(vehicles.map((v) => ({ vin: v.vin, online: v.online, ts: v.last_seen })));
-    } catch (err) {
-      notice(err.message);
+    livePositions(update);
+    // the feed's snapshot lists every vehicle you see, also those that never reported;
+    // an administrator's lists those the store knows, so the registry adds the others
+    if (me.user.role === "admin") {
+      try {
+        const vehicles = await all("/v1/vehicles");
+        update(vehicles.filter((v) => !markers.positions.has(v.vin))
+          .map((v) => ({ vin: v.vin, online: v.online, ts: v.last_seen })));
+      } catch (err) {
+        notice(err.message);
+      }
     }
-    livePositions((positions) => markers.update(positions));
   }
 
   function stateList(detail) {
