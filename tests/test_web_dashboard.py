@@ -471,11 +471,22 @@ def test_rename_reshape_and_delete_a_geofence_on_the_map(
     r = fleet.post("/v1/geofences", json=body, headers={"X-CSRF-Token": fleet.cookies["tg_csrf"]})
     assert r.status_code == 201, r.text
     fence_id = r.json()["id"]
+    circle = {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [11.60, 48.15]},
+        "properties": {"name": "Round", "radius_m": 300},
+    }
+    r = fleet.post("/v1/geofences", json=circle, headers={"X-CSRF-Token": fleet.cookies["tg_csrf"]})
+    assert r.status_code == 201, r.text
+    circle_id = r.json()["id"]
     context, page, console = log_in(browser, up, FLEET, fleet_password(up))
     page.on("dialog", lambda dialog: dialog.accept())  # "Delete the geofence ...?"
     try:
         fence = page.locator(f"path.geofence[data-fence='{fence_id}']")
         fence.wait_for()
+        # a circular fence is drawn as a circle (a path), not as a pin
+        assert page.locator(f"path.geofence[data-fence='{circle_id}']").count() == 1
+        assert page.locator("img.leaflet-marker-icon").count() == 0
         fence.click()
         page.fill("#fence-edit-name", "Renamed on the map")
         page.click("#fence-rename")

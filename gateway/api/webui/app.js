@@ -244,7 +244,9 @@
       const old = layers.get(fence.id);
       if (old) old.remove();
       const style = { color: colour("parked"), weight: 2, fillOpacity: 0.08, className: "geofence" };
-      const layer = L.geoJSON(fence, { style }).bindTooltip(fence.properties.name || "geofence " + fence.id);
+      // a circular fence (a Point with its radius) as a circle, not as a pin
+      const pointToLayer = (feature, latlng) => L.circle(latlng, Object.assign({ radius: feature.properties.radius_m || 50 }, style));
+      const layer = L.geoJSON(fence, { style, pointToLayer }).bindTooltip(fence.properties.name || "geofence " + fence.id);
       layer.on("click", () => {
         if (!document.body.dataset.drawing) select(fence);
       });
