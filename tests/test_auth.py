@@ -285,6 +285,7 @@ def test_disabling_a_user_ends_their_access_at_once(s: Setup) -> None:
         "disabled": True,
         "ended_logins": 1,
         "ended_integrations": 0,
+        "ended_web_sessions": 0,
     }
 
 

@@ -154,7 +154,18 @@ TABLE: dict[tuple[str, str], Row] = {
         READ,
     ),
     ("GET", "/v1/catalog"): Row(get(lambda w, p, own: "/v1/catalog"), EVERYONE),
-    ("GET", "/v1/quarantine"): Row(get(lambda w, p, own: "/v1/quarantine"), ADMIN_ONLY),
+    # fleet roles read their vehicles' entries (a foreign VIN's: none, tested in the
+    # dashboard's browser test with real units); the others are refused
+    ("GET", "/v1/quarantine"): Row(
+        get(lambda w, p, own: f"/v1/quarantine?vin={w.vehicle(p, own)}"),
+        cells(
+            admin=(OK, OK),
+            fleet_manager=(OK, OK),
+            fleet_viewer=(OK, OK),
+            owner=(FORBIDDEN, FORBIDDEN),
+            driver=(FORBIDDEN, FORBIDDEN),
+        ),
+    ),
     ("GET", "/healthz"): Row(get(lambda w, p, own: "/healthz"), None),
     ("GET", "/readyz"): Row(get(lambda w, p, own: "/readyz"), None),
     ("GET", "/metrics"): Row(get(lambda w, p, own: "/metrics"), ADMIN_ONLY),

@@ -182,6 +182,35 @@ def test_status_and_vehicle_counts(store: TelemetryBackend, reader: TelemetryBac
     assert [v.vin for v in reader.list_vehicles(limit=1, after=VIN_A)] == [VIN_B]
 
 
+def test_map_states_read_a_fleet_with_its_newest_map_signals(
+    store: TelemetryBackend, reader: TelemetryBackend
+) -> None:
+    """The live map's first snapshot: each vehicle's holding period, status and newest
+    value of the asked signals, in one read (the web dashboard's)."""
+    lat, soc = (
+        "Vehicle.CurrentLocation.Latitude",
+        "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current",
+    )
+    store.commit(
+        IngestBatch(
+            received_at=T0,
+            samples=[
+                Sample(VIN_A, 1, T0, {lat: 48.1, SPEED: 10.0}),
+                Sample(VIN_A, 2, T0 + 1000, {lat: 48.2}),
+                Sample(VIN_B, 1, T0, {soc: 80.0}),
+            ],
+            statuses=[StatusChange(VIN_A, StatusState.ONLINE, T0)],
+        )
+    )
+    states = reader.map_states((lat, soc), limit=10)
+    assert [(s.vin, s.tenure, s.online) for s in states] == [(VIN_A, 1, True), (VIN_B, 1, None)]
+    assert states[0].latest == {lat: (48.2, T0 + 1000)}  # the newest; speed was not asked
+    assert states[1].latest == {soc: (80, T0)}
+    assert [s.vin for s in reader.map_states((lat,), limit=10, vins={VIN_B: 1})] == [VIN_B]
+    assert reader.map_states((lat,), limit=10, vins={VIN_B: 2}) == []
+    assert [s.vin for s in reader.map_states((lat,), limit=1)] == [VIN_A]
+
+
 def _quarantined(n: int, *, at: int, vin: str = VIN_A) -> list[QuarantineEntry]:
     return [
         QuarantineEntry(
@@ -210,6 +239,25 @@ def test_quarantine_is_kept_newest_first_and_filtered(
     assert len(older) == 2
     assert len(reader.quarantine(limit=10, vin=VIN_A)) == 3
     assert reader.quarantine(limit=10, reason=Reason.OUT_OF_RANGE.value) == []
+
+
+def test_quarantine_of_some_vehicles_in_their_holding_periods(
+    store: TelemetryBackend, reader: TelemetryBackend
+) -> None:
+    """What a fleet manager reads: entries about their vehicles, in the period they see;
+    not another period's, nor those of no known period."""
+    entries = [
+        QuarantineEntry(T0, "t", b"{", Rejection(Reason.MALFORMED_JSON, "a1", vin=VIN_A), 1),
+        QuarantineEntry(T0, "t", b"{", Rejection(Reason.MALFORMED_JSON, "a2", vin=VIN_A), 2),
+        QuarantineEntry(T0, "t", b"{", Rejection(Reason.MALFORMED_JSON, "b1", vin=VIN_B), 1),
+        QuarantineEntry(T0, "t", b"{", Rejection(Reason.MALFORMED_JSON, "a?", vin=VIN_A)),
+    ]
+    store.commit(IngestBatch(received_at=T0, quarantine=entries))
+    assert [q.detail for q in reader.quarantine(limit=10, vins={VIN_A: 2})] == ["a2"]
+    both = reader.quarantine(limit=10, vins={VIN_A: 1, VIN_B: 1})
+    assert [q.detail for q in both] == ["b1", "a1"]
+    assert reader.quarantine(limit=10, vins={}) == []
+    assert len(reader.quarantine(limit=10)) == 4
 
 
 def test_counters_persist_with_the_data(store: TelemetryBackend, reader: TelemetryBackend) -> None:

@@ -6,8 +6,12 @@ Screenshots land in test-artifacts/web/ (gitignored)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ import httpx
 import pytest
 
 from gateway.broker import free_port
-from tests.support.up import Up, start
+from tests.support.up import ADMIN_PASSWORD, Up, start
 from tests.support.waiting import wait_until
 from tests.support.web import (
     AXE,
@@ -26,6 +30,7 @@ from tests.support.web import (
     log_in,
     screenshot,
     session,
+    submit_login,
 )
 
 FLEET = "fleet@demo.local"
@@ -159,7 +164,17 @@ def test_a_cookie_of_another_account_sees_nothing_of_this_one(stack: dict[str, A
 
 def test_pages_carry_a_strict_content_security_policy(stack: dict[str, Any]) -> None:
     up: Up = stack["up"]
-    for path in ("/", "/login", f"/vehicles/{stack['vins'][0]}", "/alerts", "/reports"):
+    for path in (
+        "/",
+        "/login",
+        f"/vehicles/{stack['vins'][0]}",
+        "/alerts",
+        "/reports",
+        "/jobs",
+        "/quarantine",
+        "/health",
+        "/sharing",
+    ):
         r = httpx.get(f"{up.api}{path}")
         assert r.status_code == 200, path
         csp = r.headers["content-security-policy"]
@@ -351,6 +366,64 @@ def test_acknowledge_an_alert(stack: dict[str, Any], browser: Any) -> None:
         context.close()
 
 
+def test_vehicle_page_charts_trips_and_alerts(stack: dict[str, Any], browser: Any) -> None:
+    """Issue 14: a vehicle's page charts its speed and charge over a chosen range (SVG
+    drawn from the history API), draws its trail and trips on its map and lists its
+    alerts. Trips end after 10 s parked here, so one ends within the test."""
+    up: Up = stack["up"]
+    fleet: httpx.Client = stack["fleet"]
+    csrf = {"X-CSRF-Token": fleet.cookies["tg_csrf"]}
+    account = fleet.get("/v1/me").json()["account"]["id"]
+    stored = fleet.get(f"/v1/accounts/{account}/rule-settings").json()
+    trips = {**stored["trips"], "parking_ms": 10_000, "min_duration_ms": 0, "min_distance_m": 0}
+    r = fleet.put(
+        f"/v1/accounts/{account}/rule-settings",
+        json={"rules": stored["rules"], "trips": trips},
+        headers=csrf,
+    )
+    assert r.status_code == 200, r.text
+    tripped: list[dict[str, Any]] = []
+
+    def a_trip() -> bool:
+        tripped[:] = fleet.get("/v1/trips", params={"limit": 5}).json()["items"]
+        return bool(tripped)
+
+    wait_until(a_trip, timeout=240, what="a trip of a demo vehicle")
+    trip = tripped[0]
+    vin = trip["vin"]
+    context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+    try:
+        page.goto(f"{up.api}/vehicles/{vin}")
+        page.wait_for_selector("body[data-ready='1'][data-history='60']")
+        speed = page.locator("svg#chart-speed")
+        assert int(speed.get_attribute("data-points") or 0) > 20
+        assert "Speed from" in (speed.get_attribute("aria-label") or "")
+        assert page.locator("svg#chart-speed polyline.series").count() == 1
+        assert page.locator("svg#chart-energy polyline.series").count() == 1
+        label = page.locator("#charts figcaption").nth(1).inner_text()
+        assert label in ("Charge", "Fuel")
+        # the trip: a row, and its path on the map over the trail
+        assert page.locator(f"#trips tr[data-trip='{trip['id']}']").count() == 1
+        assert page.locator(f"path.trip[data-trip='{trip['id']}']").count() == 1
+        assert page.locator("path.trail").count() == 1
+        # alerts: the API's, for this vehicle only
+        listed = fleet.get("/v1/alerts", params={"vin": vin, "limit": 20}).json()["items"]
+        shown = page.locator("#vehicle-alerts tbody tr[data-alert]").count()
+        assert shown == len(listed)
+        # another range reads again (the stack is younger than 15 minutes: the samples
+        # are the same, the range the chart says it covers is not)
+        hour = speed.get_attribute("aria-label")
+        page.select_option("#range", "15")
+        page.wait_for_selector("body[data-history='15']")
+        quarter = page.locator("svg#chart-speed")
+        assert int(quarter.get_attribute("data-points") or 0) > 20
+        assert quarter.get_attribute("aria-label") != hour
+        screenshot(page, "vehicle-history")
+        assert console.errors == []
+    finally:
+        context.close()
+
+
 def test_draw_a_geofence_and_find_it_persisted(stack: dict[str, Any], browser: Any) -> None:
     up: Up = stack["up"]
     fleet: httpx.Client = stack["fleet"]
@@ -377,6 +450,109 @@ def test_draw_a_geofence_and_find_it_persisted(stack: dict[str, Any], browser: A
         page.wait_for_function(
             "(n) => document.querySelectorAll('path.geofence').length > n", arg=before
         )
+        assert console.errors == []
+    finally:
+        context.close()
+
+
+def test_rename_reshape_and_delete_a_geofence_on_the_map(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """Issue 14: a fleet manager selects a geofence on the map, renames it, draws its
+    shape again and deletes it; each change is the API's (read back through it)."""
+    up: Up = stack["up"]
+    fleet: httpx.Client = stack["fleet"]
+    ring = [[11.55, 48.13], [11.57, 48.13], [11.56, 48.145], [11.55, 48.13]]
+    body = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"name": "Edit me", "speed_limit_kmh": 30},
+    }
+    r = fleet.post("/v1/geofences", json=body, headers={"X-CSRF-Token": fleet.cookies["tg_csrf"]})
+    assert r.status_code == 201, r.text
+    fence_id = r.json()["id"]
+    circle = {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [11.60, 48.15]},
+        "properties": {"name": "Round", "radius_m": 300},
+    }
+    r = fleet.post("/v1/geofences", json=circle, headers={"X-CSRF-Token": fleet.cookies["tg_csrf"]})
+    assert r.status_code == 201, r.text
+    circle_id = r.json()["id"]
+    context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+    page.on("dialog", lambda dialog: dialog.accept())  # "Delete the geofence ...?"
+    try:
+        fence = page.locator(f"path.geofence[data-fence='{fence_id}']")
+        fence.wait_for()
+        # a circular fence is drawn as a circle (a path), not as a pin
+        assert page.locator(f"path.geofence[data-fence='{circle_id}']").count() == 1
+        assert page.locator("img.leaflet-marker-icon").count() == 0
+        fence.click()
+        page.fill("#fence-edit-name", "Renamed on the map")
+        page.click("#fence-rename")
+        page.wait_for_selector("#notice:text('Geofence renamed.')")
+        stored = fleet.get(f"/v1/geofences/{fence_id}").json()
+        assert stored["properties"]["name"] == "Renamed on the map"
+        assert stored["properties"]["speed_limit_kmh"] == 30  # the rest kept
+        # a new shape: four corners
+        page.click("#fence-reshape")
+        box = page.locator("#map").bounding_box()
+        assert box is not None
+        for dx, dy in [(0.2, 0.2), (0.4, 0.2), (0.4, 0.4), (0.2, 0.4)]:
+            page.mouse.click(box["x"] + box["width"] * dx, box["y"] + box["height"] * dy)
+        assert page.input_value("#fence-name") == "Renamed on the map"
+        page.click("#fence-save")
+        page.wait_for_selector("#notice:text('Geofence saved.')")
+        stored = fleet.get(f"/v1/geofences/{fence_id}").json()
+        assert len(stored["geometry"]["coordinates"][0]) == 5
+        assert stored["properties"]["name"] == "Renamed on the map"
+        assert page.locator(f"path.geofence[data-fence='{fence_id}']").count() == 1
+        screenshot(page, "geofence-edit")
+        # and delete it
+        page.locator(f"path.geofence[data-fence='{fence_id}']").click()
+        page.click("#fence-delete")
+        page.wait_for_selector("#notice:text('Geofence deleted.')")
+        assert fleet.get(f"/v1/geofences/{fence_id}").status_code == 404
+        assert page.locator(f"path.geofence[data-fence='{fence_id}']").count() == 0
+        assert console.errors == []
+    finally:
+        context.close()
+
+
+def test_send_a_command_to_a_fleet_and_watch_the_job(stack: dict[str, Any], browser: Any) -> None:
+    """Issue 14: a fleet manager sends horn and lights to a fleet; the job's row follows
+    its commands live (the event stream) until it is finished, without a reload."""
+    up: Up = stack["up"]
+    fleet: httpx.Client = stack["fleet"]
+    csrf = {"X-CSRF-Token": fleet.cookies["tg_csrf"]}
+    r = fleet.post("/v1/fleets", json={"name": "Web job fleet"}, headers=csrf)
+    assert r.status_code == 201, r.text
+    fleet_id = r.json()["id"]
+    for vin in stack["vins"]:
+        added = fleet.put(f"/v1/fleets/{fleet_id}/vehicles/{vin}", headers=csrf)
+        assert added.status_code == 204, added.text
+    context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+    try:
+        page.goto(f"{up.api}/jobs")
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_selector("#live[data-state='live']")
+        page.select_option("#job-fleet", str(fleet_id))
+        page.select_option("#job-type", "horn_and_lights")
+        page.click("#job-send")
+        page.wait_for_selector("#notice:text('sent to 2 vehicle(s)')")
+        job_id = page.locator("#jobs tbody tr").first.get_attribute("data-job")
+        row = f"#jobs tbody tr[data-job='{job_id}']"
+        first = page.locator(f"{row} .job-progress").inner_text()
+        page.wait_for_selector(f"{row}[data-status='finished']", timeout=60_000)
+        progress = page.locator(f"{row} .job-progress").inner_text()
+        assert progress != first
+        stored = fleet.get(f"/v1/command-jobs/{job_id}").json()
+        assert stored["status"] == "finished"
+        words = " · ".join(
+            f"{k.replace('_', ' ')} {n}" for k, n in stored["counts"].items() if n > 0
+        )
+        assert progress == words
+        screenshot(page, "fleet-job")
         assert console.errors == []
     finally:
         context.close()
@@ -413,12 +589,13 @@ def test_no_serious_accessibility_violations(
     try:
         page.goto(f"{up.api}/login")
         found = {"login": _axe(page)}
-        page.fill("#email", FLEET)
-        page.fill("#password", fleet_password(up))
-        page.click("#submit")
-        page.wait_for_selector("body[data-ready='1']")
+        submit_login(page, FLEET, fleet_password(up))
         vehicle = f"/vehicles/{stack['vins'][0]}"
-        pages = [("map", "/"), ("vehicle", vehicle), ("alerts", "/alerts"), ("reports", "/reports")]
+        pages = [
+            *(("map", "/"), ("vehicle", vehicle), ("alerts", "/alerts")),
+            *(("reports", "/reports"), ("jobs", "/jobs"), ("quarantine", "/quarantine")),
+            ("sharing", "/sharing"),
+        ]
         for name, path in pages:
             page.goto(f"{up.api}{path}")
             page.wait_for_selector("body[data-ready='1']")
@@ -457,10 +634,7 @@ def test_the_login_returns_only_to_a_page_of_this_site(
     page = context.new_page()
     try:
         page.goto(f"{up.api}/login?next={quote(next_path, safe='')}")
-        page.fill("#email", OWNER)
-        page.fill("#password", OWNER_PASSWORD)
-        page.click("#submit")
-        page.wait_for_selector("body[data-ready='1']")
+        submit_login(page, OWNER, OWNER_PASSWORD)
         assert page.url == f"{up.api}{lands_on}"
     finally:
         context.close()
@@ -482,17 +656,43 @@ def test_a_session_the_api_no_longer_accepts_says_log_in_again(
         context.close()
 
 
+def test_logging_out_in_the_browser_ends_a_stolen_copy_of_the_cookie(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """The session lives on the server: the "Log out" button ends it there, so a copy of
+    the cookie taken before (by malware, a shared computer, a proxy log) stops working."""
+    up: Up = stack["up"]
+    context, page, console = log_in(browser, up, OWNER, OWNER_PASSWORD)
+    try:
+        stolen = next(c["value"] for c in context.cookies() if c["name"] == "tg_session")
+        with httpx.Client(base_url=up.api, cookies={"tg_session": stolen}) as thief:
+            assert thief.get("/v1/me").status_code == 200
+            page.click("#logout")
+            page.wait_for_url(re.compile(r"/login$"))
+            r = thief.get("/v1/me")
+            assert r.status_code == 401, r.text
+            assert r.json()["error"]["code"] == "session_ended"
+            bearer = {"Authorization": f"Bearer {stolen}"}
+            assert httpx.get(f"{up.api}/v1/me", headers=bearer).status_code == 401
+        # and the browser itself is logged out
+        page.goto(f"{up.api}/alerts")
+        page.wait_for_url(re.compile(r"/login\?"))
+        assert console.errors == []
+    finally:
+        context.close()
+
+
 def test_usable_on_a_phone_sized_screen(stack: dict[str, Any], browser: Any) -> None:
     up: Up = stack["up"]
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     page = context.new_page()
     try:
         page.goto(f"{up.api}/login")
-        page.fill("#email", FLEET)
-        page.fill("#password", fleet_password(up))
-        page.click("#submit")
-        page.wait_for_selector("body[data-ready='1']")
-        for path in ("/", f"/vehicles/{stack['vins'][0]}", "/alerts", "/reports"):
+        submit_login(page, FLEET, fleet_password(up))
+        for path in (
+            *("/", f"/vehicles/{stack['vins'][0]}", "/alerts", "/reports", "/jobs"),
+            *("/quarantine", "/sharing"),
+        ):
             page.goto(f"{up.api}{path}")
             page.wait_for_selector("body[data-ready='1']")
             # nothing wider than the screen but tables, which scroll in their own box
@@ -505,3 +705,325 @@ def test_usable_on_a_phone_sized_screen(stack: dict[str, Any], browser: Any) -> 
         screenshot(page, "phone-map")
     finally:
         context.close()
+
+
+# --- live status and a restarted API (these change the stack: they come last) --------------
+
+
+class _Unit:
+    """A telematics unit of the owner's own (paho-mqtt, docs/device-contract.md): it says
+    online, reports a position, and can say offline as its Last Will would."""
+
+    def __init__(self, up: Up, vin: str, password: str) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.vin = vin
+        self.prefix = f"v1/vehicles/{vin}/"
+        self.seq = 0
+        self.connected = False
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=vin, protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(vin, password)
+
+        def on_connect(*args: Any) -> None:
+            self.connected = not args[3].is_failure
+
+        self.client.on_connect = on_connect
+
+        def attempt() -> bool:  # the broker lets a new car in within a second or so
+            self.client.connect("127.0.0.1", up.mqtt_port, 30)
+            self.client.loop_start()
+            deadline = time.monotonic() + 3
+            while not self.connected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not self.connected:
+                self.client.loop_stop()
+                self.client.disconnect()
+            return self.connected
+
+        wait_until(attempt, timeout=30, what=f"{vin} to be let in")
+
+    def publish(self, topic: str, body: dict[str, Any]) -> None:
+        info = self.client.publish(self.prefix + topic, json.dumps(body), qos=1, retain=False)
+        info.wait_for_publish(15)
+
+    def status(self, state: str) -> None:
+        info = self.client.publish(
+            self.prefix + "status", json.dumps({"state": state}), qos=1, retain=True
+        )
+        info.wait_for_publish(15)
+
+    def position(self, lat: float, lon: float) -> None:
+        self.seq += 1
+        signals = {
+            "Vehicle.CurrentLocation.Latitude": lat,
+            "Vehicle.CurrentLocation.Longitude": lon,
+            "Vehicle.Speed": 0.0,
+        }
+        ts = time.time_ns() // 1_000_000
+        self.publish("telemetry", {"vin": self.vin, "seq": self.seq, "ts": ts, "signals": signals})
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_a_vehicle_that_goes_offline_turns_grey_without_a_reload(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """Issue 14: its marker and row on the map, and its page, grey out live when the
+    vehicle says offline (its Last Will, as a unit losing its connection sends)."""
+    up: Up = stack["up"]
+    owner: httpx.Client = stack["owner"]
+    csrf = {"X-CSRF-Token": owner.cookies["tg_csrf"]}
+    vin = "WWEBX" + uuid.uuid4().hex[:12].upper()
+    r = owner.post("/v1/vehicles", json={"vin": vin}, headers=csrf)
+    assert r.status_code == 201, r.text
+    unit = _Unit(up, vin, r.json()["mqtt"]["password"])
+    context = None
+    try:
+        unit.status("online")
+        unit.position(48.14, 11.56)
+        wait_until(
+            lambda: owner.get(f"/v1/vehicles/{vin}").json().get("online") is True,
+            timeout=30,
+            what="the new car online in the API",
+        )
+        context, page, console = log_in(browser, up, OWNER, OWNER_PASSWORD)
+        marker = f"path.vehicle-marker[data-vin='{vin}']"
+        page.wait_for_selector(f"{marker}[data-status='parked']")
+        row = page.locator(f"tr[data-vin='{vin}'] .status")
+        assert row.inner_text() == "parked"
+        element = page.locator(marker).element_handle()
+        grey = page.evaluate(
+            "() => getComputedStyle(document.documentElement).getPropertyValue('--off').trim()"
+        )
+        vehicle_page = context.new_page()
+        vehicle_page.goto(f"{up.api}/vehicles/{vin}")
+        vehicle_page.wait_for_selector("body[data-ready='1']")
+        vehicle_page.wait_for_selector("dd[data-field='Online']:text-is('yes')")
+        vehicle_page.wait_for_selector("#live[data-state='live']")
+
+        unit.status("offline")
+
+        page.wait_for_selector(f"{marker}[data-status='offline']", timeout=15_000)
+        assert row.inner_text() == "offline"
+        assert element.evaluate("m => m.isConnected")  # the same marker, greyed
+        assert page.locator(marker).get_attribute("stroke") == grey
+        vehicle_page.wait_for_selector("dd[data-field='Online']:text-is('no')", timeout=15_000)
+        screenshot(page, "offline-greyed")
+        # and back online when it says so
+        unit.status("online")
+        page.wait_for_selector(f"{marker}[data-status='parked']", timeout=15_000)
+        vehicle_page.wait_for_selector("dd[data-field='Online']:text-is('yes')", timeout=15_000)
+        assert console.errors == []
+    finally:
+        if context is not None:
+            context.close()
+        unit.stop()
+        owner.delete(f"/v1/vehicles/{vin}", headers=csrf)
+
+
+def test_the_map_comes_back_by_itself_after_the_api_restarts(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """The API process dies (SIGKILL) and the supervisor starts it again: the open page
+    says it is reconnecting, then shows new positions without a reload. While it is down
+    the stream's address answers 502, as a reverse proxy in front of it does: the browser's
+    EventSource gives up for good on such an answer (it retries only a dropped
+    connection), so the page opens a new one itself."""
+    up: Up = stack["up"]
+    context, page, _ = log_in(browser, up, FLEET, fleet_password(up))
+    try:
+        page.wait_for_function("() => (window.tgStats.snapshots || 0) >= 1")
+        page.wait_for_selector("#live[data-state='live']")
+        stream = re.compile(r"/v1/positions/stream$")
+        page.route(stream, lambda route: route.fulfill(status=502, body="Bad Gateway"))
+        api = _part(up, "api")
+        os.kill(api["pid"], signal.SIGKILL)
+        page.wait_for_selector("#live[data-state='reconnecting']", timeout=15_000)
+        wait_until(
+            lambda: _part(up, "api")["pid"] != api["pid"] and _healthy(up),
+            timeout=90,
+            what="the API started again",
+        )
+        page.wait_for_function("() => (window.tgStats.reopened || 0) >= 1", timeout=30_000)
+        page.unroute(stream)
+        # a new connection (a new snapshot), then live positions on it, in the same page
+        page.wait_for_function("() => window.tgStats.snapshots >= 2", timeout=60_000)
+        page.wait_for_selector("#live[data-state='live']")
+        before = page.eval_on_selector_all(
+            "path.vehicle-marker",
+            "ms => Object.fromEntries(ms.map(m => [m.dataset.vin, m.getAttribute('d')]))",
+        )
+        page.wait_for_function(
+            """([before]) => [...document.querySelectorAll('path.vehicle-marker')]
+                 .some(m => m.getAttribute('d') !== before[m.dataset.vin])""",
+            arg=[before],
+            timeout=60_000,
+        )
+        assert page.locator("path.vehicle-marker").count() == 2
+    finally:
+        context.close()
+
+
+def _part(up: Up, name: str) -> dict[str, Any]:
+    status = json.loads((up.data / "health" / "supervisor.json").read_text())
+    part: dict[str, Any] = next(p for p in status["parts"] if p["name"] == name)
+    return part
+
+
+def _healthy(up: Up) -> bool:
+    try:
+        return httpx.get(f"{up.api}/healthz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_quarantine_of_your_own_vehicles_and_the_admin_health_page(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """Issue 14: a fleet manager reads the quarantine of their vehicles (not of anyone
+    else's), an owner is refused in words, and an administrator sees everything and the
+    gateway's health: components, ingest rate and the quarantine by reason."""
+    up: Up = stack["up"]
+    units: list[tuple[httpx.Client, str, _Unit]] = []
+    try:
+        for client in (stack["fleet"], stack["owner"]):
+            csrf = {"X-CSRF-Token": client.cookies["tg_csrf"]}
+            vin = "WWEBK" + uuid.uuid4().hex[:12].upper()
+            r = client.post("/v1/vehicles", json={"vin": vin}, headers=csrf)
+            assert r.status_code == 201, r.text
+            unit = _Unit(up, vin, r.json()["mqtt"]["password"])
+            units.append((client, vin, unit))
+            unit.status("online")
+            unit.seq += 1  # a speed no car drives: refused and quarantined
+            ts = time.time_ns() // 1_000_000
+            unit.publish(
+                "telemetry",
+                {"vin": vin, "seq": unit.seq, "ts": ts, "signals": {"Vehicle.Speed": 9999.0}},
+            )
+        fleet_vin, owner_vin = units[0][1], units[1][1]
+        admin = session(up, "admin@localhost", ADMIN_PASSWORD)
+        try:
+
+            def both_quarantined() -> bool:
+                items = admin.get("/v1/quarantine", params={"limit": 100}).json()["items"]
+                return {fleet_vin, owner_vin} <= {q["vin"] for q in items}
+
+            wait_until(both_quarantined, timeout=30, what="both refused samples")
+        finally:
+            admin.close()
+        # the fleet manager: their vehicle's entry, not the owner's
+        context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+        try:
+            page.goto(f"{up.api}/quarantine")
+            page.wait_for_selector("body[data-ready='1']")
+            shown = page.eval_on_selector_all(
+                "#quarantine tbody tr[data-entry]", "rows => rows.map(r => r.dataset.vin)"
+            )
+            assert fleet_vin in shown
+            assert owner_vin not in shown
+            assert set(shown) <= set(stack["vins"]) | {fleet_vin}
+            row = page.locator(f"#quarantine tr[data-vin='{fleet_vin}'] .reason").first
+            assert "out of range" in row.inner_text()
+            screenshot(page, "quarantine")
+            assert console.errors == []
+        finally:
+            context.close()
+        # an owner: refused, in words
+        context, page, _ = log_in(browser, up, OWNER, OWNER_PASSWORD)
+        try:
+            page.goto(f"{up.api}/quarantine")
+            page.wait_for_selector("body[data-ready='1']")
+            page.wait_for_selector("#notice:text('for administrators and fleet managers')")
+            assert page.locator("#quarantine tbody tr[data-entry]").count() == 0
+        finally:
+            context.close()
+        _admin_sees_the_health_page(up, browser)
+    finally:
+        for client, vin, unit in units:
+            unit.stop()
+            client.delete(
+                f"/v1/vehicles/{vin}", headers={"X-CSRF-Token": client.cookies["tg_csrf"]}
+            )
+
+
+def _admin_sees_the_health_page(up: Up, browser: Any) -> None:
+    """An administrator's health page: components, a measured ingest rate, the
+    quarantine by reason (the two samples refused above among them)."""
+    context, page, console = log_in(browser, up, "admin@localhost", ADMIN_PASSWORD)
+    try:
+        assert page.locator("#nav-health").is_visible()
+        page.goto(f"{up.api}/health")
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_selector("body[data-rate='1']", timeout=20_000)  # two reads
+        components = page.eval_on_selector_all(
+            "#components tbody tr", "rows => rows.map(r => r.dataset.component)"
+        )
+        assert {"telemetry_store", "state_database", "broker", "ingest"} <= set(components)
+        rate = page.locator("dd[data-figure='Samples stored']").inner_text()
+        assert rate.endswith("/s")
+        assert float(rate.removesuffix("/s")) > 0  # the demo cars report every second
+        refused = page.locator("td[data-reason='out_of_range']").inner_text()
+        assert int(refused) >= 2
+        screenshot(page, "health")
+        assert console.errors == []
+    finally:
+        context.close()
+
+
+def test_an_owner_adds_a_driver_and_shares_a_car_then_stops(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """Issue 14: an owner's drivers and grants pages: add a driver, share a car of
+    their own with them (some services), and stop sharing; the driver's access follows."""
+    up: Up = stack["up"]
+    owner: httpx.Client = stack["owner"]
+    csrf = {"X-CSRF-Token": owner.cookies["tg_csrf"]}
+    vin = "WWEBS" + uuid.uuid4().hex[:12].upper()
+    r = owner.post("/v1/vehicles", json={"vin": vin}, headers=csrf)
+    assert r.status_code == 201, r.text
+    driver_email = f"driver-{uuid.uuid4().hex[:8]}@web.test"
+    context, page, console = log_in(browser, up, OWNER, OWNER_PASSWORD)
+    try:
+        page.goto(f"{up.api}/sharing")
+        page.wait_for_selector("body[data-ready='1']")
+        # only the owner's own car is theirs to share, not the one shared with them
+        sections = page.eval_on_selector_all(
+            "#shared-vehicles section", "s => s.map(x => x.dataset.vin)"
+        )
+        assert sections == [vin]
+        page.fill("#driver-name", "Dana Driver")
+        page.fill("#driver-email", driver_email)
+        page.click("#driver-add")
+        page.wait_for_selector("#notice:text('shown only now')")
+        password = page.locator("#notice").inner_text().rsplit(": ", 1)[1]
+        page.wait_for_selector(f"#drivers td:text-is('{driver_email}')")
+        # share: read and lock only
+        page.select_option(f"#grant-user-{vin}", label=driver_email)
+        page.uncheck(f"#grant-{vin}-unlock")
+        page.click(f"button[data-grant-vin='{vin}']")
+        page.wait_for_selector(f"#notice:text('is shared with {driver_email}')")
+        cell = page.locator(f"section[data-vin='{vin}'] tr[data-grant] .services")
+        assert sorted(cell.inner_text().split(", ")) == ["lock", "read"]
+        driver = session(up, driver_email, password)
+        try:
+            assert [v["vin"] for v in driver.get("/v1/vehicles").json()["items"]] == [vin]
+            refused = driver.post(
+                f"/v1/vehicles/{vin}/commands",
+                json={"type": "unlock"},
+                headers={"X-CSRF-Token": driver.cookies["tg_csrf"]},
+            )
+            assert refused.status_code == 403, refused.text
+            screenshot(page, "sharing")
+            page.click(f"section[data-vin='{vin}'] button[data-revoke]")
+            page.wait_for_selector("#notice:text('is no longer shared with')")
+            assert driver.get(f"/v1/vehicles/{vin}").status_code == 404
+        finally:
+            driver.close()
+        assert page.locator(f"section[data-vin='{vin}'] tr[data-grant]").count() == 0
+        assert console.errors == []
+    finally:
+        context.close()
+        owner.delete(f"/v1/vehicles/{vin}", headers=csrf)

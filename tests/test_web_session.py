@@ -65,6 +65,61 @@ def test_the_cookie_authenticates_reads_and_csrf_guards_changes(
     assert https_client.get("/v1/me").status_code == 401
 
 
+def test_logging_out_ends_the_session_for_every_copy_of_the_cookie(
+    https_client: TestClient,
+) -> None:
+    """The session lives on the server: a copy taken before logging out (a stolen cookie)
+    is refused afterwards, sent as a cookie or as a bearer token."""
+    _log_in(https_client)
+    stolen = https_client.cookies["tg_session"]
+    assert stolen.startswith("tgs_")
+    bearer = {"Authorization": f"Bearer {stolen}"}
+    assert https_client.get("/v1/me", headers=bearer).status_code == 200
+    csrf = {"X-CSRF-Token": https_client.cookies["tg_csrf"]}
+    assert https_client.delete("/v1/auth/session", headers=csrf).status_code == 204
+    https_client.cookies.clear()
+    https_client.cookies.set("tg_session", stolen)
+    r = https_client.get("/v1/me")
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "session_ended"
+    https_client.cookies.clear()
+    assert https_client.get("/v1/me", headers=bearer).status_code == 401
+
+
+def test_a_password_change_ends_every_dashboard_session(https_client: TestClient) -> None:
+    _log_in(https_client)
+    first = https_client.cookies["tg_session"]
+    https_client.cookies.clear()
+    _log_in(https_client)
+    me = https_client.get("/v1/me").json()["user"]
+    r = https_client.patch(
+        f"/v1/users/{me['id']}",
+        json={"password": "a-new-password-12", "current_password": TEST_ADMIN_PASSWORD},
+        headers={"X-CSRF-Token": https_client.cookies["tg_csrf"]},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()  # the change answered before the session ended
+    for session in (first, https_client.cookies["tg_session"]):
+        r = https_client.get("/v1/me", headers={"Authorization": f"Bearer {session}"})
+        assert r.status_code == 401, session
+
+
+def test_a_user_keeps_a_bounded_number_of_logins(https_client: TestClient) -> None:
+    from gateway.api.routes.session import MAX_WEB_SESSIONS
+
+    sessions = []
+    for _ in range(MAX_WEB_SESSIONS + 1):
+        https_client.cookies.clear()
+        _log_in(https_client)
+        sessions.append(https_client.cookies["tg_session"])
+    https_client.cookies.clear()
+    live = [
+        https_client.get("/v1/me", headers={"Authorization": f"Bearer {s}"}).status_code == 200
+        for s in sessions
+    ]
+    assert live == [False] + [True] * MAX_WEB_SESSIONS  # the oldest ended
+
+
 def test_a_csrf_token_of_another_session_does_not_fit(https_client: TestClient) -> None:
     _log_in(https_client)
     first = https_client.cookies["tg_csrf"]

@@ -152,7 +152,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     _trace_threads(trace, service, fleet_worker)
     bus, webhook_worker = await _notifications(app, settings, state_db)
     app.state.positions = positions = PositionFeed(
-        lambda: open_store(settings.store, readonly=True), poll_s=settings.web.position_poll_s
+        lambda: open_store(settings.store, readonly=True),
+        poll_s=settings.web.position_poll_s,
+        presence_s=settings.web.presence_poll_s,
+        clock_ms=settings.clock_ms,
+        silent_after_ms=settings.silent_after_ms,
     )
     await positions.start()
     fanout = await _fanout(app, settings, state_db)

@@ -4,12 +4,16 @@ dashboard's live map).
 One poller per process, whatever the number of open maps, like the event bus
 (``gateway.notify.bus``): every ``poll_s`` it reads the samples committed since its cursor
 (:meth:`TelemetryReader.samples_after`, commit order, one indexed read), folds the map
-signals of each into that vehicle's :class:`Position` and marks it with the new
-generation. Each stream then sends only the positions changed since the generation it last
-sent, and only of the vehicles its caller may read (the same ``visible_vins`` as
-``GET /v1/vehicles``, checked per vehicle and holding period, refreshed every 30 s). A
-stream that begins, or reconnects, first gets a snapshot read from the store. The poller
-reads only while some stream is open.
+signals of each into that vehicle's :class:`Position` and marks it with the new generation.
+Every ``presence_s`` it also reads, in one query, the status of every vehicle it holds
+(``list_vehicles`` of those (vin, tenure) pairs) and marks those whose ``online`` turned (a
+Last Will, an ``offline`` status, silence past the limit, or back online): the map greys a
+vehicle that goes offline without a reload. Streams seed the feed with their snapshot, so a
+vehicle that has not moved since the feed started is watched too. Each stream then sends
+only the positions changed since the generation it last sent, and only of the vehicles its
+caller may read (the same ``visible_vins`` as ``GET /v1/vehicles``, checked per vehicle and
+holding period, refreshed every 30 s). A stream that begins, or reconnects, first gets a
+snapshot read from the store. The poller reads only while some stream is open.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from gateway.store import TelemetryReader
+from gateway.core.presence import presence
+from gateway.store import TelemetryReader, VehicleSummary
 from schemas import SignalValue
 
-__all__ = ["MAP_SIGNALS", "Position", "PositionFeed", "position_of"]
+__all__ = ["MAP_SIGNALS", "Position", "PositionFeed", "number_of", "position_of"]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +73,8 @@ class Position:
         }
 
 
-def _number(value: SignalValue | None) -> float | None:
+def number_of(value: SignalValue | None) -> float | None:
+    """A map signal's value as a number (None: not a number; booleans are not)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
@@ -77,15 +84,19 @@ def position_of(
     base: Position, values: Mapping[str, SignalValue], ts: int, gen: int
 ) -> Position | None:
     """``base`` with the map signals of one sample folded in; None when it carries none
-    or is older than what ``base`` already holds."""
+    or is older than what ``base`` already holds. ``online`` stays as ``base`` has it
+    (the vehicle's status decides it, read by the feed): a sample alone does not turn a
+    vehicle whose status says offline online, nor back and forth."""
     found = {
         MAP_SIGNALS[k]: number
         for k, v in values.items()
-        if k in MAP_SIGNALS and (number := _number(v)) is not None
+        if k in MAP_SIGNALS and (number := number_of(v)) is not None
     }
     if not found or ts < base.ts:
         return None
-    return replace(base, **found, ts=ts, online=True, gen=gen)  # type: ignore[arg-type]
+    # online as last known (the feed's status read decides it); a first sample: online
+    online = True if base.online is None else base.online
+    return replace(base, **found, ts=ts, online=online, gen=gen)  # type: ignore[arg-type]
 
 
 def _newest_id(reader: TelemetryReader) -> int:
@@ -108,9 +119,21 @@ class PositionFeed:
     """See the module docstring. :meth:`start`, :meth:`stop`; streams :meth:`subscribe`
     and :meth:`unsubscribe`."""
 
-    def __init__(self, open_reader: Callable[[], TelemetryReader], *, poll_s: float = 0.5):
+    def __init__(
+        self,
+        open_reader: Callable[[], TelemetryReader],
+        *,
+        poll_s: float = 0.5,
+        presence_s: float = 2.0,
+        clock_ms: Callable[[], int] | None = None,
+        silent_after_ms: int = 600_000,
+    ):
         self._open_reader = open_reader
         self.poll_s = poll_s
+        self.presence_s = presence_s
+        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self._silent_after_ms = silent_after_ms
+        self._presence_due = 0.0
         self.latest: dict[str, Position] = {}
         self.generation = 0
         #: -1: to be found (the newest sample) when the feed next reads
@@ -149,6 +172,15 @@ class PositionFeed:
             self._subscribers = 0
             self._active.clear()
 
+    def seed(self, positions: list[Position]) -> None:
+        """A stream's snapshot: the vehicles the feed does not hold yet (or holds at another
+        holding period) are taken as they are, unsent (generation 0), so their status is
+        watched from now on."""
+        for position in positions:
+            held = self.latest.get(position.vin)
+            if held is None or held.tenure != position.tenure:
+                self.latest[position.vin] = replace(position, gen=0)
+
     async def wait(self, after_generation: int, timeout_s: float) -> bool:
         """Wait until a generation after ``after_generation`` exists, at most
         ``timeout_s``; whether one does."""
@@ -172,6 +204,9 @@ class PositionFeed:
                 if self._cursor < 0:
                     self._cursor = await asyncio.to_thread(self._read, _newest_id)
                 await self._poll()
+                if time.monotonic() >= self._presence_due:
+                    self._presence_due = time.monotonic() + self.presence_s
+                    await self._presence()
                 if failing:
                     log.info("the positions feed reads the store again")
                 failing = False
@@ -201,6 +236,37 @@ class PositionFeed:
                 changed = True
         self._cursor = samples[-1].id
         if changed:
-            self.generation = gen
-            woken, self._new = self._new, asyncio.Event()
-            woken.set()
+            self._advance(gen)
+
+    def _advance(self, gen: int) -> None:
+        self.generation = gen
+        woken, self._new = self._new, asyncio.Event()
+        woken.set()
+
+    async def _presence(self) -> None:
+        """Mark the vehicles whose ``online`` (as the API shows it) turned since the feed
+        last looked: one read of their status, whatever their number."""
+        held = {vin: p.tenure for vin, p in self.latest.items()}
+        if not held:
+            return
+        summaries: list[VehicleSummary] = await asyncio.to_thread(
+            self._read, lambda r: r.list_vehicles(limit=len(held), vins=held)
+        )
+        now = self._clock_ms()
+        gen = self.generation + 1
+        changed = False
+        for summary in summaries:
+            position = self.latest.get(summary.vin)
+            if position is None or position.tenure != held[summary.vin]:
+                continue  # replaced by a newer holding period meanwhile
+            online, _ = presence(
+                summary.online,
+                summary.last_seen,
+                now_ms=now,
+                silent_after_ms=self._silent_after_ms,
+            )
+            if online is not None and online != position.online:
+                self.latest[summary.vin] = replace(position, online=online, gen=gen)
+                changed = True
+        if changed:
+            self._advance(gen)

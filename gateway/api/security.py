@@ -36,6 +36,8 @@ from gateway.auth.tokens import (
     TokenExpired,
     api_key_prefix,
     decode_access_token,
+    hash_secret,
+    is_web_session,
     secrets_match,
 )
 from gateway.core.policy import NO_ACCESS, Principal, Role, VehicleAccess, vehicle_access
@@ -310,10 +312,13 @@ def still_authenticated(context: AuthContext, credential: str, principal: Princi
 
 
 def authenticate(context: AuthContext, credential: str) -> Principal:
-    """The principal of an access token or API key, or 401 saying what is wrong."""
+    """The principal of an access token, API key or dashboard session, or 401 saying
+    what is wrong."""
     prefix = api_key_prefix(credential)
     if prefix is not None:
         return _api_key_principal(context, credential, prefix)
+    if is_web_session(credential):
+        return _web_session_principal(context, credential)
     try:
         claims = decode_access_token(context.secret, credential, now=context.now_s())
     except TokenExpired:
@@ -380,6 +385,19 @@ def session_credential(request: Request, secret: bytes) -> str | None:
                 "it was refused. Reload the page (or send an Authorization header instead).",
             )
     return session
+
+
+def _web_session_principal(context: AuthContext, session: str) -> Principal:
+    """The user of a live dashboard session: one kept on the server, so logging out, a
+    password change or disabling the user ends it for whoever holds a copy of the cookie."""
+    user = context.accounts.web_session_user(hash_secret(session), now=context.now_ms())
+    if user is None or user.disabled_at is not None:
+        raise unauthenticated(
+            "session_ended",
+            "This dashboard session has ended (logged out, expired, or ended by a password "
+            "change): log in again.",
+        )
+    return principal_of(user, via="session")
 
 
 def _api_key_principal(context: AuthContext, key: str, prefix: str) -> Principal:

@@ -73,6 +73,9 @@ class WebSettings:
     tile_attribution: str = ""
     #: how often the positions feed reads new samples (the live map's latency)
     position_poll_s: float = 0.5
+    #: how often it reads whether its vehicles are online (a vehicle that goes offline
+    #: turns grey on the map within this)
+    presence_poll_s: float = 2.0
 
     def __post_init__(self) -> None:
         url = self.tile_url
@@ -84,6 +87,8 @@ class WebSettings:
             )
         if not 0.05 <= self.position_poll_s <= 60:
             raise ConfigurationError("position_poll_s must be between 0.05 and 60 seconds")
+        if not 0.1 <= self.presence_poll_s <= 600:
+            raise ConfigurationError("presence_poll_s must be between 0.1 and 600 seconds")
 
 
 @dataclass(frozen=True, slots=True)

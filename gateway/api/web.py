@@ -43,6 +43,10 @@ _PAGES: Final = {
     "vehicle": ("Vehicle", True),
     "alerts": ("Alerts", False),
     "reports": ("Reports", False),
+    "jobs": ("Fleet commands", False),
+    "quarantine": ("Quarantine", False),
+    "health": ("Gateway health", False),
+    "sharing": ("Drivers and sharing", False),
 }
 
 
@@ -118,3 +122,19 @@ def install_web(app: FastAPI, settings: WebSettings) -> None:
     @app.get("/reports", include_in_schema=False)
     def reports() -> HTMLResponse:
         return page("reports")
+
+    @app.get("/jobs", include_in_schema=False)
+    def jobs() -> HTMLResponse:
+        return page("jobs")
+
+    @app.get("/quarantine", include_in_schema=False)
+    def quarantine() -> HTMLResponse:
+        return page("quarantine")
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> HTMLResponse:
+        return page("health")
+
+    @app.get("/sharing", include_in_schema=False)
+    def sharing() -> HTMLResponse:
+        return page("sharing")

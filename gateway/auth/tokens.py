@@ -35,16 +35,19 @@ from gateway.files import write_private_file
 
 __all__ = [
     "API_KEY_PREFIX",
+    "WEB_SESSION_PREFIX",
     "AccessClaims",
     "InvalidToken",
     "TokenExpired",
     "api_key_prefix",
     "decode_access_token",
     "hash_secret",
+    "is_web_session",
     "issue_access_token",
     "load_or_create_secret",
     "new_api_key",
     "new_refresh_token",
+    "new_web_session",
     "secrets_match",
 ]
 
@@ -185,6 +188,22 @@ def new_api_key() -> tuple[str, str, str]:
     prefix = secrets.token_hex(6)
     key = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     return key, prefix, hash_secret(key)
+
+
+#: what starts a web dashboard session token (the ``tg_session`` cookie)
+WEB_SESSION_PREFIX: Final = "tgs_"
+_WEB_SESSION_RE: Final = re.compile(r"^tgs_[A-Za-z0-9_-]{43}$")
+
+
+def new_web_session() -> tuple[str, str]:
+    """(token, its hash) for a dashboard login: 256 random bits, only the hash is stored."""
+    token = f"{WEB_SESSION_PREFIX}{secrets.token_urlsafe(32)}"
+    return token, hash_secret(token)
+
+
+def is_web_session(value: str) -> bool:
+    """Whether ``value`` is shaped like a dashboard session token (else it is not one)."""
+    return _WEB_SESSION_RE.match(value) is not None
 
 
 def api_key_prefix(value: str) -> str | None:

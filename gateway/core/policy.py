@@ -92,7 +92,8 @@ class Principal:
     email: str
     role: Role
     account_id: int | None
-    #: "token" (a person logged in) or "api_key" (an integration acting as the user)
+    #: "token" (a person logged in), "session" (the same, in the web dashboard) or
+    #: "api_key" (an integration acting as the user)
     via: str = "token"
     api_key_prefix: str | None = None
 

@@ -88,6 +88,7 @@ from gateway.statedb.models import (
     VehicleRow,
     VehicleTenureRow,
     VehicleTransferRow,
+    WebSessionRow,
 )
 
 __all__ = [
@@ -346,6 +347,7 @@ class SessionsEnded:
 
     refresh_sessions: int
     api_keys: int
+    web_sessions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -627,8 +629,9 @@ class AccountRepository:
     def end_user_sessions(self, user_id: int, *, now: int) -> SessionsEnded:
         """End everything the user is logged in with, in one transaction: raise their token
         version (every access token issued so far is refused from the next request on),
-        revoke every refresh token and every API key. For a password change or reset and
-        for disabling; re-enabling brings none of it back. Unknown user: nothing ends."""
+        revoke every refresh token, every API key and every web dashboard session. For a
+        password change or reset and for disabling; re-enabling brings none of it back.
+        Unknown user: nothing ends."""
         with self._db.write() as session:
             bumped = session.execute(
                 update(UserRow)
@@ -645,7 +648,13 @@ class AccountRepository:
                 .values(revoked_at=now)
                 .execution_options(synchronize_session=False)
             )
-            return SessionsEnded(sessions, _rowcount(keys))
+            web = session.execute(
+                update(WebSessionRow)
+                .where(WebSessionRow.user_id == user_id, WebSessionRow.revoked_at.is_(None))
+                .values(revoked_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return SessionsEnded(sessions, _rowcount(keys), _rowcount(web))
 
     # --- login throttling -------------------------------------------------------------------
 
@@ -1355,6 +1364,67 @@ class AccountRepository:
                 .values(last_used_at=now)
                 .execution_options(synchronize_session=False)
             )
+
+    # --- web dashboard sessions --------------------------------------------------------------
+
+    def create_web_session(
+        self, user_id: int, token_hash: str, *, now: int, expires_at: int, keep: int
+    ) -> int:
+        """Store a dashboard login (the SHA-256 of its token) and answer its id. The user's
+        ended sessions (expired or revoked) are deleted in the same transaction, and of the
+        live ones only the newest ``keep`` - 1 stay, so logging in again and again cannot
+        grow the table: the oldest logins end first."""
+        with self._db.write() as session:
+            session.execute(
+                delete(WebSessionRow).where(
+                    WebSessionRow.user_id == user_id,
+                    or_(WebSessionRow.expires_at <= now, WebSessionRow.revoked_at.is_not(None)),
+                )
+            )
+            live = session.scalars(
+                select(WebSessionRow.id)
+                .where(WebSessionRow.user_id == user_id)
+                .order_by(WebSessionRow.id.desc())
+                .offset(max(keep - 1, 0))
+            ).all()
+            if live:
+                session.execute(delete(WebSessionRow).where(WebSessionRow.id.in_(live)))
+            row = WebSessionRow(
+                user_id=user_id,
+                token_hash=token_hash,
+                created_at=now,
+                expires_at=expires_at,
+                revoked_at=None,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def web_session_user(self, token_hash: str, *, now: int) -> UserRecord | None:
+        """The user of a live dashboard session (not revoked, not expired), in one query;
+        None for an unknown, ended or expired one (the caller checks the user is enabled)."""
+        with self._db.read() as session:
+            row = session.scalar(
+                select(UserRow)
+                .join(WebSessionRow, WebSessionRow.user_id == UserRow.id)
+                .where(
+                    WebSessionRow.token_hash == token_hash,
+                    WebSessionRow.revoked_at.is_(None),
+                    WebSessionRow.expires_at > now,
+                )
+            )
+            return None if row is None else UserRecord.from_row(row)
+
+    def revoke_web_session(self, token_hash: str, *, now: int) -> bool:
+        """End a dashboard session (logging out): False if it was unknown or already ended."""
+        with self._db.write() as session:
+            ended = session.execute(
+                update(WebSessionRow)
+                .where(WebSessionRow.token_hash == token_hash, WebSessionRow.revoked_at.is_(None))
+                .values(revoked_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return _rowcount(ended) > 0
 
     # --- refresh tokens ---------------------------------------------------------------------
 

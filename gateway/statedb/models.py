@@ -390,6 +390,23 @@ class RefreshTokenRow(Base):
     replaced_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class WebSessionRow(Base):
+    """One web dashboard login (the ``tg_session`` cookie; only its SHA-256 is kept). Logging
+    out revokes it, and so does ending the user's sessions (a password change or reset,
+    disabling): a copied cookie stops working on the server, not only in the browser
+    (migration 0013, docs/decisions/0025-web-dashboard-rest.md)."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index("ix_web_sessions_user_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
 class AuditRow(Base):
     """One entry of the append-only audit log (database triggers refuse UPDATE and DELETE).
 

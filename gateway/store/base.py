@@ -41,6 +41,7 @@ __all__ = [
     "IngestBatch",
     "LoggedEvent",
     "LoggedSample",
+    "MapState",
     "QuarantineEntry",
     "StatusChange",
     "StoredQuarantine",
@@ -78,6 +79,18 @@ class VehicleSummary:
 class VehicleState:
     summary: VehicleSummary
     #: signal path -> (value, ts of the sample it came from)
+    latest: Mapping[str, tuple[SignalValue, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class MapState:
+    """A vehicle as the live map first draws it: its holding period, status and the newest
+    value (with its sample time) of each map signal it has."""
+
+    vin: str
+    tenure: int
+    online: bool | None
+    last_seen: int
     latest: Mapping[str, tuple[SignalValue, int]]
 
 
@@ -162,6 +175,14 @@ class TelemetryReader(Protocol):
 
     def vehicle_state(self, vin: str, *, tenure: int) -> VehicleState | None: ...
 
+    def map_states(
+        self, signals: Sequence[str], *, limit: int, vins: Mapping[str, int] | None = None
+    ) -> list[MapState]:
+        """Ordered by VIN, at most ``limit`` vehicles, each with its newest value of
+        ``signals``: in one read whatever the number of vehicles (the live map's first
+        snapshot of a fleet). ``vins`` as for :meth:`list_vehicles`."""
+        ...
+
     def history(
         self,
         vin: str,
@@ -183,7 +204,12 @@ class TelemetryReader(Protocol):
         reason: str | None = None,
         vin: str | None = None,
         before_id: int | None = None,
-    ) -> list[StoredQuarantine]: ...
+        vins: Mapping[str, int] | None = None,
+    ) -> list[StoredQuarantine]:
+        """Newest first; ``vins``: only entries about these vehicles in these holding
+        periods (vin -> tenure: what the caller may see; entries of no known period are
+        left out); None: all."""
+        ...
 
     def counters(self) -> dict[tuple[str, str], float]: ...
 

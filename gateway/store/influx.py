@@ -61,6 +61,7 @@ from gateway.store.base import (
     IngestBatch,
     LoggedEvent,
     LoggedSample,
+    MapState,
     StoredQuarantine,
     VehicleState,
     VehicleSummary,
@@ -643,6 +644,11 @@ class InfluxTelemetryStore:
     def vehicle_state(self, vin: str, *, tenure: int) -> VehicleState | None:
         return self.index.vehicle_state(vin, tenure=tenure)
 
+    def map_states(
+        self, signals: Sequence[str], *, limit: int, vins: Mapping[str, int] | None = None
+    ) -> list[MapState]:
+        return self.index.map_states(signals, limit=limit, vins=vins)
+
     # the committed log (the fleet rules worker reads it): the index keeps every sample
     # until retention prunes it, shipped or not, with the row ids the cursor needs
 
@@ -717,8 +723,11 @@ class InfluxTelemetryStore:
         reason: str | None = None,
         vin: str | None = None,
         before_id: int | None = None,
+        vins: Mapping[str, int] | None = None,
     ) -> list[StoredQuarantine]:
-        return self.index.quarantine(limit=limit, reason=reason, vin=vin, before_id=before_id)
+        return self.index.quarantine(
+            limit=limit, reason=reason, vin=vin, before_id=before_id, vins=vins
+        )
 
     def counters(self) -> dict[tuple[str, str], float]:
         """The index's counters and the spool's gauges (``gateway.metrics``)."""

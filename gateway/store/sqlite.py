@@ -82,6 +82,7 @@ from gateway.store.base import (
     IngestBatch,
     LoggedEvent,
     LoggedSample,
+    MapState,
     StoredQuarantine,
     VehicleState,
     VehicleSummary,
@@ -669,6 +670,35 @@ class SqliteTelemetryStore:
         )
         return [self._summary(r) for r in rows]
 
+    def map_states(
+        self, signals: Sequence[str], *, limit: int, vins: Mapping[str, int] | None = None
+    ) -> list[MapState]:
+        params: tuple[str, ...] = ()
+        if vins is None:
+            chosen = f"FROM vehicles WHERE {_NEWEST_TENURE}"
+        else:  # driven by the pairs: one index lookup each (twice as fast as IN at 2,000)
+            pairs = orjson.dumps(dict(sorted(vins.items()))).decode()
+            chosen = (
+                "FROM json_each(?) AS w JOIN vehicles "
+                "ON vehicles.vin = w.key AND vehicles.tenure = w.value"
+            )
+            params = (pairs,)
+        rows = self._read(
+            "SELECT v.vin, v.tenure, v.online, v.last_seen, l.state FROM "
+            "(SELECT vehicles.id, vehicles.vin, vehicles.tenure, vehicles.online, "
+            f"vehicles.last_seen {chosen} ORDER BY vehicles.vin LIMIT ?) AS v "
+            "LEFT JOIN latest_state AS l ON l.vehicle_id = v.id ORDER BY v.vin",
+            (*params, limit),
+        )
+        wanted = set(signals)
+        heads: dict[str, tuple[int, bool | None, int]] = {}
+        latest: dict[str, dict[str, tuple[SignalValue, int]]] = {}
+        for vin, tenure, online, last_seen, state in rows:
+            heads[vin] = (tenure, None if online is None else bool(online), last_seen)
+            values = packing.read_state(state) if state is not None else {}
+            latest[vin] = {k: v for k, v in values.items() if k in wanted}
+        return [MapState(vin, *head, latest[vin]) for vin, head in heads.items()]
+
     def vehicle_state(self, vin: str, *, tenure: int) -> VehicleState | None:
         rows = self._read(
             f"SELECT vin, online, first_seen, last_seen, status_changed_at, {_MISSING}, id "
@@ -733,10 +763,15 @@ class SqliteTelemetryStore:
         reason: str | None = None,
         vin: str | None = None,
         before_id: int | None = None,
+        vins: Mapping[str, int] | None = None,
     ) -> list[StoredQuarantine]:
-        """Newest first; page with ``before_id`` = the smallest id of the previous page."""
+        """Newest first; page with ``before_id`` = the smallest id of the previous page;
+        ``vins``: only entries about these (vin, tenure) pairs (one JSON parameter)."""
         where: list[str] = []
         params: list[object] = []
+        if vins is not None:
+            where.append("(vin, tenure) IN (SELECT key, value FROM json_each(?))")
+            params.append(orjson.dumps(dict(sorted(vins.items()))).decode())
         if reason is not None:
             where.append("reason = ?")
             params.append(reason)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import replace
 from typing import Final
 
 import orjson
@@ -23,11 +22,12 @@ from fastapi.responses import StreamingResponse
 
 from gateway.api.deps import Auth, Caller, api_settings
 from gateway.api.errors import documented
-from gateway.api.positions import MAP_SIGNALS, Position, PositionFeed, position_of
+from gateway.api.positions import MAP_SIGNALS, Position, PositionFeed, number_of
 from gateway.api.security import AuthContext, CallerCredential, still_authenticated
 from gateway.api.settings import ApiSettings
 from gateway.core.policy import Principal
-from gateway.store import FIRST_TENURE, TelemetryReader, open_store
+from gateway.core.presence import presence
+from gateway.store import TelemetryReader, open_store
 
 __all__ = ["router"]
 
@@ -53,37 +53,35 @@ def _visible(context: AuthContext, caller: tuple[Principal, str]) -> dict[str, i
 
 
 def _snapshot(
-    context: AuthContext,
-    principal: Principal,
-    reader: TelemetryReader,
-    visible: Mapping[str, int] | None,
-    silence: tuple[int, int],
+    reader: TelemetryReader, visible: Mapping[str, int] | None, silence: tuple[int, int]
 ) -> list[Position]:
-    """Every visible vehicle's newest map signals from the store; ``silence``: (now, the
-    silence limit) in ms, for ``online`` as ``GET /v1/vehicles`` shows it."""
+    """Every visible vehicle's newest map signals from the store, in one read whatever
+    the fleet's size (an administrator's: every VIN the store knows, at its newest holding
+    period); a visible vehicle that never reported comes without a position (``online``
+    null), so the map needs no other list. ``silence``: (now, the silence limit) in ms,
+    for ``online`` as ``GET /v1/vehicles`` shows it."""
     now_ms, silent_ms = silence
-    summaries = reader.list_vehicles(
-        limit=_SNAPSHOT_MAX, vins=None if visible is None else dict(visible)
+    states = reader.map_states(
+        tuple(MAP_SIGNALS), limit=_SNAPSHOT_MAX, vins=None if visible is None else dict(visible)
     )
     out: list[Position] = []
-    for summary in summaries:
-        if visible is not None:
-            tenure = visible[summary.vin]
-        else:  # an administrator reads each vehicle's current holding period
-            _, record = context.lookup(principal, summary.vin)
-            tenure = record.tenure if record is not None else FIRST_TENURE
-        state = reader.vehicle_state(summary.vin, tenure=tenure)
-        base = Position(
-            summary.vin,
-            tenure,
-            ts=summary.last_seen,
-            online=bool(summary.online) and now_ms - summary.last_seen < silent_ms,
+    for state in states:
+        online, _ = presence(
+            state.online, state.last_seen, now_ms=now_ms, silent_after_ms=silent_ms
         )
-        if state is not None:
-            values = {k: v for k, (v, _) in state.latest.items() if k in MAP_SIGNALS}
-            moved = position_of(base, values, summary.last_seen, 0)
-            base = base if moved is None else replace(moved, online=base.online)
-        out.append(base)
+        found = {MAP_SIGNALS[k]: number_of(v) for k, (v, _) in state.latest.items()}
+        out.append(
+            Position(
+                state.vin,
+                state.tenure,
+                ts=state.last_seen,
+                online=online is True,
+                **{k: v for k, v in found.items() if v is not None},  # type: ignore[arg-type]
+            )
+        )
+    if visible is not None:  # those that never reported: listed, without a position
+        missing = visible.keys() - {p.vin for p in out}
+        out.extend(Position(vin, visible[vin]) for vin in sorted(missing))
     return out
 
 
@@ -129,11 +127,13 @@ async def _feed(
     def snapshot() -> list[Position]:
         reader = open_store(settings.store, readonly=True)
         try:
-            return _snapshot(context, caller[0], reader, visible, silence)
+            return _snapshot(reader, visible, silence)
         finally:
             reader.close()
 
-    yield b"retry: 2000\n\n" + _frame("snapshot", await asyncio.to_thread(snapshot))
+    first = await asyncio.to_thread(snapshot)
+    feed.seed(first)  # their status is watched from now on
+    yield b"retry: 2000\n\n" + _frame("snapshot", first)
     recheck = time.monotonic() + _RECHECK_S
     while True:
         if await feed.wait(seen, _KEEP_ALIVE_S):

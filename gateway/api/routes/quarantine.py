@@ -1,5 +1,7 @@
 """``GET /v1/quarantine``: the input the gateway refused, with the reason (tag
-``quarantine``); administrators only."""
+``quarantine``): everything for administrators; for a fleet manager or viewer, the entries
+about the vehicles they see, in the holding period they see (what the gateway could not
+tie to one vehicle's period stays the administrators')."""
 
 from __future__ import annotations
 
@@ -7,11 +9,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from gateway.api.deps import Caller, Reader
+from gateway.api.deps import Auth, Caller, Reader
 from gateway.api.errors import described
 from gateway.api.models import QuarantineOut, QuarantinePage
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key, page_of
-from gateway.api.security import require_admin
+from gateway.api.security import forbidden
+from gateway.core.policy import Role
 from schemas import Reason
 
 __all__ = ["router"]
@@ -28,6 +31,7 @@ router = APIRouter(tags=["quarantine"])
 def get_quarantine(
     principal: Caller,
     reader: Reader,
+    context: Auth,
     reason: Annotated[Reason | None, Query(description="Only this reason.")] = None,
     vin: Annotated[
         str | None,
@@ -40,14 +44,19 @@ def get_quarantine(
     """Messages, samples and single signals the gateway refused, newest first, with the
     reason, a detail sentence and the raw payload (as text and base64; only its first
     bytes when it was large, with the whole payload's size and SHA-256).
-    Administrators only."""
-    require_admin(principal, "The quarantine")
+    Administrators see everything; fleet managers and viewers the entries about their
+    vehicles (in the holding period they see); others are refused (403)."""
+    if not principal.is_admin and principal.role not in (Role.FLEET_MANAGER, Role.FLEET_VIEWER):
+        raise forbidden(
+            "The quarantine is for administrators and fleet managers (their vehicles' entries)."
+        )
     before = cursor_key("quarantine", cursor, int)
     rows = reader.quarantine(
         limit=limit + 1,
         reason=None if reason is None else reason.value,
         vin=vin,
         before_id=before,
+        vins=context.visible_vins(principal),
     )
     items, following = page_of(
         [QuarantineOut.model_validate(q) for q in rows],

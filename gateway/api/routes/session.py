@@ -3,7 +3,8 @@ password exactly like the OAuth 2.0 password grant (same throttling, lock-out an
 and answers with two cookies instead of tokens in the body; ``DELETE /v1/auth/session``
 logs out.
 
-- ``tg_session``: an access token lasting ``AuthSettings.session_ttl_s`` (8 h), HttpOnly
+- ``tg_session``: a random session token (``tgs_`` and 256 bits) kept on the server
+  (``web_sessions``, only its SHA-256) for ``AuthSettings.session_ttl_s`` (8 h), HttpOnly
   (no script can read it), ``SameSite=Strict``, ``Secure`` when the request came over
   HTTPS, path ``/``. Every ``/v1`` route accepts it when no ``Authorization`` header is
   sent, so the dashboard is just another client of this API and sees exactly what its user
@@ -16,13 +17,15 @@ The login itself must be JSON (a cross-site HTML form cannot send that without t
 browser asking first), and a request whose ``Origin`` is another site is refused, so no
 other site can log a browser in to an account of its choosing.
 
-The session is stateless: logging out deletes the cookies; a copied session token stays
-valid until it expires unless the user's password is changed or the user disabled
-(docs/decisions/0019-web-dashboard.md).
+Logging out ends the session on the server, not only in the browser: a copied cookie
+stops working at once; so does a password change or disabling the user (which end every
+session of theirs). A user keeps at most ``MAX_WEB_SESSIONS`` live logins; a further one
+ends the oldest (docs/decisions/0019-web-dashboard.md, 0025-web-dashboard-rest.md).
 """
 
 from __future__ import annotations
 
+from typing import Final
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request, Response
@@ -35,15 +38,19 @@ from gateway.api.routes.common import ACCOUNT_ERRORS, no_store
 from gateway.api.security import (
     CSRF_COOKIE,
     SESSION_COOKIE,
+    CallerCredential,
     csrf_token,
     forbidden,
     principal_of,
 )
-from gateway.auth.tokens import issue_access_token
+from gateway.auth.tokens import hash_secret, is_web_session, new_web_session
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["auth"], responses=ACCOUNT_ERRORS)
+
+#: live dashboard logins per user; one more ends the oldest
+MAX_WEB_SESSIONS: Final = 20
 
 
 class SessionLogin(BaseModel):
@@ -79,14 +86,10 @@ def log_in(
         raise forbidden("Logging in from another site's page is not allowed.")
     user = authenticate(context, audit, request, body.email, body.password)
     ttl = context.settings.session_ttl_s
-    session, _ = issue_access_token(
-        context.secret,
-        user_id=user.id,
-        role=user.role,
-        account_id=user.account_id,
-        now=context.now_s(),
-        ttl_s=ttl,
-        token_version=user.token_version,
+    session, session_hash = new_web_session()
+    now = context.now_ms()
+    context.accounts.create_web_session(
+        user.id, session_hash, now=now, expires_at=now + ttl * 1000, keep=MAX_WEB_SESSIONS
     )
     csrf = csrf_token(context.secret, session)
     secure = request.url.scheme == "https"
@@ -103,8 +106,13 @@ def log_in(
 
 
 @router.delete("/v1/auth/session", status_code=204, summary="Log out of the dashboard")
-def log_out(principal: Caller, response: Response) -> None:
-    """Deletes the session and CSRF cookies (needs the CSRF token like any change)."""
+def log_out(
+    principal: Caller, credential: CallerCredential, context: Auth, response: Response
+) -> None:
+    """Ends the session on the server (a copy of the cookie no longer works) and deletes
+    the session and CSRF cookies (needs the CSRF token like any change)."""
     del principal  # authenticated (and CSRF-checked) by the dependency
+    if is_web_session(credential):  # an access token or API key is not ended here
+        context.accounts.revoke_web_session(hash_secret(credential), now=context.now_ms())
     response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
     response.delete_cookie(CSRF_COOKIE, samesite="strict")

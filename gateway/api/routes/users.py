@@ -226,7 +226,11 @@ def _update_detail(body: UserUpdate, ended: SessionsEnded | None) -> dict[str, A
         **({"role": body.role.value} if body.role is not None else {}),
         **({"disabled": body.disabled} if body.disabled is not None else {}),
         **(
-            {"ended_logins": ended.refresh_sessions, "ended_integrations": ended.api_keys}
+            {
+                "ended_logins": ended.refresh_sessions,
+                "ended_integrations": ended.api_keys,
+                "ended_web_sessions": ended.web_sessions,
+            }
             if ended is not None
             else {}
         ),

@@ -2,7 +2,7 @@
 4 and 5: docs/decisions/0026-lifecycle-owner-services.md).
 
 Revision ID: 0014_service_partners
-Revises: 0010_fleet_trip_days
+Revises: 0013_web_sessions
 Create Date: 2026-12-07
 """
 
@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 # revision identifiers, used by Alembic
 revision: str = "0014_service_partners"
-down_revision: str | Sequence[str] | None = "0010_fleet_trip_days"
+down_revision: str | Sequence[str] | None = "0013_web_sessions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
