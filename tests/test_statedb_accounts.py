@@ -139,7 +139,7 @@ def triggers(db: StateDatabase) -> set[str]:
 
 
 def test_upgrade_creates_the_tables_the_triggers_and_the_broker_state(db: StateDatabase) -> None:
-    assert db.current_revision() == StateDatabase.head_revision() == "0010_fleet_trip_days"
+    assert db.current_revision() == StateDatabase.head_revision() == "0011_security_review_2"
     assert set(inspect(db.engine).get_table_names()) >= NEW_TABLES | {"commands"}
     expected = {"audit_log_no_update", "audit_log_no_delete"}
     if db.backend == "postgresql":

@@ -142,7 +142,7 @@ def test_a_registered_car_is_claimed_with_its_code_once(api: Api) -> None:
     # a held car: the code is no use to anyone else either
     fresh = api.as_(api.admin, "POST", f"/v1/vehicles/{VIN}/pairing-code").json()["pairing_code"]
     assert api.claim(owner, fresh).status_code == 201
-    error(api.claim(thief, fresh), 409, "vehicle_held_by_another_account")
+    error(api.claim(thief, fresh), 403, "pairing_code_wrong")  # says nothing of the car
     history = api.state()["history"]
     assert [(e["event"], e["from_state"], e["to_state"]) for e in history] == [
         ("register", "unregistered", "built"),
@@ -157,28 +157,88 @@ def test_a_registered_car_is_claimed_with_its_code_once(api: Api) -> None:
     assert sorted(e["outcome"] for e in claims) == ["failed", "failed", "ok", "ok"]
 
 
-def test_wrong_codes_lock_the_vin_out_whoever_guesses(api: Api) -> None:
+def test_wrong_codes_lock_out_the_guessing_account_not_the_buyer(api: Api) -> None:
+    """Security review 2 (decision 0023): wrong codes count per (account, VIN), so whoever
+    knows a VIN cannot keep its buyer out by failing on purpose."""
     code = api.register_built()
     start = int(api.clock.now * 1000)
-    _, one = api.owner("one@example.com")
-    _, two = api.owner("two@example.com")
-    # five wrong guesses from two accounts add up
+    _, attacker = api.owner("attacker@example.com")
+    buyer_account, buyer = api.owner("buyer@example.com")
     for i in range(5):
-        error(api.claim(one if i % 2 else two, f"WRONG-CODE-{i:04d}"), 403, "pairing_code_wrong")
-    # locked: even the right code is not looked at, and the answer says how long to wait
-    locked = api.claim(one, code)
+        error(api.claim(attacker, f"WRONG-CODE-{i:04d}"), 403, "pairing_code_wrong")
+    # the attacker waits: even the right code is not looked at for them
+    locked = api.claim(attacker, code)
     error(locked, 429, "pairing_locked")
     assert locked.headers["Retry-After"] == "1"
-    assert api.state()["pairing_locked_until"] == start + 1000
-    # the wait doubles with each further wrong code
+    # the wait doubles with each further wrong code of that account
     api.clock.now += 1.0
-    error(api.claim(two, "WRONG-CODE-0005"), 403, "pairing_code_wrong")
-    error(api.claim(one, code), 429, "pairing_locked")
-    assert api.state()["pairing_locked_until"] == start + 1000 + 2000
-    api.clock.now += 2.0
-    # the right code after the wait: claimed, and the count starts again
-    assert api.claim(one, code).status_code == 201
+    error(api.claim(attacker, "WRONG-CODE-0005"), 403, "pairing_code_wrong")
+    error(api.claim(attacker, code), 429, "pairing_locked")
+    assert api.as_(attacker, "GET", "/v1/me").status_code == 200
+    # the buyer, who holds the code, is not held up at all
+    claimed = api.claim(buyer, code)
+    assert claimed.status_code == 201, claimed.text
+    assert claimed.json()["account_id"] == buyer_account
     assert api.state()["pairing_locked_until"] is None
+    assert int(api.clock.now * 1000) == start + 1000
+
+
+def test_many_accounts_guesses_hit_the_vins_ceiling_but_not_the_codes_holder(api: Api) -> None:
+    """The global ceiling: after PAIRING_VIN_LOCKOUT_AFTER wrong codes for one VIN from
+    any accounts, every account that already guessed wrong waits; an account that never
+    guessed wrong (the buyer typing the code) is still looked at."""
+    from gateway.core.vehicle_lifecycle import PAIRING_LOCKOUT_AFTER, PAIRING_VIN_LOCKOUT_AFTER
+
+    code = api.register_built()
+    per_account = PAIRING_LOCKOUT_AFTER - 1  # stay below each account's own lock-out
+    accounts = [
+        api.owner(f"sybil{i}@example.com")[1]
+        for i in range(-(-PAIRING_VIN_LOCKOUT_AFTER // per_account))
+    ]
+    guesses = 0
+    for headers in accounts:
+        for _ in range(per_account):
+            if guesses < PAIRING_VIN_LOCKOUT_AFTER:
+                error(api.claim(headers, f"WRONG-{guesses:04d}-XXXX"), 403, "pairing_code_wrong")
+                guesses += 1
+    assert api.state()["pairing_locked_until"] is not None
+    # every account that guessed wrong is held by the VIN's lock-out, right code or not
+    for headers in accounts:
+        error(api.claim(headers, code), 429, "pairing_locked")
+    # a fresh account gets one guess: wrong, and it waits like the others
+    _, late = api.owner("late-sybil@example.com")
+    error(api.claim(late, "WRONG-LATE-XXXX"), 403, "pairing_code_wrong")
+    error(api.claim(late, code), 429, "pairing_locked")
+    # the holder of the code, who never guessed wrong, claims it
+    _, buyer = api.owner("buyer@example.com")
+    assert api.claim(buyer, code).status_code == 201
+
+
+def test_claims_answer_the_same_for_a_car_that_exists_or_not(api: Api) -> None:
+    """Security review 2: a claim by someone who does not hold the car says nothing about
+    it: a VIN never registered, one held by another account, one decommissioned and one
+    with a code open all answer a wrong code the same way (and count towards the same
+    lock-out)."""
+    _, holder = api.owner("holder@example.com")
+    _, prober = api.owner("prober@example.com")
+    held, scrapped, built, unknown = (f"WPRBE000000000{i:03d}" for i in range(4))
+    api.claim(holder, api.register_built(held), held)
+    assert api.state(held)["state"] == "active"
+    api.register_built(scrapped)
+    body = {"reason": "scrapped"}
+    assert api.as_(api.admin, "POST", f"/v1/vehicles/{scrapped}/decommission", json=body).is_success
+    api.register_built(built)
+    answers = []
+    for vin in (held, scrapped, built, unknown):
+        r = api.claim(prober, "AAAA-BBBB-CCCC", vin)
+        answers.append((r.status_code, r.json()["error"]["code"], r.json()["error"]["message"]))
+    assert {(status, code) for status, code, _ in answers} == {(403, "pairing_code_wrong")}
+    vins = (held, scrapped, built, unknown)
+    pairs = zip(answers, vins, strict=True)
+    messages = {message.replace(vin, "VIN") for (_, _, message), vin in pairs}
+    assert len(messages) == 1, messages
+    # the holder is told about their own car
+    error(api.claim(holder, "AAAA-BBBB-CCCC", held), 409, "vehicle_already_provisioned")
 
 
 def test_another_cars_code_is_useless(api: Api) -> None:
@@ -193,8 +253,9 @@ def test_another_cars_code_is_useless(api: Api) -> None:
 
 def test_claims_and_registrations_refused_with_a_reason(api: Api) -> None:
     _, owner = api.owner("owner@example.com")
-    # a VIN the maker never registered has no code to claim it with
-    error(api.claim(owner, "AAAA-BBBB-CCCC"), 409, "vehicle_not_registered")
+    # a VIN the maker never registered has no code to claim it with (answered as a wrong
+    # code: a claim tells nobody which VINs exist)
+    error(api.claim(owner, "AAAA-BBBB-CCCC"), 403, "pairing_code_wrong")
     # only administrators register cars and issue codes
     error(api.as_(owner, "POST", f"/v1/vehicles/{VIN}/lifecycle/registration"), 403, "forbidden")
     api.register_built()
@@ -419,7 +480,7 @@ def test_a_decommissioned_vin_is_never_held_again(api: Api) -> None:
         409,
         "vehicle_decommissioned",
     )
-    error(api.claim(owner, code), 409, "vehicle_decommissioned")
+    error(api.claim(owner, code), 403, "pairing_code_wrong")
     error(
         api.as_(api.admin, "POST", f"/v1/vehicles/{VIN}/pairing-code"),
         409,

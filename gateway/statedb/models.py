@@ -71,6 +71,7 @@ __all__ = [
     "VehicleInvitationRow",
     "VehicleLifecycleEventRow",
     "VehicleLifecycleRow",
+    "VehiclePairingAttemptRow",
     "VehicleRow",
     "VehicleTenureRow",
     "VehicleTransferRow",
@@ -113,7 +114,8 @@ class CommandRow(Base):
         # One command per (vehicle, holding period, Idempotency-Key): a retried request finds
         # the first one; a later holder of the VIN may use the same key (migration 0003).
         # NULL keys are distinct on both backends, so requests without a key never collide.
-        UniqueConstraint("vin", "tenure", "idempotency_key"),
+        # a key is per requesting user (decision 0023): another user cannot use it up
+        UniqueConstraint("vin", "tenure", "requested_by", "idempotency_key"),
         # a vehicle's commands, newest first (and its queue, oldest first); also "vin indexed"
         Index("ix_commands_vin_created_at", "vin", "created_at"),
         # the expiry sweep: status IN (queued, sent) AND expires_at <= now
@@ -873,6 +875,24 @@ class VehicleTransferRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     decided_at: Mapped[int | None] = mapped_column(BigInteger)
     decided_by: Mapped[int | None] = mapped_column(BigInteger)
+    #: the user who had ``to_email`` when the offer was made: only they may take it
+    #: (decision 0023); NULL: nobody had it, the receiver needs the claim token
+    to_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: SHA-256 (hex) of the one-time claim token the offerer was given to pass on
+    claim_token_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class VehiclePairingAttemptRow(Base):
+    """Wrong pairing codes for ``vin`` claimed into ``account_id`` since the VIN's code was
+    last issued or used, and until when that account waits (decision 0023): one account's
+    guesses hold up that account only."""
+
+    __tablename__ = "vehicle_pairing_attempts"
+
+    vin: Mapped[str] = mapped_column(String(17), primary_key=True)
+    account_id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, server_default="0")
+    locked_until: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class AssistanceShareRow(Base):

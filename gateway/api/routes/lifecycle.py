@@ -141,8 +141,13 @@ def claim(
 ) -> ProvisionedOut:
     """Owners and fleet managers claim into their account (administrators into any): the
     answer is the unit's credentials, as for POST /v1/vehicles. A code works once. Wrong
-    codes count per VIN, whoever sends them: after 5 in a row the VIN waits 1 s, then 2 s,
-    4 s ... up to an hour before the next attempt is looked at (429 `pairing_locked`)."""
+    codes count per account and VIN: after 5 in a row that account waits 1 s, then 2 s,
+    4 s ... up to an hour before its next attempt is looked at (429 `pairing_locked`);
+    after 20 for the VIN from all accounts, every account that guessed wrong waits too,
+    but one that never did (the buyer with the code) does not. A VIN that cannot be
+    claimed with a code (never registered, held by another account, decommissioned)
+    answers like a wrong code (403 `pairing_code_wrong`): a claim says nothing about a car
+    you do not hold."""
     no_store(response)
     vin = vin_or_422(vin, ["path", "vin"])
     account_id = target_account(principal, body.account_id, "the vehicle")
@@ -162,6 +167,7 @@ def claim(
             mqtt_password_hash=None if secret is None else hash_password(secret),
             by=principal.user_id,
             now=now,
+            uniform=not principal.is_admin,
         )
     except NotFound:
         raise account_not_found(account_id) from None
@@ -174,7 +180,7 @@ def claim(
             detail={"error": exc.reason},
         )
         if exc.reason in {"vehicle_held", "vehicle_in_service"}:
-            raise held_error(vin, own=False) from None
+            raise held_error(vin, own=life.view(vin).account_id == account_id) from None
         raise refused(exc) from None
     if isinstance(outcome, PairingLocked):
         audit.record(
@@ -200,7 +206,9 @@ def claim(
         raise ApiError(
             403,
             "pairing_code_wrong",
-            f"That is not the pairing code of vehicle {vin} (or it was used already).",
+            f"That is not the pairing code of vehicle {vin}, or the vehicle cannot be claimed "
+            "with a code (it was used already). Check the code on the vehicle's papers; the "
+            "maker can issue a new one.",
         )
     assert isinstance(outcome, Claimed)
     audit.record(
