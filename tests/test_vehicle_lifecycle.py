@@ -353,6 +353,45 @@ def test_a_private_owner_transfers_to_another(api: Api) -> None:
     )
 
 
+def test_an_offer_to_an_address_without_an_account_needs_its_claim_token(api: Api) -> None:
+    """Security review 2 (decision 0023): an offer to an address nobody had was taken by
+    whoever registered that address first. Now the offerer gets a one-time claim token to
+    pass on, and an offer to an address without an account is accepted only with it; an
+    offer to a registered address is bound to that user."""
+    _, seller = api.owner("seller@example.com")
+    assert api.as_(seller, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+    offered = api.as_(
+        seller, "POST", f"/v1/vehicles/{VIN}/transfers", json={"to_email": "new@example.com"}
+    )
+    assert offered.status_code == 201, offered.text
+    token = offered.json()["claim_token"]
+    assert len(token) >= 32
+    tid = offered.json()["id"]
+    # the token is shown once: not in the transfer as read later
+    assert "claim_token" not in api.as_(seller, "GET", f"/v1/transfers/{tid}").json()
+    # someone registers the address first: without the token the car is not theirs
+    _, squatter = api.owner("new@example.com")
+    accept = f"/v1/transfers/{tid}/accept"
+    error(api.as_(squatter, "POST", accept, json={}), 403, "claim_token_required")
+    wrong = {"claim_token": "x" * 43}
+    error(api.as_(squatter, "POST", accept, json=wrong), 403, "claim_token_required")
+    assert api.as_(seller, "GET", f"/v1/transfers/{tid}").json()["status"] == "pending"
+    # the buyer the seller gave the token to (here the address's owner) takes it
+    r = api.as_(squatter, "POST", accept, json={"claim_token": token})
+    assert r.status_code == 200, r.text
+    # an offer to a registered address is bound to its user (a token is not needed)
+    buyer_account, buyer = api.owner("buyer@example.com")
+    _, new_owner = api.login("new@example.com"), api.login("new@example.com")
+    again = api.as_(
+        new_owner, "POST", f"/v1/vehicles/{VIN}/transfers", json={"to_email": "buyer@example.com"}
+    )
+    assert again.status_code == 201, again.text
+    assert "claim_token" in again.json()  # the same answer whether the address has an account
+    r = api.as_(buyer, "POST", f"/v1/transfers/{again.json()['id']}/accept", json={})
+    assert r.status_code == 200, r.text
+    assert r.json()["vehicle"]["account_id"] == buyer_account
+
+
 def test_a_fleet_sells_a_used_van_to_a_private_buyer(api: Api) -> None:
     org, manager = api.organization("Vans Ltd", "fleet@vans.example")
     assert api.as_(manager, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201

@@ -55,6 +55,7 @@ from gateway.statedb.database import StateDatabase
 from gateway.statedb.lifecycle_log import allowed, lock_lifecycle, record_event, state_of
 from gateway.statedb.models import (
     AccountRow,
+    UserRow,
     VehicleLifecycleEventRow,
     VehicleLifecycleRow,
     VehiclePairingAttemptRow,
@@ -163,6 +164,10 @@ class TransferRecord:
     status: str
     decided_at: int | None
     decided_by: int | None
+    #: the user who had ``to_email`` at the offer (only they may take it); None: nobody
+    #: had it, and the receiver needs the claim token (``claim_token_hash``)
+    to_user_id: int | None
+    claim_token_hash: str | None
 
     @classmethod
     def from_row(cls, row: VehicleTransferRow) -> TransferRecord:
@@ -180,6 +185,8 @@ class TransferRecord:
             row.status,
             row.decided_at,
             row.decided_by,
+            row.to_user_id,
+            row.claim_token_hash,
         )
 
 
@@ -484,9 +491,12 @@ class LifecycleRepository:
         by: int | None,
         now: int,
         expires_at: int,
+        claim_token_hash: str | None = None,
     ) -> TransferRecord:
-        """The holder offers the car to whoever logs in with ``to_email``; an earlier
-        pending offer of the VIN is withdrawn (one offer at a time)."""
+        """The holder offers the car to the user who has ``to_email`` now (bound to that
+        user), or, when nobody has it, to whoever logs in with it and presents the claim
+        token (``claim_token_hash``: its hash); an earlier pending offer of the VIN is
+        withdrawn (one offer at a time)."""
         with self._db.write() as session:
             life = lock_lifecycle(session, vin)
             vehicle = _locked_vehicle(session, vin)
@@ -498,11 +508,15 @@ class LifecycleRepository:
                 .values(status="withdrawn", decided_at=now, decided_by=by)
                 .execution_options(synchronize_session=False)
             )
+            email = normalize_email(to_email)
+            receiver = session.scalar(select(UserRow.id).where(UserRow.email == email))
             row = VehicleTransferRow(
                 vin=vin,
                 tenure=vehicle.tenure,
                 from_account_id=vehicle.account_id,
-                to_email=normalize_email(to_email),
+                to_email=email,
+                to_user_id=receiver,
+                claim_token_hash=claim_token_hash,
                 to_account_id=None,
                 note=note,
                 created_by=by,
@@ -524,6 +538,7 @@ class LifecycleRepository:
         *,
         account_id: int | None,
         email: str | None,
+        user_id: int | None = None,
         every: bool = False,
         before_id: int | None = None,
         limit: int = 100,
@@ -540,6 +555,8 @@ class LifecycleRepository:
                 sides.append(VehicleTransferRow.to_account_id == account_id)
             if email is not None:
                 sides.append(VehicleTransferRow.to_email == normalize_email(email))
+            if user_id is not None:
+                sides.append(VehicleTransferRow.to_user_id == user_id)
             if not sides:
                 return []
             query = query.where(or_(*sides))
@@ -580,9 +597,16 @@ class LifecycleRepository:
         changed hands or period since it was offered."""
         with self._db.write() as session:
             _require(session, AccountRow, account_id, "account")
+            # the VIN's rows first, the transfer last: the order of every other change
+            # (offer, revocation) so two of them cannot deadlock (decision 0023)
+            vin = session.scalar(
+                select(VehicleTransferRow.vin).where(VehicleTransferRow.id == transfer_id)
+            )
+            if vin is None:
+                raise NotFound("transfer", transfer_id)
+            life = lock_lifecycle(session, vin)
+            vehicle = _locked_vehicle(session, vin)
             row = _pending_transfer(session, transfer_id, now)
-            life = lock_lifecycle(session, row.vin)
-            vehicle = _locked_vehicle(session, row.vin)
             if (
                 vehicle is None
                 or vehicle.revoked_at is not None
