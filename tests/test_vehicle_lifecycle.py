@@ -392,6 +392,37 @@ def test_an_offer_to_an_address_without_an_account_needs_its_claim_token(api: Ap
     assert r.json()["vehicle"]["account_id"] == buyer_account
 
 
+def test_transfer_offers_are_rate_limited_per_user(tmp_path: Path, state_db_url: str) -> None:
+    """Security review 2: offers were not limited (each one a row, a pending offer
+    withdrawn, an audit entry); they share the invitations' limit per user
+    (``--invitation-limit``), in their own bucket."""
+    from gateway.core.ratelimit import parse_limit
+
+    clock = Clock()
+    settings = ApiSettings(
+        tmp_path / "telemetry.db",
+        state_db_url=state_db_url,
+        auth=auth_settings_for_tests(clock=clock, invitation_limit=parse_limit("2/hour")),
+    )
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, clock, bearer())
+        _, seller = api.owner("seller@example.com")
+        assert api.as_(seller, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+        url = f"/v1/vehicles/{VIN}/transfers"
+        for _ in range(2):
+            ok = api.as_(seller, "POST", url, json={"to_email": "b@example.com"})
+            assert ok.status_code == 201, ok.text
+        limited = api.as_(seller, "POST", url, json={"to_email": "b@example.com"})
+        error(limited, 429, "transfer_rate_limited")
+        assert int(limited.headers["Retry-After"]) > 0
+        denied = [e for e in api.audit("vehicle_transfer_offer") if e["outcome"] == "denied"]
+        assert len(denied) == 1
+        # invitations have their own bucket
+        invite = {"email": "friend@example.com", "services": ["read"]}
+        r = api.as_(seller, "POST", f"/v1/vehicles/{VIN}/invitations", json=invite)
+        assert r.status_code == 201, r.text
+
+
 def test_a_fleet_sells_a_used_van_to_a_private_buyer(api: Api) -> None:
     org, manager = api.organization("Vans Ltd", "fleet@vans.example")
     assert api.as_(manager, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201

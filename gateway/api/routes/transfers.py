@@ -42,7 +42,7 @@ from gateway.api.routes.common import (
 )
 from gateway.api.routes.lifecycle import Lifecycle, refused
 from gateway.api.routes.provisioning import provisioned
-from gateway.api.security import AuthContext, forbidden
+from gateway.api.security import AuthContext, forbidden, too_many
 from gateway.broker.auth import generate_password, hash_password
 from gateway.core.policy import Principal, can_manage_account
 from gateway.statedb.accounts import NotFound, normalize_email
@@ -117,8 +117,20 @@ def offer(
     of the vehicle is withdrawn. A car in service is refused (409 `vehicle_in_service`).
     The answer's `claim_token` is shown once: give it to the buyer. An offer to an address
     with an account is bound to that user; to one without, it is accepted only with the
-    token (whoever registers the address later must have it)."""
+    token (whoever registers the address later must have it). Limited per user like
+    invitations (`--invitation-limit`, 429 `transfer_rate_limited` with Retry-After)."""
     vehicle = managed_vehicle(context, principal, vin_or_422(vin, ["path", "vin"]))
+    if context.invitations is not None:
+        wait = context.invitations.acquire(f"transfer:user:{principal.user_id}")
+        if wait > 0:
+            audit.record(
+                "vehicle_transfer_offer",
+                outcome="denied",
+                account_id=vehicle.account_id,
+                target=f"vehicle:{vehicle.vin}",
+                detail={"reason": "rate limited"},
+            )
+            raise too_many("transfer_rate_limited", "You have offered too many transfers.", wait)
     now = context.now_ms()
     token = secrets.token_urlsafe(32)
     try:
