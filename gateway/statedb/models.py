@@ -673,8 +673,9 @@ class CommandJobRow(Base):
 
 class CommandJobKeyRow(Base):
     """An ``Idempotency-Key`` of ``POST /v1/command-jobs`` (decision 0017): per scope (the
-    caller's account, ``account:<id>``, or ``user:<id>`` without one), the hash of the
-    request it first came with and the job it made; honoured for 24 hours."""
+    caller, ``user:<id>``, since decision 0023; ``account:<id>`` rows of earlier versions
+    expire unused), the hash of the request it first came with and the job it made;
+    honoured for 24 hours."""
 
     __tablename__ = "command_job_keys"
     __table_args__ = (Index("ix_command_job_keys_created_at", "created_at"),)
