@@ -198,9 +198,10 @@ def add_fleet_quotas(p: argparse.ArgumentParser, env: Environment) -> None:
         "--fleet-quotas",
         default=env.fleet_quotas,
         metavar="NAME=N,...",
-        help="the most fleets, drivers and geofences one account may have, and assignments "
-        "one driver may have, e.g. 'fleets=500,drivers=10000,geofences=1000,"
-        "assignments=10000' (the defaults; 'off' for none) (env TELEMATICS_FLEET_QUOTAS)",
+        help="the most fleets, drivers and geofences one account may have, assignments "
+        "one driver and one account may have, e.g. 'fleets=500,drivers=10000,geofences=1000,"
+        "assignments=10000,account_assignments=1000000' (the defaults; 'off' for none) "
+        "(env TELEMATICS_FLEET_QUOTAS)",
     )
 
 
