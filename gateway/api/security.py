@@ -109,6 +109,9 @@ class AuthSettings:
     signing_public_key_path: Path | None = None
     #: how long a web dashboard login (the session cookie) lasts
     session_ttl_s: int = 8 * 3600
+    #: the session and CSRF cookies' ``Secure`` flag (decision 0023: configuration, not a
+    #: forwarded header); the CLI turns it off by default only on a loopback listener
+    cookie_secure: bool = True
     #: wall clock in seconds (tests move it)
     clock: Callable[[], float] = time.time
 

@@ -4,10 +4,11 @@ and answers with two cookies instead of tokens in the body; ``DELETE /v1/auth/se
 logs out.
 
 - ``tg_session``: an access token lasting ``AuthSettings.session_ttl_s`` (8 h), HttpOnly
-  (no script can read it), ``SameSite=Strict``, ``Secure`` when the request came over
-  HTTPS, path ``/``. Every ``/v1`` route accepts it when no ``Authorization`` header is
-  sent, so the dashboard is just another client of this API and sees exactly what its user
-  may see.
+  (no script can read it), ``SameSite=Strict``, ``Secure`` unless configured off
+  (``AuthSettings.cookie_secure``: ``--no-cookie-secure``, the default only when the API
+  listens on loopback; never decided by a request's headers), path ``/``. Every ``/v1``
+  route accepts it when no ``Authorization`` header is sent, so the dashboard is just
+  another client of this API and sees exactly what its user may see.
 - ``tg_csrf``: the session's CSRF token (an HMAC of the session token), readable by the
   dashboard's script, which echoes it in ``X-CSRF-Token`` on every state-changing request;
   one without it is refused with 403 ``csrf_failed`` (``gateway.api.security``).
@@ -89,7 +90,7 @@ def log_in(
         token_version=user.token_version,
     )
     csrf = csrf_token(context.secret, session)
-    secure = request.url.scheme == "https"
+    secure = context.settings.cookie_secure
     response.set_cookie(
         SESSION_COOKIE, session, max_age=ttl, httponly=True, samesite="strict", secure=secure
     )
@@ -103,8 +104,9 @@ def log_in(
 
 
 @router.delete("/v1/auth/session", status_code=204, summary="Log out of the dashboard")
-def log_out(principal: Caller, response: Response) -> None:
+def log_out(principal: Caller, context: Auth, response: Response) -> None:
     """Deletes the session and CSRF cookies (needs the CSRF token like any change)."""
     del principal  # authenticated (and CSRF-checked) by the dependency
-    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
-    response.delete_cookie(CSRF_COOKIE, samesite="strict")
+    secure = context.settings.cookie_secure
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict", secure=secure)
+    response.delete_cookie(CSRF_COOKIE, samesite="strict", secure=secure)
