@@ -1,6 +1,7 @@
 // The web dashboard: one small script for every page (docs/decisions/0019-web-dashboard.md).
 // It reads everything from the /v1 JSON API with the session cookie and sends the CSRF
 // token on every change; it builds the DOM with textContent only (no innerHTML with data).
+// Leaflet sets a string tooltip as HTML: tooltips get a text node (plainTip), never a string.
 "use strict";
 
 (function () {
@@ -173,9 +174,17 @@
     for (const fence of fences) drawFence(map, fence);
   }
 
+  // A tooltip's content as an element holding text: a name someone typed is never markup.
+  function plainTip(text) {
+    const span = document.createElement("span");
+    span.textContent = text;
+    return span;
+  }
+
   function drawFence(map, fence) {
     const style = { color: colour("parked"), weight: 2, fillOpacity: 0.08, className: "geofence" };
-    L.geoJSON(fence, { style }).bindTooltip(fence.properties.name || "geofence " + fence.id).addTo(map);
+    const name = fence.properties.name || "geofence " + fence.id;
+    L.geoJSON(fence, { style }).bindTooltip(plainTip(name)).addTo(map);
   }
 
   // Drawing a geofence: click the map at each corner, name it, save (POST /v1/geofences;
@@ -249,7 +258,7 @@
           if (!marker) {
             marker = L.circleMarker([merged.lat, merged.lon], {
               radius: 7, weight: 2, fillOpacity: 0.9, className: "vehicle-marker",
-            }).bindTooltip(p.vin).addTo(this.map);
+            }).bindTooltip(plainTip(p.vin)).addTo(this.map);
             marker.on("click", () => {
               // while a geofence is drawn, a click on a car is a corner, not a visit
               if (!document.body.dataset.drawing) location.assign("/vehicles/" + p.vin);
