@@ -392,6 +392,41 @@ def test_an_offer_to_an_address_without_an_account_needs_its_claim_token(api: Ap
     assert r.json()["vehicle"]["account_id"] == buyer_account
 
 
+def test_an_invitation_to_an_address_without_an_account_needs_its_token(api: Api) -> None:
+    """Security review 2, attacker pass (decision 0023): an invitation to share a car
+    (unlock included) went to whoever registered the invited address first, like transfers
+    did. It is bound to the user who had the address when it was made, or, when nobody
+    had it, accepted only with the one-time token its inviter was given."""
+    _, holder = api.owner("holder@example.com")
+    assert api.as_(holder, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+    url = f"/v1/vehicles/{VIN}/invitations"
+    sent = api.as_(
+        holder, "POST", url, json={"email": "friend@example.com", "services": ["unlock"]}
+    )
+    assert sent.status_code == 201, sent.text
+    token = sent.json()["accept_token"]
+    iid = sent.json()["id"]
+    listed = api.as_(holder, "GET", url).json()["items"]
+    assert all("accept_token" not in i for i in listed)  # shown once
+    _, squatter = api.owner("friend@example.com")
+    accept = f"/v1/invitations/{iid}/accept"
+    error(api.as_(squatter, "POST", accept), 403, "invitation_token_required")
+    error(
+        api.as_(squatter, "POST", accept, json={"token": "y" * 43}),
+        403,
+        "invitation_token_required",
+    )
+    assert api.as_(squatter, "GET", f"/v1/vehicles/{VIN}").status_code == 404
+    r = api.as_(squatter, "POST", accept, json={"token": token})
+    assert r.status_code == 201, r.text
+    # to a registered address: bound to that user, no token needed
+    _, known = api.owner("known@example.com")
+    sent = api.as_(holder, "POST", url, json={"email": "known@example.com", "services": ["read"]})
+    assert "accept_token" in sent.json()  # the same answer either way
+    r = api.as_(known, "POST", f"/v1/invitations/{sent.json()['id']}/accept")
+    assert r.status_code == 201, r.text
+
+
 def test_transfer_offers_are_rate_limited_per_user(tmp_path: Path, state_db_url: str) -> None:
     """Security review 2: offers were not limited (each one a row, a pending offer
     withdrawn, an audit entry); they share the invitations' limit per user

@@ -347,6 +347,10 @@ class VehicleInvitationRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     decided_at: Mapped[int | None] = mapped_column(BigInteger)
     grant_id: Mapped[int | None] = mapped_column(ForeignKey("vehicle_grants.id"))
+    #: the user who had ``email`` when the invitation was made: only they may answer it
+    #: (decision 0023); NULL: nobody had it, accepting needs the token (its hash here)
+    to_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    accept_token_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class ApiKeyRow(Base):

@@ -11,6 +11,8 @@ Why:
 - ``vehicle_transfers.to_user_id`` and ``claim_token_hash``: an offer is bound to the user
   who had the e-mail address when it was made, or, when nobody had it, to a one-time claim
   token the offerer hands over (not to whoever registers the address first).
+- ``vehicle_invitations.to_user_id`` and ``accept_token_hash``: the same for invitations
+  to share a vehicle.
 - ``commands``: an ``Idempotency-Key`` is per requesting user (``requested_by``), so a
   driver sharing the vehicle cannot use up its owner's key.
 """
@@ -43,6 +45,9 @@ def upgrade() -> None:
     with op.batch_alter_table("vehicle_transfers", schema=None) as batch_op:
         batch_op.add_column(sa.Column("to_user_id", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("claim_token_hash", sa.String(length=64), nullable=True))
+    with op.batch_alter_table("vehicle_invitations", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("to_user_id", sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column("accept_token_hash", sa.String(length=64), nullable=True))
     with op.batch_alter_table("commands", recreate="auto") as batch:
         batch.drop_constraint("uq_commands_vin_tenure_idempotency_key", type_="unique")
         batch.create_unique_constraint(
@@ -57,6 +62,9 @@ def downgrade() -> None:
         batch.create_unique_constraint(
             "uq_commands_vin_tenure_idempotency_key", ["vin", "tenure", "idempotency_key"]
         )
+    with op.batch_alter_table("vehicle_invitations", schema=None) as batch_op:
+        batch_op.drop_column("accept_token_hash")
+        batch_op.drop_column("to_user_id")
     with op.batch_alter_table("vehicle_transfers", schema=None) as batch_op:
         batch_op.drop_column("claim_token_hash")
         batch_op.drop_column("to_user_id")
