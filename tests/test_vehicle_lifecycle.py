@@ -392,6 +392,35 @@ def test_an_offer_to_an_address_without_an_account_needs_its_claim_token(api: Ap
     assert r.json()["vehicle"]["account_id"] == buyer_account
 
 
+def test_claims_with_a_code_are_rate_limited_per_user(tmp_path: Path, state_db_url: str) -> None:
+    """Security review 2, attacker pass: since a claim of any VIN counts as a wrong code
+    (item 6), each one stores a row; unlimited, one account could claim a million made-up
+    VINs and fill the state database. Claims share the invitations' limit per user, in
+    their own bucket."""
+    from gateway.core.ratelimit import parse_limit
+
+    clock = Clock()
+    settings = ApiSettings(
+        tmp_path / "telemetry.db",
+        state_db_url=state_db_url,
+        auth=auth_settings_for_tests(clock=clock, invitation_limit=parse_limit("2/hour")),
+    )
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, clock, bearer())
+        _, prober = api.owner("prober@example.com")
+        for i in range(2):
+            error(
+                api.claim(prober, "AAAA-BBBB-CCCC", f"WMADEUP00000000{i:02d}"),
+                403,
+                "pairing_code_wrong",
+            )
+        limited = api.claim(prober, "AAAA-BBBB-CCCC", "WMADEUP0000000099")
+        error(limited, 429, "claim_rate_limited")
+        assert int(limited.headers["Retry-After"]) > 0
+        denied = [e for e in api.audit("vehicle_claim") if e["detail"] == {"error": "rate limited"}]
+        assert len(denied) == 1
+
+
 def test_an_invitation_to_an_address_without_an_account_needs_its_token(api: Api) -> None:
     """Security review 2, attacker pass (decision 0023): an invitation to share a car
     (unlock included) went to whoever registered the invited address first, like transfers

@@ -87,7 +87,8 @@ class AuthSettings:
     vehicle_command_limit: Limit | None = DEFAULT_VEHICLE_COMMAND_LIMIT
     #: password attempts (logins, registrations) per client address
     login_limit: Limit | None = DEFAULT_LOGIN_LIMIT
-    #: invitations to share a vehicle, per inviting user (transfer offers too, counted apart)
+    #: invitations to share a vehicle, per inviting user (transfer offers and claims with a
+    #: pairing code too, each counted apart)
     invitation_limit: Limit | None = DEFAULT_INVITATION_LIMIT
     #: how long an invitation can be accepted
     invitation_ttl_s: int = 7 * 24 * 3600

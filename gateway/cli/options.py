@@ -291,8 +291,8 @@ def add_auth(p: argparse.ArgumentParser, env: Environment) -> None:
         "--invitation-limit",
         default=env.invitation_limit,
         metavar="RATE",
-        help="invitations to share a vehicle and transfer offers (each counted apart), per "
-        "user (env TELEMATICS_INVITATION_LIMIT; "
+        help="invitations to share a vehicle, transfer offers and claims with a pairing code "
+        "(each counted apart), per user (env TELEMATICS_INVITATION_LIMIT; "
         "default: 20/hour,burst=10)",
     )
     p.add_argument(

@@ -147,7 +147,8 @@ def claim(
     but one that never did (the buyer with the code) does not. A VIN that cannot be
     claimed with a code (never registered, held by another account, decommissioned)
     answers like a wrong code (403 `pairing_code_wrong`): a claim says nothing about a car
-    you do not hold."""
+    you do not hold. Claims are limited per user like invitations (429
+    `claim_rate_limited`): each wrong one is stored."""
     no_store(response)
     vin = vin_or_422(vin, ["path", "vin"])
     account_id = target_account(principal, body.account_id, "the vehicle")
@@ -155,6 +156,17 @@ def claim(
         if principal.account_id is not None and principal.account_id == account_id:
             raise forbidden("Only owners, fleet managers and administrators claim vehicles.")
         raise account_not_found(account_id)
+    if context.invitations is not None and not principal.is_admin:
+        wait = context.invitations.acquire(f"claim:user:{principal.user_id}")
+        if wait > 0:
+            audit.record(
+                "vehicle_claim",
+                outcome="denied",
+                account_id=account_id,
+                target=f"vehicle:{vin}",
+                detail={"error": "rate limited"},
+            )
+            raise too_many("claim_rate_limited", "You have sent too many claims.", wait)
     secret = generate_password() if body.credentials == "password" else None
     now = context.now_ms()
     target = f"vehicle:{vin}"
