@@ -118,7 +118,7 @@ def test_upgrade_creates_the_tables_and_a_second_upgrade_is_a_no_op(state_db_url
             "ix_commands_status_confirmation",
         }
         assert [uq["column_names"] for uq in inspector.get_unique_constraints("commands")] == [
-            ["vin", "tenure", "idempotency_key"]
+            ["vin", "tenure", "requested_by", "idempotency_key"]
         ]
         record = create(CommandRepository(db))
 
