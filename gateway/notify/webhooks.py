@@ -118,8 +118,13 @@ class WebhookWorker:
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
+        # no kept-alive connections: they are pooled by address, and a connection whose TLS
+        # certificate was checked for one webhook's name must not carry another's delivery
         self._client = httpx.AsyncClient(
-            timeout=self.settings.webhook_timeout_s, follow_redirects=False, trust_env=False
+            timeout=self.settings.webhook_timeout_s,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
         self._task = asyncio.create_task(self._run())
 
