@@ -331,13 +331,9 @@ class LifecycleRepository:
             life = lock_lifecycle(session, vin)
             vehicle = _locked_vehicle(session, vin)
             attempt = session.get(VehiclePairingAttemptRow, (vin, account_id), with_for_update=True)
-            own_until = None if attempt is None else attempt.locked_until
-            if own_until is not None and own_until > now:
-                return PairingLocked(own_until)
-            vin_until = None if life is None else life.pairing_locked_until
-            guessed = attempt is not None and attempt.failures > 0
-            if guessed and vin_until is not None and vin_until > now:
-                return PairingLocked(vin_until)
+            waiting = _waits_until(attempt, life, now)
+            if waiting is not None:
+                return PairingLocked(waiting)
             decision = decide(state_of(life, vehicle), LifecycleEvent.CLAIM)
             if isinstance(decision, Refusal):
                 held_here = (
@@ -675,6 +671,21 @@ def _new_code(session: Session, life: VehicleLifecycleRow, code_hash: str, now: 
     session.execute(
         delete(VehiclePairingAttemptRow).where(VehiclePairingAttemptRow.vin == life.vin)
     )
+
+
+def _waits_until(
+    attempt: VehiclePairingAttemptRow | None, life: VehicleLifecycleRow | None, now: int
+) -> int | None:
+    """Until when the account of ``attempt`` waits before its next code is looked at: its
+    own lock-out, or the VIN's when it guessed wrong for it before; None: not waiting."""
+    own_until = None if attempt is None else attempt.locked_until
+    if own_until is not None and own_until > now:
+        return own_until
+    vin_until = None if life is None else life.pairing_locked_until
+    guessed = attempt is not None and attempt.failures > 0
+    if guessed and vin_until is not None and vin_until > now:
+        return vin_until
+    return None
 
 
 def _wrong_code(

@@ -36,9 +36,9 @@ from gateway.api.routes.common import (
     target_account,
 )
 from gateway.api.routes.provisioning import held_error, provisioned
-from gateway.api.security import forbidden, require_admin, too_many
+from gateway.api.security import AuthContext, forbidden, require_admin, too_many
 from gateway.broker.auth import generate_password, hash_password
-from gateway.core.policy import can_manage_account
+from gateway.core.policy import Principal, can_manage_account
 from gateway.statedb.accounts import NotFound
 from gateway.statedb.lifecycle import (
     Claimed,
@@ -156,17 +156,7 @@ def claim(
         if principal.account_id is not None and principal.account_id == account_id:
             raise forbidden("Only owners, fleet managers and administrators claim vehicles.")
         raise account_not_found(account_id)
-    if context.invitations is not None and not principal.is_admin:
-        wait = context.invitations.acquire(f"claim:user:{principal.user_id}")
-        if wait > 0:
-            audit.record(
-                "vehicle_claim",
-                outcome="denied",
-                account_id=account_id,
-                target=f"vehicle:{vin}",
-                detail={"error": "rate limited"},
-            )
-            raise too_many("claim_rate_limited", "You have sent too many claims.", wait)
+    _limit_claims(context, audit, principal, account_id, vin)
     secret = generate_password() if body.credentials == "password" else None
     now = context.now_ms()
     target = f"vehicle:{vin}"
@@ -194,35 +184,8 @@ def claim(
         if exc.reason in {"vehicle_held", "vehicle_in_service"}:
             raise held_error(vin, own=life.view(vin).account_id == account_id) from None
         raise refused(exc) from None
-    if isinstance(outcome, PairingLocked):
-        audit.record(
-            "vehicle_claim",
-            outcome="failed",
-            account_id=account_id,
-            target=target,
-            detail={"error": "locked"},
-        )
-        raise too_many(
-            "pairing_locked",
-            f"Too many wrong pairing codes for vehicle {vin}.",
-            (outcome.until - now) / 1000,
-        )
-    if isinstance(outcome, WrongCode):
-        audit.record(
-            "vehicle_claim",
-            outcome="failed",
-            account_id=account_id,
-            target=target,
-            detail={"error": "wrong code", "failures": outcome.failures},
-        )
-        raise ApiError(
-            403,
-            "pairing_code_wrong",
-            f"That is not the pairing code of vehicle {vin}, or the vehicle cannot be claimed "
-            "with a code (it was used already). Check the code on the vehicle's papers; the "
-            "maker can issue a new one.",
-        )
-    assert isinstance(outcome, Claimed)
+    if not isinstance(outcome, Claimed):
+        raise _claim_failed(audit, outcome, account_id, vin, now)
     audit.record(
         "vehicle_claim",
         account_id=account_id,
@@ -230,6 +193,55 @@ def claim(
         detail={"credentials": body.credentials, "tenure": outcome.vehicle.tenure},
     )
     return provisioned(context, outcome.vehicle, secret)
+
+
+def _limit_claims(
+    context: AuthContext, audit: CallerAudit, principal: Principal, account_id: int, vin: str
+) -> None:
+    """429 ``claim_rate_limited`` beyond the user's claims (the invitations' limit, in its
+    own bucket; administrators are not limited): each wrong claim stores a row."""
+    if context.invitations is None or principal.is_admin:
+        return
+    wait = context.invitations.acquire(f"claim:user:{principal.user_id}")
+    if wait > 0:
+        audit.record(
+            "vehicle_claim",
+            outcome="denied",
+            account_id=account_id,
+            target=f"vehicle:{vin}",
+            detail={"error": "rate limited"},
+        )
+        raise too_many("claim_rate_limited", "You have sent too many claims.", wait)
+
+
+def _claim_failed(
+    audit: CallerAudit, outcome: WrongCode | PairingLocked, account_id: int, vin: str, now: int
+) -> ApiError:
+    """The failed claim in the audit log, and its answer."""
+    if isinstance(outcome, PairingLocked):
+        detail: dict[str, object] = {"error": "locked"}
+    else:
+        detail = {"error": "wrong code", "failures": outcome.failures}
+    audit.record(
+        "vehicle_claim",
+        outcome="failed",
+        account_id=account_id,
+        target=f"vehicle:{vin}",
+        detail=detail,
+    )
+    if isinstance(outcome, PairingLocked):
+        return too_many(
+            "pairing_locked",
+            f"Too many wrong pairing codes for vehicle {vin}.",
+            (outcome.until - now) / 1000,
+        )
+    return ApiError(
+        403,
+        "pairing_code_wrong",
+        f"That is not the pairing code of vehicle {vin}, or the vehicle cannot be claimed "
+        "with a code (it was used already). Check the code on the vehicle's papers; the "
+        "maker can issue a new one.",
+    )
 
 
 @router.get(
