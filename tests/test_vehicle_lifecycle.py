@@ -375,6 +375,9 @@ def test_an_offer_to_an_address_without_an_account_needs_its_claim_token(api: Ap
     error(api.as_(squatter, "POST", accept, json={}), 403, "claim_token_required")
     wrong = {"claim_token": "x" * 43}
     error(api.as_(squatter, "POST", accept, json=wrong), 403, "claim_token_required")
+    # nor can they turn the seller's buyer away by declining it
+    decline = f"/v1/transfers/{tid}/decline"
+    error(api.as_(squatter, "POST", decline), 403, "claim_token_required")
     assert api.as_(seller, "GET", f"/v1/transfers/{tid}").json()["status"] == "pending"
     # the buyer the seller gave the token to (here the address's owner) takes it
     r = api.as_(squatter, "POST", accept, json={"claim_token": token})
@@ -445,6 +448,8 @@ def test_an_invitation_to_an_address_without_an_account_needs_its_token(api: Api
         403,
         "invitation_token_required",
     )
+    decline = f"/v1/invitations/{iid}/decline"
+    error(api.as_(squatter, "POST", decline), 403, "invitation_token_required")
     assert api.as_(squatter, "GET", f"/v1/vehicles/{VIN}").status_code == 404
     r = api.as_(squatter, "POST", accept, json={"token": token})
     assert r.status_code == 201, r.text

@@ -33,7 +33,7 @@ __all__ = [
     "GrantPage",
     "GrantRequest",
     "IdPath",
-    "InvitationAcceptRequest",
+    "InvitationAnswerRequest",
     "InvitationCreated",
     "InvitationOut",
     "InvitationPage",
@@ -234,7 +234,7 @@ class InvitationCreated(InvitationOut):
     )
 
 
-class InvitationAcceptRequest(BaseModel):
+class InvitationAnswerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     token: str | None = Field(
@@ -242,7 +242,8 @@ class InvitationAcceptRequest(BaseModel):
         min_length=1,
         max_length=128,
         description="The invitation's accept_token, which its inviter passed on: needed "
-        "when the invited address had no account when the invitation was made.",
+        "to accept or decline when the invited address had no account when the invitation "
+        "was made.",
     )
 
 

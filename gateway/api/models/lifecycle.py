@@ -25,6 +25,7 @@ __all__ = [
     "ServiceRequest",
     "TransferAcceptRequest",
     "TransferAccepted",
+    "TransferDeclineRequest",
     "TransferOffered",
     "TransferOut",
     "TransferPage",
@@ -138,6 +139,16 @@ class TransferAcceptRequest(BaseModel):
         description="The one-time token the offerer was given (POST /v1/vehicles/{vin}/"
         "transfers) and passed on: needed when the offer's address had no account when it "
         "was made.",
+    )
+
+
+class TransferDeclineRequest(BaseModel):
+    claim_token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The offer's claim_token: needed when the offer's address had no "
+        "account when it was made.",
     )
 
 

@@ -19,7 +19,7 @@ from gateway.api.errors import ApiError
 from gateway.api.models.accounts import (
     GrantOut,
     IdPath,
-    InvitationAcceptRequest,
+    InvitationAnswerRequest,
     InvitationCreated,
     InvitationOut,
     InvitationPage,
@@ -174,7 +174,7 @@ def accept_invitation(
     principal: Caller,
     context: Auth,
     audit: CallerAudit,
-    body: InvitationAcceptRequest | None = None,
+    body: InvitationAnswerRequest | None = None,
 ) -> GrantOut:
     """Makes the grant the invitation offered (replacing one you had of the vehicle).
     409 `invitation_closed` if it was withdrawn, answered or has expired, or the vehicle
@@ -194,10 +194,16 @@ def accept_invitation(
     summary="Decline an invitation",
 )
 def decline_invitation(
-    invitation_id: IdPath, principal: Caller, context: Auth, audit: CallerAudit
+    invitation_id: IdPath,
+    principal: Caller,
+    context: Auth,
+    audit: CallerAudit,
+    body: InvitationAnswerRequest | None = None,
 ) -> InvitationOut:
-    """Nothing is shared; the inviter sees `declined`."""
-    invitation, _ = _answer(context, audit, principal, invitation_id, accept=False)
+    """Nothing is shared; the inviter sees `declined`. Like accepting, an invitation made
+    to an address that had no account then needs its token."""
+    token = None if body is None else body.token
+    invitation, _ = _answer(context, audit, principal, invitation_id, accept=False, token=token)
     return InvitationOut.model_validate(invitation, context={"now": context.now_ms()})
 
 
@@ -228,7 +234,7 @@ def _answer(
 ) -> tuple[InvitationRecord, GrantRecord | None]:
     """Accept or decline an invitation addressed to the caller (else 404): the user it
     is bound to, or, for one made to an address that had no account, whoever has the
-    address now, who needs its token to accept (decision 0023)."""
+    address now, who needs its token (decision 0023)."""
     invitation = context.accounts.get_invitation(invitation_id)
     if invitation is None:
         raise _invitation_not_found(invitation_id)
@@ -239,8 +245,7 @@ def _answer(
     if not addressed:
         raise _invitation_not_found(invitation_id)
     if (
-        accept
-        and invitation.to_user_id is None
+        invitation.to_user_id is None
         and invitation.accept_token_hash is not None
         and not (
             token is not None
@@ -251,7 +256,7 @@ def _answer(
             403,
             "invitation_token_required",
             f"Invitation {invitation_id} was made to an address that had no account then: "
-            'accept it with the token its sender was given (body {"token": ...}). Ask '
+            'answer it with the token its sender was given (body {"token": ...}). Ask '
             "them for it, or to invite you again now that you have an account.",
         )
     # a closed invitation raises InvitationClosed: 409 invitation_closed (gateway.api.errors)

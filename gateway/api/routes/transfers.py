@@ -27,6 +27,7 @@ from gateway.api.models.accounts import IdPath
 from gateway.api.models.lifecycle import (
     TransferAccepted,
     TransferAcceptRequest,
+    TransferDeclineRequest,
     TransferOffered,
     TransferOut,
     TransferPage,
@@ -72,6 +73,23 @@ def _closed(exc: TransferClosed) -> ApiError:
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _check_token(record: TransferRecord, token: str | None) -> None:
+    """403 ``claim_token_required`` unless the offer is bound to a user (checked by
+    :func:`_sides`), was made before tokens (the address decides, as it did then), or
+    ``token`` is its claim token."""
+    if record.to_user_id is not None or record.claim_token_hash is None:
+        return
+    if token is not None and hmac.compare_digest(_token_hash(token), record.claim_token_hash):
+        return
+    raise ApiError(
+        403,
+        "claim_token_required",
+        f"Transfer {record.id} was offered to an address that had no account then: answer "
+        "it with the claim token its offerer was given (field claim_token). Ask the seller "
+        "for it, or to offer the car again now that you have an account.",
+    )
 
 
 def _sides(principal: Principal, record: TransferRecord) -> tuple[bool, bool]:
@@ -220,18 +238,7 @@ def accept(
     record, _, receiver = _visible(life, principal, transfer_id)
     if not receiver:
         raise forbidden("Only the receiver accepts a transfer.")
-    if record.to_user_id is None and not (
-        record.claim_token_hash is not None
-        and body.claim_token is not None
-        and hmac.compare_digest(_token_hash(body.claim_token), record.claim_token_hash)
-    ):
-        raise ApiError(
-            403,
-            "claim_token_required",
-            f"Transfer {transfer_id} was offered to an address that had no account then: "
-            "accept it with the claim token its offerer was given (field claim_token). Ask "
-            "the seller for it, or to offer the car again now that you have an account.",
-        )
+    _check_token(record, body.claim_token)
     account_id = target_account(principal, body.account_id, "the vehicle")
     if not can_manage_account(principal, account_id):
         if principal.account_id == account_id:
@@ -274,12 +281,20 @@ def accept(
     summary="Decline a transfer offered to you",
 )
 def decline(
-    transfer_id: IdPath, principal: Caller, context: Auth, audit: CallerAudit, life: Lifecycle
+    transfer_id: IdPath,
+    principal: Caller,
+    context: Auth,
+    audit: CallerAudit,
+    life: Lifecycle,
+    body: TransferDeclineRequest | None = None,
 ) -> TransferOut:
-    """The receiver turns the offer down; the vehicle stays with its holder."""
+    """The receiver turns the offer down; the vehicle stays with its holder. Like
+    accepting, an offer made to an address that had no account then needs its
+    `claim_token`."""
     record, _, receiver = _visible(life, principal, transfer_id)
     if not receiver:
         raise forbidden("Only the receiver declines a transfer; its holder cancels it.")
+    _check_token(record, None if body is None else body.claim_token)
     return _close(context, audit, life, principal, record, "declined")
 
 
