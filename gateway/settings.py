@@ -146,6 +146,10 @@ class Environment(BaseSettings):
     login_limit: str = _limit(DEFAULT_LOGIN_LIMIT)
     invitation_limit: str = "20/hour,burst=10"
     no_registration: bool = False
+    #: the session cookie's Secure flag; None: on unless the API listens on loopback
+    cookie_secure: bool | None = None
+    #: live streams (Server-Sent Events) one user may have open at once, per API process
+    max_streams_per_user: int = 8
     fleet_quotas: str = ""
     # the web dashboard's map tiles (None: a plain background with the demo's Munich roads)
     web_tile_url: str | None = None
@@ -157,7 +161,9 @@ class Environment(BaseSettings):
     # --- operator commands (telematics user add / set-password)
     user_password: str | None = Field(default=None, repr=False)
 
-    _switches = field_validator("no_registration", "require_provisioned", mode="before")(_flag)
+    _switches = field_validator(
+        "no_registration", "require_provisioned", "cookie_secure", mode="before"
+    )(_flag)
 
     def mqtt_credentials(
         self, username: str | None, password_file: Path | None

@@ -443,11 +443,14 @@ def limited(tmp_path: Path, mosquitto: MosquittoProcess, state_db_url: str) -> I
 
 
 def without_ids(body: dict[str, Any]) -> dict[str, Any]:
-    """The answer without what differs between two invitations (id, address, times)."""
+    """The answer without what differs between two invitations (id, address, times, the
+    one-time token: present in both, decision 0023)."""
+    assert body["accept_token"]
     return {
         k: v
         for k, v in body.items()
-        if k not in {"id", "email"} and not k.startswith(("created_at", "expires_at"))
+        if k not in {"id", "email", "accept_token"}
+        and not k.startswith(("created_at", "expires_at"))
     }
 
 
@@ -517,10 +520,14 @@ def test_sharing_by_email_reveals_no_account_and_needs_the_recipients_consent(
         409,
         "invitation_closed",
     )
-    # the address without an account can register later and decline
+    # the address without an account can register later and decline, with the token the
+    # owner passed on (decision 0023: without it, whoever registered first would answer)
     later = stack.register("nobody@example.com")
     (waiting,) = stack.as_(later, "GET", "/v1/invitations").json()["items"]
-    declined = stack.as_(later, "POST", f"/v1/invitations/{waiting['id']}/decline")
+    decline = f"/v1/invitations/{waiting['id']}/decline"
+    error(stack.as_(later, "POST", decline), 403, "invitation_token_required")
+    token = {"token": answers[1].json()["accept_token"]}
+    declined = stack.as_(later, "POST", decline, json=token)
     assert declined.json()["status"] == "declined"
     error(stack.as_(later, "GET", f"/v1/vehicles/{VIN}/registration"), 404, "vehicle_not_found")
     statuses = {

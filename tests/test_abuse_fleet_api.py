@@ -35,7 +35,7 @@ from tests.support.commands_api import Api
 
 PASSWORD = "fleet-abuse-password-1"
 VIN = "WVWZZZ1JZXW000001"
-QUOTAS = FleetQuotas(fleets=3, drivers=3, geofences=3, assignments=3)
+QUOTAS = FleetQuotas(fleets=3, drivers=3, geofences=3, assignments=3, account_assignments=5)
 _emails = itertools.count(1)
 
 
@@ -136,10 +136,42 @@ def test_a_driver_cannot_have_more_assignments_than_the_quota(api: TestClient) -
     assert api.post(url, json={"vin": VIN, "valid_from": 10**9}, headers=me).status_code == 201
 
 
+def test_an_organization_cannot_have_more_assignments_than_its_quota(api: TestClient) -> None:
+    """Security review 2 (decision 0023): the quota was per driver only, so an account
+    with 10,000 drivers could make 10^8 assignments. The account's drivers together have
+    at most ``account_assignments``."""
+    me = _register(api)
+    vin = "WVWZZZ1JZXW000009"  # the module shares one app
+    account = api.get("/v1/me", headers=me).json()["user"]["account_id"]
+    assert api.post("/v1/vehicles", json={"vin": vin}, headers=me).status_code == 201
+    drivers = [
+        api.post("/v1/drivers", json={"name": f"d{i}"}, headers=me).json()["id"] for i in range(2)
+    ]
+    for driver, count in zip(drivers, (3, 2), strict=True):
+        for hour in range(count):
+            body = {"vin": vin, "valid_from": hour * 3_600_000}
+            r = api.post(f"/v1/drivers/{driver}/assignments", json=body, headers=me)
+            assert r.status_code == 201, r.text
+    # the second driver has room of their own, the account has none
+    url = f"/v1/drivers/{drivers[1]}/assignments"
+    r = api.post(url, json={"vin": vin, "valid_from": 10**9}, headers=me)
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert error["code"] == "quota_exceeded"
+    assert f"Account {account} has 5 assignments, the most allowed" in error["message"]
+    assert "account_assignments=10" in error["message"]
+    assert error["details"][0]["msg"] == "at most 5 assignments per account"
+    # one deleted makes room
+    first = api.get(url, headers=me).json()["items"][0]["id"]
+    assert api.delete(f"{url}/{first}", headers=me).status_code == 204
+    assert api.post(url, json={"vin": vin, "valid_from": 10**9}, headers=me).status_code == 201
+
+
 def test_the_quotas_default_to_generous_numbers_and_parse_from_the_option() -> None:
     assert FleetQuotas() == FleetQuotas(
-        fleets=500, drivers=10_000, geofences=1_000, assignments=10_000
-    )
+        fleets=500, drivers=10_000, geofences=1_000, assignments=10_000,
+        account_assignments=1_000_000,
+    )  # fmt: skip
     assert ApiSettings(Path("x.db")).fleet_quotas == FleetQuotas()
     assert parse_fleet_quotas("") == FleetQuotas()
     assert parse_fleet_quotas("fleets=2, geofences=off") == FleetQuotas(

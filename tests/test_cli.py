@@ -122,6 +122,8 @@ def _sample(action: argparse.Action) -> tuple[str, object]:
     """A value to put into the action's environment variable, and what the flag then holds."""
     if isinstance(action, argparse._StoreTrueAction):
         return "1", True
+    if isinstance(action, argparse.BooleanOptionalAction):  # on by default: turned off
+        return "0", False
     if action.choices:
         choice = list(action.choices)[-1]
         return str(choice), choice

@@ -301,6 +301,30 @@ def test_a_retried_job_with_its_idempotency_key_is_the_same_job(world: World) ->
         world.as_(who, "POST", f"/v1/command-jobs/{job['id']}/cancel")
 
 
+def test_a_colleague_cannot_use_up_your_idempotency_key(world: World) -> None:
+    """Security review 2 (decision 0023): keys were per organization, so a colleague (a
+    second manager, or a driver of the account) who used your key first had your job
+    refused. Keys are per user now."""
+    r = world.as_("admin", "POST", "/v1/users", json={
+        "email": "other-manager-a@example.com", "name": "A2", "role": "fleet_manager",
+        "account_id": world.accounts["A"], "password": PASSWORD,
+    })  # fmt: skip
+    assert r.status_code == 201, r.text
+    colleague = bearer(r.json()["id"], "fleet_manager", world.accounts["A"])
+    key = {"Idempotency-Key": "nightly-lock"}
+    theirs = world.client.post(
+        "/v1/command-jobs", json={"type": "unlock", "vins": [GONE], "ttl_s": 60},
+        headers={**colleague, **key},
+    )  # fmt: skip
+    assert theirs.status_code == 201, theirs.text
+    mine = world.as_("A", "POST", "/v1/command-jobs", headers=key,
+                     json={"type": "lock", "vins": [GONE, LATE], "ttl_s": 60})  # fmt: skip
+    assert mine.status_code == 201, mine.text
+    assert mine.json()["id"] != theirs.json()["id"]
+    for job, headers in ((mine.json(), world.headers["A"]), (theirs.json(), colleague)):
+        world.client.post(f"/v1/command-jobs/{job['id']}/cancel", headers=headers)
+
+
 def test_the_same_key_at_the_same_moment_makes_one_job(world: World) -> None:
     body = {"type": "lock", "vins": [GONE], "ttl_s": 60}
     key = {"Idempotency-Key": "raced"}

@@ -118,7 +118,7 @@ def test_upgrade_creates_the_tables_and_a_second_upgrade_is_a_no_op(state_db_url
             "ix_commands_status_confirmation",
         }
         assert [uq["column_names"] for uq in inspector.get_unique_constraints("commands")] == [
-            ["vin", "tenure", "idempotency_key"]
+            ["vin", "tenure", "requested_by", "idempotency_key"]
         ]
         record = create(CommandRepository(db))
 
@@ -335,7 +335,6 @@ def test_same_key_with_a_different_request_is_a_conflict(repo: CommandRepository
         {"params": {"target_temperature_c": 22.0}},
         {"type": "lock", "params": {}},
         {"ttl_ms": 120_000},
-        {"requested_by": "mallory"},
     ]
     for change in different:
         arguments: dict[str, Any] = {
@@ -353,6 +352,22 @@ def test_same_key_with_a_different_request_is_a_conflict(repo: CommandRepository
         assert caught.value.command_id == first.id
         assert "'k'" in str(caught.value)
     assert ids(repo.list_for_vehicle(VIN)) == [first.id]
+
+
+def test_a_key_is_per_requesting_user(repo: CommandRepository) -> None:
+    """Security review 2 (decision 0023): the key was per vehicle, so a driver who shares
+    the car and guessed (or saw) its owner's key used it up first, and the owner's
+    command was refused as a conflict. Another user's use of the same key is their own
+    command; each user's retry finds their own."""
+    mallory = create(repo, type="unlock", idempotency_key="k", requested_by="user:7")
+    alice = create(repo, type="lock", idempotency_key="k", requested_by="user:1")
+    assert mallory.id != alice.id
+    for who, expected in (("user:1", alice), ("user:7", mallory)):
+        again, created = repo.create(
+            vin=VIN, type=expected.type, params={}, now=NOW, ttl_ms=60_000,
+            result_timeout_ms=30_000, idempotency_key="k", requested_by=who,
+        )  # fmt: skip
+        assert (again.id, created) == (expected.id, False)
 
 
 def test_same_key_on_another_vehicle_is_a_new_command(repo: CommandRepository) -> None:

@@ -142,7 +142,7 @@ def test_a_registered_car_is_claimed_with_its_code_once(api: Api) -> None:
     # a held car: the code is no use to anyone else either
     fresh = api.as_(api.admin, "POST", f"/v1/vehicles/{VIN}/pairing-code").json()["pairing_code"]
     assert api.claim(owner, fresh).status_code == 201
-    error(api.claim(thief, fresh), 409, "vehicle_held_by_another_account")
+    error(api.claim(thief, fresh), 403, "pairing_code_wrong")  # says nothing of the car
     history = api.state()["history"]
     assert [(e["event"], e["from_state"], e["to_state"]) for e in history] == [
         ("register", "unregistered", "built"),
@@ -157,28 +157,88 @@ def test_a_registered_car_is_claimed_with_its_code_once(api: Api) -> None:
     assert sorted(e["outcome"] for e in claims) == ["failed", "failed", "ok", "ok"]
 
 
-def test_wrong_codes_lock_the_vin_out_whoever_guesses(api: Api) -> None:
+def test_wrong_codes_lock_out_the_guessing_account_not_the_buyer(api: Api) -> None:
+    """Security review 2 (decision 0023): wrong codes count per (account, VIN), so whoever
+    knows a VIN cannot keep its buyer out by failing on purpose."""
     code = api.register_built()
     start = int(api.clock.now * 1000)
-    _, one = api.owner("one@example.com")
-    _, two = api.owner("two@example.com")
-    # five wrong guesses from two accounts add up
+    _, attacker = api.owner("attacker@example.com")
+    buyer_account, buyer = api.owner("buyer@example.com")
     for i in range(5):
-        error(api.claim(one if i % 2 else two, f"WRONG-CODE-{i:04d}"), 403, "pairing_code_wrong")
-    # locked: even the right code is not looked at, and the answer says how long to wait
-    locked = api.claim(one, code)
+        error(api.claim(attacker, f"WRONG-CODE-{i:04d}"), 403, "pairing_code_wrong")
+    # the attacker waits: even the right code is not looked at for them
+    locked = api.claim(attacker, code)
     error(locked, 429, "pairing_locked")
     assert locked.headers["Retry-After"] == "1"
-    assert api.state()["pairing_locked_until"] == start + 1000
-    # the wait doubles with each further wrong code
+    # the wait doubles with each further wrong code of that account
     api.clock.now += 1.0
-    error(api.claim(two, "WRONG-CODE-0005"), 403, "pairing_code_wrong")
-    error(api.claim(one, code), 429, "pairing_locked")
-    assert api.state()["pairing_locked_until"] == start + 1000 + 2000
-    api.clock.now += 2.0
-    # the right code after the wait: claimed, and the count starts again
-    assert api.claim(one, code).status_code == 201
+    error(api.claim(attacker, "WRONG-CODE-0005"), 403, "pairing_code_wrong")
+    error(api.claim(attacker, code), 429, "pairing_locked")
+    assert api.as_(attacker, "GET", "/v1/me").status_code == 200
+    # the buyer, who holds the code, is not held up at all
+    claimed = api.claim(buyer, code)
+    assert claimed.status_code == 201, claimed.text
+    assert claimed.json()["account_id"] == buyer_account
     assert api.state()["pairing_locked_until"] is None
+    assert int(api.clock.now * 1000) == start + 1000
+
+
+def test_many_accounts_guesses_hit_the_vins_ceiling_but_not_the_codes_holder(api: Api) -> None:
+    """The global ceiling: after PAIRING_VIN_LOCKOUT_AFTER wrong codes for one VIN from
+    any accounts, every account that already guessed wrong waits; an account that never
+    guessed wrong (the buyer typing the code) is still looked at."""
+    from gateway.core.vehicle_lifecycle import PAIRING_LOCKOUT_AFTER, PAIRING_VIN_LOCKOUT_AFTER
+
+    code = api.register_built()
+    per_account = PAIRING_LOCKOUT_AFTER - 1  # stay below each account's own lock-out
+    accounts = [
+        api.owner(f"sybil{i}@example.com")[1]
+        for i in range(-(-PAIRING_VIN_LOCKOUT_AFTER // per_account))
+    ]
+    guesses = 0
+    for headers in accounts:
+        for _ in range(per_account):
+            if guesses < PAIRING_VIN_LOCKOUT_AFTER:
+                error(api.claim(headers, f"WRONG-{guesses:04d}-XXXX"), 403, "pairing_code_wrong")
+                guesses += 1
+    assert api.state()["pairing_locked_until"] is not None
+    # every account that guessed wrong is held by the VIN's lock-out, right code or not
+    for headers in accounts:
+        error(api.claim(headers, code), 429, "pairing_locked")
+    # a fresh account gets one guess: wrong, and it waits like the others
+    _, late = api.owner("late-sybil@example.com")
+    error(api.claim(late, "WRONG-LATE-XXXX"), 403, "pairing_code_wrong")
+    error(api.claim(late, code), 429, "pairing_locked")
+    # the holder of the code, who never guessed wrong, claims it
+    _, buyer = api.owner("buyer@example.com")
+    assert api.claim(buyer, code).status_code == 201
+
+
+def test_claims_answer_the_same_for_a_car_that_exists_or_not(api: Api) -> None:
+    """Security review 2: a claim by someone who does not hold the car says nothing about
+    it: a VIN never registered, one held by another account, one decommissioned and one
+    with a code open all answer a wrong code the same way (and count towards the same
+    lock-out)."""
+    _, holder = api.owner("holder@example.com")
+    _, prober = api.owner("prober@example.com")
+    held, scrapped, built, unknown = (f"WPRBE000000000{i:03d}" for i in range(4))
+    api.claim(holder, api.register_built(held), held)
+    assert api.state(held)["state"] == "active"
+    api.register_built(scrapped)
+    body = {"reason": "scrapped"}
+    assert api.as_(api.admin, "POST", f"/v1/vehicles/{scrapped}/decommission", json=body).is_success
+    api.register_built(built)
+    answers = []
+    for vin in (held, scrapped, built, unknown):
+        r = api.claim(prober, "AAAA-BBBB-CCCC", vin)
+        answers.append((r.status_code, r.json()["error"]["code"], r.json()["error"]["message"]))
+    assert {(status, code) for status, code, _ in answers} == {(403, "pairing_code_wrong")}
+    vins = (held, scrapped, built, unknown)
+    pairs = zip(answers, vins, strict=True)
+    messages = {message.replace(vin, "VIN") for (_, _, message), vin in pairs}
+    assert len(messages) == 1, messages
+    # the holder is told about their own car
+    error(api.claim(holder, "AAAA-BBBB-CCCC", held), 409, "vehicle_already_provisioned")
 
 
 def test_another_cars_code_is_useless(api: Api) -> None:
@@ -193,8 +253,9 @@ def test_another_cars_code_is_useless(api: Api) -> None:
 
 def test_claims_and_registrations_refused_with_a_reason(api: Api) -> None:
     _, owner = api.owner("owner@example.com")
-    # a VIN the maker never registered has no code to claim it with
-    error(api.claim(owner, "AAAA-BBBB-CCCC"), 409, "vehicle_not_registered")
+    # a VIN the maker never registered has no code to claim it with (answered as a wrong
+    # code: a claim tells nobody which VINs exist)
+    error(api.claim(owner, "AAAA-BBBB-CCCC"), 403, "pairing_code_wrong")
     # only administrators register cars and issue codes
     error(api.as_(owner, "POST", f"/v1/vehicles/{VIN}/lifecycle/registration"), 403, "forbidden")
     api.register_built()
@@ -290,6 +351,145 @@ def test_a_private_owner_transfers_to_another(api: Api) -> None:
         409,
         "same_holder",
     )
+
+
+def test_an_offer_to_an_address_without_an_account_needs_its_claim_token(api: Api) -> None:
+    """Security review 2 (decision 0023): an offer to an address nobody had was taken by
+    whoever registered that address first. Now the offerer gets a one-time claim token to
+    pass on, and an offer to an address without an account is accepted only with it; an
+    offer to a registered address is bound to that user."""
+    _, seller = api.owner("seller@example.com")
+    assert api.as_(seller, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+    offered = api.as_(
+        seller, "POST", f"/v1/vehicles/{VIN}/transfers", json={"to_email": "new@example.com"}
+    )
+    assert offered.status_code == 201, offered.text
+    token = offered.json()["claim_token"]
+    assert len(token) >= 32
+    tid = offered.json()["id"]
+    # the token is shown once: not in the transfer as read later
+    assert "claim_token" not in api.as_(seller, "GET", f"/v1/transfers/{tid}").json()
+    # someone registers the address first: without the token the car is not theirs
+    _, squatter = api.owner("new@example.com")
+    accept = f"/v1/transfers/{tid}/accept"
+    error(api.as_(squatter, "POST", accept, json={}), 403, "claim_token_required")
+    wrong = {"claim_token": "x" * 43}
+    error(api.as_(squatter, "POST", accept, json=wrong), 403, "claim_token_required")
+    # nor can they turn the seller's buyer away by declining it
+    decline = f"/v1/transfers/{tid}/decline"
+    error(api.as_(squatter, "POST", decline), 403, "claim_token_required")
+    assert api.as_(seller, "GET", f"/v1/transfers/{tid}").json()["status"] == "pending"
+    # the buyer the seller gave the token to (here the address's owner) takes it
+    r = api.as_(squatter, "POST", accept, json={"claim_token": token})
+    assert r.status_code == 200, r.text
+    # an offer to a registered address is bound to its user (a token is not needed)
+    buyer_account, buyer = api.owner("buyer@example.com")
+    _, new_owner = api.login("new@example.com"), api.login("new@example.com")
+    again = api.as_(
+        new_owner, "POST", f"/v1/vehicles/{VIN}/transfers", json={"to_email": "buyer@example.com"}
+    )
+    assert again.status_code == 201, again.text
+    assert "claim_token" in again.json()  # the same answer whether the address has an account
+    r = api.as_(buyer, "POST", f"/v1/transfers/{again.json()['id']}/accept", json={})
+    assert r.status_code == 200, r.text
+    assert r.json()["vehicle"]["account_id"] == buyer_account
+
+
+def test_claims_with_a_code_are_rate_limited_per_user(tmp_path: Path, state_db_url: str) -> None:
+    """Security review 2, attacker pass: since a claim of any VIN counts as a wrong code
+    (item 6), each one stores a row; unlimited, one account could claim a million made-up
+    VINs and fill the state database. Claims share the invitations' limit per user, in
+    their own bucket."""
+    from gateway.core.ratelimit import parse_limit
+
+    clock = Clock()
+    settings = ApiSettings(
+        tmp_path / "telemetry.db",
+        state_db_url=state_db_url,
+        auth=auth_settings_for_tests(clock=clock, invitation_limit=parse_limit("2/hour")),
+    )
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, clock, bearer())
+        _, prober = api.owner("prober@example.com")
+        for i in range(2):
+            error(
+                api.claim(prober, "AAAA-BBBB-CCCC", f"WMADEUP00000000{i:02d}"),
+                403,
+                "pairing_code_wrong",
+            )
+        limited = api.claim(prober, "AAAA-BBBB-CCCC", "WMADEUP0000000099")
+        error(limited, 429, "claim_rate_limited")
+        assert int(limited.headers["Retry-After"]) > 0
+        denied = [e for e in api.audit("vehicle_claim") if e["detail"] == {"error": "rate limited"}]
+        assert len(denied) == 1
+
+
+def test_an_invitation_to_an_address_without_an_account_needs_its_token(api: Api) -> None:
+    """Security review 2, attacker pass (decision 0023): an invitation to share a car
+    (unlock included) went to whoever registered the invited address first, like transfers
+    did. It is bound to the user who had the address when it was made, or, when nobody
+    had it, accepted only with the one-time token its inviter was given."""
+    _, holder = api.owner("holder@example.com")
+    assert api.as_(holder, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+    url = f"/v1/vehicles/{VIN}/invitations"
+    sent = api.as_(
+        holder, "POST", url, json={"email": "friend@example.com", "services": ["unlock"]}
+    )
+    assert sent.status_code == 201, sent.text
+    token = sent.json()["accept_token"]
+    iid = sent.json()["id"]
+    listed = api.as_(holder, "GET", url).json()["items"]
+    assert all("accept_token" not in i for i in listed)  # shown once
+    _, squatter = api.owner("friend@example.com")
+    accept = f"/v1/invitations/{iid}/accept"
+    error(api.as_(squatter, "POST", accept), 403, "invitation_token_required")
+    error(
+        api.as_(squatter, "POST", accept, json={"token": "y" * 43}),
+        403,
+        "invitation_token_required",
+    )
+    decline = f"/v1/invitations/{iid}/decline"
+    error(api.as_(squatter, "POST", decline), 403, "invitation_token_required")
+    assert api.as_(squatter, "GET", f"/v1/vehicles/{VIN}").status_code == 404
+    r = api.as_(squatter, "POST", accept, json={"token": token})
+    assert r.status_code == 201, r.text
+    # to a registered address: bound to that user, no token needed
+    _, known = api.owner("known@example.com")
+    sent = api.as_(holder, "POST", url, json={"email": "known@example.com", "services": ["read"]})
+    assert "accept_token" in sent.json()  # the same answer either way
+    r = api.as_(known, "POST", f"/v1/invitations/{sent.json()['id']}/accept")
+    assert r.status_code == 201, r.text
+
+
+def test_transfer_offers_are_rate_limited_per_user(tmp_path: Path, state_db_url: str) -> None:
+    """Security review 2: offers were not limited (each one a row, a pending offer
+    withdrawn, an audit entry); they share the invitations' limit per user
+    (``--invitation-limit``), in their own bucket."""
+    from gateway.core.ratelimit import parse_limit
+
+    clock = Clock()
+    settings = ApiSettings(
+        tmp_path / "telemetry.db",
+        state_db_url=state_db_url,
+        auth=auth_settings_for_tests(clock=clock, invitation_limit=parse_limit("2/hour")),
+    )
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, clock, bearer())
+        _, seller = api.owner("seller@example.com")
+        assert api.as_(seller, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+        url = f"/v1/vehicles/{VIN}/transfers"
+        for _ in range(2):
+            ok = api.as_(seller, "POST", url, json={"to_email": "b@example.com"})
+            assert ok.status_code == 201, ok.text
+        limited = api.as_(seller, "POST", url, json={"to_email": "b@example.com"})
+        error(limited, 429, "transfer_rate_limited")
+        assert int(limited.headers["Retry-After"]) > 0
+        denied = [e for e in api.audit("vehicle_transfer_offer") if e["outcome"] == "denied"]
+        assert len(denied) == 1
+        # invitations have their own bucket
+        invite = {"email": "friend@example.com", "services": ["read"]}
+        r = api.as_(seller, "POST", f"/v1/vehicles/{VIN}/invitations", json=invite)
+        assert r.status_code == 201, r.text
 
 
 def test_a_fleet_sells_a_used_van_to_a_private_buyer(api: Api) -> None:
@@ -419,7 +619,7 @@ def test_a_decommissioned_vin_is_never_held_again(api: Api) -> None:
         409,
         "vehicle_decommissioned",
     )
-    error(api.claim(owner, code), 409, "vehicle_decommissioned")
+    error(api.claim(owner, code), 403, "pairing_code_wrong")
     error(
         api.as_(api.admin, "POST", f"/v1/vehicles/{VIN}/pairing-code"),
         409,

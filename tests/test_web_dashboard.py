@@ -558,6 +558,51 @@ def test_send_a_command_to_a_fleet_and_watch_the_job(stack: dict[str, Any], brow
         context.close()
 
 
+def test_a_geofence_name_is_shown_as_text_never_as_markup(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """Security review 2 (decision 0023): the map's fence tooltips handed the name to
+    Leaflet as a string, which Leaflet sets as HTML: anyone who may name a fence (a fleet
+    manager, a self-registered owner) put markup into the page of everyone who sees the
+    fence, administrators included (the CSP stops scripts, not markup: fake links and
+    forms, images)."""
+    up: Up = stack["up"]
+    fleet: httpx.Client = stack["fleet"]
+    name = '<img id="injected-by-name" src="data:,">Depot <b id="bold-by-name">north</b>'
+    ring = [[11.3, 48.0], [11.9, 48.0], [11.9, 48.3], [11.3, 48.3], [11.3, 48.0]]
+    body = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"name": name},
+    }
+    r = fleet.post("/v1/geofences", json=body, headers={"X-CSRF-Token": fleet.cookies["tg_csrf"]})
+    assert r.status_code == 201, r.text
+    context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+    try:
+        page.wait_for_selector("path.geofence")
+        fences = page.locator("path.geofence")
+        for i in range(fences.count()):
+            fences.nth(i).dispatch_event("mouseover")
+        page.wait_for_function(
+            "(n) => [...document.querySelectorAll('.leaflet-tooltip')]"
+            ".some(t => t.textContent.includes(n))",
+            arg="Depot",
+        )
+        assert page.evaluate("document.getElementById('injected-by-name')") is None
+        assert page.evaluate("document.getElementById('bold-by-name')") is None
+        shown = page.evaluate(
+            "[...document.querySelectorAll('.leaflet-tooltip')].map(t => t.textContent)"
+        )
+        assert name in shown, shown
+        assert console.errors == []
+    finally:
+        context.close()
+        fleet.delete(
+            f"/v1/geofences/{r.json()['id']}",
+            headers={"X-CSRF-Token": fleet.cookies["tg_csrf"]},
+        )
+
+
 def test_download_the_report_as_csv(stack: dict[str, Any], browser: Any, tmp_path: Path) -> None:
     up: Up = stack["up"]
     context, page, console = log_in(browser, up, FLEET, fleet_password(up))

@@ -19,7 +19,8 @@ from tests.support.api import TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD, auth_settin
 
 @pytest.fixture
 def https_client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = ApiSettings(tmp_path / "t.db", auth=auth_settings_for_tests(), fleet_worker=None)
+    auth = auth_settings_for_tests(cookie_secure=True)  # the default outside tests
+    settings = ApiSettings(tmp_path / "t.db", auth=auth, fleet_worker=None)
     with TestClient(create_app(settings), base_url="https://testserver") as client:
         yield client
 
@@ -32,7 +33,7 @@ def _log_in(client: TestClient) -> None:
     assert r.headers["cache-control"] == "no-store"
 
 
-def test_the_session_cookie_is_httponly_strict_and_secure_over_https(
+def test_the_session_cookie_is_httponly_strict_and_secure_when_configured(
     https_client: TestClient,
 ) -> None:
     r = https_client.post(

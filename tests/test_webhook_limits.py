@@ -155,3 +155,44 @@ def test_the_worker_prunes_the_delivery_log(tmp_path: Path) -> None:
         asyncio.run(run())
     assert len(repo.deliveries(hook.id, before_id=None, limit=100)) == 2
     db.dispose()
+
+
+def test_a_delivery_connects_to_the_address_the_check_saw(tmp_path: Path) -> None:
+    """Security review 2 (decision 0023): the worker checked the addresses a name resolved
+    to, then httpx resolved the name again to connect, so a DNS answer that changed in
+    between (rebinding to an internal address) got around the check. The connection now
+    goes to the address that was checked, with the name as ``Host``. Here the name resolves
+    only through the worker's resolver (to the receiver's loopback address; private targets
+    are allowed so that the check passes it): a second resolution cannot find it at all."""
+    db, repo, account = _repo(tmp_path)
+    with Receiver() as receiver:
+        port = int(receiver.url.split(":")[2].split("/")[0])
+        url = f"http://rebound.invalid:{port}/hook"
+        hook = repo.create(account_id=account, url=url, event_types=["*"], secret="whsec_x",
+                           description=None, created_by=1, now=1)  # fmt: skip
+        repo.enqueue_test(hook.id, now=int(time.time() * 1000))
+        asked: list[str] = []
+
+        async def resolver(host: str, _port: int) -> list[str]:
+            asked.append(host)
+            return ["127.0.0.1"] if host == "rebound.invalid" else []
+
+        async def run() -> None:
+            settings = NotifySettings(
+                webhook_poll_s=0.02, webhook_retry_base_s=0.05, webhook_allow_private_targets=True
+            )
+            worker = WebhookWorker(repo, settings, resolver=resolver)
+            await worker.start()
+            deadline = time.monotonic() + 10
+            while repo.deliveries(hook.id, before_id=None, limit=1)[0].attempts == 0:
+                assert time.monotonic() < deadline, "no attempt"
+                await asyncio.sleep(0.05)
+            await worker.stop()
+
+        asyncio.run(run())
+        (done,) = repo.deliveries(hook.id, before_id=None, limit=10)
+        assert (done.status, done.error) == ("delivered", None)
+        assert asked == ["rebound.invalid"]
+        ((headers, _body),) = receiver.requests
+        assert headers["host"] == f"rebound.invalid:{port}"
+    db.dispose()

@@ -28,6 +28,7 @@ from gateway.api.positions import PositionFeed
 from gateway.api.routes import routers
 from gateway.api.security import AuthContext
 from gateway.api.settings import ApiSettings
+from gateway.api.streams import StreamSlots
 from gateway.api.web import install_web
 from gateway.auth.tokens import load_or_create_secret
 from gateway.commands.jobs import JobService
@@ -298,6 +299,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         },
     )
     app.state.settings = settings
+    app.state.stream_slots = StreamSlots(settings.max_streams_per_user)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     install_docs(app)

@@ -89,7 +89,8 @@ class AuthSettings:
     vehicle_command_limit: Limit | None = DEFAULT_VEHICLE_COMMAND_LIMIT
     #: password attempts (logins, registrations) per client address
     login_limit: Limit | None = DEFAULT_LOGIN_LIMIT
-    #: invitations to share a vehicle, per inviting user
+    #: invitations to share a vehicle, per inviting user (transfer offers and claims with a
+    #: pairing code too, each counted apart)
     invitation_limit: Limit | None = DEFAULT_INVITATION_LIMIT
     #: how long an invitation can be accepted
     invitation_ttl_s: int = 7 * 24 * 3600
@@ -111,6 +112,9 @@ class AuthSettings:
     signing_public_key_path: Path | None = None
     #: how long a web dashboard login (the session cookie) lasts
     session_ttl_s: int = 8 * 3600
+    #: the session and CSRF cookies' ``Secure`` flag (decision 0023: configuration, not a
+    #: forwarded header); the CLI turns it off by default only on a loopback listener
+    cookie_secure: bool = True
     #: wall clock in seconds (tests move it)
     clock: Callable[[], float] = time.time
 

@@ -30,20 +30,24 @@ QUOTA_OPTION = "--fleet-quotas (env TELEMATICS_FLEET_QUOTAS)"
 @dataclass(frozen=True, slots=True)
 class FleetQuotas:
     """The most fleets (and groups), drivers and geofences one account may have, and
-    assignments one driver may have: a self-registered account must not be able to fill
-    the state database (or slow every rule evaluation of its vehicles with a million
-    fences). The defaults are far above a large fleet's needs: a few hundred fleets and
-    groups, a driver per van and shift, a depot and zones per city, a shift a day for 27
-    years. ``None``: no quota."""
+    assignments one driver and all drivers of one account may have: a self-registered
+    account must not be able to fill the state database (or slow every rule evaluation of
+    its vehicles with a million fences). The defaults are far above a large fleet's
+    needs: a few hundred fleets and groups, a driver per van and shift, a depot and zones
+    per city, a shift a day for 27 years, and for a whole account a shift a day for a
+    year for each of 2,700 drivers (the per-driver quota alone allowed 10^8 rows, decision
+    0023). ``None``: no quota."""
 
     fleets: int | None = 500
     drivers: int | None = 10_000
     geofences: int | None = 1_000
     assignments: int | None = 10_000
+    account_assignments: int | None = 1_000_000
 
 
 def parse_fleet_quotas(text: str) -> FleetQuotas:
-    """``"fleets=500,drivers=10000,geofences=1000,assignments=10000"`` (any of them; ``off``
+    """``"fleets=500,drivers=10000,geofences=1000,assignments=10000,
+    account_assignments=1000000"`` (any of them; ``off``
     for none) over the defaults; ValueError naming what is wrong."""
     values: dict[str, int | None] = {}
     names = FleetQuotas.__dataclass_fields__
@@ -129,6 +133,9 @@ class ApiSettings:
     web: WebSettings = field(default_factory=WebSettings)
     #: command stages and event-loop lag written here (gateway.trace; benchmarks); None: off
     trace_file: Path | None = None
+    #: live streams one user may have open at once in this process (429 beyond; decision
+    #: 0023); None: no limit
+    max_streams_per_user: int | None = 8
     #: the clock that decides the silence (tests of it set their own)
     clock_ms: Callable[[], int] = field(default=now_ms, compare=False, repr=False)
 

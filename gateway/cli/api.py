@@ -23,7 +23,7 @@ from gateway.cli.options import (
 from gateway.errors import ConfigurationError
 from gateway.settings import DEFAULT_API_PORT, Environment
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "loopback", "run"]
 
 log = logging.getLogger("telematics")
 
@@ -43,6 +43,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         type=int,
         default=env.api_port,
         help=f"(env TELEMATICS_API_PORT; default: {DEFAULT_API_PORT})",
+    )
+    api.add_argument(
+        "--cookie-secure",
+        action=argparse.BooleanOptionalAction,
+        default=env.cookie_secure,
+        help="mark the web session cookies Secure (sent over HTTPS only); set it behind a "
+        "proxy that terminates TLS (env TELEMATICS_COOKIE_SECURE; default: on, off only "
+        "when --host is a loopback address)",
+    )
+    api.add_argument(
+        "--max-streams-per-user",
+        type=int,
+        default=env.max_streams_per_user,
+        metavar="N",
+        help="live streams (/v1/stream, /v1/positions/stream, command events) one user may "
+        "have open at once in this process; 429 beyond (env TELEMATICS_MAX_STREAMS_PER_USER; "
+        "default: 8; 0: no limit)",
     )
     add_mqtt(api, env, default=None)
     add_mqtt_auth(api, env)
@@ -84,6 +101,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "runs it, or a benchmark measures ingest without rules)",
     )
     api.set_defaults(handler=run)
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or name (only this machine reaches it)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
@@ -135,7 +164,12 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         open_registration=not args.no_registration,
         broker_url=args.unit_broker_url or args.mqtt_url,
         signing_public_key_path=signing_key.with_name(signing_key.name + ".pub"),
+        cookie_secure=(
+            not loopback(args.host) if args.cookie_secure is None else args.cookie_secure
+        ),
     )
+    if args.max_streams_per_user < 0:
+        raise ConfigurationError("--max-streams-per-user: give 0 (no limit) or more")
     settings = ApiSettings(
         db_path=db_path,
         store_url=resolve_store(args.store, args.data_dir),
@@ -149,6 +183,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             tile_url=args.web_tile_url or None, tile_attribution=args.web_tile_attribution
         ),
         trace_file=env.trace_file,
+        max_streams_per_user=args.max_streams_per_user or None,
     )
     if args.no_fleet_worker:
         settings = dataclasses.replace(settings, fleet_worker=None)

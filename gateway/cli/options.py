@@ -209,9 +209,10 @@ def add_fleet_quotas(p: argparse.ArgumentParser, env: Environment) -> None:
         "--fleet-quotas",
         default=env.fleet_quotas,
         metavar="NAME=N,...",
-        help="the most fleets, drivers and geofences one account may have, and assignments "
-        "one driver may have, e.g. 'fleets=500,drivers=10000,geofences=1000,"
-        "assignments=10000' (the defaults; 'off' for none) (env TELEMATICS_FLEET_QUOTAS)",
+        help="the most fleets, drivers and geofences one account may have, assignments "
+        "one driver and one account may have, e.g. 'fleets=500,drivers=10000,geofences=1000,"
+        "assignments=10000,account_assignments=1000000' (the defaults; 'off' for none) "
+        "(env TELEMATICS_FLEET_QUOTAS)",
     )
 
 
@@ -301,7 +302,8 @@ def add_auth(p: argparse.ArgumentParser, env: Environment) -> None:
         "--invitation-limit",
         default=env.invitation_limit,
         metavar="RATE",
-        help="invitations to share a vehicle, per user (env TELEMATICS_INVITATION_LIMIT; "
+        help="invitations to share a vehicle, transfer offers and claims with a pairing code "
+        "(each counted apart), per user (env TELEMATICS_INVITATION_LIMIT; "
         "default: 20/hour,burst=10)",
     )
     p.add_argument(

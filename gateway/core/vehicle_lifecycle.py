@@ -53,6 +53,7 @@ from typing import Final
 __all__ = [
     "PAIRING_LOCKOUT_AFTER",
     "PAIRING_MAX_LOCKOUT_S",
+    "PAIRING_VIN_LOCKOUT_AFTER",
     "LifecycleEvent",
     "Refusal",
     "Transition",
@@ -61,9 +62,14 @@ __all__ = [
     "decide",
 ]
 
-#: wrong pairing codes for one VIN before it waits (then 1 s, 2 s, 4 s ... up to the maximum)
+#: wrong pairing codes of one account for one VIN before that account waits (then 1 s, 2 s,
+#: 4 s ... up to the maximum); other accounts are not held up (decision 0023)
 PAIRING_LOCKOUT_AFTER: Final = 5
-#: the longest wait between two pairing attempts for one VIN, once locked
+#: wrong pairing codes for one VIN from all accounts together before every account that
+#: guessed wrong for it waits (1 s, 2 s ... up to the maximum): the ceiling on many accounts'
+#: guesses. An account that never guessed wrong for the VIN (its buyer) is still looked at.
+PAIRING_VIN_LOCKOUT_AFTER: Final = 20
+#: the longest wait between two pairing attempts, once locked
 PAIRING_MAX_LOCKOUT_S: Final = 3600
 
 

@@ -11,8 +11,10 @@ claim_due`: a lease, so several API processes never send one attempt twice) and 
 * to an address checked at that moment: the host is resolved here and every address must
   be public unless the operator allows private targets (:func:`gateway.core.notify.
   check_webhook_url`), and redirects are not followed (a redirect to an internal address
-  would get around the check). Known limit: httpx resolves the name again to connect, so a
-  name whose DNS answer changes within that instant (rebinding) is not fully covered;
+  would get around the check). The connection goes to a checked address, with the name as
+  ``Host`` and as the TLS server name (certificate checked against it): the name is not
+  resolved a second time, so a DNS answer that changes meanwhile (rebinding) does not get
+  around the check (decision 0023);
 * a 2xx answer within ``webhook_timeout_s`` is ``delivered``; anything else is tried again
   after 10 s, 20 s, 40 s ... (at most an hour), and ``failed`` after
   ``webhook_max_attempts``; a delivery whose address the check refuses is ``failed`` at
@@ -28,8 +30,8 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpx
 
@@ -51,6 +53,13 @@ log = logging.getLogger(__name__)
 #: how the error of a delivery refused by the address check begins (it fails at once)
 _REFUSED = "refused: "
 _PRUNE_EVERY_MS = 60_000
+
+
+def _pinned(parts: SplitResult, address: str) -> str:
+    """The URL with its host replaced by ``address`` (an IP literal)."""
+    host = f"[{address}]" if ":" in address else address
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
 async def resolve(host: str, port: int) -> list[str]:
@@ -96,18 +105,26 @@ class WebhookWorker:
         settings: NotifySettings,
         *,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        resolver: Callable[[str, int], Awaitable[list[str]]] | None = None,
     ) -> None:
         self.repo = repository
         self.settings = settings
         self._clock_ms = clock_ms
+        #: the name's addresses (the system's resolver; tests give their own)
+        self._resolve = resolver or resolve
         self._poke = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
+        # no kept-alive connections: they are pooled by address, and a connection whose TLS
+        # certificate was checked for one webhook's name must not carry another's delivery
         self._client = httpx.AsyncClient(
-            timeout=self.settings.webhook_timeout_s, follow_redirects=False, trust_env=False
+            timeout=self.settings.webhook_timeout_s,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
         self._task = asyncio.create_task(self._run())
 
@@ -186,7 +203,7 @@ class WebhookWorker:
         parts = urlsplit(hook.url)
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
-            addresses = await resolve(parts.hostname or "", port)
+            addresses = await self._resolve(parts.hostname or "", port)
             check_webhook_url(
                 hook.url,
                 resolved=addresses,
@@ -196,8 +213,11 @@ class WebhookWorker:
             return None, f"{_REFUSED}{exc}"
         except (OSError, ValueError) as exc:
             return None, f"cannot resolve {parts.hostname}: {exc}"
+        if not addresses:
+            return None, f"cannot resolve {parts.hostname}: no address"
         body = delivery.body.encode()
         headers = {
+            "Host": parts.netloc,
             "Content-Type": "application/json",
             "User-Agent": "telematics-gateway-webhooks/1",
             "Telematics-Event-Type": delivery.event_type,
@@ -206,8 +226,15 @@ class WebhookWorker:
         }
         if delivery.event_id is not None:
             headers["Telematics-Event-Id"] = str(delivery.event_id)
+        # to the address just checked, not to the name (httpx would resolve it again)
+        extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
         try:
-            response = await self._client.post(hook.url, content=body, headers=headers)
+            response = await self._client.post(
+                _pinned(parts, min(addresses, key=lambda a: ":" in a)),  # IPv4 first
+                content=body,
+                headers=headers,
+                extensions=extensions,
+            )
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"[:500]
         return response.status_code, None

@@ -310,6 +310,10 @@ class InvitationRecord:
     status: str
     decided_at: int | None
     grant_id: int | None
+    #: the user who had ``email`` at the invitation (only they may answer it); None:
+    #: nobody had it, and accepting needs the token whose hash is ``accept_token_hash``
+    to_user_id: int | None = None
+    accept_token_hash: str | None = None
 
     def open_at(self, now: int) -> bool:
         """Pending and not expired at ``now``."""
@@ -329,6 +333,8 @@ class InvitationRecord:
             status=row.status,
             decided_at=row.decided_at,
             grant_id=row.grant_id,
+            to_user_id=row.to_user_id,
+            accept_token_hash=row.accept_token_hash,
         )
 
 
@@ -1164,11 +1170,14 @@ class AccountRepository:
         invited_by: int | None,
         now: int,
         expires_at: int,
+        accept_token_hash: str | None = None,
     ) -> InvitationRecord:
-        """Offer ``vin`` (in its current holding period) to whoever logs in as ``email``,
-        for ``services``. Nothing about ``email`` is looked up: whether it has an account
-        is the recipient's business. Raises :class:`NotFound` for an unknown vehicle and
-        :class:`VehicleRevoked` for a revoked one."""
+        """Offer ``vin`` (in its current holding period) to the user who has ``email``
+        now (bound to them), or, when nobody has it, to whoever logs in as ``email`` and
+        presents the token whose hash is ``accept_token_hash`` (decision 0023), for
+        ``services``. The inviter is told nothing about ``email``. Raises
+        :class:`NotFound` for an unknown vehicle and :class:`VehicleRevoked` for a revoked
+        one."""
         services = _services(services)
         email = normalize_email(email)
         with self._db.write() as session:
@@ -1181,6 +1190,8 @@ class AccountRepository:
                 vin=vin,
                 tenure=vehicle.tenure,
                 email=email,
+                to_user_id=session.scalar(select(UserRow.id).where(UserRow.email == email)),
+                accept_token_hash=accept_token_hash,
                 services=list(services),
                 invited_by=invited_by,
                 created_at=now,

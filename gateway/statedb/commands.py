@@ -358,7 +358,7 @@ class CommandRepository:
             with self._db.write() as session:
                 _require_current_tenure(session, vin, tenure)
                 if idempotency_key is not None:
-                    existing = self._by_key(session, vin, tenure, idempotency_key)
+                    existing = self._by_key(session, vin, tenure, requested_by, idempotency_key)
                     if existing is not None:
                         return self._replay(existing, digest), False
                 row = _add_queued(
@@ -390,30 +390,40 @@ class CommandRepository:
             # it). The constraint decided; the earlier command is the answer.
             if idempotency_key is None:
                 raise
-            earlier = self._replay_after_race(vin, tenure, idempotency_key, digest)
+            earlier = self._replay_after_race(vin, tenure, requested_by, idempotency_key, digest)
             if earlier is None:
                 raise
             return earlier, False
         return record, True
 
     def _replay_after_race(
-        self, vin: str, tenure: int, idempotency_key: str, digest: str
+        self, vin: str, tenure: int, requested_by: str | None, idempotency_key: str, digest: str
     ) -> CommandRecord | None:
         """The command a concurrent create with the same key stored (see :meth:`create`),
         None if there is none."""
         with self._db.read() as session:
-            existing = self._by_key(session, vin, tenure, idempotency_key)
+            existing = self._by_key(session, vin, tenure, requested_by, idempotency_key)
             if existing is None:
                 return None
             logger.debug("command %s: concurrent create with the same idempotency key", existing.id)
             return self._replay(existing, digest)
 
     @staticmethod
-    def _by_key(session: Session, vin: str, tenure: int, idempotency_key: str) -> CommandRow | None:
+    def _by_key(
+        session: Session, vin: str, tenure: int, requested_by: str | None, idempotency_key: str
+    ) -> CommandRow | None:
+        """The command of this key: keys are per requesting user (decision 0023), so
+        another user of the vehicle cannot use one up."""
+        who = (
+            CommandRow.requested_by.is_(None)
+            if requested_by is None
+            else CommandRow.requested_by == requested_by
+        )
         return session.scalar(
             select(CommandRow).where(
                 CommandRow.vin == vin,
                 CommandRow.tenure == tenure,
+                who,
                 CommandRow.idempotency_key == idempotency_key,
             )
         )

@@ -123,12 +123,14 @@ class DuplicateFleetName(Conflict):
 
 class QuotaExceeded(Conflict):
     """``owner`` (``"account 5"``, ``"driver 7"``) has ``limit`` of ``what`` (fleets,
-    drivers, geofences, assignments), its most."""
+    drivers, geofences, assignments), its most; ``quota``: the quota's name in
+    ``--fleet-quotas`` (default: ``what``)."""
 
-    def __init__(self, what: str, owner: str, limit: int) -> None:
+    def __init__(self, what: str, owner: str, limit: int, quota: str | None = None) -> None:
         self.what = what
         self.owner = owner
         self.limit = limit
+        self.quota = quota or what
         super().__init__(f"{owner} has {limit} {what}, the most it may have")
 
 
@@ -318,9 +320,11 @@ class FleetRepository:
         start_at: int,
         end_at: int | None,
         max_count: int | None = None,
+        max_account_count: int | None = None,
     ) -> AssignmentRecord:
         """Assign the driver to ``vin`` (of the driver's account) over [start, end);
-        :class:`QuotaExceeded` if the driver has ``max_count`` assignments."""
+        :class:`QuotaExceeded` if the driver has ``max_count`` assignments or the
+        account's drivers together ``max_account_count``."""
         with self._db.write() as session:
             driver = session.get(DriverRow, driver_id)
             vehicle = session.get(VehicleRow, vin)
@@ -336,6 +340,20 @@ class FleetRepository:
                 "assignments",
                 owner="driver",
             )
+            if max_account_count is not None:
+                count = session.scalar(
+                    select(func.count())
+                    .select_from(DriverAssignmentRow)
+                    .join(DriverRow, DriverRow.id == DriverAssignmentRow.driver_id)
+                    .where(DriverRow.account_id == driver.account_id)
+                )
+                if int(count or 0) >= max_account_count:
+                    raise QuotaExceeded(
+                        "assignments",
+                        f"account {driver.account_id}",
+                        max_account_count,
+                        quota="account_assignments",
+                    )
             row = DriverAssignmentRow(
                 driver_id=driver_id, vin=vin, start_at=start_at, end_at=end_at
             )

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -35,7 +35,9 @@ from gateway.core.lockout import lockout_ms
 from gateway.core.vehicle_lifecycle import (
     PAIRING_LOCKOUT_AFTER,
     PAIRING_MAX_LOCKOUT_S,
+    PAIRING_VIN_LOCKOUT_AFTER,
     LifecycleEvent,
+    Refusal,
     VehicleState,
     decide,
 )
@@ -53,8 +55,10 @@ from gateway.statedb.database import StateDatabase
 from gateway.statedb.lifecycle_log import allowed, lock_lifecycle, record_event, state_of
 from gateway.statedb.models import (
     AccountRow,
+    UserRow,
     VehicleLifecycleEventRow,
     VehicleLifecycleRow,
+    VehiclePairingAttemptRow,
     VehicleRow,
     VehicleTransferRow,
 )
@@ -160,6 +164,10 @@ class TransferRecord:
     status: str
     decided_at: int | None
     decided_by: int | None
+    #: the user who had ``to_email`` at the offer (only they may take it); None: nobody
+    #: had it, and the receiver needs the claim token (``claim_token_hash``)
+    to_user_id: int | None
+    claim_token_hash: str | None
 
     @classmethod
     def from_row(cls, row: VehicleTransferRow) -> TransferRecord:
@@ -177,6 +185,8 @@ class TransferRecord:
             row.status,
             row.decided_at,
             row.decided_by,
+            row.to_user_id,
+            row.claim_token_hash,
         )
 
 
@@ -187,7 +197,9 @@ class Claimed:
 
 @dataclass(frozen=True, slots=True)
 class WrongCode:
-    """The code was wrong; ``locked_until``: the VIN now waits until then (None: not yet)."""
+    """The code was wrong (or the VIN cannot be claimed with a code: answered the same);
+    ``failures``: the account's wrong codes for the VIN in a row; ``locked_until``: the
+    account now waits until then (None: not yet)."""
 
     failures: int
     locked_until: int | None
@@ -209,8 +221,9 @@ _R = TypeVar("_R")
 
 def _first_row_race(method: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run ``method`` again once when its transaction lost the race to create the VIN's
-    lifecycle row (PostgreSQL: two transactions found no row to lock and both inserted; the
-    primary key refused the second). The second run finds the row and locks it."""
+    lifecycle row or an account's pairing-attempts row (PostgreSQL: two transactions found
+    no row to lock and both inserted; the primary key refused the second). The second run
+    finds the row and locks it."""
 
     @functools.wraps(method)
     def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -259,7 +272,7 @@ class LifecycleRepository:
                 session.add(life)
             life.registered_at = now
             life.registered_by = by
-            _new_code(life, code_hash, now)
+            _new_code(session, life, code_hash, now)
             record_event(
                 session, vin, transition, at=now, actor_user_id=by, account_id=None, tenure=None
             )
@@ -275,7 +288,7 @@ class LifecycleRepository:
             state = state_of(life, vehicle)
             transition = allowed(vin, decide(state, LifecycleEvent.ISSUE_CODE))
             assert life is not None  # built implies a lifecycle row
-            _new_code(life, code_hash, now)
+            _new_code(session, life, code_hash, now)
             record_event(
                 session, vin, transition, at=now, actor_user_id=by, account_id=None, tenure=None
             )
@@ -284,6 +297,7 @@ class LifecycleRepository:
 
     # --- the buyer: a claim with the code ---------------------------------------------------
 
+    @_first_row_race
     def claim(
         self,
         vin: str,
@@ -294,37 +308,52 @@ class LifecycleRepository:
         mqtt_password_hash: str | None,
         by: int | None,
         now: int,
+        uniform: bool = False,
     ) -> ClaimOutcome:
         """Claim a built car with its pairing code: a new holding period in ``account_id``.
 
-        While the VIN is locked out nothing is compared. A wrong code counts against the
-        VIN (whoever tries it: the guesses of many accounts add up) and is committed; after
-        :data:`PAIRING_LOCKOUT_AFTER` in a row the VIN waits 1 s, 2 s, 4 s ... up to
-        :data:`PAIRING_MAX_LOCKOUT_S`. A right code is used up by the claim. States other
-        than ``built`` raise :class:`LifecycleRefused` (unregistered, held, decommissioned)
-        before any code is compared.
+        Wrong codes count per (VIN, ``account_id``) and per VIN (decision 0023): after
+        :data:`PAIRING_LOCKOUT_AFTER` in a row the account waits 1 s, 2 s, 4 s ... up to
+        :data:`PAIRING_MAX_LOCKOUT_S` (other accounts are not held up); after
+        :data:`PAIRING_VIN_LOCKOUT_AFTER` for the VIN from all accounts together, every
+        account that guessed wrong for it waits as well, while an account that never did
+        (the buyer with the code) is still looked at. While an account waits nothing is
+        compared. A right code is used up by the claim.
+
+        ``uniform`` (everyone but administrators): a VIN that cannot be claimed with a code
+        (never registered, held by another account, decommissioned) answers
+        :class:`WrongCode` and counts like one, so a claim tells nothing about a car the
+        caller does not hold; otherwise, and for a car ``account_id`` holds, such states
+        raise :class:`LifecycleRefused` before any code is compared.
         """
         with self._db.write() as session:
             _require(session, AccountRow, account_id, "account")
             life = lock_lifecycle(session, vin)
             vehicle = _locked_vehicle(session, vin)
-            locked_until = None if life is None else life.pairing_locked_until
-            if locked_until is not None and locked_until > now:
-                return PairingLocked(locked_until)
-            transition = allowed(vin, decide(state_of(life, vehicle), LifecycleEvent.CLAIM))
+            attempt = session.get(VehiclePairingAttemptRow, (vin, account_id), with_for_update=True)
+            waiting = _waits_until(attempt, life, now)
+            if waiting is not None:
+                return PairingLocked(waiting)
+            decision = decide(state_of(life, vehicle), LifecycleEvent.CLAIM)
+            if isinstance(decision, Refusal):
+                held_here = (
+                    vehicle is not None
+                    and vehicle.revoked_at is None
+                    and vehicle.account_id == account_id
+                )
+                if not uniform or held_here:
+                    allowed(vin, decision)
+                return _wrong_code(session, vin, account_id, attempt, None, now)
+            transition = decision
             assert life is not None  # built implies a lifecycle row
             given = pairing_code_hash(vin, code)
             if life.pairing_code_hash is None or not hmac.compare_digest(
                 given, life.pairing_code_hash
             ):
-                life.pairing_failures += 1
-                wait = lockout_ms(
-                    life.pairing_failures,
-                    lockout_after=PAIRING_LOCKOUT_AFTER,
-                    max_lockout_s=PAIRING_MAX_LOCKOUT_S,
-                )
-                life.pairing_locked_until = None if wait is None else now + wait
-                return WrongCode(life.pairing_failures, life.pairing_locked_until)
+                return _wrong_code(session, vin, account_id, attempt, life, now)
+            session.execute(
+                delete(VehiclePairingAttemptRow).where(VehiclePairingAttemptRow.vin == vin)
+            )
             life.pairing_code_hash = None
             life.pairing_failures = 0
             life.pairing_locked_until = None
@@ -458,9 +487,12 @@ class LifecycleRepository:
         by: int | None,
         now: int,
         expires_at: int,
+        claim_token_hash: str | None = None,
     ) -> TransferRecord:
-        """The holder offers the car to whoever logs in with ``to_email``; an earlier
-        pending offer of the VIN is withdrawn (one offer at a time)."""
+        """The holder offers the car to the user who has ``to_email`` now (bound to that
+        user), or, when nobody has it, to whoever logs in with it and presents the claim
+        token (``claim_token_hash``: its hash); an earlier pending offer of the VIN is
+        withdrawn (one offer at a time)."""
         with self._db.write() as session:
             life = lock_lifecycle(session, vin)
             vehicle = _locked_vehicle(session, vin)
@@ -472,11 +504,15 @@ class LifecycleRepository:
                 .values(status="withdrawn", decided_at=now, decided_by=by)
                 .execution_options(synchronize_session=False)
             )
+            email = normalize_email(to_email)
+            receiver = session.scalar(select(UserRow.id).where(UserRow.email == email))
             row = VehicleTransferRow(
                 vin=vin,
                 tenure=vehicle.tenure,
                 from_account_id=vehicle.account_id,
-                to_email=normalize_email(to_email),
+                to_email=email,
+                to_user_id=receiver,
+                claim_token_hash=claim_token_hash,
                 to_account_id=None,
                 note=note,
                 created_by=by,
@@ -498,6 +534,7 @@ class LifecycleRepository:
         *,
         account_id: int | None,
         email: str | None,
+        user_id: int | None = None,
         every: bool = False,
         before_id: int | None = None,
         limit: int = 100,
@@ -514,6 +551,8 @@ class LifecycleRepository:
                 sides.append(VehicleTransferRow.to_account_id == account_id)
             if email is not None:
                 sides.append(VehicleTransferRow.to_email == normalize_email(email))
+            if user_id is not None:
+                sides.append(VehicleTransferRow.to_user_id == user_id)
             if not sides:
                 return []
             query = query.where(or_(*sides))
@@ -554,9 +593,16 @@ class LifecycleRepository:
         changed hands or period since it was offered."""
         with self._db.write() as session:
             _require(session, AccountRow, account_id, "account")
+            # the VIN's rows first, the transfer last: the order of every other change
+            # (offer, revocation) so two of them cannot deadlock (decision 0023)
+            vin = session.scalar(
+                select(VehicleTransferRow.vin).where(VehicleTransferRow.id == transfer_id)
+            )
+            if vin is None:
+                raise NotFound("transfer", transfer_id)
+            life = lock_lifecycle(session, vin)
+            vehicle = _locked_vehicle(session, vin)
             row = _pending_transfer(session, transfer_id, now)
-            life = lock_lifecycle(session, row.vin)
-            vehicle = _locked_vehicle(session, row.vin)
             if (
                 vehicle is None
                 or vehicle.revoked_at is not None
@@ -616,11 +662,60 @@ def _pending_transfer(session: Session, transfer_id: int, now: int) -> VehicleTr
     return row
 
 
-def _new_code(life: VehicleLifecycleRow, code_hash: str, now: int) -> None:
+def _new_code(session: Session, life: VehicleLifecycleRow, code_hash: str, now: int) -> None:
+    """A new code: every account's wrong guesses for the old one are forgotten."""
     life.pairing_code_hash = code_hash
     life.pairing_code_issued_at = now
     life.pairing_failures = 0
     life.pairing_locked_until = None
+    session.execute(
+        delete(VehiclePairingAttemptRow).where(VehiclePairingAttemptRow.vin == life.vin)
+    )
+
+
+def _waits_until(
+    attempt: VehiclePairingAttemptRow | None, life: VehicleLifecycleRow | None, now: int
+) -> int | None:
+    """Until when the account of ``attempt`` waits before its next code is looked at: its
+    own lock-out, or the VIN's when it guessed wrong for it before; None: not waiting."""
+    own_until = None if attempt is None else attempt.locked_until
+    if own_until is not None and own_until > now:
+        return own_until
+    vin_until = None if life is None else life.pairing_locked_until
+    guessed = attempt is not None and attempt.failures > 0
+    if guessed and vin_until is not None and vin_until > now:
+        return vin_until
+    return None
+
+
+def _wrong_code(
+    session: Session,
+    vin: str,
+    account_id: int,
+    attempt: VehiclePairingAttemptRow | None,
+    life: VehicleLifecycleRow | None,
+    now: int,
+) -> WrongCode:
+    """Count a wrong code against (``vin``, ``account_id``) and, when the VIN has a code
+    (``life``), against the VIN; committed with the transaction (the caller returns)."""
+    if attempt is None:
+        attempt = VehiclePairingAttemptRow(vin=vin, account_id=account_id, failures=0)
+        session.add(attempt)
+    attempt.failures += 1
+    wait = lockout_ms(
+        attempt.failures, lockout_after=PAIRING_LOCKOUT_AFTER, max_lockout_s=PAIRING_MAX_LOCKOUT_S
+    )
+    attempt.locked_until = None if wait is None else now + wait
+    if life is not None:
+        life.pairing_failures += 1
+        vin_wait = lockout_ms(
+            life.pairing_failures,
+            lockout_after=PAIRING_VIN_LOCKOUT_AFTER,
+            max_lockout_s=PAIRING_MAX_LOCKOUT_S,
+        )
+        life.pairing_locked_until = None if vin_wait is None else now + vin_wait
+    session.flush()
+    return WrongCode(attempt.failures, attempt.locked_until)
 
 
 def _view(vin: str, life: VehicleLifecycleRow | None, vehicle: VehicleRow | None) -> LifecycleView:

@@ -75,6 +75,7 @@ __all__ = [
     "VehicleInvitationRow",
     "VehicleLifecycleEventRow",
     "VehicleLifecycleRow",
+    "VehiclePairingAttemptRow",
     "VehicleRow",
     "VehicleTenureRow",
     "VehicleTransferRow",
@@ -117,7 +118,8 @@ class CommandRow(Base):
         # One command per (vehicle, holding period, Idempotency-Key): a retried request finds
         # the first one; a later holder of the VIN may use the same key (migration 0003).
         # NULL keys are distinct on both backends, so requests without a key never collide.
-        UniqueConstraint("vin", "tenure", "idempotency_key"),
+        # a key is per requesting user (decision 0023): another user cannot use it up
+        UniqueConstraint("vin", "tenure", "requested_by", "idempotency_key"),
         # a vehicle's commands, newest first (and its queue, oldest first); also "vin indexed"
         Index("ix_commands_vin_created_at", "vin", "created_at"),
         # the expiry sweep: status IN (queued, sent) AND expires_at <= now
@@ -349,6 +351,10 @@ class VehicleInvitationRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     decided_at: Mapped[int | None] = mapped_column(BigInteger)
     grant_id: Mapped[int | None] = mapped_column(ForeignKey("vehicle_grants.id"))
+    #: the user who had ``email`` when the invitation was made: only they may answer it
+    #: (decision 0023); NULL: nobody had it, accepting needs the token (its hash here)
+    to_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    accept_token_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class ApiKeyRow(Base):
@@ -692,8 +698,9 @@ class CommandJobRow(Base):
 
 class CommandJobKeyRow(Base):
     """An ``Idempotency-Key`` of ``POST /v1/command-jobs`` (decision 0017): per scope (the
-    caller's account, ``account:<id>``, or ``user:<id>`` without one), the hash of the
-    request it first came with and the job it made; honoured for 24 hours."""
+    caller, ``user:<id>``, since decision 0023; ``account:<id>`` rows of earlier versions
+    expire unused), the hash of the request it first came with and the job it made;
+    honoured for 24 hours."""
 
     __tablename__ = "command_job_keys"
     __table_args__ = (Index("ix_command_job_keys_created_at", "created_at"),)
@@ -894,6 +901,24 @@ class VehicleTransferRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     decided_at: Mapped[int | None] = mapped_column(BigInteger)
     decided_by: Mapped[int | None] = mapped_column(BigInteger)
+    #: the user who had ``to_email`` when the offer was made: only they may take it
+    #: (decision 0023); NULL: nobody had it, the receiver needs the claim token
+    to_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: SHA-256 (hex) of the one-time claim token the offerer was given to pass on
+    claim_token_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class VehiclePairingAttemptRow(Base):
+    """Wrong pairing codes for ``vin`` claimed into ``account_id`` since the VIN's code was
+    last issued or used, and until when that account waits (decision 0023): one account's
+    guesses hold up that account only."""
+
+    __tablename__ = "vehicle_pairing_attempts"
+
+    vin: Mapped[str] = mapped_column(String(17), primary_key=True)
+    account_id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, server_default="0")
+    locked_until: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class AssistanceShareRow(Base):

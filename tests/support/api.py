@@ -33,6 +33,8 @@ def auth_settings_for_tests(**overrides: Any) -> AuthSettings:
         "vehicle_command_limit": None,
         "login_limit": None,
         "invitation_limit": None,
+        # the TestClient speaks plain HTTP (tests of the flag set it)
+        "cookie_secure": False,
     }
     values.update(overrides)
     return AuthSettings(**values)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import Path as PathParam
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gateway.api.bounds import MAX_ID
 from gateway.api.models import Page
@@ -33,6 +33,8 @@ __all__ = [
     "GrantPage",
     "GrantRequest",
     "IdPath",
+    "InvitationAnswerRequest",
+    "InvitationCreated",
     "InvitationOut",
     "InvitationPage",
     "InvitationRequest",
@@ -222,6 +224,27 @@ class InvitationOut(FromRecord):
     def derived(cls, record: Any, context: dict[str, Any]) -> dict[str, Any]:
         expired = record.status == "pending" and context["now"] >= record.expires_at
         return {"status": "expired"} if expired else {}
+
+
+class InvitationCreated(InvitationOut):
+    accept_token: str = Field(
+        description="Shown once: give it to the person invited. An invitation to an address "
+        "that has no account yet can be accepted only with it (whoever registers the "
+        "address later needs it); one to a registered address is bound to that user."
+    )
+
+
+class InvitationAnswerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The invitation's accept_token, which its inviter passed on: needed "
+        "to accept or decline when the invited address had no account when the invitation "
+        "was made.",
+    )
 
 
 class InvitationPage(Page):

@@ -25,6 +25,8 @@ __all__ = [
     "ServiceRequest",
     "TransferAcceptRequest",
     "TransferAccepted",
+    "TransferDeclineRequest",
+    "TransferOffered",
     "TransferOut",
     "TransferPage",
     "TransferRequest",
@@ -130,6 +132,24 @@ class TransferAcceptRequest(BaseModel):
     )
     label: Label | None = None
     credentials: Credentials = Field(default="password", description=_CREDENTIALS_DOC)
+    claim_token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The one-time token the offerer was given (POST /v1/vehicles/{vin}/"
+        "transfers) and passed on: needed when the offer's address had no account when it "
+        "was made.",
+    )
+
+
+class TransferDeclineRequest(BaseModel):
+    claim_token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The offer's claim_token: needed when the offer's address had no "
+        "account when it was made.",
+    )
 
 
 # validated with ``context={"now": ms}``: a pending transfer past its expiry is answered as
@@ -153,6 +173,15 @@ class TransferOut(FromRecord):
     def derived(cls, record: Any, context: dict[str, Any]) -> dict[str, Any]:
         expired = record.status == "pending" and context["now"] >= record.expires_at
         return {"status": "expired"} if expired else {}
+
+
+class TransferOffered(TransferOut):
+    claim_token: str = Field(
+        description="Shown once: give it to the buyer with the transfer's id. An offer to an "
+        "address that has no account yet can be accepted only with it (whoever registers "
+        "the address later needs it); an offer to a registered address is bound to that "
+        "user."
+    )
 
 
 class TransferPage(Page):

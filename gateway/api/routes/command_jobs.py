@@ -230,17 +230,16 @@ JobIdempotencyKey = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=200,
-        description="Retry-safe key, per organization, kept 24 h: the same key with the same "
+        description="Retry-safe key, per user, kept 24 h: the same key with the same "
         "body answers 200 with the job it made (no second job); with another body, 409.",
     ),
 ]
 
 
 def _key_scope(principal: Principal) -> str:
-    """Keys are per organization (per user without one): two managers of one organization
-    retrying one script's request find the one job."""
-    if principal.account_id is not None:
-        return f"account:{principal.account_id}"
+    """Keys are per user (decision 0023; per organization before, so a colleague who used
+    a key first had yours refused): a user's retries, by token or by API key, find the
+    user's job."""
     return f"user:{principal.user_id}"
 
 
@@ -253,8 +252,8 @@ async def _replayed(
     jobs: JobService, principal: Principal, key: str, digest: str, now: int
 ) -> JSONResponse | None:
     """The answer to a request whose ``Idempotency-Key`` was already used: the same job
-    (200) for the same body, 409 for another body or a job this caller cannot read (a
-    colleague's key); None when the key is new (or older than 24 hours)."""
+    (200) for the same body, 409 for another body or a job this caller can no longer read;
+    None when the key is new (or older than 24 hours)."""
     found = await asyncio.to_thread(jobs.repo.job_key, _key_scope(principal), key, now=now)
     if found is None:
         return None
@@ -263,7 +262,7 @@ async def _replayed(
         raise ApiError(
             409,
             "idempotency_key_reused",
-            "This Idempotency-Key was already used in your organization within 24 hours "
+            "You already used this Idempotency-Key within 24 hours "
             "for another request; nothing was sent. Use a new key for a new job.",
             [
                 ErrorDetail(

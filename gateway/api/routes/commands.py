@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final
 
 import orjson
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
@@ -47,6 +47,7 @@ from gateway.api.security import (
     readable_data,
     vehicle_not_found,
 )
+from gateway.api.streams import stream_response
 from gateway.commands.service import CommandService, UnknownCommandType
 from gateway.core.lifecycle import IllegalTransition, is_terminal
 from gateway.core.policy import AccountKind, Principal, Role, VehicleAccess, fleet_service_allowed
@@ -363,15 +364,17 @@ async def cancel_command(
     },
 )
 async def command_events(
-    principal: Caller, command_id: CommandId, service: Service, context: Auth
+    request: Request, principal: Caller, command_id: CommandId, service: Service, context: Auth
 ) -> StreamingResponse:
     """Server-Sent Events: every transition so far, then each new one as it happens,
     then the confirmation; the stream ends when the command is final and its
-    confirmation decided."""
+    confirmation decided. Counts towards your live streams (at most 8 at once by
+    default: 429 `too_many_streams`)."""
     await _readable_command(context, principal, service, command_id)
-    return StreamingResponse(
-        _events(service, command_id),
-        media_type="text/event-stream",
+    return stream_response(
+        request,
+        principal,
+        lambda: _events(service, command_id),
         headers={"Cache-Control": "no-store"},
     )
 

@@ -154,8 +154,8 @@ def create_assignment(
     settings: Settings,
 ) -> AssignmentOut:
     """From `valid_from` until `valid_until` (exclusive; open-ended without): trips and
-    alerts starting then name the driver. A driver has at most 10,000 assignments by
-    default (409 `quota_exceeded` beyond)."""
+    alerts starting then name the driver. A driver has at most 10,000 assignments, the
+    account's drivers together 1,000,000, by default (409 `quota_exceeded` beyond)."""
     driver = _driver(fleets, principal, driver_id, manage=True)
     vin = vin_or_422(body.vin, ["body", "vin"])
     if body.valid_until is not None and body.valid_until <= body.valid_from:
@@ -169,6 +169,7 @@ def create_assignment(
             start_at=body.valid_from,
             end_at=body.valid_until,
             max_count=settings.fleet_quotas.assignments,
+            max_account_count=settings.fleet_quotas.account_assignments,
         )
     except QuotaExceeded as exc:
         raise quota_exceeded(exc) from None

@@ -82,7 +82,7 @@ def quota_exceeded(exc: QuotaExceeded) -> ApiError:
         "quota_exceeded",
         f"{exc.owner.capitalize()} has {exc.limit} {exc.what}, the most allowed. Delete "
         f"{exc.what} no longer needed, or ask the operator to raise the quota "
-        f"({QUOTA_OPTION}, e.g. {exc.what}={exc.limit * 2}).",
+        f"({QUOTA_OPTION}, e.g. {exc.quota}={exc.limit * 2}).",
         [
             ErrorDetail(
                 loc=[],

@@ -7,6 +7,10 @@ account, nor to push a car into a stranger's view (decision 0009)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
+
 from fastapi import APIRouter
 
 from gateway.api.audit import AuditTrail
@@ -15,6 +19,8 @@ from gateway.api.errors import ApiError
 from gateway.api.models.accounts import (
     GrantOut,
     IdPath,
+    InvitationAnswerRequest,
+    InvitationCreated,
     InvitationOut,
     InvitationPage,
     InvitationRequest,
@@ -32,7 +38,7 @@ router = APIRouter(responses=ACCOUNT_ERRORS)
 
 @router.post(
     "/v1/vehicles/{vin}/invitations",
-    response_model=InvitationOut,
+    response_model=InvitationCreated,
     status_code=201,
     tags=["provisioning"],
     summary="Invite someone, by e-mail address, to share a vehicle",
@@ -59,7 +65,9 @@ def create_invitation(
             raise too_many("invitation_rate_limited", "You have sent too many invitations.", wait)
     services = stored_services(body.services)
     now = context.now_ms()
+    token = secrets.token_urlsafe(32)
     invitation = context.accounts.create_invitation(
+        accept_token_hash=_token_hash(token),
         vin=vin,
         email=body.email,
         services=services,
@@ -73,7 +81,8 @@ def create_invitation(
         target=f"vehicle:{vin}",
         detail={"invitation_id": invitation.id, "services": services},
     )
-    return InvitationOut.model_validate(invitation, context={"now": now})
+    out = InvitationOut.model_validate(invitation, context={"now": now})
+    return InvitationCreated(**out.model_dump(), accept_token=token)
 
 
 @router.get(
@@ -161,12 +170,19 @@ def my_invitations(
     summary="Accept an invitation: the vehicle is shared with you",
 )
 def accept_invitation(
-    invitation_id: IdPath, principal: Caller, context: Auth, audit: CallerAudit
+    invitation_id: IdPath,
+    principal: Caller,
+    context: Auth,
+    audit: CallerAudit,
+    body: InvitationAnswerRequest | None = None,
 ) -> GrantOut:
     """Makes the grant the invitation offered (replacing one you had of the vehicle).
     409 `invitation_closed` if it was withdrawn, answered or has expired, or the vehicle
-    changed hands since."""
-    _invitation, grant = _answer(context, audit, principal, invitation_id, accept=True)
+    changed hands since. An invitation made to an address that had no account then needs
+    `{"token": ...}`, the `accept_token` its inviter was given (403
+    `invitation_token_required`)."""
+    token = None if body is None else body.token
+    _invitation, grant = _answer(context, audit, principal, invitation_id, accept=True, token=token)
     assert grant is not None
     return GrantOut.model_validate(grant)
 
@@ -178,14 +194,24 @@ def accept_invitation(
     summary="Decline an invitation",
 )
 def decline_invitation(
-    invitation_id: IdPath, principal: Caller, context: Auth, audit: CallerAudit
+    invitation_id: IdPath,
+    principal: Caller,
+    context: Auth,
+    audit: CallerAudit,
+    body: InvitationAnswerRequest | None = None,
 ) -> InvitationOut:
-    """Nothing is shared; the inviter sees `declined`."""
-    invitation, _ = _answer(context, audit, principal, invitation_id, accept=False)
+    """Nothing is shared; the inviter sees `declined`. Like accepting, an invitation made
+    to an address that had no account then needs its token."""
+    token = None if body is None else body.token
+    invitation, _ = _answer(context, audit, principal, invitation_id, accept=False, token=token)
     return InvitationOut.model_validate(invitation, context={"now": context.now_ms()})
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _invitation_not_found(invitation_id: int) -> ApiError:
@@ -204,11 +230,35 @@ def _answer(
     invitation_id: int,
     *,
     accept: bool,
+    token: str | None = None,
 ) -> tuple[InvitationRecord, GrantRecord | None]:
-    """Accept or decline an invitation addressed to the caller (else 404)."""
+    """Accept or decline an invitation addressed to the caller (else 404): the user it
+    is bound to, or, for one made to an address that had no account, whoever has the
+    address now, who needs its token (decision 0023)."""
     invitation = context.accounts.get_invitation(invitation_id)
-    if invitation is None or invitation.email != normalize_email(principal.email):
+    if invitation is None:
         raise _invitation_not_found(invitation_id)
+    if invitation.to_user_id is not None:
+        addressed = invitation.to_user_id == principal.user_id
+    else:
+        addressed = invitation.email == normalize_email(principal.email)
+    if not addressed:
+        raise _invitation_not_found(invitation_id)
+    if (
+        invitation.to_user_id is None
+        and invitation.accept_token_hash is not None
+        and not (
+            token is not None
+            and hmac.compare_digest(_token_hash(token), invitation.accept_token_hash)
+        )
+    ):
+        raise ApiError(
+            403,
+            "invitation_token_required",
+            f"Invitation {invitation_id} was made to an address that had no account then: "
+            'answer it with the token its sender was given (body {"token": ...}). Ask '
+            "them for it, or to invite you again now that you have an account.",
+        )
     # a closed invitation raises InvitationClosed: 409 invitation_closed (gateway.api.errors)
     answered, grant = context.accounts.answer_invitation(
         invitation_id, user_id=principal.user_id, accept=accept, now=context.now_ms()

@@ -36,9 +36,9 @@ from gateway.api.routes.common import (
     target_account,
 )
 from gateway.api.routes.provisioning import held_error, provisioned
-from gateway.api.security import forbidden, require_admin, too_many
+from gateway.api.security import AuthContext, forbidden, require_admin, too_many
 from gateway.broker.auth import generate_password, hash_password
-from gateway.core.policy import can_manage_account
+from gateway.core.policy import Principal, can_manage_account
 from gateway.statedb.accounts import NotFound
 from gateway.statedb.lifecycle import (
     Claimed,
@@ -142,8 +142,14 @@ def claim(
 ) -> ProvisionedOut:
     """Owners and fleet managers claim into their account (administrators into any): the
     answer is the unit's credentials, as for POST /v1/vehicles. A code works once. Wrong
-    codes count per VIN, whoever sends them: after 5 in a row the VIN waits 1 s, then 2 s,
-    4 s ... up to an hour before the next attempt is looked at (429 `pairing_locked`)."""
+    codes count per account and VIN: after 5 in a row that account waits 1 s, then 2 s,
+    4 s ... up to an hour before its next attempt is looked at (429 `pairing_locked`);
+    after 20 for the VIN from all accounts, every account that guessed wrong waits too,
+    but one that never did (the buyer with the code) does not. A VIN that cannot be
+    claimed with a code (never registered, held by another account, decommissioned)
+    answers like a wrong code (403 `pairing_code_wrong`): a claim says nothing about a car
+    you do not hold. Claims are limited per user like invitations (429
+    `claim_rate_limited`): each wrong one is stored."""
     no_store(response)
     vin = vin_or_422(vin, ["path", "vin"])
     account_id = target_account(principal, body.account_id, "the vehicle")
@@ -151,6 +157,7 @@ def claim(
         if principal.account_id is not None and principal.account_id == account_id:
             raise forbidden("Only owners, fleet managers and administrators claim vehicles.")
         raise account_not_found(account_id)
+    _limit_claims(context, audit, principal, account_id, vin)
     secret = generate_password() if body.credentials == "password" else None
     now = context.now_ms()
     target = f"vehicle:{vin}"
@@ -163,6 +170,7 @@ def claim(
             mqtt_password_hash=None if secret is None else hash_password(secret),
             by=principal.user_id,
             now=now,
+            uniform=not principal.is_admin,
         )
     except NotFound:
         raise account_not_found(account_id) from None
@@ -175,35 +183,10 @@ def claim(
             detail={"error": exc.reason},
         )
         if exc.reason in {"vehicle_held", "vehicle_in_service"}:
-            raise held_error(vin, own=False) from None
+            raise held_error(vin, own=life.view(vin).account_id == account_id) from None
         raise refused(exc) from None
-    if isinstance(outcome, PairingLocked):
-        audit.record(
-            "vehicle_claim",
-            outcome="failed",
-            account_id=account_id,
-            target=target,
-            detail={"error": "locked"},
-        )
-        raise too_many(
-            "pairing_locked",
-            f"Too many wrong pairing codes for vehicle {vin}.",
-            (outcome.until - now) / 1000,
-        )
-    if isinstance(outcome, WrongCode):
-        audit.record(
-            "vehicle_claim",
-            outcome="failed",
-            account_id=account_id,
-            target=target,
-            detail={"error": "wrong code", "failures": outcome.failures},
-        )
-        raise ApiError(
-            403,
-            "pairing_code_wrong",
-            f"That is not the pairing code of vehicle {vin} (or it was used already).",
-        )
-    assert isinstance(outcome, Claimed)
+    if not isinstance(outcome, Claimed):
+        raise _claim_failed(audit, outcome, account_id, vin, now)
     audit.record(
         "vehicle_claim",
         account_id=account_id,
@@ -211,6 +194,55 @@ def claim(
         detail={"credentials": body.credentials, "tenure": outcome.vehicle.tenure},
     )
     return provisioned(context, outcome.vehicle, secret)
+
+
+def _limit_claims(
+    context: AuthContext, audit: CallerAudit, principal: Principal, account_id: int, vin: str
+) -> None:
+    """429 ``claim_rate_limited`` beyond the user's claims (the invitations' limit, in its
+    own bucket; administrators are not limited): each wrong claim stores a row."""
+    if context.invitations is None or principal.is_admin:
+        return
+    wait = context.invitations.acquire(f"claim:user:{principal.user_id}")
+    if wait > 0:
+        audit.record(
+            "vehicle_claim",
+            outcome="denied",
+            account_id=account_id,
+            target=f"vehicle:{vin}",
+            detail={"error": "rate limited"},
+        )
+        raise too_many("claim_rate_limited", "You have sent too many claims.", wait)
+
+
+def _claim_failed(
+    audit: CallerAudit, outcome: WrongCode | PairingLocked, account_id: int, vin: str, now: int
+) -> ApiError:
+    """The failed claim in the audit log, and its answer."""
+    if isinstance(outcome, PairingLocked):
+        detail: dict[str, object] = {"error": "locked"}
+    else:
+        detail = {"error": "wrong code", "failures": outcome.failures}
+    audit.record(
+        "vehicle_claim",
+        outcome="failed",
+        account_id=account_id,
+        target=f"vehicle:{vin}",
+        detail=detail,
+    )
+    if isinstance(outcome, PairingLocked):
+        return too_many(
+            "pairing_locked",
+            f"Too many wrong pairing codes for vehicle {vin}.",
+            (outcome.until - now) / 1000,
+        )
+    return ApiError(
+        403,
+        "pairing_code_wrong",
+        f"That is not the pairing code of vehicle {vin}, or the vehicle cannot be claimed "
+        "with a code (it was used already). Check the code on the vehicle's papers; the "
+        "maker can issue a new one.",
+    )
 
 
 @router.get(

@@ -25,13 +25,14 @@ from gateway.api.errors import documented
 from gateway.api.positions import MAP_SIGNALS, Position, PositionFeed, number_of
 from gateway.api.security import AuthContext, CallerCredential, still_authenticated
 from gateway.api.settings import ApiSettings
+from gateway.api.streams import stream_response
 from gateway.core.policy import Principal
 from gateway.core.presence import presence
 from gateway.store import TelemetryReader, open_store
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["vehicles"], responses=documented(422))
+router = APIRouter(tags=["vehicles"], responses=documented(422, 429))
 
 _KEEP_ALIVE_S: Final = 15.0
 _RECHECK_S: Final = 30.0
@@ -167,10 +168,12 @@ async def _feed(
 async def positions_stream(
     request: Request, principal: Caller, credential: CallerCredential, context: Auth
 ) -> StreamingResponse:
-    """The positions of the vehicles you may read, live (see the tag's module)."""
+    """The positions of the vehicles you may read, live (see the tag's module). A user has
+    at most 8 live streams open at once by default (429 `too_many_streams`)."""
     feed: PositionFeed = request.app.state.positions
-    return StreamingResponse(
-        _positions(request, feed, context, (principal, credential)),
-        media_type="text/event-stream",
+    return stream_response(
+        request,
+        principal,
+        lambda: _positions(request, feed, context, (principal, credential)),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -5,10 +5,11 @@ logs out.
 
 - ``tg_session``: a random session token (``tgs_`` and 256 bits) kept on the server
   (``web_sessions``, only its SHA-256) for ``AuthSettings.session_ttl_s`` (8 h), HttpOnly
-  (no script can read it), ``SameSite=Strict``, ``Secure`` when the request came over
-  HTTPS, path ``/``. Every ``/v1`` route accepts it when no ``Authorization`` header is
-  sent, so the dashboard is just another client of this API and sees exactly what its user
-  may see.
+  (no script can read it), ``SameSite=Strict``, ``Secure`` unless configured off
+  (``AuthSettings.cookie_secure``: ``--no-cookie-secure``, the default only when the API
+  listens on loopback; never decided by a request's headers), path ``/``. Every ``/v1``
+  route accepts it when no ``Authorization`` header is sent, so the dashboard is just
+  another client of this API and sees exactly what its user may see.
 - ``tg_csrf``: the session's CSRF token (an HMAC of the session token), readable by the
   dashboard's script, which echoes it in ``X-CSRF-Token`` on every state-changing request;
   one without it is refused with 403 ``csrf_failed`` (``gateway.api.security``).
@@ -92,7 +93,7 @@ def log_in(
         user.id, session_hash, now=now, expires_at=now + ttl * 1000, keep=MAX_WEB_SESSIONS
     )
     csrf = csrf_token(context.secret, session)
-    secure = request.url.scheme == "https"
+    secure = context.settings.cookie_secure
     response.set_cookie(
         SESSION_COOKIE, session, max_age=ttl, httponly=True, samesite="strict", secure=secure
     )
@@ -114,5 +115,6 @@ def log_out(
     del principal  # authenticated (and CSRF-checked) by the dependency
     if is_web_session(credential):  # an access token or API key is not ended here
         context.accounts.revoke_web_session(hash_secret(credential), now=context.now_ms())
-    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
-    response.delete_cookie(CSRF_COOKIE, samesite="strict")
+    secure = context.settings.cookie_secure
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict", secure=secure)
+    response.delete_cookie(CSRF_COOKIE, samesite="strict", secure=secure)

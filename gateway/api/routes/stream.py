@@ -25,13 +25,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 
 from gateway.api.bounds import MAX_ID
 from gateway.api.deps import Auth, Bus, Caller
 from gateway.api.errors import documented
 from gateway.api.security import AuthContext, CallerCredential, still_authenticated
+from gateway.api.streams import stream_response
 from gateway.core.notify import visible_to
 from gateway.core.policy import Principal
 from gateway.notify import EventBus
@@ -108,10 +109,12 @@ async def _events(
             "content": {"text/event-stream": {}},
             "description": "`command.*`, `command_job.*`, `alert.*` and `trip.*` events "
             "with ids; `reset` when a resume cannot be replayed.",
-        }
+        },
+        **documented(429),
     },
 )
 async def stream(
+    request: Request,
     principal: Caller,
     credential: CallerCredential,
     bus: Bus,
@@ -127,9 +130,11 @@ async def stream(
     ] = None,
 ) -> StreamingResponse:
     """Events of your scope as they happen (see the tag). Reconnect with `Last-Event-ID`
-    to receive what you missed (kept 24 h)."""
-    return StreamingResponse(
-        _events(bus, context, (principal, credential), last_event_id),
-        media_type="text/event-stream",
+    to receive what you missed (kept 24 h). A user has at most 8 live streams open at
+    once by default (429 `too_many_streams`)."""
+    return stream_response(
+        request,
+        principal,
+        lambda: _events(bus, context, (principal, credential), last_event_id),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -7,10 +7,17 @@ invitations and open commands end with it) and starts the receiver's with new cr
 for the unit, in one transaction: the holder keeps their period's data and sees nothing
 after, the receiver starts empty (docs/decisions/0009, 0021).
 
-Like invitations, an offer answers the same whether the address has an account or not.
+Like invitations, an offer answers the same whether the address has an account or not: with
+a one-time claim token the offerer passes on. An offer is bound to the user who had the
+address when it was made; when nobody had it, it is accepted only with the token, so whoever
+registers the address first does not get the car (decision 0023).
 """
 
 from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
 
 from fastapi import APIRouter, Response
 
@@ -20,6 +27,8 @@ from gateway.api.models.accounts import IdPath
 from gateway.api.models.lifecycle import (
     TransferAccepted,
     TransferAcceptRequest,
+    TransferDeclineRequest,
+    TransferOffered,
     TransferOut,
     TransferPage,
     TransferRequest,
@@ -34,7 +43,7 @@ from gateway.api.routes.common import (
 )
 from gateway.api.routes.lifecycle import Lifecycle, refused
 from gateway.api.routes.provisioning import provisioned
-from gateway.api.security import AuthContext, forbidden
+from gateway.api.security import AuthContext, forbidden, too_many
 from gateway.broker.auth import generate_password, hash_password
 from gateway.core.policy import Principal, can_manage_account
 from gateway.statedb.accounts import NotFound, normalize_email
@@ -62,10 +71,36 @@ def _closed(exc: TransferClosed) -> ApiError:
     return ApiError(409, "transfer_closed", f"Transfer {exc.transfer_id} is {exc.why}.")
 
 
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _check_token(record: TransferRecord, token: str | None) -> None:
+    """403 ``claim_token_required`` unless the offer is bound to a user (checked by
+    :func:`_sides`), was made before tokens (the address decides, as it did then), or
+    ``token`` is its claim token."""
+    if record.to_user_id is not None or record.claim_token_hash is None:
+        return
+    if token is not None and hmac.compare_digest(_token_hash(token), record.claim_token_hash):
+        return
+    raise ApiError(
+        403,
+        "claim_token_required",
+        f"Transfer {record.id} was offered to an address that had no account then: answer "
+        "it with the claim token its offerer was given (field claim_token). Ask the seller "
+        "for it, or to offer the car again now that you have an account.",
+    )
+
+
 def _sides(principal: Principal, record: TransferRecord) -> tuple[bool, bool]:
-    """(the caller manages the offering account, the caller is the receiver)."""
+    """(the caller manages the offering account, the caller is the receiver: the user the
+    offer is bound to, or, for an offer to an address that had no account, whoever has it
+    now)."""
     giver = can_manage_account(principal, record.from_account_id) and not principal.is_admin
-    receiver = normalize_email(principal.email) == record.to_email
+    if record.to_user_id is not None:
+        receiver = principal.user_id == record.to_user_id
+    else:
+        receiver = normalize_email(principal.email) == record.to_email
     return giver, receiver
 
 
@@ -83,22 +118,39 @@ def _visible(
 
 @router.post(
     "/v1/vehicles/{vin}/transfers",
-    response_model=TransferOut,
+    response_model=TransferOffered,
     status_code=201,
     summary="Offer a vehicle to a new holder (ownership transfer)",
 )
 def offer(
+    response: Response,
     vin: str,
     principal: Caller,
     context: Auth,
     audit: CallerAudit,
     life: Lifecycle,
     body: TransferRequest,
-) -> TransferOut:
+) -> TransferOffered:
     """The holder's owner or fleet managers (administrators too). An earlier pending offer
-    of the vehicle is withdrawn. A car in service is refused (409 `vehicle_in_service`)."""
+    of the vehicle is withdrawn. A car in service is refused (409 `vehicle_in_service`).
+    The answer's `claim_token` is shown once: give it to the buyer. An offer to an address
+    with an account is bound to that user; to one without, it is accepted only with the
+    token (whoever registers the address later must have it). Limited per user like
+    invitations (`--invitation-limit`, 429 `transfer_rate_limited` with Retry-After)."""
     vehicle = managed_vehicle(context, principal, vin_or_422(vin, ["path", "vin"]))
+    if context.invitations is not None:
+        wait = context.invitations.acquire(f"transfer:user:{principal.user_id}")
+        if wait > 0:
+            audit.record(
+                "vehicle_transfer_offer",
+                outcome="denied",
+                account_id=vehicle.account_id,
+                target=f"vehicle:{vehicle.vin}",
+                detail={"reason": "rate limited"},
+            )
+            raise too_many("transfer_rate_limited", "You have offered too many transfers.", wait)
     now = context.now_ms()
+    token = secrets.token_urlsafe(32)
     try:
         record = life.offer_transfer(
             vehicle.vin,
@@ -107,6 +159,7 @@ def offer(
             by=principal.user_id,
             now=now,
             expires_at=now + body.expires_in_s * 1000,
+            claim_token_hash=_token_hash(token),
         )
     except LifecycleRefused as exc:
         raise refused(exc) from None
@@ -116,7 +169,8 @@ def offer(
         target=f"vehicle:{vehicle.vin}",
         detail={"transfer_id": record.id, "tenure": record.tenure},
     )
-    return _out(context, record)
+    no_store(response)
+    return TransferOffered(**_out(context, record).model_dump(), claim_token=token)
 
 
 @router.get(
@@ -137,6 +191,7 @@ def list_transfers(
     records = life.transfers_for(
         account_id=managed,
         email=principal.email,
+        user_id=principal.user_id,
         every=principal.is_admin,
         before_id=cursor_key("transfers", cursor, int),
         limit=limit + 1,
@@ -176,11 +231,14 @@ def accept(
     body: TransferAcceptRequest,
 ) -> TransferAccepted:
     """The receiver (the user with the offer's e-mail address), into an account they
-    manage (an owner's or a fleet manager's)."""
+    manage (an owner's or a fleet manager's). An offer made to an address that had no
+    account then needs `claim_token`, the token its offerer was given (403
+    `claim_token_required` without it or with another)."""
     no_store(response)
     record, _, receiver = _visible(life, principal, transfer_id)
     if not receiver:
         raise forbidden("Only the receiver accepts a transfer.")
+    _check_token(record, body.claim_token)
     account_id = target_account(principal, body.account_id, "the vehicle")
     if not can_manage_account(principal, account_id):
         if principal.account_id == account_id:
@@ -223,12 +281,20 @@ def accept(
     summary="Decline a transfer offered to you",
 )
 def decline(
-    transfer_id: IdPath, principal: Caller, context: Auth, audit: CallerAudit, life: Lifecycle
+    transfer_id: IdPath,
+    principal: Caller,
+    context: Auth,
+    audit: CallerAudit,
+    life: Lifecycle,
+    body: TransferDeclineRequest | None = None,
 ) -> TransferOut:
-    """The receiver turns the offer down; the vehicle stays with its holder."""
+    """The receiver turns the offer down; the vehicle stays with its holder. Like
+    accepting, an offer made to an address that had no account then needs its
+    `claim_token`."""
     record, _, receiver = _visible(life, principal, transfer_id)
     if not receiver:
         raise forbidden("Only the receiver declines a transfer; its holder cancels it.")
+    _check_token(record, None if body is None else body.claim_token)
     return _close(context, audit, life, principal, record, "declined")
 
 

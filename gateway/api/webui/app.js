@@ -1,6 +1,7 @@
 // The web dashboard: one small script for every page (docs/decisions/0019-web-dashboard.md).
 // It reads everything from the /v1 JSON API with the session cookie and sends the CSRF
 // token on every change; it builds the DOM with textContent only (no innerHTML with data).
+// Leaflet sets a string tooltip as HTML: tooltips get a text node (plainTip), never a string.
 "use strict";
 
 (function () {
@@ -216,6 +217,13 @@
     return map;
   }
 
+  // A tooltip's content as an element holding text: a name someone typed is never markup.
+  function plainTip(text) {
+    const span = document.createElement("span");
+    span.textContent = text;
+    return span;
+  }
+
   // Geofences on the map: drawn (click each corner), selected (click one) to rename,
   // reshape (click its new corners) or delete. The API decides who may (a fleet manager;
   // a viewer is refused in words), through POST, PUT and DELETE /v1/geofences.
@@ -246,7 +254,7 @@
       const style = { color: colour("parked"), weight: 2, fillOpacity: 0.08, className: "geofence" };
       // a circular fence (a Point with its radius) as a circle, not as a pin
       const pointToLayer = (feature, latlng) => L.circle(latlng, Object.assign({ radius: feature.properties.radius_m || 50 }, style));
-      const layer = L.geoJSON(fence, { style, pointToLayer }).bindTooltip(fence.properties.name || "geofence " + fence.id);
+      const layer = L.geoJSON(fence, { style, pointToLayer }).bindTooltip(plainTip(fence.properties.name || "geofence " + fence.id));
       layer.on("click", () => {
         if (!document.body.dataset.drawing) select(fence);
       });
@@ -389,7 +397,7 @@
           if (!marker) {
             marker = L.circleMarker([merged.lat, merged.lon], {
               radius: 7, weight: 2, fillOpacity: 0.9, className: "vehicle-marker",
-            }).bindTooltip(p.vin).addTo(this.map);
+            }).bindTooltip(plainTip(p.vin)).addTo(this.map);
             marker.on("click", () => {
               // while a geofence is drawn, a click on a car is a corner, not a visit
               if (!document.body.dataset.drawing) location.assign("/vehicles/" + p.vin);
@@ -768,7 +776,7 @@
         const path = track.filter((p) => p[0] >= t.start_at && p[0] <= t.end_at).map((p) => [p[1], p[2]]);
         if (path.length > 1) {
           const line = L.polyline(path, { className: "trip", weight: 4 }).bindTooltip(
-            `Trip ${when(t.start_at)} – ${when(t.end_at)}, ${num(t.distance_m / 1000, 1, " km")}`).addTo(layer);
+            plainTip(`Trip ${when(t.start_at)} – ${when(t.end_at)}, ${num(t.distance_m / 1000, 1, " km")}`)).addTo(layer);
           line.getElement().dataset.trip = t.id;
         }
       }

@@ -1,7 +1,7 @@
 """Web dashboard sessions kept on the server (issue 14).
 
 Revision ID: 0013_web_sessions
-Revises: 0010_fleet_trip_days
+Revises: 0011_security_review_2
 Create Date: 2026-12-07
 
 Why: the dashboard's session cookie was a stateless access token, so logging out only
@@ -21,7 +21,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic
 revision: str = "0013_web_sessions"
-down_revision: str | Sequence[str] | None = "0010_fleet_trip_days"
+down_revision: str | Sequence[str] | None = "0011_security_review_2"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
