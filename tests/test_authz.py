@@ -707,7 +707,7 @@ TABLE.update(
         ("POST", "/v1/vehicles/{vin}/service"): Row(
             post(
                 lambda w, p, own: f"/v1/vehicles/{w.disposable_vehicle(p, own)}/service",
-                lambda w, p, own: {"workshop_account_id": w.accounts["B"], "until": SERVICE_UNTIL},
+                lambda w, p, own: {"workshop_account_id": _workshop(w), "until": SERVICE_UNTIL},
             ),
             MANAGE,
         ),
@@ -885,9 +885,15 @@ def _claim(w: World, persona: str | None, own: bool) -> Response:
     return w.client.post(f"/v1/vehicles/{vin}/claim", json=body, headers=w.as_(persona))
 
 
+def _workshop(w: World) -> int:
+    """Organization B, registered as a service partner (only partners can be workshops)."""
+    w.admin("POST", "/v1/service-partners", json={"account_id": w.accounts["B"], "name": "B"})
+    return w.accounts["B"]
+
+
 def _in_service(w: World, persona: str, own: bool) -> str:
     vin = w.disposable_vehicle(persona, own)
-    body = {"workshop_account_id": w.accounts["B"], "until": SERVICE_UNTIL}
+    body = {"workshop_account_id": _workshop(w), "until": SERVICE_UNTIL}
     w.admin("POST", f"/v1/vehicles/{vin}/service", json=body)
     return vin
 

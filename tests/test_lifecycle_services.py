@@ -7,9 +7,11 @@ tested first."""
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -500,10 +502,133 @@ def test_a_handover_reports_the_telemetry_at_check_out_and_check_in(api: Api) ->
     assert ",10000000.0,80.0,40.0,,48.1,11.5," in lines[1]
     assert lines[2].startswith(f"check_in,{check_in},")
     assert ",P0301,52.5,13.4," in lines[2]
-    error(api.as_(api.login("stranger@example.com"), "GET", url), 404, "vehicle_not_found")
+    # the printable page shows the JSON's figures, for the renter and the owner alike
+    for who in (renter, owner):
+        assert page_fields(html_page(api, who, url)) == json_fields(body)
+    for format in ("json", "html"):
+        error(api.as_(api.login("stranger@example.com"), "GET", url, params={"format": format}),
+              404, "vehicle_not_found")  # fmt: skip
     error(api.as_(owner, "GET", f"/v1/vehicles/{VIN}/grants/999999/handover"), 404,
           "grant_not_found")  # fmt: skip
     assert t0
+
+
+def html_page(api: Api, who: dict[str, str], url: str) -> str:
+    page = api.as_(who, "GET", url, params={"format": "html"})
+    assert page.status_code == 200, page.text
+    assert page.headers["content-type"].startswith("text/html")
+    return page.text
+
+
+class _Cells(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: dict[str, list[str]] = {}
+        self._field: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._field = dict(attrs).get("data-field")
+        if self._field is not None:
+            self.cells.setdefault(self._field, []).append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._field = None
+
+    def handle_data(self, data: str) -> None:
+        if self._field is not None:
+            self.cells[self._field][-1] += data
+
+
+def page_fields(page: str) -> dict[str, Any]:
+    """What the page's cells say, back in the JSON's terms (``data-field`` names the field)."""
+    parser = _Cells()
+    parser.feed(page)
+
+    def value(text: str) -> Any:
+        if text == "\u2014":
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    out: dict[str, Any] = {}
+    for name, texts in parser.cells.items():
+        if name.endswith("fault_codes"):
+            out[name] = [] if texts == ["none"] else texts[0].split(", ")
+        elif name.startswith("changes.alerts."):
+            out[name] = texts
+        else:
+            (out[name],) = (value(t) for t in texts)
+    return out
+
+
+def json_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The same fields from the JSON report."""
+    out: dict[str, Any] = {
+        "vin": body["vin"],
+        "grant_id": float(body["grant_id"]),
+        "user_id": float(body["user_id"]),
+        "ongoing": "ongoing: check-in is now" if body["ongoing"] else "returned",
+    }
+    for side in ("check_out", "check_in"):
+        for key in ("at_iso", "as_of_iso", "odometer_m", "charge_pct", "fuel_pct", "fault_codes",
+                    "latitude", "longitude"):  # fmt: skip
+            out[f"{side}.{key}"] = body[side][key]
+    changes = body["changes"]
+    for key in ("distance_m", "charge_pct", "fuel_pct", "new_fault_codes"):
+        out[f"changes.{key}"] = changes[key]
+    for key in ("kind", "severity", "start_at_iso", "end_at_iso"):
+        if changes["alerts"]:
+            out[f"changes.alerts.{key}"] = [a[key] or "open" for a in changes["alerts"]]
+    return out
+
+
+def test_the_printable_handover_page_escapes_what_the_car_sent(api: Api) -> None:
+    """Fault codes come from the unit (attacker-influenced): the page shows them as text,
+    runs no script, and its policy allows none; its stylesheet has a print layout."""
+    _, owner = api.owner("escape@example.com")
+    assert api.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+    body = {"email": "d@example.com", "name": "<b>D</b>", "role": "driver", "password": PASSWORD}
+    r = api.as_(owner, "POST", "/v1/users", json=body)
+    assert r.status_code == 201, r.text
+    hostile = ["<script>alert(1)</script>", '"><img src=x onerror=alert(2)>', "P&0301"]
+    api.report(1, **{ODO: 1_000_000, DTC: []})
+    api.clock.now += 60
+    grant = api.as_(owner, "POST", f"/v1/vehicles/{VIN}/grants",
+                    json={"user_id": r.json()["id"], "services": ["read"]})  # fmt: skip
+    assert grant.status_code == 201, grant.text
+    api.clock.now += 60
+    api.report(1, **{ODO: 2_000_000, DTC: hostile})
+    api.clock.now += 60
+    url = f"/v1/vehicles/{VIN}/grants/{grant.json()['id']}/handover"
+    report = api.as_(owner, "GET", url).json()
+    assert sorted(report["check_in"]["fault_codes"]) == sorted(hostile)
+    page = api.as_(owner, "GET", url, params={"format": "html"})
+    assert page.status_code == 200, page.text
+    assert "<script" not in page.text
+    assert "<img" not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;" in page.text
+    assert "P&amp;0301" in page.text
+    # parsed back, the cells say exactly what the car sent
+    fields = page_fields(page.text)
+    assert sorted(fields["check_in.fault_codes"]) == sorted(hostile)
+    assert fields == json_fields(report)
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy
+    assert "style-src 'self'" in policy
+    assert "script-src" not in policy
+    assert "unsafe-inline" not in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["cache-control"] == "no-store"
+    assert "<style" not in page.text
+    assert " style=" not in page.text
+    (href,) = re.findall(r'<link rel="stylesheet" href="([^"]+)">', page.text)
+    sheet = api.client.get(href)
+    assert sheet.status_code == 200
+    assert sheet.headers["content-type"].startswith("text/css")
+    assert "@media print" in sheet.text
 
 
 # --- fault-code analytics --------------------------------------------------------------------

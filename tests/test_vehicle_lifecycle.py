@@ -564,8 +564,19 @@ def test_transfers_are_cancelled_declined_expired_and_refused_in_service(api: Ap
         body = {"workshop_account_id": workshop, "until": bad}
         error(api.as_(seller, "POST", service, json=body), 422, code)
     assert api.as_(seller, "GET", f"/v1/vehicles/{VIN}/lifecycle").status_code == 200
-    # in service: no transfer until the service ends, and an offer made before cannot be taken
+    # the workshop must be a service partner the installation registered: any other account
+    # (an unregistered organization, a private owner, one that does not exist) is refused,
+    # the same way for each, and the message says how to fix it
     until = int(api.clock.now * 1000) + 86_400_000
+    buyer_account = api.as_(buyer, "GET", "/v1/me").json()["account"]["id"]
+    for account in (workshop, buyer_account, 2**53 - 1):
+        body = {"workshop_account_id": account, "until": until}
+        refusal = error(api.as_(seller, "POST", service, json=body), 422, "workshop_not_partner")
+        assert "POST /v1/service-partners" in refusal["message"]
+    assert api.as_(seller, "GET", f"/v1/vehicles/{VIN}/lifecycle").json()["state"] == "active"
+    partner = {"account_id": workshop, "name": "Workshop"}
+    assert api.as_(api.admin, "POST", "/v1/service-partners", json=partner).status_code == 201
+    # in service: no transfer until the service ends, and an offer made before cannot be taken
     started = api.as_(
         seller,
         "POST",

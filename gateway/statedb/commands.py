@@ -124,9 +124,12 @@ def _check_new_command(
         )
 
 
-def _add_queued(session: Session, row: CommandRow, *, flush: bool = True) -> CommandRow:
+def _add_queued(
+    session: Session, row: CommandRow, *, flush: bool = True, sent_at: int | None = None
+) -> CommandRow:
     """Add a new command (``row``: its request; the rest is what every new command starts
-    with) and its first history row (``queued``, no event)."""
+    with) and its first history row (``queued``, no event); with ``sent_at``, sent then
+    (:func:`_mark_published`)."""
     row.status = CommandStatus.QUEUED.value
     row.sent_at = row.accepted_at = row.finished_at = None
     row.confirmed_at = row.unit_accepted_at = None
@@ -145,12 +148,16 @@ def _add_queued(session: Session, row: CommandRow, *, flush: bool = True) -> Com
     )
     if flush:
         session.flush()
+    if sent_at is not None:
+        _mark_published(session, row, at=sent_at)
     return row
 
 
 def _mark_published(session: Session, row: CommandRow, *, at: int) -> None:
     """A command just added by :func:`_add_queued` (its history: ``queued`` at seq 1),
-    sent at ``at``: what :meth:`CommandRepository.apply` of ``published`` writes."""
+    sent at ``at``: what :meth:`CommandRepository.apply` of ``published`` writes, without
+    reading back the row just written (the command path's CPU, decision 0022). Its
+    creator publishes one ``command.updated`` event, as it stands at the commit."""
     status = transition(CommandStatus(row.status), CommandEvent.PUBLISHED)
     row.status = status.value
     row.sent_at = at
@@ -326,13 +333,8 @@ class CommandRepository:
         on_created: Callable[[Session, CommandRecord], object] | None = None,
         sent_at: int | None = None,
     ) -> tuple[CommandRecord, bool]:
-        """Store a new ``queued`` command (and its first transition row).
-
-        With ``sent_at`` (the caller publishes it right after the commit), the command is
-        stored ``sent`` at once, with both transition rows (``queued``, then ``sent`` by
-        ``published``) and one ``command.updated`` event as it stands at the commit: what
-        :meth:`apply` of ``published`` after a plain create writes, without reading back
-        the row it just wrote (the command path's CPU, decision 0022).
+        """Store a new ``queued`` command (and its first transition row); with ``sent_at``
+        (published right after the commit), ``sent`` at once (:func:`_mark_published`).
 
         ``on_created`` runs inside the same transaction once the command exists (not for a
         replay): its writes (the audit entry) commit together with the command.
@@ -377,9 +379,8 @@ class CommandRepository:
                         result_timeout_ms=result_timeout_ms,
                         confirmation=str(confirmation),
                     ),
+                    sent_at=sent_at,
                 )
-                if sent_at is not None:
-                    _mark_published(session, row, at=sent_at)
                 record = CommandRecord.from_row(row)
                 command_event(session, row, at=now if sent_at is None else sent_at)
                 if on_created is not None:

@@ -2,17 +2,22 @@
 docs/decisions/0026-lifecycle-owner-services.md): for a driver's grant (a rental, a shared
 car), the car's state when the grant began (check-out) and when it ended or now
 (check-in): odometer, charge, fuel, fault codes, position; the distance and energy used,
-the fault codes that appeared, and the fleet alerts raised in between. JSON, or CSV to
-print or file.
+the fault codes that appeared, and the fleet alerts raised in between. JSON, CSV to file,
+or a printable HTML page (no script; its stylesheet, with a print layout, is
+``webui/handover.css`` under the dashboard's static route, as the page's
+Content-Security-Policy allows no inline style). Every value on the page is HTML-escaped:
+fault codes come from the car.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import io
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from gateway.api.deps import Auth, Caller, Reader, vin_or_422
@@ -47,6 +52,19 @@ _CSV_COLUMNS: Final = [
     "longitude",
     "detail",
 ]
+#: the page's stylesheet: gateway/api/webui/handover.css, under the dashboard's static route
+#: (gateway.api.web)
+_STYLESHEET: Final = "/web/static/handover.css"
+#: the page's headers: no script, styles from this origin only (the stylesheet), no framing,
+#: not cached (it is one person's car and position)
+_PAGE_HEADERS: Final = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 class SnapshotOut(BaseModel):
@@ -141,9 +159,13 @@ def _delta(a: float | None, b: float | None) -> float | None:
     response_model=HandoverOut,
     responses={
         200: {
-            "description": "JSON (`format=json`), or CSV (`format=csv`): a check_out and a "
-            "check_in row, then one row per alert.",
-            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "description": "JSON (`format=json`), CSV (`format=csv`: a check_out and a "
+            "check_in row, then one row per alert), or a printable HTML page "
+            "(`format=html`).",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "text/html": {"schema": {"type": "string"}},
+            },
         }
     },
     summary="The handover report of a driver's grant (rental, shared car)",
@@ -155,12 +177,15 @@ def handover(
     principal: Caller,
     context: Auth,
     reader: Reader,
-    format: Annotated[Literal["json", "csv"], Query(description="json or csv.")] = "json",
+    format: Annotated[
+        Literal["json", "csv", "html"], Query(description="json, csv or html (to print).")
+    ] = "json",
 ) -> Any:
     """The vehicle's managers (owner, fleet managers, administrators) and the grant's
     driver. Check-out is when the grant began, check-in when it was revoked (or now, while
     it runs); the figures are the last the car reported at or before each moment, in the
-    current holding period."""
+    current holding period. `format=html` is a page to print or save as PDF, with the same
+    figures."""
     vin = vin_or_422(vin, ["path", "vin"])
     access, vehicle = context.lookup(principal, vin)
     grant = context.accounts.get_grant(grant_id)
@@ -221,7 +246,90 @@ def handover(
                 "Content-Disposition": f'attachment; filename="handover-{vin}-{grant.id}.csv"'
             },
         )
+    if format == "html":
+        return HTMLResponse(_html(report), headers=_PAGE_HEADERS)
     return report
+
+
+def _number(value: float | None) -> str:
+    """A figure as the JSON has it (without a trailing ``.0``); a dash when unknown."""
+    if value is None:
+        return "\u2014"
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _codes(codes: list[str]) -> str:
+    return ", ".join(codes) if codes else "none"
+
+
+def _html(report: HandoverOut) -> str:
+    """The printable page: every value goes through ``html.escape`` (``data-field`` names the
+    JSON field a cell shows)."""
+
+    def cell(field: str, text: str) -> str:
+        return f'<td data-field="{field}">{html.escape(text, quote=True)}</td>'
+
+    out, back, changes = report.check_out, report.check_in, report.changes
+    rows = [
+        ("Time (UTC)", "at_iso", out.at_iso, back.at_iso, None),
+        ("Figures as of (UTC)", "as_of_iso", out.as_of_iso or "\u2014",
+         back.as_of_iso or "\u2014", None),
+        ("Odometer (m)", "odometer_m", _number(out.odometer_m), _number(back.odometer_m),
+         ("distance_m", _number(changes.distance_m))),
+        ("Charge (%)", "charge_pct", _number(out.charge_pct), _number(back.charge_pct),
+         ("charge_pct", _number(changes.charge_pct))),
+        ("Fuel (%)", "fuel_pct", _number(out.fuel_pct), _number(back.fuel_pct),
+         ("fuel_pct", _number(changes.fuel_pct))),
+        ("Fault codes", "fault_codes", _codes(out.fault_codes), _codes(back.fault_codes),
+         ("new_fault_codes", _codes(changes.new_fault_codes))),
+        ("Latitude", "latitude", _number(out.latitude), _number(back.latitude), None),
+        ("Longitude", "longitude", _number(out.longitude), _number(back.longitude), None),
+    ]  # fmt: skip
+    body = []
+    for label, field, before, after, change in rows:
+        changed = "<td></td>" if change is None else cell(f"changes.{change[0]}", change[1])
+        body.append(
+            f'<tr><th scope="row">{html.escape(label)}</th>'
+            f"{cell(f'check_out.{field}', before)}{cell(f'check_in.{field}', after)}"
+            f"{changed}</tr>"
+        )
+    if changes.alerts:
+        alerts = "".join(
+            "<tr>"
+            + cell("changes.alerts.kind", a.kind)
+            + cell("changes.alerts.severity", a.severity)
+            + cell("changes.alerts.start_at_iso", a.start_at_iso)
+            + cell("changes.alerts.end_at_iso", a.end_at_iso or "open")
+            + "</tr>"
+            for a in changes.alerts
+        )
+        alert_block = (
+            '<table class="alerts"><thead><tr><th scope="col">Alert</th>'
+            '<th scope="col">Severity</th><th scope="col">Started (UTC)</th>'
+            f'<th scope="col">Ended (UTC)</th></tr></thead><tbody>{alerts}</tbody></table>'
+        )
+    else:
+        alert_block = '<p class="none">No alerts.</p>'
+    vin = html.escape(report.vin, quote=True)
+    status = "ongoing: check-in is now" if report.ongoing else "returned"
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Handover report {vin}, grant {report.grant_id}</title>"
+        f'<link rel="stylesheet" href="{_STYLESHEET}"></head>'
+        '<body><main class="handover"><h1>Handover report</h1><dl class="facts">'
+        f'<dt>Vehicle (VIN)</dt><dd data-field="vin">{vin}</dd>'
+        f'<dt>Grant</dt><dd data-field="grant_id">{report.grant_id}</dd>'
+        f'<dt>Driver (user id)</dt><dd data-field="user_id">{report.user_id}</dd>'
+        f'<dt>Status</dt><dd data-field="ongoing">{html.escape(status)}</dd></dl>'
+        '<table class="states"><thead><tr><td></td><th scope="col">Check-out</th>'
+        '<th scope="col">Check-in</th><th scope="col">Change</th></tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+        f"<h2>Alerts during the grant</h2>{alert_block}"
+        '<p class="note">Each figure is the last the car reported at or before the moment, '
+        "in its current holding period (a dash: none in the 31 days before).</p>"
+        "</main></body></html>\n"
+    )
 
 
 def _csv(report: HandoverOut) -> str:

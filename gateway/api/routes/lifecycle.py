@@ -276,6 +276,7 @@ def read_lifecycle(vin: str, principal: Caller, context: Auth, life: Lifecycle) 
     summary="Take a vehicle in for service at a workshop",
 )
 def start_service(
+    request: Request,
     vin: str,
     principal: Caller,
     context: Auth,
@@ -283,10 +284,11 @@ def start_service(
     life: Lifecycle,
     body: ServiceRequest,
 ) -> LifecycleOut:
-    """The holder's owner or fleet managers. While in service the car cannot be
-    transferred. The workshop's fleet managers and viewers read its diagnostics (GET
-    /v1/vehicles/{vin}/diagnostics: no position) until `until` or until the service ends,
-    every read in your audit log."""
+    """The holder's owner or fleet managers. The workshop is a service partner the
+    installation registered (GET /v1/service-partners lists them; any other account: 422
+    `workshop_not_partner`). While in service the car cannot be transferred. The workshop's
+    fleet managers and viewers read its diagnostics (GET /v1/vehicles/{vin}/diagnostics: no
+    position) until `until` or until the service ends, every read in your audit log."""
     vehicle = managed_vehicle(context, principal, vin_or_422(vin, ["path", "vin"]))
     if body.until <= context.now_ms():
         raise ApiError(
@@ -294,6 +296,20 @@ def start_service(
             "invalid_until",
             f"until {body.until} is not in the future: give when the workshop's access ends "
             "(epoch milliseconds).",
+        )
+    # a workshop is a service partner (issue 16, decision 0026): the same answer whether the
+    # account is unregistered or does not exist, so this names no account
+    if (
+        ServicePartnerRepository(request.app.state.state_db).partner(body.workshop_account_id)
+        is None
+    ):
+        raise ApiError(
+            422,
+            "workshop_not_partner",
+            f"Account {body.workshop_account_id} is not a registered service partner: pick one "
+            "from GET /v1/service-partners, or ask an administrator to register the workshop's "
+            'organization account with POST /v1/service-partners {"account_id": ..., '
+            '"name": ...}.',
         )
     try:
         view = life.start_service(
