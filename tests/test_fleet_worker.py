@@ -285,3 +285,41 @@ def test_a_dead_workers_partitions_are_taken_over_and_a_stale_step_is_refused(
     assert len(trips) == 1
     assert len([a for a in alerts if a[1] == "overspeed"]) == 1
     store.close()
+
+
+def test_a_worker_that_takes_its_partitions_back_reads_the_states_again(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """The worker keeps each vehicle's state in memory while it holds the lease (decision
+    0024); when another worker held the partition meanwhile, the remembered state is stale
+    and must be read again: here the other one closed the overspeed alert, so speeding
+    again is a second alert (a stale state would still see the first one open)."""
+    db, path = world
+    store = open_store(path)
+    now = [T0]
+    first = worker(db, path, lambda: now[0], settle_ms=0, lease_ms=3_000)
+    second = worker(db, path, lambda: now[0], settle_ms=0, lease_ms=3_000)
+    seq = [0]
+
+    def drive_at(speeds: list[float]) -> None:
+        samples = []
+        for v in speeds:
+            seq[0] += 1
+            values: dict[str, Any] = {SPEED: v, LAT: 48.0, LON: 11.5, IGNITION: "ON"}
+            samples.append(Sample(VINS[0], seq[0], T0 + seq[0] * 5_000, values))
+        commit(store, samples, now[0])
+
+    assert first.step() == 0  # holds every partition
+    drive_at([130.0] * 4)  # overspeed for 15 s: opened
+    assert first.step() > 0
+    now[0] += 3_001  # the first one stalls past its lease
+    drive_at([40.0, 40.0])  # the second one closes it
+    assert second.step() > 0
+    second.stop()
+    drive_at([130.0] * 4)  # the first one again: a new overspeed
+    assert first.step() > 0
+    alerts, _ = outcome(db)
+    overspeed = [a for a in alerts if a[1] == "overspeed"]
+    assert len(overspeed) == 2
+    assert overspeed[0][4] is not None  # the first one closed
+    store.close()

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.accounts.bootstrap import ensure_first_admin, print_first_admin
 from gateway.api.accesslog import install as install_access_log_filter
+from gateway.api.activity import ActivityStamp, RequestActivity
 from gateway.api.docs import install_docs
 from gateway.api.errors import install_error_handlers
 from gateway.api.limits import BodyLimit, document_body_limits
@@ -225,7 +226,7 @@ def _fleet(app: FastAPI, settings: ApiSettings, state_db: StateDatabase) -> Work
     worker = RulesWorker(
         log, fleets, lambda: open_store(db_path, readonly=True), settings.fleet_worker
     )
-    thread = WorkerThread(worker)
+    thread = WorkerThread(worker, busy=app.state.activity.recent)
     thread.start()
     return thread
 
@@ -275,6 +276,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
+    app.state.activity = activity = RequestActivity()
+    app.add_middleware(ActivityStamp, activity=activity)
     install_docs(app)
     install_web(app, settings.web)
     included = routers(settings)

@@ -26,7 +26,14 @@ from typing import Literal
 from schemas.payloads import EventType, SignalValue
 
 from .geo import Point, surely_outside
-from .geofence import DEFAULT_MARGIN_M, DEFAULT_MIN_DWELL_MS, FenceState, Geofence, update_fence
+from .geofence import (
+    DEFAULT_MARGIN_M,
+    DEFAULT_MIN_DWELL_MS,
+    FenceState,
+    Geofence,
+    fence_index,
+    update_fence,
+)
 from .geofence import Transition as FenceTransition
 from .signals import (
     ENGINE_RUNNING,
@@ -301,8 +308,20 @@ def _geofences(w: _Work, s: Sample) -> None:
     if point is None or (accuracy is not None and accuracy > w.s.max_fix_accuracy_m):
         return
     w.place = point
-    fences: dict[str, FenceState] = {}
-    for fence in w.s.geofences:
+    # the index names the fences the fix may be near; the others are surely outside, so
+    # only those with a state other than "outside" need a look too (decision 0024)
+    index = fence_index(w.s.geofences)
+    near = index.near(point)
+    astray = [
+        fence_id
+        for fence_id, state in w.fences.items()
+        if state != _OUTSIDE and fence_id in index.by_id
+    ]
+    if astray:
+        ids = {f.id for f in near}.union(astray)
+        near = [f for f in w.s.geofences if f.id in ids]
+    fences: dict[str, FenceState] = dict(index.outside)
+    for fence in near:
         before = w.fences.get(fence.id)
         if (before is None or before == _OUTSIDE) and surely_outside(fence.shape.bbox, point):
             fences[fence.id] = _OUTSIDE  # what update_fence would answer, without measuring
@@ -336,9 +355,10 @@ def _crossed(w: _Work, fence: Geofence, t: FenceTransition) -> None:
 def _speed_limit(w: _Work) -> tuple[float, str] | None:
     """The lowest limit that applies: global, fleet, or a fence the vehicle is inside."""
     limits = [(w.s.speed_limit_kmh, "global"), (w.s.fleet_speed_limit_kmh, "fleet")]
-    for fence in w.s.geofences:
-        state = w.fences.get(fence.id)
-        if state is not None and state.inside:
+    by_id = fence_index(w.s.geofences).by_id
+    for fence_id, state in w.fences.items():
+        fence = by_id.get(fence_id)
+        if fence is not None and state.inside:
             limits.append((fence.speed_limit_kmh, f"geofence:{fence.id}"))
     known = [(v, src) for v, src in limits if v is not None]
     return min(known) if known else None
