@@ -76,7 +76,8 @@ __all__ = ["RulesWorker", "WorkerSettings", "WorkerThread"]
 logger = logging.getLogger(__name__)
 
 VinKey = tuple[str, int]
-VinState = tuple[RuleState, TripState]
+#: a vehicle's rule and trip state, and the rule state's JSON as last written (None: none)
+VinState = tuple[RuleState, TripState, dict[str, Any] | None]
 LogItem = LoggedSample | LoggedEvent
 #: the worker thread's rest after each step, as a multiple of the step's duration
 REST_PER_STEP = 1.0
@@ -477,7 +478,8 @@ class RulesWorker:
             known = self._states.get(key)
             if known is None:
                 rule_json, trip_json = read.get(key, ({}, {}))
-                known = (rule_state_from_json(rule_json), trip_state_from_json(trip_json))
+                rule_state = rule_state_from_json(rule_json)
+                known = (rule_state, trip_state_from_json(trip_json), rule_json or None)
             out[key] = known
         return out
 
@@ -493,7 +495,8 @@ class RulesWorker:
     ) -> VinState:
         """Evaluate one vehicle's items from ``state``; fills ``step`` with the new states
         (as stored) and effects, and returns the new state."""
-        rs, ts = state
+        rs, ts, rule_json = state
+        previous = None if rule_json is None else (state[0], rule_json)
         closed: list[Trip] = []
         late: int | None = None
         for item in [*items, *([Tick(tick_at)] if tick_at is not None else [])]:
@@ -510,8 +513,9 @@ class RulesWorker:
             ts = self._recompute(reader, step, closed, ts, late, cfg)
         else:
             step.trips = [_trip_write(t) for t in closed]
-        step.rule_state, step.trip_state = rule_state_to_json(rs), trip_state_to_json(ts)
-        return rs, ts
+        step.rule_state = rule_state_to_json(rs, previous)
+        step.trip_state = trip_state_to_json(ts)
+        return rs, ts, step.rule_state
 
     def _recompute(
         self,

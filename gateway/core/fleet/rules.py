@@ -182,8 +182,10 @@ class _Work:
         self.speed_at = state.speed_at
         self.place = state.place
         self.since = dict(state.since)
-        self.fences = dict(state.fences)
+        self.fences = state.fences
         self.alerts = dict(state.alerts)
+        #: the state's own mappings, kept when unchanged (so a writer can tell at a glance)
+        self._alerts0 = state.alerts
         self.gaps = list(state.gaps)
         self.changes: list[AlertChange] = []
 
@@ -197,7 +199,7 @@ class _Work:
             self.place,
             self.since,
             self.fences,
-            self.alerts,
+            self.alerts if self.alerts != self._alerts0 else self._alerts0,
             tuple(self.gaps),
         )
 
@@ -336,7 +338,8 @@ def _geofences(w: _Work, s: Sample) -> None:
         )
         if crossed is not None:
             _crossed(w, fence, crossed)
-    w.fences = fences
+    if fences != w.fences:  # else the state keeps its mapping: most fixes change no fence
+        w.fences = fences
 
 
 def _crossed(w: _Work, fence: Geofence, t: FenceTransition) -> None:
