@@ -136,8 +136,8 @@ def update_fence(
     return FenceState(not state.inside), Transition(kind, since)
 
 
-#: the index's cells, in degrees of latitude and longitude (about 5.5 km by 3.5 km at 50 N)
-_CELL_DEG = 0.05
+#: the index's cells, in degrees of latitude and longitude (about 1.1 km by 0.7 km at 50 N)
+_CELL_DEG = 0.01
 #: a fence whose box covers more cells than this is looked at for every fix (a region)
 _MAX_CELLS = 2_000
 

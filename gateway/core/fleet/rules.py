@@ -169,7 +169,6 @@ class RuleState:
 Item = Sample | VehicleEvent | Tick
 
 _TRACKED = frozenset({SPEED, IS_MOVING, IGNITION, ENGINE_RUNNING, SOC, FUEL_LEVEL})
-_COORDINATES = (LATITUDE, LONGITUDE)
 
 
 class _Work:
@@ -250,7 +249,8 @@ def _sample(w: _Work, s: Sample) -> None:
     if w.last_ts is not None and s.ts_ms < w.last_ts:
         return
     w.last_ts = s.ts_ms
-    w.known.update((k, v) for k, v in s.values.items() if k in _TRACKED)
+    values = s.values
+    w.known.update({k: values[k] for k in _TRACKED.intersection(values)})
     _ignition(w, s.ts_ms)
     _geofences(w, s)
     _overspeed(w, s.ts_ms)
@@ -303,7 +303,7 @@ _OUTSIDE = FenceState(inside=False)
 
 
 def _geofences(w: _Work, s: Sample) -> None:
-    if not any(c in s.values for c in _COORDINATES):
+    if LATITUDE not in s.values and LONGITUDE not in s.values:
         return
     point = position_of(s.values, w.place)
     accuracy = number_of(s.values, HORIZONTAL_ACCURACY)
