@@ -16,11 +16,12 @@ some with a speed limit, enter and exit alerts on) and every rule enabled:
 3. **alert latency** (same processes): the publishers go on at half the phase-1 rate, each
    sample stamped with its publish time; every overspeed alert's start is the publish time
    of the sample that began it (the organization's ``overspeed_min_ms`` is 0 for this, so
-   the first sample above the limit raises it). The alert becomes visible when the
-   benchmark first reads it: by polling ``GET /v1/alerts`` every 20 ms
-   (:class:`AlertPoller`). The SSE stream's ``alert.raised`` events reached main after this
-   benchmark was written: a watcher with the same methods reading ``/v1/stream`` replaces
-   the poller (and adds the stream's own delay to what is measured).
+   the first sample above the limit raises it). The alert is seen when its
+   ``alert.raised`` event arrives on the live stream ``GET /v1/stream`` (Server-Sent Events,
+   :class:`AlertWatcher`, connected before the load starts): what a dashboard or an
+   integration sees, the stream's own delay included. (Until decision 0024 the benchmark
+   polled ``GET /v1/alerts`` every 20 ms, :class:`AlertPoller`, kept for comparison:
+   ``--latency-source poll``.)
 
 Lost and duplicated samples are counted from the store afterwards (by (vehicle, seq)).
 """
@@ -52,7 +53,14 @@ from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from gateway.core.fleet.geo import shape_from_geojson, shape_to_geojson
 from gateway.errors import ConfigurationError
 
-__all__ = ["AlertPoller", "FleetBenchResult", "add_arguments", "run_fleet_bench", "run_from_args"]
+__all__ = [
+    "AlertPoller",
+    "AlertWatcher",
+    "FleetBenchResult",
+    "add_arguments",
+    "run_fleet_bench",
+    "run_from_args",
+]
 
 #: the organization's rule settings: every rule on (the defaults), a global limit the
 #: profile's 110 km/h exceeds, and overspeed raised on the first sample above it (so an
@@ -77,8 +85,8 @@ class RepFigures:
     duplicated: int
     latency_rate_samples_per_s: float
     latency_alerts: int
-    #: alerts of the latency phase the poller never saw (older than its window when
-    #: they became visible)
+    #: alerts of the latency phase the watcher never saw (the poller: older than its
+    #: window when they became visible)
     latency_unseen: int
     latency_p50_ms: float
     latency_p99_ms: float
@@ -112,6 +120,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--reps", type=int, default=3, help="repetitions (default: 3)")
     p.add_argument(
+        "--latency-source",
+        choices=["stream", "poll"],
+        default="stream",
+        help="how alerts are seen: the SSE stream's alert.raised events (default) or "
+        "GET /v1/alerts polled every 20 ms (as before decision 0024)",
+    )
+    p.add_argument(
         "--json", action="store_true", help="print the result as one JSON object on the last line"
     )
 
@@ -123,6 +138,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         latency_seconds=args.latency_seconds,
         reps=args.reps,
         progress=not args.json,
+        latency_source=args.latency_source,
     )
     _print(result)
     if args.json:
@@ -307,11 +323,64 @@ def _throughput(
     return committed, samples / (time.perf_counter() - load.started)
 
 
+class AlertWatcher:
+    """Sees alerts appear as ``alert.raised`` events on ``GET /v1/stream`` (connected in
+    :meth:`start`, before it returns); :meth:`seen` is alert id -> (start, seen), in ms of
+    the wall clock, for alerts of ``kind`` started at or after ``since_ms``."""
+
+    def __init__(self, stack: _Stack, account_id: int, kind: str, since_ms: int) -> None:
+        self._stack, self._account, self._kind, self._since = stack, account_id, kind, since_ms
+        self._seen: dict[int, tuple[int, float]] = {}
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._client: httpx.Client | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._connected.wait(30):
+            raise RuntimeError("the event stream did not answer within 30 s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._client is not None:
+            self._client.close()  # ends the read the thread is blocked in
+        self._thread.join(30)
+
+    def seen(self) -> dict[int, tuple[int, float]]:
+        return dict(self._seen)
+
+    def _run(self) -> None:
+        timeout = httpx.Timeout(30, read=None)
+        with httpx.Client(
+            base_url=self._stack.api, headers=self._stack.headers, timeout=timeout
+        ) as c:
+            self._client = c
+            try:
+                with c.stream("GET", "/v1/stream") as r:
+                    r.raise_for_status()
+                    self._connected.set()
+                    event = ""
+                    for line in r.iter_lines():
+                        if line.startswith("event: "):
+                            event = line[7:]
+                        elif line.startswith("data: ") and event == "alert.raised":
+                            self._alert(json.loads(line[6:]), time.time_ns() / 1_000_000)
+            except (httpx.HTTPError, RuntimeError, ValueError):
+                if not self._stop.is_set():
+                    raise
+
+    def _alert(self, body: dict[str, Any], at: float) -> None:
+        a = body["data"]
+        if a["kind"] == self._kind and a["start_at"] >= self._since:
+            self._seen.setdefault(a["alert_id"], (a["start_at"], at))
+
+
 class AlertPoller:
     """Sees alerts appear through ``GET /v1/alerts`` (polled every 20 ms, alerts started in
     the last :data:`POLL_WINDOW_MS`); :meth:`seen` is alert id -> (start, first seen), in
-    ms of the wall clock. A watcher of the SSE stream's ``alert.opened`` events would have
-    the same ``start``, ``stop`` and ``seen``."""
+    ms of the wall clock. What the benchmark used before decision 0024: the poll adds up to
+    its interval, and alerts seen later than its window are missed."""
 
     def __init__(self, stack: _Stack, account_id: int, kind: str, since_ms: int) -> None:
         self._stack, self._account, self._kind, self._since = stack, account_id, kind, since_ms
@@ -356,14 +425,15 @@ class AlertPoller:
 
 
 def _latency(
-    stack: _Stack, account_id: int, shape: tuple[int, int, int], rate: float
+    stack: _Stack, account_id: int, shape: tuple[int, int, int], rate: float, source: str
 ) -> tuple[list[float], int, int]:
     """Publish ``shape`` (vehicles, samples each, first seq) at ``rate``; (latencies in ms
     of the overspeed alerts raised meanwhile, how many alerts there were, how many of them
-    the poller missed)."""
+    the watcher missed)."""
     vehicles, per_vehicle, seq_base = shape
     started = time.time_ns() // 1_000_000
-    poller = AlertPoller(stack, account_id, "overspeed", started)
+    watcher = AlertWatcher if source == "stream" else AlertPoller
+    poller = watcher(stack, account_id, "overspeed", started)
     poller.start()
     load = LoadProcess(
         stack.broker_port, vehicles, per_vehicle, 1, rate=rate, seq_base=seq_base, profile="fleet"
@@ -371,7 +441,7 @@ def _latency(
     load.finish()
     (last,) = stack.telemetry.execute("SELECT max(id) FROM samples").fetchone()
     _wait(lambda: _evaluated_up_to(stack) >= last, "the rules worker", timeout=600)
-    time.sleep(5 * POLL_S)
+    time.sleep(1.0)  # the last events on their way (the stream's bus polls every 100 ms)
     poller.stop()
     seen = poller.seen()
     rows = _state(
@@ -400,6 +470,7 @@ class _Shape:
     vehicles: int
     per_vehicle: int
     latency_seconds: float
+    latency_source: str = "stream"
 
 
 def _phase(workdir: Path, shape: _Shape, *, rules: bool, half_rate: float = 0.0) -> dict[str, Any]:
@@ -421,7 +492,11 @@ def _phase(workdir: Path, shape: _Shape, *, rules: bool, half_rate: float = 0.0)
             )
             lat_each = max(1, int(half_rate * shape.latency_seconds / shape.vehicles))
             out["latency"] = _latency(
-                stack, account, (shape.vehicles, lat_each, per_vehicle), half_rate
+                stack,
+                account,
+                (shape.vehicles, lat_each, per_vehicle),
+                half_rate,
+                shape.latency_source,
             )
             per_vehicle += lat_each
         out["loss"] = _loss(stack, shape.vehicles, per_vehicle)
@@ -482,12 +557,13 @@ def run_fleet_bench(
     latency_seconds: float = 20.0,
     reps: int = 3,
     progress: bool = True,
+    latency_source: str = "stream",
 ) -> FleetBenchResult:
     if shutil.which("mosquitto_pub") is None:
         raise ConfigurationError(
             "mosquitto_pub not found: install it with: sudo apt-get install -y mosquitto-clients"
         )
-    shape = _Shape(vehicles, per_vehicle, latency_seconds)
+    shape = _Shape(vehicles, per_vehicle, latency_seconds, latency_source)
     figures = []
     for n in range(reps):
         workdir = Path(tempfile.mkdtemp(prefix="telematics-bench-fleet-"))
@@ -503,7 +579,11 @@ def run_fleet_bench(
         vehicles=vehicles,
         geofences=FENCE_ROWS * FENCE_COLUMNS,
         samples_per_phase=vehicles * per_vehicle,
-        latency_source="GET /v1/alerts polled every 20 ms",
+        latency_source=(
+            "alert.raised on GET /v1/stream"
+            if latency_source == "stream"
+            else "GET /v1/alerts polled every 20 ms"
+        ),
         reps=figures,
         worst=_worst(figures),
     )
