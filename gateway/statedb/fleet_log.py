@@ -25,6 +25,7 @@ from typing import Any, Final
 from sqlalchemy import (
     BigInteger,
     Float,
+    String,
     and_,
     case,
     cast,
@@ -846,9 +847,15 @@ class FleetLog:
     ) -> list[tuple[Any, ...]]:
         """Per (vin or driver id, UTC day) of the filters' trips and alerts, in one query:
         (key, day, trips, driving ms, distance, max speed, energy, fuel, alerts, idle ms),
-        ordered by key and day. Trips of whole days come from the daily rollup, of the
-        partial days at the range's edges from the trips; alerts are counted by the day
-        they started, idle time is the duration of the ended ``idling`` alerts."""
+        ordered by key (as text, byte order) and day. Trips of whole days come from the
+        daily rollup, of the partial days at the range's edges from the trips; alerts are
+        counted by the day they started, idle time is the duration of the ended ``idling``
+        alerts."""
+        with self._db.read() as session:
+            query = self._report_query(tf, af, by_driver, session.get_bind().dialect.name)
+            return [tuple(r) for r in session.execute(query)]
+
+    def _report_query(self, tf: TripFilter, af: AlertFilter, by_driver: bool, dialect: str) -> Any:
         parts = [self._alert_part(af, by_driver, tf.driver_id)]
         if tf.start is None or tf.end is None:
             parts.append(_trip_part(tf, by_driver, tf.start, tf.end))
@@ -863,7 +870,12 @@ class FleetLog:
                 if last * DAY_MS < tf.end:
                     parts.append(_trip_part(tf, by_driver, last * DAY_MS, tf.end))
         u = union_all(*parts).subquery()
-        query = (
+        # the order a report's lines are in (key as text: driver 10 before driver 9), so a
+        # CSV can be written as the rows come (gateway.core.fleet.reports.report_cells)
+        key: Any = cast(u.c.who, String) if by_driver else u.c.who
+        if dialect == "postgresql":
+            key = key.collate("C")
+        return (
             select(
                 u.c.who,
                 u.c.day,
@@ -877,10 +889,8 @@ class FleetLog:
                 func.sum(u.c.idle),
             )
             .group_by(u.c.who, u.c.day)
-            .order_by(u.c.who, u.c.day)
+            .order_by(key, u.c.day)
         )
-        with self._db.read() as session:
-            return [tuple(r) for r in session.execute(query)]
 
     @staticmethod
     def _alert_part(f: AlertFilter, by_driver: bool, driver_id: int | None) -> Any:
