@@ -47,7 +47,7 @@ from typing import Any
 
 from gateway.core.clock import wall_clock_ms
 from gateway.core.fleet.geo import Point
-from gateway.core.fleet.rules import AlertChange, RuleSettings, RuleState, evaluate
+from gateway.core.fleet.rules import AlertChange, RuleSettings, RuleState, evaluate_many
 from gateway.core.fleet.signals import Sample, Tick, VehicleEvent
 from gateway.core.fleet.state import (
     rule_state_from_json,
@@ -499,9 +499,10 @@ class RulesWorker:
         previous = None if rule_json is None else (state[0], rule_json)
         closed: list[Trip] = []
         late: int | None = None
-        for item in [*items, *([Tick(tick_at)] if tick_at is not None else [])]:
-            rs, changes = evaluate(rs, item, rules)
-            step.alerts.extend(_alert_write(c) for c in changes)
+        every = [*items, *([Tick(tick_at)] if tick_at is not None else [])]
+        rs, changes = evaluate_many(rs, every, rules)
+        step.alerts.extend(_alert_write(c) for c in changes)
+        for item in items:
             if isinstance(item, Sample):
                 fed = feed(ts, item, cfg)
                 if fed.late:
