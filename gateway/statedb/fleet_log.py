@@ -872,12 +872,13 @@ class FleetLog:
         u = union_all(*parts).subquery()
         # the order a report's lines are in (key as text: driver 10 before driver 9), so a
         # CSV can be written as the rows come (gateway.core.fleet.reports.report_cells)
+        # (selected and grouped by too: one sort serves the GROUP BY and the ORDER BY)
         key: Any = cast(u.c.who, String) if by_driver else u.c.who
         if dialect == "postgresql":
             key = key.collate("C")
         return (
             select(
-                u.c.who,
+                key,
                 u.c.day,
                 func.sum(u.c.trips),
                 func.sum(u.c.duration),
@@ -888,7 +889,7 @@ class FleetLog:
                 func.sum(u.c.alerts),
                 func.sum(u.c.idle),
             )
-            .group_by(u.c.who, u.c.day)
+            .group_by(key, u.c.day)
             .order_by(key, u.c.day)
         )
 
