@@ -49,6 +49,7 @@ import httpx
 from device_sim.loadgen import FLEET_COLUMN_DEG, FLEET_ORIGIN, bench_vin
 from gateway.bench.commands import _login, _process, _wait
 from gateway.bench.ingest import LoadProcess, _open_reader, _stored, _wait_ready, percentile
+from gateway.bench.probes import _process_cpu_s
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from gateway.core.fleet.geo import shape_from_geojson, shape_to_geojson
 from gateway.errors import ConfigurationError
@@ -91,6 +92,14 @@ class RepFigures:
     latency_p50_ms: float
     latency_p99_ms: float
     latency_max_ms: float
+    #: CPU time per sample (microseconds; /proc/PID/stat, all threads): the gateway's
+    #: without and with rules, and the API process's with rules (the rules worker's, with
+    #: the API's little else) from the load's start until the worker caught up: what a
+    #: shared machine disturbs far less than the rates (decision 0024)
+    without_rules_gateway_cpu_us: float = 0.0
+    with_rules_gateway_cpu_us: float = 0.0
+    with_rules_api_cpu_us: float = 0.0
+    load_1m: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +166,9 @@ def _print(r: FleetBenchResult) -> None:
             f"committed {f.with_rules_committed_samples_per_s:>8,.0f}/s, evaluated "
             f"{f.with_rules_evaluated_samples_per_s:>8,.0f}/s   ratio {f.ratio:.2f}   "
             f"alerts {f.alerts:,}   lost/dup {f.lost}/{f.duplicated}\n"
+            f"         CPU per sample: gateway {f.without_rules_gateway_cpu_us:.0f} us without "
+            f"rules, {f.with_rules_gateway_cpu_us:.0f} us with; API (rules worker) "
+            f"{f.with_rules_api_cpu_us:.0f} us   load average {f.load_1m:.1f}\n"
             f"         alert latency at {f.latency_rate_samples_per_s:,.0f} samples/s "
             f"({f.latency_alerts} alerts, {f.latency_unseen} unseen): p50 "
             f"{f.latency_p50_ms:.0f} ms  p99 {f.latency_p99_ms:.0f} ms  max "
@@ -253,6 +265,8 @@ class _Stack:
     headers: dict[str, str]
     telemetry: sqlite3.Connection
     state_db: Path
+    gateway_pid: int = 0
+    api_pid: int = 0
 
 
 @contextlib.contextmanager
@@ -268,7 +282,7 @@ def _stack(data: Path, broker_port: int, mqtt_url: str, *, rules: bool) -> Itera
         telemetry = _open_reader(data / "telemetry.db", gw)
         try:
             _wait_ready(broker_port, telemetry, gw)
-            with _process([*api, *([] if rules else ["--no-fleet-worker"])], env=env):
+            with _process([*api, *([] if rules else ["--no-fleet-worker"])], env=env) as api_proc:
                 url = f"http://127.0.0.1:{api_port}"
                 headers: dict[str, str] = {}
 
@@ -278,7 +292,9 @@ def _stack(data: Path, broker_port: int, mqtt_url: str, *, rules: bool) -> Itera
                     return bool(headers)
 
                 _wait(up, "the API", timeout=60)
-                yield _Stack(broker_port, url, headers, telemetry, data / "state.db")
+                yield _Stack(
+                    broker_port, url, headers, telemetry, data / "state.db", gw.pid, api_proc.pid
+                )
         finally:
             telemetry.close()
 
@@ -301,26 +317,35 @@ def _evaluated_up_to(stack: _Stack) -> int:
     return int(low) if count else 0
 
 
+def _cpu(pid: int) -> float:
+    return _process_cpu_s(pid) or 0.0
+
+
 def _throughput(
     stack: _Stack, vehicles: int, per_vehicle: int, *, rules: bool
-) -> tuple[float, float]:
-    """(committed, evaluated) samples/s of the fleet profile published as fast as acked;
-    evaluated is 0 without rules."""
+) -> tuple[float, float, float, float]:
+    """(committed, evaluated) samples/s of the fleet profile published as fast as acked
+    (evaluated is 0 without rules), and the gateway's and the API's CPU microseconds per
+    sample until then."""
     samples = vehicles * per_vehicle
     base = _stored(stack.telemetry)
+    gw0, api0 = _cpu(stack.gateway_pid), _cpu(stack.api_pid)
     load = LoadProcess(stack.broker_port, vehicles, per_vehicle, 1, profile="fleet")
     _wait(lambda: _stored(stack.telemetry) - base >= samples, "ingest", timeout=600)
     committed = samples / (time.perf_counter() - load.started)
     load.finish()
-    if not rules:
-        return committed, 0.0
-    (last,) = stack.telemetry.execute("SELECT max(id) FROM samples").fetchone()
-    deadline = time.monotonic() + 900
-    while _evaluated_up_to(stack) < last:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the rules worker did not catch up within 15 minutes")
-        time.sleep(0.02)
-    return committed, samples / (time.perf_counter() - load.started)
+    evaluated = 0.0
+    if rules:
+        (last,) = stack.telemetry.execute("SELECT max(id) FROM samples").fetchone()
+        deadline = time.monotonic() + 900
+        while _evaluated_up_to(stack) < last:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the rules worker did not catch up within 15 minutes")
+            time.sleep(0.02)
+        evaluated = samples / (time.perf_counter() - load.started)
+    gw_us = (_cpu(stack.gateway_pid) - gw0) * 1e6 / samples
+    api_us = (_cpu(stack.api_pid) - api0) * 1e6 / samples
+    return committed, evaluated, gw_us, api_us
 
 
 class AlertWatcher:
@@ -483,8 +508,10 @@ def _phase(workdir: Path, shape: _Shape, *, rules: bool, half_rate: float = 0.0)
             MosquittoProcess(BrokerConfig(port=free_port(), data_dir=data / "broker"))
         )
         stack = stack_of.enter_context(_stack(data, b.port, b.url, rules=rules))
-        committed, evaluated = _throughput(stack, shape.vehicles, shape.per_vehicle, rules=rules)
-        out.update(committed=committed, evaluated=evaluated)
+        committed, evaluated, gw_us, api_us = _throughput(
+            stack, shape.vehicles, shape.per_vehicle, rules=rules
+        )
+        out.update(committed=committed, evaluated=evaluated, gateway_us=gw_us, api_us=api_us)
         per_vehicle = shape.per_vehicle
         if rules:
             out["alerts"] = dict(
@@ -529,6 +556,10 @@ def _rep(workdir: Path, shape: _Shape, progress: bool) -> RepFigures:
         latency_p50_ms=round(percentile(latencies, 0.5), 1),
         latency_p99_ms=round(percentile(latencies, 0.99), 1),
         latency_max_ms=round(max(latencies, default=float("nan")), 1),
+        without_rules_gateway_cpu_us=round(without["gateway_us"], 1),
+        with_rules_gateway_cpu_us=round(with_rules["gateway_us"], 1),
+        with_rules_api_cpu_us=round(with_rules["api_us"], 1),
+        load_1m=round(os.getloadavg()[0], 1),
     )
     _say(progress, f"  {figures}")
     return figures
@@ -537,6 +568,8 @@ def _rep(workdir: Path, shape: _Shape, progress: bool) -> RepFigures:
 #: figures where a higher value is worse
 _HIGHER_IS_WORSE = {
     "lost", "duplicated", "latency_unseen", "latency_p50_ms", "latency_p99_ms", "latency_max_ms",
+    "without_rules_gateway_cpu_us", "with_rules_gateway_cpu_us", "with_rules_api_cpu_us",
+    "load_1m",
 }  # fmt: skip
 
 
