@@ -68,3 +68,17 @@ def test_each_request_is_stamped_as_it_begins() -> None:
         assert client.get("/").text == "hello"
     assert activity.recent()
     assert not RequestActivity(window_s=0.0).recent()
+
+
+def test_a_step_that_evaluated_something_wakes_the_event_bus() -> None:
+    """The API hands the thread its bus's poke: alerts go out when they are committed, not
+    at the bus's next poll (up to 100 ms later)."""
+    worker = _Steps()
+    thread = WorkerThread(cast(RulesWorker, worker), busy=lambda: False)
+    pokes: list[float] = []
+    thread.on_commit = lambda: pokes.append(time.monotonic())
+    thread.start()
+    time.sleep(2 * STEP_S)
+    thread.stop()
+    assert len(pokes) == len(worker.spans) >= 1
+    assert all(p >= end for p, (_, end) in zip(pokes, worker.spans, strict=True))

@@ -8,6 +8,7 @@ service. See docs/decisions/0013-architecture-step.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -149,6 +150,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     fleet_worker = _fleet(app, settings, state_db)
     _trace_threads(trace, service, fleet_worker)
     bus, webhook_worker = await _notifications(app, settings, state_db)
+    if fleet_worker is not None:  # its alerts on the stream at once, not at the bus's poll
+        loop = asyncio.get_running_loop()
+
+        def poke() -> None:
+            loop.call_soon_threadsafe(bus.poke)
+
+        fleet_worker.on_commit = poke
     app.state.positions = positions = PositionFeed(
         lambda: open_store(settings.store, readonly=True), poll_s=settings.web.position_poll_s
     )

@@ -554,6 +554,9 @@ class WorkerThread:
         #: whether people are being served (a request began within the last second); the
         #: worker rests after a step only then (None: always)
         self._busy = busy
+        #: called after a step that evaluated something (committed): the API wakes its
+        #: event bus with it, so the alerts' events go out now rather than at its next poll
+        self.on_commit: Callable[[], None] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet-rules", daemon=True)
 
@@ -579,6 +582,8 @@ class WorkerThread:
             started = time.monotonic()
             try:
                 busy = self.worker.step() > 0
+                if busy and self.on_commit is not None:
+                    self.on_commit()
             except Exception:
                 logger.exception("fleet rules step failed; retrying")
                 busy = False
