@@ -323,3 +323,33 @@ def test_a_worker_that_takes_its_partitions_back_reads_the_states_again(
     assert len(overspeed) == 2
     assert overspeed[0][4] is not None  # the first one closed
     store.close()
+
+
+def test_a_vehicles_fleet_limit_is_held_a_few_seconds_and_then_read_again(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """The worker's settings cache holds each VIN's fleet limit for its time to live
+    (decision 0024: read for every partition of every pass, it was a twentieth of the
+    worker's CPU); a changed limit applies after that, and a VIN in no fleet has none."""
+    from gateway.fleet.config import ConfigCache
+
+    db, _ = world
+    fleets = FleetRepository(db)
+    org = FleetLog(db).accounts_of([(VINS[0], 1)])[(VINS[0], 1)]
+    vans = fleets.create_fleet(
+        account_id=org, name="vans", kind="fleet", speed_limit_kmh=70.0, now=1
+    )
+    fleets.add_vehicle(vans.id, VINS[0], now=1)
+    now = [T0]
+    cache = ConfigCache(fleets, lambda: now[0], ttl_ms=5_000)
+
+    def limits() -> dict[str, float | None]:
+        got = cache.for_vins(org, list(VINS))
+        return {vin: rules.fleet_speed_limit_kmh for vin, (rules, _) in got.items()}
+
+    assert limits() == {VINS[0]: 70.0, VINS[1]: None}
+    fleets.update_fleet(vans.id, {"speed_limit_kmh": 50.0})
+    now[0] += 4_999
+    assert limits()[VINS[0]] == 70.0  # still held
+    now[0] += 1
+    assert limits() == {VINS[0]: 50.0, VINS[1]: None}
