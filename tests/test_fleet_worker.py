@@ -353,3 +353,43 @@ def test_a_vehicles_fleet_limit_is_held_a_few_seconds_and_then_read_again(
     assert limits()[VINS[0]] == 70.0  # still held
     now[0] += 1
     assert limits() == {VINS[0]: 50.0, VINS[1]: None}
+
+
+def test_a_pass_with_more_alerts_and_trips_than_one_insert_takes_keeps_them_in_order(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """New alerts, trips and their events are inserted in slices (decision 0024: one long
+    INSERT ... RETURNING grew with the square of its rows): every row is stored once and
+    each event names the row it was made for, across the slices' boundaries."""
+    from gateway.statedb.events import RETURNING_CHUNK, EventLog
+    from gateway.statedb.fleet_log import AlertWrite, TripWrite, VinStep
+
+    db, _ = world
+    log = FleetLog(db)
+    org = log.accounts_of([(VINS[0], 1)])[(VINS[0], 1)]
+    n = 2 * RETURNING_CHUNK + 17
+    step = VinStep(VINS[0], 1, org, {}, {})
+    for i in range(n):
+        at = T0 + i * 60_000
+        step.alerts.append(
+            AlertWrite("opened", "geofence_enter", f"geofence_enter:{i}", "info", at, at, {})
+        )
+        step.trips.append(
+            TripWrite(at, at + 30_000, None, None, 500.0 + i, 50.0, 40.0, None, None,
+                      "ignition_off", True, True)
+        )  # fmt: skip
+    log.take_partitions("slices", 1, now=T0, ttl_ms=60_000)
+    log.commit_partition(0, "slices", read_from=(0, 0), cursor=(1, 0), steps=[step], now=T0)
+    alerts = {a.id: a for a in log.alerts(AlertFilter(), before=None, limit=1000)}
+    trips = {t.id: t for t in log.trips(TripFilter(), before=None, limit=1000)}
+    assert len(alerts) == len(trips) == n
+    events = EventLog(db).after(0, limit=5000)
+    raised = [e.data for e in events if e.type == "alert.raised"]
+    finished = [e.data for e in events if e.type == "trip.finished"]
+    assert len(raised) == len(finished) == n
+    for data in raised:
+        assert alerts[data["alert_id"]].key == data["key"]
+        assert alerts[data["alert_id"]].start_at == data["start_at"]
+    for data in finished:
+        assert trips[data["trip_id"]].start_at == data["start_at"]
+    assert [d["start_at"] for d in raised] == sorted(d["start_at"] for d in raised)

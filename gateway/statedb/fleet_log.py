@@ -18,7 +18,7 @@ Reading for the API: :meth:`alerts` and :meth:`trips` are keyset pages (newest f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -43,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from gateway.statedb.database import StateDatabase
-from gateway.statedb.events import NewEvent, publish_many
+from gateway.statedb.events import RETURNING_CHUNK, NewEvent, publish_many
 from gateway.statedb.models import (
     DriverAssignmentRow,
     FleetAlertRow,
@@ -391,6 +391,12 @@ def _update_alerts(
         session.execute(update(a), updates)
 
 
+def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """``rows`` in slices of :data:`RETURNING_CHUNK` for an INSERT ... RETURNING each."""
+    for start in range(0, len(rows), RETURNING_CHUNK):
+        yield rows[start : start + RETURNING_CHUNK]
+
+
 class FleetLog:
     """Alerts, trips, per-vehicle state and partition leases in the state database."""
 
@@ -599,21 +605,23 @@ class FleetLog:
             trips.extend(self._trip_row(step, t, drivers) for t in step.trips)
         _update_alerts(session, changed, now, events)
         if new_alerts:
-            stored = session.execute(
-                insert(FleetAlertRow).returning(
-                    *_ALERT_EVENT_COLUMNS, sort_by_parameter_order=True
-                ),
-                new_alerts,
+            statement = insert(FleetAlertRow).returning(
+                *_ALERT_EVENT_COLUMNS, sort_by_parameter_order=True
             )
-            for alert, row in zip(stored.mappings().all(), new_alerts, strict=True):
+            stored = [
+                alert
+                for chunk in _chunks(new_alerts)
+                for alert in session.execute(statement, chunk).mappings().all()
+            ]
+            for alert, row in zip(stored, new_alerts, strict=True):
                 events.append(alert_event("alert.raised", dict(alert), at=now))
                 if id(row) in closed_here:
                     events.append(alert_event("alert.ended", dict(alert), at=now))
         if trips:
-            ids = session.scalars(
-                insert(FleetTripRow).returning(FleetTripRow.id, sort_by_parameter_order=True),
-                trips,
-            ).all()
+            statement = insert(FleetTripRow).returning(
+                FleetTripRow.id, sort_by_parameter_order=True
+            )
+            ids = [i for chunk in _chunks(trips) for i in session.scalars(statement, chunk).all()]
             for trip_id, row in zip(ids, trips, strict=True):
                 before = _overlapping(replaced.get((row["vin"], row["tenure"]), []), row)
                 event = _trip_event(trip_id, row, before, at=now)
