@@ -53,7 +53,7 @@ def test_identity_bench_runs_both_paths(vehicles: int, restarted: bool) -> None:
 @pytest.mark.slow
 def test_fleet_bench_runs_both_phases_and_sees_alerts() -> None:
     """Tiny: 10 vehicles; the accounting (nothing lost or doubled), alerts raised by the
-    rules, and the latency phase's overspeed alerts seen through the API."""
+    rules, and the latency phase's overspeed alerts seen on the live stream (SSE)."""
     from gateway.bench.fleet import run_fleet_bench
 
     result = run_fleet_bench(
@@ -64,6 +64,8 @@ def test_fleet_bench_runs_both_phases_and_sees_alerts() -> None:
     assert rep.alerts_by_kind.get("overspeed", 0) >= 10  # one per vehicle and 40 samples
     assert rep.alerts == sum(rep.alerts_by_kind.values())
     assert rep.with_rules_evaluated_samples_per_s > 0
+    assert min(rep.without_rules_gateway_cpu_us, rep.with_rules_api_cpu_us) > 0
+    assert result.latency_source == "alert.raised on GET /v1/stream"
     assert rep.latency_alerts > rep.latency_unseen >= 0
     assert 0 <= rep.latency_p50_ms <= rep.latency_p99_ms <= rep.latency_max_ms
     assert result.worst["ratio"] == rep.ratio

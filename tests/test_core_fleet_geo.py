@@ -22,7 +22,13 @@ from gateway.core.fleet.geo import (
     shape_to_geojson,
     surely_outside,
 )
-from gateway.core.fleet.geofence import ActiveWindow, FenceState, update_fence
+from gateway.core.fleet.geofence import (
+    ActiveWindow,
+    FenceIndex,
+    FenceState,
+    Geofence,
+    update_fence,
+)
 from gateway.core.fleet.signals import (
     IGNITION,
     LATITUDE,
@@ -87,6 +93,42 @@ def test_surely_outside_a_box_is_outside_the_shape(
         if surely_outside(shape.bbox, p):
             assert not shape.contains(p)
             assert shape.signed_distance_m(p) > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(points, st.floats(10, 100_000), st.booleans()), min_size=1, max_size=8),
+    points,
+    st.floats(-120, 120),
+    st.floats(-120, 120),
+    st.floats(-90, 90),
+    st.sampled_from([0.05, 0.002, 0.0005]),
+)
+def test_the_fence_index_names_every_fence_a_fix_is_not_surely_outside(
+    shapes: list[tuple[Point, float, bool]],
+    p: Point,
+    north: float,
+    east: float,
+    lat: float,
+    cell: float,
+) -> None:
+    """The rules look only at the fences the index names for a fix (decision 0024): any
+    fence it leaves out must be one ``surely_outside`` would have skipped, also for fixes
+    just beyond a box's corner, for regions too large to grid, and far from the equator."""
+    fences = tuple(
+        Geofence(str(i), Circle(c, r) if circle else Polygon(square(c, r)))
+        for i, (c, r, circle) in enumerate(shapes)
+    )
+    index = FenceIndex(fences, cell_deg=cell)  # small cells: boundaries everywhere
+    first = fences[0].shape.bbox
+    corner = offset(Point(first[2], first[3]), north, east)
+    far_north = Point(p.lon, max(-89.0, min(89.0, lat)))
+    for fix in (p, corner, far_north):
+        named = {f.id for f in index.near(fix)}
+        for fence in fences:
+            if fence.id not in named:
+                assert surely_outside(fence.shape.bbox, fix)
+        assert [f.id for f in index.near(fix)] == [f.id for f in fences if f.id in named]
 
 
 @given(

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from gateway.core.fleet.geo import Circle, Point
 from gateway.core.fleet.geofence import Geofence
-from gateway.core.fleet.rules import AlertKind, RuleSettings, RuleState, evaluate
+from gateway.core.fleet.rules import (
+    AlertChange,
+    AlertKind,
+    RuleSettings,
+    RuleState,
+    evaluate,
+    evaluate_many,
+)
 from gateway.core.fleet.signals import (
     IGNITION,
     LATITUDE,
@@ -55,6 +62,7 @@ def test_states_survive_a_json_round_trip(
     rules = RuleSettings(geofences=(FENCE,), speed_limit_kmh=50, seq_gap_grace_ms=1000)
     cfg = TripSettings()
     rs, ts, t, seq, odo = RuleState(), TripState(), 1_700_000_000_000, 0, 0.0
+    written = rule_state_to_json(rs)
     for dt_ms, speed, dlat, ign, soc, dseq in steps:
         t, seq, odo = t + dt_ms, seq + dseq, odo + speed * dt_ms / 3600
         values: dict[str, object] = {
@@ -67,11 +75,48 @@ def test_states_survive_a_json_round_trip(
         if ign is not None:
             values[IGNITION] = ign
         sample = Sample(t, values, seq, t + 100)  # type: ignore[arg-type]
+        before = rs
         rs, _ = evaluate(rs, sample, rules)
         rs, _ = evaluate(rs, Tick(t + 50_000), rules)
         ts, _, _ = feed(ts, sample, cfg)
         assert rule_state_from_json(json.loads(json.dumps(rule_state_to_json(rs)))) == rs
+        # the worker's write reuses the parts a state shares with the one written before
+        written = rule_state_to_json(rs, (before, written))
+        assert written == rule_state_to_json(rs)
         assert trip_state_from_json(json.loads(json.dumps(trip_state_to_json(ts)))) == ts
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(step, min_size=1, max_size=40), st.integers(1, 6))
+def test_evaluating_items_together_is_evaluating_them_one_by_one(
+    steps: list[tuple[int, float, float, str | None, float, int]], batch: int
+) -> None:
+    """The worker evaluates a vehicle's new items of a pass in one working copy
+    (``evaluate_many``, decision 0024): the same state and changes as one at a time,
+    whatever the batches (late samples and ticks included)."""
+    rules = RuleSettings(geofences=(FENCE,), speed_limit_kmh=50, seq_gap_grace_ms=1000)
+    items: list[Sample | Tick] = []
+    t, seq = 1_700_000_000_000, 0
+    for dt_ms, speed, dlat, ign, soc, dseq in steps:
+        t, seq = t + dt_ms, seq + dseq
+        values: dict[str, object] = {SPEED: speed, LATITUDE: 48.1374 + dlat, LONGITUDE: 11.5755}
+        values[SOC] = soc
+        if ign is not None:
+            values[IGNITION] = ign
+        late = dseq == 3  # now and then one from the past
+        items.append(Sample(t - 200_000 if late else t, values, seq, t + 100))  # type: ignore[arg-type]
+        if dseq == 2:
+            items.append(Tick(t + 50_000))
+    one, changes_one = RuleState(), list[AlertChange]()
+    for item in items:
+        one, changes = evaluate(one, item, rules)
+        changes_one.extend(changes)
+    many, changes_many = RuleState(), list[AlertChange]()
+    for i in range(0, len(items), batch):
+        many, changes = evaluate_many(many, items[i : i + batch], rules)
+        changes_many.extend(changes)
+    assert many == one
+    assert changes_many == changes_one
 
 
 def test_empty_json_is_the_initial_state() -> None:

@@ -285,3 +285,111 @@ def test_a_dead_workers_partitions_are_taken_over_and_a_stale_step_is_refused(
     assert len(trips) == 1
     assert len([a for a in alerts if a[1] == "overspeed"]) == 1
     store.close()
+
+
+def test_a_worker_that_takes_its_partitions_back_reads_the_states_again(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """The worker keeps each vehicle's state in memory while it holds the lease (decision
+    0024); when another worker held the partition meanwhile, the remembered state is stale
+    and must be read again: here the other one closed the overspeed alert, so speeding
+    again is a second alert (a stale state would still see the first one open)."""
+    db, path = world
+    store = open_store(path)
+    now = [T0]
+    first = worker(db, path, lambda: now[0], settle_ms=0, lease_ms=3_000)
+    second = worker(db, path, lambda: now[0], settle_ms=0, lease_ms=3_000)
+    seq = [0]
+
+    def drive_at(speeds: list[float]) -> None:
+        samples = []
+        for v in speeds:
+            seq[0] += 1
+            values: dict[str, Any] = {SPEED: v, LAT: 48.0, LON: 11.5, IGNITION: "ON"}
+            samples.append(Sample(VINS[0], seq[0], T0 + seq[0] * 5_000, values))
+        commit(store, samples, now[0])
+
+    assert first.step() == 0  # holds every partition
+    drive_at([130.0] * 4)  # overspeed for 15 s: opened
+    assert first.step() > 0
+    now[0] += 3_001  # the first one stalls past its lease
+    drive_at([40.0, 40.0])  # the second one closes it
+    assert second.step() > 0
+    second.stop()
+    drive_at([130.0] * 4)  # the first one again: a new overspeed
+    assert first.step() > 0
+    alerts, _ = outcome(db)
+    overspeed = [a for a in alerts if a[1] == "overspeed"]
+    assert len(overspeed) == 2
+    assert overspeed[0][4] is not None  # the first one closed
+    store.close()
+
+
+def test_a_vehicles_fleet_limit_is_held_a_few_seconds_and_then_read_again(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """The worker's settings cache holds each VIN's fleet limit for its time to live
+    (decision 0024: read for every partition of every pass, it was a twentieth of the
+    worker's CPU); a changed limit applies after that, and a VIN in no fleet has none."""
+    from gateway.fleet.config import ConfigCache
+
+    db, _ = world
+    fleets = FleetRepository(db)
+    org = FleetLog(db).accounts_of([(VINS[0], 1)])[(VINS[0], 1)]
+    vans = fleets.create_fleet(
+        account_id=org, name="vans", kind="fleet", speed_limit_kmh=70.0, now=1
+    )
+    fleets.add_vehicle(vans.id, VINS[0], now=1)
+    now = [T0]
+    cache = ConfigCache(fleets, lambda: now[0], ttl_ms=5_000)
+
+    def limits() -> dict[str, float | None]:
+        got = cache.for_vins(org, list(VINS))
+        return {vin: rules.fleet_speed_limit_kmh for vin, (rules, _) in got.items()}
+
+    assert limits() == {VINS[0]: 70.0, VINS[1]: None}
+    fleets.update_fleet(vans.id, {"speed_limit_kmh": 50.0})
+    now[0] += 4_999
+    assert limits()[VINS[0]] == 70.0  # still held
+    now[0] += 1
+    assert limits() == {VINS[0]: 50.0, VINS[1]: None}
+
+
+def test_a_pass_with_more_alerts_and_trips_than_one_insert_takes_keeps_them_in_order(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """New alerts, trips and their events are inserted in slices (decision 0024: one long
+    INSERT ... RETURNING grew with the square of its rows): every row is stored once and
+    each event names the row it was made for, across the slices' boundaries."""
+    from gateway.statedb.events import RETURNING_CHUNK, EventLog
+    from gateway.statedb.fleet_log import AlertWrite, TripWrite, VinStep
+
+    db, _ = world
+    log = FleetLog(db)
+    org = log.accounts_of([(VINS[0], 1)])[(VINS[0], 1)]
+    n = 2 * RETURNING_CHUNK + 17
+    step = VinStep(VINS[0], 1, org, {}, {})
+    for i in range(n):
+        at = T0 + i * 60_000
+        step.alerts.append(
+            AlertWrite("opened", "geofence_enter", f"geofence_enter:{i}", "info", at, at, {})
+        )
+        step.trips.append(
+            TripWrite(at, at + 30_000, None, None, 500.0 + i, 50.0, 40.0, None, None,
+                      "ignition_off", True, True)
+        )  # fmt: skip
+    log.take_partitions("slices", 1, now=T0, ttl_ms=60_000)
+    log.commit_partition(0, "slices", read_from=(0, 0), cursor=(1, 0), steps=[step], now=T0)
+    alerts = {a.id: a for a in log.alerts(AlertFilter(), before=None, limit=1000)}
+    trips = {t.id: t for t in log.trips(TripFilter(), before=None, limit=1000)}
+    assert len(alerts) == len(trips) == n
+    events = EventLog(db).after(0, limit=5000)
+    raised = [e.data for e in events if e.type == "alert.raised"]
+    finished = [e.data for e in events if e.type == "trip.finished"]
+    assert len(raised) == len(finished) == n
+    for data in raised:
+        assert alerts[data["alert_id"]].key == data["key"]
+        assert alerts[data["alert_id"]].start_at == data["start_at"]
+    for data in finished:
+        assert trips[data["trip_id"]].start_at == data["start_at"]
+    assert [d["start_at"] for d in raised] == sorted(d["start_at"] for d in raised)

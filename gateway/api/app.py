@@ -8,6 +8,7 @@ service. See docs/decisions/0013-architecture-step.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway import package_version
 from gateway.accounts.bootstrap import ensure_first_admin, print_first_admin
 from gateway.api.accesslog import install as install_access_log_filter
+from gateway.api.activity import ActivityStamp, RequestActivity
 from gateway.api.docs import install_docs
 from gateway.api.errors import install_error_handlers
 from gateway.api.limits import BodyLimit, document_body_limits
@@ -152,6 +154,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     fleet_worker = _fleet(app, settings, state_db)
     _trace_threads(trace, service, fleet_worker)
     bus, webhook_worker = await _notifications(app, settings, state_db)
+    if fleet_worker is not None:  # its alerts on the stream at once, not at the bus's poll
+        loop = asyncio.get_running_loop()
+
+        def poke() -> None:
+            loop.call_soon_threadsafe(bus.poke)
+
+        fleet_worker.on_commit = poke
     app.state.positions = positions = PositionFeed(
         lambda: open_store(settings.store, readonly=True),
         poll_s=settings.web.position_poll_s,
@@ -236,7 +245,7 @@ def _fleet(app: FastAPI, settings: ApiSettings, state_db: StateDatabase) -> Work
     worker = RulesWorker(
         log, fleets, lambda: open_store(db_path, readonly=True), settings.fleet_worker
     )
-    thread = WorkerThread(worker)
+    thread = WorkerThread(worker, busy=app.state.activity.recent)
     thread.start()
     return thread
 
@@ -302,6 +311,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.stream_slots = StreamSlots(settings.max_streams_per_user)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
+    app.state.activity = activity = RequestActivity()
+    app.add_middleware(ActivityStamp, activity=activity)
     install_docs(app)
     install_web(app, settings.web)
     included = routers(settings)

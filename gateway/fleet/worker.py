@@ -47,7 +47,7 @@ from typing import Any
 
 from gateway.core.clock import wall_clock_ms
 from gateway.core.fleet.geo import Point
-from gateway.core.fleet.rules import AlertChange, RuleSettings, evaluate
+from gateway.core.fleet.rules import AlertChange, RuleSettings, RuleState, evaluate_many
 from gateway.core.fleet.signals import Sample, Tick, VehicleEvent
 from gateway.core.fleet.state import (
     rule_state_from_json,
@@ -76,6 +76,8 @@ __all__ = ["RulesWorker", "WorkerSettings", "WorkerThread"]
 logger = logging.getLogger(__name__)
 
 VinKey = tuple[str, int]
+#: a vehicle's rule and trip state, and the rule state's JSON as last written (None: none)
+VinState = tuple[RuleState, TripState, dict[str, Any] | None]
 LogItem = LoggedSample | LoggedEvent
 #: the worker thread's rest after each step, as a multiple of the step's duration
 REST_PER_STEP = 1.0
@@ -123,6 +125,8 @@ class _Pending:
 
     step: PartitionStep
     evaluated: dict[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]]
+    #: the vehicles' states after the step (and those read from the database for it)
+    states: dict[VinKey, VinState]
 
 
 #: passes of :func:`_ready_prefix` before it falls back to the settled rows only
@@ -268,6 +272,10 @@ class RulesWorker:
         #: what lets in-order rows go without the settle window
         self._next_sample: dict[VinKey, int] = {}
         self._next_event: dict[VinKey, int] = {}
+        #: per vehicle of the partitions held, its rule and trip state as last committed
+        #: (what the database holds: written through in every commit, read only when not
+        #: here; decision 0024)
+        self._states: dict[VinKey, VinState] = {}
 
     def _leases(self, now: int) -> dict[int, tuple[int, int]]:
         """The partitions held; the leases renewed (and free ones taken) every third of
@@ -275,9 +283,22 @@ class RulesWorker:
         with the API's own writes for nothing."""
         s = self.settings
         if now - self._renewed >= s.lease_ms // 3:
-            self._held = self.log.take_partitions(s.owner, s.partitions, now=now, ttl_ms=s.lease_ms)
-            self._renewed = now
+            lapsed = now - self._renewed >= s.lease_ms
+            held = self.log.take_partitions(s.owner, s.partitions, now=now, ttl_ms=s.lease_ms)
+            self._forget(
+                {p for p in self._held if p not in held}
+                | {p for p, c in held.items() if lapsed or self._held.get(p) != c}
+            )
+            self._held, self._renewed = held, now
         return self._held
+
+    def _forget(self, partitions: set[int]) -> None:
+        """Drop the remembered states of ``partitions``: no longer held, or held again after
+        a lapse or with a cursor another worker moved (it may have written them)."""
+        if partitions:
+            n = self.settings.partitions
+            for key in [k for k in self._states if partition_of(k[0], n) in partitions]:
+                del self._states[key]
 
     def step(self) -> int:
         """One pass; the number of log rows evaluated (0: nothing new)."""
@@ -303,6 +324,7 @@ class RulesWorker:
     def stop(self) -> None:
         self.log.release_partitions(self.settings.owner)
         self._held, self._renewed = {}, -_FOREVER
+        self._states.clear()
 
     def _read(self, reader: TelemetryReader, held: dict[int, tuple[int, int]], now: int) -> _Read:
         s = self.settings
@@ -379,10 +401,12 @@ class RulesWorker:
         new_cursor = (max(cursor[0], read.sample_end), max(cursor[1], read.event_end))
         if not per_vin and new_cursor == cursor:
             return None
-        steps = self._steps(reader, per_vin, accounts, tick_at)
+        states: dict[VinKey, VinState] = {}
+        steps = self._steps(reader, per_vin, accounts, tick_at, states)
         return _Pending(
             PartitionStep(partition, cursor, new_cursor, steps),
             {k: v for k, v in per_vin.items() if k in accounts},
+            states,
         )
 
     def _commit(self, pending: list[_Pending]) -> None:
@@ -395,10 +419,12 @@ class RulesWorker:
         except LeaseLost as lost:
             logger.info("fleet partition %s was taken over; the pass is dropped", lost)
             self._renewed = -_FOREVER  # look again at what is still held
+            self._states.clear()
             return
         for p in pending:
             self._held[p.step.partition] = p.step.cursor
             self._remember_next_seqs(p.evaluated)
+            self._states.update(p.states)
 
     def _steps(
         self,
@@ -406,8 +432,11 @@ class RulesWorker:
         per_vin: dict[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]],
         accounts: dict[VinKey, int],
         tick_at: int | None,
+        after: dict[VinKey, VinState],
     ) -> list[VinStep]:
-        states = self.log.vin_states(k for k in per_vin if k in accounts)
+        """The vehicles' steps; ``after`` receives each one's state after it (what the
+        database will hold once the pass is committed)."""
+        states = self._vin_states([k for k in per_vin if k in accounts])
         by_account: dict[int, list[str]] = defaultdict(list)
         for (vin, _), account in accounts.items():
             by_account[account].append(vin)
@@ -423,10 +452,13 @@ class RulesWorker:
                 continue  # not provisioned: nobody to alert
             account = known
             rules, trips = configs[(key[0], account)]
-            rule_json, trip_json = states.get(key, ({}, {}))
-            step = VinStep(key[0], key[1], account, rule_json, trip_json)
+            before = states[key]
+            after[key] = before
+            step = VinStep(key[0], key[1], account, {}, {})
             try:
-                self._run_vin(reader, step, _core_items(samples, events), rules, trips, tick_at)
+                new = self._run_vin(
+                    reader, step, before, _core_items(samples, events), rules, trips, tick_at
+                )
             except Exception:  # one vehicle's bad data must not stop every other's rules
                 logger.exception(
                     "fleet rules failed for %s (tenure %s); its items are skipped", *key
@@ -434,24 +466,43 @@ class RulesWorker:
                 continue
             if samples or events or step.alerts:
                 steps.append(step)
+                after[key] = new
         return steps
+
+    def _vin_states(self, keys: list[VinKey]) -> dict[VinKey, VinState]:
+        """The vehicles' states: remembered, else read from the database, else new."""
+        missing = [k for k in keys if k not in self._states]
+        read = self.log.vin_states(missing) if missing else {}
+        out = {}
+        for key in keys:
+            known = self._states.get(key)
+            if known is None:
+                rule_json, trip_json = read.get(key, ({}, {}))
+                rule_state = rule_state_from_json(rule_json)
+                known = (rule_state, trip_state_from_json(trip_json), rule_json or None)
+            out[key] = known
+        return out
 
     def _run_vin(
         self,
         reader: TelemetryReader,
         step: VinStep,
+        state: VinState,
         items: list[Sample | VehicleEvent],
         rules: RuleSettings,
         cfg: TripSettings,
         tick_at: int | None,
-    ) -> None:
-        """Evaluate one vehicle's items; fills ``step`` with the new states and effects."""
-        rs, ts = rule_state_from_json(step.rule_state), trip_state_from_json(step.trip_state)
+    ) -> VinState:
+        """Evaluate one vehicle's items from ``state``; fills ``step`` with the new states
+        (as stored) and effects, and returns the new state."""
+        rs, ts, rule_json = state
+        previous = None if rule_json is None else (state[0], rule_json)
         closed: list[Trip] = []
         late: int | None = None
-        for item in [*items, *([Tick(tick_at)] if tick_at is not None else [])]:
-            rs, changes = evaluate(rs, item, rules)
-            step.alerts.extend(_alert_write(c) for c in changes)
+        every = [*items, *([Tick(tick_at)] if tick_at is not None else [])]
+        rs, changes = evaluate_many(rs, every, rules)
+        step.alerts.extend(_alert_write(c) for c in changes)
+        for item in items:
             if isinstance(item, Sample):
                 fed = feed(ts, item, cfg)
                 if fed.late:
@@ -463,7 +514,9 @@ class RulesWorker:
             ts = self._recompute(reader, step, closed, ts, late, cfg)
         else:
             step.trips = [_trip_write(t) for t in closed]
-        step.rule_state, step.trip_state = rule_state_to_json(rs), trip_state_to_json(ts)
+        step.rule_state = rule_state_to_json(rs, previous)
+        step.trip_state = trip_state_to_json(ts)
+        return rs, ts, step.rule_state
 
     def _recompute(
         self,
@@ -496,8 +549,14 @@ class WorkerThread:
     is logged and retried after a pause (a database that is briefly away must not end the
     rules for good)."""
 
-    def __init__(self, worker: RulesWorker) -> None:
+    def __init__(self, worker: RulesWorker, busy: Callable[[], bool] | None = None) -> None:
         self.worker = worker
+        #: whether people are being served (a request began within the last second); the
+        #: worker rests after a step only then (None: always)
+        self._busy = busy
+        #: called after a step that evaluated something (committed): the API wakes its
+        #: event bus with it, so the alerts' events go out now rather than at its next poll
+        self.on_commit: Callable[[], None] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet-rules", daemon=True)
 
@@ -523,12 +582,17 @@ class WorkerThread:
             started = time.monotonic()
             try:
                 busy = self.worker.step() > 0
+                if busy and self.on_commit is not None:
+                    self.on_commit()
             except Exception:
                 logger.exception("fleet rules step failed; retrying")
                 busy = False
                 self._stop.wait(max(poll, 1.0))
-            # it shares the API process (and its GIL) with the command path: after a step,
-            # rest at least as long as the step took, so a person's request always gets
-            # the better half of the process however busy telemetry is (decision 0022)
+            # it shares the API process (and its GIL) with the command path: while people
+            # are served, rest after a step at least as long as the step took, so a
+            # person's request gets the better half of the process however busy telemetry
+            # is (decision 0022); with nobody asking, the rest would protect no one and
+            # halve the rules' rate (decision 0024)
             spent = time.monotonic() - started
-            self._stop.wait(max(spent * REST_PER_STEP, 0.0 if busy else poll))
+            rest = spent * REST_PER_STEP if self._busy is None or self._busy() else 0.0
+            self._stop.wait(max(rest, 0.0 if busy else poll))

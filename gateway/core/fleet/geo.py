@@ -36,12 +36,14 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeAlias
 
 __all__ = [
+    "BOX_SLACK_M",
     "EARTH_RADIUS_M",
     "MAX_HOLES",
     "MAX_PAIR_TESTS",
     "MAX_RADIUS_M",
     "MAX_VERTICES",
     "MIN_RADIUS_M",
+    "M_PER_DEG",
     "Circle",
     "GeoJSONError",
     "Point",
@@ -67,7 +69,7 @@ MAX_RADIUS_M = 100_000.0
 #: all meet at its centre 249,000 (124,000; it took 0.3-0.7 s)
 MAX_PAIR_TESTS = 100_000
 
-_M_PER_DEG = math.pi / 180.0 * EARTH_RADIUS_M
+_M_PER_DEG = M_PER_DEG = math.pi / 180.0 * EARTH_RADIUS_M
 
 
 class Point(NamedTuple):
@@ -495,7 +497,7 @@ def shape_to_geojson(shape: Shape, properties: Mapping[str, Any] | None = None) 
 
 #: the error a local projection can make at city scale, with room to spare: what
 #: :func:`surely_outside` keeps away from a shape's box
-_BOX_SLACK_M = 50.0
+_BOX_SLACK_M = BOX_SLACK_M = 50.0
 
 
 def surely_outside(bbox: tuple[float, float, float, float], p: Point) -> bool:

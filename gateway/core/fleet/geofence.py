@@ -17,20 +17,23 @@ enough; fences are drawn around depots and zones, far wider than GPS error.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import zoneinfo
 from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .geo import Point, Shape
+from .geo import BOX_SLACK_M, M_PER_DEG, Point, Shape
 
 __all__ = [
     "DEFAULT_MARGIN_M",
     "DEFAULT_MIN_DWELL_MS",
     "ActiveWindow",
+    "FenceIndex",
     "FenceState",
     "Geofence",
     "Transition",
+    "fence_index",
     "update_fence",
 ]
 
@@ -131,3 +134,68 @@ def update_fence(
         return FenceState(state.inside, since), None
     kind: Literal["enter", "exit"] = "exit" if state.inside else "enter"
     return FenceState(not state.inside), Transition(kind, since)
+
+
+#: the index's cells, in degrees of latitude and longitude (about 1.1 km by 0.7 km at 50 N)
+_CELL_DEG = 0.01
+#: a fence whose box covers more cells than this is looked at for every fix (a region)
+_MAX_CELLS = 2_000
+
+
+class FenceIndex:
+    """Which of an organization's fences a fix may be near: a grid of ``_CELL_DEG`` cells,
+    each listing the fences whose box, widened by more than the 50 m of
+    :func:`~gateway.core.fleet.geo.surely_outside`, touches it. A fence not listed in a
+    fix's cell is surely outside by that test (property test), so the rules skip it; the
+    fences of a fix are then a handful whatever the organization has."""
+
+    def __init__(self, fences: tuple[Geofence, ...], cell_deg: float = _CELL_DEG) -> None:
+        self.fences = fences
+        self._cell_deg = cell_deg
+        self.by_id = {f.id: f for f in fences}
+        #: each fence's state when it is surely outside: the start of every fix's states
+        self.outside = dict.fromkeys(self.by_id, _OUTSIDE)
+        self._cells: dict[tuple[int, int], list[Geofence]] = {}
+        self._everywhere: list[Geofence] = []
+        for fence in fences:
+            x0, y0, x1, y1 = fence.shape.bbox
+            # BOX_SLACK_M and some: a fix at that distance in metres is inside the widened box
+            pad_lat = 2 * BOX_SLACK_M / M_PER_DEG
+            far = min(89.0, max(abs(y0), abs(y1)) + pad_lat)
+            pad_lon = 2 * BOX_SLACK_M / (M_PER_DEG * math.cos(math.radians(far)))
+            i0, i1 = self._cell(x0 - pad_lon), self._cell(x1 + pad_lon)
+            j0, j1 = self._cell(y0 - pad_lat), self._cell(y1 + pad_lat)
+            if (i1 - i0 + 1) * (j1 - j0 + 1) > _MAX_CELLS:
+                self._everywhere.append(fence)
+                continue
+            for i in range(i0, i1 + 1):
+                for j in range(j0, j1 + 1):
+                    self._cells.setdefault((i, j), []).append(fence)
+
+    def near(self, p: Point) -> list[Geofence]:
+        """The fences ``p`` may be within 50 m of (in the organization's order)."""
+        listed = self._cells.get((self._cell(p.lon), self._cell(p.lat)))
+        if not self._everywhere:
+            return listed or []
+        if not listed:
+            return self._everywhere
+        return [f for f in self.fences if f in listed or f in self._everywhere]
+
+    def _cell(self, degrees: float) -> int:
+        return math.floor(degrees / self._cell_deg)
+
+
+#: outside a fence, nothing pending
+_OUTSIDE = FenceState(inside=False)
+_INDEXES: dict[int, FenceIndex] = {}
+
+
+def fence_index(fences: tuple[Geofence, ...]) -> FenceIndex:
+    """The index of ``fences``, built once per tuple (settings share one tuple for every
+    vehicle of an organization until the fences change)."""
+    index = _INDEXES.get(id(fences))
+    if index is None or index.fences is not fences:
+        if len(_INDEXES) >= 256:
+            _INDEXES.clear()
+        index = _INDEXES[id(fences)] = FenceIndex(fences)
+    return index

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "DaySums",
@@ -25,6 +26,7 @@ __all__ = [
     "daily_report",
     "faults_by_model",
     "model_of_vin",
+    "report_cells",
     "report_from_sums",
     "utilization",
 ]
@@ -279,3 +281,31 @@ def report_from_sums(days: Iterable[DaySums]) -> tuple[list[ReportLine], list[Re
         total.add(line)
     rows.sort(key=lambda r: (r.key, r.day or ""))
     return rows, [totals[k].line(k, None) for k in sorted(totals)]
+
+
+def report_cells(days: Iterable[DaySums]) -> Iterator[list[Any]]:
+    """What :func:`report_from_sums` gives, as lists of a :class:`ReportLine`'s values, one
+    at a time: the rows as they come, then the totals by key. ``days`` must come sorted by
+    key (as text) and day, as the database's ``ORDER BY`` gives them: a CSV is then written
+    while the database answers, without a list of lines or a sort (decision 0024)."""
+    totals: dict[str, list[Any]] = {}
+    for key, day, trips, driving, distance, top, energy, fuel, alerts, idle in days:
+        k = str(key)
+        row = [k, _date(int(day)), int(trips), float(distance or 0.0), int(driving or 0),
+               int(idle or 0), float(energy or 0.0), float(fuel or 0.0), top,
+               int(alerts)]  # fmt: skip
+        yield row
+        total = totals.get(k)
+        if total is None:
+            totals[k] = [k, None, *row[2:]]
+        else:  # the order of _Sum.add, so that the float sums are the same to the bit
+            total[2] += row[2]
+            total[3] += row[3]
+            total[4] += row[4]
+            total[5] += row[5]
+            total[6] += row[6]
+            total[7] += row[7]
+            total[8] = _max(total[8], top)
+            total[9] += row[9]
+    for k in sorted(totals):
+        yield totals[k]

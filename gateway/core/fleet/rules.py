@@ -19,14 +19,21 @@ for the past (trips are, :func:`gateway.core.fleet.trips.recompute`).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from schemas.payloads import EventType, SignalValue
 
 from .geo import Point, surely_outside
-from .geofence import DEFAULT_MARGIN_M, DEFAULT_MIN_DWELL_MS, FenceState, Geofence, update_fence
+from .geofence import (
+    DEFAULT_MARGIN_M,
+    DEFAULT_MIN_DWELL_MS,
+    FenceState,
+    Geofence,
+    fence_index,
+    update_fence,
+)
 from .geofence import Transition as FenceTransition
 from .signals import (
     ENGINE_RUNNING,
@@ -58,6 +65,7 @@ __all__ = [
     "SeqGap",
     "Severity",
     "evaluate",
+    "evaluate_many",
 ]
 
 
@@ -162,7 +170,6 @@ class RuleState:
 Item = Sample | VehicleEvent | Tick
 
 _TRACKED = frozenset({SPEED, IS_MOVING, IGNITION, ENGINE_RUNNING, SOC, FUEL_LEVEL})
-_COORDINATES = (LATITUDE, LONGITUDE)
 
 
 class _Work:
@@ -175,8 +182,10 @@ class _Work:
         self.speed_at = state.speed_at
         self.place = state.place
         self.since = dict(state.since)
-        self.fences = dict(state.fences)
+        self.fences = state.fences
         self.alerts = dict(state.alerts)
+        #: the state's own mappings, kept when unchanged (so a writer can tell at a glance)
+        self._alerts0 = state.alerts
         self.gaps = list(state.gaps)
         self.changes: list[AlertChange] = []
 
@@ -190,7 +199,7 @@ class _Work:
             self.place,
             self.since,
             self.fences,
-            self.alerts,
+            self.alerts if self.alerts != self._alerts0 else self._alerts0,
             tuple(self.gaps),
         )
 
@@ -225,13 +234,23 @@ def evaluate(
     state: RuleState, item: Item, settings: RuleSettings
 ) -> tuple[RuleState, tuple[AlertChange, ...]]:
     """The rules' verdict on one item of one vehicle: the new state and the alert changes."""
+    return evaluate_many(state, (item,), settings)
+
+
+def evaluate_many(
+    state: RuleState, items: Iterable[Item], settings: RuleSettings
+) -> tuple[RuleState, tuple[AlertChange, ...]]:
+    """:func:`evaluate` folded over one vehicle's ``items`` in order: the last state and
+    every change, in one working copy of the state instead of one per item (the worker
+    evaluates a vehicle's few new items per pass; property test: the same as the fold)."""
     w = _Work(state, settings)
-    if isinstance(item, Tick):
-        _tick(w, item.now_ms)
-    elif isinstance(item, VehicleEvent):
-        _event(w, item)
-    else:
-        _sample(w, item)
+    for item in items:
+        if isinstance(item, Tick):
+            _tick(w, item.now_ms)
+        elif isinstance(item, VehicleEvent):
+            _event(w, item)
+        else:
+            _sample(w, item)
     return w.freeze(), tuple(w.changes)
 
 
@@ -241,7 +260,8 @@ def _sample(w: _Work, s: Sample) -> None:
     if w.last_ts is not None and s.ts_ms < w.last_ts:
         return
     w.last_ts = s.ts_ms
-    w.known.update((k, v) for k, v in s.values.items() if k in _TRACKED)
+    values = s.values
+    w.known.update({k: values[k] for k in _TRACKED.intersection(values)})
     _ignition(w, s.ts_ms)
     _geofences(w, s)
     _overspeed(w, s.ts_ms)
@@ -294,15 +314,27 @@ _OUTSIDE = FenceState(inside=False)
 
 
 def _geofences(w: _Work, s: Sample) -> None:
-    if not any(c in s.values for c in _COORDINATES):
+    if LATITUDE not in s.values and LONGITUDE not in s.values:
         return
     point = position_of(s.values, w.place)
     accuracy = number_of(s.values, HORIZONTAL_ACCURACY)
     if point is None or (accuracy is not None and accuracy > w.s.max_fix_accuracy_m):
         return
     w.place = point
-    fences: dict[str, FenceState] = {}
-    for fence in w.s.geofences:
+    # the index names the fences the fix may be near; the others are surely outside, so
+    # only those with a state other than "outside" need a look too (decision 0024)
+    index = fence_index(w.s.geofences)
+    near = index.near(point)
+    astray = [
+        fence_id
+        for fence_id, state in w.fences.items()
+        if (state.inside or state.pending_since_ms is not None) and fence_id in index.by_id
+    ]
+    if astray:
+        ids = {f.id for f in near}.union(astray)
+        near = [f for f in w.s.geofences if f.id in ids]
+    fences: dict[str, FenceState] = dict(index.outside)
+    for fence in near:
         before = w.fences.get(fence.id)
         if (before is None or before == _OUTSIDE) and surely_outside(fence.shape.bbox, point):
             fences[fence.id] = _OUTSIDE  # what update_fence would answer, without measuring
@@ -317,7 +349,8 @@ def _geofences(w: _Work, s: Sample) -> None:
         )
         if crossed is not None:
             _crossed(w, fence, crossed)
-    w.fences = fences
+    if fences != w.fences:  # else the state keeps its mapping: most fixes change no fence
+        w.fences = fences
 
 
 def _crossed(w: _Work, fence: Geofence, t: FenceTransition) -> None:
@@ -336,9 +369,10 @@ def _crossed(w: _Work, fence: Geofence, t: FenceTransition) -> None:
 def _speed_limit(w: _Work) -> tuple[float, str] | None:
     """The lowest limit that applies: global, fleet, or a fence the vehicle is inside."""
     limits = [(w.s.speed_limit_kmh, "global"), (w.s.fleet_speed_limit_kmh, "fleet")]
-    for fence in w.s.geofences:
-        state = w.fences.get(fence.id)
-        if state is not None and state.inside:
+    by_id = fence_index(w.s.geofences).by_id
+    for fence_id, state in w.fences.items():
+        fence = by_id.get(fence_id) if state.inside else None
+        if fence is not None:
             limits.append((fence.speed_limit_kmh, f"geofence:{fence.id}"))
     known = [(v, src) for v, src in limits if v is not None]
     return min(known) if known else None

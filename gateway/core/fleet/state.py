@@ -75,7 +75,16 @@ def _alert_from_json(d: JSON) -> Alert:
     )
 
 
-def rule_state_to_json(s: RuleState) -> JSON:
+def rule_state_to_json(s: RuleState, previous: tuple[RuleState, JSON] | None = None) -> JSON:
+    """``s`` as JSON; with ``previous`` (an earlier state and its JSON), the parts whose
+    mapping ``s`` shares with it are taken from its JSON instead of built again (the
+    worker writes every vehicle's state after each pass; most fixes change no fence)."""
+    if previous is not None:
+        before, done = previous
+        fences = done["fences"] if s.fences is before.fences else _fences_to_json(s)
+        alerts = done["alerts"] if s.alerts is before.alerts else _alerts_to_json(s)
+    else:
+        fences, alerts = _fences_to_json(s), _alerts_to_json(s)
     return {
         "last_ts_ms": s.last_ts_ms,
         "heard_ms": s.heard_ms,
@@ -84,10 +93,18 @@ def rule_state_to_json(s: RuleState) -> JSON:
         "speed_at": None if s.speed_at is None else list(s.speed_at),
         "place": _point(s.place),
         "since": dict(s.since),
-        "fences": {k: [f.inside, f.pending_since_ms] for k, f in s.fences.items()},
-        "alerts": {k: _alert_to_json(a) for k, a in s.alerts.items()},
+        "fences": fences,
+        "alerts": alerts,
         "gaps": [[g.key, g.lo, g.hi, g.detected_ms, g.alerted] for g in s.gaps],
     }
+
+
+def _fences_to_json(s: RuleState) -> JSON:
+    return {k: [f.inside, f.pending_since_ms] for k, f in s.fences.items()}
+
+
+def _alerts_to_json(s: RuleState) -> JSON:
+    return {k: _alert_to_json(a) for k, a in s.alerts.items()}
 
 
 def rule_state_from_json(d: Mapping[str, Any]) -> RuleState:

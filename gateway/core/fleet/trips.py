@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from .geo import Point, distance_m
@@ -171,16 +171,17 @@ def _add(acc: _Acc, s: Sample) -> _Acc:
         path += distance_m(acc.last_place, place)
     speed = speed_of(s.values)
     top = acc.max_speed if speed is None else max(abs(speed), acc.max_speed or 0.0)
-    return replace(
-        acc,
-        last_ms=s.ts_ms,
-        start_place=acc.start_place or place,
-        last_place=place or acc.last_place,
-        path_m=path,
-        odometer=_first_last(acc.odometer, number_of(s.values, ODOMETER)),
-        max_speed=top,
-        soc=_first_last(acc.soc, number_of(s.values, SOC)),
-        fuel=_first_last(acc.fuel, number_of(s.values, FUEL_LEVEL)),
+    return _Acc(  # every field, not dataclasses.replace: a third of the cost, per sample
+        acc.start_ms,
+        s.ts_ms,
+        acc.start_place or place,
+        place or acc.last_place,
+        path,
+        _first_last(acc.odometer, number_of(s.values, ODOMETER)),
+        top,
+        _first_last(acc.soc, number_of(s.values, SOC)),
+        _first_last(acc.fuel, number_of(s.values, FUEL_LEVEL)),
+        acc.prior,
     )
 
 
