@@ -222,7 +222,91 @@ def test_fleet_manager_sees_the_fleet_move_live(stack: dict[str, Any], browser: 
         context.close()
 
 
+def test_the_map_filters_by_fleet_and_keeps_the_filter_through_live_updates(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """Issue 14: a fleet manager filters the map by fleet (the selector lists the API's
+    fleets, names as text), combined with the status filter; the markers are hidden and
+    shown, never re-created, and a vehicle outside the fleet stays hidden as its new
+    positions arrive."""
+    up: Up = stack["up"]
+    fleet: httpx.Client = stack["fleet"]
+    csrf = {"X-CSRF-Token": fleet.cookies["tg_csrf"]}
+    inside, outside = stack["vins"][1], stack["vins"][0]
+    name = '<b id="injected-by-fleet-name">North</b> depot'
+    r = fleet.post("/v1/fleets", json={"name": name}, headers=csrf)
+    assert r.status_code == 201, r.text
+    fleet_id = r.json()["id"]
+    added = fleet.put(f"/v1/fleets/{fleet_id}/vehicles/{inside}", headers=csrf)
+    assert added.status_code == 204, added.text
+    context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+
+    def marker(vin: str) -> Any:
+        return page.locator(f"path.vehicle-marker[data-vin='{vin}']")
+
+    def row(vin: str) -> Any:
+        return page.locator(f"#vehicles tbody tr[data-vin='{vin}']")
+
+    try:
+        page.wait_for_function(
+            "() => document.querySelectorAll('path.vehicle-marker').length === 2"
+        )
+        page.wait_for_selector(f"#fleet-filter option[value='{fleet_id}']", state="attached")
+        handles = {vin: marker(vin).element_handle() for vin in stack["vins"]}
+        assert marker(inside).is_visible()
+        assert marker(outside).is_visible()
+        # the name someone typed is the option's text, not markup
+        assert page.evaluate("document.getElementById('injected-by-fleet-name')") is None
+        shown = page.locator(f"#fleet-filter option[value='{fleet_id}']").text_content()
+        assert shown == name
+        page.select_option("#fleet-filter", str(fleet_id))
+        page.wait_for_function(
+            "(vin) => document.querySelector(`path.vehicle-marker[data-vin='${vin}']`)"
+            ".classList.contains('hidden-marker')",
+            arg=outside,
+        )
+        assert marker(outside).is_hidden()
+        assert row(outside).is_hidden()
+        assert marker(inside).is_visible()
+        assert row(inside).is_visible()
+        # with the status filter: whatever status is chosen, the other fleet's car stays hidden
+        for status in ("moving", "parked", "offline", "all"):
+            page.select_option("#status-filter", status)
+            assert marker(outside).is_hidden(), status
+        assert marker(inside).is_visible()
+        # the hidden car's new positions arrive (its row's "last seen" changes) and it
+        # stays hidden
+        seen = row(outside).locator(".seen").text_content()
+        page.wait_for_function(
+            "([vin, seen]) => document.querySelector(`#vehicles tr[data-vin='${vin}'] .seen`)"
+            ".textContent !== seen",
+            arg=[outside, seen],
+            timeout=60_000,
+        )
+        assert marker(outside).is_hidden()
+        assert row(outside).is_hidden()
+        assert marker(inside).is_visible()
+        screenshot(page, "fleet-filter")
+        # all fleets: both again, the same elements (hidden and shown, never re-created)
+        page.select_option("#fleet-filter", "all")
+        page.wait_for_function("() => !document.querySelector('path.vehicle-marker.hidden-marker')")
+        assert marker(inside).is_visible()
+        assert marker(outside).is_visible()
+        assert _table_vins(page) == stack["vins"]
+        assert all(row(vin).is_visible() for vin in stack["vins"])
+        for vin, handle in handles.items():
+            assert handle.evaluate("m => m.isConnected"), f"the marker of {vin} was re-created"
+        assert page.locator("path.vehicle-marker").count() == 2
+        assert console.errors == []
+    finally:
+        context.close()
+        fleet.delete(f"/v1/fleets/{fleet_id}", headers=csrf)
+
+
 def test_owner_sees_only_the_vehicle_shared_with_them(stack: dict[str, Any], browser: Any) -> None:
+    owner: httpx.Client = stack["owner"]
+    # the owner's account has no fleets or groups (the fleet manager's are not theirs)
+    assert owner.get("/v1/fleets").json()["items"] == []
     context, page, console = log_in(browser, stack["up"], OWNER, OWNER_PASSWORD)
     try:
         page.wait_for_function("() => document.querySelectorAll('path.vehicle-marker').length >= 1")
@@ -230,6 +314,9 @@ def test_owner_sees_only_the_vehicle_shared_with_them(stack: dict[str, Any], bro
         assert _table_vins(page) == [stack["vins"][0]]
         assert page.locator("path.vehicle-marker").count() == 1
         assert OWNER in page.locator("#who").inner_text()
+        # the fleet selector follows the API's list of fleets: none, so no selector
+        page.wait_for_selector(".legend[data-fleets='0']", state="attached")
+        assert page.locator("#fleet-filter").count() == 0
         screenshot(page, "owner-map")
         # the vehicle was shared for reading, lock and unlock: those are the buttons
         page.goto(f"{stack['up'].api}/vehicles/{stack['vins'][0]}")
@@ -629,6 +716,10 @@ def test_no_serious_accessibility_violations(
     critical finding (contrast included). The check is injected as a script, which the
     pages' CSP forbids: this one context bypasses the CSP to run it."""
     up: Up = stack["up"]
+    fleet: httpx.Client = stack["fleet"]
+    csrf = {"X-CSRF-Token": fleet.cookies["tg_csrf"]}
+    r = fleet.post("/v1/fleets", json={"name": f"Axe fleet {scheme}"}, headers=csrf)
+    assert r.status_code == 201, r.text  # the map's fleet selector is checked too
     context = browser.new_context(bypass_csp=True, color_scheme=scheme)
     page = context.new_page()
     try:
@@ -644,10 +735,13 @@ def test_no_serious_accessibility_violations(
         for name, path in pages:
             page.goto(f"{up.api}{path}")
             page.wait_for_selector("body[data-ready='1']")
+            if name == "map":
+                page.wait_for_selector("#fleet-filter")
             found[name] = _axe(page)
         assert found == {name: [] for name in found}
     finally:
         context.close()
+        fleet.delete(f"/v1/fleets/{r.json()['id']}", headers=csrf)
 
 
 def _axe(page: Any) -> list[str]:

@@ -385,6 +385,11 @@
       this.byVin = new Map();
       this.positions = new Map();
       this.filter = "all";
+      this.fleet = null; // the VINs of the chosen fleet (null: every fleet)
+    }
+
+    shows(vin, status) {
+      return (this.filter === "all" || this.filter === status) && (this.fleet === null || this.fleet.has(vin));
     }
 
     update(positions) {
@@ -410,7 +415,7 @@
           }
           // restyled only when its status or the filter changed: a fleet of 2,000 moves
           // every second, and most of them keep their colour
-          const shown = this.filter === "all" || this.filter === status;
+          const shown = this.shows(p.vin, status);
           if (marker.tgStatus !== status || marker.tgShown !== shown) {
             marker.tgStatus = status;
             marker.tgShown = shown;
@@ -418,6 +423,7 @@
               opacity: shown ? 1 : 0, fillOpacity: shown ? 0.9 : 0 });
             marker.getElement().dataset.status = status;
             marker.getElement().classList.toggle("hidden-marker", !shown);
+            if (!shown) marker.closeTooltip();
           }
         }
         if (this.onChange) this.onChange(merged, status);
@@ -426,6 +432,13 @@
 
     setFilter(filter) {
       this.filter = filter;
+      this.update([...this.positions.values()]);
+    }
+
+    // a fleet's VINs, or null for all: the markers are hidden and shown, never re-created,
+    // and a vehicle outside the fleet stays hidden as its new positions arrive
+    setFleet(vins) {
+      this.fleet = vins;
       this.update([...this.positions.values()]);
     }
   }
@@ -525,6 +538,48 @@
     content.append(form);
   }
 
+  // The fleet selector of the map, filled from GET /v1/fleets: absent when the API lists
+  // none (a driver's list is empty; an owner's has only the groups they made). Each choice
+  // reads the fleet's vehicles again (GET /v1/fleets/{id}/vehicles), so a vehicle added
+  // since shows; it only hides markers of vehicles the feed already sends.
+  async function fleetFilter(legend, markers) {
+    let fleets;
+    try {
+      fleets = await all("/v1/fleets");
+    } catch (err) {
+      legend.dataset.fleets = "refused";
+      return; // a role that may read no fleet setup: no selector
+    }
+    legend.dataset.fleets = String(fleets.length);
+    if (!fleets.length) return;
+    const accounts = new Set(fleets.map((f) => f.account_id));
+    const label = (f) => (accounts.size > 1 ? `${f.name} (account ${f.account_id})` : f.name);
+    const select = el("select", { id: "fleet-filter" }, el("option", { value: "all", text: "all fleets" }),
+      ...fleets.map((f) => el("option", { value: String(f.id), text: label(f) })));
+    let chosen = "all";
+    let asked = 0; // the newest choice wins when answers come back out of order
+    select.addEventListener("change", async () => {
+      const value = select.value;
+      const mine = ++asked;
+      if (value === "all") {
+        chosen = value;
+        markers.setFleet(null);
+        return;
+      }
+      try {
+        const vins = new Set((await all(`/v1/fleets/${value}/vehicles`)).map((v) => v.vin));
+        if (mine !== asked) return;
+        chosen = value;
+        markers.setFleet(vins);
+      } catch (err) {
+        if (mine !== asked) return;
+        select.value = chosen;
+        notice("The fleet's vehicles were not read: " + err.message);
+      }
+    });
+    legend.insertBefore(el("label", { for: "fleet-filter" }, "Fleet ", select), legend.children[1]);
+  }
+
   async function mapPage(me) {
     const mapNode = el("div", { id: "map", class: "map", role: "region", "aria-label": "Map of your vehicles" });
     const filter = el("select", { id: "status-filter" },
@@ -557,13 +612,13 @@
       if (!row) {
         row = el("tr", { "data-vin": p.vin },
           el("td", {}, el("a", { href: "/vehicles/" + p.vin, text: p.vin })),
-          el("td", { class: "status" }), el("td"), el("td"), el("td", { class: "position" }), el("td"));
+          el("td", { class: "status" }), el("td"), el("td"), el("td", { class: "position" }), el("td", { class: "seen" }));
         byVin.set(p.vin, row);
         rows.append(row);
         unsorted = true;
       }
       if (row.dataset.status !== status) row.dataset.status = status;
-      row.hidden = markers.filter !== "all" && markers.filter !== status;
+      row.hidden = !markers.shows(p.vin, status);
       const energy = p.soc !== null && p.soc !== undefined ? num(p.soc, 0, " %") : num(p.fuel, 0, " % fuel");
       const where = p.lat === null || p.lat === undefined ? "–" : `${num(p.lat, 5)}, ${num(p.lon, 5)}`;
       const cells = row.children;
@@ -582,6 +637,7 @@
       }
     };
     filter.addEventListener("change", () => markers.setFilter(filter.value));
+    fleetFilter(legend, markers);
     livePositions(update);
     // the feed's snapshot lists every vehicle you see, also those that never reported;
     // an administrator's lists those the store knows, so the registry adds the others
