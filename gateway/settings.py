@@ -149,7 +149,7 @@ class Environment(BaseSettings):
     #: the session cookie's Secure flag; None: on unless the API listens on loopback
     cookie_secure: bool | None = None
     #: live streams (Server-Sent Events) one user may have open at once, per API process
-    max_streams_per_user: int = 8
+    max_streams_per_user: int = 16
     fleet_quotas: str = ""
     # the web dashboard's map tiles (None: a plain background with the demo's Munich roads)
     web_tile_url: str | None = None

@@ -3,7 +3,7 @@ api`` process (uvicorn, real connections and disconnects):
 
 * every live stream (``/v1/stream``, ``/v1/positions/stream``, a command's events) held a
   connection and a task for as long as the client liked, with no bound per user: one
-  account could open thousands. Now ``--max-streams-per-user`` (default 8) open at once,
+  account could open thousands. Now ``--max-streams-per-user`` (default 16) open at once,
   429 ``too_many_streams`` beyond, and a slot is free again when its stream ends;
 * the session cookie was ``Secure`` only when the request looked like HTTPS, which behind a
   proxy depends on a forwarded header. It is explicit now: ``--cookie-secure`` /

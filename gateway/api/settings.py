@@ -135,7 +135,7 @@ class ApiSettings:
     trace_file: Path | None = None
     #: live streams one user may have open at once in this process (429 beyond; decision
     #: 0023); None: no limit
-    max_streams_per_user: int | None = 8
+    max_streams_per_user: int | None = 16
     #: the clock that decides the silence (tests of it set their own)
     clock_ms: Callable[[], int] = field(default=now_ms, compare=False, repr=False)
 

@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         metavar="N",
         help="live streams (/v1/stream, /v1/positions/stream, command events) one user may "
         "have open at once in this process; 429 beyond (env TELEMATICS_MAX_STREAMS_PER_USER; "
-        "default: 8; 0: no limit)",
+        "default: 16; 0: no limit)",
     )
     add_mqtt(api, env, default=None)
     add_mqtt_auth(api, env)
