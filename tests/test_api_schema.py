@@ -22,6 +22,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
+from schemathesis.core.failures import AcceptedNegativeData, FailureGroup
 
 from gateway.api import ApiSettings, create_app
 from tests.support.authz import World, open_world
@@ -93,4 +94,20 @@ def _send(world: World, case: Any, persona: str) -> Any:
 )
 def test_every_operation_answers_as_documented(world: World, case: Any, persona: str) -> None:
     response = _send(world, case, persona)
-    case.validate_response(response, checks=CHECKS)
+    try:
+        case.validate_response(response, checks=CHECKS)
+    except FailureGroup as group:
+        if not _only_an_empty_cursor_accepted(group, response):
+            raise
+
+
+def _only_an_empty_cursor_accepted(group: FailureGroup, response: Any) -> bool:
+    """Whether the only finding is "invalid data accepted" for a request whose cursor
+    reached the API as ``cursor=`` (empty): a value schemathesis generated as invalid (not
+    a string) that its serialization turned into the empty string, which is the documented
+    first page (the README's paging loop starts with it). Seen deterministically in full
+    runs on ``GET /v1/integrations``; any other finding still fails."""
+    sent = dict(response.request.url.params.multi_items())
+    return sent.get("cursor") == "" and all(
+        isinstance(failure, AcceptedNegativeData) for failure in group.exceptions
+    )
