@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, Select, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.core.maintenance import DueItem, ServicePlan
@@ -162,11 +162,7 @@ class ServicePartnerRepository:
         with self._db.write() as session:
             session.execute(
                 update(DealerConsentRow)
-                .where(
-                    DealerConsentRow.vin == vin,
-                    DealerConsentRow.tenure == tenure,
-                    DealerConsentRow.ended_at.is_(None),
-                )
+                .where(*_open_consent(vin, tenure))
                 .values(ended_at=now, ended_by=by)
                 .execution_options(synchronize_session=False)
             )
@@ -186,16 +182,7 @@ class ServicePartnerRepository:
     def consent(self, vin: str, tenure: int, now: int) -> DealerConsent | None:
         """The open consent of the holding period, if any."""
         with self._db.read() as session:
-            row = session.scalar(
-                select(DealerConsentRow)
-                .where(
-                    DealerConsentRow.vin == vin,
-                    DealerConsentRow.tenure == tenure,
-                    DealerConsentRow.ended_at.is_(None),
-                )
-                .order_by(DealerConsentRow.id.desc())
-                .limit(1)
-            )
+            row = session.scalar(_newest_open_consent(vin, tenure))
             found = None if row is None else DealerConsent.from_row(row)
             return found if found is not None and found.open_at(now) else None
 
@@ -203,17 +190,7 @@ class ServicePartnerRepository:
         self, vin: str, tenure: int, *, by: int | None, now: int
     ) -> DealerConsent | None:
         with self._db.write() as session:
-            row = session.scalar(
-                select(DealerConsentRow)
-                .where(
-                    DealerConsentRow.vin == vin,
-                    DealerConsentRow.tenure == tenure,
-                    DealerConsentRow.ended_at.is_(None),
-                )
-                .order_by(DealerConsentRow.id.desc())
-                .limit(1)
-                .with_for_update()
-            )
+            row = session.scalar(_newest_open_consent(vin, tenure).with_for_update())
             if row is None:
                 return None
             row.ended_at = now
@@ -371,16 +348,7 @@ class ServicePartnerRepository:
                 ],
             }
             events = [NewEvent("maintenance.due", now, data, account_id)]
-            dealer = session.scalar(
-                select(DealerConsentRow)
-                .where(
-                    DealerConsentRow.vin == vin,
-                    DealerConsentRow.tenure == tenure,
-                    DealerConsentRow.ended_at.is_(None),
-                )
-                .order_by(DealerConsentRow.id.desc())
-                .limit(1)
-            )
+            dealer = session.scalar(_newest_open_consent(vin, tenure))
             if dealer is not None and DealerConsent.from_row(dealer).open_at(now):
                 events.append(NewEvent("maintenance.due", now, data, dealer.dealer_account_id))
             publish_many(session, events)
@@ -400,3 +368,22 @@ class ServicePartnerRepository:
                 .execution_options(synchronize_session=False)
             )
             return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _open_consent(vin: str, tenure: int) -> tuple[ColumnElement[bool], ...]:
+    """The conditions of a holding period's consents that have not ended."""
+    return (
+        DealerConsentRow.vin == vin,
+        DealerConsentRow.tenure == tenure,
+        DealerConsentRow.ended_at.is_(None),
+    )
+
+
+def _newest_open_consent(vin: str, tenure: int) -> Select[DealerConsentRow]:
+    """The holding period's newest consent that has not ended (it may have expired)."""
+    return (
+        select(DealerConsentRow)
+        .where(*_open_consent(vin, tenure))
+        .order_by(DealerConsentRow.id.desc())
+        .limit(1)
+    )
