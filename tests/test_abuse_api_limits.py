@@ -38,6 +38,7 @@ from gateway.store import IngestBatch, QuarantineEntry, open_store
 from schemas import Reason, Rejection
 from tests.support.api import admin_client
 from tests.support.gateway_process import GatewayProcess
+from tests.support.processes import serving
 from tests.support.waiting import wait_until
 
 ADMIN_PASSWORD = "abuse-admin-password-1"
@@ -89,20 +90,8 @@ def api(tmp_path: Path) -> Iterator[ApiProcess]:
         stdout=subprocess.DEVNULL,
     )
     api = ApiProcess(process, port)
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{api.url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            assert process.poll() is None, "the API exited"
-            return False
-
-    try:
-        wait_until(healthy, timeout=30, what="the API to answer /healthz")
+    with serving(process, api.url):
         yield api
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def _raw_request(port: int, head: bytes, body_chunks: Iterator[bytes], budget_s: float) -> bytes:

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from gateway.broker import free_port
+from tests.support.processes import serving
 from tests.support.waiting import wait_until
 
 ADMIN_PASSWORD = "review-admin-password-1"
@@ -47,20 +48,8 @@ def api_process(tmp_path: Path, *args: str, **env: str) -> Iterator[ApiProcess]:
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     api = ApiProcess(process, f"http://127.0.0.1:{port}")
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{api.url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            assert process.poll() is None, "the API exited"
-            return False
-
-    try:
-        wait_until(healthy, timeout=30, what="the API to answer /healthz")
+    with serving(process, api.url):
         yield api
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def owner(client: httpx.Client, email: str) -> dict[str, str]:

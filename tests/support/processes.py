@@ -5,8 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+
+import httpx
+
+from tests.support.waiting import wait_until
 
 
 def _processes() -> Iterator[tuple[int, int, str]]:
@@ -33,3 +38,23 @@ def kill_processes_mentioning(path: Path) -> bool:
     """Kill every process whose command line mentions ``path`` (a test's own directory: what
     it started there and what outlived it); True if there was any."""
     return _kill([pid for pid, _, cmdline in _processes() if str(path) in cmdline])
+
+
+@contextlib.contextmanager
+def serving(process: subprocess.Popen[bytes], url: str) -> Iterator[None]:
+    """Wait until the API ``process`` started answers ``url``/healthz (failing at once if
+    it exits), then hand over; terminate it afterwards."""
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            assert process.poll() is None, "the API exited"
+            return False
+
+    try:
+        wait_until(healthy, timeout=30, what="the API to answer /healthz")
+        yield
+    finally:
+        process.terminate()
+        process.wait(30)
