@@ -132,6 +132,17 @@ def test_a_json_login_is_told_to_send_a_form(s: Setup) -> None:
     assert "application/x-www-form-urlencoded" in body["message"]
 
 
+def test_a_lone_surrogate_in_a_field_is_a_422_not_a_500(s: Setup) -> None:
+    """Found by an outside tester: the error body sends the input back, and a lone
+    surrogate could not be encoded as UTF-8 (a 500 on every route with a text field)."""
+    body = b'{"email": "x@example.com", "password": "long-enough-pass", "name": "\\ud800"}'
+    r = s.client.post(
+        "/v1/auth/register", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_request"
+
+
 def test_register_then_login_and_me(s: Setup) -> None:
     headers = owner(s)
     me = s.client.get("/v1/me", headers=headers).json()

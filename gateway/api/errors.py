@@ -24,6 +24,7 @@ held by another account) is answered by the route.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -99,7 +100,21 @@ def error_response(
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = ErrorResponse(error=error_info(code, message, details))
-    return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
+    return _AsciiJSONResponse(
+        body.model_dump(mode="json"), status_code=status_code, headers=headers
+    )
+
+
+class _AsciiJSONResponse(JSONResponse):
+    """An error body, in ASCII JSON when it cannot be UTF-8. What a request sent comes back
+    in ``details[].input``, and a lone surrogate (``"\\ud800"``: valid JSON text, not UTF-8)
+    made the default encoding raise, so the bad request got a 500 instead of its 422."""
+
+    def render(self, content: object) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 def store_unavailable(exc: StoreError, path: Path | None = None) -> ErrorInfo:
