@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +70,59 @@ def sample(vin: str, seq: int, **signals: object) -> bytes:
     return orjson.dumps({"vin": vin, "seq": seq, "ts": now_ms(), "signals": sig})
 
 
+def _unit_command(broker: MosquittoProcess, topic: str) -> list[str]:
+    """``mosquitto_pub`` publishing each line of its stdin at QoS 1 over MQTT 5."""
+    return ["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-V", "mqttv5", "-t", topic, "-l"]
+
+
 def publish_lines(
     broker: MosquittoProcess, topic: str, lines: Iterable[bytes]
 ) -> subprocess.Popen[bytes]:
     """A unit streaming QoS 1 messages, one per line (``mosquitto_pub -l``)."""
-    proc = subprocess.Popen(
-        ["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-V", "mqttv5", "-t", topic, "-l"],
-        stdin=subprocess.PIPE,
-    )
+    proc = subprocess.Popen(_unit_command(broker, topic), stdin=subprocess.PIPE)
     assert proc.stdin is not None
     proc.stdin.write(b"".join(line + b"\n" for line in lines))
     proc.stdin.close()
     return proc
+
+
+@contextmanager
+def streams_in_two_halves(
+    broker: MosquittoProcess, vins: list[str], per_vehicle: int
+) -> Iterator[Callable[[], None]]:
+    """One unit per VIN streaming ``per_vehicle`` samples (seq 0..n-1) at QoS 1.
+
+    The first half of every unit's samples is published on entry; the second half only
+    when the caller calls the function this yields, which then waits until every unit has
+    published everything. A test that disturbs the gateway or the store "mid-stream" does
+    it between the two: however fast the gateway is, the stream cannot have finished
+    before the disturbance. On leaving, a unit still running (a failed test) is killed.
+    """
+    half = per_vehicle // 2
+    units = [
+        subprocess.Popen(_unit_command(broker, telemetry(vin)), stdin=subprocess.PIPE)
+        for vin in vins
+    ]
+
+    def send(vin: str, unit: subprocess.Popen[bytes], seqs: range) -> None:
+        assert unit.stdin is not None
+        unit.stdin.write(b"".join(sample(vin, s) + b"\n" for s in seqs))
+        unit.stdin.flush()
+
+    def finish() -> None:
+        for vin, unit in zip(vins, units, strict=True):
+            send(vin, unit, range(half, per_vehicle))
+            assert unit.stdin is not None
+            unit.stdin.close()
+        for unit in units:
+            assert unit.wait(120) == 0
+
+    try:
+        for vin, unit in zip(vins, units, strict=True):
+            send(vin, unit, range(half))
+        yield finish
+    finally:
+        for unit in units:
+            if unit.poll() is None:
+                unit.kill()
+                unit.wait()
