@@ -12,10 +12,14 @@ Nothing that dies stays dead, and nothing that keeps dying takes the rest down:
 * the private broker is kept the same way (:class:`BrokerKeeper`): when it dies (a crash,
   a SIGKILL, a failure right after a reload) its identity files are rendered again from
   the state database and it is started on the same port; the gateways and the command
-  service reconnect by themselves. Mosquitto does not save shared subscriptions, so right
-  after every start the keeper opens the gateways' sessions with theirs
-  (:func:`~gateway.broker.control.prime_sessions`): what units publish before the
-  gateways are back queues in those sessions instead of reaching no subscriber at all.
+  service reconnect by themselves. Mosquitto does not save shared subscriptions, so
+  before every start the keeper writes the gateways' sessions with theirs into the
+  broker's persistence file (:func:`~gateway.broker.persistence.write_subscriptions`),
+  which Mosquitto restores before it opens its listeners: what units publish before the
+  gateways are back queues in those sessions from the first packet on, instead of
+  reaching no subscriber at all (decision 0031). Right after the start it also opens
+  those sessions over MQTT (:func:`~gateway.broker.control.prime_sessions`), which is
+  all there is for a persistence file in a format it does not know.
   And as a fleet reconnects in a burst after a start, the keeper has the broker save its
   state (SIGUSR1) a few seconds later, long before its first 30-second autosave: a
   crash then finds the units' sessions on disk, so a unit resends what was in flight
@@ -37,7 +41,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -45,6 +49,7 @@ from typing import Any
 
 from gateway.broker import BrokerConfig, BrokerError, MosquittoProcess
 from gateway.broker.auth import BrokerAuthSync
+from gateway.broker.persistence import write_subscriptions
 from gateway.health import SUPERVISOR_FILE_NAME, write_status_file
 
 __all__ = ["BrokerKeeper", "Part", "RestartPolicy", "Supervisor"]
@@ -204,8 +209,11 @@ class BrokerKeeper:
     Every start (the first, a restart after it died, a restart the identity sync asks for
     after a bulk change) renders the broker's identity files from the state database
     first (:meth:`BrokerAuthSync.render`); if the database cannot be read then, the files
-    on disk are used, which the sync and the plugin kept current until then. One
-    re-entrant lock orders the starts with the sync's changes.
+    on disk are used, which the sync and the plugin kept current until then. It also
+    writes ``sessions`` (client id -> topic filters: the gateways' and the command
+    service's shared subscriptions) into the broker's persistence file, so the broker has
+    them before a unit can connect (decision 0031). One re-entrant lock orders the starts
+    with the sync's changes.
     """
 
     POLICY = RestartPolicy(first_delay_s=0.5, max_delay_s=30.0, stable_after_s=60.0)
@@ -220,12 +228,15 @@ class BrokerKeeper:
         sync: Callable[[BrokerKeeper], BrokerAuthSync] | None = None,
         prime: Callable[[MosquittoProcess], None] | None = None,
         policy: RestartPolicy = POLICY,
+        sessions: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
-        """``prime`` runs right after every start, before anyone else is likely to be
-        back: it opens the gateways' sessions with their shared subscriptions, which
-        Mosquitto does not save (:func:`gateway.broker.control.prime_sessions`)."""
+        """``sessions`` are written into the persistence file before every start
+        (:func:`gateway.broker.persistence.write_subscriptions`; nothing without
+        persistence). ``prime`` runs right after every start: it opens the same sessions
+        over MQTT (:func:`gateway.broker.control.prime_sessions`)."""
         self.process = MosquittoProcess(config)
         self._prime = prime
+        self._sessions = dict(sessions or {})
         self.lock = threading.RLock()
         self.life = _Lifecycle(policy)
         self.sync = sync(self) if sync is not None else None
@@ -298,6 +309,9 @@ class BrokerKeeper:
         log.warning("the private broker is back at %s", self.process.url)
 
     def _render(self) -> None:
+        """What every start needs first: the sessions' subscriptions in the persistence
+        file and the identity files."""
+        self._write_sessions()
         if self.sync is None:
             return
         try:
@@ -308,6 +322,24 @@ class BrokerKeeper:
                 "it with the files on disk",
                 exc_info=True,
             )
+
+    def _write_sessions(self) -> None:
+        config = self.process.config
+        if not self._sessions or not config.persistence:
+            return
+        try:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+            added = write_subscriptions(config.persistence_path, self._sessions)
+        except (BrokerError, OSError, ValueError):
+            log.warning(
+                "cannot write the gateways' subscriptions into %s; they are opened right "
+                "after the start instead, and units that are back sooner lose messages",
+                config.persistence_path,
+                exc_info=True,
+            )
+            return
+        if added:
+            log.info("%d service subscriptions written into %s", added, config.persistence_path)
 
     def stop(self) -> None:
         if self.sync is not None:

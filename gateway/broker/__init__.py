@@ -14,6 +14,9 @@ Layout:
                   do: BrokerAuthFiles), and BrokerAuthSync, which keeps the running broker
                   equal to an identity source without a restart
     control.py    DynsecControl: commands to the plugin over $CONTROL/dynamic-security/v1
+    persistence.py  write_subscriptions: the gateways' shared subscriptions written into
+                  Mosquitto's persistence file before a start (Mosquitto does not save
+                  them, but restores them before it opens its listeners; decision 0031)
     pki.py        a small CA for the TLS listener: server and client certificates
                   (CN = VIN), revocation list, and the ``telematics pki`` command
 

@@ -244,7 +244,7 @@ def _broker_keeper(
     find_mosquitto()  # fail early, with the install hint
     if broker.mode is BrokerMode.ANONYMOUS:
         config = BrokerConfig(port=broker.port, data_dir=broker.directory, allow_anonymous=True)
-        return BrokerKeeper(config)
+        return BrokerKeeper(config, sessions=_service_sessions(plan))
     tls = None
     if broker.tls_port is not None:
         from gateway.broker.pki import Pki
@@ -268,6 +268,7 @@ def _broker_keeper(
     password_file = service_password(secrets_dir)
     return BrokerKeeper(
         config,
+        sessions=_service_sessions(plan),
         prime=_session_primer(plan, password_file),
         sync=lambda k: closed_broker_sync(
             accounts,
@@ -282,25 +283,35 @@ def _broker_keeper(
     )
 
 
-def _session_primer(plan: UpPlan, password_file: Path) -> Callable[[MosquittoProcess], None]:
-    """What opens this installation's service sessions right after every broker start:
-    each gateway's (``telematics-gateway-N``) and the command service's, with their shared
-    subscriptions (see :func:`gateway.broker.control.prime_sessions`). The ids and groups
-    are the ones the child processes get."""
+def _service_sessions(plan: UpPlan) -> dict[str, list[str]]:
+    """This installation's service sessions: each gateway's (``telematics-gateway-N``) and
+    the command service's client id, with their shared subscriptions. The ids and groups
+    are the ones the child processes get. The broker keeper writes them into the broker's
+    persistence file before every start (decision 0031) and opens them right after it."""
     import dataclasses
 
-    from gateway.broker.control import prime_sessions
     from gateway.commands.service import CommandSettings
     from gateway.commands.service import subscription_filters as command_filters
     from gateway.ingest.service import IngestSettings
-    from gateway.installation import SERVICE_USERNAME
 
     sessions = {
-        client_id: IngestSettings(client_id=client_id, share_group=plan.share_group).topic_filters()
+        client_id: list(
+            IngestSettings(client_id=client_id, share_group=plan.share_group).topic_filters()
+        )
         for client_id in plan.gateway_client_ids
     }
     defaults = {f.name: f.default for f in dataclasses.fields(CommandSettings)}
-    sessions[plan.commands_client_id] = command_filters(str(defaults["share_group"]))
+    sessions[plan.commands_client_id] = list(command_filters(str(defaults["share_group"])))
+    return sessions
+
+
+def _session_primer(plan: UpPlan, password_file: Path) -> Callable[[MosquittoProcess], None]:
+    """What opens this installation's service sessions right after every broker start
+    (see :func:`gateway.broker.control.prime_sessions`)."""
+    from gateway.broker.control import prime_sessions
+    from gateway.installation import SERVICE_USERNAME
+
+    sessions = _service_sessions(plan)
 
     def prime(broker: MosquittoProcess) -> None:
         secret = password_file.read_text(encoding="utf-8").strip()
