@@ -59,7 +59,18 @@ from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any, Final, Literal, TypeVar, cast
 
-from sqlalchemy import CursorResult, Result, Select, and_, delete, func, or_, select, update
+from sqlalchemy import (
+    CursorResult,
+    Result,
+    Select,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -72,6 +83,7 @@ from gateway.statedb.database import StateDatabase
 from gateway.statedb.lifecycle_log import (
     LifecycleRefused,
     allowed,
+    event_values,
     lock_lifecycle,
     record_event,
     state_of,
@@ -85,6 +97,8 @@ from gateway.statedb.models import (
     UserRow,
     VehicleGrantRow,
     VehicleInvitationRow,
+    VehicleLifecycleEventRow,
+    VehicleLifecycleRow,
     VehicleRow,
     VehicleTenureRow,
     VehicleTransferRow,
@@ -784,73 +798,30 @@ class AccountRepository:
         commit means one change of the broker identities, which the broker's sync applies
         at once (a restart with re-rendered files for a large one, decision 0008); one by
         one, a sync running meanwhile restarted the broker again and again
-        (docs/decisions/0028-fleet-scale-benchmark.md)."""
-        vin = ""
+        (docs/decisions/0028-fleet-scale-benchmark.md).
+
+        In bulk (decision 0031): the VINs' lifecycle and vehicle rows are read and locked
+        a few hundred at a time, every VIN is decided as :meth:`provision_vehicle` decides
+        it, and the rows of the new VINs (vehicle, holding period, lifecycle event) are
+        inserted with one statement per table; a revoked VIN provisioned again takes the
+        one-by-one path (its grants are revoked too)."""
         try:
             with self._db.write() as session:
                 _require(session, AccountRow, account_id, "account")
                 if provisioned_by is not None:
                     _require(session, UserRow, provisioned_by, "user")
-                records = []
-                for vin in vins:
-                    row = self._provision_one(
-                        session,
-                        vin,
-                        account_id=account_id,
-                        label=label,
-                        mqtt_password_hash=mqtt_password_hash,
-                        provisioned_by=provisioned_by,
-                        now=now,
-                        by_operator=by_operator,
-                    )
-                    records.append(VehicleRecord.from_row(row))
-                return records
+                return _provision_many(
+                    session,
+                    list(vins),
+                    _Tenure(account_id, label, mqtt_password_hash, provisioned_by, now),
+                    by_operator=by_operator,
+                )
         except IntegrityError:
-            existing = self.get_vehicle(vin) if vin else None
+            # a concurrent provisioning of a new VIN won: the primary key decided
+            existing = next((v for v in map(self.get_vehicle, vins) if v is not None), None)
             if existing is None:
                 raise
-            raise VehicleAlreadyProvisioned(vin, existing.account_id) from None
-
-    @staticmethod
-    def _provision_one(
-        session: Session,
-        vin: str,
-        *,
-        account_id: int,
-        label: str | None,
-        mqtt_password_hash: str | None,
-        provisioned_by: int | None,
-        now: int,
-        by_operator: bool,
-    ) -> VehicleRow:
-        life = lock_lifecycle(session, vin)
-        row = _locked_vehicle(session, vin)
-        if row is not None and row.revoked_at is None:
-            raise VehicleAlreadyProvisioned(vin, row.account_id)
-        transition = allowed(
-            vin,
-            decide(state_of(life, row), LifecycleEvent.PROVISION, by_operator=by_operator),
-        )
-        row = start_tenure(
-            session,
-            row,
-            vin=vin,
-            account_id=account_id,
-            label=label,
-            mqtt_password_hash=mqtt_password_hash,
-            by=provisioned_by,
-            now=now,
-        )
-        record_event(
-            session,
-            vin,
-            transition,
-            at=now,
-            actor_user_id=provisioned_by,
-            account_id=account_id,
-            tenure=row.tenure,
-        )
-        return row
+            raise VehicleAlreadyProvisioned(existing.vin, existing.account_id) from None
 
     def revoke_vehicle(self, vin: str, *, now: int, by: int | None = None) -> VehicleRecord | None:
         """Revoke the vehicle, ending its holding period: every active grant of it is
@@ -1626,6 +1597,129 @@ def start_tenure(
     return row
 
 
+@dataclass(frozen=True, slots=True)
+class _Tenure:
+    """What every holding period a bulk provisioning starts has in common."""
+
+    account_id: int
+    label: str | None
+    mqtt_password_hash: str | None
+    by: int | None
+    now: int
+
+
+_LOCK_CHUNK = 500
+"""VINs per locking SELECT of a bulk provisioning (SQLite allows 32,766 parameters, older
+builds 999)."""
+
+
+def _locked_rows(session: Session, model: type[_Row], vins: Sequence[str]) -> dict[str, _Row]:
+    """The rows of ``model`` (keyed by ``vin``) for ``vins``, locked for the transaction, in
+    VIN order (so two bulk provisionings on PostgreSQL lock in the same order)."""
+    column = model.vin  # type: ignore[attr-defined]
+    found: dict[str, _Row] = {}
+    ordered = sorted(set(vins))
+    for i in range(0, len(ordered), _LOCK_CHUNK):
+        chunk = ordered[i : i + _LOCK_CHUNK]
+        rows = session.scalars(
+            select(model).where(column.in_(chunk)).order_by(column).with_for_update()
+        )
+        found.update((row.vin, row) for row in rows)  # type: ignore[attr-defined]
+    return found
+
+
+def _provision_many(
+    session: Session, vins: list[str], t: _Tenure, *, by_operator: bool
+) -> list[VehicleRecord]:
+    """Provision ``vins`` in the caller's transaction (see
+    :meth:`AccountRepository.provision_vehicles`); raises before writing anything when one
+    of them is refused. Lock order as everywhere: lifecycle rows, then vehicle rows."""
+    lives = _locked_rows(session, VehicleLifecycleRow, vins)
+    rows = _locked_rows(session, VehicleRow, vins)
+    transitions = {}
+    for vin in vins:
+        row = rows.get(vin)
+        if vin in transitions or (row is not None and row.revoked_at is None):
+            raise VehicleAlreadyProvisioned(vin, t.account_id if row is None else row.account_id)
+        state = state_of(lives.get(vin), row)
+        transitions[vin] = allowed(
+            vin, decide(state, LifecycleEvent.PROVISION, by_operator=by_operator)
+        )
+    fresh = [vin for vin in vins if vin not in rows]
+    records = {vin: _fresh_record(vin, t) for vin in fresh}
+    if fresh:
+        session.execute(insert(VehicleRow), [_vehicle_values(records[vin]) for vin in fresh])
+        session.execute(insert(VehicleTenureRow), [_first_tenure(vin, t) for vin in fresh])
+        _bump_broker_version(session, by=len(fresh))
+    for vin in vins:
+        if vin in rows:  # provisioned again after a revocation: the one-by-one path
+            again = start_tenure(
+                session,
+                rows[vin],
+                vin=vin,
+                account_id=t.account_id,
+                label=t.label,
+                mqtt_password_hash=t.mqtt_password_hash,
+                by=t.by,
+                now=t.now,
+            )
+            records[vin] = VehicleRecord.from_row(again)
+    session.execute(
+        insert(VehicleLifecycleEventRow),
+        [
+            event_values(
+                vin,
+                transitions[vin],
+                at=t.now,
+                actor_user_id=t.by,
+                account_id=t.account_id,
+                tenure=records[vin].tenure,
+            )
+            for vin in vins
+        ],
+    )
+    return [records[vin] for vin in vins]
+
+
+def _fresh_record(vin: str, t: _Tenure) -> VehicleRecord:
+    return VehicleRecord(
+        vin=vin,
+        account_id=t.account_id,
+        label=t.label,
+        mqtt_password_hash=t.mqtt_password_hash,
+        provisioned_at=t.now,
+        provisioned_by=t.by,
+        revoked_at=None,
+        tenure=1,
+    )
+
+
+def _vehicle_values(r: VehicleRecord) -> dict[str, Any]:
+    return {
+        "vin": r.vin,
+        "account_id": r.account_id,
+        "label": r.label,
+        "mqtt_password_hash": r.mqtt_password_hash,
+        "provisioned_at": r.provisioned_at,
+        "provisioned_by": r.provisioned_by,
+        "revoked_at": None,
+        "tenure": 1,
+    }
+
+
+def _first_tenure(vin: str, t: _Tenure) -> dict[str, Any]:
+    return {
+        "vin": vin,
+        "number": 1,
+        "account_id": t.account_id,
+        "started_at": t.now,
+        "started_by": t.by,
+        "ended_at": None,
+        "ended_by": None,
+        "end_reason": None,
+    }
+
+
 def end_tenure(session: Session, row: VehicleRow, *, now: int, by: int | None, reason: str) -> None:
     """End the current holding period of the (locked, held) vehicle ``row`` with
     ``reason`` (``revoked``, ``transferred``, ``decommissioned``), in the caller's
@@ -1753,13 +1847,14 @@ def _revoke_family(session: Session, family: str, now: int) -> int:
     return _rowcount(result)
 
 
-def _bump_broker_version(session: Session) -> None:
-    """Increment ``broker_auth_state.version`` in the caller's transaction (on PostgreSQL
-    the row stays locked until commit, so concurrent changes get distinct versions)."""
+def _bump_broker_version(session: Session, *, by: int = 1) -> None:
+    """Increment ``broker_auth_state.version`` (by one per change) in the caller's
+    transaction (on PostgreSQL the row stays locked until commit, so concurrent changes
+    get distinct versions)."""
     result = session.execute(
         update(BrokerAuthStateRow)
         .where(BrokerAuthStateRow.id == _BROKER_STATE_ID)
-        .values(version=BrokerAuthStateRow.version + 1)
+        .values(version=BrokerAuthStateRow.version + by)
         .execution_options(synchronize_session=False)
     )
     if _rowcount(result) != 1:

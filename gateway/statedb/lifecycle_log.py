@@ -27,6 +27,7 @@ from gateway.statedb.models import VehicleLifecycleEventRow, VehicleLifecycleRow
 __all__ = [
     "LifecycleRefused",
     "allowed",
+    "event_values",
     "lock_lifecycle",
     "record_event",
     "state_of",
@@ -78,19 +79,46 @@ def record_event(
 ) -> VehicleLifecycleEventRow:
     """Append one change to the VIN's history, in the caller's transaction."""
     row = VehicleLifecycleEventRow(
-        vin=vin,
-        at=at,
-        event=str(transition.event),
-        from_state=str(transition.before),
-        to_state=str(transition.after),
-        actor_user_id=actor_user_id,
-        account_id=account_id,
-        tenure=tenure,
-        reason=reason,
-        detail=None if detail is None else dict(detail),
+        **event_values(
+            vin,
+            transition,
+            at=at,
+            actor_user_id=actor_user_id,
+            account_id=account_id,
+            tenure=tenure,
+            reason=reason,
+            detail=detail,
+        )
     )
     session.add(row)
     return row
+
+
+def event_values(
+    vin: str,
+    transition: Transition,
+    *,
+    at: int,
+    actor_user_id: int | None,
+    account_id: int | None,
+    tenure: int | None,
+    reason: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The columns of one history row (:func:`record_event`; a bulk provisioning inserts
+    many of them with one statement)."""
+    return {
+        "vin": vin,
+        "at": at,
+        "event": str(transition.event),
+        "from_state": str(transition.before),
+        "to_state": str(transition.after),
+        "actor_user_id": actor_user_id,
+        "account_id": account_id,
+        "tenure": tenure,
+        "reason": reason,
+        "detail": None if detail is None else dict(detail),
+    }
 
 
 def allowed(vin: str, decision: Transition | Refusal) -> Transition:
