@@ -90,6 +90,10 @@ TOKEN_ENV = "TELEMATICS_INFLUXDB_TOKEN"
 DEFAULT_SPOOL_MAX = 5_000_000
 #: samples written to InfluxDB per request (its docs advise 5,000 to 10,000 points)
 SHIP_CHUNK = 5000
+#: a request costs about a millisecond of CPU in the gateway and another in InfluxDB,
+#: whatever its size: so a shipper woken with less than a chunk waiting lets it grow this
+#: long first (decision 0033)
+SHIP_LINGER_S = 0.1
 #: after a failed write, the shipper waits this long before trying again
 RETRY_S = 1.0
 #: a history read waits at most this long for what was committed before it to reach
@@ -360,11 +364,12 @@ class Shipper:
                 self._handoffs.append((ids, body))
                 self._handoff_held += len(ids)
 
-    def _next_handoff(self, after: int) -> int:
-        """The first id of the oldest hand-off after ``after`` (the older ones are dropped:
-        shipped, or partly shipped by another process); :data:`_NO_ID` if none."""
+    def forget_handoffs(self, *, upto: int) -> int:
+        """Drop the hand-offs that start at or below index id ``upto`` (shipped, partly
+        shipped by another process, or pruned from the spool); the first id of the oldest
+        one left, :data:`_NO_ID` if none."""
         with self._handoff_lock:
-            while self._handoffs and self._handoffs[0][0].start <= after:
+            while self._handoffs and self._handoffs[0][0].start <= upto:
                 self._handoff_held -= len(self._handoffs.popleft()[0])
             return self._handoffs[0][0].start if self._handoffs else _NO_ID
 
@@ -388,7 +393,7 @@ class Shipper:
         """(last index id, samples, request body) of the oldest spooled samples after index
         id ``after`` (no samples: the spool is empty). Read back from the index up to the
         oldest hand-off; when nothing in the index comes before it, from memory."""
-        handoff = self._next_handoff(after)
+        handoff = self.forget_handoffs(upto=after)
         rows = self.db.execute(_PENDING, (after, handoff, SHIP_CHUNK)).fetchall()
         if rows or handoff == _NO_ID:
             body = lp.lines(
@@ -479,11 +484,16 @@ class Shipper:
             self._wake.set()
 
     def _run(self) -> None:
+        backlog = False
         while not self._stopping.is_set():
             self._wake.wait(RETRY_S)
             self._wake.clear()
+            if not backlog and self._handoff_held < SHIP_CHUNK:
+                self._stopping.wait(SHIP_LINGER_S)  # let a small spool grow
             try:
-                if self.drain(10 * SHIP_CHUNK) > 0:
+                sent = self.drain(10 * SHIP_CHUNK)
+                backlog = sent >= 10 * SHIP_CHUNK
+                if sent > 0:
                     self._wake.set()  # there may be more
             except Exception:  # the thread must outlive any one failure
                 log.exception("InfluxDB shipper failed; retrying")
@@ -708,6 +718,8 @@ class InfluxTelemetryStore:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("DELETE FROM samples WHERE id = ?", [(r[0],) for r in rows])
             db.execute("COMMIT")
+            if rows:  # not shipped yet and now gone from the spool: not from memory either
+                shipper.forget_handoffs(upto=max(r[0] for r in rows))
         return len(rows)
 
     def prune_quarantine(
