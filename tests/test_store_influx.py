@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.api.settings import ApiSettings
@@ -193,6 +194,41 @@ def test_a_full_spool_refuses_commits_until_it_drains(tmp_path: Path) -> None:
         assert _points(store) == list(range(1, 401))
     finally:
         store.close()
+        server.stop()
+
+
+def test_the_urls_user_and_password_authenticate_and_without_them_the_spool_keeps_all(
+    tmp_path: Path,
+) -> None:
+    """Against an ``influxd`` that requires authentication (1.x users; 2.x and 3.x take the
+    same basic auth on their v1 API): the URL's user and password (percent-encoded) ship
+    the spool; a store without them is refused and keeps every sample spooled."""
+    server = InfluxServer(tmp_path / "influxd", auth=True)
+    server.start()
+    try:
+        # a server with authentication on lets the first user be created without any
+        created = httpx.post(
+            f"{server.base_url}/query",
+            data={"q": "CREATE USER gw WITH PASSWORD 'p@ss w:1' WITH ALL PRIVILEGES"},
+        )
+        assert created.status_code == 200, created.text
+        authority = f"127.0.0.1:{server.http_port}/telemetry"
+        anonymous = open_store(f"influxdb://{authority}?index={tmp_path / 'anon.db'}")
+        assert isinstance(anonymous, InfluxTelemetryStore)
+        try:
+            anonymous.commit(_batch(range(1, 11)))
+            assert not anonymous.flush(2)
+            assert anonymous.spool_depth() == 10
+        finally:
+            anonymous.close()
+        store = open_store(f"influxdb://gw:p%40ss%20w%3A1@{authority}?index={tmp_path / 'i.db'}")
+        assert isinstance(store, InfluxTelemetryStore)
+        try:
+            store.commit(_batch(range(1, 11)))
+            assert _points(store) == list(range(1, 11))
+        finally:
+            store.close()
+    finally:
         server.stop()
 
 
