@@ -22,6 +22,7 @@ from gateway.api.settings import ApiSettings
 from gateway.broker import free_port
 from gateway.errors import ConfigurationError, StoreError
 from gateway.store import IngestBatch, influx, open_store, packing
+from gateway.store import lineprotocol as lp
 from gateway.store.influx import InfluxTelemetryStore, parse_influx_url
 from schemas import Sample, SignalValue
 from tests.support.api import admin_client
@@ -118,7 +119,8 @@ def test_new_samples_ship_from_memory_and_the_rest_is_read_back(
     assert len(read_back) == 50
     shipper = store._shipper
     assert shipper is not None
-    monkeypatch.setattr(influx, "HANDOFF_MAX", 60)
+    one_batch = lp.lines((VIN, 1, s, T0 + s * 10, {SPEED: float(s)}) for s in range(151, 201))
+    monkeypatch.setattr(influx, "HANDOFF_MAX_BYTES", len(one_batch) + 10)
     with shipper.lock:  # the shipper waits: the first batch is held, the second too many
         store.commit(_batch(range(151, 201)))
         store.commit(_batch(range(201, 251)))

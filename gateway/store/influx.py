@@ -296,9 +296,10 @@ _PENDING = (
     "JOIN vehicles v ON v.id = s.vehicle_id WHERE s.id > ? AND s.id < ? ORDER BY s.id LIMIT ?"
 )
 _NO_ID = 2**63 - 1
-#: samples whose line protocol commits hand the shipper in memory (decision 0033), about
-#: 18 MB of it; while that much waits (InfluxDB down or slow), later ones are read back
-HANDOFF_MAX = 10 * SHIP_CHUNK
+#: bytes of line protocol that commits may hand the shipper in memory (decision 0033:
+#: ~45,000 of the benchmark's 8-signal samples, ~13,000 full 28-signal reports); while
+#: that much waits (InfluxDB down or slow), later samples are read back from the index
+HANDOFF_MAX_BYTES = 16 * 2**20
 
 
 def spool_depth(db: sqlite3.Connection) -> int:
@@ -335,7 +336,8 @@ class Shipper:
         self.db.executescript(_OUTBOX)
         #: (index ids, line protocol) of committed samples, oldest first (hand_off)
         self._handoffs: deque[tuple[range, bytes]] = deque()
-        self._handoff_held = 0
+        self._handoff_held = 0  # samples
+        self._handoff_bytes = 0
         self._handoff_lock = threading.Lock()
         #: until when this shipper's lease runs (time.time()), as it last wrote it
         self._lease_until = 0.0
@@ -360,9 +362,10 @@ class Shipper:
         Only a speed-up: the index stays the spool, and whatever is not handed off (too
         much waiting, another process's commits) is read back from there."""
         with self._handoff_lock:
-            if self._handoff_held + len(ids) <= HANDOFF_MAX:
+            if self._handoff_bytes + len(body) <= HANDOFF_MAX_BYTES:
                 self._handoffs.append((ids, body))
                 self._handoff_held += len(ids)
+                self._handoff_bytes += len(body)
 
     def forget_handoffs(self, *, upto: int) -> int:
         """Drop the hand-offs that start at or below index id ``upto`` (shipped, partly
@@ -370,8 +373,14 @@ class Shipper:
         one left, :data:`_NO_ID` if none."""
         with self._handoff_lock:
             while self._handoffs and self._handoffs[0][0].start <= upto:
-                self._handoff_held -= len(self._handoffs.popleft()[0])
+                self._drop_first_handoff()
             return self._handoffs[0][0].start if self._handoffs else _NO_ID
+
+    def _drop_first_handoff(self) -> None:
+        """(With the hand-off lock held.)"""
+        ids, body = self._handoffs.popleft()
+        self._handoff_held -= len(ids)
+        self._handoff_bytes -= len(body)
 
     def _take_handoffs(self) -> tuple[int, int, bytes]:
         """(last id, samples, body) of the oldest hand-offs that follow each other without
@@ -383,8 +392,7 @@ class Shipper:
                 ids, body = self._handoffs[0]
                 if bodies and ids.start != last + 1:
                     break
-                self._handoffs.popleft()
-                self._handoff_held -= len(ids)
+                self._drop_first_handoff()
                 bodies.append(body)
                 count, last = count + len(ids), ids[-1]
         return last, count, b"\n".join(bodies)
@@ -421,7 +429,7 @@ class Shipper:
         self._lease_until = 0.0
         with self._handoff_lock:  # another process ships: what was handed off goes stale
             self._handoffs.clear()
-            self._handoff_held = 0
+            self._handoff_held = self._handoff_bytes = 0
         return False
 
     def _confirm(self, write: Future[int], last_id: int) -> None:
