@@ -46,6 +46,7 @@ with warnings.catch_warnings():
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 DASHBOARD = DASHBOARDS / "grafana" / "telematics-ingest.json"
 PROMETHEUS_YML = DASHBOARDS / "prometheus" / "prometheus.yml"
+ALERTS_YML = DASHBOARDS / "prometheus" / "alerts.yml"
 
 DS_VARIABLE = "DS_PROMETHEUS"
 DS_REF = "${" + DS_VARIABLE + "}"
@@ -205,6 +206,24 @@ def _scrape_facts_without_yaml(text: str) -> dict[str, str]:
         if match and match[2]:
             facts.setdefault(match[1], match[2])
     return facts
+
+
+def test_the_alert_rules_watch_the_spool_with_metrics_the_api_serves(
+    exported: set[str],
+) -> None:
+    """Issue 15: reaching the spool's bound raises an alert. prometheus.yml loads the
+    rules; every expression names only metrics ``/metrics`` serves."""
+    yaml = importlib.import_module("yaml")  # PyYAML: schemathesis (a test extra) needs it
+    config = yaml.safe_load(PROMETHEUS_YML.read_text(encoding="utf-8"))
+    assert config["rule_files"] == [ALERTS_YML.name]
+    (group,) = yaml.safe_load(ALERTS_YML.read_text(encoding="utf-8"))["groups"]
+    rules = {rule["alert"]: rule for rule in group["rules"]}
+    assert set(rules) == {"TelematicsSpoolFilling", "TelematicsSpoolFull"}
+    assert {rules[name]["labels"]["severity"] for name in rules} == {"warning", "critical"}
+    for rule in rules.values():
+        used = _metric_names(rule["expr"])
+        assert used == {"telematics_store_spool_samples", "telematics_store_spool_limit_samples"}
+        assert used <= exported, f"not served by /metrics: {sorted(used - exported)}"
 
 
 def test_prometheus_config_scrapes_the_api_every_5_seconds() -> None:

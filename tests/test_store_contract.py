@@ -163,6 +163,28 @@ def test_each_tenure_is_a_vehicle_of_its_own(
     assert [p.ts for p in two] == [T0 + 151_000, T0 + 152_000]
 
 
+def test_a_late_sample_of_the_previous_holder_is_filed_under_its_tenure(
+    store: TelemetryBackend, reader: TelemetryBackend
+) -> None:
+    """A sample taken before the current holding period started, delivered late in a batch
+    of the new holder, belongs to the period before (``Tenure.of``)."""
+    second = Tenure(2, T0 + 100_000)
+    store.commit(
+        IngestBatch(
+            received_at=T0 + 200_000,
+            samples=[
+                Sample(VIN_A, 1, T0 + 50_000, {SPEED: 1.0}),
+                Sample(VIN_A, 2, T0 + 150_000, {SPEED: 2.0}),
+            ],
+            tenures={VIN_A: second},
+        )
+    )
+    one = reader.history(VIN_A, [SPEED], tenure=1, start=0, end=T0 * 2, limit=10)
+    two = reader.history(VIN_A, [SPEED], tenure=2, start=0, end=T0 * 2, limit=10)
+    assert [(p.seq, p.ts) for p in one] == [(1, T0 + 50_000)]
+    assert [(p.seq, p.ts) for p in two] == [(2, T0 + 150_000)]
+
+
 def test_status_and_vehicle_counts(store: TelemetryBackend, reader: TelemetryBackend) -> None:
     store.commit(
         IngestBatch(

@@ -13,13 +13,19 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
+from gateway.api.settings import ApiSettings
+from gateway.broker import free_port
 from gateway.errors import ConfigurationError, StoreError
-from gateway.store import IngestBatch, open_store
+from gateway.store import IngestBatch, influx, open_store, packing
+from gateway.store import lineprotocol as lp
 from gateway.store.influx import InfluxTelemetryStore, parse_influx_url
 from schemas import Sample, SignalValue
+from tests.support.api import admin_client
 from tests.support.influxdb import (  # noqa: F401
     InfluxServer,
     influxdb,
@@ -92,6 +98,36 @@ def test_a_point_written_again_lands_on_itself(store: InfluxTelemetryStore) -> N
     assert _points(store) == [1, 2, 3, 4, 5]
 
 
+def test_new_samples_ship_from_memory_and_the_rest_is_read_back(
+    store: InfluxTelemetryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 0033: a batch whose samples are all new goes to InfluxDB as its commit
+    encoded it, without reading the index back; a batch with a redelivered sample, and
+    what exceeds the memory bound, is read back from the index. Every sample lands once."""
+    real, read_back = packing.unpack_any, []
+
+    def counting(stored: bytes | str) -> dict[str, Any]:
+        read_back.append(stored)
+        return real(stored)
+
+    monkeypatch.setattr(packing, "unpack_any", counting)
+    store.commit(_batch(range(1, 101)))
+    assert _points(store) == list(range(1, 101))
+    assert len(read_back) == 0
+    store.commit(_batch(range(91, 151)))  # 91..100 again: duplicates, so no hand-off
+    assert _points(store) == list(range(1, 151))
+    assert len(read_back) == 50
+    shipper = store._shipper
+    assert shipper is not None
+    one_batch = lp.lines((VIN, 1, s, T0 + s * 10, {SPEED: float(s)}) for s in range(151, 201))
+    monkeypatch.setattr(influx, "HANDOFF_MAX_BYTES", len(one_batch) + 10)
+    with shipper.lock:  # the shipper waits: the first batch is held, the second too many
+        store.commit(_batch(range(151, 201)))
+        store.commit(_batch(range(201, 251)))
+    assert _points(store) == list(range(1, 251))
+    assert len(read_back) == 100
+
+
 def test_the_url_carries_credentials_token_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TELEMATICS_INFLUXDB_TOKEN", raising=False)
     s = parse_influx_url("influxdbs://gw:p%40ss@influx.example:8443/fleet?rp=raw&spool_max=9")
@@ -161,6 +197,63 @@ def test_a_full_spool_refuses_commits_until_it_drains(tmp_path: Path) -> None:
     finally:
         store.close()
         server.stop()
+
+
+def test_the_urls_user_and_password_authenticate_and_without_them_the_spool_keeps_all(
+    tmp_path: Path,
+) -> None:
+    """Against an ``influxd`` that requires authentication (1.x users; 2.x and 3.x take the
+    same basic auth on their v1 API): the URL's user and password (percent-encoded) ship
+    the spool; a store without them is refused and keeps every sample spooled."""
+    server = InfluxServer(tmp_path / "influxd", auth=True)
+    server.start()
+    try:
+        # a server with authentication on lets the first user be created without any
+        created = httpx.post(
+            f"{server.base_url}/query",
+            data={"q": "CREATE USER gw WITH PASSWORD 'p@ss w:1' WITH ALL PRIVILEGES"},
+        )
+        assert created.status_code == 200, created.text
+        authority = f"127.0.0.1:{server.http_port}/telemetry"
+        anonymous = open_store(f"influxdb://{authority}?index={tmp_path / 'anon.db'}")
+        assert isinstance(anonymous, InfluxTelemetryStore)
+        try:
+            anonymous.commit(_batch(range(1, 11)))
+            assert not anonymous.flush(2)
+            assert anonymous.spool_depth() == 10
+        finally:
+            anonymous.close()
+        store = open_store(f"influxdb://gw:p%40ss%20w%3A1@{authority}?index={tmp_path / 'i.db'}")
+        assert isinstance(store, InfluxTelemetryStore)
+        try:
+            store.commit(_batch(range(1, 11)))
+            assert _points(store) == list(range(1, 11))
+        finally:
+            store.close()
+    finally:
+        server.stop()
+
+
+def test_a_full_spool_turns_healthz_red_and_shows_on_metrics(tmp_path: Path) -> None:
+    """Issue 15: at its bound the spool stops acknowledging, and says so where a monitor
+    looks: ``/healthz`` answers 503 naming the full spool, ``/metrics`` has it at its
+    limit (InfluxDB unreachable here: nothing listens on the port)."""
+    url = f"influxdb://127.0.0.1:{free_port()}/telemetry?index={tmp_path / 'index.db'}"
+    store = open_store(f"{url}&spool_max=3")
+    try:
+        store.commit(_batch(range(1, 4)))
+        settings = ApiSettings(db_path=tmp_path / "telemetry.db", store_url=f"{url}&spool_max=3")
+        with admin_client(settings) as client:
+            r = client.get("/healthz")
+            metrics_text = client.get("/metrics").text
+    finally:
+        store.close()
+    assert r.status_code == 503
+    component = r.json()["components"]["telemetry_store"]
+    assert component["status"] == "unavailable"
+    assert "the spool is full (3 samples)" in component["detail"]
+    assert "telematics_store_spool_samples 3.0" in metrics_text
+    assert "telematics_store_spool_limit_samples 3.0" in metrics_text
 
 
 def test_two_writers_of_one_index_ship_through_one_lease(

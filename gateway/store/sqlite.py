@@ -267,6 +267,9 @@ class SqliteTelemetryStore:
         self.path = path
         self.quarantine_payload_bytes = quarantine_payload_bytes
         self._vehicle_ids: dict[tuple[str, int], int] = {}
+        #: the row ids of the last commit's samples, in the batch's order, when every one
+        #: of them was new (None otherwise): the InfluxDB store ships them from memory
+        self.committed_sample_ids: range | None = None
         try:
             if readonly:
                 self._db = sqlite3.connect(
@@ -330,17 +333,20 @@ class SqliteTelemetryStore:
 
     def commit(self, batch: IngestBatch) -> CommitResult:
         db = self._db
+        self.committed_sample_ids = None
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = self._write(batch)
             except BaseException:
+                self.committed_sample_ids = None
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             # ids handed out inside the failed transaction may not exist
             self._vehicle_ids.clear()
+            self.committed_sample_ids = None
             raise StoreError("commit a batch", exc) from exc
         return result
 
@@ -407,7 +413,13 @@ class SqliteTelemetryStore:
                 for v, s in zip(ids, batch.samples, strict=True)
             ],
         )
-        return db.total_changes - before
+        stored = db.total_changes - before
+        if stored and stored == len(batch.samples):
+            # a new row's id is the largest so far plus one, and this transaction is the
+            # only writer: the batch's samples got consecutive ids, in order
+            (last,) = db.execute("SELECT last_insert_rowid()").fetchone()
+            self.committed_sample_ids = range(last - stored + 1, last + 1)
+        return stored
 
     def _update_latest(self, batch: IngestBatch, ids: Sequence[int]) -> None:
         """Each signal's newest value per vehicle row: the batch's newest, kept only if it is

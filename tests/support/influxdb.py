@@ -56,7 +56,7 @@ bind-address = "127.0.0.1:{rpc_port}"
 [http]
   enabled = true
   bind-address = "127.0.0.1:{http_port}"
-  auth-enabled = false
+  auth-enabled = {auth}
   log-enabled = false
   flux-enabled = false
 [continuous_queries]
@@ -76,6 +76,8 @@ class InfluxServer:
     http_port: int = field(default_factory=free_port)
     rpc_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    #: HTTP authentication on (the first user is created without credentials)
+    auth: bool = False
 
     @property
     def base_url(self) -> str:
@@ -92,7 +94,12 @@ class InfluxServer:
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "influxdb.conf"
         config.write_text(
-            _CONFIG.format(root=self.root, rpc_port=self.rpc_port, http_port=self.http_port)
+            _CONFIG.format(
+                root=self.root,
+                rpc_port=self.rpc_port,
+                http_port=self.http_port,
+                auth="true" if self.auth else "false",
+            )
         )
         log = (self.root / "influxd.log").open("ab")
         self.process = subprocess.Popen(
