@@ -51,7 +51,8 @@ class GatewayProcess:
             ],
         )
         # ready once its session is subscribed: the broker counts the subscription
-        wait_until(self._subscribed, what=f"gateway {self.client_id} to subscribe")
+        # (a Python process's start takes seconds on a loaded 2-core machine: a helper saw 20 s)
+        wait_until(self._subscribed, timeout=60, what=f"gateway {self.client_id} to subscribe")
 
     def _subscribed(self) -> bool:
         assert self.process is not None
