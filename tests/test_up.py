@@ -91,6 +91,8 @@ def test_demo_is_closed_provisioned_and_works(up: Up, tmp_path: Path) -> None:
     )
     assert provisioned.status_code == 201, provisioned.text
     assert provisioned.json()["mqtt"]["password"] is None
+    # it is told the TLS listener, the only one it can log in to without a password
+    assert provisioned.json()["mqtt"]["url"] == f"mqtts://127.0.0.1:{up.tls_port}"
     issued = subprocess.run(
         [sys.executable, "-m", "gateway", "pki", "client", vin, "--data-dir", str(up.data)],
         capture_output=True,
