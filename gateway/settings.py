@@ -115,6 +115,7 @@ class Environment(BaseSettings):
     mqtt_password_file: Path | None = None
     mqtt_password: str | None = Field(default=None, repr=False)
     unit_broker_url: str | None = None
+    unit_tls_broker_url: str | None = None
 
     # --- ingest (telematics gateway)
     client_id: str = "telematics-gateway-1"

@@ -227,6 +227,15 @@ def test_a_credentials_file_says_where_the_broker_is(tmp_path: Path) -> None:
     path.unlink()
     env = {"TELEMATICS_UNIT_BROKER_URL": "mqtt://units.example:1884"}
     assert add(VINS[1], env=env) == "mqtt://units.example:1884"
+    # certificate units cannot log in on the plain listener: the file names the TLS one
+    path.unlink()
+    (broker_dir / "mosquitto.conf").write_text(
+        "listener 23456 127.0.0.1\n\nlistener 23457 127.0.0.1\nrequire_certificate true\n"
+    )
+    assert add("WCLXX000000000003", "--certificate") == "mqtts://127.0.0.1:23457"
+    path.unlink()
+    env = {"TELEMATICS_UNIT_TLS_BROKER_URL": "mqtts://tls.example:8883"}
+    assert add("WCLXX000000000004", "--certificate", env=env) == "mqtts://tls.example:8883"
 
 
 @dataclass

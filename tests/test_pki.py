@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
+import shlex
 import socket
 import ssl
 import stat
@@ -207,6 +209,13 @@ def test_cli_init_client_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[st
     cert, key = pki.client_paths(VIN_A)
     assert str(cert) in out
     assert str(key) in out
+    # the example publish is one the contract accepts: a retained QoS 1 status in JSON (it
+    # said `-m online`, which the gateway quarantines as malformed_json)
+    example = next(line for line in out.splitlines() if "mosquitto_pub" in line)
+    argv = shlex.split(example)
+    assert json.loads(argv[argv.index("-m") + 1]) == {"state": "online"}
+    assert {"-r", "-V"} <= set(argv)
+    assert argv[argv.index("-q") + 1] == "1"
 
     assert run_from_args(_parse("revoke", VIN_A, *data)) == 0
     assert "revoked 1 certificate" in capsys.readouterr().out

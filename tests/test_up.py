@@ -91,6 +91,8 @@ def test_demo_is_closed_provisioned_and_works(up: Up, tmp_path: Path) -> None:
     )
     assert provisioned.status_code == 201, provisioned.text
     assert provisioned.json()["mqtt"]["password"] is None
+    # it is told the TLS listener, the only one it can log in to without a password
+    assert provisioned.json()["mqtt"]["url"] == f"mqtts://127.0.0.1:{up.tls_port}"
     issued = subprocess.run(
         [sys.executable, "-m", "gateway", "pki", "client", vin, "--data-dir", str(up.data)],
         capture_output=True,
@@ -140,6 +142,9 @@ def test_demo_is_closed_provisioned_and_works(up: Up, tmp_path: Path) -> None:
     for secret in never_printed:
         assert secret not in printed
     assert printed.count(match[1]) == 1
+    # TELEMATICS_ADMIN_PASSWORD was set and chose the first administrator's password: no
+    # process may say it was ignored (the API under `up` said so on the very first start)
+    assert "TELEMATICS_ADMIN_PASSWORD is ignored" not in printed
     for path in secrets_dir.iterdir():
         assert path.stat().st_mode & 0o077 == 0, path
 
@@ -157,6 +162,8 @@ def test_a_second_start_reuses_the_installation(
         wait_until(lambda: len(online(again, admin)) == 2, timeout=60, what="the vehicles")
         printed = again.text()
         assert "shown only this once" not in printed
+        # the variable is still set at this second start: said once, not once per process
+        assert printed.count("TELEMATICS_ADMIN_PASSWORD is ignored") == 1, printed
         audit = httpx.get(
             f"{again.api}/v1/audit",
             params={"action": "vehicle_provision", "limit": 100},

@@ -120,6 +120,20 @@ def test_an_external_broker_is_used_as_given() -> None:
         _plan("--mqtt-url", "mqtts://broker.example")
 
 
+def test_certificate_units_are_told_the_tls_listener() -> None:
+    """A unit provisioned with a client certificate has no password for the plain
+    listener: the API tells it the TLS one (an outside tester was told mqtt://...:1884)."""
+    assert "--unit-tls-broker-url" not in _argv(_plan(), "api")  # no TLS listener
+    api = _argv(_plan("--tls-port", "8883"), "api")
+    assert _value(api, "--unit-tls-broker-url") == "mqtts://127.0.0.1:8883"
+    api = _argv(_plan("--tls-port", "8883", "--unit-broker-url", "mqtt://gw.example:1884"), "api")
+    assert _value(api, "--unit-tls-broker-url") == "mqtts://gw.example:8883"
+    api = _argv(_plan("--tls-port", "8883", "--unit-tls-broker-url", "mqtts://tls.example"), "api")
+    assert _value(api, "--unit-tls-broker-url") == "mqtts://tls.example"
+    external = _plan("--mqtt-url", "mqtt://broker.example:1883", "--tls-port", "8883")
+    assert "--unit-tls-broker-url" not in _argv(external, "api")  # no private listener
+
+
 def test_bad_settings_fail_the_plan_before_anything_starts() -> None:
     with pytest.raises(ValueError, match="fast"):
         _plan("--login-limit", "fast")

@@ -108,6 +108,8 @@ class AuthSettings:
     open_registration: bool = True
     #: where units connect, told to each vehicle at provisioning (None: not told)
     broker_url: str | None = None
+    #: where units with a client certificate connect (None: ``broker_url``)
+    tls_broker_url: str | None = None
     #: the gateway's public command-signing key (PEM), handed out at provisioning
     signing_public_key_path: Path | None = None
     #: how long a web dashboard login (the session cookie) lasts

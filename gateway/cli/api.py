@@ -163,6 +163,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         first_admin_password=env.admin_password or None,
         open_registration=not args.no_registration,
         broker_url=args.unit_broker_url or args.mqtt_url,
+        tls_broker_url=args.unit_tls_broker_url,
         signing_public_key_path=signing_key.with_name(signing_key.name + ".pub"),
         cookie_secure=(
             not loopback(args.host) if args.cookie_secure is None else args.cookie_secure

@@ -313,11 +313,24 @@ def add_auth(p: argparse.ArgumentParser, env: Environment) -> None:
         help="refuse POST /v1/auth/register: only administrators and account managers "
         "create users (env TELEMATICS_NO_REGISTRATION=1)",
     )
+    _add_unit_broker_urls(p, env)
+
+
+def _add_unit_broker_urls(p: argparse.ArgumentParser, env: Environment) -> None:
+    """Where provisioning tells units to connect (``up`` and ``api``)."""
     p.add_argument(
         "--unit-broker-url",
         default=env.unit_broker_url,
         help="broker URL told to vehicles at provisioning, as they reach it (env "
         "TELEMATICS_UNIT_BROKER_URL; default: --mqtt-url)",
+    )
+    p.add_argument(
+        "--unit-tls-broker-url",
+        default=env.unit_tls_broker_url,
+        help="broker URL told instead to vehicles provisioned with a client certificate: "
+        "the TLS listener as they reach it, e.g. mqtts://broker.example:8883 (env "
+        "TELEMATICS_UNIT_TLS_BROKER_URL; default: under telematics up with --tls-port, "
+        "that listener on the host of --unit-broker-url or 127.0.0.1; else --unit-broker-url)",
     )
 
 

@@ -100,7 +100,7 @@ def _directory(args: argparse.Namespace) -> Path:
 
 
 def _listener_settings(pki: Pki) -> str:
-    lines = ["Mosquitto listener settings (BrokerConfig(tls=Pki(dir).tls_listener(port))):"]
+    lines = ["Mosquitto listener settings (telematics up --tls-port PORT writes them itself):"]
     render_tls(pki.tls_listener(), lambda _why, line: lines.append(f"    {line}"))
     return "\n".join(lines)
 
@@ -123,10 +123,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"    key         {key}")
         print(f"    CA          {pki.ca_cert_path}")
         print(
-            "the vehicle connects to the TLS listener with them; its username is its VIN, "
-            "so the broker needs its identity (ACL) as well, e.g.:\n"
-            f"    mosquitto_pub -p {DEFAULT_MQTTS_PORT} --cafile {pki.ca_cert_path} "
-            f"--cert {cert} --key {key} -t v1/vehicles/{args.vin}/status -m online"
+            "the vehicle connects to the TLS listener with them (the port of telematics up "
+            "--tls-port); its username is its VIN, so it must be provisioned as well "
+            "(credentials 'certificate'), e.g.:\n"
+            f"    mosquitto_pub -V mqttv5 -p {DEFAULT_MQTTS_PORT} --cafile {pki.ca_cert_path} "
+            f"--cert {cert} --key {key} -q 1 -r -t v1/vehicles/{args.vin}/status "
+            """-m '{"state": "online"}\'"""
         )
         print(_listener_settings(pki))
         return 0

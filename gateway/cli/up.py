@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import socket
 import subprocess
 import time
@@ -194,6 +195,10 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             password=env.admin_password or None,
             now=time.time_ns() // 1_000_000,
         )
+        # the administrator exists now: the children (the API checks for a first
+        # administrator too) must not see the variable, or the API would warn on the very
+        # first start that it was ignored; nor need they hold a password in their environment
+        os.environ.pop("TELEMATICS_ADMIN_PASSWORD", None)
         keeper = _broker_keeper(plan, accounts, IntegrationRepository(state_db))
         parts, demo_login = _parts(plan, keeper, accounts, audit)
         if demo_login is not None:

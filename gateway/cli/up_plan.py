@@ -19,7 +19,7 @@ from gateway.cli.sim import SIMULATOR_MODULE
 from gateway.core.ratelimit import parse_limit
 from gateway.errors import ConfigurationError, GatewayError
 from gateway.settings import Environment
-from schemas.broker_url import parse_broker_url
+from schemas.broker_url import BrokerAddress, parse_broker_url
 
 __all__ = [
     "BrokerMode",
@@ -171,6 +171,9 @@ def forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         api.append("--no-registration")
     if args.unit_broker_url is not None:
         api += ["--unit-broker-url", args.unit_broker_url]
+    unit_tls_url = _unit_tls_broker_url(args)
+    if unit_tls_url is not None:
+        api += ["--unit-tls-broker-url", unit_tls_url]
     gateway = [
         "--share-group",
         args.share_group,
@@ -193,6 +196,24 @@ def forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         api += ["--store", args.store]
         gateway += ["--store", args.store]
     return api, gateway
+
+
+def _unit_tls_broker_url(args: argparse.Namespace) -> str | None:
+    """The broker URL told to units provisioned with a client certificate: the one given,
+    else the private broker's TLS listener (``--tls-port``) on the host of
+    ``--unit-broker-url`` (127.0.0.1 without it); None when there is no such listener (the
+    API then tells them ``--unit-broker-url``)."""
+    if args.unit_tls_broker_url is not None:
+        return str(args.unit_tls_broker_url)
+    if args.tls_port is None or args.mqtt_url is not None or args.anonymous_broker:
+        return None
+    host = "127.0.0.1"
+    if args.unit_broker_url is not None:
+        try:
+            host = parse_broker_url(args.unit_broker_url).host
+        except ValueError as exc:
+            raise ConfigurationError(f"--unit-broker-url: {exc}") from None
+    return BrokerAddress(host, args.tls_port, tls=True).url
 
 
 def _broker_plan(args: argparse.Namespace, data_dir: Path, state_db_url: str) -> BrokerPlan:

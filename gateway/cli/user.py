@@ -28,7 +28,9 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: Environment) -> None:
-    parser = sub.add_parser("user", help="create and list users", description="Users and roles.")
+    parser = sub.add_parser(
+        "user", help="create and list users, set a password", description="Users and roles."
+    )
     parser.set_defaults(handler=run)
     actions = parser.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     add = actions.add_parser(

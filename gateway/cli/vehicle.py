@@ -74,7 +74,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "mqtt://host:1884 (default: the URL the file already has, else "
         "$TELEMATICS_UNIT_BROKER_URL, else $TELEMATICS_MQTT_URL, else the private broker "
         "telematics up runs for this data directory, mqtt://127.0.0.1:1884 unless it was "
-        "started with another --mqtt-port)",
+        "started with another --mqtt-port; with --certificate first "
+        "$TELEMATICS_UNIT_TLS_BROKER_URL, and that broker's TLS listener)",
     )
     add_admin_common(add, env)
     revoke = actions.add_parser(
@@ -159,7 +160,7 @@ def _add(
 
         broker_url = args.broker_url
         if broker_url is None and not _names_a_broker(args.credentials_file):
-            broker_url = default_unit_broker_url(args.data_dir, env)
+            broker_url = default_unit_broker_url(args.data_dir, env, tls=args.certificate)
         written = write_unit_credentials(
             args.credentials_file,
             created,
@@ -253,24 +254,30 @@ def _names_a_broker(path: Path) -> bool:
     return path.exists() and load_credentials(path).broker_url is not None
 
 
-def default_unit_broker_url(data_dir: Path, env: Environment) -> str:
+def default_unit_broker_url(data_dir: Path, env: Environment, *, tls: bool = False) -> str:
     """The broker URL written into a unit credentials file when ``--broker-url`` is not
     given: the one ``telematics up`` tells its vehicles. That is ``TELEMATICS_UNIT_BROKER_URL``,
     else ``TELEMATICS_MQTT_URL``, else the private broker ``telematics up`` last ran for
     ``data_dir`` (its port from the configuration it rendered there), else
-    ``mqtt://127.0.0.1:1884`` (``TELEMATICS_MQTT_PORT`` instead of 1884 if set)."""
+    ``mqtt://127.0.0.1:1884`` (``TELEMATICS_MQTT_PORT`` instead of 1884 if set). For units
+    with a client certificate (``tls``), first ``TELEMATICS_UNIT_TLS_BROKER_URL``, else that
+    broker's TLS listener (its second listener), since they cannot log in on the first."""
     from gateway.broker.mosquitto import CONFIG_FILE_NAME
     from gateway.supervisor import data_paths
 
-    for url in (env.unit_broker_url, env.mqtt_url):
+    urls: tuple[str | None, ...] = (env.unit_tls_broker_url,) if tls else ()
+    for url in (*urls, env.unit_broker_url, env.mqtt_url):
         if url:
             return url
     try:
         config = (data_paths(data_dir)[1] / CONFIG_FILE_NAME).read_text(encoding="utf-8")
     except OSError:
         config = ""
-    listener = _LISTENER_LINE.search(config)
-    if listener is not None:
-        port, host = listener.groups()
+    listeners = _LISTENER_LINE.findall(config)
+    if tls and len(listeners) > 1:
+        port, host = listeners[1]
+        return f"mqtts://{host}:{port}"
+    if listeners:
+        port, host = listeners[0]
         return f"mqtt://{host}:{port}"
     return f"mqtt://127.0.0.1:{env.mqtt_port or DEFAULT_PRIVATE_BROKER_PORT}"

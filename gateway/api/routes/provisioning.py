@@ -216,10 +216,14 @@ def provisioned(
             public_key = key_path.read_text(encoding="ascii")
         except OSError:
             public_key = None
+    registration = RegistrationOut.model_validate(vehicle)
+    settings = context.settings
+    # a certificate unit has no password for the plain listener: tell it the TLS one
+    url = settings.broker_url
+    if registration.credentials == "certificate" and settings.tls_broker_url is not None:
+        url = settings.tls_broker_url
     return ProvisionedOut(
-        **RegistrationOut.model_validate(vehicle).model_dump(),
-        mqtt=MqttCredentials(
-            url=context.settings.broker_url, username=vehicle.vin, password=password
-        ),
+        **registration.model_dump(),
+        mqtt=MqttCredentials(url=url, username=vehicle.vin, password=password),
         gateway_public_key=public_key,
     )
