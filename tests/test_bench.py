@@ -86,6 +86,8 @@ def test_reports_bench_times_every_report(backend: str) -> None:
     assert result.csv_rows == 5 * 3 + 5
     assert len(result.csv_ms) == len(result.json_ms) == len(result.utilization_csv_ms) == 2
     assert result.worst_csv_ms == max(result.csv_ms) > 0
+    assert len(result.csv_api_cpu_ms) == 2
+    assert min(result.csv_api_cpu_ms) >= 0
 
 
 @pytest.mark.slow
