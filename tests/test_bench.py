@@ -71,16 +71,23 @@ def test_fleet_bench_runs_both_phases_and_sees_alerts() -> None:
     assert result.worst["ratio"] == rep.ratio
 
 
-def test_reports_bench_times_every_report() -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_reports_bench_times_every_report(backend: str) -> None:
     """Tiny: 5 vehicles over 3 days; the CSV has a row per vehicle and day and a total per
-    vehicle (the range starts mid-day, before the first trip of the day)."""
+    vehicle (the range starts mid-day, before the first trip of the day). On PostgreSQL
+    the bench's database is vacuumed and analyzed after the load."""
     from gateway.bench.reports import run_reports_bench
 
-    result = run_reports_bench(vehicles=5, days=3, trips_per_day=2, reps=2, progress=False)
+    server = "postgresql://postgres@127.0.0.1:5432/postgres" if backend == "postgresql" else None
+    result = run_reports_bench(vehicles=5, days=3, trips_per_day=2, reps=2, progress=False,
+                               postgresql=server)  # fmt: skip
+    assert result.database == backend
     assert (result.trips, result.alerts) == (5 * 3 * 2, 5 * 3)
     assert result.csv_rows == 5 * 3 + 5
     assert len(result.csv_ms) == len(result.json_ms) == len(result.utilization_csv_ms) == 2
     assert result.worst_csv_ms == max(result.csv_ms) > 0
+    assert len(result.csv_api_cpu_ms) == 2
+    assert min(result.csv_api_cpu_ms) >= 0
 
 
 @pytest.mark.slow

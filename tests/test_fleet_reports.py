@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from gateway.api import ApiSettings
 from gateway.statedb import AccountRepository, StateDatabase
@@ -28,7 +29,8 @@ from gateway.statedb.fleet_log import (
     TripWrite,
     VinStep,
 )
-from gateway.statedb.models import FleetTripDayRow
+from gateway.statedb.fleets import FleetRepository
+from gateway.statedb.models import FleetAlertDayRow, FleetAlertRow, FleetTripDayRow
 from gateway.store import open_store
 from tests.support.api import admin_client
 
@@ -255,3 +257,139 @@ def test_the_report_reads_the_same_as_summing_the_trips_directly(world: World) -
     )
     assert via_report == direct
     assert via_report
+
+
+# --- the daily rollup of alerts (migration 0015, decision 0030) ----------------------------
+
+
+def _alert_rollup(w: World) -> list[tuple[Any, ...]]:
+    """The rollup's rows: (account, vin, tenure, day, driver or -1, alerts, idle ms)."""
+    r = FleetAlertDayRow
+    with w.db.read() as session:
+        rows = session.execute(
+            select(r.account_id, r.vin, r.tenure, r.day, r.driver_id, r.alerts, r.idle_ms)
+        )
+        return sorted((a, v, t, d, -1 if i is None else i, n, idle)
+                      for a, v, t, d, i, n, idle in rows)  # fmt: skip
+
+
+def _alert_sums(w: World) -> list[tuple[Any, ...]]:
+    """The same summed here from every stored alert: one per alert, its idle time its
+    duration if it is an ended idling alert."""
+    a = FleetAlertRow
+    days: dict[tuple[Any, ...], list[int]] = {}
+    with w.db.read() as session:
+        for row in session.scalars(select(a)):
+            key = (row.account_id, row.vin, row.tenure, row.start_at // DAY_MS,
+                   -1 if row.driver_id is None else row.driver_id)  # fmt: skip
+            s = days.setdefault(key, [0, 0])
+            s[0] += 1
+            if row.kind == "idling" and row.end_at is not None:
+                s[1] += row.end_at - row.start_at
+    return sorted((*k, n, idle) for k, (n, idle) in days.items())
+
+
+def _opened(kind: str, key: str, at: int, end: int | None = None) -> AlertWrite:
+    return AlertWrite("opened", kind, key, "warning", at, end, {})
+
+
+def _closed(kind: str, key: str, at: int, end: int) -> AlertWrite:
+    return AlertWrite("closed", kind, key, "warning", at, end, {})
+
+
+def test_the_alert_rollup_follows_alerts_that_end_later_arrive_late_or_have_a_driver(
+    world: World,
+) -> None:
+    w = world
+    assert _alert_rollup(w) == _alert_sums(w) != []
+    driver = FleetRepository(w.db).create_driver(account_id=w.org, name="Ada", user_id=None,
+                                                 now=1)  # fmt: skip
+    FleetRepository(w.db).assign(driver.id, VINS[1], start_at=(D0 + 4) * DAY_MS, end_at=None)
+    idle_at = (D0 + 4) * DAY_MS + 3_600_000
+    step = VinStep(VINS[1], 1, w.org, {}, {}, alerts=[_opened("idling", "idling", idle_at)])
+    w.commit([step], 1)  # open: counted, no idle time yet
+    assert _alert_rollup(w) == _alert_sums(w)
+    day = (w.org, VINS[1], 1, D0 + 4, driver.id)
+    assert [r[5:] for r in _alert_rollup(w) if r[:5] == day] == [(1, 0)]
+    ended = [_closed("idling", "idling", idle_at, idle_at + 1_500_000)]
+    w.commit([VinStep(VINS[1], 1, w.org, {}, {}, alerts=ended)], 2)  # ends in a later pass
+    assert [r[5:] for r in _alert_rollup(w) if r[:5] == day] == [(1, 1_500_000)]
+    late = (D0 + 1) * DAY_MS + 7_200_000  # a day whose row exists already
+    w.commit([VinStep(VINS[0], 1, w.org, {}, {}, alerts=[
+        _opened("idling", "idling", late, late + 90_000),  # an instant: ended as it opens
+        _opened("overspeed", "overspeed", late + 100_000),
+        _closed("overspeed", "overspeed", late + 100_000, late + 160_000),  # same pass
+        _opened("harsh_braking", "harsh_braking", (D0 - 3) * DAY_MS),  # before all others
+    ])], 3)  # fmt: skip
+    assert _alert_rollup(w) == _alert_sums(w)
+    # a recompute of trips leaves the alerts' rollup as it was, the trips' follows its trips
+    before = _alert_rollup(w)
+    cut = (D0 + 2) * DAY_MS
+    new = [_trip(cut + 3_600_000, random.Random(3))]
+    w.trips[VINS[0]] = [t for t in w.trips[VINS[0]] if t.start_at < cut] + new
+    w.commit([VinStep(VINS[0], 1, w.org, {}, {}, trips=new, replace_from=cut)], 4)
+    assert _alert_rollup(w) == before == _alert_sums(w)
+    assert _rollup(w) == _sums(w.trips)
+    # the driver's report: the alert and its idle time, from the rollup (a whole-day range)
+    whole = {"start": D0 * DAY_MS, "end": (D0 + 6) * DAY_MS, "account_id": w.org}
+    body = w.api.get("/v1/reports/drivers", params={**whole, "driver_id": driver.id}).json()
+    assert [(t["key"], t["alerts"], t["idle_ms"]) for t in body["totals"]] == [
+        (str(driver.id), 1, 1_500_000)
+    ]
+
+
+def test_the_reports_alerts_are_the_sum_of_their_alerts_over_many_passes(world: World) -> None:
+    """Random passes of alerts opened, updated, ended (in the same or a later pass, or as
+    instants) on random days, late ones included: the rollup is the sum of the alerts, and
+    a report over whole and partial days counts every alert and its idle time."""
+    w, rng = world, random.Random(11)
+    open_alerts: dict[str, tuple[str, str, int]] = {}  # key: (vin, kind, start)
+    for n in range(12):
+        steps = {vin: VinStep(vin, 1, w.org, {}, {}) for vin in VINS}
+        for k in range(rng.randint(1, 8)):
+            vin = rng.choice(VINS)
+            at = (D0 + rng.randint(0, 6)) * DAY_MS + rng.randint(0, DAY_MS - 1)
+            kind, key = rng.choice(["idling", "overspeed"]), f"k{n}-{k}"
+            if rng.random() < 0.3:
+                steps[vin].alerts.append(_opened(kind, key, at, at + rng.randint(0, 10**6)))
+            else:
+                steps[vin].alerts.append(_opened(kind, key, at))
+                open_alerts[key] = (vin, kind, at)
+        for key, (vin, kind, at) in list(open_alerts.items()):
+            if rng.random() < 0.4:  # ended in this pass (maybe the one that opened it)
+                end = at + rng.randint(0, 2 * 10**6)
+                steps[vin].alerts.append(_closed(kind, key, at, end))
+                del open_alerts[key]
+            elif rng.random() < 0.3:
+                steps[vin].alerts.append(AlertWrite("updated", kind, key, "critical", at,
+                                                    None, {"n": n}))  # fmt: skip
+        w.commit([s for s in steps.values() if s.alerts], n + 1)
+        assert _alert_rollup(w) == _alert_sums(w), n
+    with w.db.read() as session:
+        alerts = list(
+            session.scalars(select(FleetAlertRow).where(FleetAlertRow.account_id == w.org))
+        )
+    for window in (_window(), {"start": D0 * DAY_MS, "end": (D0 + 7) * DAY_MS}):
+        body = w.api.get("/v1/reports/vehicles", params={**window, "account_id": w.org}).json()
+        totals = {t["key"]: (t["alerts"], t["idle_ms"]) for t in body["totals"]}
+        for vin in VINS:
+            mine = [a for a in alerts
+                    if a.vin == vin and window["start"] <= a.start_at < window["end"]]  # fmt: skip
+            idle = sum(a.end_at - a.start_at for a in mine
+                       if a.kind == "idling" and a.end_at is not None)  # fmt: skip
+            assert totals[vin] == (len(mine), idle), (vin, window)
+            # one vehicle's report (its (vin, tenure) as an IN list): the same total
+            one = w.api.get("/v1/reports/vehicles", params={**window, "vin": vin}).json()
+            assert [(t["alerts"], t["idle_ms"]) for t in one["totals"]] == [totals[vin]]
+
+
+def test_migration_0015_rolls_up_the_alerts_stored_before_it(world: World) -> None:
+    from alembic import command
+
+    from gateway.statedb.database import alembic_config
+
+    kept = _alert_rollup(world)
+    with world.db.engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0014_service_partners")
+    world.db.upgrade()
+    assert _alert_rollup(world) == kept == _alert_sums(world) != []

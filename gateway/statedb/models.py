@@ -56,6 +56,7 @@ __all__ = [
     "DriverAssignmentRow",
     "DriverRow",
     "EventRow",
+    "FleetAlertDayRow",
     "FleetAlertRow",
     "FleetPartitionRow",
     "FleetRow",
@@ -600,6 +601,34 @@ class FleetTripDayRow(Base):
     max_speed_kmh: Mapped[float | None] = mapped_column(Float)
     energy_used_pct: Mapped[float | None] = mapped_column(Float)
     fuel_used_pct: Mapped[float | None] = mapped_column(Float)
+
+
+class FleetAlertDayRow(Base):
+    """The daily rollup of ``fleet_alerts`` for reports: per vehicle's holding period, UTC
+    day (days since the epoch, of the alert's start) and driver, the alerts' count and idle
+    time (the duration of the ended ``idling`` alerts). Kept by the rules worker in the
+    transaction that stores or changes alerts (migration 0015, decision 0030), so a report
+    reads whole days from a covering index instead of every alert's row."""
+
+    __tablename__ = "fleet_alert_days"
+    __table_args__ = (
+        # covering: a report reads the rollup from the index alone
+        Index(
+            "ix_fleet_alert_days_account_id_day",
+            *("account_id", "day", "vin", "tenure", "driver_id", "alerts", "idle_ms"),
+        ),
+        Index("ix_fleet_alert_days_vin_tenure_day", "vin", "tenure", "day"),
+        Index("ix_fleet_alert_days_driver_id_day", "driver_id", "day"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    vin: Mapped[str] = mapped_column(String(17))
+    tenure: Mapped[int] = mapped_column(Integer)
+    day: Mapped[int] = mapped_column(Integer)
+    driver_id: Mapped[int | None] = mapped_column(BigInteger)
+    alerts: Mapped[int] = mapped_column(Integer)
+    idle_ms: Mapped[int] = mapped_column(BigInteger)
 
 
 class FleetTripRow(Base):

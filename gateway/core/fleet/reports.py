@@ -287,25 +287,36 @@ def report_cells(days: Iterable[DaySums]) -> Iterator[list[Any]]:
     """What :func:`report_from_sums` gives, as lists of a :class:`ReportLine`'s values, one
     at a time: the rows as they come, then the totals by key. ``days`` must come sorted by
     key (as text) and day, as the database's ``ORDER BY`` gives them: a CSV is then written
-    while the database answers, without a list of lines or a sort (decision 0024)."""
-    totals: dict[str, list[Any]] = {}
+    while the database answers, without a list of lines or a sort (decision 0024). Counts
+    and durations must be ints (or None), sums floats (or None), as the database gives
+    them. A key's total is summed in local variables while its rows go by (decision 0030),
+    in the order of ``_Sum.add``, so the float sums are the same to the bit."""
+    totals: list[list[Any]] = []
+    k = None
+    n = drive = idle_sum = alerts_sum = 0
+    dist = energy_sum = fuel_sum = 0.0
+    best: float | None = None
     for key, day, trips, driving, distance, top, energy, fuel, alerts, idle in days:
-        k = str(key)
-        row = [k, _date(int(day)), int(trips), float(distance or 0.0), int(driving or 0),
-               int(idle or 0), float(energy or 0.0), float(fuel or 0.0), top,
-               int(alerts)]  # fmt: skip
-        yield row
-        total = totals.get(k)
-        if total is None:
-            totals[k] = [k, None, *row[2:]]
-        else:  # the order of _Sum.add, so that the float sums are the same to the bit
-            total[2] += row[2]
-            total[3] += row[3]
-            total[4] += row[4]
-            total[5] += row[5]
-            total[6] += row[6]
-            total[7] += row[7]
-            total[8] = _max(total[8], top)
-            total[9] += row[9]
-    for k in sorted(totals):
-        yield totals[k]
+        key = key if key.__class__ is str else str(key)
+        distance, driving, idle = distance or 0.0, driving or 0, idle or 0
+        energy, fuel = energy or 0.0, fuel or 0.0
+        yield [key, _date(day), trips, distance, driving, idle, energy, fuel, top, alerts]
+        if key != k:
+            if k is not None:
+                totals.append([k, None, n, dist, drive, idle_sum, energy_sum, fuel_sum, best,
+                               alerts_sum])  # fmt: skip
+            k, n, dist, drive, idle_sum = key, trips, distance, driving, idle
+            energy_sum, fuel_sum, best, alerts_sum = energy, fuel, top, alerts
+        else:
+            n += trips
+            dist += distance
+            drive += driving
+            idle_sum += idle
+            energy_sum += energy
+            fuel_sum += fuel
+            if top is not None and (best is None or top > best):
+                best = top  # as _max: the first of equal ones stays
+            alerts_sum += alerts
+    if k is not None:
+        totals.append([k, None, n, dist, drive, idle_sum, energy_sum, fuel_sum, best, alerts_sum])
+    yield from totals
