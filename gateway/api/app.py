@@ -241,9 +241,9 @@ def _fleet(app: FastAPI, settings: ApiSettings, state_db: StateDatabase) -> Work
     app.state.fleet_log = log = FleetLog(state_db)
     if settings.fleet_worker is None:
         return None
-    db_path = settings.db_path
+    store = settings.store
     worker = RulesWorker(
-        log, fleets, lambda: open_store(db_path, readonly=True), settings.fleet_worker
+        log, fleets, lambda: open_store(store, readonly=True), settings.fleet_worker
     )
     thread = WorkerThread(worker, busy=app.state.activity.recent)
     thread.start()
