@@ -66,6 +66,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     from gateway.files import private_directory
     from gateway.fleet.process import FleetWorkerOptions, run_fleet_worker
     from gateway.fleet.worker import WorkerSettings
+    from gateway.notify.wake import WAKE_DIR_NAME
     from gateway.statedb.database import default_url as default_state_db_url
     from gateway.store import resolve_store
 
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             store=resolve_store(args.store, args.data_dir),
             worker=WorkerSettings(lease_ms=int(args.lease_seconds * 1000)),
             maintenance=not args.no_maintenance,
+            wake_dir=args.data_dir / WAKE_DIR_NAME,
         )
     )
     return 0

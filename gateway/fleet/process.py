@@ -8,7 +8,8 @@ after the lease. Several such processes share the partitions evenly (``take_part
 each may run at a lower CPU priority than the API (``--nice``) so that a person's request
 is served first on a busy machine. What it stores (alerts, trips, their events and webhook
 deliveries) reaches the API's streams and webhooks through the state database's event log,
-which every API process polls (decision 0029).
+which every API process polls; after each commit it wakes the API processes of its data
+directory so they read it at once (``gateway.notify.wake``; decision 0029).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from gateway.fleet.maintenance import CheckResult, MaintenanceThread, check_maintenance
 from gateway.fleet.worker import RulesWorker, WorkerSettings, WorkerThread
+from gateway.notify.wake import wake_all
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.database import StateDatabase
 from gateway.statedb.fleet_log import FleetLog
@@ -43,6 +45,8 @@ class FleetWorkerOptions:
     #: run the maintenance check too (every rules process does by default; it records each
     #: due item once whichever process finds it)
     maintenance: bool = True
+    #: the API processes' wake-up sockets (``gateway.notify.wake``; None: they poll)
+    wake_dir: Path | None = None
 
 
 def run_fleet_worker(options: FleetWorkerOptions, stop: threading.Event | None = None) -> None:
@@ -59,6 +63,13 @@ def run_fleet_worker(options: FleetWorkerOptions, stop: threading.Event | None =
             options.worker,
         )
         thread = WorkerThread(worker, busy=lambda: False)
+        wake_dir = options.wake_dir
+        if wake_dir is not None:  # its alerts on the API's streams now, not at their poll
+
+            def wake() -> None:
+                wake_all(wake_dir)
+
+            thread.on_commit = wake
         maintenance = _maintenance(state_db, store) if options.maintenance else None
         thread.start()
         log.info(
