@@ -116,6 +116,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "credentials and ACL (development only; vehicles are then not checked)",
     )
     up.add_argument("--vehicles", type=int, default=5, help="number of demo vehicles (default: 5)")
+    _add_fleet_worker(up, env)
+    # the API's and the gateways' settings, handed on to them
+    add_auth(up, env)
+    add_signing_key(up, env)
+    add_offline_after(up, env)
+    add_fleet_quotas(up, env)
+    add_retention(up, env)
+    add_mqtt_auth(up, env)
+    add_ingest(up, env, client_id=False)
+
+
+def _add_fleet_worker(up: argparse.ArgumentParser, env: Environment) -> None:
     up.add_argument(
         "--fleet-workers",
         type=int,
@@ -134,14 +146,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         help="lower the fleet workers' CPU priority by this much (0-19, as nice(1)) "
         "(env TELEMATICS_FLEET_NICE; default: 5)",
     )
-    # the API's and the gateways' settings, handed on to them
-    add_auth(up, env)
-    add_signing_key(up, env)
-    add_offline_after(up, env)
-    add_fleet_quotas(up, env)
-    add_retention(up, env)
-    add_mqtt_auth(up, env)
-    add_ingest(up, env, client_id=False)
 
 
 # --- ports ---------------------------------------------------------------------------------

@@ -228,6 +228,17 @@ def _broker_plan(args: argparse.Namespace, data_dir: Path, state_db_url: str) ->
     )
 
 
+def _fleet_workers(args: argparse.Namespace, common: tuple[str, ...]) -> list[ChildPlan]:
+    """The fleet-worker processes (decision 0029), with the settings they share with the
+    API (``common``: data directory, log level, state database) and the store."""
+    store_args = ("--store", args.store) if getattr(args, "store", None) else ()
+    argv = ("fleet-worker", *common, "--nice", str(args.fleet_nice), *store_args)
+    return [
+        ChildPlan(f"fleet-worker-{i}", python_module("gateway", *argv))
+        for i in range(1, args.fleet_workers + 1)
+    ]
+
+
 def plan_up(args: argparse.Namespace, env: Environment, *, data_dir: Path) -> UpPlan:
     """The plan of ``telematics up`` with ``args`` (its parsed command line); ``data_dir``
     is ``--data-dir`` made absolute. No IO: invalid settings raise here, before anything
@@ -274,21 +285,7 @@ def plan_up(args: argparse.Namespace, env: Environment, *, data_dir: Path) -> Up
     if args.fleet_workers > 0:  # the rules in processes of their own (decision 0029)
         api = (*api, "--no-fleet-worker")
     children.append(ChildPlan("api", api))
-    store_args = ("--store", args.store) if getattr(args, "store", None) else ()
-    children += [
-        ChildPlan(
-            f"fleet-worker-{i}",
-            python_module(
-                "gateway",
-                "fleet-worker",
-                *common,
-                *("--nice", str(args.fleet_nice)),
-                *state_args,
-                *store_args,
-            ),
-        )
-        for i in range(1, args.fleet_workers + 1)
-    ]
+    children += _fleet_workers(args, (*common, *state_args))
     demo = None
     if args.demo:
         credentials = data_dir / "secrets" / "demo-units.json" if broker.closed else None
