@@ -301,7 +301,7 @@ def _stack(data: Path, broker_port: int, mqtt_url: str, *, rules: bool) -> Itera
                         headers.update(_login(url, password))
                     return bool(headers)
 
-                _wait(up, "the API", timeout=60)
+                _wait(up, "the API", timeout=180)  # a loaded machine starts it slowly
                 worker_pid = processes.enter_context(_process(worker)).pid if rules else 0
                 yield _Stack(
                     broker_port,

@@ -63,6 +63,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
+    if args.lease_seconds < 1:
+        raise ConfigurationError("--lease-seconds: give 1 or more")
+    if args.nice:
+        # before any thread starts (every thread inherits it) and before the heavy imports
+        # below: started with the API by `telematics up`, it must not slow the API's start
+        os.nice(args.nice)
     from gateway.files import private_directory
     from gateway.fleet.process import FleetWorkerOptions, run_fleet_worker
     from gateway.fleet.worker import WorkerSettings
@@ -70,10 +76,6 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     from gateway.statedb.database import default_url as default_state_db_url
     from gateway.store import resolve_store
 
-    if args.lease_seconds < 1:
-        raise ConfigurationError("--lease-seconds: give 1 or more")
-    if args.nice:
-        os.nice(args.nice)  # before any thread starts: every thread inherits it
     private_directory(args.data_dir)
     run_fleet_worker(
         FleetWorkerOptions(
