@@ -159,6 +159,14 @@ class Environment(BaseSettings):
     #: benchmarks; unset: no trace
     trace_file: Path | None = None
 
+    # --- the fleet rules worker (telematics fleet-worker; decision 0029)
+    #: how much lower than the API's its CPU priority is (os.nice), like the gateway's
+    fleet_nice: int = Field(default=DEFAULT_GATEWAY_NICE, ge=0, le=19)
+    #: how long a partition's lease lasts: a dead worker's partitions wait this long
+    fleet_lease_seconds: float = Field(default=15.0, gt=0)
+    #: fleet-worker processes ``telematics up`` runs (0: the rules run in the API process)
+    fleet_workers: int = Field(default=1, ge=0)
+
     # --- operator commands (telematics user add / set-password)
     user_password: str | None = Field(default=None, repr=False)
 

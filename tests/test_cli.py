@@ -69,8 +69,8 @@ def configuration_rows() -> list[tuple[list[str], list[str]]]:
             continue
         cells = [c.strip() for c in line.strip("|").split("|")]
         names = re.findall(r"`(TELEMATICS_\w+|_\w+)`", cells[0])
-        named = re.match(r"^((?:`telematics \w+`(?:, )?)+):", cells[2])
-        commands = re.findall(r"`telematics (\w+)`", named[1]) if named else ["up"]
+        named = re.match(r"^((?:`telematics [\w-]+`(?:, )?)+):", cells[2])
+        commands = re.findall(r"`telematics ([\w-]+)`", named[1]) if named else ["up"]
         rows.append((names, commands))
     return rows
 
@@ -108,6 +108,7 @@ def test_the_table_is_read_as_written() -> None:
     ]
     assert rows[("TELEMATICS_CLIENT_ID",)] == ["gateway"]
     assert rows[("TELEMATICS_DATA_DIR",)] == ["up"]
+    assert rows[("TELEMATICS_FLEET_NICE",)] == ["up", "fleet-worker"]
     assert len(rows) >= 15
 
 

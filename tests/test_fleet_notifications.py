@@ -14,6 +14,9 @@ trip, scoped to the account that held the vehicle.
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -192,15 +195,27 @@ class Org:
         return self.api.request(method, url, headers=self.headers, **kw)
 
 
-@pytest.fixture
-def live(mosquitto: MosquittoProcess, tmp_path: Path) -> Iterator[tuple[TestClient, Org, Org]]:
+@pytest.fixture(params=["thread", "process"])
+def live(
+    mosquitto: MosquittoProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[TestClient, Org, Org]]:
+    """The API with the rules as its thread, or beside a ``telematics fleet-worker``
+    process as ``telematics up`` runs it (decision 0029: the alerts then reach the stream
+    and the webhooks from another process)."""
     data = tmp_path / "data"
     data.mkdir()
     gateway = GatewayProcess(mosquitto, data, "gateway-notify")
     worker = WorkerSettings(partitions=4, settle_ms=500, tick_ms=300, poll_s=0.05)
     notify = NotifySettings(webhook_allow_private_targets=True, webhook_poll_s=0.05)
-    settings = ApiSettings(db_path=data / "telemetry.db", fleet_worker=worker, notify=notify)
-    with admin_client(settings) as api:
+    in_api = worker if request.param == "thread" else None
+    settings = ApiSettings(db_path=data / "telemetry.db", fleet_worker=in_api, notify=notify)
+    with contextlib.ExitStack() as stack:
+        api = stack.enter_context(admin_client(settings))
+        if request.param == "process":
+            argv = [sys.executable, "-m", "gateway", "fleet-worker", "--data-dir", str(data)]
+            process = subprocess.Popen([*argv, "--nice", "0", "--log-level", "WARNING"])
+            stack.callback(process.wait, 30)
+            stack.callback(process.terminate)
         admin = {"Authorization": api.headers.pop("Authorization")}
         a, b = Org(api, admin, "a"), Org(api, admin, "b")
         for org, vin in ((a, VAN), (b, TRUCK)):

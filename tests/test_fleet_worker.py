@@ -287,6 +287,41 @@ def test_a_dead_workers_partitions_are_taken_over_and_a_stale_step_is_refused(
     store.close()
 
 
+def test_workers_share_the_partitions_evenly_and_the_last_one_takes_them_all(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """A worker that starts beside a running one gets half of the partitions within two
+    renewals (decision 0029: the running one gives back its surplus, the new one takes
+    it); a third makes it thirds (rounded up); when the others die, the survivor takes
+    every partition once their leases expired."""
+    db, path = world
+    now = [T0]
+    workers = [worker(db, path, lambda: now[0], partitions=16, lease_ms=3_000) for _ in range(3)]
+
+    def held(ws: list[RulesWorker]) -> list[int]:
+        return [len(w._leases(now[0])) for w in ws]
+
+    first, second, third = workers
+    assert held([first]) == [16]
+    assert held([second]) == [0]  # nothing free: the first one holds every lease
+    now[0] += 1_000  # a third of the lease: both renew
+    assert held([first, second]) == [8, 8]
+    assert sorted(FleetLog(db).workers(now=now[0])) == sorted(
+        [first.settings.owner, second.settings.owner]
+    )
+    assert held([third]) == [0]
+    now[0] += 1_000
+    assert sorted(held(workers)) == [4, 6, 6]
+    now[0] += 1_000
+    assert sorted(held(workers)) == [4, 6, 6]
+    survivor = workers[1]
+    now[0] += 3_001  # the others died without giving anything back
+    assert len(survivor._leases(now[0])) == 16
+    assert FleetLog(db).workers(now=now[0]) == [survivor.settings.owner]
+    survivor.stop()
+    assert FleetLog(db).workers(now=now[0]) == []
+
+
 def test_a_worker_that_takes_its_partitions_back_reads_the_states_again(
     world: tuple[StateDatabase, Path],
 ) -> None:

@@ -107,7 +107,7 @@ def test_upgrade_creates_the_tables_and_a_second_upgrade_is_a_no_op(state_db_url
     with StateDatabase(state_db_url) as db:
         assert db.current_revision() is None
         db.upgrade()
-        assert db.current_revision() == StateDatabase.head_revision() == "0015_fleet_alert_days"
+        assert db.current_revision() == StateDatabase.head_revision() == "0016_fleet_workers"
         inspector = inspect(db.engine)
         assert {"commands", "command_transitions", "alembic_version"} <= set(
             inspector.get_table_names()
@@ -124,7 +124,7 @@ def test_upgrade_creates_the_tables_and_a_second_upgrade_is_a_no_op(state_db_url
 
         db.upgrade()
 
-        assert db.current_revision() == "0015_fleet_alert_days"
+        assert db.current_revision() == "0016_fleet_workers"
         assert CommandRepository(db).get(record.id) == record
 
 
@@ -149,7 +149,7 @@ def test_concurrent_upgrades_of_a_fresh_database_all_succeed(state_db_url: str) 
 
     try:
         with ThreadPoolExecutor(len(databases)) as pool:
-            assert list(pool.map(start, databases)) == ["0015_fleet_alert_days"] * len(databases)
+            assert list(pool.map(start, databases)) == ["0016_fleet_workers"] * len(databases)
     finally:
         for database in databases:
             database.dispose()
@@ -187,7 +187,7 @@ def test_the_migration_downgrades_and_upgrades_again(db: StateDatabase) -> None:
     assert db.current_revision() is None
     assert "commands" not in inspect(db.engine).get_table_names()
     db.upgrade()
-    assert db.current_revision() == "0015_fleet_alert_days"
+    assert db.current_revision() == "0016_fleet_workers"
     assert create(CommandRepository(db)).status is CommandStatus.QUEUED
 
 

@@ -139,7 +139,7 @@ def triggers(db: StateDatabase) -> set[str]:
 
 
 def test_upgrade_creates_the_tables_the_triggers_and_the_broker_state(db: StateDatabase) -> None:
-    assert db.current_revision() == StateDatabase.head_revision() == "0015_fleet_alert_days"
+    assert db.current_revision() == StateDatabase.head_revision() == "0016_fleet_workers"
     assert set(inspect(db.engine).get_table_names()) >= NEW_TABLES | {"commands"}
     expected = {"audit_log_no_update", "audit_log_no_delete"}
     if db.backend == "postgresql":
@@ -409,62 +409,6 @@ def test_provisioning_in_bulk_is_all_or_nothing(
         )
     assert repo.get_vehicle(VIN3) is None  # not half done
     assert repo.broker_version() == version
-
-
-def test_provisioning_in_bulk_records_what_one_by_one_does(
-    db: StateDatabase, repo: AccountRepository, org: AccountRecord
-) -> None:
-    """The bulk path (decision 0031) leaves the rows the one-by-one path leaves: vehicle,
-    holding period, lifecycle event and broker version per VIN, also for a revoked VIN
-    provisioned again among new ones; a VIN twice in the list is refused."""
-    from gateway.statedb.lifecycle import LifecycleRepository
-
-    repo.provision_vehicle(
-        vin=VIN, account_id=org.id, label=None, mqtt_password_hash="$7$a", provisioned_by=None,
-        now=NOW,
-    )  # fmt: skip
-    repo.revoke_vehicle(VIN, now=NOW + 1)
-    version = repo.broker_version()
-    made = repo.provision_vehicles(
-        [VIN2, VIN, VIN3],
-        account_id=org.id,
-        label="bulk",
-        mqtt_password_hash="$7$b",
-        provisioned_by=None,
-        now=NOW + 2,
-    )
-    assert [(v.vin, v.tenure, v.label, v.provisioned_at) for v in made] == [
-        (VIN2, 1, "bulk", NOW + 2),
-        (VIN, 2, "bulk", NOW + 2),
-        (VIN3, 1, "bulk", NOW + 2),
-    ]
-    assert made == [repo.get_vehicle(v) for v in (VIN2, VIN, VIN3)]
-    assert repo.broker_version() == version + 3
-    assert [(t.number, t.started_at, t.ended_at) for t in repo.tenures(VIN)] == [
-        (1, NOW, NOW + 1),
-        (2, NOW + 2, None),
-    ]
-    assert [(t.number, t.started_at) for t in repo.tenures(VIN3)] == [(1, NOW + 2)]
-    history = LifecycleRepository(db)
-    for vin, tenure in [(VIN2, 1), (VIN3, 1), (VIN, 2)]:
-        last = history.history(vin)[-1]
-        assert (last.event, last.to_state, last.tenure, last.at) == (
-            "provision",
-            "active",
-            tenure,
-            NOW + 2,
-        )
-        assert last.detail is None
-    with pytest.raises(VehicleAlreadyProvisioned, match="WVWZZZ1JZXW000004"):
-        repo.provision_vehicles(
-            ["WVWZZZ1JZXW000004", "WVWZZZ1JZXW000004"],
-            account_id=org.id,
-            label=None,
-            mqtt_password_hash=None,
-            provisioned_by=None,
-            now=NOW + 3,
-        )
-    assert repo.get_vehicle("WVWZZZ1JZXW000004") is None
 
 
 def test_concurrent_provisioning_of_a_new_vin_makes_one_vehicle(

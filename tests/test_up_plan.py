@@ -11,7 +11,7 @@ import pytest
 
 from gateway.cli import build_parser
 from gateway.cli.up_plan import BrokerMode, UpPlan, banner, plan_up
-from gateway.errors import GatewayError
+from gateway.errors import ConfigurationError, GatewayError
 from gateway.settings import Environment
 
 DATA = Path("/srv/telematics")
@@ -32,7 +32,7 @@ def _value(argv: tuple[str, ...], flag: str) -> str:
     return argv[argv.index(flag) + 1]
 
 
-def test_the_default_is_a_closed_private_broker_one_gateway_and_the_api(
+def test_the_default_is_a_closed_private_broker_one_gateway_the_api_and_a_fleet_worker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name in ("TELEMATICS_MQTT_URL", "TELEMATICS_STATE_DB_URL", "TELEMATICS_MQTT_USERNAME"):
@@ -41,7 +41,7 @@ def test_the_default_is_a_closed_private_broker_one_gateway_and_the_api(
     assert plan.broker.mode is BrokerMode.CLOSED
     assert plan.broker.url == "mqtt://127.0.0.1:2884"
     assert plan.broker.directory == DATA / "broker"
-    assert [c.name for c in plan.children] == ["gateway-1", "api"]
+    assert [c.name for c in plan.children] == ["gateway-1", "api", "fleet-worker-1"]
     gateway = _argv(plan, "gateway-1")
     assert gateway[:4] == (sys.executable, "-m", "gateway", "gateway")
     assert _value(gateway, "--mqtt-url") == "mqtt://127.0.0.1:2884"
@@ -55,6 +55,12 @@ def test_the_default_is_a_closed_private_broker_one_gateway_and_the_api(
     assert _value(api, "--port") == "9080"
     assert _value(api, "--signing-key") == str(DATA / "command-signing-key.pem")
     assert "--state-db-url" not in api  # the API finds the default state database itself
+    assert "--no-fleet-worker" in api  # the rules run in their own process (decision 0029)
+    worker = _argv(plan, "fleet-worker-1")
+    assert worker[:4] == (sys.executable, "-m", "gateway", "fleet-worker")
+    assert _value(worker, "--data-dir") == str(DATA)
+    assert _value(worker, "--nice") == "5"
+    assert "--state-db-url" not in worker
     assert plan.listeners == (
         ("the API", "127.0.0.1", 9080, "--api-port PORT (env TELEMATICS_API_PORT)"),
         ("the private broker", "127.0.0.1", 2884, "--mqtt-port PORT (env TELEMATICS_MQTT_PORT)"),
@@ -64,11 +70,25 @@ def test_the_default_is_a_closed_private_broker_one_gateway_and_the_api(
 
 def test_gateways_get_their_own_client_ids_and_the_primed_group() -> None:
     plan = _plan("--gateways", "3", "--share-group", "g2")
-    assert [c.name for c in plan.children] == ["gateway-1", "gateway-2", "gateway-3", "api"]
+    assert [c.name for c in plan.children][:4] == ["gateway-1", "gateway-2", "gateway-3", "api"]
     assert plan.gateway_client_ids == tuple(f"telematics-gateway-{i}" for i in (1, 2, 3))
     assert plan.share_group == "g2"
     for i in (1, 2, 3):
         assert _value(_argv(plan, f"gateway-{i}"), "--share-group") == "g2"
+
+
+def test_fleet_workers_are_processes_or_the_apis_thread() -> None:
+    plan = _plan("--fleet-workers", "2", "--fleet-nice", "7", "--state-db-url", "sqlite:///x.db")
+    names = [c.name for c in plan.children]
+    assert names == ["gateway-1", "api", "fleet-worker-1", "fleet-worker-2"]
+    for name in names[2:]:
+        assert _value(_argv(plan, name), "--nice") == "7"
+        assert _value(_argv(plan, name), "--state-db-url") == "sqlite:///x.db"
+    one_process = _plan("--fleet-workers", "0")
+    assert [c.name for c in one_process.children] == ["gateway-1", "api"]
+    assert "--no-fleet-worker" not in _argv(one_process, "api")
+    with pytest.raises(ConfigurationError, match="--fleet-workers"):
+        _plan("--fleet-workers", "-1")
 
 
 def test_the_demo_runs_the_simulator_by_module_name_with_unit_credentials() -> None:

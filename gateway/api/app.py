@@ -40,6 +40,7 @@ from gateway.fleet.maintenance import CheckResult, MaintenanceThread, check_main
 from gateway.fleet.worker import RulesWorker, WorkerThread
 from gateway.notify import EventBus, WebhookWorker
 from gateway.notify.mqtt import AlertFanout
+from gateway.notify.wake import WAKE_DIR_NAME, WakeListener
 from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.audit import AuditLog
 from gateway.statedb.commands import CommandRepository
@@ -154,13 +155,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     fleet_worker = _fleet(app, settings, state_db)
     _trace_threads(trace, service, fleet_worker)
     bus, webhook_worker = await _notifications(app, settings, state_db)
-    if fleet_worker is not None:  # its alerts on the stream at once, not at the bus's poll
-        loop = asyncio.get_running_loop()
-
-        def poke() -> None:
-            loop.call_soon_threadsafe(bus.poke)
-
-        fleet_worker.on_commit = poke
+    wake = await _wake_ups(settings, bus, webhook_worker, fleet_worker)
     app.state.positions = positions = PositionFeed(
         lambda: open_store(settings.store, readonly=True),
         poll_s=settings.web.position_poll_s,
@@ -179,6 +174,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if fanout is not None:
             await fanout.stop()
         await positions.stop()
+        wake.stop()
         await webhook_worker.stop()
         await bus.stop()
         if jobs is not None:
@@ -203,6 +199,32 @@ async def _notifications(
     app.state.webhook_worker = worker = WebhookWorker(app.state.webhooks, settings.notify)
     await worker.start()
     return bus, worker
+
+
+async def _wake_ups(
+    settings: ApiSettings,
+    bus: EventBus,
+    webhooks: WebhookWorker,
+    fleet_worker: WorkerThread | None,
+) -> WakeListener:
+    """New events go to the streams and webhooks when stored, not at their next poll: the
+    rules thread of this process pokes them after each commit, the fleet-worker processes
+    of the data directory through the wake-up socket (decision 0029)."""
+
+    def woken() -> None:
+        bus.poke()
+        webhooks.poke()
+
+    if fleet_worker is not None:
+        loop = asyncio.get_running_loop()
+
+        def from_thread() -> None:
+            loop.call_soon_threadsafe(woken)
+
+        fleet_worker.on_commit = from_thread
+    wake = WakeListener(settings.db_path.parent / WAKE_DIR_NAME, woken)
+    await wake.start()
+    return wake
 
 
 def _trace_threads(
@@ -241,9 +263,9 @@ def _fleet(app: FastAPI, settings: ApiSettings, state_db: StateDatabase) -> Work
     app.state.fleet_log = log = FleetLog(state_db)
     if settings.fleet_worker is None:
         return None
-    db_path = settings.db_path
+    store = settings.store
     worker = RulesWorker(
-        log, fleets, lambda: open_store(db_path, readonly=True), settings.fleet_worker
+        log, fleets, lambda: open_store(store, readonly=True), settings.fleet_worker
     )
     thread = WorkerThread(worker, busy=app.state.activity.recent)
     thread.start()

@@ -1,10 +1,11 @@
 """``telematics bench commands``: how long from the API call to ``succeeded``.
 
 Runs the product as deployed (a private Mosquitto, ``telematics gateway``, ``telematics api``
-with its command service, and ``python -m device_sim`` with 100 simulated units, each its
-own MQTT connection), sends commands over HTTP to the 100 online vehicles, and reads
-the time each command reached ``succeeded`` from the transitions the command service
-recorded (same machine, same clock), so measuring adds no polling load to the API.
+with its command service, ``telematics fleet-worker`` as ``telematics up`` runs them, and
+``python -m device_sim`` with 100 simulated units, each its own MQTT connection), sends
+commands over HTTP to the 100 online vehicles, and reads the time each command reached
+``succeeded`` from the transitions the command service recorded (same machine, same clock),
+so measuring adds no polling load to the API.
 
 Phases: ingest idle, then ingest at each of ``--loads`` (50 % and 80 %) of its maximum rate
 (measured first in the same run by :mod:`device_sim.loadgen` publishing as fast as the
@@ -106,8 +107,9 @@ class PhaseFigures:
     #: the API process's event loop (the command service's too): oversleep of a 50 ms sleep
     loop_lag: Spread
     cpu: CpuFigures
-    #: the API process's CPU time per command (all its threads: the fleet rules worker
-    #: too): a figure a busy machine disturbs less than a latency
+    #: the API process's CPU time per command (all its threads; the fleet rules worker is a
+    #: process of its own since decision 0029): a figure a busy machine disturbs less than a
+    #: latency
     api_cpu_ms_per_command: float
     #: the command writer's grouped transactions during the phase: how many, writes per
     #: transaction, the wait for the write lock and the transaction after it
@@ -561,22 +563,26 @@ def _installation(workdir: Path, vehicles: int) -> Iterator[_Run]:
         with (
             _process(_gateway_argv("gateway", data, url)) as gateway,
             _process(
-                [*_gateway_argv("api", data, url), *_api_options(api_port)], env=api_env
+                [*_gateway_argv("api", data, url), *_api_options(api_port), "--no-fleet-worker"],
+                env=api_env,
             ) as ap,
             _process(_fleet_argv(url, vehicles)) as fleet,
+            # the rules in their own niced process, as telematics up runs them (decision 0029)
+            _process(_gateway_argv("fleet-worker", data, url)[:-2]) as rules,
         ):
             _say(True, f"  waiting for {vehicles} simulated units to come online")
             headers, vins = _wait_online(api, admin_password, fleet, vehicles)
             assert b.pid is not None
             pids: dict[str, int | tuple[int, int]] = {"broker": b.pid, "gateway": gateway.pid}
             pids |= {"api": ap.pid, "units": fleet.pid, "bench": os.getpid()}
+            pids |= {"fleet-worker": rules.pid}
             pids |= _api_threads(ap.pid, trace)
             yield _Run(api, data, trace, b.port, vins, headers, pids)
 
 
 def _api_threads(api_pid: int, trace: Path) -> dict[str, tuple[int, int]]:
-    """The API's event loop (its main thread), command writer and fleet rules threads, as
-    the trace names them."""
+    """The API's event loop (its main thread) and command writer threads (and the fleet
+    rules thread when it runs in the API), as the trace names them."""
     time.sleep(1.0)  # the trace is written every half second
     threads = {"api.loop": (api_pid, api_pid)}
     for _, stage, _, detail in read_trace(trace):

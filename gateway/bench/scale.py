@@ -1,9 +1,9 @@
 """``telematics bench fleet-scale``: the whole product with a realistic fleet, stepped up.
 
 Runs ``telematics up`` (a closed private Mosquitto with per-VIN credentials and the
-Dynamic Security plugin, the gateway, the API with its command service and rules worker,
-supervised) on a fresh data directory, then for each step N of ``--steps`` (1k, 5k, 10k,
-20k, 50k, 100k by default) until a limit breaks:
+Dynamic Security plugin, the gateway, the API with its command service, the fleet rules
+worker process, supervised) on a fresh data directory, then for each step N of
+``--steps`` (1k, 5k, 10k, 20k, 50k, 100k by default) until a limit breaks:
 
 1. **provisions** the step's new vehicles in the state database in one transaction
    (``AccountRepository.provision_vehicles``; one organization; every vehicle gets a broker
@@ -260,14 +260,19 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def _up_parts(up_pid: int) -> dict[str, int]:
-    """The installation's processes by name: broker, gateway-N, api."""
+    """The installation's processes by name: broker, gateway-N, api, fleet-worker (the
+    rules, decision 0029; numbered when there are several)."""
     parts = {}
+    workers = 0
     for pid in _children(up_pid):
         argv = _cmdline(pid)
         if argv and Path(argv[0]).name == "mosquitto":
             parts["broker"] = pid
         elif "api" in argv[3:4]:
             parts["api"] = pid
+        elif "fleet-worker" in argv[3:4]:
+            workers += 1
+            parts["fleet-worker" if workers == 1 else f"fleet-worker-{workers}"] = pid
         elif "gateway" in argv[3:4]:
             cid = argv[argv.index("--client-id") + 1] if "--client-id" in argv else "gateway"
             parts[cid.replace("telematics-", "")] = pid

@@ -6,6 +6,8 @@ every flag's default, and hands both to the command's handler.
                              its plan in ``up_plan``)
 ``telematics gateway``       one ingest process (run several to scale out) (``gateway``)
 ``telematics api``           the HTTP API (``api``)
+``telematics fleet-worker``  the fleet rules and trips worker (run several to share the
+                             work) (``fleet_worker``)
 ``telematics sim``           the device simulator (speaks only the public device contract)
 ``telematics vehicle|user|account``  operator commands on the state database (``vehicle``,
                              ``user``, ``account``; what they share in ``admin``)
@@ -25,7 +27,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import package_version
-from gateway.cli import account, api, bench, pki, sim, up, user, vehicle
+from gateway.cli import account, api, bench, fleet_worker, pki, sim, up, user, vehicle
 from gateway.cli import gateway as gateway_command
 from gateway.cli.options import ensure_signing_key, setup_logging
 from gateway.cli.up import check_up_ports
@@ -35,7 +37,7 @@ from gateway.settings import Environment, read_environment
 __all__ = ["build_parser", "check_up_ports", "ensure_signing_key", "main"]
 
 #: in the order ``telematics --help`` lists them
-_COMMANDS = (up, gateway_command, api, vehicle, user, account, pki, sim, bench)
+_COMMANDS = (up, gateway_command, api, fleet_worker, vehicle, user, account, pki, sim, bench)
 
 
 def build_parser(env: Environment | None = None) -> argparse.ArgumentParser:

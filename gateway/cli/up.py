@@ -1,4 +1,5 @@
-"""``telematics up [--demo]``: broker + gateways + API (+ simulated fleet), supervised.
+"""``telematics up [--demo]``: broker + gateways + API + fleet workers (+ simulated fleet),
+supervised.
 
 The command line becomes a plan (:func:`gateway.cli.up_plan.plan_up`, no IO); :func:`run`
 carries it out: the ports, the data directory, the signing key, the state database's
@@ -116,6 +117,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "credentials and ACL (development only; vehicles are then not checked)",
     )
     up.add_argument("--vehicles", type=int, default=5, help="number of demo vehicles (default: 5)")
+    _add_fleet_worker(up, env)
     # the API's and the gateways' settings, handed on to them
     add_auth(up, env)
     add_signing_key(up, env)
@@ -124,6 +126,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     add_retention(up, env)
     add_mqtt_auth(up, env)
     add_ingest(up, env, client_id=False)
+
+
+def _add_fleet_worker(up: argparse.ArgumentParser, env: Environment) -> None:
+    up.add_argument(
+        "--fleet-workers",
+        type=int,
+        default=env.fleet_workers,
+        metavar="N",
+        help="fleet rules and trips worker processes (telematics fleet-worker), sharing the "
+        "vehicles between them; 0 runs the worker as a thread of the API process instead, "
+        "for the fewest processes (env TELEMATICS_FLEET_WORKERS; default: 1)",
+    )
+    up.add_argument(
+        "--fleet-nice",
+        type=int,
+        choices=range(20),
+        metavar="N",
+        default=env.fleet_nice,
+        help="lower the fleet workers' CPU priority by this much (0-19, as nice(1)) "
+        "(env TELEMATICS_FLEET_NICE; default: 5)",
+    )
 
 
 # --- ports ---------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ class UpPlan:
     api_url: str
     listeners: tuple[Listener, ...]
     broker: BrokerPlan
-    #: the gateways, then the API, then (with --demo) the simulator
+    #: the gateways, the API, the fleet workers, then (with --demo) the simulator
     children: tuple[ChildPlan, ...]
     demo: DemoPlan | None
     #: the MQTT sessions the closed broker opens for the services at every start
@@ -249,6 +249,17 @@ def _broker_plan(args: argparse.Namespace, data_dir: Path, state_db_url: str) ->
     )
 
 
+def _fleet_workers(args: argparse.Namespace, common: tuple[str, ...]) -> list[ChildPlan]:
+    """The fleet-worker processes (decision 0029), with the settings they share with the
+    API (``common``: data directory, log level, state database) and the store."""
+    store_args = ("--store", args.store) if getattr(args, "store", None) else ()
+    argv = ("fleet-worker", *common, "--nice", str(args.fleet_nice), *store_args)
+    return [
+        ChildPlan(f"fleet-worker-{i}", python_module("gateway", *argv))
+        for i in range(1, args.fleet_workers + 1)
+    ]
+
+
 def plan_up(args: argparse.Namespace, env: Environment, *, data_dir: Path) -> UpPlan:
     """The plan of ``telematics up`` with ``args`` (its parsed command line); ``data_dir``
     is ``--data-dir`` made absolute. No IO: invalid settings raise here, before anything
@@ -256,6 +267,8 @@ def plan_up(args: argparse.Namespace, env: Environment, *, data_dir: Path) -> Up
     from gateway.statedb.database import default_url as default_state_db_url
 
     api_args, gateway_args = forwarded(args)
+    if args.fleet_workers < 0:
+        raise ConfigurationError("--fleet-workers: give 0 (the rules in the API) or more")
     state_db_url = args.state_db_url or default_state_db_url(data_dir)
     signing_key = Path(args.signing_key or data_dir / "command-signing-key.pem").absolute()
     broker = _broker_plan(args, data_dir, state_db_url)
@@ -290,7 +303,10 @@ def plan_up(args: argparse.Namespace, env: Environment, *, data_dir: Path) -> Up
         *broker.service_args,
         *state_args,
     )
+    if args.fleet_workers > 0:  # the rules in processes of their own (decision 0029)
+        api = (*api, "--no-fleet-worker")
     children.append(ChildPlan("api", api))
+    children += _fleet_workers(args, (*common, *state_args))
     demo = None
     if args.demo:
         credentials = data_dir / "secrets" / "demo-units.json" if broker.closed else None

@@ -55,6 +55,7 @@ from gateway.statedb.models import (
     FleetTripRow,
     FleetVehicleRow,
     FleetVinStateRow,
+    FleetWorkerRow,
     VehicleTenureRow,
 )
 
@@ -474,22 +475,54 @@ class FleetLog:
     def take_partitions(
         self, owner: str, count: int, *, now: int, ttl_ms: int
     ) -> dict[int, tuple[int, int]]:
-        """Renew ``owner``'s leases and take every free or expired one of the ``count``
-        partitions; returns the partitions held, each with its (sample, event) cursor."""
+        """Renew ``owner``'s leases and take its share of the ``count`` partitions; returns
+        the partitions held, each with its (sample, event) cursor.
+
+        ``owner`` announces itself (``fleet_workers``, alive as long as a lease); with W
+        workers alive, each holds at most ceil(count / W) partitions: it gives back what it
+        holds beyond that (the highest first) and takes free or expired ones up to it. So a
+        worker that starts beside a running one gets about half within two renewals (the
+        running one gives, then it takes), and a dead worker's partitions are taken over
+        once its leases expire (decision 0029)."""
         with self._db.write(background=True) as session:
-            known = set(session.scalars(select(FleetPartitionRow.partition)))
-            for p in range(count):
-                if p not in known:
-                    session.add(
-                        FleetPartitionRow(
-                            partition=p, owner=None, lease_until=0, sample_cursor=0, event_cursor=0
-                        )
+            self._ensure_partitions(session, count)
+            share = self._announce(session, owner, count, until=now + ttl_ms, now=now)
+            mine = sorted(
+                session.scalars(
+                    select(FleetPartitionRow.partition).where(
+                        FleetPartitionRow.owner == owner, FleetPartitionRow.partition < count
                     )
-            session.flush()
+                )
+            )
+            keep, surplus = mine[:share], mine[share:]
+            if surplus:
+                session.execute(
+                    update(FleetPartitionRow)
+                    .where(
+                        FleetPartitionRow.owner == owner,
+                        FleetPartitionRow.partition.in_(surplus),
+                    )
+                    .values(owner=None, lease_until=0)
+                )
+            free = list(
+                session.scalars(
+                    select(FleetPartitionRow.partition)
+                    .where(
+                        FleetPartitionRow.partition < count,
+                        or_(
+                            FleetPartitionRow.owner.is_(None),
+                            FleetPartitionRow.lease_until < now,
+                        ),
+                        FleetPartitionRow.partition.not_in(mine),
+                    )
+                    .order_by(FleetPartitionRow.partition)
+                    .limit(max(share - len(keep), 0))
+                )
+            )
             session.execute(
                 update(FleetPartitionRow)
                 .where(
-                    FleetPartitionRow.partition < count,
+                    FleetPartitionRow.partition.in_([*keep, *free]),
                     or_(
                         FleetPartitionRow.owner == owner,
                         FleetPartitionRow.owner.is_(None),
@@ -499,9 +532,48 @@ class FleetLog:
                 .values(owner=owner, lease_until=now + ttl_ms)
             )
             rows = session.scalars(
-                select(FleetPartitionRow).where(FleetPartitionRow.owner == owner)
+                select(FleetPartitionRow).where(
+                    FleetPartitionRow.owner == owner, FleetPartitionRow.partition < count
+                )
             )
             return {r.partition: (r.sample_cursor, r.event_cursor) for r in rows}
+
+    @staticmethod
+    def _ensure_partitions(session: Session, count: int) -> None:
+        known = set(session.scalars(select(FleetPartitionRow.partition)))
+        for p in range(count):
+            if p not in known:
+                session.add(
+                    FleetPartitionRow(
+                        partition=p, owner=None, lease_until=0, sample_cursor=0, event_cursor=0
+                    )
+                )
+        session.flush()
+
+    @staticmethod
+    def _announce(session: Session, owner: str, count: int, *, until: int, now: int) -> int:
+        """Record ``owner`` alive until ``until``, forget the workers that are not; the
+        share of the ``count`` partitions each of the living may hold."""
+        session.execute(delete(FleetWorkerRow).where(FleetWorkerRow.alive_until < now))
+        row = session.get(FleetWorkerRow, owner)
+        if row is None:
+            session.add(FleetWorkerRow(owner=owner, alive_until=until))
+        else:
+            row.alive_until = until
+        session.flush()
+        alive = session.scalar(select(func.count()).select_from(FleetWorkerRow)) or 1
+        return -(-count // alive)
+
+    def workers(self, *, now: int) -> list[str]:
+        """The workers alive at ``now`` (announced by :meth:`take_partitions`)."""
+        with self._db.read() as session:
+            return list(
+                session.scalars(
+                    select(FleetWorkerRow.owner)
+                    .where(FleetWorkerRow.alive_until >= now)
+                    .order_by(FleetWorkerRow.owner)
+                )
+            )
 
     def release_partitions(self, owner: str) -> None:
         with self._db.write(background=True) as session:
@@ -510,6 +582,7 @@ class FleetLog:
                 .where(FleetPartitionRow.owner == owner)
                 .values(owner=None, lease_until=0)
             )
+            session.execute(delete(FleetWorkerRow).where(FleetWorkerRow.owner == owner))
 
     def vin_states(
         self, keys: Iterable[tuple[str, int]]

@@ -65,6 +65,7 @@ __all__ = [
     "FleetTripRow",
     "FleetVehicleRow",
     "FleetVinStateRow",
+    "FleetWorkerRow",
     "GeofenceRow",
     "LoginThrottleRow",
     "MaintenanceNoticeRow",
@@ -689,6 +690,16 @@ class FleetPartitionRow(Base):
     lease_until: Mapped[int] = mapped_column(BigInteger)
     sample_cursor: Mapped[int] = mapped_column(BigInteger)
     event_cursor: Mapped[int] = mapped_column(BigInteger)
+
+
+class FleetWorkerRow(Base):
+    """A running rules worker (migration 0016): it renews ``alive_until`` with its leases,
+    so every worker knows how many share the partitions and takes only its fair share."""
+
+    __tablename__ = "fleet_workers"
+
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    alive_until: Mapped[int] = mapped_column(BigInteger)
 
 
 # --- bulk commands and notifications (migration 0006) ---------------------------------------

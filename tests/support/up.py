@@ -80,7 +80,15 @@ def start(tmp_path: Path, run: int, ports: tuple[int, int, int]) -> Up:
         except httpx.HTTPError:
             return False
 
-    wait_until(api_answers, timeout=60, what="the API of telematics up")
+    try:
+        wait_until(api_answers, timeout=60, what="the API of telematics up")
+    except BaseException:  # a failed start must not leave the installation running
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
     return up
 
 

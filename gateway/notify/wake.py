@@ -1,0 +1,101 @@
+"""Waking the API processes of this machine when another process stored events.
+
+The event log is the one channel between processes (``gateway.notify.bus``): every API
+process polls it every ``event_poll_s`` (100 ms), so an alert stored by a fleet-worker
+process (decision 0029) reached the streams up to 100 ms later than one stored by a rules
+thread inside the API, which pokes its bus directly. This closes that gap without polling
+faster: each API process listens on a Unix datagram socket in the data directory's
+``wake/`` (``api-PID.sock``); a process that committed events sends one empty datagram to
+every socket there (:func:`wake_all`), and the listener pokes the bus and the webhook
+worker. A datagram is a hint, not a message: a lost one (a full buffer, a process between
+its start and its bind) costs at most the next poll, which goes on as before. Installations
+whose processes do not share a data directory (other machines, a shared PostgreSQL state
+database) rely on the poll alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["WAKE_DIR_NAME", "WakeListener", "wake_all"]
+
+log = logging.getLogger(__name__)
+
+#: the directory of the listeners' sockets, inside the data directory
+WAKE_DIR_NAME = "wake"
+#: the longest path a Unix socket address takes (Linux: 108 bytes with the final NUL)
+_MAX_PATH = 107
+
+
+class _Poke(asyncio.DatagramProtocol):
+    def __init__(self, poke: Callable[[], None]) -> None:
+        self._poke = poke
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self._poke()
+
+
+class WakeListener:
+    """Calls ``poke`` on the event loop whenever a datagram arrives on this process's
+    socket in ``directory``. :meth:`start` (False: no socket, the poll alone serves),
+    :meth:`stop` (removes the socket)."""
+
+    def __init__(self, directory: Path, poke: Callable[[], None]) -> None:
+        self.path = directory / f"api-{os.getpid()}.sock"
+        self._poke = poke
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> bool:
+        path = str(self.path)
+        if len(os.fsencode(path)) > _MAX_PATH:
+            log.info("no wake-up socket (%s is too long a path): events are polled", path)
+            return False
+        try:
+            self.path.parent.mkdir(mode=0o700, exist_ok=True)
+            self.path.unlink(missing_ok=True)  # a process of the same id that died
+            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: _Poke(self._poke), local_addr=path, family=socket.AF_UNIX
+            )
+        except OSError as exc:
+            log.info("no wake-up socket at %s (%s): events are polled", path, exc)
+            return False
+        self._transport = transport
+        return True
+
+    def stop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+            self.path.unlink(missing_ok=True)
+
+
+def wake_all(directory: Path) -> int:
+    """Send a wake-up to every listener in ``directory``; how many took it. Never blocks
+    and never raises: a listener that is gone (its socket refuses) has its file removed."""
+    try:
+        paths = list(directory.glob("*.sock"))
+    except OSError:
+        return 0
+    if not paths:
+        return 0
+    woken = 0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        for path in paths:
+            try:
+                sock.sendto(b"!", str(path))
+                woken += 1
+            except BlockingIOError:  # its buffer is full: it has wake-ups waiting already
+                woken += 1
+            except (ConnectionRefusedError, FileNotFoundError):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            except OSError:
+                pass
+    return woken
