@@ -199,9 +199,16 @@ def client_address(request: Request) -> str | None:
     return request.client.host if request.client is not None else None
 
 
-def auth_context(request: Request) -> AuthContext:
+def context_of(request: Request) -> AuthContext:
     context: AuthContext = request.app.state.auth
     return context
+
+
+async def auth_context(request: Request) -> AuthContext:
+    """A coroutine, like every dependency that only hands out what the app holds: FastAPI
+    runs a plain function dependency on the thread pool, a hop to another thread and back
+    for each request, which costs more than the function (decision 0035)."""
+    return context_of(request)
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -267,7 +274,7 @@ async def current_principal(
     A coroutine on purpose: its database reads (a user by primary key, an API key by
     prefix) take a fraction of a millisecond, less than handing them to the thread pool
     and back, which measured as 5 ms more at the median per command under load."""
-    context = auth_context(request)
+    context = context_of(request)
     credential = _credential_of(request, context, bearer, api_key)
     return authenticate(context, credential)
 
@@ -297,7 +304,7 @@ async def caller_credential(
 ) -> str:
     """The credential the caller sent (token, API key or session), for a long-lived
     response (a live stream) to check again later with :func:`still_authenticated`."""
-    return _credential_of(request, auth_context(request), bearer, api_key)
+    return _credential_of(request, context_of(request), bearer, api_key)
 
 
 def still_authenticated(context: AuthContext, credential: str, principal: Principal) -> bool:
