@@ -53,11 +53,13 @@ of a vehicle) raise :class:`NotFound`.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import EllipsisType
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import Any, Final, Literal, ParamSpec, TypeVar, cast
 
 from sqlalchemy import CursorResult, Result, Select, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -113,12 +115,46 @@ __all__ = [
     "VehicleAlreadyProvisioned",
     "VehicleRecord",
     "VehicleRevoked",
+    "authentication_changes",
     "end_tenure",
     "normalize_email",
     "start_tenure",
 ]
 
 logger = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+# how many changes this process has committed that can end or change a caller's
+# authentication: a user's role, account, token version or disabling, an API key or a
+# dashboard session revoked or deleted. A cache of what authentication reads
+# (gateway.api.authcache) drops what it read before the last one (decision 0035).
+_auth_changes = 0
+_auth_changes_lock = threading.Lock()
+
+
+def authentication_changes() -> int:
+    """The number of authentication changes this process has committed so far."""
+    return _auth_changes
+
+
+def _changes_authentication(method: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Counts a change of authentication once ``method`` has returned or raised, that is
+    after its transaction has ended: a read that began before the commit is then older
+    than the count it was taken under, never newer."""
+
+    @functools.wraps(method)
+    def counted(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        global _auth_changes
+        try:
+            return method(*args, **kwargs)
+        finally:
+            with _auth_changes_lock:
+                _auth_changes += 1
+
+    return counted
+
 
 _Row = TypeVar("_Row")
 _Rec = TypeVar("_Rec")
@@ -594,6 +630,7 @@ class AccountRepository:
         with self._db.read() as session:
             return [UserRecord.from_row(row) for row in session.scalars(query)]
 
+    @_changes_authentication
     def update_user(
         self,
         user_id: int,
@@ -632,6 +669,7 @@ class AccountRepository:
         with self._db.read() as session:
             return session.scalar(query) or 0
 
+    @_changes_authentication
     def end_user_sessions(self, user_id: int, *, now: int) -> SessionsEnded:
         """End everything the user is logged in with, in one transaction: raise their token
         version (every access token issued so far is refused from the next request on),
@@ -1351,6 +1389,7 @@ class AccountRepository:
             rows = session.scalars(query.where(ApiKeyRow.user_id == user_id))
             return [ApiKeyRecord.from_row(row) for row in rows]
 
+    @_changes_authentication
     def revoke_api_key(self, key_id: int, *, now: int) -> ApiKeyRecord | None:
         """Revoke the key (None if unknown; an already revoked one comes back unchanged)."""
         with self._db.write() as session:
@@ -1378,6 +1417,7 @@ class AccountRepository:
 
     # --- web dashboard sessions --------------------------------------------------------------
 
+    @_changes_authentication
     def create_web_session(
         self, user_id: int, token_hash: str, *, now: int, expires_at: int, keep: int
     ) -> int:
@@ -1411,21 +1451,22 @@ class AccountRepository:
             session.flush()
             return row.id
 
-    def web_session_user(self, token_hash: str, *, now: int) -> UserRecord | None:
-        """The user of a live dashboard session (not revoked, not expired), in one query;
-        None for an unknown, ended or expired one (the caller checks the user is enabled)."""
+    def web_session(self, token_hash: str) -> tuple[UserRecord, int] | None:
+        """The user of a dashboard session that has not been revoked, and when it expires
+        (the caller compares it with its clock), in one query; None for an unknown or
+        revoked one (the caller checks the user is enabled)."""
         with self._db.read() as session:
-            row = session.scalar(
-                select(UserRow)
+            found = session.execute(
+                select(UserRow, WebSessionRow.expires_at)
                 .join(WebSessionRow, WebSessionRow.user_id == UserRow.id)
-                .where(
-                    WebSessionRow.token_hash == token_hash,
-                    WebSessionRow.revoked_at.is_(None),
-                    WebSessionRow.expires_at > now,
-                )
-            )
-            return None if row is None else UserRecord.from_row(row)
+                .where(WebSessionRow.token_hash == token_hash, WebSessionRow.revoked_at.is_(None))
+            ).first()
+            if found is None:
+                return None
+            user, expires_at = found
+            return UserRecord.from_row(user), int(expires_at)
 
+    @_changes_authentication
     def revoke_web_session(self, token_hash: str, *, now: int) -> bool:
         """End a dashboard session (logging out): False if it was unknown or already ended."""
         with self._db.write() as session:
