@@ -151,6 +151,8 @@ class Environment(BaseSettings):
     cookie_secure: bool | None = None
     #: live streams (Server-Sent Events) one user may have open at once, per API process
     max_streams_per_user: int = 16
+    #: seconds the API uses again what authentication read (gateway.api.authcache)
+    auth_cache_s: float = 1.0
     fleet_quotas: str = ""
     # the web dashboard's map tiles (None: a plain background with the demo's Munich roads)
     web_tile_url: str | None = None

@@ -5,6 +5,12 @@ Every dependency reads what it hands out from ``request.app.state`` (set up by
 :func:`gateway.api.app.create_app` and its lifespan), never from a closure, so the routes
 are module-level functions in module-level routers (``gateway.api.routes``), FastAPI's
 "bigger applications" layout (docs/decisions/0013-architecture-step.md).
+
+A dependency that only hands out what the app holds is a coroutine (``async def``): FastAPI
+runs a plain function dependency on its thread pool, a hop to another thread and back for
+each dependency of each request, which cost more than the function itself (decision 0035).
+Its plain twin (``settings_of``, ``service_of``) is for callers outside FastAPI's
+dependency injection.
 """
 
 from __future__ import annotations
@@ -57,14 +63,20 @@ __all__ = [
     "caller_audit",
     "command_service",
     "open_reader",
+    "service_of",
+    "settings_of",
     "valid_vin",
     "vin_or_422",
 ]
 
 
-def api_settings(request: Request) -> ApiSettings:
+def settings_of(request: Request) -> ApiSettings:
     settings: ApiSettings = request.app.state.settings
     return settings
+
+
+async def api_settings(request: Request) -> ApiSettings:
+    return settings_of(request)
 
 
 Settings = Annotated[ApiSettings, Depends(api_settings)]
@@ -84,7 +96,7 @@ def open_reader(request: Request) -> Iterator[TelemetryReader]:
     lock, so the API never delays ingest. A database that cannot be opened raises
     :class:`~gateway.errors.StoreError`, answered with 503 (``gateway.api.errors``).
     """
-    reader = open_store(api_settings(request).store, readonly=True)
+    reader = open_store(settings_of(request).store, readonly=True)
     try:
         yield reader
     finally:
@@ -112,7 +124,7 @@ def vin_or_422(vin: str, loc: list[str | int]) -> str:
         ) from None
 
 
-def valid_vin(
+async def valid_vin(
     vin: Annotated[
         str,
         PathParam(description="Vehicle Identification Number (ISO 3779), 17 characters."),
@@ -131,7 +143,7 @@ Vin = Annotated[str, Depends(valid_vin)]
 # --- remote commands -----------------------------------------------------------------------
 
 
-def command_service(request: Request) -> CommandService:
+def service_of(request: Request) -> CommandService:
     """The app's command service; 503 ``commands_unavailable`` when this API process runs
     without a broker (the routes stay in the OpenAPI document either way)."""
     service: CommandService | None = getattr(request.app.state, "commands", None)
@@ -145,18 +157,22 @@ def command_service(request: Request) -> CommandService:
     return service
 
 
+async def command_service(request: Request) -> CommandService:
+    return service_of(request)
+
+
 Service = Annotated[CommandService, Depends(command_service)]
 
 
 # --- fleet management ----------------------------------------------------------------------
 
 
-def fleet_repository(request: Request) -> FleetRepository:
+async def fleet_repository(request: Request) -> FleetRepository:
     repo: FleetRepository = request.app.state.fleets
     return repo
 
 
-def fleet_log(request: Request) -> FleetLog:
+async def fleet_log(request: Request) -> FleetLog:
     log: FleetLog = request.app.state.fleet_log
     return log
 
@@ -165,9 +181,9 @@ Fleets = Annotated[FleetRepository, Depends(fleet_repository)]
 FleetLogDep = Annotated[FleetLog, Depends(fleet_log)]
 
 
-def job_service(request: Request) -> JobService:
+async def job_service(request: Request) -> JobService:
     """The app's bulk-command service; 503 like :func:`command_service` without one."""
-    command_service(request)
+    service_of(request)
     jobs: JobService = request.app.state.jobs
     return jobs
 
@@ -178,7 +194,7 @@ Jobs = Annotated[JobService, Depends(job_service)]
 # --- notifications -------------------------------------------------------------------------
 
 
-def event_bus(request: Request) -> EventBus:
+async def event_bus(request: Request) -> EventBus:
     bus: EventBus = request.app.state.events
     return bus
 
@@ -186,7 +202,7 @@ def event_bus(request: Request) -> EventBus:
 Bus = Annotated[EventBus, Depends(event_bus)]
 
 
-def integrations(request: Request) -> IntegrationRepository:
+async def integrations(request: Request) -> IntegrationRepository:
     repo: IntegrationRepository = request.app.state.integrations
     return repo
 
@@ -201,7 +217,7 @@ class WebhookAccess:
         self.repo, self.worker = repo, worker
 
 
-def webhooks(request: Request) -> WebhookAccess:
+async def webhooks(request: Request) -> WebhookAccess:
     return WebhookAccess(request.app.state.webhooks, request.app.state.webhook_worker)
 
 
@@ -211,14 +227,14 @@ Webhooks = Annotated[WebhookAccess, Depends(webhooks)]
 # --- the audit trail -----------------------------------------------------------------------
 
 
-def audit_trail(
+async def audit_trail(
     request: Request, context: Annotated[AuthContext, Depends(auth_context)]
 ) -> AuditTrail:
     """The trail of a request that may be anonymous (logging in, registering)."""
     return AuditTrail(context, request)
 
 
-def caller_audit(
+async def caller_audit(
     request: Request,
     context: Annotated[AuthContext, Depends(auth_context)],
     principal: Annotated[Principal, Depends(current_principal)],

@@ -5,10 +5,12 @@ needs a caller. A caller proves who they are with ``Authorization: Bearer <crede
 where the credential is an access token from ``POST /v1/auth/token`` or an API key
 (``tgk_...``); ``X-API-Key: tgk_...`` works too, for tools that cannot set a bearer header.
 
-The user is loaded from the state database on every request (one primary-key read), so
-disabling a user or changing their role takes effect at once rather than when their token
-expires, and an access token issued before the user's password last changed (its token
-version is older than the user's) is refused.
+The user is loaded from the state database (one primary-key read, kept for at most a
+second by :class:`~gateway.api.authcache.AuthReads`, and dropped at once when this process
+changes authentication), so disabling a user or changing their role takes effect on the
+next request (within a second when another process made the change) rather than when
+their token expires, and an access token issued before the user's password last changed
+(its token version is older than the user's) is refused.
 
 Authorization is decided by :mod:`gateway.core.policy`; this module turns its answers into
 HTTP: a vehicle or command the caller may not see answers **404**, exactly as if it did not
@@ -30,6 +32,7 @@ from typing import Annotated, Final
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from gateway.api.authcache import DEFAULT_AUTH_CACHE_S, AuthReads
 from gateway.api.errors import ApiError
 from gateway.auth.tokens import (
     InvalidToken,
@@ -117,6 +120,10 @@ class AuthSettings:
     #: the session and CSRF cookies' ``Secure`` flag (decision 0023: configuration, not a
     #: forwarded header); the CLI turns it off by default only on a loopback listener
     cookie_secure: bool = True
+    #: how long what authentication reads from the state database is used again, in
+    #: seconds (0: read on every request); a change made by another process takes effect
+    #: within this time, one made by this process at once (gateway.api.authcache)
+    auth_cache_s: float = DEFAULT_AUTH_CACHE_S
     #: wall clock in seconds (tests move it)
     clock: Callable[[], float] = time.time
 
@@ -134,10 +141,13 @@ class AuthContext:
     vehicle_commands: RateLimiter | None = None
     logins: RateLimiter | None = None
     invitations: RateLimiter | None = None
+    #: the state-database reads of authentication, kept for ``settings.auth_cache_s``
+    reads: AuthReads = field(init=False)
     _touched: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         s = self.settings
+        self.reads = AuthReads(self.accounts, s.auth_cache_s)
 
         def limiter(limit: Limit | None) -> RateLimiter | None:
             return None if limit is None else RateLimiter(limit, clock=s.clock)
@@ -201,9 +211,16 @@ def client_address(request: Request) -> str | None:
     return request.client.host if request.client is not None else None
 
 
-def auth_context(request: Request) -> AuthContext:
+def context_of(request: Request) -> AuthContext:
     context: AuthContext = request.app.state.auth
     return context
+
+
+async def auth_context(request: Request) -> AuthContext:
+    """A coroutine, like every dependency that only hands out what the app holds: FastAPI
+    runs a plain function dependency on the thread pool, a hop to another thread and back
+    for each request, which costs more than the function (decision 0035)."""
+    return context_of(request)
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -267,9 +284,10 @@ async def current_principal(
     """The authenticated caller, or 401 with a message that says what to send.
 
     A coroutine on purpose: its database reads (a user by primary key, an API key by
-    prefix) take a fraction of a millisecond, less than handing them to the thread pool
-    and back, which measured as 5 ms more at the median per command under load."""
-    context = auth_context(request)
+    prefix), when not kept from a moment ago (:class:`~gateway.api.authcache.AuthReads`),
+    take a fraction of a millisecond, less than handing them to the thread pool and back,
+    which measured as 5 ms more at the median per command under load."""
+    context = context_of(request)
     credential = _credential_of(request, context, bearer, api_key)
     return authenticate(context, credential)
 
@@ -299,7 +317,7 @@ async def caller_credential(
 ) -> str:
     """The credential the caller sent (token, API key or session), for a long-lived
     response (a live stream) to check again later with :func:`still_authenticated`."""
-    return _credential_of(request, auth_context(request), bearer, api_key)
+    return _credential_of(request, context_of(request), bearer, api_key)
 
 
 def still_authenticated(context: AuthContext, credential: str, principal: Principal) -> bool:
@@ -338,7 +356,7 @@ def authenticate(context: AuthContext, credential: str) -> Principal:
             "invalid_token",
             "The access token or API key is not valid. Log in again (POST /v1/auth/token).",
         ) from None
-    user = context.accounts.get_user(claims.user_id)
+    user = context.reads.user(claims.user_id)
     if user is None or user.disabled_at is not None:
         raise unauthenticated(
             "invalid_token", "The user of this token no longer exists or is disabled."
@@ -396,7 +414,8 @@ def session_credential(request: Request, secret: bytes) -> str | None:
 def _web_session_principal(context: AuthContext, session: str) -> Principal:
     """The user of a live dashboard session: one kept on the server, so logging out, a
     password change or disabling the user ends it for whoever holds a copy of the cookie."""
-    user = context.accounts.web_session_user(hash_secret(session), now=context.now_ms())
+    found = context.reads.web_session(hash_secret(session))
+    user = found[0] if found is not None and found[1] > context.now_ms() else None
     if user is None or user.disabled_at is not None:
         raise unauthenticated(
             "session_ended",
@@ -407,7 +426,7 @@ def _web_session_principal(context: AuthContext, session: str) -> Principal:
 
 
 def _api_key_principal(context: AuthContext, key: str, prefix: str) -> Principal:
-    found = context.accounts.api_key_and_user(prefix)
+    found = context.reads.api_key(prefix)
     if found is None or not secrets_match(key, found[0].key_hash):
         raise unauthenticated("invalid_api_key", "The API key is not valid.")
     record, user = found

@@ -61,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "have open at once in this process; 429 beyond (env TELEMATICS_MAX_STREAMS_PER_USER; "
         "default: 16; 0: no limit)",
     )
+    _add_auth_cache(api, env)
     add_mqtt(api, env, default=None)
     add_mqtt_auth(api, env)
     add_state_db(api, env)
@@ -113,6 +114,19 @@ def loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _add_auth_cache(api: argparse.ArgumentParser, env: Environment) -> None:
+    api.add_argument(
+        "--auth-cache-s",
+        type=float,
+        default=env.auth_cache_s,
+        metavar="SECONDS",
+        help="how long this process uses again what authenticating a caller read from the "
+        "state database; a password change, disabled user or revoked key made through "
+        "another process takes effect within this time, through this one at once (env "
+        "TELEMATICS_AUTH_CACHE_S; default: 1; 0: read on every request)",
+    )
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
@@ -168,7 +182,10 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         cookie_secure=(
             not loopback(args.host) if args.cookie_secure is None else args.cookie_secure
         ),
+        auth_cache_s=args.auth_cache_s,
     )
+    if not 0 <= args.auth_cache_s <= 60:
+        raise ConfigurationError("--auth-cache-s: give 0 (read every time) to 60 seconds")
     if args.max_streams_per_user < 0:
         raise ConfigurationError("--max-streams-per-user: give 0 (no limit) or more")
     settings = ApiSettings(

@@ -194,6 +194,8 @@ class CommandService:
         self._in_order = asyncio.Lock()
         self._next_confirmation_check = 0
         self._quarantine_store: TelemetryBackend | None = None
+        #: the telemetry reader of the requests' admission checks, kept open (event loop)
+        self._reader: TelemetryBackend | None = None
         self._signing_key: Ed25519PrivateKey | None = (
             load_private_key(settings.signing_key_path)
             if settings.signing_key_path is not None
@@ -238,6 +240,7 @@ class CommandService:
         await self.writer.stop()
         if self._quarantine_store is not None:
             self._quarantine_store.close()
+        self._close_reader()
 
     def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
         for topic_filter in subscription_filters(self.settings.share_group):
@@ -251,7 +254,25 @@ class CommandService:
     # --- requests -------------------------------------------------------------------------
 
     def _vehicle_state(self, vin: str, tenure: int) -> VehicleState | None:
-        return self._vehicle_states({(vin, tenure)})[vin, tenure]
+        """The vehicle's telemetry state for a request's admission, on the event loop:
+        two indexed reads through a reader kept open, because opening one per request
+        cost more than its reads (SQLite: the connection and its schema; InfluxDB: an
+        HTTP client too; decision 0035). A failed read closes it, so the next request
+        opens the store again (a database that comes back after a failure is picked
+        up, as with a reader per request)."""
+        if self._reader is None:
+            self._reader = open_store(self._telemetry_db, readonly=True)
+        try:
+            return self._reader.vehicle_state(vin, tenure=tenure)
+        except Exception:
+            self._close_reader()
+            raise
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                reader.close()
 
     async def create(
         self,

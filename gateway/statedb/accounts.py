@@ -53,17 +53,20 @@ of a vehicle) raise :class:`NotFound`.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import EllipsisType
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import Any, Final, Literal, ParamSpec, TypeVar, cast
 
 from sqlalchemy import (
     CursorResult,
     Result,
     Select,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -127,12 +130,46 @@ __all__ = [
     "VehicleAlreadyProvisioned",
     "VehicleRecord",
     "VehicleRevoked",
+    "authentication_changes",
     "end_tenure",
     "normalize_email",
     "start_tenure",
 ]
 
 logger = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+# how many changes this process has committed that can end or change a caller's
+# authentication: a user's role, account, token version or disabling, an API key or a
+# dashboard session revoked or deleted. A cache of what authentication reads
+# (gateway.api.authcache) drops what it read before the last one (decision 0035).
+_auth_changes = 0
+_auth_changes_lock = threading.Lock()
+
+
+def authentication_changes() -> int:
+    """The number of authentication changes this process has committed so far."""
+    return _auth_changes
+
+
+def _changes_authentication(method: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Counts a change of authentication once ``method`` has returned or raised, that is
+    after its transaction has ended: a read that began before the commit is then older
+    than the count it was taken under, never newer."""
+
+    @functools.wraps(method)
+    def counted(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        global _auth_changes
+        try:
+            return method(*args, **kwargs)
+        finally:
+            with _auth_changes_lock:
+                _auth_changes += 1
+
+    return counted
+
 
 _Row = TypeVar("_Row")
 _Rec = TypeVar("_Rec")
@@ -505,6 +542,41 @@ class InvitationClosed(GatewayError):
 # --- the repository -------------------------------------------------------------------------
 
 
+#: :meth:`AccountRepository.vehicle_access`'s statement: the vehicle's columns in the order
+#: of :class:`VehicleRecord`'s fields, then the grant's in :class:`GrantRecord`'s order; at
+#: most one grant of a (vehicle, user) is active (``create_grant`` sees to that)
+_VEHICLE_ACCESS: Final = (
+    select(
+        VehicleRow.vin,
+        VehicleRow.account_id,
+        VehicleRow.label,
+        VehicleRow.mqtt_password_hash,
+        VehicleRow.provisioned_at,
+        VehicleRow.provisioned_by,
+        VehicleRow.revoked_at,
+        VehicleRow.tenure,
+        VehicleGrantRow.id,
+        VehicleGrantRow.vin,
+        VehicleGrantRow.user_id,
+        VehicleGrantRow.services,
+        VehicleGrantRow.granted_by,
+        VehicleGrantRow.created_at,
+        VehicleGrantRow.revoked_at,
+        VehicleGrantRow.tenure,
+    )
+    .outerjoin(
+        VehicleGrantRow,
+        and_(
+            VehicleGrantRow.vin == VehicleRow.vin,
+            VehicleGrantRow.tenure == VehicleRow.tenure,
+            VehicleGrantRow.user_id == bindparam("user_id"),
+            VehicleGrantRow.revoked_at.is_(None),
+        ),
+    )
+    .where(VehicleRow.vin == bindparam("vin"))
+)
+
+
 class AccountRepository:
     """Accounts, users, vehicles, grants, API keys and refresh tokens (thread-safe)."""
 
@@ -608,6 +680,7 @@ class AccountRepository:
         with self._db.read() as session:
             return [UserRecord.from_row(row) for row in session.scalars(query)]
 
+    @_changes_authentication
     def update_user(
         self,
         user_id: int,
@@ -646,6 +719,7 @@ class AccountRepository:
         with self._db.read() as session:
             return session.scalar(query) or 0
 
+    @_changes_authentication
     def end_user_sessions(self, user_id: int, *, now: int) -> SessionsEnded:
         """End everything the user is logged in with, in one transaction: raise their token
         version (every access token issued so far is refused from the next request on),
@@ -1001,30 +1075,21 @@ class AccountRepository:
         agree: the policy decides from both, and a revocation between two reads could
         otherwise pair a revoked vehicle's state with a grant that no longer exists, or the
         reverse."""
-        # one statement (it runs for every command and vehicle request); at most one grant
-        # of a (vehicle, user) is active, create_grant sees to that
-        query = (
-            select(VehicleRow, VehicleGrantRow)
-            .outerjoin(
-                VehicleGrantRow,
-                and_(
-                    VehicleGrantRow.vin == VehicleRow.vin,
-                    VehicleGrantRow.tenure == VehicleRow.tenure,
-                    VehicleGrantRow.user_id == user_id,
-                    VehicleGrantRow.revoked_at.is_(None),
-                ),
-            )
-            .where(VehicleRow.vin == vin)
-        )
+        # one statement, built once, of columns rather than mapped rows: it runs on the
+        # event loop for every command and vehicle request, where building the statement
+        # and two ORM instances cost more than the query (decision 0035)
         with self._db.read() as session:
-            found = session.execute(query).first()
-            if found is None:
-                return None, None
-            vehicle, grant = found
-            return (
-                VehicleRecord.from_row(vehicle),
-                None if grant is None else GrantRecord.from_row(grant),
-            )
+            found = session.execute(_VEHICLE_ACCESS, {"vin": vin, "user_id": user_id}).first()
+        if found is None:
+            return None, None
+        vehicle = VehicleRecord(*found[:8])
+        grant_id, grant_vin, grantee, services, granted_by, created_at, revoked, tenure = found[8:]
+        if grant_id is None:
+            return vehicle, None
+        grant = GrantRecord(
+            grant_id, grant_vin, grantee, tuple(services), granted_by, created_at, revoked, tenure
+        )
+        return vehicle, grant
 
     def vehicles_access(
         self, vins: Sequence[str], user_id: int
@@ -1322,6 +1387,7 @@ class AccountRepository:
             rows = session.scalars(query.where(ApiKeyRow.user_id == user_id))
             return [ApiKeyRecord.from_row(row) for row in rows]
 
+    @_changes_authentication
     def revoke_api_key(self, key_id: int, *, now: int) -> ApiKeyRecord | None:
         """Revoke the key (None if unknown; an already revoked one comes back unchanged)."""
         with self._db.write() as session:
@@ -1349,6 +1415,7 @@ class AccountRepository:
 
     # --- web dashboard sessions --------------------------------------------------------------
 
+    @_changes_authentication
     def create_web_session(
         self, user_id: int, token_hash: str, *, now: int, expires_at: int, keep: int
     ) -> int:
@@ -1382,21 +1449,22 @@ class AccountRepository:
             session.flush()
             return row.id
 
-    def web_session_user(self, token_hash: str, *, now: int) -> UserRecord | None:
-        """The user of a live dashboard session (not revoked, not expired), in one query;
-        None for an unknown, ended or expired one (the caller checks the user is enabled)."""
+    def web_session(self, token_hash: str) -> tuple[UserRecord, int] | None:
+        """The user of a dashboard session that has not been revoked, and when it expires
+        (the caller compares it with its clock), in one query; None for an unknown or
+        revoked one (the caller checks the user is enabled)."""
         with self._db.read() as session:
-            row = session.scalar(
-                select(UserRow)
+            found = session.execute(
+                select(UserRow, WebSessionRow.expires_at)
                 .join(WebSessionRow, WebSessionRow.user_id == UserRow.id)
-                .where(
-                    WebSessionRow.token_hash == token_hash,
-                    WebSessionRow.revoked_at.is_(None),
-                    WebSessionRow.expires_at > now,
-                )
-            )
-            return None if row is None else UserRecord.from_row(row)
+                .where(WebSessionRow.token_hash == token_hash, WebSessionRow.revoked_at.is_(None))
+            ).first()
+            if found is None:
+                return None
+            user, expires_at = found
+            return UserRecord.from_row(user), int(expires_at)
 
+    @_changes_authentication
     def revoke_web_session(self, token_hash: str, *, now: int) -> bool:
         """End a dashboard session (logging out): False if it was unknown or already ended."""
         with self._db.write() as session:

@@ -108,7 +108,7 @@ class SharedStateOut(BaseModel):
     )
 
 
-def assistance_repository(request: Request) -> AssistanceRepository:
+async def assistance_repository(request: Request) -> AssistanceRepository:
     return AssistanceRepository(request.app.state.state_db)
 
 
@@ -155,7 +155,7 @@ class _ReadAudit:
             return True
 
 
-def _read_audit(request: Request) -> _ReadAudit:
+async def _read_audit(request: Request) -> _ReadAudit:
     """The app's one :class:`_ReadAudit` (per app, so two apps in one process never share)."""
     state = request.app.state
     if not hasattr(state, "assistance_reads"):

@@ -131,7 +131,7 @@ async def _revocation_token(request: Request) -> str:
     )
 
 
-def _form_encoded(request: Request) -> None:
+async def _form_encoded(request: Request) -> None:
     """A JSON body would be read as a form without its fields ('grant_type: Field
     required', which a newcomer reading it as a typo in the JSON could not fix): say what
     the endpoint takes instead."""

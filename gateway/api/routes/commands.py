@@ -10,7 +10,8 @@ moving, idempotency conflict, bad parameters) become HTTP answers in
 
 Coroutines, unlike the other routes: the state-database calls on a command's path are
 each well under a millisecond, less than a hop to the thread pool and back under load
-(decision 0005); the longer reads go through ``asyncio.to_thread``.
+(decision 0005); the reads of a GET go through ``asyncio.to_thread``, all of one request
+in one trip (decision 0035).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def _refusal(principal: Principal, access: VehicleAccess, vin: str, type_: str) 
     )
 
 
-async def _readable_command(
+def _readable(
     context: AuthContext, principal: Principal, service: CommandService, command_id: str
 ) -> tuple[CommandRecord, VehicleAccess, int | None]:
     """The command, the caller's access to its vehicle and the vehicle's account, if the
@@ -110,10 +111,10 @@ async def _readable_command(
     Readable: for administrators, every command; for others, a command of the vehicle's
     current holding period (an earlier holder's commands are not the current one's), of
     a vehicle whose data they may read or that they sent themselves."""
-    record = await asyncio.to_thread(service.repo.get, command_id)
+    record = service.repo.get(command_id)
     if record is None:
         raise _not_found(command_id)
-    access, vehicle = await asyncio.to_thread(context.lookup, principal, record.vin)
+    access, vehicle = context.lookup(principal, record.vin)
     if not access.read:
         raise _not_found(command_id)
     if not principal.is_admin:
@@ -122,6 +123,13 @@ async def _readable_command(
         if record.tenure != current or not (access.read_data or own):
             raise _not_found(command_id)
     return record, access, vehicle.account_id if vehicle is not None else None
+
+
+async def _readable_command(
+    context: AuthContext, principal: Principal, service: CommandService, command_id: str
+) -> tuple[CommandRecord, VehicleAccess, int | None]:
+    """:func:`_readable`, its reads in one trip to a worker thread (not one per read)."""
+    return await asyncio.to_thread(_readable, context, principal, service, command_id)
 
 
 # --- create --------------------------------------------------------------------------------
@@ -273,9 +281,12 @@ async def get_command(
 ) -> CommandDetail:
     """The command's current status, its timestamps, its confirmation by telemetry and
     the full list of transitions, each with the time it was recorded."""
-    record, _, _ = await _readable_command(context, principal, service, command_id)
-    transitions = await asyncio.to_thread(service.repo.transitions, command_id)
-    return command_detail(record, transitions)
+
+    def read() -> CommandDetail:  # every read in one trip to a worker thread
+        record, _, _ = _readable(context, principal, service, command_id)
+        return command_detail(record, service.repo.transitions(command_id))
+
+    return await asyncio.to_thread(read)
 
 
 @router.get(
@@ -295,15 +306,18 @@ async def list_commands(
     holder (administrators: of every holder)."""
     before = decode_cursor("commands", cursor, (int, str))
     vin_or_422(vin, ["path", "vin"])
-    tenure, _ = await asyncio.to_thread(readable_data, context, principal, vin)
-    records = await asyncio.to_thread(
-        service.repo.list_for_vehicle,
-        vin,
-        tenure=None if principal.is_admin else tenure,
-        limit=limit + 1,
-        before_created_at=before[0] if before is not None else None,
-        before_id=before[1] if before is not None else None,
-    )
+
+    def read() -> list[CommandRecord]:  # both reads in one trip to a worker thread
+        tenure, _ = readable_data(context, principal, vin)
+        return service.repo.list_for_vehicle(
+            vin,
+            tenure=None if principal.is_admin else tenure,
+            limit=limit + 1,
+            before_created_at=before[0] if before is not None else None,
+            before_id=before[1] if before is not None else None,
+        )
+
+    records = await asyncio.to_thread(read)
     items, following = page_of(
         [CommandOut.model_validate(r) for r in records],
         limit=limit,

@@ -55,7 +55,7 @@ __all__ = ["lifecycle_repository", "refused", "router"]
 router = APIRouter(responses=ACCOUNT_ERRORS, tags=["lifecycle"])
 
 
-def lifecycle_repository(request: Request) -> LifecycleRepository:
+async def lifecycle_repository(request: Request) -> LifecycleRepository:
     return LifecycleRepository(request.app.state.state_db)
 
 

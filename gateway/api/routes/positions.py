@@ -20,7 +20,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from gateway.api.deps import Auth, Caller, api_settings
+from gateway.api.deps import Auth, Caller, settings_of
 from gateway.api.errors import documented
 from gateway.api.positions import MAP_SIGNALS, Position, PositionFeed, number_of
 from gateway.api.security import AuthContext, CallerCredential, still_authenticated
@@ -102,7 +102,7 @@ def _changed(feed: PositionFeed, since: int, visible: Mapping[str, int] | None) 
 async def _positions(
     request: Request, feed: PositionFeed, context: AuthContext, caller: tuple[Principal, str]
 ) -> AsyncIterator[bytes]:
-    settings = api_settings(request)
+    settings = settings_of(request)
     try:
         visible = await asyncio.to_thread(_visible, context, caller)
     except _Gone:

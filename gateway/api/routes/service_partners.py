@@ -48,7 +48,7 @@ DIAGNOSTIC_SIGNALS_EXCLUDED = ("Vehicle.CurrentLocation.",)
 _PARTNER_ROLES = frozenset({Role.FLEET_MANAGER, Role.FLEET_VIEWER})
 
 
-def _partners(request: Request) -> ServicePartnerRepository:
+async def _partners(request: Request) -> ServicePartnerRepository:
     return ServicePartnerRepository(request.app.state.state_db)
 
 
