@@ -112,7 +112,7 @@ class Api:
         r = self.client.post(
             "/v1/auth/register", json={"email": email, "password": PASSWORD, "name": email}
         )
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
         headers = self.login(email)
         return self.as_(headers, "GET", "/v1/me").json()["account"]["id"], headers
 

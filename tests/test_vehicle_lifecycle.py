@@ -58,7 +58,7 @@ class Api:
         r = self.client.post(
             "/v1/auth/register", json={"email": email, "password": PASSWORD, "name": email}
         )
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
         headers = self.login(email)
         me = self.as_(headers, "GET", "/v1/me").json()
         return me["account"]["id"], headers
@@ -124,7 +124,7 @@ def test_a_registered_car_is_claimed_with_its_code_once(api: Api) -> None:
     account, owner = api.owner("ana@example.com")
     # the old first-come-first-served claim by VIN is refused for a registered car
     refused = api.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN})
-    error(refused, 409, "pairing_code_required")
+    error(refused, 409, "vehicle_not_claimable")
     # the code claims it (any spelling of it), with the unit's credentials
     claimed = api.claim(owner, code.lower().replace("-", " "))
     assert claimed.status_code == 201, claimed.text
@@ -138,7 +138,7 @@ def test_a_registered_car_is_claimed_with_its_code_once(api: Api) -> None:
     assert api.state()["state"] == "built"
     _, thief = api.owner("thief@example.com")
     error(api.claim(thief, code), 403, "pairing_code_wrong")
-    error(api.as_(thief, "POST", "/v1/vehicles", json={"vin": VIN}), 409, "pairing_code_required")
+    error(api.as_(thief, "POST", "/v1/vehicles", json={"vin": VIN}), 409, "vehicle_not_claimable")
     # a held car: the code is no use to anyone else either
     fresh = api.as_(api.admin, "POST", f"/v1/vehicles/{VIN}/pairing-code").json()["pairing_code"]
     assert api.claim(owner, fresh).status_code == 201
@@ -239,6 +239,40 @@ def test_claims_answer_the_same_for_a_car_that_exists_or_not(api: Api) -> None:
     assert len(messages) == 1, messages
     # the holder is told about their own car
     error(api.claim(holder, "AAAA-BBBB-CCCC", held), 409, "vehicle_already_provisioned")
+
+
+def test_claims_by_vin_answer_the_same_for_a_built_held_or_scrapped_car(api: Api) -> None:
+    """Security review 3, finding 2: POST /v1/vehicles answered `pairing_code_required`,
+    `vehicle_held_by_another_account` or `vehicle_decommissioned`, so anyone could tell a
+    VIN the maker registered from one somebody holds (and probe who). For everyone but
+    administrators these answer one 409 `vehicle_not_claimable` with one message; the
+    holder is still told about their own car, an administrator the reason."""
+    _, holder = api.owner("holder@example.com")
+    _, prober = api.owner("prober@example.com")
+    held, claimed, scrapped, built = (f"WPRBV000000000{i:03d}" for i in range(4))
+    assert api.as_(holder, "POST", "/v1/vehicles", json={"vin": held}).status_code == 201
+    api.claim(holder, api.register_built(claimed), claimed)
+    api.register_built(scrapped)
+    body = {"reason": "scrapped"}
+    assert api.as_(api.admin, "POST", f"/v1/vehicles/{scrapped}/decommission", json=body).is_success
+    api.register_built(built)
+    answers = set()
+    for vin in (held, claimed, scrapped, built):
+        r = api.as_(prober, "POST", "/v1/vehicles", json={"vin": vin})
+        err = r.json()["error"]
+        answers.add((r.status_code, err["code"], err["message"].replace(vin, "VIN")))
+    assert len(answers) == 1, answers
+    assert {(status, code) for status, code, _ in answers} == {(409, "vehicle_not_claimable")}
+    error(
+        api.as_(holder, "POST", "/v1/vehicles", json={"vin": held}),
+        409,
+        "vehicle_already_provisioned",
+    )
+    # the audit log keeps the real reason for the operator
+    reasons = {
+        e["detail"]["error"] for e in api.audit("vehicle_provision") if e["outcome"] == "failed"
+    }
+    assert {"held by another account", "pairing_code_required", "vehicle_decommissioned"} <= reasons
 
 
 def test_another_cars_code_is_useless(api: Api) -> None:
@@ -624,7 +658,7 @@ def test_a_decommissioned_vin_is_never_held_again(api: Api) -> None:
     assert (r.json()["state"], r.json()["account_id"]) == ("decommissioned", None)
     # nobody gets it back: not by VIN, not by code, not even an administrator
     error(api.as_(owner, "GET", f"/v1/vehicles/{VIN}"), 404, "vehicle_not_found")
-    error(api.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN}), 409, "vehicle_decommissioned")
+    error(api.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN}), 409, "vehicle_not_claimable")
     error(
         api.as_(api.admin, "POST", "/v1/vehicles", json={"vin": VIN, "account_id": account}),
         409,

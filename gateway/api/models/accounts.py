@@ -41,6 +41,7 @@ __all__ = [
     "MeOut",
     "MqttCredentials",
     "ProvisionedOut",
+    "RegisterOut",
     "RegisterRequest",
     "RegistrationOut",
     "RevokeForm",
@@ -103,6 +104,16 @@ class RegisterRequest(BaseModel):
     email: Email
     password: Password
     name: Name
+
+
+class RegisterOut(BaseModel):
+    """The answer to a registration, the same whether or not the address had a user."""
+
+    status: Literal["accepted"] = "accepted"
+    message: str = Field(
+        default="If this e-mail address had no account, it has one now: log in with "
+        "POST /v1/auth/token. If it had one, nothing was changed.",
+    )
 
 
 class AccountOut(FromRecord):
