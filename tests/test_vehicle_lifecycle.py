@@ -791,3 +791,38 @@ def test_a_share_lasts_no_longer_than_its_makers_access_and_is_bounded(
         assert r.status_code == 201, r.text
     r = api.as_(manager, "POST", shares, json={"partner": "ADAC", "duration_s": 3600})
     error(r, 409, "too_many_shares")
+
+
+def test_creating_users_cannot_probe_addresses_unbounded(tmp_path: Path, state_db_url: str) -> None:
+    """Security review 3, attacker pass: with registration silent about taken addresses
+    (finding 1), any self-registered owner could still ask POST /v1/users for a driver
+    with an address and read 409 `email_taken`. Such refusals now use up the caller's
+    invitation limit (own bucket); past it every address answers 429 alike, audited."""
+    from gateway.core.ratelimit import parse_limit
+
+    clock = Clock()
+    settings = ApiSettings(
+        tmp_path / "telemetry.db",
+        state_db_url=state_db_url,
+        auth=auth_settings_for_tests(clock=clock, invitation_limit=parse_limit("2/hour")),
+    )
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, clock, bearer())
+        api.owner("victim@example.com")
+        _, prober = api.owner("prober@example.com")
+        driver = {"name": "d", "role": "driver", "password": PASSWORD}
+        for _ in range(2):
+            r = api.as_(prober, "POST", "/v1/users", json={**driver, "email": "victim@example.com"})
+            error(r, 409, "email_taken")
+        taken = api.as_(prober, "POST", "/v1/users", json={**driver, "email": "victim@example.com"})
+        free = api.as_(prober, "POST", "/v1/users", json={**driver, "email": "free@example.com"})
+        for r in (taken, free):
+            error(r, 429, "user_create_rate_limited")
+            assert int(r.headers["Retry-After"]) > 0
+        denied = [e for e in api.audit("user_create") if e["outcome"] == "denied"]
+        assert len(denied) == 2
+        # a new address goes through once the hour is over
+        clock.now += 3600
+        prober = api.login("prober@example.com")
+        r = api.as_(prober, "POST", "/v1/users", json={**driver, "email": "free@example.com"})
+        assert r.status_code == 201, r.text
