@@ -79,7 +79,7 @@ class Stack:
         r = self.api.post(
             "/v1/auth/register", json={"email": email, "password": PASSWORD, "name": name}
         )
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
         return self.login(email)
 
     def organization(self, name: str, manager: str) -> tuple[int, dict[str, str]]:
@@ -288,7 +288,7 @@ def test_a_vin_held_by_another_account_cannot_be_claimed(stack: Stack) -> None:
     refused = error(
         stack.as_(squatter, "POST", "/v1/vehicles", json={"vin": VIN}),
         409,
-        "vehicle_held_by_another_account",
+        "vehicle_not_claimable",
     )
     assert "revoke" in refused["message"]
     error(

@@ -45,7 +45,7 @@ def _register(client: TestClient) -> dict[str, str]:
     r = client.post(
         "/v1/auth/register", json={"email": email, "password": PASSWORD, "name": "Someone"}
     )
-    assert r.status_code == 201, r.text
+    assert r.status_code == 202, r.text
     token = client.post(
         "/v1/auth/token", data={"grant_type": "password", "username": email, "password": PASSWORD}
     )

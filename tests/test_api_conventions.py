@@ -18,11 +18,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 import gateway.api
 from gateway.api import ApiSettings
@@ -500,3 +502,87 @@ def test_a_route_may_take_a_larger_body_than_the_default() -> None:
                 yield b"x" * 600
 
         assert client.post("/large", content=chunks()).status_code == 413
+
+
+# --- numbers in bodies (security review 3) --------------------------------------------------
+
+
+def _body_numbers(model: type[BaseModel], seen: set[type[BaseModel]]) -> Iterator[tuple[str, Any]]:
+    """(name, type with its constraints) of every int and float field of a body model and
+    the models it nests."""
+    if model in seen:
+        return
+    seen.add(model)
+    for name, field in model.model_fields.items():
+        # (type, the field's constraints if they apply to it: not inside a list)
+        stack: list[tuple[Any, list[Any]]] = [(field.annotation, field.metadata)]
+        while stack:
+            part, meta = stack.pop()
+            if isinstance(part, type) and issubclass(part, BaseModel):
+                yield from _body_numbers(part, seen)
+            elif part in (int, float) or (
+                get_origin(part) is Annotated and get_args(part)[0] in (int, float)
+            ):
+                yield f"{model.__name__}.{name}", Annotated[part, *meta] if meta else part
+            elif get_origin(part) is Annotated:
+                stack.append((get_args(part)[0], meta))
+            else:
+                inner = meta if get_origin(part) in (Union, UnionType) else []
+                stack.extend((arg, inner) for arg in get_args(part))
+
+
+def test_no_body_number_takes_a_boolean_or_text() -> None:
+    """JSON `true` was taken as 1 and `"5"` as 5 wherever a body wants a number (an
+    account id, a duration, a weekday): each is refused now, and every number is
+    bounded (a huge one would have reached the database)."""
+    app = gateway.api.create_app(ApiSettings(Path("unused.db")))
+    seen: set[type[BaseModel]] = set()
+    found: list[tuple[str, Any]] = []
+    for route in app.state.api_routes:
+        body = getattr(route, "body_field", None)
+        if body is None:
+            continue
+        annotation = body.field_info.annotation
+        for model in (annotation, *get_args(annotation)):
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                found.extend(_body_numbers(model, seen))
+    assert len(found) >= 25, found
+    for name, kind in found:
+        adapter: TypeAdapter[Any] = TypeAdapter(kind)
+        # a time may be written as text: epoch ms or ISO 8601 (gateway.api.params.Timestamp)
+        text_ok = name.startswith("AssignmentRequest.valid_")
+        for bad in (True, False, *(() if text_ok else ("7",)), 2**64, -(2**64)):
+            try:
+                adapter.validate_python(bad)
+            except ValidationError:
+                continue
+            pytest.fail(f"{name} took {bad!r}")
+
+
+# --- HEAD (security review 3) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["/v1/vehicles", "/healthz", "/v1/catalog", "/v1/me"])
+def test_head_answers_like_get_without_a_body(client: TestClient, url: str) -> None:
+    """HEAD on every GET route answered 405 (FastAPI registers GET only)."""
+    got = client.get(url)
+    head = client.head(url)
+    assert head.status_code == got.status_code, head.text
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["content-length"] == str(len(got.content))
+
+
+def test_head_on_a_live_stream_ends_at_its_headers(client: TestClient) -> None:
+    """A stream asked with HEAD answers its headers and ends (it does not hold its slot)."""
+    for _ in range(20):  # more than the per-user cap: every slot was given back
+        head = client.head("/v1/stream")
+        assert head.status_code == 200, head.text
+        assert head.headers["content-type"].startswith("text/event-stream")
+        assert head.content == b""
+
+
+def test_head_on_a_route_without_get_is_still_405(client: TestClient) -> None:
+    r = client.head("/v1/auth/register")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "POST"

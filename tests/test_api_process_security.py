@@ -54,7 +54,7 @@ def api_process(tmp_path: Path, *args: str, **env: str) -> Iterator[ApiProcess]:
 
 def owner(client: httpx.Client, email: str) -> dict[str, str]:
     r = client.post("/v1/auth/register", json={"email": email, "password": PASSWORD, "name": "x"})
-    assert r.status_code == 201, r.text
+    assert r.status_code == 202, r.text
     r = client.post(
         "/v1/auth/token", data={"grant_type": "password", "username": email, "password": PASSWORD}
     )

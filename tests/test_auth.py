@@ -104,7 +104,7 @@ def owner(s: Setup, email: str = "ana@example.com") -> dict[str, str]:
     r = s.client.post(
         "/v1/auth/register", json={"email": email, "password": PASSWORD, "name": "Ana"}
     )
-    assert r.status_code == 201, r.text
+    assert r.status_code == 202, r.text
     return s.token(email)
 
 
@@ -148,15 +148,40 @@ def test_register_then_login_and_me(s: Setup) -> None:
     me = s.client.get("/v1/me", headers=headers).json()
     assert me["user"]["role"] == "owner"
     assert me["account"]["kind"] == "private"
-    r = s.client.post(
-        "/v1/auth/register", json={"email": "ANA@example.com", "password": PASSWORD, "name": "x"}
-    )
-    error(r, 409, "email_taken")
     weak = s.client.post(
         "/v1/auth/register", json={"email": "b@example.com", "password": "short", "name": "b"}
     )
     assert error(weak, 422, "invalid_request")["details"][0]["type"] == "weak_password"
     assert [e["outcome"] for e in s.audit(action="register")] == ["ok"]
+
+
+def test_registration_answers_the_same_whether_or_not_the_address_has_an_account(
+    s: Setup,
+) -> None:
+    """Security review 3, finding 1: a registration for an address that has an account
+    answered 409 `email_taken`, so anyone could find out who uses the installation. Both
+    answer 202 with the same body; only a new address gets an account, and the refused
+    one is audited for the operator (the installation sends no mail to tell the owner)."""
+    owner(s)
+    taken = s.client.post(
+        "/v1/auth/register",
+        json={"email": "ANA@example.com", "password": "another-password-2", "name": "x"},
+    )
+    new = s.client.post(
+        "/v1/auth/register",
+        json={"email": "carl@example.com", "password": "another-password-2", "name": "x"},
+    )
+    assert (taken.status_code, new.status_code) == (202, 202), (taken.text, new.text)
+    assert taken.json() == new.json()
+    assert set(taken.headers) == set(new.headers)
+    # the existing account is untouched: its password still works, the other does not
+    assert s.login("ana@example.com", PASSWORD).status_code == 200
+    error(s.login("ana@example.com", "another-password-2"), 401, "invalid_grant")
+    assert s.login("carl@example.com", "another-password-2").status_code == 200
+    entries = s.audit(action="register")
+    assert sorted(e["outcome"] for e in entries) == ["failed", "ok", "ok"]
+    refused = next(e for e in entries if e["outcome"] == "failed")
+    assert refused["detail"]["error"] == "email_taken"
 
 
 def test_registration_can_be_closed(tmp_path: Path) -> None:

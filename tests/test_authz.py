@@ -786,7 +786,7 @@ TABLE.update(
         ("POST", "/v1/service-partners"): Row(
             post(
                 lambda w, p, own: "/v1/service-partners",
-                lambda w, p, own: {"account_id": w.accounts["B"], "name": "B Motors"},
+                lambda w, p, own: {"account_id": w.accounts["B"], "name": "B"},
             ),
             ADMIN_ONLY,
         ),

@@ -180,7 +180,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             f"{running.api}/v1/auth/register",
             json={"email": email, "password": password, "name": "Paho Owner"},
         )
-        assert registered.status_code == 201, registered.text
+        assert registered.status_code == 202, registered.text
         running.owner = running.login(email, password)
         yield running
     finally:

@@ -50,7 +50,7 @@ class Stack:
         r = self.api.post(
             "/v1/auth/register", json={"email": email, "password": PASSWORD, "name": email}
         )
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
         r = self.api.post(
             "/v1/auth/token",
             data={"grant_type": "password", "username": email, "password": PASSWORD},

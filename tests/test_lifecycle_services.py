@@ -112,7 +112,7 @@ class Api:
         r = self.client.post(
             "/v1/auth/register", json={"email": email, "password": PASSWORD, "name": email}
         )
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
         headers = self.login(email)
         return self.as_(headers, "GET", "/v1/me").json()["account"]["id"], headers
 
@@ -408,8 +408,20 @@ def test_service_partner_routes_are_for_their_callers(api: Api) -> None:
         api.admin, "POST", "/v1/service-partners", json={"account_id": owner_account, "name": "x"}
     )
     error(r, 404, "account_not_found")
+    # registering a partner again does not rename it (security review 3): the same name
+    # answers the partner, another name 409
+    body = {"account_id": org, "name": "Fleet Service"}
+    first = api.as_(api.admin, "POST", "/v1/service-partners", json=body)
+    assert first.status_code == 201, first.text
+    again = api.as_(api.admin, "POST", "/v1/service-partners", json=body)
+    assert (again.status_code, again.json()) == (200, first.json())
+    body = {"account_id": org, "name": "Someone Else"}
+    error(api.as_(api.admin, "POST", "/v1/service-partners", json=body), 409, "partner_exists")
+    listed = api.as_(owner, "GET", "/v1/service-partners").json()["items"]
+    assert [p["name"] for p in listed] == ["Fleet Service"]
+    assert len(api.audit("service_partner_register")) == 1
     # everyone sees the list, no one but a partner's users sees vehicles in it
-    assert api.as_(owner, "GET", "/v1/service-partners").json() == {"items": [], "next": None}
+    assert api.as_(owner, "GET", "/v1/service-partners").json()["next"] is None
     assert api.as_(owner, "GET", "/v1/service-partners/vehicles").json()["items"] == []
     error(api.as_(owner, "GET", "/v1/service-plans"), 403, "forbidden")
     error(api.as_(owner, "POST", "/v1/maintenance/check"), 403, "forbidden")

@@ -27,7 +27,7 @@ def test_a_stream_ends_when_a_password_change_ends_its_token(
     with admin_client(ApiSettings(db_path=tmp_path / "telemetry.db")) as client:
         email = "mallory@example.com"
         body = {"email": email, "password": PASSWORD, "name": "M"}
-        assert client.post("/v1/auth/register", json=body).status_code == 201
+        assert client.post("/v1/auth/register", json=body).status_code == 202
         login = {"grant_type": "password", "username": email, "password": PASSWORD}
         token = client.post("/v1/auth/token", data=login).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}

@@ -80,7 +80,7 @@ def people(tmp_path: Path, mosquitto: MosquittoProcess) -> Iterator[People]:
             "/v1/auth/register",
             json={"email": "olga@example.com", "password": PASSWORD, "name": "Olga"},
         )
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
         p.login("owner", "olga@example.com")
         car = p.as_("owner", "POST", "/v1/vehicles", json={"vin": CAR, "label": "family car"})
         assert car.status_code == 201, car.text

@@ -58,7 +58,7 @@ class Api:
         r = self.client.post(
             "/v1/auth/register", json={"email": email, "password": PASSWORD, "name": email}
         )
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
         headers = self.login(email)
         me = self.as_(headers, "GET", "/v1/me").json()
         return me["account"]["id"], headers
@@ -124,7 +124,7 @@ def test_a_registered_car_is_claimed_with_its_code_once(api: Api) -> None:
     account, owner = api.owner("ana@example.com")
     # the old first-come-first-served claim by VIN is refused for a registered car
     refused = api.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN})
-    error(refused, 409, "pairing_code_required")
+    error(refused, 409, "vehicle_not_claimable")
     # the code claims it (any spelling of it), with the unit's credentials
     claimed = api.claim(owner, code.lower().replace("-", " "))
     assert claimed.status_code == 201, claimed.text
@@ -138,7 +138,7 @@ def test_a_registered_car_is_claimed_with_its_code_once(api: Api) -> None:
     assert api.state()["state"] == "built"
     _, thief = api.owner("thief@example.com")
     error(api.claim(thief, code), 403, "pairing_code_wrong")
-    error(api.as_(thief, "POST", "/v1/vehicles", json={"vin": VIN}), 409, "pairing_code_required")
+    error(api.as_(thief, "POST", "/v1/vehicles", json={"vin": VIN}), 409, "vehicle_not_claimable")
     # a held car: the code is no use to anyone else either
     fresh = api.as_(api.admin, "POST", f"/v1/vehicles/{VIN}/pairing-code").json()["pairing_code"]
     assert api.claim(owner, fresh).status_code == 201
@@ -239,6 +239,40 @@ def test_claims_answer_the_same_for_a_car_that_exists_or_not(api: Api) -> None:
     assert len(messages) == 1, messages
     # the holder is told about their own car
     error(api.claim(holder, "AAAA-BBBB-CCCC", held), 409, "vehicle_already_provisioned")
+
+
+def test_claims_by_vin_answer_the_same_for_a_built_held_or_scrapped_car(api: Api) -> None:
+    """Security review 3, finding 2: POST /v1/vehicles answered `pairing_code_required`,
+    `vehicle_held_by_another_account` or `vehicle_decommissioned`, so anyone could tell a
+    VIN the maker registered from one somebody holds (and probe who). For everyone but
+    administrators these answer one 409 `vehicle_not_claimable` with one message; the
+    holder is still told about their own car, an administrator the reason."""
+    _, holder = api.owner("holder@example.com")
+    _, prober = api.owner("prober@example.com")
+    held, claimed, scrapped, built = (f"WPRBV000000000{i:03d}" for i in range(4))
+    assert api.as_(holder, "POST", "/v1/vehicles", json={"vin": held}).status_code == 201
+    api.claim(holder, api.register_built(claimed), claimed)
+    api.register_built(scrapped)
+    body = {"reason": "scrapped"}
+    assert api.as_(api.admin, "POST", f"/v1/vehicles/{scrapped}/decommission", json=body).is_success
+    api.register_built(built)
+    answers = set()
+    for vin in (held, claimed, scrapped, built):
+        r = api.as_(prober, "POST", "/v1/vehicles", json={"vin": vin})
+        err = r.json()["error"]
+        answers.add((r.status_code, err["code"], err["message"].replace(vin, "VIN")))
+    assert len(answers) == 1, answers
+    assert {(status, code) for status, code, _ in answers} == {(409, "vehicle_not_claimable")}
+    error(
+        api.as_(holder, "POST", "/v1/vehicles", json={"vin": held}),
+        409,
+        "vehicle_already_provisioned",
+    )
+    # the audit log keeps the real reason for the operator
+    reasons = {
+        e["detail"]["error"] for e in api.audit("vehicle_provision") if e["outcome"] == "failed"
+    }
+    assert {"held by another account", "pairing_code_required", "vehicle_decommissioned"} <= reasons
 
 
 def test_another_cars_code_is_useless(api: Api) -> None:
@@ -342,15 +376,13 @@ def test_a_private_owner_transfers_to_another(api: Api) -> None:
     # the buyer reads their own period's history, which names no other account
     own = api.as_(buyer, "GET", f"/v1/vehicles/{VIN}/lifecycle").json()["history"]
     assert [(e["event"], e["detail"]) for e in own] == [("transfer", None)]
-    # and cannot offer the car to their own account
+    # and cannot offer the car to their own account (security review 3: the offer was
+    # made, and only its acceptance refused)
     back = api.as_(
-        buyer, "POST", f"/v1/vehicles/{VIN}/transfers", json={"to_email": "buyer@example.com"}
+        buyer, "POST", f"/v1/vehicles/{VIN}/transfers", json={"to_email": "BUYER@example.com"}
     )
-    error(
-        api.as_(buyer, "POST", f"/v1/transfers/{back.json()['id']}/accept", json={}),
-        409,
-        "same_holder",
-    )
+    error(back, 409, "same_holder")
+    assert api.as_(buyer, "GET", "/v1/transfers").json()["items"][0]["id"] == tid
 
 
 def test_an_offer_to_an_address_without_an_account_needs_its_claim_token(api: Api) -> None:
@@ -624,7 +656,7 @@ def test_a_decommissioned_vin_is_never_held_again(api: Api) -> None:
     assert (r.json()["state"], r.json()["account_id"]) == ("decommissioned", None)
     # nobody gets it back: not by VIN, not by code, not even an administrator
     error(api.as_(owner, "GET", f"/v1/vehicles/{VIN}"), 404, "vehicle_not_found")
-    error(api.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN}), 409, "vehicle_decommissioned")
+    error(api.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN}), 409, "vehicle_not_claimable")
     error(
         api.as_(api.admin, "POST", "/v1/vehicles", json={"vin": VIN, "account_id": account}),
         409,
@@ -759,3 +791,38 @@ def test_a_share_lasts_no_longer_than_its_makers_access_and_is_bounded(
         assert r.status_code == 201, r.text
     r = api.as_(manager, "POST", shares, json={"partner": "ADAC", "duration_s": 3600})
     error(r, 409, "too_many_shares")
+
+
+def test_creating_users_cannot_probe_addresses_unbounded(tmp_path: Path, state_db_url: str) -> None:
+    """Security review 3, attacker pass: with registration silent about taken addresses
+    (finding 1), any self-registered owner could still ask POST /v1/users for a driver
+    with an address and read 409 `email_taken`. Such refusals now use up the caller's
+    invitation limit (own bucket); past it every address answers 429 alike, audited."""
+    from gateway.core.ratelimit import parse_limit
+
+    clock = Clock()
+    settings = ApiSettings(
+        tmp_path / "telemetry.db",
+        state_db_url=state_db_url,
+        auth=auth_settings_for_tests(clock=clock, invitation_limit=parse_limit("2/hour")),
+    )
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, clock, bearer())
+        api.owner("victim@example.com")
+        _, prober = api.owner("prober@example.com")
+        driver = {"name": "d", "role": "driver", "password": PASSWORD}
+        for _ in range(2):
+            r = api.as_(prober, "POST", "/v1/users", json={**driver, "email": "victim@example.com"})
+            error(r, 409, "email_taken")
+        taken = api.as_(prober, "POST", "/v1/users", json={**driver, "email": "victim@example.com"})
+        free = api.as_(prober, "POST", "/v1/users", json={**driver, "email": "free@example.com"})
+        for r in (taken, free):
+            error(r, 429, "user_create_rate_limited")
+            assert int(r.headers["Retry-After"]) > 0
+        denied = [e for e in api.audit("user_create") if e["outcome"] == "denied"]
+        assert len(denied) == 2
+        # a new address goes through once the hour is over
+        clock.now += 3600
+        prober = api.login("prober@example.com")
+        r = api.as_(prober, "POST", "/v1/users", json={**driver, "email": "free@example.com"})
+        assert r.status_code == 201, r.text

@@ -53,7 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             f"{up.api}/v1/auth/register",
             json={"email": OWNER, "password": OWNER_PASSWORD, "name": "Web Owner"},
         )
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
         r = fleet.post(
             f"/v1/vehicles/{vins[0]}/invitations",
             json={"email": OWNER, "services": ["read", "lock", "unlock"]},

@@ -24,6 +24,7 @@ from gateway.api.accesslog import install as install_access_log_filter
 from gateway.api.activity import ActivityStamp, RequestActivity
 from gateway.api.docs import install_docs
 from gateway.api.errors import install_error_handlers
+from gateway.api.head import HeadAsGet
 from gateway.api.limits import BodyLimit, document_body_limits
 from gateway.api.models import ErrorResponse
 from gateway.api.positions import PositionFeed
@@ -335,6 +336,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_middleware(BodyLimit)
     app.state.activity = activity = RequestActivity()
     app.add_middleware(ActivityStamp, activity=activity)
+    app.add_middleware(HeadAsGet)
     install_docs(app)
     install_web(app, settings.web)
     included = routers(settings)

@@ -16,6 +16,7 @@ from typing import Annotated, Final
 from fastapi.exceptions import RequestValidationError
 from pydantic import BeforeValidator, Field, WithJsonSchema
 
+from gateway.api.bounds import NOT_A_BOOLEAN
 from schemas import CATALOG
 
 __all__ = [
@@ -86,6 +87,7 @@ def parse_timestamp(value: object) -> object:
 Timestamp = Annotated[
     int,
     BeforeValidator(parse_timestamp),
+    NOT_A_BOOLEAN,
     Field(ge=0, le=MAX_TIMESTAMP_MS),
     WithJsonSchema(
         {

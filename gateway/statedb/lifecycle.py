@@ -496,7 +496,17 @@ class LifecycleRepository:
         with self._db.write() as session:
             life = lock_lifecycle(session, vin)
             vehicle = _locked_vehicle(session, vin)
-            allowed(vin, decide(state_of(life, vehicle), LifecycleEvent.TRANSFER))
+            email = normalize_email(to_email)
+            found = session.execute(
+                select(UserRow.id, UserRow.account_id).where(UserRow.email == email)
+            ).first()
+            receiver = None if found is None else found.id
+            # an offer to a user of the holding account (the holder themselves) is refused
+            # here, not only when it is accepted
+            same = (
+                found is not None and vehicle is not None and found.account_id == vehicle.account_id
+            )
+            allowed(vin, decide(state_of(life, vehicle), LifecycleEvent.TRANSFER, same_holder=same))
             assert vehicle is not None  # active implies a vehicle row
             session.execute(
                 update(VehicleTransferRow)
@@ -504,8 +514,6 @@ class LifecycleRepository:
                 .values(status="withdrawn", decided_at=now, decided_by=by)
                 .execution_options(synchronize_session=False)
             )
-            email = normalize_email(to_email)
-            receiver = session.scalar(select(UserRow.id).where(UserRow.email == email))
             row = VehicleTransferRow(
                 vin=vin,
                 tenure=vehicle.tenure,

@@ -116,23 +116,23 @@ class ServicePartnerRepository:
 
     def register_partner(
         self, account_id: int, *, name: str, by: int | None, now: int
-    ) -> ServicePartner | None:
-        """Register an organization account as a service partner (or rename it); None when
-        there is no such organization account."""
+    ) -> tuple[ServicePartner, bool] | None:
+        """Register an organization account as a service partner: (the partner, whether
+        this call registered it). An account already registered keeps its name (the
+        caller compares); None when there is no such organization account."""
         with self._db.write() as session:
             account = session.get(AccountRow, account_id)
             if account is None or account.kind != "organization":
                 return None
             row = session.get(ServicePartnerRow, account_id)
+            created = row is None
             if row is None:
                 row = ServicePartnerRow(
                     account_id=account_id, name=name, created_at=now, created_by=by
                 )
                 session.add(row)
-            else:
-                row.name = name
-            session.flush()
-            return ServicePartner(row.account_id, row.name, row.created_at)
+                session.flush()
+            return ServicePartner(row.account_id, row.name, row.created_at), created
 
     def partners(self) -> list[ServicePartner]:
         with self._db.read() as session:

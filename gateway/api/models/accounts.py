@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path as PathParam
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from gateway.api.bounds import MAX_ID
+from gateway.api.bounds import MAX_ID, ONLY_A_NUMBER
 from gateway.api.models import Page
 from gateway.api.models.records import FromRecord
 from gateway.core.policy import AccountKind, Role
@@ -41,6 +41,7 @@ __all__ = [
     "MeOut",
     "MqttCredentials",
     "ProvisionedOut",
+    "RegisterOut",
     "RegisterRequest",
     "RegistrationOut",
     "RevokeForm",
@@ -72,7 +73,7 @@ Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_plain
 #: what a grant or invitation gives: reading the vehicle, and remote services
 GrantService = Literal["read"] | CommandType
 #: an id in a body (a path or query id is bounded the same way: ``IdPath``, ``IdQuery``)
-Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Id = Annotated[int, Field(ge=1, le=MAX_ID), ONLY_A_NUMBER]
 IdPath = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 
 
@@ -103,6 +104,16 @@ class RegisterRequest(BaseModel):
     email: Email
     password: Password
     name: Name
+
+
+class RegisterOut(BaseModel):
+    """The answer to a registration, the same whether or not the address had a user."""
+
+    status: Literal["accepted"] = "accepted"
+    message: str = Field(
+        default="If this e-mail address had no account, it has one now: log in with "
+        "POST /v1/auth/token. If it had one, nothing was changed.",
+    )
 
 
 class AccountOut(FromRecord):

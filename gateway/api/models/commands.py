@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, Field
 
+from gateway.api.bounds import ONLY_A_NUMBER
 from gateway.api.models import Page
 from gateway.api.models.records import FromRecord
 from gateway.core.lifecycle import is_terminal
@@ -38,16 +39,10 @@ MAX_TTL_S: Final = 365 * 24 * 3600
 MIN_TTL_S: Final = 1
 
 
-def _not_a_bool(value: object) -> object:
-    if isinstance(value, bool):  # pydantic would take true as 1
-        raise ValueError("a number of seconds, not a boolean")
-    return value
-
-
 #: a time to live in whole seconds: 1 s to a year (the gateway's own maximum, 24 h by
 #: default, is checked by the route); a fraction (``1.5``) is refused rather than rounded,
 #: ``60.0`` is taken as 60
-TtlSeconds = Annotated[int, Field(ge=MIN_TTL_S, le=MAX_TTL_S), BeforeValidator(_not_a_bool)]
+TtlSeconds = Annotated[int, Field(ge=MIN_TTL_S, le=MAX_TTL_S), ONLY_A_NUMBER]
 
 
 class CommandRequest(BaseModel):

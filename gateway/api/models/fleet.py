@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.api.bounds import ONLY_A_NUMBER
 from gateway.api.models import Page
 from gateway.api.models.accounts import Id, Name
 from gateway.api.models.records import FromRecord
@@ -52,7 +53,9 @@ __all__ = [
 
 #: a speed limit, km/h: finite, 1 to 400 (a limit of 1e-300 km/h made every sample an
 #: overspeed)
-SpeedLimit = Annotated[float, Field(ge=1, le=400, allow_inf_nan=False, description="km/h")]
+SpeedLimit = Annotated[
+    float, Field(ge=1, le=400, allow_inf_nan=False, description="km/h"), ONLY_A_NUMBER
+]
 
 
 class _In(BaseModel):
@@ -158,16 +161,16 @@ class ActiveWindowIn(_In):
     start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["06:00"])
     end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["20:00"])
     tz: str = Field(min_length=1, max_length=64, examples=["Europe/Berlin"])
-    weekdays: list[Annotated[int, Field(ge=0, le=6)]] = Field(
+    weekdays: list[Annotated[int, Field(ge=0, le=6), ONLY_A_NUMBER]] = Field(
         default=[0, 1, 2, 3, 4, 5, 6], max_length=7, description="0 is Monday."
     )
 
 
 class GeofenceProperties(_In):
     name: Name
-    radius_m: float | None = Field(
-        default=None, ge=10, le=100_000, allow_inf_nan=False, description="For a Point."
-    )
+    radius_m: (
+        Annotated[float, Field(ge=10, le=100_000, allow_inf_nan=False), ONLY_A_NUMBER] | None
+    ) = Field(default=None, description="For a Point.")
     speed_limit_kmh: SpeedLimit | None = None
     active_window: ActiveWindowIn | None = Field(
         default=None, description="The fence's hours (a depot's opening hours): leaving it "

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from gateway.api.bounds import MAX_ID
+from gateway.api.bounds import MAX_ID, ONLY_A_NUMBER
 from gateway.api.models import Page
 from gateway.api.models.accounts import Email, ProvisionedOut
 from gateway.api.models.records import FromRecord
@@ -39,7 +39,7 @@ def _plain(value: str) -> str:
 
 Reason = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_plain)]
 Label = Annotated[str, Field(max_length=200), AfterValidator(_plain)]
-Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Id = Annotated[int, Field(ge=1, le=MAX_ID), ONLY_A_NUMBER]
 Credentials = Literal["password", "certificate"]
 _CREDENTIALS_DOC = (
     "'password': a random MQTT password, returned once; 'certificate': the "
@@ -105,7 +105,7 @@ class ClaimRequest(BaseModel):
 
 class ServiceRequest(BaseModel):
     workshop_account_id: Id = Field(description="The workshop's account.")
-    until: int = Field(
+    until: Annotated[int, ONLY_A_NUMBER] = Field(
         ge=0,
         le=MAX_TIMESTAMP_MS,
         description="When the workshop's access ends (epoch ms, in the future, at most "
@@ -121,7 +121,7 @@ class DecommissionRequest(BaseModel):
 class TransferRequest(BaseModel):
     to_email: Email = Field(description="Whoever logs in with this address may accept.")
     note: Reason | None = None
-    expires_in_s: int = Field(
+    expires_in_s: Annotated[int, ONLY_A_NUMBER] = Field(
         default=7 * 24 * 3600, ge=60, le=90 * 24 * 3600, description="How long it stays open."
     )
 

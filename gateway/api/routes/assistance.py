@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import AfterValidator, BaseModel, Field
 
+from gateway.api.bounds import ONLY_A_NUMBER
 from gateway.api.deps import Audit, Auth, Caller, CallerAudit, Reader, vin_or_422
 from gateway.api.errors import ApiError, documented
 from gateway.api.models import Page
@@ -66,7 +67,7 @@ class ShareRequest(BaseModel):
     partner: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_plain)] = Field(
         description="Who helps (shown to you in the list and in the audit log)."
     )
-    duration_s: int = Field(
+    duration_s: Annotated[int, ONLY_A_NUMBER] = Field(
         default=4 * 3600, ge=60, le=24 * 3600, description="How long the link works."
     )
 

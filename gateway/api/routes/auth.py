@@ -22,13 +22,14 @@ from gateway.api.models.accounts import (
     AccountOut,
     GrantOut,
     MeOut,
+    RegisterOut,
     RegisterRequest,
     RevokeForm,
     RevokeRequest,
     TokenOut,
     UserOut,
 )
-from gateway.api.routes.common import ACCOUNT_ERRORS, email_taken, no_store, password_ok
+from gateway.api.routes.common import ACCOUNT_ERRORS, no_store, password_ok
 from gateway.api.security import (
     AuthContext,
     client_address,
@@ -208,40 +209,62 @@ def revoke(context: Auth, audit: Audit, token: Annotated[str, Depends(_revocatio
 
 @router.post(
     "/v1/auth/register",
-    response_model=UserOut,
-    status_code=201,
+    response_model=RegisterOut,
+    status_code=202,
     tags=["auth"],
     summary="Register a private account (you become its owner)",
 )
-def register(request: Request, context: Auth, audit: Audit, body: RegisterRequest) -> UserOut:
-    """Creates a private account and its owner. Log in afterwards with
-    POST /v1/auth/token; add your car with POST /v1/vehicles."""
+def register(request: Request, context: Auth, audit: Audit, body: RegisterRequest) -> RegisterOut:
+    """Creates a private account and its owner, unless the e-mail address already has a
+    user: then nothing changes. Both answer 202 with the same body, so registration
+    cannot be used to find out who uses the installation; the refused attempt is in the
+    audit log of the address's account. Log in afterwards with POST /v1/auth/token (it
+    fails if the address was taken); add your car with POST /v1/vehicles."""
     if not context.settings.open_registration:
         raise forbidden("Registration is closed here; ask an administrator for an account.")
     _limit_attempts(context, audit, request)
     password_ok(body.password, ["body", "password"])
-    if context.accounts.get_user_by_email(body.email) is not None:
-        raise email_taken(body.email)
+    # hashed either way: an address that has a user must not answer faster
+    password_hash = hash_password(body.password)
+    existing = context.accounts.get_user_by_email(body.email)
+    if existing is None:
+        existing = _new_owner(context, audit, body, password_hash)
+    if existing is not None:
+        audit.record(
+            "register",
+            outcome="failed",
+            account_id=existing.account_id,
+            target=f"user:{existing.id}",
+            detail={"error": "email_taken"},
+        )
+    return RegisterOut()
+
+
+def _new_owner(
+    context: AuthContext, audit: AuditTrail, body: RegisterRequest, password_hash: str
+) -> UserRecord | None:
+    """A new private account and its owner, audited; or the user who registered the
+    address a moment earlier (None when this call created it)."""
     now = context.now_ms()
     account = context.accounts.create_account(AccountKind.PRIVATE, body.name, now=now)
     try:
         user = context.accounts.create_user(
             email=body.email,
             name=body.name,
-            password_hash=hash_password(body.password),
+            password_hash=password_hash,
             role=Role.OWNER,
             account_id=account.id,
             now=now,
         )
-    except DuplicateEmail:
-        raise email_taken(body.email) from None
+    except DuplicateEmail:  # registered between the look-up and the insert
+        return context.accounts.get_user_by_email(body.email)
     audit.record(
         "register",
         principal=principal_of(user),
         account_id=account.id,
         target=f"user:{user.id}",
     )
-    return UserOut.model_validate(user)
+    return None
 
 
 @router.get("/v1/me", response_model=MeOut, tags=["auth"], summary="Who you are")

@@ -33,7 +33,7 @@ from gateway.statedb.accounts import (
     VehicleRecord,
 )
 
-__all__ = ["held_error", "provisioned", "router"]
+__all__ = ["held_error", "not_claimable", "provisioned", "router"]
 
 router = APIRouter(responses=ACCOUNT_ERRORS)
 
@@ -57,16 +57,14 @@ def provision(
     the password is shown only here) and the gateway's public key for verifying signed
     commands; the broker accepts the unit within a second.
 
-    Claiming a VIN: a VIN another account holds is refused (409
-    `vehicle_held_by_another_account`): its holder must revoke it first. A VIN nobody
-    holds, never provisioned or revoked by its last holder, may be claimed by anyone
-    who may add vehicles, and starts a new holding period: the new holder sees none of
-    what the vehicle reported, was sent or shared before.
-
-    A VIN the maker registered (the vehicle lifecycle) is claimed with its pairing code
-    instead (POST /v1/vehicles/{vin}/claim; here 409 `pairing_code_required`, except for
-    administrators); a decommissioned VIN is refused to everyone (409
-    `vehicle_decommissioned`)."""
+    Claiming a VIN: a VIN nobody holds, never provisioned or revoked by its last holder,
+    may be claimed by anyone who may add vehicles, and starts a new holding period: the
+    new holder sees none of what the vehicle reported, was sent or shared before. A VIN
+    another account holds (its holder must revoke it first), one the maker registered
+    (claimed with its pairing code: POST /v1/vehicles/{vin}/claim) and a decommissioned
+    one all answer the same 409 `vehicle_not_claimable`, so the answer does not tell
+    which (administrators get the reason: `vehicle_held_by_another_account`,
+    `pairing_code_required`, `vehicle_decommissioned`)."""
     no_store(response)
     vin = vin_or_422(body.vin, ["body", "vin"])
     account_id = target_account(principal, body.account_id, "the vehicle")
@@ -93,6 +91,8 @@ def provision(
             target=f"vehicle:{vin}",
             detail={"error": exc.reason},
         )
+        if not principal.is_admin:
+            raise not_claimable(vin) from None
         raise ApiError(
             409,
             exc.reason,
@@ -109,6 +109,8 @@ def provision(
             target=f"vehicle:{vin}",
             detail={"error": "already provisioned" if own else "held by another account"},
         )
+        if not own and not principal.is_admin:
+            raise not_claimable(vin) from None
         raise held_error(vin, own) from None
     audit.record(
         "vehicle_provision",
@@ -202,6 +204,19 @@ def held_error(vin: str, own: bool) -> ApiError:
         f"Vehicle {vin} is held by another account; it can be claimed only after its holder "
         f"revokes it (DELETE /v1/vehicles/{vin}). If the car is yours now, ask its holder or "
         "this installation's operator to release it.",
+    )
+
+
+def not_claimable(vin: str) -> ApiError:
+    """409 for a VIN that cannot be claimed by VIN, the same whatever the reason, so the
+    answer says nothing of who holds it or whether the maker registered it."""
+    return ApiError(
+        409,
+        "vehicle_not_claimable",
+        f"Vehicle {vin} cannot be claimed by VIN here. A car the maker registered is claimed "
+        f"with its pairing code (POST /v1/vehicles/{vin}/claim); a car somebody holds changes "
+        f"hands by transfer, or after its holder revokes it (DELETE /v1/vehicles/{vin}); "
+        "a decommissioned car is never claimed again.",
     )
 
 

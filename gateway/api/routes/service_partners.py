@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import AfterValidator, BaseModel, Field
 
+from gateway.api.bounds import MAX_ID, ONLY_A_NUMBER
 from gateway.api.deps import Auth, Caller, CallerAudit, Reader, vin_or_422
 from gateway.api.errors import ApiError
 from gateway.api.params import iso, iso_or_none
@@ -60,7 +61,9 @@ def _plain(value: str) -> str:
 
 
 class PartnerIn(BaseModel):
-    account_id: int = Field(ge=1, le=2**63 - 1, description="An organization account.")
+    account_id: Annotated[int, ONLY_A_NUMBER] = Field(
+        ge=1, le=MAX_ID, description="An organization account."
+    )
     name: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_plain)]
 
 
@@ -86,11 +89,11 @@ class PartnerList(BaseModel):
 
 
 class ConsentIn(BaseModel):
-    dealer_account_id: int = Field(ge=1, le=2**63 - 1, description="A service partner.")
-    duration_days: int | None = Field(
+    dealer_account_id: Annotated[int, ONLY_A_NUMBER] = Field(
+        ge=1, le=MAX_ID, description="A service partner."
+    )
+    duration_days: Annotated[int, Field(ge=1, le=3650), ONLY_A_NUMBER] | None = Field(
         default=None,
-        ge=1,
-        le=3650,
         description="How long the consent lasts (none: until you withdraw it or the vehicle "
         "changes hands).",
     )
@@ -135,8 +138,8 @@ class PlanIn(BaseModel):
         description="The model: the start of its VINs (WMI and model positions); empty: "
         "every vehicle without a plan of its own.",
     )
-    every_km: int | None = Field(default=None, ge=100, le=1_000_000)
-    every_months: int | None = Field(default=None, ge=1, le=240)
+    every_km: Annotated[int, Field(ge=100, le=1_000_000), ONLY_A_NUMBER] | None = None
+    every_months: Annotated[int, Field(ge=1, le=240), ONLY_A_NUMBER] | None = None
     fault_codes: list[_CODE] = Field(
         default_factory=list,
         max_length=200,
@@ -232,23 +235,42 @@ class CheckOut(BaseModel):
     response_model=PartnerOut,
     status_code=201,
     summary="Register an organization as a service partner (dealer, workshop)",
+    responses={200: {"model": PartnerOut, "description": "Already registered by this name."}},
 )
 def register_partner(
-    principal: Caller, context: Auth, audit: CallerAudit, partners: Partners, body: PartnerIn
+    response: Response,
+    principal: Caller,
+    context: Auth,
+    audit: CallerAudit,
+    partners: Partners,
+    body: PartnerIn,
 ) -> PartnerOut:
     """Administrators. The organization's fleet managers and viewers then read the
-    diagnostics of the vehicles whose holders let them (as workshop or dealer); registering
-    again renames it."""
+    diagnostics of the vehicles whose holders let them (as workshop or dealer).
+    Registering it again with the same name answers it (200); with another name, 409
+    `partner_exists`: a partner's name is what owners choose by, so it is not changed by
+    a repeated registration."""
     require_admin(principal, "Registering a service partner")
-    partner = partners.register_partner(
+    registered = partners.register_partner(
         body.account_id, name=body.name, by=principal.user_id, now=context.now_ms()
     )
-    if partner is None:
+    if registered is None:
         raise ApiError(
             404,
             "account_not_found",
             f"No organization account {body.account_id}: service partners are organizations.",
         )
+    partner, created = registered
+    if not created:
+        if partner.name != body.name:
+            raise ApiError(
+                409,
+                "partner_exists",
+                f"Account {body.account_id} is already the service partner {partner.name!r}; "
+                "a registration does not rename it.",
+            )
+        response.status_code = 200
+        return PartnerOut.of(partner)
     audit.record(
         "service_partner_register",
         account_id=body.account_id,

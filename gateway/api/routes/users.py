@@ -31,7 +31,7 @@ from gateway.api.routes.common import (
     user_not_found,
     visible_user,
 )
-from gateway.api.security import AuthContext, forbidden
+from gateway.api.security import AuthContext, forbidden, too_many
 from gateway.auth.passwords import generate_password, hash_password, verify_password
 from gateway.core.policy import (
     ACCOUNT_ROLES,
@@ -80,6 +80,7 @@ def create_user(
             f"{kind.value if kind else 'missing'} account: {allowed}; owners create "
             "drivers, administrators create administrators)."
         )
+    _limit_probes(context, audit, principal, account_id, taken=False)
     generated = None
     if body.password is None:
         no_store(response)
@@ -96,6 +97,7 @@ def create_user(
             now=context.now_ms(),
         )
     except DuplicateEmail:
+        _limit_probes(context, audit, principal, account_id, taken=True)
         raise email_taken(body.email) from None
     audit.record(
         "user_create",
@@ -104,6 +106,38 @@ def create_user(
         detail={"email": user.email, "role": user.role},
     )
     return UserCreated(**UserOut.model_validate(user).model_dump(), password=generated)
+
+
+def _limit_probes(
+    context: AuthContext,
+    audit: CallerAudit,
+    principal: Principal,
+    account_id: int | None,
+    *,
+    taken: bool,
+) -> None:
+    """Bound how often a non-administrator learns that an address has a user (409
+    `email_taken`): each such answer uses up one of the caller's invitation-limit tokens
+    (own bucket); with none left every creation answers 429, taken address or not."""
+    if principal.is_admin or context.invitations is None:
+        return
+    key = f"user_create:user:{principal.user_id}"
+    if taken:
+        context.invitations.acquire(key)
+        return
+    wait = context.invitations.peek(key)
+    if wait > 0:
+        audit.record(
+            "user_create",
+            outcome="denied",
+            account_id=account_id,
+            detail={"reason": "rate limited"},
+        )
+        raise too_many(
+            "user_create_rate_limited",
+            "You asked for too many users whose addresses were taken.",
+            wait,
+        )
 
 
 @router.get(
