@@ -50,7 +50,7 @@ class Api:
     def register(self, email: str) -> dict[str, str]:
         body = {"email": email, "password": PASSWORD, "name": "Ana"}
         r = self.client.post("/v1/auth/register", json=body)
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
         return self.token(email)
 
     def me(self, headers: dict[str, str]) -> Any:
