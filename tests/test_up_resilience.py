@@ -134,6 +134,7 @@ def test_a_killed_broker_comes_back_and_nothing_is_lost(
         # the gateway and the API were never restarted: they reconnected
         assert {p["name"]: p["restarts"] for p in supervisor_status(up)["parts"]} == {
             "gateway-1": 0,
+            "fleet-worker-1": 0,
             "api": 0,
             "simulator": 0,
         }
@@ -194,7 +195,7 @@ def test_rotating_a_demo_vehicles_credentials_does_not_stop_the_installation(
         wait_until(back_with_fresh_credentials, timeout=120, what="the simulator to come back")
         assert not unavailable, unavailable  # never unavailable while the simulator restarted
         now = parts(up)
-        for name in ("gateway-1", "api"):
+        for name in ("gateway-1", "fleet-worker-1", "api"):
             assert now[name]["pid"] == first[name]["pid"], name
             assert now[name]["restarts"] == 0, name
         assert supervisor_status(up)["broker"]["pid"] == broker_pid
