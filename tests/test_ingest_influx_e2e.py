@@ -82,6 +82,8 @@ def _in_influx(server: InfluxServer) -> dict[str, tuple[int, int, int]]:
     out = {}
     for series in body["results"][0].get("series", []):
         _, count, low, high = series["values"][0]
+        if count is None:  # influxd 1.6 can list a series whose first write it has not applied
+            continue
         out[series["tags"]["vin"]] = (int(count), int(low), int(high))
     return out
 

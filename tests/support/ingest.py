@@ -6,7 +6,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +126,7 @@ def streams_in_two_halves(
             if unit.poll() is None:
                 unit.kill()
                 unit.wait()
+            if unit.stdin is not None and not unit.stdin.closed:
+                # what it was sent last was never read (it was killed): closing may say so
+                with suppress(BrokenPipeError):
+                    unit.stdin.close()
