@@ -37,7 +37,7 @@ from gateway.auth.tokens import load_or_create_secret
 from gateway.commands.jobs import JobService
 from gateway.commands.service import CommandService
 from gateway.errors import StoreError
-from gateway.fleet.maintenance import CheckResult, MaintenanceThread, check_maintenance
+from gateway.fleet.maintenance import MaintenanceThread, start_maintenance
 from gateway.fleet.worker import RulesWorker, WorkerThread
 from gateway.notify import EventBus, WebhookWorker
 from gateway.notify.mqtt import AlertFanout
@@ -51,8 +51,6 @@ from gateway.statedb.fleet_log import FleetLog
 from gateway.statedb.fleets import FleetRepository
 from gateway.statedb.integrations import IntegrationRepository
 from gateway.statedb.jobs import JobRepository
-from gateway.statedb.lifecycle import LifecycleRepository
-from gateway.statedb.service_partners import ServicePartnerRepository
 from gateway.statedb.webhooks import WebhookRepository
 from gateway.store import open_store
 from gateway.trace import Trace
@@ -166,7 +164,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await positions.start()
     fanout = await _fanout(app, settings, state_db)
-    maintenance = _maintenance(settings, state_db, accounts)
+    maintenance = _maintenance(settings, state_db)
     try:
         yield
     finally:
@@ -273,26 +271,11 @@ def _fleet(app: FastAPI, settings: ApiSettings, state_db: StateDatabase) -> Work
     return thread
 
 
-def _maintenance(
-    settings: ApiSettings, state_db: StateDatabase, accounts: AccountRepository
-) -> MaintenanceThread | None:
+def _maintenance(settings: ApiSettings, state_db: StateDatabase) -> MaintenanceThread | None:
     """The maintenance check's thread (decision 0026), where the rules worker runs."""
     if settings.fleet_worker is None:
         return None
-    partners = ServicePartnerRepository(state_db)
-    lifecycle = LifecycleRepository(state_db)
-    store = settings.store
-
-    def check(now: int) -> CheckResult:
-        reader = open_store(store, readonly=True)
-        try:
-            return check_maintenance(accounts, lifecycle, partners, reader, now=now)
-        finally:
-            reader.close()
-
-    thread = MaintenanceThread(check)
-    thread.start()
-    return thread
+    return start_maintenance(state_db, settings.store)
 
 
 def _first_admin(context: AuthContext) -> None:

@@ -6,9 +6,10 @@ the telemetry store and the car's age), recorded once per holding period and ite
 (their webhooks: a signed delivery through the existing webhook worker, with its address
 checks).
 
-:class:`MaintenanceThread` runs :func:`check_maintenance` in the API process every few
-minutes (like the rules worker, decision 0014); a second API process finds the items
-recorded already (one notice per item: the unique key in ``maintenance_notices``).
+:class:`MaintenanceThread` (:func:`start_maintenance`) runs :func:`check_maintenance` every
+few minutes where the rules run: in ``telematics fleet-worker`` (decision 0029), or in the
+API process when it runs the rules itself; a second such process finds the items recorded
+already (one notice per item: the unique key in ``maintenance_notices``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway.core.clock import wall_clock_ms
 from gateway.core.maintenance import due_items, plan_for
 from gateway.statedb.accounts import AccountRepository
+from gateway.statedb.database import StateDatabase
 from gateway.statedb.lifecycle import LifecycleRepository
 from gateway.statedb.service_partners import ServicePartnerRepository
+from gateway.store import open_store
 from gateway.store.base import TelemetryReader
 from schemas import SignalValue
 
@@ -33,6 +37,7 @@ __all__ = [
     "MaintenanceThread",
     "check_maintenance",
     "readings",
+    "start_maintenance",
 ]
 
 log = logging.getLogger(__name__)
@@ -128,3 +133,22 @@ class MaintenanceThread:
                 self._check(wall_clock_ms())
             except Exception:
                 log.warning("the maintenance check failed; trying again later", exc_info=True)
+
+
+def start_maintenance(state_db: StateDatabase, store: str | Path) -> MaintenanceThread:
+    """The maintenance check's thread over ``state_db`` and the telemetry store at
+    ``store`` (each check opens its own reader and closes it), started."""
+    accounts = AccountRepository(state_db)
+    partners = ServicePartnerRepository(state_db)
+    lifecycle = LifecycleRepository(state_db)
+
+    def check(now: int) -> CheckResult:
+        reader = open_store(store, readonly=True)
+        try:
+            return check_maintenance(accounts, lifecycle, partners, reader, now=now)
+        finally:
+            reader.close()
+
+    thread = MaintenanceThread(check)
+    thread.start()
+    return thread

@@ -20,15 +20,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.fleet.maintenance import CheckResult, MaintenanceThread, check_maintenance
+from gateway.fleet.maintenance import start_maintenance
 from gateway.fleet.worker import RulesWorker, WorkerSettings, WorkerThread
 from gateway.notify.wake import wake_all
-from gateway.statedb.accounts import AccountRepository
 from gateway.statedb.database import StateDatabase
 from gateway.statedb.fleet_log import FleetLog
 from gateway.statedb.fleets import FleetRepository
-from gateway.statedb.lifecycle import LifecycleRepository
-from gateway.statedb.service_partners import ServicePartnerRepository
 from gateway.store import open_store
 
 __all__ = ["FleetWorkerOptions", "run_fleet_worker"]
@@ -70,7 +67,7 @@ def run_fleet_worker(options: FleetWorkerOptions, stop: threading.Event | None =
                 wake_all(wake_dir)
 
             thread.on_commit = wake
-        maintenance = _maintenance(state_db, store) if options.maintenance else None
+        maintenance = start_maintenance(state_db, store) if options.maintenance else None
         thread.start()
         log.info(
             "fleet worker %s running (%d partitions, lease %d ms)",
@@ -98,20 +95,3 @@ def _stop_on_signals() -> threading.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
     return stop
-
-
-def _maintenance(state_db: StateDatabase, store: str | Path) -> MaintenanceThread:
-    accounts = AccountRepository(state_db)
-    partners = ServicePartnerRepository(state_db)
-    lifecycle = LifecycleRepository(state_db)
-
-    def check(now: int) -> CheckResult:
-        reader = open_store(store, readonly=True)
-        try:
-            return check_maintenance(accounts, lifecycle, partners, reader, now=now)
-        finally:
-            reader.close()
-
-    thread = MaintenanceThread(check)
-    thread.start()
-    return thread
