@@ -179,6 +179,65 @@ def test_mistakes_are_explained(tmp_path: Path) -> None:
     assert "at least 10 characters" in r.stderr
 
 
+def test_a_directory_without_an_installation_is_named(tmp_path: Path) -> None:
+    """An operator command typed in the wrong directory (the installation's ``./data`` is
+    elsewhere) says so, instead of showing an empty installation it has just created; one
+    that creates (``add``) creates it and says so."""
+    data = tmp_path / "data"
+    for command in (
+        ("vehicle", "list"),
+        ("user", "list"),
+        ("account", "list"),
+        ("vehicle", "revoke", VINS[0]),
+        ("user", "set-password", "a@example.com"),
+    ):
+        r = telematics(data, *command)
+        assert r.returncode == 2, (command, r)
+        assert f"there is no installation in {data} (no state.db there)" in r.stderr, command
+        assert "--data-dir" in r.stderr
+        assert not data.exists(), command
+    r = telematics(data, "account", "add", "Vans")
+    assert r.returncode == 0, r.stderr
+    assert f"note: {data} held no installation; created a new state database" in r.stderr
+    r = telematics(data, "account", "list")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert "Vans" in r.stdout
+
+
+def test_a_credentials_file_never_moves_a_vehicle_and_says_it_renewed_one(
+    tmp_path: Path,
+) -> None:
+    """``vehicle add VIN --credentials-file`` gives a vehicle provisioned before new
+    credentials (the tool hands them out again), and says that its old password no longer
+    works; a vehicle another account holds is refused: it used to be "provisioned", stay
+    in its account and lose its unit's password."""
+    data, path = tmp_path / "data", tmp_path / "units.json"
+    assert telematics(data, "account", "add", "Vans").returncode == 0
+    assert telematics(data, "account", "add", "Cars").returncode == 0
+
+    def add(account: str, *vins: str) -> Done:
+        file = ("--credentials-file", str(path), "--broker-url", "mqtt://h:1884")
+        return telematics(data, "vehicle", "add", *vins, "--account", account, *file)
+
+    r = add("Vans", VINS[0])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("provisioned 1 vehicle(s); credentials in")
+    first = load_credentials(path).vehicles[VINS[0]].mqtt_password
+    r = add("Cars", VINS[0])
+    assert r.returncode == 2
+    assert f"{VINS[0]} is provisioned in account 1, not Cars; revoke it first" in r.stderr
+    assert load_credentials(path).vehicles[VINS[0]].mqtt_password == first
+    listed = json.loads(telematics(data, "vehicle", "list", "--json").stdout)
+    assert [(v["vin"], v["account"]) for v in listed] == [(VINS[0], 1)]
+    r = add("Vans", VINS[0], VINS[1])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(
+        "provisioned 2 vehicle(s) (1 of them provisioned before: new passwords, their old "
+        "ones no longer work); credentials in"
+    )
+    assert load_credentials(path).vehicles[VINS[0]].mqtt_password != first
+
+
 def test_accounts_are_named_by_id_or_name(tmp_path: Path) -> None:
     data = tmp_path / "data"
     assert telematics(data, "account", "add", "Demo Fleet").returncode == 0
@@ -322,10 +381,10 @@ def test_set_password_resets_a_lost_password_and_ends_the_sessions(
 
 def test_set_password_mistakes_are_explained(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    assert telematics(data, "user", "add", "a@example.com", "--role", "admin").returncode == 0
     r = telematics(data, "user", "set-password", "nobody@example.com")
     assert r.returncode == 2
     assert "there is no user nobody@example.com" in r.stderr
-    assert telematics(data, "user", "add", "a@example.com", "--role", "admin").returncode == 0
     r = telematics(data, "user", "set-password", "a@example.com",
                    env={"TELEMATICS_USER_PASSWORD": "short"})  # fmt: skip
     assert r.returncode == 2

@@ -15,6 +15,7 @@ import argparse
 import getpass
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,15 +64,47 @@ def add_admin_common(p: argparse.ArgumentParser, env: Environment) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+#: actions that only make sense on an installation that exists (they read or change what
+#: is there): on a data directory without one they say so instead of creating an empty one
+_NEEDS_AN_INSTALLATION = frozenset({"list", "revoke", "set-password"})
+
+
+def _action(args: argparse.Namespace) -> str | None:
+    for name in ("vehicle_command", "user_command", "account_command"):
+        action = getattr(args, name, None)
+        if action is not None:
+            return str(action)
+    return None
+
+
 @contextmanager
 def repositories(args: argparse.Namespace) -> Iterator[tuple[AccountRepository, AuditLog]]:
+    """The state database of ``args`` (``--state-db-url``, else ``state.db`` in
+    ``--data-dir``). Run in a directory that holds no installation (an operator command
+    typed in the wrong directory), a command that needs one says where it looked and how to
+    point it at the right one; one that creates (``add``) creates it and says so."""
     from gateway.statedb.accounts import AccountRepository
     from gateway.statedb.audit import AuditLog
     from gateway.statedb.database import StateDatabase, default_url
 
+    state_file = Path(args.data_dir) / "state.db"
+    fresh = not args.state_db_url and not state_file.exists()
+    if fresh and _action(args) in _NEEDS_AN_INSTALLATION:
+        raise CliError(
+            f"there is no installation in {args.data_dir} (no {state_file.name} there): run "
+            "this in the directory you ran telematics up in, or give its data directory "
+            "with --data-dir (env TELEMATICS_DATA_DIR)"
+        )
     db = StateDatabase(args.state_db_url or default_url(args.data_dir))
     try:
         db.upgrade()
+        if fresh:
+            print(
+                f"note: {args.data_dir} held no installation; created a new state database "
+                f"{state_file} (to use an existing installation, run this in the directory "
+                "you ran telematics up in, or give --data-dir)",
+                file=sys.stderr,
+            )
         yield AccountRepository(db), AuditLog(db)
     finally:
         db.dispose()

@@ -153,7 +153,7 @@ def _add(
     assert account is not None  # --account is required for add
     if args.label is not None:
         check_plain_text(args.label, "--label")
-    created = _provision(args, accounts, audit, vins, account)
+    created, renewed = _provision(args, accounts, audit, vins, account)
     _wait_for_broker(args, accounts.broker_version())
     if args.credentials_file is not None:
         from gateway.installation import write_unit_credentials
@@ -167,8 +167,14 @@ def _add(
             public_key_path=args.data_dir / "command-signing-key.pem.pub",
             broker_url=broker_url,
         )
+        again = (
+            f" ({len(renewed)} of them provisioned before: new passwords, their old ones "
+            "no longer work)"
+            if renewed
+            else ""
+        )
         print(
-            f"provisioned {len(created)} vehicle(s); credentials in "
+            f"provisioned {len(created)} vehicle(s){again}; credentials in "
             f"{args.credentials_file} (broker {written.broker_url})"
         )
         return 0
@@ -192,16 +198,27 @@ def _provision(
     audit: AuditLog,
     vins: list[str],
     account: int,
-) -> dict[str, str | None]:
-    """Provision ``vins`` into ``account``; VIN -> its new MQTT password (None: client
-    certificate). Writing a credentials file, a vehicle provisioned before gets new
-    credentials."""
+) -> tuple[dict[str, str | None], list[str]]:
+    """Provision ``vins`` into ``account``: VIN -> its new MQTT password (None: client
+    certificate), and the VINs that were provisioned before. Writing a credentials file, a
+    vehicle provisioned before in ``account`` gets new credentials; one that another
+    account holds is refused (it would stay there, its unit cut off)."""
     from gateway.accounts.provisioning import provision_or_rotate, provision_vehicle
     from gateway.statedb.accounts import VehicleAlreadyProvisioned
 
     created: dict[str, str | None] = {}
+    renewed: list[str] = []
     provision = provision_vehicle if args.credentials_file is None else provision_or_rotate
     for vin in vins:
+        held = accounts.get_vehicle(vin)
+        if held is not None and held.active:
+            if held.account_id != account:
+                raise CliError(
+                    f"{vin} is provisioned in account {held.account_id}, not {args.account}; "
+                    f"revoke it first (telematics vehicle revoke {vin}) to provision it "
+                    "into another account"
+                )
+            renewed.append(vin)
         try:
             result = provision(
                 accounts,
@@ -225,7 +242,7 @@ def _provision(
             detail={"credentials": "certificate" if args.certificate else "password"},
         )
         created[vin] = result.mqtt_password
-    return created
+    return created, renewed
 
 
 def _wait_for_broker(args: argparse.Namespace, version: int) -> None:
