@@ -28,6 +28,7 @@ The normative description for firmware teams is ``docs/device-contract.md``.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired, Required, TypeAlias, cast
@@ -232,8 +233,16 @@ def _signal_reason(error_type: str) -> Reason:
     return Reason.WRONG_TYPE
 
 
+#: the names pydantic gives the members of a union in an error's location
+#: (``constrained-int``, ``function-after[int(), constrained-float]``): an integer signal
+#: is one (integer, or integral float), and a unit's engineer reads the location in the
+#: feedback notice, where only the field and the signal path mean anything
+_UNION_MEMBER = re.compile(r"^(?:constrained-[a-z]+|function-[a-z]+\[.*\])$")
+
+
 def _describe(error: Any) -> str:
-    loc = ".".join(str(p) for p in error["loc"]) or "payload"
+    parts = (str(p) for p in error["loc"] if not _UNION_MEMBER.match(str(p)))
+    loc = ".".join(parts) or "payload"
     value = error.get("input")
     shown = "" if isinstance(value, dict | list) else f" (got {value!r:.80})"
     return f"{loc}: {error['msg']}{shown}"
