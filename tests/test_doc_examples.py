@@ -46,11 +46,9 @@ def json_blocks(path: Path) -> list[tuple[int, str]]:
     return blocks
 
 
-EXAMPLES = [
-    pytest.param(name, text, id=f"{name}:{line}")
-    for name, path in DOCS.items()
-    for line, text in json_blocks(path)
-]
+#: (document, line, text) of every JSON block
+BLOCKS = [(name, line, text) for name, path in DOCS.items() for line, text in json_blocks(path)]
+EXAMPLES = [pytest.param(name, text, id=f"{name}:{line}") for name, line, text in BLOCKS]
 
 
 def kind(example: dict[str, Any]) -> str | None:
@@ -67,9 +65,9 @@ def kind(example: dict[str, Any]) -> str | None:
 
 
 def test_the_documents_have_examples_of_every_message() -> None:
-    found = {kind(json.loads(p.values[1])) for p in EXAMPLES if p.values[0] != "README.md"}
+    found = {kind(json.loads(text)) for name, _, text in BLOCKS if name != "README.md"}
     assert {"telemetry", "event", "status", "result"} <= found
-    found = {kind(json.loads(p.values[1])) for p in EXAMPLES if p.values[0] == "README.md"}
+    found = {kind(json.loads(text)) for name, _, text in BLOCKS if name == "README.md"}
     assert {"telemetry", "event", "result"} <= found
 
 
@@ -103,9 +101,9 @@ def _rights(role: dict[str, Any]) -> set[tuple[str, str, bool]]:
 
 def test_the_readmes_dynamic_security_example_is_what_the_broker_gets() -> None:
     (example,) = (
-        json.loads(p.values[1])
-        for p in EXAMPLES
-        if p.values[0] == "README.md" and "defaultACLAccess" in p.values[1]
+        json.loads(text)
+        for name, _, text in BLOCKS
+        if name == "README.md" and "defaultACLAccess" in text
     )
     (client,) = example["clients"]
     vin = client["username"]
