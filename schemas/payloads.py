@@ -387,8 +387,7 @@ def _timely_samples(
             rejections.append(
                 Rejection(
                     Reason.FUTURE_TIMESTAMP,
-                    f"ts {item['ts']} is {item['ts'] - now_ms} ms ahead of the gateway clock "
-                    f"(limit {limits.max_future_skew_ms} ms)",
+                    _ahead(item["ts"], now_ms, limits),
                     vin=vin,
                     seq=item["seq"],
                 )
@@ -396,6 +395,13 @@ def _timely_samples(
             continue
         samples.append(Sample(vin, item["seq"], item["ts"], item["signals"]))
     return samples
+
+
+def _ahead(ts: int, now_ms: int, limits: Limits) -> str:
+    return (
+        f"ts {ts} is {ts - now_ms} ms ahead of the gateway clock "
+        f"(limit {limits.max_future_skew_ms} ms)"
+    )
 
 
 def _implausible(ts: int, limits: Limits) -> str:
@@ -540,7 +546,12 @@ def decode_event(
             seq=raw["seq"],
         )
     if raw["ts"] > now_ms + limits.max_future_skew_ms:
-        return Rejection(Reason.FUTURE_TIMESTAMP, f"ts {raw['ts']} is in the future", vin=topic_vin)
+        return Rejection(
+            Reason.FUTURE_TIMESTAMP,
+            _ahead(raw["ts"], now_ms, limits),
+            vin=topic_vin,
+            seq=raw["seq"],
+        )
     if raw["type"] in (EventType.DTC_SET, EventType.DTC_CLEARED) and "code" not in raw:
         return Rejection(
             Reason.INVALID_ENVELOPE, f"a {raw['type'].value} event needs a code", vin=topic_vin

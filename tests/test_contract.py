@@ -730,6 +730,20 @@ def test_event_rejected(payload: bytes, reason: Reason) -> None:
     assert rejection.detail
 
 
+@pytest.mark.parametrize("ts", [0, HORIZON + 1])
+def test_an_event_refused_for_its_time_names_its_seq_and_why(ts: int) -> None:
+    """As a sample's: the feedback notice names the event's seq (section 9) and, for a
+    clock ahead, by how much and the limit (it said only "is in the future", seq null)."""
+    rejection = decode_event(event_body(ts=ts), topic_vin=VIN, now_ms=NOW)
+    assert isinstance(rejection, Rejection)
+    assert rejection.seq == 1  # event_body's
+    if ts > NOW:
+        assert rejection.detail == (
+            f"ts {ts} is {ts - NOW} ms ahead of the gateway clock "
+            f"(limit {DEFAULT_LIMITS.max_future_skew_ms} ms)"
+        )
+
+
 def test_event_bad_code_detail_names_the_code() -> None:
     rejection = decode_event(event_body(code="P030G"), topic_vin=VIN, now_ms=NOW)
     assert isinstance(rejection, Rejection)
