@@ -502,6 +502,7 @@ def test_result_round_trip(result: CommandResult) -> None:
         pytest.param(result_json(detail=5), Reason.INVALID_ENVELOPE, "detail",
                      id="numeric-detail"),
         pytest.param(result_json(ts=...), Reason.INVALID_ENVELOPE, "ts", id="no-ts"),
+        pytest.param(result_json(vin=...), Reason.INVALID_ENVELOPE, "vin", id="no-vin"),
         pytest.param(result_json(ts=1.5), Reason.INVALID_ENVELOPE, "ts", id="float-ts"),
         pytest.param(result_json(ts=-1), Reason.INVALID_ENVELOPE, "ts", id="negative-ts"),
         pytest.param(result_json(seq=1), Reason.INVALID_ENVELOPE, "seq", id="extra-field"),

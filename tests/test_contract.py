@@ -744,6 +744,17 @@ def test_an_event_refused_for_its_time_names_its_seq_and_why(ts: int) -> None:
         )
 
 
+def test_an_ignition_event_may_carry_a_code() -> None:
+    """docs/device-contract.md section 6: ``code`` is optional there, checked and kept."""
+    body = event_body(type="ignition_on", code="P0301")
+    event = decode_event(body, topic_vin=VIN, now_ms=NOW)
+    assert isinstance(event, Event)
+    assert event.code == "P0301"
+    bad = decode_event(event_body(type="ignition_on", code="p0301"), topic_vin=VIN, now_ms=NOW)
+    assert isinstance(bad, Rejection)
+    assert bad.reason is Reason.INVALID_ENVELOPE
+
+
 def test_event_bad_code_detail_names_the_code() -> None:
     rejection = decode_event(event_body(code="P030G"), topic_vin=VIN, now_ms=NOW)
     assert isinstance(rejection, Rejection)
