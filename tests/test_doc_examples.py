@@ -113,3 +113,17 @@ def test_the_readmes_dynamic_security_example_is_what_the_broker_gets() -> None:
     (role,) = example["roles"]
     (same,) = (r for r in rendered["roles"] if r["rolename"] == role["rolename"])
     assert _rights(role) == _rights(same)
+
+
+def test_the_own_broker_rules_let_the_service_account_publish_what_it_publishes() -> None:
+    """README, Bringing your own broker, rule 3: every topic the private broker lets the
+    service account publish on is named (``integrations/+/alerts`` was missing, so an own
+    broker set up by the list dropped every integration's alerts)."""
+    readme = DOCS["README.md"].read_text(encoding="utf-8")
+    rule = readme[readme.index("3. give the gateway's service account") :]
+    rule = rule[: rule.index("\n4. ")]
+    rendered = json.loads(render_dynsec([], []))
+    (service,) = (r for r in rendered["roles"] if r["rolename"] == "telematics-service")
+    published = {a["topic"] for a in service["acls"] if a["acltype"] == "publishClientSend"}
+    assert published
+    assert {t for t in published if f"`{t}`" not in rule} == set()
