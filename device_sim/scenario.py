@@ -667,6 +667,20 @@ class _Checker:
             raise self.fail(key, str(exc)) from None
 
 
+#: the scenarios that come with the simulator
+SHIPPED_SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+
+def _no_such_file(path: Path) -> str:
+    """Says what a scenario file that is not there could have been: the shipped ones, as
+    a path from here when that is short (the checkout's ``device_sim/scenarios/``)."""
+    where = SHIPPED_SCENARIOS
+    with contextlib.suppress(ValueError):
+        where = SHIPPED_SCENARIOS.relative_to(Path.cwd())
+    shipped = ", ".join(sorted(p.name for p in SHIPPED_SCENARIOS.glob("*.toml")))
+    return f"there is no scenario file {path}; the shipped scenarios are in {where}/: {shipped}"
+
+
 def load(path: str | Path) -> Scenario:
     """Read and parse a scenario file; raises :class:`ScenarioError` (or ``OSError``)."""
     p = Path(path)
@@ -1052,16 +1066,17 @@ def _build_parser() -> argparse.ArgumentParser:
             "telematics sim --credentials."
         ),
         epilog=(
-            "examples:\n"
-            "  telematics sim scenario munich-morning.toml --dump --until 08:30 > run.jsonl\n"
-            "  telematics sim scenario munich-morning.toml --mqtt-url mqtt://127.0.0.1:1883\n"
-            "                                     an open broker\n"
-            "  telematics vehicle add \\\n"
-            "      $(telematics sim scenario munich-morning.toml --list-vins) \\\n"
+            "examples (in the checkout; the scenarios are in device_sim/scenarios/):\n"
+            "  telematics sim scenario device_sim/scenarios/munich-morning.toml --dump \\\n"
+            "      --until 08:30 > run.jsonl\n"
+            "  telematics sim scenario device_sim/scenarios/munich-morning.toml \\\n"
+            "      --mqtt-url mqtt://127.0.0.1:1883            an open broker\n"
+            "  telematics vehicle add $(telematics sim scenario \\\n"
+            "      device_sim/scenarios/munich-morning.toml --list-vins) \\\n"
             "      --account 'Demo Fleet' --credentials-file scenario-units.json\n"
-            "  telematics sim scenario munich-morning.toml --credentials scenario-units.json\n"
-            "                                     telematics up's closed broker, each unit\n"
-            "                                     logged in as its VIN\n"
+            "  telematics sim scenario device_sim/scenarios/munich-morning.toml \\\n"
+            "      --credentials scenario-units.json           telematics up's closed broker,\n"
+            "                                                  each unit logged in as its VIN\n"
             "The file format is described in device_sim/scenario.py and the example files in\n"
             "device_sim/scenarios/.\n"
             "\n"
@@ -1167,6 +1182,9 @@ async def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         scenario = _scenario_from(args)
+    except FileNotFoundError:
+        print(f"error: {_no_such_file(args.file)}", file=sys.stderr)
+        return 2
     except (ScenarioError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

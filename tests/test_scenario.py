@@ -334,6 +334,28 @@ def test_scenario_help_names_the_command(capsys: pytest.CaptureFixture[str]) -> 
         assert option in text
 
 
+def test_the_helps_examples_name_files_that_exist(capsys: pytest.CaptureFixture[str]) -> None:
+    """Copied into the checkout, each example of ``--help`` finds its file (they named a
+    bare ``munich-morning.toml``, which is not there)."""
+    with pytest.raises(SystemExit):
+        telematics_main(["sim", "scenario", "--help"])
+    named = re.findall(r"(\S+\.toml)", capsys.readouterr().out)
+    assert named
+    checkout = Path(__file__).resolve().parent.parent
+    assert [n for n in named if not (checkout / n).is_file()] == []
+
+
+def test_a_scenario_file_that_is_not_there_names_the_shipped_ones(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert asyncio.run(scenario_main(["munich-morning.toml", "--dump"])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: there is no scenario file munich-morning.toml; ")
+    assert f"the shipped scenarios are in {EXAMPLE.parent.resolve()}/: " in err
+    assert "munich-morning.toml" in err.split(": ")[-1]
+
+
 def _minimal_file(tmp_path: Path) -> Path:
     path = tmp_path / "minimal.toml"
     path.write_text(MINIMAL)
