@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -236,6 +237,52 @@ def test_a_credentials_file_never_moves_a_vehicle_and_says_it_renewed_one(
         "ones no longer work); credentials in"
     )
     assert load_credentials(path).vehicles[VINS[0]].mqtt_password != first
+
+
+def test_every_action_prints_json_with_json(tmp_path: Path) -> None:
+    """``--json`` ("print JSON instead of text", every action's help says) was ignored by
+    ``account add``, ``user add``, ``user set-password`` and ``vehicle revoke``."""
+    data = tmp_path / "data"
+
+    def as_json(*command: str, env: dict[str, str] | None = None) -> Any:
+        r = telematics(data, *command, "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    assert as_json("account", "add", "Vans") == {"id": 1, "kind": "organization", "name": "Vans"}
+    chosen = {"TELEMATICS_USER_PASSWORD": "chosen-password-1"}
+    created = as_json("user", "add", "a@vans.example", "--role", "fleet_manager",
+                      "--account", "Vans", env=chosen)  # fmt: skip
+    assert created == {"id": 1, "email": "a@vans.example", "role": "fleet_manager",
+                       "account": 1, "password": None}  # fmt: skip
+    generated = as_json("user", "set-password", "a@vans.example")
+    assert generated["password"]
+    assert generated["sessions_ended"] == 0
+    assert generated["disabled"] is False
+    assert as_json("vehicle", "add", VINS[0], "--account", "1")[0]["vin"] == VINS[0]
+    assert as_json("vehicle", "revoke", VINS[0]) == [{"vin": VINS[0], "revoked": True}]
+
+
+def test_a_reader_that_goes_away_ends_a_command_quietly(tmp_path: Path) -> None:
+    """``telematics vehicle list --json | head -1`` ended with a BrokenPipeError traceback."""
+    env = {**os.environ, "TELEMATICS_DATA_DIR": str(tmp_path / "data")}
+    assert telematics(tmp_path / "data", "account", "add", "Vans").returncode == 0
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before the command writes
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "account", "list", "--json"],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "BrokenPipeError" not in done.stderr
+    assert done.returncode == 1
 
 
 def test_accounts_are_named_by_id_or_name(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ docs/decisions/0013-architecture-step.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -70,9 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # commands without --log-level (vehicle, user, account, pki) print their own results
     setup_logging(args.log_level if hasattr(args, "log_level") else "WARNING")
     try:
-        return int(args.handler(args, env))
+        status = int(args.handler(args, env))
+        sys.stdout.flush()  # here, so that a reader gone (| head) is caught below
+        return status
     except (GatewayError, ValueError) as exc:
         print(f"telematics: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader of the output went away (telematics vehicle list | head): stop quietly,
+        # as other command-line tools do, not with a traceback; the output is discarded
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

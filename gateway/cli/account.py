@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.cli.admin import add_admin_common, now, print_rows, record, repositories
+from gateway.cli.admin import (
+    add_admin_common,
+    now,
+    print_result,
+    print_rows,
+    record,
+    repositories,
+)
 from gateway.settings import Environment
 from gateway.text import check_plain_text
 
@@ -47,5 +54,9 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             target=f"account:{account.id}",
             detail={"kind": account.kind, "name": account.name},
         )
-        print(f"created {account.kind} account {account.id} {account.name!r}")
+        print_result(
+            args,
+            {"id": account.id, "kind": account.kind, "name": account.name},
+            f"created {account.kind} account {account.id} {account.name!r}",
+        )
         return 0

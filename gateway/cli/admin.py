@@ -35,6 +35,7 @@ __all__ = [
     "account_id",
     "add_admin_common",
     "now",
+    "print_result",
     "print_rows",
     "record",
     "repositories",
@@ -146,6 +147,16 @@ def record(audit: AuditLog, action: str, **entry: Any) -> None:
 
 def now() -> int:
     return time.time_ns() // 1_000_000
+
+
+def print_result(args: argparse.Namespace, result: dict[str, object], *lines: str) -> None:
+    """What a command did: ``result`` as JSON with ``--json`` (its help promises it), else
+    ``lines`` for people."""
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    for line in lines:
+        print(line)
 
 
 def print_rows(args: argparse.Namespace, rows: list[dict[str, object]], columns: list[str]) -> None:

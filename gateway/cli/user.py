@@ -13,6 +13,7 @@ from gateway.cli.admin import (
     account_id,
     add_admin_common,
     now,
+    print_result,
     print_rows,
     record,
     repositories,
@@ -133,9 +134,19 @@ def _add_user(
         target=f"user:{user.id}",
         detail={"email": user.email, "role": user.role},
     )
-    print(f"created user {user.id} {user.email} ({user.role})")
-    if generated:
-        print(f"  password (shown only now): {password}")
+    shown = [f"  password (shown only now): {password}"] if generated else []
+    print_result(
+        args,
+        {
+            "id": user.id,
+            "email": user.email,
+            "role": user.role,
+            "account": user.account_id,
+            "password": password if generated else None,
+        },
+        f"created user {user.id} {user.email} ({user.role})",
+        *shown,
+    )
     return 0
 
 
@@ -166,12 +177,21 @@ def _set_password(
             "ended_integrations": ended.api_keys,
         },
     )
-    print(
-        f"set the password of user {user.id} {user.email}; {ended.refresh_sessions} "
-        f"session(s) ended, {ended.api_keys} API key(s) revoked"
-    )
-    if generated:
-        print(f"  password (shown only now): {password}")
+    shown = [f"  password (shown only now): {password}"] if generated else []
     if user.disabled_at is not None:
-        print("  note: this user is disabled (PATCH /v1/users/{id} enables it)")
+        shown.append("  note: this user is disabled (PATCH /v1/users/{id} enables it)")
+    print_result(
+        args,
+        {
+            "id": user.id,
+            "email": user.email,
+            "sessions_ended": ended.refresh_sessions,
+            "api_keys_revoked": ended.api_keys,
+            "disabled": user.disabled_at is not None,
+            "password": password if generated else None,
+        },
+        f"set the password of user {user.id} {user.email}; {ended.refresh_sessions} "
+        f"session(s) ended, {ended.api_keys} API key(s) revoked",
+        *shown,
+    )
     return 0

@@ -131,14 +131,19 @@ def _list(args: argparse.Namespace, accounts: AccountRepository) -> int:
 def _revoke(
     args: argparse.Namespace, accounts: AccountRepository, audit: AuditLog, vins: list[str]
 ) -> int:
+    done: list[dict[str, object]] = []
     for vin in vins:
         revoked = accounts.revoke_vehicle(vin, now=now())
+        done.append({"vin": vin, "revoked": revoked is not None})
         if revoked is None:
             print(f"{vin}: not provisioned", file=sys.stderr)
             continue
         record(audit, "vehicle_revoke", account_id=revoked.account_id, target=f"vehicle:{vin}")
-        print(f"{vin}: revoked")
+        if not args.json:
+            print(f"{vin}: revoked")
     _wait_for_broker(args, accounts.broker_version())
+    if args.json:
+        print(json.dumps(done, indent=2))
     return 0
 
 
