@@ -52,6 +52,18 @@ def test_every_command_names_itself_as_typed(capsys: pytest.CaptureFixture[str])
         assert "python -m" not in text.split("\n\n")[0], command
 
 
+def test_every_data_dir_says_what_it_holds(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--data-dir`` holds the state database too: ``telematics api --help`` said "the
+    telemetry database and the private broker's files" (an API runs no broker), and a
+    newcomer who started it elsewhere found their vehicles missing."""
+    for command in ("up", "gateway", "api", "fleet-worker"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        helped = text.split("--data-dir DATA_DIR ")[1].split(" --")[0]  # the option, not usage
+        assert "state.db" in helped, (command, helped)
+
+
 # --- the README's Configuration table --------------------------------------------------------
 
 

@@ -49,8 +49,9 @@ def add_common(p: argparse.ArgumentParser, env: Environment) -> None:
         "--data-dir",
         type=Path,
         default=env.data_dir,
-        help="where the telemetry database and the private broker's files live "
-        "(env TELEMATICS_DATA_DIR; default: ./data)",
+        help="the installation's data directory: the databases (telemetry.db, state.db), "
+        "secrets and keys, and the private broker's files; the operator commands (telematics "
+        "vehicle, user, account) need the same one (env TELEMATICS_DATA_DIR; default: ./data)",
     )
     p.add_argument(
         "--log-level",
