@@ -176,6 +176,16 @@ def test_without_the_units_time_the_gateways_times_count() -> None:
     assert judge({LOCKED: (True, NOW - 4001)}, old) is None
 
 
+@pytest.mark.parametrize("unit_time", [0, NOW // 1000])
+def test_a_units_clock_never_set_does_not_let_old_telemetry_confirm(unit_time: int) -> None:
+    """An answer stamped 0 (or in seconds) made every stored sample fresh: the locked state
+    of last week confirmed a lock the unit answered with its clock unset. Such a time is
+    not used; the gateway's time of acceptance is."""
+    unset = times(unit_accepted_at=unit_time)
+    assert judge({LOCKED: (True, NOW - 86_400_000)}, unset) is None
+    assert judge({LOCKED: (True, NOW - 3000)}, unset) == Verdict("confirmed", NOW - 3000)
+
+
 def test_open_until_the_window_has_passed_then_unconfirmed() -> None:
     assert judge({LOCKED: (False, NOW - 100)}) is None
     assert judge(None, now=NOW - 2000 + 120_000) is None

@@ -5,7 +5,9 @@ command still ``pending``: ``confirmed`` (with the newest sample's time) when fr
 shows the expected state (``schemas.commands.is_confirmed_by``), ``unconfirmed`` once the
 confirmation window has passed without it, or nothing yet. "Fresh" is measured on one
 clock: the samples' ``ts`` and the unit's time of acceptance are both the unit's; commands
-from before the unit's time was kept fall back to the gateway's times.
+from before the unit's time was kept, and a unit's time before 2020 (a clock never set,
+whose samples the gateway refuses while the latest state still holds older ones), fall
+back to the gateway's times.
 
 Pure: the command's times, its vehicle's latest state and now come in as arguments
 (docs/decisions/0013-architecture-step.md).
@@ -19,6 +21,7 @@ from typing import Any
 
 from schemas import SignalValue
 from schemas.commands import CONFIRMATION_TOLERANCE_MS, CommandType, is_confirmed_by
+from schemas.payloads import DEFAULT_LIMITS
 
 __all__ = ["CommandTimes", "Verdict", "judge_confirmation"]
 
@@ -55,8 +58,9 @@ def judge_confirmation(
 ) -> Verdict | None:
     """The verdict on a succeeded command, or None while it is still open (see the module
     docstring); ``latest`` is its vehicle's latest telemetry (None: nothing stored)."""
-    if times.unit_accepted_at is not None:
-        since = times.unit_accepted_at - CONFIRMATION_TOLERANCE_MS
+    unit_time = times.unit_accepted_at
+    if unit_time is not None and unit_time >= DEFAULT_LIMITS.min_plausible_ts_ms:
+        since = unit_time - CONFIRMATION_TOLERANCE_MS
     else:
         since = times.accepted_at or times.sent_at or times.created_at
     fresh: dict[str, SignalValue] = {}
