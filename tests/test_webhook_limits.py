@@ -7,6 +7,9 @@ of each webhook only."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -196,3 +199,89 @@ def test_a_delivery_connects_to_the_address_the_check_saw(tmp_path: Path) -> Non
         ((headers, _body),) = receiver.requests
         assert headers["host"] == f"rebound.invalid:{port}"
     db.dispose()
+
+
+class _Dripper:
+    """A real HTTP server that answers every POST ``200`` with a body it never finishes:
+    the headers, then one byte every ``every_s`` (well within a read timeout), announcing
+    ``size`` bytes. What an organization's own webhook endpoint can do to the worker."""
+
+    def __init__(self, *, size: int, every_s: float) -> None:
+        self.size, self.every_s = size, every_s
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.stopping = threading.Event()
+        self.requests = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            self.requests += 1
+            conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {self.size}\r\n\r\n".encode())
+            while not self.stopping.wait(self.every_s):
+                conn.sendall(b"x")
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.listener.close()
+
+
+def test_a_slow_webhook_endpoint_cannot_hold_up_other_organizations_deliveries(
+    tmp_path: Path,
+) -> None:
+    """Security review 4: the worker read every answer's whole body, and the timeout was
+    httpx's per read: an endpoint that answers 200 and then sends its (announced, huge)
+    body a byte at a time kept the delivery going for ever. The worker sends a batch at a
+    time, so two such deliveries (its concurrency) stopped every other organization's
+    webhooks. Now an attempt ends within ``webhook_timeout_s``, body or not, and the body
+    is not read (the status line decides)."""
+    db, repo, attacker = _repo(tmp_path)
+    victim = AccountRepository(db).create_account("organization", "victim", now=1).id
+    dripper = _Dripper(size=10**9, every_s=0.2)
+    try:
+        with Receiver() as receiver:
+            slow = repo.create(account_id=attacker, url=dripper.url, event_types=["*"],
+                               secret="whsec_a", description=None, created_by=1, now=1)  # fmt: skip
+            hook = repo.create(account_id=victim, url=receiver.url, event_types=["*"],
+                               secret="whsec_v", description=None, created_by=1, now=1)  # fmt: skip
+            now = int(time.time() * 1000)
+            for _ in range(2):
+                repo.enqueue_test(slow.id, now=now - 1000)  # due first
+            repo.enqueue_test(hook.id, now=now)
+            settings = NotifySettings(webhook_allow_private_targets=True, webhook_timeout_s=1.0,
+                                      webhook_concurrency=2, webhook_poll_s=0.05)  # fmt: skip
+
+            async def run() -> float:
+                worker = WebhookWorker(repo, settings)
+                await worker.start()
+                started = time.monotonic()
+                try:
+                    await asyncio.to_thread(
+                        wait_until, lambda: bool(receiver.requests), timeout=8,
+                        what="the victim's delivery",
+                    )  # fmt: skip
+                    return time.monotonic() - started
+                finally:
+                    dripper.close()  # (before stop: the old worker waits for its batch)
+                    await worker.stop()
+
+            waited = asyncio.run(run())
+            assert receiver.requests, "the victim's delivery was never sent"
+            assert waited < 5, f"the victim's delivery waited {waited:.1f} s"
+            attempts = repo.deliveries(slow.id, before_id=None, limit=10)
+            assert {d.response_status for d in attempts} <= {200, None}
+    finally:
+        dripper.close()
+        db.dispose()

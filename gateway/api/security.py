@@ -23,7 +23,9 @@ import base64
 import hashlib
 import hmac
 import math
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +130,34 @@ class AuthSettings:
     clock: Callable[[], float] = time.time
 
 
+class UnknownLoginThrottle:
+    """Wrong passwords for e-mail addresses that have no account, counted per (address,
+    client address) and locked out by the same rule as a user's (``login_throttles``), so
+    that the lock-out does not tell whether an account exists (decision 0039). Kept in
+    this process's memory, at most ``capacity`` pairs (the least recently failed are
+    forgotten first); thread-safe (the login route runs in the thread pool)."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._pairs: OrderedDict[tuple[str, str], tuple[int, int | None]] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def locked_until(self, email: str, address: str) -> int | None:
+        with self._lock:
+            entry = self._pairs.get((email, address))
+        return None if entry is None else entry[1]
+
+    def record_failure(
+        self, email: str, address: str, *, now: int, lockout_ms: Callable[[int], int | None]
+    ) -> None:
+        with self._lock:
+            failures = self._pairs.pop((email, address), (0, None))[0] + 1
+            lock = lockout_ms(failures)
+            self._pairs[(email, address)] = (failures, None if lock is None else now + lock)
+            while len(self._pairs) > self._capacity:
+                self._pairs.popitem(last=False)
+
+
 @dataclass(slots=True)
 class AuthContext:
     """What the routes need to authenticate, authorize, limit and audit (the log that
@@ -143,6 +173,8 @@ class AuthContext:
     invitations: RateLimiter | None = None
     #: the state-database reads of authentication, kept for ``settings.auth_cache_s``
     reads: AuthReads = field(init=False)
+    #: wrong passwords for addresses without an account (see the class)
+    unknown_logins: UnknownLoginThrottle = field(default_factory=UnknownLoginThrottle)
     _touched: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -68,6 +68,7 @@ __all__ = [
     "DYNSEC_PLUGIN_GLOBS",
     "INSTALL_HINT",
     "LOG_FILE_NAME",
+    "MAX_INFLIGHT_BYTES",
     "MAX_PACKET_SIZE",
     "PERSISTENCE_FILE_NAME",
     "SEARCH_DIRS",
@@ -121,6 +122,15 @@ payload between the gateway's 256 KiB limit and this still reaches the gateway, 
 acknowledged and quarantined as ``payload_too_large``, where an operator sees it. Not
 smaller: paho-mqtt 2.2 ignores the announced limit, and a packet over it disconnects the
 sender, which then reconnects and resends it forever. See decisions 0008 and 0011."""
+
+MAX_INFLIGHT_BYTES = 32 * 1024 * 1024
+"""Most bytes of QoS 1/2 messages in flight per client (``max_inflight_bytes``), in each
+direction. Towards a client it is what the gateway holds unacknowledged until its batch
+commits (a batch of thousands of small messages is a few MB; a bigger backlog waits in the
+queue, bounded by ``max_queued_messages``, nothing is dropped). From a client it bounds the
+QoS 2 messages the broker keeps until their sender's PUBREL: without it (0), one vehicle
+sending 1 MB messages and never releasing them grew the broker by 1 MB a message until
+memory ran out (security review 4, decision 0039)."""
 
 SESSION_EXPIRY_CAP_S = 7 * 24 * 3600
 """Longest any session outlives its connection (``persistent_client_expiration``): a client
@@ -265,6 +275,8 @@ class BrokerConfig:
     port: int
     data_dir: Path
     max_inflight_messages: int = 20_000
+    #: bytes of QoS 1/2 messages in flight per client and direction (0: no limit)
+    max_inflight_bytes: int = MAX_INFLIGHT_BYTES
     max_queued_messages: int = 1_000_000
     persistence: bool = True
     allow_anonymous: bool = True
@@ -306,6 +318,7 @@ class BrokerConfig:
             )
         for name in (
             "max_inflight_messages",
+            "max_inflight_bytes",
             "max_queued_messages",
             "message_size_limit",
             "max_packet_size",
@@ -493,6 +506,13 @@ def _render_queues(cfg: BrokerConfig, add: _Add) -> None:
         "after a batch commit, so a whole batch (thousands) is unacknowledged at once; the\n"
         "default of 20 would stall delivery to a trickle.",
         f"max_inflight_messages {cfg.max_inflight_messages}",
+    )
+    add(
+        "Bytes of QoS 1/2 messages in flight per client, each way. From a client this is\n"
+        "what a QoS 2 sender can leave waiting for its PUBREL: without a limit one vehicle\n"
+        "sending big messages it never released filled the broker's memory. Towards the\n"
+        "gateway more waits in the queue (nothing is dropped).",
+        f"max_inflight_bytes {cfg.max_inflight_bytes}",
     )
     add(
         "Messages queued per client beyond those in flight. Messages for a stopped gateway\n"

@@ -15,7 +15,8 @@ claim_due`: a lease, so several API processes never send one attempt twice) and 
   ``Host`` and as the TLS server name (certificate checked against it): the name is not
   resolved a second time, so a DNS answer that changes meanwhile (rebinding) does not get
   around the check (decision 0023);
-* a 2xx answer within ``webhook_timeout_s`` is ``delivered``; anything else is tried again
+* a 2xx status line within ``webhook_timeout_s`` (the whole attempt, connecting included)
+  is ``delivered``; the answer's body is never read (decision 0039); anything else is tried again
   after 10 s, 20 s, 40 s ... (at most an hour), and ``failed`` after
   ``webhook_max_attempts``; a delivery whose address the check refuses is ``failed`` at
   once (the next attempt would be refused the same way);
@@ -228,13 +229,22 @@ class WebhookWorker:
             headers["Telematics-Event-Id"] = str(delivery.event_id)
         # to the address just checked, not to the name (httpx would resolve it again)
         extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+        request = self._client.build_request(
+            "POST",
+            _pinned(parts, min(addresses, key=lambda a: ":" in a)),  # IPv4 first
+            content=body,
+            headers=headers,
+            extensions=extensions,
+        )
         try:
-            response = await self._client.post(
-                _pinned(parts, min(addresses, key=lambda a: ":" in a)),  # IPv4 first
-                content=body,
-                headers=headers,
-                extensions=extensions,
-            )
+            # the whole attempt within the timeout (httpx's is per read: a body sent a byte
+            # at a time never ended), and the body is never read (it could be any size):
+            # the status line decides (decision 0039)
+            async with asyncio.timeout(self.settings.webhook_timeout_s):
+                response = await self._client.send(request, stream=True)
+                await response.aclose()
+        except TimeoutError:
+            return None, f"no answer within {self.settings.webhook_timeout_s:g} s"
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"[:500]
         return response.status_code, None

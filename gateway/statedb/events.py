@@ -182,9 +182,17 @@ class EventLog:
     def prune(self, *, before_at: int, chunk: int = 2000) -> int:
         """Delete events older than ``before_at`` (one chunk, oldest first); how many.
         Webhook deliveries keep their own copy of the body, so pruning never breaks a
-        retry."""
+        retry. The newest event always stays: on SQLite (no AUTOINCREMENT on this table)
+        an emptied table would give id 1 again, and every reader that keeps its place by
+        id (the MQTT fan-out's cursor, live streams) would skip the new events up to the
+        old highest id (decision 0039)."""
         with self._db.write() as session:
-            ids = select(EventRow.id).where(EventRow.at < before_at).order_by(EventRow.id)
+            newest = select(func.max(EventRow.id)).scalar_subquery()
+            ids = (
+                select(EventRow.id)
+                .where(EventRow.at < before_at, EventRow.id < newest)
+                .order_by(EventRow.id)
+            )
             doomed = list(session.scalars(ids.limit(chunk)))
             if not doomed:
                 return 0

@@ -10,7 +10,7 @@ No response or log line contains a password or token except the token response i
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, NoReturn
 
 from fastapi import APIRouter, Depends, Form, Request, Response
 from pydantic import ValidationError
@@ -284,6 +284,35 @@ def me(principal: Caller, context: Auth) -> MeOut:
 # --- login and refresh ---------------------------------------------------------------------
 
 
+def _locked(wait_ms: int) -> ApiError:
+    return too_many(
+        "login_locked",
+        "Too many wrong passwords for this account from your address; wait before the "
+        "next attempt.",
+        wait_ms / 1000,
+    )
+
+
+def _no_such_user(
+    context: AuthContext, audit: AuditTrail, email: str, address: str, password: str, now: int
+) -> NoReturn:
+    """401 for an address without an account, locked out after as many attempts as a
+    user's (the same 429), so neither tells whether the account exists (decision 0039)."""
+    # what was typed, bounded and with control characters escaped: an audit entry must
+    # not become a way to store (or display) anything at all
+    detail = {"email": for_log(email)}
+    until = context.unknown_logins.locked_until(email, address)
+    if until is not None and until > now:
+        audit.record("login", outcome="denied", detail={**detail, "reason": "locked"})
+        raise _locked(until - now)
+    verify_nothing(password)
+    context.unknown_logins.record_failure(
+        email, address, now=now, lockout_ms=lambda n: _lockout_ms(context, n)
+    )
+    audit.record("login", outcome="failed", detail=detail)
+    raise _bad_login()
+
+
 def _bad_login() -> ApiError:
     return unauthenticated(
         "invalid_grant", "Wrong e-mail address or password (or the user is disabled)."
@@ -306,21 +335,13 @@ def authenticate(
     wrong passwords, each failure audited (the caller audits the success); 401 or 429."""
     _limit_attempts(context, audit, request)
     user = context.accounts.get_user_by_email(username)
-    if user is None:
-        verify_nothing(password)
-        audit.record(
-            "login",
-            outcome="failed",
-            # what was typed, bounded and with control characters escaped: an audit entry
-            # must not become a way to store (or display) anything at all
-            detail={"email": for_log(normalize_email(username))},
-        )
-        raise _bad_login()
-    principal = principal_of(user)
     now = context.now_ms()
     # wrong passwords are counted per (user, client address): whoever knows the address
     # elsewhere can slow down only their own attempts, never lock the owner out
     address = client_address(request) or "unknown"
+    if user is None:
+        _no_such_user(context, audit, normalize_email(username), address, password, now)
+    principal = principal_of(user)
     throttle = context.accounts.login_throttle(user.id, address)
     if throttle is not None and throttle.locked_until is not None and throttle.locked_until > now:
         audit.record(
@@ -330,12 +351,7 @@ def authenticate(
             account_id=user.account_id,
             detail={"reason": "locked"},
         )
-        raise too_many(
-            "login_locked",
-            "Too many wrong passwords for this account from your address; wait before the "
-            "next attempt.",
-            (throttle.locked_until - now) / 1000,
-        )
+        raise _locked(throttle.locked_until - now)
     if (
         not verify_password(password=password, password_hash=user.password_hash)
         or user.disabled_at is not None

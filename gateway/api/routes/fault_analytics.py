@@ -23,6 +23,7 @@ from gateway.api.routes.common import ACCOUNT_ERRORS
 from gateway.api.security import require_admin
 from gateway.core.fault_analytics import MIN_GROUP, fault_groups
 from gateway.store.base import TelemetryReader
+from gateway.text import for_spreadsheet
 from schemas import EventType
 
 __all__ = ["router"]
@@ -130,7 +131,7 @@ def fault_code_analytics(
         writer = csv.writer(buffer, lineterminator="\r\n")
         writer.writerow(_COLUMNS)
         for r in rows:
-            writer.writerow([getattr(r, c) for c in _COLUMNS])
+            writer.writerow([for_spreadsheet(getattr(r, c)) for c in _COLUMNS])
         return Response(
             buffer.getvalue(),
             media_type="text/csv; charset=utf-8",

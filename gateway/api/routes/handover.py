@@ -29,6 +29,7 @@ from gateway.api.security import forbidden, vehicle_not_found
 from gateway.core.handover import HANDOVER_SIGNALS, Snapshot, snapshot, state_at
 from gateway.statedb.fleet_log import AlertFilter
 from gateway.store.base import TelemetryReader
+from gateway.text import for_spreadsheet
 
 __all__ = ["router"]
 
@@ -333,11 +334,14 @@ def _html(report: HandoverOut) -> str:
 
 
 def _csv(report: HandoverOut) -> str:
+    """The CSV download; every text cell through :func:`for_spreadsheet` (the trouble codes
+    are free text the unit chose: decision 0039)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(_CSV_COLUMNS)
+    rows: list[list[Any]] = []
     for name, s in (("check_out", report.check_out), ("check_in", report.check_in)):
-        writer.writerow(
+        rows.append(
             [
                 name,
                 s.at,
@@ -350,7 +354,8 @@ def _csv(report: HandoverOut) -> str:
             ]
         )
     for a in report.changes.alerts:
-        writer.writerow(
+        rows.append(
             ["alert", a.start_at, a.start_at_iso, "", "", "", "", "", "", f"{a.kind} {a.severity}"]
         )
+    writer.writerows([for_spreadsheet(cell) for cell in row] for row in rows)
     return buffer.getvalue()
