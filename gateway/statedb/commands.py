@@ -333,6 +333,19 @@ _LOCKED = (
     .where(_COMMANDS.c.id == bindparam("command_id"))
     .with_for_update(of=_COMMANDS)
 )
+_BY_ID = select(*_RECORD_COLUMNS).where(_COMMANDS.c.id == bindparam("command_id"))
+#: a command's history after a seq, in order
+_HISTORY = (
+    select(
+        _TRANSITIONS.c.seq, _TRANSITIONS.c.status, _TRANSITIONS.c.event, _TRANSITIONS.c.at,
+        _TRANSITIONS.c.reason, _TRANSITIONS.c.detail,
+    )
+    .where(
+        _TRANSITIONS.c.command_id == bindparam("command_id"),
+        _TRANSITIONS.c.seq > bindparam("after_seq"),
+    )
+    .order_by(_TRANSITIONS.c.seq)
+)  # fmt: skip
 #: a command by its idempotency key, and the hash of its request
 _BY_KEY = select(*_RECORD_COLUMNS, _COMMANDS.c.request_hash).where(
     _COMMANDS.c.vin == bindparam("vin"),
@@ -527,9 +540,9 @@ class CommandRepository:
     # --- reading ----------------------------------------------------------------------------
 
     def get(self, command_id: str) -> CommandRecord | None:
-        with self._db.read() as session:
-            row = session.get(CommandRow, command_id)
-            return None if row is None else CommandRecord.from_row(row)
+        with self._db.read_connection() as connection:
+            found = connection.execute(_BY_ID, {"command_id": command_id}).first()
+        return None if found is None else _record(found)
 
     def list_for_vehicle(
         self,
@@ -576,26 +589,22 @@ class CommandRepository:
         return self._queued(CommandRow.vin == vin, CommandRow.status == CommandStatus.QUEUED.value)
 
     def _queued(self, *criteria: ColumnElement[bool]) -> list[CommandRecord]:
-        with self._db.read() as session:
-            rows = session.scalars(
-                _of_current_tenure(select(CommandRow))
-                .where(*criteria)
-                .order_by(CommandRow.created_at, CommandRow.id)
-            )
-            return [CommandRecord.from_row(row) for row in rows]
+        query = (
+            _of_current_tenure(select(*_RECORD_COLUMNS))
+            .where(*criteria)
+            .order_by(CommandRow.created_at, CommandRow.id)
+        )
+        with self._db.read_connection() as connection:
+            return [_record(row) for row in connection.execute(query)]
 
     def transitions(self, command_id: str, *, after_seq: int = 0) -> list[TransitionRecord]:
         """The command's history after ``after_seq``, in order (empty for an unknown id)."""
-        with self._db.read() as session:
-            rows = session.scalars(
-                select(CommandTransitionRow)
-                .where(
-                    CommandTransitionRow.command_id == command_id,
-                    CommandTransitionRow.seq > after_seq,
-                )
-                .order_by(CommandTransitionRow.seq)
-            )
-            return [TransitionRecord.from_row(row) for row in rows]
+        values = {"command_id": command_id, "after_seq": after_seq}
+        with self._db.read_connection() as connection:
+            return [
+                TransitionRecord(command_id, seq, CommandStatus(status), event, at, reason, detail)
+                for seq, status, event, at, reason, detail in connection.execute(_HISTORY, values)
+            ]
 
     def due_for_expiry(self, now: int) -> list[CommandRecord]:
         """Queued or sent commands whose expiry time has come (``expires_at <= now``).
@@ -634,9 +643,9 @@ class CommandRepository:
         order_by: tuple[ColumnElement[Any] | InstrumentedAttribute[Any], ...],
         limit: int | None = None,
     ) -> list[CommandRecord]:
-        query = select(CommandRow).where(*criteria).order_by(*order_by).limit(limit)
-        with self._db.read() as session:
-            return [CommandRecord.from_row(row) for row in session.scalars(query)]
+        query = select(*_RECORD_COLUMNS).where(*criteria).order_by(*order_by).limit(limit)
+        with self._db.read_connection() as connection:
+            return [_record(row) for row in connection.execute(query)]
 
     # --- changing ---------------------------------------------------------------------------
 
@@ -776,7 +785,7 @@ REVOKED_REASON = "vehicle_revoked"
 _OPEN = (CommandStatus.QUEUED.value, CommandStatus.SENT.value, CommandStatus.ACCEPTED.value)
 
 
-def _of_current_tenure(query: Select[CommandRow]) -> Select[CommandRow]:
+def _of_current_tenure(query: Select[Any]) -> Select[Any]:
     """Only commands of their vehicle's current, active holding period (or of an
     unprovisioned VIN, which has no period to end)."""
     return query.outerjoin(VehicleRow, VehicleRow.vin == CommandRow.vin).where(
