@@ -33,6 +33,7 @@ import enum
 import hashlib
 import logging
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -346,6 +347,31 @@ _HISTORY = (
     )
     .order_by(_TRANSITIONS.c.seq)
 )  # fmt: skip
+_DUE_FOR_EXPIRY = (
+    select(*_RECORD_COLUMNS)
+    .where(
+        _COMMANDS.c.status.in_((CommandStatus.QUEUED.value, CommandStatus.SENT.value)),
+        _COMMANDS.c.expires_at <= bindparam("now"),
+    )
+    .order_by(_COMMANDS.c.expires_at, _COMMANDS.c.id)
+)
+_DUE_FOR_TIMEOUT = (
+    select(*_RECORD_COLUMNS)
+    .where(
+        _COMMANDS.c.status == CommandStatus.ACCEPTED.value,
+        _COMMANDS.c.accepted_at + _COMMANDS.c.result_timeout_ms <= bindparam("now"),
+    )
+    .order_by(_COMMANDS.c.accepted_at, _COMMANDS.c.id)
+)
+_AWAITING_CONFIRMATION = (
+    select(*_RECORD_COLUMNS)
+    .where(
+        _COMMANDS.c.status == CommandStatus.SUCCEEDED.value,
+        _COMMANDS.c.confirmation == ConfirmationState.PENDING.value,
+    )
+    .order_by(_COMMANDS.c.finished_at, _COMMANDS.c.id)
+    .limit(bindparam("limit"))
+)
 #: a command by its idempotency key, and the hash of its request
 _BY_KEY = select(*_RECORD_COLUMNS, _COMMANDS.c.request_hash).where(
     _COMMANDS.c.vin == bindparam("vin"),
@@ -363,6 +389,14 @@ _CURRENT_TENURE = (
 _TENURE_ACCOUNT = select(VehicleTenureRow.account_id).where(
     VehicleTenureRow.vin == bindparam("vin"), VehicleTenureRow.number == bindparam("tenure")
 )
+
+
+#: (vin, period) -> account of the periods found, per database (its engine): see
+#: :func:`command_event`
+_TENURE_ACCOUNTS: weakref.WeakKeyDictionary[object, dict[tuple[str, int], int]] = (
+    weakref.WeakKeyDictionary()
+)
+_TENURE_ACCOUNTS_KEPT = 100_000
 
 
 def _record(values: Sequence[Any]) -> CommandRecord:
@@ -612,30 +646,22 @@ class CommandRepository:
         Accepted commands are not here: once the unit accepted, the result timeout bounds
         the wait instead (see the lifecycle).
         """
-        return self._records(
-            CommandRow.status.in_((CommandStatus.QUEUED.value, CommandStatus.SENT.value)),
-            CommandRow.expires_at <= now,
-            order_by=(CommandRow.expires_at, CommandRow.id),
-        )
+        # the timers' reads (every tick, on the loop): statements built once
+        return self._run(_DUE_FOR_EXPIRY, {"now": now})
 
     def due_for_timeout(self, now: int) -> list[CommandRecord]:
         """Accepted commands without a final answer in time (``accepted_at + timeout <= now``)."""
-        return self._records(
-            CommandRow.status == CommandStatus.ACCEPTED.value,
-            CommandRow.accepted_at + CommandRow.result_timeout_ms <= now,
-            order_by=(CommandRow.accepted_at, CommandRow.id),
-        )
+        return self._run(_DUE_FOR_TIMEOUT, {"now": now})
 
     def awaiting_confirmation(self, *, limit: int = 1000) -> list[CommandRecord]:
         """Succeeded commands whose effect telemetry has not yet confirmed, oldest first."""
         if limit <= 0:
             raise ValueError(f"limit must be positive, got {limit}")
-        return self._records(
-            CommandRow.status == CommandStatus.SUCCEEDED.value,
-            CommandRow.confirmation == ConfirmationState.PENDING.value,
-            order_by=(CommandRow.finished_at, CommandRow.id),
-            limit=limit,
-        )
+        return self._run(_AWAITING_CONFIRMATION, {"limit": limit})
+
+    def _run(self, query: Select[Any], values: dict[str, Any]) -> list[CommandRecord]:
+        with self._db.read_connection() as connection:
+            return [_record(row) for row in connection.execute(query, values)]
 
     def _records(
         self,
@@ -890,14 +916,22 @@ class _CommandFacts(Protocol):
 def command_event(session: Session, row: _CommandFacts, *, at: int) -> None:
     """Publish ``command.updated`` for ``row`` as it now stands, scoped to the account that
     held the vehicle in the command's holding period (never a later holder's). A
-    period's account never changes, so it is read once per transaction and period (the
-    command writer's grouped transactions publish many events of one vehicle)."""
+    period's account never changes (its row is never updated or deleted), so once found it
+    is kept for the database's life (the command writer publishes three events per
+    command, most in a transaction of their own; decision 0036); a period not found (an
+    unprovisioned VIN) is read again per transaction."""
     accounts: dict[tuple[str, int], int | None] = session.info.setdefault("tenure_accounts", {})
+    kept = _TENURE_ACCOUNTS.setdefault(session.get_bind(), {})
     period = (row.vin, row.tenure)
     if period not in accounts:
-        accounts[period] = session.connection().scalar(
-            _TENURE_ACCOUNT, {"vin": row.vin, "tenure": row.tenure}
-        )
+        account = kept.get(period)
+        if account is None:
+            account = session.connection().scalar(
+                _TENURE_ACCOUNT, {"vin": row.vin, "tenure": row.tenure}
+            )
+            if account is not None and len(kept) < _TENURE_ACCOUNTS_KEPT:
+                kept[period] = account
+        accounts[period] = account
     publish(
         session,
         type="command.updated",
