@@ -1075,11 +1075,12 @@ class AccountRepository:
         agree: the policy decides from both, and a revocation between two reads could
         otherwise pair a revoked vehicle's state with a grant that no longer exists, or the
         reverse."""
-        # one statement, built once, of columns rather than mapped rows: it runs on the
-        # event loop for every command and vehicle request, where building the statement
-        # and two ORM instances cost more than the query (decision 0035)
-        with self._db.read() as session:
-            found = session.execute(_VEHICLE_ACCESS, {"vin": vin, "user_id": user_id}).first()
+        # one statement, built once, of columns rather than mapped rows, on a connection
+        # rather than a session: it runs on the event loop for every command and vehicle
+        # request, where building the statement, two ORM instances and a session cost
+        # more than the query (decisions 0035, 0036)
+        with self._db.read_connection() as connection:
+            found = connection.execute(_VEHICLE_ACCESS, {"vin": vin, "user_id": user_id}).first()
         if found is None:
             return None, None
         vehicle = VehicleRecord(*found[:8])

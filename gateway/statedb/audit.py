@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import insert, null, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from gateway.statedb.database import StateDatabase
@@ -49,6 +49,8 @@ _MAX_ACTION_LENGTH: Final = 64
 #: longest ``remote_addr`` kept (VARCHAR(64)); longer ones are cut, not refused: an address
 #: comes from the network, and an unusual one must not cost the entry
 _MAX_REMOTE_ADDR_LENGTH: Final = 64
+#: one entry, its columns the parameters' keys (a detail of None is left out: SQL NULL)
+_INSERT_ENTRY: Final = insert(AuditRow).returning(AuditRow.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,14 +161,11 @@ class AuditLog:
             "outcome": str(outcome),
             "remote_addr": remote_addr,
         }
-        # Core insert, not the ORM: a None detail must be SQL NULL (``null()``), which the
-        # ORM would store as the JSON text 'null'
-        statement = (
-            insert(AuditRow)
-            .values(**values, detail=null() if stored_detail is None else stored_detail)
-            .returning(AuditRow.id)
-        )
-        entry_id = session.execute(statement).scalar_one()
+        # Core insert, not the ORM, on the session's connection, built once: a None detail
+        # must be SQL NULL (left out of the INSERT), which the ORM would store as the JSON
+        # text 'null'; and this runs for every command (decision 0036)
+        row = values if stored_detail is None else {**values, "detail": stored_detail}
+        entry_id = session.connection().execute(_INSERT_ENTRY, row).scalar_one()
         return AuditRecord(id=entry_id, detail=stored_detail, **values)
 
     def query(

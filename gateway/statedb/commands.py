@@ -28,16 +28,30 @@ the creation time is not part of it, so a retry minutes later still matches.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import orjson
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -124,12 +138,10 @@ def _check_new_command(
         )
 
 
-def _add_queued(
-    session: Session, row: CommandRow, *, flush: bool = True, sent_at: int | None = None
-) -> CommandRow:
-    """Add a new command (``row``: its request; the rest is what every new command starts
-    with) and its first history row (``queued``, no event); with ``sent_at``, sent then
-    (:func:`_mark_published`)."""
+def _add_queued(session: Session, row: CommandRow, *, flush: bool = True) -> CommandRow:
+    """Add a new command as an ORM row (``row``: its request; the rest is what every new
+    command starts with) and its first history row (``queued``, no event): a job's many
+    commands. A single command is written by :func:`_insert_new` instead."""
     row.status = CommandStatus.QUEUED.value
     row.sent_at = row.accepted_at = row.finished_at = None
     row.confirmed_at = row.unit_accepted_at = None
@@ -148,30 +160,7 @@ def _add_queued(
     )
     if flush:
         session.flush()
-    if sent_at is not None:
-        _mark_published(session, row, at=sent_at)
     return row
-
-
-def _mark_published(session: Session, row: CommandRow, *, at: int) -> None:
-    """A command just added by :func:`_add_queued` (its history: ``queued`` at seq 1),
-    sent at ``at``: what :meth:`CommandRepository.apply` of ``published`` writes, without
-    reading back the row just written (the command path's CPU, decision 0022). Its
-    creator publishes one ``command.updated`` event, as it stands at the commit."""
-    status = transition(CommandStatus(row.status), CommandEvent.PUBLISHED)
-    row.status = status.value
-    row.sent_at = at
-    session.add(
-        CommandTransitionRow(
-            command_id=row.id,
-            seq=2,
-            status=status.value,
-            event=CommandEvent.PUBLISHED.value,
-            at=at,
-            reason=None,
-            detail=None,
-        )
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +294,186 @@ def request_hash(
     return hashlib.sha256(canonical).hexdigest()
 
 
+# --- the command path's statements ------------------------------------------------------------
+#
+# Core statements on the session's connection, built once: the command writer runs them for
+# every command (created and sent, accepted, succeeded), and the ORM's unit of work, its
+# identity map and statement building per call were most of the API's CPU per command
+# (decision 0036). The ORM models stay the schema; jobs and revocations keep their ORM code.
+
+_COMMANDS = cast(Table, CommandRow.__table__)
+_TRANSITIONS = cast(Table, CommandTransitionRow.__table__)
+#: the columns of a :class:`CommandRecord`, in the order of its fields
+_RECORD_COLUMNS = tuple(
+    _COMMANDS.c[name]
+    for name in (
+        "id", "vin", "tenure", "type", "params", "status", "idempotency_key", "requested_by",
+        "created_at", "expires_at", "result_timeout_ms", "sent_at", "accepted_at",
+        "finished_at", "reason", "detail", "confirmation", "confirmed_at", "unit_accepted_at",
+        "job_id",
+    )
+)  # fmt: skip
+#: what :meth:`CommandRepository.apply` and its kin may change of a command
+_CHANGEABLE = (
+    "status", "sent_at", "accepted_at", "finished_at", "reason", "detail", "confirmation",
+    "confirmed_at", "unit_accepted_at",
+)  # fmt: skip
+_INSERT_COMMAND = insert(_COMMANDS)
+_INSERT_TRANSITION = insert(_TRANSITIONS)
+#: the SET clause is the parameters' keys (the changeable columns, always all of them)
+_UPDATE_COMMAND = update(_COMMANDS).where(_COMMANDS.c.id == bindparam("command_id"))
+#: a command, locked until the transaction ends (PostgreSQL: FOR UPDATE; SQLite: the
+#: write transaction holds the database), and the last seq of its history
+_LOCKED = (
+    select(
+        *_RECORD_COLUMNS,
+        select(func.max(_TRANSITIONS.c.seq))
+        .where(_TRANSITIONS.c.command_id == _COMMANDS.c.id)
+        .scalar_subquery(),
+    )
+    .where(_COMMANDS.c.id == bindparam("command_id"))
+    .with_for_update(of=_COMMANDS)
+)
+_BY_ID = select(*_RECORD_COLUMNS).where(_COMMANDS.c.id == bindparam("command_id"))
+#: a command's history after a seq, in order
+_HISTORY = (
+    select(
+        _TRANSITIONS.c.seq, _TRANSITIONS.c.status, _TRANSITIONS.c.event, _TRANSITIONS.c.at,
+        _TRANSITIONS.c.reason, _TRANSITIONS.c.detail,
+    )
+    .where(
+        _TRANSITIONS.c.command_id == bindparam("command_id"),
+        _TRANSITIONS.c.seq > bindparam("after_seq"),
+    )
+    .order_by(_TRANSITIONS.c.seq)
+)  # fmt: skip
+_DUE_FOR_EXPIRY = (
+    select(*_RECORD_COLUMNS)
+    .where(
+        _COMMANDS.c.status.in_((CommandStatus.QUEUED.value, CommandStatus.SENT.value)),
+        _COMMANDS.c.expires_at <= bindparam("now"),
+    )
+    .order_by(_COMMANDS.c.expires_at, _COMMANDS.c.id)
+)
+_DUE_FOR_TIMEOUT = (
+    select(*_RECORD_COLUMNS)
+    .where(
+        _COMMANDS.c.status == CommandStatus.ACCEPTED.value,
+        _COMMANDS.c.accepted_at + _COMMANDS.c.result_timeout_ms <= bindparam("now"),
+    )
+    .order_by(_COMMANDS.c.accepted_at, _COMMANDS.c.id)
+)
+_AWAITING_CONFIRMATION = (
+    select(*_RECORD_COLUMNS)
+    .where(
+        _COMMANDS.c.status == CommandStatus.SUCCEEDED.value,
+        _COMMANDS.c.confirmation == ConfirmationState.PENDING.value,
+    )
+    .order_by(_COMMANDS.c.finished_at, _COMMANDS.c.id)
+    .limit(bindparam("limit"))
+)
+#: a command by its idempotency key, and the hash of its request
+_BY_KEY = select(*_RECORD_COLUMNS, _COMMANDS.c.request_hash).where(
+    _COMMANDS.c.vin == bindparam("vin"),
+    _COMMANDS.c.tenure == bindparam("tenure"),
+    _COMMANDS.c.idempotency_key == bindparam("idempotency_key"),
+)
+_BY_KEY_OF = _BY_KEY.where(_COMMANDS.c.requested_by == bindparam("requested_by"))
+_BY_KEY_OF_NOBODY = _BY_KEY.where(_COMMANDS.c.requested_by.is_(None))
+#: the vehicle's current period, locked against a concurrent revocation (FOR SHARE)
+_CURRENT_TENURE = (
+    select(VehicleRow.tenure, VehicleRow.revoked_at)
+    .where(VehicleRow.vin == bindparam("vin"))
+    .with_for_update(read=True)
+)
+_TENURE_ACCOUNT = select(VehicleTenureRow.account_id).where(
+    VehicleTenureRow.vin == bindparam("vin"), VehicleTenureRow.number == bindparam("tenure")
+)
+
+
+#: (vin, period) -> account of the periods found, per database (its engine): see
+#: :func:`command_event`
+_TENURE_ACCOUNTS: weakref.WeakKeyDictionary[object, dict[tuple[str, int], int]] = (
+    weakref.WeakKeyDictionary()
+)
+_TENURE_ACCOUNTS_KEPT = 100_000
+
+
+def _record(values: Sequence[Any]) -> CommandRecord:
+    """A :class:`CommandRecord` of a row of :data:`_RECORD_COLUMNS` (more columns after
+    them are left out)."""
+    return CommandRecord(
+        values[0], values[1], values[2], values[3], dict(values[4]), CommandStatus(values[5]),
+        *values[6:20],
+    )  # fmt: skip
+
+
+def _insert_new(connection: Connection, new: CommandRecord, request_hash: str) -> None:
+    """Insert ``new`` (``queued``, or ``sent`` with its ``sent_at``) and its history:
+    ``queued`` at seq 1 and, if sent, ``published`` at seq 2."""
+    values = {column.name: getattr(new, column.name) for column in _RECORD_COLUMNS}
+    values["status"] = new.status.value
+    connection.execute(_INSERT_COMMAND, {**values, "request_hash": request_hash})
+    history = [
+        {"command_id": new.id, "seq": 1, "status": CommandStatus.QUEUED.value, "event": None,
+         "at": new.created_at, "reason": None, "detail": None}
+    ]  # fmt: skip
+    if new.status is CommandStatus.SENT:
+        history.append(
+            {"command_id": new.id, "seq": 2, "status": new.status.value,
+             "event": CommandEvent.PUBLISHED.value, "at": new.sent_at, "reason": None,
+             "detail": None}
+        )  # fmt: skip
+    connection.execute(_INSERT_TRANSITION, history)
+
+
+def _by_key(
+    connection: Connection, vin: str, tenure: int, requested_by: str | None, key: str
+) -> tuple[CommandRecord, str] | None:
+    """The command of this idempotency key and its request's hash: keys are per
+    requesting user (decision 0023), so another user of the vehicle cannot use one up."""
+    values = {"vin": vin, "tenure": tenure, "idempotency_key": key}
+    if requested_by is None:
+        found = connection.execute(_BY_KEY_OF_NOBODY, values).first()
+    else:
+        found = connection.execute(_BY_KEY_OF, {**values, "requested_by": requested_by}).first()
+    return None if found is None else (_record(found), found[20])
+
+
+def _replay(existing: CommandRecord, its_hash: str, digest: str) -> CommandRecord:
+    """The earlier command of a repeated request; :class:`IdempotencyConflict` if the
+    request differs."""
+    if its_hash != digest:
+        assert existing.idempotency_key is not None
+        raise IdempotencyConflict(existing.vin, existing.idempotency_key, existing.id)
+    return existing
+
+
+def _locked(connection: Connection, command_id: str) -> tuple[CommandRecord, int]:
+    """The command (locked, see :data:`_LOCKED`) and the last seq of its history;
+    :class:`CommandNotFound` if there is none."""
+    found = connection.execute(_LOCKED, {"command_id": command_id}).first()
+    if found is None:
+        raise CommandNotFound(command_id)
+    return _record(found), int(found[20] or 0)
+
+
+def _store_change(
+    connection: Connection, changed: CommandRecord, seq: int, event: str, at: int,
+    reason: str | None, detail: str | None,
+) -> None:  # fmt: skip
+    """Write ``changed`` (its changeable columns) and, with ``seq``, its history row."""
+    values = {name: getattr(changed, name) for name in _CHANGEABLE}
+    values["status"] = changed.status.value
+    connection.execute(_UPDATE_COMMAND, {**values, "command_id": changed.id})
+    if seq:
+        connection.execute(
+            _INSERT_TRANSITION,
+            {"command_id": changed.id, "seq": seq, "status": changed.status.value,
+             "event": event, "at": at, "reason": reason, "detail": detail},
+        )  # fmt: skip
+
+
 class CommandRepository:
     """Commands and their transitions in a :class:`StateDatabase` (thread-safe)."""
 
@@ -358,31 +527,24 @@ class CommandRepository:
         digest = request_hash(type=type, params=params, ttl_ms=ttl_ms, requested_by=requested_by)
         try:
             with self._db.write() as session:
-                _require_current_tenure(session, vin, tenure)
+                connection = session.connection()
+                _require_current_tenure(connection, vin, tenure)
                 if idempotency_key is not None:
-                    existing = self._by_key(session, vin, tenure, requested_by, idempotency_key)
+                    existing = _by_key(connection, vin, tenure, requested_by, idempotency_key)
                     if existing is not None:
-                        return self._replay(existing, digest), False
-                row = _add_queued(
-                    session,
-                    CommandRow(
-                        id=str(uuid.uuid4()),
-                        vin=vin,
-                        tenure=tenure,
-                        type=type,
-                        params=params,
-                        idempotency_key=idempotency_key,
-                        request_hash=digest,
-                        requested_by=requested_by,
-                        created_at=now,
-                        expires_at=now + ttl_ms,
-                        result_timeout_ms=result_timeout_ms,
-                        confirmation=str(confirmation),
-                    ),
-                    sent_at=sent_at,
-                )
-                record = CommandRecord.from_row(row)
-                command_event(session, row, at=now if sent_at is None else sent_at)
+                        return _replay(*existing, digest), False
+                queued = CommandStatus.QUEUED
+                sent = None if sent_at is None else transition(queued, CommandEvent.PUBLISHED)
+                record = CommandRecord(
+                    id=str(uuid.uuid4()), vin=vin, tenure=tenure, type=type, params=params,
+                    status=sent or queued, idempotency_key=idempotency_key,
+                    requested_by=requested_by, created_at=now, expires_at=now + ttl_ms,
+                    result_timeout_ms=result_timeout_ms, sent_at=sent_at, accepted_at=None,
+                    finished_at=None, reason=None, detail=None, confirmation=str(confirmation),
+                    confirmed_at=None,
+                )  # fmt: skip
+                _insert_new(connection, record, digest)
+                command_event(session, record, at=now if sent_at is None else sent_at)
                 if on_created is not None:
                     on_created(session, record)
         except IntegrityError:
@@ -403,45 +565,18 @@ class CommandRepository:
         """The command a concurrent create with the same key stored (see :meth:`create`),
         None if there is none."""
         with self._db.read() as session:
-            existing = self._by_key(session, vin, tenure, requested_by, idempotency_key)
-            if existing is None:
-                return None
-            logger.debug("command %s: concurrent create with the same idempotency key", existing.id)
-            return self._replay(existing, digest)
-
-    @staticmethod
-    def _by_key(
-        session: Session, vin: str, tenure: int, requested_by: str | None, idempotency_key: str
-    ) -> CommandRow | None:
-        """The command of this key: keys are per requesting user (decision 0023), so
-        another user of the vehicle cannot use one up."""
-        who = (
-            CommandRow.requested_by.is_(None)
-            if requested_by is None
-            else CommandRow.requested_by == requested_by
-        )
-        return session.scalar(
-            select(CommandRow).where(
-                CommandRow.vin == vin,
-                CommandRow.tenure == tenure,
-                who,
-                CommandRow.idempotency_key == idempotency_key,
-            )
-        )
-
-    @staticmethod
-    def _replay(existing: CommandRow, digest: str) -> CommandRecord:
-        if existing.request_hash != digest:
-            assert existing.idempotency_key is not None
-            raise IdempotencyConflict(existing.vin, existing.idempotency_key, existing.id)
-        return CommandRecord.from_row(existing)
+            existing = _by_key(session.connection(), vin, tenure, requested_by, idempotency_key)
+        if existing is None:
+            return None
+        logger.debug("command %s: concurrent create with the same idempotency key", existing[0].id)
+        return _replay(*existing, digest)
 
     # --- reading ----------------------------------------------------------------------------
 
     def get(self, command_id: str) -> CommandRecord | None:
-        with self._db.read() as session:
-            row = session.get(CommandRow, command_id)
-            return None if row is None else CommandRecord.from_row(row)
+        with self._db.read_connection() as connection:
+            found = connection.execute(_BY_ID, {"command_id": command_id}).first()
+        return None if found is None else _record(found)
 
     def list_for_vehicle(
         self,
@@ -488,26 +623,22 @@ class CommandRepository:
         return self._queued(CommandRow.vin == vin, CommandRow.status == CommandStatus.QUEUED.value)
 
     def _queued(self, *criteria: ColumnElement[bool]) -> list[CommandRecord]:
-        with self._db.read() as session:
-            rows = session.scalars(
-                _of_current_tenure(select(CommandRow))
-                .where(*criteria)
-                .order_by(CommandRow.created_at, CommandRow.id)
-            )
-            return [CommandRecord.from_row(row) for row in rows]
+        query = (
+            _of_current_tenure(select(*_RECORD_COLUMNS))
+            .where(*criteria)
+            .order_by(CommandRow.created_at, CommandRow.id)
+        )
+        with self._db.read_connection() as connection:
+            return [_record(row) for row in connection.execute(query)]
 
     def transitions(self, command_id: str, *, after_seq: int = 0) -> list[TransitionRecord]:
         """The command's history after ``after_seq``, in order (empty for an unknown id)."""
-        with self._db.read() as session:
-            rows = session.scalars(
-                select(CommandTransitionRow)
-                .where(
-                    CommandTransitionRow.command_id == command_id,
-                    CommandTransitionRow.seq > after_seq,
-                )
-                .order_by(CommandTransitionRow.seq)
-            )
-            return [TransitionRecord.from_row(row) for row in rows]
+        values = {"command_id": command_id, "after_seq": after_seq}
+        with self._db.read_connection() as connection:
+            return [
+                TransitionRecord(command_id, seq, CommandStatus(status), event, at, reason, detail)
+                for seq, status, event, at, reason, detail in connection.execute(_HISTORY, values)
+            ]
 
     def due_for_expiry(self, now: int) -> list[CommandRecord]:
         """Queued or sent commands whose expiry time has come (``expires_at <= now``).
@@ -515,30 +646,22 @@ class CommandRepository:
         Accepted commands are not here: once the unit accepted, the result timeout bounds
         the wait instead (see the lifecycle).
         """
-        return self._records(
-            CommandRow.status.in_((CommandStatus.QUEUED.value, CommandStatus.SENT.value)),
-            CommandRow.expires_at <= now,
-            order_by=(CommandRow.expires_at, CommandRow.id),
-        )
+        # the timers' reads (every tick, on the loop): statements built once
+        return self._run(_DUE_FOR_EXPIRY, {"now": now})
 
     def due_for_timeout(self, now: int) -> list[CommandRecord]:
         """Accepted commands without a final answer in time (``accepted_at + timeout <= now``)."""
-        return self._records(
-            CommandRow.status == CommandStatus.ACCEPTED.value,
-            CommandRow.accepted_at + CommandRow.result_timeout_ms <= now,
-            order_by=(CommandRow.accepted_at, CommandRow.id),
-        )
+        return self._run(_DUE_FOR_TIMEOUT, {"now": now})
 
     def awaiting_confirmation(self, *, limit: int = 1000) -> list[CommandRecord]:
         """Succeeded commands whose effect telemetry has not yet confirmed, oldest first."""
         if limit <= 0:
             raise ValueError(f"limit must be positive, got {limit}")
-        return self._records(
-            CommandRow.status == CommandStatus.SUCCEEDED.value,
-            CommandRow.confirmation == ConfirmationState.PENDING.value,
-            order_by=(CommandRow.finished_at, CommandRow.id),
-            limit=limit,
-        )
+        return self._run(_AWAITING_CONFIRMATION, {"limit": limit})
+
+    def _run(self, query: Select[Any], values: dict[str, Any]) -> list[CommandRecord]:
+        with self._db.read_connection() as connection:
+            return [_record(row) for row in connection.execute(query, values)]
 
     def _records(
         self,
@@ -546,9 +669,9 @@ class CommandRepository:
         order_by: tuple[ColumnElement[Any] | InstrumentedAttribute[Any], ...],
         limit: int | None = None,
     ) -> list[CommandRecord]:
-        query = select(CommandRow).where(*criteria).order_by(*order_by).limit(limit)
-        with self._db.read() as session:
-            return [CommandRecord.from_row(row) for row in session.scalars(query)]
+        query = select(*_RECORD_COLUMNS).where(*criteria).order_by(*order_by).limit(limit)
+        with self._db.read_connection() as connection:
+            return [_record(row) for row in connection.execute(query)]
 
     # --- changing ---------------------------------------------------------------------------
 
@@ -575,36 +698,33 @@ class CommandRepository:
         """
         event = CommandEvent(event)
         with self._db.write() as session:
-            row = self._locked(session, command_id)
-            current = CommandStatus(row.status)
+            connection = session.connection()
+            current, last_seq = _locked(connection, command_id)
             try:
-                status = transition(current, event)
+                status = transition(current.status, event)
             except IllegalTransition as exc:
                 logger.warning("command %s: %s; nothing recorded", command_id, exc)
                 raise
-            row.status = status.value
-            if status is CommandStatus.SENT:
-                row.sent_at = at
-            elif status is CommandStatus.ACCEPTED:
-                row.accepted_at = at
+            changed = dataclasses.replace(
+                current,
+                status=status,
+                sent_at=at if status is CommandStatus.SENT else current.sent_at,
+                accepted_at=at if status is CommandStatus.ACCEPTED else current.accepted_at,
+                finished_at=at if is_terminal(status) else current.finished_at,
+                reason=current.reason if reason is None else reason,
+                detail=current.detail if detail is None else detail,
+            )
             if (
                 unit_ts is not None
-                and row.unit_accepted_at is None
+                and current.unit_accepted_at is None
                 and event in _UNIT_ACCEPTING_EVENTS
             ):
-                row.unit_accepted_at = unit_ts
-            if is_terminal(status):
-                row.finished_at = at
-            if reason is not None:
-                row.reason = reason
-            if detail is not None:
-                row.detail = detail
-            self._append(session, command_id, status, event.value, at, reason, detail)
-            session.flush()
-            command_event(session, row, at=at)
-            if row.job_id is not None and is_terminal(status):
-                finish_job_if_done(session, row.job_id, at=at)
-            return CommandRecord.from_row(row)
+                changed = dataclasses.replace(changed, unit_accepted_at=unit_ts)
+            _store_change(connection, changed, last_seq + 1, event.value, at, reason, detail)
+            command_event(session, changed, at=at)
+            if changed.job_id is not None and is_terminal(status):
+                finish_job_if_done(session, changed.job_id, at=at)
+            return changed
 
     def note(
         self,
@@ -619,11 +739,14 @@ class CommandRepository:
         ``late_<status>`` event from :func:`~gateway.core.lifecycle.late_event`, an answer
         that came after the command had ended). Raises :class:`CommandNotFound`."""
         with self._db.write() as session:
-            row = self._locked(session, command_id)
-            status = CommandStatus(row.status)
-            self._append(session, command_id, status, event, at, reason, detail)
-            session.flush()
-            return CommandRecord.from_row(row)
+            connection = session.connection()
+            current, last_seq = _locked(connection, command_id)
+            connection.execute(
+                _INSERT_TRANSITION,
+                {"command_id": command_id, "seq": last_seq + 1, "status": current.status.value,
+                 "event": event, "at": at, "reason": reason, "detail": detail},
+            )  # fmt: skip
+            return current
 
     @staticmethod
     def _append(
@@ -667,22 +790,17 @@ class CommandRepository:
                 f"confirmation must be one of {', '.join(ConfirmationState)}, got {confirmation!r}"
             )
         with self._db.write() as session:
-            row = self._locked(session, command_id)
-            row.confirmation = str(confirmation)
-            row.confirmed_at = confirmed_at
-            session.flush()
+            connection = session.connection()
+            current, _ = _locked(connection, command_id)
+            changed = dataclasses.replace(
+                current, confirmation=str(confirmation), confirmed_at=confirmed_at
+            )
+            _store_change(connection, changed, 0, "", 0, None, None)
             when = at if at is not None else confirmed_at
-            command_event(session, row, at=when if when is not None else row.finished_at or 0)
-            return CommandRecord.from_row(row)
-
-    @staticmethod
-    def _locked(session: Session, command_id: str) -> CommandRow:
-        row = session.scalar(
-            select(CommandRow).where(CommandRow.id == command_id).with_for_update()
-        )
-        if row is None:
-            raise CommandNotFound(command_id)
-        return row
+            command_event(
+                session, changed, at=when if when is not None else changed.finished_at or 0
+            )
+            return changed
 
 
 # --- holding periods (inside a caller's transaction) -----------------------------------------
@@ -693,7 +811,7 @@ REVOKED_REASON = "vehicle_revoked"
 _OPEN = (CommandStatus.QUEUED.value, CommandStatus.SENT.value, CommandStatus.ACCEPTED.value)
 
 
-def _of_current_tenure(query: Select[CommandRow]) -> Select[CommandRow]:
+def _of_current_tenure(query: Select[Any]) -> Select[Any]:
     """Only commands of their vehicle's current, active holding period (or of an
     unprovisioned VIN, which has no period to end)."""
     return query.outerjoin(VehicleRow, VehicleRow.vin == CommandRow.vin).where(
@@ -704,15 +822,11 @@ def _of_current_tenure(query: Select[CommandRow]) -> Select[CommandRow]:
     )
 
 
-def _require_current_tenure(session: Session, vin: str, tenure: int) -> None:
+def _require_current_tenure(connection: Connection, vin: str, tenure: int) -> None:
     """:class:`TenureEnded` unless ``tenure`` is the current, active period of ``vin`` (or
     the VIN is not provisioned and ``tenure`` is 1). Locks the vehicle row against a
     concurrent revocation until the caller's transaction ends."""
-    vehicle = session.execute(
-        select(VehicleRow.tenure, VehicleRow.revoked_at)
-        .where(VehicleRow.vin == vin)
-        .with_for_update(read=True)
-    ).first()
+    vehicle = connection.execute(_CURRENT_TENURE, {"vin": vin}).first()
     if vehicle is None:
         if tenure != 1:
             raise TenureEnded(vin, tenure)
@@ -775,19 +889,49 @@ def user_of(requested_by: str | None) -> int | None:
     return int(number) if number.isdigit() else None
 
 
-def command_event(session: Session, row: CommandRow, *, at: int) -> None:
+class _CommandFacts(Protocol):
+    """What :func:`command_event` reads of a command: a :class:`CommandRecord` or a
+    :class:`CommandRow` (jobs and revocations)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def vin(self) -> str: ...
+    @property
+    def tenure(self) -> int: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def confirmation(self) -> str: ...
+    @property
+    def job_id(self) -> int | None: ...
+    @property
+    def requested_by(self) -> str | None: ...
+
+
+def command_event(session: Session, row: _CommandFacts, *, at: int) -> None:
     """Publish ``command.updated`` for ``row`` as it now stands, scoped to the account that
     held the vehicle in the command's holding period (never a later holder's). A
-    period's account never changes, so it is read once per transaction and period (the
-    command writer's grouped transactions publish many events of one vehicle)."""
+    period's account never changes (its row is never updated or deleted), so once found it
+    is kept for the database's life (the command writer publishes three events per
+    command, most in a transaction of their own; decision 0036); a period not found (an
+    unprovisioned VIN) is read again per transaction."""
     accounts: dict[tuple[str, int], int | None] = session.info.setdefault("tenure_accounts", {})
+    kept = _TENURE_ACCOUNTS.setdefault(session.get_bind(), {})
     period = (row.vin, row.tenure)
     if period not in accounts:
-        accounts[period] = session.scalar(
-            select(VehicleTenureRow.account_id).where(
-                VehicleTenureRow.vin == row.vin, VehicleTenureRow.number == row.tenure
+        account = kept.get(period)
+        if account is None:
+            account = session.connection().scalar(
+                _TENURE_ACCOUNT, {"vin": row.vin, "tenure": row.tenure}
             )
-        )
+            if account is not None and len(kept) < _TENURE_ACCOUNTS_KEPT:
+                kept[period] = account
+        accounts[period] = account
     publish(
         session,
         type="command.updated",
@@ -798,7 +942,7 @@ def command_event(session: Session, row: CommandRow, *, at: int) -> None:
             "command_id": row.id,
             "vin": row.vin,
             "type": row.type,
-            "status": row.status,
+            "status": str(row.status),
             "reason": row.reason,
             "confirmation": row.confirmation,
             "job_id": row.job_id,

@@ -281,6 +281,18 @@ class StateDatabase:
             yield session
 
     @contextmanager
+    def read_connection(self) -> Iterator[Connection]:
+        """:meth:`read` without the ORM session: a connection in a read transaction, for
+        Core statements on the request path (the session's own setup cost more than an
+        indexed read; decision 0036). Inside :meth:`grouped`, the group's connection."""
+        group: Session | None = getattr(self._group, "session", None)
+        if group is not None:
+            yield group.connection()
+            return
+        with self.engine.connect() as connection, connection.begin():
+            yield connection
+
+    @contextmanager
     def write(self, *, background: bool = False) -> Iterator[Session]:
         """A session in a write transaction: committed at the end, rolled back on error.
 
