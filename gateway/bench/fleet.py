@@ -509,6 +509,25 @@ def _loss(stack: _Stack, vehicles: int, expected_per_vehicle: int) -> tuple[int,
     return vehicles * expected_per_vehicle - distinct, total - distinct
 
 
+def _settled_loss(
+    stack: _Stack, vehicles: int, expected_per_vehicle: int, *, quiet_s: float = 5.0
+) -> tuple[int, int]:
+    """:func:`_loss` once nothing is missing, or once the store has stopped growing for
+    ``quiet_s`` (at most 120 s). The load generator is done when the broker has its
+    messages, not when the gateway has committed them: counted at once, samples still on
+    their way were "lost" (decision 0037: a worker that caught up sooner counted early)."""
+    lost, duplicated = _loss(stack, vehicles, expected_per_vehicle)
+    deadline = time.monotonic() + 120
+    quiet_since = time.monotonic()
+    while lost and time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_s:
+        time.sleep(0.25)
+        before = lost
+        lost, duplicated = _loss(stack, vehicles, expected_per_vehicle)
+        if lost != before:
+            quiet_since = time.monotonic()
+    return lost, duplicated
+
+
 # --- a repetition ---------------------------------------------------------------------------
 
 
@@ -549,7 +568,7 @@ def _phase(workdir: Path, shape: _Shape, *, rules: bool, half_rate: float = 0.0)
                 shape.latency_source,
             )
             per_vehicle += lat_each
-        out["loss"] = _loss(stack, shape.vehicles, per_vehicle)
+        out["loss"] = _settled_loss(stack, shape.vehicles, per_vehicle)
     return out
 
 
