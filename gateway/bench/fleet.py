@@ -105,6 +105,13 @@ class RepFigures:
     #: (decision 0029; before it the rules ran in the API and this was 0)
     with_rules_worker_cpu_us: float = 0.0
     load_1m: float = 0.0
+    #: where the alert latency goes (p99 of each part, ms; decision 0037): from publishing
+    #: to the gateway's commit of the sample that raised the alert, from that commit to the
+    #: worker's commit of the alert (its ``alert.raised`` event's time), and from there
+    #: to the stream's reader
+    latency_p99_commit_ms: float = 0.0
+    latency_p99_evaluate_ms: float = 0.0
+    latency_p99_stream_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +185,10 @@ def _print(r: FleetBenchResult) -> None:
             f"         alert latency at {f.latency_rate_samples_per_s:,.0f} samples/s "
             f"({f.latency_alerts} alerts, {f.latency_unseen} unseen): p50 "
             f"{f.latency_p50_ms:.0f} ms  p99 {f.latency_p99_ms:.0f} ms  max "
-            f"{f.latency_max_ms:.0f} ms"
+            f"{f.latency_max_ms:.0f} ms\n"
+            f"         p99 of its parts: published -> committed {f.latency_p99_commit_ms:.0f} ms, "
+            f"-> alert stored {f.latency_p99_evaluate_ms:.0f} ms, -> seen on the stream "
+            f"{f.latency_p99_stream_ms:.0f} ms"
         )
     w = r.worst
     lines.append(
@@ -275,6 +285,8 @@ class _Stack:
     api_pid: int = 0
     #: the fleet-worker process (0: none, the phase without rules)
     worker_pid: int = 0
+    #: :func:`_latency_parts` of the latency phase
+    latency_parts: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 @contextlib.contextmanager
@@ -496,7 +508,36 @@ def _latency(
     seen = poller.seen()
     rows = _state(stack.state_db, query)
     latencies = [at - start for start, at in seen.values()]
+    stack.latency_parts = _latency_parts(stack, seen)
     return latencies, len(rows), len({r[0] for r in rows} - set(seen))
+
+
+def _latency_parts(stack: _Stack, seen: dict[int, tuple[int, float]]) -> tuple[float, float, float]:
+    """p99 of the three parts of the seen alerts' latency (``RepFigures``): the raising
+    sample's commit time is its ``received_at`` in the store (its ``ts`` is the alert's
+    start, the publish time), the alert's store time its ``alert.raised`` event's ``at``."""
+    stored: dict[int, int] = {}
+    for at, data in _state(
+        stack.state_db, "SELECT at, data FROM events WHERE type = 'alert.raised'"
+    ):
+        body = json.loads(data) if isinstance(data, str) else data
+        stored[int(body["alert_id"])] = int(at)
+    vins = dict(_state(stack.state_db, "SELECT id, vin FROM fleet_alerts WHERE kind = 'overspeed'"))
+    parts: tuple[list[float], list[float], list[float]] = ([], [], [])
+    for alert_id, (start, seen_at) in seen.items():
+        row = stack.telemetry.execute(
+            "SELECT s.received_at FROM samples s JOIN vehicles v ON v.id = s.vehicle_id "
+            "WHERE v.vin = ? AND s.ts = ? ORDER BY s.id LIMIT 1",
+            (vins.get(alert_id), start),
+        ).fetchone()
+        if row is None or alert_id not in stored:
+            continue
+        committed, at = int(row[0]), stored[alert_id]
+        parts[0].append(committed - start)
+        parts[1].append(at - committed)
+        parts[2].append(seen_at - at)
+    p99 = [round(percentile(p, 0.99), 1) if p else 0.0 for p in parts]
+    return p99[0], p99[1], p99[2]
 
 
 def _loss(stack: _Stack, vehicles: int, expected_per_vehicle: int) -> tuple[int, int]:
@@ -507,6 +548,25 @@ def _loss(stack: _Stack, vehicles: int, expected_per_vehicle: int) -> tuple[int,
         (bench_vin(999_999),),
     ).fetchone()
     return vehicles * expected_per_vehicle - distinct, total - distinct
+
+
+def _settled_loss(
+    stack: _Stack, vehicles: int, expected_per_vehicle: int, *, quiet_s: float = 5.0
+) -> tuple[int, int]:
+    """:func:`_loss` once nothing is missing, or once the store has stopped growing for
+    ``quiet_s`` (at most 120 s). The load generator is done when the broker has its
+    messages, not when the gateway has committed them: counted at once, samples still on
+    their way were "lost" (decision 0037: a worker that caught up sooner counted early)."""
+    lost, duplicated = _loss(stack, vehicles, expected_per_vehicle)
+    deadline = time.monotonic() + 120
+    quiet_since = time.monotonic()
+    while lost and time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_s:
+        time.sleep(0.25)
+        before = lost
+        lost, duplicated = _loss(stack, vehicles, expected_per_vehicle)
+        if lost != before:
+            quiet_since = time.monotonic()
+    return lost, duplicated
 
 
 # --- a repetition ---------------------------------------------------------------------------
@@ -549,7 +609,8 @@ def _phase(workdir: Path, shape: _Shape, *, rules: bool, half_rate: float = 0.0)
                 shape.latency_source,
             )
             per_vehicle += lat_each
-        out["loss"] = _loss(stack, shape.vehicles, per_vehicle)
+            out["latency_parts"] = stack.latency_parts
+        out["loss"] = _settled_loss(stack, shape.vehicles, per_vehicle)
     return out
 
 
@@ -561,6 +622,7 @@ def _rep(workdir: Path, shape: _Shape, progress: bool) -> RepFigures:
     _say(progress, "phase 2: ingest with every rule on, then alert latency at half that rate")
     with_rules = _phase(workdir, shape, rules=True, half_rate=rate / 2)
     latencies, alerts_then, unseen = with_rules["latency"]
+    to_commit, to_store, to_seen = with_rules["latency_parts"]
     lost = without["loss"][0] + with_rules["loss"][0]
     duplicated = without["loss"][1] + with_rules["loss"][1]
     by_kind = with_rules["alerts"]
@@ -584,6 +646,9 @@ def _rep(workdir: Path, shape: _Shape, progress: bool) -> RepFigures:
         with_rules_api_cpu_us=round(with_rules["api_us"], 1),
         with_rules_worker_cpu_us=round(with_rules["worker_us"], 1),
         load_1m=round(os.getloadavg()[0], 1),
+        latency_p99_commit_ms=to_commit,
+        latency_p99_evaluate_ms=to_store,
+        latency_p99_stream_ms=to_seen,
     )
     _say(progress, f"  {figures}")
     return figures
@@ -593,7 +658,8 @@ def _rep(workdir: Path, shape: _Shape, progress: bool) -> RepFigures:
 _HIGHER_IS_WORSE = {
     "lost", "duplicated", "latency_unseen", "latency_p50_ms", "latency_p99_ms", "latency_max_ms",
     "without_rules_gateway_cpu_us", "with_rules_gateway_cpu_us", "with_rules_api_cpu_us",
-    "with_rules_worker_cpu_us", "load_1m",
+    "with_rules_worker_cpu_us", "load_1m", "latency_p99_commit_ms", "latency_p99_evaluate_ms",
+    "latency_p99_stream_ms",
 }  # fmt: skip
 
 

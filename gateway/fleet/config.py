@@ -31,6 +31,8 @@ __all__ = ["AccountConfig", "ConfigCache", "geofence_of"]
 logger = logging.getLogger(__name__)
 
 AccountConfig = tuple[RuleSettings, TripSettings]
+#: VINs per read of their fleet limits
+_LIMITS_CHUNK = 500
 
 
 def geofence_of(record: GeofenceRecord) -> Geofence:
@@ -99,7 +101,18 @@ class ConfigCache:
         now = self._clock()
         stale = [v for v in vins if now - self._limits.get(v, (-self._ttl, None))[0] >= self._ttl]
         if stale:
-            found = self._repo.fleet_limits(stale)
+            # with the stale ones, every held VIN past half its time: the VINs' times then
+            # stay together and one read serves every partition of a pass, where each pass
+            # read a few stale VINs per partition (decision 0037)
+            half = self._ttl // 2
+            stale = list(
+                dict.fromkeys(
+                    [*stale, *(v for v, (at, _) in self._limits.items() if now - at >= half)]
+                )
+            )
+            found: dict[str, float] = {}
+            for chunk in range(0, len(stale), _LIMITS_CHUNK):
+                found.update(self._repo.fleet_limits(stale[chunk : chunk + _LIMITS_CHUNK]))
             for vin in stale:
                 self._limits[vin] = (now, found.get(vin))
         out: dict[str, AccountConfig] = {}

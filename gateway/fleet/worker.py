@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,8 @@ REST_PER_STEP = 1.0
 #: the most samples one trip recompute reads (a window starts at a trip's start: hours)
 _RECOMPUTE_LIMIT = 500_000
 _FOREVER = 2**62
+#: the most holding periods whose account the worker keeps (then it starts over)
+_ACCOUNTS_KEPT = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,17 +199,24 @@ def _ready_prefix(
 
 
 def _core_items(
-    samples: Iterable[LoggedSample], events: Iterable[LoggedEvent]
+    samples: Sequence[LoggedSample], events: Sequence[LoggedEvent]
 ) -> list[Sample | VehicleEvent]:
     """One vehicle's samples by seq, merged with its events (by seq) by time."""
     ss: list[Sample | VehicleEvent] = [
-        Sample(s.ts, s.values, s.seq, s.received_at) for s in sorted(samples, key=lambda s: s.seq)
+        Sample(s.ts, s.values, s.seq, s.received_at)
+        for s in (samples if len(samples) < 2 else sorted(samples, key=_seq))
     ]
+    if not events:  # the usual pass of a vehicle: its new samples only, often one
+        return ss
     es: list[Sample | VehicleEvent] = [
         VehicleEvent(e.ts, EventType(e.type), e.code, e.received_at)
-        for e in sorted(events, key=lambda e: e.seq)
+        for e in sorted(events, key=_seq)
     ]
     return list(heapq.merge(ss, es, key=_ts))
+
+
+def _seq(row: LogItem) -> int:
+    return row.seq
 
 
 def _ts(item: Sample | VehicleEvent) -> int:
@@ -276,6 +285,8 @@ class RulesWorker:
         #: (what the database holds: written through in every commit, read only when not
         #: here; decision 0024)
         self._states: dict[VinKey, VinState] = {}
+        #: the account of each vehicle's holding period seen (:meth:`_accounts_of`)
+        self._accounts: dict[VinKey, int] = {}
 
     def _leases(self, now: int) -> dict[int, tuple[int, int]]:
         """The partitions held; the leases renewed (and free ones taken) every third of
@@ -334,7 +345,7 @@ class RulesWorker:
         sample_rows = reader.samples_after(low_s, limit=s.batch)
         event_rows = reader.events_after(low_e, limit=s.batch)
         keys = {(r.vin, r.tenure) for r in sample_rows} | {(r.vin, r.tenure) for r in event_rows}
-        accounts = self.log.accounts_of(keys)
+        accounts = self._accounts_of(keys)
         self._learn_next_seqs(accounts)
 
         def free(key: VinKey) -> bool:
@@ -348,6 +359,18 @@ class RulesWorker:
         read = _Read(samples, events, s_end, e_end, accounts)
         read.split(s.partitions)
         return read
+
+    def _accounts_of(self, keys: set[VinKey]) -> dict[VinKey, int]:
+        """The accounts that held the vehicles: a holding period's account never changes
+        (another owner is another tenure), so one found is kept; one not found (not
+        provisioned) is asked again next time."""
+        known = self._accounts
+        missing = [k for k in keys if k not in known]
+        if missing:
+            if len(known) > _ACCOUNTS_KEPT:
+                known.clear()
+            known.update(self.log.accounts_of(missing))
+        return {k: known[k] for k in keys if k in known}
 
     def _learn_next_seqs(self, accounts: Mapping[VinKey, int]) -> None:
         """The next sample seq of vehicles not yet known here, from their stored rule state
