@@ -117,7 +117,7 @@ class Environment(BaseSettings):
     unit_broker_url: str | None = None
     unit_tls_broker_url: str | None = None
     #: unit-facing edge brokers bridged to the core broker (decision 0038; 0: none)
-    edge_brokers: int = Field(default=0, ge=0, le=64)
+    edge_brokers: int = Field(default=0, ge=0)
     #: the API: the edges' URLs told to units at provisioning, comma-separated, edge order
     edge_broker_urls: str = ""
 

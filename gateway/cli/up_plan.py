@@ -271,6 +271,8 @@ def _broker_plan(args: argparse.Namespace, data_dir: Path, state_db_url: str) ->
         return BrokerPlan(BrokerMode.ANONYMOUS, url, port=args.mqtt_port, directory=directory)
     password = data_dir / "secrets" / SERVICE_PASSWORD_FILE
     edges = getattr(args, "edge_brokers", 0)
+    if not 0 <= edges <= 64:
+        raise ConfigurationError("--edge-brokers: give 0 (none) to 64")
     if edges and args.tls_port is not None:
         raise GatewayError("--edge-brokers: the TLS listener is not on the edges yet (drop one)")
     if edges and args.demo:
