@@ -452,3 +452,35 @@ def test_up_with_edge_brokers_takes_units_only_at_their_edge_and_stores_their_da
         )
         status = json.loads((data / "health" / "supervisor.json").read_text())
         assert [e["state"] for e in status["edges"]] == ["running", "running"]
+
+
+def test_a_commands_message_expiry_crosses_the_bridge(cluster: Cluster) -> None:
+    """The command service sets a message expiry on every command (a unit that comes back
+    late must not run it); the MQTT 5 bridge hands it on, counted down."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    vin = cluster.vins[2][0]
+    unit = cluster.unit(vin)
+    assert unit.subscribe(f"v1/vehicles/{vin}/commands") == 1
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cmd", protocol=mqtt.MQTTv5)
+    sender.username_pw_set(SERVICE, SERVICE_SECRET)
+    sender.connect("127.0.0.1", cluster.core.port)
+    sender.loop_start()
+    try:
+        props = Properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = 120
+        sender.publish(
+            f"v1/vehicles/{vin}/commands", b"c", qos=1, properties=props
+        ).wait_for_publish(10)
+    finally:
+        sender.loop_stop()
+        sender.disconnect()
+    got = unit.receive_message(10)
+    assert got is not None
+    assert got[:2] == (f"v1/vehicles/{vin}/commands", b"c")
+    expiry = got[2].get(0x02)
+    assert isinstance(expiry, int)
+    assert 0 < expiry <= 120

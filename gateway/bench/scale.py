@@ -432,13 +432,18 @@ def _installation(
         with _command_units(inst, command_units, progress):
             yield inst
     finally:
-        up.terminate()
-        try:
-            up.wait(60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait()
-        untrack(up)
+        _end(up, 60)
+
+
+def _end(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Terminate a child of the benchmark; kill it after ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    untrack(proc)
 
 
 @contextlib.contextmanager
@@ -488,13 +493,7 @@ def _command_units(inst: _Installation, count: int, progress: bool) -> Iterator[
         yield
     finally:
         for unit in units:
-            unit.terminate()
-            try:
-                unit.wait(30)
-            except subprocess.TimeoutExpired:
-                unit.kill()
-                unit.wait()
-            untrack(unit)
+            _end(unit, 30)
 
 
 def _command_unit_process(

@@ -25,9 +25,9 @@ The bridge (Mosquitto's own, configured by :func:`bridge_lines`):
   core would refuse anyway.
 
 Found by experiment on Mosquitto 2.0.11 (``tests/test_edge_brokers.py``): the bridge's
-local subscriptions exist before the edge reads its first socket, also while the core is
-down, so a unit's publish right after an edge (re)start is queued for the bridge, not
-answered "no matching subscribers"; messages queued on the edge while the core is down
+local subscriptions exist when a unit's first publish arrives, also while the core is
+down (a fresh edge, the core down: PUBACK reason 0, forwarded later, not "no matching
+subscribers"); messages queued on the edge while the core is down
 outlive a clean restart of the edge; the bridge is not subject to the edge's Dynamic
 Security rules (Mosquitto skips ACL checks for bridge connections).
 """

@@ -219,13 +219,19 @@ def edge_unit_urls(args: argparse.Namespace) -> list[str]:
     edges = getattr(args, "edge_brokers", 0)
     if not edges:
         return []
-    host = "127.0.0.1"
-    if args.unit_broker_url is not None:
-        try:
-            host = parse_broker_url(args.unit_broker_url).host
-        except ValueError as exc:
-            raise ConfigurationError(f"--unit-broker-url: {exc}") from None
+    host = _unit_host(args)
     return [BrokerAddress(host, args.mqtt_port + i, tls=False).url for i in range(1, edges + 1)]
+
+
+def _unit_host(args: argparse.Namespace) -> str:
+    """The private broker's host as units reach it: that of ``--unit-broker-url``, else
+    127.0.0.1."""
+    if args.unit_broker_url is None:
+        return "127.0.0.1"
+    try:
+        return parse_broker_url(args.unit_broker_url).host
+    except ValueError as exc:
+        raise ConfigurationError(f"--unit-broker-url: {exc}") from None
 
 
 def _unit_tls_broker_url(args: argparse.Namespace) -> str | None:
@@ -237,13 +243,7 @@ def _unit_tls_broker_url(args: argparse.Namespace) -> str | None:
         return str(args.unit_tls_broker_url)
     if args.tls_port is None or args.mqtt_url is not None or args.anonymous_broker:
         return None
-    host = "127.0.0.1"
-    if args.unit_broker_url is not None:
-        try:
-            host = parse_broker_url(args.unit_broker_url).host
-        except ValueError as exc:
-            raise ConfigurationError(f"--unit-broker-url: {exc}") from None
-    return BrokerAddress(host, args.tls_port, tls=True).url
+    return BrokerAddress(_unit_host(args), args.tls_port, tls=True).url
 
 
 def _broker_plan(args: argparse.Namespace, data_dir: Path, state_db_url: str) -> BrokerPlan:
