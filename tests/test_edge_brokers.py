@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -436,22 +438,55 @@ def test_up_with_edge_brokers_takes_units_only_at_their_edge_and_stores_their_da
                 wait_until(lambda: code(port, vin) == 0, timeout=60, what=vin)  # noqa: B023
                 assert code(core_port, vin) != 0  # the core takes no vehicle login
                 assert code(core_port + 3 - i, vin) != 0  # nor does the other edge
-        for i, edge_vins in vins.items():
-            for vin in edge_vins:
-                unit, reason = Mqtt5Client.connect(
-                    "127.0.0.1", core_port + i, vin, username=vin, password=PASSWORD
-                )
-                assert reason == 0
-                for seq in (1, 2, 3):
-                    assert unit.publish(f"v1/vehicles/{vin}/telemetry", _sample(vin, seq)) == 0
-                unit.disconnect()
+        _publish_at_edges(core_port, vins, (1, 2, 3))
         wait_until(
             lambda: all(_stored(data).get(v) == {1, 2, 3} for v in every),
             timeout=60,
             what="every sample stored",
         )
-        status = json.loads((data / "health" / "supervisor.json").read_text())
+        status = _supervisor(data)
         assert [e["state"] for e in status["edges"]] == ["running", "running"]
+        # an edge and then the core crash (SIGKILL): the supervisor starts them again, the
+        # bridge reconnects, and what units publish afterwards is stored
+        os.kill(status["edges"][0]["pid"], signal.SIGKILL)
+        wait_until(lambda: _supervisor(data)["edges"][0]["restarts"] == 1, timeout=60)
+        _publish_at_edges(core_port, vins, (4, 5))
+        os.kill(status["broker"]["pid"], signal.SIGKILL)
+        wait_until(lambda: _supervisor(data)["broker"]["restarts"] == 1, timeout=60)
+        _publish_at_edges(core_port, vins, (6, 7))
+        wait_until(
+            lambda: all(_stored(data).get(v) == set(range(1, 8)) for v in every),
+            timeout=90,
+            what="every sample stored after the restarts",
+        )
+
+
+def _supervisor(data: Path) -> dict[str, Any]:
+    status: dict[str, Any] = json.loads((data / "health" / "supervisor.json").read_text())
+    return status
+
+
+def _publish_at_edges(core_port: int, vins: dict[int, list[str]], seqs: tuple[int, ...]) -> None:
+    """Each VIN's unit publishes ``seqs`` at its edge, each until acknowledged (reconnecting
+    while its edge is still coming back)."""
+    for i, edge_vins in vins.items():
+        for vin in edge_vins:
+            for seq in seqs:
+                while True:
+                    try:
+                        unit, reason = Mqtt5Client.connect(
+                            "127.0.0.1", core_port + i, vin, username=vin, password=PASSWORD
+                        )
+                        if reason == 0:
+                            assert (
+                                unit.publish(f"v1/vehicles/{vin}/telemetry", _sample(vin, seq)) == 0
+                            )
+                            unit.disconnect()
+                            break
+                        unit.close()
+                    except OSError:
+                        pass
+                    time.sleep(0.1)
 
 
 def test_a_commands_message_expiry_crosses_the_bridge(cluster: Cluster) -> None:
