@@ -25,7 +25,8 @@ seconds and on pause: connected, sent, acked, values, reconnects, refused, late 
 more than a second behind their schedule: the generator itself overloaded), no_subscribers
 (acknowledged with reason 0x10: the broker had no subscriber and dropped it).
 
-``python -m device_sim.fleetload --port 1883 --first 0 --count 5000``
+``python -m device_sim.fleetload --port 1883 --first 0 --count 5000``; with
+``--edge-ports P1,P2`` every unit connects to its VIN's edge broker (decision 0038).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from collections.abc import Sequence
 
 from device_sim.loadgen import _read_packet, bench_vin, encode_publish, heartbeat_signals
 from schemas import Channel, Sample, SignalValue, encode_sample, topic_for
+from schemas.edges import edge_index
 
 __all__ = ["main"]
 
@@ -94,6 +96,8 @@ class _Unit:
         self.next_mid = 0
         self.inflight: dict[int, bytes] = {}
         self.writer: asyncio.StreamWriter | None = None
+        ports = fleet.edge_ports
+        self.port = ports[edge_index(self.vin, len(ports)) - 1] if ports else fleet.port
 
     def _mid(self) -> int:
         while True:
@@ -138,7 +142,7 @@ class _Unit:
     async def _session(self, due: float, period: float) -> None:
         fleet = self.fleet
         async with fleet.connecting:
-            reader, writer = await asyncio.open_connection(fleet.host, fleet.port)
+            reader, writer = await asyncio.open_connection(fleet.host, self.port)
             writer.write(_connect_packet(self.vin, fleet.password))
             kind, body = await _read_packet(reader)
         if kind >> 4 != 2 or len(body) < 2 or body[1] != 0:
@@ -195,6 +199,8 @@ class _Unit:
 class _Fleet:
     def __init__(self, args: argparse.Namespace, password: str) -> None:
         self.host, self.port, self.password = args.host, args.port, password
+        #: the installation's edge brokers (decision 0038): each unit connects to its VIN's
+        self.edge_ports: list[int] = [int(p) for p in args.edge_ports.split(",") if p]
         self.seq_base = args.seq_base
         self.heartbeat_min = args.heartbeat_min
         self.rng = random.Random(args.first)
@@ -276,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
+    p.add_argument(
+        "--edge-ports",
+        default="",
+        help="the edge brokers' ports, comma-separated, in edge order: each unit connects "
+        "to its VIN's edge (schemas.edges.edge_index) instead of --port",
+    )
     p.add_argument("--first", type=int, default=0, help="index of the first vehicle (VIN)")
     p.add_argument("--count", type=int, default=1000, help="vehicles in this process")
     p.add_argument("--seq-base", type=int, default=0, help="every vehicle's seq starts after it")

@@ -199,6 +199,13 @@ def _supervised(supervisor: Mapping[str, Any] | None, now_ms: int) -> dict[str, 
             "ok" if running else "unavailable",
             f"private broker {broker.get('state')}, {broker.get('restarts', 0)} restarts",
         )
+    for i, edge in enumerate(supervisor.get("edges", []), start=1):
+        if isinstance(edge, dict):  # the units' brokers (decision 0038): required as well
+            running = edge.get("state") == "running"
+            out[f"edge_broker:{i}"] = Component(
+                "ok" if running else "unavailable",
+                f"edge broker {i} {edge.get('state')}, {edge.get('restarts', 0)} restarts",
+            )
     for part in supervisor.get("parts", []):
         if not isinstance(part, dict):
             continue

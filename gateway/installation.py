@@ -35,6 +35,7 @@ from gateway.broker.auth import (
     verify_mqtt_password,
 )
 from gateway.broker.control import DynsecControl, clear_retained, purge_sessions
+from gateway.broker.edges import BRIDGE_PASSWORD_FILE, bridge_username
 from gateway.broker.mosquitto import BrokerError, MosquittoProcess
 from gateway.core.fleet.geo import check_simple, shape_from_geojson, shape_to_geojson
 from gateway.core.fleet.state import window_from_json
@@ -56,8 +57,10 @@ __all__ = [
     "SERVICE_PASSWORD_FILE",
     "SERVICE_USERNAME",
     "DemoLogin",
+    "bridge_password",
     "closed_broker_sync",
     "control_password",
+    "edge_bridges",
     "provision_demo",
     "service_password",
     "write_unit_credentials",
@@ -119,6 +122,24 @@ def service_password(secrets_dir: Path) -> Path:
     return path
 
 
+def bridge_password(secrets_dir: Path) -> Path:
+    """The file with the edge brokers' bridge password (decision 0038), created (random,
+    0600) if missing."""
+    path = secrets_dir / BRIDGE_PASSWORD_FILE
+    if not path.exists():
+        write_private_file(path, generate_password() + "\n")
+    return path
+
+
+def edge_bridges(secrets_dir: Path, edges: int) -> list[ServiceIdentity]:
+    """The core broker's accounts of the ``edges`` edges' bridges."""
+    secret = bridge_password(secrets_dir).read_text(encoding="utf-8").strip()
+    return [
+        ServiceIdentity(bridge_username(i), hash_password(secret), kind="bridge")
+        for i in range(1, edges + 1)
+    ]
+
+
 def control_password(secrets_dir: Path) -> Path:
     """The file with the broker administrator's password, created (random, 0600) if
     missing."""
@@ -139,6 +160,8 @@ def closed_broker_sync(
     lock: threading.RLock | None = None,
     interval_s: float = 0.5,
     integrations: IntegrationRepository | None = None,
+    holds: Callable[[str], bool] | None = None,
+    extra_services: Sequence[ServiceIdentity] = (),
 ) -> BrokerAuthSync:
     """The sync that keeps ``broker``'s identities equal to the state database: call its
     ``render()`` before every start of the broker, ``start()`` once it runs.
@@ -149,12 +172,17 @@ def closed_broker_sync(
     re-reads the CRL with the password file), so a revoked unit cannot even complete a TLS
     handshake any more. With ``integrations``, the organizations' integration credentials
     (decision 0017) are identities too.
+
+    With edge brokers (decision 0038): ``holds(vin)`` says which vehicles this broker has
+    (an edge: those assigned to it; the core: none), ``extra_services`` adds accounts (the
+    core: the edges' bridges).
     """
     service_secret = service_password(secrets_dir).read_text(encoding="utf-8").strip()
     control_secret = control_password(secrets_dir).read_text(encoding="utf-8").strip()
     services = [
         ServiceIdentity(SERVICE_USERNAME, hash_password(service_secret)),
         ServiceIdentity(CONTROL_USERNAME, hash_password(control_secret), kind="control"),
+        *extra_services,
     ]
 
     def identities() -> list[VehicleIdentity]:
@@ -162,6 +190,7 @@ def closed_broker_sync(
         return [
             VehicleIdentity(vin, h, holder=holders[vin][0] if vin in holders else None)
             for vin, h in accounts.broker_identities()
+            if holds is None or holds(vin)
         ]
 
     def integration_identities() -> list[IntegrationIdentity]:

@@ -116,6 +116,10 @@ class Environment(BaseSettings):
     mqtt_password: str | None = Field(default=None, repr=False)
     unit_broker_url: str | None = None
     unit_tls_broker_url: str | None = None
+    #: unit-facing edge brokers bridged to the core broker (decision 0038; 0: none)
+    edge_brokers: int = Field(default=0, ge=0)
+    #: the API: the edges' URLs told to units at provisioning, comma-separated, edge order
+    edge_broker_urls: str = ""
 
     # --- ingest (telematics gateway)
     client_id: str = "telematics-gateway-1"

@@ -229,12 +229,14 @@ class BrokerKeeper:
         prime: Callable[[MosquittoProcess], None] | None = None,
         policy: RestartPolicy = POLICY,
         sessions: Mapping[str, Sequence[str]] | None = None,
+        name: str = "the private broker",
     ) -> None:
         """``sessions`` are written into the persistence file before every start
         (:func:`gateway.broker.persistence.write_subscriptions`; nothing without
         persistence). ``prime`` runs right after every start: it opens the same sessions
         over MQTT (:func:`gateway.broker.control.prime_sessions`)."""
         self.process = MosquittoProcess(config)
+        self.name = name
         self._prime = prime
         self._sessions = dict(sessions or {})
         self.lock = threading.RLock()
@@ -252,7 +254,7 @@ class BrokerKeeper:
             self._render()
             self.process.start()
             self._started(time.monotonic(), restart=False)
-        log.info("private broker at %s (log: %s)", self.process.url, self.process.log_path)
+        log.info("%s at %s (log: %s)", self.name, self.process.url, self.process.log_path)
         if self.sync is not None:
             self.sync.start()
 
@@ -264,7 +266,7 @@ class BrokerKeeper:
             self._render()
             self.process.start()
             self._started(time.monotonic(), restart=True)
-        log.info("private broker restarted at %s", self.process.url)
+        log.info("%s restarted at %s", self.name, self.process.url)
 
     def _started(self, now: float, *, restart: bool) -> None:
         if self._prime is not None:
@@ -290,7 +292,8 @@ class BrokerKeeper:
                 code = self.process.returncode
                 delay = self.life.exited(code, now)
                 log.error(
-                    "the private broker exited with code %s; starting it again in %.1f s (log: %s)",
+                    "%s exited with code %s; starting it again in %.1f s (log: %s)",
+                    self.name,
                     code,
                     delay,
                     self.process.log_path,
@@ -303,10 +306,10 @@ class BrokerKeeper:
                 self.process.start()
             except BrokerError as exc:
                 delay = self.life.exited(None, now)
-                log.error("the private broker did not start (%s); retrying in %.1f s", exc, delay)
+                log.error("%s did not start (%s); retrying in %.1f s", self.name, exc, delay)
                 return
             self._started(now, restart=True)
-        log.warning("the private broker is back at %s", self.process.url)
+        log.warning("%s is back at %s", self.name, self.process.url)
 
     def _render(self) -> None:
         """What every start needs first: the sessions' subscriptions in the persistence
@@ -372,12 +375,15 @@ class Supervisor:
         parts: Sequence[Part],
         broker: BrokerKeeper | None,
         *,
+        edges: Sequence[BrokerKeeper] = (),
         health_dir: Path | None = None,
     ) -> None:
         """``health_dir``: where ``supervisor.json`` is written every tick (see
-        :mod:`gateway.health`)."""
+        :mod:`gateway.health`). ``edges``: unit-facing brokers bridged to ``broker``
+        (decision 0038), started after it and stopped before it."""
         self.parts = list(parts)
         self.broker = broker
+        self.edges = list(edges)
         self.health_dir = health_dir
         self._stop = threading.Event()
 
@@ -391,13 +397,16 @@ class Supervisor:
         try:
             if self.broker is not None:
                 self.broker.start()
+            for edge in self.edges:
+                edge.start()
             reporter.start()
             for part in self.parts:
                 part.start()
             while not self._stop.wait(self.TICK_S):
                 now = time.monotonic()
-                if self.broker is not None:
-                    self.broker.check(now)
+                for broker in [self.broker, *self.edges]:
+                    if broker is not None:
+                        broker.check(now)
                 for part in self.parts:
                     part.check(now)
         finally:
@@ -422,17 +431,36 @@ class Supervisor:
         status = {
             "updated_at_ms": time.time_ns() // 1_000_000,
             "pid": os.getpid(),
-            "broker": None if self.broker is None else self.broker.status(),
+            "broker": self._broker_status(),
             "parts": [p.status(now) for p in self.parts],
         }
+        if self.edges:
+            status["edges"] = [e.status() for e in self.edges]
         try:
             write_status_file(self.health_dir / SUPERVISOR_FILE_NAME, status)
         except OSError as exc:
             log.warning("cannot write the supervisor's status file: %s", exc)
 
+    def _broker_status(self) -> dict[str, Any] | None:
+        """The private broker's status; with edges, the identity version is the one every
+        broker has loaded (what ``telematics vehicle add`` waits for)."""
+        if self.broker is None:
+            return None
+        status = self.broker.status()
+        versions = [
+            status["identities_version"],
+            *(e.status()["identities_version"] for e in self.edges),
+        ]
+        if self.edges:
+            known = [v for v in versions if v is not None]
+            status["identities_version"] = min(known) if len(known) == len(versions) else None
+        return status
+
     def shutdown(self) -> None:
         for part in reversed(self.parts):
             part.stop(timeout=15)
+        for edge in reversed(self.edges):
+            edge.stop()
         if self.broker is not None:
             self.broker.stop()
         if self.health_dir is not None:

@@ -519,3 +519,19 @@ def _account(s: Setup) -> int:
     r = s.client.post("/v1/accounts", json={"kind": "organization", "name": "o"}, headers=s.admin)
     account_id: int = r.json()["id"]
     return account_id
+
+
+def test_provisioning_tells_a_unit_the_url_of_its_edge_broker(tmp_path: Path) -> None:
+    """With edge brokers (decision 0038) a unit's login exists at one edge only, so it is
+    told that edge's URL; which one is the shared pure function of its VIN."""
+    from schemas.edges import edge_index
+
+    edges = ("mqtt://e.example:2001", "mqtt://e.example:2002", "mqtt://e.example:2003")
+    for s in make(tmp_path, broker_url="mqtt://core.example:2000", edge_broker_urls=edges):
+        account = _account(s)
+        for vin in (VIN, OTHER_VIN):
+            r = s.client.post(
+                "/v1/vehicles", json={"vin": vin, "account_id": account}, headers=s.admin
+            )
+            assert r.status_code == 201, r.text
+            assert r.json()["mqtt"]["url"] == edges[edge_index(vin, 3) - 1]

@@ -112,10 +112,12 @@ def test_command_bench_attributes_every_command() -> None:
 
 
 @pytest.mark.slow
-def test_fleet_scale_bench_steps_up_and_accounts_for_every_sample() -> None:
+@pytest.mark.parametrize("edges", [0, 2])
+def test_fleet_scale_bench_steps_up_and_accounts_for_every_sample(edges: int) -> None:
     """Tiny: two steps (8 then 24 vehicles) through ``telematics up`` with its closed
-    broker; every unit connected with its own credentials, nothing lost, every command
-    answered, and the figures filled in (this checks the benchmark, it does not measure)."""
+    broker (and with two edge brokers, decision 0038); every unit connected with its own
+    credentials, nothing lost, every command answered, and the figures filled in (this
+    checks the benchmark, it does not measure)."""
     from gateway.bench.scale import run_scale_bench
 
     result = run_scale_bench(
@@ -127,6 +129,7 @@ def test_fleet_scale_bench_steps_up_and_accounts_for_every_sample() -> None:
         max_lag_ms=60_000,
         max_command_ms=60_000,
         progress=False,
+        edge_brokers=edges,
     )
     assert [s.vehicles for s in result.steps] == [8, 24]
     for step in result.steps:
@@ -143,5 +146,6 @@ def test_fleet_scale_bench_steps_up_and_accounts_for_every_sample() -> None:
         assert step.bytes_per_sample >= 0  # a tiny step may fit in the pages there were
         assert {"broker", "gateway-1", "api", "load-1"} <= set(step.cpu)
         assert {"broker", "gateway-1", "api"} <= set(step.rss_mb)
+        assert {f"edge-{i}" for i in range(1, edges + 1)} <= set(step.cpu)
     # the second step's generators are new processes; the first step's stayed connected
     assert "load-3" in result.steps[1].cpu

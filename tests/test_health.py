@@ -109,6 +109,17 @@ def test_supervised_parts_and_the_private_broker() -> None:
     assert (status, components["supervisor"]) == ("unavailable", "unavailable")
 
 
+def test_an_edge_broker_down_is_the_installation_down() -> None:
+    """Units connect to the edges only (decision 0038): one waiting for its restart leaves
+    its vehicles without a broker."""
+    edges = [{"state": "running", "restarts": 0}, {"state": "waiting", "restarts": 1}]
+    status, components = verdict(supervisor={**supervisor(part("api")), "edges": edges})
+    assert status == "unavailable"
+    assert (components["edge_broker:1"], components["edge_broker:2"]) == ("ok", "unavailable")
+    edges[1]["state"] = "running"
+    assert verdict(supervisor={**supervisor(part("api")), "edges": edges})[0] == "ok"
+
+
 def test_status_files_round_trip_and_tolerate_garbage(tmp_path: Path) -> None:
     directory = tmp_path / "health"
     path = gateway_heartbeat_path(directory, "telematics/gateway 1")

@@ -183,3 +183,30 @@ def test_the_banner_shows_where_everything_is() -> None:
     assert "TLS      mqtts://127.0.0.1:8883" in text
     assert "5 vehicles of the organization 'Demo Fleet' (account 2)" in text
     assert str(DATA) in text
+
+
+def test_edge_brokers_listen_after_the_core_and_the_api_tells_units_their_urls() -> None:
+    plan = _plan(
+        "--edge-brokers", "2", "--mqtt-port", "2000", "--unit-broker-url", "mqtt://x.example:1"
+    )
+    assert plan.broker.edge_ports == (2001, 2002)
+    assert [(w, p) for w, _, p, _ in plan.listeners if w.startswith("edge")] == [
+        ("edge broker 1", 2001),
+        ("edge broker 2", 2002),
+    ]
+    api = _argv(plan, "api")
+    assert _value(api, "--edge-broker-urls") == "mqtt://x.example:2001,mqtt://x.example:2002"
+    # the gateways still use the core broker
+    assert _value(_argv(plan, "gateway-1"), "--mqtt-url") == "mqtt://127.0.0.1:2000"
+    assert "edges    2 unit-facing brokers" in banner(plan)
+    assert _plan().broker.edge_ports == ()
+    assert "--edge-broker-urls" not in _argv(_plan(), "api")
+
+
+@pytest.mark.parametrize(
+    "other",
+    [("--demo",), ("--tls-port", "3000"), ("--anonymous-broker",), ("--mqtt-url", "mqtt://h:1")],
+)
+def test_edge_brokers_refuse_what_they_do_not_support_yet(other: tuple[str, ...]) -> None:
+    with pytest.raises(GatewayError, match="--edge-brokers"):
+        _plan("--edge-brokers", "1", *other)

@@ -115,6 +115,9 @@ class AuthSettings:
     broker_url: str | None = None
     #: where units with a client certificate connect (None: ``broker_url``)
     tls_broker_url: str | None = None
+    #: the edge brokers' URLs, edge 1 first (decision 0038): a password unit is told its
+    #: VIN's edge (:func:`schemas.edges.edge_index`) instead of ``broker_url``
+    edge_broker_urls: tuple[str, ...] = ()
     #: the gateway's public command-signing key (PEM), handed out at provisioning
     signing_public_key_path: Path | None = None
     #: how long a web dashboard login (the session cookie) lasts

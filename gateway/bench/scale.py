@@ -47,6 +47,7 @@ import os
 import resource
 import secrets
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -66,6 +67,7 @@ from gateway.bench.commands import _finished, _login, _send
 from gateway.bench.probes import CpuWindow, percentile, stop_children_on_signals, track, untrack
 from gateway.broker import free_port
 from gateway.errors import ConfigurationError
+from schemas.edges import edge_index
 
 __all__ = [
     "ScaleBenchResult",
@@ -159,6 +161,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=5,
         help="simulated units that answer the commands (default: 5)",
     )
+    p.add_argument(
+        "--edge-brokers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the installation with N unit-facing edge brokers bridged to its broker "
+        "(telematics up --edge-brokers, decision 0038); every unit connects to its VIN's "
+        "edge (default: 0, units on the one broker)",
+    )
     p.add_argument("--max-lag-ms", type=float, default=2000.0, help="ingest lag p99 limit")
     p.add_argument("--max-command-ms", type=float, default=500.0, help="command p99 limit")
     p.add_argument(
@@ -182,6 +193,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         max_lag_ms=args.max_lag_ms,
         max_command_ms=args.max_command_ms,
         progress=not args.json,
+        edge_brokers=args.edge_brokers,
     )
     _print(result)
     if args.json:
@@ -267,7 +279,10 @@ def _up_parts(up_pid: int) -> dict[str, int]:
     for pid in _children(up_pid):
         argv = _cmdline(pid)
         if argv and Path(argv[0]).name == "mosquitto":
-            parts["broker"] = pid
+            edge = Path(argv[-1]).parent.name  # -c DATA/broker-edge-N/mosquitto.conf
+            parts[edge.replace("broker-", "") if edge.startswith("broker-edge-") else "broker"] = (
+                pid
+            )
         elif "api" in argv[3:4]:
             parts["api"] = pid
         elif "fleet-worker" in argv[3:4]:
@@ -290,10 +305,13 @@ def _rss_mb(pid: int) -> float:
 class _Load:
     """One :mod:`device_sim.fleetload` process: its newest figures line, and control."""
 
-    def __init__(self, port: int, first: int, count: int, password: str) -> None:
+    def __init__(
+        self, port: int, first: int, count: int, password: str, edge_ports: Sequence[int] = ()
+    ) -> None:
         argv = [
             *[sys.executable, "-m", "device_sim.fleetload", "--port", str(port)],
             *["--first", str(first), "--count", str(count), "--stats-every", "1"],
+            *(["--edge-ports", ",".join(map(str, edge_ports))] if edge_ports else []),
         ]
         env = {**os.environ, "FLEETLOAD_PASSWORD": password}
         self.proc = subprocess.Popen(
@@ -354,21 +372,36 @@ class _Installation:
     account_id: int
     command_vins: list[str]
     password: str
-    units: subprocess.Popen[bytes] | None = None
+    edges: int = 0
+    units: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def edge_ports(self) -> list[int]:
+        """The edge brokers' ports (decision 0038: the ones after the core's)."""
+        return [self.mqtt_port + i for i in range(1, self.edges + 1)]
+
+    def unit_port(self, vin: str) -> int:
+        """Where ``vin``'s unit logs in: its edge, or the one broker."""
+        if not self.edges:
+            return self.mqtt_port
+        return self.mqtt_port + edge_index(vin, self.edges)
 
 
 @contextlib.contextmanager
-def _installation(workdir: Path, command_units: int, progress: bool) -> Iterator[_Installation]:
+def _installation(
+    workdir: Path, command_units: int, progress: bool, edges: int = 0
+) -> Iterator[_Installation]:
     from gateway.statedb import AccountRepository, StateDatabase
     from gateway.statedb.database import default_url
 
     data = workdir / "data"
-    mqtt_port, api_port = free_port(), free_port()
+    mqtt_port, api_port = _free_ports(edges + 1), free_port()
     admin = secrets.token_urlsafe(16)
     argv = [
         *[sys.executable, "-m", "gateway", "up", "--data-dir", str(data)],
         *["--mqtt-port", str(mqtt_port), "--api-port", str(api_port), "--log-level", "WARNING"],
         *["--user-command-limit", "off", "--vehicle-command-limit", "off"],
+        *["--edge-brokers", str(edges)],
     ]
     env = {**os.environ, "TELEMATICS_ADMIN_PASSWORD": admin}
     _say(progress, "starting telematics up (closed broker, gateway, API)")
@@ -394,18 +427,23 @@ def _installation(workdir: Path, command_units: int, progress: bool) -> Iterator
         finally:
             db.dispose()
         inst = _Installation(
-            data, up, mqtt_port, api, headers, account_id, [], secrets.token_urlsafe(18)
+            data, up, mqtt_port, api, headers, account_id, [], secrets.token_urlsafe(18), edges
         )
         with _command_units(inst, command_units, progress):
             yield inst
     finally:
-        up.terminate()
-        try:
-            up.wait(60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait()
-        untrack(up)
+        _end(up, 60)
+
+
+def _end(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Terminate a child of the benchmark; kill it after ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    untrack(proc)
 
 
 @contextlib.contextmanager
@@ -416,7 +454,6 @@ def _command_units(inst: _Installation, count: int, progress: bool) -> Iterator[
         yield
         return
     from gateway.broker.auth import hash_password
-    from gateway.installation import write_unit_credentials
 
     listed = subprocess.run(
         [sys.executable, "-m", "device_sim", "--vehicles", str(count), "--list-vins"],
@@ -430,26 +467,19 @@ def _command_units(inst: _Installation, count: int, progress: bool) -> Iterator[
     _provision(inst, {vin: hash_password(pw) for vin, pw in passwords.items()})
     for vin, password in passwords.items():
         _wait_login(inst, vin, password)
-    credentials = inst.data / "secrets" / "bench-command-units.json"
-    write_unit_credentials(
-        credentials,
-        dict(passwords),
-        public_key_path=inst.data / "command-signing-key.pem.pub",
-        broker_url=f"mqtt://127.0.0.1:{inst.mqtt_port}",
-    )
-    argv = [
-        *[sys.executable, "-m", "device_sim", "--mqtt-url", f"mqtt://127.0.0.1:{inst.mqtt_port}"],
-        *["--vehicles", str(count), "--credentials", str(credentials), "--progress", "3600"],
-    ]
+    by_port: dict[int, list[str]] = {}
+    for vin in vins:
+        by_port.setdefault(inst.unit_port(vin), []).append(vin)
     _say(progress, f"starting {count} simulated units that answer commands")
-    units = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    track(units)
-    inst.units = units
+    for port, port_vins in sorted(by_port.items()):
+        inst.units.append(_command_unit_process(inst, port, {v: passwords[v] for v in port_vins}))
+    units = inst.units
     try:
 
         def online() -> bool:
-            if units.poll() is not None:
-                raise RuntimeError(f"the simulator exited with {units.returncode}")
+            for unit in units:
+                if unit.poll() is not None:
+                    raise RuntimeError(f"the simulator exited with {unit.returncode}")
             with contextlib.suppress(httpx.HTTPError):
                 r = httpx.get(
                     f"{inst.api}/v1/vehicles", params={"limit": 1000}, headers=inst.headers
@@ -462,13 +492,50 @@ def _command_units(inst: _Installation, count: int, progress: bool) -> Iterator[
         inst.command_vins = vins
         yield
     finally:
-        units.terminate()
+        for unit in units:
+            _end(unit, 30)
+
+
+def _command_unit_process(
+    inst: _Installation, port: int, passwords: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """One :mod:`device_sim` process for the command units that log in at ``port``."""
+    from gateway.installation import write_unit_credentials
+
+    url = f"mqtt://127.0.0.1:{port}"
+    credentials = inst.data / "secrets" / f"bench-command-units-{port}.json"
+    write_unit_credentials(
+        credentials,
+        dict(passwords),
+        public_key_path=inst.data / "command-signing-key.pem.pub",
+        broker_url=url,
+    )
+    argv = [
+        *[sys.executable, "-m", "device_sim", "--mqtt-url", url, "--vins-from-credentials"],
+        *["--vehicles", str(len(passwords)), "--credentials", str(credentials)],
+        *["--progress", "3600"],
+    ]
+    units = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    track(units)
+    return units
+
+
+def _free_ports(count: int) -> int:
+    """The first of ``count`` free consecutive ports (the core broker and its edges)."""
+    for _ in range(200):
+        first = free_port()
+        if all(_port_free(first + i) for i in range(1, count)):
+            return first
+    raise RuntimeError(f"no {count} free consecutive ports found")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
         try:
-            units.wait(30)
-        except subprocess.TimeoutExpired:
-            units.kill()
-            units.wait()
-        untrack(units)
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _provision(inst: _Installation, hashes: dict[str, str]) -> None:
@@ -502,7 +569,7 @@ def _wait_login(inst: _Installation, vin: str, password: str) -> float:
 
     def accepted() -> bool:
         with contextlib.suppress(OSError):
-            return login_code("127.0.0.1", inst.mqtt_port, vin, password, client_id=vin) == 0
+            return login_code("127.0.0.1", inst.unit_port(vin), vin, password, client_id=vin) == 0
         return False
 
     return _wait(accepted, f"the broker to accept {vin}", 600)
@@ -627,7 +694,7 @@ def _grow(inst: _Installation, loads: list[_Load], step: _Step, per_process: int
     started = time.monotonic()
     for start in range(first, step.vehicles, per_process):
         count = min(per_process, step.vehicles - start)
-        loads.append(_Load(inst.mqtt_port, start, count, inst.password))
+        loads.append(_Load(inst.mqtt_port, start, count, inst.password, inst.edge_ports))
 
     def connected() -> bool:
         if any(load.proc.poll() is not None for load in loads):
@@ -642,8 +709,8 @@ def _grow(inst: _Installation, loads: list[_Load], step: _Step, per_process: int
 def _pids(inst: _Installation, loads: list[_Load]) -> dict[str, int | tuple[int, int]]:
     pids: dict[str, int | tuple[int, int]] = dict(_up_parts(inst.up.pid))
     pids |= {f"load-{n}": load.proc.pid for n, load in enumerate(loads, 1)}
-    if inst.units is not None:
-        pids["command-units"] = inst.units.pid
+    for n, unit in enumerate(inst.units, 1):
+        pids["command-units" if n == 1 else f"command-units-{n}"] = unit.pid
     pids["bench"] = os.getpid()
     return pids
 
@@ -767,6 +834,7 @@ def run_scale_bench(
     max_lag_ms: float = 2000.0,
     max_command_ms: float = 500.0,
     progress: bool = True,
+    edge_brokers: int = 0,
 ) -> ScaleBenchResult:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         raise ConfigurationError("mosquitto not found: sudo apt-get install -y mosquitto")
@@ -777,7 +845,7 @@ def run_scale_bench(
     try:
         with (
             stop_children_on_signals(),
-            _installation(workdir, command_units, progress) as inst,
+            _installation(workdir, command_units, progress, edge_brokers) as inst,
         ):
             try:
                 for n in steps:

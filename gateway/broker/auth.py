@@ -72,6 +72,7 @@ from typing import Any, Literal, Protocol
 from gateway.files import write_private_file
 
 __all__ = [
+    "BRIDGE_ACLS",
     "CONTROL_ACLS",
     "DEFAULT_ITERATIONS",
     "DYNSEC_FILE_NAME",
@@ -157,6 +158,16 @@ deletes the retained status of a VIN that changed hands or was removed
 (:func:`gateway.broker.control.clear_retained`; the administrator could grant itself any
 right, so this adds none)."""
 
+BRIDGE_ACLS: tuple[tuple[str, str], ...] = (
+    *(("publishClientSend", f"v1/vehicles/+/{t}") for t in _VEHICLE_WRITE),
+    *(("subscribePattern", f"v1/vehicles/+/{t}") for t in _VEHICLE_READ),
+    *(("publishClientReceive", f"v1/vehicles/+/{t}") for t in _VEHICLE_READ),
+)
+"""(ACL type, topic) of an edge broker's bridge on the core broker (decision 0038): what
+its units may write, for every VIN (the edge checked each unit's own rights before it
+forwards anything), and the commands and feedback for every VIN (the edge delivers each to
+its own VIN only). No ``$share``, no ``$CONTROL``, nothing outside the device contract."""
+
 _DEFAULT_ACCESS = {
     "publishClientSend": False,
     "publishClientReceive": False,
@@ -167,6 +178,7 @@ _DEFAULT_ACCESS = {
 
 _SERVICE_ROLE = "telematics-service"
 _CONTROL_ROLE = "telematics-broker-admin"
+_BRIDGE_ROLE = "telematics-edge-bridge"
 
 
 # --------------------------------------------------------------------------- passwords
@@ -298,7 +310,9 @@ class ServiceIdentity:
     subscribe to ``v1/#``, also through shared subscriptions, receive all of ``v1/#``,
     publish only commands). ``"control"``: the Dynamic Security administrator the broker
     sync logs in with (:data:`CONTROL_ACLS`: the plugin's control topic, nothing else);
-    its client id is bound to its name, like a vehicle's.
+    its client id is bound to its name, like a vehicle's. ``"bridge"``: an edge broker's
+    bridge into the core broker (:data:`BRIDGE_ACLS`, client id bound to its name;
+    decision 0038).
 
     Names are 1-64 of ``A-Z a-z 0-9 . _ -``: nothing that could start a comment or split a
     ``user:hash`` line, and never a VIN (17 characters of the VIN alphabet), so no account
@@ -307,7 +321,7 @@ class ServiceIdentity:
 
     username: str
     password_hash: str
-    kind: Literal["service", "control"] = "service"
+    kind: Literal["service", "control", "bridge"] = "service"
 
     def __post_init__(self) -> None:
         if (
@@ -319,7 +333,7 @@ class ServiceIdentity:
                 f"invalid service account name {self.username!r}: use 1-64 characters "
                 "from A-Z, a-z, 0-9, '.', '_' and '-' that do not form a VIN"
             )
-        if self.kind not in ("service", "control"):
+        if self.kind not in ("service", "control", "bridge"):
             raise ValueError(f"invalid service account kind {self.kind!r}")
         _decode_hash(self.password_hash)
 
@@ -423,6 +437,10 @@ def _service_client(service: ServiceIdentity) -> dict[str, Any]:
     if service.kind == "control":
         client["clientid"] = service.username
         client["roles"] = [{"rolename": _CONTROL_ROLE}]
+    elif service.kind == "bridge":
+        # bound to its client id: one edge's bridge cannot take over another's session
+        client["clientid"] = service.username
+        client["roles"] = [{"rolename": _BRIDGE_ROLE}]
     else:
         client["roles"] = [{"rolename": _SERVICE_ROLE}]
     return client
@@ -445,6 +463,7 @@ def render_dynsec(
     roles = [
         _role(_SERVICE_ROLE, SERVICE_ACLS),
         _role(_CONTROL_ROLE, CONTROL_ACLS),
+        _role(_BRIDGE_ROLE, BRIDGE_ACLS),
         *(_role(vehicle_role_name(vin), vehicle_acls(vin)) for vin in vins),
         *(_integration_role(i) for i in found),
     ]

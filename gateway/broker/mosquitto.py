@@ -59,6 +59,7 @@ from types import TracebackType
 from typing import Self
 
 from gateway.errors import GatewayError
+from gateway.files import write_private_file
 from schemas.broker_url import parse_broker_url
 
 __all__ = [
@@ -862,7 +863,8 @@ class MosquittoProcess:
         executable = self.executable or find_mosquitto()
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        cfg.config_path.write_text(render_config(cfg), encoding="utf-8")
+        # private (0600): an edge broker's file holds its bridge's password (decision 0038)
+        write_private_file(cfg.config_path, render_config(cfg))
         _check_port_free(cfg.host, cfg.port)
 
         # Errors found while reading the configuration go to stderr before the log file is

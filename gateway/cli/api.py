@@ -61,6 +61,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "have open at once in this process; 429 beyond (env TELEMATICS_MAX_STREAMS_PER_USER; "
         "default: 16; 0: no limit)",
     )
+    api.add_argument(
+        "--edge-broker-urls",
+        default=env.edge_broker_urls,
+        metavar="URL,URL",
+        help="the edge brokers' URLs, edge 1 first: provisioning tells each unit its VIN's "
+        "edge instead of --unit-broker-url (decision 0038; telematics up --edge-brokers sets "
+        "it) (env TELEMATICS_EDGE_BROKER_URLS; default: none)",
+    )
     _add_auth_cache(api, env)
     add_mqtt(api, env, default=None)
     add_mqtt_auth(api, env)
@@ -178,6 +186,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         open_registration=not args.no_registration,
         broker_url=args.unit_broker_url or args.mqtt_url,
         tls_broker_url=args.unit_tls_broker_url,
+        edge_broker_urls=_edge_urls(args.edge_broker_urls),
         signing_public_key_path=signing_key.with_name(signing_key.name + ".pub"),
         cookie_secure=(
             not loopback(args.host) if args.cookie_secure is None else args.cookie_secure
@@ -208,3 +217,16 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     app = create_app(settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     return 0
+
+
+def _edge_urls(text: str) -> tuple[str, ...]:
+    """``--edge-broker-urls``: the URLs, each checked."""
+    from schemas.broker_url import parse_broker_url
+
+    urls = tuple(u.strip() for u in text.split(",") if u.strip())
+    for url in urls:
+        try:
+            parse_broker_url(url)
+        except ValueError as exc:
+            raise ConfigurationError(f"--edge-broker-urls: {exc}") from None
+    return urls

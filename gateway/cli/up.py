@@ -48,7 +48,7 @@ from gateway.settings import DEFAULT_API_PORT, DEFAULT_PRIVATE_BROKER_PORT, Envi
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from gateway.broker import MosquittoProcess
+    from gateway.broker import BrokerAuthSync, MosquittoProcess
     from gateway.installation import DemoLogin
     from gateway.statedb.accounts import AccountRepository
     from gateway.statedb.audit import AuditLog
@@ -117,6 +117,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "credentials and ACL (development only; vehicles are then not checked)",
     )
     up.add_argument("--vehicles", type=int, default=5, help="number of demo vehicles (default: 5)")
+    up.add_argument(
+        "--edge-brokers",
+        type=int,
+        default=env.edge_brokers,
+        metavar="N",
+        help="run N unit-facing brokers (edges) on the ports after --mqtt-port, each with "
+        "the logins of the vehicles assigned to it by VIN and bridged to the private broker, "
+        "which then takes no vehicle logins: for more units than one broker process holds "
+        "descriptors; provisioning tells each unit its edge (decision 0038) "
+        "(env TELEMATICS_EDGE_BROKERS; default: 0, units connect to the private broker)",
+    )
     _add_fleet_worker(up, env)
     # the API's and the gateways' settings, handed on to them
     add_auth(up, env)
@@ -223,6 +234,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         # first start that it was ignored; nor need they hold a password in their environment
         os.environ.pop("TELEMATICS_ADMIN_PASSWORD", None)
         keeper = _broker_keeper(plan, accounts, IntegrationRepository(state_db))
+        edges = _edge_keepers(plan, accounts)
         parts, demo_login = _parts(plan, keeper, accounts, audit)
         if demo_login is not None:
             from gateway.installation import ensure_demo_geofences
@@ -237,7 +249,8 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         if admin is not None:
             print_first_admin(admin)
         _print_banner(plan, keeper, demo_login)
-        return Supervisor(parts, keeper, health_dir=plan.data_dir / HEALTH_DIR_NAME).run()
+        health_dir = plan.data_dir / HEALTH_DIR_NAME
+        return Supervisor(parts, keeper, edges=edges, health_dir=health_dir).run()
     finally:
         state_db.dispose()
 
@@ -261,7 +274,7 @@ def _broker_keeper(
     """The private broker of the plan, set up (None: an external broker)."""
     from gateway.broker import BrokerConfig, find_dynsec_plugin, find_mosquitto
     from gateway.broker.auth import BrokerAuthFiles
-    from gateway.installation import closed_broker_sync, service_password
+    from gateway.installation import closed_broker_sync, edge_bridges, service_password
     from gateway.supervisor import BrokerKeeper
 
     broker = plan.broker
@@ -294,6 +307,9 @@ def _broker_keeper(
     )
     secrets_dir = plan.data_dir / "secrets"
     password_file = service_password(secrets_dir)
+    edges = len(broker.edge_ports)
+    # with edges, no vehicle logs in here: the edges' bridges do (decision 0038)
+    bridges = edge_bridges(secrets_dir, edges) if edges else []
     return BrokerKeeper(
         config,
         sessions=_service_sessions(plan),
@@ -307,8 +323,57 @@ def _broker_keeper(
             restart=k.restart,
             lock=k.lock,
             integrations=integrations,
+            holds=(lambda vin: False) if edges else None,
+            extra_services=bridges,
         ),
     )
+
+
+def _edge_keepers(plan: UpPlan, accounts: AccountRepository) -> list[BrokerKeeper]:
+    """The unit-facing edge brokers (``--edge-brokers``, decision 0038): each with the
+    logins and rights of the vehicles assigned to it, bridged to the private broker."""
+    from gateway.broker import BrokerConfig
+    from gateway.broker.auth import BrokerAuthFiles
+    from gateway.broker.edges import bridge_lines
+    from gateway.installation import bridge_password, closed_broker_sync
+    from gateway.supervisor import BrokerKeeper
+    from schemas.edges import edge_index
+
+    broker = plan.broker
+    count = len(broker.edge_ports)
+    if not count:
+        return []
+    assert broker.port is not None
+    secrets_dir = plan.data_dir / "secrets"
+    secret = bridge_password(secrets_dir).read_text(encoding="utf-8").strip()
+    keepers = []
+    for i, port in enumerate(broker.edge_ports, start=1):
+        directory = plan.data_dir / f"broker-edge-{i}"
+        files = BrokerAuthFiles(directory / "auth")
+        config = BrokerConfig(
+            port=port,
+            data_dir=directory,
+            allow_anonymous=False,
+            password_file=files.password_file,
+            dynsec_config_file=files.dynsec_file,
+            extra_lines=bridge_lines(
+                i, core_host="127.0.0.1", core_port=broker.port, password=secret
+            ),
+        )
+
+        def sync(k: BrokerKeeper, files: BrokerAuthFiles = files, i: int = i) -> BrokerAuthSync:
+            return closed_broker_sync(
+                accounts,
+                files,
+                k.process,
+                secrets_dir=secrets_dir,
+                restart=k.restart,
+                lock=k.lock,
+                holds=lambda vin: edge_index(vin, count) == i,
+            )
+
+        keepers.append(BrokerKeeper(config, sync=sync, name=f"edge broker {i}"))
+    return keepers
 
 
 def _service_sessions(plan: UpPlan) -> dict[str, list[str]]:

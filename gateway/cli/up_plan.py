@@ -29,6 +29,7 @@ __all__ = [
     "Listener",
     "UpPlan",
     "banner",
+    "edge_unit_urls",
     "forwarded",
     "plan_up",
     "up_listeners",
@@ -61,6 +62,8 @@ class BrokerPlan:
     service_args: tuple[str, ...] = ()
     #: what the gateways get on a closed broker: the state database and its check
     gateway_args: tuple[str, ...] = ()
+    #: the unit-facing edge brokers' ports, edge 1 first (``--edge-brokers``, decision 0038)
+    edge_ports: tuple[int, ...] = ()
 
     @property
     def closed(self) -> bool:
@@ -125,6 +128,15 @@ def up_listeners(args: argparse.Namespace) -> list[Listener]:
                 "--mqtt-port PORT (env TELEMATICS_MQTT_PORT)",
             )
         )
+        for i in range(1, getattr(args, "edge_brokers", 0) + 1):
+            listeners.append(
+                (
+                    f"edge broker {i}",
+                    "127.0.0.1",
+                    args.mqtt_port + i,
+                    "--mqtt-port PORT (env TELEMATICS_MQTT_PORT; edges use the ports after it)",
+                )
+            )
         if args.tls_port is not None:
             listeners.append(
                 (
@@ -171,6 +183,9 @@ def forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         api.append("--no-registration")
     if args.unit_broker_url is not None:
         api += ["--unit-broker-url", args.unit_broker_url]
+    edge_urls = edge_unit_urls(args)
+    if edge_urls:
+        api += ["--edge-broker-urls", ",".join(edge_urls)]
     unit_tls_url = _unit_tls_broker_url(args)
     if unit_tls_url is not None:
         api += ["--unit-tls-broker-url", unit_tls_url]
@@ -198,6 +213,27 @@ def forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return api, gateway
 
 
+def edge_unit_urls(args: argparse.Namespace) -> list[str]:
+    """The URLs units are told for the edge brokers (``--edge-brokers``), edge 1 first: the
+    host of ``--unit-broker-url`` (127.0.0.1 without it), the edge's port."""
+    edges = getattr(args, "edge_brokers", 0)
+    if not edges:
+        return []
+    host = _unit_host(args)
+    return [BrokerAddress(host, args.mqtt_port + i, tls=False).url for i in range(1, edges + 1)]
+
+
+def _unit_host(args: argparse.Namespace) -> str:
+    """The private broker's host as units reach it: that of ``--unit-broker-url``, else
+    127.0.0.1."""
+    if args.unit_broker_url is None:
+        return "127.0.0.1"
+    try:
+        return parse_broker_url(args.unit_broker_url).host
+    except ValueError as exc:
+        raise ConfigurationError(f"--unit-broker-url: {exc}") from None
+
+
 def _unit_tls_broker_url(args: argparse.Namespace) -> str | None:
     """The broker URL told to units provisioned with a client certificate: the one given,
     else the private broker's TLS listener (``--tls-port``) on the host of
@@ -207,19 +243,15 @@ def _unit_tls_broker_url(args: argparse.Namespace) -> str | None:
         return str(args.unit_tls_broker_url)
     if args.tls_port is None or args.mqtt_url is not None or args.anonymous_broker:
         return None
-    host = "127.0.0.1"
-    if args.unit_broker_url is not None:
-        try:
-            host = parse_broker_url(args.unit_broker_url).host
-        except ValueError as exc:
-            raise ConfigurationError(f"--unit-broker-url: {exc}") from None
-    return BrokerAddress(host, args.tls_port, tls=True).url
+    return BrokerAddress(_unit_host(args), args.tls_port, tls=True).url
 
 
 def _broker_plan(args: argparse.Namespace, data_dir: Path, state_db_url: str) -> BrokerPlan:
     from gateway.installation import SERVICE_PASSWORD_FILE, SERVICE_USERNAME
 
     checked = ("--state-db-url", state_db_url, "--require-provisioned")
+    if getattr(args, "edge_brokers", 0) and (args.mqtt_url is not None or args.anonymous_broker):
+        raise GatewayError("--edge-brokers needs the closed private broker")
     if args.mqtt_url is not None:
         parse_broker_url(args.mqtt_url, tls=False)
         if not args.mqtt_username:
@@ -238,6 +270,13 @@ def _broker_plan(args: argparse.Namespace, data_dir: Path, state_db_url: str) ->
             raise GatewayError("--tls-port needs the closed broker (drop --anonymous-broker)")
         return BrokerPlan(BrokerMode.ANONYMOUS, url, port=args.mqtt_port, directory=directory)
     password = data_dir / "secrets" / SERVICE_PASSWORD_FILE
+    edges = getattr(args, "edge_brokers", 0)
+    if not 0 <= edges <= 64:
+        raise ConfigurationError("--edge-brokers: give 0 (none) to 64")
+    if edges and args.tls_port is not None:
+        raise GatewayError("--edge-brokers: the TLS listener is not on the edges yet (drop one)")
+    if edges and args.demo:
+        raise GatewayError("--edge-brokers: the demo simulator connects to one broker (drop one)")
     return BrokerPlan(
         BrokerMode.CLOSED,
         url,
@@ -246,6 +285,7 @@ def _broker_plan(args: argparse.Namespace, data_dir: Path, state_db_url: str) ->
         tls_port=args.tls_port,
         service_args=("--mqtt-username", SERVICE_USERNAME, "--mqtt-password-file", str(password)),
         gateway_args=checked,
+        edge_ports=tuple(args.mqtt_port + i for i in range(1, edges + 1)),
     )
 
 
@@ -359,6 +399,14 @@ def banner(
         "",
         "  telematics gateway",
         f"    broker   {broker.url}{kind}",
+        *(
+            [
+                f"    edges    {len(broker.edge_ports)} unit-facing brokers, ports "
+                f"{broker.edge_ports[0]}-{broker.edge_ports[-1]} (each unit: the URL it was told)"
+            ]
+            if broker.edge_ports
+            else []
+        ),
         *([] if tls_url is None else [f"    TLS      {tls_url} {_TLS_NOTE}"]),
         f"    API      {api}   (docs: {api}/docs; health: {api}/healthz)",
         f"    data     {plan.data_dir}",

@@ -32,6 +32,7 @@ from gateway.statedb.accounts import (
     VehicleAlreadyProvisioned,
     VehicleRecord,
 )
+from schemas.edges import edge_index
 
 __all__ = ["held_error", "not_claimable", "provisioned", "router"]
 
@@ -237,6 +238,9 @@ def provisioned(
     url = settings.broker_url
     if registration.credentials == "certificate" and settings.tls_broker_url is not None:
         url = settings.tls_broker_url
+    elif settings.edge_broker_urls:  # its edge: no other broker takes its login (0038)
+        edges = settings.edge_broker_urls
+        url = edges[edge_index(vehicle.vin, len(edges)) - 1]
     return ProvisionedOut(
         **registration.model_dump(),
         mqtt=MqttCredentials(url=url, username=vehicle.vin, password=password),

@@ -1,0 +1,521 @@
+"""Edge brokers bridged to the core broker (``telematics up --edge-brokers N``, decision 0038),
+against real Mosquitto processes: what crosses the bridge, what a vehicle on an edge can
+and cannot do (reviewed as an attacker), and that nothing a broker acknowledged is lost
+when an edge or the core restarts.
+
+The brokers are set up as ``telematics up`` sets them up (:func:`gateway.broker.edges.
+bridge_lines`, the core with the bridges' accounts and no vehicle, each edge with the
+logins and rights of its own vehicles only); the end-to-end test runs ``telematics up``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from device_sim.loadgen import bench_vin
+from gateway.broker import BrokerConfig, MosquittoProcess, free_port
+from gateway.broker.auth import (
+    BrokerAuthFiles,
+    ServiceIdentity,
+    VehicleIdentity,
+    hash_password,
+    render_dynsec,
+)
+from gateway.broker.control import login_code
+from gateway.broker.edges import bridge_lines, bridge_username
+from schemas.edges import edge_index
+from tests.support.mqtt_raw import Mqtt5Client
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+SERVICE = "telematics-gateway"
+PASSWORD = "edge-unit-password-1"
+SERVICE_SECRET = "edge-service-secret-1"
+BRIDGE_SECRET = "edge-bridge-secret-1"
+NOT_AUTHORIZED = 0x87
+BAD_LOGIN = (0x86, 0x87)
+
+
+def _vins_by_edge(edges: int, per_edge: int) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {i: [] for i in range(1, edges + 1)}
+    n = 0
+    while any(len(v) < per_edge for v in out.values()):
+        vin = bench_vin(n)
+        n += 1
+        bucket = out[edge_index(vin, edges)]
+        if len(bucket) < per_edge:
+            bucket.append(vin)
+    return out
+
+
+@dataclass
+class Cluster:
+    core: MosquittoProcess
+    edges: dict[int, MosquittoProcess]
+    vins: dict[int, list[str]]
+    clients: list[Mqtt5Client] = field(default_factory=list)
+
+    def connect(
+        self,
+        port: int,
+        client_id: str,
+        username: str,
+        password: str,
+        *,
+        clean_start: bool = True,
+        session_expiry: int | None = None,
+    ) -> tuple[Mqtt5Client, int]:
+        client, code = Mqtt5Client.connect(
+            "127.0.0.1",
+            port,
+            client_id,
+            username=username,
+            password=password,
+            clean_start=clean_start,
+            session_expiry=session_expiry,
+        )
+        self.clients.append(client)
+        return client, code
+
+    def unit(self, vin: str, *, edge: int | None = None) -> Mqtt5Client:
+        port = self.edges[edge or edge_index(vin, len(self.edges))].port
+        client, code = self.connect(port, vin, vin, PASSWORD)
+        assert code == 0, f"{vin} refused at its edge: {code:#x}"
+        return client
+
+    def service(
+        self, client_id: str = "svc", *, clean_start: bool = True, session_expiry: int | None = None
+    ) -> Mqtt5Client:
+        client, code = self.connect(
+            self.core.port,
+            client_id,
+            SERVICE,
+            SERVICE_SECRET,
+            clean_start=clean_start,
+            session_expiry=session_expiry,
+        )
+        assert code == 0
+        return client
+
+
+def _core(directory: Path, edges: int) -> MosquittoProcess:
+    files = BrokerAuthFiles(directory / "auth")
+    services = [ServiceIdentity(SERVICE, hash_password(SERVICE_SECRET))]
+    services += [
+        ServiceIdentity(bridge_username(i), hash_password(BRIDGE_SECRET), kind="bridge")
+        for i in range(1, edges + 1)
+    ]
+    files.write([], services)
+    return MosquittoProcess(
+        BrokerConfig(
+            port=free_port(),
+            data_dir=directory,
+            allow_anonymous=False,
+            password_file=files.password_file,
+            dynsec_config_file=files.dynsec_file,
+        )
+    )
+
+
+def _edge(directory: Path, i: int, vins: list[str], core_port: int) -> MosquittoProcess:
+    files = BrokerAuthFiles(directory / "auth")
+    hashed = hash_password(PASSWORD)
+    files.write(
+        [VehicleIdentity(vin, hashed) for vin in vins],
+        [ServiceIdentity(SERVICE, hash_password(SERVICE_SECRET))],
+    )
+    lines = bridge_lines(i, core_host="127.0.0.1", core_port=core_port, password=BRIDGE_SECRET)
+    return MosquittoProcess(
+        BrokerConfig(
+            port=free_port(),
+            data_dir=directory,
+            allow_anonymous=False,
+            password_file=files.password_file,
+            dynsec_config_file=files.dynsec_file,
+            extra_lines=lines,
+        )
+    )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    vins = _vins_by_edge(2, 2)
+    core = _core(tmp_path / "core", 2)
+    core.start()
+    edges = {i: _edge(tmp_path / f"edge-{i}", i, vins[i], core.port) for i in (1, 2)}
+    c = Cluster(core, edges, vins)
+    try:
+        for edge in edges.values():
+            edge.start()
+        wait_until(lambda: _core_sees_bridges(core, 2), timeout=20, what="both bridges")
+        yield c
+    finally:
+        for client in c.clients:
+            client.close()
+        for edge in edges.values():
+            edge.stop()
+        core.stop()
+
+
+def _core_sees_bridges(core: MosquittoProcess, edges: int) -> bool:
+    text = core.log_path.read_text()
+    return all(f"as {bridge_username(i)} " in text for i in range(1, edges + 1))
+
+
+def _sample(vin: str, seq: int) -> bytes:
+    ts = time.time_ns() // 1_000_000
+    return orjson.dumps({"vin": vin, "seq": seq, "ts": ts, "signals": {"Vehicle.Speed": 1.0}})
+
+
+# --- what crosses the bridge -----------------------------------------------------------------
+
+
+def test_telemetry_goes_out_and_commands_come_in_each_to_its_own_vehicle(
+    cluster: Cluster,
+) -> None:
+    gateway = cluster.service("gw")
+    assert gateway.subscribe("$share/telematics-gateway/v1/vehicles/+/telemetry") < 0x80
+    a, b = cluster.vins[1][0], cluster.vins[2][0]
+    unit_a, unit_b = cluster.unit(a), cluster.unit(b)
+    for unit, vin in ((unit_a, a), (unit_b, b)):
+        assert unit.subscribe(f"v1/vehicles/{vin}/commands") == 1
+    assert unit_a.publish(f"v1/vehicles/{a}/telemetry", _sample(a, 1)) == 0
+    assert unit_b.publish(f"v1/vehicles/{b}/telemetry", _sample(b, 1)) == 0
+    got = [gateway.receive(10), gateway.receive(10)]
+    assert sorted((t, orjson.loads(p)["seq"]) for t, p in filter(None, got)) == sorted(
+        [(f"v1/vehicles/{a}/telemetry", 1), (f"v1/vehicles/{b}/telemetry", 1)]
+    )
+    # commands from the core: each reaches its own unit, through its own edge, only
+    commander = cluster.service("commands")
+    for vin in (a, b):
+        assert commander.publish(f"v1/vehicles/{vin}/commands", vin.encode()) < 0x80
+    assert unit_a.receive(10) == (f"v1/vehicles/{a}/commands", a.encode())
+    assert unit_b.receive(10) == (f"v1/vehicles/{b}/commands", b.encode())
+    assert unit_a.receive(1) is None
+    assert unit_b.receive(1) is None
+
+
+# --- as an attacker ---------------------------------------------------------------------------
+
+
+def test_a_vehicle_on_an_edge_reaches_only_its_own_topics(cluster: Cluster) -> None:
+    a, neighbour = cluster.vins[1]
+    other = cluster.vins[2][0]
+    gateway = cluster.service("gw")
+    assert gateway.subscribe("v1/#") < 0x80
+    unit = cluster.unit(a)
+    for victim in (neighbour, other):
+        for topic in ("commands", "feedback"):
+            assert unit.subscribe(f"v1/vehicles/{victim}/{topic}") == NOT_AUTHORIZED
+        for topic in ("telemetry", "events", "status", "commands/result"):
+            assert unit.publish(f"v1/vehicles/{victim}/{topic}", b"{}") == NOT_AUTHORIZED
+    for topic_filter in (
+        "v1/#",
+        "#",
+        "v1/vehicles/+/commands",
+        "$share/x/v1/vehicles/+/telemetry",
+        "$SYS/#",
+        "$CONTROL/#",
+    ):
+        assert unit.subscribe(topic_filter) == NOT_AUTHORIZED, topic_filter
+    # its own command topic only; it may not write commands (not even its own)
+    assert unit.publish(f"v1/vehicles/{a}/commands", b"x") == NOT_AUTHORIZED
+    assert unit.publish(f"v1/vehicles/{other}/commands", b"x") == NOT_AUTHORIZED
+    # nothing of that reached the core
+    assert gateway.receive(1.5) is None
+
+
+def test_logins_only_where_they_belong(cluster: Cluster) -> None:
+    a, b = cluster.vins[1][0], cluster.vins[2][0]
+    edge1, edge2, core = cluster.edges[1].port, cluster.edges[2].port, cluster.core.port
+    # a VIN at another edge, or at the core: refused
+    for port, vin in ((edge2, a), (edge1, b), (core, a), (core, b)):
+        assert cluster.connect(port, vin, vin, PASSWORD)[1] in BAD_LOGIN, (port, vin)
+    # the bridge's credential on a unit listener: refused
+    for port in (edge1, edge2):
+        for i in (1, 2):
+            name = bridge_username(i)
+            assert cluster.connect(port, name, name, BRIDGE_SECRET)[1] in BAD_LOGIN
+    # a vehicle cannot take the bridge's local client id, nor another edge's bridge session
+    assert cluster.connect(edge1, f"{bridge_username(1)}-local", a, PASSWORD)[1] in BAD_LOGIN
+    name = bridge_username(2)
+    assert cluster.connect(core, name, bridge_username(1), BRIDGE_SECRET)[1] in BAD_LOGIN
+    # the bridge account on the core cannot read telemetry nor use the control topic
+    spy, code = cluster.connect(core, bridge_username(1), bridge_username(1), BRIDGE_SECRET)
+    assert code == 0
+    for topic_filter in ("v1/vehicles/+/telemetry", "$share/g/v1/#", "$CONTROL/#", "#"):
+        assert spy.subscribe(topic_filter) == NOT_AUTHORIZED, topic_filter
+    assert spy.publish("$CONTROL/dynamic-security/v1", b"{}") == NOT_AUTHORIZED
+    assert spy.publish("integrations/1/alerts", b"{}") == NOT_AUTHORIZED
+    # the vehicles' logins still work at their own edges
+    cluster.unit(a)
+    cluster.unit(b)
+
+
+def test_the_bridge_role_is_rendered_with_its_client_id_bound() -> None:
+    bridge = ServiceIdentity("telematics-edge-1", hash_password("x"), kind="bridge")
+    document = json.loads(render_dynsec([], [bridge]))
+    (client,) = document["clients"]
+    assert client["clientid"] == "telematics-edge-1"
+    (role,) = [r for r in document["roles"] if r["rolename"] == client["roles"][0]["rolename"]]
+    kinds = {(a["acltype"], a["topic"]) for a in role["acls"]}
+    assert ("subscribePattern", "v1/vehicles/+/commands") in kinds
+    assert all(t.startswith("v1/vehicles/+/") for _, t in kinds)
+    assert not any(k.startswith("subscribe") and t.endswith("telemetry") for k, t in kinds)
+
+
+# --- nothing acknowledged is lost across restarts --------------------------------------------
+
+
+def _publish_all(unit_vin: str, cluster: Cluster, seqs: range, state: dict[str, object]) -> None:
+    """Publish ``seqs`` at QoS 1, each until the edge acknowledges it (reconnecting after a
+    broker restart, as a unit does)."""
+    client: Mqtt5Client | None = state.get("client")  # type: ignore[assignment]
+    for seq in seqs:
+        while True:
+            if client is None:
+                try:
+                    client = cluster.unit(unit_vin)
+                except (OSError, AssertionError):
+                    time.sleep(0.05)
+                    continue
+            try:
+                reason = client.publish(f"v1/vehicles/{unit_vin}/telemetry", _sample(unit_vin, seq))
+            except OSError:
+                client.close()
+                client = None
+                continue
+            assert reason == 0, f"seq {seq}: PUBACK {reason:#x}"
+            break
+    state["client"] = client
+
+
+def test_nothing_acknowledged_is_lost_when_an_edge_or_the_core_restarts(
+    cluster: Cluster,
+) -> None:
+    vin = cluster.vins[1][0]
+    # the gateway's persistent session on the core (telematics up writes it into the core's
+    # persistence file before every start, decision 0031)
+    gateway = cluster.service("gw", clean_start=False, session_expiry=3600)
+    assert gateway.subscribe("v1/vehicles/+/telemetry") < 0x80
+    gateway.disconnect()
+    edge, core = cluster.edges[1], cluster.core
+    state: dict[str, object] = {}
+    _publish_all(vin, cluster, range(1, 51), state)
+    edge.restart()  # a clean restart of the edge
+    _publish_all(vin, cluster, range(51, 101), state)
+    core.restart()  # a clean restart of the core: the bridge reconnects
+    _publish_all(vin, cluster, range(101, 151), state)
+    core.stop()  # the core away: the edge queues for the bridge
+    _publish_all(vin, cluster, range(151, 201), state)
+    edge.restart()  # and the edge restarts meanwhile: its queue is on disk
+    _publish_all(vin, cluster, range(201, 251), state)
+    core.start()
+    _publish_all(vin, cluster, range(251, 301), state)
+    gateway = cluster.service("gw", clean_start=False, session_expiry=3600)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 30
+    while len(seen) < 300 and time.monotonic() < deadline:
+        got = gateway.receive(2)
+        if got is not None:
+            seen.add(int(orjson.loads(got[1])["seq"]))
+    assert sorted(set(range(1, 301)) - seen) == []
+
+
+# --- telematics up --edge-brokers -------------------------------------------------------------
+
+
+def _stored(data: Path) -> dict[str, set[int]]:
+    db = sqlite3.connect(f"file:{data / 'telemetry.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = db.execute(
+            "SELECT v.vin, s.seq FROM samples s JOIN vehicles v ON v.id = s.vehicle_id"
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        db.close()
+    out: dict[str, set[int]] = {}
+    for vin, seq in rows:
+        out.setdefault(vin, set()).add(int(seq))
+    return out
+
+
+@contextlib.contextmanager
+def _up(tmp_path: Path, edges: int) -> Iterator[tuple[Path, int, int]]:
+    data = tmp_path / "data"
+    mqtt_port, api_port = free_port(), free_port()
+    while any(_taken(mqtt_port + i) for i in range(1, edges + 1)):
+        mqtt_port = free_port()
+    log = (tmp_path / "up.log").open("wb")
+    argv = [sys.executable, "-m", "gateway", "up", "--data-dir", str(data)]
+    argv += ["--mqtt-port", str(mqtt_port), "--api-port", str(api_port)]
+    argv += ["--edge-brokers", str(edges), "--fleet-workers", "0"]
+    env = {**os.environ, "TELEMATICS_ADMIN_PASSWORD": "edge-admin-password-1"}
+    up = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+
+    def running() -> bool:
+        if up.poll() is not None:
+            pytest.fail(f"telematics up exited:\n{(tmp_path / 'up.log').read_text()}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{api_port}/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(running, timeout=120, what="telematics up to be healthy")
+        yield data, mqtt_port, api_port
+    finally:
+        up.terminate()
+        up.wait(60)
+
+
+def _taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _provision(data: Path, vins: list[str]) -> None:
+    from gateway.statedb import AccountRepository, StateDatabase
+    from gateway.statedb.database import default_url
+
+    db = StateDatabase(default_url(data))
+    try:
+        accounts = AccountRepository(db)
+        now = time.time_ns() // 1_000_000
+        account_id = accounts.create_account("organization", "Edge units", now=now).id
+        accounts.provision_vehicles(
+            vins,
+            account_id=account_id,
+            label=None,
+            mqtt_password_hash=hash_password(PASSWORD),
+            provisioned_by=None,
+            now=now,
+        )
+    finally:
+        db.dispose()
+
+
+def test_up_with_edge_brokers_takes_units_only_at_their_edge_and_stores_their_data(
+    tmp_path: Path,
+) -> None:
+    vins = _vins_by_edge(2, 2)
+    with _up(tmp_path, 2) as (data, core_port, _):
+        every = [v for vs in vins.values() for v in vs]
+        _provision(data, every)
+
+        def code(port: int, vin: str) -> int:
+            with contextlib.suppress(OSError):
+                return login_code("127.0.0.1", port, vin, PASSWORD, client_id=vin)
+            return -1
+
+        for i, edge_vins in vins.items():
+            for vin in edge_vins:
+                port = core_port + i
+                wait_until(lambda: code(port, vin) == 0, timeout=60, what=vin)  # noqa: B023
+                assert code(core_port, vin) != 0  # the core takes no vehicle login
+                assert code(core_port + 3 - i, vin) != 0  # nor does the other edge
+        _publish_at_edges(core_port, vins, (1, 2, 3))
+        wait_until(
+            lambda: all(_stored(data).get(v) == {1, 2, 3} for v in every),
+            timeout=60,
+            what="every sample stored",
+        )
+        status = _supervisor(data)
+        assert [e["state"] for e in status["edges"]] == ["running", "running"]
+        # an edge and then the core crash (SIGKILL): the supervisor starts them again, the
+        # bridge reconnects, and what units publish afterwards is stored
+        os.kill(status["edges"][0]["pid"], signal.SIGKILL)
+        wait_until(lambda: _supervisor(data)["edges"][0]["restarts"] == 1, timeout=60)
+        _publish_at_edges(core_port, vins, (4, 5))
+        os.kill(status["broker"]["pid"], signal.SIGKILL)
+        wait_until(lambda: _supervisor(data)["broker"]["restarts"] == 1, timeout=60)
+        _publish_at_edges(core_port, vins, (6, 7))
+        wait_until(
+            lambda: all(_stored(data).get(v) == set(range(1, 8)) for v in every),
+            timeout=90,
+            what="every sample stored after the restarts",
+        )
+
+
+def _supervisor(data: Path) -> dict[str, Any]:
+    status: dict[str, Any] = json.loads((data / "health" / "supervisor.json").read_text())
+    return status
+
+
+def _publish_at_edges(core_port: int, vins: dict[int, list[str]], seqs: tuple[int, ...]) -> None:
+    """Each VIN's unit publishes ``seqs`` at its edge, each until acknowledged (reconnecting
+    while its edge is still coming back)."""
+    for i, edge_vins in vins.items():
+        for vin in edge_vins:
+            for seq in seqs:
+                while True:
+                    try:
+                        unit, reason = Mqtt5Client.connect(
+                            "127.0.0.1", core_port + i, vin, username=vin, password=PASSWORD
+                        )
+                        if reason == 0:
+                            assert (
+                                unit.publish(f"v1/vehicles/{vin}/telemetry", _sample(vin, seq)) == 0
+                            )
+                            unit.disconnect()
+                            break
+                        unit.close()
+                    except OSError:
+                        pass
+                    time.sleep(0.1)
+
+
+def test_a_commands_message_expiry_crosses_the_bridge(cluster: Cluster) -> None:
+    """The command service sets a message expiry on every command (a unit that comes back
+    late must not run it); the MQTT 5 bridge hands it on, counted down."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    vin = cluster.vins[2][0]
+    unit = cluster.unit(vin)
+    assert unit.subscribe(f"v1/vehicles/{vin}/commands") == 1
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cmd", protocol=mqtt.MQTTv5)
+    sender.username_pw_set(SERVICE, SERVICE_SECRET)
+    sender.connect("127.0.0.1", cluster.core.port)
+    sender.loop_start()
+    try:
+        props = Properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = 120
+        sender.publish(
+            f"v1/vehicles/{vin}/commands", b"c", qos=1, properties=props
+        ).wait_for_publish(10)
+    finally:
+        sender.loop_stop()
+        sender.disconnect()
+    got = unit.receive_message(10)
+    assert got is not None
+    assert got[:2] == (f"v1/vehicles/{vin}/commands", b"c")
+    expiry = got[2].get(0x02)
+    assert isinstance(expiry, int)
+    assert 0 < expiry <= 120
