@@ -227,6 +227,31 @@ def test_cli_init_client_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[st
         run_from_args(_parse("client", VIN_B, "--dir", str(elsewhere)))
 
 
+def test_cli_client_example_uses_this_installations_tls_listener(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The printed ``mosquitto_pub`` went to port 8883 whatever ``--tls-port`` the data
+    directory's ``telematics up`` runs; it names that listener now (8883 without one)."""
+    for name in ("TELEMATICS_UNIT_TLS_BROKER_URL", "TELEMATICS_UNIT_BROKER_URL",
+                 "TELEMATICS_MQTT_URL", "TELEMATICS_DATA_DIR"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+
+    def example() -> list[str]:
+        assert main(["pki", "client", VIN_A, "--data-dir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        return shlex.split(next(line for line in out.splitlines() if "mosquitto_pub" in line))
+
+    assert main(["pki", "init", "--data-dir", str(tmp_path)]) == 0
+    argv = example()
+    assert (argv[argv.index("-h") + 1], argv[argv.index("-p") + 1]) == ("127.0.0.1", "8883")
+    (tmp_path / "broker").mkdir()
+    (tmp_path / "broker" / "mosquitto.conf").write_text(
+        "listener 23456 127.0.0.1\n\nlistener 23457 127.0.0.1\nrequire_certificate true\n"
+    )
+    argv = example()
+    assert (argv[argv.index("-h") + 1], argv[argv.index("-p") + 1]) == ("127.0.0.1", "23457")
+
+
 def test_cli_default_directory_is_the_clis_data_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

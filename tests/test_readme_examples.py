@@ -16,6 +16,7 @@ How they run
     Every block runs as a bash script (``set -euo pipefail``) in a working directory that looks
     like the checkout (a symbolic link to each of its files) but whose ``data/`` is the demo's
     data directory, with the environment of a fresh terminal (no ``TELEMATICS_*`` variables).
+    Both directories have a space in their paths.
     Variables a block sets reach the blocks after it, as in one terminal. The README writes the
     default ports, ``1884`` (broker) and ``8080`` (API), so a newcomer can copy the commands
     literally; they are the one thing rewritten, to the demo's ports.
@@ -245,7 +246,9 @@ def checkout_lookalike(workdir: Path, data: Path) -> None:
 @pytest.fixture(scope="module")
 def terminal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Terminal]:
     base = tmp_path_factory.mktemp("readme")
-    data, workdir, logs = base / "data", base / "checkout", base / "logs"
+    # a space in both paths, as in many a newcomer's home directory ("My Projects"): the
+    # examples and the demo must quote what they are given
+    data, workdir, logs = base / "demo data", base / "the checkout", base / "logs"
     data.mkdir()
     logs.mkdir()
     checkout_lookalike(workdir, data)

@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
-    return run_from_args(args)
+    return run_from_args(args, env)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,7 +105,23 @@ def _listener_settings(pki: Pki) -> str:
     return "\n".join(lines)
 
 
-def run_from_args(args: argparse.Namespace) -> int:
+def _tls_listener(args: argparse.Namespace, env: Environment | None) -> tuple[str, int]:
+    """Where the example connects: the TLS listener ``telematics up --tls-port`` runs for
+    this data directory (or the one units are told), else 127.0.0.1 and the usual 8883."""
+    from urllib.parse import urlsplit
+
+    from gateway.cli.vehicle import default_unit_broker_url
+
+    if env is None:
+        return "127.0.0.1", DEFAULT_MQTTS_PORT
+    data_dir = Path(getattr(args, "data_dir", None) or "data")
+    url = urlsplit(default_unit_broker_url(data_dir, env, tls=True))
+    if url.scheme != "mqtts" or url.hostname is None:
+        return "127.0.0.1", DEFAULT_MQTTS_PORT
+    return url.hostname, url.port or DEFAULT_MQTTS_PORT
+
+
+def run_from_args(args: argparse.Namespace, env: Environment | None = None) -> int:
     """Run one ``telematics pki`` action; errors raise :class:`PkiError` (a GatewayError)."""
     pki = Pki(_directory(args))
     if args.pki_command == "init":
@@ -118,6 +134,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 0
     if args.pki_command == "client":
         cert, key = pki.client(args.vin)
+        host, port = _tls_listener(args, env)
         print(f"issued a client certificate for {args.vin}:")
         print(f"    certificate {cert}")
         print(f"    key         {key}")
@@ -126,7 +143,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             "the vehicle connects to the TLS listener with them (the port of telematics up "
             "--tls-port); its username is its VIN, so it must be provisioned as well "
             "(credentials 'certificate'), e.g.:\n"
-            f"    mosquitto_pub -V mqttv5 -p {DEFAULT_MQTTS_PORT} --cafile {pki.ca_cert_path} "
+            f"    mosquitto_pub -V mqttv5 -h {host} -p {port} --cafile {pki.ca_cert_path} "
             f"--cert {cert} --key {key} -q 1 -r -t v1/vehicles/{args.vin}/status "
             """-m '{"state": "online"}\'"""
         )
