@@ -364,6 +364,40 @@ class Api:
         return self.client.post("/v1/auth/token", data=form).status_code
 
 
+def test_with_edge_brokers_a_credentials_file_names_its_vins_edge(tmp_path: Path) -> None:
+    """Each VIN logs in at one edge only (decision 0038): the file gets that edge's URL, VINs
+    of two edges in one file are refused before anything is provisioned, and so is adding
+    VINs of another edge to a file."""
+    from schemas.edges import edge_index
+
+    data = tmp_path / "data"
+    assert telematics(data, "account", "add", "Vans").returncode == 0
+    for i in (1, 2):
+        (data / f"broker-edge-{i}").mkdir()
+        (data / f"broker-edge-{i}" / "mosquitto.conf").write_text(
+            f"listener {30000 + i} 127.0.0.1\n"
+        )
+    by_edge: dict[int, list[str]] = {1: [], 2: []}
+    for n in range(1, 40):
+        vin = f"WEDGE{n:012d}"
+        by_edge[edge_index(vin, 2)].append(vin)
+    path = tmp_path / "units.json"
+    argv = ["--account", "1", "--credentials-file", str(path)]
+    r = telematics(data, "vehicle", "add", by_edge[1][0], by_edge[2][2], *argv)
+    assert r.returncode == 2
+    assert "2 different edge brokers" in r.stderr
+    assert not path.exists()
+    r = telematics(data, "vehicle", "add", *by_edge[2][:2], *argv)
+    assert r.returncode == 0, r.stderr
+    assert load_credentials(path).broker_url == "mqtt://127.0.0.1:30002"
+    r = telematics(data, "vehicle", "add", by_edge[1][0], *argv)
+    assert r.returncode == 2
+    assert "use a credentials file per edge" in r.stderr
+    # nothing of the refused adds was provisioned: those VINs can be added now
+    r = telematics(data, "vehicle", "add", by_edge[1][0], by_edge[2][2], "--account", "1")
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     """The API on the state database the commands use (DATA/state.db)."""

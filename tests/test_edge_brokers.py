@@ -459,6 +459,22 @@ def test_up_with_edge_brokers_takes_units_only_at_their_edge_and_stores_their_da
             timeout=90,
             what="every sample stored after the restarts",
         )
+        # a revoked vehicle is refused at its edge (the edge's own identity sync)
+        revoked = vins[2][0]
+        _revoke(data, revoked)
+        wait_until(lambda: code(core_port + 2, revoked) not in (0, -1), timeout=60)
+        assert code(core_port + 2, vins[2][1]) == 0
+
+
+def _revoke(data: Path, vin: str) -> None:
+    from gateway.statedb import AccountRepository, StateDatabase
+    from gateway.statedb.database import default_url
+
+    db = StateDatabase(default_url(data))
+    try:
+        assert AccountRepository(db).revoke_vehicle(vin, now=time.time_ns() // 1_000_000)
+    finally:
+        db.dispose()
 
 
 def _supervisor(data: Path) -> dict[str, Any]:

@@ -61,14 +61,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "have open at once in this process; 429 beyond (env TELEMATICS_MAX_STREAMS_PER_USER; "
         "default: 16; 0: no limit)",
     )
-    api.add_argument(
-        "--edge-broker-urls",
-        default=env.edge_broker_urls,
-        metavar="URL,URL",
-        help="the edge brokers' URLs, edge 1 first: provisioning tells each unit its VIN's "
-        "edge instead of --unit-broker-url (decision 0038; telematics up --edge-brokers sets "
-        "it) (env TELEMATICS_EDGE_BROKER_URLS; default: none)",
-    )
+    _add_edge_broker_urls(api, env)
     _add_auth_cache(api, env)
     add_mqtt(api, env, default=None)
     add_mqtt_auth(api, env)
@@ -217,6 +210,17 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     app = create_app(settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     return 0
+
+
+def _add_edge_broker_urls(api: argparse.ArgumentParser, env: Environment) -> None:
+    api.add_argument(
+        "--edge-broker-urls",
+        default=env.edge_broker_urls,
+        metavar="URL,URL",
+        help="the edge brokers' URLs, edge 1 first: provisioning tells each unit its VIN's "
+        "edge instead of --unit-broker-url (decision 0038; telematics up --edge-brokers sets "
+        "it) (env TELEMATICS_EDGE_BROKER_URLS; default: none)",
+    )
 
 
 def _edge_urls(text: str) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from gateway.cli.admin import (
     record,
     repositories,
 )
+from gateway.errors import GatewayError
 from gateway.settings import DEFAULT_PRIVATE_BROKER_PORT, Environment
 from gateway.text import check_plain_text
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from gateway.statedb.accounts import AccountRepository
     from gateway.statedb.audit import AuditLog
 
-__all__ = ["add_parser", "default_unit_broker_url", "run"]
+__all__ = ["add_parser", "default_unit_broker_url", "edge_broker_url", "run"]
 
 #: the plain MQTT listener in the private broker's configuration (the first ``listener``)
 _LISTENER_LINE = re.compile(r"^listener (\d+) (\S+)$", re.MULTILINE)
@@ -158,12 +159,23 @@ def _add(
     assert account is not None  # --account is required for add
     if args.label is not None:
         check_plain_text(args.label, "--label")
+    edge_url = None  # before provisioning: a refusal must not lose the new passwords
+    if args.credentials_file is not None and args.broker_url is None and not args.certificate:
+        edge_url = edge_broker_url(args.data_dir, vins)
+        if edge_url is not None and _names_a_broker(args.credentials_file):
+            from schemas.credentials import load_credentials
+
+            if load_credentials(args.credentials_file).broker_url != edge_url:
+                raise GatewayError(
+                    f"{args.credentials_file} is for another broker than these VINs' edge "
+                    f"({edge_url}): use a credentials file per edge"
+                )
     created, renewed = _provision(args, accounts, audit, vins, account)
     _wait_for_broker(args, accounts.broker_version())
     if args.credentials_file is not None:
         from gateway.installation import write_unit_credentials
 
-        broker_url = args.broker_url
+        broker_url = args.broker_url or edge_url
         if broker_url is None and not _names_a_broker(args.credentials_file):
             broker_url = default_unit_broker_url(args.data_dir, env, tls=args.certificate)
         written = write_unit_credentials(
@@ -274,6 +286,34 @@ def _names_a_broker(path: Path) -> bool:
     from schemas.credentials import load_credentials
 
     return path.exists() and load_credentials(path).broker_url is not None
+
+
+def edge_broker_url(data_dir: Path, vins: list[str]) -> str | None:
+    """With edge brokers (``telematics up --edge-brokers``, decision 0038), the URL of the
+    edge that holds ``vins``' logins (from the configuration ``up`` last rendered for it);
+    None without edges. A credentials file has one broker URL, so VINs of different edges
+    are refused: add them edge by edge, or give ``--broker-url``."""
+    from gateway.broker.mosquitto import CONFIG_FILE_NAME
+    from schemas.edges import edge_index
+
+    configs = sorted(
+        data_dir.glob(f"broker-edge-*/{CONFIG_FILE_NAME}"),
+        key=lambda p: int(p.parent.name.rsplit("-", 1)[1]),
+    )
+    if not configs or not vins:
+        return None
+    edges = {edge_index(vin, len(configs)) for vin in vins}
+    if len(edges) > 1:
+        raise GatewayError(
+            f"these VINs log in at {len(edges)} different edge brokers and a credentials "
+            "file has one broker URL: add them edge by edge (schemas.edges.edge_index), or "
+            "give --broker-url"
+        )
+    listeners = _LISTENER_LINE.findall(configs[edges.pop() - 1].read_text(encoding="utf-8"))
+    if not listeners:
+        return None
+    port, host = listeners[0]
+    return f"mqtt://{host}:{port}"
 
 
 def default_unit_broker_url(data_dir: Path, env: Environment, *, tls: bool = False) -> str:
