@@ -712,16 +712,19 @@ class SqliteTelemetryStore:
         return [MapState(vin, *head, latest[vin]) for vin, head in heads.items()]
 
     def vehicle_state(self, vin: str, *, tenure: int) -> VehicleState | None:
+        # one statement, not two: it runs for every command's admission (on the API's
+        # event loop) and for every vehicle awaiting a confirmation, twice a second
         rows = self._read(
-            f"SELECT vin, online, first_seen, last_seen, status_changed_at, {_MISSING}, id "
+            f"SELECT vin, online, first_seen, last_seen, status_changed_at, {_MISSING}, "
+            "(SELECT state FROM latest_state WHERE vehicle_id = vehicles.id) "
             "FROM vehicles WHERE vin = ? AND tenure = ?",
             (vin, tenure),
         )
         if not rows:
             return None
         summary = self._summary(rows[0][:7])
-        state = self._read("SELECT state FROM latest_state WHERE vehicle_id = ?", (rows[0][7],))
-        latest = dict(sorted(packing.read_state(state[0][0]).items())) if state else {}
+        state = rows[0][7]
+        latest = dict(sorted(packing.read_state(state).items())) if state is not None else {}
         return VehicleState(summary, latest)
 
     def history(
