@@ -484,3 +484,49 @@ def test_a_vehicle_provisioned_after_its_first_samples_is_evaluated_from_then_on
     kinds = {a[1] for a in outcome(db)[0] if a[0] == late_vin}
     assert {"overspeed", "harsh_braking"} <= kinds, outcome(db)[0]
     store.close()
+
+
+def test_steps_that_wait_for_the_window_do_not_read_the_same_rows_again(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """While a vehicle's first rows wait the reorder window, each step used to read and
+    decode the whole batch again (ten steps a second); the rows read once are held and
+    only what came after them is read (decision 0037). The outcome is the same."""
+    db, path = world
+    store = open_store(path)
+    read: list[int] = []
+
+    class Counting:
+        def __init__(self) -> None:
+            self._reader = open_store(path, readonly=True)
+
+        def samples_after(self, cursor: int, *, limit: int) -> list[Any]:
+            rows = self._reader.samples_after(cursor, limit=limit)
+            read.append(len(rows))
+            return rows
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._reader, name)
+
+    now = [T0 + 3_000_000]
+    w = RulesWorker(
+        FleetLog(db),
+        FleetRepository(db),
+        lambda: Counting(),
+        WorkerSettings(partitions=4, settle_ms=1_000, tick_ms=10**12),
+        lambda: now[0],
+    )
+    samples = drive(VINS[0])
+    commit(store, samples[:30], now[0])
+    for _ in range(5):  # within the window: nothing evaluated, nothing read twice
+        assert w.step() == 0
+        now[0] += 100
+    commit(store, samples[30:], now[0])
+    now[0] += 2_000
+    while w.step():
+        pass
+    assert sum(read) == len(samples), read
+    alerts, trips = outcome(db)
+    assert {a[1] for a in alerts} >= {"overspeed", "idling", "harsh_braking"}
+    assert len(trips) == 1
+    store.close()
