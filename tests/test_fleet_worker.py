@@ -428,3 +428,105 @@ def test_a_pass_with_more_alerts_and_trips_than_one_insert_takes_keeps_them_in_o
     for data in finished:
         assert trips[data["trip_id"]].start_at == data["start_at"]
     assert [d["start_at"] for d in raised] == sorted(d["start_at"] for d in raised)
+
+
+def test_each_pass_stores_the_vehicles_states_as_the_worker_holds_them(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """The states are written by one upsert of JSON text (decision 0037): the first pass
+    inserts them, later ones replace them, and what is read back is what the worker
+    holds in memory (a new owner starts from it)."""
+    from gateway.core.fleet.state import rule_state_to_json, trip_state_to_json
+
+    db, path = world
+    store = open_store(path)
+    samples = drive(VINS[0])
+    now = [T0 + 3_000_000]
+    w = worker(db, path, lambda: now[0])
+    key = (VINS[0], 1)
+    for lo, hi in ((0, 3), (3, 20), (20, len(samples))):  # inserted, then replaced twice
+        commit(store, samples[lo:hi], now[0] - 5_000)
+        while w.step():
+            pass
+        rule_state, trip_state, _ = w._states[key]
+        stored = FleetLog(db).vin_states([key])[key]
+        assert stored == (rule_state_to_json(rule_state), trip_state_to_json(trip_state))
+        assert stored[0]["last_seq"] == samples[hi - 1].seq
+    store.close()
+
+
+def test_a_vehicle_provisioned_after_its_first_samples_is_evaluated_from_then_on(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """Samples of a VIN without an account only move the cursor; the worker keeps the
+    accounts it found but asks again for one it did not (decision 0037), so once the
+    vehicle is provisioned its next samples raise alerts."""
+    db, path = world
+    late_vin = "WFLEETW0000000009"
+    store = open_store(path)
+    now = [T0 + 3_000_000]
+    w = worker(db, path, lambda: now[0])
+    first = drive(late_vin)[:5]
+    commit(store, first, now[0] - 5_000)
+    assert w.step() > 0
+    assert outcome(db)[0] == []
+    org = AccountRepository(db).list_accounts()[0]
+    AccountRepository(db).provision_vehicle(
+        vin=late_vin, account_id=org.id, label=None, mqtt_password_hash=None,
+        provisioned_by=None, now=2,
+    )  # fmt: skip
+    rest = drive(late_vin)[5:]
+    store.commit(IngestBatch(received_at=now[0] - 4_000, samples=rest, events=[],
+                             tenures={late_vin: Tenure(1, 0)}))  # fmt: skip
+    now[0] += 10_000
+    while w.step():
+        pass
+    kinds = {a[1] for a in outcome(db)[0] if a[0] == late_vin}
+    assert {"overspeed", "harsh_braking"} <= kinds, outcome(db)[0]
+    store.close()
+
+
+def test_steps_that_wait_for_the_window_do_not_read_the_same_rows_again(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """While a vehicle's first rows wait the reorder window, each step used to read and
+    decode the whole batch again (ten steps a second); the rows read once are held and
+    only what came after them is read (decision 0037). The outcome is the same."""
+    db, path = world
+    store = open_store(path)
+    read: list[int] = []
+
+    class Counting:
+        def __init__(self) -> None:
+            self._reader = open_store(path, readonly=True)
+
+        def samples_after(self, cursor: int, *, limit: int) -> list[Any]:
+            rows = self._reader.samples_after(cursor, limit=limit)
+            read.append(len(rows))
+            return rows
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._reader, name)
+
+    now = [T0 + 3_000_000]
+    w = RulesWorker(
+        FleetLog(db),
+        FleetRepository(db),
+        lambda: Counting(),
+        WorkerSettings(partitions=4, settle_ms=1_000, tick_ms=10**12),
+        lambda: now[0],
+    )
+    samples = drive(VINS[0])
+    commit(store, samples[:30], now[0])
+    for _ in range(5):  # within the window: nothing evaluated, nothing read twice
+        assert w.step() == 0
+        now[0] += 100
+    commit(store, samples[30:], now[0])
+    now[0] += 2_000
+    while w.step():
+        pass
+    assert sum(read) == len(samples), read
+    alerts, trips = outcome(db)
+    assert {a[1] for a in alerts} >= {"overspeed", "idling", "harsh_braking"}
+    assert len(trips) == 1
+    store.close()

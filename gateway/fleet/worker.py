@@ -35,6 +35,7 @@ Samples of vehicles that are not provisioned (no account) move the cursor and no
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import logging
 import threading
@@ -43,7 +44,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from gateway.core.clock import wall_clock_ms
 from gateway.core.fleet.geo import Point
@@ -129,6 +130,46 @@ class _Pending:
     evaluated: dict[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]]
     #: the vehicles' states after the step (and those read from the database for it)
     states: dict[VinKey, VinState]
+
+
+class _Row(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+RowT = TypeVar("RowT", bound=_Row)
+
+
+class _LogBuffer(Generic[RowT]):
+    """The rows of one log (samples or events) a step read and did not evaluate. A step
+    whose rows are not ready yet (a vehicle's first rows, a missing seq: the reorder
+    window) returns them to the log; without this the next steps, ten a second while it
+    waits, read and decoded the same thousands of rows again (decision 0037). Committed
+    rows never change and their ids grow in commit order (module docstring), so the rows
+    after a cursor are the held ones after it, then what the store has after the last."""
+
+    def __init__(self) -> None:
+        #: the cursor the rows were read after, and the rows: all of the log in
+        #: (``start``, last row's id] when they were read
+        self._start: int | None = None
+        self._rows: list[RowT] = []
+
+    def after(self, cursor: int, limit: int, read: Callable[..., list[RowT]]) -> list[RowT]:
+        """What ``read(cursor, limit=limit)`` answers, reading only past the rows held."""
+        rows, kept = self._rows, []
+        if self._start is not None and self._start <= cursor and rows and cursor < rows[-1].id:
+            kept = rows[bisect.bisect_right(rows, cursor, key=_row_id) :]
+        if kept:
+            more = read(kept[-1].id, limit=limit - len(kept)) if len(kept) < limit else []
+            rows = kept + more
+        else:
+            rows = read(cursor, limit=limit)
+        self._start, self._rows = cursor, rows
+        return rows
+
+
+def _row_id(row: _Row) -> int:
+    return row.id
 
 
 #: passes of :func:`_ready_prefix` before it falls back to the settled rows only
@@ -287,6 +328,8 @@ class RulesWorker:
         self._states: dict[VinKey, VinState] = {}
         #: the account of each vehicle's holding period seen (:meth:`_accounts_of`)
         self._accounts: dict[VinKey, int] = {}
+        self._sample_rows: _LogBuffer[LoggedSample] = _LogBuffer()
+        self._event_rows: _LogBuffer[LoggedEvent] = _LogBuffer()
 
     def _leases(self, now: int) -> dict[int, tuple[int, int]]:
         """The partitions held; the leases renewed (and free ones taken) every third of
@@ -342,8 +385,8 @@ class RulesWorker:
         low_s = min(c[0] for c in held.values())
         low_e = min(c[1] for c in held.values())
         ready = now - s.settle_ms
-        sample_rows = reader.samples_after(low_s, limit=s.batch)
-        event_rows = reader.events_after(low_e, limit=s.batch)
+        sample_rows = self._sample_rows.after(low_s, s.batch, reader.samples_after)
+        event_rows = self._event_rows.after(low_e, s.batch, reader.events_after)
         keys = {(r.vin, r.tenure) for r in sample_rows} | {(r.vin, r.tenure) for r in event_rows}
         accounts = self._accounts_of(keys)
         self._learn_next_seqs(accounts)
