@@ -385,6 +385,30 @@ def test_api_key_is_shown_once_works_and_revocation_is_immediate(s: Setup) -> No
     assert actions == ["api_key_revoke", "api_key_create"]
 
 
+def test_api_keys_are_created_at_a_bounded_rate_per_user(tmp_path: Path) -> None:
+    """Security review 4: any user, a self-registered owner too, could create API keys
+    without limit (300 in 7 s against the deployed API, each a row kept for ever, revoked
+    or not): a way to fill the state database. Creating keys now uses the caller's
+    invitation limit (own bucket); administrators are not limited."""
+    for s in make(tmp_path, invitation_limit=Limit(rate=1 / 3600, burst=3)):
+        ana = owner(s)
+        made = [
+            s.client.post("/v1/api-keys", json={"name": f"k{i}"}, headers=ana) for i in range(3)
+        ]
+        assert [r.status_code for r in made] == [201, 201, 201]
+        refused = s.client.post("/v1/api-keys", json={"name": "k4"}, headers=ana)
+        error(refused, 429, "api_key_rate_limited")
+        assert int(refused.headers["retry-after"]) > 0
+        assert [e["outcome"] for e in s.audit(action="api_key_create")].count("denied") == 1
+        # administrators are not limited
+        for _ in range(5):
+            r = s.client.post("/v1/api-keys", json={"name": "a"}, headers=s.admin)
+            assert r.status_code == 201, r.text
+        s.clock.now += 3600  # a token back in the bucket (and a fresh access token)
+        r = s.client.post("/v1/api-keys", json={"name": "k5"}, headers=s.token("ana@example.com"))
+        assert r.status_code == 201, r.text
+
+
 def test_a_wrong_secret_with_a_valid_prefix_is_refused(s: Setup) -> None:
     key = s.client.post("/v1/api-keys", json={"name": "k"}, headers=s.admin).json()["key"]
     forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
