@@ -227,6 +227,14 @@ def test_wrong_passwords_lock_out_alike_whether_or_not_the_address_has_an_accoun
         known, unknown = _answers(s, "ana@example.com"), _answers(s, "nobody@example.com")
         assert (429, "login_locked", "1") in known
         assert unknown == known
+        # a disabled user's failures count too: it locks out like any other address
+        owner(s, "dis@example.com")
+        users = s.client.get("/v1/users", headers=s.token(TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD))
+        dis = next(u["id"] for u in users.json()["items"] if u["email"] == "dis@example.com")
+        admin = s.token(TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD)
+        r = s.client.patch(f"/v1/users/{dis}", json={"disabled": True}, headers=admin)
+        assert r.status_code == 200, r.text
+        assert _answers(s, "dis@example.com") == known
 
 
 def _answers(s: Setup, email: str) -> list[tuple[int, str, str | None]]:
