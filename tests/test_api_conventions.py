@@ -323,6 +323,17 @@ def test_a_body_the_route_cannot_read_names_the_content_type(
 # --- /docs offline ------------------------------------------------------------------------
 
 
+def test_the_docs_page_cannot_be_framed(client: TestClient) -> None:
+    """Security review 4: ``/docs`` was the one page without the dashboard's framing and
+    sniffing headers (a page that calls the API with the visitor's session cookie)."""
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
+
+
 def test_docs_load_nothing_from_outside(client: TestClient) -> None:
     page = client.get("/docs")
     assert page.status_code == 200

@@ -227,6 +227,14 @@ def test_wrong_passwords_lock_out_alike_whether_or_not_the_address_has_an_accoun
         known, unknown = _answers(s, "ana@example.com"), _answers(s, "nobody@example.com")
         assert (429, "login_locked", "1") in known
         assert unknown == known
+        # a disabled user's failures count too: it locks out like any other address
+        owner(s, "dis@example.com")
+        users = s.client.get("/v1/users", headers=s.token(TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD))
+        dis = next(u["id"] for u in users.json()["items"] if u["email"] == "dis@example.com")
+        admin = s.token(TEST_ADMIN_EMAIL, TEST_ADMIN_PASSWORD)
+        r = s.client.patch(f"/v1/users/{dis}", json={"disabled": True}, headers=admin)
+        assert r.status_code == 200, r.text
+        assert _answers(s, "dis@example.com") == known
 
 
 def _answers(s: Setup, email: str) -> list[tuple[int, str, str | None]]:
@@ -383,6 +391,30 @@ def test_api_key_is_shown_once_works_and_revocation_is_immediate(s: Setup) -> No
     error(s.client.get("/v1/me", headers={"X-API-Key": key}), 401, "invalid_api_key")
     actions = [e["action"] for e in s.audit(target=f"api_key:{created.json()['id']}")]
     assert actions == ["api_key_revoke", "api_key_create"]
+
+
+def test_api_keys_are_created_at_a_bounded_rate_per_user(tmp_path: Path) -> None:
+    """Security review 4: any user, a self-registered owner too, could create API keys
+    without limit (300 in 7 s against the deployed API, each a row kept for ever, revoked
+    or not): a way to fill the state database. Creating keys now uses the caller's
+    invitation limit (own bucket); administrators are not limited."""
+    for s in make(tmp_path, invitation_limit=Limit(rate=1 / 3600, burst=3)):
+        ana = owner(s)
+        made = [
+            s.client.post("/v1/api-keys", json={"name": f"k{i}"}, headers=ana) for i in range(3)
+        ]
+        assert [r.status_code for r in made] == [201, 201, 201]
+        refused = s.client.post("/v1/api-keys", json={"name": "k4"}, headers=ana)
+        error(refused, 429, "api_key_rate_limited")
+        assert int(refused.headers["retry-after"]) > 0
+        assert [e["outcome"] for e in s.audit(action="api_key_create")].count("denied") == 1
+        # administrators are not limited
+        for _ in range(5):
+            r = s.client.post("/v1/api-keys", json={"name": "a"}, headers=s.admin)
+            assert r.status_code == 201, r.text
+        s.clock.now += 3600  # a token back in the bucket (and a fresh access token)
+        r = s.client.post("/v1/api-keys", json={"name": "k5"}, headers=s.token("ana@example.com"))
+        assert r.status_code == 201, r.text
 
 
 def test_a_wrong_secret_with_a_valid_prefix_is_refused(s: Setup) -> None:

@@ -1,13 +1,15 @@
 """API keys for integrations (tag ``auth``; a user's keys: ``accounts``): create yours,
 list and revoke yours or those of a user you manage. A key is shown only in the response
-that creates it; only its hash is stored (decision 0007)."""
+that creates it; only its hash is stored (decision 0007). Creating keys uses the caller's
+invitation limit, in a bucket of its own (administrators are not limited): every key is a
+row kept for good, revoked or not (decision 0039)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
 from gateway.api.deps import Auth, Caller, CallerAudit
-from gateway.api.errors import ApiError
+from gateway.api.errors import ApiError, documented
 from gateway.api.models.accounts import ApiKeyCreated, ApiKeyOut, ApiKeyPage, ApiKeyRequest, IdPath
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key
 from gateway.api.routes.common import (
@@ -17,6 +19,7 @@ from gateway.api.routes.common import (
     no_store,
     user_not_found,
 )
+from gateway.api.security import too_many
 from gateway.auth.tokens import new_api_key
 
 __all__ = ["router"]
@@ -30,6 +33,7 @@ router = APIRouter(responses=ACCOUNT_ERRORS)
     status_code=201,
     tags=["auth"],
     summary="Create an API key for an integration",
+    responses=documented(429),
 )
 def create_api_key(
     response: Response, principal: Caller, context: Auth, audit: CallerAudit, body: ApiKeyRequest
@@ -37,8 +41,14 @@ def create_api_key(
     """The key acts as you, with your rights; it is shown only in this response (only
     a hash is stored). Send it as `Authorization: Bearer tgk_...` or `X-API-Key`. It ends
     when you revoke it, when your password is changed or reset, and when you are
-    disabled."""
+    disabled. Keys are created at a bounded rate per user (429 `api_key_rate_limited`)."""
     no_store(response)
+    if not principal.is_admin and context.invitations is not None:
+        wait = context.invitations.acquire(f"api_key_create:user:{principal.user_id}")
+        if wait > 0:
+            audit.record("api_key_create", outcome="denied", account_id=principal.account_id,
+                         detail={"reason": "rate limited"})  # fmt: skip
+            raise too_many("api_key_rate_limited", "You created too many API keys.", wait)
     key, prefix, key_hash = new_api_key()
     record = context.accounts.create_api_key(
         user_id=principal.user_id,

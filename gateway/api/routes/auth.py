@@ -357,10 +357,11 @@ def authenticate(
         or user.disabled_at is not None
     ):
         wrong = user.disabled_at is None
-        if wrong:
-            context.accounts.record_login_failure(
-                user.id, address, now=now, lockout_ms=lambda n: _lockout_ms(context, n)
-            )
+        # a disabled user's attempts count too: an address that never locked out would
+        # tell a disabled account from others (decision 0039)
+        context.accounts.record_login_failure(
+            user.id, address, now=now, lockout_ms=lambda n: _lockout_ms(context, n)
+        )
         audit.record(
             "login",
             principal=principal,
