@@ -111,6 +111,17 @@ def test_command_bench_attributes_every_command() -> None:
         assert phase.commits > 0
 
 
+def test_fleet_scale_heartbeat_option_reads_a_range_and_refuses_nonsense() -> None:
+    from gateway.bench.scale import _heartbeat
+    from gateway.errors import ConfigurationError
+
+    assert _heartbeat("30-60") == (30.0, 60.0)
+    assert _heartbeat("30-30") == _heartbeat("30") == (30.0, 30.0)
+    for bad in ("x", "60-30", "0-5", "-5"):
+        with pytest.raises(ConfigurationError, match="--heartbeat"):
+            _heartbeat(bad)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("edges", [0, 2])
 def test_fleet_scale_bench_steps_up_and_accounts_for_every_sample(edges: int) -> None:

@@ -130,6 +130,8 @@ class ScaleBenchResult:
     #: the first step that broke and why ("" and [] if none did)
     broke_at: int
     broke_because: list[str]
+    #: a parked unit's full-report interval range, seconds
+    heartbeat_s: tuple[float, float] = (30.0, 60.0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -170,6 +172,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(telematics up --edge-brokers, decision 0038); every unit connects to its VIN's "
         "edge (default: 0, units on the one broker)",
     )
+    p.add_argument(
+        "--heartbeat",
+        default="30-60",
+        metavar="MIN-MAX",
+        help="seconds between a parked unit's full reports, each unit its own interval drawn "
+        "from MIN-MAX (default: 30-60); the issue's floor and goal say every 30 s: 30-30",
+    )
     p.add_argument("--max-lag-ms", type=float, default=2000.0, help="ingest lag p99 limit")
     p.add_argument("--max-command-ms", type=float, default=500.0, help="command p99 limit")
     p.add_argument(
@@ -186,6 +195,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         raise ConfigurationError("--steps: increasing positive vehicle counts, e.g. 1000,5000")
     result = run_scale_bench(
         steps=steps,
+        heartbeat=_heartbeat(str(args.heartbeat)),
         window_s=args.window,
         per_process=args.per_process,
         command_rate=args.command_rate,
@@ -207,7 +217,10 @@ def _say(progress: bool, message: str) -> None:
 
 
 def _print(r: ScaleBenchResult) -> None:
-    lines = [f"\nfleet-scale benchmark: {r.cores} cores, file descriptors {r.fd_limit}"]
+    lines = [
+        f"\nfleet-scale benchmark: {r.cores} cores, file descriptors {r.fd_limit}, parked "
+        f"units report every {r.heartbeat_s[0]:g}-{r.heartbeat_s[1]:g} s"
+    ]
     for s in r.steps:
         cpu = "  ".join(f"{k} {v:.0f}%" for k, v in s.cpu.items())
         rss = "  ".join(f"{k} {v:.0f}" for k, v in s.rss_mb.items())
@@ -306,10 +319,17 @@ class _Load:
     """One :mod:`device_sim.fleetload` process: its newest figures line, and control."""
 
     def __init__(
-        self, port: int, first: int, count: int, password: str, edge_ports: Sequence[int] = ()
+        self,
+        port: int,
+        first: int,
+        count: int,
+        password: str,
+        edge_ports: Sequence[int] = (),
+        heartbeat: tuple[float, float] = (30.0, 60.0),
     ) -> None:
         argv = [
             *[sys.executable, "-m", "device_sim.fleetload", "--port", str(port)],
+            *["--heartbeat-min", str(heartbeat[0]), "--heartbeat-max", str(heartbeat[1])],
             *["--first", str(first), "--count", str(count), "--stats-every", "1"],
             *(["--edge-ports", ",".join(map(str, edge_ports))] if edge_ports else []),
         ]
@@ -679,7 +699,24 @@ class _Step:
     connect_s: float = 0.0
 
 
-def _grow(inst: _Installation, loads: list[_Load], step: _Step, per_process: int) -> None:
+def _heartbeat(text: str) -> tuple[float, float]:
+    low, _, high = text.partition("-")
+    try:
+        interval = (float(low), float(high or low))
+    except ValueError as exc:
+        raise ConfigurationError(f"--heartbeat: MIN-MAX seconds, e.g. 30-60 ({exc})") from exc
+    if not 0 < interval[0] <= interval[1]:
+        raise ConfigurationError("--heartbeat: 0 < MIN <= MAX seconds, e.g. 30-60 or 30-30")
+    return interval
+
+
+def _grow(
+    inst: _Installation,
+    loads: list[_Load],
+    step: _Step,
+    per_process: int,
+    heartbeat: tuple[float, float] = (30.0, 60.0),
+) -> None:
     """Provision the step's new vehicles, wait for the broker to take them, start their
     load processes and wait until every unit is connected."""
     from gateway.broker.auth import hash_password
@@ -694,7 +731,7 @@ def _grow(inst: _Installation, loads: list[_Load], step: _Step, per_process: int
     started = time.monotonic()
     for start in range(first, step.vehicles, per_process):
         count = min(per_process, step.vehicles - start)
-        loads.append(_Load(inst.mqtt_port, start, count, inst.password, inst.edge_ports))
+        loads.append(_Load(inst.mqtt_port, start, count, inst.password, inst.edge_ports, heartbeat))
 
     def connected() -> bool:
         if any(load.proc.poll() is not None for load in loads):
@@ -835,6 +872,7 @@ def run_scale_bench(
     max_command_ms: float = 500.0,
     progress: bool = True,
     edge_brokers: int = 0,
+    heartbeat: tuple[float, float] = (30.0, 60.0),
 ) -> ScaleBenchResult:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         raise ConfigurationError("mosquitto not found: sudo apt-get install -y mosquitto")
@@ -851,7 +889,7 @@ def run_scale_bench(
                 for n in steps:
                     step = _Step(n)
                     _say(progress, f"step {n:,}: provisioning and connecting")
-                    _grow(inst, loads, step, per_process)
+                    _grow(inst, loads, step, per_process, heartbeat)
                     _say(
                         progress,
                         f"  provisioned in {step.provision_s:.1f} s, ACL reload "
@@ -900,4 +938,5 @@ def run_scale_bench(
         steps=results,
         broke_at=broke.vehicles if broke else 0,
         broke_because=broke.broken if broke else [],
+        heartbeat_s=heartbeat,
     )
