@@ -24,12 +24,16 @@ older than :data:`STALE_AFTER_S` is a process that stopped reporting: dead or hu
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import anyio
+import anyio.to_thread
 
 from gateway.files import write_private_file
 
@@ -42,6 +46,8 @@ __all__ = [
     "GatewayHeartbeat",
     "HealthReport",
     "broker_has_identities",
+    "broker_has_identities_async",
+    "broker_loaded",
     "evaluate",
     "gateway_heartbeat_path",
     "read_gateway_heartbeats",
@@ -138,27 +144,46 @@ def read_supervisor_status(directory: Path) -> dict[str, Any] | None:
     return _read_json(directory / SUPERVISOR_FILE_NAME)
 
 
+def broker_loaded(directory: Path, version: int, *, now_ms: Callable[[], int]) -> bool | None:
+    """Has the private broker of the installation whose health directory this is loaded the
+    state database's identities up to ``version``? With edge brokers the supervisor reports
+    the lowest version every broker has loaded. None when no running ``telematics up`` with
+    a private closed broker reports here (nothing to wait for: another broker, or none)."""
+    status = read_supervisor_status(directory)
+    broker = None if status is None else status.get("broker")
+    loaded = None if not isinstance(broker, dict) else broker.get("identities_version")
+    fresh = status is not None and now_ms() - int(status.get("updated_at_ms", 0)) < 5_000
+    if not fresh or not isinstance(loaded, int):
+        return None
+    return loaded >= version
+
+
 def broker_has_identities(
     directory: Path, version: int, *, timeout_s: float, now_ms: Callable[[], int]
 ) -> bool | None:
-    """Wait until the private broker of the installation whose health directory this is has
-    loaded the state database's identities up to ``version`` (what provisioning or a
-    revocation just produced): True once it has, False after ``timeout_s``, None when no
-    running ``telematics up`` with a private closed broker reports here (nothing to wait
-    for: another broker, or none running)."""
+    """Wait until ``broker_loaded`` (what provisioning or a revocation just produced): True
+    once it has, False after ``timeout_s``, None when there is nothing to wait for."""
     deadline = time.monotonic() + timeout_s
     while True:
-        status = read_supervisor_status(directory)
-        broker = None if status is None else status.get("broker")
-        loaded = None if not isinstance(broker, dict) else broker.get("identities_version")
-        fresh = status is not None and now_ms() - int(status.get("updated_at_ms", 0)) < 5_000
-        if not fresh or not isinstance(loaded, int):
-            return None
-        if loaded >= version:
-            return True
-        if time.monotonic() >= deadline:
-            return False
+        done = broker_loaded(directory, version, now_ms=now_ms)
+        if done is not False or time.monotonic() >= deadline:
+            return done
         time.sleep(0.1)
+
+
+async def broker_has_identities_async(
+    directory: Path, version: int, *, timeout_s: float, now_ms: Callable[[], int]
+) -> bool | None:
+    """``broker_has_identities`` for the API: polls without blocking the event loop (the
+    status file is a few hundred bytes, read in a worker thread)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = await anyio.to_thread.run_sync(
+            functools.partial(broker_loaded, directory, version, now_ms=now_ms)
+        )
+        if done is not False or time.monotonic() >= deadline:
+            return done
+        await anyio.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- verdict

@@ -35,6 +35,8 @@ from tests.support.commands_api import Api
 
 PASSWORD = "fleet-abuse-password-1"
 VIN = "WVWZZZ1JZXW000001"
+#: assignment times: epoch milliseconds (a number below 10^11 is refused as seconds)
+T0 = 1_764_230_400_000
 QUOTAS = FleetQuotas(fleets=3, drivers=3, geofences=3, assignments=3, account_assignments=5)
 _emails = itertools.count(1)
 
@@ -125,15 +127,15 @@ def test_a_driver_cannot_have_more_assignments_than_the_quota(api: TestClient) -
     driver = api.post("/v1/drivers", json={"name": "d"}, headers=me).json()["id"]
     url = f"/v1/drivers/{driver}/assignments"
     for hour in range(3):
-        r = api.post(url, json={"vin": VIN, "valid_from": hour * 3_600_000}, headers=me)
+        r = api.post(url, json={"vin": VIN, "valid_from": T0 + hour * 3_600_000}, headers=me)
         assert r.status_code == 201, r.text
-    r = api.post(url, json={"vin": VIN, "valid_from": 10**9}, headers=me)
+    r = api.post(url, json={"vin": VIN, "valid_from": T0 + 10**9}, headers=me)
     assert r.status_code == 409, r.text
     assert f"Driver {driver} has 3 assignments" in r.json()["error"]["message"]
     assert r.json()["error"]["details"][0]["msg"] == "at most 3 assignments per driver"
     first = api.get(url, headers=me).json()["items"][0]["id"]
     assert api.delete(f"{url}/{first}", headers=me).status_code == 204
-    assert api.post(url, json={"vin": VIN, "valid_from": 10**9}, headers=me).status_code == 201
+    assert api.post(url, json={"vin": VIN, "valid_from": T0 + 10**9}, headers=me).status_code == 201
 
 
 def test_an_organization_cannot_have_more_assignments_than_its_quota(api: TestClient) -> None:
@@ -149,12 +151,12 @@ def test_an_organization_cannot_have_more_assignments_than_its_quota(api: TestCl
     ]
     for driver, count in zip(drivers, (3, 2), strict=True):
         for hour in range(count):
-            body = {"vin": vin, "valid_from": hour * 3_600_000}
+            body = {"vin": vin, "valid_from": T0 + hour * 3_600_000}
             r = api.post(f"/v1/drivers/{driver}/assignments", json=body, headers=me)
             assert r.status_code == 201, r.text
     # the second driver has room of their own, the account has none
     url = f"/v1/drivers/{drivers[1]}/assignments"
-    r = api.post(url, json={"vin": vin, "valid_from": 10**9}, headers=me)
+    r = api.post(url, json={"vin": vin, "valid_from": T0 + 10**9}, headers=me)
     assert r.status_code == 409, r.text
     error = r.json()["error"]
     assert error["code"] == "quota_exceeded"
@@ -164,7 +166,7 @@ def test_an_organization_cannot_have_more_assignments_than_its_quota(api: TestCl
     # one deleted makes room
     first = api.get(url, headers=me).json()["items"][0]["id"]
     assert api.delete(f"{url}/{first}", headers=me).status_code == 204
-    assert api.post(url, json={"vin": vin, "valid_from": 10**9}, headers=me).status_code == 201
+    assert api.post(url, json={"vin": vin, "valid_from": T0 + 10**9}, headers=me).status_code == 201
 
 
 def test_the_quotas_default_to_generous_numbers_and_parse_from_the_option() -> None:

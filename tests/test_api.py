@@ -354,6 +354,22 @@ def test_history_accepts_iso_timestamps(client: TestClient, start: str, end: str
     assert [p["seq"] for p in body["items"]] == [2, 3, 4]
 
 
+@pytest.mark.parametrize(("field", "value"), [("start", 1765000000), ("end", "99999999999")])
+def test_history_refuses_epoch_seconds(client: TestClient, field: str, value: object) -> None:
+    # 1765000000 is December 2025 in seconds; read as milliseconds it was January 1970 and
+    # the answer was a silently empty history
+    r = history(client, signals=SPEED, **{field: value})
+    error = error_of(r, 422, "invalid_request")
+    assert "milliseconds since the epoch; this looks like seconds, multiply by 1000" in str(error)
+    assert error["details"][0]["loc"] == ["query", field]
+
+
+def test_history_start_zero_still_means_from_the_beginning(client: TestClient) -> None:
+    # 0 is the epoch in seconds and milliseconds alike: not refused
+    assert history(client, signals=SPEED, start=0, end=T0 + 1000).status_code == 200
+    assert history(client, signals=SPEED, start=10**11, end=T0 + 1000).status_code == 200
+
+
 def test_history_unencoded_plus_in_offset_still_parses(client: TestClient) -> None:
     # a person typing "+01:00" into a URL sends a space; the API puts the "+" back
     r = client.get(

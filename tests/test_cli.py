@@ -131,6 +131,36 @@ def _subparser(command: str) -> argparse.ArgumentParser:
     raise AssertionError(command)
 
 
+#: each bucket of the invitation limit (``context.invitations.acquire(f"<bucket>...``)
+#: and the words the README row and ``--help`` use for it
+INVITATION_LIMIT_BUCKETS = {
+    "user:": "invitations",
+    "transfer:": "transfer offers",
+    "claim:": "claims",
+    "api_key_create:": "API keys",
+    "user_create:": "users created",
+}
+
+
+def test_the_invitation_limit_says_everything_it_limits() -> None:
+    """The README row said "invitations to share a vehicle" only, while the same limit
+    bounds transfers, claims, API-key and user creation (each in a bucket of its own)."""
+    routes = Path(cli.__file__).resolve().parent.parent / "api" / "routes"
+    code = "\n".join(p.read_text(encoding="utf-8") for p in routes.glob("*.py"))
+    used = set(re.findall(r'invitations\.(?:acquire|peek)\(f"([a-z_]+:)', code))
+    used |= set(re.findall(r'key = f"([a-z_]+:)user:', code))  # users.py: acquire(key)
+    assert used == set(INVITATION_LIMIT_BUCKETS), used
+    [row] = [
+        line
+        for line in README.read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `TELEMATICS_INVITATION_LIMIT`")
+    ]
+    action = next(a for a in _subparser("api")._actions if "--invitation-limit" in a.option_strings)
+    for words in INVITATION_LIMIT_BUCKETS.values():
+        assert words in row, words
+        assert words in " ".join(str(action.help).split()), words
+
+
 def _sample(action: argparse.Action) -> tuple[str, object]:
     """A value to put into the action's environment variable, and what the flag then holds."""
     if isinstance(action, argparse._StoreTrueAction):

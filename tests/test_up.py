@@ -172,3 +172,34 @@ def test_a_second_start_reuses_the_installation(
         assert len(audit) == 2  # provisioned once, not again
     finally:
         assert again.stop() == 0
+
+
+def test_a_unit_connecting_right_after_the_api_answers_is_accepted(up: Up) -> None:
+    """``POST /v1/vehicles`` and a new password used to answer before the broker had the new
+    credentials (it syncs every half second), so a unit connecting at once got CONNACK 0x87
+    for about a second. The API now answers once the broker has loaded them, as
+    ``telematics vehicle add`` does, and says so in ``Broker-Applied``."""
+    match = re.search(r"e-mail\s+fleet@demo\.local\s+password\s+(\S+)", up.text())
+    assert match, up.text()
+    manager = up.login("fleet@demo.local", match[1])
+    vin = "WVWZZZ1JZXW000077"
+
+    def connack(password: str) -> int:
+        client, code = Mqtt5Client.connect(
+            "127.0.0.1", up.mqtt_port, vin, username=vin, password=password
+        )
+        client.close()
+        return code
+
+    r = httpx.post(f"{up.api}/v1/vehicles", json={"vin": vin}, headers=manager, timeout=30)
+    assert r.status_code == 201, r.text
+    first = r.json()["mqtt"]["password"]
+    assert connack(first) == 0  # at once: no 0x87 window
+    assert r.headers["Broker-Applied"] == "true"
+
+    r = httpx.post(f"{up.api}/v1/vehicles/{vin}/credentials", headers=manager, timeout=30)
+    assert r.status_code == 200, r.text
+    second = r.json()["mqtt"]["password"]
+    assert connack(second) == 0
+    assert connack(first) == 0x87  # the old one is already gone
+    assert r.headers["Broker-Applied"] == "true"

@@ -68,7 +68,8 @@ and logging out needs `Authorization: Bearer <access token or API key>`.
 
 **Times** are integers of milliseconds since the Unix epoch, each paired with an ISO 8601 UTC
 twin whose name ends in `_iso` (both null when there is no time). Query parameters take
-either form (`1764230400000` or `2025-11-27T08:00:00Z`; an ISO time without offset is UTC).
+either form (`1764230400000` or `2025-11-27T08:00:00Z`; an ISO time without offset is UTC;
+a number below 10^11, epoch seconds by mistake, answers 422: multiply it by 1000).
 
 **Lists** all answer `{"items": [...], "next": "<cursor>" | null}`: pass `next` back as
 `cursor` (with the same filters) for the next page; `limit` is 1 to 1000 (100 by default),

@@ -21,6 +21,8 @@ from schemas import CATALOG
 
 __all__ = [
     "MAX_TIMESTAMP_MS",
+    "SECONDS_SUSPECT_BELOW_MS",
+    "TIME_FORMS",
     "Timestamp",
     "check_range",
     "iso",
@@ -36,6 +38,10 @@ _MS: Final = timedelta(milliseconds=1)
 #: 9999-12-31T23:59:59.999Z: the last instant an ISO 8601 timestamp (and ``datetime``) can
 #: express, so every time a query accepts also has an ISO twin in the response
 MAX_TIMESTAMP_MS: Final = 253_402_300_799_999
+#: 1973-03-03T09:46:40Z in milliseconds. A number of epoch milliseconds below this (and above
+#: 0) is almost surely epoch SECONDS: a present-day time in seconds (1765000000) read as
+#: milliseconds is January 1970, and the answer would be silently empty or wrong.
+SECONDS_SUSPECT_BELOW_MS: Final = 10**11
 _EPOCH_MS_RE: Final = re.compile(r"[+-]?\d+")
 # "2025-11-27T08:00:00+01:00" typed into a URL without percent-encoding arrives as
 # "2025-11-27T08:00:00 01:00" ("+" means space in a query string): put the "+" back.
@@ -64,13 +70,17 @@ def parse_timestamp(value: object) -> object:
 
     Used as a pydantic ``BeforeValidator``, so a bad value becomes an ordinary validation
     error naming the parameter. An ISO time without an offset is taken as UTC, the only zone
-    the API speaks. Values that are not strings are passed through for pydantic to judge.
+    the API speaks. A number between 0 and ``SECONDS_SUSPECT_BELOW_MS`` (exclusive) is
+    refused as epoch seconds given by mistake; 0, the epoch in either unit, stays "from the
+    beginning". Other values that are not strings are passed through for pydantic to judge.
     """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _not_seconds(value)
     if not isinstance(value, str):
         return value
     text = value.strip()
     if _EPOCH_MS_RE.fullmatch(text):
-        return int(text)
+        return _not_seconds(int(text))
     try:
         moment = datetime.fromisoformat(_SPACED_OFFSET_RE.sub(r"\1+\2", text))
     except ValueError:
@@ -81,6 +91,22 @@ def parse_timestamp(value: object) -> object:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // _MS
+
+
+#: How every time parameter is written, for the OpenAPI descriptions.
+TIME_FORMS: Final = (
+    "Epoch milliseconds or ISO 8601; an ISO time without an offset is UTC. A number from 1 to "
+    "10^11 - 1 (before 1973-03-03 as milliseconds) is refused as epoch seconds."
+)
+
+
+def _not_seconds(ms: int) -> int:
+    if 0 < ms < SECONDS_SUSPECT_BELOW_MS:
+        raise ValueError(
+            f"{ms} is before 1973-03-03 as milliseconds since the epoch; this looks like "
+            f"seconds, multiply by 1000 ({ms * 1000} is {iso(ms * 1000)})"
+        )
+    return ms
 
 
 #: A point in time as a query parameter: epoch milliseconds or an ISO 8601 timestamp.
@@ -95,6 +121,7 @@ Timestamp = Annotated[
                 {"type": "integer", "minimum": 0, "maximum": MAX_TIMESTAMP_MS},
                 {"type": "string", "format": "date-time"},
             ],
+            "description": TIME_FORMS,
             "examples": [1764230400000, "2025-11-27T08:00:00Z"],
         }
     ),

@@ -303,9 +303,10 @@ def add_auth(p: argparse.ArgumentParser, env: Environment) -> None:
         "--invitation-limit",
         default=env.invitation_limit,
         metavar="RATE",
-        help="invitations to share a vehicle, transfer offers and claims with a pairing code "
-        "(each counted apart), per user (env TELEMATICS_INVITATION_LIMIT; "
-        "default: 20/hour,burst=10)",
+        help="invitations to share a vehicle, transfer offers, claims with a pairing code, "
+        "API keys created and users created at an address that is taken (each counted "
+        "apart), per user; administrators only in invitations and transfer offers "
+        "(env TELEMATICS_INVITATION_LIMIT; default: 20/hour,burst=10)",
     )
     p.add_argument(
         "--no-registration",

@@ -6,10 +6,13 @@ Claiming a VIN starts a holding period; the next holder sees nothing of an earli
 
 from __future__ import annotations
 
+from typing import Any, Final
+
 from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
 
 from gateway.accounts.provisioning import provision_vehicle, rotate_vehicle_password
-from gateway.api.deps import Auth, Caller, CallerAudit, vin_or_422
+from gateway.api.deps import Auth, Caller, CallerAudit, Settings, vin_or_422
 from gateway.api.errors import ApiError
 from gateway.api.models.accounts import (
     MqttCredentials,
@@ -17,6 +20,7 @@ from gateway.api.models.accounts import (
     RegistrationOut,
     VehicleRequest,
 )
+from gateway.api.params import now_ms
 from gateway.api.routes.common import (
     ACCOUNT_ERRORS,
     account_not_found,
@@ -25,7 +29,9 @@ from gateway.api.routes.common import (
     target_account,
 )
 from gateway.api.security import AuthContext, forbidden, vehicle_not_found
+from gateway.api.settings import ApiSettings
 from gateway.core.policy import can_manage_account
+from gateway.health import HEALTH_DIR_NAME, broker_has_identities_async
 from gateway.statedb.accounts import (
     LifecycleRefused,
     NotFound,
@@ -34,9 +40,38 @@ from gateway.statedb.accounts import (
 )
 from schemas.edges import edge_index
 
-__all__ = ["held_error", "not_claimable", "provisioned", "router"]
+__all__ = [
+    "BROKER_APPLIED_HEADER",
+    "BROKER_WAIT_S",
+    "held_error",
+    "not_claimable",
+    "provisioned",
+    "router",
+]
 
 router = APIRouter(responses=ACCOUNT_ERRORS)
+
+#: how long provisioning and a new password wait for this installation's broker (and every
+#: edge broker) to load the new credentials before answering
+BROKER_WAIT_S: Final = 5.0
+#: ``true``: the broker takes the new credentials now; ``false``: it had not loaded them
+#: after ``BROKER_WAIT_S`` (a CONNECT may be refused with 0x87 until it has); absent: this
+#: API does not run beside a ``telematics up`` broker that reports what it has loaded
+BROKER_APPLIED_HEADER: Final = "Broker-Applied"
+_BROKER_APPLIED_DOC: Final[dict[str, Any]] = {
+    "headers": {
+        BROKER_APPLIED_HEADER: {
+            "description": (
+                "`true`: this installation's broker (every edge broker too) has loaded the "
+                "new credentials, a unit connecting now is accepted. `false`: it had not "
+                f"after {BROKER_WAIT_S:g} s, a CONNECT may be refused with 0x87 until it "
+                "has (retry with backoff). Absent: the API does not know (no broker of "
+                "`telematics up` reports beside it)."
+            ),
+            "schema": {"type": "string", "enum": ["true", "false"]},
+        }
+    }
+}
 
 
 @router.post(
@@ -45,18 +80,23 @@ router = APIRouter(responses=ACCOUNT_ERRORS)
     status_code=201,
     tags=["provisioning"],
     summary="Provision a vehicle: register it and create its broker credentials",
+    responses={201: _BROKER_APPLIED_DOC},
 )
-def provision(
+async def provision(
     response: Response,
     principal: Caller,
     context: Auth,
     audit: CallerAudit,
     body: VehicleRequest,
+    settings: Settings,
 ) -> ProvisionedOut:
     """Owners add their car, fleet managers their organization's vehicles,
     administrators any. The answer holds the unit's MQTT credentials (user name = VIN;
     the password is shown only here) and the gateway's public key for verifying signed
-    commands; the broker accepts the unit within a second.
+    commands. Under `telematics up` the answer comes once the broker (every edge broker
+    too) has loaded the credentials, so a unit connecting at once is accepted; header
+    `Broker-Applied: false` if that took more than 5 s (the unit may be refused with 0x87
+    for a moment more).
 
     Claiming a VIN: a VIN nobody holds, never provisioned or revoked by its last holder,
     may be claimed by anyone who may add vehicles, and starts a new holding period: the
@@ -67,6 +107,14 @@ def provision(
     which (administrators get the reason: `vehicle_held_by_another_account`,
     `pairing_code_required`, `vehicle_decommissioned`)."""
     no_store(response)
+    answer = await run_in_threadpool(_provision, principal, context, audit, body)
+    await _wait_for_broker(context, settings, response)
+    return answer
+
+
+def _provision(
+    principal: Caller, context: Auth, audit: CallerAudit, body: VehicleRequest
+) -> ProvisionedOut:
     vin = vin_or_422(body.vin, ["body", "vin"])
     account_id = target_account(principal, body.account_id, "the vehicle")
     if not can_manage_account(principal, account_id):
@@ -169,12 +217,26 @@ def revoke_vehicle(
     response_model=ProvisionedOut,
     tags=["provisioning"],
     summary="Give a vehicle a new MQTT password",
+    responses={200: _BROKER_APPLIED_DOC},
 )
-def rotate_credentials(
-    response: Response, vin: str, principal: Caller, context: Auth, audit: CallerAudit
+async def rotate_credentials(
+    response: Response,
+    vin: str,
+    principal: Caller,
+    context: Auth,
+    audit: CallerAudit,
+    settings: Settings,
 ) -> ProvisionedOut:
-    """The old password stops working within a second; the new one is shown only here."""
+    """The new password is shown only here. Under `telematics up` the answer comes once the
+    broker (every edge broker too) has loaded it: from then on the new password is accepted
+    and the old one refused (header `Broker-Applied: false` if that took more than 5 s)."""
     no_store(response)
+    answer = await run_in_threadpool(_rotate, vin, principal, context, audit)
+    await _wait_for_broker(context, settings, response)
+    return answer
+
+
+def _rotate(vin: str, principal: Caller, context: Auth, audit: CallerAudit) -> ProvisionedOut:
     vehicle = managed_vehicle(context, principal, vin)
     result = rotate_vehicle_password(context.accounts, vin)
     if result is None:
@@ -188,6 +250,21 @@ def rotate_credentials(
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+async def _wait_for_broker(context: AuthContext, settings: ApiSettings, response: Response) -> None:
+    """Wait, at most ``BROKER_WAIT_S`` and without blocking the event loop, until the
+    installation's broker has loaded the identities as they are now (with edge brokers the
+    supervisor reports the lowest version across them, as ``telematics vehicle add`` waits
+    for), and say in ``BROKER_APPLIED_HEADER`` whether it has. Nothing to wait for when no
+    ``telematics up`` broker reports in this installation's health directory."""
+    version = await run_in_threadpool(context.accounts.broker_version)
+    health = settings.db_path.parent / HEALTH_DIR_NAME
+    done = await broker_has_identities_async(
+        health, version, timeout_s=BROKER_WAIT_S, now_ms=now_ms
+    )
+    if done is not None:
+        response.headers[BROKER_APPLIED_HEADER] = "true" if done else "false"
 
 
 def held_error(vin: str, own: bool) -> ApiError:

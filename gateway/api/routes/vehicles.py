@@ -22,7 +22,7 @@ from gateway.api.models import (
     VehiclePage,
 )
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key, decode_cursor, page_of
-from gateway.api.params import Timestamp, iso, now_ms, split_signals, unknown_signals
+from gateway.api.params import TIME_FORMS, Timestamp, iso, now_ms, split_signals, unknown_signals
 from gateway.api.security import AuthContext, readable_data, vehicle_not_found
 from gateway.core.policy import Principal
 from gateway.store import TelemetryReader, VehicleState, VehicleSummary
@@ -142,8 +142,11 @@ Signals = Annotated[
         examples=[["Vehicle.Speed", "Vehicle.CurrentLocation.Latitude"]],
     ),
 ]
-Start = Annotated[Timestamp | None, Query(description="Inclusive; default: one hour before `end`.")]
-End = Annotated[Timestamp | None, Query(description="Exclusive; default: now.")]
+Start = Annotated[
+    Timestamp | None,
+    Query(description=f"Inclusive; default: one hour before `end`. {TIME_FORMS}"),
+]
+End = Annotated[Timestamp | None, Query(description=f"Exclusive; default: now. {TIME_FORMS}")]
 
 
 def _signal_names(signals: list[str]) -> list[str]:
