@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
-from sqlalchemy import bindparam, delete, func, insert, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, delete, event, func, insert, select, text
+from sqlalchemy.orm import Session, SessionTransaction
 
 from gateway.core.notify import EventScope, type_matches
 from gateway.statedb.database import StateDatabase
@@ -34,6 +34,8 @@ __all__ = ["EventLog", "EventRecord", "NewEvent", "event_body", "publish", "publ
 
 #: key of the PostgreSQL advisory lock that orders event ids by commit
 _EVENT_LOCK_KEY: Final = 0x7465_6C65_7674  # "televt"
+#: ``Session.info`` key: this session's transaction holds the event lock
+_EVENT_LOCK_HELD: Final = "event_lock"
 #: rows per INSERT ... RETURNING: SQLAlchemy splits a long one into batches (SQLite's bound
 #: parameters) and splices their results together again and again, which grew with the
 #: square of the rows (650,000 row fetches for 11,000 rows in the fleet worker's profile,
@@ -108,10 +110,11 @@ def publish_many(session: Session, events: Sequence[NewEvent]) -> list[int]:
     # changed through the ORM is written first, as the ORM's own autoflush did
     session.flush()
     connection = session.connection()
-    if connection.dialect.name == "postgresql" and "event_lock" not in session.info:
-        # held until the transaction ends: once per transaction is enough
+    if connection.dialect.name == "postgresql" and _EVENT_LOCK_HELD not in session.info:
+        # held until the transaction ends (once per transaction is enough), or until a
+        # savepoint taken before it is rolled back to: see _forget_event_lock
         connection.execute(_EVENT_LOCK, {"key": _EVENT_LOCK_KEY})
-        session.info["event_lock"] = True
+        session.info[_EVENT_LOCK_HELD] = True
     rows = [{"at": e.at, "type": e.type, "account_id": e.account_id,
              "actor_user_id": e.actor_user_id, "data": e.data} for e in events]  # fmt: skip
     if len(rows) == 1:  # one command's event: no executemany and its splicing of results
@@ -139,6 +142,18 @@ def publish_many(session: Session, events: Sequence[NewEvent]) -> list[int]:
     if deliveries:
         connection.execute(insert(WebhookDeliveryRow), deliveries)
     return ids
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_event_lock(session: Session, previous_transaction: SessionTransaction) -> None:
+    """A rollback, of a savepoint too, may have released the event lock: PostgreSQL
+    releases a lock taken inside a savepoint when the savepoint is rolled back to. The
+    command writer commits several writes in one transaction, each in a savepoint
+    (``StateDatabase.grouped``); after one that published and then failed, the next ones'
+    events got their ids without the lock, and a fleet worker's events committed meanwhile
+    were read past them: lost to every stream (issue 13). The next :func:`publish_many`
+    takes it again (it stacks: taking it twice costs one statement, nothing else)."""
+    session.info.pop(_EVENT_LOCK_HELD, None)
 
 
 def _account_hooks(session: Session, account_id: int) -> list[tuple[int, list[str]]]:
