@@ -727,7 +727,12 @@ def _grow(
     shared = hash_password(inst.password)
     _provision(inst, {bench_vin(i): shared for i in new})
     step.provision_s = round(time.monotonic() - started, 2)
-    step.acl_reload_s = round(_wait_login(inst, bench_vin(step.vehicles - 1), inst.password), 2)
+    # every broker that takes units syncs on its own: wait for the last new VIN of each
+    last_at = {inst.unit_port(bench_vin(i)): bench_vin(i) for i in new}
+    waited = time.monotonic()
+    for vin in last_at.values():
+        _wait_login(inst, vin, inst.password)
+    step.acl_reload_s = round(time.monotonic() - waited, 2)
     started = time.monotonic()
     for start in range(first, step.vehicles, per_process):
         count = min(per_process, step.vehicles - start)
