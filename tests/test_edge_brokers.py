@@ -15,15 +15,12 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
@@ -40,6 +37,7 @@ from gateway.broker.control import login_code
 from gateway.broker.edges import bridge_lines, bridge_username
 from schemas.edges import edge_index
 from tests.support.mqtt_raw import Mqtt5Client
+from tests.support.up import start_healthy
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -363,24 +361,14 @@ def _up(tmp_path: Path, edges: int) -> Iterator[tuple[Path, int, int]]:
     mqtt_port, api_port = free_port(), free_port()
     while any(_taken(mqtt_port + i) for i in range(1, edges + 1)):
         mqtt_port = free_port()
-    log = (tmp_path / "up.log").open("wb")
-    argv = [sys.executable, "-m", "gateway", "up", "--data-dir", str(data)]
-    argv += ["--mqtt-port", str(mqtt_port), "--api-port", str(api_port)]
-    argv += ["--edge-brokers", str(edges), "--fleet-workers", "0"]
-    env = {**os.environ, "TELEMATICS_ADMIN_PASSWORD": "edge-admin-password-1"}
-    up = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    log.close()
-
-    def running() -> bool:
-        if up.poll() is not None:
-            pytest.fail(f"telematics up exited:\n{(tmp_path / 'up.log').read_text()}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{api_port}/healthz").status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    up = start_healthy(
+        tmp_path,
+        mqtt_port,
+        api_port,
+        *["--edge-brokers", str(edges), "--fleet-workers", "0"],
+        admin_password="edge-admin-password-1",
+    )
     try:
-        wait_until(running, timeout=120, what="telematics up to be healthy")
         yield data, mqtt_port, api_port
     finally:
         up.terminate()

@@ -18,16 +18,13 @@ Here a PUBACK 0x10 is a failure, and every acknowledged sample must be stored.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
@@ -35,6 +32,7 @@ from device_sim.loadgen import bench_vin
 from gateway.broker import free_port, hash_password
 from gateway.broker.control import login_code
 from tests.support.mqtt_raw import Mqtt5Client
+from tests.support.up import start_healthy
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -154,25 +152,9 @@ def _provision(data: Path, vins: list[str], password_hash: str, account: str) ->
 
 
 def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, int]:
-    data = tmp_path / "data"
     mqtt_port, api_port = free_port(), free_port()
-    log = (tmp_path / "up.log").open("wb")
-    argv = [sys.executable, "-m", "gateway", "up", "--data-dir", str(data)]
-    argv += ["--mqtt-port", str(mqtt_port), "--api-port", str(api_port)]
-    env = {**os.environ, "TELEMATICS_ADMIN_PASSWORD": "restart-admin-password-1"}
-    up = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    log.close()
-
-    def running() -> bool:
-        if up.poll() is not None:
-            pytest.fail(f"telematics up exited:\n{(tmp_path / 'up.log').read_text()}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{api_port}/healthz").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(running, timeout=120, what="telematics up to be healthy")
-    return up, data, mqtt_port
+    up = start_healthy(tmp_path, mqtt_port, api_port, admin_password="restart-admin-password-1")
+    return up, tmp_path / "data", mqtt_port
 
 
 def _accepted(port: int, vin: str) -> bool:

@@ -92,6 +92,31 @@ def start(tmp_path: Path, run: int, ports: tuple[int, int, int]) -> Up:
     return up
 
 
+def start_healthy(
+    tmp_path: Path, mqtt_port: int, api_port: int, *extra: str, admin_password: str
+) -> subprocess.Popen[bytes]:
+    """``telematics up`` (data in ``tmp_path/data``, output in ``tmp_path/up.log``) on these
+    ports with ``extra`` arguments; returns once its API answers ``/healthz`` with 200, and
+    fails the test with its output if it exits first. The caller stops it."""
+    log = (tmp_path / "up.log").open("wb")
+    argv = [sys.executable, "-m", "gateway", "up", "--data-dir", str(tmp_path / "data")]
+    argv += ["--mqtt-port", str(mqtt_port), "--api-port", str(api_port), *extra]
+    env = {**os.environ, "TELEMATICS_ADMIN_PASSWORD": admin_password}
+    up = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+
+    def running() -> bool:
+        if up.poll() is not None:
+            pytest.fail(f"telematics up exited:\n{(tmp_path / 'up.log').read_text()}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{api_port}/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(running, timeout=120, what="telematics up to be healthy")
+    return up
+
+
 def online(up: Up, headers: dict[str, str]) -> list[str]:
     vehicles = httpx.get(f"{up.api}/v1/vehicles", headers=headers).json()["items"]
     return sorted(v["vin"] for v in vehicles if v["online"])
