@@ -203,3 +203,30 @@ def test_a_unit_connecting_right_after_the_api_answers_is_accepted(up: Up) -> No
     assert connack(second) == 0
     assert connack(first) == 0x87  # the old one is already gone
     assert r.headers["Broker-Applied"] == "true"
+
+
+def test_a_revoked_unit_is_refused_as_soon_as_the_api_answers(up: Up) -> None:
+    """``DELETE /v1/vehicles/{vin}`` answered before the broker had dropped the login: for a
+    quarter of a second the revoked password still logged in (found trying the product from
+    outside, a unit reconnecting at once got in). The API now answers once the broker has
+    dropped it, as provisioning does."""
+    match = re.search(r"e-mail\s+fleet@demo\.local\s+password\s+(\S+)", up.text())
+    assert match, up.text()
+    manager = up.login("fleet@demo.local", match[1])
+    vin = "WVWZZZ1JZXW000078"
+    r = httpx.post(f"{up.api}/v1/vehicles", json={"vin": vin}, headers=manager, timeout=30)
+    assert r.status_code == 201, r.text
+    password = r.json()["mqtt"]["password"]
+
+    def connack() -> int:
+        client, code = Mqtt5Client.connect(
+            "127.0.0.1", up.mqtt_port, vin, username=vin, password=password
+        )
+        client.close()
+        return code
+
+    assert connack() == 0
+    r = httpx.delete(f"{up.api}/v1/vehicles/{vin}", headers=manager, timeout=30)
+    assert r.status_code == 200, r.text
+    assert connack() == 0x87  # at once: no window for the revoked password
+    assert r.headers["Broker-Applied"] == "true"

@@ -189,16 +189,29 @@ def registration(vin: str, principal: Caller, context: Auth) -> RegistrationOut:
     response_model=RegistrationOut,
     tags=["provisioning"],
     summary="Revoke a vehicle: off the broker; its holding period, grants and commands end",
+    responses={200: _BROKER_APPLIED_DOC},
 )
-def revoke_vehicle(
-    vin: str, principal: Caller, context: Auth, audit: CallerAudit
+async def revoke_vehicle(
+    response: Response,
+    vin: str,
+    principal: Caller,
+    context: Auth,
+    audit: CallerAudit,
+    settings: Settings,
 ) -> RegistrationOut:
-    """The broker refuses the unit from its next reload (within a second); the gateway
-    drops anything it still sends. Its open commands (queued, sent, accepted) are
-    cancelled with the reason `vehicle_revoked` and never delivered, its grants end and
-    its pending invitations are withdrawn. Its holding period ends: whoever provisions
-    the VIN next (anyone may, see POST /v1/vehicles) starts a new one and sees none of
-    this period's data, commands or grants."""
+    """Under `telematics up` the answer comes once the broker (every edge broker too) has
+    dropped the unit's login: from then on it is refused (header `Broker-Applied: false` if
+    that took more than 5 s); the gateway drops anything it still sends. Its open commands
+    (queued, sent, accepted) are cancelled with the reason `vehicle_revoked` and never
+    delivered, its grants end and its pending invitations are withdrawn. Its holding
+    period ends: whoever provisions the VIN next (anyone may, see POST /v1/vehicles)
+    starts a new one and sees none of this period's data, commands or grants."""
+    answer = await run_in_threadpool(_revoke, vin, principal, context, audit)
+    await _wait_for_broker(context, settings, response)
+    return answer
+
+
+def _revoke(vin: str, principal: Caller, context: Auth, audit: CallerAudit) -> RegistrationOut:
     vehicle = managed_vehicle(context, principal, vin)
     revoked = (
         context.accounts.revoke_vehicle(vin, now=context.now_ms(), by=principal.user_id) or vehicle
