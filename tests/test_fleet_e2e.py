@@ -220,6 +220,16 @@ def test_every_rule_fires_once_through_the_broker_and_the_report_adds_up(
 
     _foreign_sees_nothing(b, alert, driver, window)
 
+    # a van the account gave up: its alerts stay in the account's list, and the account's
+    # manager still acknowledges and clears them (the list and the dashboard offer them)
+    assert a.call("DELETE", f"/v1/vehicles/{VAN}").status_code == 200
+    listed = a.call("GET", "/v1/alerts", params={"limit": 100}).json()["items"]
+    other = next(x["id"] for x in listed if x["vin"] == VAN and x["acknowledged_at"] is None)
+    assert b.call("POST", f"/v1/alerts/{other}/acknowledge").status_code == 404
+    r = a.call("POST", f"/v1/alerts/{other}/acknowledge")
+    assert r.status_code == 200, r.text
+    assert a.call("POST", f"/v1/alerts/{other}/clear").json()["cleared_at"] is not None
+
 
 def _set_up(a: Org, t0: int) -> int:
     """Organization A's thresholds, depot and driver (assigned to the van); the driver."""

@@ -6,14 +6,15 @@ import asyncio
 import random
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from fastapi.testclient import TestClient
 
 from device_sim.city import MUNICH
 from device_sim.unit import SimulatedUnit, UnitSettings
 from device_sim.vehicle import SimulatedVehicle, VehicleProfile
-from gateway.broker import MosquittoProcess
 from tests.support.waiting import wait_until
 
 VIN = "WSMZZZ00000000077"
@@ -39,10 +40,28 @@ def parked_ev() -> SimulatedVehicle:
     return vehicle
 
 
+class Address(Protocol):
+    """Where a broker listens: a ``MosquittoProcess`` or an :class:`At`."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class At:
+    """A broker's address given by hand (the plain MQTT port of ``telematics up``)."""
+
+    host: str
+    port: int
+
+
 class UnitThread:
     """One SimulatedUnit on its own event loop in a thread, as a car would run it."""
 
-    def __init__(self, broker: MosquittoProcess, vehicle: SimulatedVehicle, **kw: Any) -> None:
+    def __init__(self, broker: Address, vehicle: SimulatedVehicle, **kw: Any) -> None:
         self.settings = UnitSettings(
             host=broker.host, port=broker.port, report_interval_s=0.2, **kw
         )
@@ -68,6 +87,11 @@ class UnitThread:
             what="the unit to connect and subscribe to its commands",
         )
         return self
+
+    def drive(self, change: Callable[[SimulatedVehicle], None]) -> None:
+        """Run ``change`` on the vehicle in the unit's own thread (the one that steps it), as a
+        driver in the car would: the simulated vehicle is not shared between threads."""
+        self._loop.call_soon_threadsafe(change, self.vehicle)
 
     def stop(self) -> None:
         """A clean stop: the unit publishes 'offline' and disconnects."""

@@ -23,7 +23,7 @@ from gateway.api.params import Timestamp, check_range
 from gateway.api.routes.fleet_common import FLEET_ERRORS, NO_ACCOUNT, IdQuery, scope_of
 from gateway.api.security import AuthContext, forbidden
 from gateway.core.fleet.rules import AlertKind
-from gateway.core.policy import Principal
+from gateway.core.policy import Principal, can_manage_account, can_read_fleet_setup
 from gateway.statedb.fleet_log import AlertFilter, AlertRecord, FleetLog
 
 __all__ = ["router"]
@@ -78,12 +78,18 @@ def list_alerts(
 def _managed_alert(
     context: AuthContext, log: FleetLog, principal: Principal, alert_id: int
 ) -> AlertRecord:
-    """The alert if the caller reads its vehicle's data (else 404) and manages the vehicle
-    (else 403)."""
+    """The alert if the caller reads it (else 404) and may act on it (else 403): an alert of
+    the caller's own account (also of a vehicle the account no longer holds: the account's
+    list shows those) is for the account's managers; any other, for whoever reads the
+    vehicle's data in the alert's holding period and manages the vehicle."""
     alert = log.get_alert(alert_id)
     missing = ApiError(404, "alert_not_found", f"No alert {alert_id} is visible to you.")
     if alert is None:
         raise missing
+    if not principal.is_admin and can_read_fleet_setup(principal, alert.account_id):
+        if not can_manage_account(principal, alert.account_id):
+            raise forbidden(f"You can see alert {alert_id} but not acknowledge or clear it.")
+        return alert
     access, vehicle = context.lookup(principal, alert.vin)
     current = vehicle.tenure if vehicle is not None else alert.tenure
     if not (access.read and access.read_data) or (
