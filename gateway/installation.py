@@ -209,6 +209,7 @@ def closed_broker_sync(
         restart=restart,
         on_removed=None if pki_dir is None else _certificate_revoker(pki_dir),
         after_removed=_session_purger(broker, service_secret, control_secret),
+        before_new_password=_session_discarder(broker, service_secret),
         lock=lock,
         interval_s=interval_s,
     )
@@ -237,6 +238,20 @@ def _session_purger(
             log.warning("could not discard the broker sessions of %s: %s", ", ".join(vins), exc)
 
     return purge
+
+
+def _session_discarder(broker: MosquittoProcess, secret: str) -> Callable[[Sequence[str]], None]:
+    """Discards the broker sessions of vehicles about to get a new password (decision 0034:
+    Mosquitto 2.0.11 crashes after a reload disconnects a unit that is offline with a
+    session); a failure is logged, as for :func:`_session_purger`."""
+
+    def discard(vins: Sequence[str]) -> None:
+        try:
+            purge_sessions(broker.host, broker.port, SERVICE_USERNAME, secret, vins)
+        except (OSError, BrokerError) as exc:
+            log.warning("could not discard the broker sessions of %s: %s", ", ".join(vins), exc)
+
+    return discard
 
 
 def _certificate_revoker(pki_dir: Path) -> Callable[[Sequence[str]], bool]:

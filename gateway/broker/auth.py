@@ -789,6 +789,7 @@ class BrokerAuthSync:
         restart: Callable[[], None] | None = None,
         on_removed: Callable[[Sequence[str]], bool] | None = None,
         after_removed: Callable[[Sequence[str]], None] | None = None,
+        before_new_password: Callable[[Sequence[str]], None] | None = None,
         lock: threading.RLock | None = None,
         interval_s: float = 0.5,
         integrations: Callable[[], Sequence[IntegrationIdentity]] | None = None,
@@ -806,8 +807,10 @@ class BrokerAuthSync:
         self._restart = restart
         self._on_removed = on_removed
         self._after_removed = after_removed
+        self._before_new_password = before_new_password
         self._integrations = integrations or (lambda: ())
         self._holders: dict[str, int | None] = {}
+        self._passwords: dict[str, str | None] = {}
         self._synced: int | None = None
         self._reload_pending = False
         self._stop = threading.Event()
@@ -835,6 +838,7 @@ class BrokerAuthSync:
             vehicles = list(self._identities())
             self.files.write(vehicles, self.services, self._integrations())
             self._holders = {v.vin: v.holder for v in vehicles}
+            self._passwords = {v.vin: v.password_hash for v in vehicles}
             self._synced = version
             self._reload_pending = False
 
@@ -878,23 +882,44 @@ class BrokerAuthSync:
                 # session (and the commands in it) of the one before
                 self._after_removed(passed_on)
             self._holders = holders
+            renewed = [
+                v.vin
+                for v in vehicles
+                if v.vin in self._passwords
+                and self._passwords[v.vin] != v.password_hash
+                and v.vin not in passed_on
+            ]
+            self._passwords = {v.vin: v.password_hash for v in vehicles}
             per_message = commands_per_message(len(present), len(changes.add))
             # rights before the password: a new vehicle never logs in without its role
             self._apply(changes.add_commands(), per_message)
             self._apply(add_integrations, per_message)
             if changes.remove and self._on_removed is not None and self._on_removed(changes.remove):
                 self._reload_pending = True
+            if changes.remove and self._after_removed is not None:
+                # their sessions go before anything disconnects them: Mosquitto 2.0.11
+                # corrupts its session-expiry list when it disconnects a client that is
+                # already offline with a session (a reload dropping its password, the
+                # plugin deleting its client), and crashes a moment later (upstream pull
+                # request 3341; tests/test_broker_offline_sessions.py)
+                self._after_removed(changes.remove)
+            if renewed and self._before_new_password is not None:
+                # the same for a new password: the reload would disconnect a unit that is
+                # offline with a session; its session goes first (the commands waiting in
+                # it end at their expiry)
+                self._before_new_password(renewed)
             if self.files.write_password_file(vehicles, self.services, integrations):
                 self._reload_pending = True
             reloaded = self._reload_pending
             if self._reload_pending:
                 self._reload()  # a removed password vehicle is disconnected and refused
                 self._reload_pending = False
-            if passed_on and self._after_removed is not None:
+            gone = [*passed_on, *changes.remove]
+            if gone and self._after_removed is not None:
                 # again, now that the old password is refused: an old unit that reconnected
-                # between the first purge and the reload is gone, and so is the retained
-                # status (or Will) it left
-                self._after_removed(passed_on)
+                # since the first purge is gone (its session too, before the plugin below
+                # kicks it once more), and so is the retained status (or Will) it left
+                self._after_removed(gone)
             # only then its rights: deleting them earlier would disconnect it while its
             # password still worked, and it could log in again (with no rights) meanwhile
             self._apply(changes.remove_commands(), per_message)
