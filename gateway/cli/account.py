@@ -29,7 +29,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     actions = parser.add_subparsers(dest="account_command", required=True, metavar="ACTION")
     add = actions.add_parser("add", help="create an account (an organization or a private one)")
     add.add_argument("name")
-    add.add_argument("--kind", choices=["organization", "private"], default="organization")
+    add.add_argument(
+        "--kind",
+        choices=["organization", "private"],
+        default="organization",
+        help="organization: an enterprise's fleet (fleet managers, viewers, drivers); private: "
+        "one owner's cars and their drivers (default: organization)",
+    )
     add_admin_common(add, env)
     lst = actions.add_parser("list", help="list accounts")
     add_admin_common(lst, env)
