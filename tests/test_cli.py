@@ -65,6 +65,21 @@ def test_every_option_says_what_it_does() -> None:
     assert silent == []
 
 
+def test_every_option_with_a_default_names_it() -> None:
+    """``telematics bench fleet-scale --help`` listed ``--max-lag-ms`` as "ingest lag p99
+    limit" and ``--max-command-ms`` as "command p99 limit": neither the unit nor the limit a
+    run uses without them (2,000 and 500 ms)."""
+    unnamed = [
+        (" ".join(command), action.option_strings[0], action.default)
+        for command, sub in _parsers(build_parser())
+        for action in sub._actions
+        if action.option_strings
+        and action.default not in (None, False, True, "", argparse.SUPPRESS)
+        and "default" not in (action.help or "")
+    ]
+    assert unnamed == []
+
+
 def test_vehicle_add_and_revoke_say_when_they_return(capsys: pytest.CaptureFixture[str]) -> None:
     """Both wait until the running broker has taken the change (``_wait_for_broker``), so a
     script may start or stop a unit right after them; ``revoke --help`` said the broker
