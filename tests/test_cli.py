@@ -94,6 +94,18 @@ def test_vehicle_add_and_revoke_say_when_they_return(capsys: pytest.CaptureFixtu
         assert "next reload" not in text, (action, text)
 
 
+def test_pki_revoke_points_at_the_revocation_that_does_everything(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``telematics pki revoke --help`` told an operator to "reload the broker afterwards, and
+    remove the vehicle's broker identity", with no word on how; under ``telematics up`` the
+    vehicle's revocation does all of it (the broker sync puts its certificates on the CRL)."""
+    with pytest.raises(SystemExit):
+        main(["pki", "revoke", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "telematics vehicle revoke VIN" in text
+
+
 def _parsers(
     parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
 ) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
