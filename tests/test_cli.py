@@ -106,6 +106,21 @@ def test_pki_revoke_points_at_the_revocation_that_does_everything(
     assert "telematics vehicle revoke VIN" in text
 
 
+def test_every_command_says_what_it_does_and_prints() -> None:
+    """``telematics vehicle list --help`` (and ``user list``, ``account list``, ``account
+    add``) printed usage and options only: no sentence on what they do or print. ``sim``
+    hands its arguments to the simulator's own parser, which has one."""
+    mute = [
+        " ".join(command)
+        for command, sub in _parsers(build_parser())
+        if sub.add_help and not sub.description
+    ]
+    assert mute == []
+    # and up names every kind of process it runs (the fleet worker was missing)
+    up = " ".join(str(_subparser("up").description).split())
+    assert "fleet worker" in up, up
+
+
 def _parsers(
     parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
 ) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:

@@ -62,7 +62,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     )
     reset.add_argument("email")
     add_admin_common(reset, env)
-    lst = actions.add_parser("list", help="list users")
+    lst = actions.add_parser(
+        "list",
+        help="list users",
+        description="List users: id, e-mail address, role, account and whether disabled "
+        "(--json for JSON).",
+    )
     lst.add_argument("--account", help="only this account's (id or name)")
     add_admin_common(lst, env)
 

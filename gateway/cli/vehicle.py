@@ -89,7 +89,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     )
     revoke.add_argument("vins", nargs="+", metavar="VIN")
     add_admin_common(revoke, env)
-    lst = actions.add_parser("list", help="list provisioned vehicles")
+    lst = actions.add_parser(
+        "list",
+        help="list provisioned vehicles",
+        description="List provisioned vehicles: VIN, account, label, credentials (password "
+        "or certificate) and whether revoked (--json for JSON).",
+    )
     lst.add_argument("--account", help="only this account's (id or name)")
     lst.add_argument("--all", action="store_true", help="include revoked vehicles")
     add_admin_common(lst, env)
