@@ -52,6 +52,86 @@ def test_every_command_names_itself_as_typed(capsys: pytest.CaptureFixture[str])
         assert "python -m" not in text.split("\n\n")[0], command
 
 
+def test_every_option_says_what_it_does() -> None:
+    """``telematics account add --help`` listed ``--kind {organization,private}`` with no word
+    on what either is or which one is the default, ``telematics user add --help`` the five
+    roles of ``--role`` likewise: a newcomer had to read the code."""
+    silent = [
+        (" ".join(command), action.option_strings[0])
+        for command, sub in _parsers(build_parser())
+        for action in sub._actions
+        if action.option_strings and action.dest != "help" and not action.help
+    ]
+    assert silent == []
+
+
+def test_every_option_with_a_default_names_it() -> None:
+    """``telematics bench fleet-scale --help`` listed ``--max-lag-ms`` as "ingest lag p99
+    limit" and ``--max-command-ms`` as "command p99 limit": neither the unit nor the limit a
+    run uses without them (2,000 and 500 ms)."""
+    unnamed = [
+        (" ".join(command), action.option_strings[0], action.default)
+        for command, sub in _parsers(build_parser())
+        for action in sub._actions
+        if action.option_strings
+        and action.default not in (None, False, True, "", argparse.SUPPRESS)
+        and "default" not in (action.help or "")
+    ]
+    assert unnamed == []
+
+
+def test_vehicle_add_and_revoke_say_when_they_return(capsys: pytest.CaptureFixture[str]) -> None:
+    """Both wait until the running broker has taken the change (``_wait_for_broker``), so a
+    script may start or stop a unit right after them; ``revoke --help`` said the broker
+    refuses the units "from its next reload (within a second)", and ``add --help`` "within a
+    second", as if the caller had to wait and guess."""
+    for action in ("add", "revoke"):
+        with pytest.raises(SystemExit):
+            main(["vehicle", action, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "returns once its broker has" in text, (action, text)
+        assert "within a second" not in text, (action, text)
+        assert "next reload" not in text, (action, text)
+
+
+def test_pki_revoke_points_at_the_revocation_that_does_everything(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``telematics pki revoke --help`` told an operator to "reload the broker afterwards, and
+    remove the vehicle's broker identity", with no word on how; under ``telematics up`` the
+    vehicle's revocation does all of it (the broker sync puts its certificates on the CRL)."""
+    with pytest.raises(SystemExit):
+        main(["pki", "revoke", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "telematics vehicle revoke VIN" in text
+
+
+def test_every_command_says_what_it_does_and_prints() -> None:
+    """``telematics vehicle list --help`` (and ``user list``, ``account list``, ``account
+    add``) printed usage and options only: no sentence on what they do or print. ``sim``
+    hands its arguments to the simulator's own parser, which has one."""
+    mute = [
+        " ".join(command)
+        for command, sub in _parsers(build_parser())
+        if sub.add_help and not sub.description
+    ]
+    assert mute == []
+    # and up names every kind of process it runs (the fleet worker was missing)
+    up = " ".join(str(_subparser("up").description).split())
+    assert "fleet worker" in up, up
+
+
+def _parsers(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every command path of ``parser`` with its parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _parsers(sub, (*path, name))
+
+
 def test_every_data_dir_says_what_it_holds(capsys: pytest.CaptureFixture[str]) -> None:
     """``--data-dir`` holds the state database too: ``telematics api --help`` said "the
     telemetry database and the private broker's files" (an API runs no broker), and a

@@ -454,6 +454,44 @@ def test_a_plain_disconnect_shows_the_vehicle_offline_once_silent(stack: Stack) 
     assert vehicle(stack, vin)["online"] is False
 
 
+def test_a_revoked_unit_is_cut_off_and_refused_as_the_contract_says(stack: Stack) -> None:
+    """Section 1: ``DELETE /v1/vehicles/{vin}`` answers once the broker has dropped the unit's
+    login (``Broker-Applied: true``), the unit is disconnected at once, and each CONNECT it
+    tries after that is refused with 0x87. The section names what paho-mqtt reports for the
+    cut-off, so a firmware engineer recognises it: it said "a protocol error", but the broker
+    closes the socket without a DISCONNECT, which paho 2.2 reports as "Unspecified error"."""
+    vin, password, public_key = stack.provision()
+    car = Unit(stack, vin, password, public_key)
+    dropped: list[Any] = []
+    connacks: list[int] = []
+
+    def connected(client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        connacks.append(rc.value)
+        car._on_connect(client, userdata, flags, rc, props)
+
+    def disconnected(client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        dropped.append(rc)
+        car.connected.clear()
+
+    car.client.on_connect = connected
+    car.client.on_disconnect = disconnected
+    car.connect()
+    try:
+        assert car.sample({SPEED: 0.0}) == 0
+        revoked = httpx.delete(f"{stack.api}/v1/vehicles/{vin}", headers=stack.owner)
+        assert revoked.status_code == 200, revoked.text
+        assert revoked.headers["Broker-Applied"] == "true"
+        wait_until(lambda: dropped, timeout=5, what="the revoked unit cut off")
+        # paho reconnects by itself (1 s backoff here): refused, not let in
+        wait_until(lambda: connacks[-1] == 0x87, timeout=15, what="a refused reconnect")
+        assert set(connacks[1:]) == {0x87}, connacks
+    finally:
+        car.stop()
+    cut_off = dropped[0]
+    contract = " ".join((REPO / "docs/device-contract.md").read_text(encoding="utf-8").split())
+    assert f'reports as a lost connection (reason "{cut_off}", 0x{cut_off.value:02X})' in contract
+
+
 # --- commands -------------------------------------------------------------------------------------
 
 

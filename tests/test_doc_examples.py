@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,27 @@ def test_the_own_broker_rules_let_the_service_account_publish_what_it_publishes(
     published = {a["topic"] for a in service["acls"] if a["acltype"] == "publishClientSend"}
     assert published
     assert {t for t in published if f"`{t}`" not in rule} == set()
+
+
+def _requirement(name: str, group: str | None) -> str | None:
+    """``name``'s requirement in pyproject.toml: of the runtime dependencies (group None) or
+    of an optional group."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    listed = project["dependencies"] if group is None else project["optional-dependencies"][group]
+    found = [r for r in listed if re.match(rf"{re.escape(name)}\b(?![-\w])", r)]
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("document", ["README.md", "device-contract.md"])
+def test_the_device_docs_say_how_to_install_the_client_they_are_tried_with(
+    document: str,
+) -> None:
+    """Both documents point a firmware engineer at a paho-mqtt unit, but ``scripts/demo.sh``
+    (plain ``scripts/setup.sh``) installs only the runtime dependencies, which lack it: a
+    newcomer's unit written from the docs failed with ``No module named 'paho'``. So each
+    says how to install it, with the test suite's pin."""
+    pin = _requirement("paho-mqtt", "test")
+    assert pin is not None
+    assert _requirement("paho-mqtt", None) is None
+    text = " ".join(DOCS[document].read_text(encoding="utf-8").split())
+    assert f".venv/bin/pip install '{pin}'" in text

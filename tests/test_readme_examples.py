@@ -49,6 +49,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -529,3 +530,78 @@ def test_the_demo_stops_cleanly_on_ctrl_c(terminal: Terminal) -> None:
     assert len(summary) == 1, printed
     assert '"vehicles":' not in printed  # no JSON summary
     assert "per 1,000 units" not in summary[0]  # 5 units say nothing per 1,000
+
+
+# --- what the API examples show ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def openapi(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from gateway.api import create_app
+    from gateway.api.app import ApiSettings
+
+    db = tmp_path_factory.mktemp("openapi") / "telemetry.db"
+    document: dict[str, Any] = create_app(ApiSettings(db)).openapi()
+    return document
+
+
+def posted_bodies(markdown: str) -> dict[str, list[dict[str, Any]]]:
+    """Route -> the JSON bodies the README's examples POST to it. A shell variable spliced
+    into a body (``'$account'``) stands for a number."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for block in shell_blocks(markdown):
+        for command in logical_lines(block.text):
+            route = re.search(r"-X POST\s+\S*?(/v1/[\w/{}.-]+)", command)
+            body = re.search(r"-d\s+'(\{.*\})'", command, re.S)
+            if route is None or body is None:
+                continue
+            text = re.sub(r"""'"?\$\{?\w+\}?"?'""", "1", body[1])
+            found.setdefault(route[1], []).append(json.loads(text))
+    return found
+
+
+def _schema(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+#: what an administrator sets up first: a newcomer found no body for any of them
+SETUP_ROUTES = ("/v1/accounts", "/v1/users", "/v1/vehicles", "/v1/api-keys")
+
+
+def test_the_readme_shows_the_bodies_that_set_an_installation_up(openapi: dict[str, Any]) -> None:
+    """The README said "add vehicles with POST /v1/vehicles" and "create an API key (POST
+    /v1/api-keys)" but showed no body for them, nor for an account or a user: a newcomer
+    learned the fields from 422 answers. Each such route has an example whose body has every
+    field the route requires, only fields it knows, and allowed values."""
+    bodies = posted_bodies(README.read_text(encoding="utf-8"))
+    for route in SETUP_ROUTES:
+        assert bodies.get(route), f"no README example POSTs a body to {route}"
+        request = openapi["paths"][route]["post"]["requestBody"]["content"]["application/json"]
+        schema = _schema(openapi, request["schema"])
+        for body in bodies[route]:
+            assert set(schema.get("required", [])) <= set(body), (route, body)
+            assert set(body) <= set(schema["properties"]), (route, body)
+            for name, value in body.items():
+                allowed = _schema(openapi, schema["properties"][name]).get("enum")
+                assert allowed is None or value in allowed, (route, name, value, allowed)
+
+
+def test_every_response_header_the_api_documents_is_in_the_readme(
+    openapi: dict[str, Any],
+) -> None:
+    """``Broker-Applied`` (provisioning, a new password and a revocation answer once the
+    broker has the change; ``false`` after 5 s) was only in the OpenAPI document and the
+    device contract: a newcomer provisioning over the API never learned when a unit may
+    connect."""
+    headers = {
+        name
+        for operations in openapi["paths"].values()
+        for operation in operations.values()
+        for response in operation.get("responses", {}).values()
+        for name in response.get("headers", {})
+    }
+    assert "Broker-Applied" in headers
+    readme = README.read_text(encoding="utf-8")
+    assert {h for h in headers if f"`{h}: true`" not in readme and f"`{h}`" not in readme} == set()

@@ -179,8 +179,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds between a parked unit's full reports, each unit its own interval drawn "
         "from MIN-MAX (default: 30-60); the issue's floor and goal say every 30 s: 30-30",
     )
-    p.add_argument("--max-lag-ms", type=float, default=2000.0, help="ingest lag p99 limit")
-    p.add_argument("--max-command-ms", type=float, default=500.0, help="command p99 limit")
+    p.add_argument(
+        "--max-lag-ms",
+        type=float,
+        default=2000.0,
+        help="ingest lag p99 limit in ms: a step over it breaks (default: 2000)",
+    )
+    p.add_argument(
+        "--max-command-ms",
+        type=float,
+        default=500.0,
+        help="command latency p99 limit in ms: a step over it breaks (default: 500)",
+    )
     p.add_argument(
         "--json", action="store_true", help="print the result as one JSON object on the last line"
     )

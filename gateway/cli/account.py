@@ -27,11 +27,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     )
     parser.set_defaults(handler=run)
     actions = parser.add_subparsers(dest="account_command", required=True, metavar="ACTION")
-    add = actions.add_parser("add", help="create an account (an organization or a private one)")
+    add = actions.add_parser(
+        "add",
+        help="create an account (an organization or a private one)",
+        description="Create an account; its users (telematics user add --account NAME) and "
+        "vehicles (telematics vehicle add --account NAME) are added to it by its id or name.",
+    )
     add.add_argument("name")
-    add.add_argument("--kind", choices=["organization", "private"], default="organization")
+    add.add_argument(
+        "--kind",
+        choices=["organization", "private"],
+        default="organization",
+        help="organization: an enterprise's fleet (fleet managers, viewers, drivers); private: "
+        "one owner's cars and their drivers (default: organization)",
+    )
     add_admin_common(add, env)
-    lst = actions.add_parser("list", help="list accounts")
+    lst = actions.add_parser(
+        "list",
+        help="list accounts",
+        description="List accounts: id, kind (organization or private) and name; give the "
+        "id or the name to --account of the other commands (--json for JSON).",
+    )
     add_admin_common(lst, env)
 
 

@@ -83,9 +83,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     revoke = sub.add_parser(
         "revoke",
         help="revoke every certificate of a vehicle (adds them to the CRL)",
-        description="Add every certificate issued for the VIN to the CRL. Reload the broker "
-        "afterwards, and remove the vehicle's broker identity so a connected session loses "
-        "its rights too.",
+        description="Add every certificate issued for the VIN to the CRL. Under telematics "
+        "up, revoke the vehicle instead (telematics vehicle revoke VIN, or DELETE "
+        "/v1/vehicles/{vin}): that does this, reloads the broker and removes the vehicle's "
+        "broker identity. With a broker of your own, reload it afterwards (SIGHUP) and remove "
+        "the vehicle's identity there, so a connected session loses its rights too.",
     )
     revoke.add_argument("vin", metavar="VIN")
     add_dirs(revoke)
@@ -158,8 +160,9 @@ def run_from_args(args: argparse.Namespace, env: Environment | None = None) -> i
         else:
             print(f"every certificate of {args.vin} was already revoked ({pki.crl_path})")
         print(
-            "reload the broker (SIGHUP) so new connections see the CRL, and remove the "
-            "vehicle's broker identity so a connected session loses its rights"
+            "under telematics up, telematics vehicle revoke VIN does this and the rest; with a "
+            "broker of your own, reload it (SIGHUP) so new connections see the CRL, and remove "
+            "the vehicle's broker identity so a connected session loses its rights"
         )
         print(_listener_settings(pki))
         return 0

@@ -63,9 +63,10 @@ log = logging.getLogger("telematics")
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: Environment) -> None:
     up = sub.add_parser(
         "up",
-        help="run everything: private broker, gateway, API (and --demo vehicles)",
-        description="Start a private Mosquitto (unless --mqtt-url is given), the gateway and "
-        "the HTTP API as supervised child processes. Ctrl-C stops everything cleanly.",
+        help="run everything: private broker, gateway, API, fleet worker (and --demo vehicles)",
+        description="Start a private Mosquitto (unless --mqtt-url is given), the gateways, "
+        "the HTTP API and the fleet worker (--fleet-workers) as supervised child processes; "
+        "a part that dies is restarted. Ctrl-C stops everything cleanly.",
     )
     up.set_defaults(handler=run)
     add_common(up, env)

@@ -45,6 +45,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "--role",
         required=True,
         choices=["admin", "fleet_manager", "fleet_viewer", "owner", "driver"],
+        help="what the user may see and do (README, Accounts and access): admin (no "
+        "--account), or fleet_manager, fleet_viewer, owner, driver of the --account",
     )
     add.add_argument("--account", help="the account's id or name (not for admins)")
     add.add_argument("--name", help="display name (default: the e-mail address)")
@@ -60,7 +62,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     )
     reset.add_argument("email")
     add_admin_common(reset, env)
-    lst = actions.add_parser("list", help="list users")
+    lst = actions.add_parser(
+        "list",
+        help="list users",
+        description="List users: id, e-mail address, role, account and whether disabled "
+        "(--json for JSON).",
+    )
     lst.add_argument("--account", help="only this account's (id or name)")
     add_admin_common(lst, env)
 

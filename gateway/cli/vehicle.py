@@ -47,8 +47,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "add",
         help="provision vehicles: registry entry + MQTT credentials (shown once)",
         description="Provision one or more vehicles into an account. Each gets MQTT "
-        "credentials (user name = VIN, a random password shown once) which the broker "
-        "accepts within a second; with --credentials-file they are written to a unit "
+        "credentials (user name = VIN, a random password shown once); while telematics up "
+        "runs for this data directory, the command returns once its broker has them, so a "
+        "unit started next is let in. With --credentials-file they are written to a unit "
         "credentials file (mode 0600) for `telematics sim --credentials` instead of printed.",
     )
     add.add_argument("vins", nargs="+", metavar="VIN")
@@ -82,12 +83,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     revoke = actions.add_parser(
         "revoke",
         help="revoke vehicles: cut them off the broker, end their grants",
-        description="The broker refuses the units from its next reload (within a second); "
-        "their data stays.",
+        description="Revoke vehicles: their open commands are cancelled and their grants "
+        "end; while telematics up runs for this data directory, the command returns once its "
+        "broker has cut the units off and refuses their passwords. Their data stays.",
     )
     revoke.add_argument("vins", nargs="+", metavar="VIN")
     add_admin_common(revoke, env)
-    lst = actions.add_parser("list", help="list provisioned vehicles")
+    lst = actions.add_parser(
+        "list",
+        help="list provisioned vehicles",
+        description="List provisioned vehicles: VIN, account, label, credentials (password "
+        "or certificate) and whether revoked (--json for JSON).",
+    )
     lst.add_argument("--account", help="only this account's (id or name)")
     lst.add_argument("--all", action="store_true", help="include revoked vehicles")
     add_admin_common(lst, env)
