@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.fleet.geo import Circle, Point, Polygon
-from gateway.core.fleet.geofence import ActiveWindow, Geofence
+from gateway.core.fleet.geofence import ActiveWindow, FenceState, Geofence, update_fence
 from gateway.core.fleet.rules import (
     AlertChange,
     AlertKind,
@@ -21,6 +21,7 @@ from gateway.core.fleet.rules import (
     RuleState,
     Severity,
     evaluate,
+    evaluate_many,
 )
 from gateway.core.fleet.signals import (
     IGNITION,
@@ -326,3 +327,86 @@ def test_events_are_signs_of_life_and_old_ignition_events_lose() -> None:
     offline = [c.action for c in changes if c.alert.kind is AlertKind.OFFLINE]
     assert offline == ["opened", "closed"]
     assert "ignition" in state.alerts
+
+
+def _brute_force_fences(
+    fixes: list[tuple[int, Point, tuple[Geofence, ...]]], margin_m: float, dwell_ms: int
+) -> tuple[list[list[tuple[str, FenceState]]], list[tuple[str, str, int]]]:
+    """Every fence measured at every fix (no index, no shortcut): the fence states after
+    each fix, in the fences' order, and the crossings (fence, enter/exit, time)."""
+    states: dict[str, FenceState] = {}
+    after, crossings = [], list[tuple[str, str, int]]()
+    for ts, p, fences in fixes:
+        new = {}
+        for fence in fences:
+            new[fence.id], t = update_fence(
+                states.get(fence.id), fence.shape, p, ts, margin_m=margin_m, min_dwell_ms=dwell_ms
+            )
+            if t is not None:
+                crossings.append((fence.id, t.kind, t.ts_ms))
+        states = new
+        after.append(list(states.items()))
+    return after, crossings
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(-800, 800), st.floats(-800, 800), st.floats(30, 400)),
+        min_size=1,
+        max_size=6,
+    ),
+    st.lists(
+        st.tuples(st.floats(-80, 80), st.floats(-80, 80), st.integers(500, 8_000)),
+        min_size=1,
+        max_size=60,
+    ),
+    st.floats(0, 60),
+    st.sampled_from([0, 3_000, 10_000]),
+    st.integers(0, 60),
+    st.integers(1, 6),
+    st.lists(st.integers(1, 6), max_size=8),
+)
+def test_fence_states_and_crossings_are_every_fence_measured_at_every_fix(
+    shapes: list[tuple[float, float, float]],
+    moves: list[tuple[float, float, int]],
+    margin_m: float,
+    dwell_ms: int,
+    change_at: int,
+    keep: int,
+    chunks: list[int],
+) -> None:
+    """The rules measure only the fences the index names near a fix and those the vehicle
+    is inside of or pending for, and keep the other states as they are (decision 0040):
+    the states and crossings must be those of measuring every fence at every fix, also
+    when the organization's fences change in the middle (some removed, one added) and
+    whatever the passes the fixes come in."""
+    fences = tuple(
+        Geofence(str(i), Circle(north(n), r) if i % 2 else square(n, r), alert_exit=True)
+        for i, (n, _, r) in enumerate(shapes)
+    )
+    added = Geofence("added", Circle(north(shapes[0][1]), 150.0))
+    later = (*fences[:keep], added)
+    fixes, p, t = [], north(0.0), T0
+    for i, (dn, de, dt_ms) in enumerate(moves):
+        k = M_PER_DEG * math.cos(math.radians(p.lat))
+        p, t = Point(p.lon + de / k, p.lat + dn / M_PER_DEG), t + dt_ms
+        fixes.append((t, p, fences if i < change_at else later))
+    expected, crossings = _brute_force_fences(fixes, margin_m, dwell_ms)
+    state, got, sizes, i = RuleState(), list[AlertChange](), iter(chunks), 0
+    while i < len(fixes):  # passes of a few fixes, as the worker evaluates them
+        fences_now = fixes[i][2]
+        part = [f for f in fixes[i : i + next(sizes, 1)] if f[2] is fences_now]
+        cfg = RuleSettings(
+            geofences=fences_now, geofence_margin_m=margin_m, geofence_min_dwell_ms=dwell_ms
+        )
+        state, changes = evaluate_many(state, [Sample(ts, at(q)) for ts, q, _ in part], cfg)
+        got.extend(changes)
+        i += len(part)
+        assert list(state.fences.items()) == expected[i - 1]
+    seen = [
+        (str(c.alert.detail["geofence"]), c.alert.kind.value.split("_")[-1], c.alert.start_ms)
+        for c in got
+        if c.alert.kind in (AlertKind.GEOFENCE_ENTER, AlertKind.GEOFENCE_EXIT)
+    ]
+    assert seen == crossings

@@ -95,3 +95,28 @@ def test_a_reader_following_ids_gets_every_event_of_two_writing_processes(
     _follow(log, cursor, seen)
     reader.dispose()
     assert sorted(seen) == ["api", "worker"]
+
+
+def test_publish_many_returns_the_ids_its_rows_were_stored_under(db: StateDatabase) -> None:
+    """Several events at once get their ids in their order, the ids the rows have (on
+    SQLite numbered before the insert, without RETURNING: decision 0040), also after the
+    newest row and one below it were deleted (SQLite then gives the highest rowid left
+    plus one)."""
+    from sqlalchemy import delete
+
+    from gateway.statedb.events import NewEvent, publish_many
+    from gateway.statedb.models import EventRow
+
+    def many(n: int, tag: str) -> list[int]:
+        with db.write() as session:
+            events = [NewEvent("alert.raised", 1, {"n": i, "tag": tag}, None) for i in range(n)]
+            return publish_many(session, events)
+
+    first = many(4, "a")
+    with db.write() as session:
+        session.execute(delete(EventRow).where(EventRow.id.in_([first[1], first[3]])))
+    second = many(3, "b")
+    stored = {e.id: (e.data["tag"], e.data["n"]) for e in EventLog(db).after(0)}
+    assert [stored[i] for i in second] == [("b", 0), ("b", 1), ("b", 2)]
+    assert second == sorted(second)
+    assert len(stored) == 5

@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from device_sim.loadgen import heartbeat_signals
 from gateway.store import IngestBatch
 from gateway.store.packing import (
+    FORMAT,
     SIGNAL_IDS,
     CorruptSample,
+    _Reader,
     mask_of,
     merge_state,
     pack,
@@ -221,3 +223,39 @@ def test_a_version_4_file_is_read_as_it_was_and_grows_packed(tmp_path: Path) -> 
     assert version == 5
     assert "latest" not in tables
     assert "latest_state" in tables
+
+
+def _unpack_by_reader(blob: bytes) -> dict[str, object]:
+    """The decoding as it was before the numbers were decoded inline (decision 0040):
+    every key and value through ``_Reader``."""
+    if not blob or blob[0] != FORMAT:
+        raise CorruptSample("format")
+    reader, out = _Reader(blob), {}
+    try:
+        while reader.pos < len(blob):
+            i = blob[reader.pos]
+            reader.pos += 1
+            path = SIGNAL_IDS[i] if i != 255 else reader.bytes(reader.varint()).decode()
+            out[path] = reader.value()
+    except (IndexError, ValueError) as exc:
+        raise CorruptSample(str(exc)) from exc
+    return out
+
+
+@given(st.dictionaries(paths, json_values, max_size=12), st.integers(0, 400), st.binary(max_size=3))
+def test_any_blob_cut_or_grown_decodes_as_the_reader_does(
+    signals: dict[str, object], cut: int, tail: bytes
+) -> None:
+    """A whole blob, a truncated one and one with bytes appended: the same values, or a
+    :class:`CorruptSample` for both."""
+    whole = pack(signals)
+    for blob in (whole, whole[:cut], whole + tail):
+        try:
+            expected: object = _unpack_by_reader(blob)
+        except CorruptSample:
+            expected = CorruptSample
+        try:
+            got: object = unpack(blob)
+        except CorruptSample:
+            got = CorruptSample
+        assert got == expected

@@ -24,13 +24,22 @@ from typing import Any, Final
 
 import orjson
 from sqlalchemy import bindparam, delete, event, func, insert, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
 from gateway.core.notify import EventScope, type_matches
 from gateway.statedb.database import StateDatabase
 from gateway.statedb.models import EventRow, WebhookDeliveryRow, WebhookRow
 
-__all__ = ["EventLog", "EventRecord", "NewEvent", "event_body", "publish", "publish_many"]
+__all__ = [
+    "EventLog",
+    "EventRecord",
+    "NewEvent",
+    "event_body",
+    "insert_numbered",
+    "publish",
+    "publish_many",
+]
 
 #: key of the PostgreSQL advisory lock that orders event ids by commit
 _EVENT_LOCK_KEY: Final = 0x7465_6C65_7674  # "televt"
@@ -119,6 +128,8 @@ def publish_many(session: Session, events: Sequence[NewEvent]) -> list[int]:
              "actor_user_id": e.actor_user_id, "data": e.data} for e in events]  # fmt: skip
     if len(rows) == 1:  # one command's event: no executemany and its splicing of results
         ids = [int(connection.execute(_INSERT_EVENT, rows[0]).scalar_one())]
+    elif connection.dialect.name == "sqlite":
+        ids = insert_numbered(connection, EventRow, rows)
     else:
         ids = [
             int(i)
@@ -141,6 +152,26 @@ def publish_many(session: Session, events: Sequence[NewEvent]) -> list[int]:
             )  # fmt: skip
     if deliveries:
         connection.execute(insert(WebhookDeliveryRow), deliveries)
+    return ids
+
+
+def insert_numbered(connection: Connection, table: Any, rows: list[dict[str, Any]]) -> list[int]:
+    """SQLite: insert ``rows`` (dicts of column values, given their ``id`` here) into
+    ``table`` (a mapped class whose ``id`` is the rowid, without AUTOINCREMENT) with one
+    executemany, no RETURNING; their ids, in order. They are the ids SQLite would give:
+    "one larger than the largest rowid in the table prior to the insert", and a write
+    transaction (``BEGIN IMMEDIATE``) holds the database's write lock, so no other writer
+    inserts in between. Why: SQLAlchemy executes an ``INSERT ... RETURNING`` whose ids must
+    come back in the parameters' order one row at a time on SQLite (its RETURNING order is
+    not defined), and the rules worker inserts a thousand events and alerts per pass that
+    way: a quarter of its commit (decision 0040)."""
+    if not rows:
+        return []
+    first = int(connection.execute(select(func.max(table.id))).scalar() or 0) + 1
+    ids = list(range(first, first + len(rows)))
+    for row_id, row in zip(ids, rows, strict=True):
+        row["id"] = row_id
+    connection.execute(insert(table), rows)
     return ids
 
 

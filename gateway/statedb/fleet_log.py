@@ -48,7 +48,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from gateway.statedb.database import StateDatabase
-from gateway.statedb.events import RETURNING_CHUNK, NewEvent, publish_many
+from gateway.statedb.events import RETURNING_CHUNK, NewEvent, insert_numbered, publish_many
 from gateway.statedb.models import (
     DriverAssignmentRow,
     FleetAlertDayRow,
@@ -766,15 +766,20 @@ class FleetLog:
         # Core executions of the inserts (the ORM's bulk INSERT ... RETURNING machinery
         # cost more than the statements; nothing here needs ORM objects: decision 0037)
         connection = session.connection()
+        sqlite_ids = connection.dialect.name == "sqlite"  # see insert_numbered
         if new_alerts:
             statement = insert(FleetAlertRow).returning(
                 *_ALERT_EVENT_COLUMNS, sort_by_parameter_order=True
             )
-            stored = [
-                alert
-                for chunk in _chunks(new_alerts)
-                for alert in connection.execute(statement, chunk).mappings().all()
-            ]
+            if sqlite_ids:  # what RETURNING would give: the ids and the values as given
+                insert_numbered(connection, FleetAlertRow, new_alerts)
+                stored = [{c.key: row[c.key] for c in _ALERT_EVENT_COLUMNS} for row in new_alerts]
+            else:
+                stored = [
+                    dict(alert)
+                    for chunk in _chunks(new_alerts)
+                    for alert in connection.execute(statement, chunk).mappings().all()
+                ]
             for alert, row in zip(stored, new_alerts, strict=True):
                 alert_days.add(alert, row["tenure"], 1, _idle_ms(alert))
                 events.append(alert_event("alert.raised", dict(alert), at=now))
@@ -784,9 +789,14 @@ class FleetLog:
             statement = insert(FleetTripRow).returning(
                 FleetTripRow.id, sort_by_parameter_order=True
             )
-            ids = [
-                i for chunk in _chunks(trips) for i in connection.scalars(statement, chunk).all()
-            ]
+            if sqlite_ids:
+                ids = insert_numbered(connection, FleetTripRow, trips)
+            else:
+                ids = [
+                    i
+                    for chunk in _chunks(trips)
+                    for i in connection.scalars(statement, chunk).all()
+                ]
             for trip_id, row in zip(ids, trips, strict=True):
                 before = _overlapping(replaced.get((row["vin"], row["tenure"]), []), row)
                 event = _trip_event(trip_id, row, before, at=now)

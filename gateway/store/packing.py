@@ -253,12 +253,36 @@ def unpack(blob: bytes) -> dict[str, Any]:
     reader = _Reader(blob)
     out: dict[str, Any] = {}
     end = len(blob)
+    pos, ids, pow10 = 1, SIGNAL_IDS, _POW10
     try:
-        while reader.pos < end:
-            i = blob[reader.pos]
-            reader.pos += 1
-            path = SIGNAL_IDS[i] if i != _NAMED else reader.bytes(reader.varint()).decode()
-            out[path] = reader.value()
+        while pos < end:
+            i = blob[pos]
+            pos += 1
+            if i == _NAMED:
+                reader.pos = pos
+                path = reader.bytes(reader.varint()).decode()
+                pos = reader.pos
+            else:
+                path = ids[i]
+            tag = blob[pos]
+            # the numbers (most values) decoded here, as _Reader.value does, without its
+            # calls per value: the rules worker decodes every sample it evaluates
+            if tag >= _DEC or tag == _INT:
+                pos += 1
+                z = shift = 0
+                while True:
+                    b = blob[pos]
+                    pos += 1
+                    z |= (b & 0x7F) << shift
+                    if b < 0x80:
+                        break
+                    shift += 7
+                m = z >> 1 if not z & 1 else -(z >> 1) - 1
+                out[path] = m if tag == _INT else m / pow10[tag - _DEC]
+            else:
+                reader.pos = pos
+                out[path] = reader.value()
+                pos = reader.pos
     except (IndexError, ValueError) as exc:
         raise CorruptSample(f"a damaged sample: {exc}") from exc
     return out

@@ -153,6 +153,8 @@ class FenceIndex:
         self.fences = fences
         self._cell_deg = cell_deg
         self.by_id = {f.id: f for f in fences}
+        #: the fence ids in the organization's order (the order of a vehicle's fence states)
+        self.ids = tuple(self.by_id)
         #: each fence's state when it is surely outside: the start of every fix's states
         self.outside = dict.fromkeys(self.by_id, _OUTSIDE)
         self._cells: dict[tuple[int, int], list[Geofence]] = {}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from schemas.payloads import EventType, SignalValue
 
@@ -188,6 +188,30 @@ class _Work:
         self._alerts0 = state.alerts
         self.gaps = list(state.gaps)
         self.changes: list[AlertChange] = []
+        #: the settings' fence index, and what was derived from the fence states of the
+        #: mapping ``fences`` names (it is replaced, never changed in place, so one look per
+        #: mapping: most fixes change no fence, decision 0040): the fences inside or
+        #: pending, whether its keys are the index's in its order, and the speed limit
+        self.index = fence_index(settings.geofences)
+        self.derived_of: Mapping[str, FenceState] | None = None
+        self.astray: list[str] = []
+        self.in_order = False
+        self.limit_of: Mapping[str, FenceState] | None = None
+        self.limit: tuple[float, str] | None = None
+
+    def derive(self) -> None:
+        """:attr:`astray` and :attr:`in_order` of the current :attr:`fences`."""
+        fences = self.fences
+        if fences is self.derived_of:
+            return
+        by_id = self.index.by_id
+        self.astray = [
+            fence_id
+            for fence_id, state in fences.items()
+            if (state.inside or state.pending_since_ms is not None) and fence_id in by_id
+        ]
+        self.in_order = len(fences) == len(by_id) and tuple(fences) == self.index.ids
+        self.derived_of = fences
 
     def freeze(self) -> RuleState:
         return RuleState(
@@ -255,20 +279,27 @@ def evaluate_many(
 
 
 def _sample(w: _Work, s: Sample) -> None:
-    _seq(w, s.seq, s.heard_ms)
-    _heard(w, s.heard_ms)
-    if w.last_ts is not None and s.ts_ms < w.last_ts:
+    heard = s.heard_ms
+    _seq(w, s.seq, heard)
+    _heard(w, heard)
+    ts = s.ts_ms
+    if w.last_ts is not None and ts < w.last_ts:
         return
-    w.last_ts = s.ts_ms
-    values = s.values
-    w.known.update({k: values[k] for k in _TRACKED.intersection(values)})
-    _ignition(w, s.ts_ms)
-    _geofences(w, s)
-    _overspeed(w, s.ts_ms)
-    _harsh(w, s.ts_ms, speed_of(s.values))
-    _idling(w, s.ts_ms)
-    _level(w, s.ts_ms, SOC, AlertKind.LOW_SOC, w.s.low_soc_pct)
-    _level(w, s.ts_ms, FUEL_LEVEL, AlertKind.LOW_FUEL, w.s.low_fuel_pct)
+    w.last_ts = ts
+    values, known = s.values, w.known
+    for name in _TRACKED:
+        if name in values:
+            known[name] = values[name]
+    # what the rules below read of the known values, looked up once per sample
+    on, speed = ignition_of(known), speed_of(known)
+    _ignition(w, ts, on)
+    if LATITUDE in values or LONGITUDE in values:
+        _geofences(w, s)
+    _overspeed(w, ts, speed)
+    _harsh(w, ts, speed_of(values))
+    _idling(w, ts, on, speed)
+    _level(w, ts, SOC, AlertKind.LOW_SOC, w.s.low_soc_pct)
+    _level(w, ts, FUEL_LEVEL, AlertKind.LOW_FUEL, w.s.low_fuel_pct)
 
 
 def _event(w: _Work, e: VehicleEvent) -> None:
@@ -295,14 +326,21 @@ def _tick(w: _Work, now: int) -> None:
 
 
 def _heard(w: _Work, heard: int) -> None:
-    w.close("offline", heard)
+    if "offline" in w.alerts:
+        w.close("offline", heard)
     w.heard = heard if w.heard is None else max(w.heard, heard)
-    _raise_old_gaps(w, w.heard)
+    if w.gaps:
+        _raise_old_gaps(w, w.heard)
 
 
-def _ignition(w: _Work, ts: int) -> None:
-    """One info alert per ignition cycle: opened at ignition on, closed at ignition off."""
-    on = ignition_of(w.known)
+_UNSET: Any = object()
+
+
+def _ignition(w: _Work, ts: int, on: bool | None = _UNSET) -> None:
+    """One info alert per ignition cycle: opened at ignition on, closed at ignition off
+    (``on``: :func:`ignition_of` the known values, if the caller has it)."""
+    if on is _UNSET:
+        on = ignition_of(w.known)
     if on:
         w.open(AlertKind.IGNITION, "ignition", ts, Severity.INFO)
     elif on is False:
@@ -314,8 +352,6 @@ _OUTSIDE = FenceState(inside=False)
 
 
 def _geofences(w: _Work, s: Sample) -> None:
-    if LATITUDE not in s.values and LONGITUDE not in s.values:
-        return
     point = position_of(s.values, w.place)
     accuracy = number_of(s.values, HORIZONTAL_ACCURACY)
     if point is None or (accuracy is not None and accuracy > w.s.max_fix_accuracy_m):
@@ -323,16 +359,16 @@ def _geofences(w: _Work, s: Sample) -> None:
     w.place = point
     # the index names the fences the fix may be near; the others are surely outside, so
     # only those with a state other than "outside" need a look too (decision 0024)
-    index = fence_index(w.s.geofences)
+    index = w.index
     near = index.near(point)
-    astray = [
-        fence_id
-        for fence_id, state in w.fences.items()
-        if (state.inside or state.pending_since_ms is not None) and fence_id in index.by_id
-    ]
+    w.derive()
+    astray = w.astray
     if astray:
         ids = {f.id for f in near}.union(astray)
         near = [f for f in w.s.geofences if f.id in ids]
+    if w.in_order:
+        _near_fences(w, near, point, s.ts_ms)
+        return
     fences: dict[str, FenceState] = dict(index.outside)
     for fence in near:
         before = w.fences.get(fence.id)
@@ -353,6 +389,37 @@ def _geofences(w: _Work, s: Sample) -> None:
         w.fences = fences
 
 
+def _near_fences(w: _Work, near: list[Geofence], point: Point, ts: int) -> None:
+    """:func:`_geofences` when the state holds every fence of the index, in its order (all
+    but a vehicle's first fix, or the first after the fences changed): the states of the
+    fences ``near`` the fix measured, every other fence kept (it is outside, nothing
+    pending: not astray), so the same states as building all of them again, without
+    copying and comparing the whole mapping per fix (decision 0040)."""
+    before_all = w.fences
+    after: dict[str, FenceState] | None = None
+    for fence in near:
+        before = before_all[fence.id]
+        outside = not before.inside and before.pending_since_ms is None
+        if outside and surely_outside(fence.shape.bbox, point):
+            continue  # what update_fence would answer, without measuring
+        state, crossed = update_fence(
+            before,
+            fence.shape,
+            point,
+            ts,
+            margin_m=w.s.geofence_margin_m,
+            min_dwell_ms=w.s.geofence_min_dwell_ms,
+        )
+        if crossed is not None:
+            _crossed(w, fence, crossed)
+        if state is not before and state != before:
+            if after is None:
+                after = dict(before_all)
+            after[fence.id] = state
+    if after is not None:
+        w.fences = after
+
+
 def _crossed(w: _Work, fence: Geofence, t: FenceTransition) -> None:
     detail: dict[str, str | int | float] = {"geofence": fence.id, "name": fence.name}
     out_key = f"out_of_hours:{fence.id}"
@@ -367,21 +434,28 @@ def _crossed(w: _Work, fence: Geofence, t: FenceTransition) -> None:
 
 
 def _speed_limit(w: _Work) -> tuple[float, str] | None:
-    """The lowest limit that applies: global, fleet, or a fence the vehicle is inside."""
+    """The lowest limit that applies: global, fleet, or a fence the vehicle is inside
+    (looked up once per mapping of fence states, :class:`_Work`)."""
+    if w.fences is w.limit_of:
+        return w.limit
     limits = [(w.s.speed_limit_kmh, "global"), (w.s.fleet_speed_limit_kmh, "fleet")]
-    by_id = fence_index(w.s.geofences).by_id
+    by_id = w.index.by_id
     for fence_id, state in w.fences.items():
         fence = by_id.get(fence_id) if state.inside else None
         if fence is not None:
             limits.append((fence.speed_limit_kmh, f"geofence:{fence.id}"))
     known = [(v, src) for v, src in limits if v is not None]
-    return min(known) if known else None
+    w.limit_of, w.limit = w.fences, min(known) if known else None
+    return w.limit
 
 
-def _overspeed(w: _Work, ts: int) -> None:
+def _overspeed(w: _Work, ts: int, speed: float | None = _UNSET) -> None:
     """Above the limit for ``overspeed_min_ms`` opens; at or below limit minus
-    ``overspeed_clear_kmh`` closes; a peak ``overspeed_update_kmh`` higher updates."""
-    speed, limit = speed_of(w.known), _speed_limit(w)
+    ``overspeed_clear_kmh`` closes; a peak ``overspeed_update_kmh`` higher updates
+    (``speed``: :func:`speed_of` the known values, if the caller has it)."""
+    if speed is _UNSET:
+        speed = speed_of(w.known)
+    limit = _speed_limit(w)
     key = "overspeed"
     if key in w.alerts:
         alert = w.alerts[key]
@@ -427,13 +501,26 @@ def _harsh(w: _Work, ts: int, speed: float | None) -> None:
             w.close(kind.value, prev[0] if prev is not None else ts)
 
 
-def _idling(w: _Work, ts: int) -> None:
-    """Ignition on and standing still for ``idle_after_ms`` opens; moving or off closes."""
-    idle = ignition_of(w.known) is True and moving_of(w.known, w.s.still_kmh) is False
+def _idling(w: _Work, ts: int, on: bool | None = _UNSET, speed: float | None = _UNSET) -> None:
+    """Ignition on and standing still for ``idle_after_ms`` opens; moving or off closes
+    (``on``, ``speed``: :func:`ignition_of` and :func:`speed_of` the known values, if the
+    caller has them)."""
+    if on is _UNSET:
+        on = ignition_of(w.known)
+    if on is not True:
+        idle = False
+    elif speed is _UNSET:
+        idle = moving_of(w.known, w.s.still_kmh) is False
+    elif speed is not None:  # moving_of: the speed decides when it is known
+        idle = not abs(speed) > w.s.still_kmh
+    else:
+        idle = w.known.get(IS_MOVING) is False
     key = "idling"
     if not idle:
-        w.since.pop(key, None)
-        w.close(key, ts)
+        if w.since:
+            w.since.pop(key, None)
+        if key in w.alerts:
+            w.close(key, ts)
         return
     since = w.since.setdefault(key, ts)
     if ts - since >= w.s.idle_after_ms:
