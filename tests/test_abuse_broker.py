@@ -367,6 +367,45 @@ def test_a_vehicle_cannot_fill_the_brokers_memory_with_unreleased_qos2_messages(
     wait_until(lambda: installation.stored_seqs(honest) == [1], what="the honest sample")
 
 
+def test_a_vehicle_cannot_fill_the_brokers_memory_faster_than_the_gateway_reads(
+    installation: Installation, attacker: tuple[str, str]
+) -> None:
+    """Security review 5: the broker acknowledges a QoS 1 message once it is queued for its
+    subscribers, and a queue was bounded only by ``max_queued_messages`` (a million),
+    whatever their size. One vehicle writing 1 MB messages to its own telemetry topic
+    (refused by the gateway as too large, but queued for it first) faster than the gateway
+    reads them grew the broker by ~200 MB a second, live 4 GB in 18 s; the machine's memory
+    would have gone next, and the broker with every vehicle. ``max_queued_bytes`` bounds
+    each queue (256 MiB, which Mosquitto holds in about twice that: ~580 MB measured for
+    a subscriber that reads nothing, however much more is sent); what a flood sends beyond
+    it is dropped. Before: 1,458 MB for the first 1,000 messages, growing with each."""
+    vin, password = attacker
+    unit = installation.unit(vin, password)
+    pid = _broker_pid(installation.up.data)
+    before = peak = _rss_bytes(pid)
+    topic = f"v1/vehicles/{vin}/telemetry".encode()
+    payload = b"x" * 1_000_000
+    for packet_id in range(1, 1201):
+        # PUBLISH, QoS 1: topic, packet id, no properties, payload; its PUBACK is not read
+        body = len(topic).to_bytes(2, "big") + topic + packet_id.to_bytes(2, "big") + b"\x00"
+        try:
+            unit._send(0x32, body + payload)
+        except OSError:
+            break
+        if packet_id % 25 == 0:
+            peak = max(peak, _rss_bytes(pid))
+    peak = max(peak, _rss_bytes(pid))
+    grown = peak - before
+    assert grown < 900_000_000, f"the broker grew by {grown / 1e6:.0f} MB for one vehicle"
+    # and it still serves the others once the gateway has read what was queued
+    honest = new_vin()
+    other = installation.unit(honest, installation.provision(honest))
+    assert other.publish(f"v1/vehicles/{honest}/telemetry", sample(honest, 1)) < 0x80
+    wait_until(
+        lambda: installation.stored_seqs(honest) == [1], timeout=60, what="the honest sample"
+    )
+
+
 # --- the attack, end to end -------------------------------------------------------------------
 
 
