@@ -406,6 +406,56 @@ def test_a_vehicle_cannot_fill_the_brokers_memory_faster_than_the_gateway_reads(
     )
 
 
+def _gateway(data: Path) -> dict[str, Any]:
+    status = json.loads((data / "health" / "supervisor.json").read_text())
+    part: dict[str, Any] = next(p for p in status["parts"] if p["name"] == "gateway-1")
+    return part
+
+
+def test_a_units_retained_telemetry_never_reaches_the_next_holding_period(
+    installation: Installation, attacker: tuple[str, str]
+) -> None:
+    """Security review 5: the broker keeps a retained message on any topic a unit may
+    write, and replays it to the gateway's subscription each time the gateway (re)connects,
+    which filed it again under the VIN's *current* holding period. A seller's unit
+    published a retained sample dated 4 minutes ahead (within the 5 allowed) before the
+    car changed hands; at the gateway's next reconnect, however much later, the buyer's
+    car showed the seller's position and speed (live: 199.9 km/h at 1.234, 5.678). A
+    message with the retain flag reaches a subscriber only as such a replay (a live one
+    comes with the flag cleared, and was stored when it was sent): the gateway ignores
+    replayed telemetry and events."""
+    vin, password = attacker
+    unit = installation.unit(vin, password)
+    ahead = time.time_ns() // 1_000_000 + 240_000
+    retained = {"vin": vin, "seq": 777, "ts": ahead, "signals": {"Vehicle.Speed": 199.9}}
+    topic = f"v1/vehicles/{vin}/telemetry"
+    assert unit.publish(topic, json.dumps(retained).encode(), retain=True) < 0x80
+    unit.close()
+    # the car leaves its holder and is provisioned again: a new holding period
+    r = httpx.delete(f"{installation.up.api}/v1/vehicles/{vin}", headers=installation.admin)
+    assert r.status_code == 200, r.text
+    password = installation.provision(vin)
+    # the gateway reconnects (a restart of it or of the broker): the broker replays
+    data = installation.up.data
+    before = _gateway(data)
+    os.kill(before["pid"], signal.SIGTERM)
+    wait_until(
+        lambda: (
+            _gateway(data)["restarts"] > before["restarts"] and _gateway(data)["state"] == "running"
+        ),
+        timeout=60,
+        what="the gateway to start again",
+    )
+    # the new holder's unit reports; once that is stored, any replay was handled too
+    buyer = installation.unit(vin, password)
+    assert buyer.publish(topic, sample(vin, 1, speed=42.0)) < 0x80
+    wait_until(lambda: 1 in installation.stored_seqs(vin), timeout=60, what="the buyer's sample")
+    r = httpx.get(f"{installation.up.api}/v1/vehicles/{vin}", headers=installation.admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["state"]["Vehicle.Speed"]["value"] == 42.0, r.text
+    assert installation.stored_seqs(vin) == [1]
+
+
 # --- the attack, end to end -------------------------------------------------------------------
 
 
