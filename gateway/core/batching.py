@@ -214,6 +214,13 @@ class Batcher:
             # the broker relaying the deletion of a retained status (the sync clears a VIN's
             # when it changes hands or leaves, issue 16): no status at all, nothing to file
             return True
+        if retained and parsed.channel is not Channel.STATUS:
+            # a replay from the broker's retained store at (re)subscription, never a live
+            # message (those reach a subscriber with the flag cleared, and were filed when
+            # they came). Filed again it went under the VIN's current holding period: a
+            # unit's retained sample outlived its holder into the next one's (security
+            # review 5). A retained status still tells the state (see below).
+            return True
         tenure = None
         if self._tenure_of is not None:
             tenure = self._tenure_of(vin)

@@ -22,6 +22,7 @@ from typing import Final
 __all__ = [
     "DEFAULT_INVITATION_LIMIT",
     "DEFAULT_LOGIN_LIMIT",
+    "DEFAULT_REFUSAL_AUDIT_LIMIT",
     "DEFAULT_USER_COMMAND_LIMIT",
     "DEFAULT_VEHICLE_COMMAND_LIMIT",
     "Limit",
@@ -54,6 +55,9 @@ DEFAULT_VEHICLE_COMMAND_LIMIT: Final = Limit(rate=0.2, burst=10)
 DEFAULT_LOGIN_LIMIT: Final = Limit(rate=10 / 60, burst=10)
 #: sharing invitations per user: a family shares a car a few times, not hundreds
 DEFAULT_INVITATION_LIMIT: Final = Limit(rate=20 / 3600, burst=10)
+#: refused or failed attempts written to the audit log per caller (a user, else a client
+#: address): the log is append-only, so each is a row for good (security review 5)
+DEFAULT_REFUSAL_AUDIT_LIMIT: Final = Limit(rate=1.0, burst=120)
 
 
 def parse_limit(text: str) -> Limit | None:

@@ -19,6 +19,7 @@ the gap rows to delete and insert. A number already seen (a redelivery) changes 
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -75,7 +76,9 @@ def _gaps_between(numbers: Sequence[int]) -> list[Gap]:
 
 def advance(state: SeqRange | None, seqs: Sequence[int], known: Sequence[Gap] = ()) -> Advance:
     """The range after receiving ``seqs`` (sorted, distinct). ``known``: the stored gaps
-    overlapping :func:`inside` (the others are untouched and need not be passed)."""
+    that hold one of ``seqs`` (those overlapping :func:`inside` will do; a gap that holds
+    none of them is untouched and need not be passed, which bounds the work by the
+    batch's numbers, whatever gaps its vehicle has)."""
     if not seqs:
         raise ValueError("advance() needs at least one number")
     if state is None:
@@ -111,8 +114,9 @@ def _fill(known: Sequence[Gap], numbers: Sequence[int]) -> tuple[list[Gap], list
     removed: list[Gap] = []
     remains: list[Gap] = []
     filled = 0
+    ordered = sorted(numbers)
     for gap in sorted(known):
-        hits = [n for n in numbers if gap.start <= n <= gap.end]
+        hits = ordered[bisect_left(ordered, gap.start) : bisect_right(ordered, gap.end)]
         if not hits:
             continue
         removed.append(gap)

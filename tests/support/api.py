@@ -33,6 +33,7 @@ def auth_settings_for_tests(**overrides: Any) -> AuthSettings:
         "vehicle_command_limit": None,
         "login_limit": None,
         "invitation_limit": None,
+        "refusal_audit_limit": None,
         # the TestClient speaks plain HTTP (tests of the flag set it)
         "cookie_secure": False,
     }

@@ -27,6 +27,7 @@ from gateway.api.params import iso, iso_or_none
 from gateway.api.routes.common import ACCOUNT_ERRORS
 from gateway.api.security import forbidden, vehicle_not_found
 from gateway.core.handover import HANDOVER_SIGNALS, Snapshot, snapshot, state_at
+from gateway.core.policy import READ_SERVICE
 from gateway.statedb.fleet_log import AlertFilter
 from gateway.store.base import TelemetryReader
 from gateway.text import for_spreadsheet
@@ -183,17 +184,27 @@ def handover(
     ] = "json",
 ) -> Any:
     """The vehicle's managers (owner, fleet managers, administrators) and the grant's
-    driver. Check-out is when the grant began, check-in when it was revoked (or now, while
-    it runs); the figures are the last the car reported at or before each moment, in the
-    current holding period. `format=html` is a page to print or save as PDF, with the same
-    figures."""
+    driver, if the grant lets them read the car (its services list `read`; a grant for
+    remote services only gives no state of the car, 403). Check-out is when the grant
+    began, check-in when it was revoked (or now, while it runs); the figures are the last
+    the car reported at or before each moment, in the current holding period.
+    `format=html` is a page to print or save as PDF, with the same figures."""
     vin = vin_or_422(vin, ["path", "vin"])
     access, vehicle = context.lookup(principal, vin)
     grant = context.accounts.get_grant(grant_id)
     mine = grant is not None and grant.user_id == principal.user_id
     if vehicle is None or not vehicle.active or not (access.read or mine):
         raise vehicle_not_found(vin)
-    if not (access.manage or mine):
+    # security review 5: the report of a running grant is the car's state now (position,
+    # odometer, fault codes), so the grant's holder needs the grant's `read` service, as for
+    # every other read of the car's data
+    if not (access.manage or (mine and grant is not None and READ_SERVICE in grant.services)):
+        if mine:
+            raise forbidden(
+                f"Your grant of vehicle {vin} is for remote services only, not to read its "
+                "state (the grant's services do not include 'read'), so it has no handover "
+                "report for you; the vehicle's managers read it."
+            )
         raise forbidden(
             f"You can see vehicle {vin} but not its handover reports: only its managers and "
             "the grant's driver can."
