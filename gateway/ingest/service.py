@@ -45,7 +45,14 @@ from gmqtt import Client as MqttClient
 from gmqtt.mqtt.constants import MQTTv50
 
 from gateway import metrics
-from gateway.core.batching import Batcher, BatchPolicy, IngestBatch, QuarantineEntry, Tenure
+from gateway.core.batching import (
+    Batcher,
+    BatchPolicy,
+    IngestBatch,
+    QuarantineEntry,
+    Tenure,
+    refuse_after_revocation,
+)
 from gateway.core.clock import wall_clock_ms
 from gateway.core.feedback import feedback_messages
 from gateway.errors import ConfigurationError, StoreError
@@ -189,7 +196,7 @@ class IngestService:
             await self._commit_current()
 
     async def _commit_current(self) -> None:
-        batch = self._current_tenures(self._batcher.take())
+        batch = refuse_after_revocation(self._current_tenures(self._batcher.take()))
         acks, self._acks, self._first_at = self._acks, [], None
         deferred, self._deferred = self._deferred, []
         for topic, payload, ack, properties in deferred:  # they start the next batch
@@ -225,7 +232,9 @@ class IngestService:
         holder in between would otherwise have the new unit's first samples filed under the
         previous holder. Every message of ``batch`` arrived before this read, so a claim
         made before a message arrived is seen; the store then files each sample by its own
-        time against the new period's start (``Tenure.of``)."""
+        time against the new period's start (``Tenure.of``). A VIN revoked meanwhile gets
+        its ended period with its end, so what its unit stamped after the revocation is
+        refused (``refuse_after_revocation``), what it stamped before is kept."""
         if self._current_tenures_of is None or not batch.tenures:
             return batch
         fresh = self._current_tenures_of()
