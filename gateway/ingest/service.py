@@ -83,6 +83,9 @@ class IngestSettings:
     limits: Limits = DEFAULT_LIMITS
     #: pause after a failed commit before trying the same batch again
     retry_backoff_s: float = 1.0
+    #: the installation's edge brokers (0: units connect to this broker): feedback notices
+    #: are published under their VIN's edge prefix (schemas.edges.routed_topic)
+    edge_brokers: int = 0
 
     def topic_filters(self) -> list[str]:
         return [f"$share/{self.share_group}/{f}" for f in subscription_filters()]
@@ -253,7 +256,7 @@ class IngestService:
             return
         try:
             for topic, payload in feedback_messages(
-                batch.quarantine, self._feedback, self._clock_ms()
+                batch.quarantine, self._feedback, self._clock_ms(), self.settings.edge_brokers
             ):
                 client.publish(topic, payload, qos=0)
         except Exception:
