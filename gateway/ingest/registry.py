@@ -9,7 +9,11 @@ store for a VIN nobody provisioned. Refused messages go to the quarantine with r
 
 The tenure is what the gateway stamps on everything it stores for the VIN, so that the data
 belongs to the account that held the VIN when it was recorded and a later holder starts
-with an empty vehicle (docs/decisions/0009-vehicle-ownership-periods.md).
+with an empty vehicle (docs/decisions/0009-vehicle-ownership-periods.md). A period has an
+end as well as a start: the registry also keeps every revoked VIN's last period with its
+end, and each active one's previous period's end, so that a sample its unit stamped after
+a revocation is refused rather than filed in the ended period
+(``gateway.core.batching.refuse_after_revocation``).
 
 The map is held in memory and reloaded when the state database's broker-identity version
 changes (one integer read every ``interval_s``, and one before every commit; provisioning
