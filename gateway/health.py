@@ -42,12 +42,15 @@ __all__ = [
     "HEARTBEAT_INTERVAL_S",
     "STALE_AFTER_S",
     "SUPERVISOR_FILE_NAME",
+    "Applied",
     "Component",
     "GatewayHeartbeat",
     "HealthReport",
+    "broker_applied",
     "broker_has_identities",
     "broker_has_identities_async",
     "broker_loaded",
+    "broker_wait",
     "evaluate",
     "gateway_heartbeat_path",
     "read_gateway_heartbeats",
@@ -144,45 +147,104 @@ def read_supervisor_status(directory: Path) -> dict[str, Any] | None:
     return _read_json(directory / SUPERVISOR_FILE_NAME)
 
 
-def broker_loaded(directory: Path, version: int, *, now_ms: Callable[[], int]) -> bool | None:
+Applied = Literal["applied", "pending", "not_responding"]
+"""Where a broker stands with an identity version: loaded it; not yet; or its process is
+stopped (SIGSTOP), so waiting for it is pointless until it runs again."""
+
+
+def broker_applied(
+    directory: Path, version: int, *, now_ms: Callable[[], int], edge: int | None = None
+) -> Applied | None:
     """Has the private broker of the installation whose health directory this is loaded the
-    state database's identities up to ``version``? With edge brokers the supervisor reports
-    the lowest version every broker has loaded. None when no running ``telematics up`` with
-    a private closed broker reports here (nothing to wait for: another broker, or none)."""
+    state database's identities up to ``version``? With edge brokers, ``edge`` None asks
+    for every broker (the supervisor reports the lowest version all have loaded), ``edge``
+    i for the core and edge i only (what one VIN's login depends on, decision 0038).
+    ``not_responding`` as soon as one of them is stopped and has not loaded it. None when
+    no running ``telematics up`` with a private closed broker reports here (nothing to wait
+    for: another broker, or none)."""
     status = read_supervisor_status(directory)
     broker = None if status is None else status.get("broker")
-    loaded = None if not isinstance(broker, dict) else broker.get("identities_version")
     fresh = status is not None and now_ms() - int(status.get("updated_at_ms", 0)) < 5_000
-    if not fresh or not isinstance(loaded, int):
+    if not fresh or not isinstance(broker, dict):
         return None
-    return loaded >= version
+    edges = [e for e in (status or {}).get("edges", []) if isinstance(e, dict)]
+    if edge is not None and 1 <= edge <= len(edges):
+        core = {**broker, "identities_version": broker.get("own_identities_version")}
+        asked = [core, edges[edge - 1]]
+    else:
+        asked = [broker, *edges]
+    if not isinstance(broker.get("identities_version"), int):
+        return None
+    state: Applied = "applied"
+    for one in asked:
+        loaded = one.get("identities_version")
+        if isinstance(loaded, int) and loaded >= version:
+            continue
+        if one.get("responding") is False:
+            return "not_responding"
+        state = "pending"
+    return state
+
+
+def broker_loaded(
+    directory: Path, version: int, *, now_ms: Callable[[], int], edge: int | None = None
+) -> bool | None:
+    """``broker_applied`` as True (loaded), False (not yet, or not responding) or None."""
+    state = broker_applied(directory, version, now_ms=now_ms, edge=edge)
+    return None if state is None else state == "applied"
 
 
 def broker_has_identities(
-    directory: Path, version: int, *, timeout_s: float, now_ms: Callable[[], int]
+    directory: Path,
+    version: int,
+    *,
+    timeout_s: float,
+    now_ms: Callable[[], int],
+    edge: int | None = None,
 ) -> bool | None:
-    """Wait until ``broker_loaded`` (what provisioning or a revocation just produced): True
-    once it has, False after ``timeout_s``, None when there is nothing to wait for."""
+    """Wait until ``broker_applied`` (what provisioning or a revocation just produced): True
+    once it has, False after ``timeout_s`` or at once when a broker it needs is stopped,
+    None when there is nothing to wait for."""
+    state = broker_wait(directory, version, timeout_s=timeout_s, now_ms=now_ms, edge=edge)
+    return None if state is None else state == "applied"
+
+
+def broker_wait(
+    directory: Path,
+    version: int,
+    *,
+    timeout_s: float,
+    now_ms: Callable[[], int],
+    edge: int | None = None,
+) -> Applied | None:
+    """``broker_has_identities`` with the reason when not applied (``pending`` after
+    ``timeout_s``, ``not_responding`` at once)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        done = broker_loaded(directory, version, now_ms=now_ms)
-        if done is not False or time.monotonic() >= deadline:
-            return done
+        state = broker_applied(directory, version, now_ms=now_ms, edge=edge)
+        if state != "pending" or time.monotonic() >= deadline:
+            return state
         time.sleep(0.1)
 
 
 async def broker_has_identities_async(
-    directory: Path, version: int, *, timeout_s: float, now_ms: Callable[[], int]
-) -> bool | None:
-    """``broker_has_identities`` for the API: polls without blocking the event loop (the
-    status file is a few hundred bytes, read in a worker thread)."""
+    directory: Path,
+    version: int,
+    *,
+    timeout_s: float,
+    now_ms: Callable[[], int],
+    edge: int | None = None,
+) -> Applied | None:
+    """``broker_has_identities`` for the API, with the reason when not applied (``pending``
+    after ``timeout_s``, ``not_responding`` at once): polls without blocking the event
+    loop (the status file is a few hundred bytes, read in a worker thread)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        done = await anyio.to_thread.run_sync(
-            functools.partial(broker_loaded, directory, version, now_ms=now_ms)
+        state = await anyio.to_thread.run_sync(
+            functools.partial(broker_applied, directory, version, now_ms=now_ms, edge=edge)
         )
-        if done is not False or time.monotonic() >= deadline:
-            return done
+        if state != "pending" or time.monotonic() >= deadline:
+            return state
         await anyio.sleep(0.1)
 
 
@@ -219,18 +281,10 @@ def _supervised(supervisor: Mapping[str, Any] | None, now_ms: int) -> dict[str, 
     out: dict[str, Component] = {}
     broker = supervisor.get("broker")
     if isinstance(broker, dict):
-        running = broker.get("state") == "running"
-        out["broker_process"] = Component(
-            "ok" if running else "unavailable",
-            f"private broker {broker.get('state')}, {broker.get('restarts', 0)} restarts",
-        )
+        out["broker_process"] = _broker_component("private broker", broker)
     for i, edge in enumerate(supervisor.get("edges", []), start=1):
         if isinstance(edge, dict):  # the units' brokers (decision 0038): required as well
-            running = edge.get("state") == "running"
-            out[f"edge_broker:{i}"] = Component(
-                "ok" if running else "unavailable",
-                f"edge broker {i} {edge.get('state')}, {edge.get('restarts', 0)} restarts",
-            )
+            out[f"edge_broker:{i}"] = _broker_component(f"edge broker {i}", edge)
     for part in supervisor.get("parts", []):
         if not isinstance(part, dict):
             continue
@@ -247,6 +301,18 @@ def _supervised(supervisor: Mapping[str, Any] | None, now_ms: int) -> dict[str, 
                 detail += ", crash-looping"
         out[f"part:{part.get('name')}"] = Component(status, detail, required=not optional)
     return out
+
+
+def _broker_component(name: str, broker: Mapping[str, Any]) -> Component:
+    running = broker.get("state") == "running"
+    detail = f"{name} {broker.get('state')}, {broker.get('restarts', 0)} restarts"
+    if running and broker.get("responding") is False:
+        detail += (
+            f", not responding: its process {broker.get('pid')} is stopped (SIGSTOP?); "
+            "its units and provisioning for them wait until it runs again"
+        )
+        return Component("unavailable", detail)
+    return Component("ok" if running else "unavailable", detail)
 
 
 def evaluate(

@@ -52,7 +52,7 @@ from gateway.broker.auth import BrokerAuthSync
 from gateway.broker.persistence import write_subscriptions
 from gateway.health import SUPERVISOR_FILE_NAME, write_status_file
 
-__all__ = ["BrokerKeeper", "Part", "RestartPolicy", "Supervisor"]
+__all__ = ["BrokerKeeper", "Part", "RestartPolicy", "Supervisor", "process_stopped"]
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +243,8 @@ class BrokerKeeper:
         self.life = _Lifecycle(policy)
         self.sync = sync(self) if sync is not None else None
         self._saves_due: list[float] = []
+        #: the process was stopped (SIGSTOP, a debugger) at the last check: logged once
+        self._was_stopped = False
 
     @property
     def url(self) -> str:
@@ -279,8 +281,9 @@ class BrokerKeeper:
 
     def check(self, now: float) -> None:
         """Restart the broker if it died (after the policy's delay); have it save its state
-        when that is due."""
+        when that is due; say (once) when it stops responding or responds again."""
         if self.process.is_running():
+            self._note_stopped()
             if self._saves_due and now >= self._saves_due[0]:
                 self._saves_due.pop(0)
                 self.process.save()
@@ -310,6 +313,30 @@ class BrokerKeeper:
                 return
             self._started(now, restart=True)
         log.warning("%s is back at %s", self.name, self.process.url)
+
+    def responding(self) -> bool:
+        """False while the broker's process is stopped (SIGSTOP, a debugger, a frozen
+        cgroup: ``/proc/PID/stat`` state ``T`` or ``t``): it holds its connections and
+        answers nothing, so nobody should wait for it (``gateway.health``). A broker that
+        is not running is restarted by :meth:`check` and counts as responding (soon)."""
+        pid = self.process.pid if self.process.is_running() else None
+        return pid is None or not process_stopped(pid)
+
+    def _note_stopped(self) -> None:
+        stopped = not self.responding()
+        if stopped == self._was_stopped:
+            return
+        self._was_stopped = stopped
+        if stopped:
+            log.warning(
+                "%s is not responding: its process %s is stopped (SIGSTOP?); provisioning "
+                "answers Broker-Applied: false at once for its vehicles, and its units wait, "
+                "until it runs again (SIGCONT)",
+                self.name,
+                self.process.pid,
+            )
+        else:
+            log.warning("%s responds again (process %s runs)", self.name, self.process.pid)
 
     def _render(self) -> None:
         """What every start needs first: the sessions' subscriptions in the persistence
@@ -359,10 +386,25 @@ class BrokerKeeper:
             "restarts": self.life.restarts,
             "last_exit": self.life.last_exit,
             "crash_looping": self.life.crash_looping,
+            # False while the process is stopped: nobody waits for it (gateway.health)
+            "responding": self.responding(),
             # the state database's identity version the broker has loaded: `telematics
             # vehicle add` waits for it (gateway.health.broker_has_identities)
             "identities_version": None if self.sync is None else self.sync.synced_version,
         }
+
+
+def process_stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped by a signal or a tracer (state ``T`` or ``t`` in
+    ``/proc/PID/stat``); False when that cannot be read (gone, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    # "pid (comm) S ...": the command name may hold spaces and parentheses
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    return state in (b"T", b"t")
 
 
 class Supervisor:
@@ -452,6 +494,8 @@ class Supervisor:
             *(e.status()["identities_version"] for e in self.edges),
         ]
         if self.edges:
+            # the core's own, for a wait that needs only the core and one edge (the API's)
+            status["own_identities_version"] = status["identities_version"]
             known = [v for v in versions if v is not None]
             status["identities_version"] = min(known) if len(known) == len(versions) else None
         return status

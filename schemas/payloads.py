@@ -96,6 +96,10 @@ class Reason(enum.StrEnum):
     #: a message on the topic of a vehicle that is not provisioned (or was revoked): the
     #: broker's ACL should have stopped it; the gateway refuses it as well
     UNPROVISIONED_VEHICLE = "unprovisioned_vehicle"
+    #: a sample or event whose ``ts`` is at or after the end (revocation) of the holding
+    #: period it would be filed in: taken when nobody held the vehicle, or by a revoked unit
+    #: in the moment before the broker dropped it
+    AFTER_REVOCATION = "after_revocation"
     #: a command result whose MQTT 5 correlation data differs from its body's command id
     CORRELATION_MISMATCH = "correlation_mismatch"
 

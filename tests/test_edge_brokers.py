@@ -35,7 +35,7 @@ from gateway.broker.auth import (
 )
 from gateway.broker.control import login_code
 from gateway.broker.edges import bridge_lines, bridge_username
-from schemas.edges import edge_index
+from schemas.edges import edge_index, routed_topic
 from tests.support.mqtt_raw import Mqtt5Client
 from tests.support.up import start_healthy
 from tests.support.waiting import wait_until
@@ -202,11 +202,60 @@ def test_telemetry_goes_out_and_commands_come_in_each_to_its_own_vehicle(
     # commands from the core: each reaches its own unit, through its own edge, only
     commander = cluster.service("commands")
     for vin in (a, b):
-        assert commander.publish(f"v1/vehicles/{vin}/commands", vin.encode()) < 0x80
+        topic = routed_topic(f"v1/vehicles/{vin}/commands", vin, 2)
+        assert commander.publish(topic, vin.encode()) < 0x80
     assert unit_a.receive(10) == (f"v1/vehicles/{a}/commands", a.encode())
     assert unit_b.receive(10) == (f"v1/vehicles/{b}/commands", b.encode())
     assert unit_a.receive(1) is None
     assert unit_b.receive(1) is None
+
+
+def test_an_edge_gets_the_commands_and_notices_of_its_own_vehicles_only(
+    cluster: Cluster,
+) -> None:
+    """Every command used to be bridged to every edge (``v1/vehicles/+/commands in``): each
+    edge received, and dropped, the commands of every other edge's vehicles. Now the core's
+    publishers route by VIN (``routed_topic``: ``edges/<i>/`` + the contract's topic) and
+    each bridge subscribes its own prefix, so nothing of edge 2's vehicles reaches edge 1,
+    without a restart when vehicles are provisioned (the assignment is the VIN's hash)."""
+    from gateway.core.batching import QuarantineEntry
+    from gateway.core.feedback import feedback_messages
+    from schemas import Reason, Rejection
+    from schemas.feedback import FeedbackLimiter
+
+    on_edge = {}
+    for i in (1, 2):  # everything of the vehicles' topics that reaches each edge
+        watcher, code = cluster.connect(
+            cluster.edges[i].port, f"watch-{i}", SERVICE, SERVICE_SECRET
+        )
+        assert code == 0
+        assert watcher.subscribe("v1/vehicles/+/commands") == 1
+        assert watcher.subscribe("v1/vehicles/+/feedback") == 1
+        on_edge[i] = watcher
+    commander = cluster.service("commands")
+    for vins in cluster.vins.values():
+        for vin in vins:
+            assert commander.publish(_command_topic(vin), vin.encode()) < 0x80
+            # the gateway's feedback notice, as it publishes it
+            entry = QuarantineEntry(
+                1, f"v1/vehicles/{vin}/telemetry", b"{", Rejection(Reason.MALFORMED_JSON, "x", vin)
+            )
+            [(topic, notice)] = feedback_messages([entry], FeedbackLimiter(), 1, edges=2)
+            assert commander.publish(topic, notice) < 0x80
+    for i, watcher in on_edge.items():
+        got = []
+        while (message := watcher.receive(3)) is not None:
+            got.append(message[0])
+        mine = cluster.vins[i]
+        assert sorted(got) == sorted(
+            [f"v1/vehicles/{v}/commands" for v in mine]
+            + [f"v1/vehicles/{v}/feedback" for v in mine]
+        ), (i, got)
+
+
+def _command_topic(vin: str) -> str:
+    """Where the command service publishes ``vin``'s command on the core of two edges."""
+    return routed_topic(f"v1/vehicles/{vin}/commands", vin, 2)
 
 
 # --- as an attacker ---------------------------------------------------------------------------
@@ -273,8 +322,17 @@ def test_the_bridge_role_is_rendered_with_its_client_id_bound() -> None:
     assert client["clientid"] == "telematics-edge-1"
     (role,) = [r for r in document["roles"] if r["rolename"] == client["roles"][0]["rolename"]]
     kinds = {(a["acltype"], a["topic"]) for a in role["acls"]}
-    assert ("subscribePattern", "v1/vehicles/+/commands") in kinds
-    assert all(t.startswith("v1/vehicles/+/") for _, t in kinds)
+    # what it reads on the core: under the edges' prefixes (routed_topic), nothing else
+    assert ("subscribePattern", "edges/+/v1/vehicles/+/commands") in kinds
+    assert all(t.startswith(("v1/vehicles/+/", "edges/+/v1/vehicles/+/")) for _, t in kinds)
+    assert not any(k.startswith("subscribe") and t.startswith("v1/") for k, t in kinds)
+    # the service account may route commands to the edges on a core with bridges only
+    routed = ("publishClientSend", "edges/+/v1/vehicles/+/commands")
+    service = ServiceIdentity(SERVICE, hash_password("y"))
+    for services, expected in (([service, bridge], True), ([service], False)):
+        roles = json.loads(render_dynsec([], services))["roles"]
+        (svc,) = [r for r in roles if r["rolename"] == "telematics-service"]
+        assert (routed in {(a["acltype"], a["topic"]) for a in svc["acls"]}) is expected
     assert not any(k.startswith("subscribe") and t.endswith("telemetry") for k, t in kinds)
 
 
@@ -512,7 +570,7 @@ def test_a_commands_message_expiry_crosses_the_bridge(cluster: Cluster) -> None:
         props = Properties(PacketTypes.PUBLISH)
         props.MessageExpiryInterval = 120
         sender.publish(
-            f"v1/vehicles/{vin}/commands", b"c", qos=1, properties=props
+            routed_topic(f"v1/vehicles/{vin}/commands", vin, 2), b"c", qos=1, properties=props
         ).wait_for_publish(10)
     finally:
         sender.loop_stop()
@@ -523,3 +581,117 @@ def test_a_commands_message_expiry_crosses_the_bridge(cluster: Cluster) -> None:
     expiry = got[2].get(0x02)
     assert isinstance(expiry, int)
     assert 0 < expiry <= 120
+
+
+def test_a_stopped_edge_holds_up_no_provisioning_and_commands_reach_their_edge(
+    tmp_path: Path,
+) -> None:
+    """Found from outside: with one edge stopped (SIGSTOP: a hung process), every
+    provisioning call took 5 s and answered ``Broker-Applied: false``, for VINs of the
+    healthy edge too, because the API waited for the lowest identity version of every
+    broker. Now it waits for the VIN's own edge (and the core): a VIN of the healthy edge
+    is answered as soon as its edge has the password (``true``, and the unit logs in), a
+    VIN of the stopped edge at once with ``false``; ``/healthz`` and the log say which edge
+    does not respond. Once the edge runs again it catches up."""
+    import httpx
+
+    from gateway.statedb import AccountRepository, StateDatabase
+    from gateway.statedb.database import default_url
+
+    vins = _vins_by_edge(2, 2)
+    with _up(tmp_path, 2) as (data, core_port, api_port):
+        api = f"http://127.0.0.1:{api_port}"
+        db = StateDatabase(default_url(data))
+        try:
+            account_id = AccountRepository(db).create_account("organization", "o", now=1).id
+        finally:
+            db.dispose()
+        r = httpx.post(
+            f"{api}/v1/auth/token",
+            data={"grant_type": "password", "username": "admin@localhost",
+                  "password": "edge-admin-password-1"},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        admin = {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+        def provision(vin: str) -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            r = httpx.post(
+                f"{api}/v1/vehicles",
+                json={"vin": vin, "account_id": account_id},
+                headers=admin,
+                timeout=30,
+            )
+            assert r.status_code == 201, r.text
+            return r, time.monotonic() - started
+
+        # both edges healthy: the answer waits until the VIN's edge has the password
+        r, _ = provision(vins[1][0])
+        assert r.headers["Broker-Applied"] == "true"
+        # a command through the API reaches the unit at its edge (routed on the core)
+        _command_reaches(api, admin, data, core_port + 1, vins[1][0], r.json()["mqtt"]["password"])
+        stopped = _supervisor(data)["edges"][1]["pid"]
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            wait_until(
+                lambda: _supervisor(data)["edges"][1].get("responding") is False,
+                timeout=10,
+                what="the supervisor to see edge 2 stopped",
+            )
+            r, took = provision(vins[1][1])
+            password = r.json()["mqtt"]["password"]
+            assert r.headers["Broker-Applied"] == "true", took
+            assert took < 3.0  # was 5 s (the wait for every edge timed out)
+            assert (
+                login_code("127.0.0.1", core_port + 1, vins[1][1], password, client_id=vins[1][1])
+                == 0
+            )
+            r, took = provision(vins[2][0])
+            stuck_password = r.json()["mqtt"]["password"]
+            assert r.headers["Broker-Applied"] == "false"
+            assert took < 3.0  # at once, not after 5 s
+            health = httpx.get(f"{api}/healthz").json()
+            edge = health["components"]["edge_broker:2"]
+            assert edge["status"] == "unavailable", health
+            assert "not responding" in edge["detail"], health
+            assert health["components"]["edge_broker:1"]["status"] == "ok", health
+            wait_until(
+                lambda: "edge broker 2 is not responding" in (tmp_path / "up.log").read_text(),
+                timeout=10,
+                what="the supervisor's warning",
+            )
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        wait_until(
+            lambda: (
+                login_code(
+                    "127.0.0.1", core_port + 2, vins[2][0], stuck_password, client_id=vins[2][0]
+                )
+                == 0
+            ),
+            timeout=60,
+            what="the edge that ran again to take its VIN's password",
+        )
+        assert _supervisor(data)["edges"][1]["responding"] is True
+
+
+def _command_reaches(
+    api: str, admin: dict[str, str], data: Path, port: int, vin: str, password: str
+) -> None:
+    """A unit at its edge (``port``) reports once, then gets a command sent through the API."""
+    import httpx
+
+    unit, code = Mqtt5Client.connect("127.0.0.1", port, vin, username=vin, password=password)
+    try:
+        assert code == 0
+        assert unit.subscribe(f"v1/vehicles/{vin}/commands") == 1
+        assert unit.publish(f"v1/vehicles/{vin}/telemetry", _sample(vin, 1)) == 0
+        wait_until(lambda: vin in _stored(data), timeout=30, what="its first sample")
+        r = httpx.post(f"{api}/v1/vehicles/{vin}/commands", json={"type": "locate"}, headers=admin)
+        assert r.status_code in (201, 202), r.text
+        got = unit.receive(20)
+        assert got is not None
+        assert got[0] == f"v1/vehicles/{vin}/commands"
+        assert orjson.loads(got[1])["command_id"] == r.json()["id"]
+    finally:
+        unit.close()

@@ -8,6 +8,7 @@ broker turning ``/healthz`` red, then green) is ``tests/test_up_resilience.py``.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from gateway.health import (
     SUPERVISOR_FILE_NAME,
     GatewayHeartbeat,
     broker_has_identities,
+    broker_wait,
     evaluate,
     gateway_heartbeat_path,
     read_gateway_heartbeats,
@@ -176,3 +178,82 @@ def test_vehicle_add_waits_for_the_broker_that_this_installation_runs(tmp_path: 
         assert wait(4, timeout_s=5) is True
     finally:
         timer.join()
+
+
+def test_a_stopped_edge_is_reported_and_waited_for_by_no_one(tmp_path: Path) -> None:
+    """With edge brokers a VIN's login needs the core and its own edge only (0038): the wait
+    asks those, and a broker whose process is stopped (``responding`` false) ends the wait
+    at once instead of after the timeout; ``/healthz`` names it."""
+    now = 1_000_000
+
+    def status(core: int, edges: list[tuple[int, bool]]) -> None:
+        write_status_file(
+            tmp_path / SUPERVISOR_FILE_NAME,
+            {
+                "updated_at_ms": now,
+                "broker": {
+                    "identities_version": min([core, *(v for v, _ in edges)]),
+                    "own_identities_version": core,
+                    "responding": True,
+                },
+                "edges": [{"identities_version": v, "responding": r} for v, r in edges],
+                "parts": [],
+            },
+        )
+
+    def state(version: int, edge: int | None) -> str | None:
+        return broker_wait(tmp_path, version, timeout_s=3, now_ms=lambda: now, edge=edge)
+
+    status(5, [(5, True), (4, False)])  # edge 2 stopped before it took version 5
+    started = time.monotonic()
+    assert state(5, edge=1) == "applied"
+    assert state(5, edge=2) == "not_responding"
+    assert state(5, edge=None) == "not_responding"  # `telematics vehicle add`: every broker
+    assert time.monotonic() - started < 1  # none of them waited for the timeout
+    status(5, [(5, True), (5, False)])  # stopped after it took the version: nothing missing
+    assert state(5, edge=2) == "applied"
+    status(5, [(4, True), (5, True)])  # edge 1 slow but running: waited for, then pending
+    assert state(5, edge=1) == "pending"
+
+    edges = [
+        {"state": "running", "restarts": 0, "responding": True, "pid": 10},
+        {"state": "running", "restarts": 0, "responding": False, "pid": 11},
+    ]
+    report = evaluate(
+        telemetry_store=None,
+        state_database=None,
+        command_broker=True,
+        gateways=[beat("gw-1")],
+        supervisor={**supervisor(part("api")), "edges": edges},
+        now_ms=NOW,
+    )
+    assert report.status == "unavailable"
+    assert report.components["edge_broker:1"].status == "ok"
+    stopped = report.components["edge_broker:2"]
+    assert stopped.status == "unavailable"
+    assert "not responding: its process 11 is stopped" in stopped.detail
+
+
+def test_a_stopped_process_is_told_from_a_running_one() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from gateway.supervisor import process_stopped
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_stopped(child.pid) is False
+        child.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not process_stopped(child.pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        child.send_signal(signal.SIGCONT)
+        while process_stopped(child.pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        child.kill()
+        child.wait()
+    assert process_stopped(child.pid) is False  # gone: not stopped

@@ -9,8 +9,10 @@ tests/test_abuse_api_ownership.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,8 @@ from sqlalchemy import text
 
 from gateway.core.batching import Batcher
 from gateway.core.lifecycle import CommandEvent, CommandStatus
+from gateway.ingest.registry import VehicleRegistry
+from gateway.ingest.service import IngestService, IngestSettings
 from gateway.statedb import (
     AccountRepository,
     CommandRepository,
@@ -230,6 +234,13 @@ def sample_message(vin: str, seq: int, ts: int = NOW) -> tuple[str, bytes]:
     return (
         f"v1/vehicles/{vin}/telemetry",
         f'{{"vin": "{vin}", "seq": {seq}, "ts": {ts}, "signals": {{"{SPEED}": 1.0}}}}'.encode(),
+    )
+
+
+def event_message(vin: str, seq: int, ts: int = NOW) -> tuple[str, bytes]:
+    return (
+        f"v1/vehicles/{vin}/events",
+        f'{{"vin": "{vin}", "seq": {seq}, "ts": {ts}, "type": "ignition_on"}}'.encode(),
     )
 
 
@@ -574,3 +585,117 @@ def test_ending_a_users_sessions_ends_tokens_and_keys(repo: AccountRepository) -
         == "revoked"
     )
     assert repo.end_user_sessions(user.id + 100, now=NOW) == SessionsEnded(0, 0)
+
+
+# --- the end of a period: nothing stamped after a revocation is filed in the ended one --------
+
+
+@dataclass
+class _Wired:
+    repo: AccountRepository
+    store: SqliteTelemetryStore
+    service: IngestService
+
+
+@pytest.fixture
+def wired(tmp_path: Path, state_db_url: str) -> Iterator[_Wired]:
+    """A state database with VIN provisioned, the gateway's registry on it (loaded) and an
+    ingest service that looks tenures up there, as ``telematics gateway`` wires them."""
+    database = StateDatabase(state_db_url)
+    database.upgrade()
+    repo = AccountRepository(database)
+    account = repo.create_account("organization", "first", now=0)
+    provision(repo, account.id, NOW - 60_000)
+    registry = VehicleRegistry(state_db_url)
+    registry.open()
+    store = SqliteTelemetryStore(tmp_path / "telemetry.db")
+    service = IngestService(
+        IngestSettings(),
+        store,
+        clock_ms=lambda: NOW + 20,
+        tenure_of=registry.tenure_of,
+        current_tenures=registry.current_tenures,
+    )
+    try:
+        yield _Wired(repo, store, service)
+    finally:
+        store.close()
+        registry.close()
+        database.dispose()
+
+
+def test_a_sample_stamped_after_the_revocation_is_refused_not_filed_in_the_ended_period(
+    wired: _Wired,
+) -> None:
+    """Found from outside: a sample stamped 7 ms after ``revoked_at`` was stored in the
+    ended period. The unit is still connected for a moment after the revocation commits
+    (until the broker drops its login) and the registry's map still admits it, so its
+    samples went into the open batch with the old period, and at the commit a VIN gone
+    from the map kept that period. Now a sample is filed by its own time against the
+    period's end as well as its start: stamped before ``revoked_at`` it is kept (a unit's
+    buffer arriving late), at or after it is quarantined as ``after_revocation``, under
+    the ended period's number so an operator finds it by VIN."""
+    service, store = wired.service, wired.store
+
+    async def scenario() -> None:
+        service._receive(*sample_message(VIN, 1, NOW - 100), None, {})
+        wired.repo.revoke_vehicle(VIN, now=NOW)  # the registry's periodic reload has not run
+        service._receive(*sample_message(VIN, 2, NOW - 1), None, {})
+        service._receive(*sample_message(VIN, 3, NOW + 7), None, {})
+        service._receive(*event_message(VIN, 4, NOW), None, {})
+        await service._commit_current()
+
+    asyncio.run(scenario())
+    assert speeds(store, VIN, 1) == [(1, 1.0), (2, 1.0)]
+    assert store.events_after(0, limit=10, vin=VIN, tenure=1) == []
+    refused = store.quarantine(limit=10, vin=VIN)
+    assert sorted((q.topic.rsplit("/", 1)[1], q.seq, q.reason, q.tenure) for q in refused) == [
+        ("events", 4, "after_revocation", 1),
+        ("telemetry", 3, "after_revocation", 1),
+    ]
+    assert all(f"revoked at {NOW}" in q.detail for q in refused)
+    # the operator finds what was refused with its values
+    sample = next(q for q in refused if q.seq == 3)
+    assert json.loads(sample.payload) == {
+        "vin": VIN, "seq": 3, "ts": NOW + 7, "signals": {SPEED: 1.0}
+    }  # fmt: skip
+    assert store.counters()[("telematics_quarantined_total", "after_revocation")] == 2
+
+
+def test_a_sample_stamped_between_two_periods_belongs_to_neither(wired: _Wired) -> None:
+    """Revoked at NOW, claimed again a second later: a sample stamped in between used to
+    be filed in the ended period (``Tenure.of``: everything before the new start is the
+    previous holder's). It belongs to nobody; it is quarantined. What the old unit stamped
+    before the revocation and what the new one stamps after the claim are filed as before."""
+    service, store = wired.service, wired.store
+    wired.repo.revoke_vehicle(VIN, now=NOW)
+    account = wired.repo.create_account("private", "second", now=0)
+    assert provision(wired.repo, account.id, NOW + 1_000) == 2
+
+    async def scenario() -> None:
+        for seq, ts in ((8, NOW - 50), (9, NOW + 7), (10, NOW + 999), (1, NOW + 1_000)):
+            service._receive(*sample_message(VIN, seq, ts), None, {})
+        await service._commit_current()
+
+    asyncio.run(scenario())
+    assert speeds(store, VIN, 1) == [(8, 1.0)]
+    assert speeds(store, VIN, 2) == [(1, 1.0)]
+    refused = store.quarantine(limit=10, vin=VIN)
+    assert sorted((q.seq, q.reason, q.tenure) for q in refused) == [
+        (9, "after_revocation", 1),
+        (10, "after_revocation", 1),
+    ]
+
+
+def test_the_bounds_of_a_period() -> None:
+    first = Tenure(1, 100, ended_at=200)
+    assert [first.ended_before(ts) for ts in (50, 100, 199, 200, 300)] == [
+        None, None, None, 200, 200
+    ]  # fmt: skip
+    second = Tenure(2, 300, previous_ended_at=200)
+    assert [(second.of(ts), second.ended_before(ts)) for ts in (199, 200, 299, 300)] == [
+        (1, None), (1, 200), (1, 200), (2, None)
+    ]  # fmt: skip
+    # a transfer: the next period starts when the previous one ends, no gap
+    assert Tenure(2, 300, previous_ended_at=300).ended_before(299) is None
+    assert Tenure(3, 300).ended_before(10) is None  # the ends unknown: as before

@@ -196,11 +196,13 @@ def test_edge_brokers_listen_after_the_core_and_the_api_tells_units_their_urls()
     ]
     api = _argv(plan, "api")
     assert _value(api, "--edge-broker-urls") == "mqtt://x.example:2001,mqtt://x.example:2002"
-    # the gateways still use the core broker
+    # the gateways still use the core broker, and route their feedback notices by edge
     assert _value(_argv(plan, "gateway-1"), "--mqtt-url") == "mqtt://127.0.0.1:2000"
+    assert _value(_argv(plan, "gateway-1"), "--edge-brokers") == "2"
     assert "edges    2 unit-facing brokers" in banner(plan)
     assert _plan().broker.edge_ports == ()
     assert "--edge-broker-urls" not in _argv(_plan(), "api")
+    assert "--edge-brokers" not in _argv(_plan(), "gateway-1")
 
 
 @pytest.mark.parametrize(

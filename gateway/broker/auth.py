@@ -76,6 +76,7 @@ __all__ = [
     "CONTROL_ACLS",
     "DEFAULT_ITERATIONS",
     "DYNSEC_FILE_NAME",
+    "EDGE_SERVICE_ACLS",
     "PASSWORD_FILE_NAME",
     "SALT_BYTES",
     "SERVICE_ACLS",
@@ -158,10 +159,18 @@ deletes the retained status of a VIN that changed hands or was removed
 (:func:`gateway.broker.control.clear_retained`; the administrator could grant itself any
 right, so this adds none)."""
 
+EDGE_SERVICE_ACLS: tuple[tuple[str, str], ...] = tuple(
+    ("publishClientSend", f"edges/+/v1/vehicles/+/{t}") for t in _VEHICLE_READ
+)
+"""Added to the service account's rights on a core broker with edge brokers (one that has
+bridge accounts): commands and feedback notices routed to their VIN's edge
+(:func:`schemas.edges.routed_topic`, decision 0038)."""
+
 BRIDGE_ACLS: tuple[tuple[str, str], ...] = (
     *(("publishClientSend", f"v1/vehicles/+/{t}") for t in _VEHICLE_WRITE),
-    *(("subscribePattern", f"v1/vehicles/+/{t}") for t in _VEHICLE_READ),
-    *(("publishClientReceive", f"v1/vehicles/+/{t}") for t in _VEHICLE_READ),
+    # under the edges' prefixes (schemas.edges.edge_prefix): each bridge subscribes its own
+    *(("subscribePattern", f"edges/+/v1/vehicles/+/{t}") for t in _VEHICLE_READ),
+    *(("publishClientReceive", f"edges/+/v1/vehicles/+/{t}") for t in _VEHICLE_READ),
 )
 """(ACL type, topic) of an edge broker's bridge on the core broker (decision 0038): what
 its units may write, for every VIN (the edge checked each unit's own rights before it
@@ -460,8 +469,9 @@ def render_dynsec(
     found = sorted(integrations, key=_int_key)
     _check_unique(vehicles, services, found)
     vins = sorted(v.vin for v in vehicles)
+    bridged = any(s.kind == "bridge" for s in services)
     roles = [
-        _role(_SERVICE_ROLE, SERVICE_ACLS),
+        _role(_SERVICE_ROLE, SERVICE_ACLS + (EDGE_SERVICE_ACLS if bridged else ())),
         _role(_CONTROL_ROLE, CONTROL_ACLS),
         _role(_BRIDGE_ROLE, BRIDGE_ACLS),
         *(_role(vehicle_role_name(vin), vehicle_acls(vin)) for vin in vins),

@@ -11,7 +11,10 @@ The bridge (Mosquitto's own, configured by :func:`bridge_lines`):
 
 * out: what units write (``telemetry``, ``events``, ``status``, ``commands/result``), in:
   what the installation sends them (``commands``, ``feedback``), all at QoS 1, retained
-  flags kept;
+  flags kept; in, only what is published on the core under this edge's prefix
+  (``edges/<i>/v1/vehicles/...``, :func:`schemas.edges.routed_topic`: the command service
+  and the gateways route by VIN), the prefix stripped, so an edge gets its own vehicles'
+  commands and no other's, and no restart is needed when a vehicle is provisioned;
 * MQTT 5 to the core (``bridge_protocol_version mqttv50``), so a command's message expiry
   and properties reach the unit as the command service set them;
 * ``cleansession false``: the core keeps the bridge's session (its subscription to the
@@ -36,6 +39,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from schemas.edges import edge_prefix
+
 __all__ = [
     "BRIDGE_IN",
     "BRIDGE_OUT",
@@ -54,7 +59,8 @@ BRIDGE_OUT: tuple[str, ...] = tuple(
 """What the bridge forwards from an edge to the core: everything a unit may write."""
 
 BRIDGE_IN: tuple[str, ...] = ("v1/vehicles/+/commands", "v1/vehicles/+/feedback")
-"""What the bridge forwards from the core to an edge: everything a unit may read."""
+"""What the bridge forwards from the core to an edge: everything a unit may read, of the
+edge's own vehicles (under its prefix on the core, :func:`schemas.edges.edge_prefix`)."""
 
 
 def bridge_username(edge: int) -> str:
@@ -92,5 +98,6 @@ def bridge_lines(
         f"restart_timeout {low} {high}",
         "keepalive_interval 30",
         *(f"topic {t} out 1" for t in BRIDGE_OUT),
-        *(f"topic {t} in 1" for t in BRIDGE_IN),
+        # only this edge's vehicles': the core's publishers route by VIN (edge_prefix)
+        *(f'topic {t} in 1 "" {edge_prefix(edge)}' for t in BRIDGE_IN),
     )

@@ -163,6 +163,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             mqtt=mqtt,
             client_id=args.commands_client_id,
             signing_key_path=signing_key,
+            edge_brokers=len(_edge_urls(args.edge_broker_urls)),
         )
     else:
         log.warning("no --mqtt-url: remote commands are off (their routes answer 503)")

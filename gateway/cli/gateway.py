@@ -41,6 +41,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "provisioned in the state database, or were revoked (env "
         "TELEMATICS_REQUIRE_PROVISIONED=1; `telematics up` turns it on)",
     )
+    gw.add_argument(
+        "--edge-brokers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the installation runs N edge brokers bridged to this one (decision 0038): "
+        "feedback notices go to each vehicle's edge (`telematics up --edge-brokers` sets it)",
+    )
     add_retention(gw, env)
     gw.set_defaults(handler=run)
 
@@ -66,6 +74,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         share_group=args.share_group,
         receive_maximum=args.receive_maximum,
         batch=BatchPolicy(max_delay_s=args.batch_delay_ms / 1000),
+        edge_brokers=args.edge_brokers,
     )
     registry_url = None
     if args.require_provisioned:

@@ -210,6 +210,8 @@ def forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     if getattr(args, "store", None):  # the same telemetry store for all of them
         api += ["--store", args.store]
         gateway += ["--store", args.store]
+    if edge_urls:  # feedback notices go to each VIN's edge (schemas.edges.routed_topic)
+        gateway += ["--edge-brokers", str(len(edge_urls))]
     return api, gateway
 
 

@@ -273,14 +273,21 @@ def _wait_for_broker(args: argparse.Namespace, version: int) -> None:
     """When this data directory's `telematics up` runs its private broker, return once the
     broker has taken what was just changed (it syncs every half second; provisioning many
     vehicles takes longer), so a unit started next is admitted; say so if it takes long."""
-    from gateway.health import HEALTH_DIR_NAME, broker_has_identities
+    from gateway.health import HEALTH_DIR_NAME, broker_wait
 
     health = args.data_dir / HEALTH_DIR_NAME
-    done = broker_has_identities(health, version, timeout_s=2, now_ms=now)
-    if done is False:
+    state = broker_wait(health, version, timeout_s=2, now_ms=now)
+    if state == "pending":
         print("waiting for the broker to take the change ...", file=sys.stderr, flush=True)
-        done = broker_has_identities(health, version, timeout_s=60, now_ms=now)
-    if done is False:
+        state = broker_wait(health, version, timeout_s=60, now_ms=now)
+    if state == "not_responding":
+        print(
+            "warning: a broker of this installation is not responding (its process is "
+            "stopped, see /healthz); its units are refused until it runs again and has "
+            "taken the change",
+            file=sys.stderr,
+        )
+    elif state == "pending":
         print(
             "warning: the broker has not taken the change after a minute; units may be "
             "refused until it has (see the broker log in DATA_DIR/broker/)",

@@ -115,6 +115,7 @@ from schemas.commands import (
     parse_command_result_topic,
     validate_params,
 )
+from schemas.edges import routed_topic
 from schemas.feedback import FeedbackLimiter
 from schemas.signing import Ed25519PrivateKey, load_private_key, sign_command
 
@@ -151,6 +152,9 @@ class CommandSettings:
     confirm_check_s: float = 0.5
     #: PEM Ed25519 private key: sign every command (see the module docstring); None: unsigned
     signing_key_path: Path | None = None
+    #: the installation's edge brokers (0: units connect to this broker): commands and
+    #: notices are published under their VIN's edge prefix (schemas.edges.routed_topic)
+    edge_brokers: int = 0
 
 
 def subscription_filters(share_group: str) -> list[str]:
@@ -441,7 +445,7 @@ class CommandService:
         if len(self._published_vins) > PUBLISHED_VINS_KEPT:
             self._published_vins.popitem(last=False)
         self._client.publish(
-            command_topic(record.vin),
+            routed_topic(command_topic(record.vin), record.vin, self.settings.edge_brokers),
             encode_command(message),
             qos=1,
             response_topic=command_result_topic(record.vin),
@@ -611,7 +615,9 @@ class CommandService:
         )
         store.commit(batch)
         if self._client is not None and self.connected.is_set():
-            for feedback, notice in feedback_messages(batch.quarantine, self._feedback, now):
+            for feedback, notice in feedback_messages(
+                batch.quarantine, self._feedback, now, self.settings.edge_brokers
+            ):
                 self._client.publish(feedback, notice, qos=0)
 
     # --- timers ---------------------------------------------------------------------------

@@ -21,8 +21,9 @@ message to the next one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from gateway import metrics
@@ -52,6 +53,7 @@ __all__ = [
     "QuarantineEntry",
     "StatusChange",
     "Tenure",
+    "refuse_after_revocation",
 ]
 
 #: the tenure of data whose batch names none: a VIN's first holding period
@@ -59,11 +61,15 @@ FIRST_TENURE = 1
 
 
 class Tenure(NamedTuple):
-    """A VIN's current holding period: its ``number`` (1, 2, ...) and when it started
-    (epoch ms, the provisioning)."""
+    """A VIN's current (or, revoked, its last) holding period: its ``number`` (1, 2, ...),
+    when it started (epoch ms, the provisioning), when it ended (``ended_at``: the
+    revocation; None while it lasts) and when the one before it ended
+    (``previous_ended_at``; None for the first)."""
 
     number: int
     started_at: int
+    ended_at: int | None = None
+    previous_ended_at: int | None = None
 
     def of(self, ts: int) -> int:
         """The tenure a sample or event taken at ``ts`` belongs to: this one, or the one
@@ -71,6 +77,14 @@ class Tenure(NamedTuple):
         if ts >= self.started_at or self.number <= FIRST_TENURE:
             return self.number
         return self.number - 1
+
+    def ended_before(self, ts: int) -> int | None:
+        """The end (``revoked_at``) of the period that ``of(ts)`` names, if ``ts`` is at or
+        after it: a sample or event taken then belongs to no period (its holder had revoked
+        the VIN, and nobody held it yet or the next holder's period had not started).
+        None: ``ts`` falls inside that period."""
+        end = self.ended_at if self.of(ts) == self.number else self.previous_ended_at
+        return end if end is not None and ts >= end else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,3 +299,85 @@ def _status_change(vin: str, status: Status, received_at: int, retained: bool) -
     # The unit's clock may be wrong and a Last Will carries the time it was composed, so
     # the gateway's receive time orders status changes.
     return StatusChange(vin, status.state, received_at, retained)
+
+
+def refuse_after_revocation(batch: IngestBatch) -> IngestBatch:
+    """The batch without the samples and events its VINs' units took after the holding
+    period they would be filed in had ended (``Tenure.ended_before``), each of them
+    quarantined as ``after_revocation`` under that period's number instead.
+
+    A revoked unit stays connected until the broker drops its login (a fraction of a
+    second after the revocation is committed), and the gateway's registry admits it until
+    its next reload: what it stamps meanwhile arrives with the old period in the batch. A
+    unit's clock behind a new holder's claim stamps samples between two periods. Neither
+    belongs to the ended period's holder. What was stamped before the revocation (a
+    unit's buffer, delivered late) is kept in the ended period. The unit's own ``ts``
+    decides, as it does for the start of a period (docs/decisions/0009); the quarantine
+    keeps the sample so an operator can find it (by VIN, reason or period)."""
+    ended = {
+        vin: tenure
+        for vin, tenure in batch.tenures.items()
+        if tenure.ended_at is not None or tenure.previous_ended_at is not None
+    }
+    if not ended:
+        return batch
+    samples: list[Sample] = []
+    events: list[Event] = []
+    refused: list[QuarantineEntry] = []
+    for sample in batch.samples:
+        entry = _after_revocation(batch.received_at, ended, Channel.TELEMETRY, sample)
+        if entry is None:
+            samples.append(sample)
+        else:
+            refused.append(entry)
+    for event in batch.events:
+        entry = _after_revocation(batch.received_at, ended, Channel.EVENTS, event)
+        if entry is None:
+            events.append(event)
+        else:
+            refused.append(entry)
+    if not refused:
+        return batch
+    counters = dict(batch.counters)
+    key = (metrics.QUARANTINED, Reason.AFTER_REVOCATION.value)
+    counters[key] = counters.get(key, 0) + len(refused)
+    return replace(
+        batch,
+        samples=samples,
+        events=events,
+        quarantine=[*batch.quarantine, *refused],
+        counters=counters,
+    )
+
+
+def _after_revocation(
+    received_at: int, ended: Mapping[str, Tenure], channel: Channel, item: Sample | Event
+) -> QuarantineEntry | None:
+    tenure = ended.get(item.vin)
+    if tenure is None:
+        return None
+    end = tenure.ended_before(item.ts)
+    if end is None:
+        return None
+    number = tenure.of(item.ts)
+    kind = "sample" if channel is Channel.TELEMETRY else "event"
+    rejection = Rejection(
+        Reason.AFTER_REVOCATION,
+        f"{kind} taken at ts {item.ts}, at or after the end of holding period {number} of "
+        f"vehicle {item.vin} (revoked at {end}); it belongs to no holder, so it is not stored",
+        vin=item.vin,
+        seq=item.seq,
+    )
+    if isinstance(item, Sample):
+        body: dict[str, object] = {
+            "vin": item.vin, "seq": item.seq, "ts": item.ts, "signals": dict(item.signals)
+        }  # fmt: skip
+    else:
+        body = {"vin": item.vin, "seq": item.seq, "ts": item.ts, "type": item.type.value}
+        if item.code is not None:
+            body["code"] = item.code
+        if item.detail is not None:
+            body["detail"] = item.detail
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    topic = f"v1/vehicles/{item.vin}/{channel.value}"
+    return QuarantineEntry(received_at, topic, payload, rejection, number)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from gateway.core.batching import QuarantineEntry
 from schemas import Reason
+from schemas.edges import routed_topic
 from schemas.feedback import Feedback, FeedbackLimiter, encode_feedback, feedback_topic
 
 __all__ = ["feedback_messages"]
@@ -22,9 +23,11 @@ _NO_NOTICE = frozenset({Reason.UNPROVISIONED_VEHICLE, Reason.INVALID_TOPIC})
 
 
 def feedback_messages(
-    entries: Iterable[QuarantineEntry], limiter: FeedbackLimiter, now_ms: int
+    entries: Iterable[QuarantineEntry], limiter: FeedbackLimiter, now_ms: int, edges: int = 0
 ) -> list[tuple[str, bytes]]:
-    """One notice per refused message, sample or signal, within the per-vehicle bound."""
+    """One notice per refused message, sample or signal, within the per-vehicle bound;
+    ``edges``: the installation's edge brokers, each notice's topic routed to its VIN's
+    edge (:func:`schemas.edges.routed_topic`)."""
     out: list[tuple[str, bytes]] = []
     for entry in entries:
         rejection = entry.rejection
@@ -43,5 +46,5 @@ def feedback_messages(
             signal=rejection.signal,
             suppressed=suppressed,
         )
-        out.append((feedback_topic(vin), encode_feedback(notice)))
+        out.append((routed_topic(feedback_topic(vin), vin, edges), encode_feedback(notice)))
     return out

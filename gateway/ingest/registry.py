@@ -9,7 +9,11 @@ store for a VIN nobody provisioned. Refused messages go to the quarantine with r
 
 The tenure is what the gateway stamps on everything it stores for the VIN, so that the data
 belongs to the account that held the VIN when it was recorded and a later holder starts
-with an empty vehicle (docs/decisions/0009-vehicle-ownership-periods.md).
+with an empty vehicle (docs/decisions/0009-vehicle-ownership-periods.md). A period has an
+end as well as a start: the registry also keeps every revoked VIN's last period with its
+end, and each active one's previous period's end, so that a sample its unit stamped after
+a revocation is refused rather than filed in the ended period
+(``gateway.core.batching.refuse_after_revocation``).
 
 The map is held in memory and reloaded when the state database's broker-identity version
 changes (one integer read every ``interval_s``, and one before every commit; provisioning
@@ -23,6 +27,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import ChainMap
+from collections.abc import Mapping
 
 from gateway.core.batching import Tenure
 from gateway.statedb.accounts import AccountRepository
@@ -45,6 +51,9 @@ class VehicleRegistry:
         self._last_miss_refresh = 0.0
         #: vin -> current tenure of every active vehicle (replaced whole on reload)
         self.tenures: dict[str, Tenure] = {}
+        #: vin -> last tenure, with its end, of every revoked vehicle (replaced likewise)
+        self.ended: dict[str, Tenure] = {}
+        self._both: Mapping[str, Tenure] = ChainMap(self.tenures, self.ended)
 
     @property
     def vins(self) -> frozenset[str]:
@@ -77,19 +86,24 @@ class VehicleRegistry:
         version = self._accounts.broker_version()
         if version == self._version:
             return False
-        self.tenures = {
-            vin: Tenure(number, started_at)
-            for vin, (number, started_at) in self._accounts.active_tenures().items()
-        }
+        active: dict[str, Tenure] = {}
+        ended: dict[str, Tenure] = {}
+        for vin, bounds in self._accounts.tenure_bounds().items():
+            tenure = Tenure(*bounds)
+            (active if tenure.ended_at is None else ended)[vin] = tenure
+        self.tenures, self.ended, self._both = active, ended, ChainMap(active, ended)
         self._version = version
         log.info(
             "vehicle registry: %d provisioned vehicles (version %d)", len(self.tenures), version
         )
         return True
 
-    def current_tenures(self) -> dict[str, Tenure]:
+    def current_tenures(self) -> Mapping[str, Tenure]:
         """The map as the state database has it now: reloaded first if the version moved
         (one integer read), whether or not the periodic reload already took the change.
+        Revoked VINs are in it too, each with its last period and that period's end: a
+        message admitted before the gateway knew of the revocation is filed against it
+        (``gateway.core.batching.refuse_after_revocation``).
 
         The ingest service calls this just before each commit: every message of the batch
         arrived before this read, so a claim committed before a message arrived is seen and
@@ -100,7 +114,7 @@ class VehicleRegistry:
             self.refresh()
         except Exception:
             log.exception("vehicle registry refresh failed; keeping the last known set")
-        return self.tenures
+        return self._both
 
     def open(self) -> None:
         """Migrate the state database if needed and load the VINs (blocking)."""

@@ -45,7 +45,14 @@ from gmqtt import Client as MqttClient
 from gmqtt.mqtt.constants import MQTTv50
 
 from gateway import metrics
-from gateway.core.batching import Batcher, BatchPolicy, IngestBatch, QuarantineEntry, Tenure
+from gateway.core.batching import (
+    Batcher,
+    BatchPolicy,
+    IngestBatch,
+    QuarantineEntry,
+    Tenure,
+    refuse_after_revocation,
+)
 from gateway.core.clock import wall_clock_ms
 from gateway.core.feedback import feedback_messages
 from gateway.errors import ConfigurationError, StoreError
@@ -76,6 +83,9 @@ class IngestSettings:
     limits: Limits = DEFAULT_LIMITS
     #: pause after a failed commit before trying the same batch again
     retry_backoff_s: float = 1.0
+    #: the installation's edge brokers (0: units connect to this broker): feedback notices
+    #: are published under their VIN's edge prefix (schemas.edges.routed_topic)
+    edge_brokers: int = 0
 
     def topic_filters(self) -> list[str]:
         return [f"$share/{self.share_group}/{f}" for f in subscription_filters()]
@@ -189,7 +199,7 @@ class IngestService:
             await self._commit_current()
 
     async def _commit_current(self) -> None:
-        batch = self._current_tenures(self._batcher.take())
+        batch = refuse_after_revocation(self._current_tenures(self._batcher.take()))
         acks, self._acks, self._first_at = self._acks, [], None
         deferred, self._deferred = self._deferred, []
         for topic, payload, ack, properties in deferred:  # they start the next batch
@@ -225,7 +235,9 @@ class IngestService:
         holder in between would otherwise have the new unit's first samples filed under the
         previous holder. Every message of ``batch`` arrived before this read, so a claim
         made before a message arrived is seen; the store then files each sample by its own
-        time against the new period's start (``Tenure.of``)."""
+        time against the new period's start (``Tenure.of``). A VIN revoked meanwhile gets
+        its ended period with its end, so what its unit stamped after the revocation is
+        refused (``refuse_after_revocation``), what it stamped before is kept."""
         if self._current_tenures_of is None or not batch.tenures:
             return batch
         fresh = self._current_tenures_of()
@@ -244,7 +256,7 @@ class IngestService:
             return
         try:
             for topic, payload in feedback_messages(
-                batch.quarantine, self._feedback, self._clock_ms()
+                batch.quarantine, self._feedback, self._clock_ms(), self.settings.edge_brokers
             ):
                 client.publish(topic, payload, qos=0)
         except Exception:

@@ -76,7 +76,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from gateway.core.policy import READ_SERVICE
 from gateway.core.vehicle_lifecycle import LifecycleEvent, decide
@@ -1017,6 +1017,27 @@ class AccountRepository:
                 )
             )
             return {vin: (tenure, started_at) for vin, tenure, started_at in rows}
+
+    def tenure_bounds(self) -> dict[str, tuple[int, int, int | None, int | None]]:
+        """vin -> (current or last holding period, when it started, when it ended (None:
+        active), when the period before it ended (None: none before, or open)) of every
+        registered vehicle: the bounds the gateway files a sample by (``Tenure``)."""
+        previous = aliased(VehicleTenureRow)
+        query = select(
+            VehicleRow.vin,
+            VehicleRow.tenure,
+            VehicleRow.provisioned_at,
+            VehicleRow.revoked_at,
+            previous.ended_at,
+        ).outerjoin(
+            previous,
+            and_(previous.vin == VehicleRow.vin, previous.number == VehicleRow.tenure - 1),
+        )
+        with self._db.read() as session:
+            return {
+                vin: (number, started_at, ended_at, previous_ended_at)
+                for vin, number, started_at, ended_at, previous_ended_at in session.execute(query)
+            }
 
     def registered_vins(self, *, after: str | None, limit: int) -> list[str]:
         """VINs of every registered vehicle (revoked ones too), ordered, those after

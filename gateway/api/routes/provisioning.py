@@ -6,6 +6,7 @@ Claiming a VIN starts a holding period; the next holder sees nothing of an earli
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Final
 
 from fastapi import APIRouter, Response
@@ -50,9 +51,11 @@ __all__ = [
 ]
 
 router = APIRouter(responses=ACCOUNT_ERRORS)
+log = logging.getLogger(__name__)
 
-#: how long provisioning and a new password wait for this installation's broker (and every
-#: edge broker) to load the new credentials before answering
+#: how long provisioning and a new password wait for this installation's broker (and the
+#: vehicle's edge broker) to load the new credentials before answering; a broker whose
+#: process is stopped (SIGSTOP) is not waited for
 BROKER_WAIT_S: Final = 5.0
 #: ``true``: the broker takes the new credentials now; ``false``: it had not loaded them
 #: after ``BROKER_WAIT_S`` (a CONNECT may be refused with 0x87 until it has); absent: this
@@ -62,11 +65,12 @@ _BROKER_APPLIED_DOC: Final[dict[str, Any]] = {
     "headers": {
         BROKER_APPLIED_HEADER: {
             "description": (
-                "`true`: this installation's broker (every edge broker too) has loaded the "
-                "new credentials, a unit connecting now is accepted. `false`: it had not "
-                f"after {BROKER_WAIT_S:g} s, a CONNECT may be refused with 0x87 until it "
-                "has (retry with backoff). Absent: the API does not know (no broker of "
-                "`telematics up` reports beside it)."
+                "`true`: this installation's broker (and the vehicle's edge broker) has "
+                "loaded the new credentials, a unit connecting now is accepted. `false`: it "
+                f"had not after {BROKER_WAIT_S:g} s, or at once when that broker is not "
+                "responding (its process stopped, see /healthz); a CONNECT may be refused "
+                "with 0x87 until it has (retry with backoff). Absent: the API does not know "
+                "(no broker of `telematics up` reports beside it)."
             ),
             "schema": {"type": "string", "enum": ["true", "false"]},
         }
@@ -93,10 +97,10 @@ async def provision(
     """Owners add their car, fleet managers their organization's vehicles,
     administrators any. The answer holds the unit's MQTT credentials (user name = VIN;
     the password is shown only here) and the gateway's public key for verifying signed
-    commands. Under `telematics up` the answer comes once the broker (every edge broker
-    too) has loaded the credentials, so a unit connecting at once is accepted; header
-    `Broker-Applied: false` if that took more than 5 s (the unit may be refused with 0x87
-    for a moment more).
+    commands. Under `telematics up` the answer comes once the broker (and the vehicle's
+    edge broker) has loaded the credentials, so a unit connecting at once is accepted;
+    header `Broker-Applied: false` if that took more than 5 s, or at once if that broker is
+    not responding (the unit may be refused with 0x87 until it has them).
 
     Claiming a VIN: a VIN nobody holds, never provisioned or revoked by its last holder,
     may be claimed by anyone who may add vehicles, and starts a new holding period: the
@@ -108,7 +112,7 @@ async def provision(
     `pairing_code_required`, `vehicle_decommissioned`)."""
     no_store(response)
     answer = await run_in_threadpool(_provision, principal, context, audit, body)
-    await _wait_for_broker(context, settings, response)
+    await _wait_for_broker(context, settings, response, answer.vin)
     return answer
 
 
@@ -199,15 +203,16 @@ async def revoke_vehicle(
     audit: CallerAudit,
     settings: Settings,
 ) -> RegistrationOut:
-    """Under `telematics up` the answer comes once the broker (every edge broker too) has
-    dropped the unit's login: from then on it is refused (header `Broker-Applied: false` if
-    that took more than 5 s); the gateway drops anything it still sends. Its open commands
+    """Under `telematics up` the answer comes once the broker (and the vehicle's edge
+    broker) has dropped the unit's login: from then on it is refused (header
+    `Broker-Applied: false` if that took more than 5 s, or at once if that broker is not
+    responding); the gateway drops anything it still sends. Its open commands
     (queued, sent, accepted) are cancelled with the reason `vehicle_revoked` and never
     delivered, its grants end and its pending invitations are withdrawn. Its holding
     period ends: whoever provisions the VIN next (anyone may, see POST /v1/vehicles)
     starts a new one and sees none of this period's data, commands or grants."""
     answer = await run_in_threadpool(_revoke, vin, principal, context, audit)
-    await _wait_for_broker(context, settings, response)
+    await _wait_for_broker(context, settings, response, answer.vin)
     return answer
 
 
@@ -241,11 +246,12 @@ async def rotate_credentials(
     settings: Settings,
 ) -> ProvisionedOut:
     """The new password is shown only here. Under `telematics up` the answer comes once the
-    broker (every edge broker too) has loaded it: from then on the new password is accepted
-    and the old one refused (header `Broker-Applied: false` if that took more than 5 s)."""
+    broker (and the vehicle's edge broker) has loaded it: from then on the new password is
+    accepted and the old one refused (header `Broker-Applied: false` if that took more than
+    5 s, or at once if that broker is not responding)."""
     no_store(response)
     answer = await run_in_threadpool(_rotate, vin, principal, context, audit)
-    await _wait_for_broker(context, settings, response)
+    await _wait_for_broker(context, settings, response, answer.vin)
     return answer
 
 
@@ -265,19 +271,32 @@ def _rotate(vin: str, principal: Caller, context: Auth, audit: CallerAudit) -> P
 # --- helpers -------------------------------------------------------------------------------
 
 
-async def _wait_for_broker(context: AuthContext, settings: ApiSettings, response: Response) -> None:
+async def _wait_for_broker(
+    context: AuthContext, settings: ApiSettings, response: Response, vin: str
+) -> None:
     """Wait, at most ``BROKER_WAIT_S`` and without blocking the event loop, until the
-    installation's broker has loaded the identities as they are now (with edge brokers the
-    supervisor reports the lowest version across them, as ``telematics vehicle add`` waits
-    for), and say in ``BROKER_APPLIED_HEADER`` whether it has. Nothing to wait for when no
-    ``telematics up`` broker reports in this installation's health directory."""
+    brokers ``vin``'s login depends on have loaded the identities as they are now (with
+    edge brokers: the core and the VIN's edge, not every edge, decision 0038), and say in
+    ``BROKER_APPLIED_HEADER`` whether they have. A broker whose process is stopped
+    (SIGSTOP) is not waited for: ``false`` at once, and a warning. Nothing to wait for when
+    no ``telematics up`` broker reports in this installation's health directory."""
     version = await run_in_threadpool(context.accounts.broker_version)
     health = settings.db_path.parent / HEALTH_DIR_NAME
-    done = await broker_has_identities_async(
-        health, version, timeout_s=BROKER_WAIT_S, now_ms=now_ms
+    edges = context.settings.edge_broker_urls
+    edge = edge_index(vin, len(edges)) if edges else None
+    state = await broker_has_identities_async(
+        health, version, timeout_s=BROKER_WAIT_S, now_ms=now_ms, edge=edge
     )
-    if done is not None:
-        response.headers[BROKER_APPLIED_HEADER] = "true" if done else "false"
+    if state is None:
+        return
+    response.headers[BROKER_APPLIED_HEADER] = "true" if state == "applied" else "false"
+    if state == "not_responding":
+        log.warning(
+            "vehicle %s: answered without waiting for the broker (%s), which is not "
+            "responding (its process is stopped); Broker-Applied: false",
+            vin,
+            "the core" if edge is None else f"the core or edge broker {edge}",
+        )
 
 
 def held_error(vin: str, own: bool) -> ApiError:
