@@ -10,6 +10,7 @@ because a backend that silently stops being tested is a backend that breaks unno
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -167,6 +168,37 @@ def test_url_is_pinned_to_the_supported_driver(state_db_url: str) -> None:
             assert db.url.drivername == "postgresql+psycopg"
             with db.engine.connect() as connection:
                 assert connection.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_sqlite_writes_lock_from_their_begin_and_reads_see_one_snapshot(tmp_path: Path) -> None:
+    """SQLite: a write transaction holds the database's write lock from its BEGIN
+    (IMMEDIATE), before it has written anything; a read transaction (deferred BEGIN) sees
+    one snapshot and blocks no writer. Since decision 0041 the dialect emits these BEGINs
+    (an engine each for reads and writes), no longer a "begin" event listener: the same
+    statements, so this holds before and after."""
+    path = tmp_path / "state.db"
+    with StateDatabase(f"sqlite:///{path}") as db:
+        db.upgrade()
+        repo = CommandRepository(db)
+        create(repo)
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            with db.write() as session:
+                session.execute(text("SELECT 1"))  # a read only, yet the lock is taken
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("BEGIN IMMEDIATE")
+            with db.read() as session:
+                count = select(func.count()).select_from(CommandRow)
+                assert session.execute(count).scalar() == 1
+                other.execute("BEGIN IMMEDIATE")  # the reader blocks no writer
+                other.execute("COMMIT")
+                create(repo, idempotency_key="second")  # committed by another connection
+                assert session.execute(count).scalar() == 1  # the read's snapshot
+            with db.read() as session:
+                assert session.execute(count).scalar() == 2
+        finally:
+            other.close()
+    assert len(db.engines) == 2
 
 
 def test_bad_urls_are_configuration_errors(state_db_url: str) -> None:

@@ -315,11 +315,18 @@ def _stored(db_path: Path) -> int:
 
 
 async def _send(
-    api: str, vins: list[str], count: int, rate: float, headers: dict[str, str]
+    api: str,
+    vins: list[str],
+    count: int,
+    rate: float,
+    headers: dict[str, str],
+    *,
+    until: threading.Event | None = None,
 ) -> dict[str, tuple[float, float]]:
     """POST ``count`` commands round-robin over ``vins`` at ``rate`` per second (open loop:
     a request does not wait for the previous one, as with many app users); return command
-    id -> (when its request was sent, when its answer came), wall clock ms."""
+    id -> (when its request was sent, when its answer came), wall clock ms. With ``until``,
+    commands go on at the rate until it is set (``count`` is then ignored)."""
     sent: dict[str, tuple[float, float]] = {}
     retried = 0
 
@@ -349,10 +356,12 @@ async def _send(
     async with httpx.AsyncClient(timeout=300, limits=limits, headers=headers) as client:
         tasks = []
         start = time.perf_counter()
-        for i in range(count):
+        for i in itertools.count() if until is not None else range(count):
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if until is not None and until.is_set():
+                break
             tasks.append(asyncio.create_task(one(client, i)))
         await asyncio.gather(*tasks)
     if retried:
@@ -677,13 +686,11 @@ class _Phases:
         return maximum
 
     def _commands_until(self, stop: threading.Event) -> None:
-        """Commands at the benchmark's rate, in bursts of one second, until ``stop``."""
-        while not stop.is_set():
-            asyncio.run(
-                _send(
-                    self.run.api, self.run.vins, max(1, int(self.rate)), self.rate, self.run.headers
-                )
-            )
+        """Commands at the benchmark's rate until ``stop``, from one HTTP client as in the
+        other phases (it was one new client a second: its TLS context alone cost the
+        benchmark ~26 ms of CPU a second, ~1 ms per command taken from the ingest it
+        measures; decision 0041)."""
+        asyncio.run(_send(self.run.api, self.run.vins, 0, self.rate, self.run.headers, until=stop))
 
     def under_ingest(self, load: float, samples_per_s: float) -> PhaseFigures:
         """The commands while ingest runs at ``samples_per_s``."""

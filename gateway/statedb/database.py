@@ -14,7 +14,12 @@ Two backends, chosen by URL:
   ourselves: deferred for reads, ``BEGIN IMMEDIATE`` for writes, which takes the write lock
   up front. A deferred transaction that reads and then writes can fail with SQLITE_BUSY
   without waiting when another writer committed in between; an immediate one waits its turn
-  (busy timeout) and then reads the latest data, so read-modify-write is serialised.
+  (busy timeout) and then reads the latest data, so read-modify-write is serialised. Reads
+  and writes have an engine (and a pool) each, whose dialect emits its BEGIN
+  (:class:`_SQLiteDialect`), not a "begin" event listener: one connection event listener
+  makes SQLAlchemy dispatch every connection event (before and after each statement, begin,
+  commit) on every connection of the engine, about 40 % of the Python function calls of a
+  command's writes (decision 0041).
 * **PostgreSQL** (``postgresql://...``, for several gateway hosts): always through psycopg 3
   (``postgresql+psycopg://``); read committed, with row locks where a read decides a write.
 
@@ -49,9 +54,12 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import PoolProxiedConnection
 
 from gateway.errors import ConfigurationError
 from gateway.files import private_sqlite_file
@@ -77,8 +85,9 @@ _MIGRATION_LOCK_KEY: Final = int.from_bytes(
     hashlib.sha256(b"telematics-gateway/statedb/migrations").digest()[:8], "big", signed=True
 )
 
-#: execution option marking the engine whose transactions write (SQLite: BEGIN IMMEDIATE)
-_WRITE_OPTION: Final = "statedb_write"
+#: the driver names of this module's SQLite dialects (see :class:`_SQLiteDialect`)
+_SQLITE_READS: Final = "sqlite+telematics_reads"
+_SQLITE_WRITES: Final = "sqlite+telematics_writes"
 
 _SQLITE_DRIVERS: Final = frozenset({"sqlite", "sqlite+pysqlite"})
 _POSTGRESQL_DRIVERS: Final = frozenset({"postgres", "postgresql", "postgresql+psycopg"})
@@ -133,7 +142,7 @@ def _parse_url(url: str) -> tuple[URL, Backend]:
 
 def _sqlite_connect_hook(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
     def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
-        # hand transaction control to SQLAlchemy's "begin" event (below); see module docstring
+        # hand transaction control to the dialect's BEGIN (_SQLiteDialect); module docstring
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
@@ -169,10 +178,47 @@ def _enable_wal(cursor: sqlite3.Cursor, timeout_s: float) -> None:
         return
 
 
-def _sqlite_begin(connection: Connection) -> None:
-    """Emit BEGIN ourselves: IMMEDIATE on the write engine, deferred otherwise."""
-    write = connection.get_execution_options().get(_WRITE_OPTION, False)
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+class _SQLiteDialect(SQLiteDialect_pysqlite):
+    """pysqlite, with the transaction's BEGIN emitted by the dialect (deferred: reads).
+
+    pysqlite's own transaction handling is off (``isolation_level = None``, see the
+    module docstring), so SQLAlchemy's "begin" reaches the database only through
+    :meth:`do_begin`. SQLAlchemy's recipe emits it from a "begin" event listener instead;
+    that one listener made the engine dispatch every connection event on every statement
+    (decision 0041). The statement is the same, on the same connection, at the same moment.
+    """
+
+    #: what starts a transaction on this dialect's engine
+    begin_statement = "BEGIN"
+    #: SQLAlchemy caches compiled statements only for dialects that say they allow it
+    supports_statement_cache = True
+
+    def do_begin(self, dbapi_connection: PoolProxiedConnection) -> None:
+        dbapi_connection.driver_connection.execute(self.begin_statement)  # type: ignore[union-attr]
+
+
+class _SQLiteWriteDialect(_SQLiteDialect):
+    """:class:`_SQLiteDialect` of the write engine: ``BEGIN IMMEDIATE`` takes the write lock
+    up front (see the module docstring)."""
+
+    begin_statement = "BEGIN IMMEDIATE"
+    supports_statement_cache = True
+
+
+registry.register(_SQLITE_READS.replace("+", "."), __name__, _SQLiteDialect.__name__)
+registry.register(_SQLITE_WRITES.replace("+", "."), __name__, _SQLiteWriteDialect.__name__)
+
+
+def _sqlite_engine(url: URL, driver: str, busy_timeout_ms: int, echo: bool) -> Engine:
+    """An engine of the SQLite file at ``url`` through one of this module's dialects."""
+    engine = create_engine(
+        url.set(drivername=driver),
+        echo=echo,
+        connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
+    )
+    # a pool event: it adds no dispatch to the connections' statements
+    event.listen(engine, "connect", _sqlite_connect_hook(busy_timeout_ms))
+    return engine
 
 
 class _WriteLock:
@@ -219,25 +265,17 @@ class StateDatabase:
             assert self.url.database is not None  # checked by _parse_url
             # accounts, password hashes, audit: readable by its owner only (0600)
             private_sqlite_file(Path(self.url.database))
-            self.engine: Engine = create_engine(
-                self.url,
-                echo=echo,
-                connect_args={
-                    "check_same_thread": False,
-                    "timeout": busy_timeout_ms / 1000,
-                },
-            )
-            event.listen(self.engine, "connect", _sqlite_connect_hook(busy_timeout_ms))
-            event.listen(self.engine, "begin", _sqlite_begin)
+            # reads (deferred BEGIN) and writes (BEGIN IMMEDIATE): an engine and a pool each
+            self.engine: Engine = _sqlite_engine(self.url, _SQLITE_READS, busy_timeout_ms, echo)
+            self._write_engine = _sqlite_engine(self.url, _SQLITE_WRITES, busy_timeout_ms, echo)
         else:
             # pre-ping: a PostgreSQL restart or failover must not surface as errors on the
             # pooled connections it killed
             self.engine = create_engine(self.url, echo=echo, pool_pre_ping=True)
+            self._write_engine = self.engine
         self._write_lock = _WriteLock() if self.backend == "sqlite" else None
         #: this thread's grouped() transaction, if any
         self._group = threading.local()
-        # shares the pool and the event hooks of ``engine``; only marks its transactions
-        self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
         #: session factory for reads (SQLite: deferred transactions)
         self.sessions: sessionmaker[Session] = sessionmaker(self.engine, expire_on_commit=False)
         #: session factory for writes (SQLite: BEGIN IMMEDIATE)
@@ -259,13 +297,22 @@ class StateDatabase:
     ) -> None:
         self.dispose()
 
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        """Every engine of this database: reads' and writes' (one engine on PostgreSQL);
+        what a listener of every statement (a test counting them) listens on."""
+        if self._write_engine is self.engine:
+            return (self.engine,)
+        return (self.engine, self._write_engine)
+
     def dispose(self) -> None:
         """Close every pooled connection (the object may be used again: the pool refills).
 
         Call it on shutdown: a pooled connection left to the garbage collector is closed
         from whatever thread collects it, and PostgreSQL keeps its backend until then.
         """
-        self.engine.dispose()
+        for engine in self.engines:
+            engine.dispose()
 
     close = dispose
 
