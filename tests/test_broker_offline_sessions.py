@@ -31,65 +31,65 @@ def up(tmp_path: Path) -> Iterator[Up]:
         running.stop()
 
 
+def _manager(up: Up) -> dict[str, str]:
+    match = re.search(r"e-mail\s+fleet@demo\.local\s+password\s+(\S+)", up.text())
+    assert match, up.text()
+    return up.login("fleet@demo.local", match[1])
+
+
+def _session_then_offline(up: Up, vin: str, password: str) -> None:
+    """Connect as the contract asks (Clean Start 0, a session for an hour), then leave."""
+    client, code = Mqtt5Client.connect(
+        "127.0.0.1",
+        up.mqtt_port,
+        vin,
+        username=vin,
+        password=password,
+        clean_start=False,
+        session_expiry=3600,
+    )
+    assert code == 0
+    client.close()  # offline now; its session stays for an hour
+
+
 def _units_go_offline_with_sessions(up: Up, manager: dict[str, str], vins: list[str]) -> None:
     for vin in vins:
         r = httpx.post(f"{up.api}/v1/vehicles", json={"vin": vin}, headers=manager, timeout=30)
         assert r.status_code == 201, r.text
-        client, code = Mqtt5Client.connect(
-            "127.0.0.1",
-            up.mqtt_port,
-            vin,
-            username=vin,
-            password=r.json()["mqtt"]["password"],
-            clean_start=False,
-            session_expiry=3600,
-        )
-        assert code == 0
-        client.close()  # offline now; its session stays for an hour
+        _session_then_offline(up, vin, r.json()["mqtt"]["password"])
+
+
+def _another_change(up: Up, manager: dict[str, str], vin: str) -> None:
+    """One more provisioning: another reload and plugin command on the (corrupt) list."""
+    extra = vin[:-3] + "9" + vin[-2:]
+    r = httpx.post(f"{up.api}/v1/vehicles", json={"vin": extra}, headers=manager, timeout=30)
+    assert r.status_code == 201, r.text
+
+
+def _broker_never_crashed(up: Up) -> None:
+    log = Path(up.data / "broker" / "mosquitto.log").read_text(errors="replace")
+    assert "Assertion" not in log
+    assert "the private broker exited" not in up.text(), up.text()[-3000:]
 
 
 def test_revoking_units_that_are_offline_with_a_session_keeps_the_broker_up(up: Up) -> None:
-    match = re.search(r"e-mail\s+fleet@demo\.local\s+password\s+(\S+)", up.text())
-    assert match, up.text()
-    manager = up.login("fleet@demo.local", match[1])
+    manager = _manager(up)
     vins = [f"WVWZZZ1JZXW{n:06d}" for n in range(100, 106)]
     _units_go_offline_with_sessions(up, manager, vins)
     for vin in vins:
         r = httpx.delete(f"{up.api}/v1/vehicles/{vin}", headers=manager, timeout=30)
         assert r.status_code == 200, r.text
-        # a change after each: another reload and plugin command on the (corrupt) list
-        extra = vin[:-3] + "9" + vin[-2:]
-        r = httpx.post(f"{up.api}/v1/vehicles", json={"vin": extra}, headers=manager, timeout=30)
-        assert r.status_code == 201, r.text
-    log = Path(up.data / "broker" / "mosquitto.log").read_text(errors="replace")
-    assert "Assertion" not in log
-    assert "the private broker exited" not in up.text(), up.text()[-3000:]
+        _another_change(up, manager, vin)
+    _broker_never_crashed(up)
 
 
 def test_a_new_password_for_a_unit_offline_with_a_session_keeps_the_broker_up(up: Up) -> None:
-    match = re.search(r"e-mail\s+fleet@demo\.local\s+password\s+(\S+)", up.text())
-    assert match, up.text()
-    manager = up.login("fleet@demo.local", match[1])
+    manager = _manager(up)
     vins = [f"WVWZZZ1JZXW{n:06d}" for n in range(200, 205)]
     _units_go_offline_with_sessions(up, manager, vins)
     for vin in vins:
         r = httpx.post(f"{up.api}/v1/vehicles/{vin}/credentials", headers=manager, timeout=30)
         assert r.status_code == 200, r.text
-        client, code = Mqtt5Client.connect(
-            "127.0.0.1",
-            up.mqtt_port,
-            vin,
-            username=vin,
-            password=r.json()["mqtt"]["password"],
-            clean_start=False,
-            session_expiry=3600,
-        )
-        assert code == 0
-        client.close()
-        # a change after each: another reload on the (corrupt) list
-        extra = vin[:-3] + "9" + vin[-2:]
-        r = httpx.post(f"{up.api}/v1/vehicles", json={"vin": extra}, headers=manager, timeout=30)
-        assert r.status_code == 201, r.text
-    log = Path(up.data / "broker" / "mosquitto.log").read_text(errors="replace")
-    assert "Assertion" not in log
-    assert "the private broker exited" not in up.text(), up.text()[-3000:]
+        _session_then_offline(up, vin, r.json()["mqtt"]["password"])  # the new password
+        _another_change(up, manager, vin)
+    _broker_never_crashed(up)
