@@ -640,3 +640,33 @@ def test_a_worker_that_dies_between_passes_loses_and_doubles_no_alert_or_trip(
     assert {a[1] for a in alerts} >= {"overspeed", "harsh_braking", "low_soc", "idling"}
     assert len(trips) == 2  # one per vehicle: the late upload rejoined its trip
     assert all(kinds.count("alert.raised") == 1 for _, kinds in events)
+
+
+def test_an_event_committed_before_another_but_received_later_is_not_skipped(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """Two gateway processes: one stamps its batch's arrival, the other stamps a later one
+    and commits first, so an earlier row id may carry a later ``received_at``. When a step
+    read a full batch of samples it keeps the events received up to the last sample's
+    arrival; a filter kept a later row and moved the cursor past an earlier one it had
+    left out, which was never evaluated (its fault alert lost). The events kept are now
+    a prefix by id: the later ones wait for the next step."""
+    db, path = world
+    store = open_store(path)
+    t = T0 + 3_600_000
+    vin = VINS[0]
+    events = [
+        (Event(vin, 1, t - 60_000, EventType.DTC_SET, code="P0100"), t + 10),  # received later
+        (Event(vin, 2, t - 50_000, EventType.DTC_SET, code="P0200"), t),
+    ]
+    for event, received in events:  # committed in this order: ids 1 and 2
+        commit(store, [], received, [event])
+    samples = [Sample(vin, seq, t - 40_000 + seq * 1_000, {SPEED: 10.0}) for seq in range(1, 9)]
+    commit(store, samples, t + 5)  # received between the two events
+    now = [t + 60_000]
+    w = worker(db, path, lambda: now[0], settle_ms=0, batch=4)  # 8 samples: full batches
+    while w.step():
+        pass
+    faults = sorted(a[2] for a in outcome(db)[0] if a[1] == "fault_code")
+    assert faults == ["fault:P0100", "fault:P0200"]
+    store.close()
