@@ -530,3 +530,143 @@ def test_steps_that_wait_for_the_window_do_not_read_the_same_rows_again(
     assert {a[1] for a in alerts} >= {"overspeed", "idling", "harsh_braking"}
     assert len(trips) == 1
     store.close()
+
+
+def _chunked_drive(vins: list[str]) -> list[list[Sample]]:
+    """Two vehicles' drives in chunks of a few samples each, one chunk per pass, with a
+    late upload (samples 16-25 of the first vehicle come after the rest of its first 40):
+    the passes of a live worker, a trip recompute among them."""
+    first, second = drive(vins[0]), drive(vins[1])
+    held_back = first[15:25]
+    ordered = [s for s in first[:40] if s not in held_back] + held_back + first[40:]
+    chunks = [
+        [*ordered[i : i + 7], *second[i : i + 7]]
+        for i in range(0, max(len(ordered), len(second)), 7)
+    ]
+    return [c for c in chunks if c]
+
+
+def _run_with_a_crash(
+    db: StateDatabase, tmp: Path, label: str, crash_after: int | None, stall: bool
+) -> tuple[Any, ...]:
+    """Every chunk committed, then the worker's passes until it has caught up. With
+    ``crash_after``, the worker is gone after that many chunks (never released, its
+    memory lost: killed) and a second one takes over once the leases lapsed; with
+    ``stall``, the first one comes back after that (its lease lapsed meanwhile: a long
+    pause) and both run, sharing the partitions."""
+    from gateway.statedb.events import EventLog
+
+    accounts = AccountRepository(db)
+    org = accounts.create_account("organization", f"vans {label}", now=1)
+    vins = [f"WFL{label}{n:013d}" for n in range(2)]
+    for vin in vins:
+        accounts.provision_vehicle(
+            vin=vin, account_id=org.id, label=None, mqtt_password_hash=None,
+            provisioned_by=None, now=1,
+        )  # fmt: skip
+    FleetRepository(db).set_rule_settings(org.id, {"rules": {"speed_limit_kmh": 100.0}}, now=1)
+    path = tmp / f"telemetry-{label}.db"
+    store = open_store(path)
+    now = [T0 + 3_600_000]
+    lease = 3_000
+    first = worker(db, path, lambda: now[0], settle_ms=0, lease_ms=lease)
+    running = [first]
+    for n, chunk in enumerate(_chunked_drive(vins)):
+        commit(store, chunk, now[0])
+        if n == crash_after:
+            now[0] += lease + 1  # the first one's leases lapse
+            second = worker(db, path, lambda: now[0], settle_ms=0, lease_ms=lease)
+            running = [first, second] if stall else [second]
+            while second.step():  # it takes over first
+                pass
+        for w in running:
+            while w.step():
+                pass
+        now[0] += 1_000
+    for _ in range(3):  # leases renewed and shared: whoever holds what catches up
+        now[0] += lease
+        for w in running:
+            while w.step():
+                pass
+    store.close()
+    rename = {vin: str(n) for n, vin in enumerate(vins)}
+    alerts = sorted(
+        (rename[a.vin], a.kind, a.key, a.severity, a.start_at, a.end_at, sorted(a.detail.items()))
+        for a in FleetLog(db).alerts(AlertFilter(), before=None, limit=1000)
+        if a.vin in rename
+    )
+    trips = sorted(
+        (rename[t.vin], t.start_at, t.end_at, round(t.distance_m, 3), t.ended_by)
+        for t in FleetLog(db).trips(TripFilter(), before=None, limit=1000)
+        if t.vin in rename
+    )
+    events: dict[tuple[str, str, int], list[str]] = {}
+    for e in EventLog(db).after(0, limit=100_000):
+        if e.type.startswith("alert.") and e.data["vin"] in rename:
+            key = (rename[e.data["vin"]], e.data["key"], e.data["start_at"])
+            events.setdefault(key, []).append(e.type)
+    return alerts, trips, sorted(events.items())
+
+
+@pytest.mark.parametrize(
+    ("crash_after", "stall"), [(0, False), (3, False), (6, False), (9, False), (4, True)]
+)
+def test_a_worker_that_dies_between_passes_loses_and_doubles_no_alert_or_trip(
+    state_db_url: str, tmp_path: Path, crash_after: int, stall: bool
+) -> None:
+    """A worker killed between two passes (or one whose lease lapsed in a pause and that
+    then shares the partitions with its successor) changes nothing: the same alerts (kind,
+    key, severity, start, end, detail), trips and alert events (one ``alert.raised`` each,
+    the same updates and ends) as an uninterrupted run, a late upload's trip recompute
+    included. Each pass writes the states with its effects and its cursor in one
+    transaction; keeping the states in memory and writing them behind (issue 13,
+    decision 0040) must keep this test passing."""
+    results = []
+    # the uninterrupted run in a database of its own (the partitions' cursors are a
+    # database's): a SQLite file, also when the run with the crash is on PostgreSQL
+    for url, label, crash in (
+        (f"sqlite:///{tmp_path / 'uninterrupted.db'}", "A", None),
+        (state_db_url, "B", crash_after),
+    ):
+        db = StateDatabase(url)
+        db.upgrade()
+        try:
+            results.append(_run_with_a_crash(db, tmp_path, label, crash, stall))
+        finally:
+            db.dispose()
+    uninterrupted, crashed = results
+    assert crashed == uninterrupted
+    alerts, trips, events = uninterrupted
+    assert {a[1] for a in alerts} >= {"overspeed", "harsh_braking", "low_soc", "idling"}
+    assert len(trips) == 2  # one per vehicle: the late upload rejoined its trip
+    assert all(kinds.count("alert.raised") == 1 for _, kinds in events)
+
+
+def test_an_event_committed_before_another_but_received_later_is_not_skipped(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """Two gateway processes: one stamps its batch's arrival, the other stamps a later one
+    and commits first, so an earlier row id may carry a later ``received_at``. When a step
+    read a full batch of samples it keeps the events received up to the last sample's
+    arrival; a filter kept a later row and moved the cursor past an earlier one it had
+    left out, which was never evaluated (its fault alert lost). The events kept are now
+    a prefix by id: the later ones wait for the next step."""
+    db, path = world
+    store = open_store(path)
+    t = T0 + 3_600_000
+    vin = VINS[0]
+    events = [
+        (Event(vin, 1, t - 60_000, EventType.DTC_SET, code="P0100"), t + 10),  # received later
+        (Event(vin, 2, t - 50_000, EventType.DTC_SET, code="P0200"), t),
+    ]
+    for event, received in events:  # committed in this order: ids 1 and 2
+        commit(store, [], received, [event])
+    samples = [Sample(vin, seq, t - 40_000 + seq * 1_000, {SPEED: 10.0}) for seq in range(1, 9)]
+    commit(store, samples, t + 5)  # received between the two events
+    now = [t + 60_000]
+    w = worker(db, path, lambda: now[0], settle_ms=0, batch=4)  # 8 samples: full batches
+    while w.step():
+        pass
+    faults = sorted(a[2] for a in outcome(db)[0] if a[1] == "fault_code")
+    assert faults == ["fault:P0100", "fault:P0200"]
+    store.close()

@@ -397,7 +397,12 @@ class RulesWorker:
         samples, s_end = _ready_prefix(sample_rows, low_s, ready, self._next_sample, free)
         events, e_end = _ready_prefix(event_rows, low_e, ready, self._next_event, free)
         if len(sample_rows) == s.batch and samples:  # more samples wait: no event beyond them
-            events = [e for e in events if e.received_at <= samples[-1].received_at]
+            # a prefix by id (the cursor moves past every event up to the last kept): two
+            # gateways may commit a later-received event first, which a filter would keep
+            # while leaving out, for good, an earlier one received after the last sample
+            last = samples[-1].received_at
+            cut = next((i for i, e in enumerate(events) if e.received_at > last), len(events))
+            events = events[:cut]
             e_end = events[-1].id if events else low_e
         read = _Read(samples, events, s_end, e_end, accounts)
         read.split(s.partitions)
