@@ -318,6 +318,32 @@ def test_retention_prunes_old_samples_and_quarantine(
     assert len(reader.quarantine(limit=10)) == 1
 
 
+def test_seq_gap_rows_go_with_the_samples_they_describe(
+    store: TelemetryBackend, reader: TelemetryBackend
+) -> None:
+    """Security review 5 ("left"): gap rows were never pruned. After retention took the
+    samples around them they go, in chunks; the gaps among the samples kept stay and still
+    fill, and the counts of missing numbers stay (history)."""
+    store.commit(
+        IngestBatch(
+            received_at=T0,
+            samples=_samples(VIN_A, range(1, 8, 2)) + _samples(VIN_B, range(1, 4, 2)),
+        )
+    )  # gaps: A 2, 4, 6; B 2
+    store.commit(IngestBatch(received_at=T0 + 10_000, samples=_samples(VIN_A, range(9, 12, 2))))
+    # A 8, 10
+    assert store.prune_seq_gaps(chunk=10) == 0  # every gap lies between samples kept
+    assert store.prune_samples(received_before=T0 + 1) == 6
+    assert [store.prune_seq_gaps(chunk=2) for _ in range(4)] == [2, 2, 1, 0]
+    missing = {v.vin: v.missing_samples for v in reader.list_vehicles(limit=10)}
+    assert missing == {VIN_A: 5, VIN_B: 1}
+    # the kept gap (10) is still known: a late 10 fills it
+    store.commit(IngestBatch(received_at=T0 + 20_000, samples=_samples(VIN_A, range(10, 11))))
+    missing = {v.vin: v.missing_samples for v in reader.list_vehicles(limit=10)}
+    assert missing == {VIN_A: 4, VIN_B: 1}
+    assert store.prune_seq_gaps(chunk=10) == 0
+
+
 def test_a_store_url_of_an_unknown_kind_names_the_supported_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"supported are sqlite://"):
         open_store("influx://localhost:8086/telemetry")

@@ -254,6 +254,12 @@ class TelemetryBackend(TelemetryStore, TelemetryReader, Protocol):
         first; the number deleted."""
         ...
 
+    def prune_seq_gaps(self, *, chunk: int = 2000) -> int:
+        """Delete up to ``chunk`` telemetry seq-gap rows below every sample still stored for
+        their vehicle (they go with the retention of the samples they describe); the number
+        deleted."""
+        ...
+
     def prune_quarantine(
         self, *, received_before: int | None, max_entries: int | None, chunk: int = 2000
     ) -> int:

@@ -730,6 +730,10 @@ class InfluxTelemetryStore:
                 shipper.forget_handoffs(upto=max(r[0] for r in rows))
         return len(rows)
 
+    def prune_seq_gaps(self, *, chunk: int = 2000) -> int:
+        """The index keeps the seq gaps and the samples' seq numbers: its rule applies."""
+        return self.index.prune_seq_gaps(chunk=chunk)
+
     def prune_quarantine(
         self, *, received_before: int | None, max_entries: int | None, chunk: int = 2000
     ) -> int:

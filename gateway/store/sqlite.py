@@ -244,6 +244,7 @@ _MISSING = (
 #: the newest row of a log table stays (see the module docstring: ids are never reused)
 _KEEP_NEWEST = " AND id < (SELECT max(id) FROM {table})"
 _LOGS = frozenset({"samples", "events"})
+_TELEMETRY: Final = metrics.STREAM_TELEMETRY
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -658,6 +659,39 @@ class SqliteTelemetryStore:
         oldest first; the number deleted (less than ``chunk``: nothing older is left).
         Latest values stay: a vehicle's state does not depend on its history."""
         return self._delete_oldest("samples", "received_at < ?", (received_before,), chunk)
+
+    def prune_seq_gaps(self, *, chunk: int = 2000) -> int:
+        """Delete up to ``chunk`` telemetry seq-gap rows that lie below every sample still
+        stored for their vehicle (retention took the samples around them; a vehicle with no
+        sample left loses all its gaps); the number deleted. A gap holds no received number,
+        so one that starts below the vehicle's lowest stored seq ends below it too. One
+        index seek per vehicle for its lowest seq, then a range of the gaps' primary key:
+        the work follows the vehicles and the rows deleted, not the gaps kept. The counts
+        (``seq_tracking.missing``, the counters) stay: they are history, like the samples'
+        counters."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")  # chosen and deleted with no commit in between
+            try:
+                rows = db.execute(
+                    "SELECT g.vehicle_id, g.start FROM seq_tracking t CROSS JOIN seq_gaps g "
+                    "ON g.vehicle_id = t.vehicle_id AND g.stream = t.stream "
+                    "AND g.start < coalesce((SELECT min(s.seq) FROM samples s "
+                    "WHERE s.vehicle_id = t.vehicle_id), t.last_seq + 1) "
+                    "WHERE t.stream = ? LIMIT ?",
+                    (_TELEMETRY, chunk),
+                ).fetchall()
+                db.executemany(
+                    "DELETE FROM seq_gaps WHERE vehicle_id = ? AND stream = ? AND start = ?",
+                    [(vehicle, _TELEMETRY, start) for vehicle, start in rows],
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError("prune seq_gaps", exc) from exc
+        return len(rows)
 
     def prune_quarantine(
         self, *, received_before: int | None, max_entries: int | None, chunk: int = 2000
