@@ -344,6 +344,38 @@ def test_seq_gap_rows_go_with_the_samples_they_describe(
     assert store.prune_seq_gaps(chunk=10) == 0
 
 
+def test_a_rarely_sent_signal_is_read_within_the_scan_bound(
+    store: TelemetryBackend, reader: TelemetryBackend
+) -> None:
+    """Security review 5 ("left"): a history read of a signal the vehicle rarely sends
+    looked at every sample in the window. A read looks at about ``scan`` samples: a page
+    ends early, even empty, with ``resume``; paging on from it finds every point once."""
+    samples = [
+        Sample(VIN_A, seq, T0 + seq * 1000, {SOC: 50.0, **({SPEED: 1.0} if seq == 45 else {})})
+        for seq in range(1, 51)
+    ]
+    store.commit(IngestBatch(received_at=T0 + 60_000, samples=samples))
+    end = T0 * 2
+    first = reader.history(VIN_A, [SPEED], tenure=1, start=0, end=end, limit=10, scan=20)
+    assert (list(first), first.resume) == ([], (T0 + 20_000, 20))
+    found: list[int] = []
+    after, reads = first.resume, 1
+    while after is not None:
+        page = reader.history(
+            VIN_A, [SPEED], tenure=1, start=0, end=end, limit=10, scan=20, after=after
+        )
+        found += [p.seq for p in page]
+        after, reads = page.resume, reads + 1
+    assert found == [45]
+    assert reads == 3
+    # a signal in every sample fills its page: no resume
+    dense = reader.history(VIN_A, [SOC], tenure=1, start=0, end=end, limit=10, scan=20)
+    assert ([p.seq for p in dense], dense.resume) == (list(range(1, 11)), None)
+    # within the default bound: everything at once
+    whole = reader.history(VIN_A, [SPEED], tenure=1, start=0, end=end, limit=10)
+    assert ([p.seq for p in whole], whole.resume) == ([45], None)
+
+
 def test_a_store_url_of_an_unknown_kind_names_the_supported_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"supported are sqlite://"):
         open_store("influx://localhost:8086/telemetry")

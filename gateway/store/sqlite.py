@@ -78,7 +78,9 @@ from gateway.files import private_sqlite_file
 from gateway.store import packing
 from gateway.store.base import (
     FIRST_TENURE,
+    HISTORY_SCAN_ROWS,
     CommitResult,
+    HistoryPage,
     HistoryPoint,
     IngestBatch,
     LoggedEvent,
@@ -799,38 +801,64 @@ class SqliteTelemetryStore:
         end: int,
         limit: int,
         after: tuple[int, int] | None = None,
-    ) -> list[HistoryPoint]:
+        scan: int = HISTORY_SCAN_ROWS,
+    ) -> HistoryPage:
         """Samples of ``vin`` in its holding period ``tenure`` with ``start <= ts < end``
         that carry at least one of ``signals``, oldest first (by ts, then seq), at most
         ``limit``; ``after``: only those after this (ts, seq), the last point of the
-        previous page."""
-        if not signals:
-            return []
+        previous page. Looks at about ``scan`` samples at most: a signal the vehicle rarely
+        sends ends the page early with ``resume`` (security review 5: reading it scanned
+        every sample in the window, 0.12-0.19 s of CPU at 1,000,000 samples)."""
+        if not signals or limit <= 0:
+            return HistoryPage()
         wanted = packing.mask_of(signals)
-        points: list[HistoryPoint] = []
+        points = HistoryPage()
+        window = (
+            "FROM samples "
+            "WHERE vehicle_id = (SELECT id FROM vehicles WHERE vin = ? AND tenure = ?) "
+            "AND ts >= ? AND ts < ? {following}ORDER BY ts, seq"
+        )
+        scanned = 0
         # SQLite skips the rows whose mask has none of the signals (rows written before
-        # schema 5 have none: JSON, looked at here); a signal without an id shares bit 63,
-        # so the exact test is the values themselves, page after page until ``limit``
+        # schema 5 have none: JSON, looked at here) among the next ``budget`` rows of the
+        # window, so a rarely sent signal costs at most ``scan`` rows; a signal without an
+        # id shares bit 63, so the exact test is the values themselves
         while len(points) < limit:
+            if scanned >= scan:
+                points.resume = after
+                break
             following, position = "", cast(tuple[int, ...], ())
             if after is not None:
                 following, position = "AND (ts, seq) > (?, ?) ", after
-            chunk = limit - len(points)
-            rows = self._read(
-                "SELECT seq, ts, signals FROM samples "
-                "WHERE vehicle_id = (SELECT id FROM vehicles WHERE vin = ? AND tenure = ?) "
-                f"AND ts >= ? AND ts < ? {following}"
-                "AND (mask IS NULL OR mask & ? != 0) ORDER BY ts, seq LIMIT ?",
-                (vin, tenure, start, end, *position, wanted, chunk),
+            budget, chunk = scan - scanned, limit - len(points)
+            # the index range starts at the cursor's ts, not at ``start`` (SQLite uses one
+            # lower bound: with both, a later page walked the window from its start again)
+            low = start if after is None else max(start, after[0])
+            where = (vin, tenure, low, end, *position)
+            rows = self._read(  # the blobs of the matching rows only, by row id
+                "SELECT w.seq, w.ts, s.signals FROM (SELECT id, seq, ts, mask "
+                f"{window.format(following=following)} LIMIT ?) AS w "
+                "CROSS JOIN samples AS s ON s.id = w.id "
+                "WHERE w.mask IS NULL OR w.mask & ? != 0 LIMIT ?",
+                (*where, budget, wanted, chunk),
             )
+            scanned += budget
             for seq, ts, blob in rows:
                 values = packing.unpack_any(blob)
                 kept = {s: values[s] for s in signals if s in values}
                 if kept:
                     points.append(HistoryPoint(seq, ts, kept))
-            if len(rows) < chunk:
+            if len(rows) == chunk:
+                after = (rows[-1][1], rows[-1][0])
+                continue
+            # fewer: the window or the budget ran out; where the budget ended, if it did
+            last = self._read(
+                f"SELECT ts, seq {window.format(following=following)} LIMIT 1 OFFSET ?",
+                (*where, budget - 1),
+            )
+            if not last:
                 break
-            after = (rows[-1][1], rows[-1][0])
+            after = (last[0][0], last[0][1])
         return points
 
     def quarantine(
