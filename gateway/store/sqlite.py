@@ -672,28 +672,37 @@ class SqliteTelemetryStore:
         (``seq_tracking.missing``, the counters) stay: they are history, like the samples'
         counters."""
         db = self._db
+        lowest = (
+            "coalesce((SELECT min(s.seq) FROM samples s WHERE s.vehicle_id = t.vehicle_id), "
+            "t.last_seq + 1)"
+        )
         try:
-            db.execute("BEGIN IMMEDIATE")  # chosen and deleted with no commit in between
+            # chosen without the write lock (a walk over the vehicles), then deleted in one
+            # short write transaction that checks each row again: a late sample committed
+            # in between may have lowered its vehicle's lowest seq
+            rows = db.execute(
+                "SELECT g.vehicle_id, g.start FROM seq_tracking t CROSS JOIN seq_gaps g "
+                "ON g.vehicle_id = t.vehicle_id AND g.stream = t.stream "
+                f"AND g.start < {lowest} WHERE t.stream = ? LIMIT ?",
+                (_TELEMETRY, chunk),
+            ).fetchall()
+            if not rows:
+                return 0
+            db.execute("BEGIN IMMEDIATE")
             try:
-                rows = db.execute(
-                    "SELECT g.vehicle_id, g.start FROM seq_tracking t CROSS JOIN seq_gaps g "
-                    "ON g.vehicle_id = t.vehicle_id AND g.stream = t.stream "
-                    "AND g.start < coalesce((SELECT min(s.seq) FROM samples s "
-                    "WHERE s.vehicle_id = t.vehicle_id), t.last_seq + 1) "
-                    "WHERE t.stream = ? LIMIT ?",
-                    (_TELEMETRY, chunk),
-                ).fetchall()
-                db.executemany(
-                    "DELETE FROM seq_gaps WHERE vehicle_id = ? AND stream = ? AND start = ?",
+                deleted = db.executemany(
+                    "DELETE FROM seq_gaps WHERE vehicle_id = ? AND stream = ? AND start = ? "
+                    f"AND start < (SELECT {lowest} FROM seq_tracking t "
+                    "WHERE t.vehicle_id = seq_gaps.vehicle_id AND t.stream = seq_gaps.stream)",
                     [(vehicle, _TELEMETRY, start) for vehicle, start in rows],
-                )
+                ).rowcount
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError("prune seq_gaps", exc) from exc
-        return len(rows)
+        return deleted
 
     def prune_quarantine(
         self, *, received_before: int | None, max_entries: int | None, chunk: int = 2000
