@@ -150,6 +150,8 @@ class Environment(BaseSettings):
     vehicle_command_limit: str = _limit(DEFAULT_VEHICLE_COMMAND_LIMIT)
     login_limit: str = _limit(DEFAULT_LOGIN_LIMIT)
     invitation_limit: str = "20/hour,burst=10"
+    #: the most users one account may have (0: no limit)
+    max_users_per_account: int = Field(default=10_000, ge=0)
     no_registration: bool = False
     #: the session cookie's Secure flag; None: on unless the API listens on loopback
     cookie_secure: bool | None = None

@@ -89,14 +89,52 @@ def test_prune_quarantine_by_age_and_by_count(tmp_path: Path) -> None:
     store = open_store(db)
     try:
         pauses: list[None] = []
-        samples, entries = prune_once(store, policy, now, pause=lambda: pauses.append(None))
+        samples, entries, gaps = prune_once(store, policy, now, pause=lambda: pauses.append(None))
         kept = store.quarantine(limit=100)
     finally:
         store.close()
-    assert (samples, entries) == (0, 40)
+    assert (samples, entries, gaps) == (0, 40, 0)
     assert len(kept) == 20
     assert min(q.id for q in kept) == 41  # the newest twenty
     assert len(pauses) >= 40 // 7  # a pause between chunks
+
+
+def test_seq_gap_rows_go_with_the_telemetry_retention(tmp_path: Path) -> None:
+    """A unit that skips every other number leaves one gap row per sample; they went on
+    for good (security review 5, "left"). A retention pass deletes the samples and then
+    the gaps below every sample still stored; with no telemetry retention both stay."""
+    db = tmp_path / "t.db"
+    now = 100 * DAY_MS
+    store = open_store(db)
+    try:
+        for received_at, seqs in (
+            (now - 10 * DAY_MS, range(1, 2001, 2)),
+            (now, range(3001, 3011, 2)),
+        ):
+            store.commit(
+                IngestBatch(
+                    received_at=received_at,
+                    samples=[Sample(VIN, seq, received_at, {SPEED: 1.0}) for seq in seqs],
+                )
+            )
+    finally:
+        store.close()
+    assert _count(db, "seq_gaps") == 999 + 1 + 4  # the old ones, 2000..3000, the new ones
+    keep_all = RetentionPolicy(telemetry_days=None, chunk=300)
+    store = open_store(db)
+    try:
+        assert prune_once(store, keep_all, now) == (0, 0, 0)
+        assert _count(db, "seq_gaps") == 1004
+        policy = RetentionPolicy(telemetry_days=5, chunk=300)
+        pauses: list[None] = []
+        assert prune_once(store, policy, now, pause=lambda: pauses.append(None)) == (1000, 0, 1000)
+        assert len(pauses) >= 2 * (1000 // 300)
+    finally:
+        store.close()
+    assert _count(db, "samples") == 5
+    with sqlite3.connect(db) as conn:
+        kept = conn.execute("SELECT start, end FROM seq_gaps ORDER BY start").fetchall()
+    assert kept == [(3002, 3002), (3004, 3004), (3006, 3006), (3008, 3008)]
 
 
 def test_a_large_refused_payload_is_kept_as_a_prefix_with_size_and_hash(tmp_path: Path) -> None:

@@ -318,6 +318,64 @@ def test_retention_prunes_old_samples_and_quarantine(
     assert len(reader.quarantine(limit=10)) == 1
 
 
+def test_seq_gap_rows_go_with_the_samples_they_describe(
+    store: TelemetryBackend, reader: TelemetryBackend
+) -> None:
+    """Security review 5 ("left"): gap rows were never pruned. After retention took the
+    samples around them they go, in chunks; the gaps among the samples kept stay and still
+    fill, and the counts of missing numbers stay (history)."""
+    store.commit(
+        IngestBatch(
+            received_at=T0,
+            samples=_samples(VIN_A, range(1, 8, 2)) + _samples(VIN_B, range(1, 4, 2)),
+        )
+    )  # gaps: A 2, 4, 6; B 2
+    store.commit(IngestBatch(received_at=T0 + 10_000, samples=_samples(VIN_A, range(9, 12, 2))))
+    # A 8, 10
+    assert store.prune_seq_gaps(chunk=10) == 0  # every gap lies between samples kept
+    assert store.prune_samples(received_before=T0 + 1) == 6
+    assert [store.prune_seq_gaps(chunk=2) for _ in range(4)] == [2, 2, 1, 0]
+    missing = {v.vin: v.missing_samples for v in reader.list_vehicles(limit=10)}
+    assert missing == {VIN_A: 5, VIN_B: 1}
+    # the kept gap (10) is still known: a late 10 fills it
+    store.commit(IngestBatch(received_at=T0 + 20_000, samples=_samples(VIN_A, range(10, 11))))
+    missing = {v.vin: v.missing_samples for v in reader.list_vehicles(limit=10)}
+    assert missing == {VIN_A: 4, VIN_B: 1}
+    assert store.prune_seq_gaps(chunk=10) == 0
+
+
+def test_a_rarely_sent_signal_is_read_within_the_scan_bound(
+    store: TelemetryBackend, reader: TelemetryBackend
+) -> None:
+    """Security review 5 ("left"): a history read of a signal the vehicle rarely sends
+    looked at every sample in the window. A read looks at about ``scan`` samples: a page
+    ends early, even empty, with ``resume``; paging on from it finds every point once."""
+    samples = [
+        Sample(VIN_A, seq, T0 + seq * 1000, {SOC: 50.0, **({SPEED: 1.0} if seq == 45 else {})})
+        for seq in range(1, 51)
+    ]
+    store.commit(IngestBatch(received_at=T0 + 60_000, samples=samples))
+    end = T0 * 2
+    first = reader.history(VIN_A, [SPEED], tenure=1, start=0, end=end, limit=10, scan=20)
+    assert (list(first), first.resume) == ([], (T0 + 20_000, 20))
+    found: list[int] = []
+    after, reads = first.resume, 1
+    while after is not None:
+        page = reader.history(
+            VIN_A, [SPEED], tenure=1, start=0, end=end, limit=10, scan=20, after=after
+        )
+        found += [p.seq for p in page]
+        after, reads = page.resume, reads + 1
+    assert found == [45]
+    assert reads == 3
+    # a signal in every sample fills its page: no resume
+    dense = reader.history(VIN_A, [SOC], tenure=1, start=0, end=end, limit=10, scan=20)
+    assert ([p.seq for p in dense], dense.resume) == (list(range(1, 11)), None)
+    # within the default bound: everything at once
+    whole = reader.history(VIN_A, [SPEED], tenure=1, start=0, end=end, limit=10)
+    assert ([p.seq for p in whole], whole.resume) == ([45], None)
+
+
 def test_a_store_url_of_an_unknown_kind_names_the_supported_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"supported are sqlite://"):
         open_store("influx://localhost:8086/telemetry")

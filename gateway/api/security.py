@@ -80,6 +80,10 @@ __all__ = [
 _TOUCH_INTERVAL_MS: Final = 60_000
 
 
+#: the most users one account may have (security review 5, "left")
+DEFAULT_MAX_USERS_PER_ACCOUNT: Final = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
     """Authentication settings; the CLI builds them from flags and ``TELEMATICS_*``."""
@@ -98,6 +102,9 @@ class AuthSettings:
     #: invitations to share a vehicle, per inviting user (transfer offers and claims with a
     #: pairing code too, each counted apart)
     invitation_limit: Limit | None = DEFAULT_INVITATION_LIMIT
+    #: the most users one account may have, disabled ones included (users are never
+    #: deleted); creating one more answers 409 ``too_many_users`` (None: no limit)
+    max_users_per_account: int | None = DEFAULT_MAX_USERS_PER_ACCOUNT
     #: refused or failed attempts audited per caller (a user, else a client address); the
     #: ones beyond are counted, and the caller's next entry says how many were left out
     #: (None: every one is written)

@@ -175,6 +175,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         vehicle_command_limit=parse_limit(args.vehicle_command_limit),
         login_limit=parse_limit(args.login_limit),
         invitation_limit=parse_limit(args.invitation_limit),
+        max_users_per_account=args.max_users_per_account or None,
         first_admin_email=args.admin_email,
         first_admin_password=env.admin_password or None,
         open_registration=not args.no_registration,
@@ -189,6 +190,8 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     )
     if not 0 <= args.auth_cache_s <= 60:
         raise ConfigurationError("--auth-cache-s: give 0 (read every time) to 60 seconds")
+    if args.max_users_per_account < 0:
+        raise ConfigurationError("--max-users-per-account: give 0 (no limit) or more")
     if args.max_streams_per_user < 0:
         raise ConfigurationError("--max-streams-per-user: give 0 (no limit) or more")
     settings = ApiSettings(

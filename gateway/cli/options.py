@@ -309,6 +309,15 @@ def add_auth(p: argparse.ArgumentParser, env: Environment) -> None:
         "(env TELEMATICS_INVITATION_LIMIT; default: 20/hour,burst=10)",
     )
     p.add_argument(
+        "--max-users-per-account",
+        type=int,
+        default=env.max_users_per_account,
+        metavar="N",
+        help="the most users one account may have, disabled ones included; creating one "
+        "more answers 409 too_many_users (env TELEMATICS_MAX_USERS_PER_ACCOUNT; default: "
+        "10000; 0: no limit)",
+    )
+    p.add_argument(
         "--no-registration",
         action="store_true",
         default=env.no_registration,

@@ -168,6 +168,8 @@ def forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         args.login_limit,
         "--offline-after",
         repr(args.offline_after),
+        "--max-users-per-account",
+        str(args.max_users_per_account),
     ]
     if args.fleet_quotas:
         from gateway.api.settings import parse_fleet_quotas

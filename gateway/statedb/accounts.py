@@ -126,6 +126,7 @@ __all__ = [
     "RefreshTokenRecord",
     "SessionsEnded",
     "TenureRecord",
+    "UserLimitReached",
     "UserRecord",
     "VehicleAlreadyProvisioned",
     "VehicleRecord",
@@ -509,6 +510,16 @@ class DuplicateEmail(Conflict):
         )
 
 
+class UserLimitReached(Conflict):
+    """The account already has ``limit`` users (disabled ones count: users are never
+    deleted), the most it may have."""
+
+    def __init__(self, account_id: int, limit: int) -> None:
+        self.account_id = account_id
+        self.limit = limit
+        super().__init__(f"account {account_id} already has {limit} users, the most it may have")
+
+
 class VehicleAlreadyProvisioned(Conflict):
     """The VIN belongs to an active vehicle; revoke it first to provision it anew."""
 
@@ -620,12 +631,14 @@ class AccountRepository:
         role: str,
         account_id: int | None,
         now: int,
+        limit: int | None = None,
     ) -> UserRecord:
         """Store a new user; ``email`` is kept stripped and lower-cased.
 
         Raises :class:`DuplicateEmail` when the address is taken in any case (also when a
         concurrent sign-up wins the race: the UNIQUE constraint decides), :class:`NotFound`
-        for an unknown ``account_id`` and ``ValueError`` for an empty address.
+        for an unknown ``account_id``, :class:`UserLimitReached` when the account already
+        has ``limit`` users (None: no limit) and ``ValueError`` for an empty address.
         """
         email = normalize_email(email)
         if not email:
@@ -636,6 +649,8 @@ class AccountRepository:
                     raise DuplicateEmail(email)
                 if account_id is not None:
                     _require(session, AccountRow, account_id, "account")
+                    if limit is not None:
+                        _require_room_for_a_user(session, account_id, limit)
                 row = UserRow(
                     email=email,
                     name=name,
@@ -1986,3 +2001,18 @@ def _paged(query: _Selected, id_column: Any, after_id: int | None, limit: int | 
     if limit is not None:
         query = query.limit(limit)
     return query
+
+
+def _count_users(session: Session, account_id: int) -> int:
+    query = select(func.count()).select_from(UserRow).where(UserRow.account_id == account_id)
+    return int(session.scalar(query) or 0)
+
+
+def _require_room_for_a_user(session: Session, account_id: int, limit: int) -> None:
+    """Raise :class:`UserLimitReached` when ``account_id`` has ``limit`` users. The account's
+    row is locked first (PostgreSQL; SQLite: the write lock), so two creations at once
+    cannot both see room for one more (security review 5, "left": only a rate limit bounded
+    how many users an owner or a fleet manager created)."""
+    session.execute(select(AccountRow.id).where(AccountRow.id == account_id).with_for_update())
+    if _count_users(session, account_id) >= limit:
+        raise UserLimitReached(account_id, limit)

@@ -9,7 +9,9 @@ Imports ``schemas`` and ``gateway.errors``; imported by ``gateway.ingest`` and `
 
 from gateway.store.base import (
     FIRST_TENURE,
+    HISTORY_SCAN_ROWS,
     CommitResult,
+    HistoryPage,
     HistoryPoint,
     IngestBatch,
     LoggedEvent,
@@ -29,8 +31,10 @@ from gateway.store.factory import SUPPORTED_SCHEMES, open_store, resolve_store, 
 
 __all__ = [
     "FIRST_TENURE",
+    "HISTORY_SCAN_ROWS",
     "SUPPORTED_SCHEMES",
     "CommitResult",
+    "HistoryPage",
     "HistoryPoint",
     "IngestBatch",
     "LoggedEvent",

@@ -58,7 +58,9 @@ from gateway.store import lineprotocol as lp
 from gateway.store import packing
 from gateway.store.base import (
     FIRST_TENURE,
+    HISTORY_SCAN_ROWS,
     CommitResult,
+    HistoryPage,
     HistoryPoint,
     IngestBatch,
     LoggedEvent,
@@ -730,6 +732,10 @@ class InfluxTelemetryStore:
                 shipper.forget_handoffs(upto=max(r[0] for r in rows))
         return len(rows)
 
+    def prune_seq_gaps(self, *, chunk: int = 2000) -> int:
+        """The index keeps the seq gaps and the samples' seq numbers: its rule applies."""
+        return self.index.prune_seq_gaps(chunk=chunk)
+
     def prune_quarantine(
         self, *, received_before: int | None, max_entries: int | None, chunk: int = 2000
     ) -> int:
@@ -778,12 +784,14 @@ class InfluxTelemetryStore:
         end: int,
         limit: int,
         after: tuple[int, int] | None = None,
-    ) -> list[HistoryPoint]:
+        scan: int = HISTORY_SCAN_ROWS,
+    ) -> HistoryPage:
         """From InfluxDB, oldest first: the points of (vin, tenure) in [start, end) that
         carry one of ``signals``. The query asks for ``seq`` too (it is in every point),
-        so points without those signals come back and are skipped here, page by page."""
+        so points without those signals come back and are skipped here, page by page, up
+        to about ``scan`` points read: then the page ends early with ``resume``."""
         if not signals or limit <= 0:
-            return []
+            return HistoryPage()
         self._await_shipped(READ_WAIT_S)
         columns = ", ".join(lp.quote_ident(s) for s in ("seq", *signals))
         where = (
@@ -792,13 +800,18 @@ class InfluxTelemetryStore:
         )
         cursor = None if after is None else lp.point_time(*after)
         points: list[HistoryPoint] = []
-        page = max(limit, 500)
+        page = max(1, min(max(limit, 500), scan))
+        scanned = 0
+        last: list[Any] | None = None
         while len(points) < limit:
+            if scanned >= scan and last is not None:
+                return HistoryPage(points, resume=(lp.split_point_time(last[0]), int(last[1])))
             following = "" if cursor is None else f" AND time > {cursor}"
             rows = self._rows(
                 f"SELECT {columns} FROM {lp.quote_ident(lp.MEASUREMENT)} "
                 f"WHERE {where}{following} ORDER BY time ASC LIMIT {page}"
             )
+            scanned += len(rows)
             for row in rows:
                 values = {
                     s: lp.decode_value(s, v)
@@ -809,8 +822,9 @@ class InfluxTelemetryStore:
                     points.append(HistoryPoint(int(row[1]), lp.split_point_time(row[0]), values))
             if len(rows) < page:
                 break
-            cursor = rows[-1][0]
-        return points[:limit]
+            last = rows[-1]
+            cursor = last[0]
+        return HistoryPage(points[:limit])
 
     def _rows(self, statement: str) -> list[list[Any]]:
         rows: list[list[Any]] = []

@@ -78,7 +78,9 @@ from gateway.files import private_sqlite_file
 from gateway.store import packing
 from gateway.store.base import (
     FIRST_TENURE,
+    HISTORY_SCAN_ROWS,
     CommitResult,
+    HistoryPage,
     HistoryPoint,
     IngestBatch,
     LoggedEvent,
@@ -244,6 +246,7 @@ _MISSING = (
 #: the newest row of a log table stays (see the module docstring: ids are never reused)
 _KEEP_NEWEST = " AND id < (SELECT max(id) FROM {table})"
 _LOGS = frozenset({"samples", "events"})
+_TELEMETRY: Final = metrics.STREAM_TELEMETRY
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -659,6 +662,48 @@ class SqliteTelemetryStore:
         Latest values stay: a vehicle's state does not depend on its history."""
         return self._delete_oldest("samples", "received_at < ?", (received_before,), chunk)
 
+    def prune_seq_gaps(self, *, chunk: int = 2000) -> int:
+        """Delete up to ``chunk`` telemetry seq-gap rows that lie below every sample still
+        stored for their vehicle (retention took the samples around them; a vehicle with no
+        sample left loses all its gaps); the number deleted. A gap holds no received number,
+        so one that starts below the vehicle's lowest stored seq ends below it too. One
+        index seek per vehicle for its lowest seq, then a range of the gaps' primary key:
+        the work follows the vehicles and the rows deleted, not the gaps kept. The counts
+        (``seq_tracking.missing``, the counters) stay: they are history, like the samples'
+        counters."""
+        db = self._db
+        lowest = (
+            "coalesce((SELECT min(s.seq) FROM samples s WHERE s.vehicle_id = t.vehicle_id), "
+            "t.last_seq + 1)"
+        )
+        try:
+            # chosen without the write lock (a walk over the vehicles), then deleted in one
+            # short write transaction that checks each row again: a late sample committed
+            # in between may have lowered its vehicle's lowest seq
+            rows = db.execute(
+                "SELECT g.vehicle_id, g.start FROM seq_tracking t CROSS JOIN seq_gaps g "
+                "ON g.vehicle_id = t.vehicle_id AND g.stream = t.stream "
+                f"AND g.start < {lowest} WHERE t.stream = ? LIMIT ?",
+                (_TELEMETRY, chunk),
+            ).fetchall()
+            if not rows:
+                return 0
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = db.executemany(
+                    "DELETE FROM seq_gaps WHERE vehicle_id = ? AND stream = ? AND start = ? "
+                    f"AND start < (SELECT {lowest} FROM seq_tracking t "
+                    "WHERE t.vehicle_id = seq_gaps.vehicle_id AND t.stream = seq_gaps.stream)",
+                    [(vehicle, _TELEMETRY, start) for vehicle, start in rows],
+                ).rowcount
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError("prune seq_gaps", exc) from exc
+        return deleted
+
     def prune_quarantine(
         self, *, received_before: int | None, max_entries: int | None, chunk: int = 2000
     ) -> int:
@@ -765,38 +810,64 @@ class SqliteTelemetryStore:
         end: int,
         limit: int,
         after: tuple[int, int] | None = None,
-    ) -> list[HistoryPoint]:
+        scan: int = HISTORY_SCAN_ROWS,
+    ) -> HistoryPage:
         """Samples of ``vin`` in its holding period ``tenure`` with ``start <= ts < end``
         that carry at least one of ``signals``, oldest first (by ts, then seq), at most
         ``limit``; ``after``: only those after this (ts, seq), the last point of the
-        previous page."""
-        if not signals:
-            return []
+        previous page. Looks at about ``scan`` samples at most: a signal the vehicle rarely
+        sends ends the page early with ``resume`` (security review 5: reading it scanned
+        every sample in the window, 0.12-0.19 s of CPU at 1,000,000 samples)."""
+        if not signals or limit <= 0:
+            return HistoryPage()
         wanted = packing.mask_of(signals)
-        points: list[HistoryPoint] = []
+        points = HistoryPage()
+        window = (
+            "FROM samples "
+            "WHERE vehicle_id = (SELECT id FROM vehicles WHERE vin = ? AND tenure = ?) "
+            "AND ts >= ? AND ts < ? {following}ORDER BY ts, seq"
+        )
+        scanned = 0
         # SQLite skips the rows whose mask has none of the signals (rows written before
-        # schema 5 have none: JSON, looked at here); a signal without an id shares bit 63,
-        # so the exact test is the values themselves, page after page until ``limit``
+        # schema 5 have none: JSON, looked at here) among the next ``budget`` rows of the
+        # window, so a rarely sent signal costs at most ``scan`` rows; a signal without an
+        # id shares bit 63, so the exact test is the values themselves
         while len(points) < limit:
+            if scanned >= scan:
+                points.resume = after
+                break
             following, position = "", cast(tuple[int, ...], ())
             if after is not None:
                 following, position = "AND (ts, seq) > (?, ?) ", after
-            chunk = limit - len(points)
-            rows = self._read(
-                "SELECT seq, ts, signals FROM samples "
-                "WHERE vehicle_id = (SELECT id FROM vehicles WHERE vin = ? AND tenure = ?) "
-                f"AND ts >= ? AND ts < ? {following}"
-                "AND (mask IS NULL OR mask & ? != 0) ORDER BY ts, seq LIMIT ?",
-                (vin, tenure, start, end, *position, wanted, chunk),
+            budget, chunk = scan - scanned, limit - len(points)
+            # the index range starts at the cursor's ts, not at ``start`` (SQLite uses one
+            # lower bound: with both, a later page walked the window from its start again)
+            low = start if after is None else max(start, after[0])
+            where = (vin, tenure, low, end, *position)
+            rows = self._read(  # the blobs of the matching rows only, by row id
+                "SELECT w.seq, w.ts, s.signals FROM (SELECT id, seq, ts, mask "
+                f"{window.format(following=following)} LIMIT ?) AS w "
+                "CROSS JOIN samples AS s ON s.id = w.id "
+                "WHERE w.mask IS NULL OR w.mask & ? != 0 LIMIT ?",
+                (*where, budget, wanted, chunk),
             )
+            scanned += budget
             for seq, ts, blob in rows:
                 values = packing.unpack_any(blob)
                 kept = {s: values[s] for s in signals if s in values}
                 if kept:
                     points.append(HistoryPoint(seq, ts, kept))
-            if len(rows) < chunk:
+            if len(rows) == chunk:
+                after = (rows[-1][1], rows[-1][0])
+                continue
+            # fewer: the window or the budget ran out; where the budget ended, if it did
+            last = self._read(
+                f"SELECT ts, seq {window.format(following=following)} LIMIT 1 OFFSET ?",
+                (*where, budget - 1),
+            )
+            if not last:
                 break
-            after = (rows[-1][1], rows[-1][0])
+            after = (last[0][0], last[0][1])
         return points
 
     def quarantine(

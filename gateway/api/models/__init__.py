@@ -281,8 +281,10 @@ class History(_Model):
     end_iso: str
     items: list[HistoryPointOut] = Field(description="Oldest first, by sample time.")
     next: str | None = Field(
-        description="More points matched: pass as `cursor` (same signals, start and end) "
-        "for the next page; null on the last page."
+        description="More points may follow: pass as `cursor` (same signals, start and "
+        "end) for the next page; null on the last page. A page of a signal the vehicle "
+        "rarely sends may hold fewer than `limit` points, even none, and a `next`: each "
+        "request looks at a bounded number of the vehicle's samples."
     )
 
 

@@ -143,6 +143,9 @@ def _figures(reader: TelemetryReader, vin: str, tenure: int, at: int) -> Snapsho
                 vin, missing, tenure=tenure, start=lower, end=upper, limit=_PAGE, after=after
             )
             points.extend((p.ts, p.values) for p in page)
+            if page.resume is not None:  # the store's scan bound, not the window's end
+                after = page.resume
+                continue
             if len(page) < _PAGE:
                 break
             after = (page[-1].ts, page[-1].seq)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Response
 
 from gateway.api.bounds import MAX_ID
 from gateway.api.deps import Auth, Caller, CallerAudit
+from gateway.api.errors import ApiError
 from gateway.api.models.accounts import (
     IdPath,
     UserCreated,
@@ -43,7 +44,7 @@ from gateway.core.policy import (
     can_manage_account,
     can_manage_user,
 )
-from gateway.statedb.accounts import DuplicateEmail, SessionsEnded, UserRecord
+from gateway.statedb.accounts import DuplicateEmail, SessionsEnded, UserLimitReached, UserRecord
 
 __all__ = ["router"]
 
@@ -81,6 +82,7 @@ def create_user(
             "drivers, administrators create administrators)."
         )
     _limit_probes(context, audit, principal, account_id, taken=False)
+    limit = context.settings.max_users_per_account
     generated = None
     if body.password is None:
         no_store(response)
@@ -95,7 +97,23 @@ def create_user(
             role=body.role,
             account_id=account_id,
             now=context.now_ms(),
+            limit=limit,
         )
+    except UserLimitReached:
+        audit.record(
+            "user_create",
+            outcome="denied",
+            account_id=account_id,
+            detail={"reason": "too many users", "limit": limit},
+        )
+        raise ApiError(
+            409,
+            "too_many_users",
+            f"Account {account_id} already has {limit} users, the most one account may have "
+            "(disabled users count: users are not deleted). Give an existing user the role "
+            "or the vehicles instead (PATCH /v1/users/{id}), or ask the installation's "
+            "operator to raise TELEMATICS_MAX_USERS_PER_ACCOUNT (--max-users-per-account).",
+        ) from None
     except DuplicateEmail:
         _limit_probes(context, audit, principal, account_id, taken=True)
         raise email_taken(body.email) from None

@@ -21,7 +21,15 @@ from gateway.api.models import (
     VehicleDetail,
     VehiclePage,
 )
-from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, cursor_key, decode_cursor, page_of
+from gateway.api.paging import (
+    DEFAULT_PAGE,
+    Cursor,
+    Limit,
+    cursor_key,
+    decode_cursor,
+    encode_cursor,
+    page_of,
+)
 from gateway.api.params import TIME_FORMS, Timestamp, iso, now_ms, split_signals, unknown_signals
 from gateway.api.security import AuthContext, readable_data, vehicle_not_found
 from gateway.core.policy import Principal
@@ -223,6 +231,10 @@ def history(
         kind="history",
         key=lambda p: [p.ts, p.seq],
     )
+    if following is None and points.resume is not None:
+        # the store stopped at its scan bound (a signal the vehicle rarely sends): fewer
+        # points, even none, and a cursor from where it stopped
+        following = encode_cursor("history", list(points.resume))
     return History(
         vin=vin,
         signals=names,
@@ -265,8 +277,11 @@ def history_router(max_limit: int, default_limit: int) -> APIRouter:
     ) -> History:
         """Samples with `start <= ts < end` (sample time) that carry at least one of
         `signals`, oldest first; each point holds the requested signals it carries. Page
-        on with `cursor` = `next` and the same `signals`, `start` and `end`. Only samples
-        the vehicle reported while its current holder held it."""
+        on with `cursor` = `next` and the same `signals`, `start` and `end`; page on
+        until `next` is null, not until a page is short: each request looks at no more
+        than 20,000 of the vehicle's samples, so a rarely sent signal can give a short
+        or empty page with a `next`. Only samples the vehicle reported while its current
+        holder held it."""
         return history(principal, vin, reader, context, signals, start, end, limit, cursor)
 
     return history_router
