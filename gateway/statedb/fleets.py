@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from gateway.statedb.accounts import Conflict, NotFound, _rowcount
 from gateway.statedb.database import StateDatabase
@@ -92,6 +93,19 @@ def _fleet(row: FleetRow, count: int = 0) -> FleetRecord:
     return FleetRecord(
         row.id, row.account_id, row.name, row.kind, row.speed_limit_kmh, row.created_at, count
     )
+
+
+def _vehicle_counts(session: Session, fleet_ids: list[int]) -> dict[int, int]:
+    """How many vehicles each of these fleets holds (one grouped query; a fleet without
+    vehicles is absent)."""
+    if not fleet_ids:
+        return {}
+    query = (
+        select(FleetVehicleRow.fleet_id, func.count())
+        .where(FleetVehicleRow.fleet_id.in_(fleet_ids))
+        .group_by(FleetVehicleRow.fleet_id)
+    )
+    return {int(fleet_id): int(count) for fleet_id, count in session.execute(query)}
 
 
 def _driver(row: DriverRow) -> DriverRecord:
@@ -197,7 +211,9 @@ class FleetRepository:
         if after is not None:
             query = query.where(FleetRow.id > after)
         with self._db.read() as session:
-            return [_fleet(r) for r in session.scalars(query)]
+            rows = list(session.scalars(query))
+            counts = _vehicle_counts(session, [r.id for r in rows])
+            return [_fleet(r, counts.get(r.id, 0)) for r in rows]
 
     def update_fleet(self, fleet_id: int, changes: Mapping[str, Any]) -> FleetRecord | None:
         """``changes``: ``name`` and/or ``speed_limit_kmh``."""
@@ -209,7 +225,7 @@ class FleetRepository:
                 for name, value in changes.items():
                     setattr(row, name, value)
                 session.flush()
-                return _fleet(row)
+                return _fleet(row, _vehicle_counts(session, [fleet_id]).get(fleet_id, 0))
         except IntegrityError as exc:
             raise DuplicateFleetName(
                 f"a fleet or group named {changes.get('name')!r} exists"
