@@ -151,6 +151,8 @@ class Environment(BaseSettings):
     login_limit: str = _limit(DEFAULT_LOGIN_LIMIT)
     invitation_limit: str = "20/hour,burst=10"
     no_registration: bool = False
+    #: webhooks may POST to private, loopback and link-local addresses (docs/webhooks.md)
+    webhook_allow_private_targets: bool = False
     #: the session cookie's Secure flag; None: on unless the API listens on loopback
     cookie_secure: bool | None = None
     #: live streams (Server-Sent Events) one user may have open at once, per API process
@@ -177,7 +179,11 @@ class Environment(BaseSettings):
     user_password: str | None = Field(default=None, repr=False)
 
     _switches = field_validator(
-        "no_registration", "require_provisioned", "cookie_secure", mode="before"
+        "no_registration",
+        "require_provisioned",
+        "cookie_secure",
+        "webhook_allow_private_targets",
+        mode="before",
     )(_flag)
 
     def mqtt_credentials(
