@@ -205,9 +205,9 @@ class GeofencePage(Page):
 class RuleSettingsIn(_In):
     rules: dict[str, Any] = Field(
         default_factory=dict,
-        description="Overrides of the rule thresholds (names of gateway.core.fleet.rules."
-        "RuleSettings, e.g. speed_limit_kmh, idle_after_ms, low_soc_pct, offline_after_ms, "
-        "enabled); what is not given keeps its default.",
+        description="Overrides of the rule thresholds (GET lists every name with its value "
+        "in effect as effective_rules, e.g. speed_limit_kmh, idle_after_ms, low_soc_pct, "
+        "offline_after_ms, enabled); what is not given keeps its default.",
     )
     trips: dict[str, Any] = Field(
         default_factory=dict,
@@ -218,8 +218,15 @@ class RuleSettingsIn(_In):
 
 class RuleSettingsOut(BaseModel):
     account_id: int
-    rules: dict[str, Any]
-    trips: dict[str, Any]
+    rules: dict[str, Any] = Field(description="What the account changed from the defaults.")
+    trips: dict[str, Any] = Field(description="What the account changed from the defaults.")
+    effective_rules: dict[str, Any] = Field(
+        description="Every rule threshold with the value in effect (the default unless "
+        "`rules` changes it): the names PUT takes."
+    )
+    effective_trips: dict[str, Any] = Field(
+        description="Every trip threshold with the value in effect: the names PUT takes."
+    )
 
 
 # --- alerts, trips, events ------------------------------------------------------------------
