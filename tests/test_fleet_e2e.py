@@ -221,7 +221,7 @@ def test_every_rule_fires_once_through_the_broker_and_the_report_adds_up(
     assert total["alerts"] == len(alerts)
     csv = a.call("GET", "/v1/reports/drivers", params={**window, "format": "csv"})
     assert csv.headers["content-type"].startswith("text/csv")
-    assert csv.text.splitlines()[0].startswith("key,day,trips,distance_m")
+    assert csv.text.splitlines()[0].startswith("key,name,day,trips,distance_m")
     assert len(csv.text.splitlines()) == 3  # header, the day, the total
 
     # acknowledge and clear

@@ -744,7 +744,7 @@ def test_download_the_report_as_csv(stack: dict[str, Any], browser: Any, tmp_pat
         path = tmp_path / "report.csv"
         download.value.save_as(path)
         header = path.read_text().splitlines()[0]
-        assert header.startswith("key,day,trips,distance_m"), header
+        assert header.startswith("key,name,day,trips,distance_m"), header
         screenshot(page, "reports")
         assert console.errors == []
     finally:

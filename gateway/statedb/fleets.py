@@ -16,7 +16,7 @@ What the rules worker produces (alerts, trips) and its own state are in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -317,6 +317,25 @@ class FleetRepository:
             query = query.where(DriverRow.id > after)
         with self._db.read() as session:
             return [_driver(r) for r in session.scalars(query)]
+
+    def report_names(
+        self, account_id: int | None, keys: Iterable[str], *, drivers: bool
+    ) -> dict[str, str]:
+        """The names a report shows next to its keys: the labels of these VINs, or the
+        names of these drivers (ids as text), of ``account_id`` (None: any account); a key
+        without a name (or of another account) is absent."""
+        column = DriverRow.id if drivers else VehicleRow.vin
+        name = DriverRow.name if drivers else VehicleRow.label
+        owner = DriverRow.account_id if drivers else VehicleRow.account_id
+        wanted = sorted({int(k) for k in keys if k.isdecimal()} if drivers else set(keys))
+        out: dict[str, str] = {}
+        with self._db.read() as session:
+            for i in range(0, len(wanted), 500):
+                query = select(column, name).where(column.in_(wanted[i : i + 500]))
+                if account_id is not None:
+                    query = query.where(owner == account_id)
+                out.update((str(k), n) for k, n in session.execute(query) if n is not None)
+        return out
 
     def update_driver(self, driver_id: int, changes: Mapping[str, Any]) -> DriverRecord | None:
         with self._db.write() as session:

@@ -301,6 +301,9 @@ class ReportRow(BaseModel):
     """One vehicle's (or driver's) day, or its total over the range (``day`` null)."""
 
     key: str = Field(description="The VIN, or the driver's id.")
+    name: str | None = Field(
+        description="The vehicle's label, or the driver's name (null: none given)."
+    )
     day: str | None = Field(description="UTC date, YYYY-MM-DD; null: the total.")
     trips: int
     distance_m: float

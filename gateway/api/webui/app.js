@@ -1191,7 +1191,7 @@
       try {
         const report = await api("/v1/reports/vehicles?" + query());
         rows.replaceChildren(...report.totals.map((r) => el("tr", {},
-          el("td", { text: r.key }), el("td", { text: r.trips }),
+          el("td", { text: r.name ? `${r.name} (${r.key})` : r.key }), el("td", { text: r.trips }),
           el("td", { text: num(r.distance_m / 1000, 1, " km") }),
           el("td", { text: num(r.driving_ms / 60000, 0, " min") }),
           el("td", { text: num(r.energy_used_pct, 1, " %") }),
