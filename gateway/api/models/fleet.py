@@ -132,8 +132,9 @@ class DriverPage(Page):
 
 class AssignmentRequest(_In):
     vin: str = Field(min_length=17, max_length=17)
-    valid_from: Timestamp = Field(
-        description="When the assignment starts (the response's start_at)."
+    valid_from: Timestamp | None = Field(
+        default=None,
+        description="When the assignment starts (the response's start_at); default: now.",
     )
     valid_until: Timestamp | None = Field(
         default=None, description="Exclusive (the response's end_at); null: until further notice."

@@ -1,12 +1,18 @@
-"""What a fleet manager reads back from the rule settings (found by a fleet manager's
-trial): GET answered ``{"rules": {}, "trips": {}}`` on a new account, so nobody could tell
-which thresholds were in effect or what the settings were called (the API described them
-as the fields of a Python class). The answer now also holds every threshold with its value
-in effect, in the form PUT takes. Everything talks to the real API app in this process.
+"""What a fleet manager's trial found in the fleet routes, each test failing without its fix:
+
+* the rule settings: GET answered ``{"rules": {}, "trips": {}}`` on a new account, so
+  nobody could tell which thresholds were in effect or what the settings were called (the
+  API described them as the fields of a Python class). The answer now also holds every
+  threshold with its value in effect, in the form PUT takes;
+* assigning a driver "from now on" needed the current time in epoch milliseconds
+  (``valid_from`` was required): it defaults to now.
+
+Everything talks to the real API app in this process.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -65,3 +71,24 @@ def test_an_override_shows_in_effect_and_the_answer_can_be_put_back(
     assert again.status_code == 200, again.text
     assert again.json()["effective_rules"]["enabled"] == ["harsh_braking", "overspeed"]
     assert client.get(url).json()["effective_rules"] == again.json()["effective_rules"]
+
+
+def test_a_driver_is_assigned_from_now_unless_told_otherwise(
+    manager: tuple[TestClient, int],
+) -> None:
+    client, _account = manager
+    vin = "WVWZZZ1JZXW000077"
+    assert client.post("/v1/vehicles", json={"vin": vin, "label": "Van 77"}).status_code == 201
+    driver = client.post("/v1/drivers", json={"name": "Max"}).json()["id"]
+    before = int(time.time() * 1000)
+    r = client.post(f"/v1/drivers/{driver}/assignments", json={"vin": vin})
+    after = int(time.time() * 1000)
+    assert r.status_code == 201, r.text
+    assert before <= r.json()["start_at"] <= after
+    assert r.json()["end_at"] is None
+    # an end before now, without a start, is a backwards range like any other
+    r = client.post(
+        f"/v1/drivers/{driver}/assignments", json={"vin": vin, "valid_until": before - 60_000}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"][0]["loc"] == ["body", "valid_until"]
