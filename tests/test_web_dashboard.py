@@ -488,6 +488,13 @@ def test_acknowledge_an_alert(stack: dict[str, Any], browser: Any) -> None:
         assert row.locator(".acknowledged").inner_text() != "no"
         stored = fleet.get("/v1/alerts").json()["items"]
         assert next(a for a in stored if str(a["id"]) == alert_id)["acknowledged_at"] is not None
+        # the work list: what nobody acknowledged yet leaves out the one just acknowledged
+        page.select_option("#alert-state", "unacknowledged")
+        page.wait_for_function(
+            "(id) => !document.querySelector(`tr[data-alert='${id}']`)", arg=alert_id
+        )
+        shown = page.locator("tr[data-alert] .acknowledged").all_inner_texts()
+        assert set(shown) <= {"no"}, shown
         screenshot(page, "alerts")
         assert console.errors == []
     finally:

@@ -864,14 +864,16 @@
     const rows = el("tbody", {});
     const show = el("select", { id: "alert-state" },
       el("option", { value: "", text: "all" }), el("option", { value: "open", text: "open" }),
-      el("option", { value: "closed", text: "closed" }));
+      el("option", { value: "closed", text: "closed" }),
+      el("option", { value: "unacknowledged", text: "not acknowledged" }));
     content.append(el("div", { class: "filters" }, el("label", { for: "alert-state" }, "Alerts", show)),
       el("div", { class: "table-wrap" }, el("table", { id: "alerts" },
         el("thead", {}, el("tr", {}, ...["Vehicle", "Alert", "Severity", "Since", "Acknowledged", ""]
           .map((h) => el("th", { scope: "col", text: h })))), rows)));
     const row = (a) => el("tr", { "data-alert": a.id },
       el("td", {}, el("a", { href: "/vehicles/" + a.vin, text: a.vin })),
-      el("td", { text: a.kind + (a.key && a.key !== a.kind ? " " + a.key : "") }),
+      el("td", { text: a.kind + (a.detail && a.detail.name ? " " + a.detail.name // a geofence's
+        : a.key && a.key !== a.kind ? " " + a.key : "") }),
       el("td", { text: a.severity }),
       el("td", { text: when(a.start_at) + (a.end_at ? " – " + when(a.end_at) : "") }),
       el("td", { class: "acknowledged", text: a.acknowledged_at ? when(a.acknowledged_at) : "no" }),
@@ -886,7 +888,8 @@
       } }, "Acknowledge")));
     const load = async () => {
       try {
-        const query = show.value ? "?state=" + show.value : "";
+        const query = show.value === "unacknowledged" ? "?acknowledged=false"
+          : show.value ? "?state=" + show.value : "";
         const alerts = await api("/v1/alerts" + query + (query ? "&" : "?") + "limit=200");
         rows.replaceChildren(...alerts.items.map(row));
         if (!alerts.items.length) rows.append(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "No alerts." })));
