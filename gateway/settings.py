@@ -153,6 +153,8 @@ class Environment(BaseSettings):
     #: the most users one account may have (0: no limit)
     max_users_per_account: int = Field(default=10_000, ge=0)
     no_registration: bool = False
+    #: webhooks may POST to private, loopback and link-local addresses (docs/webhooks.md)
+    webhook_allow_private_targets: bool = False
     #: the session cookie's Secure flag; None: on unless the API listens on loopback
     cookie_secure: bool | None = None
     #: live streams (Server-Sent Events) one user may have open at once, per API process
@@ -179,7 +181,11 @@ class Environment(BaseSettings):
     user_password: str | None = Field(default=None, repr=False)
 
     _switches = field_validator(
-        "no_registration", "require_provisioned", "cookie_secure", mode="before"
+        "no_registration",
+        "require_provisioned",
+        "cookie_secure",
+        "webhook_allow_private_targets",
+        mode="before",
     )(_flag)
 
     def mqtt_credentials(

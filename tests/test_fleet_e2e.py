@@ -188,6 +188,22 @@ def test_every_rule_fires_once_through_the_broker_and_the_report_adds_up(
     assert kinds() == Counter(dict.fromkeys(EVERY_KIND, 1)), kinds()
     alerts = a.call("GET", f"/v1/alerts?vin={VAN}&limit=100").json()["items"]
     assert {x["driver_id"] for x in alerts} == {driver}
+    # the manager's work list: what nobody acknowledged yet, and by severity (found by a
+    # fleet manager's trial: both filters were ignored, the whole list came back)
+    seen = alerts[0]["id"]
+    assert a.call("POST", f"/v1/alerts/{seen}/acknowledge").status_code == 200
+
+    def ids(query: str) -> set[int]:
+        return {
+            x["id"]
+            for x in a.call("GET", f"/v1/alerts?vin={VAN}&limit=100&{query}").json()["items"]
+        }
+
+    assert ids("acknowledged=true") == {seen}
+    assert ids("acknowledged=false") == {x["id"] for x in alerts} - {seen}
+    for severity in ("info", "warning", "critical"):
+        assert ids(f"severity={severity}") == {x["id"] for x in alerts if x["severity"] == severity}
+    assert {x["severity"] for x in alerts} > {"info"}  # the filter has something to drop
 
     wait_until(
         lambda: a.call("GET", f"/v1/trips?vin={VAN}").json()["items"], timeout=20, what="the trip"
@@ -205,7 +221,7 @@ def test_every_rule_fires_once_through_the_broker_and_the_report_adds_up(
     assert total["alerts"] == len(alerts)
     csv = a.call("GET", "/v1/reports/drivers", params={**window, "format": "csv"})
     assert csv.headers["content-type"].startswith("text/csv")
-    assert csv.text.splitlines()[0].startswith("key,day,trips,distance_m")
+    assert csv.text.splitlines()[0].startswith("key,name,day,trips,distance_m")
     assert len(csv.text.splitlines()) == 3  # header, the day, the total
 
     # acknowledge and clear

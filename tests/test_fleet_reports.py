@@ -30,7 +30,7 @@ from gateway.statedb.fleet_log import (
     VinStep,
 )
 from gateway.statedb.fleets import FleetRepository
-from gateway.statedb.models import FleetAlertDayRow, FleetAlertRow, FleetTripDayRow
+from gateway.statedb.models import FleetAlertDayRow, FleetAlertRow, FleetTripDayRow, VehicleRow
 from gateway.store import open_store
 from tests.support.api import admin_client
 
@@ -393,3 +393,38 @@ def test_migration_0015_rolls_up_the_alerts_stored_before_it(world: World) -> No
         command.downgrade(alembic_config(connection), "0014_service_partners")
     world.db.upgrade()
     assert _alert_rollup(world) == kept == _alert_sums(world) != []
+
+
+def test_a_report_names_each_vehicle_and_driver_next_to_its_key(world: World) -> None:
+    """Found by a fleet manager's trial: the driver report's CSV said ``1`` and ``2``, the
+    vehicle report only VINs; each line now has the vehicle's label or the driver's name
+    (in CSV as text no spreadsheet runs: a name is someone's input), and nobody else's."""
+    w = world
+    with w.db.write() as session:
+        for vin, label in ((VINS[0], "Van 1"), (VINS[1], "=2+3"), (OTHER_VIN, "Truck")):
+            row = session.get(VehicleRow, vin)
+            assert row is not None
+            row.label = label
+    params = {**_window(), "account_id": w.org}
+    body = w.api.get("/v1/reports/vehicles", params=params).json()
+    names = {t["key"]: t["name"] for t in body["totals"]}
+    assert names == {VINS[0]: "Van 1", VINS[1]: "=2+3", VINS[2]: None}
+    assert {r["name"] for r in body["rows"] if r["key"] == VINS[0]} == {"Van 1"}
+    one = w.api.get("/v1/reports/vehicles", params={**_window(), "vin": VINS[0]}).json()
+    assert [t["name"] for t in one["totals"]] == ["Van 1"]
+    text = w.api.get("/v1/reports/vehicles", params={**params, "format": "csv"}).text
+    lines = list(csv.DictReader(io.StringIO(text)))
+    assert {x["key"]: x["name"] for x in lines if x["day"] == ""} == {
+        VINS[0]: "Van 1", VINS[1]: "'=2+3", VINS[2]: "",
+    }  # fmt: skip
+    # the drivers' report: the driver's name, not only the id
+    repo = FleetRepository(w.db)
+    ada = repo.create_driver(account_id=w.org, name="Ada", user_id=None, now=1)
+    repo.assign(ada.id, VINS[1], start_at=D0 * DAY_MS, end_at=None)
+    idle_at = (D0 + 2) * DAY_MS + 3_600_000
+    w.commit([VinStep(VINS[1], 1, w.org, {}, {}, alerts=[_opened("idling", "idling", idle_at)])], 1)
+    drivers = w.api.get("/v1/reports/drivers", params=params).json()
+    assert [(t["key"], t["name"]) for t in drivers["totals"]] == [(str(ada.id), "Ada")]
+    text = w.api.get("/v1/reports/drivers", params={**params, "format": "csv"}).text
+    assert text.splitlines()[0].startswith("key,name,day,")
+    assert f"\r\n{ada.id},Ada," in text

@@ -271,7 +271,45 @@ def test_a_job_to_an_empty_fleet_is_refused_as_such(world: World) -> None:
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == "fleet_has_no_vehicles"
     assert r.json()["error"]["details"][0]["loc"] == ["body", "fleet_id"]
+    # the hint names the route that adds a vehicle (it named a POST that does not exist)
+    hint = f"PUT /v1/fleets/{fleet['id']}/vehicles/{{vin}}"
+    assert hint in r.json()["error"]["message"], r.text
+    route = world.client.app.openapi()["paths"]["/v1/fleets/{fleet_id}/vehicles/{vin}"]  # type: ignore[attr-defined]
+    assert "put" in route
     assert world.as_("A", "GET", "/v1/command-jobs").json()["items"] == []
+
+
+def test_the_fleet_list_counts_each_fleets_vehicles(world: World) -> None:
+    """Found by a fleet manager's trial: GET /v1/fleets said vehicle_count 0 for a fleet
+    of 3 (only GET /v1/fleets/{id} counted), and PATCH answered 0 too."""
+    vans = world.as_("A", "POST", "/v1/fleets", json={"name": "vans"}).json()
+    empty = world.as_("A", "POST", "/v1/fleets", json={"name": "empty", "kind": "group"}).json()
+    for vin in ONLINE[:2]:
+        r = world.as_("A", "PUT", f"/v1/fleets/{vans['id']}/vehicles/{vin}")
+        assert r.status_code == 204, r.text
+    listed = {
+        f["name"]: f["vehicle_count"] for f in world.as_("A", "GET", "/v1/fleets").json()["items"]
+    }
+    assert listed == {"vans": 2, "empty": 0}
+    assert world.as_("A", "GET", f"/v1/fleets/{vans['id']}").json()["vehicle_count"] == 2
+    renamed = world.as_("A", "PATCH", f"/v1/fleets/{vans['id']}", json={"name": "vans 2"})
+    assert renamed.json()["vehicle_count"] == 2, renamed.text
+    assert world.as_("A", "GET", f"/v1/fleets/{empty['id']}").json()["vehicle_count"] == 0
+
+
+def test_a_job_every_vehicle_refuses_is_finished_on_the_stream_too(world: World) -> None:
+    """Found by a fleet manager's trial: a job whose every vehicle was refused (unlock to
+    moving vans) was finished at birth but published only command_job.created, so a
+    client waiting for command_job.finished waited for ever."""
+    with world.client.stream("GET", "/v1/stream", headers=world.headers["A"]) as stream:
+        r = world.as_("A", "POST", "/v1/command-jobs", json={"type": "lock", "vins": [SILENT]})
+        assert r.status_code == 201, r.text
+        job = r.json()
+        assert (job["status"], job["counts"]["refused"]) == ("finished", 1)
+        events = read_events(stream, finished(job["id"]), timeout_s=15)
+    kinds = [e["event"] for e in events if e["data"]["data"].get("job_id") == job["id"]]
+    assert kinds == ["command_job.created", "command_job.finished"]
+    assert events[-1]["data"]["data"]["counts"]["refused"] == 1
 
 
 def test_a_retried_job_with_its_idempotency_key_is_the_same_job(world: World) -> None:

@@ -33,9 +33,11 @@ def test_switches_are_on_unless_empty_0_or_false(
 ) -> None:
     monkeypatch.setenv("TELEMATICS_NO_REGISTRATION", raw)
     monkeypatch.setenv("TELEMATICS_REQUIRE_PROVISIONED", raw)
+    monkeypatch.setenv("TELEMATICS_WEBHOOK_ALLOW_PRIVATE_TARGETS", raw)
     env = read_environment()
     assert env.no_registration is expected
     assert env.require_provisioned is expected
+    assert env.webhook_allow_private_targets is expected
 
 
 def test_a_bad_value_names_the_variable_and_how_to_fix_it(

@@ -212,3 +212,18 @@ def test_edge_brokers_listen_after_the_core_and_the_api_tells_units_their_urls()
 def test_edge_brokers_refuse_what_they_do_not_support_yet(other: tuple[str, ...]) -> None:
     with pytest.raises(GatewayError, match="--edge-brokers"):
         _plan("--edge-brokers", "1", *other)
+
+
+def test_up_can_let_webhooks_reach_the_internal_network() -> None:
+    """Found by a fleet manager's trial: a webhook to a receiver on the company network (or
+    this machine) was refused, and ``telematics up`` had no way to allow it (only
+    ``telematics api`` had the flag); now ``up`` takes it, or its environment variable, and
+    hands it to its API process."""
+    assert "--webhook-allow-private-targets" not in _argv(_plan(), "api")
+    plan = _plan("--webhook-allow-private-targets")
+    assert "--webhook-allow-private-targets" in _argv(plan, "api")
+    env = Environment(webhook_allow_private_targets=True)
+    assert "--webhook-allow-private-targets" in _argv(_plan(env=env), "api")
+    # and the API process it starts reads it into its notify settings
+    api = build_parser(Environment()).parse_args(list(_argv(plan, "api"))[3:])
+    assert api.webhook_allow_private_targets is True

@@ -488,6 +488,13 @@ def test_acknowledge_an_alert(stack: dict[str, Any], browser: Any) -> None:
         assert row.locator(".acknowledged").inner_text() != "no"
         stored = fleet.get("/v1/alerts").json()["items"]
         assert next(a for a in stored if str(a["id"]) == alert_id)["acknowledged_at"] is not None
+        # the work list: what nobody acknowledged yet leaves out the one just acknowledged
+        page.select_option("#alert-state", "unacknowledged")
+        page.wait_for_function(
+            "(id) => !document.querySelector(`tr[data-alert='${id}']`)", arg=alert_id
+        )
+        shown = page.locator("tr[data-alert] .acknowledged").all_inner_texts()
+        assert set(shown) <= {"no"}, shown
         screenshot(page, "alerts")
         assert console.errors == []
     finally:
@@ -744,7 +751,7 @@ def test_download_the_report_as_csv(stack: dict[str, Any], browser: Any, tmp_pat
         path = tmp_path / "report.csv"
         download.value.save_as(path)
         header = path.read_text().splitlines()[0]
-        assert header.startswith("key,day,trips,distance_m"), header
+        assert header.startswith("key,name,day,trips,distance_m"), header
         screenshot(page, "reports")
         assert console.errors == []
     finally:
@@ -1209,3 +1216,41 @@ def test_an_owner_adds_a_driver_and_shares_a_car_then_stops(
     finally:
         context.close()
         owner.delete(f"/v1/vehicles/{vin}", headers=csrf)
+
+
+def test_a_fleet_manager_sees_and_adds_the_drivers_of_trips_and_alerts(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """Found by a fleet manager's trial: the drivers page listed only driver logins and
+    said "No drivers yet" to a manager whose drivers (POST /v1/drivers, named on trips,
+    alerts and reports) came from the API; it now lists them with the vehicle each drives,
+    and adds one assigned to a vehicle from now on."""
+    up: Up = stack["up"]
+    fleet: httpx.Client = stack["fleet"]
+    csrf = {"X-CSRF-Token": fleet.cookies["tg_csrf"]}
+    vin = stack["vins"][0]
+    made = fleet.post("/v1/drivers", json={"name": "From the API"}, headers=csrf)
+    assert made.status_code == 201, made.text
+    context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+    try:
+        page.goto(f"{up.api}/sharing")
+        page.wait_for_selector("body[data-ready='1']")
+        listed = page.locator(f"#fleet-drivers tr[data-driver='{made.json()['id']}']")
+        assert listed.locator("td").first.inner_text() == "From the API"
+        page.fill("#fleet-driver-name", "Added in the browser")
+        page.select_option("#fleet-driver-vin", vin)
+        page.click("#fleet-driver-add")
+        row = page.locator("#fleet-drivers tr", has_text="Added in the browser")
+        row.wait_for()
+        assert row.locator(".drives").inner_text() == vin
+        (driver,) = [
+            d
+            for d in fleet.get("/v1/drivers").json()["items"]
+            if d["name"] == "Added in the browser"
+        ]
+        (assignment,) = fleet.get(f"/v1/drivers/{driver['id']}/assignments").json()["items"]
+        assert (assignment["vin"], assignment["end_at"]) == (vin, None)
+        screenshot(page, "fleet-drivers")
+        assert console.errors == []
+    finally:
+        context.close()

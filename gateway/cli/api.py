@@ -17,6 +17,7 @@ from gateway.cli.options import (
     add_signing_key,
     add_state_db,
     add_store,
+    add_webhook_targets,
     ensure_signing_key,
     mqtt_settings,
 )
@@ -77,12 +78,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "telematics-commands-1)",
     )
     add_signing_key(api, env)
-    api.add_argument(
-        "--webhook-allow-private-targets",
-        action="store_true",
-        help="let webhooks POST to private, loopback and link-local addresses (off: a "
-        "webhook URL cannot reach the gateway's own network; docs/webhooks.md)",
-    )
+    add_webhook_targets(api, env)
     add_fleet_quotas(api, env)
     api.add_argument(
         "--web-tile-url",

@@ -327,6 +327,18 @@ def add_auth(p: argparse.ArgumentParser, env: Environment) -> None:
     _add_unit_broker_urls(p, env)
 
 
+def add_webhook_targets(p: argparse.ArgumentParser, env: Environment) -> None:
+    """Whether webhooks may reach the internal network (``up`` and ``api``)."""
+    p.add_argument(
+        "--webhook-allow-private-targets",
+        action="store_true",
+        default=env.webhook_allow_private_targets,
+        help="let webhooks POST to private, loopback and link-local addresses (off: a "
+        "webhook URL cannot reach the gateway's own network; docs/webhooks.md) "
+        "(env TELEMATICS_WEBHOOK_ALLOW_PRIVATE_TARGETS=1)",
+    )
+
+
 def _add_unit_broker_urls(p: argparse.ArgumentParser, env: Environment) -> None:
     """Where provisioning tells units to connect (``up`` and ``api``)."""
     p.add_argument(

@@ -32,6 +32,7 @@ from gateway.cli.options import (
     add_signing_key,
     add_state_db,
     add_store,
+    add_webhook_targets,
     ensure_signing_key,
 )
 from gateway.cli.sim import SIMULATOR_MODULE
@@ -135,6 +136,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     add_signing_key(up, env)
     add_offline_after(up, env)
     add_fleet_quotas(up, env)
+    add_webhook_targets(up, env)
     add_retention(up, env)
     add_mqtt_auth(up, env)
     add_ingest(up, env, client_id=False)

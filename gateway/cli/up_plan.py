@@ -183,6 +183,8 @@ def forwarded(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         api += ["--auth-secret-file", str(Path(args.auth_secret_file).absolute())]
     if args.no_registration:
         api.append("--no-registration")
+    if args.webhook_allow_private_targets:
+        api.append("--webhook-allow-private-targets")
     if args.unit_broker_url is not None:
         api += ["--unit-broker-url", args.unit_broker_url]
     edge_urls = edge_unit_urls(args)

@@ -186,13 +186,16 @@ class TripRecord:
 class AlertFilter:
     """What :meth:`FleetLog.alerts` returns: every field set narrows the list.
     ``vehicles``: only these (vin, tenure) pairs; ``open``: True open and not cleared
-    only, False ended or cleared only."""
+    only, False ended or cleared only; ``acknowledged``: True acknowledged only, False not
+    yet acknowledged only."""
 
     account_id: int | None = None
     vehicles: Sequence[tuple[str, int]] | None = None
     fleet_id: int | None = None
     kind: str | None = None
     open: bool | None = None
+    severity: str | None = None
+    acknowledged: bool | None = None
     start: int | None = None
     end: int | None = None
 
@@ -895,6 +898,12 @@ class FleetLog:
             query = query.where(a.end_at.is_(None), a.cleared_at.is_(None))
         elif f.open is False:
             query = query.where(or_(a.end_at.is_not(None), a.cleared_at.is_not(None)))
+        if f.severity is not None:
+            query = query.where(a.severity == f.severity)
+        if f.acknowledged is True:
+            query = query.where(a.acknowledged_at.is_not(None))
+        elif f.acknowledged is False:
+            query = query.where(a.acknowledged_at.is_(None))
         if f.start is not None:
             query = query.where(a.start_at >= f.start)
         if f.end is not None:

@@ -16,12 +16,13 @@ What the rules worker produces (alerts, trips) and its own state are in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from gateway.statedb.accounts import Conflict, NotFound, _rowcount
 from gateway.statedb.database import StateDatabase
@@ -92,6 +93,19 @@ def _fleet(row: FleetRow, count: int = 0) -> FleetRecord:
     return FleetRecord(
         row.id, row.account_id, row.name, row.kind, row.speed_limit_kmh, row.created_at, count
     )
+
+
+def _vehicle_counts(session: Session, fleet_ids: list[int]) -> dict[int, int]:
+    """How many vehicles each of these fleets holds (one grouped query; a fleet without
+    vehicles is absent)."""
+    if not fleet_ids:
+        return {}
+    query = (
+        select(FleetVehicleRow.fleet_id, func.count())
+        .where(FleetVehicleRow.fleet_id.in_(fleet_ids))
+        .group_by(FleetVehicleRow.fleet_id)
+    )
+    return {int(fleet_id): int(count) for fleet_id, count in session.execute(query)}
 
 
 def _driver(row: DriverRow) -> DriverRecord:
@@ -197,7 +211,9 @@ class FleetRepository:
         if after is not None:
             query = query.where(FleetRow.id > after)
         with self._db.read() as session:
-            return [_fleet(r) for r in session.scalars(query)]
+            rows = list(session.scalars(query))
+            counts = _vehicle_counts(session, [r.id for r in rows])
+            return [_fleet(r, counts.get(r.id, 0)) for r in rows]
 
     def update_fleet(self, fleet_id: int, changes: Mapping[str, Any]) -> FleetRecord | None:
         """``changes``: ``name`` and/or ``speed_limit_kmh``."""
@@ -209,7 +225,7 @@ class FleetRepository:
                 for name, value in changes.items():
                     setattr(row, name, value)
                 session.flush()
-                return _fleet(row)
+                return _fleet(row, _vehicle_counts(session, [fleet_id]).get(fleet_id, 0))
         except IntegrityError as exc:
             raise DuplicateFleetName(
                 f"a fleet or group named {changes.get('name')!r} exists"
@@ -301,6 +317,25 @@ class FleetRepository:
             query = query.where(DriverRow.id > after)
         with self._db.read() as session:
             return [_driver(r) for r in session.scalars(query)]
+
+    def report_names(
+        self, account_id: int | None, keys: Iterable[str], *, drivers: bool
+    ) -> dict[str, str]:
+        """The names a report shows next to its keys: the labels of these VINs, or the
+        names of these drivers (ids as text), of ``account_id`` (None: any account); a key
+        without a name (or of another account) is absent."""
+        column = DriverRow.id if drivers else VehicleRow.vin
+        name = DriverRow.name if drivers else VehicleRow.label
+        owner = DriverRow.account_id if drivers else VehicleRow.account_id
+        wanted = sorted({int(k) for k in keys if k.isdecimal()} if drivers else set(keys))
+        out: dict[str, str] = {}
+        with self._db.read() as session:
+            for i in range(0, len(wanted), 500):
+                query = select(column, name).where(column.in_(wanted[i : i + 500]))
+                if account_id is not None:
+                    query = query.where(owner == account_id)
+                out.update((str(k), n) for k, n in session.execute(query) if n is not None)
+        return out
 
     def update_driver(self, driver_id: int, changes: Mapping[str, Any]) -> DriverRecord | None:
         with self._db.write() as session:

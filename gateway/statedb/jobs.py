@@ -284,6 +284,15 @@ class JobRepository:
                 actor_user_id=row.created_by,
                 data={"job_id": row.id, "type": row.type, "counts": record.counts},
             )
+            if not members:  # every vehicle refused: finished at birth, and said so
+                publish(
+                    session,
+                    type="command_job.finished",
+                    at=job.now,
+                    account_id=row.account_id,
+                    actor_user_id=row.created_by,
+                    data={"job_id": row.id, "type": row.type, "counts": record.counts},
+                )
             if on_created is not None:
                 on_created(session, record)
             return record, [CommandRecord.from_row(c) for c in commands]

@@ -132,8 +132,9 @@ class DriverPage(Page):
 
 class AssignmentRequest(_In):
     vin: str = Field(min_length=17, max_length=17)
-    valid_from: Timestamp = Field(
-        description="When the assignment starts (the response's start_at)."
+    valid_from: Timestamp | None = Field(
+        default=None,
+        description="When the assignment starts (the response's start_at); default: now.",
     )
     valid_until: Timestamp | None = Field(
         default=None, description="Exclusive (the response's end_at); null: until further notice."
@@ -205,9 +206,9 @@ class GeofencePage(Page):
 class RuleSettingsIn(_In):
     rules: dict[str, Any] = Field(
         default_factory=dict,
-        description="Overrides of the rule thresholds (names of gateway.core.fleet.rules."
-        "RuleSettings, e.g. speed_limit_kmh, idle_after_ms, low_soc_pct, offline_after_ms, "
-        "enabled); what is not given keeps its default.",
+        description="Overrides of the rule thresholds (GET lists every name with its value "
+        "in effect as effective_rules, e.g. speed_limit_kmh, idle_after_ms, low_soc_pct, "
+        "offline_after_ms, enabled); what is not given keeps its default.",
     )
     trips: dict[str, Any] = Field(
         default_factory=dict,
@@ -218,8 +219,15 @@ class RuleSettingsIn(_In):
 
 class RuleSettingsOut(BaseModel):
     account_id: int
-    rules: dict[str, Any]
-    trips: dict[str, Any]
+    rules: dict[str, Any] = Field(description="What the account changed from the defaults.")
+    trips: dict[str, Any] = Field(description="What the account changed from the defaults.")
+    effective_rules: dict[str, Any] = Field(
+        description="Every rule threshold with the value in effect (the default unless "
+        "`rules` changes it): the names PUT takes."
+    )
+    effective_trips: dict[str, Any] = Field(
+        description="Every trip threshold with the value in effect: the names PUT takes."
+    )
 
 
 # --- alerts, trips, events ------------------------------------------------------------------
@@ -294,6 +302,9 @@ class ReportRow(BaseModel):
     """One vehicle's (or driver's) day, or its total over the range (``day`` null)."""
 
     key: str = Field(description="The VIN, or the driver's id.")
+    name: str | None = Field(
+        description="The vehicle's label, or the driver's name (null: none given)."
+    )
     day: str | None = Field(description="UTC date, YYYY-MM-DD; null: the total.")
     trips: int
     distance_m: float

@@ -22,7 +22,7 @@ from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, decode_cursor, page_
 from gateway.api.params import Timestamp, check_range
 from gateway.api.routes.fleet_common import FLEET_ERRORS, NO_ACCOUNT, IdQuery, scope_of
 from gateway.api.security import AuthContext, forbidden
-from gateway.core.fleet.rules import AlertKind
+from gateway.core.fleet.rules import AlertKind, Severity
 from gateway.core.policy import Principal, can_manage_account, can_read_fleet_setup
 from gateway.statedb.fleet_log import AlertFilter, AlertRecord, FleetLog
 
@@ -46,6 +46,12 @@ def list_alerts(
     state: Literal["open", "closed"] | None = Query(
         default=None, description="open: not ended and not cleared; closed: the others."
     ),
+    severity: Severity | None = None,
+    acknowledged: bool | None = Query(
+        default=None,
+        description="false: only alerts nobody has acknowledged yet (the work list); "
+        "true: only acknowledged ones.",
+    ),
     start: Annotated[Timestamp | None, Query(description="Started at or after.")] = None,
     end: Annotated[Timestamp | None, Query(description="Started before.")] = None,
     limit: Limit = DEFAULT_PAGE,
@@ -62,6 +68,8 @@ def list_alerts(
         fleet_id=scope.fleet_id,
         kind=kind.value if kind is not None else None,
         open=None if state is None else state == "open",
+        severity=severity.value if severity is not None else None,
+        acknowledged=acknowledged,
         start=start,
         end=end,
     )

@@ -282,7 +282,8 @@ def _check_target(body: CommandJobRequest, vins: list[str]) -> None:
             422,
             "fleet_has_no_vehicles",
             f"Fleet {body.fleet_id} has no vehicles: there is nothing to send the command to. "
-            "Add vehicles to it (POST /v1/fleets/{id}/vehicles) first.",
+            f"Add vehicles to it (PUT /v1/fleets/{body.fleet_id}/vehicles/{{vin}}, one per VIN) "
+            "first.",
             [
                 ErrorDetail(
                     loc=["body", "fleet_id"],

@@ -152,13 +152,16 @@ def create_assignment(
     fleets: Fleets,
     audit: CallerAudit,
     settings: Settings,
+    context: Auth,
 ) -> AssignmentOut:
-    """From `valid_from` until `valid_until` (exclusive; open-ended without): trips and
-    alerts starting then name the driver. A driver has at most 10,000 assignments, the
-    account's drivers together 1,000,000, by default (409 `quota_exceeded` beyond)."""
+    """From `valid_from` (default: now) until `valid_until` (exclusive; open-ended
+    without): trips and alerts starting then name the driver. A driver has at most 10,000
+    assignments, the account's drivers together 1,000,000, by default (409
+    `quota_exceeded` beyond)."""
     driver = _driver(fleets, principal, driver_id, manage=True)
     vin = vin_or_422(body.vin, ["body", "vin"])
-    if body.valid_until is not None and body.valid_until <= body.valid_from:
+    valid_from = body.valid_from if body.valid_from is not None else context.now_ms()
+    if body.valid_until is not None and body.valid_until <= valid_from:
         raise invalid_request(
             ["body", "valid_until"], "valid_until must be after valid_from", "invalid_range"
         )
@@ -166,7 +169,7 @@ def create_assignment(
         assignment = fleets.assign(
             driver_id,
             vin,
-            start_at=body.valid_from,
+            start_at=valid_from,
             end_at=body.valid_until,
             max_count=settings.fleet_quotas.assignments,
             max_account_count=settings.fleet_quotas.account_assignments,

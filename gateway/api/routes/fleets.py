@@ -8,6 +8,8 @@ setting names when stored (an unknown name is a 422, not a silently kept default
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from gateway.api.deps import Auth, Caller, CallerAudit, Fleets, Settings, Vin
@@ -34,7 +36,11 @@ from gateway.api.routes.fleet_common import (
     owned,
     quota_exceeded,
 )
-from gateway.core.fleet.state import rule_settings_from_json, trip_settings_from_json
+from gateway.core.fleet.state import (
+    rule_settings_from_json,
+    settings_to_json,
+    trip_settings_from_json,
+)
 from gateway.core.policy import Principal, can_read_fleet_setup
 from gateway.statedb.accounts import NotFound
 from gateway.statedb.fleets import (
@@ -231,8 +237,20 @@ def get_rule_settings(account_id: IdPath, principal: Caller, fleets: Fleets) -> 
     if not can_read_fleet_setup(principal, account_id):
         raise account_not_found(account_id)
     stored = fleets.rule_settings(account_id)
+    return _rule_settings_out(account_id, stored.get("rules", {}), stored.get("trips", {}))
+
+
+def _rule_settings_out(
+    account_id: int, rules: dict[str, Any], trips: dict[str, Any]
+) -> RuleSettingsOut:
+    """The overrides and what is in effect with them (stored overrides were checked when
+    they were set)."""
     return RuleSettingsOut(
-        account_id=account_id, rules=stored.get("rules", {}), trips=stored.get("trips", {})
+        account_id=account_id,
+        rules=rules,
+        trips=trips,
+        effective_rules=settings_to_json(rule_settings_from_json(rules)),
+        effective_trips=settings_to_json(trip_settings_from_json(trips)),
     )
 
 
@@ -262,4 +280,4 @@ def put_rule_settings(
         account_id, {"rules": body.rules, "trips": body.trips}, now=context.now_ms()
     )
     audit.record("rule_settings_set", account_id=account_id, target=f"account:{account_id}")
-    return RuleSettingsOut(account_id=account_id, rules=body.rules, trips=body.trips)
+    return _rule_settings_out(account_id, body.rules, body.trips)

@@ -42,7 +42,10 @@ from gateway.core.fleet.reports import (
     report_cells,
     utilization,
 )
+from gateway.core.policy import Principal
 from gateway.statedb.fleet_log import AlertFilter, FleetLog, TripFilter
+from gateway.statedb.fleets import FleetRepository
+from gateway.text import for_spreadsheet
 
 __all__ = ["router"]
 
@@ -89,6 +92,28 @@ def _sums(
     return [r for r in log.report_days(tf, af, by_driver=by_driver) if r[0] is not None]
 
 
+def _names(
+    fleets: FleetRepository,
+    principal: Principal,
+    scope: Scope,
+    sums: list[DaySums],
+    *,
+    drivers: bool,
+) -> dict[str, str]:
+    """The report's keys' names, of the scope's account only; for single vehicles
+    (``?vin=``, a driver's grants) only those of the caller's own account (an
+    administrator: any), so a shared car's label stays its holder's."""
+    if not sums or scope.account_id == NO_ACCOUNT:
+        return {}
+    account = scope.account_id
+    if scope.vehicles is not None:
+        account = None if principal.is_admin else principal.account_id
+        if account is None and not principal.is_admin:
+            return {}
+    keys = {str(s[0]) for s in sums}
+    return fleets.report_names(account, keys, drivers=drivers)
+
+
 def _csv_of(columns: list[str], rows: Iterable[list[Any]]) -> Iterator[str]:
     """A header and ``rows`` as CSV (None as empty: the csv module's own rule), in chunks
     of about 64 KiB."""
@@ -113,18 +138,31 @@ def _download(chunks: Iterator[str], name: str) -> StreamingResponse:
     )
 
 
-def _answer(sums: list[DaySums], start: int, end: int, fmt: str, name: str) -> Response:
+def _named(
+    cells: Iterator[list[Any]], names: dict[str, str], *, for_csv: bool = False
+) -> Iterator[list[Any]]:
+    """Each line with its key's name after the key (a report's second column); in a CSV
+    cell no spreadsheet reads as a formula (a name is someone's input)."""
+    for line in cells:
+        name = names.get(line[0])
+        line.insert(1, for_spreadsheet(name) if for_csv else name)
+        yield line
+
+
+def _answer(
+    sums: list[DaySums], start: int, end: int, fmt: str, name: str, names: dict[str, str]
+) -> Response:
     """The report as CSV (the lines put together while they are written: decision 0024) or
     JSON. The query ran before: an error is still an error response, not a cut stream."""
     if fmt == "csv":
-        return _download(_csv_of(_COLUMNS, report_cells(sums)), name)
+        return _download(_csv_of(_COLUMNS, _named(report_cells(sums), names, for_csv=True)), name)
     # the lines are plain values already checked by their types: serialized directly
     # (validating 31,000 models per report took longer than the database's query), from
     # the same cells as the CSV (the rows have a day, the totals none)
     rows: list[dict[str, Any]] = []
     totals: list[dict[str, Any]] = []
-    for cells in report_cells(sums):
-        (rows if cells[1] is not None else totals).append(dict(zip(_COLUMNS, cells, strict=True)))
+    for cells in _named(report_cells(sums), names):
+        (rows if cells[2] is not None else totals).append(dict(zip(_COLUMNS, cells, strict=True)))
     body = {
         "start": start,
         "start_iso": iso(start),
@@ -159,7 +197,8 @@ def vehicle_report(
     start_ms, end_ms = _range(start, end, context.now_ms())
     scope = scope_of(context, fleets, principal, vin=vin, fleet_id=fleet_id, account_id=account_id)
     sums = _sums(log, scope, start_ms, end_ms, driver_id=None, by_driver=False)
-    return _answer(sums, start_ms, end_ms, format, "vehicles")
+    names = _names(fleets, principal, scope, sums, drivers=False)
+    return _answer(sums, start_ms, end_ms, format, "vehicles", names)
 
 
 @router.get(
@@ -188,7 +227,8 @@ def driver_report(
     if scope.vehicles is not None:  # a driver's own grants: no driver report
         scope = Scope(NO_ACCOUNT, None, None)
     sums = _sums(log, scope, start_ms, end_ms, driver_id=driver_id, by_driver=True)
-    return _answer(sums, start_ms, end_ms, format, "drivers")
+    names = _names(fleets, principal, scope, sums, drivers=True)
+    return _answer(sums, start_ms, end_ms, format, "drivers", names)
 
 
 _UTILIZATION_COLUMNS: Final = list(UtilizationRow.model_fields)

@@ -864,14 +864,16 @@
     const rows = el("tbody", {});
     const show = el("select", { id: "alert-state" },
       el("option", { value: "", text: "all" }), el("option", { value: "open", text: "open" }),
-      el("option", { value: "closed", text: "closed" }));
+      el("option", { value: "closed", text: "closed" }),
+      el("option", { value: "unacknowledged", text: "not acknowledged" }));
     content.append(el("div", { class: "filters" }, el("label", { for: "alert-state" }, "Alerts", show)),
       el("div", { class: "table-wrap" }, el("table", { id: "alerts" },
         el("thead", {}, el("tr", {}, ...["Vehicle", "Alert", "Severity", "Since", "Acknowledged", ""]
           .map((h) => el("th", { scope: "col", text: h })))), rows)));
     const row = (a) => el("tr", { "data-alert": a.id },
       el("td", {}, el("a", { href: "/vehicles/" + a.vin, text: a.vin })),
-      el("td", { text: a.kind + (a.key && a.key !== a.kind ? " " + a.key : "") }),
+      el("td", { text: a.kind + (a.detail && a.detail.name ? " " + a.detail.name // a geofence's
+        : a.key && a.key !== a.kind ? " " + a.key : "") }),
       el("td", { text: a.severity }),
       el("td", { text: when(a.start_at) + (a.end_at ? " – " + when(a.end_at) : "") }),
       el("td", { class: "acknowledged", text: a.acknowledged_at ? when(a.acknowledged_at) : "no" }),
@@ -886,7 +888,8 @@
       } }, "Acknowledge")));
     const load = async () => {
       try {
-        const query = show.value ? "?state=" + show.value : "";
+        const query = show.value === "unacknowledged" ? "?acknowledged=false"
+          : show.value ? "?state=" + show.value : "";
         const alerts = await api("/v1/alerts" + query + (query ? "&" : "?") + "limit=200");
         rows.replaceChildren(...alerts.items.map(row));
         if (!alerts.items.length) rows.append(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "No alerts." })));
@@ -1092,6 +1095,7 @@
     } }, el("label", { for: "driver-name" }, "Name", name), el("label", { for: "driver-email" }, "E-mail", email),
     el("button", { type: "submit", id: "driver-add" }, "Add a driver"));
     const vehicles = el("div", { id: "shared-vehicles" });
+    if (me.user.role === "fleet_manager") await fleetDrivers();
     content.append(el("h2", { text: "Drivers" }), addDriver,
       el("div", { class: "table-wrap" }, el("table", { id: "drivers" },
         el("thead", {}, el("tr", {}, ...["Name", "E-mail", "Since", ""].map((h) => el("th", { scope: "col", text: h })))), driverRows)),
@@ -1176,6 +1180,52 @@
     await load();
   }
 
+  // A fleet manager's drivers of trips and alerts (/v1/drivers), apart from the logins
+  // above: who drives which vehicle from now on. Before, the page said "No drivers yet"
+  // to a manager whose drivers all came from the API.
+  async function fleetDrivers() {
+    const rows = el("tbody", {});
+    const name = el("input", { id: "fleet-driver-name", type: "text", maxlength: "200", required: true });
+    const vin = el("select", { id: "fleet-driver-vin" });
+    const form = el("form", { class: "filters", id: "fleet-driver-form", onsubmit: async (event) => {
+      event.preventDefault();
+      try {
+        const made = await api("/v1/drivers", { method: "POST", json: { name: name.value.trim() } });
+        if (vin.value) await api(`/v1/drivers/${made.id}/assignments`, { method: "POST", json: { vin: vin.value } });
+        name.value = "";
+        await load();
+        notice(`${made.name} added${vin.value ? ", driving " + vin.value + " from now on" : ""}.`, "info");
+      } catch (err) {
+        notice("The driver was not added: " + err.message);
+      }
+    } }, el("label", { for: "fleet-driver-name" }, "Name", name), el("label", { for: "fleet-driver-vin" }, "Drives", vin),
+    el("button", { type: "submit", id: "fleet-driver-add" }, "Add a fleet driver"));
+    content.append(el("h2", { text: "Fleet drivers (named on trips, alerts and reports)" }), form,
+      el("div", { class: "table-wrap" }, el("table", { id: "fleet-drivers" },
+        el("thead", {}, el("tr", {}, ...["Name", "Drives", "Since"].map((h) => el("th", { scope: "col", text: h })))), rows)));
+    const load = async () => {
+      try {
+        vin.replaceChildren(el("option", { value: "", text: "no vehicle yet" }),
+          ...(await all("/v1/vehicles")).map((v) => el("option", { value: v.vin, text: v.vin })));
+        const drivers = await all("/v1/drivers");
+        const now = Date.now();
+        const lines = [];
+        for (const d of drivers) {
+          const open = (await all(`/v1/drivers/${d.id}/assignments`))
+            .filter((a) => a.start_at <= now && (a.end_at === null || a.end_at > now));
+          lines.push(el("tr", { "data-driver": d.id }, el("td", { text: d.name }),
+            el("td", { class: "drives", text: open.map((a) => a.vin).join(", ") || "–" }),
+            el("td", { text: when(d.created_at) })));
+        }
+        rows.replaceChildren(...lines);
+        if (!lines.length) rows.append(el("tr", {}, el("td", { colspan: 3, class: "muted", text: "No fleet drivers yet." })));
+      } catch (err) {
+        notice(err.message);
+      }
+    };
+    await load();
+  }
+
   function day(offsetDays) {
     return new Date(Date.now() + offsetDays * 86400000).toISOString().slice(0, 10);
   }
@@ -1191,7 +1241,7 @@
       try {
         const report = await api("/v1/reports/vehicles?" + query());
         rows.replaceChildren(...report.totals.map((r) => el("tr", {},
-          el("td", { text: r.key }), el("td", { text: r.trips }),
+          el("td", { text: r.name ? `${r.name} (${r.key})` : r.key }), el("td", { text: r.trips }),
           el("td", { text: num(r.distance_m / 1000, 1, " km") }),
           el("td", { text: num(r.driving_ms / 60000, 0, " min") }),
           el("td", { text: num(r.energy_used_pct, 1, " %") }),

@@ -31,6 +31,7 @@ __all__ = [
     "rule_settings_from_json",
     "rule_state_from_json",
     "rule_state_to_json",
+    "settings_to_json",
     "trip_settings_from_json",
     "trip_state_from_json",
     "trip_state_to_json",
@@ -290,6 +291,22 @@ def rule_settings_from_json(d: Mapping[str, Any], **extra: Any) -> RuleSettings:
     defaults = RuleSettings()
     values = {name: _typed(name, v, getattr(defaults, name)) for name, v in d.items()}
     return RuleSettings(**values, **extra)
+
+
+def settings_to_json(settings: RuleSettings | TripSettings) -> JSON:
+    """Every threshold a person may set, with its value in ``settings`` (the defaults and
+    the overrides): what ``rule_settings_from_json`` and ``trip_settings_from_json`` take,
+    so the answer of GET can be edited and PUT back."""
+    names = RULE_SETTING_NAMES if isinstance(settings, RuleSettings) else TRIP_SETTING_NAMES
+    out: JSON = {}
+    for name in sorted(names):
+        value = getattr(settings, name)
+        if isinstance(value, frozenset):
+            value = sorted(str(v) for v in value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[name] = value
+    return out
 
 
 def trip_settings_from_json(d: Mapping[str, Any]) -> TripSettings:
