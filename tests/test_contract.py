@@ -609,12 +609,14 @@ def test_every_decodable_reason_is_covered() -> None:
     # unknown_command from the command service, which knows which commands exist, and
     # unprovisioned_vehicle from the gateway's registry of provisioned vehicles
     # (tests/test_vehicle_identity.py), correlation_mismatch from the command service, which
-    # sees the MQTT 5 properties (tests/test_commands_e2e.py)
+    # sees the MQTT 5 properties (tests/test_commands_e2e.py), after_revocation from the
+    # gateway's commit, which knows the holding periods (tests/test_ownership.py)
     assert covered == set(Reason) - {
         Reason.INVALID_TOPIC,
         Reason.UNKNOWN_COMMAND,
         Reason.UNPROVISIONED_VEHICLE,
         Reason.CORRELATION_MISMATCH,
+        Reason.AFTER_REVOCATION,
     }
 
 

@@ -870,49 +870,23 @@ class BrokerAuthSync:
             names = [c for c in present if isinstance(c, str)]
             changes = plan_dynsec_changes(names, (v.vin for v in vehicles))
             add_integrations, remove_integrations = integration_changes(names, integrations)
-            if changes and self._restart is not None:
-                cost = estimate_control_s(len(changes), len(present))
-                if cost > LIVE_CHANGES_BUDGET_S:
-                    log.info(
-                        "%d vehicle changes would keep the broker busy for about %.0f s; "
-                        "restarting it with re-rendered identities instead",
-                        len(changes),
-                        cost,
-                    )
-                    self._restart()
-                    return True
-            holders = {v.vin: v.holder for v in vehicles}
-            passed_on = [
-                vin
-                for vin, holder in holders.items()
-                if vin in self._holders and self._holders[vin] != holder
-            ]
-            if passed_on and self._after_removed is not None:
-                # before the new holder's password works: its unit must never find the
-                # session (and the commands in it) of the one before
-                self._after_removed(passed_on)
-            self._holders = holders
-            renewed = [
-                v.vin
-                for v in vehicles
-                if v.vin in self._passwords
-                and self._passwords[v.vin] != v.password_hash
-                and v.vin not in passed_on
-            ]
-            self._passwords = {v.vin: v.password_hash for v in vehicles}
+            if changes and self._restarted_instead(len(changes), len(present)):
+                return True
+            passed_on, renewed = self._passed_on_and_renewed(vehicles)
+            # before the new holder's password works: its unit must never find the session
+            # (and the commands in it) of the one before
+            self._purge(passed_on)
             per_message = commands_per_message(len(present), len(changes.add))
             # rights before the password: a new vehicle never logs in without its role
             self._apply(changes.add_commands(), per_message)
             self._apply(add_integrations, per_message)
             if changes.remove and self._on_removed is not None and self._on_removed(changes.remove):
                 self._reload_pending = True
-            if changes.remove and self._after_removed is not None:
-                # their sessions go before anything disconnects them: Mosquitto 2.0.11
-                # corrupts its session-expiry list when it disconnects a client that is
-                # already offline with a session (a reload dropping its password, the
-                # plugin deleting its client), and crashes a moment later (upstream pull
-                # request 3341; tests/test_broker_offline_sessions.py)
-                self._after_removed(changes.remove)
+            # their sessions go before anything disconnects them: Mosquitto 2.0.11 corrupts
+            # its session-expiry list when it disconnects a client that is already offline
+            # with a session (a reload dropping its password, the plugin deleting its
+            # client), and crashes a moment later (decision 0034)
+            self._purge(changes.remove)
             if renewed and self._before_new_password is not None:
                 # the same for a new password: the reload would disconnect a unit that is
                 # offline with a session; its session goes first (the commands waiting in
@@ -924,18 +898,15 @@ class BrokerAuthSync:
             if self._reload_pending:
                 self._reload()  # a removed password vehicle is disconnected and refused
                 self._reload_pending = False
-            gone = [*passed_on, *changes.remove]
-            if gone and self._after_removed is not None:
-                # again, now that the old password is refused: an old unit that reconnected
-                # since the first purge is gone (its session too, before the plugin below
-                # kicks it once more), and so is the retained status (or Will) it left
-                self._after_removed(gone)
+            # again, now that the old password is refused: an old unit that reconnected
+            # since the first purge is gone (its session too, before the plugin below kicks
+            # it once more), and so is the retained status (or Will) it left
+            self._purge([*passed_on, *changes.remove])
             # only then its rights: deleting them earlier would disconnect it while its
             # password still worked, and it could log in again (with no rights) meanwhile
             self._apply(changes.remove_commands(), per_message)
             self._apply(remove_integrations, per_message)
-            if changes.remove and self._after_removed is not None:
-                self._after_removed(changes.remove)
+            self._purge(changes.remove)
             if changes:
                 log.info(
                     "broker identities: %d vehicles added, %d removed",
@@ -944,6 +915,49 @@ class BrokerAuthSync:
                 )
             self._synced = version
             return bool(changes) or reloaded or bool(add_integrations or remove_integrations)
+
+    def _restarted_instead(self, changes: int, present: int) -> bool:
+        """Restart the broker with re-rendered identities instead of applying ``changes``
+        live when that would keep it busy too long (:data:`LIVE_CHANGES_BUDGET_S`)."""
+        if self._restart is None:
+            return False
+        cost = estimate_control_s(changes, present)
+        if cost <= LIVE_CHANGES_BUDGET_S:
+            return False
+        log.info(
+            "%d vehicle changes would keep the broker busy for about %.0f s; "
+            "restarting it with re-rendered identities instead",
+            changes,
+            cost,
+        )
+        self._restart()
+        return True
+
+    def _passed_on_and_renewed(
+        self, vehicles: Sequence[VehicleIdentity]
+    ) -> tuple[list[str], list[str]]:
+        """The VINs whose holder changed since the last sync, and those that kept their
+        holder but got a new password; remembers both for the next sync."""
+        holders = {v.vin: v.holder for v in vehicles}
+        passed_on = [
+            vin
+            for vin, holder in holders.items()
+            if vin in self._holders and self._holders[vin] != holder
+        ]
+        renewed = [
+            v.vin
+            for v in vehicles
+            if v.vin in self._passwords
+            and self._passwords[v.vin] != v.password_hash
+            and v.vin not in passed_on
+        ]
+        self._holders = holders
+        self._passwords = {v.vin: v.password_hash for v in vehicles}
+        return passed_on, renewed
+
+    def _purge(self, vins: Sequence[str]) -> None:
+        if vins and self._after_removed is not None:
+            self._after_removed(vins)
 
     def _apply(self, commands: list[dict[str, Any]], per_message: int) -> None:
         if commands:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.cli.options import (
     add_auth,
@@ -23,6 +24,9 @@ from gateway.cli.options import (
 )
 from gateway.errors import ConfigurationError
 from gateway.settings import DEFAULT_API_PORT, Environment
+
+if TYPE_CHECKING:
+    from gateway.api.security import AuthSettings
 
 __all__ = ["add_parser", "loopback", "run"]
 
@@ -132,10 +136,8 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     import uvicorn
 
     from gateway.api import ApiSettings, create_app
-    from gateway.api.security import AuthSettings
     from gateway.api.settings import WebSettings, parse_fleet_quotas
     from gateway.commands.service import CommandSettings
-    from gateway.core.ratelimit import parse_limit
     from gateway.files import private_directory
     from gateway.notify import NotifySettings
     from gateway.statedb.database import default_url as default_state_db_url
@@ -163,31 +165,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         )
     else:
         log.warning("no --mqtt-url: remote commands are off (their routes answer 503)")
-    auth = AuthSettings(
-        secret_path=args.auth_secret_file or args.data_dir / "auth-secret",
-        access_ttl_s=args.access_token_ttl,
-        refresh_ttl_s=args.refresh_token_ttl,
-        user_command_limit=parse_limit(args.user_command_limit),
-        vehicle_command_limit=parse_limit(args.vehicle_command_limit),
-        login_limit=parse_limit(args.login_limit),
-        invitation_limit=parse_limit(args.invitation_limit),
-        max_users_per_account=args.max_users_per_account or None,
-        first_admin_email=args.admin_email,
-        first_admin_password=env.admin_password or None,
-        open_registration=not args.no_registration,
-        broker_url=args.unit_broker_url or args.mqtt_url,
-        tls_broker_url=args.unit_tls_broker_url,
-        edge_broker_urls=_edge_urls(args.edge_broker_urls),
-        signing_public_key_path=signing_key.with_name(signing_key.name + ".pub"),
-        cookie_secure=(
-            not loopback(args.host) if args.cookie_secure is None else args.cookie_secure
-        ),
-        auth_cache_s=args.auth_cache_s,
-    )
-    if not 0 <= args.auth_cache_s <= 60:
-        raise ConfigurationError("--auth-cache-s: give 0 (read every time) to 60 seconds")
-    if args.max_users_per_account < 0:
-        raise ConfigurationError("--max-users-per-account: give 0 (no limit) or more")
+    auth = _auth_settings(args, env, signing_key)
     if args.max_streams_per_user < 0:
         raise ConfigurationError("--max-streams-per-user: give 0 (no limit) or more")
     settings = ApiSettings(
@@ -210,6 +188,38 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     app = create_app(settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     return 0
+
+
+def _auth_settings(args: argparse.Namespace, env: Environment, signing_key: Path) -> AuthSettings:
+    """The API's authentication settings from its options (each bound checked)."""
+    from gateway.api.security import AuthSettings
+    from gateway.core.ratelimit import parse_limit
+
+    if not 0 <= args.auth_cache_s <= 60:
+        raise ConfigurationError("--auth-cache-s: give 0 (read every time) to 60 seconds")
+    if args.max_users_per_account < 0:
+        raise ConfigurationError("--max-users-per-account: give 0 (no limit) or more")
+    return AuthSettings(
+        secret_path=args.auth_secret_file or args.data_dir / "auth-secret",
+        access_ttl_s=args.access_token_ttl,
+        refresh_ttl_s=args.refresh_token_ttl,
+        user_command_limit=parse_limit(args.user_command_limit),
+        vehicle_command_limit=parse_limit(args.vehicle_command_limit),
+        login_limit=parse_limit(args.login_limit),
+        invitation_limit=parse_limit(args.invitation_limit),
+        max_users_per_account=args.max_users_per_account or None,
+        first_admin_email=args.admin_email,
+        first_admin_password=env.admin_password or None,
+        open_registration=not args.no_registration,
+        broker_url=args.unit_broker_url or args.mqtt_url,
+        tls_broker_url=args.unit_tls_broker_url,
+        edge_broker_urls=_edge_urls(args.edge_broker_urls),
+        signing_public_key_path=signing_key.with_name(signing_key.name + ".pub"),
+        cookie_secure=(
+            not loopback(args.host) if args.cookie_secure is None else args.cookie_secure
+        ),
+        auth_cache_s=args.auth_cache_s,
+    )
 
 
 def _add_edge_broker_urls(api: argparse.ArgumentParser, env: Environment) -> None:

@@ -272,6 +272,19 @@ def add_auth(p: argparse.ArgumentParser, env: Environment) -> None:
         metavar="SECONDS",
         help="lifetime of refresh tokens (env TELEMATICS_REFRESH_TOKEN_TTL; default: 30 days)",
     )
+    _add_limits(p, env)
+    p.add_argument(
+        "--no-registration",
+        action="store_true",
+        default=env.no_registration,
+        help="refuse POST /v1/auth/register: only administrators and account managers "
+        "create users (env TELEMATICS_NO_REGISTRATION=1)",
+    )
+    _add_unit_broker_urls(p, env)
+
+
+def _add_limits(p: argparse.ArgumentParser, env: Environment) -> None:
+    """The API's rate limits and its bound on users per account."""
     for name, value, default, what in [
         (
             "user-command-limit",
@@ -317,14 +330,6 @@ def add_auth(p: argparse.ArgumentParser, env: Environment) -> None:
         "more answers 409 too_many_users (env TELEMATICS_MAX_USERS_PER_ACCOUNT; default: "
         "10000; 0: no limit)",
     )
-    p.add_argument(
-        "--no-registration",
-        action="store_true",
-        default=env.no_registration,
-        help="refuse POST /v1/auth/register: only administrators and account managers "
-        "create users (env TELEMATICS_NO_REGISTRATION=1)",
-    )
-    _add_unit_broker_urls(p, env)
 
 
 def add_webhook_targets(p: argparse.ArgumentParser, env: Environment) -> None:

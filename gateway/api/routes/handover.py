@@ -25,9 +25,10 @@ from gateway.api.errors import ApiError
 from gateway.api.models.accounts import IdPath
 from gateway.api.params import iso, iso_or_none
 from gateway.api.routes.common import ACCOUNT_ERRORS
-from gateway.api.security import forbidden, vehicle_not_found
+from gateway.api.security import AuthContext, forbidden, vehicle_not_found
 from gateway.core.handover import HANDOVER_SIGNALS, Snapshot, snapshot, state_at
-from gateway.core.policy import READ_SERVICE
+from gateway.core.policy import READ_SERVICE, Principal
+from gateway.statedb.accounts import GrantRecord, VehicleRecord
 from gateway.statedb.fleet_log import AlertFilter
 from gateway.store.base import TelemetryReader
 from gateway.text import for_spreadsheet
@@ -193,27 +194,7 @@ def handover(
     the car reported at or before each moment, in the current holding period.
     `format=html` is a page to print or save as PDF, with the same figures."""
     vin = vin_or_422(vin, ["path", "vin"])
-    access, vehicle = context.lookup(principal, vin)
-    grant = context.accounts.get_grant(grant_id)
-    mine = grant is not None and grant.user_id == principal.user_id
-    if vehicle is None or not vehicle.active or not (access.read or mine):
-        raise vehicle_not_found(vin)
-    # security review 5: the report of a running grant is the car's state now (position,
-    # odometer, fault codes), so the grant's holder needs the grant's `read` service, as for
-    # every other read of the car's data
-    if not (access.manage or (mine and grant is not None and READ_SERVICE in grant.services)):
-        if mine:
-            raise forbidden(
-                f"Your grant of vehicle {vin} is for remote services only, not to read its "
-                "state (the grant's services do not include 'read'), so it has no handover "
-                "report for you; the vehicle's managers read it."
-            )
-        raise forbidden(
-            f"You can see vehicle {vin} but not its handover reports: only its managers and "
-            "the grant's driver can."
-        )
-    if grant is None or grant.vin != vin or grant.tenure != vehicle.tenure:
-        raise ApiError(404, "grant_not_found", f"Vehicle {vin} has no grant {grant_id}.")
+    vehicle, grant = _readable_grant(context, principal, vin, grant_id)
     now = context.now_ms()
     end = now if grant.revoked_at is None else grant.revoked_at
     out = _figures(reader, vin, vehicle.tenure, grant.created_at)
@@ -264,6 +245,35 @@ def handover(
     if format == "html":
         return HTMLResponse(_html(report), headers=_PAGE_HEADERS)
     return report
+
+
+def _readable_grant(
+    context: AuthContext, principal: Principal, vin: str, grant_id: int
+) -> tuple[VehicleRecord, GrantRecord]:
+    """The vehicle and its grant if ``principal`` may read the grant's handover report
+    (else 404 or 403, as the route says)."""
+    access, vehicle = context.lookup(principal, vin)
+    grant = context.accounts.get_grant(grant_id)
+    mine = grant is not None and grant.user_id == principal.user_id
+    if vehicle is None or not vehicle.active or not (access.read or mine):
+        raise vehicle_not_found(vin)
+    # security review 5: the report of a running grant is the car's state now (position,
+    # odometer, fault codes), so the grant's holder needs the grant's `read` service, as for
+    # every other read of the car's data
+    if not (access.manage or (mine and grant is not None and READ_SERVICE in grant.services)):
+        if mine:
+            raise forbidden(
+                f"Your grant of vehicle {vin} is for remote services only, not to read its "
+                "state (the grant's services do not include 'read'), so it has no handover "
+                "report for you; the vehicle's managers read it."
+            )
+        raise forbidden(
+            f"You can see vehicle {vin} but not its handover reports: only its managers and "
+            "the grant's driver can."
+        )
+    if grant is None or grant.vin != vin or grant.tenure != vehicle.tenure:
+        raise ApiError(404, "grant_not_found", f"Vehicle {vin} has no grant {grant_id}.")
+    return vehicle, grant
 
 
 def _number(value: float | None) -> str:
