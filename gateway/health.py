@@ -48,9 +48,8 @@ __all__ = [
     "HealthReport",
     "broker_applied",
     "broker_has_identities",
-    "broker_has_identities_async",
-    "broker_loaded",
     "broker_wait",
+    "broker_wait_async",
     "evaluate",
     "gateway_heartbeat_path",
     "read_gateway_heartbeats",
@@ -186,14 +185,6 @@ def broker_applied(
     return state
 
 
-def broker_loaded(
-    directory: Path, version: int, *, now_ms: Callable[[], int], edge: int | None = None
-) -> bool | None:
-    """``broker_applied`` as True (loaded), False (not yet, or not responding) or None."""
-    state = broker_applied(directory, version, now_ms=now_ms, edge=edge)
-    return None if state is None else state == "applied"
-
-
 def broker_has_identities(
     directory: Path,
     version: int,
@@ -227,7 +218,7 @@ def broker_wait(
         time.sleep(0.1)
 
 
-async def broker_has_identities_async(
+async def broker_wait_async(
     directory: Path,
     version: int,
     *,
@@ -235,7 +226,7 @@ async def broker_has_identities_async(
     now_ms: Callable[[], int],
     edge: int | None = None,
 ) -> Applied | None:
-    """``broker_has_identities`` for the API, with the reason when not applied (``pending``
+    """``broker_wait`` for the API, with the reason when not applied (``pending``
     after ``timeout_s``, ``not_responding`` at once): polls without blocking the event
     loop (the status file is a few hundred bytes, read in a worker thread)."""
     deadline = time.monotonic() + timeout_s

@@ -209,49 +209,38 @@ def closed_broker_sync(
         restart=restart,
         on_removed=None if pki_dir is None else _certificate_revoker(pki_dir),
         after_removed=_session_purger(broker, service_secret, control_secret),
-        before_new_password=_session_discarder(broker, service_secret),
+        before_new_password=_session_purger(broker, service_secret, None),
         lock=lock,
         interval_s=interval_s,
     )
 
 
 def _session_purger(
-    broker: MosquittoProcess, secret: str, control_secret: str
+    broker: MosquittoProcess, secret: str, control_secret: str | None
 ) -> Callable[[Sequence[str]], None]:
     """Discards the broker sessions of revoked, transferred and decommissioned vehicles
-    (see :func:`gateway.broker.control.purge_sessions`), then their retained status
-    (:func:`gateway.broker.control.clear_retained`); a failure is logged, not retried: the
-    commands in such a session are cancelled in the state database, and their message
-    expiry ends them on the broker too."""
+    (see :func:`gateway.broker.control.purge_sessions`), then, with ``control_secret``,
+    their retained status (:func:`gateway.broker.control.clear_retained`); without it only
+    the sessions (vehicles about to get a new password, decision 0034: Mosquitto 2.0.11
+    crashes after a reload disconnects a unit that is offline with a session). A failure is
+    logged, not retried: the commands in such a session are cancelled in the state
+    database, and their message expiry ends them on the broker too."""
 
     def purge(vins: Sequence[str]) -> None:
         try:
             purge_sessions(broker.host, broker.port, SERVICE_USERNAME, secret, vins)
-            clear_retained(
-                broker.host,
-                broker.port,
-                CONTROL_USERNAME,
-                control_secret,
-                [f"v1/vehicles/{vin}/status" for vin in vins],
-            )
+            if control_secret is not None:
+                clear_retained(
+                    broker.host,
+                    broker.port,
+                    CONTROL_USERNAME,
+                    control_secret,
+                    [f"v1/vehicles/{vin}/status" for vin in vins],
+                )
         except (OSError, BrokerError) as exc:
             log.warning("could not discard the broker sessions of %s: %s", ", ".join(vins), exc)
 
     return purge
-
-
-def _session_discarder(broker: MosquittoProcess, secret: str) -> Callable[[Sequence[str]], None]:
-    """Discards the broker sessions of vehicles about to get a new password (decision 0034:
-    Mosquitto 2.0.11 crashes after a reload disconnects a unit that is offline with a
-    session); a failure is logged, as for :func:`_session_purger`."""
-
-    def discard(vins: Sequence[str]) -> None:
-        try:
-            purge_sessions(broker.host, broker.port, SERVICE_USERNAME, secret, vins)
-        except (OSError, BrokerError) as exc:
-            log.warning("could not discard the broker sessions of %s: %s", ", ".join(vins), exc)
-
-    return discard
 
 
 def _certificate_revoker(pki_dir: Path) -> Callable[[Sequence[str]], bool]:

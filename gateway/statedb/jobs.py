@@ -276,18 +276,13 @@ class JobRepository:
             )
             session.flush()
             record = JobRecord.from_row(row, job_counts(session, row.id))
-            publish(
-                session,
-                type="command_job.created",
-                at=job.now,
-                account_id=row.account_id,
-                actor_user_id=row.created_by,
-                data={"job_id": row.id, "type": row.type, "counts": record.counts},
-            )
+            said = ["command_job.created"]
             if not members:  # every vehicle refused: finished at birth, and said so
+                said.append("command_job.finished")
+            for kind in said:
                 publish(
                     session,
-                    type="command_job.finished",
+                    type=kind,
                     at=job.now,
                     account_id=row.account_id,
                     actor_user_id=row.created_by,

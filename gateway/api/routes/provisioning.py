@@ -32,7 +32,7 @@ from gateway.api.routes.common import (
 from gateway.api.security import AuthContext, forbidden, vehicle_not_found
 from gateway.api.settings import ApiSettings
 from gateway.core.policy import can_manage_account
-from gateway.health import HEALTH_DIR_NAME, broker_has_identities_async
+from gateway.health import HEALTH_DIR_NAME, broker_wait_async
 from gateway.statedb.accounts import (
     LifecycleRefused,
     NotFound,
@@ -284,7 +284,7 @@ async def _wait_for_broker(
     health = settings.db_path.parent / HEALTH_DIR_NAME
     edges = context.settings.edge_broker_urls
     edge = edge_index(vin, len(edges)) if edges else None
-    state = await broker_has_identities_async(
+    state = await broker_wait_async(
         health, version, timeout_s=BROKER_WAIT_S, now_ms=now_ms, edge=edge
     )
     if state is None:
