@@ -60,7 +60,9 @@ class ProgressDisplay:
         self.interval_s = LIVE_REFRESH_S if mode == "live" else interval_s
         self._title = title
         self._live: Live | None = None
-        self._last: tuple[float, int] | None = None
+        #: (elapsed s, published) at the previous update; the first rate is since the start
+        #: (before, the first line said "0 msg/s" after a run's first 30 messages)
+        self._last: tuple[float, int] = (0.0, 0)
         self._rate = 0.0
 
     @staticmethod
@@ -77,7 +79,7 @@ class ProgressDisplay:
 
     def update(self, p: Mapping[str, Any]) -> None:
         elapsed, published = float(p["elapsed_s"]), int(p["published"])
-        if self._last is not None and elapsed > self._last[0]:
+        if elapsed > self._last[0]:
             self._rate = (published - self._last[1]) / (elapsed - self._last[0])
         self._last = (elapsed, published)
         if self.mode == "plain":

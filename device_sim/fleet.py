@@ -766,7 +766,10 @@ _DESCRIPTION: Final = (
     "Against a gateway that gives every vehicle its own broker login (user name = VIN,\n"
     "its own password, an ACL for its own topics), pass the credentials file that\n"
     "provisioning writes (--credentials): each unit then logs in as its own vehicle,\n"
-    "over TLS with its own client certificate if you like (--tls-ca, --tls-cert-dir)."
+    "over TLS with its own client certificate if you like (--tls-ca, --tls-cert-dir).\n"
+    "\n"
+    "To replay a scenario file (scripted drives, faults and events, the same stream on\n"
+    "every run): telematics sim scenario FILE (telematics sim scenario --help)."
 )
 
 _EPILOG: Final = (
@@ -787,6 +790,9 @@ _EPILOG: Final = (
     "  telematics sim --vehicles 50 --vin-prefix WSMNEW --list-vins\n"
     "                                                 the VINs to provision (telematics\n"
     "                                                 vehicle add $(...) ...)\n"
+    "  telematics sim scenario device_sim/scenarios/munich-morning.toml --dump\n"
+    "                                                 a scenario file's stream, without a\n"
+    "                                                 broker (telematics sim scenario --help)\n"
     "\n"
     "credentials file (--credentials, written by provisioning; mode 0600):\n"
     '  {"format": "telematics-unit-credentials/1",\n'

@@ -381,3 +381,33 @@ def test_up_hands_its_api_and_gateway_settings_on(monkeypatch: pytest.MonkeyPatc
     bad = build_parser().parse_args(["up", "--user-command-limit", "fast"])
     with pytest.raises(ValueError, match="fast"):
         up_plan.forwarded(bad)
+
+
+def test_mqtt_url_says_what_it_is_for_and_its_default() -> None:
+    """A newcomer read ``--mqtt-url MQTT_URL  broker to use, mqtt://host:port`` under
+    ``telematics up --help``: not that it replaces the private broker (which then needs
+    closing as the README says), nor what happens without it; ``api --help`` named no default
+    either, and neither said that the port may be left out or that mqtts:// is refused."""
+    for command, purpose in (
+        ("up", "instead of starting the private one"),
+        ("api", "remote commands are off"),
+        ("gateway", "the broker to ingest from"),
+    ):
+        (action,) = [a for a in _subparser(command)._actions if "--mqtt-url" in a.option_strings]
+        text = " ".join((action.help or "").split())
+        assert purpose in text, (command, text)
+        for words in ("mqtt://host[:port]", "port 1883 if left out", "default: ", "mqtts://"):
+            assert words in text, (command, words, text)
+    (up_url,) = [a for a in _subparser("up")._actions if "--mqtt-url" in a.option_strings]
+    assert "Bringing your own broker" in " ".join((up_url.help or "").split())
+
+
+def test_sim_help_points_at_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    """``telematics --help`` says "scenarios: telematics sim scenario --help", but ``telematics
+    sim --help``, where a newcomer reading about the simulator looks, never named the
+    ``scenario`` subcommand: its usage line and options are the fleet's only."""
+    with pytest.raises(SystemExit):
+        main(["sim", "--help"])
+    text = capsys.readouterr().out
+    assert "telematics sim scenario --help" in text
+    assert "telematics sim scenario device_sim/scenarios/" in text

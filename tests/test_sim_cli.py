@@ -259,3 +259,20 @@ def test_faults_flag_is_checked_and_explained() -> None:
     assert bad.returncode == 2
     assert "warp_drive" in bad.stderr
     assert "malformed_json" in bad.stderr
+
+
+def test_the_first_progress_line_shows_the_rate_so_far(capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo's first progress line read ``5/5 connected  30 published ... 0 msg/s``: the
+    rate of the first interval was never computed (there was no previous line), so a
+    newcomer's first look said nothing was flowing. The first rate is since the start."""
+    from device_sim.console import ProgressDisplay
+
+    progress = ProgressDisplay("plain", interval_s=5, title="t")
+    line = {"connected": 5, "vehicles": 5, "acknowledged": 30, "buffered": 0, "errors": 0}
+    line |= {"commands_answered": 0, "commands_received": 0}
+    progress.update({**line, "elapsed_s": 5.0, "published": 30})
+    progress.update({**line, "elapsed_s": 10.0, "published": 80})
+    first, second = capsys.readouterr().err.splitlines()
+    assert "30 published" in first, first
+    assert " 6 msg/s" in first, first
+    assert " 10 msg/s" in second, second

@@ -68,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     )
     _add_edge_broker_urls(api, env)
     _add_auth_cache(api, env)
-    add_mqtt(api, env, default=None)
+    add_mqtt(api, env, default=None, command="api")
     add_mqtt_auth(api, env)
     add_state_db(api, env)
     add_store(api, env)

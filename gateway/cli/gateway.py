@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         description="Ingest from the broker into the telemetry store.",
     )
     add_common(gw, env)
-    add_mqtt(gw, env, default=f"mqtt://127.0.0.1:{DEFAULT_PRIVATE_BROKER_PORT}")
+    add_mqtt(gw, env, default=f"mqtt://127.0.0.1:{DEFAULT_PRIVATE_BROKER_PORT}", command="gateway")
     add_mqtt_auth(gw, env)
     add_ingest(gw, env)
     add_state_db(gw, env)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Final
 
 from gateway.core.ratelimit import (
     DEFAULT_LOGIN_LIMIT,
@@ -61,12 +62,32 @@ def add_common(p: argparse.ArgumentParser, env: Environment) -> None:
     )
 
 
-def add_mqtt(p: argparse.ArgumentParser, env: Environment, *, default: str | None) -> None:
+#: what ``--mqtt-url`` is for, per command: a newcomer read "broker to use" under ``up``
+#: and could not tell that it replaces the private broker, nor what the default was
+MQTT_URL_HELP: Final = {
+    "up": "an existing broker to use instead of starting the private one (README, "
+    "Bringing your own broker: it must be closed like the private one, and the gateway "
+    "needs its service account, --mqtt-username and --mqtt-password-file)",
+    "api": "the broker of the command service; without it, remote commands are off (their "
+    "routes answer 503)",
+    "gateway": "the broker to ingest from",
+}
+
+
+def add_mqtt(
+    p: argparse.ArgumentParser, env: Environment, *, default: str | None, command: str
+) -> None:
+    shown = {
+        "up": "none: the private broker on --mqtt-port",
+        "api": "none",
+        "gateway": f"{default}, where telematics up runs its private broker",
+    }[command]
     p.add_argument(
         "--mqtt-url",
         default=env.mqtt_url if env.mqtt_url is not None else default,
-        help="broker to use, mqtt://host:port (env TELEMATICS_MQTT_URL)"
-        + ("" if default is None else f"; default: {default}"),
+        metavar="URL",
+        help=f"{MQTT_URL_HELP[command]}: mqtt://host[:port] (port 1883 if left out; mqtts:// "
+        f"is not supported here yet) (env TELEMATICS_MQTT_URL; default: {shown})",
     )
 
 
