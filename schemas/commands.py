@@ -644,7 +644,13 @@ def _describe(error: Any) -> str:
     loc = ".".join(str(p) for p in error["loc"]) or "payload"
     value = error.get("input")
     shown = "" if isinstance(value, dict | list) else f" (got {value!r:.80})"
-    return f"{loc}: {error['msg']}{shown}"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = (
+            "not a field of a command answer in device contract v1 (docs/device-contract.md "
+            "§10.5: command_id, vin, status, ts, reason, detail)"
+        )
+    return f"{loc}: {message}{shown}"
 
 
 def _envelope_rejection(exc: ValidationError, *, vin: str | None) -> Rejection:

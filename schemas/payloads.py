@@ -31,7 +31,7 @@ import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, NotRequired, Required, TypeAlias, cast
+from typing import Annotated, Any, Final, Literal, NotRequired, Required, TypeAlias, cast
 
 import orjson
 import pydantic_core
@@ -244,12 +244,28 @@ def _signal_reason(error_type: str) -> Reason:
 _UNION_MEMBER = re.compile(r"^(?:constrained-[a-z]+|function-[a-z]+\[.*\])$")
 
 
+#: what an unknown key is, in words a unit's engineer can act on (pydantic says "Extra
+#: inputs are not permitted", which named neither the catalog nor the contract)
+UNKNOWN_SIGNAL_TEXT: Final = (
+    "not a signal of the catalog (GET /v1/catalog lists the accepted VSS paths; names are "
+    "case-sensitive)"
+)
+UNKNOWN_FIELD_TEXT: Final = (
+    "not a field of this message in device contract v1 (docs/device-contract.md: a field "
+    "it does not define refuses the message)"
+)
+
+
 def _describe(error: Any) -> str:
-    parts = (str(p) for p in error["loc"] if not _UNION_MEMBER.match(str(p)))
+    parts = [str(p) for p in error["loc"] if not _UNION_MEMBER.match(str(p))]
     loc = ".".join(parts) or "payload"
     value = error.get("input")
     shown = "" if isinstance(value, dict | list) else f" (got {value!r:.80})"
-    return f"{loc}: {error['msg']}{shown}"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        in_signals = len(parts) >= 2 and parts[-2] == "signals"
+        message = UNKNOWN_SIGNAL_TEXT if in_signals else UNKNOWN_FIELD_TEXT
+    return f"{loc}: {message}{shown}"
 
 
 def _signal_errors(errors: Sequence[Any]) -> dict[tuple[int | None, str], Any] | None:

@@ -864,3 +864,31 @@ def test_any_valid_sample_round_trips(signals: dict[str, SignalValue], seq: int,
     assert decoded.rejections == ()
     assert decoded.samples == (sample,)
     assert _types(decoded.samples[0].signals) == _types(signals)
+
+
+def test_an_unknown_key_is_named_in_words_a_unit_engineer_can_act_on() -> None:
+    """A firmware engineer's unit sent ``"Vehicle.Foo"`` and a field ``"extra"``; its feedback
+    notices said ``signals.Vehicle.Foo: Extra inputs are not permitted`` and ``extra: Extra
+    inputs are not permitted`` (pydantic's words): neither named the catalog nor the
+    contract. Each now says what the key is not and where the accepted ones are listed."""
+    from schemas.commands import decode_command_result
+    from schemas.payloads import decode_event
+
+    vin, now = "WVWZZZ1JZXW000001", 1_764_230_400_000
+    sample = {"vin": vin, "seq": 1, "ts": now, "signals": {"Vehicle.speed": 1.0}}
+    (refused,) = decode_telemetry(orjson.dumps(sample), topic_vin=vin, now_ms=now).rejections
+    assert refused.reason == "unknown_signal"
+    assert "Extra inputs" not in refused.detail
+    assert "Vehicle.speed: not a signal of the catalog (GET /v1/catalog" in refused.detail
+    batch = {"vin": vin, "samples": [{"seq": 1, "ts": now, "signals": {}, "extra": 1}]}
+    (refused,) = decode_telemetry(orjson.dumps(batch), topic_vin=vin, now_ms=now).rejections
+    assert refused.reason == "invalid_envelope"
+    assert "samples.0.extra: not a field of this message in device contract v1" in refused.detail
+    event: dict[str, object] = {"vin": vin, "seq": 1, "ts": now, "type": "ignition_on"}
+    event["note"] = "x"
+    refused_event = decode_event(orjson.dumps(event), topic_vin=vin, now_ms=now)
+    assert "note: not a field of this message" in str(refused_event)
+    answer: dict[str, object] = {"command_id": "6f1c3a52-0d4e-4b8a-9c57-2f7e1b9d0a11"}
+    answer |= {"vin": vin, "status": "accepted", "ts": now, "extra": 1}
+    refused_answer = decode_command_result(orjson.dumps(answer), topic_vin=vin)
+    assert "extra: not a field of a command answer" in str(refused_answer)

@@ -118,12 +118,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         help="run the private broker open to anonymous clients, without per-vehicle "
         "credentials and ACL (development only; vehicles are then not checked)",
     )
-    up.add_argument(
-        "--vehicles",
-        type=int,
-        default=5,
-        help="with --demo: how many simulated vehicles to provision and drive (default: 5)",
-    )
+    up.add_argument("--vehicles", type=int, default=5, help="with --demo: how many (default: 5)")
     up.add_argument(
         "--edge-brokers",
         type=int,
