@@ -59,6 +59,13 @@ def test_vectors_cover_what_a_signer_gets_wrong() -> None:
     assert any('"params":{}' in t for t in texts)
     assert any(not v["valid"] for v in CASES)
     assert any(isinstance(decoded(v), InvalidCommand) for v in CASES)  # an unknown type
+    # §11's string rules and nesting: a verifier that escaped nothing, did not sort an object
+    # nested in params or wrote non-ASCII as \\u escapes passed every vector before, since
+    # none had a string to escape, a nested object or a non-ASCII character
+    for escaped in ('\\"', "\\\\", "\\n", "\\t", "\\u0001"):
+        assert any(escaped in t for t in texts), escaped
+    assert any("München" in t for t in texts)  # non-ASCII as is, not \\u00fc
+    assert any('{"a":0.1,"z":[' in t for t in texts)  # members sorted inside params too
 
 
 @pytest.mark.parametrize("vector", CASES, ids=IDS)
