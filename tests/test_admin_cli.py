@@ -470,3 +470,19 @@ def test_set_password_mistakes_are_explained(tmp_path: Path) -> None:
                    env={"TELEMATICS_USER_PASSWORD": "short"})  # fmt: skip
     assert r.returncode == 2
     assert "at least 10 characters" in r.stderr
+
+
+def test_adding_many_vehicles_says_how_far_it_got(tmp_path: Path) -> None:
+    """``telematics vehicle add $(telematics sim --vehicles 1000 ... --list-vins)``, the
+    README's simulator example, took 20 s on the development machine with nothing on the
+    terminal until its last line. From 100 vehicles on it says what it is doing and how far
+    it got, on stderr (stdout keeps its one line, or the JSON)."""
+    data = tmp_path / "data"
+    assert telematics(data, "account", "add", "Vans GmbH").returncode == 0
+    vins = [f"WCLXY{n:012d}" for n in range(1, 261)]
+    done = telematics(data, "vehicle", "add", *vins, "--account", "Vans GmbH", "--certificate")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["provisioning 260 vehicles ...", "  250/260"]
+    few = telematics(data, "vehicle", "add", *VINS, "--account", "Vans GmbH", "--certificate")
+    assert few.returncode == 0, few.stderr
+    assert few.stderr == ""

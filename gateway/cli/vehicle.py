@@ -10,7 +10,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from gateway.cli.admin import (
     CliError,
@@ -216,6 +216,11 @@ def _add(
     return 0
 
 
+#: provisioning this many vehicles at once says how far it got, every PROGRESS_EVERY
+PROGRESS_FROM: Final = 100
+PROGRESS_EVERY: Final = 250
+
+
 def _provision(
     args: argparse.Namespace,
     accounts: AccountRepository,
@@ -233,7 +238,12 @@ def _provision(
     created: dict[str, str | None] = {}
     renewed: list[str] = []
     provision = provision_vehicle if args.credentials_file is None else provision_or_rotate
-    for vin in vins:
+    progress = len(vins) >= PROGRESS_FROM  # 1,000 took 20 s in silence
+    if progress:
+        print(f"provisioning {len(vins)} vehicles ...", file=sys.stderr, flush=True)
+    for done, vin in enumerate(vins):
+        if progress and done and done % PROGRESS_EVERY == 0:
+            print(f"  {done}/{len(vins)}", file=sys.stderr, flush=True)
         held = accounts.get_vehicle(vin)
         if held is not None and held.active:
             if held.account_id != account:
