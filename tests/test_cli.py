@@ -411,3 +411,35 @@ def test_sim_help_points_at_scenarios(capsys: pytest.CaptureFixture[str]) -> Non
     text = capsys.readouterr().out
     assert "telematics sim scenario --help" in text
     assert "telematics sim scenario device_sim/scenarios/" in text
+
+
+def test_a_lost_broker_connection_is_one_line_not_a_traceback() -> None:
+    """Provisioning the README's 1,000 simulator vehicles restarts the broker; the demo's
+    terminal then showed gmqtt's ``[EXC: CONN LOST]`` with a Python traceback, which looked
+    like a crash of the gateway. It is one line with the reason (DEBUG keeps the traceback)."""
+    import io
+    import logging
+
+    from gateway.cli.options import setup_logging
+
+    logger = logging.getLogger("gmqtt.mqtt.protocol")
+    saved = list(logger.filters)
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    try:
+        setup_logging("INFO")
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except ConnectionResetError as exc:
+            logger.warning("[EXC: CONN LOST]", exc_info=exc)
+    finally:
+        logger.removeHandler(handler)
+        logger.filters[:] = saved
+    text = out.getvalue()
+    assert "Traceback" not in text, text
+    assert text == (
+        "WARNING gmqtt.mqtt.protocol: [EXC: CONN LOST] ConnectionResetError: "
+        "[Errno 104] Connection reset by peer\n"
+    )
