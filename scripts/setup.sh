@@ -56,8 +56,17 @@ wanted="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
   echo "==> .venv is up to date (pyproject.toml unchanged since its install)"
 else
-  echo "==> installing the project into .venv"
+  # each package is named as pip takes it: the first install takes a minute or two, and
+  # printed nothing meanwhile; pip's warnings and errors still reach stderr whole
+  echo "==> installing the project into .venv (the first time a minute or two)"
+  # pip upgrades itself first: the newer pip installs the project's packages faster than
+  # the one a venv comes with, more than making up for its own install (first run with
+  # Python 3.11's pip 23.2 kept: 39 s of CPU instead of 31, 130 s instead of 102 here)
+  echo "    upgrading pip"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".${extras}"
+  PYTHONUNBUFFERED=1 .venv/bin/python -m pip install --progress-bar off -e ".${extras}" \
+    | while IFS= read -r line; do
+        case "$line" in Collecting*|Successfully*) echo "    $line" ;; esac
+      done
   echo "$wanted" > "$stamp"
 fi
