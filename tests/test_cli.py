@@ -443,3 +443,19 @@ def test_a_lost_broker_connection_is_one_line_not_a_traceback() -> None:
         "WARNING gmqtt.mqtt.protocol: [EXC: CONN LOST] ConnectionResetError: "
         "[Errno 104] Connection reset by peer\n"
     )
+
+
+def test_every_positional_argument_says_what_it_is() -> None:
+    """``telematics vehicle add --help`` listed ``VIN`` under "positional arguments" with
+    nothing beside it (nor ``user add``'s ``email``, ``account add``'s ``name``, ``pki
+    client``'s ``VIN``): a newcomer could not tell that several VINs may be given at once,
+    or that an account's name need not be unique."""
+    silent = [
+        (" ".join(command), action.dest)
+        for command, sub in _parsers(build_parser())
+        for action in sub._actions
+        if not action.option_strings
+        and not isinstance(action, argparse._SubParsersAction)
+        and not action.help
+    ]
+    assert silent == []

@@ -33,7 +33,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         description="Create an account; its users (telematics user add --account NAME) and "
         "vehicles (telematics vehicle add --account NAME) are added to it by its id or name.",
     )
-    add.add_argument("name")
+    add.add_argument(
+        "name",
+        help="the account's name, e.g. 'Acme Logistics' (names need not be unique; "
+        "for one that is not, --account of the other commands takes the id)",
+    )
     add.add_argument(
         "--kind",
         choices=["organization", "private"],

@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="issue a vehicle's client certificate (CN = VIN)",
         description="Issue a client certificate and key for a vehicle, valid 2 years.",
     )
-    client.add_argument("vin", metavar="VIN")
+    client.add_argument("vin", metavar="VIN", help="the vehicle's VIN, the certificate's CN")
     add_dirs(client)
 
     revoke = sub.add_parser(
@@ -89,7 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "broker identity. With a broker of your own, reload it afterwards (SIGHUP) and remove "
         "the vehicle's identity there, so a connected session loses its rights too.",
     )
-    revoke.add_argument("vin", metavar="VIN")
+    revoke.add_argument("vin", metavar="VIN", help="the vehicle's VIN")
     add_dirs(revoke)
 
 

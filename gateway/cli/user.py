@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         description=f"Create a user. The password comes from ${USER_PASSWORD_ENV}; without "
         "it one is generated and printed once.",
     )
-    add.add_argument("email")
+    add.add_argument("email", help="the user's e-mail address, their login")
     add.add_argument(
         "--role",
         required=True,
@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "lifetime), a lock-out after wrong passwords is lifted, and the change is audited. "
         "Works while the installation runs.",
     )
-    reset.add_argument("email")
+    reset.add_argument("email", help="the user's e-mail address, e.g. admin@localhost")
     add_admin_common(reset, env)
     lst = actions.add_parser(
         "list",

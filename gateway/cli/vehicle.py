@@ -52,7 +52,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "unit started next is let in. With --credentials-file they are written to a unit "
         "credentials file (mode 0600) for `telematics sim --credentials` instead of printed.",
     )
-    add.add_argument("vins", nargs="+", metavar="VIN")
+    add.add_argument(
+        "vins", nargs="+", metavar="VIN", help="17 characters, no I, O, Q; several at once"
+    )
     add.add_argument(
         "--account",
         required=True,
@@ -87,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "end; while telematics up runs for this data directory, the command returns once its "
         "broker has cut the units off and refuses their passwords. Their data stays.",
     )
-    revoke.add_argument("vins", nargs="+", metavar="VIN")
+    revoke.add_argument("vins", nargs="+", metavar="VIN", help="the VINs to revoke")
     add_admin_common(revoke, env)
     lst = actions.add_parser(
         "list",
