@@ -66,7 +66,11 @@ else
   .venv/bin/python -m pip install -q --upgrade pip
   PYTHONUNBUFFERED=1 .venv/bin/python -m pip install --progress-bar off -e ".${extras}" \
     | while IFS= read -r line; do
-        case "$line" in Collecting*|Successfully*) echo "    $line" ;; esac
+        case "$line" in
+          Collecting*|Successfully*) echo "    $line" ;;
+          # then half a minute of unpacking and compiling, after a line naming them all
+          Installing*) echo "    ${line:0:72} ..." ;;
+        esac
       done
   echo "$wanted" > "$stamp"
 fi

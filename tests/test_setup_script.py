@@ -22,6 +22,7 @@ if [ "$1 $2 $3 $4" = "-m pip install --progress-bar" ]; then
   echo "Collecting fastapi>=0.110 (from telematics-gateway==0.1.0)"
   echo "  Using cached fastapi-0.115.0-py3-none-any.whl (94 kB)"
   echo "Collecting uvicorn>=0.30 (from telematics-gateway==0.1.0)"
+  echo "Installing collected packages: uvicorn, fastapi, telematics-gateway, and then a few more"
   echo "Successfully installed fastapi-0.115.0 telematics-gateway-0.1.0 uvicorn-0.30.0"
   exit "${FAKE_PIP_STATUS:-0}"
 fi
@@ -66,6 +67,12 @@ def test_the_first_install_names_each_package(checkout: Path) -> None:
     assert "the first time a minute or two" in done.stdout
     assert "    Collecting fastapi>=0.110" in done.stdout
     assert "    Successfully installed fastapi" in done.stdout
+    # the unpacking after the resolution took half a minute in silence
+    assert (
+        "    Installing collected packages: uvicorn, fastapi, telematics-gateway, and "
+        in done.stdout
+    )
+    assert "a few more" not in done.stdout  # cut: it names every package
     assert "Using cached" not in done.stdout
     again = _setup(checkout)
     assert "up to date" in again.stdout
