@@ -947,6 +947,23 @@ def _figures(step: _Step, m: dict[str, Any], limits: tuple[float, float]) -> Ste
     return StepFigures(**{**asdict(figures), "broken": broken})
 
 
+def _with_generators(figures: StepFigures, loads: Sequence[_Load]) -> StepFigures:
+    """The step's figures with the generators' reconnects, refused logins and PUBACKs to
+    no subscriber; refused logins break it."""
+    figures = StepFigures(
+        **{
+            **asdict(figures),
+            "reconnects": _total(loads, "reconnects"),
+            "refused": _total(loads, "refused"),
+            "no_subscribers": _total(loads, "no_subscribers"),
+        }
+    )
+    if figures.refused:
+        refused = f"{figures.refused} logins refused"
+        figures = StepFigures(**{**asdict(figures), "broken": [*figures.broken, refused]})
+    return figures
+
+
 def run_scale_bench(
     *,
     steps: Sequence[int] = DEFAULT_STEPS,
@@ -984,26 +1001,15 @@ def run_scale_bench(
                         f"in {step.connect_s:.1f} s; measuring {window_s:.0f} s",
                     )
                     m = _measure(inst, loads, step, window_s, command_rate)
-                    figures = _figures(step, m, (max_lag_ms, max_command_ms))
-                    figures = StepFigures(
-                        **{
-                            **asdict(figures),
-                            "reconnects": _total(loads, "reconnects"),
-                            "refused": _total(loads, "refused"),
-                            "no_subscribers": _total(loads, "no_subscribers"),
-                        }
+                    figures = _with_generators(
+                        _figures(step, m, (max_lag_ms, max_command_ms)), loads
                     )
-                    if figures.refused:
-                        refused = f"{figures.refused} logins refused"
-                        figures = StepFigures(
-                            **{**asdict(figures), "broken": [*figures.broken, refused]}
-                        )
                     results.append(figures)
                     _say(
                         progress,
                         f"  {figures.messages_per_s:,.0f} msg/s, lag p99 "
                         f"{figures.lag_p99_ms:.0f} ms, command p99 {figures.command_p99_ms:.0f}"
-                        f" ms, lost {figures.lost}"
+                        f" ms, lost {figures.lost}, pending {figures.pending}"
                         + (f"; BROKE: {'; '.join(figures.broken)}" if figures.broken else ""),
                     )
                     if figures.broken:
