@@ -3,6 +3,10 @@ the benchmark, it does not measure; run ``telematics bench ingest`` for figures)
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from gateway.bench.ingest import run_ingest_bench
@@ -160,3 +164,60 @@ def test_fleet_scale_bench_steps_up_and_accounts_for_every_sample(edges: int) ->
         assert {f"edge-{i}" for i in range(1, edges + 1)} <= set(step.cpu)
     # the second step's generators are new processes; the first step's stayed connected
     assert "load-3" in result.steps[1].cpu
+
+
+def test_fleet_scale_accounting_tells_a_backlog_still_draining_from_a_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18: the accounting waited a fixed 120 s and called whatever the gateway had not
+    committed by then "lost" (82,048 of 194,026 in the coordinator's run, with the gateway
+    still committing). Now it waits while samples keep arriving; only what is missing once
+    nothing arrives for STALL_S is lost, what is still coming when DRAIN_MAX_S runs out is
+    pending. The gateway is a thread writing rows into a telemetry file of the same shape."""
+    import sqlite3
+    import threading
+    from types import SimpleNamespace
+
+    from gateway.bench import scale
+
+    db = sqlite3.connect(tmp_path / "telemetry.db")
+    db.executescript(
+        "CREATE TABLE vehicles (id INTEGER PRIMARY KEY, vin TEXT);"
+        "CREATE TABLE samples (id INTEGER PRIMARY KEY, vehicle_id INTEGER);"
+        "INSERT INTO vehicles VALUES (1, 'WBENCH00000000001');"
+    )
+    db.close()
+    inst: Any = SimpleNamespace(data=tmp_path)
+
+    def gateway(rows: int, every_s: float) -> threading.Thread:
+        def commit() -> None:
+            conn = sqlite3.connect(tmp_path / "telemetry.db")
+            for _ in range(rows):
+                time.sleep(every_s)
+                conn.execute("INSERT INTO samples (vehicle_id) VALUES (1)")
+                conn.commit()
+            conn.close()
+
+        thread = threading.Thread(target=commit)
+        thread.start()
+        return thread
+
+    monkeypatch.setattr(scale, "STALL_S", 1.0)
+    monkeypatch.setattr(scale, "DRAIN_MAX_S", 30.0)
+    # behind, but committing: all 10 arrive, though it takes longer than STALL_S in all
+    gateway(10, 0.3).join()
+    assert scale._drain(inst, 10, time.monotonic())[::2] == (10, False)
+    slow = gateway(10, 0.3)
+    stored, drain_s, stalled = scale._drain(inst, 20, time.monotonic())
+    slow.join()
+    assert (stored, stalled) == (20, False)
+    assert drain_s >= 2.5
+    # 5 acknowledged samples never arrive: lost, once nothing came for STALL_S
+    assert scale._drain(inst, 25, time.monotonic())[::2] == (20, True)
+    # still committing when the wait ends: pending, not lost
+    monkeypatch.setattr(scale, "DRAIN_MAX_S", 1.0)
+    busy = gateway(10, 0.3)
+    stored, _, stalled = scale._drain(inst, 40, time.monotonic())
+    busy.join()
+    assert stored < 30
+    assert not stalled
