@@ -23,6 +23,7 @@ from schemas.catalog import CATALOG, Datatype, SignalSpec
 from schemas.payloads import (
     DEFAULT_LIMITS,
     MAX_SEQ,
+    REJECTIONS_LISTED_PER_MESSAGE,
     DecodedTelemetry,
     Event,
     EventType,
@@ -57,6 +58,7 @@ __all__ = [
     "CONTRACT_VERSION",
     "DEFAULT_LIMITS",
     "MAX_SEQ",
+    "REJECTIONS_LISTED_PER_MESSAGE",
     "VIN_PATTERN",
     "Channel",
     "Datatype",

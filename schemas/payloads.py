@@ -135,6 +135,41 @@ class Rejection:
     vin: str | None = None
     seq: int | None = None
     signal: str | None = None
+    #: how many refusals it stands for: 1, or for the entry that sums up a message's
+    #: refusals of one reason beyond the first :data:`REJECTIONS_LISTED_PER_MESSAGE`, how many
+    count: int = 1
+
+
+#: the refusals of one message listed one by one (each is a quarantine entry with the
+#: message's payload, and a feedback notice); the rest are summed up in one entry per reason
+#: that says how many (security review 6, decision 0043: a batch of 19,000 bad signals was
+#: 19,000 entries of the same 4 KiB, 188 MB for one 250 kB message)
+REJECTIONS_LISTED_PER_MESSAGE: Final = 16
+
+
+def listed(rejections: Sequence[Rejection]) -> tuple[Rejection, ...]:
+    """The first :data:`REJECTIONS_LISTED_PER_MESSAGE` of one message's refusals, then one
+    per reason for the rest, with their number (``count``) and the first's seq and signal."""
+    if len(rejections) <= REJECTIONS_LISTED_PER_MESSAGE:
+        return tuple(rejections)
+    rest: dict[Reason, list[Rejection]] = {}
+    for r in rejections[REJECTIONS_LISTED_PER_MESSAGE:]:
+        rest.setdefault(r.reason, []).append(r)
+    summaries = []
+    for reason, group in rest.items():
+        n = sum(r.count for r in group)
+        first = group[0]
+        where = "".join(
+            f", {name} {value}"
+            for name, value in (("seq", first.seq), ("signal", first.signal))
+            if value is not None
+        )
+        detail = (
+            f"{n} more {reason.value} refusals in this message (the first{where}), not "
+            f"listed one by one: a message lists its first {REJECTIONS_LISTED_PER_MESSAGE}"
+        )
+        summaries.append(Rejection(reason, detail, vin=first.vin, count=n))
+    return (*rejections[:REJECTIONS_LISTED_PER_MESSAGE], *summaries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +373,7 @@ def decode_telemetry(
         return items
     samples = _timely_samples(items, vin, now_ms, limits, rejections)
     # rejections of signals whose sample was rejected as a whole are kept: both are true
-    return DecodedTelemetry(tuple(samples), tuple(rejections))
+    return DecodedTelemetry(tuple(samples), listed(rejections))
 
 
 def _validate_envelope(
@@ -450,10 +485,12 @@ def _drop_bad_signals(
         holder = raw if index is None else raw["samples"][index]
         holder["signals"].pop(path, None)
         seq = holder.get("seq")
+        # beyond the ones listed, only counted (listed()): not worth describing each
+        listed_one = len(rejections) < REJECTIONS_LISTED_PER_MESSAGE
         rejections.append(
             Rejection(
                 _signal_reason(error["type"]),
-                _describe(error),
+                _describe(error) if listed_one else "",
                 vin=raw.get("vin") if isinstance(raw.get("vin"), str) else None,
                 seq=seq if isinstance(seq, int) else None,
                 signal=path,

@@ -201,7 +201,7 @@ class Batcher:
     ) -> None:
         for rejection in rejections:
             self._quarantine.append(QuarantineEntry(now, topic, payload, rejection, tenure))
-            self._count(metrics.QUARANTINED, rejection.reason.value)
+            self._count(metrics.QUARANTINED, rejection.reason.value, rejection.count)
 
     def add(self, topic: str, payload: bytes, retained: bool = False) -> bool:
         """Decode one message into the current batch. ``retained``: the broker delivered it
