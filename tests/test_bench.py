@@ -3,6 +3,7 @@ the benchmark, it does not measure; run ``telematics bench ingest`` for figures)
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -101,18 +102,47 @@ def test_command_bench_attributes_every_command() -> None:
     from gateway.bench.commands import STAGES, run_commands_bench
 
     result = run_commands_bench(
-        vehicles=3, commands=10, rate=10.0, loads=[0.5], ingest_samples=2000
+        vehicles=3, commands=10, rate=10.0, loads=[0.5], ingest_samples=2000, pairs=2
     )
     assert [p.name for p in result.phases] == ["idle", "ingest at 50%"]
     assert result.ok
     assert result.ingest_max_samples_per_s > 0
     assert result.ingest_max_with_commands_samples_per_s > 0
+    # without, with, without, with, without (decision 0045)
+    assert len(result.ingest_pairs) == len(result.ingest_ratio_each) == 2
+    assert result.ingest_pairs[0].without_after == result.ingest_pairs[1].without_before
     for phase in result.phases:
         assert phase.succeeded == phase.commands == 10
         assert set(STAGES) <= set(phase.stages)
         assert phase.loop_lag.max_ms >= 0
         assert {"api", "api.loop", "api.writer", "fleet-worker"} <= set(phase.cpu.processes)
         assert phase.commits > 0
+
+
+def test_the_ingest_ratio_compares_each_with_commands_phase_with_its_neighbours() -> None:
+    """Decision 0045: the machine drifts between phases as much as commands cost ingest, so
+    each with-commands maximum is divided by the mean of the maxima without either side of
+    it (a steady drift cancels), every pair is reported, and the worst run's ratio is the
+    one the target reads."""
+    from gateway.bench.commands import CommandBenchResult, IngestPair, _as_json, _worst
+
+    # the machine slows 10 % per phase; commands cost nothing: every pair says 1.0
+    drifting = IngestPair(30_000, 27_000, 24_300)
+    assert drifting.without == 27_150
+    assert abs(drifting.ratio - 27_000 / 27_150) < 1e-9  # 0.994, not 27,000 / 30,000 = 0.9
+    pairs = [IngestPair(30_000, 27_000, 30_000), IngestPair(30_000, 28_500, 30_000)]
+    run = CommandBenchResult(
+        vehicles=100, commands_per_phase=400, rate_per_s=25, ingest_max_samples_per_s=30_000,
+        ingest_max_with_commands_samples_per_s=27_750, ingest_ratio_with_commands=0.925,
+        phases=[], ingest_pairs=pairs,
+    )  # fmt: skip
+    assert run.ingest_ratio_each == [0.9, 0.95]
+    assert [p["ratio"] for p in _as_json(run)["ingest_pairs"]] == [0.9, 0.95]
+    worse = dataclasses.replace(run, ingest_ratio_with_commands=0.88)
+    summary = _worst([run, worse])
+    assert summary["ingest_ratio_with_commands"] == 0.88
+    assert summary["ingest_ratio_with_commands_each_run"] == [0.925, 0.88]
+    assert summary["ingest_ratio_pairs"] == [0.9, 0.95, 0.9, 0.95]
 
 
 def test_fleet_scale_heartbeat_option_reads_a_range_and_refuses_nonsense() -> None:

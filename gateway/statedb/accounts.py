@@ -107,6 +107,7 @@ from gateway.statedb.models import (
     VehicleTransferRow,
     WebSessionRow,
 )
+from gateway.statedb.prepared import Prepared
 
 __all__ = [
     "READ_SERVICE",
@@ -556,7 +557,7 @@ class InvitationClosed(GatewayError):
 #: :meth:`AccountRepository.vehicle_access`'s statement: the vehicle's columns in the order
 #: of :class:`VehicleRecord`'s fields, then the grant's in :class:`GrantRecord`'s order; at
 #: most one grant of a (vehicle, user) is active (``create_grant`` sees to that)
-_VEHICLE_ACCESS: Final = (
+_VEHICLE_ACCESS: Final = Prepared(
     select(
         VehicleRow.vin,
         VehicleRow.account_id,
@@ -1116,7 +1117,7 @@ class AccountRepository:
         # request, where building the statement, two ORM instances and a session cost
         # more than the query (decisions 0035, 0036)
         with self._db.read_connection() as connection:
-            found = connection.execute(_VEHICLE_ACCESS, {"vin": vin, "user_id": user_id}).first()
+            found = _VEHICLE_ACCESS.first(connection, {"vin": vin, "user_id": user_id})
         if found is None:
             return None, None
         vehicle = VehicleRecord(*found[:8])

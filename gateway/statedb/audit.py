@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from gateway.statedb.database import StateDatabase
 from gateway.statedb.models import AuditRow
+from gateway.statedb.prepared import Prepared
 
 __all__ = [
     "AUDIT_OUTCOMES",
@@ -50,7 +51,8 @@ _MAX_ACTION_LENGTH: Final = 64
 #: comes from the network, and an unusual one must not cost the entry
 _MAX_REMOTE_ADDR_LENGTH: Final = 64
 #: one entry, its columns the parameters' keys (a detail of None is left out: SQL NULL)
-_INSERT_ENTRY: Final = insert(AuditRow).returning(AuditRow.id)
+#: run on the DBAPI cursor: one per command (gateway.statedb.prepared, decision 0045)
+_INSERT_ENTRY: Final = Prepared(insert(AuditRow).returning(AuditRow.id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +167,7 @@ class AuditLog:
         # must be SQL NULL (left out of the INSERT), which the ORM would store as the JSON
         # text 'null'; and this runs for every command (decision 0036)
         row = values if stored_detail is None else {**values, "detail": stored_detail}
-        entry_id = session.connection().execute(_INSERT_ENTRY, row).scalar_one()
+        entry_id = _INSERT_ENTRY.scalar(session.connection(), row)
         return AuditRecord(id=entry_id, detail=stored_detail, **values)
 
     def query(

@@ -74,6 +74,7 @@ from gateway.statedb.models import (
     VehicleRow,
     VehicleTenureRow,
 )
+from gateway.statedb.prepared import Prepared
 
 __all__ = [
     "CommandNotFound",
@@ -318,13 +319,13 @@ _CHANGEABLE = (
     "status", "sent_at", "accepted_at", "finished_at", "reason", "detail", "confirmation",
     "confirmed_at", "unit_accepted_at",
 )  # fmt: skip
-_INSERT_COMMAND = insert(_COMMANDS)
-_INSERT_TRANSITION = insert(_TRANSITIONS)
+_INSERT_COMMAND = Prepared(insert(_COMMANDS))
+_INSERT_TRANSITION = Prepared(insert(_TRANSITIONS))
 #: the SET clause is the parameters' keys (the changeable columns, always all of them)
-_UPDATE_COMMAND = update(_COMMANDS).where(_COMMANDS.c.id == bindparam("command_id"))
+_UPDATE_COMMAND = Prepared(update(_COMMANDS).where(_COMMANDS.c.id == bindparam("command_id")))
 #: a command, locked until the transaction ends (PostgreSQL: FOR UPDATE; SQLite: the
 #: write transaction holds the database), and the last seq of its history
-_LOCKED = (
+_LOCKED = Prepared(
     select(
         *_RECORD_COLUMNS,
         select(func.max(_TRANSITIONS.c.seq))
@@ -334,9 +335,9 @@ _LOCKED = (
     .where(_COMMANDS.c.id == bindparam("command_id"))
     .with_for_update(of=_COMMANDS)
 )
-_BY_ID = select(*_RECORD_COLUMNS).where(_COMMANDS.c.id == bindparam("command_id"))
+_BY_ID = Prepared(select(*_RECORD_COLUMNS).where(_COMMANDS.c.id == bindparam("command_id")))
 #: a command's history after a seq, in order
-_HISTORY = (
+_HISTORY = Prepared(
     select(
         _TRANSITIONS.c.seq, _TRANSITIONS.c.status, _TRANSITIONS.c.event, _TRANSITIONS.c.at,
         _TRANSITIONS.c.reason, _TRANSITIONS.c.detail,
@@ -378,16 +379,18 @@ _BY_KEY = select(*_RECORD_COLUMNS, _COMMANDS.c.request_hash).where(
     _COMMANDS.c.tenure == bindparam("tenure"),
     _COMMANDS.c.idempotency_key == bindparam("idempotency_key"),
 )
-_BY_KEY_OF = _BY_KEY.where(_COMMANDS.c.requested_by == bindparam("requested_by"))
-_BY_KEY_OF_NOBODY = _BY_KEY.where(_COMMANDS.c.requested_by.is_(None))
+_BY_KEY_OF = Prepared(_BY_KEY.where(_COMMANDS.c.requested_by == bindparam("requested_by")))
+_BY_KEY_OF_NOBODY = Prepared(_BY_KEY.where(_COMMANDS.c.requested_by.is_(None)))
 #: the vehicle's current period, locked against a concurrent revocation (FOR SHARE)
-_CURRENT_TENURE = (
+_CURRENT_TENURE = Prepared(
     select(VehicleRow.tenure, VehicleRow.revoked_at)
     .where(VehicleRow.vin == bindparam("vin"))
     .with_for_update(read=True)
 )
-_TENURE_ACCOUNT = select(VehicleTenureRow.account_id).where(
-    VehicleTenureRow.vin == bindparam("vin"), VehicleTenureRow.number == bindparam("tenure")
+_TENURE_ACCOUNT = Prepared(
+    select(VehicleTenureRow.account_id).where(
+        VehicleTenureRow.vin == bindparam("vin"), VehicleTenureRow.number == bindparam("tenure")
+    )
 )
 
 
@@ -413,7 +416,7 @@ def _insert_new(connection: Connection, new: CommandRecord, request_hash: str) -
     ``queued`` at seq 1 and, if sent, ``published`` at seq 2."""
     values = {column.name: getattr(new, column.name) for column in _RECORD_COLUMNS}
     values["status"] = new.status.value
-    connection.execute(_INSERT_COMMAND, {**values, "request_hash": request_hash})
+    _INSERT_COMMAND.execute(connection, {**values, "request_hash": request_hash}).close()
     history = [
         {"command_id": new.id, "seq": 1, "status": CommandStatus.QUEUED.value, "event": None,
          "at": new.created_at, "reason": None, "detail": None}
@@ -424,7 +427,7 @@ def _insert_new(connection: Connection, new: CommandRecord, request_hash: str) -
              "event": CommandEvent.PUBLISHED.value, "at": new.sent_at, "reason": None,
              "detail": None}
         )  # fmt: skip
-    connection.execute(_INSERT_TRANSITION, history)
+    _INSERT_TRANSITION.executemany(connection, history)
 
 
 def _by_key(
@@ -434,9 +437,9 @@ def _by_key(
     requesting user (decision 0023), so another user of the vehicle cannot use one up."""
     values = {"vin": vin, "tenure": tenure, "idempotency_key": key}
     if requested_by is None:
-        found = connection.execute(_BY_KEY_OF_NOBODY, values).first()
+        found = _BY_KEY_OF_NOBODY.first(connection, values)
     else:
-        found = connection.execute(_BY_KEY_OF, {**values, "requested_by": requested_by}).first()
+        found = _BY_KEY_OF.first(connection, {**values, "requested_by": requested_by})
     return None if found is None else (_record(found), found[20])
 
 
@@ -452,7 +455,7 @@ def _replay(existing: CommandRecord, its_hash: str, digest: str) -> CommandRecor
 def _locked(connection: Connection, command_id: str) -> tuple[CommandRecord, int]:
     """The command (locked, see :data:`_LOCKED`) and the last seq of its history;
     :class:`CommandNotFound` if there is none."""
-    found = connection.execute(_LOCKED, {"command_id": command_id}).first()
+    found = _LOCKED.first(connection, {"command_id": command_id})
     if found is None:
         raise CommandNotFound(command_id)
     return _record(found), int(found[20] or 0)
@@ -465,13 +468,13 @@ def _store_change(
     """Write ``changed`` (its changeable columns) and, with ``seq``, its history row."""
     values = {name: getattr(changed, name) for name in _CHANGEABLE}
     values["status"] = changed.status.value
-    connection.execute(_UPDATE_COMMAND, {**values, "command_id": changed.id})
+    _UPDATE_COMMAND.execute(connection, {**values, "command_id": changed.id}).close()
     if seq:
-        connection.execute(
-            _INSERT_TRANSITION,
+        _INSERT_TRANSITION.execute(
+            connection,
             {"command_id": changed.id, "seq": seq, "status": changed.status.value,
              "event": event, "at": at, "reason": reason, "detail": detail},
-        )  # fmt: skip
+        ).close()  # fmt: skip
 
 
 class CommandRepository:
@@ -575,7 +578,7 @@ class CommandRepository:
 
     def get(self, command_id: str) -> CommandRecord | None:
         with self._db.read_connection() as connection:
-            found = connection.execute(_BY_ID, {"command_id": command_id}).first()
+            found = _BY_ID.first(connection, {"command_id": command_id})
         return None if found is None else _record(found)
 
     def list_for_vehicle(
@@ -637,7 +640,7 @@ class CommandRepository:
         with self._db.read_connection() as connection:
             return [
                 TransitionRecord(command_id, seq, CommandStatus(status), event, at, reason, detail)
-                for seq, status, event, at, reason, detail in connection.execute(_HISTORY, values)
+                for seq, status, event, at, reason, detail in _HISTORY.all(connection, values)
             ]
 
     def due_for_expiry(self, now: int) -> list[CommandRecord]:
@@ -741,11 +744,11 @@ class CommandRepository:
         with self._db.write() as session:
             connection = session.connection()
             current, last_seq = _locked(connection, command_id)
-            connection.execute(
-                _INSERT_TRANSITION,
+            _INSERT_TRANSITION.execute(
+                connection,
                 {"command_id": command_id, "seq": last_seq + 1, "status": current.status.value,
                  "event": event, "at": at, "reason": reason, "detail": detail},
-            )  # fmt: skip
+            ).close()  # fmt: skip
             return current
 
     @staticmethod
@@ -826,7 +829,7 @@ def _require_current_tenure(connection: Connection, vin: str, tenure: int) -> No
     """:class:`TenureEnded` unless ``tenure`` is the current, active period of ``vin`` (or
     the VIN is not provisioned and ``tenure`` is 1). Locks the vehicle row against a
     concurrent revocation until the caller's transaction ends."""
-    vehicle = connection.execute(_CURRENT_TENURE, {"vin": vin}).first()
+    vehicle = _CURRENT_TENURE.first(connection, {"vin": vin})
     if vehicle is None:
         if tenure != 1:
             raise TenureEnded(vin, tenure)
@@ -926,8 +929,8 @@ def command_event(session: Session, row: _CommandFacts, *, at: int) -> None:
     if period not in accounts:
         account = kept.get(period)
         if account is None:
-            account = session.connection().scalar(
-                _TENURE_ACCOUNT, {"vin": row.vin, "tenure": row.tenure}
+            account = _TENURE_ACCOUNT.scalar(
+                session.connection(), {"vin": row.vin, "tenure": row.tenure}
             )
             if account is not None and len(kept) < _TENURE_ACCOUNTS_KEPT:
                 kept[period] = account

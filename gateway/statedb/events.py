@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from gateway.core.notify import EventScope, type_matches
 from gateway.statedb.database import StateDatabase
 from gateway.statedb.models import EventRow, WebhookDeliveryRow, WebhookRow
+from gateway.statedb.prepared import Prepared
 
 __all__ = [
     "EventLog",
@@ -51,10 +52,13 @@ _EVENT_LOCK_HELD: Final = "event_lock"
 #: decision 0024); separate statements of this many rows each keep it linear
 RETURNING_CHUNK: Final = 200
 _EVENT_LOCK: Final = text("SELECT pg_advisory_xact_lock(:key)")
-_INSERT_EVENT: Final = insert(EventRow).returning(EventRow.id)
+#: one command's event, on the DBAPI cursor (gateway.statedb.prepared, decision 0045)
+_INSERT_EVENT: Final = Prepared(insert(EventRow).returning(EventRow.id))
 _INSERT_EVENTS: Final = insert(EventRow).returning(EventRow.id, sort_by_parameter_order=True)
-_ACCOUNT_HOOKS: Final = select(WebhookRow.id, WebhookRow.event_types).where(
-    WebhookRow.account_id == bindparam("account_id")
+_ACCOUNT_HOOKS: Final = Prepared(
+    select(WebhookRow.id, WebhookRow.event_types).where(
+        WebhookRow.account_id == bindparam("account_id")
+    )
 )
 
 
@@ -127,7 +131,7 @@ def publish_many(session: Session, events: Sequence[NewEvent]) -> list[int]:
     rows = [{"at": e.at, "type": e.type, "account_id": e.account_id,
              "actor_user_id": e.actor_user_id, "data": e.data} for e in events]  # fmt: skip
     if len(rows) == 1:  # one command's event: no executemany and its splicing of results
-        ids = [int(connection.execute(_INSERT_EVENT, rows[0]).scalar_one())]
+        ids = [int(_INSERT_EVENT.scalar(connection, rows[0]))]
     elif connection.dialect.name == "sqlite":
         ids = insert_numbered(connection, EventRow, rows)
     else:
@@ -192,7 +196,7 @@ def _account_hooks(session: Session, account_id: int) -> list[tuple[int, list[st
     producer's many events in one transaction need one look-up per account)."""
     cache: dict[int, list[tuple[int, list[str]]]] = session.info.setdefault("webhooks", {})
     if account_id not in cache:
-        rows = session.connection().execute(_ACCOUNT_HOOKS, {"account_id": account_id})
+        rows = _ACCOUNT_HOOKS.all(session.connection(), {"account_id": account_id})
         cache[account_id] = [(hook_id, list(patterns)) for hook_id, patterns in rows]
     return cache[account_id]
 
