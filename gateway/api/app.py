@@ -312,6 +312,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
         # a query parameter the route does not declare: 400 (gateway.api.query)
         dependencies=[Depends(KnownQuery())],
         responses={
+            400: {
+                "model": ErrorResponse,
+                "description": "A query parameter the route does not take "
+                "(`unknown_query_parameter`; `details` names each, with the one probably "
+                "meant).",
+            },
             401: {
                 "model": ErrorResponse,
                 "description": "No valid credentials (`not_authenticated`, `invalid_token`, "

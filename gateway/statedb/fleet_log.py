@@ -642,7 +642,7 @@ class FleetLog:
         (at most ``limit`` vehicles; those without a position are left out)."""
         with self._db.read() as session:
             states = session.scalars(
-                select(FleetVinStateRow.rule_state)
+                select(FleetVinStateRow.rule_state["place"])
                 .join(
                     VehicleTenureRow,
                     and_(
@@ -656,7 +656,7 @@ class FleetLog:
                 )
                 .limit(limit)
             )
-            places = [(state or {}).get("place") for state in states]
+            places = list(states)  # only the place, not the whole state (its fences, ...)
         return [(float(p[0]), float(p[1])) for p in places if p]
 
     def accounts_of(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
