@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import difflib
 from typing import Any, Final
-from urllib.parse import parse_qsl
 
 from fastapi import Request
 from fastapi.dependencies.models import Dependant
@@ -25,7 +24,7 @@ from gateway.api.errors import ApiError
 from gateway.api.limits import api_routes
 from gateway.api.models import ErrorDetail
 
-__all__ = ["PASS_THROUGH", "KnownQuery", "accepted_query", "unknown_query"]
+__all__ = ["PASS_THROUGH", "KnownQuery", "accepted_query"]
 
 #: routes (path templates) that take query parameters they do not declare: none today
 PASS_THROUGH: Final[frozenset[str]] = frozenset()
@@ -46,12 +45,6 @@ def accepted_query(route: APIRoute) -> frozenset[str]:
             else:
                 names.add(field.alias)
     return frozenset(names)
-
-
-def unknown_query(query_string: bytes, accepted: frozenset[str]) -> list[str]:
-    """The names in ``query_string`` that are not ``accepted``, in order, once each."""
-    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
-    return list(dict.fromkeys(name for name, _ in pairs if name not in accepted))
 
 
 def _detail(name: str, accepted: frozenset[str]) -> ErrorDetail:
@@ -103,12 +96,13 @@ class KnownQuery:
         return self._accepted[key]
 
     async def __call__(self, request: Request) -> None:  # async: no thread-pool hop
-        raw: bytes = request.scope.get("query_string", b"")
-        if not raw:
+        if not request.scope.get("query_string"):
             return
         accepted = self._accepted_for(request)
         if accepted is None:
             return
-        names = unknown_query(raw, accepted)
+        # the Request's parsed query, which FastAPI reads the route's parameters from (it
+        # is parsed once per request, not again here)
+        names = [name for name in dict.fromkeys(request.query_params) if name not in accepted]
         if names:
             raise _refusal(request.method, request.url.path, names, accepted)
