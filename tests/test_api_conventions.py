@@ -91,6 +91,11 @@ def _list_operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any
     return found
 
 
+#: a page that also says one thing besides its items, named so no other can: a vehicle's
+#: trips and the trip it is on now (not stored yet: no place in the cursor's order; issue 13)
+PAGE_EXTRAS: dict[tuple[str, str], set[str]] = {("get", "/v1/trips"): {"in_progress"}}
+
+
 def test_every_list_is_items_and_a_cursor(spec: dict[str, Any]) -> None:
     lists = _list_operations(spec)
     # the catalog and who-am-I are documents that hold lists, not lists: named here so a
@@ -118,7 +123,8 @@ def test_every_list_is_items_and_a_cursor(spec: dict[str, Any]) -> None:
         if (method, path) in documents - {("get", "/v1/vehicles/{vin}/history")}:
             continue
         if (method, path) not in documents:
-            assert set(schema["properties"]) == {"items", "next"}, (method, path)
+            extra = PAGE_EXTRAS.get((method, path), set())
+            assert set(schema["properties"]) == {"items", "next"} | extra, (method, path)
         assert set(schema["required"]) >= {"items", "next"}, (method, path)
         params = {p["name"]: p for p in spec["paths"][path][method].get("parameters", [])}
         if (method, path) in FIXED_LISTS:
@@ -476,8 +482,10 @@ def test_every_write_documents_its_body_limit(spec: dict[str, Any]) -> None:
     ]
     assert len(writes) >= 10
     # a geofence of up to 1,000 positions is about 40 KiB of GeoJSON; a bulk command names
-    # up to 10,000 VINs (about 200 KiB)
+    # up to 10,000 VINs (about 200 KiB); a bulk acknowledgement up to 1,000 alert ids of up
+    # to 16 digits (about 18 KiB)
     larger = {
+        ("post", "/v1/alerts/acknowledge"): 32 * 1024,
         ("post", "/v1/command-jobs"): 256 * 1024,
         ("post", "/v1/geofences"): 128 * 1024,
         ("put", "/v1/geofences/{geofence_id}"): 128 * 1024,

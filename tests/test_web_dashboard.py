@@ -179,6 +179,7 @@ def test_pages_carry_a_strict_content_security_policy(stack: dict[str, Any]) -> 
         "/quarantine",
         "/health",
         "/sharing",
+        "/fleets",
     ):
         r = httpx.get(f"{up.api}{path}")
         assert r.status_code == 200, path
@@ -561,6 +562,149 @@ def test_vehicle_page_charts_trips_and_alerts(stack: dict[str, Any], browser: An
             context.close()
 
 
+def test_acknowledge_every_alert_shown_at_once(stack: dict[str, Any], browser: Any) -> None:
+    """Issue 13: a fleet manager acknowledged a morning's alerts one button at a time; the
+    alerts page's "Acknowledge all shown" acknowledges what it lists, in one request
+    (``POST /v1/alerts/acknowledge``)."""
+    up: Up = stack["up"]
+    fleet: httpx.Client = stack["fleet"]
+    me = fleet.get("/v1/me").json()
+    r = fleet.put(
+        f"/v1/accounts/{me['account']['id']}/rule-settings",
+        json={"rules": {"speed_limit_kmh": 5, "overspeed_min_ms": 1000}},
+        headers={"X-CSRF-Token": fleet.cookies["tg_csrf"]},
+    )
+    assert r.status_code == 200, r.text
+
+    def unacknowledged() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = fleet.get(
+            "/v1/alerts", params={"acknowledged": "false", "limit": 200}
+        ).json()["items"]
+        return items
+
+    wait_until(lambda: len(unacknowledged()) >= 2, timeout=180, what="two alerts")
+    context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+    try:
+        page.goto(f"{up.api}/alerts")
+        page.wait_for_selector("body[data-ready='1']")
+        page.select_option("#alert-state", "unacknowledged")
+        page.wait_for_function("() => document.querySelectorAll('button[data-ack]').length >= 2")
+        shown = page.eval_on_selector_all(
+            "button[data-ack]", "(buttons) => buttons.map((b) => Number(b.dataset.ack))"
+        )
+        page.click("#ack-all")
+        page.wait_for_function(
+            "() => /alerts acknowledged/.test(document.getElementById('notice').textContent)"
+        )
+        stored = {
+            a["id"]: a for a in fleet.get("/v1/alerts", params={"limit": 1000}).json()["items"]
+        }
+        assert all(stored[i]["acknowledged_at"] is not None for i in shown), shown
+        # the list shown again: none of those is left
+        for alert_id in shown:
+            assert page.locator(f"button[data-ack='{alert_id}']").count() == 0
+        screenshot(page, "alerts-acknowledge-all")
+        assert console.errors == []
+    finally:
+        context.close()
+
+
+def test_the_vehicle_page_shows_the_trip_under_way(stack: dict[str, Any], browser: Any) -> None:
+    """Issue 13: while a vehicle drives, its page listed only finished trips; it now shows
+    the trip under way first, marked in progress, with distance and duration so far (the
+    trips list's ``in_progress``)."""
+    up: Up = stack["up"]
+    fleet: httpx.Client = stack["fleet"]
+    with _own_car(stack) as (vin, unit):
+        unit.drive(lambda car: car.go_to("Hohenzollernplatz"))  # nine streets away
+        running: list[dict[str, Any]] = []
+
+        def under_way() -> bool:
+            page = fleet.get("/v1/trips", params={"vin": vin}).json()
+            running[:] = [page["in_progress"]] if page.get("in_progress") else []
+            return bool(running) and running[0]["distance_m"] > 0
+
+        wait_until(under_way, timeout=120, what=f"{vin}'s trip under way")
+        assert running[0]["in_progress"] is True
+        context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+        try:
+            page.goto(f"{up.api}/vehicles/{vin}")
+            page.wait_for_selector("body[data-ready='1'][data-history='60']")
+            row = page.locator("#trips tr[data-trip='in-progress']")
+            assert row.count() == 1
+            cells = row.locator("td").all_inner_texts()
+            assert cells[1].startswith("in progress, ")
+            assert re.fullmatch(r"in progress, \d+ (s|min) so far", cells[1]), cells
+            assert cells[2].endswith(" km so far")
+            assert cells[4] == "in progress"
+            # first, above the finished ones
+            first = page.locator("#trips tbody tr").first.get_attribute("data-trip")
+            assert first == "in-progress"
+            screenshot(page, "vehicle-trip-in-progress")
+            assert console.errors == []
+        finally:
+            context.close()
+
+
+def test_manage_fleets_and_the_alert_rules_in_the_browser(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """Issue 13: fleets (create, add and remove vehicles) and the account's rule thresholds
+    were the API's only; the "Fleets and rules" page does both, and what it saves is what
+    the API then answers."""
+    up: Up = stack["up"]
+    fleet: httpx.Client = stack["fleet"]
+    vin = stack["vins"][0]
+    name = "Web vans " + uuid.uuid4().hex[:6]
+    account = fleet.get("/v1/me").json()["account"]["id"]
+    before = fleet.get(f"/v1/accounts/{account}/rule-settings").json()
+    context, page, console = log_in(browser, up, FLEET, fleet_password(up))
+    try:
+        page.goto(f"{up.api}/fleets")
+        page.wait_for_selector("body[data-ready='1']")
+        page.fill("#fleet-name", name)
+        page.click("#fleet-create")
+        made = page.locator("section.fleet", has_text=name)
+        made.wait_for()
+        fleet_id = made.get_attribute("data-fleet")
+        made.locator("select").select_option(vin)
+        made.locator("button[data-add]").click()
+        page.locator(f"section[data-fleet='{fleet_id}'] tr[data-vin='{vin}']").wait_for()
+        members = fleet.get(f"/v1/fleets/{fleet_id}/vehicles").json()["items"]
+        assert [v["vin"] for v in members] == [vin]
+        page.locator(f"section[data-fleet='{fleet_id}'] button[data-remove='{vin}']").click()
+        page.locator(f"section[data-fleet='{fleet_id}'] tr[data-vin='{vin}']").wait_for(
+            state="detached"
+        )
+        assert fleet.get(f"/v1/fleets/{fleet_id}/vehicles").json()["items"] == []
+        # a threshold and an alert kind, changed and saved
+        page.fill("#rule-idle_after_ms", "120000")
+        page.uncheck("#rule-enabled input[value='ignition']")
+        page.click("#rules-save")
+        page.wait_for_function(
+            "() => /Rules saved/.test(document.getElementById('notice').textContent)"
+        )
+        stored = fleet.get(f"/v1/accounts/{account}/rule-settings").json()
+        assert stored["effective_rules"]["idle_after_ms"] == 120_000
+        assert "ignition" not in stored["effective_rules"]["enabled"]
+        assert page.input_value("#rule-idle_after_ms") == "120000"
+        # a value the API refuses is said in words, and nothing changes
+        page.fill("#rule-idle_after_ms", "-5")
+        page.click("#rules-save")
+        page.wait_for_function(
+            "() => /not saved/.test(document.getElementById('notice').textContent)"
+        )
+        again = fleet.get(f"/v1/accounts/{account}/rule-settings").json()
+        assert again["effective_rules"] == stored["effective_rules"]
+        screenshot(page, "fleets-and-rules")
+        assert console.errors == [] or all("422" in e for e in console.errors), console.errors
+    finally:
+        context.close()
+        fleet.put(f"/v1/accounts/{account}/rule-settings",
+                  json={"rules": before["rules"], "trips": before["trips"]},
+                  headers={"X-CSRF-Token": fleet.cookies["tg_csrf"]})  # fmt: skip
+
+
 def test_draw_a_geofence_and_find_it_persisted(stack: dict[str, Any], browser: Any) -> None:
     up: Up = stack["up"]
     fleet: httpx.Client = stack["fleet"]
@@ -780,7 +924,7 @@ def test_no_serious_accessibility_violations(
         pages = [
             *(("map", "/"), ("vehicle", vehicle), ("alerts", "/alerts")),
             *(("reports", "/reports"), ("jobs", "/jobs"), ("quarantine", "/quarantine")),
-            ("sharing", "/sharing"),
+            *(("sharing", "/sharing"), ("fleets", "/fleets")),
         ]
         for name, path in pages:
             page.goto(f"{up.api}{path}")
@@ -880,7 +1024,7 @@ def test_usable_on_a_phone_sized_screen(stack: dict[str, Any], browser: Any) -> 
         submit_login(page, FLEET, fleet_password(up))
         for path in (
             *("/", f"/vehicles/{stack['vins'][0]}", "/alerts", "/reports", "/jobs"),
-            *("/quarantine", "/sharing"),
+            *("/quarantine", "/sharing", "/fleets"),
         ):
             page.goto(f"{up.api}{path}")
             page.wait_for_selector("body[data-ready='1']")

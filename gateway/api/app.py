@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from gateway import package_version
@@ -28,6 +28,7 @@ from gateway.api.head import HeadAsGet
 from gateway.api.limits import BodyLimit, document_body_limits
 from gateway.api.models import ErrorResponse
 from gateway.api.positions import PositionFeed
+from gateway.api.query import KnownQuery
 from gateway.api.routes import routers
 from gateway.api.security import AuthContext
 from gateway.api.settings import ApiSettings
@@ -74,6 +75,9 @@ a number below 10^11, epoch seconds by mistake, answers 422: multiply it by 1000
 **Lists** all answer `{"items": [...], "next": "<cursor>" | null}`: pass `next` back as
 `cursor` (with the same filters) for the next page; `limit` is 1 to 1000 (100 by default),
 and a page also ends early, with a cursor, once it holds about 1 MiB of JSON.
+
+**Query parameters** a route does not take answer 400 `unknown_query_parameter`, naming
+the ones it takes (a misspelt filter is never ignored).
 
 **Limits**: request bodies are at most 16 KiB unless a route says otherwise
 (`x-max-body-bytes`; larger ones answer 413), and every number is bounded as documented.
@@ -305,7 +309,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
         version=package_version(),
         openapi_tags=_TAGS,
         lifespan=_lifespan,
+        # a query parameter the route does not declare: 400 (gateway.api.query)
+        dependencies=[Depends(KnownQuery())],
         responses={
+            400: {
+                "model": ErrorResponse,
+                "description": "A query parameter the route does not take "
+                "(`unknown_query_parameter`; `details` names each, with the one probably "
+                "meant).",
+            },
             401: {
                 "model": ErrorResponse,
                 "description": "No valid credentials (`not_authenticated`, `invalid_token`, "

@@ -47,6 +47,7 @@ _PAGES: Final = {
     "quarantine": ("Quarantine", False),
     "health": ("Gateway health", False),
     "sharing": ("Drivers and sharing", False),
+    "fleets": ("Fleets and rules", False),
 }
 
 
@@ -138,3 +139,7 @@ def install_web(app: FastAPI, settings: WebSettings) -> None:
     @app.get("/sharing", include_in_schema=False)
     def sharing() -> HTMLResponse:
         return page("sharing")
+
+    @app.get("/fleets", include_in_schema=False)
+    def fleets() -> HTMLResponse:
+        return page("fleets")

@@ -476,6 +476,11 @@ def _json_text(name: str, postgresql: bool) -> Any:
     return cast(param, JSONB) if postgresql else param
 
 
+def _id_chunks(ids: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
+
+
 def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     """``rows`` in slices of :data:`RETURNING_CHUNK` for an INSERT ... RETURNING each."""
     for start in range(0, len(rows), RETURNING_CHUNK):
@@ -631,6 +636,28 @@ class FleetLog:
                 )
             )
             return [(v, t, a) for v, t, a in rows]
+
+    def account_places(self, account_id: int, *, limit: int = 10_000) -> list[tuple[float, float]]:
+        """The last place (lon, lat) the rules saw of each vehicle ``account_id`` holds now
+        (at most ``limit`` vehicles; those without a position are left out)."""
+        with self._db.read() as session:
+            states = session.scalars(
+                select(FleetVinStateRow.rule_state["place"])
+                .join(
+                    VehicleTenureRow,
+                    and_(
+                        VehicleTenureRow.vin == FleetVinStateRow.vin,
+                        VehicleTenureRow.number == FleetVinStateRow.tenure,
+                    ),
+                )
+                .where(
+                    VehicleTenureRow.account_id == account_id,
+                    VehicleTenureRow.ended_at.is_(None),
+                )
+                .limit(limit)
+            )
+            places = list(states)  # only the place, not the whole state (its fences, ...)
+        return [(float(p[0]), float(p[1])) for p in places if p]
 
     def accounts_of(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """The account that held each (vin, tenure); unknown ones are left out."""
@@ -926,6 +953,39 @@ class FleetLog:
                 )
                 publish_many(session, [ack])
             return _alert(row)
+
+    def get_alerts(self, alert_ids: Sequence[int]) -> list[AlertRecord]:
+        """The alerts of ``alert_ids`` that exist, in no particular order."""
+        with self._db.read() as session:
+            return [
+                _alert(r)
+                for chunk in _id_chunks(alert_ids)
+                for r in session.scalars(select(FleetAlertRow).where(FleetAlertRow.id.in_(chunk)))
+            ]
+
+    def acknowledge_many(self, alert_ids: Sequence[int], *, user_id: int, now: int) -> list[int]:
+        """:meth:`acknowledge` for each of ``alert_ids`` in one transaction (one
+        ``alert.acknowledged`` event per alert newly acknowledged); the ids it
+        acknowledged now, in the order of ``alert_ids``."""
+        with self._db.write(background=True) as session:
+            rows = {
+                r.id: r
+                for chunk in _id_chunks(alert_ids)
+                for r in session.scalars(select(FleetAlertRow).where(FleetAlertRow.id.in_(chunk)))
+            }
+            events, done = [], []
+            for alert_id in alert_ids:
+                row = rows.get(alert_id)
+                if row is not None and row.acknowledged_at is None:
+                    row.acknowledged_by, row.acknowledged_at, row.updated_at = user_id, now, now
+                    done.append(alert_id)
+                    events.append(
+                        alert_event(
+                            "alert.acknowledged", _alert_mapping(row), at=now, actor_user_id=user_id
+                        )
+                    )
+            publish_many(session, events)
+            return done
 
     def clear(self, alert_id: int, *, user_id: int, now: int) -> AlertRecord | None:
         """A person closes the alert: it leaves the open list (the rule's condition may

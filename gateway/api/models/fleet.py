@@ -10,18 +10,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.api.bounds import ONLY_A_NUMBER
 from gateway.api.models import Page
 from gateway.api.models.accounts import Id, Name
 from gateway.api.models.records import FromRecord
 from gateway.api.params import Timestamp
+from gateway.core.fleet.rules import AlertKind, Severity
 
 __all__ = [
+    "MAX_BULK_ACKNOWLEDGE",
     "ActiveWindowIn",
+    "AlertAcknowledgeOut",
+    "AlertAcknowledgeRequest",
     "AlertOut",
     "AlertPage",
+    "AlertSelection",
     "AssignmentOut",
     "AssignmentPage",
     "AssignmentRequest",
@@ -45,6 +50,7 @@ __all__ = [
     "ReportRow",
     "RuleSettingsIn",
     "RuleSettingsOut",
+    "TripInProgressOut",
     "TripOut",
     "TripPage",
     "UtilizationOut",
@@ -257,6 +263,58 @@ class AlertPage(Page):
     items: list[AlertOut] = Field(description="Newest first.")
 
 
+#: the most alerts one bulk acknowledgement takes (by ids) or acknowledges (by a filter)
+MAX_BULK_ACKNOWLEDGE = 1000
+
+
+class AlertSelection(_In):
+    """The filters of `GET /v1/alerts`, as a body: the alerts they select."""
+
+    vin: str | None = Field(default=None, min_length=17, max_length=17)
+    fleet_id: Id | None = None
+    account_id: Id | None = None
+    kind: AlertKind | None = None
+    severity: Severity | None = None
+    state: Literal["open", "closed"] | None = None
+    start: Timestamp | None = Field(default=None, description="Started at or after.")
+    end: Timestamp | None = Field(default=None, description="Started before.")
+
+
+class AlertAcknowledgeRequest(_In):
+    """Either `ids` or `filter`, not both."""
+
+    ids: list[Id] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_BULK_ACKNOWLEDGE,
+        description=f"These alerts (1 to {MAX_BULK_ACKNOWLEDGE}).",
+    )
+    filter: AlertSelection | None = Field(
+        default=None,
+        description=f"The alerts not yet acknowledged that these filters select, newest first, "
+        f"at most {MAX_BULK_ACKNOWLEDGE} (`more` says whether others remain: send it again).",
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> AlertAcknowledgeRequest:
+        if (self.ids is None) == (self.filter is None):
+            raise ValueError(
+                'give either ids (a list of alert ids) or filter (e.g. {"vin": ...}), '
+                "not both and not neither"
+            )
+        return self
+
+
+class AlertAcknowledgeOut(BaseModel):
+    acknowledged: list[int] = Field(description="Acknowledged by you now.")
+    already_acknowledged: list[int] = Field(
+        description="Acknowledged before (the first acknowledgement stays)."
+    )
+    more: bool = Field(
+        description="With a filter: more unacknowledged alerts match (send it again)."
+    )
+
+
 class TripOut(FromRecord):
     id: int
     vin: str
@@ -276,8 +334,33 @@ class TripOut(FromRecord):
     driver_id: int | None
 
 
+class TripInProgressOut(BaseModel):
+    """The trip a vehicle is on now, from the rules worker's trip state: what it has
+    driven so far (up to its latest sample the worker has evaluated, `last_at`). It is not
+    a stored trip: it has no id yet, is not in `items`, and reports do not count it until
+    it has ended (and it counts only if it is long enough to be a trip)."""
+
+    vin: str
+    in_progress: Literal[True] = True
+    start_at: int
+    start_at_iso: str
+    last_at: int = Field(description="The latest sample of the trip the worker has seen.")
+    last_at_iso: str
+    start_place: tuple[float, float] | None = Field(description="[lon, lat]")
+    last_place: tuple[float, float] | None = Field(description="[lon, lat]")
+    distance_m: float = Field(description="So far.")
+    duration_ms: int = Field(description="So far: from start_at to last_at.")
+    max_speed_kmh: float | None
+    avg_speed_kmh: float
+
+
 class TripPage(Page):
-    items: list[TripOut] = Field(description="Newest first.")
+    items: list[TripOut] = Field(description="Newest first; finished trips only.")
+    in_progress: TripInProgressOut | None = Field(
+        default=None,
+        description="With `vin` (on the first page, when it started in the range): the "
+        "trip the vehicle is on now; null when it is parked, or without `vin`.",
+    )
 
 
 class EventOut(BaseModel):

@@ -12,12 +12,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from gateway.api.deps import Auth, Caller, FleetLogDep, Fleets
-from gateway.api.models.fleet import TripOut, TripPage
+from gateway.api.models.fleet import TripInProgressOut, TripOut, TripPage
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, decode_cursor, page_of
-from gateway.api.params import Timestamp, check_range
+from gateway.api.params import Timestamp, check_range, iso
 from gateway.api.routes.alerts import VinQuery
 from gateway.api.routes.fleet_common import FLEET_ERRORS, NO_ACCOUNT, IdQuery, owned, scope_of
-from gateway.statedb.fleet_log import TripFilter
+from gateway.core.fleet.geo import Point
+from gateway.core.fleet.state import trip_state_from_json
+from gateway.core.fleet.trips import open_trip
+from gateway.statedb.fleet_log import FleetLog, TripFilter
 
 __all__ = ["router"]
 
@@ -39,8 +42,9 @@ def list_trips(
     limit: Limit = DEFAULT_PAGE,
     cursor: Cursor = None,
 ) -> TripPage:
-    """Newest first. Without `vin`, `fleet_id`, `driver_id` or `account_id`: your
-    account's (a driver: the vehicles granted to them)."""
+    """Newest first, finished trips. Without `vin`, `fleet_id`, `driver_id` or
+    `account_id`: your account's (a driver: the vehicles granted to them). With `vin`,
+    `in_progress` is the trip the vehicle is on now (not stored yet, not in reports)."""
     check_range(start, end)
     before = decode_cursor("trips", cursor, (int, int))
     if driver_id is not None:
@@ -55,4 +59,37 @@ def list_trips(
         kind="trips",
         key=lambda t: [t.start_at, t.id],
     )
-    return TripPage(items=items, next=following)
+    running = None
+    if vin is not None and cursor is None and scope.vehicles and driver_id is None:
+        running = _in_progress(log, scope.vehicles[0], start, end)
+    return TripPage(items=items, next=following, in_progress=running)
+
+
+def _lon_lat(p: Point | None) -> tuple[float, float] | None:
+    return None if p is None else (p.lon, p.lat)
+
+
+def _in_progress(
+    log: FleetLog, vehicle: tuple[str, int], start: int | None, end: int | None
+) -> TripInProgressOut | None:
+    """The open trip of the worker's trip state of ``vehicle`` (vin, tenure), if it
+    started in [start, end)."""
+    state = log.vin_states([vehicle]).get(vehicle)
+    trip = None if state is None else open_trip(trip_state_from_json(state[1]))
+    if trip is None:
+        return None
+    if (start is not None and trip.start_ms < start) or (end is not None and trip.start_ms >= end):
+        return None
+    return TripInProgressOut(
+        vin=vehicle[0],
+        start_at=trip.start_ms,
+        start_at_iso=iso(trip.start_ms),
+        last_at=trip.end_ms,
+        last_at_iso=iso(trip.end_ms),
+        start_place=_lon_lat(trip.start_place),
+        last_place=_lon_lat(trip.end_place),
+        distance_m=trip.distance_m,
+        duration_ms=trip.duration_ms,
+        max_speed_kmh=trip.max_speed_kmh,
+        avg_speed_kmh=trip.avg_speed_kmh,
+    )

@@ -816,18 +816,30 @@
       if (track.length > 1) {
         L.polyline(track.map((t) => [t[1], t[2]]), { className: "trail", weight: 2, interactive: false }).addTo(layer);
       }
-      let trips = [];
+      let trips = [], running = null;
       try {
-        trips = (await api(`/v1/trips?vin=${encodeURIComponent(vin)}&start=${start}&end=${end}&limit=100`)).items;
+        const page = await api(`/v1/trips?vin=${encodeURIComponent(vin)}&start=${start}&end=${end}&limit=100`);
+        trips = page.items;
+        running = page.in_progress || null; // the trip under way: not stored yet
       } catch (err) {
         trips = []; // a grant without trips: the charts still show
       }
+      const maxSpeed = (t) => t.max_speed_kmh === null ? "–" : num(t.max_speed_kmh, 0, " km/h");
       tripRows.replaceChildren(...trips.map((t) => el("tr", { "data-trip": t.id },
         el("td", { text: when(t.start_at) }), el("td", { text: when(t.end_at) }),
         el("td", { text: num(t.distance_m / 1000, 1, " km") }),
-        el("td", { text: t.max_speed_kmh === null ? "–" : num(t.max_speed_kmh, 0, " km/h") }),
+        el("td", { text: maxSpeed(t) }),
         el("td", { text: t.ended_by.replace(/_/g, " ") }))));
-      if (!trips.length) tripRows.append(el("tr", {}, el("td", { colspan: 5, class: "muted", text: "No trips started in this range." })));
+      if (running) {
+        tripRows.prepend(el("tr", { "data-trip": "in-progress", class: "in-progress" },
+          el("td", { text: when(running.start_at) }),
+          el("td", { text: `in progress, ${running.duration_ms < 60000 ? num(running.duration_ms / 1000, 0, " s")
+            : num(running.duration_ms / 60000, 0, " min")} so far` }),
+          el("td", { text: num(running.distance_m / 1000, 1, " km") + " so far" }),
+          el("td", { text: maxSpeed(running) }),
+          el("td", { text: "in progress" })));
+      }
+      if (!trips.length && !running) tripRows.append(el("tr", {}, el("td", { colspan: 5, class: "muted", text: "No trips started in this range." })));
       for (const t of trips) {
         const path = track.filter((p) => p[0] >= t.start_at && p[0] <= t.end_at).map((p) => [p[1], p[2]]);
         if (path.length > 1) {
@@ -866,7 +878,22 @@
       el("option", { value: "", text: "all" }), el("option", { value: "open", text: "open" }),
       el("option", { value: "closed", text: "closed" }),
       el("option", { value: "unacknowledged", text: "not acknowledged" }));
-    content.append(el("div", { class: "filters" }, el("label", { for: "alert-state" }, "Alerts", show)),
+    // every alert the table shows that nobody has acknowledged, in one request
+    const ackAll = el("button", { type: "button", id: "ack-all", onclick: async () => {
+      const ids = [...rows.querySelectorAll("button[data-ack]")].map((b) => Number(b.dataset.ack));
+      if (!ids.length) return;
+      ackAll.disabled = true;
+      try {
+        const done = await api("/v1/alerts/acknowledge", { method: "POST", json: { ids } });
+        notice(`${done.acknowledged.length} alerts acknowledged.`, "info");
+        await load();
+      } catch (err) {
+        notice("The alerts were not acknowledged: " + err.message);
+      } finally {
+        ackAll.disabled = false;
+      }
+    } }, "Acknowledge all shown");
+    content.append(el("div", { class: "filters" }, el("label", { for: "alert-state" }, "Alerts", show), ackAll),
       el("div", { class: "table-wrap" }, el("table", { id: "alerts" },
         el("thead", {}, el("tr", {}, ...["Vehicle", "Alert", "Severity", "Since", "Acknowledged", ""]
           .map((h) => el("th", { scope: "col", text: h })))), rows)));
@@ -893,6 +920,7 @@
         const alerts = await api("/v1/alerts" + query + (query ? "&" : "?") + "limit=200");
         rows.replaceChildren(...alerts.items.map(row));
         if (!alerts.items.length) rows.append(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "No alerts." })));
+        ackAll.disabled = !rows.querySelector("button[data-ack]");
       } catch (err) {
         notice(err.message);
       }
@@ -1226,6 +1254,117 @@
     await load();
   }
 
+  // Fleets and groups (GET/POST /v1/fleets, PUT/DELETE /v1/fleets/{id}/vehicles/{vin}) and
+  // the account's rule thresholds (GET/PUT /v1/accounts/{id}/rule-settings): a fleet manager
+  // did both with curl only. A viewer sees them; the API refuses their changes in words.
+  async function fleetsPage(me) {
+    const list = el("div", { id: "fleet-list" });
+    const name = el("input", { id: "fleet-name", type: "text", maxlength: "200", required: true });
+    const create = el("form", { class: "filters", id: "fleet-form", onsubmit: async (event) => {
+      event.preventDefault();
+      try {
+        const made = await api("/v1/fleets", { method: "POST", json: { name: name.value.trim() } });
+        name.value = "";
+        await load();
+        notice(`Fleet ${made.name} created.`, "info");
+      } catch (err) {
+        notice("The fleet was not created: " + err.message);
+      }
+    } }, el("label", { for: "fleet-name" }, "Name", name), el("button", { type: "submit", id: "fleet-create" }, "Create a fleet"));
+    const change = async (what, done, action) => {
+      try {
+        await action();
+        await load();
+        notice(done, "info");
+      } catch (err) {
+        notice(what + err.message);
+      }
+    };
+    const load = async () => {
+      const [fleets, vehicles] = [await all("/v1/fleets"), await all("/v1/vehicles")];
+      const parts = [];
+      for (const f of fleets) {
+        const members = await all(`/v1/fleets/${f.id}/vehicles`);
+        const inFleet = new Set(members.map((v) => v.vin));
+        const pick = el("select", { id: `fleet-${f.id}-vin`, "aria-label": `Vehicle to add to ${f.name}` },
+          ...vehicles.filter((v) => !inFleet.has(v.vin)).map((v) => el("option", { value: v.vin, text: v.label ? `${v.vin} (${v.label})` : v.vin })));
+        const url = (vin) => `/v1/fleets/${f.id}/vehicles/${encodeURIComponent(vin)}`;
+        parts.push(el("section", { class: "fleet", "data-fleet": f.id },
+          el("h3", { text: `${f.name} (${f.kind}, ${members.length} vehicles)` }),
+          el("div", { class: "table-wrap" }, el("table", {},
+            el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "Vehicle" }), el("th", { scope: "col", text: "" }))),
+            el("tbody", {}, ...members.map((v) => el("tr", { "data-vin": v.vin }, el("td", { text: v.vin }),
+              el("td", {}, el("button", { type: "button", "data-remove": v.vin, onclick: () => change("The vehicle was not removed: ",
+                `${v.vin} removed from ${f.name}.`, () => api(url(v.vin), { method: "DELETE" })) }, "Remove")))),
+            members.length ? null : el("tr", {}, el("td", { colspan: 2, class: "muted", text: "No vehicles yet." }))))),
+          el("form", { class: "filters", onsubmit: (event) => {
+            event.preventDefault();
+            if (pick.value) change("The vehicle was not added: ", `${pick.value} added to ${f.name}.`, () => api(url(pick.value), { method: "PUT" }));
+          } }, pick, el("button", { type: "submit", "data-add": f.id }, "Add to fleet"))));
+      }
+      list.replaceChildren(...parts);
+      if (!parts.length) list.append(el("p", { class: "muted", text: "No fleets yet." }));
+    };
+    content.append(el("h2", { text: "Fleets and groups" }), create, list);
+    try {
+      await load();
+    } catch (err) {
+      notice(err.message);
+    }
+    if (me.account) await ruleSettings(me.account.id);
+  }
+
+  const ALERT_KINDS = ["overspeed", "geofence_enter", "geofence_exit", "geofence_exit_out_of_hours", "harsh_braking",
+    "harsh_acceleration", "idling", "low_soc", "low_fuel", "fault_code", "offline", "ignition", "seq_gap"];
+
+  // The thresholds in effect, each editable; saving sends what differs from them as the
+  // account's settings (with those it had), in the form the API's GET shows.
+  async function ruleSettings(accountId) {
+    const url = `/v1/accounts/${accountId}/rule-settings`;
+    const form = el("form", { id: "rules-form", class: "rules" });
+    content.append(el("h2", { text: "Alert rules" }), form);
+    const load = async () => {
+      const body = await api(url);
+      const rules = body.effective_rules;
+      const fields = [];
+      for (const [key, value] of Object.entries(rules)) {
+        if (key === "enabled") continue;
+        const numbers = Array.isArray(value) ? value : [value];
+        fields.push(el("label", { for: `rule-${key}` }, key.replace(/_/g, " "),
+          el("input", { id: `rule-${key}`, name: key, type: "text", inputmode: "decimal", value: numbers.map((n) => n === null ? "" : n).join(", "),
+            "data-list": Array.isArray(value) ? "1" : null })));
+      }
+      const kinds = el("fieldset", { id: "rule-enabled" }, el("legend", { text: "Alerts raised" }),
+        ...[...new Set([...ALERT_KINDS, ...rules.enabled])].map((k) => el("label", {},
+          el("input", { type: "checkbox", name: "enabled", value: k, checked: rules.enabled.includes(k) }), " " + k.replace(/_/g, " "))));
+      form.replaceChildren(...fields, kinds, el("button", { type: "submit", id: "rules-save" }, "Save the rules"));
+      form.onsubmit = async (event) => {
+        event.preventDefault();
+        const changed = {};
+        for (const input of form.querySelectorAll("input[type=text]")) {
+          const parts = input.value.split(",").map((t) => t.trim());
+          const parsed = parts.map((t) => t === "" ? null : Number(t));
+          const value = input.dataset.list ? parsed : parsed[0];
+          if (JSON.stringify(value) !== JSON.stringify(rules[input.name])) changed[input.name] = value;
+        }
+        const enabled = [...form.querySelectorAll("input[name=enabled]:checked")].map((c) => c.value).sort();
+        if (JSON.stringify(enabled) !== JSON.stringify([...rules.enabled].sort())) changed.enabled = enabled;
+        try {
+          await api(url, { method: "PUT", json: { rules: { ...body.rules, ...changed }, trips: body.trips } });
+          await load();
+          notice(Object.keys(changed).length ? `Rules saved: ${Object.keys(changed).join(", ").replace(/_/g, " ")}.` : "Nothing changed.", "info");
+        } catch (err) {
+          notice("The rules were not saved: " + err.message);
+        }
+      };
+    };
+    try {
+      await load();
+    } catch (err) {
+      notice("The rules were not read: " + err.message);
+    }
+  }
+
   function day(offsetDays) {
     return new Date(Date.now() + offsetDays * 86400000).toISOString().slice(0, 10);
   }
@@ -1281,6 +1420,7 @@
     const fleetRole = ["admin", "fleet_manager", "fleet_viewer"].includes(me.user.role);
     document.getElementById("nav-jobs").hidden = !fleetRole;
     document.getElementById("nav-quarantine").hidden = !fleetRole;
+    document.getElementById("nav-fleets").hidden = !fleetRole;
     document.getElementById("nav-sharing").hidden = !["owner", "fleet_manager"].includes(me.user.role);
     document.getElementById("who").textContent = `${me.user.email} (${me.user.role})`;
     const logout = document.getElementById("logout");
@@ -1293,7 +1433,7 @@
       }
     });
     const pages = { map: mapPage, vehicle: vehiclePage, alerts: alertsPage, reports: reportsPage, jobs: jobsPage,
-      quarantine: quarantinePage, health: healthPage, sharing: sharingPage };
+      quarantine: quarantinePage, health: healthPage, sharing: sharingPage, fleets: fleetsPage };
     await pages[page](me);
     stats.readyMs = performance.now();
     document.body.dataset.ready = "1";

@@ -33,7 +33,7 @@ import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 __all__ = [
     "BOX_SLACK_M",
@@ -44,6 +44,7 @@ __all__ = [
     "MAX_VERTICES",
     "MIN_RADIUS_M",
     "M_PER_DEG",
+    "SWAP_SUSPECT_M",
     "Circle",
     "GeoJSONError",
     "Point",
@@ -55,6 +56,7 @@ __all__ = [
     "find_crossing",
     "shape_from_geojson",
     "shape_to_geojson",
+    "swapped_near",
 ]
 
 #: mean Earth radius (IUGG), metres
@@ -510,3 +512,38 @@ def surely_outside(bbox: tuple[float, float, float, float], p: Point) -> bool:
         return True
     dx = max(x0 - p.lon, 0.0, p.lon - x1) * _M_PER_DEG * math.cos(math.radians(p.lat))
     return dx * dx + dy * dy > _BOX_SLACK_M * _BOX_SLACK_M
+
+
+#: how far from every vehicle a fence must be, and how near with its positions swapped,
+#: for :func:`swapped_near` to call it a lat/lon mix-up
+SWAP_SUSPECT_M: Final = 100_000.0
+
+
+def _centre_and_reach(shape: Shape) -> tuple[Point, float]:
+    """A point inside or near ``shape`` and the distance from it to the farthest part."""
+    if isinstance(shape, Circle):
+        return shape.center, shape.radius_m
+    ring = shape.exterior[:-1]
+    centre = Point(sum(p.lon for p in ring) / len(ring), sum(p.lat for p in ring) / len(ring))
+    return centre, max(distance_m(centre, p) for p in ring)
+
+
+def swapped_near(
+    shape: Shape, places: Sequence[Point], within_m: float = SWAP_SUSPECT_M
+) -> tuple[Point, float] | None:
+    """Whether ``shape`` looks entered as [latitude, longitude]: all of it is farther than
+    ``within_m`` from every one of ``places`` (where the account's vehicles are) while,
+    with each position's two numbers swapped, it comes within ``within_m`` of one. Then the
+    nearest such place and its distance from the swapped shape's centre; else None (also
+    without places: nothing to compare with)."""
+    if not places:
+        return None
+    centre, reach = _centre_and_reach(shape)
+    if not -90 <= centre.lon <= 90:
+        return None  # swapped, the longitude would be no latitude
+    if min(distance_m(centre, p) for p in places) <= reach + within_m:
+        return None
+    swapped = Point(centre.lat, centre.lon)
+    nearest = min(places, key=lambda p: distance_m(swapped, p))
+    d = distance_m(swapped, nearest)
+    return (nearest, d) if d <= reach + within_m else None
