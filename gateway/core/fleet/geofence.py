@@ -183,6 +183,10 @@ class FenceIndex:
             return self._everywhere
         return [f for f in self.fences if f in listed or f in self._everywhere]
 
+    def cell_of(self, p: Point) -> tuple[int, int]:
+        """The index cell of ``p``: fixes in one cell have the same :meth:`near` fences."""
+        return (math.floor(p.lon / self._cell_deg), math.floor(p.lat / self._cell_deg))
+
     def _cell(self, degrees: float) -> int:
         return math.floor(degrees / self._cell_deg)
 

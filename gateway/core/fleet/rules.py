@@ -19,13 +19,14 @@ for the past (trips are, :func:`gateway.core.fleet.trips.recompute`).
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from schemas.payloads import EventType, SignalValue
 
-from .geo import Point, surely_outside
+from .geo import M_PER_DEG, Point, surely_outside
 from .geofence import (
     DEFAULT_MARGIN_M,
     DEFAULT_MIN_DWELL_MS,
@@ -59,6 +60,7 @@ __all__ = [
     "Alert",
     "AlertChange",
     "AlertKind",
+    "Envelope",
     "Item",
     "RuleSettings",
     "RuleState",
@@ -165,6 +167,31 @@ class RuleState:
     fences: Mapping[str, FenceState] = field(default_factory=dict)
     alerts: Mapping[str, Alert] = field(default_factory=dict)
     gaps: tuple[SeqGap, ...] = ()
+    #: where a fix changes no fence state (:class:`Envelope`): derived from ``fences`` and
+    #: the settings, so neither compared nor stored (None: not known yet)
+    quiet: Envelope | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A disc around a fix in which no fence state can change (decision 0044): for the
+    fence states ``fences`` under ``settings``, a fix before ``until`` in the index cell
+    ``cell`` less than ``sqrt(r2)`` metres from (``lon``, ``lat``) is on the same side of
+    every fence's margin as the states say (beyond it for a pending one, its dwell not
+    yet over), so :func:`update_fence` would give every state back unchanged. Also the
+    speed limit those states give (what :func:`_speed_limit` derives)."""
+
+    settings: RuleSettings
+    fences: Mapping[str, FenceState]
+    cell: tuple[int, int]
+    lon: float
+    lat: float
+    #: metres per degree of longitude at ``lat``
+    kx: float
+    r2: float
+    #: the first time a pending state would be confirmed (a fix then is not quiet)
+    until: int
+    limit: tuple[float, str] | None
 
 
 Item = Sample | VehicleEvent | Tick
@@ -175,7 +202,7 @@ _TRACKED = frozenset({SPEED, IS_MOVING, IGNITION, ENGINE_RUNNING, SOC, FUEL_LEVE
 class _Work:
     """A mutable working copy of the state for one evaluation, and the changes made."""
 
-    def __init__(self, state: RuleState, settings: RuleSettings) -> None:
+    def __init__(self, state: RuleState, settings: RuleSettings, quiet: bool = True) -> None:
         self.s = settings
         self.last_ts, self.heard, self.last_seq = state.last_ts_ms, state.heard_ms, state.last_seq
         self.known = dict(state.known)
@@ -198,6 +225,11 @@ class _Work:
         self.in_order = False
         self.limit_of: Mapping[str, FenceState] | None = None
         self.limit: tuple[float, str] | None = None
+        #: whether samples that change nothing but the counters take the quiet path
+        self.fast = quiet
+        self.quiet = state.quiet
+        if quiet and state.quiet is not None and state.quiet.settings is settings:
+            self.limit_of, self.limit = state.quiet.fences, state.quiet.limit
 
     def derive(self) -> None:
         """:attr:`astray` and :attr:`in_order` of the current :attr:`fences`."""
@@ -225,6 +257,7 @@ class _Work:
             self.fences,
             self.alerts if self.alerts != self._alerts0 else self._alerts0,
             tuple(self.gaps),
+            self.quiet,
         )
 
     def open(
@@ -262,12 +295,15 @@ def evaluate(
 
 
 def evaluate_many(
-    state: RuleState, items: Iterable[Item], settings: RuleSettings
+    state: RuleState, items: Iterable[Item], settings: RuleSettings, *, quiet: bool = True
 ) -> tuple[RuleState, tuple[AlertChange, ...]]:
     """:func:`evaluate` folded over one vehicle's ``items`` in order: the last state and
     every change, in one working copy of the state instead of one per item (the worker
-    evaluates a vehicle's few new items per pass; property test: the same as the fold)."""
-    w = _Work(state, settings)
+    evaluates a vehicle's few new items per pass; property test: the same as the fold).
+    ``quiet``: a sample that can change no rule's state takes the quiet path (a few
+    comparisons, :func:`_quiet`); False runs every rule on every sample (property test: the
+    same states and changes, decision 0044)."""
+    w = _Work(state, settings, quiet)
     for item in items:
         if isinstance(item, Tick):
             _tick(w, item.now_ms)
@@ -292,6 +328,8 @@ def _sample(w: _Work, s: Sample) -> None:
             known[name] = values[name]
     # what the rules below read of the known values, looked up once per sample
     on, speed = ignition_of(known), speed_of(known)
+    if w.fast and _quiet(w, s, ts, on, speed):
+        return
     _ignition(w, ts, on)
     if LATITUDE in values or LONGITUDE in values:
         _geofences(w, s)
@@ -300,6 +338,172 @@ def _sample(w: _Work, s: Sample) -> None:
     _idling(w, ts, on, speed)
     _level(w, ts, SOC, AlertKind.LOW_SOC, w.s.low_soc_pct)
     _level(w, ts, FUEL_LEVEL, AlertKind.LOW_FUEL, w.s.low_fuel_pct)
+
+
+#: a fence farther than this from a fix leaves it at least this much room (its distance
+#: is exact up to it, a lower bound beyond: :meth:`~.geo.Shape.signed_distance_m`)
+_ENVELOPE_CUTOFF_M = 500.0
+#: the envelope's radius is this share of the least room, less a metre: the disc test
+#: measures in a flat projection at the centre, the fences in their own (haversine, or
+#: flat at the fix), which differ by far less than that within a few hundred metres
+_ENVELOPE_SHARE = 0.9
+_ENVELOPE_SLACK_M = 1.0
+_FOREVER = 2**62
+
+
+def _quiet(w: _Work, s: Sample, ts: int, on: bool | None, speed: float | None) -> bool:
+    """The quiet path (decision 0044): True, with the fix and the last speed taken, when
+    no rule would change its state or raise anything for this sample (each test below is
+    the rule's own condition for doing nothing, the fences' is the :class:`Envelope`);
+    False, with nothing changed but the envelope (a cache), when every rule must look."""
+    alerts = w.alerts
+    if on:
+        if "ignition" not in alerts and AlertKind.IGNITION in w.s.enabled:
+            return False
+    elif on is False and "ignition" in alerts:
+        return False
+    if not _level_quiet(w, SOC, AlertKind.LOW_SOC, w.s.low_soc_pct) or not _level_quiet(
+        w, FUEL_LEVEL, AlertKind.LOW_FUEL, w.s.low_fuel_pct
+    ):
+        return False
+    if not _idling_quiet(w, ts, on, speed):
+        return False
+    own = speed_of(s.values)
+    if own is not None and not _harsh_quiet(w, ts, own):
+        return False
+    point = _quiet_fix(w, s.values, ts)
+    if point is False:
+        return False
+    if not _overspeed_quiet(w, ts, speed):
+        return False
+    if point is not None:
+        w.place = point
+    if own is not None:
+        w.speed_at = (ts, own)
+    return True
+
+
+def _level_quiet(
+    w: _Work, signal: str, kind: AlertKind, thresholds: tuple[float, float, float]
+) -> bool:
+    """Whether :func:`_level` would do nothing."""
+    value = number_of(w.known, signal)
+    if value is None:
+        return True
+    alert = w.alerts.get(kind.value)
+    if alert is None:
+        return value >= thresholds[0]
+    return not (value > thresholds[1]) and not (
+        value < thresholds[2] and alert.severity is not Severity.CRITICAL
+    )
+
+
+def _idling_quiet(w: _Work, ts: int, on: bool | None, speed: float | None) -> bool:
+    """Whether :func:`_idling` would do nothing."""
+    if on is not True:
+        idle = False
+    elif speed is not None:
+        idle = not abs(speed) > w.s.still_kmh
+    else:
+        idle = w.known.get(IS_MOVING) is False
+    if not idle:
+        return "idling" not in w.since and "idling" not in w.alerts
+    since = w.since.get("idling")
+    return since is not None and ("idling" in w.alerts or ts - since < w.s.idle_after_ms)
+
+
+def _harsh_quiet(w: _Work, ts: int, speed: float) -> bool:
+    """Whether :func:`_harsh` would change nothing but the last speed."""
+    prev = w.speed_at
+    lo, hi = w.s.harsh_interval_ms
+    if prev is None or not lo <= ts - prev[0] <= hi:
+        braking = accelerating = False
+    else:
+        accel = (abs(speed) - abs(prev[1])) / 3.6 / ((ts - prev[0]) / 1000)
+        braking = -accel >= w.s.harsh_braking_mps2
+        accelerating = accel >= w.s.harsh_acceleration_mps2
+    return braking == ("harsh_braking" in w.alerts) and accelerating == (
+        "harsh_acceleration" in w.alerts
+    )
+
+
+def _overspeed_quiet(w: _Work, ts: int, speed: float | None) -> bool:
+    """Whether :func:`_overspeed` would do nothing (the fences unchanged)."""
+    limit = _speed_limit(w)
+    alert = w.alerts.get("overspeed")
+    if alert is not None:
+        if speed is None or limit is None or speed <= limit[0] - w.s.overspeed_clear_kmh:
+            return False
+        return speed < float(alert.detail["peak_kmh"]) + w.s.overspeed_update_kmh
+    if speed is None or limit is None or speed <= limit[0]:
+        return "overspeed" not in w.since
+    since = w.since.get("overspeed")
+    return since is not None and ts - since < w.s.overspeed_min_ms
+
+
+def _quiet_fix(
+    w: _Work, values: Mapping[str, SignalValue], ts: int
+) -> Point | Literal[False] | None:
+    """The sample's fix if it changes no fence state (None: no fix the fences would
+    take), False if it may: outside the vehicle's :class:`Envelope` (one is made at the
+    fix when the one kept is not for the current fence states and settings, or the fix
+    is outside it)."""
+    if LATITUDE not in values and LONGITUDE not in values:
+        return None
+    point = position_of(values, w.place)
+    accuracy = number_of(values, HORIZONTAL_ACCURACY)
+    if point is None or (accuracy is not None and accuracy > w.s.max_fix_accuracy_m):
+        return None
+    env = w.quiet
+    if (
+        env is not None
+        and env.settings is w.s
+        and env.fences is w.fences
+        and ts < env.until
+        and w.index.cell_of(point) == env.cell
+    ):
+        dx, dy = (point.lon - env.lon) * env.kx, (point.lat - env.lat) * M_PER_DEG
+        if dx * dx + dy * dy < env.r2:
+            return point
+    env = w.quiet = _envelope(w, point)
+    return False if env is None or ts >= env.until else point
+
+
+def _envelope(w: _Work, point: Point) -> Envelope | None:
+    """The :class:`Envelope` of the current fence states around ``point`` (None: the
+    states are not the index's in its order, or ``point`` itself would change one): the
+    least room any fence the index names near ``point`` (or that the vehicle is inside of
+    or pending for) leaves before :func:`update_fence` would answer otherwise, measured
+    at ``point``; and the first time a pending state would be confirmed."""
+    w.derive()
+    if not w.in_order:
+        return None
+    fences, index = w.fences, w.index
+    margin, dwell = w.s.geofence_margin_m, w.s.geofence_min_dwell_ms
+    room, until = _ENVELOPE_CUTOFF_M, _FOREVER
+    for fence_id in {f.id for f in index.near(point)}.union(w.astray):
+        shape, state = index.by_id[fence_id].shape, fences[fence_id]
+        d = shape.signed_distance_m(point, cutoff_m=_ENVELOPE_CUTOFF_M)
+        inward = min(margin, shape.max_depth_m / 2)
+        if state.pending_since_ms is None:  # not beyond the margin: stays so
+            room = min(room, margin - d if state.inside else d + inward)
+        else:  # beyond the margin: stays so, until the dwell confirms it
+            room = min(room, d - margin if state.inside else -inward - d)
+            until = min(until, state.pending_since_ms + dwell)
+    radius = room * _ENVELOPE_SHARE - _ENVELOPE_SLACK_M
+    if radius <= 0:
+        return None
+    return Envelope(
+        w.s,
+        fences,
+        index.cell_of(point),
+        point.lon,
+        point.lat,
+        M_PER_DEG * math.cos(math.radians(point.lat)),
+        radius * radius,
+        until,
+        _speed_limit(w),
+    )
 
 
 def _event(w: _Work, e: VehicleEvent) -> None:
