@@ -57,17 +57,18 @@ __all__ = ["main"]
 KEEPALIVE_S = 120
 #: a report this much behind its schedule is "late"
 LATE_S = 1.0
+_PINGREQ = b"\xc0\x00"
 #: PUBACK reason code "No matching subscribers" (a success code: the unit does not resend)
 _NO_SUBSCRIBERS = 0x10
 #: the schedule's timer fires at most this often: reports due within it go out together
 TICK_S = 0.01
 
 
-def _connect_packet(vin: str, password: str) -> bytes:
+def _connect_packet(vin: str, password: str, keepalive_s: int = KEEPALIVE_S) -> bytes:
     """MQTT 5 CONNECT: clean start, user name and password, no properties."""
     cid = vin.encode()
     pw = password.encode()
-    variable = b"\x00\x04MQTT\x05\xc2" + KEEPALIVE_S.to_bytes(2, "big") + b"\x00"
+    variable = b"\x00\x04MQTT\x05\xc2" + keepalive_s.to_bytes(2, "big") + b"\x00"
     payload = b"".join(len(x).to_bytes(2, "big") + x for x in (cid, cid, pw))
     body = variable + payload
     length = bytearray()
@@ -148,6 +149,7 @@ class _Unit:
         "next_mid",
         "period",
         "port",
+        "sent_at",
         "seq",
         "topic",
         "vin",
@@ -169,6 +171,8 @@ class _Unit:
         self.conn: _Connection | None = None
         #: counts this unit's connections: the schedule drops entries of an earlier one
         self.generation = 0
+        #: when this unit last wrote to the broker (event loop time): keepalive
+        self.sent_at = 0.0
         ports = fleet.edge_ports
         self.port = ports[edge_index(self.vin, len(ports)) - 1] if ports else fleet.port
 
@@ -207,13 +211,14 @@ class _Unit:
         transport, conn = await loop.create_connection(
             lambda: _Connection(self), fleet.host, self.port
         )
-        transport.write(_connect_packet(self.vin, fleet.password))
+        transport.write(_connect_packet(self.vin, fleet.password, fleet.keepalive_s))
         body = await conn.connack
         if len(body) < 2 or body[1] != 0:
             fleet.stats.refused += 1
             transport.close()
             raise ConnectionError(f"{self.vin} refused: {body[1] if len(body) > 1 else None}")
         self.conn = conn
+        self.sent_at = loop.time()
         self.generation += 1
         fleet.stats.connected += 1
         if self.inflight:
@@ -261,6 +266,7 @@ class _Fleet:
         self.stopping = False
         self.paused = False
         self.connect_parallel = args.connect_parallel
+        self.keepalive_s: int = args.keepalive
         self.units = [
             _Unit(
                 i,
@@ -280,8 +286,10 @@ class _Fleet:
         self._queue: asyncio.Queue[_Unit] = asyncio.Queue()
 
     def start(self) -> list[asyncio.Task[None]]:
-        """Queue every unit's login and start the connecting workers."""
-        now = asyncio.get_running_loop().time()
+        """Queue every unit's login and start the connecting workers and the keepalive."""
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.keepalive_s / 4, self._keepalive)
+        now = loop.time()
         for unit, offset in zip(self.units, self._offsets, strict=True):
             self._due[unit.index] = now + offset
             self._queue.put_nowait(unit)
@@ -298,6 +306,21 @@ class _Fleet:
                 self.reconnect_later(unit)
                 continue
             self._push(self._due[unit.index], unit)
+
+    def _keepalive(self) -> None:
+        """PINGREQ from every unit silent for half its keepalive, as a real unit does: a
+        paused generator (the benchmark's accounting can wait minutes) would otherwise be
+        disconnected by the broker after 1.5 keepalives of silence and log in again."""
+        if self.stopping:
+            return
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time() - self.keepalive_s / 2
+        for unit in self.units:
+            conn = unit.conn
+            if conn is not None and conn.transport is not None and unit.sent_at < quiet_since:
+                conn.transport.write(_PINGREQ)
+                unit.sent_at = loop.time()
+        loop.call_later(self.keepalive_s / 4, self._keepalive)
 
     def reconnect_later(self, unit: _Unit) -> None:
         """After 1-5 s log in again; the unit's next report is due at that moment."""
@@ -339,6 +362,7 @@ class _Fleet:
             if now - due > LATE_S:
                 stats.late += 1
             conn.transport.write(unit.report())
+            unit.sent_at = now
             stats.sent += 1
             due += unit.period
             if due < now:  # far behind: do not burst to catch up
@@ -449,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-max", type=float, default=60.0)
     p.add_argument("--connect-parallel", type=int, default=100, help="logins at a time")
     p.add_argument("--stats-every", type=float, default=2.0)
+    p.add_argument(
+        "--keepalive",
+        type=int,
+        default=KEEPALIVE_S,
+        help=f"MQTT keepalive, seconds (default: {KEEPALIVE_S}); a unit silent for half of "
+        "it sends PINGREQ",
+    )
     p.add_argument(
         "--nice",
         type=int,

@@ -27,9 +27,12 @@ HEARTBEAT_S = 2
 
 
 class _Generator:
-    def __init__(self, port: int, count: int, heartbeat_s: float = HEARTBEAT_S) -> None:
+    def __init__(
+        self, port: int, count: int, heartbeat_s: float = HEARTBEAT_S, keepalive_s: int = 120
+    ) -> None:
         argv = [
             *[sys.executable, "-m", "device_sim.fleetload", "--port", str(port)],
+            *["--keepalive", str(keepalive_s)],
             *["--count", str(count), "--driving-every", str(DRIVING_EVERY)],
             *["--heartbeat-min", str(heartbeat_s), "--heartbeat-max", str(heartbeat_s)],
             *["--stats-every", "0.2"],
@@ -178,3 +181,19 @@ def test_a_paused_generator_takes_no_cpu(
     sent = g.last["sent"]
     time.sleep(2.5)
     assert g.last["sent"] > sent  # the driving units report again
+
+
+def test_a_paused_generator_stays_connected(
+    mosquitto: MosquittoProcess, generator: list[_Generator]
+) -> None:
+    """The benchmark's accounting may keep the generators paused for minutes (decision
+    0047); a unit silent for 1.5 keepalives is disconnected by the broker. Each silent unit
+    sends PINGREQ at half its keepalive, as a real unit does (before: with a 2 s keepalive,
+    every unit of a generator paused 6 s was disconnected and logged in again)."""
+    g = _Generator(mosquitto.port, count=20, heartbeat_s=30, keepalive_s=2)
+    generator.append(g)
+    g.wait("connected", 20)
+    g.pause()
+    time.sleep(6)
+    assert g.last["reconnects"] == 0
+    assert g.last["connected"] == 20

@@ -831,6 +831,7 @@ def _measure(
         time.sleep(rest)
     seconds = time.monotonic() - started
     figures = cpu.end()
+    connected = _total(loads, "connected")  # at the window's end, before the accounting
     lags = lag.stop()
     rss = {
         name: _rss_mb(pid) for name, pid in pids.items() if isinstance(pid, int) and name != "bench"
@@ -849,7 +850,7 @@ def _measure(
     duplicated = _counter(inst, metrics.SAMPLES_DUPLICATE) - dup0
     ok = [v for v in latencies if v == v]
     return {
-        "connected": _total(loads, "connected"),
+        "connected": connected,
         "window_s": round(seconds, 1),
         "messages_per_s": round(sent / seconds, 1),
         "values_per_s": round(values / seconds, 1),
