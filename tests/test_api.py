@@ -782,6 +782,7 @@ API_PATHS = {
     "/v1/geofences",
     "/v1/geofences/{geofence_id}",
     "/v1/alerts",
+    "/v1/alerts/acknowledge",
     "/v1/alerts/{alert_id}/acknowledge",
     "/v1/alerts/{alert_id}/clear",
     "/v1/trips",
