@@ -653,6 +653,13 @@ TABLE.update(
         ("POST", "/v1/alerts/{alert_id}/acknowledge"): Row(
             post(lambda w, p, own: f"/v1/alerts/{_alert_of(w, p, own)}/acknowledge"), MANAGE
         ),
+        ("POST", "/v1/alerts/acknowledge"): Row(
+            post(
+                lambda *_: "/v1/alerts/acknowledge",
+                lambda w, p, own: {"ids": [_alert_of(w, p, own)]},
+            ),
+            MANAGE,
+        ),
         ("POST", "/v1/alerts/{alert_id}/clear"): Row(
             post(lambda w, p, own: f"/v1/alerts/{_alert_of(w, p, own)}/clear"), MANAGE
         ),
