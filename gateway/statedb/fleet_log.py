@@ -78,6 +78,11 @@ __all__ = [
 
 #: a UTC day in epoch milliseconds
 DAY_MS = 86_400_000
+#: a vehicle state row with the holding period it belongs to
+_STATE_OF_TENURE = and_(
+    VehicleTenureRow.vin == FleetVinStateRow.vin,
+    VehicleTenureRow.number == FleetVinStateRow.tenure,
+)
 
 
 class LeaseLost(Exception):
@@ -627,13 +632,7 @@ class FleetLog:
             rows = session.execute(
                 select(
                     FleetVinStateRow.vin, FleetVinStateRow.tenure, VehicleTenureRow.account_id
-                ).join(
-                    VehicleTenureRow,
-                    and_(
-                        VehicleTenureRow.vin == FleetVinStateRow.vin,
-                        VehicleTenureRow.number == FleetVinStateRow.tenure,
-                    ),
-                )
+                ).join(VehicleTenureRow, _STATE_OF_TENURE)
             )
             return [(v, t, a) for v, t, a in rows]
 
@@ -643,13 +642,7 @@ class FleetLog:
         with self._db.read() as session:
             states = session.scalars(
                 select(FleetVinStateRow.rule_state["place"])
-                .join(
-                    VehicleTenureRow,
-                    and_(
-                        VehicleTenureRow.vin == FleetVinStateRow.vin,
-                        VehicleTenureRow.number == FleetVinStateRow.tenure,
-                    ),
-                )
+                .join(VehicleTenureRow, _STATE_OF_TENURE)
                 .where(
                     VehicleTenureRow.account_id == account_id,
                     VehicleTenureRow.ended_at.is_(None),
