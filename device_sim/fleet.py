@@ -93,8 +93,6 @@ from schemas.vin import is_valid_vin
 
 __all__ = [
     "DEFAULT_CONNECT_RATE",
-    "DEFAULT_MQTTS_URL",
-    "DEFAULT_MQTT_URL",
     "DEFAULT_PROFILES",
     "DEFAULT_VEHICLES",
     "DEFAULT_VIN_PREFIX",
@@ -118,9 +116,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MQTT_URL: Final = "mqtt://127.0.0.1:1883"
-#: the broker URL with ``--tls-ca`` when neither ``--mqtt-url`` nor the credentials name one
-DEFAULT_MQTTS_URL: Final = "mqtts://127.0.0.1:8883"
+#: the example of an open broker's URL in messages: an example, never a default (decision 0046)
+_EXAMPLE_OPEN_URL: Final = "mqtt://127.0.0.1:1883"
 #: vehicles of a fleet unless told otherwise (``--vehicles``, or a credentials file)
 DEFAULT_VEHICLES: Final = 5
 #: the first characters of every simulated VIN (``make_vin``'s default)
@@ -774,14 +771,18 @@ _DESCRIPTION: Final = (
 
 _EPILOG: Final = (
     "examples:\n"
-    "  telematics sim                                 5 vehicles on a local broker\n"
-    "  telematics sim --vehicles 5000 --rate 0.2      5,000 units, one sample each 5 s\n"
-    "  telematics sim --vehicles 10000 --rate 0.2 --procs 2 --mqtt-url mqtt://host:1883\n"
-    "  telematics sim --vehicles 20 --rate 2 --duration 60 --json > summary.json\n"
-    "  telematics sim --vehicles 10 --slow-share 0.2 --silent-share 0.1\n"
-    "                                                 2 slow units, 1 that never answers\n"
     "  telematics sim --credentials units.json        every provisioned vehicle, each\n"
-    "                                                 with its own login\n"
+    "                                                 with its own login, at the\n"
+    "                                                 broker the file names\n"
+    "  telematics sim --mqtt-url mqtt://127.0.0.1:1883\n"
+    "                                                 5 vehicles on an open local broker\n"
+    "  telematics sim --mqtt-url mqtt://host:1883 --vehicles 5000 --rate 0.2\n"
+    "                                                 5,000 units, one sample each 5 s\n"
+    "  telematics sim --vehicles 10000 --rate 0.2 --procs 2 --mqtt-url mqtt://host:1883\n"
+    "  telematics sim --credentials units.json --rate 2 --duration 60 --json > summary.json\n"
+    "  telematics sim --credentials units.json --slow-share 0.2 --silent-share 0.1\n"
+    "                                                 some slow units, some that never\n"
+    "                                                 answer\n"
     "  telematics sim --credentials units.json --vehicles 3\n"
     "                                                 WSMZZZ00000000001..3, which must\n"
     "                                                 be provisioned\n"
@@ -852,10 +853,10 @@ def _add_fleet_options(parser: argparse.ArgumentParser) -> None:
         "--mqtt-url",
         default=None,
         metavar="URL",
-        help="broker to report to, mqtt://host[:port] (port 1883 by default) or "
-        "mqtts://host[:port] for TLS (port 8883 by default; needs --tls-ca) (default: the "
-        "--credentials file's broker URL (a file without one needs --mqtt-url); without "
-        f"--credentials {DEFAULT_MQTT_URL}, or {DEFAULT_MQTTS_URL} with --tls-ca)",
+        help="broker to report to, mqtt://host[:port] (port 1883 if left out) or "
+        "mqtts://host[:port] for TLS (port 8883 if left out; needs --tls-ca) (default: the "
+        "--credentials file's broker URL; without --credentials, or with a file that names "
+        "no broker, --mqtt-url is required: there is no default broker)",
     )
     parser.add_argument(
         "--vehicles",
@@ -1063,8 +1064,8 @@ def _add_login_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help="connect over TLS and verify the broker's certificate against this CA (PEM) "
-        "only, as provisioned firmware does; needed for mqtts:// URLs, and turns the default "
-        f"URL into {DEFAULT_MQTTS_URL} (default: none, plain TCP)",
+        "only, as provisioned firmware does; needed for mqtts:// URLs, and turns (default: none, "
+        "plain TCP)",
     )
     parser.add_argument(
         "--tls-cert-dir",
@@ -1171,8 +1172,12 @@ def _listed(vins: Sequence[str]) -> str:
 
 
 def _broker(args: argparse.Namespace, credentials: UnitCredentials | None) -> BrokerAddress:
-    """The broker the units connect to: --mqtt-url, else the credentials file's, else the
-    default (TLS with --tls-ca); checked against the TLS options."""
+    """The broker the units connect to: --mqtt-url, else the credentials file's, else an
+    error naming both (decision 0046); checked against the TLS options."""
+    if args.tls_cert_dir is not None and args.tls_ca is None:
+        raise ValueError(
+            "--tls-cert-dir needs --tls-ca: client certificates are presented only over TLS"
+        )
     if args.mqtt_url is not None:
         what = f"--mqtt-url {args.mqtt_url}"
         address = parse_broker_url(args.mqtt_url)
@@ -1192,9 +1197,17 @@ def _broker(args: argparse.Namespace, credentials: UnitCredentials | None) -> Br
             "the file)"
         )
     else:
-        url = DEFAULT_MQTTS_URL if args.tls_ca is not None else DEFAULT_MQTT_URL
-        what = f"the default URL {url}"
-        address = parse_broker_url(url)
+        # no default broker (decision 0046): telematics up's broker (1884) admits only
+        # provisioned vehicles, so without logins no default port could work there, and
+        # 1883 is often some other, open broker, where the units' messages would be
+        # acknowledged and never reach the gateway
+        raise ValueError(
+            "which broker? Give --credentials FILE, the unit credentials file provisioning "
+            "wrote (telematics vehicle add VIN... --credentials-file FILE): its units log in "
+            "as their vehicles at the broker URL it names, as telematics up's broker requires; "
+            "or --mqtt-url mqtt://host:port for a broker that admits units without a login "
+            f"(e.g. {_EXAMPLE_OPEN_URL}; mqtts://host:port with --tls-ca for TLS)"
+        )
     if address.tls and args.tls_ca is None:
         raise ValueError(
             f"{what} is TLS (mqtts://) and needs --tls-ca FILE, the CA of the broker's "
@@ -1204,10 +1217,6 @@ def _broker(args: argparse.Namespace, credentials: UnitCredentials | None) -> Br
         raise ValueError(
             f"--tls-ca asks for TLS but {what} is plain TCP (mqtt://): use --mqtt-url "
             "mqtts://host[:port] (the broker's TLS listener)"
-        )
-    if args.tls_cert_dir is not None and args.tls_ca is None:
-        raise ValueError(
-            "--tls-cert-dir needs --tls-ca: client certificates are presented only over TLS"
         )
     return address
 
@@ -1315,8 +1324,10 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Opti
             raise ValueError(f"--tls-ca {args.tls_ca}: no such file")
         if args.tls_cert_dir is not None and not args.tls_cert_dir.is_dir():
             raise ValueError(f"--tls-cert-dir {args.tls_cert_dir}: no such directory")
-        address = _broker(args, credentials)
         count, vins = _fleet_vins(args, credentials)
+        faults = FaultRates.parse(args.faults) if args.faults else FaultRates()
+        # the broker last: a missing --mqtt-url is no reason to hide a mistake in what was typed
+        address = _broker(args, credentials)
         interval = _report_interval(args)
         password = os.environ.get(PASSWORD_ENV) if args.username is not None else None
         if args.gateway_public_key is not None:
@@ -1337,7 +1348,7 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Opti
             tls_ca_file=args.tls_ca,
             report_interval_s=interval,
             buffer_limit=args.buffer_limit,
-            faults=FaultRates.parse(args.faults) if args.faults else FaultRates(),
+            faults=faults,
             send_on_change=args.send_on_change,
             min_signal_interval_s=args.min_signal_interval,
             heartbeat_full_s=args.heartbeat,

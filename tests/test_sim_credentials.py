@@ -454,6 +454,47 @@ def test_a_file_without_a_broker_needs_mqtt_url(
     assert (opts.host, opts.port) == ("127.0.0.1", 1999)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],  # `telematics sim` as a newcomer types it next to `telematics up`
+        ["--vehicles", "2", "--duration", "1"],
+        ["--username", "sim"],
+        ["--tls-ca", "CA", "--tls-cert-dir", "DIR"],
+    ],
+)
+def test_without_credentials_or_mqtt_url_there_is_no_default_broker(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Decision 0046: without --credentials (whose file names its broker) and without
+    --mqtt-url the simulator stops before connecting anywhere and names both options.
+    It used to report to mqtt://127.0.0.1:1883, where telematics up's broker is not (1884,
+    and it admits only provisioned vehicles): on a machine with another, open broker on
+    1883 every message was acknowledged and none reached the gateway."""
+    (tmp_path / "CA").write_text("not read before the broker is known")
+    (tmp_path / "DIR").mkdir()
+    argv = [str(tmp_path / a) if a in ("CA", "DIR") else a for a in argv]
+    parser = build_parser()
+    with pytest.raises(SystemExit) as info:  # resolving the options, before any connection
+        _options(parser, parser.parse_args(argv))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "which broker?" in err
+    assert "--credentials FILE" in err
+    assert "telematics vehicle add" in err
+    assert "--mqtt-url mqtt://host:port" in err
+    assert _usage_error(argv, capsys).count("which broker?") == 1  # the command says the same
+
+
+def test_list_vins_needs_no_broker(capsys: pytest.CaptureFixture[str]) -> None:
+    """Listing the VINs to provision happens before there is any broker to name."""
+    assert asyncio.run(main(["--vehicles", "2", "--vin-prefix", "WSMNEW", "--list-vins"])) == 0
+    assert capsys.readouterr().out.split() == [
+        "WSMNEW00000000001",
+        "WSMNEW00000000002",
+    ]
+
+
 # --- against the broker ------------------------------------------------------------------------
 
 
