@@ -20,7 +20,7 @@ import pytest
 from device_sim.fleet import build_parser, main, parse_shard
 from device_sim.stats import LatencyHistogram, Shard, resources_summary
 from device_sim.vehicle import make_vin
-from gateway.bench.sim import run_sim_bench
+from gateway.bench.sim import SimBenchResult, _print_result, run_sim_bench
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from tests.support.sim_credentials import sim
 
@@ -71,7 +71,14 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert parser_options == {*OPTIONS, "--help"}
     assert "default" in text
     assert "examples:" in text
-    assert "telematics sim --vehicles 5000 --rate 0.2" in text
+    assert "--vehicles 5000 --rate 0.2" in text
+    # decision 0046: no default broker, and every example names one
+    assert "there is no default broker" in " ".join(text.split())
+    examples = text.split("examples:")[1].split("credentials file (")[0]
+    runs = [line for line in examples.splitlines() if line.strip().startswith("telematics sim ")]
+    assert runs
+    for line in runs:
+        assert any(w in line for w in ("--mqtt-url", "--credentials", "--list-vins", "scenario"))
 
 
 def test_shards_split_the_fleet_once() -> None:
@@ -246,6 +253,31 @@ def test_bench_at_tiny_size_connects_every_unit() -> None:
     assert result.messages_per_s > 0
     assert result.latency_p50_ms is not None
     assert result.broker_rss_mb > 0
+
+
+def _bench_result(units: int) -> SimBenchResult:
+    return SimBenchResult(
+        units=units, rate_per_unit=1.0, procs=1, seconds=5.0, exit_status=0,
+        connected_peak=units, all_connected=True, target_messages_per_s=float(units),
+        messages_per_s=float(units), published=5 * units, acknowledged=5 * units,
+        latency_p50_ms=1.0, latency_p99_ms=20.0, sim_cpu_percent=1.0,
+        sim_cpu_percent_per_1000=1000.0 / units, sim_rss_mb=61.0,
+        sim_rss_mb_per_1000=61.0 * 1000 / units, broker_cpu_percent=0.0, broker_rss_mb=8.0,
+        broker_peak_rss_mb=8.0,
+    )  # fmt: skip
+
+
+def test_bench_sim_prints_figures_per_1000_units_only_for_1000_units(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`telematics bench sim --units 20` printed "per 1,000 units: ... 3050 MB": one Python
+    process's 61 MB times 50 (newcomer round 7, decision 0046)."""
+    _print_result(_bench_result(20))
+    small = capsys.readouterr().err
+    assert "per 1,000 units: n/a (needs 1,000 units or more)" in small
+    assert "3050 MB" not in small
+    _print_result(_bench_result(1000))
+    assert "per 1,000 units: 1.0 % CPU, 61 MB" in capsys.readouterr().err
 
 
 def test_faults_flag_is_checked_and_explained() -> None:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from device_sim.stats import PER_1000_MIN_UNITS
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 
 __all__ = ["SimBenchResult", "add_arguments", "run_from_args", "run_sim_bench"]
@@ -114,13 +115,20 @@ def _print_result(r: SimBenchResult) -> None:
         if r.latency_p50_ms is not None and r.latency_p99_ms is not None
         else "n/a"
     )
+    # like the simulator's own summary: a few units say nothing about 1,000 (20 units' one
+    # Python process extrapolated to "3055 MB per 1,000 units"; decision 0046)
+    per_1000 = (
+        f"{r.sim_cpu_percent_per_1000:.1f} % CPU, {r.sim_rss_mb_per_1000:.0f} MB"
+        if r.units >= PER_1000_MIN_UNITS
+        else f"n/a (needs {PER_1000_MIN_UNITS:,} units or more)"
+    )
     print(
         f"""
 sim benchmark: {r.units:,} units at {r.rate_per_unit:g} msg/s each, --procs {r.procs}, {r.seconds:.0f} s after all connected
   connected at once          {r.connected_peak:,} / {r.units:,}{"" if r.all_connected else "   NOT ALL CONNECTED"}
   messages/s                 {r.messages_per_s:,.0f} of {r.target_messages_per_s:,.0f} target   ({r.published:,} published, {r.acknowledged:,} acknowledged)
   publish -> PUBACK          {lat}
-  simulator                  {r.sim_cpu_percent:.0f} % CPU, {r.sim_rss_mb:.0f} MB RSS   per 1,000 units: {r.sim_cpu_percent_per_1000:.1f} % CPU, {r.sim_rss_mb_per_1000:.0f} MB
+  simulator                  {r.sim_cpu_percent:.0f} % CPU, {r.sim_rss_mb:.0f} MB RSS   per 1,000 units: {per_1000}
   broker (mosquitto)         {r.broker_cpu_percent:.0f} % CPU, {r.broker_rss_mb:.0f} MB RSS (peak {r.broker_peak_rss_mb:.0f} MB)""",  # noqa: E501
         file=sys.stderr,
         flush=True,
