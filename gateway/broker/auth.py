@@ -78,6 +78,7 @@ __all__ = [
     "DEFAULT_ITERATIONS",
     "DYNSEC_FILE_NAME",
     "EDGE_SERVICE_ACLS",
+    "IDENTITY_SYNC_REST_MAX_S",
     "IDENTITY_SYNC_SHARE",
     "PASSWORD_FILE_NAME",
     "SALT_BYTES",
@@ -743,7 +744,13 @@ an owner renewing their car's password in a loop (``POST /v1/vehicles/{vin}/cred
 or a fleet manager adding and removing integration credentials kept it reloading 36-55 %
 of the time at 2,000 units, nearly always at 20,000, every unit's messages waiting
 meanwhile (security review 7, decision 0049). Changes made meanwhile are applied together
-at the next sync; a small installation (a sync of a few tens of ms) sees no difference."""
+at the next sync; a small installation (a sync of a few tens of ms) sees no difference.
+The rest is at most :data:`IDENTITY_SYNC_REST_MAX_S`."""
+
+IDENTITY_SYNC_REST_MAX_S = 30.0
+"""The longest rest after one sync: a bulk change that restarted the broker (10 s and more
+at 10,000 units) is followed by 30 s, not four times its length, so an operator's next
+``telematics vehicle add`` (which waits a minute for the broker) still gets through."""
 
 LIVE_CHANGES_BUDGET_S = 10.0
 """Estimated broker time above which a change (a bulk provisioning) is applied by
@@ -1000,7 +1007,8 @@ class BrokerAuthSync:
             try:
                 if self.sync_once():
                     # paced by what the change cost the broker (IDENTITY_SYNC_SHARE)
-                    pause = max(pause, (time.monotonic() - started) * rest)
+                    took = time.monotonic() - started
+                    pause = max(pause, min(took * rest, IDENTITY_SYNC_REST_MAX_S))
             except Exception:
                 # log the first failure with its traceback, the repeats quietly
                 log.log(
