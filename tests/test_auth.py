@@ -417,6 +417,54 @@ def test_api_keys_are_created_at_a_bounded_rate_per_user(tmp_path: Path) -> None
         assert r.status_code == 201, r.text
 
 
+def test_an_owner_changes_the_brokers_identities_at_a_bounded_rate(tmp_path: Path) -> None:
+    """Security review 7: every vehicle added and every new MQTT password makes the broker
+    re-check the password of every connected unit (a reload, in its one thread), and any
+    self-registered owner may claim any VIN nobody holds: one account claimed 100 VINs in
+    13 s against the deployed API and renewed its car's password as fast as the broker
+    took it. An owner's additions and new passwords now share one bucket of their
+    invitation limit; fleet managers (bulk provisioning) and administrators are not
+    limited."""
+    for s in make(tmp_path, invitation_limit=Limit(rate=1 / 3600, burst=3)):
+        ana = owner(s)
+        vins = [f"WAUTH0000000001{i:02d}" for i in range(3)]
+        made = [s.client.post("/v1/vehicles", json={"vin": v}, headers=ana) for v in vins[:2]]
+        assert [r.status_code for r in made] == [201, 201], made[-1].text
+        renewed = s.client.post(f"/v1/vehicles/{vins[0]}/credentials", headers=ana)
+        assert renewed.status_code == 200, renewed.text
+        refused = s.client.post("/v1/vehicles", json={"vin": vins[2]}, headers=ana)
+        error(refused, 429, "vehicle_change_rate_limited")
+        assert int(refused.headers["retry-after"]) > 0
+        again = s.client.post(f"/v1/vehicles/{vins[0]}/credentials", headers=ana)
+        error(again, 429, "vehicle_change_rate_limited")
+        denied = [e for e in s.audit() if e["outcome"] == "denied"]
+        assert {e["action"] for e in denied} == {"vehicle_provision", "vehicle_credentials_rotate"}
+        # a fleet manager provisions in bulk, an administrator runs the installation
+        r = s.client.post("/v1/accounts", json={"name": "Vans", "kind": "organization"},
+                          headers=s.admin)  # fmt: skip
+        assert r.status_code == 201, r.text
+        account = r.json()["id"]
+        r = s.client.post(
+            "/v1/users",
+            json={"email": "fm@example.com", "name": "FM", "role": "fleet_manager",
+                  "account_id": account, "password": PASSWORD},
+            headers=s.admin,
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+        fm = s.token("fm@example.com")
+        for i in range(5):
+            r = s.client.post("/v1/vehicles", json={"vin": f"WAUTH0000000002{i:02d}"}, headers=fm)
+            assert r.status_code == 201, r.text
+            r = s.client.post(
+                "/v1/vehicles", json={"vin": f"WAUTH0000000003{i:02d}", "account_id": account},
+                headers=s.admin,
+            )  # fmt: skip
+            assert r.status_code == 201, r.text
+        s.clock.now += 3600  # a token back in the owner's bucket (and a fresh access token)
+        r = s.client.post("/v1/vehicles", json={"vin": vins[2]}, headers=s.token("ana@example.com"))
+        assert r.status_code == 201, r.text
+
+
 def test_refused_attempts_fill_the_audit_log_at_a_bounded_rate(tmp_path: Path) -> None:
     """Security review 5: every refused attempt is audited (decision 0007) and the log is
     append-only, so a self-registered owner sending commands to a car it cannot see wrote

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.accounts.provisioning import provision_vehicle, rotate_vehicle_password
 from gateway.api.deps import Auth, Caller, CallerAudit, Settings, vin_or_422
-from gateway.api.errors import ApiError
+from gateway.api.errors import ApiError, documented
 from gateway.api.models.accounts import (
     MqttCredentials,
     ProvisionedOut,
@@ -29,9 +29,9 @@ from gateway.api.routes.common import (
     no_store,
     target_account,
 )
-from gateway.api.security import AuthContext, forbidden, vehicle_not_found
+from gateway.api.security import AuthContext, forbidden, too_many, vehicle_not_found
 from gateway.api.settings import ApiSettings
-from gateway.core.policy import can_manage_account
+from gateway.core.policy import Principal, Role, can_manage_account
 from gateway.health import HEALTH_DIR_NAME, broker_wait_async
 from gateway.statedb.accounts import (
     LifecycleRefused,
@@ -84,7 +84,7 @@ _BROKER_APPLIED_DOC: Final[dict[str, Any]] = {
     status_code=201,
     tags=["provisioning"],
     summary="Provision a vehicle: register it and create its broker credentials",
-    responses={201: _BROKER_APPLIED_DOC},
+    responses={201: _BROKER_APPLIED_DOC, **documented(429)},
 )
 async def provision(
     response: Response,
@@ -125,6 +125,7 @@ def _provision(
         if principal.account_id is not None and principal.account_id == account_id:
             raise forbidden("Only owners, fleet managers and administrators add vehicles.")
         raise account_not_found(account_id)
+    _limit_owner(context, audit, principal, "vehicle_provision", account_id, vin)
     try:
         result = provision_vehicle(
             context.accounts,
@@ -235,7 +236,7 @@ def _revoke(vin: str, principal: Caller, context: Auth, audit: CallerAudit) -> R
     response_model=ProvisionedOut,
     tags=["provisioning"],
     summary="Give a vehicle a new MQTT password",
-    responses={200: _BROKER_APPLIED_DOC},
+    responses={200: _BROKER_APPLIED_DOC, **documented(429)},
 )
 async def rotate_credentials(
     response: Response,
@@ -257,6 +258,7 @@ async def rotate_credentials(
 
 def _rotate(vin: str, principal: Caller, context: Auth, audit: CallerAudit) -> ProvisionedOut:
     vehicle = managed_vehicle(context, principal, vin)
+    _limit_owner(context, audit, principal, "vehicle_credentials_rotate", vehicle.account_id, vin)
     result = rotate_vehicle_password(context.accounts, vin)
     if result is None:
         raise vehicle_not_found(vin)
@@ -269,6 +271,36 @@ def _rotate(vin: str, principal: Caller, context: Auth, audit: CallerAudit) -> P
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _limit_owner(
+    context: AuthContext,
+    audit: CallerAudit,
+    principal: Principal,
+    action: str,
+    account_id: int | None,
+    vin: str,
+) -> None:
+    """An owner's vehicle additions and new passwords use their ``--invitation-limit`` in a
+    bucket of their own (429 ``vehicle_change_rate_limited``, audited as denied). Each one
+    rewrites the broker's identities and reloads it, which re-checks every connected unit's
+    password in the broker's one thread; anyone may register as an owner and claim any VIN
+    nobody holds, so without a bound one account claimed 100 VINs in 13 s, and renewed
+    its car's password as fast as the broker took it (security review 7, decision 0049).
+    Fleet managers provision in bulk and administrators run the installation: not
+    limited (the broker sync paces itself for everyone, ``IDENTITY_SYNC_SHARE``)."""
+    if principal.role is not Role.OWNER or context.invitations is None:
+        return
+    wait = context.invitations.acquire(f"vehicle_change:user:{principal.user_id}")
+    if wait > 0:
+        audit.record(action, outcome="denied", account_id=account_id, target=f"vehicle:{vin}",
+                     detail={"reason": "rate limited"})  # fmt: skip
+        raise too_many(
+            "vehicle_change_rate_limited",
+            "You have added vehicles or renewed their passwords too often; each change "
+            "reloads the broker for every vehicle.",
+            wait,
+        )
 
 
 async def _wait_for_broker(
