@@ -58,6 +58,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from gateway.broker.budget import MessageBudget
 from gateway.errors import GatewayError
 from gateway.files import write_private_file
 from schemas.broker_url import parse_broker_url
@@ -307,12 +308,22 @@ class BrokerConfig:
     acl_file: Path | None = None
     dynsec_config_file: Path | None = None
     dynsec_plugin: Path | None = None
+    #: the per-vehicle message budget and the compiled plugin that enforces it
+    #: (:mod:`gateway.broker.budget`); both or neither
+    budget: MessageBudget | None = None
+    budget_plugin: Path | None = None
     tls: TlsListener | None = None
     extra_lines: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).absolute())
-        for name in ("password_file", "acl_file", "dynsec_config_file", "dynsec_plugin"):
+        for name in (
+            "password_file",
+            "acl_file",
+            "dynsec_config_file",
+            "dynsec_plugin",
+            "budget_plugin",
+        ):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value).absolute())
@@ -324,9 +335,16 @@ class BrokerConfig:
             ("acl_file", str(self.acl_file or "")),
             ("dynsec_config_file", str(self.dynsec_config_file or "")),
             ("dynsec_plugin", str(self.dynsec_plugin or "")),
+            ("budget_plugin", str(self.budget_plugin or "")),
             *(("extra_lines", x) for x in self.extra_lines),
         ]:
             _check_line(what, text)
+        if (self.budget is None) != (self.budget_plugin is None):
+            raise ValueError(
+                "a message budget needs its plugin and the plugin a budget: give both "
+                "budget and budget_plugin (gateway.broker.budget.ensure_budget_plugin), "
+                "or neither"
+            )
         if self.tls is not None and self.tls.port == self.port:
             raise ValueError(
                 f"the TLS listener needs a port of its own, not the plain listener's {self.port}"
@@ -476,6 +494,20 @@ def _render_access(cfg: BrokerConfig, add: _Add) -> None:
         add(
             "The plugin's clients, roles and ACLs; it rewrites this file after every change.",
             f"plugin_opt_config_file {cfg.dynsec_config_file}",
+        )
+    if cfg.budget is not None and cfg.budget_plugin is not None:
+        add(
+            "Per-vehicle message budget (decision 0048): a token bucket of messages and one\n"
+            "of payload bytes per user name that is a VIN. A message over either closes the\n"
+            "connection without a PUBACK, so the unit resends it after its backoff; without\n"
+            "it one vehicle's flood filled the gateway's queue and the broker acknowledged\n"
+            "and dropped every vehicle's messages. Service accounts, bridges and anonymous\n"
+            "clients are not limited.",
+            f"plugin {cfg.budget_plugin}",
+        )
+        add(
+            "Messages and bytes a second each vehicle's buckets refill by, and their sizes.",
+            "\n".join(f"plugin_opt_{k} {v}" for k, v in cfg.budget.plugin_options()),
         )
     user = _current_user()
     if user is not None:
