@@ -30,10 +30,12 @@ from gateway.broker.budget import (
     MessageBudget,
     ensure_budget_plugin,
 )
+from gateway.broker.mosquitto import QUEUE_DROP_LINE, scan_queue_drops
 from gateway.cli import build_parser
 from gateway.cli import up as up_module
 from gateway.cli.up_plan import plan_up
 from gateway.settings import Environment
+from gateway.supervisor import BrokerKeeper
 from tests.support.mqtt_raw import Mqtt5Client, _string, _varint
 
 HONEST = "1HGCM82633A004352"
@@ -267,6 +269,30 @@ def test_a_flood_no_longer_makes_the_broker_acknowledge_and_drop_an_honest_units
     else:
         # Mosquitto 2.0.11 without a budget: acknowledged (PUBACK 0x10) and dropped
         assert lost, "the flood did not fill the queue: the scenario shows nothing"
+    # the broker's own word for it, which the broker keeper turns into an error
+    _, dropping = scan_queue_drops(broker.log_path, 0)
+    assert dropping == ([] if with_plugin else ["gw-1"])
+
+
+def test_the_broker_keeper_logs_the_brokers_queue_drops_as_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keeper = BrokerKeeper(BrokerConfig(port=free_port(), data_dir=tmp_path, persistence=False))
+    keeper.start()
+    try:
+        keeper.check(time.monotonic())
+        assert keeper.queue_drops == 0
+        # the line as Mosquitto 2.0.11 writes it (the flood test above shows it does)
+        with keeper.process.log_path.open("a") as log:
+            log.write(f"2026-12-07T12:00:00: {QUEUE_DROP_LINE}telematics-gateway-1.\n")
+        with caplog.at_level(logging.ERROR, logger="gateway.supervisor"):
+            keeper.check(time.monotonic())
+            keeper.check(time.monotonic())  # once, not at every check
+        assert keeper.queue_drops == 1
+        assert keeper.status()["queue_drops"] == 1
+        assert "DROPPING messages for client telematics-gateway-1" in caplog.text
+    finally:
+        keeper.stop()
 
 
 # --------------------------------------------------------------------------- telematics up

@@ -74,6 +74,7 @@ __all__ = [
     "MAX_PACKET_SIZE",
     "MAX_QUEUED_BYTES",
     "PERSISTENCE_FILE_NAME",
+    "QUEUE_DROP_LINE",
     "SEARCH_DIRS",
     "SESSION_EXPIRY_CAP_S",
     "BrokerConfig",
@@ -89,6 +90,7 @@ __all__ = [
     "probe_mqtt",
     "render_config",
     "render_tls",
+    "scan_queue_drops",
 ]
 
 DEFAULT_MQTT_PORT = 1883
@@ -157,6 +159,15 @@ INSTALL_HINT = (
     "install it with: sudo apt-get install -y mosquitto mosquitto-clients (Debian/Ubuntu), "
     "or pass --mqtt-url mqtt://host:port to use an existing broker"
 )
+
+QUEUE_DROP_LINE = "Outgoing messages are being dropped for client "
+"""What Mosquitto 2.0.11 logs (notice) when a client's queue is full and it starts dropping
+what it would queue for it (``db__message_insert`` in ``src/database.c``), once until the
+queue has room again. A QoS 1 message dropped so was acknowledged to its sender already:
+:func:`scan_queue_drops` finds the line, the broker keeper logs it as an error (decision
+0048)."""
+
+_SCAN_MAX_BYTES = 1024 * 1024
 
 _MQTT_MAX_PACKET = 268_435_455  # the largest MQTT remaining length, 256 MiB - 1
 _LOG_TAIL_LINES = 20
@@ -736,6 +747,36 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
     return host, port
 
 
+def scan_queue_drops(log_path: Path, offset: int) -> tuple[int, list[str]]:
+    """The clients the broker's log at ``log_path`` says it started dropping messages for
+    (:data:`QUEUE_DROP_LINE`) after byte ``offset``, and the offset to scan from next time.
+
+    Reads whole lines only, at most 1 MiB a call (the rest next time); a log shorter than
+    ``offset`` (replaced) is read from its start. An unreadable log reports nothing.
+    """
+    try:
+        with log_path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size < offset:
+                offset = 0
+            if size == offset:
+                return offset, []
+            f.seek(offset)
+            data = f.read(_SCAN_MAX_BYTES)
+    except OSError:
+        return offset, []
+    end = data.rfind(b"\n")
+    if end < 0:
+        # no whole line yet; a line longer than the read is skipped rather than re-read forever
+        return (offset + len(data), []) if len(data) == _SCAN_MAX_BYTES else (offset, [])
+    clients = [
+        line.split(QUEUE_DROP_LINE, 1)[1].removesuffix(".")
+        for line in data[:end].decode("utf-8", "replace").splitlines()
+        if QUEUE_DROP_LINE in line
+    ]
+    return offset + end + 1, clients
+
+
 def _connect_packet(client_id: str) -> bytes:
     """An MQTT 3.1.1 CONNECT (clean session, 10 s keepalive, no credentials)."""
     cid = client_id.encode()
@@ -890,6 +931,11 @@ class MosquittoProcess:
     def pid(self) -> int | None:
         """The broker's process id while one was started (also after it exited)."""
         return None if self._proc is None else self._proc.pid
+
+    @property
+    def log_start_offset(self) -> int:
+        """The size of the log file before the latest start: what that start wrote is after."""
+        return self._log_offset
 
     @property
     def returncode(self) -> int | None:
