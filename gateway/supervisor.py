@@ -347,8 +347,9 @@ class BrokerKeeper:
 
     def _note_queue_drops(self) -> None:
         """Log, as an error, every time the broker says it started dropping what it queues
-        for a client (its queue is full): the QoS 1 messages among them were acknowledged to
-        their senders and are lost. With the per-vehicle budget (decision 0048) one vehicle
+        for a client (its queue is full; Mosquitto says so once per connection of that
+        client): the QoS 1 messages among them were acknowledged to their senders and are
+        lost. With the per-vehicle budget (decision 0048) one vehicle
         cannot cause it; many at once, or a gateway down for long, still can."""
         self._log_scanned, clients = scan_queue_drops(self.process.log_path, self._log_scanned)
         for client in clients:

@@ -162,10 +162,11 @@ INSTALL_HINT = (
 
 QUEUE_DROP_LINE = "Outgoing messages are being dropped for client "
 """What Mosquitto 2.0.11 logs (notice) when a client's queue is full and it starts dropping
-what it would queue for it (``db__message_insert`` in ``src/database.c``), once until the
-queue has room again. A QoS 1 message dropped so was acknowledged to its sender already:
-:func:`scan_queue_drops` finds the line, the broker keeper logs it as an error (decision
-0048)."""
+what it would queue for it (``db__message_insert`` in ``src/database.c``): only the first
+time in each connection of that client (``is_dropping`` is reset by its next CONNECT,
+``src/handle_connect.c``), so later drops in the same connection are not logged again.
+A QoS 1 message dropped so was acknowledged to its sender already: :func:`scan_queue_drops`
+finds the line, the broker keeper logs it as an error (decision 0048)."""
 
 _SCAN_MAX_BYTES = 1024 * 1024
 
