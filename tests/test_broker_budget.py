@@ -13,6 +13,7 @@ edge broker's configuration load the plugin.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -352,7 +353,9 @@ def test_telematics_up_loads_the_plugin_in_the_private_and_every_edge_broker(
     # and the broker starts with it and logs the budget
     assert edges[0].sync is not None
     edges[0].sync.render()
-    with MosquittoProcess(edges[0].process.config) as started:
+    # (on a port of its own: the edge's, the one after the core's, may be taken meanwhile)
+    config = dataclasses.replace(edges[0].process.config, port=free_port())
+    with MosquittoProcess(config) as started:
         assert "budget: each vehicle may publish 150 messages" in started.log_path.read_text()
 
 
