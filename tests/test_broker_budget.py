@@ -131,7 +131,10 @@ def test_a_unit_over_its_budget_is_disconnected_without_a_puback_and_one_under_i
         # another vehicle's budget is its own: untouched, still connected
         assert [_publish(honest, _telemetry(HONEST), b"y" * 10) for _ in range(3)] == [0x10] * 3
         assert not honest.closed
-        # the bucket outlives the connection: reconnecting at once gives no fresh burst...
+        # the bucket outlives the connection, and a reload (SIGHUP, what the broker sync
+        # does for a new password; Mosquitto 2.0.11 does not re-initialise a version 5
+        # plugin then): reconnecting at once gives no fresh burst...
+        broker.reload()
         again = _unit(broker, FLOODER)
         assert _publish(again, _telemetry(FLOODER), b"x" * 10) == NO_PUBACK
         again.close()
