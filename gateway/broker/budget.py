@@ -73,18 +73,21 @@ class MessageBudget:
     A full bucket lets ``burst_messages`` messages (``burst_bytes`` bytes) through at once;
     each refills at ``messages_per_s`` (``bytes_per_s``). A message over either bucket is
     refused by closing the connection without a PUBACK. The defaults (decision 0048): a
-    unit's live telemetry is ~1 message a second; a store-and-forward upload after days
-    offline sends its backlog in batches of up to 1,000 samples (~50-250 kB each), so 200
-    messages and 4 MiB a second carry ~16 of the largest batches a second, with bursts of
-    2,000 messages and 32 MiB for the first seconds of a reconnect. The whole fleet's worst
-    case must still fit the gateway's queue (``max_queued_bytes``, 256 MiB): see
-    :meth:`fleet_bytes_per_s`.
+    unit's live telemetry is ~1 message a second, far below 200 messages a second. The
+    bytes decide what one credential can cost the others: 512 KiB a second of one-signal
+    samples is ~8,000 samples a second, a fifth of what one gateway process stores, and a
+    burst of 4 MiB ~65,000 samples, ~1.5 s of its CPU; measured, an honest sample after a
+    10 s flood of valid telemetry waited seconds with these numbers and minutes with 4 MiB
+    a second and bursts of 32 MiB. A store-and-forward upload after days offline (batches
+    of up to 1,000 samples) is paced to ~10 minutes for three days of 1 Hz reports. The
+    whole fleet's worst case must still fit the gateway's queue (``max_queued_bytes``, 256
+    MiB): see :meth:`fleet_bytes_per_s`.
     """
 
     messages_per_s: int = 200
     burst_messages: int = 2_000
-    bytes_per_s: int = 4 * 1024 * 1024
-    burst_bytes: int = 32 * 1024 * 1024
+    bytes_per_s: int = 512 * 1024
+    burst_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in BUDGET_FIELDS:
