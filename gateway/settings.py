@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.broker.budget import DEFAULT_BUDGET
 from gateway.core.ratelimit import (
     DEFAULT_LOGIN_LIMIT,
     DEFAULT_USER_COMMAND_LIMIT,
@@ -120,6 +121,11 @@ class Environment(BaseSettings):
     edge_brokers: int = Field(default=0, ge=0)
     #: the API: the edges' URLs told to units at provisioning, comma-separated, edge order
     edge_broker_urls: str = ""
+    #: each vehicle's message budget on the private and edge brokers (decision 0048)
+    budget_messages_per_s: int = Field(default=DEFAULT_BUDGET.messages_per_s, ge=1)
+    budget_burst_messages: int = Field(default=DEFAULT_BUDGET.burst_messages, ge=1)
+    budget_bytes_per_s: int = Field(default=DEFAULT_BUDGET.bytes_per_s, ge=1)
+    budget_burst_bytes: int = Field(default=DEFAULT_BUDGET.burst_bytes, ge=1)
 
     # --- ingest (telematics gateway)
     client_id: str = "telematics-gateway-1"

@@ -49,6 +49,7 @@ from typing import Any
 
 from gateway.broker import BrokerConfig, BrokerError, MosquittoProcess
 from gateway.broker.auth import BrokerAuthSync
+from gateway.broker.mosquitto import scan_queue_drops
 from gateway.broker.persistence import write_subscriptions
 from gateway.health import SUPERVISOR_FILE_NAME, write_status_file
 
@@ -245,6 +246,10 @@ class BrokerKeeper:
         self._saves_due: list[float] = []
         #: the process was stopped (SIGSTOP, a debugger) at the last check: logged once
         self._was_stopped = False
+        #: where the next scan of the broker's log for queue drops starts
+        self._log_scanned = 0
+        #: times the broker said it started dropping a client's messages (queue full)
+        self.queue_drops = 0
 
     @property
     def url(self) -> str:
@@ -278,12 +283,14 @@ class BrokerKeeper:
                 log.warning("cannot open the gateways' sessions on the broker", exc_info=True)
         self.life.started(now, restart=restart)
         self._saves_due = [now + s for s in self.SAVE_AFTER_START_S]
+        self._log_scanned = self.process.log_start_offset
 
     def check(self, now: float) -> None:
         """Restart the broker if it died (after the policy's delay); have it save its state
         when that is due; say (once) when it stops responding or responds again."""
         if self.process.is_running():
             self._note_stopped()
+            self._note_queue_drops()
             if self._saves_due and now >= self._saves_due[0]:
                 self._saves_due.pop(0)
                 self.process.save()
@@ -338,6 +345,27 @@ class BrokerKeeper:
         else:
             log.warning("%s responds again (process %s runs)", self.name, self.process.pid)
 
+    def _note_queue_drops(self) -> None:
+        """Log, as an error, every time the broker says it started dropping what it queues
+        for a client (its queue is full; Mosquitto says so once per connection of that
+        client): the QoS 1 messages among them were acknowledged to their senders and are
+        lost. With the per-vehicle budget (decision 0048) one vehicle
+        cannot cause it; many at once, or a gateway down for long, still can."""
+        self._log_scanned, clients = scan_queue_drops(self.process.log_path, self._log_scanned)
+        for client in clients:
+            self.queue_drops += 1
+            log.error(
+                "%s is DROPPING messages for client %s: its queue is full (max_queued_bytes "
+                "%d, max_queued_messages %d); what it drops was acknowledged to the units "
+                "and is lost (their missing_samples counts it). Is the gateway down or far "
+                "behind, or are many vehicles flooding at once? (decision 0048; log: %s)",
+                self.name,
+                client,
+                self.process.config.max_queued_bytes,
+                self.process.config.max_queued_messages,
+                self.process.log_path,
+            )
+
     def _render(self) -> None:
         """What every start needs first: the sessions' subscriptions in the persistence
         file and the identity files."""
@@ -388,6 +416,8 @@ class BrokerKeeper:
             "crash_looping": self.life.crash_looping,
             # False while the process is stopped: nobody waits for it (gateway.health)
             "responding": self.responding(),
+            # times the broker started dropping a client's messages (a full queue)
+            "queue_drops": self.queue_drops,
             # the state database's identity version the broker has loaded: `telematics
             # vehicle add` waits for it (gateway.health.broker_has_identities)
             "identities_version": None if self.sync is None else self.sync.synced_version,

@@ -26,6 +26,25 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] \
   fi
 fi
 
+# the per-vehicle message budget is a Mosquitto plugin of ours (gateway/broker/plugin/budget.c,
+# decision 0048), compiled where the broker runs: a C compiler and Mosquitto's plugin headers
+# (mosquitto-dev: mosquitto_broker.h, mosquitto_plugin.h; libmosquitto-dev: mosquitto.h).
+# Without them `telematics up` still runs, without the budget, and says so.
+has_header() { [ -f "/usr/include/$1" ] || [ -f "/usr/local/include/$1" ]; }
+if ! command -v cc >/dev/null 2>&1 || ! has_header mosquitto_broker.h \
+   || ! has_header mosquitto_plugin.h || ! has_header mosquitto.h; then
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing the message budget plugin's build tools (gcc, mosquitto-dev)"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
+      gcc libc6-dev mosquitto-dev libmosquitto-dev >/dev/null
+  else
+    echo "warning: no C compiler or Mosquitto plugin headers, and this is not Debian/Ubuntu:" >&2
+    echo "the broker will run without the per-vehicle message budget (decision 0048)." >&2
+  fi
+fi
+
 # test mode: the web dashboard's browser tests (tests/test_web_*.py) drive Debian's Chromium
 # with Playwright for Python (Playwright's own browser download is not used)
 if [ "${1:-}" = "test" ] && ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then

@@ -58,6 +58,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from gateway.broker.budget import MessageBudget
 from gateway.errors import GatewayError
 from gateway.files import write_private_file
 from schemas.broker_url import parse_broker_url
@@ -73,6 +74,7 @@ __all__ = [
     "MAX_PACKET_SIZE",
     "MAX_QUEUED_BYTES",
     "PERSISTENCE_FILE_NAME",
+    "QUEUE_DROP_LINE",
     "SEARCH_DIRS",
     "SESSION_EXPIRY_CAP_S",
     "BrokerConfig",
@@ -88,6 +90,7 @@ __all__ = [
     "probe_mqtt",
     "render_config",
     "render_tls",
+    "scan_queue_drops",
 ]
 
 DEFAULT_MQTT_PORT = 1883
@@ -156,6 +159,16 @@ INSTALL_HINT = (
     "install it with: sudo apt-get install -y mosquitto mosquitto-clients (Debian/Ubuntu), "
     "or pass --mqtt-url mqtt://host:port to use an existing broker"
 )
+
+QUEUE_DROP_LINE = "Outgoing messages are being dropped for client "
+"""What Mosquitto 2.0.11 logs (notice) when a client's queue is full and it starts dropping
+what it would queue for it (``db__message_insert`` in ``src/database.c``): only the first
+time in each connection of that client (``is_dropping`` is reset by its next CONNECT,
+``src/handle_connect.c``), so later drops in the same connection are not logged again.
+A QoS 1 message dropped so was acknowledged to its sender already: :func:`scan_queue_drops`
+finds the line, the broker keeper logs it as an error (decision 0048)."""
+
+_SCAN_MAX_BYTES = 1024 * 1024
 
 _MQTT_MAX_PACKET = 268_435_455  # the largest MQTT remaining length, 256 MiB - 1
 _LOG_TAIL_LINES = 20
@@ -307,12 +320,22 @@ class BrokerConfig:
     acl_file: Path | None = None
     dynsec_config_file: Path | None = None
     dynsec_plugin: Path | None = None
+    #: the per-vehicle message budget and the compiled plugin that enforces it
+    #: (:mod:`gateway.broker.budget`); both or neither
+    budget: MessageBudget | None = None
+    budget_plugin: Path | None = None
     tls: TlsListener | None = None
     extra_lines: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).absolute())
-        for name in ("password_file", "acl_file", "dynsec_config_file", "dynsec_plugin"):
+        for name in (
+            "password_file",
+            "acl_file",
+            "dynsec_config_file",
+            "dynsec_plugin",
+            "budget_plugin",
+        ):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value).absolute())
@@ -324,9 +347,16 @@ class BrokerConfig:
             ("acl_file", str(self.acl_file or "")),
             ("dynsec_config_file", str(self.dynsec_config_file or "")),
             ("dynsec_plugin", str(self.dynsec_plugin or "")),
+            ("budget_plugin", str(self.budget_plugin or "")),
             *(("extra_lines", x) for x in self.extra_lines),
         ]:
             _check_line(what, text)
+        if (self.budget is None) != (self.budget_plugin is None):
+            raise ValueError(
+                "a message budget needs its plugin and the plugin a budget: give both "
+                "budget and budget_plugin (gateway.broker.budget.ensure_budget_plugin), "
+                "or neither"
+            )
         if self.tls is not None and self.tls.port == self.port:
             raise ValueError(
                 f"the TLS listener needs a port of its own, not the plain listener's {self.port}"
@@ -476,6 +506,20 @@ def _render_access(cfg: BrokerConfig, add: _Add) -> None:
         add(
             "The plugin's clients, roles and ACLs; it rewrites this file after every change.",
             f"plugin_opt_config_file {cfg.dynsec_config_file}",
+        )
+    if cfg.budget is not None and cfg.budget_plugin is not None:
+        add(
+            "Per-vehicle message budget (decision 0048): a token bucket of messages and one\n"
+            "of payload bytes per user name that is a VIN. A message over either closes the\n"
+            "connection without a PUBACK, so the unit resends it after its backoff; without\n"
+            "it one vehicle's flood filled the gateway's queue and the broker acknowledged\n"
+            "and dropped every vehicle's messages. Service accounts, bridges and anonymous\n"
+            "clients are not limited.",
+            f"plugin {cfg.budget_plugin}",
+        )
+        add(
+            "Messages and bytes a second each vehicle's buckets refill by, and their sizes.",
+            "\n".join(f"plugin_opt_{k} {v}" for k, v in cfg.budget.plugin_options()),
         )
     user = _current_user()
     if user is not None:
@@ -704,6 +748,36 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
     return host, port
 
 
+def scan_queue_drops(log_path: Path, offset: int) -> tuple[int, list[str]]:
+    """The clients the broker's log at ``log_path`` says it started dropping messages for
+    (:data:`QUEUE_DROP_LINE`) after byte ``offset``, and the offset to scan from next time.
+
+    Reads whole lines only, at most 1 MiB a call (the rest next time); a log shorter than
+    ``offset`` (replaced) is read from its start. An unreadable log reports nothing.
+    """
+    try:
+        with log_path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size < offset:
+                offset = 0
+            if size == offset:
+                return offset, []
+            f.seek(offset)
+            data = f.read(_SCAN_MAX_BYTES)
+    except OSError:
+        return offset, []
+    end = data.rfind(b"\n")
+    if end < 0:
+        # no whole line yet; a line longer than the read is skipped rather than re-read forever
+        return (offset + len(data), []) if len(data) == _SCAN_MAX_BYTES else (offset, [])
+    clients = [
+        line.split(QUEUE_DROP_LINE, 1)[1].removesuffix(".")
+        for line in data[:end].decode("utf-8", "replace").splitlines()
+        if QUEUE_DROP_LINE in line
+    ]
+    return offset + end + 1, clients
+
+
 def _connect_packet(client_id: str) -> bytes:
     """An MQTT 3.1.1 CONNECT (clean session, 10 s keepalive, no credentials)."""
     cid = client_id.encode()
@@ -858,6 +932,11 @@ class MosquittoProcess:
     def pid(self) -> int | None:
         """The broker's process id while one was started (also after it exited)."""
         return None if self._proc is None else self._proc.pid
+
+    @property
+    def log_start_offset(self) -> int:
+        """The size of the log file before the latest start: what that start wrote is after."""
+        return self._log_offset
 
     @property
     def returncode(self) -> int | None:

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli.options import (
     add_auth,
@@ -130,6 +130,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "descriptors; provisioning tells each unit its edge (decision 0038) "
         "(env TELEMATICS_EDGE_BROKERS; default: 0, units connect to the private broker)",
     )
+    _add_budget(up, env)
     _add_fleet_worker(up, env)
     # the API's and the gateways' settings, handed on to them
     add_auth(up, env)
@@ -140,6 +141,32 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     add_retention(up, env)
     add_mqtt_auth(up, env)
     add_ingest(up, env, client_id=False)
+
+
+def _add_budget(up: argparse.ArgumentParser, env: Environment) -> None:
+    """Each vehicle's message budget on the closed private broker and the edges (decision
+    0048): a token bucket of messages and one of payload bytes; a message over either is
+    refused by closing the unit's connection without a PUBACK (it resends it later)."""
+    group = up.add_argument_group(
+        "each vehicle's message budget (closed private broker and edges, decision 0048)"
+    )
+    helps = {
+        "messages_per_s": "messages a second each vehicle may publish once its burst is spent",
+        "burst_messages": "messages a vehicle may publish at once (its bucket's size)",
+        "bytes_per_s": "payload bytes a second each vehicle may publish once its burst is spent",
+        "burst_bytes": "payload bytes a vehicle may publish at once; a bigger message is "
+        "always refused",
+    }
+    for name, text in helps.items():
+        flag = "--budget-" + name.replace("_", "-")
+        default = getattr(env, f"budget_{name}")
+        group.add_argument(
+            flag,
+            type=int,
+            default=default,
+            metavar="N",
+            help=f"{text} (env TELEMATICS_BUDGET_{name.upper()}; default: {default})",
+        )
 
 
 def _add_fleet_worker(up: argparse.ArgumentParser, env: Environment) -> None:
@@ -236,8 +263,9 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         # administrator too) must not see the variable, or the API would warn on the very
         # first start that it was ignored; nor need they hold a password in their environment
         os.environ.pop("TELEMATICS_ADMIN_PASSWORD", None)
-        keeper = _broker_keeper(plan, accounts, IntegrationRepository(state_db))
-        edges = _edge_keepers(plan, accounts)
+        budget = _budget_settings(plan)
+        keeper = _broker_keeper(plan, accounts, IntegrationRepository(state_db), budget)
+        edges = _edge_keepers(plan, accounts, budget)
         parts, demo_login = _parts(plan, keeper, accounts, audit)
         if demo_login is not None:
             from gateway.installation import ensure_demo_geofences
@@ -271,8 +299,46 @@ def _prepare_data_dir(data_dir: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+BUDGET_PLUGIN_DIR = "broker-plugins"
+"""Where ``telematics up`` compiles the message budget plugin, in the data directory."""
+
+
+def _budget_settings(plan: UpPlan) -> dict[str, Any]:
+    """The :class:`gateway.broker.BrokerConfig` fields of the plan's message budget: the
+    budget and its plugin, compiled into ``DATA_DIR/broker-plugins`` if missing. Where it
+    cannot be compiled the brokers run without it, and the log says so and what is missing
+    (decision 0048): the installation still works, but a PUBACK is then no guarantee of
+    delivery while another vehicle floods."""
+    from gateway.broker.budget import BudgetPluginUnavailableError, ensure_budget_plugin
+
+    budget = plan.broker.budget
+    if budget is None:
+        return {}
+    try:
+        plugin = ensure_budget_plugin(plan.data_dir / BUDGET_PLUGIN_DIR)
+    except BudgetPluginUnavailableError as exc:
+        log.warning(
+            "the broker runs WITHOUT the per-vehicle message budget, so one vehicle "
+            "flooding its topics can make the broker acknowledge and then drop other "
+            "vehicles' messages and delay them by minutes (decision 0048): %s",
+            exc,
+        )
+        return {}
+    log.info(
+        "each vehicle may publish %d messages and %d bytes a second (bursts of %d and %d)",
+        budget.messages_per_s,
+        budget.bytes_per_s,
+        budget.burst_messages,
+        budget.burst_bytes,
+    )
+    return {"budget": budget, "budget_plugin": plugin}
+
+
 def _broker_keeper(
-    plan: UpPlan, accounts: AccountRepository, integrations: IntegrationRepository
+    plan: UpPlan,
+    accounts: AccountRepository,
+    integrations: IntegrationRepository,
+    budget: dict[str, Any],
 ) -> BrokerKeeper | None:
     """The private broker of the plan, set up (None: an external broker)."""
     from gateway.broker import BrokerConfig, find_dynsec_plugin, find_mosquitto
@@ -307,6 +373,7 @@ def _broker_keeper(
         password_file=files.password_file,
         dynsec_config_file=files.dynsec_file,
         tls=tls,
+        **budget,
     )
     secrets_dir = plan.data_dir / "secrets"
     password_file = service_password(secrets_dir)
@@ -332,7 +399,9 @@ def _broker_keeper(
     )
 
 
-def _edge_keepers(plan: UpPlan, accounts: AccountRepository) -> list[BrokerKeeper]:
+def _edge_keepers(
+    plan: UpPlan, accounts: AccountRepository, budget: dict[str, Any]
+) -> list[BrokerKeeper]:
     """The unit-facing edge brokers (``--edge-brokers``, decision 0038): each with the
     logins and rights of the vehicles assigned to it, bridged to the private broker."""
     from gateway.broker import BrokerConfig
@@ -362,6 +431,7 @@ def _edge_keepers(plan: UpPlan, accounts: AccountRepository) -> list[BrokerKeepe
             extra_lines=bridge_lines(
                 i, core_host="127.0.0.1", core_port=broker.port, password=secret
             ),
+            **budget,
         )
 
         def sync(k: BrokerKeeper, files: BrokerAuthFiles = files, i: int = i) -> BrokerAuthSync:

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.broker.budget import BUDGET_FIELDS, DEFAULT_BUDGET, MessageBudget
 from gateway.cli.sim import SIMULATOR_MODULE
 from gateway.core.ratelimit import parse_limit
 from gateway.errors import ConfigurationError, GatewayError
@@ -64,6 +65,9 @@ class BrokerPlan:
     gateway_args: tuple[str, ...] = ()
     #: the unit-facing edge brokers' ports, edge 1 first (``--edge-brokers``, decision 0038)
     edge_ports: tuple[int, ...] = ()
+    #: each vehicle's message budget on the closed broker and the edges (decision 0048;
+    #: None on an anonymous or external broker)
+    budget: MessageBudget | None = None
 
     @property
     def closed(self) -> bool:
@@ -292,7 +296,21 @@ def _broker_plan(args: argparse.Namespace, data_dir: Path, state_db_url: str) ->
         service_args=("--mqtt-username", SERVICE_USERNAME, "--mqtt-password-file", str(password)),
         gateway_args=checked,
         edge_ports=tuple(args.mqtt_port + i for i in range(1, edges + 1)),
+        budget=_budget(args),
     )
+
+
+def _budget(args: argparse.Namespace) -> MessageBudget:
+    """The ``--budget-*`` options as a budget; a value below 1 is refused here."""
+    try:
+        return MessageBudget(
+            **{
+                name: getattr(args, f"budget_{name}", getattr(DEFAULT_BUDGET, name))
+                for name in BUDGET_FIELDS
+            }
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"--budget-*: {exc}") from exc
 
 
 def _fleet_workers(args: argparse.Namespace, common: tuple[str, ...]) -> list[ChildPlan]:
