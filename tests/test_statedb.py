@@ -36,7 +36,8 @@ from gateway.statedb import (
     default_url,
 )
 from gateway.statedb.database import alembic_config
-from gateway.statedb.models import Base, CommandRow, CommandTransitionRow
+from gateway.statedb.events import EventLog, publish
+from gateway.statedb.models import AuditRow, Base, CommandRow, CommandTransitionRow
 
 # --- fixtures -------------------------------------------------------------------------------
 
@@ -651,3 +652,29 @@ def test_queued_for_vehicle_is_oldest_first(repo: CommandRepository) -> None:
 
     assert ids(repo.queued_for_vehicle(VIN)) == [oldest.id, middle.id, newest.id]
     assert repo.queued_for_vehicle("WVWZZZ1JZXW000009") == []
+
+
+def test_a_write_transaction_commits_at_its_end_and_rolls_back_on_error(
+    db: StateDatabase,
+) -> None:
+    """Decision 0051: the command writer's transactions run without an ORM session
+    (``StateDatabase.write_transaction``); what they write commits with them or not at all,
+    the ``command.updated`` event included (on PostgreSQL under the event lock), and what goes
+    through its ORM session (a job's end) commits in the same transaction."""
+    events = EventLog(db)
+    before = events.last_id()
+
+    def fails() -> None:
+        with db.write_transaction() as tx:
+            publish(tx, type="probe.failed", at=1, data={}, account_id=None)
+            raise RuntimeError("after the event")
+
+    with pytest.raises(RuntimeError):
+        fails()
+    assert events.last_id() == before
+    with db.write_transaction() as tx:
+        event_id = publish(tx, type="probe.ok", at=2, data={}, account_id=None)
+        tx.session.add(AuditRow(at=2, actor="probe", action="probe", outcome="ok"))
+    assert events.last_id() == event_id > before
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(AuditRow)) == 1

@@ -44,7 +44,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -68,6 +68,8 @@ __all__ = [
     "MIGRATIONS_DIR",
     "Backend",
     "StateDatabase",
+    "WriteScope",
+    "WriteTransaction",
     "alembic_config",
     "default_url",
 ]
@@ -252,6 +254,63 @@ class _WriteLock:
                 self._changed.notify_all()
 
 
+class WriteTransaction:
+    """A write transaction on a connection, without an ORM session (decision 0051).
+
+    The command writer's transactions run only Core statements (``gateway.statedb.prepared``);
+    the ORM session around them (its construction, its transaction and identity map, its
+    flush check and close) cost more CPU than the statements. This stands where the code
+    they call takes a ``Session`` (:data:`WriteScope`): :meth:`connection` (the
+    transaction's connection), ``info`` (a dict for this transaction's look-ups and the
+    PostgreSQL event lock), :meth:`flush` and :meth:`get_bind`. What needs the ORM (a
+    command job's end, rare) gets :attr:`session`, a session joined to this transaction
+    (it neither commits nor rolls it back), flushed before the commit.
+    """
+
+    __slots__ = ("_connection", "_engine", "_group", "_session", "info")
+
+    def __init__(self, connection: Connection, engine: Engine, group: Session | None) -> None:
+        self._connection = connection
+        self._engine = engine
+        #: the grouped() transaction's session this is a savepoint of, if any
+        self._group = group
+        self._session: Session | None = None
+        self.info: dict[Any, Any] = group.info if group is not None else {}
+
+    def connection(self) -> Connection:
+        return self._connection
+
+    def get_bind(self) -> Engine:
+        return self._engine
+
+    @property
+    def session(self) -> Session:
+        """An ORM session in this transaction (inside grouped(): the group's)."""
+        if self._group is not None:
+            return self._group
+        if self._session is None:
+            # joins the connection's transaction ("conservative_savepoint"): its commit,
+            # rollback and close leave the transaction to this object's owner
+            self._session = Session(bind=self._connection, expire_on_commit=False)
+        return self._session
+
+    def flush(self) -> None:
+        """Write what was changed through :attr:`session` (nothing, if it was not used)."""
+        session = self._session or self._group
+        if session is not None:
+            session.flush()
+
+    def _close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+#: what a write inside a caller's transaction takes: an ORM session, or a
+#: :class:`WriteTransaction` (the command writer's)
+WriteScope = Session | WriteTransaction
+
+
 class StateDatabase:
     """Engine, session factories and migrations of the state database at ``url``.
 
@@ -366,6 +425,28 @@ class StateDatabase:
             return
         with self._write_lock.held(background=background), self.write_sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[WriteTransaction]:
+        """:meth:`write` without the ORM session, for the command writer's Core statements
+        (:class:`WriteTransaction`; decision 0051): the same lock, BEGIN, commit (or
+        rollback on error) on the same engine. Inside :meth:`grouped`, a savepoint of the
+        group's transaction, as :meth:`write`."""
+        group: Session | None = getattr(self._group, "session", None)
+        if group is not None:
+            with group.begin_nested():
+                yield WriteTransaction(group.connection(), self._write_engine, group)
+            return
+        lock: AbstractContextManager[None] = (
+            nullcontext() if self._write_lock is None else self._write_lock.held(background=False)
+        )
+        with lock, self._write_engine.connect() as connection, connection.begin():
+            transaction = WriteTransaction(connection, self._write_engine, None)
+            try:
+                yield transaction
+                transaction.flush()
+            finally:
+                transaction._close()
 
     @contextmanager
     def grouped(self) -> Iterator[None]:
