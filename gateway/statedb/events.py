@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
 from gateway.core.notify import EventScope, type_matches
-from gateway.statedb.database import StateDatabase, WriteScope
+from gateway.statedb.database import EVENT_LOCK_HELD, StateDatabase, WriteScope
 from gateway.statedb.models import EventRow, WebhookDeliveryRow, WebhookRow
 from gateway.statedb.prepared import Prepared
 
@@ -45,7 +45,7 @@ __all__ = [
 #: key of the PostgreSQL advisory lock that orders event ids by commit
 _EVENT_LOCK_KEY: Final = 0x7465_6C65_7674  # "televt"
 #: ``Session.info`` key: this session's transaction holds the event lock
-_EVENT_LOCK_HELD: Final = "event_lock"
+_EVENT_LOCK_HELD: Final = EVENT_LOCK_HELD
 #: rows per INSERT ... RETURNING: SQLAlchemy splits a long one into batches (SQLite's bound
 #: parameters) and splices their results together again and again, which grew with the
 #: square of the rows (650,000 row fetches for 11,000 rows in the fleet worker's profile,
