@@ -51,7 +51,11 @@ class _Failed(Exception):
     pass
 
 
-def _publish_then_fail(db: StateDatabase) -> None:
+def _publish_then_fail(db: StateDatabase, *, on_connection: bool = False) -> None:
+    if on_connection:  # the command writer's way (decision 0051): a savepoint on the cursor
+        with db.write_transaction() as tx:
+            publish(tx, type="command.updated", at=1, data={"by": "x"}, account_id=None)
+            raise _Failed
     with db.write() as session:
         publish(session, type="command.updated", at=1, data={"by": "x"}, account_id=None)
         raise _Failed
@@ -65,9 +69,11 @@ def _follow(log: EventLog, cursor: int, seen: list[str]) -> int:
     return cursor
 
 
-@pytest.mark.parametrize("failed_write_first", [False, True])
+@pytest.mark.parametrize(
+    ("failed_write_first", "on_connection"), [(False, False), (True, False), (True, True)]
+)
 def test_a_reader_following_ids_gets_every_event_of_two_writing_processes(
-    db: StateDatabase, state_db_url: str, failed_write_first: bool
+    db: StateDatabase, state_db_url: str, failed_write_first: bool, on_connection: bool
 ) -> None:
     reader = StateDatabase(state_db_url)  # another process's view (not this group's)
     log = EventLog(reader)
@@ -76,8 +82,8 @@ def test_a_reader_following_ids_gets_every_event_of_two_writing_processes(
     with db.grouped():
         if failed_write_first:  # a write that published, then failed: its savepoint undone
             with pytest.raises(_Failed):
-                _publish_then_fail(db)
-        with db.write() as session:
+                _publish_then_fail(db, on_connection=on_connection)
+        with db.write_transaction() if on_connection else db.write() as session:
             publish(session, type="command.updated", at=1, data={"by": "api"}, account_id=None)
         worker = subprocess.Popen([sys.executable, "-c", _OTHER_WRITER, state_db_url])
         try:

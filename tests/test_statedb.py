@@ -36,7 +36,8 @@ from gateway.statedb import (
     default_url,
 )
 from gateway.statedb.database import alembic_config
-from gateway.statedb.models import Base, CommandRow, CommandTransitionRow
+from gateway.statedb.events import EventLog, publish
+from gateway.statedb.models import AuditRow, Base, CommandRow, CommandTransitionRow
 
 # --- fixtures -------------------------------------------------------------------------------
 
@@ -651,3 +652,59 @@ def test_queued_for_vehicle_is_oldest_first(repo: CommandRepository) -> None:
 
     assert ids(repo.queued_for_vehicle(VIN)) == [oldest.id, middle.id, newest.id]
     assert repo.queued_for_vehicle("WVWZZZ1JZXW000009") == []
+
+
+def test_a_write_transaction_commits_at_its_end_and_rolls_back_on_error(
+    db: StateDatabase,
+) -> None:
+    """Decision 0051: the command writer's transactions run without an ORM session
+    (``StateDatabase.write_transaction``); what they write commits with them or not at all,
+    the ``command.updated`` event included (on PostgreSQL under the event lock), and what goes
+    through its ORM session (a job's end) commits in the same transaction."""
+    events = EventLog(db)
+    before = events.last_id()
+
+    def fails() -> None:
+        with db.write_transaction() as tx:
+            publish(tx, type="probe.failed", at=1, data={}, account_id=None)
+            raise RuntimeError("after the event")
+
+    with pytest.raises(RuntimeError):
+        fails()
+    assert events.last_id() == before
+    with db.write_transaction() as tx:
+        event_id = publish(tx, type="probe.ok", at=2, data={}, account_id=None)
+        tx.session.add(AuditRow(at=2, actor="probe", action="probe", outcome="ok"))
+    assert events.last_id() == event_id > before
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(AuditRow)) == 1
+
+
+def test_a_grouped_write_transaction_that_fails_is_undone_alone_orm_and_all(
+    db: StateDatabase,
+) -> None:
+    """Decision 0051: inside ``grouped()`` a write transaction is a savepoint taken on the
+    DBAPI cursor; one that fails is rolled back alone, what it added through the ORM
+    included (nothing of it is flushed by a later write), and the others commit."""
+    events = EventLog(db)
+    before = events.last_id()
+
+    def fails() -> None:
+        with db.write_transaction() as tx:
+            tx.session.add(AuditRow(at=1, actor="probe", action="failed", outcome="ok"))
+            tx.flush()
+            publish(tx, type="probe.failed", at=1, data={}, account_id=None)
+            raise RuntimeError("after the event")
+
+    with db.grouped():
+        with db.write_transaction() as tx:
+            first = publish(tx, type="probe.first", at=1, data={}, account_id=None)
+        with pytest.raises(RuntimeError):
+            fails()
+        with db.write_transaction() as tx:
+            tx.session.add(AuditRow(at=2, actor="probe", action="kept", outcome="ok"))
+            last = publish(tx, type="probe.last", at=2, data={}, account_id=None)
+    assert [e.type for e in events.after(before)] == ["probe.first", "probe.last"]
+    assert before < first < last
+    with db.read() as session:
+        assert list(session.scalars(select(AuditRow.action))) == ["kept"]

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy.orm import Session
 
 from gateway.api.security import AuthContext, client_address
 from gateway.core.policy import Principal
 from gateway.statedb.audit import AuditLog
+from gateway.statedb.database import WriteScope
 
 __all__ = ["AuditTrail"]
 
@@ -60,7 +60,7 @@ class AuditTrail:
 
     def record_in(
         self,
-        session: Session,
+        session: WriteScope,
         action: str,
         *,
         account_id: int | None = None,

@@ -64,7 +64,6 @@ from typing import Any
 
 from gmqtt import Client as MqttClient
 from gmqtt.mqtt.constants import MQTTv50
-from sqlalchemy.orm import Session
 
 from gateway import metrics
 from gateway.commands.writer import GroupWriter
@@ -92,6 +91,7 @@ from gateway.core.results import refusal
 from gateway.errors import GatewayError, StoreError
 from gateway.settings import MqttSettings
 from gateway.statedb.commands import CommandRecord, CommandRepository, ConfirmationState
+from gateway.statedb.database import WriteScope
 from gateway.store import TelemetryBackend, VehicleState, open_store
 from gateway.trace import Trace
 from schemas import (
@@ -288,7 +288,7 @@ class CommandService:
         ttl_s: float | None = None,
         idempotency_key: str | None = None,
         requested_by: str | None = None,
-        on_created: Callable[[Session, CommandRecord], object] | None = None,
+        on_created: Callable[[WriteScope, CommandRecord], object] | None = None,
     ) -> tuple[CommandRecord, bool]:
         """Store a command for the VIN's holding period ``tenure`` and dispatch it.
         ``on_created`` runs in the transaction that stores it (the API writes the audit
@@ -330,7 +330,7 @@ class CommandService:
         tenure: int,
         idempotency_key: str | None,
         requested_by: str | None,
-        on_created: Callable[[Session, CommandRecord], object] | None,
+        on_created: Callable[[WriteScope, CommandRecord], object] | None,
         now: int,
         send_now: bool,
     ) -> tuple[CommandRecord, bool]:

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import insert, select
-from sqlalchemy.orm import Session
 
-from gateway.statedb.database import StateDatabase
+from gateway.statedb.database import StateDatabase, WriteScope
 from gateway.statedb.models import AuditRow
 from gateway.statedb.prepared import Prepared
 
@@ -129,7 +128,7 @@ class AuditLog:
 
     @staticmethod
     def append_in(
-        session: Session,
+        session: WriteScope,
         *,
         at: int,
         actor: str,

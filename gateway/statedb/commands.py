@@ -63,7 +63,7 @@ from gateway.core.lifecycle import (
     transition,
 )
 from gateway.errors import GatewayError
-from gateway.statedb.database import StateDatabase
+from gateway.statedb.database import StateDatabase, WriteScope
 from gateway.statedb.events import publish
 from gateway.statedb.models import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -502,7 +502,7 @@ class CommandRepository:
         idempotency_key: str | None = None,
         requested_by: str | None = None,
         confirmation: str = ConfirmationState.PENDING,
-        on_created: Callable[[Session, CommandRecord], object] | None = None,
+        on_created: Callable[[WriteScope, CommandRecord], object] | None = None,
         sent_at: int | None = None,
     ) -> tuple[CommandRecord, bool]:
         """Store a new ``queued`` command (and its first transition row); with ``sent_at``
@@ -529,8 +529,8 @@ class CommandRepository:
         params = dict(params)
         digest = request_hash(type=type, params=params, ttl_ms=ttl_ms, requested_by=requested_by)
         try:
-            with self._db.write() as session:
-                connection = session.connection()
+            with self._db.write_transaction() as tx:
+                connection = tx.connection()
                 _require_current_tenure(connection, vin, tenure)
                 if idempotency_key is not None:
                     existing = _by_key(connection, vin, tenure, requested_by, idempotency_key)
@@ -547,9 +547,9 @@ class CommandRepository:
                     confirmed_at=None,
                 )  # fmt: skip
                 _insert_new(connection, record, digest)
-                command_event(session, record, at=now if sent_at is None else sent_at)
+                command_event(tx, record, at=now if sent_at is None else sent_at)
                 if on_created is not None:
-                    on_created(session, record)
+                    on_created(tx, record)
         except IntegrityError:
             # PostgreSQL: a concurrent create with the same key committed between our read
             # and our insert (on SQLite, BEGIN IMMEDIATE serialises creates, so the read finds
@@ -700,8 +700,8 @@ class CommandRepository:
         as a warning, nothing written) and :class:`CommandNotFound`.
         """
         event = CommandEvent(event)
-        with self._db.write() as session:
-            connection = session.connection()
+        with self._db.write_transaction() as tx:
+            connection = tx.connection()
             current, last_seq = _locked(connection, command_id)
             try:
                 status = transition(current.status, event)
@@ -724,9 +724,9 @@ class CommandRepository:
             ):
                 changed = dataclasses.replace(changed, unit_accepted_at=unit_ts)
             _store_change(connection, changed, last_seq + 1, event.value, at, reason, detail)
-            command_event(session, changed, at=at)
+            command_event(tx, changed, at=at)
             if changed.job_id is not None and is_terminal(status):
-                finish_job_if_done(session, changed.job_id, at=at)
+                finish_job_if_done(tx.session, changed.job_id, at=at)
             return changed
 
     def note(
@@ -741,8 +741,8 @@ class CommandRepository:
         """Append a history row that changes nothing: the command keeps its status (e.g. a
         ``late_<status>`` event from :func:`~gateway.core.lifecycle.late_event`, an answer
         that came after the command had ended). Raises :class:`CommandNotFound`."""
-        with self._db.write() as session:
-            connection = session.connection()
+        with self._db.write_transaction() as tx:
+            connection = tx.connection()
             current, last_seq = _locked(connection, command_id)
             _INSERT_TRANSITION.execute(
                 connection,
@@ -792,17 +792,15 @@ class CommandRepository:
             raise ValueError(
                 f"confirmation must be one of {', '.join(ConfirmationState)}, got {confirmation!r}"
             )
-        with self._db.write() as session:
-            connection = session.connection()
+        with self._db.write_transaction() as tx:
+            connection = tx.connection()
             current, _ = _locked(connection, command_id)
             changed = dataclasses.replace(
                 current, confirmation=str(confirmation), confirmed_at=confirmed_at
             )
             _store_change(connection, changed, 0, "", 0, None, None)
             when = at if at is not None else confirmed_at
-            command_event(
-                session, changed, at=when if when is not None else changed.finished_at or 0
-            )
+            command_event(tx, changed, at=when if when is not None else changed.finished_at or 0)
             return changed
 
 
@@ -916,7 +914,7 @@ class _CommandFacts(Protocol):
     def requested_by(self) -> str | None: ...
 
 
-def command_event(session: Session, row: _CommandFacts, *, at: int) -> None:
+def command_event(session: WriteScope, row: _CommandFacts, *, at: int) -> None:
     """Publish ``command.updated`` for ``row`` as it now stands, scoped to the account that
     held the vehicle in the command's holding period (never a later holder's). A
     period's account never changes (its row is never updated or deleted), so once found it

@@ -39,12 +39,13 @@ database at head and review it::
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -58,7 +59,7 @@ from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection
 
 from gateway.errors import ConfigurationError
@@ -68,6 +69,8 @@ __all__ = [
     "MIGRATIONS_DIR",
     "Backend",
     "StateDatabase",
+    "WriteScope",
+    "WriteTransaction",
     "alembic_config",
     "default_url",
 ]
@@ -252,6 +255,85 @@ class _WriteLock:
                 self._changed.notify_all()
 
 
+class WriteTransaction:
+    """A write transaction on a connection, without an ORM session (decision 0051).
+
+    The command writer's transactions run only Core statements (``gateway.statedb.prepared``);
+    the ORM session around them (its construction, its transaction and identity map, its
+    flush check and close) cost more CPU than the statements. This stands where the code
+    they call takes a ``Session`` (:data:`WriteScope`): :meth:`connection` (the
+    transaction's connection), ``info`` (a dict for this transaction's look-ups and the
+    PostgreSQL event lock), :meth:`flush` and :meth:`get_bind`. What needs the ORM (a
+    command job's end, rare) gets :attr:`session`, a session joined to this transaction
+    (it neither commits nor rolls it back), flushed before the commit.
+    """
+
+    __slots__ = ("_connection", "_engine", "_group", "_nested", "_session", "info")
+
+    def __init__(self, connection: Connection, engine: Engine, group: Session | None) -> None:
+        self._connection = connection
+        self._engine = engine
+        #: the grouped() transaction's session this is a savepoint of, if any
+        self._group = group
+        self._session: Session | None = None
+        #: inside grouped(): the group session's savepoint, once :attr:`session` was used
+        self._nested: SessionTransaction | None = None
+        self.info: dict[Any, Any] = group.info if group is not None else {}
+
+    def connection(self) -> Connection:
+        return self._connection
+
+    def get_bind(self) -> Engine:
+        return self._engine
+
+    @property
+    def session(self) -> Session:
+        """An ORM session in this transaction (inside grouped(): the group's)."""
+        if self._group is not None:
+            if self._nested is None:
+                # the ORM's own savepoint (inside this write's): a failure rolls back what
+                # the session holds as well as what it wrote
+                self._nested = self._group.begin_nested()
+            return self._group
+        if self._session is None:
+            # joins the connection's transaction ("conservative_savepoint"): its commit,
+            # rollback and close leave the transaction to this object's owner
+            self._session = Session(bind=self._connection, expire_on_commit=False)
+        return self._session
+
+    def flush(self) -> None:
+        """Write what was changed through :attr:`session` (nothing, if it was not used)."""
+        session = self._session or self._group
+        if session is not None:
+            session.flush()
+
+    def _end_nested(self, *, ok: bool) -> bool:
+        """Inside grouped(): release (or roll back) the ORM's savepoint; whether there was one."""
+        nested, self._nested = self._nested, None
+        if nested is None:
+            return False
+        if nested.is_active:
+            if ok:
+                nested.commit()
+            else:
+                nested.rollback()
+        return True
+
+    def _close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+#: ``info`` key (a session's or a :class:`WriteTransaction`'s): its transaction holds
+#: PostgreSQL's event lock (``gateway.statedb.events``)
+EVENT_LOCK_HELD: Final = "event_lock"
+
+#: what a write inside a caller's transaction takes: an ORM session, or a
+#: :class:`WriteTransaction` (the command writer's)
+WriteScope = Session | WriteTransaction
+
+
 class StateDatabase:
     """Engine, session factories and migrations of the state database at ``url``.
 
@@ -276,6 +358,8 @@ class StateDatabase:
         self._write_lock = _WriteLock() if self.backend == "sqlite" else None
         #: this thread's grouped() transaction, if any
         self._group = threading.local()
+        #: names of the command writes' savepoints inside grouped()
+        self._savepoints = itertools.count(1)
         #: session factory for reads (SQLite: deferred transactions)
         self.sessions: sessionmaker[Session] = sessionmaker(self.engine, expire_on_commit=False)
         #: session factory for writes (SQLite: BEGIN IMMEDIATE)
@@ -366,6 +450,56 @@ class StateDatabase:
             return
         with self._write_lock.held(background=background), self.write_sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[WriteTransaction]:
+        """:meth:`write` without the ORM session, for the command writer's Core statements
+        (:class:`WriteTransaction`; decision 0051): the same lock, BEGIN, commit (or
+        rollback on error) on the same engine. Inside :meth:`grouped`, a savepoint of the
+        group's transaction, as :meth:`write`."""
+        group: Session | None = getattr(self._group, "session", None)
+        if group is not None:
+            yield from self._group_savepoint(group)
+            return
+        lock: AbstractContextManager[None] = (
+            nullcontext() if self._write_lock is None else self._write_lock.held(background=False)
+        )
+        with lock, self._write_engine.connect() as connection, connection.begin():
+            transaction = WriteTransaction(connection, self._write_engine, None)
+            try:
+                yield transaction
+                transaction.flush()
+            finally:
+                transaction._close()
+
+    def _group_savepoint(self, group: Session) -> Iterator[WriteTransaction]:
+        """A :class:`WriteTransaction` as a savepoint of the group's transaction, its
+        SAVEPOINT, RELEASE and ROLLBACK TO on the DBAPI cursor: through the session
+        (``begin_nested``) each was a statement compiled anew, a third of the writer's CPU
+        when writes share commits (decision 0051). Same statements on the same connection;
+        a rolled-back write also forgets the event lock (PostgreSQL releases a lock taken
+        inside a savepoint rolled back to) and, if it used the ORM, what the session held."""
+        connection = group.connection()
+        name = f"command_write_{next(self._savepoints)}"
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(f"SAVEPOINT {name}")
+            transaction = WriteTransaction(connection, self._write_engine, group)
+            try:
+                yield transaction
+                transaction.flush()
+                transaction._end_nested(ok=True)
+            except BaseException:
+                used_orm = transaction._end_nested(ok=False)
+                cursor.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                cursor.execute(f"RELEASE SAVEPOINT {name}")
+                group.info.pop(EVENT_LOCK_HELD, None)
+                if used_orm:
+                    group.expire_all()
+                raise
+            cursor.execute(f"RELEASE SAVEPOINT {name}")
+        finally:
+            cursor.close()
 
     @contextmanager
     def grouped(self) -> Iterator[None]:

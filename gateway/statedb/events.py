@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
 from gateway.core.notify import EventScope, type_matches
-from gateway.statedb.database import StateDatabase
+from gateway.statedb.database import EVENT_LOCK_HELD, StateDatabase, WriteScope
 from gateway.statedb.models import EventRow, WebhookDeliveryRow, WebhookRow
 from gateway.statedb.prepared import Prepared
 
@@ -45,7 +45,7 @@ __all__ = [
 #: key of the PostgreSQL advisory lock that orders event ids by commit
 _EVENT_LOCK_KEY: Final = 0x7465_6C65_7674  # "televt"
 #: ``Session.info`` key: this session's transaction holds the event lock
-_EVENT_LOCK_HELD: Final = "event_lock"
+_EVENT_LOCK_HELD: Final = EVENT_LOCK_HELD
 #: rows per INSERT ... RETURNING: SQLAlchemy splits a long one into batches (SQLite's bound
 #: parameters) and splices their results together again and again, which grew with the
 #: square of the rows (650,000 row fetches for 11,000 rows in the fleet worker's profile,
@@ -97,7 +97,7 @@ class NewEvent:
 
 
 def publish(
-    session: Session,
+    session: WriteScope,
     *,
     type: str,
     at: int,
@@ -110,7 +110,7 @@ def publish(
     return publish_many(session, [NewEvent(type, at, data, account_id, actor_user_id)])[0]
 
 
-def publish_many(session: Session, events: Sequence[NewEvent]) -> list[int]:
+def publish_many(session: WriteScope, events: Sequence[NewEvent]) -> list[int]:
     """:func:`publish` for several events at once, in their order: one INSERT for the
     events and one for their deliveries, whatever their number. Core statements, not ORM
     objects: the rules worker publishes thousands of events in one transaction, where one
@@ -191,7 +191,7 @@ def _forget_event_lock(session: Session, previous_transaction: SessionTransactio
     session.info.pop(_EVENT_LOCK_HELD, None)
 
 
-def _account_hooks(session: Session, account_id: int) -> list[tuple[int, list[str]]]:
+def _account_hooks(session: WriteScope, account_id: int) -> list[tuple[int, list[str]]]:
     """The account's webhooks (id, event patterns), read once per transaction (a
     producer's many events in one transaction need one look-up per account)."""
     cache: dict[int, list[tuple[int, list[str]]]] = session.info.setdefault("webhooks", {})

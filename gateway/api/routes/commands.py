@@ -24,7 +24,6 @@ import orjson
 from fastapi import APIRouter, Header, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy.orm import Session
 
 from gateway.api.audit import AuditTrail
 from gateway.api.deps import Auth, Caller, CallerAudit, Service, vin_or_422
@@ -54,6 +53,7 @@ from gateway.core.lifecycle import IllegalTransition, is_terminal
 from gateway.core.policy import AccountKind, Principal, Role, VehicleAccess, fleet_service_allowed
 from gateway.statedb.accounts import VehicleRecord
 from gateway.statedb.commands import CommandRecord, TenureEnded
+from gateway.statedb.database import WriteScope
 from gateway.store import FIRST_TENURE
 from schemas.commands import COMMAND_ID_PATTERN, COMMAND_SPECS, CommandType
 
@@ -189,7 +189,7 @@ class _Admission:
             self.deny(exc.code)
             raise
 
-    def created(self, session: Session, record: CommandRecord) -> None:
+    def created(self, session: WriteScope, record: CommandRecord) -> None:
         """The entry of a created command commits with the command: no commit of its
         own, and never one without the other."""
         self.audit.record_in(
