@@ -435,14 +435,15 @@ def test_each_pass_stores_the_vehicles_states_as_the_worker_holds_them(
 ) -> None:
     """The states are written by one upsert of JSON text (decision 0037): the first pass
     inserts them, later ones replace them, and what is read back is what the worker
-    holds in memory (a new owner starts from it)."""
+    holds in memory (a new owner starts from it). Written in every pass here
+    (``flush_ms=0``); written behind, see the next test."""
     from gateway.core.fleet.state import rule_state_to_json, trip_state_to_json
 
     db, path = world
     store = open_store(path)
     samples = drive(VINS[0])
     now = [T0 + 3_000_000]
-    w = worker(db, path, lambda: now[0])
+    w = worker(db, path, lambda: now[0], flush_ms=0)
     key = (VINS[0], 1)
     for lo, hi in ((0, 3), (3, 20), (20, len(samples))):  # inserted, then replaced twice
         commit(store, samples[lo:hi], now[0] - 5_000)
@@ -452,6 +453,60 @@ def test_each_pass_stores_the_vehicles_states_as_the_worker_holds_them(
         stored = FleetLog(db).vin_states([key])[key]
         assert stored == (rule_state_to_json(rule_state), trip_state_to_json(trip_state))
         assert stored[0]["last_seq"] == samples[hi - 1].seq
+    store.close()
+
+
+def test_states_written_behind_are_written_when_due_and_at_stop(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """Written behind (decision 0050): passes within ``flush_ms`` of the last write leave
+    the stored states as they were and note themselves; the first pass past it writes
+    what the worker holds, with the partition's cursor, and drops the notes; ``stop``
+    writes the rest."""
+    from gateway.core.fleet.state import rule_state_to_json, trip_state_to_json
+
+    db, path = world
+    store = open_store(path)
+    samples = drive(VINS[0])
+    now = [T0 + 3_000_000]
+    w = worker(db, path, lambda: now[0], flush_ms=5_000)
+    key = (VINS[0], 1)
+    log = FleetLog(db)
+
+    def held() -> tuple[dict[str, Any], dict[str, Any]]:
+        rule_state, trip_state, _ = w._states[key]
+        return rule_state_to_json(rule_state), trip_state_to_json(trip_state)
+
+    def notes() -> int:
+        return sum(len(n) for _, n in log.replay_plan(range(4)).values())
+
+    commit(store, samples[:3], now[0] - 5_000)
+    while w.step():
+        pass
+    assert log.vin_states([key]) == {}  # not yet written
+    assert notes() >= 1
+    commit(store, samples[3:20], now[0] - 5_000)
+    now[0] += 1_000
+    while w.step():
+        pass
+    assert log.vin_states([key]) == {}
+    now[0] += 5_000  # due: the next pass writes
+    commit(store, samples[20:30], now[0] - 5_000)
+    while w.step():
+        pass
+    assert log.vin_states([key])[key] == held()
+    assert notes() == 0
+    plan = log.replay_plan(range(4))
+    assert all(at == w._held[p] for p, (at, _) in plan.items() if p in w._held)
+    commit(store, samples[30:], now[0])
+    now[0] += 1_000
+    while w.step():
+        pass
+    assert log.vin_states([key])[key] != held()  # behind again
+    memory = held()
+    w.stop()
+    assert log.vin_states([key])[key] == memory
+    assert notes() == 0
     store.close()
 
 
