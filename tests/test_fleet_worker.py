@@ -510,6 +510,46 @@ def test_states_written_behind_are_written_when_due_and_at_stop(
     store.close()
 
 
+def test_states_are_written_at_once_after_a_recompute_and_after_a_settings_change(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """Between two writes a replay evaluates the noted passes again with the settings and
+    the stored samples of its own time. A trip recompute reads every stored sample of its
+    window (a replay would see later ones) and the settings may change: so a pass with a
+    recompute writes its partition's states, and the first pass after a changed setting
+    writes every partition's (decision 0050)."""
+    db, path = world
+    store = open_store(path)
+    log = FleetLog(db)
+    samples = drive(VINS[0])
+    held_back = samples[15:40]
+    now = [T0 + 3_600_000]
+    w = worker(db, path, lambda: now[0], settle_ms=0, flush_ms=10**9)
+
+    def notes() -> int:
+        return sum(len(n) for _, n in log.replay_plan(range(4)).values())
+
+    commit(store, [s for s in samples if s not in held_back], now[0])
+    w.step()
+    assert notes() > 0
+    assert log.vin_states([(VINS[0], 1)]) == {}
+    now[0] += 1_000
+    commit(store, held_back, now[0])  # late: the trip detector recomputes
+    w.step()
+    assert (VINS[0], 1) in log.vin_states([(VINS[0], 1)])
+    commit(store, drive(VINS[1])[:5], now[0])
+    w.step()
+    assert notes() > 0
+    account = log.accounts_of([(VINS[1], 1)])[(VINS[1], 1)]
+    FleetRepository(db).set_rule_settings(account, {"rules": {"speed_limit_kmh": 90.0}}, now=2)
+    now[0] += 5_000  # the settings are read again
+    commit(store, drive(VINS[1])[5:8], now[0])
+    w.step()
+    assert notes() == 0
+    assert (VINS[1], 1) in log.vin_states([(VINS[1], 1)])
+    store.close()
+
+
 def test_a_vehicle_provisioned_after_its_first_samples_is_evaluated_from_then_on(
     world: tuple[StateDatabase, Path],
 ) -> None:
