@@ -406,7 +406,11 @@ class RulesWorker:
         try:
             behind = [p for p in held if p not in self._current]
             if behind:
-                self._replay(reader, {p: held[p] for p in behind})
+                try:
+                    self._replay(reader, {p: held[p] for p in behind})
+                except Exception:  # half replayed: the next step starts them over
+                    self._forget(set(behind))
+                    raise
             read = self._read(reader, held, now)
             stored = self._stored_keys() if tick else {}
             parts = [
