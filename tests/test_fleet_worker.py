@@ -435,14 +435,15 @@ def test_each_pass_stores_the_vehicles_states_as_the_worker_holds_them(
 ) -> None:
     """The states are written by one upsert of JSON text (decision 0037): the first pass
     inserts them, later ones replace them, and what is read back is what the worker
-    holds in memory (a new owner starts from it)."""
+    holds in memory (a new owner starts from it). Written in every pass here
+    (``flush_ms=0``); written behind, see the next test."""
     from gateway.core.fleet.state import rule_state_to_json, trip_state_to_json
 
     db, path = world
     store = open_store(path)
     samples = drive(VINS[0])
     now = [T0 + 3_000_000]
-    w = worker(db, path, lambda: now[0])
+    w = worker(db, path, lambda: now[0], flush_ms=0)
     key = (VINS[0], 1)
     for lo, hi in ((0, 3), (3, 20), (20, len(samples))):  # inserted, then replaced twice
         commit(store, samples[lo:hi], now[0] - 5_000)
@@ -452,6 +453,100 @@ def test_each_pass_stores_the_vehicles_states_as_the_worker_holds_them(
         stored = FleetLog(db).vin_states([key])[key]
         assert stored == (rule_state_to_json(rule_state), trip_state_to_json(trip_state))
         assert stored[0]["last_seq"] == samples[hi - 1].seq
+    store.close()
+
+
+def test_states_written_behind_are_written_when_due_and_at_stop(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """Written behind (decision 0050): passes within ``flush_ms`` of the last write leave
+    the stored states as they were and note themselves; the first pass past it writes
+    what the worker holds, with the partition's cursor, and drops the notes; ``stop``
+    writes the rest."""
+    from gateway.core.fleet.state import rule_state_to_json, trip_state_to_json
+
+    db, path = world
+    store = open_store(path)
+    samples = drive(VINS[0])
+    now = [T0 + 3_000_000]
+    w = worker(db, path, lambda: now[0], flush_ms=5_000)
+    key = (VINS[0], 1)
+    log = FleetLog(db)
+
+    def held() -> tuple[dict[str, Any], dict[str, Any]]:
+        rule_state, trip_state, _ = w._states[key]
+        return rule_state_to_json(rule_state), trip_state_to_json(trip_state)
+
+    def notes() -> int:
+        return sum(len(n) for _, n in log.replay_plan(range(4)).values())
+
+    commit(store, samples[:3], now[0] - 5_000)
+    while w.step():
+        pass
+    assert log.vin_states([key]) == {}  # not yet written
+    assert notes() >= 1
+    commit(store, samples[3:20], now[0] - 5_000)
+    now[0] += 1_000
+    while w.step():
+        pass
+    assert log.vin_states([key]) == {}
+    now[0] += 5_000  # due: the next pass writes
+    commit(store, samples[20:30], now[0] - 5_000)
+    while w.step():
+        pass
+    assert log.vin_states([key])[key] == held()
+    assert notes() == 0
+    plan = log.replay_plan(range(4))
+    assert all(at == w._held[p] for p, (at, _) in plan.items() if p in w._held)
+    commit(store, samples[30:], now[0])
+    now[0] += 1_000
+    while w.step():
+        pass
+    assert log.vin_states([key])[key] != held()  # behind again
+    memory = held()
+    w.stop()
+    assert log.vin_states([key])[key] == memory
+    assert notes() == 0
+    store.close()
+
+
+def test_states_are_written_at_once_after_a_recompute_and_after_a_settings_change(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """Between two writes a replay evaluates the noted passes again with the settings and
+    the stored samples of its own time. A trip recompute reads every stored sample of its
+    window (a replay would see later ones) and the settings may change: so a pass with a
+    recompute writes its partition's states, and the first pass after a changed setting
+    writes every partition's (decision 0050)."""
+    db, path = world
+    store = open_store(path)
+    log = FleetLog(db)
+    samples = drive(VINS[0])
+    held_back = samples[15:40]
+    now = [T0 + 3_600_000]
+    w = worker(db, path, lambda: now[0], settle_ms=0, flush_ms=10**9)
+
+    def notes() -> int:
+        return sum(len(n) for _, n in log.replay_plan(range(4)).values())
+
+    commit(store, [s for s in samples if s not in held_back], now[0])
+    w.step()
+    assert notes() > 0
+    assert log.vin_states([(VINS[0], 1)]) == {}
+    now[0] += 1_000
+    commit(store, held_back, now[0])  # late: the trip detector recomputes
+    w.step()
+    assert (VINS[0], 1) in log.vin_states([(VINS[0], 1)])
+    commit(store, drive(VINS[1])[:5], now[0])
+    w.step()
+    assert notes() > 0
+    account = log.accounts_of([(VINS[1], 1)])[(VINS[1], 1)]
+    FleetRepository(db).set_rule_settings(account, {"rules": {"speed_limit_kmh": 90.0}}, now=2)
+    now[0] += 5_000  # the settings are read again
+    commit(store, drive(VINS[1])[5:8], now[0])
+    w.step()
+    assert notes() == 0
+    assert (VINS[1], 1) in log.vin_states([(VINS[1], 1)])
     store.close()
 
 
@@ -670,3 +765,123 @@ def test_an_event_committed_before_another_but_received_later_is_not_skipped(
     faults = sorted(a[2] for a in outcome(db)[0] if a[1] == "fault_code")
     assert faults == ["fault:P0100", "fault:P0200"]
     store.close()
+
+
+LATE_VIN = "WFLEETW0000000009"
+
+
+def _replay_scenario(
+    db: StateDatabase, path: Path, actions: list[tuple[str, Any]], crash_at: int, crash: bool
+) -> tuple[Any, ...]:
+    """``actions`` (commit samples / let time pass / provision the late VIN), each followed
+    by the worker's passes; before action ``crash_at`` a lease's time passes. With
+    ``crash`` the worker is gone then (never released, memory lost) and a new one takes
+    over; its states are written behind every 20 minutes (decision 0050). Without, the
+    reference: the states written in every pass (nothing to replay, also where a long
+    wait lets its lease lapse). Ticks every minute."""
+    from gateway.statedb.events import EventLog
+
+    accounts = AccountRepository(db)
+    org = accounts.create_account("organization", "vans", now=1)
+
+    def provision(vin: str) -> None:
+        accounts.provision_vehicle(
+            vin=vin, account_id=org.id, label=None, mqtt_password_hash=None,
+            provisioned_by=None, now=1,
+        )  # fmt: skip
+
+    for vin in VINS:
+        provision(vin)
+    FleetRepository(db).set_rule_settings(org.id, {"rules": {"speed_limit_kmh": 100.0}}, now=1)
+    store = open_store(path)
+    now = [T0]
+    lease = 3_000
+
+    def make() -> RulesWorker:
+        return worker(db, path, lambda: now[0], settle_ms=0, lease_ms=lease, tick_ms=60_000,
+                      flush_ms=20 * 60_000 if crash else 0)  # fmt: skip
+
+    w = make()
+    for n, (kind, arg) in enumerate(actions):
+        if n == crash_at:
+            now[0] += lease + 1
+            if crash:
+                w = make()
+        if kind == "commit":
+            commit(store, arg, now[0])
+        elif kind == "wait":
+            now[0] += arg
+        else:
+            provision(arg)
+        while w.step():
+            pass
+        now[0] += 1_000
+    store.close()
+    alerts = sorted(
+        (a.vin, a.kind, a.key, a.severity, a.start_at, a.end_at, sorted(a.detail.items()))
+        for a in FleetLog(db).alerts(AlertFilter(), before=None, limit=1000)
+    )
+    events: dict[tuple[str, str, int], list[str]] = {}
+    for e in EventLog(db).after(0, limit=100_000):
+        if e.type.startswith("alert."):
+            events.setdefault((e.data["vin"], e.data["key"], e.data["start_at"]), []).append(e.type)
+    return alerts, sorted(events.items())
+
+
+def _compare_replay(
+    state_db_url: str, tmp_path: Path, actions: list[tuple[str, Any]], crash_at: int
+) -> tuple[Any, ...]:
+    results = []
+    for url, label, crash in (
+        (f"sqlite:///{tmp_path / 'uninterrupted.db'}", "A", False),
+        (state_db_url, "B", True),
+    ):
+        db = StateDatabase(url)
+        db.upgrade()
+        try:
+            telemetry = tmp_path / f"telemetry-{label}.db"
+            results.append(_replay_scenario(db, telemetry, actions, crash_at, crash))
+        finally:
+            db.dispose()
+    assert results[1] == results[0]
+    return results[0]
+
+
+def test_a_replayed_tick_reaches_the_vehicles_first_seen_since_the_states_were_written(
+    state_db_url: str, tmp_path: Path
+) -> None:
+    """A pass's tick reaches the vehicles with a stored state and those whose state is
+    only in memory (new since the last write); a replay must tick the same ones: else
+    the second vehicle's ``offline`` alert, opened by a tick before the crash, is not in
+    the replayed state and the successor raises it again."""
+    first, second = drive(VINS[0])[:5], drive(VINS[1], t0=T0 + 21 * 60_000)[:10]
+    actions: list[tuple[str, Any]] = [
+        ("commit", first),
+        ("wait", 21 * 60_000),  # due: the first vehicle's state written (and it is offline)
+        ("commit", second[:5]),  # the second one's state only in memory
+        ("wait", 17 * 60_000),  # a tick: the second one offline, not written
+        ("wait", 60_000),  # the crash is before this
+        ("commit", second[5:]),  # heard again: offline ends
+    ]
+    alerts, events = _compare_replay(state_db_url, tmp_path, actions, crash_at=4)
+    offline = [a for a in alerts if a[1] == "offline"]
+    assert [a[0] for a in offline].count(VINS[1]) == 1
+    assert all(kinds.count("alert.raised") == 1 for _, kinds in events)
+
+
+def test_a_replay_skips_the_rows_its_pass_skipped_of_a_vehicle_provisioned_since(
+    state_db_url: str, tmp_path: Path
+) -> None:
+    """Rows of a vehicle without an account only move the cursor; if it is provisioned
+    after that pass and before a replay, the replay must still skip them (the pass noted
+    them), or the successor's state holds what nobody evaluated (its alerts would differ
+    from an uninterrupted worker's)."""
+    late = drive(LATE_VIN)
+    actions: list[tuple[str, Any]] = [
+        ("commit", [*drive(VINS[0])[:3], *late[:8]]),  # no account yet: 20 s at 130 km/h
+        ("provision", LATE_VIN),
+        ("commit", late[8:20]),  # the crash is before this: overspeed again, braking
+        ("wait", 1_000),
+    ]
+    alerts, _ = _compare_replay(state_db_url, tmp_path, actions, crash_at=2)
+    assert {a[1] for a in alerts if a[0] == LATE_VIN} >= {"overspeed", "harsh_braking"}

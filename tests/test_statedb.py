@@ -109,7 +109,7 @@ def test_upgrade_creates_the_tables_and_a_second_upgrade_is_a_no_op(state_db_url
     with StateDatabase(state_db_url) as db:
         assert db.current_revision() is None
         db.upgrade()
-        assert db.current_revision() == StateDatabase.head_revision() == "0016_fleet_workers"
+        assert db.current_revision() == StateDatabase.head_revision() == "0018_fleet_write_behind"
         inspector = inspect(db.engine)
         assert {"commands", "command_transitions", "alembic_version"} <= set(
             inspector.get_table_names()
@@ -126,7 +126,7 @@ def test_upgrade_creates_the_tables_and_a_second_upgrade_is_a_no_op(state_db_url
 
         db.upgrade()
 
-        assert db.current_revision() == "0016_fleet_workers"
+        assert db.current_revision() == "0018_fleet_write_behind"
         assert CommandRepository(db).get(record.id) == record
 
 
@@ -151,7 +151,7 @@ def test_concurrent_upgrades_of_a_fresh_database_all_succeed(state_db_url: str) 
 
     try:
         with ThreadPoolExecutor(len(databases)) as pool:
-            assert list(pool.map(start, databases)) == ["0016_fleet_workers"] * len(databases)
+            assert list(pool.map(start, databases)) == ["0018_fleet_write_behind"] * len(databases)
     finally:
         for database in databases:
             database.dispose()
@@ -220,8 +220,27 @@ def test_the_migration_downgrades_and_upgrades_again(db: StateDatabase) -> None:
     assert db.current_revision() is None
     assert "commands" not in inspect(db.engine).get_table_names()
     db.upgrade()
-    assert db.current_revision() == "0016_fleet_workers"
+    assert db.current_revision() == "0018_fleet_write_behind"
     assert create(CommandRepository(db)).status is CommandStatus.QUEUED
+
+
+def test_migration_0018_takes_the_stored_fleet_states_as_of_each_partitions_cursor(
+    db: StateDatabase,
+) -> None:
+    """Before 0018 every pass wrote its states: an upgraded database's states are as of
+    the partitions' cursors, with no pass to replay (decision 0050)."""
+    from gateway.statedb.fleet_log import FleetLog
+
+    with db.engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0016_fleet_workers")
+        connection.execute(
+            text(
+                "INSERT INTO fleet_partitions (partition, owner, lease_until, sample_cursor, "
+                "event_cursor) VALUES (0, NULL, 0, 41, 7), (1, NULL, 0, 0, 0)"
+            )
+        )
+    db.upgrade()
+    assert FleetLog(db).replay_plan([0, 1]) == {0: ((41, 7), []), 1: ((0, 0), [])}
 
 
 def test_foreign_keys_are_enforced(db: StateDatabase) -> None:

@@ -55,6 +55,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         "the others after this long (env TELEMATICS_FLEET_LEASE_SECONDS; default: 15)",
     )
     p.add_argument(
+        "--flush-seconds",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="how often the vehicles' rule and trip states are written to the state "
+        "database; between two writes they are kept in memory, and a worker that takes over "
+        "a partition replays the passes since (decision 0050). Longer: less work per sample "
+        "and a longer replay; a trip in progress as the API shows it is up to this old "
+        "(default: 5; 0 writes them in every pass)",
+    )
+    p.add_argument(
         "--no-maintenance",
         action="store_true",
         help="do not run the maintenance check in this process (another process runs it)",
@@ -65,6 +76,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
 def run(args: argparse.Namespace, env: Environment) -> int:
     if args.lease_seconds < 1:
         raise ConfigurationError("--lease-seconds: give 1 or more")
+    if args.flush_seconds < 0:
+        raise ConfigurationError("--flush-seconds: give 0 or more")
     if args.nice:
         # before any thread starts (every thread inherits it) and before the heavy imports
         # below: started with the API by `telematics up`, it must not slow the API's start
@@ -81,7 +94,9 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         FleetWorkerOptions(
             state_db_url=args.state_db_url or default_state_db_url(args.data_dir),
             store=resolve_store(args.store, args.data_dir),
-            worker=WorkerSettings(lease_ms=int(args.lease_seconds * 1000)),
+            worker=WorkerSettings(
+                lease_ms=int(args.lease_seconds * 1000), flush_ms=int(args.flush_seconds * 1000)
+            ),
             maintenance=not args.no_maintenance,
             wake_dir=args.data_dir / WAKE_DIR_NAME,
         )

@@ -75,6 +75,13 @@ def resolve(repo: FleetRepository, account_id: int) -> AccountConfig:
     return rules, trips
 
 
+def _same(a: AccountConfig, b: AccountConfig) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # a value that cannot be compared: taken as changed
+        return False
+
+
 class ConfigCache:
     """Per account its resolved settings, for ``ttl_ms``; per VIN with its fleet limit."""
 
@@ -85,12 +92,19 @@ class ConfigCache:
         self._accounts: dict[int, tuple[int, AccountConfig]] = {}
         #: per VIN, when its fleet limit was read and the limit (None: no fleet's)
         self._limits: dict[str, tuple[int, float | None]] = {}
+        #: counts the changes seen when settings were read again: a worker that writes its
+        #: states behind writes them when this moves, so a replay never evaluates a pass
+        #: with settings other than its own (decision 0050)
+        self.generation = 0
 
     def account(self, account_id: int) -> AccountConfig:
         now = self._clock()
         held = self._accounts.get(account_id)
         if held is None or now - held[0] >= self._ttl:
-            held = self._accounts[account_id] = (now, resolve(self._repo, account_id))
+            fresh = resolve(self._repo, account_id)
+            if held is not None and not _same(held[1], fresh):
+                self.generation += 1
+            held = self._accounts[account_id] = (now, fresh)
         return held[1]
 
     def for_vins(self, account_id: int, vins: list[str]) -> dict[str, AccountConfig]:
@@ -114,6 +128,9 @@ class ConfigCache:
             for chunk in range(0, len(stale), _LIMITS_CHUNK):
                 found.update(self._repo.fleet_limits(stale[chunk : chunk + _LIMITS_CHUNK]))
             for vin in stale:
+                before = self._limits.get(vin)
+                if before is not None and before[1] != found.get(vin):
+                    self.generation += 1
                 self._limits[vin] = (now, found.get(vin))
         out: dict[str, AccountConfig] = {}
         for vin in vins:

@@ -26,9 +26,18 @@ One :meth:`RulesWorker.step`:
    through ``evaluate`` (alerts) and ``feed`` (trips); a sample older than the trip
    detector's newest (store-and-forward) makes it recompute the trips from the window's
    start over the stored samples and replace them;
-4. store every partition's alert changes, trips, vehicle states and new cursor in one
-   transaction for the whole pass, refused if a lease was lost meanwhile
-   (``gateway.statedb.fleet_log``): effects exactly once.
+4. store every partition's alert changes, trips and new cursor in one transaction for the
+   whole pass, refused if a lease was lost meanwhile (``gateway.statedb.fleet_log``):
+   effects exactly once.
+
+The vehicles' states are written behind (decision 0050): kept in memory for the partitions
+held and written every ``flush_ms`` (with the pass's effects and cursor, so the stored
+states are as of a cursor), at once after a trip recompute and after a change of the
+settings, and at :meth:`RulesWorker.stop`. A pass that does not write them notes its new
+cursor, its tick's time and the vehicles it skipped (``fleet_passes``); a worker that takes
+a partition (or holds it again after a lapse) replays the noted passes over the stored
+states, their effects thrown away (they were committed), before its first pass: the states
+come out as the lost memory held them, so nothing is raised twice or lost.
 
 Samples of vehicles that are not provisioned (no account) move the cursor and nothing else.
 """
@@ -43,7 +52,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
 
 from gateway.core.clock import wall_clock_ms
@@ -64,6 +73,8 @@ from gateway.statedb.fleet_log import (
     FleetLog,
     LeaseLost,
     PartitionStep,
+    PassNote,
+    StateWrite,
     TripRecord,
     TripWrite,
     VinStep,
@@ -77,8 +88,9 @@ __all__ = ["RulesWorker", "WorkerSettings", "WorkerThread"]
 logger = logging.getLogger(__name__)
 
 VinKey = tuple[str, int]
-#: a vehicle's rule and trip state, and the rule state's JSON as last written (None: none)
-VinState = tuple[RuleState, TripState, dict[str, Any] | None]
+#: a vehicle's rule and trip state, and the rule state last written with its JSON (None:
+#: none): the parts it shares with the new one are not built again (``rule_state_to_json``)
+VinState = tuple[RuleState, TripState, tuple[RuleState, dict[str, Any]] | None]
 LogItem = LoggedSample | LoggedEvent
 #: the worker thread's rest after each step, as a multiple of the step's duration
 REST_PER_STEP = 1.0
@@ -100,6 +112,9 @@ class WorkerSettings:
     batch: int = 5_000
     #: the thread's pause between steps that found nothing
     poll_s: float = 0.1
+    #: how often the vehicles' states are written (0: in every pass); between two writes
+    #: they are in memory and a successor replays the passes since (decision 0050)
+    flush_ms: int = 5_000
     owner: str = field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:12]}")
 
 
@@ -130,11 +145,16 @@ class _Pending:
     evaluated: dict[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]]
     #: the vehicles' states after the step (and those read from the database for it)
     states: dict[VinKey, VinState]
+    #: what a replay needs of the pass if its states are not written now
+    note: PassNote
 
 
 class _Row(Protocol):
     @property
     def id(self) -> int: ...
+
+    @property
+    def vin(self) -> str: ...
 
 
 RowT = TypeVar("RowT", bound=_Row)
@@ -322,10 +342,20 @@ class RulesWorker:
         #: what lets in-order rows go without the settle window
         self._next_sample: dict[VinKey, int] = {}
         self._next_event: dict[VinKey, int] = {}
-        #: per vehicle of the partitions held, its rule and trip state as last committed
-        #: (what the database holds: written through in every commit, read only when not
-        #: here; decision 0024)
+        #: per vehicle of the partitions held, its rule and trip state as of the partition's
+        #: cursor (read from the database when not here; decisions 0024, 0050)
         self._states: dict[VinKey, VinState] = {}
+        #: the partitions whose states here are as of their cursor (replayed, or evaluated
+        #: here since they were taken); the others are replayed before the next pass
+        self._current: set[int] = set()
+        #: per partition, the vehicles (with their account) whose state changed since the
+        #: states were last written: what the next write holds, and what a tick reaches
+        #: beside the stored ones
+        self._dirty: dict[int, dict[VinKey, int]] = defaultdict(dict)
+        #: the partitions with passes noted since their states were written
+        self._noted: set[int] = set()
+        self._flushed_at = clock()
+        self._generation = self._config.generation
         #: the account of each vehicle's holding period seen (:meth:`_accounts_of`)
         self._accounts: dict[VinKey, int] = {}
         self._sample_rows: _LogBuffer[LoggedSample] = _LogBuffer()
@@ -348,11 +378,22 @@ class RulesWorker:
 
     def _forget(self, partitions: set[int]) -> None:
         """Drop the remembered states of ``partitions``: no longer held, or held again after
-        a lapse or with a cursor another worker moved (it may have written them)."""
+        a lapse or with a cursor another worker moved (it may have written them, or noted
+        passes whose states only a replay gives)."""
         if partitions:
             n = self.settings.partitions
             for key in [k for k in self._states if partition_of(k[0], n) in partitions]:
                 del self._states[key]
+            for p in partitions:
+                self._current.discard(p)
+                self._dirty.pop(p, None)
+                self._noted.discard(p)
+
+    def _forget_all(self) -> None:
+        self._states.clear()
+        self._current.clear()
+        self._dirty.clear()
+        self._noted.clear()
 
     def step(self) -> int:
         """One pass; the number of log rows evaluated (0: nothing new)."""
@@ -363,22 +404,44 @@ class RulesWorker:
         tick = now - self._last_tick >= s.tick_ms
         reader = self._open_reader()
         try:
+            behind = [p for p in held if p not in self._current]
+            if behind:
+                try:
+                    self._replay(reader, {p: held[p] for p in behind})
+                except Exception:  # half replayed: the next step starts them over
+                    self._forget(set(behind))
+                    raise
             read = self._read(reader, held, now)
+            stored = self._stored_keys() if tick else {}
             parts = [
-                self._partition(reader, partition, cursor, read, now if tick else None)
+                self._partition(reader, partition, cursor, read, now if tick else None, stored)
                 for partition, cursor in held.items()
             ]
         finally:
             reader.close()
-        self._commit([p for p in parts if p is not None])
+        self._commit([p for p in parts if p is not None], held)
         if tick:
             self._last_tick = now
         return len(read.samples) + len(read.events)
 
     def stop(self) -> None:
-        self.log.release_partitions(self.settings.owner)
-        self._held, self._renewed = {}, -_FOREVER
-        self._states.clear()
+        """Write the states held (a successor then replays nothing), release the leases."""
+        try:
+            if self._held and (self._noted or any(self._dirty.values())):
+                self._commit([], self._held, flush_all=True)
+        finally:
+            self.log.release_partitions(self.settings.owner)
+            self._held, self._renewed = {}, -_FOREVER
+            self._forget_all()
+
+    def _stored_keys(self) -> dict[int, list[tuple[VinKey, int]]]:
+        """Per partition the vehicles with a stored state and their accounts (what a tick
+        reaches, with those changed since the states were written)."""
+        n = self.settings.partitions
+        out: dict[int, list[tuple[VinKey, int]]] = defaultdict(list)
+        for vin, tenure, account in self.log.all_vin_keys():
+            out[partition_of(vin, n)].append(((vin, tenure), account))
+        return out
 
     def _read(self, reader: TelemetryReader, held: dict[int, tuple[int, int]], now: int) -> _Read:
         s = self.settings
@@ -421,10 +484,16 @@ class RulesWorker:
         return {k: known[k] for k in keys if k in known}
 
     def _learn_next_seqs(self, accounts: Mapping[VinKey, int]) -> None:
-        """The next sample seq of vehicles not yet known here, from their stored rule state
-        (what was evaluated last, whichever worker did it). Event seqs are not in that
+        """The next sample seq of vehicles not yet known here, from their rule state (what
+        was evaluated last, whichever worker did it: held here, else stored, which may be
+        older; then a row only waits the settle window). Event seqs are not in that
         state: a vehicle's first events seen by this worker wait the settle window."""
         unknown = [k for k in accounts if k not in self._next_sample]
+        for key in [k for k in unknown if k in self._states]:
+            last_seq = self._states[key][0].last_seq
+            if last_seq is not None:
+                self._next_sample[key] = last_seq + 1
+        unknown = [k for k in unknown if k not in self._next_sample]
         for key, (rule_state, _) in self.log.vin_states(unknown).items():
             last = rule_state.get("last_seq")
             if isinstance(last, int):
@@ -449,10 +518,10 @@ class RulesWorker:
         cursor: tuple[int, int],
         read: _Read,
         tick_at: int | None,
+        stored: Mapping[int, list[tuple[VinKey, int]]],
     ) -> _Pending | None:
         """One partition's step, to be committed with the pass's others (None: nothing
         to do)."""
-        n = self.settings.partitions
         per_vin: dict[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]] = defaultdict(
             lambda: ([], [])
         )
@@ -463,13 +532,31 @@ class RulesWorker:
         for event in events:
             if event.id > cursor[1]:
                 per_vin[(event.vin, event.tenure)][1].append(event)
-        accounts = {k: read.accounts[k] for k in per_vin if k in read.accounts}
-        if tick_at is not None:
-            for vin, tenure, account in self.log.all_vin_keys():
-                if partition_of(vin, n) == partition:
-                    per_vin.setdefault((vin, tenure), ([], []))
-                    accounts[(vin, tenure)] = account
         new_cursor = (max(cursor[0], read.sample_end), max(cursor[1], read.event_end))
+        return self._evaluate(
+            reader, partition, cursor, new_cursor, per_vin, read.accounts, tick_at, stored
+        )
+
+    def _evaluate(
+        self,
+        reader: TelemetryReader,
+        partition: int,
+        cursor: tuple[int, int],
+        new_cursor: tuple[int, int],
+        per_vin: dict[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]],
+        known: Mapping[VinKey, int],
+        tick_at: int | None,
+        stored: Mapping[int, list[tuple[VinKey, int]]],
+    ) -> _Pending | None:
+        """A partition's pass over its rows ``per_vin`` (a live pass, or a noted one
+        replayed: the same code, so the same states)."""
+        accounts = {k: known[k] for k in per_vin if k in known}
+        skipped = sorted(k for k in per_vin if k not in accounts)
+        if tick_at is not None:
+            dirty = self._dirty.get(partition, {})
+            for key, account in [*stored.get(partition, ()), *dirty.items()]:
+                per_vin.setdefault(key, ([], []))
+                accounts[key] = account
         if not per_vin and new_cursor == cursor:
             return None
         states: dict[VinKey, VinState] = {}
@@ -478,24 +565,194 @@ class RulesWorker:
             PartitionStep(partition, cursor, new_cursor, steps),
             {k: v for k, v in per_vin.items() if k in accounts},
             states,
+            PassNote(new_cursor, tick_at, skipped),
         )
 
-    def _commit(self, pending: list[_Pending]) -> None:
-        """Every partition's step of the pass in one transaction (one commit instead of one
-        per partition); all dropped if any lease was lost meanwhile."""
-        try:
-            self.log.commit_partitions(
-                self.settings.owner, [p.step for p in pending], now=self.clock()
+    def _replay(self, reader: TelemetryReader, held: dict[int, tuple[int, int]]) -> None:
+        """The states of partitions just taken (or held again after a lapse) brought to
+        their cursor: the passes noted since their states were written, evaluated again
+        over the same rows (each pass's id range of the log), ticks and skipped vehicles,
+        their effects thrown away (they were committed with the pass)."""
+        plan = self.log.replay_plan(held)
+        todo = {p: v for p, v in plan.items() if v[1]}
+        if todo:
+            low = (min(v[0][0] for v in todo.values()), min(v[0][1] for v in todo.values()))
+            high = (max(held[p][0] for p in todo), max(held[p][1] for p in todo))
+            n = self.settings.partitions
+            samples = self._rows_between(reader.samples_after, low[0], high[0], set(todo), n)
+            events = self._rows_between(reader.events_after, low[1], high[1], set(todo), n)
+            ticks = any(note.tick_at is not None for _, notes in todo.values() for note in notes)
+            stored = self._stored_keys() if ticks else {}
+            for partition, (start, notes) in todo.items():
+                self._replay_partition(
+                    reader, partition, start, notes, samples, events, stored, held[partition]
+                )
+                self._noted.add(partition)
+            logger.info(
+                "fleet partitions %s: %d passes replayed",
+                sorted(todo),
+                sum(len(v[1]) for v in todo.values()),
             )
+        for partition in held:
+            stored_at, notes = plan.get(partition, (held[partition], []))
+            if not notes and stored_at != held[partition]:
+                logger.warning(
+                    "fleet partition %s: states as of %s, cursor %s, no pass noted",
+                    partition,
+                    stored_at,
+                    held[partition],
+                )
+            self._current.add(partition)
+
+    def _replay_partition(
+        self,
+        reader: TelemetryReader,
+        partition: int,
+        start: tuple[int, int],
+        notes: list[PassNote],
+        samples: Mapping[int, list[LoggedSample]],
+        events: Mapping[int, list[LoggedEvent]],
+        stored: Mapping[int, list[tuple[VinKey, int]]],
+        cursor: tuple[int, int],
+    ) -> None:
+        rows_s, rows_e = samples.get(partition, []), events.get(partition, [])
+        at = start
+        for note in notes:
+            per_vin: dict[VinKey, tuple[list[LoggedSample], list[LoggedEvent]]] = defaultdict(
+                lambda: ([], [])
+            )
+            lo = bisect.bisect_right(rows_s, at[0], key=_row_id)
+            hi = bisect.bisect_right(rows_s, note.cursor[0], key=_row_id)
+            for sample in rows_s[lo:hi]:
+                per_vin[(sample.vin, sample.tenure)][0].append(sample)
+            lo = bisect.bisect_right(rows_e, at[1], key=_row_id)
+            hi = bisect.bisect_right(rows_e, note.cursor[1], key=_row_id)
+            for event in rows_e[lo:hi]:
+                per_vin[(event.vin, event.tenure)][1].append(event)
+            skipped = set(note.skipped)
+            accounts = self._accounts_of({k for k in per_vin if k not in skipped})
+            pending = self._evaluate(
+                reader, partition, at, note.cursor, per_vin, accounts, note.tick_at, stored
+            )
+            if pending is not None:
+                self._applied(pending)
+            at = note.cursor
+        if at != cursor:
+            logger.warning(
+                "fleet partition %s: the passes noted end at %s, its cursor is %s",
+                partition,
+                at,
+                cursor,
+            )
+
+    def _rows_between(
+        self,
+        read: Callable[..., list[RowT]],
+        low: int,
+        high: int,
+        partitions: set[int],
+        count: int,
+    ) -> dict[int, list[RowT]]:
+        """The log's rows with ids in (``low``, ``high``] of ``partitions``, by partition."""
+        out: dict[int, list[RowT]] = defaultdict(list)
+        after = low
+        while after < high:
+            rows = read(after, limit=self.settings.batch)
+            if not rows:
+                break
+            for row in rows:
+                if row.id > high:
+                    break
+                p = partition_of(row.vin, count)
+                if p in partitions:
+                    out[p].append(row)
+            after = rows[-1].id
+        return out
+
+    def _applied(self, p: _Pending) -> None:
+        """A partition's pass done (committed, or replayed): its states and next seqs."""
+        self._remember_next_seqs(p.evaluated)
+        self._states.update(p.states)
+        dirty = self._dirty[p.step.partition]
+        for step in p.step.steps:
+            dirty[(step.vin, step.tenure)] = step.account_id
+
+    def _commit(
+        self, pending: list[_Pending], held: Mapping[int, tuple[int, int]], flush_all: bool = False
+    ) -> None:
+        """Every partition's step of the pass in one transaction (one commit instead of one
+        per partition); all dropped if any lease was lost meanwhile. The states are written
+        (per partition, with its cursor) when due (decision 0050), else the pass is noted."""
+        now = self.clock()
+        changed = self._config.generation != self._generation
+        due = (
+            flush_all
+            or changed
+            or self.settings.flush_ms <= 0
+            or now - self._flushed_at >= self.settings.flush_ms
+        )
+        by_partition = {p.step.partition: p for p in pending}
+        steps = []
+        flushed = []
+        written: dict[VinKey, tuple[RuleState, Any]] = {}
+        for partition in held:
+            p = by_partition.get(partition)
+            recomputed = p is not None and any(s.replace_from is not None for s in p.step.steps)
+            if due or recomputed:
+                if p is None and partition not in self._noted:
+                    continue  # its stored states are as of its cursor
+                states = self._state_writes(partition, p, written)
+                cursor = held[partition] if p is None else p.step.cursor
+                done = p.step.steps if p is not None else []
+                steps.append(PartitionStep(partition, held[partition], cursor, done, states))
+                flushed.append(partition)
+            elif p is not None:
+                steps.append(replace(p.step, behind=p.note))
+        try:
+            self.log.commit_partitions(self.settings.owner, steps, now=now)
         except LeaseLost as lost:
             logger.info("fleet partition %s was taken over; the pass is dropped", lost)
             self._renewed = -_FOREVER  # look again at what is still held
-            self._states.clear()
+            self._forget_all()
             return
         for p in pending:
             self._held[p.step.partition] = p.step.cursor
-            self._remember_next_seqs(p.evaluated)
-            self._states.update(p.states)
+            self._applied(p)
+            self._noted.add(p.step.partition)
+        for partition in flushed:
+            self._wrote(partition, written)
+        if due:
+            self._flushed_at, self._generation = now, self._config.generation
+
+    def _state_writes(
+        self,
+        partition: int,
+        p: _Pending | None,
+        written: dict[VinKey, tuple[RuleState, Any]],
+    ) -> list[StateWrite]:
+        """The states of ``partition``'s vehicles changed since they were last written
+        (with those of the pass ``p``), as JSON."""
+        changed = dict(self._dirty.get(partition, {}))
+        after: Mapping[VinKey, VinState] = {} if p is None else p.states
+        if p is not None:
+            changed.update({(s.vin, s.tenure): s.account_id for s in p.step.steps})
+        out = []
+        for key in changed:
+            rs, ts, previous = after.get(key) or self._states[key]
+            rule_json = rule_state_to_json(rs, previous)
+            out.append(StateWrite(key[0], key[1], rule_json, trip_state_to_json(ts)))
+            written[key] = (rs, rule_json)
+        return out
+
+    def _wrote(self, partition: int, written: Mapping[VinKey, tuple[RuleState, Any]]) -> None:
+        """The partition's states were written: what it wrote is what a next write builds
+        on (the parts unchanged are not built again)."""
+        for key in self._dirty.pop(partition, {}):
+            rs, ts, _ = self._states[key]
+            done = written.get(key)
+            if done is not None and done[0] is rs:
+                self._states[key] = (rs, ts, done)
+        self._noted.discard(partition)
 
     def _steps(
         self,
@@ -506,7 +763,7 @@ class RulesWorker:
         after: dict[VinKey, VinState],
     ) -> list[VinStep]:
         """The vehicles' steps; ``after`` receives each one's state after it (what the
-        database will hold once the pass is committed)."""
+        memory holds once the pass is committed)."""
         states = self._vin_states([k for k in per_vin if k in accounts])
         by_account: dict[int, list[str]] = defaultdict(list)
         for (vin, _), account in accounts.items():
@@ -550,7 +807,8 @@ class RulesWorker:
             if known is None:
                 rule_json, trip_json = read.get(key, ({}, {}))
                 rule_state = rule_state_from_json(rule_json)
-                known = (rule_state, trip_state_from_json(trip_json), rule_json or None)
+                written = (rule_state, rule_json) if rule_json else None
+                known = (rule_state, trip_state_from_json(trip_json), written)
             out[key] = known
         return out
 
@@ -564,10 +822,9 @@ class RulesWorker:
         cfg: TripSettings,
         tick_at: int | None,
     ) -> VinState:
-        """Evaluate one vehicle's items from ``state``; fills ``step`` with the new states
-        (as stored) and effects, and returns the new state."""
-        rs, ts, rule_json = state
-        previous = None if rule_json is None else (state[0], rule_json)
+        """Evaluate one vehicle's items from ``state``; fills ``step`` with the effects,
+        and returns the new state (its JSON is built when the states are written)."""
+        rs, ts, written = state
         closed: list[Trip] = []
         late: int | None = None
         every = [*items, *([Tick(tick_at)] if tick_at is not None else [])]
@@ -585,9 +842,7 @@ class RulesWorker:
             ts = self._recompute(reader, step, closed, ts, late, cfg)
         else:
             step.trips = [_trip_write(t) for t in closed]
-        step.rule_state = rule_state_to_json(rs, previous)
-        step.trip_state = trip_state_to_json(ts)
-        return rs, ts, step.rule_state
+        return rs, ts, written
 
     def _recompute(
         self,

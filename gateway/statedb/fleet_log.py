@@ -54,6 +54,7 @@ from gateway.statedb.models import (
     FleetAlertDayRow,
     FleetAlertRow,
     FleetPartitionRow,
+    FleetPassRow,
     FleetTripDayRow,
     FleetTripRow,
     FleetVehicleRow,
@@ -69,6 +70,8 @@ __all__ = [
     "FleetLog",
     "LeaseLost",
     "PartitionStep",
+    "PassNote",
+    "StateWrite",
     "TripFilter",
     "TripRecord",
     "TripWrite",
@@ -136,14 +139,43 @@ class VinStep:
 
 
 @dataclass(frozen=True, slots=True)
+class StateWrite:
+    """A vehicle's rule and trip state as JSON, written when the worker writes its states
+    (decision 0050)."""
+
+    vin: str
+    tenure: int
+    rule_state: dict[str, Any]
+    trip_state: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PassNote:
+    """What a replay needs of a pass whose states were not written (decision 0050): the
+    cursor it moved the partition to, the time of its clock tick (None: no tick), and the
+    vehicles whose rows it skipped (not provisioned at the time)."""
+
+    cursor: tuple[int, int]
+    tick_at: int | None
+    skipped: Sequence[tuple[str, int]] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PartitionStep:
     """One partition's part of a worker's pass: its cursor as read, its new cursor, and
-    its vehicles' steps."""
+    its vehicles' steps.
+
+    The vehicles' states (decision 0050): with ``behind`` set none are written and the pass
+    is noted (``fleet_passes``) for a replay; otherwise ``states`` are written (None: the
+    steps' own ``rule_state`` and ``trip_state``, written through) and the partition's
+    stored states are then as of ``cursor`` (its notes deleted)."""
 
     partition: int
     read_from: tuple[int, int]
     cursor: tuple[int, int]
     steps: Sequence[VinStep]
+    states: Sequence[StateWrite] | None = None
+    behind: PassNote | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,6 +513,29 @@ def _json_text(name: str, postgresql: bool) -> Any:
     return cast(param, JSONB) if postgresql else param
 
 
+def _state_writes(parts: Sequence[PartitionStep]) -> list[StateWrite]:
+    """The states the partitions' steps write: none for a pass noted behind."""
+    out: list[StateWrite] = []
+    for p in parts:
+        if p.behind is not None:
+            continue
+        if p.states is not None:
+            out.extend(p.states)
+        else:
+            out.extend(StateWrite(s.vin, s.tenure, s.rule_state, s.trip_state) for s in p.steps)
+    return out
+
+
+def _note_row(partition: int, note: PassNote) -> dict[str, Any]:
+    return {
+        "partition": partition,
+        "sample_cursor": note.cursor[0],
+        "event_cursor": note.cursor[1],
+        "tick_at": note.tick_at,
+        "skipped": [list(k) for k in note.skipped] or None,
+    }
+
+
 def _id_chunks(ids: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
     for i in range(0, len(ids), size):
         yield ids[i : i + size]
@@ -716,14 +771,56 @@ class FleetLog:
             events: list[NewEvent] = []
             self._store_steps(session, [s for p in parts for s in p.steps], now, events)
             publish_many(session, events)
+            self._store_states(session, _state_writes(parts), now)
+            notes, flushed = [], []
             for p in parts:
-                rows[p.partition].sample_cursor, rows[p.partition].event_cursor = p.cursor
+                row = rows[p.partition]
+                row.sample_cursor, row.event_cursor = p.cursor
+                if p.behind is None:
+                    row.states_sample_cursor, row.states_event_cursor = p.cursor
+                    flushed.append(p.partition)
+                else:
+                    notes.append(_note_row(p.partition, p.behind))
+            if flushed:
+                session.execute(delete(FleetPassRow).where(FleetPassRow.partition.in_(flushed)))
+            if notes:
+                session.connection().execute(insert(FleetPassRow), notes)
 
-    def _store_states(self, session: Session, steps: Sequence[VinStep], now: int) -> None:
+    def replay_plan(
+        self, partitions: Iterable[int]
+    ) -> dict[int, tuple[tuple[int, int], list[PassNote]]]:
+        """Per partition the cursor its stored states are as of and the passes noted since,
+        in commit order (decision 0050)."""
+        wanted = list(partitions)
+        if not wanted:
+            return {}
+        with self._db.read() as session:
+            r, n = FleetPartitionRow, FleetPassRow
+            plan: dict[int, tuple[tuple[int, int], list[PassNote]]] = {
+                p: ((s, e), [])
+                for p, s, e in session.execute(
+                    select(r.partition, r.states_sample_cursor, r.states_event_cursor).where(
+                        r.partition.in_(wanted)
+                    )
+                )
+            }
+            notes = session.execute(
+                select(n.partition, n.sample_cursor, n.event_cursor, n.tick_at, n.skipped)
+                .where(n.partition.in_(wanted))
+                .order_by(n.id)
+            )
+            for p, s, e, tick_at, skipped in notes:
+                keys = [(str(v), int(t)) for v, t in skipped or []]
+                plan[p][1].append(PassNote((s, e), tick_at, keys))
+            return plan
+
+    def _store_states(self, session: Session, states: Sequence[StateWrite], now: int) -> None:
         """Every vehicle's rule and trip state: one upsert, executed for all of them, the
         JSON serialized here by orjson (in C) rather than per row by the column type's
         ``json.dumps``; no read of which rows exist (the ORM's bulk UPDATE and that read
         were a fifth of the worker's CPU per sample, decision 0037)."""
+        if not states:
+            return
         v = FleetVinStateRow
         pg = self._db.backend == "postgresql"
         statement = (postgresql.insert if pg else sqlite.insert)(v).values(
@@ -749,19 +846,18 @@ class FleetLog:
                 "p_trip": _dumps(step.trip_state),
                 "p_at": now,
             }
-            for step in steps
+            for step in states
         ]
         session.connection().execute(statement, rows)
 
     def _store_steps(
         self, session: Session, steps: Sequence[VinStep], now: int, events: list[NewEvent]
     ) -> None:
-        """Every vehicle's state, alerts and trips of a step in a few bulk statements (not
-        a few per vehicle: a step of a busy partition holds hundreds of vehicles), the
-        events of the changes, and the daily rollup of the days whose trips changed."""
+        """Every vehicle's alerts and trips of a step in a few bulk statements (not a few
+        per vehicle: a step of a busy partition holds hundreds of vehicles), the events of
+        the changes, and the daily rollup of the days whose trips changed."""
         if not steps:
             return
-        self._store_states(session, steps, now)
         drivers = _Assignments(session, (s.vin for s in steps if s.alerts or s.trips))
         new_alerts: list[dict[str, Any]] = []
         closed_here: set[int] = set()  # id() of the new rows that also ended in the step

@@ -59,6 +59,7 @@ __all__ = [
     "FleetAlertDayRow",
     "FleetAlertRow",
     "FleetPartitionRow",
+    "FleetPassRow",
     "FleetRow",
     "FleetRuleSettingsRow",
     "FleetTripDayRow",
@@ -690,6 +691,27 @@ class FleetPartitionRow(Base):
     lease_until: Mapped[int] = mapped_column(BigInteger)
     sample_cursor: Mapped[int] = mapped_column(BigInteger)
     event_cursor: Mapped[int] = mapped_column(BigInteger)
+    #: the cursor the partition's stored vehicle states are as of (migration 0018): the
+    #: worker writes them behind; the passes since are in ``fleet_passes``
+    states_sample_cursor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    states_event_cursor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class FleetPassRow(Base):
+    """A pass of the fleet worker committed for a partition whose states it did not write
+    (migration 0018, decision 0050): its new cursor, its tick's time and the vehicles whose
+    rows it skipped (not provisioned then). A new holder of the partition replays these
+    passes over the stored states; they are deleted when the states are written."""
+
+    __tablename__ = "fleet_passes"
+    __table_args__ = (Index("ix_fleet_passes_partition_id", "partition", "id"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT_PK, primary_key=True, autoincrement=True)
+    partition: Mapped[int] = mapped_column(Integer)
+    sample_cursor: Mapped[int] = mapped_column(BigInteger)
+    event_cursor: Mapped[int] = mapped_column(BigInteger)
+    tick_at: Mapped[int | None] = mapped_column(BigInteger)
+    skipped: Mapped[list[Any] | None] = mapped_column(_JSON)
 
 
 class FleetWorkerRow(Base):

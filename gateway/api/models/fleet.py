@@ -336,7 +336,9 @@ class TripOut(FromRecord):
 
 class TripInProgressOut(BaseModel):
     """The trip a vehicle is on now, from the rules worker's trip state: what it has
-    driven so far (up to its latest sample the worker has evaluated, `last_at`). It is not
+    driven so far (up to its latest sample the worker has evaluated and written,
+    `last_at`: the worker writes its states every few seconds, 5 by default, so this may
+    be that much behind the samples it has evaluated). It is not
     a stored trip: it has no id yet, is not in `items`, and reports do not count it until
     it has ended (and it counts only if it is long enough to be a trip)."""
 

@@ -73,7 +73,9 @@ def _in_progress(
     log: FleetLog, vehicle: tuple[str, int], start: int | None, end: int | None
 ) -> TripInProgressOut | None:
     """The open trip of the worker's trip state of ``vehicle`` (vin, tenure), if it
-    started in [start, end)."""
+    started in [start, end): the state as the worker last wrote it, which it does every
+    few seconds (``fleet-worker --flush-seconds``, 5 by default; decision 0050), so the
+    trip so far may lack its last seconds (``last_at`` says how far it goes)."""
     state = log.vin_states([vehicle]).get(vehicle)
     trip = None if state is None else open_trip(trip_state_from_json(state[1]))
     if trip is None:
