@@ -301,10 +301,13 @@ def test_fleet_scale_bytes_per_sample_do_not_count_a_vehicles_first_report(
     assert later["disk_gb_per_day"] == pytest.approx(day / 1e9, abs=0.01)
 
 
-def test_fleet_scale_step_over_a_brokers_descriptors_breaks_before_it_starts() -> None:
+def test_fleet_scale_step_over_a_brokers_descriptors_breaks_before_it_starts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """Decision 0052: at 50,000 vehicles on 2 edge brokers the fullest edge gets ~25,000
     units, over the 20,000 descriptors a process may hold here; the step would wait ~10
     minutes for logins that cannot succeed. It breaks at once, saying how many edges fit."""
+    from gateway.bench import scale
     from gateway.bench.scale import BROKER_OWN_FDS, descriptors_short
 
     short = descriptors_short(50_000, 2, 20_000)
@@ -314,3 +317,6 @@ def test_fleet_scale_step_over_a_brokers_descriptors_breaks_before_it_starts() -
     assert descriptors_short(20_000 - BROKER_OWN_FDS, 0, 20_000) == ""
     assert "--edge-brokers 2" in descriptors_short(20_000, 0, 20_000)
     assert descriptors_short(100_000, 0, 262_144) == ""  # where the limit could be raised
+    step = scale._not_run(50_000, short)
+    scale._print(scale.ScaleBenchResult(2, 20_000, [step], 50_000, step.broken))
+    assert f"50,000 vehicles: not run: {short}" in capsys.readouterr().err

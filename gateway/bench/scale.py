@@ -289,6 +289,9 @@ def _print(r: ScaleBenchResult) -> None:
         f"at nice {r.load_nice} (the product's gateway and fleet worker at 5)"
     ]
     for s in r.steps:
+        if not s.window_s and s.broken:  # broke before it started (descriptors)
+            lines.append(f"  {s.vehicles:>7,} vehicles: not run: {'; '.join(s.broken)}")
+            continue
         cpu = "  ".join(f"{k} {v:.0f}%" for k, v in s.cpu.items())
         rss = "  ".join(f"{k} {v:.0f}" for k, v in s.rss_mb.items())
         lines.append(
