@@ -251,3 +251,72 @@ def test_fleet_scale_accounting_tells_a_backlog_still_draining_from_a_loss(
     busy.join()
     assert stored < 30
     assert not stalled
+
+
+def test_fleet_scale_bytes_per_sample_do_not_count_a_vehicles_first_report(
+    tmp_path: Path,
+) -> None:
+    """Issue 18 (decision 0052): the figure was the whole file's growth over the window per
+    sample, and a vehicle's first report also writes its latest state, row and seq tracking
+    (~1 KB, once). A window holding many first reports (units connected quickly, their
+    first heartbeats still to come) read 213-229 bytes a sample where the samples and their
+    indexes grew by ~146. Two windows of the same traffic through the real store, one with
+    every vehicle's first report in it and one after them, must give the same per-sample
+    figure; the per-vehicle rows are counted per vehicle."""
+    from device_sim.loadgen import bench_vin, heartbeat_signals
+    from gateway.bench.scale import storage, storage_figures
+    from gateway.core.batching import IngestBatch
+    from gateway.store.sqlite import SqliteTelemetryStore
+    from schemas.payloads import Sample
+
+    vehicles, reports = 300, 4
+    path = tmp_path / "telemetry.db"
+    store = SqliteTelemetryStore(path)
+
+    def window(n: int) -> dict[str, float]:
+        before = storage(path)
+        for i in range(vehicles):
+            store.commit(
+                IngestBatch(
+                    received_at=1_800_000_000_000 + n * 1000,
+                    samples=[
+                        Sample(bench_vin(i), n * reports + k + 1, 1_800_000_000_000 + k, sig)
+                        for k in range(reports)
+                        for sig in [heartbeat_signals(i, n * reports + k)]
+                    ],
+                )
+            )
+        return storage_figures(before, storage(path), vehicles * reports, 100.0)
+
+    first, later = window(0), window(1)
+    store.close()
+    # the whole file's figure tells the first window from the second by the vehicles' rows
+    assert first["file_bytes_per_sample"] > later["file_bytes_per_sample"] + 100
+    # the per-sample figure does not: same traffic, same bytes (within a page's share)
+    assert abs(first["bytes_per_sample"] - later["bytes_per_sample"]) < 15
+    assert 100 < later["bytes_per_sample"] < 200  # 28-signal reports, two indexes
+    assert 500 < first["state_bytes_per_vehicle"] < 2000
+    # a day: the samples at 100 a second plus the vehicles' rows
+    day = later["bytes_per_sample"] * 100 * 86_400 + first["state_bytes_per_vehicle"] * vehicles
+    assert later["disk_gb_per_day"] == pytest.approx(day / 1e9, abs=0.01)
+
+
+def test_fleet_scale_step_over_a_brokers_descriptors_breaks_before_it_starts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Decision 0052: at 50,000 vehicles on 2 edge brokers the fullest edge gets ~25,000
+    units, over the 20,000 descriptors a process may hold here; the step would wait ~10
+    minutes for logins that cannot succeed. It breaks at once, saying how many edges fit."""
+    from gateway.bench import scale
+    from gateway.bench.scale import BROKER_OWN_FDS, descriptors_short
+
+    short = descriptors_short(50_000, 2, 20_000)
+    assert short.startswith("file descriptors: 25,")
+    assert "--edge-brokers 3" in short
+    assert descriptors_short(50_000, 3, 20_000) == ""
+    assert descriptors_short(20_000 - BROKER_OWN_FDS, 0, 20_000) == ""
+    assert "--edge-brokers 2" in descriptors_short(20_000, 0, 20_000)
+    assert descriptors_short(100_000, 0, 262_144) == ""  # where the limit could be raised
+    step = scale._not_run(50_000, short)
+    scale._print(scale.ScaleBenchResult(2, 20_000, [step], 50_000, step.broken))
+    assert f"50,000 vehicles: not run: {short}" in capsys.readouterr().err

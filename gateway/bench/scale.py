@@ -20,7 +20,9 @@ worker process, supervised) on a fresh data directory, then for each step N of
    first sees it committed, polled every 100 ms: that resolution is in the figure), the
    latency of a trickle of commands (``--command-rate``, API call -> ``succeeded``, to a
    few simulated units of :mod:`device_sim` that answer them), CPU and RSS per process,
-   stored bytes per sample (growth of the telemetry file's used pages / samples stored);
+   stored bytes per sample (growth of the samples table and its indexes / samples stored;
+   the per-vehicle rows a vehicle's first report writes are counted per vehicle, and a day
+   of the step's traffic is projected from both, decision 0052), the lag per 5 s;
 4. **accounts**: pauses the generators until every message is acknowledged, waits for the
    gateway to commit them as long as it keeps committing (``STALL_S`` without progress ends
    the wait, ``DRAIN_MAX_S`` in all); lost = acknowledged by the broker and not stored when
@@ -79,13 +81,19 @@ from schemas.edges import edge_index
 __all__ = [
     "ScaleBenchResult",
     "StepFigures",
+    "Storage",
     "add_arguments",
+    "descriptors_short",
     "run_from_args",
     "run_scale_bench",
+    "storage",
+    "storage_figures",
 ]
 
 DEFAULT_STEPS = (1_000, 5_000, 10_000, 20_000, 50_000, 100_000)
 LAG_POLL_S = 0.1
+#: the ingest lag's timeline: p99 and max per this many seconds of the window
+LAG_BUCKET_S = 5
 #: the accounting waits for the gateway to commit what was acknowledged as long as it
 #: commits something at least every STALL_S, up to DRAIN_MAX_S in all (issue 18: a fixed
 #: 120 s called a backlog that was still draining "lost")
@@ -141,6 +149,18 @@ class StepFigures:
     #: seconds from the generators' pause until every acknowledged sample was committed
     #: (or the accounting gave up): how far behind the gateway was
     drain_s: float = 0.0
+    #: ``bytes_per_sample`` is what the samples and their indexes grew by per stored sample
+    #: (what grows with time); this is the whole file's growth of used pages per sample, the
+    #: figure before decision 0052: it also counts the per-vehicle rows that first reports
+    #: in the window wrote
+    file_bytes_per_sample: float = 0.0
+    #: latest state, vehicle row and seq tracking per vehicle at the window's end (fixed)
+    state_bytes_per_vehicle: float = 0.0
+    #: a day of this step's traffic on disk: bytes_per_sample x msg/s x 86,400 plus every
+    #: vehicle's fixed rows, GB (10^9)
+    disk_gb_per_day: float = 0.0
+    #: ingest lag by ``LAG_BUCKET_S`` of the window: [start s, samples, p99 ms, max ms]
+    lag_timeline: list[list[float]] = field(default_factory=list)
     broken: list[str] = field(default_factory=list)
 
 
@@ -269,6 +289,9 @@ def _print(r: ScaleBenchResult) -> None:
         f"at nice {r.load_nice} (the product's gateway and fleet worker at 5)"
     ]
     for s in r.steps:
+        if not s.window_s and s.broken:  # broke before it started (descriptors)
+            lines.append(f"  {s.vehicles:>7,} vehicles: not run: {'; '.join(s.broken)}")
+            continue
         cpu = "  ".join(f"{k} {v:.0f}%" for k, v in s.cpu.items())
         rss = "  ".join(f"{k} {v:.0f}" for k, v in s.rss_mb.items())
         lines.append(
@@ -278,7 +301,12 @@ def _print(r: ScaleBenchResult) -> None:
             f"lag p50 {s.lag_p50_ms:.0f} p99 {s.lag_p99_ms:.0f} max {s.lag_max_ms:.0f} ms; "
             f"commands {s.commands_succeeded}/{s.commands} p50 {s.command_p50_ms:.0f} p99 "
             f"{s.command_p99_ms:.0f} max {s.command_max_ms:.0f} ms\n"
-            f"           {s.bytes_per_sample:.0f} bytes/sample; lost {s.lost}, pending "
+            f"           ingest lag p99 per {LAG_BUCKET_S} s: "
+            f"{' '.join(f'{b[2]:.0f}' for b in s.lag_timeline)} ms\n"
+            f"           {s.bytes_per_sample:.0f} bytes/sample (samples and their indexes; "
+            f"the whole file {s.file_bytes_per_sample:.0f}), {s.state_bytes_per_vehicle:,.0f} "
+            f"bytes/vehicle of state, a day of this traffic {s.disk_gb_per_day:.1f} GB\n"
+            f"           lost {s.lost}, pending "
             f"{s.pending} (all committed {s.drain_s:.0f} s after the pause), duplicated "
             f"{s.duplicated}; generator late {s.late}, reconnects {s.reconnects}, refused "
             f"{s.refused}, acknowledged to no subscriber {s.no_subscribers}\n"
@@ -311,6 +339,37 @@ def _raise_fd_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+#: descriptors a broker process keeps for itself (listeners, bridges, the gateways' and
+#: API's sessions, its persistence and log files) besides one per unit
+BROKER_OWN_FDS = 100
+
+
+def descriptors_short(vehicles: int, edges: int, fd_limit: int) -> str:
+    """Why ``vehicles`` units cannot all connect: the most that one broker process would
+    hold (the one broker, or the fullest edge by the VINs' hash) over its descriptor limit
+    (the benchmark's, which every process it starts inherits), with what to do; "" if they
+    fit. A step that does not fit breaks on it at once instead of waiting minutes for
+    logins the broker must refuse (decision 0052)."""
+    if edges:
+        per_edge = [0] * edges
+        for i in range(vehicles):
+            per_edge[edge_index(bench_vin(i), edges) - 1] += 1
+        most = max(per_edge)
+    else:
+        most = vehicles
+    if most + BROKER_OWN_FDS <= fd_limit:
+        return ""
+    need = next(
+        n
+        for n in range(max(1, edges), vehicles + 2)
+        if vehicles / n * 1.05 + BROKER_OWN_FDS <= fd_limit
+    )
+    return (
+        f"file descriptors: {most:,} units on one broker process, its limit is {fd_limit:,} "
+        f"(ulimit -n; raise it, or run --edge-brokers {need})"
+    )
 
 
 def _children(pid: int) -> list[int]:
@@ -669,6 +728,9 @@ class _LagPoller:
         self._db = sqlite3.connect(f"file:{telemetry}?mode=ro", uri=True, check_same_thread=False)
         ((self._cursor,),) = self._db.execute("SELECT coalesce(max(id), 0) FROM samples")
         self.lags: list[float] = []
+        self._started = _now()
+        #: LAG_BUCKET_S bucket of the window (by when the rows were seen) -> their lags
+        self.buckets: dict[int, list[float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -681,7 +743,10 @@ class _LagPoller:
             now = _now()
             if rows:
                 self._cursor = rows[-1][0]
-                self.lags.extend(float(now - ts) for _, ts in rows)
+                lags = [float(now - ts) for _, ts in rows]
+                self.lags.extend(lags)
+                bucket = int((now - self._started) / 1000 / LAG_BUCKET_S)
+                self.buckets.setdefault(bucket, []).extend(lags)
 
     def stop(self) -> list[float]:
         self._stop.set()
@@ -689,20 +754,93 @@ class _LagPoller:
         self._db.close()
         return self.lags
 
+    def timeline(self) -> list[list[float]]:
+        """[bucket start s, samples, p99 ms, max ms] per ``LAG_BUCKET_S`` of the window: a
+        burst (heartbeats falling due together, a checkpoint) shows as one bucket's p99."""
+        return [
+            [b * LAG_BUCKET_S, len(v), round(percentile(v, 0.99), 1), round(max(v), 1)]
+            for b, v in sorted(self.buckets.items())
+        ]
+
 
 def _telemetry(inst: _Installation) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{inst.data / 'telemetry.db'}?mode=ro", uri=True, timeout=30)
 
 
-def _used_bytes(inst: _Installation) -> int:
-    db = _telemetry(inst)
+#: the telemetry file's objects that grow with every stored sample: the samples table and
+#: its two indexes (``UNIQUE (vehicle_id, seq)`` and ``samples_by_time``)
+SAMPLE_OBJECTS = frozenset({"samples", "sqlite_autoindex_samples_1", "samples_by_time"})
+#: ... and those that hold a fixed amount per vehicle, written by its first report and then
+#: rewritten in place: its latest state, its row, its seq tracking
+VEHICLE_OBJECTS = frozenset(
+    {
+        "latest_state",
+        "vehicles",
+        "sqlite_autoindex_vehicles_1",
+        "seq_tracking",
+        "seq_gaps",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    """One look at the telemetry file: its used pages, the pages of the per-sample and
+    per-vehicle objects (SQLite's ``dbstat``; NaN where this SQLite lacks it) and its
+    vehicle rows."""
+
+    used: int
+    samples: float
+    per_vehicle: float
+    vehicles: int
+
+
+def storage(path: Path) -> Storage:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
         (pages,) = db.execute("PRAGMA page_count").fetchone()
         (free,) = db.execute("PRAGMA freelist_count").fetchone()
         (size,) = db.execute("PRAGMA page_size").fetchone()
-        return int((pages - free) * size)
+        (vehicles,) = db.execute("SELECT count(*) FROM vehicles").fetchone()
+        try:
+            sizes = dict(
+                db.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name").fetchall()
+            )
+        except sqlite3.OperationalError:  # SQLite built without SQLITE_ENABLE_DBSTAT_VTAB
+            nan = float("nan")
+            return Storage(int((pages - free) * size), nan, nan, int(vehicles))
+        return Storage(
+            used=int((pages - free) * size),
+            samples=float(sum(sizes.get(name, 0) for name in SAMPLE_OBJECTS)),
+            per_vehicle=float(sum(sizes.get(name, 0) for name in VEHICLE_OBJECTS)),
+            vehicles=int(vehicles),
+        )
     finally:
         db.close()
+
+
+def storage_figures(
+    before: Storage, after: Storage, stored: int, samples_per_s: float
+) -> dict[str, float]:
+    """Bytes on disk per stored sample, from two looks around a window in which ``stored``
+    samples were committed: what grows with time, the samples and their indexes (a vehicle's
+    first report also writes its latest state, row and seq tracking, a fixed ~1 KB per
+    vehicle: counted per vehicle, not per sample, or a window that happens to hold many
+    first reports looks 70 bytes a sample dearer, decision 0052); the whole file's growth
+    (the figure before, for comparison); and a day of this fleet at ``samples_per_s``."""
+    n = max(1, stored)
+    file_figure = round((after.used - before.used) / n, 1)
+    per_sample = (after.samples - before.samples) / n
+    if per_sample != per_sample:  # no dbstat: the whole file's growth is all there is
+        per_sample = file_figure
+    per_vehicle = after.per_vehicle / max(1, after.vehicles)
+    day = per_sample * samples_per_s * 86_400 + after.per_vehicle
+    return {
+        "bytes_per_sample": round(per_sample, 1),
+        "file_bytes_per_sample": file_figure,
+        "state_bytes_per_vehicle": round(per_vehicle, 1),
+        "disk_gb_per_day": round(day / 1e9, 2),
+    }
 
 
 def _counter(inst: _Installation, name: str) -> int:
@@ -816,7 +954,7 @@ def _measure(
     inst: _Installation, loads: list[_Load], step: _Step, window_s: float, command_rate: float
 ) -> dict[str, Any]:
     pids = _pids(inst, loads)
-    used0, stored0 = _used_bytes(inst), _counter(inst, metrics.SAMPLES_STORED)
+    used0, stored0 = storage(inst.data / "telemetry.db"), _counter(inst, metrics.SAMPLES_STORED)
     dup0 = _counter(inst, metrics.SAMPLES_DUPLICATE)
     sent0, values0 = _total(loads, "sent"), _total(loads, "values")
     late0 = _total(loads, "late")
@@ -833,6 +971,7 @@ def _measure(
     figures = cpu.end()
     connected = _total(loads, "connected")  # at the window's end, before the accounting
     lags = lag.stop()
+    timeline = lag.timeline()
     rss = {
         name: _rss_mb(pid) for name, pid in pids.items() if isinstance(pid, int) and name != "bench"
     }
@@ -846,7 +985,7 @@ def _measure(
     acked = _total(loads, "acked")
     stored, drain_s, stalled = _drain(inst, acked, started + seconds)
     stored_all = _counter(inst, metrics.SAMPLES_STORED)
-    used = _used_bytes(inst)
+    used = storage(inst.data / "telemetry.db")
     duplicated = _counter(inst, metrics.SAMPLES_DUPLICATE) - dup0
     ok = [v for v in latencies if v == v]
     return {
@@ -855,11 +994,12 @@ def _measure(
         "messages_per_s": round(sent / seconds, 1),
         "values_per_s": round(values / seconds, 1),
         "lags": lags,
+        "lag_timeline": timeline,
         "commands": latencies,
         "commands_ok": ok,
         "cpu": figures,
         "rss": rss,
-        "bytes_per_sample": round((used - used0) / max(1, stored_all - stored0), 1),
+        **storage_figures(used0, used, stored_all - stored0, sent / seconds),
         "acked": acked,
         "lost": max(0, acked - stored) if stalled else 0,
         "pending": 0 if stalled else max(0, acked - stored),
@@ -915,6 +1055,10 @@ def _figures(step: _Step, m: dict[str, Any], limits: tuple[float, float]) -> Ste
         machine_cpu=cpu.machine,
         others_cpu=cpu.others,
         bytes_per_sample=m["bytes_per_sample"],
+        file_bytes_per_sample=m["file_bytes_per_sample"],
+        state_bytes_per_vehicle=m["state_bytes_per_vehicle"],
+        disk_gb_per_day=m["disk_gb_per_day"],
+        lag_timeline=m["lag_timeline"],
         acked=m["acked"],
         lost=m["lost"],
         pending=m["pending"],
@@ -946,6 +1090,42 @@ def _figures(step: _Step, m: dict[str, Any], limits: tuple[float, float]) -> Ste
     if ours > 0.95 * 100 * cpu.cores:
         broken.append(f"CPU: the product and its load took {ours:.0f} of {100 * cpu.cores} %")
     return StepFigures(**{**asdict(figures), "broken": broken})
+
+
+def _not_run(vehicles: int, reason: str) -> StepFigures:
+    """A step broken before it started: nothing measured, the reason given."""
+    nan = float("nan")
+    return StepFigures(
+        vehicles=vehicles,
+        connected=0,
+        provision_s=0.0,
+        acl_reload_s=0.0,
+        connect_s=0.0,
+        window_s=0.0,
+        messages_per_s=0.0,
+        values_per_s=0.0,
+        lag_p50_ms=nan,
+        lag_p99_ms=nan,
+        lag_max_ms=nan,
+        lag_samples=0,
+        commands=0,
+        commands_succeeded=0,
+        command_p50_ms=nan,
+        command_p99_ms=nan,
+        command_max_ms=nan,
+        cpu={},
+        rss_mb={},
+        machine_cpu=nan,
+        others_cpu=nan,
+        bytes_per_sample=nan,
+        acked=0,
+        lost=0,
+        duplicated=0,
+        late=0,
+        reconnects=0,
+        refused=0,
+        broken=[reason],
+    )
 
 
 def _with_generators(figures: StepFigures, loads: Sequence[_Load]) -> StepFigures:
@@ -992,6 +1172,11 @@ def run_scale_bench(
         ):
             try:
                 for n in steps:
+                    short = descriptors_short(n, edge_brokers, fd_limit)
+                    if short:
+                        _say(progress, f"step {n:,}: BROKE before starting: {short}")
+                        results.append(_not_run(n, short))
+                        break
                     step = _Step(n)
                     _say(progress, f"step {n:,}: provisioning and connecting")
                     _grow(inst, loads, step, per_process, heartbeat, load_nice)
