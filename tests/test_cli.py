@@ -219,6 +219,7 @@ INVITATION_LIMIT_BUCKETS = {
     "claim:": "claims",
     "api_key_create:": "API keys",
     "user_create:": "users created",
+    "vehicle_change:": "vehicle changes",
 }
 
 

@@ -338,8 +338,9 @@ def _add_limits(p: argparse.ArgumentParser, env: Environment) -> None:
         default=env.invitation_limit,
         metavar="RATE",
         help="invitations to share a vehicle, transfer offers, claims with a pairing code, "
-        "API keys created and users created at an address that is taken (each counted "
-        "apart), per user; administrators only in invitations and transfer offers "
+        "API keys created, users created at an address that is taken and an owner's "
+        "vehicle changes (vehicles added, MQTT passwords renewed) (each counted apart), per "
+        "user; administrators only in invitations and transfer offers "
         "(env TELEMATICS_INVITATION_LIMIT; default: 20/hour,burst=10)",
     )
     p.add_argument(
