@@ -139,7 +139,7 @@ def triggers(db: StateDatabase) -> set[str]:
 
 
 def test_upgrade_creates_the_tables_the_triggers_and_the_broker_state(db: StateDatabase) -> None:
-    assert db.current_revision() == StateDatabase.head_revision() == "0016_fleet_workers"
+    assert db.current_revision() == StateDatabase.head_revision() == "0018_fleet_write_behind"
     assert set(inspect(db.engine).get_table_names()) >= NEW_TABLES | {"commands"}
     expected = {"audit_log_no_update", "audit_log_no_delete"}
     if db.backend == "postgresql":
