@@ -26,22 +26,27 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] \
   fi
 fi
 
-# the per-vehicle message budget is a Mosquitto plugin of ours (gateway/broker/plugin/budget.c,
-# decision 0048), compiled where the broker runs: a C compiler and Mosquitto's plugin headers
-# (mosquitto-dev: mosquitto_broker.h, mosquitto_plugin.h; libmosquitto-dev: mosquitto.h).
-# Without them `telematics up` still runs, without the budget, and says so.
+# the per-vehicle message budget and the vehicle password check are Mosquitto plugins of ours
+# (gateway/broker/plugin/budget.c, decision 0048; vehicle_auth.c, decision 0055), compiled
+# where the broker runs: a C compiler and Mosquitto's plugin headers (mosquitto-dev:
+# mosquitto_broker.h, mosquitto_plugin.h; libmosquitto-dev: mosquitto.h), and for the
+# password check OpenSSL's (libssl-dev: openssl/evp.h, libcrypto). Without them `telematics
+# up` still runs, without the budget and with vehicle passwords in the password file (a
+# broker-wide reload per change), and says so.
 has_header() { [ -f "/usr/include/$1" ] || [ -f "/usr/local/include/$1" ]; }
 if ! command -v cc >/dev/null 2>&1 || ! has_header mosquitto_broker.h \
-   || ! has_header mosquitto_plugin.h || ! has_header mosquitto.h; then
+   || ! has_header mosquitto_plugin.h || ! has_header mosquitto.h \
+   || ! has_header openssl/evp.h; then
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
   if command -v apt-get >/dev/null 2>&1; then
-    echo "==> installing the message budget plugin's build tools (gcc, mosquitto-dev)"
+    echo "==> installing the broker plugins' build tools (gcc, mosquitto-dev, libssl-dev)"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
-      gcc libc6-dev mosquitto-dev libmosquitto-dev >/dev/null
+      gcc libc6-dev mosquitto-dev libmosquitto-dev libssl-dev >/dev/null
   else
-    echo "warning: no C compiler or Mosquitto plugin headers, and this is not Debian/Ubuntu:" >&2
-    echo "the broker will run without the per-vehicle message budget (decision 0048)." >&2
+    echo "warning: no C compiler, Mosquitto plugin headers or OpenSSL headers, and this is" >&2
+    echo "not Debian/Ubuntu: the broker will run without the per-vehicle message budget" >&2
+    echo "(decision 0048) and reload for every vehicle password change (decision 0055)." >&2
   fi
 fi
 

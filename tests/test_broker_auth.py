@@ -68,6 +68,7 @@ from gateway.broker.auth import (
     verify_mqtt_password,
 )
 from gateway.broker.control import DynsecCommandError
+from gateway.broker.vehicle_auth import ensure_vehicle_auth_plugin
 from schemas.commands import command_result_topic, command_topic
 from schemas.feedback import feedback_topic
 from schemas.topics import Channel, topic_for
@@ -128,12 +129,23 @@ class Fleet:
         return client
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
+@pytest.fixture(scope="session")
+def vehicle_auth_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The vehicle password plugin (decision 0055), compiled once for the session."""
+    return ensure_vehicle_auth_plugin(tmp_path_factory.mktemp("vehicle-auth-plugin"))
+
+
+@pytest.fixture(params=["password_file", "vehicle_auth"])
+def fleet(
+    request: pytest.FixtureRequest, tmp_path: Path, vehicle_auth_plugin: Path
+) -> Iterator[Fleet]:
+    """Every test of the running broker twice: vehicle passwords in the password file
+    (without a compiler), and in the vehicle password plugin's table (decision 0055)."""
     closed = start_closed_broker(
         tmp_path,
         vehicles={VIN_A: generate_password(), VIN_B: generate_password()},
         persistence=False,
+        vehicle_auth=vehicle_auth_plugin if request.param == "vehicle_auth" else None,
     )
     fleet = Fleet(closed)
     try:

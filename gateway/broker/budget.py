@@ -40,6 +40,7 @@ __all__ = [
     "BudgetPluginUnavailableError",
     "MessageBudget",
     "budget_plugin_name",
+    "compile_broker_plugin",
     "ensure_budget_plugin",
 ]
 
@@ -119,38 +120,45 @@ def budget_plugin_name(source: Path = BUDGET_PLUGIN_SOURCE) -> str:
     return f"telematics_budget-{_source_digest(source)}.so"
 
 
-def _find_compiler() -> str:
+def _find_compiler(error: type[GatewayError], hint: str) -> str:
     for name in (os.environ.get("CC") or "", "cc", "gcc", "clang"):
         if name and (found := shutil.which(name)):
             return found
-    raise BudgetPluginUnavailableError(f"no C compiler (cc, gcc or clang) on PATH; {_INSTALL_HINT}")
+    raise error(f"no C compiler (cc, gcc or clang) on PATH; {hint}")
 
 
-def _find_include_dir() -> Path:
+def _find_include_dir(headers: tuple[str, ...], error: type[GatewayError], hint: str) -> Path:
     for directory in INCLUDE_DIRS:
-        if all((directory / h).is_file() for h in _HEADERS):
+        if all((directory / h).is_file() for h in headers):
             return directory
     searched = ", ".join(str(d) for d in INCLUDE_DIRS)
-    raise BudgetPluginUnavailableError(
-        f"Mosquitto's plugin headers ({', '.join(_HEADERS)}) are not in {searched}; {_INSTALL_HINT}"
-    )
+    raise error(f"the headers {', '.join(headers)} are not all in {searched}; {hint}")
 
 
-def ensure_budget_plugin(directory: Path, *, source: Path = BUDGET_PLUGIN_SOURCE) -> Path:
-    """Return the compiled plugin in ``directory``, compiling it first if it is missing.
+def compile_broker_plugin(
+    target: Path,
+    source: Path,
+    *,
+    what: str,
+    error: type[GatewayError],
+    hint: str,
+    headers: tuple[str, ...] = _HEADERS,
+    libraries: tuple[str, ...] = (),
+) -> Path:
+    """Return ``target``, compiling ``source`` into it first if it is missing (the shared
+    code of our Mosquitto plugins: this one and :mod:`gateway.broker.vehicle_auth`).
 
     The compiler writes to a temporary file that is renamed into place, so a broker never
     loads a half-written object and two processes compiling at once both end with a good
-    one. Raises :class:`BudgetPluginUnavailableError` when there is no compiler, no
-    headers, or the compiler fails (its output in the message).
+    one. Raises ``error`` when there is no compiler, no headers, or the compiler fails (its
+    output in the message).
     """
-    target = Path(directory) / budget_plugin_name(source)
     if target.is_file():
         return target
-    compiler = _find_compiler()
-    include = _find_include_dir()
+    compiler = _find_compiler(error, hint)
+    include = _find_include_dir(headers, error, hint)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".budget-", suffix=".so", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=".plugin-", suffix=".so", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -165,6 +173,7 @@ def ensure_budget_plugin(directory: Path, *, source: Path = BUDGET_PLUGIN_SOURCE
                 "-o",
                 str(tmp),
                 str(source),
+                *(f"-l{name}" for name in libraries),
             ],
             capture_output=True,
             text=True,
@@ -172,8 +181,8 @@ def ensure_budget_plugin(directory: Path, *, source: Path = BUDGET_PLUGIN_SOURCE
             check=False,
         )
         if result.returncode != 0:
-            raise BudgetPluginUnavailableError(
-                f"compiling the message budget plugin ({compiler} {source}) failed with "
+            raise error(
+                f"compiling {what} ({compiler} {source}) failed with "
                 f"status {result.returncode}: {(result.stderr or result.stdout).strip()[-2000:]}"
             )
         tmp.chmod(0o755)
@@ -181,3 +190,17 @@ def ensure_budget_plugin(directory: Path, *, source: Path = BUDGET_PLUGIN_SOURCE
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def ensure_budget_plugin(directory: Path, *, source: Path = BUDGET_PLUGIN_SOURCE) -> Path:
+    """Return the compiled plugin in ``directory``, compiling it first if it is missing
+    (:func:`compile_broker_plugin`). Raises :class:`BudgetPluginUnavailableError` when
+    there is no compiler, no headers, or the compiler fails (its output in the message).
+    """
+    return compile_broker_plugin(
+        Path(directory) / budget_plugin_name(source),
+        source,
+        what="the message budget plugin",
+        error=BudgetPluginUnavailableError,
+        hint=_INSTALL_HINT,
+    )

@@ -324,6 +324,10 @@ class BrokerConfig:
     #: (:mod:`gateway.broker.budget`); both or neither
     budget: MessageBudget | None = None
     budget_plugin: Path | None = None
+    #: vehicle passwords checked by our plugin from a table it re-reads by itself, with no
+    #: reload (:mod:`gateway.broker.vehicle_auth`, decision 0055); both or neither
+    vehicle_auth_plugin: Path | None = None
+    vehicle_table_file: Path | None = None
     tls: TlsListener | None = None
     extra_lines: tuple[str, ...] = ()
 
@@ -335,6 +339,8 @@ class BrokerConfig:
             "dynsec_config_file",
             "dynsec_plugin",
             "budget_plugin",
+            "vehicle_auth_plugin",
+            "vehicle_table_file",
         ):
             value = getattr(self, name)
             if value is not None:
@@ -348,6 +354,8 @@ class BrokerConfig:
             ("dynsec_config_file", str(self.dynsec_config_file or "")),
             ("dynsec_plugin", str(self.dynsec_plugin or "")),
             ("budget_plugin", str(self.budget_plugin or "")),
+            ("vehicle_auth_plugin", str(self.vehicle_auth_plugin or "")),
+            ("vehicle_table_file", str(self.vehicle_table_file or "")),
             *(("extra_lines", x) for x in self.extra_lines),
         ]:
             _check_line(what, text)
@@ -356,6 +364,17 @@ class BrokerConfig:
                 "a message budget needs its plugin and the plugin a budget: give both "
                 "budget and budget_plugin (gateway.broker.budget.ensure_budget_plugin), "
                 "or neither"
+            )
+        if (self.vehicle_auth_plugin is None) != (self.vehicle_table_file is None):
+            raise ValueError(
+                "the vehicle password plugin needs its table and the table its plugin: give "
+                "both vehicle_auth_plugin and vehicle_table_file "
+                "(gateway.broker.vehicle_auth.ensure_vehicle_auth_plugin), or neither"
+            )
+        if self.vehicle_auth_plugin is not None and self.dynsec_config_file is None:
+            raise ValueError(
+                "the vehicle password plugin needs the Dynamic Security plugin before it "
+                "(dynsec_config_file): that one binds a vehicle's client id to its VIN"
             )
         if self.tls is not None and self.tls.port == self.port:
             raise ValueError(
@@ -506,6 +525,19 @@ def _render_access(cfg: BrokerConfig, add: _Add) -> None:
         add(
             "The plugin's clients, roles and ACLs; it rewrites this file after every change.",
             f"plugin_opt_config_file {cfg.dynsec_config_file}",
+        )
+    if cfg.vehicle_auth_plugin is not None and cfg.vehicle_table_file is not None:
+        add(
+            "Vehicle passwords (decision 0055): our plugin checks the user names of its own\n"
+            "table, re-reads it when the gateway replaces it (no reload, nobody else\n"
+            "re-checked) and disconnects exactly the vehicles whose entry went or changed.\n"
+            "After the Dynamic Security plugin (the client id binding), before the password\n"
+            "file (which keeps the service accounts and integrations).",
+            f"plugin {cfg.vehicle_auth_plugin}",
+        )
+        add(
+            "The vehicles' user names and password hashes.",
+            f"plugin_opt_table_file {cfg.vehicle_table_file}",
         )
     if cfg.budget is not None and cfg.budget_plugin is not None:
         add(

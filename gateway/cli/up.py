@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from gateway.broker import BrokerAuthSync, MosquittoProcess
+    from gateway.broker.auth import BrokerAuthFiles
     from gateway.installation import DemoLogin
     from gateway.statedb.accounts import AccountRepository
     from gateway.statedb.audit import AuditLog
@@ -264,8 +265,11 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         # first start that it was ignored; nor need they hold a password in their environment
         os.environ.pop("TELEMATICS_ADMIN_PASSWORD", None)
         budget = _budget_settings(plan)
-        keeper = _broker_keeper(plan, accounts, IntegrationRepository(state_db), budget)
-        edges = _edge_keepers(plan, accounts, budget)
+        vehicle_auth = _vehicle_auth_plugin(plan)
+        keeper = _broker_keeper(
+            plan, accounts, IntegrationRepository(state_db), budget, vehicle_auth
+        )
+        edges = _edge_keepers(plan, accounts, budget, vehicle_auth)
         parts, demo_login = _parts(plan, keeper, accounts, audit)
         if demo_login is not None:
             from gateway.installation import ensure_demo_geofences
@@ -334,11 +338,42 @@ def _budget_settings(plan: UpPlan) -> dict[str, Any]:
     return {"budget": budget, "budget_plugin": plugin}
 
 
+def _vehicle_auth_plugin(plan: UpPlan) -> Path | None:
+    """The vehicle password plugin (decision 0055), compiled into ``DATA_DIR/broker-plugins``
+    if missing, for a closed broker. Where it cannot be compiled (None) the vehicles'
+    passwords stay in the password file, with a broker-wide reload per change, and the log
+    says so and what is missing."""
+    from gateway.broker.vehicle_auth import (
+        VehicleAuthPluginUnavailableError,
+        ensure_vehicle_auth_plugin,
+    )
+
+    if plan.broker.mode is not BrokerMode.CLOSED:
+        return None
+    try:
+        return ensure_vehicle_auth_plugin(plan.data_dir / BUDGET_PLUGIN_DIR)
+    except VehicleAuthPluginUnavailableError as exc:
+        log.warning(
+            "vehicle passwords stay in the broker's password file: every provisioning, "
+            "revocation or new password reloads the broker, which then checks every "
+            "connected unit's password again while all wait (decision 0055): %s",
+            exc,
+        )
+        return None
+
+
+def _vehicle_auth_settings(files: BrokerAuthFiles, plugin: Path | None) -> dict[str, Any]:
+    if plugin is None:
+        return {}
+    return {"vehicle_auth_plugin": plugin, "vehicle_table_file": files.vehicle_table_file}
+
+
 def _broker_keeper(
     plan: UpPlan,
     accounts: AccountRepository,
     integrations: IntegrationRepository,
     budget: dict[str, Any],
+    vehicle_auth: Path | None = None,
 ) -> BrokerKeeper | None:
     """The private broker of the plan, set up (None: an external broker)."""
     from gateway.broker import BrokerConfig, find_dynsec_plugin, find_mosquitto
@@ -365,7 +400,7 @@ def _broker_keeper(
             log.info("created a certificate authority for the TLS listener in %s", pki)
         tls = pki.tls_listener(port=broker.tls_port)
     find_dynsec_plugin()  # the closed broker cannot refuse subscriptions without it
-    files = BrokerAuthFiles(broker.directory / "auth")
+    files = BrokerAuthFiles(broker.directory / "auth", vehicle_table=vehicle_auth is not None)
     config = BrokerConfig(
         port=broker.port,
         data_dir=broker.directory,
@@ -374,6 +409,7 @@ def _broker_keeper(
         dynsec_config_file=files.dynsec_file,
         tls=tls,
         **budget,
+        **_vehicle_auth_settings(files, vehicle_auth),
     )
     secrets_dir = plan.data_dir / "secrets"
     password_file = service_password(secrets_dir)
@@ -400,7 +436,10 @@ def _broker_keeper(
 
 
 def _edge_keepers(
-    plan: UpPlan, accounts: AccountRepository, budget: dict[str, Any]
+    plan: UpPlan,
+    accounts: AccountRepository,
+    budget: dict[str, Any],
+    vehicle_auth: Path | None = None,
 ) -> list[BrokerKeeper]:
     """The unit-facing edge brokers (``--edge-brokers``, decision 0038): each with the
     logins and rights of the vehicles assigned to it, bridged to the private broker."""
@@ -421,7 +460,7 @@ def _edge_keepers(
     keepers = []
     for i, port in enumerate(broker.edge_ports, start=1):
         directory = plan.data_dir / f"broker-edge-{i}"
-        files = BrokerAuthFiles(directory / "auth")
+        files = BrokerAuthFiles(directory / "auth", vehicle_table=vehicle_auth is not None)
         config = BrokerConfig(
             port=port,
             data_dir=directory,
@@ -432,6 +471,7 @@ def _edge_keepers(
                 i, core_host="127.0.0.1", core_port=broker.port, password=secret
             ),
             **budget,
+            **_vehicle_auth_settings(files, vehicle_auth),
         )
 
         def sync(k: BrokerKeeper, files: BrokerAuthFiles = files, i: int = i) -> BrokerAuthSync:

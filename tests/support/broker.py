@@ -116,6 +116,7 @@ def start_closed_broker(
     restart_policy: RestartPolicy | None = None,
     prime: Callable[[MosquittoProcess], None] | None = None,
     purge: bool = False,
+    vehicle_auth: Path | None = None,
     **config: Any,
 ) -> ClosedBroker:
     """Render the identities, start the broker and return it, ready to use; stop it with
@@ -124,8 +125,15 @@ def start_closed_broker(
     :class:`~gateway.supervisor.BrokerKeeper` owns the broker, as under ``telematics up``:
     the sync reloads and restarts through it. With ``purge``, the sync discards the
     sessions and retained status of VINs removed or passed on, as ``telematics up``'s does
-    (:func:`gateway.installation.closed_broker_sync`)."""
-    files = broker_auth.BrokerAuthFiles(directory / "broker-auth")
+    (:func:`gateway.installation.closed_broker_sync`). With ``vehicle_auth`` (the compiled
+    plugin of :mod:`gateway.broker.vehicle_auth`), the vehicles' passwords are in its table
+    instead of the password file (decision 0055)."""
+    files = broker_auth.BrokerAuthFiles(
+        directory / "broker-auth", vehicle_table=vehicle_auth is not None
+    )
+    if vehicle_auth is not None:
+        config.setdefault("vehicle_auth_plugin", vehicle_auth)
+        config.setdefault("vehicle_table_file", files.vehicle_table_file)
     service = (SERVICE_USER, "service-password-1")
     control = (CONTROL_USER, "control-password-1")
     services = [
