@@ -14,6 +14,13 @@ Authentication: the password file
     at once. Only hashes are stored, so the password file stays the place for passwords:
     the plugin below takes a new password only in plain text.
 
+    Where our vehicle password plugin could be compiled (:mod:`gateway.broker.vehicle_auth`,
+    decision 0055), the vehicles' lines are in its own table instead
+    (:func:`render_vehicle_table`, ``BrokerAuthFiles(vehicle_table=True)``): it re-reads
+    the table when the sync replaces it and disconnects exactly the units whose entry went
+    or changed, so a vehicle change needs no reload, which re-checked every connected
+    client. The password file then holds the service accounts and integrations.
+
 Authorization: the Dynamic Security plugin
     Not Mosquitto's ACL file: in 2.0.11 it never checks SUBSCRIBE (``security_default.c``:
     "FIXME - implement ACL subscription strings"), so any vehicle credential could join the

@@ -474,43 +474,9 @@ def render_config(cfg: BrokerConfig) -> str:
     return "\n".join(out)
 
 
-def _render_access(cfg: BrokerConfig, add: _Add) -> None:
-    """The listener, who may connect (anonymous, passwords, the Dynamic Security plugin)
-    and the user the broker runs as."""
-    add(
-        "One set of security settings for all listeners (the 2.0 default, stated so a\n"
-        "second listener added later does not silently get different auth rules).",
-        "per_listener_settings false",
-    )
-    add(
-        "Our own port and interface only; loopback by default so a dev broker is not\n"
-        "reachable from the network.",
-        f"listener {cfg.port} {cfg.host}",
-    )
-    if cfg.allow_anonymous:
-        add(
-            "Anonymous clients allowed: a local development broker, the benchmarks and most\n"
-            "tests. Mosquitto 2.0 refuses them by default once a listener is configured.",
-            "allow_anonymous true",
-        )
-    else:
-        add(
-            "No anonymous clients: every vehicle and service has an identity (password or\n"
-            "client certificate).",
-            "allow_anonymous false",
-        )
-    if cfg.password_file is not None:
-        add(
-            "Usernames and PBKDF2-SHA512 password hashes of vehicles and service accounts\n"
-            "(gateway.broker.auth); re-read on SIGHUP without dropping connections.",
-            f"password_file {cfg.password_file}",
-        )
-    if cfg.acl_file is not None:
-        add(
-            "Per-user topic rights for publishing and delivery (Mosquitto 2.0's ACL file does\n"
-            "not check subscriptions); re-read on SIGHUP.",
-            f"acl_file {cfg.acl_file}",
-        )
+def _render_plugins(cfg: BrokerConfig, add: _Add) -> None:
+    """The plugins, in the order Mosquitto asks them: Dynamic Security (rights, and the
+    client id binding), our vehicle password check, our message budget."""
     if cfg.dynsec_config_file is not None:
         plugin = cfg.dynsec_plugin or find_dynsec_plugin()
         _check_line("dynsec plugin", str(plugin))
@@ -553,6 +519,46 @@ def _render_access(cfg: BrokerConfig, add: _Add) -> None:
             "Messages and bytes a second each vehicle's buckets refill by, and their sizes.",
             "\n".join(f"plugin_opt_{k} {v}" for k, v in cfg.budget.plugin_options()),
         )
+
+
+def _render_access(cfg: BrokerConfig, add: _Add) -> None:
+    """The listener, who may connect (anonymous, passwords, the Dynamic Security plugin)
+    and the user the broker runs as."""
+    add(
+        "One set of security settings for all listeners (the 2.0 default, stated so a\n"
+        "second listener added later does not silently get different auth rules).",
+        "per_listener_settings false",
+    )
+    add(
+        "Our own port and interface only; loopback by default so a dev broker is not\n"
+        "reachable from the network.",
+        f"listener {cfg.port} {cfg.host}",
+    )
+    if cfg.allow_anonymous:
+        add(
+            "Anonymous clients allowed: a local development broker, the benchmarks and most\n"
+            "tests. Mosquitto 2.0 refuses them by default once a listener is configured.",
+            "allow_anonymous true",
+        )
+    else:
+        add(
+            "No anonymous clients: every vehicle and service has an identity (password or\n"
+            "client certificate).",
+            "allow_anonymous false",
+        )
+    if cfg.password_file is not None:
+        add(
+            "Usernames and PBKDF2-SHA512 password hashes of vehicles and service accounts\n"
+            "(gateway.broker.auth); re-read on SIGHUP without dropping connections.",
+            f"password_file {cfg.password_file}",
+        )
+    if cfg.acl_file is not None:
+        add(
+            "Per-user topic rights for publishing and delivery (Mosquitto 2.0's ACL file does\n"
+            "not check subscriptions); re-read on SIGHUP.",
+            f"acl_file {cfg.acl_file}",
+        )
+    _render_plugins(cfg, add)
     user = _current_user()
     if user is not None:
         add(
