@@ -353,3 +353,35 @@ def test_up_keeps_vehicles_in_the_password_file_without_the_plugins_tools(
         assert up_module._vehicle_auth_plugin(Plan()) is None  # type: ignore[arg-type]
     assert "vehicle passwords stay in the broker's password file" in caplog.text
     assert up_module._vehicle_auth_settings(BrokerAuthFiles(tmp_path), None) == {}
+
+
+def test_a_change_for_a_unit_offline_with_a_session_leaves_the_broker_running(
+    units: Units,
+) -> None:
+    """Decision 0034: Mosquitto 2.0.11 corrupts its session-expiry list when it disconnects
+    a client that is already offline with a session (the reload did). The plugin's kick
+    walks only connected clients, so even without the sync's session purge (this fixture
+    has none) the broker survives new passwords and a revocation of offline units."""
+    offline = {}
+    for vin in (VIN_A, VIN_B):
+        client, code = Mqtt5Client.connect(
+            units.broker.host,
+            units.broker.port,
+            vin,
+            username=vin,
+            password=units.closed.vehicles[vin],
+            clean_start=False,
+            session_expiry=3600,
+        )
+        assert code == 0
+        client.disconnect()  # offline, its session kept
+        offline[vin] = client
+    for _ in range(5):
+        units.closed.vehicles[VIN_A] = generate_password()
+        units.closed.apply()
+    units.closed.remove_vehicle(VIN_B)
+    assert units.broker.is_running()
+    unit = units.connect(VIN_A)  # the newest password
+    assert unit.publish(topic_for(VIN_A, Channel.STATUS), b"alive") < 0x80
+    assert units.try_connect(VIN_B, password="whatever")[1] == NOT_AUTHORIZED
+    assert units.broker.is_running()
