@@ -31,8 +31,9 @@ One :meth:`RulesWorker.step`:
    effects exactly once.
 
 The vehicles' states are written behind (decision 0050): kept in memory for the partitions
-held and written every ``flush_ms`` (with the pass's effects and cursor, so the stored
-states are as of a cursor), at once after a trip recompute and after a change of the
+held and written every ``flush_ms``, each partition on its own schedule, a share of them
+per pass (decision 0057), with the pass's effects and cursor (so the stored states are as
+of a cursor), at once after a trip recompute and after a change of the
 settings, and at :meth:`RulesWorker.stop`. A pass that does not write them notes its new
 cursor, its tick's time and the vehicles it skipped (``fleet_passes``); a worker that takes
 a partition (or holds it again after a lapse) replays the noted passes over the stored
