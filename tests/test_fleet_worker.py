@@ -6,6 +6,7 @@ their trip."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -507,6 +508,52 @@ def test_states_written_behind_are_written_when_due_and_at_stop(
     w.stop()
     assert log.vin_states([key])[key] == memory
     assert notes() == 0
+    store.close()
+
+
+def test_the_states_are_written_a_partition_at_a_time_spread_over_the_interval(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """Every ``flush_ms`` one transaction wrote every held partition's states, and the
+    alerts of that pass (and of the passes queued behind it) waited for it: the alert
+    latency's tail (decision 0057). Each partition is now written ``flush_ms`` after its
+    own last write, at most the share of the partitions the time since the last pass
+    stands for: here (4 partitions, a pass a second, 4 s) one a second, and still each
+    about every 4 s."""
+    db, path = world
+    vins = [*VINS, "WFLEETW0000000004", "WFLEETW0000000005"]  # partitions 2, 0, 1, 3
+    account = FleetLog(db).accounts_of([(VINS[0], 1)])[(VINS[0], 1)]
+    for vin in vins[2:]:
+        AccountRepository(db).provision_vehicle(
+            vin=vin, account_id=account, label=None, mqtt_password_hash=None,
+            provisioned_by=None, now=1,
+        )  # fmt: skip
+    store = open_store(path)
+    log = FleetLog(db)
+    now = [T0]
+    w = worker(db, path, lambda: now[0], settle_ms=0, flush_ms=4_000)
+    written_at: dict[int, list[int]] = {p: [] for p in range(4)}
+    before = dict.fromkeys(range(4), (0, 0))  # no partition row yet: nothing written
+    for second in range(1, 25):
+        values = {SPEED: 50.0, LAT: 48.0 + second * 0.0001, LON: 11.5}
+        commit(store, [Sample(vin, second, now[0] - 500, values) for vin in vins], now[0])
+        while w.step():
+            pass
+        after = {p: at for p, (at, _) in log.replay_plan(range(4)).items()}
+        wrote = [p for p in range(4) if after[p] != before[p]]
+        assert len(wrote) <= 1, f"second {second}: partitions {wrote} written in one pass"
+        for p in wrote:
+            written_at[p].append(second)
+        before = after
+        now[0] += 1_000
+    for p, seconds in written_at.items():
+        assert seconds, f"partition {p} never written"
+        assert seconds[0] <= 8  # the first write: at most twice the interval
+        assert all(b - a <= 5 for a, b in itertools.pairwise(seconds)), seconds
+    memory = {(vin, 1): w._states[(vin, 1)][0].last_seq for vin in vins}
+    w.stop()
+    stored = log.vin_states(list(memory))
+    assert {k: v[0]["last_seq"] for k, v in stored.items()} == memory
     store.close()
 
 

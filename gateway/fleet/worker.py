@@ -31,8 +31,9 @@ One :meth:`RulesWorker.step`:
    effects exactly once.
 
 The vehicles' states are written behind (decision 0050): kept in memory for the partitions
-held and written every ``flush_ms`` (with the pass's effects and cursor, so the stored
-states are as of a cursor), at once after a trip recompute and after a change of the
+held and written every ``flush_ms``, each partition on its own schedule, a share of them
+per pass (decision 0057), with the pass's effects and cursor (so the stored states are as
+of a cursor), at once after a trip recompute and after a change of the
 settings, and at :meth:`RulesWorker.stop`. A pass that does not write them notes its new
 cursor, its tick's time and the vehicles it skipped (``fleet_passes``); a worker that takes
 a partition (or holds it again after a lapse) replays the noted passes over the stored
@@ -354,7 +355,11 @@ class RulesWorker:
         self._dirty: dict[int, dict[VinKey, int]] = defaultdict(dict)
         #: the partitions with passes noted since their states were written
         self._noted: set[int] = set()
-        self._flushed_at = clock()
+        #: per partition held, when its states were last written (or it was first seen
+        #: here): each is written ``flush_ms`` after its own last write, not all at once
+        #: (decision 0057), and when the last pass's commit was (:meth:`_due`)
+        self._written_at: dict[int, int] = {}
+        self._committed_at = clock()
         self._generation = self._config.generation
         #: the account of each vehicle's holding period seen (:meth:`_accounts_of`)
         self._accounts: dict[VinKey, int] = {}
@@ -388,12 +393,14 @@ class RulesWorker:
                 self._current.discard(p)
                 self._dirty.pop(p, None)
                 self._noted.discard(p)
+                self._written_at.pop(p, None)
 
     def _forget_all(self) -> None:
         self._states.clear()
         self._current.clear()
         self._dirty.clear()
         self._noted.clear()
+        self._written_at.clear()
 
     def step(self) -> int:
         """One pass; the number of log rows evaluated (0: nothing new)."""
@@ -685,12 +692,9 @@ class RulesWorker:
         (per partition, with its cursor) when due (decision 0050), else the pass is noted."""
         now = self.clock()
         changed = self._config.generation != self._generation
-        due = (
-            flush_all
-            or changed
-            or self.settings.flush_ms <= 0
-            or now - self._flushed_at >= self.settings.flush_ms
-        )
+        every = flush_all or changed or self.settings.flush_ms <= 0
+        since, self._committed_at = max(0, now - self._committed_at), now
+        due = set(held) if every else self._due(held, now, since)
         by_partition = {p.step.partition: p for p in pending}
         steps = []
         flushed = []
@@ -698,9 +702,10 @@ class RulesWorker:
         for partition in held:
             p = by_partition.get(partition)
             recomputed = p is not None and any(s.replace_from is not None for s in p.step.steps)
-            if due or recomputed:
+            if partition in due or recomputed:
                 if p is None and partition not in self._noted:
-                    continue  # its stored states are as of its cursor
+                    self._written_at[partition] = now  # its stored states are as of its cursor
+                    continue
                 states = self._state_writes(partition, p, written)
                 cursor = held[partition] if p is None else p.step.cursor
                 done = p.step.steps if p is not None else []
@@ -721,8 +726,26 @@ class RulesWorker:
             self._noted.add(p.step.partition)
         for partition in flushed:
             self._wrote(partition, written)
-        if due:
-            self._flushed_at, self._generation = now, self._config.generation
+            self._written_at[partition] = now
+        if every:
+            self._generation = self._config.generation
+
+    def _due(self, held: Mapping[int, tuple[int, int]], now: int, since: int) -> set[int]:
+        """The partitions whose states this pass writes (when nothing makes it write every
+        one): those last written ``flush_ms`` ago or more, the oldest first, at most the
+        share of the held partitions that the time ``since`` the last pass is of ``flush_ms``
+        (rounded up). Writing every held partition's states in one pass every
+        ``flush_ms`` held up that pass's alerts and the next passes' (decision 0057); so
+        the writes are spread over the interval, each partition's states still written
+        about every ``flush_ms`` (at most twice that when many come due at once)."""
+        flush_ms = self.settings.flush_ms
+        for partition in held:
+            self._written_at.setdefault(partition, now)
+        ripe = sorted(
+            (at, p) for p, at in self._written_at.items() if p in held and now - at >= flush_ms
+        )
+        quota = -(-len(held) * since // flush_ms)  # rounded up: one at least, once time passed
+        return {p for _, p in ripe[:quota]}
 
     def _state_writes(
         self,
