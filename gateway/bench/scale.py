@@ -1097,9 +1097,9 @@ def _not_run(vehicles: int, reason: str) -> StepFigures:
     """A step broken before it started: nothing measured (every figure NaN, every count 0,
     every table empty), no window, the reason given. Derived from the fields, so a new
     figure needs no line here."""
-    empty = {float: float("nan"), int: 0, dict: {}, list: []}
+    empty: dict[type, Any] = {float: float("nan"), int: 0, dict: {}, list: []}
     hints = get_type_hints(StepFigures)
-    values = {
+    values: dict[str, Any] = {
         f.name: copy.copy(empty[get_origin(hints[f.name]) or hints[f.name]])
         for f in fields(StepFigures)
     }
