@@ -333,3 +333,16 @@ def test_progress_counts_reconnects_apart_from_errors(capsys: pytest.CaptureFixt
     assert (p["reconnects"], p["errors"]) == (4, 5)
     ProgressDisplay("plain", interval_s=5, title="t").update(p)
     assert "5 errors  4 reconnects" in capsys.readouterr().err
+
+
+def test_bench_sim_header_names_the_window_asked_and_the_one_measured(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Decision 0054: `telematics bench sim --units 20 --seconds 3` printed "5 s after all
+    connected", the window it measured, as if it were the one asked for (the run allows
+    units / connect rate + 2 s for connecting; 20 units connect in milliseconds)."""
+    import dataclasses
+
+    _print_result(dataclasses.replace(_bench_result(20), seconds=5.04, seconds_asked=3.0))
+    header = capsys.readouterr().err.strip().splitlines()[0]
+    assert "3 s asked, measured over 5.0 s after all connected" in header, header
