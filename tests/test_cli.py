@@ -22,6 +22,7 @@ from gateway.broker import free_port
 from gateway.cli import build_parser, main, up_plan
 from gateway.errors import GatewayError
 from tests.support.processes import kill_processes_mentioning
+from tests.support.waiting import wait_until
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -460,3 +461,50 @@ def test_every_positional_argument_says_what_it_is() -> None:
         and not action.help
     ]
     assert silent == []
+
+
+def _up(tmp_path: Path, data: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMATICS_")}
+    ports = ["--api-port", str(free_port()), "--mqtt-port", str(free_port())]
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "up", "--data-dir", str(data), *ports, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def test_a_second_up_on_the_same_data_directory_stops_at_once(tmp_path: Path) -> None:
+    """Decision 0054: a newcomer who ran `telematics up` twice from the same directory, the
+    second on other ports, got two installations on one data directory: a second private
+    broker on the first one's persistence file (service sessions written into it while the
+    first broker ran), two gateways named telematics-gateway-1 on one telemetry store, and
+    the first one's health reports deleted. The second now stops before touching anything
+    and says which process holds the directory and how to run a second installation."""
+    data = tmp_path / "data"
+    first = _up(tmp_path, data)
+    try:
+        health = data / "health"
+        wait_until(lambda: any(health.glob("*.json")), timeout=120, what="its health reports")
+        reports = sorted(p.name for p in health.glob("*.json"))
+        second = _up(tmp_path, data)
+        try:
+            _, stderr = second.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # it started after all
+            os.killpg(second.pid, signal.SIGKILL)
+            _, stderr = second.communicate()
+        assert second.returncode == 2, stderr
+        assert f"another telematics up (pid {first.pid}) runs on the data directory" in stderr
+        assert "--data-dir" in stderr
+        assert first.poll() is None
+        assert sorted(p.name for p in health.glob("*.json")) == reports  # left alone
+    finally:
+        os.killpg(first.pid, signal.SIGINT)
+        try:
+            first.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.communicate()
+        kill_processes_mentioning(tmp_path)
