@@ -508,3 +508,45 @@ def test_a_second_up_on_the_same_data_directory_stops_at_once(tmp_path: Path) ->
             os.killpg(first.pid, signal.SIGKILL)
             first.communicate()
         kill_processes_mentioning(tmp_path)
+
+
+def test_a_data_directory_that_cannot_be_made_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Decision 0054: `telematics up --data-dir` on a read-only file system, or under a
+    file, ended in a Python traceback (OSError from mkdir); it says what and where."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    ports = ["--api-port", str(free_port()), "--mqtt-port", str(free_port())]
+    assert main(["up", "--data-dir", str(blocker / "data"), *ports]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"telematics: error: Not a directory: {blocker / 'data'}" in err
+    assert "--data-dir DIR (env TELEMATICS_DATA_DIR)" in err
+
+
+def test_a_full_disk_at_start_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 0054: on a full file system (a 300 KB tmpfs) `telematics up` died in the
+    state database's first migration with a 40-line SQLAlchemy traceback ending in
+    "database or disk is full". A full disk cannot be made in a test: the migration's
+    error, as SQLAlchemy raised it there, stands in for it."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    from gateway.statedb.database import StateDatabase
+
+    def full(self: StateDatabase) -> None:
+        cause = sqlite3.OperationalError("database or disk is full")
+        raise sqlalchemy.exc.OperationalError("COMMIT", {}, cause) from cause
+
+    monkeypatch.setattr(StateDatabase, "upgrade", full)
+    data = tmp_path / "data"
+    ports = ["--api-port", str(free_port()), "--mqtt-port", str(free_port())]
+    assert main(["up", "--data-dir", str(data), *ports]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "telematics: error: SQLite: database or disk is full" in err
+    assert f"the data directory {data} must be writable and have room" in err

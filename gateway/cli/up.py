@@ -247,9 +247,13 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     plan = plan_up(args, env, data_dir=args.data_dir.resolve())
     check_up_ports(plan.listeners)
     lock = _hold_data_dir(plan.data_dir)
-    _prepare_data_dir(plan.data_dir)
-    ensure_signing_key(plan.signing_key)
-    state_db = StateDatabase(plan.state_db_url)
+    try:
+        _prepare_data_dir(plan.data_dir)
+        ensure_signing_key(plan.signing_key)
+        state_db = StateDatabase(plan.state_db_url)
+    except BaseException:
+        lock.close()
+        raise
     try:
         state_db.upgrade()
         accounts, audit = AccountRepository(state_db), AuditLog(state_db)
