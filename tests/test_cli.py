@@ -550,3 +550,27 @@ def test_a_full_disk_at_start_is_one_line_not_a_traceback(
     assert "Traceback" not in err
     assert "telematics: error: SQLite: database or disk is full" in err
     assert f"the data directory {data} must be writable and have room" in err
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "no-such-host.invalid"])
+def test_a_gateway_that_cannot_reach_its_broker_says_so_in_one_line(
+    host: str, tmp_path: Path
+) -> None:
+    """Decision 0054: `telematics up --mqtt-url` with a wrong port or host printed a
+    50-line traceback from the gateway (ConnectionRefusedError, socket.gaierror) on every
+    restart, 1, 2, 4 ... s apart. One line names the URL, the reason and the flag."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMATICS_")}
+    argv = ["gateway", "--data-dir", str(tmp_path / "data"), "--mqtt-url", f"mqtt://{host}:{port}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"cannot reach the MQTT broker mqtt://{host}:{port}: " in done.stderr
+    assert "--mqtt-url URL (env TELEMATICS_MQTT_URL)" in done.stderr
