@@ -24,6 +24,7 @@ from schemas.signing import (
     sign_command,
     verify_command,
 )
+from tests.support.canonical import canonical_float
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS_PATH = REPO / "docs/device-contract/signing-vectors.json"
@@ -81,8 +82,6 @@ def test_every_float_is_signed_in_the_documented_form(x: float) -> None:
     """The gateway's bytes (orjson's float formatting) are §11's rule, written again from
     the text in the independent unit: an orjson upgrade that changed the form would break
     every unit's verification of such a command."""
-    from tests.test_device_contract_paho import canonical_float
-
     message = {**json.loads(CASES[0]["message"]), "type": "calibrate", "params": {"x": x}}
     command = decode_command(orjson.dumps(message))
     assert isinstance(command, InvalidCommand)  # an unknown type: signed as received
