@@ -44,7 +44,8 @@ def _progress_line(p: Mapping[str, Any], rate: float) -> str:
     return (
         f"device_sim: {p['elapsed_s']:5.0f} s  {p['connected']}/{p['vehicles']} connected"
         f"  {p['published']} published  {p['acknowledged']} acknowledged"
-        f"  {p['buffered']} buffered  {p['errors']} errors  {rate:,.0f} msg/s"
+        f"  {p['buffered']} buffered  {p['errors']} errors  {p.get('reconnects', 0)} reconnects"
+        f"  {rate:,.0f} msg/s"
         f"  {p['commands_answered']}/{p['commands_received']} commands answered"
     )
 
@@ -96,6 +97,7 @@ class ProgressDisplay:
             "acknowledged",
             "buffered",
             "errors",
+            "reconnects",
             "msg/s",
             "commands answered",
         ):
@@ -107,6 +109,7 @@ class ProgressDisplay:
             f"{p['acknowledged']:,}",
             f"{p['buffered']:,}",
             f"{p['errors']:,}",
+            f"{p.get('reconnects', 0):,}",
             f"{self._rate:,.1f}",
             f"{p['commands_answered']:,}/{p['commands_received']:,}",
         )

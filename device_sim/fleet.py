@@ -592,7 +592,10 @@ class FleetRun:
             stats = [u.stats() for u in self.units]
             self._full = {
                 "buffered": sum(s.pending for s in stats),
-                "errors": sum(max(0, s.connects - 1) + s.dropped for s in stats),
+                # a reconnect follows a dropped link (a broker restart, a coverage gap):
+                # counted apart, not as an error (decision 0054)
+                "reconnects": sum(max(0, s.connects - 1) for s in stats),
+                "errors": sum(s.dropped for s in stats),
                 "commands_received": sum(s.commands_received for s in stats),
                 "commands_answered": sum(s.commands_answered for s in stats),
             }
@@ -813,9 +816,11 @@ _EPILOG: Final = (
     "output:\n"
     "  Live progress goes to stderr (a table on a terminal, refreshed twice a second;\n"
     "  a plain line every --progress seconds otherwise): units connected, messages\n"
-    "  published and acknowledged, samples buffered, errors, publish rate, commands\n"
-    "  answered. At the end a one-line summary goes to stderr; with --json the full\n"
-    "  summary goes to stdout instead: published, acknowledged, rejected_by_broker,\n"
+    "  published and acknowledged, samples buffered, errors (samples dropped from a\n"
+    "  full buffer, logins refused, connections taken over), reconnects, publish\n"
+    "  rate, commands answered. At the end a one-line summary goes to stderr; with\n"
+    "  --json the full summary goes to stdout instead: published, acknowledged,\n"
+    "  rejected_by_broker,\n"
     "  taken_over, commands answered, publish->PUBACK latency percentiles, CPU seconds\n"
     "  and peak memory per process (and per 1,000 units, for fleets of 1,000 or more),\n"
     "  every unit's counters for fleets of up to 1,000.\n"

@@ -42,6 +42,7 @@ PROGRESS_KEYS: Final = (
     "acknowledged",
     "buffered",
     "errors",
+    "reconnects",
     "rejected_by_broker",
     "taken_over",
     "commands_received",

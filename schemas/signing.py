@@ -9,9 +9,10 @@ can merely publish on a vehicle's command topic can unlock it.
 
 Canonical bytes: the domain tag ``b"telematics-command-v1\\0"`` followed by the JSON object
 ``{vin, command_id, type, params, issued_at, expires_at, counter}`` encoded by orjson with
-sorted keys (compact, UTF-8, deterministic). The tag keeps a command signature from ever
-being valid for anything else signed with the same key. The signature travels in the
-command's ``signature`` field as unpadded base64url text (86 characters).
+sorted keys (compact, UTF-8, deterministic; floats in the form the device contract §11
+names, which is orjson's: ``1.5e-7``, ``1e+20``, ``0.00001``). The tag keeps a command
+signature from ever being valid for anything else signed with the same key. The signature
+travels in the command's ``signature`` field as unpadded base64url text (86 characters).
 
 Pure apart from the key file helpers (:func:`load_private_key`, :func:`save_private_key`).
 """

@@ -320,3 +320,30 @@ def test_fleet_scale_step_over_a_brokers_descriptors_breaks_before_it_starts(
     step = scale._not_run(50_000, short)
     scale._print(scale.ScaleBenchResult(2, 20_000, [step], 50_000, step.broken))
     assert f"50,000 vehicles: not run: {short}" in capsys.readouterr().err
+
+
+def test_fleet_scale_step_not_run_claims_no_figure() -> None:
+    """Decision 0054: ``_not_run`` listed every ``StepFigures`` field by hand, and the ones
+    added later with a default (bytes per vehicle, a day on disk, drain time) said 0.0, as
+    did provisioning, connect and the message rate: a measured zero, in the JSON too. Every
+    figure of a step that never ran is NaN, every count 0, every table empty."""
+    import math
+    from dataclasses import fields
+
+    from gateway.bench import scale
+
+    step = scale._not_run(50_000, "file descriptors: too few")
+    assert (step.vehicles, step.window_s, step.broken) == (
+        50_000,
+        0.0,
+        ["file descriptors: too few"],
+    )
+    for f in fields(scale.StepFigures):
+        if f.name in {"vehicles", "window_s", "broken"}:
+            continue
+        value = getattr(step, f.name)
+        if isinstance(value, float):
+            assert math.isnan(value), f.name
+        else:
+            assert value in (0, {}, []), f.name
+    assert scale._not_run(1, "a").lag_timeline is not scale._not_run(2, "b").lag_timeline

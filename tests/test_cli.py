@@ -22,6 +22,7 @@ from gateway.broker import free_port
 from gateway.cli import build_parser, main, up_plan
 from gateway.errors import GatewayError
 from tests.support.processes import kill_processes_mentioning
+from tests.support.waiting import wait_until
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -460,3 +461,116 @@ def test_every_positional_argument_says_what_it_is() -> None:
         and not action.help
     ]
     assert silent == []
+
+
+def _up(tmp_path: Path, data: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMATICS_")}
+    ports = ["--api-port", str(free_port()), "--mqtt-port", str(free_port())]
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "up", "--data-dir", str(data), *ports, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def test_a_second_up_on_the_same_data_directory_stops_at_once(tmp_path: Path) -> None:
+    """Decision 0054: a newcomer who ran `telematics up` twice from the same directory, the
+    second on other ports, got two installations on one data directory: a second private
+    broker on the first one's persistence file (service sessions written into it while the
+    first broker ran), two gateways named telematics-gateway-1 on one telemetry store, and
+    the first one's health reports deleted. The second now stops before touching anything
+    and says which process holds the directory and how to run a second installation."""
+    data = tmp_path / "data"
+    first = _up(tmp_path, data)
+    try:
+        health = data / "health"
+        wait_until(lambda: any(health.glob("*.json")), timeout=120, what="its health reports")
+        reports = sorted(p.name for p in health.glob("*.json"))
+        second = _up(tmp_path, data)
+        try:
+            _, stderr = second.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # it started after all
+            os.killpg(second.pid, signal.SIGKILL)
+            _, stderr = second.communicate()
+        assert second.returncode == 2, stderr
+        assert f"another telematics up (pid {first.pid}) runs on the data directory" in stderr
+        assert "--data-dir" in stderr
+        assert first.poll() is None
+        assert sorted(p.name for p in health.glob("*.json")) == reports  # left alone
+    finally:
+        os.killpg(first.pid, signal.SIGINT)
+        try:
+            first.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.communicate()
+        kill_processes_mentioning(tmp_path)
+
+
+def test_a_data_directory_that_cannot_be_made_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Decision 0054: `telematics up --data-dir` on a read-only file system, or under a
+    file, ended in a Python traceback (OSError from mkdir); it says what and where."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    ports = ["--api-port", str(free_port()), "--mqtt-port", str(free_port())]
+    assert main(["up", "--data-dir", str(blocker / "data"), *ports]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"telematics: error: Not a directory: {blocker / 'data'}" in err
+    assert "--data-dir DIR (env TELEMATICS_DATA_DIR)" in err
+
+
+def test_a_full_disk_at_start_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 0054: on a full file system (a 300 KB tmpfs) `telematics up` died in the
+    state database's first migration with a 40-line SQLAlchemy traceback ending in
+    "database or disk is full". A full disk cannot be made in a test: the migration's
+    error, as SQLAlchemy raised it there, stands in for it."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    from gateway.statedb.database import StateDatabase
+
+    def full(self: StateDatabase) -> None:
+        cause = sqlite3.OperationalError("database or disk is full")
+        raise sqlalchemy.exc.OperationalError("COMMIT", {}, cause) from cause
+
+    monkeypatch.setattr(StateDatabase, "upgrade", full)
+    data = tmp_path / "data"
+    ports = ["--api-port", str(free_port()), "--mqtt-port", str(free_port())]
+    assert main(["up", "--data-dir", str(data), *ports]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "telematics: error: SQLite: database or disk is full" in err
+    assert f"the data directory {data} must be writable and have room" in err
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "no-such-host.invalid"])
+def test_a_gateway_that_cannot_reach_its_broker_says_so_in_one_line(
+    host: str, tmp_path: Path
+) -> None:
+    """Decision 0054: `telematics up --mqtt-url` with a wrong port or host printed a
+    50-line traceback from the gateway (ConnectionRefusedError, socket.gaierror) on every
+    restart, 1, 2, 4 ... s apart. One line names the URL, the reason and the flag."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMATICS_")}
+    argv = ["gateway", "--data-dir", str(tmp_path / "data"), "--mqtt-url", f"mqtt://{host}:{port}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"cannot reach the MQTT broker mqtt://{host}:{port}: " in done.stderr
+    assert "--mqtt-url URL (env TELEMATICS_MQTT_URL)" in done.stderr

@@ -37,6 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.broker import free_port
+from tests.support.canonical import canonical_float
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -58,12 +59,22 @@ DOMAIN_TAG = b"telematics-command-v1\x00"
 SIGNED_MEMBERS = ("command_id", "counter", "expires_at", "issued_at", "params", "type", "vin")
 
 
+def canonical_json(value: Any) -> str:
+    """Section 11: compact JSON, names sorted at every level, UTF-8 as is."""
+    if isinstance(value, dict):
+        members = (f"{canonical_json(k)}:{canonical_json(value[k])}" for k in sorted(value))
+        return "{" + ",".join(members) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(canonical_json(v) for v in value) + "]"
+    if isinstance(value, float):
+        return canonical_float(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
 def canonical_bytes(command: dict[str, Any]) -> bytes:
-    """Section 11: the tag, then the seven members as compact JSON, names sorted at every
-    level, UTF-8 as is, floats as shortest round trip with a fraction (Python's repr)."""
+    """Section 11: the tag, then the seven members as canonical JSON."""
     signed = {name: command[name] for name in SIGNED_MEMBERS}
-    text = json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return DOMAIN_TAG + text.encode("utf-8")
+    return DOMAIN_TAG + canonical_json(signed).encode("utf-8")
 
 
 def signature_valid(command: dict[str, Any], public_key: Ed25519PublicKey) -> bool:

@@ -9,9 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schemas.commands import CommandMessage, InvalidCommand, decode_command, unit_decision
 from schemas.signing import (
@@ -21,6 +24,7 @@ from schemas.signing import (
     sign_command,
     verify_command,
 )
+from tests.support.canonical import canonical_float
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS_PATH = REPO / "docs/device-contract/signing-vectors.json"
@@ -66,6 +70,23 @@ def test_vectors_cover_what_a_signer_gets_wrong() -> None:
         assert any(escaped in t for t in texts), escaped
     assert any("München" in t for t in texts)  # non-ASCII as is, not \\u00fc
     assert any('{"a":0.1,"z":[' in t for t in texts)  # members sorted inside params too
+    # §11's float forms where the usual encoders differ (decision 0054): orjson writes
+    # 1.5e-7 and 0.00001, Python's repr 1.5e-07 and 1e-05; a unit re-encoding an unknown
+    # type's parameters must know which, or it answers bad_signature for unsupported
+    for written in (":1.5e-7", ":-2.5e-9", ":1e+20", ":1.5e+16", ":0.00001", ":1000000000000000.0"):
+        assert any(written in t for t in texts), written
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_every_float_is_signed_in_the_documented_form(x: float) -> None:
+    """The gateway's bytes (orjson's float formatting) are §11's rule, written again from
+    the text in the independent unit: an orjson upgrade that changed the form would break
+    every unit's verification of such a command."""
+    message = {**json.loads(CASES[0]["message"]), "type": "calibrate", "params": {"x": x}}
+    command = decode_command(orjson.dumps(message))
+    assert isinstance(command, InvalidCommand)  # an unknown type: signed as received
+    text = canonical_command_bytes(command)[len(DOMAIN_TAG) :].decode()
+    assert f'"params":{{"x":{canonical_float(x)}}}' in text
 
 
 @pytest.mark.parametrize("vector", CASES, ids=IDS)

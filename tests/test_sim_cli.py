@@ -308,3 +308,41 @@ def test_the_first_progress_line_shows_the_rate_so_far(capsys: pytest.CaptureFix
     assert "30 published" in first, first
     assert " 6 msg/s" in first, first
     assert " 10 msg/s" in second, second
+
+
+def test_progress_counts_reconnects_apart_from_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    """Decision 0054: the demo's progress line read "5 errors" for the rest of the run after
+    the broker restart that bulk provisioning causes: each unit's second connect was counted
+    as an error. A reconnect is what a unit does after a dropped link; errors are samples
+    lost to a full buffer, logins the broker refused and connections taken over."""
+    import dataclasses
+    import functools
+
+    from device_sim.console import ProgressDisplay
+    from device_sim.fleet import FleetRun, FleetSettings
+    from device_sim.unit import UnitSettings
+
+    fleet = FleetRun(FleetSettings(count=3), UnitSettings())
+    for unit, (connects, dropped) in zip(fleet.units, [(2, 0), (2, 0), (3, 4)], strict=True):
+        stats = dataclasses.replace(unit.stats(), connects=connects, dropped=dropped)
+        setattr(unit, "stats", functools.partial(lambda s: s, stats))  # noqa: B010
+    p = fleet.progress(5.0)
+    assert (p["reconnects"], p["errors"]) == (4, 4)
+    fleet.rejected = 1
+    p = fleet.progress(6.0)  # the per-unit counters are cached for a couple of seconds
+    assert (p["reconnects"], p["errors"]) == (4, 5)
+    ProgressDisplay("plain", interval_s=5, title="t").update(p)
+    assert "5 errors  4 reconnects" in capsys.readouterr().err
+
+
+def test_bench_sim_header_names_the_window_asked_and_the_one_measured(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Decision 0054: `telematics bench sim --units 20 --seconds 3` printed "5 s after all
+    connected", the window it measured, as if it were the one asked for (the run allows
+    units / connect rate + 2 s for connecting; 20 units connect in milliseconds)."""
+    import dataclasses
+
+    _print_result(dataclasses.replace(_bench_result(20), seconds=5.04, seconds_asked=3.0))
+    header = capsys.readouterr().err.strip().splitlines()[0]
+    assert "3 s asked, measured over 5.0 s after all connected" in header, header

@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import resource
@@ -64,9 +65,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, get_origin, get_type_hints
 
 import httpx
 
@@ -1093,39 +1094,16 @@ def _figures(step: _Step, m: dict[str, Any], limits: tuple[float, float]) -> Ste
 
 
 def _not_run(vehicles: int, reason: str) -> StepFigures:
-    """A step broken before it started: nothing measured, the reason given."""
-    nan = float("nan")
-    return StepFigures(
-        vehicles=vehicles,
-        connected=0,
-        provision_s=0.0,
-        acl_reload_s=0.0,
-        connect_s=0.0,
-        window_s=0.0,
-        messages_per_s=0.0,
-        values_per_s=0.0,
-        lag_p50_ms=nan,
-        lag_p99_ms=nan,
-        lag_max_ms=nan,
-        lag_samples=0,
-        commands=0,
-        commands_succeeded=0,
-        command_p50_ms=nan,
-        command_p99_ms=nan,
-        command_max_ms=nan,
-        cpu={},
-        rss_mb={},
-        machine_cpu=nan,
-        others_cpu=nan,
-        bytes_per_sample=nan,
-        acked=0,
-        lost=0,
-        duplicated=0,
-        late=0,
-        reconnects=0,
-        refused=0,
-        broken=[reason],
-    )
+    """A step broken before it started: nothing measured (every figure NaN, every count 0,
+    every table empty), no window, the reason given. Derived from the fields, so a new
+    figure needs no line here."""
+    empty: dict[type, Any] = {float: float("nan"), int: 0, dict: {}, list: []}
+    hints = get_type_hints(StepFigures)
+    values: dict[str, Any] = {
+        f.name: copy.copy(empty[get_origin(hints[f.name]) or hints[f.name]])
+        for f in fields(StepFigures)
+    }
+    return StepFigures(**{**values, "vehicles": vehicles, "window_s": 0.0, "broken": [reason]})
 
 
 def _with_generators(figures: StepFigures, loads: Sequence[_Load]) -> StepFigures:

@@ -23,7 +23,9 @@ docs/decisions/0013-architecture-step.md.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -84,3 +86,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         # as other command-line tools do, not with a traceback; the output is discarded
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as exc:
+        problem = storage_problem(exc)
+        if problem is None:
+            raise
+        data_dir = getattr(args, "data_dir", None)
+        where = f"the data directory {data_dir.resolve()}" if data_dir else "the data directory"
+        print(
+            f"telematics: error: {problem}: {where} must be writable and have room: free "
+            f"space there, or choose another with --data-dir DIR (env TELEMATICS_DATA_DIR)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+#: what a file system that is read-only, full or closed to us answers
+_STORAGE_ERRNOS = frozenset(
+    {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+)
+#: SQLite's words for the same
+_SQLITE_STORAGE = ("disk is full", "readonly database", "unable to open database file")
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """What is wrong with the storage if ``exc`` (or what caused it) is a read-only, full or
+    inaccessible file system, in a few words; None for any other error (decision 0054: those
+    were tracebacks)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _STORAGE_ERRNOS:
+            return f"{seen.strerror}: {seen.filename}" if seen.filename else str(seen.strerror)
+        if isinstance(seen, sqlite3.Error) and any(m in str(seen) for m in _SQLITE_STORAGE):
+            return f"SQLite: {seen}"
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from gateway.cli.options import (
     add_auth,
@@ -247,9 +247,14 @@ def run(args: argparse.Namespace, env: Environment) -> int:
 
     plan = plan_up(args, env, data_dir=args.data_dir.resolve())
     check_up_ports(plan.listeners)
-    _prepare_data_dir(plan.data_dir)
-    ensure_signing_key(plan.signing_key)
-    state_db = StateDatabase(plan.state_db_url)
+    lock = _hold_data_dir(plan.data_dir)
+    try:
+        _prepare_data_dir(plan.data_dir)
+        ensure_signing_key(plan.signing_key)
+        state_db = StateDatabase(plan.state_db_url)
+    except BaseException:
+        lock.close()
+        raise
     try:
         state_db.upgrade()
         accounts, audit = AccountRepository(state_db), AuditLog(state_db)
@@ -288,6 +293,40 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         return Supervisor(parts, keeper, edges=edges, health_dir=health_dir).run()
     finally:
         state_db.dispose()
+        lock.close()
+
+
+#: in the data directory: held (flock) by the ``telematics up`` that runs on it, its pid inside
+UP_LOCK_FILE = "up.lock"
+
+
+def _hold_data_dir(data_dir: Path) -> IO[str]:
+    """Take the data directory for this ``telematics up`` until the returned file is closed
+    (or the process ends), or stop with who holds it: a second one on the same directory
+    would start a second private broker on the first one's persistence file and a second
+    ``telematics-gateway-1`` on the same store, and delete the first one's health reports."""
+    import fcntl
+
+    from gateway.files import private_directory
+
+    private_directory(data_dir)
+    lock = (data_dir / UP_LOCK_FILE).open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise GatewayError(
+            f"another telematics up (pid {holder}) runs on the data directory {data_dir}: "
+            f"stop it (Ctrl-C in its terminal, or kill -INT {holder}) or run this one on "
+            f"its own with --data-dir DIR (env TELEMATICS_DATA_DIR) and its own ports"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def _prepare_data_dir(data_dir: Path) -> None:

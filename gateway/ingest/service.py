@@ -281,7 +281,14 @@ class IngestService:
         client.on_disconnect = self._on_disconnect
         if s.mqtt.username is not None:
             client.set_auth_credentials(s.mqtt.username, s.mqtt.password)
-        await client.connect(s.mqtt.host, s.mqtt.port, version=MQTTv50, keepalive=s.keepalive_s)
+        try:
+            await client.connect(s.mqtt.host, s.mqtt.port, version=MQTTv50, keepalive=s.keepalive_s)
+        except OSError as exc:  # refused, no such host, unreachable: a wrong URL, or it is down
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise ConfigurationError(
+                f"cannot reach the MQTT broker {s.mqtt.url}: {reason}: is it running, and is "
+                f"--mqtt-url URL (env TELEMATICS_MQTT_URL) right?"
+            ) from exc
         self._client = client
         flusher = asyncio.create_task(self._flush_loop(stopping))
         try:
