@@ -296,11 +296,14 @@ class _Run:
         )
 
 
-def feed_many(state: TripState, samples: Iterable[Sample], cfg: TripSettings) -> FeedMany:
+def feed_many(state: TripState, samples: Sequence[Sample], cfg: TripSettings) -> FeedMany:
     """:func:`feed` folded over one vehicle's samples in order, a late one (older than the
     newest fed) skipped and reported by the oldest such time: the last state and every trip
     closed (property test: the same as the fold). The open trip accumulates in place and
-    is built once (the trip fast path, decision 0056)."""
+    is built once (the trip fast path, decision 0056); a single sample goes to ``feed``."""
+    if len(samples) == 1:  # a one-sample pass: nothing to accumulate
+        one = feed(state, samples[0], cfg)
+        return FeedMany(state, (), samples[0].ts_ms) if one.late else FeedMany(*one[:2])
     last_ts, ignition, moving = state.last_ts_ms, state.ignition, state.moving
     run = None if state.trip is None else _Run(state.trip)
     stopped = state.stopped
@@ -322,16 +325,8 @@ def feed_many(state: TripState, samples: Iterable[Sample], cfg: TripSettings) ->
         if mov is not None:
             moving = mov
         last_ts = ts
-        if run is not None:  # _ended_before
-            if ts - run.last_ms > cfg.max_gap_ms:
-                closed += _finish(stopped or run.freeze(), "data_gap", cfg)
-                run = stopped = None
-            elif stopped is not None and ts - stopped.last_ms >= cfg.parking_ms:
-                closed += _finish(stopped, "parked", cfg)
-                run = stopped = None
-        elif stopped is not None and ts - stopped.last_ms >= cfg.parking_ms:
-            closed += _finish(stopped, "parked", cfg)
-            stopped = None
+        if run is not None or stopped is not None:
+            run, stopped = _run_ended_before(run, stopped, ts, cfg, closed)
         if run is not None:
             run.add(values, ts)
             if ignition is False:
@@ -348,6 +343,20 @@ def feed_many(state: TripState, samples: Iterable[Sample], cfg: TripSettings) ->
         return FeedMany(state, (), late)
     trip = None if run is None else run.freeze()
     return FeedMany(TripState(last_ts, ignition, moving, trip, stopped), tuple(closed), late)
+
+
+def _run_ended_before(
+    run: _Run | None, stopped: _Acc | None, ts_ms: int, cfg: TripSettings, closed: list[Trip]
+) -> tuple[_Run | None, _Acc | None]:
+    """:func:`_ended_before` for :func:`feed_many`'s trip being built (a trip it ends is
+    added to ``closed``)."""
+    if run is not None and ts_ms - run.last_ms > cfg.max_gap_ms:
+        closed += _finish(stopped or run.freeze(), "data_gap", cfg)
+        return None, None
+    if stopped is not None and ts_ms - stopped.last_ms >= cfg.parking_ms:
+        closed += _finish(stopped, "parked", cfg)
+        return None, None
+    return run, stopped
 
 
 def _ended_before(
