@@ -15,10 +15,12 @@ from hypothesis import strategies as st
 from gateway.core.fleet.geo import Point
 from gateway.core.fleet.signals import IGNITION, LATITUDE, LONGITUDE, ODOMETER, SOC, SPEED, Sample
 from gateway.core.fleet.trips import (
+    FeedMany,
     Trip,
     TripSettings,
     TripState,
     feed,
+    feed_many,
     open_trip,
     recompute,
     stops,
@@ -251,3 +253,89 @@ def test_trips_are_ordered_disjoint_and_within_bounds(
         assert t.distance_m >= CFG.min_distance_m
         assert t.max_speed_kmh is not None
         assert t.avg_speed_kmh <= t.max_speed_kmh * 1.05 + 1
+
+
+def fold(state: TripState, samples: list[Sample]) -> FeedMany:
+    """:func:`feed` over ``samples``, a late one skipped (what the worker did before)."""
+    closed: list[Trip] = []
+    late: int | None = None
+    for s in samples:
+        fed = feed(state, s, CFG)
+        if fed.late:
+            late = s.ts_ms if late is None else min(late, s.ts_ms)
+        else:
+            state = fed.state
+            closed.extend(fed.closed)
+    return FeedMany(state, tuple(closed), late)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(segment, max_size=14), st.data())
+def test_feed_many_is_feed_folded_pass_by_pass(
+    segments: list[tuple[str, int, float]], data: st.DataObject
+) -> None:
+    """The trip fast path (decision 0056): a vehicle's samples cut into passes of any
+    sizes, some samples moved later (late ones), some signals dropped from some samples
+    (a fix without the odometer, a sample with no position): ``feed_many`` pass by pass
+    gives every pass the same state, closed trips and oldest late time as ``feed``
+    folded over it."""
+    samples = scripted(segments)
+    if data.draw(st.booleans()):  # drop signals from some samples
+        dropped = data.draw(
+            st.lists(st.sampled_from([SPEED, IGNITION, LATITUDE, LONGITUDE, ODOMETER, SOC]))
+        )
+        samples = [
+            Sample(s.ts_ms, {k: v for k, v in s.values.items() if k not in dropped}, s.seq)
+            if i % 3 == 0
+            else s
+            for i, s in enumerate(samples)
+        ]
+    if len(samples) > 2:  # move a few samples later in the order: late ones
+        for _ in range(data.draw(st.integers(0, 3))):
+            i = data.draw(st.integers(0, len(samples) - 1))
+            j = data.draw(st.integers(i, len(samples) - 1))
+            samples.insert(j, samples.pop(i))
+    state = many = TripState()
+    at = 0
+    while at < len(samples):
+        size = data.draw(st.integers(1, 12))
+        batch = samples[at : at + size]
+        at += size
+        expected = fold(state, batch)
+        got = feed_many(many, batch, CFG)
+        assert got == expected
+        state, many = expected.state, got.state
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [
+        # a stop shorter than parking_ms, then a hole: the trip ends where it stopped
+        [("drive", 300, 50.0), ("stand", 60, 0.0), ("silent", 900, 0.0), ("drive", 300, 40.0)],
+        # a delivery stop (parked), a red light, ignition off while driving
+        [
+            ("drive", 300, 50.0),
+            ("stand", 240, 0.0),
+            ("drive", 200, 30.0),
+            ("stand", 30, 0.0),
+            ("drive", 100, 60.0),
+            ("off", 60, 0.0),
+            ("on", 0, 0.0),
+            ("drive", 120, 20.0),
+        ],
+    ],
+)
+def test_feed_many_is_feed_folded_for_each_way_a_trip_ends(
+    segments: list[tuple[str, int, float]],
+) -> None:
+    samples = scripted(segments)
+    for size in (1, 2, 7, len(samples)):
+        state = many = TripState()
+        for at in range(0, len(samples), size):
+            expected = fold(state, samples[at : at + size])
+            got = feed_many(many, samples[at : at + size], CFG)
+            assert got == expected
+            state, many = expected.state, got.state
+        assert many.last_ts_ms == samples[-1].ts_ms
+    closed, open_ = trips_of(samples)
+    assert len(closed) + (open_ is not None) >= 2  # the trip did end

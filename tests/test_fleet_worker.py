@@ -391,6 +391,41 @@ def test_a_vehicles_fleet_limit_is_held_a_few_seconds_and_then_read_again(
     assert limits() == {VINS[0]: 50.0, VINS[1]: None}
 
 
+def test_settings_read_again_unchanged_are_the_same_objects(
+    world: tuple[StateDatabase, Path],
+) -> None:
+    """The rules keep what they derive from the settings by identity (each vehicle's
+    quiet-path envelope, the fence index): settings read again after their time to live
+    and found unchanged are the objects held before, with a fleet's limit too, so nothing
+    is derived again every ``ttl_ms`` (decision 0056); a change gives new ones."""
+    from gateway.fleet.config import ConfigCache
+
+    db, _ = world
+    fleets = FleetRepository(db)
+    org = FleetLog(db).accounts_of([(VINS[0], 1)])[(VINS[0], 1)]
+    vans = fleets.create_fleet(
+        account_id=org, name="vans", kind="fleet", speed_limit_kmh=70.0, now=1
+    )
+    fleets.add_vehicle(vans.id, VINS[0], now=1)
+    now = [T0]
+    cache = ConfigCache(fleets, lambda: now[0], ttl_ms=5_000)
+    first = cache.for_vins(org, list(VINS))
+    now[0] += 5_000
+    again = cache.for_vins(org, list(VINS))
+    for vin in VINS:
+        assert again[vin][0] is first[vin][0]
+        assert again[vin][1] is first[vin][1]
+    assert first[VINS[0]][0].fleet_speed_limit_kmh == 70.0
+    assert cache.generation == 0
+    fleets.set_rule_settings(org, {"rules": {"speed_limit_kmh": 90.0}, "trips": {}}, now=2)
+    now[0] += 5_000
+    changed = cache.for_vins(org, list(VINS))
+    assert cache.generation == 1
+    assert changed[VINS[1]][0] is not first[VINS[1]][0]
+    assert changed[VINS[0]][0].speed_limit_kmh == 90.0
+    assert changed[VINS[0]][0].fleet_speed_limit_kmh == 70.0
+
+
 def test_a_pass_with_more_alerts_and_trips_than_one_insert_takes_keeps_them_in_order(
     world: tuple[StateDatabase, Path],
 ) -> None:

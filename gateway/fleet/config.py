@@ -10,9 +10,9 @@ time.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from gateway.core.fleet.geo import GeoJSONError, shape_from_geojson
@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 AccountConfig = tuple[RuleSettings, TripSettings]
 #: VINs per read of their fleet limits
 _LIMITS_CHUNK = 500
+#: the most settings with a fleet's limit kept (then they are made again)
+_LIMITED_KEPT = 10_000
 
 
 def geofence_of(record: GeofenceRecord) -> Geofence:
@@ -96,14 +98,24 @@ class ConfigCache:
         #: states behind writes them when this moves, so a replay never evaluates a pass
         #: with settings other than its own (decision 0050)
         self.generation = 0
+        #: the settings with a fleet's limit, by the account's settings and the limit
+        self._limited: dict[tuple[int, float], tuple[RuleSettings, RuleSettings]] = {}
 
     def account(self, account_id: int) -> AccountConfig:
         now = self._clock()
         held = self._accounts.get(account_id)
         if held is None or now - held[0] >= self._ttl:
             fresh = resolve(self._repo, account_id)
-            if held is not None and not _same(held[1], fresh):
-                self.generation += 1
+            if held is not None:
+                if _same(held[1], fresh):
+                    # the same objects as before: what the rules derive from them and keep
+                    # by identity (each vehicle's envelope, the fence index) stays valid,
+                    # where a new equal object made every vehicle build its envelope again
+                    # every ``ttl_ms`` (decision 0056)
+                    fresh = held[1]
+                else:
+                    self.generation += 1
+                    self._limited.clear()
             held = self._accounts[account_id] = (now, fresh)
         return held[1]
 
@@ -135,8 +147,16 @@ class ConfigCache:
         out: dict[str, AccountConfig] = {}
         for vin in vins:
             limit = self._limits[vin][1]
-            held = (
-                rules if limit is None else dataclasses.replace(rules, fleet_speed_limit_kmh=limit)
-            )
-            out[vin] = (held, trips)
+            out[vin] = (rules if limit is None else self._with_limit(rules, limit), trips)
         return out
+
+    def _with_limit(self, rules: RuleSettings, limit: float) -> RuleSettings:
+        """``rules`` with a fleet's limit: one object per settings and limit (kept by
+        identity as the account's are, see :meth:`account`)."""
+        key = (id(rules), limit)
+        held = self._limited.get(key)
+        if held is None or held[0] is not rules:
+            if len(self._limited) > _LIMITED_KEPT:
+                self._limited.clear()
+            held = self._limited[key] = (rules, replace(rules, fleet_speed_limit_kmh=limit))
+        return held[1]

@@ -66,7 +66,14 @@ from gateway.core.fleet.state import (
     trip_state_from_json,
     trip_state_to_json,
 )
-from gateway.core.fleet.trips import Trip, TripSettings, TripState, feed, recompute, window_start
+from gateway.core.fleet.trips import (
+    Trip,
+    TripSettings,
+    TripState,
+    feed_many,
+    recompute,
+    window_start,
+)
 from gateway.fleet.config import ConfigCache
 from gateway.fleet.partitions import DEFAULT_PARTITIONS, partition_of
 from gateway.statedb.fleet_log import (
@@ -848,19 +855,11 @@ class RulesWorker:
         """Evaluate one vehicle's items from ``state``; fills ``step`` with the effects,
         and returns the new state (its JSON is built when the states are written)."""
         rs, ts, written = state
-        closed: list[Trip] = []
-        late: int | None = None
         every = [*items, *([Tick(tick_at)] if tick_at is not None else [])]
         rs, changes = evaluate_many(rs, every, rules)
         step.alerts.extend(_alert_write(c) for c in changes)
-        for item in items:
-            if isinstance(item, Sample):
-                fed = feed(ts, item, cfg)
-                if fed.late:
-                    late = item.ts_ms if late is None else min(late, item.ts_ms)
-                else:
-                    ts = fed.state
-                    closed.extend(fed.closed)
+        fed = feed_many(ts, [i for i in items if isinstance(i, Sample)], cfg)
+        ts, closed, late = fed.state, list(fed.closed), fed.late_ms
         if late is not None:
             ts = self._recompute(reader, step, closed, ts, late, cfg)
         else:

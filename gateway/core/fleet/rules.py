@@ -315,10 +315,16 @@ def evaluate_many(
 
 
 def _sample(w: _Work, s: Sample) -> None:
-    heard = s.heard_ms
-    _seq(w, s.seq, heard)
-    _heard(w, heard)
-    ts = s.ts_ms
+    received, ts, seq, last_seq = s.received_ms, s.ts_ms, s.seq, w.last_seq
+    heard = ts if received is None else received
+    if seq is not None and last_seq is not None and seq == last_seq + 1:
+        w.last_seq = seq  # the usual sample: the next seq (what _seq does then)
+    else:
+        _seq(w, seq, heard)
+    if w.gaps or "offline" in w.alerts:
+        _heard(w, heard)
+    elif w.heard is None or heard > w.heard:  # what _heard does then
+        w.heard = heard
     if w.last_ts is not None and ts < w.last_ts:
         return
     w.last_ts = ts
@@ -356,15 +362,15 @@ def _quiet(w: _Work, s: Sample, ts: int, on: bool | None, speed: float | None) -
     no rule would change its state or raise anything for this sample (each test below is
     the rule's own condition for doing nothing, the fences' is the :class:`Envelope`);
     False, with nothing changed but the envelope (a cache), when every rule must look."""
-    alerts = w.alerts
+    alerts, settings, known = w.alerts, w.s, w.known
     if on:
-        if "ignition" not in alerts and AlertKind.IGNITION in w.s.enabled:
+        if "ignition" not in alerts and AlertKind.IGNITION in settings.enabled:
             return False
     elif on is False and "ignition" in alerts:
         return False
-    if not _level_quiet(w, SOC, AlertKind.LOW_SOC, w.s.low_soc_pct) or not _level_quiet(
-        w, FUEL_LEVEL, AlertKind.LOW_FUEL, w.s.low_fuel_pct
-    ):
+    if SOC in known and not _level_quiet(w, SOC, "low_soc", settings.low_soc_pct):
+        return False
+    if FUEL_LEVEL in known and not _level_quiet(w, FUEL_LEVEL, "low_fuel", settings.low_fuel_pct):
         return False
     if not _idling_quiet(w, ts, on, speed):
         return False
@@ -383,14 +389,12 @@ def _quiet(w: _Work, s: Sample, ts: int, on: bool | None, speed: float | None) -
     return True
 
 
-def _level_quiet(
-    w: _Work, signal: str, kind: AlertKind, thresholds: tuple[float, float, float]
-) -> bool:
-    """Whether :func:`_level` would do nothing."""
+def _level_quiet(w: _Work, signal: str, key: str, thresholds: tuple[float, float, float]) -> bool:
+    """Whether :func:`_level` would do nothing (``key``: its alert's)."""
     value = number_of(w.known, signal)
     if value is None:
         return True
-    alert = w.alerts.get(kind.value)
+    alert = w.alerts.get(key)
     if alert is None:
         return value >= thresholds[0]
     return not (value > thresholds[1]) and not (

@@ -110,6 +110,8 @@ def position_of(values: Mapping[str, SignalValue], last: Point | None = None) ->
     """The sample's fix. A unit that sends on change may send one coordinate alone (moving
     due north leaves the longitude unchanged): the other is then taken from ``last``."""
     lat, lon = values.get(LATITUDE), values.get(LONGITUDE)
+    if type(lat) is float and type(lon) is float:  # the usual fix: both, decoded as floats
+        return Point(lon, lat)
     if lat is None and lon is None:
         return None
     if not isinstance(lat, int | float):
@@ -121,6 +123,8 @@ def position_of(values: Mapping[str, SignalValue], last: Point | None = None) ->
 
 def speed_of(values: Mapping[str, SignalValue]) -> float | None:
     v = values.get(SPEED)
+    if type(v) is float:  # the usual value: the checks below, in one comparison
+        return v
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
@@ -135,6 +139,8 @@ def ignition_of(values: Mapping[str, SignalValue]) -> bool | None:
 
 def number_of(values: Mapping[str, SignalValue], name: str) -> float | None:
     v = values.get(name)
+    if type(v) is float or v is None:  # the usual values: the checks below, in one or two
+        return v
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
