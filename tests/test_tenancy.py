@@ -8,7 +8,6 @@ go through a real broker, and every grant, provisioning and command attempt is a
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from gateway.settings import MqttSettings
 from gateway.store import IngestBatch, open_store
 from schemas import Sample
 from tests.support.api import admin_client
-from tests.support.waiting import wait_until
+from tests.support.waiting import stream_ends_within, wait_until
 
 PASSWORD = "tenancy-password-1"
 CAR = "WPRVT000000000001"  # the owner's car
@@ -332,13 +331,7 @@ def test_a_commands_live_stream_ends_with_the_callers_access(
             change = {"current_password": PASSWORD, "password": PASSWORD + "x"}
             r = people.as_("driver", "PATCH", f"/v1/users/{me['id']}", json=change)
         assert r.status_code == 200, r.text
-        deadline = time.monotonic() + 10
-        ended = False
-        for _ in lines:
-            if time.monotonic() > deadline:
-                break
-        else:
-            ended = True
+        ended = stream_ends_within(lines, 10)
     assert ended, f"the command's stream went on after {ended_by}"
     # it ended for the caller, not because the command did: no unit answers it
     status = people.as_("admin", "GET", f"/v1/commands/{sent.json()['id']}").json()["status"]
