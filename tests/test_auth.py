@@ -655,3 +655,48 @@ def test_provisioning_tells_a_unit_the_url_of_its_edge_broker(tmp_path: Path) ->
             )
             assert r.status_code == 201, r.text
             assert r.json()["mqtt"]["url"] == edges[edge_index(vin, 3) - 1]
+
+
+def test_identical_successful_actions_are_audited_once_a_minute(tmp_path: Path) -> None:
+    """Security review 8 (decision 0053): successful actions were audited without a bound,
+    so a token refresh loop wrote a row for good per refresh (64 in 5 s from one
+    connection against the deployed API). An entry exactly like one written less than a
+    minute ago is counted instead, and the next one written says how many were; anything
+    that differs (a fleet manager's bulk work: another target each time) is written."""
+    for s in make(tmp_path):
+        account = s.client.get("/v1/me", headers=owner(s)).json()["user"]["account_id"]
+        r = s.login("ana@example.com", PASSWORD)
+        refresh = r.json()["refresh_token"]
+        for _ in range(20):
+            r = s.client.post(
+                "/v1/auth/token", data={"grant_type": "refresh_token", "refresh_token": refresh}
+            )
+            assert r.status_code == 200, r.text
+            refresh = r.json()["refresh_token"]
+
+        (first,) = _refreshes(s)
+        s.clock.now += 61
+        r = s.client.post(
+            "/v1/auth/token", data={"grant_type": "refresh_token", "refresh_token": refresh}
+        )
+        assert r.status_code == 200, r.text
+        latest, earlier = _refreshes(s)
+        assert earlier["id"] == first["id"]
+        assert (latest["detail"] or {}).get("repeats_before") == 19
+        # the administrator's bulk work: every vehicle another target, every one written
+        vins = [f"WAUTH0000000004{i:02d}" for i in range(12)]
+        for vin in vins:
+            body = {"vin": vin, "account_id": account}
+            r = s.client.post("/v1/vehicles", json=body, headers=s.admin)
+            assert r.status_code == 201, r.text
+        written = {e["target"] for e in s.audit() if e["action"] == "vehicle_provision"}
+        assert {f"vehicle:{v}" for v in vins} <= written
+
+
+def _refreshes(s: Setup) -> list[dict[str, Any]]:
+    """The successful token refreshes in the audit log, newest first."""
+    return [
+        e
+        for e in s.audit(action="token_refresh")
+        if e["action"] == "token_refresh" and e["outcome"] == "ok"
+    ]

@@ -5,7 +5,6 @@ here)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from gateway.api import ApiSettings
 from gateway.api.routes import positions, stream
 from tests.support.api import admin_client
+from tests.support.waiting import stream_ends_within
 
 PASSWORD = "correct horse battery staple 1"
 
@@ -40,11 +40,5 @@ def test_a_stream_ends_when_a_password_change_ends_its_token(
             r = client.patch(f"/v1/users/{me['id']}", json=change, headers=headers)
             assert r.status_code == 200, r.text
             assert client.get("/v1/me", headers=headers).status_code == 401
-            deadline = time.monotonic() + 10
-            ended = False
-            for _ in lines:
-                if time.monotonic() > deadline:
-                    break
-            else:
-                ended = True
+            ended = stream_ends_within(lines, 10)
         assert ended, f"{path} kept streaming after the token was ended"

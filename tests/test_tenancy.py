@@ -17,13 +17,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.api import ApiSettings
+from gateway.api.routes import commands as commands_routes
 from gateway.broker import MosquittoProcess
 from gateway.commands.service import CommandSettings
 from gateway.settings import MqttSettings
 from gateway.store import IngestBatch, open_store
 from schemas import Sample
 from tests.support.api import admin_client
-from tests.support.waiting import wait_until
+from tests.support.waiting import stream_ends_within, wait_until
 
 PASSWORD = "tenancy-password-1"
 CAR = "WPRVT000000000001"  # the owner's car
@@ -301,3 +302,37 @@ def test_fleet_setup_alerts_and_trips_stay_in_their_account(people: People) -> N
     for who in ("owner", "driver"):
         assert people.as_(who, "GET", f"/v1/alerts?vin={CAR}").json() == {"items": [], "next": None}
         assert people.as_(who, "GET", f"/v1/trips?vin={CAR}").status_code == 200
+
+
+@pytest.mark.parametrize("ended_by", ["grant_revoked", "password_changed"])
+def test_a_commands_live_stream_ends_with_the_callers_access(
+    people: People, monkeypatch: pytest.MonkeyPatch, ended_by: str
+) -> None:
+    """Security review 8 (decision 0053): a command's event stream lasts as long as the
+    command (a queued one: its time to live, up to the gateway's maximum of 24 h), and it
+    kept streaming after the caller lost the car or the credential; it is checked again
+    like the other live streams (every 30 s, shortened here)."""
+    monkeypatch.setattr(commands_routes, "_RECHECK_S", 0.2)
+    sent = people.as_(
+        "driver", "POST", f"/v1/vehicles/{CAR}/commands", json={"type": "lock", "ttl_s": 3600}
+    )
+    assert sent.status_code == 201, sent.text  # no unit answers: it stays open
+    with people.api.stream(
+        "GET", f"/v1/commands/{sent.json()['id']}/events", headers=people.headers["driver"]
+    ) as live:
+        assert live.status_code == 200
+        lines = live.iter_lines()
+        assert next(lines).startswith("event: transition")
+        if ended_by == "grant_revoked":
+            (grant,) = people.as_("owner", "GET", f"/v1/vehicles/{CAR}/grants").json()["items"]
+            r = people.as_("owner", "DELETE", f"/v1/vehicles/{CAR}/grants/{grant['id']}")
+        else:
+            me = people.as_("driver", "GET", "/v1/me").json()["user"]
+            change = {"current_password": PASSWORD, "password": PASSWORD + "x"}
+            r = people.as_("driver", "PATCH", f"/v1/users/{me['id']}", json=change)
+        assert r.status_code == 200, r.text
+        ended = stream_ends_within(lines, 10)
+    assert ended, f"the command's stream went on after {ended_by}"
+    # it ended for the caller, not because the command did: no unit answers it
+    status = people.as_("admin", "GET", f"/v1/commands/{sent.json()['id']}").json()["status"]
+    assert status in ("queued", "sent")

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from fastapi import Request
 
 from gateway.api.security import AuthContext, client_address
@@ -44,7 +45,25 @@ class AuditTrail:
     ) -> None:
         """Append one entry: who (``principal``, else the trail's), what, about which
         account and object, with which outcome. A refused or failed attempt beyond the
-        caller's bound (``AuthContext.refusal_audits``) is counted instead of written."""
+        caller's bound (``AuthContext.refusal_audits``) is counted instead of written, and so
+        is a successful one exactly like one written within the last minute
+        (``AuthContext.repeat_audits``)."""
+        repeats = self.context.repeat_audits
+        if outcome == "ok" and repeats is not None:
+            who = principal or self.principal
+            alike = (
+                who.actor if who is not None else "anonymous",
+                action,
+                account_id,
+                target,
+                self.remote_addr,
+                orjson.dumps(detail, option=orjson.OPT_SORT_KEYS, default=str),
+            )
+            before = repeats.admit(alike)
+            if before is None:
+                return
+            if before:
+                detail = {**(detail or {}), "repeats_before": before}
         throttle = self.context.refusal_audits
         if outcome != "ok" and throttle is not None:
             who = principal or self.principal

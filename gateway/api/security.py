@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Final
@@ -109,6 +109,10 @@ class AuthSettings:
     #: ones beyond are counted, and the caller's next entry says how many were left out
     #: (None: every one is written)
     refusal_audit_limit: Limit | None = DEFAULT_REFUSAL_AUDIT_LIMIT
+    #: a successful action exactly like one the caller's entry was written for less than
+    #: this long ago is counted, not written; the next one written says how many were
+    #: (``repeats_before``; None: every one is written; decision 0053)
+    repeat_audit_window_s: float | None = 60.0
     #: how long an invitation can be accepted
     invitation_ttl_s: int = 7 * 24 * 3600
     #: consecutive wrong passwords for one user from one client address before that
@@ -204,6 +208,43 @@ class RefusalAuditThrottle:
             return self._left_out.pop(caller, 0)
 
 
+class RepeatAuditCoalescer:
+    """Successful actions repeated alike, written once a window (security review 8,
+    decision 0053). Refusals are bounded by :class:`RefusalAuditThrottle`; a successful
+    action was written every time, so a token refresh loop (13 a second from one
+    connection) or the same geofence PUT again and again filled the append-only log for
+    good. An entry exactly like one written less than ``window_s`` ago (same caller,
+    action, account, target, address and detail) is counted instead; the next one written
+    alike says how many were (``repeats_before``). Anything that differs is written: a
+    fleet manager's bulk work (each vehicle another target) is never held back. Kept in
+    this process's memory, at most ``capacity`` entries (the oldest forgotten first);
+    thread-safe."""
+
+    def __init__(
+        self, window_s: float, *, clock: Callable[[], float], capacity: int = 100_000
+    ) -> None:
+        self._window_s = window_s
+        self._clock = clock
+        #: entry -> (when one was last written, how many alike left out since)
+        self._written: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def admit(self, entry: Hashable) -> int | None:
+        """None: leave this entry out (it is counted); else write it, and this many alike
+        were left out before it."""
+        now = self._clock()
+        with self._lock:
+            last = self._written.pop(entry, None)
+            if last is not None and now - last[0] < self._window_s:
+                self._written[entry] = (last[0], last[1] + 1)
+                return None
+            self._written[entry] = (now, 0)
+            while len(self._written) > self._capacity:
+                self._written.popitem(last=False)
+            return 0 if last is None else last[1]
+
+
 @dataclass(slots=True)
 class AuthContext:
     """What the routes need to authenticate, authorize, limit and audit (the log that
@@ -223,6 +264,8 @@ class AuthContext:
     unknown_logins: UnknownLoginThrottle = field(default_factory=UnknownLoginThrottle)
     #: refused attempts audited per caller (see the class); None: every one
     refusal_audits: RefusalAuditThrottle | None = field(init=False)
+    #: identical successful actions coalesced (see the class); None: every one written
+    repeat_audits: RepeatAuditCoalescer | None = field(init=False)
     _touched: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -240,6 +283,11 @@ class AuthContext:
             None
             if s.refusal_audit_limit is None
             else RefusalAuditThrottle(s.refusal_audit_limit, clock=s.clock)
+        )
+        self.repeat_audits = (
+            None
+            if s.repeat_audit_window_s is None
+            else RepeatAuditCoalescer(s.repeat_audit_window_s, clock=s.clock)
         )
 
     def now_ms(self) -> int:

@@ -17,6 +17,7 @@ in one trip (decision 0035).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final
 
@@ -42,9 +43,11 @@ from gateway.api.models.commands import (
 from gateway.api.paging import DEFAULT_PAGE, Cursor, Limit, decode_cursor, page_of
 from gateway.api.security import (
     AuthContext,
+    CallerCredential,
     check_command_limits,
     forbidden,
     readable_data,
+    still_authenticated,
     vehicle_not_found,
 )
 from gateway.api.streams import stream_response
@@ -378,17 +381,23 @@ async def cancel_command(
     },
 )
 async def command_events(
-    request: Request, principal: Caller, command_id: CommandId, service: Service, context: Auth
+    request: Request,
+    principal: Caller,
+    credential: CallerCredential,
+    command_id: CommandId,
+    service: Service,
+    context: Auth,
 ) -> StreamingResponse:
     """Server-Sent Events: every transition so far, then each new one as it happens,
     then the confirmation; the stream ends when the command is final and its
-    confirmation decided. Counts towards your live streams (at most 8 at once by
-    default: 429 `too_many_streams`)."""
+    confirmation decided, or within 30 s of your losing the right to read it (your
+    credential ended, the car's grant revoked or the car released). Counts towards your
+    live streams (at most 8 at once by default: 429 `too_many_streams`)."""
     await _readable_command(context, principal, service, command_id)
     return stream_response(
         request,
         principal,
-        lambda: _events(service, command_id),
+        lambda: _events(service, command_id, context, (principal, credential)),
         headers={"Cache-Control": "no-store"},
     )
 
@@ -422,12 +431,40 @@ def _sse(event: str, data: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-async def _events(service: CommandService, command_id: str) -> AsyncIterator[bytes]:
+#: how often a command's live stream checks again that its caller may still read it
+_RECHECK_S = 30.0
+
+
+def _still_readable(
+    context: AuthContext, caller: tuple[Principal, str], service: CommandService, command_id: str
+) -> bool:
+    """Does the caller's credential still hold, and may they still read the command (a
+    grant revoked, a car released, a user moved: the stream ends, decision 0053)?"""
+    principal, credential = caller
+    if not still_authenticated(context, credential, principal):
+        return False
+    try:
+        _readable(context, principal, service, command_id)
+    except ApiError:
+        return False
+    return True
+
+
+async def _events(
+    service: CommandService, command_id: str, context: AuthContext, caller: tuple[Principal, str]
+) -> AsyncIterator[bytes]:
     """Transitions as they are recorded. Woken at once by transitions this process records,
-    and every second otherwise (another API process may record them)."""
+    and every second otherwise (another API process may record them). Every
+    :data:`_RECHECK_S` the caller's access is checked again (:func:`_still_readable`): a
+    queued command's stream may last its whole time to live (up to a day)."""
     seen = 0
     confirmation: str | None = None
+    recheck = time.monotonic() + _RECHECK_S
     while True:
+        if time.monotonic() >= recheck:
+            recheck = time.monotonic() + _RECHECK_S
+            if not await asyncio.to_thread(_still_readable, context, caller, service, command_id):
+                return
         changed = service.changed(command_id)
         transitions = await asyncio.to_thread(service.repo.transitions, command_id, after_seq=seen)
         for t in transitions:
