@@ -147,6 +147,25 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(
     assert len(seen.connections) == 2
 
 
+def test_a_connection_idle_near_the_servers_timeout_is_closed_not_reused(
+    server: tuple[str, _Seen],
+) -> None:
+    """A connection reused just as the server closes it fails the request (sent again,
+    late): one idle for ``keepalive_expiry`` (below uvicorn's timeout) is not reused, one
+    idle for less is."""
+    base, seen = server
+
+    async def go() -> None:
+        async with KeepAliveClient(base, {}, keepalive_expiry=0.4) as client:
+            for pause in (0.0, 0.1, 0.6, 0.1):
+                await asyncio.sleep(pause)
+                r = await client.post_json(f"/v1/vehicles/{VINS[0]}/commands", {}, {})
+                assert r.status_code == 201
+
+    asyncio.run(go())
+    assert len(seen.connections) == 2  # a new one after the 0.6 s pause only
+
+
 def _calls_per_request(base: str, send: Any, n: int) -> float:
     """Python function calls in the client's thread per request (deterministic, unlike
     its CPU time on a shared machine); the server runs in another thread."""

@@ -17,6 +17,7 @@ none), no proxies.
 from __future__ import annotations
 
 import asyncio
+import time
 from urllib.parse import urlsplit
 
 import orjson
@@ -44,10 +45,11 @@ class Response:
 
 
 class Connection:
-    __slots__ = ("reader", "writer")
+    __slots__ = ("idle_since", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.idle_since = 0.0
 
     def close(self) -> None:
         self.writer.close()
@@ -55,14 +57,25 @@ class Connection:
 
 class KeepAliveClient:
     """``async with KeepAliveClient(base, headers) as c: await c.post_json(path, body)``:
-    idle connections are reused (last in, first out); a request finds one or opens one."""
+    idle connections are reused (last in, first out); a request finds one or opens one.
 
-    def __init__(self, base_url: str, headers: dict[str, str], *, timeout: float = 300) -> None:
+    ``keepalive_expiry``: a connection idle this long is closed, not reused: uvicorn (the
+    API's server) closes one idle for 5 s, and one reused just as the server closes it
+    fails the request (sent again, but late)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        *,
+        timeout: float = 300,
+        keepalive_expiry: float = 4.0,
+    ) -> None:
         url = urlsplit(base_url)
         if url.scheme != "http" or url.hostname is None:
             raise ValueError(f"{base_url}: only http://host:port is supported")
         self.host, self.port = url.hostname, url.port or 80
-        self.timeout = timeout
+        self.timeout, self.keepalive_expiry = timeout, keepalive_expiry
         fixed = {"Host": f"{self.host}:{self.port}", "Accept": "*/*", **headers}
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
         self._idle: list[Connection] = []
@@ -96,17 +109,19 @@ class KeepAliveClient:
             conn.close()
             raise
         if keep:
+            conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
             conn.close()
         return response
 
     async def _connection(self) -> Connection:
-        """The idle connection used last, unless the server closed it meanwhile (its
-        keep-alive timeout), else a new one."""
+        """The idle connection used last, unless the server closed it meanwhile or may be
+        about to (its keep-alive timeout), else a new one."""
+        oldest = time.monotonic() - self.keepalive_expiry
         while self._idle:
             conn = self._idle.pop()
-            if not (conn.reader.at_eof() or conn.writer.is_closing()):
+            if conn.idle_since > oldest and not (conn.reader.at_eof() or conn.writer.is_closing()):
                 return conn
             conn.close()
         reader, writer = await asyncio.open_connection(self.host, self.port)

@@ -395,10 +395,9 @@ async def _send(
     id -> (when its request was sent, when its answer came), wall clock ms. With ``until``,
     commands go on at the rate until it is set (``count`` is then ignored)."""
     sent: dict[str, tuple[float, float]] = {}
-    retried = 0
+    retried: dict[str, int] = {}
 
     async def one(client: KeepAliveClient, i: int) -> None:
-        nonlocal retried
         body = BENCH_COMMANDS[i % len(BENCH_COMMANDS)]
         path = f"/v1/vehicles/{vins[i % len(vins)]}/commands"
         # as an app should: a request whose connection dropped (a keep-alive connection the
@@ -411,10 +410,10 @@ async def _send(
             try:
                 r = await client.post_json(path, body, key)
                 break
-            except OSError:  # dropped, refused, timed out
+            except OSError as exc:  # dropped, refused, timed out
                 if attempt == 2:
                     raise
-                retried += 1
+                retried[type(exc).__name__] = retried.get(type(exc).__name__, 0) + 1
         if r.status_code not in (200, 201):  # 200: the first attempt's, replayed
             raise RuntimeError(f"command request failed: {r.status_code} {r.text}")
         sent[r.json()["id"]] = (started, time.time_ns() / 1_000_000)  # type: ignore[index]
@@ -433,7 +432,8 @@ async def _send(
             tasks.append(asyncio.create_task(one(client, i)))
         await asyncio.gather(*tasks)
     if retried:
-        print(f"[bench]   {retried} request(s) sent again after a dropped connection",
+        why = ", ".join(f"{k} {v}" for k, v in sorted(retried.items()))
+        print(f"[bench]   {sum(retried.values())} request(s) sent again ({why})",
               file=sys.stderr)  # fmt: skip
     return sent
 
