@@ -51,6 +51,15 @@ async def _command(request: Request) -> Response:
     return JSONResponse({"id": str(uuid.uuid4()), **body}, status_code=201)
 
 
+async def _slow(request: Request) -> Response:
+    seen: _Seen = request.app.state.seen
+    await request.body()
+    assert request.client is not None
+    seen.connections.add((request.client.host, request.client.port))
+    await asyncio.sleep(0.2)
+    return JSONResponse({"id": "slow"}, status_code=201)
+
+
 async def _chunked(request: Request) -> Response:
     await request.body()
 
@@ -67,6 +76,7 @@ def server() -> Iterator[tuple[str, _Seen]]:
         routes=[
             Route("/v1/vehicles/{vin}/commands", _command, methods=["POST"]),
             Route("/chunked", _chunked, methods=["POST"]),
+            Route("/slow", _slow, methods=["POST"]),
         ]
     )
     app.state.seen = seen = _Seen()
@@ -164,6 +174,22 @@ def test_a_connection_idle_near_the_servers_timeout_is_closed_not_reused(
 
     asyncio.run(go())
     assert len(seen.connections) == 2  # a new one after the 0.6 s pause only
+
+
+def test_requests_beyond_the_connection_limit_wait_for_a_connection(
+    server: tuple[str, _Seen],
+) -> None:
+    """As httpx's pool did for the benchmark (200): a stalled API does not get a new
+    connection for every request sent meanwhile."""
+    base, seen = server
+
+    async def go() -> list[int]:
+        async with KeepAliveClient(base, {}, max_connections=2) as client:
+            answers = await asyncio.gather(*[client.post_json("/slow", {}, {}) for _ in range(6)])
+            return [r.status_code for r in answers]
+
+    assert asyncio.run(go()) == [201] * 6
+    assert len(seen.connections) == 2
 
 
 def _calls_per_request(base: str, send: Any, n: int) -> float:

@@ -70,6 +70,7 @@ class KeepAliveClient:
         *,
         timeout: float = 300,
         keepalive_expiry: float = 4.0,
+        max_connections: int = 200,
     ) -> None:
         url = urlsplit(base_url)
         if url.scheme != "http" or url.hostname is None:
@@ -79,6 +80,9 @@ class KeepAliveClient:
         fixed = {"Host": f"{self.host}:{self.port}", "Accept": "*/*", **headers}
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
         self._idle: list[Connection] = []
+        #: at most this many requests in flight, each on its own connection (httpx's
+        #: limit as the benchmark set it); the others wait for one to be free
+        self._slots = asyncio.Semaphore(max_connections)
 
     async def __aenter__(self) -> KeepAliveClient:
         return self
@@ -100,19 +104,20 @@ class KeepAliveClient:
             f"POST {path} HTTP/1.1\r\n{self._fixed}{extra}"
             f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
         )
-        conn = await self._connection()
-        try:
-            async with asyncio.timeout(self.timeout):
-                conn.writer.write(head.encode("latin-1") + data)
-                response, keep = await _read_response(conn.reader)
-        except BaseException:
-            conn.close()
-            raise
-        if keep:
-            conn.idle_since = time.monotonic()
-            self._idle.append(conn)
-        else:
-            conn.close()
+        async with self._slots:
+            conn = await self._connection()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    conn.writer.write(head.encode("latin-1") + data)
+                    response, keep = await _read_response(conn.reader)
+            except BaseException:
+                conn.close()
+                raise
+            if keep:
+                conn.idle_since = time.monotonic()
+                self._idle.append(conn)
+            else:
+                conn.close()
         return response
 
     async def _connection(self) -> Connection:
