@@ -340,6 +340,15 @@ def test_a_forged_token_is_refused(s: Setup) -> None:
     )
 
 
+def test_an_owner_asking_for_an_administrator_is_told_why_not(s: Setup) -> None:
+    """An outside review: the 403 said "roles of a missing account: none" to an owner whose
+    account exists (an administrator belongs to no account, so none was looked up)."""
+    body = {"email": "root@example.com", "name": "Root", "role": "admin"}
+    refused = error(s.client.post("/v1/users", json=body, headers=owner(s)), 403, "forbidden")
+    assert "missing" not in refused["message"]
+    assert "only administrators create administrators" in refused["message"]
+
+
 def test_disabling_a_user_ends_their_access_at_once(s: Setup) -> None:
     headers = owner(s)
     r = s.client.patch("/v1/users/2", json={"disabled": True}, headers=s.admin)

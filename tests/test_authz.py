@@ -21,8 +21,10 @@ through the real token endpoint; commands go through a real broker.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -959,6 +961,30 @@ def test_every_route_has_a_row(world: World) -> None:
         f"routes without a row: {sorted(routes - set(TABLE))}; "
         f"rows without a route: {sorted(set(TABLE) - routes)}"
     )
+
+
+_README_ROW = re.compile(r"^\| `([A-Z]+) (/[^`?]*)[^`]*` \| (.*) \|$", re.MULTILINE)
+_OTHER_ROLES = ("fleet manager", "viewer", "owner", "driver")
+
+
+def test_the_readme_says_administrators_only_where_the_route_is() -> None:
+    """An outside review: the HTTP API table said "(administrators)" for GET /v1/quarantine,
+    which fleet managers and viewers read too (their vehicles' entries). A row that names
+    administrators and no other role must be a route this table refuses to all others."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    claimed = [
+        (verb, path)
+        for verb, path, text in _README_ROW.findall(readme)
+        if "(administrators" in text and not any(role in text for role in _OTHER_ROLES)
+    ]
+    assert claimed  # /metrics at least
+    wrong = [
+        route
+        for route in claimed
+        if (expect := TABLE[route].expect) is not None
+        and any(OK in expect[p] for p in PERSONAS if p != "admin")
+    ]
+    assert wrong == []
 
 
 def _outcome(r: Response, route: tuple[str, str]) -> Any:

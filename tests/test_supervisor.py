@@ -34,6 +34,19 @@ def test_back_off_doubles_up_to_its_cap() -> None:
     assert [policy.delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
 
 
+def test_the_readme_tells_the_real_restart_delays() -> None:
+    """An outside review: the README said every part, the broker included, restarts after
+    1, 2, 4 ... s, while the log said "starting it again in 0.5 s" for the broker."""
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+
+    def told(policy: RestartPolicy) -> str:
+        first = ", ".join(f"{policy.delay(n):g}" for n in (1, 2, 3))
+        return f"after {first} ... at most {policy.max_delay_s:g} s"
+
+    assert f"restarts whatever dies {told(RestartPolicy())}" in readme
+    assert f"(the broker sooner: {told(BrokerKeeper.POLICY)})" in readme
+
+
 def test_a_part_that_ran_long_enough_starts_over_at_the_first_delay() -> None:
     life = _Lifecycle(RestartPolicy(first_delay_s=1, max_delay_s=60, stable_after_s=60))
     life.started(0.0, restart=False)

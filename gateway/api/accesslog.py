@@ -5,6 +5,11 @@ partner opens it without an account), and uvicorn logs every request's path at I
 README promises that no token is ever logged, so :class:`RedactSecretPaths`, attached to
 the ``uvicorn.access`` logger when the app starts, replaces such a path's secret with
 ``<redacted>`` before any handler sees the record.
+
+uvicorn also logs the query string verbatim, and a client may put a secret there
+(``?access_token=...``, ``?password=...``): every query value is replaced the same way,
+only the parameter names stay (a part without ``=`` may itself be the secret, so it goes
+whole).
 """
 
 from __future__ import annotations
@@ -20,9 +25,17 @@ _SECRET_PATHS: Final = re.compile(r"^(/v1/assistance/)[^/?#]+")
 _REDACTED: Final = r"\1<redacted>"
 
 
+def _redact_query(query: str) -> str:
+    return "&".join(
+        f"{part.partition('=')[0]}=<redacted>" if "=" in part else "<redacted>" if part else ""
+        for part in query.split("&")
+    )
+
+
 def redact_path(path: str) -> str:
-    """``path`` (with its query, as uvicorn logs it) without a secret segment."""
-    return _SECRET_PATHS.sub(_REDACTED, path)
+    """``path`` (with its query, as uvicorn logs it) without a secret segment or query value."""
+    path, mark, query = path.partition("?")
+    return _SECRET_PATHS.sub(_REDACTED, path) + mark + _redact_query(query)
 
 
 class RedactSecretPaths(logging.Filter):

@@ -75,10 +75,14 @@ def create_user(
     if not can_create_user(principal, role=body.role, account_id=account_id, account_kind=kind):
         if account_id is not None and principal.account_id != account_id and not principal.is_admin:
             raise account_not_found(account_id)
-        allowed = ", ".join(sorted(ACCOUNT_ROLES[kind])) if kind is not None else "none"
+        if kind is None:  # role admin: administrators belong to no account
+            raise forbidden(
+                f"You cannot create a user with role {body.role.value}: only administrators "
+                "create administrators."
+            )
         raise forbidden(
             f"You cannot create a user with role {body.role.value} here (roles of a "
-            f"{kind.value if kind else 'missing'} account: {allowed}; owners create "
+            f"{kind.value} account: {', '.join(sorted(ACCOUNT_ROLES[kind]))}; owners create "
             "drivers, administrators create administrators)."
         )
     _limit_probes(context, audit, principal, account_id, taken=False)
