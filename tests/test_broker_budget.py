@@ -178,6 +178,58 @@ def test_service_accounts_are_not_limited(small_budget_broker: MosquittoProcess)
         service.close()
 
 
+def _connect_with_will_and_drop(broker: MosquittoProcess, payload: bytes) -> None:
+    """The finding of decision 0059 (paho-mqtt, like a unit): CONNECT with a Last Will on
+    the unit's own telemetry topic, wait for the CONNACK, drop the TCP socket: the broker
+    sends the Will."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    connected = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=FLOODER, protocol=mqtt.MQTTv5)
+    client.username_pw_set(FLOODER, PASSWORD)
+    client.will_set(_telemetry(FLOODER), payload, qos=1)
+    client.on_connect = lambda *a: connected.set()
+    client.connect(broker.host, broker.port)
+    deadline = time.monotonic() + 5
+    while not connected.is_set() and time.monotonic() < deadline:
+        client.loop(timeout=0.05)
+    assert connected.is_set()
+    sock = client.socket()
+    assert sock is not None
+    sock.close()
+
+
+def test_last_wills_are_charged_to_the_units_budget_and_not_sent_over_it(
+    tmp_path: Path, plugin: Path
+) -> None:
+    # bursts of 5 messages / 50 kB, refilled at 1 message / 10 kB a second; a 10 kB Will
+    budget = MessageBudget(1, 5, 10_000, 50_000)
+    payload = b"w" * 10_000
+    loops = 40
+    with _broker(tmp_path / "b", plugin, budget) as broker:
+        gateway = _service(broker, "svc-wills")
+        try:
+            assert gateway.subscribe("v1/vehicles/+/telemetry") == 1
+            started = time.monotonic()
+            for _ in range(loops):
+                _connect_with_will_and_drop(broker, payload)
+            elapsed = time.monotonic() - started
+            delivered = 0
+            while gateway.receive(timeout=1.5) is not None:
+                delivered += 1
+        finally:
+            gateway.close()
+        log = broker.log_path.read_text()
+    # before decision 0059 every Will went through (40 of 40): the budget counted only
+    # publishes. Now no more than the burst and what refilled while the loop ran (+1 for
+    # the wait after it)
+    allowed = 5 + int(elapsed + 1.5) + 1
+    assert 1 <= delivered <= allowed, (delivered, allowed, elapsed)
+    assert delivered < loops
+    assert "budget: WVWZZZ1JZXW000001 over its budget" in log
+
+
 # --------------------------------------------------------------------------- the flood
 
 
@@ -349,10 +401,14 @@ def test_telematics_up_loads_the_plugin_in_the_private_and_every_edge_broker(
         assert "plugin_opt_messages_per_s 150" in lines
         assert "plugin_opt_burst_messages 2000" in lines
         assert "plugin_opt_burst_bytes 1000000" in lines
-        # after the Dynamic Security plugin's option: plugin_opt_* belong to the plugin above
-        assert lines.index(f"plugin {plugin_path}") > lines.index(
-            next(ln for ln in lines if ln.startswith("plugin_opt_config_file"))
+        # before the Dynamic Security plugin (decision 0059: its write ACL check must be
+        # asked first, and defers), with its options before the next plugin line:
+        # plugin_opt_* belong to the plugin above
+        budget_at = lines.index(f"plugin {plugin_path}")
+        dynsec_at = lines.index(
+            next(ln for ln in lines if ln.startswith("plugin ") and "dynamic" in ln)
         )
+        assert budget_at < lines.index("plugin_opt_burst_bytes 1000000") < dynsec_at
     # and the broker starts with it and logs the budget
     assert edges[0].sync is not None
     edges[0].sync.render()

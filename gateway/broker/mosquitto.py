@@ -371,6 +371,12 @@ class BrokerConfig:
                 "both vehicle_auth_plugin and vehicle_table_file "
                 "(gateway.broker.vehicle_auth.ensure_vehicle_auth_plugin), or neither"
             )
+        if self.budget is not None and self.dynsec_config_file is None:
+            raise ValueError(
+                "the message budget needs the Dynamic Security plugin (dynsec_config_file): "
+                "the budget's ACL check defers, and with nobody else to answer Mosquitto "
+                "refuses every vehicle message (decision 0059)"
+            )
         if self.vehicle_auth_plugin is not None and self.dynsec_config_file is None:
             raise ValueError(
                 "the vehicle password plugin needs the Dynamic Security plugin before it "
@@ -475,8 +481,25 @@ def render_config(cfg: BrokerConfig) -> str:
 
 
 def _render_plugins(cfg: BrokerConfig, add: _Add) -> None:
-    """The plugins, in the order Mosquitto asks them: Dynamic Security (rights, and the
-    client id binding), our vehicle password check, our message budget."""
+    """The plugins, in the order Mosquitto asks them: our message budget (it charges
+    every write, a publish or a Last Will, in the ACL check and defers; decision 0059),
+    Dynamic Security (rights, and the client id binding), our vehicle password check."""
+    if cfg.budget is not None and cfg.budget_plugin is not None:
+        add(
+            "Per-vehicle message budget (decision 0048): a token bucket of messages and one\n"
+            "of payload bytes per user name that is a VIN. A message over either closes the\n"
+            "connection without a PUBACK, so the unit resends it after its backoff; without\n"
+            "it one vehicle's flood filled the gateway's queue and the broker acknowledged\n"
+            "and dropped every vehicle's messages. Service accounts, bridges and anonymous\n"
+            "clients are not limited. Charged in the write ACL check, so a Last Will is\n"
+            "charged too (decision 0059); first, because the first ACL answer that is not\n"
+            "DEFER wins: under budget it defers to Dynamic Security.",
+            f"plugin {cfg.budget_plugin}",
+        )
+        add(
+            "Messages and bytes a second each vehicle's buckets refill by, and their sizes.",
+            "\n".join(f"plugin_opt_{k} {v}" for k, v in cfg.budget.plugin_options()),
+        )
     if cfg.dynsec_config_file is not None:
         plugin = cfg.dynsec_plugin or find_dynsec_plugin()
         _check_line("dynsec plugin", str(plugin))
@@ -504,20 +527,6 @@ def _render_plugins(cfg: BrokerConfig, add: _Add) -> None:
         add(
             "The vehicles' user names and password hashes.",
             f"plugin_opt_table_file {cfg.vehicle_table_file}",
-        )
-    if cfg.budget is not None and cfg.budget_plugin is not None:
-        add(
-            "Per-vehicle message budget (decision 0048): a token bucket of messages and one\n"
-            "of payload bytes per user name that is a VIN. A message over either closes the\n"
-            "connection without a PUBACK, so the unit resends it after its backoff; without\n"
-            "it one vehicle's flood filled the gateway's queue and the broker acknowledged\n"
-            "and dropped every vehicle's messages. Service accounts, bridges and anonymous\n"
-            "clients are not limited.",
-            f"plugin {cfg.budget_plugin}",
-        )
-        add(
-            "Messages and bytes a second each vehicle's buckets refill by, and their sizes.",
-            "\n".join(f"plugin_opt_{k} {v}" for k, v in cfg.budget.plugin_options()),
         )
 
 

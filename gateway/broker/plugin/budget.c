@@ -8,8 +8,10 @@
  * and payload bytes, both refilled continuously) and refuses a message over either of
  * them *before* the broker stores or acknowledges it.
  *
- * How a message is refused: the MOSQ_EVT_MESSAGE callback returns MOSQ_ERR_ADMINISTRATIVE_ACTION.
- * In Mosquitto 2.0.11's handle__publish (src/handle_publish.c) a result other than
+ * How a message is refused: the write ACL check callback (on_acl_check below, decision
+ * 0059; it was the MOSQ_EVT_MESSAGE callback, which a Last Will bypassed) returns
+ * MOSQ_ERR_ADMINISTRATIVE_ACTION. In Mosquitto 2.0.11's handle__publish
+ * (src/handle_publish.c) a result other than
  * MOSQ_ERR_SUCCESS and MOSQ_ERR_ACL_DENIED frees the message and returns that code; the
  * read loop (src/mux_epoll.c, src/mux_poll.c) then calls do_disconnect(), which closes
  * the socket without a PUBACK (logged as "Client X been disconnected by administrative
@@ -166,23 +168,46 @@ static struct bucket *find_or_add(const char *vin, double now)
 	return b;
 }
 
-static int on_message(int event, void *event_data, void *userdata)
+/*
+ * Every message a vehicle's connection puts into the broker passes one write ACL check
+ * (Mosquitto 2.0.11): a PUBLISH in handle__publish (src/handle_publish.c:245, before the
+ * MOSQ_EVT_MESSAGE event), and a Last Will in context__send_will (src/context.c:184),
+ * whichever way it fires (a dropped socket, a take-over by the same client id,
+ * src/handle_connect.c:185, or after its will delay, src/will_delay.c). The Will never
+ * reaches MOSQ_EVT_MESSAGE, so a budget counted there let a credential that sets a Will,
+ * connects and drops the socket in a loop put ~20 MB/s through (decision 0059). So the
+ * budget is charged here, once per message, Will or publish. This callback must be asked
+ * before the Dynamic Security plugin's (the first answer other than DEFER wins,
+ * src/security.c mosquitto_acl_check), so gateway/broker/mosquitto.py loads this plugin
+ * first; under budget it answers DEFER and Dynamic Security decides as before.
+ *
+ * Over budget it answers MOSQ_ERR_ADMINISTRATIVE_ACTION: handle__publish then frees the
+ * message and the read loop closes the connection without a PUBACK (as before, see the
+ * head of this file); context__send_will queues a Will only on MOSQ_ERR_SUCCESS, so an
+ * over-budget Will is dropped. A retained message's source check (check_retain_source,
+ * src/retain.c) asks with a stack context that has no address: not charged.
+ */
+static int on_acl_check(int event, void *event_data, void *userdata)
 {
-	struct mosquitto_evt_message *ed = event_data;
-	const char *name = mosquitto_client_username(ed->client);
+	struct mosquitto_evt_acl_check *ed = event_data;
+	const char *name;
 	struct bucket *b;
 	double now, elapsed, size;
 	(void)event;
 	(void)userdata;
 
-	if(!is_vin(name)){
-		return MOSQ_ERR_SUCCESS;
+	if(ed->access != MOSQ_ACL_WRITE){
+		return MOSQ_ERR_PLUGIN_DEFER;
+	}
+	name = mosquitto_client_username(ed->client);
+	if(!is_vin(name) || mosquitto_client_address(ed->client) == NULL){
+		return MOSQ_ERR_PLUGIN_DEFER;
 	}
 	now = now_s();
 	b = find_or_add(name, now);
 	if(b == NULL){
 		/* out of memory: let the message through rather than refuse every vehicle */
-		return MOSQ_ERR_SUCCESS;
+		return MOSQ_ERR_PLUGIN_DEFER;
 	}
 	elapsed = now - b->refilled_at;
 	if(elapsed > 0){
@@ -197,15 +222,15 @@ static int on_message(int event, void *event_data, void *userdata)
 		b->refused++;
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
 				"budget: %s over its budget (%g messages, %g bytes a second; bursts of %g "
-				"and %g): message of %lu bytes on %s refused, disconnecting without a "
-				"PUBACK (%lu refused so far)",
+				"and %g): message of %lu bytes on %s refused (a publish: disconnecting "
+				"without a PUBACK; a Last Will: not sent) (%lu refused so far)",
 				name, config.messages_per_s, config.bytes_per_s, config.burst_messages,
 				config.burst_bytes, (unsigned long)ed->payloadlen, ed->topic, b->refused);
 		return MOSQ_ERR_ADMINISTRATIVE_ACTION;
 	}
 	b->messages -= 1.0;
 	b->bytes -= size;
-	return MOSQ_ERR_SUCCESS;
+	return MOSQ_ERR_PLUGIN_DEFER;
 }
 
 static int read_option(struct mosquitto_opt *options, int count, const char *key, double *out)
@@ -250,7 +275,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 			"of %g messages and %g bytes",
 			config.messages_per_s, config.bytes_per_s, config.burst_messages,
 			config.burst_bytes);
-	return mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
+	return mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);
 }
 
 int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int option_count)
@@ -260,7 +285,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	(void)options;
 	(void)option_count;
 	if(plugin_id){
-		mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
+		mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	}
 	for(i = 0; i < config.buckets; i++){
 		struct bucket *b = config.table[i];
