@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -228,6 +229,55 @@ def test_last_wills_are_charged_to_the_units_budget_and_not_sent_over_it(
     assert 1 <= delivered <= allowed, (delivered, allowed, elapsed)
     assert delivered < loops
     assert "budget: WVWZZZ1JZXW000001 over its budget" in log
+
+
+def _will_connect_packet(vin: str, payload: bytes) -> bytes:
+    """An MQTT 3.1.1 CONNECT of ``vin`` (clean session) with a QoS 1 Last Will on its own
+    telemetry topic."""
+    body = (
+        _string("MQTT")
+        + bytes([4, 0x80 | 0x40 | 0x08 | 0x04 | 0x02])  # user, password, will QoS 1, clean
+        + (60).to_bytes(2, "big")
+        + _string(vin)
+        + _string(_telemetry(vin))
+        + len(payload).to_bytes(2, "big")
+        + payload
+        + _string(vin)
+        + _string(PASSWORD)
+    )
+    return b"\x10" + _varint(len(body)) + body
+
+
+def test_refused_wills_of_a_connect_loop_are_logged_at_most_once_a_second(
+    tmp_path: Path, plugin: Path
+) -> None:
+    # security review 9 (decision 0061): a refused Will costs its sender a reconnect, so a
+    # credential looping "CONNECT with a Will, drop the socket" wrote a budget line per
+    # Will (~300 bytes, ~2,000 a second) into a log nothing bounded
+    import socket
+
+    packet = _will_connect_packet(FLOODER, b"w" * 1_000)
+    loops = 0
+    with _broker(tmp_path / "b", plugin, MessageBudget(1, 5, 10_000, 50_000)) as broker:
+        started = time.monotonic()
+        while loops < 60 or time.monotonic() - started < 1.6:  # lines of 2 seconds
+            with socket.create_connection((broker.host, broker.port), timeout=5) as sock:
+                sock.sendall(packet)
+                assert sock.recv(4)[:1] == b"\x20"  # CONNACK; closing sends the Will
+            loops += 1
+        elapsed = time.monotonic() - started
+        time.sleep(0.5)  # the last Wills
+        lines = [
+            line
+            for line in broker.log_path.read_text().splitlines()
+            if "budget: WVWZZZ1JZXW000001 over its budget" in line
+        ]
+    # burst 5, refilled 1 a second: all but a few of the Wills were refused
+    assert 1 <= len(lines) <= int(elapsed + 0.5) + 2, (len(lines), loops, elapsed)
+    # each line counts every refusal so far, the ones not logged too
+    counted = re.search(r"\((\d+) refused so far", lines[-1])
+    assert counted is not None, lines[-1]
+    assert int(counted.group(1)) > len(lines), lines[-1]
 
 
 # --------------------------------------------------------------------------- the flood
