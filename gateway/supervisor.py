@@ -53,9 +53,23 @@ from gateway.broker.mosquitto import scan_queue_drops
 from gateway.broker.persistence import write_subscriptions
 from gateway.health import SUPERVISOR_FILE_NAME, write_status_file
 
-__all__ = ["BrokerKeeper", "Part", "RestartPolicy", "Supervisor", "process_stopped"]
+__all__ = [
+    "BROKER_LOG_MAX_BYTES",
+    "BrokerKeeper",
+    "Part",
+    "RestartPolicy",
+    "Supervisor",
+    "process_stopped",
+]
 
 log = logging.getLogger(__name__)
+
+#: the broker's log file is cut beyond this size (decision 0061): with the previous part
+#: kept as ``<log>.1``, a broker's logs take at most about twice this on disk
+BROKER_LOG_MAX_BYTES = 64 * 1024 * 1024
+#: reads of at most 1 MiB each (``scan_queue_drops``) before a cut: every queue drop in
+#: the part that goes is noted, unless it is over 256 MiB behind
+_LOG_SCANS_BEFORE_CUT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,12 +245,15 @@ class BrokerKeeper:
         policy: RestartPolicy = POLICY,
         sessions: Mapping[str, Sequence[str]] | None = None,
         name: str = "the private broker",
+        log_max_bytes: int | None = BROKER_LOG_MAX_BYTES,
     ) -> None:
         """``sessions`` are written into the persistence file before every start
         (:func:`gateway.broker.persistence.write_subscriptions`; nothing without
         persistence). ``prime`` runs right after every start: it opens the same sessions
-        over MQTT (:func:`gateway.broker.control.prime_sessions`)."""
+        over MQTT (:func:`gateway.broker.control.prime_sessions`). ``log_max_bytes``
+        bounds the broker's log file (:meth:`MosquittoProcess.cut_log`; None: unbounded)."""
         self.process = MosquittoProcess(config)
+        self.log_max_bytes = log_max_bytes
         self.name = name
         self._prime = prime
         self._sessions = dict(sessions or {})
@@ -291,6 +308,7 @@ class BrokerKeeper:
         if self.process.is_running():
             self._note_stopped()
             self._note_queue_drops()
+            self._bound_log()
             if self._saves_due and now >= self._saves_due[0]:
                 self._saves_due.pop(0)
                 self.process.save()
@@ -363,6 +381,33 @@ class BrokerKeeper:
                 client,
                 self.process.config.max_queued_bytes,
                 self.process.config.max_queued_messages,
+                self.process.log_path,
+            )
+
+    def _bound_log(self) -> None:
+        """Keep the broker's log file under ``log_max_bytes`` (security review 9, decision
+        0061: a credential's connect loop wrote ~0.5 MB/s into it, nothing bounded it). Every
+        queue drop in the part that goes is noted first."""
+        limit = self.log_max_bytes
+        if limit is None:
+            return
+        try:
+            if self.process.log_path.stat().st_size <= limit:
+                return
+        except OSError:
+            return
+        for _ in range(_LOG_SCANS_BEFORE_CUT):
+            scanned = self._log_scanned
+            self._note_queue_drops()
+            if self._log_scanned == scanned:
+                break
+        moved = self.process.cut_log(limit)
+        if moved:
+            self._log_scanned = 0
+            log.info(
+                "%s's log reached %d bytes: moved to %s.1 (replacing the previous one)",
+                self.name,
+                moved,
                 self.process.log_path,
             )
 

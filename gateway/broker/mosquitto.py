@@ -51,6 +51,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -947,6 +948,8 @@ class MosquittoProcess:
         self.startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+        #: held by a reload while it reads the log from an offset, and by :meth:`cut_log`
+        self._log_lock = threading.Lock()
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.is_running() else "stopped"
@@ -1110,6 +1113,42 @@ class MosquittoProcess:
         self.stop()
         self.start()
 
+    def cut_log(self, max_bytes: int) -> int:
+        """Keep the broker's log file under about ``max_bytes``: once it is larger, its
+        content moves to ``<log>.1`` (replacing the previous one) and the file is emptied in
+        place (security review 9, decision 0061). Returns the bytes moved (0: nothing done).
+
+        Why: Mosquitto 2.0.11 has no bound on its log file, and one vehicle credential
+        connecting and disconnecting in a loop makes it write ~270 bytes a connection,
+        ~0.5 MB/s (tens of GB a day) into the data directory; a TCP connection without
+        any credential writes ~140. Emptied in place, not renamed: the broker and its
+        stdout/stderr write with O_APPEND ("at", "ab"), so they go on at the new end, and
+        a rename would need a SIGHUP (a reload) to reopen it. Lines the broker writes
+        between the copy and the emptying (microseconds) are lost. Skipped while a
+        :meth:`reload` reads the log from an offset (it would wait for a line no longer
+        there); the next call does it.
+        """
+        if not self._log_lock.acquire(blocking=False):
+            return 0
+        try:
+            path = self.log_path
+            try:
+                if path.stat().st_size <= max_bytes:
+                    return 0
+                kept = path.with_name(path.name + ".1")
+                tmp = path.with_name(path.name + ".1.tmp")
+                with path.open("rb") as src, tmp.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                    moved = dst.tell()
+                    os.truncate(path, 0)
+                tmp.replace(kept)
+            except OSError:
+                return 0
+            self._log_offset = 0
+            return moved
+        finally:
+            self._log_lock.release()
+
     def reload(self, timeout: float = 5.0) -> None:
         """Make the broker re-read its password file, ACL, CRL and certificates (SIGHUP), and
         return once it has. Connected clients stay connected, except password clients whose
@@ -1127,7 +1166,14 @@ class MosquittoProcess:
         ``timeout`` bounds the whole wait. Callable from another thread than the owner's
         (:class:`gateway.broker.auth.BrokerAuthSync` does), as long as the broker is not
         being stopped at the same time.
+
+        The log is held meanwhile (:meth:`cut_log` waits for the next turn).
         """
+        with self._log_lock:
+            self._reload(timeout)
+
+    def _reload(self, timeout: float) -> None:
+        """The body of :meth:`reload`, with the log held."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
             raise BrokerError(f"cannot reload {self!r}: it is not running; start() it first")
