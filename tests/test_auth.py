@@ -702,6 +702,52 @@ def test_identical_successful_actions_are_audited_once_a_minute(tmp_path: Path) 
         assert {f"vehicle:{v}" for v in vins} <= written
 
 
+def test_a_repeat_is_counted_only_right_after_the_same_action(tmp_path: Path) -> None:
+    """Security review 9 (decision 0061): the coalescing of decision 0053 counted an action
+    alike one written within the minute even with other actions in between, and compared
+    only what the entry says. "Add a car to a fleet, remove it, add it again" wrote the add
+    and the removal and counted the second add (the log said the car was out of the fleet
+    while it was in); a geofence replaced by another shape within the minute was counted as
+    a repeat of the first replacement (the entry names no shape). Now only a repeat of the
+    caller's previous action is counted, and what an update set tells repeats apart."""
+    for s in make(tmp_path):
+        me = owner(s)
+        account = s.client.get("/v1/me", headers=me).json()["user"]["account_id"]
+        r = s.client.post("/v1/vehicles", json={"vin": VIN, "account_id": account}, headers=s.admin)
+        assert r.status_code == 201, r.text
+        r = s.client.post("/v1/fleets", json={"name": "family"}, headers=me)
+        assert r.status_code == 201, r.text
+        fleet = r.json()["id"]
+        member = f"/v1/fleets/{fleet}/vehicles/{VIN}"
+        for call in (s.client.put, s.client.delete, s.client.put):
+            r = call(member, headers=me)
+            assert r.status_code == 204, r.text
+        moves = [e["action"] for e in reversed(s.audit()) if e["target"] == f"fleet:{fleet}"]
+        assert moves[-3:] == ["fleet_vehicle_add", "fleet_vehicle_remove", "fleet_vehicle_add"]
+
+        def fence(lon: float) -> dict[str, Any]:
+            ring = [[lon, 48.0], [lon + 0.01, 48.0], [lon + 0.01, 48.01], [lon, 48.0]]
+            return {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"name": "home"},
+            }
+
+        r = s.client.post("/v1/geofences", json=fence(11.0), headers=me)
+        assert r.status_code == 201, r.text
+        path = f"/v1/geofences/{r.json()['id']}"
+        for lon in (11.1, 11.1, 11.2):  # a repeat, then another shape
+            r = s.client.put(path, json=fence(lon), params={"confirm_far": "true"}, headers=me)
+            assert r.status_code == 200, r.text
+        updates = [e for e in s.audit(action="geofence_update") if e["outcome"] == "ok"]
+        assert len(updates) == 2, updates
+        # the exact repeat is still counted: a loop of the same action writes one row
+        for _ in range(5):
+            r = s.client.put(path, json=fence(11.2), params={"confirm_far": "true"}, headers=me)
+            assert r.status_code == 200, r.text
+        assert len([e for e in s.audit(action="geofence_update") if e["outcome"] == "ok"]) == 2
+
+
 def _refreshes(s: Setup) -> list[dict[str, Any]]:
     """The successful token refreshes in the audit log, newest first."""
     return [

@@ -9,6 +9,7 @@ the app's clock), so the routes say only what happened. The entries themselves a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,24 +43,32 @@ class AuditTrail:
         target: str | None = None,
         detail: Mapping[str, Any] | None = None,
         principal: Principal | None = None,
+        content: bytes | str | None = None,
     ) -> None:
         """Append one entry: who (``principal``, else the trail's), what, about which
         account and object, with which outcome. A refused or failed attempt beyond the
         caller's bound (``AuthContext.refusal_audits``) is counted instead of written, and so
-        is a successful one exactly like one written within the last minute
-        (``AuthContext.repeat_audits``)."""
+        is a successful one exactly like the caller's previous one, written within the last
+        minute (``AuthContext.repeat_audits``). ``content`` is what the action set when the
+        entry does not say it (a geofence's new shape, a new password): not written, only
+        compared (as a digest), so a change to something else is never counted as a repeat
+        (security review 9, decision 0061)."""
         repeats = self.context.repeat_audits
         if outcome == "ok" and repeats is not None:
             who = principal or self.principal
+            actor = who.actor if who is not None else "anonymous"
+            if isinstance(content, str):
+                content = content.encode()
             alike = (
-                who.actor if who is not None else "anonymous",
+                actor,
                 action,
                 account_id,
                 target,
                 self.remote_addr,
                 orjson.dumps(detail, option=orjson.OPT_SORT_KEYS, default=str),
+                None if content is None else hashlib.sha256(content).digest(),
             )
-            before = repeats.admit(alike)
+            before = repeats.admit((actor, self.remote_addr), alike)
             if before is None:
                 return
             if before:

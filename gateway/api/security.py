@@ -214,11 +214,19 @@ class RepeatAuditCoalescer:
     action was written every time, so a token refresh loop (13 a second from one
     connection) or the same geofence PUT again and again filled the append-only log for
     good. An entry exactly like one written less than ``window_s`` ago (same caller,
-    action, account, target, address and detail) is counted instead; the next one written
-    alike says how many were (``repeats_before``). Anything that differs is written: a
-    fleet manager's bulk work (each vehicle another target) is never held back. Kept in
-    this process's memory, at most ``capacity`` entries (the oldest forgotten first);
-    thread-safe."""
+    action, account, target, address, detail and content) is counted instead; the next one
+    written alike says how many were (``repeats_before``). Anything that differs is
+    written: a fleet manager's bulk work (each vehicle another target) is never held back.
+
+    **Only a repeat of the caller's previous action is counted** (security review 9,
+    decision 0061): "add a vehicle to a fleet, remove it, add it again" within the window
+    wrote the add and the removal and counted the second add, so the log said the vehicle
+    was out of the fleet while it was in (the same for a driver's assignment, a dealer's
+    consent, a login after a logout). Now any other action of the caller in between has the
+    next one written.
+
+    Kept in this process's memory, at most ``capacity`` entries and callers (the oldest
+    forgotten first); thread-safe."""
 
     def __init__(
         self, window_s: float, *, clock: Callable[[], float], capacity: int = 100_000
@@ -227,16 +235,22 @@ class RepeatAuditCoalescer:
         self._clock = clock
         #: entry -> (when one was last written, how many alike left out since)
         self._written: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
+        #: caller -> the entry of their latest successful action
+        self._latest: OrderedDict[Hashable, Hashable] = OrderedDict()
         self._capacity = capacity
         self._lock = threading.Lock()
 
-    def admit(self, entry: Hashable) -> int | None:
+    def admit(self, caller: Hashable, entry: Hashable) -> int | None:
         """None: leave this entry out (it is counted); else write it, and this many alike
         were left out before it."""
         now = self._clock()
         with self._lock:
+            repeat = self._latest.pop(caller, None) == entry
+            self._latest[caller] = entry
+            if len(self._latest) > self._capacity:
+                self._latest.popitem(last=False)
             last = self._written.pop(entry, None)
-            if last is not None and now - last[0] < self._window_s:
+            if repeat and last is not None and now - last[0] < self._window_s:
                 self._written[entry] = (last[0], last[1] + 1)
                 return None
             self._written[entry] = (now, 0)

@@ -135,7 +135,12 @@ def update_driver(
         raise invalid_request(["body", "name"], "a driver keeps a name", "missing")
     _check_user(context, changes.get("user_id"), driver.account_id)
     updated = fleets.update_driver(driver_id, changes) or driver
-    audit.record("driver_update", account_id=driver.account_id, target=f"driver:{driver_id}")
+    audit.record(
+        "driver_update",
+        account_id=driver.account_id,
+        target=f"driver:{driver_id}",
+        content=body.model_dump_json(exclude_unset=True),
+    )
     return DriverOut.model_validate(updated)
 
 

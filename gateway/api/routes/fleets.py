@@ -279,5 +279,10 @@ def put_rule_settings(
     fleets.set_rule_settings(
         account_id, {"rules": body.rules, "trips": body.trips}, now=context.now_ms()
     )
-    audit.record("rule_settings_set", account_id=account_id, target=f"account:{account_id}")
+    audit.record(
+        "rule_settings_set",
+        account_id=account_id,
+        target=f"account:{account_id}",
+        content=body.model_dump_json(),
+    )
     return _rule_settings_out(account_id, body.rules, body.trips)

@@ -227,7 +227,12 @@ def replace_geofence(
     fence = owned(principal, fleets.get_geofence(geofence_id), "geofence", geofence_id, manage=True)
     values = _values(body, _places(log, fence.account_id, confirm_far))
     updated = fleets.update_geofence(geofence_id, values, now=context.now_ms()) or fence
-    audit.record("geofence_update", account_id=fence.account_id, target=f"geofence:{geofence_id}")
+    audit.record(
+        "geofence_update",
+        account_id=fence.account_id,
+        target=f"geofence:{geofence_id}",
+        content=body.model_dump_json(),
+    )
     return _out(updated)
 
 

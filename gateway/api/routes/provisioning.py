@@ -266,6 +266,7 @@ def _rotate(vin: str, principal: Caller, context: Auth, audit: CallerAudit) -> P
         "vehicle_credentials_rotate",
         account_id=vehicle.account_id,
         target=f"vehicle:{vin}",
+        content=result.mqtt_password,  # every renewal is another password: never a repeat
     )
     return provisioned(context, result.vehicle, result.mqtt_password)
 
