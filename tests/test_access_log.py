@@ -38,6 +38,29 @@ def test_a_share_token_in_a_path_is_redacted() -> None:
     assert SECRET not in record.getMessage()
 
 
+def test_a_share_token_in_a_path_the_router_does_not_serve_is_redacted_too() -> None:
+    # security review 9 (decision 0061): uvicorn logs the path as sent, 404s included
+    for path in (
+        f"//v1/assistance/{SECRET}",
+        f"/v1/assistance//{SECRET}",
+        f"/V1/Assistance/{SECRET}",
+        f"/api/v1/assistance/{SECRET}/x",
+        f"/v1/./assistance/{SECRET}",
+    ):
+        assert SECRET not in redact_path(path), path
+    # a secret the gateway issues, wherever it is put in a path
+    import secrets
+
+    for token in (secrets.token_urlsafe(24), secrets.token_urlsafe(32), secrets.token_hex(32)):
+        assert redact_path(f"/v1/invitations/{token}/accept") == (
+            "/v1/invitations/<redacted>/accept"
+        )
+        assert redact_path(f"/{token}") == "/<redacted>"
+    # what routes have stays
+    for path in ("/v1/vehicles/WVWZZZ1JZXW000001/commands", "/v1/fleets/123/vehicles"):
+        assert redact_path(path) == path
+
+
 def test_every_query_value_is_redacted_and_the_names_stay() -> None:
     assert (
         redact_path(f"/v1/vehicles?access_token={QUERY_TOKEN}&password={QUERY_PASSWORD}")

@@ -10,6 +10,15 @@ uvicorn also logs the query string verbatim, and a client may put a secret there
 (``?access_token=...``, ``?password=...``): every query value is replaced the same way,
 only the parameter names stay (a part without ``=`` may itself be the secret, so it goes
 whole).
+
+The path is matched loosely (security review 9, decision 0061): uvicorn logs the path a
+client sent, also one the router does not serve, so ``//v1/assistance/<token>`` (a base
+URL with a trailing slash), ``/v1/assistance//<token>``, ``/V1/Assistance/<token>`` or a
+proxy's prefix (``/api/v1/assistance/<token>``) logged the token with a 404. Now the
+segment after any ``assistance`` segment goes, in any case, and so does any segment of 32
+or more characters of the URL-safe alphabet anywhere in the path: every secret the
+gateway issues is at least that long (a share's token is 32, API keys, invitations and
+transfers 43 or more), and no route has a segment like it (VINs are 17, ids digits).
 """
 
 from __future__ import annotations
@@ -20,9 +29,12 @@ from typing import Final
 
 __all__ = ["RedactSecretPaths", "install", "redact_path"]
 
-#: paths whose last segment is a bearer secret
-_SECRET_PATHS: Final = re.compile(r"^(/v1/assistance/)[^/?#]+")
+#: the segment after an ``assistance`` segment is a share's bearer token
+_SECRET_PATHS: Final = re.compile(r"(?i)(/assistance/+)[^/?#]+")
 _REDACTED: Final = r"\1<redacted>"
+#: a segment that looks like a secret the gateway issued (``secrets.token_urlsafe(24)``
+#: and longer): 32 or more characters of the URL-safe alphabet
+_SECRET_SEGMENT: Final = re.compile(r"(?<=/)[A-Za-z0-9_-]{32,}(?=/|$)")
 
 
 def _redact_query(query: str) -> str:
@@ -35,7 +47,8 @@ def _redact_query(query: str) -> str:
 def redact_path(path: str) -> str:
     """``path`` (with its query, as uvicorn logs it) without a secret segment or query value."""
     path, mark, query = path.partition("?")
-    return _SECRET_PATHS.sub(_REDACTED, path) + mark + _redact_query(query)
+    path = _SECRET_SEGMENT.sub("<redacted>", _SECRET_PATHS.sub(_REDACTED, path))
+    return path + mark + _redact_query(query)
 
 
 class RedactSecretPaths(logging.Filter):
