@@ -132,15 +132,35 @@ _TOPIC_CACHE_SIZE = 200_000
 
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
-    """When a batch is due: ``max_samples`` reached or ``max_delay_s`` since its first message.
+    """When a batch is due: ``max_samples`` reached, ``max_delay_s`` since its first message,
+    or, sooner, once its input has paused (:meth:`due_in`).
 
     The delay bounds the publish-to-acknowledge latency; the size bounds the memory and the
     length of one transaction. A unit's messages stay unacknowledged (in flight) until their
     batch commits, so the MQTT Receive Maximum must exceed rate x delay.
+
+    The pause (decision 0063): when no message has come for ``quiet_s``, the batch is due
+    (but not before ``min_delay_s`` after its first message, which bounds the commits to
+    1 / ``min_delay_s`` a second). A saturated input never pauses, so its batches are
+    as large as before and the ingest rate is the same; a lone sample or a light stream
+    is committed (and reaches the rules) within milliseconds instead of waiting out the
+    whole delay. ``quiet_s`` 0: no early commit.
     """
 
     max_samples: int = 5000
     max_delay_s: float = 0.05
+    quiet_s: float = 0.002
+    min_delay_s: float = 0.005
+
+    def due_in(self, first_at: float, last_at: float, size: int, now: float) -> float:
+        """Seconds until an open batch is due (0 or less: now), its first message received
+        at ``first_at``, its latest at ``last_at``, ``size`` samples (one clock)."""
+        if size >= self.max_samples:
+            return 0.0
+        due = first_at + self.max_delay_s
+        if self.quiet_s > 0:
+            due = min(due, max(first_at + self.min_delay_s, last_at + self.quiet_s))
+        return due - now
 
 
 class Batcher:
