@@ -56,7 +56,7 @@ def event(vin: str, seq: int) -> tuple[str, bytes]:
 
 def test_the_default_policy() -> None:
     assert BatchPolicy() == BatchPolicy(
-        max_samples=5000, max_delay_s=0.05, quiet_s=0.002, min_delay_s=0.005
+        max_samples=5000, max_delay_s=0.05, quiet_s=0.002, min_delay_s=0.005, commit_factor=4.0
     )
 
 
@@ -74,6 +74,10 @@ def test_a_batch_is_due_once_its_input_pauses_but_a_saturated_input_waits_the_de
     # a message every millisecond up to the delay: due at the delay, not later
     assert p.due_in(first, first + 0.049, 400, first + 0.049) == pytest.approx(0.001)
     assert p.due_in(first, first + 0.050, 400, first + 0.050) <= 0
+    # the previous commit took 6 ms: not before 24 ms (commits at most a fifth of the time)
+    assert p.due_in(first, first, 1, first, 0.006) == pytest.approx(0.024)
+    # ... nor later than the delay when commits are slow
+    assert p.due_in(first, first, 1, first, 0.030) == pytest.approx(0.05)
     # full: due at once
     assert p.due_in(first, first, 5000, first) == 0.0
     # off: the delay alone, as before

@@ -123,6 +123,8 @@ class IngestService:
         self._first_at: float | None = None
         #: when the latest message of the open batch came (BatchPolicy.due_in)
         self._last_at = 0.0
+        #: what the latest commit took: the next batch waits a multiple of it (BatchPolicy)
+        self._last_commit_s = 0.0
         self.connected = asyncio.Event()
         self._stopping = False
         self.commits = 0
@@ -189,7 +191,11 @@ class IngestService:
                 stop_waiter.cancel()
                 continue
             remaining = policy.due_in(
-                self._first_at, self._last_at, self._batcher.size, time.monotonic()
+                self._first_at,
+                self._last_at,
+                self._batcher.size,
+                time.monotonic(),
+                self._last_commit_s,
             )
             if remaining > 0 and not self._deferred and not stopping.is_set():
                 self._due.clear()
@@ -220,8 +226,9 @@ class IngestService:
                 continue
             break
         self.commits += 1
+        self._last_commit_s = time.perf_counter() - started
         # commit latency lands in the next batch's counters (it is known only now)
-        self._batcher.add_counters(metrics.commit_seconds_counters(time.perf_counter() - started))
+        self._batcher.add_counters(metrics.commit_seconds_counters(self._last_commit_s))
         _send_acks(acks)
         if batch.quarantine:
             self._send_feedback(batch)
