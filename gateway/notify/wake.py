@@ -52,6 +52,21 @@ class _Poke(asyncio.DatagramProtocol):
         self._poke()
 
 
+def _make_room(path: Path, otherwise: str) -> bool:
+    """Whether a socket can be bound at ``path``: short enough, its directory made, a file
+    left by a dead process of the same id removed (logged with ``otherwise`` when not)."""
+    if len(os.fsencode(str(path))) > _MAX_PATH:
+        log.info("no wake-up socket (%s is too long a path): %s", path, otherwise)
+        return False
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        path.unlink(missing_ok=True)  # a process of the same id that died
+    except OSError as exc:
+        log.info("no wake-up socket at %s (%s): %s", path, exc, otherwise)
+        return False
+    return True
+
+
 class WakeListener:
     """Calls ``poke`` on the event loop whenever a datagram arrives on this process's
     socket in ``directory``. :meth:`start` (False: no socket, the poll alone serves),
@@ -63,18 +78,14 @@ class WakeListener:
         self._transport: asyncio.DatagramTransport | None = None
 
     async def start(self) -> bool:
-        path = str(self.path)
-        if len(os.fsencode(path)) > _MAX_PATH:
-            log.info("no wake-up socket (%s is too long a path): events are polled", path)
+        if not _make_room(self.path, "events are polled"):
             return False
         try:
-            self.path.parent.mkdir(mode=0o700, exist_ok=True)
-            self.path.unlink(missing_ok=True)  # a process of the same id that died
             transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: _Poke(self._poke), local_addr=path, family=socket.AF_UNIX
+                lambda: _Poke(self._poke), local_addr=str(self.path), family=socket.AF_UNIX
             )
         except OSError as exc:
-            log.info("no wake-up socket at %s (%s): events are polled", path, exc)
+            log.info("no wake-up socket at %s (%s): events are polled", self.path, exc)
             return False
         self._transport = transport
         return True
@@ -124,17 +135,14 @@ class WakeSocket:
         self._sock: socket.socket | None = None
 
     def open(self) -> bool:
-        path = str(self.path)
-        if len(os.fsencode(path)) > _MAX_PATH:
-            log.info("no wake-up socket (%s is too long a path): the worker polls", path)
+        if not _make_room(self.path, "the worker polls"):
             return False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            self.path.parent.mkdir(mode=0o700, exist_ok=True)
-            self.path.unlink(missing_ok=True)  # a process of the same id that died
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.bind(path)
+            sock.bind(str(self.path))
         except OSError as exc:
-            log.info("no wake-up socket at %s (%s): the worker polls", path, exc)
+            sock.close()
+            log.info("no wake-up socket at %s (%s): the worker polls", self.path, exc)
             return False
         self._sock = sock
         return True
