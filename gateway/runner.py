@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +28,9 @@ from gateway.health import (
 )
 from gateway.ingest.registry import VehicleRegistry
 from gateway.ingest.service import IngestService, IngestSettings
+from gateway.notify.wake import FLEET_PREFIX, wake_all
 from gateway.retention import RetentionPolicy, run_retention
-from gateway.store import open_store
+from gateway.store import CommitResult, open_store
 from gateway.store.sqlite import DEFAULT_QUARANTINE_PAYLOAD_BYTES, Synchronous
 
 __all__ = ["GatewayOptions", "run_gateway"]
@@ -50,6 +52,10 @@ class GatewayOptions:
     health_dir: Path | None = None
     #: the telemetry store to open (``gateway.store.resolve_store``); None: ``db_path``
     store: str | Path | None = None
+    #: the wake-up sockets' directory: the fleet-worker processes listening there are woken
+    #: after each commit that stored samples or events (``gateway.notify.wake``; decision
+    #: 0063); None: they find the samples at their next poll
+    wake_dir: Path | None = None
 
     @property
     def store_target(self) -> str | Path:
@@ -131,6 +137,7 @@ async def _run(options: GatewayOptions) -> None:
     service = IngestService(
         options.ingest,
         store,
+        on_commit=_waking_workers(options.wake_dir),
         tenure_of=registry.tenure_of if registry is not None else None,
         current_tenures=registry.current_tenures if registry is not None else None,
     )
@@ -161,6 +168,20 @@ async def _run(options: GatewayOptions) -> None:
             registry.close()
         store.close()
     log.info("gateway %s stopped after %d commits", s.client_id, service.commits)
+
+
+def _waking_workers(wake_dir: Path | None) -> Callable[[CommitResult], None] | None:
+    """After a commit that stored something, a datagram to every fleet-worker process of
+    this data directory (a hint: a lost one costs the worker's next poll)."""
+    if wake_dir is None:
+        return None
+    directory = wake_dir
+
+    def woken(result: CommitResult) -> None:
+        if result.samples_stored or result.events_stored:
+            wake_all(directory, FLEET_PREFIX)
+
+    return woken
 
 
 def run_gateway(options: GatewayOptions) -> None:

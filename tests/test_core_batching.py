@@ -4,6 +4,8 @@ tenures, and that :meth:`Batcher.take` hands over one batch and starts the next.
 
 from __future__ import annotations
 
+import pytest
+
 from gateway import metrics
 from gateway.core.batching import (
     Batcher,
@@ -53,7 +55,36 @@ def event(vin: str, seq: int) -> tuple[str, bytes]:
 
 
 def test_the_default_policy() -> None:
-    assert BatchPolicy() == BatchPolicy(max_samples=5000, max_delay_s=0.05)
+    assert BatchPolicy() == BatchPolicy(
+        max_samples=5000, max_delay_s=0.05, quiet_s=0.002, min_delay_s=0.005, commit_factor=4.0
+    )
+
+
+def test_a_batch_is_due_once_its_input_pauses_but_a_saturated_input_waits_the_delay() -> None:
+    """Decision 0063: a light stream is committed when it pauses (2 ms without a message,
+    not before 5 ms after the batch's first); a stream that never pauses still fills the
+    batch for the whole delay, so saturated ingest keeps its batch sizes."""
+    p = BatchPolicy()
+    first = 100.0
+    # a lone message: due 5 ms after it (the minimum), not 50
+    assert p.due_in(first, first, 1, first) == pytest.approx(0.005)
+    assert p.due_in(first, first, 1, first + 0.005) <= 0
+    # messages keep coming, the latest 1 ms ago: due 2 ms after it
+    assert p.due_in(first, first + 0.010, 40, first + 0.011) == pytest.approx(0.001)
+    # a message every millisecond up to the delay: due at the delay, not later
+    assert p.due_in(first, first + 0.049, 400, first + 0.049) == pytest.approx(0.001)
+    assert p.due_in(first, first + 0.050, 400, first + 0.050) <= 0
+    # the previous commit took 6 ms: not before 24 ms (commits at most a fifth of the time)
+    assert p.due_in(first, first, 1, first, 0.006) == pytest.approx(0.024)
+    # ... nor later than the delay when commits are slow
+    assert p.due_in(first, first, 1, first, 0.030) == pytest.approx(0.05)
+    # full: due at once
+    assert p.due_in(first, first, 5000, first) == 0.0
+    # off: the delay alone, as before
+    off = BatchPolicy(quiet_s=0)
+    assert off.due_in(first, first, 1, first) == pytest.approx(0.05)
+    # a delay shorter than the minimum is still the bound
+    assert BatchPolicy(max_delay_s=0.001).due_in(first, first, 1, first) == pytest.approx(0.001)
 
 
 def test_an_empty_batch() -> None:

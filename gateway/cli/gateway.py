@@ -57,6 +57,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     from gateway.core.batching import BatchPolicy
     from gateway.files import private_directory
     from gateway.ingest.service import IngestSettings
+    from gateway.notify.wake import WAKE_DIR_NAME
     from gateway.retention import RetentionPolicy
     from gateway.runner import GatewayOptions, run_gateway
     from gateway.statedb.database import default_url as default_state_db_url
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             registry_url=registry_url,
             retention=retention,
             quarantine_payload_bytes=args.quarantine_payload_bytes,
+            wake_dir=args.data_dir / WAKE_DIR_NAME,
         )
     )
     return 0

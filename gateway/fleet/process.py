@@ -9,7 +9,9 @@ each may run at a lower CPU priority than the API (``--nice``) so that a person'
 is served first on a busy machine. What it stores (alerts, trips, their events and webhook
 deliveries) reaches the API's streams and webhooks through the state database's event log,
 which every API process polls; after each commit it wakes the API processes of its data
-directory so they read it at once (``gateway.notify.wake``; decision 0029).
+directory so they read it at once (``gateway.notify.wake``; decision 0029). It listens on a
+socket of its own there too: the gateway wakes it after each commit of telemetry, so a
+worker that has caught up starts its next pass then rather than at its poll (decision 0063).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from gateway.fleet.maintenance import start_maintenance
 from gateway.fleet.worker import RulesWorker, WorkerSettings, WorkerThread
-from gateway.notify.wake import wake_all
+from gateway.notify.wake import WakeSocket, wake_all
 from gateway.statedb.database import StateDatabase
 from gateway.statedb.fleet_log import FleetLog
 from gateway.statedb.fleets import FleetRepository
@@ -58,7 +60,8 @@ class FleetWorkerOptions:
     #: run the maintenance check too (every rules process does by default; it records each
     #: due item once whichever process finds it)
     maintenance: bool = True
-    #: the API processes' wake-up sockets (``gateway.notify.wake``; None: they poll)
+    #: the wake-up sockets' directory (``gateway.notify.wake``): the API processes' (woken
+    #: after a commit) and this process's own (the gateway wakes it); None: both poll
     wake_dir: Path | None = None
 
 
@@ -83,6 +86,9 @@ def run_fleet_worker(options: FleetWorkerOptions, stop: threading.Event | None =
                 wake_all(wake_dir)
 
             thread.on_commit = wake
+        woken = WakeSocket(wake_dir) if wake_dir is not None else None
+        if woken is not None and woken.open():  # a pass when the gateway committed
+            thread.wake_wait = woken.wait
         maintenance = start_maintenance(state_db, store) if options.maintenance else None
         tune_gc()
         thread.start()
@@ -98,6 +104,8 @@ def run_fleet_worker(options: FleetWorkerOptions, stop: threading.Event | None =
             if maintenance is not None:
                 maintenance.stop()
             thread.stop()  # gives the partitions back
+            if woken is not None:
+                woken.close()
             log.info("fleet worker %s stopped", options.worker.owner)
     finally:
         state_db.dispose()

@@ -892,6 +892,10 @@ class RulesWorker:
         return result.state
 
 
+#: how often a thread waiting for a wake-up looks whether it should stop
+_STOP_CHECK_S = 0.25
+
+
 class WorkerThread:
     """Runs a :class:`RulesWorker` in a daemon thread until :meth:`stop`; a failing step
     is logged and retried after a pause (a database that is briefly away must not end the
@@ -905,6 +909,11 @@ class WorkerThread:
         #: called after a step that evaluated something (committed): the API wakes its
         #: event bus with it, so the alerts' events go out now rather than at its next poll
         self.on_commit: Callable[[], None] | None = None
+        #: the pause after a step that found nothing, ended early by a wake-up (the
+        #: gateway's commit, ``gateway.notify.wake.WakeSocket.wait``; decision 0063): the
+        #: next pass starts when there is something to evaluate, not at the next poll.
+        #: None: the pause is the poll alone
+        self.wake_wait: Callable[[float], bool] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet-rules", daemon=True)
 
@@ -943,4 +952,16 @@ class WorkerThread:
             # halve the rules' rate (decision 0024)
             spent = time.monotonic() - started
             rest = spent * REST_PER_STEP if self._busy is None or self._busy() else 0.0
-            self._stop.wait(max(rest, 0.0 if busy else poll))
+            pause = max(rest, 0.0 if busy else poll)
+            if pause > 0 and rest <= 0 and self.wake_wait is not None:
+                self._wait_for_wake(self.wake_wait, pause)
+            else:
+                self._stop.wait(pause)
+
+    def _wait_for_wake(self, wake_wait: Callable[[float], bool], pause: float) -> None:
+        """Up to ``pause`` seconds, ended by a wake-up or :meth:`stop`."""
+        deadline = time.monotonic() + pause
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or wake_wait(min(left, _STOP_CHECK_S)):
+                return

@@ -121,6 +121,10 @@ class IngestService:
         self._deferred: list[tuple[str, bytes, _Ack | None, dict[str, Any]]] = []
         self._due = asyncio.Event()
         self._first_at: float | None = None
+        #: when the latest message of the open batch came (BatchPolicy.due_in)
+        self._last_at = 0.0
+        #: what the latest commit took: the next batch waits a multiple of it (BatchPolicy)
+        self._last_commit_s = 0.0
         self.connected = asyncio.Event()
         self._stopping = False
         self.commits = 0
@@ -142,8 +146,9 @@ class IngestService:
             return
         if ack is not None:
             self._acks.append(ack)
+        self._last_at = time.monotonic()
         if self._first_at is None:
-            self._first_at = time.monotonic()
+            self._first_at = self._last_at
             self._due.set()  # wake the flusher so it starts the batch timer
         elif self._batcher.size >= self.settings.batch.max_samples:
             self._due.set()
@@ -185,13 +190,14 @@ class IngestService:
                 waiter.cancel()
                 stop_waiter.cancel()
                 continue
-            remaining = self._first_at + policy.max_delay_s - time.monotonic()
-            if (
-                remaining > 0
-                and self._batcher.size < policy.max_samples
-                and not self._deferred
-                and not stopping.is_set()
-            ):
+            remaining = policy.due_in(
+                self._first_at,
+                self._last_at,
+                self._batcher.size,
+                time.monotonic(),
+                self._last_commit_s,
+            )
+            if remaining > 0 and not self._deferred and not stopping.is_set():
                 self._due.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._due.wait(), remaining)
@@ -220,8 +226,9 @@ class IngestService:
                 continue
             break
         self.commits += 1
+        self._last_commit_s = time.perf_counter() - started
         # commit latency lands in the next batch's counters (it is known only now)
-        self._batcher.add_counters(metrics.commit_seconds_counters(time.perf_counter() - started))
+        self._batcher.add_counters(metrics.commit_seconds_counters(self._last_commit_s))
         _send_acks(acks)
         if batch.quarantine:
             self._send_feedback(batch)

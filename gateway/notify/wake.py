@@ -11,6 +11,12 @@ worker. A datagram is a hint, not a message: a lost one (a full buffer, a proces
 its start and its bind) costs at most the next poll, which goes on as before. Installations
 whose processes do not share a data directory (other machines, a shared PostgreSQL state
 database) rely on the poll alone.
+
+The fleet-worker processes listen the same way (``fleet-PID.sock``, :class:`WakeSocket`, a
+blocking socket for a thread; decision 0063): the gateway wakes them after each commit that
+stored samples or events, so a worker that has caught up starts its next pass when there is
+something to evaluate instead of at its next poll. :func:`wake_all` reaches one kind
+(``prefix``): the API's or the workers'.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["WAKE_DIR_NAME", "WakeListener", "wake_all"]
+__all__ = ["API_PREFIX", "FLEET_PREFIX", "WAKE_DIR_NAME", "WakeListener", "WakeSocket", "wake_all"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,10 @@ log = logging.getLogger(__name__)
 WAKE_DIR_NAME = "wake"
 #: the longest path a Unix socket address takes (Linux: 108 bytes with the final NUL)
 _MAX_PATH = 107
+#: the API processes' sockets (woken when events were stored)
+API_PREFIX = "api-"
+#: the fleet-worker processes' sockets (woken when telemetry was committed)
+FLEET_PREFIX = "fleet-"
 
 
 class _Poke(asyncio.DatagramProtocol):
@@ -41,29 +52,40 @@ class _Poke(asyncio.DatagramProtocol):
         self._poke()
 
 
+def _make_room(path: Path, otherwise: str) -> bool:
+    """Whether a socket can be bound at ``path``: short enough, its directory made, a file
+    left by a dead process of the same id removed (logged with ``otherwise`` when not)."""
+    if len(os.fsencode(str(path))) > _MAX_PATH:
+        log.info("no wake-up socket (%s is too long a path): %s", path, otherwise)
+        return False
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        path.unlink(missing_ok=True)  # a process of the same id that died
+    except OSError as exc:
+        log.info("no wake-up socket at %s (%s): %s", path, exc, otherwise)
+        return False
+    return True
+
+
 class WakeListener:
     """Calls ``poke`` on the event loop whenever a datagram arrives on this process's
     socket in ``directory``. :meth:`start` (False: no socket, the poll alone serves),
     :meth:`stop` (removes the socket)."""
 
     def __init__(self, directory: Path, poke: Callable[[], None]) -> None:
-        self.path = directory / f"api-{os.getpid()}.sock"
+        self.path = directory / f"{API_PREFIX}{os.getpid()}.sock"
         self._poke = poke
         self._transport: asyncio.DatagramTransport | None = None
 
     async def start(self) -> bool:
-        path = str(self.path)
-        if len(os.fsencode(path)) > _MAX_PATH:
-            log.info("no wake-up socket (%s is too long a path): events are polled", path)
+        if not _make_room(self.path, "events are polled"):
             return False
         try:
-            self.path.parent.mkdir(mode=0o700, exist_ok=True)
-            self.path.unlink(missing_ok=True)  # a process of the same id that died
             transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: _Poke(self._poke), local_addr=path, family=socket.AF_UNIX
+                lambda: _Poke(self._poke), local_addr=str(self.path), family=socket.AF_UNIX
             )
         except OSError as exc:
-            log.info("no wake-up socket at %s (%s): events are polled", path, exc)
+            log.info("no wake-up socket at %s (%s): events are polled", self.path, exc)
             return False
         self._transport = transport
         return True
@@ -75,11 +97,12 @@ class WakeListener:
             self.path.unlink(missing_ok=True)
 
 
-def wake_all(directory: Path) -> int:
-    """Send a wake-up to every listener in ``directory``; how many took it. Never blocks
-    and never raises: a listener that is gone (its socket refuses) has its file removed."""
+def wake_all(directory: Path, prefix: str = API_PREFIX) -> int:
+    """Send a wake-up to every listener of one kind (``prefix``) in ``directory``; how many
+    took it. Never blocks and never raises: a listener that is gone (its socket refuses)
+    has its file removed."""
     try:
-        paths = list(directory.glob("*.sock"))
+        paths = list(directory.glob(f"{prefix}*.sock"))
     except OSError:
         return 0
     if not paths:
@@ -99,3 +122,50 @@ def wake_all(directory: Path) -> int:
             except OSError:
                 pass
     return woken
+
+
+class WakeSocket:
+    """A fleet-worker's wake-up socket in ``directory`` (``fleet-PID.sock``), read by a
+    thread: :meth:`wait` returns True when a wake-up came within ``timeout`` (every one
+    waiting is taken), False when the time ran out. :meth:`open` (False: no socket, the
+    caller polls), :meth:`close` (removes it)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / f"{FLEET_PREFIX}{os.getpid()}.sock"
+        self._sock: socket.socket | None = None
+
+    def open(self) -> bool:
+        if not _make_room(self.path, "the worker polls"):
+            return False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(str(self.path))
+        except OSError as exc:
+            sock.close()
+            log.info("no wake-up socket at %s (%s): the worker polls", self.path, exc)
+            return False
+        self._sock = sock
+        return True
+
+    def wait(self, timeout: float) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            ready, _, _ = select.select([sock], [], [], max(timeout, 0.0))
+            if not ready:
+                return False
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while sock.recv(16):  # the wake-ups that piled up: one pass serves them all
+                    pass
+            sock.setblocking(True)
+        except (OSError, ValueError):  # closed meanwhile
+            return False
+        return True
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+            self.path.unlink(missing_ok=True)

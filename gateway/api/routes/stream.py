@@ -86,10 +86,13 @@ async def _events(
     recheck = time.monotonic() + _RECHECK_S
     while True:
         batch = await bus.since(cursor, limit=500)
-        for event in batch:
-            cursor = event.id
-            if visible_to(principal, event.scope):
-                yield _sse(event)
+        # what the log gave at once goes out as one chunk: a burst of alerts (hundreds in
+        # one worker pass) is one send, not one per event (decision 0063)
+        chunk = b"".join(_sse(event) for event in batch if visible_to(principal, event.scope))
+        if batch:
+            cursor = batch[-1].id
+        if chunk:
+            yield chunk
         if len(batch) == 500:
             continue
         if time.monotonic() >= recheck:
