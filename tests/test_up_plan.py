@@ -103,6 +103,8 @@ def test_the_demo_runs_the_simulator_by_module_name_with_unit_credentials() -> N
     assert simulator.argv[1:3] == ("-m", "device_sim")
     assert _value(simulator.argv, "--vehicles") == "7"
     assert _value(simulator.argv, "--credentials") == str(DATA / "secrets/demo-units.json")
+    # the units' seq counters survive a restart of the demo (decision 0065)
+    assert _value(simulator.argv, "--seq-state") == str(DATA / "simulator/seq-state.json")
 
 
 def test_an_anonymous_broker_needs_no_credentials_and_refuses_tls() -> None:

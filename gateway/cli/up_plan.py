@@ -381,6 +381,8 @@ def plan_up(args: argparse.Namespace, env: Environment, *, data_dir: Path) -> Up
         simulator = python_module(
             SIMULATOR_MODULE,
             *("--mqtt-url", broker.url, "--vehicles", str(args.vehicles), "--misbehave"),
+            # the units' seq counters survive a restart of the demo (device_sim.seqstate)
+            *("--seq-state", str(data_dir / "simulator" / "seq-state.json")),
             *sim_args,
         )
         children.append(ChildPlan("simulator", simulator, optional=True))
