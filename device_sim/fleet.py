@@ -1387,6 +1387,15 @@ def _report_interval(args: argparse.Namespace) -> float:
     return 1.0
 
 
+def _seq_state(args: argparse.Namespace) -> SeqStateFile | None:
+    """The ``--seq-state`` file, read (one process keeps it: not with ``--procs`` > 1)."""
+    if args.seq_state is None:
+        return None
+    if args.procs != 1 or args.shard is not None:
+        raise ValueError("--seq-state needs --procs 1: one process keeps the file of its units")
+    return SeqStateFile(args.seq_state)
+
+
 def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Options:
     """Validate the command line and resolve its defaults. ``args`` is updated with what was
     resolved (broker URL, number of vehicles, where the VINs come from), so that ``--procs``
@@ -1447,13 +1456,7 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Opti
         if args.shard is not None and args.shard.count > count:
             raise ValueError(f"--shard {args.shard} needs at least {args.shard.count} vehicles")
         per_vin = _per_vin(args, credentials, fleet.all_vins())
-        seq_state = None
-        if args.seq_state is not None:
-            if args.procs != 1 or args.shard is not None:
-                raise ValueError(
-                    "--seq-state needs --procs 1: one process keeps the file of its units"
-                )
-            seq_state = SeqStateFile(args.seq_state)
+        seq_state = _seq_state(args)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     args.mqtt_url = address.url
