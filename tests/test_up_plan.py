@@ -180,7 +180,9 @@ def test_the_banner_shows_where_everything_is() -> None:
         demo_email="fleet@demo.local",
         demo_account=2,
     )
-    assert "http://127.0.0.1:9080/docs" in text
+    assert "API      http://127.0.0.1:9080/v1   (docs: http://127.0.0.1:9080/docs;" in text
+    # the web dashboard's address, in a line of its own (decision 0054 left it out)
+    assert "web      http://127.0.0.1:9080/   (the dashboard" in text
     assert "vehicles need credentials" in text
     assert "TLS      mqtts://127.0.0.1:8883" in text
     assert "5 vehicles of the organization 'Demo Fleet' (account 2)" in text
