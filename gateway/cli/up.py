@@ -96,8 +96,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     up.add_argument(
         "--gateways",
         type=int,
-        default=1,
-        help="gateway processes sharing the subscription (default: 1)",
+        default=env.gateways,
+        metavar="N",
+        help="gateway processes sharing the subscription (env TELEMATICS_GATEWAYS; default: 1)",
     )
     up.add_argument(
         "--demo",
@@ -119,7 +120,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         help="run the private broker open to anonymous clients, without per-vehicle "
         "credentials and ACL (development only; vehicles are then not checked)",
     )
-    up.add_argument("--vehicles", type=int, default=5, help="with --demo: how many (default: 5)")
+    up.add_argument(
+        "--vehicles",
+        type=int,
+        default=env.demo_vehicles,
+        metavar="N",
+        help="with --demo: how many simulated vehicles (env TELEMATICS_DEMO_VEHICLES; "
+        "default: 5)",
+    )
     up.add_argument(
         "--edge-brokers",
         type=int,
