@@ -125,8 +125,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         type=int,
         default=env.demo_vehicles,
         metavar="N",
-        help="with --demo: how many simulated vehicles (env TELEMATICS_DEMO_VEHICLES; "
-        "default: 5)",
+        help="with --demo: how many simulated vehicles (env TELEMATICS_DEMO_VEHICLES; default: 5)",
     )
     up.add_argument(
         "--edge-brokers",
