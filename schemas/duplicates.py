@@ -27,6 +27,7 @@ from typing import Any
 
 __all__ = ["duplicate_key", "member_count", "unique_at_a_glance"]
 
+
 def unique_at_a_glance(payload: bytes, members: int) -> bool:
     """True if ``payload`` (valid JSON whose parsed objects have ``members`` members) cannot
     have a name twice in one object; False: maybe (see the module's docstring)."""
