@@ -100,12 +100,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         metavar="N",
         help="gateway processes sharing the subscription (env TELEMATICS_GATEWAYS; default: 1)",
     )
-    up.add_argument(
-        "--demo",
-        action="store_true",
-        help="also run simulated vehicles driving around Munich, provisioned into the "
-        "organization 'Demo Fleet' (with a fleet manager, fleet@demo.local)",
-    )
+    _add_demo(up, env)
     up.add_argument(
         "--tls-port",
         type=int,
@@ -119,13 +114,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         action="store_true",
         help="run the private broker open to anonymous clients, without per-vehicle "
         "credentials and ACL (development only; vehicles are then not checked)",
-    )
-    up.add_argument(
-        "--vehicles",
-        type=int,
-        default=env.demo_vehicles,
-        metavar="N",
-        help="with --demo: how many simulated vehicles (env TELEMATICS_DEMO_VEHICLES; default: 5)",
     )
     up.add_argument(
         "--edge-brokers",
@@ -149,6 +137,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     add_retention(up, env)
     add_mqtt_auth(up, env)
     add_ingest(up, env, client_id=False)
+
+
+def _add_demo(up: argparse.ArgumentParser, env: Environment) -> None:
+    """--demo and how many vehicles it runs."""
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="also run simulated vehicles driving around Munich, provisioned into the "
+        "organization 'Demo Fleet' (with a fleet manager, fleet@demo.local)",
+    )
+    up.add_argument(
+        "--vehicles",
+        type=int,
+        default=env.demo_vehicles,
+        metavar="N",
+        help="with --demo: how many simulated vehicles (env TELEMATICS_DEMO_VEHICLES; default: 5)",
+    )
 
 
 def _add_budget(up: argparse.ArgumentParser, env: Environment) -> None:
