@@ -1305,7 +1305,7 @@ def test_quarantine_of_your_own_vehicles_and_the_admin_health_page(
         try:
             page.goto(f"{up.api}/quarantine")
             page.wait_for_selector("body[data-ready='1']")
-            page.wait_for_selector("#notice:text('for administrators and fleet managers')")
+            page.wait_for_selector("#notice:text('by fleet managers and fleet viewers')")
             assert page.locator("#quarantine tbody tr[data-entry]").count() == 0
         finally:
             context.close()
