@@ -11,6 +11,9 @@ Sequence numbers
     (vin, seq) as a duplicate. So unless told otherwise the first ``seq`` of samples and
     events is the start time in milliseconds: a unit sends at most one sample per
     millisecond, so a later run always starts above every seq of an earlier one.
+    With ``--seq-state FILE`` (``telematics up --demo`` gives one) each unit continues its
+    own counters from the file instead, as a real unit does from non-volatile memory
+    (:mod:`device_sim.seqstate`): no gap after a restart.
 
 Remote commands
     Every unit answers the commands the gateway sends it (see :mod:`device_sim.unit`). To
@@ -55,7 +58,7 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -71,6 +74,7 @@ from device_sim.console import (
 from device_sim.credentials import UnitCredentials, VehicleCredential, load_credentials
 from device_sim.faults import FaultKind, FaultRates
 from device_sim.procs import run_procs
+from device_sim.seqstate import RESERVED_BLOCK, Counters, SeqStateFile
 from device_sim.stats import (
     UNIT_DETAIL_LIMIT,
     LatencyHistogram,
@@ -303,8 +307,12 @@ def build_vehicles(
     start_ms: int,
     first_event_seq: int = 0,
     numbers: Container[int] | None = None,
+    first_seqs: Mapping[str, Counters] | None = None,
 ) -> list[SimulatedVehicle]:
     """The fleet's vehicles, in VIN order; the same settings give the same vehicles.
+
+    ``first_seqs`` gives a vehicle's first event ``seq`` by VIN (a seq state file's), over
+    ``first_event_seq``.
 
     ``numbers``, if given, keeps only the vehicles with those numbers (1..count): a shard of
     the fleet. Vehicle ``i`` is the same whether it is built alone or with all the others.
@@ -323,15 +331,17 @@ def build_vehicles(
             others += 1
         if numbers is not None and i not in numbers:
             continue
+        vin = settings.vin(i)
+        own = first_seqs.get(vin) if first_seqs is not None else None
         vehicles.append(
             SimulatedVehicle(
-                settings.vin(i),
+                vin,
                 profile,
                 city,
                 random.Random(f"{settings.seed}:{i}"),
                 start_node,
                 start_ms=start_ms,
-                first_event_seq=first_event_seq,
+                first_event_seq=first_event_seq if own is None else own.next_event_seq,
             )
         )
     return vehicles
@@ -433,6 +443,9 @@ DEFAULT_CONNECT_RATE: Final = 500.0
 _SHARD_PROGRESS_S: Final = 1.0
 #: full per-unit counters (``stats()``) are gathered at most this often for progress
 _FULL_STATS_EVERY_S: Final = 2.0
+#: seconds between two checks whether a unit used half of its reserved seq block: at
+#: RESERVED_BLOCK // 2 numbers per check, safe below 100 samples per second per unit
+_SEQ_STATE_CHECK_S: Final = 0.5
 
 
 class _AckTracker:
@@ -498,6 +511,7 @@ class FleetRun:
         shard: Shard | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
         per_vin: PerVin | None = None,
+        seq_state: SeqStateFile | None = None,
     ) -> None:
         if not connect_rate > 0:
             raise ValueError(f"connect_rate must be > 0, got {connect_rate}")
@@ -506,12 +520,28 @@ class FleetRun:
         start_ms = clock_ms() if settings.start_ms is None else settings.start_ms
         first_seq = start_ms if settings.first_seq is None else settings.first_seq
         numbers = shard.numbers(settings.count)
+        # a seq state file: each unit continues its own counters (device_sim.seqstate)
+        self._seq_state = seq_state
+        starts = (
+            None
+            if seq_state is None
+            else {settings.vin(i): seq_state.start(settings.vin(i), first_seq) for i in numbers}
+        )
         vehicles = build_vehicles(
-            settings, start_ms=start_ms, first_event_seq=first_seq, numbers=set(numbers)
+            settings,
+            start_ms=start_ms,
+            first_event_seq=first_seq,
+            numbers=set(numbers),
+            first_seqs=starts,
         )
         every = build_unit_settings(settings, unit_settings, per_vin=per_vin)
         self.units = [
-            SimulatedUnit(v, every[i - 1], first_seq=first_seq, clock_ms=clock_ms)
+            SimulatedUnit(
+                v,
+                every[i - 1],
+                first_seq=first_seq if starts is None else starts[v.vin].next_seq,
+                clock_ms=clock_ms,
+            )
             for v, i in zip(vehicles, numbers, strict=True)
         ]
         self._connect_rate = connect_rate / shard.count
@@ -532,8 +562,39 @@ class FleetRun:
     def _mark(self) -> tuple[float, float, int]:
         return time.perf_counter(), process_usage()[0], self._tracker.published
 
+    def counters(self) -> dict[str, Counters]:
+        """Every unit's next sample and event ``seq``."""
+        return {u.vin: Counters(u.next_seq, u.vehicle.next_event_seq) for u in self.units}
+
+    async def _keep_seq_state(self, state: SeqStateFile, stop: asyncio.Event) -> None:
+        """Renew the reserved blocks before a unit runs out of its block."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_SEQ_STATE_CHECK_S):
+                    await stop.wait()
+            current = self.counters()
+            if state.needs_renewal(current):
+                state.reserve(current)
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Start the units at the connect rate, run them until ``stop`` is set."""
+        """Start the units at the connect rate, run them until ``stop`` is set (with a seq
+        state file: reserve each unit's numbers first, write the exact ones at the end)."""
+        state = self._seq_state
+        if state is None:
+            await self._run(stop)
+            return
+        state.reserve(self.counters())  # before any unit uses a number
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._keep_seq_state(state, stop), name="seq-state")
+                await self._run(stop)
+                stop.set()
+        finally:
+            # every unit has stopped: no number above these was used (a kill -9 never gets
+            # here, and the next run continues after the reserved block instead)
+            state.close(self.counters())
+
+    async def _run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
 
         async def mark_stop() -> None:
@@ -935,6 +996,18 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="stop after this many seconds (default: run until Ctrl-C or SIGTERM)",
     )
+    parser.add_argument(
+        "--seq-state",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="keep each unit's seq counters in FILE, as a real unit keeps them in "
+        "non-volatile memory: a restarted fleet continues its numbers without a gap; after "
+        f"an unclean stop (kill -9) each unit skips at most {RESERVED_BLOCK} numbers (the "
+        "block it had reserved in the file); only with --procs 1; telematics up --demo "
+        "gives DATA_DIR/simulator/seq-state.json (default: none: the first seq of a run is "
+        "its start time in ms)",
+    )
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -1164,6 +1237,7 @@ class _Options:
     #: each unit's own login (from --credentials and --tls-cert-dir); None: all share one
     per_vin: PerVin | None = None
     credentials: Path | None = None
+    seq_state: SeqStateFile | None = None
 
 
 #: how many VINs an error message lists before it says "and N more"
@@ -1313,6 +1387,15 @@ def _report_interval(args: argparse.Namespace) -> float:
     return 1.0
 
 
+def _seq_state(args: argparse.Namespace) -> SeqStateFile | None:
+    """The ``--seq-state`` file, read (one process keeps it: not with ``--procs`` > 1)."""
+    if args.seq_state is None:
+        return None
+    if args.procs != 1 or args.shard is not None:
+        raise ValueError("--seq-state needs --procs 1: one process keeps the file of its units")
+    return SeqStateFile(args.seq_state)
+
+
 def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Options:
     """Validate the command line and resolve its defaults. ``args`` is updated with what was
     resolved (broker URL, number of vehicles, where the VINs come from), so that ``--procs``
@@ -1373,6 +1456,7 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Opti
         if args.shard is not None and args.shard.count > count:
             raise ValueError(f"--shard {args.shard} needs at least {args.shard.count} vehicles")
         per_vin = _per_vin(args, credentials, fleet.all_vins())
+        seq_state = _seq_state(args)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     args.mqtt_url = address.url
@@ -1390,6 +1474,7 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Opti
         tls=address.tls,
         per_vin=per_vin,
         credentials=args.credentials,
+        seq_state=seq_state,
     )
 
 
@@ -1569,7 +1654,11 @@ async def _run_single(
         title=f"telematics sim: {opts.fleet.count:,} units",
     )
     run = FleetRun(
-        opts.fleet, opts.unit_settings, connect_rate=opts.connect_rate, per_vin=opts.per_vin
+        opts.fleet,
+        opts.unit_settings,
+        connect_rate=opts.connect_rate,
+        per_vin=opts.per_vin,
+        seq_state=opts.seq_state,
     )
     display.start()
     try:

@@ -886,6 +886,11 @@ class SimulatedUnit:
         return self._vehicle
 
     @property
+    def next_seq(self) -> int:
+        """The ``seq`` the unit's next sample gets (every lower one may be used)."""
+        return self._next_seq
+
+    @property
     def settings(self) -> UnitSettings:
         return self._settings
 

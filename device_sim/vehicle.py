@@ -752,6 +752,11 @@ class SimulatedVehicle:
         return self._vin
 
     @property
+    def next_event_seq(self) -> int:
+        """The ``seq`` of the vehicle's next event."""
+        return self._next_event_seq
+
+    @property
     def profile(self) -> VehicleProfile:
         return self._profile
 

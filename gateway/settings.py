@@ -117,6 +117,10 @@ class Environment(BaseSettings):
     mqtt_password: str | None = Field(default=None, repr=False)
     unit_broker_url: str | None = None
     unit_tls_broker_url: str | None = None
+    #: telematics up: gateway processes sharing the subscription
+    gateways: int = Field(default=1, ge=1)
+    #: telematics up --demo: how many simulated vehicles
+    demo_vehicles: int = Field(default=5, ge=1)
     #: unit-facing edge brokers bridged to the core broker (decision 0038; 0: none)
     edge_brokers: int = Field(default=0, ge=0)
     #: the API: the edges' URLs told to units at provisioning, comma-separated, edge order

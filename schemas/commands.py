@@ -65,7 +65,8 @@ from pydantic import (
 from pydantic import with_config as _with_config
 from typing_extensions import TypedDict
 
-from schemas.payloads import Reason, Rejection, SignalValue
+from schemas.duplicates import duplicate_key, member_count
+from schemas.payloads import Reason, Rejection, SignalValue, duplicate_rejection
 from schemas.signing import Ed25519PublicKey, verify_command
 from schemas.topics import CONTRACT_VERSION, InvalidTopicError
 from schemas.vin import VIN_PATTERN, is_valid_vin
@@ -709,6 +710,8 @@ def decode_command(payload: bytes) -> CommandMessage | InvalidCommand | Rejectio
         raw = _COMMAND_ADAPTER.validate_json(payload)
     except ValidationError as exc:
         return _envelope_rejection(exc, vin=None)
+    if (twice := duplicate_key(payload, member_count(raw))) is not None:
+        return duplicate_rejection(twice, vin=raw["vin"])
     if raw["expires_at"] <= raw["issued_at"]:
         return Rejection(
             Reason.INVALID_ENVELOPE,
@@ -776,6 +779,8 @@ def decode_command_result(payload: bytes, *, topic_vin: str) -> CommandResult | 
         raw = _RESULT_ADAPTER.validate_json(payload)
     except ValidationError as exc:
         return _envelope_rejection(exc, vin=topic_vin)
+    if (twice := duplicate_key(payload, member_count(raw))) is not None:
+        return duplicate_rejection(twice, vin=topic_vin)
     if raw["vin"] != topic_vin:
         return Rejection(
             Reason.VIN_MISMATCH,

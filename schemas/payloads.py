@@ -47,6 +47,7 @@ from pydantic import with_config as _with_config
 from typing_extensions import TypedDict
 
 from schemas.catalog import CATALOG, Datatype, SignalSpec
+from schemas.duplicates import duplicate_key, member_count
 from schemas.vin import VIN_PATTERN
 
 __all__ = [
@@ -79,6 +80,9 @@ class Reason(enum.StrEnum):
 
     PAYLOAD_TOO_LARGE = "payload_too_large"
     MALFORMED_JSON = "malformed_json"
+    #: a member name twice in one JSON object (decision 0065): parsers disagree on which
+    #: value counts, so the message is refused instead of "last one wins"
+    DUPLICATE_KEY = "duplicate_key"
     INVALID_TOPIC = "invalid_topic"
     INVALID_ENVELOPE = "invalid_envelope"
     INVALID_VIN = "invalid_vin"
@@ -361,6 +365,8 @@ def decode_telemetry(
     if isinstance(validated, DecodedTelemetry):
         return validated
     envelope, rejections = validated
+    if (twice := duplicate_key(payload, _telemetry_members(envelope))) is not None:
+        return DecodedTelemetry((), (duplicate_rejection(twice, vin=topic_vin),))
     vin: str = envelope["vin"]
     if vin != topic_vin:
         return _reject(
@@ -374,6 +380,35 @@ def decode_telemetry(
     samples = _timely_samples(items, vin, now_ms, limits, rejections)
     # rejections of signals whose sample was rejected as a whole are kept: both are true
     return DecodedTelemetry(tuple(samples), listed(rejections))
+
+
+def _telemetry_members(envelope: Any) -> int:
+    """:func:`~schemas.duplicates.member_count` of a validated telemetry envelope, from its
+    shape (a signal's value holds no object), so a batch costs one step per sample."""
+    count = len(envelope)
+    signals = envelope.get("signals")
+    if signals is not None:
+        count += len(signals)
+    items = envelope.get("samples")
+    if items is not None:
+        for item in items:
+            count += len(item) + len(item["signals"])
+    return count
+
+
+def duplicate_rejection(name: str, *, vin: str | None) -> Rejection:
+    """The refusal of a message with the member name ``name`` twice in one object."""
+    return Rejection(
+        Reason.DUPLICATE_KEY,
+        f"the name {name!r:.80} occurs twice in one JSON object; each name may occur once "
+        "(parsers disagree on which value would count: docs/device-contract.md §3)",
+        vin=vin,
+    )
+
+
+def _duplicate(payload: bytes, parsed: Any, vin: str | None) -> Rejection | None:
+    twice = duplicate_key(payload, member_count(parsed))
+    return None if twice is None else duplicate_rejection(twice, vin=vin)
 
 
 def _validate_envelope(
@@ -589,6 +624,8 @@ def decode_event(
         return Rejection(
             _message_reason(errors), "; ".join(_describe(e) for e in errors[:5]), vin=topic_vin
         )
+    if (twice := _duplicate(payload, raw, topic_vin)) is not None:
+        return twice
     if raw["vin"] != topic_vin:
         return Rejection(
             Reason.VIN_MISMATCH,
@@ -659,6 +696,8 @@ def decode_status(payload: bytes, *, topic_vin: str) -> Status | Rejection:
         return Rejection(
             _message_reason(errors), "; ".join(_describe(e) for e in errors[:5]), vin=topic_vin
         )
+    if (twice := _duplicate(payload, raw, topic_vin)) is not None:
+        return twice
     if raw.get("vin", topic_vin) != topic_vin:
         return Rejection(Reason.VIN_MISMATCH, "payload vin differs from the topic's", vin=topic_vin)
     return Status(raw["state"], raw.get("ts"))

@@ -987,6 +987,35 @@ def test_the_readme_says_administrators_only_where_the_route_is() -> None:
     assert wrong == []
 
 
+#: how a 403 names each role that may
+_ROLE_WORDS = {
+    "admin": "administrators",
+    "fleet_manager": "fleet managers",
+    "fleet_viewer": "fleet viewers",
+    "owner": "owners",
+    "driver": "drivers",
+}
+
+
+def test_the_quarantine_refusal_names_every_role_that_may_read_it(world: World) -> None:
+    """Decision 0065: the 403 said "for administrators and fleet managers", and fleet
+    viewers read it too (this table). It names exactly the roles the table lets in."""
+    row = TABLE[("GET", "/v1/quarantine")]
+    assert row.expect is not None
+    allowed = [p for p in PERSONAS if row.expect[p][0] == OK]
+    refused = [p for p in PERSONAS if row.expect[p][0] == FORBIDDEN]
+    assert refused
+    for persona in refused:
+        r = row.call(world, persona, True)
+        assert r.status_code == 403, r.text
+        message = r.json()["error"]["message"]
+        for role in allowed:
+            assert _ROLE_WORDS[role] in message, (role, message)
+        may = message.split(";")[0]
+        for role in refused:
+            assert _ROLE_WORDS[role] not in may, (role, message)
+
+
 def _outcome(r: Response, route: tuple[str, str]) -> Any:
     if r.status_code < 300 or (route[1].endswith("/cancel") and r.status_code == 409):
         return OK

@@ -347,3 +347,71 @@ def test_fleet_scale_step_not_run_claims_no_figure() -> None:
         else:
             assert value in (0, {}, []), f.name
     assert scale._not_run(1, "a").lag_timeline is not scale._not_run(2, "b").lag_timeline
+
+
+def _strict(text: str) -> Any:
+    """Parse as strict JSON: NaN and Infinity are not JSON (RFC 8259)."""
+    import json
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_fleet_scale_json_is_strict_json_with_null_for_what_was_not_measured(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Decision 0065: ``bench fleet-scale --json`` wrote ``NaN`` for a step not run (0054
+    left it), which jq and JSON.parse refuse. The figures are ``null`` now."""
+    import argparse
+    import json
+    import math
+
+    from gateway.bench import scale
+
+    result = scale.ScaleBenchResult(
+        cores=2,
+        fd_limit=1024,
+        steps=[scale._not_run(50_000, "file descriptors: too few")],
+        broke_at=50_000,
+        broke_because=["file descriptors: too few"],
+    )
+    monkeypatch.setattr(scale, "run_scale_bench", lambda **_: result)
+    parser = argparse.ArgumentParser()
+    scale.add_arguments(parser)
+    args = parser.parse_args(["--steps", "50000", "--json"])
+    assert scale.run_from_args(args) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    data = _strict(line)
+    json.dumps(data, allow_nan=False)
+    step = data["steps"][0]
+    floats = [f.name for f in dataclasses.fields(scale.StepFigures) if f.type == "float"]
+    assert floats
+    for name in floats:
+        original = getattr(result.steps[0], name)
+        if math.isnan(original):
+            assert step[name] is None, name
+
+
+def test_every_bench_json_goes_through_the_strict_writer() -> None:
+    """No ``bench ... --json`` prints with ``json.dumps`` directly (which writes NaN)."""
+    import re
+
+    bench = Path(__file__).resolve().parents[1] / "gateway" / "bench"
+    direct = [
+        f"{p.name}:{n}"
+        for p in sorted(bench.glob("*.py"))
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"print\(\s*json\.dumps", line)
+    ]
+    assert direct == []
+
+
+def test_the_strict_writer_writes_null_for_every_non_finite_float() -> None:
+    import json
+
+    from gateway.bench.jsonout import strict_json
+
+    text = strict_json({"a": float("nan"), "b": [1.5, float("inf"), (float("-inf"),)], "c": 0})
+    assert json.loads(text) == {"a": None, "b": [1.5, None, [None]], "c": 0}

@@ -366,6 +366,30 @@ MESSAGE_CASES = [
     pytest.param(
         body(vin="bad", signals={SPEED: 999}), Reason.INVALID_VIN, id="bad-vin-and-bad-signal"
     ),
+    # duplicate_key: a name twice in one object, at any level (decision 0065)
+    pytest.param(
+        f'{{"vin": "{VIN}", "seq": {SEQ}, "ts": {TS}, '
+        f'"signals": {{"{SPEED}": 0.0, "{SPEED}": 250.0}}}}'.encode(),
+        Reason.DUPLICATE_KEY,
+        id="duplicate-signal",
+    ),
+    pytest.param(
+        f'{{"vin": "{VIN}", "seq": 1, "seq": {SEQ}, "ts": {TS}, "signals": {{}}}}'.encode(),
+        Reason.DUPLICATE_KEY,
+        id="duplicate-seq",
+    ),
+    pytest.param(
+        f'{{"vin": "{VIN}", "samples": [{{"seq": 1, "ts": {TS}, "ts": {TS}, '
+        f'"signals": {{}}}}]}}'.encode(),
+        Reason.DUPLICATE_KEY,
+        id="duplicate-in-a-batch-item",
+    ),
+    pytest.param(
+        f'{{"vin": "{VIN}", "seq": {SEQ}, "ts": {TS}, '
+        f'"signals": {{"{SPEED}": 1.0, "Vehicle.Nope": 1, "{SPEED}" : 2.0}}}}'.encode(),
+        Reason.DUPLICATE_KEY,
+        id="duplicate-next-to-a-bad-signal",
+    ),
     # vin_mismatch
     pytest.param(body(vin=OTHER_VIN), Reason.VIN_MISMATCH, id="other-vin"),
     pytest.param(
@@ -892,3 +916,80 @@ def test_an_unknown_key_is_named_in_words_a_unit_engineer_can_act_on() -> None:
     answer |= {"vin": vin, "status": "accepted", "ts": now, "extra": 1}
     refused_answer = decode_command_result(orjson.dumps(answer), topic_vin=vin)
     assert "extra: not a field of a command answer" in str(refused_answer)
+
+
+# --- duplicate names (decision 0065) -------------------------------------------------------
+
+
+def test_duplicate_names_are_refused_in_every_unit_payload() -> None:
+    from schemas.commands import decode_command_result
+
+    event = (
+        f'{{"vin": "{VIN}", "seq": 1, "ts": {TS}, "type": "ignition_on", "type": "ignition_off"}}'
+    )
+    status = b'{"state": "online", "state": "offline"}'
+    result = (
+        f'{{"command_id": "6f1c0000-0000-4000-8000-000000000001", "vin": "{VIN}", '
+        f'"status": "accepted", "status": "succeeded", "ts": {TS}}}'
+    )
+    refused = [
+        decode_event(event.encode(), topic_vin=VIN, now_ms=NOW),
+        decode_status(status, topic_vin=VIN),
+        decode_command_result(result.encode(), topic_vin=VIN),
+    ]
+    for rejection in refused:
+        assert isinstance(rejection, Rejection)
+        assert rejection.reason is Reason.DUPLICATE_KEY
+        assert "occurs twice" in rejection.detail
+
+
+def test_strings_that_look_like_names_are_no_duplicates() -> None:
+    """A quote and a colon inside a value make the quick count higher: the exact check then
+    decides, and a payload without a duplicate is accepted."""
+    sneaky = (
+        f'{{"vin": "{VIN}", "seq": 1, "ts": {TS}, "type": "ignition_on", '
+        f'"detail": "a\\":b \\"c\\" :"}}'
+    )
+    event = decode_event(sneaky.encode(), topic_vin=VIN, now_ms=NOW)
+    assert isinstance(event, Event), event
+    assert event.detail == 'a":b "c" :'
+
+
+_json_leaf = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=6)
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(st.tuples(st.sampled_from(["a", "b", '"', ":", 'a":']), inner), max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, list) and value and all(isinstance(v, tuple) for v in value):
+        return "{" + ", ".join(f"{orjson.dumps(k).decode()} : {_render(v)}" for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_render(v) for v in value) + "]"
+    return orjson.dumps(value).decode()
+
+
+def _has_duplicate(value: Any) -> bool:
+    if isinstance(value, list) and value and all(isinstance(v, tuple) for v in value):
+        names = [k for k, _ in value]
+        return len(names) != len(set(names)) or any(_has_duplicate(v) for _, v in value)
+    if isinstance(value, list):
+        return any(_has_duplicate(v) for v in value)
+    return False
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json)
+def test_the_quick_count_never_misses_a_duplicate(value: Any) -> None:
+    """Any JSON text, names with quotes and colons in them included: duplicate_key finds a
+    duplicate exactly when there is one, given the count of a last-one-wins parser."""
+    from schemas.duplicates import duplicate_key, member_count
+
+    text = _render(value).encode()
+    parsed = orjson.loads(text)
+    assert (duplicate_key(text, member_count(parsed)) is not None) == _has_duplicate(value)

@@ -98,6 +98,16 @@ def test_bad_input_is_quarantined_with_its_reason_and_the_pipeline_keeps_going(
     future = orjson.dumps({"vin": VIN, "seq": 9, "ts": now_ms() + 3_600_000, "signals": good})
     cases: list[tuple[str, bytes, Reason]] = [
         (telemetry(VIN), b"{not json", Reason.MALFORMED_JSON),
+        (
+            telemetry(VIN),
+            # the same signal twice: refused, not "last one wins" (decision 0065)
+            b'{"vin": "'
+            + VIN.encode()
+            + b'", "seq": 11, "ts": '
+            + str(now_ms()).encode()
+            + b', "signals": {"Vehicle.Speed": 0.0, "Vehicle.Speed": 250.0}}',
+            Reason.DUPLICATE_KEY,
+        ),
         (telemetry(VIN), sample(VIN, 2, **{"Vehicle.Speed": "fast"}), Reason.WRONG_TYPE),
         (telemetry(VIN), sample(VIN, 3, **{"Vehicle.Speed": 9000.0}), Reason.OUT_OF_RANGE),
         (telemetry(VIN), sample(VIN, 4, **{"Vehicle.Warp": 9}), Reason.UNKNOWN_SIGNAL),
@@ -165,6 +175,7 @@ def test_bad_input_is_quarantined_with_its_reason_and_the_pipeline_keeps_going(
         metrics_text = client.get("/metrics").text
     assert 'telematics_quarantined_total{reason="out_of_range"} 2.0' in metrics_text
     assert 'telematics_quarantined_total{reason="malformed_json"} 1.0' in metrics_text
+    assert 'telematics_quarantined_total{reason="duplicate_key"} 1.0' in metrics_text
     assert "telematics_samples_duplicate_total 1.0" in metrics_text
 
 

@@ -39,6 +39,7 @@ OPTIONS = (
     "--connect-rate",
     "--seed",
     "--duration",
+    "--seq-state",
     "--json",
     "--no-progress",
     "--progress",

@@ -103,6 +103,8 @@ def test_the_demo_runs_the_simulator_by_module_name_with_unit_credentials() -> N
     assert simulator.argv[1:3] == ("-m", "device_sim")
     assert _value(simulator.argv, "--vehicles") == "7"
     assert _value(simulator.argv, "--credentials") == str(DATA / "secrets/demo-units.json")
+    # the units' seq counters survive a restart of the demo (decision 0065)
+    assert _value(simulator.argv, "--seq-state") == str(DATA / "simulator/seq-state.json")
 
 
 def test_an_anonymous_broker_needs_no_credentials_and_refuses_tls() -> None:
@@ -178,7 +180,9 @@ def test_the_banner_shows_where_everything_is() -> None:
         demo_email="fleet@demo.local",
         demo_account=2,
     )
-    assert "http://127.0.0.1:9080/docs" in text
+    assert "API      http://127.0.0.1:9080/v1   (docs: http://127.0.0.1:9080/docs;" in text
+    # the web dashboard's address, in a line of its own (decision 0054 left it out)
+    assert "web      http://127.0.0.1:9080/   (the dashboard" in text
     assert "vehicles need credentials" in text
     assert "TLS      mqtts://127.0.0.1:8883" in text
     assert "5 vehicles of the organization 'Demo Fleet' (account 2)" in text

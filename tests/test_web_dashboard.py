@@ -1157,6 +1157,42 @@ def test_a_vehicle_that_goes_offline_turns_grey_without_a_reload(
         owner.delete(f"/v1/vehicles/{vin}", headers=csrf)
 
 
+def test_a_vehicle_that_never_reported_is_never_seen_not_offline(
+    stack: dict[str, Any], browser: Any
+) -> None:
+    """Decision 0065: the API says ``online: null`` for a vehicle it never heard from; the
+    map's table and the vehicle's page said "offline" (and "no"), as if it had gone away."""
+    up: Up = stack["up"]
+    owner: httpx.Client = stack["owner"]
+    csrf = {"X-CSRF-Token": owner.cookies["tg_csrf"]}
+    vin = "WNEWX" + uuid.uuid4().hex[:12].upper()
+    r = owner.post("/v1/vehicles", json={"vin": vin}, headers=csrf)
+    assert r.status_code == 201, r.text
+    context = None
+    try:
+        state = owner.get(f"/v1/vehicles/{vin}").json()
+        assert (state["online"], state["reported"]) == (None, False)
+        context, page, console = log_in(browser, up, OWNER, OWNER_PASSWORD)
+        row = page.locator(f"tr[data-vin='{vin}']")
+        row.wait_for()
+        assert row.locator(".status").inner_text() == "never seen"
+        assert row.get_attribute("data-status") == "never seen"
+        assert page.locator(".legend").inner_text().count("never seen") >= 1
+        page.select_option("#status-filter", "offline")
+        assert row.is_hidden()
+        page.select_option("#status-filter", "never seen")
+        assert row.is_visible()
+        page.goto(f"{up.api}/vehicles/{vin}")
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_selector("dd[data-field='Online']:text-is('never seen')")
+        screenshot(page, "never-seen")
+        assert console.errors == []
+    finally:
+        if context is not None:
+            context.close()
+        owner.delete(f"/v1/vehicles/{vin}", headers=csrf)
+
+
 def test_the_map_comes_back_by_itself_after_the_api_restarts(
     stack: dict[str, Any], browser: Any
 ) -> None:
@@ -1269,7 +1305,7 @@ def test_quarantine_of_your_own_vehicles_and_the_admin_health_page(
         try:
             page.goto(f"{up.api}/quarantine")
             page.wait_for_selector("body[data-ready='1']")
-            page.wait_for_selector("#notice:text('for administrators and fleet managers')")
+            page.wait_for_selector("#notice:text('by fleet managers and fleet viewers')")
             assert page.locator("#quarantine tbody tr[data-entry]").count() == 0
         finally:
             context.close()

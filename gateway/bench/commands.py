@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-import json
 import os
 import secrets
 import shutil
@@ -40,6 +39,7 @@ import httpx
 from gateway import metrics
 from gateway.bench.client import KeepAliveClient
 from gateway.bench.ingest import LoadProcess
+from gateway.bench.jsonout import strict_json
 from gateway.bench.probes import CpuFigures, CpuWindow, percentile, stop_children_on_signals, worst
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from gateway.errors import ConfigurationError
@@ -229,7 +229,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     summary = _worst(runs)
     _print_worst(summary)
     if args.json:
-        print(json.dumps({"runs": [_as_json(r) for r in runs], "worst": summary}), flush=True)
+        print(strict_json({"runs": [_as_json(r) for r in runs], "worst": summary}), flush=True)
     return 0 if all(r.ok for r in runs) else 1
 
 

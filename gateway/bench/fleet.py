@@ -52,6 +52,7 @@ import httpx
 from device_sim.loadgen import FLEET_COLUMN_DEG, FLEET_ORIGIN, bench_vin
 from gateway.bench.commands import _login, _process, _wait
 from gateway.bench.ingest import LoadProcess, _open_reader, _stored, _wait_ready, percentile
+from gateway.bench.jsonout import strict_json
 from gateway.bench.probes import _process_cpu_s
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 from gateway.core.fleet.geo import shape_from_geojson, shape_to_geojson
@@ -163,7 +164,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     )
     _print(result)
     if args.json:
-        print(json.dumps(asdict(result)))
+        print(strict_json(asdict(result)))
     return 0 if all(r.lost == 0 and r.duplicated == 0 for r in result.reps) else 1
 
 

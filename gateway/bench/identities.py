@@ -18,7 +18,6 @@ of ``--repeat`` runs (default 3), each with a fresh broker:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import threading
@@ -26,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gateway.bench.jsonout import strict_json
 from gateway.broker import BrokerConfig, DynsecControl, MosquittoProcess, free_port
 from gateway.broker.auth import (
     BrokerAuthFiles,
@@ -225,5 +225,5 @@ def run_from_args(args: argparse.Namespace) -> int:
         f" ({'broker restarted' if worst.bulk_restarted else 'through the plugin'})"
     )
     if args.json:
-        print(json.dumps({"worst": asdict(worst), "runs": [asdict(r) for r in runs]}))
+        print(strict_json({"worst": asdict(worst), "runs": [asdict(r) for r in runs]}))
     return 0

@@ -46,6 +46,7 @@ from typing import IO
 from device_sim.loadgen import bench_signals, bench_vin
 from gateway import metrics
 from gateway.bench.influx import bench_databases, count_points, raw_write_rate
+from gateway.bench.jsonout import strict_json
 from gateway.bench.probes import (
     CpuFigures,
     CpuWindow,
@@ -182,7 +183,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         flush=True,
     )
     if args.json:
-        print(json.dumps({"runs": [asdict(r) for r in runs], "worst": summary}), flush=True)
+        print(strict_json({"runs": [asdict(r) for r in runs], "worst": summary}), flush=True)
     return 0 if all(r.lost == 0 and r.duplicated == 0 for r in runs) else 1
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import secrets
@@ -33,6 +32,7 @@ from pathlib import Path
 import httpx
 
 from gateway.bench.commands import _login, _process, _wait
+from gateway.bench.jsonout import strict_json
 from gateway.bench.probes import _process_cpu_s
 from gateway.broker import free_port
 
@@ -104,7 +104,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.json:
-        print(json.dumps(asdict(result)))
+        print(strict_json(asdict(result)))
     return 0
 
 

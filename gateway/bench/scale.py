@@ -74,6 +74,7 @@ import httpx
 from device_sim.loadgen import bench_vin
 from gateway import metrics
 from gateway.bench.commands import _finished, _login, _send
+from gateway.bench.jsonout import strict_json
 from gateway.bench.probes import CpuWindow, percentile, stop_children_on_signals, track, untrack
 from gateway.broker import free_port
 from gateway.errors import ConfigurationError
@@ -274,7 +275,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     )
     _print(result)
     if args.json:
-        print(json.dumps(asdict(result)))
+        print(strict_json(asdict(result)))
     return 0
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from device_sim.stats import PER_1000_MIN_UNITS
+from gateway.bench.jsonout import strict_json
 from gateway.broker import BrokerConfig, MosquittoProcess, free_port
 
 __all__ = ["SimBenchResult", "add_arguments", "run_from_args", "run_sim_bench"]
@@ -103,7 +104,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             _print_result(result)
             results.append(result)
     if args.json:
-        print(json.dumps({"runs": [asdict(r) for r in results]}))
+        print(strict_json({"runs": [asdict(r) for r in results]}))
     return 0 if all(r.all_connected and r.exit_status == 0 for r in results) else 1
 
 

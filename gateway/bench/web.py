@@ -41,6 +41,8 @@ from typing import Any
 
 import httpx
 
+from gateway.bench.jsonout import strict_json
+
 __all__ = ["first_load", "fleet_scale", "snapshot_cpu"]
 
 _CHROMIUM = "/usr/bin/chromium"
@@ -365,7 +367,7 @@ def main() -> None:
         )
     marker = [r["first_marker_ms"] for r in runs]
     print(f"first marker: worst {max(marker):.0f} ms, spread {max(marker) - min(marker):.0f} ms")
-    print(json.dumps({"runs": runs}))
+    print(strict_json({"runs": runs}))
 
 
 if __name__ == "__main__":

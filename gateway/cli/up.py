@@ -96,15 +96,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     up.add_argument(
         "--gateways",
         type=int,
-        default=1,
-        help="gateway processes sharing the subscription (default: 1)",
+        default=env.gateways,
+        metavar="N",
+        help="gateway processes sharing the subscription (env TELEMATICS_GATEWAYS; default: 1)",
     )
-    up.add_argument(
-        "--demo",
-        action="store_true",
-        help="also run simulated vehicles driving around Munich, provisioned into the "
-        "organization 'Demo Fleet' (with a fleet manager, fleet@demo.local)",
-    )
+    _add_demo(up, env)
     up.add_argument(
         "--tls-port",
         type=int,
@@ -119,7 +115,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
         help="run the private broker open to anonymous clients, without per-vehicle "
         "credentials and ACL (development only; vehicles are then not checked)",
     )
-    up.add_argument("--vehicles", type=int, default=5, help="with --demo: how many (default: 5)")
     up.add_argument(
         "--edge-brokers",
         type=int,
@@ -142,6 +137,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: En
     add_retention(up, env)
     add_mqtt_auth(up, env)
     add_ingest(up, env, client_id=False)
+
+
+def _add_demo(up: argparse.ArgumentParser, env: Environment) -> None:
+    """--demo and how many vehicles it runs."""
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="also run simulated vehicles driving around Munich, provisioned into the "
+        "organization 'Demo Fleet' (with a fleet manager, fleet@demo.local)",
+    )
+    up.add_argument(
+        "--vehicles",
+        type=int,
+        default=env.demo_vehicles,
+        metavar="N",
+        help="with --demo: how many simulated vehicles (env TELEMATICS_DEMO_VEHICLES; default: 5)",
+    )
 
 
 def _add_budget(up: argparse.ArgumentParser, env: Environment) -> None:

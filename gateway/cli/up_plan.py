@@ -381,6 +381,8 @@ def plan_up(args: argparse.Namespace, env: Environment, *, data_dir: Path) -> Up
         simulator = python_module(
             SIMULATOR_MODULE,
             *("--mqtt-url", broker.url, "--vehicles", str(args.vehicles), "--misbehave"),
+            # the units' seq counters survive a restart of the demo (device_sim.seqstate)
+            *("--seq-state", str(data_dir / "simulator" / "seq-state.json")),
             *sim_args,
         )
         children.append(ChildPlan("simulator", simulator, optional=True))
@@ -432,7 +434,8 @@ def banner(
             else []
         ),
         *([] if tls_url is None else [f"    TLS      {tls_url} {_TLS_NOTE}"]),
-        f"    API      {api}   (docs: {api}/docs; health: {api}/healthz)",
+        f"    web      {api}/   (the dashboard: open it in a browser and log in)",
+        f"    API      {api}/v1   (docs: {api}/docs; health: {api}/healthz)",
         f"    data     {plan.data_dir}",
         f"    log in   curl -s {api}/v1/auth/token -d grant_type=password \\",
         f"               -d username={plan.admin_email} --data-urlencode password=PASSWORD",

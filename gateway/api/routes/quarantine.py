@@ -48,7 +48,9 @@ def get_quarantine(
     vehicles (in the holding period they see); others are refused (403)."""
     if not principal.is_admin and principal.role not in (Role.FLEET_MANAGER, Role.FLEET_VIEWER):
         raise forbidden(
-            "The quarantine is for administrators and fleet managers (their vehicles' entries)."
+            "The quarantine is read by administrators (all of it) and by fleet managers and "
+            "fleet viewers (the entries of their organization's vehicles); owners and drivers "
+            "have no access to it."
         )
     before = cursor_key("quarantine", cursor, int)
     rows = reader.quarantine(

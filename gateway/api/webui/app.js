@@ -188,9 +188,14 @@
 
   // --- maps ------------------------------------------------------------------------------
 
+  // the API's online: true, false, or null for a vehicle it never heard a status from;
+  // one that never reported anything at all (no time) is "never seen", not "offline"
+  const NEVER_SEEN = "never seen";
+
   function statusOf(p) {
-    if (!p.online) return "offline";
-    return p.speed && p.speed > 1 ? "moving" : "parked";
+    if (p.online === true) return p.speed && p.speed > 1 ? "moving" : "parked";
+    if (p.online === false) return "offline";
+    return p.ts ? "offline" : NEVER_SEEN; // the feed's ts is 0 for one that never reported
   }
 
   function colour(status) {
@@ -583,12 +588,13 @@
   async function mapPage(me) {
     const mapNode = el("div", { id: "map", class: "map", role: "region", "aria-label": "Map of your vehicles" });
     const filter = el("select", { id: "status-filter" },
-      ...["all", "moving", "parked", "offline"].map((s) => el("option", { value: s, text: s })));
+      ...["all", "moving", "parked", "offline", NEVER_SEEN].map((s) => el("option", { value: s, text: s })));
     const legend = el("div", { class: "legend" },
       el("label", { for: "status-filter" }, "Show ", filter), liveBadge(),
       el("span", {}, el("span", { class: "dot moving" }), "moving"),
       el("span", {}, el("span", { class: "dot parked" }), "parked"),
-      el("span", {}, el("span", { class: "dot offline" }), "offline"));
+      el("span", {}, el("span", { class: "dot offline" }), "offline"),
+      el("span", {}, el("span", { class: "dot never" }), NEVER_SEEN));
     const rows = el("tbody", {});
     const list = el("div", { class: "table-wrap" }, el("table", { id: "vehicles" },
       el("caption", { class: "muted", text: "Your vehicles, live" }),
@@ -652,13 +658,20 @@
     }
   }
 
+  function onlineWords(detail) {
+    if (detail.online === true) return "yes";
+    if (detail.online === false) return "no" + (detail.offline_reason ? ` (${detail.offline_reason})` : "");
+    // null: no status message yet; never reported at all is "never seen"
+    return detail.reported ? "not known (no status message yet)" : NEVER_SEEN;
+  }
+
   function stateList(detail) {
     const s = detail.state || {};
     const value = (path) => (s[path] ? s[path].value : null);
     const locked = value(LOCKED);
     const energy = value(SOC) !== null ? num(value(SOC), 0, " %") : num(value(FUEL), 0, " % fuel");
     const pairs = [
-      ["Online", detail.online ? "yes" : "no" + (detail.offline_reason ? ` (${detail.offline_reason})` : "")],
+      ["Online", onlineWords(detail)],
       ["Last seen", when(detail.last_seen)],
       ["Locked", locked === null ? "unknown" : locked ? "locked" : "unlocked"],
       ["Charge / fuel", energy],
