@@ -117,6 +117,13 @@ def test_command_bench_attributes_every_command() -> None:
         assert phase.loop_lag.max_ms >= 0
         assert {"api", "api.loop", "api.writer", "fleet-worker"} <= set(phase.cpu.processes)
         assert phase.commits > 0
+    # each ingest phase has its CPU, the with-commands one the commands it saw (0064)
+    for pair in result.ingest_pairs:
+        for cpu in (pair.cpu_without_before, pair.cpu_with, pair.cpu_without_after):
+            assert cpu is not None
+            assert {"api", "gateway", "broker", "loadgen", "units"} <= set(cpu.processes)
+        assert pair.commands_in_window > 0
+        assert "api" in pair.command_cpu_ms()
 
 
 def test_the_ingest_ratio_compares_each_with_commands_phase_with_its_neighbours() -> None:
@@ -415,3 +422,29 @@ def test_the_strict_writer_writes_null_for_every_non_finite_float() -> None:
 
     text = strict_json({"a": float("nan"), "b": [1.5, float("inf"), (float("-inf"),)], "c": 0})
     assert json.loads(text) == {"a": None, "b": [1.5, None, [None]], "c": 0}
+
+
+def test_an_ingest_pair_charges_each_process_its_cpu_beyond_the_neighbours_rate() -> None:
+    """Decision 0064: a process's CPU per command in a pair is its rate in the
+    with-commands phase minus the mean of its rates either side, over the commands sent in
+    that phase's window; a process that works less with commands flowing (the gateway,
+    storing fewer samples) shows it as negative, and the other sessions' share is kept
+    apart."""
+    from gateway.bench.commands import IngestPair
+    from gateway.bench.probes import CpuFigures
+
+    def cpu(api: float, gateway: float, others: float) -> CpuFigures:
+        return CpuFigures(
+            seconds=4.0, processes={"api": api, "gateway": gateway, "api.loop": api / 2},
+            machine=api + gateway + others, others=others, cores=2, load_1m=1.0,
+        )  # fmt: skip
+
+    # 100 commands in 4 s; the API at 10 % then 32 % then 14 %: 20 % of a core beyond
+    # its neighbours' 12 %, 0.2 x 4,000 ms / 100 = 8 ms per command
+    pair = IngestPair(20_000, 18_000, 20_000, cpu(10, 90, 4), cpu(32, 80, 10), cpu(14, 90, 6), 100)
+    costs = pair.command_cpu_ms()
+    assert costs["api"] == 8.0
+    assert costs["gateway"] == -4.0
+    assert costs["others"] == 2.0
+    assert costs["api.loop"] == 4.0
+    assert IngestPair(20_000, 18_000, 20_000).command_cpu_ms() == {}

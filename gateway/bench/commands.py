@@ -133,6 +133,14 @@ class IngestPair:
     without_before: float
     with_commands: float
     without_after: float
+    #: CPU in each of the three phases (decision 0064): what the commands cost each process
+    #: while ingest runs flat out, and what others on the machine took meanwhile (a pair's
+    #: ratio moves with that)
+    cpu_without_before: CpuFigures | None = None
+    cpu_with: CpuFigures | None = None
+    cpu_without_after: CpuFigures | None = None
+    #: commands sent during the with-commands phase's CPU window
+    commands_in_window: int = 0
 
     @property
     def without(self) -> float:
@@ -141,6 +149,27 @@ class IngestPair:
     @property
     def ratio(self) -> float:
         return self.with_commands / self.without if self.without > 0 else float("nan")
+
+    def command_cpu_ms(self) -> dict[str, float]:
+        """Each process's CPU per command in the with-commands phase beyond its rate in the
+        two phases either side (ms; a process that does less ingest work with commands
+        flowing, as the gateway and the broker do, shows that saving as negative): what
+        the commands take from the cores ingest needs. Empty without the CPU figures."""
+        before, with_, after = self.cpu_without_before, self.cpu_with, self.cpu_without_after
+        if before is None or with_ is None or after is None or not self.commands_in_window:
+            return {}
+        names = [*with_.processes, "others"]
+        out: dict[str, float] = {}
+        for name in names:
+            if name == "others":
+                rates = (before.others, with_.others, after.others)
+            elif name in before.processes and name in after.processes:
+                rates = (before.processes[name], with_.processes[name], after.processes[name])
+            else:
+                continue
+            extra = rates[1] - (rates[0] + rates[2]) / 2  # % of a core
+            out[name] = round(extra * 10 * with_.seconds / self.commands_in_window, 2)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +264,10 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def _as_json(r: CommandBenchResult) -> dict[str, Any]:
     out = asdict(r)
-    out["ingest_pairs"] = [{**asdict(p), "ratio": round(p.ratio, 3)} for p in r.ingest_pairs]
+    out["ingest_pairs"] = [
+        {**asdict(p), "ratio": round(p.ratio, 3), "command_cpu_ms": p.command_cpu_ms()}
+        for p in r.ingest_pairs
+    ]
     return out
 
 
@@ -279,6 +311,17 @@ def _print(r: CommandBenchResult, title: str) -> None:
             for i, p in enumerate(r.ingest_pairs, 1)
         ],
     ]
+    for i, pair in enumerate(r.ingest_pairs, 1):
+        for label, cpu in (("before", pair.cpu_without_before), ("with", pair.cpu_with),
+                           ("after", pair.cpu_without_after)):  # fmt: skip
+            if cpu is not None:
+                lines.append(f"    pair {i} {label}: {cpu.line()}")
+        if costs := pair.command_cpu_ms():
+            shown = "  ".join(f"{k} {v:+.2f}" for k, v in costs.items() if "." not in k)
+            lines.append(
+                f"    pair {i}: CPU per command beyond the neighbours' rate, ms "
+                f"({pair.commands_in_window} commands): {shown}"
+            )
     if r.ingest_pairs:
         ratios = r.ingest_ratio_each
         lines.append(
@@ -745,20 +788,27 @@ class _Phases:
         for _ in range(pairs):
             with_commands = self.ingest_maximum(samples, with_commands=True)
             without.append(self.ingest_maximum(samples, with_commands=False))
-            found.append(IngestPair(without[-2], with_commands, without[-1]))
+            (before, cpu_before, _), (with_, cpu_with, sent), (after, cpu_after, _) = (
+                without[-2],
+                with_commands,
+                without[-1],
+            )
+            found.append(IngestPair(before, with_, after, cpu_before, cpu_with, cpu_after, sent))
         return found
 
-    def ingest_maximum(self, samples: int, *, with_commands: bool) -> float:
+    def ingest_maximum(self, samples: int, *, with_commands: bool) -> tuple[float, CpuFigures, int]:
         """Samples per second the gateway stores at most (100 units publishing as fast as
         it acknowledges), optionally while commands flow at the benchmark's rate (from a
         second before the first sample on, so the phase sees them at their steady rate,
-        not their client starting)."""
+        not their client starting); with each process's CPU from the first sample to the
+        last and the commands sent meanwhile."""
         telemetry_db = self.run.data / "telemetry.db"
         per_vehicle = max(1, samples // 100)
         stop = threading.Event()
         sender = None
+        sent: list[float] = []
         if with_commands:
-            sender = threading.Thread(target=self._commands_until, args=(stop,), daemon=True)
+            sender = threading.Thread(target=self._commands_until, args=(stop, sent), daemon=True)
             sender.start()
             time.sleep(1.0)
         base = _stored(telemetry_db)
@@ -766,6 +816,8 @@ class _Phases:
             load = LoadProcess(
                 self.run.broker_port, 100, per_vehicle, 1, seq_base=self._next_seq_base()
             )
+            cpu = CpuWindow({**self.run.pids, "loadgen": load.pid})
+            window_from = time.time_ns() / 1_000_000
             # polled every 10 ms: at ~34,000 samples/s a phase lasts ~3 s, and the 100 ms
             # polls of before put up to 3 % of noise on its end (decision 0045)
             _wait(
@@ -775,19 +827,24 @@ class _Phases:
                 interval=0.01,
             )
             maximum = per_vehicle * 100 / (time.perf_counter() - load.started)
+            figures = cpu.end()
+            window_to = time.time_ns() / 1_000_000
         finally:
             stop.set()
             if sender is not None:
                 sender.join(120)
         load.finish()
-        return maximum
+        return maximum, figures, sum(1 for t in sent if window_from <= t <= window_to)
 
-    def _commands_until(self, stop: threading.Event) -> None:
+    def _commands_until(self, stop: threading.Event, sent: list[float]) -> None:
         """Commands at the benchmark's rate until ``stop``, from one HTTP client as in the
         other phases (it was one new client a second: its TLS context alone cost the
         benchmark ~26 ms of CPU a second, ~1 ms per command taken from the ingest it
-        measures; decision 0041)."""
-        asyncio.run(_send(self.run.api, self.run.vins, 0, self.rate, self.run.headers, until=stop))
+        measures; decision 0041); ``sent`` gets each one's time of sending (wall ms)."""
+        answered = asyncio.run(
+            _send(self.run.api, self.run.vins, 0, self.rate, self.run.headers, until=stop)
+        )
+        sent.extend(started for started, _ in answered.values())
 
     def under_ingest(self, load: float, samples_per_s: float) -> PhaseFigures:
         """The commands while ingest runs at ``samples_per_s``."""
