@@ -123,9 +123,10 @@ class ConfigCache:
         """Each VIN's settings: its account's, with the lowest limit of its fleets. The
         limits are held ``ttl_ms`` too (read for every partition of every pass, they were
         a twentieth of the worker's time: decision 0024)."""
-        rules, trips = self.account(account_id)
-        now = self._clock()
-        stale = [v for v in vins if now - self._limits.get(v, (-self._ttl, None))[0] >= self._ttl]
+        config = self.account(account_id)
+        rules, trips = config
+        now, ttl, limits = self._clock(), self._ttl, self._limits
+        stale = [v for v in vins if (held := limits.get(v)) is None or now - held[0] >= ttl]
         if stale:
             # with the stale ones, every held VIN past half its time: the VINs' times then
             # stay together and one read serves every partition of a pass, where each pass
@@ -146,8 +147,9 @@ class ConfigCache:
                 self._limits[vin] = (now, found.get(vin))
         out: dict[str, AccountConfig] = {}
         for vin in vins:
-            limit = self._limits[vin][1]
-            out[vin] = (rules if limit is None else self._with_limit(rules, limit), trips)
+            limit = limits[vin][1]
+            # without a fleet's limit the account's own pair (no new tuple per VIN per pass)
+            out[vin] = config if limit is None else (self._with_limit(rules, limit), trips)
         return out
 
     def _with_limit(self, rules: RuleSettings, limit: float) -> RuleSettings:

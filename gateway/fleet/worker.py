@@ -267,16 +267,17 @@ def _ready_prefix(
     return kept, kept[-1].id if kept else cursor
 
 
-def _core_items(
-    samples: Sequence[LoggedSample], events: Sequence[LoggedEvent]
-) -> list[Sample | VehicleEvent]:
-    """One vehicle's samples by seq, merged with its events (by seq) by time."""
-    ss: list[Sample | VehicleEvent] = [
-        Sample(s.ts, s.values, s.seq, s.received_at)
-        for s in (samples if len(samples) < 2 else sorted(samples, key=_seq))
-    ]
-    if not events:  # the usual pass of a vehicle: its new samples only, often one
-        return ss
+def _core_samples(samples: Sequence[LoggedSample]) -> list[Sample]:
+    """One vehicle's samples by seq, as the core's (often one: the usual live pass)."""
+    if len(samples) == 1:
+        s = samples[0]
+        return [Sample(s.ts, s.values, s.seq, s.received_at)]
+    return [Sample(s.ts, s.values, s.seq, s.received_at) for s in sorted(samples, key=_seq)]
+
+
+def _core_items(ss: Sequence[Sample], events: Sequence[LoggedEvent]) -> list[Sample | VehicleEvent]:
+    """One vehicle's samples (:func:`_core_samples`) merged with its events (by seq) by
+    time."""
     es: list[Sample | VehicleEvent] = [
         VehicleEvent(e.ts, EventType(e.type), e.code, e.received_at)
         for e in sorted(events, key=_seq)
@@ -519,7 +520,7 @@ class RulesWorker:
         """After a committed step: each vehicle's next seqs are past what it evaluated."""
         for key, (samples, events) in per_vin.items():
             if samples:
-                top = max(r.seq for r in samples) + 1
+                top = (samples[0].seq if len(samples) == 1 else max(r.seq for r in samples)) + 1
                 self._next_sample[key] = max(self._next_sample.get(key, top), top)
             if events:
                 top = max(r.seq for r in events) + 1
@@ -799,9 +800,7 @@ class RulesWorker:
         for (vin, _), account in accounts.items():
             by_account[account].append(vin)
         configs = {
-            (vin, account): cfg
-            for account, vins in by_account.items()
-            for vin, cfg in self._config.for_vins(account, vins).items()
+            account: self._config.for_vins(account, vins) for account, vins in by_account.items()
         }
         steps = []
         for key, (samples, events) in per_vin.items():
@@ -809,14 +808,14 @@ class RulesWorker:
             if known is None:
                 continue  # not provisioned: nobody to alert
             account = known
-            rules, trips = configs[(key[0], account)]
+            rules, trips = configs[account][key[0]]
             before = states[key]
             after[key] = before
             step = VinStep(key[0], key[1], account, {}, {})
             try:
-                new = self._run_vin(
-                    reader, step, before, _core_items(samples, events), rules, trips, tick_at
-                )
+                ss = _core_samples(samples)
+                items = _core_items(ss, events) if events else ss
+                new = self._run_vin(reader, step, before, items, ss, rules, trips, tick_at)
             except Exception:  # one vehicle's bad data must not stop every other's rules
                 logger.exception(
                     "fleet rules failed for %s (tenure %s); its items are skipped", *key
@@ -847,7 +846,8 @@ class RulesWorker:
         reader: TelemetryReader,
         step: VinStep,
         state: VinState,
-        items: list[Sample | VehicleEvent],
+        items: Sequence[Sample | VehicleEvent],
+        samples: Sequence[Sample],
         rules: RuleSettings,
         cfg: TripSettings,
         tick_at: int | None,
@@ -855,10 +855,11 @@ class RulesWorker:
         """Evaluate one vehicle's items from ``state``; fills ``step`` with the effects,
         and returns the new state (its JSON is built when the states are written)."""
         rs, ts, written = state
-        every = [*items, *([Tick(tick_at)] if tick_at is not None else [])]
+        every = items if tick_at is None else [*items, Tick(tick_at)]
         rs, changes = evaluate_many(rs, every, rules)
-        step.alerts.extend(_alert_write(c) for c in changes)
-        fed = feed_many(ts, [i for i in items if isinstance(i, Sample)], cfg)
+        if changes:
+            step.alerts.extend(_alert_write(c) for c in changes)
+        fed = feed_many(ts, samples, cfg)
         ts, closed, late = fed.state, list(fed.closed), fed.late_ms
         if late is not None:
             ts = self._recompute(reader, step, closed, ts, late, cfg)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -208,12 +208,18 @@ class _Work:
         self.known = dict(state.known)
         self.speed_at = state.speed_at
         self.place = state.place
-        self.since = dict(state.since)
+        #: ``since``, ``alerts`` and ``gaps`` are the state's own until first changed
+        #: (copied then: :meth:`own_since`, :meth:`own_alerts`, :meth:`own_gaps`): most
+        #: samples change none of them, and a state kept unchanged keeps its objects (so
+        #: a writer can tell at a glance)
+        self.since: Mapping[str, int] = state.since
+        self._since_own: dict[str, int] | None = None
         self.fences = state.fences
-        self.alerts = dict(state.alerts)
-        #: the state's own mappings, kept when unchanged (so a writer can tell at a glance)
+        self.alerts: Mapping[str, Alert] = state.alerts
+        self._alerts_own: dict[str, Alert] | None = None
         self._alerts0 = state.alerts
-        self.gaps = list(state.gaps)
+        self.gaps: Sequence[SeqGap] = state.gaps
+        self._gaps_own: list[SeqGap] | None = None
         self.changes: list[AlertChange] = []
         #: the settings' fence index, and what was derived from the fence states of the
         #: mapping ``fences`` names (it is replaced, never changed in place, so one look per
@@ -230,6 +236,27 @@ class _Work:
         self.quiet = state.quiet
         if quiet and state.quiet is not None and state.quiet.settings is settings:
             self.limit_of, self.limit = state.quiet.fences, state.quiet.limit
+
+    def own_since(self) -> dict[str, int]:
+        own = self._since_own
+        if own is None:
+            own = self._since_own = dict(self.since)
+            self.since = own
+        return own
+
+    def own_alerts(self) -> dict[str, Alert]:
+        own = self._alerts_own
+        if own is None:
+            own = self._alerts_own = dict(self.alerts)
+            self.alerts = own
+        return own
+
+    def own_gaps(self) -> list[SeqGap]:
+        own = self._gaps_own
+        if own is None:
+            own = self._gaps_own = list(self.gaps)
+            self.gaps = own
+        return own
 
     def derive(self) -> None:
         """:attr:`astray` and :attr:`in_order` of the current :attr:`fences`."""
@@ -255,7 +282,9 @@ class _Work:
             self.place,
             self.since,
             self.fences,
-            self.alerts if self.alerts != self._alerts0 else self._alerts0,
+            self.alerts
+            if self.alerts is not self._alerts0 and self.alerts != self._alerts0
+            else self._alerts0,
             tuple(self.gaps),
             self.quiet,
         )
@@ -265,7 +294,7 @@ class _Work:
     ) -> None:
         if key in self.alerts or kind not in self.s.enabled:
             return
-        self.alerts[key] = alert = Alert(kind, key, severity, start, None, detail)
+        self.own_alerts()[key] = alert = Alert(kind, key, severity, start, None, detail)
         self.changes.append(AlertChange("opened", alert))
 
     def instant(self, kind: AlertKind, key: str, ts: int, **detail: str | int | float) -> None:
@@ -278,11 +307,11 @@ class _Work:
     ) -> None:
         old = self.alerts[key]
         new = replace(old, severity=severity or old.severity, detail={**old.detail, **detail})
-        self.alerts[key] = new
+        self.own_alerts()[key] = new
         self.changes.append(AlertChange("updated", new))
 
     def close(self, key: str, end: int) -> None:
-        old = self.alerts.pop(key, None)
+        old = self.own_alerts().pop(key) if key in self.alerts else None
         if old is not None:
             self.changes.append(AlertChange("closed", replace(old, end_ms=max(end, old.start_ms))))
 
@@ -673,11 +702,14 @@ def _overspeed(w: _Work, ts: int, speed: float | None = _UNSET) -> None:
             w.update(key, peak_kmh=speed)
         return
     if speed is None or limit is None or speed <= limit[0]:
-        w.since.pop(key, None)
+        if key in w.since:
+            w.own_since().pop(key)
         return
-    since = w.since.setdefault(key, ts)
+    since = w.since.get(key)
+    if since is None:
+        since = w.own_since()[key] = ts
     if ts - since >= w.s.overspeed_min_ms:
-        w.since.pop(key)
+        w.own_since().pop(key)
         w.open(
             AlertKind.OVERSPEED,
             key,
@@ -725,12 +757,14 @@ def _idling(w: _Work, ts: int, on: bool | None = _UNSET, speed: float | None = _
         idle = w.known.get(IS_MOVING) is False
     key = "idling"
     if not idle:
-        if w.since:
-            w.since.pop(key, None)
+        if key in w.since:
+            w.own_since().pop(key)
         if key in w.alerts:
             w.close(key, ts)
         return
-    since = w.since.setdefault(key, ts)
+    since = w.since.get(key)
+    if since is None:
+        since = w.own_since()[key] = ts
     if ts - since >= w.s.idle_after_ms:
         w.open(AlertKind.IDLING, key, since, Severity.WARNING)
 
@@ -765,10 +799,11 @@ def _seq(w: _Work, seq: int | None, heard: int) -> None:
     if w.last_seq is None or seq == w.last_seq + 1:
         w.last_seq = seq
     elif seq > w.last_seq:
-        w.gaps.append(SeqGap(f"seq_gap:{w.last_seq + 1}", w.last_seq + 1, seq - 1, heard))
+        gaps = w.own_gaps()
+        gaps.append(SeqGap(f"seq_gap:{w.last_seq + 1}", w.last_seq + 1, seq - 1, heard))
         w.last_seq = seq
-        if len(w.gaps) > w.s.max_seq_gaps:
-            w.close(w.gaps.pop(0).key, heard)
+        if len(gaps) > w.s.max_seq_gaps:
+            w.close(gaps.pop(0).key, heard)
     else:
         _fill(w, seq, heard)
 
@@ -778,7 +813,7 @@ def _fill(w: _Work, seq: int, heard: int) -> None:
         if gap.lo <= seq <= gap.hi:
             halves = ((gap.lo, seq - 1), (seq + 1, gap.hi))
             parts = [replace(gap, lo=lo, hi=hi) for lo, hi in halves if lo <= hi]
-            w.gaps[i : i + 1] = parts
+            w.own_gaps()[i : i + 1] = parts
             if not any(g.key == gap.key for g in w.gaps):
                 w.close(gap.key, heard)
             return
@@ -797,4 +832,4 @@ def _raise_old_gaps(w: _Work, now: int) -> None:
                 last=gap.hi,
                 missing=missing,
             )
-            w.gaps[i] = replace(gap, alerted=True)
+            w.own_gaps()[i] = replace(gap, alerted=True)

@@ -303,7 +303,9 @@ def feed_many(state: TripState, samples: Sequence[Sample], cfg: TripSettings) ->
     is built once (the trip fast path, decision 0056); a single sample goes to ``feed``."""
     if len(samples) == 1:  # a one-sample pass: nothing to accumulate
         one = feed(state, samples[0], cfg)
-        return FeedMany(state, (), samples[0].ts_ms) if one.late else FeedMany(*one[:2])
+        if one.late:
+            return FeedMany(state, (), samples[0].ts_ms)
+        return FeedMany(one.state, one.closed)
     last_ts, ignition, moving = state.last_ts_ms, state.ignition, state.moving
     run = None if state.trip is None else _Run(state.trip)
     stopped = state.stopped
