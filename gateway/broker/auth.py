@@ -1043,22 +1043,11 @@ class BrokerAuthSync:
             listed = self._control.execute([{"command": "listClients"}])
             present = listed[0].get("data", {}).get("clients", [])
             names = [c for c in present if isinstance(c, str)]
-            wanted = [v.vin for v in vehicles]
             add_integrations, remove_integrations = integration_changes(names, integrations)
-            if self.files.vehicle_table:
-                # the vehicles' rights are in the table with their passwords (decision
-                # 0060): a bulk change is one table swap, no command, no restart; a
-                # vehicle client Dynamic Security still holds (a data directory of before)
-                # is deleted after the table is in force
-                changes = plan_dynsec_changes(self.files.vehicle_table_vins(), wanted)
-                stale = plan_dynsec_changes(names, ())
-                add_rights: list[dict[str, Any]] = []
-                remove_rights = stale.remove_commands()
-            else:
-                changes = plan_dynsec_changes(names, wanted)
-                if changes and self._restarted_instead(len(changes), len(present)):
-                    return True
-                add_rights, remove_rights = changes.add_commands(), changes.remove_commands()
+            planned = self._plan_vehicles(names, [v.vin for v in vehicles], len(present))
+            if planned is None:
+                return True  # restarted with re-rendered files instead
+            changes, add_rights, remove_rights = planned
             passed_on, renewed = self._passed_on_and_renewed(vehicles)
             # before the new holder's password works: its unit must never find the session
             # (and the commands in it) of the one before
@@ -1113,6 +1102,24 @@ class BrokerAuthSync:
                 or bool(remove_rights)
                 or bool(add_integrations or remove_integrations)
             )
+
+    def _plan_vehicles(
+        self, names: list[str], wanted: list[str], present: int
+    ) -> tuple[DynsecChanges, list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """(the vehicles added and removed, the Dynamic Security commands that give their
+        rights, those that take them), or None when the broker was restarted instead.
+
+        With the vehicle table the rights are in it with the passwords (decision 0060): a
+        bulk change is one table swap, no command, no restart; the added and removed are
+        those of the table on disk, and a vehicle client Dynamic Security still holds (a
+        data directory of before) is deleted once the table is in force."""
+        if self.files.vehicle_table:
+            changes = plan_dynsec_changes(self.files.vehicle_table_vins(), wanted)
+            return changes, [], plan_dynsec_changes(names, ()).remove_commands()
+        changes = plan_dynsec_changes(names, wanted)
+        if changes and self._restarted_instead(len(changes), present):
+            return None
+        return changes, changes.add_commands(), changes.remove_commands()
 
     def _restarted_instead(self, changes: int, present: int) -> bool:
         """Restart the broker with re-rendered identities instead of applying ``changes``
