@@ -704,7 +704,8 @@ class BrokerAuthFiles:
 
     With ``vehicle_table`` the vehicles' passwords are in the table only, and the password
     file holds the service accounts and integrations: a vehicle change then needs no reload
-    (decision 0055).
+    (decision 0055). Their rights are in it too, so the Dynamic Security file is rendered
+    without vehicles (decision 0060).
     """
 
     def __init__(self, directory: Path, *, vehicle_table: bool = False) -> None:
