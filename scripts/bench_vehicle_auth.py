@@ -13,7 +13,8 @@ and one honest unit publishing QoS 1 every 20 ms throughout, its PUBACK delays r
 Phases: (1) connect cost; (2) three single password renewals 1 s apart, applied by the
 sync; (3) three reloads (a service or integration change); (4) 0049's churn: the sync
 thread running while one vehicle's password is renewed ten times a second for
-``--churn-s``; (5) ``--bulk`` vehicles provisioned in one sync.
+``--churn-s``; (5) ``--bulk`` vehicles provisioned in one sync (``--only-bulk``: this one
+only; with the plugin since decision 0060 a table swap, no Dynamic Security command).
 Prints one JSON line.
 """
 
@@ -191,6 +192,11 @@ def main() -> None:
     parser.add_argument("--mode", choices=("file", "plugin"), required=True)
     parser.add_argument("--churn-s", type=float, default=8.0)
     parser.add_argument("--bulk", type=int, default=100)
+    parser.add_argument(
+        "--only-bulk",
+        action="store_true",
+        help="skip phases 2-4 (the bulk provisioning of decision 0060 only)",
+    )
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -215,9 +221,10 @@ def main() -> None:
             honest.thread.start()
             time.sleep(1.0)
             result["quiet_p99_ms"] = honest.p99(time.monotonic() - 1.0, time.monotonic()) * 1e3
-            result["single"] = _singles(closed, honest)
-            result["reload"] = _reloads(closed, honest)
-            result["churn"] = _churn(closed, honest, args.churn_s)
+            if not args.only_bulk:
+                result["single"] = _singles(closed, honest)
+                result["reload"] = _reloads(closed, honest)
+                result["churn"] = _churn(closed, honest, args.churn_s)
             time.sleep(0.5)
             result["bulk"] = _bulk(closed, honest, args.bulk)
             honest.stop.set()

@@ -55,6 +55,17 @@ def test_identity_bench_runs_both_paths(vehicles: int, restarted: bool) -> None:
     assert min(result.render_s, result.one_added_s, result.one_revoked_s, result.bulk_s) > 0
 
 
+def test_identity_bench_with_the_vehicle_table_never_restarts(tmp_path: Path) -> None:
+    """With the vehicle_auth plugin (decision 0060) the bulk of 1,500 that restarts the
+    broker above is one table swap: no restart, every timed login asserted."""
+    from gateway.bench.identities import run_identity_bench
+    from gateway.broker.vehicle_auth import ensure_vehicle_auth_plugin
+
+    result = run_identity_bench(1500, ensure_vehicle_auth_plugin(tmp_path / "plugin"))
+    assert result.bulk_restarted is False
+    assert min(result.render_s, result.one_added_s, result.one_revoked_s, result.bulk_s) > 0
+
+
 @pytest.mark.slow
 def test_fleet_bench_runs_both_phases_and_sees_alerts() -> None:
     """Tiny: 10 vehicles; the accounting (nothing lost or doubled), alerts raised by the

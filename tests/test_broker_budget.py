@@ -33,6 +33,7 @@ from gateway.broker.budget import (
     ensure_budget_plugin,
 )
 from gateway.broker.mosquitto import QUEUE_DROP_LINE, scan_queue_drops
+from gateway.broker.vehicle_auth import ensure_vehicle_auth_plugin
 from gateway.cli import build_parser
 from gateway.cli import up as up_module
 from gateway.cli.up_plan import plan_up
@@ -55,14 +56,22 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_budget_plugin(tmp_path_factory.mktemp("plugin"))
 
 
+@pytest.fixture(scope="module")
+def vehicle_auth_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_vehicle_auth_plugin(tmp_path_factory.mktemp("vehicle-auth"))
+
+
 def _broker(
     directory: Path,
     plugin: Path | None,
     budget: MessageBudget,
     *,
     max_queued_bytes: int = 256 * 1024 * 1024,
+    vehicle_auth: Path | None = None,
 ) -> MosquittoProcess:
-    files = BrokerAuthFiles(directory / "auth")
+    """With ``vehicle_auth``, the vehicles' passwords and rights are in that plugin's table
+    (decisions 0055, 0060): the budget is asked first all the same."""
+    files = BrokerAuthFiles(directory / "auth", vehicle_table=vehicle_auth is not None)
     hashed = hash_password(PASSWORD)
     files.write(
         [VehicleIdentity(HONEST, hashed), VehicleIdentity(FLOODER, hashed)],
@@ -79,6 +88,8 @@ def _broker(
             max_queued_bytes=max_queued_bytes,
             budget=budget if plugin is not None else None,
             budget_plugin=plugin,
+            vehicle_auth_plugin=vehicle_auth,
+            vehicle_table_file=None if vehicle_auth is None else files.vehicle_table_file,
         )
     )
 
@@ -111,9 +122,17 @@ def _publish(client: Mqtt5Client, topic: str, payload: bytes) -> int | str:
         return NO_PUBACK
 
 
-@pytest.fixture
-def small_budget_broker(tmp_path: Path, plugin: Path) -> Iterator[MosquittoProcess]:
-    broker = _broker(tmp_path / "b", plugin, MessageBudget(1, 5, 1_000, 2_000))
+@pytest.fixture(params=["dynamic_security", "vehicle_auth"])
+def small_budget_broker(
+    request: pytest.FixtureRequest, tmp_path: Path, plugin: Path, vehicle_auth_plugin: Path
+) -> Iterator[MosquittoProcess]:
+    """Vehicle rights from Dynamic Security, and from the vehicle_auth plugin (0060)."""
+    broker = _broker(
+        tmp_path / "b",
+        plugin,
+        MessageBudget(1, 5, 1_000, 2_000),
+        vehicle_auth=vehicle_auth_plugin if request.param == "vehicle_auth" else None,
+    )
     with broker:
         yield broker
 
@@ -201,14 +220,20 @@ def _connect_with_will_and_drop(broker: MosquittoProcess, payload: bytes) -> Non
     sock.close()
 
 
+@pytest.mark.parametrize("rights", ["dynamic_security", "vehicle_auth"])
 def test_last_wills_are_charged_to_the_units_budget_and_not_sent_over_it(
-    tmp_path: Path, plugin: Path
+    tmp_path: Path, plugin: Path, vehicle_auth_plugin: Path, rights: str
 ) -> None:
     # bursts of 5 messages / 50 kB, refilled at 1 message / 10 kB a second; a 10 kB Will
     budget = MessageBudget(1, 5, 10_000, 50_000)
     payload = b"w" * 10_000
     loops = 40
-    with _broker(tmp_path / "b", plugin, budget) as broker:
+    with _broker(
+        tmp_path / "b",
+        plugin,
+        budget,
+        vehicle_auth=vehicle_auth_plugin if rights == "vehicle_auth" else None,
+    ) as broker:
         gateway = _service(broker, "svc-wills")
         try:
             assert gateway.subscribe("v1/vehicles/+/telemetry") == 1

@@ -35,6 +35,7 @@ from gateway.broker.auth import (
 )
 from gateway.broker.control import login_code
 from gateway.broker.edges import bridge_lines, bridge_username
+from gateway.broker.vehicle_auth import ensure_vehicle_auth_plugin
 from schemas.edges import edge_index, routed_topic
 from tests.support.mqtt_raw import Mqtt5Client
 from tests.support.up import start_healthy
@@ -131,8 +132,12 @@ def _core(directory: Path, edges: int) -> MosquittoProcess:
     )
 
 
-def _edge(directory: Path, i: int, vins: list[str], core_port: int) -> MosquittoProcess:
-    files = BrokerAuthFiles(directory / "auth")
+def _edge(
+    directory: Path, i: int, vins: list[str], core_port: int, vehicle_auth: Path | None = None
+) -> MosquittoProcess:
+    """With ``vehicle_auth``, the edge's vehicles are in that plugin's table (passwords and
+    rights, decisions 0055 and 0060), as ``telematics up`` renders an edge where it can."""
+    files = BrokerAuthFiles(directory / "auth", vehicle_table=vehicle_auth is not None)
     hashed = hash_password(PASSWORD)
     files.write(
         [VehicleIdentity(vin, hashed) for vin in vins],
@@ -147,16 +152,28 @@ def _edge(directory: Path, i: int, vins: list[str], core_port: int) -> Mosquitto
             password_file=files.password_file,
             dynsec_config_file=files.dynsec_file,
             extra_lines=lines,
+            vehicle_auth_plugin=vehicle_auth,
+            vehicle_table_file=None if vehicle_auth is None else files.vehicle_table_file,
         )
     )
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+@pytest.fixture(scope="module")
+def vehicle_auth_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_vehicle_auth_plugin(tmp_path_factory.mktemp("vehicle-auth"))
+
+
+@pytest.fixture(params=["dynamic_security", "vehicle_auth"])
+def cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, vehicle_auth_plugin: Path
+) -> Iterator[Cluster]:
+    """Two edges; the vehicles' rights there from Dynamic Security, or from the
+    vehicle_auth plugin's table (decision 0060)."""
     vins = _vins_by_edge(2, 2)
     core = _core(tmp_path / "core", 2)
     core.start()
-    edges = {i: _edge(tmp_path / f"edge-{i}", i, vins[i], core.port) for i in (1, 2)}
+    plugin = vehicle_auth_plugin if request.param == "vehicle_auth" else None
+    edges = {i: _edge(tmp_path / f"edge-{i}", i, vins[i], core.port, plugin) for i in (1, 2)}
     c = Cluster(core, edges, vins)
     try:
         for edge in edges.values():

@@ -42,6 +42,7 @@ from gateway.broker.pki import (
     PkiNotInitialisedError,
     UnknownClientError,
 )
+from gateway.broker.vehicle_auth import ensure_vehicle_auth_plugin
 from gateway.cli import main
 from gateway.cli.pki import add_arguments, run_from_args
 from gateway.errors import GatewayError
@@ -336,8 +337,19 @@ class TlsFleet:
         return client
 
 
-@pytest.fixture
-def tls_fleet(tmp_path: Path) -> Iterator[TlsFleet]:
+@pytest.fixture(scope="module")
+def vehicle_auth_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The vehicle_auth plugin (decisions 0055, 0060), compiled once for the module."""
+    return ensure_vehicle_auth_plugin(tmp_path_factory.mktemp("vehicle-auth-plugin"))
+
+
+@pytest.fixture(params=["password_file", "vehicle_auth"])
+def tls_fleet(
+    request: pytest.FixtureRequest, tmp_path: Path, vehicle_auth_plugin: Path
+) -> Iterator[TlsFleet]:
+    """Every certificate test twice: rights from Dynamic Security (no compiler), and from
+    the vehicle_auth plugin's table, where certificate units reach the plugins only
+    through the ACL check (no password check on this listener; decision 0060)."""
     pki = Pki(tmp_path / "pki")
     pki.init()
     for vin in (VIN_A, VIN_B):
@@ -351,6 +363,7 @@ def tls_fleet(tmp_path: Path) -> Iterator[TlsFleet]:
         vehicles={VIN_A: None, VIN_B: None},  # certificates only
         persistence=False,
         tls=pki.tls_listener(tls_port),
+        vehicle_auth=vehicle_auth_plugin if request.param == "vehicle_auth" else None,
     )
     fleet = TlsFleet(closed, pki, tls_port, foreign, [])
     try:

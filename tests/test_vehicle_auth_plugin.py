@@ -11,6 +11,7 @@ both modes (its ``fleet`` fixture); these are what only the plugin does.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -28,11 +29,14 @@ from gateway.broker.auth import (
     generate_password,
     hash_password,
     render_vehicle_table,
+    vehicle_topics,
 )
+from gateway.broker.control import DynsecControl
 from gateway.broker.vehicle_auth import (
     VehicleAuthPluginUnavailableError,
     ensure_vehicle_auth_plugin,
 )
+from schemas.commands import command_topic
 from schemas.topics import Channel, topic_for
 from tests.support.broker import VIN_A, VIN_B, VIN_C, ClosedBroker, start_closed_broker
 from tests.support.mqtt_raw import NOT_AUTHORIZED, TIMEOUT, Mqtt5Client
@@ -282,8 +286,14 @@ def test_the_table_and_what_changes_it(tmp_path: Path) -> None:
     certificate_only = VehicleIdentity(VIN_C)
     text = render_vehicle_table([b, a, certificate_only], "t0")
     lines = text.splitlines()
-    assert lines[-3:] == [f"{VIN_A}:{a.password_hash}", f"{VIN_B}:{b.password_hash}", "# end 2 t0"]
-    assert VIN_C not in text
+    # a certificate-only vehicle is in the table for its rights, without a password
+    # (decision 0060; before it, such a vehicle was only a Dynamic Security client)
+    assert lines[-4:] == [
+        f"{VIN_A}:{a.password_hash}",
+        f"{VIN_B}:{b.password_hash}",
+        f"{VIN_C}:-",
+        "# end 3 t0",
+    ]
     with pytest.raises(ValueError, match="token"):
         render_vehicle_table([a], "a b")
 
@@ -385,3 +395,231 @@ def test_a_change_for_a_unit_offline_with_a_session_leaves_the_broker_running(
     assert unit.publish(topic_for(VIN_A, Channel.STATUS), b"alive") < 0x80
     assert units.try_connect(VIN_B, password="whatever")[1] == NOT_AUTHORIZED
     assert units.broker.is_running()
+
+
+# --- a vehicle's rights from the table, not Dynamic Security (decision 0060) ---------------
+
+
+def _dynsec_clients(closed: ClosedBroker) -> list[str]:
+    control = DynsecControl(closed.broker.host, closed.broker.port, *closed.control)
+    [answer] = control.execute([{"command": "listClients"}])
+    return [name for name in answer["data"]["clients"] if isinstance(name, str)]
+
+
+def _service(units: Units) -> Mqtt5Client:
+    client, code = Mqtt5Client.connect(
+        units.broker.host,
+        units.broker.port,
+        "svc-rights",
+        username=units.closed.service[0],
+        password=units.closed.service[1],
+    )
+    units.clients.append(client)
+    assert code == 0
+    return client
+
+
+def test_vehicles_are_no_dynamic_security_clients_and_keep_their_rights(units: Units) -> None:
+    """The plugin answers a vehicle's ACL checks: Dynamic Security holds no vehicle (its
+    file and its client list), and the vehicle still writes its four topics and is sent its
+    commands and feedback."""
+    names = _dynsec_clients(units.closed)
+    assert units.closed.service[0] in names
+    assert not [n for n in names if n in (VIN_A, VIN_B, *OTHERS)]
+    saved = json.loads(units.closed.files.dynsec_file.read_text())
+    assert not [r for r in saved["roles"] if r["rolename"].startswith("vehicle-")]
+
+    service = _service(units)
+    assert service.subscribe("v1/#") < 0x80
+    unit = units.connect(VIN_A)
+    write, read = vehicle_topics(VIN_A)
+    for topic in write:
+        assert unit.publish(topic, b"mine") < 0x80, topic
+        assert service.receive() == (topic, b"mine")
+    for topic in read:
+        assert unit.subscribe(topic) == 1, topic
+        assert service.publish(topic, b"for A") < 0x80
+        assert unit.receive() == (topic, b"for A")
+    # another VIN's command: not delivered to A (it cannot subscribe to it either)
+    assert service.publish(command_topic(VIN_B), b"for B") < 0x80
+    assert unit.receive(timeout=0.3) is None
+
+
+ATTACK_PUBLISH = [
+    topic_for(VIN_B, Channel.TELEMETRY),  # another VIN
+    f"v1/vehicles/{VIN_A}X/telemetry",  # a longer "VIN" with A's as prefix
+    f"v1/vehicles/{VIN_A[:-1]}/telemetry",  # a shorter one
+    f"v1/vehicles/{VIN_A}/telemetry/",  # trailing slash
+    f"v1/vehicles/{VIN_A}/telemetry/x",
+    f"v1/vehicles/{VIN_A}/telemetryx",
+    f"v1/vehicles/{VIN_A}//telemetry",
+    f"v1/vehicles/{VIN_A}/commands",  # its read topic is not a write topic
+    f"v1/vehicles/{VIN_A}/feedback",
+    f"v1/vehicles/{VIN_A}/commands/result/x",
+    f"V1/vehicles/{VIN_A}/telemetry",
+    f"/v1/vehicles/{VIN_A}/telemetry",
+    f"v1/vehicles/{VIN_A.lower()}/telemetry",
+    "$CONTROL/dynamic-security/v1",
+    "$SYS/broker/connection/x/state",
+    "$SYS/broker/uptime",
+    "integrations/1/alerts",
+    f"edges/e1/v1/vehicles/{VIN_A}/telemetry",
+    f"v1/vehicles/{VIN_A}/telemetry/" + "a" * 40_000,  # a long topic (40 kB)
+    f"v1/vehicles/{VIN_A}/telemetry" + "/a" * 150,  # many levels (under the limit of 200)
+]
+
+ATTACK_SUBSCRIBE = [
+    "#",
+    "+",
+    "+/+/+/+",
+    "v1/#",
+    "v1/vehicles/+/commands",
+    f"v1/vehicles/{VIN_A}/+",
+    f"v1/vehicles/{VIN_A}/#",
+    f"v1/vehicles/{VIN_A}/commands/#",
+    f"v1/vehicles/{VIN_A}/commands/",
+    f"v1/vehicles/{VIN_A}/commands/+",
+    f"v1/vehicles/{VIN_A}/+/result",
+    f"v1/vehicles/{VIN_A}X/commands",
+    f"v1/vehicles/{VIN_A}/telemetry",  # its write topics are not read topics
+    f"v1/vehicles/{VIN_A}/commands/result",
+    command_topic(VIN_B),
+    f"$share/g/v1/vehicles/{VIN_A}/commands",
+    "$share/telematics-gateway/v1/vehicles/+/telemetry",
+    "$share/telematics-gateway/#",
+    "$CONTROL/#",
+    "$CONTROL/dynamic-security/v1/response",
+    "$SYS/#",
+    "$SYS/broker/uptime",
+    f"v1/vehicles/{VIN_A}/commands/" + "a" * 40_000,
+    f"v1/vehicles/{VIN_A}/commands" + "/a" * 150,
+]
+
+
+def test_an_attacker_with_a_vehicle_credential_gets_nothing_else(units: Units) -> None:
+    """A's password used for everything a vehicle must not do: each refused by the
+    plugin (Dynamic Security holds no vehicle to answer), the unit still connected."""
+    assert not [n for n in _dynsec_clients(units.closed) if n == VIN_A]
+    for client_id in ("evil", VIN_B, f"{VIN_A}X", VIN_A[:-1], VIN_A.lower(), f"{VIN_A} "):
+        assert units.try_connect(VIN_A, client_id=client_id)[1] == NOT_AUTHORIZED, client_id
+    # B's name with A's password, and A's with none
+    assert units.try_connect(VIN_B, units.closed.vehicles[VIN_A])[1] == NOT_AUTHORIZED
+    assert units.try_connect(VIN_A, password="")[1] == NOT_AUTHORIZED
+
+    service = _service(units)
+    assert service.subscribe("v1/#") < 0x80
+    unit = units.connect(VIN_A)
+    for topic in ATTACK_PUBLISH:
+        assert unit.publish(topic, b"x") == NOT_AUTHORIZED, topic[:80]
+    for topic in ATTACK_SUBSCRIBE:
+        assert unit.subscribe(topic) == NOT_AUTHORIZED, topic[:80]
+    assert service.receive(timeout=0.3) is None  # nothing of it reached anyone
+    # still connected, its own rights intact
+    assert not unit.closed
+    assert unit.publish(topic_for(VIN_A, Channel.TELEMETRY), b"ok") < 0x80
+    assert service.receive() == (topic_for(VIN_A, Channel.TELEMETRY), b"ok")
+    # a revoked VIN's credential: no right at all, even connected before
+    units.closed.remove_vehicle(VIN_A)
+    assert unit.wait_closed(timeout=TIMEOUT)
+    assert units.try_connect(VIN_A)[1] == NOT_AUTHORIZED
+
+
+BULK = [f"WBULK{i:012d}" for i in range(600)]
+
+
+def test_a_bulk_provisioning_is_a_table_swap_without_a_restart(
+    tmp_path: Path, plugin: Path
+) -> None:
+    """600 vehicles in one sync, 40 units connected, the sync able to restart the broker
+    (as under ``telematics up``): Dynamic Security would have cost 2 x 600 commands, each
+    rewriting its file, so the sync restarted the broker (LIVE_CHANGES_BUDGET_S) and every
+    unit reconnected. With the rights in the table: no command, no restart, no unit
+    disconnected; the new vehicles connect at once; then a bulk revocation cuts exactly
+    those off."""
+    vehicles: dict[str, str | None] = {vin: generate_password() for vin in OTHERS}
+    closed = start_closed_broker(
+        tmp_path, vehicles=vehicles, persistence=False, vehicle_auth=plugin, keeper=True
+    )
+    assert closed.keeper is not None
+    units = Units(closed)
+    try:
+        assert closed.keeper.sync is not None
+        closed.keeper.sync.stop()  # this test syncs itself
+        others = [units.connect(vin) for vin in OTHERS]
+        pid = closed.keeper.process.pid
+        reloads = units.reloads()
+        for vin in BULK:
+            closed.vehicles[vin] = generate_password()
+
+        started = time.monotonic()
+        closed.apply()
+        took = time.monotonic() - started
+
+        assert closed.keeper.process.pid == pid, "the broker was restarted"
+        assert units.reloads() == reloads
+        _still_serving(units, others)
+        bulk = [units.connect(vin) for vin in BULK[::60]]
+        for vin, client in zip(BULK[::60], bulk, strict=True):
+            assert client.publish(topic_for(vin, Channel.TELEMETRY), b"new") < 0x80
+        assert not [n for n in _dynsec_clients(closed) if n in BULK]
+        assert took < 5.0, f"the bulk sync took {took:.1f} s"
+
+        for vin in BULK:
+            closed.vehicles.pop(vin)
+        closed.apply()
+        assert closed.keeper.process.pid == pid
+        for client in bulk:
+            assert client.wait_closed(timeout=TIMEOUT)
+        assert units.try_connect(BULK[0], units.closed.vehicles.get(OTHERS[0]))[1] == (
+            NOT_AUTHORIZED
+        )
+        _still_serving(units, others)
+    finally:
+        for client in units.clients:
+            client.close()
+        closed.keeper.stop()
+
+
+def test_vehicle_clients_left_in_dynamic_security_are_removed(tmp_path: Path, plugin: Path) -> None:
+    """A data directory from before: its dynamic-security.json has a client and role per
+    vehicle. Rendering it for a start (what ``telematics up`` does first) writes it
+    without them; and a broker that started with them anyway (the identity source could
+    not be read at the start) loses them at the first sync, the vehicles keeping their
+    rights from the table."""
+    vehicles = [VehicleIdentity(VIN_A, hash_password("a")), VehicleIdentity(VIN_B)]
+    service = ServiceIdentity("telematics-gateway", hash_password("s"))
+    before = BrokerAuthFiles(tmp_path / "old", vehicle_table=False)
+    before.write(vehicles, [service])
+    old = json.loads(before.dynsec_file.read_text())
+    assert VIN_A in {c["username"] for c in old["clients"]}
+    now = BrokerAuthFiles(tmp_path / "old", vehicle_table=True)
+    now.write(vehicles, [service])
+    rendered = json.loads(now.dynsec_file.read_text())
+    assert {c["username"] for c in rendered["clients"]} == {"telematics-gateway"}
+    assert not [r for r in rendered["roles"] if r["rolename"].startswith("vehicle-")]
+    assert f"{VIN_B}:-" in now.vehicle_table_file.read_text()
+
+    closed = start_closed_broker(
+        tmp_path / "run",
+        vehicles={VIN_A: generate_password()},
+        persistence=False,
+        vehicle_auth=plugin,
+    )
+    units = Units(closed)
+    try:
+        closed.broker.stop()
+        stale = BrokerAuthFiles(tmp_path / "stale", vehicle_table=False)
+        stale.write(closed.identities(), closed.sync.services)
+        closed.files.dynsec_file.write_text(stale.dynsec_file.read_text())
+        closed.broker.start()
+        assert VIN_A in _dynsec_clients(closed)
+        closed.source.set(closed.identities())  # a new version, the same vehicles
+        assert closed.sync.sync_once() is True
+        assert VIN_A not in _dynsec_clients(closed)
+        unit = units.connect(VIN_A)
+        assert unit.publish(topic_for(VIN_A, Channel.TELEMETRY), b"x") < 0x80
+        assert unit.publish(topic_for(VIN_B, Channel.TELEMETRY), b"x") == NOT_AUTHORIZED
+    finally:
+        for client in units.clients:
+            client.close()
+        closed.broker.stop()

@@ -13,6 +13,10 @@ of ``--repeat`` runs (default 3), each with a fresh broker:
 * **bulk**: all ``--vehicles`` provisioned at once into a running broker, until the last can
   log in (the sync restarts the broker with re-rendered files instead of sending two
   commands per vehicle).
+
+With ``--vehicle-auth`` the vehicles' passwords and rights are in our vehicle_auth plugin's
+table instead (decisions 0055 and 0060, what ``telematics up`` runs where it can compile
+it): a change of any size is one table swap, no plugin command, no restart.
 """
 
 from __future__ import annotations
@@ -95,8 +99,8 @@ def _expect(broker: MosquittoProcess, vin: str, *, admitted: bool) -> None:
         )
 
 
-def _keeper(directory: Path, source: _Source) -> BrokerKeeper:
-    files = BrokerAuthFiles(directory / "auth")
+def _keeper(directory: Path, source: _Source, vehicle_auth: Path | None = None) -> BrokerKeeper:
+    files = BrokerAuthFiles(directory / "auth", vehicle_table=vehicle_auth is not None)
     services = [ServiceIdentity(_CONTROL[0], hash_password(_CONTROL[1]), kind="control")]
     config = BrokerConfig(
         port=free_port(),
@@ -105,6 +109,8 @@ def _keeper(directory: Path, source: _Source) -> BrokerKeeper:
         allow_anonymous=False,
         password_file=files.password_file,
         dynsec_config_file=files.dynsec_file,
+        vehicle_auth_plugin=vehicle_auth,
+        vehicle_table_file=None if vehicle_auth is None else files.vehicle_table_file,
     )
 
     def sync(keeper: BrokerKeeper) -> BrokerAuthSync:
@@ -132,13 +138,15 @@ def _rss_mb(pid: int | None) -> float:
     return 0.0
 
 
-def run_identity_bench(vehicles: int) -> IdentityBenchResult:
+def run_identity_bench(vehicles: int, vehicle_auth: Path | None = None) -> IdentityBenchResult:
+    """One run; ``vehicle_auth``: the compiled vehicle_auth plugin (its table instead of the
+    password file and Dynamic Security for the vehicles)."""
     hashed = hash_password(_PASSWORD)  # one hash for all: hashing is not what is measured
     fleet = [VehicleIdentity(_vin(i), hashed) for i in range(vehicles)]
     with tempfile.TemporaryDirectory(prefix="bench-identities-") as tmp:
         source = _Source()
         source.set(fleet)
-        keeper = _keeper(Path(tmp) / "one", source)
+        keeper = _keeper(Path(tmp) / "one", source, vehicle_auth)
         assert keeper.sync is not None
         started = time.perf_counter()
         keeper.sync.render()
@@ -164,7 +172,7 @@ def run_identity_bench(vehicles: int) -> IdentityBenchResult:
             keeper.stop()
 
         source = _Source()
-        keeper = _keeper(Path(tmp) / "bulk", source)
+        keeper = _keeper(Path(tmp) / "bulk", source, vehicle_auth)
         assert keeper.sync is not None
         keeper.sync.render()
         keeper.process.start()
@@ -198,13 +206,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--repeat", type=int, default=3, help="runs; the worst is reported (default: 3)")
     p.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    p.add_argument(
+        "--vehicle-auth",
+        action="store_true",
+        help="the vehicles in our vehicle_auth plugin's table (compiled here; decision 0060), "
+        "not the password file and Dynamic Security",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     runs = []
-    for n in range(1, args.repeat + 1):
-        print(f"[bench] run {n}/{args.repeat}: {args.vehicles:,} vehicles", file=sys.stderr)
-        runs.append(run_identity_bench(args.vehicles))
+    with tempfile.TemporaryDirectory(prefix="bench-identities-plugin-") as plugins:
+        plugin = None
+        if args.vehicle_auth:
+            from gateway.broker.vehicle_auth import ensure_vehicle_auth_plugin
+
+            plugin = ensure_vehicle_auth_plugin(Path(plugins))
+        for n in range(1, args.repeat + 1):
+            print(f"[bench] run {n}/{args.repeat}: {args.vehicles:,} vehicles", file=sys.stderr)
+            runs.append(run_identity_bench(args.vehicles, plugin))
     worst = IdentityBenchResult(
         vehicles=args.vehicles,
         **{
@@ -222,7 +242,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         f"  one vehicle added live  {worst.one_added_s:.3f} s until it logs in\n"
         f"  one vehicle revoked     {worst.one_revoked_s:.3f} s until it is refused\n"
         f"  all {worst.vehicles:,} added at once  {worst.bulk_s:.3f} s until the last logs in"
-        f" ({'broker restarted' if worst.bulk_restarted else 'through the plugin'})"
+        f" ({'broker restarted' if worst.bulk_restarted else 'through the plugin'}"
+        f"{', vehicle_auth table' if args.vehicle_auth else ''})"
     )
     if args.json:
         print(strict_json({"worst": asdict(worst), "runs": [asdict(r) for r in runs]}))

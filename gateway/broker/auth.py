@@ -19,7 +19,11 @@ Authentication: the password file
     (:func:`render_vehicle_table`, ``BrokerAuthFiles(vehicle_table=True)``): it re-reads
     the table when the sync replaces it and disconnects exactly the units whose entry went
     or changed, so a vehicle change needs no reload, which re-checked every connected
-    client. The password file then holds the service accounts and integrations.
+    client. The password file then holds the service accounts and integrations. The same
+    plugin then also answers the vehicles' ACL checks from that table, with the rights
+    below (decision 0060), and Dynamic Security holds no vehicle: a bulk provisioning is
+    one table swap instead of two plugin commands per vehicle (each rewriting the plugin's
+    whole file), so it never restarts the broker.
 
 Authorization: the Dynamic Security plugin
     Not Mosquitto's ACL file: in 2.0.11 it never checks SUBSCRIBE (``security_default.c``:
@@ -38,11 +42,11 @@ Authorization: the Dynamic Security plugin
       (a revoked vehicle's certificate, a service account of another installation) has no
       right at all: publishes get PUBACK 0x87, subscriptions SUBACK 0x87, nothing is
       delivered.
-    * Each vehicle is a plugin client (user name = VIN, ``clientid`` = VIN) with a role of
-      its own, :func:`vehicle_acls`: publish to its own ``telemetry``, ``events``,
-      ``status`` and ``commands/result``, subscribe to exactly its own ``commands`` topic
-      and receive messages on it. Anything else, including ``$share/...``, ``#``,
-      ``$SYS/#``, ``$CONTROL/#`` and other VINs' topics, is refused.
+    * Without our plugin (no compiler), each vehicle is a plugin client (user name = VIN,
+      ``clientid`` = VIN) with a role of its own, :func:`vehicle_acls`: publish to its own
+      ``telemetry``, ``events``, ``status`` and ``commands/result``, subscribe to exactly
+      its own ``commands`` topic and receive messages on it. Anything else, including
+      ``$share/...``, ``#``, ``$SYS/#``, ``$CONTROL/#`` and other VINs' topics, is refused.
     * The client has no password in the plugin, so its password check defers to the
       password file; before deferring it compares the client id: a vehicle connecting with
       any client id but its VIN gets CONNACK 0x87 (and cannot kick another vehicle off or
@@ -472,16 +476,22 @@ def render_dynsec(
     vehicles: Iterable[VehicleIdentity],
     services: Iterable[ServiceIdentity],
     integrations: Iterable[IntegrationIdentity] = (),
+    *,
+    vehicle_rights: bool = True,
 ) -> str:
     """The Dynamic Security plugin's file: default access, every identity as a client, the
     two shared roles, one role per vehicle and one per integration, sorted (the same
     identities always give the same bytes). Certificate-only vehicles are clients too: the
     plugin applies rights by user name, which is the certificate's common name on the TLS
-    listener."""
+    listener.
+
+    Without ``vehicle_rights`` the vehicles are left out: our vehicle_auth plugin holds
+    their rights in its table (decision 0060), and Dynamic Security defers for a user name
+    it has no client for."""
     vehicles, services = list(vehicles), list(services)
     found = sorted(integrations, key=_int_key)
     _check_unique(vehicles, services, found)
-    vins = sorted(v.vin for v in vehicles)
+    vins = sorted(v.vin for v in vehicles) if vehicle_rights else []
     bridged = any(s.kind == "bridge" for s in services)
     roles = [
         _role(_SERVICE_ROLE, SERVICE_ACLS + (EDGE_SERVICE_ACLS if bridged else ())),
@@ -634,7 +644,8 @@ _TABLE_HEADER = (
 
 def render_vehicle_table(vehicles: Iterable[VehicleIdentity], token: str) -> str:
     """The vehicle password plugin's table (:mod:`gateway.broker.vehicle_auth`): one
-    ``VIN:hash`` line per vehicle with a password, sorted, then ``# end <entries>
+    ``VIN:hash`` line per vehicle with a password and ``VIN:-`` per certificate-only
+    vehicle (its rights, no password: decision 0060), sorted, then ``# end <entries>
     <token>``. The plugin treats a file without that line, or with another count, as
     empty (a partial file never lets anyone in) and acknowledges the token it loaded."""
     if not re.fullmatch(r"[A-Za-z0-9]{1,64}", token):
@@ -642,11 +653,7 @@ def render_vehicle_table(vehicles: Iterable[VehicleIdentity], token: str) -> str
     vehicles = list(vehicles)
     _check_unique(vehicles, (), ())
     lines = [_TABLE_HEADER]
-    lines.extend(
-        f"{v.vin}:{v.password_hash}\n"
-        for v in sorted(vehicles, key=_vin_key)
-        if v.password_hash is not None
-    )
+    lines.extend(f"{v.vin}:{v.password_hash or '-'}\n" for v in sorted(vehicles, key=_vin_key))
     lines.append(f"# end {len(lines) - 1} {token}\n")
     return "".join(lines)
 
@@ -697,7 +704,8 @@ class BrokerAuthFiles:
 
     With ``vehicle_table`` the vehicles' passwords are in the table only, and the password
     file holds the service accounts and integrations: a vehicle change then needs no reload
-    (decision 0055).
+    (decision 0055). Their rights are in it too, so the Dynamic Security file is rendered
+    without vehicles (decision 0060).
     """
 
     def __init__(self, directory: Path, *, vehicle_table: bool = False) -> None:
@@ -758,7 +766,9 @@ class BrokerAuthFiles:
         vehicles, services, found = list(vehicles), list(services), list(integrations)
         _check_unique(vehicles, services, found)
         password_text = render_password_file(self._in_password_file(vehicles), services, found)
-        dynsec_text = render_dynsec(vehicles, services, found)
+        dynsec_text = render_dynsec(
+            vehicles, services, found, vehicle_rights=not self.vehicle_table
+        )
         table_text = render_vehicle_table(vehicles, _token()) if self.vehicle_table else None
         self._mkdir()
         atomic_write(self.password_file, password_text)
@@ -805,6 +815,22 @@ class BrokerAuthFiles:
         self._mkdir()
         atomic_write(self.vehicle_table_file, text)
         return token
+
+    def vehicle_table_vins(self) -> list[str]:
+        """The VINs of the vehicle table on disk (each line before its end line), empty
+        when there is none: the vehicles the broker's plugin was last given."""
+        try:
+            text = self.vehicle_table_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        vins = []
+        for line in text.splitlines():
+            if line.startswith("# end "):
+                break
+            vin, colon, _ = line.partition(":")
+            if colon and _VIN_RE.fullmatch(vin):
+                vins.append(vin)
+        return vins
 
     def wait_vehicle_table(self, token: str, timeout_s: float = VEHICLE_TABLE_WAIT_S) -> None:
         """Wait until the broker's plugin has loaded the table of ``token`` (from then on
@@ -924,13 +950,17 @@ class BrokerAuthSync:
        holder, and deletes their retained status (issue 16: the old holder's unit leaves
        nothing behind, not even the Will the reload made the broker publish).
 
-    A change too big to apply live (:data:`LIVE_CHANGES_BUDGET_S`) calls ``restart()``
-    instead, which must :meth:`render` and restart the broker. :meth:`render` is also what
-    a (re)start of the broker needs first. A version is only recorded as synced once
-    everything succeeded, so a failure (database briefly unavailable, broker restarting)
-    is retried on the next tick instead of being forgotten. ``lock`` serializes the sync
-    with whoever else starts, stops or restarts the broker (an ``RLock``, since
-    ``restart()`` runs inside the sync).
+    With the vehicle table (``files.vehicle_table``, decision 0060) the vehicles' rights and
+    passwords are both in the table: steps 1 and 4 send no vehicle command (the vehicles
+    added and removed are those of the table on disk; a vehicle client Dynamic Security
+    still holds from before is deleted), one table swap applies a change of any size, and
+    nothing restarts the broker. Without it, a change too big to apply live
+    (:data:`LIVE_CHANGES_BUDGET_S`) calls ``restart()`` instead, which must :meth:`render`
+    and restart the broker. :meth:`render` is also what a (re)start of the broker needs
+    first. A version is only recorded as synced once everything succeeded, so a failure
+    (database briefly unavailable, broker restarting) is retried on the next tick instead of
+    being forgotten. ``lock`` serializes the sync with whoever else starts, stops or
+    restarts the broker (an ``RLock``, since ``restart()`` runs inside the sync).
     """
 
     def __init__(
@@ -1014,17 +1044,18 @@ class BrokerAuthSync:
             listed = self._control.execute([{"command": "listClients"}])
             present = listed[0].get("data", {}).get("clients", [])
             names = [c for c in present if isinstance(c, str)]
-            changes = plan_dynsec_changes(names, (v.vin for v in vehicles))
             add_integrations, remove_integrations = integration_changes(names, integrations)
-            if changes and self._restarted_instead(len(changes), len(present)):
-                return True
+            planned = self._plan_vehicles(names, [v.vin for v in vehicles], len(present))
+            if planned is None:
+                return True  # restarted with re-rendered files instead
+            changes, add_rights, remove_rights = planned
             passed_on, renewed = self._passed_on_and_renewed(vehicles)
             # before the new holder's password works: its unit must never find the session
             # (and the commands in it) of the one before
             self._purge(passed_on)
             per_message = commands_per_message(len(present), len(changes.add))
             # rights before the password: a new vehicle never logs in without its role
-            self._apply(changes.add_commands(), per_message)
+            self._apply(add_rights, per_message)
             self._apply(add_integrations, per_message)
             if changes.remove and self._on_removed is not None and self._on_removed(changes.remove):
                 self._reload_pending = True
@@ -1056,7 +1087,7 @@ class BrokerAuthSync:
             self._purge([*passed_on, *changes.remove])
             # only then its rights: deleting them earlier would disconnect it while its
             # password still worked, and it could log in again (with no rights) meanwhile
-            self._apply(changes.remove_commands(), per_message)
+            self._apply(remove_rights, per_message)
             self._apply(remove_integrations, per_message)
             self._purge(changes.remove)
             if changes:
@@ -1066,7 +1097,30 @@ class BrokerAuthSync:
                     len(changes.remove),
                 )
             self._synced = version
-            return bool(changes) or reloaded or bool(add_integrations or remove_integrations)
+            return (
+                bool(changes)
+                or reloaded
+                or bool(remove_rights)
+                or bool(add_integrations or remove_integrations)
+            )
+
+    def _plan_vehicles(
+        self, names: list[str], wanted: list[str], present: int
+    ) -> tuple[DynsecChanges, list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """(the vehicles added and removed, the Dynamic Security commands that give their
+        rights, those that take them), or None when the broker was restarted instead.
+
+        With the vehicle table the rights are in it with the passwords (decision 0060): a
+        bulk change is one table swap, no command, no restart; the added and removed are
+        those of the table on disk, and a vehicle client Dynamic Security still holds (a
+        data directory of before) is deleted once the table is in force."""
+        if self.files.vehicle_table:
+            changes = plan_dynsec_changes(self.files.vehicle_table_vins(), wanted)
+            return changes, [], plan_dynsec_changes(names, ()).remove_commands()
+        changes = plan_dynsec_changes(names, wanted)
+        if changes and self._restarted_instead(len(changes), present):
+            return None
+        return changes, changes.add_commands(), changes.remove_commands()
 
     def _restarted_instead(self, changes: int, present: int) -> bool:
         """Restart the broker with re-rendered identities instead of applying ``changes``

@@ -6,7 +6,10 @@ client again in its one thread (seconds at 20,000 units, every PUBACK waiting; d
 0049). ``plugin/vehicle_auth.c`` checks the vehicles' passwords from a table of its own
 (:func:`gateway.broker.auth.render_vehicle_table`, the same ``$7$`` hashes), re-reads it
 when the gateway replaces it, and disconnects exactly the units whose entry went or
-changed. The password file keeps the service accounts and integrations.
+changed. The password file keeps the service accounts and integrations. It also answers
+the vehicles' rights (client id = VIN, their own topics only) from the same table, so the
+Dynamic Security plugin holds no vehicle and a bulk change is one table swap (decision
+0060).
 
 Compiled where the broker runs, like the message budget (:mod:`gateway.broker.budget`),
 and also against OpenSSL's ``libcrypto`` (PBKDF2-HMAC-SHA512; Debian's ``libssl-dev``).

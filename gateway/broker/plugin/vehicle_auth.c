@@ -1,5 +1,6 @@
 /*
- * vehicle_auth.c: vehicle passwords without a broker-wide reload (decision 0055).
+ * vehicle_auth.c: vehicle passwords without a broker-wide reload (decision 0055), and
+ * the vehicles' rights without Dynamic Security (decision 0060).
  *
  * Why: vehicle passwords lived in Mosquitto's password file, and every provisioning,
  * revocation or new password rewrote it and sent SIGHUP. Mosquitto 2.0.11 then checks the
@@ -18,10 +19,27 @@
  * the Will, as a reload's disconnect does) exactly the connected clients whose entry went
  * or changed. Nobody else is touched, and no reload is needed.
  *
+ * Rights (decision 0060): it also answers MOSQ_EVT_ACL_CHECK for the user names of its
+ * table, in place of a Dynamic Security client and role per vehicle (each Dynamic Security
+ * command rewrote that plugin's whole file, so a bulk provisioning cost seconds of stall
+ * and then a broker restart). A vehicle may publish exactly v1/vehicles/<VIN>/telemetry,
+ * events, status and commands/result, subscribe to and be sent exactly its commands and
+ * feedback, and unsubscribe; whole strings compared, so a wildcard, "$share/...", a
+ * trailing "/" or another VIN is refused. A VIN that is not in the table is refused
+ * everything. "VIN:-" lines are certificate-only vehicles: rights, no password. The client
+ * id must equal the VIN (CONNACK "not authorized" otherwise, before the password is
+ * looked at), and the ACL check asks it again. Certificate units never reach the password
+ * check (src/handle_connect.c skips mosquitto_unpwd_check with use_identity_as_username;
+ * the TLS listener's use_username_as_clientid makes their id the certificate's CN), only
+ * the ACL check.
+ *
  * Order of the checks (Mosquitto asks the plugins in the order of their "plugin" lines,
- * and the password file after all of them, src/security.c mosquitto_unpwd_check): the
- * Dynamic Security plugin first (it refuses a vehicle whose client id is not its VIN, then
- * defers, as before), then this one, then the password file.
+ * the first answer that is not MOSQ_ERR_PLUGIN_DEFER wins, and for passwords the password
+ * file comes after all of them; src/security.c mosquitto_unpwd_check and
+ * mosquitto_acl_check): the budget plugin (its ACL callback charges a write and defers),
+ * then Dynamic Security (it defers for a user name it holds no client for, which since
+ * 0060 is every vehicle), then this one, then the password file. Every other user name
+ * this plugin defers.
  *
  * A reload (SIGHUP, still sent for service and integration changes) re-checks every
  * connected client through the same callbacks. So that it stays cheap, an entry remembers
@@ -74,6 +92,7 @@
 
 struct entry {
 	struct entry *next;
+	int has_password;            /* 0: "VIN:-", a certificate-only vehicle (rights, no password) */
 	int iterations;              /* 0: legacy $6$ (one SHA-512 of password and salt) */
 	unsigned char salt[SALT_BYTES];
 	unsigned char hash[HASH_BYTES];
@@ -349,10 +368,17 @@ static int table_load(struct table *t, char *token, size_t token_size, size_t *s
 			snprintf(reason, reason_size, "out of memory");
 			goto invalid;
 		}
-		if(colon == NULL || !is_vin(line, (size_t)(colon - line)) || parse_hash(colon + 1, e)){
+		if(colon != NULL && !strcmp(colon + 1, "-")){
+			e->has_password = 0;
+		}else if(colon != NULL && !parse_hash(colon + 1, e)){
+			e->has_password = 1;
+		}else{
+			colon = NULL;
+		}
+		if(colon == NULL || !is_vin(line, (size_t)(colon - line))){
 			mosquitto_log_printf(MOSQ_LOG_ERR,
 					"vehicle_auth: %s line %lu is not \"VIN:hash\" with a well-formed $7$ or "
-					"$6$ hash; skipped (that name is refused)", table_path, lineno);
+					"$6$ hash, nor \"VIN:-\"; skipped (that name is refused)", table_path, lineno);
 			free(e);
 			(*skipped)++;
 			continue;
@@ -388,6 +414,12 @@ invalid:
 	return -1;
 }
 
+static int same_entry(const struct entry *a, const struct entry *b)
+{
+	return a->has_password == b->has_password && a->iterations == b->iterations
+		&& !memcmp(a->salt, b->salt, SALT_BYTES) && !memcmp(a->hash, b->hash, HASH_BYTES);
+}
+
 /* Kicks the connected clients of every entry of `old` that `new` lacks or changed. */
 static size_t kick_changed(const struct table *old, const struct table *new)
 {
@@ -396,8 +428,7 @@ static size_t kick_changed(const struct table *old, const struct table *new)
 		const struct entry *e;
 		for(e = old->slots[i]; e; e = e->next){
 			const struct entry *n = table_find(new, e->vin);
-			if(n == NULL || n->iterations != e->iterations
-					|| memcmp(n->salt, e->salt, SALT_BYTES) || memcmp(n->hash, e->hash, HASH_BYTES)){
+			if(n == NULL || !same_entry(n, e)){
 				mosquitto_kick_client_by_username(e->vin, false);
 				kicked++;
 			}
@@ -414,8 +445,7 @@ static void keep_verified(const struct table *old, struct table *new)
 		struct entry *n;
 		for(n = new->slots[i]; n; n = n->next){
 			const struct entry *e = table_find(old, n->vin);
-			if(e && e->verified && e->iterations == n->iterations
-					&& !memcmp(n->salt, e->salt, SALT_BYTES) && !memcmp(n->hash, e->hash, HASH_BYTES)){
+			if(e && e->verified && same_entry(n, e)){
 				n->verified = 1;
 				memcpy(n->accepted, e->accepted, CACHE_BYTES);
 			}
@@ -504,6 +534,7 @@ static void cache_mac(const char *password, unsigned char *out)
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_basic_auth *ed = event_data;
+	const char *clientid;
 	struct entry *e;
 	unsigned char computed[HASH_BYTES];
 	unsigned char mac[CACHE_BYTES];
@@ -517,7 +548,14 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(e == NULL){
 		return MOSQ_ERR_PLUGIN_DEFER; /* the password file's (where vehicles no longer are) */
 	}
-	if(ed->password == NULL){
+	/* the client id is bound to the VIN (what the Dynamic Security client's "clientid"
+	 * did, decision 0008): checked before the password, so another id never gets as far
+	 * as taking over the VIN's session or firing its Will; CONNACK "not authorized" */
+	clientid = mosquitto_client_id(ed->client);
+	if(clientid == NULL || strcmp(clientid, e->vin)){
+		return MOSQ_ERR_AUTH;
+	}
+	if(ed->password == NULL || !e->has_password){
 		return MOSQ_ERR_AUTH;
 	}
 	cache_mac(ed->password, mac);
@@ -548,6 +586,70 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	memcpy(e->accepted, mac, CACHE_BYTES);
 	e->verified = 1;
 	return MOSQ_ERR_SUCCESS;
+}
+
+/* "v1/vehicles/<vin>/<one of suffixes>", compared as whole strings: a wildcard, a
+ * "$share/..." filter, a trailing "/" or another VIN is another string and matches none. */
+static int own_topic(const char *topic, const char *vin, const char *const *suffixes)
+{
+	static const char prefix[] = "v1/vehicles/";
+	const size_t p = sizeof(prefix) - 1;
+	size_t i;
+	if(topic == NULL || strncmp(topic, prefix, p) || strncmp(topic + p, vin, VIN_LENGTH)
+			|| topic[p + VIN_LENGTH] != '/'){
+		return 0;
+	}
+	for(i = 0; suffixes[i]; i++){
+		if(!strcmp(topic + p + VIN_LENGTH + 1, suffixes[i])) return 1;
+	}
+	return 0;
+}
+
+/* What a vehicle may do (gateway.broker.auth.vehicle_acls): publish its own telemetry,
+ * events, status and commands/result; subscribe to, and be sent, its own commands and
+ * feedback, spelled exactly; unsubscribe. Nothing else. */
+static const char *const vehicle_write[] = {"telemetry", "events", "status", "commands/result", NULL};
+static const char *const vehicle_read[] = {"commands", "feedback", NULL};
+
+/* The rights of the vehicles of the table, in place of a Dynamic Security client and role
+ * per vehicle (decision 0060). Asked after the budget plugin (which charges a write and
+ * defers) and Dynamic Security (which defers for a user name it has no client for):
+ * Mosquitto takes the first answer that is not DEFER (src/security.c,
+ * mosquitto_acl_check). Other user names defer, as before; a VIN that is not in the table
+ * (revoked, or the table unusable) is refused. */
+static int on_acl_check(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_acl_check *ed = event_data;
+	const char *username, *clientid;
+	struct entry *e;
+	(void)event;
+	(void)userdata;
+
+	username = mosquitto_client_username(ed->client);
+	if(username == NULL || !is_vin(username, strlen(username))){
+		return MOSQ_ERR_PLUGIN_DEFER;
+	}
+	e = table_find(&current, username);
+	if(e == NULL){
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	/* bound at CONNECT (password units here, certificate units by the TLS listener's
+	 * use_username_as_clientid); checked again so no other path gets a vehicle's rights */
+	clientid = mosquitto_client_id(ed->client);
+	if(clientid == NULL || strcmp(clientid, e->vin)){
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	switch(ed->access){
+		case MOSQ_ACL_WRITE:
+			return own_topic(ed->topic, e->vin, vehicle_write) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+		case MOSQ_ACL_READ:
+		case MOSQ_ACL_SUBSCRIBE:
+			return own_topic(ed->topic, e->vin, vehicle_read) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+		case MOSQ_ACL_UNSUBSCRIBE:
+			return MOSQ_ERR_SUCCESS;
+		default:
+			return MOSQ_ERR_ACL_DENIED;
+	}
 }
 
 int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
@@ -593,6 +695,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	checked_at = now_s();
 	rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL);
 	if(rc) return rc;
+	rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);
+	if(rc) return rc;
 	return mosquitto_callback_register(plugin_id, MOSQ_EVT_TICK, on_tick, NULL, NULL);
 }
 
@@ -603,6 +707,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	(void)option_count;
 	if(plugin_id){
 		mosquitto_callback_unregister(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
+		mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 		mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, on_tick, NULL);
 	}
 	table_free(&current);
