@@ -36,6 +36,12 @@ from gateway.statedb.commands import CommandRecord, CommandRepository
 from gateway.statedb.database import StateDatabase
 from gateway.store import open_store
 from gateway.trace import PROBE_INTERVAL_S, Trace, read_trace
+from schemas.commands import (
+    CommandResult,
+    ResultStatus,
+    command_result_topic,
+    encode_command_result,
+)
 
 
 def _database(tmp_path: Path) -> StateDatabase:
@@ -519,4 +525,90 @@ def test_a_ticks_confirmation_verdicts_share_one_commit(tmp_path: Path) -> None:
         stored = repo.get(command_id)
         assert stored is not None
         assert stored.confirmation == "unconfirmed"
+    db.dispose()
+
+
+def test_a_units_accepted_and_succeeded_share_one_commit(tmp_path: Path) -> None:
+    """Decision 0064, "One commit per answer pair": the writer picked a unit's 'accepted' up
+    alone the moment it was handed over and its 'succeeded', arriving right behind it, waited
+    for that fsync and committed alone: two commits per command. An 'accepted' now lets the
+    writer wait (briefly) for the answer behind it. Fails on main: 2 transactions."""
+    db = _database(tmp_path)
+    repo = CommandRepository(db)
+    (command_id,) = _queued(repo, 1)
+    _send(repo, command_id)
+    open_store(tmp_path / "telemetry.db").close()
+    service = CommandService(
+        CommandSettings(state_db_url=f"sqlite:///{tmp_path / 'state.db'}"),
+        repo,
+        tmp_path / "telemetry.db",
+    )
+    vin = "WVWZZZ1JZXW000001"
+    topic = command_result_topic(vin)
+    answers = [
+        encode_command_result(CommandResult(command_id, vin, status, 10_000 + i))
+        for i, status in enumerate((ResultStatus.ACCEPTED, ResultStatus.SUCCEEDED))
+    ]
+
+    async def main() -> tuple[int, list[int]]:
+        service.writer.start()
+        before = service.writer.transactions
+        # as gmqtt does: each message in its own task, the second one arriving a fraction
+        # of a millisecond after the first (the unit's answers: 'unit_work' p50 0 ms)
+        first = asyncio.create_task(service._on_message(None, topic, answers[0], 1, None))
+        await asyncio.sleep(0)  # the first is handed to the writer
+        # the loop busy with the second for 0.3 ms (asyncio's sleep is 1-ms-grained)
+        time.sleep(0.0003)  # noqa: ASYNC251 - on purpose: the loop is busy, not waiting
+        second = asyncio.create_task(service._on_message(None, topic, answers[1], 1, None))
+        codes = list(await asyncio.gather(first, second))
+        await service.writer.stop()
+        return service.writer.transactions - before, codes
+
+    transactions, codes = asyncio.run(main())
+    assert codes == [0, 0]
+    assert transactions == 1
+    assert [t.status for t in repo.transitions(command_id)] == [
+        CommandStatus.QUEUED,
+        CommandStatus.SENT,
+        CommandStatus.ACCEPTED,
+        CommandStatus.SUCCEEDED,
+    ]
+    db.dispose()
+
+
+def test_a_lingering_writes_failure_fails_it_alone_and_a_lone_one_waits_little(
+    tmp_path: Path,
+) -> None:
+    """The wait for the write behind a ``follows`` one: the two share a transaction, the
+    one that fails fails alone; a ``follows`` write nobody follows still commits, alone,
+    after the short wait."""
+    db = _database(tmp_path)
+    repo = CommandRepository(db)
+    (command_id,) = _queued(repo, 1)
+    (lone,) = _queued(repo, 1)
+    writer = GroupWriter(db)
+
+    async def main() -> tuple[list[CommandRecord | BaseException], int, float]:
+        writer.start()
+        failing = writer.submit(
+            lambda: repo.apply(command_id, CommandEvent.UNIT_ACCEPTED, at=3), follows=True
+        )
+        time.sleep(0.0003)  # noqa: ASYNC251 - on purpose, as above
+        sent = writer.submit(functools.partial(_send, repo, command_id))
+        outcomes = await asyncio.gather(failing, sent, return_exceptions=True)
+        together = writer.transactions
+        started = time.perf_counter()
+        await writer.submit(functools.partial(_send, repo, lone), follows=True)
+        took = time.perf_counter() - started
+        await writer.stop()
+        return list(outcomes), together, took
+
+    outcomes, together, took = asyncio.run(main())
+    assert isinstance(outcomes[0], IllegalTransition)  # not sent yet: refused, alone
+    assert isinstance(outcomes[1], CommandRecord)
+    assert outcomes[1].status is CommandStatus.SENT
+    assert together == 1
+    assert writer.writes == 3
+    assert writer.transactions == 2
+    assert took < 1.0  # the wait is LINGER_S (1.5 ms), plus the commit; generous for load
     db.dispose()

@@ -549,7 +549,11 @@ class CommandService:
             await self._quarantine(topic, payload, rejection)
             return None
         event, at = event_for_result(result.status), self._clock_ms()
-        recorded = self.writer.submit(lambda: self._record_answer(result, event, at))
+        # a unit sends its final answer right behind its 'accepted': one commit for both
+        recorded = self.writer.submit(
+            lambda: self._record_answer(result, event, at),
+            follows=event is CommandEvent.UNIT_ACCEPTED,
+        )
         return self._recorded(recorded, result.command_id)
 
     async def _recorded(self, recorded: Awaitable[bool], command_id: str) -> None:

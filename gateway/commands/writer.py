@@ -16,6 +16,15 @@ simply its own transaction, without the group's savepoint. A write's awaitable r
 only after its transaction has committed, so nothing is published or answered before it
 is durable, and writes are applied in the order they were handed over (an ``accepted``
 before its ``succeeded``).
+
+A unit's ``accepted`` and its final answer arrive within about a millisecond of each other,
+but the writer picked the ``accepted`` up alone, the moment it was handed over, and the
+final answer waited for that fsync and then committed alone too: two commits per command
+where one would do (decision 0064, "One commit per answer pair"). A write handed over as
+``follows=True`` (one another write is expected right behind) therefore lets the writer
+wait up to :data:`LINGER_S` for more before it begins the transaction, once per
+transaction, and only when that write is the last one it has: a lone write is delayed by
+at most that much, and nothing else waits at all.
 """
 
 from __future__ import annotations
@@ -38,8 +47,10 @@ T = TypeVar("T")
 
 #: the most writes in one transaction
 MAX_GROUP = 64
+#: the most a transaction waits for the write that follows a ``follows=True`` one
+LINGER_S = 0.0015
 
-_Item = tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
+_Item = tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop, bool]
 
 
 class GroupWriter:
@@ -50,10 +61,12 @@ class GroupWriter:
         db: StateDatabase,
         *,
         max_group: int = MAX_GROUP,
+        linger_s: float = LINGER_S,
         on_commit: Callable[[int, float, float], None] | None = None,
     ) -> None:
         self._db = db
         self._max_group = max_group
+        self._linger_s = linger_s
         #: called after each commit (on the writer's thread) with the number of writes,
         #: the ms waited for the write lock and the ms the transaction took after it
         self._on_commit = on_commit
@@ -79,9 +92,12 @@ class GroupWriter:
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
 
-    def submit(self, write: Callable[[], T]) -> asyncio.Future[T]:
+    def submit(self, write: Callable[[], T], *, follows: bool = False) -> asyncio.Future[T]:
         """Hand ``write`` (a call of the repository's that writes) to the writer thread;
-        the future has its result, or its exception, once its transaction committed."""
+        the future has its result, or its exception, once its transaction committed.
+        ``follows``: another write is expected right behind this one (a unit's final
+        answer behind its ``accepted``): worth a wait of up to ``linger_s`` to share its
+        commit."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         if self._thread is None:  # not started (unit tests of the service): write here
@@ -90,7 +106,7 @@ class GroupWriter:
             except Exception as exc:
                 future.set_exception(exc)
             return future
-        self._queue.put((write, future, loop))
+        self._queue.put((write, future, loop, follows))
         return future
 
     async def write(self, write: Callable[[], T]) -> T:
@@ -102,16 +118,33 @@ class GroupWriter:
             if first is None:
                 return
             group = [first]
-            while len(group) < self._max_group:
+            stopping = self._take_queued(group)
+            if not stopping and group[-1][3] and len(group) < self._max_group:
+                # the write behind it is on its way: wait for it (once, briefly)
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=self._linger_s)
                 except queue.Empty:
-                    break
+                    item = first
                 if item is None:
                     self._queue.put(None)  # stop after this group
-                    break
-                group.append(item)
+                elif item is not first:
+                    group.append(item)
+                    self._take_queued(group)
             self._commit(group)
+
+    def _take_queued(self, group: list[_Item]) -> bool:
+        """Add to ``group`` what is queued now (up to the group's limit); whether the stop
+        marker came (put back, to stop after this group)."""
+        while len(group) < self._max_group:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is None:
+                self._queue.put(None)
+                return True
+            group.append(item)
+        return False
 
     def _commit(self, group: list[_Item]) -> None:
         started = time.perf_counter()
@@ -125,7 +158,7 @@ class GroupWriter:
             try:
                 with self._db.grouped():
                     locked = time.perf_counter()
-                    for write, _, _ in group:
+                    for write, _, _, _ in group:
                         try:
                             outcomes.append((True, write()))
                         except Exception as exc:  # this write alone; its caller gets it
@@ -151,7 +184,7 @@ class GroupWriter:
 
     @staticmethod
     def _settle_all(group: list[_Item], outcomes: list[tuple[bool, Any]]) -> None:
-        for (_, future, loop), (ok, value) in zip(group, outcomes, strict=True):
+        for (_, future, loop, _), (ok, value) in zip(group, outcomes, strict=True):
             try:
                 loop.call_soon_threadsafe(_settle, future, ok, value)
             except RuntimeError:  # its loop has closed: nobody waits any more
