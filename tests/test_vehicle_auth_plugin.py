@@ -242,6 +242,17 @@ def test_an_unusable_table_lets_nobody_in_and_the_broker_lives(units: Units, dam
     units.connect(VIN_A, password)
 
 
+def test_an_end_line_token_the_answer_cannot_hold_is_refused_not_cut(units: Units) -> None:
+    good = _table_text(units)
+    body, end = good[: good.rindex("# end ")], good[good.rindex("# end ") :]
+    token = "T" * 65
+
+    _replace_table(units, f"{body}# end {end.split()[2]} {token}\n")
+
+    answer = units.closed.files.vehicle_table_applied.read_text().split()
+    assert answer[0] == "invalid" or answer[1] == token, answer
+
+
 def test_a_malformed_line_refuses_that_name_only(units: Units) -> None:
     good = _table_text(units)
     entry_b = next(line for line in good.splitlines() if line.startswith(VIN_B))

@@ -288,6 +288,7 @@ static int table_add(struct table *t, struct entry *e)
 			struct entry *old = *link;
 			e->next = old->next;
 			*link = e;
+			OPENSSL_cleanse(old, sizeof(*old));
 			free(old);
 			return 0;
 		}
@@ -351,8 +352,11 @@ static int table_load(struct table *t, char *token, size_t token_size, size_t *s
 		line[--length] = '\0';
 		if(line[0] == '#'){
 			char tok[65];
-			if(sscanf(line, "# end %lu %64s", &declared, tok) == 2){
-				if(strlen(tok) + 1 > token_size){
+			int used = 0;
+			if(sscanf(line, "# end %lu %64s%n", &declared, tok, &used) == 2){
+				/* %64s stops at 64 characters: a longer token must be refused, not cut
+				 * (the answer would then name a token the gateway never wrote) */
+				if(line[used] != '\0' || strlen(tok) + 1 > token_size){
 					snprintf(reason, reason_size, "the end line's token is too long");
 					goto invalid;
 				}
@@ -379,6 +383,7 @@ static int table_load(struct table *t, char *token, size_t token_size, size_t *s
 			mosquitto_log_printf(MOSQ_LOG_ERR,
 					"vehicle_auth: %s line %lu is not \"VIN:hash\" with a well-formed $7$ or "
 					"$6$ hash, nor \"VIN:-\"; skipped (that name is refused)", table_path, lineno);
+			OPENSSL_cleanse(e, sizeof(*e));
 			free(e);
 			(*skipped)++;
 			continue;
@@ -386,6 +391,7 @@ static int table_load(struct table *t, char *token, size_t token_size, size_t *s
 		memcpy(e->vin, line, VIN_LENGTH);
 		e->vin[VIN_LENGTH] = '\0';
 		if(table_add(t, e)){
+			OPENSSL_cleanse(e, sizeof(*e));
 			free(e);
 			snprintf(reason, reason_size, "out of memory");
 			goto invalid;
