@@ -99,6 +99,46 @@ def test_prune_quarantine_by_age_and_by_count(tmp_path: Path) -> None:
     assert len(pauses) >= 40 // 7  # a pause between chunks
 
 
+def test_one_vehicle_flooding_the_quarantine_loses_its_own_entries_not_others(
+    tmp_path: Path,
+) -> None:
+    """Outside review 10 (MEDIUM): the count cap deleted the oldest entries of the whole
+    installation, so one vehicle credential publishing refused messages pushed every other
+    organization's quarantine out within one retention pass. The cap now takes from the
+    vehicles (by topic, which the broker binds to the credential) that hold the most."""
+    db = tmp_path / "t.db"
+    now = 100 * DAY_MS
+    victims = ("WP0ZZZ99ZTS392125", "WBA00000000000001")
+    attacker = "WVWZZZ1JZXW000001"
+
+    def entries(vin: str, n: int, at: int) -> list[QuarantineEntry]:
+        topic = f"v1/vehicles/{vin}/telemetry"
+        return [QuarantineEntry(at, topic, b"x", _rejection(i)) for i in range(n)]
+
+    store = open_store(db)
+    try:
+        # the victims' entries are the oldest; the flood comes after them
+        store.commit(IngestBatch(received_at=now - 3, quarantine=entries(victims[0], 4, now - 3)))
+        store.commit(IngestBatch(received_at=now - 2, quarantine=entries(victims[1], 9, now - 2)))
+        store.commit(IngestBatch(received_at=now - 1, quarantine=entries(attacker, 300, now - 1)))
+        policy = RetentionPolicy(
+            telemetry_days=None, quarantine_days=None, quarantine_max_entries=50, chunk=40
+        )
+        _, deleted, _ = prune_once(store, policy, now, pause=lambda: None)
+    finally:
+        store.close()
+    assert deleted == 263
+    with sqlite3.connect(db) as db_:
+        held = dict(
+            db_.execute("SELECT substr(topic, 13, 17), count(*) FROM quarantine GROUP BY 1")
+        )
+        (oldest_kept,) = db_.execute(
+            "SELECT min(id) FROM quarantine WHERE topic LIKE ?", (f"%{attacker}%",)
+        ).fetchone()
+    assert held == {victims[0]: 4, victims[1]: 9, attacker: 37}
+    assert oldest_kept == 13 + 300 - 37 + 1  # the flood's newest entries are the ones kept
+
+
 def test_seq_gap_rows_go_with_the_telemetry_retention(tmp_path: Path) -> None:
     """A unit that skips every other number leaves one gap row per sample; they went on
     for good (security review 5, "left"). A retention pass deletes the samples and then

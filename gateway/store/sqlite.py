@@ -246,6 +246,9 @@ _MISSING = (
 #: the newest row of a log table stays (see the module docstring: ids are never reused)
 _KEEP_NEWEST = " AND id < (SELECT max(id) FROM {table})"
 _LOGS = frozenset({"samples", "events"})
+# the vehicle a quarantine entry counts against: its topic's `v1/vehicles/<VIN>` (29
+# characters), bound by the broker to the credential that published it
+_HOLDER = "substr(topic, 1, 29)"
 _TELEMETRY: Final = metrics.STREAM_TELEMETRY
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -708,7 +711,8 @@ class SqliteTelemetryStore:
         self, *, received_before: int | None, max_entries: int | None, chunk: int = 2000
     ) -> int:
         """Delete up to ``chunk`` quarantine entries, oldest first: those received before
-        ``received_before`` and those beyond the newest ``max_entries``."""
+        ``received_before``, and beyond ``max_entries`` the oldest of the vehicles that hold
+        the most (:meth:`_prune_quarantine_fairly`)."""
         deleted = 0
         if received_before is not None:
             deleted = self._delete_oldest(
@@ -718,8 +722,50 @@ class SqliteTelemetryStore:
             (count,) = self._read("SELECT count(*) FROM quarantine")[0]
             excess = min(int(count) - max_entries, chunk - deleted)
             if excess > 0:
-                deleted += self._delete_oldest("quarantine", "1", (), excess)
+                deleted += self._prune_quarantine_fairly(excess)
         return deleted
+
+    def _prune_quarantine_fairly(self, excess: int) -> int:
+        """Delete ``excess`` entries from the vehicles that hold the most, oldest first.
+
+        The cap is the installation's, and the entries are every tenant's: deleting the
+        oldest of all let one vehicle credential flood its own topics and push every other
+        organization's evidence out (outside review 10). A vehicle is the topic's first 29
+        characters (``v1/vehicles/`` and the VIN), which the broker binds to the credential
+        that published, unlike the payload's ``vin``. The water level is the largest count
+        ``level`` with at least ``excess`` entries above it among all vehicles; each vehicle
+        keeps its newest ``level``, and of the entries above it the oldest ``excess`` go:
+        a flooding vehicle loses its own entries until it holds no more than the others."""
+        counts = sorted(
+            (int(c) for (c,) in self._read(f"SELECT count(*) FROM quarantine GROUP BY {_HOLDER}")),
+            reverse=True,
+        )
+        low, high = 0, counts[0] if counts else 0
+        while low < high:  # the largest level with at least `excess` entries above it
+            mid = (low + high + 1) // 2
+            if sum(c - mid for c in counts if c > mid) >= excess:
+                low = mid
+            else:
+                high = mid - 1
+        # chosen by a read (the window over the table takes ~150 ms at 100,000 entries), then
+        # deleted by id in a short write: ingest does not wait for the choice
+        ids = [
+            int(i)
+            for (i,) in self._read(
+                "SELECT id FROM (SELECT id, row_number() "
+                f"OVER (PARTITION BY {_HOLDER} ORDER BY id DESC) AS newer FROM quarantine) "
+                "WHERE newer > ? ORDER BY id LIMIT ?",
+                (low, excess),
+            )
+        ]
+        try:
+            cursor = self._db.execute(
+                "DELETE FROM quarantine WHERE id IN (SELECT value FROM json_each(?))",
+                (orjson.dumps(ids).decode(),),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError("prune quarantine", exc) from exc
+        return cursor.rowcount
 
     # --- reading ------------------------------------------------------------------------
 
