@@ -298,8 +298,8 @@ def _limit_owner(
                      detail={"reason": "rate limited"})  # fmt: skip
         raise too_many(
             "vehicle_change_rate_limited",
-            "You have added vehicles or renewed their passwords too often; each change "
-            "reloads the broker for every vehicle.",
+            "You have added vehicles or renewed their passwords too often (an owner's "
+            "changes are rate-limited); try again after Retry-After seconds.",
             wait,
         )
 
