@@ -29,18 +29,18 @@ Entries of VINs not in this run are kept as they are. The file is JSON::
     {"format": 1, "clean": true,
      "vehicles": {"WSMZZZ00000000001": {"next_seq": 1234, "next_event_seq": 56}}}
 
-Imports: the standard library only (the simulator never imports ``gateway``).
+Imports: the standard library and ``schemas`` (the simulator never imports ``gateway``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from schemas.credentials import write_atomically
 
 __all__ = ["RESERVED_BLOCK", "Counters", "SeqStateFile"]
 
@@ -139,15 +139,4 @@ class SeqStateFile:
             },
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        with contextlib.suppress(OSError):  # a directory fsync is not possible everywhere
-            fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        write_atomically(self.path, json.dumps(data, separators=(",", ":")).encode())

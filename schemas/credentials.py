@@ -82,6 +82,7 @@ __all__ = [
     "dump_credentials",
     "load_credentials",
     "parse_credentials",
+    "write_atomically",
     "write_credentials",
 ]
 
@@ -310,11 +311,15 @@ def dump_credentials(credentials: UnitCredentials) -> bytes:
 
 
 def write_credentials(path: str | os.PathLike[str], credentials: UnitCredentials) -> None:
-    """Write ``credentials`` to ``path`` with mode 0600, atomically: the data goes to a
-    temporary file in the same directory (created 0600, so the secrets are never readable by
-    others, not even for a moment), is flushed to disk, then renamed over ``path``."""
-    path = Path(path)
-    data = dump_credentials(credentials)
+    """Write ``credentials`` to ``path`` with mode 0600, atomically (:func:`write_atomically`)."""
+    write_atomically(Path(path), dump_credentials(credentials))
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600, atomically and durably: the data goes to a
+    temporary file in the same directory (created 0600, so secrets are never readable by
+    others, not even for a moment), is flushed to disk, then renamed over ``path``, and the
+    rename is made durable where the file system allows it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as file:
