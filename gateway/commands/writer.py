@@ -30,6 +30,7 @@ at most that much, and nothing else waits at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -121,15 +122,13 @@ class GroupWriter:
             stopping = self._take_queued(group)
             if not stopping and group[-1][3] and len(group) < self._max_group:
                 # the write behind it is on its way: wait for it (once, briefly)
-                try:
+                with contextlib.suppress(queue.Empty):
                     item = self._queue.get(timeout=self._linger_s)
-                except queue.Empty:
-                    item = first
-                if item is None:
-                    self._queue.put(None)  # stop after this group
-                elif item is not first:
-                    group.append(item)
-                    self._take_queued(group)
+                    if item is None:
+                        self._queue.put(None)  # stop after this group
+                    else:
+                        group.append(item)
+                        self._take_queued(group)
             self._commit(group)
 
     def _take_queued(self, group: list[_Item]) -> bool:
